@@ -1,0 +1,620 @@
+//! Configuration: a TOML file, overridden by `CUSTODIAN_*` environment variables.
+//!
+//! Every setting is listed once in [`SETTINGS`]; that table drives the environment
+//! overlay, the `*_FILE` indirection for secrets, the rejection of unknown keys and the
+//! configuration table in the README. A bad value is a [`ConfigError`] naming the setting.
+
+use crate::secret::Secret;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// A configuration problem, always naming the setting it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            problem: problem.into(),
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Str,
+    Int,
+    Bool,
+    List,
+    /// A string that may also come from `<NAME>_FILE`; never printed.
+    Secret,
+}
+
+/// One documented setting.
+pub struct Setting {
+    pub key: &'static str,
+    pub kind: Kind,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+impl Setting {
+    pub fn env_name(&self) -> String {
+        format!("CUSTODIAN_{}", self.key.replace('.', "_").to_uppercase())
+    }
+}
+
+macro_rules! settings {
+    ($( $key:literal, $kind:ident, $default:literal, $doc:literal; )*) => {
+        /// Every configuration key, its kind, default and meaning.
+        pub const SETTINGS: &[Setting] = &[
+            $( Setting { key: $key, kind: Kind::$kind, default: $default, doc: $doc }, )*
+        ];
+    };
+}
+
+settings! {
+    "server.listen", Str, "0.0.0.0:8443", "HTTPS listen address";
+    "server.http_redirect_listen", Str, "", "Optional plain-HTTP listener that redirects console paths to HTTPS and refuses API paths";
+    "server.public_url", Str, "https://localhost:8443", "External HTTPS base URL, used for redirects";
+    "server.workers", Int, "0", "HTTP worker threads (0 = one per core)";
+    "server.body_limit_bytes", Int, "1048576", "Largest accepted request body (413 above it)";
+    "server.json_max_depth", Int, "32", "Deepest accepted JSON nesting (400 above it)";
+    "server.cors_allowed_origins", List, "[]", "Origins allowed to call the API from a browser (exact match); empty = CORS closed";
+    "server.shutdown_timeout_secs", Int, "30", "Grace period for in-flight requests on SIGINT/SIGTERM";
+    "tls.cert_file", Str, "", "PEM certificate chain (leaf first); required";
+    "tls.key_file", Str, "", "PEM private key for the certificate; required";
+    "tls.client_auth", Str, "off", "Client certificates: off | optional | required";
+    "tls.client_ca_file", Str, "", "PEM bundle of CAs trusted for client certificates (required unless client_auth = off)";
+    "database.url", Secret, "", "PostgreSQL URL (also read from DATABASE_URL); required";
+    "database.pool_size", Int, "16", "Connections per instance";
+    "database.acquire_timeout_ms", Int, "2000", "Longest wait for a pooled connection before answering 503";
+    "database.connect_timeout_secs", Int, "5", "Longest wait to open a new connection";
+    "database.statement_timeout_ms", Int, "10000", "PostgreSQL statement_timeout for application queries";
+    "database.migrate_on_start", Bool, "true", "Run pending migrations (under an advisory lock) when serving starts";
+    "log.filter", Str, "info", "Log filter in RUST_LOG syntax (RUST_LOG overrides it)";
+    "log.format", Str, "json", "json (one JSON object per line) | text";
+}
+
+pub fn setting(key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.key == key)
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    #[serde(default)]
+    pub server: ServerConfig,
+    pub tls: TlsConfig,
+    pub database: DatabaseConfig,
+    #[serde(default)]
+    pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerConfig {
+    pub listen: SocketAddr,
+    pub http_redirect_listen: Option<SocketAddr>,
+    pub public_url: String,
+    pub workers: usize,
+    pub body_limit_bytes: usize,
+    pub json_max_depth: usize,
+    pub cors_allowed_origins: Vec<String>,
+    pub shutdown_timeout_secs: u64,
+}
+
+impl Default for ServerConfig {
+    fn default() -> Self {
+        Self {
+            listen: SocketAddr::from(([0, 0, 0, 0], 8443)),
+            http_redirect_listen: None,
+            public_url: "https://localhost:8443".into(),
+            workers: 0,
+            body_limit_bytes: 1024 * 1024,
+            json_max_depth: 32,
+            cors_allowed_origins: Vec::new(),
+            shutdown_timeout_secs: 30,
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Off,
+    Optional,
+    Required,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsConfig {
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    #[serde(default)]
+    pub client_auth: ClientAuth,
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: Secret<String>,
+    #[serde(default = "defaults::pool_size")]
+    pub pool_size: u32,
+    #[serde(default = "defaults::acquire_timeout_ms")]
+    pub acquire_timeout_ms: u64,
+    #[serde(default = "defaults::connect_timeout_secs")]
+    pub connect_timeout_secs: u64,
+    #[serde(default = "defaults::statement_timeout_ms")]
+    pub statement_timeout_ms: u64,
+    #[serde(default = "defaults::yes")]
+    pub migrate_on_start: bool,
+}
+
+impl DatabaseConfig {
+    pub fn new(url: String) -> Self {
+        Self {
+            url: Secret::new(url),
+            pool_size: defaults::pool_size(),
+            acquire_timeout_ms: defaults::acquire_timeout_ms(),
+            connect_timeout_secs: defaults::connect_timeout_secs(),
+            statement_timeout_ms: defaults::statement_timeout_ms(),
+            migrate_on_start: true,
+        }
+    }
+
+    pub fn acquire_timeout(&self) -> Duration {
+        Duration::from_millis(self.acquire_timeout_ms)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+}
+
+mod defaults {
+    pub fn pool_size() -> u32 {
+        16
+    }
+    pub fn acquire_timeout_ms() -> u64 {
+        2000
+    }
+    pub fn connect_timeout_secs() -> u64 {
+        5
+    }
+    pub fn statement_timeout_ms() -> u64 {
+        10_000
+    }
+    pub fn yes() -> bool {
+        true
+    }
+}
+
+/// Environment variables that belong to Custodian but are not settings.
+const NON_SETTING_VARS: &[&str] = &[
+    "CUSTODIAN_CONFIG",
+    "CUSTODIAN_TEST_DATABASE_URL",
+    "CUSTODIAN_DEV_DIR",
+    "CUSTODIAN_BENCH_DATABASE_URL",
+];
+
+impl Config {
+    /// Loads the file (if any), overlays the environment, and validates the result.
+    pub fn load(path: Option<&Path>) -> Result<Config, ConfigError> {
+        let table = load_table(path, std::env::vars())?;
+        let config = from_table(table)?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot: consistent combinations and parseable URLs.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        validate_database_url(self.database.url.expose())?;
+        if self.database.pool_size == 0 {
+            return Err(ConfigError::new("database.pool_size", "must be at least 1"));
+        }
+        if self.server.body_limit_bytes == 0 {
+            return Err(ConfigError::new("server.body_limit_bytes", "must be at least 1"));
+        }
+        if self.server.json_max_depth == 0 {
+            return Err(ConfigError::new("server.json_max_depth", "must be at least 1"));
+        }
+        let public = url::Url::parse(&self.server.public_url)
+            .map_err(|_| ConfigError::new("server.public_url", "is not a valid URL"))?;
+        if public.scheme() != "https" {
+            return Err(ConfigError::new("server.public_url", "must be an https:// URL"));
+        }
+        for origin in &self.server.cors_allowed_origins {
+            let parsed = url::Url::parse(origin).map_err(|_| {
+                ConfigError::new("server.cors_allowed_origins", "contains an invalid origin")
+            })?;
+            if origin == "*" || parsed.origin().ascii_serialization() != *origin {
+                return Err(ConfigError::new(
+                    "server.cors_allowed_origins",
+                    "entries must be exact origins like https://app.example.org (no wildcard, path or trailing slash)",
+                ));
+            }
+        }
+        if self.tls.client_auth != ClientAuth::Off && self.tls.client_ca_file.is_none() {
+            return Err(ConfigError::new(
+                "tls.client_ca_file",
+                "is required when tls.client_auth is optional or required",
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn validate_database_url(url: &str) -> Result<(), ConfigError> {
+    // The message never repeats the URL: it may carry a password.
+    let parsed = url::Url::parse(url).map_err(|_| {
+        ConfigError::new(
+            "database.url",
+            "is not a valid URL (expected postgres://user@host:port/database)",
+        )
+    })?;
+    if !matches!(parsed.scheme(), "postgres" | "postgresql") {
+        return Err(ConfigError::new(
+            "database.url",
+            "must use the postgres:// or postgresql:// scheme",
+        ));
+    }
+    if parsed.path().trim_start_matches('/').is_empty() {
+        return Err(ConfigError::new("database.url", "must name a database"));
+    }
+    Ok(())
+}
+
+/// Reads the TOML file and applies the environment on top, checking every key.
+pub fn load_table(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<toml::Table, ConfigError> {
+    let mut table = match path {
+        Some(path) => {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                ConfigError::new("--config", format!("cannot read {}: {e}", path.display()))
+            })?;
+            toml::from_str::<toml::Table>(&text).map_err(|e| {
+                ConfigError::new(
+                    "--config",
+                    format!(
+                        "{} is not valid TOML: {}",
+                        path.display(),
+                        e.message().trim()
+                    ),
+                )
+            })?
+        }
+        None => toml::Table::new(),
+    };
+    resolve_file_secrets_in_table(&mut table)?;
+    reject_unknown_keys(&table, "")?;
+
+    let mut env: Vec<(String, String)> = env
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("CUSTODIAN_") || k == "DATABASE_URL" || k == "DATABASE_URL_FILE")
+        .collect();
+    // Plain values first so that a CUSTODIAN_ value beats DATABASE_URL deterministically.
+    env.sort_by_key(|(k, _)| k.starts_with("CUSTODIAN_"));
+    for (name, value) in env {
+        if NON_SETTING_VARS.contains(&name.as_str()) {
+            continue;
+        }
+        let (lookup, from_file) = match name.strip_suffix("_FILE") {
+            Some(base) => (base.to_string(), true),
+            None => (name.clone(), false),
+        };
+        let lookup = if lookup == "DATABASE_URL" {
+            "CUSTODIAN_DATABASE_URL".to_string()
+        } else {
+            lookup
+        };
+        let Some(spec) = SETTINGS.iter().find(|s| s.env_name() == lookup) else {
+            return Err(ConfigError::new(name, "is not a known setting"));
+        };
+        let raw = if from_file {
+            if spec.kind != Kind::Secret {
+                return Err(ConfigError::new(name, "only secrets can be read from a file"));
+            }
+            read_secret_file(spec.key, Path::new(&value))?
+        } else {
+            value
+        };
+        let parsed = parse_env_value(spec, &raw)?;
+        insert_dotted(&mut table, spec.key, parsed);
+    }
+    Ok(table)
+}
+
+fn read_secret_file(key: &str, path: &Path) -> Result<String, ConfigError> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ConfigError::new(key, format!("cannot read secret file {}: {e}", path.display())))?;
+    Ok(text.trim_end_matches(['\r', '\n']).to_string())
+}
+
+fn parse_env_value(spec: &Setting, raw: &str) -> Result<toml::Value, ConfigError> {
+    Ok(match spec.kind {
+        Kind::Str | Kind::Secret => toml::Value::String(raw.to_string()),
+        Kind::Int => toml::Value::Integer(
+            raw.trim()
+                .parse()
+                .map_err(|_| ConfigError::new(spec.key, "must be a whole number"))?,
+        ),
+        Kind::Bool => toml::Value::Boolean(match raw.trim() {
+            "true" | "1" | "yes" => true,
+            "false" | "0" | "no" => false,
+            _ => return Err(ConfigError::new(spec.key, "must be true or false")),
+        }),
+        Kind::List => toml::Value::Array(
+            raw.split(',')
+                .map(str::trim)
+                .filter(|s| !s.is_empty())
+                .map(|s| toml::Value::String(s.to_string()))
+                .collect(),
+        ),
+    })
+}
+
+/// In the file, a secret `key` may be given as `key_file = "/path"` instead.
+fn resolve_file_secrets_in_table(table: &mut toml::Table) -> Result<(), ConfigError> {
+    for spec in SETTINGS.iter().filter(|s| s.kind == Kind::Secret) {
+        let Some((section, field)) = spec.key.split_once('.') else {
+            continue;
+        };
+        let file_key = format!("{field}_file");
+        let Some(toml::Value::Table(sec)) = table.get_mut(section) else {
+            continue;
+        };
+        if let Some(v) = sec.remove(&file_key) {
+            let toml::Value::String(path) = v else {
+                return Err(ConfigError::new(format!("{section}.{file_key}"), "must be a file path"));
+            };
+            let value = read_secret_file(spec.key, Path::new(&path))?;
+            sec.insert(field.to_string(), toml::Value::String(value));
+        }
+    }
+    Ok(())
+}
+
+fn reject_unknown_keys(table: &toml::Table, prefix: &str) -> Result<(), ConfigError> {
+    for (k, v) in table {
+        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+        let is_section = SETTINGS.iter().any(|s| s.key.starts_with(&format!("{key}.")));
+        match v {
+            toml::Value::Table(t) if is_section => reject_unknown_keys(t, &key)?,
+            _ if setting(&key).is_some() => {}
+            _ => return Err(ConfigError::new(key, "is not a known setting")),
+        }
+    }
+    Ok(())
+}
+
+pub fn insert_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
+    let mut parts = key.split('.').peekable();
+    let mut current = table;
+    while let Some(part) = parts.next() {
+        if parts.peek().is_none() {
+            current.insert(part.to_string(), value);
+            return;
+        }
+        let entry = current
+            .entry(part.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        if !entry.is_table() {
+            *entry = toml::Value::Table(toml::Table::new());
+        }
+        let toml::Value::Table(next) = entry else { return };
+        current = next;
+    }
+}
+
+/// Deep-merges `over` into `base` (values in `over` win).
+pub fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (k, v) in over {
+        match (base.get_mut(&k), v) {
+            (Some(toml::Value::Table(b)), toml::Value::Table(o)) => merge(b, o),
+            (_, v) => {
+                base.insert(k, v);
+            }
+        }
+    }
+}
+
+/// Turns the merged table into a typed [`Config`]; a missing or mistyped value names
+/// its setting.
+pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
+    let value = toml::Value::Table(table);
+    serde_path_to_error::deserialize::<_, Config>(value).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        let message = inner.message().to_string();
+        if let Some(field) = message
+            .strip_prefix("missing field `")
+            .and_then(|m| m.strip_suffix('`'))
+        {
+            let key = if path == "." { field.to_string() } else { format!("{path}.{field}") };
+            if key == "database" || key == "database.url" {
+                return ConfigError::new(
+                    "database.url",
+                    "is required (set CUSTODIAN_DATABASE_URL or DATABASE_URL)",
+                );
+            }
+            if key == "tls" {
+                return ConfigError::new("tls.cert_file", "is required");
+            }
+            return ConfigError::new(key, "is required");
+        }
+        let kind = setting(&path).map(|s| s.kind);
+        let problem = match kind {
+            Some(Kind::Secret) => "has an invalid value".to_string(),
+            Some(Kind::Int) => "must be a whole number in range".to_string(),
+            Some(Kind::Bool) => "must be true or false".to_string(),
+            Some(Kind::List) => "must be a list of strings".to_string(),
+            _ => {
+                // serde's message may quote the bad value; keep only its gist.
+                if message.contains("unknown variant") {
+                    let expected = message.split("expected ").nth(1).unwrap_or("a documented value");
+                    format!("must be one of {expected}")
+                } else if message.contains("invalid socket address") {
+                    "must be an address like 0.0.0.0:8443".to_string()
+                } else {
+                    "has an invalid value".to_string()
+                }
+            }
+        };
+        ConfigError::new(path, problem)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    fn minimal() -> Vec<(String, String)> {
+        env(&[
+            ("CUSTODIAN_TLS_CERT_FILE", "/c.pem"),
+            ("CUSTODIAN_TLS_KEY_FILE", "/k.pem"),
+            ("DATABASE_URL", "postgres://u:pw@localhost/db"),
+        ])
+    }
+
+    fn load(pairs: Vec<(String, String)>) -> Result<Config, ConfigError> {
+        let c = from_table(load_table(None, pairs)?)?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn environment_alone_is_enough() {
+        let c = load(minimal()).unwrap();
+        assert_eq!(c.server.listen.port(), 8443);
+        assert_eq!(c.database.url.expose(), "postgres://u:pw@localhost/db");
+    }
+
+    #[test]
+    fn unknown_environment_setting_is_named() {
+        let mut e = minimal();
+        e.push(("CUSTODIAN_SERVER_LISSTEN".into(), "x".into()));
+        let err = load(e).unwrap_err();
+        assert_eq!(err.setting, "CUSTODIAN_SERVER_LISSTEN");
+    }
+
+    #[test]
+    fn bad_number_names_the_setting() {
+        let mut e = minimal();
+        e.push(("CUSTODIAN_DATABASE_POOL_SIZE".into(), "many".into()));
+        assert_eq!(load(e).unwrap_err().setting, "database.pool_size");
+    }
+
+    #[test]
+    fn bad_enum_names_the_setting_and_the_choices() {
+        let mut e = minimal();
+        e.push(("CUSTODIAN_TLS_CLIENT_AUTH".into(), "sometimes".into()));
+        let err = load(e).unwrap_err();
+        assert_eq!(err.setting, "tls.client_auth");
+        assert!(err.problem.contains("off"), "{}", err.problem);
+    }
+
+    #[test]
+    fn malformed_database_url_does_not_echo_it() {
+        let mut e = minimal();
+        e.retain(|(k, _)| k != "DATABASE_URL");
+        e.push(("CUSTODIAN_DATABASE_URL".into(), "mysql://secretpw@x/y".into()));
+        let err = load(e).unwrap_err();
+        assert_eq!(err.setting, "database.url");
+        assert!(!err.to_string().contains("secretpw"));
+    }
+
+    #[test]
+    fn missing_database_url_is_named() {
+        let mut e = minimal();
+        e.retain(|(k, _)| k != "DATABASE_URL");
+        assert_eq!(load(e).unwrap_err().setting, "database.url");
+    }
+
+    #[test]
+    fn secret_can_come_from_a_file() {
+        let dir = std::env::temp_dir().join(format!("custodian-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let f = dir.join("db_url");
+        std::fs::write(&f, "postgres://u@h/fromfile\n").unwrap();
+        let mut e = minimal();
+        e.retain(|(k, _)| k != "DATABASE_URL");
+        e.push(("CUSTODIAN_DATABASE_URL_FILE".into(), f.display().to_string()));
+        let c = load(e).unwrap();
+        assert_eq!(c.database.url.expose(), "postgres://u@h/fromfile");
+    }
+
+    #[test]
+    fn non_secret_cannot_come_from_a_file() {
+        let mut e = minimal();
+        e.push(("CUSTODIAN_SERVER_LISTEN_FILE".into(), "/x".into()));
+        assert!(load(e).is_err());
+    }
+
+    #[test]
+    fn unknown_key_in_file_is_named() {
+        let table: toml::Table = toml::from_str("[server]\nlissten = \"x\"\n").unwrap();
+        let err = reject_unknown_keys(&table, "").unwrap_err();
+        assert_eq!(err.setting, "server.lissten");
+        let table: toml::Table = toml::from_str("[bogus]\nx = 1\n").unwrap();
+        assert_eq!(reject_unknown_keys(&table, "").unwrap_err().setting, "bogus");
+    }
+
+    #[test]
+    fn cors_wildcard_is_refused() {
+        let mut e = minimal();
+        e.push(("CUSTODIAN_SERVER_CORS_ALLOWED_ORIGINS".into(), "*".into()));
+        assert_eq!(load(e).unwrap_err().setting, "server.cors_allowed_origins");
+    }
+
+    #[test]
+    fn debug_of_config_hides_the_database_password() {
+        let c = load(minimal()).unwrap();
+        assert!(!format!("{c:?}").contains("pw@"));
+    }
+
+    #[test]
+    fn every_setting_has_a_unique_env_name() {
+        let mut names: Vec<_> = SETTINGS.iter().map(Setting::env_name).collect();
+        names.sort();
+        names.dedup();
+        assert_eq!(names.len(), SETTINGS.len());
+    }
+}

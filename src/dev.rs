@@ -1,0 +1,130 @@
+//! `custodian dev`: one command from a fresh clone to a serving HTTPS endpoint — a
+//! private PostgreSQL cluster (unless DATABASE_URL is set), migrations, a self-signed
+//! certificate, and the service on https://localhost:8443.
+
+use crate::config;
+use crate::pgcluster::LocalCluster;
+use crate::startup::{Application, Options};
+use crate::{telemetry, tls};
+use anyhow::{Context, bail};
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+const DEV_DATABASE: &str = "custodian";
+
+fn dev_dir() -> PathBuf {
+    std::env::var_os("CUSTODIAN_DEV_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(".custodian/dev"))
+}
+
+/// Holds the dev lock for as long as it lives.
+fn take_lock(dir: &Path) -> anyhow::Result<File> {
+    let path = dir.join("dev.lock");
+    let file = File::create(&path).with_context(|| format!("cannot create {}", path.display()))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => bail!(
+            "another `custodian dev` is already running with {} (stop it first, or set CUSTODIAN_DEV_DIR)",
+            dir.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => Err(e).context("cannot lock the dev folder"),
+    }
+}
+
+fn ensure_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
+    let tls_dir = dir.join("tls");
+    let (cert, key) = (tls_dir.join("cert.pem"), tls_dir.join("key.pem"));
+    if !cert.is_file() || !key.is_file() {
+        std::fs::create_dir_all(&tls_dir)?;
+        let (cert_pem, key_pem) = tls::self_signed(&["localhost", "127.0.0.1"])?;
+        std::fs::write(&cert, cert_pem)?;
+        write_private(&key, key_pem.as_bytes())?;
+        println!("created a self-signed certificate for localhost in {}", tls_dir.display());
+    }
+    Ok((cert, key))
+}
+
+/// Writes a file readable by its owner only.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    f.write_all(bytes)?;
+    Ok(())
+}
+
+fn database_configured() -> bool {
+    ["CUSTODIAN_DATABASE_URL", "CUSTODIAN_DATABASE_URL_FILE", "DATABASE_URL", "DATABASE_URL_FILE"]
+        .iter()
+        .any(|v| std::env::var_os(v).is_some())
+}
+
+pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let dir = dev_dir();
+    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
+    let _lock = take_lock(&dir)?;
+
+    let mut defaults = toml::Table::new();
+    let mut set = |key: &str, value: toml::Value| config::insert_dotted(&mut defaults, key, value);
+    let (cert, key) = ensure_certificate(&dir)?;
+    set("server.listen", "127.0.0.1:8443".into());
+    set("server.http_redirect_listen", "127.0.0.1:8080".into());
+    set("server.public_url", "https://localhost:8443".into());
+    set("tls.cert_file", cert.display().to_string().into());
+    set("tls.key_file", key.display().to_string().into());
+    set("log.format", "text".into());
+
+    let cluster = if database_configured() {
+        println!("using the database from the environment");
+        None
+    } else {
+        let cluster = LocalCluster::new(&dir.join("postgres"), None, true)?;
+        if cluster.init_if_needed()? {
+            println!("created a private PostgreSQL cluster in {}", dir.join("postgres").display());
+        }
+        cluster.start()?;
+        cluster.ensure_database(DEV_DATABASE)?;
+        let url = cluster.url(DEV_DATABASE);
+        std::fs::write(dir.join("database_url"), format!("{url}\n"))?;
+        set("database.url", url.into());
+        Some(cluster)
+    };
+
+    let result = serve(config_path, defaults, started).await;
+    if let Some(cluster) = cluster {
+        println!("stopping the private PostgreSQL cluster");
+        cluster.stop()?;
+    }
+    result
+}
+
+async fn serve(config_path: Option<&Path>, defaults: toml::Table, started: Instant) -> anyhow::Result<()> {
+    let mut table = defaults;
+    config::merge(&mut table, config::load_table(config_path, std::env::vars())?);
+    let config = config::from_table(table)?;
+    config.validate()?;
+    telemetry::init(&config.log);
+
+    let app = Application::build(config.clone(), Options::default()).await?;
+    println!();
+    println!("Custodian is running (ready in {:.1} s).", started.elapsed().as_secs_f64());
+    println!("  HTTPS:     https://localhost:{}/", app.https_addr().port());
+    if let Some(http) = app.http_addr() {
+        println!("  HTTP:      http://localhost:{}/ (redirects to HTTPS)", http.port());
+    }
+    println!("  Health:    curl -sk https://localhost:{}/healthz", app.https_addr().port());
+    println!("  Database:  URL in {}/database_url", dev_dir().display());
+    println!("The certificate is self-signed: your browser will ask you to accept it.");
+    println!("Press Ctrl-C to stop.");
+    println!();
+    app.run().await.context("server stopped with an error")
+}

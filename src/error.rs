@@ -1,0 +1,109 @@
+//! The one error type. Client errors carry a status and a fixed, safe message; internal
+//! errors are logged with their cause chain and the client sees only a generic body and
+//! the request id (the body itself is rendered by [`crate::web::edge`]).
+
+use actix_web::http::StatusCode;
+use actix_web::{HttpResponse, ResponseError};
+use std::borrow::Cow;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    /// A problem with the request. The message is ours, never the caller's input.
+    #[error("{message}")]
+    Client {
+        status: StatusCode,
+        message: Cow<'static, str>,
+    },
+    /// A dependency (database, audit writer) is not available right now.
+    #[error("service unavailable")]
+    Unavailable,
+    /// Anything else: logged in full, answered with a generic 500.
+    #[error(transparent)]
+    Internal(#[from] anyhow::Error),
+}
+
+/// The safe message an error response carries; read by the edge middleware when it
+/// renders the body in the caller's format.
+#[derive(Clone, Debug)]
+pub struct SafeMessage(pub Cow<'static, str>);
+
+pub const UNAVAILABLE_MESSAGE: &str =
+    "The service is temporarily unavailable. Please retry shortly.";
+pub const INTERNAL_MESSAGE: &str =
+    "An internal error occurred. Quote the request id when reporting it.";
+
+impl AppError {
+    pub fn client(status: StatusCode, message: impl Into<Cow<'static, str>>) -> Self {
+        Self::Client {
+            status,
+            message: message.into(),
+        }
+    }
+
+    pub fn bad_request(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::client(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn unprocessable(message: impl Into<Cow<'static, str>>) -> Self {
+        Self::client(StatusCode::UNPROCESSABLE_ENTITY, message)
+    }
+
+    pub fn not_found() -> Self {
+        Self::client(StatusCode::NOT_FOUND, "The requested resource was not found.")
+    }
+
+    pub fn internal(context: &'static str) -> Self {
+        Self::Internal(anyhow::anyhow!(context))
+    }
+}
+
+impl ResponseError for AppError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            AppError::Client { status, .. } => *status,
+            AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let message = match self {
+            AppError::Client { message, .. } => message.clone(),
+            AppError::Unavailable => Cow::Borrowed(UNAVAILABLE_MESSAGE),
+            AppError::Internal(e) => {
+                tracing::error!(error = %format!("{e:#}"), "internal error");
+                Cow::Borrowed(INTERNAL_MESSAGE)
+            }
+        };
+        let mut res = HttpResponse::new(self.status_code());
+        res.extensions_mut().insert(SafeMessage(message));
+        if matches!(self, AppError::Unavailable) {
+            res.headers_mut().insert(
+                actix_web::http::header::RETRY_AFTER,
+                actix_web::http::header::HeaderValue::from_static("5"),
+            );
+        }
+        res
+    }
+}
+
+impl From<diesel::result::Error> for AppError {
+    fn from(e: diesel::result::Error) -> Self {
+        use diesel::result::{DatabaseErrorKind, Error};
+        match e {
+            Error::DatabaseError(
+                DatabaseErrorKind::ClosedConnection | DatabaseErrorKind::UnableToSendCommand,
+                _,
+            ) => AppError::Unavailable,
+            // Not found is a decision for the caller (`.optional()`), never a side effect
+            // of a failing query.
+            other => AppError::Internal(anyhow::Error::new(other).context("database query failed")),
+        }
+    }
+}
+
+impl From<diesel::r2d2::PoolError> for AppError {
+    fn from(_: diesel::r2d2::PoolError) -> Self {
+        AppError::Unavailable
+    }
+}

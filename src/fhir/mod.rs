@@ -1,0 +1,5 @@
+//! The FHIR R4 API.
+
+pub mod metadata;
+
+pub const FHIR_JSON: &str = "application/fhir+json";

@@ -1,0 +1,18 @@
+//! Custodian: a service that keeps protected health information safe and still easy to
+//! use. The binary in `main.rs` only parses the command line and calls [`cli::run`].
+
+pub mod cli;
+pub mod config;
+pub mod console;
+pub mod db;
+pub mod dev;
+pub mod error;
+pub mod fhir;
+pub mod health;
+pub mod pgcluster;
+pub mod policy;
+pub mod secret;
+pub mod startup;
+pub mod telemetry;
+pub mod tls;
+pub mod web;

@@ -1,0 +1,133 @@
+//! Builds and starts the service: TLS listener, optional redirect listener, migrations.
+//! Returns the bound addresses so tests can start the real app on port 0.
+
+use crate::config::Config;
+use crate::db::{self, Db};
+use crate::tls;
+use crate::web::{self, AppState, ExtraRoutes, redirect};
+use actix_web::HttpServer;
+use actix_web::dev::{Server, ServerHandle};
+use anyhow::Context;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+#[derive(Default)]
+pub struct Options {
+    /// Routes that tests add behind the same middleware.
+    pub extra_routes: Option<ExtraRoutes>,
+    /// Tests stop servers through the handle instead of process signals.
+    pub disable_signals: bool,
+}
+
+pub struct Application {
+    https_addr: SocketAddr,
+    http_addr: Option<SocketAddr>,
+    https: Server,
+    http: Option<Server>,
+}
+
+impl Application {
+    pub async fn build(config: Config, options: Options) -> anyhow::Result<Application> {
+        tls::install_default_provider();
+        let tls_config = tls::server_config(&config.tls)?;
+        if config.database.migrate_on_start {
+            let url = config.database.url.clone();
+            let timeout = config.database.connect_timeout_secs;
+            let applied = actix_web::web::block(move || db::migrate(url.expose(), timeout))
+                .await
+                .context("migration task failed")??;
+            if !applied.is_empty() {
+                tracing::info!(count = applied.len(), "applied migrations");
+            }
+        }
+        let state = actix_web::web::Data::new(AppState {
+            db: Db::new(&config.database),
+        });
+
+        let workers = match config.server.workers {
+            0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
+            n => n,
+        };
+        let app_config = config.clone();
+        let extra = options.extra_routes;
+        let mut https = HttpServer::new(move || web::build_app(state.clone(), app_config.clone(), extra))
+            .workers(workers)
+            .shutdown_timeout(config.server.shutdown_timeout_secs)
+            .client_request_timeout(Duration::from_secs(10))
+            .on_connect(tls::on_connect)
+            .bind_rustls_0_23(config.server.listen, tls_config)
+            .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
+        if options.disable_signals {
+            https = https.disable_signals();
+        }
+        let https_addr = https
+            .addrs()
+            .first()
+            .copied()
+            .context("server.listen: no address bound")?;
+
+        let (http, http_addr) = match config.server.http_redirect_listen {
+            Some(addr) => {
+                let target = redirect::RedirectTarget {
+                    base: public_base(&config.server.public_url),
+                };
+                let limit = config.server.body_limit_bytes;
+                let mut server = HttpServer::new(move || redirect::build_app(target.clone(), limit))
+                    .workers(1)
+                    .bind(addr)
+                    .with_context(|| {
+                        format!("server.http_redirect_listen: cannot listen on {addr}")
+                    })?;
+                if options.disable_signals {
+                    server = server.disable_signals();
+                }
+                let bound = server.addrs().first().copied();
+                (Some(server.run()), bound)
+            }
+            None => (None, None),
+        };
+
+        Ok(Application {
+            https_addr,
+            http_addr,
+            https: https.run(),
+            http,
+        })
+    }
+
+    pub fn https_addr(&self) -> SocketAddr {
+        self.https_addr
+    }
+
+    pub fn http_addr(&self) -> Option<SocketAddr> {
+        self.http_addr
+    }
+
+    pub fn handles(&self) -> Vec<ServerHandle> {
+        let mut handles = vec![self.https.handle()];
+        handles.extend(self.http.as_ref().map(Server::handle));
+        handles
+    }
+
+    /// Serves until a shutdown signal (or `handles()[..].stop()`), then drains.
+    pub async fn run(self) -> std::io::Result<()> {
+        match self.http {
+            Some(http) => {
+                let handle = http.handle();
+                let http_task = actix_web::rt::spawn(http);
+                let result = self.https.await;
+                handle.stop(true).await;
+                let _ = http_task.await;
+                result
+            }
+            None => self.https.await,
+        }
+    }
+}
+
+/// `https://host[:port]` of the public URL, without path.
+fn public_base(public_url: &str) -> String {
+    url::Url::parse(public_url)
+        .map(|u| u.origin().ascii_serialization())
+        .unwrap_or_else(|_| public_url.trim_end_matches('/').to_string())
+}

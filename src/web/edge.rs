@@ -1,0 +1,192 @@
+//! The one middleware that every route passes through: request id, early limits, CORS,
+//! panic containment, error bodies in the caller's format, security headers, no-store
+//! caching and the access log line.
+
+use super::render::{self, Surface};
+use super::request_id::{self, RequestId};
+use crate::error::SafeMessage;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, HttpResponse, ResponseError};
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::time::Instant;
+use tracing::Instrument;
+
+/// Per-listener settings of the edge middleware.
+#[derive(Clone, Debug)]
+pub struct EdgeSettings {
+    /// Send HSTS (only on the HTTPS listener).
+    pub hsts: bool,
+    pub body_limit: usize,
+    pub cors_allowed_origins: Vec<String>,
+}
+
+pub const CSP: &str = "default-src 'self'; object-src 'none'; base-uri 'none'; \
+frame-ancestors 'none'; form-action 'self'";
+pub const HSTS: &str = "max-age=31536000; includeSubDomains";
+const PERMISSIONS_POLICY: &str = "accelerometer=(), camera=(), geolocation=(), gyroscope=(), \
+magnetometer=(), microphone=(), payment=(), usb=(), interest-cohort=()";
+
+pub async fn edge(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let settings = req
+        .app_data::<actix_web::web::Data<EdgeSettings>>()
+        .map(|d| d.get_ref().clone())
+        .ok_or_else(|| actix_web::error::ErrorInternalServerError("edge settings missing"))?;
+    let started = Instant::now();
+    let request_id = RequestId::from_request(&req);
+    req.extensions_mut().insert(request_id.clone());
+    let surface = Surface::of(req.path());
+    let method = req.method().clone();
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|v| v.to_str().ok())
+        .filter(|o| settings.cors_allowed_origins.iter().any(|a| a == o))
+        .map(str::to_string);
+    let span = tracing::info_span!("request", request_id = %request_id);
+
+    let res = if let Some(early) = early_response(&req, &settings, origin.as_deref()) {
+        req.into_response(early)
+    } else {
+        // Handler errors and panics were already turned into responses by `contain`.
+        next.call(req).instrument(span.clone()).await?.map_into_boxed_body()
+    };
+
+    let status = res.status();
+    let route = res.request().match_pattern().unwrap_or_else(|| "-".to_string());
+    let (req_back, mut response) = res.into_parts();
+    if status.is_client_error() || status.is_server_error() {
+        let message = response
+            .extensions()
+            .get::<SafeMessage>()
+            .map(|m| m.0.clone())
+            .unwrap_or_else(|| render::default_message(status).into());
+        response = render::rewrite(response, surface, &message, request_id.as_str());
+    }
+    let path_is_static = req_back.path().starts_with("/static/");
+    apply_headers(
+        response.headers_mut(),
+        &settings,
+        &request_id,
+        path_is_static,
+        origin.as_deref(),
+    );
+    tracing::info!(
+        target: "custodian::access",
+        parent: &span,
+        method = %method,
+        route = %route,
+        status = status.as_u16(),
+        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
+        "request"
+    );
+    Ok(ServiceResponse::new(req_back, response))
+}
+
+/// Wraps every resource (inside routing, where the request may be shared): a handler
+/// error or panic becomes a response, so the worker keeps serving and the edge can still
+/// add its headers.
+pub async fn contain(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let http_req = req.request().clone();
+    match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+        Ok(Ok(res)) => Ok(res.map_into_boxed_body()),
+        Ok(Err(err)) => Ok(ServiceResponse::new(http_req, err.error_response())),
+        Err(_) => {
+            // The panic payload may hold request data; it is not logged.
+            tracing::error!("request handler panicked");
+            Ok(ServiceResponse::new(
+                http_req,
+                crate::error::AppError::internal("handler panicked").error_response(),
+            ))
+        }
+    }
+}
+
+/// Answers before routing: oversized declared bodies and CORS preflights.
+fn early_response(
+    req: &ServiceRequest,
+    settings: &EdgeSettings,
+    allowed_origin: Option<&str>,
+) -> Option<HttpResponse> {
+    let declared_len = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared_len.is_some_and(|n| n > settings.body_limit as u64) {
+        return Some(HttpResponse::new(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    let is_preflight = req.method() == Method::OPTIONS
+        && req.headers().contains_key(header::ORIGIN)
+        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+    if is_preflight {
+        return Some(match allowed_origin {
+            Some(_) => {
+                let mut res = HttpResponse::NoContent().finish();
+                let h = res.headers_mut();
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_METHODS,
+                    HeaderValue::from_static("GET, POST, PUT, DELETE"),
+                );
+                h.insert(
+                    header::ACCESS_CONTROL_ALLOW_HEADERS,
+                    HeaderValue::from_static(
+                        "authorization, content-type, if-match, x-request-id, x-purpose-of-use",
+                    ),
+                );
+                h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+                res
+            }
+            None => HttpResponse::new(StatusCode::FORBIDDEN),
+        });
+    }
+    None
+}
+
+/// The security headers every response carries, errors and 404s included.
+pub fn apply_headers(
+    h: &mut HeaderMap,
+    settings: &EdgeSettings,
+    request_id: &RequestId,
+    is_static: bool,
+    allowed_origin: Option<&str>,
+) {
+    let fixed: [(HeaderName, &'static str); 7] = [
+        (header::CONTENT_SECURITY_POLICY, CSP),
+        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        (header::REFERRER_POLICY, "no-referrer"),
+        (header::X_FRAME_OPTIONS, "DENY"),
+        (HeaderName::from_static("cross-origin-opener-policy"), "same-origin"),
+        (HeaderName::from_static("cross-origin-resource-policy"), "same-origin"),
+        (HeaderName::from_static("permissions-policy"), PERMISSIONS_POLICY),
+    ];
+    for (name, value) in fixed {
+        h.insert(name, HeaderValue::from_static(value));
+    }
+    if settings.hsts {
+        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+    }
+    if is_static {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+    } else {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));
+    }
+    if let Ok(v) = HeaderValue::from_str(request_id.as_str()) {
+        h.insert(HeaderName::from_static(request_id::HEADER), v);
+    }
+    if let Some(origin) = allowed_origin.and_then(|o| HeaderValue::from_str(o).ok()) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+}

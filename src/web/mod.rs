@@ -1,0 +1,64 @@
+//! The HTTP layer: the app factory, the shared middleware and the route table.
+
+pub mod edge;
+pub mod json;
+pub mod redirect;
+pub mod render;
+pub mod request_id;
+pub mod routes;
+
+use crate::config::Config;
+use crate::db::Db;
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::{App, middleware::from_fn, web};
+
+/// What handlers share.
+pub struct AppState {
+    pub db: Db,
+}
+
+/// Routes added by tests on top of the product's table (for example a handler that
+/// panics); they pass through exactly the same middleware.
+pub type ExtraRoutes = fn(&mut routes::Routes);
+
+/// Builds the HTTPS application: every route behind the edge middleware.
+pub fn build_app(
+    state: web::Data<AppState>,
+    config: Config,
+    extra: Option<ExtraRoutes>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = actix_web::Error,
+        InitError = (),
+    >,
+> {
+    let settings = edge::EdgeSettings {
+        hsts: true,
+        body_limit: config.server.body_limit_bytes,
+        cors_allowed_origins: config.server.cors_allowed_origins.clone(),
+    };
+    let json_limits = json::JsonLimits {
+        max_depth: config.server.json_max_depth,
+    };
+    let mut table = routes::Routes::default();
+    routes::configure(&mut table);
+    if let Some(extra) = extra {
+        extra(&mut table);
+    }
+    App::new()
+        .app_data(state)
+        .app_data(web::Data::new(settings))
+        .app_data(web::Data::new(json_limits))
+        .app_data(web::PayloadConfig::new(config.server.body_limit_bytes))
+        .wrap(from_fn(edge::edge))
+        .configure(|cfg| table.register(cfg))
+        .default_service(web::to(not_found))
+}
+
+async fn not_found() -> Result<actix_web::HttpResponse, crate::error::AppError> {
+    Err(crate::error::AppError::not_found())
+}

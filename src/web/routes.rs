@@ -1,0 +1,80 @@
+//! The route table: every route, its method and its policy action, in one place. Routes
+//! can only be added through [`Routes::add`], which requires an [`Action`]; the table is
+//! also listed by [`table`] so tests can walk every registered route.
+
+use crate::policy::Action;
+use crate::{console, fhir, health};
+use actix_web::http::Method;
+use actix_web::middleware::from_fn;
+use actix_web::{Route, web};
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouteInfo {
+    pub method: Method,
+    pub path: &'static str,
+    pub action: Action,
+}
+
+/// Collects routes, then registers one actix resource per path (so that a path with
+/// several methods answers 405, not 404, for the others).
+#[derive(Default)]
+pub struct Routes {
+    entries: Vec<(RouteInfo, Route)>,
+}
+
+impl Routes {
+    pub fn add<F, Args>(&mut self, method: Method, path: &'static str, action: Action, handler: F)
+    where
+        F: actix_web::Handler<Args>,
+        Args: actix_web::FromRequest + 'static,
+        F::Output: actix_web::Responder + 'static,
+    {
+        if method == Method::GET {
+            // HEAD is answered like GET (without the body) wherever GET is.
+            let head = web::method(Method::HEAD).to(handler.clone());
+            let info = RouteInfo { method: Method::HEAD, path, action };
+            self.entries.push((info, head));
+        }
+        let route = web::method(method.clone()).to(handler);
+        self.entries.push((RouteInfo { method, path, action }, route));
+    }
+
+    pub fn infos(&self) -> Vec<RouteInfo> {
+        self.entries.iter().map(|(i, _)| i.clone()).collect()
+    }
+
+    pub fn register(self, cfg: &mut web::ServiceConfig) {
+        let mut paths: Vec<&'static str> = Vec::new();
+        for (info, _) in &self.entries {
+            if !paths.contains(&info.path) {
+                paths.push(info.path);
+            }
+        }
+        let mut entries = self.entries;
+        for path in paths {
+            let mut resource = web::resource(path).wrap(from_fn(super::edge::contain));
+            let (mine, rest): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(i, _)| i.path == path);
+            entries = rest;
+            for (_, route) in mine {
+                resource = resource.route(route);
+            }
+            cfg.service(resource);
+        }
+    }
+}
+
+/// Every route of the product.
+pub fn configure(r: &mut Routes) {
+    r.add(Method::GET, "/healthz", Action::Public, health::healthz);
+    r.add(Method::GET, "/readyz", Action::Public, health::readyz);
+    r.add(Method::GET, "/fhir/metadata", Action::Public, fhir::metadata::capability_statement);
+    r.add(Method::GET, "/", Action::Public, console::home);
+    r.add(Method::GET, "/static/{file}", Action::Public, console::static_file);
+}
+
+/// The registered routes, for tests and documentation.
+pub fn table() -> Vec<RouteInfo> {
+    let mut r = Routes::default();
+    configure(&mut r);
+    r.infos()
+}
