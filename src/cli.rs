@@ -7,7 +7,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "custodian", version, about = "Keeps protected health information safe and usable")]
+#[command(
+    name = "custodian",
+    version,
+    about = "Keeps protected health information safe and usable"
+)]
 pub struct Cli {
     /// Configuration file (TOML); CUSTODIAN_* environment variables override it.
     #[arg(long, global = true, env = "CUSTODIAN_CONFIG")]
@@ -42,11 +46,16 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let config = Config::load(path)?;
             let url = config.database.url.clone();
             let timeout = config.database.connect_timeout_secs;
-            let applied = actix_web::web::block(move || db::migrate(url.expose(), timeout)).await??;
+            let applied =
+                actix_web::web::block(move || db::migrate(url.expose(), timeout)).await??;
             if applied.is_empty() {
                 println!("database is up to date");
             } else {
-                println!("applied {} migration(s): {}", applied.len(), applied.join(", "));
+                println!(
+                    "applied {} migration(s): {}",
+                    applied.len(),
+                    applied.join(", ")
+                );
             }
             Ok(())
         }

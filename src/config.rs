@@ -92,6 +92,7 @@ pub fn setting(key: &str) -> Option<&'static Setting> {
 pub struct Config {
     #[serde(default)]
     pub server: ServerConfig,
+    #[serde(default)]
     pub tls: TlsConfig,
     pub database: DatabaseConfig,
     #[serde(default)]
@@ -135,14 +136,14 @@ pub enum ClientAuth {
     Required,
 }
 
-#[derive(Clone, Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
+/// Certificate paths are checked when a listener is built (`serve`, `dev`), so that
+/// commands such as `migrate` need no certificate.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct TlsConfig {
-    pub cert_file: PathBuf,
-    pub key_file: PathBuf,
-    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
     pub client_auth: ClientAuth,
-    #[serde(default)]
     pub client_ca_file: Option<PathBuf>,
 }
 
@@ -245,15 +246,24 @@ impl Config {
             return Err(ConfigError::new("database.pool_size", "must be at least 1"));
         }
         if self.server.body_limit_bytes == 0 {
-            return Err(ConfigError::new("server.body_limit_bytes", "must be at least 1"));
+            return Err(ConfigError::new(
+                "server.body_limit_bytes",
+                "must be at least 1",
+            ));
         }
         if self.server.json_max_depth == 0 {
-            return Err(ConfigError::new("server.json_max_depth", "must be at least 1"));
+            return Err(ConfigError::new(
+                "server.json_max_depth",
+                "must be at least 1",
+            ));
         }
         let public = url::Url::parse(&self.server.public_url)
             .map_err(|_| ConfigError::new("server.public_url", "is not a valid URL"))?;
         if public.scheme() != "https" {
-            return Err(ConfigError::new("server.public_url", "must be an https:// URL"));
+            return Err(ConfigError::new(
+                "server.public_url",
+                "must be an https:// URL",
+            ));
         }
         for origin in &self.server.cors_allowed_origins {
             let parsed = url::Url::parse(origin).map_err(|_| {
@@ -324,7 +334,9 @@ pub fn load_table(
 
     let mut env: Vec<(String, String)> = env
         .into_iter()
-        .filter(|(k, _)| k.starts_with("CUSTODIAN_") || k == "DATABASE_URL" || k == "DATABASE_URL_FILE")
+        .filter(|(k, _)| {
+            k.starts_with("CUSTODIAN_") || k == "DATABASE_URL" || k == "DATABASE_URL_FILE"
+        })
         .collect();
     // Plain values first so that a CUSTODIAN_ value beats DATABASE_URL deterministically.
     env.sort_by_key(|(k, _)| k.starts_with("CUSTODIAN_"));
@@ -332,9 +344,11 @@ pub fn load_table(
         if NON_SETTING_VARS.contains(&name.as_str()) {
             continue;
         }
+        let is_setting =
+            |n: &str| n == "DATABASE_URL" || SETTINGS.iter().any(|s| s.env_name() == n);
         let (lookup, from_file) = match name.strip_suffix("_FILE") {
-            Some(base) => (base.to_string(), true),
-            None => (name.clone(), false),
+            Some(base) if !is_setting(&name) => (base.to_string(), true),
+            _ => (name.clone(), false),
         };
         let lookup = if lookup == "DATABASE_URL" {
             "CUSTODIAN_DATABASE_URL".to_string()
@@ -346,7 +360,10 @@ pub fn load_table(
         };
         let raw = if from_file {
             if spec.kind != Kind::Secret {
-                return Err(ConfigError::new(name, "only secrets can be read from a file"));
+                return Err(ConfigError::new(
+                    name,
+                    "only secrets can be read from a file",
+                ));
             }
             read_secret_file(spec.key, Path::new(&value))?
         } else {
@@ -359,8 +376,12 @@ pub fn load_table(
 }
 
 fn read_secret_file(key: &str, path: &Path) -> Result<String, ConfigError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| ConfigError::new(key, format!("cannot read secret file {}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigError::new(
+            key,
+            format!("cannot read secret file {}: {e}", path.display()),
+        )
+    })?;
     Ok(text.trim_end_matches(['\r', '\n']).to_string())
 }
 
@@ -399,7 +420,10 @@ fn resolve_file_secrets_in_table(table: &mut toml::Table) -> Result<(), ConfigEr
         };
         if let Some(v) = sec.remove(&file_key) {
             let toml::Value::String(path) = v else {
-                return Err(ConfigError::new(format!("{section}.{file_key}"), "must be a file path"));
+                return Err(ConfigError::new(
+                    format!("{section}.{file_key}"),
+                    "must be a file path",
+                ));
             };
             let value = read_secret_file(spec.key, Path::new(&path))?;
             sec.insert(field.to_string(), toml::Value::String(value));
@@ -410,8 +434,14 @@ fn resolve_file_secrets_in_table(table: &mut toml::Table) -> Result<(), ConfigEr
 
 fn reject_unknown_keys(table: &toml::Table, prefix: &str) -> Result<(), ConfigError> {
     for (k, v) in table {
-        let key = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
-        let is_section = SETTINGS.iter().any(|s| s.key.starts_with(&format!("{key}.")));
+        let key = if prefix.is_empty() {
+            k.clone()
+        } else {
+            format!("{prefix}.{k}")
+        };
+        let is_section = SETTINGS
+            .iter()
+            .any(|s| s.key.starts_with(&format!("{key}.")));
         match v {
             toml::Value::Table(t) if is_section => reject_unknown_keys(t, &key)?,
             _ if setting(&key).is_some() => {}
@@ -435,7 +465,9 @@ pub fn insert_dotted(table: &mut toml::Table, key: &str, value: toml::Value) {
         if !entry.is_table() {
             *entry = toml::Value::Table(toml::Table::new());
         }
-        let toml::Value::Table(next) = entry else { return };
+        let toml::Value::Table(next) = entry else {
+            return;
+        };
         current = next;
     }
 }
@@ -464,15 +496,16 @@ pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
             .strip_prefix("missing field `")
             .and_then(|m| m.strip_suffix('`'))
         {
-            let key = if path == "." { field.to_string() } else { format!("{path}.{field}") };
+            let key = if path == "." {
+                field.to_string()
+            } else {
+                format!("{path}.{field}")
+            };
             if key == "database" || key == "database.url" {
                 return ConfigError::new(
                     "database.url",
                     "is required (set CUSTODIAN_DATABASE_URL or DATABASE_URL)",
                 );
-            }
-            if key == "tls" {
-                return ConfigError::new("tls.cert_file", "is required");
             }
             return ConfigError::new(key, "is required");
         }
@@ -485,7 +518,10 @@ pub fn from_table(table: toml::Table) -> Result<Config, ConfigError> {
             _ => {
                 // serde's message may quote the bad value; keep only its gist.
                 if message.contains("unknown variant") {
-                    let expected = message.split("expected ").nth(1).unwrap_or("a documented value");
+                    let expected = message
+                        .split("expected ")
+                        .nth(1)
+                        .unwrap_or("a documented value");
                     format!("must be one of {expected}")
                 } else if message.contains("invalid socket address") {
                     "must be an address like 0.0.0.0:8443".to_string()
@@ -503,7 +539,10 @@ mod tests {
     use super::*;
 
     fn env(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
-        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
     }
 
     fn minimal() -> Vec<(String, String)> {
@@ -555,7 +594,10 @@ mod tests {
     fn malformed_database_url_does_not_echo_it() {
         let mut e = minimal();
         e.retain(|(k, _)| k != "DATABASE_URL");
-        e.push(("CUSTODIAN_DATABASE_URL".into(), "mysql://secretpw@x/y".into()));
+        e.push((
+            "CUSTODIAN_DATABASE_URL".into(),
+            "mysql://secretpw@x/y".into(),
+        ));
         let err = load(e).unwrap_err();
         assert_eq!(err.setting, "database.url");
         assert!(!err.to_string().contains("secretpw"));
@@ -576,7 +618,10 @@ mod tests {
         std::fs::write(&f, "postgres://u@h/fromfile\n").unwrap();
         let mut e = minimal();
         e.retain(|(k, _)| k != "DATABASE_URL");
-        e.push(("CUSTODIAN_DATABASE_URL_FILE".into(), f.display().to_string()));
+        e.push((
+            "CUSTODIAN_DATABASE_URL_FILE".into(),
+            f.display().to_string(),
+        ));
         let c = load(e).unwrap();
         assert_eq!(c.database.url.expose(), "postgres://u@h/fromfile");
     }
@@ -594,7 +639,10 @@ mod tests {
         let err = reject_unknown_keys(&table, "").unwrap_err();
         assert_eq!(err.setting, "server.lissten");
         let table: toml::Table = toml::from_str("[bogus]\nx = 1\n").unwrap();
-        assert_eq!(reject_unknown_keys(&table, "").unwrap_err().setting, "bogus");
+        assert_eq!(
+            reject_unknown_keys(&table, "").unwrap_err().setting,
+            "bogus"
+        );
     }
 
     #[test]

@@ -41,7 +41,10 @@ fn ensure_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         let (cert_pem, key_pem) = tls::self_signed(&["localhost", "127.0.0.1"])?;
         std::fs::write(&cert, cert_pem)?;
         write_private(&key, key_pem.as_bytes())?;
-        println!("created a self-signed certificate for localhost in {}", tls_dir.display());
+        println!(
+            "created a self-signed certificate for localhost in {}",
+            tls_dir.display()
+        );
     }
     Ok((cert, key))
 }
@@ -62,9 +65,14 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
 }
 
 fn database_configured() -> bool {
-    ["CUSTODIAN_DATABASE_URL", "CUSTODIAN_DATABASE_URL_FILE", "DATABASE_URL", "DATABASE_URL_FILE"]
-        .iter()
-        .any(|v| std::env::var_os(v).is_some())
+    [
+        "CUSTODIAN_DATABASE_URL",
+        "CUSTODIAN_DATABASE_URL_FILE",
+        "DATABASE_URL",
+        "DATABASE_URL_FILE",
+    ]
+    .iter()
+    .any(|v| std::env::var_os(v).is_some())
 }
 
 pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
@@ -89,7 +97,10 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     } else {
         let cluster = LocalCluster::new(&dir.join("postgres"), None, true)?;
         if cluster.init_if_needed()? {
-            println!("created a private PostgreSQL cluster in {}", dir.join("postgres").display());
+            println!(
+                "created a private PostgreSQL cluster in {}",
+                dir.join("postgres").display()
+            );
         }
         cluster.start()?;
         cluster.ensure_database(DEV_DATABASE)?;
@@ -107,21 +118,40 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     result
 }
 
-async fn serve(config_path: Option<&Path>, defaults: toml::Table, started: Instant) -> anyhow::Result<()> {
+async fn serve(
+    config_path: Option<&Path>,
+    defaults: toml::Table,
+    started: Instant,
+) -> anyhow::Result<()> {
     let mut table = defaults;
-    config::merge(&mut table, config::load_table(config_path, std::env::vars())?);
+    config::merge(
+        &mut table,
+        config::load_table(config_path, std::env::vars())?,
+    );
     let config = config::from_table(table)?;
     config.validate()?;
     telemetry::init(&config.log);
 
     let app = Application::build(config.clone(), Options::default()).await?;
     println!();
-    println!("Custodian is running (ready in {:.1} s).", started.elapsed().as_secs_f64());
-    println!("  HTTPS:     https://localhost:{}/", app.https_addr().port());
+    println!(
+        "Custodian is running (ready in {:.1} s).",
+        started.elapsed().as_secs_f64()
+    );
+    println!(
+        "  HTTPS:     https://localhost:{}/",
+        app.https_addr().port()
+    );
     if let Some(http) = app.http_addr() {
-        println!("  HTTP:      http://localhost:{}/ (redirects to HTTPS)", http.port());
+        println!(
+            "  HTTP:      http://localhost:{}/ (redirects to HTTPS)",
+            http.port()
+        );
     }
-    println!("  Health:    curl -sk https://localhost:{}/healthz", app.https_addr().port());
+    println!(
+        "  Health:    curl -sk https://localhost:{}/healthz",
+        app.https_addr().port()
+    );
     println!("  Database:  URL in {}/database_url", dev_dir().display());
     println!("The certificate is self-signed: your browser will ask you to accept it.");
     println!("Press Ctrl-C to stop.");

@@ -49,7 +49,10 @@ impl AppError {
     }
 
     pub fn not_found() -> Self {
-        Self::client(StatusCode::NOT_FOUND, "The requested resource was not found.")
+        Self::client(
+            StatusCode::NOT_FOUND,
+            "The requested resource was not found.",
+        )
     }
 
     pub fn internal(context: &'static str) -> Self {

@@ -4,7 +4,10 @@ use std::process::ExitCode;
 fn main() -> ExitCode {
     let cli = custodian::cli::Cli::parse();
     custodian::telemetry::install_panic_hook();
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");

@@ -18,7 +18,9 @@ pub struct LocalCluster {
 
 /// True when this process runs as root.
 pub fn running_as_root() -> bool {
-    std::fs::metadata("/proc/self").map(|m| m.uid() == 0).unwrap_or(false)
+    std::fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
 }
 
 /// Finds the directory holding `pg_ctl`: on PATH, else the newest
@@ -49,7 +51,8 @@ pub fn find_bindir() -> anyhow::Result<PathBuf> {
 
 impl LocalCluster {
     pub fn new(root: &Path, tcp_port: Option<u16>, fsync: bool) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(root).with_context(|| format!("cannot create {}", root.display()))?;
+        std::fs::create_dir_all(root)
+            .with_context(|| format!("cannot create {}", root.display()))?;
         let root = root
             .canonicalize()
             .with_context(|| format!("cannot resolve {}", root.display()))?;
@@ -91,7 +94,11 @@ impl LocalCluster {
         if !out.status.success() {
             bail!(
                 "{what} failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim().lines().last().unwrap_or("")
+                String::from_utf8_lossy(&out.stderr)
+                    .trim()
+                    .lines()
+                    .last()
+                    .unwrap_or("")
             );
         }
         Ok(())
@@ -115,9 +122,15 @@ impl LocalCluster {
             }
         }
         let mut cmd = self.command("initdb");
-        cmd.arg("-D")
-            .arg(self.data_dir())
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-locale", "--no-sync"]);
+        cmd.arg("-D").arg(self.data_dir()).args([
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-locale",
+            "--no-sync",
+        ]);
         self.run(cmd, "initdb")?;
         Ok(true)
     }
@@ -156,7 +169,10 @@ impl LocalCluster {
 
     pub fn stop(&self) -> anyhow::Result<()> {
         let mut cmd = self.command("pg_ctl");
-        cmd.arg("stop").arg("-D").arg(self.data_dir()).args(["-m", "fast", "-w"]);
+        cmd.arg("stop")
+            .arg("-D")
+            .arg(self.data_dir())
+            .args(["-m", "fast", "-w"]);
         self.run(cmd, "pg_ctl stop")
     }
 
@@ -169,9 +185,10 @@ impl LocalCluster {
         match self.tcp_port {
             Some(port) => format!("postgres://postgres@127.0.0.1:{port}/{database}"),
             None => {
-                let dir: String =
-                    url::form_urlencoded::byte_serialize(self.socket_dir().to_string_lossy().as_bytes())
-                        .collect();
+                let dir: String = url::form_urlencoded::byte_serialize(
+                    self.socket_dir().to_string_lossy().as_bytes(),
+                )
+                .collect();
                 format!(
                     "postgres://postgres@localhost/{database}?host={dir}&port={}",
                     self.port()
@@ -188,7 +205,11 @@ impl LocalCluster {
 
 /// Creates a database by name (letters, digits and `_` only) through an admin URL.
 pub fn create_database_if_missing(admin_url: &str, database: &str) -> anyhow::Result<()> {
-    if database.is_empty() || !database.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') {
+    if database.is_empty()
+        || !database
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
         bail!("invalid database name");
     }
     let mut conn = PgConnection::establish(admin_url).context("cannot connect to PostgreSQL")?;

@@ -50,13 +50,16 @@ impl Application {
         };
         let app_config = config.clone();
         let extra = options.extra_routes;
-        let mut https = HttpServer::new(move || web::build_app(state.clone(), app_config.clone(), extra))
-            .workers(workers)
-            .shutdown_timeout(config.server.shutdown_timeout_secs)
-            .client_request_timeout(Duration::from_secs(10))
-            .on_connect(tls::on_connect)
-            .bind_rustls_0_23(config.server.listen, tls_config)
-            .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
+        let mut https =
+            HttpServer::new(move || web::build_app(state.clone(), app_config.clone(), extra))
+                .workers(workers)
+                .shutdown_timeout(config.server.shutdown_timeout_secs)
+                .client_request_timeout(Duration::from_secs(10))
+                .on_connect(tls::on_connect)
+                .bind_rustls_0_23(config.server.listen, tls_config)
+                .with_context(|| {
+                    format!("server.listen: cannot listen on {}", config.server.listen)
+                })?;
         if options.disable_signals {
             https = https.disable_signals();
         }
@@ -72,12 +75,13 @@ impl Application {
                     base: public_base(&config.server.public_url),
                 };
                 let limit = config.server.body_limit_bytes;
-                let mut server = HttpServer::new(move || redirect::build_app(target.clone(), limit))
-                    .workers(1)
-                    .bind(addr)
-                    .with_context(|| {
-                        format!("server.http_redirect_listen: cannot listen on {addr}")
-                    })?;
+                let mut server =
+                    HttpServer::new(move || redirect::build_app(target.clone(), limit))
+                        .workers(1)
+                        .bind(addr)
+                        .with_context(|| {
+                            format!("server.http_redirect_listen: cannot listen on {addr}")
+                        })?;
                 if options.disable_signals {
                     server = server.disable_signals();
                 }
@@ -112,13 +116,10 @@ impl Application {
     /// Serves until a shutdown signal (or `handles()[..].stop()`), then drains.
     pub async fn run(self) -> std::io::Result<()> {
         match self.http {
+            // Both listeners receive the shutdown signal and drain on their own.
             Some(http) => {
-                let handle = http.handle();
-                let http_task = actix_web::rt::spawn(http);
-                let result = self.https.await;
-                handle.stop(true).await;
-                let _ = http_task.await;
-                result
+                let (https, http) = futures_util::future::join(self.https, http).await;
+                https.and(http)
             }
             None => self.https.await,
         }

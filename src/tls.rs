@@ -45,11 +45,18 @@ pub struct ClientCertificate(pub CertificateDer<'static>);
 /// Builds the server configuration, checking files and certificate validity first.
 pub fn server_config(cfg: &TlsConfig) -> Result<ServerConfig, ConfigError> {
     let provider = provider();
-    let chain = load_certs("tls.cert_file", &cfg.cert_file)?;
+    let cert_file = cfg
+        .cert_file
+        .as_deref()
+        .ok_or_else(|| ConfigError::new("tls.cert_file", "is required"))?;
+    let key_file = cfg
+        .key_file
+        .as_deref()
+        .ok_or_else(|| ConfigError::new("tls.key_file", "is required"))?;
+    let chain = load_certs("tls.cert_file", cert_file)?;
     check_validity("tls.cert_file", &chain[0])?;
-    let key = PrivateKeyDer::from_pem_file(&cfg.key_file).map_err(|e| {
-        ConfigError::new("tls.key_file", pem_problem(&cfg.key_file, "private key", e))
-    })?;
+    let key = PrivateKeyDer::from_pem_file(key_file)
+        .map_err(|e| ConfigError::new("tls.key_file", pem_problem(key_file, "private key", e)))?;
     let signing_key = provider
         .key_provider
         .load_private_key(key.clone_key())
@@ -70,12 +77,18 @@ pub fn server_config(cfg: &TlsConfig) -> Result<ServerConfig, ConfigError> {
         ClientAuth::Off => builder.with_no_client_auth(),
         mode => {
             let path = cfg.client_ca_file.as_deref().ok_or_else(|| {
-                ConfigError::new("tls.client_ca_file", "is required when tls.client_auth is not off")
+                ConfigError::new(
+                    "tls.client_ca_file",
+                    "is required when tls.client_auth is not off",
+                )
             })?;
             let mut roots = RootCertStore::empty();
             for ca in load_certs("tls.client_ca_file", path)? {
                 roots.add(ca).map_err(|_| {
-                    ConfigError::new("tls.client_ca_file", "contains a certificate that is not a valid CA")
+                    ConfigError::new(
+                        "tls.client_ca_file",
+                        "contains a certificate that is not a valid CA",
+                    )
                 })?;
             }
             let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider);
@@ -84,9 +97,9 @@ pub fn server_config(cfg: &TlsConfig) -> Result<ServerConfig, ConfigError> {
             } else {
                 verifier
             };
-            let verifier = verifier
-                .build()
-                .map_err(|_| ConfigError::new("tls.client_ca_file", "cannot be used to verify clients"))?;
+            let verifier = verifier.build().map_err(|_| {
+                ConfigError::new("tls.client_ca_file", "cannot be used to verify clients")
+            })?;
             builder.with_client_cert_verifier(verifier)
         }
     };

@@ -12,7 +12,9 @@ pub async fn home() -> Result<HttpResponse, AppError> {
     let html = Home
         .render()
         .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("rendering home")))?;
-    Ok(HttpResponse::Ok().content_type("text/html; charset=utf-8").body(html))
+    Ok(HttpResponse::Ok()
+        .content_type("text/html; charset=utf-8")
+        .body(html))
 }
 
 /// Static assets are compiled into the binary so a deployment is one file.

@@ -14,5 +14,7 @@ pub async fn capability_statement() -> HttpResponse {
         "format": ["json"],
         "rest": [{ "mode": "server", "resource": [] }],
     });
-    HttpResponse::Ok().content_type(FHIR_JSON).body(body.to_string())
+    HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(body.to_string())
 }

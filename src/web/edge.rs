@@ -56,11 +56,17 @@ pub async fn edge(
         req.into_response(early)
     } else {
         // Handler errors and panics were already turned into responses by `contain`.
-        next.call(req).instrument(span.clone()).await?.map_into_boxed_body()
+        next.call(req)
+            .instrument(span.clone())
+            .await?
+            .map_into_boxed_body()
     };
 
     let status = res.status();
-    let route = res.request().match_pattern().unwrap_or_else(|| "-".to_string());
+    let route = res
+        .request()
+        .match_pattern()
+        .unwrap_or_else(|| "-".to_string());
     let (req_back, mut response) = res.into_parts();
     if status.is_client_error() || status.is_server_error() {
         let message = response
@@ -128,7 +134,9 @@ fn early_response(
     }
     let is_preflight = req.method() == Method::OPTIONS
         && req.headers().contains_key(header::ORIGIN)
-        && req.headers().contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
     if is_preflight {
         return Some(match allowed_origin {
             Some(_) => {
@@ -144,7 +152,10 @@ fn early_response(
                         "authorization, content-type, if-match, x-request-id, x-purpose-of-use",
                     ),
                 );
-                h.insert(header::ACCESS_CONTROL_MAX_AGE, HeaderValue::from_static("600"));
+                h.insert(
+                    header::ACCESS_CONTROL_MAX_AGE,
+                    HeaderValue::from_static("600"),
+                );
                 res
             }
             None => HttpResponse::new(StatusCode::FORBIDDEN),
@@ -166,18 +177,33 @@ pub fn apply_headers(
         (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
         (header::REFERRER_POLICY, "no-referrer"),
         (header::X_FRAME_OPTIONS, "DENY"),
-        (HeaderName::from_static("cross-origin-opener-policy"), "same-origin"),
-        (HeaderName::from_static("cross-origin-resource-policy"), "same-origin"),
-        (HeaderName::from_static("permissions-policy"), PERMISSIONS_POLICY),
+        (
+            HeaderName::from_static("cross-origin-opener-policy"),
+            "same-origin",
+        ),
+        (
+            HeaderName::from_static("cross-origin-resource-policy"),
+            "same-origin",
+        ),
+        (
+            HeaderName::from_static("permissions-policy"),
+            PERMISSIONS_POLICY,
+        ),
     ];
     for (name, value) in fixed {
         h.insert(name, HeaderValue::from_static(value));
     }
     if settings.hsts {
-        h.insert(header::STRICT_TRANSPORT_SECURITY, HeaderValue::from_static(HSTS));
+        h.insert(
+            header::STRICT_TRANSPORT_SECURITY,
+            HeaderValue::from_static(HSTS),
+        );
     }
     if is_static {
-        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=3600"));
+        h.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=3600"),
+        );
     } else {
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         h.insert(header::PRAGMA, HeaderValue::from_static("no-cache"));

@@ -20,8 +20,14 @@ pub struct JsonLimits {
 pub struct JsonBody<T>(pub T);
 
 pub fn is_json_content_type(value: &str) -> bool {
-    let essence = value.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
-    essence == "application/json" || (essence.starts_with("application/") && essence.ends_with("+json"))
+    let essence = value
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    essence == "application/json"
+        || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
 /// The deepest nesting of arrays and objects in a JSON text (strings are skipped).
@@ -63,10 +69,14 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], limits: JsonLimits) -> Result<T,
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
                 AppError::bad_request("The request body is not well-formed JSON.")
             }
-            serde_json::error::Category::Io => AppError::bad_request("The request body could not be read."),
+            serde_json::error::Category::Io => {
+                AppError::bad_request("The request body could not be read.")
+            }
             serde_json::error::Category::Data => {
                 if inner.to_string().starts_with("unknown field") {
-                    AppError::unprocessable("The request body contains a field that is not allowed.")
+                    AppError::unprocessable(
+                        "The request body contains a field that is not allowed.",
+                    )
                 } else {
                     AppError::unprocessable(format!(
                         "The field '{}' is missing or has an invalid value.",
@@ -86,7 +96,11 @@ fn safe_path(path: &str) -> String {
         .filter(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '[' | ']'))
         .take(80)
         .collect();
-    if cleaned.is_empty() { "body".into() } else { cleaned }
+    if cleaned.is_empty() {
+        "body".into()
+    } else {
+        cleaned
+    }
 }
 
 impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
@@ -113,7 +127,10 @@ impl<T: DeserializeOwned + 'static> FromRequest for JsonBody<T> {
             }
             let bytes = body.await.map_err(|e| {
                 if e.as_response_error().status_code() == StatusCode::PAYLOAD_TOO_LARGE {
-                    AppError::client(StatusCode::PAYLOAD_TOO_LARGE, "The request body is too large.")
+                    AppError::client(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        "The request body is too large.",
+                    )
                 } else {
                     AppError::bad_request("The request body could not be read.")
                 }
@@ -158,13 +175,17 @@ mod tests {
 
     #[test]
     fn unknown_field_is_not_echoed() {
-        let err = parse::<Probe>(br#"{"name":"a","CANARY_FIELD":1}"#, LIMITS).err().unwrap();
+        let err = parse::<Probe>(br#"{"name":"a","CANARY_FIELD":1}"#, LIMITS)
+            .err()
+            .unwrap();
         assert!(!err.to_string().contains("CANARY"));
     }
 
     #[test]
     fn bad_value_names_field_not_value() {
-        let err = parse::<Probe>(br#"{"name":12345678}"#, LIMITS).err().unwrap();
+        let err = parse::<Probe>(br#"{"name":12345678}"#, LIMITS)
+            .err()
+            .unwrap();
         let text = err.to_string();
         assert!(text.contains("'name'"), "{text}");
         assert!(!text.contains("12345678"));

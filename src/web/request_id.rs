@@ -56,7 +56,10 @@ mod tests {
 
     #[test]
     fn accepts_safe_tokens() {
-        assert_eq!(RequestId::parse("abc-123_x.y").unwrap().as_str(), "abc-123_x.y");
+        assert_eq!(
+            RequestId::parse("abc-123_x.y").unwrap().as_str(),
+            "abc-123_x.y"
+        );
     }
 
     #[test]

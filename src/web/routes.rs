@@ -32,11 +32,22 @@ impl Routes {
         if method == Method::GET {
             // HEAD is answered like GET (without the body) wherever GET is.
             let head = web::method(Method::HEAD).to(handler.clone());
-            let info = RouteInfo { method: Method::HEAD, path, action };
+            let info = RouteInfo {
+                method: Method::HEAD,
+                path,
+                action,
+            };
             self.entries.push((info, head));
         }
         let route = web::method(method.clone()).to(handler);
-        self.entries.push((RouteInfo { method, path, action }, route));
+        self.entries.push((
+            RouteInfo {
+                method,
+                path,
+                action,
+            },
+            route,
+        ));
     }
 
     pub fn infos(&self) -> Vec<RouteInfo> {
@@ -53,7 +64,8 @@ impl Routes {
         let mut entries = self.entries;
         for path in paths {
             let mut resource = web::resource(path).wrap(from_fn(super::edge::contain));
-            let (mine, rest): (Vec<_>, Vec<_>) = entries.into_iter().partition(|(i, _)| i.path == path);
+            let (mine, rest): (Vec<_>, Vec<_>) =
+                entries.into_iter().partition(|(i, _)| i.path == path);
             entries = rest;
             for (_, route) in mine {
                 resource = resource.route(route);
@@ -67,9 +79,19 @@ impl Routes {
 pub fn configure(r: &mut Routes) {
     r.add(Method::GET, "/healthz", Action::Public, health::healthz);
     r.add(Method::GET, "/readyz", Action::Public, health::readyz);
-    r.add(Method::GET, "/fhir/metadata", Action::Public, fhir::metadata::capability_statement);
+    r.add(
+        Method::GET,
+        "/fhir/metadata",
+        Action::Public,
+        fhir::metadata::capability_statement,
+    );
     r.add(Method::GET, "/", Action::Public, console::home);
-    r.add(Method::GET, "/static/{file}", Action::Public, console::static_file);
+    r.add(
+        Method::GET,
+        "/static/{file}",
+        Action::Public,
+        console::static_file,
+    );
 }
 
 /// The registered routes, for tests and documentation.

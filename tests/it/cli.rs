@@ -1,0 +1,104 @@
+//! The command line: configuration errors are one clear line naming the setting.
+
+use crate::common::{TestDb, test_cert};
+use std::process::{Command, Output};
+
+fn custodian(args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_custodian"));
+    cmd.args(args)
+        .env_clear()
+        .env("PATH", std::env::var("PATH").unwrap_or_default());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().unwrap()
+}
+
+fn one_error_line(out: &Output) -> String {
+    assert!(!out.status.success(), "expected failure");
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "exactly one line: {stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
+    lines[0].to_string()
+}
+
+fn base_env() -> Vec<(&'static str, String)> {
+    let cert = test_cert();
+    vec![
+        ("CUSTODIAN_TLS_CERT_FILE", cert.cert.display().to_string()),
+        ("CUSTODIAN_TLS_KEY_FILE", cert.key.display().to_string()),
+        ("CUSTODIAN_SERVER_LISTEN", "127.0.0.1:0".to_string()),
+        (
+            "DATABASE_URL",
+            "postgres://u:pw@127.0.0.1:1/none".to_string(),
+        ),
+    ]
+}
+
+fn run_serve(env: &[(&'static str, String)], config_file: Option<&str>) -> Output {
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    match config_file {
+        Some(f) => custodian(&["--config", f, "serve"], &env),
+        None => custodian(&["serve"], &env),
+    }
+}
+
+#[test]
+fn unknown_key_in_the_config_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("custodian.toml");
+    std::fs::write(&file, "[server]\nlissten = \"0.0.0.0:1\"\n").unwrap();
+    let line = one_error_line(&run_serve(&base_env(), Some(file.to_str().unwrap())));
+    assert!(line.contains("server.lissten"), "{line}");
+    assert!(line.contains("not a known setting"), "{line}");
+}
+
+#[test]
+fn missing_certificate_file_is_named() {
+    let mut env = base_env();
+    env[0].1 = "/nonexistent/cert.pem".into();
+    let line = one_error_line(&run_serve(&env, None));
+    assert!(line.contains("tls.cert_file"), "{line}");
+}
+
+#[test]
+fn malformed_database_url_is_named_and_not_echoed() {
+    let mut env = base_env();
+    env[3].1 = "postgres//secret-password@@".into();
+    let line = one_error_line(&run_serve(&env, None));
+    assert!(line.contains("database.url"), "{line}");
+    assert!(!line.contains("secret-password"), "{line}");
+}
+
+#[test]
+fn missing_database_url_is_named() {
+    let env: Vec<_> = base_env()
+        .into_iter()
+        .filter(|(k, _)| *k != "DATABASE_URL")
+        .collect();
+    let line = one_error_line(&run_serve(&env, None));
+    assert!(line.contains("database.url"), "{line}");
+}
+
+#[test]
+fn unreachable_database_is_a_clear_error() {
+    let line = one_error_line(&run_serve(&base_env(), None));
+    assert!(line.contains("database.url"), "{line}");
+    assert!(!line.contains("pw@"), "{line}");
+}
+
+#[test]
+fn migrate_command_brings_a_database_up_to_date() {
+    let db = TestDb::create();
+    let out = custodian(&["migrate"], &[("DATABASE_URL", &db.url)]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
+}

@@ -1,0 +1,9 @@
+//! Integration tests: one binary, so the crate is linked once.
+// Tests may unwrap and panic: a failed expectation is the point.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+mod cli;
+mod common;
+mod database;
+mod edge;
+mod tls;
