@@ -28,6 +28,8 @@ pub enum Command {
     Dev,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// Print every configuration setting (Markdown table).
+    Settings,
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,6 +44,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev => dev::run(path).await,
+        Command::Settings => {
+            print!("{}", crate::config::markdown_table());
+            Ok(())
+        }
         Command::Migrate => {
             let config = Config::load(path)?;
             let url = config.database.url.clone();

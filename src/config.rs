@@ -83,6 +83,31 @@ settings! {
     "log.format", Str, "json", "json (one JSON object per line) | text";
 }
 
+/// The configuration reference as a Markdown table (printed by `custodian settings`,
+/// kept in the README; a test checks that the two agree).
+pub fn markdown_table() -> String {
+    let mut out = String::from(
+        "| Setting | Environment variable | Default | Meaning |\n|---|---|---|---|\n",
+    );
+    for s in SETTINGS {
+        let mut env = format!("`{}`", s.env_name());
+        if s.kind == Kind::Secret {
+            env.push_str(&format!(" or `{}_FILE`", s.env_name()));
+        }
+        let default = if s.default.is_empty() {
+            "—".to_string()
+        } else {
+            format!("`{}`", s.default)
+        };
+        out.push_str(&format!(
+            "| `{}` | {env} | {default} | {} |\n",
+            s.key,
+            s.doc.replace('|', "\\|")
+        ));
+    }
+    out
+}
+
 pub fn setting(key: &str) -> Option<&'static Setting> {
     SETTINGS.iter().find(|s| s.key == key)
 }

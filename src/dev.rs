@@ -11,6 +11,14 @@ use std::fs::File;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
+/// Prints a line for the person running `dev`; a closed stdout is not worth a panic.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
 const DEV_DATABASE: &str = "custodian";
 
 fn dev_dir() -> PathBuf {
@@ -41,7 +49,7 @@ fn ensure_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
         let (cert_pem, key_pem) = tls::self_signed(&["localhost", "127.0.0.1"])?;
         std::fs::write(&cert, cert_pem)?;
         write_private(&key, key_pem.as_bytes())?;
-        println!(
+        say!(
             "created a self-signed certificate for localhost in {}",
             tls_dir.display()
         );
@@ -92,12 +100,12 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     set("log.format", "text".into());
 
     let cluster = if database_configured() {
-        println!("using the database from the environment");
+        say!("using the database from the environment");
         None
     } else {
         let cluster = LocalCluster::new(&dir.join("postgres"), None, true)?;
         if cluster.init_if_needed()? {
-            println!(
+            say!(
                 "created a private PostgreSQL cluster in {}",
                 dir.join("postgres").display()
             );
@@ -112,7 +120,7 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
 
     let result = serve(config_path, defaults, started).await;
     if let Some(cluster) = cluster {
-        println!("stopping the private PostgreSQL cluster");
+        say!("stopping the private PostgreSQL cluster");
         cluster.stop()?;
     }
     result
@@ -133,28 +141,28 @@ async fn serve(
     telemetry::init(&config.log);
 
     let app = Application::build(config.clone(), Options::default()).await?;
-    println!();
-    println!(
+    say!();
+    say!(
         "Custodian is running (ready in {:.1} s).",
         started.elapsed().as_secs_f64()
     );
-    println!(
+    say!(
         "  HTTPS:     https://localhost:{}/",
         app.https_addr().port()
     );
     if let Some(http) = app.http_addr() {
-        println!(
+        say!(
             "  HTTP:      http://localhost:{}/ (redirects to HTTPS)",
             http.port()
         );
     }
-    println!(
+    say!(
         "  Health:    curl -sk https://localhost:{}/healthz",
         app.https_addr().port()
     );
-    println!("  Database:  URL in {}/database_url", dev_dir().display());
-    println!("The certificate is self-signed: your browser will ask you to accept it.");
-    println!("Press Ctrl-C to stop.");
-    println!();
+    say!("  Database:  URL in {}/database_url", dev_dir().display());
+    say!("The certificate is self-signed: your browser will ask you to accept it.");
+    say!("Press Ctrl-C to stop.");
+    say!();
     app.run().await.context("server stopped with an error")
 }

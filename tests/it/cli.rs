@@ -102,3 +102,84 @@ fn migrate_command_brings_a_database_up_to_date() {
     );
     assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
 }
+
+/// `custodian dev` from nothing: private cluster, certificate, HTTPS; a second instance is
+/// refused; Ctrl-C stops the server and the cluster it started.
+#[tokio::test]
+async fn dev_mode_serves_refuses_a_second_instance_and_stops_cleanly() {
+    use std::io::{BufRead, BufReader};
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    // The cluster runs as the postgres user when we are root: it must reach the folder.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let dev_dir = dir.path().join("dev");
+    let spawn_dir = dev_dir.clone();
+    let spawn = move || {
+        Command::new(env!("CARGO_BIN_EXE_custodian"))
+            .arg("dev")
+            .env_clear()
+            .env("PATH", std::env::var("PATH").unwrap_or_default())
+            .env("CUSTODIAN_DEV_DIR", &spawn_dir)
+            .env("CUSTODIAN_SERVER_LISTEN", "127.0.0.1:0")
+            .env("CUSTODIAN_SERVER_HTTP_REDIRECT_LISTEN", "127.0.0.1:0")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let mut first = spawn();
+    let stdout = first.stdout.take().unwrap();
+    let port = tokio::task::spawn_blocking(move || {
+        let mut lines = BufReader::new(stdout).lines();
+        while let Some(line) = lines.next() {
+            let line = line.unwrap();
+            if let Some(rest) = line.trim().strip_prefix("HTTPS:") {
+                let port = rest.trim().trim_start_matches("https://localhost:").trim_end_matches('/');
+                let port = port.parse::<u16>().unwrap();
+                // Keep draining stdout so the server never writes into a closed pipe.
+                std::thread::spawn(move || lines.for_each(drop));
+                return port;
+            }
+        }
+        panic!("dev never printed its URL");
+    })
+    .await
+    .unwrap();
+
+    let insecure = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let res = insecure.get(format!("https://127.0.0.1:{port}/readyz")).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    assert!(dev_dir.join("database_url").is_file());
+
+    let second = tokio::task::spawn_blocking(move || spawn_second(spawn)).await.unwrap();
+    assert!(!second.status.success());
+    assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
+
+    let pid = first.id().to_string();
+    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
+    let status = tokio::task::spawn_blocking(move || first.wait().unwrap()).await.unwrap();
+    assert!(status.success(), "dev exits cleanly on SIGINT");
+    assert!(
+        !dev_dir.join("postgres/pgdata/postmaster.pid").exists(),
+        "the private cluster was stopped"
+    );
+}
+
+fn spawn_second(spawn: impl Fn() -> std::process::Child) -> Output {
+    spawn().wait_with_output().unwrap()
+}
+
+#[test]
+fn readme_configuration_table_is_current() {
+    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("<!-- settings:begin -->\n").unwrap() + "<!-- settings:begin -->\n".len();
+    let end = readme.find("<!-- settings:end -->").unwrap();
+    assert_eq!(
+        &readme[start..end],
+        custodian::config::markdown_table(),
+        "README settings table is stale: replace it with the output of `custodian settings`"
+    );
+}
