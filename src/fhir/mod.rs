@@ -1,5 +1,6 @@
 //! The FHIR R4 API.
 
 pub mod metadata;
+pub mod types;
 
 pub const FHIR_JSON: &str = "application/fhir+json";

@@ -1,9 +1,263 @@
-//! The one policy decision point. Every route declares the action it performs; a route
-//! cannot be registered without one (see [`crate::web::routes`]).
+//! The one policy decision point. Every route declares the [`Action`] it performs; every
+//! access to a FHIR resource is decided by [`decide`] from the principal (roles from our
+//! database, scopes from the token) and the target (the patient's facility and care team).
+//! Handlers never check roles themselves.
+
+pub mod matrix;
+
+pub use matrix::{Interaction, ResourceType, Role, View};
+
+use uuid::Uuid;
 
 /// What a route does, in policy terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Action {
     /// No authentication and no PHI: health, readiness, metadata, static assets.
     Public,
+    /// A FHIR interaction on a resource type.
+    Fhir(ResourceType, Interaction),
+    /// The administration API (users, roles, care teams, facilities, clients).
+    Admin,
+}
+
+/// Who the request acts for, as far as policy is concerned.
+#[derive(Clone)]
+pub struct Subject<'a> {
+    pub user_id: Uuid,
+    pub roles: &'a [Role],
+    /// Does the client application's token allow this interaction (SMART scopes)?
+    pub scope_allows: &'a dyn Fn(ResourceType, Interaction) -> bool,
+    pub facility_id: Option<Uuid>,
+    /// The patient record a `patient` user is linked to.
+    pub own_patient_id: Option<Uuid>,
+}
+
+/// The facts about the patient a request touches, loaded before deciding.
+#[derive(Clone, Copy, Debug)]
+pub struct PatientFacts {
+    pub patient_id: Uuid,
+    pub facility_id: Uuid,
+    /// The principal is on this patient's care team.
+    pub on_care_team: bool,
+}
+
+/// What is being accessed.
+#[derive(Clone, Copy, Debug)]
+pub enum Target {
+    /// One patient's data (a read, update or delete, or a create for that patient).
+    Patient(PatientFacts),
+    /// A search: the result is restricted by the permit's [`SearchScope`].
+    Search,
+}
+
+/// Which rows a permitted search may return.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SearchScope {
+    /// Patients whose care team includes the user.
+    CareTeam(Uuid),
+    /// Patients managed by the facility.
+    Facility(Uuid),
+    /// One patient (the user's own record).
+    OnePatient(Uuid),
+}
+
+/// Why access was granted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Basis {
+    CareTeam,
+    Facility,
+    OwnRecord,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Decision {
+    Permit {
+        view: View,
+        basis: Basis,
+        search: Option<SearchScope>,
+    },
+    Deny(DenyReason),
+}
+
+/// Coded reasons, safe to show and to audit.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DenyReason {
+    /// The client application's token lacks the scope.
+    ScopeMissing,
+    /// No role of the user grants this interaction on this resource type.
+    RoleMissing,
+    /// The user has no relationship (care team, facility, own record) with the patient.
+    NoRelationship,
+}
+
+impl DenyReason {
+    pub fn code(self) -> &'static str {
+        match self {
+            DenyReason::ScopeMissing => "scope-missing",
+            DenyReason::RoleMissing => "role-missing",
+            DenyReason::NoRelationship => "no-relationship",
+        }
+    }
+
+    /// What the caller is told: *that* access was denied and which capability is missing.
+    pub fn message(self) -> &'static str {
+        match self {
+            DenyReason::ScopeMissing => {
+                "Access denied: the access token does not carry a scope for this interaction."
+            }
+            DenyReason::RoleMissing => {
+                "Access denied: your role does not permit this interaction on this resource type."
+            }
+            DenyReason::NoRelationship => {
+                "Access denied: you have no care relationship with this patient."
+            }
+        }
+    }
+}
+
+/// The decision point. Access = scope ∩ role ∩ relationship; the first role that grants
+/// the interaction with a satisfied relationship decides the view.
+pub fn decide(subject: &Subject<'_>, resource: ResourceType, interaction: Interaction, target: Target) -> Decision {
+    if !(subject.scope_allows)(resource, interaction) {
+        return Decision::Deny(DenyReason::ScopeMissing);
+    }
+    let grants: Vec<&matrix::Grant> = subject
+        .roles
+        .iter()
+        .filter_map(|role| matrix::grant(*role, resource, interaction))
+        .collect();
+    if grants.is_empty() {
+        return Decision::Deny(DenyReason::RoleMissing);
+    }
+    for grant in grants {
+        if let Some((basis, search)) = relationship(subject, grant.relationship, target) {
+            return Decision::Permit {
+                view: grant.view,
+                basis,
+                search,
+            };
+        }
+    }
+    Decision::Deny(DenyReason::NoRelationship)
+}
+
+fn relationship(
+    subject: &Subject<'_>,
+    needed: matrix::Relationship,
+    target: Target,
+) -> Option<(Basis, Option<SearchScope>)> {
+    use matrix::Relationship as R;
+    match (needed, target) {
+        (R::CareTeam, Target::Patient(p)) => p.on_care_team.then_some((Basis::CareTeam, None)),
+        (R::CareTeam, Target::Search) => {
+            Some((Basis::CareTeam, Some(SearchScope::CareTeam(subject.user_id))))
+        }
+        (R::Facility, Target::Patient(p)) => (subject.facility_id == Some(p.facility_id))
+            .then_some((Basis::Facility, None)),
+        (R::Facility, Target::Search) => subject
+            .facility_id
+            .map(|f| (Basis::Facility, Some(SearchScope::Facility(f)))),
+        (R::OwnRecord, Target::Patient(p)) => (subject.own_patient_id == Some(p.patient_id))
+            .then_some((Basis::OwnRecord, None)),
+        (R::OwnRecord, Target::Search) => subject
+            .own_patient_id
+            .map(|p| (Basis::OwnRecord, Some(SearchScope::OnePatient(p)))),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use Interaction::*;
+    use ResourceType as T;
+
+    fn all_scopes(_: T, _: Interaction) -> bool {
+        true
+    }
+
+    fn subject(roles: &[Role]) -> Subject<'_> {
+        Subject {
+            user_id: Uuid::from_u128(1),
+            roles,
+            scope_allows: &all_scopes,
+            facility_id: Some(Uuid::from_u128(10)),
+            own_patient_id: None,
+        }
+    }
+
+    fn patient(on_care_team: bool, facility: u128) -> Target {
+        Target::Patient(PatientFacts {
+            patient_id: Uuid::from_u128(100),
+            facility_id: Uuid::from_u128(facility),
+            on_care_team,
+        })
+    }
+
+    #[test]
+    fn clinician_on_care_team_reads_clinical_view() {
+        let d = decide(&subject(&[Role::Clinician]), T::Patient, Read, patient(true, 99));
+        assert_eq!(
+            d,
+            Decision::Permit { view: View::PatientClinical, basis: Basis::CareTeam, search: None }
+        );
+    }
+
+    #[test]
+    fn clinician_outside_care_team_is_denied() {
+        let d = decide(&subject(&[Role::Clinician]), T::Patient, Read, patient(false, 10));
+        assert_eq!(d, Decision::Deny(DenyReason::NoRelationship));
+    }
+
+    #[test]
+    fn admin_and_privacy_officer_read_no_clinical_phi() {
+        for role in [Role::Admin, Role::PrivacyOfficer] {
+            for res in [T::Patient, T::Observation, T::DocumentReference, T::Claim] {
+                let d = decide(&subject(&[role]), res, Read, patient(true, 10));
+                assert_eq!(d, Decision::Deny(DenyReason::RoleMissing), "{role:?} {res:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn billing_never_gets_clinical_content() {
+        for res in [T::Observation, T::DocumentReference] {
+            let d = decide(&subject(&[Role::Billing]), res, Read, patient(true, 10));
+            assert_eq!(d, Decision::Deny(DenyReason::RoleMissing));
+        }
+        let d = decide(&subject(&[Role::Billing]), T::Patient, Read, patient(false, 10));
+        assert!(matches!(d, Decision::Permit { view: View::PatientBilling, .. }));
+    }
+
+    #[test]
+    fn patient_reads_only_own_record() {
+        let mut s = subject(&[Role::Patient]);
+        s.own_patient_id = Some(Uuid::from_u128(100));
+        assert!(matches!(decide(&s, T::Patient, Read, patient(false, 1)), Decision::Permit { .. }));
+        s.own_patient_id = Some(Uuid::from_u128(101));
+        assert_eq!(
+            decide(&s, T::Patient, Read, patient(false, 1)),
+            Decision::Deny(DenyReason::NoRelationship)
+        );
+    }
+
+    #[test]
+    fn missing_scope_denies_even_with_the_role() {
+        fn none(_: T, _: Interaction) -> bool {
+            false
+        }
+        let mut s = subject(&[Role::Clinician]);
+        s.scope_allows = &none;
+        assert_eq!(
+            decide(&s, T::Patient, Read, patient(true, 10)),
+            Decision::Deny(DenyReason::ScopeMissing)
+        );
+    }
+
+    #[test]
+    fn no_roles_means_no_access() {
+        assert_eq!(
+            decide(&subject(&[]), T::Patient, Read, patient(true, 10)),
+            Decision::Deny(DenyReason::RoleMissing)
+        );
+    }
 }
