@@ -79,6 +79,10 @@ settings! {
     "database.connect_timeout_secs", Int, "5", "Longest wait to open a new connection";
     "database.statement_timeout_ms", Int, "10000", "PostgreSQL statement_timeout for application queries";
     "database.migrate_on_start", Bool, "true", "Run pending migrations (under an advisory lock) when serving starts";
+    "ratelimit.per_address_per_minute", Int, "6000", "Requests per minute from one source address (0 = off); health probes are exempt";
+    "ratelimit.per_address_burst", Int, "500", "Burst allowance per source address";
+    "ratelimit.per_principal_per_minute", Int, "1200", "Requests per minute per authenticated principal (0 = off)";
+    "ratelimit.per_principal_burst", Int, "200", "Burst allowance per principal";
     "log.filter", Str, "info", "Log filter in RUST_LOG syntax (RUST_LOG overrides it)";
     "log.format", Str, "json", "json (one JSON object per line) | text";
 }
@@ -86,9 +90,8 @@ settings! {
 /// The configuration reference as a Markdown table (printed by `custodian settings`,
 /// kept in the README; a test checks that the two agree).
 pub fn markdown_table() -> String {
-    let mut out = String::from(
-        "| Setting | Environment variable | Default | Meaning |\n|---|---|---|---|\n",
-    );
+    let mut out =
+        String::from("| Setting | Environment variable | Default | Meaning |\n|---|---|---|---|\n");
     for s in SETTINGS {
         let mut env = format!("`{}`", s.env_name());
         if s.kind == Kind::Secret {
@@ -121,7 +124,29 @@ pub struct Config {
     pub tls: TlsConfig,
     pub database: DatabaseConfig,
     #[serde(default)]
+    pub ratelimit: RateLimitConfig,
+    #[serde(default)]
     pub log: LogConfig,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimitConfig {
+    pub per_address_per_minute: u32,
+    pub per_address_burst: u32,
+    pub per_principal_per_minute: u32,
+    pub per_principal_burst: u32,
+}
+
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        Self {
+            per_address_per_minute: 6000,
+            per_address_burst: 500,
+            per_principal_per_minute: 1200,
+            per_principal_burst: 200,
+        }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]

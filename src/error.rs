@@ -14,6 +14,9 @@ pub enum AppError {
         status: StatusCode,
         message: Cow<'static, str>,
     },
+    /// Over a rate limit; retry after the given number of seconds.
+    #[error("rate limited")]
+    RateLimited { retry_after_secs: u64 },
     /// A dependency (database, audit writer) is not available right now.
     #[error("service unavailable")]
     Unavailable,
@@ -64,6 +67,7 @@ impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
         match self {
             AppError::Client { status, .. } => *status,
+            AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -72,6 +76,7 @@ impl ResponseError for AppError {
     fn error_response(&self) -> HttpResponse {
         let message = match self {
             AppError::Client { message, .. } => message.clone(),
+            AppError::RateLimited { .. } => Cow::Borrowed("Too many requests. Retry later."),
             AppError::Unavailable => Cow::Borrowed(UNAVAILABLE_MESSAGE),
             AppError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
@@ -80,10 +85,15 @@ impl ResponseError for AppError {
         };
         let mut res = HttpResponse::new(self.status_code());
         res.extensions_mut().insert(SafeMessage(message));
-        if matches!(self, AppError::Unavailable) {
+        let retry_after = match self {
+            AppError::Unavailable => Some(5),
+            AppError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),
+            _ => None,
+        };
+        if let Some(secs) = retry_after {
             res.headers_mut().insert(
                 actix_web::http::header::RETRY_AFTER,
-                actix_web::http::header::HeaderValue::from_static("5"),
+                actix_web::http::header::HeaderValue::from(secs),
             );
         }
         res

@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::tls;
+use crate::web::ratelimit::RateLimiter;
 use crate::web::{self, AppState, ExtraRoutes, redirect};
 use actix_web::HttpServer;
 use actix_web::dev::{Server, ServerHandle};
@@ -49,17 +50,27 @@ impl Application {
             n => n,
         };
         let app_config = config.clone();
+        // One limiter for all workers of this instance.
+        let address_limit = RateLimiter::new(
+            config.ratelimit.per_address_per_minute,
+            config.ratelimit.per_address_burst,
+        )
+        .map(std::sync::Arc::new);
         let extra = options.extra_routes;
-        let mut https =
-            HttpServer::new(move || web::build_app(state.clone(), app_config.clone(), extra))
-                .workers(workers)
-                .shutdown_timeout(config.server.shutdown_timeout_secs)
-                .client_request_timeout(Duration::from_secs(10))
-                .on_connect(tls::on_connect)
-                .bind_rustls_0_23(config.server.listen, tls_config)
-                .with_context(|| {
-                    format!("server.listen: cannot listen on {}", config.server.listen)
-                })?;
+        let mut https = HttpServer::new(move || {
+            web::build_app(
+                state.clone(),
+                address_limit.clone(),
+                app_config.clone(),
+                extra,
+            )
+        })
+        .workers(workers)
+        .shutdown_timeout(config.server.shutdown_timeout_secs)
+        .client_request_timeout(Duration::from_secs(10))
+        .on_connect(tls::on_connect)
+        .bind_rustls_0_23(config.server.listen, tls_config)
+        .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
         if options.disable_signals {
             https = https.disable_signals();
         }

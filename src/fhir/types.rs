@@ -52,7 +52,11 @@ pub struct Ssn(String);
 
 impl Ssn {
     pub fn parse(value: &str) -> Result<Ssn, AppError> {
-        let digits: String = value.trim().chars().filter(|c| *c != '-' && *c != ' ').collect();
+        let digits: String = value
+            .trim()
+            .chars()
+            .filter(|c| *c != '-' && *c != ' ')
+            .collect();
         let ok = digits.len() == 9
             && digits.bytes().all(|b| b.is_ascii_digit())
             && !digits.starts_with("000")
@@ -60,8 +64,15 @@ impl Ssn {
             && !digits.starts_with('9')
             && &digits[3..5] != "00"
             && &digits[5..] != "0000";
-        ok.then(|| Ssn(format!("{}-{}-{}", &digits[..3], &digits[3..5], &digits[5..])))
-            .ok_or_else(|| invalid("identifier[ssn].value", "must be a valid SSN (AAA-GG-SSSS)"))
+        ok.then(|| {
+            Ssn(format!(
+                "{}-{}-{}",
+                &digits[..3],
+                &digits[3..5],
+                &digits[5..]
+            ))
+        })
+        .ok_or_else(|| invalid("identifier[ssn].value", "must be a valid SSN (AAA-GG-SSSS)"))
     }
 
     pub fn as_str(&self) -> &str {
@@ -149,7 +160,15 @@ mod tests {
     fn ssn_is_canonicalised_and_checked() {
         assert_eq!(Ssn::parse("123456789").unwrap().as_str(), "123-45-6789");
         assert_eq!(Ssn::parse("123-45-6789").unwrap().as_str(), "123-45-6789");
-        for bad in ["000-12-3456", "666-12-3456", "900-12-3456", "123-00-4567", "123-45-0000", "12-345-678", "abc"] {
+        for bad in [
+            "000-12-3456",
+            "666-12-3456",
+            "900-12-3456",
+            "123-00-4567",
+            "123-45-0000",
+            "12-345-678",
+            "abc",
+        ] {
             assert!(Ssn::parse(bad).is_err(), "{bad}");
         }
     }

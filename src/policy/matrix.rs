@@ -136,21 +136,97 @@ use ResourceType as T;
 /// Default deny: anything not listed here is refused. Admins and privacy officers have no
 /// row: they read no clinical PHI.
 pub const MATRIX: &[Grant] = &[
-    Grant { role: Role::Clinician, resource: T::Patient, interactions: &[Read, Search, Update], view: View::PatientClinical, relationship: CareTeam },
-    Grant { role: Role::Clinician, resource: T::Patient, interactions: &[Create], view: View::PatientClinical, relationship: Facility },
-    Grant { role: Role::Clinician, resource: T::Observation, interactions: &[Create, Read, Update, Delete, Search], view: View::ObservationFull, relationship: CareTeam },
-    Grant { role: Role::Clinician, resource: T::DocumentReference, interactions: &[Create, Read, Update, Search], view: View::DocumentReferenceFull, relationship: CareTeam },
-    Grant { role: Role::Billing, resource: T::Patient, interactions: &[Read, Search], view: View::PatientBilling, relationship: Facility },
-    Grant { role: Role::Billing, resource: T::Claim, interactions: &[Create, Read, Update, Delete, Search], view: View::ClaimFull, relationship: Facility },
-    Grant { role: Role::Patient, resource: T::Patient, interactions: &[Read, Search], view: View::PatientSelf, relationship: OwnRecord },
-    Grant { role: Role::Patient, resource: T::Observation, interactions: &[Read, Search], view: View::ObservationFull, relationship: OwnRecord },
-    Grant { role: Role::Patient, resource: T::DocumentReference, interactions: &[Read, Search], view: View::DocumentReferenceFull, relationship: OwnRecord },
-    Grant { role: Role::Patient, resource: T::Claim, interactions: &[Read, Search], view: View::ClaimFull, relationship: OwnRecord },
-    Grant { role: Role::Service, resource: T::Patient, interactions: &[Read, Search], view: View::PatientDemographics, relationship: Facility },
-    Grant { role: Role::Service, resource: T::Observation, interactions: &[Create, Read, Search], view: View::ObservationFull, relationship: Facility },
+    Grant {
+        role: Role::Clinician,
+        resource: T::Patient,
+        interactions: &[Read, Search, Update],
+        view: View::PatientClinical,
+        relationship: CareTeam,
+    },
+    Grant {
+        role: Role::Clinician,
+        resource: T::Patient,
+        interactions: &[Create],
+        view: View::PatientClinical,
+        relationship: Facility,
+    },
+    Grant {
+        role: Role::Clinician,
+        resource: T::Observation,
+        interactions: &[Create, Read, Update, Delete, Search],
+        view: View::ObservationFull,
+        relationship: CareTeam,
+    },
+    Grant {
+        role: Role::Clinician,
+        resource: T::DocumentReference,
+        interactions: &[Create, Read, Update, Search],
+        view: View::DocumentReferenceFull,
+        relationship: CareTeam,
+    },
+    Grant {
+        role: Role::Billing,
+        resource: T::Patient,
+        interactions: &[Read, Search],
+        view: View::PatientBilling,
+        relationship: Facility,
+    },
+    Grant {
+        role: Role::Billing,
+        resource: T::Claim,
+        interactions: &[Create, Read, Update, Delete, Search],
+        view: View::ClaimFull,
+        relationship: Facility,
+    },
+    Grant {
+        role: Role::Patient,
+        resource: T::Patient,
+        interactions: &[Read, Search],
+        view: View::PatientSelf,
+        relationship: OwnRecord,
+    },
+    Grant {
+        role: Role::Patient,
+        resource: T::Observation,
+        interactions: &[Read, Search],
+        view: View::ObservationFull,
+        relationship: OwnRecord,
+    },
+    Grant {
+        role: Role::Patient,
+        resource: T::DocumentReference,
+        interactions: &[Read, Search],
+        view: View::DocumentReferenceFull,
+        relationship: OwnRecord,
+    },
+    Grant {
+        role: Role::Patient,
+        resource: T::Claim,
+        interactions: &[Read, Search],
+        view: View::ClaimFull,
+        relationship: OwnRecord,
+    },
+    Grant {
+        role: Role::Service,
+        resource: T::Patient,
+        interactions: &[Read, Search],
+        view: View::PatientDemographics,
+        relationship: Facility,
+    },
+    Grant {
+        role: Role::Service,
+        resource: T::Observation,
+        interactions: &[Create, Read, Search],
+        view: View::ObservationFull,
+        relationship: Facility,
+    },
 ];
 
-pub fn grant(role: Role, resource: ResourceType, interaction: Interaction) -> Option<&'static Grant> {
+pub fn grant(
+    role: Role,
+    resource: ResourceType,
+    interaction: Interaction,
+) -> Option<&'static Grant> {
     MATRIX
         .iter()
         .find(|g| g.role == role && g.resource == resource && g.interactions.contains(&interaction))
@@ -158,7 +234,9 @@ pub fn grant(role: Role, resource: ResourceType, interaction: Interaction) -> Op
 
 /// The matrix as a Markdown table for the README.
 pub fn markdown_table() -> String {
-    let mut out = String::from("| Role | Resource | Interactions | View | Requires |\n|---|---|---|---|---|\n");
+    let mut out = String::from(
+        "| Role | Resource | Interactions | View | Requires |\n|---|---|---|---|---|\n",
+    );
     for g in MATRIX {
         let letters: String = Interaction::ALL
             .iter()

@@ -117,7 +117,12 @@ impl DenyReason {
 
 /// The decision point. Access = scope ∩ role ∩ relationship; the first role that grants
 /// the interaction with a satisfied relationship decides the view.
-pub fn decide(subject: &Subject<'_>, resource: ResourceType, interaction: Interaction, target: Target) -> Decision {
+pub fn decide(
+    subject: &Subject<'_>,
+    resource: ResourceType,
+    interaction: Interaction,
+    target: Target,
+) -> Decision {
     if !(subject.scope_allows)(resource, interaction) {
         return Decision::Deny(DenyReason::ScopeMissing);
     }
@@ -149,16 +154,19 @@ fn relationship(
     use matrix::Relationship as R;
     match (needed, target) {
         (R::CareTeam, Target::Patient(p)) => p.on_care_team.then_some((Basis::CareTeam, None)),
-        (R::CareTeam, Target::Search) => {
-            Some((Basis::CareTeam, Some(SearchScope::CareTeam(subject.user_id))))
+        (R::CareTeam, Target::Search) => Some((
+            Basis::CareTeam,
+            Some(SearchScope::CareTeam(subject.user_id)),
+        )),
+        (R::Facility, Target::Patient(p)) => {
+            (subject.facility_id == Some(p.facility_id)).then_some((Basis::Facility, None))
         }
-        (R::Facility, Target::Patient(p)) => (subject.facility_id == Some(p.facility_id))
-            .then_some((Basis::Facility, None)),
         (R::Facility, Target::Search) => subject
             .facility_id
             .map(|f| (Basis::Facility, Some(SearchScope::Facility(f)))),
-        (R::OwnRecord, Target::Patient(p)) => (subject.own_patient_id == Some(p.patient_id))
-            .then_some((Basis::OwnRecord, None)),
+        (R::OwnRecord, Target::Patient(p)) => {
+            (subject.own_patient_id == Some(p.patient_id)).then_some((Basis::OwnRecord, None))
+        }
         (R::OwnRecord, Target::Search) => subject
             .own_patient_id
             .map(|p| (Basis::OwnRecord, Some(SearchScope::OnePatient(p)))),
@@ -195,16 +203,30 @@ mod tests {
 
     #[test]
     fn clinician_on_care_team_reads_clinical_view() {
-        let d = decide(&subject(&[Role::Clinician]), T::Patient, Read, patient(true, 99));
+        let d = decide(
+            &subject(&[Role::Clinician]),
+            T::Patient,
+            Read,
+            patient(true, 99),
+        );
         assert_eq!(
             d,
-            Decision::Permit { view: View::PatientClinical, basis: Basis::CareTeam, search: None }
+            Decision::Permit {
+                view: View::PatientClinical,
+                basis: Basis::CareTeam,
+                search: None
+            }
         );
     }
 
     #[test]
     fn clinician_outside_care_team_is_denied() {
-        let d = decide(&subject(&[Role::Clinician]), T::Patient, Read, patient(false, 10));
+        let d = decide(
+            &subject(&[Role::Clinician]),
+            T::Patient,
+            Read,
+            patient(false, 10),
+        );
         assert_eq!(d, Decision::Deny(DenyReason::NoRelationship));
     }
 
@@ -213,7 +235,11 @@ mod tests {
         for role in [Role::Admin, Role::PrivacyOfficer] {
             for res in [T::Patient, T::Observation, T::DocumentReference, T::Claim] {
                 let d = decide(&subject(&[role]), res, Read, patient(true, 10));
-                assert_eq!(d, Decision::Deny(DenyReason::RoleMissing), "{role:?} {res:?}");
+                assert_eq!(
+                    d,
+                    Decision::Deny(DenyReason::RoleMissing),
+                    "{role:?} {res:?}"
+                );
             }
         }
     }
@@ -224,15 +250,29 @@ mod tests {
             let d = decide(&subject(&[Role::Billing]), res, Read, patient(true, 10));
             assert_eq!(d, Decision::Deny(DenyReason::RoleMissing));
         }
-        let d = decide(&subject(&[Role::Billing]), T::Patient, Read, patient(false, 10));
-        assert!(matches!(d, Decision::Permit { view: View::PatientBilling, .. }));
+        let d = decide(
+            &subject(&[Role::Billing]),
+            T::Patient,
+            Read,
+            patient(false, 10),
+        );
+        assert!(matches!(
+            d,
+            Decision::Permit {
+                view: View::PatientBilling,
+                ..
+            }
+        ));
     }
 
     #[test]
     fn patient_reads_only_own_record() {
         let mut s = subject(&[Role::Patient]);
         s.own_patient_id = Some(Uuid::from_u128(100));
-        assert!(matches!(decide(&s, T::Patient, Read, patient(false, 1)), Decision::Permit { .. }));
+        assert!(matches!(
+            decide(&s, T::Patient, Read, patient(false, 1)),
+            Decision::Permit { .. }
+        ));
         s.own_patient_id = Some(Uuid::from_u128(101));
         assert_eq!(
             decide(&s, T::Patient, Read, patient(false, 1)),

@@ -17,12 +17,14 @@ use std::time::Instant;
 use tracing::Instrument;
 
 /// Per-listener settings of the edge middleware.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct EdgeSettings {
     /// Send HSTS (only on the HTTPS listener).
     pub hsts: bool,
     pub body_limit: usize,
     pub cors_allowed_origins: Vec<String>,
+    /// Per-source-address limit (health probes exempt).
+    pub address_limit: Option<std::sync::Arc<super::ratelimit::RateLimiter>>,
 }
 
 pub const CSP: &str = "default-src 'self'; object-src 'none'; base-uri 'none'; \
@@ -131,6 +133,18 @@ fn early_response(
         .and_then(|v| v.parse::<u64>().ok());
     if declared_len.is_some_and(|n| n > settings.body_limit as u64) {
         return Some(HttpResponse::new(StatusCode::PAYLOAD_TOO_LARGE));
+    }
+    let is_probe = matches!(req.path(), "/healthz" | "/readyz");
+    if let (Some(limit), Some(peer), false) = (&settings.address_limit, req.peer_addr(), is_probe) {
+        if let Err(wait) = limit.check(&peer.ip().to_string()) {
+            let secs = wait.as_secs() + 1;
+            return Some(
+                crate::error::AppError::RateLimited {
+                    retry_after_secs: secs,
+                }
+                .error_response(),
+            );
+        }
     }
     let is_preflight = req.method() == Method::OPTIONS
         && req.headers().contains_key(header::ORIGIN)

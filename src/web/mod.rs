@@ -2,6 +2,7 @@
 
 pub mod edge;
 pub mod json;
+pub mod ratelimit;
 pub mod redirect;
 pub mod render;
 pub mod request_id;
@@ -25,6 +26,7 @@ pub type ExtraRoutes = fn(&mut routes::Routes);
 /// Builds the HTTPS application: every route behind the edge middleware.
 pub fn build_app(
     state: web::Data<AppState>,
+    address_limit: Option<std::sync::Arc<ratelimit::RateLimiter>>,
     config: Config,
     extra: Option<ExtraRoutes>,
 ) -> App<
@@ -40,6 +42,7 @@ pub fn build_app(
         hsts: true,
         body_limit: config.server.body_limit_bytes,
         cors_allowed_origins: config.server.cors_allowed_origins.clone(),
+        address_limit: address_limit.clone(),
     };
     let json_limits = json::JsonLimits {
         max_depth: config.server.json_max_depth,

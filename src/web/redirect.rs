@@ -34,6 +34,7 @@ pub fn build_app(
             hsts: false,
             body_limit,
             cors_allowed_origins: Vec::new(),
+            address_limit: None,
         }))
         .wrap(from_fn(edge::edge))
         .default_service(web::to(redirect_or_refuse))

@@ -134,7 +134,10 @@ async fn dev_mode_serves_refuses_a_second_instance_and_stops_cleanly() {
         while let Some(line) = lines.next() {
             let line = line.unwrap();
             if let Some(rest) = line.trim().strip_prefix("HTTPS:") {
-                let port = rest.trim().trim_start_matches("https://localhost:").trim_end_matches('/');
+                let port = rest
+                    .trim()
+                    .trim_start_matches("https://localhost:")
+                    .trim_end_matches('/');
                 let port = port.parse::<u16>().unwrap();
                 // Keep draining stdout so the server never writes into a closed pipe.
                 std::thread::spawn(move || lines.for_each(drop));
@@ -150,17 +153,31 @@ async fn dev_mode_serves_refuses_a_second_instance_and_stops_cleanly() {
         .danger_accept_invalid_certs(true)
         .build()
         .unwrap();
-    let res = insecure.get(format!("https://127.0.0.1:{port}/readyz")).send().await.unwrap();
+    let res = insecure
+        .get(format!("https://127.0.0.1:{port}/readyz"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(res.status(), 200);
     assert!(dev_dir.join("database_url").is_file());
 
-    let second = tokio::task::spawn_blocking(move || spawn_second(spawn)).await.unwrap();
+    let second = tokio::task::spawn_blocking(move || spawn_second(spawn))
+        .await
+        .unwrap();
     assert!(!second.status.success());
     assert!(String::from_utf8_lossy(&second.stderr).contains("already running"));
 
     let pid = first.id().to_string();
-    assert!(Command::new("kill").args(["-INT", &pid]).status().unwrap().success());
-    let status = tokio::task::spawn_blocking(move || first.wait().unwrap()).await.unwrap();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = tokio::task::spawn_blocking(move || first.wait().unwrap())
+        .await
+        .unwrap();
     assert!(status.success(), "dev exits cleanly on SIGINT");
     assert!(
         !dev_dir.join("postgres/pgdata/postmaster.pid").exists(),
@@ -174,8 +191,10 @@ fn spawn_second(spawn: impl Fn() -> std::process::Child) -> Output {
 
 #[test]
 fn readme_configuration_table_is_current() {
-    let readme = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("<!-- settings:begin -->\n").unwrap() + "<!-- settings:begin -->\n".len();
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start =
+        readme.find("<!-- settings:begin -->\n").unwrap() + "<!-- settings:begin -->\n".len();
     let end = readme.find("<!-- settings:end -->").unwrap();
     assert_eq!(
         &readme[start..end],

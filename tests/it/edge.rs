@@ -350,3 +350,21 @@ async fn plain_http_redirects_console_and_refuses_api() {
     assert!(post.status().is_client_error());
     assert!(post.headers().get("location").is_none());
 }
+
+#[tokio::test]
+async fn requests_over_the_address_limit_get_429_with_retry_after() {
+    let app = TestApp::builder()
+        .set("ratelimit.per_address_per_minute", 60)
+        .set("ratelimit.per_address_burst", 3)
+        .spawn()
+        .await;
+    for _ in 0..3 {
+        assert_eq!(app.get("/fhir/metadata").await.status(), StatusCode::OK);
+    }
+    let limited = app.get("/fhir/metadata").await;
+    assert_eq!(limited.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert!(limited.headers().contains_key("retry-after"));
+    assert_security_headers(&limited);
+    // Health probes from a load balancer are never limited.
+    assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
+}
