@@ -135,16 +135,11 @@ fn early_response(
         return Some(HttpResponse::new(StatusCode::PAYLOAD_TOO_LARGE));
     }
     let is_probe = matches!(req.path(), "/healthz" | "/readyz");
-    if let (Some(limit), Some(peer), false) = (&settings.address_limit, req.peer_addr(), is_probe) {
-        if let Err(wait) = limit.check(&peer.ip().to_string()) {
-            let secs = wait.as_secs() + 1;
-            return Some(
-                crate::error::AppError::RateLimited {
-                    retry_after_secs: secs,
-                }
-                .error_response(),
-            );
-        }
+    if let (Some(limit), Some(peer), false) = (&settings.address_limit, req.peer_addr(), is_probe)
+        && let Err(wait) = limit.check(&peer.ip().to_string())
+    {
+        let retry_after_secs = wait.as_secs() + 1;
+        return Some(crate::error::AppError::RateLimited { retry_after_secs }.error_response());
     }
     let is_preflight = req.method() == Method::OPTIONS
         && req.headers().contains_key(header::ORIGIN)
