@@ -4,6 +4,7 @@
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod crypto;
 pub mod db;
 pub mod dev;
 pub mod error;
