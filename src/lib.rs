@@ -10,6 +10,7 @@ pub mod dev;
 pub mod error;
 pub mod fhir;
 pub mod health;
+pub mod keys;
 pub mod pgcluster;
 pub mod policy;
 pub mod secret;

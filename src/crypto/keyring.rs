@@ -109,6 +109,11 @@ impl Keyring {
         kr
     }
 
+    /// The configured provider whose key id is `kek_id`, if any.
+    pub fn provider(&self, kek_id: &str) -> Option<&Arc<dyn KeyProvider>> {
+        self.providers.iter().find(|p| p.key_id() == kek_id)
+    }
+
     pub fn primary_provider(&self) -> &Arc<dyn KeyProvider> {
         &self.providers[0]
     }
