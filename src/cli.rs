@@ -2,7 +2,7 @@
 
 use crate::config::Config;
 use crate::startup::{Application, Options};
-use crate::{db, dev, telemetry};
+use crate::{db, dev, keys, telemetry};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -30,6 +30,29 @@ pub enum Command {
     Migrate,
     /// Print every configuration setting (Markdown table).
     Settings,
+    /// Encryption keys: status and rotation.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Data-key versions, their state, and how many rows and values each still protects.
+    Status,
+    /// Rotate: a new data key for new writes, then re-encrypt existing rows in batches
+    /// (resumable: run again after an interruption). With --kek: re-wrap the data keys
+    /// under crypto.rotation_kek instead, without touching data rows.
+    Rotate {
+        /// Re-wrap the data keys under crypto.rotation_kek (then make it crypto.kek).
+        #[arg(long)]
+        kek: bool,
+        /// Rows per batch; each batch is one transaction.
+        #[arg(long, default_value_t = 500)]
+        batch_size: i64,
+        /// Stop after this many batches (run again to continue).
+        #[arg(long)]
+        max_batches: Option<u64>,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -47,6 +70,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Settings => {
             print!("{}", crate::config::markdown_table());
             Ok(())
+        }
+        Command::Keys(cmd) => {
+            let config = Config::load(path)?;
+            actix_web::web::block(move || keys::run(&config, cmd)).await?
         }
         Command::Migrate => {
             let config = Config::load(path)?;

@@ -85,6 +85,9 @@ settings! {
     "ratelimit.per_principal_burst", Int, "200", "Burst allowance per principal";
     "log.filter", Str, "info", "Log filter in RUST_LOG syntax (RUST_LOG overrides it)";
     "log.format", Str, "json", "json (one JSON object per line) | text";
+    "crypto.kek", Secret, "", "Key-encryption key that wraps the data keys: 32 random bytes, base64 (`head -c32 /dev/urandom | base64`); required to serve";
+    "crypto.rotation_kek", Secret, "", "New key-encryption key for `custodian keys rotate --kek` (32 bytes, base64); while set, also accepted to unwrap data keys";
+    "crypto.blind_index_key", Secret, "", "HMAC key for the blind indexes of MRN, SSN, names and birth date (32 bytes, base64); separate from the KEK; required to serve";
 }
 
 /// The configuration reference as a Markdown table (printed by `custodian settings`,
@@ -127,6 +130,53 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub crypto: CryptoConfig,
+}
+
+/// Keys for encryption at rest, split by duty: `kek` (normal operation), `rotation_kek`
+/// (the next KEK, for `keys rotate --kek`), `blind_index_key` (equality search). Each
+/// is 32 random bytes, base64; each may come from `<NAME>_FILE`. Required ones are
+/// checked when the keyring is built (serving, `keys`), so `migrate` needs no key.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CryptoConfig {
+    pub kek: Option<Secret<String>>,
+    pub rotation_kek: Option<Secret<String>>,
+    pub blind_index_key: Option<Secret<String>>,
+}
+
+impl CryptoConfig {
+    fn validate(&self) -> Result<(), ConfigError> {
+        let fields = [
+            ("crypto.kek", &self.kek),
+            ("crypto.rotation_kek", &self.rotation_kek),
+            ("crypto.blind_index_key", &self.blind_index_key),
+        ];
+        let mut seen: Vec<(&str, zeroize::Zeroizing<[u8; 32]>)> = Vec::new();
+        for (setting, value) in fields {
+            let Some(value) = value.as_ref().filter(|v| !v.expose().trim().is_empty()) else {
+                continue;
+            };
+            let key = crate::crypto::provider::decode_key(setting, value.expose())
+                .map_err(|e| ConfigError::new(setting, crypto_problem(e)))?;
+            if let Some((other, _)) = seen.iter().find(|(_, k)| k.as_ref() == key.as_ref()) {
+                return Err(ConfigError::new(
+                    setting,
+                    format!("must differ from {other} (each duty has its own key)"),
+                ));
+            }
+            seen.push((setting, key));
+        }
+        Ok(())
+    }
+}
+
+fn crypto_problem(e: crate::crypto::CryptoError) -> String {
+    match e {
+        crate::crypto::CryptoError::Config { problem, .. } => problem,
+        other => other.to_string(),
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -326,6 +376,7 @@ impl Config {
                 ));
             }
         }
+        self.crypto.validate()?;
         if self.tls.client_auth != ClientAuth::Off && self.tls.client_ca_file.is_none() {
             return Err(ConfigError::new(
                 "tls.client_ca_file",

@@ -57,6 +57,30 @@ fn ensure_certificate(dir: &Path) -> anyhow::Result<(PathBuf, PathBuf)> {
     Ok((cert, key))
 }
 
+/// Development keys for encryption at rest, created on first start in `keys/` (files
+/// 0600, folder 0700) and reused afterwards. Environment or config file values win.
+fn ensure_dev_keys(dir: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
+    use base64::Engine;
+    use std::os::unix::fs::PermissionsExt;
+    let keys_dir = dir.join("keys");
+    std::fs::create_dir_all(&keys_dir)?;
+    std::fs::set_permissions(&keys_dir, std::fs::Permissions::from_mode(0o700))?;
+    let mut out = Vec::new();
+    for (setting, file) in [("crypto.kek", "kek"), ("crypto.blind_index_key", "blind_index_key")] {
+        let path = keys_dir.join(file);
+        if !path.is_file() {
+            let key = crate::crypto::keyring::generate_key();
+            let b64 = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(key.as_ref()));
+            write_private(&path, format!("{}\n", b64.as_str()).as_bytes())?;
+            println!("created a development key for {setting} in {}", path.display());
+        }
+        let value = std::fs::read_to_string(&path)
+            .with_context(|| format!("{setting}: cannot read {}", path.display()))?;
+        out.push((setting, value.trim().to_string()));
+    }
+    Ok(out)
+}
+
 /// Writes a file readable by its owner only.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
@@ -98,6 +122,9 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     set("tls.cert_file", cert.display().to_string().into());
     set("tls.key_file", key.display().to_string().into());
     set("log.format", "text".into());
+    for (setting, value) in ensure_dev_keys(&dir)? {
+        set(setting, value.into());
+    }
 
     let cluster = if database_configured() {
         say!("using the database from the environment");

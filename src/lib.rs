@@ -4,11 +4,13 @@
 pub mod cli;
 pub mod config;
 pub mod console;
+pub mod crypto;
 pub mod db;
 pub mod dev;
 pub mod error;
 pub mod fhir;
 pub mod health;
+pub mod keys;
 pub mod pgcluster;
 pub mod policy;
 pub mod secret;

@@ -2,6 +2,7 @@
 //! Returns the bound addresses so tests can start the real app on port 0.
 
 use crate::config::Config;
+use crate::crypto;
 use crate::db::{self, Db};
 use crate::tls;
 use crate::web::ratelimit::RateLimiter;
@@ -41,8 +42,22 @@ impl Application {
                 tracing::info!(count = applied.len(), "applied migrations");
             }
         }
+        let keyring = {
+            let crypto = config.crypto.clone();
+            let url = config.database.url.clone();
+            let timeout = config.database.connect_timeout_secs;
+            actix_web::web::block(move || crypto::load_keyring(&crypto, url.expose(), timeout))
+                .await
+                .context("key loading task failed")??
+        };
+        tracing::info!(
+            active_key_version = ?keyring.active_version(),
+            kek_id = keyring.primary_provider().key_id(),
+            "keyring loaded"
+        );
         let state = actix_web::web::Data::new(AppState {
             db: Db::new(&config.database),
+            keyring: std::sync::Arc::new(keyring),
         });
 
         let workers = match config.server.workers {

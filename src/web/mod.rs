@@ -17,6 +17,8 @@ use actix_web::{App, middleware::from_fn, web};
 /// What handlers share.
 pub struct AppState {
     pub db: Db,
+    /// Seals and opens PHI fields; computes blind indexes (see [`crate::crypto`]).
+    pub keyring: std::sync::Arc<crate::crypto::Keyring>,
 }
 
 /// Routes added by tests on top of the product's table (for example a handler that

@@ -205,6 +205,28 @@ pub fn test_cert() -> &'static TestCert {
     })
 }
 
+/// Random keys for encryption at rest, one set per test process (base64, 32 bytes).
+pub struct TestKeys {
+    pub kek: String,
+    pub blind_index_key: String,
+}
+
+pub fn random_key() -> String {
+    use base64::Engine;
+    use rand::RngCore;
+    let mut key = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut key);
+    base64::engine::general_purpose::STANDARD.encode(key)
+}
+
+pub fn test_keys() -> &'static TestKeys {
+    static KEYS: OnceLock<TestKeys> = OnceLock::new();
+    KEYS.get_or_init(|| TestKeys {
+        kek: random_key(),
+        blind_index_key: random_key(),
+    })
+}
+
 pub struct TestAppBuilder {
     table: toml::Table,
     extra_routes: Option<ExtraRoutes>,
@@ -246,6 +268,8 @@ impl TestAppBuilder {
         set("database.pool_size", 4.into());
         set("database.acquire_timeout_ms", 1500.into());
         set("database.connect_timeout_secs", 2.into());
+        set("crypto.kek", test_keys().kek.clone().into());
+        set("crypto.blind_index_key", test_keys().blind_index_key.clone().into());
         config::merge(&mut table, self.table.clone());
         let c = config::from_table(table).unwrap();
         c.validate().unwrap();

@@ -1,0 +1,89 @@
+//! `custodian keys status | rotate [--kek]`: operator commands over [`crate::crypto`].
+//! Progress goes to stderr, results to stdout.
+
+use crate::cli::KeysCommand;
+use crate::config::Config;
+use crate::crypto::rotation::{self, RotateOptions};
+use crate::crypto::{self, KeyProvider, LocalKek};
+use anyhow::Context;
+use diesel::{Connection, PgConnection};
+use std::io::Write;
+
+pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
+    let keyring = crypto::load_keyring(
+        &config.crypto,
+        config.database.url.expose(),
+        config.database.connect_timeout_secs,
+    )?;
+    let mut conn = PgConnection::establish(&crate::db::with_connect_timeout(
+        config.database.url.expose(),
+        config.database.connect_timeout_secs,
+    ))
+    .context("database.url: cannot connect to PostgreSQL")?;
+    match cmd {
+        KeysCommand::Status => print_status(&mut conn),
+        KeysCommand::Rotate { kek: true, .. } => {
+            let new = config
+                .crypto
+                .rotation_kek
+                .as_ref()
+                .filter(|s| !s.expose().trim().is_empty())
+                .context("crypto.rotation_kek: is required for `keys rotate --kek` (the new key-encryption key)")?;
+            let new = LocalKek::from_base64("crypto.rotation_kek", new.expose())
+                .map_err(crypto::config_error)?;
+            let n = rotation::rotate_kek(&mut conn, &keyring, &new).map_err(crypto::config_error)?;
+            println!(
+                "re-wrapped {n} data key(s) under KEK {}; now set crypto.kek to the value of crypto.rotation_kek on every instance and remove crypto.rotation_kek",
+                new.key_id()
+            );
+            print_status(&mut conn)
+        }
+        KeysCommand::Rotate { kek: false, batch_size, max_batches } => {
+            let mut stderr = std::io::stderr();
+            let report = rotation::rotate_data_keys(
+                &mut conn,
+                &keyring,
+                RotateOptions { batch_size, max_batches },
+                &mut |p| {
+                    let _ = writeln!(
+                        stderr,
+                        "re-encrypting {}: {}/{} rows -> key version {}",
+                        p.table, p.done, p.total, p.active_version
+                    );
+                },
+            )
+            .map_err(crypto::config_error)?;
+            if report.started_new_version {
+                println!("data key version {} is now active for new writes", report.active_version);
+            } else {
+                println!("resumed the rotation to data key version {}", report.active_version);
+            }
+            println!("re-encrypted {} row(s)", report.rows_reencrypted);
+            for v in &report.retired {
+                println!("retired data key version {v}");
+            }
+            if !report.complete {
+                println!("rotation not finished: rows still use older key versions; run `custodian keys rotate` again");
+            }
+            print_status(&mut conn)
+        }
+    }
+}
+
+fn print_status(conn: &mut PgConnection) -> anyhow::Result<()> {
+    let status = rotation::key_status(conn).map_err(crypto::config_error)?;
+    println!("{:>7}  {:<12}  {:>10}  {:>10}  {:<22}  tables", "version", "state", "rows", "values", "kek");
+    for k in status {
+        let tables = k
+            .tables
+            .iter()
+            .map(|(t, r, v)| format!("{t}={r}/{v}"))
+            .collect::<Vec<_>>()
+            .join(" ");
+        println!(
+            "{:>7}  {:<12}  {:>10}  {:>10}  {:<22}  {}",
+            k.version, k.state, k.rows, k.values, k.kek_id, tables
+        );
+    }
+    Ok(())
+}
