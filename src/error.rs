@@ -14,6 +14,10 @@ pub enum AppError {
         status: StatusCode,
         message: Cow<'static, str>,
     },
+    /// No acceptable credentials (401). `challenge` is the whole `WWW-Authenticate`
+    /// value (RFC 6750), fixed by us; it never carries detail about the token.
+    #[error("authentication required")]
+    Unauthenticated { challenge: &'static str },
     /// A dependency (database, audit writer) is not available right now.
     #[error("service unavailable")]
     Unavailable,
@@ -29,6 +33,7 @@ pub struct SafeMessage(pub Cow<'static, str>);
 
 pub const UNAVAILABLE_MESSAGE: &str =
     "The service is temporarily unavailable. Please retry shortly.";
+pub const UNAUTHENTICATED_MESSAGE: &str = "Authentication is required: send a valid access token.";
 pub const INTERNAL_MESSAGE: &str =
     "An internal error occurred. Quote the request id when reporting it.";
 
@@ -64,6 +69,7 @@ impl ResponseError for AppError {
     fn status_code(&self) -> StatusCode {
         match self {
             AppError::Client { status, .. } => *status,
+            AppError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -72,6 +78,7 @@ impl ResponseError for AppError {
     fn error_response(&self) -> HttpResponse {
         let message = match self {
             AppError::Client { message, .. } => message.clone(),
+            AppError::Unauthenticated { .. } => Cow::Borrowed(UNAUTHENTICATED_MESSAGE),
             AppError::Unavailable => Cow::Borrowed(UNAVAILABLE_MESSAGE),
             AppError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
@@ -80,6 +87,12 @@ impl ResponseError for AppError {
         };
         let mut res = HttpResponse::new(self.status_code());
         res.extensions_mut().insert(SafeMessage(message));
+        if let AppError::Unauthenticated { challenge } = self {
+            res.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static(challenge),
+            );
+        }
         if matches!(self, AppError::Unavailable) {
             res.headers_mut().insert(
                 actix_web::http::header::RETRY_AFTER,

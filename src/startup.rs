@@ -40,8 +40,14 @@ impl Application {
                 tracing::info!(count = applied.len(), "applied migrations");
             }
         }
+        let tokens = config
+            .auth
+            .as_ref()
+            .map(crate::auth::TokenVerifier::new)
+            .transpose()?;
         let state = actix_web::web::Data::new(AppState {
             db: Db::new(&config.database),
+            tokens,
         });
 
         let workers = match config.server.workers {

@@ -16,6 +16,9 @@ use actix_web::{App, middleware::from_fn, web};
 /// What handlers share.
 pub struct AppState {
     pub db: Db,
+    /// Bearer-token verification; `None` when `[auth]` is not configured (then every
+    /// bearer-protected route answers 401).
+    pub tokens: Option<crate::auth::TokenVerifier>,
 }
 
 /// Routes added by tests on top of the product's table (for example a handler that
