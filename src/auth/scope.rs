@@ -178,11 +178,11 @@ pub struct ScopeSet {
 impl ScopeSet {
     /// Parses a space-separated `scope` claim (RFC 8693 / RFC 9068).
     pub fn parse(scope: &str) -> ScopeSet {
-        Self::from_iter(scope.split(' '))
+        Self::from_scopes(scope.split(' '))
     }
 
     /// Parses a list of scope strings (e.g. an `scp` array claim).
-    pub fn from_iter<'a>(scopes: impl IntoIterator<Item = &'a str>) -> ScopeSet {
+    pub fn from_scopes<'a>(scopes: impl IntoIterator<Item = &'a str>) -> ScopeSet {
         let mut set = ScopeSet::default();
         for s in scopes
             .into_iter()

@@ -315,7 +315,7 @@ impl TokenVerifier {
 
         let scopes = match (&claims.scope, &claims.scp) {
             (Some(s), _) => ScopeSet::parse(s),
-            (None, Some(list)) => ScopeSet::from_iter(list.iter()),
+            (None, Some(list)) => ScopeSet::from_scopes(list.iter()),
             (None, None) => ScopeSet::default(),
         };
         let client_id = claims.client_id.or(claims.azp);

@@ -733,3 +733,22 @@ async fn explicit_jwks_url_skips_discovery() {
     assert_eq!(p.jwks_hits(), 1);
     assert_eq!(p.all_hits(), 1, "no discovery request");
 }
+
+#[tokio::test]
+async fn discovery_document_for_another_issuer_is_not_trusted() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    // Same server, but configured under a different (equally local) issuer name: the
+    // discovery document names 127.0.0.1, so its jwks_uri is not used.
+    let issuer = p.issuer().replace("127.0.0.1", "localhost");
+    let app = TestApp::builder()
+        .set("auth.issuer", issuer.clone())
+        .set("auth.audience", AUDIENCE)
+        .extra_routes(routes)
+        .spawn()
+        .await;
+    let token = es.sign(&with(claims(&p), json!({ "iss": issuer })));
+    let res = call(&app, &token).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(p.jwks_hits(), 0);
+}
