@@ -88,6 +88,16 @@ settings! {
     "crypto.kek", Secret, "", "Key-encryption key that wraps the data keys: 32 random bytes, base64 (`head -c32 /dev/urandom | base64`); required to serve";
     "crypto.rotation_kek", Secret, "", "New key-encryption key for `custodian keys rotate --kek` (32 bytes, base64); while set, also accepted to unwrap data keys";
     "crypto.blind_index_key", Secret, "", "HMAC key for the blind indexes of MRN, SSN, names and birth date (32 bytes, base64); separate from the KEK; required to serve";
+    "auth.issuer", Str, "", "Bearer tokens: exact `iss` of accepted access tokens (https://, or http:// on localhost for tests). Setting any auth.* key enables bearer authentication; without the section bearer routes answer 401";
+    "auth.audience", Str, "", "Bearer tokens: the API audience that `aud` must contain; required with auth.issuer";
+    "auth.jwks_url", Str, "", "Bearer tokens: JWKS URL; empty = discovered from <issuer>/.well-known/openid-configuration (jwks_uri)";
+    "auth.algorithms", List, "[\"RS256\", \"PS256\", \"ES256\", \"EdDSA\"]", "Bearer tokens: accepted signature algorithms (RS256/384/512, PS256/384/512, ES256/384, EdDSA); HS* and none are refused";
+    "auth.clock_skew_secs", Int, "60", "Bearer tokens: leeway for exp/nbf/iat (at most 300)";
+    "auth.max_token_age_secs", Int, "0", "Bearer tokens: refuse tokens whose iat is older than this (0 = off; when set, iat is required)";
+    "auth.require_at_jwt_typ", Bool, "false", "Bearer tokens: require header typ at+jwt (RFC 9068), which rules out ID tokens completely";
+    "auth.jwks_refetch_min_interval_secs", Int, "60", "Bearer tokens: an unknown kid (or a due refresh) fetches the JWKS at most once per this interval";
+    "auth.jwks_max_staleness_secs", Int, "86400", "Bearer tokens: keep verifying with cached keys this long while the provider is unreachable";
+    "auth.max_token_bytes", Int, "8192", "Bearer tokens: longer tokens are refused before parsing";
 }
 
 /// The configuration reference as a Markdown table (printed by `custodian settings`,
@@ -130,6 +140,9 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     #[serde(default)]
     pub log: LogConfig,
+    /// Bearer-token verification; absent = no bearer authentication (routes answer 401).
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
     #[serde(default)]
     pub crypto: CryptoConfig,
 }
@@ -304,7 +317,170 @@ impl Default for LogConfig {
     }
 }
 
+/// `[auth]`: how API bearer tokens (JWT access tokens) are verified. See
+/// [`crate::auth`] for the rules applied to every token.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthConfig {
+    pub issuer: String,
+    pub audience: String,
+    #[serde(default)]
+    pub jwks_url: Option<String>,
+    #[serde(default = "defaults::auth_algorithms")]
+    pub algorithms: Vec<String>,
+    #[serde(default = "defaults::clock_skew_secs")]
+    pub clock_skew_secs: u64,
+    #[serde(default)]
+    pub max_token_age_secs: u64,
+    #[serde(default)]
+    pub require_at_jwt_typ: bool,
+    #[serde(default = "defaults::jwks_refetch_min_interval_secs")]
+    pub jwks_refetch_min_interval_secs: u64,
+    #[serde(default = "defaults::jwks_max_staleness_secs")]
+    pub jwks_max_staleness_secs: u64,
+    #[serde(default = "defaults::max_token_bytes")]
+    pub max_token_bytes: usize,
+}
+
+/// Longest accepted `auth.clock_skew_secs`.
+pub const MAX_CLOCK_SKEW_SECS: u64 = 300;
+
+impl AuthConfig {
+    /// The configured algorithms, parsed. Shared-secret algorithms (HS*) and `none` are
+    /// refused: with an HMAC algorithm anyone who knows the key (for example a public
+    /// key misused as an HMAC secret) can mint tokens.
+    pub fn parsed_algorithms(&self) -> Result<Vec<jsonwebtoken::Algorithm>, ConfigError> {
+        use jsonwebtoken::Algorithm as A;
+        const KEY: &str = "auth.algorithms";
+        if self.algorithms.is_empty() {
+            return Err(ConfigError::new(KEY, "must name at least one algorithm"));
+        }
+        let mut out = Vec::new();
+        for name in &self.algorithms {
+            let alg = match name.as_str() {
+                "RS256" => A::RS256,
+                "RS384" => A::RS384,
+                "RS512" => A::RS512,
+                "PS256" => A::PS256,
+                "PS384" => A::PS384,
+                "PS512" => A::PS512,
+                "ES256" => A::ES256,
+                "ES384" => A::ES384,
+                "EdDSA" => A::EdDSA,
+                "HS256" | "HS384" | "HS512" => {
+                    return Err(ConfigError::new(
+                        KEY,
+                        "HS256/HS384/HS512 are refused: shared-secret tokens can be minted by anyone holding the secret",
+                    ));
+                }
+                n if n.eq_ignore_ascii_case("none") => {
+                    return Err(ConfigError::new(
+                        KEY,
+                        "none is refused: unsigned tokens are never accepted",
+                    ));
+                }
+                _ => {
+                    return Err(ConfigError::new(
+                        KEY,
+                        "must list only RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA",
+                    ));
+                }
+            };
+            if !out.contains(&alg) {
+                out.push(alg);
+            }
+        }
+        Ok(out)
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.issuer.is_empty() {
+            return Err(ConfigError::new("auth.issuer", "is required"));
+        }
+        validate_provider_url("auth.issuer", &self.issuer)?;
+        if self.audience.trim().is_empty() {
+            return Err(ConfigError::new("auth.audience", "is required"));
+        }
+        if let Some(url) = self.jwks_url.as_deref().filter(|u| !u.is_empty()) {
+            validate_provider_url("auth.jwks_url", url)?;
+        }
+        self.parsed_algorithms()?;
+        if self.clock_skew_secs > MAX_CLOCK_SKEW_SECS {
+            return Err(ConfigError::new(
+                "auth.clock_skew_secs",
+                "must be at most 300",
+            ));
+        }
+        if self.jwks_refetch_min_interval_secs == 0 {
+            return Err(ConfigError::new(
+                "auth.jwks_refetch_min_interval_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.jwks_max_staleness_secs == 0 {
+            return Err(ConfigError::new(
+                "auth.jwks_max_staleness_secs",
+                "must be at least 1",
+            ));
+        }
+        if self.max_token_bytes < 256 || self.max_token_bytes > 65_536 {
+            return Err(ConfigError::new(
+                "auth.max_token_bytes",
+                "must be between 256 and 65536",
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// Identity-provider URLs must be https; plain http is allowed only on the loopback
+/// names used by tests. No credentials, no fragment.
+pub fn validate_provider_url(setting: &str, raw: &str) -> Result<url::Url, ConfigError> {
+    let url = url::Url::parse(raw).map_err(|_| ConfigError::new(setting, "is not a valid URL"))?;
+    let loopback = matches!(
+        url.host(),
+        Some(url::Host::Domain("localhost"))
+            | Some(url::Host::Ipv4(std::net::Ipv4Addr::LOCALHOST))
+            | Some(url::Host::Ipv6(std::net::Ipv6Addr::LOCALHOST))
+    );
+    match url.scheme() {
+        "https" => {}
+        "http" if loopback => {}
+        _ => {
+            return Err(ConfigError::new(
+                setting,
+                "must be an https:// URL (http:// only for localhost)",
+            ));
+        }
+    }
+    if !url.username().is_empty() || url.password().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::new(
+            setting,
+            "must not carry credentials or a fragment",
+        ));
+    }
+    Ok(url)
+}
+
 mod defaults {
+    pub fn auth_algorithms() -> Vec<String> {
+        ["RS256", "PS256", "ES256", "EdDSA"]
+            .into_iter()
+            .map(String::from)
+            .collect()
+    }
+    pub fn clock_skew_secs() -> u64 {
+        60
+    }
+    pub fn jwks_refetch_min_interval_secs() -> u64 {
+        60
+    }
+    pub fn jwks_max_staleness_secs() -> u64 {
+        86_400
+    }
+    pub fn max_token_bytes() -> usize {
+        8192
+    }
     pub fn pool_size() -> u32 {
         16
     }
@@ -382,6 +558,9 @@ impl Config {
                 "tls.client_ca_file",
                 "is required when tls.client_auth is optional or required",
             ));
+        }
+        if let Some(auth) = &self.auth {
+            auth.validate()?;
         }
         Ok(())
     }
@@ -757,6 +936,77 @@ mod tests {
     fn debug_of_config_hides_the_database_password() {
         let c = load(minimal()).unwrap();
         assert!(!format!("{c:?}").contains("pw@"));
+    }
+
+    fn with_auth(extra: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let mut e = minimal();
+        e.push((
+            "CUSTODIAN_AUTH_ISSUER".into(),
+            "https://idp.example.org".into(),
+        ));
+        e.push((
+            "CUSTODIAN_AUTH_AUDIENCE".into(),
+            "https://api.example.org".into(),
+        ));
+        e.extend(env(extra));
+        load(e)
+    }
+
+    #[test]
+    fn auth_section_is_optional_and_has_safe_defaults() {
+        assert!(load(minimal()).unwrap().auth.is_none());
+        let a = with_auth(&[]).unwrap().auth.unwrap();
+        assert_eq!(a.algorithms, ["RS256", "PS256", "ES256", "EdDSA"]);
+        assert_eq!(a.clock_skew_secs, 60);
+        assert_eq!(a.max_token_age_secs, 0);
+        assert!(!a.require_at_jwt_typ);
+        assert_eq!(a.jwks_refetch_min_interval_secs, 60);
+        assert_eq!(a.jwks_max_staleness_secs, 86_400);
+        assert_eq!(a.max_token_bytes, 8192);
+    }
+
+    #[test]
+    fn auth_without_issuer_or_audience_is_named() {
+        let mut e = minimal();
+        e.push(("CUSTODIAN_AUTH_AUDIENCE".into(), "api".into()));
+        assert_eq!(load(e).unwrap_err().setting, "auth.issuer");
+        let mut e = minimal();
+        e.push(("CUSTODIAN_AUTH_ISSUER".into(), "https://idp".into()));
+        assert_eq!(load(e).unwrap_err().setting, "auth.audience");
+    }
+
+    #[test]
+    fn shared_secret_and_none_algorithms_are_refused() {
+        for alg in ["HS256", "RS256,HS512", "none", "NONE", "XX1"] {
+            let err = with_auth(&[("CUSTODIAN_AUTH_ALGORITHMS", alg)]).unwrap_err();
+            assert_eq!(err.setting, "auth.algorithms", "{alg}");
+        }
+        let err = with_auth(&[("CUSTODIAN_AUTH_ALGORITHMS", "HS256")]).unwrap_err();
+        assert!(err.problem.contains("refused"), "{}", err.problem);
+        assert!(with_auth(&[("CUSTODIAN_AUTH_ALGORITHMS", "ES256, EdDSA")]).is_ok());
+    }
+
+    #[test]
+    fn provider_urls_must_be_https_except_on_localhost() {
+        let mut e = minimal();
+        e.push((
+            "CUSTODIAN_AUTH_ISSUER".into(),
+            "http://idp.example.org".into(),
+        ));
+        e.push(("CUSTODIAN_AUTH_AUDIENCE".into(), "api".into()));
+        assert_eq!(load(e).unwrap_err().setting, "auth.issuer");
+        let err =
+            with_auth(&[("CUSTODIAN_AUTH_JWKS_URL", "http://keys.example.org/jwks")]).unwrap_err();
+        assert_eq!(err.setting, "auth.jwks_url");
+        assert!(with_auth(&[("CUSTODIAN_AUTH_JWKS_URL", "http://127.0.0.1:9/jwks")]).is_ok());
+        assert!(with_auth(&[("CUSTODIAN_AUTH_JWKS_URL", "http://localhost:9/jwks")]).is_ok());
+    }
+
+    #[test]
+    fn clock_skew_is_bounded() {
+        let err = with_auth(&[("CUSTODIAN_AUTH_CLOCK_SKEW_SECS", "301")]).unwrap_err();
+        assert_eq!(err.setting, "auth.clock_skew_secs");
+        assert!(with_auth(&[("CUSTODIAN_AUTH_CLOCK_SKEW_SECS", "300")]).is_ok());
     }
 
     #[test]

@@ -17,6 +17,10 @@ pub enum AppError {
     /// Over a rate limit; retry after the given number of seconds.
     #[error("rate limited")]
     RateLimited { retry_after_secs: u64 },
+    /// No acceptable credentials (401). `challenge` is the whole `WWW-Authenticate`
+    /// value (RFC 6750), fixed by us; it never carries detail about the token.
+    #[error("authentication required")]
+    Unauthenticated { challenge: &'static str },
     /// A dependency (database, audit writer) is not available right now.
     #[error("service unavailable")]
     Unavailable,
@@ -32,6 +36,7 @@ pub struct SafeMessage(pub Cow<'static, str>);
 
 pub const UNAVAILABLE_MESSAGE: &str =
     "The service is temporarily unavailable. Please retry shortly.";
+pub const UNAUTHENTICATED_MESSAGE: &str = "Authentication is required: send a valid access token.";
 pub const INTERNAL_MESSAGE: &str =
     "An internal error occurred. Quote the request id when reporting it.";
 
@@ -68,6 +73,7 @@ impl ResponseError for AppError {
         match self {
             AppError::Client { status, .. } => *status,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            AppError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -77,6 +83,7 @@ impl ResponseError for AppError {
         let message = match self {
             AppError::Client { message, .. } => message.clone(),
             AppError::RateLimited { .. } => Cow::Borrowed("Too many requests. Retry later."),
+            AppError::Unauthenticated { .. } => Cow::Borrowed(UNAUTHENTICATED_MESSAGE),
             AppError::Unavailable => Cow::Borrowed(UNAVAILABLE_MESSAGE),
             AppError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
@@ -85,6 +92,12 @@ impl ResponseError for AppError {
         };
         let mut res = HttpResponse::new(self.status_code());
         res.extensions_mut().insert(SafeMessage(message));
+        if let AppError::Unauthenticated { challenge } = self {
+            res.headers_mut().insert(
+                actix_web::http::header::WWW_AUTHENTICATE,
+                actix_web::http::header::HeaderValue::from_static(challenge),
+            );
+        }
         let retry_after = match self {
             AppError::Unavailable => Some(5),
             AppError::RateLimited { retry_after_secs } => Some((*retry_after_secs).max(1)),

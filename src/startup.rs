@@ -42,6 +42,11 @@ impl Application {
                 tracing::info!(count = applied.len(), "applied migrations");
             }
         }
+        let tokens = config
+            .auth
+            .as_ref()
+            .map(crate::auth::TokenVerifier::new)
+            .transpose()?;
         let keyring = {
             let crypto = config.crypto.clone();
             let url = config.database.url.clone();
@@ -58,6 +63,7 @@ impl Application {
         let state = actix_web::web::Data::new(AppState {
             db: Db::new(&config.database),
             keyring: std::sync::Arc::new(keyring),
+            tokens,
         });
 
         let workers = match config.server.workers {

@@ -19,6 +19,9 @@ pub struct AppState {
     pub db: Db,
     /// Seals and opens PHI fields; computes blind indexes (see [`crate::crypto`]).
     pub keyring: std::sync::Arc<crate::crypto::Keyring>,
+    /// Bearer-token verification; `None` when `[auth]` is not configured (then every
+    /// bearer-protected route answers 401).
+    pub tokens: Option<crate::auth::TokenVerifier>,
 }
 
 /// Routes added by tests on top of the product's table (for example a handler that

@@ -1,0 +1,754 @@
+//! Bearer-token verification against a real (local) identity provider: a small HTTP
+//! server in the test serves the discovery document and the JWKS and counts requests;
+//! tokens are minted here with ES256, EdDSA and RS256 keys.
+
+use crate::common::{TestApp, assert_security_headers};
+use actix_web::http::Method;
+use actix_web::{HttpResponse, web};
+use custodian::auth::{Bearer, Context, Grant, Interaction, ResourceType};
+use custodian::policy::Action;
+use custodian::web::routes::Routes;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+const AUDIENCE: &str = "https://custodian.test/fhir";
+const WHOAMI: &str = "/fhir/test/whoami";
+
+// ---------------------------------------------------------------------------
+// A test-only protected route.
+
+fn routes(r: &mut Routes) {
+    // Test-only route; the product's bearer routes get their policy action from the lead's
+    // policy layer.
+    r.add(Method::GET, WHOAMI, Action::Public, whoami);
+}
+
+async fn whoami(token: Bearer) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "sub": token.subject,
+        "client_id": token.client_id,
+        "client_credentials": token.grant == Grant::ClientCredentials,
+        "patient_read": token.scopes.allows(Context::User, ResourceType::Patient, Interaction::Read),
+        "patient_update": token.scopes.allows(Context::User, ResourceType::Patient, Interaction::Update),
+    }))
+}
+
+// ---------------------------------------------------------------------------
+// Keys.
+
+#[derive(Clone)]
+struct Signer {
+    kid: String,
+    alg: Algorithm,
+    key: EncodingKey,
+}
+
+impl Signer {
+    fn es256(kid: &str) -> Signer {
+        let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        Signer {
+            kid: kid.into(),
+            alg: Algorithm::ES256,
+            key: EncodingKey::from_ec_der(&kp.serialize_der()),
+        }
+    }
+
+    fn eddsa(kid: &str) -> Signer {
+        // PKCS#8 v1 wrapping of a random Ed25519 seed (RFC 8410).
+        let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+        der.extend_from_slice(&rand::random::<[u8; 32]>());
+        Signer {
+            kid: kid.into(),
+            alg: Algorithm::EdDSA,
+            key: EncodingKey::from_ed_der(&der),
+        }
+    }
+
+    /// RS256 with the test-only key under tests/fixtures.
+    fn rs256(kid: &str) -> Signer {
+        Signer {
+            kid: kid.into(),
+            alg: Algorithm::RS256,
+            key: EncodingKey::from_rsa_pem(rsa_private_pem().as_bytes()).unwrap(),
+        }
+    }
+
+    fn jwk(&self) -> Value {
+        let mut jwk = Jwk::from_encoding_key(&self.key, self.alg).unwrap();
+        jwk.common.key_id = Some(self.kid.clone());
+        serde_json::to_value(jwk).unwrap()
+    }
+
+    fn header(&self) -> Header {
+        let mut h = Header::new(self.alg);
+        h.kid = Some(self.kid.clone());
+        h
+    }
+
+    fn sign(&self, claims: &Value) -> String {
+        self.sign_with(self.header(), claims)
+    }
+
+    fn sign_with(&self, header: Header, claims: &Value) -> String {
+        jsonwebtoken::encode(&header, claims, &self.key).unwrap()
+    }
+}
+
+fn fixture(name: &str) -> String {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name);
+    let text = std::fs::read_to_string(path).unwrap();
+    // Skip the "test-only" comment line.
+    text[text.find("-----BEGIN").unwrap()..].to_string()
+}
+
+fn rsa_private_pem() -> String {
+    fixture("test-only-rsa-key.pem")
+}
+
+fn now() -> i64 {
+    jsonwebtoken::get_current_timestamp() as i64
+}
+
+// ---------------------------------------------------------------------------
+// A local identity provider.
+
+#[derive(Clone)]
+struct ProviderState {
+    issuer: String,
+    jwks: Arc<Mutex<Value>>,
+    jwks_hits: Arc<AtomicUsize>,
+    all_hits: Arc<AtomicUsize>,
+    down: Arc<AtomicBool>,
+}
+
+struct Provider {
+    state: ProviderState,
+    handle: actix_web::dev::ServerHandle,
+}
+
+impl Provider {
+    async fn start(keys: &[&Signer]) -> Provider {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let issuer = format!("http://127.0.0.1:{}", listener.local_addr().unwrap().port());
+        let state = ProviderState {
+            issuer,
+            jwks: Arc::new(Mutex::new(json!({ "keys": [] }))),
+            jwks_hits: Arc::default(),
+            all_hits: Arc::default(),
+            down: Arc::default(),
+        };
+        let data = state.clone();
+        let server = actix_web::HttpServer::new(move || {
+            actix_web::App::new()
+                .app_data(web::Data::new(data.clone()))
+                .route(
+                    "/.well-known/openid-configuration",
+                    web::get().to(discovery),
+                )
+                .route("/jwks", web::get().to(jwks))
+                .default_service(web::to(other))
+        })
+        .workers(1)
+        .disable_signals()
+        .listen(listener)
+        .unwrap()
+        .run();
+        let handle = server.handle();
+        tokio::spawn(server);
+        let p = Provider { state, handle };
+        p.set_keys(keys);
+        p
+    }
+
+    fn issuer(&self) -> String {
+        self.state.issuer.clone()
+    }
+
+    fn set_keys(&self, keys: &[&Signer]) {
+        let keys: Vec<Value> = keys.iter().map(|k| k.jwk()).collect();
+        *self.state.jwks.lock().unwrap() = json!({ "keys": keys });
+    }
+
+    fn jwks_hits(&self) -> usize {
+        self.state.jwks_hits.load(Ordering::SeqCst)
+    }
+
+    fn all_hits(&self) -> usize {
+        self.state.all_hits.load(Ordering::SeqCst)
+    }
+
+    fn set_down(&self, down: bool) {
+        self.state.down.store(down, Ordering::SeqCst);
+    }
+
+    async fn stop(&self) {
+        self.handle.stop(false).await;
+    }
+}
+
+async fn discovery(s: web::Data<ProviderState>) -> HttpResponse {
+    s.all_hits.fetch_add(1, Ordering::SeqCst);
+    if s.down.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    HttpResponse::Ok().json(json!({
+        "issuer": s.issuer,
+        "jwks_uri": format!("{}/jwks", s.issuer),
+    }))
+}
+
+async fn jwks(s: web::Data<ProviderState>) -> HttpResponse {
+    s.all_hits.fetch_add(1, Ordering::SeqCst);
+    s.jwks_hits.fetch_add(1, Ordering::SeqCst);
+    if s.down.load(Ordering::SeqCst) {
+        return HttpResponse::ServiceUnavailable().finish();
+    }
+    let body = s.jwks.lock().unwrap().clone();
+    HttpResponse::Ok().json(body)
+}
+
+async fn other(s: web::Data<ProviderState>) -> HttpResponse {
+    s.all_hits.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::NotFound().finish()
+}
+
+// ---------------------------------------------------------------------------
+// Helpers.
+
+fn claims(p: &Provider) -> Value {
+    let now = now();
+    json!({
+        "iss": p.issuer(),
+        "aud": AUDIENCE,
+        "sub": "user-123",
+        "exp": now + 300,
+        "iat": now,
+        "nbf": now - 5,
+        "jti": "jti-1",
+        "client_id": "app-1",
+        "scope": "openid user/Patient.rs",
+    })
+}
+
+fn with(mut base: Value, changes: Value) -> Value {
+    for (k, v) in changes.as_object().unwrap() {
+        if v.is_null() {
+            base.as_object_mut().unwrap().remove(k);
+        } else {
+            base[k] = v.clone();
+        }
+    }
+    base
+}
+
+fn b64(v: &Value) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+}
+
+async fn app_for(p: &Provider, settings: &[(&str, toml::Value)]) -> TestApp {
+    let mut b = TestApp::builder()
+        .set("auth.issuer", p.issuer())
+        .set("auth.audience", AUDIENCE)
+        .extra_routes(routes);
+    for (k, v) in settings {
+        b = b.set(k, v.clone());
+    }
+    b.spawn().await
+}
+
+async fn call(app: &TestApp, token: &str) -> reqwest::Response {
+    app.client
+        .get(app.url(WHOAMI))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+async fn assert_ok(app: &TestApp, token: &str) -> Value {
+    let res = call(app, token).await;
+    assert_eq!(res.status(), 200);
+    res.json().await.unwrap()
+}
+
+/// 401, the fixed challenge, an OperationOutcome with the fixed message and nothing
+/// from the token.
+async fn assert_refused(app: &TestApp, token: &str, case: &str) {
+    let res = call(app, token).await;
+    assert_eq!(res.status(), 401, "{case}");
+    assert_security_headers(&res);
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        "Bearer error=\"invalid_token\"",
+        "{case}"
+    );
+    assert_eq!(
+        res.headers()["content-type"],
+        "application/fhir+json",
+        "{case}"
+    );
+    let body = res.text().await.unwrap();
+    let outcome: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome", "{case}");
+    assert_eq!(outcome["issue"][0]["code"], "login", "{case}");
+    assert_eq!(
+        outcome["issue"][0]["diagnostics"],
+        custodian::error::UNAUTHENTICATED_MESSAGE,
+        "{case}: the body says nothing about why"
+    );
+    for part in token.split('.').filter(|p| p.len() > 8) {
+        assert!(!body.contains(part), "{case}: token echoed");
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Tests.
+
+#[tokio::test]
+async fn valid_tokens_of_each_algorithm_are_accepted() {
+    let es = Signer::es256("es");
+    let ed = Signer::eddsa("ed");
+    let rs = Signer::rs256("rs");
+    let p = Provider::start(&[&es, &ed, &rs]).await;
+    let app = app_for(&p, &[]).await;
+    for signer in [&es, &ed, &rs] {
+        let body = assert_ok(&app, &signer.sign(&claims(&p))).await;
+        assert_eq!(body["sub"], "user-123", "{:?}", signer.alg);
+        assert_eq!(body["client_id"], "app-1");
+        assert_eq!(body["client_credentials"], false);
+        assert_eq!(body["patient_read"], true);
+        assert_eq!(body["patient_update"], false);
+    }
+    // One discovery and one JWKS fetch served all three.
+    assert_eq!(p.jwks_hits(), 1);
+    assert_eq!(p.all_hits(), 2);
+}
+
+#[tokio::test]
+async fn client_credentials_tokens_are_marked_as_such() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    let app = app_for(&p, &[]).await;
+    let token = es.sign(&with(
+        claims(&p),
+        json!({ "sub": "svc-1", "client_id": null, "azp": "svc-1", "scope": "system/Claim.r" }),
+    ));
+    let body = assert_ok(&app, &token).await;
+    assert_eq!(body["client_credentials"], true);
+    assert_eq!(body["client_id"], "svc-1");
+}
+
+#[tokio::test]
+async fn forged_and_invalid_tokens_are_refused_without_detail() {
+    let es = Signer::es256("es");
+    let rs = Signer::rs256("rs");
+    let p = Provider::start(&[&es, &rs]).await;
+    let app = app_for(&p, &[]).await;
+    let good = claims(&p);
+    let t = now();
+    // Sanity: the baseline is accepted, so each case fails for its own reason.
+    assert_ok(&app, &es.sign(&good)).await;
+
+    let mut cases: Vec<(&str, String)> = vec![
+        (
+            "expired beyond the skew",
+            es.sign(&with(good.clone(), json!({ "exp": t - 120 }))),
+        ),
+        (
+            "nbf in the future",
+            es.sign(&with(good.clone(), json!({ "nbf": t + 600 }))),
+        ),
+        (
+            "iat in the future",
+            es.sign(&with(good.clone(), json!({ "iat": t + 600 }))),
+        ),
+        (
+            "wrong issuer",
+            es.sign(&with(
+                good.clone(),
+                json!({ "iss": "https://evil.example" }),
+            )),
+        ),
+        (
+            "issuer with a trailing slash is not exact",
+            es.sign(&with(
+                good.clone(),
+                json!({ "iss": format!("{}/", p.issuer()) }),
+            )),
+        ),
+        (
+            "wrong audience",
+            es.sign(&with(good.clone(), json!({ "aud": "https://other.api" }))),
+        ),
+        (
+            "no audience",
+            es.sign(&with(good.clone(), json!({ "aud": null }))),
+        ),
+        (
+            "missing sub",
+            es.sign(&with(good.clone(), json!({ "sub": null }))),
+        ),
+        (
+            "missing exp",
+            es.sign(&with(good.clone(), json!({ "exp": null }))),
+        ),
+        (
+            "ID token (nonce) used as access token",
+            es.sign(&with(
+                good.clone(),
+                json!({ "aud": [AUDIENCE, "app-1"], "nonce": "n-0S6_WzA2Mj", "azp": "app-1" }),
+            )),
+        ),
+        (
+            "ID token (at_hash) used as access token",
+            es.sign(&with(
+                good.clone(),
+                json!({ "at_hash": "77QmUPtjPfzWtF2AnpK9RQ" }),
+            )),
+        ),
+        (
+            "token_use id",
+            es.sign(&with(good.clone(), json!({ "token_use": "id" }))),
+        ),
+        (
+            "oversize token",
+            es.sign(&with(good.clone(), json!({ "pad": "x".repeat(9000) }))),
+        ),
+        ("not a JWT", "not-a-token".to_string()),
+    ];
+
+    // Bad signature: signed by another key under the trusted kid.
+    let impostor = Signer::es256("es");
+    cases.push(("bad signature", impostor.sign(&good)));
+    // Tampered payload.
+    let genuine = es.sign(&good);
+    let mut parts: Vec<&str> = genuine.split('.').collect();
+    let tampered_payload = b64(&with(good.clone(), json!({ "sub": "admin" })));
+    parts[1] = &tampered_payload;
+    cases.push(("tampered payload", parts.join(".")));
+    // alg none, with and without a signature part.
+    let none_header = json!({ "alg": "none", "typ": "JWT", "kid": "es" });
+    cases.push(("alg none", format!("{}.{}.", b64(&none_header), b64(&good))));
+    cases.push((
+        "alg none with junk signature",
+        format!("{}.{}.AAAA", b64(&none_header), b64(&good)),
+    ));
+    // HS256 signed with the RSA public key as the HMAC secret (key confusion).
+    let public_pem = fixture("test-only-rsa-public.pem");
+    let hs = Signer {
+        kid: "rs".into(),
+        alg: Algorithm::HS256,
+        key: EncodingKey::from_secret(public_pem.as_bytes()),
+    };
+    cases.push(("HS256 with the RSA public key", hs.sign(&good)));
+    // Algorithm/key mismatch: an RS256 header naming the EC key.
+    let mut h = rs.header();
+    h.kid = Some("es".into());
+    cases.push(("RS256 header on an EC key", rs.sign_with(h, &good)));
+    // An accepted algorithm the key does not declare: PS256 with the RS256 key.
+    let ps = Signer {
+        kid: "rs".into(),
+        alg: Algorithm::PS256,
+        key: rs.key.clone(),
+    };
+    cases.push(("PS256 on a key declared RS256", ps.sign(&good)));
+    // typ id_token.
+    let mut h = es.header();
+    h.typ = Some("id_token".into());
+    cases.push(("typ id_token", es.sign_with(h, &good)));
+    // crit header we do not understand.
+    let mut h = es.header();
+    h.crit = Some(vec!["exp".into()]);
+    cases.push(("crit header", es.sign_with(h, &good)));
+
+    for (case, token) in &cases {
+        assert_refused(&app, token, case).await;
+    }
+}
+
+#[tokio::test]
+async fn key_location_headers_never_cause_a_fetch() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    let attacker_key = Signer::es256("evil");
+    let attacker = Provider::start(&[&attacker_key]).await;
+    let app = app_for(&p, &[]).await;
+    let good = claims(&p);
+    assert_ok(&app, &es.sign(&good)).await;
+
+    let mut cases = Vec::new();
+    let mut h = attacker_key.header();
+    h.jku = Some(format!("{}/jwks", attacker.issuer()));
+    cases.push(("jku", attacker_key.sign_with(h, &good)));
+    let mut h = attacker_key.header();
+    h.x5u = Some(format!("{}/cert.pem", attacker.issuer()));
+    cases.push(("x5u", attacker_key.sign_with(h, &good)));
+    let mut h = attacker_key.header();
+    h.jwk = Some(serde_json::from_value(attacker_key.jwk()).unwrap());
+    cases.push(("embedded jwk", attacker_key.sign_with(h, &good)));
+    // Embedded key under the trusted kid.
+    let mut h = attacker_key.header();
+    h.kid = Some("es".into());
+    h.jwk = Some(serde_json::from_value(attacker_key.jwk()).unwrap());
+    cases.push((
+        "embedded jwk with trusted kid",
+        attacker_key.sign_with(h, &good),
+    ));
+    // A jku on a token signed with the genuine key is refused too.
+    let mut h = es.header();
+    h.jku = Some(format!("{}/jwks", attacker.issuer()));
+    cases.push(("jku on a genuine token", es.sign_with(h, &good)));
+    let mut h = es.header();
+    h.x5c = Some(vec!["MIIB".into()]);
+    cases.push(("x5c", es.sign_with(h, &good)));
+
+    for (case, token) in &cases {
+        assert_refused(&app, token, case).await;
+    }
+    assert_eq!(
+        attacker.all_hits(),
+        0,
+        "the attacker's server was contacted"
+    );
+    assert_eq!(p.jwks_hits(), 1, "no refetch from header tricks");
+}
+
+#[tokio::test]
+async fn unknown_kid_burst_triggers_at_most_one_refetch_per_interval() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    let app = app_for(&p, &[("auth.jwks_refetch_min_interval_secs", 2.into())]).await;
+    assert_ok(&app, &es.sign(&claims(&p))).await;
+    assert_eq!(p.jwks_hits(), 1);
+
+    // Within the interval: unknown kids cause no fetch at all.
+    let stranger = Signer::es256("unknown");
+    let token = stranger.sign(&claims(&p));
+    assert_refused(&app, &token, "unknown kid").await;
+    assert_eq!(p.jwks_hits(), 1);
+
+    // After the interval: a concurrent burst causes exactly one refetch.
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let burst: Vec<_> = (0..20)
+        .map(|i| Signer::es256(&format!("unknown-{i}")).sign(&claims(&p)))
+        .collect();
+    let responses = futures_util::future::join_all(burst.iter().map(|t| call(&app, t))).await;
+    for res in responses {
+        assert_eq!(res.status(), 401);
+    }
+    assert_eq!(p.jwks_hits(), 2, "one refetch for the whole burst");
+    // And the known key still works without another fetch.
+    assert_ok(&app, &es.sign(&claims(&p))).await;
+    assert_eq!(p.jwks_hits(), 2);
+}
+
+#[tokio::test]
+async fn rotated_key_is_picked_up_by_refetch() {
+    let old = Signer::es256("2024-old");
+    let new = Signer::eddsa("2025-new");
+    let p = Provider::start(&[&old]).await;
+    let app = app_for(&p, &[("auth.jwks_refetch_min_interval_secs", 1.into())]).await;
+    assert_ok(&app, &old.sign(&claims(&p))).await;
+
+    p.set_keys(&[&old, &new]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let body = assert_ok(&app, &new.sign(&claims(&p))).await;
+    assert_eq!(body["sub"], "user-123");
+    assert_eq!(p.jwks_hits(), 2);
+    // The old key remains valid while the provider still publishes it.
+    assert_ok(&app, &old.sign(&claims(&p))).await;
+
+    // Once withdrawn (and refreshed), the old key no longer verifies.
+    p.set_keys(&[&new]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stranger = Signer::es256("unknown");
+    assert_refused(
+        &app,
+        &stranger.sign(&claims(&p)),
+        "unknown kid triggers refetch",
+    )
+    .await;
+    assert_eq!(p.jwks_hits(), 3);
+    assert_refused(&app, &old.sign(&claims(&p)), "withdrawn key").await;
+}
+
+#[tokio::test]
+async fn provider_outage_uses_cached_keys_until_the_staleness_limit() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    // Keys are refreshed after half the staleness limit (here 2 s).
+    let app = app_for(
+        &p,
+        &[
+            ("auth.jwks_refetch_min_interval_secs", 1.into()),
+            ("auth.jwks_max_staleness_secs", 4.into()),
+        ],
+    )
+    .await;
+    assert_ok(&app, &es.sign(&claims(&p))).await;
+    assert_eq!(p.jwks_hits(), 1);
+
+    p.set_down(true);
+    tokio::time::sleep(Duration::from_millis(2300)).await;
+    // Due for refresh: the attempt fails, the cached key still verifies.
+    assert_ok(&app, &es.sign(&claims(&p))).await;
+    assert_eq!(p.jwks_hits(), 2, "a refresh was attempted");
+    // Failed attempts are rate-limited too.
+    assert_ok(&app, &es.sign(&claims(&p))).await;
+    assert_eq!(p.jwks_hits(), 2);
+
+    // Past the staleness limit the cached keys are no longer trusted: fail closed.
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let res = call(&app, &es.sign(&claims(&p))).await;
+    assert_eq!(res.status(), 503);
+    assert_security_headers(&res);
+
+    // Provider back: verification recovers.
+    p.set_down(false);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_ok(&app, &es.sign(&claims(&p))).await;
+}
+
+#[tokio::test]
+async fn provider_unreachable_from_the_start_fails_closed() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    let issuer = p.issuer();
+    let token = es.sign(&claims(&p));
+    p.stop().await;
+    let app = TestApp::builder()
+        .set("auth.issuer", issuer)
+        .set("auth.audience", AUDIENCE)
+        .extra_routes(routes)
+        .spawn()
+        .await;
+    let res = call(&app, &token).await;
+    assert_eq!(res.status(), 503);
+}
+
+#[tokio::test]
+async fn at_jwt_typ_can_be_required() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    let app = app_for(&p, &[("auth.require_at_jwt_typ", true.into())]).await;
+    assert_refused(&app, &es.sign(&claims(&p)), "typ JWT").await;
+    for typ in ["at+jwt", "application/at+jwt", "AT+JWT"] {
+        let mut h = es.header();
+        h.typ = Some(typ.into());
+        assert_ok(&app, &es.sign_with(h, &claims(&p))).await;
+    }
+}
+
+#[tokio::test]
+async fn max_token_age_refuses_old_and_undated_tokens() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    let app = app_for(
+        &p,
+        &[
+            ("auth.max_token_age_secs", 600.into()),
+            ("auth.clock_skew_secs", 30.into()),
+        ],
+    )
+    .await;
+    assert_ok(&app, &es.sign(&claims(&p))).await;
+    let old = with(claims(&p), json!({ "iat": now() - 700 }));
+    assert_refused(&app, &es.sign(&old), "iat too old").await;
+    let undated = with(claims(&p), json!({ "iat": null }));
+    assert_refused(&app, &es.sign(&undated), "no iat").await;
+}
+
+#[tokio::test]
+async fn token_is_only_read_from_one_authorization_header() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    let app = app_for(&p, &[]).await;
+    let token = es.sign(&claims(&p));
+
+    let res = app.client.get(app.url(WHOAMI)).send().await.unwrap();
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+
+    let res = app
+        .client
+        .get(app.url(&format!("{WHOAMI}?access_token={token}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "query-string tokens are refused");
+    assert_eq!(
+        res.headers()["www-authenticate"],
+        "Bearer error=\"invalid_request\""
+    );
+    assert!(!res.text().await.unwrap().contains(&token));
+
+    let res = app
+        .client
+        .get(app.url(WHOAMI))
+        .header("authorization", format!("Bearer {token}"))
+        .header("authorization", format!("Bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 401, "two Authorization headers");
+
+    let res = app
+        .client
+        .get(app.url(WHOAMI))
+        .header("authorization", format!("bEaReR {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200, "the scheme is case-insensitive");
+}
+
+#[tokio::test]
+async fn without_auth_configuration_bearer_routes_answer_401() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    let app = TestApp::builder().extra_routes(routes).spawn().await;
+    let res = call(&app, &es.sign(&claims(&p))).await;
+    assert_eq!(res.status(), 401);
+    assert_eq!(res.headers()["www-authenticate"], "Bearer");
+    assert_eq!(p.all_hits(), 0);
+}
+
+#[tokio::test]
+async fn explicit_jwks_url_skips_discovery() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    let app = app_for(
+        &p,
+        &[("auth.jwks_url", format!("{}/jwks", p.issuer()).into())],
+    )
+    .await;
+    assert_ok(&app, &es.sign(&claims(&p))).await;
+    assert_eq!(p.jwks_hits(), 1);
+    assert_eq!(p.all_hits(), 1, "no discovery request");
+}
+
+#[tokio::test]
+async fn discovery_document_for_another_issuer_is_not_trusted() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    // Same server, but configured under a different (equally local) issuer name: the
+    // discovery document names 127.0.0.1, so its jwks_uri is not used.
+    let issuer = p.issuer().replace("127.0.0.1", "localhost");
+    let app = TestApp::builder()
+        .set("auth.issuer", issuer.clone())
+        .set("auth.audience", AUDIENCE)
+        .extra_routes(routes)
+        .spawn()
+        .await;
+    let token = es.sign(&with(claims(&p), json!({ "iss": issuer })));
+    let res = call(&app, &token).await;
+    assert_eq!(res.status(), 503);
+    assert_eq!(p.jwks_hits(), 0);
+}
