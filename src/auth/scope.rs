@@ -24,7 +24,6 @@
 //! Scopes state what the *client application* may do; the policy layer intersects them
 //! with the person's roles and care relationships.
 
-use std::fmt;
 
 /// The SMART launch context a scope is granted in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -37,58 +36,7 @@ pub enum Context {
     System,
 }
 
-/// The FHIR resource types this service serves.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ResourceType {
-    Patient,
-    Observation,
-    DocumentReference,
-    Claim,
-}
-
-impl ResourceType {
-    pub const ALL: [ResourceType; 4] = [
-        ResourceType::Patient,
-        ResourceType::Observation,
-        ResourceType::DocumentReference,
-        ResourceType::Claim,
-    ];
-
-    pub fn parse(name: &str) -> Option<ResourceType> {
-        Some(match name {
-            "Patient" => ResourceType::Patient,
-            "Observation" => ResourceType::Observation,
-            "DocumentReference" => ResourceType::DocumentReference,
-            "Claim" => ResourceType::Claim,
-            _ => return None,
-        })
-    }
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            ResourceType::Patient => "Patient",
-            ResourceType::Observation => "Observation",
-            ResourceType::DocumentReference => "DocumentReference",
-            ResourceType::Claim => "Claim",
-        }
-    }
-}
-
-impl fmt::Display for ResourceType {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(self.as_str())
-    }
-}
-
-/// A FHIR interaction, as the SMART v2 permission letters name them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Interaction {
-    Create,
-    Read,
-    Update,
-    Delete,
-    Search,
-}
+pub use crate::policy::{Interaction, ResourceType};
 
 bitflags::bitflags! {
     /// A set of interactions (`c r u d s`).

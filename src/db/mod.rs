@@ -3,6 +3,8 @@
 
 pub mod phi;
 pub mod schema;
+pub mod patient_views;
+pub mod users;
 
 use crate::config::DatabaseConfig;
 use crate::error::AppError;

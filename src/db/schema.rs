@@ -121,3 +121,40 @@ diesel::allow_tables_to_appear_in_same_query!(
     claims,
     claim_items,
 );
+
+diesel::table! {
+    users (id) {
+        id -> Uuid,
+        issuer -> Text,
+        subject -> Text,
+        kind -> Text,
+        display_name -> Nullable<Text>,
+        facility_id -> Nullable<Uuid>,
+        patient_id -> Nullable<Uuid>,
+        disabled_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    role_assignments (user_id, role) {
+        user_id -> Uuid,
+        role -> Text,
+        reason -> Text,
+        granted_by -> Nullable<Uuid>,
+        granted_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    care_team_members (patient_id, user_id) {
+        patient_id -> Uuid,
+        user_id -> Uuid,
+        added_by -> Nullable<Uuid>,
+        added_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(role_assignments -> users (user_id));
+diesel::joinable!(care_team_members -> patients (patient_id));
+diesel::allow_tables_to_appear_in_same_query!(users, role_assignments, care_team_members, patients);

@@ -56,6 +56,10 @@ impl ResourceType {
         ResourceType::Claim,
     ];
 
+    pub fn parse(name: &str) -> Option<ResourceType> {
+        ResourceType::ALL.into_iter().find(|r| r.as_str() == name)
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             ResourceType::Patient => "Patient",
@@ -63,6 +67,12 @@ impl ResourceType {
             ResourceType::DocumentReference => "DocumentReference",
             ResourceType::Claim => "Claim",
         }
+    }
+}
+
+impl std::fmt::Display for ResourceType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
     }
 }
 

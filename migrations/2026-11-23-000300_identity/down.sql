@@ -1,0 +1,3 @@
+DROP TABLE care_team_members;
+DROP TABLE role_assignments;
+DROP TABLE users;

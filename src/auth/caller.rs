@@ -1,0 +1,195 @@
+//! [`Caller`]: the authenticated principal of an API request — a verified bearer token
+//! mapped to our user row, with roles from our database (never from the token), the
+//! per-principal rate limit applied, and the request's audit context and purpose of use.
+//! A request refused here is audited (login-failed, without any token content).
+
+use super::scope::Context;
+use super::token::Grant;
+use super::{Bearer, VerifiedToken};
+use crate::audit::{Actor, AuditAction, AuditContext, AuthMethod, ClientId, DenyReason, Outcome, PurposeOfUse, RoleCode};
+use crate::db::users::{self, UserKind, UserRecord};
+use crate::error::AppError;
+use crate::policy::{self, Interaction, ResourceType, Role};
+use crate::web::AppState;
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::{FromRequest, HttpRequest, web};
+use futures_util::future::LocalBoxFuture;
+use uuid::Uuid;
+
+pub const PURPOSE_HEADER: &str = "x-purpose-of-use";
+
+pub struct Caller {
+    pub user: UserRecord,
+    pub token: VerifiedToken,
+    pub audit: AuditContext,
+    pub purpose: PurposeOfUse,
+    state: web::Data<AppState>,
+}
+
+impl Caller {
+    /// The actor recorded in audit events.
+    pub fn actor(&self) -> Actor {
+        let roles = self
+            .user
+            .roles
+            .iter()
+            .filter_map(|r| RoleCode::parse(r.as_str()).ok())
+            .collect();
+        match self.token.grant {
+            Grant::ClientCredentials => {
+                let mut actor = Actor::service(client_id(&self.token), roles);
+                actor.user_id = Some(self.user.id);
+                actor
+            }
+            Grant::User => {
+                let mut actor = Actor::user(self.user.id, roles, AuthMethod::Bearer);
+                actor.client = self.token.client_id.as_deref().and_then(|c| ClientId::parse(c).ok());
+                actor
+            }
+        }
+    }
+
+    fn context(&self) -> Context {
+        match self.token.grant {
+            Grant::ClientCredentials => Context::System,
+            Grant::User if self.user.roles == [Role::Patient] => Context::Patient,
+            Grant::User => Context::User,
+        }
+    }
+
+    /// Asks the decision point.
+    pub fn decide(&self, resource: ResourceType, interaction: Interaction, target: policy::Target) -> policy::Decision {
+        let context = self.context();
+        let scopes = &self.token.scopes;
+        let allows = move |r: ResourceType, i: Interaction| scopes.allows(context, r, i);
+        let subject = policy::Subject {
+            user_id: self.user.id,
+            roles: &self.user.roles,
+            scope_allows: &allows,
+            facility_id: self.user.facility_id,
+            own_patient_id: self.user.patient_id,
+        };
+        policy::decide(&subject, resource, interaction, target)
+    }
+
+    /// Records one audit event for this request; the caller returns PHI only if this
+    /// succeeded (fail closed).
+    pub async fn audit(
+        &self,
+        action: AuditAction,
+        resource: ResourceType,
+        resource_id: Option<Uuid>,
+        patients: impl IntoIterator<Item = Uuid>,
+        outcome: Outcome,
+    ) -> Result<(), AppError> {
+        let kind = crate::audit::ResourceType::from_code(resource.as_str())
+            .ok_or_else(|| AppError::internal("resource type without audit code"))?;
+        let mut event = self
+            .audit
+            .event(self.actor(), action, outcome)
+            .resource_type(kind)
+            .patients(patients)
+            .purpose(self.purpose);
+        if let Some(id) = resource_id {
+            event = event.resource(kind, id);
+        }
+        self.state.audit.record(event.build()).await
+    }
+}
+
+fn client_id(token: &VerifiedToken) -> ClientId {
+    token
+        .client_id
+        .as_deref()
+        .and_then(|c| ClientId::parse(c).ok())
+        .or_else(|| ClientId::parse(&token.subject).ok())
+        .unwrap_or_else(|| ClientId::parse("unknown").unwrap_or_else(|_| unreachable_client()))
+}
+
+#[allow(clippy::panic)]
+fn unreachable_client() -> ClientId {
+    // "unknown" is a valid client id; this cannot happen.
+    panic!("constant client id rejected")
+}
+
+/// Maps the policy's reason to the audit code.
+pub fn audit_reason(reason: policy::DenyReason) -> DenyReason {
+    match reason {
+        policy::DenyReason::ScopeMissing => DenyReason::MissingScope,
+        policy::DenyReason::RoleMissing => DenyReason::MissingRole,
+        policy::DenyReason::NoRelationship => DenyReason::NoRelationship,
+    }
+}
+
+fn parse_purpose(req: &HttpRequest) -> Result<PurposeOfUse, AppError> {
+    match req.headers().get(PURPOSE_HEADER) {
+        None => Ok(PurposeOfUse::Treatment),
+        Some(v) => v
+            .to_str()
+            .ok()
+            .and_then(PurposeOfUse::from_code)
+            .ok_or_else(|| {
+                AppError::bad_request(
+                    "Invalid header 'X-Purpose-Of-Use': must be a PurposeOfUse code such as TREAT, ETREAT, HPAYMT or HOPERAT.",
+                )
+            }),
+    }
+}
+
+async fn refuse(state: &AppState, ctx: &AuditContext, reason: DenyReason, err: AppError) -> AppError {
+    let event = ctx.event(Actor::anonymous(), AuditAction::LoginFailed, Outcome::Deny(reason)).build();
+    match state.audit.record(event).await {
+        Ok(()) => err,
+        Err(audit_err) => audit_err,
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = AppError;
+    type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let req = req.clone();
+        let bearer = Bearer::from_request(&req, payload);
+        Box::pin(async move {
+            let state = req
+                .app_data::<web::Data<AppState>>()
+                .cloned()
+                .ok_or_else(|| AppError::internal("app state missing"))?;
+            let audit = AuditContext::from_request(&req);
+            let token = match bearer.await {
+                Ok(Bearer(token)) => token,
+                Err(e) => {
+                    let reason = if e.status_code() == StatusCode::SERVICE_UNAVAILABLE {
+                        return Err(e);
+                    } else {
+                        DenyReason::InvalidCredentials
+                    };
+                    return Err(refuse(&state, &audit, reason, e).await);
+                }
+            };
+            let kind = match token.grant {
+                Grant::ClientCredentials => UserKind::Service,
+                Grant::User => UserKind::Person,
+            };
+            let (issuer, subject) = (token.issuer.clone(), token.subject.clone());
+            let user = state
+                .db
+                .run(move |conn| users::user_for(conn, &issuer, &subject, kind))
+                .await?;
+            if user.disabled {
+                let err = AppError::client(StatusCode::FORBIDDEN, "Access denied: this account is disabled.");
+                return Err(refuse(&state, &audit, DenyReason::Revoked, err).await);
+            }
+            if let Some(limit) = &state.principal_limit
+                && let Err(wait) = limit.check(&user.id.to_string())
+            {
+                let err = AppError::RateLimited { retry_after_secs: wait.as_secs() + 1 };
+                return Err(refuse(&state, &audit, DenyReason::RateLimited, err).await);
+            }
+            let purpose = parse_purpose(&req)?;
+            Ok(Caller { user, token, audit, purpose, state })
+        })
+    }
+}

@@ -1,0 +1,288 @@
+//! View-shaped patient access: reads select only the sealed columns a policy view allows
+//! (the others are never fetched), searches go through blind indexes and carry the
+//! policy's row restriction into SQL, and updates are version-checked.
+
+use crate::crypto::{BlindKind, FieldPlace, Keyring, Phi, Sealable};
+use crate::db::phi::NewPatient;
+use crate::error::AppError;
+use crate::policy::SearchScope;
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Bytea, Int4, Nullable, Text, Timestamptz, Uuid as SqlUuid};
+use serde_json::Value;
+use uuid::Uuid;
+
+/// Which patient fields to fetch.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct PatientFields {
+    pub mrn: bool,
+    pub ssn: bool,
+    pub name: bool,
+    pub birth_date: bool,
+    pub gender: bool,
+    pub telecom: bool,
+    pub address: bool,
+}
+
+impl PatientFields {
+    pub fn intersect(self, other: PatientFields) -> PatientFields {
+        PatientFields {
+            mrn: self.mrn && other.mrn,
+            ssn: self.ssn && other.ssn,
+            name: self.name && other.name,
+            birth_date: self.birth_date && other.birth_date,
+            gender: self.gender && other.gender,
+            telecom: self.telecom && other.telecom,
+            address: self.address && other.address,
+        }
+    }
+
+    /// The SELECT list: a column outside the view becomes a typed NULL.
+    fn select_list(self) -> String {
+        let col = |on: bool, name: &str| {
+            if on {
+                name.to_string()
+            } else {
+                format!("NULL::bytea AS {name}")
+            }
+        };
+        [
+            "id".to_string(),
+            "version".to_string(),
+            "key_version".to_string(),
+            "facility_id".to_string(),
+            "updated_at".to_string(),
+            if self.gender { "gender".to_string() } else { "NULL::text AS gender".to_string() },
+            col(self.mrn, "mrn_sealed"),
+            col(self.ssn, "ssn_sealed"),
+            col(self.name, "family_sealed"),
+            col(self.name, "given_sealed"),
+            col(self.birth_date, "birth_date_sealed"),
+            col(self.telecom, "telecom_sealed"),
+            col(self.address, "address_sealed"),
+        ]
+        .join(", ")
+    }
+}
+
+/// A patient shaped to a view: fields outside it are `None`.
+#[derive(Debug)]
+pub struct PatientView {
+    pub id: Uuid,
+    pub version: i32,
+    pub facility_id: Uuid,
+    pub updated_at: DateTime<Utc>,
+    pub gender: Option<String>,
+    pub mrn: Option<Phi<String>>,
+    pub ssn: Option<Phi<String>>,
+    pub family: Option<Phi<String>>,
+    pub given: Option<Phi<String>>,
+    pub birth_date: Option<Phi<NaiveDate>>,
+    pub telecom: Option<Phi<Value>>,
+    pub address: Option<Phi<Value>>,
+}
+
+#[derive(QueryableByName)]
+struct Row {
+    #[diesel(sql_type = SqlUuid)]
+    id: Uuid,
+    #[diesel(sql_type = Int4)]
+    version: i32,
+    #[diesel(sql_type = Int4)]
+    key_version: i32,
+    #[diesel(sql_type = SqlUuid)]
+    facility_id: Uuid,
+    #[diesel(sql_type = Timestamptz)]
+    updated_at: DateTime<Utc>,
+    #[diesel(sql_type = Nullable<Text>)]
+    gender: Option<String>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    mrn_sealed: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    ssn_sealed: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    family_sealed: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    given_sealed: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    birth_date_sealed: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    telecom_sealed: Option<Vec<u8>>,
+    #[diesel(sql_type = Nullable<Bytea>)]
+    address_sealed: Option<Vec<u8>>,
+}
+
+const T: &str = "patients";
+
+fn open<V: Sealable>(kr: &Keyring, column: &'static str, row: Uuid, sealed: Option<Vec<u8>>) -> Result<Option<Phi<V>>, AppError> {
+    sealed
+        .map(|bytes| {
+            kr.open_value::<V>(&FieldPlace::new(T, column, row), &bytes)
+                .map(Phi::new)
+                .map_err(|e| {
+                    tracing::error!(table = T, column, row = %row, error = %e, "cannot open sealed value");
+                    AppError::internal("sealed value could not be opened")
+                })
+        })
+        .transpose()
+}
+
+impl Row {
+    fn open(self, conn: &mut PgConnection, kr: &Keyring) -> Result<PatientView, AppError> {
+        kr.ensure_version(conn, self.key_version)?;
+        let id = self.id;
+        Ok(PatientView {
+            id,
+            version: self.version,
+            facility_id: self.facility_id,
+            updated_at: self.updated_at,
+            gender: self.gender,
+            mrn: open(kr, "mrn_sealed", id, self.mrn_sealed)?,
+            ssn: open(kr, "ssn_sealed", id, self.ssn_sealed)?,
+            family: open(kr, "family_sealed", id, self.family_sealed)?,
+            given: open(kr, "given_sealed", id, self.given_sealed)?,
+            birth_date: open(kr, "birth_date_sealed", id, self.birth_date_sealed)?,
+            telecom: open(kr, "telecom_sealed", id, self.telecom_sealed)?,
+            address: open(kr, "address_sealed", id, self.address_sealed)?,
+        })
+    }
+}
+
+/// One live patient, shaped to `fields`.
+pub fn read(conn: &mut PgConnection, kr: &Keyring, id: Uuid, fields: PatientFields) -> Result<Option<PatientView>, AppError> {
+    let sql = format!(
+        "SELECT {} FROM patients WHERE id = $1 AND deleted_at IS NULL",
+        fields.select_list()
+    );
+    let row: Option<Row> = diesel::sql_query(sql).bind::<SqlUuid, _>(id).get_result(conn).optional()?;
+    row.map(|r| r.open(conn, kr)).transpose()
+}
+
+/// Search criteria (equality through blind indexes), all optional and AND-ed.
+#[derive(Default)]
+pub struct Criteria {
+    pub family: Option<String>,
+    pub given: Option<String>,
+    pub birth_date: Option<NaiveDate>,
+    pub mrn: Option<String>,
+    pub ssn: Option<String>,
+}
+
+/// One page of live patients matching `criteria` within the policy's `scope`, ordered by
+/// id, after the cursor `after`.
+pub fn search(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    criteria: &Criteria,
+    scope: SearchScope,
+    after: Option<Uuid>,
+    limit: i64,
+    fields: PatientFields,
+) -> Result<Vec<PatientView>, AppError> {
+    // Built from fixed fragments only; every value is a bind parameter.
+    let mut conditions = vec!["p.deleted_at IS NULL".to_string()];
+    let mut binds: Vec<Vec<u8>> = Vec::new();
+    let mut index = |kind: BlindKind, column: &str, value: &str| -> Result<(), AppError> {
+        binds.push(kr.blind_index(kind, value).map_err(|_| {
+            AppError::unprocessable(format!("Invalid search parameter for {column}."))
+        })?);
+        conditions.push(format!("p.{column} = ${}", binds.len() + 3));
+        Ok(())
+    };
+    if let Some(v) = &criteria.family {
+        index(BlindKind::Family, "family_index", v)?;
+    }
+    if let Some(v) = &criteria.given {
+        index(BlindKind::Given, "given_index", v)?;
+    }
+    if let Some(v) = criteria.birth_date {
+        index(BlindKind::BirthDate, "birth_date_index", &v.format("%Y-%m-%d").to_string())?;
+    }
+    if let Some(v) = &criteria.mrn {
+        index(BlindKind::Mrn, "mrn_index", v)?;
+    }
+    if let Some(v) = &criteria.ssn {
+        index(BlindKind::Ssn, "ssn_index", v)?;
+    }
+    let (scope_sql, scope_id) = match scope {
+        SearchScope::CareTeam(user) => (
+            "EXISTS (SELECT 1 FROM care_team_members c WHERE c.patient_id = p.id AND c.user_id = $1)",
+            user,
+        ),
+        SearchScope::Facility(f) => ("p.facility_id = $1", f),
+        SearchScope::OnePatient(p) => ("p.id = $1", p),
+    };
+    conditions.push(scope_sql.to_string());
+    conditions.push("($2::uuid IS NULL OR p.id > $2)".to_string());
+    let sql = format!(
+        "SELECT {} FROM patients p WHERE {} ORDER BY p.id LIMIT $3",
+        fields.select_list(),
+        conditions.join(" AND ")
+    );
+    let mut query = diesel::sql_query(sql)
+        .bind::<SqlUuid, _>(scope_id)
+        .bind::<Nullable<SqlUuid>, _>(after)
+        .bind::<diesel::sql_types::BigInt, _>(limit)
+        .into_boxed::<diesel::pg::Pg>();
+    for b in binds {
+        query = query.bind::<Bytea, _>(b);
+    }
+    let rows: Vec<Row> = query.load(conn)?;
+    rows.into_iter().map(|r| r.open(conn, kr)).collect()
+}
+
+/// Replaces a patient's data if its version is still `expected_version`; returns the new
+/// version, `None` when the version no longer matches (someone else updated it first).
+pub fn update(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+    expected_version: i32,
+    new: &NewPatient,
+) -> Result<Option<i32>, AppError> {
+    use crate::db::schema::patients;
+    let mrn_index = kr.blind_index(BlindKind::Mrn, &new.mrn)?;
+    let ssn_index = new.ssn.as_deref().map(|s| kr.blind_index(BlindKind::Ssn, s)).transpose()?;
+    let family_index = kr.blind_index(BlindKind::Family, &new.family)?;
+    let given_index = kr.blind_index(BlindKind::Given, &new.given)?;
+    let birth_index = kr.blind_index(BlindKind::BirthDate, &new.birth_date.format("%Y-%m-%d").to_string())?;
+    conn.transaction(|conn| {
+        let sealer = kr.sealer_for_write(conn)?;
+        let place = |c: &'static str| FieldPlace::new(T, c, id);
+        let ssn_sealed = new.ssn.as_deref().map(|s| sealer.seal_str(&place("ssn_sealed"), s)).transpose()?;
+        let telecom = new.telecom.as_ref().map(|v| sealer.seal_value(&place("telecom_sealed"), v)).transpose()?;
+        let address = new.address.as_ref().map(|v| sealer.seal_value(&place("address_sealed"), v)).transpose()?;
+        // The version check and the write are one statement: concurrent updates cannot
+        // both pass it.
+        let updated: Option<i32> = diesel::update(
+            patients::table.filter(
+                patients::id
+                    .eq(id)
+                    .and(patients::version.eq(expected_version))
+                    .and(patients::deleted_at.is_null()),
+            ),
+        )
+        .set((
+            patients::version.eq(expected_version + 1),
+            patients::key_version.eq(sealer.version()),
+            patients::mrn_sealed.eq(sealer.seal_str(&place("mrn_sealed"), &new.mrn)?),
+            patients::mrn_index.eq(&mrn_index),
+            patients::ssn_sealed.eq(ssn_sealed),
+            patients::ssn_index.eq(&ssn_index),
+            patients::family_sealed.eq(sealer.seal_str(&place("family_sealed"), &new.family)?),
+            patients::family_index.eq(&family_index),
+            patients::given_sealed.eq(sealer.seal_str(&place("given_sealed"), &new.given)?),
+            patients::given_index.eq(&given_index),
+            patients::birth_date_sealed.eq(sealer.seal_value(&place("birth_date_sealed"), &new.birth_date)?),
+            patients::birth_date_index.eq(&birth_index),
+            patients::gender.eq(&new.gender),
+            patients::telecom_sealed.eq(telecom),
+            patients::address_sealed.eq(address),
+            patients::updated_at.eq(Utc::now()),
+        ))
+        .returning(patients::version)
+        .get_result(conn)
+        .optional()?;
+        Ok(updated)
+    })
+}

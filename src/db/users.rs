@@ -1,0 +1,180 @@
+//! Users, roles and care relationships: who may do what, read fresh on every request so
+//! that a removed role or a disabled user takes effect immediately.
+
+use crate::db::schema::{care_team_members, patients, role_assignments, users};
+use crate::error::AppError;
+use crate::policy::Role;
+use diesel::prelude::*;
+use uuid::Uuid;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum UserKind {
+    Person,
+    Service,
+}
+
+impl UserKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            UserKind::Person => "person",
+            UserKind::Service => "service",
+        }
+    }
+}
+
+/// A user as policy sees it.
+#[derive(Clone, Debug)]
+pub struct UserRecord {
+    pub id: Uuid,
+    pub disabled: bool,
+    pub facility_id: Option<Uuid>,
+    pub patient_id: Option<Uuid>,
+    pub roles: Vec<Role>,
+}
+
+/// The user for (issuer, subject), created on first sight with no roles (default deny).
+pub fn user_for(
+    conn: &mut PgConnection,
+    issuer: &str,
+    subject: &str,
+    kind: UserKind,
+) -> Result<UserRecord, AppError> {
+    if let Some(user) = find(conn, issuer, subject)? {
+        return Ok(user);
+    }
+    diesel::insert_into(users::table)
+        .values((
+            users::id.eq(Uuid::new_v4()),
+            users::issuer.eq(issuer),
+            users::subject.eq(subject),
+            users::kind.eq(kind.as_str()),
+        ))
+        .on_conflict((users::issuer, users::subject))
+        .do_nothing()
+        .execute(conn)?;
+    find(conn, issuer, subject)?.ok_or_else(|| AppError::internal("user vanished after insert"))
+}
+
+fn find(conn: &mut PgConnection, issuer: &str, subject: &str) -> Result<Option<UserRecord>, AppError> {
+    let rows: Vec<(Uuid, Option<chrono::DateTime<chrono::Utc>>, Option<Uuid>, Option<Uuid>, Option<String>)> =
+        users::table
+            .left_join(role_assignments::table)
+            .filter(users::issuer.eq(issuer).and(users::subject.eq(subject)))
+            .select((
+                users::id,
+                users::disabled_at,
+                users::facility_id,
+                users::patient_id,
+                role_assignments::role.nullable(),
+            ))
+            .load(conn)?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    Ok(Some(UserRecord {
+        id: first.0,
+        disabled: first.1.is_some(),
+        facility_id: first.2,
+        patient_id: first.3,
+        // A role code we no longer know grants nothing.
+        roles: rows.iter().filter_map(|r| r.4.as_deref().and_then(Role::parse)).collect(),
+    }))
+}
+
+/// The facility and care-team membership of a live patient, if it exists.
+pub fn patient_facts(
+    conn: &mut PgConnection,
+    patient_id: Uuid,
+    user_id: Uuid,
+) -> Result<Option<crate::policy::PatientFacts>, AppError> {
+    let member = diesel::dsl::exists(
+        care_team_members::table.filter(
+            care_team_members::patient_id
+                .eq(patient_id)
+                .and(care_team_members::user_id.eq(user_id)),
+        ),
+    );
+    let row: Option<(Uuid, bool)> = patients::table
+        .filter(patients::id.eq(patient_id).and(patients::deleted_at.is_null()))
+        .select((patients::facility_id, member))
+        .first(conn)
+        .optional()?;
+    Ok(row.map(|(facility_id, on_care_team)| crate::policy::PatientFacts {
+        patient_id,
+        facility_id,
+        on_care_team,
+    }))
+}
+
+/// Grants a role (idempotent); the reason is required and kept.
+pub fn grant_role(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    role: Role,
+    reason: &str,
+    granted_by: Option<Uuid>,
+) -> Result<(), AppError> {
+    diesel::insert_into(role_assignments::table)
+        .values((
+            role_assignments::user_id.eq(user_id),
+            role_assignments::role.eq(role.as_str()),
+            role_assignments::reason.eq(reason),
+            role_assignments::granted_by.eq(granted_by),
+        ))
+        .on_conflict((role_assignments::user_id, role_assignments::role))
+        .do_nothing()
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Removes a role; returns whether it was held.
+pub fn revoke_role(conn: &mut PgConnection, user_id: Uuid, role: Role) -> Result<bool, AppError> {
+    let n = diesel::delete(
+        role_assignments::table.filter(
+            role_assignments::user_id
+                .eq(user_id)
+                .and(role_assignments::role.eq(role.as_str())),
+        ),
+    )
+    .execute(conn)?;
+    Ok(n > 0)
+}
+
+pub fn add_to_care_team(
+    conn: &mut PgConnection,
+    patient_id: Uuid,
+    user_id: Uuid,
+    added_by: Option<Uuid>,
+) -> Result<(), AppError> {
+    diesel::insert_into(care_team_members::table)
+        .values((
+            care_team_members::patient_id.eq(patient_id),
+            care_team_members::user_id.eq(user_id),
+            care_team_members::added_by.eq(added_by),
+        ))
+        .on_conflict_do_nothing()
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn set_facility(conn: &mut PgConnection, user_id: Uuid, facility: Option<Uuid>) -> Result<(), AppError> {
+    diesel::update(users::table.find(user_id))
+        .set(users::facility_id.eq(facility))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn link_patient(conn: &mut PgConnection, user_id: Uuid, patient: Option<Uuid>) -> Result<(), AppError> {
+    diesel::update(users::table.find(user_id))
+        .set(users::patient_id.eq(patient))
+        .execute(conn)?;
+    Ok(())
+}
+
+pub fn set_disabled(conn: &mut PgConnection, user_id: Uuid, disabled: bool) -> Result<(), AppError> {
+    let at = disabled.then(chrono::Utc::now);
+    diesel::update(users::table.find(user_id))
+        .set(users::disabled_at.eq(at))
+        .execute(conn)?;
+    Ok(())
+}
