@@ -1,4 +1,4 @@
-//! The command line: `custodian serve | dev | migrate`.
+//! The command line: `custodian serve | dev | migrate | audit …`.
 
 use crate::config::Config;
 use crate::startup::{Application, Options};
@@ -28,6 +28,11 @@ pub enum Command {
     Dev,
     /// Apply pending database migrations and exit.
     Migrate,
+    /// The audit trail: verify, export, print the checkpoint public key.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::command::AuditCommand,
+    },
 }
 
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
@@ -42,6 +47,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev => dev::run(path).await,
+        Command::Audit { command } => {
+            let path = path.map(PathBuf::from);
+            actix_web::web::block(move || crate::audit::command::run(path.as_deref(), command))
+                .await?
+        }
         Command::Migrate => {
             let config = Config::load(path)?;
             let url = config.database.url.clone();

@@ -1,6 +1,7 @@
 //! Builds and starts the service: TLS listener, optional redirect listener, migrations.
 //! Returns the bound addresses so tests can start the real app on port 0.
 
+use crate::audit::{AuditWriter, WriterSettings};
 use crate::config::Config;
 use crate::db::{self, Db};
 use crate::tls;
@@ -30,6 +31,7 @@ impl Application {
     pub async fn build(config: Config, options: Options) -> anyhow::Result<Application> {
         tls::install_default_provider();
         let tls_config = tls::server_config(&config.tls)?;
+        let audit_settings = WriterSettings::from_config(&config.audit, &config.database)?;
         if config.database.migrate_on_start {
             let url = config.database.url.clone();
             let timeout = config.database.connect_timeout_secs;
@@ -40,8 +42,10 @@ impl Application {
                 tracing::info!(count = applied.len(), "applied migrations");
             }
         }
+        let audit = AuditWriter::start(audit_settings).context("cannot start the audit writer")?;
         let state = actix_web::web::Data::new(AppState {
             db: Db::new(&config.database),
+            audit,
         });
 
         let workers = match config.server.workers {

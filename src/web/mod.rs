@@ -16,6 +16,8 @@ use actix_web::{App, middleware::from_fn, web};
 /// What handlers share.
 pub struct AppState {
     pub db: Db,
+    /// The one audit path: `state.audit.record(event).await?` before releasing PHI.
+    pub audit: crate::audit::AuditWriter,
 }
 
 /// Routes added by tests on top of the product's table (for example a handler that
