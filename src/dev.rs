@@ -56,7 +56,7 @@ fn ensure_audit_keys(dir: &Path) -> anyhow::Result<(String, String)> {
     use rand::RngCore;
     let keys = dir.join("audit-keys");
     std::fs::create_dir_all(&keys)?;
-    let mut read_or_create = |name: &str| -> anyhow::Result<String> {
+    let read_or_create = |name: &str| -> anyhow::Result<String> {
         let path = keys.join(name);
         if let Ok(existing) = std::fs::read_to_string(&path) {
             return Ok(existing.trim().to_string());
