@@ -1,4 +1,4 @@
-//! The command line: `custodian serve | dev | migrate`.
+//! The command line: `custodian serve | dev | migrate | audit …`.
 
 use crate::config::Config;
 use crate::startup::{Application, Options};
@@ -33,6 +33,11 @@ pub enum Command {
     /// Encryption keys: status and rotation.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// The audit trail: verify, export, print the checkpoint public key.
+    Audit {
+        #[command(subcommand)]
+        command: crate::audit::command::AuditCommand,
+    },
 }
 
 #[derive(Subcommand, Debug)]
@@ -74,6 +79,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => {
             let config = Config::load(path)?;
             actix_web::web::block(move || keys::run(&config, cmd)).await?
+        }
+        Command::Audit { command } => {
+            let path = path.map(PathBuf::from);
+            actix_web::web::block(move || crate::audit::command::run(path.as_deref(), command))
+                .await?
         }
         Command::Migrate => {
             let config = Config::load(path)?;

@@ -98,6 +98,14 @@ settings! {
     "auth.jwks_refetch_min_interval_secs", Int, "60", "Bearer tokens: an unknown kid (or a due refresh) fetches the JWKS at most once per this interval";
     "auth.jwks_max_staleness_secs", Int, "86400", "Bearer tokens: keep verifying with cached keys this long while the provider is unreachable";
     "auth.max_token_bytes", Int, "8192", "Bearer tokens: longer tokens are refused before parsing";
+    "audit.chain_key", Secret, "", "HMAC-SHA256 key of the audit hash chain: base64 of exactly 32 random bytes (`openssl rand -base64 32`); required to serve and to verify; never change it for an existing chain";
+    "audit.checkpoint_signing_key", Secret, "", "Ed25519 seed that signs audit checkpoints: base64 of exactly 32 random bytes, separate from audit.chain_key; required to serve; print the public key with `custodian audit public-key`";
+    "audit.checkpoint_dir", Str, "", "Optional folder where every signed checkpoint is appended as one JSON line to checkpoints.jsonl (copy it to write-once storage); empty = database only";
+    "audit.checkpoint_every_events", Int, "10000", "Write a signed checkpoint after this many audit events";
+    "audit.checkpoint_every_secs", Int, "300", "Write a signed checkpoint at least this often (seconds) while new audit events arrive";
+    "audit.batch_max", Int, "256", "Most audit events committed in one group-commit transaction";
+    "audit.batch_wait_ms", Int, "2", "Longest wait (ms) to fill an audit batch after its first event";
+    "audit.commit_timeout_ms", Int, "2000", "A request whose audit event is not committed within this time fails closed with 503";
 }
 
 /// The configuration reference as a Markdown table (printed by `custodian settings`,
@@ -145,6 +153,8 @@ pub struct Config {
     pub auth: Option<AuthConfig>,
     #[serde(default)]
     pub crypto: CryptoConfig,
+    #[serde(default)]
+    pub audit: AuditConfig,
 }
 
 /// Keys for encryption at rest, split by duty: `kek` (normal operation), `rotation_kek`
@@ -209,6 +219,96 @@ impl Default for RateLimitConfig {
             per_principal_per_minute: 1200,
             per_principal_burst: 200,
         }
+    }
+}
+
+/// The audit trail: chain and checkpoint keys, checkpoint cadence, group commit.
+/// Keys are optional here so that commands that need none (`migrate`) run without
+/// them; [`AuditConfig::chain_key`] and [`AuditConfig::signing_key`] name the setting
+/// when a key is needed and missing or malformed.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuditConfig {
+    pub chain_key: Option<Secret<String>>,
+    pub checkpoint_signing_key: Option<Secret<String>>,
+    pub checkpoint_dir: Option<PathBuf>,
+    pub checkpoint_every_events: u64,
+    pub checkpoint_every_secs: u64,
+    pub batch_max: usize,
+    pub batch_wait_ms: u64,
+    pub commit_timeout_ms: u64,
+}
+
+impl Default for AuditConfig {
+    fn default() -> Self {
+        Self {
+            chain_key: None,
+            checkpoint_signing_key: None,
+            checkpoint_dir: None,
+            checkpoint_every_events: 10_000,
+            checkpoint_every_secs: 300,
+            batch_max: 256,
+            batch_wait_ms: 2,
+            commit_timeout_ms: 2000,
+        }
+    }
+}
+
+/// Decodes a base64 secret that must hold exactly 32 bytes.
+fn key32(setting: &str, value: Option<&Secret<String>>) -> Result<[u8; 32], ConfigError> {
+    use base64::Engine;
+    let Some(value) = value.filter(|v| !v.expose().trim().is_empty()) else {
+        return Err(ConfigError::new(
+            setting,
+            "is required (base64 of 32 random bytes, e.g. `openssl rand -base64 32`)",
+        ));
+    };
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(value.expose().trim())
+        .map_err(|_| ConfigError::new(setting, "must be base64 (of 32 random bytes)"))?;
+    let mut key = [0u8; 32];
+    if bytes.len() != key.len() {
+        return Err(ConfigError::new(setting, "must decode to exactly 32 bytes"));
+    }
+    key.copy_from_slice(&bytes);
+    Ok(key)
+}
+
+impl AuditConfig {
+    /// The HMAC key of the chain (`audit.chain_key`).
+    pub fn chain_key(&self) -> Result<crate::audit::ChainKey, ConfigError> {
+        key32("audit.chain_key", self.chain_key.as_ref()).map(crate::audit::ChainKey::new)
+    }
+
+    /// The checkpoint signing key (`audit.checkpoint_signing_key`).
+    pub fn signing_key(&self) -> Result<crate::audit::CheckpointSigner, ConfigError> {
+        key32(
+            "audit.checkpoint_signing_key",
+            self.checkpoint_signing_key.as_ref(),
+        )
+        .map(crate::audit::CheckpointSigner::from_seed)
+    }
+
+    /// Checks the numeric settings (keys are checked where they are needed).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let positive = [
+            (
+                "audit.checkpoint_every_events",
+                self.checkpoint_every_events,
+            ),
+            ("audit.checkpoint_every_secs", self.checkpoint_every_secs),
+            ("audit.batch_max", self.batch_max as u64),
+            ("audit.commit_timeout_ms", self.commit_timeout_ms),
+        ];
+        for (setting, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::new(setting, "must be at least 1"));
+            }
+        }
+        if self.batch_max > 2000 {
+            return Err(ConfigError::new("audit.batch_max", "must be at most 2000"));
+        }
+        Ok(())
     }
 }
 
@@ -515,9 +615,28 @@ impl Config {
         Ok(config)
     }
 
+    /// Loads only the `[audit]` section (for offline commands that need no database).
+    pub fn load_audit(path: Option<&Path>) -> Result<AuditConfig, ConfigError> {
+        let mut table = load_table(path, std::env::vars())?;
+        let audit = table
+            .remove("audit")
+            .unwrap_or_else(|| toml::Value::Table(toml::Table::new()));
+        let mut root = toml::Table::new();
+        root.insert("audit".into(), audit);
+        root.insert("database".into(), {
+            let mut d = toml::Table::new();
+            d.insert("url".into(), "postgres://offline/none".into());
+            toml::Value::Table(d)
+        });
+        let config = from_table(root)?;
+        config.audit.validate()?;
+        Ok(config.audit)
+    }
+
     /// Checks what types alone cannot: consistent combinations and parseable URLs.
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_database_url(self.database.url.expose())?;
+        self.audit.validate()?;
         if self.database.pool_size == 0 {
             return Err(ConfigError::new("database.pool_size", "must be at least 1"));
         }
@@ -1007,6 +1126,28 @@ mod tests {
         let err = with_auth(&[("CUSTODIAN_AUTH_CLOCK_SKEW_SECS", "301")]).unwrap_err();
         assert_eq!(err.setting, "auth.clock_skew_secs");
         assert!(with_auth(&[("CUSTODIAN_AUTH_CLOCK_SKEW_SECS", "300")]).is_ok());
+    }
+
+    #[test]
+    fn audit_keys_are_checked_and_named() {
+        let c = load(minimal()).unwrap();
+        assert_eq!(c.audit.chain_key().unwrap_err().setting, "audit.chain_key");
+        let mut e = minimal();
+        e.push(("CUSTODIAN_AUDIT_CHAIN_KEY".into(), "c2hvcnQ=".into()));
+        e.push(("CUSTODIAN_AUDIT_CHECKPOINT_SIGNING_KEY".into(), "!!".into()));
+        let c = load(e).unwrap();
+        let err = c.audit.chain_key().unwrap_err();
+        assert_eq!(err.setting, "audit.chain_key");
+        assert!(!err.to_string().contains("c2hvcnQ"));
+        assert_eq!(
+            c.audit.signing_key().unwrap_err().setting,
+            "audit.checkpoint_signing_key"
+        );
+        let mut e = minimal();
+        let key = "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8=";
+        e.push(("CUSTODIAN_AUDIT_CHAIN_KEY".into(), key.into()));
+        e.push(("CUSTODIAN_AUDIT_BATCH_MAX".into(), "0".into()));
+        assert_eq!(load(e).unwrap_err().setting, "audit.batch_max");
     }
 
     #[test]

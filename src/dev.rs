@@ -81,6 +81,29 @@ fn ensure_dev_keys(dir: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
     Ok(out)
 }
 
+/// Audit keys for development, generated once (owner-readable files under the dev
+/// folder). Production supplies its own through configuration.
+fn ensure_audit_keys(dir: &Path) -> anyhow::Result<(String, String)> {
+    use base64::Engine;
+    use rand::RngCore;
+    let keys = dir.join("audit-keys");
+    std::fs::create_dir_all(&keys)?;
+    let read_or_create = |name: &str| -> anyhow::Result<String> {
+        let path = keys.join(name);
+        if let Ok(existing) = std::fs::read_to_string(&path) {
+            return Ok(existing.trim().to_string());
+        }
+        let mut bytes = zeroize::Zeroizing::new([0u8; 32]);
+        rand::rngs::OsRng.fill_bytes(bytes.as_mut());
+        let encoded = base64::engine::general_purpose::STANDARD.encode(bytes.as_ref());
+        write_private(&path, encoded.as_bytes())?;
+        Ok(encoded)
+    };
+    let chain = read_or_create("chain_key")?;
+    let signing = read_or_create("checkpoint_signing_key")?;
+    Ok((chain, signing))
+}
+
 /// Writes a file readable by its owner only.
 pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     use std::io::Write;
@@ -125,6 +148,13 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     for (setting, value) in ensure_dev_keys(&dir)? {
         set(setting, value.into());
     }
+    let (chain_key, signing_key) = ensure_audit_keys(&dir)?;
+    set("audit.chain_key", chain_key.into());
+    set("audit.checkpoint_signing_key", signing_key.into());
+    set(
+        "audit.checkpoint_dir",
+        dir.join("audit").display().to_string().into(),
+    );
 
     let cluster = if database_configured() {
         say!("using the database from the environment");

@@ -2,6 +2,7 @@
 //! use. The binary in `main.rs` only parses the command line and calls [`cli::run`].
 
 pub mod auth;
+pub mod audit;
 pub mod cli;
 pub mod config;
 pub mod console;

@@ -1,6 +1,7 @@
 //! Builds and starts the service: TLS listener, optional redirect listener, migrations.
 //! Returns the bound addresses so tests can start the real app on port 0.
 
+use crate::audit::{AuditWriter, WriterSettings};
 use crate::config::Config;
 use crate::crypto;
 use crate::db::{self, Db};
@@ -32,6 +33,7 @@ impl Application {
     pub async fn build(config: Config, options: Options) -> anyhow::Result<Application> {
         tls::install_default_provider();
         let tls_config = tls::server_config(&config.tls)?;
+        let audit_settings = WriterSettings::from_config(&config.audit, &config.database)?;
         if config.database.migrate_on_start {
             let url = config.database.url.clone();
             let timeout = config.database.connect_timeout_secs;
@@ -60,10 +62,12 @@ impl Application {
             kek_id = keyring.primary_provider().key_id(),
             "keyring loaded"
         );
+        let audit = AuditWriter::start(audit_settings).context("cannot start the audit writer")?;
         let state = actix_web::web::Data::new(AppState {
             db: Db::new(&config.database),
             keyring: std::sync::Arc::new(keyring),
             tokens,
+            audit,
         });
 
         let workers = match config.server.workers {

@@ -158,3 +158,50 @@ diesel::table! {
 diesel::joinable!(role_assignments -> users (user_id));
 diesel::joinable!(care_team_members -> patients (patient_id));
 diesel::allow_tables_to_appear_in_same_query!(users, role_assignments, care_team_members, patients);
+
+diesel::table! {
+    audit_events (seq) {
+        seq -> Int8,
+        event_id -> Uuid,
+        occurred_at -> Timestamptz,
+        actor_user_id -> Nullable<Uuid>,
+        actor_client_id -> Nullable<Text>,
+        actor_roles -> Array<Text>,
+        auth_method -> Text,
+        client_app -> Nullable<Text>,
+        action -> Text,
+        resource_type -> Nullable<Text>,
+        resource_id -> Nullable<Uuid>,
+        patient_ids -> Array<Uuid>,
+        outcome -> Text,
+        deny_reason -> Nullable<Text>,
+        purpose_of_use -> Nullable<Text>,
+        break_glass_grant_id -> Nullable<Uuid>,
+        source_ip -> Nullable<Text>,
+        user_agent -> Nullable<Text>,
+        request_id -> Nullable<Text>,
+        hash -> Bytea,
+    }
+}
+
+diesel::table! {
+    audit_chain_head (id) {
+        id -> Bool,
+        seq -> Int8,
+        hash -> Bytea,
+        checkpoint_no -> Int8,
+        checkpoint_seq -> Int8,
+        checkpoint_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    audit_checkpoints (checkpoint_no) {
+        checkpoint_no -> Int8,
+        seq -> Int8,
+        head_hash -> Bytea,
+        created_at -> Timestamptz,
+        key_id -> Text,
+        signature -> Bytea,
+    }
+}

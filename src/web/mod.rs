@@ -22,6 +22,8 @@ pub struct AppState {
     /// Bearer-token verification; `None` when `[auth]` is not configured (then every
     /// bearer-protected route answers 401).
     pub tokens: Option<crate::auth::TokenVerifier>,
+    /// The one audit path: `state.audit.record(event).await?` before releasing PHI.
+    pub audit: crate::audit::AuditWriter,
 }
 
 /// Routes added by tests on top of the product's table (for example a handler that

@@ -1,6 +1,6 @@
 //! The command line: configuration errors are one clear line naming the setting.
 
-use crate::common::{TestDb, test_cert};
+use crate::common::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestDb, test_cert};
 use std::process::{Command, Output};
 
 fn custodian(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -35,6 +35,11 @@ fn base_env() -> Vec<(&'static str, String)> {
         (
             "DATABASE_URL",
             "postgres://u:pw@127.0.0.1:1/none".to_string(),
+        ),
+        ("CUSTODIAN_AUDIT_CHAIN_KEY", TEST_CHAIN_KEY.to_string()),
+        (
+            "CUSTODIAN_AUDIT_CHECKPOINT_SIGNING_KEY",
+            TEST_SIGNING_KEY.to_string(),
         ),
     ]
 }

@@ -19,6 +19,10 @@ pub mod tlsclient;
 
 const TEST_DB_PREFIX: &str = "custodian_test_";
 
+/// Audit keys of every test app (base64 of 32 bytes; test values only).
+pub const TEST_CHAIN_KEY: &str = "Y3VzdG9kaWFuLXRlc3QtY2hhaW4ta2V5LTMyLWJ5dGU=";
+pub const TEST_SIGNING_KEY: &str = "Y3VzdG9kaWFuLXRlc3Qtc2lnbmluZy1zZWVkLTMyYnk=";
+
 /// Admin URL of the server tests create databases on.
 pub fn admin_url() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
@@ -270,6 +274,8 @@ impl TestAppBuilder {
         set("database.connect_timeout_secs", 2.into());
         set("crypto.kek", test_keys().kek.clone().into());
         set("crypto.blind_index_key", test_keys().blind_index_key.clone().into());
+        set("audit.chain_key", TEST_CHAIN_KEY.into());
+        set("audit.checkpoint_signing_key", TEST_SIGNING_KEY.into());
         config::merge(&mut table, self.table.clone());
         let c = config::from_table(table).unwrap();
         c.validate().unwrap();

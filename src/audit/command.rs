@@ -1,0 +1,168 @@
+//! `custodian audit verify | export | public-key`.
+
+use super::chain::{self, ChainKey};
+use super::event::{Actor, AuditAction, Outcome, ResourceType};
+use super::{EventBuilder, ops, store, verify, writer};
+use crate::config::{AuditConfig, Config};
+use anyhow::Context;
+use chrono::{DateTime, NaiveDate, Utc};
+use clap::Subcommand;
+use diesel::prelude::*;
+use ed25519_dalek::VerifyingKey;
+use std::path::{Path, PathBuf};
+
+#[derive(Subcommand, Debug)]
+pub enum AuditCommand {
+    /// Verify the hash chain and the signed checkpoints (the database, or an export
+    /// file offline). Prints one verdict line; exit code 0 only when the chain is intact.
+    Verify {
+        /// Verify this export file offline instead of the database.
+        #[arg(long)]
+        file: Option<PathBuf>,
+        /// Checkpoint public key (base64, from `custodian audit public-key`); default:
+        /// derived from audit.checkpoint_signing_key.
+        #[arg(long)]
+        public_key: Option<String>,
+        /// Checkpoint file (JSON lines); default: checkpoints.jsonl in
+        /// audit.checkpoint_dir when it exists.
+        #[arg(long)]
+        checkpoints: Option<PathBuf>,
+    },
+    /// Export the events of a time range (and the checkpoints within it) as JSON lines.
+    Export {
+        /// Start (inclusive): RFC 3339 time or YYYY-MM-DD (UTC).
+        #[arg(long)]
+        since: Option<String>,
+        /// End (exclusive): RFC 3339 time or YYYY-MM-DD (UTC).
+        #[arg(long)]
+        until: Option<String>,
+        #[arg(long)]
+        output: PathBuf,
+    },
+    /// Print the checkpoint public key (base64) and its key id.
+    PublicKey,
+}
+
+fn parse_time(setting: &str, text: &str) -> anyhow::Result<DateTime<Utc>> {
+    if let Ok(t) = DateTime::parse_from_rfc3339(text) {
+        return Ok(t.with_timezone(&Utc));
+    }
+    NaiveDate::parse_from_str(text, "%Y-%m-%d")
+        .ok()
+        .and_then(|d| d.and_hms_opt(0, 0, 0))
+        .map(|t| t.and_utc())
+        .with_context(|| format!("{setting}: expected an RFC 3339 time or YYYY-MM-DD"))
+}
+
+fn public_key(audit: &AuditConfig, given: Option<&str>) -> anyhow::Result<VerifyingKey> {
+    match given {
+        Some(text) => chain::decode_public_key(text).context(
+            "--public-key: expected the base64 Ed25519 key printed by `custodian audit public-key`",
+        ),
+        None => Ok(audit.signing_key()?.public_key()),
+    }
+}
+
+fn checkpoint_file(audit: &AuditConfig, given: Option<PathBuf>) -> Option<PathBuf> {
+    given.or_else(|| {
+        audit
+            .checkpoint_dir
+            .as_ref()
+            .filter(|d| !d.as_os_str().is_empty())
+            .map(|d| d.join(writer::CHECKPOINT_FILE))
+            .filter(|f| f.is_file())
+    })
+}
+
+fn connect(config: &Config) -> anyhow::Result<PgConnection> {
+    let url = crate::db::with_connect_timeout(
+        config.database.url.expose(),
+        config.database.connect_timeout_secs,
+    );
+    PgConnection::establish(&url).context("database.url: cannot connect to PostgreSQL")
+}
+
+/// Runs an audit command. Blocking.
+pub fn run(path: Option<&Path>, command: AuditCommand) -> anyhow::Result<()> {
+    match command {
+        AuditCommand::PublicKey => {
+            let audit = Config::load_audit(path)?;
+            let public = audit.signing_key()?.public_key();
+            println!("{}", chain::encode_public_key(&public));
+            eprintln!("key id {}", chain::key_id(&public));
+            Ok(())
+        }
+        AuditCommand::Verify {
+            file,
+            public_key: given,
+            checkpoints,
+        } => {
+            let audit = Config::load_audit(path)?;
+            let key: ChainKey = audit.chain_key()?;
+            let public = public_key(&audit, given.as_deref())?;
+            let extra = match checkpoint_file(&audit, checkpoints) {
+                Some(f) => verify::read_checkpoint_file(&f)?,
+                None => Vec::new(),
+            };
+            let started = std::time::Instant::now();
+            let progress = |n: u64| {
+                if n > 0 && n % 500_000 < 10_000 {
+                    eprintln!("verified {n} events …");
+                }
+            };
+            let verdict = match file {
+                Some(file) => ops::verify_export(&file, key, public, extra, progress)?,
+                None => {
+                    let config = Config::load(path)?;
+                    let mut conn = connect(&config)?;
+                    ops::verify_database(&mut conn, key, public, extra, progress)?
+                }
+            };
+            match verdict {
+                Ok(ok) => {
+                    eprintln!("verified in {:.1} s", started.elapsed().as_secs_f64());
+                    println!("{ok}");
+                    Ok(())
+                }
+                Err(failure) => {
+                    println!("{failure}");
+                    anyhow::bail!("the audit trail failed verification")
+                }
+            }
+        }
+        AuditCommand::Export {
+            since,
+            until,
+            output,
+        } => {
+            let since = since.map(|s| parse_time("--since", &s)).transpose()?;
+            let until = until.map(|s| parse_time("--until", &s)).transpose()?;
+            let config = Config::load(path)?;
+            let key = config.audit.chain_key()?;
+            let signer = config.audit.signing_key()?;
+            let mut conn = connect(&config)?;
+            // The export itself is audited, before any data leaves the database.
+            let event = EventBuilder::new(Actor::cli(), AuditAction::AuditExport, Outcome::Permit)
+                .resource_type(ResourceType::AuditLog)
+                .build();
+            let policy = store::CheckpointPolicy {
+                every_events: config.audit.checkpoint_every_events,
+                every_secs: config.audit.checkpoint_every_secs,
+            };
+            store::append_batch(&mut conn, &key, &signer, policy, &[event])
+                .context("cannot record the audit-export event")?;
+            let file = std::fs::File::create(&output)
+                .with_context(|| format!("--output: cannot create {}", output.display()))?;
+            let mut out = std::io::BufWriter::new(file);
+            let header = ops::export(&mut conn, since, until, &mut out)?;
+            println!(
+                "exported {} events (sequence {}..={}) to {}",
+                header.count,
+                header.first_seq,
+                header.last_seq,
+                output.display()
+            );
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,128 @@
+//! Request-level wiring: what a handler needs to describe one audited action.
+//!
+//! ```ignore
+//! async fn read_patient(ctx: AuditContext, state: web::Data<AppState>, ...) -> Result<_, AppError> {
+//!     // ... policy decision, query ...
+//!     let event = ctx
+//!         .event(actor, AuditAction::Read, Outcome::Permit)
+//!         .resource(ResourceType::Patient, patient_id)
+//!         .patients([patient_id])
+//!         .purpose(PurposeOfUse::Treatment)
+//!         .build();
+//!     state.audit.record(event).await?; // 503 if not committed: the PHI is not returned
+//!     Ok(response)
+//! }
+//! ```
+//!
+//! Only the request id, the peer address and the (sanitised, bounded) User-Agent are
+//! taken from the request: never its path, query string, other headers or body.
+
+use super::event::{
+    Actor, AuditAction, AuditEvent, AuditRequestId, ClientId, Outcome, PurposeOfUse, ResourceType,
+    UserAgent,
+};
+use crate::web::request_id::RequestId;
+use actix_web::dev::Payload;
+use actix_web::{FromRequest, HttpRequest};
+use std::future::{Ready, ready};
+use std::net::IpAddr;
+use uuid::Uuid;
+
+/// Where a request came from, captured once per request.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct AuditContext {
+    pub request_id: Option<AuditRequestId>,
+    /// The TCP peer address. Forwarding headers are not trusted (they are caller
+    /// controlled); behind a proxy this is the proxy's address.
+    pub source_ip: Option<IpAddr>,
+    pub user_agent: Option<UserAgent>,
+}
+
+impl AuditContext {
+    pub fn from_request(req: &HttpRequest) -> Self {
+        let request_id = RequestId::of(req).and_then(|r| AuditRequestId::parse(r.as_str()).ok());
+        let source_ip = req.peer_addr().map(|a| a.ip());
+        let user_agent = req
+            .headers()
+            .get(actix_web::http::header::USER_AGENT)
+            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
+            .and_then(|ua| UserAgent::sanitize(&ua));
+        Self {
+            request_id,
+            source_ip,
+            user_agent,
+        }
+    }
+
+    /// Starts an event for this request.
+    pub fn event(&self, actor: Actor, action: AuditAction, outcome: Outcome) -> EventBuilder {
+        let mut event = AuditEvent::new(actor, action, outcome);
+        event.request_id = self.request_id.clone();
+        event.source_ip = self.source_ip;
+        event.user_agent = self.user_agent.clone();
+        EventBuilder(event)
+    }
+}
+
+impl FromRequest for AuditContext {
+    type Error = actix_web::Error;
+    type Future = Ready<Result<Self, Self::Error>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        ready(Ok(AuditContext::from_request(req)))
+    }
+}
+
+/// Fills the rest of an event.
+#[derive(Clone, Debug)]
+pub struct EventBuilder(AuditEvent);
+
+impl EventBuilder {
+    /// A builder without request context (background jobs, commands).
+    pub fn new(actor: Actor, action: AuditAction, outcome: Outcome) -> Self {
+        Self(AuditEvent::new(actor, action, outcome))
+    }
+
+    pub fn client_app(mut self, client: ClientId) -> Self {
+        self.0.client_app = Some(client);
+        self
+    }
+
+    /// The resource acted on, by internal id.
+    pub fn resource(mut self, kind: ResourceType, id: Uuid) -> Self {
+        self.0.resource_type = Some(kind);
+        self.0.resource_id = Some(id);
+        self
+    }
+
+    /// The kind of resource, without an id (searches, exports).
+    pub fn resource_type(mut self, kind: ResourceType) -> Self {
+        self.0.resource_type = Some(kind);
+        self
+    }
+
+    /// Every patient touched (for a search: every patient in the results).
+    pub fn patients(mut self, ids: impl IntoIterator<Item = Uuid>) -> Self {
+        self.0.patient_ids.extend(ids);
+        self
+    }
+
+    pub fn outcome(mut self, outcome: Outcome) -> Self {
+        self.0.outcome = outcome;
+        self
+    }
+
+    pub fn purpose(mut self, purpose: PurposeOfUse) -> Self {
+        self.0.purpose_of_use = Some(purpose);
+        self
+    }
+
+    pub fn break_glass(mut self, grant_id: Uuid) -> Self {
+        self.0.break_glass_grant_id = Some(grant_id);
+        self
+    }
+
+    pub fn build(self) -> AuditEvent {
+        self.0
+    }
+}

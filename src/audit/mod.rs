@@ -1,0 +1,28 @@
+//! The audit trail: THE one path by which the product records who did what to which
+//! patient's data, when, from where, why and with what outcome.
+//!
+//! - [`event`]: the typed [`AuditEvent`] (no free text, so no PHI) and its canonical
+//!   encoding.
+//! - [`chain`]: the HMAC-SHA256 hash chain and Ed25519-signed checkpoints.
+//! - [`store`]: the append-only tables (one chain for the whole deployment, serialised
+//!   on the chain-head row).
+//! - [`writer`]: the group-commit [`AuditWriter`] each instance runs.
+//! - [`context`]: [`AuditContext`], what a handler fills for one request.
+//! - [`verify`] and [`ops`]: `custodian audit verify | export`.
+
+pub mod chain;
+pub mod command;
+pub mod context;
+pub mod event;
+pub mod ops;
+pub mod store;
+pub mod verify;
+pub mod writer;
+
+pub use chain::{ChainKey, Checkpoint, CheckpointSigner};
+pub use context::{AuditContext, EventBuilder};
+pub use event::{
+    Actor, AuditAction, AuditEvent, AuthMethod, ClientId, DenyReason, Outcome, PurposeOfUse,
+    ResourceType, RoleCode, UserAgent,
+};
+pub use writer::{AuditWriter, WriterSettings};
