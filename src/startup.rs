@@ -68,6 +68,11 @@ impl Application {
             keyring: std::sync::Arc::new(keyring),
             tokens,
             audit,
+            principal_limit: RateLimiter::new(
+                config.ratelimit.per_principal_per_minute,
+                config.ratelimit.per_principal_burst,
+            )
+            .map(std::sync::Arc::new),
         });
 
         let workers = match config.server.workers {

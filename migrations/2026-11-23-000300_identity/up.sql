@@ -33,3 +33,16 @@ CREATE TABLE care_team_members (
     PRIMARY KEY (patient_id, user_id)
 );
 CREATE INDEX care_team_members_by_user ON care_team_members (user_id, patient_id);
+
+-- The application role (created by the audit migration when allowed) may read and write
+-- the data tables; rows are soft-deleted, so DELETE is granted only where a relationship
+-- is removed. The audit tables keep their INSERT/SELECT-only grants.
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM pg_roles WHERE rolname = 'custodian_app') THEN
+        GRANT SELECT, INSERT, UPDATE ON facilities, patients, observations, document_references,
+            claims, claim_items, data_keys, users TO custodian_app;
+        GRANT SELECT, INSERT, UPDATE, DELETE ON role_assignments, care_team_members TO custodian_app;
+    END IF;
+END
+$$;

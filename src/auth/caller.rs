@@ -36,18 +36,18 @@ impl Caller {
             .iter()
             .filter_map(|r| RoleCode::parse(r.as_str()).ok())
             .collect();
-        match self.token.grant {
-            Grant::ClientCredentials => {
-                let mut actor = Actor::service(client_id(&self.token), roles);
-                actor.user_id = Some(self.user.id);
-                actor
-            }
-            Grant::User => {
-                let mut actor = Actor::user(self.user.id, roles, AuthMethod::Bearer);
-                actor.client = self.token.client_id.as_deref().and_then(|c| ClientId::parse(c).ok());
-                actor
-            }
+        let service = self.token.grant == Grant::ClientCredentials;
+        Actor {
+            user_id: Some(self.user.id),
+            client_id: if service { self.client_app() } else { None },
+            roles,
+            auth_method: if service { AuthMethod::ClientCredentials } else { AuthMethod::Bearer },
         }
+    }
+
+    /// The client application named by the token (`client_id`/`azp`).
+    fn client_app(&self) -> Option<ClientId> {
+        self.token.client_id.as_deref().and_then(|c| ClientId::parse(c).ok())
     }
 
     fn context(&self) -> Context {
@@ -94,23 +94,11 @@ impl Caller {
         if let Some(id) = resource_id {
             event = event.resource(kind, id);
         }
+        if let Some(client) = self.client_app() {
+            event = event.client_app(client);
+        }
         self.state.audit.record(event.build()).await
     }
-}
-
-fn client_id(token: &VerifiedToken) -> ClientId {
-    token
-        .client_id
-        .as_deref()
-        .and_then(|c| ClientId::parse(c).ok())
-        .or_else(|| ClientId::parse(&token.subject).ok())
-        .unwrap_or_else(|| ClientId::parse("unknown").unwrap_or_else(|_| unreachable_client()))
-}
-
-#[allow(clippy::panic)]
-fn unreachable_client() -> ClientId {
-    // "unknown" is a valid client id; this cannot happen.
-    panic!("constant client id rejected")
 }
 
 /// Maps the policy's reason to the audit code.
@@ -161,12 +149,11 @@ impl FromRequest for Caller {
             let token = match bearer.await {
                 Ok(Bearer(token)) => token,
                 Err(e) => {
-                    let reason = if e.status_code() == StatusCode::SERVICE_UNAVAILABLE {
+                    // Keys unavailable is our fault, not a failed login.
+                    if matches!(e, AppError::Unavailable) {
                         return Err(e);
-                    } else {
-                        DenyReason::InvalidCredentials
-                    };
-                    return Err(refuse(&state, &audit, reason, e).await);
+                    }
+                    return Err(refuse(&state, &audit, DenyReason::InvalidCredentials, e).await);
                 }
             };
             let kind = match token.grant {

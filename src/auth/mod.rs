@@ -9,11 +9,13 @@
 //! Tokens are never logged, echoed or stored: only a fixed reason code is logged when
 //! one is refused.
 
+pub mod caller;
 pub mod extract;
 pub mod jwks;
 pub mod scope;
 pub mod token;
 
+pub use caller::Caller;
 pub use extract::Bearer;
 pub use scope::{Context, Interaction, ResourceType, ScopeSet};
 pub use token::{AuthError, Grant, TokenVerifier, VerifiedToken};

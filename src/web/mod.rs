@@ -24,6 +24,8 @@ pub struct AppState {
     pub tokens: Option<crate::auth::TokenVerifier>,
     /// The one audit path: `state.audit.record(event).await?` before releasing PHI.
     pub audit: crate::audit::AuditWriter,
+    /// Per-principal request limit (`ratelimit.per_principal_*`), shared by all workers.
+    pub principal_limit: Option<std::sync::Arc<ratelimit::RateLimiter>>,
 }
 
 /// Routes added by tests on top of the product's table (for example a handler that
