@@ -100,7 +100,10 @@ pub const EXPORT_FORMAT: &str = "custodian-audit-export-v1";
 pub enum ExportLine {
     Header(ExportHeader),
     Checkpoint(Checkpoint),
-    Event { hash: String, record: EventRecord },
+    Event {
+        hash: String,
+        record: Box<EventRecord>,
+    },
 }
 
 /// Writes the events that occurred in `[since, until)` — as the contiguous sequence
@@ -155,7 +158,7 @@ pub fn export(
                     let (record, hash) = row.into_parts();
                     line(&ExportLine::Event {
                         hash: hex::encode(hash),
-                        record,
+                        record: Box::new(record),
                     })?;
                 }
             }
@@ -222,7 +225,7 @@ pub fn verify_export(
                 if let Err(f) = v.push(&record, &stored) {
                     return Ok(Err(f));
                 }
-                if v.events() % 100_000 == 0 {
+                if v.events().is_multiple_of(100_000) {
                     progress(v.events());
                 }
             }

@@ -39,6 +39,8 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let builder = TestApp::builder()
             .set("audit.checkpoint_every_events", 10)
+            // The template database may be older than any time interval: count only.
+            .set("audit.checkpoint_every_secs", 86_400)
             .set("audit.checkpoint_dir", dir.path().display().to_string());
         let config = f(builder).config(&db.url);
         Fixture { db, config, dir }
@@ -418,6 +420,7 @@ fn cli(args: &[&str], f: &Fixture) -> (bool, String, String) {
         .env("CUSTODIAN_AUDIT_CHAIN_KEY", TEST_CHAIN_KEY)
         .env("CUSTODIAN_AUDIT_CHECKPOINT_SIGNING_KEY", TEST_SIGNING_KEY)
         .env("CUSTODIAN_AUDIT_CHECKPOINT_DIR", f.dir.path())
+        .env("CUSTODIAN_AUDIT_CHECKPOINT_EVERY_SECS", "86400")
         .output()
         .unwrap();
     (

@@ -1,0 +1,529 @@
+//! FHIR `Patient`: read, search, create and version-checked update. Every handler asks
+//! the decision point, fetches only the fields of the permitted view, and commits its
+//! audit event before the response leaves.
+
+use super::bundle::{self, Cursor};
+use super::types::{self, Gender, Mrn, Ssn, bounded_len, bounded_text, invalid};
+use super::{FHIR_JSON, etag, if_match};
+use crate::audit::{AuditAction, Outcome};
+use crate::auth::Caller;
+use crate::auth::caller::audit_reason;
+use crate::db::patient_views::{self, Criteria, PatientFields, PatientView};
+use crate::db::{phi, users};
+use crate::error::AppError;
+use crate::policy::{Decision, Interaction, PatientFacts, ResourceType, Target, View};
+use crate::web::AppState;
+use crate::web::json::JsonBody;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+pub const MRN_SYSTEM: &str = "urn:custodian:mrn";
+pub const SSN_SYSTEM: &str = "http://hl7.org/fhir/sid/us-ssn";
+const R: ResourceType = ResourceType::Patient;
+
+/// The fields each view may see.
+pub fn view_fields(view: View) -> PatientFields {
+    let base = PatientFields {
+        mrn: true,
+        name: true,
+        birth_date: true,
+        gender: true,
+        ..PatientFields::default()
+    };
+    match view {
+        View::PatientClinical | View::PatientSelf => PatientFields { telecom: true, address: true, ..base },
+        View::PatientBilling => PatientFields { ssn: true, address: true, ..base },
+        View::PatientDemographics => base,
+        _ => PatientFields::default(),
+    }
+}
+
+/// `_elements` narrows a view (never widens it).
+fn elements(param: Option<&str>) -> Result<PatientFields, AppError> {
+    let Some(list) = param else {
+        return Ok(PatientFields {
+            mrn: true,
+            ssn: true,
+            name: true,
+            birth_date: true,
+            gender: true,
+            telecom: true,
+            address: true,
+        });
+    };
+    let mut f = PatientFields::default();
+    for element in list.split(',').map(str::trim) {
+        match element {
+            "identifier" => {
+                f.mrn = true;
+                f.ssn = true;
+            }
+            "name" => f.name = true,
+            "birthDate" => f.birth_date = true,
+            "gender" => f.gender = true,
+            "telecom" => f.telecom = true,
+            "address" => f.address = true,
+            "id" | "meta" | "managingOrganization" => {}
+            _ => return Err(invalid("_elements", "names an element Patient does not have")),
+        }
+    }
+    Ok(f)
+}
+
+/// The FHIR JSON of a patient shaped to its view.
+pub fn to_fhir(p: &PatientView) -> Value {
+    let mut out = json!({
+        "resourceType": "Patient",
+        "id": p.id,
+        "meta": { "versionId": p.version.to_string(), "lastUpdated": p.updated_at.to_rfc3339() },
+        "managingOrganization": { "reference": format!("Organization/{}", p.facility_id) },
+    });
+    let mut identifier = Vec::new();
+    if let Some(mrn) = &p.mrn {
+        identifier.push(json!({ "system": MRN_SYSTEM, "value": mrn.expose() }));
+    }
+    if let Some(ssn) = &p.ssn {
+        identifier.push(json!({ "system": SSN_SYSTEM, "value": ssn.expose() }));
+    }
+    if !identifier.is_empty() {
+        out["identifier"] = Value::Array(identifier);
+    }
+    if let (Some(family), Some(given)) = (&p.family, &p.given) {
+        let given: Vec<&str> = given.expose().split_whitespace().collect();
+        out["name"] = json!([{ "family": family.expose(), "given": given }]);
+    }
+    if let Some(g) = &p.gender {
+        out["gender"] = json!(g);
+    }
+    if let Some(d) = &p.birth_date {
+        out["birthDate"] = json!(d.expose().format("%Y-%m-%d").to_string());
+    }
+    if let Some(t) = &p.telecom {
+        out["telecom"] = t.expose().clone();
+    }
+    if let Some(a) = &p.address {
+        out["address"] = a.expose().clone();
+    }
+    out
+}
+
+fn fhir_json(status: StatusCode, body: &Value) -> actix_web::HttpResponseBuilder {
+    let mut res = HttpResponse::build(status);
+    res.content_type(FHIR_JSON);
+    let _ = body;
+    res
+}
+
+fn denied(reason: crate::policy::DenyReason) -> AppError {
+    AppError::client(StatusCode::FORBIDDEN, reason.message())
+}
+
+/// Relationship denials on a single record answer 404, like a record that does not
+/// exist, so that probing ids reveals nothing; scope and role denials answer 403.
+fn hidden() -> AppError {
+    AppError::not_found()
+}
+
+pub async fn read(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    query: web::Query<ReadQuery>,
+) -> Result<HttpResponse, AppError> {
+    let id = parse_id(&path)?;
+    let narrow = elements(query._elements.as_deref())?;
+    let user_id = caller.user.id;
+    let facts = state.db.run(move |c| users::patient_facts(c, id, user_id)).await?;
+    let target = match facts {
+        Some(f) => Target::Patient(f),
+        None => {
+            caller.audit(AuditAction::Read, R, Some(id), [], Outcome::Error).await?;
+            return Err(AppError::not_found());
+        }
+    };
+    let view = match caller.decide(R, Interaction::Read, target) {
+        Decision::Permit { view, .. } => view,
+        Decision::Deny(reason) => {
+            caller.audit(AuditAction::Read, R, Some(id), [id], Outcome::Deny(audit_reason(reason))).await?;
+            return Err(match reason {
+                crate::policy::DenyReason::NoRelationship => hidden(),
+                other => denied(other),
+            });
+        }
+    };
+    let fields = view_fields(view).intersect(narrow);
+    let kr = state.keyring.clone();
+    let patient = state.db.run(move |c| patient_views::read(c, &kr, id, fields)).await?;
+    let Some(patient) = patient else {
+        caller.audit(AuditAction::Read, R, Some(id), [], Outcome::Error).await?;
+        return Err(AppError::not_found());
+    };
+    caller.audit(AuditAction::Read, R, Some(id), [id], Outcome::Permit).await?;
+    let body = to_fhir(&patient);
+    Ok(fhir_json(StatusCode::OK, &body)
+        .insert_header(etag(patient.version))
+        .body(body.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    _elements: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SearchQuery {
+    family: Option<String>,
+    given: Option<String>,
+    birthdate: Option<String>,
+    identifier: Option<String>,
+    _count: Option<String>,
+    _cursor: Option<String>,
+    _elements: Option<String>,
+}
+
+fn search_criteria(q: &SearchQuery) -> Result<Criteria, AppError> {
+    let mut c = Criteria::default();
+    if let Some(f) = &q.family {
+        c.family = Some(bounded_text("family", f, 100)?);
+    }
+    if let Some(g) = &q.given {
+        c.given = Some(bounded_text("given", g, 100)?);
+    }
+    if let Some(d) = &q.birthdate {
+        c.birth_date = Some(types::birth_date(d).map_err(|_| invalid("birthdate", "must be a date YYYY-MM-DD"))?);
+    }
+    if let Some(ident) = &q.identifier {
+        // `system|value` or a bare value (taken as an MRN).
+        let (system, value) = ident.split_once('|').unwrap_or((MRN_SYSTEM, ident));
+        match system {
+            MRN_SYSTEM => c.mrn = Some(Mrn::parse(value).map_err(|_| invalid("identifier", "is not a valid MRN"))?.as_str().to_string()),
+            SSN_SYSTEM => c.ssn = Some(Ssn::parse(value).map_err(|_| invalid("identifier", "is not a valid SSN"))?.as_str().to_string()),
+            _ => return Err(invalid("identifier", "system must be the MRN or SSN system")),
+        }
+    }
+    Ok(c)
+}
+
+pub async fn search(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+    query: web::Query<SearchQuery>,
+) -> Result<HttpResponse, AppError> {
+    let q = query.into_inner();
+    let criteria = search_criteria(&q)?;
+    let count = bundle::page_size(q._count.as_deref())?;
+    let narrow = elements(q._elements.as_deref())?;
+    let (view, scope) = match caller.decide(R, Interaction::Search, Target::Search) {
+        Decision::Permit { view, search: Some(scope), .. } => (view, scope),
+        Decision::Permit { search: None, .. } => return Err(AppError::internal("search permit without scope")),
+        Decision::Deny(reason) => {
+            caller.audit(AuditAction::Search, R, None, [], Outcome::Deny(audit_reason(reason))).await?;
+            return Err(denied(reason));
+        }
+    };
+    let after = q
+        ._cursor
+        .as_deref()
+        .map(|c| Cursor::open(&state.keyring, caller.user.id, R, c))
+        .transpose()?;
+    let fields = view_fields(view).intersect(narrow);
+    let kr = state.keyring.clone();
+    let limit = count as i64 + 1;
+    let mut rows = state
+        .db
+        .run(move |c| patient_views::search(c, &kr, &criteria, scope, after, limit, fields))
+        .await?;
+    let more = rows.len() > count;
+    rows.truncate(count);
+    let ids: Vec<Uuid> = rows.iter().map(|p| p.id).collect();
+    caller.audit(AuditAction::Search, R, None, ids.iter().copied(), Outcome::Permit).await?;
+    let next = match (more, rows.last()) {
+        (true, Some(last)) => Some(Cursor::seal(&state.keyring, caller.user.id, R, last.id)?),
+        _ => None,
+    };
+    let entries: Vec<Value> = rows.iter().map(to_fhir).collect();
+    let body = bundle::searchset(&req, "Patient", entries, next.as_deref());
+    Ok(fhir_json(StatusCode::OK, &body).body(body.to_string()))
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PatientIn {
+    resource_type: String,
+    id: Option<String>,
+    #[allow(dead_code)]
+    meta: Option<serde::de::IgnoredAny>,
+    identifier: Vec<IdentifierIn>,
+    name: Vec<HumanNameIn>,
+    gender: String,
+    birth_date: String,
+    telecom: Option<Vec<ContactPointIn>>,
+    address: Option<Vec<AddressIn>>,
+    managing_organization: Option<ReferenceIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IdentifierIn {
+    system: String,
+    value: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HumanNameIn {
+    family: String,
+    given: Vec<String>,
+    #[serde(rename = "use")]
+    name_use: Option<String>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+struct ContactPointIn {
+    system: String,
+    value: String,
+    #[serde(rename = "use", skip_serializing_if = "Option::is_none")]
+    contact_use: Option<String>,
+}
+
+#[derive(Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AddressIn {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    line: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    city: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    state: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    postal_code: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    country: Option<String>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferenceIn {
+    reference: String,
+}
+
+/// A validated patient and the facility named in it (if any).
+struct ValidPatient {
+    new: phi::NewPatient,
+    facility: Option<Uuid>,
+}
+
+fn validate(input: PatientIn, default_facility: Option<Uuid>) -> Result<ValidPatient, AppError> {
+    if input.resource_type != "Patient" {
+        return Err(invalid("resourceType", "must be Patient"));
+    }
+    bounded_len("identifier", &input.identifier, 4)?;
+    let mut mrn = None;
+    let mut ssn = None;
+    for ident in &input.identifier {
+        match ident.system.as_str() {
+            MRN_SYSTEM if mrn.is_none() => mrn = Some(Mrn::parse(&ident.value)?),
+            SSN_SYSTEM if ssn.is_none() => ssn = Some(Ssn::parse(&ident.value)?),
+            MRN_SYSTEM | SSN_SYSTEM => return Err(invalid("identifier", "has the same system twice")),
+            _ => return Err(invalid("identifier.system", "must be the MRN or SSN system")),
+        }
+    }
+    let mrn = mrn.ok_or_else(|| invalid("identifier", "must include an MRN"))?;
+    if input.name.len() != 1 {
+        return Err(invalid("name", "must have exactly one entry"));
+    }
+    let name = &input.name[0];
+    if let Some(u) = &name.name_use
+        && !matches!(u.as_str(), "official" | "usual")
+    {
+        return Err(invalid("name[0].use", "must be official or usual"));
+    }
+    let family = bounded_text("name[0].family", &name.family, 100)?;
+    if name.given.is_empty() {
+        return Err(invalid("name[0].given", "must have at least one given name"));
+    }
+    bounded_len("name[0].given", &name.given, 3)?;
+    let given = name
+        .given
+        .iter()
+        .map(|g| bounded_text("name[0].given", g, 60))
+        .collect::<Result<Vec<_>, _>>()?
+        .join(" ");
+    let gender = Gender::parse(&input.gender)?;
+    let birth_date = types::birth_date(&input.birth_date)?;
+    let telecom = match input.telecom {
+        None => None,
+        Some(list) => {
+            bounded_len("telecom", &list, 5)?;
+            for t in &list {
+                if !matches!(t.system.as_str(), "phone" | "email" | "fax" | "sms" | "other") {
+                    return Err(invalid("telecom.system", "must be phone, email, fax, sms or other"));
+                }
+                bounded_text("telecom.value", &t.value, 100)?;
+                if let Some(u) = &t.contact_use
+                    && !matches!(u.as_str(), "home" | "work" | "mobile" | "temp" | "old")
+                {
+                    return Err(invalid("telecom.use", "must be home, work, mobile, temp or old"));
+                }
+            }
+            Some(serde_json::to_value(&list).map_err(|e| AppError::Internal(e.into()))?)
+        }
+    };
+    let address = match input.address {
+        None => None,
+        Some(list) => {
+            bounded_len("address", &list, 3)?;
+            for a in &list {
+                if let Some(lines) = &a.line {
+                    bounded_len("address.line", lines, 3)?;
+                    for l in lines {
+                        bounded_text("address.line", l, 100)?;
+                    }
+                }
+                for (field, v) in [
+                    ("address.city", &a.city),
+                    ("address.state", &a.state),
+                    ("address.postalCode", &a.postal_code),
+                    ("address.country", &a.country),
+                ] {
+                    if let Some(v) = v {
+                        bounded_text(field, v, 50)?;
+                    }
+                }
+            }
+            Some(serde_json::to_value(&list).map_err(|e| AppError::Internal(e.into()))?)
+        }
+    };
+    let facility = match input.managing_organization {
+        None => default_facility,
+        Some(r) => Some(
+            r.reference
+                .strip_prefix("Organization/")
+                .and_then(|id| Uuid::parse_str(id).ok())
+                .ok_or_else(|| invalid("managingOrganization.reference", "must be Organization/<id>"))?,
+        ),
+    };
+    Ok(ValidPatient {
+        new: phi::NewPatient {
+            facility_id: facility.unwrap_or_default(),
+            mrn: mrn.as_str().to_string(),
+            ssn: ssn.map(|s| s.as_str().to_string()),
+            family,
+            given,
+            birth_date,
+            gender: gender.as_str().to_string(),
+            telecom,
+            address,
+        },
+        facility,
+    })
+}
+
+pub async fn create(
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: JsonBody<PatientIn>,
+) -> Result<HttpResponse, AppError> {
+    let input = body.0;
+    if input.id.is_some() {
+        return Err(invalid("id", "must not be set on create"));
+    }
+    let valid = validate(input, caller.user.facility_id)?;
+    let facility = valid
+        .facility
+        .ok_or_else(|| invalid("managingOrganization", "is required when you have no facility"))?;
+    let facts = PatientFacts { patient_id: Uuid::nil(), facility_id: facility, on_care_team: false };
+    if let Decision::Deny(reason) = caller.decide(R, Interaction::Create, Target::Patient(facts)) {
+        caller.audit(AuditAction::Create, R, None, [], Outcome::Deny(audit_reason(reason))).await?;
+        return Err(denied(reason));
+    }
+    let kr = state.keyring.clone();
+    let creator = caller.user.id;
+    let new = valid.new;
+    let created = state
+        .db
+        .run(move |c| {
+            use diesel::Connection;
+            c.transaction(|c| {
+                let p = phi::insert_patient(c, &kr, &new)?;
+                // The author of a record joins its care team, so they can read it back.
+                users::add_to_care_team(c, p.id, creator, Some(creator))?;
+                Ok::<_, AppError>(p)
+            })
+        })
+        .await?;
+    caller.audit(AuditAction::Create, R, Some(created.id), [created.id], Outcome::Permit).await?;
+    let view = PatientFields { mrn: true, name: true, birth_date: true, gender: true, ..PatientFields::default() };
+    let kr = state.keyring.clone();
+    let id = created.id;
+    let shaped = state
+        .db
+        .run(move |c| patient_views::read(c, &kr, id, view))
+        .await?
+        .ok_or_else(|| AppError::internal("created patient not found"))?;
+    let body = to_fhir(&shaped);
+    Ok(fhir_json(StatusCode::CREATED, &body)
+        .insert_header(etag(shaped.version))
+        .insert_header(("Location", format!("/fhir/Patient/{id}/_history/{}", shaped.version)))
+        .body(body.to_string()))
+}
+
+pub async fn update(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: JsonBody<PatientIn>,
+) -> Result<HttpResponse, AppError> {
+    let id = parse_id(&path)?;
+    let expected = if_match(&req)?;
+    let input = body.0;
+    if input.id.as_deref() != Some(&id.to_string()) {
+        return Err(invalid("id", "must match the id in the URL"));
+    }
+    let user_id = caller.user.id;
+    let facts = state.db.run(move |c| users::patient_facts(c, id, user_id)).await?;
+    let Some(facts) = facts else {
+        caller.audit(AuditAction::Update, R, Some(id), [], Outcome::Error).await?;
+        return Err(AppError::not_found());
+    };
+    if let Decision::Deny(reason) = caller.decide(R, Interaction::Update, Target::Patient(facts)) {
+        caller.audit(AuditAction::Update, R, Some(id), [id], Outcome::Deny(audit_reason(reason))).await?;
+        return Err(match reason {
+            crate::policy::DenyReason::NoRelationship => hidden(),
+            other => denied(other),
+        });
+    }
+    let mut valid = validate(input, Some(facts.facility_id))?;
+    if valid.facility != Some(facts.facility_id) {
+        return Err(invalid("managingOrganization", "cannot be changed by an update"));
+    }
+    valid.new.facility_id = facts.facility_id;
+    let kr = state.keyring.clone();
+    let new = valid.new;
+    let updated = state.db.run(move |c| patient_views::update(c, &kr, id, expected, &new)).await?;
+    let Some(version) = updated else {
+        caller.audit(AuditAction::Update, R, Some(id), [id], Outcome::Error).await?;
+        return Err(AppError::client(
+            StatusCode::PRECONDITION_FAILED,
+            "The resource was changed by someone else: read it again and retry with its new ETag.",
+        ));
+    };
+    caller.audit(AuditAction::Update, R, Some(id), [id], Outcome::Permit).await?;
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .insert_header(etag(version))
+        .body(json!({ "resourceType": "Patient", "id": id, "meta": { "versionId": version.to_string() } }).to_string()))
+}
+
+fn parse_id(raw: &str) -> Result<Uuid, AppError> {
+    // An id that is not one of ours cannot exist.
+    Uuid::parse_str(raw).map_err(|_| AppError::not_found())
+}
