@@ -1,8 +1,8 @@
 //! Custodian: a service that keeps protected health information safe and still easy to
 //! use. The binary in `main.rs` only parses the command line and calls [`cli::run`].
 
-pub mod auth;
 pub mod audit;
+pub mod auth;
 pub mod cli;
 pub mod config;
 pub mod console;

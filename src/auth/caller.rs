@@ -6,7 +6,10 @@
 use super::scope::Context;
 use super::token::Grant;
 use super::{Bearer, VerifiedToken};
-use crate::audit::{Actor, AuditAction, AuditContext, AuthMethod, ClientId, DenyReason, Outcome, PurposeOfUse, RoleCode};
+use crate::audit::{
+    Actor, AuditAction, AuditContext, AuthMethod, ClientId, DenyReason, Outcome, PurposeOfUse,
+    RoleCode,
+};
 use crate::db::users::{self, UserKind, UserRecord};
 use crate::error::AppError;
 use crate::policy::{self, Interaction, ResourceType, Role};
@@ -41,13 +44,20 @@ impl Caller {
             user_id: Some(self.user.id),
             client_id: if service { self.client_app() } else { None },
             roles,
-            auth_method: if service { AuthMethod::ClientCredentials } else { AuthMethod::Bearer },
+            auth_method: if service {
+                AuthMethod::ClientCredentials
+            } else {
+                AuthMethod::Bearer
+            },
         }
     }
 
     /// The client application named by the token (`client_id`/`azp`).
     fn client_app(&self) -> Option<ClientId> {
-        self.token.client_id.as_deref().and_then(|c| ClientId::parse(c).ok())
+        self.token
+            .client_id
+            .as_deref()
+            .and_then(|c| ClientId::parse(c).ok())
     }
 
     fn context(&self) -> Context {
@@ -59,7 +69,12 @@ impl Caller {
     }
 
     /// Asks the decision point.
-    pub fn decide(&self, resource: ResourceType, interaction: Interaction, target: policy::Target) -> policy::Decision {
+    pub fn decide(
+        &self,
+        resource: ResourceType,
+        interaction: Interaction,
+        target: policy::Target,
+    ) -> policy::Decision {
         let context = self.context();
         let scopes = &self.token.scopes;
         let allows = move |r: ResourceType, i: Interaction| scopes.allows(context, r, i);
@@ -125,8 +140,19 @@ fn parse_purpose(req: &HttpRequest) -> Result<PurposeOfUse, AppError> {
     }
 }
 
-async fn refuse(state: &AppState, ctx: &AuditContext, reason: DenyReason, err: AppError) -> AppError {
-    let event = ctx.event(Actor::anonymous(), AuditAction::LoginFailed, Outcome::Deny(reason)).build();
+async fn refuse(
+    state: &AppState,
+    ctx: &AuditContext,
+    reason: DenyReason,
+    err: AppError,
+) -> AppError {
+    let event = ctx
+        .event(
+            Actor::anonymous(),
+            AuditAction::LoginFailed,
+            Outcome::Deny(reason),
+        )
+        .build();
     match state.audit.record(event).await {
         Ok(()) => err,
         Err(audit_err) => audit_err,
@@ -166,17 +192,28 @@ impl FromRequest for Caller {
                 .run(move |conn| users::user_for(conn, &issuer, &subject, kind))
                 .await?;
             if user.disabled {
-                let err = AppError::client(StatusCode::FORBIDDEN, "Access denied: this account is disabled.");
+                let err = AppError::client(
+                    StatusCode::FORBIDDEN,
+                    "Access denied: this account is disabled.",
+                );
                 return Err(refuse(&state, &audit, DenyReason::Revoked, err).await);
             }
             if let Some(limit) = &state.principal_limit
                 && let Err(wait) = limit.check(&user.id.to_string())
             {
-                let err = AppError::RateLimited { retry_after_secs: wait.as_secs() + 1 };
+                let err = AppError::RateLimited {
+                    retry_after_secs: wait.as_secs() + 1,
+                };
                 return Err(refuse(&state, &audit, DenyReason::RateLimited, err).await);
             }
             let purpose = parse_purpose(&req)?;
-            Ok(Caller { user, token, audit, purpose, state })
+            Ok(Caller {
+                user,
+                token,
+                audit,
+                purpose,
+                state,
+            })
         })
     }
 }

@@ -248,15 +248,34 @@ impl KeyCache {
             .is_none_or(|t| t.elapsed() >= self.inner.min_interval);
         if may_fetch {
             state.last_attempt = Some(Instant::now());
-            match self.fetch(&mut state).await {
-                Ok(keys) => {
+            // The fetch runs in its own task and stores what it got: a caller dropped
+            // mid-request (e.g. when another extractor failed) must not leave the cache
+            // empty until the next permitted attempt.
+            let this = self.clone();
+            let known_url = state.jwks_url.clone();
+            let task = tokio::spawn(async move {
+                let mut st = FetchState {
+                    last_attempt: None,
+                    jwks_url: known_url,
+                };
+                let result = this.fetch(&mut st).await.map(|keys| {
                     tracing::info!(keys = keys.len(), "fetched identity provider keys");
-                    return Ok(self.store(KeySet {
+                    this.store(KeySet {
                         keys,
                         fetched_at: Instant::now(),
-                    }));
+                    })
+                });
+                (result, st.jwks_url)
+            });
+            match task.await {
+                Ok((Ok(set), url)) => {
+                    state.jwks_url = url;
+                    return Ok(set);
                 }
-                Err(e) => tracing::warn!(error = %e, "cannot refresh identity provider keys"),
+                Ok((Err(e), _)) => {
+                    tracing::warn!(error = %e, "cannot refresh identity provider keys")
+                }
+                Err(_) => tracing::warn!("identity provider key fetch task failed"),
             }
         }
         match self.current() {

@@ -24,7 +24,6 @@
 //! Scopes state what the *client application* may do; the policy layer intersects them
 //! with the person's roles and care relationships.
 
-
 /// The SMART launch context a scope is granted in.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Context {

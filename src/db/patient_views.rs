@@ -52,7 +52,11 @@ impl PatientFields {
             "key_version".to_string(),
             "facility_id".to_string(),
             "updated_at".to_string(),
-            if self.gender { "gender".to_string() } else { "NULL::text AS gender".to_string() },
+            if self.gender {
+                "gender".to_string()
+            } else {
+                "NULL::text AS gender".to_string()
+            },
             col(self.mrn, "mrn_sealed"),
             col(self.ssn, "ssn_sealed"),
             col(self.name, "family_sealed"),
@@ -114,7 +118,12 @@ struct Row {
 
 const T: &str = "patients";
 
-fn open<V: Sealable>(kr: &Keyring, column: &'static str, row: Uuid, sealed: Option<Vec<u8>>) -> Result<Option<Phi<V>>, AppError> {
+fn open<V: Sealable>(
+    kr: &Keyring,
+    column: &'static str,
+    row: Uuid,
+    sealed: Option<Vec<u8>>,
+) -> Result<Option<Phi<V>>, AppError> {
     sealed
         .map(|bytes| {
             kr.open_value::<V>(&FieldPlace::new(T, column, row), &bytes)
@@ -149,12 +158,20 @@ impl Row {
 }
 
 /// One live patient, shaped to `fields`.
-pub fn read(conn: &mut PgConnection, kr: &Keyring, id: Uuid, fields: PatientFields) -> Result<Option<PatientView>, AppError> {
+pub fn read(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+    fields: PatientFields,
+) -> Result<Option<PatientView>, AppError> {
     let sql = format!(
         "SELECT {} FROM patients WHERE id = $1 AND deleted_at IS NULL",
         fields.select_list()
     );
-    let row: Option<Row> = diesel::sql_query(sql).bind::<SqlUuid, _>(id).get_result(conn).optional()?;
+    let row: Option<Row> = diesel::sql_query(sql)
+        .bind::<SqlUuid, _>(id)
+        .get_result(conn)
+        .optional()?;
     row.map(|r| r.open(conn, kr)).transpose()
 }
 
@@ -196,7 +213,11 @@ pub fn search(
         index(BlindKind::Given, "given_index", v)?;
     }
     if let Some(v) = criteria.birth_date {
-        index(BlindKind::BirthDate, "birth_date_index", &v.format("%Y-%m-%d").to_string())?;
+        index(
+            BlindKind::BirthDate,
+            "birth_date_index",
+            &v.format("%Y-%m-%d").to_string(),
+        )?;
     }
     if let Some(v) = &criteria.mrn {
         index(BlindKind::Mrn, "mrn_index", v)?;
@@ -242,16 +263,35 @@ pub fn update(
 ) -> Result<Option<i32>, AppError> {
     use crate::db::schema::patients;
     let mrn_index = kr.blind_index(BlindKind::Mrn, &new.mrn)?;
-    let ssn_index = new.ssn.as_deref().map(|s| kr.blind_index(BlindKind::Ssn, s)).transpose()?;
+    let ssn_index = new
+        .ssn
+        .as_deref()
+        .map(|s| kr.blind_index(BlindKind::Ssn, s))
+        .transpose()?;
     let family_index = kr.blind_index(BlindKind::Family, &new.family)?;
     let given_index = kr.blind_index(BlindKind::Given, &new.given)?;
-    let birth_index = kr.blind_index(BlindKind::BirthDate, &new.birth_date.format("%Y-%m-%d").to_string())?;
+    let birth_index = kr.blind_index(
+        BlindKind::BirthDate,
+        &new.birth_date.format("%Y-%m-%d").to_string(),
+    )?;
     conn.transaction(|conn| {
         let sealer = kr.sealer_for_write(conn)?;
         let place = |c: &'static str| FieldPlace::new(T, c, id);
-        let ssn_sealed = new.ssn.as_deref().map(|s| sealer.seal_str(&place("ssn_sealed"), s)).transpose()?;
-        let telecom = new.telecom.as_ref().map(|v| sealer.seal_value(&place("telecom_sealed"), v)).transpose()?;
-        let address = new.address.as_ref().map(|v| sealer.seal_value(&place("address_sealed"), v)).transpose()?;
+        let ssn_sealed = new
+            .ssn
+            .as_deref()
+            .map(|s| sealer.seal_str(&place("ssn_sealed"), s))
+            .transpose()?;
+        let telecom = new
+            .telecom
+            .as_ref()
+            .map(|v| sealer.seal_value(&place("telecom_sealed"), v))
+            .transpose()?;
+        let address = new
+            .address
+            .as_ref()
+            .map(|v| sealer.seal_value(&place("address_sealed"), v))
+            .transpose()?;
         // The version check and the write are one statement: concurrent updates cannot
         // both pass it.
         let updated: Option<i32> = diesel::update(
@@ -273,7 +313,8 @@ pub fn update(
             patients::family_index.eq(&family_index),
             patients::given_sealed.eq(sealer.seal_str(&place("given_sealed"), &new.given)?),
             patients::given_index.eq(&given_index),
-            patients::birth_date_sealed.eq(sealer.seal_value(&place("birth_date_sealed"), &new.birth_date)?),
+            patients::birth_date_sealed
+                .eq(sealer.seal_value(&place("birth_date_sealed"), &new.birth_date)?),
             patients::birth_date_index.eq(&birth_index),
             patients::gender.eq(&new.gender),
             patients::telecom_sealed.eq(telecom),

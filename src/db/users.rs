@@ -55,19 +55,22 @@ pub fn user_for(
     find(conn, issuer, subject)?.ok_or_else(|| AppError::internal("user vanished after insert"))
 }
 
-fn find(conn: &mut PgConnection, issuer: &str, subject: &str) -> Result<Option<UserRecord>, AppError> {
-    let rows: Vec<(Uuid, Option<chrono::DateTime<chrono::Utc>>, Option<Uuid>, Option<Uuid>, Option<String>)> =
-        users::table
-            .left_join(role_assignments::table)
-            .filter(users::issuer.eq(issuer).and(users::subject.eq(subject)))
-            .select((
-                users::id,
-                users::disabled_at,
-                users::facility_id,
-                users::patient_id,
-                role_assignments::role.nullable(),
-            ))
-            .load(conn)?;
+fn find(
+    conn: &mut PgConnection,
+    issuer: &str,
+    subject: &str,
+) -> Result<Option<UserRecord>, AppError> {
+    let rows: Vec<UserRoleRow> = users::table
+        .left_join(role_assignments::table)
+        .filter(users::issuer.eq(issuer).and(users::subject.eq(subject)))
+        .select((
+            users::id,
+            users::disabled_at,
+            users::facility_id,
+            users::patient_id,
+            role_assignments::role.nullable(),
+        ))
+        .load(conn)?;
     let Some(first) = rows.first() else {
         return Ok(None);
     };
@@ -77,7 +80,10 @@ fn find(conn: &mut PgConnection, issuer: &str, subject: &str) -> Result<Option<U
         facility_id: first.2,
         patient_id: first.3,
         // A role code we no longer know grants nothing.
-        roles: rows.iter().filter_map(|r| r.4.as_deref().and_then(Role::parse)).collect(),
+        roles: rows
+            .iter()
+            .filter_map(|r| r.4.as_deref().and_then(Role::parse))
+            .collect(),
     }))
 }
 
@@ -95,15 +101,21 @@ pub fn patient_facts(
         ),
     );
     let row: Option<(Uuid, bool)> = patients::table
-        .filter(patients::id.eq(patient_id).and(patients::deleted_at.is_null()))
+        .filter(
+            patients::id
+                .eq(patient_id)
+                .and(patients::deleted_at.is_null()),
+        )
         .select((patients::facility_id, member))
         .first(conn)
         .optional()?;
-    Ok(row.map(|(facility_id, on_care_team)| crate::policy::PatientFacts {
-        patient_id,
-        facility_id,
-        on_care_team,
-    }))
+    Ok(
+        row.map(|(facility_id, on_care_team)| crate::policy::PatientFacts {
+            patient_id,
+            facility_id,
+            on_care_team,
+        }),
+    )
 }
 
 /// Grants a role (idempotent); the reason is required and kept.
@@ -157,21 +169,33 @@ pub fn add_to_care_team(
     Ok(())
 }
 
-pub fn set_facility(conn: &mut PgConnection, user_id: Uuid, facility: Option<Uuid>) -> Result<(), AppError> {
+pub fn set_facility(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    facility: Option<Uuid>,
+) -> Result<(), AppError> {
     diesel::update(users::table.find(user_id))
         .set(users::facility_id.eq(facility))
         .execute(conn)?;
     Ok(())
 }
 
-pub fn link_patient(conn: &mut PgConnection, user_id: Uuid, patient: Option<Uuid>) -> Result<(), AppError> {
+pub fn link_patient(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    patient: Option<Uuid>,
+) -> Result<(), AppError> {
     diesel::update(users::table.find(user_id))
         .set(users::patient_id.eq(patient))
         .execute(conn)?;
     Ok(())
 }
 
-pub fn set_disabled(conn: &mut PgConnection, user_id: Uuid, disabled: bool) -> Result<(), AppError> {
+pub fn set_disabled(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    disabled: bool,
+) -> Result<(), AppError> {
     let at = disabled.then(chrono::Utc::now);
     diesel::update(users::table.find(user_id))
         .set(users::disabled_at.eq(at))

@@ -32,12 +32,22 @@ fn place(user: Uuid, resource: ResourceType) -> FieldPlace {
 }
 
 impl Cursor {
-    pub fn seal(kr: &Keyring, user: Uuid, resource: ResourceType, last: Uuid) -> Result<String, AppError> {
+    pub fn seal(
+        kr: &Keyring,
+        user: Uuid,
+        resource: ResourceType,
+        last: Uuid,
+    ) -> Result<String, AppError> {
         let sealed = kr.seal(&place(user, resource), last.as_bytes())?;
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
     }
 
-    pub fn open(kr: &Keyring, user: Uuid, resource: ResourceType, cursor: &str) -> Result<Uuid, AppError> {
+    pub fn open(
+        kr: &Keyring,
+        user: Uuid,
+        resource: ResourceType,
+        cursor: &str,
+    ) -> Result<Uuid, AppError> {
         let bad = || super::types::invalid("_cursor", "is not a cursor this server issued to you");
         if cursor.len() > 200 {
             return Err(bad());
@@ -51,15 +61,22 @@ impl Cursor {
 }
 
 /// A searchset bundle; `next` carries the cursor of the following page.
-pub fn searchset(req: &HttpRequest, resource: &str, entries: Vec<Value>, next: Option<&str>) -> Value {
+pub fn searchset(
+    req: &HttpRequest,
+    resource: &str,
+    entries: Vec<Value>,
+    next: Option<&str>,
+) -> Value {
     let base = format!("/fhir/{resource}");
-    let mut links = vec![json!({ "relation": "self", "url": format!("{base}?{}", req.query_string()) })];
+    let mut links =
+        vec![json!({ "relation": "self", "url": format!("{base}?{}", req.query_string()) })];
     if let Some(cursor) = next {
         // The next link keeps the caller's own parameters and replaces the cursor.
-        let kept: Vec<(String, String)> = url::form_urlencoded::parse(req.query_string().as_bytes())
-            .filter(|(k, _)| k != "_cursor")
-            .map(|(k, v)| (k.into_owned(), v.into_owned()))
-            .collect();
+        let kept: Vec<(String, String)> =
+            url::form_urlencoded::parse(req.query_string().as_bytes())
+                .filter(|(k, _)| k != "_cursor")
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
         let mut q = url::form_urlencoded::Serializer::new(String::new());
         for (k, v) in &kept {
             q.append_pair(k, v);

@@ -14,7 +14,8 @@ pub const FHIR_JSON: &str = "application/fhir+json";
 
 /// The weak ETag of a resource version, `W/"3"`.
 pub fn etag(version: i32) -> (HeaderName, HeaderValue) {
-    let value = HeaderValue::from_str(&format!("W/\"{version}\"")).unwrap_or(HeaderValue::from_static("W/\"0\""));
+    let value = HeaderValue::from_str(&format!("W/\"{version}\""))
+        .unwrap_or(HeaderValue::from_static("W/\"0\""));
     (ETAG, value)
 }
 
@@ -33,6 +34,9 @@ pub fn if_match(req: &HttpRequest) -> Result<i32, AppError> {
         .map(|v| v.trim().trim_start_matches("W/").trim_matches('"'))
         .and_then(|v| v.parse::<i32>().ok())
         .ok_or_else(|| {
-            AppError::client(StatusCode::BAD_REQUEST, "Invalid header 'If-Match': must be an ETag such as W/\"1\".")
+            AppError::client(
+                StatusCode::BAD_REQUEST,
+                "Invalid header 'If-Match': must be an ETag such as W/\"1\".",
+            )
         })
 }

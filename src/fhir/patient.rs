@@ -34,8 +34,16 @@ pub fn view_fields(view: View) -> PatientFields {
         ..PatientFields::default()
     };
     match view {
-        View::PatientClinical | View::PatientSelf => PatientFields { telecom: true, address: true, ..base },
-        View::PatientBilling => PatientFields { ssn: true, address: true, ..base },
+        View::PatientClinical | View::PatientSelf => PatientFields {
+            telecom: true,
+            address: true,
+            ..base
+        },
+        View::PatientBilling => PatientFields {
+            ssn: true,
+            address: true,
+            ..base
+        },
         View::PatientDemographics => base,
         _ => PatientFields::default(),
     }
@@ -67,7 +75,12 @@ fn elements(param: Option<&str>) -> Result<PatientFields, AppError> {
             "telecom" => f.telecom = true,
             "address" => f.address = true,
             "id" | "meta" | "managingOrganization" => {}
-            _ => return Err(invalid("_elements", "names an element Patient does not have")),
+            _ => {
+                return Err(invalid(
+                    "_elements",
+                    "names an element Patient does not have",
+                ));
+            }
         }
     }
     Ok(f)
@@ -136,18 +149,31 @@ pub async fn read(
     let id = parse_id(&path)?;
     let narrow = elements(query._elements.as_deref())?;
     let user_id = caller.user.id;
-    let facts = state.db.run(move |c| users::patient_facts(c, id, user_id)).await?;
+    let facts = state
+        .db
+        .run(move |c| users::patient_facts(c, id, user_id))
+        .await?;
     let target = match facts {
         Some(f) => Target::Patient(f),
         None => {
-            caller.audit(AuditAction::Read, R, Some(id), [], Outcome::Error).await?;
+            caller
+                .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
+                .await?;
             return Err(AppError::not_found());
         }
     };
     let view = match caller.decide(R, Interaction::Read, target) {
         Decision::Permit { view, .. } => view,
         Decision::Deny(reason) => {
-            caller.audit(AuditAction::Read, R, Some(id), [id], Outcome::Deny(audit_reason(reason))).await?;
+            caller
+                .audit(
+                    AuditAction::Read,
+                    R,
+                    Some(id),
+                    [id],
+                    Outcome::Deny(audit_reason(reason)),
+                )
+                .await?;
             return Err(match reason {
                 crate::policy::DenyReason::NoRelationship => hidden(),
                 other => denied(other),
@@ -156,12 +182,19 @@ pub async fn read(
     };
     let fields = view_fields(view).intersect(narrow);
     let kr = state.keyring.clone();
-    let patient = state.db.run(move |c| patient_views::read(c, &kr, id, fields)).await?;
+    let patient = state
+        .db
+        .run(move |c| patient_views::read(c, &kr, id, fields))
+        .await?;
     let Some(patient) = patient else {
-        caller.audit(AuditAction::Read, R, Some(id), [], Outcome::Error).await?;
+        caller
+            .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
+            .await?;
         return Err(AppError::not_found());
     };
-    caller.audit(AuditAction::Read, R, Some(id), [id], Outcome::Permit).await?;
+    caller
+        .audit(AuditAction::Read, R, Some(id), [id], Outcome::Permit)
+        .await?;
     let body = to_fhir(&patient);
     Ok(fhir_json(StatusCode::OK, &body)
         .insert_header(etag(patient.version))
@@ -195,15 +228,36 @@ fn search_criteria(q: &SearchQuery) -> Result<Criteria, AppError> {
         c.given = Some(bounded_text("given", g, 100)?);
     }
     if let Some(d) = &q.birthdate {
-        c.birth_date = Some(types::birth_date(d).map_err(|_| invalid("birthdate", "must be a date YYYY-MM-DD"))?);
+        c.birth_date = Some(
+            types::birth_date(d).map_err(|_| invalid("birthdate", "must be a date YYYY-MM-DD"))?,
+        );
     }
     if let Some(ident) = &q.identifier {
         // `system|value` or a bare value (taken as an MRN).
         let (system, value) = ident.split_once('|').unwrap_or((MRN_SYSTEM, ident));
         match system {
-            MRN_SYSTEM => c.mrn = Some(Mrn::parse(value).map_err(|_| invalid("identifier", "is not a valid MRN"))?.as_str().to_string()),
-            SSN_SYSTEM => c.ssn = Some(Ssn::parse(value).map_err(|_| invalid("identifier", "is not a valid SSN"))?.as_str().to_string()),
-            _ => return Err(invalid("identifier", "system must be the MRN or SSN system")),
+            MRN_SYSTEM => {
+                c.mrn = Some(
+                    Mrn::parse(value)
+                        .map_err(|_| invalid("identifier", "is not a valid MRN"))?
+                        .as_str()
+                        .to_string(),
+                )
+            }
+            SSN_SYSTEM => {
+                c.ssn = Some(
+                    Ssn::parse(value)
+                        .map_err(|_| invalid("identifier", "is not a valid SSN"))?
+                        .as_str()
+                        .to_string(),
+                )
+            }
+            _ => {
+                return Err(invalid(
+                    "identifier",
+                    "system must be the MRN or SSN system",
+                ));
+            }
         }
     }
     Ok(c)
@@ -220,10 +274,24 @@ pub async fn search(
     let count = bundle::page_size(q._count.as_deref())?;
     let narrow = elements(q._elements.as_deref())?;
     let (view, scope) = match caller.decide(R, Interaction::Search, Target::Search) {
-        Decision::Permit { view, search: Some(scope), .. } => (view, scope),
-        Decision::Permit { search: None, .. } => return Err(AppError::internal("search permit without scope")),
+        Decision::Permit {
+            view,
+            search: Some(scope),
+            ..
+        } => (view, scope),
+        Decision::Permit { search: None, .. } => {
+            return Err(AppError::internal("search permit without scope"));
+        }
         Decision::Deny(reason) => {
-            caller.audit(AuditAction::Search, R, None, [], Outcome::Deny(audit_reason(reason))).await?;
+            caller
+                .audit(
+                    AuditAction::Search,
+                    R,
+                    None,
+                    [],
+                    Outcome::Deny(audit_reason(reason)),
+                )
+                .await?;
             return Err(denied(reason));
         }
     };
@@ -242,7 +310,15 @@ pub async fn search(
     let more = rows.len() > count;
     rows.truncate(count);
     let ids: Vec<Uuid> = rows.iter().map(|p| p.id).collect();
-    caller.audit(AuditAction::Search, R, None, ids.iter().copied(), Outcome::Permit).await?;
+    caller
+        .audit(
+            AuditAction::Search,
+            R,
+            None,
+            ids.iter().copied(),
+            Outcome::Permit,
+        )
+        .await?;
     let next = match (more, rows.last()) {
         (true, Some(last)) => Some(Cursor::seal(&state.keyring, caller.user.id, R, last.id)?),
         _ => None,
@@ -331,8 +407,15 @@ fn validate(input: PatientIn, default_facility: Option<Uuid>) -> Result<ValidPat
         match ident.system.as_str() {
             MRN_SYSTEM if mrn.is_none() => mrn = Some(Mrn::parse(&ident.value)?),
             SSN_SYSTEM if ssn.is_none() => ssn = Some(Ssn::parse(&ident.value)?),
-            MRN_SYSTEM | SSN_SYSTEM => return Err(invalid("identifier", "has the same system twice")),
-            _ => return Err(invalid("identifier.system", "must be the MRN or SSN system")),
+            MRN_SYSTEM | SSN_SYSTEM => {
+                return Err(invalid("identifier", "has the same system twice"));
+            }
+            _ => {
+                return Err(invalid(
+                    "identifier.system",
+                    "must be the MRN or SSN system",
+                ));
+            }
         }
     }
     let mrn = mrn.ok_or_else(|| invalid("identifier", "must include an MRN"))?;
@@ -347,7 +430,10 @@ fn validate(input: PatientIn, default_facility: Option<Uuid>) -> Result<ValidPat
     }
     let family = bounded_text("name[0].family", &name.family, 100)?;
     if name.given.is_empty() {
-        return Err(invalid("name[0].given", "must have at least one given name"));
+        return Err(invalid(
+            "name[0].given",
+            "must have at least one given name",
+        ));
     }
     bounded_len("name[0].given", &name.given, 3)?;
     let given = name
@@ -363,14 +449,23 @@ fn validate(input: PatientIn, default_facility: Option<Uuid>) -> Result<ValidPat
         Some(list) => {
             bounded_len("telecom", &list, 5)?;
             for t in &list {
-                if !matches!(t.system.as_str(), "phone" | "email" | "fax" | "sms" | "other") {
-                    return Err(invalid("telecom.system", "must be phone, email, fax, sms or other"));
+                if !matches!(
+                    t.system.as_str(),
+                    "phone" | "email" | "fax" | "sms" | "other"
+                ) {
+                    return Err(invalid(
+                        "telecom.system",
+                        "must be phone, email, fax, sms or other",
+                    ));
                 }
                 bounded_text("telecom.value", &t.value, 100)?;
                 if let Some(u) = &t.contact_use
                     && !matches!(u.as_str(), "home" | "work" | "mobile" | "temp" | "old")
                 {
-                    return Err(invalid("telecom.use", "must be home, work, mobile, temp or old"));
+                    return Err(invalid(
+                        "telecom.use",
+                        "must be home, work, mobile, temp or old",
+                    ));
                 }
             }
             Some(serde_json::to_value(&list).map_err(|e| AppError::Internal(e.into()))?)
@@ -407,7 +502,12 @@ fn validate(input: PatientIn, default_facility: Option<Uuid>) -> Result<ValidPat
             r.reference
                 .strip_prefix("Organization/")
                 .and_then(|id| Uuid::parse_str(id).ok())
-                .ok_or_else(|| invalid("managingOrganization.reference", "must be Organization/<id>"))?,
+                .ok_or_else(|| {
+                    invalid(
+                        "managingOrganization.reference",
+                        "must be Organization/<id>",
+                    )
+                })?,
         ),
     };
     Ok(ValidPatient {
@@ -436,12 +536,27 @@ pub async fn create(
         return Err(invalid("id", "must not be set on create"));
     }
     let valid = validate(input, caller.user.facility_id)?;
-    let facility = valid
-        .facility
-        .ok_or_else(|| invalid("managingOrganization", "is required when you have no facility"))?;
-    let facts = PatientFacts { patient_id: Uuid::nil(), facility_id: facility, on_care_team: false };
+    let facility = valid.facility.ok_or_else(|| {
+        invalid(
+            "managingOrganization",
+            "is required when you have no facility",
+        )
+    })?;
+    let facts = PatientFacts {
+        patient_id: Uuid::nil(),
+        facility_id: facility,
+        on_care_team: false,
+    };
     if let Decision::Deny(reason) = caller.decide(R, Interaction::Create, Target::Patient(facts)) {
-        caller.audit(AuditAction::Create, R, None, [], Outcome::Deny(audit_reason(reason))).await?;
+        caller
+            .audit(
+                AuditAction::Create,
+                R,
+                None,
+                [],
+                Outcome::Deny(audit_reason(reason)),
+            )
+            .await?;
         return Err(denied(reason));
     }
     let kr = state.keyring.clone();
@@ -459,8 +574,22 @@ pub async fn create(
             })
         })
         .await?;
-    caller.audit(AuditAction::Create, R, Some(created.id), [created.id], Outcome::Permit).await?;
-    let view = PatientFields { mrn: true, name: true, birth_date: true, gender: true, ..PatientFields::default() };
+    caller
+        .audit(
+            AuditAction::Create,
+            R,
+            Some(created.id),
+            [created.id],
+            Outcome::Permit,
+        )
+        .await?;
+    let view = PatientFields {
+        mrn: true,
+        name: true,
+        birth_date: true,
+        gender: true,
+        ..PatientFields::default()
+    };
     let kr = state.keyring.clone();
     let id = created.id;
     let shaped = state
@@ -471,7 +600,10 @@ pub async fn create(
     let body = to_fhir(&shaped);
     Ok(fhir_json(StatusCode::CREATED, &body)
         .insert_header(etag(shaped.version))
-        .insert_header(("Location", format!("/fhir/Patient/{id}/_history/{}", shaped.version)))
+        .insert_header((
+            "Location",
+            format!("/fhir/Patient/{id}/_history/{}", shaped.version),
+        ))
         .body(body.to_string()))
 }
 
@@ -489,13 +621,26 @@ pub async fn update(
         return Err(invalid("id", "must match the id in the URL"));
     }
     let user_id = caller.user.id;
-    let facts = state.db.run(move |c| users::patient_facts(c, id, user_id)).await?;
+    let facts = state
+        .db
+        .run(move |c| users::patient_facts(c, id, user_id))
+        .await?;
     let Some(facts) = facts else {
-        caller.audit(AuditAction::Update, R, Some(id), [], Outcome::Error).await?;
+        caller
+            .audit(AuditAction::Update, R, Some(id), [], Outcome::Error)
+            .await?;
         return Err(AppError::not_found());
     };
     if let Decision::Deny(reason) = caller.decide(R, Interaction::Update, Target::Patient(facts)) {
-        caller.audit(AuditAction::Update, R, Some(id), [id], Outcome::Deny(audit_reason(reason))).await?;
+        caller
+            .audit(
+                AuditAction::Update,
+                R,
+                Some(id),
+                [id],
+                Outcome::Deny(audit_reason(reason)),
+            )
+            .await?;
         return Err(match reason {
             crate::policy::DenyReason::NoRelationship => hidden(),
             other => denied(other),
@@ -503,20 +648,30 @@ pub async fn update(
     }
     let mut valid = validate(input, Some(facts.facility_id))?;
     if valid.facility != Some(facts.facility_id) {
-        return Err(invalid("managingOrganization", "cannot be changed by an update"));
+        return Err(invalid(
+            "managingOrganization",
+            "cannot be changed by an update",
+        ));
     }
     valid.new.facility_id = facts.facility_id;
     let kr = state.keyring.clone();
     let new = valid.new;
-    let updated = state.db.run(move |c| patient_views::update(c, &kr, id, expected, &new)).await?;
+    let updated = state
+        .db
+        .run(move |c| patient_views::update(c, &kr, id, expected, &new))
+        .await?;
     let Some(version) = updated else {
-        caller.audit(AuditAction::Update, R, Some(id), [id], Outcome::Error).await?;
+        caller
+            .audit(AuditAction::Update, R, Some(id), [id], Outcome::Error)
+            .await?;
         return Err(AppError::client(
             StatusCode::PRECONDITION_FAILED,
             "The resource was changed by someone else: read it again and retry with its new ETag.",
         ));
     };
-    caller.audit(AuditAction::Update, R, Some(id), [id], Outcome::Permit).await?;
+    caller
+        .audit(AuditAction::Update, R, Some(id), [id], Outcome::Permit)
+        .await?;
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .insert_header(etag(version))

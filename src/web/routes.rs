@@ -87,10 +87,30 @@ pub fn configure(r: &mut Routes) {
     );
     use crate::policy::{Interaction as I, ResourceType as T};
     let patient = |i| Action::Fhir(T::Patient, i);
-    r.add(Method::GET, "/fhir/Patient", patient(I::Search), fhir::patient::search);
-    r.add(Method::POST, "/fhir/Patient", patient(I::Create), fhir::patient::create);
-    r.add(Method::GET, "/fhir/Patient/{id}", patient(I::Read), fhir::patient::read);
-    r.add(Method::PUT, "/fhir/Patient/{id}", patient(I::Update), fhir::patient::update);
+    r.add(
+        Method::GET,
+        "/fhir/Patient",
+        patient(I::Search),
+        fhir::patient::search,
+    );
+    r.add(
+        Method::POST,
+        "/fhir/Patient",
+        patient(I::Create),
+        fhir::patient::create,
+    );
+    r.add(
+        Method::GET,
+        "/fhir/Patient/{id}",
+        patient(I::Read),
+        fhir::patient::read,
+    );
+    r.add(
+        Method::PUT,
+        "/fhir/Patient/{id}",
+        patient(I::Update),
+        fhir::patient::update,
+    );
     r.add(Method::GET, "/", Action::Public, console::home);
     r.add(
         Method::GET,

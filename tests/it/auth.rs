@@ -4,12 +4,12 @@
 
 use crate::common::idp::*;
 use crate::common::{TestApp, assert_security_headers};
-use actix_web::http::Method;
 use actix_web::HttpResponse;
+use actix_web::http::Method;
 use custodian::auth::{Bearer, Context, Grant, Interaction, ResourceType};
 use custodian::policy::Action;
 use custodian::web::routes::Routes;
-use jsonwebtoken::{Algorithm, Header};
+use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
 use std::time::Duration;
 

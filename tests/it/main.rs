@@ -2,10 +2,11 @@
 // Tests may unwrap and panic: a failed expectation is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-mod auth;
 mod audit;
+mod auth;
 mod cli;
 mod common;
 mod database;
 mod edge;
+mod fhir_patient;
 mod tls;

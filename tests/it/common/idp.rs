@@ -188,4 +188,3 @@ async fn other(s: web::Data<ProviderState>) -> HttpResponse {
     s.all_hits.fetch_add(1, Ordering::SeqCst);
     HttpResponse::NotFound().finish()
 }
-

@@ -1,0 +1,476 @@
+//! The PHI API for Patient, end to end: real tokens from a local identity provider, roles
+//! and care teams in PostgreSQL, the decision point, views, paging, versioned updates,
+//! input checks and the audit event of every request.
+
+use crate::common::TestApp;
+use crate::common::idp::{Provider, Signer, now};
+use custodian::db::{phi, users};
+use custodian::policy::Role;
+use diesel::prelude::*;
+use reqwest::StatusCode;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const AUDIENCE: &str = "https://custodian.test/fhir";
+const ALL_SCOPES: &str = "user/Patient.cruds user/Observation.cruds user/Claim.cruds";
+
+pub struct World {
+    pub app: TestApp,
+    pub idp: Provider,
+    pub signer: Signer,
+    pub facility: Uuid,
+}
+
+impl World {
+    pub async fn new() -> World {
+        let signer = Signer::es256("k1");
+        let idp = Provider::start(&[&signer]).await;
+        let app = TestApp::builder()
+            .set("auth.issuer", idp.issuer())
+            .set("auth.audience", AUDIENCE)
+            .spawn()
+            .await;
+        let facility = phi::insert_facility(&mut app.db.conn(), "General Hospital").unwrap();
+        World {
+            app,
+            idp,
+            signer,
+            facility,
+        }
+    }
+
+    pub fn token(&self, sub: &str, scope: &str) -> String {
+        let now = now();
+        self.signer.sign(&json!({
+            "iss": self.idp.issuer(), "aud": AUDIENCE, "sub": sub, "exp": now + 300,
+            "iat": now, "client_id": "test-app", "scope": scope,
+        }))
+    }
+
+    /// A user with roles in the test facility; returns (user id, token with all scopes).
+    pub fn user(&self, sub: &str, roles: &[Role]) -> (Uuid, String) {
+        let mut c = self.app.db.conn();
+        let u = users::user_for(&mut c, &self.idp.issuer(), sub, users::UserKind::Person).unwrap();
+        for r in roles {
+            users::grant_role(&mut c, u.id, *r, "test setup", None).unwrap();
+        }
+        users::set_facility(&mut c, u.id, Some(self.facility)).unwrap();
+        (u.id, self.token(sub, ALL_SCOPES))
+    }
+
+    pub async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        token: &str,
+        body: Option<&Value>,
+    ) -> reqwest::Response {
+        let mut req = self
+            .app
+            .client
+            .request(method, self.app.url(path))
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/fhir+json")
+                .body(b.to_string());
+        }
+        req.send().await.unwrap()
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> reqwest::Response {
+        self.send(reqwest::Method::GET, path, token, None).await
+    }
+
+    /// Creates a patient as `token` and returns its id.
+    pub async fn create(&self, token: &str, body: &Value) -> Uuid {
+        let res = self
+            .send(reqwest::Method::POST, "/fhir/Patient", token, Some(body))
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let v: Value = res.json().await.unwrap();
+        Uuid::parse_str(v["id"].as_str().unwrap()).unwrap()
+    }
+
+    /// (action, outcome, patient ids) of every audit event, in order.
+    pub fn audit_events(&self) -> Vec<(String, String, Vec<Uuid>)> {
+        let mut c = self.app.db.conn();
+        use custodian::db::schema::audit_events::dsl::*;
+        audit_events
+            .order(seq)
+            .select((action, outcome, patient_ids))
+            .load(&mut c)
+            .unwrap()
+    }
+}
+
+pub fn patient_json(mrn: &str, family: &str) -> Value {
+    json!({
+        "resourceType": "Patient",
+        "identifier": [
+            { "system": "urn:custodian:mrn", "value": mrn },
+            { "system": "http://hl7.org/fhir/sid/us-ssn", "value": "123-45-6789" }
+        ],
+        "name": [{ "family": family, "given": ["Avery", "Quinn"] }],
+        "gender": "female",
+        "birthDate": "1970-03-04",
+        "telecom": [{ "system": "phone", "value": "555-0100", "use": "home" }],
+        "address": [{ "line": ["1 Synthetic Way"], "city": "Testville", "postalCode": "00000" }]
+    })
+}
+
+#[tokio::test]
+async fn clinician_creates_and_reads_a_patient_in_the_clinical_view() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-1001", "Canaryson")).await;
+
+    let res = w.get(&format!("/fhir/Patient/{id}"), &doc).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["etag"], "W/\"1\"");
+    assert_eq!(res.headers()["content-type"], "application/fhir+json");
+    let p: Value = res.json().await.unwrap();
+    assert_eq!(p["resourceType"], "Patient");
+    assert_eq!(p["name"][0]["family"], "Canaryson");
+    assert_eq!(p["name"][0]["given"], json!(["Avery", "Quinn"]));
+    assert_eq!(p["birthDate"], "1970-03-04");
+    let idents = p["identifier"].as_array().unwrap();
+    assert_eq!(idents.len(), 1, "clinicians see the MRN but not the SSN");
+    assert_eq!(idents[0]["value"], "MRN-1001");
+    assert!(!p.to_string().contains("123-45-6789"));
+
+    let events = w.audit_events();
+    let last = events.last().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("read", "permit"));
+    assert_eq!(last.2, vec![id]);
+}
+
+#[tokio::test]
+async fn clinician_outside_the_care_team_is_denied_and_audited() {
+    let w = World::new().await;
+    let (_, doc_a) = w.user("dr-a", &[Role::Clinician]);
+    let (_, doc_b) = w.user("dr-b", &[Role::Clinician]);
+    let id = w
+        .create(&doc_a, &patient_json("MRN-2001", "Privateer"))
+        .await;
+
+    let res = w.get(&format!("/fhir/Patient/{id}"), &doc_b).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::NOT_FOUND,
+        "existence is not revealed"
+    );
+    assert!(!res.text().await.unwrap().contains("Privateer"));
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("read", "deny"));
+    assert_eq!(last.2, vec![id]);
+
+    // Search never reveals the other clinician's patients either.
+    let res = w.get("/fhir/Patient?family=Privateer", &doc_b).await;
+    let bundle: Value = res.json().await.unwrap();
+    assert_eq!(bundle["entry"].as_array().unwrap().len(), 0);
+}
+
+#[tokio::test]
+async fn admins_and_privacy_officers_read_no_clinical_phi() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-3001", "Guarded")).await;
+    for (sub, role) in [("admin-1", Role::Admin), ("po-1", Role::PrivacyOfficer)] {
+        let (_, token) = w.user(sub, &[role]);
+        let res = w.get(&format!("/fhir/Patient/{id}"), &token).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{role:?}");
+        let body = res.text().await.unwrap();
+        assert!(body.contains("role does not permit"), "{body}");
+        assert!(!body.contains("Guarded"));
+    }
+}
+
+#[tokio::test]
+async fn a_removed_role_takes_effect_on_the_next_request_with_the_same_token() {
+    let w = World::new().await;
+    let (doc_id, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-4001", "Revocable")).await;
+    assert_eq!(
+        w.get(&format!("/fhir/Patient/{id}"), &doc).await.status(),
+        StatusCode::OK
+    );
+    users::revoke_role(&mut w.app.db.conn(), doc_id, Role::Clinician).unwrap();
+    assert_eq!(
+        w.get(&format!("/fhir/Patient/{id}"), &doc).await.status(),
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn a_new_user_has_no_access_until_a_role_is_granted() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-4501", "Nobody")).await;
+    let stranger = w.token("first-time-user", ALL_SCOPES);
+    assert_eq!(
+        w.get(&format!("/fhir/Patient/{id}"), &stranger)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        w.get("/fhir/Patient?family=Nobody", &stranger)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN
+    );
+}
+
+#[tokio::test]
+async fn missing_scope_denies_even_with_the_role() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-5001", "Scoped")).await;
+    let narrow = w.token("dr-a", "user/Observation.rs");
+    let res = w.get(&format!("/fhir/Patient/{id}"), &narrow).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res.text().await.unwrap().contains("scope"));
+}
+
+#[tokio::test]
+async fn billing_sees_the_ssn_and_elements_can_only_narrow_a_view() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let (_, billing) = w.user("billing-1", &[Role::Billing]);
+    let id = w.create(&doc, &patient_json("MRN-6001", "Payer")).await;
+
+    let p: Value = w
+        .get(&format!("/fhir/Patient/{id}"), &billing)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        p.to_string().contains("123-45-6789"),
+        "billing's view has the SSN"
+    );
+    assert!(p.get("telecom").is_none(), "billing's view has no telecom");
+
+    let p: Value = w
+        .get(&format!("/fhir/Patient/{id}?_elements=identifier"), &doc)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        !p.to_string().contains("123-45-6789"),
+        "_elements cannot add the SSN"
+    );
+    assert!(p.get("name").is_none(), "_elements narrows");
+    assert!(p.get("identifier").is_some());
+
+    let bad = w
+        .get(&format!("/fhir/Patient/{id}?_elements=secretField"), &doc)
+        .await;
+    assert_eq!(bad.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn patients_read_only_their_own_record() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let mine = w.create(&doc, &patient_json("MRN-7001", "Selfton")).await;
+    let other = w.create(&doc, &patient_json("MRN-7002", "Otherton")).await;
+    let (pid, _) = w.user("patient-1", &[Role::Patient]);
+    users::link_patient(&mut w.app.db.conn(), pid, Some(mine)).unwrap();
+    let token = w.token("patient-1", "patient/Patient.rs");
+    assert_eq!(
+        w.get(&format!("/fhir/Patient/{mine}"), &token)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        w.get(&format!("/fhir/Patient/{other}"), &token)
+            .await
+            .status(),
+        StatusCode::NOT_FOUND
+    );
+}
+
+#[tokio::test]
+async fn search_pages_with_opaque_cursors_that_cannot_be_forged() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    for i in 0..5 {
+        w.create(&doc, &patient_json(&format!("MRN-80{i}"), "Pager"))
+            .await;
+    }
+    w.create(&doc, &patient_json("MRN-8099", "Elsewhere")).await;
+
+    let mut seen = Vec::new();
+    let mut next = Some("/fhir/Patient?family=pager&_count=2".to_string());
+    while let Some(url) = next.take() {
+        let res = w.get(&url, &doc).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        let b: Value = res.json().await.unwrap();
+        assert_eq!(b["type"], "searchset");
+        for e in b["entry"].as_array().unwrap() {
+            assert_eq!(e["resource"]["name"][0]["family"], "Pager");
+            seen.push(e["resource"]["id"].as_str().unwrap().to_string());
+        }
+        next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| l["url"].as_str().unwrap().to_string());
+    }
+    assert_eq!(seen.len(), 5);
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!(last.0, "search");
+
+    let forged = w
+        .get(
+            "/fhir/Patient?family=pager&_cursor=AAAAAAAAAAAAAAAAAAAAAAAAAAAAAA",
+            &doc,
+        )
+        .await;
+    assert_eq!(forged.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let too_many = w.get("/fhir/Patient?_count=1000", &doc).await;
+    assert_eq!(too_many.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let unknown = w.get("/fhir/Patient?nickname=x", &doc).await;
+    assert!(unknown.status().is_client_error());
+
+    // Another user cannot use my cursor.
+    let (_, doc_b) = w.user("dr-b", &[Role::Clinician]);
+    let first: Value = w
+        .get("/fhir/Patient?family=pager&_count=2", &doc)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let next = first["link"][1]["url"].as_str().unwrap().to_string();
+    assert_eq!(
+        w.get(&next, &doc_b).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+}
+
+#[tokio::test]
+async fn search_by_identifier_uses_the_blind_index() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-9001", "Indexed")).await;
+    for q in [
+        "identifier=mrn-9001",
+        "identifier=urn:custodian:mrn|MRN9001",
+        "birthdate=1970-03-04&given=avery%20quinn",
+    ] {
+        let b: Value = w
+            .get(&format!("/fhir/Patient?{q}"), &doc)
+            .await
+            .json()
+            .await
+            .unwrap();
+        let ids: Vec<&str> = b["entry"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|e| e["resource"]["id"].as_str().unwrap())
+            .collect();
+        assert_eq!(ids, vec![id.to_string().as_str()], "{q}");
+    }
+}
+
+#[tokio::test]
+async fn concurrent_conflicting_updates_exactly_one_wins() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-9101", "Racer")).await;
+    let path = format!("/fhir/Patient/{id}");
+    let update = |family: &str| {
+        let mut body = patient_json("MRN-9101", family);
+        body["id"] = json!(id.to_string());
+        w.app
+            .client
+            .put(w.app.url(&path))
+            .header("authorization", format!("Bearer {doc}"))
+            .header("content-type", "application/fhir+json")
+            .header("if-match", "W/\"1\"")
+            .body(body.to_string())
+            .send()
+    };
+    let (a, b) = tokio::join!(update("Winner"), update("Loser"));
+    let mut statuses = vec![a.unwrap().status(), b.unwrap().status()];
+    statuses.sort();
+    assert_eq!(
+        statuses,
+        vec![StatusCode::OK, StatusCode::PRECONDITION_FAILED]
+    );
+    let p: Value = w.get(&path, &doc).await.json().await.unwrap();
+    assert_eq!(p["meta"]["versionId"], "2");
+
+    let mut body = patient_json("MRN-9101", "NoEtag");
+    body["id"] = json!(id.to_string());
+    let res = w.send(reqwest::Method::PUT, &path, &doc, Some(&body)).await;
+    assert_eq!(res.status(), StatusCode::PRECONDITION_REQUIRED);
+}
+
+#[tokio::test]
+async fn bad_input_gets_a_clear_4xx_and_stores_nothing() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let mut cases: Vec<(&str, Value)> = Vec::new();
+    let mut v = patient_json("MRN-9201", "Fine");
+    v["nickname"] = json!("CANARY-UNKNOWN");
+    cases.push(("unknown field", v));
+    let mut v = patient_json("MRN-9201", &"CANARYLONG".repeat(20));
+    v["gender"] = json!("female");
+    cases.push(("oversize string", v));
+    let mut v = patient_json("MRN-9201", "Fine");
+    v["telecom"] = json!(
+        (0..50)
+            .map(|_| json!({"system":"phone","value":"1"}))
+            .collect::<Vec<_>>()
+    );
+    cases.push(("oversize array", v));
+    let mut v = patient_json("MRN-9201", "Fine");
+    v["birthDate"] = json!("1970-02-30");
+    cases.push(("bad date", v));
+    let mut v = patient_json("MRN-9201", "Fine");
+    v["gender"] = json!("CANARY-GENDER");
+    cases.push(("bad code", v));
+    let mut v = patient_json("MRN-9201", "Fine");
+    v["identifier"][0]["value"] = json!("<script>alert(1)</script>");
+    cases.push(("script markup in an identifier", v));
+    for (case, body) in cases {
+        let res = w
+            .send(reqwest::Method::POST, "/fhir/Patient", &doc, Some(&body))
+            .await;
+        assert!(res.status().is_client_error(), "{case}: {}", res.status());
+        let text = res.text().await.unwrap();
+        let outcome: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{case}");
+        assert!(
+            !text.contains("CANARY") && !text.contains("<script>"),
+            "{case}: {text}"
+        );
+    }
+    let count: i64 = custodian::db::schema::patients::table
+        .count()
+        .get_result(&mut w.app.db.conn())
+        .unwrap();
+    assert_eq!(count, 0, "nothing stored on rejection");
+}
+
+#[tokio::test]
+async fn fhir_routes_all_declare_a_policy_action() {
+    use custodian::policy::Action;
+    for route in custodian::web::routes::table() {
+        if route.path.starts_with("/fhir/") && route.path != "/fhir/metadata" {
+            assert!(
+                matches!(route.action, Action::Fhir(..)),
+                "{} {}",
+                route.method,
+                route.path
+            );
+        }
+    }
+}
