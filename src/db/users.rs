@@ -55,6 +55,15 @@ pub fn user_for(
     find(conn, issuer, subject)?.ok_or_else(|| AppError::internal("user vanished after insert"))
 }
 
+/// A user joined with one of its roles (or none).
+type UserRoleRow = (
+    Uuid,
+    Option<chrono::DateTime<chrono::Utc>>,
+    Option<Uuid>,
+    Option<Uuid>,
+    Option<String>,
+);
+
 fn find(
     conn: &mut PgConnection,
     issuer: &str,
