@@ -4,6 +4,7 @@
 
 mod cli;
 mod common;
+mod crypto;
 mod database;
 mod edge;
 mod tls;
