@@ -58,13 +58,21 @@ fn ensure_dev_keys(dir: &Path) -> anyhow::Result<Vec<(&'static str, String)>> {
     std::fs::create_dir_all(&keys_dir)?;
     std::fs::set_permissions(&keys_dir, std::fs::Permissions::from_mode(0o700))?;
     let mut out = Vec::new();
-    for (setting, file) in [("crypto.kek", "kek"), ("crypto.blind_index_key", "blind_index_key")] {
+    for (setting, file) in [
+        ("crypto.kek", "kek"),
+        ("crypto.blind_index_key", "blind_index_key"),
+    ] {
         let path = keys_dir.join(file);
         if !path.is_file() {
             let key = crate::crypto::keyring::generate_key();
-            let b64 = zeroize::Zeroizing::new(base64::engine::general_purpose::STANDARD.encode(key.as_ref()));
+            let b64 = zeroize::Zeroizing::new(
+                base64::engine::general_purpose::STANDARD.encode(key.as_ref()),
+            );
             write_private(&path, format!("{}\n", b64.as_str()).as_bytes())?;
-            println!("created a development key for {setting} in {}", path.display());
+            println!(
+                "created a development key for {setting} in {}",
+                path.display()
+            );
         }
         let value = std::fs::read_to_string(&path)
             .with_context(|| format!("{setting}: cannot read {}", path.display()))?;

@@ -31,19 +31,27 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                 .context("crypto.rotation_kek: is required for `keys rotate --kek` (the new key-encryption key)")?;
             let new = LocalKek::from_base64("crypto.rotation_kek", new.expose())
                 .map_err(crypto::config_error)?;
-            let n = rotation::rotate_kek(&mut conn, &keyring, &new).map_err(crypto::config_error)?;
+            let n =
+                rotation::rotate_kek(&mut conn, &keyring, &new).map_err(crypto::config_error)?;
             println!(
                 "re-wrapped {n} data key(s) under KEK {}; now set crypto.kek to the value of crypto.rotation_kek on every instance and remove crypto.rotation_kek",
                 new.key_id()
             );
             print_status(&mut conn)
         }
-        KeysCommand::Rotate { kek: false, batch_size, max_batches } => {
+        KeysCommand::Rotate {
+            kek: false,
+            batch_size,
+            max_batches,
+        } => {
             let mut stderr = std::io::stderr();
             let report = rotation::rotate_data_keys(
                 &mut conn,
                 &keyring,
-                RotateOptions { batch_size, max_batches },
+                RotateOptions {
+                    batch_size,
+                    max_batches,
+                },
                 &mut |p| {
                     let _ = writeln!(
                         stderr,
@@ -54,16 +62,24 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             )
             .map_err(crypto::config_error)?;
             if report.started_new_version {
-                println!("data key version {} is now active for new writes", report.active_version);
+                println!(
+                    "data key version {} is now active for new writes",
+                    report.active_version
+                );
             } else {
-                println!("resumed the rotation to data key version {}", report.active_version);
+                println!(
+                    "resumed the rotation to data key version {}",
+                    report.active_version
+                );
             }
             println!("re-encrypted {} row(s)", report.rows_reencrypted);
             for v in &report.retired {
                 println!("retired data key version {v}");
             }
             if !report.complete {
-                println!("rotation not finished: rows still use older key versions; run `custodian keys rotate` again");
+                println!(
+                    "rotation not finished: rows still use older key versions; run `custodian keys rotate` again"
+                );
             }
             print_status(&mut conn)
         }
@@ -72,7 +88,10 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
 
 fn print_status(conn: &mut PgConnection) -> anyhow::Result<()> {
     let status = rotation::key_status(conn).map_err(crypto::config_error)?;
-    println!("{:>7}  {:<12}  {:>10}  {:>10}  {:<22}  tables", "version", "state", "rows", "values", "kek");
+    println!(
+        "{:>7}  {:<12}  {:>10}  {:>10}  {:<22}  tables",
+        "version", "state", "rows", "values", "kek"
+    );
     for k in status {
         let tables = k
             .tables

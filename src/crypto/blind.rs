@@ -51,14 +51,18 @@ impl BlindKind {
             BlindKind::Mrn => {
                 let s = strip_separators(raw);
                 if s.is_empty() || s.len() > 64 || !s.bytes().all(|b| b.is_ascii_alphanumeric()) {
-                    return Err(CryptoError::InvalidIdentifier("MRN must be 1-64 ASCII letters or digits (spaces and dashes are ignored)"));
+                    return Err(CryptoError::InvalidIdentifier(
+                        "MRN must be 1-64 ASCII letters or digits (spaces and dashes are ignored)",
+                    ));
                 }
                 Ok(Zeroizing::new(s.to_ascii_uppercase()))
             }
             BlindKind::Ssn => {
                 let s = strip_separators(raw);
                 if s.len() != 9 || !s.bytes().all(|b| b.is_ascii_digit()) {
-                    return Err(CryptoError::InvalidIdentifier("SSN must be nine digits (spaces and dashes are ignored)"));
+                    return Err(CryptoError::InvalidIdentifier(
+                        "SSN must be nine digits (spaces and dashes are ignored)",
+                    ));
                 }
                 Ok(s)
             }
@@ -79,7 +83,11 @@ impl BlindKind {
 }
 
 fn strip_separators(raw: &str) -> Zeroizing<String> {
-    Zeroizing::new(raw.chars().filter(|c| !c.is_whitespace() && *c != '-').collect())
+    Zeroizing::new(
+        raw.chars()
+            .filter(|c| !c.is_whitespace() && *c != '-')
+            .collect(),
+    )
 }
 
 /// The blind-index key (`crypto.blind_index_key`). `Debug` is redacted.
@@ -129,7 +137,10 @@ mod tests {
 
     #[test]
     fn mrn_normalisation_ignores_case_spaces_and_dashes() {
-        assert_eq!(BlindKind::Mrn.normalise(" ab-12 34 ").unwrap().as_str(), "AB1234");
+        assert_eq!(
+            BlindKind::Mrn.normalise(" ab-12 34 ").unwrap().as_str(),
+            "AB1234"
+        );
         let k = key(1);
         let a = k.index(BlindKind::Mrn, "mrn-0042-x").unwrap();
         assert_eq!(a, k.index(BlindKind::Mrn, "MRN 0042 X").unwrap());
@@ -147,17 +158,32 @@ mod tests {
 
     #[test]
     fn ssn_normalisation_requires_nine_digits() {
-        assert_eq!(BlindKind::Ssn.normalise("123-45-6789").unwrap().as_str(), "123456789");
-        assert_eq!(BlindKind::Ssn.normalise(" 123 45 6789 ").unwrap().as_str(), "123456789");
+        assert_eq!(
+            BlindKind::Ssn.normalise("123-45-6789").unwrap().as_str(),
+            "123456789"
+        );
+        assert_eq!(
+            BlindKind::Ssn.normalise(" 123 45 6789 ").unwrap().as_str(),
+            "123456789"
+        );
         assert!(BlindKind::Ssn.normalise("123-45-678").is_err());
         assert!(BlindKind::Ssn.normalise("12a-45-6789").is_err());
-        let err = BlindKind::Ssn.normalise("999-99-999").unwrap_err().to_string();
+        let err = BlindKind::Ssn
+            .normalise("999-99-999")
+            .unwrap_err()
+            .to_string();
         assert!(!err.contains("999"), "{err}");
     }
 
     #[test]
     fn names_are_trimmed_collapsed_and_lowercased() {
-        assert_eq!(BlindKind::Family.normalise("  O'Brien   Smith ").unwrap().as_str(), "o'brien smith");
+        assert_eq!(
+            BlindKind::Family
+                .normalise("  O'Brien   Smith ")
+                .unwrap()
+                .as_str(),
+            "o'brien smith"
+        );
         let k = key(2);
         assert_eq!(
             k.index(BlindKind::Family, "MÜLLER").unwrap(),

@@ -55,12 +55,19 @@ impl DataKey {
 
     /// Seals `plaintext` for `place` with a fresh random nonce.
     pub fn seal(&self, place: &FieldPlace, plaintext: &[u8]) -> Result<Vec<u8>, CryptoError> {
-        let version = u32::try_from(self.version).map_err(|_| CryptoError::Internal("negative key version"))?;
+        let version = u32::try_from(self.version)
+            .map_err(|_| CryptoError::Internal("negative key version"))?;
         let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
         let aad = associated_data(FORMAT_V1, version, place);
         let ciphertext = self
             .cipher
-            .encrypt(&nonce, Payload { msg: plaintext, aad: &aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: plaintext,
+                    aad: &aad,
+                },
+            )
             .map_err(|_| CryptoError::Internal("encryption failed"))?;
         let mut out = Vec::with_capacity(HEADER_LEN + ciphertext.len());
         out.push(FORMAT_V1);
@@ -72,15 +79,27 @@ impl DataKey {
 
     /// Opens a value sealed by this key for `place`. The caller picked this key from the
     /// version in the header ([`parse_header`]).
-    pub fn open(&self, place: &FieldPlace, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    pub fn open(
+        &self,
+        place: &FieldPlace,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let header = parse_header(place, sealed)?;
         if i64::from(header.key_version) != i64::from(self.version) {
-            return Err(CryptoError::Internal("data key does not match the value's key version"));
+            return Err(CryptoError::Internal(
+                "data key does not match the value's key version",
+            ));
         }
         let aad = associated_data(FORMAT_V1, header.key_version, place);
         let nonce = Nonce::from_slice(&sealed[5..HEADER_LEN]);
         self.cipher
-            .decrypt(nonce, Payload { msg: &sealed[HEADER_LEN..], aad: &aad })
+            .decrypt(
+                nonce,
+                Payload {
+                    msg: &sealed[HEADER_LEN..],
+                    aad: &aad,
+                },
+            )
             .map(Zeroizing::new)
             .map_err(|_| CryptoError::Authentication {
                 table: place.table,
@@ -120,7 +139,9 @@ pub fn parse_header(place: &FieldPlace, sealed: &[u8]) -> Result<Header, CryptoE
 }
 
 fn associated_data(format: u8, key_version: u32, place: &FieldPlace) -> Vec<u8> {
-    let mut aad = Vec::with_capacity(AAD_LABEL.len() + 1 + 4 + 4 + place.table.len() + place.column.len() + 16);
+    let mut aad = Vec::with_capacity(
+        AAD_LABEL.len() + 1 + 4 + 4 + place.table.len() + place.column.len() + 16,
+    );
     aad.extend_from_slice(AAD_LABEL);
     aad.push(format);
     aad.extend_from_slice(&key_version.to_be_bytes());

@@ -37,7 +37,14 @@ pub struct Keyring {
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Keyring")
-            .field("kek_ids", &self.providers.iter().map(|p| p.key_id()).collect::<Vec<_>>())
+            .field(
+                "kek_ids",
+                &self
+                    .providers
+                    .iter()
+                    .map(|p| p.key_id())
+                    .collect::<Vec<_>>(),
+            )
             .field("active_version", &self.active_version())
             .finish_non_exhaustive()
     }
@@ -65,7 +72,11 @@ struct StoredKey {
 
 impl Keyring {
     /// An empty keyring (no data keys yet); call [`Keyring::load_or_init`].
-    pub fn new(primary: Arc<dyn KeyProvider>, others: Vec<Arc<dyn KeyProvider>>, blind: BlindIndexKey) -> Keyring {
+    pub fn new(
+        primary: Arc<dyn KeyProvider>,
+        others: Vec<Arc<dyn KeyProvider>>,
+        blind: BlindIndexKey,
+    ) -> Keyring {
         let mut providers = vec![primary];
         providers.extend(others);
         Keyring {
@@ -82,7 +93,12 @@ impl Keyring {
         let kek = required(cfg.kek.as_ref().map(|s| s.expose().as_str()), "crypto.kek")?;
         let primary = Arc::new(LocalKek::from_base64("crypto.kek", kek)?);
         let mut others: Vec<Arc<dyn KeyProvider>> = Vec::new();
-        if let Some(r) = cfg.rotation_kek.as_ref().map(|s| s.expose().as_str()).filter(|s| !s.trim().is_empty()) {
+        if let Some(r) = cfg
+            .rotation_kek
+            .as_ref()
+            .map(|s| s.expose().as_str())
+            .filter(|s| !s.trim().is_empty())
+        {
             others.push(Arc::new(LocalKek::from_base64("crypto.rotation_kek", r)?));
         }
         let blind = required(
@@ -151,7 +167,12 @@ impl Keyring {
     pub fn refresh(&self, conn: &mut PgConnection) -> Result<(), CryptoError> {
         let rows: Vec<StoredKey> = data_keys::table
             .filter(data_keys::state.ne(STATE_RETIRED))
-            .select((data_keys::version, data_keys::wrapped_key, data_keys::kek_id, data_keys::state))
+            .select((
+                data_keys::version,
+                data_keys::wrapped_key,
+                data_keys::kek_id,
+                data_keys::state,
+            ))
             .order(data_keys::version)
             .load(conn)?;
         let mut set = KeySet::default();
@@ -178,14 +199,27 @@ impl Keyring {
                     "is not the key-encryption key that wrapped data key version {} (stored KEK id {}, configured {}); supply the right key, or crypto.rotation_kek during a KEK change",
                     row.version,
                     row.kek_id,
-                    self.providers.iter().map(|p| p.key_id()).collect::<Vec<_>>().join(", ")
+                    self.providers
+                        .iter()
+                        .map(|p| p.key_id())
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 ),
             });
         };
-        let key = provider.unwrap_key(&row.wrapped_key, &wrap_context(row.version)).map_err(|_| CryptoError::Config {
-            setting: if provider.source() == "crypto.rotation_kek" { "crypto.rotation_kek" } else { "crypto.kek" },
-            problem: format!("cannot unwrap data key version {} (wrong key or tampered key store)", row.version),
-        })?;
+        let key = provider
+            .unwrap_key(&row.wrapped_key, &wrap_context(row.version))
+            .map_err(|_| CryptoError::Config {
+                setting: if provider.source() == "crypto.rotation_kek" {
+                    "crypto.rotation_kek"
+                } else {
+                    "crypto.kek"
+                },
+                problem: format!(
+                    "cannot unwrap data key version {} (wrong key or tampered key store)",
+                    row.version
+                ),
+            })?;
         Ok(DataKey::new(row.version, &key))
     }
 
@@ -245,7 +279,11 @@ impl Keyring {
     }
 
     /// Opens a value with the key version written in its header.
-    pub fn open(&self, place: &FieldPlace, sealed: &[u8]) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
+    pub fn open(
+        &self,
+        place: &FieldPlace,
+        sealed: &[u8],
+    ) -> Result<Zeroizing<Vec<u8>>, CryptoError> {
         let header = envelope::parse_header(place, sealed)?;
         let key = i32::try_from(header.key_version)
             .ok()
@@ -259,7 +297,11 @@ impl Keyring {
         key.open(place, sealed)
     }
 
-    pub fn open_value<T: Sealable>(&self, place: &FieldPlace, sealed: &[u8]) -> Result<T, CryptoError> {
+    pub fn open_value<T: Sealable>(
+        &self,
+        place: &FieldPlace,
+        sealed: &[u8],
+    ) -> Result<T, CryptoError> {
         let bytes = self.open(place, sealed)?;
         T::decode(&bytes).ok_or(CryptoError::Decode {
             table: place.table,
@@ -269,7 +311,11 @@ impl Keyring {
         })
     }
 
-    pub fn seal_value<T: Sealable>(&self, place: &FieldPlace, value: &T) -> Result<Vec<u8>, CryptoError> {
+    pub fn seal_value<T: Sealable>(
+        &self,
+        place: &FieldPlace,
+        value: &T,
+    ) -> Result<Vec<u8>, CryptoError> {
         self.seal(place, &value.encode())
     }
 
@@ -292,7 +338,8 @@ fn required<'a>(value: Option<&'a str>, setting: &'static str) -> Result<&'a str
         Some(v) if !v.trim().is_empty() => Ok(v),
         _ => Err(CryptoError::Config {
             setting,
-            problem: "is required (32 random bytes, base64: `head -c32 /dev/urandom | base64`)".into(),
+            problem: "is required (32 random bytes, base64: `head -c32 /dev/urandom | base64`)"
+                .into(),
         }),
     }
 }
@@ -313,7 +360,11 @@ impl Sealer {
         self.key.seal(place, plaintext)
     }
 
-    pub fn seal_value<T: Sealable>(&self, place: &FieldPlace, value: &T) -> Result<Vec<u8>, CryptoError> {
+    pub fn seal_value<T: Sealable>(
+        &self,
+        place: &FieldPlace,
+        value: &T,
+    ) -> Result<Vec<u8>, CryptoError> {
         self.key.seal(place, &value.encode())
     }
 

@@ -62,7 +62,9 @@ pub enum CryptoError {
         row: Uuid,
         problem: &'static str,
     },
-    #[error("{table}.{column} of row {row}: sealed with unknown or retired data key version {version}")]
+    #[error(
+        "{table}.{column} of row {row}: sealed with unknown or retired data key version {version}"
+    )]
     UnknownKeyVersion {
         table: &'static str,
         column: &'static str,

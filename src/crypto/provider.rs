@@ -20,7 +20,11 @@ pub trait KeyProvider: Send + Sync {
     /// The configuration setting (or KMS resource) this key comes from, for errors.
     fn source(&self) -> &str;
     fn wrap_key(&self, key: &Zeroizing<[u8; 32]>, context: &[u8]) -> Result<Vec<u8>, CryptoError>;
-    fn unwrap_key(&self, wrapped: &[u8], context: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError>;
+    fn unwrap_key(
+        &self,
+        wrapped: &[u8],
+        context: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, CryptoError>;
 }
 
 /// A key-encryption key held in process memory (from `crypto.kek` or
@@ -49,13 +53,16 @@ pub fn decode_key(setting: &'static str, b64: &str) -> Result<Zeroizing<[u8; 32]
             .decode(b64.trim())
             .map_err(|_| CryptoError::Config {
                 setting,
-                problem: "is not valid base64 (generate one with `head -c32 /dev/urandom | base64`)".into(),
+                problem:
+                    "is not valid base64 (generate one with `head -c32 /dev/urandom | base64`)"
+                        .into(),
             })?,
     );
     if bytes.len() != 32 {
         return Err(CryptoError::Config {
             setting,
-            problem: "must be exactly 32 bytes, base64-encoded (`head -c32 /dev/urandom | base64`)".into(),
+            problem: "must be exactly 32 bytes, base64-encoded (`head -c32 /dev/urandom | base64`)"
+                .into(),
         });
     }
     let mut key = Zeroizing::new([0u8; 32]);
@@ -97,19 +104,35 @@ impl KeyProvider for LocalKek {
         let aad = [WRAP_LABEL, context].concat();
         let ct = self
             .cipher
-            .encrypt(&nonce, Payload { msg: key.as_ref(), aad: &aad })
+            .encrypt(
+                &nonce,
+                Payload {
+                    msg: key.as_ref(),
+                    aad: &aad,
+                },
+            )
             .map_err(|_| CryptoError::Internal("key wrapping failed"))?;
         Ok([nonce.as_slice(), &ct].concat())
     }
 
-    fn unwrap_key(&self, wrapped: &[u8], context: &[u8]) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
+    fn unwrap_key(
+        &self,
+        wrapped: &[u8],
+        context: &[u8],
+    ) -> Result<Zeroizing<[u8; 32]>, CryptoError> {
         if wrapped.len() != 12 + 32 + 16 {
             return Err(CryptoError::Unwrap);
         }
         let aad = [WRAP_LABEL, context].concat();
         let plain = Zeroizing::new(
             self.cipher
-                .decrypt(Nonce::from_slice(&wrapped[..12]), Payload { msg: &wrapped[12..], aad: &aad })
+                .decrypt(
+                    Nonce::from_slice(&wrapped[..12]),
+                    Payload {
+                        msg: &wrapped[12..],
+                        aad: &aad,
+                    },
+                )
                 .map_err(|_| CryptoError::Unwrap)?,
         );
         let mut key = Zeroizing::new([0u8; 32]);

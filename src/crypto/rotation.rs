@@ -48,7 +48,11 @@ fn counts(conn: &mut PgConnection, t: &SealedTable) -> Result<Vec<VersionCount>,
     let values = if t.columns.is_empty() {
         "0".to_string()
     } else {
-        t.columns.iter().map(|c| format!("count({c})")).collect::<Vec<_>>().join(" + ")
+        t.columns
+            .iter()
+            .map(|c| format!("count({c})"))
+            .collect::<Vec<_>>()
+            .join(" + ")
     };
     Ok(diesel::sql_query(format!(
         "SELECT key_version, count(*)::int8 AS rows, ({values})::int8 AS values FROM {} GROUP BY key_version",
@@ -60,13 +64,22 @@ fn counts(conn: &mut PgConnection, t: &SealedTable) -> Result<Vec<VersionCount>,
 /// Every data-key version with its state and the rows and values it still protects.
 pub fn key_status(conn: &mut PgConnection) -> Result<Vec<KeyStatus>, CryptoError> {
     let keys: Vec<(i32, String, String, DateTime<Utc>, Option<DateTime<Utc>>)> = data_keys::table
-        .select((data_keys::version, data_keys::state, data_keys::kek_id, data_keys::created_at, data_keys::retired_at))
+        .select((
+            data_keys::version,
+            data_keys::state,
+            data_keys::kek_id,
+            data_keys::created_at,
+            data_keys::retired_at,
+        ))
         .order(data_keys::version)
         .load(conn)?;
     let mut per_version: BTreeMap<i32, Vec<(&'static str, i64, i64)>> = BTreeMap::new();
     for t in SEALED_COLUMNS {
         for c in counts(conn, t)? {
-            per_version.entry(c.key_version).or_default().push((t.table, c.rows, c.values));
+            per_version
+                .entry(c.key_version)
+                .or_default()
+                .push((t.table, c.rows, c.values));
         }
     }
     let mut out: Vec<KeyStatus> = keys
@@ -111,7 +124,10 @@ pub struct RotateOptions {
 
 impl Default for RotateOptions {
     fn default() -> Self {
-        RotateOptions { batch_size: 500, max_batches: None }
+        RotateOptions {
+            batch_size: 500,
+            max_batches: None,
+        }
     }
 }
 
@@ -147,7 +163,9 @@ pub fn rotate_data_keys(
     keyring.refresh(conn)?;
     let sealer = keyring.sealer()?;
     if sealer.version() != active {
-        return Err(CryptoError::Internal("keyring did not pick up the new active key"));
+        return Err(CryptoError::Internal(
+            "keyring did not pick up the new active key",
+        ));
     }
     let batch_size = options.batch_size.max(1);
     let mut batches = 0u64;
@@ -171,17 +189,27 @@ pub fn rotate_data_keys(
                 stopped_early = true;
                 break 'tables;
             }
-            let n = conn.transaction(|conn| reencrypt_batch(conn, keyring, &sealer, t, batch_size))?;
+            let n =
+                conn.transaction(|conn| reencrypt_batch(conn, keyring, &sealer, t, batch_size))?;
             batches += 1;
             if n == 0 {
                 break;
             }
             done += n;
             rows_reencrypted += n;
-            progress(Progress { table: t.table, done, total, active_version: active });
+            progress(Progress {
+                table: t.table,
+                done,
+                total,
+                active_version: active,
+            });
         }
     }
-    let retired = if stopped_early { Vec::new() } else { retire_unused(conn)? };
+    let retired = if stopped_early {
+        Vec::new()
+    } else {
+        retire_unused(conn)?
+    };
     let remaining: i64 = key_status(conn)?
         .iter()
         .filter(|k| k.version != active)
@@ -215,7 +243,9 @@ fn begin_rotation(conn: &mut PgConnection, keyring: &Keyring) -> Result<(i32, bo
         if let (true, Some(active)) = (unfinished > 0, active) {
             return Ok((active, false));
         }
-        let max: Option<i32> = data_keys::table.select(diesel::dsl::max(data_keys::version)).first(conn)?;
+        let max: Option<i32> = data_keys::table
+            .select(diesel::dsl::max(data_keys::version))
+            .first(conn)?;
         let version = max.unwrap_or(0) + 1;
         let key = generate_key();
         let provider = keyring.primary_provider();
@@ -237,21 +267,16 @@ fn begin_rotation(conn: &mut PgConnection, keyring: &Keyring) -> Result<(i32, bo
 }
 
 #[derive(QueryableByName)]
-struct IdRow {
+struct BatchRow {
     #[diesel(sql_type = SqlUuid)]
     id: Uuid,
+    #[diesel(sql_type = Array<Nullable<Bytea>>)]
+    sealed: Vec<Option<Vec<u8>>>,
 }
 
-#[derive(QueryableByName)]
-struct ValueRow {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-    #[diesel(sql_type = Nullable<Bytea>)]
-    value: Option<Vec<u8>>,
-}
-
-/// Re-seals up to `limit` rows of `t` that are not on the sealer's version. Returns how
-/// many rows moved. Runs inside the caller's transaction.
+/// Re-seals up to `limit` rows of `t` that are not on the sealer's version: one SELECT
+/// (rows locked, locked rows skipped) and one UPDATE of all sealed columns and
+/// `key_version`. Returns how many rows moved. Runs inside the caller's transaction.
 fn reencrypt_batch(
     conn: &mut PgConnection,
     keyring: &Keyring,
@@ -259,51 +284,58 @@ fn reencrypt_batch(
     t: &SealedTable,
     limit: i64,
 ) -> Result<u64, CryptoError> {
-    let ids: Vec<Uuid> = diesel::sql_query(format!(
-        "SELECT id FROM {} WHERE key_version <> $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+    let columns = t.columns.join(", ");
+    let rows: Vec<BatchRow> = diesel::sql_query(format!(
+        "SELECT id, ARRAY[{columns}]::bytea[] AS sealed FROM {} WHERE key_version <> $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
         t.table
     ))
     .bind::<Integer, _>(sealer.version())
     .bind::<BigInt, _>(limit)
-    .load::<IdRow>(conn)?
-    .into_iter()
-    .map(|r| r.id)
-    .collect();
-    if ids.is_empty() {
+    .load(conn)?;
+    if rows.is_empty() {
         return Ok(0);
     }
-    for &column in t.columns {
-        let rows: Vec<ValueRow> = diesel::sql_query(format!(
-            "SELECT id, {column} AS value FROM {} WHERE id = ANY($1) AND {column} IS NOT NULL",
-            t.table
-        ))
-        .bind::<Array<SqlUuid>, _>(&ids)
-        .load(conn)?;
-        let mut row_ids = Vec::with_capacity(rows.len());
-        let mut values = Vec::with_capacity(rows.len());
-        for row in rows {
-            let Some(sealed) = row.value else { continue };
-            let place = FieldPlace::new(t.table, column, row.id);
-            let plain = keyring.open(&place, &sealed)?;
-            values.push(sealer.seal(&place, &plain)?);
-            row_ids.push(row.id);
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    // Column-major: one array per sealed column, aligned with `ids`.
+    let mut new_values: Vec<Vec<Option<Vec<u8>>>> =
+        vec![Vec::with_capacity(rows.len()); t.columns.len()];
+    for row in rows {
+        if row.sealed.len() != t.columns.len() {
+            return Err(CryptoError::Internal(
+                "unexpected column count in rotation batch",
+            ));
         }
-        if row_ids.is_empty() {
-            continue;
+        for (i, (column, sealed)) in t.columns.iter().zip(row.sealed).enumerate() {
+            let resealed = match sealed {
+                Some(sealed) => {
+                    let place = FieldPlace::new(t.table, column, row.id);
+                    let plain = keyring.open(&place, &sealed)?;
+                    Some(sealer.seal(&place, &plain)?)
+                }
+                None => None,
+            };
+            new_values[i].push(resealed);
         }
-        diesel::sql_query(format!(
-            "UPDATE {table} AS t SET {column} = u.v FROM unnest($1::uuid[], $2::bytea[]) AS u(id, v) WHERE t.id = u.id",
-            table = t.table
-        ))
-        .bind::<Array<SqlUuid>, _>(&row_ids)
-        .bind::<Array<Bytea>, _>(&values)
-        .execute(conn)?;
     }
-    let n = diesel::sql_query(format!("UPDATE {} SET key_version = $1 WHERE id = ANY($2)", t.table))
-        .bind::<Integer, _>(sealer.version())
-        .bind::<Array<SqlUuid>, _>(&ids)
-        .execute(conn)?;
-    Ok(n as u64)
+    let set: String = t.columns.iter().map(|c| format!("{c} = u.{c}, ")).collect();
+    let unnest: String = t
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, _)| format!(", ${}::bytea[]", i + 3))
+        .collect();
+    let mut query = diesel::sql_query(format!(
+        "UPDATE {table} AS t SET {set}key_version = $1 FROM unnest($2::uuid[]{unnest}) AS u(id{names}) WHERE t.id = u.id",
+        table = t.table,
+        names = t.columns.iter().map(|c| format!(", {c}")).collect::<String>(),
+    ))
+    .into_boxed::<diesel::pg::Pg>()
+    .bind::<Integer, _>(sealer.version())
+    .bind::<Array<SqlUuid>, _>(ids);
+    for values in new_values {
+        query = query.bind::<Array<Nullable<Bytea>>, _>(values);
+    }
+    Ok(query.execute(conn)? as u64)
 }
 
 /// Retires every `decrypt_only` version that no row uses any more.
@@ -320,7 +352,10 @@ fn retire_unused(conn: &mut PgConnection) -> Result<Vec<i32>, CryptoError> {
             let in_use = status.iter().find(|k| k.version == v).map_or(0, |k| k.rows);
             if in_use == 0 {
                 diesel::update(data_keys::table.filter(data_keys::version.eq(v)))
-                    .set((data_keys::state.eq(STATE_RETIRED), data_keys::retired_at.eq(diesel::dsl::now)))
+                    .set((
+                        data_keys::state.eq(STATE_RETIRED),
+                        data_keys::retired_at.eq(diesel::dsl::now),
+                    ))
                     .execute(conn)?;
                 retired.push(v);
             }
@@ -332,7 +367,11 @@ fn retire_unused(conn: &mut PgConnection) -> Result<Vec<i32>, CryptoError> {
 /// Re-wraps every data key (any state) under `new_kek`, in one transaction. Data rows
 /// are untouched. Keys already under `new_kek` are skipped, so re-running is safe.
 /// Returns how many keys were re-wrapped.
-pub fn rotate_kek(conn: &mut PgConnection, keyring: &Keyring, new_kek: &dyn KeyProvider) -> Result<u64, CryptoError> {
+pub fn rotate_kek(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    new_kek: &dyn KeyProvider,
+) -> Result<u64, CryptoError> {
     conn.transaction(|conn| {
         diesel::sql_query("LOCK TABLE data_keys IN SHARE ROW EXCLUSIVE MODE").execute(conn)?;
         let rows: Vec<(i32, Vec<u8>, String)> = data_keys::table

@@ -64,10 +64,18 @@ fn value_moved_to_another_row_or_column_or_table_is_an_error() {
     let kr = Keyring::ephemeral(1);
     let row = Uuid::new_v4();
     let s = kr.seal_str(&place("family_sealed", row), "Smith").unwrap();
-    let other_row = kr.open(&place("family_sealed", Uuid::new_v4()), &s).unwrap_err();
-    assert!(matches!(other_row, CryptoError::Authentication { .. }), "{other_row}");
+    let other_row = kr
+        .open(&place("family_sealed", Uuid::new_v4()), &s)
+        .unwrap_err();
+    assert!(
+        matches!(other_row, CryptoError::Authentication { .. }),
+        "{other_row}"
+    );
     assert!(kr.open(&place("given_sealed", row), &s).is_err());
-    assert!(kr.open(&FieldPlace::new("observations", "family_sealed", row), &s).is_err());
+    assert!(
+        kr.open(&FieldPlace::new("observations", "family_sealed", row), &s)
+            .is_err()
+    );
 }
 
 #[test]
@@ -76,18 +84,29 @@ fn another_key_or_an_unknown_version_is_an_error() {
     let b = Keyring::ephemeral(1);
     let p = place("mrn_sealed", Uuid::new_v4());
     let s = a.seal_str(&p, "MRN1").unwrap();
-    assert!(matches!(b.open(&p, &s), Err(CryptoError::Authentication { .. })));
+    assert!(matches!(
+        b.open(&p, &s),
+        Err(CryptoError::Authentication { .. })
+    ));
     let c = Keyring::ephemeral(2);
     let err = c.open(&p, &s).unwrap_err();
-    assert!(matches!(err, CryptoError::UnknownKeyVersion { version: 1, .. }), "{err}");
+    assert!(
+        matches!(err, CryptoError::UnknownKeyVersion { version: 1, .. }),
+        "{err}"
+    );
 }
 
 #[test]
 fn errors_name_the_place_never_the_value() {
     let kr = Keyring::ephemeral(1);
     let row = Uuid::new_v4();
-    let s = kr.seal_str(&place("family_sealed", row), "CanaryName").unwrap();
-    let err = kr.open(&place("given_sealed", row), &s).unwrap_err().to_string();
+    let s = kr
+        .seal_str(&place("family_sealed", row), "CanaryName")
+        .unwrap();
+    let err = kr
+        .open(&place("given_sealed", row), &s)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("patients.given_sealed"), "{err}");
     assert!(err.contains(&row.to_string()), "{err}");
     assert!(!err.contains("CanaryName"));
@@ -98,7 +117,10 @@ fn wrong_type_on_open_is_a_decode_error() {
     let kr = Keyring::ephemeral(1);
     let p = place("birth_date_sealed", Uuid::new_v4());
     let s = kr.seal_str(&p, "not a date").unwrap();
-    assert!(matches!(kr.open_value::<NaiveDate>(&p, &s), Err(CryptoError::Decode { .. })));
+    assert!(matches!(
+        kr.open_value::<NaiveDate>(&p, &s),
+        Err(CryptoError::Decode { .. })
+    ));
 }
 
 #[test]
@@ -107,7 +129,10 @@ fn key_wrapping_needs_the_same_kek_and_context() {
     let other = LocalKek::new("crypto.kek", &keyring::generate_key());
     let dek = keyring::generate_key();
     let wrapped = kek.wrap_key(&dek, b"v1").unwrap();
-    assert_eq!(kek.unwrap_key(&wrapped, b"v1").unwrap().as_ref(), dek.as_ref());
+    assert_eq!(
+        kek.unwrap_key(&wrapped, b"v1").unwrap().as_ref(),
+        dek.as_ref()
+    );
     assert!(kek.unwrap_key(&wrapped, b"v2").is_err());
     assert!(other.unwrap_key(&wrapped, b"v1").is_err());
     assert_ne!(kek.key_id(), other.key_id());
@@ -118,7 +143,11 @@ fn key_wrapping_needs_the_same_kek_and_context() {
 fn debug_output_never_shows_keys_or_phi() {
     let key = keyring::generate_key();
     let kek = LocalKek::new("crypto.kek", &key);
-    let dbg = format!("{kek:?} {:?} {:?}", Keyring::ephemeral(1), DataKey::new(1, &key));
+    let dbg = format!(
+        "{kek:?} {:?} {:?}",
+        Keyring::ephemeral(1),
+        DataKey::new(1, &key)
+    );
     assert!(dbg.contains("[redacted]"), "{dbg}");
     assert!(!dbg.contains(&hex::encode(key.as_ref())));
     assert_eq!(format!("{:?}", Phi::new("Smith".to_string())), "[redacted]");
@@ -127,9 +156,13 @@ fn debug_output_never_shows_keys_or_phi() {
 
 #[test]
 fn bad_key_settings_are_named() {
-    let err = provider::decode_key("crypto.kek", "not base64!").unwrap_err().to_string();
+    let err = provider::decode_key("crypto.kek", "not base64!")
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("crypto.kek:"), "{err}");
-    let err = provider::decode_key("crypto.blind_index_key", "AAAA").unwrap_err().to_string();
+    let err = provider::decode_key("crypto.blind_index_key", "AAAA")
+        .unwrap_err()
+        .to_string();
     assert!(err.starts_with("crypto.blind_index_key:"), "{err}");
     let cfg = crate::config::CryptoConfig::default();
     let err = Keyring::from_config(&cfg).unwrap_err().to_string();
@@ -139,7 +172,11 @@ fn bad_key_settings_are_named() {
 #[test]
 fn crypto_errors_become_a_generic_500_and_bad_identifiers_a_422() {
     use actix_web::ResponseError;
-    let e = AppError::from(CryptoError::Authentication { table: "patients", column: "mrn_sealed", row: Uuid::nil() });
+    let e = AppError::from(CryptoError::Authentication {
+        table: "patients",
+        column: "mrn_sealed",
+        row: Uuid::nil(),
+    });
     assert_eq!(e.status_code(), 500);
     let e = AppError::from(CryptoError::InvalidIdentifier("MRN must be ..."));
     assert_eq!(e.status_code(), 422);

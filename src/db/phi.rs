@@ -56,14 +56,28 @@ fn place(table: &'static str, column: &'static str, row: Uuid) -> FieldPlace {
     FieldPlace::new(table, column, row)
 }
 
-fn open<T: Sealable>(kr: &Keyring, table: &'static str, column: &'static str, row: Uuid, sealed: &[u8]) -> Result<Phi<T>, AppError> {
-    kr.open_value::<T>(&place(table, column, row), sealed).map(Phi::new).map_err(|e| {
-        tracing::error!(table, column, row = %row, error = %e, "cannot open a sealed value");
-        AppError::from(e)
-    })
+fn open<T: Sealable>(
+    kr: &Keyring,
+    table: &'static str,
+    column: &'static str,
+    row: Uuid,
+    sealed: &[u8],
+) -> Result<Phi<T>, AppError> {
+    kr.open_value::<T>(&place(table, column, row), sealed)
+        .map(Phi::new)
+        .map_err(|e| {
+            tracing::error!(table, column, row = %row, error = %e, "cannot open a sealed value");
+            AppError::from(e)
+        })
 }
 
-fn open_opt<T: Sealable>(kr: &Keyring, table: &'static str, column: &'static str, row: Uuid, sealed: Option<&[u8]>) -> Result<Option<Phi<T>>, AppError> {
+fn open_opt<T: Sealable>(
+    kr: &Keyring,
+    table: &'static str,
+    column: &'static str,
+    row: Uuid,
+    sealed: Option<&[u8]>,
+) -> Result<Option<Phi<T>>, AppError> {
     sealed.map(|s| open(kr, table, column, row, s)).transpose()
 }
 
@@ -172,12 +186,23 @@ impl PatientRow {
 
 /// Seals and inserts a patient in one transaction. A duplicate MRN (after
 /// normalisation) is a 409; an MRN or SSN that cannot be normalised is a 422.
-pub fn insert_patient(conn: &mut PgConnection, kr: &Keyring, new: &NewPatient) -> Result<Patient, AppError> {
+pub fn insert_patient(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    new: &NewPatient,
+) -> Result<Patient, AppError> {
     let mrn_index = kr.blind_index(BlindKind::Mrn, &new.mrn)?;
-    let ssn_index = new.ssn.as_deref().map(|s| kr.blind_index(BlindKind::Ssn, s)).transpose()?;
+    let ssn_index = new
+        .ssn
+        .as_deref()
+        .map(|s| kr.blind_index(BlindKind::Ssn, s))
+        .transpose()?;
     let family_index = kr.blind_index(BlindKind::Family, &new.family)?;
     let given_index = kr.blind_index(BlindKind::Given, &new.given)?;
-    let birth_date_index = kr.blind_index(BlindKind::BirthDate, &new.birth_date.format("%Y-%m-%d").to_string())?;
+    let birth_date_index = kr.blind_index(
+        BlindKind::BirthDate,
+        &new.birth_date.format("%Y-%m-%d").to_string(),
+    )?;
     let id = Uuid::new_v4();
     conn.transaction(|conn| {
         let sealer = kr.sealer_for_write(conn)?;
@@ -186,22 +211,34 @@ pub fn insert_patient(conn: &mut PgConnection, kr: &Keyring, new: &NewPatient) -
             .as_deref()
             .map(|s| sealer.seal_str(&place(P, "ssn_sealed", id), s.trim()))
             .transpose()?;
-        let telecom_sealed = new.telecom.as_ref().map(|v| sealer.seal_value(&place(P, "telecom_sealed", id), v)).transpose()?;
-        let address_sealed = new.address.as_ref().map(|v| sealer.seal_value(&place(P, "address_sealed", id), v)).transpose()?;
+        let telecom_sealed = new
+            .telecom
+            .as_ref()
+            .map(|v| sealer.seal_value(&place(P, "telecom_sealed", id), v))
+            .transpose()?;
+        let address_sealed = new
+            .address
+            .as_ref()
+            .map(|v| sealer.seal_value(&place(P, "address_sealed", id), v))
+            .transpose()?;
         let inserted = diesel::insert_into(patients::table)
             .values((
                 patients::id.eq(id),
                 patients::key_version.eq(sealer.version()),
                 patients::facility_id.eq(new.facility_id),
-                patients::mrn_sealed.eq(sealer.seal_str(&place(P, "mrn_sealed", id), new.mrn.trim())?),
+                patients::mrn_sealed
+                    .eq(sealer.seal_str(&place(P, "mrn_sealed", id), new.mrn.trim())?),
                 patients::mrn_index.eq(&mrn_index),
                 patients::ssn_sealed.eq(ssn_sealed),
                 patients::ssn_index.eq(&ssn_index),
-                patients::family_sealed.eq(sealer.seal_str(&place(P, "family_sealed", id), new.family.trim())?),
+                patients::family_sealed
+                    .eq(sealer.seal_str(&place(P, "family_sealed", id), new.family.trim())?),
                 patients::family_index.eq(&family_index),
-                patients::given_sealed.eq(sealer.seal_str(&place(P, "given_sealed", id), new.given.trim())?),
+                patients::given_sealed
+                    .eq(sealer.seal_str(&place(P, "given_sealed", id), new.given.trim())?),
                 patients::given_index.eq(&given_index),
-                patients::birth_date_sealed.eq(sealer.seal_value(&place(P, "birth_date_sealed", id), &new.birth_date)?),
+                patients::birth_date_sealed
+                    .eq(sealer.seal_value(&place(P, "birth_date_sealed", id), &new.birth_date)?),
                 patients::birth_date_index.eq(&birth_date_index),
                 patients::gender.eq(&new.gender),
                 patients::telecom_sealed.eq(telecom_sealed),
@@ -214,7 +251,10 @@ pub fn insert_patient(conn: &mut PgConnection, kr: &Keyring, new: &NewPatient) -
             Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
                 if info.constraint_name() == Some("patients_mrn_index_key") =>
             {
-                Err(AppError::client(actix_web::http::StatusCode::CONFLICT, "A patient with this MRN already exists."))
+                Err(AppError::client(
+                    actix_web::http::StatusCode::CONFLICT,
+                    "A patient with this MRN already exists.",
+                ))
             }
             Err(e) => Err(e.into()),
         }
@@ -222,7 +262,11 @@ pub fn insert_patient(conn: &mut PgConnection, kr: &Keyring, new: &NewPatient) -
 }
 
 /// A patient by internal id (not deleted).
-pub fn get_patient(conn: &mut PgConnection, kr: &Keyring, id: Uuid) -> Result<Option<Patient>, AppError> {
+pub fn get_patient(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+) -> Result<Option<Patient>, AppError> {
     let row = patients::table
         .filter(patients::id.eq(id))
         .filter(patients::deleted_at.is_null())
@@ -233,7 +277,11 @@ pub fn get_patient(conn: &mut PgConnection, kr: &Keyring, id: Uuid) -> Result<Op
 }
 
 /// The patient with this MRN (normalised: case, spaces and dashes ignored).
-pub fn find_patient_by_mrn(conn: &mut PgConnection, kr: &Keyring, mrn: &str) -> Result<Option<Patient>, AppError> {
+pub fn find_patient_by_mrn(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    mrn: &str,
+) -> Result<Option<Patient>, AppError> {
     let index = kr.blind_index(BlindKind::Mrn, mrn)?;
     let row = patients::table
         .filter(patients::mrn_index.eq(index))
@@ -245,7 +293,11 @@ pub fn find_patient_by_mrn(conn: &mut PgConnection, kr: &Keyring, mrn: &str) -> 
 }
 
 /// Patients with this SSN (normalised: spaces and dashes ignored; nine digits).
-pub fn find_patients_by_ssn(conn: &mut PgConnection, kr: &Keyring, ssn: &str) -> Result<Vec<Patient>, AppError> {
+pub fn find_patients_by_ssn(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    ssn: &str,
+) -> Result<Vec<Patient>, AppError> {
     let index = kr.blind_index(BlindKind::Ssn, ssn)?;
     let rows = patients::table
         .filter(patients::ssn_index.eq(index))
@@ -257,7 +309,11 @@ pub fn find_patients_by_ssn(conn: &mut PgConnection, kr: &Keyring, ssn: &str) ->
 }
 
 /// Patients with this family name (trimmed, whitespace collapsed, lowercased).
-pub fn find_patients_by_family(conn: &mut PgConnection, kr: &Keyring, family: &str) -> Result<Vec<Patient>, AppError> {
+pub fn find_patients_by_family(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    family: &str,
+) -> Result<Vec<Patient>, AppError> {
     let index = kr.blind_index(BlindKind::Family, family)?;
     let rows = patients::table
         .filter(patients::family_index.eq(index))
@@ -328,7 +384,13 @@ impl DocumentRow {
     fn open(self, conn: &mut PgConnection, kr: &Keyring) -> Result<DocumentReference, AppError> {
         kr.ensure_version(conn, self.key_version)?;
         Ok(DocumentReference {
-            text: open(kr, "document_references", "text_sealed", self.id, &self.text_sealed)?,
+            text: open(
+                kr,
+                "document_references",
+                "text_sealed",
+                self.id,
+                &self.text_sealed,
+            )?,
             id: self.id,
             version: self.version,
             key_version: self.key_version,
@@ -344,7 +406,11 @@ impl DocumentRow {
     }
 }
 
-pub fn insert_document_reference(conn: &mut PgConnection, kr: &Keyring, new: &NewDocumentReference) -> Result<DocumentReference, AppError> {
+pub fn insert_document_reference(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    new: &NewDocumentReference,
+) -> Result<DocumentReference, AppError> {
     let id = Uuid::new_v4();
     conn.transaction(|conn| {
         let sealer = kr.sealer_for_write(conn)?;
@@ -356,7 +422,9 @@ pub fn insert_document_reference(conn: &mut PgConnection, kr: &Keyring, new: &Ne
                 document_references::author_id.eq(new.author_id),
                 document_references::doc_type.eq(&new.doc_type),
                 document_references::date.eq(new.date),
-                document_references::text_sealed.eq(sealer.seal_str(&place("document_references", "text_sealed", id), &new.text)?),
+                document_references::text_sealed
+                    .eq(sealer
+                        .seal_str(&place("document_references", "text_sealed", id), &new.text)?),
                 document_references::status.eq(&new.status),
             ))
             .returning(DocumentRow::as_returning())
@@ -365,7 +433,11 @@ pub fn insert_document_reference(conn: &mut PgConnection, kr: &Keyring, new: &Ne
     })
 }
 
-pub fn get_document_reference(conn: &mut PgConnection, kr: &Keyring, id: Uuid) -> Result<Option<DocumentReference>, AppError> {
+pub fn get_document_reference(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+) -> Result<Option<DocumentReference>, AppError> {
     let row = document_references::table
         .filter(document_references::id.eq(id))
         .filter(document_references::deleted_at.is_null())
@@ -436,7 +508,13 @@ impl ObservationRow {
         kr.ensure_version(conn, self.key_version)?;
         const O: &str = "observations";
         Ok(Observation {
-            code_display: open_opt(kr, O, "code_display_sealed", self.id, self.code_display_sealed.as_deref())?,
+            code_display: open_opt(
+                kr,
+                O,
+                "code_display_sealed",
+                self.id,
+                self.code_display_sealed.as_deref(),
+            )?,
             value: open(kr, O, "value_sealed", self.id, &self.value_sealed)?,
             id: self.id,
             version: self.version,
@@ -452,7 +530,11 @@ impl ObservationRow {
     }
 }
 
-pub fn insert_observation(conn: &mut PgConnection, kr: &Keyring, new: &NewObservation) -> Result<Observation, AppError> {
+pub fn insert_observation(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    new: &NewObservation,
+) -> Result<Observation, AppError> {
     let id = Uuid::new_v4();
     conn.transaction(|conn| {
         let sealer = kr.sealer_for_write(conn)?;
@@ -469,7 +551,9 @@ pub fn insert_observation(conn: &mut PgConnection, kr: &Keyring, new: &NewObserv
                 observations::status.eq(&new.status),
                 observations::code.eq(&new.code),
                 observations::code_display_sealed.eq(code_display),
-                observations::value_sealed.eq(sealer.seal_value(&place("observations", "value_sealed", id), &new.value)?),
+                observations::value_sealed
+                    .eq(sealer
+                        .seal_value(&place("observations", "value_sealed", id), &new.value)?),
                 observations::effective_at.eq(new.effective_at),
             ))
             .returning(ObservationRow::as_returning())
@@ -478,7 +562,11 @@ pub fn insert_observation(conn: &mut PgConnection, kr: &Keyring, new: &NewObserv
     })
 }
 
-pub fn get_observation(conn: &mut PgConnection, kr: &Keyring, id: Uuid) -> Result<Option<Observation>, AppError> {
+pub fn get_observation(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+) -> Result<Option<Observation>, AppError> {
     let row = observations::table
         .filter(observations::id.eq(id))
         .filter(observations::deleted_at.is_null())

@@ -37,7 +37,9 @@ fn patient(facility: Uuid, mrn: &str, ssn: Option<&str>, family: &str, given: &s
         birth_date: NaiveDate::from_ymd_opt(1961, 7, 4).unwrap(),
         gender: "female".into(),
         telecom: Some(serde_json::json!([{"system": "phone", "value": "555-0199-TELCANARY"}])),
-        address: Some(serde_json::json!([{"line": ["1 Canaryville Road"], "city": "Addrcanaryton"}])),
+        address: Some(
+            serde_json::json!([{"line": ["1 Canaryville Road"], "city": "Addrcanaryton"}]),
+        ),
     }
 }
 
@@ -78,7 +80,10 @@ fn keys_cli(db: &TestDb, args: &[&str], kek: &str, rotation_kek: Option<&str>) -
     let mut env = vec![
         ("DATABASE_URL", db.url.as_str()),
         ("CUSTODIAN_CRYPTO_KEK", kek),
-        ("CUSTODIAN_CRYPTO_BLIND_INDEX_KEY", test_keys().blind_index_key.as_str()),
+        (
+            "CUSTODIAN_CRYPTO_BLIND_INDEX_KEY",
+            test_keys().blind_index_key.as_str(),
+        ),
     ];
     if let Some(r) = rotation_kek {
         env.push(("CUSTODIAN_CRYPTO_ROTATION_KEK", r));
@@ -101,7 +106,15 @@ fn raw_rows(conn: &mut PgConnection) -> String {
         row: String,
     }
     let mut out = String::new();
-    for table in ["facilities", "patients", "observations", "document_references", "claims", "claim_items", "data_keys"] {
+    for table in [
+        "facilities",
+        "patients",
+        "observations",
+        "document_references",
+        "claims",
+        "claim_items",
+        "data_keys",
+    ] {
         let rows: Vec<Row> = diesel::sql_query(format!("SELECT t::text AS row FROM {table} t"))
             .load(conn)
             .unwrap();
@@ -118,8 +131,16 @@ fn pg_dump(url: &str) -> String {
         Ok(o) if o.status.success() => std::path::PathBuf::from("pg_dump"),
         _ => custodian::pgcluster::find_bindir().unwrap().join("pg_dump"),
     };
-    let out = Command::new(bin).arg("--no-owner").arg(url).output().unwrap();
-    assert!(out.status.success(), "pg_dump failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(bin)
+        .arg("--no-owner")
+        .arg(url)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "pg_dump failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     String::from_utf8(out.stdout).unwrap()
 }
 
@@ -138,11 +159,27 @@ fn raw_select_and_pg_dump_contain_no_plaintext_phi() {
     let p = phi::insert_patient(
         &mut conn,
         &kr,
-        &patient(facility, "CANMRN-778899", Some("123-45-6789"), "Qwertyfamilycanary", "Zxcvgivencanary"),
+        &patient(
+            facility,
+            "CANMRN-778899",
+            Some("123-45-6789"),
+            "Qwertyfamilycanary",
+            "Zxcvgivencanary",
+        ),
     )
     .unwrap();
-    phi::insert_document_reference(&mut conn, &kr, &note(p.id, "NOTECANARY patient reports chest pain")).unwrap();
-    phi::insert_observation(&mut conn, &kr, &observation(p.id, "OBSDISPLAYCANARY glucose")).unwrap();
+    phi::insert_document_reference(
+        &mut conn,
+        &kr,
+        &note(p.id, "NOTECANARY patient reports chest pain"),
+    )
+    .unwrap();
+    phi::insert_observation(
+        &mut conn,
+        &kr,
+        &observation(p.id, "OBSDISPLAYCANARY glucose"),
+    )
+    .unwrap();
 
     let canaries = [
         "Qwertyfamilycanary",
@@ -169,7 +206,9 @@ fn raw_select_and_pg_dump_contain_no_plaintext_phi() {
         assert!(!contains_any_form(&dump, c), "pg_dump shows {c}");
     }
     // ...and the record is still there to be read.
-    let back = phi::find_patient_by_mrn(&mut conn, &kr, "canmrn 778899").unwrap().unwrap();
+    let back = phi::find_patient_by_mrn(&mut conn, &kr, "canmrn 778899")
+        .unwrap()
+        .unwrap();
     assert_eq!(back.family.expose(), "Qwertyfamilycanary");
 }
 
@@ -181,24 +220,39 @@ fn every_sealed_type_round_trips_through_the_database() {
     let facility = phi::insert_facility(&mut conn, "General").unwrap();
     let new = patient(facility, "MRN-1", Some("111-22-3333"), "Müller", "Zoë");
     let created = phi::insert_patient(&mut conn, &kr, &new).unwrap();
-    let p = phi::get_patient(&mut conn, &kr, created.id).unwrap().unwrap();
+    let p = phi::get_patient(&mut conn, &kr, created.id)
+        .unwrap()
+        .unwrap();
     assert_eq!(p.key_version, 1);
     assert_eq!(p.mrn.expose(), "MRN-1");
     assert_eq!(p.ssn.as_ref().unwrap().expose(), "111-22-3333");
     assert_eq!(p.family.expose(), "Müller");
     assert_eq!(p.given.expose(), "Zoë");
     assert_eq!(*p.birth_date.expose(), new.birth_date);
-    assert_eq!(p.telecom.as_ref().unwrap().expose(), new.telecom.as_ref().unwrap());
-    assert_eq!(p.address.as_ref().unwrap().expose(), new.address.as_ref().unwrap());
+    assert_eq!(
+        p.telecom.as_ref().unwrap().expose(),
+        new.telecom.as_ref().unwrap()
+    );
+    assert_eq!(
+        p.address.as_ref().unwrap().expose(),
+        new.address.as_ref().unwrap()
+    );
     assert!(!format!("{p:?}").contains("Müller"), "Debug is redacted");
 
-    let minimal = NewPatient { ssn: None, telecom: None, address: None, ..patient(facility, "MRN-2", None, "A", "B") };
+    let minimal = NewPatient {
+        ssn: None,
+        telecom: None,
+        address: None,
+        ..patient(facility, "MRN-2", None, "A", "B")
+    };
     let m = phi::insert_patient(&mut conn, &kr, &minimal).unwrap();
     let m = phi::get_patient(&mut conn, &kr, m.id).unwrap().unwrap();
     assert!(m.ssn.is_none() && m.telecom.is_none() && m.address.is_none());
 
     let d = phi::insert_document_reference(&mut conn, &kr, &note(p.id, "<p>Note ✓</p>")).unwrap();
-    let d = phi::get_document_reference(&mut conn, &kr, d.id).unwrap().unwrap();
+    let d = phi::get_document_reference(&mut conn, &kr, d.id)
+        .unwrap()
+        .unwrap();
     assert_eq!(d.text.expose(), "<p>Note ✓</p>");
     assert_eq!(d.doc_type.as_deref(), Some("11506-3"));
 
@@ -224,11 +278,18 @@ fn same_value_twice_gives_different_ciphertexts_but_equal_blind_indexes() {
     let f = phi::insert_facility(&mut conn, "F").unwrap();
     phi::insert_patient(&mut conn, &kr, &patient(f, "M1", None, "Smith", "Ann")).unwrap();
     phi::insert_patient(&mut conn, &kr, &patient(f, "M2", None, " SMITH ", "Bob")).unwrap();
-    let rows: Vec<Sealed> = diesel::sql_query("SELECT family_sealed, family_index FROM patients").load(&mut conn).unwrap();
+    let rows: Vec<Sealed> = diesel::sql_query("SELECT family_sealed, family_index FROM patients")
+        .load(&mut conn)
+        .unwrap();
     assert_eq!(rows.len(), 2);
     assert_ne!(rows[0].family_sealed, rows[1].family_sealed);
     assert_eq!(rows[0].family_index, rows[1].family_index);
-    assert_eq!(phi::find_patients_by_family(&mut conn, &kr, "smith").unwrap().len(), 2);
+    assert_eq!(
+        phi::find_patients_by_family(&mut conn, &kr, "smith")
+            .unwrap()
+            .len(),
+        2
+    );
 }
 
 #[test]
@@ -264,13 +325,21 @@ fn tampered_or_moved_ciphertext_is_an_error_not_garbage() {
         .execute(&mut conn)
         .unwrap();
 
-    for (id, column) in [(a.id, "given_sealed"), (b.id, "family_sealed"), (c.id, "family_sealed"), (e.id, "mrn_sealed")] {
+    for (id, column) in [
+        (a.id, "given_sealed"),
+        (b.id, "family_sealed"),
+        (c.id, "family_sealed"),
+        (e.id, "mrn_sealed"),
+    ] {
         let err = phi::get_patient(&mut conn, &kr, id).unwrap_err();
         assert_eq!(err.status_code(), 500, "generic 500 for the client");
         let logged = format!("{err:#}");
         assert!(logged.contains(&id.to_string()), "names the row: {logged}");
         assert!(logged.contains(column), "names the column: {logged}");
-        assert!(!logged.contains("Alpha") && !logged.contains("Ann"), "{logged}");
+        assert!(
+            !logged.contains("Alpha") && !logged.contains("Ann"),
+            "{logged}"
+        );
     }
     // Lookups reach the same error, never a partial or plaintext answer.
     assert!(phi::find_patient_by_mrn(&mut conn, &kr, "B1").is_err());
@@ -281,11 +350,19 @@ async fn wrong_kek_is_a_start_up_error_naming_the_key() {
     let app = TestApp::spawn().await; // creates data key version 1 under the test KEK
     app.stop().await;
     let wrong = random_key();
-    let config = TestApp::builder().set("crypto.kek", wrong.clone()).config(&app.db.url);
-    let err = Application::build(config, Options { disable_signals: true, ..Default::default() })
-        .await
-        .err()
-        .expect("start-up refuses a wrong KEK");
+    let config = TestApp::builder()
+        .set("crypto.kek", wrong.clone())
+        .config(&app.db.url);
+    let err = Application::build(
+        config,
+        Options {
+            disable_signals: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .expect("start-up refuses a wrong KEK");
     let message = format!("{err:#}");
     assert!(message.contains("crypto.kek"), "{message}");
     assert!(!message.contains(&wrong), "{message}");
@@ -297,12 +374,23 @@ async fn wrong_kek_is_a_start_up_error_naming_the_key() {
     assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
 
     // Missing keys are named too.
-    let config = TestApp::builder().set("crypto.blind_index_key", "").config(&app.db.url);
-    let err = Application::build(config, Options { disable_signals: true, ..Default::default() })
-        .await
-        .err()
-        .expect("start-up needs the blind-index key");
-    assert!(format!("{err:#}").contains("crypto.blind_index_key"), "{err:#}");
+    let config = TestApp::builder()
+        .set("crypto.blind_index_key", "")
+        .config(&app.db.url);
+    let err = Application::build(
+        config,
+        Options {
+            disable_signals: true,
+            ..Default::default()
+        },
+    )
+    .await
+    .err()
+    .expect("start-up needs the blind-index key");
+    assert!(
+        format!("{err:#}").contains("crypto.blind_index_key"),
+        "{err:#}"
+    );
 }
 
 #[test]
@@ -314,13 +402,19 @@ fn interrupted_rotation_resumes_retires_the_old_key_and_keeps_everything_readabl
     let mut patients = Vec::new();
     for i in 0..12 {
         let ssn = format!("100-00-{:04}", i);
-        let p = phi::insert_patient(&mut conn, &kr, &patient(f, &format!("R-{i}"), Some(&ssn), "Rot", &format!("G{i}"))).unwrap();
+        let p = phi::insert_patient(
+            &mut conn,
+            &kr,
+            &patient(f, &format!("R-{i}"), Some(&ssn), "Rot", &format!("G{i}")),
+        )
+        .unwrap();
         phi::insert_document_reference(&mut conn, &kr, &note(p.id, &format!("note {i}"))).unwrap();
         phi::insert_observation(&mut conn, &kr, &observation(p.id, "Glucose")).unwrap();
         patients.push(p.id);
     }
     // 7 values per patient, 1 per note, 2 per observation.
-    let v1 = |s: &[rotation::KeyStatus], v: i32| s.iter().find(|k| k.version == v).cloned().unwrap();
+    let v1 =
+        |s: &[rotation::KeyStatus], v: i32| s.iter().find(|k| k.version == v).cloned().unwrap();
     let st = rotation::key_status(&mut conn).unwrap();
     assert_eq!((v1(&st, 1).rows, v1(&st, 1).values), (36, 12 * 7 + 12 + 24));
 
@@ -329,7 +423,10 @@ fn interrupted_rotation_resumes_retires_the_old_key_and_keeps_everything_readabl
     let report = rotation::rotate_data_keys(
         &mut conn,
         &kr,
-        RotateOptions { batch_size: 5, max_batches: Some(2) },
+        RotateOptions {
+            batch_size: 5,
+            max_batches: Some(2),
+        },
         &mut |p| seen.push((p.table, p.done, p.total)),
     )
     .unwrap();
@@ -337,50 +434,122 @@ fn interrupted_rotation_resumes_retires_the_old_key_and_keeps_everything_readabl
     assert_eq!((report.active_version, report.rows_reencrypted), (2, 10));
     assert_eq!(seen, vec![("patients", 5, 12), ("patients", 10, 12)]);
     let st = rotation::key_status(&mut conn).unwrap();
-    assert_eq!((v1(&st, 1).state.as_str(), v1(&st, 1).rows), ("decrypt_only", 26));
-    assert_eq!((v1(&st, 2).state.as_str(), v1(&st, 2).rows, v1(&st, 2).values), ("active", 10, 70));
+    assert_eq!(
+        (v1(&st, 1).state.as_str(), v1(&st, 1).rows),
+        ("decrypt_only", 26)
+    );
+    assert_eq!(
+        (
+            v1(&st, 2).state.as_str(),
+            v1(&st, 2).rows,
+            v1(&st, 2).values
+        ),
+        ("active", 10, 70)
+    );
 
     // Half-way: everything readable, by a fresh keyring too; new writes use version 2.
     let fresh = keyring(&db);
     for id in &patients {
-        assert_eq!(phi::get_patient(&mut conn, &fresh, *id).unwrap().unwrap().family.expose(), "Rot");
+        assert_eq!(
+            phi::get_patient(&mut conn, &fresh, *id)
+                .unwrap()
+                .unwrap()
+                .family
+                .expose(),
+            "Rot"
+        );
     }
-    let late = phi::insert_patient(&mut conn, &kr, &patient(f, "R-LATE", None, "Late", "L")).unwrap();
+    let late =
+        phi::insert_patient(&mut conn, &kr, &patient(f, "R-LATE", None, "Late", "L")).unwrap();
     assert_eq!(late.key_version, 2);
 
     // Resumed from the command line, which shows progress on stderr.
-    let out = keys_cli(&db, &["keys", "rotate", "--batch-size", "4"], &test_keys().kek, None);
+    let out = keys_cli(
+        &db,
+        &["keys", "rotate", "--batch-size", "4"],
+        &test_keys().kek,
+        None,
+    );
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
-    assert!(stdout.contains("resumed the rotation to data key version 2"), "{stdout}");
+    assert!(
+        stdout.contains("resumed the rotation to data key version 2"),
+        "{stdout}"
+    );
     assert!(stdout.contains("retired data key version 1"), "{stdout}");
-    assert!(stderr.contains("re-encrypting document_references: 12/12 rows -> key version 2"), "{stderr}");
+    assert!(
+        stderr.contains("re-encrypting document_references: 12/12 rows -> key version 2"),
+        "{stderr}"
+    );
 
     let st = rotation::key_status(&mut conn).unwrap();
-    assert_eq!((v1(&st, 1).state.as_str(), v1(&st, 1).rows, v1(&st, 1).values), ("retired", 0, 0));
-    assert_eq!((v1(&st, 2).rows, v1(&st, 2).values), (37, 12 * 7 + 6 + 12 + 24));
+    assert_eq!(
+        (
+            v1(&st, 1).state.as_str(),
+            v1(&st, 1).rows,
+            v1(&st, 1).values
+        ),
+        ("retired", 0, 0)
+    );
+    assert_eq!(
+        (v1(&st, 2).rows, v1(&st, 2).values),
+        (37, 12 * 7 + 6 + 12 + 24)
+    );
     let out = keys_cli(&db, &["keys", "status"], &test_keys().kek, None);
     let (stdout, _) = text(&out);
-    let line = stdout.lines().find(|l| l.trim_start().starts_with("1 ")).unwrap();
+    let line = stdout
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap();
     assert!(line.contains("retired") && line.contains(" 0 "), "{stdout}");
 
     // The old in-process keyring (loaded before the rotation) still reads and writes.
     let fresh = keyring(&db);
-    assert_eq!(fresh.loaded_versions(), vec![2], "retired keys are not loaded");
+    assert_eq!(
+        fresh.loaded_versions(),
+        vec![2],
+        "retired keys are not loaded"
+    );
     for id in &patients {
         let p = phi::get_patient(&mut conn, &kr, *id).unwrap().unwrap();
         assert_eq!(p.key_version, 2);
-        assert_eq!(phi::get_patient(&mut conn, &fresh, *id).unwrap().unwrap().given.expose(), p.given.expose());
+        assert_eq!(
+            phi::get_patient(&mut conn, &fresh, *id)
+                .unwrap()
+                .unwrap()
+                .given
+                .expose(),
+            p.given.expose()
+        );
     }
     let found = phi::find_patients_by_ssn(&mut conn, &fresh, "100 00 0003").unwrap();
     assert_eq!(found.len(), 1);
 
     // A second full rotation starts version 3.
-    let report = rotation::rotate_data_keys(&mut conn, &fresh, RotateOptions::default(), &mut |_| {}).unwrap();
-    assert_eq!((report.active_version, report.complete, report.retired.clone()), (3, true, vec![2]));
-    assert_eq!(phi::get_patient(&mut conn, &kr, late.id).unwrap().unwrap().key_version, 3);
-    let after = phi::insert_patient(&mut conn, &kr, &patient(f, "R-AFTER", None, "After", "A")).unwrap();
-    assert_eq!(after.key_version, 3, "a stale keyring writes with the new active key");
+    let report =
+        rotation::rotate_data_keys(&mut conn, &fresh, RotateOptions::default(), &mut |_| {})
+            .unwrap();
+    assert_eq!(
+        (
+            report.active_version,
+            report.complete,
+            report.retired.clone()
+        ),
+        (3, true, vec![2])
+    );
+    assert_eq!(
+        phi::get_patient(&mut conn, &kr, late.id)
+            .unwrap()
+            .unwrap()
+            .key_version,
+        3
+    );
+    let after =
+        phi::insert_patient(&mut conn, &kr, &patient(f, "R-AFTER", None, "After", "A")).unwrap();
+    assert_eq!(
+        after.key_version, 3,
+        "a stale keyring writes with the new active key"
+    );
 }
 
 #[test]
@@ -389,27 +558,56 @@ fn kek_rotation_rewraps_data_keys_and_keeps_every_value_readable() {
     let kr = keyring(&db);
     let mut conn = db.conn();
     let f = phi::insert_facility(&mut conn, "F").unwrap();
-    let p = phi::insert_patient(&mut conn, &kr, &patient(f, "K-1", Some("222-33-4444"), "Kek", "K")).unwrap();
-    rotation::rotate_data_keys(&mut conn, &kr, RotateOptions { batch_size: 10, max_batches: Some(0) }, &mut |_| {}).unwrap();
+    let p = phi::insert_patient(
+        &mut conn,
+        &kr,
+        &patient(f, "K-1", Some("222-33-4444"), "Kek", "K"),
+    )
+    .unwrap();
+    rotation::rotate_data_keys(
+        &mut conn,
+        &kr,
+        RotateOptions {
+            batch_size: 10,
+            max_batches: Some(0),
+        },
+        &mut |_| {},
+    )
+    .unwrap();
     let old_kek = test_keys().kek.clone();
     let new_kek = random_key();
 
     let out = keys_cli(&db, &["keys", "rotate", "--kek"], &old_kek, None);
     assert!(!out.status.success());
-    assert!(text(&out).1.contains("crypto.rotation_kek"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("crypto.rotation_kek"),
+        "{}",
+        text(&out).1
+    );
 
-    let data_before: Vec<Sealed> = diesel::sql_query("SELECT family_sealed, family_index FROM patients").load(&mut conn).unwrap();
+    let data_before: Vec<Sealed> =
+        diesel::sql_query("SELECT family_sealed, family_index FROM patients")
+            .load(&mut conn)
+            .unwrap();
     let out = keys_cli(&db, &["keys", "rotate", "--kek"], &old_kek, Some(&new_kek));
     let (stdout, stderr) = text(&out);
     assert!(out.status.success(), "{stderr}");
     assert!(stdout.contains("re-wrapped 2 data key(s)"), "{stdout}");
-    let data_after: Vec<Sealed> = diesel::sql_query("SELECT family_sealed, family_index FROM patients").load(&mut conn).unwrap();
-    assert_eq!(data_before[0].family_sealed, data_after[0].family_sealed, "data rows untouched");
+    let data_after: Vec<Sealed> =
+        diesel::sql_query("SELECT family_sealed, family_index FROM patients")
+            .load(&mut conn)
+            .unwrap();
+    assert_eq!(
+        data_before[0].family_sealed, data_after[0].family_sealed,
+        "data rows untouched"
+    );
 
     // After the swap: the new KEK opens everything (both versions), the old one is refused.
     let swapped = load_keyring(&crypto_config(&new_kek, None), &db.url, 5).unwrap();
     assert_eq!(swapped.loaded_versions(), vec![1, 2]);
-    let back = phi::get_patient(&mut conn, &swapped, p.id).unwrap().unwrap();
+    let back = phi::get_patient(&mut conn, &swapped, p.id)
+        .unwrap()
+        .unwrap();
     assert_eq!(back.ssn.unwrap().expose(), "222-33-4444");
     let err = load_keyring(&crypto_config(&old_kek, None), &db.url, 5).unwrap_err();
     assert!(format!("{err:#}").contains("crypto.kek"), "{err:#}");
@@ -418,7 +616,11 @@ fn kek_rotation_rewraps_data_keys_and_keeps_every_value_readable() {
     // The same key for two duties is refused.
     let out = keys_cli(&db, &["keys", "rotate", "--kek"], &new_kek, Some(&new_kek));
     assert!(!out.status.success(), "refused");
-    assert!(text(&out).1.contains("crypto.rotation_kek"), "{}", text(&out).1);
+    assert!(
+        text(&out).1.contains("crypto.rotation_kek"),
+        "{}",
+        text(&out).1
+    );
 }
 
 #[test]
@@ -427,28 +629,55 @@ fn blind_index_finds_by_mrn_and_ssn_with_normalisation_before_and_after_rotation
     let kr = keyring(&db);
     let mut conn = db.conn();
     let f = phi::insert_facility(&mut conn, "F").unwrap();
-    let p = phi::insert_patient(&mut conn, &kr, &patient(f, "ab-1234", Some("123-45-6789"), "Find", "Me")).unwrap();
-    phi::insert_patient(&mut conn, &kr, &patient(f, "AB-1235", Some("123-45-6780"), "Other", "One")).unwrap();
+    let p = phi::insert_patient(
+        &mut conn,
+        &kr,
+        &patient(f, "ab-1234", Some("123-45-6789"), "Find", "Me"),
+    )
+    .unwrap();
+    phi::insert_patient(
+        &mut conn,
+        &kr,
+        &patient(f, "AB-1235", Some("123-45-6780"), "Other", "One"),
+    )
+    .unwrap();
 
     let check = |conn: &mut PgConnection, kr: &Keyring| {
         for mrn in ["AB-1234", "ab1234", " AB 12-34 ", "Ab-1234"] {
             let found = phi::find_patient_by_mrn(conn, kr, mrn).unwrap().expect(mrn);
             assert_eq!(found.id, p.id, "{mrn}");
         }
-        assert!(phi::find_patient_by_mrn(conn, kr, "AB-1236").unwrap().is_none());
+        assert!(
+            phi::find_patient_by_mrn(conn, kr, "AB-1236")
+                .unwrap()
+                .is_none()
+        );
         for ssn in ["123-45-6789", "123456789", "123 45 6789", " 123-45 6789 "] {
             let found = phi::find_patients_by_ssn(conn, kr, ssn).unwrap();
-            assert_eq!(found.iter().map(|p| p.id).collect::<Vec<_>>(), vec![p.id], "{ssn}");
+            assert_eq!(
+                found.iter().map(|p| p.id).collect::<Vec<_>>(),
+                vec![p.id],
+                "{ssn}"
+            );
         }
         let bad = phi::find_patients_by_ssn(conn, kr, "12-345").unwrap_err();
         assert_eq!(bad.status_code(), 422);
     };
     check(&mut conn, &kr);
-    let report = rotation::rotate_data_keys(&mut conn, &kr, RotateOptions::default(), &mut |_| {}).unwrap();
+    // A claim (key_version, no sealed column yet) moves with the rotation too.
+    diesel::sql_query("INSERT INTO claims (id, key_version, patient_id, provider, status, total_cents, currency) VALUES (gen_random_uuid(), 1, $1, 'p', 'active', 100, 'USD')")
+        .bind::<diesel::sql_types::Uuid, _>(p.id)
+        .execute(&mut conn)
+        .unwrap();
+    let report =
+        rotation::rotate_data_keys(&mut conn, &kr, RotateOptions::default(), &mut |_| {}).unwrap();
     assert!(report.complete);
+    assert_eq!(report.rows_reencrypted, 3);
+    assert_eq!(report.retired, vec![1]);
     check(&mut conn, &kr);
 
     // The same MRN written differently is the same patient: refused as a duplicate.
-    let dup = phi::insert_patient(&mut conn, &kr, &patient(f, "AB 1234", None, "Dup", "D")).unwrap_err();
+    let dup =
+        phi::insert_patient(&mut conn, &kr, &patient(f, "AB 1234", None, "Dup", "D")).unwrap_err();
     assert_eq!(dup.status_code(), 409);
 }

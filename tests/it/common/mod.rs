@@ -269,7 +269,10 @@ impl TestAppBuilder {
         set("database.acquire_timeout_ms", 1500.into());
         set("database.connect_timeout_secs", 2.into());
         set("crypto.kek", test_keys().kek.clone().into());
-        set("crypto.blind_index_key", test_keys().blind_index_key.clone().into());
+        set(
+            "crypto.blind_index_key",
+            test_keys().blind_index_key.clone().into(),
+        );
         config::merge(&mut table, self.table.clone());
         let c = config::from_table(table).unwrap();
         c.validate().unwrap();
