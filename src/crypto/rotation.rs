@@ -61,9 +61,11 @@ fn counts(conn: &mut PgConnection, t: &SealedTable) -> Result<Vec<VersionCount>,
     .load(conn)?)
 }
 
+type StoredKeyRow = (i32, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+
 /// Every data-key version with its state and the rows and values it still protects.
 pub fn key_status(conn: &mut PgConnection) -> Result<Vec<KeyStatus>, CryptoError> {
-    let keys: Vec<(i32, String, String, DateTime<Utc>, Option<DateTime<Utc>>)> = data_keys::table
+    let keys: Vec<StoredKeyRow> = data_keys::table
         .select((
             data_keys::version,
             data_keys::state,
