@@ -676,6 +676,28 @@ fn blind_index_finds_by_mrn_and_ssn_with_normalisation_before_and_after_rotation
     assert_eq!(report.retired, vec![1]);
     check(&mut conn, &kr);
 
+    // An update re-seals the whole row with the active key and keeps the indexes right.
+    let mut changed = patient(f, "AB-1234", Some("999-88-7777"), "Found", "Me");
+    changed.telecom = None;
+    let stale = phi::update_patient(&mut conn, &kr, p.id, 7, &changed).unwrap_err();
+    assert_eq!(stale.status_code(), 412);
+    let updated = phi::update_patient(&mut conn, &kr, p.id, 1, &changed)
+        .unwrap()
+        .unwrap();
+    assert_eq!((updated.version, updated.key_version), (2, 2));
+    assert!(updated.telecom.is_none());
+    assert!(
+        phi::find_patients_by_ssn(&mut conn, &kr, "123-45-6789")
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(
+        phi::find_patients_by_ssn(&mut conn, &kr, "999887777").unwrap()[0]
+            .family
+            .expose(),
+        "Found"
+    );
+
     // The same MRN written differently is the same patient: refused as a duplicate.
     let dup =
         phi::insert_patient(&mut conn, &kr, &patient(f, "AB 1234", None, "Dup", "D")).unwrap_err();
