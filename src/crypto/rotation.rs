@@ -61,9 +61,11 @@ fn counts(conn: &mut PgConnection, t: &SealedTable) -> Result<Vec<VersionCount>,
     .load(conn)?)
 }
 
+type StoredKeyRow = (i32, String, String, DateTime<Utc>, Option<DateTime<Utc>>);
+
 /// Every data-key version with its state and the rows and values it still protects.
 pub fn key_status(conn: &mut PgConnection) -> Result<Vec<KeyStatus>, CryptoError> {
-    let keys: Vec<(i32, String, String, DateTime<Utc>, Option<DateTime<Utc>>)> = data_keys::table
+    let keys: Vec<StoredKeyRow> = data_keys::table
         .select((
             data_keys::version,
             data_keys::state,
@@ -267,21 +269,16 @@ fn begin_rotation(conn: &mut PgConnection, keyring: &Keyring) -> Result<(i32, bo
 }
 
 #[derive(QueryableByName)]
-struct IdRow {
+struct BatchRow {
     #[diesel(sql_type = SqlUuid)]
     id: Uuid,
+    #[diesel(sql_type = Array<Nullable<Bytea>>)]
+    sealed: Vec<Option<Vec<u8>>>,
 }
 
-#[derive(QueryableByName)]
-struct ValueRow {
-    #[diesel(sql_type = SqlUuid)]
-    id: Uuid,
-    #[diesel(sql_type = Nullable<Bytea>)]
-    value: Option<Vec<u8>>,
-}
-
-/// Re-seals up to `limit` rows of `t` that are not on the sealer's version. Returns how
-/// many rows moved. Runs inside the caller's transaction.
+/// Re-seals up to `limit` rows of `t` that are not on the sealer's version: one SELECT
+/// (rows locked, locked rows skipped) and one UPDATE of all sealed columns and
+/// `key_version`. Returns how many rows moved. Runs inside the caller's transaction.
 fn reencrypt_batch(
     conn: &mut PgConnection,
     keyring: &Keyring,
@@ -289,54 +286,58 @@ fn reencrypt_batch(
     t: &SealedTable,
     limit: i64,
 ) -> Result<u64, CryptoError> {
-    let ids: Vec<Uuid> = diesel::sql_query(format!(
-        "SELECT id FROM {} WHERE key_version <> $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
+    let columns = t.columns.join(", ");
+    let rows: Vec<BatchRow> = diesel::sql_query(format!(
+        "SELECT id, ARRAY[{columns}]::bytea[] AS sealed FROM {} WHERE key_version <> $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
         t.table
     ))
     .bind::<Integer, _>(sealer.version())
     .bind::<BigInt, _>(limit)
-    .load::<IdRow>(conn)?
-    .into_iter()
-    .map(|r| r.id)
-    .collect();
-    if ids.is_empty() {
+    .load(conn)?;
+    if rows.is_empty() {
         return Ok(0);
     }
-    for &column in t.columns {
-        let rows: Vec<ValueRow> = diesel::sql_query(format!(
-            "SELECT id, {column} AS value FROM {} WHERE id = ANY($1) AND {column} IS NOT NULL",
-            t.table
-        ))
-        .bind::<Array<SqlUuid>, _>(&ids)
-        .load(conn)?;
-        let mut row_ids = Vec::with_capacity(rows.len());
-        let mut values = Vec::with_capacity(rows.len());
-        for row in rows {
-            let Some(sealed) = row.value else { continue };
-            let place = FieldPlace::new(t.table, column, row.id);
-            let plain = keyring.open(&place, &sealed)?;
-            values.push(sealer.seal(&place, &plain)?);
-            row_ids.push(row.id);
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
+    // Column-major: one array per sealed column, aligned with `ids`.
+    let mut new_values: Vec<Vec<Option<Vec<u8>>>> =
+        vec![Vec::with_capacity(rows.len()); t.columns.len()];
+    for row in rows {
+        if row.sealed.len() != t.columns.len() {
+            return Err(CryptoError::Internal(
+                "unexpected column count in rotation batch",
+            ));
         }
-        if row_ids.is_empty() {
-            continue;
+        for (i, (column, sealed)) in t.columns.iter().zip(row.sealed).enumerate() {
+            let resealed = match sealed {
+                Some(sealed) => {
+                    let place = FieldPlace::new(t.table, column, row.id);
+                    let plain = keyring.open(&place, &sealed)?;
+                    Some(sealer.seal(&place, &plain)?)
+                }
+                None => None,
+            };
+            new_values[i].push(resealed);
         }
-        diesel::sql_query(format!(
-            "UPDATE {table} AS t SET {column} = u.v FROM unnest($1::uuid[], $2::bytea[]) AS u(id, v) WHERE t.id = u.id",
-            table = t.table
-        ))
-        .bind::<Array<SqlUuid>, _>(&row_ids)
-        .bind::<Array<Bytea>, _>(&values)
-        .execute(conn)?;
     }
-    let n = diesel::sql_query(format!(
-        "UPDATE {} SET key_version = $1 WHERE id = ANY($2)",
-        t.table
+    let set: String = t.columns.iter().map(|c| format!("{c} = u.{c}, ")).collect();
+    let unnest: String = t
+        .columns
+        .iter()
+        .enumerate()
+        .map(|(i, _)| format!(", ${}::bytea[]", i + 3))
+        .collect();
+    let mut query = diesel::sql_query(format!(
+        "UPDATE {table} AS t SET {set}key_version = $1 FROM unnest($2::uuid[]{unnest}) AS u(id{names}) WHERE t.id = u.id",
+        table = t.table,
+        names = t.columns.iter().map(|c| format!(", {c}")).collect::<String>(),
     ))
+    .into_boxed::<diesel::pg::Pg>()
     .bind::<Integer, _>(sealer.version())
-    .bind::<Array<SqlUuid>, _>(&ids)
-    .execute(conn)?;
-    Ok(n as u64)
+    .bind::<Array<SqlUuid>, _>(ids);
+    for values in new_values {
+        query = query.bind::<Array<Nullable<Bytea>>, _>(values);
+    }
+    Ok(query.execute(conn)? as u64)
 }
 
 /// Retires every `decrypt_only` version that no row uses any more.

@@ -7,7 +7,7 @@
 //! exactly these (a table whose rows carry `key_version` but no sealed column yet, such as
 //! `claims`, is listed with no columns so its rows still move to the new version).
 
-use crate::crypto::{BlindKind, FieldPlace, Keyring, Phi, Sealable};
+use crate::crypto::{BlindKind, FieldPlace, Keyring, Phi, Sealable, Sealer};
 use crate::db::schema::{document_references, facilities, observations, patients};
 use crate::error::AppError;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -184,6 +184,91 @@ impl PatientRow {
     }
 }
 
+/// Every sealed column and blind index of one patient row, sealed as a whole with one
+/// data-key version. Build it with [`seal_patient`] inside the write transaction; use it
+/// for inserts and for updates (an update re-seals the whole row, so `key_version`
+/// stays true for every sealed column).
+#[derive(Insertable, AsChangeset)]
+#[diesel(table_name = patients, treat_none_as_null = true)]
+pub struct SealedPatient {
+    pub key_version: i32,
+    pub facility_id: Uuid,
+    pub mrn_sealed: Vec<u8>,
+    pub mrn_index: Vec<u8>,
+    pub ssn_sealed: Option<Vec<u8>>,
+    pub ssn_index: Option<Vec<u8>>,
+    pub family_sealed: Vec<u8>,
+    pub family_index: Vec<u8>,
+    pub given_sealed: Vec<u8>,
+    pub given_index: Vec<u8>,
+    pub birth_date_sealed: Vec<u8>,
+    pub birth_date_index: Vec<u8>,
+    pub gender: String,
+    pub telecom_sealed: Option<Vec<u8>>,
+    pub address_sealed: Option<Vec<u8>>,
+}
+
+/// Seals `new` for row `id` with `sealer`'s key and computes its blind indexes.
+/// An MRN or SSN that cannot be normalised is a 422.
+pub fn seal_patient(
+    kr: &Keyring,
+    sealer: &Sealer,
+    id: Uuid,
+    new: &NewPatient,
+) -> Result<SealedPatient, AppError> {
+    let at = |column| place(P, column, id);
+    Ok(SealedPatient {
+        key_version: sealer.version(),
+        facility_id: new.facility_id,
+        mrn_sealed: sealer.seal_str(&at("mrn_sealed"), new.mrn.trim())?,
+        mrn_index: kr.blind_index(BlindKind::Mrn, &new.mrn)?,
+        ssn_sealed: new
+            .ssn
+            .as_deref()
+            .map(|s| sealer.seal_str(&at("ssn_sealed"), s.trim()))
+            .transpose()?,
+        ssn_index: new
+            .ssn
+            .as_deref()
+            .map(|s| kr.blind_index(BlindKind::Ssn, s))
+            .transpose()?,
+        family_sealed: sealer.seal_str(&at("family_sealed"), new.family.trim())?,
+        family_index: kr.blind_index(BlindKind::Family, &new.family)?,
+        given_sealed: sealer.seal_str(&at("given_sealed"), new.given.trim())?,
+        given_index: kr.blind_index(BlindKind::Given, &new.given)?,
+        birth_date_sealed: sealer.seal_value(&at("birth_date_sealed"), &new.birth_date)?,
+        birth_date_index: kr.blind_index(
+            BlindKind::BirthDate,
+            &new.birth_date.format("%Y-%m-%d").to_string(),
+        )?,
+        gender: new.gender.clone(),
+        telecom_sealed: new
+            .telecom
+            .as_ref()
+            .map(|v| sealer.seal_value(&at("telecom_sealed"), v))
+            .transpose()?,
+        address_sealed: new
+            .address
+            .as_ref()
+            .map(|v| sealer.seal_value(&at("address_sealed"), v))
+            .transpose()?,
+    })
+}
+
+fn mrn_conflict(e: DieselError) -> AppError {
+    match e {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+            if info.constraint_name() == Some("patients_mrn_index_key") =>
+        {
+            AppError::client(
+                actix_web::http::StatusCode::CONFLICT,
+                "A patient with this MRN already exists.",
+            )
+        }
+        e => e.into(),
+    }
+}
+
 /// Seals and inserts a patient in one transaction. A duplicate MRN (after
 /// normalisation) is a 409; an MRN or SSN that cannot be normalised is a 422.
 pub fn insert_patient(
@@ -191,73 +276,59 @@ pub fn insert_patient(
     kr: &Keyring,
     new: &NewPatient,
 ) -> Result<Patient, AppError> {
-    let mrn_index = kr.blind_index(BlindKind::Mrn, &new.mrn)?;
-    let ssn_index = new
-        .ssn
-        .as_deref()
-        .map(|s| kr.blind_index(BlindKind::Ssn, s))
-        .transpose()?;
-    let family_index = kr.blind_index(BlindKind::Family, &new.family)?;
-    let given_index = kr.blind_index(BlindKind::Given, &new.given)?;
-    let birth_date_index = kr.blind_index(
-        BlindKind::BirthDate,
-        &new.birth_date.format("%Y-%m-%d").to_string(),
-    )?;
     let id = Uuid::new_v4();
     conn.transaction(|conn| {
         let sealer = kr.sealer_for_write(conn)?;
-        let ssn_sealed = new
-            .ssn
-            .as_deref()
-            .map(|s| sealer.seal_str(&place(P, "ssn_sealed", id), s.trim()))
-            .transpose()?;
-        let telecom_sealed = new
-            .telecom
-            .as_ref()
-            .map(|v| sealer.seal_value(&place(P, "telecom_sealed", id), v))
-            .transpose()?;
-        let address_sealed = new
-            .address
-            .as_ref()
-            .map(|v| sealer.seal_value(&place(P, "address_sealed", id), v))
-            .transpose()?;
-        let inserted = diesel::insert_into(patients::table)
-            .values((
-                patients::id.eq(id),
-                patients::key_version.eq(sealer.version()),
-                patients::facility_id.eq(new.facility_id),
-                patients::mrn_sealed
-                    .eq(sealer.seal_str(&place(P, "mrn_sealed", id), new.mrn.trim())?),
-                patients::mrn_index.eq(&mrn_index),
-                patients::ssn_sealed.eq(ssn_sealed),
-                patients::ssn_index.eq(&ssn_index),
-                patients::family_sealed
-                    .eq(sealer.seal_str(&place(P, "family_sealed", id), new.family.trim())?),
-                patients::family_index.eq(&family_index),
-                patients::given_sealed
-                    .eq(sealer.seal_str(&place(P, "given_sealed", id), new.given.trim())?),
-                patients::given_index.eq(&given_index),
-                patients::birth_date_sealed
-                    .eq(sealer.seal_value(&place(P, "birth_date_sealed", id), &new.birth_date)?),
-                patients::birth_date_index.eq(&birth_date_index),
-                patients::gender.eq(&new.gender),
-                patients::telecom_sealed.eq(telecom_sealed),
-                patients::address_sealed.eq(address_sealed),
+        let sealed = seal_patient(kr, &sealer, id, new)?;
+        let row = diesel::insert_into(patients::table)
+            .values((patients::id.eq(id), &sealed))
+            .returning(PatientRow::as_returning())
+            .get_result::<PatientRow>(conn)
+            .map_err(mrn_conflict)?;
+        row.open(conn, kr)
+    })
+}
+
+/// Replaces a patient's data, re-sealing the whole row with the active key, when its
+/// current `version` is `expected_version`; bumps `version` and `updated_at`.
+/// `Ok(None)`: no such (undeleted) patient. A version mismatch is a 412; a duplicate
+/// MRN a 409.
+pub fn update_patient(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+    expected_version: i32,
+    new: &NewPatient,
+) -> Result<Option<Patient>, AppError> {
+    conn.transaction(|conn| {
+        let current: Option<i32> = patients::table
+            .filter(patients::id.eq(id))
+            .filter(patients::deleted_at.is_null())
+            .select(patients::version)
+            .for_update()
+            .first(conn)
+            .optional()?;
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        if current != expected_version {
+            return Err(AppError::client(
+                actix_web::http::StatusCode::PRECONDITION_FAILED,
+                "The resource was changed since that version.",
+            ));
+        }
+        let sealer = kr.sealer_for_write(conn)?;
+        let sealed = seal_patient(kr, &sealer, id, new)?;
+        let row = diesel::update(patients::table.find(id))
+            .set((
+                &sealed,
+                patients::version.eq(current + 1),
+                patients::updated_at.eq(diesel::dsl::now),
             ))
             .returning(PatientRow::as_returning())
-            .get_result::<PatientRow>(conn);
-        match inserted {
-            Ok(row) => row.open(conn, kr),
-            Err(DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info))
-                if info.constraint_name() == Some("patients_mrn_index_key") =>
-            {
-                Err(AppError::client(
-                    actix_web::http::StatusCode::CONFLICT,
-                    "A patient with this MRN already exists.",
-                ))
-            }
-            Err(e) => Err(e.into()),
-        }
+            .get_result::<PatientRow>(conn)
+            .map_err(mrn_conflict)?;
+        row.open(conn, kr).map(Some)
     })
 }
 

@@ -6,6 +6,7 @@ mod audit;
 mod auth;
 mod cli;
 mod common;
+mod crypto;
 mod database;
 mod edge;
 mod fhir_patient;
