@@ -1,9 +1,8 @@
 //! View-shaped patient access: reads select only the sealed columns a policy view allows
 //! (the others are never fetched), searches go through blind indexes and carry the
-//! policy's row restriction into SQL, and updates are version-checked.
+//! policy's row restriction into SQL.
 
 use crate::crypto::{BlindKind, FieldPlace, Keyring, Phi, Sealable};
-use crate::db::phi::NewPatient;
 use crate::error::AppError;
 use crate::policy::SearchScope;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -250,80 +249,4 @@ pub fn search(
     }
     let rows: Vec<Row> = query.load(conn)?;
     rows.into_iter().map(|r| r.open(conn, kr)).collect()
-}
-
-/// Replaces a patient's data if its version is still `expected_version`; returns the new
-/// version, `None` when the version no longer matches (someone else updated it first).
-pub fn update(
-    conn: &mut PgConnection,
-    kr: &Keyring,
-    id: Uuid,
-    expected_version: i32,
-    new: &NewPatient,
-) -> Result<Option<i32>, AppError> {
-    use crate::db::schema::patients;
-    let mrn_index = kr.blind_index(BlindKind::Mrn, &new.mrn)?;
-    let ssn_index = new
-        .ssn
-        .as_deref()
-        .map(|s| kr.blind_index(BlindKind::Ssn, s))
-        .transpose()?;
-    let family_index = kr.blind_index(BlindKind::Family, &new.family)?;
-    let given_index = kr.blind_index(BlindKind::Given, &new.given)?;
-    let birth_index = kr.blind_index(
-        BlindKind::BirthDate,
-        &new.birth_date.format("%Y-%m-%d").to_string(),
-    )?;
-    conn.transaction(|conn| {
-        let sealer = kr.sealer_for_write(conn)?;
-        let place = |c: &'static str| FieldPlace::new(T, c, id);
-        let ssn_sealed = new
-            .ssn
-            .as_deref()
-            .map(|s| sealer.seal_str(&place("ssn_sealed"), s))
-            .transpose()?;
-        let telecom = new
-            .telecom
-            .as_ref()
-            .map(|v| sealer.seal_value(&place("telecom_sealed"), v))
-            .transpose()?;
-        let address = new
-            .address
-            .as_ref()
-            .map(|v| sealer.seal_value(&place("address_sealed"), v))
-            .transpose()?;
-        // The version check and the write are one statement: concurrent updates cannot
-        // both pass it.
-        let updated: Option<i32> = diesel::update(
-            patients::table.filter(
-                patients::id
-                    .eq(id)
-                    .and(patients::version.eq(expected_version))
-                    .and(patients::deleted_at.is_null()),
-            ),
-        )
-        .set((
-            patients::version.eq(expected_version + 1),
-            patients::key_version.eq(sealer.version()),
-            patients::mrn_sealed.eq(sealer.seal_str(&place("mrn_sealed"), &new.mrn)?),
-            patients::mrn_index.eq(&mrn_index),
-            patients::ssn_sealed.eq(ssn_sealed),
-            patients::ssn_index.eq(&ssn_index),
-            patients::family_sealed.eq(sealer.seal_str(&place("family_sealed"), &new.family)?),
-            patients::family_index.eq(&family_index),
-            patients::given_sealed.eq(sealer.seal_str(&place("given_sealed"), &new.given)?),
-            patients::given_index.eq(&given_index),
-            patients::birth_date_sealed
-                .eq(sealer.seal_value(&place("birth_date_sealed"), &new.birth_date)?),
-            patients::birth_date_index.eq(&birth_index),
-            patients::gender.eq(&new.gender),
-            patients::telecom_sealed.eq(telecom),
-            patients::address_sealed.eq(address),
-            patients::updated_at.eq(Utc::now()),
-        ))
-        .returning(patients::version)
-        .get_result(conn)
-        .optional()?;
-        Ok(updated)
-    })
 }

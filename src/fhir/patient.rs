@@ -123,10 +123,9 @@ pub fn to_fhir(p: &PatientView) -> Value {
     out
 }
 
-fn fhir_json(status: StatusCode, body: &Value) -> actix_web::HttpResponseBuilder {
+fn fhir_json(status: StatusCode) -> actix_web::HttpResponseBuilder {
     let mut res = HttpResponse::build(status);
     res.content_type(FHIR_JSON);
-    let _ = body;
     res
 }
 
@@ -196,7 +195,7 @@ pub async fn read(
         .audit(AuditAction::Read, R, Some(id), [id], Outcome::Permit)
         .await?;
     let body = to_fhir(&patient);
-    Ok(fhir_json(StatusCode::OK, &body)
+    Ok(fhir_json(StatusCode::OK)
         .insert_header(etag(patient.version))
         .body(body.to_string()))
 }
@@ -325,7 +324,7 @@ pub async fn search(
     };
     let entries: Vec<Value> = rows.iter().map(to_fhir).collect();
     let body = bundle::searchset(&req, "Patient", entries, next.as_deref());
-    Ok(fhir_json(StatusCode::OK, &body).body(body.to_string()))
+    Ok(fhir_json(StatusCode::OK).body(body.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -598,7 +597,7 @@ pub async fn create(
         .await?
         .ok_or_else(|| AppError::internal("created patient not found"))?;
     let body = to_fhir(&shaped);
-    Ok(fhir_json(StatusCode::CREATED, &body)
+    Ok(fhir_json(StatusCode::CREATED)
         .insert_header(etag(shaped.version))
         .insert_header((
             "Location",
@@ -658,24 +657,31 @@ pub async fn update(
     let new = valid.new;
     let updated = state
         .db
-        .run(move |c| patient_views::update(c, &kr, id, expected, &new))
-        .await?;
-    let Some(version) = updated else {
-        caller
-            .audit(AuditAction::Update, R, Some(id), [id], Outcome::Error)
-            .await?;
-        return Err(AppError::client(
-            StatusCode::PRECONDITION_FAILED,
-            "The resource was changed by someone else: read it again and retry with its new ETag.",
-        ));
+        .run(move |c| phi::update_patient(c, &kr, id, expected, &new))
+        .await;
+    let version = match updated {
+        Ok(Some(p)) => p.version,
+        Ok(None) => {
+            caller
+                .audit(AuditAction::Update, R, Some(id), [], Outcome::Error)
+                .await?;
+            return Err(AppError::not_found());
+        }
+        Err(e) => {
+            // Version conflicts (412), duplicate MRNs (409) and failures are audited too.
+            caller
+                .audit(AuditAction::Update, R, Some(id), [id], Outcome::Error)
+                .await?;
+            return Err(e);
+        }
     };
     caller
         .audit(AuditAction::Update, R, Some(id), [id], Outcome::Permit)
         .await?;
-    Ok(HttpResponse::Ok()
-        .content_type(FHIR_JSON)
+    let body = json!({ "resourceType": "Patient", "id": id, "meta": { "versionId": version.to_string() } });
+    Ok(fhir_json(StatusCode::OK)
         .insert_header(etag(version))
-        .body(json!({ "resourceType": "Patient", "id": id, "meta": { "versionId": version.to_string() } }).to_string()))
+        .body(body.to_string()))
 }
 
 fn parse_id(raw: &str) -> Result<Uuid, AppError> {
