@@ -30,6 +30,8 @@ pub enum Command {
     Migrate,
     /// Print every configuration setting (Markdown table).
     Settings,
+    /// Print the access policy: role x resource x interaction x view (Markdown table).
+    Policy,
     /// Encryption keys: status and rotation.
     #[command(subcommand)]
     Keys(KeysCommand),
@@ -72,6 +74,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Dev => dev::run(path).await,
+        Command::Policy => {
+            print!("{}", crate::policy::matrix::markdown_table());
+            Ok(())
+        }
         Command::Settings => {
             print!("{}", crate::config::markdown_table());
             Ok(())

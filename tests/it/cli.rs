@@ -207,3 +207,16 @@ fn readme_configuration_table_is_current() {
         "README settings table is stale: replace it with the output of `custodian settings`"
     );
 }
+
+#[test]
+fn readme_policy_table_is_current() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
+    let start = readme.find("<!-- policy:begin -->\n").unwrap() + "<!-- policy:begin -->\n".len();
+    let end = readme.find("<!-- policy:end -->").unwrap();
+    assert_eq!(
+        &readme[start..end],
+        custodian::policy::matrix::markdown_table(),
+        "README policy table is stale: replace it with the output of `custodian policy`"
+    );
+}
