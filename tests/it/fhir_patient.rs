@@ -474,3 +474,40 @@ async fn fhir_routes_all_declare_a_policy_action() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_tampered_or_moved_ciphertext_is_a_generic_500_never_garbage() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let a = w.create(&doc, &patient_json("MRN-9301", "Tampered")).await;
+    let b = w.create(&doc, &patient_json("MRN-9302", "Donor")).await;
+    let mut c = w.app.db.conn();
+    // Flip one byte of a's family name.
+    diesel::sql_query(
+        "UPDATE patients SET family_sealed = overlay(family_sealed placing decode(lpad(to_hex((get_byte(family_sealed, 30) + 1) % 256), 2, '0'), 'hex') from 31 for 1) WHERE id = $1",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(a)
+    .execute(&mut c)
+    .unwrap();
+    let res = w.get(&format!("/fhir/Patient/{a}"), &doc).await;
+    assert_eq!(res.status(), StatusCode::INTERNAL_SERVER_ERROR);
+    let text = res.text().await.unwrap();
+    assert!(
+        !text.contains("Tampered") && !text.contains("MRN-9301"),
+        "{text}"
+    );
+
+    // Move a's (valid) given-name ciphertext onto b's row.
+    diesel::sql_query("UPDATE patients SET given_sealed = (SELECT given_sealed FROM patients WHERE id = $2) WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(b)
+        .bind::<diesel::sql_types::Uuid, _>(a)
+        .execute(&mut c)
+        .unwrap();
+    let res = w.get(&format!("/fhir/Patient/{b}"), &doc).await;
+    assert_eq!(
+        res.status(),
+        StatusCode::INTERNAL_SERVER_ERROR,
+        "a value moved from another row does not open"
+    );
+    assert!(!res.text().await.unwrap().contains("Avery"));
+}
