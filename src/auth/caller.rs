@@ -116,6 +116,50 @@ impl Caller {
     }
 }
 
+impl Caller {
+    /// For a request on one record of `patient_id`: loads the patient's facility and
+    /// care-team facts, asks the decision point, and audits a refusal. A missing patient
+    /// or a missing relationship answers 404 (existence is not revealed); a missing scope
+    /// or role answers 403 with the capability that is missing.
+    pub async fn authorize_record(
+        &self,
+        action: AuditAction,
+        resource: ResourceType,
+        interaction: Interaction,
+        resource_id: Uuid,
+        patient_id: Uuid,
+    ) -> Result<(policy::View, policy::PatientFacts), AppError> {
+        let user_id = self.user.id;
+        let facts = self
+            .state
+            .db
+            .run(move |c| users::patient_facts(c, patient_id, user_id))
+            .await?;
+        let Some(facts) = facts else {
+            self.audit(action, resource, Some(resource_id), [], Outcome::Error)
+                .await?;
+            return Err(AppError::not_found());
+        };
+        match self.decide(resource, interaction, policy::Target::Patient(facts)) {
+            policy::Decision::Permit { view, .. } => Ok((view, facts)),
+            policy::Decision::Deny(reason) => {
+                let outcome = Outcome::Deny(audit_reason(reason));
+                self.audit(action, resource, Some(resource_id), [patient_id], outcome)
+                    .await?;
+                Err(refusal(reason))
+            }
+        }
+    }
+}
+
+/// The answer to a denial: relationship denials look like a missing record.
+pub fn refusal(reason: policy::DenyReason) -> AppError {
+    match reason {
+        policy::DenyReason::NoRelationship => AppError::not_found(),
+        other => AppError::client(StatusCode::FORBIDDEN, other.message()),
+    }
+}
+
 /// Maps the policy's reason to the audit code.
 pub fn audit_reason(reason: policy::DenyReason) -> DenyReason {
     match reason {

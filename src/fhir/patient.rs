@@ -7,7 +7,7 @@ use super::types::{self, Gender, Mrn, Ssn, bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
 use crate::audit::{AuditAction, Outcome};
 use crate::auth::Caller;
-use crate::auth::caller::audit_reason;
+use crate::auth::caller::{audit_reason, refusal};
 use crate::db::patient_views::{self, Criteria, PatientFields, PatientView};
 use crate::db::{phi, users};
 use crate::error::AppError;
@@ -129,16 +129,6 @@ fn fhir_json(status: StatusCode) -> actix_web::HttpResponseBuilder {
     res
 }
 
-fn denied(reason: crate::policy::DenyReason) -> AppError {
-    AppError::client(StatusCode::FORBIDDEN, reason.message())
-}
-
-/// Relationship denials on a single record answer 404, like a record that does not
-/// exist, so that probing ids reveals nothing; scope and role denials answer 403.
-fn hidden() -> AppError {
-    AppError::not_found()
-}
-
 pub async fn read(
     caller: Caller,
     state: web::Data<AppState>,
@@ -147,38 +137,9 @@ pub async fn read(
 ) -> Result<HttpResponse, AppError> {
     let id = parse_id(&path)?;
     let narrow = elements(query._elements.as_deref())?;
-    let user_id = caller.user.id;
-    let facts = state
-        .db
-        .run(move |c| users::patient_facts(c, id, user_id))
+    let (view, _) = caller
+        .authorize_record(AuditAction::Read, R, Interaction::Read, id, id)
         .await?;
-    let target = match facts {
-        Some(f) => Target::Patient(f),
-        None => {
-            caller
-                .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
-                .await?;
-            return Err(AppError::not_found());
-        }
-    };
-    let view = match caller.decide(R, Interaction::Read, target) {
-        Decision::Permit { view, .. } => view,
-        Decision::Deny(reason) => {
-            caller
-                .audit(
-                    AuditAction::Read,
-                    R,
-                    Some(id),
-                    [id],
-                    Outcome::Deny(audit_reason(reason)),
-                )
-                .await?;
-            return Err(match reason {
-                crate::policy::DenyReason::NoRelationship => hidden(),
-                other => denied(other),
-            });
-        }
-    };
     let fields = view_fields(view).intersect(narrow);
     let kr = state.keyring.clone();
     let patient = state
@@ -291,7 +252,7 @@ pub async fn search(
                     Outcome::Deny(audit_reason(reason)),
                 )
                 .await?;
-            return Err(denied(reason));
+            return Err(refusal(reason));
         }
     };
     let after = q
@@ -556,7 +517,7 @@ pub async fn create(
                 Outcome::Deny(audit_reason(reason)),
             )
             .await?;
-        return Err(denied(reason));
+        return Err(refusal(reason));
     }
     let kr = state.keyring.clone();
     let creator = caller.user.id;
@@ -619,32 +580,9 @@ pub async fn update(
     if input.id.as_deref() != Some(&id.to_string()) {
         return Err(invalid("id", "must match the id in the URL"));
     }
-    let user_id = caller.user.id;
-    let facts = state
-        .db
-        .run(move |c| users::patient_facts(c, id, user_id))
+    let (_, facts) = caller
+        .authorize_record(AuditAction::Update, R, Interaction::Update, id, id)
         .await?;
-    let Some(facts) = facts else {
-        caller
-            .audit(AuditAction::Update, R, Some(id), [], Outcome::Error)
-            .await?;
-        return Err(AppError::not_found());
-    };
-    if let Decision::Deny(reason) = caller.decide(R, Interaction::Update, Target::Patient(facts)) {
-        caller
-            .audit(
-                AuditAction::Update,
-                R,
-                Some(id),
-                [id],
-                Outcome::Deny(audit_reason(reason)),
-            )
-            .await?;
-        return Err(match reason {
-            crate::policy::DenyReason::NoRelationship => hidden(),
-            other => denied(other),
-        });
-    }
     let mut valid = validate(input, Some(facts.facility_id))?;
     if valid.facility != Some(facts.facility_id) {
         return Err(invalid(
