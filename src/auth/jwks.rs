@@ -229,18 +229,29 @@ impl KeyCache {
     /// per `min_interval` (concurrent callers wait for one fetch). Keys older than
     /// `max_staleness` are never used.
     pub async fn keys_for(&self, kid: Option<&str>) -> Result<Arc<KeySet>, JwksError> {
-        if let Some(set) = self.current()
-            && set.has_kid(kid)
-            && set.fetched_at.elapsed() < self.refresh_after()
-        {
+        if let Some(set) = self.fresh(kid) {
             return Ok(set);
         }
+        // The slow path runs in its own task, which holds the fetch lock until the keys are
+        // stored: a caller dropped mid-request (e.g. when another extractor of the same
+        // request failed) cannot leave a fetch half done, and callers arriving meanwhile
+        // wait for it instead of finding an empty cache.
+        let this = self.clone();
+        let kid = kid.map(str::to_string);
+        tokio::spawn(async move { this.refresh(kid.as_deref()).await })
+            .await
+            .unwrap_or(Err(JwksError::Unreachable))
+    }
+
+    fn fresh(&self, kid: Option<&str>) -> Option<Arc<KeySet>> {
+        self.current()
+            .filter(|set| set.has_kid(kid) && set.fetched_at.elapsed() < self.refresh_after())
+    }
+
+    async fn refresh(&self, kid: Option<&str>) -> Result<Arc<KeySet>, JwksError> {
         let mut state = self.inner.fetch.lock().await;
         // Another caller may have fetched while we waited.
-        if let Some(set) = self.current()
-            && set.has_kid(kid)
-            && set.fetched_at.elapsed() < self.refresh_after()
-        {
+        if let Some(set) = self.fresh(kid) {
             return Ok(set);
         }
         let may_fetch = state
@@ -248,34 +259,15 @@ impl KeyCache {
             .is_none_or(|t| t.elapsed() >= self.inner.min_interval);
         if may_fetch {
             state.last_attempt = Some(Instant::now());
-            // The fetch runs in its own task and stores what it got: a caller dropped
-            // mid-request (e.g. when another extractor failed) must not leave the cache
-            // empty until the next permitted attempt.
-            let this = self.clone();
-            let known_url = state.jwks_url.clone();
-            let task = tokio::spawn(async move {
-                let mut st = FetchState {
-                    last_attempt: None,
-                    jwks_url: known_url,
-                };
-                let result = this.fetch(&mut st).await.map(|keys| {
+            match self.fetch(&mut state).await {
+                Ok(keys) => {
                     tracing::info!(keys = keys.len(), "fetched identity provider keys");
-                    this.store(KeySet {
+                    return Ok(self.store(KeySet {
                         keys,
                         fetched_at: Instant::now(),
-                    })
-                });
-                (result, st.jwks_url)
-            });
-            match task.await {
-                Ok((Ok(set), url)) => {
-                    state.jwks_url = url;
-                    return Ok(set);
+                    }));
                 }
-                Ok((Err(e), _)) => {
-                    tracing::warn!(error = %e, "cannot refresh identity provider keys")
-                }
-                Err(_) => tracing::warn!("identity provider key fetch task failed"),
+                Err(e) => tracing::warn!(error = %e, "cannot refresh identity provider keys"),
             }
         }
         match self.current() {
