@@ -14,10 +14,12 @@ use crate::db::users::{self, UserKind, UserRecord};
 use crate::error::AppError;
 use crate::policy::{self, Interaction, ResourceType, Role};
 use crate::web::AppState;
+use crate::web::audit_guard::{AuditSlot, Who};
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
+use std::sync::Arc;
 use uuid::Uuid;
 
 pub const PURPOSE_HEADER: &str = "x-purpose-of-use";
@@ -28,6 +30,8 @@ pub struct Caller {
     pub audit: AuditContext,
     pub purpose: PurposeOfUse,
     state: web::Data<AppState>,
+    /// Marks this request's audit obligation as met (see `web::audit_guard`).
+    slot: Option<Arc<AuditSlot>>,
 }
 
 impl Caller {
@@ -112,7 +116,11 @@ impl Caller {
         if let Some(client) = self.client_app() {
             event = event.client_app(client);
         }
-        self.state.audit.record(event.build()).await
+        self.state.audit.record(event.build()).await?;
+        if let Some(slot) = &self.slot {
+            slot.mark_done();
+        }
+        Ok(())
     }
 }
 
@@ -186,6 +194,7 @@ fn parse_purpose(req: &HttpRequest) -> Result<PurposeOfUse, AppError> {
 
 async fn refuse(
     state: &AppState,
+    req: &HttpRequest,
     ctx: &AuditContext,
     reason: DenyReason,
     err: AppError,
@@ -198,7 +207,12 @@ async fn refuse(
         )
         .build();
     match state.audit.record(event).await {
-        Ok(()) => err,
+        Ok(()) => {
+            if let Some(slot) = AuditSlot::of(req) {
+                slot.mark_done();
+            }
+            err
+        }
         Err(audit_err) => audit_err,
     }
 }
@@ -223,7 +237,9 @@ impl FromRequest for Caller {
                     if matches!(e, AppError::Unavailable) {
                         return Err(e);
                     }
-                    return Err(refuse(&state, &audit, DenyReason::InvalidCredentials, e).await);
+                    return Err(
+                        refuse(&state, &req, &audit, DenyReason::InvalidCredentials, e).await,
+                    );
                 }
             };
             let kind = match token.grant {
@@ -240,7 +256,7 @@ impl FromRequest for Caller {
                     StatusCode::FORBIDDEN,
                     "Access denied: this account is disabled.",
                 );
-                return Err(refuse(&state, &audit, DenyReason::Revoked, err).await);
+                return Err(refuse(&state, &req, &audit, DenyReason::Revoked, err).await);
             }
             if let Some(limit) = &state.principal_limit
                 && let Err(wait) = limit.check(&user.id.to_string())
@@ -248,16 +264,26 @@ impl FromRequest for Caller {
                 let err = AppError::RateLimited {
                     retry_after_secs: wait.as_secs() + 1,
                 };
-                return Err(refuse(&state, &audit, DenyReason::RateLimited, err).await);
+                return Err(refuse(&state, &req, &audit, DenyReason::RateLimited, err).await);
             }
             let purpose = parse_purpose(&req)?;
-            Ok(Caller {
+            let slot = AuditSlot::of(&req);
+            let caller = Caller {
                 user,
                 token,
                 audit,
                 purpose,
                 state,
-            })
+                slot,
+            };
+            if let Some(slot) = &caller.slot {
+                slot.set_who(Who {
+                    actor: caller.actor(),
+                    client_app: caller.client_app(),
+                    purpose: caller.purpose,
+                });
+            }
+            Ok(caller)
         })
     }
 }

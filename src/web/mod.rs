@@ -1,5 +1,6 @@
 //! The HTTP layer: the app factory, the shared middleware and the route table.
 
+pub mod audit_guard;
 pub mod edge;
 pub mod json;
 pub mod ratelimit;

@@ -63,10 +63,17 @@ impl Routes {
         }
         let mut entries = self.entries;
         for path in paths {
-            let mut resource = web::resource(path).wrap(from_fn(super::edge::contain));
             let (mine, rest): (Vec<_>, Vec<_>) =
                 entries.into_iter().partition(|(i, _)| i.path == path);
             entries = rest;
+            let actions: std::rc::Rc<Vec<(Method, Action)>> = std::rc::Rc::new(
+                mine.iter()
+                    .map(|(i, _)| (i.method.clone(), i.action))
+                    .collect(),
+            );
+            let mut resource = web::resource(path).wrap(from_fn(move |req, next| {
+                super::edge::contain(req, next, actions.clone())
+            }));
             for (_, route) in mine {
                 resource = resource.route(route);
             }

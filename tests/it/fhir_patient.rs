@@ -511,3 +511,88 @@ async fn a_tampered_or_moved_ciphertext_is_a_generic_500_never_garbage() {
     );
     assert!(!res.text().await.unwrap().contains("Avery"));
 }
+
+#[tokio::test]
+async fn every_request_to_a_phi_route_leaves_exactly_one_audit_event() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-9401", "Counted")).await;
+    let path = format!("/fhir/Patient/{id}");
+    let mut body = patient_json("MRN-9401", "Counted");
+    body["id"] = json!(id.to_string());
+    let c = &w.app.client;
+    let auth = format!("Bearer {doc}");
+    let cases: Vec<(&str, reqwest::RequestBuilder, u16)> = vec![
+        (
+            "read",
+            c.get(w.app.url(&path)).header("authorization", &auth),
+            200,
+        ),
+        (
+            "bad _elements",
+            c.get(w.app.url(&format!("{path}?_elements=x")))
+                .header("authorization", &auth),
+            422,
+        ),
+        (
+            "unknown search parameter",
+            c.get(w.app.url("/fhir/Patient?nickname=x"))
+                .header("authorization", &auth),
+            400,
+        ),
+        (
+            "unknown field",
+            c.post(w.app.url("/fhir/Patient"))
+                .header("authorization", &auth)
+                .header("content-type", "application/fhir+json")
+                .body(json!({"resourceType": "Patient", "bogus": 1}).to_string()),
+            422,
+        ),
+        (
+            "wrong content type",
+            c.post(w.app.url("/fhir/Patient"))
+                .header("authorization", &auth)
+                .header("content-type", "text/plain")
+                .body("x"),
+            415,
+        ),
+        (
+            "no If-Match",
+            c.put(w.app.url(&path))
+                .header("authorization", &auth)
+                .header("content-type", "application/fhir+json")
+                .body(body.to_string()),
+            428,
+        ),
+        ("no token", c.get(w.app.url(&path)), 401),
+        (
+            "garbage token",
+            c.get(w.app.url(&path))
+                .header("authorization", "Bearer abc.def.ghi"),
+            401,
+        ),
+        (
+            "bad purpose of use",
+            c.get(w.app.url(&path))
+                .header("authorization", &auth)
+                .header("x-purpose-of-use", "SNOOP"),
+            400,
+        ),
+    ];
+    for (case, req, status) in cases {
+        let before = w.audit_events().len();
+        let res = req.send().await.unwrap();
+        assert_eq!(res.status().as_u16(), status, "{case}");
+        let events = w.audit_events();
+        assert_eq!(events.len(), before + 1, "{case}: exactly one audit event");
+        let last = events.last().unwrap();
+        let expected_outcome = if status == 200 {
+            "permit"
+        } else if status == 401 {
+            "deny"
+        } else {
+            "error"
+        };
+        assert_eq!(last.1, expected_outcome, "{case}");
+    }
+}
