@@ -233,6 +233,11 @@ impl TokenVerifier {
         })
     }
 
+    /// The configured issuer (`auth.issuer`): service clients are keyed by it.
+    pub fn issuer(&self) -> &str {
+        &self.rules.issuer
+    }
+
     /// Verifies a raw bearer token (the part after `Bearer `).
     pub async fn verify(&self, raw: &str) -> Result<VerifiedToken, AuthError> {
         let rules = &self.rules;

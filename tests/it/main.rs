@@ -2,6 +2,7 @@
 // Tests may unwrap and panic: a failed expectation is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin_api;
 mod audit;
 mod auth;
 mod cli;
