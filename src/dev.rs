@@ -21,7 +21,7 @@ macro_rules! say {
 
 const DEV_DATABASE: &str = "custodian";
 
-fn dev_dir() -> PathBuf {
+pub fn dev_dir() -> PathBuf {
     std::env::var_os("CUSTODIAN_DEV_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(".custodian/dev"))
@@ -156,6 +156,21 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     for (setting, value) in ensure_dev_keys(&dir)? {
         set(setting, value.into());
     }
+    // Development tokens: our own signing key, served as the JWKS by this server.
+    let token_key = crate::devtoken::DevSigningKey::ensure(&dir.join("keys"))?;
+    set("auth.issuer", crate::devtoken::DEV_ISSUER.into());
+    set("auth.audience", crate::devtoken::DEV_AUDIENCE.into());
+    set(
+        "auth.jwks_url",
+        format!("https://localhost:8443{}", crate::devtoken::DEV_JWKS_PATH).into(),
+    );
+    let dev_jwks = crate::devtoken::DevJwks {
+        document: std::sync::Arc::new(token_key.jwks()),
+        trust_root_pem: Some(
+            std::fs::read_to_string(&cert)
+                .with_context(|| format!("cannot read {}", cert.display()))?,
+        ),
+    };
     let (chain_key, signing_key) = ensure_audit_keys(&dir)?;
     set("audit.chain_key", chain_key.into());
     set("audit.checkpoint_signing_key", signing_key.into());
@@ -183,7 +198,7 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         Some(cluster)
     };
 
-    let result = serve(config_path, defaults, started).await;
+    let result = serve(config_path, defaults, dev_jwks, started).await;
     if let Some(cluster) = cluster {
         say!("stopping the private PostgreSQL cluster");
         cluster.stop()?;
@@ -194,6 +209,7 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
 async fn serve(
     config_path: Option<&Path>,
     defaults: toml::Table,
+    dev_jwks: crate::devtoken::DevJwks,
     started: Instant,
 ) -> anyhow::Result<()> {
     let mut table = defaults;
@@ -205,7 +221,11 @@ async fn serve(
     config.validate()?;
     telemetry::init(&config.log);
 
-    let app = Application::build(config.clone(), Options::default()).await?;
+    let options = Options {
+        dev_jwks: Some(dev_jwks),
+        ..Options::default()
+    };
+    let app = Application::build(config.clone(), options).await?;
     say!();
     say!(
         "Custodian is running (ready in {:.1} s).",
@@ -227,6 +247,18 @@ async fn serve(
     );
     say!("  Database:  URL in {}/database_url", dev_dir().display());
     say!("The certificate is self-signed: your browser will ask you to accept it.");
+    let port = app.https_addr().port();
+    say!();
+    say!("Development tokens (signed with the dev key; accepted only by `custodian dev`):");
+    say!("  TOKEN=$(custodian dev-token --sub dr.demo)");
+    say!(
+        "  curl -sk -H \"Authorization: Bearer $TOKEN\" 'https://localhost:{port}/fhir/Patient?family=Smith'"
+    );
+    say!("  Demo principals: dr.demo (clinician), billing.demo, admin.demo, patient.demo, po.demo");
+    say!("  Admin API:  TOKEN=$(custodian dev-token --sub admin.demo --scope admin)");
+    say!(
+        "             curl -sk -H \"Authorization: Bearer $TOKEN\" https://localhost:{port}/api/admin/users"
+    );
     say!("Press Ctrl-C to stop.");
     say!();
     app.run().await.context("server stopped with an error")

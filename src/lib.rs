@@ -10,6 +10,7 @@ pub mod console;
 pub mod crypto;
 pub mod db;
 pub mod dev;
+pub mod devtoken;
 pub mod error;
 pub mod fhir;
 pub mod health;

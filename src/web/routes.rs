@@ -177,6 +177,23 @@ pub fn configure(r: &mut Routes) {
     );
 }
 
+/// Routes that exist only under `custodian dev` (added by [`super::build_app`] when the
+/// startup options carry a development JWKS).
+pub fn configure_dev(r: &mut Routes) {
+    r.add(
+        Method::GET,
+        crate::devtoken::DEV_JWKS_PATH,
+        Action::Public,
+        dev_jwks,
+    );
+}
+
+async fn dev_jwks(dev: web::Data<crate::devtoken::DevJwks>) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("application/jwk-set+json")
+        .body(dev.document.as_str().to_owned())
+}
+
 /// The registered routes, for tests and documentation.
 pub fn table() -> Vec<RouteInfo> {
     let mut r = Routes::default();

@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod crypto;
 mod database;
+mod dev_tokens;
 mod edge;
 mod fhir_patient;
 mod tls;
