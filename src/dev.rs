@@ -206,6 +206,43 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     result
 }
 
+/// Migrations, then the synthetic population and demo principals (once; resumes an
+/// interrupted run), with progress.
+fn seed_synthetic(config: &config::Config) -> anyhow::Result<()> {
+    use diesel::Connection;
+    let url = config.database.url.expose();
+    let timeout = config.database.connect_timeout_secs;
+    crate::db::migrate(url, timeout)?;
+    let keyring = crate::crypto::load_keyring(&config.crypto, url, timeout)?;
+    let mut conn = diesel::PgConnection::establish(&crate::db::with_connect_timeout(url, timeout))
+        .context("database.url: cannot connect to PostgreSQL")?;
+    let issuer = config
+        .auth
+        .as_ref()
+        .map_or(crate::devtoken::DEV_ISSUER, |a| a.issuer.as_str());
+    let plan = crate::seed::SeedPlan::dev(issuer);
+    let started = Instant::now();
+    let report = crate::seed::seed(&mut conn, &keyring, &plan, |done, total| {
+        say!("  seeding synthetic patients: {done}/{total}");
+    })
+    .map_err(|e| anyhow::anyhow!("seeding synthetic data failed: {e}"))?;
+    if report.patients_created > 0 {
+        say!(
+            "seeded {} synthetic patients, {} observations, {} notes in {:.1} s (MRNs SYN-000001…, SSNs 123-45-0001… are made up)",
+            report.patients_created,
+            report.observations_created,
+            report.notes_created,
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        say!(
+            "synthetic data already present ({} patients)",
+            report.already_present
+        );
+    }
+    Ok(())
+}
+
 async fn serve(
     config_path: Option<&Path>,
     defaults: toml::Table,
@@ -221,6 +258,10 @@ async fn serve(
     config.validate()?;
     telemetry::init(&config.log);
 
+    let seeding = config.clone();
+    actix_web::web::block(move || seed_synthetic(&seeding))
+        .await
+        .context("seeding task failed")??;
     let options = Options {
         dev_jwks: Some(dev_jwks),
         ..Options::default()

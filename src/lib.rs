@@ -18,6 +18,7 @@ pub mod keys;
 pub mod pgcluster;
 pub mod policy;
 pub mod secret;
+pub mod seed;
 pub mod startup;
 pub mod telemetry;
 pub mod tls;

@@ -87,3 +87,44 @@ async fn dev_minted_token_works_against_a_dev_configured_app() {
         .unwrap();
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
 }
+
+#[test]
+fn dev_token_command_refuses_without_the_dev_key_and_mints_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_custodian"))
+            .args(["dev-token", "--sub", "dr.demo"])
+            .env_clear()
+            .env("CUSTODIAN_DEV_DIR", dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("custodian dev"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    let key = DevSigningKey::ensure(&dir.path().join("keys")).unwrap();
+    let out = run();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DEVELOPMENT TOKEN"), "{err}");
+    let token = String::from_utf8(out.stdout).unwrap();
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    assert_eq!(parts.len(), 3);
+    use base64::Engine;
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts[0])
+        .unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    assert_eq!(header["kid"], key.kid());
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts[1])
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
+    assert_eq!(claims["sub"], "dr.demo");
+    assert_eq!(claims["iss"], DEV_ISSUER);
+    let ttl = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert_eq!(ttl, 3600);
+}

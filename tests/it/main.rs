@@ -12,4 +12,5 @@ mod database;
 mod dev_tokens;
 mod edge;
 mod fhir_patient;
+mod seed;
 mod tls;
