@@ -206,6 +206,31 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     result
 }
 
+/// The dev JWKS is served by this server: when `server.listen` was moved off 8443 (and
+/// `auth.jwks_url` was left at the dev default), point the URL at the new port.
+fn follow_listen_port(table: &mut toml::Table) {
+    let default_url = format!("https://localhost:8443{}", crate::devtoken::DEV_JWKS_PATH);
+    let get = |t: &toml::Table, a: &str, b: &str| {
+        t.get(a)
+            .and_then(|s| s.get(b))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    if get(table, "auth", "jwks_url").as_deref() != Some(default_url.as_str()) {
+        return;
+    }
+    let port = get(table, "server", "listen")
+        .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port());
+    if let Some(port) = port.filter(|p| *p != 0 && *p != 8443) {
+        config::insert_dotted(
+            table,
+            "auth.jwks_url",
+            format!("https://localhost:{port}{}", crate::devtoken::DEV_JWKS_PATH).into(),
+        );
+    }
+}
+
 /// Migrations, then the synthetic population and demo principals (once; resumes an
 /// interrupted run), with progress.
 fn seed_synthetic(config: &config::Config) -> anyhow::Result<()> {
@@ -254,6 +279,7 @@ async fn serve(
         &mut table,
         config::load_table(config_path, std::env::vars())?,
     );
+    follow_listen_port(&mut table);
     let config = config::from_table(table)?;
     config.validate()?;
     telemetry::init(&config.log);
