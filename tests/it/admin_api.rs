@@ -303,6 +303,8 @@ async fn admin_manages_facilities_clients_and_disabled_accounts() {
     )
     .await;
     assert_eq!(res.status(), StatusCode::CREATED);
+    let ev = last_event(&w);
+    assert_eq!((ev.0.as_str(), ev.1.as_str()), ("create", "permit"));
     let north: Value = res.json().await.unwrap();
     let north_id = north["id"].as_str().unwrap().to_string();
     let res = call(&w, Method::GET, "/api/admin/facilities", &root, None).await;
@@ -335,6 +337,11 @@ async fn admin_manages_facilities_clients_and_disabled_accounts() {
     )
     .await;
     assert_eq!(res.status(), StatusCode::OK);
+    let ev = last_event(&w);
+    assert_eq!(
+        (ev.0.as_str(), ev.1.as_str()),
+        ("permission-change", "permit")
+    );
     assert_eq!(
         w.get(search, &dr_token).await.status(),
         StatusCode::FORBIDDEN
@@ -348,6 +355,11 @@ async fn admin_manages_facilities_clients_and_disabled_accounts() {
     )
     .await;
     assert_eq!(res.status(), StatusCode::OK);
+    let ev = last_event(&w);
+    assert_eq!(
+        (ev.0.as_str(), ev.1.as_str()),
+        ("permission-change", "permit")
+    );
     assert_eq!(w.get(search, &dr_token).await.status(), StatusCode::OK);
 
     // No self lock-out.
