@@ -26,6 +26,19 @@ pub enum Command {
     Serve,
     /// Run locally with a private PostgreSQL cluster and a self-signed certificate.
     Dev,
+    /// DEVELOPMENT ONLY: print a short-lived access token signed with the key `custodian
+    /// dev` generated (refuses to run when there is none). Accepted only by `custodian dev`.
+    DevToken {
+        /// The token subject, e.g. dr.demo, billing.demo, admin.demo, patient.demo, po.demo.
+        #[arg(long)]
+        sub: String,
+        /// Space-separated scopes (they only narrow: roles come from the database).
+        #[arg(long, default_value = crate::devtoken::DEFAULT_SCOPE)]
+        scope: String,
+        /// Lifetime in seconds (at most 8 hours).
+        #[arg(long, default_value_t = 3600)]
+        ttl_secs: u64,
+    },
     /// Apply pending database migrations and exit.
     Migrate,
     /// Print every configuration setting (Markdown table).
@@ -78,6 +91,11 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::policy::matrix::markdown_table());
             Ok(())
         }
+        Command::DevToken {
+            sub,
+            scope,
+            ttl_secs,
+        } => crate::devtoken::run(&dev::dev_dir().join("keys"), &sub, &scope, ttl_secs),
         Command::Settings => {
             print!("{}", crate::config::markdown_table());
             Ok(())

@@ -21,7 +21,7 @@ macro_rules! say {
 
 const DEV_DATABASE: &str = "custodian";
 
-fn dev_dir() -> PathBuf {
+pub fn dev_dir() -> PathBuf {
     std::env::var_os("CUSTODIAN_DEV_DIR")
         .map(PathBuf::from)
         .unwrap_or_else(|| PathBuf::from(".custodian/dev"))
@@ -156,6 +156,21 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     for (setting, value) in ensure_dev_keys(&dir)? {
         set(setting, value.into());
     }
+    // Development tokens: our own signing key, served as the JWKS by this server.
+    let token_key = crate::devtoken::DevSigningKey::ensure(&dir.join("keys"))?;
+    set("auth.issuer", crate::devtoken::DEV_ISSUER.into());
+    set("auth.audience", crate::devtoken::DEV_AUDIENCE.into());
+    set(
+        "auth.jwks_url",
+        format!("https://localhost:8443{}", crate::devtoken::DEV_JWKS_PATH).into(),
+    );
+    let dev_jwks = crate::devtoken::DevJwks {
+        document: std::sync::Arc::new(token_key.jwks()),
+        trust_root_pem: Some(
+            std::fs::read_to_string(&cert)
+                .with_context(|| format!("cannot read {}", cert.display()))?,
+        ),
+    };
     let (chain_key, signing_key) = ensure_audit_keys(&dir)?;
     set("audit.chain_key", chain_key.into());
     set("audit.checkpoint_signing_key", signing_key.into());
@@ -183,7 +198,7 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         Some(cluster)
     };
 
-    let result = serve(config_path, defaults, started).await;
+    let result = serve(config_path, defaults, dev_jwks, started).await;
     if let Some(cluster) = cluster {
         say!("stopping the private PostgreSQL cluster");
         cluster.stop()?;
@@ -191,9 +206,72 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     result
 }
 
+/// The dev JWKS is served by this server: when `server.listen` was moved off 8443 (and
+/// `auth.jwks_url` was left at the dev default), point the URL at the new port.
+fn follow_listen_port(table: &mut toml::Table) {
+    let default_url = format!("https://localhost:8443{}", crate::devtoken::DEV_JWKS_PATH);
+    let get = |t: &toml::Table, a: &str, b: &str| {
+        t.get(a)
+            .and_then(|s| s.get(b))
+            .and_then(|v| v.as_str())
+            .map(str::to_string)
+    };
+    if get(table, "auth", "jwks_url").as_deref() != Some(default_url.as_str()) {
+        return;
+    }
+    let port = get(table, "server", "listen")
+        .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
+        .map(|a| a.port());
+    if let Some(port) = port.filter(|p| *p != 0 && *p != 8443) {
+        config::insert_dotted(
+            table,
+            "auth.jwks_url",
+            format!("https://localhost:{port}{}", crate::devtoken::DEV_JWKS_PATH).into(),
+        );
+    }
+}
+
+/// Migrations, then the synthetic population and demo principals (once; resumes an
+/// interrupted run), with progress.
+fn seed_synthetic(config: &config::Config) -> anyhow::Result<()> {
+    use diesel::Connection;
+    let url = config.database.url.expose();
+    let timeout = config.database.connect_timeout_secs;
+    crate::db::migrate(url, timeout)?;
+    let keyring = crate::crypto::load_keyring(&config.crypto, url, timeout)?;
+    let mut conn = diesel::PgConnection::establish(&crate::db::with_connect_timeout(url, timeout))
+        .context("database.url: cannot connect to PostgreSQL")?;
+    let issuer = config
+        .auth
+        .as_ref()
+        .map_or(crate::devtoken::DEV_ISSUER, |a| a.issuer.as_str());
+    let plan = crate::seed::SeedPlan::dev(issuer);
+    let started = Instant::now();
+    let report = crate::seed::seed(&mut conn, &keyring, &plan, |done, total| {
+        say!("  seeding synthetic patients: {done}/{total}");
+    })
+    .map_err(|e| anyhow::anyhow!("seeding synthetic data failed: {e}"))?;
+    if report.patients_created > 0 {
+        say!(
+            "seeded {} synthetic patients, {} observations, {} notes in {:.1} s (MRNs SYN-000001…, SSNs 123-45-0001… are made up)",
+            report.patients_created,
+            report.observations_created,
+            report.notes_created,
+            started.elapsed().as_secs_f64()
+        );
+    } else {
+        say!(
+            "synthetic data already present ({} patients)",
+            report.already_present
+        );
+    }
+    Ok(())
+}
+
 async fn serve(
     config_path: Option<&Path>,
     defaults: toml::Table,
+    dev_jwks: crate::devtoken::DevJwks,
     started: Instant,
 ) -> anyhow::Result<()> {
     let mut table = defaults;
@@ -201,11 +279,20 @@ async fn serve(
         &mut table,
         config::load_table(config_path, std::env::vars())?,
     );
+    follow_listen_port(&mut table);
     let config = config::from_table(table)?;
     config.validate()?;
     telemetry::init(&config.log);
 
-    let app = Application::build(config.clone(), Options::default()).await?;
+    let seeding = config.clone();
+    actix_web::web::block(move || seed_synthetic(&seeding))
+        .await
+        .context("seeding task failed")??;
+    let options = Options {
+        dev_jwks: Some(dev_jwks),
+        ..Options::default()
+    };
+    let app = Application::build(config.clone(), options).await?;
     say!();
     say!(
         "Custodian is running (ready in {:.1} s).",
@@ -227,6 +314,18 @@ async fn serve(
     );
     say!("  Database:  URL in {}/database_url", dev_dir().display());
     say!("The certificate is self-signed: your browser will ask you to accept it.");
+    let port = app.https_addr().port();
+    say!();
+    say!("Development tokens (signed with the dev key; accepted only by `custodian dev`):");
+    say!("  TOKEN=$(custodian dev-token --sub dr.demo)");
+    say!(
+        "  curl -sk -H \"Authorization: Bearer $TOKEN\" 'https://localhost:{port}/fhir/Patient?family=Smith'"
+    );
+    say!("  Demo principals: dr.demo (clinician), billing.demo, admin.demo, patient.demo, po.demo");
+    say!("  Admin API:  TOKEN=$(custodian dev-token --sub admin.demo --scope admin)");
+    say!(
+        "             curl -sk -H \"Authorization: Bearer $TOKEN\" https://localhost:{port}/api/admin/users"
+    );
     say!("Press Ctrl-C to stop.");
     say!();
     app.run().await.context("server stopped with an error")

@@ -1,6 +1,7 @@
 //! Custodian: a service that keeps protected health information safe and still easy to
 //! use. The binary in `main.rs` only parses the command line and calls [`cli::run`].
 
+pub mod admin;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -9,6 +10,7 @@ pub mod console;
 pub mod crypto;
 pub mod db;
 pub mod dev;
+pub mod devtoken;
 pub mod error;
 pub mod fhir;
 pub mod health;
@@ -16,6 +18,7 @@ pub mod keys;
 pub mod pgcluster;
 pub mod policy;
 pub mod secret;
+pub mod seed;
 pub mod startup;
 pub mod telemetry;
 pub mod tls;

@@ -20,6 +20,9 @@ pub struct Options {
     pub extra_routes: Option<ExtraRoutes>,
     /// Tests stop servers through the handle instead of process signals.
     pub disable_signals: bool,
+    /// `custodian dev` only: serve the development JWKS at `GET /dev/jwks.json` and trust
+    /// the dev certificate when fetching it. `serve` never sets this.
+    pub dev_jwks: Option<crate::devtoken::DevJwks>,
 }
 
 pub struct Application {
@@ -44,10 +47,14 @@ impl Application {
                 tracing::info!(count = applied.len(), "applied migrations");
             }
         }
+        let dev_root = options
+            .dev_jwks
+            .as_ref()
+            .and_then(|d| d.trust_root_pem.clone());
         let tokens = config
             .auth
             .as_ref()
-            .map(crate::auth::TokenVerifier::new)
+            .map(|auth| crate::auth::TokenVerifier::with_trusted_root(auth, dev_root.as_deref()))
             .transpose()?;
         let keyring = {
             let crypto = config.crypto.clone();
@@ -87,12 +94,14 @@ impl Application {
         )
         .map(std::sync::Arc::new);
         let extra = options.extra_routes;
+        let dev_jwks = options.dev_jwks.clone();
         let mut https = HttpServer::new(move || {
             web::build_app(
                 state.clone(),
                 address_limit.clone(),
                 app_config.clone(),
                 extra,
+                dev_jwks.clone(),
             )
         })
         .workers(workers)

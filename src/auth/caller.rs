@@ -92,6 +92,36 @@ impl Caller {
         policy::decide(&subject, resource, interaction, target)
     }
 
+    /// Asks the decision point whether this principal may use the administration API
+    /// (`admin` role from our database AND `admin` scope on the token).
+    pub fn decide_admin(&self) -> Result<(), policy::DenyReason> {
+        policy::decide_admin(&self.user.roles, self.token.scopes.admin())
+    }
+
+    /// Records one audit event of the administration API (no PHI: internal ids only).
+    pub async fn audit_admin(
+        &self,
+        action: AuditAction,
+        resource: Option<(crate::audit::ResourceType, Option<Uuid>)>,
+        patients: impl IntoIterator<Item = Uuid>,
+        outcome: Outcome,
+    ) -> Result<(), AppError> {
+        let mut event = self
+            .audit
+            .event(self.actor(), action, outcome)
+            .patients(patients)
+            .purpose(PurposeOfUse::SystemAdministration);
+        match resource {
+            Some((kind, Some(id))) => event = event.resource(kind, id),
+            Some((kind, None)) => event = event.resource_type(kind),
+            None => {}
+        }
+        if let Some(client) = self.client_app() {
+            event = event.client_app(client);
+        }
+        self.state.audit.record(event.build()).await
+    }
+
     /// Records one audit event for this request; the caller returns PHI only if this
     /// succeeded (fail closed).
     pub async fn audit(

@@ -189,7 +189,23 @@ impl KeyCache {
         min_interval: Duration,
         max_staleness: Duration,
     ) -> anyhow::Result<KeyCache> {
-        let http = reqwest::Client::builder()
+        Self::with_trusted_root(source, min_interval, max_staleness, None)
+    }
+
+    /// Like [`KeyCache::new`], additionally trusting one certificate (PEM) when fetching:
+    /// used only by `custodian dev`, whose JWKS is served by itself under a self-signed
+    /// certificate.
+    pub fn with_trusted_root(
+        source: JwksSource,
+        min_interval: Duration,
+        max_staleness: Duration,
+        trust_root_pem: Option<&str>,
+    ) -> anyhow::Result<KeyCache> {
+        let mut builder = reqwest::Client::builder();
+        if let Some(pem) = trust_root_pem {
+            builder = builder.add_root_certificate(reqwest::Certificate::from_pem(pem.as_bytes())?);
+        }
+        let http = builder
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(TOTAL_TIMEOUT)
             // A redirect could lead to a host nobody configured.

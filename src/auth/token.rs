@@ -206,6 +206,15 @@ impl TokenVerifier {
     /// Builds the verifier from a validated `[auth]` section. No network traffic here:
     /// keys are fetched on first use.
     pub fn new(config: &AuthConfig) -> Result<TokenVerifier, ConfigError> {
+        Self::with_trusted_root(config, None)
+    }
+
+    /// Like [`TokenVerifier::new`], trusting one more certificate when fetching keys (the
+    /// self-signed certificate of `custodian dev`, which serves its own JWKS).
+    pub fn with_trusted_root(
+        config: &AuthConfig,
+        trust_root_pem: Option<&str>,
+    ) -> Result<TokenVerifier, ConfigError> {
         config.validate()?;
         let source = match config.jwks_url.as_deref().filter(|u| !u.is_empty()) {
             Some(u) => JwksSource::Url(crate::config::validate_provider_url("auth.jwks_url", u)?),
@@ -213,10 +222,11 @@ impl TokenVerifier {
                 issuer: config.issuer.clone(),
             },
         };
-        let keys = KeyCache::new(
+        let keys = KeyCache::with_trusted_root(
             source,
             Duration::from_secs(config.jwks_refetch_min_interval_secs),
             Duration::from_secs(config.jwks_max_staleness_secs),
+            trust_root_pem,
         )
         .map_err(|_| ConfigError::new("auth.jwks_url", "cannot build the HTTP client"))?;
         Ok(TokenVerifier {
@@ -231,6 +241,11 @@ impl TokenVerifier {
             }),
             keys,
         })
+    }
+
+    /// The configured issuer (`auth.issuer`): service clients are keyed by it.
+    pub fn issuer(&self) -> &str {
+        &self.rules.issuer
     }
 
     /// Verifies a raw bearer token (the part after `Bearer `).

@@ -211,3 +211,180 @@ pub fn set_disabled(
         .execute(conn)?;
     Ok(())
 }
+
+/// Removes a care relationship; returns whether it existed.
+pub fn remove_from_care_team(
+    conn: &mut PgConnection,
+    patient_id: Uuid,
+    user_id: Uuid,
+) -> Result<bool, AppError> {
+    let n = diesel::delete(
+        care_team_members::table.filter(
+            care_team_members::patient_id
+                .eq(patient_id)
+                .and(care_team_members::user_id.eq(user_id)),
+        ),
+    )
+    .execute(conn)?;
+    Ok(n > 0)
+}
+
+/// A user as the administration API lists it (no PHI: no patient link is shown).
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct UserSummary {
+    pub id: Uuid,
+    pub issuer: String,
+    pub subject: String,
+    pub kind: String,
+    pub display_name: Option<String>,
+    pub facility: Option<Uuid>,
+    pub roles: Vec<String>,
+    pub disabled: bool,
+}
+
+type UserRow = (
+    Uuid,
+    String,
+    String,
+    String,
+    Option<String>,
+    Option<Uuid>,
+    Option<chrono::DateTime<chrono::Utc>>,
+);
+
+/// Users ordered by id, after `after` (keyset paging), at most `limit`.
+pub fn list_users(
+    conn: &mut PgConnection,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<UserSummary>, AppError> {
+    let mut query = users::table
+        .select((
+            users::id,
+            users::issuer,
+            users::subject,
+            users::kind,
+            users::display_name,
+            users::facility_id,
+            users::disabled_at,
+        ))
+        .order(users::id)
+        .limit(limit)
+        .into_boxed();
+    if let Some(after) = after {
+        query = query.filter(users::id.gt(after));
+    }
+    let rows: Vec<UserRow> = query.load(conn)?;
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let roles: Vec<(Uuid, String)> = role_assignments::table
+        .filter(role_assignments::user_id.eq_any(&ids))
+        .select((role_assignments::user_id, role_assignments::role))
+        .order((role_assignments::user_id, role_assignments::role))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| UserSummary {
+            id: r.0,
+            roles: roles
+                .iter()
+                .filter(|(u, _)| *u == r.0)
+                .map(|(_, role)| role.clone())
+                .collect(),
+            issuer: r.1,
+            subject: r.2,
+            kind: r.3,
+            display_name: r.4,
+            facility: r.5,
+            disabled: r.6.is_some(),
+        })
+        .collect())
+}
+
+/// One user as [`list_users`] shows it.
+pub fn get_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<UserSummary>, AppError> {
+    let row: Option<UserRow> = users::table
+        .find(id)
+        .select((
+            users::id,
+            users::issuer,
+            users::subject,
+            users::kind,
+            users::display_name,
+            users::facility_id,
+            users::disabled_at,
+        ))
+        .first(conn)
+        .optional()?;
+    let Some(row) = row else {
+        return Ok(None);
+    };
+    let roles: Vec<String> = role_assignments::table
+        .filter(role_assignments::user_id.eq(id))
+        .select(role_assignments::role)
+        .order(role_assignments::role)
+        .load(conn)?;
+    Ok(Some(UserSummary {
+        id: row.0,
+        issuer: row.1,
+        subject: row.2,
+        kind: row.3,
+        display_name: row.4,
+        facility: row.5,
+        roles,
+        disabled: row.6.is_some(),
+    }))
+}
+
+/// A facility as the administration API lists it.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct FacilitySummary {
+    pub id: Uuid,
+    pub name: String,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+pub fn list_facilities(conn: &mut PgConnection) -> Result<Vec<FacilitySummary>, AppError> {
+    use crate::db::schema::facilities;
+    let rows: Vec<(Uuid, String, chrono::DateTime<chrono::Utc>)> = facilities::table
+        .select((facilities::id, facilities::name, facilities::created_at))
+        .order((facilities::name, facilities::id))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|(id, name, created_at)| FacilitySummary {
+            id,
+            name,
+            created_at,
+        })
+        .collect())
+}
+
+pub fn facility_exists(conn: &mut PgConnection, id: Uuid) -> Result<bool, AppError> {
+    use crate::db::schema::facilities;
+    Ok(diesel::select(diesel::dsl::exists(facilities::table.find(id))).get_result(conn)?)
+}
+
+/// The user's kind ("person" or "service") for (issuer, subject), if known.
+pub fn kind_of(
+    conn: &mut PgConnection,
+    issuer: &str,
+    subject: &str,
+) -> Result<Option<String>, AppError> {
+    Ok(users::table
+        .filter(users::issuer.eq(issuer).and(users::subject.eq(subject)))
+        .select(users::kind)
+        .first(conn)
+        .optional()?)
+}
+
+/// Whether a live (not deleted) patient exists.
+pub fn patient_exists(conn: &mut PgConnection, patient_id: Uuid) -> Result<bool, AppError> {
+    Ok(diesel::select(diesel::dsl::exists(
+        patients::table.filter(
+            patients::id
+                .eq(patient_id)
+                .and(patients::deleted_at.is_null()),
+        ),
+    ))
+    .get_result(conn)?)
+}

@@ -146,6 +146,20 @@ pub fn decide(
     Decision::Deny(DenyReason::NoRelationship)
 }
 
+/// The decision for the administration API ([`Action::Admin`]): the person must hold the
+/// `admin` role (from our database) AND the client application's token must carry the
+/// `admin` scope alias. Neither alone is enough. Admin access grants no clinical PHI: the
+/// [`matrix`] has no row for `admin`, so [`decide`] keeps refusing FHIR resources.
+pub fn decide_admin(roles: &[Role], scope_admin: bool) -> Result<(), DenyReason> {
+    if !scope_admin {
+        return Err(DenyReason::ScopeMissing);
+    }
+    if !roles.contains(&Role::Admin) {
+        return Err(DenyReason::RoleMissing);
+    }
+    Ok(())
+}
+
 fn relationship(
     subject: &Subject<'_>,
     needed: matrix::Relationship,
@@ -291,6 +305,23 @@ mod tests {
             decide(&s, T::Patient, Read, patient(true, 10)),
             Decision::Deny(DenyReason::ScopeMissing)
         );
+    }
+
+    #[test]
+    fn admin_api_needs_role_and_scope() {
+        assert_eq!(decide_admin(&[Role::Admin], true), Ok(()));
+        assert_eq!(
+            decide_admin(&[Role::Admin], false),
+            Err(DenyReason::ScopeMissing)
+        );
+        for roles in [
+            &[Role::Clinician][..],
+            &[Role::PrivacyOfficer],
+            &[Role::Service],
+            &[],
+        ] {
+            assert_eq!(decide_admin(roles, true), Err(DenyReason::RoleMissing));
+        }
     }
 
     #[test]

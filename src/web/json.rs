@@ -73,10 +73,23 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], limits: JsonLimits) -> Result<T,
                 AppError::bad_request("The request body could not be read.")
             }
             serde_json::error::Category::Data => {
-                if inner.to_string().starts_with("unknown field") {
+                let text = inner.to_string();
+                if text.starts_with("unknown field") {
                     AppError::unprocessable(
                         "The request body contains a field that is not allowed.",
                     )
+                } else if let Some(field) = missing_field(&text) {
+                    // The name comes from our own type, not from the caller.
+                    let parent = e.path().to_string();
+                    let path = if parent == "." {
+                        field
+                    } else {
+                        format!("{parent}.{field}")
+                    };
+                    AppError::unprocessable(format!(
+                        "The field '{}' is required.",
+                        safe_path(&path)
+                    ))
                 } else {
                     AppError::unprocessable(format!(
                         "The field '{}' is missing or has an invalid value.",
@@ -86,6 +99,13 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], limits: JsonLimits) -> Result<T,
             }
         }
     })
+}
+
+/// The field named by serde's "missing field `x`" message.
+fn missing_field(text: &str) -> Option<String> {
+    let rest = text.strip_prefix("missing field `")?;
+    let name = &rest[..rest.find('`')?];
+    Some(name.to_string())
 }
 
 /// Field paths come from our own types, but map keys could be caller text: keep only
@@ -179,6 +199,12 @@ mod tests {
             .err()
             .unwrap();
         assert!(!err.to_string().contains("CANARY"));
+    }
+
+    #[test]
+    fn missing_field_is_named() {
+        let err = parse::<Probe>(br#"{}"#, LIMITS).err().unwrap();
+        assert_eq!(err.to_string(), "The field 'name' is required.");
     }
 
     #[test]

@@ -39,6 +39,7 @@ pub fn build_app(
     address_limit: Option<std::sync::Arc<ratelimit::RateLimiter>>,
     config: Config,
     extra: Option<ExtraRoutes>,
+    dev_jwks: Option<crate::devtoken::DevJwks>,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -62,8 +63,13 @@ pub fn build_app(
     if let Some(extra) = extra {
         extra(&mut table);
     }
-    App::new()
-        .app_data(state)
+    let mut app = App::new();
+    if let Some(dev) = dev_jwks {
+        // Only `custodian dev` gets here (startup Options); `serve` never does.
+        routes::configure_dev(&mut table);
+        app = app.app_data(web::Data::new(dev));
+    }
+    app.app_data(state)
         .app_data(web::Data::new(settings))
         .app_data(web::Data::new(json_limits))
         .app_data(web::PayloadConfig::new(config.server.body_limit_bytes))

@@ -3,7 +3,7 @@
 //! also listed by [`table`] so tests can walk every registered route.
 
 use crate::policy::Action;
-use crate::{console, fhir, health};
+use crate::{admin, console, fhir, health};
 use actix_web::http::Method;
 use actix_web::middleware::from_fn;
 use actix_web::{Route, web};
@@ -118,6 +118,63 @@ pub fn configure(r: &mut Routes) {
         patient(I::Update),
         fhir::patient::update,
     );
+    let a = Action::Admin;
+    r.add(Method::GET, "/api/admin/users", a, admin::list_users);
+    r.add(
+        Method::POST,
+        "/api/admin/users/{id}/roles",
+        a,
+        admin::grant_role,
+    );
+    r.add(
+        Method::DELETE,
+        "/api/admin/users/{id}/roles/{role}",
+        a,
+        admin::revoke_role,
+    );
+    r.add(
+        Method::POST,
+        "/api/admin/users/{id}/disable",
+        a,
+        admin::disable_user,
+    );
+    r.add(
+        Method::POST,
+        "/api/admin/users/{id}/enable",
+        a,
+        admin::enable_user,
+    );
+    r.add(
+        Method::PUT,
+        "/api/admin/users/{id}/facility",
+        a,
+        admin::set_facility,
+    );
+    r.add(
+        Method::POST,
+        "/api/admin/care-teams",
+        a,
+        admin::add_care_team,
+    );
+    r.add(
+        Method::DELETE,
+        "/api/admin/care-teams",
+        a,
+        admin::remove_care_team,
+    );
+    r.add(
+        Method::GET,
+        "/api/admin/facilities",
+        a,
+        admin::list_facilities,
+    );
+    r.add(
+        Method::POST,
+        "/api/admin/facilities",
+        a,
+        admin::create_facility,
+    );
+    r.add(Method::POST, "/api/admin/clients", a, admin::create_client);
     r.add(Method::GET, "/", Action::Public, console::home);
     r.add(
         Method::GET,
@@ -125,6 +182,23 @@ pub fn configure(r: &mut Routes) {
         Action::Public,
         console::static_file,
     );
+}
+
+/// Routes that exist only under `custodian dev` (added by [`super::build_app`] when the
+/// startup options carry a development JWKS).
+pub fn configure_dev(r: &mut Routes) {
+    r.add(
+        Method::GET,
+        crate::devtoken::DEV_JWKS_PATH,
+        Action::Public,
+        dev_jwks,
+    );
+}
+
+async fn dev_jwks(dev: web::Data<crate::devtoken::DevJwks>) -> actix_web::HttpResponse {
+    actix_web::HttpResponse::Ok()
+        .content_type("application/jwk-set+json")
+        .body(dev.document.as_str().to_owned())
 }
 
 /// The registered routes, for tests and documentation.

@@ -2,13 +2,16 @@
 // Tests may unwrap and panic: a failed expectation is the point.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+mod admin_api;
 mod audit;
 mod auth;
 mod cli;
 mod common;
 mod crypto;
 mod database;
+mod dev_tokens;
 mod edge;
 mod fhir_patient;
 mod logs;
+mod seed;
 mod tls;

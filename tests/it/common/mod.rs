@@ -236,6 +236,7 @@ pub struct TestAppBuilder {
     table: toml::Table,
     extra_routes: Option<ExtraRoutes>,
     db: Option<TestDb>,
+    dev_jwks: Option<custodian::devtoken::DevJwks>,
 }
 
 impl TestAppBuilder {
@@ -251,6 +252,12 @@ impl TestAppBuilder {
 
     pub fn extra_routes(mut self, routes: ExtraRoutes) -> Self {
         self.extra_routes = Some(routes);
+        self
+    }
+
+    /// Starts the app as `custodian dev` does: serving this development JWKS.
+    pub fn dev_jwks(mut self, dev: custodian::devtoken::DevJwks) -> Self {
+        self.dev_jwks = Some(dev);
         self
     }
 
@@ -294,6 +301,7 @@ impl TestAppBuilder {
             Options {
                 extra_routes: self.extra_routes,
                 disable_signals: true,
+                dev_jwks: self.dev_jwks,
             },
         )
         .await
@@ -341,6 +349,7 @@ impl TestApp {
             table: toml::Table::new(),
             extra_routes: None,
             db: None,
+            dev_jwks: None,
         }
     }
 

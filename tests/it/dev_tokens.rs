@@ -1,0 +1,130 @@
+//! Development tokens: the dev JWKS route exists only when the app is started the way
+//! `custodian dev` starts it, and a token from `dev-token`'s key works against such an app.
+
+use crate::common::{TestApp, free_port, test_cert};
+use custodian::db::users;
+use custodian::devtoken::{DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_PATH, DevJwks, DevSigningKey};
+use custodian::policy::Role;
+use reqwest::StatusCode;
+
+#[tokio::test]
+async fn dev_jwks_route_is_absent_under_serve() {
+    let app = TestApp::spawn().await;
+    let res = app.get(DEV_JWKS_PATH).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert!(
+        !custodian::web::routes::table()
+            .iter()
+            .any(|r| r.path == DEV_JWKS_PATH),
+        "the product route table never contains the dev JWKS"
+    );
+}
+
+#[tokio::test]
+async fn dev_minted_token_works_against_a_dev_configured_app() {
+    let dir = tempfile::tempdir().unwrap();
+    let keys = dir.path().join("keys");
+    let key = DevSigningKey::ensure(&keys).unwrap();
+    let port = free_port();
+    let app = TestApp::builder()
+        .set("server.listen", format!("127.0.0.1:{port}"))
+        .set("auth.issuer", DEV_ISSUER)
+        .set("auth.audience", DEV_AUDIENCE)
+        .set(
+            "auth.jwks_url",
+            format!("https://localhost:{port}{DEV_JWKS_PATH}"),
+        )
+        .dev_jwks(DevJwks {
+            document: std::sync::Arc::new(key.jwks()),
+            trust_root_pem: Some(test_cert().cert_pem.clone()),
+        })
+        .spawn()
+        .await;
+
+    let res = app.get(DEV_JWKS_PATH).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let jwks: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(jwks["keys"][0]["kid"], key.kid());
+    assert!(
+        jwks["keys"][0].get("d").is_none(),
+        "no private key material"
+    );
+
+    let facility = custodian::db::phi::insert_facility(&mut app.db.conn(), "Dev Clinic").unwrap();
+    {
+        let mut c = app.db.conn();
+        let u = users::user_for(&mut c, DEV_ISSUER, "dr.demo", users::UserKind::Person).unwrap();
+        users::grant_role(&mut c, u.id, Role::Clinician, "dev test", None).unwrap();
+        users::set_facility(&mut c, u.id, Some(facility)).unwrap();
+    }
+    let now = chrono::Utc::now().timestamp();
+    let token = key.mint(
+        DEV_ISSUER,
+        DEV_AUDIENCE,
+        "dr.demo",
+        custodian::devtoken::DEFAULT_SCOPE,
+        3600,
+        now,
+    );
+    let res = app
+        .client
+        .get(app.url("/fhir/Patient?family=Smith"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+
+    // A token signed by another key (same kid) is refused.
+    let other = DevSigningKey::ensure(&dir.path().join("other")).unwrap();
+    let forged = other.mint(DEV_ISSUER, DEV_AUDIENCE, "dr.demo", "user/*.rs", 3600, now);
+    let res = app
+        .client
+        .get(app.url("/fhir/Patient?family=Smith"))
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+#[test]
+fn dev_token_command_refuses_without_the_dev_key_and_mints_with_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_custodian"))
+            .args(["dev-token", "--sub", "dr.demo"])
+            .env_clear()
+            .env("CUSTODIAN_DEV_DIR", dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("custodian dev"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    let key = DevSigningKey::ensure(&dir.path().join("keys")).unwrap();
+    let out = run();
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("DEVELOPMENT TOKEN"), "{err}");
+    let token = String::from_utf8(out.stdout).unwrap();
+    let parts: Vec<&str> = token.trim().split('.').collect();
+    assert_eq!(parts.len(), 3);
+    use base64::Engine;
+    let header = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts[0])
+        .unwrap();
+    let header: serde_json::Value = serde_json::from_slice(&header).unwrap();
+    assert_eq!(header["kid"], key.kid());
+    let claims = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(parts[1])
+        .unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(&claims).unwrap();
+    assert_eq!(claims["sub"], "dr.demo");
+    assert_eq!(claims["iss"], DEV_ISSUER);
+    let ttl = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
+    assert_eq!(ttl, 3600);
+}
