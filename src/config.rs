@@ -106,6 +106,13 @@ settings! {
     "audit.batch_max", Int, "256", "Most audit events committed in one group-commit transaction";
     "audit.batch_wait_ms", Int, "2", "Longest wait (ms) to fill an audit batch after its first event";
     "audit.commit_timeout_ms", Int, "2000", "A request whose audit event is not committed within this time fails closed with 503";
+    "console.issuer", Str, "", "Admin console: OpenID provider issuer URL (https://, or http:// on localhost for tests). Setting any console.* key enables the console; without the section console sign-in answers 404";
+    "console.client_id", Str, "", "Admin console: OIDC client id registered at the provider; required with console.issuer";
+    "console.client_secret", Secret, "", "Admin console: OIDC client secret; required with console.issuer";
+    "console.redirect_url", Str, "", "Admin console: the callback URL registered at the provider, ending in /console/callback; required with console.issuer";
+    "console.idle_timeout_secs", Int, "900", "Admin console: a session unused for this long ends";
+    "console.absolute_timeout_secs", Int, "28800", "Admin console: a session ends this long after sign-in, used or not";
+    "console.totp_lockout_secs", Int, "900", "Admin console: after 5 wrong TOTP codes in a row the account's TOTP check is locked this long";
 }
 
 /// The configuration reference as a Markdown table (printed by `custodian settings`,
@@ -155,6 +162,58 @@ pub struct Config {
     pub crypto: CryptoConfig,
     #[serde(default)]
     pub audit: AuditConfig,
+    /// The admin console's OIDC login; absent = console sign-in answers 404.
+    #[serde(default)]
+    pub console: Option<ConsoleConfig>,
+}
+
+/// `[console]`: OIDC sign-in, sessions and TOTP of the admin console.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsoleConfig {
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: Secret<String>,
+    pub redirect_url: String,
+    #[serde(default = "defaults::idle_timeout_secs")]
+    pub idle_timeout_secs: u64,
+    #[serde(default = "defaults::absolute_timeout_secs")]
+    pub absolute_timeout_secs: u64,
+    #[serde(default = "defaults::totp_lockout_secs")]
+    pub totp_lockout_secs: u64,
+}
+
+impl ConsoleConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.issuer.is_empty() {
+            return Err(ConfigError::new("console.issuer", "is required"));
+        }
+        validate_provider_url("console.issuer", &self.issuer)?;
+        if self.client_id.is_empty() {
+            return Err(ConfigError::new("console.client_id", "is required"));
+        }
+        if self.client_secret.expose().is_empty() {
+            return Err(ConfigError::new("console.client_secret", "is required"));
+        }
+        let redirect = url::Url::parse(&self.redirect_url)
+            .map_err(|_| ConfigError::new("console.redirect_url", "is not a valid URL"))?;
+        if redirect.scheme() != "https" || !redirect.path().ends_with("/console/callback") {
+            return Err(ConfigError::new(
+                "console.redirect_url",
+                "must be an https:// URL ending in /console/callback",
+            ));
+        }
+        for (key, value) in [
+            ("console.idle_timeout_secs", self.idle_timeout_secs),
+            ("console.absolute_timeout_secs", self.absolute_timeout_secs),
+            ("console.totp_lockout_secs", self.totp_lockout_secs),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::new(key, "must be at least 1"));
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Keys for encryption at rest, split by duty: `kek` (normal operation), `rotation_kek`
@@ -593,6 +652,15 @@ mod defaults {
     pub fn statement_timeout_ms() -> u64 {
         10_000
     }
+    pub fn idle_timeout_secs() -> u64 {
+        900
+    }
+    pub fn absolute_timeout_secs() -> u64 {
+        28_800
+    }
+    pub fn totp_lockout_secs() -> u64 {
+        900
+    }
     pub fn yes() -> bool {
         true
     }
@@ -680,6 +748,9 @@ impl Config {
         }
         if let Some(auth) = &self.auth {
             auth.validate()?;
+        }
+        if let Some(console) = &self.console {
+            console.validate()?;
         }
         Ok(())
     }

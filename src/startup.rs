@@ -80,6 +80,14 @@ impl Application {
                 config.ratelimit.per_principal_burst,
             )
             .map(std::sync::Arc::new),
+            console: config
+                .console
+                .as_ref()
+                .map(crate::console::Console::new)
+                .transpose()
+                .map_err(|e| anyhow::anyhow!("console: {e}"))?
+                .map(std::sync::Arc::new),
+            public_origin: public_base(&config.server.public_url),
         });
 
         let workers = match config.server.workers {

@@ -119,7 +119,16 @@ impl Caller {
         if let Some(client) = self.client_app() {
             event = event.client_app(client);
         }
-        self.state.audit.record(event.build()).await
+        self.record(event.build()).await
+    }
+
+    /// Commits this request's event and marks its audit obligation as met.
+    async fn record(&self, event: crate::audit::AuditEvent) -> Result<(), AppError> {
+        self.state.audit.record(event).await?;
+        if let Some(slot) = &self.slot {
+            slot.mark_done();
+        }
+        Ok(())
     }
 
     /// Records one audit event for this request; the caller returns PHI only if this
@@ -146,11 +155,7 @@ impl Caller {
         if let Some(client) = self.client_app() {
             event = event.client_app(client);
         }
-        self.state.audit.record(event.build()).await?;
-        if let Some(slot) = &self.slot {
-            slot.mark_done();
-        }
-        Ok(())
+        self.record(event.build()).await
     }
 }
 

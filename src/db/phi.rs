@@ -50,6 +50,10 @@ pub const SEALED_COLUMNS: &[SealedTable] = &[
         table: "claims",
         columns: &[],
     },
+    SealedTable {
+        table: "console_totp",
+        columns: &["secret_sealed"],
+    },
 ];
 
 fn place(table: &'static str, column: &'static str, row: Uuid) -> FieldPlace {

@@ -205,3 +205,31 @@ diesel::table! {
         signature -> Bytea,
     }
 }
+
+diesel::table! {
+    console_sessions (id_hash) {
+        id_hash -> Bytea,
+        stage -> Text,
+        user_id -> Nullable<Uuid>,
+        csrf_token -> Text,
+        oidc_state -> Nullable<Text>,
+        oidc_nonce -> Nullable<Text>,
+        pkce_verifier -> Nullable<Text>,
+        created_at -> Timestamptz,
+        last_seen_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    console_totp (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        secret_sealed -> Bytea,
+        key_version -> Int4,
+        confirmed_at -> Nullable<Timestamptz>,
+        last_step -> Nullable<Int8>,
+        failures -> Int4,
+        locked_until -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}

@@ -55,6 +55,22 @@ pub fn user_for(
     find(conn, issuer, subject)?.ok_or_else(|| AppError::internal("user vanished after insert"))
 }
 
+/// The user with this id, with its (issuer, subject); `None` if it does not exist.
+pub fn by_id(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(UserRecord, String, String)>, AppError> {
+    let key: Option<(String, String)> = users::table
+        .filter(users::id.eq(id))
+        .select((users::issuer, users::subject))
+        .first(conn)
+        .optional()?;
+    let Some((issuer, subject)) = key else {
+        return Ok(None);
+    };
+    Ok(find(conn, &issuer, &subject)?.map(|u| (u, issuer, subject)))
+}
+
 /// A user joined with one of its roles (or none).
 type UserRoleRow = (
     Uuid,

@@ -18,6 +18,12 @@ pub enum Action {
     Fhir(ResourceType, Interaction),
     /// The administration API (users, roles, care teams, facilities, clients).
     Admin,
+    /// Admin console sign-in steps (OIDC redirect and callback, TOTP): a pre-login or
+    /// partly signed-in console session, checked by the handler.
+    ConsoleSignIn,
+    /// An admin console page: a fully signed-in session (OIDC + TOTP) of a user who holds
+    /// `admin` or `privacy_officer` in our database, checked on every request.
+    Console,
 }
 
 /// Who the request acts for, as far as policy is concerned.

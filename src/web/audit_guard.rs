@@ -63,7 +63,9 @@ fn audit_action(action: Action) -> AuditAction {
         Action::Fhir(_, Interaction::Create) => AuditAction::Create,
         Action::Fhir(_, Interaction::Update) => AuditAction::Update,
         Action::Fhir(_, Interaction::Delete) => AuditAction::Delete,
-        Action::Admin | Action::Public => AuditAction::PermissionChange,
+        Action::Admin | Action::Public | Action::ConsoleSignIn | Action::Console => {
+            AuditAction::PermissionChange
+        }
     }
 }
 

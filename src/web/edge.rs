@@ -70,7 +70,8 @@ pub async fn edge(
         .match_pattern()
         .unwrap_or_else(|| "-".to_string());
     let (req_back, mut response) = res.into_parts();
-    if status.is_client_error() || status.is_server_error() {
+    let own_page = response.extensions().get::<render::OwnPage>().is_some();
+    if (status.is_client_error() || status.is_server_error()) && !own_page {
         let message = response
             .extensions()
             .get::<SafeMessage>()

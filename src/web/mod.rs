@@ -27,6 +27,10 @@ pub struct AppState {
     pub audit: crate::audit::AuditWriter,
     /// Per-principal request limit (`ratelimit.per_principal_*`), shared by all workers.
     pub principal_limit: Option<std::sync::Arc<ratelimit::RateLimiter>>,
+    /// The admin console's sign-in; `None` when `[console]` is not configured.
+    pub console: Option<std::sync::Arc<crate::console::Console>>,
+    /// Origin of `server.public_url`, accepted as the Origin of console form posts.
+    pub public_origin: String,
 }
 
 /// Routes added by tests on top of the product's table (for example a handler that

@@ -28,6 +28,11 @@ impl Surface {
     }
 }
 
+/// Marks an error-status response whose body is already our own HTML page (for example
+/// the console's "no access" page); the edge leaves its body alone.
+#[derive(Clone, Copy, Debug)]
+pub struct OwnPage;
+
 /// The message used when an error response carries none of ours (framework errors).
 pub fn default_message(status: StatusCode) -> &'static str {
     match status.as_u16() {

@@ -176,6 +176,39 @@ pub fn configure(r: &mut Routes) {
     );
     r.add(Method::POST, "/api/admin/clients", a, admin::create_client);
     r.add(Method::GET, "/", Action::Public, console::home);
+    let sign_in = Action::ConsoleSignIn;
+    r.add(
+        Method::GET,
+        "/console/signin",
+        sign_in,
+        console::auth::sign_in_page,
+    );
+    r.add(Method::GET, "/console/login", sign_in, console::auth::login);
+    r.add(
+        Method::GET,
+        "/console/callback",
+        sign_in,
+        console::auth::callback,
+    );
+    r.add(
+        Method::GET,
+        "/console/totp",
+        sign_in,
+        console::auth::totp_form,
+    );
+    r.add(
+        Method::POST,
+        "/console/totp",
+        sign_in,
+        console::auth::totp_submit,
+    );
+    r.add(Method::GET, "/console", Action::Console, console::dashboard);
+    r.add(
+        Method::POST,
+        "/console/logout",
+        Action::Console,
+        console::auth::logout,
+    );
     r.add(
         Method::GET,
         "/static/{file}",

@@ -1,0 +1,233 @@
+//! TOTP (RFC 6238: SHA-1, 6 digits, 30-second steps, ±1 step) for console users. The
+//! secret is sealed with the keyring; the last accepted step is remembered so a code
+//! cannot be used twice; five wrong codes in a row lock the check for a while.
+
+use crate::crypto::{FieldPlace, Keyring};
+use crate::db::schema::console_totp as ct;
+use crate::error::AppError;
+use chrono::{DateTime, Duration, Utc};
+use diesel::prelude::*;
+use rand::RngCore;
+use subtle::ConstantTimeEq;
+use totp_rs::{Algorithm, Builder, Secret, Totp};
+use uuid::Uuid;
+use zeroize::Zeroizing;
+
+pub const STEP_SECS: u64 = 30;
+pub const MAX_FAILURES: i32 = 5;
+
+fn place(row: Uuid) -> FieldPlace {
+    FieldPlace::new("console_totp", "secret_sealed", row)
+}
+
+fn totp(secret: &[u8]) -> Result<Totp, AppError> {
+    Builder::new()
+        .with_algorithm(Algorithm::SHA1)
+        .with_digits(6)
+        .with_skew(1)
+        .with_step_duration(STEP_SECS)
+        .with_secret(Secret::new(secret.to_vec().into_boxed_slice()))
+        .build()
+        .map_err(|_| AppError::internal("invalid TOTP secret"))
+}
+
+/// A user's TOTP enrolment.
+pub struct Enrolment {
+    pub id: Uuid,
+    pub secret: Zeroizing<Vec<u8>>,
+    pub confirmed: bool,
+    pub last_step: Option<i64>,
+    pub failures: i32,
+    pub locked_until: Option<DateTime<Utc>>,
+}
+
+impl Enrolment {
+    /// The secret as base32 text for an authenticator app.
+    pub fn secret_base32(&self) -> String {
+        Secret::new(self.secret.to_vec().into_boxed_slice()).to_base32()
+    }
+}
+
+type Row = (
+    Uuid,
+    Vec<u8>,
+    Option<DateTime<Utc>>,
+    Option<i64>,
+    i32,
+    Option<DateTime<Utc>>,
+);
+
+/// The user's enrolment, created (unconfirmed, with a fresh 160-bit secret) if missing.
+/// Locks the row for the rest of the transaction.
+pub fn enrolment(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    user_id: Uuid,
+) -> Result<Enrolment, AppError> {
+    let load = |conn: &mut PgConnection| -> Result<Option<Row>, AppError> {
+        Ok(ct::table
+            .filter(ct::user_id.eq(user_id))
+            .select((
+                ct::id,
+                ct::secret_sealed,
+                ct::confirmed_at,
+                ct::last_step,
+                ct::failures,
+                ct::locked_until,
+            ))
+            .for_update()
+            .first(conn)
+            .optional()?)
+    };
+    let row = match load(conn)? {
+        Some(row) => row,
+        None => {
+            let id = Uuid::new_v4();
+            let mut secret = Zeroizing::new(vec![0u8; 20]);
+            rand::rngs::OsRng.fill_bytes(&mut secret);
+            let sealer = keyring.sealer_for_write(conn)?;
+            let sealed = sealer.seal(&place(id), &secret)?;
+            diesel::insert_into(ct::table)
+                .values((
+                    ct::id.eq(id),
+                    ct::user_id.eq(user_id),
+                    ct::secret_sealed.eq(sealed),
+                    ct::key_version.eq(sealer.version()),
+                ))
+                .on_conflict(ct::user_id)
+                .do_nothing()
+                .execute(conn)?;
+            load(conn)?.ok_or_else(|| AppError::internal("TOTP row vanished after insert"))?
+        }
+    };
+    let secret = keyring.open(&place(row.0), &row.1)?;
+    Ok(Enrolment {
+        id: row.0,
+        secret,
+        confirmed: row.2.is_some(),
+        last_step: row.3,
+        failures: row.4,
+        locked_until: row.5,
+    })
+}
+
+/// The result of checking a code.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Check {
+    Accepted,
+    /// Wrong, malformed or replayed code; `locked` when this failure started a lock-out.
+    Rejected {
+        locked: bool,
+    },
+    /// Locked out: the code was not even looked at.
+    Locked,
+}
+
+/// The time step (±1) whose code equals `code` and is later than `last_step`.
+pub fn matching_step(
+    secret: &[u8],
+    code: &str,
+    now_secs: u64,
+    last_step: Option<i64>,
+) -> Result<Option<i64>, AppError> {
+    let code = code.trim();
+    if code.len() != 6 || !code.bytes().all(|b| b.is_ascii_digit()) {
+        return Ok(None);
+    }
+    let t = totp(secret)?;
+    let current = now_secs / STEP_SECS;
+    let mut found = None;
+    for step in [current.saturating_sub(1), current, current + 1] {
+        let expected = t.generate(step * STEP_SECS).to_string();
+        let equal: bool = expected.as_bytes().ct_eq(code.as_bytes()).into();
+        let step = i64::try_from(step).map_err(|_| AppError::internal("time step overflow"))?;
+        if equal && last_step.is_none_or(|last| step > last) {
+            found = Some(step);
+        }
+    }
+    Ok(found)
+}
+
+/// Checks `code` for the user (inside a transaction), recording the accepted step or the
+/// failure. Confirms an unconfirmed enrolment on success.
+pub fn check(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    user_id: Uuid,
+    code: &str,
+    lockout: Duration,
+) -> Result<Check, AppError> {
+    let e = enrolment(conn, keyring, user_id)?;
+    let now = Utc::now();
+    if e.locked_until.is_some_and(|until| until > now) {
+        return Ok(Check::Locked);
+    }
+    let now_secs = u64::try_from(now.timestamp()).unwrap_or(0);
+    match matching_step(&e.secret, code, now_secs, e.last_step)? {
+        Some(step) => {
+            diesel::update(ct::table.filter(ct::id.eq(e.id)))
+                .set((
+                    ct::last_step.eq(Some(step)),
+                    ct::failures.eq(0),
+                    ct::locked_until.eq(None::<DateTime<Utc>>),
+                    ct::confirmed_at.eq(Some(now)),
+                ))
+                .execute(conn)?;
+            Ok(Check::Accepted)
+        }
+        None => {
+            let failures = e.failures + 1;
+            let locked = failures >= MAX_FAILURES;
+            let (failures, until) = if locked {
+                (0, Some(now + lockout))
+            } else {
+                (failures, None)
+            };
+            diesel::update(ct::table.filter(ct::id.eq(e.id)))
+                .set((ct::failures.eq(failures), ct::locked_until.eq(until)))
+                .execute(conn)?;
+            Ok(Check::Rejected { locked })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const SECRET: &[u8] = b"12345678901234567890";
+
+    #[test]
+    fn rfc6238_vector_and_window() {
+        // RFC 6238 appendix B, SHA-1, T = 59 s: 94287082 (8 digits) → 287082 (6 digits).
+        assert_eq!(
+            matching_step(SECRET, "287082", 59, None).ok(),
+            Some(Some(1))
+        );
+        // One step later still accepted (−1 window), two steps later not.
+        assert_eq!(
+            matching_step(SECRET, "287082", 89, None).ok(),
+            Some(Some(1))
+        );
+        assert_eq!(matching_step(SECRET, "287082", 119, None).ok(), Some(None));
+    }
+
+    #[test]
+    fn replayed_or_older_step_is_refused() {
+        assert_eq!(
+            matching_step(SECRET, "287082", 59, Some(1)).ok(),
+            Some(None)
+        );
+        assert_eq!(
+            matching_step(SECRET, "287082", 59, Some(2)).ok(),
+            Some(None)
+        );
+    }
+
+    #[test]
+    fn malformed_codes_are_refused() {
+        for code in ["", "28708", "2870822", "28708a"] {
+            assert_eq!(matching_step(SECRET, code, 59, None).ok(), Some(None));
+        }
+    }
+}
