@@ -31,6 +31,7 @@ struct Args {
     patients: usize,
     pool_size: u32,
     ceiling: bool,
+    alg: String,
 }
 
 fn args() -> Args {
@@ -42,6 +43,7 @@ fn args() -> Args {
         patients: 10_000,
         pool_size: 16,
         ceiling: true,
+        alg: "RS256".into(),
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -55,9 +57,10 @@ fn args() -> Args {
             "--patients" => a.patients = val().parse().expect("--patients: number"),
             "--pool-size" => a.pool_size = val().parse().expect("--pool-size: number"),
             "--no-ceiling" => a.ceiling = false,
+            "--alg" => a.alg = val(),
             other => panic!(
                 "unknown argument {other}; use --scenario read|search|write|mixed|denied \
-                 --duration S --connections N --threads N --patients N --pool-size N --no-ceiling"
+                 --duration S --connections N --threads N --patients N --pool-size N --alg RS256|ES256|EdDSA --no-ceiling"
             ),
         }
     }
@@ -281,9 +284,8 @@ fn main() {
     let (cert_pem, key_pem) = custodian::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
     std::fs::write(run.join("cert.pem"), cert_pem).unwrap();
     custodian::dev::write_private(&run.join("key.pem"), key_pem.as_bytes()).unwrap();
-    let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let signing_key = EncodingKey::from_ec_der(&kp.serialize_der());
-    let mut jwk = Jwk::from_encoding_key(&signing_key, Algorithm::ES256).unwrap();
+    let (alg, signing_key) = signer(&a.alg, &manifest);
+    let mut jwk = Jwk::from_encoding_key(&signing_key, alg).unwrap();
     jwk.common.key_id = Some("bench-1".into());
     let jwks_port = serve_jwks(json!({ "keys": [jwk] }).to_string());
     let issuer = format!("http://127.0.0.1:{jwks_port}");
@@ -381,7 +383,7 @@ format = "json"
     // --- tokens and the wrk script --------------------------------------------------------
     let token = |sub: &str| {
         let now = jsonwebtoken::get_current_timestamp() as i64;
-        let mut h = Header::new(Algorithm::ES256);
+        let mut h = Header::new(alg);
         h.kid = Some("bench-1".into());
         let claims = json!({
             "iss": issuer, "aud": AUDIENCE, "sub": sub, "iat": now,
@@ -495,6 +497,7 @@ format = "json"
         "fraction_of_ceiling": fraction,
         "load_average": { "before": load_before, "after": load_after },
         "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "token_alg": a.alg,
         "note": if matches!(a.scenario.as_str(), "write" | "mixed") { "writes are Patient create (Observation has no API yet)" } else { "" },
     });
     print_table(&result);
@@ -516,6 +519,34 @@ format = "json"
             .execute(&mut admin);
     }
     eprintln!("[bench] done in {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// The benchmark identity provider's signing key: RS256 (the usual provider default;
+/// the test-only RSA key under tests/fixtures), ES256 or EdDSA (generated per run).
+fn signer(alg: &str, manifest: &Path) -> (Algorithm, EncodingKey) {
+    match alg {
+        "RS256" => {
+            let text =
+                std::fs::read_to_string(manifest.join("tests/fixtures/test-only-rsa-key.pem"))
+                    .unwrap();
+            let pem = &text[text.find("-----BEGIN").unwrap()..];
+            (
+                Algorithm::RS256,
+                EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+            )
+        }
+        "ES256" => {
+            let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            (Algorithm::ES256, EncodingKey::from_ec_der(&kp.serialize_der()))
+        }
+        "EdDSA" => {
+            // PKCS#8 v1 wrapping of a random Ed25519 seed (RFC 8410).
+            let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+            der.extend_from_slice(&rand::random::<[u8; 32]>());
+            (Algorithm::EdDSA, EncodingKey::from_ed_der(&der))
+        }
+        other => panic!("--alg must be RS256, ES256 or EdDSA, not {other}"),
+    }
 }
 
 fn wait_ready(base: &str, server: &mut Child, run: &Path) {
@@ -780,6 +811,7 @@ fn print_table(r: &Value) {
     let au = &r["audit"];
     let rows = [
         ("scenario", f(&r["scenario"])),
+        ("token algorithm", f(&r["token_alg"])),
         ("requests/s", f(&r["requests_per_s"])),
         ("requests", f(&r["requests"])),
         (
