@@ -194,14 +194,35 @@ fn free_port() -> u16 {
 }
 
 const FAMILIES: &[&str] = &[
-    "Ashgrove", "Brambleton", "Cindervale", "Dunmarsh", "Elderwick", "Fernhollow", "Glimmerby",
-    "Hollowmere", "Ivorycrest", "Juniperly", "Kestrelton", "Larkspurry", "Mistlewood",
-    "Nettlefield", "Oakenshaw", "Pebbleton", "Quillbrook", "Rushmere", "Sorrelby", "Thistledown",
+    "Ashgrove",
+    "Brambleton",
+    "Cindervale",
+    "Dunmarsh",
+    "Elderwick",
+    "Fernhollow",
+    "Glimmerby",
+    "Hollowmere",
+    "Ivorycrest",
+    "Juniperly",
+    "Kestrelton",
+    "Larkspurry",
+    "Mistlewood",
+    "Nettlefield",
+    "Oakenshaw",
+    "Pebbleton",
+    "Quillbrook",
+    "Rushmere",
+    "Sorrelby",
+    "Thistledown",
 ];
 
 fn family_of(i: usize) -> String {
     // 500 synthetic family names, 20 patients each with 10,000 patients.
-    format!("{}{}", FAMILIES[i % FAMILIES.len()], (i / FAMILIES.len()) % 25)
+    format!(
+        "{}{}",
+        FAMILIES[i % FAMILIES.len()],
+        (i / FAMILIES.len()) % 25
+    )
 }
 
 struct World {
@@ -272,9 +293,11 @@ fn main() {
     // --- database -------------------------------------------------------------------
     let db = database(&root);
     let mut admin = PgConnection::establish(&db.admin_url).unwrap();
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{DB_NAME}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .unwrap();
+    diesel::sql_query(format!(
+        "DROP DATABASE IF EXISTS \"{DB_NAME}\" WITH (FORCE)"
+    ))
+    .execute(&mut admin)
+    .unwrap();
     diesel::sql_query(format!("CREATE DATABASE \"{DB_NAME}\""))
         .execute(&mut admin)
         .unwrap();
@@ -352,7 +375,9 @@ format = "json"
                         .unwrap(),
                         gender: if i % 2 == 0 { "female" } else { "male" }.into(),
                         telecom: Some(json!([{ "system": "phone", "value": "555-0100" }])),
-                        address: Some(json!([{ "line": ["1 Synthetic Way"], "city": "Testville" }])),
+                        address: Some(
+                            json!([{ "line": ["1 Synthetic Way"], "city": "Testville" }]),
+                        ),
                     };
                     phi::insert_patient(c, &keyring, &new).map(|p| p.id)
                 })
@@ -373,7 +398,9 @@ format = "json"
     .bind::<diesel::sql_types::Uuid, _>(doc)
     .execute(&mut conn)
     .unwrap();
-    diesel::sql_query("VACUUM ANALYZE").execute(&mut conn).unwrap();
+    diesel::sql_query("VACUUM ANALYZE")
+        .execute(&mut conn)
+        .unwrap();
     eprintln!(
         "[bench] seeded {} patients, 2 clinicians in {:.1} s",
         ids.len(),
@@ -416,8 +443,13 @@ format = "json"
 
     // Warm-up: connections, pool, JWKS fetch, caches.
     let _ = wrk(&a, &script_path, &base, 3);
+    // Let requests still in flight when the warm-up stopped commit their audit events.
+    std::thread::sleep(Duration::from_secs(2));
     let mut conn = PgConnection::establish(&db.url).unwrap();
-    let seq0 = scalar_i64(&mut conn, "SELECT coalesce(max(seq), 0)::bigint AS v FROM audit_events");
+    let seq0 = scalar_i64(
+        &mut conn,
+        "SELECT coalesce(max(seq), 0)::bigint AS v FROM audit_events",
+    );
     let (cpu_s0, cpu_pg0) = (cpu_secs(server_pid), pg_cpu_secs(db.postmaster));
     let load_before = loadavg();
     eprintln!(
@@ -461,7 +493,9 @@ format = "json"
     };
     let ceiling = if a.ceiling && matches!(a.scenario.as_str(), "read" | "denied") {
         let batch = events.mean_batch().max(1.0).round() as u32;
-        Some(pgbench_ceiling(&a, &issuer, &mut conn, &db, &run, &ids, batch))
+        Some(pgbench_ceiling(
+            &a, &issuer, &mut conn, &db, &run, &ids, batch,
+        ))
     } else {
         None
     };
@@ -515,8 +549,10 @@ format = "json"
             let _ = std::fs::remove_dir_all(r);
         }
     } else {
-        let _ = diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{DB_NAME}\" WITH (FORCE)"))
-            .execute(&mut admin);
+        let _ = diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS \"{DB_NAME}\" WITH (FORCE)"
+        ))
+        .execute(&mut admin);
     }
     eprintln!("[bench] done in {:.0} s", started.elapsed().as_secs_f64());
 }
@@ -537,7 +573,10 @@ fn signer(alg: &str, manifest: &Path) -> (Algorithm, EncodingKey) {
         }
         "ES256" => {
             let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-            (Algorithm::ES256, EncodingKey::from_ec_der(&kp.serialize_der()))
+            (
+                Algorithm::ES256,
+                EncodingKey::from_ec_der(&kp.serialize_der()),
+            )
         }
         "EdDSA" => {
             // PKCS#8 v1 wrapping of a random Ed25519 seed (RFC 8410).
@@ -816,7 +855,13 @@ fn print_table(r: &Value) {
         ("requests", f(&r["requests"])),
         (
             "latency p50/p90/p99/max ms",
-            format!("{} / {} / {} / {}", f(&l["p50"]), f(&l["p90"]), f(&l["p99"]), f(&l["max"])),
+            format!(
+                "{} / {} / {} / {}",
+                f(&l["p50"]),
+                f(&l["p90"]),
+                f(&l["p99"]),
+                f(&l["max"])
+            ),
         ),
         ("non-2xx", f(&r["non_2xx"])),
         ("socket errors", f(&r["socket_errors"])),
