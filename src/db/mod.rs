@@ -62,9 +62,6 @@ impl Db {
         let pool = Pool::builder()
             .max_size(cfg.pool_size)
             .min_idle(Some(0))
-            // No `SELECT 1` round trip before every checkout: a broken connection fails
-            // its query (503), and r2d2 drops connections diesel reports as broken.
-            .test_on_check_out(false)
             .connection_timeout(cfg.acquire_timeout())
             .connection_customizer(Box::new(SessionSetup {
                 statement_timeout_ms: cfg.statement_timeout_ms,
