@@ -1,0 +1,897 @@
+//! End-to-end HTTP benchmark: the release `custodian serve` over TLS against real
+//! PostgreSQL, driven by `wrk`, with the server's CPU/RSS, PostgreSQL's CPU, audit
+//! completeness, `audit verify`, and a `pgbench` ceiling of the same SQL.
+//! Run with `bash .ci/bench [--scenario read|search|write|mixed|denied] [--duration 20]`
+//! (or `cargo bench --bench http -- …`). See README.md, "Benchmark".
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use base64::Engine;
+use custodian::db::{phi, users};
+use custodian::pgcluster::LocalCluster;
+use custodian::policy::Role;
+use diesel::prelude::*;
+use jsonwebtoken::jwk::Jwk;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+use uuid::Uuid;
+
+const AUDIENCE: &str = "https://custodian.bench/fhir";
+const SCOPES: &str = "user/Patient.cruds";
+const DB_NAME: &str = "custodian_bench_http";
+
+struct Args {
+    scenario: String,
+    duration: u64,
+    connections: u32,
+    threads: u32,
+    patients: usize,
+    pool_size: u32,
+    ceiling: bool,
+    alg: String,
+}
+
+fn args() -> Args {
+    let mut a = Args {
+        scenario: "read".into(),
+        duration: 20,
+        connections: 64,
+        threads: 2,
+        patients: 10_000,
+        pool_size: 16,
+        ceiling: true,
+        alg: "RS256".into(),
+    };
+    let mut it = std::env::args().skip(1);
+    while let Some(arg) = it.next() {
+        let mut val = || it.next().unwrap_or_else(|| panic!("{arg} needs a value"));
+        match arg.as_str() {
+            "--bench" => {}
+            "--scenario" => a.scenario = val(),
+            "--duration" => a.duration = val().parse().expect("--duration: seconds"),
+            "--connections" => a.connections = val().parse().expect("--connections: number"),
+            "--threads" => a.threads = val().parse().expect("--threads: number"),
+            "--patients" => a.patients = val().parse().expect("--patients: number"),
+            "--pool-size" => a.pool_size = val().parse().expect("--pool-size: number"),
+            "--no-ceiling" => a.ceiling = false,
+            "--alg" => a.alg = val(),
+            other => panic!(
+                "unknown argument {other}; use --scenario read|search|write|mixed|denied \
+                 --duration S --connections N --threads N --patients N --pool-size N --alg RS256|ES256|EdDSA --no-ceiling"
+            ),
+        }
+    }
+    assert!(
+        ["read", "search", "write", "mixed", "denied"].contains(&a.scenario.as_str()),
+        "--scenario must be read, search, write, mixed or denied"
+    );
+    a
+}
+
+fn key_b64() -> String {
+    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
+}
+
+fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .split_whitespace()
+        .take(3)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn clk_tck() -> f64 {
+    #[allow(unsafe_code)]
+    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if t > 0 { t as f64 } else { 100.0 }
+}
+
+/// (ppid, utime+stime, cutime+cstime) in ticks, and the command name.
+fn proc_stat(pid: u32) -> Option<(u32, u64, u64, String)> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let open = s.find('(')?;
+    let close = s.rfind(')')?;
+    let comm = s[open + 1..close].to_string();
+    let f: Vec<&str> = s[close + 2..].split_whitespace().collect();
+    // Fields after "(comm) ": state=0, ppid=1, … utime=11, stime=12, cutime=13, cstime=14.
+    let n = |i: usize| f.get(i).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+    Some((n(1) as u32, n(11) + n(12), n(13) + n(14), comm))
+}
+
+fn all_pids() -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .map(|d| {
+            d.flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// CPU seconds of one process (self only; its exited children are not ours).
+fn cpu_secs(pid: u32) -> f64 {
+    proc_stat(pid).map_or(0.0, |s| s.1 as f64 / clk_tck())
+}
+
+/// CPU seconds of a PostgreSQL cluster: the postmaster (with its reaped children) plus
+/// every live child. Without a known postmaster: every process named `postgres`.
+fn pg_cpu_secs(postmaster: Option<u32>) -> f64 {
+    let mut ticks = 0u64;
+    match postmaster {
+        Some(pm) => {
+            if let Some((_, own, reaped, _)) = proc_stat(pm) {
+                ticks += own + reaped;
+            }
+            for pid in all_pids() {
+                if let Some((ppid, own, _, _)) = proc_stat(pid)
+                    && ppid == pm
+                {
+                    ticks += own;
+                }
+            }
+        }
+        None => {
+            for pid in all_pids() {
+                if let Some((_, own, _, comm)) = proc_stat(pid)
+                    && comm == "postgres"
+                {
+                    ticks += own;
+                }
+            }
+        }
+    }
+    ticks as f64 / clk_tck()
+}
+
+fn vm_hwm_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("VmHWM:")
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+/// A JWKS endpoint on 127.0.0.1 (any path answers the key set), one thread.
+fn serve_jwks(jwks: String) -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for stream in listener.incoming().flatten() {
+            let mut stream = stream;
+            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
+            let mut buf = Vec::new();
+            let mut chunk = [0u8; 1024];
+            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                match stream.read(&mut chunk) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                }
+            }
+            let _ = write!(
+                stream,
+                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
+                jwks.len(),
+                jwks
+            );
+        }
+    });
+    port
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+const FAMILIES: &[&str] = &[
+    "Ashgrove",
+    "Brambleton",
+    "Cindervale",
+    "Dunmarsh",
+    "Elderwick",
+    "Fernhollow",
+    "Glimmerby",
+    "Hollowmere",
+    "Ivorycrest",
+    "Juniperly",
+    "Kestrelton",
+    "Larkspurry",
+    "Mistlewood",
+    "Nettlefield",
+    "Oakenshaw",
+    "Pebbleton",
+    "Quillbrook",
+    "Rushmere",
+    "Sorrelby",
+    "Thistledown",
+];
+
+fn family_of(i: usize) -> String {
+    // 500 synthetic family names, 20 patients each with 10,000 patients.
+    format!(
+        "{}{}",
+        FAMILIES[i % FAMILIES.len()],
+        (i / FAMILIES.len()) % 25
+    )
+}
+
+struct World {
+    url: String,
+    admin_url: String,
+    cluster: Option<LocalCluster>,
+    postmaster: Option<u32>,
+    pg_root: Option<PathBuf>,
+}
+
+fn database(root: &Path) -> World {
+    if let Ok(admin) = std::env::var("CUSTODIAN_BENCH_DATABASE_URL") {
+        let mut url = url::Url::parse(&admin).unwrap();
+        url.set_path(&format!("/{DB_NAME}"));
+        return World {
+            url: url.to_string(),
+            admin_url: admin,
+            cluster: None,
+            postmaster: None,
+            pg_root: None,
+        };
+    }
+    let pg_root = root.join("pg");
+    if pg_root.join("pgdata/PG_VERSION").is_file() {
+        let old = LocalCluster::new(&pg_root, None, true).unwrap();
+        if old.is_running() {
+            old.stop().unwrap();
+        }
+        std::fs::remove_dir_all(&pg_root).unwrap();
+    }
+    let cluster = LocalCluster::new(&pg_root, None, true).unwrap();
+    cluster.init_if_needed().unwrap();
+    cluster.start().unwrap();
+    let pid = std::fs::read_to_string(pg_root.join("pgdata/postmaster.pid"))
+        .ok()
+        .and_then(|s| s.lines().next().and_then(|l| l.trim().parse().ok()));
+    World {
+        url: cluster.url(DB_NAME),
+        admin_url: cluster.url("postgres"),
+        cluster: Some(cluster),
+        postmaster: pid,
+        pg_root: Some(pg_root),
+    }
+}
+
+fn scalar_i64(conn: &mut PgConnection, sql: &str) -> i64 {
+    #[derive(QueryableByName)]
+    struct V {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        v: i64,
+    }
+    diesel::sql_query(sql)
+        .get_result::<V>(conn)
+        .map(|r| r.v)
+        .unwrap()
+}
+
+fn main() {
+    let a = args();
+    let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let root = manifest.join("target/bench-http");
+    let run = root.join("run");
+    let _ = std::fs::remove_dir_all(&run);
+    std::fs::create_dir_all(run.join("audit")).unwrap();
+    let started = Instant::now();
+    eprintln!("[bench] load average at start: {}", loadavg());
+
+    // --- database -------------------------------------------------------------------
+    let db = database(&root);
+    let mut admin = PgConnection::establish(&db.admin_url).unwrap();
+    diesel::sql_query(format!(
+        "DROP DATABASE IF EXISTS \"{DB_NAME}\" WITH (FORCE)"
+    ))
+    .execute(&mut admin)
+    .unwrap();
+    diesel::sql_query(format!("CREATE DATABASE \"{DB_NAME}\""))
+        .execute(&mut admin)
+        .unwrap();
+    custodian::db::migrate(&db.url, 5).unwrap();
+
+    // --- keys, certificate, JWKS -------------------------------------------------------
+    let (cert_pem, key_pem) = custodian::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
+    std::fs::write(run.join("cert.pem"), cert_pem).unwrap();
+    custodian::dev::write_private(&run.join("key.pem"), key_pem.as_bytes()).unwrap();
+    let (alg, signing_key) = signer(&a.alg, &manifest);
+    let mut jwk = Jwk::from_encoding_key(&signing_key, alg).unwrap();
+    jwk.common.key_id = Some("bench-1".into());
+    let jwks_port = serve_jwks(json!({ "keys": [jwk] }).to_string());
+    let issuer = format!("http://127.0.0.1:{jwks_port}");
+    let port = free_port();
+    let config = format!(
+        r#"[server]
+listen = "127.0.0.1:{port}"
+[tls]
+cert_file = "{run}/cert.pem"
+key_file = "{run}/key.pem"
+[database]
+url = "{url}"
+pool_size = {pool}
+[crypto]
+kek = "{kek}"
+blind_index_key = "{blind}"
+[auth]
+issuer = "{issuer}"
+audience = "{AUDIENCE}"
+jwks_url = "{issuer}/jwks"
+[audit]
+chain_key = "{chain}"
+checkpoint_signing_key = "{sign}"
+checkpoint_dir = "{run}/audit"
+[ratelimit]
+per_address_per_minute = 0
+per_principal_per_minute = 0
+[log]
+format = "json"
+"#,
+        run = run.display(),
+        url = db.url,
+        pool = a.pool_size,
+        kek = key_b64(),
+        blind = key_b64(),
+        chain = key_b64(),
+        sign = key_b64(),
+    );
+    let config_path = run.join("custodian.toml");
+    custodian::dev::write_private(&config_path, config.as_bytes()).unwrap();
+
+    // --- seed -----------------------------------------------------------------------------
+    let table = custodian::config::load_table(Some(&config_path), Vec::new()).unwrap();
+    let cfg = custodian::config::from_table(table).unwrap();
+    let keyring = custodian::crypto::load_keyring(&cfg.crypto, &db.url, 5).unwrap();
+    let mut conn = PgConnection::establish(&db.url).unwrap();
+    let seed_started = Instant::now();
+    let facility = phi::insert_facility(&mut conn, "Synthetic General Hospital").unwrap();
+    let ids: Vec<Uuid> = conn
+        .transaction(|c| {
+            (0..a.patients)
+                .map(|i| {
+                    let new = phi::NewPatient {
+                        facility_id: facility,
+                        mrn: format!("BENCH{i:07}"),
+                        ssn: Some(format!("9{i:08}")),
+                        family: family_of(i),
+                        given: "Avery Quinn".into(),
+                        birth_date: chrono::NaiveDate::from_ymd_opt(
+                            1940 + (i % 70) as i32,
+                            1 + (i % 12) as u32,
+                            1 + (i % 28) as u32,
+                        )
+                        .unwrap(),
+                        gender: if i % 2 == 0 { "female" } else { "male" }.into(),
+                        telecom: Some(json!([{ "system": "phone", "value": "555-0100" }])),
+                        address: Some(
+                            json!([{ "line": ["1 Synthetic Way"], "city": "Testville" }]),
+                        ),
+                    };
+                    phi::insert_patient(c, &keyring, &new).map(|p| p.id)
+                })
+                .collect::<Result<Vec<_>, _>>()
+        })
+        .unwrap();
+    let mut clinician = |sub: &str| {
+        let u = users::user_for(&mut conn, &issuer, sub, users::UserKind::Person).unwrap();
+        users::grant_role(&mut conn, u.id, Role::Clinician, "benchmark", None).unwrap();
+        users::set_facility(&mut conn, u.id, Some(facility)).unwrap();
+        u.id
+    };
+    let doc = clinician("bench-clinician");
+    let _outsider = clinician("bench-outsider");
+    diesel::sql_query(
+        "INSERT INTO care_team_members (patient_id, user_id) SELECT id, $1 FROM patients",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(doc)
+    .execute(&mut conn)
+    .unwrap();
+    diesel::sql_query("VACUUM ANALYZE")
+        .execute(&mut conn)
+        .unwrap();
+    eprintln!(
+        "[bench] seeded {} patients, 2 clinicians in {:.1} s",
+        ids.len(),
+        seed_started.elapsed().as_secs_f64()
+    );
+
+    // --- tokens and the wrk script --------------------------------------------------------
+    let token = |sub: &str| {
+        let now = jsonwebtoken::get_current_timestamp() as i64;
+        let mut h = Header::new(alg);
+        h.kid = Some("bench-1".into());
+        let claims = json!({
+            "iss": issuer, "aud": AUDIENCE, "sub": sub, "iat": now,
+            "exp": now + a.duration as i64 + 3600, "client_id": "bench-app", "scope": SCOPES,
+        });
+        jsonwebtoken::encode(&h, &claims, &signing_key).unwrap()
+    };
+    let who = if a.scenario == "denied" {
+        "bench-outsider"
+    } else {
+        "bench-clinician"
+    };
+    let script = wrk_script(&a.scenario, &token(who), &ids);
+    let script_path = run.join("bench.lua");
+    std::fs::write(&script_path, script).unwrap();
+
+    // --- server ---------------------------------------------------------------------------
+    let log = std::fs::File::create(run.join("server.log")).unwrap();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_custodian"))
+        .arg("serve")
+        .env("CUSTODIAN_CONFIG", &config_path)
+        .env_remove("DATABASE_URL")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let server_pid = server.id();
+    let base = format!("https://127.0.0.1:{port}");
+    wait_ready(&base, &mut server, &run);
+
+    // Warm-up: connections, pool, JWKS fetch, caches.
+    let _ = wrk(&a, &script_path, &base, 3);
+    // Let requests still in flight when the warm-up stopped commit their audit events.
+    std::thread::sleep(Duration::from_secs(2));
+    let mut conn = PgConnection::establish(&db.url).unwrap();
+    let seq0 = scalar_i64(
+        &mut conn,
+        "SELECT coalesce(max(seq), 0)::bigint AS v FROM audit_events",
+    );
+    let (cpu_s0, cpu_pg0) = (cpu_secs(server_pid), pg_cpu_secs(db.postmaster));
+    let load_before = loadavg();
+    eprintln!(
+        "[bench] {} for {} s, {} connections, load average {}",
+        a.scenario, a.duration, a.connections, load_before
+    );
+    let w = wrk(&a, &script_path, &base, a.duration);
+    let (cpu_s1, cpu_pg1) = (cpu_secs(server_pid), pg_cpu_secs(db.postmaster));
+    let load_after = loadavg();
+    let rss_kib = vm_hwm_kib(server_pid);
+
+    // Stop the server (SIGTERM drains), then verify the chain.
+    #[allow(unsafe_code)]
+    unsafe {
+        libc::kill(server_pid as i32, libc::SIGTERM);
+    }
+    let _ = server.wait();
+    let events = audit_counts(&mut conn, seq0);
+    let verify = Command::new(env!("CARGO_BIN_EXE_custodian"))
+        .args(["audit", "verify"])
+        .env("CUSTODIAN_CONFIG", &config_path)
+        .env_remove("DATABASE_URL")
+        .stderr(Stdio::null())
+        .output()
+        .unwrap();
+    let verify_line = String::from_utf8_lossy(&verify.stdout).trim().to_string();
+
+    // --- results ----------------------------------------------------------------------------
+    let secs = w["duration_us"].as_f64().unwrap_or(1.0) / 1e6;
+    let requests = w["requests"].as_i64().unwrap_or(0);
+    let non2xx = w["status_errors"].as_i64().unwrap_or(0);
+    let socket_errors = ["connect_errors", "read_errors", "write_errors", "timeouts"]
+        .iter()
+        .map(|k| w[*k].as_i64().unwrap_or(0))
+        .sum::<i64>();
+    let ok = requests - non2xx;
+    let rps = requests as f64 / secs;
+    let (expected, audited) = match a.scenario.as_str() {
+        "denied" => (non2xx, events.deny),
+        _ => (ok, events.permit),
+    };
+    let ceiling = if a.ceiling && matches!(a.scenario.as_str(), "read" | "denied") {
+        let batch = events.mean_batch().max(1.0).round() as u32;
+        Some(pgbench_ceiling(
+            &a, &issuer, &mut conn, &db, &run, &ids, batch,
+        ))
+    } else {
+        None
+    };
+    let fraction = ceiling.map(|c| rps / c);
+    let ms = |k: &str| w[k].as_f64().unwrap_or(0.0) / 1e3;
+    let result = json!({
+        "scenario": a.scenario,
+        "duration_s": secs,
+        "connections": a.connections,
+        "wrk_threads": a.threads,
+        "patients": ids.len(),
+        "pool_size": a.pool_size,
+        "requests": requests,
+        "requests_per_s": rps,
+        "latency_ms": { "p50": ms("p50_us"), "p90": ms("p90_us"), "p99": ms("p99_us"),
+                        "max": ms("max_us"), "mean": ms("mean_us") },
+        "ok_responses": ok,
+        "non_2xx": non2xx,
+        "socket_errors": socket_errors,
+        "server_peak_rss_mib": rss_kib as f64 / 1024.0,
+        "server_cpu_s": cpu_s1 - cpu_s0,
+        "postgres_cpu_s": cpu_pg1 - cpu_pg0,
+        "postgres_cpu_scope": if db.postmaster.is_some() { "own cluster" } else { "all postgres processes on the machine" },
+        "audit": {
+            "events": events.total, "permit": events.permit, "deny": events.deny,
+            "expected_from_responses": expected, "matching_events": audited,
+            "excess_events_in_flight_at_stop": audited - expected,
+            "complete": audited >= expected && audited - expected <= a.connections as i64,
+            "batches": events.batches, "mean_batch": events.mean_batch(),
+            "verify_ok": verify.status.success(), "verify": verify_line,
+        },
+        "pgbench_ceiling_tps": ceiling,
+        "fraction_of_ceiling": fraction,
+        "load_average": { "before": load_before, "after": load_after },
+        "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+        "token_alg": a.alg,
+        "note": if matches!(a.scenario.as_str(), "write" | "mixed") { "writes are Patient create (Observation has no API yet)" } else { "" },
+    });
+    print_table(&result);
+    let out_dir = manifest.join("target/bench");
+    std::fs::create_dir_all(&out_dir).unwrap();
+    let out = out_dir.join(format!("results-{}.json", a.scenario));
+    std::fs::write(&out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
+    println!("results: {}", out.display());
+
+    // --- clean up ---------------------------------------------------------------------------
+    drop(conn);
+    if let Some(c) = db.cluster {
+        c.stop().unwrap();
+        if let Some(r) = db.pg_root {
+            let _ = std::fs::remove_dir_all(r);
+        }
+    } else {
+        let _ = diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS \"{DB_NAME}\" WITH (FORCE)"
+        ))
+        .execute(&mut admin);
+    }
+    eprintln!("[bench] done in {:.0} s", started.elapsed().as_secs_f64());
+}
+
+/// The benchmark identity provider's signing key: RS256 (the usual provider default;
+/// the test-only RSA key under tests/fixtures), ES256 or EdDSA (generated per run).
+fn signer(alg: &str, manifest: &Path) -> (Algorithm, EncodingKey) {
+    match alg {
+        "RS256" => {
+            let text =
+                std::fs::read_to_string(manifest.join("tests/fixtures/test-only-rsa-key.pem"))
+                    .unwrap();
+            let pem = &text[text.find("-----BEGIN").unwrap()..];
+            (
+                Algorithm::RS256,
+                EncodingKey::from_rsa_pem(pem.as_bytes()).unwrap(),
+            )
+        }
+        "ES256" => {
+            let kp = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            (
+                Algorithm::ES256,
+                EncodingKey::from_ec_der(&kp.serialize_der()),
+            )
+        }
+        "EdDSA" => {
+            // PKCS#8 v1 wrapping of a random Ed25519 seed (RFC 8410).
+            let mut der = hex::decode("302e020100300506032b657004220420").unwrap();
+            der.extend_from_slice(&rand::random::<[u8; 32]>());
+            (Algorithm::EdDSA, EncodingKey::from_ed_der(&der))
+        }
+        other => panic!("--alg must be RS256, ES256 or EdDSA, not {other}"),
+    }
+}
+
+fn wait_ready(base: &str, server: &mut Child, run: &Path) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = server.try_wait() {
+            panic!(
+                "custodian serve exited ({status}); see {}",
+                run.join("server.log").display()
+            );
+        }
+        let ok = rt.block_on(async {
+            client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        });
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+fn wrk(a: &Args, script: &Path, base: &str, secs: u64) -> Value {
+    let out = Command::new("wrk")
+        .arg(format!("-t{}", a.threads))
+        .arg(format!("-c{}", a.connections))
+        .arg(format!("-d{secs}s"))
+        .args(["--timeout", "10s", "-s"])
+        .arg(script)
+        .arg(base)
+        .output()
+        .expect("wrk not found: run `bash .ci/bench` (installs it) or `apt-get install -y wrk`");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let line = text
+        .lines()
+        .find_map(|l| l.strip_prefix("BENCHJSON "))
+        .unwrap_or_else(|| panic!("wrk gave no result: {text}"));
+    serde_json::from_str(line).unwrap()
+}
+
+fn wrk_script(scenario: &str, token: &str, ids: &[Uuid]) -> String {
+    let mut s = String::from("local ids = {\n");
+    for id in ids {
+        s.push_str(&format!("\"{id}\",\n"));
+    }
+    s.push_str("}\nlocal families = {\n");
+    for i in 0..500.min(ids.len()) {
+        s.push_str(&format!("\"{}\",\n", family_of(i)));
+    }
+    s.push_str(&format!(
+        r#"}}
+local scenario = "{scenario}"
+local get_headers = {{ ["Authorization"] = "Bearer {token}", ["Accept"] = "application/fhir+json" }}
+local post_headers = {{ ["Authorization"] = "Bearer {token}", ["Content-Type"] = "application/fhir+json" }}
+local counter = 0
+tid = 0
+local threads = {{}}
+local next_tid = 0
+function setup(thread)
+  next_tid = next_tid + 1
+  thread:set("tid", next_tid)
+  table.insert(threads, thread)
+end
+function init(args)
+  math.randomseed(os.time() * 1000 + tid * 7919 + math.floor(os.clock() * 1e6))
+  run_id = tostring(math.random(100000000, 999999999))
+end
+local function read()
+  return wrk.format("GET", "/fhir/Patient/" .. ids[math.random(#ids)], get_headers)
+end
+local function search()
+  return wrk.format("GET", "/fhir/Patient?family=" .. families[math.random(#families)] .. "&_count=20", get_headers)
+end
+local function create()
+  counter = counter + 1
+  local body = '{{"resourceType":"Patient","identifier":[{{"system":"urn:custodian:mrn","value":"W' .. tid .. 'R' .. run_id .. 'N' .. counter .. '"}}],' ..
+    '"name":[{{"family":"Benchwright","given":["Avery"]}}],"gender":"female","birthDate":"1980-01-02",' ..
+    '"telecom":[{{"system":"phone","value":"555-0100"}}],"address":[{{"line":["1 Synthetic Way"],"city":"Testville"}}]}}'
+  return wrk.format("POST", "/fhir/Patient", post_headers, body)
+end
+function request()
+  if scenario == "search" then return search() end
+  if scenario == "write" then return create() end
+  if scenario == "mixed" then
+    if math.random(10) == 1 then return create() end
+    return read()
+  end
+  return read()
+end
+function done(summary, latency, requests)
+  local e = summary.errors
+  io.write(string.format('BENCHJSON {{"requests":%d,"duration_us":%d,"bytes":%d,"connect_errors":%d,"read_errors":%d,"write_errors":%d,"status_errors":%d,"timeouts":%d,"p50_us":%d,"p90_us":%d,"p99_us":%d,"max_us":%d,"mean_us":%.1f}}\n',
+    summary.requests, summary.duration, summary.bytes, e.connect, e.read, e.write, e.status, e.timeout,
+    latency:percentile(50), latency:percentile(90), latency:percentile(99), latency.max, latency.mean))
+end
+"#
+    ));
+    s
+}
+
+struct Events {
+    total: i64,
+    permit: i64,
+    deny: i64,
+    batches: i64,
+}
+
+impl Events {
+    fn mean_batch(&self) -> f64 {
+        self.total as f64 / self.batches.max(1) as f64
+    }
+}
+
+fn audit_counts(conn: &mut PgConnection, after: i64) -> Events {
+    let q = |cond: &str| {
+        format!("SELECT count(*)::bigint AS v FROM audit_events WHERE seq > {after} {cond}")
+    };
+    Events {
+        total: scalar_i64(conn, &q("")),
+        permit: scalar_i64(conn, &q("AND outcome = 'permit'")),
+        deny: scalar_i64(conn, &q("AND outcome = 'deny'")),
+        // One writer transaction per batch: rows of a batch share their xmin.
+        batches: scalar_i64(
+            conn,
+            &format!(
+                "SELECT count(DISTINCT xmin::text)::bigint AS v FROM audit_events WHERE seq > {after}"
+            ),
+        ),
+    }
+}
+
+/// The SQL one read runs (user + roles, patient facts with care-team check, the
+/// view-shaped row, and 1/batch of an audit group commit of `batch` rows) as a pgbench
+/// script against the same database; audit rows go to shadow tables with the same
+/// shape and indexes so the real chain stays intact. Returns transactions (reads) per s.
+fn pgbench_ceiling(
+    a: &Args,
+    issuer: &str,
+    conn: &mut PgConnection,
+    db: &World,
+    run: &Path,
+    ids: &[Uuid],
+    batch: u32,
+) -> f64 {
+    for stmt in [
+        "DROP TABLE IF EXISTS bench_ids, bench_audit_events, bench_chain_head",
+        "CREATE TABLE bench_ids (n int PRIMARY KEY, id uuid NOT NULL)",
+        "CREATE TABLE bench_audit_events (LIKE audit_events INCLUDING ALL)",
+        "CREATE TABLE bench_chain_head (LIKE audit_chain_head INCLUDING ALL)",
+        "INSERT INTO bench_chain_head SELECT * FROM audit_chain_head",
+    ] {
+        diesel::sql_query(stmt).execute(conn).unwrap();
+    }
+    for (chunk_no, chunk) in ids.chunks(1000).enumerate() {
+        let values: Vec<String> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, id)| format!("({}, '{id}')", chunk_no * 1000 + i + 1))
+            .collect();
+        diesel::sql_query(format!("INSERT INTO bench_ids VALUES {}", values.join(",")))
+            .execute(conn)
+            .unwrap();
+    }
+    diesel::sql_query("ANALYZE").execute(conn).unwrap();
+    let sub = if a.scenario == "denied" {
+        "bench-outsider"
+    } else {
+        "bench-clinician"
+    };
+    let user_id: Uuid = custodian::db::schema::users::table
+        .filter(custodian::db::schema::users::subject.eq(sub))
+        .select(custodian::db::schema::users::id)
+        .first(conn)
+        .unwrap();
+    let row_select = if a.scenario == "denied" {
+        ""
+    } else {
+        "SELECT id, version, key_version, facility_id, updated_at, gender, mrn_sealed, NULL::bytea AS ssn_sealed, family_sealed, given_sealed, birth_date_sealed, telecom_sealed, address_sealed FROM patients WHERE id = :pid AND deleted_at IS NULL;\n"
+    };
+    let script = format!(
+        r#"\set n random(1, {n})
+\set b random(1, {batch})
+SELECT u.id, u.disabled_at, u.facility_id, u.patient_id, r.role FROM users u LEFT JOIN role_assignments r ON r.user_id = u.id WHERE u.issuer = '{issuer}' AND u.subject = '{sub}';
+SELECT p.facility_id, EXISTS (SELECT 1 FROM care_team_members c WHERE c.patient_id = p.id AND c.user_id = '{user_id}') AS member, p.id AS pid FROM patients p WHERE p.id = (SELECT id FROM bench_ids WHERE n = :n) AND p.deleted_at IS NULL LIMIT 1 \gset
+{row_select}\if :b = 1
+BEGIN;
+SELECT seq, hash FROM bench_chain_head FOR UPDATE;
+INSERT INTO bench_audit_events (seq, event_id, occurred_at, actor_user_id, actor_client_id, actor_roles, auth_method, client_app, action, resource_type, resource_id, patient_ids, outcome, deny_reason, purpose_of_use, break_glass_grant_id, source_ip, user_agent, request_id, hash)
+  SELECT h.seq + g, gen_random_uuid(), now(), gen_random_uuid(), NULL, ARRAY['clinician'], 'bearer', 'bench-app', 'read', 'Patient', gen_random_uuid(), ARRAY[gen_random_uuid()], 'permit', NULL, 'TREAT', NULL, '127.0.0.1', 'wrk', 'r-0123456789abcdef', sha256(g::text::bytea)
+  FROM bench_chain_head h, generate_series(1, {batch}) g;
+UPDATE bench_chain_head SET seq = seq + {batch}, hash = sha256(hash);
+COMMIT;
+\endif
+"#,
+        n = ids.len(),
+    );
+    let path = run.join("ceiling.sql");
+    std::fs::write(&path, script).unwrap();
+    let load = loadavg();
+    eprintln!(
+        "[bench] pgbench ceiling (audit batch {batch}) for {} s, load average {load}",
+        a.duration
+    );
+    let out = Command::new("pgbench")
+        .args(["-n", "-M", "prepared", "-c"])
+        .arg(a.connections.to_string())
+        .args(["-j", "2", "-T"])
+        .arg(a.duration.to_string())
+        .arg("-f")
+        .arg(&path)
+        .arg(&db.url)
+        .output()
+        .expect("pgbench not found (it ships with the PostgreSQL server packages)");
+    let text = String::from_utf8_lossy(&out.stdout);
+    let tps = text
+        .lines()
+        .find(|l| l.starts_with("tps = "))
+        .and_then(|l| l.trim_start_matches("tps = ").split_whitespace().next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .unwrap_or_else(|| {
+            panic!(
+                "pgbench failed: {text}{}",
+                String::from_utf8_lossy(&out.stderr)
+            )
+        });
+    let failed = text
+        .lines()
+        .find(|l| l.contains("number of failed transactions"))
+        .unwrap_or("");
+    eprintln!("[bench] pgbench: {tps:.0} tps {failed}");
+    tps
+}
+
+fn print_table(r: &Value) {
+    let f = |v: &Value| match v {
+        Value::Number(n) => {
+            let x = n.as_f64().unwrap_or(0.0);
+            if x.fract() == 0.0 {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.2}")
+            }
+        }
+        Value::Null => "n/a".into(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    let l = &r["latency_ms"];
+    let au = &r["audit"];
+    let rows = [
+        ("scenario", f(&r["scenario"])),
+        ("token algorithm", f(&r["token_alg"])),
+        ("requests/s", f(&r["requests_per_s"])),
+        ("requests", f(&r["requests"])),
+        (
+            "latency p50/p90/p99/max ms",
+            format!(
+                "{} / {} / {} / {}",
+                f(&l["p50"]),
+                f(&l["p90"]),
+                f(&l["p99"]),
+                f(&l["max"])
+            ),
+        ),
+        ("non-2xx", f(&r["non_2xx"])),
+        ("socket errors", f(&r["socket_errors"])),
+        ("server peak RSS MiB", f(&r["server_peak_rss_mib"])),
+        ("server CPU s", f(&r["server_cpu_s"])),
+        ("postgres CPU s", f(&r["postgres_cpu_s"])),
+        (
+            "audit events (matching/expected)",
+            format!(
+                "{} / {} (+{} in flight at stop)",
+                f(&au["matching_events"]),
+                f(&au["expected_from_responses"]),
+                f(&au["excess_events_in_flight_at_stop"])
+            ),
+        ),
+        ("audit mean batch", f(&au["mean_batch"])),
+        ("audit verify", f(&au["verify"])),
+        ("pgbench ceiling tps", f(&r["pgbench_ceiling_tps"])),
+        ("fraction of ceiling", f(&r["fraction_of_ceiling"])),
+        (
+            "load average before/after",
+            format!(
+                "{} / {}",
+                f(&r["load_average"]["before"]),
+                f(&r["load_average"]["after"])
+            ),
+        ),
+    ];
+    println!("| metric | value |\n|---|---|");
+    for (k, v) in rows {
+        println!("| {k} | {v} |");
+    }
+}
