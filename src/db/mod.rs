@@ -62,6 +62,9 @@ impl Db {
         let pool = Pool::builder()
             .max_size(cfg.pool_size)
             .min_idle(Some(0))
+            // No `SELECT 1` on every checkout (three per API read): a connection that
+            // died is reported by its next query (503) and dropped by r2d2 when returned.
+            .test_on_check_out(false)
             .connection_timeout(cfg.acquire_timeout())
             .connection_customizer(Box::new(SessionSetup {
                 statement_timeout_ms: cfg.statement_timeout_ms,
