@@ -1,7 +1,9 @@
 //! The FHIR R4 API.
 
+pub mod access;
 pub mod bundle;
 pub mod metadata;
+pub mod observation;
 pub mod patient;
 pub mod types;
 

@@ -111,6 +111,37 @@ pub fn configure(r: &mut Routes) {
         patient(I::Update),
         fhir::patient::update,
     );
+    let observation = |i| Action::Fhir(T::Observation, i);
+    r.add(
+        Method::GET,
+        "/fhir/Observation",
+        observation(I::Search),
+        fhir::observation::search,
+    );
+    r.add(
+        Method::POST,
+        "/fhir/Observation",
+        observation(I::Create),
+        fhir::observation::create,
+    );
+    r.add(
+        Method::GET,
+        "/fhir/Observation/{id}",
+        observation(I::Read),
+        fhir::observation::read,
+    );
+    r.add(
+        Method::PUT,
+        "/fhir/Observation/{id}",
+        observation(I::Update),
+        fhir::observation::update,
+    );
+    r.add(
+        Method::DELETE,
+        "/fhir/Observation/{id}",
+        observation(I::Delete),
+        fhir::observation::delete,
+    );
     r.add(Method::GET, "/", Action::Public, console::home);
     r.add(
         Method::GET,

@@ -10,4 +10,5 @@ mod crypto;
 mod database;
 mod edge;
 mod fhir_patient;
+mod fhir_resources;
 mod tls;
