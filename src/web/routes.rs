@@ -142,6 +142,31 @@ pub fn configure(r: &mut Routes) {
         observation(I::Delete),
         fhir::observation::delete,
     );
+    let document = |i| Action::Fhir(T::DocumentReference, i);
+    r.add(
+        Method::GET,
+        "/fhir/DocumentReference",
+        document(I::Search),
+        fhir::document_reference::search,
+    );
+    r.add(
+        Method::POST,
+        "/fhir/DocumentReference",
+        document(I::Create),
+        fhir::document_reference::create,
+    );
+    r.add(
+        Method::GET,
+        "/fhir/DocumentReference/{id}",
+        document(I::Read),
+        fhir::document_reference::read,
+    );
+    r.add(
+        Method::PUT,
+        "/fhir/DocumentReference/{id}",
+        document(I::Update),
+        fhir::document_reference::update,
+    );
     r.add(Method::GET, "/", Action::Public, console::home);
     r.add(
         Method::GET,

@@ -484,3 +484,201 @@ async fn fhir_observation_bad_input_gets_a_4xx_and_stores_nothing() {
     }
     assert_eq!(count(&w, "observations"), 0, "nothing stored on rejection");
 }
+
+// ---------------------------------------------------------------------------------------
+// DocumentReference
+
+fn b64(text: &str) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(text)
+}
+
+fn unb64(data: &Value) -> String {
+    use base64::Engine;
+    String::from_utf8(
+        base64::engine::general_purpose::STANDARD
+            .decode(data.as_str().unwrap())
+            .unwrap(),
+    )
+    .unwrap()
+}
+
+fn note_json(patient: Uuid, text: &str) -> Value {
+    json!({
+        "resourceType": "DocumentReference",
+        "status": "current",
+        "type": { "coding": [{ "system": "http://loinc.org", "code": "11506-3", "display": "Progress note" }] },
+        "subject": { "reference": format!("Patient/{patient}") },
+        "date": "2026-11-20T09:00:00Z",
+        "content": [{ "attachment": { "contentType": "text/plain", "data": b64(text) } }]
+    })
+}
+
+#[tokio::test]
+async fn fhir_document_reference_notes_are_sanitised_authored_by_the_caller_and_scoped() {
+    let w = World::new().await;
+    let (doc_a_id, doc_a) = person(&w, "dr-a", &[Role::Clinician]);
+    let (_, doc_b) = person(&w, "dr-b", &[Role::Clinician]);
+    let (_, billing) = person(&w, "billing-1", &[Role::Billing]);
+    let patient = w.create(&doc_a, &patient_json("MRN-D1", "Noted")).await;
+
+    let mut body = note_json(
+        patient,
+        "<script>alert(1)</script>Hello <b>there</b>, BP < 120",
+    );
+    body["author"] = json!([{ "reference": format!("Practitioner/{}", Uuid::new_v4()) }]);
+    let created = create(&w, "/fhir/DocumentReference", &doc_a, &body).await;
+    check_document_reference(&created);
+    let text = unb64(&created["content"][0]["attachment"]["data"]);
+    assert_eq!(text, "Hello there, BP < 120");
+    assert_eq!(
+        created["author"],
+        json!([{ "reference": format!("Practitioner/{doc_a_id}") }]),
+        "the author is the caller, not the input"
+    );
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("/fhir/DocumentReference/{id}");
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("create", "permit"));
+    assert_eq!(last.2, vec![patient]);
+
+    let res = w.get(&path, &doc_a).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let raw = res.text().await.unwrap();
+    assert!(!raw.contains("<script>"));
+    let read: Value = serde_json::from_str(&raw).unwrap();
+    check_document_reference(&read);
+    let text = unb64(&read["content"][0]["attachment"]["data"]);
+    assert!(!text.contains("<script>") && !text.contains("alert") && text.contains("Hello"));
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("read", "permit"));
+    assert_eq!(last.2, vec![patient]);
+
+    let b: Value = w
+        .get(
+            &format!("/fhir/DocumentReference?patient={patient}"),
+            &doc_a,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ids(&b), vec![id.clone()]);
+    check_document_reference(&b["entry"][0]["resource"]);
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!(last.0, "search");
+    assert_eq!(last.2, vec![patient]);
+
+    // Update (If-Match), markup stripped again.
+    let mut upd = note_json(patient, "Revised <iframe src=x></iframe>note");
+    upd["id"] = json!(id);
+    upd["status"] = json!("superseded");
+    let res = w.send(Method::PUT, &path, &doc_a, Some(&upd)).await;
+    assert_eq!(res.status(), StatusCode::PRECONDITION_REQUIRED);
+    let res = w
+        .app
+        .client
+        .put(w.app.url(&path))
+        .header("authorization", format!("Bearer {doc_a}"))
+        .header("content-type", "application/fhir+json")
+        .header("if-match", "W/\"1\"")
+        .body(upd.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let updated: Value = res.json().await.unwrap();
+    check_document_reference(&updated);
+    assert_eq!(updated["status"], "superseded");
+    assert_eq!(
+        unb64(&updated["content"][0]["attachment"]["data"]),
+        "Revised note"
+    );
+    assert_eq!(updated["meta"]["versionId"], "2");
+
+    // Outside the care team: hidden; billing: refused.
+    assert_eq!(w.get(&path, &doc_b).await.status(), StatusCode::NOT_FOUND);
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("read", "deny"));
+    assert_eq!(last.2, vec![patient]);
+    let b: Value = w
+        .get("/fhir/DocumentReference", &doc_b)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(ids(&b).is_empty());
+    for res in [
+        w.get(&path, &billing).await,
+        w.get("/fhir/DocumentReference", &billing).await,
+        w.send(
+            Method::POST,
+            "/fhir/DocumentReference",
+            &billing,
+            Some(&note_json(patient, "x")),
+        )
+        .await,
+    ] {
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        assert!(!res.text().await.unwrap().contains("Hello"));
+    }
+    // Clinical notes cannot be deleted through the API.
+    assert_eq!(
+        w.send(Method::DELETE, &path, &doc_a, None).await.status(),
+        StatusCode::METHOD_NOT_ALLOWED
+    );
+}
+
+#[tokio::test]
+async fn fhir_document_reference_bad_input_gets_a_4xx_and_stores_nothing() {
+    let w = World::new().await;
+    let (_, doc) = person(&w, "dr-a", &[Role::Clinician]);
+    let patient = w.create(&doc, &patient_json("MRN-D2", "Careful")).await;
+    let base = note_json(patient, "fine");
+    let mut cases: Vec<(&str, Value)> = Vec::new();
+    let mut v = base.clone();
+    v["description"] = json!("CANARY");
+    cases.push(("unknown field", v));
+    let mut v = base.clone();
+    v["content"][0]["attachment"]["data"] = json!(b64(&"CANARY".repeat(4000)));
+    cases.push(("oversize note", v));
+    let mut v = base.clone();
+    v["content"] = json!([base["content"][0], base["content"][0]]);
+    cases.push(("oversize array", v));
+    let mut v = base.clone();
+    v["type"]["coding"][0]["code"] = json!("CANARY");
+    cases.push(("bad type code", v));
+    let mut v = base.clone();
+    v["status"] = json!("CANARY");
+    cases.push(("bad status", v));
+    let mut v = base.clone();
+    v["date"] = json!("20-11-2026");
+    cases.push(("bad date", v));
+    let mut v = base.clone();
+    v["content"][0]["attachment"]["contentType"] = json!("text/html");
+    cases.push(("html content", v));
+    let mut v = base.clone();
+    v["content"][0]["attachment"]["data"] = json!("<script>not base64</script>");
+    cases.push(("not base64", v));
+    let mut v = base.clone();
+    v["content"][0]["attachment"]["data"] = json!(b64("<script>alert('CANARY')</script>"));
+    cases.push(("nothing but markup", v));
+    for (case, body) in cases {
+        let res = w
+            .send(Method::POST, "/fhir/DocumentReference", &doc, Some(&body))
+            .await;
+        assert!(res.status().is_client_error(), "{case}: {}", res.status());
+        let text = res.text().await.unwrap();
+        let outcome: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{case}");
+        assert!(
+            !text.contains("CANARY") && !text.contains("<script>"),
+            "{case}: {text}"
+        );
+    }
+    assert_eq!(
+        count(&w, "document_references"),
+        0,
+        "nothing stored on rejection"
+    );
+}
