@@ -2,6 +2,7 @@
 
 pub mod access;
 pub mod bundle;
+pub mod claim;
 pub mod document_reference;
 pub mod metadata;
 pub mod observation;

@@ -167,6 +167,37 @@ pub fn configure(r: &mut Routes) {
         document(I::Update),
         fhir::document_reference::update,
     );
+    let claim = |i| Action::Fhir(T::Claim, i);
+    r.add(
+        Method::GET,
+        "/fhir/Claim",
+        claim(I::Search),
+        fhir::claim::search,
+    );
+    r.add(
+        Method::POST,
+        "/fhir/Claim",
+        claim(I::Create),
+        fhir::claim::create,
+    );
+    r.add(
+        Method::GET,
+        "/fhir/Claim/{id}",
+        claim(I::Read),
+        fhir::claim::read,
+    );
+    r.add(
+        Method::PUT,
+        "/fhir/Claim/{id}",
+        claim(I::Update),
+        fhir::claim::update,
+    );
+    r.add(
+        Method::DELETE,
+        "/fhir/Claim/{id}",
+        claim(I::Delete),
+        fhir::claim::delete,
+    );
     r.add(Method::GET, "/", Action::Public, console::home);
     r.add(
         Method::GET,

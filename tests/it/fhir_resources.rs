@@ -682,3 +682,265 @@ async fn fhir_document_reference_bad_input_gets_a_4xx_and_stores_nothing() {
         "nothing stored on rejection"
     );
 }
+
+// ---------------------------------------------------------------------------------------
+// Claim
+
+fn claim_json(patient: Uuid) -> Value {
+    json!({
+        "resourceType": "Claim",
+        "status": "active",
+        "type": { "coding": [{ "system": "http://terminology.hl7.org/CodeSystem/claim-type", "code": "professional" }] },
+        "use": "claim",
+        "patient": { "reference": format!("Patient/{patient}") },
+        "provider": { "display": "General Hospital Billing" },
+        "total": { "value": 150.25, "currency": "USD" },
+        "item": [
+            { "sequence": 1, "productOrService": { "coding": [{ "system": "http://www.ama-assn.org/go/cpt", "code": "99213" }] }, "net": { "value": 100, "currency": "USD" } },
+            { "sequence": 2, "productOrService": { "coding": [{ "code": "85025" }] }, "net": { "value": 50.25, "currency": "USD" } }
+        ]
+    })
+}
+
+#[tokio::test]
+async fn fhir_claim_billing_creates_reads_searches_updates_deletes_in_its_facility() {
+    let w = World::new().await;
+    let (_, doc) = person(&w, "dr-a", &[Role::Clinician]);
+    let (_, billing) = person(&w, "billing-1", &[Role::Billing]);
+    let patient = w.create(&doc, &patient_json("MRN-C1", "Claimant")).await;
+
+    let created = create(&w, "/fhir/Claim", &billing, &claim_json(patient)).await;
+    check_claim(&created);
+    assert_eq!(
+        created["total"],
+        json!({ "value": 150.25, "currency": "USD" })
+    );
+    assert_eq!(created["item"].as_array().unwrap().len(), 2);
+    assert_eq!(created["insurance"][0]["coverage"]["display"], "self-pay");
+    let id = created["id"].as_str().unwrap().to_string();
+    let path = format!("/fhir/Claim/{id}");
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("create", "permit"));
+    assert_eq!(last.2, vec![patient]);
+
+    let res = w.get(&path, &billing).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["etag"], "W/\"1\"");
+    let read: Value = res.json().await.unwrap();
+    check_claim(&read);
+    assert_eq!(
+        read["item"][1]["productOrService"]["coding"][0]["code"],
+        "85025"
+    );
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("read", "permit"));
+    assert_eq!(last.2, vec![patient]);
+
+    let mut draft = claim_json(patient);
+    draft["status"] = json!("draft");
+    create(&w, "/fhir/Claim", &billing, &draft).await;
+    for (q, want) in [
+        (format!("patient={patient}"), 2),
+        (format!("patient=Patient/{patient}&status=active"), 1),
+        ("status=draft".to_string(), 1),
+        ("status=cancelled".to_string(), 0),
+    ] {
+        let res = w.get(&format!("/fhir/Claim?{q}"), &billing).await;
+        assert_eq!(res.status(), StatusCode::OK, "{q}");
+        let b: Value = res.json().await.unwrap();
+        assert_eq!(ids(&b).len(), want, "{q}");
+        for e in b["entry"].as_array().unwrap() {
+            check_claim(&e["resource"]);
+        }
+    }
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!(last.0, "search");
+    assert!(last.2.is_empty(), "an empty page touches no patient");
+
+    // A read resource can be sent back as an update (fixed elements are accepted).
+    let mut body = read.clone();
+    body["status"] = json!("cancelled");
+    body["item"] = json!([body["item"][0]]);
+    body["total"]["value"] = json!(100);
+    let res = w.send(Method::PUT, &path, &billing, Some(&body)).await;
+    assert_eq!(res.status(), StatusCode::PRECONDITION_REQUIRED);
+    let put = |etag: &'static str| {
+        w.app
+            .client
+            .put(w.app.url(&path))
+            .header("authorization", format!("Bearer {billing}"))
+            .header("content-type", "application/fhir+json")
+            .header("if-match", etag)
+            .body(body.to_string())
+            .send()
+    };
+    let res = put("W/\"1\"").await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let updated: Value = res.json().await.unwrap();
+    check_claim(&updated);
+    assert_eq!(updated["status"], "cancelled");
+    assert_eq!(updated["item"].as_array().unwrap().len(), 1);
+    assert_eq!(
+        put("W/\"1\"").await.unwrap().status(),
+        StatusCode::PRECONDITION_FAILED
+    );
+    let stored_items: i64 = count(&w, "claim_items");
+    assert_eq!(stored_items, 3, "1 (updated) + 2 (draft)");
+
+    let res = w.send(Method::DELETE, &path, &billing, None).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("delete", "permit"));
+    assert_eq!(last.2, vec![patient]);
+    assert_eq!(w.get(&path, &billing).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(count(&w, "claims"), 2, "soft delete keeps the row");
+}
+
+#[tokio::test]
+async fn fhir_claim_clinicians_cannot_read_claims_and_other_facilities_see_nothing() {
+    let w = World::new().await;
+    let (_, doc) = person(&w, "dr-a", &[Role::Clinician]);
+    let (_, billing) = person(&w, "billing-1", &[Role::Billing]);
+    let (other_id, other_billing) = person(&w, "billing-2", &[Role::Billing]);
+    let elsewhere =
+        custodian::db::phi::insert_facility(&mut w.app.db.conn(), "Other Clinic").unwrap();
+    custodian::db::users::set_facility(&mut w.app.db.conn(), other_id, Some(elsewhere)).unwrap();
+    let patient = w.create(&doc, &patient_json("MRN-C2", "Billable")).await;
+    let created = create(&w, "/fhir/Claim", &billing, &claim_json(patient)).await;
+    let path = format!("/fhir/Claim/{}", created["id"].as_str().unwrap());
+
+    for res in [
+        w.get(&path, &doc).await,
+        w.get("/fhir/Claim", &doc).await,
+        w.send(
+            Method::POST,
+            "/fhir/Claim",
+            &doc,
+            Some(&claim_json(patient)),
+        )
+        .await,
+    ] {
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let body = res.text().await.unwrap();
+        assert!(
+            body.contains("OperationOutcome") && !body.contains("99213"),
+            "{body}"
+        );
+    }
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("create", "deny"));
+    assert_eq!(last.2, vec![patient]);
+
+    // Billing of another facility: hidden on read, absent from search, cannot create.
+    assert_eq!(
+        w.get(&path, &other_billing).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("read", "deny"));
+    assert_eq!(last.2, vec![patient]);
+    let b: Value = w
+        .get(&format!("/fhir/Claim?patient={patient}"), &other_billing)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert!(ids(&b).is_empty());
+    let res = w
+        .send(
+            Method::POST,
+            "/fhir/Claim",
+            &other_billing,
+            Some(&claim_json(patient)),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // The patient reads their own claims.
+    let (pid, _) = w.user("patient-1", &[Role::Patient]);
+    custodian::db::users::link_patient(&mut w.app.db.conn(), pid, Some(patient)).unwrap();
+    let me = w.token("patient-1", "patient/Claim.rs");
+    let res = w.get(&path, &me).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    check_claim(&res.json().await.unwrap());
+    assert_eq!(count(&w, "claims"), 1);
+}
+
+#[tokio::test]
+async fn fhir_claim_bad_input_gets_a_4xx_and_stores_nothing() {
+    let w = World::new().await;
+    let (_, doc) = person(&w, "dr-a", &[Role::Clinician]);
+    let (_, billing) = person(&w, "billing-1", &[Role::Billing]);
+    let patient = w.create(&doc, &patient_json("MRN-C3", "Exacting")).await;
+    let base = claim_json(patient);
+    let mut cases: Vec<(&str, Value)> = Vec::new();
+    let mut v = base.clone();
+    v["diagnosis"] = json!("CANARY");
+    cases.push(("unknown field", v));
+    let mut v = base.clone();
+    v["provider"]["display"] = json!("CANARY".repeat(50));
+    cases.push(("oversize provider", v));
+    let mut v = base.clone();
+    let item = base["item"][0].clone();
+    v["item"] = json!(
+        (1..=51)
+            .map(|i| {
+                let mut it = item.clone();
+                it["sequence"] = json!(i);
+                it["net"]["value"] = json!(0);
+                it
+            })
+            .collect::<Vec<_>>()
+    );
+    v["total"]["value"] = json!(0);
+    cases.push(("oversize item array", v));
+    let mut v = base.clone();
+    v["item"][0]["productOrService"]["coding"][0]["code"] = json!("<script>CANARY</script>");
+    cases.push(("bad service code", v));
+    let mut v = base.clone();
+    v["status"] = json!("CANARY");
+    cases.push(("bad status", v));
+    let mut v = base.clone();
+    v["total"]["currency"] = json!("CANARY");
+    cases.push(("bad currency", v));
+    let mut v = base.clone();
+    v["total"]["value"] = json!(-5);
+    cases.push(("negative total", v));
+    let mut v = base.clone();
+    v["total"]["value"] = json!(1.001);
+    cases.push(("fractional cents", v));
+    let mut v = base.clone();
+    v["total"]["value"] = json!(999);
+    cases.push(("total is not the sum of items", v));
+    let mut v = base.clone();
+    v["item"][1]["net"]["currency"] = json!("EUR");
+    cases.push(("mixed currencies", v));
+    let mut v = base.clone();
+    v["item"][1]["sequence"] = json!(1);
+    cases.push(("duplicate sequence", v));
+    let mut v = base.clone();
+    v["use"] = json!("preauthorization");
+    cases.push(("unsupported use", v));
+    let mut v = base.clone();
+    v["patient"]["reference"] = json!("CANARY");
+    cases.push(("bad patient reference", v));
+    for (case, body) in cases {
+        let res = w
+            .send(Method::POST, "/fhir/Claim", &billing, Some(&body))
+            .await;
+        assert!(res.status().is_client_error(), "{case}: {}", res.status());
+        let text = res.text().await.unwrap();
+        let outcome: Value = serde_json::from_str(&text).unwrap();
+        assert_eq!(outcome["resourceType"], "OperationOutcome", "{case}");
+        assert!(
+            !text.contains("CANARY") && !text.contains("<script>"),
+            "{case}: {text}"
+        );
+    }
+    for q in ["status=open", "patient=nope", "provider=x"] {
+        let res = w.get(&format!("/fhir/Claim?{q}"), &billing).await;
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{q}");
+    }
+    assert_eq!(count(&w, "claims"), 0, "nothing stored on rejection");
+    assert_eq!(count(&w, "claim_items"), 0);
+}
