@@ -944,3 +944,78 @@ async fn fhir_claim_bad_input_gets_a_4xx_and_stores_nothing() {
     assert_eq!(count(&w, "claims"), 0, "nothing stored on rejection");
     assert_eq!(count(&w, "claim_items"), 0);
 }
+
+// ---------------------------------------------------------------------------------------
+// CapabilityStatement
+
+#[tokio::test]
+async fn fhir_metadata_lists_every_resource_interaction_and_search_parameter() {
+    let w = World::new().await;
+    let res = w
+        .app
+        .client
+        .get(w.app.url("/fhir/metadata"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let cs: Value = res.json().await.unwrap();
+    assert_eq!(cs["resourceType"], "CapabilityStatement");
+    assert_eq!(cs["fhirVersion"], "4.0.1");
+    let resources = cs["rest"][0]["resource"].as_array().unwrap();
+    let find = |t: &str| {
+        resources
+            .iter()
+            .find(|r| r["type"] == t)
+            .unwrap_or_else(|| panic!("{t} missing"))
+            .clone()
+    };
+    let codes = |r: &Value, key: &str, field: &str| -> Vec<String> {
+        r[key]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i[field].as_str().unwrap().to_string())
+            .collect()
+    };
+    for (t, interactions, params) in [
+        (
+            "Patient",
+            &["read", "search-type", "create", "update"][..],
+            &[
+                "family",
+                "given",
+                "birthdate",
+                "identifier",
+                "_count",
+                "_elements",
+            ][..],
+        ),
+        (
+            "Observation",
+            &["read", "search-type", "create", "update", "delete"][..],
+            &["patient", "code", "date", "_count"][..],
+        ),
+        (
+            "DocumentReference",
+            &["read", "search-type", "create", "update"][..],
+            &["patient", "_count"][..],
+        ),
+        (
+            "Claim",
+            &["read", "search-type", "create", "update", "delete"][..],
+            &["patient", "status", "_count"][..],
+        ),
+    ] {
+        let r = find(t);
+        let mut got = codes(&r, "interaction", "code");
+        got.sort();
+        let mut want: Vec<String> = interactions.iter().map(|s| s.to_string()).collect();
+        want.sort();
+        assert_eq!(got, want, "{t}");
+        let got = codes(&r, "searchParam", "name");
+        for p in params {
+            assert!(got.contains(&p.to_string()), "{t} {p}");
+        }
+    }
+}
