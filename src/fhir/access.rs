@@ -236,13 +236,16 @@ pub fn token(field: &'static str, value: &str, max: usize) -> Result<String, App
         .ok_or_else(|| invalid(field, "must be a code of letters, digits, '.', '-' or '_'"))
 }
 
+/// (from inclusive, until exclusive), either open.
+pub type DateBounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+
 /// A date-range search value: `2026-11-23` (that UTC day), `ge2026-11-23`, `le2026-11-23`
 /// (a day or an RFC 3339 date-time). Returns (from inclusive, to exclusive).
-pub fn date_range(value: &str) -> Result<(Option<DateTime<Utc>>, Option<DateTime<Utc>>), AppError> {
+pub fn date_range(value: &str) -> Result<DateBounds, AppError> {
     let bad = || invalid("date", "must be [ge|le]YYYY-MM-DD or [ge|le]<date-time>");
     let (prefix, rest) = match value.get(..2) {
         Some(p @ ("ge" | "le" | "eq")) => (p, &value[2..]),
-        _ => (&"eq"[..], value),
+        _ => ("eq", value),
     };
     let day = |s: &str| -> Result<(DateTime<Utc>, DateTime<Utc>), AppError> {
         if s.len() == 10 {
