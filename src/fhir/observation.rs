@@ -346,6 +346,8 @@ pub async fn update(
     if input.id.as_deref() != Some(&id.to_string()) {
         return Err(invalid("id", "must match the id in the URL"));
     }
+    // Input is checked before any record is looked up.
+    let new = validate(input)?;
     let (view, patient) = authorize_record(
         &caller,
         &state,
@@ -357,8 +359,10 @@ pub async fn update(
     )
     .await?;
     check_view(view)?;
-    let new = validate(input)?;
     if new.patient_id != patient {
+        caller
+            .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Error)
+            .await?;
         return Err(invalid("subject", "cannot be changed by an update"));
     }
     let kr = state.keyring.clone();

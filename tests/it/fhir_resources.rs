@@ -1019,3 +1019,79 @@ async fn fhir_metadata_lists_every_resource_interaction_and_search_parameter() {
         }
     }
 }
+
+// ---------------------------------------------------------------------------------------
+// Patients' own records and encryption at rest
+
+#[tokio::test]
+async fn fhir_patients_read_their_own_observations_and_notes_and_phi_is_sealed_at_rest() {
+    let w = World::new().await;
+    let (_, doc) = person(&w, "dr-a", &[Role::Clinician]);
+    let mine = w.create(&doc, &patient_json("MRN-P1", "Selfie")).await;
+    let other = w.create(&doc, &patient_json("MRN-P2", "Stranger")).await;
+    let my_obs = create(&w, "/fhir/Observation", &doc, &observation_json(mine)).await;
+    let other_obs = create(&w, "/fhir/Observation", &doc, &observation_json(other)).await;
+    let my_note = create(
+        &w,
+        "/fhir/DocumentReference",
+        &doc,
+        &note_json(mine, "CANARY-NOTE-TEXT"),
+    )
+    .await;
+    let (pid, _) = w.user("patient-1", &[Role::Patient]);
+    custodian::db::users::link_patient(&mut w.app.db.conn(), pid, Some(mine)).unwrap();
+    let me = w.token(
+        "patient-1",
+        "patient/Observation.rs patient/DocumentReference.rs",
+    );
+
+    let path = |kind: &str, v: &Value| format!("/fhir/{kind}/{}", v["id"].as_str().unwrap());
+    assert_eq!(
+        w.get(&path("Observation", &my_obs), &me).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        w.get(&path("DocumentReference", &my_note), &me)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        w.get(&path("Observation", &other_obs), &me).await.status(),
+        StatusCode::NOT_FOUND
+    );
+    let b: Value = w.get("/fhir/Observation", &me).await.json().await.unwrap();
+    assert_eq!(ids(&b), vec![my_obs["id"].as_str().unwrap().to_string()]);
+    // Patients cannot write clinical data.
+    let res = w
+        .send(
+            Method::POST,
+            "/fhir/Observation",
+            &me,
+            Some(&observation_json(mine)),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+
+    // Values and notes are sealed: no plaintext in the rows.
+    #[derive(QueryableByName)]
+    struct Sealed {
+        #[diesel(sql_type = diesel::sql_types::Bytea)]
+        b: Vec<u8>,
+    }
+    let rows: Vec<Sealed> = diesel::sql_query(
+        "SELECT value_sealed AS b FROM observations UNION ALL \
+         SELECT code_display_sealed FROM observations UNION ALL \
+         SELECT text_sealed FROM document_references",
+    )
+    .load(&mut w.app.db.conn())
+    .unwrap();
+    assert_eq!(rows.len(), 5);
+    for r in rows {
+        let s = String::from_utf8_lossy(&r.b);
+        assert!(
+            !s.contains("beats") && !s.contains("Heart") && !s.contains("CANARY"),
+            "plaintext at rest"
+        );
+    }
+}
