@@ -1,6 +1,9 @@
 //! PostgreSQL access: the connection pool, running Diesel work off the async workers,
 //! migrations under an advisory lock, and readiness.
 
+pub mod claims;
+pub mod documents;
+pub mod observations;
 pub mod patient_views;
 pub mod phi;
 pub mod schema;

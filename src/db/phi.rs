@@ -56,7 +56,7 @@ pub const SEALED_COLUMNS: &[SealedTable] = &[
     },
 ];
 
-fn place(table: &'static str, column: &'static str, row: Uuid) -> FieldPlace {
+pub(crate) fn place(table: &'static str, column: &'static str, row: Uuid) -> FieldPlace {
     FieldPlace::new(table, column, row)
 }
 
@@ -440,7 +440,7 @@ pub struct DocumentReference {
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = document_references, check_for_backend(diesel::pg::Pg))]
-struct DocumentRow {
+pub(crate) struct DocumentRow {
     id: Uuid,
     version: i32,
     key_version: i32,
@@ -456,7 +456,11 @@ struct DocumentRow {
 }
 
 impl DocumentRow {
-    fn open(self, conn: &mut PgConnection, kr: &Keyring) -> Result<DocumentReference, AppError> {
+    pub(crate) fn open(
+        self,
+        conn: &mut PgConnection,
+        kr: &Keyring,
+    ) -> Result<DocumentReference, AppError> {
         kr.ensure_version(conn, self.key_version)?;
         Ok(DocumentReference {
             text: open(
@@ -563,7 +567,7 @@ pub struct Observation {
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = observations, check_for_backend(diesel::pg::Pg))]
-struct ObservationRow {
+pub(crate) struct ObservationRow {
     id: Uuid,
     version: i32,
     key_version: i32,
@@ -579,7 +583,11 @@ struct ObservationRow {
 }
 
 impl ObservationRow {
-    fn open(self, conn: &mut PgConnection, kr: &Keyring) -> Result<Observation, AppError> {
+    pub(crate) fn open(
+        self,
+        conn: &mut PgConnection,
+        kr: &Keyring,
+    ) -> Result<Observation, AppError> {
         kr.ensure_version(conn, self.key_version)?;
         const O: &str = "observations";
         Ok(Observation {

@@ -1,7 +1,11 @@
 //! The FHIR R4 API.
 
+pub mod access;
 pub mod bundle;
+pub mod claim;
+pub mod document_reference;
 pub mod metadata;
+pub mod observation;
 pub mod patient;
 pub mod types;
 

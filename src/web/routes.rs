@@ -118,6 +118,93 @@ pub fn configure(r: &mut Routes) {
         patient(I::Update),
         fhir::patient::update,
     );
+    let observation = |i| Action::Fhir(T::Observation, i);
+    r.add(
+        Method::GET,
+        "/fhir/Observation",
+        observation(I::Search),
+        fhir::observation::search,
+    );
+    r.add(
+        Method::POST,
+        "/fhir/Observation",
+        observation(I::Create),
+        fhir::observation::create,
+    );
+    r.add(
+        Method::GET,
+        "/fhir/Observation/{id}",
+        observation(I::Read),
+        fhir::observation::read,
+    );
+    r.add(
+        Method::PUT,
+        "/fhir/Observation/{id}",
+        observation(I::Update),
+        fhir::observation::update,
+    );
+    r.add(
+        Method::DELETE,
+        "/fhir/Observation/{id}",
+        observation(I::Delete),
+        fhir::observation::delete,
+    );
+    let document = |i| Action::Fhir(T::DocumentReference, i);
+    r.add(
+        Method::GET,
+        "/fhir/DocumentReference",
+        document(I::Search),
+        fhir::document_reference::search,
+    );
+    r.add(
+        Method::POST,
+        "/fhir/DocumentReference",
+        document(I::Create),
+        fhir::document_reference::create,
+    );
+    r.add(
+        Method::GET,
+        "/fhir/DocumentReference/{id}",
+        document(I::Read),
+        fhir::document_reference::read,
+    );
+    r.add(
+        Method::PUT,
+        "/fhir/DocumentReference/{id}",
+        document(I::Update),
+        fhir::document_reference::update,
+    );
+    let claim = |i| Action::Fhir(T::Claim, i);
+    r.add(
+        Method::GET,
+        "/fhir/Claim",
+        claim(I::Search),
+        fhir::claim::search,
+    );
+    r.add(
+        Method::POST,
+        "/fhir/Claim",
+        claim(I::Create),
+        fhir::claim::create,
+    );
+    r.add(
+        Method::GET,
+        "/fhir/Claim/{id}",
+        claim(I::Read),
+        fhir::claim::read,
+    );
+    r.add(
+        Method::PUT,
+        "/fhir/Claim/{id}",
+        claim(I::Update),
+        fhir::claim::update,
+    );
+    r.add(
+        Method::DELETE,
+        "/fhir/Claim/{id}",
+        claim(I::Delete),
+        fhir::claim::delete,
+    );
     let a = Action::Admin;
     r.add(Method::GET, "/api/admin/users", a, admin::list_users);
     r.add(

@@ -12,6 +12,7 @@ mod database;
 mod dev_tokens;
 mod edge;
 mod fhir_patient;
+mod fhir_resources;
 mod logs;
 mod seed;
 mod tls;

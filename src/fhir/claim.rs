@@ -1,0 +1,475 @@
+//! FHIR `Claim`: read, search, create, version-checked update and soft delete, for billing
+//! staff of the patient's facility (and patients, read-only, for their own claims) as the
+//! policy matrix says. The R4 elements that this service fixes (type, use, priority,
+//! insurance, created) are emitted with fixed values so the JSON is valid R4.
+
+use super::access::{self, authorize_create, authorize_record, authorize_search};
+use super::bundle::{self, Cursor};
+use super::types::{bounded_len, bounded_text, invalid};
+use super::{FHIR_JSON, etag, if_match};
+use crate::audit::{AuditAction, Outcome};
+use crate::auth::Caller;
+use crate::db::claims::{self, Claim, NewClaim, NewClaimItem};
+use crate::error::AppError;
+use crate::policy::{Interaction, ResourceType, View};
+use crate::web::AppState;
+use crate::web::json::JsonBody;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use serde_json::{Number, Value, json};
+use uuid::Uuid;
+
+const R: ResourceType = ResourceType::Claim;
+pub const CLAIM_TYPE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/claim-type";
+pub const PRIORITY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/processpriority";
+pub const CPT_SYSTEM: &str = "http://www.ama-assn.org/go/cpt";
+pub const MAX_ITEMS: usize = 50;
+const STATUSES: &[&str] = &["active", "cancelled", "draft", "entered-in-error"];
+/// Largest amount: 10^10 - 0.01 in the currency's major unit.
+const MAX_CENTS: i64 = 1_000_000_000_000;
+
+fn check_view(view: View) -> Result<(), AppError> {
+    match view {
+        View::ClaimFull => Ok(()),
+        _ => Err(AppError::internal("claim permit with a foreign view")),
+    }
+}
+
+/// A FHIR `Money` amount: non-negative, at most two decimals, below 10^10.
+fn cents(field: &'static str, value: &Number) -> Result<i64, AppError> {
+    let bad = || {
+        invalid(
+            field,
+            "must be a non-negative amount with at most two decimals",
+        )
+    };
+    let s = value.to_string();
+    let (int, frac) = s.split_once('.').unwrap_or((&s, ""));
+    let digits = |p: &str| p.bytes().all(|b| b.is_ascii_digit());
+    if int.is_empty() || int.len() > 10 || !digits(int) || frac.len() > 2 || !digits(frac) {
+        return Err(bad());
+    }
+    let whole: i64 = int.parse().map_err(|_| bad())?;
+    let frac_cents: i64 = match frac.len() {
+        0 => 0,
+        1 => frac.parse::<i64>().map_err(|_| bad())? * 10,
+        _ => frac.parse().map_err(|_| bad())?,
+    };
+    let total = whole * 100 + frac_cents;
+    if total >= MAX_CENTS {
+        return Err(bad());
+    }
+    Ok(total)
+}
+
+fn currency(field: &'static str, value: &str) -> Result<String, AppError> {
+    let ok = value.len() == 3 && value.bytes().all(|b| b.is_ascii_uppercase());
+    ok.then(|| value.to_string())
+        .ok_or_else(|| invalid(field, "must be an ISO 4217 code such as USD"))
+}
+
+fn money(cents: i64, currency: &str) -> Value {
+    json!({ "value": cents as f64 / 100.0, "currency": currency })
+}
+
+pub fn to_fhir(c: &Claim) -> Value {
+    let r = &c.row;
+    let mut out = json!({
+        "resourceType": "Claim",
+        "id": r.id,
+        "meta": { "versionId": r.version.to_string(), "lastUpdated": access::instant(&r.updated_at) },
+        "status": r.status,
+        "type": { "coding": [{ "system": CLAIM_TYPE_SYSTEM, "code": "professional" }] },
+        "use": "claim",
+        "patient": { "reference": format!("Patient/{}", r.patient_id) },
+        "created": access::instant(&r.created_at),
+        "provider": { "display": r.provider },
+        "priority": { "coding": [{ "system": PRIORITY_SYSTEM, "code": "normal" }] },
+        "insurance": [{ "sequence": 1, "focal": true, "coverage": { "display": "self-pay" } }],
+        "total": money(r.total_cents, &r.currency),
+    });
+    if !c.items.is_empty() {
+        out["item"] = c
+            .items
+            .iter()
+            .map(|i| {
+                json!({
+                    "sequence": i.seq,
+                    "productOrService": { "coding": [{ "system": CPT_SYSTEM, "code": i.code }] },
+                    "net": money(i.amount_cents, &r.currency),
+                })
+            })
+            .collect();
+    }
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ClaimIn {
+    resource_type: String,
+    id: Option<String>,
+    #[allow(dead_code)]
+    meta: Option<serde::de::IgnoredAny>,
+    status: String,
+    #[serde(rename = "type")]
+    claim_type: Option<CodeableConceptIn>,
+    #[serde(rename = "use")]
+    claim_use: Option<String>,
+    patient: ReferenceIn,
+    /// Server-set (the time the claim was recorded); accepted for round trips, ignored.
+    #[allow(dead_code)]
+    created: Option<serde::de::IgnoredAny>,
+    provider: ProviderIn,
+    /// Fixed by this service (normal priority, self-pay); accepted for round trips, ignored.
+    #[allow(dead_code)]
+    priority: Option<serde::de::IgnoredAny>,
+    #[allow(dead_code)]
+    insurance: Option<serde::de::IgnoredAny>,
+    total: MoneyIn,
+    item: Option<Vec<ItemIn>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodeableConceptIn {
+    coding: Vec<CodingIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodingIn {
+    system: Option<String>,
+    code: String,
+    #[allow(dead_code)]
+    display: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferenceIn {
+    reference: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProviderIn {
+    display: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MoneyIn {
+    value: Number,
+    currency: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct ItemIn {
+    sequence: u32,
+    product_or_service: CodeableConceptIn,
+    net: MoneyIn,
+}
+
+fn validate(input: ClaimIn) -> Result<NewClaim, AppError> {
+    if input.resource_type != "Claim" {
+        return Err(invalid("resourceType", "must be Claim"));
+    }
+    if !STATUSES.contains(&input.status.as_str()) {
+        return Err(invalid(
+            "status",
+            "must be active, cancelled, draft or entered-in-error",
+        ));
+    }
+    if let Some(t) = &input.claim_type {
+        let ok = t.coding.len() == 1
+            && t.coding[0].system.as_deref() == Some(CLAIM_TYPE_SYSTEM)
+            && t.coding[0].code == "professional";
+        if !ok {
+            return Err(invalid("type", "must be the claim-type code professional"));
+        }
+    }
+    if input.claim_use.as_deref().is_some_and(|u| u != "claim") {
+        return Err(invalid("use", "must be claim"));
+    }
+    let patient_id = access::patient_reference("patient.reference", &input.patient.reference)?;
+    let provider = bounded_text("provider.display", &input.provider.display, 200)?;
+    let cur = currency("total.currency", &input.total.currency)?;
+    let total_cents = cents("total.value", &input.total.value)?;
+    let items_in = input.item.unwrap_or_default();
+    bounded_len("item", &items_in, MAX_ITEMS)?;
+    let mut items = Vec::with_capacity(items_in.len());
+    for item in &items_in {
+        if item.sequence == 0 || item.sequence > 999 {
+            return Err(invalid("item.sequence", "must be from 1 to 999"));
+        }
+        if items
+            .iter()
+            .any(|i: &NewClaimItem| i.seq == item.sequence as i32)
+        {
+            return Err(invalid("item.sequence", "must be unique"));
+        }
+        let coding = &item.product_or_service.coding;
+        if coding.len() != 1 {
+            return Err(invalid(
+                "item.productOrService.coding",
+                "must have one coding",
+            ));
+        }
+        if coding[0].system.as_deref().is_some_and(|s| s != CPT_SYSTEM) {
+            return Err(invalid(
+                "item.productOrService.coding.system",
+                "must be the CPT system",
+            ));
+        }
+        let code = access::token("item.productOrService.coding.code", &coding[0].code, 20)?;
+        if currency("item.net.currency", &item.net.currency)? != cur {
+            return Err(invalid(
+                "item.net.currency",
+                "must be the currency of total",
+            ));
+        }
+        items.push(NewClaimItem {
+            seq: item.sequence as i32,
+            code,
+            amount_cents: cents("item.net.value", &item.net.value)?,
+        });
+    }
+    if !items.is_empty() && items.iter().map(|i| i.amount_cents).sum::<i64>() != total_cents {
+        return Err(invalid("total.value", "must be the sum of item.net"));
+    }
+    items.sort_by_key(|i| i.seq);
+    Ok(NewClaim {
+        patient_id,
+        provider,
+        status: input.status,
+        total_cents,
+        currency: cur,
+        items,
+    })
+}
+
+fn respond(status: StatusCode, c: &Claim) -> HttpResponse {
+    let body = to_fhir(c);
+    let mut res = HttpResponse::build(status);
+    res.content_type(FHIR_JSON)
+        .insert_header(etag(c.row.version));
+    if status == StatusCode::CREATED {
+        res.insert_header((
+            "Location",
+            format!("/fhir/Claim/{}/_history/{}", c.row.id, c.row.version),
+        ));
+    }
+    res.body(body.to_string())
+}
+
+pub async fn read(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id = access::parse_id(&path)?;
+    let (view, patient) = authorize_record(
+        &caller,
+        &state,
+        R,
+        Interaction::Read,
+        AuditAction::Read,
+        id,
+        claims::patient_of,
+    )
+    .await?;
+    check_view(view)?;
+    let found = state.db.run(move |c| claims::get(c, id)).await?;
+    let Some(claim) = found.filter(|c| c.row.patient_id == patient) else {
+        caller
+            .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
+            .await?;
+        return Err(AppError::not_found());
+    };
+    caller
+        .audit(AuditAction::Read, R, Some(id), [patient], Outcome::Permit)
+        .await?;
+    Ok(respond(StatusCode::OK, &claim))
+}
+
+pub async fn search(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let params = access::search_params(&req, &["patient", "status", "_count", "_cursor"])?;
+    let patient = access::single(&params, "patient")?
+        .map(access::patient_param)
+        .transpose()?;
+    let status = match access::single(&params, "status")? {
+        Some(s) if STATUSES.contains(&s) => Some(s.to_string()),
+        Some(_) => {
+            return Err(invalid(
+                "status",
+                "must be active, cancelled, draft or entered-in-error",
+            ));
+        }
+        None => None,
+    };
+    let count = bundle::page_size(access::single(&params, "_count")?)?;
+    let (view, scope) = authorize_search(&caller, R).await?;
+    check_view(view)?;
+    let after = access::single(&params, "_cursor")?
+        .map(|c| Cursor::open(&state.keyring, caller.user.id, R, c))
+        .transpose()?;
+    let limit = count as i64 + 1;
+    let mut rows = state
+        .db
+        .run(move |c| claims::search(c, patient, status, scope, after, limit))
+        .await?;
+    let more = rows.len() > count;
+    rows.truncate(count);
+    let mut patients: Vec<Uuid> = rows.iter().map(|c| c.row.patient_id).collect();
+    patients.sort();
+    patients.dedup();
+    caller
+        .audit(AuditAction::Search, R, None, patients, Outcome::Permit)
+        .await?;
+    let next = match (more, rows.last()) {
+        (true, Some(last)) => Some(Cursor::seal(
+            &state.keyring,
+            caller.user.id,
+            R,
+            last.row.id,
+        )?),
+        _ => None,
+    };
+    let entries: Vec<Value> = rows.iter().map(to_fhir).collect();
+    let body = bundle::searchset(&req, "Claim", entries, next.as_deref());
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(body.to_string()))
+}
+
+pub async fn create(
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: JsonBody<ClaimIn>,
+) -> Result<HttpResponse, AppError> {
+    let input = body.0;
+    if input.id.is_some() {
+        return Err(invalid("id", "must not be set on create"));
+    }
+    let new = validate(input)?;
+    let patient = new.patient_id;
+    let view = authorize_create(&caller, &state, R, "patient.reference", patient).await?;
+    check_view(view)?;
+    let kr = state.keyring.clone();
+    let created = state.db.run(move |c| claims::insert(c, &kr, &new)).await?;
+    caller
+        .audit(
+            AuditAction::Create,
+            R,
+            Some(created.row.id),
+            [patient],
+            Outcome::Permit,
+        )
+        .await?;
+    Ok(respond(StatusCode::CREATED, &created))
+}
+
+pub async fn update(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: JsonBody<ClaimIn>,
+) -> Result<HttpResponse, AppError> {
+    let id = access::parse_id(&path)?;
+    let expected = if_match(&req)?;
+    let input = body.0;
+    if input.id.as_deref() != Some(&id.to_string()) {
+        return Err(invalid("id", "must match the id in the URL"));
+    }
+    // Input is checked before any record is looked up.
+    let new = validate(input)?;
+    let (view, patient) = authorize_record(
+        &caller,
+        &state,
+        R,
+        Interaction::Update,
+        AuditAction::Update,
+        id,
+        claims::patient_of,
+    )
+    .await?;
+    check_view(view)?;
+    if new.patient_id != patient {
+        caller
+            .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Error)
+            .await?;
+        return Err(invalid("patient", "cannot be changed by an update"));
+    }
+    let kr = state.keyring.clone();
+    let updated = state
+        .db
+        .run(move |c| claims::update(c, &kr, id, expected, &new))
+        .await?;
+    let Some(claim) = updated else {
+        caller
+            .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Error)
+            .await?;
+        return Err(access::precondition_failed());
+    };
+    caller
+        .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Permit)
+        .await?;
+    Ok(respond(StatusCode::OK, &claim))
+}
+
+pub async fn delete(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id = access::parse_id(&path)?;
+    let (_, patient) = authorize_record(
+        &caller,
+        &state,
+        R,
+        Interaction::Delete,
+        AuditAction::Delete,
+        id,
+        claims::patient_of,
+    )
+    .await?;
+    let deleted = state.db.run(move |c| claims::soft_delete(c, id)).await?;
+    if !deleted {
+        caller
+            .audit(AuditAction::Delete, R, Some(id), [patient], Outcome::Error)
+            .await?;
+        return Err(AppError::not_found());
+    }
+    caller
+        .audit(AuditAction::Delete, R, Some(id), [patient], Outcome::Permit)
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn money_amounts_are_exact_cents() {
+        let n = |s: &str| serde_json::from_str::<Number>(s).unwrap();
+        assert_eq!(cents("v", &n("12.34")).unwrap(), 1234);
+        assert_eq!(cents("v", &n("12.5")).unwrap(), 1250);
+        assert_eq!(cents("v", &n("7")).unwrap(), 700);
+        assert_eq!(cents("v", &n("0")).unwrap(), 0);
+        for bad in ["-1", "1.005", "1e30", "99999999999"] {
+            assert!(cents("v", &n(bad)).is_err(), "{bad}");
+        }
+        assert!(currency("c", "USD").is_ok());
+        assert!(currency("c", "usd").is_err());
+        assert!(currency("c", "DOLLARS").is_err());
+    }
+}

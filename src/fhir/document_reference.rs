@@ -1,0 +1,426 @@
+//! FHIR `DocumentReference` (clinical notes): read, search, create and version-checked
+//! update. The note travels as base64 `text/plain` in `content[0].attachment.data`; on the
+//! way in it is decoded and sanitised with ammonia so that no markup at all is kept (it is
+//! stored as plain text); on the way out it is base64 inside JSON. The author is the
+//! caller who created the note, never taken from the input.
+
+use super::access::{self, authorize_create, authorize_record, authorize_search};
+use super::bundle::{self, Cursor};
+use super::observation::{LOINC, loinc_code};
+use super::types::{bounded_len, invalid};
+use super::{FHIR_JSON, etag, if_match};
+use crate::audit::{AuditAction, Outcome};
+use crate::auth::Caller;
+use crate::db::documents;
+use crate::db::phi::{self, DocumentReference, NewDocumentReference};
+use crate::error::AppError;
+use crate::policy::{Interaction, ResourceType, View};
+use crate::web::AppState;
+use crate::web::json::JsonBody;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use uuid::Uuid;
+
+const R: ResourceType = ResourceType::DocumentReference;
+/// The longest note, in characters, after sanitising.
+pub const MAX_NOTE_CHARS: usize = 20_000;
+const STATUSES: &[&str] = &["current", "superseded", "entered-in-error"];
+
+fn check_view(view: View) -> Result<(), AppError> {
+    match view {
+        View::DocumentReferenceFull => Ok(()),
+        _ => Err(AppError::internal("document permit with a foreign view")),
+    }
+}
+
+/// One ammonia pass that keeps no element at all (script and style lose their content
+/// too), with the text's HTML escaping undone so that the result is plain text.
+fn strip_once(text: &str) -> String {
+    let html = ammonia::Builder::empty().clean(text).to_string();
+    html.replace("&lt;", "<")
+        .replace("&gt;", ">")
+        .replace("&quot;", "\"")
+        .replace("&nbsp;", "\u{a0}")
+        .replace("&amp;", "&")
+}
+
+/// Sanitises a note to plain text: markup is removed until none is left (text that was
+/// entity-encoded markup is stripped on the next pass), control characters other than
+/// line breaks and tabs are refused, and the length is bounded.
+pub fn sanitise_note(raw: &str) -> Result<String, AppError> {
+    const FIELD: &str = "content[0].attachment.data";
+    if raw
+        .chars()
+        .any(|c| c.is_control() && !matches!(c, '\n' | '\r' | '\t'))
+    {
+        return Err(invalid(FIELD, "contains control characters"));
+    }
+    let mut text = raw.to_string();
+    let mut settled = false;
+    for _ in 0..5 {
+        let next = strip_once(&text);
+        if next == text {
+            settled = true;
+            break;
+        }
+        text = next;
+    }
+    if !settled {
+        return Err(invalid(
+            FIELD,
+            "is nested markup that cannot be reduced to text",
+        ));
+    }
+    let text = text.trim().to_string();
+    if text.is_empty() {
+        return Err(invalid(FIELD, "has no text after removing markup"));
+    }
+    if text.chars().count() > MAX_NOTE_CHARS {
+        return Err(invalid(FIELD, "is longer than 20000 characters"));
+    }
+    Ok(text)
+}
+
+pub fn to_fhir(doc: &DocumentReference) -> Value {
+    let data = base64::engine::general_purpose::STANDARD.encode(doc.text.expose().as_bytes());
+    let mut out = json!({
+        "resourceType": "DocumentReference",
+        "id": doc.id,
+        "meta": { "versionId": doc.version.to_string(), "lastUpdated": access::instant(&doc.updated_at) },
+        "status": doc.status,
+        "subject": { "reference": format!("Patient/{}", doc.patient_id) },
+        "date": access::instant(&doc.date.unwrap_or(doc.created_at)),
+        "content": [{ "attachment": { "contentType": "text/plain", "data": data } }],
+    });
+    if let Some(author) = doc.author_id {
+        out["author"] = json!([{ "reference": format!("Practitioner/{author}") }]);
+    } else {
+        out["author"] = json!([]);
+    }
+    if let Some(code) = &doc.doc_type {
+        out["type"] = json!({ "coding": [{ "system": LOINC, "code": code }] });
+    }
+    out
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DocumentReferenceIn {
+    resource_type: String,
+    id: Option<String>,
+    #[allow(dead_code)]
+    meta: Option<serde::de::IgnoredAny>,
+    status: String,
+    #[serde(rename = "type")]
+    doc_type: Option<TypeIn>,
+    subject: ReferenceIn,
+    date: Option<String>,
+    /// Accepted so that a read resource can be sent back, but ignored: the author is the
+    /// authenticated caller.
+    #[allow(dead_code)]
+    author: Option<serde::de::IgnoredAny>,
+    content: Vec<ContentIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TypeIn {
+    coding: Vec<CodingIn>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CodingIn {
+    system: String,
+    code: String,
+    #[allow(dead_code)]
+    display: Option<serde::de::IgnoredAny>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReferenceIn {
+    reference: String,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ContentIn {
+    attachment: AttachmentIn,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+struct AttachmentIn {
+    content_type: String,
+    data: String,
+}
+
+fn validate(input: DocumentReferenceIn, author: Uuid) -> Result<NewDocumentReference, AppError> {
+    if input.resource_type != "DocumentReference" {
+        return Err(invalid("resourceType", "must be DocumentReference"));
+    }
+    if !STATUSES.contains(&input.status.as_str()) {
+        return Err(invalid(
+            "status",
+            "must be current, superseded or entered-in-error",
+        ));
+    }
+    let doc_type = match input.doc_type {
+        None => None,
+        Some(t) => {
+            bounded_len("type.coding", &t.coding, 1)?;
+            let Some(c) = t.coding.first() else {
+                return Err(invalid("type.coding", "must have one LOINC coding"));
+            };
+            if c.system != LOINC {
+                return Err(invalid("type.coding[0].system", "must be http://loinc.org"));
+            }
+            Some(loinc_code("type.coding[0].code", &c.code)?)
+        }
+    };
+    let patient_id = access::patient_reference("subject.reference", &input.subject.reference)?;
+    let date = match &input.date {
+        Some(d) => access::date_time("date", d)?,
+        None => chrono::Utc::now(),
+    };
+    if input.content.is_empty() {
+        return Err(invalid("content", "must have one attachment"));
+    }
+    bounded_len("content", &input.content, 1)?;
+    let att = &input.content[0].attachment;
+    let essence = att
+        .content_type
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    if essence != "text/plain" {
+        return Err(invalid(
+            "content[0].attachment.contentType",
+            "must be text/plain",
+        ));
+    }
+    // Four UTF-8 bytes per character at most, base64 adds a third.
+    if att.data.len() > MAX_NOTE_CHARS * 4 * 4 / 3 + 4 {
+        return Err(invalid(
+            "content[0].attachment.data",
+            "is longer than 20000 characters",
+        ));
+    }
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(att.data.trim())
+        .map_err(|_| invalid("content[0].attachment.data", "must be base64"))?;
+    let raw = String::from_utf8(bytes)
+        .map_err(|_| invalid("content[0].attachment.data", "must be UTF-8 text"))?;
+    let text = sanitise_note(&raw)?;
+    Ok(NewDocumentReference {
+        patient_id,
+        author_id: Some(author),
+        doc_type,
+        date: Some(date),
+        text,
+        status: input.status,
+    })
+}
+
+fn respond(status: StatusCode, doc: &DocumentReference) -> HttpResponse {
+    let body = to_fhir(doc);
+    let mut res = HttpResponse::build(status);
+    res.content_type(FHIR_JSON).insert_header(etag(doc.version));
+    if status == StatusCode::CREATED {
+        res.insert_header((
+            "Location",
+            format!(
+                "/fhir/DocumentReference/{}/_history/{}",
+                doc.id, doc.version
+            ),
+        ));
+    }
+    res.body(body.to_string())
+}
+
+pub async fn read(
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id = access::parse_id(&path)?;
+    let (view, patient) = authorize_record(
+        &caller,
+        &state,
+        R,
+        Interaction::Read,
+        AuditAction::Read,
+        id,
+        documents::patient_of,
+    )
+    .await?;
+    check_view(view)?;
+    let kr = state.keyring.clone();
+    let found = state
+        .db
+        .run(move |c| phi::get_document_reference(c, &kr, id))
+        .await?;
+    let Some(doc) = found.filter(|d| d.patient_id == patient) else {
+        caller
+            .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
+            .await?;
+        return Err(AppError::not_found());
+    };
+    caller
+        .audit(AuditAction::Read, R, Some(id), [patient], Outcome::Permit)
+        .await?;
+    Ok(respond(StatusCode::OK, &doc))
+}
+
+pub async fn search(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let params = access::search_params(&req, &["patient", "subject", "_count", "_cursor"])?;
+    let mut patient = None;
+    for name in ["patient", "subject"] {
+        if let Some(p) = access::single(&params, name)? {
+            let id = access::patient_param(p)?;
+            if patient.replace(id).is_some_and(|prev| prev != id) {
+                return Err(invalid("patient", "names two different patients"));
+            }
+        }
+    }
+    let count = bundle::page_size(access::single(&params, "_count")?)?;
+    let (view, scope) = authorize_search(&caller, R).await?;
+    check_view(view)?;
+    let after = access::single(&params, "_cursor")?
+        .map(|c| Cursor::open(&state.keyring, caller.user.id, R, c))
+        .transpose()?;
+    let kr = state.keyring.clone();
+    let limit = count as i64 + 1;
+    let mut rows = state
+        .db
+        .run(move |c| documents::search(c, &kr, patient, scope, after, limit))
+        .await?;
+    let more = rows.len() > count;
+    rows.truncate(count);
+    let mut patients: Vec<Uuid> = rows.iter().map(|d| d.patient_id).collect();
+    patients.sort();
+    patients.dedup();
+    caller
+        .audit(AuditAction::Search, R, None, patients, Outcome::Permit)
+        .await?;
+    let next = match (more, rows.last()) {
+        (true, Some(last)) => Some(Cursor::seal(&state.keyring, caller.user.id, R, last.id)?),
+        _ => None,
+    };
+    let entries: Vec<Value> = rows.iter().map(to_fhir).collect();
+    let body = bundle::searchset(&req, "DocumentReference", entries, next.as_deref());
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(body.to_string()))
+}
+
+pub async fn create(
+    caller: Caller,
+    state: web::Data<AppState>,
+    body: JsonBody<DocumentReferenceIn>,
+) -> Result<HttpResponse, AppError> {
+    let input = body.0;
+    if input.id.is_some() {
+        return Err(invalid("id", "must not be set on create"));
+    }
+    let new = validate(input, caller.user.id)?;
+    let patient = new.patient_id;
+    let view = authorize_create(&caller, &state, R, "subject.reference", patient).await?;
+    check_view(view)?;
+    let kr = state.keyring.clone();
+    let created = state
+        .db
+        .run(move |c| phi::insert_document_reference(c, &kr, &new))
+        .await?;
+    caller
+        .audit(
+            AuditAction::Create,
+            R,
+            Some(created.id),
+            [patient],
+            Outcome::Permit,
+        )
+        .await?;
+    Ok(respond(StatusCode::CREATED, &created))
+}
+
+pub async fn update(
+    req: HttpRequest,
+    caller: Caller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: JsonBody<DocumentReferenceIn>,
+) -> Result<HttpResponse, AppError> {
+    let id = access::parse_id(&path)?;
+    let expected = if_match(&req)?;
+    let input = body.0;
+    if input.id.as_deref() != Some(&id.to_string()) {
+        return Err(invalid("id", "must match the id in the URL"));
+    }
+    // Input is checked before any record is looked up.
+    let new = validate(input, caller.user.id)?;
+    let (view, patient) = authorize_record(
+        &caller,
+        &state,
+        R,
+        Interaction::Update,
+        AuditAction::Update,
+        id,
+        documents::patient_of,
+    )
+    .await?;
+    check_view(view)?;
+    if new.patient_id != patient {
+        caller
+            .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Error)
+            .await?;
+        return Err(invalid("subject", "cannot be changed by an update"));
+    }
+    let kr = state.keyring.clone();
+    let updated = state
+        .db
+        .run(move |c| documents::update(c, &kr, id, expected, &new))
+        .await?;
+    let Some(doc) = updated else {
+        caller
+            .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Error)
+            .await?;
+        return Err(access::precondition_failed());
+    };
+    caller
+        .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Permit)
+        .await?;
+    Ok(respond(StatusCode::OK, &doc))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn markup_is_removed_and_plain_text_kept() {
+        let clean = |s: &str| sanitise_note(s).unwrap();
+        assert_eq!(clean("<script>alert(1)</script>Hello"), "Hello");
+        assert_eq!(clean("<b>BP</b> < 120 & stable"), "BP < 120 & stable");
+        assert_eq!(clean("&lt;script&gt;alert(1)&lt;/script&gt;Hi"), "Hi");
+        assert_eq!(
+            clean("<img src=x onerror=alert(1)>line 1\nline 2"),
+            "line 1\nline 2"
+        );
+        assert!(!clean("<a href='javascript:x'>link</a>").contains('<'));
+        assert!(sanitise_note("<script>x</script>").is_err(), "nothing left");
+        assert!(sanitise_note("a\u{0}b").is_err());
+        assert!(sanitise_note(&"x".repeat(MAX_NOTE_CHARS + 1)).is_err());
+        assert!(sanitise_note(&"x".repeat(MAX_NOTE_CHARS)).is_ok());
+    }
+}
