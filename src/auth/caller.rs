@@ -164,19 +164,24 @@ impl Caller {
     /// care-team facts, asks the decision point, and audits a refusal. A missing patient
     /// or a missing relationship answers 404 (existence is not revealed); a missing scope
     /// or role answers 403 with the capability that is missing.
+    ///
+    /// `patient_of` finds the record's patient (for a Patient, the record itself).
     pub async fn authorize_record(
         &self,
         action: AuditAction,
         resource: ResourceType,
         interaction: Interaction,
         resource_id: Uuid,
-        patient_id: Uuid,
+        patient_of: PatientOf,
     ) -> Result<(policy::View, policy::PatientFacts), AppError> {
         let user_id = self.user.id;
         let facts = self
             .state
             .db
-            .run(move |c| users::patient_facts(c, patient_id, user_id))
+            .run(move |c| match patient_of(c, resource_id)? {
+                Some(patient) => users::patient_facts(c, patient, user_id),
+                None => Ok(None),
+            })
             .await?;
         let Some(facts) = facts else {
             self.audit(action, resource, Some(resource_id), [], Outcome::Error)
@@ -187,13 +192,17 @@ impl Caller {
             policy::Decision::Permit { view, .. } => Ok((view, facts)),
             policy::Decision::Deny(reason) => {
                 let outcome = Outcome::Deny(audit_reason(reason));
-                self.audit(action, resource, Some(resource_id), [patient_id], outcome)
+                let patient = facts.patient_id;
+                self.audit(action, resource, Some(resource_id), [patient], outcome)
                     .await?;
                 Err(refusal(reason))
             }
         }
     }
 }
+
+/// Finds the patient a record belongs to (`None`: no such live record).
+pub type PatientOf = fn(&mut diesel::PgConnection, Uuid) -> Result<Option<Uuid>, AppError>;
 
 /// The answer to a denial: relationship denials look like a missing record.
 pub fn refusal(reason: policy::DenyReason) -> AppError {

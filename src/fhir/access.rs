@@ -17,11 +17,10 @@ use crate::web::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, web};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
-use diesel::PgConnection;
 use uuid::Uuid;
 
 /// Looks up the subject patient of a live record.
-pub type PatientOf = fn(&mut PgConnection, Uuid) -> Result<Option<Uuid>, AppError>;
+pub use crate::auth::caller::PatientOf;
 
 pub fn denied(reason: DenyReason) -> AppError {
     AppError::client(StatusCode::FORBIDDEN, reason.message())
@@ -43,46 +42,17 @@ pub fn precondition_failed() -> AppError {
 /// finds), or the error to answer. Every outcome but a permit is audited here.
 pub async fn authorize_record(
     caller: &Caller,
-    state: &web::Data<AppState>,
+    _state: &web::Data<AppState>,
     resource: ResourceType,
     interaction: Interaction,
     action: AuditAction,
     id: Uuid,
     patient_of: PatientOf,
 ) -> Result<(View, Uuid), AppError> {
-    let user_id = caller.user.id;
-    let facts = state
-        .db
-        .run(move |c| match patient_of(c, id)? {
-            Some(patient) => users::patient_facts(c, patient, user_id),
-            None => Ok(None),
-        })
+    let (view, facts) = caller
+        .authorize_record(action, resource, interaction, id, patient_of)
         .await?;
-    let Some(facts) = facts else {
-        caller
-            .audit(action, resource, Some(id), [], Outcome::Error)
-            .await?;
-        return Err(AppError::not_found());
-    };
-    let patient = facts.patient_id;
-    match caller.decide(resource, interaction, Target::Patient(facts)) {
-        Decision::Permit { view, .. } => Ok((view, patient)),
-        Decision::Deny(reason) => {
-            caller
-                .audit(
-                    action,
-                    resource,
-                    Some(id),
-                    [patient],
-                    Outcome::Deny(audit_reason(reason)),
-                )
-                .await?;
-            Err(match reason {
-                DenyReason::NoRelationship => AppError::not_found(),
-                other => denied(other),
-            })
-        }
-    }
+    Ok((view, facts.patient_id))
 }
 
 /// The permit to create a record for `patient`. A patient that does not exist and one the
