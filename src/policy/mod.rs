@@ -330,6 +330,53 @@ mod tests {
         }
     }
 
+    /// The policy as the README states it, written independently of the matrix: every
+    /// role × resource × interaction is checked against it, with and without a
+    /// relationship to the patient.
+    fn expected(role: Role, res: T, i: Interaction) -> bool {
+        match (role, res) {
+            (Role::Clinician, T::Patient) => i != Delete,
+            (Role::Clinician, T::Observation) => true,
+            (Role::Clinician, T::DocumentReference) => i != Delete,
+            (Role::Billing, T::Patient) => matches!(i, Read | Search),
+            (Role::Billing, T::Claim) => true,
+            (Role::Patient, _) => matches!(i, Read | Search),
+            (Role::Service, T::Patient) => matches!(i, Read | Search),
+            (Role::Service, T::Observation) => matches!(i, Create | Read | Search),
+            _ => false,
+        }
+    }
+
+    #[test]
+    fn every_role_resource_and_interaction_matches_the_documented_policy() {
+        let related = Target::Patient(PatientFacts {
+            patient_id: Uuid::from_u128(100),
+            facility_id: Uuid::from_u128(10),
+            on_care_team: true,
+        });
+        let unrelated = Target::Patient(PatientFacts {
+            patient_id: Uuid::from_u128(200),
+            facility_id: Uuid::from_u128(20),
+            on_care_team: false,
+        });
+        for role in Role::ALL {
+            let roles = [role];
+            let mut s = subject(&roles);
+            s.own_patient_id = Some(Uuid::from_u128(100));
+            for res in T::ALL {
+                for i in Interaction::ALL {
+                    let permitted = matches!(decide(&s, res, i, related), Decision::Permit { .. });
+                    assert_eq!(permitted, expected(role, res, i), "{role:?} {res:?} {i:?}");
+                    let d = decide(&s, res, i, unrelated);
+                    assert!(
+                        matches!(d, Decision::Deny(_)),
+                        "{role:?} {res:?} {i:?} unrelated: {d:?}"
+                    );
+                }
+            }
+        }
+    }
+
     #[test]
     fn no_roles_means_no_access() {
         assert_eq!(
