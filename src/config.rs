@@ -72,6 +72,7 @@ settings! {
     "tls.cert_file", Str, "", "PEM certificate chain (leaf first); required";
     "tls.key_file", Str, "", "PEM private key for the certificate; required";
     "tls.client_auth", Str, "off", "Client certificates: off | optional | required";
+    "tls.client_identities", List, "[]", "Service principals authenticated by client certificate: entries `<SHA-256 of the certificate, hex>=<client id>`; such a client needs no bearer token and gets the roles of the service user (issuer `mtls`, subject = client id)";
     "tls.client_ca_file", Str, "", "PEM bundle of CAs trusted for client certificates (required unless client_auth = off)";
     "database.url", Secret, "", "PostgreSQL URL (also read from DATABASE_URL); required";
     "database.pool_size", Int, "16", "Connections per instance";
@@ -417,6 +418,38 @@ pub struct TlsConfig {
     pub key_file: Option<PathBuf>,
     pub client_auth: ClientAuth,
     pub client_ca_file: Option<PathBuf>,
+    pub client_identities: Vec<String>,
+}
+
+impl TlsConfig {
+    /// `tls.client_identities`, parsed: certificate SHA-256 → client id.
+    pub fn client_identities(
+        &self,
+    ) -> Result<std::collections::HashMap<[u8; 32], String>, ConfigError> {
+        let bad = || {
+            ConfigError::new(
+                "tls.client_identities",
+                "entries must be <64 hex digits of the certificate's SHA-256>=<client id>",
+            )
+        };
+        let mut out = std::collections::HashMap::new();
+        for entry in &self.client_identities {
+            let (hash, client) = entry.split_once('=').ok_or_else(bad)?;
+            let bytes: [u8; 32] = hex::decode(hash.trim().to_ascii_lowercase())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(bad)?;
+            let client = client.trim();
+            let ok = !client.is_empty()
+                && client.len() <= 128
+                && client.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                return Err(bad());
+            }
+            out.insert(bytes, client.to_string());
+        }
+        Ok(out)
+    }
 }
 
 #[derive(Clone, Debug, Deserialize)]
@@ -740,6 +773,13 @@ impl Config {
             }
         }
         self.crypto.validate()?;
+        self.tls.client_identities()?;
+        if !self.tls.client_identities.is_empty() && self.tls.client_auth == ClientAuth::Off {
+            return Err(ConfigError::new(
+                "tls.client_identities",
+                "needs tls.client_auth optional or required",
+            ));
+        }
         if self.tls.client_auth != ClientAuth::Off && self.tls.client_ca_file.is_none() {
             return Err(ConfigError::new(
                 "tls.client_ca_file",
@@ -1113,6 +1153,22 @@ mod tests {
             reject_unknown_keys(&table, "").unwrap_err().setting,
             "bogus"
         );
+    }
+
+    #[test]
+    fn client_identities_are_checked_and_named() {
+        let mut e = minimal();
+        e.push(("CUSTODIAN_TLS_CLIENT_AUTH".into(), "optional".into()));
+        e.push(("CUSTODIAN_TLS_CLIENT_CA_FILE".into(), "/ca.pem".into()));
+        let mut bad = e.clone();
+        bad.push(("CUSTODIAN_TLS_CLIENT_IDENTITIES".into(), "abc=lab".into()));
+        assert_eq!(load(bad).unwrap_err().setting, "tls.client_identities");
+        e.push((
+            "CUSTODIAN_TLS_CLIENT_IDENTITIES".into(),
+            format!("{}=lab", "ab".repeat(32)),
+        ));
+        let c = load(e).unwrap();
+        assert_eq!(c.tls.client_identities().unwrap().len(), 1);
     }
 
     #[test]

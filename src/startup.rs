@@ -75,6 +75,7 @@ impl Application {
             keyring: std::sync::Arc::new(keyring),
             tokens,
             audit,
+            client_identities: std::sync::Arc::new(config.tls.client_identities()?),
             principal_limit: RateLimiter::new(
                 config.ratelimit.per_principal_per_minute,
                 config.ratelimit.per_principal_burst,

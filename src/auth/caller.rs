@@ -201,6 +201,43 @@ impl Caller {
     }
 }
 
+/// The issuer recorded for services authenticated by a client certificate.
+pub const MTLS_ISSUER: &str = "mtls";
+
+/// A service identified by its verified client certificate (`tls.client_identities`),
+/// when the request carries no `Authorization` header (a token always takes precedence).
+fn certified_client(req: &HttpRequest) -> Option<String> {
+    use sha2::Digest;
+    if req
+        .headers()
+        .contains_key(actix_web::http::header::AUTHORIZATION)
+    {
+        return None;
+    }
+    let cert = req.conn_data::<crate::tls::ClientCertificate>()?;
+    let state = req.app_data::<web::Data<AppState>>()?;
+    let digest: [u8; 32] = sha2::Sha256::digest(cert.0.as_ref()).into();
+    state.client_identities.get(&digest).cloned()
+}
+
+/// A certificate-authenticated service acts like a client-credentials token whose client
+/// application may do anything (`system/*.cruds`): what it can actually do is decided by
+/// the roles of its service user, as for every principal.
+fn certificate_principal(client: String) -> VerifiedToken {
+    VerifiedToken {
+        issuer: MTLS_ISSUER.to_string(),
+        subject: client.clone(),
+        scopes: super::ScopeSet::parse("system/*.cruds"),
+        client_id: Some(client),
+        auth_time: None,
+        acr: None,
+        jti: None,
+        issued_at: None,
+        expires_at: i64::MAX,
+        grant: Grant::ClientCredentials,
+    }
+}
+
 /// Finds the patient a record belongs to (`None`: no such live record).
 pub type PatientOf = fn(&mut diesel::PgConnection, Uuid) -> Result<Option<Uuid>, AppError>;
 
@@ -267,6 +304,7 @@ impl FromRequest for Caller {
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
         let req = req.clone();
+        let certified = certified_client(&req);
         let bearer = Bearer::from_request(&req, payload);
         Box::pin(async move {
             let state = req
@@ -274,7 +312,11 @@ impl FromRequest for Caller {
                 .cloned()
                 .ok_or_else(|| AppError::internal("app state missing"))?;
             let audit = AuditContext::from_request(&req);
-            let token = match bearer.await {
+            let bearer = match certified {
+                Some(client) => Ok(Bearer(certificate_principal(client))),
+                None => bearer.await,
+            };
+            let token = match bearer {
                 Ok(Bearer(token)) => token,
                 Err(e) => {
                     // Keys unavailable is our fault, not a failed login.

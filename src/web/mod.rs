@@ -27,6 +27,8 @@ pub struct AppState {
     pub audit: crate::audit::AuditWriter,
     /// Per-principal request limit (`ratelimit.per_principal_*`), shared by all workers.
     pub principal_limit: Option<std::sync::Arc<ratelimit::RateLimiter>>,
+    /// Client certificates (SHA-256) that identify service principals (`tls.client_identities`).
+    pub client_identities: std::sync::Arc<std::collections::HashMap<[u8; 32], String>>,
     /// The admin console's sign-in; `None` when `[console]` is not configured.
     pub console: Option<std::sync::Arc<crate::console::Console>>,
     /// Origin of `server.public_url`, accepted as the Origin of console form posts.

@@ -183,20 +183,7 @@ async fn mtls_optional_accepts_anonymous_clients_and_exposes_verified_certificat
 
     // The certificate reaches request handlers through the connection data.
     let (chain, key) = pki.client(None);
-    let mut pem = String::new();
-    for c in &chain {
-        pem.push_str(&pem_encode("CERTIFICATE", c.as_ref()));
-    }
-    pem.push_str(&pem_encode("PRIVATE KEY", key.secret_der()));
-    let client = reqwest::Client::builder()
-        .use_rustls_tls()
-        .tls_built_in_root_certs(false)
-        .add_root_certificate(
-            reqwest::Certificate::from_pem(test_cert().cert_pem.as_bytes()).unwrap(),
-        )
-        .identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap())
-        .build()
-        .unwrap();
+    let client = identity_client(&chain, &key);
     let body = client
         .get(app.url("/api/test/client-cert"))
         .send()
@@ -240,6 +227,7 @@ fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> custodian::confi
         key_file: Some(key.to_path_buf()),
         client_auth: custodian::config::ClientAuth::Off,
         client_ca_file: None,
+        client_identities: Vec::new(),
     }
 }
 
@@ -290,4 +278,71 @@ fn certificate_problems_name_the_setting() {
     assert!(err.problem.contains("expired"), "{}", err.problem);
 
     assert!(custodian::tls::server_config(&tls_config(&good.cert, &good.key)).is_ok());
+}
+
+fn identity_client(
+    chain: &[CertificateDer<'static>],
+    key: &PrivateKeyDer<'static>,
+) -> reqwest::Client {
+    let mut pem = String::new();
+    for c in chain {
+        pem.push_str(&pem_encode("CERTIFICATE", c.as_ref()));
+    }
+    pem.push_str(&pem_encode("PRIVATE KEY", key.secret_der()));
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(test_cert().cert_pem.as_bytes()).unwrap(),
+        )
+        .identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap())
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_mapped_client_certificate_is_a_service_principal_with_roles_from_the_database() {
+    use custodian::db::{phi, users};
+    use sha2::Digest;
+    let pki = Pki::new();
+    let (chain, key) = pki.client(None);
+    let fingerprint = hex::encode(sha2::Sha256::digest(chain[0].as_ref()));
+    let app = TestApp::builder()
+        .set("tls.client_auth", "optional")
+        .set("tls.client_ca_file", pki.ca_file())
+        .set(
+            "tls.client_identities",
+            vec![format!("{fingerprint}=lab-interface")],
+        )
+        .spawn()
+        .await;
+    let lab = identity_client(&chain, &key);
+    let search = app.url("/fhir/Patient?family=Nobody");
+
+    // Authenticated by the certificate, but no role yet: default deny (403, not 401).
+    assert_eq!(lab.get(&search).send().await.unwrap().status(), 403);
+
+    let mut c = app.db.conn();
+    let facility = phi::insert_facility(&mut c, "Lab Facility").unwrap();
+    let user = users::user_for(&mut c, "mtls", "lab-interface", users::UserKind::Service).unwrap();
+    users::grant_role(
+        &mut c,
+        user.id,
+        custodian::policy::Role::Service,
+        "lab feed",
+        None,
+    )
+    .unwrap();
+    users::set_facility(&mut c, user.id, Some(facility)).unwrap();
+    let res = lab.get(&search).send().await.unwrap();
+    assert_eq!(res.status(), 200);
+    let bundle: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(bundle["resourceType"], "Bundle");
+
+    // A certificate from the same CA that is not mapped authenticates nobody.
+    let (other_chain, other_key) = pki.client(None);
+    let stranger = identity_client(&other_chain, &other_key);
+    assert_eq!(stranger.get(&search).send().await.unwrap().status(), 401);
+    // Without a certificate and without a token: 401.
+    assert_eq!(app.client.get(&search).send().await.unwrap().status(), 401);
 }
