@@ -130,7 +130,7 @@ async fn clinician_creates_and_reads_a_patient_in_the_clinical_view() {
     assert_eq!(res.headers()["etag"], "W/\"1\"");
     assert_eq!(res.headers()["content-type"], "application/fhir+json");
     let p: Value = res.json().await.unwrap();
-    assert_eq!(p["resourceType"], "Patient");
+    crate::fhir_resources::check_patient(&p);
     assert_eq!(p["name"][0]["family"], "Canaryson");
     assert_eq!(p["name"][0]["given"], json!(["Avery", "Quinn"]));
     assert_eq!(p["birthDate"], "1970-03-04");

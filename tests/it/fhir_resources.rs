@@ -94,6 +94,45 @@ fn check_meta(r: &Value) {
     assert!(is_instant(&r["meta"]["lastUpdated"]), "meta.lastUpdated");
 }
 
+/// Patient (R4): no required elements beyond resourceType; checks the value types of what
+/// we emit.
+pub fn check_patient(r: &Value) {
+    assert_eq!(r["resourceType"], "Patient");
+    check_meta(r);
+    for ident in r["identifier"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        assert!(
+            is_str(&ident["system"]) && is_str(&ident["value"]),
+            "identifier"
+        );
+    }
+    for name in r["name"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        assert!(is_str(&name["family"]), "name.family");
+        assert!(
+            name["given"].as_array().unwrap().iter().all(is_str),
+            "name.given"
+        );
+    }
+    if let Some(g) = r["gender"].as_str() {
+        assert!(
+            ["male", "female", "other", "unknown"].contains(&g),
+            "gender"
+        );
+    }
+    if let Some(d) = r["birthDate"].as_str() {
+        assert!(
+            chrono::NaiveDate::parse_from_str(d, "%Y-%m-%d").is_ok(),
+            "birthDate"
+        );
+    }
+    for t in r["telecom"].as_array().map(Vec::as_slice).unwrap_or(&[]) {
+        assert!(is_str(&t["system"]) && is_str(&t["value"]), "telecom");
+    }
+    assert!(
+        is_reference(&r["managingOrganization"], "Organization"),
+        "managingOrganization"
+    );
+}
+
 pub fn check_observation(r: &Value) {
     assert_eq!(r["resourceType"], "Observation");
     check_meta(r);
