@@ -91,10 +91,6 @@ impl Db {
         .await
         .map_err(|_| AppError::internal("blocking database task was cancelled"))?
     }
-
-    pub fn pool(&self) -> &PgPool {
-        &self.pool
-    }
 }
 
 /// Runs pending migrations on a dedicated connection, holding an advisory lock so that
