@@ -38,6 +38,29 @@ pub fn precondition_failed() -> AppError {
     )
 }
 
+/// Audits the end of an update or delete of record `id` of `patient` and passes its result
+/// on: `Some` is a permit; `None` (the row was gone, or its version had moved) is audited
+/// as an error and answered with `missing()`.
+pub async fn audited<T>(
+    caller: &Caller,
+    action: AuditAction,
+    resource: ResourceType,
+    id: Uuid,
+    patient: Uuid,
+    result: Option<T>,
+    missing: fn() -> AppError,
+) -> Result<T, AppError> {
+    let outcome = if result.is_some() {
+        Outcome::Permit
+    } else {
+        Outcome::Error
+    };
+    caller
+        .audit(action, resource, Some(id), [patient], outcome)
+        .await?;
+    result.ok_or_else(missing)
+}
+
 /// The permitted view for one existing record `id` (whose subject patient `patient_of`
 /// finds), or the error to answer. Every outcome but a permit is audited here.
 pub async fn authorize_record(

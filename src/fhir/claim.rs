@@ -413,15 +413,16 @@ pub async fn update(
         .db
         .run(move |c| claims::update(c, &kr, id, expected, &new))
         .await?;
-    let Some(claim) = updated else {
-        caller
-            .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Error)
-            .await?;
-        return Err(access::precondition_failed());
-    };
-    caller
-        .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Permit)
-        .await?;
+    let claim = access::audited(
+        &caller,
+        AuditAction::Update,
+        R,
+        id,
+        patient,
+        updated,
+        access::precondition_failed,
+    )
+    .await?;
     Ok(respond(StatusCode::OK, &claim))
 }
 
@@ -442,15 +443,16 @@ pub async fn delete(
     )
     .await?;
     let deleted = state.db.run(move |c| claims::soft_delete(c, id)).await?;
-    if !deleted {
-        caller
-            .audit(AuditAction::Delete, R, Some(id), [patient], Outcome::Error)
-            .await?;
-        return Err(AppError::not_found());
-    }
-    caller
-        .audit(AuditAction::Delete, R, Some(id), [patient], Outcome::Permit)
-        .await?;
+    access::audited(
+        &caller,
+        AuditAction::Delete,
+        R,
+        id,
+        patient,
+        deleted.then_some(()),
+        AppError::not_found,
+    )
+    .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

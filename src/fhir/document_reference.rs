@@ -391,15 +391,16 @@ pub async fn update(
         .db
         .run(move |c| documents::update(c, &kr, id, expected, &new))
         .await?;
-    let Some(doc) = updated else {
-        caller
-            .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Error)
-            .await?;
-        return Err(access::precondition_failed());
-    };
-    caller
-        .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Permit)
-        .await?;
+    let doc = access::audited(
+        &caller,
+        AuditAction::Update,
+        R,
+        id,
+        patient,
+        updated,
+        access::precondition_failed,
+    )
+    .await?;
     Ok(respond(StatusCode::OK, &doc))
 }
 

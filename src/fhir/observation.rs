@@ -370,15 +370,16 @@ pub async fn update(
         .db
         .run(move |c| observations::update(c, &kr, id, expected, &new))
         .await?;
-    let Some(o) = updated else {
-        caller
-            .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Error)
-            .await?;
-        return Err(access::precondition_failed());
-    };
-    caller
-        .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Permit)
-        .await?;
+    let o = access::audited(
+        &caller,
+        AuditAction::Update,
+        R,
+        id,
+        patient,
+        updated,
+        access::precondition_failed,
+    )
+    .await?;
     Ok(respond(StatusCode::OK, &o))
 }
 
@@ -402,14 +403,15 @@ pub async fn delete(
         .db
         .run(move |c| observations::soft_delete(c, id))
         .await?;
-    if !deleted {
-        caller
-            .audit(AuditAction::Delete, R, Some(id), [patient], Outcome::Error)
-            .await?;
-        return Err(AppError::not_found());
-    }
-    caller
-        .audit(AuditAction::Delete, R, Some(id), [patient], Outcome::Permit)
-        .await?;
+    access::audited(
+        &caller,
+        AuditAction::Delete,
+        R,
+        id,
+        patient,
+        deleted.then_some(()),
+        AppError::not_found,
+    )
+    .await?;
     Ok(HttpResponse::NoContent().finish())
 }
