@@ -349,6 +349,8 @@ async fn role_added_with_reason_is_shown_and_audited() {
         "{page}"
     );
     assert!(page.contains("The role was granted."));
+    assert!(page.contains("Disable account"), "{page}");
+    assert!(page.contains("Signed in as <strong id=\"signed-in-as\">root</strong>"));
 
     let last_change = c
         .events()
@@ -741,4 +743,58 @@ async fn totp_reset_forgets_the_authenticator_and_ends_sessions() {
         .unwrap();
     assert_eq!(left, 0);
     assert_eq!(location(&c.get(&b, "/console").await), "/console/signin");
+}
+
+#[tokio::test]
+async fn a_kept_change_runs_once_and_a_failing_one_keeps_the_renewed_session() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let target = c.user("dr-new", &[], None);
+    c.make_stale(&a);
+
+    // Asked for a code for a change that will fail (no reason).
+    let res = c
+        .post(
+            &a,
+            &format!("/console/users/{target}/grant-role"),
+            &[("role", "clinician")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = c
+        .post(&a, "/console/step-up", &[("code", &code_at(now_secs()))])
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        res.headers().contains_key("set-cookie"),
+        "new id even on failure"
+    );
+    assert!(names_reason(&res.text().await.unwrap()));
+    assert!(c.roles_of(target).is_empty());
+
+    // The renewed session still works, and nothing is left waiting for a code.
+    let page = c.get(&a, "/console/users").await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let renewed = Browser {
+        client: a.client.clone(),
+        jar: a.jar.clone(),
+        session_id: String::new(),
+        csrf,
+    };
+    let res = c
+        .post(
+            &renewed,
+            "/console/step-up",
+            &[("code", &code_at(now_secs() + 30))],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(c.roles_of(target).is_empty());
 }
