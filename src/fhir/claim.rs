@@ -84,10 +84,10 @@ pub fn to_fhir(c: &Claim) -> Value {
         "use": "claim",
         "patient": { "reference": format!("Patient/{}", r.patient_id) },
         "created": access::instant(&r.created_at),
-        "provider": { "display": r.provider },
+        "provider": { "display": r.provider.expose() },
         "priority": { "coding": [{ "system": PRIORITY_SYSTEM, "code": "normal" }] },
         "insurance": [{ "sequence": 1, "focal": true, "coverage": { "display": "self-pay" } }],
-        "total": money(r.total_cents, &r.currency),
+        "total": money(*r.total_cents.expose(), &r.currency),
     });
     if !c.items.is_empty() {
         out["item"] = c
@@ -96,8 +96,8 @@ pub fn to_fhir(c: &Claim) -> Value {
             .map(|i| {
                 json!({
                     "sequence": i.seq,
-                    "productOrService": { "coding": [{ "system": CPT_SYSTEM, "code": i.code }] },
-                    "net": money(i.amount_cents, &r.currency),
+                    "productOrService": { "coding": [{ "system": CPT_SYSTEM, "code": i.code.expose() }] },
+                    "net": money(*i.amount_cents.expose(), &r.currency),
                 })
             })
             .collect();
@@ -282,7 +282,8 @@ pub async fn read(
     )
     .await?;
     check_view(view)?;
-    let found = state.db.run(move |c| claims::get(c, id)).await?;
+    let kr = state.keyring.clone();
+    let found = state.db.run(move |c| claims::get(c, &kr, id, true)).await?;
     let Some(claim) = found.filter(|c| c.row.patient_id == patient) else {
         caller
             .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
@@ -321,9 +322,11 @@ pub async fn search(
         .map(|c| Cursor::open(&state.keyring, caller.user.id, R, c))
         .transpose()?;
     let limit = count as i64 + 1;
+    let kr = state.keyring.clone();
+    let criteria = claims::Criteria { patient, status };
     let mut rows = state
         .db
-        .run(move |c| claims::search(c, patient, status, scope, after, limit))
+        .run(move |c| claims::search(c, &kr, &criteria, scope, after, limit, true))
         .await?;
     let more = rows.len() > count;
     rows.truncate(count);
