@@ -6,6 +6,8 @@
 //! [`crate::policy::decide_admin`] (the `admin` role from our database AND the `admin`
 //! scope on the token). Handlers never look at roles. Every call — permitted, denied or
 //! failed — is one audit event with internal ids only (no names, no reasons, no bodies).
+//! The reasons are kept with the change itself, in the access-change history
+//! ([`users::history`]).
 
 use crate::audit::{AuditAction, ClientId, Outcome, ResourceType as Kind};
 use crate::auth::Caller;
@@ -54,7 +56,13 @@ fn classify(method: &Method, path: &str) -> (AuditAction, Option<Kind>) {
             (AuditAction::Create, None)
         }
     } else if method == Method::GET || method == Method::HEAD {
-        (AuditAction::Search, Some(Kind::User))
+        let one = path.trim_end_matches('/').split('/').count() > 4;
+        let action = if one {
+            AuditAction::Read
+        } else {
+            AuditAction::Search
+        };
+        (action, Some(Kind::User))
     } else if path.contains("/roles") {
         (AuditAction::PermissionChange, Some(Kind::RoleAssignment))
     } else {
@@ -256,6 +264,37 @@ pub async fn list_users(
     .await
 }
 
+/// `GET /api/admin/users/{id}`: the user with their access-change history (newest
+/// first, with the reasons given).
+pub async fn get_user(
+    caller: AdminCaller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    audited(&caller, AuditAction::Read, Some(Kind::User), async {
+        let id = path_uuid(&path)?;
+        let found = state
+            .db
+            .run(move |c| {
+                let Some(mut user) = users::get_user(c, id)? else {
+                    return Ok(None);
+                };
+                user.history = Some(users::history(c, id)?);
+                Ok(Some(user))
+            })
+            .await?;
+        let user = found.ok_or_else(user_not_found)?;
+        Ok((
+            json_response(StatusCode::OK, &user),
+            Touched {
+                resource_id: Some(id),
+                ..Touched::default()
+            },
+        ))
+    })
+    .await
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RoleBody {
@@ -333,7 +372,7 @@ pub async fn revoke_role(
         let (id, role) = path.into_inner();
         let id = path_uuid(&id)?;
         let role = parse_role("role", &role)?;
-        let _reason = reason_from(&req, &bytes)?;
+        let reason = reason_from(&req, &bytes)?;
         if id == caller.0.user.id && role == Role::Admin {
             return Err(AppError::client(
                 StatusCode::CONFLICT,
@@ -341,9 +380,10 @@ pub async fn revoke_role(
             ));
         }
         user_json(&state, id).await?;
+        let by = caller.0.user.id;
         let held = state
             .db
-            .run(move |c| users::revoke_role(c, id, role))
+            .run(move |c| users::revoke_role(c, id, role, &reason, Some(by)))
             .await?;
         if !held {
             return Err(AppError::client(
@@ -378,7 +418,7 @@ async fn set_disabled(
         async {
             let id = path_uuid(&path)?;
             let b: ReasonBody = body(&req, &bytes)?;
-            check_reason(b.reason.as_deref())?;
+            let reason = check_reason(b.reason.as_deref())?;
             if disabled && id == caller.0.user.id {
                 return Err(AppError::client(
                     StatusCode::CONFLICT,
@@ -386,9 +426,10 @@ async fn set_disabled(
                 ));
             }
             user_json(&state, id).await?;
+            let by = caller.0.user.id;
             state
                 .db
-                .run(move |c| users::set_disabled(c, id, disabled))
+                .run(move |c| users::set_disabled(c, id, disabled, &reason, Some(by)))
                 .await?;
             let user = user_json(&state, id).await?;
             Ok((
@@ -495,7 +536,7 @@ async fn care_team(
     let kind = Some(Kind::CareRelationship);
     audited(&caller, AuditAction::CareRelationshipChange, kind, async {
         let b: CareTeamBody = body(&req, &bytes)?;
-        check_reason(b.reason.as_deref())?;
+        let reason = check_reason(b.reason.as_deref())?;
         let (patient, user, by) = (b.patient_id, b.user_id, caller.0.user.id);
         let changed = state
             .db
@@ -507,9 +548,9 @@ async fn care_team(
                     return Ok(Err("The user was not found."));
                 }
                 if add {
-                    users::add_to_care_team(c, patient, user, Some(by))?;
+                    users::add_to_care_team(c, patient, user, &reason, Some(by))?;
                     Ok(Ok(()))
-                } else if users::remove_from_care_team(c, patient, user)? {
+                } else if users::remove_from_care_team(c, patient, user, &reason, Some(by))? {
                     Ok(Ok(()))
                 } else {
                     Ok(Err("The user is not on this patient's care team."))
@@ -731,6 +772,8 @@ mod tests {
         );
         let (a, k) = classify(&Method::GET, "/api/admin/users");
         assert_eq!((a, k), (AuditAction::Search, Some(Kind::User)));
+        let (a, k) = classify(&Method::GET, "/api/admin/users/x");
+        assert_eq!((a, k), (AuditAction::Read, Some(Kind::User)));
         let (a, _) = classify(&Method::DELETE, "/api/admin/users/x/roles/admin");
         assert_eq!(a, AuditAction::PermissionChange);
     }

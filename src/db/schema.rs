@@ -262,3 +262,16 @@ diesel::table! {
         created_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    access_changes (seq) {
+        seq -> Int8,
+        user_id -> Uuid,
+        change -> Text,
+        role -> Nullable<Text>,
+        patient_id -> Nullable<Uuid>,
+        reason -> Text,
+        changed_by -> Nullable<Uuid>,
+        changed_at -> Timestamptz,
+    }
+}

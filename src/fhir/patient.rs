@@ -529,7 +529,7 @@ pub async fn create(
             c.transaction(|c| {
                 let p = phi::insert_patient(c, &kr, &new)?;
                 // The author of a record joins its care team, so they can read it back.
-                users::add_to_care_team(c, p.id, creator, Some(creator))?;
+                users::add_to_care_team(c, p.id, creator, "author of the record", Some(creator))?;
                 Ok::<_, AppError>(p)
             })
         })

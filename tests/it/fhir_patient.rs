@@ -195,7 +195,14 @@ async fn a_removed_role_takes_effect_on_the_next_request_with_the_same_token() {
         w.get(&format!("/fhir/Patient/{id}"), &doc).await.status(),
         StatusCode::OK
     );
-    users::revoke_role(&mut w.app.db.conn(), doc_id, Role::Clinician).unwrap();
+    users::revoke_role(
+        &mut w.app.db.conn(),
+        doc_id,
+        Role::Clinician,
+        "left the team",
+        None,
+    )
+    .unwrap();
     assert_eq!(
         w.get(&format!("/fhir/Patient/{id}"), &doc).await.status(),
         StatusCode::FORBIDDEN
