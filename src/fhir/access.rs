@@ -4,6 +4,7 @@
 //! The handlers still write their permit events themselves, after fetching, before
 //! responding.
 
+use super::elements::Elements;
 use super::types::invalid;
 use crate::audit::{AuditAction, Outcome};
 use crate::auth::Caller;
@@ -167,6 +168,12 @@ pub fn search_params(
         out.push((*name, v.into_owned()));
     }
     Ok(out)
+}
+
+/// The `_elements` of a read (the only query parameter a read accepts).
+pub fn read_elements(req: &HttpRequest, resource: ResourceType) -> Result<Elements, AppError> {
+    let params = search_params(req, &["_elements"])?;
+    Elements::parse(resource, single(&params, "_elements")?)
 }
 
 /// The single value of a search parameter (repeating it is a 422).

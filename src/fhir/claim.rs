@@ -5,6 +5,7 @@
 
 use super::access::{self, authorize_create, authorize_record, authorize_search};
 use super::bundle::{self, Cursor};
+use super::elements::Elements;
 use super::types::{bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
 use crate::audit::{AuditAction, Outcome};
@@ -251,8 +252,8 @@ fn validate(input: ClaimIn) -> Result<NewClaim, AppError> {
     })
 }
 
-fn respond(status: StatusCode, c: &Claim) -> HttpResponse {
-    let body = to_fhir(c);
+fn respond(status: StatusCode, c: &Claim, elements: &Elements) -> HttpResponse {
+    let body = elements.apply(to_fhir(c));
     let mut res = HttpResponse::build(status);
     res.content_type(FHIR_JSON)
         .insert_header(etag(c.row.version));
@@ -266,11 +267,13 @@ fn respond(status: StatusCode, c: &Claim) -> HttpResponse {
 }
 
 pub async fn read(
+    req: HttpRequest,
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = access::parse_id(&path)?;
+    let elements = access::read_elements(&req, R)?;
     let (view, patient) = authorize_record(
         &caller,
         &state,
@@ -283,7 +286,11 @@ pub async fn read(
     .await?;
     check_view(view)?;
     let kr = state.keyring.clone();
-    let found = state.db.run(move |c| claims::get(c, &kr, id, true)).await?;
+    let items = elements.wants("item");
+    let found = state
+        .db
+        .run(move |c| claims::get(c, &kr, id, items))
+        .await?;
     let Some(claim) = found.filter(|c| c.row.patient_id == patient) else {
         caller
             .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
@@ -293,7 +300,7 @@ pub async fn read(
     caller
         .audit(AuditAction::Read, R, Some(id), [patient], Outcome::Permit)
         .await?;
-    Ok(respond(StatusCode::OK, &claim))
+    Ok(respond(StatusCode::OK, &claim, &elements))
 }
 
 pub async fn search(
@@ -301,7 +308,10 @@ pub async fn search(
     caller: Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let params = access::search_params(&req, &["patient", "status", "_count", "_cursor"])?;
+    let params = access::search_params(
+        &req,
+        &["patient", "status", "_count", "_cursor", "_elements"],
+    )?;
     let patient = access::single(&params, "patient")?
         .map(access::patient_param)
         .transpose()?;
@@ -316,6 +326,7 @@ pub async fn search(
         None => None,
     };
     let count = bundle::page_size(access::single(&params, "_count")?)?;
+    let elements = Elements::parse(R, access::single(&params, "_elements")?)?;
     let (view, scope) = authorize_search(&caller, R).await?;
     check_view(view)?;
     let after = access::single(&params, "_cursor")?
@@ -324,9 +335,10 @@ pub async fn search(
     let limit = count as i64 + 1;
     let kr = state.keyring.clone();
     let criteria = claims::Criteria { patient, status };
+    let items = elements.wants("item");
     let mut rows = state
         .db
-        .run(move |c| claims::search(c, &kr, &criteria, scope, after, limit, true))
+        .run(move |c| claims::search(c, &kr, &criteria, scope, after, limit, items))
         .await?;
     let more = rows.len() > count;
     rows.truncate(count);
@@ -345,7 +357,7 @@ pub async fn search(
         )?),
         _ => None,
     };
-    let entries: Vec<Value> = rows.iter().map(to_fhir).collect();
+    let entries: Vec<Value> = rows.iter().map(|r| elements.apply(to_fhir(r))).collect();
     let body = bundle::searchset(&req, "Claim", entries, next.as_deref());
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
@@ -376,7 +388,7 @@ pub async fn create(
             Outcome::Permit,
         )
         .await?;
-    Ok(respond(StatusCode::CREATED, &created))
+    Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
 }
 
 pub async fn update(
@@ -426,7 +438,7 @@ pub async fn update(
         access::precondition_failed,
     )
     .await?;
-    Ok(respond(StatusCode::OK, &claim))
+    Ok(respond(StatusCode::OK, &claim, &Elements::all()))
 }
 
 pub async fn delete(

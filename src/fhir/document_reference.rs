@@ -6,6 +6,7 @@
 
 use super::access::{self, authorize_create, authorize_record, authorize_search};
 use super::bundle::{self, Cursor};
+use super::elements::Elements;
 use super::observation::{LOINC, loinc_code};
 use super::types::{bounded_len, invalid};
 use super::{FHIR_JSON, etag, if_match};
@@ -228,8 +229,8 @@ fn validate(input: DocumentReferenceIn, author: Uuid) -> Result<NewDocumentRefer
     })
 }
 
-fn respond(status: StatusCode, doc: &DocumentReference) -> HttpResponse {
-    let body = to_fhir(doc);
+fn respond(status: StatusCode, doc: &DocumentReference, elements: &Elements) -> HttpResponse {
+    let body = elements.apply(to_fhir(doc));
     let mut res = HttpResponse::build(status);
     res.content_type(FHIR_JSON).insert_header(etag(doc.version));
     if status == StatusCode::CREATED {
@@ -245,11 +246,13 @@ fn respond(status: StatusCode, doc: &DocumentReference) -> HttpResponse {
 }
 
 pub async fn read(
+    req: HttpRequest,
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = access::parse_id(&path)?;
+    let elements = access::read_elements(&req, R)?;
     let (view, patient) = authorize_record(
         &caller,
         &state,
@@ -275,7 +278,7 @@ pub async fn read(
     caller
         .audit(AuditAction::Read, R, Some(id), [patient], Outcome::Permit)
         .await?;
-    Ok(respond(StatusCode::OK, &doc))
+    Ok(respond(StatusCode::OK, &doc, &elements))
 }
 
 pub async fn search(
@@ -283,7 +286,10 @@ pub async fn search(
     caller: Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let params = access::search_params(&req, &["patient", "subject", "_count", "_cursor"])?;
+    let params = access::search_params(
+        &req,
+        &["patient", "subject", "_count", "_cursor", "_elements"],
+    )?;
     let mut patient = None;
     for name in ["patient", "subject"] {
         if let Some(p) = access::single(&params, name)? {
@@ -294,6 +300,7 @@ pub async fn search(
         }
     }
     let count = bundle::page_size(access::single(&params, "_count")?)?;
+    let elements = Elements::parse(R, access::single(&params, "_elements")?)?;
     let (view, scope) = authorize_search(&caller, R).await?;
     check_view(view)?;
     let after = access::single(&params, "_cursor")?
@@ -317,7 +324,7 @@ pub async fn search(
         (true, Some(last)) => Some(Cursor::seal(&state.keyring, caller.user.id, R, last.id)?),
         _ => None,
     };
-    let entries: Vec<Value> = rows.iter().map(to_fhir).collect();
+    let entries: Vec<Value> = rows.iter().map(|r| elements.apply(to_fhir(r))).collect();
     let body = bundle::searchset(&req, "DocumentReference", entries, next.as_deref());
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
@@ -351,7 +358,7 @@ pub async fn create(
             Outcome::Permit,
         )
         .await?;
-    Ok(respond(StatusCode::CREATED, &created))
+    Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
 }
 
 pub async fn update(
@@ -401,7 +408,7 @@ pub async fn update(
         access::precondition_failed,
     )
     .await?;
-    Ok(respond(StatusCode::OK, &doc))
+    Ok(respond(StatusCode::OK, &doc, &Elements::all()))
 }
 
 #[cfg(test)]

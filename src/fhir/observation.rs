@@ -3,6 +3,7 @@
 
 use super::access::{self, authorize_create, authorize_record, authorize_search};
 use super::bundle::{self, Cursor};
+use super::elements::Elements;
 use super::types::{bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
 use crate::audit::{AuditAction, Outcome};
@@ -192,8 +193,8 @@ fn validate(input: ObservationIn) -> Result<NewObservation, AppError> {
     })
 }
 
-fn respond(status: StatusCode, o: &Observation) -> HttpResponse {
-    let body = to_fhir(o);
+fn respond(status: StatusCode, o: &Observation, elements: &Elements) -> HttpResponse {
+    let body = elements.apply(to_fhir(o));
     let mut res = HttpResponse::build(status);
     res.content_type(FHIR_JSON).insert_header(etag(o.version));
     if status == StatusCode::CREATED {
@@ -206,11 +207,13 @@ fn respond(status: StatusCode, o: &Observation) -> HttpResponse {
 }
 
 pub async fn read(
+    req: HttpRequest,
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = access::parse_id(&path)?;
+    let elements = access::read_elements(&req, R)?;
     let (view, patient) = authorize_record(
         &caller,
         &state,
@@ -236,7 +239,7 @@ pub async fn read(
     caller
         .audit(AuditAction::Read, R, Some(id), [patient], Outcome::Permit)
         .await?;
-    Ok(respond(StatusCode::OK, &o))
+    Ok(respond(StatusCode::OK, &o, &elements))
 }
 
 pub async fn search(
@@ -246,7 +249,15 @@ pub async fn search(
 ) -> Result<HttpResponse, AppError> {
     let params = access::search_params(
         &req,
-        &["patient", "subject", "code", "date", "_count", "_cursor"],
+        &[
+            "patient",
+            "subject",
+            "code",
+            "date",
+            "_count",
+            "_cursor",
+            "_elements",
+        ],
     )?;
     let mut criteria = Criteria::default();
     for name in ["patient", "subject"] {
@@ -273,6 +284,7 @@ pub async fn search(
         criteria.until.extend(until);
     }
     let count = bundle::page_size(access::single(&params, "_count")?)?;
+    let elements = Elements::parse(R, access::single(&params, "_elements")?)?;
     let (view, scope) = authorize_search(&caller, R).await?;
     check_view(view)?;
     let after = access::single(&params, "_cursor")?
@@ -296,7 +308,7 @@ pub async fn search(
         (true, Some(last)) => Some(Cursor::seal(&state.keyring, caller.user.id, R, last.id)?),
         _ => None,
     };
-    let entries: Vec<Value> = rows.iter().map(to_fhir).collect();
+    let entries: Vec<Value> = rows.iter().map(|r| elements.apply(to_fhir(r))).collect();
     let body = bundle::searchset(&req, "Observation", entries, next.as_deref());
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
@@ -330,7 +342,7 @@ pub async fn create(
             Outcome::Permit,
         )
         .await?;
-    Ok(respond(StatusCode::CREATED, &created))
+    Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
 }
 
 pub async fn update(
@@ -380,7 +392,7 @@ pub async fn update(
         access::precondition_failed,
     )
     .await?;
-    Ok(respond(StatusCode::OK, &o))
+    Ok(respond(StatusCode::OK, &o, &Elements::all()))
 }
 
 pub async fn delete(
