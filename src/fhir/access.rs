@@ -39,27 +39,26 @@ pub fn precondition_failed() -> AppError {
     )
 }
 
-/// Audits the end of an update or delete of record `id` of `patient` and passes its result
-/// on: `Some` is a permit; `None` (the row was gone, or its version had moved) is audited
-/// as an error and answered with `missing()`.
-pub async fn audited<T>(
+/// Runs the update or delete `write` of record `id` of `patient` in one transaction with
+/// its audit event ([`Caller::audited_write`]): `Some` is a permit; `None` (the row was
+/// gone, or its version had moved) is audited as an error and answered with `missing()`.
+pub async fn audited<T, W>(
     caller: &Caller,
     action: AuditAction,
     resource: ResourceType,
     id: Uuid,
     patient: Uuid,
-    result: Option<T>,
+    write: W,
     missing: fn() -> AppError,
-) -> Result<T, AppError> {
-    let outcome = if result.is_some() {
-        Outcome::Permit
-    } else {
-        Outcome::Error
-    };
+) -> Result<T, AppError>
+where
+    T: Send + 'static,
+    W: FnOnce(&mut diesel::PgConnection) -> Result<Option<T>, AppError> + Send + 'static,
+{
+    let write = move |c: &mut diesel::PgConnection| write(c)?.ok_or_else(missing);
     caller
-        .audit(action, resource, Some(id), [patient], outcome)
-        .await?;
-    result.ok_or_else(missing)
+        .audited_write(action, resource, Some(id), [patient], write, None)
+        .await
 }
 
 /// The permitted view for one existing record `id` (whose subject patient `patient_of`

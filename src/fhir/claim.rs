@@ -8,7 +8,7 @@ use super::bundle::{self, Cursor};
 use super::elements::Elements;
 use super::types::{bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
-use crate::audit::{AuditAction, Outcome};
+use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::Caller;
 use crate::db::claims::{self, Claim, NewClaim, NewClaimItem};
 use crate::error::AppError;
@@ -378,14 +378,16 @@ pub async fn create(
     let view = authorize_create(&caller, &state, R, "patient.reference", patient).await?;
     check_view(view)?;
     let kr = state.keyring.clone();
-    let created = state.db.run(move |c| claims::insert(c, &kr, &new)).await?;
-    caller
-        .audit(
+    let write = move |c: &mut diesel::PgConnection| claims::insert(c, &kr, &new);
+    let complete: fn(&Claim, &mut AuditEvent) = |c, e| e.resource_id = Some(c.row.id);
+    let created = caller
+        .audited_write(
             AuditAction::Create,
             R,
-            Some(created.row.id),
+            None,
             [patient],
-            Outcome::Permit,
+            write,
+            Some(complete),
         )
         .await?;
     Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
@@ -424,17 +426,14 @@ pub async fn update(
         return Err(invalid("patient", "cannot be changed by an update"));
     }
     let kr = state.keyring.clone();
-    let updated = state
-        .db
-        .run(move |c| claims::update(c, &kr, id, expected, &new))
-        .await?;
+    let write = move |c: &mut diesel::PgConnection| claims::update(c, &kr, id, expected, &new);
     let claim = access::audited(
         &caller,
         AuditAction::Update,
         R,
         id,
         patient,
-        updated,
+        write,
         access::precondition_failed,
     )
     .await?;
@@ -457,14 +456,14 @@ pub async fn delete(
         claims::patient_of,
     )
     .await?;
-    let deleted = state.db.run(move |c| claims::soft_delete(c, id)).await?;
+    let write = move |c: &mut diesel::PgConnection| Ok(claims::soft_delete(c, id)?.then_some(()));
     access::audited(
         &caller,
         AuditAction::Delete,
         R,
         id,
         patient,
-        deleted.then_some(()),
+        write,
         AppError::not_found,
     )
     .await?;

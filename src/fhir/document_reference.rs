@@ -10,7 +10,7 @@ use super::elements::Elements;
 use super::observation::{LOINC, loinc_code};
 use super::types::{bounded_len, invalid};
 use super::{FHIR_JSON, etag, if_match};
-use crate::audit::{AuditAction, Outcome};
+use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::Caller;
 use crate::db::documents;
 use crate::db::phi::{self, DocumentReference, NewDocumentReference};
@@ -345,17 +345,16 @@ pub async fn create(
     let view = authorize_create(&caller, &state, R, "subject.reference", patient).await?;
     check_view(view)?;
     let kr = state.keyring.clone();
-    let created = state
-        .db
-        .run(move |c| phi::insert_document_reference(c, &kr, &new))
-        .await?;
-    caller
-        .audit(
+    let write = move |c: &mut diesel::PgConnection| phi::insert_document_reference(c, &kr, &new);
+    let complete: fn(&DocumentReference, &mut AuditEvent) = |d, e| e.resource_id = Some(d.id);
+    let created = caller
+        .audited_write(
             AuditAction::Create,
             R,
-            Some(created.id),
+            None,
             [patient],
-            Outcome::Permit,
+            write,
+            Some(complete),
         )
         .await?;
     Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
@@ -394,17 +393,14 @@ pub async fn update(
         return Err(invalid("subject", "cannot be changed by an update"));
     }
     let kr = state.keyring.clone();
-    let updated = state
-        .db
-        .run(move |c| documents::update(c, &kr, id, expected, &new))
-        .await?;
+    let write = move |c: &mut diesel::PgConnection| documents::update(c, &kr, id, expected, &new);
     let doc = access::audited(
         &caller,
         AuditAction::Update,
         R,
         id,
         patient,
-        updated,
+        write,
         access::precondition_failed,
     )
     .await?;

@@ -6,7 +6,7 @@ use super::bundle::{self, Cursor};
 use super::elements::Elements;
 use super::types::{bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
-use crate::audit::{AuditAction, Outcome};
+use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::Caller;
 use crate::db::observations::{self, Criteria};
 use crate::db::phi::{self, NewObservation, Observation};
@@ -329,17 +329,16 @@ pub async fn create(
     let view = authorize_create(&caller, &state, R, "subject.reference", patient).await?;
     check_view(view)?;
     let kr = state.keyring.clone();
-    let created = state
-        .db
-        .run(move |c| phi::insert_observation(c, &kr, &new))
-        .await?;
-    caller
-        .audit(
+    let write = move |c: &mut diesel::PgConnection| phi::insert_observation(c, &kr, &new);
+    let complete: fn(&Observation, &mut AuditEvent) = |o, e| e.resource_id = Some(o.id);
+    let created = caller
+        .audited_write(
             AuditAction::Create,
             R,
-            Some(created.id),
+            None,
             [patient],
-            Outcome::Permit,
+            write,
+            Some(complete),
         )
         .await?;
     Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
@@ -378,17 +377,15 @@ pub async fn update(
         return Err(invalid("subject", "cannot be changed by an update"));
     }
     let kr = state.keyring.clone();
-    let updated = state
-        .db
-        .run(move |c| observations::update(c, &kr, id, expected, &new))
-        .await?;
+    let write =
+        move |c: &mut diesel::PgConnection| observations::update(c, &kr, id, expected, &new);
     let o = access::audited(
         &caller,
         AuditAction::Update,
         R,
         id,
         patient,
-        updated,
+        write,
         access::precondition_failed,
     )
     .await?;
@@ -411,17 +408,15 @@ pub async fn delete(
         observations::patient_of,
     )
     .await?;
-    let deleted = state
-        .db
-        .run(move |c| observations::soft_delete(c, id))
-        .await?;
+    let write =
+        move |c: &mut diesel::PgConnection| Ok(observations::soft_delete(c, id)?.then_some(()));
     access::audited(
         &caller,
         AuditAction::Delete,
         R,
         id,
         patient,
-        deleted.then_some(()),
+        write,
         AppError::not_found,
     )
     .await?;

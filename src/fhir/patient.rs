@@ -6,7 +6,7 @@ use super::bundle::{self, Cursor};
 use super::elements::Elements;
 use super::types::{self, Gender, Mrn, Ssn, bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
-use crate::audit::{AuditAction, Outcome};
+use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::Caller;
 use crate::auth::caller::{audit_reason, refusal};
 use crate::db::patient_views::{self, Criteria, PatientFields, PatientView};
@@ -500,26 +500,21 @@ pub async fn create(
     let kr = state.keyring.clone();
     let creator = caller.user.id;
     let new = valid.new;
-    let created = state
-        .db
-        .run(move |c| {
-            use diesel::Connection;
-            c.transaction(|c| {
-                let p = phi::insert_patient(c, &kr, &new)?;
-                // The author of a record joins its care team, so they can read it back.
-                users::add_to_care_team(c, p.id, creator, "author of the record", Some(creator))?;
-                Ok::<_, AppError>(p)
-            })
+    let write = move |c: &mut diesel::PgConnection| {
+        use diesel::Connection;
+        c.transaction(|c| {
+            let p = phi::insert_patient(c, &kr, &new)?;
+            // The author of a record joins its care team, so they can read it back.
+            users::add_to_care_team(c, p.id, creator, "author of the record", Some(creator))?;
+            Ok::<_, AppError>(p)
         })
-        .await?;
-    caller
-        .audit(
-            AuditAction::Create,
-            R,
-            Some(created.id),
-            [created.id],
-            Outcome::Permit,
-        )
+    };
+    let complete: fn(&phi::Patient, &mut AuditEvent) = |p, event| {
+        event.resource_id = Some(p.id);
+        event.patient_ids = vec![p.id];
+    };
+    let created = caller
+        .audited_write(AuditAction::Create, R, None, [], write, Some(complete))
         .await?;
     let view = PatientFields {
         mrn: true,
@@ -571,28 +566,14 @@ pub async fn update(
     valid.new.facility_id = facts.facility_id;
     let kr = state.keyring.clone();
     let new = valid.new;
-    let updated = state
-        .db
-        .run(move |c| phi::update_patient(c, &kr, id, expected, &new))
-        .await;
-    let version = match updated {
-        Ok(Some(p)) => p.version,
-        Ok(None) => {
-            caller
-                .audit(AuditAction::Update, R, Some(id), [], Outcome::Error)
-                .await?;
-            return Err(AppError::not_found());
-        }
-        Err(e) => {
-            // Version conflicts (412), duplicate MRNs (409) and failures are audited too.
-            caller
-                .audit(AuditAction::Update, R, Some(id), [id], Outcome::Error)
-                .await?;
-            return Err(e);
-        }
+    // Version conflicts (412), duplicate MRNs (409) and failures are audited as errors.
+    let write = move |c: &mut diesel::PgConnection| {
+        phi::update_patient(c, &kr, id, expected, &new)?
+            .map(|p| p.version)
+            .ok_or_else(AppError::not_found)
     };
-    caller
-        .audit(AuditAction::Update, R, Some(id), [id], Outcome::Permit)
+    let version = caller
+        .audited_write(AuditAction::Update, R, Some(id), [id], write, None)
         .await?;
     let body = json!({ "resourceType": "Patient", "id": id, "meta": { "versionId": version.to_string() } });
     Ok(fhir_json(StatusCode::OK)
