@@ -61,6 +61,53 @@ where
         .await
 }
 
+/// The read of one record `id` (not a Patient): the decision on its subject patient
+/// (`patient_of`), the view check, the fetch (`get`, giving the record's subject with it)
+/// and the audit event. A record that vanished or changed subject meanwhile is a 404,
+/// audited as an error; the record is returned only after its permit is audited.
+pub async fn read_record<T, G>(
+    caller: &Caller,
+    state: &web::Data<AppState>,
+    resource: ResourceType,
+    id: Uuid,
+    patient_of: PatientOf,
+    check_view: fn(View) -> Result<(), AppError>,
+    get: G,
+) -> Result<T, AppError>
+where
+    T: Send + 'static,
+    G: FnOnce(&mut diesel::PgConnection) -> Result<Option<(Uuid, T)>, AppError> + Send + 'static,
+{
+    let (view, patient) = authorize_record(
+        caller,
+        state,
+        resource,
+        Interaction::Read,
+        AuditAction::Read,
+        id,
+        patient_of,
+    )
+    .await?;
+    check_view(view)?;
+    let found = state.db.run(get).await?;
+    let Some((_, record)) = found.filter(|(subject, _)| *subject == patient) else {
+        caller
+            .audit(AuditAction::Read, resource, Some(id), [], Outcome::Error)
+            .await?;
+        return Err(AppError::not_found());
+    };
+    caller
+        .audit(
+            AuditAction::Read,
+            resource,
+            Some(id),
+            [patient],
+            Outcome::Permit,
+        )
+        .await?;
+    Ok(record)
+}
+
 /// The permitted view for one existing record `id` (whose subject patient `patient_of`
 /// finds), or the error to answer. Every outcome but a permit is audited here.
 pub async fn authorize_record(

@@ -274,32 +274,13 @@ pub async fn read(
 ) -> Result<HttpResponse, AppError> {
     let id = access::parse_id(&path)?;
     let elements = access::read_elements(&req, R)?;
-    let (view, patient) = authorize_record(
-        &caller,
-        &state,
-        R,
-        Interaction::Read,
-        AuditAction::Read,
-        id,
-        claims::patient_of,
-    )
-    .await?;
-    check_view(view)?;
     let kr = state.keyring.clone();
     let items = elements.wants("item");
-    let found = state
-        .db
-        .run(move |c| claims::get(c, &kr, id, items))
-        .await?;
-    let Some(claim) = found.filter(|c| c.row.patient_id == patient) else {
-        caller
-            .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
-            .await?;
-        return Err(AppError::not_found());
+    let get = move |c: &mut diesel::PgConnection| {
+        Ok(claims::get(c, &kr, id, items)?.map(|claim| (claim.row.patient_id, claim)))
     };
-    caller
-        .audit(AuditAction::Read, R, Some(id), [patient], Outcome::Permit)
-        .await?;
+    let claim =
+        access::read_record(&caller, &state, R, id, claims::patient_of, check_view, get).await?;
     Ok(respond(StatusCode::OK, &claim, &elements))
 }
 

@@ -253,31 +253,20 @@ pub async fn read(
 ) -> Result<HttpResponse, AppError> {
     let id = access::parse_id(&path)?;
     let elements = access::read_elements(&req, R)?;
-    let (view, patient) = authorize_record(
+    let kr = state.keyring.clone();
+    let get = move |c: &mut diesel::PgConnection| {
+        Ok(phi::get_document_reference(c, &kr, id)?.map(|doc| (doc.patient_id, doc)))
+    };
+    let doc = access::read_record(
         &caller,
         &state,
         R,
-        Interaction::Read,
-        AuditAction::Read,
         id,
         documents::patient_of,
+        check_view,
+        get,
     )
     .await?;
-    check_view(view)?;
-    let kr = state.keyring.clone();
-    let found = state
-        .db
-        .run(move |c| phi::get_document_reference(c, &kr, id))
-        .await?;
-    let Some(doc) = found.filter(|d| d.patient_id == patient) else {
-        caller
-            .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
-            .await?;
-        return Err(AppError::not_found());
-    };
-    caller
-        .audit(AuditAction::Read, R, Some(id), [patient], Outcome::Permit)
-        .await?;
     Ok(respond(StatusCode::OK, &doc, &elements))
 }
 

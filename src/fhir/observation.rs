@@ -214,31 +214,20 @@ pub async fn read(
 ) -> Result<HttpResponse, AppError> {
     let id = access::parse_id(&path)?;
     let elements = access::read_elements(&req, R)?;
-    let (view, patient) = authorize_record(
+    let kr = state.keyring.clone();
+    let get = move |c: &mut diesel::PgConnection| {
+        Ok(phi::get_observation(c, &kr, id)?.map(|o| (o.patient_id, o)))
+    };
+    let o = access::read_record(
         &caller,
         &state,
         R,
-        Interaction::Read,
-        AuditAction::Read,
         id,
         observations::patient_of,
+        check_view,
+        get,
     )
     .await?;
-    check_view(view)?;
-    let kr = state.keyring.clone();
-    let found = state
-        .db
-        .run(move |c| phi::get_observation(c, &kr, id))
-        .await?;
-    let Some(o) = found.filter(|o| o.patient_id == patient) else {
-        caller
-            .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
-            .await?;
-        return Err(AppError::not_found());
-    };
-    caller
-        .audit(AuditAction::Read, R, Some(id), [patient], Outcome::Permit)
-        .await?;
     Ok(respond(StatusCode::OK, &o, &elements))
 }
 
