@@ -6,6 +6,8 @@
 //! [`crate::policy::decide_admin`] (the `admin` role from our database AND the `admin`
 //! scope on the token). Handlers never look at roles. Every call — permitted, denied or
 //! failed — is one audit event with internal ids only (no names, no reasons, no bodies).
+//! The reasons are kept with the change itself, in the access-change history
+//! ([`users::history`]).
 
 pub mod ops;
 
@@ -56,7 +58,13 @@ fn classify(method: &Method, path: &str) -> (AuditAction, Option<Kind>) {
             (AuditAction::Create, None)
         }
     } else if method == Method::GET || method == Method::HEAD {
-        (AuditAction::Search, Some(Kind::User))
+        let one = path.trim_end_matches('/').split('/').count() > 4;
+        let action = if one {
+            AuditAction::Read
+        } else {
+            AuditAction::Search
+        };
+        (action, Some(Kind::User))
     } else if path.contains("/roles") {
         (AuditAction::PermissionChange, Some(Kind::RoleAssignment))
     } else {
@@ -185,6 +193,31 @@ pub async fn list_users(
             .flatten();
         let body = serde_json::json!({ "users": list, "next": next });
         Ok((json_response(StatusCode::OK, &body), Touched::default()))
+    })
+    .await
+}
+
+/// `GET /api/admin/users/{id}`: the user with their access-change history (newest
+/// first, with the reasons given).
+pub async fn get_user(
+    caller: AdminCaller,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    audited(&caller, AuditAction::Read, Some(Kind::User), async {
+        let id = path_uuid(&path)?;
+        let found = state
+            .db
+            .run(move |c| {
+                let Some(mut user) = users::get_user(c, id)? else {
+                    return Ok(None);
+                };
+                user.history = Some(users::history(c, id)?);
+                Ok(Some(user))
+            })
+            .await?;
+        let user = found.ok_or_else(ops::user_not_found)?;
+        Ok(user_ok(user, Touched::user(id)))
     })
     .await
 }
@@ -483,6 +516,8 @@ mod tests {
         );
         let (a, k) = classify(&Method::GET, "/api/admin/users");
         assert_eq!((a, k), (AuditAction::Search, Some(Kind::User)));
+        let (a, k) = classify(&Method::GET, "/api/admin/users/x");
+        assert_eq!((a, k), (AuditAction::Read, Some(Kind::User)));
         let (a, _) = classify(&Method::DELETE, "/api/admin/users/x/roles/admin");
         assert_eq!(a, AuditAction::PermissionChange);
     }

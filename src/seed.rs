@@ -302,7 +302,13 @@ pub fn seed(
                 phi::insert_document_reference(c, kr, &note(n, p.id, doctor))?;
                 notes += 1;
                 if n < plan.care_team {
-                    users::add_to_care_team(c, p.id, doctor, None)?;
+                    users::add_to_care_team(
+                        c,
+                        p.id,
+                        doctor,
+                        "synthetic care team (custodian dev)",
+                        None,
+                    )?;
                 }
             }
             Ok::<_, AppError>((obs, notes))

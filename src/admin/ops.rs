@@ -159,7 +159,7 @@ pub async fn revoke_role(
     reason: Option<&str>,
 ) -> Result<(UserSummary, Touched), AppError> {
     let role = parse_role("role", role)?;
-    check_reason(reason)?;
+    let reason = check_reason(reason)?;
     if id == by && role == Role::Admin {
         return Err(AppError::client(
             StatusCode::CONFLICT,
@@ -172,7 +172,7 @@ pub async fn revoke_role(
         .run(move |c| {
             use diesel::Connection;
             c.transaction(|c| {
-                let held = users::revoke_role(c, id, role)?;
+                let held = users::revoke_role(c, id, role, &reason, Some(by))?;
                 if held {
                     crate::console::session::destroy_all_of_user(c, id)?;
                 }
@@ -198,7 +198,7 @@ pub async fn set_disabled(
     disabled: bool,
     reason: Option<&str>,
 ) -> Result<(UserSummary, Touched), AppError> {
-    check_reason(reason)?;
+    let reason = check_reason(reason)?;
     if disabled && id == by {
         return Err(AppError::client(
             StatusCode::CONFLICT,
@@ -211,7 +211,7 @@ pub async fn set_disabled(
         .run(move |c| {
             use diesel::Connection;
             c.transaction(|c| {
-                users::set_disabled(c, id, disabled)?;
+                users::set_disabled(c, id, disabled, &reason, Some(by))?;
                 if disabled {
                     crate::console::session::destroy_all_of_user(c, id)?;
                 }
@@ -255,7 +255,7 @@ pub async fn care_team(
     reason: Option<&str>,
     add: bool,
 ) -> Result<((), Touched), AppError> {
-    check_reason(reason)?;
+    let reason = check_reason(reason)?;
     let changed = state
         .db
         .run(move |c| {
@@ -266,9 +266,9 @@ pub async fn care_team(
                 return Ok(Err("The user was not found."));
             }
             if add {
-                users::add_to_care_team(c, patient, user, Some(by))?;
+                users::add_to_care_team(c, patient, user, &reason, Some(by))?;
                 Ok(Ok(()))
-            } else if users::remove_from_care_team(c, patient, user)? {
+            } else if users::remove_from_care_team(c, patient, user, &reason, Some(by))? {
                 Ok(Ok(()))
             } else {
                 Ok(Err("The user is not on this patient's care team."))

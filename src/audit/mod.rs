@@ -25,4 +25,4 @@ pub use event::{
     Actor, AuditAction, AuditEvent, AuthMethod, ClientId, DenyReason, Outcome, PurposeOfUse,
     ResourceType, RoleCode, UserAgent,
 };
-pub use writer::{AuditWriter, WriterSettings};
+pub use writer::{AuditWriter, WriteJob, WriterSettings};

@@ -4,6 +4,11 @@
 //! than `audit.commit_timeout_ms`, the waiters get [`AppError::Unavailable`] (fail
 //! closed) and, because the head moves in the same transaction, the chain does not
 //! advance for events that were not stored.
+//!
+//! A request that changes data hands its write to the writer with its event
+//! ([`AuditWriter::record_write`]): the writer runs it in the batch transaction (in a
+//! savepoint of its own), so the data change and its audit event commit together or not
+//! at all, and the writer stays the only code that appends to the chain.
 
 use super::chain::{ChainKey, Checkpoint, CheckpointSigner};
 use super::event::AuditEvent;
@@ -57,8 +62,15 @@ impl WriterSettings {
     }
 }
 
+/// A data write to commit with its audit event. It runs in the writer's batch
+/// transaction, in a savepoint; it returns whether it succeeded and may complete the event
+/// (the id of a created record). On failure its savepoint is rolled back and the event is
+/// recorded with outcome `error`. It must not block on anything but the database.
+pub type WriteJob = Box<dyn FnOnce(&mut PgConnection, &mut AuditEvent) -> bool + Send>;
+
 struct Pending {
     event: AuditEvent,
+    write: Option<WriteJob>,
     deadline: Instant,
     reply: oneshot::Sender<Result<(), AppError>>,
 }
@@ -118,10 +130,23 @@ impl AuditWriter {
     /// Records `event`; returns only after the transaction holding it committed.
     /// [`AppError::Unavailable`] if it cannot be committed within the commit timeout.
     pub async fn record(&self, event: AuditEvent) -> Result<(), AppError> {
+        self.submit(event, None).await
+    }
+
+    /// Runs `write` and records `event` in one transaction: `Ok` only when both
+    /// committed (whether the write itself succeeded is for `write` to report back to its
+    /// caller). [`AppError::Unavailable`] when they could not be committed: then neither
+    /// was.
+    pub async fn record_write(&self, event: AuditEvent, write: WriteJob) -> Result<(), AppError> {
+        self.submit(event, Some(write)).await
+    }
+
+    async fn submit(&self, event: AuditEvent, write: Option<WriteJob>) -> Result<(), AppError> {
         let deadline = Instant::now() + self.commit_timeout;
         let (reply, done) = oneshot::channel();
         let pending = Pending {
             event,
+            write,
             deadline,
             reply,
         };
@@ -229,8 +254,15 @@ impl WriterLoop {
         if live.is_empty() {
             return;
         }
-        let events: Vec<AuditEvent> = live.iter().map(|p| p.event.clone()).collect();
-        let result = self.append(&events);
+        let mut events = Vec::with_capacity(live.len());
+        let mut writes = Vec::with_capacity(live.len());
+        let mut replies = Vec::with_capacity(live.len());
+        for p in live {
+            events.push(p.event);
+            writes.push(p.write);
+            replies.push(p.reply);
+        }
+        let result = self.append(&mut events, writes);
         let ok = result.is_ok();
         if let Ok(stats) = self.stats.lock().as_deref_mut() {
             stats.batches += 1;
@@ -243,29 +275,43 @@ impl WriterLoop {
         }
         match result {
             Ok(checkpoint) => {
-                for p in live {
-                    let _ = p.reply.send(Ok(()));
+                for reply in replies {
+                    let _ = reply.send(Ok(()));
                 }
                 if let Some(cp) = checkpoint {
                     self.write_checkpoint_file(&cp);
                 }
             }
             Err(()) => {
-                for p in live {
-                    let _ = p.reply.send(Err(AppError::Unavailable));
+                for reply in replies {
+                    let _ = reply.send(Err(AppError::Unavailable));
                 }
             }
         }
     }
 
-    fn append(&mut self, events: &[AuditEvent]) -> Result<Option<Checkpoint>, ()> {
+    fn append(
+        &mut self,
+        events: &mut [AuditEvent],
+        writes: Vec<Option<WriteJob>>,
+    ) -> Result<Option<Checkpoint>, ()> {
         let key = self.s.chain_key.clone();
         let signer = self.s.signer.clone();
         let policy = self.s.policy;
         let conn = self.connection().map_err(|_| {
             tracing::error!("audit writer cannot connect to the database");
         })?;
-        match store::append_batch(conn, &key, &signer, policy, events) {
+        let result = conn.transaction(|conn| {
+            // The writes first, the chain head (locked until commit) last: the head lock,
+            // which serialises every instance, is held as briefly as before.
+            for (event, write) in events.iter_mut().zip(writes) {
+                if let Some(write) = write {
+                    run_write(conn, event, write)?;
+                }
+            }
+            store::append_batch(conn, &key, &signer, policy, events)
+        });
+        match result {
             Ok(appended) => Ok(appended.checkpoint),
             Err(e) => {
                 // The database message names tables and constraints, never event values.
@@ -306,6 +352,32 @@ impl WriterLoop {
                 "audit checkpoint written"
             );
         }
+    }
+}
+
+/// Runs one write in a savepoint of the batch transaction. A write that fails (or
+/// panics: it must not take the writer down) is rolled back to its savepoint and its event
+/// becomes an error; the batch goes on. Only a failing savepoint itself fails the batch.
+fn run_write(conn: &mut PgConnection, event: &mut AuditEvent, write: WriteJob) -> QueryResult<()> {
+    let saved = conn.transaction(|conn| {
+        let ok = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| write(conn, event)))
+            .unwrap_or_else(|_| {
+                tracing::error!("a data write panicked in the audit writer");
+                false
+            });
+        if ok {
+            Ok(())
+        } else {
+            Err(diesel::result::Error::RollbackTransaction)
+        }
+    });
+    match saved {
+        Ok(()) => Ok(()),
+        Err(diesel::result::Error::RollbackTransaction) => {
+            event.outcome = super::event::Outcome::Error;
+            Ok(())
+        }
+        Err(e) => Err(e),
     }
 }
 

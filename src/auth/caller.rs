@@ -125,22 +125,24 @@ impl Caller {
     /// Commits this request's event and marks its audit obligation as met.
     async fn record(&self, event: crate::audit::AuditEvent) -> Result<(), AppError> {
         self.state.audit.record(event).await?;
-        if let Some(slot) = &self.slot {
-            slot.mark_done();
-        }
+        self.mark_audited();
         Ok(())
     }
 
-    /// Records one audit event for this request; the caller returns PHI only if this
-    /// succeeded (fail closed).
-    pub async fn audit(
+    fn mark_audited(&self) {
+        if let Some(slot) = &self.slot {
+            slot.mark_done();
+        }
+    }
+
+    fn event(
         &self,
         action: AuditAction,
         resource: ResourceType,
         resource_id: Option<Uuid>,
         patients: impl IntoIterator<Item = Uuid>,
         outcome: Outcome,
-    ) -> Result<(), AppError> {
+    ) -> Result<crate::audit::AuditEvent, AppError> {
         let kind = crate::audit::ResourceType::from_code(resource.as_str())
             .ok_or_else(|| AppError::internal("resource type without audit code"))?;
         let mut event = self
@@ -155,7 +157,59 @@ impl Caller {
         if let Some(client) = self.client_app() {
             event = event.client_app(client);
         }
-        self.record(event.build()).await
+        Ok(event.build())
+    }
+
+    /// Records one audit event for this request; the caller returns PHI only if this
+    /// succeeded (fail closed).
+    pub async fn audit(
+        &self,
+        action: AuditAction,
+        resource: ResourceType,
+        resource_id: Option<Uuid>,
+        patients: impl IntoIterator<Item = Uuid>,
+        outcome: Outcome,
+    ) -> Result<(), AppError> {
+        let event = self.event(action, resource, resource_id, patients, outcome)?;
+        self.record(event).await
+    }
+
+    /// Runs the data change `write` and records this request's event in ONE transaction
+    /// of the audit writer: both commit or neither does (503). The event is a permit when
+    /// `write` succeeds and an error when it fails (its changes are then rolled back and
+    /// its error is returned). `complete` fills in what only the write knows (the id
+    /// of the record a create made).
+    pub async fn audited_write<T, W>(
+        &self,
+        action: AuditAction,
+        resource: ResourceType,
+        resource_id: Option<Uuid>,
+        patients: impl IntoIterator<Item = Uuid>,
+        write: W,
+        complete: Option<fn(&T, &mut crate::audit::AuditEvent)>,
+    ) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&mut diesel::PgConnection) -> Result<T, AppError> + Send + 'static,
+    {
+        let event = self.event(action, resource, resource_id, patients, Outcome::Permit)?;
+        let slot: Arc<std::sync::Mutex<Option<Result<T, AppError>>>> = Arc::default();
+        let out = slot.clone();
+        let job: crate::audit::WriteJob = Box::new(move |conn, event| {
+            let result = write(conn);
+            if let (Ok(value), Some(complete)) = (&result, complete) {
+                complete(value, event);
+            }
+            let ok = result.is_ok();
+            if let Ok(mut out) = out.lock() {
+                *out = Some(result);
+            }
+            ok
+        });
+        self.state.audit.record_write(event, job).await?;
+        self.mark_audited();
+        let result = slot.lock().ok().and_then(|mut s| s.take());
+        result.unwrap_or_else(|| Err(AppError::internal("audited write did not run")))
     }
 }
 

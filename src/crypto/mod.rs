@@ -155,6 +155,15 @@ pub fn load_keyring(
     ))
     .context("database.url: cannot connect to PostgreSQL")?;
     keyring.load_or_init(&mut conn).map_err(config_error)?;
+    // Claims stored before claims were sealed get sealed before anything is served.
+    let sealed = crate::db::claims::seal_unsealed(&mut conn, &keyring)
+        .map_err(|e| anyhow::Error::new(e).context("cannot seal the claims stored in clear"))?;
+    if sealed > 0 {
+        tracing::info!(
+            claims = sealed,
+            "sealed claims stored before claims were sealed"
+        );
+    }
     Ok(keyring)
 }
 

@@ -54,3 +54,14 @@ impl Sealable for Vec<u8> {
         Some(bytes.to_vec())
     }
 }
+
+/// Whole numbers (claim amounts in cents) as decimal text.
+impl Sealable for i64 {
+    const KIND: &'static str = "integer";
+    fn encode(&self) -> Zeroizing<Vec<u8>> {
+        Zeroizing::new(self.to_string().into_bytes())
+    }
+    fn decode(bytes: &[u8]) -> Option<Self> {
+        std::str::from_utf8(bytes).ok()?.parse().ok()
+    }
+}

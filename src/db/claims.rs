@@ -1,16 +1,23 @@
-//! Claims and their items. The `claims` table has no sealed column yet; every write still
-//! records the active data-key version (taken inside the transaction with
-//! [`Keyring::sealer_for_write`]) so rotation bookkeeping stays true for the row.
+//! Claims and their items. Provider, total, item codes and item amounts are sealed (AAD:
+//! `claims.<column>` / `claim_items.<column>` of the row id); status, currency and item
+//! sequence are coded values kept in clear so that search can filter on them. Every
+//! write seals with the active data key taken inside its transaction
+//! ([`Keyring::sealer_for_write`]), and items carry their own `key_version` so rotation
+//! re-seals them like any other table in [`SEALED_COLUMNS`](crate::db::phi::SEALED_COLUMNS).
 
-use crate::crypto::Keyring;
+use crate::crypto::{Keyring, Phi, Sealer};
 use crate::db::observations::scoped;
-use crate::db::schema::{claim_items, claims};
+use crate::db::phi::{open, place};
+use crate::db::schema::{claim_items, claim_items_unsealed, claims, claims_unsealed};
 use crate::error::AppError;
 use crate::policy::SearchScope;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use std::fmt;
 use uuid::Uuid;
+
+const C: &str = "claims";
+const I: &str = "claim_items";
 
 #[derive(Clone)]
 pub struct NewClaimItem {
@@ -41,30 +48,62 @@ impl fmt::Debug for NewClaim {
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = claims, check_for_backend(diesel::pg::Pg))]
-pub struct ClaimRow {
+struct ClaimRow {
+    id: Uuid,
+    version: i32,
+    key_version: i32,
+    patient_id: Uuid,
+    provider_sealed: Vec<u8>,
+    status: String,
+    total_sealed: Vec<u8>,
+    currency: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+/// The opened claim (without items). PHI fields are [`Phi`]: `Debug` prints `[redacted]`.
+#[derive(Debug)]
+pub struct ClaimHead {
     pub id: Uuid,
     pub version: i32,
     pub key_version: i32,
     pub patient_id: Uuid,
-    pub provider: String,
+    pub provider: Phi<String>,
     pub status: String,
-    pub total_cents: i64,
+    pub total_cents: Phi<i64>,
     pub currency: String,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
 }
 
-pub struct Claim {
-    pub row: ClaimRow,
-    pub items: Vec<NewClaimItem>,
+#[derive(Debug)]
+pub struct ClaimItem {
+    pub seq: i32,
+    pub code: Phi<String>,
+    pub amount_cents: Phi<i64>,
 }
 
-impl fmt::Debug for Claim {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Claim")
-            .field("id", &self.row.id)
-            .field("version", &self.row.version)
-            .finish_non_exhaustive()
+#[derive(Debug)]
+pub struct Claim {
+    pub row: ClaimHead,
+    pub items: Vec<ClaimItem>,
+}
+
+impl ClaimRow {
+    fn open(self, conn: &mut PgConnection, kr: &Keyring) -> Result<ClaimHead, AppError> {
+        kr.ensure_version(conn, self.key_version)?;
+        Ok(ClaimHead {
+            provider: open(kr, C, "provider_sealed", self.id, &self.provider_sealed)?,
+            total_cents: open(kr, C, "total_sealed", self.id, &self.total_sealed)?,
+            id: self.id,
+            version: self.version,
+            key_version: self.key_version,
+            patient_id: self.patient_id,
+            status: self.status,
+            currency: self.currency,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+        })
     }
 }
 
@@ -78,52 +117,68 @@ pub fn patient_of(conn: &mut PgConnection, id: Uuid) -> Result<Option<Uuid>, App
         .optional()?)
 }
 
-fn with_items(conn: &mut PgConnection, rows: Vec<ClaimRow>) -> Result<Vec<Claim>, AppError> {
+type ItemRow = (Uuid, Uuid, i32, i32, Vec<u8>, Vec<u8>);
+
+/// Opens `rows` and, when `items` is set, loads and opens their items (one query).
+fn open_all(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    rows: Vec<ClaimRow>,
+    items: bool,
+) -> Result<Vec<Claim>, AppError> {
     let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let items: Vec<(Uuid, i32, String, i64)> = claim_items::table
-        .filter(claim_items::claim_id.eq_any(&ids))
-        .order((claim_items::claim_id, claim_items::seq))
-        .select((
-            claim_items::claim_id,
-            claim_items::seq,
-            claim_items::code,
-            claim_items::amount_cents,
-        ))
-        .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|row| {
-            let items = items
-                .iter()
-                .filter(|i| i.0 == row.id)
-                .map(|i| NewClaimItem {
-                    seq: i.1,
-                    code: i.2.clone(),
-                    amount_cents: i.3,
-                })
-                .collect();
-            Claim { row, items }
-        })
-        .collect())
+    let item_rows: Vec<ItemRow> = if items && !ids.is_empty() {
+        claim_items::table
+            .filter(claim_items::claim_id.eq_any(&ids))
+            .order((claim_items::claim_id, claim_items::seq))
+            .select((
+                claim_items::id,
+                claim_items::claim_id,
+                claim_items::seq,
+                claim_items::key_version,
+                claim_items::code_sealed,
+                claim_items::amount_sealed,
+            ))
+            .load(conn)?
+    } else {
+        Vec::new()
+    };
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        let head = row.open(conn, kr)?;
+        let mut items = Vec::new();
+        for (id, _, seq, key_version, code, amount) in item_rows.iter().filter(|i| i.1 == head.id) {
+            kr.ensure_version(conn, *key_version)?;
+            items.push(ClaimItem {
+                seq: *seq,
+                code: open(kr, I, "code_sealed", *id, code)?,
+                amount_cents: open(kr, I, "amount_sealed", *id, amount)?,
+            });
+        }
+        out.push(Claim { row: head, items });
+    }
+    Ok(out)
 }
 
 fn insert_items(
     conn: &mut PgConnection,
+    sealer: &Sealer,
     claim: Uuid,
     items: &[NewClaimItem],
 ) -> Result<(), AppError> {
-    let rows: Vec<_> = items
-        .iter()
-        .map(|i| {
-            (
-                claim_items::id.eq(Uuid::new_v4()),
-                claim_items::claim_id.eq(claim),
-                claim_items::seq.eq(i.seq),
-                claim_items::code.eq(&i.code),
-                claim_items::amount_cents.eq(i.amount_cents),
-            )
-        })
-        .collect();
+    let mut rows = Vec::with_capacity(items.len());
+    for i in items {
+        let id = Uuid::new_v4();
+        rows.push((
+            claim_items::id.eq(id),
+            claim_items::claim_id.eq(claim),
+            claim_items::seq.eq(i.seq),
+            claim_items::key_version.eq(sealer.version()),
+            claim_items::code_sealed.eq(sealer.seal_str(&place(I, "code_sealed", id), &i.code)?),
+            claim_items::amount_sealed
+                .eq(sealer.seal_value(&place(I, "amount_sealed", id), &i.amount_cents)?),
+        ));
+    }
     if !rows.is_empty() {
         diesel::insert_into(claim_items::table)
             .values(rows)
@@ -132,9 +187,29 @@ fn insert_items(
     Ok(())
 }
 
-/// Inserts a claim and its items in one transaction.
-pub fn insert(conn: &mut PgConnection, kr: &Keyring, new: &NewClaim) -> Result<Claim, AppError> {
-    let id = Uuid::new_v4();
+/// The claim as written, read back from what was sealed (no second query).
+fn written(head: ClaimHead, new: &NewClaim) -> Claim {
+    Claim {
+        row: head,
+        items: new
+            .items
+            .iter()
+            .map(|i| ClaimItem {
+                seq: i.seq,
+                code: Phi::new(i.code.clone()),
+                amount_cents: Phi::new(i.amount_cents),
+            })
+            .collect(),
+    }
+}
+
+/// Seals and inserts a claim and its items in one transaction, under `id`.
+fn insert_with_id(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+    new: &NewClaim,
+) -> Result<Claim, AppError> {
     conn.transaction(|conn| {
         let sealer = kr.sealer_for_write(conn)?;
         let row = diesel::insert_into(claims::table)
@@ -142,23 +217,32 @@ pub fn insert(conn: &mut PgConnection, kr: &Keyring, new: &NewClaim) -> Result<C
                 claims::id.eq(id),
                 claims::key_version.eq(sealer.version()),
                 claims::patient_id.eq(new.patient_id),
-                claims::provider.eq(&new.provider),
+                claims::provider_sealed
+                    .eq(sealer.seal_str(&place(C, "provider_sealed", id), &new.provider)?),
                 claims::status.eq(&new.status),
-                claims::total_cents.eq(new.total_cents),
+                claims::total_sealed
+                    .eq(sealer.seal_value(&place(C, "total_sealed", id), &new.total_cents)?),
                 claims::currency.eq(&new.currency),
             ))
             .returning(ClaimRow::as_returning())
             .get_result::<ClaimRow>(conn)?;
-        insert_items(conn, id, &new.items)?;
-        Ok(Claim {
-            row,
-            items: new.items.clone(),
-        })
+        insert_items(conn, &sealer, id, &new.items)?;
+        Ok(written(row.open(conn, kr)?, new))
     })
 }
 
-/// A live claim with its items.
-pub fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Claim>, AppError> {
+/// Inserts a claim and its items in one transaction.
+pub fn insert(conn: &mut PgConnection, kr: &Keyring, new: &NewClaim) -> Result<Claim, AppError> {
+    insert_with_id(conn, kr, Uuid::new_v4(), new)
+}
+
+/// A live claim, with its items when `items` is set.
+pub fn get(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+    items: bool,
+) -> Result<Option<Claim>, AppError> {
     let row: Option<ClaimRow> = claims::table
         .filter(claims::id.eq(id))
         .filter(claims::deleted_at.is_null())
@@ -167,28 +251,37 @@ pub fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Claim>, AppError>
         .optional()?;
     match row {
         None => Ok(None),
-        Some(r) => Ok(with_items(conn, vec![r])?.pop()),
+        Some(r) => Ok(open_all(conn, kr, vec![r], items)?.pop()),
     }
 }
 
-/// One page of live claims within `scope`, ordered by id, after `after`.
+/// Search criteria, AND-ed.
+#[derive(Debug, Default)]
+pub struct Criteria {
+    pub patient: Option<Uuid>,
+    pub status: Option<String>,
+}
+
+/// One page of live claims within `scope`, ordered by id, after `after`; items are
+/// loaded only when `items` is set.
 pub fn search(
     conn: &mut PgConnection,
-    patient: Option<Uuid>,
-    status: Option<String>,
+    kr: &Keyring,
+    criteria: &Criteria,
     scope: SearchScope,
     after: Option<Uuid>,
     limit: i64,
+    items: bool,
 ) -> Result<Vec<Claim>, AppError> {
     let base = claims::table
         .filter(claims::deleted_at.is_null())
         .into_boxed();
     let mut q = scoped!(conn, base, claims::patient_id, scope);
-    if let Some(p) = patient {
+    if let Some(p) = criteria.patient {
         q = q.filter(claims::patient_id.eq(p));
     }
-    if let Some(s) = status {
-        q = q.filter(claims::status.eq(s));
+    if let Some(s) = &criteria.status {
+        q = q.filter(claims::status.eq(s.clone()));
     }
     if let Some(a) = after {
         q = q.filter(claims::id.gt(a));
@@ -198,11 +291,12 @@ pub fn search(
         .limit(limit)
         .select(ClaimRow::as_select())
         .load(conn)?;
-    with_items(conn, rows)
+    open_all(conn, kr, rows, items)
 }
 
-/// Replaces a claim and its items (same patient) if its version is still `expected`.
-/// `None`: the version no longer matches or the claim is gone.
+/// Replaces a claim and its items (same patient), re-sealing everything with the active
+/// key, if its version is still `expected`. `None`: the version no longer matches or the
+/// claim is gone.
 pub fn update(
     conn: &mut PgConnection,
     kr: &Keyring,
@@ -224,9 +318,11 @@ pub fn update(
         .set((
             claims::version.eq(expected + 1),
             claims::key_version.eq(sealer.version()),
-            claims::provider.eq(&new.provider),
+            claims::provider_sealed
+                .eq(sealer.seal_str(&place(C, "provider_sealed", id), &new.provider)?),
             claims::status.eq(&new.status),
-            claims::total_cents.eq(new.total_cents),
+            claims::total_sealed
+                .eq(sealer.seal_value(&place(C, "total_sealed", id), &new.total_cents)?),
             claims::currency.eq(&new.currency),
             claims::updated_at.eq(Utc::now()),
         ))
@@ -237,11 +333,8 @@ pub fn update(
             return Ok(None);
         };
         diesel::delete(claim_items::table.filter(claim_items::claim_id.eq(id))).execute(conn)?;
-        insert_items(conn, id, &new.items)?;
-        Ok(Some(Claim {
-            row,
-            items: new.items.clone(),
-        }))
+        insert_items(conn, &sealer, id, &new.items)?;
+        Ok(Some(written(row.open(conn, kr)?, new)))
     })
 }
 
@@ -256,4 +349,92 @@ pub fn soft_delete(conn: &mut PgConnection, id: Uuid) -> Result<bool, AppError> 
             ))
             .execute(conn)?;
     Ok(n > 0)
+}
+
+#[derive(Queryable)]
+struct UnsealedRow {
+    id: Uuid,
+    version: i32,
+    patient_id: Uuid,
+    provider: String,
+    status: String,
+    total_cents: i64,
+    currency: String,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+/// Seals the claims written before claims were sealed (left in `claims_unsealed` by the
+/// migration that introduced sealing) into `claims`, keeping their ids, versions and
+/// times, and deletes the clear copies. Batches of 100, each one transaction; rows
+/// another instance is sealing are skipped. Returns how many claims were sealed.
+pub fn seal_unsealed(conn: &mut PgConnection, kr: &Keyring) -> Result<u64, AppError> {
+    let mut sealed = 0u64;
+    loop {
+        let n = conn.transaction(|conn| -> Result<u64, AppError> {
+            let rows: Vec<UnsealedRow> = claims_unsealed::table
+                .select((
+                    claims_unsealed::id,
+                    claims_unsealed::version,
+                    claims_unsealed::patient_id,
+                    claims_unsealed::provider,
+                    claims_unsealed::status,
+                    claims_unsealed::total_cents,
+                    claims_unsealed::currency,
+                    claims_unsealed::created_at,
+                    claims_unsealed::updated_at,
+                    claims_unsealed::deleted_at,
+                ))
+                .order(claims_unsealed::id)
+                .limit(100)
+                .for_update()
+                .skip_locked()
+                .load(conn)?;
+            for r in &rows {
+                let items: Vec<(i32, String, i64)> = claim_items_unsealed::table
+                    .filter(claim_items_unsealed::claim_id.eq(r.id))
+                    .select((
+                        claim_items_unsealed::seq,
+                        claim_items_unsealed::code,
+                        claim_items_unsealed::amount_cents,
+                    ))
+                    .load(conn)?;
+                let new = NewClaim {
+                    patient_id: r.patient_id,
+                    provider: r.provider.clone(),
+                    status: r.status.clone(),
+                    total_cents: r.total_cents,
+                    currency: r.currency.clone(),
+                    items: items
+                        .into_iter()
+                        .map(|(seq, code, amount_cents)| NewClaimItem {
+                            seq,
+                            code,
+                            amount_cents,
+                        })
+                        .collect(),
+                };
+                insert_with_id(conn, kr, r.id, &new)?;
+                diesel::update(claims::table.find(r.id))
+                    .set((
+                        claims::version.eq(r.version),
+                        claims::created_at.eq(r.created_at),
+                        claims::updated_at.eq(r.updated_at),
+                        claims::deleted_at.eq(r.deleted_at),
+                    ))
+                    .execute(conn)?;
+                diesel::delete(
+                    claim_items_unsealed::table.filter(claim_items_unsealed::claim_id.eq(r.id)),
+                )
+                .execute(conn)?;
+                diesel::delete(claims_unsealed::table.find(r.id)).execute(conn)?;
+            }
+            Ok(rows.len() as u64)
+        })?;
+        if n == 0 {
+            return Ok(sealed);
+        }
+        sealed += n;
+    }
 }

@@ -4,8 +4,7 @@
 //! `[redacted]`.
 //!
 //! [`SEALED_COLUMNS`] lists every sealed column of every table: key rotation re-encrypts
-//! exactly these (a table whose rows carry `key_version` but no sealed column yet, such as
-//! `claims`, is listed with no columns so its rows still move to the new version).
+//! exactly these.
 
 use crate::crypto::{BlindKind, FieldPlace, Keyring, Phi, Sealable, Sealer};
 use crate::db::schema::{document_references, facilities, observations, patients};
@@ -48,7 +47,11 @@ pub const SEALED_COLUMNS: &[SealedTable] = &[
     },
     SealedTable {
         table: "claims",
-        columns: &[],
+        columns: &["provider_sealed", "total_sealed"],
+    },
+    SealedTable {
+        table: "claim_items",
+        columns: &["code_sealed", "amount_sealed"],
     },
     SealedTable {
         table: "console_totp",
@@ -60,7 +63,7 @@ pub(crate) fn place(table: &'static str, column: &'static str, row: Uuid) -> Fie
     FieldPlace::new(table, column, row)
 }
 
-fn open<T: Sealable>(
+pub(crate) fn open<T: Sealable>(
     kr: &Keyring,
     table: &'static str,
     column: &'static str,

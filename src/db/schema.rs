@@ -86,6 +86,35 @@ diesel::table! {
         version -> Int4,
         key_version -> Int4,
         patient_id -> Uuid,
+        status -> Text,
+        currency -> Text,
+        created_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        deleted_at -> Nullable<Timestamptz>,
+        provider_sealed -> Bytea,
+        total_sealed -> Bytea,
+    }
+}
+
+diesel::table! {
+    claim_items (id) {
+        id -> Uuid,
+        claim_id -> Uuid,
+        seq -> Int4,
+        key_version -> Int4,
+        code_sealed -> Bytea,
+        amount_sealed -> Bytea,
+    }
+}
+
+// Claims written before claims were sealed, until start-up seals them (see the
+// 2026-11-29-000100_claims_sealed migration).
+diesel::table! {
+    claims_unsealed (id) {
+        id -> Uuid,
+        version -> Int4,
+        key_version -> Int4,
+        patient_id -> Uuid,
         provider -> Text,
         status -> Text,
         total_cents -> Int8,
@@ -97,7 +126,7 @@ diesel::table! {
 }
 
 diesel::table! {
-    claim_items (id) {
+    claim_items_unsealed (id) {
         id -> Uuid,
         claim_id -> Uuid,
         seq -> Int4,
@@ -240,5 +269,18 @@ diesel::table! {
         failures -> Int4,
         locked_until -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    access_changes (seq) {
+        seq -> Int8,
+        user_id -> Uuid,
+        change -> Text,
+        role -> Nullable<Text>,
+        patient_id -> Nullable<Uuid>,
+        reason -> Text,
+        changed_by -> Nullable<Uuid>,
+        changed_at -> Timestamptz,
     }
 }

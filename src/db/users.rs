@@ -1,7 +1,7 @@
 //! Users, roles and care relationships: who may do what, read fresh on every request so
 //! that a removed role or a disabled user takes effect immediately.
 
-use crate::db::schema::{care_team_members, patients, role_assignments, users};
+use crate::db::schema::{access_changes, care_team_members, patients, role_assignments, users};
 use crate::error::AppError;
 use crate::policy::Role;
 use diesel::prelude::*;
@@ -143,7 +143,49 @@ pub fn patient_facts(
     )
 }
 
-/// Grants a role (idempotent); the reason is required and kept.
+/// One kind of access change kept in `access_changes` with its reason.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Change {
+    RoleGranted(Role),
+    RoleRevoked(Role),
+    Disabled,
+    Enabled,
+    CareTeamAdded(Uuid),
+    CareTeamRemoved(Uuid),
+}
+
+/// Appends one access change and its reason to the history (in the caller's
+/// transaction, together with the change itself).
+fn record(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    change: Change,
+    reason: &str,
+    by: Option<Uuid>,
+) -> Result<(), AppError> {
+    let (name, role, patient) = match change {
+        Change::RoleGranted(r) => ("role_granted", Some(r.as_str()), None),
+        Change::RoleRevoked(r) => ("role_revoked", Some(r.as_str()), None),
+        Change::Disabled => ("disabled", None, None),
+        Change::Enabled => ("enabled", None, None),
+        Change::CareTeamAdded(p) => ("care_team_added", None, Some(p)),
+        Change::CareTeamRemoved(p) => ("care_team_removed", None, Some(p)),
+    };
+    diesel::insert_into(access_changes::table)
+        .values((
+            access_changes::user_id.eq(user_id),
+            access_changes::change.eq(name),
+            access_changes::role.eq(role),
+            access_changes::patient_id.eq(patient),
+            access_changes::reason.eq(reason),
+            access_changes::changed_by.eq(by),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// Grants a role (idempotent); the reason is required and kept, with the grant and in
+/// the access-change history.
 pub fn grant_role(
     conn: &mut PgConnection,
     user_id: Uuid,
@@ -151,47 +193,71 @@ pub fn grant_role(
     reason: &str,
     granted_by: Option<Uuid>,
 ) -> Result<(), AppError> {
-    diesel::insert_into(role_assignments::table)
-        .values((
-            role_assignments::user_id.eq(user_id),
-            role_assignments::role.eq(role.as_str()),
-            role_assignments::reason.eq(reason),
-            role_assignments::granted_by.eq(granted_by),
-        ))
-        .on_conflict((role_assignments::user_id, role_assignments::role))
-        .do_nothing()
+    conn.transaction(|conn| {
+        let n = diesel::insert_into(role_assignments::table)
+            .values((
+                role_assignments::user_id.eq(user_id),
+                role_assignments::role.eq(role.as_str()),
+                role_assignments::reason.eq(reason),
+                role_assignments::granted_by.eq(granted_by),
+            ))
+            .on_conflict((role_assignments::user_id, role_assignments::role))
+            .do_nothing()
+            .execute(conn)?;
+        if n > 0 {
+            record(conn, user_id, Change::RoleGranted(role), reason, granted_by)?;
+        }
+        Ok(())
+    })
+}
+
+/// Removes a role, keeping the reason in the history; returns whether it was held.
+pub fn revoke_role(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    role: Role,
+    reason: &str,
+    revoked_by: Option<Uuid>,
+) -> Result<bool, AppError> {
+    conn.transaction(|conn| {
+        let n = diesel::delete(
+            role_assignments::table.filter(
+                role_assignments::user_id
+                    .eq(user_id)
+                    .and(role_assignments::role.eq(role.as_str())),
+            ),
+        )
         .execute(conn)?;
-    Ok(())
+        if n > 0 {
+            record(conn, user_id, Change::RoleRevoked(role), reason, revoked_by)?;
+        }
+        Ok(n > 0)
+    })
 }
 
-/// Removes a role; returns whether it was held.
-pub fn revoke_role(conn: &mut PgConnection, user_id: Uuid, role: Role) -> Result<bool, AppError> {
-    let n = diesel::delete(
-        role_assignments::table.filter(
-            role_assignments::user_id
-                .eq(user_id)
-                .and(role_assignments::role.eq(role.as_str())),
-        ),
-    )
-    .execute(conn)?;
-    Ok(n > 0)
-}
-
+/// Adds a care relationship (idempotent), keeping the reason in the history.
 pub fn add_to_care_team(
     conn: &mut PgConnection,
     patient_id: Uuid,
     user_id: Uuid,
+    reason: &str,
     added_by: Option<Uuid>,
 ) -> Result<(), AppError> {
-    diesel::insert_into(care_team_members::table)
-        .values((
-            care_team_members::patient_id.eq(patient_id),
-            care_team_members::user_id.eq(user_id),
-            care_team_members::added_by.eq(added_by),
-        ))
-        .on_conflict_do_nothing()
-        .execute(conn)?;
-    Ok(())
+    conn.transaction(|conn| {
+        let n = diesel::insert_into(care_team_members::table)
+            .values((
+                care_team_members::patient_id.eq(patient_id),
+                care_team_members::user_id.eq(user_id),
+                care_team_members::added_by.eq(added_by),
+            ))
+            .on_conflict_do_nothing()
+            .execute(conn)?;
+        if n > 0 {
+            let change = Change::CareTeamAdded(patient_id);
+            record(conn, user_id, change, reason, added_by)?;
+        }
+        Ok(())
+    })
 }
 
 pub fn set_facility(
@@ -216,33 +282,108 @@ pub fn link_patient(
     Ok(())
 }
 
+/// Disables or enables a user, keeping the reason in the history when the state changes.
 pub fn set_disabled(
     conn: &mut PgConnection,
     user_id: Uuid,
     disabled: bool,
+    reason: &str,
+    by: Option<Uuid>,
 ) -> Result<(), AppError> {
-    let at = disabled.then(chrono::Utc::now);
-    diesel::update(users::table.find(user_id))
-        .set(users::disabled_at.eq(at))
-        .execute(conn)?;
-    Ok(())
+    conn.transaction(|conn| {
+        let target = users::table
+            .find(user_id)
+            .filter(users::disabled_at.is_null().eq(disabled));
+        let n = diesel::update(target)
+            .set(users::disabled_at.eq(disabled.then(chrono::Utc::now)))
+            .execute(conn)?;
+        if n > 0 {
+            let change = if disabled {
+                Change::Disabled
+            } else {
+                Change::Enabled
+            };
+            record(conn, user_id, change, reason, by)?;
+        }
+        Ok(())
+    })
 }
 
-/// Removes a care relationship; returns whether it existed.
+/// Removes a care relationship, keeping the reason in the history; returns whether it
+/// existed.
 pub fn remove_from_care_team(
     conn: &mut PgConnection,
     patient_id: Uuid,
     user_id: Uuid,
+    reason: &str,
+    by: Option<Uuid>,
 ) -> Result<bool, AppError> {
-    let n = diesel::delete(
-        care_team_members::table.filter(
-            care_team_members::patient_id
-                .eq(patient_id)
-                .and(care_team_members::user_id.eq(user_id)),
-        ),
-    )
-    .execute(conn)?;
-    Ok(n > 0)
+    conn.transaction(|conn| {
+        let n = diesel::delete(
+            care_team_members::table.filter(
+                care_team_members::patient_id
+                    .eq(patient_id)
+                    .and(care_team_members::user_id.eq(user_id)),
+            ),
+        )
+        .execute(conn)?;
+        if n > 0 {
+            let change = Change::CareTeamRemoved(patient_id);
+            record(conn, user_id, change, reason, by)?;
+        }
+        Ok(n > 0)
+    })
+}
+
+/// One entry of a user's access-change history, newest first in [`UserSummary`].
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct AccessChange {
+    pub change: String,
+    pub role: Option<String>,
+    pub patient_id: Option<Uuid>,
+    pub reason: String,
+    pub changed_by: Option<Uuid>,
+    pub changed_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// How many history entries one user view carries (newest first).
+pub const HISTORY_SHOWN: i64 = 50;
+
+type ChangeRow = (
+    String,
+    Option<String>,
+    Option<Uuid>,
+    String,
+    Option<Uuid>,
+    chrono::DateTime<chrono::Utc>,
+);
+
+/// The newest [`HISTORY_SHOWN`] access changes of a user, newest first.
+pub fn history(conn: &mut PgConnection, user_id: Uuid) -> Result<Vec<AccessChange>, AppError> {
+    let rows: Vec<ChangeRow> = access_changes::table
+        .filter(access_changes::user_id.eq(user_id))
+        .order(access_changes::seq.desc())
+        .limit(HISTORY_SHOWN)
+        .select((
+            access_changes::change,
+            access_changes::role,
+            access_changes::patient_id,
+            access_changes::reason,
+            access_changes::changed_by,
+            access_changes::changed_at,
+        ))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| AccessChange {
+            change: r.0,
+            role: r.1,
+            patient_id: r.2,
+            reason: r.3,
+            changed_by: r.4,
+            changed_at: r.5,
+        })
+        .collect())
 }
 
 /// A user as the administration API lists it (no PHI: no patient link is shown).
@@ -256,6 +397,9 @@ pub struct UserSummary {
     pub facility: Option<Uuid>,
     pub roles: Vec<String>,
     pub disabled: bool,
+    /// Only in the one-user view (`GET /api/admin/users/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub history: Option<Vec<AccessChange>>,
 }
 
 type UserRow = (
@@ -355,6 +499,7 @@ pub fn search_users(
             display_name: r.4,
             facility: r.5,
             disabled: r.6.is_some(),
+            history: None,
         })
         .collect())
 }
@@ -400,6 +545,7 @@ pub fn get_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<UserSummary>
         facility: row.5,
         roles,
         disabled: row.6.is_some(),
+        history: None,
     }))
 }
 

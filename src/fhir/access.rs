@@ -4,6 +4,7 @@
 //! The handlers still write their permit events themselves, after fetching, before
 //! responding.
 
+use super::elements::Elements;
 use super::types::invalid;
 use crate::audit::{AuditAction, Outcome};
 use crate::auth::Caller;
@@ -38,27 +39,73 @@ pub fn precondition_failed() -> AppError {
     )
 }
 
-/// Audits the end of an update or delete of record `id` of `patient` and passes its result
-/// on: `Some` is a permit; `None` (the row was gone, or its version had moved) is audited
-/// as an error and answered with `missing()`.
-pub async fn audited<T>(
+/// Runs the update or delete `write` of record `id` of `patient` in one transaction with
+/// its audit event ([`Caller::audited_write`]): `Some` is a permit; `None` (the row was
+/// gone, or its version had moved) is audited as an error and answered with `missing()`.
+pub async fn audited<T, W>(
     caller: &Caller,
     action: AuditAction,
     resource: ResourceType,
     id: Uuid,
     patient: Uuid,
-    result: Option<T>,
+    write: W,
     missing: fn() -> AppError,
-) -> Result<T, AppError> {
-    let outcome = if result.is_some() {
-        Outcome::Permit
-    } else {
-        Outcome::Error
+) -> Result<T, AppError>
+where
+    T: Send + 'static,
+    W: FnOnce(&mut diesel::PgConnection) -> Result<Option<T>, AppError> + Send + 'static,
+{
+    let write = move |c: &mut diesel::PgConnection| write(c)?.ok_or_else(missing);
+    caller
+        .audited_write(action, resource, Some(id), [patient], write, None)
+        .await
+}
+
+/// The read of one record `id` (not a Patient): the decision on its subject patient
+/// (`patient_of`), the view check, the fetch (`get`, giving the record's subject with it)
+/// and the audit event. A record that vanished or changed subject meanwhile is a 404,
+/// audited as an error; the record is returned only after its permit is audited.
+pub async fn read_record<T, G>(
+    caller: &Caller,
+    state: &web::Data<AppState>,
+    resource: ResourceType,
+    id: Uuid,
+    patient_of: PatientOf,
+    check_view: fn(View) -> Result<(), AppError>,
+    get: G,
+) -> Result<T, AppError>
+where
+    T: Send + 'static,
+    G: FnOnce(&mut diesel::PgConnection) -> Result<Option<(Uuid, T)>, AppError> + Send + 'static,
+{
+    let (view, patient) = authorize_record(
+        caller,
+        state,
+        resource,
+        Interaction::Read,
+        AuditAction::Read,
+        id,
+        patient_of,
+    )
+    .await?;
+    check_view(view)?;
+    let found = state.db.run(get).await?;
+    let Some((_, record)) = found.filter(|(subject, _)| *subject == patient) else {
+        caller
+            .audit(AuditAction::Read, resource, Some(id), [], Outcome::Error)
+            .await?;
+        return Err(AppError::not_found());
     };
     caller
-        .audit(action, resource, Some(id), [patient], outcome)
+        .audit(
+            AuditAction::Read,
+            resource,
+            Some(id),
+            [patient],
+            Outcome::Permit,
+        )
         .await?;
-    result.ok_or_else(missing)
+    Ok(record)
 }
 
 /// The permitted view for one existing record `id` (whose subject patient `patient_of`
@@ -167,6 +214,12 @@ pub fn search_params(
         out.push((*name, v.into_owned()));
     }
     Ok(out)
+}
+
+/// The `_elements` of a read (the only query parameter a read accepts).
+pub fn read_elements(req: &HttpRequest, resource: ResourceType) -> Result<Elements, AppError> {
+    let params = search_params(req, &["_elements"])?;
+    Elements::parse(resource, single(&params, "_elements")?)
 }
 
 /// The single value of a search parameter (repeating it is a 422).

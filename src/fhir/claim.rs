@@ -5,9 +5,10 @@
 
 use super::access::{self, authorize_create, authorize_record, authorize_search};
 use super::bundle::{self, Cursor};
+use super::elements::Elements;
 use super::types::{bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
-use crate::audit::{AuditAction, Outcome};
+use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::Caller;
 use crate::db::claims::{self, Claim, NewClaim, NewClaimItem};
 use crate::error::AppError;
@@ -84,10 +85,10 @@ pub fn to_fhir(c: &Claim) -> Value {
         "use": "claim",
         "patient": { "reference": format!("Patient/{}", r.patient_id) },
         "created": access::instant(&r.created_at),
-        "provider": { "display": r.provider },
+        "provider": { "display": r.provider.expose() },
         "priority": { "coding": [{ "system": PRIORITY_SYSTEM, "code": "normal" }] },
         "insurance": [{ "sequence": 1, "focal": true, "coverage": { "display": "self-pay" } }],
-        "total": money(r.total_cents, &r.currency),
+        "total": money(*r.total_cents.expose(), &r.currency),
     });
     if !c.items.is_empty() {
         out["item"] = c
@@ -96,8 +97,8 @@ pub fn to_fhir(c: &Claim) -> Value {
             .map(|i| {
                 json!({
                     "sequence": i.seq,
-                    "productOrService": { "coding": [{ "system": CPT_SYSTEM, "code": i.code }] },
-                    "net": money(i.amount_cents, &r.currency),
+                    "productOrService": { "coding": [{ "system": CPT_SYSTEM, "code": i.code.expose() }] },
+                    "net": money(*i.amount_cents.expose(), &r.currency),
                 })
             })
             .collect();
@@ -251,8 +252,8 @@ fn validate(input: ClaimIn) -> Result<NewClaim, AppError> {
     })
 }
 
-fn respond(status: StatusCode, c: &Claim) -> HttpResponse {
-    let body = to_fhir(c);
+fn respond(status: StatusCode, c: &Claim, elements: &Elements) -> HttpResponse {
+    let body = elements.apply(to_fhir(c));
     let mut res = HttpResponse::build(status);
     res.content_type(FHIR_JSON)
         .insert_header(etag(c.row.version));
@@ -266,33 +267,21 @@ fn respond(status: StatusCode, c: &Claim) -> HttpResponse {
 }
 
 pub async fn read(
+    req: HttpRequest,
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = access::parse_id(&path)?;
-    let (view, patient) = authorize_record(
-        &caller,
-        &state,
-        R,
-        Interaction::Read,
-        AuditAction::Read,
-        id,
-        claims::patient_of,
-    )
-    .await?;
-    check_view(view)?;
-    let found = state.db.run(move |c| claims::get(c, id)).await?;
-    let Some(claim) = found.filter(|c| c.row.patient_id == patient) else {
-        caller
-            .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
-            .await?;
-        return Err(AppError::not_found());
+    let elements = access::read_elements(&req, R)?;
+    let kr = state.keyring.clone();
+    let items = elements.wants("item");
+    let get = move |c: &mut diesel::PgConnection| {
+        Ok(claims::get(c, &kr, id, items)?.map(|claim| (claim.row.patient_id, claim)))
     };
-    caller
-        .audit(AuditAction::Read, R, Some(id), [patient], Outcome::Permit)
-        .await?;
-    Ok(respond(StatusCode::OK, &claim))
+    let claim =
+        access::read_record(&caller, &state, R, id, claims::patient_of, check_view, get).await?;
+    Ok(respond(StatusCode::OK, &claim, &elements))
 }
 
 pub async fn search(
@@ -300,7 +289,10 @@ pub async fn search(
     caller: Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let params = access::search_params(&req, &["patient", "status", "_count", "_cursor"])?;
+    let params = access::search_params(
+        &req,
+        &["patient", "status", "_count", "_cursor", "_elements"],
+    )?;
     let patient = access::single(&params, "patient")?
         .map(access::patient_param)
         .transpose()?;
@@ -315,15 +307,19 @@ pub async fn search(
         None => None,
     };
     let count = bundle::page_size(access::single(&params, "_count")?)?;
+    let elements = Elements::parse(R, access::single(&params, "_elements")?)?;
     let (view, scope) = authorize_search(&caller, R).await?;
     check_view(view)?;
     let after = access::single(&params, "_cursor")?
         .map(|c| Cursor::open(&state.keyring, caller.user.id, R, c))
         .transpose()?;
     let limit = count as i64 + 1;
+    let kr = state.keyring.clone();
+    let criteria = claims::Criteria { patient, status };
+    let items = elements.wants("item");
     let mut rows = state
         .db
-        .run(move |c| claims::search(c, patient, status, scope, after, limit))
+        .run(move |c| claims::search(c, &kr, &criteria, scope, after, limit, items))
         .await?;
     let more = rows.len() > count;
     rows.truncate(count);
@@ -342,7 +338,7 @@ pub async fn search(
         )?),
         _ => None,
     };
-    let entries: Vec<Value> = rows.iter().map(to_fhir).collect();
+    let entries: Vec<Value> = rows.iter().map(|r| elements.apply(to_fhir(r))).collect();
     let body = bundle::searchset(&req, "Claim", entries, next.as_deref());
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
@@ -363,17 +359,19 @@ pub async fn create(
     let view = authorize_create(&caller, &state, R, "patient.reference", patient).await?;
     check_view(view)?;
     let kr = state.keyring.clone();
-    let created = state.db.run(move |c| claims::insert(c, &kr, &new)).await?;
-    caller
-        .audit(
+    let write = move |c: &mut diesel::PgConnection| claims::insert(c, &kr, &new);
+    let complete: fn(&Claim, &mut AuditEvent) = |c, e| e.resource_id = Some(c.row.id);
+    let created = caller
+        .audited_write(
             AuditAction::Create,
             R,
-            Some(created.row.id),
+            None,
             [patient],
-            Outcome::Permit,
+            write,
+            Some(complete),
         )
         .await?;
-    Ok(respond(StatusCode::CREATED, &created))
+    Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
 }
 
 pub async fn update(
@@ -409,21 +407,18 @@ pub async fn update(
         return Err(invalid("patient", "cannot be changed by an update"));
     }
     let kr = state.keyring.clone();
-    let updated = state
-        .db
-        .run(move |c| claims::update(c, &kr, id, expected, &new))
-        .await?;
+    let write = move |c: &mut diesel::PgConnection| claims::update(c, &kr, id, expected, &new);
     let claim = access::audited(
         &caller,
         AuditAction::Update,
         R,
         id,
         patient,
-        updated,
+        write,
         access::precondition_failed,
     )
     .await?;
-    Ok(respond(StatusCode::OK, &claim))
+    Ok(respond(StatusCode::OK, &claim, &Elements::all()))
 }
 
 pub async fn delete(
@@ -442,14 +437,14 @@ pub async fn delete(
         claims::patient_of,
     )
     .await?;
-    let deleted = state.db.run(move |c| claims::soft_delete(c, id)).await?;
+    let write = move |c: &mut diesel::PgConnection| Ok(claims::soft_delete(c, id)?.then_some(()));
     access::audited(
         &caller,
         AuditAction::Delete,
         R,
         id,
         patient,
-        deleted.then_some(()),
+        write,
         AppError::not_found,
     )
     .await?;

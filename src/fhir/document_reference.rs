@@ -6,10 +6,11 @@
 
 use super::access::{self, authorize_create, authorize_record, authorize_search};
 use super::bundle::{self, Cursor};
+use super::elements::Elements;
 use super::observation::{LOINC, loinc_code};
 use super::types::{bounded_len, invalid};
 use super::{FHIR_JSON, etag, if_match};
-use crate::audit::{AuditAction, Outcome};
+use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::Caller;
 use crate::db::documents;
 use crate::db::phi::{self, DocumentReference, NewDocumentReference};
@@ -228,8 +229,8 @@ fn validate(input: DocumentReferenceIn, author: Uuid) -> Result<NewDocumentRefer
     })
 }
 
-fn respond(status: StatusCode, doc: &DocumentReference) -> HttpResponse {
-    let body = to_fhir(doc);
+fn respond(status: StatusCode, doc: &DocumentReference, elements: &Elements) -> HttpResponse {
+    let body = elements.apply(to_fhir(doc));
     let mut res = HttpResponse::build(status);
     res.content_type(FHIR_JSON).insert_header(etag(doc.version));
     if status == StatusCode::CREATED {
@@ -245,37 +246,28 @@ fn respond(status: StatusCode, doc: &DocumentReference) -> HttpResponse {
 }
 
 pub async fn read(
+    req: HttpRequest,
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = access::parse_id(&path)?;
-    let (view, patient) = authorize_record(
+    let elements = access::read_elements(&req, R)?;
+    let kr = state.keyring.clone();
+    let get = move |c: &mut diesel::PgConnection| {
+        Ok(phi::get_document_reference(c, &kr, id)?.map(|doc| (doc.patient_id, doc)))
+    };
+    let doc = access::read_record(
         &caller,
         &state,
         R,
-        Interaction::Read,
-        AuditAction::Read,
         id,
         documents::patient_of,
+        check_view,
+        get,
     )
     .await?;
-    check_view(view)?;
-    let kr = state.keyring.clone();
-    let found = state
-        .db
-        .run(move |c| phi::get_document_reference(c, &kr, id))
-        .await?;
-    let Some(doc) = found.filter(|d| d.patient_id == patient) else {
-        caller
-            .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
-            .await?;
-        return Err(AppError::not_found());
-    };
-    caller
-        .audit(AuditAction::Read, R, Some(id), [patient], Outcome::Permit)
-        .await?;
-    Ok(respond(StatusCode::OK, &doc))
+    Ok(respond(StatusCode::OK, &doc, &elements))
 }
 
 pub async fn search(
@@ -283,7 +275,10 @@ pub async fn search(
     caller: Caller,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let params = access::search_params(&req, &["patient", "subject", "_count", "_cursor"])?;
+    let params = access::search_params(
+        &req,
+        &["patient", "subject", "_count", "_cursor", "_elements"],
+    )?;
     let mut patient = None;
     for name in ["patient", "subject"] {
         if let Some(p) = access::single(&params, name)? {
@@ -294,6 +289,7 @@ pub async fn search(
         }
     }
     let count = bundle::page_size(access::single(&params, "_count")?)?;
+    let elements = Elements::parse(R, access::single(&params, "_elements")?)?;
     let (view, scope) = authorize_search(&caller, R).await?;
     check_view(view)?;
     let after = access::single(&params, "_cursor")?
@@ -317,7 +313,7 @@ pub async fn search(
         (true, Some(last)) => Some(Cursor::seal(&state.keyring, caller.user.id, R, last.id)?),
         _ => None,
     };
-    let entries: Vec<Value> = rows.iter().map(to_fhir).collect();
+    let entries: Vec<Value> = rows.iter().map(|r| elements.apply(to_fhir(r))).collect();
     let body = bundle::searchset(&req, "DocumentReference", entries, next.as_deref());
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
@@ -338,20 +334,19 @@ pub async fn create(
     let view = authorize_create(&caller, &state, R, "subject.reference", patient).await?;
     check_view(view)?;
     let kr = state.keyring.clone();
-    let created = state
-        .db
-        .run(move |c| phi::insert_document_reference(c, &kr, &new))
-        .await?;
-    caller
-        .audit(
+    let write = move |c: &mut diesel::PgConnection| phi::insert_document_reference(c, &kr, &new);
+    let complete: fn(&DocumentReference, &mut AuditEvent) = |d, e| e.resource_id = Some(d.id);
+    let created = caller
+        .audited_write(
             AuditAction::Create,
             R,
-            Some(created.id),
+            None,
             [patient],
-            Outcome::Permit,
+            write,
+            Some(complete),
         )
         .await?;
-    Ok(respond(StatusCode::CREATED, &created))
+    Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
 }
 
 pub async fn update(
@@ -387,21 +382,18 @@ pub async fn update(
         return Err(invalid("subject", "cannot be changed by an update"));
     }
     let kr = state.keyring.clone();
-    let updated = state
-        .db
-        .run(move |c| documents::update(c, &kr, id, expected, &new))
-        .await?;
+    let write = move |c: &mut diesel::PgConnection| documents::update(c, &kr, id, expected, &new);
     let doc = access::audited(
         &caller,
         AuditAction::Update,
         R,
         id,
         patient,
-        updated,
+        write,
         access::precondition_failed,
     )
     .await?;
-    Ok(respond(StatusCode::OK, &doc))
+    Ok(respond(StatusCode::OK, &doc, &Elements::all()))
 }
 
 #[cfg(test)]

@@ -24,16 +24,19 @@ pub fn search_params(resource: ResourceType) -> &'static [(&'static str, &'stati
             ("code", "token"),
             ("date", "date"),
             ("_count", "number"),
+            ("_elements", "special"),
         ],
         ResourceType::DocumentReference => &[
             ("patient", "reference"),
             ("subject", "reference"),
             ("_count", "number"),
+            ("_elements", "special"),
         ],
         ResourceType::Claim => &[
             ("patient", "reference"),
             ("status", "token"),
             ("_count", "number"),
+            ("_elements", "special"),
         ],
     }
 }

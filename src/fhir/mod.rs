@@ -4,6 +4,7 @@ pub mod access;
 pub mod bundle;
 pub mod claim;
 pub mod document_reference;
+pub mod elements;
 pub mod metadata;
 pub mod observation;
 pub mod patient;

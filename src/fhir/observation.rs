@@ -3,9 +3,10 @@
 
 use super::access::{self, authorize_create, authorize_record, authorize_search};
 use super::bundle::{self, Cursor};
+use super::elements::Elements;
 use super::types::{bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
-use crate::audit::{AuditAction, Outcome};
+use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::Caller;
 use crate::db::observations::{self, Criteria};
 use crate::db::phi::{self, NewObservation, Observation};
@@ -192,8 +193,8 @@ fn validate(input: ObservationIn) -> Result<NewObservation, AppError> {
     })
 }
 
-fn respond(status: StatusCode, o: &Observation) -> HttpResponse {
-    let body = to_fhir(o);
+fn respond(status: StatusCode, o: &Observation, elements: &Elements) -> HttpResponse {
+    let body = elements.apply(to_fhir(o));
     let mut res = HttpResponse::build(status);
     res.content_type(FHIR_JSON).insert_header(etag(o.version));
     if status == StatusCode::CREATED {
@@ -206,37 +207,28 @@ fn respond(status: StatusCode, o: &Observation) -> HttpResponse {
 }
 
 pub async fn read(
+    req: HttpRequest,
     caller: Caller,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = access::parse_id(&path)?;
-    let (view, patient) = authorize_record(
+    let elements = access::read_elements(&req, R)?;
+    let kr = state.keyring.clone();
+    let get = move |c: &mut diesel::PgConnection| {
+        Ok(phi::get_observation(c, &kr, id)?.map(|o| (o.patient_id, o)))
+    };
+    let o = access::read_record(
         &caller,
         &state,
         R,
-        Interaction::Read,
-        AuditAction::Read,
         id,
         observations::patient_of,
+        check_view,
+        get,
     )
     .await?;
-    check_view(view)?;
-    let kr = state.keyring.clone();
-    let found = state
-        .db
-        .run(move |c| phi::get_observation(c, &kr, id))
-        .await?;
-    let Some(o) = found.filter(|o| o.patient_id == patient) else {
-        caller
-            .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
-            .await?;
-        return Err(AppError::not_found());
-    };
-    caller
-        .audit(AuditAction::Read, R, Some(id), [patient], Outcome::Permit)
-        .await?;
-    Ok(respond(StatusCode::OK, &o))
+    Ok(respond(StatusCode::OK, &o, &elements))
 }
 
 pub async fn search(
@@ -246,7 +238,15 @@ pub async fn search(
 ) -> Result<HttpResponse, AppError> {
     let params = access::search_params(
         &req,
-        &["patient", "subject", "code", "date", "_count", "_cursor"],
+        &[
+            "patient",
+            "subject",
+            "code",
+            "date",
+            "_count",
+            "_cursor",
+            "_elements",
+        ],
     )?;
     let mut criteria = Criteria::default();
     for name in ["patient", "subject"] {
@@ -273,6 +273,7 @@ pub async fn search(
         criteria.until.extend(until);
     }
     let count = bundle::page_size(access::single(&params, "_count")?)?;
+    let elements = Elements::parse(R, access::single(&params, "_elements")?)?;
     let (view, scope) = authorize_search(&caller, R).await?;
     check_view(view)?;
     let after = access::single(&params, "_cursor")?
@@ -296,7 +297,7 @@ pub async fn search(
         (true, Some(last)) => Some(Cursor::seal(&state.keyring, caller.user.id, R, last.id)?),
         _ => None,
     };
-    let entries: Vec<Value> = rows.iter().map(to_fhir).collect();
+    let entries: Vec<Value> = rows.iter().map(|r| elements.apply(to_fhir(r))).collect();
     let body = bundle::searchset(&req, "Observation", entries, next.as_deref());
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
@@ -317,20 +318,19 @@ pub async fn create(
     let view = authorize_create(&caller, &state, R, "subject.reference", patient).await?;
     check_view(view)?;
     let kr = state.keyring.clone();
-    let created = state
-        .db
-        .run(move |c| phi::insert_observation(c, &kr, &new))
-        .await?;
-    caller
-        .audit(
+    let write = move |c: &mut diesel::PgConnection| phi::insert_observation(c, &kr, &new);
+    let complete: fn(&Observation, &mut AuditEvent) = |o, e| e.resource_id = Some(o.id);
+    let created = caller
+        .audited_write(
             AuditAction::Create,
             R,
-            Some(created.id),
+            None,
             [patient],
-            Outcome::Permit,
+            write,
+            Some(complete),
         )
         .await?;
-    Ok(respond(StatusCode::CREATED, &created))
+    Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
 }
 
 pub async fn update(
@@ -366,21 +366,19 @@ pub async fn update(
         return Err(invalid("subject", "cannot be changed by an update"));
     }
     let kr = state.keyring.clone();
-    let updated = state
-        .db
-        .run(move |c| observations::update(c, &kr, id, expected, &new))
-        .await?;
+    let write =
+        move |c: &mut diesel::PgConnection| observations::update(c, &kr, id, expected, &new);
     let o = access::audited(
         &caller,
         AuditAction::Update,
         R,
         id,
         patient,
-        updated,
+        write,
         access::precondition_failed,
     )
     .await?;
-    Ok(respond(StatusCode::OK, &o))
+    Ok(respond(StatusCode::OK, &o, &Elements::all()))
 }
 
 pub async fn delete(
@@ -399,17 +397,15 @@ pub async fn delete(
         observations::patient_of,
     )
     .await?;
-    let deleted = state
-        .db
-        .run(move |c| observations::soft_delete(c, id))
-        .await?;
+    let write =
+        move |c: &mut diesel::PgConnection| Ok(observations::soft_delete(c, id)?.then_some(()));
     access::audited(
         &caller,
         AuditAction::Delete,
         R,
         id,
         patient,
-        deleted.then_some(()),
+        write,
         AppError::not_found,
     )
     .await?;

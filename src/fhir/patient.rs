@@ -3,9 +3,10 @@
 //! audit event before the response leaves.
 
 use super::bundle::{self, Cursor};
+use super::elements::Elements;
 use super::types::{self, Gender, Mrn, Ssn, bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
-use crate::audit::{AuditAction, Outcome};
+use crate::audit::{AuditAction, AuditEvent, Outcome};
 use crate::auth::Caller;
 use crate::auth::caller::{audit_reason, refusal};
 use crate::db::patient_views::{self, Criteria, PatientFields, PatientView};
@@ -49,41 +50,18 @@ pub fn view_fields(view: View) -> PatientFields {
     }
 }
 
-/// `_elements` narrows a view (never widens it).
-fn elements(param: Option<&str>) -> Result<PatientFields, AppError> {
-    let Some(list) = param else {
-        return Ok(PatientFields {
-            mrn: true,
-            ssn: true,
-            name: true,
-            birth_date: true,
-            gender: true,
-            telecom: true,
-            address: true,
-        });
-    };
-    let mut f = PatientFields::default();
-    for element in list.split(',').map(str::trim) {
-        match element {
-            "identifier" => {
-                f.mrn = true;
-                f.ssn = true;
-            }
-            "name" => f.name = true,
-            "birthDate" => f.birth_date = true,
-            "gender" => f.gender = true,
-            "telecom" => f.telecom = true,
-            "address" => f.address = true,
-            "id" | "meta" | "managingOrganization" => {}
-            _ => {
-                return Err(invalid(
-                    "_elements",
-                    "names an element Patient does not have",
-                ));
-            }
-        }
+/// The fields `_elements` asks for (all without it): intersected with the view's fields,
+/// so that what is not returned is not fetched either.
+fn requested_fields(e: &Elements) -> PatientFields {
+    PatientFields {
+        mrn: e.wants("identifier"),
+        ssn: e.wants("identifier"),
+        name: e.wants("name"),
+        birth_date: e.wants("birthDate"),
+        gender: e.wants("gender"),
+        telecom: e.wants("telecom"),
+        address: e.wants("address"),
     }
-    Ok(f)
 }
 
 /// The FHIR JSON of a patient shaped to its view.
@@ -136,11 +114,11 @@ pub async fn read(
     query: web::Query<ReadQuery>,
 ) -> Result<HttpResponse, AppError> {
     let id = parse_id(&path)?;
-    let narrow = elements(query._elements.as_deref())?;
+    let elements = Elements::parse(R, query._elements.as_deref())?;
     let (view, _) = caller
         .authorize_record(AuditAction::Read, R, Interaction::Read, id, itself)
         .await?;
-    let fields = view_fields(view).intersect(narrow);
+    let fields = view_fields(view).intersect(requested_fields(&elements));
     let kr = state.keyring.clone();
     let patient = state
         .db
@@ -155,7 +133,7 @@ pub async fn read(
     caller
         .audit(AuditAction::Read, R, Some(id), [id], Outcome::Permit)
         .await?;
-    let body = to_fhir(&patient);
+    let body = elements.apply(to_fhir(&patient));
     Ok(fhir_json(StatusCode::OK)
         .insert_header(etag(patient.version))
         .body(body.to_string()))
@@ -232,7 +210,7 @@ pub async fn search(
     let q = query.into_inner();
     let criteria = search_criteria(&q)?;
     let count = bundle::page_size(q._count.as_deref())?;
-    let narrow = elements(q._elements.as_deref())?;
+    let elements = Elements::parse(R, q._elements.as_deref())?;
     let (view, scope) = match caller.decide(R, Interaction::Search, Target::Search) {
         Decision::Permit {
             view,
@@ -260,7 +238,7 @@ pub async fn search(
         .as_deref()
         .map(|c| Cursor::open(&state.keyring, caller.user.id, R, c))
         .transpose()?;
-    let fields = view_fields(view).intersect(narrow);
+    let fields = view_fields(view).intersect(requested_fields(&elements));
     let kr = state.keyring.clone();
     let limit = count as i64 + 1;
     let mut rows = state
@@ -283,7 +261,7 @@ pub async fn search(
         (true, Some(last)) => Some(Cursor::seal(&state.keyring, caller.user.id, R, last.id)?),
         _ => None,
     };
-    let entries: Vec<Value> = rows.iter().map(to_fhir).collect();
+    let entries: Vec<Value> = rows.iter().map(|p| elements.apply(to_fhir(p))).collect();
     let body = bundle::searchset(&req, "Patient", entries, next.as_deref());
     Ok(fhir_json(StatusCode::OK).body(body.to_string()))
 }
@@ -522,26 +500,21 @@ pub async fn create(
     let kr = state.keyring.clone();
     let creator = caller.user.id;
     let new = valid.new;
-    let created = state
-        .db
-        .run(move |c| {
-            use diesel::Connection;
-            c.transaction(|c| {
-                let p = phi::insert_patient(c, &kr, &new)?;
-                // The author of a record joins its care team, so they can read it back.
-                users::add_to_care_team(c, p.id, creator, Some(creator))?;
-                Ok::<_, AppError>(p)
-            })
+    let write = move |c: &mut diesel::PgConnection| {
+        use diesel::Connection;
+        c.transaction(|c| {
+            let p = phi::insert_patient(c, &kr, &new)?;
+            // The author of a record joins its care team, so they can read it back.
+            users::add_to_care_team(c, p.id, creator, "author of the record", Some(creator))?;
+            Ok::<_, AppError>(p)
         })
-        .await?;
-    caller
-        .audit(
-            AuditAction::Create,
-            R,
-            Some(created.id),
-            [created.id],
-            Outcome::Permit,
-        )
+    };
+    let complete: fn(&phi::Patient, &mut AuditEvent) = |p, event| {
+        event.resource_id = Some(p.id);
+        event.patient_ids = vec![p.id];
+    };
+    let created = caller
+        .audited_write(AuditAction::Create, R, None, [], write, Some(complete))
         .await?;
     let view = PatientFields {
         mrn: true,
@@ -593,28 +566,14 @@ pub async fn update(
     valid.new.facility_id = facts.facility_id;
     let kr = state.keyring.clone();
     let new = valid.new;
-    let updated = state
-        .db
-        .run(move |c| phi::update_patient(c, &kr, id, expected, &new))
-        .await;
-    let version = match updated {
-        Ok(Some(p)) => p.version,
-        Ok(None) => {
-            caller
-                .audit(AuditAction::Update, R, Some(id), [], Outcome::Error)
-                .await?;
-            return Err(AppError::not_found());
-        }
-        Err(e) => {
-            // Version conflicts (412), duplicate MRNs (409) and failures are audited too.
-            caller
-                .audit(AuditAction::Update, R, Some(id), [id], Outcome::Error)
-                .await?;
-            return Err(e);
-        }
+    // Version conflicts (412), duplicate MRNs (409) and failures are audited as errors.
+    let write = move |c: &mut diesel::PgConnection| {
+        phi::update_patient(c, &kr, id, expected, &new)?
+            .map(|p| p.version)
+            .ok_or_else(AppError::not_found)
     };
-    caller
-        .audit(AuditAction::Update, R, Some(id), [id], Outcome::Permit)
+    let version = caller
+        .audited_write(AuditAction::Update, R, Some(id), [id], write, None)
         .await?;
     let body = json!({ "resourceType": "Patient", "id": id, "meta": { "versionId": version.to_string() } });
     Ok(fhir_json(StatusCode::OK)

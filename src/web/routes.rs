@@ -207,6 +207,7 @@ pub fn configure(r: &mut Routes) {
     );
     let a = Action::Admin;
     r.add(Method::GET, "/api/admin/users", a, admin::list_users);
+    r.add(Method::GET, "/api/admin/users/{id}", a, admin::get_user);
     r.add(
         Method::POST,
         "/api/admin/users/{id}/roles",

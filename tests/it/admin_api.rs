@@ -412,3 +412,163 @@ async fn admin_manages_facilities_clients_and_disabled_accounts() {
     .await;
     assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
+
+#[tokio::test]
+async fn admin_changes_keep_their_reasons_in_the_user_history_not_in_the_audit_trail() {
+    let w = World::new().await;
+    let (_, dr_a) = w.user("dr-a", &[Role::Clinician]);
+    let patient = w.create(&dr_a, &patient_json("MRN-9002", "Historic")).await;
+    let (dr_b, _) = w.user("dr-b", &[]);
+    let (root_id, root) = admin(&w, "root");
+    let user_path = format!("/api/admin/users/{dr_b}");
+    let steps: [(Method, String, Option<Value>); 6] = [
+        (
+            Method::POST,
+            "/api/admin/care-teams".into(),
+            Some(
+                json!({"patient_id": patient, "user_id": dr_b, "reason": "ReasonCanary cover ward 3"}),
+            ),
+        ),
+        (
+            Method::POST,
+            format!("{user_path}/roles"),
+            Some(json!({"role": "clinician", "reason": "ReasonCanary new hire"})),
+        ),
+        (
+            Method::DELETE,
+            format!("{user_path}/roles/clinician?reason=ReasonCanary+left+the+ward"),
+            None,
+        ),
+        (
+            Method::POST,
+            format!("{user_path}/disable"),
+            Some(json!({"reason": "ReasonCanary on leave"})),
+        ),
+        (
+            Method::POST,
+            format!("{user_path}/enable"),
+            Some(json!({"reason": "ReasonCanary back"})),
+        ),
+        (
+            Method::DELETE,
+            "/api/admin/care-teams".into(),
+            Some(
+                json!({"patient_id": patient, "user_id": dr_b, "reason": "ReasonCanary rotation ended"}),
+            ),
+        ),
+    ];
+    for (method, path, body) in steps {
+        let res = call(&w, method.clone(), &path, &root, body).await;
+        assert!(
+            res.status().is_success(),
+            "{method} {path}: {}",
+            res.status()
+        );
+    }
+    // Without a reason: still refused, and nothing is added to the history.
+    let res = call(
+        &w,
+        Method::POST,
+        &format!("{user_path}/disable"),
+        &root,
+        Some(json!({})),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    let res = call(&w, Method::GET, &user_path, &root, None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let ev = last_event(&w);
+    assert_eq!((ev.0.as_str(), ev.1.as_str()), ("read", "permit"));
+    let user: Value = res.json().await.unwrap();
+    assert_eq!(user["disabled"], false);
+    let history = user["history"].as_array().unwrap();
+    let got: Vec<(String, Value, Value, String)> = history
+        .iter()
+        .map(|h| {
+            assert_eq!(h["changed_by"], root_id.to_string());
+            (
+                h["change"].as_str().unwrap().to_string(),
+                h["role"].clone(),
+                h["patient_id"].clone(),
+                h["reason"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    let p = json!(patient);
+    let clin = json!("clinician");
+    assert_eq!(
+        got,
+        vec![
+            (
+                "care_team_removed".into(),
+                Value::Null,
+                p.clone(),
+                "ReasonCanary rotation ended".into()
+            ),
+            (
+                "enabled".into(),
+                Value::Null,
+                Value::Null,
+                "ReasonCanary back".into()
+            ),
+            (
+                "disabled".into(),
+                Value::Null,
+                Value::Null,
+                "ReasonCanary on leave".into()
+            ),
+            (
+                "role_revoked".into(),
+                clin.clone(),
+                Value::Null,
+                "ReasonCanary left the ward".into()
+            ),
+            (
+                "role_granted".into(),
+                clin,
+                Value::Null,
+                "ReasonCanary new hire".into()
+            ),
+            (
+                "care_team_added".into(),
+                Value::Null,
+                p,
+                "ReasonCanary cover ward 3".into()
+            ),
+        ],
+        "newest first"
+    );
+    // The list view stays small: no history there.
+    let res = call(&w, Method::GET, "/api/admin/users", &root, None).await;
+    let list: Value = res.json().await.unwrap();
+    assert!(
+        list["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|u| u.get("history").is_none())
+    );
+    // Unknown user: 404.
+    let res = call(
+        &w,
+        Method::GET,
+        &format!("/api/admin/users/{}", Uuid::new_v4()),
+        &root,
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    // Reasons are not in the audit trail.
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        row: String,
+    }
+    let rows: Vec<Row> = diesel::sql_query("SELECT t::text AS row FROM audit_events t")
+        .load(&mut w.app.db.conn())
+        .unwrap();
+    assert!(rows.len() > 7);
+    assert!(rows.iter().all(|r| !r.row.contains("ReasonCanary")));
+}

@@ -8,6 +8,7 @@ use chrono::{NaiveDate, TimeZone, Utc};
 use custodian::config::CryptoConfig;
 use custodian::crypto::rotation::{self, RotateOptions};
 use custodian::crypto::{Keyring, load_keyring};
+use custodian::db::claims::{self, NewClaim, NewClaimItem};
 use custodian::db::phi::{self, NewDocumentReference, NewObservation, NewPatient};
 use custodian::secret::Secret;
 use custodian::startup::{Application, Options};
@@ -65,6 +66,28 @@ fn observation(patient_id: Uuid, display: &str) -> NewObservation {
     }
 }
 
+fn claim(patient_id: Uuid, provider: &str, code: &str, cents: i64) -> NewClaim {
+    NewClaim {
+        patient_id,
+        provider: provider.into(),
+        status: "active".into(),
+        total_cents: cents + 1000,
+        currency: "USD".into(),
+        items: vec![
+            NewClaimItem {
+                seq: 1,
+                code: code.into(),
+                amount_cents: cents,
+            },
+            NewClaimItem {
+                seq: 2,
+                code: "99213".into(),
+                amount_cents: 1000,
+            },
+        ],
+    }
+}
+
 fn custodian(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_custodian"));
     cmd.args(args)
@@ -113,6 +136,8 @@ fn raw_rows(conn: &mut PgConnection) -> String {
         "document_references",
         "claims",
         "claim_items",
+        "claims_unsealed",
+        "claim_items_unsealed",
         "data_keys",
     ] {
         let rows: Vec<Row> = diesel::sql_query(format!("SELECT t::text AS row FROM {table} t"))
@@ -180,6 +205,12 @@ fn raw_select_and_pg_dump_contain_no_plaintext_phi() {
         &observation(p.id, "OBSDISPLAYCANARY glucose"),
     )
     .unwrap();
+    claims::insert(
+        &mut conn,
+        &kr,
+        &claim(p.id, "PROVIDERCANARY Clinic", "CPTCANARY7", 7_351_982),
+    )
+    .unwrap();
 
     let canaries = [
         "Qwertyfamilycanary",
@@ -194,6 +225,10 @@ fn raw_select_and_pg_dump_contain_no_plaintext_phi() {
         "Canaryville",
         "Addrcanaryton",
         "1961-07-04",
+        "PROVIDERCANARY",
+        "CPTCANARY7",
+        "7351982",
+        "7352982",
     ];
     let raw = raw_rows(&mut conn);
     let dump = pg_dump(&db.url);
@@ -664,17 +699,37 @@ fn blind_index_finds_by_mrn_and_ssn_with_normalisation_before_and_after_rotation
         assert_eq!(bad.status_code(), 422);
     };
     check(&mut conn, &kr);
-    // A claim (key_version, no sealed column yet) moves with the rotation too.
-    diesel::sql_query("INSERT INTO claims (id, key_version, patient_id, provider, status, total_cents, currency) VALUES (gen_random_uuid(), 1, $1, 'p', 'active', 100, 'USD')")
-        .bind::<diesel::sql_types::Uuid, _>(p.id)
-        .execute(&mut conn)
-        .unwrap();
+    // A claim and its two items are re-sealed by the rotation too.
+    let c = claims::insert(
+        &mut conn,
+        &kr,
+        &claim(p.id, "Rotated Clinic", "80050", 4321),
+    )
+    .unwrap();
     let report =
         rotation::rotate_data_keys(&mut conn, &kr, RotateOptions::default(), &mut |_| {}).unwrap();
     assert!(report.complete);
-    assert_eq!(report.rows_reencrypted, 3);
+    assert_eq!(report.rows_reencrypted, 5);
     assert_eq!(report.retired, vec![1]);
     check(&mut conn, &kr);
+    // Readable with only the new key (version 1 is retired and not loaded).
+    let fresh = keyring(&db);
+    assert_eq!(fresh.loaded_versions(), vec![2]);
+    let back = claims::get(&mut conn, &fresh, c.row.id, true)
+        .unwrap()
+        .unwrap();
+    assert_eq!(back.row.key_version, 2);
+    assert_eq!(back.row.provider.expose(), "Rotated Clinic");
+    assert_eq!(*back.row.total_cents.expose(), 5321);
+    let items: Vec<_> = back
+        .items
+        .iter()
+        .map(|i| (i.seq, i.code.expose().clone(), *i.amount_cents.expose()))
+        .collect();
+    assert_eq!(
+        items,
+        vec![(1, "80050".into(), 4321), (2, "99213".into(), 1000)]
+    );
 
     // An update re-seals the whole row with the active key and keeps the indexes right.
     let mut changed = patient(f, "AB-1234", Some("999-88-7777"), "Found", "Me");
@@ -702,4 +757,56 @@ fn blind_index_finds_by_mrn_and_ssn_with_normalisation_before_and_after_rotation
     let dup =
         phi::insert_patient(&mut conn, &kr, &patient(f, "AB 1234", None, "Dup", "D")).unwrap_err();
     assert_eq!(dup.status_code(), 409);
+}
+
+/// Claims stored in clear before claims were sealed: the migration moves them aside and
+/// the next start-up (key loading) seals them under their old ids and versions.
+#[test]
+fn claims_stored_in_clear_are_sealed_by_the_migration_and_next_start() {
+    use diesel_migrations::MigrationHarness;
+    let db = TestDb::create();
+    let kr = keyring(&db);
+    let mut conn = db.conn();
+    let f = phi::insert_facility(&mut conn, "F").unwrap();
+    let p = phi::insert_patient(&mut conn, &kr, &patient(f, "U-1", None, "Un", "Sealed")).unwrap();
+    // Back to the schema before claims were sealed.
+    loop {
+        let reverted = conn
+            .revert_last_migration(custodian::db::MIGRATIONS)
+            .unwrap()
+            .to_string();
+        if reverted.starts_with("2026-11-29-000100") || reverted.starts_with("20261129000100") {
+            break;
+        }
+    }
+    let id = Uuid::new_v4();
+    diesel::sql_query("INSERT INTO claims (id, version, key_version, patient_id, provider, status, total_cents, currency) VALUES ($1, 3, 1, $2, 'OLDPROVIDERCANARY', 'draft', 98765431, 'USD')")
+        .bind::<diesel::sql_types::Uuid, _>(id)
+        .bind::<diesel::sql_types::Uuid, _>(p.id)
+        .execute(&mut conn)
+        .unwrap();
+    diesel::sql_query("INSERT INTO claim_items (id, claim_id, seq, code, amount_cents) VALUES (gen_random_uuid(), $1, 1, 'OLDCPTCANARY', 98765431)")
+        .bind::<diesel::sql_types::Uuid, _>(id)
+        .execute(&mut conn)
+        .unwrap();
+    custodian::db::migrate(&db.url, 5).unwrap();
+    let kr = keyring(&db); // seals what the migration set aside
+
+    let back = claims::get(&mut conn, &kr, id, true).unwrap().unwrap();
+    assert_eq!(back.row.version, 3, "keeps its version (ETags stay true)");
+    assert_eq!(back.row.status, "draft");
+    assert_eq!(back.row.provider.expose(), "OLDPROVIDERCANARY");
+    assert_eq!(*back.row.total_cents.expose(), 98765431);
+    assert_eq!(back.items.len(), 1);
+    assert_eq!(back.items[0].code.expose(), "OLDCPTCANARY");
+    let raw = raw_rows(&mut conn);
+    for c in ["OLDPROVIDERCANARY", "OLDCPTCANARY", "98765431"] {
+        assert!(!contains_any_form(&raw, c), "raw SELECT shows {c}");
+    }
+    let left: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(SELECT count(*) FROM claims_unsealed) + (SELECT count(*) FROM claim_items_unsealed)",
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(left, 0, "no clear copy is left behind");
 }

@@ -195,7 +195,14 @@ async fn a_removed_role_takes_effect_on_the_next_request_with_the_same_token() {
         w.get(&format!("/fhir/Patient/{id}"), &doc).await.status(),
         StatusCode::OK
     );
-    users::revoke_role(&mut w.app.db.conn(), doc_id, Role::Clinician).unwrap();
+    users::revoke_role(
+        &mut w.app.db.conn(),
+        doc_id,
+        Role::Clinician,
+        "left the team",
+        None,
+    )
+    .unwrap();
     assert_eq!(
         w.get(&format!("/fhir/Patient/{id}"), &doc).await.status(),
         StatusCode::FORBIDDEN
@@ -595,4 +602,83 @@ async fn every_request_to_a_phi_route_leaves_exactly_one_audit_event() {
         };
         assert_eq!(last.1, expected_outcome, "{case}");
     }
+}
+
+/// A write and its audit event commit together: when the event cannot be stored, the
+/// client gets 503 and the change is not there either.
+#[tokio::test]
+async fn a_write_whose_audit_event_fails_is_rolled_back_with_503() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-9201", "Before")).await;
+    let path = format!("/fhir/Patient/{id}");
+    let events_before = w.audit_events().len();
+    let mut c = w.app.db.conn();
+    diesel::sql_query(
+        "CREATE FUNCTION refuse_audit() RETURNS trigger LANGUAGE plpgsql AS $$ \
+         BEGIN RAISE EXCEPTION 'audit store refused (test)'; END $$",
+    )
+    .execute(&mut c)
+    .unwrap();
+    diesel::sql_query(
+        "CREATE TRIGGER refuse_audit BEFORE INSERT ON audit_events \
+         FOR EACH ROW EXECUTE FUNCTION refuse_audit()",
+    )
+    .execute(&mut c)
+    .unwrap();
+
+    let mut body = patient_json("MRN-9201", "After");
+    body["id"] = json!(id.to_string());
+    let res = w
+        .app
+        .client
+        .put(w.app.url(&path))
+        .header("authorization", format!("Bearer {doc}"))
+        .header("content-type", "application/fhir+json")
+        .header("if-match", "W/\"1\"")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    // A create fails the same way and leaves nothing behind.
+    let res = w
+        .send(
+            reqwest::Method::POST,
+            "/fhir/Patient",
+            &doc,
+            Some(&patient_json("MRN-9202", "Never")),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+
+    diesel::sql_query("DROP TRIGGER refuse_audit ON audit_events")
+        .execute(&mut c)
+        .unwrap();
+    let res = w.get(&path, &doc).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let p: Value = res.json().await.unwrap();
+    assert_eq!(p["meta"]["versionId"], "1", "the update was rolled back");
+    assert_eq!(p["name"][0]["family"], "Before");
+    let n: i64 = custodian::db::schema::patients::table
+        .count()
+        .get_result(&mut c)
+        .unwrap();
+    assert_eq!(n, 1, "the create was rolled back");
+    // Only the read above was audited since the trigger went.
+    assert_eq!(w.audit_events().len(), events_before + 1);
+
+    // With the audit store back, the same update goes through.
+    let res = w
+        .app
+        .client
+        .put(w.app.url(&path))
+        .header("authorization", format!("Bearer {doc}"))
+        .header("content-type", "application/fhir+json")
+        .header("if-match", "W/\"1\"")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
 }

@@ -1033,17 +1033,17 @@ async fn fhir_metadata_lists_every_resource_interaction_and_search_parameter() {
         (
             "Observation",
             &["read", "search-type", "create", "update", "delete"][..],
-            &["patient", "code", "date", "_count"][..],
+            &["patient", "code", "date", "_count", "_elements"][..],
         ),
         (
             "DocumentReference",
             &["read", "search-type", "create", "update"][..],
-            &["patient", "_count"][..],
+            &["patient", "_count", "_elements"][..],
         ),
         (
             "Claim",
             &["read", "search-type", "create", "update", "delete"][..],
-            &["patient", "status", "_count"][..],
+            &["patient", "status", "_count", "_elements"][..],
         ),
     ] {
         let r = find(t);
@@ -1133,4 +1133,130 @@ async fn fhir_patients_read_their_own_observations_and_notes_and_phi_is_sealed_a
             "plaintext at rest"
         );
     }
+}
+
+// ---------------------------------------------------------------------------------------
+// _elements on every resource type
+
+fn keys(r: &Value) -> Vec<String> {
+    let mut k: Vec<String> = r.as_object().unwrap().keys().cloned().collect();
+    k.sort();
+    k
+}
+
+#[tokio::test]
+async fn fhir_elements_narrows_every_resource_type_and_never_widens_a_view() {
+    let w = World::new().await;
+    let (_, doc) = person(&w, "dr-a", &[Role::Clinician]);
+    let (_, billing) = person(&w, "billing-1", &[Role::Billing]);
+    let patient = w.create(&doc, &patient_json("MRN-E1", "Elemental")).await;
+    let obs = create(&w, "/fhir/Observation", &doc, &observation_json(patient)).await;
+    let note = create(
+        &w,
+        "/fhir/DocumentReference",
+        &doc,
+        &note_json(patient, "ElementsNoteCanary"),
+    )
+    .await;
+    let claim = create(&w, "/fhir/Claim", &billing, &claim_json(patient)).await;
+    let id = |r: &Value| r["id"].as_str().unwrap().to_string();
+
+    for (token, read, search, elements, want) in [
+        (
+            &doc,
+            format!("/fhir/Observation/{}", id(&obs)),
+            format!("/fhir/Observation?patient={patient}"),
+            "status,value",
+            &["id", "meta", "resourceType", "status", "valueQuantity"][..],
+        ),
+        (
+            &doc,
+            format!("/fhir/DocumentReference/{}", id(&note)),
+            format!("/fhir/DocumentReference?patient={patient}"),
+            "subject,date",
+            &["date", "id", "meta", "resourceType", "subject"][..],
+        ),
+        (
+            &billing,
+            format!("/fhir/Claim/{}", id(&claim)),
+            format!("/fhir/Claim?patient={patient}"),
+            "status,total",
+            &["id", "meta", "resourceType", "status", "total"][..],
+        ),
+    ] {
+        let res = w.get(&format!("{read}?_elements={elements}"), token).await;
+        assert_eq!(res.status(), StatusCode::OK, "{read}");
+        let r: Value = res.json().await.unwrap();
+        assert_eq!(keys(&r), want, "{read}");
+        let last = w.audit_events().pop().unwrap();
+        assert_eq!((last.0.as_str(), last.1.as_str()), ("read", "permit"));
+
+        let res = w
+            .get(&format!("{search}&_elements={elements}"), token)
+            .await;
+        assert_eq!(res.status(), StatusCode::OK, "{search}");
+        let b: Value = res.json().await.unwrap();
+        let entries = b["entry"].as_array().unwrap();
+        assert_eq!(entries.len(), 1, "{search}");
+        assert_eq!(keys(&entries[0]["resource"]), want, "{search}");
+
+        // Unknown element: 422 naming `_elements`, never echoing it; audited nothing read.
+        for bad in ["zzSecretElement", "status,zzSecretElement"] {
+            let res = w.get(&format!("{read}?_elements={bad}"), token).await;
+            assert_eq!(
+                res.status(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{read} {bad}"
+            );
+            let text = res.text().await.unwrap();
+            assert!(
+                text.contains("_elements") && !text.contains("zzSecretElement"),
+                "{text}"
+            );
+            let res = w.get(&format!("{search}&_elements={bad}"), token).await;
+            assert_eq!(
+                res.status(),
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "{search} {bad}"
+            );
+        }
+        // Without `_elements` the whole view.
+        let r: Value = w.get(&read, token).await.json().await.unwrap();
+        assert!(keys(&r).len() > want.len(), "{read}");
+    }
+
+    // Claim items are left out when not asked for (and not fetched).
+    let r: Value = w
+        .get(
+            &format!("/fhir/Claim/{}?_elements=item", id(&claim)),
+            &billing,
+        )
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["item"].as_array().unwrap().len(), 2);
+    assert!(r.get("total").is_none());
+
+    // A field of another resource type is not a Claim element: refused, nothing added.
+    let res = w
+        .get(
+            &format!(
+                "/fhir/Claim/{}?_elements=total,valueQuantity,content",
+                id(&claim)
+            ),
+            &billing,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Billing asks for Patient fields it may see plus one it may not: only the former.
+    let res = w
+        .get(
+            &format!("/fhir/Patient/{patient}?_elements=name,telecom"),
+            &billing,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let p: Value = res.json().await.unwrap();
+    assert_eq!(keys(&p), ["id", "meta", "name", "resourceType"]);
 }

@@ -1,0 +1,150 @@
+//! `_elements` for every resource type: the caller names the top-level elements they
+//! want. It is applied to the output of the permitted view, so it can only narrow what
+//! the view already allows — it never adds a field. `resourceType`, `id` and `meta` are
+//! always returned. Handlers also use [`Elements::wants`] to skip fetching what will not
+//! be returned (Patient fields, Claim items).
+
+use super::types::invalid;
+use crate::error::AppError;
+use crate::policy::ResourceType;
+use serde_json::Value;
+
+/// Most elements one `_elements` may name.
+const MAX_ELEMENTS: usize = 20;
+/// Returned whatever `_elements` says.
+const ALWAYS: [&str; 3] = ["resourceType", "id", "meta"];
+
+/// The top-level elements this service returns per resource type: (name a caller may
+/// give in `_elements`, JSON keys it selects). Choice elements (`value[x]`) may be named
+/// by their base name or a concrete one.
+fn known(resource: ResourceType) -> &'static [(&'static str, &'static [&'static str])] {
+    match resource {
+        ResourceType::Patient => &[
+            ("identifier", &["identifier"]),
+            ("name", &["name"]),
+            ("gender", &["gender"]),
+            ("birthDate", &["birthDate"]),
+            ("telecom", &["telecom"]),
+            ("address", &["address"]),
+            ("managingOrganization", &["managingOrganization"]),
+        ],
+        ResourceType::Observation => &[
+            ("status", &["status"]),
+            ("code", &["code"]),
+            ("subject", &["subject"]),
+            ("effective", &["effectiveDateTime"]),
+            ("effectiveDateTime", &["effectiveDateTime"]),
+            ("value", &["valueQuantity", "valueString"]),
+            ("valueQuantity", &["valueQuantity"]),
+            ("valueString", &["valueString"]),
+        ],
+        ResourceType::DocumentReference => &[
+            ("status", &["status"]),
+            ("type", &["type"]),
+            ("subject", &["subject"]),
+            ("date", &["date"]),
+            ("author", &["author"]),
+            ("content", &["content"]),
+        ],
+        ResourceType::Claim => &[
+            ("status", &["status"]),
+            ("type", &["type"]),
+            ("use", &["use"]),
+            ("patient", &["patient"]),
+            ("created", &["created"]),
+            ("provider", &["provider"]),
+            ("priority", &["priority"]),
+            ("insurance", &["insurance"]),
+            ("total", &["total"]),
+            ("item", &["item"]),
+        ],
+    }
+}
+
+/// The parsed `_elements` of one request.
+#[derive(Clone, Debug)]
+pub struct Elements {
+    /// JSON keys asked for; `None`: no `_elements`, the whole view.
+    keys: Option<Vec<&'static str>>,
+}
+
+impl Elements {
+    /// The whole view (no `_elements`).
+    pub fn all() -> Elements {
+        Elements { keys: None }
+    }
+
+    /// Parses `_elements` for `resource`. An element the resource does not have is a
+    /// 422 naming `_elements` (never echoing it).
+    pub fn parse(resource: ResourceType, param: Option<&str>) -> Result<Elements, AppError> {
+        let Some(list) = param else {
+            return Ok(Elements::all());
+        };
+        let names: Vec<&str> = list.split(',').map(str::trim).collect();
+        if names.len() > MAX_ELEMENTS {
+            return Err(invalid("_elements", "names too many elements"));
+        }
+        let mut keys = Vec::new();
+        for name in names {
+            if let Some(always) = ALWAYS.iter().find(|a| **a == name) {
+                keys.push(*always);
+                continue;
+            }
+            let Some((_, selected)) = known(resource).iter().find(|(n, _)| *n == name) else {
+                return Err(invalid(
+                    "_elements",
+                    "names an element this resource type does not have",
+                ));
+            };
+            keys.extend_from_slice(selected);
+        }
+        Ok(Elements { keys: Some(keys) })
+    }
+
+    /// Whether the element with this JSON key is to be returned.
+    pub fn wants(&self, key: &str) -> bool {
+        ALWAYS.contains(&key) || self.keys.as_ref().is_none_or(|k| k.contains(&key))
+    }
+
+    /// Removes the top-level elements not asked for. Only removes: it cannot widen the
+    /// view that shaped `resource`.
+    pub fn apply(&self, mut resource: Value) -> Value {
+        if let Some(map) = resource.as_object_mut() {
+            map.retain(|key, _| self.wants(key));
+        }
+        resource
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn elements_narrow_and_never_add() {
+        let obs = json!({"resourceType": "Observation", "id": "1", "meta": {}, "status": "final",
+            "code": {}, "valueQuantity": {"value": 1}});
+        let e = Elements::parse(ResourceType::Observation, Some("status, value")).unwrap();
+        let out = e.apply(obs.clone());
+        assert_eq!(
+            out,
+            json!({"resourceType": "Observation", "id": "1", "meta": {}, "status": "final",
+                "valueQuantity": {"value": 1}})
+        );
+        // Asking for an element the shaped resource lacks adds nothing.
+        let e = Elements::parse(ResourceType::Observation, Some("subject")).unwrap();
+        assert!(e.apply(obs.clone()).get("subject").is_none());
+        assert_eq!(Elements::all().apply(obs.clone()), obs);
+        for bad in ["secret", "status,note", "item"] {
+            let err = Elements::parse(ResourceType::Observation, Some(bad)).unwrap_err();
+            let text = err.to_string();
+            assert!(
+                text.contains("'_elements'") && !text.contains(bad),
+                "{text}"
+            );
+        }
+        let many = vec!["status"; 21].join(",");
+        assert!(Elements::parse(ResourceType::Claim, Some(&many)).is_err());
+    }
+}
