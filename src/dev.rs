@@ -253,10 +253,11 @@ fn seed_synthetic(config: &config::Config) -> anyhow::Result<()> {
     .map_err(|e| anyhow::anyhow!("seeding synthetic data failed: {e}"))?;
     if report.patients_created > 0 {
         say!(
-            "seeded {} synthetic patients, {} observations, {} notes in {:.1} s (MRNs SYN-000001…, SSNs 123-45-0001… are made up)",
+            "seeded {} synthetic patients, {} observations, {} notes, {} claims in {:.1} s (MRNs SYN-000001…, SSNs 123-45-0001… are made up)",
             report.patients_created,
             report.observations_created,
             report.notes_created,
+            report.claims_created,
             started.elapsed().as_secs_f64()
         );
     } else {

@@ -1,5 +1,5 @@
 //! Synthetic data for `custodian dev`: two facilities, a population of generated
-//! patients with observations and clinical notes, and the demo principals. Everything is
+//! patients with observations, clinical notes and claims, and the demo principals. Everything is
 //! made up from small built-in lists with a fixed seed, so every developer gets the same
 //! population:
 //!
@@ -14,6 +14,7 @@
 //! is left alone. Claims are not seeded (there is no repository function for them yet).
 
 use crate::crypto::Keyring;
+use crate::db::claims::{self, NewClaim, NewClaimItem};
 use crate::db::phi::{self, NewDocumentReference, NewObservation, NewPatient};
 use crate::db::schema::{facilities, patients};
 use crate::db::users::{self, UserKind};
@@ -128,6 +129,7 @@ pub struct SeedReport {
     pub patients_created: usize,
     pub observations_created: usize,
     pub notes_created: usize,
+    pub claims_created: usize,
     pub already_present: usize,
 }
 
@@ -241,6 +243,35 @@ fn note(i: usize, patient_id: Uuid, author: Uuid) -> NewDocumentReference {
     }
 }
 
+fn claim(i: usize, patient_id: Uuid) -> NewClaim {
+    // Common outpatient CPT-style codes with made-up amounts in cents.
+    const SERVICES: [(&str, i64); 4] = [
+        ("99213", 9_200),
+        ("99214", 13_100),
+        ("36415", 1_000),
+        ("85025", 1_100),
+    ];
+    let mut rng = StdRng::seed_from_u64(SEED ^ 0xC1A ^ (i as u64));
+    let items: Vec<NewClaimItem> = (0..rng.gen_range(1..=3))
+        .map(|k| {
+            let (code, amount_cents) = SERVICES[(i + k) % SERVICES.len()];
+            NewClaimItem {
+                seq: k as i32 + 1,
+                code: code.into(),
+                amount_cents,
+            }
+        })
+        .collect();
+    NewClaim {
+        patient_id,
+        provider: "SYN Riverside General Hospital billing office".into(),
+        status: if i % 5 == 4 { "draft" } else { "active" }.into(),
+        total_cents: items.iter().map(|it| it.amount_cents).sum(),
+        currency: "USD".into(),
+        items,
+    }
+}
+
 fn seeded_count(conn: &mut PgConnection, facility_ids: &[Uuid]) -> Result<usize, AppError> {
     let n: i64 = patients::table
         .filter(patients::facility_id.eq_any(facility_ids))
@@ -289,8 +320,8 @@ pub fn seed(
     let mut i = start;
     while i < plan.patients {
         let end = (i + plan.batch.max(1)).min(plan.patients);
-        let (obs, notes) = conn.transaction(|c| {
-            let (mut obs, mut notes) = (0, 0);
+        let (obs, notes, claims) = conn.transaction(|c| {
+            let (mut obs, mut notes, mut claims) = (0, 0, 0);
             for n in i..end {
                 // Most patients at the hospital, every fourth at the clinic.
                 let facility_id = facility_ids[usize::from(n % 4 == 3)];
@@ -301,6 +332,8 @@ pub fn seed(
                 }
                 phi::insert_document_reference(c, kr, &note(n, p.id, doctor))?;
                 notes += 1;
+                claims::insert(c, kr, &claim(n, p.id))?;
+                claims += 1;
                 if n < plan.care_team {
                     users::add_to_care_team(
                         c,
@@ -311,11 +344,12 @@ pub fn seed(
                     )?;
                 }
             }
-            Ok::<_, AppError>((obs, notes))
+            Ok::<_, AppError>((obs, notes, claims))
         })?;
         report.patients_created += end - i;
         report.observations_created += obs;
         report.notes_created += notes;
+        report.claims_created += claims;
         i = end;
         progress(i, plan.patients);
     }

@@ -3,7 +3,9 @@
 
 use crate::common::idp::{Provider, Signer, now};
 use crate::common::{TestApp, TestDb};
-use custodian::db::schema::{care_team_members, document_references, observations, patients};
+use custodian::db::schema::{
+    care_team_members, claim_items, claims, document_references, observations, patients,
+};
 use custodian::seed::{SeedPlan, seed};
 use diesel::prelude::*;
 use reqwest::StatusCode;
@@ -47,6 +49,8 @@ async fn seed_creates_population_once_and_dr_demo_sees_only_the_care_team() {
     assert_eq!(count!(&mut conn, patients::table), 30);
     assert_eq!(count!(&mut conn, observations::table), 90);
     assert_eq!(count!(&mut conn, document_references::table), 30);
+    assert_eq!(count!(&mut conn, claims::table), 30);
+    assert!(count!(&mut conn, claim_items::table) >= 30);
     assert_eq!(count!(&mut conn, care_team_members::table), 10);
 
     let app = builder.database(db).spawn().await;
@@ -98,6 +102,14 @@ async fn seed_creates_population_once_and_dr_demo_sees_only_the_care_team() {
         get(format!("/fhir/Patient/{outside}"), me).await.status(),
         StatusCode::OK
     );
+    // billing.demo sees the first patient's seeded claim (sealed at rest, readable through
+    // the API).
+    let billing = token("billing.demo", "user/Claim.rs");
+    let res = get(format!("/fhir/Claim?patient={first_id}"), billing).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let bundle: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(bundle["entry"].as_array().map(Vec::len), Some(1));
+    assert_eq!(bundle["entry"][0]["resource"]["resourceType"], "Claim");
     // admin.demo can use the admin API with the admin scope.
     let admin = token("admin.demo", "admin");
     let res = get("/api/admin/users?limit=10".into(), admin).await;
