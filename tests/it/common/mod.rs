@@ -15,6 +15,7 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod idp;
+pub mod oidc;
 pub mod proxy;
 pub mod tlsclient;
 
