@@ -12,7 +12,8 @@
 // token re-signed with a changed claim or key, so the relying party must reject it:
 //   aud   - audience is another client      nonce - a nonce the client never sent
 //   iss   - another issuer                  key   - signed by a key not in the JWKS
-//   exp   - already expired                 none  - back to normal tokens
+//   exp   - already expired                 same  - re-signed unchanged (must pass)
+//   none  - back to the provider's own tokens
 import { createHash, createSign, generateKeyPairSync } from 'node:crypto';
 import Provider from 'oidc-provider';
 
@@ -62,6 +63,7 @@ function resign(idToken, mode) {
     case 'iss': claims.iss = 'http://127.0.0.1:1/not-the-issuer'; break;
     case 'exp': claims.iat -= 7200; claims.exp = Math.floor(Date.now() / 1000) - 3600; break;
     case 'key': key = foreignKey; break;
+    case 'same': break;
     default: return idToken;
   }
   const header = b64url(JSON.stringify({ alg: 'RS256', typ: 'JWT', kid: KID }));
@@ -71,7 +73,7 @@ function resign(idToken, mode) {
   return `${header}.${body}.${b64url(signer.sign(key))}`;
 }
 
-const MODES = new Set(['none', 'aud', 'nonce', 'iss', 'key', 'exp']);
+const MODES = new Set(['none', 'same', 'aud', 'nonce', 'iss', 'key', 'exp']);
 let mode = 'none';
 
 provider.use(async (ctx, next) => {

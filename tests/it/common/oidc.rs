@@ -130,8 +130,9 @@ impl Provider {
         }
     }
 
-    /// Makes later ID tokens bad in one way (`aud`, `nonce`, `iss`, `key`, `exp`), or
-    /// good again (`none`). See provider.mjs.
+    /// Makes later ID tokens bad in one way (`aud`, `nonce`, `iss`, `key`, `exp`),
+    /// re-signed but unchanged (`same`), or the provider's own again (`none`). See
+    /// provider.mjs.
     pub async fn set_mode(&self, mode: &str) {
         let res = self
             .http
@@ -249,4 +250,31 @@ pub fn with_console(builder: TestAppBuilder, idp: &Provider, port: u16) -> TestA
             "console.redirect_url",
             format!("https://localhost:{port}/console/callback"),
         )
+}
+
+/// A client like [`super::client`] whose cookie jar the test can read.
+pub fn jar_client() -> (reqwest::Client, std::sync::Arc<reqwest::cookie::Jar>) {
+    let jar = std::sync::Arc::new(reqwest::cookie::Jar::default());
+    let client = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(super::test_cert().cert_pem.as_bytes()).unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .cookie_provider(jar.clone())
+        .build()
+        .unwrap();
+    (client, jar)
+}
+
+/// The value of cookie `name` that `jar` would send to `url`.
+pub fn cookie_value(jar: &reqwest::cookie::Jar, url: &str, name: &str) -> Option<String> {
+    use reqwest::cookie::CookieStore;
+    let header = jar.cookies(&url::Url::parse(url).unwrap())?;
+    header
+        .to_str()
+        .unwrap()
+        .split("; ")
+        .find_map(|kv| kv.strip_prefix(&format!("{name}=")).map(str::to_string))
 }
