@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod common;
 mod console_browser;
+mod console_login;
 mod crypto;
 mod database;
 mod dev_tokens;

@@ -16,6 +16,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod browser;
 pub mod idp;
+pub mod oidc;
 pub mod proxy;
 pub mod tlsclient;
 
