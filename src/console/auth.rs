@@ -195,7 +195,7 @@ pub async fn login(state: web::Data<AppState>) -> Result<HttpResponse, AppError>
         .run(move |conn| session::start_pre_login(conn, &life, &st, &no, &ve))
         .await?;
     let mut res = see_other(start.url.as_str());
-    res.add_cookie(&session::cookie(id))
+    res.add_cookie(&session::pre_login_cookie(id))
         .map_err(|_| AppError::internal("session cookie"))?;
     Ok(res)
 }
@@ -307,11 +307,23 @@ pub async fn callback(
         .resource_type(crate::audit::event::ResourceType::Session)
         .build();
     state.audit.record(event).await?;
-    let mut res = see_other("/console/totp");
+    // Not a redirect: this request arrived through the provider's cross-site redirect, and
+    // browsers keep withholding SameSite=Strict cookies along that chain, so a 303 to the
+    // TOTP page would arrive without the new session. A page of our own that refreshes
+    // (no script, so the CSP holds) starts a same-site navigation that carries it.
+    let mut res = page(&ContinuePage)?;
+    res.headers_mut().insert(
+        header::REFRESH,
+        HeaderValue::from_static("0; url=/console/totp"),
+    );
     res.add_cookie(&session::cookie(id))
         .map_err(|_| AppError::internal("session cookie"))?;
     Ok(res)
 }
+
+#[derive(Template)]
+#[template(path = "console/continue.html")]
+struct ContinuePage;
 
 #[derive(Template)]
 #[template(path = "console/totp.html")]
