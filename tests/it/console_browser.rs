@@ -2,7 +2,10 @@
 //! `common/browser.rs`), over HTTPS as an administrator would use it.
 
 use crate::common::browser::Browser;
+use crate::common::oidc;
 use crate::common::{TestApp, test_cert};
+use custodian::db::users::{self, UserKind};
+use custodian::policy::Role;
 
 /// An app with the console enabled. Provider discovery happens on first sign-in, so pages
 /// before it work with a provider that is not running.
@@ -79,4 +82,111 @@ async fn a_failing_browser_test_saves_screenshot_and_html() {
     assert!(html.contains("Sign in with your organisation"), "{html}");
     let at = std::fs::read_to_string(dir.join("failure-url.txt")).unwrap();
     assert!(at.ends_with("/console/signin"), "{at}");
+}
+
+/// A console user known to the app, matched by (issuer, subject), with these roles.
+fn console_user(app: &TestApp, issuer: &str, subject: &str, roles: &[Role]) -> uuid::Uuid {
+    let mut conn = app.db.conn();
+    let user = users::user_for(&mut conn, issuer, subject, UserKind::Person).unwrap();
+    for role in roles {
+        users::grant_role(&mut conn, user.id, *role, "test bootstrap", None).unwrap();
+    }
+    user.id
+}
+
+/// The current code of an authenticator holding `secret_b32`, as an app would compute it.
+fn totp_now(secret_b32: &str) -> String {
+    let secret = totp_rs::Secret::try_from_base32(secret_b32).unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    totp_rs::Builder::new()
+        .with_algorithm(totp_rs::Algorithm::SHA1)
+        .with_digits(6)
+        .with_step_duration(30)
+        .with_secret(secret)
+        .build()
+        .unwrap()
+        .generate(now)
+        .to_string()
+}
+
+/// With `CUSTODIAN_SCREENSHOTS=1`, also saves the page as `docs/screenshots/<name>.png`
+/// (the README shows them); always saves it as a test artefact.
+async fn page_shot(browser: &Browser, name: &str) {
+    browser.screenshot(name).await;
+    if std::env::var("CUSTODIAN_SCREENSHOTS").is_ok_and(|v| v == "1") {
+        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("docs/screenshots")
+            .join(format!("{name}.png"));
+        browser.screenshot_to(&path).await;
+    }
+}
+
+/// Signs in through the provider's login and consent pages in the browser, enrols TOTP
+/// from the secret shown on the page, and returns on the dashboard.
+async fn sign_in_and_enrol(browser: &Browser, app: &TestApp, subject: &str) {
+    browser.goto(&app.url("/console/signin")).await;
+    browser
+        .wait_for_text("Sign in with your organisation")
+        .await;
+    page_shot(browser, "signin").await;
+    browser.click("Sign in with your organisation").await;
+
+    // The provider's development login, then its consent page.
+    browser.wait_for_path_prefix("/interaction/").await;
+    browser.fill("login", subject).await;
+    browser.fill("password", "any password").await;
+    browser.click("Sign-in").await;
+    browser.wait_for_text("Continue").await;
+    browser.click("Continue").await;
+
+    browser.wait_for_text("Set up your authenticator").await;
+    assert_eq!(browser.current_url().await.path(), "/console/totp");
+    page_shot(browser, "totp-enrolment").await;
+    let secret = browser
+        .execute(
+            "return document.getElementById('totp-secret').textContent.trim();",
+            vec![],
+        )
+        .await;
+    let code = totp_now(secret.as_str().unwrap());
+    browser.fill("6-digit code", &code).await;
+    browser.click("Confirm").await;
+    browser.wait_for_text("Session time left").await;
+    assert_eq!(browser.current_url().await.path(), "/console");
+}
+
+#[tokio::test]
+async fn admin_signs_in_through_the_provider_enrols_totp_and_sees_the_dashboard() {
+    let (app, idp) = oidc::console_app(TestApp::builder()).await;
+    console_user(&app, &idp.issuer, "alice", &[Role::Admin]);
+    let browser = Browser::start(&test_cert().cert_pem).await;
+
+    sign_in_and_enrol(&browser, &app, "alice").await;
+    let text = browser.text().await;
+    assert!(text.contains("alice"), "{text}");
+    assert!(text.contains("admin"), "{text}");
+    page_shot(&browser, "dashboard").await;
+
+    // The session cookie as the browser holds it: __Host-, Secure, HttpOnly, Strict.
+    let cookies = browser.cookies().await;
+    let session = cookies
+        .iter()
+        .find(|c| c["name"] == "__Host-custodian")
+        .unwrap_or_else(|| panic!("no session cookie in {cookies:?}"));
+    assert_eq!(session["secure"], true, "{session}");
+    assert_eq!(session["httpOnly"], true, "{session}");
+    assert_eq!(session["sameSite"], "Strict", "{session}");
+    assert_eq!(session["path"], "/", "{session}");
+    let messages = browser.console_messages().await;
+    assert!(csp_violations(&messages).is_empty(), "{messages:?}");
+
+    browser.click("Sign out").await;
+    browser
+        .wait_for_text("Sign in with your organisation")
+        .await;
+    browser.goto(&app.url("/console")).await;
+    browser.wait_for_path("/console/signin").await;
 }

@@ -101,7 +101,7 @@ fn driver_client() -> reqwest::Client {
 }
 
 /// The W3C element reference key.
-const ELEMENT: &str = "element-6066-11e4-a52f-4f1d8ae3b7b3";
+const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 pub struct Browser {
     session: Session,
@@ -291,7 +291,10 @@ impl Browser {
     }
 
     fn element_id(el: &Value) -> String {
-        el[ELEMENT].as_str().unwrap().to_string()
+        el[ELEMENT]
+            .as_str()
+            .unwrap_or_else(|| panic!("not an element: {el}"))
+            .to_string()
     }
 
     /// Types `value` into the field labelled (or named) `key`, replacing what was there.
@@ -366,6 +369,22 @@ impl Browser {
                 return;
             }
             assert!(Instant::now() < deadline, "never reached {path}; at {url}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the URL's path starts with `prefix`.
+    pub async fn wait_for_path_prefix(&self, prefix: &str) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let url = self.current_url().await;
+            if url.path().starts_with(prefix) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never reached {prefix}...; at {url}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
