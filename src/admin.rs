@@ -7,12 +7,17 @@
 //! scope on the token). Handlers never look at roles. Every call — permitted, denied or
 //! failed — is one audit event with internal ids only (no names, no reasons, no bodies).
 
-use crate::audit::{AuditAction, ClientId, Outcome, ResourceType as Kind};
+pub mod ops;
+
+pub use ops::check_reason;
+use ops::{Touched, audited};
+
+use crate::audit::{AuditAction, Outcome, ResourceType as Kind};
 use crate::auth::Caller;
 use crate::auth::caller::audit_reason;
-use crate::db::users::{self, UserKind};
+use crate::db::users;
 use crate::error::AppError;
-use crate::policy::{self, Role};
+use crate::policy;
 use crate::web::AppState;
 use crate::web::json::{self, JsonLimits};
 use actix_web::dev::Payload;
@@ -22,7 +27,6 @@ use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use futures_util::future::LocalBoxFuture;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
-use std::future::Future;
 use uuid::Uuid;
 
 /// Shortest and longest accepted `reason` (characters, after trimming).
@@ -31,8 +35,6 @@ pub const REASON_MAX: usize = 500;
 /// Page size of `GET /api/admin/users`.
 pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
-/// Roles a service client may never hold.
-const NOT_FOR_CLIENTS: [Role; 3] = [Role::Admin, Role::PrivacyOfficer, Role::Patient];
 
 /// A caller the decision point admitted to the administration API.
 pub struct AdminCaller(pub Caller);
@@ -95,44 +97,19 @@ impl FromRequest for AdminCaller {
     }
 }
 
-/// What a successful change touched, for its audit event.
-#[derive(Default)]
-struct Touched {
-    resource_id: Option<Uuid>,
-    patients: Vec<Uuid>,
-}
+impl ops::AdminActor for AdminCaller {
+    fn user_id(&self) -> Uuid {
+        self.0.user.id
+    }
 
-/// Runs `work` and records its one audit event: permit on success, error otherwise. If
-/// the event cannot be written the caller gets 503 (fail closed).
-async fn audited<F>(
-    caller: &AdminCaller,
-    action: AuditAction,
-    kind: Option<Kind>,
-    work: F,
-) -> Result<HttpResponse, AppError>
-where
-    F: Future<Output = Result<(HttpResponse, Touched), AppError>>,
-{
-    match work.await {
-        Ok((response, touched)) => {
-            caller
-                .0
-                .audit_admin(
-                    action,
-                    kind.map(|k| (k, touched.resource_id)),
-                    touched.patients,
-                    Outcome::Permit,
-                )
-                .await?;
-            Ok(response)
-        }
-        Err(err) => {
-            caller
-                .0
-                .audit_admin(action, kind.map(|k| (k, None)), [], Outcome::Error)
-                .await?;
-            Err(err)
-        }
+    async fn record(
+        &self,
+        action: AuditAction,
+        resource: Option<(Kind, Option<Uuid>)>,
+        patients: Vec<Uuid>,
+        outcome: Outcome,
+    ) -> Result<(), AppError> {
+        self.0.audit_admin(action, resource, patients, outcome).await
     }
 }
 
@@ -157,56 +134,10 @@ fn body<T: DeserializeOwned>(req: &HttpRequest, bytes: &[u8]) -> Result<T, AppEr
     json::parse(bytes, limits)
 }
 
-/// A required free-text reason: 3..=500 characters, no control characters but newlines
-/// and tabs. Stored where the schema has a place for it; never audited or logged.
-pub fn check_reason(reason: Option<&str>) -> Result<String, AppError> {
-    let Some(reason) = reason else {
-        return Err(AppError::unprocessable(
-            "The field 'reason' is required (3 to 500 characters).",
-        ));
-    };
-    let reason = reason.trim();
-    let n = reason.chars().count();
-    if !(REASON_MIN..=REASON_MAX).contains(&n) {
-        return Err(AppError::unprocessable(
-            "The field 'reason' must be 3 to 500 characters long.",
-        ));
-    }
-    if reason
-        .chars()
-        .any(|c| c.is_control() && c != '\n' && c != '\t')
-    {
-        return Err(AppError::unprocessable(
-            "The field 'reason' must not contain control characters.",
-        ));
-    }
-    Ok(reason.to_string())
-}
-
-fn parse_role(field: &'static str, text: &str) -> Result<Role, AppError> {
-    Role::parse(text).ok_or_else(|| {
-        AppError::unprocessable(format!(
-            "The field '{field}' must be one of: clinician, billing, patient, admin, privacy_officer, service."
-        ))
-    })
-}
-
-fn user_not_found() -> AppError {
-    AppError::client(StatusCode::NOT_FOUND, "The user was not found.")
-}
-
 fn json_response(status: StatusCode, value: &impl serde::Serialize) -> HttpResponse {
     HttpResponse::build(status)
         .content_type("application/json")
         .body(serde_json::to_string(value).unwrap_or_else(|_| "{}".into()))
-}
-
-async fn user_json(state: &AppState, id: Uuid) -> Result<users::UserSummary, AppError> {
-    state
-        .db
-        .run(move |c| users::get_user(c, id))
-        .await?
-        .ok_or_else(user_not_found)
 }
 
 fn path_uuid(text: &str) -> Result<Uuid, AppError> {
@@ -263,6 +194,10 @@ pub struct RoleBody {
     reason: Option<String>,
 }
 
+fn user_ok(user: users::UserSummary, touched: Touched) -> (HttpResponse, Touched) {
+    (json_response(StatusCode::OK, &user), touched)
+}
+
 /// `POST /api/admin/users/{id}/roles` `{role, reason}`
 pub async fn grant_role(
     caller: AdminCaller,
@@ -275,30 +210,9 @@ pub async fn grant_role(
     audited(&caller, AuditAction::PermissionChange, kind, async {
         let id = path_uuid(&path)?;
         let b: RoleBody = body(&req, &bytes)?;
-        let role = parse_role("role", &b.role)?;
-        let reason = check_reason(b.reason.as_deref())?;
         let by = caller.0.user.id;
-        let found = state
-            .db
-            .run(move |c| {
-                if users::get_user(c, id)?.is_none() {
-                    return Ok(false);
-                }
-                users::grant_role(c, id, role, &reason, Some(by))?;
-                Ok(true)
-            })
-            .await?;
-        if !found {
-            return Err(user_not_found());
-        }
-        let user = user_json(&state, id).await?;
-        Ok((
-            json_response(StatusCode::OK, &user),
-            Touched {
-                resource_id: Some(id),
-                ..Touched::default()
-            },
-        ))
+        let (user, touched) = ops::grant_role(&state, by, id, &b.role, b.reason.as_deref()).await?;
+        Ok(user_ok(user, touched))
     })
     .await
 }
@@ -310,14 +224,14 @@ pub struct ReasonBody {
 }
 
 /// A reason from the JSON body if there is one, else from `?reason=`.
-fn reason_from(req: &HttpRequest, bytes: &[u8]) -> Result<String, AppError> {
+fn reason_from(req: &HttpRequest, bytes: &[u8]) -> Result<Option<String>, AppError> {
     if !bytes.is_empty() {
         let b: ReasonBody = body(req, bytes)?;
-        return check_reason(b.reason.as_deref());
+        return Ok(b.reason);
     }
     let q = web::Query::<ReasonBody>::from_query(req.query_string())
         .map_err(|_| AppError::bad_request("Invalid query: only 'reason' is accepted."))?;
-    check_reason(q.reason.as_deref())
+    Ok(q.into_inner().reason)
 }
 
 /// `DELETE /api/admin/users/{id}/roles/{role}` with `{reason}` or `?reason=`
@@ -332,33 +246,10 @@ pub async fn revoke_role(
     audited(&caller, AuditAction::PermissionChange, kind, async {
         let (id, role) = path.into_inner();
         let id = path_uuid(&id)?;
-        let role = parse_role("role", &role)?;
-        let _reason = reason_from(&req, &bytes)?;
-        if id == caller.0.user.id && role == Role::Admin {
-            return Err(AppError::client(
-                StatusCode::CONFLICT,
-                "You cannot remove your own admin role; ask another administrator.",
-            ));
-        }
-        user_json(&state, id).await?;
-        let held = state
-            .db
-            .run(move |c| users::revoke_role(c, id, role))
-            .await?;
-        if !held {
-            return Err(AppError::client(
-                StatusCode::NOT_FOUND,
-                "The user does not hold this role.",
-            ));
-        }
-        let user = user_json(&state, id).await?;
-        Ok((
-            json_response(StatusCode::OK, &user),
-            Touched {
-                resource_id: Some(id),
-                ..Touched::default()
-            },
-        ))
+        let reason = reason_from(&req, &bytes)?;
+        let by = caller.0.user.id;
+        let (user, touched) = ops::revoke_role(&state, by, id, &role, reason.as_deref()).await?;
+        Ok(user_ok(user, touched))
     })
     .await
 }
@@ -371,35 +262,15 @@ async fn set_disabled(
     bytes: web::Bytes,
     disabled: bool,
 ) -> Result<HttpResponse, AppError> {
-    audited(
-        &caller,
-        AuditAction::PermissionChange,
-        Some(Kind::User),
-        async {
-            let id = path_uuid(&path)?;
-            let b: ReasonBody = body(&req, &bytes)?;
-            check_reason(b.reason.as_deref())?;
-            if disabled && id == caller.0.user.id {
-                return Err(AppError::client(
-                    StatusCode::CONFLICT,
-                    "You cannot disable your own account.",
-                ));
-            }
-            user_json(&state, id).await?;
-            state
-                .db
-                .run(move |c| users::set_disabled(c, id, disabled))
-                .await?;
-            let user = user_json(&state, id).await?;
-            Ok((
-                json_response(StatusCode::OK, &user),
-                Touched {
-                    resource_id: Some(id),
-                    ..Touched::default()
-                },
-            ))
-        },
-    )
+    let kind = Some(Kind::User);
+    audited(&caller, AuditAction::PermissionChange, kind, async {
+        let id = path_uuid(&path)?;
+        let b: ReasonBody = body(&req, &bytes)?;
+        let by = caller.0.user.id;
+        let (user, touched) =
+            ops::set_disabled(&state, by, id, disabled, b.reason.as_deref()).await?;
+        Ok(user_ok(user, touched))
+    })
     .await
 }
 
@@ -439,38 +310,13 @@ pub async fn set_facility(
     path: web::Path<String>,
     bytes: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
-    audited(
-        &caller,
-        AuditAction::PermissionChange,
-        Some(Kind::User),
-        async {
-            let id = path_uuid(&path)?;
-            let b: FacilityRef = body(&req, &bytes)?;
-            user_json(&state, id).await?;
-            let facility = b.facility_id;
-            let known = state
-                .db
-                .run(move |c| users::facility_exists(c, facility))
-                .await?;
-            if !known {
-                return Err(AppError::unprocessable(
-                    "The field 'facility_id' does not name a known facility.",
-                ));
-            }
-            state
-                .db
-                .run(move |c| users::set_facility(c, id, Some(facility)))
-                .await?;
-            let user = user_json(&state, id).await?;
-            Ok((
-                json_response(StatusCode::OK, &user),
-                Touched {
-                    resource_id: Some(id),
-                    ..Touched::default()
-                },
-            ))
-        },
-    )
+    let kind = Some(Kind::User);
+    audited(&caller, AuditAction::PermissionChange, kind, async {
+        let id = path_uuid(&path)?;
+        let b: FacilityRef = body(&req, &bytes)?;
+        let (user, touched) = ops::set_facility(&state, id, b.facility_id).await?;
+        Ok(user_ok(user, touched))
+    })
     .await
 }
 
@@ -495,41 +341,16 @@ async fn care_team(
     let kind = Some(Kind::CareRelationship);
     audited(&caller, AuditAction::CareRelationshipChange, kind, async {
         let b: CareTeamBody = body(&req, &bytes)?;
-        check_reason(b.reason.as_deref())?;
         let (patient, user, by) = (b.patient_id, b.user_id, caller.0.user.id);
-        let changed = state
-            .db
-            .run(move |c| {
-                if !users::patient_exists(c, patient)? {
-                    return Ok(Err("The patient was not found."));
-                }
-                if users::get_user(c, user)?.is_none() {
-                    return Ok(Err("The user was not found."));
-                }
-                if add {
-                    users::add_to_care_team(c, patient, user, Some(by))?;
-                    Ok(Ok(()))
-                } else if users::remove_from_care_team(c, patient, user)? {
-                    Ok(Ok(()))
-                } else {
-                    Ok(Err("The user is not on this patient's care team."))
-                }
-            })
-            .await?;
-        changed.map_err(|m| AppError::client(StatusCode::NOT_FOUND, m))?;
+        let ((), touched) =
+            ops::care_team(&state, by, patient, user, b.reason.as_deref(), add).await?;
         let status = if add {
             StatusCode::CREATED
         } else {
             StatusCode::OK
         };
         let body = serde_json::json!({ "patient_id": patient, "user_id": user, "member": add });
-        Ok((
-            json_response(status, &body),
-            Touched {
-                resource_id: Some(user),
-                patients: vec![patient],
-            },
-        ))
+        Ok((json_response(status, &body), touched))
     })
     .await
 }
@@ -626,80 +447,20 @@ pub async fn create_client(
     req: HttpRequest,
     bytes: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
-    audited(&caller, AuditAction::PermissionChange, Some(Kind::Client), async {
+    let kind = Some(Kind::Client);
+    audited(&caller, AuditAction::PermissionChange, kind, async {
         let b: ClientBody = body(&req, &bytes)?;
-        if ClientId::parse(&b.client_id).is_err() {
-            return Err(AppError::unprocessable(
-                "The field 'client_id' must be 1 to 128 printable characters without spaces.",
-            ));
-        }
-        if b.roles.is_empty() {
-            return Err(AppError::unprocessable(
-                "The field 'roles' must name at least one role.",
-            ));
-        }
-        let mut roles = Vec::new();
-        for r in &b.roles {
-            let role = parse_role("roles", r)?;
-            if NOT_FOR_CLIENTS.contains(&role) {
-                return Err(AppError::unprocessable(
-                    "The field 'roles' may not give a service client the admin, privacy_officer or patient role.",
-                ));
-            }
-            roles.push(role);
-        }
-        let reason = match b.reason.as_deref() {
-            Some(r) => check_reason(Some(r))?,
-            None => "service client registered through the admin API".to_string(),
-        };
-        let issuer = state
-            .tokens
-            .as_ref()
-            .map(|t| t.issuer().to_string())
-            .ok_or(AppError::Unavailable)?;
-        let (facility, client, by) = (b.facility_id, b.client_id, caller.0.user.id);
-        let result = state
-            .db
-            .run(move |c| {
-                c.build_transaction().run(|c| {
-                    if !users::facility_exists(c, facility)? {
-                        return Ok(Err(AppError::unprocessable(
-                            "The field 'facility_id' does not name a known facility.",
-                        )));
-                    }
-                    match users::kind_of(c, &issuer, &client)?.as_deref() {
-                        None => {}
-                        Some("service") => {
-                            return Ok(Err(AppError::client(
-                                StatusCode::CONFLICT,
-                                "A service client with this client id already exists.",
-                            )));
-                        }
-                        Some(_) => {
-                            return Ok(Err(AppError::client(
-                                StatusCode::CONFLICT,
-                                "This client id is already used by a person at this issuer.",
-                            )));
-                        }
-                    }
-                    let user = users::user_for(c, &issuer, &client, UserKind::Service)?;
-                    users::set_facility(c, user.id, Some(facility))?;
-                    for role in roles {
-                        users::grant_role(c, user.id, role, &reason, Some(by))?;
-                    }
-                    Ok::<_, AppError>(Ok(user.id))
-                })
-            })
-            .await?;
-        let id = result?;
-        let user = user_json(&state, id).await?;
-        Ok((
-            json_response(StatusCode::CREATED, &user),
-            Touched {
-                resource_id: Some(id),
-                ..Touched::default()
-            },
-        ))
+        let by = caller.0.user.id;
+        let (user, touched) = ops::create_client(
+            &state,
+            by,
+            b.client_id,
+            b.facility_id,
+            &b.roles,
+            b.reason.as_deref(),
+        )
+        .await?;
+        Ok((json_response(StatusCode::CREATED, &user), touched))
     })
     .await
 }
@@ -707,17 +468,6 @@ pub async fn create_client(
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn reasons_are_bounded() {
-        assert!(check_reason(None).is_err());
-        assert!(check_reason(Some("  ab ")).is_err());
-        assert!(check_reason(Some(&"x".repeat(501))).is_err());
-        assert!(check_reason(Some("bad\u{0}")).is_err());
-        assert_eq!(check_reason(Some(" new hire ")).unwrap(), "new hire");
-        let err = check_reason(None).unwrap_err().to_string();
-        assert!(err.contains("'reason'"), "{err}");
-    }
 
     #[test]
     fn routes_classify_for_denials() {

@@ -114,6 +114,7 @@ settings! {
     "console.idle_timeout_secs", Int, "900", "Admin console: a session unused for this long ends";
     "console.absolute_timeout_secs", Int, "28800", "Admin console: a session ends this long after sign-in, used or not";
     "console.totp_lockout_secs", Int, "900", "Admin console: after 5 wrong TOTP codes in a row the account's TOTP check is locked this long";
+    "console.step_up_secs", Int, "300", "Admin console: sensitive actions (roles, care teams, sessions, TOTP reset, service clients) need a TOTP code entered within this many seconds, else the console asks for one first";
 }
 
 /// The configuration reference as a Markdown table (printed by `custodian settings`,
@@ -182,6 +183,8 @@ pub struct ConsoleConfig {
     pub absolute_timeout_secs: u64,
     #[serde(default = "defaults::totp_lockout_secs")]
     pub totp_lockout_secs: u64,
+    #[serde(default = "defaults::step_up_secs")]
+    pub step_up_secs: u64,
 }
 
 impl ConsoleConfig {
@@ -208,6 +211,7 @@ impl ConsoleConfig {
             ("console.idle_timeout_secs", self.idle_timeout_secs),
             ("console.absolute_timeout_secs", self.absolute_timeout_secs),
             ("console.totp_lockout_secs", self.totp_lockout_secs),
+            ("console.step_up_secs", self.step_up_secs),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));
@@ -690,6 +694,9 @@ mod defaults {
     }
     pub fn absolute_timeout_secs() -> u64 {
         28_800
+    }
+    pub fn step_up_secs() -> u64 {
+        300
     }
     pub fn totp_lockout_secs() -> u64 {
         900

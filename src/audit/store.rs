@@ -288,6 +288,23 @@ pub fn head(conn: &mut PgConnection) -> QueryResult<HeadRow> {
         .first(conn)
 }
 
+/// The latest `limit` events (with `seq < before`, when given), newest first.
+pub fn recent(
+    conn: &mut PgConnection,
+    before: Option<i64>,
+    limit: i64,
+) -> QueryResult<Vec<EventRow>> {
+    let mut query = audit_events::table
+        .order(audit_events::seq.desc())
+        .limit(limit)
+        .select(EventRow::as_select())
+        .into_boxed();
+    if let Some(before) = before {
+        query = query.filter(audit_events::seq.lt(before));
+    }
+    query.load(conn)
+}
+
 /// Up to `limit` events with `seq > after`, in order.
 pub fn events_after(conn: &mut PgConnection, after: i64, limit: i64) -> QueryResult<Vec<EventRow>> {
     audit_events::table

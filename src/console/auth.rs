@@ -18,7 +18,7 @@ use subtle::ConstantTimeEq;
 
 pub const SIGN_IN_PATH: &str = "/console/signin";
 
-fn console(state: &AppState) -> Result<&Console, AppError> {
+pub fn console(state: &AppState) -> Result<&Console, AppError> {
     state.console.as_deref().ok_or_else(|| {
         AppError::client(
             StatusCode::NOT_FOUND,
@@ -35,7 +35,7 @@ fn is_console_user(user: &UserRecord) -> bool {
             .any(|r| matches!(r, Role::Admin | Role::PrivacyOfficer))
 }
 
-fn role_codes(user: &UserRecord) -> Vec<RoleCode> {
+pub fn role_codes(user: &UserRecord) -> Vec<RoleCode> {
     user.roles
         .iter()
         .filter_map(|r| RoleCode::parse(r.as_str()).ok())

@@ -3,7 +3,9 @@
 
 pub mod auth;
 pub mod oidc;
+pub mod pages;
 pub mod session;
+pub mod stepup;
 pub mod totp;
 
 use crate::config::ConsoleConfig;
@@ -20,6 +22,8 @@ pub struct Console {
     pub oidc: oidc::Oidc,
     pub lifetimes: session::Lifetimes,
     pub totp_lockout_secs: u64,
+    /// How recent a TOTP check must be for a sensitive action (`console.step_up_secs`).
+    pub step_up: chrono::Duration,
 }
 
 impl Console {
@@ -31,6 +35,7 @@ impl Console {
                 absolute: secs(config.absolute_timeout_secs),
             },
             totp_lockout_secs: config.totp_lockout_secs,
+            step_up: secs(config.step_up_secs),
             oidc: oidc::Oidc::new(config.clone())?,
         })
     }

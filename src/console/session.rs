@@ -238,6 +238,8 @@ pub fn advance(
             cs::oidc_state.eq(None::<String>),
             cs::oidc_nonce.eq(None::<String>),
             cs::pkce_verifier.eq(None::<String>),
+            // Reaching (or renewing) the active stage means a TOTP code was just accepted.
+            cs::totp_at.eq((stage == Stage::Active).then(Utc::now)),
         ))
         .execute(conn)?;
     if changed != 1 {
@@ -250,6 +252,41 @@ pub fn advance(
 pub fn destroy(conn: &mut PgConnection, id_hash: &[u8]) -> Result<(), AppError> {
     diesel::delete(cs::table.filter(cs::id_hash.eq(id_hash))).execute(conn)?;
     Ok(())
+}
+
+/// Ends every session of a user (revoked by an administrator, role removed, disabled):
+/// their next request lands on the sign-in page.
+pub fn destroy_all_of_user(conn: &mut PgConnection, user_id: Uuid) -> Result<usize, AppError> {
+    Ok(diesel::delete(cs::table.filter(cs::user_id.eq(user_id))).execute(conn)?)
+}
+
+/// When the session last passed a TOTP check (sign-in or step-up), if ever.
+pub fn totp_at(conn: &mut PgConnection, id_hash: &[u8]) -> Result<Option<DateTime<Utc>>, AppError> {
+    Ok(cs::table
+        .filter(cs::id_hash.eq(id_hash))
+        .select(cs::totp_at)
+        .first::<Option<DateTime<Utc>>>(conn)
+        .optional()?
+        .flatten())
+}
+
+/// A user's live sessions as the console lists them (no ids): stage, started, last used.
+pub fn list_of_user(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    life: &Lifetimes,
+) -> Result<Vec<(String, DateTime<Utc>, DateTime<Utc>)>, AppError> {
+    let now = Utc::now();
+    Ok(cs::table
+        .filter(
+            cs::user_id
+                .eq(user_id)
+                .and(cs::last_seen_at.gt(now - life.idle))
+                .and(cs::created_at.gt(now - life.absolute)),
+        )
+        .select((cs::stage, cs::created_at, cs::last_seen_at))
+        .order(cs::created_at.desc())
+        .load(conn)?)
 }
 
 /// Deletes every expired session.

@@ -191,6 +191,22 @@ pub fn check(
     }
 }
 
+/// Whether the user has a confirmed TOTP enrolment.
+pub fn is_enrolled(conn: &mut PgConnection, user_id: Uuid) -> Result<bool, AppError> {
+    let confirmed: Option<Option<DateTime<Utc>>> = ct::table
+        .filter(ct::user_id.eq(user_id))
+        .select(ct::confirmed_at)
+        .first(conn)
+        .optional()?;
+    Ok(confirmed.flatten().is_some())
+}
+
+/// Forgets the user's TOTP secret (an administrator's reset): their next sign-in enrols a
+/// new one. Returns whether there was one.
+pub fn reset(conn: &mut PgConnection, user_id: Uuid) -> Result<bool, AppError> {
+    Ok(diesel::delete(ct::table.filter(ct::user_id.eq(user_id))).execute(conn)? > 0)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -217,6 +217,15 @@ diesel::table! {
         pkce_verifier -> Nullable<Text>,
         created_at -> Timestamptz,
         last_seen_at -> Timestamptz,
+        totp_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    console_pending_actions (session_hash) {
+        session_hash -> Bytea,
+        action -> Jsonb,
+        created_at -> Timestamptz,
     }
 }
 

@@ -274,6 +274,38 @@ pub fn list_users(
     after: Option<Uuid>,
     limit: i64,
 ) -> Result<Vec<UserSummary>, AppError> {
+    search_users(conn, &UserFilter::default(), after, limit)
+}
+
+/// What the console's user lists narrow by.
+#[derive(Clone, Debug, Default)]
+pub struct UserFilter {
+    /// Part of the subject or display name (case-insensitive).
+    pub text: Option<String>,
+    pub kind: Option<UserKind>,
+}
+
+/// `text` as a literal `ILIKE` pattern (its `%`, `_` and `\` match themselves).
+fn contains_pattern(text: &str) -> String {
+    let mut p = String::with_capacity(text.len() + 2);
+    p.push('%');
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            p.push('\\');
+        }
+        p.push(c);
+    }
+    p.push('%');
+    p
+}
+
+/// Users matching `filter`, ordered by id, after `after` (keyset paging), at most `limit`.
+pub fn search_users(
+    conn: &mut PgConnection,
+    filter: &UserFilter,
+    after: Option<Uuid>,
+    limit: i64,
+) -> Result<Vec<UserSummary>, AppError> {
     let mut query = users::table
         .select((
             users::id,
@@ -289,6 +321,17 @@ pub fn list_users(
         .into_boxed();
     if let Some(after) = after {
         query = query.filter(users::id.gt(after));
+    }
+    if let Some(text) = filter.text.as_deref() {
+        let pattern = contains_pattern(text);
+        query = query.filter(
+            users::subject
+                .ilike(pattern.clone())
+                .or(users::display_name.ilike(pattern)),
+        );
+    }
+    if let Some(kind) = filter.kind {
+        query = query.filter(users::kind.eq(kind.as_str()));
     }
     let rows: Vec<UserRow> = query.load(conn)?;
     let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
@@ -314,6 +357,15 @@ pub fn list_users(
             disabled: r.6.is_some(),
         })
         .collect())
+}
+
+/// The patients on whose care team the user is (internal ids only), oldest first.
+pub fn care_teams_of(conn: &mut PgConnection, user_id: Uuid) -> Result<Vec<Uuid>, AppError> {
+    Ok(care_team_members::table
+        .filter(care_team_members::user_id.eq(user_id))
+        .select(care_team_members::patient_id)
+        .order(care_team_members::patient_id)
+        .load(conn)?)
 }
 
 /// One user as [`list_users`] shows it.

@@ -296,6 +296,55 @@ pub fn configure(r: &mut Routes) {
         Action::Console,
         console::auth::logout,
     );
+    let pages = Action::Console;
+    r.add(
+        Method::GET,
+        "/console/users",
+        pages,
+        console::pages::users_list,
+    );
+    r.add(
+        Method::GET,
+        "/console/users/{id}",
+        pages,
+        console::pages::user_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/users/{id}/{action}",
+        pages,
+        console::pages::actions::user_action,
+    );
+    r.add(
+        Method::GET,
+        "/console/clients",
+        pages,
+        console::pages::clients_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/clients",
+        pages,
+        console::pages::actions::create_client,
+    );
+    r.add(
+        Method::POST,
+        "/console/clients/{id}/disable",
+        pages,
+        console::pages::actions::disable_client,
+    );
+    r.add(
+        Method::GET,
+        "/console/audit",
+        pages,
+        console::pages::audit_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/step-up",
+        pages,
+        console::stepup::submit,
+    );
     r.add(
         Method::GET,
         "/static/{file}",

@@ -9,6 +9,7 @@ mod cli;
 mod common;
 mod console_browser;
 mod console_login;
+mod console_pages;
 mod crypto;
 mod database;
 mod dev_tokens;

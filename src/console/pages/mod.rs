@@ -1,0 +1,549 @@
+//! The console's administration pages: users (search, paging), one user (roles, care
+//! teams, facility, sessions, TOTP), service clients and recent audit events. Pages only
+//! read; every change is a POST handled in [`actions`] through the same operations as
+//! the JSON API ([`crate::admin::ops`]). Every page shows who is signed in and how long
+//! the session has left ([`Chrome`], rendered by `templates/console/layout.html`).
+
+pub mod actions;
+
+use super::auth::{self, Gate, SignedIn};
+use super::page;
+use super::session::{self, Lifetimes};
+use crate::admin::ops::{self, AdminActor, Touched, audited};
+use crate::audit::{
+    Actor, AuditAction, AuditContext, AuthMethod, Outcome, PurposeOfUse, ResourceType as Kind,
+};
+use crate::db::users::{self, FacilitySummary, UserFilter, UserKind, UserSummary};
+use crate::error::AppError;
+use crate::policy::{self, Role};
+use crate::web::AppState;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use askama::Template;
+use uuid::Uuid;
+
+/// Users per page of the users list.
+pub const PAGE_SIZE: i64 = 25;
+/// Events per page of the audit list.
+pub const AUDIT_PAGE_SIZE: i64 = 50;
+/// Longest accepted search text (characters).
+const MAX_SEARCH_CHARS: usize = 100;
+
+/// What every page shows around its content: who is signed in, how long the session has
+/// left, and the CSRF token for the sign-out form.
+pub struct Chrome {
+    pub subject: String,
+    pub minutes_left: i64,
+    pub seconds_left: i64,
+    pub csrf_token: String,
+    pub admin: bool,
+}
+
+impl Chrome {
+    pub fn of(me: &SignedIn, life: &Lifetimes) -> Chrome {
+        let left = me.session.seconds_left(life, chrono::Utc::now());
+        Chrome {
+            subject: me.subject.clone(),
+            minutes_left: left / 60,
+            seconds_left: left % 60,
+            csrf_token: me.session.csrf_token.clone(),
+            admin: is_admin(me),
+        }
+    }
+}
+
+fn is_admin(me: &SignedIn) -> bool {
+    // The console session stands in for the API token's `admin` scope: the role decides.
+    policy::decide_admin(&me.user.roles, true).is_ok()
+}
+
+/// Administration pages and changes need the `admin` role (privacy officers may sign in
+/// to the console, but not change who may do what).
+pub fn require_admin(me: &SignedIn) -> Result<(), AppError> {
+    if is_admin(me) {
+        Ok(())
+    } else {
+        Err(AppError::client(
+            StatusCode::FORBIDDEN,
+            "This part of the console needs the admin role.",
+        ))
+    }
+}
+
+pub fn lifetimes(state: &AppState) -> Result<Lifetimes, AppError> {
+    Ok(auth::console(state)?.lifetimes)
+}
+
+/// The gate of a page: signed in (else the redirect), with the page chrome.
+async fn signed_in(
+    req: &HttpRequest,
+    state: &web::Data<AppState>,
+) -> Result<Gate<(SignedIn, Chrome)>, AppError> {
+    let life = lifetimes(state)?;
+    Ok(match auth::signed_in(req, state).await? {
+        Gate::Redirect(r) => Gate::Redirect(r),
+        Gate::Pass(me) => {
+            let chrome = Chrome::of(&me, &life);
+            Gate::Pass((me, chrome))
+        }
+    })
+}
+
+/// The signed-in administrator as the audit trail records console changes.
+pub struct ConsoleActor {
+    state: web::Data<AppState>,
+    ctx: AuditContext,
+    actor: Actor,
+    id: Uuid,
+}
+
+impl ConsoleActor {
+    pub fn new(state: &web::Data<AppState>, ctx: AuditContext, me: &SignedIn) -> ConsoleActor {
+        ConsoleActor {
+            state: state.clone(),
+            ctx,
+            actor: Actor::user(
+                me.user.id,
+                auth::role_codes(&me.user),
+                AuthMethod::SessionMfa,
+            ),
+            id: me.user.id,
+        }
+    }
+
+    pub fn actor(&self) -> Actor {
+        self.actor.clone()
+    }
+
+    pub fn context(&self) -> &AuditContext {
+        &self.ctx
+    }
+}
+
+impl AdminActor for ConsoleActor {
+    fn user_id(&self) -> Uuid {
+        self.id
+    }
+
+    async fn record(
+        &self,
+        action: AuditAction,
+        resource: Option<(Kind, Option<Uuid>)>,
+        patients: Vec<Uuid>,
+        outcome: Outcome,
+    ) -> Result<(), AppError> {
+        let mut event = self
+            .ctx
+            .event(self.actor.clone(), action, outcome)
+            .patients(patients)
+            .purpose(PurposeOfUse::SystemAdministration);
+        match resource {
+            Some((kind, Some(id))) => event = event.resource(kind, id),
+            Some((kind, None)) => event = event.resource_type(kind),
+            None => {}
+        }
+        self.state.audit.record(event.build()).await
+    }
+}
+
+/// The fixed confirmation shown after a change (`?done=`); unknown codes show nothing.
+fn done_message(code: Option<&str>) -> &'static str {
+    match code.unwrap_or_default() {
+        "role-granted" => "The role was granted.",
+        "role-revoked" => "The role was removed; the user's console sessions were ended.",
+        "care-team-added" => "The user was added to the care team.",
+        "care-team-removed" => "The user was removed from the care team.",
+        "facility-set" => "The facility was changed.",
+        "disabled" => "The account was disabled; its console sessions were ended.",
+        "enabled" => "The account was enabled.",
+        "sessions-revoked" => "All console sessions of the user were ended.",
+        "totp-reset" => {
+            "The authenticator was reset; the user enrols a new one at the next sign-in."
+        }
+        "client-created" => "The service client was registered.",
+        "client-disabled" => "The service client was disabled.",
+        _ => "",
+    }
+}
+
+/// One user in a list.
+pub struct UserRow {
+    pub id: Uuid,
+    pub subject: String,
+    pub display_name: String,
+    pub kind: String,
+    pub roles: String,
+    pub disabled: bool,
+    pub facility: String,
+}
+
+fn row(u: UserSummary, facilities: &[FacilitySummary]) -> UserRow {
+    UserRow {
+        id: u.id,
+        subject: u.subject,
+        display_name: u.display_name.unwrap_or_default(),
+        kind: u.kind,
+        roles: u.roles.join(", "),
+        disabled: u.disabled,
+        facility: facility_name(u.facility, facilities),
+    }
+}
+
+fn facility_name(id: Option<Uuid>, facilities: &[FacilitySummary]) -> String {
+    id.map(|id| {
+        facilities
+            .iter()
+            .find(|f| f.id == id)
+            .map(|f| f.name.clone())
+            .unwrap_or_else(|| id.to_string())
+    })
+    .unwrap_or_default()
+}
+
+#[derive(serde::Deserialize)]
+struct UsersQuery {
+    q: Option<String>,
+    after: Option<Uuid>,
+}
+
+#[derive(Template)]
+#[template(path = "console/users.html")]
+struct UsersPage {
+    chrome: Chrome,
+    q: String,
+    users: Vec<UserRow>,
+    next: String,
+    first: String,
+}
+
+fn users_link(q: &str, after: Option<Uuid>) -> String {
+    let mut s = url::form_urlencoded::Serializer::new(String::new());
+    if !q.is_empty() {
+        s.append_pair("q", q);
+    }
+    if let Some(after) = after {
+        s.append_pair("after", &after.to_string());
+    }
+    let query = s.finish();
+    if query.is_empty() {
+        "/console/users".into()
+    } else {
+        format!("/console/users?{query}")
+    }
+}
+
+/// GET /console/users?q=&after=: people and clients, searchable by subject or display
+/// name, `PAGE_SIZE` at a time.
+pub async fn users_list(
+    req: HttpRequest,
+    ctx: AuditContext,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let (me, chrome) = match signed_in(&req, &state).await? {
+        Gate::Redirect(r) => return Ok(r),
+        Gate::Pass(p) => p,
+    };
+    require_admin(&me)?;
+    let query = web::Query::<UsersQuery>::from_query(req.query_string()).map_err(|_| {
+        AppError::bad_request("Invalid search: use q=<text> and after=<user id> only.")
+    })?;
+    let q = query.q.as_deref().unwrap_or_default().trim().to_string();
+    if q.chars().count() > MAX_SEARCH_CHARS || q.chars().any(char::is_control) {
+        return Err(AppError::bad_request(
+            "The search text must be at most 100 characters without control characters.",
+        ));
+    }
+    let after = query.after;
+    let who = ConsoleActor::new(&state, ctx, &me);
+    let filter = UserFilter {
+        text: (!q.is_empty()).then(|| q.clone()),
+        kind: None,
+    };
+    let (list, facilities) = audited(&who, AuditAction::Search, Some(Kind::User), async {
+        let found = state
+            .db
+            .run(move |c| {
+                let list = users::search_users(c, &filter, after, PAGE_SIZE + 1)?;
+                Ok((list, users::list_facilities(c)?))
+            })
+            .await?;
+        Ok((found, Touched::default()))
+    })
+    .await?;
+    let more = list.len() as i64 > PAGE_SIZE;
+    let list: Vec<UserSummary> = list.into_iter().take(PAGE_SIZE as usize).collect();
+    let next = match (more, list.last()) {
+        (true, Some(last)) => users_link(&q, Some(last.id)),
+        _ => String::new(),
+    };
+    let first = if after.is_some() {
+        users_link(&q, None)
+    } else {
+        String::new()
+    };
+    page(&UsersPage {
+        chrome,
+        users: list.into_iter().map(|u| row(u, &facilities)).collect(),
+        q,
+        next,
+        first,
+    })
+}
+
+/// A console session of a user as the user page lists it.
+pub struct SessionRow {
+    pub stage: String,
+    pub created_at: String,
+    pub last_seen_at: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/user.html")]
+struct UserPage {
+    chrome: Chrome,
+    message: &'static str,
+    user: UserRow,
+    roles_held: Vec<String>,
+    roles_free: Vec<&'static str>,
+    care_teams: Vec<Uuid>,
+    facilities: Vec<FacilitySummary>,
+    facility_id: Option<Uuid>,
+    sessions: Vec<SessionRow>,
+    totp_enrolled: bool,
+    is_self: bool,
+}
+
+#[derive(serde::Deserialize)]
+struct DoneQuery {
+    done: Option<String>,
+}
+
+fn done_from(req: &HttpRequest) -> &'static str {
+    let q = web::Query::<DoneQuery>::from_query(req.query_string()).ok();
+    done_message(q.as_ref().and_then(|q| q.done.as_deref()))
+}
+
+fn time(t: chrono::DateTime<chrono::Utc>) -> String {
+    t.format("%Y-%m-%d %H:%M:%S UTC").to_string()
+}
+
+/// GET /console/users/{id}: one user with everything an administrator changes.
+pub async fn user_page(
+    req: HttpRequest,
+    ctx: AuditContext,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let (me, chrome) = match signed_in(&req, &state).await? {
+        Gate::Redirect(r) => return Ok(r),
+        Gate::Pass(p) => p,
+    };
+    require_admin(&me)?;
+    let id = Uuid::parse_str(&path).map_err(|_| ops::user_not_found())?;
+    let life = lifetimes(&state)?;
+    let who = ConsoleActor::new(&state, ctx, &me);
+    let kind = Some(Kind::User);
+    let (user, care_teams, facilities, sessions, totp_enrolled) =
+        audited(&who, AuditAction::Read, kind, async {
+            let found = state
+                .db
+                .run(move |c| {
+                    let Some(user) = users::get_user(c, id)? else {
+                        return Ok(None);
+                    };
+                    Ok(Some((
+                        user,
+                        users::care_teams_of(c, id)?,
+                        users::list_facilities(c)?,
+                        session::list_of_user(c, id, &life)?,
+                        super::totp::is_enrolled(c, id)?,
+                    )))
+                })
+                .await?
+                .ok_or_else(ops::user_not_found)?;
+            Ok((found, Touched::user(id)))
+        })
+        .await?;
+    let roles_held = user.roles.clone();
+    let roles_free = Role::ALL
+        .iter()
+        .map(|r| r.as_str())
+        .filter(|r| !roles_held.iter().any(|h| h == r))
+        .collect();
+    let facility_id = user.facility;
+    page(&UserPage {
+        chrome,
+        message: done_from(&req),
+        is_self: user.id == me.user.id,
+        user: row(user, &facilities),
+        roles_held,
+        roles_free,
+        care_teams,
+        facility_id,
+        facilities,
+        sessions: sessions
+            .into_iter()
+            .map(|(stage, created, seen)| SessionRow {
+                stage,
+                created_at: time(created),
+                last_seen_at: time(seen),
+            })
+            .collect(),
+        totp_enrolled,
+    })
+}
+
+#[derive(Template)]
+#[template(path = "console/clients.html")]
+struct ClientsPage {
+    chrome: Chrome,
+    message: &'static str,
+    clients: Vec<UserRow>,
+    facilities: Vec<FacilitySummary>,
+    client_roles: Vec<&'static str>,
+}
+
+/// Roles a service client may be given in the console (the API refuses the others).
+pub const CLIENT_ROLES: [Role; 3] = [Role::Service, Role::Clinician, Role::Billing];
+
+/// GET /console/clients: registered service clients, a form to add one, disable buttons.
+pub async fn clients_page(
+    req: HttpRequest,
+    ctx: AuditContext,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let (me, chrome) = match signed_in(&req, &state).await? {
+        Gate::Redirect(r) => return Ok(r),
+        Gate::Pass(p) => p,
+    };
+    require_admin(&me)?;
+    let who = ConsoleActor::new(&state, ctx, &me);
+    let filter = UserFilter {
+        text: None,
+        kind: Some(UserKind::Service),
+    };
+    let (clients, facilities) = audited(&who, AuditAction::Search, Some(Kind::Client), async {
+        let found = state
+            .db
+            .run(move |c| {
+                // Clients are few; the page shows the first ones without paging.
+                let list = users::search_users(c, &filter, None, crate::admin::MAX_LIMIT)?;
+                Ok((list, users::list_facilities(c)?))
+            })
+            .await?;
+        Ok((found, Touched::default()))
+    })
+    .await?;
+    page(&ClientsPage {
+        chrome,
+        message: done_from(&req),
+        clients: clients.into_iter().map(|u| row(u, &facilities)).collect(),
+        facilities,
+        client_roles: CLIENT_ROLES.iter().map(|r| r.as_str()).collect(),
+    })
+}
+
+/// One audit event as the audit page lists it: metadata only, no PHI.
+pub struct AuditRow {
+    pub seq: i64,
+    pub time: String,
+    pub actor: String,
+    pub method: String,
+    pub action: String,
+    pub outcome: String,
+    pub target: String,
+    pub patients: usize,
+    pub request_id: String,
+}
+
+#[derive(Template)]
+#[template(path = "console/audit.html")]
+struct AuditPage {
+    chrome: Chrome,
+    events: Vec<AuditRow>,
+    older: String,
+}
+
+#[derive(serde::Deserialize)]
+struct AuditQuery {
+    before: Option<i64>,
+}
+
+/// GET /console/audit?before=<seq>: the latest audit events, newest first, so an
+/// administrator sees their change arrive. Privacy officers may read it too.
+pub async fn audit_page(
+    req: HttpRequest,
+    ctx: AuditContext,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    let (me, chrome) = match signed_in(&req, &state).await? {
+        Gate::Redirect(r) => return Ok(r),
+        Gate::Pass(p) => p,
+    };
+    let query = web::Query::<AuditQuery>::from_query(req.query_string())
+        .map_err(|_| AppError::bad_request("Invalid query: use before=<sequence number> only."))?;
+    let before = query.before;
+    let who = ConsoleActor::new(&state, ctx, &me);
+    let rows = audited(&who, AuditAction::Search, Some(Kind::AuditLog), async {
+        let rows = state
+            .db
+            .run(move |c| Ok(crate::audit::store::recent(c, before, AUDIT_PAGE_SIZE)?))
+            .await?;
+        Ok((rows, Touched::default()))
+    })
+    .await?;
+    let older = match rows.last() {
+        Some(last) if rows.len() as i64 == AUDIT_PAGE_SIZE && last.seq > 1 => {
+            format!("/console/audit?before={}", last.seq)
+        }
+        _ => String::new(),
+    };
+    let events = rows
+        .into_iter()
+        .map(|e| AuditRow {
+            seq: e.seq,
+            time: time(e.occurred_at),
+            actor: e
+                .actor_user_id
+                .map(|u| u.to_string())
+                .or(e.actor_client_id)
+                .unwrap_or_else(|| "anonymous".into()),
+            method: e.auth_method,
+            action: e.action,
+            outcome: match e.deny_reason {
+                Some(reason) => format!("{} ({reason})", e.outcome),
+                None => e.outcome,
+            },
+            target: match (e.resource_type, e.resource_id) {
+                (Some(t), Some(id)) => format!("{t} {id}"),
+                (Some(t), None) => t,
+                (None, _) => String::new(),
+            },
+            patients: e.patient_ids.len(),
+            request_id: e.request_id.unwrap_or_default(),
+        })
+        .collect();
+    page(&AuditPage {
+        chrome,
+        events,
+        older,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn unknown_done_codes_show_nothing() {
+        assert_eq!(done_message(Some("<script>")), "");
+        assert_eq!(done_message(None), "");
+        assert!(!done_message(Some("role-granted")).is_empty());
+    }
+
+    #[test]
+    fn users_links_encode_the_search() {
+        assert_eq!(users_link("", None), "/console/users");
+        assert_eq!(users_link("a&b c", None), "/console/users?q=a%26b+c");
+    }
+}

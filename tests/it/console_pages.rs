@@ -1,0 +1,639 @@
+//! The console's administration pages over real HTTPS with a cookie-keeping client:
+//! signed-in sessions are created directly in the database (no OpenID provider needed),
+//! with a known TOTP secret sealed by the app's own keys so step-up codes can be made.
+
+use crate::common::{TestApp, idp::Provider, idp::Signer, test_cert};
+use custodian::crypto::Keyring;
+use custodian::db::schema::{console_sessions, console_totp, role_assignments, users as users_t};
+use custodian::db::users::{self, UserKind};
+use custodian::policy::Role;
+use diesel::prelude::*;
+use reqwest::StatusCode;
+use sha2::Digest;
+use std::sync::Arc;
+use uuid::Uuid;
+
+const SECRET: &[u8] = b"console-pages-test-secret-20b";
+const XSS: &str = "<img src=x onerror=alert(1)>";
+
+struct Console {
+    app: TestApp,
+    _idp: Provider,
+    issuer: String,
+    keyring: Keyring,
+    facility: Uuid,
+}
+
+/// A browser: its own cookie jar, holding one console session.
+struct Browser {
+    client: reqwest::Client,
+    jar: Arc<reqwest::cookie::Jar>,
+    session_id: String,
+    csrf: String,
+}
+
+fn code_at(unix: u64) -> String {
+    totp_rs::Builder::new()
+        .with_algorithm(totp_rs::Algorithm::SHA1)
+        .with_digits(6)
+        .with_skew(1)
+        .with_step_duration(30)
+        .with_secret(totp_rs::Secret::new(SECRET.to_vec().into_boxed_slice()))
+        .build()
+        .unwrap()
+        .generate(unix)
+        .to_string()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+impl Console {
+    async fn start() -> Console {
+        let signer = Signer::es256("k1");
+        let idp = Provider::start(&[&signer]).await;
+        let issuer = idp.issuer();
+        let builder = TestApp::builder()
+            .set("auth.issuer", issuer.clone())
+            .set("auth.audience", "custodian-test")
+            .set("console.issuer", issuer.clone())
+            .set("console.client_id", "custodian-console")
+            .set("console.client_secret", "test-secret")
+            .set("console.redirect_url", "https://localhost:8443/console/callback")
+            .set("console.step_up_secs", 300);
+        let db = crate::common::TestDb::create();
+        let config = builder.config(&db.url);
+        let app = builder.database(db).spawn().await;
+        let keyring =
+            custodian::crypto::load_keyring(&config.crypto, &app.db.url, 2).expect("keyring");
+        let facility =
+            custodian::db::phi::insert_facility(&mut app.db.conn(), "General Hospital").unwrap();
+        Console {
+            app,
+            _idp: idp,
+            issuer,
+            keyring,
+            facility,
+        }
+    }
+
+    fn origin(&self) -> String {
+        format!("https://localhost:{}", self.app.https.port())
+    }
+
+    /// A person with these roles (and optionally a display name) in the test facility.
+    fn user(&self, sub: &str, roles: &[Role], display: Option<&str>) -> Uuid {
+        let mut c = self.app.db.conn();
+        let u = users::user_for(&mut c, &self.issuer, sub, UserKind::Person).unwrap();
+        for r in roles {
+            users::grant_role(&mut c, u.id, *r, "test setup", None).unwrap();
+        }
+        users::set_facility(&mut c, u.id, Some(self.facility)).unwrap();
+        diesel::update(users_t::table.find(u.id))
+            .set(users_t::display_name.eq(display))
+            .execute(&mut c)
+            .unwrap();
+        u.id
+    }
+
+    /// A confirmed TOTP enrolment with [`SECRET`], sealed with the app's keys.
+    fn enrol(&self, user: Uuid) {
+        let mut c = self.app.db.conn();
+        let id = Uuid::new_v4();
+        let sealer = self.keyring.sealer_for_write(&mut c).unwrap();
+        let place = custodian::crypto::FieldPlace::new("console_totp", "secret_sealed", id);
+        let sealed = sealer.seal(&place, SECRET).unwrap();
+        diesel::insert_into(console_totp::table)
+            .values((
+                console_totp::id.eq(id),
+                console_totp::user_id.eq(user),
+                console_totp::secret_sealed.eq(sealed),
+                console_totp::key_version.eq(sealer.version()),
+                console_totp::confirmed_at.eq(Some(chrono::Utc::now())),
+            ))
+            .execute(&mut c)
+            .unwrap();
+    }
+
+    /// A fully signed-in browser (stage active, TOTP passed just now) for `user`.
+    fn sign_in(&self, user: Uuid) -> Browser {
+        let session_id = custodian::console::session::random_token();
+        let csrf = custodian::console::session::random_token();
+        diesel::insert_into(console_sessions::table)
+            .values((
+                console_sessions::id_hash.eq(sha2::Sha256::digest(session_id.as_bytes()).to_vec()),
+                console_sessions::stage.eq("active"),
+                console_sessions::user_id.eq(Some(user)),
+                console_sessions::csrf_token.eq(&csrf),
+                console_sessions::totp_at.eq(Some(chrono::Utc::now())),
+            ))
+            .execute(&mut self.app.db.conn())
+            .unwrap();
+        let jar = Arc::new(reqwest::cookie::Jar::default());
+        let url: url::Url = self.app.url("/").parse().unwrap();
+        jar.add_cookie_str(
+            &format!("__Host-custodian={session_id}; Secure; HttpOnly; Path=/"),
+            &url,
+        );
+        let client = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(
+                reqwest::Certificate::from_pem(test_cert().cert_pem.as_bytes()).unwrap(),
+            )
+            .redirect(reqwest::redirect::Policy::none())
+            .cookie_provider(jar.clone())
+            .build()
+            .unwrap();
+        Browser {
+            client,
+            jar,
+            session_id,
+            csrf,
+        }
+    }
+
+    /// Makes the browser's last TOTP check older than the step-up window.
+    fn make_stale(&self, b: &Browser) {
+        let hash = sha2::Sha256::digest(b.session_id.as_bytes()).to_vec();
+        diesel::update(console_sessions::table.filter(console_sessions::id_hash.eq(hash)))
+            .set(console_sessions::totp_at.eq(Some(chrono::Utc::now() - chrono::Duration::hours(1))))
+            .execute(&mut self.app.db.conn())
+            .unwrap();
+    }
+
+    async fn get(&self, b: &Browser, path: &str) -> reqwest::Response {
+        b.client.get(self.app.url(path)).send().await.unwrap()
+    }
+
+    /// A form POST from our own origin; `fields` without the CSRF token.
+    async fn post(&self, b: &Browser, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut all = vec![("csrf_token", b.csrf.as_str())];
+        all.extend_from_slice(fields);
+        self.post_raw(b, path, &all, Some(&self.origin())).await
+    }
+
+    async fn post_raw(
+        &self,
+        b: &Browser,
+        path: &str,
+        fields: &[(&str, &str)],
+        origin: Option<&str>,
+    ) -> reqwest::Response {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(fields)
+            .finish();
+        let mut req = b
+            .client
+            .post(self.app.url(path))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .body(body);
+        if let Some(o) = origin {
+            req = req.header("origin", o);
+        }
+        req.send().await.unwrap()
+    }
+
+    fn roles_of(&self, user: Uuid) -> Vec<(String, String)> {
+        role_assignments::table
+            .filter(role_assignments::user_id.eq(user))
+            .select((role_assignments::role, role_assignments::reason))
+            .order(role_assignments::role)
+            .load(&mut self.app.db.conn())
+            .unwrap()
+    }
+
+    /// (action, outcome, deny reason, auth method, resource id) of every audit event.
+    fn events(&self) -> Vec<(String, String, Option<String>, String, Option<Uuid>)> {
+        use custodian::db::schema::audit_events as ae;
+        ae::table
+            .order(ae::seq)
+            .select((ae::action, ae::outcome, ae::deny_reason, ae::auth_method, ae::resource_id))
+            .load(&mut self.app.db.conn())
+            .unwrap()
+    }
+}
+
+fn location(res: &reqwest::Response) -> String {
+    res.headers()
+        .get("location")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string()
+}
+
+/// The HTML error message names the field (quotes are escaped in HTML).
+fn names_reason(html: &str) -> bool {
+    html.contains("&#39;reason&#39;") || html.contains("&#x27;reason&#x27;") || html.contains("'reason'")
+}
+
+/// An admin signed in with a confirmed authenticator.
+fn admin(c: &Console, sub: &str) -> (Uuid, Browser) {
+    let id = c.user(sub, &[Role::Admin], Some("Ada Admin"));
+    c.enrol(id);
+    (id, c.sign_in(id))
+}
+
+#[tokio::test]
+async fn users_list_searches_and_pages() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    for i in 0..30 {
+        c.user(&format!("staff-{i:02}"), &[Role::Clinician], Some(&format!("Staff {i}")));
+    }
+    c.user("zed", &[], Some("Zed Example"));
+
+    let page1 = c.get(&a, "/console/users?q=staff-").await;
+    assert_eq!(page1.status(), StatusCode::OK);
+    let html = page1.text().await.unwrap();
+    assert_eq!(html.matches("/console/users/").count(), 25, "{html}");
+    assert!(html.contains("Signed in as"), "layout shows who is signed in");
+    assert!(html.contains("id=\"session-left\""), "layout shows the time left");
+    let next = html
+        .split("id=\"next-page\"")
+        .next()
+        .and_then(|before| before.rsplit("href=\"").next())
+        .map(|h| h.split('"').next().unwrap().replace("&#38;", "&").replace("&amp;", "&"))
+        .unwrap();
+    assert!(next.starts_with("/console/users?q=staff-&after="), "{next}");
+    let html2 = c.get(&a, &next).await.text().await.unwrap();
+    assert_eq!(html2.matches("/console/users/").count(), 5, "{html2}");
+    assert!(!html2.contains("id=\"next-page\""));
+    assert!(html2.contains("id=\"first-page\""));
+
+    let zed = c.get(&a, "/console/users?q=zed+ex").await.text().await.unwrap();
+    assert!(zed.contains("Zed Example"));
+    assert!(!zed.contains("Staff 1"));
+    // Pattern characters are literal: '%' matches nobody here.
+    let none = c.get(&a, "/console/users?q=%25").await.text().await.unwrap();
+    assert!(none.contains("No users found"), "{none}");
+    // Searching is audited (metadata only).
+    assert!(c.events().iter().any(|e| e.0 == "search" && e.3 == "session-mfa"));
+}
+
+#[tokio::test]
+async fn role_added_with_reason_is_shown_and_audited() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let target = c.user("dr-new", &[], Some("Dr New"));
+
+    let res = c
+        .post(
+            &a,
+            &format!("/console/users/{target}/grant-role"),
+            &[("role", "clinician"), ("reason", "new hire on ward 3")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), format!("/console/users/{target}?done=role-granted"));
+    assert_eq!(
+        c.roles_of(target),
+        vec![("clinician".to_string(), "new hire on ward 3".to_string())]
+    );
+    let page = c.get(&a, &location(&res)).await.text().await.unwrap();
+    assert!(page.contains("<span class=\"role\">clinician</span>"), "{page}");
+    assert!(page.contains("The role was granted."));
+
+    let last_change = c
+        .events()
+        .into_iter()
+        .rfind(|e| e.0 == "permission-change")
+        .unwrap();
+    assert_eq!(
+        last_change,
+        (
+            "permission-change".into(),
+            "permit".into(),
+            None,
+            "session-mfa".into(),
+            Some(target)
+        )
+    );
+    // The audit page shows it (metadata only).
+    let audit = c.get(&a, "/console/audit").await.text().await.unwrap();
+    assert!(audit.contains("permission-change"), "{audit}");
+    assert!(audit.contains(&format!("RoleAssignment {target}")), "{audit}");
+    assert!(!audit.contains("new hire on ward 3"), "reasons are not audit data");
+}
+
+#[tokio::test]
+async fn role_added_without_reason_is_400_naming_reason() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let target = c.user("dr-new", &[], None);
+    let path = format!("/console/users/{target}/grant-role");
+
+    let res = c.post(&a, &path, &[("role", "clinician")]).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(names_reason(&res.text().await.unwrap()));
+    let res = c.post(&a, &path, &[("role", "clinician"), ("reason", " ")]).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(names_reason(&res.text().await.unwrap()));
+    assert!(c.roles_of(target).is_empty());
+    // The failed change is audited as an error.
+    assert!(
+        c.events()
+            .iter()
+            .any(|e| e.0 == "permission-change" && e.1 == "error")
+    );
+}
+
+#[tokio::test]
+async fn stale_totp_asks_for_a_code_then_performs_the_original_change() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let target = c.user("dr-new", &[], None);
+    c.make_stale(&a);
+    let path = format!("/console/users/{target}/grant-role");
+
+    let res = c
+        .post(&a, &path, &[("role", "billing"), ("reason", "moved to billing office")])
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("action=\"/console/step-up\""), "{html}");
+    assert!(html.contains("Grant the role billing"), "{html}");
+    assert!(c.roles_of(target).is_empty(), "nothing changes before the code");
+    assert!(c.events().iter().any(|e| e.0 == "permission-change"
+        && e.2.as_deref() == Some("step-up-required")));
+
+    // A wrong code: asked again, still nothing changed.
+    let res = c.post(&a, "/console/step-up", &[("code", "000000")]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(res.text().await.unwrap().contains("not accepted"));
+    assert!(c.roles_of(target).is_empty());
+
+    // A valid code: new session id, then the original change with its form data.
+    let res = c
+        .post(&a, "/console/step-up", &[("code", &code_at(now_secs()))])
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "{:?}", res.headers());
+    assert_eq!(location(&res), format!("/console/users/{target}?done=role-granted"));
+    let set_cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
+    assert!(set_cookie.starts_with("__Host-custodian="));
+    assert!(!set_cookie.contains(&a.session_id), "the session id is renewed");
+    assert_eq!(
+        c.roles_of(target),
+        vec![("billing".to_string(), "moved to billing office".to_string())]
+    );
+    assert!(c.events().iter().any(|e| e.0 == "step-up" && e.1 == "permit"));
+
+    // The old id no longer works; the renewed one does and counts as fresh.
+    let old = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(test_cert().cert_pem.as_bytes()).unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let res = old
+        .get(c.app.url("/console/users"))
+        .header("cookie", format!("__Host-custodian={}", a.session_id))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(location(&res), "/console/signin");
+    let page = c.get(&a, &format!("/console/users/{target}")).await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let fresh = Browser {
+        client: a.client.clone(),
+        jar: a.jar.clone(),
+        session_id: String::new(),
+        csrf,
+    };
+    let res = c
+        .post(
+            &fresh,
+            &path,
+            &[("role", "clinician"), ("reason", "also covers wards")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "fresh after step-up");
+}
+
+#[tokio::test]
+async fn revoked_sessions_land_on_sign_in() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let (b_id, b) = admin(&c, "second");
+    let (c_id, b2) = admin(&c, "third");
+    assert_eq!(c.get(&b, "/console/users").await.status(), StatusCode::OK);
+
+    let res = c
+        .post(&a, &format!("/console/users/{b_id}/revoke-sessions"), &[])
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let res = c.get(&b, "/console/users").await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/console/signin");
+    assert!(c.events().iter().any(|e| e.0 == "session-revoked" && e.4 == Some(b_id)));
+
+    // Removing a role (any role) ends the user's sessions too.
+    assert_eq!(c.get(&b2, "/console/users").await.status(), StatusCode::OK);
+    let res = c
+        .post(
+            &a,
+            &format!("/console/users/{c_id}/revoke-role"),
+            &[("role", "admin"), ("reason", "left the team")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&c.get(&b2, "/console").await), "/console/signin");
+    // The administrator's own session is untouched.
+    assert_eq!(c.get(&a, "/console/users").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn posts_need_the_csrf_token_and_our_origin() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let target = c.user("dr-new", &[], None);
+    let path = format!("/console/users/{target}/grant-role");
+    let fields = [("role", "clinician"), ("reason", "new hire")];
+    let origin = c.origin();
+
+    let res = c.post_raw(&a, &path, &fields, Some(&origin)).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "no token");
+    let with_token = [
+        ("csrf_token", a.csrf.as_str()),
+        ("role", "clinician"),
+        ("reason", "new hire"),
+    ];
+    let res = c
+        .post_raw(&a, &path, &with_token, Some("https://evil.example"))
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "foreign origin");
+    let res = c.post_raw(&a, &path, &with_token, None).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "no origin or referer");
+    let wrong = [
+        ("csrf_token", "x".repeat(43)),
+        ("role", "clinician".into()),
+        ("reason", "new hire".into()),
+    ];
+    let wrong: Vec<(&str, &str)> = wrong.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let res = c.post_raw(&a, &path, &wrong, Some(&origin)).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "wrong token");
+    let res = c
+        .post_raw(&a, "/console/step-up", &[("code", "123456")], Some(&origin))
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "step-up without token");
+    assert!(c.roles_of(target).is_empty());
+
+    let res = c.post_raw(&a, &path, &with_token, Some(&origin)).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "the same form, done right");
+}
+
+#[tokio::test]
+async fn display_names_are_escaped() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let target = c.user("mallory", &[], Some(XSS));
+    for path in [
+        "/console/users".to_string(),
+        format!("/console/users/{target}"),
+    ] {
+        let html = c.get(&a, &path).await.text().await.unwrap();
+        assert!(!html.contains(XSS), "{path}: {html}");
+        assert!(
+            html.contains("&#60;img src=x onerror=alert(1)&#62;")
+                || html.contains("&lt;img src=x onerror=alert(1)&gt;"),
+            "{path}: {html}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn error_pages_show_the_request_id() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    for res in [
+        c.get(&a, "/console/users/not-a-user").await,
+        c.get(&a, &format!("/console/users/{}", Uuid::new_v4())).await,
+        c.post(&a, &format!("/console/users/{}/grant-role", Uuid::new_v4()), &[])
+            .await,
+    ] {
+        assert!(res.status().is_client_error());
+        let id = res.headers()["x-request-id"].to_str().unwrap().to_string();
+        assert!(res.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/html"));
+        let html = res.text().await.unwrap();
+        assert!(html.contains(&id), "{html}");
+        assert!(html.contains("Request id"), "{html}");
+    }
+}
+
+#[tokio::test]
+async fn privacy_officers_see_audit_events_but_cannot_administer() {
+    let c = Console::start().await;
+    let po = c.user("privacy", &[Role::PrivacyOfficer], None);
+    c.enrol(po);
+    let p = c.sign_in(po);
+    assert_eq!(c.get(&p, "/console/users").await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(c.get(&p, "/console/clients").await.status(), StatusCode::FORBIDDEN);
+    let res = c
+        .post(
+            &p,
+            &format!("/console/users/{po}/grant-role"),
+            &[("role", "admin"), ("reason", "self-promotion")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(c.roles_of(po).len(), 1);
+    let audit = c.get(&p, "/console/audit").await;
+    assert_eq!(audit.status(), StatusCode::OK);
+    // Not signed in at all: the sign-in page.
+    let anon = c.app.get("/console/audit").await;
+    assert_eq!(location(&anon), "/console/signin");
+}
+
+#[tokio::test]
+async fn service_clients_are_added_and_disabled() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let facility = c.facility.to_string();
+    let res = c
+        .post(
+            &a,
+            "/console/clients",
+            &[
+                ("client_id", "lab-feed"),
+                ("facility_id", &facility),
+                ("roles", "service"),
+                ("roles", "clinician"),
+                ("reason", "lab results interface"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let html = c.get(&a, "/console/clients").await.text().await.unwrap();
+    assert!(html.contains("lab-feed"), "{html}");
+    assert!(html.contains("clinician, service"), "{html}");
+    let client: Uuid = users_t::table
+        .filter(users_t::subject.eq("lab-feed"))
+        .select(users_t::id)
+        .first(&mut c.app.db.conn())
+        .unwrap();
+
+    let res = c
+        .post(
+            &a,
+            "/console/clients",
+            &[
+                ("client_id", "bad-admin"),
+                ("facility_id", &facility),
+                ("roles", "admin"),
+                ("reason", "should fail"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    let res = c
+        .post(
+            &a,
+            &format!("/console/clients/{client}/disable"),
+            &[("reason", "interface retired")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let disabled: Option<chrono::DateTime<chrono::Utc>> = users_t::table
+        .find(client)
+        .select(users_t::disabled_at)
+        .first(&mut c.app.db.conn())
+        .unwrap();
+    assert!(disabled.is_some());
+    assert!(c.events().iter().any(|e| e.0 == "client-revoked" && e.4 == Some(client)));
+}
+
+#[tokio::test]
+async fn totp_reset_forgets_the_authenticator_and_ends_sessions() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let (b_id, b) = admin(&c, "second");
+    let res = c
+        .post(&a, &format!("/console/users/{b_id}/reset-totp"), &[])
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let left: i64 = console_totp::table
+        .filter(console_totp::user_id.eq(b_id))
+        .count()
+        .get_result(&mut c.app.db.conn())
+        .unwrap();
+    assert_eq!(left, 0);
+    assert_eq!(location(&c.get(&b, "/console").await), "/console/signin");
+}
