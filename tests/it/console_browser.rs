@@ -84,13 +84,26 @@ async fn a_failing_browser_test_saves_screenshot_and_html() {
     assert!(at.ends_with("/console/signin"), "{at}");
 }
 
-/// A console user known to the app, matched by (issuer, subject), with these roles.
-fn console_user(app: &TestApp, issuer: &str, subject: &str, roles: &[Role]) -> uuid::Uuid {
+/// A user known to the app, matched by (issuer, subject), with these roles and
+/// optionally a display name.
+fn known_user(
+    app: &TestApp,
+    issuer: &str,
+    subject: &str,
+    roles: &[Role],
+    display_name: Option<&str>,
+) -> uuid::Uuid {
+    use custodian::db::schema::users::dsl;
+    use diesel::prelude::*;
     let mut conn = app.db.conn();
     let user = users::user_for(&mut conn, issuer, subject, UserKind::Person).unwrap();
     for role in roles {
         users::grant_role(&mut conn, user.id, *role, "test bootstrap", None).unwrap();
     }
+    diesel::update(dsl::users.find(user.id))
+        .set(dsl::display_name.eq(display_name))
+        .execute(&mut conn)
+        .unwrap();
     user.id
 }
 
@@ -161,7 +174,7 @@ async fn sign_in_and_enrol(browser: &Browser, app: &TestApp, subject: &str) {
 #[tokio::test]
 async fn admin_signs_in_through_the_provider_enrols_totp_and_sees_the_dashboard() {
     let (app, idp) = oidc::console_app(TestApp::builder()).await;
-    console_user(&app, &idp.issuer, "alice", &[Role::Admin]);
+    known_user(&app, &idp.issuer, "alice", &[Role::Admin], None);
     let browser = Browser::start(&test_cert().cert_pem).await;
 
     sign_in_and_enrol(&browser, &app, "alice").await;
@@ -189,4 +202,113 @@ async fn admin_signs_in_through_the_provider_enrols_totp_and_sees_the_dashboard(
         .await;
     browser.goto(&app.url("/console")).await;
     browser.wait_for_path("/console/signin").await;
+}
+
+#[tokio::test]
+async fn admin_assigns_a_role_with_a_reason_and_sees_it_in_the_audit_events() {
+    let (app, idp) = oidc::console_app(TestApp::builder()).await;
+    known_user(
+        &app,
+        &idp.issuer,
+        "alice",
+        &[Role::Admin],
+        Some("Alice Admin"),
+    );
+    let bob = known_user(&app, &idp.issuer, "bob", &[], Some("Dr Bob Ward"));
+    let browser = Browser::start(&test_cert().cert_pem).await;
+    sign_in_and_enrol(&browser, &app, "alice").await;
+
+    // The dashboard has no console navigation yet; the other pages do.
+    browser.goto(&app.url("/console/users")).await;
+    browser.wait_for_text("Dr Bob Ward").await;
+    page_shot(&browser, "users").await;
+    browser.click("Dr Bob Ward").await;
+    browser.wait_for_text("Role to add").await;
+    assert_eq!(
+        browser.current_url().await.path(),
+        format!("/console/users/{bob}")
+    );
+    browser.select("Role to add", "clinician").await;
+    browser
+        .fill(
+            "Reason (required, 3 to 500 characters)",
+            "new hire on ward 3",
+        )
+        .await;
+    browser.click("Add role").await;
+    // The TOTP entered at sign-in is fresh, so no step-up is asked for here.
+    browser.wait_for_text("The role was granted.").await;
+    assert_eq!(browser.count("#roles .role").await, 1);
+    let roles = browser
+        .execute("return document.getElementById('roles').innerText;", vec![])
+        .await;
+    assert!(roles.as_str().unwrap().contains("clinician"), "{roles}");
+    page_shot(&browser, "user").await;
+
+    browser.click("Audit events").await;
+    let text = browser.wait_for_text("permission-change").await;
+    assert!(text.contains(&format!("RoleAssignment {bob}")), "{text}");
+    // Metadata only: the reason is kept with the assignment, not in the audit trail.
+    assert!(!text.contains("new hire on ward 3"), "{text}");
+    page_shot(&browser, "audit-events").await;
+    let messages = browser.console_messages().await;
+    assert!(csp_violations(&messages).is_empty(), "{messages:?}");
+}
+
+const XSS: &str = "<img src=x onerror=alert(1)>";
+
+#[tokio::test]
+async fn a_display_name_with_markup_renders_as_text_and_runs_nothing() {
+    let (app, idp) = oidc::console_app(TestApp::builder()).await;
+    known_user(&app, &idp.issuer, "alice", &[Role::Admin], None);
+    let mallory = known_user(&app, &idp.issuer, "mallory", &[], Some(XSS));
+    let browser = Browser::start(&test_cert().cert_pem).await;
+    sign_in_and_enrol(&browser, &app, "alice").await;
+
+    for path in [
+        "/console/users".to_string(),
+        format!("/console/users/{mallory}"),
+    ] {
+        browser.goto(&app.url(&path)).await;
+        // Shown as the literal text, not turned into an element.
+        let text = browser.wait_for_text(XSS).await;
+        assert!(text.contains(XSS), "{path}: {text}");
+        assert_eq!(
+            browser.count("img").await,
+            0,
+            "{path}: an <img> was created"
+        );
+        assert!(
+            browser.alert_text().await.is_err(),
+            "{path}: a dialog opened"
+        );
+        let messages = browser.console_messages().await;
+        assert!(csp_violations(&messages).is_empty(), "{path}: {messages:?}");
+    }
+
+    // Control: the same markup put into the DOM directly does become an element, and the
+    // CSP refuses its inline handler, which the browser log reports. So the checks above
+    // would notice an unescaped name, and the CSP is a second line of defence.
+    browser
+        .execute(
+            "document.body.insertAdjacentHTML('beforeend', arguments[0]);",
+            vec![serde_json::json!(XSS)],
+        )
+        .await;
+    assert_eq!(browser.count("img").await, 1);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let mut seen = Vec::new();
+    while seen.is_empty() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        seen = browser.console_messages().await;
+        seen.retain(|m| m.contains("Content Security Policy"));
+    }
+    assert!(
+        seen.iter().any(|m| m.contains("inline event handler")),
+        "no CSP violation reported for the injected handler: {seen:?}"
+    );
+    assert!(
+        browser.alert_text().await.is_err(),
+        "the injected handler ran"
+    );
 }
