@@ -57,6 +57,19 @@ async fn signin_page_renders_styled_over_https_without_csp_violations() {
     assert!(browser.alert_text().await.is_err(), "a dialog is open");
 }
 
+/// Without chromium the browser tests fail (CI installs it) and say how to install it.
+#[test]
+fn a_missing_browser_fails_with_the_install_command() {
+    use crate::common::browser::{CHROMEDRIVER, installed};
+    let missing = std::path::Path::new("/nonexistent/chromium");
+    let err = installed(missing, std::path::Path::new(CHROMEDRIVER)).unwrap_err();
+    assert!(err.contains("/nonexistent/chromium is missing"), "{err}");
+    assert!(
+        err.contains("apt-get install -y chromium chromium-driver"),
+        "{err}"
+    );
+}
+
 /// A failing browser test leaves a screenshot, the page's HTML and its URL behind.
 #[tokio::test]
 async fn a_failing_browser_test_saves_screenshot_and_html() {

@@ -20,6 +20,21 @@ pub const CHROMEDRIVER: &str = "/usr/bin/chromedriver";
 /// How long [`Browser::wait_for_text`] and friends wait before failing.
 const WAIT: Duration = Duration::from_secs(15);
 
+/// Whether the browser and its driver are there; the error says how to install them.
+pub fn installed(chromium: &Path, chromedriver: &Path) -> Result<(), String> {
+    for (path, package) in [(chromium, "chromium"), (chromedriver, "chromium-driver")] {
+        if !path.exists() {
+            return Err(format!(
+                "{} is missing (Debian package {package}): the browser tests need Debian's \
+                 chromium and chromedriver. Install them with \
+                 `apt-get install -y chromium chromium-driver` (.ci/run does this).",
+                path.display()
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// A WebDriver error (`value.error` of a failed command), e.g. `no such alert`.
 #[derive(Debug)]
 pub struct WdError {
@@ -115,13 +130,9 @@ impl Browser {
     /// Starts chromedriver on a free port and a headless chromium session. `trusted_cert_pem`
     /// is the test server's certificate: chromium accepts exactly that key (see below).
     pub async fn start(trusted_cert_pem: &str) -> Browser {
-        for (path, package) in [(CHROMIUM, "chromium"), (CHROMEDRIVER, "chromium-driver")] {
-            assert!(
-                Path::new(path).exists(),
-                "{path} is missing: the browser tests need Debian's chromium and chromedriver. \
-                 Install them with `apt-get install -y chromium chromium-driver` \
-                 (.ci/run does this; package {package})"
-            );
+        // Not a silent skip: CI installs the browser, so a missing one is a broken setup.
+        if let Err(missing) = installed(Path::new(CHROMIUM), Path::new(CHROMEDRIVER)) {
+            panic!("{missing}");
         }
         let test = std::thread::current()
             .name()
@@ -175,6 +186,8 @@ impl Browser {
             "--disable-background-networking".into(),
             "--disable-component-update".into(),
             "--disable-sync".into(),
+            // Containers often have a tiny /dev/shm, where chromium's renderers crash.
+            "--disable-dev-shm-usage".into(),
             "--window-size=1200,900".into(),
             format!(
                 "--user-data-dir={}",
@@ -238,13 +251,25 @@ impl Browser {
 
     /// The page's visible text.
     pub async fn text(&self) -> String {
+        self.try_text()
+            .await
+            .unwrap_or_else(|e| panic!("reading the page text: {e:?}"))
+    }
+
+    /// Like [`Browser::text`], but a page in the middle of loading is an error, not a panic.
+    async fn try_text(&self) -> Result<String, WdError> {
+        let script = "return document.body ? document.body.innerText : '';";
         let v = self
-            .execute(
-                "return document.body ? document.body.innerText : '';",
-                vec![],
-            )
-            .await;
-        v.as_str().unwrap_or("").to_string()
+            .session
+            .post("/execute/sync", json!({ "script": script, "args": [] }))
+            .await?;
+        Ok(v.as_str().unwrap_or("").to_string())
+    }
+
+    /// Like [`Browser::current_url`], without panicking mid-navigation.
+    async fn try_url(&self) -> Option<url::Url> {
+        let v = self.session.get("/url").await.ok()?;
+        url::Url::parse(v.as_str()?).ok()
     }
 
     /// The page's HTML as the browser has it now.
@@ -347,7 +372,7 @@ impl Browser {
     pub async fn wait_for_text(&self, needle: &str) -> String {
         let deadline = Instant::now() + WAIT;
         loop {
-            let text = self.text().await;
+            let text = self.try_text().await.unwrap_or_default();
             if text.contains(needle) {
                 return text;
             }
@@ -364,11 +389,14 @@ impl Browser {
     pub async fn wait_for_path(&self, path: &str) {
         let deadline = Instant::now() + WAIT;
         loop {
-            let url = self.current_url().await;
-            if url.path() == path {
+            let url = self.try_url().await;
+            if url.as_ref().is_some_and(|u| u.path() == path) {
                 return;
             }
-            assert!(Instant::now() < deadline, "never reached {path}; at {url}");
+            assert!(
+                Instant::now() < deadline,
+                "never reached {path}; at {url:?}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -377,13 +405,13 @@ impl Browser {
     pub async fn wait_for_path_prefix(&self, prefix: &str) {
         let deadline = Instant::now() + WAIT;
         loop {
-            let url = self.current_url().await;
-            if url.path().starts_with(prefix) {
+            let url = self.try_url().await;
+            if url.as_ref().is_some_and(|u| u.path().starts_with(prefix)) {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "never reached {prefix}...; at {url}"
+                "never reached {prefix}...; at {url:?}"
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
