@@ -1,6 +1,7 @@
 //! Console sign-in handlers: OIDC redirect and callback, TOTP enrol/check, sign-out, and
 //! the gate every console page passes ([`signed_in`]).
 
+use super::recovery;
 use super::session::{self, Session, Stage};
 use super::totp::{self, Check};
 use super::{Console, SIGN_IN_FAILED, page};
@@ -378,6 +379,12 @@ pub async fn totp_form(
     }
 }
 
+#[derive(Template)]
+#[template(path = "console/recovery_codes.html")]
+struct RecoveryCodesPage {
+    codes: Vec<String>,
+}
+
 #[derive(serde::Deserialize)]
 pub struct TotpForm {
     csrf_token: Option<String>,
@@ -404,24 +411,48 @@ pub async fn totp_submit(
         Gate::Pass((s, user, _, subject)) => (s, user, subject),
     };
     check_post(&req, &s, form.csrf_token.as_deref())?;
-    let code = form.code.clone().unwrap_or_default();
+    let code = zeroize::Zeroizing::new(form.code.clone().unwrap_or_default());
     let keyring = state.keyring.clone();
     let lockout = chrono::Duration::seconds(i64::try_from(c.totp_lockout_secs).unwrap_or(900));
     let user_id = user.id;
-    let result = state
+    let (was_confirmed, result) = state
         .db
         .run(move |conn| {
             use diesel::Connection;
-            conn.transaction(|conn| totp::check(conn, &keyring, user_id, &code, lockout))
+            conn.transaction(|conn| {
+                let confirmed = totp::is_confirmed(conn, user_id)?;
+                let check = if recovery::looks_like(&code) {
+                    totp::check_recovery(conn, &keyring, user_id, &code, lockout)?
+                } else {
+                    totp::check(conn, &keyring, user_id, &code, lockout)?
+                };
+                Ok((confirmed, check))
+            })
         })
         .await?;
     let actor = Actor::user(user.id, role_codes(&user), AuthMethod::Session);
     match result {
         Check::Accepted => {
+            // First confirmation of an enrolment: ten recovery codes, shown once below.
+            let codes = if was_confirmed {
+                None
+            } else {
+                Some(
+                    web::block(recovery::generate)
+                        .await
+                        .map_err(|_| AppError::internal("recovery code generation cancelled"))??,
+                )
+            };
             let old = s.id_hash.clone();
-            let id = state
+            let (id, codes) = state
                 .db
-                .run(move |conn| session::advance(conn, &old, Stage::Active, user_id))
+                .run(move |conn| {
+                    if let Some(codes) = &codes {
+                        recovery::replace(conn, user_id, codes)?;
+                    }
+                    let id = session::advance(conn, &old, Stage::Active, user_id)?;
+                    Ok((id, codes))
+                })
                 .await?;
             let event = ctx
                 .event(
@@ -432,7 +463,12 @@ pub async fn totp_submit(
                 .resource_type(crate::audit::event::ResourceType::Session)
                 .build();
             state.audit.record(event).await?;
-            let mut res = see_other("/console");
+            let mut res = match codes {
+                Some(codes) => page(&RecoveryCodesPage {
+                    codes: codes.iter().map(|c| c.text.to_string()).collect(),
+                })?,
+                None => see_other("/console"),
+            };
             res.add_cookie(&session::cookie(id))
                 .map_err(|_| AppError::internal("session cookie"))?;
             Ok(res)

@@ -3,6 +3,7 @@
 
 pub mod auth;
 pub mod oidc;
+pub mod recovery;
 pub mod session;
 pub mod totp;
 

@@ -233,3 +233,25 @@ diesel::table! {
         created_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    console_recovery_codes (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        selector -> Text,
+        code_hash -> Text,
+        used_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    emergency_accounts (id) {
+        id -> Uuid,
+        name -> Text,
+        user_id -> Uuid,
+        password_hash -> Text,
+        disabled_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
