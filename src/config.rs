@@ -114,6 +114,7 @@ settings! {
     "console.idle_timeout_secs", Int, "900", "Admin console: a session unused for this long ends";
     "console.absolute_timeout_secs", Int, "28800", "Admin console: a session ends this long after sign-in, used or not";
     "console.totp_lockout_secs", Int, "900", "Admin console: after 5 wrong TOTP codes in a row the account's TOTP check is locked this long";
+    "console.emergency_attempts_per_minute", Int, "10", "Admin console: emergency sign-in attempts allowed per minute from one address and for one account name (per instance)";
 }
 
 /// The configuration reference as a Markdown table (printed by `custodian settings`,
@@ -182,6 +183,8 @@ pub struct ConsoleConfig {
     pub absolute_timeout_secs: u64,
     #[serde(default = "defaults::totp_lockout_secs")]
     pub totp_lockout_secs: u64,
+    #[serde(default = "defaults::emergency_attempts_per_minute")]
+    pub emergency_attempts_per_minute: u64,
 }
 
 impl ConsoleConfig {
@@ -208,6 +211,10 @@ impl ConsoleConfig {
             ("console.idle_timeout_secs", self.idle_timeout_secs),
             ("console.absolute_timeout_secs", self.absolute_timeout_secs),
             ("console.totp_lockout_secs", self.totp_lockout_secs),
+            (
+                "console.emergency_attempts_per_minute",
+                self.emergency_attempts_per_minute,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));
@@ -693,6 +700,9 @@ mod defaults {
     }
     pub fn totp_lockout_secs() -> u64 {
         900
+    }
+    pub fn emergency_attempts_per_minute() -> u64 {
+        10
     }
     pub fn yes() -> bool {
         true

@@ -19,7 +19,7 @@ use subtle::ConstantTimeEq;
 
 pub const SIGN_IN_PATH: &str = "/console/signin";
 
-fn console(state: &AppState) -> Result<&Console, AppError> {
+pub(super) fn console(state: &AppState) -> Result<&Console, AppError> {
     state.console.as_deref().ok_or_else(|| {
         AppError::client(
             StatusCode::NOT_FOUND,
@@ -36,7 +36,7 @@ fn is_console_user(user: &UserRecord) -> bool {
             .any(|r| matches!(r, Role::Admin | Role::PrivacyOfficer))
 }
 
-fn role_codes(user: &UserRecord) -> Vec<RoleCode> {
+pub(super) fn role_codes(user: &UserRecord) -> Vec<RoleCode> {
     user.roles
         .iter()
         .filter_map(|r| RoleCode::parse(r.as_str()).ok())
@@ -137,12 +137,24 @@ pub fn check_post(
     session: &Session,
     token: Option<&str>,
 ) -> Result<(), AppError> {
-    let forbidden = || {
-        AppError::client(
-            StatusCode::FORBIDDEN,
-            "The form could not be accepted (cross-site request or missing form token). Reload the page and try again.",
-        )
-    };
+    check_origin(req)?;
+    let token = token.ok_or_else(forbidden_form)?;
+    if !bool::from(token.as_bytes().ct_eq(session.csrf_token.as_bytes())) {
+        return Err(forbidden_form());
+    }
+    Ok(())
+}
+
+fn forbidden_form() -> AppError {
+    AppError::client(
+        StatusCode::FORBIDDEN,
+        "The form could not be accepted (cross-site request or missing form token). Reload the page and try again.",
+    )
+}
+
+/// The Origin (or, without it, the Referer's origin) must be this host or the configured
+/// public URL. Alone it guards forms posted before any session exists (emergency sign-in).
+pub fn check_origin(req: &HttpRequest) -> Result<(), AppError> {
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -155,18 +167,14 @@ pub fn check_post(
                 .and_then(|r| url::Url::parse(r).ok())
                 .map(|u| u.origin().ascii_serialization())
         })
-        .ok_or_else(forbidden)?;
+        .ok_or_else(forbidden_form)?;
     let own = format!("https://{}", req.connection_info().host());
     let public = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.public_origin.clone())
         .unwrap_or_default();
     if origin != own && origin != public {
-        return Err(forbidden());
-    }
-    let token = token.ok_or_else(forbidden)?;
-    if !bool::from(token.as_bytes().ct_eq(session.csrf_token.as_bytes())) {
-        return Err(forbidden());
+        return Err(forbidden_form());
     }
     Ok(())
 }
@@ -348,16 +356,7 @@ async fn totp_page(
     let otpauth = if e.confirmed {
         String::new()
     } else {
-        let mut u =
-            url::Url::parse("otpauth://totp/").map_err(|_| AppError::internal("otpauth url"))?;
-        u.set_path(&format!("Custodian:{subject}"));
-        u.query_pairs_mut()
-            .append_pair("secret", &secret)
-            .append_pair("issuer", "Custodian")
-            .append_pair("algorithm", "SHA1")
-            .append_pair("digits", "6")
-            .append_pair("period", "30");
-        u.to_string()
+        totp::otpauth_uri(&secret, subject)?
     };
     page(&TotpPage {
         enrol: !e.confirmed,

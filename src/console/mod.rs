@@ -2,6 +2,7 @@
 //! ([`session`]), TOTP ([`totp`]) and the pages behind them.
 
 pub mod auth;
+pub mod emergency;
 pub mod oidc;
 pub mod recovery;
 pub mod session;
@@ -21,6 +22,8 @@ pub struct Console {
     pub oidc: oidc::Oidc,
     pub lifetimes: session::Lifetimes,
     pub totp_lockout_secs: u64,
+    /// Emergency sign-in attempts per source address and per account name.
+    pub emergency_limit: Option<crate::web::ratelimit::RateLimiter>,
 }
 
 impl Console {
@@ -32,6 +35,10 @@ impl Console {
                 absolute: secs(config.absolute_timeout_secs),
             },
             totp_lockout_secs: config.totp_lockout_secs,
+            emergency_limit: {
+                let n = u32::try_from(config.emergency_attempts_per_minute).unwrap_or(u32::MAX);
+                crate::web::ratelimit::RateLimiter::new(n, n)
+            },
             oidc: oidc::Oidc::new(config.clone())?,
         })
     }

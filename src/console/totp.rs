@@ -31,6 +31,20 @@ fn totp(secret: &[u8]) -> Result<Totp, AppError> {
         .map_err(|_| AppError::internal("invalid TOTP secret"))
 }
 
+/// The `otpauth://` setup URI for an authenticator app (label `Custodian:<account>`).
+pub fn otpauth_uri(secret_base32: &str, account: &str) -> Result<String, AppError> {
+    let mut u =
+        url::Url::parse("otpauth://totp/").map_err(|_| AppError::internal("otpauth url"))?;
+    u.set_path(&format!("Custodian:{account}"));
+    u.query_pairs_mut()
+        .append_pair("secret", secret_base32)
+        .append_pair("issuer", "Custodian")
+        .append_pair("algorithm", "SHA1")
+        .append_pair("digits", "6")
+        .append_pair("period", "30");
+    Ok(u.to_string())
+}
+
 /// A user's TOTP enrolment.
 pub struct Enrolment {
     pub id: Uuid,

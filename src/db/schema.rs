@@ -255,3 +255,6 @@ diesel::table! {
         created_at -> Timestamptz,
     }
 }
+
+diesel::joinable!(emergency_accounts -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(emergency_accounts, users);

@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod cli;
 mod common;
+mod console_emergency;
 mod console_login;
 mod crypto;
 mod database;
