@@ -118,6 +118,15 @@ impl AuditWriter {
     /// Records `event`; returns only after the transaction holding it committed.
     /// [`AppError::Unavailable`] if it cannot be committed within the commit timeout.
     pub async fn record(&self, event: AuditEvent) -> Result<(), AppError> {
+        if event.action.severity() == crate::audit::event::Severity::High {
+            // Ids and codes only (no PHI): lets log-based alerting page someone.
+            tracing::warn!(
+                event_id = %event.event_id,
+                action = event.action.code(),
+                outcome = event.outcome.code(),
+                "high-severity audit event"
+            );
+        }
         let deadline = Instant::now() + self.commit_timeout;
         let (reply, done) = oneshot::channel();
         let pending = Pending {

@@ -8,6 +8,7 @@ mod auth;
 mod cli;
 mod common;
 mod console_browser;
+mod console_emergency;
 mod console_login;
 mod console_pages;
 mod crypto;
