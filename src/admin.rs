@@ -109,7 +109,9 @@ impl ops::AdminActor for AdminCaller {
         patients: Vec<Uuid>,
         outcome: Outcome,
     ) -> Result<(), AppError> {
-        self.0.audit_admin(action, resource, patients, outcome).await
+        self.0
+            .audit_admin(action, resource, patients, outcome)
+            .await
     }
 }
 

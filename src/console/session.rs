@@ -270,12 +270,15 @@ pub fn totp_at(conn: &mut PgConnection, id_hash: &[u8]) -> Result<Option<DateTim
         .flatten())
 }
 
-/// A user's live sessions as the console lists them (no ids): stage, started, last used.
+/// A session as the console lists it (no id): stage, started, last used.
+pub type Listed = (String, DateTime<Utc>, DateTime<Utc>);
+
+/// A user's live sessions, newest first.
 pub fn list_of_user(
     conn: &mut PgConnection,
     user_id: Uuid,
     life: &Lifetimes,
-) -> Result<Vec<(String, DateTime<Utc>, DateTime<Utc>)>, AppError> {
+) -> Result<Vec<Listed>, AppError> {
     let now = Utc::now();
     Ok(cs::table
         .filter(

@@ -29,10 +29,7 @@ const PENDING_MAX_AGE_SECS: i64 = 600;
 pub async fn is_fresh(state: &AppState, s: &Session) -> Result<bool, AppError> {
     let window = auth::console(state)?.step_up;
     let hash = s.id_hash.clone();
-    let at = state
-        .db
-        .run(move |c| session::totp_at(c, &hash))
-        .await?;
+    let at = state.db.run(move |c| session::totp_at(c, &hash)).await?;
     Ok(at.is_some_and(|t| Utc::now() - t < window))
 }
 
@@ -100,10 +97,7 @@ pub async fn ask(
 ) -> Result<HttpResponse, AppError> {
     let hash = me.session.id_hash.clone();
     let stored = op.clone();
-    state
-        .db
-        .run(move |c| save(c, &hash, &stored))
-        .await?;
+    state.db.run(move |c| save(c, &hash, &stored)).await?;
     let (action, kind) = op.audit();
     who.record(
         action,

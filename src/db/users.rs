@@ -456,3 +456,14 @@ pub fn patient_exists(conn: &mut PgConnection, patient_id: Uuid) -> Result<bool,
     ))
     .get_result(conn)?)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn search_text_is_literal() {
+        assert_eq!(contains_pattern("ab"), "%ab%");
+        assert_eq!(contains_pattern("5%_x\\"), "%5\\%\\_x\\\\%");
+    }
+}

@@ -16,6 +16,9 @@ use uuid::Uuid;
 const SECRET: &[u8] = b"console-pages-test-secret-20b";
 const XSS: &str = "<img src=x onerror=alert(1)>";
 
+/// (action, outcome, deny reason, auth method, resource id) of an audit event.
+type Event = (String, String, Option<String>, String, Option<Uuid>);
+
 struct Console {
     app: TestApp,
     _idp: Provider,
@@ -63,7 +66,10 @@ impl Console {
             .set("console.issuer", issuer.clone())
             .set("console.client_id", "custodian-console")
             .set("console.client_secret", "test-secret")
-            .set("console.redirect_url", "https://localhost:8443/console/callback")
+            .set(
+                "console.redirect_url",
+                "https://localhost:8443/console/callback",
+            )
             .set("console.step_up_secs", 300);
         let db = crate::common::TestDb::create();
         let config = builder.config(&db.url);
@@ -161,7 +167,9 @@ impl Console {
     fn make_stale(&self, b: &Browser) {
         let hash = sha2::Sha256::digest(b.session_id.as_bytes()).to_vec();
         diesel::update(console_sessions::table.filter(console_sessions::id_hash.eq(hash)))
-            .set(console_sessions::totp_at.eq(Some(chrono::Utc::now() - chrono::Duration::hours(1))))
+            .set(
+                console_sessions::totp_at.eq(Some(chrono::Utc::now() - chrono::Duration::hours(1))),
+            )
             .execute(&mut self.app.db.conn())
             .unwrap();
     }
@@ -208,11 +216,17 @@ impl Console {
     }
 
     /// (action, outcome, deny reason, auth method, resource id) of every audit event.
-    fn events(&self) -> Vec<(String, String, Option<String>, String, Option<Uuid>)> {
+    fn events(&self) -> Vec<Event> {
         use custodian::db::schema::audit_events as ae;
         ae::table
             .order(ae::seq)
-            .select((ae::action, ae::outcome, ae::deny_reason, ae::auth_method, ae::resource_id))
+            .select((
+                ae::action,
+                ae::outcome,
+                ae::deny_reason,
+                ae::auth_method,
+                ae::resource_id,
+            ))
             .load(&mut self.app.db.conn())
             .unwrap()
     }
@@ -228,7 +242,9 @@ fn location(res: &reqwest::Response) -> String {
 
 /// The HTML error message names the field (quotes are escaped in HTML).
 fn names_reason(html: &str) -> bool {
-    html.contains("&#39;reason&#39;") || html.contains("&#x27;reason&#x27;") || html.contains("'reason'")
+    html.contains("&#39;reason&#39;")
+        || html.contains("&#x27;reason&#x27;")
+        || html.contains("'reason'")
 }
 
 /// An admin signed in with a confirmed authenticator.
@@ -243,7 +259,11 @@ async fn users_list_searches_and_pages() {
     let c = Console::start().await;
     let (_, a) = admin(&c, "root");
     for i in 0..30 {
-        c.user(&format!("staff-{i:02}"), &[Role::Clinician], Some(&format!("Staff {i}")));
+        c.user(
+            &format!("staff-{i:02}"),
+            &[Role::Clinician],
+            Some(&format!("Staff {i}")),
+        );
     }
     c.user("zed", &[], Some("Zed Example"));
 
@@ -251,13 +271,25 @@ async fn users_list_searches_and_pages() {
     assert_eq!(page1.status(), StatusCode::OK);
     let html = page1.text().await.unwrap();
     assert_eq!(html.matches("/console/users/").count(), 25, "{html}");
-    assert!(html.contains("Signed in as"), "layout shows who is signed in");
-    assert!(html.contains("id=\"session-left\""), "layout shows the time left");
+    assert!(
+        html.contains("Signed in as"),
+        "layout shows who is signed in"
+    );
+    assert!(
+        html.contains("id=\"session-left\""),
+        "layout shows the time left"
+    );
     let next = html
         .split("id=\"next-page\"")
         .next()
         .and_then(|before| before.rsplit("href=\"").next())
-        .map(|h| h.split('"').next().unwrap().replace("&#38;", "&").replace("&amp;", "&"))
+        .map(|h| {
+            h.split('"')
+                .next()
+                .unwrap()
+                .replace("&#38;", "&")
+                .replace("&amp;", "&")
+        })
         .unwrap();
     assert!(next.starts_with("/console/users?q=staff-&after="), "{next}");
     let html2 = c.get(&a, &next).await.text().await.unwrap();
@@ -265,14 +297,28 @@ async fn users_list_searches_and_pages() {
     assert!(!html2.contains("id=\"next-page\""));
     assert!(html2.contains("id=\"first-page\""));
 
-    let zed = c.get(&a, "/console/users?q=zed+ex").await.text().await.unwrap();
+    let zed = c
+        .get(&a, "/console/users?q=zed+ex")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(zed.contains("Zed Example"));
     assert!(!zed.contains("Staff 1"));
     // Pattern characters are literal: '%' matches nobody here.
-    let none = c.get(&a, "/console/users?q=%25").await.text().await.unwrap();
+    let none = c
+        .get(&a, "/console/users?q=%25")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(none.contains("No users found"), "{none}");
     // Searching is audited (metadata only).
-    assert!(c.events().iter().any(|e| e.0 == "search" && e.3 == "session-mfa"));
+    assert!(
+        c.events()
+            .iter()
+            .any(|e| e.0 == "search" && e.3 == "session-mfa")
+    );
 }
 
 #[tokio::test]
@@ -289,14 +335,22 @@ async fn role_added_with_reason_is_shown_and_audited() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
-    assert_eq!(location(&res), format!("/console/users/{target}?done=role-granted"));
+    assert_eq!(
+        location(&res),
+        format!("/console/users/{target}?done=role-granted")
+    );
     assert_eq!(
         c.roles_of(target),
         vec![("clinician".to_string(), "new hire on ward 3".to_string())]
     );
     let page = c.get(&a, &location(&res)).await.text().await.unwrap();
-    assert!(page.contains("<span class=\"role\">clinician</span>"), "{page}");
+    assert!(
+        page.contains("<span class=\"role\">clinician</span>"),
+        "{page}"
+    );
     assert!(page.contains("The role was granted."));
+    assert!(page.contains("Disable account"), "{page}");
+    assert!(page.contains("Signed in as <strong id=\"signed-in-as\">root</strong>"));
 
     let last_change = c
         .events()
@@ -316,8 +370,14 @@ async fn role_added_with_reason_is_shown_and_audited() {
     // The audit page shows it (metadata only).
     let audit = c.get(&a, "/console/audit").await.text().await.unwrap();
     assert!(audit.contains("permission-change"), "{audit}");
-    assert!(audit.contains(&format!("RoleAssignment {target}")), "{audit}");
-    assert!(!audit.contains("new hire on ward 3"), "reasons are not audit data");
+    assert!(
+        audit.contains(&format!("RoleAssignment {target}")),
+        "{audit}"
+    );
+    assert!(
+        !audit.contains("new hire on ward 3"),
+        "reasons are not audit data"
+    );
 }
 
 #[tokio::test]
@@ -330,7 +390,9 @@ async fn role_added_without_reason_is_400_naming_reason() {
     let res = c.post(&a, &path, &[("role", "clinician")]).await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(names_reason(&res.text().await.unwrap()));
-    let res = c.post(&a, &path, &[("role", "clinician"), ("reason", " ")]).await;
+    let res = c
+        .post(&a, &path, &[("role", "clinician"), ("reason", " ")])
+        .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(names_reason(&res.text().await.unwrap()));
     assert!(c.roles_of(target).is_empty());
@@ -351,15 +413,25 @@ async fn stale_totp_asks_for_a_code_then_performs_the_original_change() {
     let path = format!("/console/users/{target}/grant-role");
 
     let res = c
-        .post(&a, &path, &[("role", "billing"), ("reason", "moved to billing office")])
+        .post(
+            &a,
+            &path,
+            &[("role", "billing"), ("reason", "moved to billing office")],
+        )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
     let html = res.text().await.unwrap();
     assert!(html.contains("action=\"/console/step-up\""), "{html}");
     assert!(html.contains("Grant the role billing"), "{html}");
-    assert!(c.roles_of(target).is_empty(), "nothing changes before the code");
-    assert!(c.events().iter().any(|e| e.0 == "permission-change"
-        && e.2.as_deref() == Some("step-up-required")));
+    assert!(
+        c.roles_of(target).is_empty(),
+        "nothing changes before the code"
+    );
+    assert!(
+        c.events()
+            .iter()
+            .any(|e| e.0 == "permission-change" && e.2.as_deref() == Some("step-up-required"))
+    );
 
     // A wrong code: asked again, still nothing changed.
     let res = c.post(&a, "/console/step-up", &[("code", "000000")]).await;
@@ -372,15 +444,25 @@ async fn stale_totp_asks_for_a_code_then_performs_the_original_change() {
         .post(&a, "/console/step-up", &[("code", &code_at(now_secs()))])
         .await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER, "{:?}", res.headers());
-    assert_eq!(location(&res), format!("/console/users/{target}?done=role-granted"));
+    assert_eq!(
+        location(&res),
+        format!("/console/users/{target}?done=role-granted")
+    );
     let set_cookie = res.headers()["set-cookie"].to_str().unwrap().to_string();
     assert!(set_cookie.starts_with("__Host-custodian="));
-    assert!(!set_cookie.contains(&a.session_id), "the session id is renewed");
+    assert!(
+        !set_cookie.contains(&a.session_id),
+        "the session id is renewed"
+    );
     assert_eq!(
         c.roles_of(target),
         vec![("billing".to_string(), "moved to billing office".to_string())]
     );
-    assert!(c.events().iter().any(|e| e.0 == "step-up" && e.1 == "permit"));
+    assert!(
+        c.events()
+            .iter()
+            .any(|e| e.0 == "step-up" && e.1 == "permit")
+    );
 
     // The old id no longer works; the renewed one does and counts as fresh.
     let old = reqwest::Client::builder()
@@ -439,7 +521,11 @@ async fn revoked_sessions_land_on_sign_in() {
     let res = c.get(&b, "/console/users").await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&res), "/console/signin");
-    assert!(c.events().iter().any(|e| e.0 == "session-revoked" && e.4 == Some(b_id)));
+    assert!(
+        c.events()
+            .iter()
+            .any(|e| e.0 == "session-revoked" && e.4 == Some(b_id))
+    );
 
     // Removing a role (any role) ends the user's sessions too.
     assert_eq!(c.get(&b2, "/console/users").await.status(), StatusCode::OK);
@@ -493,7 +579,11 @@ async fn posts_need_the_csrf_token_and_our_origin() {
     assert!(c.roles_of(target).is_empty());
 
     let res = c.post_raw(&a, &path, &with_token, Some(&origin)).await;
-    assert_eq!(res.status(), StatusCode::SEE_OTHER, "the same form, done right");
+    assert_eq!(
+        res.status(),
+        StatusCode::SEE_OTHER,
+        "the same form, done right"
+    );
 }
 
 #[tokio::test]
@@ -521,16 +611,23 @@ async fn error_pages_show_the_request_id() {
     let (_, a) = admin(&c, "root");
     for res in [
         c.get(&a, "/console/users/not-a-user").await,
-        c.get(&a, &format!("/console/users/{}", Uuid::new_v4())).await,
-        c.post(&a, &format!("/console/users/{}/grant-role", Uuid::new_v4()), &[])
+        c.get(&a, &format!("/console/users/{}", Uuid::new_v4()))
             .await,
+        c.post(
+            &a,
+            &format!("/console/users/{}/grant-role", Uuid::new_v4()),
+            &[],
+        )
+        .await,
     ] {
         assert!(res.status().is_client_error());
         let id = res.headers()["x-request-id"].to_str().unwrap().to_string();
-        assert!(res.headers()["content-type"]
-            .to_str()
-            .unwrap()
-            .starts_with("text/html"));
+        assert!(
+            res.headers()["content-type"]
+                .to_str()
+                .unwrap()
+                .starts_with("text/html")
+        );
         let html = res.text().await.unwrap();
         assert!(html.contains(&id), "{html}");
         assert!(html.contains("Request id"), "{html}");
@@ -543,8 +640,14 @@ async fn privacy_officers_see_audit_events_but_cannot_administer() {
     let po = c.user("privacy", &[Role::PrivacyOfficer], None);
     c.enrol(po);
     let p = c.sign_in(po);
-    assert_eq!(c.get(&p, "/console/users").await.status(), StatusCode::FORBIDDEN);
-    assert_eq!(c.get(&p, "/console/clients").await.status(), StatusCode::FORBIDDEN);
+    assert_eq!(
+        c.get(&p, "/console/users").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(
+        c.get(&p, "/console/clients").await.status(),
+        StatusCode::FORBIDDEN
+    );
     let res = c
         .post(
             &p,
@@ -617,7 +720,11 @@ async fn service_clients_are_added_and_disabled() {
         .first(&mut c.app.db.conn())
         .unwrap();
     assert!(disabled.is_some());
-    assert!(c.events().iter().any(|e| e.0 == "client-revoked" && e.4 == Some(client)));
+    assert!(
+        c.events()
+            .iter()
+            .any(|e| e.0 == "client-revoked" && e.4 == Some(client))
+    );
 }
 
 #[tokio::test]
@@ -636,4 +743,58 @@ async fn totp_reset_forgets_the_authenticator_and_ends_sessions() {
         .unwrap();
     assert_eq!(left, 0);
     assert_eq!(location(&c.get(&b, "/console").await), "/console/signin");
+}
+
+#[tokio::test]
+async fn a_kept_change_runs_once_and_a_failing_one_keeps_the_renewed_session() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let target = c.user("dr-new", &[], None);
+    c.make_stale(&a);
+
+    // Asked for a code for a change that will fail (no reason).
+    let res = c
+        .post(
+            &a,
+            &format!("/console/users/{target}/grant-role"),
+            &[("role", "clinician")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = c
+        .post(&a, "/console/step-up", &[("code", &code_at(now_secs()))])
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        res.headers().contains_key("set-cookie"),
+        "new id even on failure"
+    );
+    assert!(names_reason(&res.text().await.unwrap()));
+    assert!(c.roles_of(target).is_empty());
+
+    // The renewed session still works, and nothing is left waiting for a code.
+    let page = c.get(&a, "/console/users").await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let html = page.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let renewed = Browser {
+        client: a.client.clone(),
+        jar: a.jar.clone(),
+        session_id: String::new(),
+        csrf,
+    };
+    let res = c
+        .post(
+            &renewed,
+            "/console/step-up",
+            &[("code", &code_at(now_secs() + 30))],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(c.roles_of(target).is_empty());
 }

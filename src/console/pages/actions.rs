@@ -311,7 +311,8 @@ pub async fn perform(
             roles,
             reason,
         } => {
-            let work = ops::create_client(state, by, client_id, facility, &roles, reason.as_deref());
+            let work =
+                ops::create_client(state, by, client_id, facility, &roles, reason.as_deref());
             audited(who, action, kind, work).await?;
             done("/console/clients".into(), "client-created")
         }
