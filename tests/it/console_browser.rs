@@ -178,8 +178,16 @@ async fn sign_in_and_enrol(browser: &Browser, app: &TestApp, subject: &str) {
         )
         .await;
     let code = totp_now(secret.as_str().unwrap());
-    browser.fill("6-digit code", &code).await;
+    browser.fill("Code", &code).await;
     browser.click("Confirm").await;
+
+    // Ten single-use recovery codes, shown once.
+    browser.wait_for_text("Save your recovery codes").await;
+    assert_eq!(browser.count("#recovery-codes li").await, 10);
+    page_shot(browser, "recovery-codes").await;
+    browser
+        .click("I have saved them: continue to the console")
+        .await;
     browser.wait_for_text("Session time left").await;
     assert_eq!(browser.current_url().await.path(), "/console");
 }
@@ -231,8 +239,7 @@ async fn admin_assigns_a_role_with_a_reason_and_sees_it_in_the_audit_events() {
     let browser = Browser::start(&test_cert().cert_pem).await;
     sign_in_and_enrol(&browser, &app, "alice").await;
 
-    // The dashboard has no console navigation yet; the other pages do.
-    browser.goto(&app.url("/console/users")).await;
+    browser.click("Users").await;
     browser.wait_for_text("Dr Bob Ward").await;
     page_shot(&browser, "users").await;
     browser.click("Dr Bob Ward").await;
