@@ -164,7 +164,8 @@ pub fn set_disabled(
 /// The account for a sign-in: (user id, password hash, usable = neither it nor its user
 /// is disabled).
 fn find(conn: &mut PgConnection, name: &str) -> Result<Option<(Uuid, String, bool)>, AppError> {
-    let row: Option<(Uuid, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = ea::table
+    type Row = (Uuid, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let row: Option<Row> = ea::table
         .inner_join(u::table.on(u::id.eq(ea::user_id)))
         .filter(ea::name.eq(name))
         .select((
