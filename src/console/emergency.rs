@@ -164,7 +164,8 @@ pub fn set_disabled(
 /// The account for a sign-in: (user id, password hash, usable = neither it nor its user
 /// is disabled).
 fn find(conn: &mut PgConnection, name: &str) -> Result<Option<(Uuid, String, bool)>, AppError> {
-    let row: Option<(Uuid, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>)> = ea::table
+    type Row = (Uuid, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+    let row: Option<Row> = ea::table
         .inner_join(u::table.on(u::id.eq(ea::user_id)))
         .filter(ea::name.eq(name))
         .select((
@@ -231,7 +232,9 @@ pub async fn sign_in(
             .map(|a| a.ip().to_string())
             .unwrap_or_default();
         // The name key is the same whether or not the account exists.
-        for key in [format!("ip:{ip}"), format!("name:{}", name.to_lowercase())] {
+        // Names longer than 64 are invalid anyway: the key stays bounded.
+        let name_key: String = name.chars().take(65).collect::<String>().to_lowercase();
+        for key in [format!("ip:{ip}"), format!("name:{name_key}")] {
             if let Err(wait) = limit.check(&key) {
                 return Err(AppError::RateLimited {
                     retry_after_secs: wait.as_secs().max(1),

@@ -273,6 +273,19 @@ async fn unknown_name_wrong_password_and_disabled_account_look_the_same() {
     // And the right everything still works (the failures above did not lock it).
     let r = post_emergency(&app, &b, "breakglass-1", PASSWORD, &code(&secret, 0)).await;
     assert_eq!(r.0, 303);
+
+    // Disabling its user (as the console and the admin API do) stops the account too.
+    let user: uuid::Uuid = {
+        use custodian::db::schema::emergency_accounts::dsl::*;
+        emergency_accounts
+            .filter(name.eq("breakglass-1"))
+            .select(user_id)
+            .first(&mut app.db.conn())
+            .unwrap()
+    };
+    custodian::db::users::set_disabled(&mut app.db.conn(), user, true).unwrap();
+    let r = post_emergency(&app, &b, "breakglass-1", PASSWORD, &code(&secret, 30)).await;
+    assert_eq!((r.0, &r.1), (unknown.0, &unknown.1));
 }
 
 #[tokio::test]

@@ -96,9 +96,19 @@ impl Provider {
             .arg(serde_json::Value::Array(json).to_string())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
+            .stderr(Stdio::piped())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start node tests/oidc/provider.mjs: {e}"));
+        // Pass on the provider's errors, not its fixed start-up warnings (dev adapter,
+        // dev interactions, Node version).
+        let stderr = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if !line.starts_with("oidc-provider WARNING:") {
+                    eprintln!("[oidc provider] {line}");
+                }
+            }
+        });
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
