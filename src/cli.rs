@@ -48,6 +48,10 @@ pub enum Command {
     /// Encryption keys: status and rotation.
     #[command(subcommand)]
     Keys(KeysCommand),
+    /// Console administration on the server: grant the first administrator, create or
+    /// disable emergency accounts.
+    #[command(subcommand)]
+    Admin(crate::admin_cli::AdminCommand),
     /// The audit trail: verify, export, print the checkpoint public key.
     Audit {
         #[command(subcommand)]
@@ -103,6 +107,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Keys(cmd) => {
             let config = Config::load(path)?;
             actix_web::web::block(move || keys::run(&config, cmd)).await?
+        }
+        Command::Admin(cmd) => {
+            let path = path.map(PathBuf::from);
+            actix_web::web::block(move || crate::admin_cli::run(path.as_deref(), cmd)).await?
         }
         Command::Audit { command } => {
             let path = path.map(PathBuf::from);

@@ -115,6 +115,7 @@ settings! {
     "console.absolute_timeout_secs", Int, "28800", "Admin console: a session ends this long after sign-in, used or not";
     "console.totp_lockout_secs", Int, "900", "Admin console: after 5 wrong TOTP codes in a row the account's TOTP check is locked this long";
     "console.step_up_secs", Int, "300", "Admin console: sensitive actions (roles, care teams, sessions, TOTP reset, service clients) need a TOTP code entered within this many seconds, else the console asks for one first";
+    "console.emergency_attempts_per_minute", Int, "10", "Admin console: emergency sign-in attempts allowed per minute from one address and for one account name (per instance)";
 }
 
 /// The configuration reference as a Markdown table (printed by `custodian settings`,
@@ -185,6 +186,8 @@ pub struct ConsoleConfig {
     pub totp_lockout_secs: u64,
     #[serde(default = "defaults::step_up_secs")]
     pub step_up_secs: u64,
+    #[serde(default = "defaults::emergency_attempts_per_minute")]
+    pub emergency_attempts_per_minute: u64,
 }
 
 impl ConsoleConfig {
@@ -212,6 +215,10 @@ impl ConsoleConfig {
             ("console.absolute_timeout_secs", self.absolute_timeout_secs),
             ("console.totp_lockout_secs", self.totp_lockout_secs),
             ("console.step_up_secs", self.step_up_secs),
+            (
+                "console.emergency_attempts_per_minute",
+                self.emergency_attempts_per_minute,
+            ),
         ] {
             if value == 0 {
                 return Err(ConfigError::new(key, "must be at least 1"));
@@ -700,6 +707,9 @@ mod defaults {
     }
     pub fn totp_lockout_secs() -> u64 {
         900
+    }
+    pub fn emergency_attempts_per_minute() -> u64 {
+        10
     }
     pub fn yes() -> bool {
         true

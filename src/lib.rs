@@ -2,6 +2,7 @@
 //! use. The binary in `main.rs` only parses the command line and calls [`cli::run`].
 
 pub mod admin;
+pub mod admin_cli;
 pub mod audit;
 pub mod auth;
 pub mod cli;

@@ -74,12 +74,29 @@ fn checkpoint_file(audit: &AuditConfig, given: Option<PathBuf>) -> Option<PathBu
     })
 }
 
-fn connect(config: &Config) -> anyhow::Result<PgConnection> {
+pub fn connect(config: &Config) -> anyhow::Result<PgConnection> {
     let url = crate::db::with_connect_timeout(
         config.database.url.expose(),
         config.database.connect_timeout_secs,
     );
     PgConnection::establish(&url).context("database.url: cannot connect to PostgreSQL")
+}
+
+/// Appends events of an operator command to the chain (directly, as one batch: there is
+/// no writer task in a command). Blocking.
+pub fn record_cli_events(
+    config: &Config,
+    conn: &mut PgConnection,
+    events: &[super::event::AuditEvent],
+) -> anyhow::Result<()> {
+    let key = config.audit.chain_key()?;
+    let signer = config.audit.signing_key()?;
+    let policy = store::CheckpointPolicy {
+        every_events: config.audit.checkpoint_every_events,
+        every_secs: config.audit.checkpoint_every_secs,
+    };
+    store::append_batch(conn, &key, &signer, policy, events)?;
+    Ok(())
 }
 
 /// Runs an audit command. Blocking.
@@ -138,18 +155,15 @@ pub fn run(path: Option<&Path>, command: AuditCommand) -> anyhow::Result<()> {
             let since = since.map(|s| parse_time("--since", &s)).transpose()?;
             let until = until.map(|s| parse_time("--until", &s)).transpose()?;
             let config = Config::load(path)?;
-            let key = config.audit.chain_key()?;
-            let signer = config.audit.signing_key()?;
+            // Fail on bad audit keys before touching the database.
+            config.audit.chain_key()?;
+            config.audit.signing_key()?;
             let mut conn = connect(&config)?;
             // The export itself is audited, before any data leaves the database.
             let event = EventBuilder::new(Actor::cli(), AuditAction::AuditExport, Outcome::Permit)
                 .resource_type(ResourceType::AuditLog)
                 .build();
-            let policy = store::CheckpointPolicy {
-                every_events: config.audit.checkpoint_every_events,
-                every_secs: config.audit.checkpoint_every_secs,
-            };
-            store::append_batch(&mut conn, &key, &signer, policy, &[event])
+            record_cli_events(&config, &mut conn, &[event])
                 .context("cannot record the audit-export event")?;
             let file = std::fs::File::create(&output)
                 .with_context(|| format!("--output: cannot create {}", output.display()))?;

@@ -64,6 +64,26 @@ coded_enum! {
         KeyRotation = "key-rotation",
         AuditExport = "audit-export",
         AuditVerify = "audit-verify",
+        EmergencyLogin = "emergency-login",
+        EmergencyAccountChange = "emergency-account-change",
+    }
+}
+
+/// How urgently a reviewer must look at an event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Severity {
+    Normal,
+    /// Bypasses a normal safeguard (emergency access): reviewed promptly, and logged as a
+    /// warning when recorded so that log-based alerting sees it too.
+    High,
+}
+
+impl AuditAction {
+    pub fn severity(self) -> Severity {
+        match self {
+            AuditAction::EmergencyLogin | AuditAction::BreakGlassStart => Severity::High,
+            _ => Severity::Normal,
+        }
     }
 }
 
@@ -76,6 +96,8 @@ coded_enum! {
         Session = "session",
         SessionMfa = "session-mfa",
         Cli = "cli",
+        // An emergency account's local password plus TOTP (no identity provider).
+        EmergencyPassword = "emergency-password",
     }
 }
 
@@ -94,6 +116,7 @@ coded_enum! {
         BreakGlassGrant = "BreakGlassGrant",
         Key = "Key",
         AuditLog = "AuditLog",
+        EmergencyAccount = "EmergencyAccount",
     }
 }
 

@@ -142,6 +142,15 @@ impl AuditWriter {
     }
 
     async fn submit(&self, event: AuditEvent, write: Option<WriteJob>) -> Result<(), AppError> {
+        if event.action.severity() == crate::audit::event::Severity::High {
+            // Ids and codes only (no PHI): lets log-based alerting page someone.
+            tracing::warn!(
+                event_id = %event.event_id,
+                action = event.action.code(),
+                outcome = event.outcome.code(),
+                "high-severity audit event"
+            );
+        }
         let deadline = Instant::now() + self.commit_timeout;
         let (reply, done) = oneshot::channel();
         let pending = Pending {

@@ -1,6 +1,7 @@
 //! Console sign-in handlers: OIDC redirect and callback, TOTP enrol/check, sign-out, and
 //! the gate every console page passes ([`signed_in`]).
 
+use super::recovery;
 use super::session::{self, Session, Stage};
 use super::totp::{self, Check};
 use super::{Console, SIGN_IN_FAILED, page};
@@ -136,12 +137,24 @@ pub fn check_post(
     session: &Session,
     token: Option<&str>,
 ) -> Result<(), AppError> {
-    let forbidden = || {
-        AppError::client(
-            StatusCode::FORBIDDEN,
-            "The form could not be accepted (cross-site request or missing form token). Reload the page and try again.",
-        )
-    };
+    check_origin(req)?;
+    let token = token.ok_or_else(forbidden_form)?;
+    if !bool::from(token.as_bytes().ct_eq(session.csrf_token.as_bytes())) {
+        return Err(forbidden_form());
+    }
+    Ok(())
+}
+
+fn forbidden_form() -> AppError {
+    AppError::client(
+        StatusCode::FORBIDDEN,
+        "The form could not be accepted (cross-site request or missing form token). Reload the page and try again.",
+    )
+}
+
+/// The Origin (or, without it, the Referer's origin) must be this host or the configured
+/// public URL. Alone it guards forms posted before any session exists (emergency sign-in).
+pub fn check_origin(req: &HttpRequest) -> Result<(), AppError> {
     let origin = req
         .headers()
         .get(header::ORIGIN)
@@ -154,18 +167,14 @@ pub fn check_post(
                 .and_then(|r| url::Url::parse(r).ok())
                 .map(|u| u.origin().ascii_serialization())
         })
-        .ok_or_else(forbidden)?;
+        .ok_or_else(forbidden_form)?;
     let own = format!("https://{}", req.connection_info().host());
     let public = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.public_origin.clone())
         .unwrap_or_default();
     if origin != own && origin != public {
-        return Err(forbidden());
-    }
-    let token = token.ok_or_else(forbidden)?;
-    if !bool::from(token.as_bytes().ct_eq(session.csrf_token.as_bytes())) {
-        return Err(forbidden());
+        return Err(forbidden_form());
     }
     Ok(())
 }
@@ -195,7 +204,7 @@ pub async fn login(state: web::Data<AppState>) -> Result<HttpResponse, AppError>
         .run(move |conn| session::start_pre_login(conn, &life, &st, &no, &ve))
         .await?;
     let mut res = see_other(start.url.as_str());
-    res.add_cookie(&session::cookie(id))
+    res.add_cookie(&session::pre_login_cookie(id))
         .map_err(|_| AppError::internal("session cookie"))?;
     Ok(res)
 }
@@ -307,11 +316,23 @@ pub async fn callback(
         .resource_type(crate::audit::event::ResourceType::Session)
         .build();
     state.audit.record(event).await?;
-    let mut res = see_other("/console/totp");
+    // Not a redirect: this request arrived through the provider's cross-site redirect, and
+    // browsers keep withholding SameSite=Strict cookies along that chain, so a 303 to the
+    // TOTP page would arrive without the new session. A page of our own that refreshes
+    // (no script, so the CSP holds) starts a same-site navigation that carries it.
+    let mut res = page(&ContinuePage)?;
+    res.headers_mut().insert(
+        header::REFRESH,
+        HeaderValue::from_static("0; url=/console/totp"),
+    );
     res.add_cookie(&session::cookie(id))
         .map_err(|_| AppError::internal("session cookie"))?;
     Ok(res)
 }
+
+#[derive(Template)]
+#[template(path = "console/continue.html")]
+struct ContinuePage;
 
 #[derive(Template)]
 #[template(path = "console/totp.html")]
@@ -347,16 +368,7 @@ async fn totp_page(
     let otpauth = if e.confirmed {
         String::new()
     } else {
-        let mut u =
-            url::Url::parse("otpauth://totp/").map_err(|_| AppError::internal("otpauth url"))?;
-        u.set_path(&format!("Custodian:{subject}"));
-        u.query_pairs_mut()
-            .append_pair("secret", &secret)
-            .append_pair("issuer", "Custodian")
-            .append_pair("algorithm", "SHA1")
-            .append_pair("digits", "6")
-            .append_pair("period", "30");
-        u.to_string()
+        totp::otpauth_uri(&secret, subject)?
     };
     page(&TotpPage {
         enrol: !e.confirmed,
@@ -376,6 +388,12 @@ pub async fn totp_form(
         Gate::Redirect(r) => Ok(r),
         Gate::Pass((s, user, _, subject)) => totp_page(&state, &s, &user, &subject, "").await,
     }
+}
+
+#[derive(Template)]
+#[template(path = "console/recovery_codes.html")]
+struct RecoveryCodesPage {
+    codes: Vec<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -404,24 +422,48 @@ pub async fn totp_submit(
         Gate::Pass((s, user, _, subject)) => (s, user, subject),
     };
     check_post(&req, &s, form.csrf_token.as_deref())?;
-    let code = form.code.clone().unwrap_or_default();
+    let code = zeroize::Zeroizing::new(form.code.clone().unwrap_or_default());
     let keyring = state.keyring.clone();
     let lockout = chrono::Duration::seconds(i64::try_from(c.totp_lockout_secs).unwrap_or(900));
     let user_id = user.id;
-    let result = state
+    let (was_confirmed, result) = state
         .db
         .run(move |conn| {
             use diesel::Connection;
-            conn.transaction(|conn| totp::check(conn, &keyring, user_id, &code, lockout))
+            conn.transaction(|conn| {
+                let confirmed = totp::is_confirmed(conn, user_id)?;
+                let check = if recovery::looks_like(&code) {
+                    totp::check_recovery(conn, &keyring, user_id, &code, lockout)?
+                } else {
+                    totp::check(conn, &keyring, user_id, &code, lockout)?
+                };
+                Ok((confirmed, check))
+            })
         })
         .await?;
     let actor = Actor::user(user.id, role_codes(&user), AuthMethod::Session);
     match result {
         Check::Accepted => {
+            // First confirmation of an enrolment: ten recovery codes, shown once below.
+            let codes = if was_confirmed {
+                None
+            } else {
+                Some(
+                    web::block(recovery::generate)
+                        .await
+                        .map_err(|_| AppError::internal("recovery code generation cancelled"))??,
+                )
+            };
             let old = s.id_hash.clone();
-            let id = state
+            let (id, codes) = state
                 .db
-                .run(move |conn| session::advance(conn, &old, Stage::Active, user_id))
+                .run(move |conn| {
+                    if let Some(codes) = &codes {
+                        recovery::replace(conn, user_id, codes)?;
+                    }
+                    let id = session::advance(conn, &old, Stage::Active, user_id)?;
+                    Ok((id, codes))
+                })
                 .await?;
             let event = ctx
                 .event(
@@ -432,7 +474,12 @@ pub async fn totp_submit(
                 .resource_type(crate::audit::event::ResourceType::Session)
                 .build();
             state.audit.record(event).await?;
-            let mut res = see_other("/console");
+            let mut res = match codes {
+                Some(codes) => page(&RecoveryCodesPage {
+                    codes: codes.iter().map(|c| c.text.to_string()).collect(),
+                })?,
+                None => see_other("/console"),
+            };
             res.add_cookie(&session::cookie(id))
                 .map_err(|_| AppError::internal("session cookie"))?;
             Ok(res)

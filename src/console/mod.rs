@@ -2,8 +2,10 @@
 //! ([`session`]), TOTP ([`totp`]) and the pages behind them.
 
 pub mod auth;
+pub mod emergency;
 pub mod oidc;
 pub mod pages;
+pub mod recovery;
 pub mod session;
 pub mod stepup;
 pub mod totp;
@@ -24,6 +26,8 @@ pub struct Console {
     pub totp_lockout_secs: u64,
     /// How recent a TOTP check must be for a sensitive action (`console.step_up_secs`).
     pub step_up: chrono::Duration,
+    /// Emergency sign-in attempts per source address and per account name.
+    pub emergency_limit: Option<crate::web::ratelimit::RateLimiter>,
 }
 
 impl Console {
@@ -36,6 +40,10 @@ impl Console {
             },
             totp_lockout_secs: config.totp_lockout_secs,
             step_up: secs(config.step_up_secs),
+            emergency_limit: {
+                let n = u32::try_from(config.emergency_attempts_per_minute).unwrap_or(u32::MAX);
+                crate::web::ratelimit::RateLimiter::new(n, n)
+            },
             oidc: oidc::Oidc::new(config.clone())?,
         })
     }

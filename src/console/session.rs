@@ -93,6 +93,16 @@ pub fn cookie(id: String) -> Cookie<'static> {
         .finish()
 }
 
+/// The `Set-Cookie` for a pre-login session (state, nonce and PKCE verifier only, no
+/// authority): like [`cookie`] but SameSite=Lax, because the provider sends the browser
+/// back to the callback from another site, and browsers withhold Strict cookies there.
+/// The callback replaces it with a Strict one.
+pub fn pre_login_cookie(id: String) -> Cookie<'static> {
+    let mut c = cookie(id);
+    c.set_same_site(SameSite::Lax);
+    c
+}
+
 /// A cookie that removes the session cookie from the browser.
 pub fn removal() -> Cookie<'static> {
     let mut c = cookie(String::new());
@@ -321,5 +331,12 @@ mod tests {
             assert!(c.contains(part), "{c} lacks {part}");
         }
         assert!(!c.contains("Domain"));
+    }
+
+    #[test]
+    fn pre_login_cookie_differs_only_in_same_site_lax() {
+        let c = pre_login_cookie("x".into()).to_string();
+        assert_eq!(c, cookie("x".into()).to_string().replace("Strict", "Lax"));
+        assert!(c.contains("SameSite=Lax"), "{c}");
     }
 }

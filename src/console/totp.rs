@@ -31,6 +31,20 @@ fn totp(secret: &[u8]) -> Result<Totp, AppError> {
         .map_err(|_| AppError::internal("invalid TOTP secret"))
 }
 
+/// The `otpauth://` setup URI for an authenticator app (label `Custodian:<account>`).
+pub fn otpauth_uri(secret_base32: &str, account: &str) -> Result<String, AppError> {
+    let mut u =
+        url::Url::parse("otpauth://totp/").map_err(|_| AppError::internal("otpauth url"))?;
+    u.set_path(&format!("Custodian:{account}"));
+    u.query_pairs_mut()
+        .append_pair("secret", secret_base32)
+        .append_pair("issuer", "Custodian")
+        .append_pair("algorithm", "SHA1")
+        .append_pair("digits", "6")
+        .append_pair("period", "30");
+    Ok(u.to_string())
+}
+
 /// A user's TOTP enrolment.
 pub struct Enrolment {
     pub id: Uuid,
@@ -163,11 +177,52 @@ pub fn check(
         return Ok(Check::Locked);
     }
     let now_secs = u64::try_from(now.timestamp()).unwrap_or(0);
-    match matching_step(&e.secret, code, now_secs, e.last_step)? {
+    let step = matching_step(&e.secret, code, now_secs, e.last_step)?;
+    settle(conn, &e, step.map(Some), now, lockout)
+}
+
+/// Checks a recovery code in place of a TOTP code (inside a transaction): only for a
+/// confirmed enrolment, under the same lock-out, and a wrong one counts as a failure.
+pub fn check_recovery(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    user_id: Uuid,
+    code: &str,
+    lockout: Duration,
+) -> Result<Check, AppError> {
+    let e = enrolment(conn, keyring, user_id)?;
+    let now = Utc::now();
+    if e.locked_until.is_some_and(|until| until > now) {
+        return Ok(Check::Locked);
+    }
+    let ok = e.confirmed && super::recovery::redeem(conn, user_id, code)?;
+    settle(conn, &e, ok.then_some(None), now, lockout)
+}
+
+/// Whether the user has confirmed a TOTP enrolment.
+pub fn is_confirmed(conn: &mut PgConnection, user_id: Uuid) -> Result<bool, AppError> {
+    let at: Option<Option<DateTime<Utc>>> = ct::table
+        .filter(ct::user_id.eq(user_id))
+        .select(ct::confirmed_at)
+        .first(conn)
+        .optional()?;
+    Ok(at.flatten().is_some())
+}
+
+/// Records the result: `Some(step)` accepted (a TOTP step to remember, or `None` for a
+/// recovery code), `None` a failure, which after [`MAX_FAILURES`] starts a lock-out.
+fn settle(
+    conn: &mut PgConnection,
+    e: &Enrolment,
+    accepted: Option<Option<i64>>,
+    now: DateTime<Utc>,
+    lockout: Duration,
+) -> Result<Check, AppError> {
+    match accepted {
         Some(step) => {
             diesel::update(ct::table.filter(ct::id.eq(e.id)))
                 .set((
-                    ct::last_step.eq(Some(step)),
+                    ct::last_step.eq(step.or(e.last_step)),
                     ct::failures.eq(0),
                     ct::locked_until.eq(None::<DateTime<Utc>>),
                     ct::confirmed_at.eq(Some(now)),

@@ -16,6 +16,7 @@
 pub mod blind;
 pub mod envelope;
 pub mod keyring;
+pub mod password;
 pub mod provider;
 pub mod rotation;
 pub mod sealable;

@@ -284,3 +284,28 @@ diesel::table! {
         changed_at -> Timestamptz,
     }
 }
+
+diesel::table! {
+    console_recovery_codes (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        selector -> Text,
+        code_hash -> Text,
+        used_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    emergency_accounts (id) {
+        id -> Uuid,
+        name -> Text,
+        user_id -> Uuid,
+        password_hash -> Text,
+        disabled_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(emergency_accounts -> users (user_id));
+diesel::allow_tables_to_appear_in_same_query!(emergency_accounts, users);

@@ -290,6 +290,18 @@ pub fn configure(r: &mut Routes) {
         sign_in,
         console::auth::totp_submit,
     );
+    r.add(
+        Method::GET,
+        "/console/emergency",
+        sign_in,
+        console::emergency::form,
+    );
+    r.add(
+        Method::POST,
+        "/console/emergency",
+        sign_in,
+        console::emergency::sign_in,
+    );
     r.add(Method::GET, "/console", Action::Console, console::dashboard);
     r.add(
         Method::POST,

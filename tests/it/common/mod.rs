@@ -14,7 +14,9 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod browser;
 pub mod idp;
+pub mod oidc;
 pub mod proxy;
 pub mod tlsclient;
 
@@ -395,7 +397,7 @@ pub fn assert_security_headers(res: &reqwest::Response) {
     }
     assert!(!csp.contains("unsafe-inline"), "{what}");
     assert_eq!(get("x-content-type-options"), "nosniff", "{what}");
-    assert_eq!(get("referrer-policy"), "no-referrer", "{what}");
+    assert_eq!(get("referrer-policy"), "same-origin", "{what}");
     assert_eq!(get("cross-origin-opener-policy"), "same-origin", "{what}");
     assert!(get("permissions-policy").contains("camera=()"), "{what}");
     assert!(!get("x-request-id").is_empty(), "{what}: no request id");

@@ -1,0 +1,179 @@
+//! `custodian admin …`: console administration from the server itself — granting the
+//! first administrator, and emergency accounts. Every change is audited (actor `cli`).
+
+use crate::audit::EventBuilder;
+use crate::audit::command::{connect, record_cli_events};
+use crate::audit::event::{Actor, AuditAction, Outcome, ResourceType};
+use crate::config::Config;
+use crate::console::emergency::{self, AccountName, NewPassword};
+use crate::db::users::{self, UserKind};
+use crate::policy::Role;
+use anyhow::{Context, bail};
+use clap::Subcommand;
+use std::io::{BufRead, IsTerminal};
+use std::path::{Path, PathBuf};
+use zeroize::Zeroizing;
+
+#[derive(Subcommand, Debug)]
+pub enum AdminCommand {
+    /// Grant a role to the person (issuer, subject) — e.g. `admin` to bootstrap the first
+    /// console administrator. The user is created if Custodian has not seen it yet.
+    Grant {
+        /// The identity provider's issuer URL, exactly as in its ID tokens (console.issuer).
+        #[arg(long)]
+        issuer: String,
+        /// The person's subject (`sub`) at that provider.
+        #[arg(long)]
+        subject: String,
+        /// clinician, billing, patient, admin or privacy_officer.
+        #[arg(long)]
+        role: String,
+        /// Why (kept with the assignment; 3–500 characters).
+        #[arg(long)]
+        reason: String,
+    },
+    /// Create an emergency console account (admin role, for when the identity provider
+    /// is down). The password (at least 15 characters) is read from --password-file or
+    /// the first line of standard input, never from the command line. Prints the TOTP
+    /// secret to add to an authenticator app; the first emergency sign-in confirms it.
+    CreateEmergencyAccount {
+        /// 1–64 of a-z 0-9 . _ - (starting with a letter or digit).
+        name: String,
+        /// A file whose first line is the password.
+        #[arg(long)]
+        password_file: Option<PathBuf>,
+    },
+    /// Disable an emergency account; its sessions end on their next request.
+    DisableEmergencyAccount {
+        name: String,
+        /// Why (3 to 500 characters; kept in the user's access-change history).
+        #[arg(long)]
+        reason: String,
+    },
+}
+
+/// Runs an admin command. Blocking.
+pub fn run(path: Option<&Path>, cmd: AdminCommand) -> anyhow::Result<()> {
+    let config = Config::load(path)?;
+    match cmd {
+        AdminCommand::Grant {
+            issuer,
+            subject,
+            role,
+            reason,
+        } => {
+            let role = Role::parse(&role).filter(|r| *r != Role::Service).context(
+                "--role: expected clinician, billing, patient, admin or privacy_officer",
+            )?;
+            let reason = reason.trim();
+            if !(3..=500).contains(&reason.chars().count()) {
+                bail!("--reason: must have 3 to 500 characters");
+            }
+            if issuer.is_empty() || issuer.len() > 512 || subject.is_empty() || subject.len() > 255
+            {
+                bail!("--issuer and --subject: must be non-empty (at most 512 and 255 bytes)");
+            }
+            let mut conn = connect(&config)?;
+            let user = users::user_for(&mut conn, &issuer, &subject, UserKind::Person)?;
+            users::grant_role(&mut conn, user.id, role, reason, None)?;
+            let event =
+                EventBuilder::new(Actor::cli(), AuditAction::PermissionChange, Outcome::Permit)
+                    .resource(ResourceType::RoleAssignment, user.id)
+                    .build();
+            record_cli_events(&config, &mut conn, &[event])?;
+            println!("granted {} to user {}", role.as_str(), user.id);
+            Ok(())
+        }
+        AdminCommand::CreateEmergencyAccount {
+            name,
+            password_file,
+        } => {
+            let name = AccountName::parse(&name)
+                .context("name: 1-64 of a-z 0-9 . _ - (starting with a letter or digit)")?;
+            let password = read_password(password_file.as_deref())?;
+            let password =
+                NewPassword::parse(password).map_err(|e| anyhow::anyhow!("password: {e}"))?;
+            let hash = password.hash()?;
+            let keyring = crate::crypto::load_keyring(
+                &config.crypto,
+                config.database.url.expose(),
+                config.database.connect_timeout_secs,
+            )?;
+            let mut conn = connect(&config)?;
+            let created = match emergency::create(&mut conn, &keyring, &name, &hash)? {
+                Ok(c) => c,
+                Err(why) => bail!("{}: {why}", name.as_str()),
+            };
+            let event = EventBuilder::new(
+                Actor::cli(),
+                AuditAction::EmergencyAccountChange,
+                Outcome::Permit,
+            )
+            .resource(ResourceType::EmergencyAccount, created.account_id)
+            .build();
+            record_cli_events(&config, &mut conn, &[event])?;
+            println!(
+                "created emergency account {} (user {})",
+                name.as_str(),
+                created.user_id
+            );
+            println!(
+                "TOTP secret (add to an authenticator app, then store offline with the password):"
+            );
+            println!("  {}", created.totp_secret_base32.as_str());
+            println!("  {}", created.otpauth_uri.as_str());
+            println!(
+                "Sign in at /console/emergency; the first sign-in confirms the authenticator."
+            );
+            Ok(())
+        }
+        AdminCommand::DisableEmergencyAccount { name, reason } => {
+            let name = AccountName::parse(&name).context("name: not a valid account name")?;
+            let reason = crate::admin::check_reason(Some(&reason))
+                .map_err(|_| anyhow::anyhow!("--reason: must have 3 to 500 characters"))?;
+            let mut conn = connect(&config)?;
+            let Some(id) = emergency::set_disabled(&mut conn, &name, true, &reason)? else {
+                bail!("{}: no such emergency account", name.as_str());
+            };
+            let event = EventBuilder::new(
+                Actor::cli(),
+                AuditAction::EmergencyAccountChange,
+                Outcome::Permit,
+            )
+            .resource(ResourceType::EmergencyAccount, id)
+            .build();
+            record_cli_events(&config, &mut conn, &[event])?;
+            println!("disabled emergency account {}", name.as_str());
+            Ok(())
+        }
+    }
+}
+
+/// The first line of the file or of standard input, without its line ending.
+fn read_password(file: Option<&Path>) -> anyhow::Result<Zeroizing<String>> {
+    let mut line = Zeroizing::new(String::new());
+    match file {
+        Some(f) => {
+            let text = Zeroizing::new(
+                std::fs::read_to_string(f)
+                    .with_context(|| format!("--password-file: cannot read {}", f.display()))?,
+            );
+            line.push_str(text.lines().next().unwrap_or(""));
+        }
+        None => {
+            let stdin = std::io::stdin();
+            if stdin.is_terminal() {
+                eprintln!(
+                    "Type the password (at least 15 characters) and press Enter. It is visible while typed: prefer --password-file or a pipe."
+                );
+            }
+            stdin
+                .lock()
+                .read_line(&mut line)
+                .context("cannot read the password from standard input")?;
+            let trimmed = line.trim_end_matches(['\r', '\n']).len();
+            line.truncate(trimmed);
+        }
+    }
+    Ok(line)
+}

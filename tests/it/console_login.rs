@@ -1,0 +1,797 @@
+//! Console sign-in end to end against a real OpenID provider (npm oidc-provider, see
+//! tests/oidc): OIDC code flow, TOTP enrolment and check, sessions, CSRF.
+
+use crate::common::oidc::{self, Provider, cookie_value, jar_client, location};
+use crate::common::{TestApp, TestAppBuilder};
+use custodian::db::users::{self, UserKind};
+use custodian::policy::Role;
+use diesel::prelude::*;
+use std::time::Duration;
+use uuid::Uuid;
+
+const COOKIE: &str = "__Host-custodian";
+
+/// A console user known to the app: (issuer, subject) with these roles.
+fn user_with(app: &TestApp, idp: &Provider, subject: &str, roles: &[Role]) -> Uuid {
+    let mut conn = app.db.conn();
+    let user = users::user_for(&mut conn, &idp.issuer, subject, UserKind::Person).unwrap();
+    for role in roles {
+        users::grant_role(&mut conn, user.id, *role, "test bootstrap", None).unwrap();
+    }
+    user.id
+}
+
+async fn start(builder: TestAppBuilder) -> (TestApp, Provider) {
+    oidc::console_app(builder).await
+}
+
+/// Text of the element with this id (`<code ... id="x">text</code>`), crude but enough
+/// for our own templates.
+fn text_by_id(html: &str, id: &str) -> String {
+    let at = html
+        .find(&format!(r#"id="{id}""#))
+        .unwrap_or_else(|| panic!("no #{id} in {html}"));
+    let rest = &html[at..];
+    let open = rest.find('>').unwrap() + 1;
+    let close = rest[open..].find('<').unwrap() + open;
+    rest[open..close].trim().to_string()
+}
+
+fn hidden_value(html: &str, name: &str) -> String {
+    let at = html
+        .find(&format!(r#"name="{name}""#))
+        .unwrap_or_else(|| panic!("no field {name} in {html}"));
+    let rest = &html[at..];
+    let v = rest.find("value=\"").unwrap() + 7;
+    let end = rest[v..].find('"').unwrap() + v;
+    rest[v..end].to_string()
+}
+
+fn totp_code(secret_b32: &str, at_secs: u64) -> String {
+    let secret = totp_rs::Secret::try_from_base32(secret_b32).unwrap();
+    totp_rs::Builder::new()
+        .with_algorithm(totp_rs::Algorithm::SHA1)
+        .with_digits(6)
+        .with_step_duration(30)
+        .with_secret(secret)
+        .build()
+        .unwrap()
+        .generate(at_secs)
+        .to_string()
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// One browser: a cookie jar the test can read.
+struct Browser {
+    client: reqwest::Client,
+    jar: std::sync::Arc<reqwest::cookie::Jar>,
+}
+
+impl Browser {
+    fn new() -> Browser {
+        let (client, jar) = jar_client();
+        Browser { client, jar }
+    }
+
+    fn session(&self, app: &TestApp) -> Option<String> {
+        cookie_value(&self.jar, &app.url("/"), COOKIE)
+    }
+
+    async fn get(&self, app: &TestApp, path: &str) -> reqwest::Response {
+        self.client.get(app.url(path)).send().await.unwrap()
+    }
+
+    /// POSTs a form from our own origin.
+    async fn post(&self, app: &TestApp, path: &str, form: &[(&str, &str)]) -> reqwest::Response {
+        self.client
+            .post(app.url(path))
+            .header("origin", app.url(""))
+            .form(form)
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// OIDC sign-in as `subject` up to the TOTP page; returns that page.
+    async fn oidc_sign_in(&self, app: &TestApp, idp: &Provider, subject: &str) -> String {
+        let callback = idp.authorize(app, &self.client, subject).await;
+        let res = self.client.get(callback.as_str()).send().await.unwrap();
+        assert_callback_continues(&res);
+        let res = self.get(app, "/console/totp").await;
+        assert_eq!(res.status(), 200);
+        res.text().await.unwrap()
+    }
+
+    /// Submits a TOTP code from the current TOTP page; returns the response.
+    async fn submit_code(&self, app: &TestApp, page: &str, code: &str) -> reqwest::Response {
+        let csrf = hidden_value(page, "csrf_token");
+        self.post(
+            app,
+            "/console/totp",
+            &[("csrf_token", &csrf), ("code", code)],
+        )
+        .await
+    }
+
+    /// Full first sign-in (OIDC, TOTP enrolment); returns the TOTP secret.
+    async fn enrol(&self, app: &TestApp, idp: &Provider, subject: &str) -> String {
+        self.enrol_with_codes(app, idp, subject).await.0
+    }
+
+    /// Full first sign-in; returns the TOTP secret and the recovery codes shown.
+    async fn enrol_with_codes(
+        &self,
+        app: &TestApp,
+        idp: &Provider,
+        subject: &str,
+    ) -> (String, Vec<String>) {
+        let page = self.oidc_sign_in(app, idp, subject).await;
+        let secret = text_by_id(&page, "totp-secret");
+        let res = self
+            .submit_code(app, &page, &totp_code(&secret, now_secs()))
+            .await;
+        assert_eq!(res.status(), 200, "TOTP enrolment shows the recovery codes");
+        let page = res.text().await.unwrap();
+        let codes = recovery_codes(&page);
+        assert_eq!(self.get(app, "/console").await.status(), 200);
+        (secret, codes)
+    }
+
+    /// Where GET `path` sends this browser (`None` when it answers 200).
+    async fn lands(&self, app: &TestApp, path: &str) -> Option<String> {
+        let res = self.get(app, path).await;
+        if res.status() == 200 {
+            return None;
+        }
+        assert_eq!(res.status(), 303, "GET {path}");
+        Some(location(&res).unwrap().path().to_string())
+    }
+}
+
+/// The codes listed on the recovery-codes page.
+fn recovery_codes(page: &str) -> Vec<String> {
+    let at = page
+        .find(r#"id="recovery-codes""#)
+        .unwrap_or_else(|| panic!("no recovery codes in {page}"));
+    let list = &page[at..page[at..].find("</ul>").unwrap() + at];
+    list.split("<code>")
+        .skip(1)
+        .map(|c| c[..c.find("</code>").unwrap()].to_string())
+        .collect()
+}
+
+/// Sessions that belong to a user (past the OIDC step).
+fn user_sessions(app: &TestApp) -> i64 {
+    use custodian::db::schema::console_sessions::dsl::*;
+    console_sessions
+        .filter(user_id.is_not_null())
+        .count()
+        .get_result(&mut app.db.conn())
+        .unwrap()
+}
+
+/// (action, outcome, deny reason) of every audit event, in order.
+fn events(app: &TestApp) -> Vec<(String, String, Option<String>)> {
+    use custodian::db::schema::audit_events::dsl::*;
+    audit_events
+        .order(seq)
+        .select((action, outcome, deny_reason))
+        .load(&mut app.db.conn())
+        .unwrap()
+}
+
+/// Every `Set-Cookie` for the session cookie in `res`.
+fn session_set_cookies(res: &reqwest::Response) -> Vec<String> {
+    res.headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .filter(|v| v.starts_with(&format!("{COOKIE}=")))
+        .collect()
+}
+
+/// The callback's answer: our own page that refreshes to the TOTP step (a same-site
+/// navigation, so the browser sends the new SameSite=Strict cookie; a redirect would not).
+fn assert_callback_continues(res: &reqwest::Response) {
+    assert_eq!(res.status(), 200, "callback");
+    let refresh = res.headers().get("refresh").map(|v| v.to_str().unwrap());
+    assert_eq!(refresh, Some("0; url=/console/totp"));
+}
+
+fn assert_cookie_flags(set_cookie: &str) {
+    assert_cookie_flags_same_site(set_cookie, "Strict");
+}
+
+fn assert_cookie_flags_same_site(set_cookie: &str, same_site: &str) {
+    let same_site = format!("SameSite={same_site}");
+    for part in ["Secure", "HttpOnly", &same_site, "Path=/"] {
+        assert!(
+            set_cookie.split("; ").any(|p| p == part),
+            "{set_cookie} lacks {part}"
+        );
+    }
+    assert!(!set_cookie.contains("Domain"), "{set_cookie}");
+}
+
+/// A code that is none of the codes valid around now.
+fn wrong_code(secret: &str) -> String {
+    let now = now_secs();
+    let valid: Vec<String> = [now - 30, now, now + 30]
+        .iter()
+        .map(|t| totp_code(secret, *t))
+        .collect();
+    (0..1000)
+        .map(|n| format!("{:06}", 123_456 + n))
+        .find(|c| !valid.contains(c))
+        .unwrap()
+}
+
+/// Sends `path` with only this cookie (as a copied cookie would be).
+async fn get_with_cookie(app: &TestApp, path: &str, session: &str) -> reqwest::Response {
+    let (client, _) = jar_client();
+    client
+        .get(app.url(path))
+        .header("cookie", format!("{COOKIE}={session}"))
+        .send()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn admin_signs_in_enrols_totp_and_sees_the_dashboard() {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = Browser::new();
+
+    // The pre-login session: state, nonce and PKCE verifier kept server-side.
+    let res = b.get(&app, "/console/login").await;
+    assert_eq!(res.status(), 303);
+    let set = session_set_cookies(&res);
+    assert_eq!(set.len(), 1, "{set:?}");
+    // Lax, not Strict: the provider sends the browser back from another site.
+    assert_cookie_flags_same_site(&set[0], "Lax");
+    let authorize = location(&res).unwrap();
+    let q: std::collections::HashMap<_, _> = authorize.query_pairs().into_owned().collect();
+    assert_eq!(
+        q.get("code_challenge_method").map(String::as_str),
+        Some("S256")
+    );
+    assert!(
+        q.contains_key("state") && q.contains_key("nonce"),
+        "{authorize}"
+    );
+    let pre_login = b.session(&app).unwrap();
+
+    let callback = idp
+        .authorize_from(
+            &authorize,
+            &app.url("/console/callback"),
+            &b.client,
+            "alice",
+        )
+        .await;
+    let cq: std::collections::HashMap<_, _> = callback.query_pairs().into_owned().collect();
+    assert_eq!(cq.get("iss"), Some(&idp.issuer), "RFC 9207 iss: {callback}");
+    let res = b.client.get(callback.as_str()).send().await.unwrap();
+    assert_callback_continues(&res);
+    let set = session_set_cookies(&res);
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert_cookie_flags(&set[0]);
+    let after_login = b.session(&app).unwrap();
+    assert_ne!(
+        after_login, pre_login,
+        "a new session id after the OIDC login"
+    );
+    // The pre-login id is dead.
+    let res = get_with_cookie(&app, "/console/totp", &pre_login).await;
+    assert_eq!(location(&res).unwrap().path(), "/console/signin");
+    // Not signed in yet: the dashboard sends us to the TOTP step.
+    assert_eq!(
+        b.lands(&app, "/console").await.as_deref(),
+        Some("/console/totp")
+    );
+
+    // Enrolment: the secret as text, a confirmation code required.
+    let page = b.get(&app, "/console/totp").await.text().await.unwrap();
+    let secret = text_by_id(&page, "totp-secret");
+    assert!(page.contains("otpauth://totp/"), "{page}");
+    let res = b
+        .submit_code(&app, &page, &totp_code(&secret, now_secs()))
+        .await;
+    assert!(
+        res.status() == 303 || res.status() == 200,
+        "{}",
+        res.status()
+    );
+    let set = session_set_cookies(&res);
+    assert_eq!(set.len(), 1, "{set:?}");
+    assert_cookie_flags(&set[0]);
+    let after_totp = b.session(&app).unwrap();
+    assert_ne!(
+        after_totp, after_login,
+        "a new session id after the TOTP check"
+    );
+    let res = get_with_cookie(&app, "/console", &after_login).await;
+    assert_eq!(location(&res).unwrap().path(), "/console/signin");
+
+    let res = b.get(&app, "/console").await;
+    assert_eq!(res.status(), 200);
+    let body = res.text().await.unwrap();
+    assert!(body.contains("alice"), "{body}");
+    let ev = events(&app);
+    assert!(
+        ev.iter().any(|e| e.0 == "login" && e.1 == "permit"),
+        "{ev:?}"
+    );
+    assert!(
+        ev.iter().any(|e| e.0 == "step-up" && e.1 == "permit"),
+        "{ev:?}"
+    );
+
+    // The same callback again is refused (its pre-login session is gone).
+    let res = b.client.get(callback.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+}
+
+#[tokio::test]
+async fn user_without_console_role_sees_no_access_and_is_audited() {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "dr-bob", &[Role::Clinician]);
+    let b = Browser::new();
+    let callback = idp.authorize(&app, &b.client, "dr-bob").await;
+    let res = b.client.get(callback.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    let body = res.text().await.unwrap();
+    assert!(body.contains("No console access"), "{body}");
+    assert_eq!(user_sessions(&app), 0);
+    assert_eq!(
+        b.lands(&app, "/console").await.as_deref(),
+        Some("/console/signin")
+    );
+    let ev = events(&app);
+    assert!(
+        ev.iter()
+            .any(|e| e.0 == "login-failed" && e.2.as_deref() == Some("missing-role")),
+        "{ev:?}"
+    );
+}
+
+/// After a refused callback: no user session exists and the console sends us to sign in.
+async fn assert_no_session(app: &TestApp, b: &Browser) {
+    assert_eq!(user_sessions(app), 0);
+    assert_eq!(
+        b.lands(app, "/console").await.as_deref(),
+        Some("/console/signin")
+    );
+    assert_eq!(
+        b.lands(app, "/console/totp").await.as_deref(),
+        Some("/console/signin")
+    );
+}
+
+fn with_param(url: &url::Url, name: &str, value: &str) -> url::Url {
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .into_owned()
+        .map(|(k, v)| {
+            if k == name {
+                (k, value.to_string())
+            } else {
+                (k, v)
+            }
+        })
+        .collect();
+    let mut out = url.clone();
+    out.query_pairs_mut().clear().extend_pairs(pairs);
+    out
+}
+
+#[tokio::test]
+async fn mismatched_state_gives_no_session() {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = Browser::new();
+    let callback = idp.authorize(&app, &b.client, "alice").await;
+    let bad = with_param(&callback, "state", "not-the-state-we-sent");
+    let res = b.client.get(bad.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_no_session(&app, &b).await;
+    // The attempt used up the pre-login session: the genuine callback fails too now.
+    let res = b.client.get(callback.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_no_session(&app, &b).await;
+}
+
+#[tokio::test]
+async fn callback_replayed_in_another_browser_gives_no_session() {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let victim = Browser::new();
+    let callback = idp.authorize(&app, &victim.client, "alice").await;
+    // A browser with no session at all.
+    let attacker = Browser::new();
+    let res = attacker.client.get(callback.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_no_session(&app, &attacker).await;
+    // A browser with its own pre-login session (its own state).
+    let res = attacker.get(&app, "/console/login").await;
+    assert_eq!(res.status(), 303);
+    let res = attacker.client.get(callback.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_no_session(&app, &attacker).await;
+}
+
+#[tokio::test]
+async fn wrong_iss_parameter_gives_no_session() {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = Browser::new();
+    let callback = idp.authorize(&app, &b.client, "alice").await;
+    let bad = with_param(&callback, "iss", "https://evil.example");
+    assert_ne!(bad, callback);
+    let res = b.client.get(bad.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_no_session(&app, &b).await;
+}
+
+/// The provider issues a bad ID token in `mode`: the callback is refused.
+async fn bad_id_token_gives_no_session(mode: &str) {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    idp.set_mode(mode).await;
+    let b = Browser::new();
+    let callback = idp.authorize(&app, &b.client, "alice").await;
+    let res = b.client.get(callback.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 400, "mode {mode}");
+    let body = res.text().await.unwrap();
+    assert!(body.contains("Sign-in could not be completed"), "{body}");
+    assert_no_session(&app, &b).await;
+}
+
+#[tokio::test]
+async fn id_token_with_wrong_nonce_gives_no_session() {
+    bad_id_token_gives_no_session("nonce").await;
+}
+
+#[tokio::test]
+async fn id_token_for_another_audience_gives_no_session() {
+    bad_id_token_gives_no_session("aud").await;
+}
+
+#[tokio::test]
+async fn id_token_from_another_issuer_gives_no_session() {
+    bad_id_token_gives_no_session("iss").await;
+}
+
+#[tokio::test]
+async fn id_token_signed_with_an_unknown_key_gives_no_session() {
+    bad_id_token_gives_no_session("key").await;
+}
+
+#[tokio::test]
+async fn expired_id_token_gives_no_session() {
+    bad_id_token_gives_no_session("exp").await;
+}
+
+#[tokio::test]
+async fn id_token_re_signed_unchanged_is_accepted() {
+    // Guards the negative tests above: the harness's re-signing alone breaks nothing, so
+    // each of them fails because of the one claim or key it changes.
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    idp.set_mode("same").await;
+    let b = Browser::new();
+    b.oidc_sign_in(&app, &idp, "alice").await;
+    assert_eq!(user_sessions(&app), 1);
+}
+
+#[tokio::test]
+async fn idle_session_expires() {
+    let (app, idp) = start(TestApp::builder().set("console.idle_timeout_secs", 3)).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = Browser::new();
+    b.enrol(&app, &idp, "alice").await;
+    // Used within the idle time it lives on.
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(b.lands(&app, "/console").await, None);
+    }
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        b.lands(&app, "/console").await.as_deref(),
+        Some("/console/signin")
+    );
+    assert_eq!(user_sessions(&app), 0);
+}
+
+#[tokio::test]
+async fn absolute_lifetime_ends_a_busy_session() {
+    let (app, idp) = start(
+        TestApp::builder()
+            .set("console.idle_timeout_secs", 600)
+            .set("console.absolute_timeout_secs", 5),
+    )
+    .await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = Browser::new();
+    let started = std::time::Instant::now();
+    b.enrol(&app, &idp, "alice").await;
+    let mut ended = None;
+    while started.elapsed() < Duration::from_secs(12) {
+        if b.lands(&app, "/console").await.as_deref() == Some("/console/signin") {
+            ended = Some(started.elapsed());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let ended = ended.expect("the session outlived its absolute lifetime");
+    assert!(
+        ended >= Duration::from_secs(4),
+        "ended too early: {ended:?}"
+    );
+}
+
+#[tokio::test]
+async fn cookie_copied_before_logout_is_dead_after_it() {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = Browser::new();
+    b.enrol(&app, &idp, "alice").await;
+    let copied = b.session(&app).unwrap();
+    assert_eq!(
+        get_with_cookie(&app, "/console", &copied).await.status(),
+        200
+    );
+    let page = b.get(&app, "/console").await.text().await.unwrap();
+    let csrf = hidden_value(&page, "csrf_token");
+    let res = b
+        .post(&app, "/console/logout", &[("csrf_token", &csrf)])
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res).unwrap().path(), "/console/signin");
+    let res = get_with_cookie(&app, "/console", &copied).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res).unwrap().path(), "/console/signin");
+    assert_eq!(user_sessions(&app), 0);
+    assert!(events(&app).iter().any(|e| e.0 == "logout"));
+}
+
+#[tokio::test]
+async fn removing_the_role_ends_the_session_on_the_next_request() {
+    let (app, idp) = start(TestApp::builder()).await;
+    let alice = user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = Browser::new();
+    b.enrol(&app, &idp, "alice").await;
+    assert_eq!(b.lands(&app, "/console").await, None);
+    assert!(
+        users::revoke_role(
+            &mut app.db.conn(),
+            alice,
+            Role::Admin,
+            "test: role removed",
+            None
+        )
+        .unwrap()
+    );
+    assert_eq!(
+        b.lands(&app, "/console").await.as_deref(),
+        Some("/console/signin")
+    );
+    assert_eq!(user_sessions(&app), 0);
+    // Granting it back does not revive the old session.
+    users::grant_role(&mut app.db.conn(), alice, Role::Admin, "back again", None).unwrap();
+    assert_eq!(
+        b.lands(&app, "/console").await.as_deref(),
+        Some("/console/signin")
+    );
+}
+
+#[tokio::test]
+async fn disabling_the_user_ends_the_session_on_the_next_request() {
+    let (app, idp) = start(TestApp::builder()).await;
+    let alice = user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = Browser::new();
+    b.enrol(&app, &idp, "alice").await;
+    users::set_disabled(&mut app.db.conn(), alice, true, "test: user disabled", None).unwrap();
+    assert_eq!(
+        b.lands(&app, "/console").await.as_deref(),
+        Some("/console/signin")
+    );
+    assert_eq!(user_sessions(&app), 0);
+}
+
+#[tokio::test]
+async fn a_used_totp_code_is_refused_the_second_time() {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = Browser::new();
+    let page = b.oidc_sign_in(&app, &idp, "alice").await;
+    let secret = text_by_id(&page, "totp-secret");
+    let code = totp_code(&secret, now_secs());
+    let res = b.submit_code(&app, &page, &code).await;
+    assert_eq!(res.status(), 200, "enrolment confirmed");
+
+    // A second sign-in (another browser) with the same code: refused.
+    let b2 = Browser::new();
+    let page = b2.oidc_sign_in(&app, &idp, "alice").await;
+    assert!(
+        !page.contains("totp-secret"),
+        "enrolled: no secret shown again"
+    );
+    let res = b2.submit_code(&app, &page, &code).await;
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("That code was not accepted"), "{page}");
+    assert_eq!(
+        b2.lands(&app, "/console").await.as_deref(),
+        Some("/console/totp")
+    );
+    // The next step's code (inside the ±1 window, never used) is accepted.
+    let res = b2
+        .submit_code(&app, &page, &totp_code(&secret, now_secs() + 30))
+        .await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(b2.lands(&app, "/console").await, None);
+}
+
+#[tokio::test]
+async fn five_wrong_codes_lock_the_totp_check() {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = Browser::new();
+    let mut page = b.oidc_sign_in(&app, &idp, "alice").await;
+    let secret = text_by_id(&page, "totp-secret");
+    for _ in 0..5 {
+        let res = b.submit_code(&app, &page, &wrong_code(&secret)).await;
+        assert_eq!(res.status(), 200);
+        page = res.text().await.unwrap();
+    }
+    assert!(page.contains("Too many wrong codes"), "{page}");
+    // Now even the right code is refused.
+    let res = b
+        .submit_code(&app, &page, &totp_code(&secret, now_secs()))
+        .await;
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("Too many wrong codes"), "{page}");
+    assert_eq!(
+        b.lands(&app, "/console").await.as_deref(),
+        Some("/console/totp")
+    );
+    let ev = events(&app);
+    let failures: Vec<_> = ev.iter().filter(|e| e.0 == "login-failed").collect();
+    assert_eq!(failures.len(), 6, "{ev:?}");
+    assert!(
+        failures
+            .iter()
+            .filter(|e| e.2.as_deref() == Some("rate-limited"))
+            .count()
+            >= 2,
+        "the lock-out is audited: {ev:?}"
+    );
+}
+
+#[tokio::test]
+async fn posts_without_csrf_token_or_from_a_foreign_origin_are_403() {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = Browser::new();
+    let page = b.oidc_sign_in(&app, &idp, "alice").await;
+    let secret = text_by_id(&page, "totp-secret");
+    let csrf = hidden_value(&page, "csrf_token");
+    let code = totp_code(&secret, now_secs());
+    // No token.
+    let res = b.post(&app, "/console/totp", &[("code", &code)]).await;
+    assert_eq!(res.status(), 403);
+    // A wrong token.
+    let res = b
+        .post(
+            &app,
+            "/console/totp",
+            &[("csrf_token", "x".repeat(43).as_str()), ("code", &code)],
+        )
+        .await;
+    assert_eq!(res.status(), 403);
+    // The right token from another site.
+    let res = b
+        .client
+        .post(app.url("/console/totp"))
+        .header("origin", "https://evil.example")
+        .form(&[("csrf_token", csrf.as_str()), ("code", code.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    // Neither Origin nor Referer.
+    let res = b
+        .client
+        .post(app.url("/console/totp"))
+        .form(&[("csrf_token", csrf.as_str()), ("code", code.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(
+        b.lands(&app, "/console").await.as_deref(),
+        Some("/console/totp")
+    );
+    // The same form from our own origin goes through.
+    let res = b.submit_code(&app, &page, &code).await;
+    assert_eq!(res.status(), 200, "enrolment confirmed");
+    assert_eq!(b.lands(&app, "/console").await, None);
+    // Sign-out too.
+    let dash = b.get(&app, "/console").await.text().await.unwrap();
+    let csrf = hidden_value(&dash, "csrf_token");
+    let res = b.post(&app, "/console/logout", &[]).await;
+    assert_eq!(res.status(), 403);
+    let res = b
+        .client
+        .post(app.url("/console/logout"))
+        .header("origin", "https://evil.example")
+        .form(&[("csrf_token", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(b.lands(&app, "/console").await, None, "still signed in");
+}
+
+#[tokio::test]
+async fn recovery_codes_are_shown_once_stored_hashed_and_work_once_each() {
+    let (app, idp) = start(TestApp::builder()).await;
+    let alice = user_with(&app, &idp, "alice", &[Role::Admin]);
+    let (_, codes) = Browser::new().enrol_with_codes(&app, &idp, "alice").await;
+    assert_eq!(codes.len(), 10, "{codes:?}");
+    let mut distinct = codes.clone();
+    distinct.sort();
+    distinct.dedup();
+    assert_eq!(distinct.len(), 10);
+    // Stored as argon2id hashes only.
+    let stored: Vec<String> = {
+        use custodian::db::schema::console_recovery_codes::dsl::*;
+        console_recovery_codes
+            .filter(user_id.eq(alice))
+            .select(code_hash)
+            .load(&mut app.db.conn())
+            .unwrap()
+    };
+    assert_eq!(stored.len(), 10);
+    for h in &stored {
+        assert!(h.starts_with("$argon2id$"), "{h}");
+        for c in &codes {
+            assert!(!h.contains(c.as_str()) && !h.contains(&c.replace('-', "")));
+        }
+    }
+
+    // A recovery code in place of the TOTP code signs in (no new codes are shown).
+    let b = Browser::new();
+    let page = b.oidc_sign_in(&app, &idp, "alice").await;
+    assert!(!page.contains("recovery-codes"));
+    let res = b.submit_code(&app, &page, &codes[3]).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(location(&res).unwrap().path(), "/console");
+    assert_eq!(b.lands(&app, "/console").await, None);
+
+    // The same code a second time is refused.
+    let b = Browser::new();
+    let page = b.oidc_sign_in(&app, &idp, "alice").await;
+    let res = b.submit_code(&app, &page, &codes[3]).await;
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("That code was not accepted"), "{page}");
+    assert_eq!(
+        b.lands(&app, "/console").await.as_deref(),
+        Some("/console/totp")
+    );
+    // Another unused one still works, typed in capitals without dashes.
+    let typed = codes[7].replace('-', "").to_uppercase();
+    let res = b.submit_code(&app, &page, &typed).await;
+    assert_eq!(res.status(), 303);
+    assert_eq!(b.lands(&app, "/console").await, None);
+}
