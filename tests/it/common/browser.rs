@@ -148,7 +148,7 @@ impl Browser {
             .unwrap();
         let port = super::free_port();
         let log = std::fs::File::create(profile.path().join("chromedriver.log")).unwrap();
-        let driver = Command::new(CHROMEDRIVER)
+        let mut driver = Command::new(CHROMEDRIVER)
             .arg(format!("--port={port}"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
@@ -171,10 +171,10 @@ impl Browser {
             if ready {
                 break;
             }
-            assert!(
-                Instant::now() < deadline,
-                "chromedriver did not start on port {port}"
-            );
+            if Instant::now() >= deadline {
+                end_process_group(&mut driver);
+                panic!("chromedriver did not start on port {port}");
+            }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let args = vec![
@@ -217,6 +217,7 @@ impl Browser {
         let created = match new.post("/session", caps).await {
             Ok(v) => v,
             Err(e) => {
+                end_process_group(&mut driver);
                 let log = std::fs::read_to_string(profile.path().join("chromedriver.log"))
                     .unwrap_or_default();
                 panic!("chromium did not start: {e:?}\nchromedriver log:\n{log}")
@@ -501,15 +502,19 @@ impl Drop for Browser {
             Some(())
         });
         let _ = done.join();
-        // Backstop: end whatever is left of the process group (chromium's helpers included).
-        let _ = Command::new("kill")
-            .args(["-KILL", "--", &format!("-{}", self.driver.id())])
-            .stderr(Stdio::null())
-            .status();
-        let _ = self.driver.kill();
-        let _ = self.driver.wait();
+        end_process_group(&mut self.driver);
         self.profile.take();
     }
+}
+
+/// Ends chromedriver and whatever is left of its process group (chromium included).
+fn end_process_group(driver: &mut Child) {
+    let _ = Command::new("kill")
+        .args(["-KILL", "--", &format!("-{}", driver.id())])
+        .stderr(Stdio::null())
+        .status();
+    let _ = driver.kill();
+    let _ = driver.wait();
 }
 
 async fn save_failure(session: &Session, dir: &Path, driver_log: Option<&Path>) {
