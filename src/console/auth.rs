@@ -340,6 +340,8 @@ struct TotpPage {
     enrol: bool,
     secret: String,
     otpauth: String,
+    qr_side: i32,
+    qr_path: String,
     csrf_token: String,
     message: &'static str,
 }
@@ -370,10 +372,17 @@ async fn totp_page(
     } else {
         totp::otpauth_uri(&secret, subject)?
     };
+    let (qr_side, qr_path) = if e.confirmed {
+        (0, String::new())
+    } else {
+        totp::qr_svg(&otpauth)?
+    };
     page(&TotpPage {
         enrol: !e.confirmed,
         secret,
         otpauth,
+        qr_side,
+        qr_path,
         csrf_token: session.csrf_token.clone(),
         message,
     })

@@ -45,6 +45,26 @@ pub fn otpauth_uri(secret_base32: &str, account: &str) -> Result<String, AppErro
     Ok(u.to_string())
 }
 
+/// The setup URI as a QR code to draw in SVG: `(side, path)` where `side` is the side
+/// length in modules (quiet zone included) and `path` one SVG path of the dark modules.
+/// Drawn server-side so the page needs no script and no image endpoint (the CSP holds).
+pub fn qr_svg(uri: &str) -> Result<(i32, String), AppError> {
+    use qrcodegen::{QrCode, QrCodeEcc};
+    use std::fmt::Write;
+    const QUIET: i32 = 4;
+    let qr = QrCode::encode_text(uri, QrCodeEcc::Medium)
+        .map_err(|_| AppError::internal("setup link too long for a QR code"))?;
+    let mut path = String::new();
+    for y in 0..qr.size() {
+        for x in 0..qr.size() {
+            if qr.get_module(x, y) {
+                let _ = write!(path, "M{},{}h1v1h-1z", x + QUIET, y + QUIET);
+            }
+        }
+    }
+    Ok((qr.size() + 2 * QUIET, path))
+}
+
 /// A user's TOTP enrolment.
 pub struct Enrolment {
     pub id: Uuid,
@@ -300,5 +320,20 @@ mod tests {
         for code in ["", "28708", "2870822", "28708a"] {
             assert_eq!(matching_step(SECRET, code, 59, None).ok(), Some(None));
         }
+    }
+
+    #[test]
+    fn the_setup_link_is_drawn_as_a_qr_code_with_a_quiet_zone() {
+        let uri = otpauth_uri("JBSWY3DPEHPK3PXP", "alice").unwrap();
+        let (side, path) = qr_svg(&uri).unwrap();
+        // Version 5+ for a link this long: at least 37 modules plus 8 of quiet zone.
+        assert!(side >= 45, "{side}");
+        // The top-left finder pattern starts right after the quiet zone.
+        assert!(path.starts_with("M4,4h1v1h-1z"));
+        assert!(
+            path.chars()
+                .all(|c| c.is_ascii_digit() || "Mhvz,-1".contains(c))
+        );
+        assert_ne!(qr_svg("otpauth://totp/other").unwrap().1, path);
     }
 }

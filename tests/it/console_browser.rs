@@ -171,6 +171,14 @@ async fn sign_in_and_enrol(browser: &Browser, app: &TestApp, subject: &str) {
     browser.wait_for_text("Set up your authenticator").await;
     assert_eq!(browser.current_url().await.path(), "/console/totp");
     page_shot(browser, "totp-enrolment").await;
+    // The QR code is drawn (inline SVG, allowed by the CSP) at its full size.
+    let qr_width = browser
+        .execute(
+            "return document.getElementById('totp-qr').getBoundingClientRect().width;",
+            vec![],
+        )
+        .await;
+    assert_eq!(qr_width.as_f64(), Some(240.0), "QR code not drawn");
     let secret = browser
         .execute(
             "return document.getElementById('totp-secret').textContent.trim();",

@@ -301,6 +301,12 @@ async fn admin_signs_in_enrols_totp_and_sees_the_dashboard() {
     let page = b.get(&app, "/console/totp").await.text().await.unwrap();
     let secret = text_by_id(&page, "totp-secret");
     assert!(page.contains("otpauth://totp/"), "{page}");
+    // The same link as a QR code, drawn inline (no script, no image request).
+    assert!(
+        page.contains(r#"<svg class="qr" id="totp-qr" role="img""#),
+        "{page}"
+    );
+    assert!(page.contains(r#"<path d="M4,4h1v1h-1z"#), "{page}");
     let res = b
         .submit_code(&app, &page, &totp_code(&secret, now_secs()))
         .await;
