@@ -8,7 +8,7 @@ use super::bundle::{self, Cursor};
 use super::types::{bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
 use crate::audit::{AuditAction, Outcome};
-use crate::auth::Caller;
+use crate::auth::{Caller, Principal};
 use crate::db::claims::{self, Claim, NewClaim, NewClaimItem};
 use crate::error::AppError;
 use crate::policy::{Interaction, ResourceType, View};
@@ -265,24 +265,26 @@ fn respond(status: StatusCode, c: &Claim) -> HttpResponse {
     res.body(body.to_string())
 }
 
-pub async fn read(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path)?;
-    let (view, patient) = authorize_record(
-        &caller,
-        &state,
-        R,
-        Interaction::Read,
-        AuditAction::Read,
-        id,
-        claims::patient_of,
-    )
-    .await?;
-    check_view(view)?;
-    let found = state.db.run(move |c| claims::get(c, id)).await?;
+/// One blocking hop: the caller's user and roles, the subject patient's policy facts, the
+/// decision, and only then the record.
+pub async fn read(principal: Principal, path: web::Path<String>) -> Result<HttpResponse, AppError> {
+    let id = access::parse_id(&path);
+    let (caller, (id, access, found)) = principal
+        .resolve_with(move |c, caller| {
+            let id = id?;
+            let access = caller.record_access(c, R, Interaction::Read, id, claims::patient_of)?;
+            let found = match access.view() {
+                Some(view) => {
+                    check_view(view)?;
+                    claims::get(c, id)?
+                }
+                None => None,
+            };
+            Ok((id, access, found))
+        })
+        .await?;
+    let (_, facts) = caller.settle(AuditAction::Read, R, id, access).await?;
+    let patient = facts.patient_id;
     let Some(claim) = found.filter(|c| c.row.patient_id == patient) else {
         caller
             .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)

@@ -10,7 +10,7 @@ use super::observation::{LOINC, loinc_code};
 use super::types::{bounded_len, invalid};
 use super::{FHIR_JSON, etag, if_match};
 use crate::audit::{AuditAction, Outcome};
-use crate::auth::Caller;
+use crate::auth::{Caller, Principal};
 use crate::db::documents;
 use crate::db::phi::{self, DocumentReference, NewDocumentReference};
 use crate::error::AppError;
@@ -244,28 +244,32 @@ fn respond(status: StatusCode, doc: &DocumentReference) -> HttpResponse {
     res.body(body.to_string())
 }
 
+/// One blocking hop: the caller's user and roles, the subject patient's policy facts, the
+/// decision, and only then the record.
 pub async fn read(
-    caller: Caller,
+    principal: Principal,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path)?;
-    let (view, patient) = authorize_record(
-        &caller,
-        &state,
-        R,
-        Interaction::Read,
-        AuditAction::Read,
-        id,
-        documents::patient_of,
-    )
-    .await?;
-    check_view(view)?;
+    let id = access::parse_id(&path);
     let kr = state.keyring.clone();
-    let found = state
-        .db
-        .run(move |c| phi::get_document_reference(c, &kr, id))
+    let (caller, (id, access, found)) = principal
+        .resolve_with(move |c, caller| {
+            let id = id?;
+            let access =
+                caller.record_access(c, R, Interaction::Read, id, documents::patient_of)?;
+            let found = match access.view() {
+                Some(view) => {
+                    check_view(view)?;
+                    phi::get_document_reference(c, &kr, id)?
+                }
+                None => None,
+            };
+            Ok((id, access, found))
+        })
         .await?;
+    let (_, facts) = caller.settle(AuditAction::Read, R, id, access).await?;
+    let patient = facts.patient_id;
     let Some(doc) = found.filter(|d| d.patient_id == patient) else {
         caller
             .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
