@@ -384,7 +384,7 @@ pub struct Principal {
 
 /// What the blocking part of [`Principal::resolve_with`] ends with.
 enum Loaded<T> {
-    Ready(Caller, T),
+    Ready(Box<Caller>, T),
     /// A disabled account or a principal over its rate limit: audited as a failed login.
     Refused {
         reason: DenyReason,
@@ -460,11 +460,11 @@ impl Principal {
                     });
                 }
                 let value = then(conn, &caller)?;
-                Ok(Loaded::Ready(caller, value))
+                Ok(Loaded::Ready(Box::new(caller), value))
             })
             .await?;
         match loaded {
-            Loaded::Ready(caller, value) => Ok((caller, value)),
+            Loaded::Ready(caller, value) => Ok((*caller, value)),
             Loaded::Refused {
                 reason,
                 err,

@@ -527,6 +527,105 @@ mod tests {
         assert!(check_shape("a.b=.c").is_err());
     }
 
+    fn rules(skew: u64, max_age: Option<u64>) -> Rules {
+        Rules {
+            issuer: "https://idp".into(),
+            audience: "aud".into(),
+            algorithms: vec![Algorithm::ES256],
+            skew,
+            max_age,
+            require_at_jwt: false,
+            max_bytes: 8192,
+        }
+    }
+
+    fn remembered(exp: i64) -> Remembered {
+        Remembered {
+            token: VerifiedToken {
+                issuer: "https://idp".into(),
+                subject: "u1".into(),
+                scopes: ScopeSet::parse("user/Patient.rs"),
+                client_id: None,
+                auth_time: None,
+                acr: None,
+                jti: None,
+                issued_at: None,
+                expires_at: exp,
+                grant: Grant::User,
+            },
+            kid: None,
+            generation: 1,
+            times: Times {
+                exp,
+                nbf: None,
+                iat: None,
+            },
+        }
+    }
+
+    #[test]
+    fn clock_checks_match_the_library_rules() {
+        let r = rules(10, Some(100));
+        let t = |exp, nbf, iat| Times { exp, nbf, iat };
+        let now = 1_000;
+        assert!(
+            r.check_times(&t(990, None, Some(950)), now).is_ok(),
+            "within skew"
+        );
+        assert_eq!(
+            r.check_times(&t(989, None, Some(950)), now),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            r.check_times(&t(2000, Some(1011), Some(950)), now),
+            Err(AuthError::NotYetValid)
+        );
+        assert_eq!(
+            r.check_times(&t(2000, None, Some(1011)), now),
+            Err(AuthError::NotYetValid)
+        );
+        assert_eq!(
+            r.check_times(&t(2000, None, Some(889)), now),
+            Err(AuthError::TooOld)
+        );
+        assert_eq!(
+            r.check_times(&t(2000, None, None), now),
+            Err(AuthError::Claims)
+        );
+    }
+
+    #[test]
+    fn token_cache_is_bounded_and_drops_expired_entries_first() {
+        let r = rules(0, None);
+        let cache = TokenCache::default();
+        let now = 1_000;
+        for i in 0..TOKEN_CACHE_ENTRIES {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            // Half of them already expired.
+            let exp = if i % 2 == 0 { now - 1 } else { now + 60 };
+            cache.insert(key, remembered(exp), &r, now);
+        }
+        assert_eq!(cache.entries.lock().unwrap().len(), TOKEN_CACHE_ENTRIES);
+        // Full: the expired half is dropped to make room.
+        cache.insert([0xff; 32], remembered(now + 60), &r, now);
+        assert_eq!(
+            cache.entries.lock().unwrap().len(),
+            TOKEN_CACHE_ENTRIES / 2 + 1
+        );
+        assert!(cache.get(&[0xff; 32]).is_some());
+        // Full of live tokens: nothing more is remembered.
+        let full = TokenCache::default();
+        for i in 0..TOKEN_CACHE_ENTRIES {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            full.insert(key, remembered(now + 60), &r, now);
+        }
+        full.insert([0xff; 32], remembered(now + 60), &r, now);
+        assert_eq!(full.entries.lock().unwrap().len(), TOKEN_CACHE_ENTRIES);
+        assert!(full.get(&[0xff; 32]).is_none());
+    }
+
     #[test]
     fn verified_token_debug_has_no_raw_token_field() {
         let t = VerifiedToken {

@@ -151,7 +151,9 @@ async fn a_disabled_account_reads_nothing_even_with_bad_input() {
     // checks still come first, before any input error or any PHI.
     let w = World::new().await;
     let (doc_id, doc) = w.user("dr-gone", &[Role::Clinician]);
-    let id = w.create(&doc, &patient_json("MRN-1002", "Disabledson")).await;
+    let id = w
+        .create(&doc, &patient_json("MRN-1002", "Disabledson"))
+        .await;
     assert_eq!(
         w.get(&format!("/fhir/Patient/{id}"), &doc).await.status(),
         StatusCode::OK
