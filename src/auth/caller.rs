@@ -213,13 +213,100 @@ impl Caller {
     }
 }
 
+/// The decision on one record of a patient, taken before any PHI column is fetched.
+pub enum RecordAccess {
+    /// No such live record (or patient).
+    Missing,
+    Denied(policy::DenyReason, policy::PatientFacts),
+    Permitted(policy::View, policy::PatientFacts),
+}
+
+impl RecordAccess {
+    /// The permitted view, if any.
+    pub fn view(&self) -> Option<policy::View> {
+        match self {
+            RecordAccess::Permitted(view, _) => Some(*view),
+            _ => None,
+        }
+    }
+}
+
+/// The facility and care-team facts of the patient record `resource_id` belongs to.
+fn record_facts(
+    conn: &mut diesel::PgConnection,
+    resource_id: Uuid,
+    user_id: Uuid,
+    patient_of: PatientOf,
+) -> Result<Option<policy::PatientFacts>, AppError> {
+    match patient_of(conn, resource_id)? {
+        Some(patient) => users::patient_facts(conn, patient, user_id),
+        None => Ok(None),
+    }
+}
+
 impl Caller {
-    /// For a request on one record of `patient_id`: loads the patient's facility and
-    /// care-team facts, asks the decision point, and audits a refusal. A missing patient
-    /// or a missing relationship answers 404 (existence is not revealed); a missing scope
-    /// or role answers 403 with the capability that is missing.
+    /// For a request on one record of a patient: loads the patient's facility and
+    /// care-team facts and asks the decision point, on a connection the caller already
+    /// holds (so a handler can fetch the permitted columns in the same blocking hop).
+    /// Nothing is audited here: pass the result to [`Caller::settle`].
     ///
     /// `patient_of` finds the record's patient (for a Patient, the record itself).
+    pub fn record_access(
+        &self,
+        conn: &mut diesel::PgConnection,
+        resource: ResourceType,
+        interaction: Interaction,
+        resource_id: Uuid,
+        patient_of: PatientOf,
+    ) -> Result<RecordAccess, AppError> {
+        let facts = record_facts(conn, resource_id, self.user.id, patient_of)?;
+        Ok(self.judge(resource, interaction, facts))
+    }
+
+    fn judge(
+        &self,
+        resource: ResourceType,
+        interaction: Interaction,
+        facts: Option<policy::PatientFacts>,
+    ) -> RecordAccess {
+        let Some(facts) = facts else {
+            return RecordAccess::Missing;
+        };
+        match self.decide(resource, interaction, policy::Target::Patient(facts)) {
+            policy::Decision::Permit { view, .. } => RecordAccess::Permitted(view, facts),
+            policy::Decision::Deny(reason) => RecordAccess::Denied(reason, facts),
+        }
+    }
+
+    /// Audits a refusal and answers it: a missing patient or a missing relationship
+    /// answers 404 (existence is not revealed); a missing scope or role answers 403 with
+    /// the capability that is missing. A permit passes through (its event is written by
+    /// the handler once it has fetched).
+    pub async fn settle(
+        &self,
+        action: AuditAction,
+        resource: ResourceType,
+        resource_id: Uuid,
+        access: RecordAccess,
+    ) -> Result<(policy::View, policy::PatientFacts), AppError> {
+        match access {
+            RecordAccess::Permitted(view, facts) => Ok((view, facts)),
+            RecordAccess::Missing => {
+                self.audit(action, resource, Some(resource_id), [], Outcome::Error)
+                    .await?;
+                Err(AppError::not_found())
+            }
+            RecordAccess::Denied(reason, facts) => {
+                let outcome = Outcome::Deny(audit_reason(reason));
+                let patient = facts.patient_id;
+                self.audit(action, resource, Some(resource_id), [patient], outcome)
+                    .await?;
+                Err(refusal(reason))
+            }
+        }
+    }
+
+    /// [`Caller::record_access`] in its own blocking hop, then [`Caller::settle`].
     pub async fn authorize_record(
         &self,
         action: AuditAction,
@@ -232,26 +319,10 @@ impl Caller {
         let facts = self
             .state
             .db
-            .run(move |c| match patient_of(c, resource_id)? {
-                Some(patient) => users::patient_facts(c, patient, user_id),
-                None => Ok(None),
-            })
+            .run(move |c| record_facts(c, resource_id, user_id, patient_of))
             .await?;
-        let Some(facts) = facts else {
-            self.audit(action, resource, Some(resource_id), [], Outcome::Error)
-                .await?;
-            return Err(AppError::not_found());
-        };
-        match self.decide(resource, interaction, policy::Target::Patient(facts)) {
-            policy::Decision::Permit { view, .. } => Ok((view, facts)),
-            policy::Decision::Deny(reason) => {
-                let outcome = Outcome::Deny(audit_reason(reason));
-                let patient = facts.patient_id;
-                self.audit(action, resource, Some(resource_id), [patient], outcome)
-                    .await?;
-                Err(refusal(reason))
-            }
-        }
+        let access = self.judge(resource, interaction, facts);
+        self.settle(action, resource, resource_id, access).await
     }
 }
 
@@ -329,7 +400,7 @@ fn parse_purpose(req: &HttpRequest) -> Result<PurposeOfUse, AppError> {
 
 async fn refuse(
     state: &AppState,
-    req: &HttpRequest,
+    slot: Option<&AuditSlot>,
     ctx: &AuditContext,
     reason: DenyReason,
     err: AppError,
@@ -343,7 +414,7 @@ async fn refuse(
         .build();
     match state.audit.record(event).await {
         Ok(()) => {
-            if let Some(slot) = AuditSlot::of(req) {
+            if let Some(slot) = slot {
                 slot.mark_done();
             }
             err
@@ -352,20 +423,132 @@ async fn refuse(
     }
 }
 
-impl FromRequest for Caller {
+/// A request's verified credentials (bearer token or client certificate) before its user
+/// is loaded. [`Principal::resolve_with`] loads the user, applies the checks the
+/// [`Caller`] extractor applies, and runs the handler's database work in the same
+/// blocking hop; a handler that needs no database work takes [`Caller`] instead.
+pub struct Principal {
+    token: VerifiedToken,
+    audit: AuditContext,
+    /// Parsed up front, refused only after the account checks (as for [`Caller`]).
+    purpose: Result<PurposeOfUse, AppError>,
+    state: web::Data<AppState>,
+    slot: Option<Arc<AuditSlot>>,
+}
+
+/// What the blocking part of [`Principal::resolve_with`] ends with.
+enum Loaded<T> {
+    Ready(Box<Caller>, T),
+    /// A disabled account or a principal over its rate limit: audited as a failed login.
+    Refused {
+        reason: DenyReason,
+        err: AppError,
+        audit: AuditContext,
+        slot: Option<Arc<AuditSlot>>,
+    },
+}
+
+impl Principal {
+    /// Loads the user (our roles, never the token's) and refuses a disabled account or a
+    /// principal over its rate limit (audited) or a bad purpose-of-use header; then runs
+    /// `then` with the [`Caller`] on the same connection, in one blocking hop. The caller
+    /// is known to the request's audit guard before `then` runs.
+    pub async fn resolve_with<T, F>(self, then: F) -> Result<(Caller, T), AppError>
+    where
+        F: FnOnce(&mut diesel::PgConnection, &Caller) -> Result<T, AppError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let Principal {
+            token,
+            audit,
+            purpose,
+            state,
+            slot,
+        } = self;
+        let kind = match token.grant {
+            Grant::ClientCredentials => UserKind::Service,
+            Grant::User => UserKind::Person,
+        };
+        let shared = state.clone();
+        let loaded = state
+            .db
+            .run(move |conn| {
+                let user = users::user_for(conn, &token.issuer, &token.subject, kind)?;
+                let refusal = if user.disabled {
+                    let err = AppError::client(
+                        StatusCode::FORBIDDEN,
+                        "Access denied: this account is disabled.",
+                    );
+                    Some((DenyReason::Revoked, err))
+                } else if let Some(limit) = &shared.principal_limit
+                    && let Err(wait) = limit.check(&user.id.to_string())
+                {
+                    let err = AppError::RateLimited {
+                        retry_after_secs: wait.as_secs() + 1,
+                    };
+                    Some((DenyReason::RateLimited, err))
+                } else {
+                    None
+                };
+                if let Some((reason, err)) = refusal {
+                    return Ok(Loaded::Refused {
+                        reason,
+                        err,
+                        audit,
+                        slot,
+                    });
+                }
+                let caller = Caller {
+                    user,
+                    token,
+                    audit,
+                    purpose: purpose?,
+                    state: shared,
+                    slot,
+                };
+                if let Some(slot) = &caller.slot {
+                    slot.set_who(Who {
+                        actor: caller.actor(),
+                        client_app: caller.client_app(),
+                        purpose: caller.purpose,
+                    });
+                }
+                let value = then(conn, &caller)?;
+                Ok(Loaded::Ready(Box::new(caller), value))
+            })
+            .await?;
+        match loaded {
+            Loaded::Ready(caller, value) => Ok((*caller, value)),
+            Loaded::Refused {
+                reason,
+                err,
+                audit,
+                slot,
+            } => Err(refuse(&state, slot.as_deref(), &audit, reason, err).await),
+        }
+    }
+
+    /// The [`Caller`], with no further database work.
+    pub async fn resolve(self) -> Result<Caller, AppError> {
+        self.resolve_with(|_, _| Ok(()))
+            .await
+            .map(|(caller, ())| caller)
+    }
+}
+
+impl FromRequest for Principal {
     type Error = AppError;
     type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let req = req.clone();
-        let certified = certified_client(&req);
-        let bearer = Bearer::from_request(&req, payload);
+        let certified = certified_client(req);
+        let bearer = Bearer::from_request(req, payload);
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let audit = AuditContext::from_request(req);
+        let purpose = parse_purpose(req);
+        let slot = AuditSlot::of(req);
         Box::pin(async move {
-            let state = req
-                .app_data::<web::Data<AppState>>()
-                .cloned()
-                .ok_or_else(|| AppError::internal("app state missing"))?;
-            let audit = AuditContext::from_request(&req);
+            let state = state.ok_or_else(|| AppError::internal("app state missing"))?;
             let bearer = match certified {
                 Some(client) => Ok(Bearer(certificate_principal(client))),
                 None => bearer.await,
@@ -377,53 +560,27 @@ impl FromRequest for Caller {
                     if matches!(e, AppError::Unavailable) {
                         return Err(e);
                     }
-                    return Err(
-                        refuse(&state, &req, &audit, DenyReason::InvalidCredentials, e).await,
-                    );
+                    let reason = DenyReason::InvalidCredentials;
+                    return Err(refuse(&state, slot.as_deref(), &audit, reason, e).await);
                 }
             };
-            let kind = match token.grant {
-                Grant::ClientCredentials => UserKind::Service,
-                Grant::User => UserKind::Person,
-            };
-            let (issuer, subject) = (token.issuer.clone(), token.subject.clone());
-            let user = state
-                .db
-                .run(move |conn| users::user_for(conn, &issuer, &subject, kind))
-                .await?;
-            if user.disabled {
-                let err = AppError::client(
-                    StatusCode::FORBIDDEN,
-                    "Access denied: this account is disabled.",
-                );
-                return Err(refuse(&state, &req, &audit, DenyReason::Revoked, err).await);
-            }
-            if let Some(limit) = &state.principal_limit
-                && let Err(wait) = limit.check(&user.id.to_string())
-            {
-                let err = AppError::RateLimited {
-                    retry_after_secs: wait.as_secs() + 1,
-                };
-                return Err(refuse(&state, &req, &audit, DenyReason::RateLimited, err).await);
-            }
-            let purpose = parse_purpose(&req)?;
-            let slot = AuditSlot::of(&req);
-            let caller = Caller {
-                user,
+            Ok(Principal {
                 token,
                 audit,
                 purpose,
                 state,
                 slot,
-            };
-            if let Some(slot) = &caller.slot {
-                slot.set_who(Who {
-                    actor: caller.actor(),
-                    client_app: caller.client_app(),
-                    purpose: caller.purpose,
-                });
-            }
-            Ok(caller)
+            })
         })
+    }
+}
+
+impl FromRequest for Caller {
+    type Error = AppError;
+    type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let principal = Principal::from_request(req, payload);
+        Box::pin(async move { principal.await?.resolve().await })
     }
 }

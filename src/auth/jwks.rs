@@ -6,6 +6,7 @@
 
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,9 @@ fn family_matches(key: &DecodingKey, alg: Algorithm) -> bool {
 pub struct KeySet {
     pub keys: Vec<VerificationKey>,
     pub fetched_at: Instant,
+    /// Distinct for every stored fetch: what was verified with one generation is not
+    /// trusted under another without verifying again.
+    pub generation: u64,
 }
 
 impl KeySet {
@@ -180,6 +184,7 @@ struct Inner {
     min_interval: Duration,
     max_staleness: Duration,
     keys: RwLock<Option<Arc<KeySet>>>,
+    generations: AtomicU64,
     fetch: tokio::sync::Mutex<FetchState>,
 }
 
@@ -219,6 +224,7 @@ impl KeyCache {
                 min_interval,
                 max_staleness,
                 keys: RwLock::new(None),
+                generations: AtomicU64::new(0),
                 fetch: tokio::sync::Mutex::new(FetchState::default()),
             }),
         })
@@ -231,7 +237,8 @@ impl KeyCache {
         }
     }
 
-    fn store(&self, set: KeySet) -> Arc<KeySet> {
+    fn store(&self, mut set: KeySet) -> Arc<KeySet> {
+        set.generation = self.inner.generations.fetch_add(1, Ordering::Relaxed) + 1;
         let set = Arc::new(set);
         match self.inner.keys.write() {
             Ok(mut g) => *g = Some(set.clone()),
@@ -281,6 +288,7 @@ impl KeyCache {
                     return Ok(self.store(KeySet {
                         keys,
                         fetched_at: Instant::now(),
+                        generation: 0,
                     }));
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot refresh identity provider keys"),
@@ -393,6 +401,7 @@ mod tests {
         let set = KeySet {
             keys: parse_jwks(doc.to_string().as_bytes()).unwrap(),
             fetched_at: Instant::now(),
+            generation: 1,
         };
         assert!(set.select(Some("a"), Algorithm::EdDSA).is_some());
         assert!(set.select(Some("a"), Algorithm::RS256).is_none());

@@ -15,7 +15,7 @@ pub mod jwks;
 pub mod scope;
 pub mod token;
 
-pub use caller::Caller;
+pub use caller::{Caller, Principal};
 pub use extract::Bearer;
 pub use scope::{Context, Interaction, ResourceType, ScopeSet};
 pub use token::{AuthError, Grant, TokenVerifier, VerifiedToken};

@@ -21,14 +21,28 @@
 //!    (`nonce`, `at_hash`, `c_hash`), or a `token_use` other than `access`, or a header
 //!    `typ` of `id_token`/`id+jwt`. (`require_at_jwt_typ = true` makes this airtight,
 //!    since providers never type ID tokens `at+jwt`.)
+//!
+//! A token that passed every rule is remembered (by the SHA-256 of its exact bytes, up to
+//! [`TOKEN_CACHE_ENTRIES`]), so presenting it again skips the signature check and claim
+//! parsing — the largest part of a request's CPU. A remembered token is accepted only
+//! while the key set it was verified with is still the current one (every JWKS fetch is a
+//! new generation, so a withdrawn key stops its tokens as soon as the keys are refetched,
+//! as without the cache) and only if its time-dependent claims (`exp`, `nbf`, `iat`, the
+//! maximum age) pass against the clock on that use; otherwise it is verified from scratch.
 
 use super::jwks::{JwksError, JwksSource, KeyCache};
 use super::scope::ScopeSet;
 use crate::config::{AuthConfig, ConfigError};
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
+use sha2::Digest;
+use std::collections::HashMap;
 use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
+
+/// Most verified tokens remembered at once (a few hundred bytes each).
+pub const TOKEN_CACHE_ENTRIES: usize = 4096;
 
 /// Who the token was issued to act for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,11 +151,81 @@ struct Rules {
     max_bytes: usize,
 }
 
-/// Verifies bearer tokens. Cheap to clone: the key cache is shared.
+impl Rules {
+    /// The checks that depend on the clock, applied on every use of a token (the library
+    /// applies the same `exp`/`nbf` rule while decoding: expired when `exp < now - skew`,
+    /// not yet valid when `nbf > now + skew`).
+    fn check_times(&self, t: &Times, now: i64) -> Result<(), AuthError> {
+        let skew = self.skew as i64;
+        if t.exp < now - skew {
+            return Err(AuthError::Expired);
+        }
+        if t.nbf.is_some_and(|nbf| nbf > now + skew) || t.iat.is_some_and(|iat| iat > now + skew) {
+            return Err(AuthError::NotYetValid);
+        }
+        if let Some(max_age) = self.max_age {
+            let iat = t.iat.ok_or(AuthError::Claims)?;
+            if now - iat > max_age as i64 + skew {
+                return Err(AuthError::TooOld);
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The time-dependent claims of a verified token.
+#[derive(Clone, Copy, Debug)]
+struct Times {
+    exp: i64,
+    nbf: Option<i64>,
+    iat: Option<i64>,
+}
+
+/// A verified token as remembered: never the raw token, only what verification produced.
+#[derive(Clone)]
+struct Remembered {
+    token: VerifiedToken,
+    kid: Option<String>,
+    generation: u64,
+    times: Times,
+}
+
+/// Verified tokens by SHA-256 of their exact bytes (see the module documentation).
+#[derive(Default)]
+struct TokenCache {
+    entries: Mutex<HashMap<[u8; 32], Remembered>>,
+}
+
+impl TokenCache {
+    fn get(&self, digest: &[u8; 32]) -> Option<Remembered> {
+        let entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.get(digest).cloned()
+    }
+
+    fn forget(&self, digest: &[u8; 32]) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        entries.remove(digest);
+    }
+
+    /// Remembers a token; when full, first drops the expired ones, and if still full
+    /// remembers nothing (the token is simply verified again next time).
+    fn insert(&self, digest: [u8; 32], entry: Remembered, rules: &Rules, now: i64) {
+        let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
+        if entries.len() >= TOKEN_CACHE_ENTRIES {
+            entries.retain(|_, e| rules.check_times(&e.times, now).is_ok());
+        }
+        if entries.len() < TOKEN_CACHE_ENTRIES {
+            entries.insert(digest, entry);
+        }
+    }
+}
+
+/// Verifies bearer tokens. Cheap to clone: the key and token caches are shared.
 #[derive(Clone)]
 pub struct TokenVerifier {
-    rules: std::sync::Arc<Rules>,
+    rules: Arc<Rules>,
     keys: KeyCache,
+    verified: Arc<TokenCache>,
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -177,6 +261,9 @@ struct Claims {
     exp: i64,
     #[serde(default)]
     iat: Option<i64>,
+    /// Validated by the library; read here so that a remembered token is checked again.
+    #[serde(default)]
+    nbf: Option<serde_json::Value>,
     #[serde(default)]
     scope: Option<String>,
     /// Some providers send scopes as an array named `scp`.
@@ -230,7 +317,8 @@ impl TokenVerifier {
         )
         .map_err(|_| ConfigError::new("auth.jwks_url", "cannot build the HTTP client"))?;
         Ok(TokenVerifier {
-            rules: std::sync::Arc::new(Rules {
+            verified: Arc::new(TokenCache::default()),
+            rules: Arc::new(Rules {
                 issuer: config.issuer.clone(),
                 audience: config.audience.clone(),
                 algorithms: config.parsed_algorithms()?,
@@ -250,10 +338,40 @@ impl TokenVerifier {
 
     /// Verifies a raw bearer token (the part after `Bearer `).
     pub async fn verify(&self, raw: &str) -> Result<VerifiedToken, AuthError> {
-        let rules = &self.rules;
-        if raw.len() > rules.max_bytes {
+        if raw.len() > self.rules.max_bytes {
             return Err(AuthError::Oversize);
         }
+        let digest: [u8; 32] = sha2::Sha256::digest(raw.as_bytes()).into();
+        if let Some(hit) = self.verified.get(&digest) {
+            let keys = self
+                .keys
+                .keys_for(hit.kid.as_deref())
+                .await
+                .map_err(keys_error)?;
+            let now = jsonwebtoken::get_current_timestamp() as i64;
+            if keys.generation == hit.generation && self.rules.check_times(&hit.times, now).is_ok()
+            {
+                return Ok(hit.token);
+            }
+            // Keys refetched since, or a clock check fails: verify from scratch (which
+            // also gives the refusal its exact reason).
+            self.verified.forget(&digest);
+        }
+        let (token, remember) = self.verify_fully(raw).await?;
+        if let Some(entry) = remember {
+            let now = jsonwebtoken::get_current_timestamp() as i64;
+            self.verified.insert(digest, entry, &self.rules, now);
+        }
+        Ok(token)
+    }
+
+    /// Every rule of the module documentation, and the entry to remember (`None` when a
+    /// claim the cache rechecks is not an integer).
+    async fn verify_fully(
+        &self,
+        raw: &str,
+    ) -> Result<(VerifiedToken, Option<Remembered>), AuthError> {
+        let rules = &self.rules;
         check_shape(raw)?;
         let header = jsonwebtoken::decode_header(raw).map_err(|_| AuthError::Malformed)?;
         if header.jku.is_some()
@@ -280,11 +398,7 @@ impl TokenVerifier {
         }
 
         let kid = header.kid.as_deref();
-        let keys = self.keys.keys_for(kid).await.map_err(|e| match e {
-            JwksError::Unreachable | JwksError::Invalid | JwksError::Discovery => {
-                AuthError::KeysUnavailable
-            }
-        })?;
+        let keys = self.keys.keys_for(kid).await.map_err(keys_error)?;
         let key = keys.select(kid, header.alg).ok_or(AuthError::UnknownKey)?;
 
         let mut validation = Validation::new(header.alg);
@@ -308,18 +422,15 @@ impl TokenVerifier {
         }
 
         let now = jsonwebtoken::get_current_timestamp() as i64;
-        let skew = rules.skew as i64;
-        if let Some(iat) = claims.iat
-            && iat > now + skew
-        {
-            return Err(AuthError::NotYetValid);
-        }
-        if let Some(max_age) = rules.max_age {
-            let iat = claims.iat.ok_or(AuthError::Claims)?;
-            if now - iat > max_age as i64 + skew {
-                return Err(AuthError::TooOld);
-            }
-        }
+        // `nbf` that is not an integer: the library judged it; such a token is not
+        // remembered (the cache could not recheck it).
+        let nbf = claims.nbf.as_ref().map(serde_json::Value::as_i64);
+        let times = Times {
+            exp: claims.exp,
+            nbf: nbf.flatten(),
+            iat: claims.iat,
+        };
+        rules.check_times(&times, now)?;
         let id_token_marker = claims.nonce.is_some()
             || claims.at_hash.is_some()
             || claims.c_hash.is_some()
@@ -339,7 +450,7 @@ impl TokenVerifier {
         } else {
             Grant::User
         };
-        Ok(VerifiedToken {
+        let token = VerifiedToken {
             issuer: claims.iss,
             subject: claims.sub,
             scopes,
@@ -350,7 +461,22 @@ impl TokenVerifier {
             issued_at: claims.iat,
             expires_at: claims.exp,
             grant,
-        })
+        };
+        let remember = nbf.is_none_or(|n| n.is_some()).then(|| Remembered {
+            token: token.clone(),
+            kid: header.kid.clone(),
+            generation: keys.generation,
+            times,
+        });
+        Ok((token, remember))
+    }
+}
+
+fn keys_error(e: JwksError) -> AuthError {
+    match e {
+        JwksError::Unreachable | JwksError::Invalid | JwksError::Discovery => {
+            AuthError::KeysUnavailable
+        }
     }
 }
 
@@ -399,6 +525,105 @@ mod tests {
         assert!(check_shape("a.b.c.d.e").is_err(), "JWE");
         assert!(check_shape("a.b+.c").is_err());
         assert!(check_shape("a.b=.c").is_err());
+    }
+
+    fn rules(skew: u64, max_age: Option<u64>) -> Rules {
+        Rules {
+            issuer: "https://idp".into(),
+            audience: "aud".into(),
+            algorithms: vec![Algorithm::ES256],
+            skew,
+            max_age,
+            require_at_jwt: false,
+            max_bytes: 8192,
+        }
+    }
+
+    fn remembered(exp: i64) -> Remembered {
+        Remembered {
+            token: VerifiedToken {
+                issuer: "https://idp".into(),
+                subject: "u1".into(),
+                scopes: ScopeSet::parse("user/Patient.rs"),
+                client_id: None,
+                auth_time: None,
+                acr: None,
+                jti: None,
+                issued_at: None,
+                expires_at: exp,
+                grant: Grant::User,
+            },
+            kid: None,
+            generation: 1,
+            times: Times {
+                exp,
+                nbf: None,
+                iat: None,
+            },
+        }
+    }
+
+    #[test]
+    fn clock_checks_match_the_library_rules() {
+        let r = rules(10, Some(100));
+        let t = |exp, nbf, iat| Times { exp, nbf, iat };
+        let now = 1_000;
+        assert!(
+            r.check_times(&t(990, None, Some(950)), now).is_ok(),
+            "within skew"
+        );
+        assert_eq!(
+            r.check_times(&t(989, None, Some(950)), now),
+            Err(AuthError::Expired)
+        );
+        assert_eq!(
+            r.check_times(&t(2000, Some(1011), Some(950)), now),
+            Err(AuthError::NotYetValid)
+        );
+        assert_eq!(
+            r.check_times(&t(2000, None, Some(1011)), now),
+            Err(AuthError::NotYetValid)
+        );
+        assert_eq!(
+            r.check_times(&t(2000, None, Some(889)), now),
+            Err(AuthError::TooOld)
+        );
+        assert_eq!(
+            r.check_times(&t(2000, None, None), now),
+            Err(AuthError::Claims)
+        );
+    }
+
+    #[test]
+    fn token_cache_is_bounded_and_drops_expired_entries_first() {
+        let r = rules(0, None);
+        let cache = TokenCache::default();
+        let now = 1_000;
+        for i in 0..TOKEN_CACHE_ENTRIES {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            // Half of them already expired.
+            let exp = if i % 2 == 0 { now - 1 } else { now + 60 };
+            cache.insert(key, remembered(exp), &r, now);
+        }
+        assert_eq!(cache.entries.lock().unwrap().len(), TOKEN_CACHE_ENTRIES);
+        // Full: the expired half is dropped to make room.
+        cache.insert([0xff; 32], remembered(now + 60), &r, now);
+        assert_eq!(
+            cache.entries.lock().unwrap().len(),
+            TOKEN_CACHE_ENTRIES / 2 + 1
+        );
+        assert!(cache.get(&[0xff; 32]).is_some());
+        // Full of live tokens: nothing more is remembered.
+        let full = TokenCache::default();
+        for i in 0..TOKEN_CACHE_ENTRIES {
+            let mut key = [0u8; 32];
+            key[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            full.insert(key, remembered(now + 60), &r, now);
+        }
+        full.insert([0xff; 32], remembered(now + 60), &r, now);
+        assert_eq!(full.entries.lock().unwrap().len(), TOKEN_CACHE_ENTRIES);
+        assert!(full.get(&[0xff; 32]).is_none());
     }
 
     #[test]

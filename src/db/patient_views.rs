@@ -156,6 +156,39 @@ impl Row {
     }
 }
 
+/// The view-shaped SELECT of one live patient by id. Unlike `sql_query`, diesel may
+/// prepare it once per connection and reuse it: its SQL comes only from the fixed
+/// fragments of `select_list` (one text per field set), and the id is a bind parameter.
+/// That saves PostgreSQL a parse and plan on every read.
+struct ReadById {
+    sql: String,
+    id: Uuid,
+}
+
+impl diesel::query_builder::QueryId for ReadById {
+    type QueryId = ();
+    // Cached by its SQL text, not by type.
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for ReadById {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        out.push_sql(&self.sql);
+        out.push_bind_param::<SqlUuid, _>(&self.id)?;
+        out.push_sql(" AND deleted_at IS NULL");
+        Ok(())
+    }
+}
+
+impl diesel::query_builder::Query for ReadById {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl RunQueryDsl<PgConnection> for ReadById {}
+
 /// One live patient, shaped to `fields`.
 pub fn read(
     conn: &mut PgConnection,
@@ -163,14 +196,11 @@ pub fn read(
     id: Uuid,
     fields: PatientFields,
 ) -> Result<Option<PatientView>, AppError> {
-    let sql = format!(
-        "SELECT {} FROM patients WHERE id = $1 AND deleted_at IS NULL",
-        fields.select_list()
-    );
-    let row: Option<Row> = diesel::sql_query(sql)
-        .bind::<SqlUuid, _>(id)
-        .get_result(conn)
-        .optional()?;
+    let query = ReadById {
+        sql: format!("SELECT {} FROM patients WHERE id = ", fields.select_list()),
+        id,
+    };
+    let row: Option<Row> = query.get_result(conn).optional()?;
     row.map(|r| r.open(conn, kr)).transpose()
 }
 

@@ -7,7 +7,7 @@
 use super::elements::Elements;
 use super::types::invalid;
 use crate::audit::{AuditAction, Outcome};
-use crate::auth::Caller;
+use crate::auth::{Caller, Principal};
 use crate::auth::caller::audit_reason;
 use crate::db::users;
 use crate::error::AppError;
@@ -61,35 +61,45 @@ where
         .await
 }
 
-/// The read of one record `id` (not a Patient): the decision on its subject patient
-/// (`patient_of`), the view check, the fetch (`get`, giving the record's subject with it)
-/// and the audit event. A record that vanished or changed subject meanwhile is a 404,
-/// audited as an error; the record is returned only after its permit is audited.
+/// A read of one record in one blocking hop: the caller's user and roles, the subject
+/// patient's policy facts, the decision, and only if permitted `get` (which fetches and
+/// decrypts). Input errors (`id`, `elements`) are raised after the account checks. Every
+/// outcome is audited; a record whose subject is not the patient the decision was about
+/// is treated as missing.
 pub async fn read_record<T, G>(
-    caller: &Caller,
-    state: &web::Data<AppState>,
+    principal: Principal,
     resource: ResourceType,
-    id: Uuid,
+    id: Result<Uuid, AppError>,
+    elements: Result<Elements, AppError>,
     patient_of: PatientOf,
     check_view: fn(View) -> Result<(), AppError>,
     get: G,
-) -> Result<T, AppError>
+) -> Result<(T, Elements), AppError>
 where
     T: Send + 'static,
-    G: FnOnce(&mut diesel::PgConnection) -> Result<Option<(Uuid, T)>, AppError> + Send + 'static,
+    G: FnOnce(&mut diesel::PgConnection, Uuid) -> Result<Option<(Uuid, T)>, AppError>
+        + Send
+        + 'static,
 {
-    let (view, patient) = authorize_record(
-        caller,
-        state,
-        resource,
-        Interaction::Read,
-        AuditAction::Read,
-        id,
-        patient_of,
-    )
-    .await?;
-    check_view(view)?;
-    let found = state.db.run(get).await?;
+    let (caller, (id, access, found, elements)) = principal
+        .resolve_with(move |c, caller| {
+            let id = id?;
+            let elements = elements?;
+            let access = caller.record_access(c, resource, Interaction::Read, id, patient_of)?;
+            let found = match access.view() {
+                Some(view) => {
+                    check_view(view)?;
+                    get(c, id)?
+                }
+                None => None,
+            };
+            Ok((id, access, found, elements))
+        })
+        .await?;
+    let (_, facts) = caller
+        .settle(AuditAction::Read, resource, id, access)
+        .await?;
+    let patient = facts.patient_id;
     let Some((_, record)) = found.filter(|(subject, _)| *subject == patient) else {
         caller
             .audit(AuditAction::Read, resource, Some(id), [], Outcome::Error)
@@ -105,7 +115,7 @@ where
             Outcome::Permit,
         )
         .await?;
-    Ok(record)
+    Ok((record, elements))
 }
 
 /// The permitted view for one existing record `id` (whose subject patient `patient_of`

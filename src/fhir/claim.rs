@@ -9,7 +9,7 @@ use super::elements::Elements;
 use super::types::{bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
-use crate::auth::Caller;
+use crate::auth::{Caller, Principal};
 use crate::db::claims::{self, Claim, NewClaim, NewClaimItem};
 use crate::error::AppError;
 use crate::policy::{Interaction, ResourceType, View};
@@ -268,19 +268,27 @@ fn respond(status: StatusCode, c: &Claim, elements: &Elements) -> HttpResponse {
 
 pub async fn read(
     req: HttpRequest,
-    caller: Caller,
+    principal: Principal,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path)?;
-    let elements = access::read_elements(&req, R)?;
+    let id = access::parse_id(&path);
+    let elements = access::read_elements(&req, R);
     let kr = state.keyring.clone();
-    let items = elements.wants("item");
-    let get = move |c: &mut diesel::PgConnection| {
+    let items = elements.as_ref().map_or(true, |e| e.wants("item"));
+    let get = move |c: &mut diesel::PgConnection, id: Uuid| {
         Ok(claims::get(c, &kr, id, items)?.map(|claim| (claim.row.patient_id, claim)))
     };
-    let claim =
-        access::read_record(&caller, &state, R, id, claims::patient_of, check_view, get).await?;
+    let (claim, elements) = access::read_record(
+        principal,
+        R,
+        id,
+        elements,
+        claims::patient_of,
+        check_view,
+        get,
+    )
+    .await?;
     Ok(respond(StatusCode::OK, &claim, &elements))
 }
 

@@ -11,7 +11,7 @@ use super::observation::{LOINC, loinc_code};
 use super::types::{bounded_len, invalid};
 use super::{FHIR_JSON, etag, if_match};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
-use crate::auth::Caller;
+use crate::auth::{Caller, Principal};
 use crate::db::documents;
 use crate::db::phi::{self, DocumentReference, NewDocumentReference};
 use crate::error::AppError;
@@ -245,23 +245,25 @@ fn respond(status: StatusCode, doc: &DocumentReference, elements: &Elements) -> 
     res.body(body.to_string())
 }
 
+/// One blocking hop: the caller's user and roles, the subject patient's policy facts, the
+/// decision, and only then the record.
 pub async fn read(
     req: HttpRequest,
-    caller: Caller,
+    principal: Principal,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path)?;
-    let elements = access::read_elements(&req, R)?;
+    let id = access::parse_id(&path);
+    let elements = access::read_elements(&req, R);
     let kr = state.keyring.clone();
-    let get = move |c: &mut diesel::PgConnection| {
+    let get = move |c: &mut diesel::PgConnection, id: Uuid| {
         Ok(phi::get_document_reference(c, &kr, id)?.map(|doc| (doc.patient_id, doc)))
     };
-    let doc = access::read_record(
-        &caller,
-        &state,
+    let (doc, elements) = access::read_record(
+        principal,
         R,
         id,
+        elements,
         documents::patient_of,
         check_view,
         get,

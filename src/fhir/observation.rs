@@ -7,7 +7,7 @@ use super::elements::Elements;
 use super::types::{bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
-use crate::auth::Caller;
+use crate::auth::{Caller, Principal};
 use crate::db::observations::{self, Criteria};
 use crate::db::phi::{self, NewObservation, Observation};
 use crate::error::AppError;
@@ -206,23 +206,25 @@ fn respond(status: StatusCode, o: &Observation, elements: &Elements) -> HttpResp
     res.body(body.to_string())
 }
 
+/// One blocking hop: the caller's user and roles, the subject patient's policy facts, the
+/// decision, and only then the record.
 pub async fn read(
     req: HttpRequest,
-    caller: Caller,
+    principal: Principal,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path)?;
-    let elements = access::read_elements(&req, R)?;
+    let id = access::parse_id(&path);
+    let elements = access::read_elements(&req, R);
     let kr = state.keyring.clone();
-    let get = move |c: &mut diesel::PgConnection| {
+    let get = move |c: &mut diesel::PgConnection, id: Uuid| {
         Ok(phi::get_observation(c, &kr, id)?.map(|o| (o.patient_id, o)))
     };
-    let o = access::read_record(
-        &caller,
-        &state,
+    let (o, elements) = access::read_record(
+        principal,
         R,
         id,
+        elements,
         observations::patient_of,
         check_view,
         get,

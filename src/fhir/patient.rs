@@ -7,8 +7,8 @@ use super::elements::Elements;
 use super::types::{self, Gender, Mrn, Ssn, bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
 use crate::audit::{AuditAction, AuditEvent, Outcome};
-use crate::auth::Caller;
 use crate::auth::caller::{audit_reason, refusal};
+use crate::auth::{Caller, Principal};
 use crate::db::patient_views::{self, Criteria, PatientFields, PatientView};
 use crate::db::{phi, users};
 use crate::error::AppError;
@@ -107,23 +107,35 @@ fn fhir_json(status: StatusCode) -> actix_web::HttpResponseBuilder {
     res
 }
 
+/// One blocking hop: the caller's user and roles, the patient's policy facts, the decision,
+/// and only then the view's columns (decrypted). Input errors are raised after the
+/// account checks, in the order the `Caller` extractor and the handler applied them.
 pub async fn read(
-    caller: Caller,
+    principal: Principal,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    query: web::Query<ReadQuery>,
+    query: Result<web::Query<ReadQuery>, actix_web::Error>,
 ) -> Result<HttpResponse, AppError> {
-    let id = parse_id(&path)?;
-    let elements = Elements::parse(R, query._elements.as_deref())?;
-    let (view, _) = caller
-        .authorize_record(AuditAction::Read, R, Interaction::Read, id, itself)
-        .await?;
-    let fields = view_fields(view).intersect(requested_fields(&elements));
+    let id = parse_id(&path);
+    let query = query.map(web::Query::into_inner).map_err(|_| ());
     let kr = state.keyring.clone();
-    let patient = state
-        .db
-        .run(move |c| patient_views::read(c, &kr, id, fields))
+    let (caller, (id, access, patient, elements)) = principal
+        .resolve_with(move |c, caller| {
+            let query = query.map_err(|()| AppError::bad_request("The request is malformed."))?;
+            let id = id?;
+            let elements = Elements::parse(R, query._elements.as_deref())?;
+            let access = caller.record_access(c, R, Interaction::Read, id, itself)?;
+            let patient = match access.view() {
+                Some(view) => {
+                    let fields = view_fields(view).intersect(requested_fields(&elements));
+                    patient_views::read(c, &kr, id, fields)?
+                }
+                None => None,
+            };
+            Ok((id, access, patient, elements))
+        })
         .await?;
+    caller.settle(AuditAction::Read, R, id, access).await?;
     let Some(patient) = patient else {
         caller
             .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)

@@ -397,6 +397,65 @@ async fn rotated_key_is_picked_up_by_refetch() {
 }
 
 #[tokio::test]
+async fn remembered_token_stops_working_when_its_key_is_withdrawn() {
+    let old = Signer::es256("old");
+    let new = Signer::eddsa("new");
+    let p = Provider::start(&[&old, &new]).await;
+    let app = app_for(&p, &[("auth.jwks_refetch_min_interval_secs", 1.into())]).await;
+    // The same token bytes twice: the second use is answered from the verified-token cache.
+    let token = old.sign(&claims(&p));
+    assert_ok(&app, &token).await;
+    assert_ok(&app, &token).await;
+    assert_eq!(p.jwks_hits(), 1);
+
+    // The provider withdraws the key; a token naming an unknown kid makes us refetch.
+    p.set_keys(&[&new]);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let stranger = Signer::es256("unknown");
+    assert_refused(&app, &stranger.sign(&claims(&p)), "unknown kid").await;
+    assert_eq!(p.jwks_hits(), 2);
+    // The remembered token was verified under the old key set: refused at once.
+    assert_refused(&app, &token, "remembered token of a withdrawn key").await;
+    // A token of a key still published keeps working.
+    let current = new.sign(&claims(&p));
+    assert_ok(&app, &current).await;
+    assert_ok(&app, &current).await;
+}
+
+#[tokio::test]
+async fn remembered_token_stops_working_when_it_expires() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    let app = app_for(&p, &[("auth.clock_skew_secs", 0.into())]).await;
+    let token = es.sign(&with(claims(&p), json!({ "exp": now() + 2 })));
+    assert_ok(&app, &token).await;
+    assert_ok(&app, &token).await;
+    // Past `exp` (whole seconds, no leeway): refused although it was remembered.
+    tokio::time::sleep(Duration::from_millis(3100)).await;
+    assert_refused(&app, &token, "remembered token past exp").await;
+    assert_eq!(p.jwks_hits(), 1, "no refetch needed to refuse it");
+}
+
+#[tokio::test]
+async fn remembered_token_is_rechecked_against_the_maximum_age() {
+    let es = Signer::es256("es");
+    let p = Provider::start(&[&es]).await;
+    let app = app_for(
+        &p,
+        &[
+            ("auth.clock_skew_secs", 0.into()),
+            ("auth.max_token_age_secs", 3.into()),
+        ],
+    )
+    .await;
+    let token = es.sign(&with(claims(&p), json!({ "iat": now() })));
+    assert_ok(&app, &token).await;
+    assert_ok(&app, &token).await;
+    tokio::time::sleep(Duration::from_millis(4100)).await;
+    assert_refused(&app, &token, "remembered token older than the maximum age").await;
+}
+
+#[tokio::test]
 async fn provider_outage_uses_cached_keys_until_the_staleness_limit() {
     let es = Signer::es256("es");
     let p = Provider::start(&[&es]).await;

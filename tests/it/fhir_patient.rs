@@ -146,6 +146,44 @@ async fn clinician_creates_and_reads_a_patient_in_the_clinical_view() {
 }
 
 #[tokio::test]
+async fn a_disabled_account_reads_nothing_even_with_bad_input() {
+    // Patient read loads the account, decides and fetches in one blocking hop: the account
+    // checks still come first, before any input error or any PHI.
+    let w = World::new().await;
+    let (doc_id, doc) = w.user("dr-gone", &[Role::Clinician]);
+    let id = w
+        .create(&doc, &patient_json("MRN-1002", "Disabledson"))
+        .await;
+    assert_eq!(
+        w.get(&format!("/fhir/Patient/{id}"), &doc).await.status(),
+        StatusCode::OK
+    );
+    diesel::sql_query("UPDATE users SET disabled_at = now() WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(doc_id)
+        .execute(&mut w.app.db.conn())
+        .unwrap();
+    for path in [
+        format!("/fhir/Patient/{id}"),
+        format!("/fhir/Patient/{id}?_elements=secretField"),
+        format!("/fhir/Patient/{id}?unknown=1"),
+        "/fhir/Patient/not-a-uuid".to_string(),
+    ] {
+        let res = w.get(&path, &doc).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{path}");
+        let body = res.text().await.unwrap();
+        assert!(!body.contains("Disabledson"), "{path}");
+        let events = w.audit_events();
+        let last = events.last().unwrap();
+        assert_eq!(
+            (last.0.as_str(), last.1.as_str()),
+            ("login-failed", "deny"),
+            "{path}"
+        );
+        assert!(last.2.is_empty(), "{path}");
+    }
+}
+
+#[tokio::test]
 async fn clinician_outside_the_care_team_is_denied_and_audited() {
     let w = World::new().await;
     let (_, doc_a) = w.user("dr-a", &[Role::Clinician]);
