@@ -213,7 +213,8 @@ async fn unknown_name_wrong_password_and_disabled_account_look_the_same() {
     ));
     let floor = argon2_floor();
     let b = reqwest_client();
-    // The fastest of three tries (noise only ever adds time).
+    // The fastest of five tries (noise only ever adds time; five because the suite runs
+    // browser and sign-in tests beside this one on two cores).
     async fn fastest(
         app: &TestApp,
         b: &reqwest::Client,
@@ -222,7 +223,7 @@ async fn unknown_name_wrong_password_and_disabled_account_look_the_same() {
         code: &str,
     ) -> (reqwest::StatusCode, String, Duration) {
         let mut best: Option<(reqwest::StatusCode, String, Duration)> = None;
-        for _ in 0..3 {
+        for _ in 0..5 {
             let r = post_emergency(app, b, name, password, code).await;
             if best.as_ref().is_none_or(|x| r.2 < x.2) {
                 best = Some((r.0, r.1, r.2));
@@ -276,7 +277,7 @@ async fn unknown_name_wrong_password_and_disabled_account_look_the_same() {
         .iter()
         .filter(|e| e.0 == "login-failed" && e.2.as_deref() == Some("invalid-credentials"))
         .count();
-    assert_eq!(failed, 15, "{ev:?}");
+    assert_eq!(failed, 25, "{ev:?}");
     assert!(!ev.iter().any(|e| e.0 == "emergency-login"));
 
     // A right password with a wrong code: the same answer.
