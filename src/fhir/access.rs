@@ -7,8 +7,8 @@
 use super::elements::Elements;
 use super::types::invalid;
 use crate::audit::{AuditAction, Outcome};
-use crate::auth::{Caller, Principal};
 use crate::auth::caller::audit_reason;
+use crate::auth::{Caller, Principal};
 use crate::db::users;
 use crate::error::AppError;
 use crate::policy::{

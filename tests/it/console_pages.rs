@@ -25,6 +25,7 @@ struct Console {
     issuer: String,
     keyring: Keyring,
     facility: Uuid,
+    config: custodian::config::Config,
 }
 
 /// A browser: its own cookie jar, holding one console session.
@@ -84,7 +85,26 @@ impl Console {
             issuer,
             keyring,
             facility,
+            config,
         }
+    }
+
+    /// Another Custodian instance on the same database, as behind a load balancer; its
+    /// address (the same host name, so a browser sends it the same cookies).
+    async fn second_instance(&self) -> std::net::SocketAddr {
+        let app = custodian::startup::Application::build(
+            self.config.clone(),
+            custodian::startup::Options {
+                extra_routes: None,
+                disable_signals: true,
+                dev_jwks: None,
+            },
+        )
+        .await
+        .expect("second instance starts");
+        let addr = app.https_addr();
+        tokio::spawn(app.run());
+        addr
     }
 
     fn origin(&self) -> String {
@@ -539,6 +559,44 @@ async fn revoked_sessions_land_on_sign_in() {
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(location(&c.get(&b2, "/console").await), "/console/signin");
     // The administrator's own session is untouched.
+    assert_eq!(c.get(&a, "/console/users").await.status(), StatusCode::OK);
+}
+
+#[tokio::test]
+async fn sessions_are_shared_by_instances_behind_a_load_balancer() {
+    let c = Console::start().await;
+    let other = c.second_instance().await;
+    let at = |path: &str| format!("https://localhost:{}{path}", other.port());
+    let (_, a) = admin(&c, "root");
+    let (b_id, b) = admin(&c, "second");
+    // A session made on one instance works on the other, and a change made there...
+    assert_eq!(
+        b.client
+            .get(at("/console/users"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        StatusCode::OK
+    );
+    let body = url::form_urlencoded::Serializer::new(String::new())
+        .extend_pairs([("csrf_token", a.csrf.as_str())])
+        .finish();
+    let res = a
+        .client
+        .post(at(&format!("/console/users/{b_id}/revoke-sessions")))
+        .header("origin", format!("https://localhost:{}", other.port()))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    // ...ends the session on both at once.
+    let res = c.get(&b, "/console/users").await;
+    assert_eq!(location(&res), "/console/signin");
+    let res = b.client.get(at("/console/users")).send().await.unwrap();
+    assert_eq!(location(&res), "/console/signin");
     assert_eq!(c.get(&a, "/console/users").await.status(), StatusCode::OK);
 }
 
