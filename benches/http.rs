@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 const AUDIENCE: &str = "https://custodian.bench/fhir";
-const SCOPES: &str = "user/Patient.cruds";
+const SCOPES: &str = "user/Patient.cruds user/Observation.cruds";
 const DB_NAME: &str = "custodian_bench_http";
 
 struct Args {
@@ -532,7 +532,7 @@ format = "json"
         "load_average": { "before": load_before, "after": load_after },
         "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "token_alg": a.alg,
-        "note": if matches!(a.scenario.as_str(), "write" | "mixed") { "writes are Patient create (Observation has no API yet)" } else { "" },
+        "note": if matches!(a.scenario.as_str(), "write" | "mixed") { "writes are Observation create for a random care-team patient" } else { "" },
     });
     print_table(&result);
     let out_dir = manifest.join("target/bench");
@@ -674,10 +674,12 @@ local function search()
 end
 local function create()
   counter = counter + 1
-  local body = '{{"resourceType":"Patient","identifier":[{{"system":"urn:custodian:mrn","value":"W' .. tid .. 'R' .. run_id .. 'N' .. counter .. '"}}],' ..
-    '"name":[{{"family":"Benchwright","given":["Avery"]}}],"gender":"female","birthDate":"1980-01-02",' ..
-    '"telecom":[{{"system":"phone","value":"555-0100"}}],"address":[{{"line":["1 Synthetic Way"],"city":"Testville"}}]}}'
-  return wrk.format("POST", "/fhir/Patient", post_headers, body)
+  local body = '{{"resourceType":"Observation","status":"final",' ..
+    '"code":{{"coding":[{{"system":"http://loinc.org","code":"8867-4","display":"Heart rate"}}]}},' ..
+    '"subject":{{"reference":"Patient/' .. ids[math.random(#ids)] .. '"}},' ..
+    '"effectiveDateTime":"2026-11-20T08:30:00Z",' ..
+    '"valueQuantity":{{"value":' .. (50 + counter % 50) .. ',"unit":"beats/minute","system":"http://unitsofmeasure.org","code":"/min"}}}}'
+  return wrk.format("POST", "/fhir/Observation", post_headers, body)
 end
 function request()
   if scenario == "search" then return search() end
