@@ -11,7 +11,7 @@
 //!
 //! Seeding runs once: patients are inserted in a fixed order in batches (one transaction
 //! each), so the number already present says where to resume and a complete population
-//! is left alone. Claims are not seeded (there is no repository function for them yet).
+//! is left alone.
 
 use crate::crypto::Keyring;
 use crate::db::claims::{self, NewClaim, NewClaimItem};
