@@ -182,6 +182,19 @@ pub fn matching_step(
     Ok(found)
 }
 
+/// The user's enrolment and the time of the check, `None` while the check is locked.
+fn unlocked(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    user_id: Uuid,
+) -> Result<Option<(Enrolment, DateTime<Utc>)>, AppError> {
+    let e = enrolment(conn, keyring, user_id)?;
+    let now = Utc::now();
+    Ok(e.locked_until
+        .is_none_or(|until| until <= now)
+        .then_some((e, now)))
+}
+
 /// Checks `code` for the user (inside a transaction), recording the accepted step or the
 /// failure. Confirms an unconfirmed enrolment on success.
 pub fn check(
@@ -191,11 +204,9 @@ pub fn check(
     code: &str,
     lockout: Duration,
 ) -> Result<Check, AppError> {
-    let e = enrolment(conn, keyring, user_id)?;
-    let now = Utc::now();
-    if e.locked_until.is_some_and(|until| until > now) {
+    let Some((e, now)) = unlocked(conn, keyring, user_id)? else {
         return Ok(Check::Locked);
-    }
+    };
     let now_secs = u64::try_from(now.timestamp()).unwrap_or(0);
     let step = matching_step(&e.secret, code, now_secs, e.last_step)?;
     settle(conn, &e, step.map(Some), now, lockout)
@@ -210,11 +221,9 @@ pub fn check_recovery(
     code: &str,
     lockout: Duration,
 ) -> Result<Check, AppError> {
-    let e = enrolment(conn, keyring, user_id)?;
-    let now = Utc::now();
-    if e.locked_until.is_some_and(|until| until > now) {
+    let Some((e, now)) = unlocked(conn, keyring, user_id)? else {
         return Ok(Check::Locked);
-    }
+    };
     let ok = e.confirmed && super::recovery::redeem(conn, user_id, code)?;
     settle(conn, &e, ok.then_some(None), now, lockout)
 }

@@ -1,6 +1,7 @@
 //! The admin console in a real browser (headless chromium over WebDriver, see
 //! `common/browser.rs`), over HTTPS as an administrator would use it.
 
+use crate::common::authenticator;
 use crate::common::browser::Browser;
 use crate::common::oidc;
 use crate::common::{TestApp, test_cert};
@@ -122,20 +123,7 @@ fn known_user(
 
 /// The current code of an authenticator holding `secret_b32`, as an app would compute it.
 fn totp_now(secret_b32: &str) -> String {
-    let secret = totp_rs::Secret::try_from_base32(secret_b32).unwrap();
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    totp_rs::Builder::new()
-        .with_algorithm(totp_rs::Algorithm::SHA1)
-        .with_digits(6)
-        .with_step_duration(30)
-        .with_secret(secret)
-        .build()
-        .unwrap()
-        .generate(now)
-        .to_string()
+    authenticator::code_b32_at(secret_b32, authenticator::now_secs())
 }
 
 /// With `CUSTODIAN_SCREENSHOTS=1`, also saves the page as `docs/screenshots/<name>.png`

@@ -3,6 +3,7 @@
 //! answer and cost for unknown names, wrong passwords and disabled accounts, audited as
 //! high-severity events; the first administrator granted from the CLI.
 
+use crate::common::authenticator;
 use crate::common::oidc::{self, Provider, location};
 use crate::common::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestApp, test_cert, test_keys};
 use custodian::audit::event::{AuditAction, Severity};
@@ -78,19 +79,10 @@ fn create_account(app: &TestApp, name: &str) -> String {
 }
 
 fn code(secret: &str, offset: i64) -> String {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    totp_rs::Builder::new()
-        .with_algorithm(totp_rs::Algorithm::SHA1)
-        .with_digits(6)
-        .with_step_duration(30)
-        .with_secret(totp_rs::Secret::try_from_base32(secret).unwrap())
-        .build()
-        .unwrap()
-        .generate(now.saturating_add_signed(offset))
-        .to_string()
+    authenticator::code_b32_at(
+        secret,
+        authenticator::now_secs().saturating_add_signed(offset),
+    )
 }
 
 async fn post_emergency(

@@ -1,6 +1,7 @@
 //! Console sign-in end to end against a real OpenID provider (npm oidc-provider, see
 //! tests/oidc): OIDC code flow, TOTP enrolment and check, sessions, CSRF.
 
+use crate::common::authenticator::{code_b32_at as totp_code, now_secs};
 use crate::common::oidc::{self, Provider, cookie_value, jar_client, location};
 use crate::common::{TestApp, TestAppBuilder};
 use custodian::db::users::{self, UserKind};
@@ -45,26 +46,6 @@ fn hidden_value(html: &str, name: &str) -> String {
     let v = rest.find("value=\"").unwrap() + 7;
     let end = rest[v..].find('"').unwrap() + v;
     rest[v..end].to_string()
-}
-
-fn totp_code(secret_b32: &str, at_secs: u64) -> String {
-    let secret = totp_rs::Secret::try_from_base32(secret_b32).unwrap();
-    totp_rs::Builder::new()
-        .with_algorithm(totp_rs::Algorithm::SHA1)
-        .with_digits(6)
-        .with_step_duration(30)
-        .with_secret(secret)
-        .build()
-        .unwrap()
-        .generate(at_secs)
-        .to_string()
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
 }
 
 /// One browser: a cookie jar the test can read.

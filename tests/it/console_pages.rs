@@ -2,6 +2,7 @@
 //! signed-in sessions are created directly in the database (no OpenID provider needed),
 //! with a known TOTP secret sealed by the app's own keys so step-up codes can be made.
 
+use crate::common::authenticator::{self, now_secs};
 use crate::common::{TestApp, idp::Provider, idp::Signer, test_cert};
 use custodian::crypto::Keyring;
 use custodian::db::schema::{console_sessions, console_totp, role_assignments, users as users_t};
@@ -37,23 +38,7 @@ struct Browser {
 }
 
 fn code_at(unix: u64) -> String {
-    totp_rs::Builder::new()
-        .with_algorithm(totp_rs::Algorithm::SHA1)
-        .with_digits(6)
-        .with_skew(1)
-        .with_step_duration(30)
-        .with_secret(totp_rs::Secret::new(SECRET.to_vec().into_boxed_slice()))
-        .build()
-        .unwrap()
-        .generate(unix)
-        .to_string()
-}
-
-fn now_secs() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
+    authenticator::code_at(SECRET, unix)
 }
 
 impl Console {

@@ -14,6 +14,7 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+pub mod authenticator;
 pub mod browser;
 pub mod idp;
 pub mod oidc;
