@@ -20,7 +20,7 @@ use crate::auth::caller::audit_reason;
 use crate::db::users;
 use crate::error::AppError;
 use crate::policy;
-use crate::web::AppState;
+use crate::state::AppState;
 use crate::web::json::{self, JsonLimits};
 use actix_web::dev::Payload;
 use actix_web::http::header::CONTENT_TYPE;

@@ -1,7 +1,7 @@
 //! Liveness and readiness probes (no authentication, no PHI).
 
 use crate::error::AppError;
-use crate::web::AppState;
+use crate::state::AppState;
 use actix_web::{HttpResponse, web};
 
 /// The process is alive and serving.

@@ -3,6 +3,7 @@
 
 pub mod admin;
 pub mod admin_cli;
+pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cli;
@@ -21,6 +22,7 @@ pub mod policy;
 pub mod secret;
 pub mod seed;
 pub mod startup;
+pub mod state;
 pub mod telemetry;
 pub mod tls;
 pub mod web;

@@ -1,13 +1,15 @@
 //! Builds and starts the service: TLS listener, optional redirect listener, migrations.
 //! Returns the bound addresses so tests can start the real app on port 0.
 
+use crate::app::{self, ExtraRoutes};
 use crate::audit::{AuditWriter, WriterSettings};
 use crate::config::Config;
 use crate::crypto;
 use crate::db::{self, Db};
+use crate::state::AppState;
 use crate::tls;
 use crate::web::ratelimit::RateLimiter;
-use crate::web::{self, AppState, ExtraRoutes, redirect};
+use crate::web::redirect;
 use actix_web::HttpServer;
 use actix_web::dev::{Server, ServerHandle};
 use anyhow::Context;
@@ -105,7 +107,7 @@ impl Application {
         let extra = options.extra_routes;
         let dev_jwks = options.dev_jwks.clone();
         let mut https = HttpServer::new(move || {
-            web::build_app(
+            app::build_app(
                 state.clone(),
                 address_limit.clone(),
                 app_config.clone(),

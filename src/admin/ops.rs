@@ -8,7 +8,7 @@ use crate::audit::{AuditAction, ClientId, Outcome, ResourceType as Kind};
 use crate::db::users::{self, UserKind, UserSummary};
 use crate::error::AppError;
 use crate::policy::Role;
-use crate::web::AppState;
+use crate::state::AppState;
 use actix_web::http::StatusCode;
 use std::future::Future;
 use uuid::Uuid;

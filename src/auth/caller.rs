@@ -13,7 +13,7 @@ use crate::audit::{
 use crate::db::users::{self, UserKind, UserRecord};
 use crate::error::AppError;
 use crate::policy::{self, Interaction, ResourceType, Role};
-use crate::web::AppState;
+use crate::state::AppState;
 use crate::web::audit_guard::{AuditSlot, Who};
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;

@@ -15,7 +15,7 @@
 
 use super::token::{AuthError, VerifiedToken};
 use crate::error::AppError;
-use crate::web::AppState;
+use crate::state::AppState;
 use actix_web::http::header::AUTHORIZATION;
 use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
 use futures_util::future::LocalBoxFuture;

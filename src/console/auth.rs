@@ -10,7 +10,7 @@ use crate::audit::event::{Actor, AuditAction, AuthMethod, DenyReason, Outcome, R
 use crate::db::users::{self, UserKind, UserRecord};
 use crate::error::AppError;
 use crate::policy::Role;
-use crate::web::AppState;
+use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpRequest, HttpResponse, web};

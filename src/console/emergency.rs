@@ -20,7 +20,7 @@ use crate::db::schema::{emergency_accounts as ea, users as u};
 use crate::db::users::{self, UserKind};
 use crate::error::AppError;
 use crate::policy::Role;
-use crate::web::AppState;
+use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;

@@ -12,7 +12,7 @@ pub mod totp;
 
 use crate::config::ConsoleConfig;
 use crate::error::AppError;
-use crate::web::AppState;
+use crate::state::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 

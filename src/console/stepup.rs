@@ -15,7 +15,7 @@ use crate::admin::ops::AdminActor;
 use crate::audit::{AuditAction, DenyReason, Outcome, ResourceType as Kind};
 use crate::db::schema::console_pending_actions as pa;
 use crate::error::AppError;
-use crate::web::AppState;
+use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, ResponseError, web};
 use askama::Template;

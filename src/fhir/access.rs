@@ -14,7 +14,7 @@ use crate::error::AppError;
 use crate::policy::{
     Decision, DenyReason, Interaction, PatientFacts, ResourceType, SearchScope, Target, View,
 };
-use crate::web::AppState;
+use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, web};
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};

@@ -13,7 +13,7 @@ use crate::auth::{Caller, Principal};
 use crate::db::claims::{self, Claim, NewClaim, NewClaimItem};
 use crate::error::AppError;
 use crate::policy::{Interaction, ResourceType, View};
-use crate::web::AppState;
+use crate::state::AppState;
 use crate::web::json::JsonBody;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};

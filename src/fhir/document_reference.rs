@@ -16,7 +16,7 @@ use crate::db::documents;
 use crate::db::phi::{self, DocumentReference, NewDocumentReference};
 use crate::error::AppError;
 use crate::policy::{Interaction, ResourceType, View};
-use crate::web::AppState;
+use crate::state::AppState;
 use crate::web::json::JsonBody;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};

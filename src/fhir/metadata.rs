@@ -53,7 +53,7 @@ fn interaction_code(i: Interaction) -> &'static str {
 
 /// The `rest[0].resource` list, from the route table.
 pub fn resources() -> Vec<Value> {
-    let routes = crate::web::routes::table();
+    let routes = crate::app::routes::table();
     ResourceType::ALL
         .into_iter()
         .filter_map(|resource| {

@@ -13,7 +13,7 @@ use crate::db::patient_views::{self, Criteria, PatientFields, PatientView};
 use crate::db::{phi, users};
 use crate::error::AppError;
 use crate::policy::{Decision, Interaction, PatientFacts, ResourceType, Target, View};
-use crate::web::AppState;
+use crate::state::AppState;
 use crate::web::json::JsonBody;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};

@@ -5,7 +5,7 @@
 
 use crate::audit::{Actor, AuditAction, AuditContext, ClientId, DenyReason, Outcome, PurposeOfUse};
 use crate::policy::{Action, Interaction, ResourceType};
-use crate::web::AppState;
+use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{HttpMessage, HttpRequest, ResponseError, web};
 use std::sync::atomic::{AtomicBool, Ordering};

@@ -1,4 +1,6 @@
-//! The HTTP layer: the app factory, the shared middleware and the route table.
+//! The HTTP layer below the handlers: edge middleware (request ids, headers, limits),
+//! error rendering, JSON bodies, redirects and in-memory rate limits. It imports no handler;
+//! the app factory and route table are in [`crate::app`].
 
 pub mod audit_guard;
 pub mod edge;
@@ -7,83 +9,3 @@ pub mod ratelimit;
 pub mod redirect;
 pub mod render;
 pub mod request_id;
-pub mod routes;
-
-use crate::config::Config;
-use crate::db::Db;
-use actix_web::body::MessageBody;
-use actix_web::dev::{ServiceFactory, ServiceRequest, ServiceResponse};
-use actix_web::{App, middleware::from_fn, web};
-
-/// What handlers share.
-pub struct AppState {
-    pub db: Db,
-    /// Seals and opens PHI fields; computes blind indexes (see [`crate::crypto`]).
-    pub keyring: std::sync::Arc<crate::crypto::Keyring>,
-    /// Bearer-token verification; `None` when `[auth]` is not configured (then every
-    /// bearer-protected route answers 401).
-    pub tokens: Option<crate::auth::TokenVerifier>,
-    /// The one audit path: `state.audit.record(event).await?` before releasing PHI.
-    pub audit: crate::audit::AuditWriter,
-    /// Per-principal request limit (`ratelimit.per_principal_*`), shared by all workers.
-    pub principal_limit: Option<std::sync::Arc<ratelimit::RateLimiter>>,
-    /// Client certificates (SHA-256) that identify service principals (`tls.client_identities`).
-    pub client_identities: std::sync::Arc<std::collections::HashMap<[u8; 32], String>>,
-    /// The admin console's sign-in; `None` when `[console]` is not configured.
-    pub console: Option<std::sync::Arc<crate::console::Console>>,
-    /// Origin of `server.public_url`, accepted as the Origin of console form posts.
-    pub public_origin: String,
-}
-
-/// Routes added by tests on top of the product's table (for example a handler that
-/// panics); they pass through exactly the same middleware.
-pub type ExtraRoutes = fn(&mut routes::Routes);
-
-/// Builds the HTTPS application: every route behind the edge middleware.
-pub fn build_app(
-    state: web::Data<AppState>,
-    address_limit: Option<std::sync::Arc<ratelimit::RateLimiter>>,
-    config: Config,
-    extra: Option<ExtraRoutes>,
-    dev_jwks: Option<crate::devtoken::DevJwks>,
-) -> App<
-    impl ServiceFactory<
-        ServiceRequest,
-        Config = (),
-        Response = ServiceResponse<impl MessageBody>,
-        Error = actix_web::Error,
-        InitError = (),
-    >,
-> {
-    let settings = edge::EdgeSettings {
-        hsts: true,
-        body_limit: config.server.body_limit_bytes,
-        cors_allowed_origins: config.server.cors_allowed_origins.clone(),
-        address_limit: address_limit.clone(),
-    };
-    let json_limits = json::JsonLimits {
-        max_depth: config.server.json_max_depth,
-    };
-    let mut table = routes::Routes::default();
-    routes::configure(&mut table);
-    if let Some(extra) = extra {
-        extra(&mut table);
-    }
-    let mut app = App::new();
-    if let Some(dev) = dev_jwks {
-        // Only `custodian dev` gets here (startup Options); `serve` never does.
-        routes::configure_dev(&mut table);
-        app = app.app_data(web::Data::new(dev));
-    }
-    app.app_data(state)
-        .app_data(web::Data::new(settings))
-        .app_data(web::Data::new(json_limits))
-        .app_data(web::PayloadConfig::new(config.server.body_limit_bytes))
-        .wrap(from_fn(edge::edge))
-        .configure(|cfg| table.register(cfg))
-        .default_service(web::to(not_found))
-}
-
-async fn not_found() -> Result<actix_web::HttpResponse, crate::error::AppError> {
-    Err(crate::error::AppError::not_found())
-}

@@ -4,6 +4,7 @@
 use crate::common::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestApp, TestDb};
 use actix_web::http::Method;
 use actix_web::{HttpResponse, web};
+use custodian::app::routes::Routes;
 use custodian::audit::chain::{self, Checkpoint};
 use custodian::audit::verify::{Failure, Verified, read_checkpoint_file};
 use custodian::audit::{
@@ -13,8 +14,7 @@ use custodian::audit::{
 use custodian::config::Config;
 use custodian::error::AppError;
 use custodian::policy::Action;
-use custodian::web::AppState;
-use custodian::web::routes::Routes;
+use custodian::state::AppState;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use std::path::{Path, PathBuf};

@@ -13,7 +13,7 @@ async fn dev_jwks_route_is_absent_under_serve() {
     let res = app.get(DEV_JWKS_PATH).await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
     assert!(
-        !custodian::web::routes::table()
+        !custodian::app::routes::table()
             .iter()
             .any(|r| r.path == DEV_JWKS_PATH),
         "the product route table never contains the dev JWKS"

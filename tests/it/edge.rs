@@ -18,7 +18,7 @@ async fn app() -> TestApp {
 #[tokio::test]
 async fn every_registered_route_passes_through_the_middleware_stack() {
     let app = app().await;
-    let table = custodian::web::routes::table();
+    let table = custodian::app::routes::table();
     assert!(!table.is_empty());
     for route in table {
         let path = route.path.replace("{file}", "console.css");

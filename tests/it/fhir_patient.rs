@@ -508,7 +508,7 @@ async fn bad_input_gets_a_clear_4xx_and_stores_nothing() {
 #[tokio::test]
 async fn fhir_routes_all_declare_a_policy_action() {
     use custodian::policy::Action;
-    for route in custodian::web::routes::table() {
+    for route in custodian::app::routes::table() {
         if route.path.starts_with("/fhir/") && route.path != "/fhir/metadata" {
             assert!(
                 matches!(route.action, Action::Fhir(..)),

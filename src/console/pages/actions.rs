@@ -10,7 +10,7 @@ use crate::console::auth::{self, Gate, see_other};
 use crate::console::{session, stepup, totp};
 use crate::error::AppError;
 use crate::policy::Role;
-use crate::web::AppState;
+use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde::{Deserialize, Serialize};

@@ -16,7 +16,7 @@ use crate::audit::{
 use crate::db::users::{self, FacilitySummary, UserFilter, UserKind, UserSummary};
 use crate::error::AppError;
 use crate::policy::{self, Role};
-use crate::web::AppState;
+use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;

@@ -4,10 +4,10 @@
 //! connection to an existing server) when set, otherwise its own throwaway cluster.
 #![allow(dead_code)]
 
+use custodian::app::ExtraRoutes;
 use custodian::config;
 use custodian::pgcluster::LocalCluster;
 use custodian::startup::{Application, Options};
-use custodian::web::ExtraRoutes;
 use diesel::prelude::*;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -408,11 +408,11 @@ pub fn assert_security_headers(res: &reqwest::Response) {
 pub mod test_routes {
     use actix_web::http::Method;
     use actix_web::{HttpRequest, HttpResponse, web};
+    use custodian::app::routes::Routes;
     use custodian::error::AppError;
     use custodian::policy::Action;
-    use custodian::web::AppState;
+    use custodian::state::AppState;
     use custodian::web::json::JsonBody;
-    use custodian::web::routes::Routes;
     use diesel::RunQueryDsl;
 
     #[derive(serde::Deserialize)]

@@ -1,0 +1,25 @@
+//! What handlers share: the application state, built once at start-up by [`crate::app`].
+//! A leaf of the module graph: it imports the services it holds, never a handler.
+
+use crate::db::Db;
+use crate::web::ratelimit;
+
+/// What handlers share.
+pub struct AppState {
+    pub db: Db,
+    /// Seals and opens PHI fields; computes blind indexes (see [`crate::crypto`]).
+    pub keyring: std::sync::Arc<crate::crypto::Keyring>,
+    /// Bearer-token verification; `None` when `[auth]` is not configured (then every
+    /// bearer-protected route answers 401).
+    pub tokens: Option<crate::auth::TokenVerifier>,
+    /// The one audit path: `state.audit.record(event).await?` before releasing PHI.
+    pub audit: crate::audit::AuditWriter,
+    /// Per-principal request limit (`ratelimit.per_principal_*`), shared by all workers.
+    pub principal_limit: Option<std::sync::Arc<ratelimit::RateLimiter>>,
+    /// Client certificates (SHA-256) that identify service principals (`tls.client_identities`).
+    pub client_identities: std::sync::Arc<std::collections::HashMap<[u8; 32], String>>,
+    /// The admin console's sign-in; `None` when `[console]` is not configured.
+    pub console: Option<std::sync::Arc<crate::console::Console>>,
+    /// Origin of `server.public_url`, accepted as the Origin of console form posts.
+    pub public_origin: String,
+}
