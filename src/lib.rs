@@ -13,6 +13,7 @@ pub mod crypto;
 pub mod db;
 pub mod dev;
 pub mod devtoken;
+pub mod domain;
 pub mod error;
 pub mod fhir;
 pub mod health;

@@ -18,10 +18,10 @@
 //! taken from the request: never its path, query string, other headers or body.
 
 use super::event::{
-    Actor, AuditAction, AuditEvent, AuditRequestId, ClientId, Outcome, PurposeOfUse, ResourceType,
-    UserAgent,
+    Actor, AuditAction, AuditEvent, ClientId, Outcome, PurposeOfUse, ResourceType, UserAgent,
 };
-use crate::web::request_id::RequestId;
+use crate::domain::RequestId;
+use actix_web::HttpMessage;
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest};
 use std::future::{Ready, ready};
@@ -31,7 +31,7 @@ use uuid::Uuid;
 /// Where a request came from, captured once per request.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct AuditContext {
-    pub request_id: Option<AuditRequestId>,
+    pub request_id: Option<RequestId>,
     /// The TCP peer address. Forwarding headers are not trusted (they are caller
     /// controlled); behind a proxy this is the proxy's address.
     pub source_ip: Option<IpAddr>,
@@ -40,7 +40,7 @@ pub struct AuditContext {
 
 impl AuditContext {
     pub fn from_request(req: &HttpRequest) -> Self {
-        let request_id = RequestId::of(req).and_then(|r| AuditRequestId::parse(r.as_str()).ok());
+        let request_id = req.extensions().get::<RequestId>().cloned();
         let source_ip = req.peer_addr().map(|a| a.ip());
         let user_agent = req
             .headers()

@@ -3,6 +3,7 @@
 //! nowhere to go. [`AuditEvent::to_record`] flattens an event into the stored form
 //! ([`EventRecord`]), whose [`EventRecord::canonical`] bytes the hash chain covers.
 
+pub use crate::domain::RequestId;
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -237,21 +238,6 @@ impl UserAgent {
     }
 }
 
-/// A request id as accepted by the edge middleware (safe characters, bounded).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct AuditRequestId(String);
-
-impl AuditRequestId {
-    pub fn parse(s: &str) -> Result<Self, InvalidValue> {
-        crate::web::request_id::RequestId::parse(s)
-            .map(|r| Self(r.as_str().to_string()))
-            .ok_or(InvalidValue("request id"))
-    }
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
 /// Who acted. Filled from the authenticated principal once authentication exists;
 /// [`Actor::anonymous`] for unauthenticated callers (failed logins, denials).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -320,7 +306,7 @@ pub struct AuditEvent {
     pub break_glass_grant_id: Option<Uuid>,
     pub source_ip: Option<IpAddr>,
     pub user_agent: Option<UserAgent>,
-    pub request_id: Option<AuditRequestId>,
+    pub request_id: Option<RequestId>,
 }
 
 impl AuditEvent {
@@ -373,7 +359,7 @@ impl AuditEvent {
             break_glass_grant_id: self.break_glass_grant_id,
             source_ip: self.source_ip.map(|ip| ip.to_string()),
             user_agent: self.user_agent.as_ref().map(|u| u.0.clone()),
-            request_id: self.request_id.as_ref().map(|r| r.0.clone()),
+            request_id: self.request_id.as_ref().map(|r| r.as_str().to_string()),
         }
     }
 }
@@ -574,7 +560,7 @@ mod tests {
         assert!(ClientId::parse(&"a".repeat(129)).is_err());
         assert!(RoleCode::parse("clinician").is_ok());
         assert!(RoleCode::parse("Clinician").is_err());
-        assert!(AuditRequestId::parse("a b").is_err());
+        assert!(RequestId::parse("a b").is_none());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! caching and the access log line.
 
 use super::render::{self, Surface};
-use super::request_id::{self, RequestId};
+use crate::domain::request_id::{self, RequestId};
 use crate::error::SafeMessage;
 use actix_web::body::{BoxBody, MessageBody};
 use actix_web::dev::{ServiceRequest, ServiceResponse};
@@ -42,7 +42,12 @@ pub async fn edge(
         .map(|d| d.get_ref().clone())
         .ok_or_else(|| actix_web::error::ErrorInternalServerError("edge settings missing"))?;
     let started = Instant::now();
-    let request_id = RequestId::from_request(&req);
+    let request_id = req
+        .headers()
+        .get(request_id::HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(RequestId::parse)
+        .unwrap_or_else(RequestId::generate);
     req.extensions_mut().insert(request_id.clone());
     let surface = Surface::of(req.path());
     let method = req.method().clone();

@@ -8,4 +8,3 @@ pub mod json;
 pub mod ratelimit;
 pub mod redirect;
 pub mod render;
-pub mod request_id;

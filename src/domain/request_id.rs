@@ -1,8 +1,7 @@
 //! Request ids: accepted from `X-Request-Id` only when short and made of safe characters,
-//! otherwise generated, so that logs and responses never carry caller-controlled text.
+//! otherwise generated, so that logs, responses and audit events never carry
+//! caller-controlled text. One type for the edge, the logs and the audit trail.
 
-use actix_web::HttpMessage;
-use actix_web::dev::ServiceRequest;
 use std::fmt;
 
 pub const HEADER: &str = "x-request-id";
@@ -24,19 +23,6 @@ impl RequestId {
                 .bytes()
                 .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
         ok.then(|| Self(candidate.to_string()))
-    }
-
-    pub fn from_request(req: &ServiceRequest) -> Self {
-        req.headers()
-            .get(HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(Self::parse)
-            .unwrap_or_else(Self::generate)
-    }
-
-    /// The id stored on the request by the edge middleware.
-    pub fn of(req: &impl HttpMessage) -> Option<Self> {
-        req.extensions().get::<RequestId>().cloned()
     }
 
     pub fn as_str(&self) -> &str {

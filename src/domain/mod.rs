@@ -1,0 +1,9 @@
+//! The shared vocabulary: typed ids and the request id. A floor of the module graph —
+//! it imports nothing from the rest of the crate, so policy, audit, storage and HTTP can
+//! all speak it without string round-trips.
+
+pub mod ids;
+pub mod request_id;
+
+pub use ids::{FacilityId, PatientId, RecordId, UserId};
+pub use request_id::RequestId;
