@@ -6,24 +6,25 @@
 //! target/. Environment: BENCH_EVENTS (default 200000), BENCH_PRODUCERS (default 64).
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+use custodian::audit::config::AuditConfig;
 use custodian::audit::{
     Actor, AuditAction, AuditWriter, AuthMethod, EventBuilder, Outcome, PurposeOfUse, ResourceType,
     RoleCode, WriterSettings, ops,
 };
-use custodian::config::{AuditConfig, DatabaseConfig};
+use custodian::db::config::DatabaseConfig;
 use custodian::secret::Secret;
 use diesel::prelude::*;
 use std::time::{Duration, Instant};
 use uuid::Uuid;
 
-fn admin_url() -> (String, Option<custodian::pgcluster::LocalCluster>) {
+fn admin_url() -> (String, Option<custodian::dev::pgcluster::LocalCluster>) {
     if let Ok(url) =
         std::env::var("CUSTODIAN_BENCH_DATABASE_URL").or_else(|_| std::env::var("DATABASE_URL"))
     {
         return (url, None);
     }
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-pg");
-    let cluster = custodian::pgcluster::LocalCluster::new(&root, None, true).unwrap();
+    let cluster = custodian::dev::pgcluster::LocalCluster::new(&root, None, true).unwrap();
     cluster.init_if_needed().unwrap();
     cluster.start().unwrap();
     (cluster.url("postgres"), Some(cluster))

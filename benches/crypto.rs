@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::Engine;
-use custodian::config::CryptoConfig;
+use custodian::crypto::config::CryptoConfig;
 use custodian::crypto::rotation::{self, RotateOptions};
 use custodian::crypto::{BlindKind, FieldPlace, Keyring};
 use custodian::db::schema::{facilities, patients};
@@ -83,7 +83,8 @@ fn rotation_rate() {
                 .local_addr()
                 .unwrap()
                 .port();
-            let c = custodian::pgcluster::LocalCluster::new(tmp.path(), Some(port), false).unwrap();
+            let c = custodian::dev::pgcluster::LocalCluster::new(tmp.path(), Some(port), false)
+                .unwrap();
             c.init_if_needed().unwrap();
             c.start().unwrap();
             let url = c.url("postgres");
@@ -92,7 +93,7 @@ fn rotation_rate() {
         }
     };
     let name = format!("custodian_bench_{}", std::process::id());
-    custodian::pgcluster::create_database_if_missing(&admin, &name).unwrap();
+    custodian::dev::pgcluster::create_database_if_missing(&admin, &name).unwrap();
     let mut url = url::Url::parse(&admin).unwrap();
     url.set_path(&format!("/{name}"));
     let url = url.to_string();
@@ -103,7 +104,7 @@ fn rotation_rate() {
         rotation_kek: None,
         blind_index_key: Some(Secret::new(random_key())),
     };
-    let kr = custodian::crypto::load_keyring(&cfg, &url, 5).unwrap();
+    let kr = custodian::app::keys::load_keyring(&cfg, &url, 5).unwrap();
     let mut conn = PgConnection::establish(&url).unwrap();
     let facility = Uuid::new_v4();
     diesel::insert_into(facilities::table)

@@ -7,7 +7,7 @@
 
 use base64::Engine;
 use custodian::db::{phi, users};
-use custodian::pgcluster::LocalCluster;
+use custodian::dev::pgcluster::LocalCluster;
 use custodian::policy::Role;
 use diesel::prelude::*;
 use jsonwebtoken::jwk::Jwk;
@@ -353,7 +353,7 @@ format = "json"
     // --- seed -----------------------------------------------------------------------------
     let table = custodian::config::load_table(Some(&config_path), Vec::new()).unwrap();
     let cfg = custodian::config::from_table(table).unwrap();
-    let keyring = custodian::crypto::load_keyring(&cfg.crypto, &db.url, 5).unwrap();
+    let keyring = custodian::app::keys::load_keyring(&cfg.crypto, &db.url, 5).unwrap();
     let mut conn = PgConnection::establish(&db.url).unwrap();
     let seed_started = Instant::now();
     let facility = phi::insert_facility(&mut conn, "Synthetic General Hospital").unwrap();

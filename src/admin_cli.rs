@@ -2,8 +2,8 @@
 //! first administrator, and emergency accounts. Every change is audited (actor `cli`).
 
 use crate::audit::EventBuilder;
-use crate::audit::command::{connect, record_cli_events};
 use crate::audit::event::{Actor, AuditAction, Outcome, ResourceType};
+use crate::cli::audit::{connect, record_cli_events};
 use crate::config::Config;
 use crate::console::emergency::{self, AccountName, NewPassword};
 use crate::db::users::{self, UserKind};
@@ -94,7 +94,7 @@ pub fn run(path: Option<&Path>, cmd: AdminCommand) -> anyhow::Result<()> {
             let password =
                 NewPassword::parse(password).map_err(|e| anyhow::anyhow!("password: {e}"))?;
             let hash = password.hash()?;
-            let keyring = crate::crypto::load_keyring(
+            let keyring = crate::app::keys::load_keyring(
                 &config.crypto,
                 config.database.url.expose(),
                 config.database.connect_timeout_secs,

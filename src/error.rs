@@ -133,3 +133,20 @@ impl From<diesel::r2d2::PoolError> for AppError {
         AppError::Unavailable
     }
 }
+
+/// A configuration problem, always naming the setting it is about.
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration: {setting}: {problem}")]
+pub struct ConfigError {
+    pub setting: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(setting: impl Into<String>, problem: impl Into<String>) -> Self {
+        Self {
+            setting: setting.into(),
+            problem: problem.into(),
+        }
+    }
+}

@@ -2,8 +2,32 @@
 //! request id, method, route pattern, status and latency — never bodies, query strings,
 //! headers, tokens or cookies.
 
-use crate::config::{LogConfig, LogFormat};
+use serde::Deserialize;
 use tracing_subscriber::EnvFilter;
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    #[default]
+    Json,
+    Text,
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    pub filter: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> Self {
+        Self {
+            filter: "info".into(),
+            format: LogFormat::Json,
+        }
+    }
+}
 
 pub fn init(cfg: &LogConfig) {
     let filter = EnvFilter::try_from_default_env()

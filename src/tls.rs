@@ -1,16 +1,70 @@
 //! TLS termination with rustls (ring provider only): TLS 1.3 and TLS 1.2 with ECDHE +
 //! AEAD suites, certificate checks with errors that name the setting, optional mTLS.
 
-use crate::config::{ClientAuth, ConfigError, TlsConfig};
+use crate::error::ConfigError;
 use rustls::crypto::{CryptoProvider, ring};
 use rustls::server::WebPkiClientVerifier;
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::Deserialize;
 use std::any::Any;
 use std::path::Path;
+use std::path::PathBuf;
 use std::sync::Arc;
+
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    #[default]
+    Off,
+    Optional,
+    Required,
+}
+
+/// Certificate paths are checked when a listener is built (`serve`, `dev`), so that
+/// commands such as `migrate` need no certificate.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub client_auth: ClientAuth,
+    pub client_ca_file: Option<PathBuf>,
+    pub client_identities: Vec<String>,
+}
+
+impl TlsConfig {
+    /// `tls.client_identities`, parsed: certificate SHA-256 → client id.
+    pub fn client_identities(
+        &self,
+    ) -> Result<std::collections::HashMap<[u8; 32], String>, ConfigError> {
+        let bad = || {
+            ConfigError::new(
+                "tls.client_identities",
+                "entries must be <64 hex digits of the certificate's SHA-256>=<client id>",
+            )
+        };
+        let mut out = std::collections::HashMap::new();
+        for entry in &self.client_identities {
+            let (hash, client) = entry.split_once('=').ok_or_else(bad)?;
+            let bytes: [u8; 32] = hex::decode(hash.trim().to_ascii_lowercase())
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(bad)?;
+            let client = client.trim();
+            let ok = !client.is_empty()
+                && client.len() <= 128
+                && client.bytes().all(|b| b.is_ascii_graphic());
+            if !ok {
+                return Err(bad());
+            }
+            out.insert(bytes, client.to_string());
+        }
+        Ok(out)
+    }
+}
 
 /// Installs ring as the process-wide rustls provider. Safe to call more than once.
 pub fn install_default_provider() {

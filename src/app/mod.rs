@@ -1,7 +1,11 @@
 //! The composition root: the route table ([`routes`]) and the app factory that puts every
 //! route behind the edge middleware. Nothing below imports this module.
 
+pub mod keys;
 pub mod routes;
+pub mod startup;
+
+pub use startup::{Application, Options};
 
 use crate::config::Config;
 use crate::state::AppState;
@@ -20,7 +24,7 @@ pub fn build_app(
     address_limit: Option<std::sync::Arc<ratelimit::RateLimiter>>,
     config: Config,
     extra: Option<ExtraRoutes>,
-    dev_jwks: Option<crate::devtoken::DevJwks>,
+    dev_jwks: Option<crate::dev::token::DevJwks>,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,

@@ -371,13 +371,13 @@ pub fn configure(r: &mut Routes) {
 pub fn configure_dev(r: &mut Routes) {
     r.add(
         Method::GET,
-        crate::devtoken::DEV_JWKS_PATH,
+        crate::dev::token::DEV_JWKS_PATH,
         Action::Public,
         dev_jwks,
     );
 }
 
-async fn dev_jwks(dev: web::Data<crate::devtoken::DevJwks>) -> actix_web::HttpResponse {
+async fn dev_jwks(dev: web::Data<crate::dev::token::DevJwks>) -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok()
         .content_type("application/jwk-set+json")
         .body(dev.document.as_str().to_owned())

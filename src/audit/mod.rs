@@ -11,7 +11,7 @@
 //! - [`verify`] and [`ops`]: `custodian audit verify | export`.
 
 pub mod chain;
-pub mod command;
+pub mod config;
 pub mod context;
 pub mod event;
 pub mod ops;

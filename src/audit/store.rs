@@ -4,7 +4,7 @@
 
 use super::chain::{ChainKey, Checkpoint, CheckpointSigner, Hash};
 use super::event::{AuditEvent, EventRecord};
-use crate::db::schema::{audit_chain_head, audit_checkpoints, audit_events};
+use crate::schema::{audit_chain_head, audit_checkpoints, audit_events};
 use chrono::{DateTime, SubsecRound, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;

@@ -13,8 +13,9 @@
 use super::chain::{ChainKey, Checkpoint, CheckpointSigner};
 use super::event::AuditEvent;
 use super::store::{self, CheckpointPolicy};
-use crate::config::{AuditConfig, ConfigError};
+use crate::audit::config::AuditConfig;
 use crate::error::AppError;
+use crate::error::ConfigError;
 use crate::secret::Secret;
 use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
@@ -40,7 +41,7 @@ impl WriterSettings {
     /// Reads the `[audit]` settings; a missing or malformed key is a [`ConfigError`].
     pub fn from_config(
         audit: &AuditConfig,
-        database: &crate::config::DatabaseConfig,
+        database: &crate::db::config::DatabaseConfig,
     ) -> Result<Self, ConfigError> {
         Ok(Self {
             database_url: database.url.clone(),

@@ -335,7 +335,7 @@ impl KeyCache {
         if doc.issuer != issuer {
             return Err(JwksError::Discovery);
         }
-        crate::config::validate_provider_url("auth.issuer", &doc.jwks_uri)
+        crate::auth::config::validate_provider_url("auth.issuer", &doc.jwks_uri)
             .map_err(|_| JwksError::Discovery)
     }
 

@@ -10,6 +10,7 @@
 //! one is refused.
 
 pub mod caller;
+pub mod config;
 pub mod extract;
 pub mod jwks;
 pub mod scope;

@@ -32,7 +32,8 @@
 
 use super::jwks::{JwksError, JwksSource, KeyCache};
 use super::scope::ScopeSet;
-use crate::config::{AuthConfig, ConfigError};
+use crate::auth::config::AuthConfig;
+use crate::error::ConfigError;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use sha2::Digest;
@@ -304,7 +305,10 @@ impl TokenVerifier {
     ) -> Result<TokenVerifier, ConfigError> {
         config.validate()?;
         let source = match config.jwks_url.as_deref().filter(|u| !u.is_empty()) {
-            Some(u) => JwksSource::Url(crate::config::validate_provider_url("auth.jwks_url", u)?),
+            Some(u) => JwksSource::Url(crate::auth::config::validate_provider_url(
+                "auth.jwks_url",
+                u,
+            )?),
             None => JwksSource::Discover {
                 issuer: config.issuer.clone(),
             },

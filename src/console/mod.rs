@@ -2,6 +2,7 @@
 //! ([`session`]), TOTP ([`totp`]) and the pages behind them.
 
 pub mod auth;
+pub mod config;
 pub mod emergency;
 pub mod oidc;
 pub mod pages;
@@ -10,7 +11,7 @@ pub mod session;
 pub mod stepup;
 pub mod totp;
 
-use crate::config::ConsoleConfig;
+use crate::console::config::ConsoleConfig;
 use crate::error::AppError;
 use crate::state::AppState;
 use actix_web::{HttpRequest, HttpResponse, web};

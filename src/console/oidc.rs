@@ -2,7 +2,7 @@
 //! state and nonce kept server-side; the provider's metadata is discovered on first use
 //! and cached (a failed discovery is retried on the next sign-in).
 
-use crate::config::ConsoleConfig;
+use crate::console::config::ConsoleConfig;
 use crate::error::AppError;
 use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
 use openidconnect::{

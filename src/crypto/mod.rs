@@ -14,6 +14,8 @@
 //! garbage and never a plaintext fallback.
 
 pub mod blind;
+pub mod columns;
+pub mod config;
 pub mod envelope;
 pub mod keyring;
 pub mod password;
@@ -139,44 +141,3 @@ impl<T> fmt::Display for Phi<T> {
 
 #[cfg(test)]
 mod tests;
-
-/// Builds the keyring from configuration and loads (on first start: creates) the data
-/// keys. Blocking; a configuration problem names its setting (`crypto.kek`, ...).
-pub fn load_keyring(
-    cfg: &crate::config::CryptoConfig,
-    database_url: &str,
-    connect_timeout_secs: u64,
-) -> anyhow::Result<Keyring> {
-    use anyhow::Context;
-    use diesel::Connection;
-    let keyring = Keyring::from_config(cfg).map_err(config_error)?;
-    let mut conn = diesel::PgConnection::establish(&crate::db::with_connect_timeout(
-        database_url,
-        connect_timeout_secs,
-    ))
-    .context("database.url: cannot connect to PostgreSQL")?;
-    keyring.load_or_init(&mut conn).map_err(config_error)?;
-    // Claims stored before claims were sealed get sealed before anything is served.
-    let sealed = crate::db::claims::seal_unsealed(&mut conn, &keyring)
-        .map_err(|e| anyhow::Error::new(e).context("cannot seal the claims stored in clear"))?;
-    if sealed > 0 {
-        tracing::info!(
-            claims = sealed,
-            "sealed claims stored before claims were sealed"
-        );
-    }
-    Ok(keyring)
-}
-
-/// Turns a key configuration problem into the usual configuration error.
-pub fn config_error(e: CryptoError) -> anyhow::Error {
-    match e {
-        CryptoError::Config { setting, problem } => {
-            crate::config::ConfigError::new(setting, problem).into()
-        }
-        CryptoError::Database(db) => {
-            anyhow::Error::new(db).context("cannot read the data-key store (data_keys)")
-        }
-        other => other.into(),
-    }
-}

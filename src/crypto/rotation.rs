@@ -8,10 +8,10 @@
 //! - [`rotate_kek`]: re-wraps every data key under a new key-encryption key, in one
 //!   transaction, without touching data rows.
 
+use super::columns::{SEALED_COLUMNS, SealedTable};
 use super::keyring::{STATE_ACTIVE, STATE_DECRYPT_ONLY, STATE_RETIRED, generate_key, wrap_context};
 use super::{CryptoError, FieldPlace, KeyProvider, Keyring};
-use crate::db::phi::{SEALED_COLUMNS, SealedTable};
-use crate::db::schema::data_keys;
+use crate::schema::data_keys;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use diesel::sql_types::{Array, BigInt, Bytea, Integer, Nullable, Uuid as SqlUuid};

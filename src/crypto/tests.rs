@@ -164,7 +164,7 @@ fn bad_key_settings_are_named() {
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("crypto.blind_index_key:"), "{err}");
-    let cfg = crate::config::CryptoConfig::default();
+    let cfg = crate::crypto::config::CryptoConfig::default();
     let err = Keyring::from_config(&cfg).unwrap_err().to_string();
     assert!(err.starts_with("crypto.kek:"), "{err}");
 }

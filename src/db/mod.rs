@@ -2,16 +2,19 @@
 //! migrations under an advisory lock, and readiness.
 
 pub mod claims;
+pub mod config;
 pub mod documents;
 pub mod observations;
 pub mod patient_views;
 pub mod phi;
-pub mod schema;
+/// The Diesel schema lives at the floor of the module graph (`crate::schema`) so that
+/// `crypto` and `audit` can keep their own tables without importing `db`.
+pub use crate::schema;
 pub mod users;
 
-use crate::config::DatabaseConfig;
 use crate::error::AppError;
 use anyhow::Context;
+use config::DatabaseConfig;
 use diesel::connection::SimpleConnection;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;

@@ -2,9 +2,6 @@
 //! sealed column is opened through the [`Keyring`]; every searchable identifier is found
 //! through its blind index. Domain structs wrap PHI in [`Phi`], so `Debug` prints
 //! `[redacted]`.
-//!
-//! [`SEALED_COLUMNS`] lists every sealed column of every table: key rotation re-encrypts
-//! exactly these.
 
 use crate::crypto::{BlindKind, FieldPlace, Keyring, Phi, Sealable, Sealer};
 use crate::db::schema::{document_references, facilities, observations, patients};
@@ -16,48 +13,7 @@ use serde_json::Value;
 use std::fmt;
 use uuid::Uuid;
 
-/// The sealed columns of one table.
-#[derive(Debug)]
-pub struct SealedTable {
-    pub table: &'static str,
-    pub columns: &'static [&'static str],
-}
-
-/// Every table with a `key_version` column, and its sealed columns. The one list.
-pub const SEALED_COLUMNS: &[SealedTable] = &[
-    SealedTable {
-        table: "patients",
-        columns: &[
-            "mrn_sealed",
-            "ssn_sealed",
-            "family_sealed",
-            "given_sealed",
-            "birth_date_sealed",
-            "telecom_sealed",
-            "address_sealed",
-        ],
-    },
-    SealedTable {
-        table: "observations",
-        columns: &["code_display_sealed", "value_sealed"],
-    },
-    SealedTable {
-        table: "document_references",
-        columns: &["text_sealed"],
-    },
-    SealedTable {
-        table: "claims",
-        columns: &["provider_sealed", "total_sealed"],
-    },
-    SealedTable {
-        table: "claim_items",
-        columns: &["code_sealed", "amount_sealed"],
-    },
-    SealedTable {
-        table: "console_totp",
-        columns: &["secret_sealed"],
-    },
-];
+pub use crate::crypto::columns::{SEALED_COLUMNS, SealedTable};
 
 pub(crate) fn place(table: &'static str, column: &'static str, row: Uuid) -> FieldPlace {
     FieldPlace::new(table, column, row)

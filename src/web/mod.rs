@@ -3,6 +3,7 @@
 //! the app factory and route table are in [`crate::app`].
 
 pub mod audit_guard;
+pub mod config;
 pub mod edge;
 pub mod json;
 pub mod ratelimit;

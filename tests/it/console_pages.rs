@@ -61,7 +61,7 @@ impl Console {
         let config = builder.config(&db.url);
         let app = builder.database(db).spawn().await;
         let keyring =
-            custodian::crypto::load_keyring(&config.crypto, &app.db.url, 2).expect("keyring");
+            custodian::app::keys::load_keyring(&config.crypto, &app.db.url, 2).expect("keyring");
         let facility =
             custodian::db::phi::insert_facility(&mut app.db.conn(), "General Hospital").unwrap();
         Console {
@@ -77,9 +77,9 @@ impl Console {
     /// Another Custodian instance on the same database, as behind a load balancer; its
     /// address (the same host name, so a browser sends it the same cookies).
     async fn second_instance(&self) -> std::net::SocketAddr {
-        let app = custodian::startup::Application::build(
+        let app = custodian::app::Application::build(
             self.config.clone(),
-            custodian::startup::Options {
+            custodian::app::Options {
                 extra_routes: None,
                 disable_signals: true,
                 dev_jwks: None,

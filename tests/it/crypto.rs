@@ -5,13 +5,14 @@
 use crate::common::{TestApp, TestDb, random_key, test_keys};
 use actix_web::ResponseError;
 use chrono::{NaiveDate, TimeZone, Utc};
-use custodian::config::CryptoConfig;
+use custodian::app::keys::load_keyring;
+use custodian::app::{Application, Options};
+use custodian::crypto::Keyring;
+use custodian::crypto::config::CryptoConfig;
 use custodian::crypto::rotation::{self, RotateOptions};
-use custodian::crypto::{Keyring, load_keyring};
 use custodian::db::claims::{self, NewClaim, NewClaimItem};
 use custodian::db::phi::{self, NewDocumentReference, NewObservation, NewPatient};
 use custodian::secret::Secret;
-use custodian::startup::{Application, Options};
 use diesel::prelude::*;
 use std::process::{Command, Output};
 use uuid::Uuid;
@@ -154,7 +155,9 @@ fn raw_rows(conn: &mut PgConnection) -> String {
 fn pg_dump(url: &str) -> String {
     let bin = match Command::new("pg_dump").arg("--version").output() {
         Ok(o) if o.status.success() => std::path::PathBuf::from("pg_dump"),
-        _ => custodian::pgcluster::find_bindir().unwrap().join("pg_dump"),
+        _ => custodian::dev::pgcluster::find_bindir()
+            .unwrap()
+            .join("pg_dump"),
     };
     let out = Command::new(bin)
         .arg("--no-owner")
@@ -762,7 +765,7 @@ fn blind_index_finds_by_mrn_and_ssn_with_normalisation_before_and_after_rotation
 /// Claims stored in clear before claims were sealed: the migration moves them aside and
 /// the next start-up (key loading) seals them under their old ids and versions.
 #[test]
-fn claims_stored_in_clear_are_sealed_by_the_migration_and_next_start() {
+fn claims_stored_in_clear_are_set_aside_by_the_migration_and_sealed_by_keys_seal_claims() {
     use diesel_migrations::MigrationHarness;
     let db = TestDb::create();
     let kr = keyring(&db);
@@ -790,7 +793,26 @@ fn claims_stored_in_clear_are_sealed_by_the_migration_and_next_start() {
         .execute(&mut conn)
         .unwrap();
     custodian::db::migrate(&db.url, 5).unwrap();
-    let kr = keyring(&db); // seals what the migration set aside
+    let kr = keyring(&db);
+    // Starting no longer seals them (no one-off data migration on every start) ...
+    let waiting: i64 = diesel::select(diesel::dsl::sql::<diesel::sql_types::BigInt>(
+        "(SELECT count(*) FROM claims_unsealed)",
+    ))
+    .get_result(&mut conn)
+    .unwrap();
+    assert_eq!(waiting, 1, "set aside by the migration, not yet sealed");
+    assert!(
+        claims::get(&mut conn, &kr, id, true).unwrap().is_none(),
+        "not served in clear"
+    );
+    // ... `custodian keys seal-claims` does, once.
+    let out = keys_cli(&db, &["keys", "seal-claims"], &test_keys().kek, None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("sealed 1 claim(s)"));
 
     let back = claims::get(&mut conn, &kr, id, true).unwrap().unwrap();
     assert_eq!(back.row.version, 3, "keeps its version (ETags stay true)");

@@ -3,7 +3,7 @@
 
 use crate::common::{TestApp, free_port, test_cert};
 use custodian::db::users;
-use custodian::devtoken::{DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_PATH, DevJwks, DevSigningKey};
+use custodian::dev::token::{DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_PATH, DevJwks, DevSigningKey};
 use custodian::policy::Role;
 use reqwest::StatusCode;
 
@@ -62,7 +62,7 @@ async fn dev_minted_token_works_against_a_dev_configured_app() {
         DEV_ISSUER,
         DEV_AUDIENCE,
         "dr.demo",
-        custodian::devtoken::DEFAULT_SCOPE,
+        custodian::dev::token::DEFAULT_SCOPE,
         3600,
         now,
     );

@@ -6,7 +6,7 @@ use crate::common::{TestApp, TestDb};
 use custodian::db::schema::{
     care_team_members, claim_items, claims, document_references, observations, patients,
 };
-use custodian::seed::{SeedPlan, seed};
+use custodian::dev::seed::{SeedPlan, seed};
 use diesel::prelude::*;
 use reqwest::StatusCode;
 use serde_json::json;
@@ -26,7 +26,7 @@ async fn seed_creates_population_once_and_dr_demo_sees_only_the_care_team() {
         .set("auth.issuer", idp.issuer())
         .set("auth.audience", "https://custodian.test/fhir");
     let config = builder.config(&db.url);
-    let keyring = custodian::crypto::load_keyring(&config.crypto, &db.url, 2).unwrap();
+    let keyring = custodian::app::keys::load_keyring(&config.crypto, &db.url, 2).unwrap();
     let mut conn = db.conn();
 
     let mut plan = SeedPlan {

@@ -221,11 +221,11 @@ fn pem_encode(label: &str, der: &[u8]) -> String {
     )
 }
 
-fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> custodian::config::TlsConfig {
-    custodian::config::TlsConfig {
+fn tls_config(cert: &std::path::Path, key: &std::path::Path) -> custodian::tls::TlsConfig {
+    custodian::tls::TlsConfig {
         cert_file: Some(cert.to_path_buf()),
         key_file: Some(key.to_path_buf()),
-        client_auth: custodian::config::ClientAuth::Off,
+        client_auth: custodian::tls::ClientAuth::Off,
         client_ca_file: None,
         client_identities: Vec::new(),
     }

@@ -5,9 +5,9 @@
 #![allow(dead_code)]
 
 use custodian::app::ExtraRoutes;
+use custodian::app::{Application, Options};
 use custodian::config;
-use custodian::pgcluster::LocalCluster;
-use custodian::startup::{Application, Options};
+use custodian::dev::pgcluster::LocalCluster;
 use diesel::prelude::*;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -128,7 +128,7 @@ fn template() -> &'static str {
         diesel::sql_query("SELECT pg_advisory_lock(7367)")
             .execute(&mut conn)
             .unwrap();
-        custodian::pgcluster::create_database_if_missing(admin, &name).unwrap();
+        custodian::dev::pgcluster::create_database_if_missing(admin, &name).unwrap();
         custodian::db::migrate(&url_for(admin, &name), 5).unwrap();
         diesel::sql_query("SELECT pg_advisory_unlock(7367)")
             .execute(&mut conn)
@@ -239,7 +239,7 @@ pub struct TestAppBuilder {
     table: toml::Table,
     extra_routes: Option<ExtraRoutes>,
     db: Option<TestDb>,
-    dev_jwks: Option<custodian::devtoken::DevJwks>,
+    dev_jwks: Option<custodian::dev::token::DevJwks>,
 }
 
 impl TestAppBuilder {
@@ -259,7 +259,7 @@ impl TestAppBuilder {
     }
 
     /// Starts the app as `custodian dev` does: serving this development JWKS.
-    pub fn dev_jwks(mut self, dev: custodian::devtoken::DevJwks) -> Self {
+    pub fn dev_jwks(mut self, dev: custodian::dev::token::DevJwks) -> Self {
         self.dev_jwks = Some(dev);
         self
     }

@@ -2,9 +2,10 @@
 //! private PostgreSQL cluster (unless DATABASE_URL is set), migrations, a self-signed
 //! certificate, and the service on https://localhost:8443.
 
+use crate::app::{Application, Options};
 use crate::config;
-use crate::pgcluster::LocalCluster;
-use crate::startup::{Application, Options};
+use crate::dev::pgcluster::LocalCluster;
+use crate::dev::{dev_dir, write_private};
 use crate::{telemetry, tls};
 use anyhow::{Context, bail};
 use std::fs::File;
@@ -20,12 +21,6 @@ macro_rules! say {
 }
 
 const DEV_DATABASE: &str = "custodian";
-
-pub fn dev_dir() -> PathBuf {
-    std::env::var_os("CUSTODIAN_DEV_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(".custodian/dev"))
-}
 
 /// Holds the dev lock for as long as it lives.
 fn take_lock(dir: &Path) -> anyhow::Result<File> {
@@ -112,21 +107,6 @@ fn ensure_audit_keys(dir: &Path) -> anyhow::Result<(String, String)> {
     Ok((chain, signing))
 }
 
-/// Writes a file readable by its owner only.
-pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(path)
-        .with_context(|| format!("cannot write {}", path.display()))?;
-    f.write_all(bytes)?;
-    Ok(())
-}
-
 fn database_configured() -> bool {
     [
         "CUSTODIAN_DATABASE_URL",
@@ -157,14 +137,14 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         set(setting, value.into());
     }
     // Development tokens: our own signing key, served as the JWKS by this server.
-    let token_key = crate::devtoken::DevSigningKey::ensure(&dir.join("keys"))?;
-    set("auth.issuer", crate::devtoken::DEV_ISSUER.into());
-    set("auth.audience", crate::devtoken::DEV_AUDIENCE.into());
+    let token_key = crate::dev::token::DevSigningKey::ensure(&dir.join("keys"))?;
+    set("auth.issuer", crate::dev::token::DEV_ISSUER.into());
+    set("auth.audience", crate::dev::token::DEV_AUDIENCE.into());
     set(
         "auth.jwks_url",
-        format!("https://localhost:8443{}", crate::devtoken::DEV_JWKS_PATH).into(),
+        format!("https://localhost:8443{}", crate::dev::token::DEV_JWKS_PATH).into(),
     );
-    let dev_jwks = crate::devtoken::DevJwks {
+    let dev_jwks = crate::dev::token::DevJwks {
         document: std::sync::Arc::new(token_key.jwks()),
         trust_root_pem: Some(
             std::fs::read_to_string(&cert)
@@ -209,7 +189,7 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
 /// The dev JWKS is served by this server: when `server.listen` was moved off 8443 (and
 /// `auth.jwks_url` was left at the dev default), point the URL at the new port.
 fn follow_listen_port(table: &mut toml::Table) {
-    let default_url = format!("https://localhost:8443{}", crate::devtoken::DEV_JWKS_PATH);
+    let default_url = format!("https://localhost:8443{}", crate::dev::token::DEV_JWKS_PATH);
     let get = |t: &toml::Table, a: &str, b: &str| {
         t.get(a)
             .and_then(|s| s.get(b))
@@ -226,7 +206,11 @@ fn follow_listen_port(table: &mut toml::Table) {
         config::insert_dotted(
             table,
             "auth.jwks_url",
-            format!("https://localhost:{port}{}", crate::devtoken::DEV_JWKS_PATH).into(),
+            format!(
+                "https://localhost:{port}{}",
+                crate::dev::token::DEV_JWKS_PATH
+            )
+            .into(),
         );
     }
 }
@@ -238,16 +222,16 @@ fn seed_synthetic(config: &config::Config) -> anyhow::Result<()> {
     let url = config.database.url.expose();
     let timeout = config.database.connect_timeout_secs;
     crate::db::migrate(url, timeout)?;
-    let keyring = crate::crypto::load_keyring(&config.crypto, url, timeout)?;
+    let keyring = crate::app::keys::load_keyring(&config.crypto, url, timeout)?;
     let mut conn = diesel::PgConnection::establish(&crate::db::with_connect_timeout(url, timeout))
         .context("database.url: cannot connect to PostgreSQL")?;
     let issuer = config
         .auth
         .as_ref()
-        .map_or(crate::devtoken::DEV_ISSUER, |a| a.issuer.as_str());
-    let plan = crate::seed::SeedPlan::dev(issuer);
+        .map_or(crate::dev::token::DEV_ISSUER, |a| a.issuer.as_str());
+    let plan = crate::dev::seed::SeedPlan::dev(issuer);
     let started = Instant::now();
-    let report = crate::seed::seed(&mut conn, &keyring, &plan, |done, total| {
+    let report = crate::dev::seed::seed(&mut conn, &keyring, &plan, |done, total| {
         say!("  seeding synthetic patients: {done}/{total}");
     })
     .map_err(|e| anyhow::anyhow!("seeding synthetic data failed: {e}"))?;
@@ -272,7 +256,7 @@ fn seed_synthetic(config: &config::Config) -> anyhow::Result<()> {
 async fn serve(
     config_path: Option<&Path>,
     defaults: toml::Table,
-    dev_jwks: crate::devtoken::DevJwks,
+    dev_jwks: crate::dev::token::DevJwks,
     started: Instant,
 ) -> anyhow::Result<()> {
     let mut table = defaults;

@@ -71,7 +71,7 @@ impl DevSigningKey {
             let mut seed = zeroize::Zeroizing::new([0u8; 32]);
             rand::rngs::OsRng.fill_bytes(seed.as_mut());
             let encoded = zeroize::Zeroizing::new(STANDARD.encode(seed.as_ref()));
-            crate::dev::write_private(&path, format!("{}\n", encoded.as_str()).as_bytes())?;
+            super::write_private(&path, format!("{}\n", encoded.as_str()).as_bytes())?;
         }
         Self::load(keys_dir)
     }

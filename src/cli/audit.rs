@@ -1,9 +1,10 @@
 //! `custodian audit verify | export | public-key`.
 
-use super::chain::{self, ChainKey};
-use super::event::{Actor, AuditAction, Outcome, ResourceType};
-use super::{EventBuilder, ops, store, verify, writer};
-use crate::config::{AuditConfig, Config};
+use crate::audit::chain::{self, ChainKey};
+use crate::audit::config::AuditConfig;
+use crate::audit::event::{Actor, AuditAction, Outcome, ResourceType};
+use crate::audit::{EventBuilder, ops, store, verify, writer};
+use crate::config::Config;
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
 use clap::Subcommand;
@@ -87,7 +88,7 @@ pub fn connect(config: &Config) -> anyhow::Result<PgConnection> {
 pub fn record_cli_events(
     config: &Config,
     conn: &mut PgConnection,
-    events: &[super::event::AuditEvent],
+    events: &[crate::audit::event::AuditEvent],
 ) -> anyhow::Result<()> {
     let key = config.audit.chain_key()?;
     let signer = config.audit.signing_key()?;

@@ -4,7 +4,6 @@
 use crate::app::{self, ExtraRoutes};
 use crate::audit::{AuditWriter, WriterSettings};
 use crate::config::Config;
-use crate::crypto;
 use crate::db::{self, Db};
 use crate::state::AppState;
 use crate::tls;
@@ -24,7 +23,7 @@ pub struct Options {
     pub disable_signals: bool,
     /// `custodian dev` only: serve the development JWKS at `GET /dev/jwks.json` and trust
     /// the dev certificate when fetching it. `serve` never sets this.
-    pub dev_jwks: Option<crate::devtoken::DevJwks>,
+    pub dev_jwks: Option<crate::dev::token::DevJwks>,
 }
 
 pub struct Application {
@@ -62,9 +61,11 @@ impl Application {
             let crypto = config.crypto.clone();
             let url = config.database.url.clone();
             let timeout = config.database.connect_timeout_secs;
-            actix_web::web::block(move || crypto::load_keyring(&crypto, url.expose(), timeout))
-                .await
-                .context("key loading task failed")??
+            actix_web::web::block(move || {
+                crate::app::keys::load_keyring(&crypto, url.expose(), timeout)
+            })
+            .await
+            .context("key loading task failed")??
         };
         tracing::info!(
             active_key_version = ?keyring.active_version(),

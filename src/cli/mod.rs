@@ -1,8 +1,13 @@
-//! The command line: `custodian serve | dev | migrate | audit …`.
+//! The command line: `custodian serve | dev | migrate | keys | admin | audit …`. Each
+//! subcommand group is declared and run in its own module.
 
+pub mod audit;
+pub mod dev;
+pub mod keys;
+
+use crate::app::{Application, Options};
 use crate::config::Config;
-use crate::startup::{Application, Options};
-use crate::{db, dev, keys, telemetry};
+use crate::{db, telemetry};
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
@@ -33,7 +38,7 @@ pub enum Command {
         #[arg(long)]
         sub: String,
         /// Space-separated scopes (they only narrow: roles come from the database).
-        #[arg(long, default_value = crate::devtoken::DEFAULT_SCOPE)]
+        #[arg(long, default_value = crate::dev::token::DEFAULT_SCOPE)]
         scope: String,
         /// Lifetime in seconds (at most 8 hours).
         #[arg(long, default_value_t = 3600)]
@@ -47,7 +52,7 @@ pub enum Command {
     Policy,
     /// Encryption keys: status and rotation.
     #[command(subcommand)]
-    Keys(KeysCommand),
+    Keys(keys::KeysCommand),
     /// Console administration on the server: grant the first administrator, create or
     /// disable emergency accounts.
     #[command(subcommand)]
@@ -55,27 +60,7 @@ pub enum Command {
     /// The audit trail: verify, export, print the checkpoint public key.
     Audit {
         #[command(subcommand)]
-        command: crate::audit::command::AuditCommand,
-    },
-}
-
-#[derive(Subcommand, Debug)]
-pub enum KeysCommand {
-    /// Data-key versions, their state, and how many rows and values each still protects.
-    Status,
-    /// Rotate: a new data key for new writes, then re-encrypt existing rows in batches
-    /// (resumable: run again after an interruption). With --kek: re-wrap the data keys
-    /// under crypto.rotation_kek instead, without touching data rows.
-    Rotate {
-        /// Re-wrap the data keys under crypto.rotation_kek (then make it crypto.kek).
-        #[arg(long)]
-        kek: bool,
-        /// Rows per batch; each batch is one transaction.
-        #[arg(long, default_value_t = 500)]
-        batch_size: i64,
-        /// Stop after this many batches (run again to continue).
-        #[arg(long)]
-        max_batches: Option<u64>,
+        command: audit::AuditCommand,
     },
 }
 
@@ -99,7 +84,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             sub,
             scope,
             ttl_secs,
-        } => crate::devtoken::run(&dev::dev_dir().join("keys"), &sub, &scope, ttl_secs),
+        } => crate::dev::token::run(&crate::dev::dev_dir().join("keys"), &sub, &scope, ttl_secs),
         Command::Settings => {
             print!("{}", crate::config::markdown_table());
             Ok(())
@@ -114,8 +99,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Audit { command } => {
             let path = path.map(PathBuf::from);
-            actix_web::web::block(move || crate::audit::command::run(path.as_deref(), command))
-                .await?
+            actix_web::web::block(move || audit::run(path.as_deref(), command)).await?
         }
         Command::Migrate => {
             let config = Config::load(path)?;

@@ -1,16 +1,41 @@
-//! `custodian keys status | rotate [--kek]`: operator commands over [`crate::crypto`].
+//! `custodian keys status | rotate [--kek] | seal-claims`: operator commands over
+//! [`crate::crypto`].
 //! Progress goes to stderr, results to stdout.
 
-use crate::cli::KeysCommand;
 use crate::config::Config;
 use crate::crypto::rotation::{self, RotateOptions};
-use crate::crypto::{self, KeyProvider, LocalKek};
+use crate::crypto::{KeyProvider, LocalKek};
 use anyhow::Context;
+use clap::Subcommand;
 use diesel::{Connection, PgConnection};
 use std::io::Write;
 
+#[derive(Subcommand, Debug)]
+pub enum KeysCommand {
+    /// Data-key versions, their state, and how many rows and values each still protects.
+    Status,
+    /// Rotate: a new data key for new writes, then re-encrypt existing rows in batches
+    /// (resumable: run again after an interruption). With --kek: re-wrap the data keys
+    /// under crypto.rotation_kek instead, without touching data rows.
+    Rotate {
+        /// Re-wrap the data keys under crypto.rotation_kek (then make it crypto.kek).
+        #[arg(long)]
+        kek: bool,
+        /// Rows per batch; each batch is one transaction.
+        #[arg(long, default_value_t = 500)]
+        batch_size: i64,
+        /// Stop after this many batches (run again to continue).
+        #[arg(long)]
+        max_batches: Option<u64>,
+    },
+    /// Seal claims stored in clear by a version before claims were sealed (the upgrade
+    /// migration set them aside in `claims_unsealed`; they are not served until sealed).
+    /// Run once after upgrading; a no-op when nothing is left.
+    SealClaims,
+}
+
 pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
-    let keyring = crypto::load_keyring(
+    let keyring = crate::app::keys::load_keyring(
         &config.crypto,
         config.database.url.expose(),
         config.database.connect_timeout_secs,
@@ -22,6 +47,12 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
     .context("database.url: cannot connect to PostgreSQL")?;
     match cmd {
         KeysCommand::Status => print_status(&mut conn),
+        KeysCommand::SealClaims => {
+            let sealed = crate::db::claims::seal_unsealed(&mut conn, &keyring)
+                .context("cannot seal the claims stored in clear")?;
+            println!("sealed {sealed} claim(s) stored in clear; none is left in clear");
+            Ok(())
+        }
         KeysCommand::Rotate { kek: true, .. } => {
             let new = config
                 .crypto
@@ -30,9 +61,9 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                 .filter(|s| !s.expose().trim().is_empty())
                 .context("crypto.rotation_kek: is required for `keys rotate --kek` (the new key-encryption key)")?;
             let new = LocalKek::from_base64("crypto.rotation_kek", new.expose())
-                .map_err(crypto::config_error)?;
-            let n =
-                rotation::rotate_kek(&mut conn, &keyring, &new).map_err(crypto::config_error)?;
+                .map_err(crate::app::keys::config_error)?;
+            let n = rotation::rotate_kek(&mut conn, &keyring, &new)
+                .map_err(crate::app::keys::config_error)?;
             println!(
                 "re-wrapped {n} data key(s) under KEK {}; now set crypto.kek to the value of crypto.rotation_kek on every instance and remove crypto.rotation_kek",
                 new.key_id()
@@ -60,7 +91,7 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                     );
                 },
             )
-            .map_err(crypto::config_error)?;
+            .map_err(crate::app::keys::config_error)?;
             if report.started_new_version {
                 println!(
                     "data key version {} is now active for new writes",
@@ -87,7 +118,7 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
 }
 
 fn print_status(conn: &mut PgConnection) -> anyhow::Result<()> {
-    let status = rotation::key_status(conn).map_err(crypto::config_error)?;
+    let status = rotation::key_status(conn).map_err(crate::app::keys::config_error)?;
     println!(
         "{:>7}  {:<12}  {:>10}  {:>10}  {:<22}  tables",
         "version", "state", "rows", "values", "kek"

@@ -1,0 +1,122 @@
+//! The settings registry: every configuration key once, with its kind, default and
+//! meaning. It drives the environment overlay, `*_FILE` secrets, the rejection of unknown
+//! keys and the generated settings table in the documentation.
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Kind {
+    Str,
+    Int,
+    Bool,
+    List,
+    /// A string that may also come from `<NAME>_FILE`; never printed.
+    Secret,
+}
+
+/// One documented setting.
+pub struct Setting {
+    pub key: &'static str,
+    pub kind: Kind,
+    pub default: &'static str,
+    pub doc: &'static str,
+}
+
+impl Setting {
+    pub fn env_name(&self) -> String {
+        format!("CUSTODIAN_{}", self.key.replace('.', "_").to_uppercase())
+    }
+}
+
+macro_rules! settings {
+    ($( $key:literal, $kind:ident, $default:literal, $doc:literal; )*) => {
+        /// Every configuration key, its kind, default and meaning.
+        pub const SETTINGS: &[Setting] = &[
+            $( Setting { key: $key, kind: Kind::$kind, default: $default, doc: $doc }, )*
+        ];
+    };
+}
+
+settings! {
+    "server.listen", Str, "0.0.0.0:8443", "HTTPS listen address";
+    "server.http_redirect_listen", Str, "", "Optional plain-HTTP listener that redirects console paths to HTTPS and refuses API paths";
+    "server.public_url", Str, "https://localhost:8443", "External HTTPS base URL, used for redirects";
+    "server.workers", Int, "0", "HTTP worker threads (0 = one per core)";
+    "server.body_limit_bytes", Int, "1048576", "Largest accepted request body (413 above it)";
+    "server.json_max_depth", Int, "32", "Deepest accepted JSON nesting (400 above it)";
+    "server.cors_allowed_origins", List, "[]", "Origins allowed to call the API from a browser (exact match); empty = CORS closed";
+    "server.shutdown_timeout_secs", Int, "30", "Grace period for in-flight requests on SIGINT/SIGTERM";
+    "tls.cert_file", Str, "", "PEM certificate chain (leaf first); required";
+    "tls.key_file", Str, "", "PEM private key for the certificate; required";
+    "tls.client_auth", Str, "off", "Client certificates: off | optional | required";
+    "tls.client_identities", List, "[]", "Service principals authenticated by client certificate: entries `<SHA-256 of the certificate, hex>=<client id>`; such a client needs no bearer token and gets the roles of the service user (issuer `mtls`, subject = client id)";
+    "tls.client_ca_file", Str, "", "PEM bundle of CAs trusted for client certificates (required unless client_auth = off)";
+    "database.url", Secret, "", "PostgreSQL URL (also read from DATABASE_URL); required";
+    "database.pool_size", Int, "16", "Connections per instance";
+    "database.acquire_timeout_ms", Int, "2000", "Longest wait for a pooled connection before answering 503";
+    "database.connect_timeout_secs", Int, "5", "Longest wait to open a new connection";
+    "database.statement_timeout_ms", Int, "10000", "PostgreSQL statement_timeout for application queries";
+    "database.migrate_on_start", Bool, "true", "Run pending migrations (under an advisory lock) when serving starts";
+    "ratelimit.per_address_per_minute", Int, "6000", "Requests per minute from one source address (0 = off); health probes are exempt";
+    "ratelimit.per_address_burst", Int, "500", "Burst allowance per source address";
+    "ratelimit.per_principal_per_minute", Int, "1200", "Requests per minute per authenticated principal (0 = off)";
+    "ratelimit.per_principal_burst", Int, "200", "Burst allowance per principal";
+    "log.filter", Str, "info", "Log filter in RUST_LOG syntax (RUST_LOG overrides it)";
+    "log.format", Str, "json", "json (one JSON object per line) | text";
+    "crypto.kek", Secret, "", "Key-encryption key that wraps the data keys: 32 random bytes, base64 (`head -c32 /dev/urandom | base64`); required to serve";
+    "crypto.rotation_kek", Secret, "", "New key-encryption key for `custodian keys rotate --kek` (32 bytes, base64); while set, also accepted to unwrap data keys";
+    "crypto.blind_index_key", Secret, "", "HMAC key for the blind indexes of MRN, SSN, names and birth date (32 bytes, base64); separate from the KEK; required to serve";
+    "auth.issuer", Str, "", "Bearer tokens: exact `iss` of accepted access tokens (https://, or http:// on localhost for tests). Setting any auth.* key enables bearer authentication; without the section bearer routes answer 401";
+    "auth.audience", Str, "", "Bearer tokens: the API audience that `aud` must contain; required with auth.issuer";
+    "auth.jwks_url", Str, "", "Bearer tokens: JWKS URL; empty = discovered from <issuer>/.well-known/openid-configuration (jwks_uri)";
+    "auth.algorithms", List, "[\"RS256\", \"PS256\", \"ES256\", \"EdDSA\"]", "Bearer tokens: accepted signature algorithms (RS256/384/512, PS256/384/512, ES256/384, EdDSA); HS* and none are refused";
+    "auth.clock_skew_secs", Int, "60", "Bearer tokens: leeway for exp/nbf/iat (at most 300)";
+    "auth.max_token_age_secs", Int, "0", "Bearer tokens: refuse tokens whose iat is older than this (0 = off; when set, iat is required)";
+    "auth.require_at_jwt_typ", Bool, "false", "Bearer tokens: require header typ at+jwt (RFC 9068), which rules out ID tokens completely";
+    "auth.jwks_refetch_min_interval_secs", Int, "60", "Bearer tokens: an unknown kid (or a due refresh) fetches the JWKS at most once per this interval";
+    "auth.jwks_max_staleness_secs", Int, "86400", "Bearer tokens: keep verifying with cached keys this long while the provider is unreachable";
+    "auth.max_token_bytes", Int, "8192", "Bearer tokens: longer tokens are refused before parsing";
+    "audit.chain_key", Secret, "", "HMAC-SHA256 key of the audit hash chain: base64 of exactly 32 random bytes (`openssl rand -base64 32`); required to serve and to verify; never change it for an existing chain";
+    "audit.checkpoint_signing_key", Secret, "", "Ed25519 seed that signs audit checkpoints: base64 of exactly 32 random bytes, separate from audit.chain_key; required to serve; print the public key with `custodian audit public-key`";
+    "audit.checkpoint_dir", Str, "", "Optional folder where every signed checkpoint is appended as one JSON line to checkpoints.jsonl (copy it to write-once storage); empty = database only";
+    "audit.checkpoint_every_events", Int, "10000", "Write a signed checkpoint after this many audit events";
+    "audit.checkpoint_every_secs", Int, "300", "Write a signed checkpoint at least this often (seconds) while new audit events arrive";
+    "audit.batch_max", Int, "256", "Most audit events committed in one group-commit transaction";
+    "audit.batch_wait_ms", Int, "2", "Longest wait (ms) to fill an audit batch after its first event";
+    "audit.commit_timeout_ms", Int, "2000", "A request whose audit event is not committed within this time fails closed with 503";
+    "console.issuer", Str, "", "Admin console: OpenID provider issuer URL (https://, or http:// on localhost for tests). Setting any console.* key enables the console; without the section console sign-in answers 404";
+    "console.client_id", Str, "", "Admin console: OIDC client id registered at the provider; required with console.issuer";
+    "console.client_secret", Secret, "", "Admin console: OIDC client secret; required with console.issuer";
+    "console.redirect_url", Str, "", "Admin console: the callback URL registered at the provider, ending in /console/callback; required with console.issuer";
+    "console.idle_timeout_secs", Int, "900", "Admin console: a session unused for this long ends";
+    "console.absolute_timeout_secs", Int, "28800", "Admin console: a session ends this long after sign-in, used or not";
+    "console.totp_lockout_secs", Int, "900", "Admin console: after 5 wrong TOTP codes in a row the account's TOTP check is locked this long";
+    "console.step_up_secs", Int, "300", "Admin console: sensitive actions (roles, care teams, sessions, TOTP reset, service clients) need a TOTP code entered within this many seconds, else the console asks for one first";
+    "console.emergency_attempts_per_minute", Int, "10", "Admin console: emergency sign-in attempts allowed per minute from one address and for one account name (per instance)";
+}
+
+/// The configuration reference as a Markdown table (printed by `custodian settings`,
+/// kept in the README; a test checks that the two agree).
+pub fn markdown_table() -> String {
+    let mut out =
+        String::from("| Setting | Environment variable | Default | Meaning |\n|---|---|---|---|\n");
+    for s in SETTINGS {
+        let mut env = format!("`{}`", s.env_name());
+        if s.kind == Kind::Secret {
+            env.push_str(&format!(" or `{}_FILE`", s.env_name()));
+        }
+        let default = if s.default.is_empty() {
+            "—".to_string()
+        } else {
+            format!("`{}`", s.default)
+        };
+        out.push_str(&format!(
+            "| `{}` | {env} | {default} | {} |\n",
+            s.key,
+            s.doc.replace('|', "\\|")
+        ));
+    }
+    out
+}
+
+pub fn setting(key: &str) -> Option<&'static Setting> {
+    SETTINGS.iter().find(|s| s.key == key)
+}
