@@ -2,8 +2,10 @@
 //! it imports nothing from the rest of the crate, so policy, audit, storage and HTTP can
 //! all speak it without string round-trips.
 
+pub mod clock;
 pub mod ids;
 pub mod request_id;
 
+pub use clock::{Clock, SharedClock};
 pub use ids::{FacilityId, PatientId, RecordId, UserId};
 pub use request_id::RequestId;
