@@ -2,7 +2,7 @@
 //!
 //! Every setting is listed once in [`SETTINGS`]; that table drives the environment
 //! overlay, the `*_FILE` indirection for secrets, the rejection of unknown keys and the
-//! configuration table in the README. A bad value is a [`ConfigError`] naming the setting.
+//! configuration table in docs/configuration.md. A bad value is a [`ConfigError`] naming the setting.
 
 use crate::secret::Secret;
 use serde::Deserialize;
@@ -119,7 +119,7 @@ settings! {
 }
 
 /// The configuration reference as a Markdown table (printed by `custodian settings`,
-/// kept in the README; a test checks that the two agree).
+/// kept in docs/configuration.md; a test checks that the two agree).
 pub fn markdown_table() -> String {
     let mut out =
         String::from("| Setting | Environment variable | Default | Meaning |\n|---|---|---|---|\n");
