@@ -2,7 +2,7 @@
 //! PostgreSQL, driven by `wrk`, with the server's CPU/RSS, PostgreSQL's CPU, audit
 //! completeness, `audit verify`, and a `pgbench` ceiling of the same SQL.
 //! Run with `bash .ci/bench [--scenario read|search|write|mixed|denied] [--duration 20]`
-//! (or `cargo bench --bench http -- …`). See README.md, "Benchmark".
+//! (or `cargo bench --bench http -- …`). See docs/benchmarks.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use base64::Engine;

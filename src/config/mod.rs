@@ -2,7 +2,7 @@
 //!
 //! Every setting is listed once in [`SETTINGS`]; that table drives the environment
 //! overlay, the `*_FILE` indirection for secrets, the rejection of unknown keys and the
-//! configuration table in the README. A bad value is a [`ConfigError`] naming the setting.
+//! configuration table in docs/configuration.md. A bad value is a [`ConfigError`] naming the setting.
 
 pub mod registry;
 

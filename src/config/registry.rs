@@ -94,7 +94,7 @@ settings! {
 }
 
 /// The configuration reference as a Markdown table (printed by `custodian settings`,
-/// kept in the README; a test checks that the two agree).
+/// kept in docs/configuration.md; a test checks that the two agree).
 pub fn markdown_table() -> String {
     let mut out =
         String::from("| Setting | Environment variable | Default | Meaning |\n|---|---|---|---|\n");

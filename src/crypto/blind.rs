@@ -4,7 +4,7 @@
 //! The key (`crypto.blind_index_key`) is separate from the key-encryption key: whoever
 //! can compute indexes cannot decrypt, and the reverse.
 //!
-//! Normalisation (documented in the README, tested below):
+//! Normalisation (documented in docs/encryption.md, tested below):
 //! - **MRN** ([`BlindKind::Mrn`]): ASCII only; spaces, tabs and dashes are removed, letters
 //!   uppercased; what remains must be 1–64 ASCII letters or digits.
 //!   `" ab-12 34 "` → `"AB1234"`.

@@ -1,5 +1,5 @@
-//! The role × resource × interaction × view matrix: one data table. The README's policy
-//! table is generated from it (`custodian policy`), and a test keeps the two in step.
+//! The role × resource × interaction × view matrix: one data table. The policy table in
+//! docs/api-fhir.md is generated from it (`custodian policy`), and a test keeps the two in step.
 
 use serde::{Deserialize, Serialize};
 
@@ -242,7 +242,7 @@ pub fn grant(
         .find(|g| g.role == role && g.resource == resource && g.interactions.contains(&interaction))
 }
 
-/// The matrix as a Markdown table for the README.
+/// The matrix as a Markdown table for docs/api-fhir.md.
 pub fn markdown_table() -> String {
     let mut out = String::from(
         "| Role | Resource | Interactions | View | Requires |\n|---|---|---|---|---|\n",

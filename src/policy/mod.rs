@@ -330,7 +330,7 @@ mod tests {
         }
     }
 
-    /// The policy as the README states it, written independently of the matrix: every
+    /// The policy as docs/api-fhir.md states it, written independently of the matrix: every
     /// role × resource × interaction is checked against it, with and without a
     /// relationship to the patient.
     fn expected(role: Role, res: T, i: Interaction) -> bool {

@@ -194,29 +194,38 @@ fn spawn_second(spawn: impl Fn() -> std::process::Child) -> Output {
     spawn().wait_with_output().unwrap()
 }
 
+/// The text between `<!-- {marker}:begin -->` and `<!-- {marker}:end -->` in a file of the
+/// repository (the generated tables in `docs/`).
+fn generated_section(path: &str, marker: &str) -> String {
+    let file = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    let text = std::fs::read_to_string(&file)
+        .unwrap_or_else(|e| panic!("cannot read {}: {e}", file.display()));
+    let begin = format!("<!-- {marker}:begin -->\n");
+    let end_marker = format!("<!-- {marker}:end -->");
+    let start = text
+        .find(&begin)
+        .unwrap_or_else(|| panic!("{path} has no `{}` line", begin.trim_end()))
+        + begin.len();
+    let end = text
+        .find(&end_marker)
+        .unwrap_or_else(|| panic!("{path} has no `{end_marker}` line"));
+    text[start..end].to_string()
+}
+
 #[test]
-fn readme_configuration_table_is_current() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start =
-        readme.find("<!-- settings:begin -->\n").unwrap() + "<!-- settings:begin -->\n".len();
-    let end = readme.find("<!-- settings:end -->").unwrap();
+fn docs_configuration_table_is_current() {
     assert_eq!(
-        &readme[start..end],
+        generated_section("docs/configuration.md", "settings"),
         custodian::config::markdown_table(),
-        "README settings table is stale: replace it with the output of `custodian settings`"
+        "docs/configuration.md settings table is stale: replace it with the output of `custodian settings`"
     );
 }
 
 #[test]
-fn readme_policy_table_is_current() {
-    let readme =
-        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap();
-    let start = readme.find("<!-- policy:begin -->\n").unwrap() + "<!-- policy:begin -->\n".len();
-    let end = readme.find("<!-- policy:end -->").unwrap();
+fn docs_policy_table_is_current() {
     assert_eq!(
-        &readme[start..end],
+        generated_section("docs/api-fhir.md", "policy"),
         custodian::policy::matrix::markdown_table(),
-        "README policy table is stale: replace it with the output of `custodian policy`"
+        "docs/api-fhir.md policy table is stale: replace it with the output of `custodian policy`"
     );
 }

@@ -127,7 +127,7 @@ fn totp_now(secret_b32: &str) -> String {
 }
 
 /// With `CUSTODIAN_SCREENSHOTS=1`, also saves the page as `docs/screenshots/<name>.png`
-/// (the README shows them); always saves it as a test artefact.
+/// (docs/console.md shows them); always saves it as a test artefact.
 async fn page_shot(browser: &Browser, name: &str) {
     browser.screenshot(name).await;
     if std::env::var("CUSTODIAN_SCREENSHOTS").is_ok_and(|v| v == "1") {
