@@ -1,0 +1,11 @@
+//! The platform under the API and the console: configuration and the command line, TLS,
+//! the edge middleware, logs, the database, encryption at rest, development tooling.
+
+mod cli;
+mod crypto;
+mod database;
+mod dev_tokens;
+mod edge;
+mod logs;
+mod seed;
+mod tls;
