@@ -1,46 +1,96 @@
-//! Where sealed values live: every table with a `key_version` column and its sealed
-//! columns, in one list. Key rotation re-encrypts exactly these; the AAD of each value
-//! binds it to its table, column and row.
+//! Where sealed values live. Every sealed column is a typed constant here, and a
+//! [`FieldPlace`] (the AAD that binds a value to its table, column and row) is made from
+//! one of them — a misspelt column is a compile error, not unreadable data. Key rotation
+//! re-encrypts exactly the tables and columns of [`SEALED_COLUMNS`], which is built from
+//! the same constants; a test checks them against the database schema.
+
+use super::FieldPlace;
+use std::fmt;
+use uuid::Uuid;
+
+/// One sealed column of one table.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SealedColumn {
+    pub table: &'static str,
+    pub column: &'static str,
+}
+
+impl SealedColumn {
+    /// The place of this column's value in row `row`.
+    pub const fn at(self, row: Uuid) -> FieldPlace {
+        FieldPlace {
+            table: self.table,
+            column: self.column,
+            row,
+        }
+    }
+}
+
+/// Prints the column name (for SQL built from the constants).
+impl fmt::Display for SealedColumn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.column)
+    }
+}
 
 /// The sealed columns of one table.
 #[derive(Debug)]
 pub struct SealedTable {
     pub table: &'static str,
-    pub columns: &'static [&'static str],
+    pub columns: &'static [SealedColumn],
 }
 
-/// Every table with a `key_version` column, and its sealed columns. The one list.
-pub const SEALED_COLUMNS: &[SealedTable] = &[
-    SealedTable {
-        table: "patients",
-        columns: &[
-            "mrn_sealed",
-            "ssn_sealed",
-            "family_sealed",
-            "given_sealed",
-            "birth_date_sealed",
-            "telecom_sealed",
-            "address_sealed",
-        ],
-    },
-    SealedTable {
-        table: "observations",
-        columns: &["code_display_sealed", "value_sealed"],
-    },
-    SealedTable {
-        table: "document_references",
-        columns: &["text_sealed"],
-    },
-    SealedTable {
-        table: "claims",
-        columns: &["provider_sealed", "total_sealed"],
-    },
-    SealedTable {
-        table: "claim_items",
-        columns: &["code_sealed", "amount_sealed"],
-    },
-    SealedTable {
-        table: "console_totp",
-        columns: &["secret_sealed"],
-    },
-];
+macro_rules! sealed_tables {
+    ($( $(#[$doc:meta])* $module:ident = $table:literal { $( $name:ident = $column:literal ),* $(,)? } )*) => {
+        $(
+            $(#[$doc])*
+            pub mod $module {
+                use super::{SealedColumn, SealedTable};
+                $( pub const $name: SealedColumn = SealedColumn { table: $table, column: $column }; )*
+                pub const TABLE: SealedTable = SealedTable { table: $table, columns: &[$($name),*] };
+            }
+        )*
+        /// Every table with a `key_version` column, and its sealed columns. The one list.
+        pub const SEALED_COLUMNS: &[SealedTable] = &[$($module::TABLE),*];
+    };
+}
+
+sealed_tables! {
+    patients = "patients" {
+        MRN = "mrn_sealed",
+        SSN = "ssn_sealed",
+        FAMILY = "family_sealed",
+        GIVEN = "given_sealed",
+        BIRTH_DATE = "birth_date_sealed",
+        TELECOM = "telecom_sealed",
+        ADDRESS = "address_sealed",
+    }
+    observations = "observations" {
+        CODE_DISPLAY = "code_display_sealed",
+        VALUE = "value_sealed",
+    }
+    document_references = "document_references" {
+        TEXT = "text_sealed",
+    }
+    claims = "claims" {
+        PROVIDER = "provider_sealed",
+        TOTAL = "total_sealed",
+    }
+    claim_items = "claim_items" {
+        CODE = "code_sealed",
+        AMOUNT = "amount_sealed",
+    }
+    console_totp = "console_totp" {
+        SECRET = "secret_sealed",
+    }
+}
+
+/// The place of a search cursor: sealed for the user it was issued to, bound to the
+/// resource type it pages over. Not stored in a table, so not in [`SEALED_COLUMNS`].
+pub fn cursor(resource: &'static str, user: Uuid) -> FieldPlace {
+    FieldPlace {
+        table: "cursor",
+        column: resource,
+        row: user,
+    }
+}

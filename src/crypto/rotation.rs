@@ -10,7 +10,7 @@
 
 use super::columns::{SEALED_COLUMNS, SealedTable};
 use super::keyring::{STATE_ACTIVE, STATE_DECRYPT_ONLY, STATE_RETIRED, generate_key, wrap_context};
-use super::{CryptoError, FieldPlace, KeyProvider, Keyring};
+use super::{CryptoError, KeyProvider, Keyring};
 use crate::schema::data_keys;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -286,7 +286,12 @@ fn reencrypt_batch(
     t: &SealedTable,
     limit: i64,
 ) -> Result<u64, CryptoError> {
-    let columns = t.columns.join(", ");
+    let columns = t
+        .columns
+        .iter()
+        .map(|c| c.column)
+        .collect::<Vec<_>>()
+        .join(", ");
     let rows: Vec<BatchRow> = diesel::sql_query(format!(
         "SELECT id, ARRAY[{columns}]::bytea[] AS sealed FROM {} WHERE key_version <> $1 ORDER BY id LIMIT $2 FOR UPDATE SKIP LOCKED",
         t.table
@@ -310,7 +315,7 @@ fn reencrypt_batch(
         for (i, (column, sealed)) in t.columns.iter().zip(row.sealed).enumerate() {
             let resealed = match sealed {
                 Some(sealed) => {
-                    let place = FieldPlace::new(t.table, column, row.id);
+                    let place = column.at(row.id);
                     let plain = keyring.open(&place, &sealed)?;
                     Some(sealer.seal(&place, &plain)?)
                 }

@@ -832,3 +832,45 @@ fn claims_stored_in_clear_are_set_aside_by_the_migration_and_sealed_by_keys_seal
     .unwrap();
     assert_eq!(left, 0, "no clear copy is left behind");
 }
+
+/// The typed sealed-column constants (the only way to make an AAD place) match the
+/// schema both ways: each is a bytea column of its table, and every `*_sealed` column in
+/// the database is one of them, so rotation misses none.
+#[test]
+fn sealed_column_constants_match_the_schema() {
+    use custodian::crypto::columns::SEALED_COLUMNS;
+    #[derive(QueryableByName)]
+    struct Col {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        table_name: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        column_name: String,
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        data_type: String,
+    }
+    let db = TestDb::create();
+    let mut conn = db.conn();
+    let cols: Vec<Col> = diesel::sql_query(
+        "SELECT table_name::text, column_name::text, data_type::text FROM information_schema.columns
+         WHERE table_schema = 'public' AND column_name LIKE '%\\_sealed'",
+    )
+    .load(&mut conn)
+    .unwrap();
+    let in_db: std::collections::BTreeSet<(String, String)> = cols
+        .iter()
+        .map(|c| {
+            assert_eq!(c.data_type, "bytea", "{}.{}", c.table_name, c.column_name);
+            (c.table_name.clone(), c.column_name.clone())
+        })
+        .collect();
+    let declared: std::collections::BTreeSet<(String, String)> = SEALED_COLUMNS
+        .iter()
+        .flat_map(|t| {
+            t.columns.iter().map(|c| {
+                assert_eq!(c.table, t.table);
+                (c.table.to_string(), c.column.to_string())
+            })
+        })
+        .collect();
+    assert_eq!(declared, in_db);
+}
