@@ -14,12 +14,10 @@ pub mod ops;
 pub use ops::check_reason;
 use ops::{Touched, audited};
 
-use crate::audit::{AuditAction, Outcome, ResourceType as Kind};
-use crate::auth::Caller;
-use crate::auth::caller::audit_reason;
+use crate::access::{Pipeline, refusal};
+use crate::audit::{AuditAction, Outcome, ResourceType as Kind, What};
 use crate::db::users;
 use crate::error::AppError;
-use crate::policy;
 use crate::state::AppState;
 use crate::web::json::{self, JsonLimits};
 use actix_web::dev::Payload;
@@ -39,7 +37,7 @@ pub const DEFAULT_LIMIT: i64 = 50;
 pub const MAX_LIMIT: i64 = 200;
 
 /// A caller the decision point admitted to the administration API.
-pub struct AdminCaller(pub Caller);
+pub struct AdminCaller(pub Pipeline);
 
 /// The audit action and resource kind of an admin route, from its method and path; used
 /// for events of calls refused before a handler runs.
@@ -77,28 +75,19 @@ impl FromRequest for AdminCaller {
     type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
 
     fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
-        let caller = Caller::from_request(req, payload);
+        let caller = Pipeline::from_request(req, payload);
         let (action, kind) = classify(req.method(), req.path());
         Box::pin(async move {
             let caller = caller.await?;
             match caller.decide_admin() {
                 Ok(()) => Ok(AdminCaller(caller)),
                 Err(reason) => {
-                    caller
-                        .audit_admin(
-                            action,
-                            kind.map(|k| (k, None)),
-                            [],
-                            Outcome::Deny(audit_reason(reason)),
-                        )
-                        .await?;
-                    let message = match reason {
-                        policy::DenyReason::ScopeMissing => {
-                            "Access denied: the access token does not carry the 'admin' scope."
-                        }
-                        _ => "Access denied: the administration API requires the admin role.",
-                    };
-                    Err(AppError::client(StatusCode::FORBIDDEN, message))
+                    let mut what = What::new(action);
+                    if let Some(kind) = kind {
+                        what = what.on(kind);
+                    }
+                    caller.recorder.deny(what, [], reason).await?;
+                    Err(refusal::on_admin(reason))
                 }
             }
         })
@@ -117,8 +106,16 @@ impl ops::AdminActor for AdminCaller {
         patients: Vec<Uuid>,
         outcome: Outcome,
     ) -> Result<(), AppError> {
-        self.0
-            .audit_admin(action, resource, patients, outcome)
+        let mut what = What::new(action);
+        if let Some((kind, id)) = resource {
+            what = what.on(kind);
+            if let Some(id) = id {
+                what = what.id(id);
+            }
+        }
+        let recorder = &self.0.recorder;
+        recorder
+            .record(recorder.event(what, patients, outcome).build())
             .await
     }
 }

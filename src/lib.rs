@@ -1,6 +1,7 @@
 //! Custodian: a service that keeps protected health information safe and still easy to
 //! use. The binary in `main.rs` only parses the command line and calls [`cli::run`].
 
+pub mod access;
 pub mod admin;
 pub mod admin_cli;
 pub mod app;

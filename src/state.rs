@@ -12,7 +12,9 @@ pub struct AppState {
     /// Bearer-token verification; `None` when `[auth]` is not configured (then every
     /// bearer-protected route answers 401).
     pub tokens: Option<crate::auth::TokenVerifier>,
-    /// The one audit path: `state.audit.record(event).await?` before releasing PHI.
+    /// The group-commit audit writer. Handlers record through their request's
+    /// [`crate::audit::Recorder`] (`Pipeline::recorder`: `permit` / `deny` / `error`, or
+    /// `commit_with` for a write), never through this field directly.
     pub audit: crate::audit::AuditWriter,
     /// Per-principal request limit (`ratelimit.per_principal_*`), shared by all workers.
     pub principal_limit: Option<std::sync::Arc<ratelimit::RateLimiter>>,

@@ -72,7 +72,7 @@ impl Routes {
                     .collect(),
             );
             let mut resource = web::resource(path).wrap(from_fn(move |req, next| {
-                crate::web::edge::contain(req, next, actions.clone())
+                crate::access::guard::contain(req, next, actions.clone())
             }));
             for (_, route) in mine {
                 resource = resource.route(route);

@@ -1,18 +1,7 @@
-//! Request-level wiring: what a handler needs to describe one audited action.
-//!
-//! ```ignore
-//! async fn read_patient(ctx: AuditContext, state: web::Data<AppState>, ...) -> Result<_, AppError> {
-//!     // ... policy decision, query ...
-//!     let event = ctx
-//!         .event(actor, AuditAction::Read, Outcome::Permit)
-//!         .resource(ResourceType::Patient, patient_id)
-//!         .patients([patient_id])
-//!         .purpose(PurposeOfUse::Treatment)
-//!         .build();
-//!     state.audit.record(event).await?; // 503 if not committed: the PHI is not returned
-//!     Ok(response)
-//! }
-//! ```
+//! Request-level wiring: where a request came from, captured once and stamped on every
+//! event of that request. Handlers do not build events from it themselves: they record
+//! through the request's [`crate::audit::Recorder`] (bound to the principal and this
+//! context), whose `permit` / `deny` / `error` / `commit_with` helpers fill in the rest.
 //!
 //! Only the request id, the peer address and the (sanitised, bounded) User-Agent are
 //! taken from the request: never its path, query string, other headers or body.

@@ -587,3 +587,65 @@ mod tests {
         assert_eq!(e.to_record(1).actor_roles, vec!["admin", "billing"]);
     }
 }
+
+// The audit codes of the shared vocabulary: total functions from the policy's enums, so
+// no policy value can lack an audit code (no string round-trip, no runtime error).
+
+impl From<crate::policy::ResourceType> for ResourceType {
+    fn from(r: crate::policy::ResourceType) -> Self {
+        use crate::policy::ResourceType as P;
+        match r {
+            P::Patient => ResourceType::Patient,
+            P::Observation => ResourceType::Observation,
+            P::DocumentReference => ResourceType::DocumentReference,
+            P::Claim => ResourceType::Claim,
+        }
+    }
+}
+
+impl From<crate::policy::DenyReason> for DenyReason {
+    fn from(r: crate::policy::DenyReason) -> Self {
+        use crate::policy::DenyReason as P;
+        match r {
+            P::ScopeMissing => DenyReason::MissingScope,
+            P::RoleMissing => DenyReason::MissingRole,
+            P::NoRelationship => DenyReason::NoRelationship,
+        }
+    }
+}
+
+impl From<crate::policy::Interaction> for AuditAction {
+    fn from(i: crate::policy::Interaction) -> Self {
+        use crate::policy::Interaction as P;
+        match i {
+            P::Read => AuditAction::Read,
+            P::Search => AuditAction::Search,
+            P::Create => AuditAction::Create,
+            P::Update => AuditAction::Update,
+            P::Delete => AuditAction::Delete,
+        }
+    }
+}
+
+impl From<crate::policy::Role> for RoleCode {
+    /// Every role's code is a valid role code (lowercase letters and `_`), by the test
+    /// below; the conversion needs no validation at run time.
+    fn from(r: crate::policy::Role) -> Self {
+        RoleCode(r.as_str().to_string())
+    }
+}
+
+#[cfg(test)]
+mod vocabulary_tests {
+    use super::*;
+
+    #[test]
+    fn policy_values_map_to_the_audit_codes_of_the_same_name() {
+        for r in crate::policy::ResourceType::ALL {
+            assert_eq!(ResourceType::from(r).code(), r.as_str());
+        }
+        for r in crate::policy::Role::ALL {
+            assert_eq!(RoleCode::parse(r.as_str()), Ok(RoleCode::from(r)));
+        }
+    }
+}

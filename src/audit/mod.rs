@@ -7,7 +7,9 @@
 //! - [`store`]: the append-only tables (one chain for the whole deployment, serialised
 //!   on the chain-head row).
 //! - [`writer`]: the group-commit [`AuditWriter`] each instance runs.
-//! - [`context`]: [`AuditContext`], what a handler fills for one request.
+//! - [`context`]: [`AuditContext`], where a request came from (request id, address, agent).
+//! - [`recorder`]: [`Recorder`], the one way a request, console session or command
+//!   records its events (`permit` / `deny` / `error` / `commit_with`).
 //! - [`verify`] and [`ops`]: `custodian audit verify | export`.
 
 pub mod chain;
@@ -15,6 +17,7 @@ pub mod config;
 pub mod context;
 pub mod event;
 pub mod ops;
+pub mod recorder;
 pub mod store;
 pub mod verify;
 pub mod writer;
@@ -25,4 +28,5 @@ pub use event::{
     Actor, AuditAction, AuditEvent, AuthMethod, ClientId, DenyReason, Outcome, PurposeOfUse,
     ResourceType, RoleCode, UserAgent,
 };
+pub use recorder::{Recorder, What};
 pub use writer::{AuditWriter, WriteJob, WriterSettings};

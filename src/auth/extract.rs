@@ -1,5 +1,5 @@
-//! The [`Bearer`] extractor: a handler that takes `Bearer` runs only for a request with a
-//! valid access token.
+//! The bearer token of a request ([`raw_token`]) and the answers to a refused one. The
+//! verified token is a [`Bearer`]; `crate::access` verifies it for every API request.
 //!
 //! - The token is read from exactly one `Authorization: Bearer <token>` header (scheme
 //!   case-insensitive). Two `Authorization` headers, or an `access_token` query
@@ -15,10 +15,8 @@
 
 use super::token::{AuthError, VerifiedToken};
 use crate::error::AppError;
-use crate::state::AppState;
+use actix_web::HttpRequest;
 use actix_web::http::header::AUTHORIZATION;
-use actix_web::{FromRequest, HttpRequest, dev::Payload, web};
-use futures_util::future::LocalBoxFuture;
 
 /// A verified bearer token.
 #[derive(Clone, Debug)]
@@ -81,36 +79,6 @@ fn query_has_access_token(query: &str) -> bool {
     query
         .split('&')
         .any(|pair| pair.split('=').next() == Some("access_token"))
-}
-
-impl FromRequest for Bearer {
-    type Error = AppError;
-    type Future = LocalBoxFuture<'static, Result<Self, Self::Error>>;
-
-    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
-        let verifier = req
-            .app_data::<web::Data<AppState>>()
-            .and_then(|s| s.tokens.clone());
-        let raw = raw_token(req);
-        Box::pin(async move {
-            let result = match (verifier, raw) {
-                (_, Err(e)) => Err(e),
-                (None, Ok(_)) => Err(AuthError::NotConfigured),
-                (Some(v), Ok(raw)) => v.verify(&raw).await,
-            };
-            match result {
-                Ok(token) => Ok(Bearer(token)),
-                Err(e) => {
-                    if e == AuthError::NotConfigured || e == AuthError::KeysUnavailable {
-                        tracing::warn!(target: "custodian::auth", reason = e.code(), "bearer token not verifiable");
-                    } else {
-                        tracing::info!(target: "custodian::auth", reason = e.code(), "bearer token refused");
-                    }
-                    Err(AppError::from(e))
-                }
-            }
-        })
-    }
 }
 
 #[cfg(test)]

@@ -24,18 +24,7 @@
 //! Scopes state what the *client application* may do; the policy layer intersects them
 //! with the person's roles and care relationships.
 
-/// The SMART launch context a scope is granted in.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Context {
-    /// `user/`: whatever the signed-in user may access.
-    User,
-    /// `patient/`: only the patient in the launch context.
-    Patient,
-    /// `system/`: a backend service (client credentials), no user.
-    System,
-}
-
-pub use crate::policy::{Interaction, ResourceType};
+pub use crate::policy::{Context, Interaction, ResourceType};
 
 bitflags::bitflags! {
     /// A set of interactions (`c r u d s`).

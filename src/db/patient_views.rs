@@ -280,3 +280,25 @@ pub fn search(
     let rows: Vec<Row> = query.load(conn)?;
     rows.into_iter().map(|r| r.open(conn, kr)).collect()
 }
+
+impl PatientView {
+    /// A full patient row (as an insert or update returns it) cut down to `fields`, so a
+    /// write answers with exactly the caller's view, without a second read.
+    pub fn shaped(p: crate::db::phi::Patient, fields: PatientFields) -> PatientView {
+        let keep = |on: bool| on;
+        PatientView {
+            id: p.id,
+            version: p.version,
+            facility_id: p.facility_id,
+            updated_at: p.updated_at,
+            gender: keep(fields.gender).then_some(p.gender),
+            mrn: keep(fields.mrn).then_some(p.mrn),
+            ssn: if fields.ssn { p.ssn } else { None },
+            family: keep(fields.name).then_some(p.family),
+            given: keep(fields.name).then_some(p.given),
+            birth_date: keep(fields.birth_date).then_some(p.birth_date),
+            telecom: if fields.telecom { p.telecom } else { None },
+            address: if fields.address { p.address } else { None },
+        }
+    }
+}

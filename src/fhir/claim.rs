@@ -3,16 +3,16 @@
 //! policy matrix says. The R4 elements that this service fixes (type, use, priority,
 //! insurance, created) are emitted with fixed values so the JSON is valid R4.
 
-use super::access::{self, authorize_create, authorize_record, authorize_search};
 use super::bundle::{self, Cursor};
 use super::elements::Elements;
+use super::params;
 use super::types::{bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
-use crate::audit::{AuditAction, AuditEvent, Outcome};
-use crate::auth::{Caller, Principal};
+use crate::access::{Credentials, Pipeline};
+use crate::audit::AuditEvent;
 use crate::db::claims::{self, Claim, NewClaim, NewClaimItem};
 use crate::error::AppError;
-use crate::policy::{Interaction, ResourceType, View};
+use crate::policy::{ResourceType, View};
 use crate::state::AppState;
 use crate::web::json::JsonBody;
 use actix_web::http::StatusCode;
@@ -79,12 +79,12 @@ pub fn to_fhir(c: &Claim) -> Value {
     let mut out = json!({
         "resourceType": "Claim",
         "id": r.id,
-        "meta": { "versionId": r.version.to_string(), "lastUpdated": access::instant(&r.updated_at) },
+        "meta": { "versionId": r.version.to_string(), "lastUpdated": params::instant(&r.updated_at) },
         "status": r.status,
         "type": { "coding": [{ "system": CLAIM_TYPE_SYSTEM, "code": "professional" }] },
         "use": "claim",
         "patient": { "reference": format!("Patient/{}", r.patient_id) },
-        "created": access::instant(&r.created_at),
+        "created": params::instant(&r.created_at),
         "provider": { "display": r.provider.expose() },
         "priority": { "coding": [{ "system": PRIORITY_SYSTEM, "code": "normal" }] },
         "insurance": [{ "sequence": 1, "focal": true, "coverage": { "display": "self-pay" } }],
@@ -195,7 +195,7 @@ fn validate(input: ClaimIn) -> Result<NewClaim, AppError> {
     if input.claim_use.as_deref().is_some_and(|u| u != "claim") {
         return Err(invalid("use", "must be claim"));
     }
-    let patient_id = access::patient_reference("patient.reference", &input.patient.reference)?;
+    let patient_id = params::patient_reference("patient.reference", &input.patient.reference)?;
     let provider = bounded_text("provider.display", &input.provider.display, 200)?;
     let cur = currency("total.currency", &input.total.currency)?;
     let total_cents = cents("total.value", &input.total.value)?;
@@ -225,7 +225,7 @@ fn validate(input: ClaimIn) -> Result<NewClaim, AppError> {
                 "must be the CPT system",
             ));
         }
-        let code = access::token("item.productOrService.coding.code", &coding[0].code, 20)?;
+        let code = params::token("item.productOrService.coding.code", &coding[0].code, 20)?;
         if currency("item.net.currency", &item.net.currency)? != cur {
             return Err(invalid(
                 "item.net.currency",
@@ -268,43 +268,37 @@ fn respond(status: StatusCode, c: &Claim, elements: &Elements) -> HttpResponse {
 
 pub async fn read(
     req: HttpRequest,
-    principal: Principal,
+    credentials: Credentials,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path);
-    let elements = access::read_elements(&req, R);
+    let id = params::parse_id(&path);
+    let elements = params::read_elements(&req, R);
     let kr = state.keyring.clone();
     let items = elements.as_ref().map_or(true, |e| e.wants("item"));
-    let get = move |c: &mut diesel::PgConnection, id: Uuid| {
+    let get = move |c: &mut diesel::PgConnection, view: View, id: Uuid, _: &Elements| {
+        check_view(view)?;
         Ok(claims::get(c, &kr, id, items)?.map(|claim| (claim.row.patient_id, claim)))
     };
-    let (claim, elements) = access::read_record(
-        principal,
-        R,
-        id,
-        elements,
-        claims::patient_of,
-        check_view,
-        get,
-    )
-    .await?;
+    let (_, claim, elements) = credentials
+        .read_one(id, elements, claims::patient_of, get)
+        .await?;
     Ok(respond(StatusCode::OK, &claim, &elements))
 }
 
 pub async fn search(
     req: HttpRequest,
-    caller: Caller,
+    pipeline: Pipeline,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let params = access::search_params(
+    let params = params::search_params(
         &req,
         &["patient", "status", "_count", "_cursor", "_elements"],
     )?;
-    let patient = access::single(&params, "patient")?
-        .map(access::patient_param)
+    let patient = params::single(&params, "patient")?
+        .map(params::patient_param)
         .transpose()?;
-    let status = match access::single(&params, "status")? {
+    let status = match params::single(&params, "status")? {
         Some(s) if STATUSES.contains(&s) => Some(s.to_string()),
         Some(_) => {
             return Err(invalid(
@@ -314,12 +308,12 @@ pub async fn search(
         }
         None => None,
     };
-    let count = bundle::page_size(access::single(&params, "_count")?)?;
-    let elements = Elements::parse(R, access::single(&params, "_elements")?)?;
-    let (view, scope) = authorize_search(&caller, R).await?;
+    let count = bundle::page_size(params::single(&params, "_count")?)?;
+    let elements = Elements::parse(R, params::single(&params, "_elements")?)?;
+    let (view, scope) = pipeline.authorize_search().await?;
     check_view(view)?;
-    let after = access::single(&params, "_cursor")?
-        .map(|c| Cursor::open(&state.keyring, caller.user.id, R, c))
+    let after = params::single(&params, "_cursor")?
+        .map(|c| Cursor::open(&state.keyring, pipeline.user.id, R, c))
         .transpose()?;
     let limit = count as i64 + 1;
     let kr = state.keyring.clone();
@@ -334,13 +328,11 @@ pub async fn search(
     let mut patients: Vec<Uuid> = rows.iter().map(|c| c.row.patient_id).collect();
     patients.sort();
     patients.dedup();
-    caller
-        .audit(AuditAction::Search, R, None, patients, Outcome::Permit)
-        .await?;
+    pipeline.permit(None, patients).await?;
     let next = match (more, rows.last()) {
         (true, Some(last)) => Some(Cursor::seal(
             &state.keyring,
-            caller.user.id,
+            pipeline.user.id,
             R,
             last.row.id,
         )?),
@@ -354,7 +346,7 @@ pub async fn search(
 }
 
 pub async fn create(
-    caller: Caller,
+    pipeline: Pipeline,
     state: web::Data<AppState>,
     body: JsonBody<ClaimIn>,
 ) -> Result<HttpResponse, AppError> {
@@ -364,32 +356,27 @@ pub async fn create(
     }
     let new = validate(input)?;
     let patient = new.patient_id;
-    let view = authorize_create(&caller, &state, R, "patient.reference", patient).await?;
+    let view = pipeline
+        .authorize_create("patient.reference", patient)
+        .await?;
     check_view(view)?;
     let kr = state.keyring.clone();
     let write = move |c: &mut diesel::PgConnection| claims::insert(c, &kr, &new);
     let complete: fn(&Claim, &mut AuditEvent) = |c, e| e.resource_id = Some(c.row.id);
-    let created = caller
-        .audited_write(
-            AuditAction::Create,
-            R,
-            None,
-            [patient],
-            write,
-            Some(complete),
-        )
+    let created = pipeline
+        .commit_with(None, [patient], write, Some(complete))
         .await?;
     Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
 }
 
 pub async fn update(
     req: HttpRequest,
-    caller: Caller,
+    pipeline: Pipeline,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: JsonBody<ClaimIn>,
 ) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path)?;
+    let id = params::parse_id(&path)?;
     let expected = if_match(&req)?;
     let input = body.0;
     if input.id.as_deref() != Some(&id.to_string()) {
@@ -397,65 +384,33 @@ pub async fn update(
     }
     // Input is checked before any record is looked up.
     let new = validate(input)?;
-    let (view, patient) = authorize_record(
-        &caller,
-        &state,
-        R,
-        Interaction::Update,
-        AuditAction::Update,
-        id,
-        claims::patient_of,
-    )
-    .await?;
+    let (view, patient) = pipeline
+        .authorize_record(id, claims::patient_of)
+        .await
+        .map(|(view, facts)| (view, facts.patient_id))?;
     check_view(view)?;
     if new.patient_id != patient {
-        caller
-            .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Error)
-            .await?;
+        pipeline.error(Some(id), [patient]).await?;
         return Err(invalid("patient", "cannot be changed by an update"));
     }
     let kr = state.keyring.clone();
     let write = move |c: &mut diesel::PgConnection| claims::update(c, &kr, id, expected, &new);
-    let claim = access::audited(
-        &caller,
-        AuditAction::Update,
-        R,
-        id,
-        patient,
-        write,
-        access::precondition_failed,
-    )
-    .await?;
+    let claim = pipeline
+        .audited(id, patient, write, params::precondition_failed)
+        .await?;
     Ok(respond(StatusCode::OK, &claim, &Elements::all()))
 }
 
-pub async fn delete(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path)?;
-    let (_, patient) = authorize_record(
-        &caller,
-        &state,
-        R,
-        Interaction::Delete,
-        AuditAction::Delete,
-        id,
-        claims::patient_of,
-    )
-    .await?;
+pub async fn delete(pipeline: Pipeline, path: web::Path<String>) -> Result<HttpResponse, AppError> {
+    let id = params::parse_id(&path)?;
+    let (_, patient) = pipeline
+        .authorize_record(id, claims::patient_of)
+        .await
+        .map(|(view, facts)| (view, facts.patient_id))?;
     let write = move |c: &mut diesel::PgConnection| Ok(claims::soft_delete(c, id)?.then_some(()));
-    access::audited(
-        &caller,
-        AuditAction::Delete,
-        R,
-        id,
-        patient,
-        write,
-        AppError::not_found,
-    )
-    .await?;
+    pipeline
+        .audited(id, patient, write, AppError::not_found)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }
 

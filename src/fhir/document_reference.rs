@@ -4,18 +4,18 @@
 //! stored as plain text); on the way out it is base64 inside JSON. The author is the
 //! caller who created the note, never taken from the input.
 
-use super::access::{self, authorize_create, authorize_record, authorize_search};
 use super::bundle::{self, Cursor};
 use super::elements::Elements;
 use super::observation::{LOINC, loinc_code};
+use super::params;
 use super::types::{bounded_len, invalid};
 use super::{FHIR_JSON, etag, if_match};
-use crate::audit::{AuditAction, AuditEvent, Outcome};
-use crate::auth::{Caller, Principal};
+use crate::access::{Credentials, Pipeline};
+use crate::audit::AuditEvent;
 use crate::db::documents;
 use crate::db::phi::{self, DocumentReference, NewDocumentReference};
 use crate::error::AppError;
-use crate::policy::{Interaction, ResourceType, View};
+use crate::policy::{ResourceType, View};
 use crate::state::AppState;
 use crate::web::json::JsonBody;
 use actix_web::http::StatusCode;
@@ -90,10 +90,10 @@ pub fn to_fhir(doc: &DocumentReference) -> Value {
     let mut out = json!({
         "resourceType": "DocumentReference",
         "id": doc.id,
-        "meta": { "versionId": doc.version.to_string(), "lastUpdated": access::instant(&doc.updated_at) },
+        "meta": { "versionId": doc.version.to_string(), "lastUpdated": params::instant(&doc.updated_at) },
         "status": doc.status,
         "subject": { "reference": format!("Patient/{}", doc.patient_id) },
-        "date": access::instant(&doc.date.unwrap_or(doc.created_at)),
+        "date": params::instant(&doc.date.unwrap_or(doc.created_at)),
         "content": [{ "attachment": { "contentType": "text/plain", "data": data } }],
     });
     if let Some(author) = doc.author_id {
@@ -183,9 +183,9 @@ fn validate(input: DocumentReferenceIn, author: Uuid) -> Result<NewDocumentRefer
             Some(loinc_code("type.coding[0].code", &c.code)?)
         }
     };
-    let patient_id = access::patient_reference("subject.reference", &input.subject.reference)?;
+    let patient_id = params::patient_reference("subject.reference", &input.subject.reference)?;
     let date = match &input.date {
-        Some(d) => access::date_time("date", d)?,
+        Some(d) => params::date_time("date", d)?,
         None => chrono::Utc::now(),
     };
     if input.content.is_empty() {
@@ -249,53 +249,47 @@ fn respond(status: StatusCode, doc: &DocumentReference, elements: &Elements) -> 
 /// decision, and only then the record.
 pub async fn read(
     req: HttpRequest,
-    principal: Principal,
+    credentials: Credentials,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path);
-    let elements = access::read_elements(&req, R);
+    let id = params::parse_id(&path);
+    let elements = params::read_elements(&req, R);
     let kr = state.keyring.clone();
-    let get = move |c: &mut diesel::PgConnection, id: Uuid| {
+    let get = move |c: &mut diesel::PgConnection, view: View, id: Uuid, _: &Elements| {
+        check_view(view)?;
         Ok(phi::get_document_reference(c, &kr, id)?.map(|doc| (doc.patient_id, doc)))
     };
-    let (doc, elements) = access::read_record(
-        principal,
-        R,
-        id,
-        elements,
-        documents::patient_of,
-        check_view,
-        get,
-    )
-    .await?;
+    let (_, doc, elements) = credentials
+        .read_one(id, elements, documents::patient_of, get)
+        .await?;
     Ok(respond(StatusCode::OK, &doc, &elements))
 }
 
 pub async fn search(
     req: HttpRequest,
-    caller: Caller,
+    pipeline: Pipeline,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let params = access::search_params(
+    let params = params::search_params(
         &req,
         &["patient", "subject", "_count", "_cursor", "_elements"],
     )?;
     let mut patient = None;
     for name in ["patient", "subject"] {
-        if let Some(p) = access::single(&params, name)? {
-            let id = access::patient_param(p)?;
+        if let Some(p) = params::single(&params, name)? {
+            let id = params::patient_param(p)?;
             if patient.replace(id).is_some_and(|prev| prev != id) {
                 return Err(invalid("patient", "names two different patients"));
             }
         }
     }
-    let count = bundle::page_size(access::single(&params, "_count")?)?;
-    let elements = Elements::parse(R, access::single(&params, "_elements")?)?;
-    let (view, scope) = authorize_search(&caller, R).await?;
+    let count = bundle::page_size(params::single(&params, "_count")?)?;
+    let elements = Elements::parse(R, params::single(&params, "_elements")?)?;
+    let (view, scope) = pipeline.authorize_search().await?;
     check_view(view)?;
-    let after = access::single(&params, "_cursor")?
-        .map(|c| Cursor::open(&state.keyring, caller.user.id, R, c))
+    let after = params::single(&params, "_cursor")?
+        .map(|c| Cursor::open(&state.keyring, pipeline.user.id, R, c))
         .transpose()?;
     let kr = state.keyring.clone();
     let limit = count as i64 + 1;
@@ -308,11 +302,9 @@ pub async fn search(
     let mut patients: Vec<Uuid> = rows.iter().map(|d| d.patient_id).collect();
     patients.sort();
     patients.dedup();
-    caller
-        .audit(AuditAction::Search, R, None, patients, Outcome::Permit)
-        .await?;
+    pipeline.permit(None, patients).await?;
     let next = match (more, rows.last()) {
-        (true, Some(last)) => Some(Cursor::seal(&state.keyring, caller.user.id, R, last.id)?),
+        (true, Some(last)) => Some(Cursor::seal(&state.keyring, pipeline.user.id, R, last.id)?),
         _ => None,
     };
     let entries: Vec<Value> = rows.iter().map(|r| elements.apply(to_fhir(r))).collect();
@@ -323,7 +315,7 @@ pub async fn search(
 }
 
 pub async fn create(
-    caller: Caller,
+    pipeline: Pipeline,
     state: web::Data<AppState>,
     body: JsonBody<DocumentReferenceIn>,
 ) -> Result<HttpResponse, AppError> {
@@ -331,70 +323,50 @@ pub async fn create(
     if input.id.is_some() {
         return Err(invalid("id", "must not be set on create"));
     }
-    let new = validate(input, caller.user.id)?;
+    let new = validate(input, pipeline.user.id)?;
     let patient = new.patient_id;
-    let view = authorize_create(&caller, &state, R, "subject.reference", patient).await?;
+    let view = pipeline
+        .authorize_create("subject.reference", patient)
+        .await?;
     check_view(view)?;
     let kr = state.keyring.clone();
     let write = move |c: &mut diesel::PgConnection| phi::insert_document_reference(c, &kr, &new);
     let complete: fn(&DocumentReference, &mut AuditEvent) = |d, e| e.resource_id = Some(d.id);
-    let created = caller
-        .audited_write(
-            AuditAction::Create,
-            R,
-            None,
-            [patient],
-            write,
-            Some(complete),
-        )
+    let created = pipeline
+        .commit_with(None, [patient], write, Some(complete))
         .await?;
     Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
 }
 
 pub async fn update(
     req: HttpRequest,
-    caller: Caller,
+    pipeline: Pipeline,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: JsonBody<DocumentReferenceIn>,
 ) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path)?;
+    let id = params::parse_id(&path)?;
     let expected = if_match(&req)?;
     let input = body.0;
     if input.id.as_deref() != Some(&id.to_string()) {
         return Err(invalid("id", "must match the id in the URL"));
     }
     // Input is checked before any record is looked up.
-    let new = validate(input, caller.user.id)?;
-    let (view, patient) = authorize_record(
-        &caller,
-        &state,
-        R,
-        Interaction::Update,
-        AuditAction::Update,
-        id,
-        documents::patient_of,
-    )
-    .await?;
+    let new = validate(input, pipeline.user.id)?;
+    let (view, patient) = pipeline
+        .authorize_record(id, documents::patient_of)
+        .await
+        .map(|(view, facts)| (view, facts.patient_id))?;
     check_view(view)?;
     if new.patient_id != patient {
-        caller
-            .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Error)
-            .await?;
+        pipeline.error(Some(id), [patient]).await?;
         return Err(invalid("subject", "cannot be changed by an update"));
     }
     let kr = state.keyring.clone();
     let write = move |c: &mut diesel::PgConnection| documents::update(c, &kr, id, expected, &new);
-    let doc = access::audited(
-        &caller,
-        AuditAction::Update,
-        R,
-        id,
-        patient,
-        write,
-        access::precondition_failed,
-    )
-    .await?;
+    let doc = pipeline
+        .audited(id, patient, write, params::precondition_failed)
+        .await?;
     Ok(respond(StatusCode::OK, &doc, &Elements::all()))
 }
 

@@ -1,12 +1,12 @@
 //! The FHIR R4 API.
 
-pub mod access;
 pub mod bundle;
 pub mod claim;
 pub mod document_reference;
 pub mod elements;
 pub mod metadata;
 pub mod observation;
+pub mod params;
 pub mod patient;
 pub mod types;
 

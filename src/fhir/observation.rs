@@ -1,17 +1,17 @@
 //! FHIR `Observation`: read, search, create, version-checked update and soft delete. The
 //! decision is taken on the subject patient; every request is audited before it answers.
 
-use super::access::{self, authorize_create, authorize_record, authorize_search};
 use super::bundle::{self, Cursor};
 use super::elements::Elements;
+use super::params;
 use super::types::{bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
-use crate::audit::{AuditAction, AuditEvent, Outcome};
-use crate::auth::{Caller, Principal};
+use crate::access::{Credentials, Pipeline};
+use crate::audit::AuditEvent;
 use crate::db::observations::{self, Criteria};
 use crate::db::phi::{self, NewObservation, Observation};
 use crate::error::AppError;
-use crate::policy::{Interaction, ResourceType, View};
+use crate::policy::{ResourceType, View};
 use crate::state::AppState;
 use crate::web::json::JsonBody;
 use actix_web::http::StatusCode;
@@ -62,11 +62,11 @@ pub fn to_fhir(o: &Observation) -> Value {
     let mut out = json!({
         "resourceType": "Observation",
         "id": o.id,
-        "meta": { "versionId": o.version.to_string(), "lastUpdated": access::instant(&o.updated_at) },
+        "meta": { "versionId": o.version.to_string(), "lastUpdated": params::instant(&o.updated_at) },
         "status": o.status,
         "code": { "coding": [coding] },
         "subject": { "reference": format!("Patient/{}", o.patient_id) },
-        "effectiveDateTime": access::instant(&o.effective_at),
+        "effectiveDateTime": params::instant(&o.effective_at),
     });
     if let (Some(map), Value::Object(value)) = (out.as_object_mut(), o.value.expose()) {
         for (k, v) in value {
@@ -147,8 +147,8 @@ fn validate(input: ObservationIn) -> Result<NewObservation, AppError> {
         .or(input.code.text.as_deref())
         .map(|d| bounded_text("code.coding[0].display", d, 200))
         .transpose()?;
-    let patient_id = access::patient_reference("subject.reference", &input.subject.reference)?;
-    let effective_at = access::date_time("effectiveDateTime", &input.effective_date_time)?;
+    let patient_id = params::patient_reference("subject.reference", &input.subject.reference)?;
+    let effective_at = params::date_time("effectiveDateTime", &input.effective_date_time)?;
     let value = match (input.value_quantity, input.value_string) {
         (Some(q), None) => {
             if !q.value.is_finite() || q.value.abs() >= 1e12 {
@@ -210,35 +210,29 @@ fn respond(status: StatusCode, o: &Observation, elements: &Elements) -> HttpResp
 /// decision, and only then the record.
 pub async fn read(
     req: HttpRequest,
-    principal: Principal,
+    credentials: Credentials,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path);
-    let elements = access::read_elements(&req, R);
+    let id = params::parse_id(&path);
+    let elements = params::read_elements(&req, R);
     let kr = state.keyring.clone();
-    let get = move |c: &mut diesel::PgConnection, id: Uuid| {
+    let get = move |c: &mut diesel::PgConnection, view: View, id: Uuid, _: &Elements| {
+        check_view(view)?;
         Ok(phi::get_observation(c, &kr, id)?.map(|o| (o.patient_id, o)))
     };
-    let (o, elements) = access::read_record(
-        principal,
-        R,
-        id,
-        elements,
-        observations::patient_of,
-        check_view,
-        get,
-    )
-    .await?;
+    let (_, o, elements) = credentials
+        .read_one(id, elements, observations::patient_of, get)
+        .await?;
     Ok(respond(StatusCode::OK, &o, &elements))
 }
 
 pub async fn search(
     req: HttpRequest,
-    caller: Caller,
+    pipeline: Pipeline,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let params = access::search_params(
+    let params = params::search_params(
         &req,
         &[
             "patient",
@@ -252,14 +246,14 @@ pub async fn search(
     )?;
     let mut criteria = Criteria::default();
     for name in ["patient", "subject"] {
-        if let Some(p) = access::single(&params, name)? {
-            let id = access::patient_param(p)?;
+        if let Some(p) = params::single(&params, name)? {
+            let id = params::patient_param(p)?;
             if criteria.patient.replace(id).is_some_and(|prev| prev != id) {
                 return Err(invalid("patient", "names two different patients"));
             }
         }
     }
-    if let Some(code) = access::single(&params, "code")? {
+    if let Some(code) = params::single(&params, "code")? {
         let c = code.strip_prefix("http://loinc.org|").unwrap_or(code);
         criteria.code = Some(loinc_code("code", c)?);
     }
@@ -270,16 +264,16 @@ pub async fn search(
         .collect();
     bounded_len("date", &dates, 2)?;
     for d in dates {
-        let (from, until) = access::date_range(d)?;
+        let (from, until) = params::date_range(d)?;
         criteria.from.extend(from);
         criteria.until.extend(until);
     }
-    let count = bundle::page_size(access::single(&params, "_count")?)?;
-    let elements = Elements::parse(R, access::single(&params, "_elements")?)?;
-    let (view, scope) = authorize_search(&caller, R).await?;
+    let count = bundle::page_size(params::single(&params, "_count")?)?;
+    let elements = Elements::parse(R, params::single(&params, "_elements")?)?;
+    let (view, scope) = pipeline.authorize_search().await?;
     check_view(view)?;
-    let after = access::single(&params, "_cursor")?
-        .map(|c| Cursor::open(&state.keyring, caller.user.id, R, c))
+    let after = params::single(&params, "_cursor")?
+        .map(|c| Cursor::open(&state.keyring, pipeline.user.id, R, c))
         .transpose()?;
     let kr = state.keyring.clone();
     let limit = count as i64 + 1;
@@ -292,11 +286,9 @@ pub async fn search(
     let mut patients: Vec<Uuid> = rows.iter().map(|o| o.patient_id).collect();
     patients.sort();
     patients.dedup();
-    caller
-        .audit(AuditAction::Search, R, None, patients, Outcome::Permit)
-        .await?;
+    pipeline.permit(None, patients).await?;
     let next = match (more, rows.last()) {
-        (true, Some(last)) => Some(Cursor::seal(&state.keyring, caller.user.id, R, last.id)?),
+        (true, Some(last)) => Some(Cursor::seal(&state.keyring, pipeline.user.id, R, last.id)?),
         _ => None,
     };
     let entries: Vec<Value> = rows.iter().map(|r| elements.apply(to_fhir(r))).collect();
@@ -307,7 +299,7 @@ pub async fn search(
 }
 
 pub async fn create(
-    caller: Caller,
+    pipeline: Pipeline,
     state: web::Data<AppState>,
     body: JsonBody<ObservationIn>,
 ) -> Result<HttpResponse, AppError> {
@@ -317,32 +309,27 @@ pub async fn create(
     }
     let new = validate(input)?;
     let patient = new.patient_id;
-    let view = authorize_create(&caller, &state, R, "subject.reference", patient).await?;
+    let view = pipeline
+        .authorize_create("subject.reference", patient)
+        .await?;
     check_view(view)?;
     let kr = state.keyring.clone();
     let write = move |c: &mut diesel::PgConnection| phi::insert_observation(c, &kr, &new);
     let complete: fn(&Observation, &mut AuditEvent) = |o, e| e.resource_id = Some(o.id);
-    let created = caller
-        .audited_write(
-            AuditAction::Create,
-            R,
-            None,
-            [patient],
-            write,
-            Some(complete),
-        )
+    let created = pipeline
+        .commit_with(None, [patient], write, Some(complete))
         .await?;
     Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
 }
 
 pub async fn update(
     req: HttpRequest,
-    caller: Caller,
+    pipeline: Pipeline,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: JsonBody<ObservationIn>,
 ) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path)?;
+    let id = params::parse_id(&path)?;
     let expected = if_match(&req)?;
     let input = body.0;
     if input.id.as_deref() != Some(&id.to_string()) {
@@ -350,66 +337,34 @@ pub async fn update(
     }
     // Input is checked before any record is looked up.
     let new = validate(input)?;
-    let (view, patient) = authorize_record(
-        &caller,
-        &state,
-        R,
-        Interaction::Update,
-        AuditAction::Update,
-        id,
-        observations::patient_of,
-    )
-    .await?;
+    let (view, patient) = pipeline
+        .authorize_record(id, observations::patient_of)
+        .await
+        .map(|(view, facts)| (view, facts.patient_id))?;
     check_view(view)?;
     if new.patient_id != patient {
-        caller
-            .audit(AuditAction::Update, R, Some(id), [patient], Outcome::Error)
-            .await?;
+        pipeline.error(Some(id), [patient]).await?;
         return Err(invalid("subject", "cannot be changed by an update"));
     }
     let kr = state.keyring.clone();
     let write =
         move |c: &mut diesel::PgConnection| observations::update(c, &kr, id, expected, &new);
-    let o = access::audited(
-        &caller,
-        AuditAction::Update,
-        R,
-        id,
-        patient,
-        write,
-        access::precondition_failed,
-    )
-    .await?;
+    let o = pipeline
+        .audited(id, patient, write, params::precondition_failed)
+        .await?;
     Ok(respond(StatusCode::OK, &o, &Elements::all()))
 }
 
-pub async fn delete(
-    caller: Caller,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, AppError> {
-    let id = access::parse_id(&path)?;
-    let (_, patient) = authorize_record(
-        &caller,
-        &state,
-        R,
-        Interaction::Delete,
-        AuditAction::Delete,
-        id,
-        observations::patient_of,
-    )
-    .await?;
+pub async fn delete(pipeline: Pipeline, path: web::Path<String>) -> Result<HttpResponse, AppError> {
+    let id = params::parse_id(&path)?;
+    let (_, patient) = pipeline
+        .authorize_record(id, observations::patient_of)
+        .await
+        .map(|(view, facts)| (view, facts.patient_id))?;
     let write =
         move |c: &mut diesel::PgConnection| Ok(observations::soft_delete(c, id)?.then_some(()));
-    access::audited(
-        &caller,
-        AuditAction::Delete,
-        R,
-        id,
-        patient,
-        write,
-        AppError::not_found,
-    )
-    .await?;
+    pipeline
+        .audited(id, patient, write, AppError::not_found)
+        .await?;
     Ok(HttpResponse::NoContent().finish())
 }

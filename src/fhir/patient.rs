@@ -4,15 +4,15 @@
 
 use super::bundle::{self, Cursor};
 use super::elements::Elements;
+use super::params;
 use super::types::{self, Gender, Mrn, Ssn, bounded_len, bounded_text, invalid};
 use super::{FHIR_JSON, etag, if_match};
-use crate::audit::{AuditAction, AuditEvent, Outcome};
-use crate::auth::caller::{audit_reason, refusal};
-use crate::auth::{Caller, Principal};
+use crate::access::{Credentials, Pipeline};
+use crate::audit::AuditEvent;
 use crate::db::patient_views::{self, Criteria, PatientFields, PatientView};
 use crate::db::{phi, users};
 use crate::error::AppError;
-use crate::policy::{Decision, Interaction, PatientFacts, ResourceType, Target, View};
+use crate::policy::{PatientFacts, ResourceType, Target, View};
 use crate::state::AppState;
 use crate::web::json::JsonBody;
 use actix_web::http::StatusCode;
@@ -107,82 +107,63 @@ fn fhir_json(status: StatusCode) -> actix_web::HttpResponseBuilder {
     res
 }
 
-/// One blocking hop: the caller's user and roles, the patient's policy facts, the decision,
-/// and only then the view's columns (decrypted). Input errors are raised after the
-/// account checks, in the order the `Caller` extractor and the handler applied them.
+/// The response for one patient shaped to `fields` (`Location` on a create).
+fn respond(status: StatusCode, patient: &PatientView, elements: &Elements) -> HttpResponse {
+    let mut res = fhir_json(status);
+    res.insert_header(etag(patient.version));
+    if status == StatusCode::CREATED {
+        res.insert_header((
+            "Location",
+            format!("/fhir/Patient/{}/_history/{}", patient.id, patient.version),
+        ));
+    }
+    res.body(elements.apply(to_fhir(patient)).to_string())
+}
+
+/// One blocking hop: the principal's user and roles, the patient's policy facts, the
+/// decision, and only then the view's columns (decrypted), cut to `_elements`.
 pub async fn read(
-    principal: Principal,
+    req: HttpRequest,
+    credentials: Credentials,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    query: Result<web::Query<ReadQuery>, actix_web::Error>,
 ) -> Result<HttpResponse, AppError> {
-    let id = parse_id(&path);
-    let query = query.map(web::Query::into_inner).map_err(|_| ());
+    let id = params::parse_id(&path);
+    let elements = params::read_elements(&req, R);
     let kr = state.keyring.clone();
-    let (caller, (id, access, patient, elements)) = principal
-        .resolve_with(move |c, caller| {
-            let query = query.map_err(|()| AppError::bad_request("The request is malformed."))?;
-            let id = id?;
-            let elements = Elements::parse(R, query._elements.as_deref())?;
-            let access = caller.record_access(c, R, Interaction::Read, id, itself)?;
-            let patient = match access.view() {
-                Some(view) => {
-                    let fields = view_fields(view).intersect(requested_fields(&elements));
-                    patient_views::read(c, &kr, id, fields)?
-                }
-                None => None,
-            };
-            Ok((id, access, patient, elements))
-        })
-        .await?;
-    caller.settle(AuditAction::Read, R, id, access).await?;
-    let Some(patient) = patient else {
-        caller
-            .audit(AuditAction::Read, R, Some(id), [], Outcome::Error)
-            .await?;
-        return Err(AppError::not_found());
+    let get = move |c: &mut diesel::PgConnection, view: View, id: Uuid, e: &Elements| {
+        let fields = view_fields(view).intersect(requested_fields(e));
+        Ok(patient_views::read(c, &kr, id, fields)?.map(|p| (p.id, p)))
     };
-    caller
-        .audit(AuditAction::Read, R, Some(id), [id], Outcome::Permit)
-        .await?;
-    let body = elements.apply(to_fhir(&patient));
-    Ok(fhir_json(StatusCode::OK)
-        .insert_header(etag(patient.version))
-        .body(body.to_string()))
+    let (_, patient, elements) = credentials.read_one(id, elements, itself, get).await?;
+    Ok(respond(StatusCode::OK, &patient, &elements))
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReadQuery {
-    _elements: Option<String>,
-}
+/// The search parameters of Patient (the CapabilityStatement lists the same).
+pub const SEARCH_PARAMS: &[&str] = &[
+    "family",
+    "given",
+    "birthdate",
+    "identifier",
+    "_count",
+    "_cursor",
+    "_elements",
+];
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SearchQuery {
-    family: Option<String>,
-    given: Option<String>,
-    birthdate: Option<String>,
-    identifier: Option<String>,
-    _count: Option<String>,
-    _cursor: Option<String>,
-    _elements: Option<String>,
-}
-
-fn search_criteria(q: &SearchQuery) -> Result<Criteria, AppError> {
+fn search_criteria(q: &[(&'static str, String)]) -> Result<Criteria, AppError> {
     let mut c = Criteria::default();
-    if let Some(f) = &q.family {
+    if let Some(f) = params::single(q, "family")? {
         c.family = Some(bounded_text("family", f, 100)?);
     }
-    if let Some(g) = &q.given {
+    if let Some(g) = params::single(q, "given")? {
         c.given = Some(bounded_text("given", g, 100)?);
     }
-    if let Some(d) = &q.birthdate {
+    if let Some(d) = params::single(q, "birthdate")? {
         c.birth_date = Some(
             types::birth_date(d).map_err(|_| invalid("birthdate", "must be a date YYYY-MM-DD"))?,
         );
     }
-    if let Some(ident) = &q.identifier {
+    if let Some(ident) = params::single(q, "identifier")? {
         // `system|value` or a bare value (taken as an MRN).
         let (system, value) = ident.split_once('|').unwrap_or((MRN_SYSTEM, ident));
         match system {
@@ -215,40 +196,16 @@ fn search_criteria(q: &SearchQuery) -> Result<Criteria, AppError> {
 
 pub async fn search(
     req: HttpRequest,
-    caller: Caller,
+    pipeline: Pipeline,
     state: web::Data<AppState>,
-    query: web::Query<SearchQuery>,
 ) -> Result<HttpResponse, AppError> {
-    let q = query.into_inner();
+    let q = params::search_params(&req, SEARCH_PARAMS)?;
     let criteria = search_criteria(&q)?;
-    let count = bundle::page_size(q._count.as_deref())?;
-    let elements = Elements::parse(R, q._elements.as_deref())?;
-    let (view, scope) = match caller.decide(R, Interaction::Search, Target::Search) {
-        Decision::Permit {
-            view,
-            search: Some(scope),
-            ..
-        } => (view, scope),
-        Decision::Permit { search: None, .. } => {
-            return Err(AppError::internal("search permit without scope"));
-        }
-        Decision::Deny(reason) => {
-            caller
-                .audit(
-                    AuditAction::Search,
-                    R,
-                    None,
-                    [],
-                    Outcome::Deny(audit_reason(reason)),
-                )
-                .await?;
-            return Err(refusal(reason));
-        }
-    };
-    let after = q
-        ._cursor
-        .as_deref()
-        .map(|c| Cursor::open(&state.keyring, caller.user.id, R, c))
+    let count = bundle::page_size(params::single(&q, "_count")?)?;
+    let elements = Elements::parse(R, params::single(&q, "_elements")?)?;
+    let (view, scope) = pipeline.authorize_search().await?;
+    let after = params::single(&q, "_cursor")?
+        .map(|c| Cursor::open(&state.keyring, pipeline.user.id, R, c))
         .transpose()?;
     let fields = view_fields(view).intersect(requested_fields(&elements));
     let kr = state.keyring.clone();
@@ -260,17 +217,9 @@ pub async fn search(
     let more = rows.len() > count;
     rows.truncate(count);
     let ids: Vec<Uuid> = rows.iter().map(|p| p.id).collect();
-    caller
-        .audit(
-            AuditAction::Search,
-            R,
-            None,
-            ids.iter().copied(),
-            Outcome::Permit,
-        )
-        .await?;
+    pipeline.permit(None, ids).await?;
     let next = match (more, rows.last()) {
-        (true, Some(last)) => Some(Cursor::seal(&state.keyring, caller.user.id, R, last.id)?),
+        (true, Some(last)) => Some(Cursor::seal(&state.keyring, pipeline.user.id, R, last.id)?),
         _ => None,
     };
     let entries: Vec<Value> = rows.iter().map(|p| elements.apply(to_fhir(p))).collect();
@@ -477,7 +426,7 @@ fn validate(input: PatientIn, default_facility: Option<Uuid>) -> Result<ValidPat
 }
 
 pub async fn create(
-    caller: Caller,
+    pipeline: Pipeline,
     state: web::Data<AppState>,
     body: JsonBody<PatientIn>,
 ) -> Result<HttpResponse, AppError> {
@@ -485,7 +434,7 @@ pub async fn create(
     if input.id.is_some() {
         return Err(invalid("id", "must not be set on create"));
     }
-    let valid = validate(input, caller.user.facility_id)?;
+    let valid = validate(input, pipeline.user.facility_id)?;
     let facility = valid.facility.ok_or_else(|| {
         invalid(
             "managingOrganization",
@@ -497,20 +446,16 @@ pub async fn create(
         facility_id: facility,
         on_care_team: false,
     };
-    if let Decision::Deny(reason) = caller.decide(R, Interaction::Create, Target::Patient(facts)) {
-        caller
-            .audit(
-                AuditAction::Create,
-                R,
-                None,
-                [],
-                Outcome::Deny(audit_reason(reason)),
-            )
-            .await?;
-        return Err(refusal(reason));
-    }
+    let view = pipeline
+        .authorize_new(
+            Target::Patient(facts),
+            [],
+            "managingOrganization",
+            "must be a facility you may register patients at",
+        )
+        .await?;
     let kr = state.keyring.clone();
-    let creator = caller.user.id;
+    let creator = pipeline.user.id;
     let new = valid.new;
     let write = move |c: &mut diesel::PgConnection| {
         use diesel::Connection;
@@ -525,49 +470,28 @@ pub async fn create(
         event.resource_id = Some(p.id);
         event.patient_ids = vec![p.id];
     };
-    let created = caller
-        .audited_write(AuditAction::Create, R, None, [], write, Some(complete))
+    let created = pipeline
+        .commit_with(None, [], write, Some(complete))
         .await?;
-    let view = PatientFields {
-        mrn: true,
-        name: true,
-        birth_date: true,
-        gender: true,
-        ..PatientFields::default()
-    };
-    let kr = state.keyring.clone();
-    let id = created.id;
-    let shaped = state
-        .db
-        .run(move |c| patient_views::read(c, &kr, id, view))
-        .await?
-        .ok_or_else(|| AppError::internal("created patient not found"))?;
-    let body = to_fhir(&shaped);
-    Ok(fhir_json(StatusCode::CREATED)
-        .insert_header(etag(shaped.version))
-        .insert_header((
-            "Location",
-            format!("/fhir/Patient/{id}/_history/{}", shaped.version),
-        ))
-        .body(body.to_string()))
+    let shaped = PatientView::shaped(created, view_fields(view));
+    Ok(respond(StatusCode::CREATED, &shaped, &Elements::all()))
 }
 
+/// A version-checked replace; answers the full resource in the principal's view.
 pub async fn update(
     req: HttpRequest,
-    caller: Caller,
+    pipeline: Pipeline,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: JsonBody<PatientIn>,
 ) -> Result<HttpResponse, AppError> {
-    let id = parse_id(&path)?;
+    let id = params::parse_id(&path)?;
     let expected = if_match(&req)?;
     let input = body.0;
     if input.id.as_deref() != Some(&id.to_string()) {
         return Err(invalid("id", "must match the id in the URL"));
     }
-    let (_, facts) = caller
-        .authorize_record(AuditAction::Update, R, Interaction::Update, id, itself)
-        .await?;
+    let (view, facts) = pipeline.authorize_record(id, itself).await?;
     let mut valid = validate(input, Some(facts.facility_id))?;
     if valid.facility != Some(facts.facility_id) {
         return Err(invalid(
@@ -580,25 +504,14 @@ pub async fn update(
     let new = valid.new;
     // Version conflicts (412), duplicate MRNs (409) and failures are audited as errors.
     let write = move |c: &mut diesel::PgConnection| {
-        phi::update_patient(c, &kr, id, expected, &new)?
-            .map(|p| p.version)
-            .ok_or_else(AppError::not_found)
+        phi::update_patient(c, &kr, id, expected, &new)?.ok_or_else(AppError::not_found)
     };
-    let version = caller
-        .audited_write(AuditAction::Update, R, Some(id), [id], write, None)
-        .await?;
-    let body = json!({ "resourceType": "Patient", "id": id, "meta": { "versionId": version.to_string() } });
-    Ok(fhir_json(StatusCode::OK)
-        .insert_header(etag(version))
-        .body(body.to_string()))
+    let updated = pipeline.commit_with(Some(id), [id], write, None).await?;
+    let shaped = PatientView::shaped(updated, view_fields(view));
+    Ok(respond(StatusCode::OK, &shaped, &Elements::all()))
 }
 
 /// A Patient record is its own patient.
 fn itself(_: &mut diesel::PgConnection, id: Uuid) -> Result<Option<Uuid>, AppError> {
     Ok(Some(id))
-}
-
-fn parse_id(raw: &str) -> Result<Uuid, AppError> {
-    // An id that is not one of ours cannot exist.
-    Uuid::parse_str(raw).map_err(|_| AppError::not_found())
 }

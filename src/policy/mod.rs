@@ -26,6 +26,30 @@ pub enum Action {
     Console,
 }
 
+/// The SMART launch context a scope is granted in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Context {
+    /// `user/`: whatever the signed-in user may access.
+    User,
+    /// `patient/`: only the patient in the launch context.
+    Patient,
+    /// `system/`: a backend service (client credentials), no user.
+    System,
+}
+
+/// Which SMART context a principal's scopes are read in: a service (client credentials)
+/// acts in `system/`; a person who holds only the `patient` role acts in `patient/`;
+/// every other person in `user/`.
+pub fn smart_context(is_service: bool, roles: &[Role]) -> Context {
+    if is_service {
+        Context::System
+    } else if roles == [Role::Patient] {
+        Context::Patient
+    } else {
+        Context::User
+    }
+}
+
 /// Who the request acts for, as far as policy is concerned.
 #[derive(Clone)]
 pub struct Subject<'a> {

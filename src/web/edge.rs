@@ -1,5 +1,5 @@
 //! The one middleware that every route passes through: request id, early limits, CORS,
-//! panic containment, error bodies in the caller's format, security headers, no-store
+//! error bodies in the caller's format, security headers, no-store
 //! caching and the access log line.
 
 use super::render::{self, Surface};
@@ -11,8 +11,6 @@ use actix_web::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
 use actix_web::{HttpMessage, HttpResponse, ResponseError};
-use futures_util::FutureExt;
-use std::panic::AssertUnwindSafe;
 use std::time::Instant;
 use tracing::Instrument;
 
@@ -62,7 +60,8 @@ pub async fn edge(
     let res = if let Some(early) = early_response(&req, &settings, origin.as_deref()) {
         req.into_response(early)
     } else {
-        // Handler errors and panics were already turned into responses by `contain`.
+        // Handler errors and panics were already turned into responses by
+        // `access::guard::contain`.
         next.call(req)
             .instrument(span.clone())
             .await?
@@ -102,48 +101,6 @@ pub async fn edge(
         "request"
     );
     Ok(ServiceResponse::new(req_back, response))
-}
-
-/// Wraps every resource (inside routing, where the request may be shared): a handler
-/// error or panic becomes a response, so the worker keeps serving and the edge can still
-/// add its headers.
-/// Audited routes also get their one audit event here if the handler did not record it.
-pub async fn contain(
-    req: ServiceRequest,
-    next: Next<impl MessageBody + 'static>,
-    actions: std::rc::Rc<Vec<(actix_web::http::Method, crate::policy::Action)>>,
-) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
-    use super::audit_guard::{self, AuditSlot};
-    let http_req = req.request().clone();
-    let action = actions
-        .iter()
-        .find(|(m, _)| m == req.method())
-        .map(|(_, a)| *a)
-        .filter(|a| audit_guard::is_audited(*a));
-    let slot = action.map(|_| {
-        let slot = std::sync::Arc::new(AuditSlot::default());
-        req.extensions_mut().insert(slot.clone());
-        slot
-    });
-    let res = match AssertUnwindSafe(next.call(req)).catch_unwind().await {
-        Ok(Ok(res)) => res.map_into_boxed_body(),
-        Ok(Err(err)) => ServiceResponse::new(http_req.clone(), err.error_response()),
-        Err(_) => {
-            // The panic payload may hold request data; it is not logged.
-            tracing::error!("request handler panicked");
-            ServiceResponse::new(
-                http_req.clone(),
-                crate::error::AppError::internal("handler panicked").error_response(),
-            )
-        }
-    };
-    if let (Some(action), Some(slot)) = (action, slot)
-        && let Err(unavailable) =
-            audit_guard::ensure_event(&http_req, &slot, action, res.status()).await
-    {
-        return Ok(ServiceResponse::new(http_req, unavailable));
-    }
-    Ok(res)
 }
 
 /// Answers before routing: oversized declared bodies and CORS preflights.

@@ -2,7 +2,6 @@
 //! error rendering, JSON bodies, redirects and in-memory rate limits. It imports no handler;
 //! the app factory and route table are in [`crate::app`].
 
-pub mod audit_guard;
 pub mod config;
 pub mod edge;
 pub mod json;

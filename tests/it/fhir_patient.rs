@@ -381,7 +381,14 @@ async fn search_pages_with_opaque_cursors_that_cannot_be_forged() {
     let too_many = w.get("/fhir/Patient?_count=1000", &doc).await;
     assert_eq!(too_many.status(), StatusCode::UNPROCESSABLE_ENTITY);
     let unknown = w.get("/fhir/Patient?nickname=x", &doc).await;
-    assert!(unknown.status().is_client_error());
+    assert_eq!(unknown.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let outcome: Value = unknown.json().await.unwrap();
+    assert_eq!(outcome["resourceType"], "OperationOutcome");
+    assert!(outcome.to_string().contains("/fhir/metadata"), "{outcome}");
+    assert!(
+        !outcome.to_string().contains("nickname"),
+        "unknown names are not echoed"
+    );
 
     // Another user cannot use my cursor.
     let (_, doc_b) = w.user("dr-b", &[Role::Clinician]);
@@ -583,7 +590,7 @@ async fn every_request_to_a_phi_route_leaves_exactly_one_audit_event() {
             "unknown search parameter",
             c.get(w.app.url("/fhir/Patient?nickname=x"))
                 .header("authorization", &auth),
-            400,
+            422,
         ),
         (
             "unknown field",
@@ -719,4 +726,69 @@ async fn a_write_whose_audit_event_fails_is_rolled_back_with_503() {
         .await
         .unwrap();
     assert_eq!(res.status(), StatusCode::OK);
+}
+
+/// Patient answers like the other resources: a denied search is a 403 (not a 404), an
+/// update answers the full resource in the caller's view (not a stub), and a create
+/// answers the caller's view (not a fixed demographic field set).
+#[tokio::test]
+async fn patient_answers_like_the_other_resources() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-9401", "Sameson")).await;
+
+    // Create: the clinical view, telecom and address included, SSN not.
+    let res = w
+        .send(
+            reqwest::Method::POST,
+            "/fhir/Patient",
+            &doc,
+            Some(&patient_json("MRN-9402", "Viewson")),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let created: Value = res.json().await.unwrap();
+    assert_eq!(created["name"][0]["family"], "Viewson");
+    assert_eq!(created["telecom"][0]["value"], "555-0100");
+    assert_eq!(created["address"][0]["city"], "Testville");
+    assert!(!created.to_string().contains("123-45-6789"));
+
+    // Update: the full resource in the view, with the new version.
+    let mut body = patient_json("MRN-9401", "Renamedson");
+    body["id"] = json!(id.to_string());
+    let res = w
+        .app
+        .client
+        .put(w.app.url(&format!("/fhir/Patient/{id}")))
+        .header("authorization", format!("Bearer {doc}"))
+        .header("content-type", "application/fhir+json")
+        .header("if-match", "W/\"1\"")
+        .body(body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["etag"], "W/\"2\"");
+    let updated: Value = res.json().await.unwrap();
+    assert_eq!(updated["meta"]["versionId"], "2");
+    assert_eq!(updated["name"][0]["family"], "Renamedson");
+    assert_eq!(updated["birthDate"], "1970-03-04");
+    assert_eq!(updated["telecom"][0]["value"], "555-0100");
+    assert!(!updated.to_string().contains("123-45-6789"));
+
+    // A billing user without a facility: the same 403 on every search.
+    let sub = "billing-nowhere";
+    let mut c = w.app.db.conn();
+    let u = users::user_for(&mut c, &w.idp.issuer(), sub, users::UserKind::Person).unwrap();
+    users::grant_role(&mut c, u.id, Role::Billing, "test setup", None).unwrap();
+    drop(c);
+    let token = w.token(sub, "user/Patient.rs user/Claim.rs");
+    for path in ["/fhir/Patient", "/fhir/Claim"] {
+        let before = w.audit_events().len();
+        let res = w.get(path, &token).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{path}");
+        let events = w.audit_events();
+        assert_eq!(events.len(), before + 1, "{path}");
+        assert_eq!(events.last().unwrap().1, "deny", "{path}");
+    }
 }

@@ -1,0 +1,173 @@
+//! The wrapper every route of the table runs in ([`contain`], registered per resource by
+//! [`crate::app::routes`]): it hands the route's declared policy action to the request
+//! ([`RouteAction`], the action the pipeline decides on), contains handler errors and
+//! panics, and keeps the audit obligation — exactly one audit event per request to a PHI
+//! or admin route. Handlers record the event themselves through the request's
+//! [`Recorder`] (with the patients touched); when a request ends without one — refused
+//! by an extractor (bad query, bad body), failed in a handler before it audited — the
+//! guard records it before the response leaves, failing closed like any audit write.
+
+use super::RouteAction;
+use crate::audit::{Actor, AuditAction, AuditContext, DenyReason, Recorder, What};
+use crate::policy::Action;
+use crate::state::AppState;
+use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::{Method, StatusCode};
+use actix_web::middleware::Next;
+use actix_web::{HttpMessage, HttpRequest, ResponseError, web};
+use futures_util::FutureExt;
+use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+
+/// Shared by the guard and the request's [`Recorder`].
+#[derive(Default)]
+pub struct AuditSlot {
+    done: Arc<AtomicBool>,
+    recorder: Mutex<Option<Recorder>>,
+}
+
+impl AuditSlot {
+    /// The slot of this request, if its route is audited.
+    pub fn of(req: &HttpRequest) -> Option<Arc<AuditSlot>> {
+        req.extensions().get::<Arc<AuditSlot>>().cloned()
+    }
+
+    /// The flag a recorder sets once it committed an event of this request.
+    pub fn flag(&self) -> Arc<AtomicBool> {
+        self.done.clone()
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::SeqCst)
+    }
+
+    /// The principal's recorder, once the principal is known.
+    pub fn set_recorder(&self, recorder: Recorder) {
+        if let Ok(mut r) = self.recorder.lock() {
+            *r = Some(recorder);
+        }
+    }
+
+    fn recorder(&self) -> Option<Recorder> {
+        self.recorder.lock().ok().and_then(|r| r.clone())
+    }
+}
+
+/// Does this action's route need an audit event for every request?
+pub fn is_audited(action: Action) -> bool {
+    matches!(action, Action::Fhir(..) | Action::Admin)
+}
+
+/// The route's action for the request's method, from the table's per-path list.
+fn action_for(actions: &[(Method, Action)], method: &Method) -> Option<Action> {
+    actions.iter().find(|(m, _)| m == method).map(|(_, a)| *a)
+}
+
+/// Wraps every resource (inside routing, where the request may be shared): inserts the
+/// route's action; turns a handler error or panic into a response, so the worker keeps
+/// serving and the edge can still add its headers; and records the one audit event of an
+/// audited route if the handler did not.
+pub async fn contain(
+    req: ServiceRequest,
+    next: Next<impl MessageBody + 'static>,
+    actions: std::rc::Rc<Vec<(Method, Action)>>,
+) -> Result<ServiceResponse<BoxBody>, actix_web::Error> {
+    let http_req = req.request().clone();
+    let action = action_for(&actions, req.method());
+    if let Some(action) = action {
+        req.extensions_mut().insert(RouteAction(action));
+    }
+    let slot = action.filter(|a| is_audited(*a)).map(|_| {
+        let slot = Arc::new(AuditSlot::default());
+        req.extensions_mut().insert(slot.clone());
+        slot
+    });
+    let res = match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+        Ok(Ok(res)) => res.map_into_boxed_body(),
+        Ok(Err(err)) => ServiceResponse::new(http_req.clone(), err.error_response()),
+        Err(_) => {
+            // The panic payload may hold request data; it is not logged.
+            tracing::error!("request handler panicked");
+            ServiceResponse::new(
+                http_req.clone(),
+                crate::error::AppError::internal("handler panicked").error_response(),
+            )
+        }
+    };
+    if let (Some(action), Some(slot)) = (action, slot)
+        && let Err(unavailable) = ensure_event(&http_req, &slot, action, res.status()).await
+    {
+        return Ok(ServiceResponse::new(http_req, unavailable));
+    }
+    Ok(res)
+}
+
+fn audit_action(action: Action) -> AuditAction {
+    match action {
+        Action::Fhir(_, interaction) => AuditAction::from(interaction),
+        Action::Admin | Action::Public | Action::ConsoleSignIn | Action::Console => {
+            AuditAction::PermissionChange
+        }
+    }
+}
+
+/// Records the event a request ended without. `Err` carries the response to send instead
+/// (503) when the event cannot be committed.
+async fn ensure_event(
+    req: &HttpRequest,
+    slot: &AuditSlot,
+    action: Action,
+    status: StatusCode,
+) -> Result<(), actix_web::HttpResponse> {
+    if slot.is_done() {
+        return Ok(());
+    }
+    if status.is_success() {
+        // A handler released a response without its event: a defect worth shouting about.
+        tracing::error!("handler answered without recording its audit event");
+    }
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return Err(crate::error::AppError::internal("app state missing").error_response());
+    };
+    let recorder = slot.recorder().unwrap_or_else(|| {
+        Recorder::new(
+            state.audit.clone(),
+            AuditContext::from_request(req),
+            Actor::anonymous(),
+        )
+    });
+    let mut what = What::new(audit_action(action));
+    if let Action::Fhir(resource, _) = action {
+        what = what.on(resource);
+    }
+    let recorded = match status.as_u16() {
+        401 => recorder.deny(what, [], DenyReason::NotAuthenticated).await,
+        403 => recorder.deny(what, [], DenyReason::Policy).await,
+        429 => recorder.deny(what, [], DenyReason::RateLimited).await,
+        s if s < 400 => recorder.permit(what, []).await,
+        _ => recorder.error(what, []).await,
+    };
+    match recorded {
+        Ok(()) => {
+            slot.done.store(true, Ordering::SeqCst);
+            Ok(())
+        }
+        Err(e) => Err(e.error_response()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{Interaction, ResourceType};
+
+    #[test]
+    fn fhir_fallback_events_carry_the_routes_interaction() {
+        for i in Interaction::ALL {
+            let a = Action::Fhir(ResourceType::Patient, i);
+            assert_eq!(audit_action(a), AuditAction::from(i));
+        }
+    }
+}

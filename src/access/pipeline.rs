@@ -1,0 +1,561 @@
+//! The access pipeline of an API request, in the DESIGN's order:
+//!
+//! 1. **authenticate** — [`Credentials`] (extractor): bearer token or client
+//!    certificate, and the route's policy [`Action`] that the route table's wrapper
+//!    inserted ([`super::RouteAction`]). A refusal here is audited as a failed login.
+//! 2. **resolve the principal** — [`Credentials::resolve_with`]: our user row and roles
+//!    (every request), disabled accounts and the per-principal rate limit, all in one
+//!    blocking database hop that continues with the handler's work:
+//! 3. **load the policy facts and decide** — [`Pipeline::record_access`] /
+//!    [`Pipeline::decide`] ask [`policy::decide`] about *the route's* resource type and
+//!    interaction: a handler names neither, so it cannot ask about anything else;
+//! 4. **fetch only the permitted view's fields** — the handler's closure, given the view;
+//! 5. **record the audit event** — through the request's [`Recorder`] (a denial via
+//!    [`Pipeline::settle`], answered by [`super::refusal`]); writes commit with their
+//!    event ([`Pipeline::audited`], [`Recorder::commit_with`]);
+//! 6. **respond** — the handler shapes the permitted view.
+//!
+//! A read therefore costs one blocking hop (user, roles, account checks, facts, decision,
+//! the view's columns) and one group-committed audit write.
+
+use super::RouteAction;
+use super::guard::AuditSlot;
+use super::principal::{self, Principal};
+use super::refusal;
+use crate::audit::{Actor, AuditAction, AuditContext, DenyReason, PurposeOfUse, Recorder, What};
+use crate::auth::Bearer;
+use crate::db::users::{self, UserKind};
+use crate::error::AppError;
+use crate::policy::{
+    self, Action, Decision, Interaction, PatientFacts, ResourceType, SearchScope, Target, View,
+};
+use crate::state::AppState;
+use actix_web::dev::Payload;
+use actix_web::http::StatusCode;
+use actix_web::{FromRequest, HttpRequest, web};
+use futures_util::future::LocalBoxFuture;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// One API request after authentication: the [`Principal`], the route's policy action,
+/// and the [`Recorder`] bound to both. Handlers receive it (or [`Credentials`]) and ask
+/// it for decisions; they never name the resource type or interaction themselves.
+pub struct Pipeline {
+    pub principal: Principal,
+    action: Action,
+    /// Records this request's events (the principal as actor, the purpose of use).
+    pub recorder: Recorder,
+    state: web::Data<AppState>,
+}
+
+impl std::ops::Deref for Pipeline {
+    type Target = Principal;
+    fn deref(&self) -> &Principal {
+        &self.principal
+    }
+}
+
+impl Pipeline {
+    /// The route's policy action.
+    pub fn action(&self) -> Action {
+        self.action
+    }
+
+    /// The resource type and interaction of a FHIR route.
+    fn fhir(&self) -> Result<(ResourceType, Interaction), AppError> {
+        match self.action {
+            Action::Fhir(resource, interaction) => Ok((resource, interaction)),
+            _ => Err(AppError::internal("FHIR decision on a non-FHIR route")),
+        }
+    }
+
+    /// The route's resource type.
+    pub fn resource(&self) -> Result<ResourceType, AppError> {
+        self.fhir().map(|(r, _)| r)
+    }
+
+    /// What this route's events are about, for the record `id` (if one).
+    pub fn what(&self, id: Option<Uuid>) -> Result<What, AppError> {
+        let (resource, interaction) = self.fhir()?;
+        let what = What::new(AuditAction::from(interaction)).on(resource);
+        Ok(match id {
+            Some(id) => what.id(id),
+            None => what,
+        })
+    }
+
+    /// Asks the decision point about the route's action on `target`.
+    pub fn decide(&self, target: Target) -> Result<Decision, AppError> {
+        let (resource, interaction) = self.fhir()?;
+        let context = self.principal.context();
+        let scopes = &self.principal.token.scopes;
+        let allows = move |r: ResourceType, i: Interaction| scopes.allows(context, r, i);
+        let subject = policy::Subject {
+            user_id: self.principal.user.id,
+            roles: &self.principal.user.roles,
+            scope_allows: &allows,
+            facility_id: self.principal.user.facility_id,
+            own_patient_id: self.principal.user.patient_id,
+        };
+        Ok(policy::decide(&subject, resource, interaction, target))
+    }
+
+    /// Asks the decision point whether this principal may use the administration API
+    /// (`admin` role from our database AND `admin` scope on the token).
+    pub fn decide_admin(&self) -> Result<(), policy::DenyReason> {
+        policy::decide_admin(
+            &self.principal.user.roles,
+            self.principal.token.scopes.admin(),
+        )
+    }
+
+    /// On one record of a patient: loads the patient's facility and care-team facts and
+    /// decides, on a connection the handler already holds (so it can fetch the permitted
+    /// columns in the same blocking hop). Nothing is audited here: pass the result to
+    /// [`Pipeline::settle`]. `patient_of` finds the record's patient.
+    pub fn record_access(
+        &self,
+        conn: &mut diesel::PgConnection,
+        resource_id: Uuid,
+        patient_of: PatientOf,
+    ) -> Result<RecordAccess, AppError> {
+        let facts = record_facts(conn, resource_id, self.principal.user.id, patient_of)?;
+        self.judge(facts)
+    }
+
+    fn judge(&self, facts: Option<PatientFacts>) -> Result<RecordAccess, AppError> {
+        let Some(facts) = facts else {
+            return Ok(RecordAccess::Missing);
+        };
+        Ok(match self.decide(Target::Patient(facts))? {
+            Decision::Permit { view, .. } => RecordAccess::Permitted(view, facts),
+            Decision::Deny(reason) => RecordAccess::Denied(reason, facts),
+        })
+    }
+
+    /// Audits a refusal and answers it ([`refusal::on_record`]); a permit passes through
+    /// (its event is written by the handler once it has fetched).
+    pub async fn settle(
+        &self,
+        resource_id: Uuid,
+        access: RecordAccess,
+    ) -> Result<(View, PatientFacts), AppError> {
+        let what = self.what(Some(resource_id))?;
+        match access {
+            RecordAccess::Permitted(view, facts) => Ok((view, facts)),
+            RecordAccess::Missing => {
+                self.recorder.error(what, []).await?;
+                Err(AppError::not_found())
+            }
+            RecordAccess::Denied(reason, facts) => {
+                self.recorder.deny(what, [facts.patient_id], reason).await?;
+                Err(refusal::on_record(reason))
+            }
+        }
+    }
+
+    /// [`Pipeline::record_access`] in its own blocking hop, then [`Pipeline::settle`].
+    pub async fn authorize_record(
+        &self,
+        resource_id: Uuid,
+        patient_of: PatientOf,
+    ) -> Result<(View, PatientFacts), AppError> {
+        let user_id = self.principal.user.id;
+        let facts = self
+            .state
+            .db
+            .run(move |c| record_facts(c, resource_id, user_id, patient_of))
+            .await?;
+        let access = self.judge(facts)?;
+        self.settle(resource_id, access).await
+    }
+
+    /// The permit to create a record for `patient`. A patient that does not exist and one
+    /// the principal may not write for get the same answer ([`refusal::on_create`]).
+    pub async fn authorize_create(
+        &self,
+        patient_field: &'static str,
+        patient: Uuid,
+    ) -> Result<View, AppError> {
+        let user_id = self.principal.user.id;
+        let facts: Option<PatientFacts> = self
+            .state
+            .db
+            .run(move |c| users::patient_facts(c, patient, user_id))
+            .await?;
+        let requirement = "must reference a patient you may write for";
+        let what = self.what(None)?;
+        let Some(facts) = facts else {
+            self.recorder.error(what, []).await?;
+            return Err(refusal::on_create(
+                policy::DenyReason::NoRelationship,
+                patient_field,
+                requirement,
+            ));
+        };
+        self.authorize_new(
+            Target::Patient(facts),
+            [patient],
+            patient_field,
+            requirement,
+        )
+        .await
+    }
+
+    /// The permit to create on `target` (already loaded); a denial is audited and
+    /// answered by [`refusal::on_create`] on `field`.
+    pub async fn authorize_new(
+        &self,
+        target: Target,
+        patients: impl IntoIterator<Item = Uuid>,
+        field: &'static str,
+        requirement: &'static str,
+    ) -> Result<View, AppError> {
+        match self.decide(target)? {
+            Decision::Permit { view, .. } => Ok(view),
+            Decision::Deny(reason) => {
+                self.recorder
+                    .deny(self.what(None)?, patients, reason)
+                    .await?;
+                Err(refusal::on_create(reason, field, requirement))
+            }
+        }
+    }
+
+    /// The permit to search, with the rows it may return; a denial is audited and
+    /// answered by [`refusal::on_search`].
+    pub async fn authorize_search(&self) -> Result<(View, SearchScope), AppError> {
+        match self.decide(Target::Search)? {
+            Decision::Permit {
+                view,
+                search: Some(scope),
+                ..
+            } => Ok((view, scope)),
+            Decision::Permit { search: None, .. } => {
+                Err(AppError::internal("search permit without scope"))
+            }
+            Decision::Deny(reason) => {
+                self.recorder.deny(self.what(None)?, [], reason).await?;
+                Err(refusal::on_search(reason))
+            }
+        }
+    }
+
+    /// The permit event of this route for record `id` (if one) and `patients`.
+    pub async fn permit(
+        &self,
+        id: Option<Uuid>,
+        patients: impl IntoIterator<Item = Uuid>,
+    ) -> Result<(), AppError> {
+        self.recorder.permit(self.what(id)?, patients).await
+    }
+
+    /// The error event of this route for record `id` (if one) and `patients`.
+    pub async fn error(
+        &self,
+        id: Option<Uuid>,
+        patients: impl IntoIterator<Item = Uuid>,
+    ) -> Result<(), AppError> {
+        self.recorder.error(self.what(id)?, patients).await
+    }
+
+    /// Runs the data change `write` of this route in one transaction with its permit
+    /// event ([`Recorder::commit_with`]).
+    pub async fn commit_with<T, W>(
+        &self,
+        id: Option<Uuid>,
+        patients: impl IntoIterator<Item = Uuid>,
+        write: W,
+        complete: Option<fn(&T, &mut crate::audit::AuditEvent)>,
+    ) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&mut diesel::PgConnection) -> Result<T, AppError> + Send + 'static,
+    {
+        let what = self.what(id)?;
+        self.recorder
+            .commit_with(what, patients, write, complete)
+            .await
+    }
+
+    /// The update or delete `write` of record `id` of `patient`, committed with its event:
+    /// `Some` is a permit; `None` (the row was gone, or its version had moved) is audited
+    /// as an error and answered with `missing()`.
+    pub async fn audited<T, W>(
+        &self,
+        id: Uuid,
+        patient: Uuid,
+        write: W,
+        missing: fn() -> AppError,
+    ) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&mut diesel::PgConnection) -> Result<Option<T>, AppError> + Send + 'static,
+    {
+        let write = move |c: &mut diesel::PgConnection| write(c)?.ok_or_else(missing);
+        self.commit_with(Some(id), [patient], write, None).await
+    }
+}
+
+/// The decision on one record of a patient, taken before any PHI column is fetched.
+pub enum RecordAccess {
+    /// No such live record (or patient).
+    Missing,
+    Denied(policy::DenyReason, PatientFacts),
+    Permitted(View, PatientFacts),
+}
+
+impl RecordAccess {
+    /// The permitted view, if any.
+    pub fn view(&self) -> Option<View> {
+        match self {
+            RecordAccess::Permitted(view, _) => Some(*view),
+            _ => None,
+        }
+    }
+}
+
+/// Finds the patient a record belongs to (`None`: no such live record).
+pub type PatientOf = fn(&mut diesel::PgConnection, Uuid) -> Result<Option<Uuid>, AppError>;
+
+/// The facility and care-team facts of the patient record `resource_id` belongs to.
+fn record_facts(
+    conn: &mut diesel::PgConnection,
+    resource_id: Uuid,
+    user_id: Uuid,
+    patient_of: PatientOf,
+) -> Result<Option<PatientFacts>, AppError> {
+    match patient_of(conn, resource_id)? {
+        Some(patient) => users::patient_facts(conn, patient, user_id),
+        None => Ok(None),
+    }
+}
+
+/// Records a refusal before a principal exists (bad credentials, disabled account, rate
+/// limit) as a failed login by an anonymous actor, then answers `err`.
+async fn refuse(recorder: Recorder, reason: DenyReason, err: AppError) -> AppError {
+    let what = What::new(AuditAction::LoginFailed);
+    match recorder.deny(what, [], reason).await {
+        Ok(()) => err,
+        Err(audit_err) => audit_err,
+    }
+}
+
+/// A request's verified credentials (bearer token or client certificate) and its route's
+/// action, before the user is loaded. [`Credentials::resolve_with`] loads the principal
+/// and runs the handler's database work in the same blocking hop; a handler that needs
+/// no database work first takes [`Pipeline`] instead.
+pub struct Credentials {
+    token: crate::auth::VerifiedToken,
+    action: Action,
+    audit: AuditContext,
+    /// Parsed up front, refused only after the account checks.
+    purpose: Result<PurposeOfUse, AppError>,
+    state: web::Data<AppState>,
+    slot: Option<Arc<AuditSlot>>,
+}
+
+/// What the blocking part of [`Credentials::resolve_with`] ends with.
+enum Loaded<T> {
+    Ready(Box<Pipeline>, T),
+    /// A disabled account or a principal over its rate limit: audited as a failed login.
+    Refused {
+        reason: DenyReason,
+        err: AppError,
+    },
+}
+
+/// An anonymous recorder for this request (refusals before a principal exists).
+fn anonymous(state: &AppState, audit: &AuditContext, slot: Option<&AuditSlot>) -> Recorder {
+    let recorder = Recorder::new(state.audit.clone(), audit.clone(), Actor::anonymous());
+    match slot {
+        Some(slot) => recorder.marking(slot.flag()),
+        None => recorder,
+    }
+}
+
+impl Credentials {
+    /// Loads the user (our roles, never the token's), refuses a disabled account or a
+    /// principal over its rate limit (audited) or a bad purpose-of-use header; then runs
+    /// `then` with the [`Pipeline`] on the same connection, in one blocking hop. The
+    /// request's audit guard knows the principal before `then` runs.
+    pub async fn resolve_with<T, F>(self, then: F) -> Result<(Pipeline, T), AppError>
+    where
+        F: FnOnce(&mut diesel::PgConnection, &Pipeline) -> Result<T, AppError> + Send + 'static,
+        T: Send + 'static,
+    {
+        let Credentials {
+            token,
+            action,
+            audit,
+            purpose,
+            state,
+            slot,
+        } = self;
+        let kind = match token.grant {
+            crate::auth::Grant::ClientCredentials => UserKind::Service,
+            crate::auth::Grant::User => UserKind::Person,
+        };
+        let shared = state.clone();
+        let audit_back = audit.clone();
+        let slot_back = slot.clone();
+        let loaded = state
+            .db
+            .run(move |conn| {
+                let user = users::user_for(conn, &token.issuer, &token.subject, kind)?;
+                let refusal = if user.disabled {
+                    let err = AppError::client(
+                        StatusCode::FORBIDDEN,
+                        "Access denied: this account is disabled.",
+                    );
+                    Some((DenyReason::Revoked, err))
+                } else if let Some(limit) = &shared.principal_limit
+                    && let Err(wait) = limit.check(&user.id.to_string())
+                {
+                    let err = AppError::RateLimited {
+                        retry_after_secs: wait.as_secs() + 1,
+                    };
+                    Some((DenyReason::RateLimited, err))
+                } else {
+                    None
+                };
+                if let Some((reason, err)) = refusal {
+                    return Ok(Loaded::Refused { reason, err });
+                }
+                let principal = Principal {
+                    user,
+                    token,
+                    purpose: purpose?,
+                };
+                let purpose = match action {
+                    Action::Admin => PurposeOfUse::SystemAdministration,
+                    _ => principal.purpose,
+                };
+                let mut recorder = Recorder::new(shared.audit.clone(), audit, principal.actor())
+                    .with_client_app(principal.client_app())
+                    .with_purpose(purpose);
+                if let Some(slot) = &slot {
+                    recorder = recorder.marking(slot.flag());
+                    slot.set_recorder(recorder.clone());
+                }
+                let pipeline = Pipeline {
+                    principal,
+                    action,
+                    recorder,
+                    state: shared,
+                };
+                let value = then(conn, &pipeline)?;
+                Ok(Loaded::Ready(Box::new(pipeline), value))
+            })
+            .await?;
+        match loaded {
+            Loaded::Ready(pipeline, value) => Ok((*pipeline, value)),
+            Loaded::Refused { reason, err } => {
+                let recorder = anonymous(&state, &audit_back, slot_back.as_deref());
+                Err(refuse(recorder, reason, err).await)
+            }
+        }
+    }
+
+    /// A read of one record in ONE blocking hop: the principal (user, roles, account
+    /// checks), the subject patient's facts, the decision on the route's action, and
+    /// only if permitted `get`, which fetches (and decrypts) the permitted view's fields.
+    /// Input errors (`id`, `input`) are raised after the account checks. Every outcome is
+    /// audited; a record whose subject is not the patient the decision was about is
+    /// treated as missing. `get` returns the record's subject patient with the record.
+    pub async fn read_one<I, T, G>(
+        self,
+        id: Result<Uuid, AppError>,
+        input: Result<I, AppError>,
+        patient_of: PatientOf,
+        get: G,
+    ) -> Result<(Pipeline, T, I), AppError>
+    where
+        I: Send + 'static,
+        T: Send + 'static,
+        G: FnOnce(&mut diesel::PgConnection, View, Uuid, &I) -> Result<Option<(Uuid, T)>, AppError>
+            + Send
+            + 'static,
+    {
+        let (pipeline, (id, access, found, input)) = self
+            .resolve_with(move |c, pipeline| {
+                let id = id?;
+                let input = input?;
+                let access = pipeline.record_access(c, id, patient_of)?;
+                let found = match access.view() {
+                    Some(view) => get(c, view, id, &input)?,
+                    None => None,
+                };
+                Ok((id, access, found, input))
+            })
+            .await?;
+        let (_, facts) = pipeline.settle(id, access).await?;
+        let patient = facts.patient_id;
+        let Some((_, record)) = found.filter(|(subject, _)| *subject == patient) else {
+            pipeline.error(Some(id), []).await?;
+            return Err(AppError::not_found());
+        };
+        pipeline.permit(Some(id), [patient]).await?;
+        Ok((pipeline, record, input))
+    }
+
+    /// The [`Pipeline`], with no further database work.
+    pub async fn resolve(self) -> Result<Pipeline, AppError> {
+        self.resolve_with(|_, _| Ok(()))
+            .await
+            .map(|(pipeline, ())| pipeline)
+    }
+}
+
+impl FromRequest for Credentials {
+    type Error = AppError;
+    type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, _: &mut Payload) -> Self::Future {
+        let certified = principal::certified_client(req);
+        let state = req.app_data::<web::Data<AppState>>().cloned();
+        let verifier = state.as_ref().and_then(|s| s.tokens.clone());
+        let raw = crate::auth::extract::raw_token(req);
+        let action = RouteAction::of(req);
+        let audit = AuditContext::from_request(req);
+        let purpose = principal::parse_purpose(req);
+        let slot = AuditSlot::of(req);
+        Box::pin(async move {
+            let state = state.ok_or_else(|| AppError::internal("app state missing"))?;
+            // Fail closed: a handler reached without the route table's wrapper has no
+            // declared action to decide on.
+            let action = action.ok_or_else(|| AppError::internal("route without an action"))?;
+            let bearer = match certified {
+                Some(client) => Ok(Bearer(principal::certificate_token(client))),
+                None => principal::verify_bearer(verifier, raw).await,
+            };
+            let token = match bearer {
+                Ok(Bearer(token)) => token,
+                // Keys unavailable is our fault, not a failed login.
+                Err(AppError::Unavailable) => return Err(AppError::Unavailable),
+                Err(e) => {
+                    let recorder = anonymous(&state, &audit, slot.as_deref());
+                    return Err(refuse(recorder, DenyReason::InvalidCredentials, e).await);
+                }
+            };
+            Ok(Credentials {
+                token,
+                action,
+                audit,
+                purpose,
+                state,
+                slot,
+            })
+        })
+    }
+}
+
+impl FromRequest for Pipeline {
+    type Error = AppError;
+    type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
+
+    fn from_request(req: &HttpRequest, payload: &mut Payload) -> Self::Future {
+        let credentials = Credentials::from_request(req, payload);
+        Box::pin(async move { credentials.await?.resolve().await })
+    }
+}

@@ -1,0 +1,61 @@
+//! The ONE mapping from a policy denial to an HTTP answer. Every refusal the pipeline
+//! answers comes from here, so the same denial gets the same status on every resource.
+//!
+//! | denial                         | one record (read, update, delete) | search | create                 | admin API |
+//! |--------------------------------|-----------------------------------|--------|------------------------|-----------|
+//! | scope missing (token)          | 403                               | 403    | 403                    | 403       |
+//! | role missing (our database)    | 403                               | 403    | 403                    | 403       |
+//! | no relationship to the patient | **404**                           | 403    | **422** (on the field) | –         |
+//!
+//! - On one record, a missing relationship answers exactly like a record that does not
+//!   exist (404), so probing ids reveals nothing.
+//! - On a *search* there is no record whose existence could leak: the caller asked for a
+//!   kind of resource, and has no relationship that gives them any. That is a refusal of
+//!   the interaction, answered 403 with the reason — on every resource type (Patient
+//!   search used to answer 404 while the others answered 403).
+//! - On a create, the patient named in the body is input: a patient that does not exist
+//!   and one the caller may not write for get the same 422 on that field.
+
+use crate::error::AppError;
+use crate::policy::DenyReason;
+use actix_web::http::StatusCode;
+
+/// The capability that is missing, as a 403.
+fn forbidden(reason: DenyReason) -> AppError {
+    AppError::client(StatusCode::FORBIDDEN, reason.message())
+}
+
+/// A denial on one existing record: no relationship looks like no record.
+pub fn on_record(reason: DenyReason) -> AppError {
+    match reason {
+        DenyReason::NoRelationship => AppError::not_found(),
+        other => forbidden(other),
+    }
+}
+
+/// A denied search: always 403 with the reason (see the module documentation).
+pub fn on_search(reason: DenyReason) -> AppError {
+    forbidden(reason)
+}
+
+/// A denied create: no relationship is a 422 on the field that names the patient (or the
+/// facility), indistinguishable from naming one that does not exist.
+pub fn on_create(reason: DenyReason, field: &'static str, requirement: &'static str) -> AppError {
+    match reason {
+        DenyReason::NoRelationship => {
+            AppError::unprocessable(format!("Invalid field '{field}': {requirement}."))
+        }
+        other => forbidden(other),
+    }
+}
+
+/// A refusal of the administration API (`admin` role AND `admin` scope).
+pub fn on_admin(reason: DenyReason) -> AppError {
+    let message = match reason {
+        DenyReason::ScopeMissing => {
+            "Access denied: the access token does not carry the 'admin' scope."
+        }
+        _ => "Access denied: the administration API requires the admin role.",
+    };
+    AppError::client(StatusCode::FORBIDDEN, message)
+}

@@ -1,0 +1,224 @@
+//! [`Recorder`]: the one way a request (or a console session, or a CLI command) records
+//! its audit events. It is bound to one actor — the API principal, a console user, the
+//! operator of a command — and to the request's context (request id, address, agent), so
+//! a call site names only *what* happened: [`Recorder::permit`], [`Recorder::deny`],
+//! [`Recorder::error`], or [`Recorder::commit_with`] for a data change that must commit
+//! in the same transaction as its event.
+//!
+//! Events carry internal ids only (user, client, resource and patient UUIDs, coded
+//! values): never names, identifiers, query strings or bodies.
+//!
+//! Build one with [`Recorder::new`] from the actor's [`Actor`]; the API pipeline does this
+//! in `crate::access`, the console and the CLI can do the same from their own actor.
+
+use super::context::{AuditContext, EventBuilder};
+use super::event::{
+    Actor, AuditAction, AuditEvent, ClientId, DenyReason, Outcome, PurposeOfUse, ResourceType,
+};
+use super::writer::{AuditWriter, WriteJob};
+use crate::error::AppError;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use uuid::Uuid;
+
+/// What an event is about: the action, and the resource kind and id when there is one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct What {
+    pub action: AuditAction,
+    pub kind: Option<ResourceType>,
+    pub id: Option<Uuid>,
+}
+
+impl What {
+    pub fn new(action: AuditAction) -> Self {
+        Self {
+            action,
+            kind: None,
+            id: None,
+        }
+    }
+
+    /// The kind of resource acted on (a search, a create before its id exists).
+    pub fn on(self, kind: impl Into<ResourceType>) -> Self {
+        Self {
+            kind: Some(kind.into()),
+            ..self
+        }
+    }
+
+    /// The internal id of the one resource acted on.
+    pub fn id(self, id: impl Into<Uuid>) -> Self {
+        Self {
+            id: Some(id.into()),
+            ..self
+        }
+    }
+}
+
+/// Records the events of one actor in one request (or command).
+#[derive(Clone)]
+pub struct Recorder {
+    writer: AuditWriter,
+    context: AuditContext,
+    actor: Actor,
+    client_app: Option<ClientId>,
+    purpose: Option<PurposeOfUse>,
+    /// Set once an event of this request committed (read by the API's audit guard, which
+    /// records a fallback event for a request that ended without one).
+    recorded: Option<Arc<AtomicBool>>,
+}
+
+impl std::fmt::Debug for Recorder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorder")
+            .field("actor", &self.actor)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Recorder {
+    pub fn new(writer: AuditWriter, context: AuditContext, actor: Actor) -> Self {
+        Self {
+            writer,
+            context,
+            actor,
+            client_app: None,
+            purpose: None,
+            recorded: None,
+        }
+    }
+
+    /// The client application the actor came through (token `client_id`/`azp`).
+    pub fn with_client_app(mut self, client: Option<ClientId>) -> Self {
+        self.client_app = client;
+        self
+    }
+
+    /// The purpose of use recorded with every event.
+    pub fn with_purpose(mut self, purpose: PurposeOfUse) -> Self {
+        self.purpose = Some(purpose);
+        self
+    }
+
+    /// A flag this recorder sets once one of its events has committed.
+    pub fn marking(mut self, recorded: Arc<AtomicBool>) -> Self {
+        self.recorded = Some(recorded);
+        self
+    }
+
+    pub fn actor(&self) -> &Actor {
+        &self.actor
+    }
+
+    /// An event of this actor with an arbitrary outcome, for the rare call site the typed
+    /// helpers do not cover; record it with [`Recorder::record`].
+    pub fn event(
+        &self,
+        what: What,
+        patients: impl IntoIterator<Item = Uuid>,
+        outcome: Outcome,
+    ) -> EventBuilder {
+        let mut event = self
+            .context
+            .event(self.actor.clone(), what.action, outcome)
+            .patients(patients);
+        match (what.kind, what.id) {
+            (Some(kind), Some(id)) => event = event.resource(kind, id),
+            (Some(kind), None) => event = event.resource_type(kind),
+            _ => {}
+        }
+        if let Some(purpose) = self.purpose {
+            event = event.purpose(purpose);
+        }
+        if let Some(client) = &self.client_app {
+            event = event.client_app(client.clone());
+        }
+        event
+    }
+
+    /// Commits `event`; returns only once it is durable (503 otherwise: fail closed, the
+    /// caller must not release what the event records).
+    pub async fn record(&self, event: AuditEvent) -> Result<(), AppError> {
+        self.writer.record(event).await?;
+        self.mark();
+        Ok(())
+    }
+
+    /// Access was granted and happened (`patients`: every patient touched).
+    pub async fn permit(
+        &self,
+        what: What,
+        patients: impl IntoIterator<Item = Uuid>,
+    ) -> Result<(), AppError> {
+        self.record(self.event(what, patients, Outcome::Permit).build())
+            .await
+    }
+
+    /// Access was refused for `reason`.
+    pub async fn deny(
+        &self,
+        what: What,
+        patients: impl IntoIterator<Item = Uuid>,
+        reason: impl Into<DenyReason>,
+    ) -> Result<(), AppError> {
+        let outcome = Outcome::Deny(reason.into());
+        self.record(self.event(what, patients, outcome).build())
+            .await
+    }
+
+    /// The request failed (missing record, bad input, conflict) after authentication.
+    pub async fn error(
+        &self,
+        what: What,
+        patients: impl IntoIterator<Item = Uuid>,
+    ) -> Result<(), AppError> {
+        self.record(self.event(what, patients, Outcome::Error).build())
+            .await
+    }
+
+    /// **Write with its event.** Runs the data change `write` and records this request's
+    /// permit event in ONE database transaction, on the audit writer's connection
+    /// ([`AuditWriter::record_write`]): both commit or neither does (503). If `write`
+    /// fails, its changes are rolled back, the event is recorded as an error instead and
+    /// `write`'s error is returned. `complete` fills in what only the write knows (the id
+    /// of the record a create made).
+    ///
+    /// This is a deliberate coupling: every PHI create, update and delete runs inside the
+    /// audit writer's group-commit batch, so no change can land without its audit event.
+    pub async fn commit_with<T, W>(
+        &self,
+        what: What,
+        patients: impl IntoIterator<Item = Uuid>,
+        write: W,
+        complete: Option<fn(&T, &mut AuditEvent)>,
+    ) -> Result<T, AppError>
+    where
+        T: Send + 'static,
+        W: FnOnce(&mut diesel::PgConnection) -> Result<T, AppError> + Send + 'static,
+    {
+        let event = self.event(what, patients, Outcome::Permit).build();
+        let slot: Arc<std::sync::Mutex<Option<Result<T, AppError>>>> = Arc::default();
+        let out = slot.clone();
+        let job: WriteJob = Box::new(move |conn, event| {
+            let result = write(conn);
+            if let (Ok(value), Some(complete)) = (&result, complete) {
+                complete(value, event);
+            }
+            let ok = result.is_ok();
+            if let Ok(mut out) = out.lock() {
+                *out = Some(result);
+            }
+            ok
+        });
+        self.writer.record_write(event, job).await?;
+        self.mark();
+        let result = slot.lock().ok().and_then(|mut s| s.take());
+        result.unwrap_or_else(|| Err(AppError::internal("audited write did not run")))
+    }
+
+    fn mark(&self) {
+        if let Some(flag) = &self.recorded {
+            flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
