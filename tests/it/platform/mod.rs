@@ -6,6 +6,7 @@ mod crypto;
 mod database;
 mod dev_tokens;
 mod edge;
+mod layout;
 mod logs;
 mod seed;
 mod tls;
