@@ -4,7 +4,7 @@
 
 use crate::app::{Application, Options};
 use crate::config;
-use crate::dev::pgcluster::LocalCluster;
+use crate::dev::pgcluster::{LocalCluster, reachable_root};
 use crate::dev::{dev_dir, write_private};
 use crate::{telemetry, tls};
 use anyhow::{Context, bail};
@@ -163,12 +163,17 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         say!("using the database from the environment");
         None
     } else {
-        let cluster = LocalCluster::new(&dir.join("postgres"), None, true)?;
-        if cluster.init_if_needed()? {
+        let (root, moved) = reachable_root(&dir.join("postgres"))?;
+        if moved {
             say!(
-                "created a private PostgreSQL cluster in {}",
-                dir.join("postgres").display()
+                "the postgres system user cannot reach {} (a folder it may not traverse), so the private cluster lives in {}",
+                dir.display(),
+                root.display()
             );
+        }
+        let cluster = LocalCluster::new(&root, None, true)?;
+        if cluster.init_if_needed()? {
+            say!("created a private PostgreSQL cluster in {}", root.display());
         }
         cluster.start()?;
         cluster.ensure_database(DEV_DATABASE)?;
@@ -265,9 +270,13 @@ async fn serve(
         config::load_table(config_path, std::env::vars())?,
     );
     follow_listen_port(&mut table);
-    let config = config::from_table(table)?;
+    let config = config::from_table(table.clone())?;
     config.validate()?;
     telemetry::init(&config.log);
+    // Other commands run in this folder (`audit verify`, `keys status`, `admin …`) use
+    // this instance's configuration when given none (see `cli::config_path`).
+    let effective = dev_dir().join(crate::dev::CONFIG_FILE);
+    write_private(&effective, toml::to_string(&table)?.as_bytes())?;
 
     let seeding = config.clone();
     actix_web::web::block(move || seed_synthetic(&seeding))
@@ -301,17 +310,57 @@ async fn serve(
     say!("The certificate is self-signed: your browser will ask you to accept it.");
     let port = app.https_addr().port();
     say!();
+    // Printed so that it runs as printed, also for someone with no `custodian` on PATH.
+    let me = shell_word(
+        &std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "custodian".into()),
+    );
+    say!(
+        "Other commands in this folder use this instance's configuration ({}), e.g.",
+        effective.display()
+    );
+    say!("  {me} audit verify");
+    say!();
     say!("Development tokens (signed with the dev key; accepted only by `custodian dev`):");
-    say!("  TOKEN=$(custodian dev-token --sub dr.demo)");
+    say!("  TOKEN=$({me} dev-token --sub dr.demo)");
     say!(
         "  curl -sk -H \"Authorization: Bearer $TOKEN\" 'https://localhost:{port}/fhir/Patient?family=Smith'"
     );
     say!("  Demo principals: dr.demo (clinician), billing.demo, admin.demo, patient.demo, po.demo");
-    say!("  Admin API:  TOKEN=$(custodian dev-token --sub admin.demo --scope admin)");
+    say!("  Admin API:  TOKEN=$({me} dev-token --sub admin.demo --scope admin)");
     say!(
         "             curl -sk -H \"Authorization: Bearer $TOKEN\" https://localhost:{port}/api/admin/users"
     );
     say!("Press Ctrl-C to stop.");
     say!();
     app.run().await.context("server stopped with an error")
+}
+
+/// `word` as one shell word: unchanged when it needs no quoting, else single-quoted.
+fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn printed_paths_are_one_shell_word() {
+        assert_eq!(
+            shell_word("/work/target/release/custodian"),
+            "/work/target/release/custodian"
+        );
+        assert_eq!(shell_word("/my work/custodian"), "'/my work/custodian'");
+        assert_eq!(shell_word("/it's/custodian"), "'/it'\\''s/custodian'");
+    }
 }

@@ -9,7 +9,7 @@ use crate::app::{Application, Options};
 use crate::config::Config;
 use crate::{db, telemetry};
 use clap::{Parser, Subcommand};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -64,7 +64,26 @@ pub enum Command {
     },
 }
 
+/// The configuration file of an operator command: `--config` (or `CUSTODIAN_CONFIG`)
+/// when given; otherwise, when `custodian dev` runs or ran in this folder, the effective
+/// configuration it wrote there (said on stderr); otherwise none (environment only).
+/// `serve` never uses a development configuration.
+fn operator_config(given: Option<&Path>) -> Option<PathBuf> {
+    if let Some(given) = given {
+        return Some(given.to_path_buf());
+    }
+    let dev = crate::dev::dev_dir().join(crate::dev::CONFIG_FILE);
+    dev.is_file().then(|| {
+        eprintln!(
+            "using the development configuration {} (written by `custodian dev`; --config to use another)",
+            dev.display()
+        );
+        dev
+    })
+}
+
 pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    let operator = || operator_config(cli.config.as_deref());
     let path = cli.config.as_deref();
     match cli.command {
         Command::Serve => {
@@ -90,19 +109,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Keys(cmd) => {
-            let config = Config::load(path)?;
+            let config = Config::load(operator().as_deref())?;
             actix_web::web::block(move || keys::run(&config, cmd)).await?
         }
         Command::Admin(cmd) => {
-            let path = path.map(PathBuf::from);
+            let path = operator();
             actix_web::web::block(move || crate::admin_cli::run(path.as_deref(), cmd)).await?
         }
         Command::Audit { command } => {
-            let path = path.map(PathBuf::from);
+            let path = operator();
             actix_web::web::block(move || audit::run(path.as_deref(), command)).await?
         }
         Command::Migrate => {
-            let config = Config::load(path)?;
+            let config = Config::load(operator().as_deref())?;
             let url = config.database.url.clone();
             let timeout = config.database.connect_timeout_secs;
             let applied =

@@ -9,6 +9,10 @@ pub mod token;
 use anyhow::Context;
 use std::path::{Path, PathBuf};
 
+/// The effective configuration `custodian dev` writes into its folder, for the other
+/// commands run there (see [`crate::cli`]).
+pub const CONFIG_FILE: &str = "custodian.toml";
+
 /// Where `custodian dev` keeps its cluster, certificate and keys.
 pub fn dev_dir() -> PathBuf {
     std::env::var_os("CUSTODIAN_DEV_DIR")

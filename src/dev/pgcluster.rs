@@ -49,6 +49,38 @@ pub fn find_bindir() -> anyhow::Result<PathBuf> {
     )
 }
 
+/// Where a private cluster meant for `preferred` can live. Usually `preferred` itself;
+/// but when we are root the server runs as the `postgres` user, which cannot reach a
+/// folder under a directory it may not traverse (root's home folder, a mode-0700
+/// temporary folder — common in containers). Then the cluster gets a folder of its own
+/// under `/var/tmp`, named after `preferred` so the same dev folder finds it again.
+/// Returns the folder and whether it was moved.
+pub fn reachable_root(preferred: &Path) -> anyhow::Result<(PathBuf, bool)> {
+    std::fs::create_dir_all(preferred)
+        .with_context(|| format!("cannot create {}", preferred.display()))?;
+    let preferred = preferred
+        .canonicalize()
+        .with_context(|| format!("cannot resolve {}", preferred.display()))?;
+    let parent = preferred.parent().unwrap_or(Path::new("/"));
+    if !running_as_root() || postgres_can_traverse(parent)? {
+        return Ok((preferred, false));
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(preferred.as_os_str().as_encoded_bytes());
+    let name = format!("custodian-dev-{}", &hex::encode(digest)[..16]);
+    Ok((Path::new("/var/tmp").join(name), true))
+}
+
+/// Whether the `postgres` user can reach `dir` (every ancestor searchable).
+fn postgres_can_traverse(dir: &Path) -> anyhow::Result<bool> {
+    let status = Command::new("runuser")
+        .args(["-u", "postgres", "--", "test", "-x"])
+        .arg(dir)
+        .status()
+        .context("cannot run runuser (util-linux) to check the postgres user's access")?;
+    Ok(status.success())
+}
+
 impl LocalCluster {
     pub fn new(root: &Path, tcp_port: Option<u16>, fsync: bool) -> anyhow::Result<Self> {
         std::fs::create_dir_all(root)

@@ -7,7 +7,9 @@ fn custodian(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_custodian"));
     cmd.args(args)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        // Never the configuration of a `custodian dev` run in this checkout.
+        .env("CUSTODIAN_DEV_DIR", "/nonexistent/custodian-dev");
     for (k, v) in env {
         cmd.env(k, v);
     }
@@ -108,24 +110,31 @@ fn migrate_command_brings_a_database_up_to_date() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("up to date"));
 }
 
-/// `custodian dev` from nothing: private cluster, certificate, HTTPS; a second instance is
-/// refused; Ctrl-C stops the server and the cluster it started.
+/// `custodian dev` serves from a fresh folder — a mode-0700 temporary folder, which the
+/// `postgres` user cannot traverse when we are root — prints commands that run as
+/// printed, lets other commands find its configuration, refuses a second instance on the
+/// same folder, and Ctrl-C stops the server and the cluster it started.
 #[tokio::test]
-async fn dev_mode_serves_refuses_a_second_instance_and_stops_cleanly() {
+async fn dev_mode_serves_from_any_folder_prints_runnable_commands_and_stops_cleanly() {
     use std::io::{BufRead, BufReader};
     use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
-    // The cluster runs as the postgres user when we are root: it must reach the folder.
-    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    // Like `mktemp -d` or root's home folder: the postgres user cannot traverse it.
+    std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700)).unwrap();
     let dev_dir = dir.path().join("dev");
     let spawn_dir = dev_dir.clone();
+    // A known port (not 0): dev serves its own JWKS at the port it listens on.
+    let listen = {
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        probe.local_addr().unwrap().to_string()
+    };
     let spawn = move || {
         Command::new(env!("CARGO_BIN_EXE_custodian"))
             .arg("dev")
             .env_clear()
             .env("PATH", std::env::var("PATH").unwrap_or_default())
             .env("CUSTODIAN_DEV_DIR", &spawn_dir)
-            .env("CUSTODIAN_SERVER_LISTEN", "127.0.0.1:0")
+            .env("CUSTODIAN_SERVER_LISTEN", &listen)
             .env("CUSTODIAN_SERVER_HTTP_REDIRECT_LISTEN", "127.0.0.1:0")
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped())
@@ -134,25 +143,47 @@ async fn dev_mode_serves_refuses_a_second_instance_and_stops_cleanly() {
     };
     let mut first = spawn();
     let stdout = first.stdout.take().unwrap();
-    let port = tokio::task::spawn_blocking(move || {
+    let printed = tokio::task::spawn_blocking(move || {
         let mut lines = BufReader::new(stdout).lines();
+        let mut printed = Vec::new();
         while let Some(line) = lines.next() {
             let line = line.unwrap();
-            if let Some(rest) = line.trim().strip_prefix("HTTPS:") {
-                let port = rest
-                    .trim()
-                    .trim_start_matches("https://localhost:")
-                    .trim_end_matches('/');
-                let port = port.parse::<u16>().unwrap();
+            let done = line.starts_with("Press Ctrl-C");
+            printed.push(line);
+            if done {
                 // Keep draining stdout so the server never writes into a closed pipe.
                 std::thread::spawn(move || lines.for_each(drop));
-                return port;
+                return printed;
             }
         }
-        panic!("dev never printed its URL");
+        panic!("dev never said it was ready: {printed:?}");
     })
     .await
     .unwrap();
+    let find = |prefix: &str| {
+        printed
+            .iter()
+            .map(|l| l.trim())
+            .find_map(|l| l.strip_prefix(prefix))
+            .unwrap_or_else(|| panic!("no line starting {prefix:?} in {printed:?}"))
+            .trim()
+            .to_string()
+    };
+    let port: u16 = find("HTTPS:")
+        .trim_start_matches("https://localhost:")
+        .trim_end_matches('/')
+        .parse()
+        .unwrap();
+    let moved = printed
+        .iter()
+        .find_map(|l| l.split("so the private cluster lives in ").nth(1))
+        .map(|p| std::path::PathBuf::from(p.trim()));
+    if custodian::dev::pgcluster::running_as_root() {
+        assert!(
+            moved.is_some(),
+            "as root, a 0700 folder needs the cluster elsewhere: {printed:?}"
+        );
+    }
 
     let insecure = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
@@ -165,6 +196,47 @@ async fn dev_mode_serves_refuses_a_second_instance_and_stops_cleanly() {
         .unwrap();
     assert_eq!(res.status(), 200);
     assert!(dev_dir.join("database_url").is_file());
+
+    // Every printed command runs as printed (no `custodian` on PATH, no flags), and finds
+    // this instance's configuration.
+    let sh = |script: &str| {
+        let out = Command::new("sh")
+            .args(["-c", script])
+            .env_clear()
+            .env("PATH", "/usr/bin:/bin")
+            .env("CUSTODIAN_DEV_DIR", &dev_dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        out
+    };
+    let verify_line = printed
+        .iter()
+        .map(|l| l.trim())
+        .find(|l| l.ends_with(" audit verify"))
+        .expect("an audit verify line")
+        .to_string();
+    let verified = sh(&verify_line);
+    assert!(String::from_utf8_lossy(&verified.stdout).starts_with("OK"));
+    assert!(
+        String::from_utf8_lossy(&verified.stderr).contains("using the development configuration")
+    );
+    let exe = verify_line.trim_end_matches(" audit verify");
+    sh(&format!("{exe} keys status"));
+    let token_line = find("Admin API:");
+    let token = sh(&format!("{token_line}; printf %s \"$TOKEN\""));
+    let token = String::from_utf8(token.stdout).unwrap();
+    let res = insecure
+        .get(format!("https://127.0.0.1:{port}/api/admin/users"))
+        .bearer_auth(token.trim())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 200);
 
     let second = tokio::task::spawn_blocking(move || spawn_second(spawn))
         .await
@@ -184,10 +256,14 @@ async fn dev_mode_serves_refuses_a_second_instance_and_stops_cleanly() {
         .await
         .unwrap();
     assert!(status.success(), "dev exits cleanly on SIGINT");
+    let cluster = moved.unwrap_or_else(|| dir.path().join("dev/postgres"));
     assert!(
-        !dev_dir.join("postgres/pgdata/postmaster.pid").exists(),
+        !cluster.join("pgdata/postmaster.pid").exists(),
         "the private cluster was stopped"
     );
+    if cluster.starts_with("/var/tmp") {
+        std::fs::remove_dir_all(&cluster).unwrap();
+    }
 }
 
 fn spawn_second(spawn: impl Fn() -> std::process::Child) -> Output {

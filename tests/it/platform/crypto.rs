@@ -93,7 +93,9 @@ fn custodian(args: &[&str], env: &[(&str, &str)]) -> Output {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_custodian"));
     cmd.args(args)
         .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default());
+        .env("PATH", std::env::var("PATH").unwrap_or_default())
+        // Never the configuration of a `custodian dev` run in this checkout.
+        .env("CUSTODIAN_DEV_DIR", "/nonexistent/custodian-dev");
     for (k, v) in env {
         cmd.env(k, v);
     }
