@@ -183,6 +183,22 @@ async fn forged_and_invalid_tokens_are_refused_without_detail() {
             es.sign(&with(good.clone(), json!({ "nbf": t + 600 }))),
         ),
         (
+            "fractional nbf in the future",
+            es.sign(&with(good.clone(), json!({ "nbf": t as f64 + 600.5 }))),
+        ),
+        (
+            "nbf not a number",
+            es.sign(&with(good.clone(), json!({ "nbf": "yesterday" }))),
+        ),
+        (
+            "negative nbf",
+            es.sign(&with(good.clone(), json!({ "nbf": -1 }))),
+        ),
+        (
+            "negative exp",
+            es.sign(&with(good.clone(), json!({ "exp": -1 }))),
+        ),
+        (
             "iat in the future",
             es.sign(&with(good.clone(), json!({ "iat": t + 600 }))),
         ),
