@@ -24,4 +24,7 @@ pub struct AppState {
     pub console: Option<std::sync::Arc<crate::console::Console>>,
     /// Origin of `server.public_url`, accepted as the Origin of console form posts.
     pub public_origin: String,
+    /// What everything that decides by time reads (token expiry and age, key refresh,
+    /// console sessions, step-up): the system clock except in tests.
+    pub clock: crate::domain::SharedClock,
 }

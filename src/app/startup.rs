@@ -24,6 +24,9 @@ pub struct Options {
     /// `custodian dev` only: serve the development JWKS at `GET /dev/jwks.json` and trust
     /// the dev certificate when fetching it. `serve` never sets this.
     pub dev_jwks: Option<crate::dev::token::DevJwks>,
+    /// The clock everything that decides by time reads; `None` (as in `serve` and `dev`)
+    /// is the system clock. Tests pass a [`crate::domain::clock::ManualClock`].
+    pub clock: Option<crate::domain::SharedClock>,
 }
 
 pub struct Application {
@@ -48,6 +51,10 @@ impl Application {
                 tracing::info!(count = applied.len(), "applied migrations");
             }
         }
+        let clock = options
+            .clock
+            .clone()
+            .unwrap_or_else(crate::domain::clock::system);
         let dev_root = options
             .dev_jwks
             .as_ref()
@@ -55,7 +62,13 @@ impl Application {
         let tokens = config
             .auth
             .as_ref()
-            .map(|auth| crate::auth::TokenVerifier::with_trusted_root(auth, dev_root.as_deref()))
+            .map(|auth| {
+                crate::auth::TokenVerifier::with_trusted_root(
+                    auth,
+                    dev_root.as_deref(),
+                    clock.clone(),
+                )
+            })
             .transpose()?;
         let keyring = {
             let crypto = config.crypto.clone();
@@ -92,6 +105,7 @@ impl Application {
                 .map_err(|e| anyhow::anyhow!("console: {e}"))?
                 .map(std::sync::Arc::new),
             public_origin: public_base(&config.server.public_url),
+            clock,
         });
 
         let workers = match config.server.workers {

@@ -4,6 +4,7 @@
 //!
 //! Nothing in a token ever chooses where keys come from.
 
+use crate::domain::clock::SharedClock;
 use jsonwebtoken::jwk::{AlgorithmParameters, Jwk, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -59,6 +60,7 @@ fn family_matches(key: &DecodingKey, alg: Algorithm) -> bool {
 /// A fetched key set.
 pub struct KeySet {
     pub keys: Vec<VerificationKey>,
+    /// The cache's clock ([`crate::domain::clock::Clock::instant`]) when fetched.
     pub fetched_at: Instant,
     /// Distinct for every stored fetch: what was verified with one generation is not
     /// trusted under another without verifying again.
@@ -183,6 +185,8 @@ struct Inner {
     http: reqwest::Client,
     min_interval: Duration,
     max_staleness: Duration,
+    /// Measures the refetch interval and the keys' age.
+    clock: SharedClock,
     keys: RwLock<Option<Arc<KeySet>>>,
     generations: AtomicU64,
     fetch: tokio::sync::Mutex<FetchState>,
@@ -193,8 +197,9 @@ impl KeyCache {
         source: JwksSource,
         min_interval: Duration,
         max_staleness: Duration,
+        clock: SharedClock,
     ) -> anyhow::Result<KeyCache> {
-        Self::with_trusted_root(source, min_interval, max_staleness, None)
+        Self::with_trusted_root(source, min_interval, max_staleness, None, clock)
     }
 
     /// Like [`KeyCache::new`], additionally trusting one certificate (PEM) when fetching:
@@ -205,6 +210,7 @@ impl KeyCache {
         min_interval: Duration,
         max_staleness: Duration,
         trust_root_pem: Option<&str>,
+        clock: SharedClock,
     ) -> anyhow::Result<KeyCache> {
         let mut builder = reqwest::Client::builder();
         if let Some(pem) = trust_root_pem {
@@ -223,11 +229,17 @@ impl KeyCache {
                 http,
                 min_interval,
                 max_staleness,
+                clock,
                 keys: RwLock::new(None),
                 generations: AtomicU64::new(0),
                 fetch: tokio::sync::Mutex::new(FetchState::default()),
             }),
         })
+    }
+
+    /// How long ago `then` was, by the cache's clock.
+    fn since(&self, then: Instant) -> Duration {
+        self.inner.clock.instant().saturating_duration_since(then)
     }
 
     fn current(&self) -> Option<Arc<KeySet>> {
@@ -268,7 +280,7 @@ impl KeyCache {
 
     fn fresh(&self, kid: Option<&str>) -> Option<Arc<KeySet>> {
         self.current()
-            .filter(|set| set.has_kid(kid) && set.fetched_at.elapsed() < self.refresh_after())
+            .filter(|set| set.has_kid(kid) && self.since(set.fetched_at) < self.refresh_after())
     }
 
     async fn refresh(&self, kid: Option<&str>) -> Result<Arc<KeySet>, JwksError> {
@@ -279,15 +291,15 @@ impl KeyCache {
         }
         let may_fetch = state
             .last_attempt
-            .is_none_or(|t| t.elapsed() >= self.inner.min_interval);
+            .is_none_or(|t| self.since(t) >= self.inner.min_interval);
         if may_fetch {
-            state.last_attempt = Some(Instant::now());
+            state.last_attempt = Some(self.inner.clock.instant());
             match self.fetch(&mut state).await {
                 Ok(keys) => {
                     tracing::info!(keys = keys.len(), "fetched identity provider keys");
                     return Ok(self.store(KeySet {
                         keys,
-                        fetched_at: Instant::now(),
+                        fetched_at: self.inner.clock.instant(),
                         generation: 0,
                     }));
                 }
@@ -295,7 +307,7 @@ impl KeyCache {
             }
         }
         match self.current() {
-            Some(set) if set.fetched_at.elapsed() < self.inner.max_staleness => Ok(set),
+            Some(set) if self.since(set.fetched_at) < self.inner.max_staleness => Ok(set),
             _ => Err(JwksError::Unreachable),
         }
     }

@@ -29,10 +29,14 @@
 //! new generation, so a withdrawn key stops its tokens as soon as the keys are refetched,
 //! as without the cache) and only if its time-dependent claims (`exp`, `nbf`, `iat`, the
 //! maximum age) pass against the clock on that use; otherwise it is verified from scratch.
+//!
+//! "The clock" is the [`SharedClock`] the verifier was built with (the system clock in
+//! `serve` and `dev`): every time rule above reads it, none reads the system time.
 
 use super::jwks::{JwksError, JwksSource, KeyCache};
 use super::scope::ScopeSet;
 use crate::auth::config::AuthConfig;
+use crate::domain::clock::SharedClock;
 use crate::error::ConfigError;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
@@ -153,9 +157,10 @@ struct Rules {
 }
 
 impl Rules {
-    /// The checks that depend on the clock, applied on every use of a token (the library
-    /// applies the same `exp`/`nbf` rule while decoding: expired when `exp < now - skew`,
-    /// not yet valid when `nbf > now + skew`).
+    /// The checks that depend on the clock, applied on every use of a token. The library's
+    /// own `exp`/`nbf` checks are off (they read the system time); these apply the same
+    /// rule against the injected clock: expired when `exp < now - skew`, not yet valid
+    /// when `nbf > now + skew`.
     fn check_times(&self, t: &Times, now: i64) -> Result<(), AuthError> {
         let skew = self.skew as i64;
         if t.exp < now - skew {
@@ -227,6 +232,7 @@ pub struct TokenVerifier {
     rules: Arc<Rules>,
     keys: KeyCache,
     verified: Arc<TokenCache>,
+    clock: SharedClock,
 }
 
 impl fmt::Debug for TokenVerifier {
@@ -262,7 +268,8 @@ struct Claims {
     exp: i64,
     #[serde(default)]
     iat: Option<i64>,
-    /// Validated by the library; read here so that a remembered token is checked again.
+    /// Read as the library reads it (see [`numeric_date`]) and checked by
+    /// [`Rules::check_times`], on the first and every remembered use.
     #[serde(default)]
     nbf: Option<serde_json::Value>,
     #[serde(default)]
@@ -292,9 +299,9 @@ struct Claims {
 
 impl TokenVerifier {
     /// Builds the verifier from a validated `[auth]` section. No network traffic here:
-    /// keys are fetched on first use.
-    pub fn new(config: &AuthConfig) -> Result<TokenVerifier, ConfigError> {
-        Self::with_trusted_root(config, None)
+    /// keys are fetched on first use. Every time rule reads `clock`.
+    pub fn new(config: &AuthConfig, clock: SharedClock) -> Result<TokenVerifier, ConfigError> {
+        Self::with_trusted_root(config, None, clock)
     }
 
     /// Like [`TokenVerifier::new`], trusting one more certificate when fetching keys (the
@@ -302,6 +309,7 @@ impl TokenVerifier {
     pub fn with_trusted_root(
         config: &AuthConfig,
         trust_root_pem: Option<&str>,
+        clock: SharedClock,
     ) -> Result<TokenVerifier, ConfigError> {
         config.validate()?;
         let source = match config.jwks_url.as_deref().filter(|u| !u.is_empty()) {
@@ -318,6 +326,7 @@ impl TokenVerifier {
             Duration::from_secs(config.jwks_refetch_min_interval_secs),
             Duration::from_secs(config.jwks_max_staleness_secs),
             trust_root_pem,
+            clock.clone(),
         )
         .map_err(|_| ConfigError::new("auth.jwks_url", "cannot build the HTTP client"))?;
         Ok(TokenVerifier {
@@ -332,7 +341,13 @@ impl TokenVerifier {
                 max_bytes: config.max_token_bytes,
             }),
             keys,
+            clock,
         })
+    }
+
+    /// Seconds since the epoch, by the verifier's clock.
+    fn now(&self) -> i64 {
+        self.clock.now().timestamp()
     }
 
     /// The configured issuer (`auth.issuer`): service clients are keyed by it.
@@ -352,7 +367,7 @@ impl TokenVerifier {
                 .keys_for(hit.kid.as_deref())
                 .await
                 .map_err(keys_error)?;
-            let now = jsonwebtoken::get_current_timestamp() as i64;
+            let now = self.now();
             if keys.generation == hit.generation && self.rules.check_times(&hit.times, now).is_ok()
             {
                 return Ok(hit.token);
@@ -363,7 +378,7 @@ impl TokenVerifier {
         }
         let (token, remember) = self.verify_fully(raw).await?;
         if let Some(entry) = remember {
-            let now = jsonwebtoken::get_current_timestamp() as i64;
+            let now = self.now();
             self.verified.insert(digest, entry, &self.rules, now);
         }
         Ok(token)
@@ -407,9 +422,10 @@ impl TokenVerifier {
 
         let mut validation = Validation::new(header.alg);
         validation.algorithms = vec![header.alg];
-        validation.leeway = rules.skew;
-        validation.validate_exp = true;
-        validation.validate_nbf = true;
+        // `exp` and `nbf` are checked below against the injected clock (the library's
+        // checks read the system time); `exp` stays required.
+        validation.validate_exp = false;
+        validation.validate_nbf = false;
         validation.validate_aud = true;
         validation.set_audience(&[&rules.audience]);
         validation.set_issuer(&[&rules.issuer]);
@@ -425,13 +441,11 @@ impl TokenVerifier {
             return Err(AuthError::Claims);
         }
 
-        let now = jsonwebtoken::get_current_timestamp() as i64;
-        // `nbf` that is not an integer: the library judged it; such a token is not
-        // remembered (the cache could not recheck it).
-        let nbf = claims.nbf.as_ref().map(serde_json::Value::as_i64);
+        let now = self.now();
+        let nbf = claims.nbf.as_ref().map(numeric_date).transpose()?;
         let times = Times {
             exp: claims.exp,
-            nbf: nbf.flatten(),
+            nbf,
             iat: claims.iat,
         };
         rules.check_times(&times, now)?;
@@ -466,12 +480,18 @@ impl TokenVerifier {
             expires_at: claims.exp,
             grant,
         };
-        let remember = nbf.is_none_or(|n| n.is_some()).then(|| Remembered {
-            token: token.clone(),
-            kid: header.kid.clone(),
-            generation: keys.generation,
-            times,
-        });
+        // A token whose `nbf` is not an integer is not remembered (as before the clock
+        // was injected); it is verified in full on every use.
+        let remember = claims
+            .nbf
+            .as_ref()
+            .is_none_or(serde_json::Value::is_i64)
+            .then(|| Remembered {
+                token: token.clone(),
+                kid: header.kid.clone(),
+                generation: keys.generation,
+                times,
+            });
         Ok((token, remember))
     }
 }
@@ -482,6 +502,18 @@ fn keys_error(e: JwksError) -> AuthError {
             AuthError::KeysUnavailable
         }
     }
+}
+
+/// A NumericDate claim read as the library reads `nbf`: a non-negative integer, or a
+/// finite non-negative number rounded to whole seconds; anything else is malformed. Too
+/// large for `i64` counts as the far future.
+fn numeric_date(v: &serde_json::Value) -> Result<i64, AuthError> {
+    let secs = match (v.as_u64(), v.as_f64()) {
+        (Some(n), _) => n,
+        (None, Some(f)) if f.is_finite() && f >= 0.0 && f < u64::MAX as f64 => f.round() as u64,
+        _ => return Err(AuthError::Malformed),
+    };
+    Ok(i64::try_from(secs).unwrap_or(i64::MAX))
 }
 
 /// Three non-empty base64url segments (the signature may not be empty: no `alg: none`).
@@ -596,6 +628,18 @@ mod tests {
             r.check_times(&t(2000, None, None), now),
             Err(AuthError::Claims)
         );
+    }
+
+    #[test]
+    fn nbf_is_read_as_the_library_reads_it() {
+        let n = |v: serde_json::Value| numeric_date(&v);
+        assert_eq!(n(serde_json::json!(1_000)), Ok(1_000));
+        assert_eq!(n(serde_json::json!(999.5)), Ok(1_000), "rounded");
+        assert_eq!(n(serde_json::json!(u64::MAX)), Ok(i64::MAX), "far future");
+        assert_eq!(n(serde_json::json!(-1)), Err(AuthError::Malformed));
+        assert_eq!(n(serde_json::json!(-0.5)), Err(AuthError::Malformed));
+        assert_eq!(n(serde_json::json!("1000")), Err(AuthError::Malformed));
+        assert_eq!(n(serde_json::json!(true)), Err(AuthError::Malformed));
     }
 
     #[test]

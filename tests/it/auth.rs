@@ -8,6 +8,7 @@ use actix_web::HttpResponse;
 use actix_web::http::Method;
 use custodian::app::routes::Routes;
 use custodian::auth::{Bearer, Context, Grant, Interaction, ResourceType};
+use custodian::domain::Clock;
 use custodian::policy::Action;
 use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::{Value, json};
@@ -39,7 +40,12 @@ async fn whoami(token: Bearer) -> HttpResponse {
 // Helpers.
 
 fn claims(p: &Provider) -> Value {
-    let now = now();
+    claims_at(p, now())
+}
+
+/// Claims issued at `now` (seconds since the epoch): for an app on a manual clock, its
+/// [`app_now`], so that moving the clock is what ages the token.
+fn claims_at(p: &Provider, now: i64) -> Value {
     json!({
         "iss": p.issuer(),
         "aud": AUDIENCE,
@@ -78,6 +84,30 @@ async fn app_for(p: &Provider, settings: &[(&str, toml::Value)]) -> TestApp {
         b = b.set(k, v.clone());
     }
     b.spawn().await
+}
+
+/// Like [`app_for`], on a manual clock ([`TestApp::clock`]): the test moves time forward
+/// instead of sleeping.
+async fn clocked_app_for(p: &Provider, settings: &[(&str, toml::Value)]) -> TestApp {
+    let mut b = TestApp::builder()
+        .set("auth.issuer", p.issuer())
+        .set("auth.audience", AUDIENCE)
+        .extra_routes(routes)
+        .manual_clock();
+    for (k, v) in settings {
+        b = b.set(k, v.clone());
+    }
+    b.spawn().await
+}
+
+/// The app's time, in seconds since the epoch.
+fn app_now(app: &TestApp) -> i64 {
+    app.clock().now().timestamp()
+}
+
+/// Moves the app's clock forward.
+fn advance(app: &TestApp, secs: u64) {
+    app.clock().advance(Duration::from_secs(secs));
 }
 
 async fn call(app: &TestApp, token: &str) -> reqwest::Response {
@@ -181,6 +211,22 @@ async fn forged_and_invalid_tokens_are_refused_without_detail() {
         (
             "nbf in the future",
             es.sign(&with(good.clone(), json!({ "nbf": t + 600 }))),
+        ),
+        (
+            "fractional nbf in the future",
+            es.sign(&with(good.clone(), json!({ "nbf": t as f64 + 600.5 }))),
+        ),
+        (
+            "nbf not a number",
+            es.sign(&with(good.clone(), json!({ "nbf": "yesterday" }))),
+        ),
+        (
+            "negative nbf",
+            es.sign(&with(good.clone(), json!({ "nbf": -1 }))),
+        ),
+        (
+            "negative exp",
+            es.sign(&with(good.clone(), json!({ "exp": -1 }))),
         ),
         (
             "iat in the future",
@@ -341,20 +387,20 @@ async fn key_location_headers_never_cause_a_fetch() {
 async fn unknown_kid_burst_triggers_at_most_one_refetch_per_interval() {
     let es = Signer::es256("es");
     let p = Provider::start(&[&es]).await;
-    let app = app_for(&p, &[("auth.jwks_refetch_min_interval_secs", 2.into())]).await;
-    assert_ok(&app, &es.sign(&claims(&p))).await;
+    let app = clocked_app_for(&p, &[("auth.jwks_refetch_min_interval_secs", 60.into())]).await;
+    assert_ok(&app, &es.sign(&claims_at(&p, app_now(&app)))).await;
     assert_eq!(p.jwks_hits(), 1);
 
     // Within the interval: unknown kids cause no fetch at all.
     let stranger = Signer::es256("unknown");
-    let token = stranger.sign(&claims(&p));
+    let token = stranger.sign(&claims_at(&p, app_now(&app)));
     assert_refused(&app, &token, "unknown kid").await;
     assert_eq!(p.jwks_hits(), 1);
 
     // After the interval: a concurrent burst causes exactly one refetch.
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    advance(&app, 61);
     let burst: Vec<_> = (0..20)
-        .map(|i| Signer::es256(&format!("unknown-{i}")).sign(&claims(&p)))
+        .map(|i| Signer::es256(&format!("unknown-{i}")).sign(&claims_at(&p, app_now(&app))))
         .collect();
     let responses = futures_util::future::join_all(burst.iter().map(|t| call(&app, t))).await;
     for res in responses {
@@ -362,7 +408,7 @@ async fn unknown_kid_burst_triggers_at_most_one_refetch_per_interval() {
     }
     assert_eq!(p.jwks_hits(), 2, "one refetch for the whole burst");
     // And the known key still works without another fetch.
-    assert_ok(&app, &es.sign(&claims(&p))).await;
+    assert_ok(&app, &es.sign(&claims_at(&p, app_now(&app)))).await;
     assert_eq!(p.jwks_hits(), 2);
 }
 
@@ -371,29 +417,34 @@ async fn rotated_key_is_picked_up_by_refetch() {
     let old = Signer::es256("2024-old");
     let new = Signer::eddsa("2025-new");
     let p = Provider::start(&[&old]).await;
-    let app = app_for(&p, &[("auth.jwks_refetch_min_interval_secs", 1.into())]).await;
-    assert_ok(&app, &old.sign(&claims(&p))).await;
+    let app = clocked_app_for(&p, &[("auth.jwks_refetch_min_interval_secs", 60.into())]).await;
+    assert_ok(&app, &old.sign(&claims_at(&p, app_now(&app)))).await;
 
     p.set_keys(&[&old, &new]);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    let body = assert_ok(&app, &new.sign(&claims(&p))).await;
+    advance(&app, 61);
+    let body = assert_ok(&app, &new.sign(&claims_at(&p, app_now(&app)))).await;
     assert_eq!(body["sub"], "user-123");
     assert_eq!(p.jwks_hits(), 2);
     // The old key remains valid while the provider still publishes it.
-    assert_ok(&app, &old.sign(&claims(&p))).await;
+    assert_ok(&app, &old.sign(&claims_at(&p, app_now(&app)))).await;
 
     // Once withdrawn (and refreshed), the old key no longer verifies.
     p.set_keys(&[&new]);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    advance(&app, 61);
     let stranger = Signer::es256("unknown");
     assert_refused(
         &app,
-        &stranger.sign(&claims(&p)),
+        &stranger.sign(&claims_at(&p, app_now(&app))),
         "unknown kid triggers refetch",
     )
     .await;
     assert_eq!(p.jwks_hits(), 3);
-    assert_refused(&app, &old.sign(&claims(&p)), "withdrawn key").await;
+    assert_refused(
+        &app,
+        &old.sign(&claims_at(&p, app_now(&app))),
+        "withdrawn key",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -401,23 +452,28 @@ async fn remembered_token_stops_working_when_its_key_is_withdrawn() {
     let old = Signer::es256("old");
     let new = Signer::eddsa("new");
     let p = Provider::start(&[&old, &new]).await;
-    let app = app_for(&p, &[("auth.jwks_refetch_min_interval_secs", 1.into())]).await;
+    let app = clocked_app_for(&p, &[("auth.jwks_refetch_min_interval_secs", 60.into())]).await;
     // The same token bytes twice: the second use is answered from the verified-token cache.
-    let token = old.sign(&claims(&p));
+    let token = old.sign(&claims_at(&p, app_now(&app)));
     assert_ok(&app, &token).await;
     assert_ok(&app, &token).await;
     assert_eq!(p.jwks_hits(), 1);
 
     // The provider withdraws the key; a token naming an unknown kid makes us refetch.
     p.set_keys(&[&new]);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    advance(&app, 61);
     let stranger = Signer::es256("unknown");
-    assert_refused(&app, &stranger.sign(&claims(&p)), "unknown kid").await;
+    assert_refused(
+        &app,
+        &stranger.sign(&claims_at(&p, app_now(&app))),
+        "unknown kid",
+    )
+    .await;
     assert_eq!(p.jwks_hits(), 2);
     // The remembered token was verified under the old key set: refused at once.
     assert_refused(&app, &token, "remembered token of a withdrawn key").await;
     // A token of a key still published keeps working.
-    let current = new.sign(&claims(&p));
+    let current = new.sign(&claims_at(&p, app_now(&app)));
     assert_ok(&app, &current).await;
     assert_ok(&app, &current).await;
 }
@@ -426,12 +482,13 @@ async fn remembered_token_stops_working_when_its_key_is_withdrawn() {
 async fn remembered_token_stops_working_when_it_expires() {
     let es = Signer::es256("es");
     let p = Provider::start(&[&es]).await;
-    let app = app_for(&p, &[("auth.clock_skew_secs", 0.into())]).await;
-    let token = es.sign(&with(claims(&p), json!({ "exp": now() + 2 })));
+    let app = clocked_app_for(&p, &[("auth.clock_skew_secs", 0.into())]).await;
+    let now = app_now(&app);
+    let token = es.sign(&with(claims_at(&p, now), json!({ "exp": now + 30 })));
     assert_ok(&app, &token).await;
     assert_ok(&app, &token).await;
     // Past `exp` (whole seconds, no leeway): refused although it was remembered.
-    tokio::time::sleep(Duration::from_millis(3100)).await;
+    advance(&app, 31);
     assert_refused(&app, &token, "remembered token past exp").await;
     assert_eq!(p.jwks_hits(), 1, "no refetch needed to refuse it");
 }
@@ -440,18 +497,18 @@ async fn remembered_token_stops_working_when_it_expires() {
 async fn remembered_token_is_rechecked_against_the_maximum_age() {
     let es = Signer::es256("es");
     let p = Provider::start(&[&es]).await;
-    let app = app_for(
+    let app = clocked_app_for(
         &p,
         &[
             ("auth.clock_skew_secs", 0.into()),
-            ("auth.max_token_age_secs", 3.into()),
+            ("auth.max_token_age_secs", 60.into()),
         ],
     )
     .await;
-    let token = es.sign(&with(claims(&p), json!({ "iat": now() })));
+    let token = es.sign(&claims_at(&p, app_now(&app)));
     assert_ok(&app, &token).await;
     assert_ok(&app, &token).await;
-    tokio::time::sleep(Duration::from_millis(4100)).await;
+    advance(&app, 61);
     assert_refused(&app, &token, "remembered token older than the maximum age").await;
 }
 
@@ -459,37 +516,37 @@ async fn remembered_token_is_rechecked_against_the_maximum_age() {
 async fn provider_outage_uses_cached_keys_until_the_staleness_limit() {
     let es = Signer::es256("es");
     let p = Provider::start(&[&es]).await;
-    // Keys are refreshed after half the staleness limit (here 2 s).
-    let app = app_for(
+    // Keys are refreshed after half the staleness limit (here 200 s).
+    let app = clocked_app_for(
         &p,
         &[
-            ("auth.jwks_refetch_min_interval_secs", 1.into()),
-            ("auth.jwks_max_staleness_secs", 4.into()),
+            ("auth.jwks_refetch_min_interval_secs", 60.into()),
+            ("auth.jwks_max_staleness_secs", 400.into()),
         ],
     )
     .await;
-    assert_ok(&app, &es.sign(&claims(&p))).await;
+    assert_ok(&app, &es.sign(&claims_at(&p, app_now(&app)))).await;
     assert_eq!(p.jwks_hits(), 1);
 
     p.set_down(true);
-    tokio::time::sleep(Duration::from_millis(2300)).await;
+    advance(&app, 201);
     // Due for refresh: the attempt fails, the cached key still verifies.
-    assert_ok(&app, &es.sign(&claims(&p))).await;
+    assert_ok(&app, &es.sign(&claims_at(&p, app_now(&app)))).await;
     assert_eq!(p.jwks_hits(), 2, "a refresh was attempted");
     // Failed attempts are rate-limited too.
-    assert_ok(&app, &es.sign(&claims(&p))).await;
+    assert_ok(&app, &es.sign(&claims_at(&p, app_now(&app)))).await;
     assert_eq!(p.jwks_hits(), 2);
 
     // Past the staleness limit the cached keys are no longer trusted: fail closed.
-    tokio::time::sleep(Duration::from_millis(2000)).await;
-    let res = call(&app, &es.sign(&claims(&p))).await;
+    advance(&app, 200);
+    let res = call(&app, &es.sign(&claims_at(&p, app_now(&app)))).await;
     assert_eq!(res.status(), 503);
     assert_security_headers(&res);
 
     // Provider back: verification recovers.
     p.set_down(false);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
-    assert_ok(&app, &es.sign(&claims(&p))).await;
+    advance(&app, 61);
+    assert_ok(&app, &es.sign(&claims_at(&p, app_now(&app)))).await;
 }
 
 #[tokio::test]

@@ -83,6 +83,7 @@ impl Console {
                 extra_routes: None,
                 disable_signals: true,
                 dev_jwks: None,
+                clock: None,
             },
         )
         .await

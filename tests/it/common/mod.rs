@@ -8,6 +8,7 @@ use custodian::app::ExtraRoutes;
 use custodian::app::{Application, Options};
 use custodian::config;
 use custodian::dev::pgcluster::LocalCluster;
+use custodian::domain::clock::ManualClock;
 use diesel::prelude::*;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -240,6 +241,7 @@ pub struct TestAppBuilder {
     extra_routes: Option<ExtraRoutes>,
     db: Option<TestDb>,
     dev_jwks: Option<custodian::dev::token::DevJwks>,
+    clock: Option<ManualClock>,
 }
 
 impl TestAppBuilder {
@@ -261,6 +263,13 @@ impl TestAppBuilder {
     /// Starts the app as `custodian dev` does: serving this development JWKS.
     pub fn dev_jwks(mut self, dev: custodian::dev::token::DevJwks) -> Self {
         self.dev_jwks = Some(dev);
+        self
+    }
+
+    /// Starts the app on a [`ManualClock`] (reach it with [`TestApp::clock`]): time moves
+    /// when the test says so, instead of the test sleeping.
+    pub fn manual_clock(mut self) -> Self {
+        self.clock = Some(ManualClock::new());
         self
     }
 
@@ -305,6 +314,7 @@ impl TestAppBuilder {
                 extra_routes: self.extra_routes,
                 disable_signals: true,
                 dev_jwks: self.dev_jwks,
+                clock: self.clock.as_ref().map(ManualClock::shared),
             },
         )
         .await
@@ -319,6 +329,7 @@ impl TestAppBuilder {
             client: client(),
             db,
             handles,
+            clock: self.clock,
         }
     }
 }
@@ -344,6 +355,7 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub db: TestDb,
     handles: Vec<actix_web::dev::ServerHandle>,
+    clock: Option<ManualClock>,
 }
 
 impl TestApp {
@@ -353,11 +365,19 @@ impl TestApp {
             extra_routes: None,
             db: None,
             dev_jwks: None,
+            clock: None,
         }
     }
 
     pub async fn spawn() -> TestApp {
         Self::builder().spawn().await
+    }
+
+    /// The app's clock, when it was started with [`TestAppBuilder::manual_clock`].
+    pub fn clock(&self) -> &ManualClock {
+        self.clock
+            .as_ref()
+            .expect("the app was started with TestAppBuilder::manual_clock()")
     }
 
     /// `https://localhost:<port><path>` (the certificate names localhost).
