@@ -18,5 +18,6 @@ mod edge;
 mod fhir_patient;
 mod fhir_resources;
 mod logs;
+mod routes;
 mod seed;
 mod tls;
