@@ -6,9 +6,9 @@
 //! re-seals them like any other table in [`SEALED_COLUMNS`](crate::db::phi::SEALED_COLUMNS).
 
 use crate::crypto::{Keyring, Phi, Sealer};
-use crate::db::observations::scoped;
 use crate::db::phi::{open, place};
 use crate::db::schema::{claim_items, claim_items_unsealed, claims, claims_unsealed};
+use crate::db::scope::ScopeSql;
 use crate::error::AppError;
 use crate::policy::SearchScope;
 use chrono::{DateTime, Utc};
@@ -276,7 +276,7 @@ pub fn search(
     let base = claims::table
         .filter(claims::deleted_at.is_null())
         .into_boxed();
-    let mut q = scoped!(conn, base, claims::patient_id, scope);
+    let mut q = base.filter(ScopeSql::new(scope, "claims.patient_id").expression());
     if let Some(p) = criteria.patient {
         q = q.filter(claims::patient_id.eq(p));
     }

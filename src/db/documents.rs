@@ -3,9 +3,9 @@
 //! (re-sealing the note with the active key).
 
 use crate::crypto::Keyring;
-use crate::db::observations::scoped;
 use crate::db::phi::{DocumentReference, DocumentRow, NewDocumentReference, place};
 use crate::db::schema::document_references as d;
+use crate::db::scope::ScopeSql;
 use crate::error::AppError;
 use crate::policy::SearchScope;
 use chrono::Utc;
@@ -32,7 +32,7 @@ pub fn search(
     limit: i64,
 ) -> Result<Vec<DocumentReference>, AppError> {
     let base = d::table.filter(d::deleted_at.is_null()).into_boxed();
-    let mut q = scoped!(conn, base, d::patient_id, scope);
+    let mut q = base.filter(ScopeSql::new(scope, "document_references.patient_id").expression());
     if let Some(p) = patient {
         q = q.filter(d::patient_id.eq(p));
     }

@@ -7,6 +7,7 @@ pub mod observations;
 pub mod patient_views;
 pub mod phi;
 pub mod schema;
+pub mod scope;
 pub mod users;
 
 use crate::config::DatabaseConfig;

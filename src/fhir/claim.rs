@@ -30,11 +30,9 @@ const STATUSES: &[&str] = &["active", "cancelled", "draft", "entered-in-error"];
 /// Largest amount: 10^10 - 0.01 in the currency's major unit.
 const MAX_CENTS: i64 = 1_000_000_000_000;
 
+/// This resource has one view, the whole resource ([`crate::policy::views`]).
 fn check_view(view: View) -> Result<(), AppError> {
-    match view {
-        View::ClaimFull => Ok(()),
-        _ => Err(AppError::internal("claim permit with a foreign view")),
-    }
+    super::whole_view(R, view)
 }
 
 /// A FHIR `Money` amount: non-negative, at most two decimals, below 10^10.
@@ -291,10 +289,8 @@ pub async fn search(
     pipeline: Pipeline,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let params = params::search_params(
-        &req,
-        &["patient", "status", "_count", "_cursor", "_elements"],
-    )?;
+    let params =
+        params::search_params(&req, &super::resource::of(pipeline.resource()?).accepted())?;
     let patient = params::single(&params, "patient")?
         .map(params::patient_param)
         .transpose()?;

@@ -30,11 +30,9 @@ const R: ResourceType = ResourceType::DocumentReference;
 pub const MAX_NOTE_CHARS: usize = 20_000;
 const STATUSES: &[&str] = &["current", "superseded", "entered-in-error"];
 
+/// This resource has one view, the whole resource ([`crate::policy::views`]).
 fn check_view(view: View) -> Result<(), AppError> {
-    match view {
-        View::DocumentReferenceFull => Ok(()),
-        _ => Err(AppError::internal("document permit with a foreign view")),
-    }
+    super::whole_view(R, view)
 }
 
 /// One ammonia pass that keeps no element at all (script and style lose their content
@@ -271,10 +269,8 @@ pub async fn search(
     pipeline: Pipeline,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let params = params::search_params(
-        &req,
-        &["patient", "subject", "_count", "_cursor", "_elements"],
-    )?;
+    let params =
+        params::search_params(&req, &super::resource::of(pipeline.resource()?).accepted())?;
     let mut patient = None;
     for name in ["patient", "subject"] {
         if let Some(p) = params::single(&params, name)? {

@@ -31,12 +31,9 @@ pub const STATUSES: &[&str] = &[
     "entered-in-error",
 ];
 
-/// The one view of an observation is the whole resource; any other view sees nothing.
+/// This resource has one view, the whole resource ([`crate::policy::views`]).
 fn check_view(view: View) -> Result<(), AppError> {
-    match view {
-        View::ObservationFull => Ok(()),
-        _ => Err(AppError::internal("observation permit with a foreign view")),
-    }
+    super::whole_view(R, view)
 }
 
 /// A LOINC code: 1–5 digits, a dash, one check digit.
@@ -232,18 +229,8 @@ pub async fn search(
     pipeline: Pipeline,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let params = params::search_params(
-        &req,
-        &[
-            "patient",
-            "subject",
-            "code",
-            "date",
-            "_count",
-            "_cursor",
-            "_elements",
-        ],
-    )?;
+    let params =
+        params::search_params(&req, &super::resource::of(pipeline.resource()?).accepted())?;
     let mut criteria = Criteria::default();
     for name in ["patient", "subject"] {
         if let Some(p) = params::single(&params, name)? {

@@ -25,30 +25,8 @@ pub const MRN_SYSTEM: &str = "urn:custodian:mrn";
 pub const SSN_SYSTEM: &str = "http://hl7.org/fhir/sid/us-ssn";
 const R: ResourceType = ResourceType::Patient;
 
-/// The fields each view may see.
-pub fn view_fields(view: View) -> PatientFields {
-    let base = PatientFields {
-        mrn: true,
-        name: true,
-        birth_date: true,
-        gender: true,
-        ..PatientFields::default()
-    };
-    match view {
-        View::PatientClinical | View::PatientSelf => PatientFields {
-            telecom: true,
-            address: true,
-            ..base
-        },
-        View::PatientBilling => PatientFields {
-            ssn: true,
-            address: true,
-            ..base
-        },
-        View::PatientDemographics => base,
-        _ => PatientFields::default(),
-    }
-}
+/// The fields each view may see ([`crate::policy::views`]).
+pub use crate::policy::views::patient_fields as view_fields;
 
 /// The fields `_elements` asks for (all without it): intersected with the view's fields,
 /// so that what is not returned is not fetched either.
@@ -139,17 +117,6 @@ pub async fn read(
     Ok(respond(StatusCode::OK, &patient, &elements))
 }
 
-/// The search parameters of Patient (the CapabilityStatement lists the same).
-pub const SEARCH_PARAMS: &[&str] = &[
-    "family",
-    "given",
-    "birthdate",
-    "identifier",
-    "_count",
-    "_cursor",
-    "_elements",
-];
-
 fn search_criteria(q: &[(&'static str, String)]) -> Result<Criteria, AppError> {
     let mut c = Criteria::default();
     if let Some(f) = params::single(q, "family")? {
@@ -199,7 +166,7 @@ pub async fn search(
     pipeline: Pipeline,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    let q = params::search_params(&req, SEARCH_PARAMS)?;
+    let q = params::search_params(&req, &super::resource::of(pipeline.resource()?).accepted())?;
     let criteria = search_criteria(&q)?;
     let count = bundle::page_size(params::single(&q, "_count")?)?;
     let elements = Elements::parse(R, params::single(&q, "_elements")?)?;

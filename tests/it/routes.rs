@@ -505,3 +505,26 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
         }
     }
 }
+
+/// The route table registers exactly the interactions the resource descriptors (and so
+/// the CapabilityStatement) list.
+#[test]
+fn the_route_table_serves_exactly_the_described_fhir_interactions() {
+    use custodian::fhir::resource;
+    let routed: BTreeSet<(&str, String)> = table()
+        .iter()
+        .filter_map(|r| match r.action {
+            Action::Fhir(kind, i) => Some((kind.as_str(), format!("{i:?}"))),
+            _ => None,
+        })
+        .collect();
+    let described: BTreeSet<(&str, String)> = resource::ALL
+        .iter()
+        .flat_map(|d| {
+            d.interactions
+                .iter()
+                .map(move |i| (d.kind.as_str(), format!("{i:?}")))
+        })
+        .collect();
+    assert_eq!(routed, described);
+}
