@@ -6,6 +6,7 @@ use crate::crypto::Keyring;
 use crate::db::phi::{NewObservation, Observation, ObservationRow, place};
 use crate::db::schema::observations;
 use crate::db::scope::ScopeSql;
+use crate::domain::{PatientId, RecordId};
 use crate::error::AppError;
 use crate::policy::SearchScope;
 use chrono::{DateTime, Utc};
@@ -15,7 +16,7 @@ use uuid::Uuid;
 const T: &str = "observations";
 
 /// The subject patient of a live observation.
-pub fn patient_of(conn: &mut PgConnection, id: Uuid) -> Result<Option<Uuid>, AppError> {
+pub fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
     Ok(observations::table
         .filter(observations::id.eq(id))
         .filter(observations::deleted_at.is_null())
@@ -75,10 +76,11 @@ pub fn search(
 pub fn update(
     conn: &mut PgConnection,
     kr: &Keyring,
-    id: Uuid,
+    id: RecordId,
     expected: i32,
     new: &NewObservation,
 ) -> Result<Option<Observation>, AppError> {
+    let id = Uuid::from(id);
     conn.transaction(|conn| {
         let sealer = kr.sealer_for_write(conn)?;
         let display = new
@@ -114,7 +116,7 @@ pub fn update(
 }
 
 /// Soft delete: the row stays (for the record) but is no longer read or found.
-pub fn soft_delete(conn: &mut PgConnection, id: Uuid) -> Result<bool, AppError> {
+pub fn soft_delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
     let n = diesel::update(
         observations::table.filter(
             observations::id

@@ -10,6 +10,7 @@ use super::types::{bounded_len, bounded_text, invalid};
 use crate::access::Principal;
 use crate::crypto::Keyring;
 use crate::db::claims::{self, Claim, NewClaim, NewClaimItem};
+use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
 use crate::policy::{ResourceType, SearchScope, View};
 use diesel::PgConnection;
@@ -284,29 +285,29 @@ impl FhirResource for Claims {
     fn to_fhir(c: &Claim) -> Value {
         to_fhir(c)
     }
-    fn id(c: &Claim) -> Uuid {
-        c.row.id
+    fn id(c: &Claim) -> RecordId {
+        RecordId(c.row.id)
     }
     fn version(c: &Claim) -> i32 {
         c.row.version
     }
-    fn subject(c: &Claim) -> Uuid {
-        c.row.patient_id
+    fn subject(c: &Claim) -> PatientId {
+        PatientId(c.row.patient_id)
     }
-    fn new_subject(new: &NewClaim) -> Uuid {
-        new.patient_id
+    fn new_subject(new: &NewClaim) -> PatientId {
+        PatientId(new.patient_id)
     }
 
-    fn patient_of(c: &mut PgConnection, id: Uuid) -> Result<Option<Uuid>, AppError> {
+    fn patient_of(c: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
         claims::patient_of(c, id)
     }
     fn get(
         c: &mut PgConnection,
         kr: &Keyring,
-        id: Uuid,
+        id: RecordId,
         items: bool,
     ) -> Result<Option<Claim>, AppError> {
-        claims::get(c, kr, id, items)
+        claims::get(c, kr, id.into(), items)
     }
     fn search(
         c: &mut PgConnection,
@@ -323,7 +324,7 @@ impl FhirResource for Claims {
         c: &mut PgConnection,
         kr: &Keyring,
         new: &NewClaim,
-        _: Uuid,
+        _: UserId,
         _: bool,
     ) -> Result<Claim, AppError> {
         claims::insert(c, kr, new)
@@ -331,14 +332,14 @@ impl FhirResource for Claims {
     fn update(
         c: &mut PgConnection,
         kr: &Keyring,
-        id: Uuid,
+        id: RecordId,
         expected: i32,
         new: &NewClaim,
         _: bool,
     ) -> Result<Option<Claim>, AppError> {
         claims::update(c, kr, id, expected, new)
     }
-    fn delete(c: &mut PgConnection, id: Uuid) -> Result<bool, AppError> {
+    fn delete(c: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
         claims::soft_delete(c, id)
     }
 }

@@ -13,6 +13,7 @@ use crate::access::Principal;
 use crate::crypto::Keyring;
 use crate::db::documents;
 use crate::db::phi::{self, DocumentReference, NewDocumentReference};
+use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
 use crate::policy::{ResourceType, SearchScope, View};
 use base64::Engine;
@@ -260,29 +261,29 @@ impl FhirResource for DocumentReferences {
     fn to_fhir(doc: &DocumentReference) -> Value {
         to_fhir(doc)
     }
-    fn id(doc: &DocumentReference) -> Uuid {
-        doc.id
+    fn id(doc: &DocumentReference) -> RecordId {
+        RecordId(doc.id)
     }
     fn version(doc: &DocumentReference) -> i32 {
         doc.version
     }
-    fn subject(doc: &DocumentReference) -> Uuid {
-        doc.patient_id
+    fn subject(doc: &DocumentReference) -> PatientId {
+        PatientId(doc.patient_id)
     }
-    fn new_subject(new: &NewDocumentReference) -> Uuid {
-        new.patient_id
+    fn new_subject(new: &NewDocumentReference) -> PatientId {
+        PatientId(new.patient_id)
     }
 
-    fn patient_of(c: &mut PgConnection, id: Uuid) -> Result<Option<Uuid>, AppError> {
+    fn patient_of(c: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
         documents::patient_of(c, id)
     }
     fn get(
         c: &mut PgConnection,
         kr: &Keyring,
-        id: Uuid,
+        id: RecordId,
         (): (),
     ) -> Result<Option<DocumentReference>, AppError> {
-        phi::get_document_reference(c, kr, id)
+        phi::get_document_reference(c, kr, id.into())
     }
     fn search(
         c: &mut PgConnection,
@@ -299,7 +300,7 @@ impl FhirResource for DocumentReferences {
         c: &mut PgConnection,
         kr: &Keyring,
         new: &NewDocumentReference,
-        _: Uuid,
+        _: UserId,
         (): (),
     ) -> Result<DocumentReference, AppError> {
         phi::insert_document_reference(c, kr, new)
@@ -307,7 +308,7 @@ impl FhirResource for DocumentReferences {
     fn update(
         c: &mut PgConnection,
         kr: &Keyring,
-        id: Uuid,
+        id: RecordId,
         expected: i32,
         new: &NewDocumentReference,
         (): (),
@@ -315,7 +316,7 @@ impl FhirResource for DocumentReferences {
         documents::update(c, kr, id, expected, new)
     }
     /// Notes are not deleted through the API (no delete route).
-    fn delete(_: &mut PgConnection, _: Uuid) -> Result<bool, AppError> {
+    fn delete(_: &mut PgConnection, _: RecordId) -> Result<bool, AppError> {
         Ok(false)
     }
 }

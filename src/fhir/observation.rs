@@ -10,6 +10,7 @@ use crate::access::Principal;
 use crate::crypto::Keyring;
 use crate::db::observations::{self, Criteria};
 use crate::db::phi::{self, NewObservation, Observation};
+use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
 use crate::policy::{ResourceType, SearchScope, View};
 use diesel::PgConnection;
@@ -234,29 +235,29 @@ impl FhirResource for Observations {
     fn to_fhir(o: &Observation) -> Value {
         to_fhir(o)
     }
-    fn id(o: &Observation) -> Uuid {
-        o.id
+    fn id(o: &Observation) -> RecordId {
+        RecordId(o.id)
     }
     fn version(o: &Observation) -> i32 {
         o.version
     }
-    fn subject(o: &Observation) -> Uuid {
-        o.patient_id
+    fn subject(o: &Observation) -> PatientId {
+        PatientId(o.patient_id)
     }
-    fn new_subject(new: &NewObservation) -> Uuid {
-        new.patient_id
+    fn new_subject(new: &NewObservation) -> PatientId {
+        PatientId(new.patient_id)
     }
 
-    fn patient_of(c: &mut PgConnection, id: Uuid) -> Result<Option<Uuid>, AppError> {
+    fn patient_of(c: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
         observations::patient_of(c, id)
     }
     fn get(
         c: &mut PgConnection,
         kr: &Keyring,
-        id: Uuid,
+        id: RecordId,
         (): (),
     ) -> Result<Option<Observation>, AppError> {
-        phi::get_observation(c, kr, id)
+        phi::get_observation(c, kr, id.into())
     }
     fn search(
         c: &mut PgConnection,
@@ -273,7 +274,7 @@ impl FhirResource for Observations {
         c: &mut PgConnection,
         kr: &Keyring,
         new: &NewObservation,
-        _: Uuid,
+        _: UserId,
         (): (),
     ) -> Result<Observation, AppError> {
         phi::insert_observation(c, kr, new)
@@ -281,14 +282,14 @@ impl FhirResource for Observations {
     fn update(
         c: &mut PgConnection,
         kr: &Keyring,
-        id: Uuid,
+        id: RecordId,
         expected: i32,
         new: &NewObservation,
         (): (),
     ) -> Result<Option<Observation>, AppError> {
         observations::update(c, kr, id, expected, new)
     }
-    fn delete(c: &mut PgConnection, id: Uuid) -> Result<bool, AppError> {
+    fn delete(c: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
         observations::soft_delete(c, id)
     }
 }

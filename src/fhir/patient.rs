@@ -11,6 +11,7 @@ use crate::access::{Pipeline, Principal};
 use crate::crypto::Keyring;
 use crate::db::patient_views::{self, Criteria, PatientFields, PatientView};
 use crate::db::{phi, users};
+use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
 use crate::policy::{PatientFacts, SearchScope, Target, View};
 use diesel::PgConnection;
@@ -348,19 +349,19 @@ impl FhirResource for Patients {
     fn to_fhir(p: &PatientView) -> Value {
         to_fhir(p)
     }
-    fn id(p: &PatientView) -> Uuid {
-        p.id
+    fn id(p: &PatientView) -> RecordId {
+        RecordId(p.id)
     }
     fn version(p: &PatientView) -> i32 {
         p.version
     }
     /// A Patient record is its own patient.
-    fn subject(p: &PatientView) -> Uuid {
-        p.id
+    fn subject(p: &PatientView) -> PatientId {
+        PatientId(p.id)
     }
     /// Not known before the insert: a create is decided on the facility.
-    fn new_subject(_: &ValidPatient) -> Uuid {
-        Uuid::nil()
+    fn new_subject(_: &ValidPatient) -> PatientId {
+        PatientId(Uuid::nil())
     }
 
     /// Decided on the facility the body names, or the principal's own.
@@ -408,16 +409,16 @@ impl FhirResource for Patients {
         AppError::not_found()
     }
 
-    fn patient_of(_: &mut PgConnection, id: Uuid) -> Result<Option<Uuid>, AppError> {
-        Ok(Some(id))
+    fn patient_of(_: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
+        Ok(Some(PatientId(id.0)))
     }
     fn get(
         c: &mut PgConnection,
         kr: &Keyring,
-        id: Uuid,
+        id: RecordId,
         fields: PatientFields,
     ) -> Result<Option<PatientView>, AppError> {
-        patient_views::read(c, kr, id, fields)
+        patient_views::read(c, kr, id.into(), fields)
     }
     fn search(
         c: &mut PgConnection,
@@ -435,29 +436,35 @@ impl FhirResource for Patients {
         c: &mut PgConnection,
         kr: &Keyring,
         new: &ValidPatient,
-        author: Uuid,
+        author: UserId,
         fields: PatientFields,
     ) -> Result<PatientView, AppError> {
         use diesel::Connection;
         c.transaction(|c| {
             let p = phi::insert_patient(c, kr, &new.new)?;
-            users::add_to_care_team(c, p.id, author, "author of the record", Some(author))?;
+            users::add_to_care_team(
+                c,
+                p.id,
+                author.into(),
+                "author of the record",
+                Some(author.into()),
+            )?;
             Ok(PatientView::shaped(p, fields))
         })
     }
     fn update(
         c: &mut PgConnection,
         kr: &Keyring,
-        id: Uuid,
+        id: RecordId,
         expected: i32,
         new: &ValidPatient,
         fields: PatientFields,
     ) -> Result<Option<PatientView>, AppError> {
-        Ok(phi::update_patient(c, kr, id, expected, &new.new)?
+        Ok(phi::update_patient(c, kr, id.into(), expected, &new.new)?
             .map(|p| PatientView::shaped(p, fields)))
     }
     /// Patients are not deleted through the API (no delete route).
-    fn delete(_: &mut PgConnection, _: Uuid) -> Result<bool, AppError> {
+    fn delete(_: &mut PgConnection, _: RecordId) -> Result<bool, AppError> {
         Ok(false)
     }
 }

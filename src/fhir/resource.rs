@@ -112,6 +112,7 @@ use super::{FHIR_JSON, etag, if_match, params};
 use crate::access::{Credentials, Pipeline, Principal};
 use crate::audit::AuditEvent;
 use crate::crypto::Keyring;
+use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
 use crate::policy::{PatientFacts, SearchScope, View};
 use crate::state::AppState;
@@ -152,13 +153,13 @@ pub trait FhirResource: 'static {
     /// The search criteria from the query (each name is one of the descriptor's).
     fn criteria(params: &[(&'static str, String)]) -> Result<Self::Criteria, AppError>;
     fn to_fhir(record: &Self::Record) -> Value;
-    fn id(record: &Self::Record) -> Uuid;
+    fn id(record: &Self::Record) -> RecordId;
     fn version(record: &Self::Record) -> i32;
     /// The subject patient of a record.
-    fn subject(record: &Self::Record) -> Uuid;
+    fn subject(record: &Self::Record) -> PatientId;
 
     /// The patient a validated body is about.
-    fn new_subject(new: &Self::New) -> Uuid;
+    fn new_subject(new: &Self::New) -> PatientId;
 
     /// The permit to create `new`: by default, the decision on its subject patient.
     async fn authorize_create(pipeline: &Pipeline, new: &mut Self::New) -> Result<View, AppError> {
@@ -169,7 +170,7 @@ pub trait FhirResource: 'static {
 
     /// After the update permit: `new` must fit the record it replaces (same subject).
     fn check_update(new: &mut Self::New, facts: &PatientFacts) -> Result<(), AppError> {
-        if Self::new_subject(new) == facts.patient_id {
+        if Self::new_subject(new) == PatientId(facts.patient_id) {
             Ok(())
         } else {
             Err(invalid(
@@ -186,11 +187,11 @@ pub trait FhirResource: 'static {
 
     // Storage (parameterised queries in db/).
     /// The subject patient of a live record.
-    fn patient_of(conn: &mut PgConnection, id: Uuid) -> Result<Option<Uuid>, AppError>;
+    fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError>;
     fn get(
         conn: &mut PgConnection,
         kr: &Keyring,
-        id: Uuid,
+        id: RecordId,
         fields: Self::Fields,
     ) -> Result<Option<Self::Record>, AppError>;
     fn search(
@@ -206,20 +207,20 @@ pub trait FhirResource: 'static {
         conn: &mut PgConnection,
         kr: &Keyring,
         new: &Self::New,
-        author: Uuid,
+        author: UserId,
         fields: Self::Fields,
     ) -> Result<Self::Record, AppError>;
     /// Replaces the record if its version is still `expected` (`None` otherwise).
     fn update(
         conn: &mut PgConnection,
         kr: &Keyring,
-        id: Uuid,
+        id: RecordId,
         expected: i32,
         new: &Self::New,
         fields: Self::Fields,
     ) -> Result<Option<Self::Record>, AppError>;
     /// Soft delete (`false`: no such live record).
-    fn delete(conn: &mut PgConnection, id: Uuid) -> Result<bool, AppError>;
+    fn delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError>;
 }
 
 /// The handler's resource must be the route's (the decision was about the route's).
@@ -260,7 +261,7 @@ pub async fn read<R: FhirResource>(
     let id = params::parse_id(&path);
     let elements = params::read_elements(&req, R::DESCRIPTOR.kind);
     let kr = state.keyring.clone();
-    let get = move |c: &mut PgConnection, view: View, id: Uuid, e: &Elements| {
+    let get = move |c: &mut PgConnection, view: View, id: RecordId, e: &Elements| {
         let fields = R::fields(view, e)?;
         Ok(R::get(c, &kr, id, fields)?.map(|r| (R::subject(&r), r)))
     };
@@ -298,12 +299,17 @@ pub async fn search<R: FhirResource>(
         .await?;
     let more = rows.len() > count;
     rows.truncate(count);
-    let mut patients: Vec<Uuid> = rows.iter().map(R::subject).collect();
+    let mut patients: Vec<PatientId> = rows.iter().map(R::subject).collect();
     patients.sort();
     patients.dedup();
     pipeline.permit(None, patients).await?;
     let next = match (more, rows.last()) {
-        (true, Some(last)) => Some(Cursor::seal(&state.keyring, user, kind, R::id(last))?),
+        (true, Some(last)) => Some(Cursor::seal(
+            &state.keyring,
+            user,
+            kind,
+            R::id(last).into(),
+        )?),
         _ => None,
     };
     let entries: Vec<Value> = rows.iter().map(|r| elements.apply(R::to_fhir(r))).collect();
@@ -315,8 +321,8 @@ pub async fn search<R: FhirResource>(
 
 /// Fills in what only the write knows: the new record's id and its patient.
 fn created<R: FhirResource>(r: &R::Record, event: &mut AuditEvent) {
-    event.resource_id = Some(R::id(r));
-    event.patient_ids = vec![R::subject(r)];
+    event.resource_id = Some(R::id(r).into());
+    event.patient_ids = vec![R::subject(r).into()];
 }
 
 /// Create: validate, decide, write with its event; answers the caller's view.
@@ -334,7 +340,7 @@ pub async fn create<R: FhirResource>(
     let view = R::authorize_create(&pipeline, &mut new).await?;
     let fields = R::fields(view, &Elements::all())?;
     let kr = state.keyring.clone();
-    let author = pipeline.user.id;
+    let author = pipeline.user_id();
     let write = move |c: &mut PgConnection| R::insert(c, &kr, &new, author, fields);
     let complete: fn(&R::Record, &mut AuditEvent) = created::<R>;
     let record = pipeline
@@ -361,7 +367,7 @@ pub async fn update<R: FhirResource>(
     }
     let mut new = R::validate(input, &pipeline.principal)?;
     let (view, facts) = pipeline.authorize_record(id, R::patient_of).await?;
-    let patient = facts.patient_id;
+    let patient = PatientId(facts.patient_id);
     if let Err(e) = R::check_update(&mut new, &facts) {
         pipeline.error(Some(id), [patient]).await?;
         return Err(e);
@@ -385,7 +391,7 @@ pub async fn delete<R: FhirResource>(
     let (_, facts) = pipeline.authorize_record(id, R::patient_of).await?;
     let write = move |c: &mut PgConnection| Ok(R::delete(c, id)?.then_some(()));
     pipeline
-        .audited(id, facts.patient_id, write, AppError::not_found)
+        .audited(id, PatientId(facts.patient_id), write, AppError::not_found)
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }
