@@ -25,6 +25,7 @@ use super::refusal;
 use crate::audit::{Actor, AuditAction, AuditContext, DenyReason, PurposeOfUse, Recorder, What};
 use crate::auth::Bearer;
 use crate::db::users::{self, UserKind};
+use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
 use crate::policy::{
     self, Action, Decision, Interaction, PatientFacts, ResourceType, SearchScope, Target, View,
@@ -75,7 +76,7 @@ impl Pipeline {
     }
 
     /// What this route's events are about, for the record `id` (if one).
-    pub fn what(&self, id: Option<Uuid>) -> Result<What, AppError> {
+    pub fn what(&self, id: Option<RecordId>) -> Result<What, AppError> {
         let (resource, interaction) = self.fhir()?;
         let what = What::new(AuditAction::from(interaction)).on(resource);
         Ok(match id {
@@ -116,10 +117,10 @@ impl Pipeline {
     pub fn record_access(
         &self,
         conn: &mut diesel::PgConnection,
-        resource_id: Uuid,
+        resource_id: RecordId,
         patient_of: PatientOf,
     ) -> Result<RecordAccess, AppError> {
-        let facts = record_facts(conn, resource_id, self.principal.user.id, patient_of)?;
+        let facts = record_facts(conn, resource_id, self.principal.user_id(), patient_of)?;
         self.judge(facts)
     }
 
@@ -137,7 +138,7 @@ impl Pipeline {
     /// (its event is written by the handler once it has fetched).
     pub async fn settle(
         &self,
-        resource_id: Uuid,
+        resource_id: RecordId,
         access: RecordAccess,
     ) -> Result<(View, PatientFacts), AppError> {
         let what = self.what(Some(resource_id))?;
@@ -157,10 +158,10 @@ impl Pipeline {
     /// [`Pipeline::record_access`] in its own blocking hop, then [`Pipeline::settle`].
     pub async fn authorize_record(
         &self,
-        resource_id: Uuid,
+        resource_id: RecordId,
         patient_of: PatientOf,
     ) -> Result<(View, PatientFacts), AppError> {
-        let user_id = self.principal.user.id;
+        let user_id = self.principal.user_id();
         let facts = self
             .state
             .db
@@ -175,13 +176,13 @@ impl Pipeline {
     pub async fn authorize_create(
         &self,
         patient_field: &'static str,
-        patient: Uuid,
+        patient: PatientId,
     ) -> Result<View, AppError> {
         let user_id = self.principal.user.id;
         let facts: Option<PatientFacts> = self
             .state
             .db
-            .run(move |c| users::patient_facts(c, patient, user_id))
+            .run(move |c| users::patient_facts(c, patient.into(), user_id))
             .await?;
         let requirement = "must reference a patient you may write for";
         let what = self.what(None)?;
@@ -207,13 +208,14 @@ impl Pipeline {
     pub async fn authorize_new(
         &self,
         target: Target,
-        patients: impl IntoIterator<Item = Uuid>,
+        patients: impl IntoIterator<Item = PatientId>,
         field: &'static str,
         requirement: &'static str,
     ) -> Result<View, AppError> {
         match self.decide(target)? {
             Decision::Permit { view, .. } => Ok(view),
             Decision::Deny(reason) => {
+                let patients = patients.into_iter().map(Uuid::from);
                 self.recorder
                     .deny(self.what(None)?, patients, reason)
                     .await?;
@@ -244,18 +246,20 @@ impl Pipeline {
     /// The permit event of this route for record `id` (if one) and `patients`.
     pub async fn permit(
         &self,
-        id: Option<Uuid>,
-        patients: impl IntoIterator<Item = Uuid>,
+        id: Option<RecordId>,
+        patients: impl IntoIterator<Item = PatientId>,
     ) -> Result<(), AppError> {
+        let patients = patients.into_iter().map(Uuid::from);
         self.recorder.permit(self.what(id)?, patients).await
     }
 
     /// The error event of this route for record `id` (if one) and `patients`.
     pub async fn error(
         &self,
-        id: Option<Uuid>,
-        patients: impl IntoIterator<Item = Uuid>,
+        id: Option<RecordId>,
+        patients: impl IntoIterator<Item = PatientId>,
     ) -> Result<(), AppError> {
+        let patients = patients.into_iter().map(Uuid::from);
         self.recorder.error(self.what(id)?, patients).await
     }
 
@@ -263,8 +267,8 @@ impl Pipeline {
     /// event ([`Recorder::commit_with`]).
     pub async fn commit_with<T, W>(
         &self,
-        id: Option<Uuid>,
-        patients: impl IntoIterator<Item = Uuid>,
+        id: Option<RecordId>,
+        patients: impl IntoIterator<Item = PatientId>,
         write: W,
         complete: Option<fn(&T, &mut crate::audit::AuditEvent)>,
     ) -> Result<T, AppError>
@@ -273,6 +277,7 @@ impl Pipeline {
         W: FnOnce(&mut diesel::PgConnection) -> Result<T, AppError> + Send + 'static,
     {
         let what = self.what(id)?;
+        let patients = patients.into_iter().map(Uuid::from);
         self.recorder
             .commit_with(what, patients, write, complete)
             .await
@@ -283,8 +288,8 @@ impl Pipeline {
     /// as an error and answered with `missing()`.
     pub async fn audited<T, W>(
         &self,
-        id: Uuid,
-        patient: Uuid,
+        id: RecordId,
+        patient: PatientId,
         write: W,
         missing: fn() -> AppError,
     ) -> Result<T, AppError>
@@ -316,17 +321,17 @@ impl RecordAccess {
 }
 
 /// Finds the patient a record belongs to (`None`: no such live record).
-pub type PatientOf = fn(&mut diesel::PgConnection, Uuid) -> Result<Option<Uuid>, AppError>;
+pub type PatientOf = fn(&mut diesel::PgConnection, RecordId) -> Result<Option<PatientId>, AppError>;
 
 /// The facility and care-team facts of the patient record `resource_id` belongs to.
 fn record_facts(
     conn: &mut diesel::PgConnection,
-    resource_id: Uuid,
-    user_id: Uuid,
+    resource_id: RecordId,
+    user_id: UserId,
     patient_of: PatientOf,
 ) -> Result<Option<PatientFacts>, AppError> {
     match patient_of(conn, resource_id)? {
-        Some(patient) => users::patient_facts(conn, patient, user_id),
+        Some(patient) => users::patient_facts(conn, patient.into(), user_id.into()),
         None => Ok(None),
     }
 }
@@ -465,7 +470,7 @@ impl Credentials {
     /// treated as missing. `get` returns the record's subject patient with the record.
     pub async fn read_one<I, T, G>(
         self,
-        id: Result<Uuid, AppError>,
+        id: Result<RecordId, AppError>,
         input: Result<I, AppError>,
         patient_of: PatientOf,
         get: G,
@@ -473,7 +478,12 @@ impl Credentials {
     where
         I: Send + 'static,
         T: Send + 'static,
-        G: FnOnce(&mut diesel::PgConnection, View, Uuid, &I) -> Result<Option<(Uuid, T)>, AppError>
+        G: FnOnce(
+                &mut diesel::PgConnection,
+                View,
+                RecordId,
+                &I,
+            ) -> Result<Option<(PatientId, T)>, AppError>
             + Send
             + 'static,
     {
@@ -490,7 +500,7 @@ impl Credentials {
             })
             .await?;
         let (_, facts) = pipeline.settle(id, access).await?;
-        let patient = facts.patient_id;
+        let patient = PatientId(facts.patient_id);
         let Some((_, record)) = found.filter(|(subject, _)| *subject == patient) else {
             pipeline.error(Some(id), []).await?;
             return Err(AppError::not_found());

@@ -98,112 +98,112 @@ pub fn configure(r: &mut Routes) {
         Method::GET,
         "/fhir/Patient",
         patient(I::Search),
-        fhir::patient::search,
+        fhir::resource::search::<fhir::patient::Patients>,
     );
     r.add(
         Method::POST,
         "/fhir/Patient",
         patient(I::Create),
-        fhir::patient::create,
+        fhir::resource::create::<fhir::patient::Patients>,
     );
     r.add(
         Method::GET,
         "/fhir/Patient/{id}",
         patient(I::Read),
-        fhir::patient::read,
+        fhir::resource::read::<fhir::patient::Patients>,
     );
     r.add(
         Method::PUT,
         "/fhir/Patient/{id}",
         patient(I::Update),
-        fhir::patient::update,
+        fhir::resource::update::<fhir::patient::Patients>,
     );
     let observation = |i| Action::Fhir(T::Observation, i);
     r.add(
         Method::GET,
         "/fhir/Observation",
         observation(I::Search),
-        fhir::observation::search,
+        fhir::resource::search::<fhir::observation::Observations>,
     );
     r.add(
         Method::POST,
         "/fhir/Observation",
         observation(I::Create),
-        fhir::observation::create,
+        fhir::resource::create::<fhir::observation::Observations>,
     );
     r.add(
         Method::GET,
         "/fhir/Observation/{id}",
         observation(I::Read),
-        fhir::observation::read,
+        fhir::resource::read::<fhir::observation::Observations>,
     );
     r.add(
         Method::PUT,
         "/fhir/Observation/{id}",
         observation(I::Update),
-        fhir::observation::update,
+        fhir::resource::update::<fhir::observation::Observations>,
     );
     r.add(
         Method::DELETE,
         "/fhir/Observation/{id}",
         observation(I::Delete),
-        fhir::observation::delete,
+        fhir::resource::delete::<fhir::observation::Observations>,
     );
     let document = |i| Action::Fhir(T::DocumentReference, i);
     r.add(
         Method::GET,
         "/fhir/DocumentReference",
         document(I::Search),
-        fhir::document_reference::search,
+        fhir::resource::search::<fhir::document_reference::DocumentReferences>,
     );
     r.add(
         Method::POST,
         "/fhir/DocumentReference",
         document(I::Create),
-        fhir::document_reference::create,
+        fhir::resource::create::<fhir::document_reference::DocumentReferences>,
     );
     r.add(
         Method::GET,
         "/fhir/DocumentReference/{id}",
         document(I::Read),
-        fhir::document_reference::read,
+        fhir::resource::read::<fhir::document_reference::DocumentReferences>,
     );
     r.add(
         Method::PUT,
         "/fhir/DocumentReference/{id}",
         document(I::Update),
-        fhir::document_reference::update,
+        fhir::resource::update::<fhir::document_reference::DocumentReferences>,
     );
     let claim = |i| Action::Fhir(T::Claim, i);
     r.add(
         Method::GET,
         "/fhir/Claim",
         claim(I::Search),
-        fhir::claim::search,
+        fhir::resource::search::<fhir::claim::Claims>,
     );
     r.add(
         Method::POST,
         "/fhir/Claim",
         claim(I::Create),
-        fhir::claim::create,
+        fhir::resource::create::<fhir::claim::Claims>,
     );
     r.add(
         Method::GET,
         "/fhir/Claim/{id}",
         claim(I::Read),
-        fhir::claim::read,
+        fhir::resource::read::<fhir::claim::Claims>,
     );
     r.add(
         Method::PUT,
         "/fhir/Claim/{id}",
         claim(I::Update),
-        fhir::claim::update,
+        fhir::resource::update::<fhir::claim::Claims>,
     );
     r.add(
         Method::DELETE,
         "/fhir/Claim/{id}",
         claim(I::Delete),
-        fhir::claim::delete,
+        fhir::resource::delete::<fhir::claim::Claims>,
     );
     let a = Action::Admin;
     r.add(Method::GET, "/api/admin/users", a, admin::list_users);

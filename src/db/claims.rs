@@ -6,9 +6,10 @@
 //! re-seals them like any other table in [`SEALED_COLUMNS`](crate::db::phi::SEALED_COLUMNS).
 
 use crate::crypto::{Keyring, Phi, Sealer};
-use crate::db::observations::scoped;
 use crate::db::phi::{open, place};
 use crate::db::schema::{claim_items, claim_items_unsealed, claims, claims_unsealed};
+use crate::db::scope::ScopeSql;
+use crate::domain::{PatientId, RecordId};
 use crate::error::AppError;
 use crate::policy::SearchScope;
 use chrono::{DateTime, Utc};
@@ -108,7 +109,7 @@ impl ClaimRow {
 }
 
 /// The subject patient of a live claim.
-pub fn patient_of(conn: &mut PgConnection, id: Uuid) -> Result<Option<Uuid>, AppError> {
+pub fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
     Ok(claims::table
         .filter(claims::id.eq(id))
         .filter(claims::deleted_at.is_null())
@@ -276,7 +277,7 @@ pub fn search(
     let base = claims::table
         .filter(claims::deleted_at.is_null())
         .into_boxed();
-    let mut q = scoped!(conn, base, claims::patient_id, scope);
+    let mut q = base.filter(ScopeSql::new(scope, "claims.patient_id").expression());
     if let Some(p) = criteria.patient {
         q = q.filter(claims::patient_id.eq(p));
     }
@@ -300,10 +301,11 @@ pub fn search(
 pub fn update(
     conn: &mut PgConnection,
     kr: &Keyring,
-    id: Uuid,
+    id: RecordId,
     expected: i32,
     new: &NewClaim,
 ) -> Result<Option<Claim>, AppError> {
+    let id = Uuid::from(id);
     conn.transaction(|conn| {
         let sealer = kr.sealer_for_write(conn)?;
         let row: Option<ClaimRow> = diesel::update(
@@ -339,7 +341,7 @@ pub fn update(
 }
 
 /// Soft delete: the claim stays (for the record) but is no longer read or found.
-pub fn soft_delete(conn: &mut PgConnection, id: Uuid) -> Result<bool, AppError> {
+pub fn soft_delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
     let n =
         diesel::update(claims::table.filter(claims::id.eq(id).and(claims::deleted_at.is_null())))
             .set((

@@ -3,9 +3,10 @@
 //! (re-sealing the note with the active key).
 
 use crate::crypto::Keyring;
-use crate::db::observations::scoped;
 use crate::db::phi::{DocumentReference, DocumentRow, NewDocumentReference, place};
 use crate::db::schema::document_references as d;
+use crate::db::scope::ScopeSql;
+use crate::domain::{PatientId, RecordId};
 use crate::error::AppError;
 use crate::policy::SearchScope;
 use chrono::Utc;
@@ -13,7 +14,7 @@ use diesel::prelude::*;
 use uuid::Uuid;
 
 /// The subject patient of a live document reference.
-pub fn patient_of(conn: &mut PgConnection, id: Uuid) -> Result<Option<Uuid>, AppError> {
+pub fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
     Ok(d::table
         .filter(d::id.eq(id))
         .filter(d::deleted_at.is_null())
@@ -32,7 +33,7 @@ pub fn search(
     limit: i64,
 ) -> Result<Vec<DocumentReference>, AppError> {
     let base = d::table.filter(d::deleted_at.is_null()).into_boxed();
-    let mut q = scoped!(conn, base, d::patient_id, scope);
+    let mut q = base.filter(ScopeSql::new(scope, "document_references.patient_id").expression());
     if let Some(p) = patient {
         q = q.filter(d::patient_id.eq(p));
     }
@@ -53,10 +54,11 @@ pub fn search(
 pub fn update(
     conn: &mut PgConnection,
     kr: &Keyring,
-    id: Uuid,
+    id: RecordId,
     expected: i32,
     new: &NewDocumentReference,
 ) -> Result<Option<DocumentReference>, AppError> {
+    let id = Uuid::from(id);
     conn.transaction(|conn| {
         let sealer = kr.sealer_for_write(conn)?;
         let text = sealer.seal_str(&place("document_references", "text_sealed", id), &new.text)?;

@@ -10,6 +10,7 @@ pub mod phi;
 /// The Diesel schema lives at the floor of the module graph (`crate::schema`) so that
 /// `crypto` and `audit` can keep their own tables without importing `db`.
 pub use crate::schema;
+pub mod scope;
 pub mod users;
 
 use crate::error::AppError;

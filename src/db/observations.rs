@@ -4,7 +4,9 @@
 
 use crate::crypto::Keyring;
 use crate::db::phi::{NewObservation, Observation, ObservationRow, place};
-use crate::db::schema::{care_team_members, observations};
+use crate::db::schema::observations;
+use crate::db::scope::ScopeSql;
+use crate::domain::{PatientId, RecordId};
 use crate::error::AppError;
 use crate::policy::SearchScope;
 use chrono::{DateTime, Utc};
@@ -13,42 +15,8 @@ use uuid::Uuid;
 
 const T: &str = "observations";
 
-/// The patients whose care team includes `user` (for the care-team search scope).
-pub fn care_team_of(conn: &mut PgConnection, user: Uuid) -> Result<Vec<Uuid>, AppError> {
-    Ok(care_team_members::table
-        .filter(care_team_members::user_id.eq(user))
-        .select(care_team_members::patient_id)
-        .load(conn)?)
-}
-
-/// Restricts a boxed query on a table with a `patient_id` column to live patients inside
-/// the policy's search scope.
-macro_rules! scoped {
-    ($conn:expr, $query:expr, $patient_id:expr, $scope:expr) => {{
-        use crate::db::schema::patients;
-        let live = patients::table
-            .filter(patients::deleted_at.is_null())
-            .select(patients::id);
-        let q = $query.filter($patient_id.eq_any(live));
-        match $scope {
-            SearchScope::CareTeam(user) => {
-                q.filter($patient_id.eq_any(crate::db::observations::care_team_of($conn, user)?))
-            }
-            SearchScope::Facility(f) => q.filter(
-                $patient_id.eq_any(
-                    patients::table
-                        .filter(patients::facility_id.eq(f))
-                        .select(patients::id),
-                ),
-            ),
-            SearchScope::OnePatient(p) => q.filter($patient_id.eq(p)),
-        }
-    }};
-}
-pub(crate) use scoped;
-
 /// The subject patient of a live observation.
-pub fn patient_of(conn: &mut PgConnection, id: Uuid) -> Result<Option<Uuid>, AppError> {
+pub fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
     Ok(observations::table
         .filter(observations::id.eq(id))
         .filter(observations::deleted_at.is_null())
@@ -78,7 +46,7 @@ pub fn search(
     let base = observations::table
         .filter(observations::deleted_at.is_null())
         .into_boxed();
-    let mut q = scoped!(conn, base, observations::patient_id, scope);
+    let mut q = base.filter(ScopeSql::new(scope, "observations.patient_id").expression());
     if let Some(p) = criteria.patient {
         q = q.filter(observations::patient_id.eq(p));
     }
@@ -108,10 +76,11 @@ pub fn search(
 pub fn update(
     conn: &mut PgConnection,
     kr: &Keyring,
-    id: Uuid,
+    id: RecordId,
     expected: i32,
     new: &NewObservation,
 ) -> Result<Option<Observation>, AppError> {
+    let id = Uuid::from(id);
     conn.transaction(|conn| {
         let sealer = kr.sealer_for_write(conn)?;
         let display = new
@@ -147,7 +116,7 @@ pub fn update(
 }
 
 /// Soft delete: the row stays (for the record) but is no longer read or found.
-pub fn soft_delete(conn: &mut PgConnection, id: Uuid) -> Result<bool, AppError> {
+pub fn soft_delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
     let n = diesel::update(
         observations::table.filter(
             observations::id

@@ -3,6 +3,7 @@
 //! policy's row restriction into SQL.
 
 use crate::crypto::{BlindKind, FieldPlace, Keyring, Phi, Sealable};
+use crate::db::scope::ScopeSql;
 use crate::error::AppError;
 use crate::policy::SearchScope;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -11,61 +12,37 @@ use diesel::sql_types::{Bytea, Int4, Nullable, Text, Timestamptz, Uuid as SqlUui
 use serde_json::Value;
 use uuid::Uuid;
 
-/// Which patient fields to fetch.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct PatientFields {
-    pub mrn: bool,
-    pub ssn: bool,
-    pub name: bool,
-    pub birth_date: bool,
-    pub gender: bool,
-    pub telecom: bool,
-    pub address: bool,
-}
+pub use crate::policy::views::PatientFields;
 
-impl PatientFields {
-    pub fn intersect(self, other: PatientFields) -> PatientFields {
-        PatientFields {
-            mrn: self.mrn && other.mrn,
-            ssn: self.ssn && other.ssn,
-            name: self.name && other.name,
-            birth_date: self.birth_date && other.birth_date,
-            gender: self.gender && other.gender,
-            telecom: self.telecom && other.telecom,
-            address: self.address && other.address,
+/// The SELECT list of `fields`: a column outside them becomes a typed NULL.
+fn select_list(fields: PatientFields) -> String {
+    let col = |on: bool, name: &str| {
+        if on {
+            name.to_string()
+        } else {
+            format!("NULL::bytea AS {name}")
         }
-    }
-
-    /// The SELECT list: a column outside the view becomes a typed NULL.
-    fn select_list(self) -> String {
-        let col = |on: bool, name: &str| {
-            if on {
-                name.to_string()
-            } else {
-                format!("NULL::bytea AS {name}")
-            }
-        };
-        [
-            "id".to_string(),
-            "version".to_string(),
-            "key_version".to_string(),
-            "facility_id".to_string(),
-            "updated_at".to_string(),
-            if self.gender {
-                "gender".to_string()
-            } else {
-                "NULL::text AS gender".to_string()
-            },
-            col(self.mrn, "mrn_sealed"),
-            col(self.ssn, "ssn_sealed"),
-            col(self.name, "family_sealed"),
-            col(self.name, "given_sealed"),
-            col(self.birth_date, "birth_date_sealed"),
-            col(self.telecom, "telecom_sealed"),
-            col(self.address, "address_sealed"),
-        ]
-        .join(", ")
-    }
+    };
+    [
+        "id".to_string(),
+        "version".to_string(),
+        "key_version".to_string(),
+        "facility_id".to_string(),
+        "updated_at".to_string(),
+        if fields.gender {
+            "gender".to_string()
+        } else {
+            "NULL::text AS gender".to_string()
+        },
+        col(fields.mrn, "mrn_sealed"),
+        col(fields.ssn, "ssn_sealed"),
+        col(fields.name, "family_sealed"),
+        col(fields.name, "given_sealed"),
+        col(fields.birth_date, "birth_date_sealed"),
+        col(fields.telecom, "telecom_sealed"),
+        col(fields.address, "address_sealed"),
+    ]
+    .join(", ")
 }
 
 /// A patient shaped to a view: fields outside it are `None`.
@@ -197,7 +174,7 @@ pub fn read(
     fields: PatientFields,
 ) -> Result<Option<PatientView>, AppError> {
     let query = ReadById {
-        sql: format!("SELECT {} FROM patients WHERE id = ", fields.select_list()),
+        sql: format!("SELECT {} FROM patients WHERE id = ", select_list(fields)),
         id,
     };
     let row: Option<Row> = query.get_result(conn).optional()?;
@@ -254,19 +231,12 @@ pub fn search(
     if let Some(v) = &criteria.ssn {
         index(BlindKind::Ssn, "ssn_index", v)?;
     }
-    let (scope_sql, scope_id) = match scope {
-        SearchScope::CareTeam(user) => (
-            "EXISTS (SELECT 1 FROM care_team_members c WHERE c.patient_id = p.id AND c.user_id = $1)",
-            user,
-        ),
-        SearchScope::Facility(f) => ("p.facility_id = $1", f),
-        SearchScope::OnePatient(p) => ("p.id = $1", p),
-    };
-    conditions.push(scope_sql.to_string());
+    let (scope_sql, scope_id) = ScopeSql::new(scope, "p.id").with_placeholder(1);
+    conditions.push(scope_sql);
     conditions.push("($2::uuid IS NULL OR p.id > $2)".to_string());
     let sql = format!(
         "SELECT {} FROM patients p WHERE {} ORDER BY p.id LIMIT $3",
-        fields.select_list(),
+        select_list(fields),
         conditions.join(" AND ")
     );
     let mut query = diesel::sql_query(sql)

@@ -1,7 +1,10 @@
-//! PHI repository: the only code that reads and writes the sealed PHI tables. Every
-//! sealed column is opened through the [`Keyring`]; every searchable identifier is found
-//! through its blind index. Domain structs wrap PHI in [`Phi`], so `Debug` prints
-//! `[redacted]`.
+//! Sealed PHI rows of patients, observations and notes: their domain structs (PHI wrapped
+//! in [`Phi`], so `Debug` prints `[redacted]`), sealing on insert and update, and the
+//! full-row reads the writes and the seeder need. The API reads patients view-shaped
+//! through [`crate::db::patient_views`]; observations, notes and claims have their
+//! search/update/delete in their own files ([`crate::db::observations`],
+//! [`crate::db::documents`], [`crate::db::claims`]). Every sealed column is opened
+//! through the [`Keyring`]; every searchable identifier is found through its blind index.
 
 use crate::crypto::{BlindKind, FieldPlace, Keyring, Phi, Sealable, Sealer};
 use crate::db::schema::{document_references, facilities, observations, patients};
@@ -295,21 +298,6 @@ pub fn update_patient(
     })
 }
 
-/// A patient by internal id (not deleted).
-pub fn get_patient(
-    conn: &mut PgConnection,
-    kr: &Keyring,
-    id: Uuid,
-) -> Result<Option<Patient>, AppError> {
-    let row = patients::table
-        .filter(patients::id.eq(id))
-        .filter(patients::deleted_at.is_null())
-        .select(PatientRow::as_select())
-        .first(conn)
-        .optional()?;
-    row.map(|r| r.open(conn, kr)).transpose()
-}
-
 /// The patient with this MRN (normalised: case, spaces and dashes ignored).
 pub fn find_patient_by_mrn(
     conn: &mut PgConnection,
@@ -324,38 +312,6 @@ pub fn find_patient_by_mrn(
         .first(conn)
         .optional()?;
     row.map(|r| r.open(conn, kr)).transpose()
-}
-
-/// Patients with this SSN (normalised: spaces and dashes ignored; nine digits).
-pub fn find_patients_by_ssn(
-    conn: &mut PgConnection,
-    kr: &Keyring,
-    ssn: &str,
-) -> Result<Vec<Patient>, AppError> {
-    let index = kr.blind_index(BlindKind::Ssn, ssn)?;
-    let rows = patients::table
-        .filter(patients::ssn_index.eq(index))
-        .filter(patients::deleted_at.is_null())
-        .order(patients::id)
-        .select(PatientRow::as_select())
-        .load(conn)?;
-    rows.into_iter().map(|r| r.open(conn, kr)).collect()
-}
-
-/// Patients with this family name (trimmed, whitespace collapsed, lowercased).
-pub fn find_patients_by_family(
-    conn: &mut PgConnection,
-    kr: &Keyring,
-    family: &str,
-) -> Result<Vec<Patient>, AppError> {
-    let index = kr.blind_index(BlindKind::Family, family)?;
-    let rows = patients::table
-        .filter(patients::family_index.eq(index))
-        .filter(patients::deleted_at.is_null())
-        .order(patients::id)
-        .select(PatientRow::as_select())
-        .load(conn)?;
-    rows.into_iter().map(|r| r.open(conn, kr)).collect()
 }
 
 // ---------------------------------------------------------------------------------------

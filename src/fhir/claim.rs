@@ -3,20 +3,17 @@
 //! policy matrix says. The R4 elements that this service fixes (type, use, priority,
 //! insurance, created) are emitted with fixed values so the JSON is valid R4.
 
-use super::bundle::{self, Cursor};
 use super::elements::Elements;
 use super::params;
+use super::resource::{self, Descriptor, FhirResource};
 use super::types::{bounded_len, bounded_text, invalid};
-use super::{FHIR_JSON, etag, if_match};
-use crate::access::{Credentials, Pipeline};
-use crate::audit::AuditEvent;
+use crate::access::Principal;
+use crate::crypto::Keyring;
 use crate::db::claims::{self, Claim, NewClaim, NewClaimItem};
+use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
-use crate::policy::{ResourceType, View};
-use crate::state::AppState;
-use crate::web::json::JsonBody;
-use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use crate::policy::{ResourceType, SearchScope, View};
+use diesel::PgConnection;
 use serde::Deserialize;
 use serde_json::{Number, Value, json};
 use uuid::Uuid;
@@ -29,13 +26,6 @@ pub const MAX_ITEMS: usize = 50;
 const STATUSES: &[&str] = &["active", "cancelled", "draft", "entered-in-error"];
 /// Largest amount: 10^10 - 0.01 in the currency's major unit.
 const MAX_CENTS: i64 = 1_000_000_000_000;
-
-fn check_view(view: View) -> Result<(), AppError> {
-    match view {
-        View::ClaimFull => Ok(()),
-        _ => Err(AppError::internal("claim permit with a foreign view")),
-    }
-}
 
 /// A FHIR `Money` amount: non-negative, at most two decimals, below 10^10.
 fn cents(field: &'static str, value: &Number) -> Result<i64, AppError> {
@@ -252,166 +242,106 @@ fn validate(input: ClaimIn) -> Result<NewClaim, AppError> {
     })
 }
 
-fn respond(status: StatusCode, c: &Claim, elements: &Elements) -> HttpResponse {
-    let body = elements.apply(to_fhir(c));
-    let mut res = HttpResponse::build(status);
-    res.content_type(FHIR_JSON)
-        .insert_header(etag(c.row.version));
-    if status == StatusCode::CREATED {
-        res.insert_header((
-            "Location",
-            format!("/fhir/Claim/{}/_history/{}", c.row.id, c.row.version),
-        ));
+/// The Claim API, served by the generic handlers of [`super::resource`].
+pub struct Claims;
+
+impl FhirResource for Claims {
+    const DESCRIPTOR: &'static Descriptor = &resource::CLAIM;
+    const SUBJECT_FIELD: &'static str = "patient.reference";
+    type Input = ClaimIn;
+    type New = NewClaim;
+    type Record = Claim;
+    type Criteria = claims::Criteria;
+    /// Whether to load the claim's items (not when `_elements` leaves them out).
+    type Fields = bool;
+
+    /// One view, the whole resource.
+    fn fields(view: View, elements: &Elements) -> Result<bool, AppError> {
+        super::whole_view(R, view)?;
+        Ok(elements.wants("item"))
     }
-    res.body(body.to_string())
-}
-
-pub async fn read(
-    req: HttpRequest,
-    credentials: Credentials,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, AppError> {
-    let id = params::parse_id(&path);
-    let elements = params::read_elements(&req, R);
-    let kr = state.keyring.clone();
-    let items = elements.as_ref().map_or(true, |e| e.wants("item"));
-    let get = move |c: &mut diesel::PgConnection, view: View, id: Uuid, _: &Elements| {
-        check_view(view)?;
-        Ok(claims::get(c, &kr, id, items)?.map(|claim| (claim.row.patient_id, claim)))
-    };
-    let (_, claim, elements) = credentials
-        .read_one(id, elements, claims::patient_of, get)
-        .await?;
-    Ok(respond(StatusCode::OK, &claim, &elements))
-}
-
-pub async fn search(
-    req: HttpRequest,
-    pipeline: Pipeline,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    let params = params::search_params(
-        &req,
-        &["patient", "status", "_count", "_cursor", "_elements"],
-    )?;
-    let patient = params::single(&params, "patient")?
-        .map(params::patient_param)
-        .transpose()?;
-    let status = match params::single(&params, "status")? {
-        Some(s) if STATUSES.contains(&s) => Some(s.to_string()),
-        Some(_) => {
-            return Err(invalid(
-                "status",
-                "must be active, cancelled, draft or entered-in-error",
-            ));
-        }
-        None => None,
-    };
-    let count = bundle::page_size(params::single(&params, "_count")?)?;
-    let elements = Elements::parse(R, params::single(&params, "_elements")?)?;
-    let (view, scope) = pipeline.authorize_search().await?;
-    check_view(view)?;
-    let after = params::single(&params, "_cursor")?
-        .map(|c| Cursor::open(&state.keyring, pipeline.user.id, R, c))
-        .transpose()?;
-    let limit = count as i64 + 1;
-    let kr = state.keyring.clone();
-    let criteria = claims::Criteria { patient, status };
-    let items = elements.wants("item");
-    let mut rows = state
-        .db
-        .run(move |c| claims::search(c, &kr, &criteria, scope, after, limit, items))
-        .await?;
-    let more = rows.len() > count;
-    rows.truncate(count);
-    let mut patients: Vec<Uuid> = rows.iter().map(|c| c.row.patient_id).collect();
-    patients.sort();
-    patients.dedup();
-    pipeline.permit(None, patients).await?;
-    let next = match (more, rows.last()) {
-        (true, Some(last)) => Some(Cursor::seal(
-            &state.keyring,
-            pipeline.user.id,
-            R,
-            last.row.id,
-        )?),
-        _ => None,
-    };
-    let entries: Vec<Value> = rows.iter().map(|r| elements.apply(to_fhir(r))).collect();
-    let body = bundle::searchset(&req, "Claim", entries, next.as_deref());
-    Ok(HttpResponse::Ok()
-        .content_type(FHIR_JSON)
-        .body(body.to_string()))
-}
-
-pub async fn create(
-    pipeline: Pipeline,
-    state: web::Data<AppState>,
-    body: JsonBody<ClaimIn>,
-) -> Result<HttpResponse, AppError> {
-    let input = body.0;
-    if input.id.is_some() {
-        return Err(invalid("id", "must not be set on create"));
+    fn input_id(input: &ClaimIn) -> Option<&str> {
+        input.id.as_deref()
     }
-    let new = validate(input)?;
-    let patient = new.patient_id;
-    let view = pipeline
-        .authorize_create("patient.reference", patient)
-        .await?;
-    check_view(view)?;
-    let kr = state.keyring.clone();
-    let write = move |c: &mut diesel::PgConnection| claims::insert(c, &kr, &new);
-    let complete: fn(&Claim, &mut AuditEvent) = |c, e| e.resource_id = Some(c.row.id);
-    let created = pipeline
-        .commit_with(None, [patient], write, Some(complete))
-        .await?;
-    Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
-}
-
-pub async fn update(
-    req: HttpRequest,
-    pipeline: Pipeline,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    body: JsonBody<ClaimIn>,
-) -> Result<HttpResponse, AppError> {
-    let id = params::parse_id(&path)?;
-    let expected = if_match(&req)?;
-    let input = body.0;
-    if input.id.as_deref() != Some(&id.to_string()) {
-        return Err(invalid("id", "must match the id in the URL"));
+    fn validate(input: ClaimIn, _: &Principal) -> Result<NewClaim, AppError> {
+        validate(input)
     }
-    // Input is checked before any record is looked up.
-    let new = validate(input)?;
-    let (view, patient) = pipeline
-        .authorize_record(id, claims::patient_of)
-        .await
-        .map(|(view, facts)| (view, facts.patient_id))?;
-    check_view(view)?;
-    if new.patient_id != patient {
-        pipeline.error(Some(id), [patient]).await?;
-        return Err(invalid("patient", "cannot be changed by an update"));
+    fn criteria(params: &[(&'static str, String)]) -> Result<claims::Criteria, AppError> {
+        let patient = params::single(params, "patient")?
+            .map(params::patient_param)
+            .transpose()?;
+        let status = match params::single(params, "status")? {
+            Some(s) if STATUSES.contains(&s) => Some(s.to_string()),
+            Some(_) => {
+                return Err(invalid(
+                    "status",
+                    "must be active, cancelled, draft or entered-in-error",
+                ));
+            }
+            None => None,
+        };
+        Ok(claims::Criteria { patient, status })
     }
-    let kr = state.keyring.clone();
-    let write = move |c: &mut diesel::PgConnection| claims::update(c, &kr, id, expected, &new);
-    let claim = pipeline
-        .audited(id, patient, write, params::precondition_failed)
-        .await?;
-    Ok(respond(StatusCode::OK, &claim, &Elements::all()))
-}
+    fn to_fhir(c: &Claim) -> Value {
+        to_fhir(c)
+    }
+    fn id(c: &Claim) -> RecordId {
+        RecordId(c.row.id)
+    }
+    fn version(c: &Claim) -> i32 {
+        c.row.version
+    }
+    fn subject(c: &Claim) -> PatientId {
+        PatientId(c.row.patient_id)
+    }
+    fn new_subject(new: &NewClaim) -> PatientId {
+        PatientId(new.patient_id)
+    }
 
-pub async fn delete(pipeline: Pipeline, path: web::Path<String>) -> Result<HttpResponse, AppError> {
-    let id = params::parse_id(&path)?;
-    let (_, patient) = pipeline
-        .authorize_record(id, claims::patient_of)
-        .await
-        .map(|(view, facts)| (view, facts.patient_id))?;
-    let write = move |c: &mut diesel::PgConnection| Ok(claims::soft_delete(c, id)?.then_some(()));
-    pipeline
-        .audited(id, patient, write, AppError::not_found)
-        .await?;
-    Ok(HttpResponse::NoContent().finish())
+    fn patient_of(c: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
+        claims::patient_of(c, id)
+    }
+    fn get(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        id: RecordId,
+        items: bool,
+    ) -> Result<Option<Claim>, AppError> {
+        claims::get(c, kr, id.into(), items)
+    }
+    fn search(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        criteria: &claims::Criteria,
+        scope: SearchScope,
+        after: Option<Uuid>,
+        limit: i64,
+        items: bool,
+    ) -> Result<Vec<Claim>, AppError> {
+        claims::search(c, kr, criteria, scope, after, limit, items)
+    }
+    fn insert(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        new: &NewClaim,
+        _: UserId,
+        _: bool,
+    ) -> Result<Claim, AppError> {
+        claims::insert(c, kr, new)
+    }
+    fn update(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        id: RecordId,
+        expected: i32,
+        new: &NewClaim,
+        _: bool,
+    ) -> Result<Option<Claim>, AppError> {
+        claims::update(c, kr, id, expected, new)
+    }
+    fn delete(c: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
+        claims::soft_delete(c, id)
+    }
 }
 
 #[cfg(test)]

@@ -4,23 +4,20 @@
 //! stored as plain text); on the way out it is base64 inside JSON. The author is the
 //! caller who created the note, never taken from the input.
 
-use super::bundle::{self, Cursor};
 use super::elements::Elements;
 use super::observation::{LOINC, loinc_code};
 use super::params;
+use super::resource::{self, Descriptor, FhirResource};
 use super::types::{bounded_len, invalid};
-use super::{FHIR_JSON, etag, if_match};
-use crate::access::{Credentials, Pipeline};
-use crate::audit::AuditEvent;
+use crate::access::Principal;
+use crate::crypto::Keyring;
 use crate::db::documents;
 use crate::db::phi::{self, DocumentReference, NewDocumentReference};
+use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
-use crate::policy::{ResourceType, View};
-use crate::state::AppState;
-use crate::web::json::JsonBody;
-use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use crate::policy::{ResourceType, SearchScope, View};
 use base64::Engine;
+use diesel::PgConnection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -29,13 +26,6 @@ const R: ResourceType = ResourceType::DocumentReference;
 /// The longest note, in characters, after sanitising.
 pub const MAX_NOTE_CHARS: usize = 20_000;
 const STATUSES: &[&str] = &["current", "superseded", "entered-in-error"];
-
-fn check_view(view: View) -> Result<(), AppError> {
-    match view {
-        View::DocumentReferenceFull => Ok(()),
-        _ => Err(AppError::internal("document permit with a foreign view")),
-    }
-}
 
 /// One ammonia pass that keeps no element at all (script and style lose their content
 /// too), with the text's HTML escaping undone so that the result is plain text.
@@ -229,145 +219,106 @@ fn validate(input: DocumentReferenceIn, author: Uuid) -> Result<NewDocumentRefer
     })
 }
 
-fn respond(status: StatusCode, doc: &DocumentReference, elements: &Elements) -> HttpResponse {
-    let body = elements.apply(to_fhir(doc));
-    let mut res = HttpResponse::build(status);
-    res.content_type(FHIR_JSON).insert_header(etag(doc.version));
-    if status == StatusCode::CREATED {
-        res.insert_header((
-            "Location",
-            format!(
-                "/fhir/DocumentReference/{}/_history/{}",
-                doc.id, doc.version
-            ),
-        ));
+/// The DocumentReference API, served by the generic handlers of [`super::resource`].
+pub struct DocumentReferences;
+
+impl FhirResource for DocumentReferences {
+    const DESCRIPTOR: &'static Descriptor = &resource::DOCUMENT_REFERENCE;
+    const SUBJECT_FIELD: &'static str = "subject.reference";
+    type Input = DocumentReferenceIn;
+    type New = NewDocumentReference;
+    type Record = DocumentReference;
+    /// The one patient to search (optional).
+    type Criteria = Option<Uuid>;
+    type Fields = ();
+
+    /// One view, the whole resource.
+    fn fields(view: View, _: &Elements) -> Result<(), AppError> {
+        super::whole_view(R, view)
     }
-    res.body(body.to_string())
-}
-
-/// One blocking hop: the caller's user and roles, the subject patient's policy facts, the
-/// decision, and only then the record.
-pub async fn read(
-    req: HttpRequest,
-    credentials: Credentials,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, AppError> {
-    let id = params::parse_id(&path);
-    let elements = params::read_elements(&req, R);
-    let kr = state.keyring.clone();
-    let get = move |c: &mut diesel::PgConnection, view: View, id: Uuid, _: &Elements| {
-        check_view(view)?;
-        Ok(phi::get_document_reference(c, &kr, id)?.map(|doc| (doc.patient_id, doc)))
-    };
-    let (_, doc, elements) = credentials
-        .read_one(id, elements, documents::patient_of, get)
-        .await?;
-    Ok(respond(StatusCode::OK, &doc, &elements))
-}
-
-pub async fn search(
-    req: HttpRequest,
-    pipeline: Pipeline,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    let params = params::search_params(
-        &req,
-        &["patient", "subject", "_count", "_cursor", "_elements"],
-    )?;
-    let mut patient = None;
-    for name in ["patient", "subject"] {
-        if let Some(p) = params::single(&params, name)? {
-            let id = params::patient_param(p)?;
-            if patient.replace(id).is_some_and(|prev| prev != id) {
-                return Err(invalid("patient", "names two different patients"));
+    fn input_id(input: &DocumentReferenceIn) -> Option<&str> {
+        input.id.as_deref()
+    }
+    /// The author is the authenticated principal, never taken from the input.
+    fn validate(
+        input: DocumentReferenceIn,
+        principal: &Principal,
+    ) -> Result<NewDocumentReference, AppError> {
+        validate(input, principal.user.id)
+    }
+    fn criteria(params: &[(&'static str, String)]) -> Result<Option<Uuid>, AppError> {
+        let mut patient = None;
+        for name in ["patient", "subject"] {
+            if let Some(p) = params::single(params, name)? {
+                let id = params::patient_param(p)?;
+                if patient.replace(id).is_some_and(|prev| prev != id) {
+                    return Err(invalid("patient", "names two different patients"));
+                }
             }
         }
+        Ok(patient)
     }
-    let count = bundle::page_size(params::single(&params, "_count")?)?;
-    let elements = Elements::parse(R, params::single(&params, "_elements")?)?;
-    let (view, scope) = pipeline.authorize_search().await?;
-    check_view(view)?;
-    let after = params::single(&params, "_cursor")?
-        .map(|c| Cursor::open(&state.keyring, pipeline.user.id, R, c))
-        .transpose()?;
-    let kr = state.keyring.clone();
-    let limit = count as i64 + 1;
-    let mut rows = state
-        .db
-        .run(move |c| documents::search(c, &kr, patient, scope, after, limit))
-        .await?;
-    let more = rows.len() > count;
-    rows.truncate(count);
-    let mut patients: Vec<Uuid> = rows.iter().map(|d| d.patient_id).collect();
-    patients.sort();
-    patients.dedup();
-    pipeline.permit(None, patients).await?;
-    let next = match (more, rows.last()) {
-        (true, Some(last)) => Some(Cursor::seal(&state.keyring, pipeline.user.id, R, last.id)?),
-        _ => None,
-    };
-    let entries: Vec<Value> = rows.iter().map(|r| elements.apply(to_fhir(r))).collect();
-    let body = bundle::searchset(&req, "DocumentReference", entries, next.as_deref());
-    Ok(HttpResponse::Ok()
-        .content_type(FHIR_JSON)
-        .body(body.to_string()))
-}
+    fn to_fhir(doc: &DocumentReference) -> Value {
+        to_fhir(doc)
+    }
+    fn id(doc: &DocumentReference) -> RecordId {
+        RecordId(doc.id)
+    }
+    fn version(doc: &DocumentReference) -> i32 {
+        doc.version
+    }
+    fn subject(doc: &DocumentReference) -> PatientId {
+        PatientId(doc.patient_id)
+    }
+    fn new_subject(new: &NewDocumentReference) -> PatientId {
+        PatientId(new.patient_id)
+    }
 
-pub async fn create(
-    pipeline: Pipeline,
-    state: web::Data<AppState>,
-    body: JsonBody<DocumentReferenceIn>,
-) -> Result<HttpResponse, AppError> {
-    let input = body.0;
-    if input.id.is_some() {
-        return Err(invalid("id", "must not be set on create"));
+    fn patient_of(c: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
+        documents::patient_of(c, id)
     }
-    let new = validate(input, pipeline.user.id)?;
-    let patient = new.patient_id;
-    let view = pipeline
-        .authorize_create("subject.reference", patient)
-        .await?;
-    check_view(view)?;
-    let kr = state.keyring.clone();
-    let write = move |c: &mut diesel::PgConnection| phi::insert_document_reference(c, &kr, &new);
-    let complete: fn(&DocumentReference, &mut AuditEvent) = |d, e| e.resource_id = Some(d.id);
-    let created = pipeline
-        .commit_with(None, [patient], write, Some(complete))
-        .await?;
-    Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
-}
-
-pub async fn update(
-    req: HttpRequest,
-    pipeline: Pipeline,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    body: JsonBody<DocumentReferenceIn>,
-) -> Result<HttpResponse, AppError> {
-    let id = params::parse_id(&path)?;
-    let expected = if_match(&req)?;
-    let input = body.0;
-    if input.id.as_deref() != Some(&id.to_string()) {
-        return Err(invalid("id", "must match the id in the URL"));
+    fn get(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        id: RecordId,
+        (): (),
+    ) -> Result<Option<DocumentReference>, AppError> {
+        phi::get_document_reference(c, kr, id.into())
     }
-    // Input is checked before any record is looked up.
-    let new = validate(input, pipeline.user.id)?;
-    let (view, patient) = pipeline
-        .authorize_record(id, documents::patient_of)
-        .await
-        .map(|(view, facts)| (view, facts.patient_id))?;
-    check_view(view)?;
-    if new.patient_id != patient {
-        pipeline.error(Some(id), [patient]).await?;
-        return Err(invalid("subject", "cannot be changed by an update"));
+    fn search(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        patient: &Option<Uuid>,
+        scope: SearchScope,
+        after: Option<Uuid>,
+        limit: i64,
+        (): (),
+    ) -> Result<Vec<DocumentReference>, AppError> {
+        documents::search(c, kr, *patient, scope, after, limit)
     }
-    let kr = state.keyring.clone();
-    let write = move |c: &mut diesel::PgConnection| documents::update(c, &kr, id, expected, &new);
-    let doc = pipeline
-        .audited(id, patient, write, params::precondition_failed)
-        .await?;
-    Ok(respond(StatusCode::OK, &doc, &Elements::all()))
+    fn insert(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        new: &NewDocumentReference,
+        _: UserId,
+        (): (),
+    ) -> Result<DocumentReference, AppError> {
+        phi::insert_document_reference(c, kr, new)
+    }
+    fn update(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        id: RecordId,
+        expected: i32,
+        new: &NewDocumentReference,
+        (): (),
+    ) -> Result<Option<DocumentReference>, AppError> {
+        documents::update(c, kr, id, expected, new)
+    }
+    /// Notes are not deleted through the API (no delete route).
+    fn delete(_: &mut PgConnection, _: RecordId) -> Result<bool, AppError> {
+        Ok(false)
+    }
 }
 
 #[cfg(test)]

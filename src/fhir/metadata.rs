@@ -1,45 +1,12 @@
-//! `GET /fhir/metadata`: the public CapabilityStatement (no PHI). The interactions are
-//! read from the route table, so the statement cannot drift from what is served; the
-//! search parameters are listed here next to the handlers that accept them.
+//! `GET /fhir/metadata`: the public CapabilityStatement (no PHI), built from the resource
+//! descriptors ([`super::resource`]) that the search handlers accept parameters from and
+//! that a test holds equal to the route table.
 
 use super::FHIR_JSON;
-use crate::policy::{Action, Interaction, ResourceType};
+use super::resource;
+use crate::policy::Interaction;
 use actix_web::HttpResponse;
 use serde_json::{Value, json};
-
-/// The search parameters each resource accepts: (name, FHIR search parameter type).
-pub fn search_params(resource: ResourceType) -> &'static [(&'static str, &'static str)] {
-    match resource {
-        ResourceType::Patient => &[
-            ("family", "string"),
-            ("given", "string"),
-            ("birthdate", "date"),
-            ("identifier", "token"),
-            ("_count", "number"),
-            ("_elements", "special"),
-        ],
-        ResourceType::Observation => &[
-            ("patient", "reference"),
-            ("subject", "reference"),
-            ("code", "token"),
-            ("date", "date"),
-            ("_count", "number"),
-            ("_elements", "special"),
-        ],
-        ResourceType::DocumentReference => &[
-            ("patient", "reference"),
-            ("subject", "reference"),
-            ("_count", "number"),
-            ("_elements", "special"),
-        ],
-        ResourceType::Claim => &[
-            ("patient", "reference"),
-            ("status", "token"),
-            ("_count", "number"),
-            ("_elements", "special"),
-        ],
-    }
-}
 
 fn interaction_code(i: Interaction) -> &'static str {
     match i {
@@ -51,30 +18,23 @@ fn interaction_code(i: Interaction) -> &'static str {
     }
 }
 
-/// The `rest[0].resource` list, from the route table.
+/// The `rest[0].resource` list, from the resource descriptors.
 pub fn resources() -> Vec<Value> {
-    let routes = crate::app::routes::table();
-    ResourceType::ALL
-        .into_iter()
-        .filter_map(|resource| {
+    resource::ALL
+        .iter()
+        .map(|d| {
             let interactions: Vec<Value> = Interaction::ALL
                 .into_iter()
-                .filter(|i| {
-                    routes
-                        .iter()
-                        .any(|r| r.action == Action::Fhir(resource, *i))
-                })
+                .filter(|i| d.interactions.contains(i))
                 .map(|i| json!({ "code": interaction_code(i) }))
                 .collect();
-            if interactions.is_empty() {
-                return None;
-            }
-            let params: Vec<Value> = search_params(resource)
+            let params: Vec<Value> = d
+                .search
                 .iter()
-                .map(|(name, kind)| json!({ "name": name, "type": kind }))
+                .map(|p| json!({ "name": p.name, "type": p.kind }))
                 .collect();
-            Some(json!({
-                "type": resource.as_str(),
+            json!({
+                "type": d.kind.as_str(),
                 "interaction": interactions,
                 "versioning": "versioned",
                 "readHistory": false,
@@ -83,7 +43,7 @@ pub fn resources() -> Vec<Value> {
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
                 "searchParam": params,
-            }))
+            })
         })
         .collect()
 }

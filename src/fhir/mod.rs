@@ -8,6 +8,7 @@ pub mod metadata;
 pub mod observation;
 pub mod params;
 pub mod patient;
+pub mod resource;
 pub mod types;
 
 use crate::error::AppError;
@@ -44,4 +45,17 @@ pub fn if_match(req: &HttpRequest) -> Result<i32, AppError> {
                 "Invalid header 'If-Match': must be an ETag such as W/\"1\".",
             )
         })
+}
+
+/// A permit for a single-view resource must carry that resource's whole view; any other
+/// view is a defect in the matrix, answered 500 (nothing is fetched).
+pub fn whole_view(
+    resource: crate::policy::ResourceType,
+    view: crate::policy::View,
+) -> Result<(), AppError> {
+    if crate::policy::views::is_whole_view(resource, view) {
+        Ok(())
+    } else {
+        Err(AppError::internal("permit with a foreign view"))
+    }
 }

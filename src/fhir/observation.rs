@@ -1,21 +1,19 @@
-//! FHIR `Observation`: read, search, create, version-checked update and soft delete. The
-//! decision is taken on the subject patient; every request is audited before it answers.
+//! FHIR `Observation`: its input, validation, FHIR form, search criteria and storage. The
+//! interactions (read, search, create, version-checked update, soft delete) are the
+//! generic handlers of [`super::resource`], decided on the subject patient.
 
-use super::bundle::{self, Cursor};
 use super::elements::Elements;
 use super::params;
+use super::resource::{self, Descriptor, FhirResource};
 use super::types::{bounded_len, bounded_text, invalid};
-use super::{FHIR_JSON, etag, if_match};
-use crate::access::{Credentials, Pipeline};
-use crate::audit::AuditEvent;
+use crate::access::Principal;
+use crate::crypto::Keyring;
 use crate::db::observations::{self, Criteria};
 use crate::db::phi::{self, NewObservation, Observation};
+use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
-use crate::policy::{ResourceType, View};
-use crate::state::AppState;
-use crate::web::json::JsonBody;
-use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use crate::policy::{ResourceType, SearchScope, View};
+use diesel::PgConnection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -30,14 +28,6 @@ pub const STATUSES: &[&str] = &[
     "cancelled",
     "entered-in-error",
 ];
-
-/// The one view of an observation is the whole resource; any other view sees nothing.
-fn check_view(view: View) -> Result<(), AppError> {
-    match view {
-        View::ObservationFull => Ok(()),
-        _ => Err(AppError::internal("observation permit with a foreign view")),
-    }
-}
 
 /// A LOINC code: 1–5 digits, a dash, one check digit.
 pub fn loinc_code(field: &'static str, value: &str) -> Result<String, AppError> {
@@ -193,178 +183,113 @@ fn validate(input: ObservationIn) -> Result<NewObservation, AppError> {
     })
 }
 
-fn respond(status: StatusCode, o: &Observation, elements: &Elements) -> HttpResponse {
-    let body = elements.apply(to_fhir(o));
-    let mut res = HttpResponse::build(status);
-    res.content_type(FHIR_JSON).insert_header(etag(o.version));
-    if status == StatusCode::CREATED {
-        res.insert_header((
-            "Location",
-            format!("/fhir/Observation/{}/_history/{}", o.id, o.version),
-        ));
+/// The Observation API, served by the generic handlers of [`super::resource`].
+pub struct Observations;
+
+impl FhirResource for Observations {
+    const DESCRIPTOR: &'static Descriptor = &resource::OBSERVATION;
+    const SUBJECT_FIELD: &'static str = "subject.reference";
+    type Input = ObservationIn;
+    type New = NewObservation;
+    type Record = Observation;
+    type Criteria = Criteria;
+    type Fields = ();
+
+    /// One view, the whole resource.
+    fn fields(view: View, _: &Elements) -> Result<(), AppError> {
+        super::whole_view(R, view)
     }
-    res.body(body.to_string())
-}
-
-/// One blocking hop: the caller's user and roles, the subject patient's policy facts, the
-/// decision, and only then the record.
-pub async fn read(
-    req: HttpRequest,
-    credentials: Credentials,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, AppError> {
-    let id = params::parse_id(&path);
-    let elements = params::read_elements(&req, R);
-    let kr = state.keyring.clone();
-    let get = move |c: &mut diesel::PgConnection, view: View, id: Uuid, _: &Elements| {
-        check_view(view)?;
-        Ok(phi::get_observation(c, &kr, id)?.map(|o| (o.patient_id, o)))
-    };
-    let (_, o, elements) = credentials
-        .read_one(id, elements, observations::patient_of, get)
-        .await?;
-    Ok(respond(StatusCode::OK, &o, &elements))
-}
-
-pub async fn search(
-    req: HttpRequest,
-    pipeline: Pipeline,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    let params = params::search_params(
-        &req,
-        &[
-            "patient",
-            "subject",
-            "code",
-            "date",
-            "_count",
-            "_cursor",
-            "_elements",
-        ],
-    )?;
-    let mut criteria = Criteria::default();
-    for name in ["patient", "subject"] {
-        if let Some(p) = params::single(&params, name)? {
-            let id = params::patient_param(p)?;
-            if criteria.patient.replace(id).is_some_and(|prev| prev != id) {
-                return Err(invalid("patient", "names two different patients"));
+    fn input_id(input: &ObservationIn) -> Option<&str> {
+        input.id.as_deref()
+    }
+    fn validate(input: ObservationIn, _: &Principal) -> Result<NewObservation, AppError> {
+        validate(input)
+    }
+    fn criteria(params: &[(&'static str, String)]) -> Result<Criteria, AppError> {
+        let mut criteria = Criteria::default();
+        for name in ["patient", "subject"] {
+            if let Some(p) = params::single(params, name)? {
+                let id = params::patient_param(p)?;
+                if criteria.patient.replace(id).is_some_and(|prev| prev != id) {
+                    return Err(invalid("patient", "names two different patients"));
+                }
             }
         }
+        if let Some(code) = params::single(params, "code")? {
+            let c = code.strip_prefix("http://loinc.org|").unwrap_or(code);
+            criteria.code = Some(loinc_code("code", c)?);
+        }
+        let dates: Vec<&String> = params
+            .iter()
+            .filter(|(k, _)| *k == "date")
+            .map(|(_, v)| v)
+            .collect();
+        bounded_len("date", &dates, 2)?;
+        for d in dates {
+            let (from, until) = params::date_range(d)?;
+            criteria.from.extend(from);
+            criteria.until.extend(until);
+        }
+        Ok(criteria)
     }
-    if let Some(code) = params::single(&params, "code")? {
-        let c = code.strip_prefix("http://loinc.org|").unwrap_or(code);
-        criteria.code = Some(loinc_code("code", c)?);
+    fn to_fhir(o: &Observation) -> Value {
+        to_fhir(o)
     }
-    let dates: Vec<&String> = params
-        .iter()
-        .filter(|(k, _)| *k == "date")
-        .map(|(_, v)| v)
-        .collect();
-    bounded_len("date", &dates, 2)?;
-    for d in dates {
-        let (from, until) = params::date_range(d)?;
-        criteria.from.extend(from);
-        criteria.until.extend(until);
+    fn id(o: &Observation) -> RecordId {
+        RecordId(o.id)
     }
-    let count = bundle::page_size(params::single(&params, "_count")?)?;
-    let elements = Elements::parse(R, params::single(&params, "_elements")?)?;
-    let (view, scope) = pipeline.authorize_search().await?;
-    check_view(view)?;
-    let after = params::single(&params, "_cursor")?
-        .map(|c| Cursor::open(&state.keyring, pipeline.user.id, R, c))
-        .transpose()?;
-    let kr = state.keyring.clone();
-    let limit = count as i64 + 1;
-    let mut rows = state
-        .db
-        .run(move |c| observations::search(c, &kr, &criteria, scope, after, limit))
-        .await?;
-    let more = rows.len() > count;
-    rows.truncate(count);
-    let mut patients: Vec<Uuid> = rows.iter().map(|o| o.patient_id).collect();
-    patients.sort();
-    patients.dedup();
-    pipeline.permit(None, patients).await?;
-    let next = match (more, rows.last()) {
-        (true, Some(last)) => Some(Cursor::seal(&state.keyring, pipeline.user.id, R, last.id)?),
-        _ => None,
-    };
-    let entries: Vec<Value> = rows.iter().map(|r| elements.apply(to_fhir(r))).collect();
-    let body = bundle::searchset(&req, "Observation", entries, next.as_deref());
-    Ok(HttpResponse::Ok()
-        .content_type(FHIR_JSON)
-        .body(body.to_string()))
-}
+    fn version(o: &Observation) -> i32 {
+        o.version
+    }
+    fn subject(o: &Observation) -> PatientId {
+        PatientId(o.patient_id)
+    }
+    fn new_subject(new: &NewObservation) -> PatientId {
+        PatientId(new.patient_id)
+    }
 
-pub async fn create(
-    pipeline: Pipeline,
-    state: web::Data<AppState>,
-    body: JsonBody<ObservationIn>,
-) -> Result<HttpResponse, AppError> {
-    let input = body.0;
-    if input.id.is_some() {
-        return Err(invalid("id", "must not be set on create"));
+    fn patient_of(c: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
+        observations::patient_of(c, id)
     }
-    let new = validate(input)?;
-    let patient = new.patient_id;
-    let view = pipeline
-        .authorize_create("subject.reference", patient)
-        .await?;
-    check_view(view)?;
-    let kr = state.keyring.clone();
-    let write = move |c: &mut diesel::PgConnection| phi::insert_observation(c, &kr, &new);
-    let complete: fn(&Observation, &mut AuditEvent) = |o, e| e.resource_id = Some(o.id);
-    let created = pipeline
-        .commit_with(None, [patient], write, Some(complete))
-        .await?;
-    Ok(respond(StatusCode::CREATED, &created, &Elements::all()))
-}
-
-pub async fn update(
-    req: HttpRequest,
-    pipeline: Pipeline,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    body: JsonBody<ObservationIn>,
-) -> Result<HttpResponse, AppError> {
-    let id = params::parse_id(&path)?;
-    let expected = if_match(&req)?;
-    let input = body.0;
-    if input.id.as_deref() != Some(&id.to_string()) {
-        return Err(invalid("id", "must match the id in the URL"));
+    fn get(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        id: RecordId,
+        (): (),
+    ) -> Result<Option<Observation>, AppError> {
+        phi::get_observation(c, kr, id.into())
     }
-    // Input is checked before any record is looked up.
-    let new = validate(input)?;
-    let (view, patient) = pipeline
-        .authorize_record(id, observations::patient_of)
-        .await
-        .map(|(view, facts)| (view, facts.patient_id))?;
-    check_view(view)?;
-    if new.patient_id != patient {
-        pipeline.error(Some(id), [patient]).await?;
-        return Err(invalid("subject", "cannot be changed by an update"));
+    fn search(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        criteria: &Criteria,
+        scope: SearchScope,
+        after: Option<Uuid>,
+        limit: i64,
+        (): (),
+    ) -> Result<Vec<Observation>, AppError> {
+        observations::search(c, kr, criteria, scope, after, limit)
     }
-    let kr = state.keyring.clone();
-    let write =
-        move |c: &mut diesel::PgConnection| observations::update(c, &kr, id, expected, &new);
-    let o = pipeline
-        .audited(id, patient, write, params::precondition_failed)
-        .await?;
-    Ok(respond(StatusCode::OK, &o, &Elements::all()))
-}
-
-pub async fn delete(pipeline: Pipeline, path: web::Path<String>) -> Result<HttpResponse, AppError> {
-    let id = params::parse_id(&path)?;
-    let (_, patient) = pipeline
-        .authorize_record(id, observations::patient_of)
-        .await
-        .map(|(view, facts)| (view, facts.patient_id))?;
-    let write =
-        move |c: &mut diesel::PgConnection| Ok(observations::soft_delete(c, id)?.then_some(()));
-    pipeline
-        .audited(id, patient, write, AppError::not_found)
-        .await?;
-    Ok(HttpResponse::NoContent().finish())
+    fn insert(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        new: &NewObservation,
+        _: UserId,
+        (): (),
+    ) -> Result<Observation, AppError> {
+        phi::insert_observation(c, kr, new)
+    }
+    fn update(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        id: RecordId,
+        expected: i32,
+        new: &NewObservation,
+        (): (),
+    ) -> Result<Option<Observation>, AppError> {
+        observations::update(c, kr, id, expected, new)
+    }
+    fn delete(c: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
+        observations::soft_delete(c, id)
+    }
 }

@@ -4,6 +4,7 @@
 
 use super::elements::Elements;
 use super::types::invalid;
+use crate::domain::RecordId;
 use crate::error::AppError;
 use crate::policy::ResourceType;
 use actix_web::HttpRequest;
@@ -11,9 +12,9 @@ use actix_web::http::StatusCode;
 use chrono::{DateTime, NaiveDate, SecondsFormat, Utc};
 use uuid::Uuid;
 
-/// An id that is not one of ours cannot exist.
-pub fn parse_id(raw: &str) -> Result<Uuid, AppError> {
-    Uuid::parse_str(raw).map_err(|_| AppError::not_found())
+/// The record id of a path; an id that is not one of ours cannot exist.
+pub fn parse_id(raw: &str) -> Result<RecordId, AppError> {
+    RecordId::parse(raw).ok_or_else(AppError::not_found)
 }
 
 pub fn precondition_failed() -> AppError {

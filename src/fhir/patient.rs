@@ -1,54 +1,29 @@
-//! FHIR `Patient`: read, search, create and version-checked update. Every handler asks
-//! the decision point, fetches only the fields of the permitted view, and commits its
-//! audit event before the response leaves.
+//! FHIR `Patient`: its input, validation, FHIR form, search criteria and storage. Read,
+//! search, create and version-checked update are the generic handlers of
+//! [`super::resource`]: each asks the decision point, fetches only the fields of the
+//! permitted view, and commits its audit event before the response leaves.
 
-use super::bundle::{self, Cursor};
 use super::elements::Elements;
 use super::params;
+use super::resource::{self, Descriptor, FhirResource};
 use super::types::{self, Gender, Mrn, Ssn, bounded_len, bounded_text, invalid};
-use super::{FHIR_JSON, etag, if_match};
-use crate::access::{Credentials, Pipeline};
-use crate::audit::AuditEvent;
+use crate::access::{Pipeline, Principal};
+use crate::crypto::Keyring;
 use crate::db::patient_views::{self, Criteria, PatientFields, PatientView};
 use crate::db::{phi, users};
+use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
-use crate::policy::{PatientFacts, ResourceType, Target, View};
-use crate::state::AppState;
-use crate::web::json::JsonBody;
-use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use crate::policy::{PatientFacts, SearchScope, Target, View};
+use diesel::PgConnection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
 pub const MRN_SYSTEM: &str = "urn:custodian:mrn";
 pub const SSN_SYSTEM: &str = "http://hl7.org/fhir/sid/us-ssn";
-const R: ResourceType = ResourceType::Patient;
 
-/// The fields each view may see.
-pub fn view_fields(view: View) -> PatientFields {
-    let base = PatientFields {
-        mrn: true,
-        name: true,
-        birth_date: true,
-        gender: true,
-        ..PatientFields::default()
-    };
-    match view {
-        View::PatientClinical | View::PatientSelf => PatientFields {
-            telecom: true,
-            address: true,
-            ..base
-        },
-        View::PatientBilling => PatientFields {
-            ssn: true,
-            address: true,
-            ..base
-        },
-        View::PatientDemographics => base,
-        _ => PatientFields::default(),
-    }
-}
+/// The fields each view may see ([`crate::policy::views`]).
+pub use crate::policy::views::patient_fields as view_fields;
 
 /// The fields `_elements` asks for (all without it): intersected with the view's fields,
 /// so that what is not returned is not fetched either.
@@ -101,55 +76,6 @@ pub fn to_fhir(p: &PatientView) -> Value {
     out
 }
 
-fn fhir_json(status: StatusCode) -> actix_web::HttpResponseBuilder {
-    let mut res = HttpResponse::build(status);
-    res.content_type(FHIR_JSON);
-    res
-}
-
-/// The response for one patient shaped to `fields` (`Location` on a create).
-fn respond(status: StatusCode, patient: &PatientView, elements: &Elements) -> HttpResponse {
-    let mut res = fhir_json(status);
-    res.insert_header(etag(patient.version));
-    if status == StatusCode::CREATED {
-        res.insert_header((
-            "Location",
-            format!("/fhir/Patient/{}/_history/{}", patient.id, patient.version),
-        ));
-    }
-    res.body(elements.apply(to_fhir(patient)).to_string())
-}
-
-/// One blocking hop: the principal's user and roles, the patient's policy facts, the
-/// decision, and only then the view's columns (decrypted), cut to `_elements`.
-pub async fn read(
-    req: HttpRequest,
-    credentials: Credentials,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-) -> Result<HttpResponse, AppError> {
-    let id = params::parse_id(&path);
-    let elements = params::read_elements(&req, R);
-    let kr = state.keyring.clone();
-    let get = move |c: &mut diesel::PgConnection, view: View, id: Uuid, e: &Elements| {
-        let fields = view_fields(view).intersect(requested_fields(e));
-        Ok(patient_views::read(c, &kr, id, fields)?.map(|p| (p.id, p)))
-    };
-    let (_, patient, elements) = credentials.read_one(id, elements, itself, get).await?;
-    Ok(respond(StatusCode::OK, &patient, &elements))
-}
-
-/// The search parameters of Patient (the CapabilityStatement lists the same).
-pub const SEARCH_PARAMS: &[&str] = &[
-    "family",
-    "given",
-    "birthdate",
-    "identifier",
-    "_count",
-    "_cursor",
-    "_elements",
-];
-
 fn search_criteria(q: &[(&'static str, String)]) -> Result<Criteria, AppError> {
     let mut c = Criteria::default();
     if let Some(f) = params::single(q, "family")? {
@@ -192,39 +118,6 @@ fn search_criteria(q: &[(&'static str, String)]) -> Result<Criteria, AppError> {
         }
     }
     Ok(c)
-}
-
-pub async fn search(
-    req: HttpRequest,
-    pipeline: Pipeline,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    let q = params::search_params(&req, SEARCH_PARAMS)?;
-    let criteria = search_criteria(&q)?;
-    let count = bundle::page_size(params::single(&q, "_count")?)?;
-    let elements = Elements::parse(R, params::single(&q, "_elements")?)?;
-    let (view, scope) = pipeline.authorize_search().await?;
-    let after = params::single(&q, "_cursor")?
-        .map(|c| Cursor::open(&state.keyring, pipeline.user.id, R, c))
-        .transpose()?;
-    let fields = view_fields(view).intersect(requested_fields(&elements));
-    let kr = state.keyring.clone();
-    let limit = count as i64 + 1;
-    let mut rows = state
-        .db
-        .run(move |c| patient_views::search(c, &kr, &criteria, scope, after, limit, fields))
-        .await?;
-    let more = rows.len() > count;
-    rows.truncate(count);
-    let ids: Vec<Uuid> = rows.iter().map(|p| p.id).collect();
-    pipeline.permit(None, ids).await?;
-    let next = match (more, rows.last()) {
-        (true, Some(last)) => Some(Cursor::seal(&state.keyring, pipeline.user.id, R, last.id)?),
-        _ => None,
-    };
-    let entries: Vec<Value> = rows.iter().map(|p| elements.apply(to_fhir(p))).collect();
-    let body = bundle::searchset(&req, "Patient", entries, next.as_deref());
-    Ok(fhir_json(StatusCode::OK).body(body.to_string()))
 }
 
 #[derive(Deserialize)]
@@ -289,13 +182,13 @@ struct ReferenceIn {
     reference: String,
 }
 
-/// A validated patient and the facility named in it (if any).
-struct ValidPatient {
+/// A validated patient and the facility its body names (if any).
+pub struct ValidPatient {
     new: phi::NewPatient,
     facility: Option<Uuid>,
 }
 
-fn validate(input: PatientIn, default_facility: Option<Uuid>) -> Result<ValidPatient, AppError> {
+fn validate(input: PatientIn) -> Result<ValidPatient, AppError> {
     if input.resource_type != "Patient" {
         return Err(invalid("resourceType", "must be Patient"));
     }
@@ -396,7 +289,7 @@ fn validate(input: PatientIn, default_facility: Option<Uuid>) -> Result<ValidPat
         }
     };
     let facility = match input.managing_organization {
-        None => default_facility,
+        None => None,
         Some(r) => Some(
             r.reference
                 .strip_prefix("Organization/")
@@ -425,93 +318,153 @@ fn validate(input: PatientIn, default_facility: Option<Uuid>) -> Result<ValidPat
     })
 }
 
-pub async fn create(
-    pipeline: Pipeline,
-    state: web::Data<AppState>,
-    body: JsonBody<PatientIn>,
-) -> Result<HttpResponse, AppError> {
-    let input = body.0;
-    if input.id.is_some() {
-        return Err(invalid("id", "must not be set on create"));
+/// The Patient API, served by the generic handlers of [`super::resource`]. Two hooks
+/// differ from the records of a patient: a create is decided on the facility the patient
+/// is registered at (and its author joins the care team), and an update cannot move the
+/// patient to another facility.
+pub struct Patients;
+
+impl FhirResource for Patients {
+    const DESCRIPTOR: &'static Descriptor = &resource::PATIENT;
+    const SUBJECT_FIELD: &'static str = "managingOrganization";
+    type Input = PatientIn;
+    type New = ValidPatient;
+    type Record = PatientView;
+    type Criteria = Criteria;
+    type Fields = PatientFields;
+
+    /// The view's fields that `_elements` asks for: what is not returned is not fetched.
+    fn fields(view: View, elements: &Elements) -> Result<PatientFields, AppError> {
+        Ok(view_fields(view).intersect(requested_fields(elements)))
     }
-    let valid = validate(input, pipeline.user.facility_id)?;
-    let facility = valid.facility.ok_or_else(|| {
-        invalid(
-            "managingOrganization",
-            "is required when you have no facility",
-        )
-    })?;
-    let facts = PatientFacts {
-        patient_id: Uuid::nil(),
-        facility_id: facility,
-        on_care_team: false,
-    };
-    let view = pipeline
-        .authorize_new(
-            Target::Patient(facts),
-            [],
-            "managingOrganization",
-            "must be a facility you may register patients at",
-        )
-        .await?;
-    let kr = state.keyring.clone();
-    let creator = pipeline.user.id;
-    let new = valid.new;
-    let write = move |c: &mut diesel::PgConnection| {
+    fn input_id(input: &PatientIn) -> Option<&str> {
+        input.id.as_deref()
+    }
+    fn validate(input: PatientIn, _: &Principal) -> Result<ValidPatient, AppError> {
+        validate(input)
+    }
+    fn criteria(params: &[(&'static str, String)]) -> Result<Criteria, AppError> {
+        search_criteria(params)
+    }
+    fn to_fhir(p: &PatientView) -> Value {
+        to_fhir(p)
+    }
+    fn id(p: &PatientView) -> RecordId {
+        RecordId(p.id)
+    }
+    fn version(p: &PatientView) -> i32 {
+        p.version
+    }
+    /// A Patient record is its own patient.
+    fn subject(p: &PatientView) -> PatientId {
+        PatientId(p.id)
+    }
+    /// Not known before the insert: a create is decided on the facility.
+    fn new_subject(_: &ValidPatient) -> PatientId {
+        PatientId(Uuid::nil())
+    }
+
+    /// Decided on the facility the body names, or the principal's own.
+    async fn authorize_create(
+        pipeline: &Pipeline,
+        new: &mut ValidPatient,
+    ) -> Result<View, AppError> {
+        let facility = new.facility.or(pipeline.user.facility_id).ok_or_else(|| {
+            invalid(
+                "managingOrganization",
+                "is required when you have no facility",
+            )
+        })?;
+        new.new.facility_id = facility;
+        let facts = PatientFacts {
+            patient_id: Uuid::nil(),
+            facility_id: facility,
+            on_care_team: false,
+        };
+        pipeline
+            .authorize_new(
+                Target::Patient(facts),
+                [],
+                Self::SUBJECT_FIELD,
+                "must be a facility you may register patients at",
+            )
+            .await
+    }
+
+    /// The patient stays at its facility.
+    fn check_update(new: &mut ValidPatient, facts: &PatientFacts) -> Result<(), AppError> {
+        if new.facility.is_some_and(|f| f != facts.facility_id) {
+            return Err(invalid(
+                "managingOrganization",
+                "cannot be changed by an update",
+            ));
+        }
+        new.new.facility_id = facts.facility_id;
+        Ok(())
+    }
+
+    /// Version conflicts are answered by the update itself (412); `None` is a patient
+    /// that is gone.
+    fn update_missed() -> AppError {
+        AppError::not_found()
+    }
+
+    fn patient_of(_: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
+        Ok(Some(PatientId(id.0)))
+    }
+    fn get(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        id: RecordId,
+        fields: PatientFields,
+    ) -> Result<Option<PatientView>, AppError> {
+        patient_views::read(c, kr, id.into(), fields)
+    }
+    fn search(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        criteria: &Criteria,
+        scope: SearchScope,
+        after: Option<Uuid>,
+        limit: i64,
+        fields: PatientFields,
+    ) -> Result<Vec<PatientView>, AppError> {
+        patient_views::search(c, kr, criteria, scope, after, limit, fields)
+    }
+    /// The author of a record joins its care team, so they can read it back.
+    fn insert(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        new: &ValidPatient,
+        author: UserId,
+        fields: PatientFields,
+    ) -> Result<PatientView, AppError> {
         use diesel::Connection;
         c.transaction(|c| {
-            let p = phi::insert_patient(c, &kr, &new)?;
-            // The author of a record joins its care team, so they can read it back.
-            users::add_to_care_team(c, p.id, creator, "author of the record", Some(creator))?;
-            Ok::<_, AppError>(p)
+            let p = phi::insert_patient(c, kr, &new.new)?;
+            users::add_to_care_team(
+                c,
+                p.id,
+                author.into(),
+                "author of the record",
+                Some(author.into()),
+            )?;
+            Ok(PatientView::shaped(p, fields))
         })
-    };
-    let complete: fn(&phi::Patient, &mut AuditEvent) = |p, event| {
-        event.resource_id = Some(p.id);
-        event.patient_ids = vec![p.id];
-    };
-    let created = pipeline
-        .commit_with(None, [], write, Some(complete))
-        .await?;
-    let shaped = PatientView::shaped(created, view_fields(view));
-    Ok(respond(StatusCode::CREATED, &shaped, &Elements::all()))
-}
-
-/// A version-checked replace; answers the full resource in the principal's view.
-pub async fn update(
-    req: HttpRequest,
-    pipeline: Pipeline,
-    state: web::Data<AppState>,
-    path: web::Path<String>,
-    body: JsonBody<PatientIn>,
-) -> Result<HttpResponse, AppError> {
-    let id = params::parse_id(&path)?;
-    let expected = if_match(&req)?;
-    let input = body.0;
-    if input.id.as_deref() != Some(&id.to_string()) {
-        return Err(invalid("id", "must match the id in the URL"));
     }
-    let (view, facts) = pipeline.authorize_record(id, itself).await?;
-    let mut valid = validate(input, Some(facts.facility_id))?;
-    if valid.facility != Some(facts.facility_id) {
-        return Err(invalid(
-            "managingOrganization",
-            "cannot be changed by an update",
-        ));
+    fn update(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        id: RecordId,
+        expected: i32,
+        new: &ValidPatient,
+        fields: PatientFields,
+    ) -> Result<Option<PatientView>, AppError> {
+        Ok(phi::update_patient(c, kr, id.into(), expected, &new.new)?
+            .map(|p| PatientView::shaped(p, fields)))
     }
-    valid.new.facility_id = facts.facility_id;
-    let kr = state.keyring.clone();
-    let new = valid.new;
-    // Version conflicts (412), duplicate MRNs (409) and failures are audited as errors.
-    let write = move |c: &mut diesel::PgConnection| {
-        phi::update_patient(c, &kr, id, expected, &new)?.ok_or_else(AppError::not_found)
-    };
-    let updated = pipeline.commit_with(Some(id), [id], write, None).await?;
-    let shaped = PatientView::shaped(updated, view_fields(view));
-    Ok(respond(StatusCode::OK, &shaped, &Elements::all()))
-}
-
-/// A Patient record is its own patient.
-fn itself(_: &mut diesel::PgConnection, id: Uuid) -> Result<Option<Uuid>, AppError> {
-    Ok(Some(id))
+    /// Patients are not deleted through the API (no delete route).
+    fn delete(_: &mut PgConnection, _: RecordId) -> Result<bool, AppError> {
+        Ok(false)
+    }
 }

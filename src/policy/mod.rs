@@ -4,6 +4,7 @@
 //! Handlers never check roles themselves.
 
 pub mod matrix;
+pub mod views;
 
 pub use matrix::{Interaction, ResourceType, Role, View};
 

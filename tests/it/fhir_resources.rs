@@ -18,7 +18,7 @@ fn person(w: &World, sub: &str, roles: &[Role]) -> (Uuid, String) {
     (id, w.token(sub, SCOPES))
 }
 
-fn observation_json(patient: Uuid) -> Value {
+pub(crate) fn observation_json(patient: Uuid) -> Value {
     json!({
         "resourceType": "Observation",
         "status": "final",
@@ -542,7 +542,7 @@ fn unb64(data: &Value) -> String {
     .unwrap()
 }
 
-fn note_json(patient: Uuid, text: &str) -> Value {
+pub(crate) fn note_json(patient: Uuid, text: &str) -> Value {
     json!({
         "resourceType": "DocumentReference",
         "status": "current",
@@ -725,7 +725,7 @@ async fn fhir_document_reference_bad_input_gets_a_4xx_and_stores_nothing() {
 // ---------------------------------------------------------------------------------------
 // Claim
 
-fn claim_json(patient: Uuid) -> Value {
+pub(crate) fn claim_json(patient: Uuid) -> Value {
     json!({
         "resourceType": "Claim",
         "status": "active",

@@ -13,3 +13,4 @@ mod console_pages;
 mod fhir_patient;
 mod fhir_resources;
 mod platform;
+mod routes;

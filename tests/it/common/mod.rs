@@ -19,6 +19,7 @@ pub mod authenticator;
 pub mod browser;
 pub mod idp;
 pub mod oidc;
+pub mod phi;
 pub mod proxy;
 pub mod tlsclient;
 

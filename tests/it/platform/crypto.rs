@@ -2,6 +2,7 @@
 //! dump, tamper and move detection, wrong keys, resumable DEK rotation, KEK rotation,
 //! blind-index search.
 
+use crate::common::phi as test_phi;
 use crate::common::{TestApp, TestDb, random_key, test_keys};
 use actix_web::ResponseError;
 use chrono::{NaiveDate, TimeZone, Utc};
@@ -260,7 +261,7 @@ fn every_sealed_type_round_trips_through_the_database() {
     let facility = phi::insert_facility(&mut conn, "General").unwrap();
     let new = patient(facility, "MRN-1", Some("111-22-3333"), "Müller", "Zoë");
     let created = phi::insert_patient(&mut conn, &kr, &new).unwrap();
-    let p = phi::get_patient(&mut conn, &kr, created.id)
+    let p = test_phi::get_patient(&mut conn, &kr, created.id)
         .unwrap()
         .unwrap();
     assert_eq!(p.key_version, 1);
@@ -286,7 +287,9 @@ fn every_sealed_type_round_trips_through_the_database() {
         ..patient(facility, "MRN-2", None, "A", "B")
     };
     let m = phi::insert_patient(&mut conn, &kr, &minimal).unwrap();
-    let m = phi::get_patient(&mut conn, &kr, m.id).unwrap().unwrap();
+    let m = test_phi::get_patient(&mut conn, &kr, m.id)
+        .unwrap()
+        .unwrap();
     assert!(m.ssn.is_none() && m.telecom.is_none() && m.address.is_none());
 
     let d = phi::insert_document_reference(&mut conn, &kr, &note(p.id, "<p>Note ✓</p>")).unwrap();
@@ -325,7 +328,7 @@ fn same_value_twice_gives_different_ciphertexts_but_equal_blind_indexes() {
     assert_ne!(rows[0].family_sealed, rows[1].family_sealed);
     assert_eq!(rows[0].family_index, rows[1].family_index);
     assert_eq!(
-        phi::find_patients_by_family(&mut conn, &kr, "smith")
+        test_phi::find_patients_by_family(&mut conn, &kr, "smith")
             .unwrap()
             .len(),
         2
@@ -371,7 +374,7 @@ fn tampered_or_moved_ciphertext_is_an_error_not_garbage() {
         (c.id, "family_sealed"),
         (e.id, "mrn_sealed"),
     ] {
-        let err = phi::get_patient(&mut conn, &kr, id).unwrap_err();
+        let err = test_phi::get_patient(&mut conn, &kr, id).unwrap_err();
         assert_eq!(err.status_code(), 500, "generic 500 for the client");
         let logged = format!("{err:#}");
         assert!(logged.contains(&id.to_string()), "names the row: {logged}");
@@ -491,7 +494,7 @@ fn interrupted_rotation_resumes_retires_the_old_key_and_keeps_everything_readabl
     let fresh = keyring(&db);
     for id in &patients {
         assert_eq!(
-            phi::get_patient(&mut conn, &fresh, *id)
+            test_phi::get_patient(&mut conn, &fresh, *id)
                 .unwrap()
                 .unwrap()
                 .family
@@ -551,10 +554,10 @@ fn interrupted_rotation_resumes_retires_the_old_key_and_keeps_everything_readabl
         "retired keys are not loaded"
     );
     for id in &patients {
-        let p = phi::get_patient(&mut conn, &kr, *id).unwrap().unwrap();
+        let p = test_phi::get_patient(&mut conn, &kr, *id).unwrap().unwrap();
         assert_eq!(p.key_version, 2);
         assert_eq!(
-            phi::get_patient(&mut conn, &fresh, *id)
+            test_phi::get_patient(&mut conn, &fresh, *id)
                 .unwrap()
                 .unwrap()
                 .given
@@ -562,7 +565,7 @@ fn interrupted_rotation_resumes_retires_the_old_key_and_keeps_everything_readabl
             p.given.expose()
         );
     }
-    let found = phi::find_patients_by_ssn(&mut conn, &fresh, "100 00 0003").unwrap();
+    let found = test_phi::find_patients_by_ssn(&mut conn, &fresh, "100 00 0003").unwrap();
     assert_eq!(found.len(), 1);
 
     // A second full rotation starts version 3.
@@ -578,7 +581,7 @@ fn interrupted_rotation_resumes_retires_the_old_key_and_keeps_everything_readabl
         (3, true, vec![2])
     );
     assert_eq!(
-        phi::get_patient(&mut conn, &kr, late.id)
+        test_phi::get_patient(&mut conn, &kr, late.id)
             .unwrap()
             .unwrap()
             .key_version,
@@ -645,7 +648,7 @@ fn kek_rotation_rewraps_data_keys_and_keeps_every_value_readable() {
     // After the swap: the new KEK opens everything (both versions), the old one is refused.
     let swapped = load_keyring(&crypto_config(&new_kek, None), &db.url, 5).unwrap();
     assert_eq!(swapped.loaded_versions(), vec![1, 2]);
-    let back = phi::get_patient(&mut conn, &swapped, p.id)
+    let back = test_phi::get_patient(&mut conn, &swapped, p.id)
         .unwrap()
         .unwrap();
     assert_eq!(back.ssn.unwrap().expose(), "222-33-4444");
@@ -693,14 +696,14 @@ fn blind_index_finds_by_mrn_and_ssn_with_normalisation_before_and_after_rotation
                 .is_none()
         );
         for ssn in ["123-45-6789", "123456789", "123 45 6789", " 123-45 6789 "] {
-            let found = phi::find_patients_by_ssn(conn, kr, ssn).unwrap();
+            let found = test_phi::find_patients_by_ssn(conn, kr, ssn).unwrap();
             assert_eq!(
                 found.iter().map(|p| p.id).collect::<Vec<_>>(),
                 vec![p.id],
                 "{ssn}"
             );
         }
-        let bad = phi::find_patients_by_ssn(conn, kr, "12-345").unwrap_err();
+        let bad = test_phi::find_patients_by_ssn(conn, kr, "12-345").unwrap_err();
         assert_eq!(bad.status_code(), 422);
     };
     check(&mut conn, &kr);
@@ -747,12 +750,12 @@ fn blind_index_finds_by_mrn_and_ssn_with_normalisation_before_and_after_rotation
     assert_eq!((updated.version, updated.key_version), (2, 2));
     assert!(updated.telecom.is_none());
     assert!(
-        phi::find_patients_by_ssn(&mut conn, &kr, "123-45-6789")
+        test_phi::find_patients_by_ssn(&mut conn, &kr, "123-45-6789")
             .unwrap()
             .is_empty()
     );
     assert_eq!(
-        phi::find_patients_by_ssn(&mut conn, &kr, "999887777").unwrap()[0]
+        test_phi::find_patients_by_ssn(&mut conn, &kr, "999887777").unwrap()[0]
             .family
             .expose(),
         "Found"

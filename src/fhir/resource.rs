@@ -1,0 +1,410 @@
+//! Each FHIR resource type described once: the interactions it supports and its search
+//! parameters (name and FHIR search-parameter type). The CapabilityStatement is built from
+//! these descriptors, and every search handler accepts exactly the parameters listed here
+//! (plus the opaque paging cursor); a test checks that the route table registers exactly
+//! the interactions listed here.
+
+use crate::policy::{Interaction, ResourceType};
+
+/// One search parameter: its name and FHIR search-parameter type.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SearchParam {
+    pub name: &'static str,
+    pub kind: &'static str,
+}
+
+const fn param(name: &'static str, kind: &'static str) -> SearchParam {
+    SearchParam { name, kind }
+}
+
+/// The paging cursor a searchset's `next` link carries: accepted by every search, not
+/// listed in the CapabilityStatement (clients follow the link, they do not build it).
+pub const CURSOR: &str = "_cursor";
+
+/// What the API offers for one resource type.
+#[derive(Debug)]
+pub struct Descriptor {
+    pub kind: ResourceType,
+    pub interactions: &'static [Interaction],
+    pub search: &'static [SearchParam],
+}
+
+impl Descriptor {
+    /// Every query parameter a search of this type accepts.
+    pub fn accepted(&self) -> Vec<&'static str> {
+        self.search.iter().map(|p| p.name).chain([CURSOR]).collect()
+    }
+}
+
+use Interaction::{Create, Delete, Read, Search, Update};
+
+const COUNT: SearchParam = param("_count", "number");
+const ELEMENTS: SearchParam = param("_elements", "special");
+
+pub const PATIENT: Descriptor = Descriptor {
+    kind: ResourceType::Patient,
+    interactions: &[Search, Create, Read, Update],
+    search: &[
+        param("family", "string"),
+        param("given", "string"),
+        param("birthdate", "date"),
+        param("identifier", "token"),
+        COUNT,
+        ELEMENTS,
+    ],
+};
+
+pub const OBSERVATION: Descriptor = Descriptor {
+    kind: ResourceType::Observation,
+    interactions: &[Search, Create, Read, Update, Delete],
+    search: &[
+        param("patient", "reference"),
+        param("subject", "reference"),
+        param("code", "token"),
+        param("date", "date"),
+        COUNT,
+        ELEMENTS,
+    ],
+};
+
+pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
+    kind: ResourceType::DocumentReference,
+    interactions: &[Search, Create, Read, Update],
+    search: &[
+        param("patient", "reference"),
+        param("subject", "reference"),
+        COUNT,
+        ELEMENTS,
+    ],
+};
+
+pub const CLAIM: Descriptor = Descriptor {
+    kind: ResourceType::Claim,
+    interactions: &[Search, Create, Read, Update, Delete],
+    search: &[
+        param("patient", "reference"),
+        param("status", "token"),
+        COUNT,
+        ELEMENTS,
+    ],
+};
+
+/// Every resource type the API serves, in CapabilityStatement order.
+pub const ALL: [&Descriptor; 4] = [&PATIENT, &OBSERVATION, &DOCUMENT_REFERENCE, &CLAIM];
+
+/// The descriptor of `kind`.
+pub fn of(kind: ResourceType) -> &'static Descriptor {
+    match kind {
+        ResourceType::Patient => &PATIENT,
+        ResourceType::Observation => &OBSERVATION,
+        ResourceType::DocumentReference => &DOCUMENT_REFERENCE,
+        ResourceType::Claim => &CLAIM,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// The resource abstraction and its generic handlers.
+
+use super::bundle::{self, Cursor};
+use super::elements::Elements;
+use super::types::invalid;
+use super::{FHIR_JSON, etag, if_match, params};
+use crate::access::{Credentials, Pipeline, Principal};
+use crate::audit::AuditEvent;
+use crate::crypto::Keyring;
+use crate::domain::{PatientId, RecordId, UserId};
+use crate::error::AppError;
+use crate::policy::{PatientFacts, SearchScope, View};
+use crate::state::AppState;
+use crate::web::json::JsonBody;
+use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, HttpResponse, web};
+use diesel::PgConnection;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+use uuid::Uuid;
+
+/// One FHIR resource type: its descriptor, its input and validation, its FHIR form, which
+/// fields a view fetches, and its storage. The generic handlers below ([`read`],
+/// [`search`], [`create`], [`update`], [`delete`]) run every interaction through the
+/// access pipeline on the route's action; a resource module only describes itself.
+// Used only by our own handlers, which need no `Send` bound on the futures.
+#[allow(async_fn_in_trait)]
+pub trait FhirResource: 'static {
+    const DESCRIPTOR: &'static Descriptor;
+    /// The JSON field naming the subject patient (where a create's refusal points).
+    const SUBJECT_FIELD: &'static str;
+    /// The body of a create or update.
+    type Input: DeserializeOwned + 'static;
+    /// A validated body.
+    type New: Send + 'static;
+    /// A stored record, shaped to the caller's view.
+    type Record: Send + 'static;
+    /// Parsed search criteria.
+    type Criteria: Send + 'static;
+    /// What to fetch for a view (and `_elements`): never more than the view.
+    type Fields: Copy + Send + 'static;
+
+    /// The fields of `view` that `elements` asks for; an error for a foreign view.
+    fn fields(view: View, elements: &Elements) -> Result<Self::Fields, AppError>;
+    /// The `id` of a body.
+    fn input_id(input: &Self::Input) -> Option<&str>;
+    fn validate(input: Self::Input, principal: &Principal) -> Result<Self::New, AppError>;
+    /// The search criteria from the query (each name is one of the descriptor's).
+    fn criteria(params: &[(&'static str, String)]) -> Result<Self::Criteria, AppError>;
+    fn to_fhir(record: &Self::Record) -> Value;
+    fn id(record: &Self::Record) -> RecordId;
+    fn version(record: &Self::Record) -> i32;
+    /// The subject patient of a record.
+    fn subject(record: &Self::Record) -> PatientId;
+
+    /// The patient a validated body is about.
+    fn new_subject(new: &Self::New) -> PatientId;
+
+    /// The permit to create `new`: by default, the decision on its subject patient.
+    async fn authorize_create(pipeline: &Pipeline, new: &mut Self::New) -> Result<View, AppError> {
+        pipeline
+            .authorize_create(Self::SUBJECT_FIELD, Self::new_subject(new))
+            .await
+    }
+
+    /// After the update permit: `new` must fit the record it replaces (same subject).
+    fn check_update(new: &mut Self::New, facts: &PatientFacts) -> Result<(), AppError> {
+        if Self::new_subject(new) == PatientId(facts.patient_id) {
+            Ok(())
+        } else {
+            Err(invalid(
+                Self::SUBJECT_FIELD,
+                "cannot be changed by an update",
+            ))
+        }
+    }
+
+    /// What an update that found no row at the expected version answers.
+    fn update_missed() -> AppError {
+        params::precondition_failed()
+    }
+
+    // Storage (parameterised queries in db/).
+    /// The subject patient of a live record.
+    fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError>;
+    fn get(
+        conn: &mut PgConnection,
+        kr: &Keyring,
+        id: RecordId,
+        fields: Self::Fields,
+    ) -> Result<Option<Self::Record>, AppError>;
+    fn search(
+        conn: &mut PgConnection,
+        kr: &Keyring,
+        criteria: &Self::Criteria,
+        scope: SearchScope,
+        after: Option<Uuid>,
+        limit: i64,
+        fields: Self::Fields,
+    ) -> Result<Vec<Self::Record>, AppError>;
+    fn insert(
+        conn: &mut PgConnection,
+        kr: &Keyring,
+        new: &Self::New,
+        author: UserId,
+        fields: Self::Fields,
+    ) -> Result<Self::Record, AppError>;
+    /// Replaces the record if its version is still `expected` (`None` otherwise).
+    fn update(
+        conn: &mut PgConnection,
+        kr: &Keyring,
+        id: RecordId,
+        expected: i32,
+        new: &Self::New,
+        fields: Self::Fields,
+    ) -> Result<Option<Self::Record>, AppError>;
+    /// Soft delete (`false`: no such live record).
+    fn delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError>;
+}
+
+/// The handler's resource must be the route's (the decision was about the route's).
+fn check_route<R: FhirResource>(pipeline: &Pipeline) -> Result<(), AppError> {
+    if pipeline.resource()? == R::DESCRIPTOR.kind {
+        Ok(())
+    } else {
+        Err(AppError::internal("handler for another resource type"))
+    }
+}
+
+fn respond<R: FhirResource>(status: StatusCode, r: &R::Record, e: &Elements) -> HttpResponse {
+    let mut res = HttpResponse::build(status);
+    res.content_type(FHIR_JSON)
+        .insert_header(etag(R::version(r)));
+    if status == StatusCode::CREATED {
+        res.insert_header((
+            "Location",
+            format!(
+                "/fhir/{}/{}/_history/{}",
+                R::DESCRIPTOR.kind.as_str(),
+                R::id(r),
+                R::version(r)
+            ),
+        ));
+    }
+    res.body(e.apply(R::to_fhir(r)).to_string())
+}
+
+/// Read: ONE blocking hop (principal, facts, decision, the view's fields), then the
+/// group-committed audit event ([`Credentials::read_one`]).
+pub async fn read<R: FhirResource>(
+    req: HttpRequest,
+    credentials: Credentials,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let id = params::parse_id(&path);
+    let elements = params::read_elements(&req, R::DESCRIPTOR.kind);
+    let kr = state.keyring.clone();
+    let get = move |c: &mut PgConnection, view: View, id: RecordId, e: &Elements| {
+        let fields = R::fields(view, e)?;
+        Ok(R::get(c, &kr, id, fields)?.map(|r| (R::subject(&r), r)))
+    };
+    let (pipeline, record, elements) = credentials
+        .read_one(id, elements, R::patient_of, get)
+        .await?;
+    check_route::<R>(&pipeline)?;
+    Ok(respond::<R>(StatusCode::OK, &record, &elements))
+}
+
+/// Search: the descriptor's parameters only (an unknown one is a 422), the permit's
+/// scope in SQL, every patient returned in the audit event, opaque cursor paging.
+pub async fn search<R: FhirResource>(
+    req: HttpRequest,
+    pipeline: Pipeline,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
+    check_route::<R>(&pipeline)?;
+    let kind = R::DESCRIPTOR.kind;
+    let q = params::search_params(&req, &R::DESCRIPTOR.accepted())?;
+    let criteria = R::criteria(&q)?;
+    let count = bundle::page_size(params::single(&q, "_count")?)?;
+    let elements = Elements::parse(kind, params::single(&q, "_elements")?)?;
+    let (view, scope) = pipeline.authorize_search().await?;
+    let fields = R::fields(view, &elements)?;
+    let user = pipeline.user.id;
+    let after = params::single(&q, CURSOR)?
+        .map(|c| Cursor::open(&state.keyring, user, kind, c))
+        .transpose()?;
+    let kr = state.keyring.clone();
+    let limit = count as i64 + 1;
+    let mut rows = state
+        .db
+        .run(move |c| R::search(c, &kr, &criteria, scope, after, limit, fields))
+        .await?;
+    let more = rows.len() > count;
+    rows.truncate(count);
+    let mut patients: Vec<PatientId> = rows.iter().map(R::subject).collect();
+    patients.sort();
+    patients.dedup();
+    pipeline.permit(None, patients).await?;
+    let next = match (more, rows.last()) {
+        (true, Some(last)) => Some(Cursor::seal(
+            &state.keyring,
+            user,
+            kind,
+            R::id(last).into(),
+        )?),
+        _ => None,
+    };
+    let entries: Vec<Value> = rows.iter().map(|r| elements.apply(R::to_fhir(r))).collect();
+    let body = bundle::searchset(&req, kind.as_str(), entries, next.as_deref());
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(body.to_string()))
+}
+
+/// Fills in what only the write knows: the new record's id and its patient.
+fn created<R: FhirResource>(r: &R::Record, event: &mut AuditEvent) {
+    event.resource_id = Some(R::id(r).into());
+    event.patient_ids = vec![R::subject(r).into()];
+}
+
+/// Create: validate, decide, write with its event; answers the caller's view.
+pub async fn create<R: FhirResource>(
+    pipeline: Pipeline,
+    state: web::Data<AppState>,
+    body: JsonBody<R::Input>,
+) -> Result<HttpResponse, AppError> {
+    check_route::<R>(&pipeline)?;
+    let input = body.0;
+    if R::input_id(&input).is_some() {
+        return Err(invalid("id", "must not be set on create"));
+    }
+    let mut new = R::validate(input, &pipeline.principal)?;
+    let view = R::authorize_create(&pipeline, &mut new).await?;
+    let fields = R::fields(view, &Elements::all())?;
+    let kr = state.keyring.clone();
+    let author = pipeline.user_id();
+    let write = move |c: &mut PgConnection| R::insert(c, &kr, &new, author, fields);
+    let complete: fn(&R::Record, &mut AuditEvent) = created::<R>;
+    let record = pipeline
+        .commit_with(None, [], write, Some(complete))
+        .await?;
+    Ok(respond::<R>(StatusCode::CREATED, &record, &Elements::all()))
+}
+
+/// Update: version-checked replace (`If-Match`), input checked before any record is
+/// looked up; answers the full resource in the caller's view.
+pub async fn update<R: FhirResource>(
+    req: HttpRequest,
+    pipeline: Pipeline,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: JsonBody<R::Input>,
+) -> Result<HttpResponse, AppError> {
+    check_route::<R>(&pipeline)?;
+    let id = params::parse_id(&path)?;
+    let expected = if_match(&req)?;
+    let input = body.0;
+    if R::input_id(&input) != Some(id.to_string().as_str()) {
+        return Err(invalid("id", "must match the id in the URL"));
+    }
+    let mut new = R::validate(input, &pipeline.principal)?;
+    let (view, facts) = pipeline.authorize_record(id, R::patient_of).await?;
+    let patient = PatientId(facts.patient_id);
+    if let Err(e) = R::check_update(&mut new, &facts) {
+        pipeline.error(Some(id), [patient]).await?;
+        return Err(e);
+    }
+    let fields = R::fields(view, &Elements::all())?;
+    let kr = state.keyring.clone();
+    let write = move |c: &mut PgConnection| R::update(c, &kr, id, expected, &new, fields);
+    let record = pipeline
+        .audited(id, patient, write, R::update_missed)
+        .await?;
+    Ok(respond::<R>(StatusCode::OK, &record, &Elements::all()))
+}
+
+/// Delete: a soft delete committed with its event.
+pub async fn delete<R: FhirResource>(
+    pipeline: Pipeline,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    check_route::<R>(&pipeline)?;
+    let id = params::parse_id(&path)?;
+    let (_, facts) = pipeline.authorize_record(id, R::patient_of).await?;
+    let write = move |c: &mut PgConnection| Ok(R::delete(c, id)?.then_some(()));
+    pipeline
+        .audited(id, PatientId(facts.patient_id), write, AppError::not_found)
+        .await?;
+    Ok(HttpResponse::NoContent().finish())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_resource_type_is_described_once() {
+        for kind in ResourceType::ALL {
+            assert_eq!(of(kind).kind, kind);
+            assert_eq!(ALL.iter().filter(|d| d.kind == kind).count(), 1);
+        }
+    }
+}

@@ -1,0 +1,530 @@
+//! Walks EVERY route of the route table (`custodian::app::routes::table()`) and checks
+//! the access answer the DESIGN documents for it:
+//!
+//! | route kind                | no credentials            | credentials lacking the route's scope | each role without a relationship to the patient |
+//! |---------------------------|---------------------------|---------------------------------------|--------------------------------------------------|
+//! | `/fhir/…` (FHIR action)   | 401                       | 403                                   | record: 404 · search: 403, or 200 with no rows · create: 422 · a role the matrix refuses: 403 |
+//! | `/api/admin/…` (Admin)    | 401                       | 403 (admin role, no `admin` scope)    | –                                                |
+//! | `/console/…` page (GET)   | 303 to `/console/signin`  | –                                     | –                                                |
+//! | `/console/…` action (POST)| 403                       | –                                     | –                                                |
+//! | console sign-in steps     | the step's own answer (below), never a console page | –           | –                                                |
+//! | Public                    | 200                       | –                                     | –                                                |
+//!
+//! The expected answer of "each role without a relationship" is derived from
+//! `policy::decide` (whose matrix has its own exhaustive test) and `access::refusal`'s
+//! documented mapping, so this test checks that every route's handler really goes
+//! through the pipeline on the route's own action.
+//!
+//! Every route must be listed in [`EXPECTED`]: adding a route to the table without
+//! deciding here what it must answer fails [`every_route_in_the_table_is_covered`].
+
+use crate::common::TestApp;
+use crate::common::idp::{Provider, Signer};
+use crate::fhir_patient::{World, patient_json};
+use crate::fhir_resources::{claim_json, note_json, observation_json};
+use custodian::app::routes::{RouteInfo, table};
+use custodian::db::{phi, users};
+use custodian::policy::{
+    self, Action, Decision, DenyReason, Interaction, PatientFacts, ResourceType, Role, Target,
+};
+use reqwest::{Method, StatusCode};
+
+/// The route's method as the HTTP client spells it.
+fn method(route: &RouteInfo) -> Method {
+    Method::from_bytes(route.method.as_str().as_bytes()).unwrap()
+}
+use serde_json::{Value, json};
+use std::collections::BTreeSet;
+use uuid::Uuid;
+
+const AUDIENCE: &str = "https://custodian.test/fhir";
+
+/// What a route must answer to a request without credentials.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expect {
+    /// The FHIR API: the pipeline on the route's action.
+    Fhir,
+    /// The administration API.
+    Admin,
+    /// A console page: redirect to the sign-in page.
+    ConsolePage,
+    /// A console form post (an action): refused with 403, nothing done.
+    ConsoleAction,
+    /// A console sign-in step without a session: this status.
+    SignIn(u16),
+    /// No authentication: success.
+    Public,
+}
+
+/// Every route of the product and what it must answer (HEAD routes follow their GET).
+const EXPECTED: &[(&str, &str, Expect)] = &[
+    ("GET", "/healthz", Expect::Public),
+    ("GET", "/readyz", Expect::Public),
+    ("GET", "/fhir/metadata", Expect::Public),
+    ("GET", "/fhir/Patient", Expect::Fhir),
+    ("POST", "/fhir/Patient", Expect::Fhir),
+    ("GET", "/fhir/Patient/{id}", Expect::Fhir),
+    ("PUT", "/fhir/Patient/{id}", Expect::Fhir),
+    ("GET", "/fhir/Observation", Expect::Fhir),
+    ("POST", "/fhir/Observation", Expect::Fhir),
+    ("GET", "/fhir/Observation/{id}", Expect::Fhir),
+    ("PUT", "/fhir/Observation/{id}", Expect::Fhir),
+    ("DELETE", "/fhir/Observation/{id}", Expect::Fhir),
+    ("GET", "/fhir/DocumentReference", Expect::Fhir),
+    ("POST", "/fhir/DocumentReference", Expect::Fhir),
+    ("GET", "/fhir/DocumentReference/{id}", Expect::Fhir),
+    ("PUT", "/fhir/DocumentReference/{id}", Expect::Fhir),
+    ("GET", "/fhir/Claim", Expect::Fhir),
+    ("POST", "/fhir/Claim", Expect::Fhir),
+    ("GET", "/fhir/Claim/{id}", Expect::Fhir),
+    ("PUT", "/fhir/Claim/{id}", Expect::Fhir),
+    ("DELETE", "/fhir/Claim/{id}", Expect::Fhir),
+    ("GET", "/api/admin/users", Expect::Admin),
+    ("GET", "/api/admin/users/{id}", Expect::Admin),
+    ("POST", "/api/admin/users/{id}/roles", Expect::Admin),
+    (
+        "DELETE",
+        "/api/admin/users/{id}/roles/{role}",
+        Expect::Admin,
+    ),
+    ("POST", "/api/admin/users/{id}/disable", Expect::Admin),
+    ("POST", "/api/admin/users/{id}/enable", Expect::Admin),
+    ("PUT", "/api/admin/users/{id}/facility", Expect::Admin),
+    ("POST", "/api/admin/care-teams", Expect::Admin),
+    ("DELETE", "/api/admin/care-teams", Expect::Admin),
+    ("GET", "/api/admin/facilities", Expect::Admin),
+    ("POST", "/api/admin/facilities", Expect::Admin),
+    ("POST", "/api/admin/clients", Expect::Admin),
+    ("GET", "/", Expect::Public),
+    // The sign-in page itself.
+    ("GET", "/console/signin", Expect::SignIn(200)),
+    // Starts the OpenID Connect login. This test's provider serves keys only, no
+    // discovery document, so the login cannot start: 503, the provider is unavailable
+    // (console_login.rs covers the redirect with a full OpenID provider).
+    ("GET", "/console/login", Expect::SignIn(503)),
+    // A callback without a login in progress.
+    ("GET", "/console/callback", Expect::SignIn(400)),
+    // The TOTP step without a half-signed-in session: back to the sign-in page.
+    ("GET", "/console/totp", Expect::SignIn(303)),
+    // A TOTP code posted without a half-signed-in session.
+    ("POST", "/console/totp", Expect::SignIn(403)),
+    // The emergency sign-in form, and a submission without valid credentials.
+    ("GET", "/console/emergency", Expect::SignIn(200)),
+    ("POST", "/console/emergency", Expect::SignIn(401)),
+    ("GET", "/console", Expect::ConsolePage),
+    ("POST", "/console/logout", Expect::ConsoleAction),
+    ("GET", "/console/users", Expect::ConsolePage),
+    ("GET", "/console/users/{id}", Expect::ConsolePage),
+    (
+        "POST",
+        "/console/users/{id}/{action}",
+        Expect::ConsoleAction,
+    ),
+    ("GET", "/console/clients", Expect::ConsolePage),
+    ("POST", "/console/clients", Expect::ConsoleAction),
+    (
+        "POST",
+        "/console/clients/{id}/disable",
+        Expect::ConsoleAction,
+    ),
+    ("GET", "/console/audit", Expect::ConsolePage),
+    ("POST", "/console/step-up", Expect::ConsoleAction),
+    ("GET", "/static/{file}", Expect::Public),
+];
+
+fn expected(route: &RouteInfo) -> Option<Expect> {
+    let method = if method(route) == Method::HEAD {
+        "GET"
+    } else {
+        route.method.as_str()
+    };
+    EXPECTED
+        .iter()
+        .find(|(m, p, _)| *m == method && *p == route.path)
+        .map(|(_, _, e)| *e)
+}
+
+#[test]
+fn every_route_in_the_table_is_covered() {
+    let routes = table();
+    for route in &routes {
+        let Some(expect) = expected(route) else {
+            panic!(
+                "{} {} is not covered by tests/it/routes.rs: add it to EXPECTED",
+                route.method, route.path
+            );
+        };
+        // The action the table declares must fit the expectation.
+        let fits = match (expect, route.action) {
+            (Expect::Fhir, Action::Fhir(..)) => route.path.starts_with("/fhir/"),
+            (Expect::Admin, Action::Admin) => route.path.starts_with("/api/"),
+            (Expect::ConsolePage, Action::Console) => route.path.starts_with("/console"),
+            (Expect::ConsoleAction, Action::Console) => {
+                route.path.starts_with("/console/") && route.method.as_str() == "POST"
+            }
+            (Expect::SignIn(_), Action::ConsoleSignIn) => route.path.starts_with("/console/"),
+            (Expect::Public, Action::Public) => true,
+            _ => false,
+        };
+        assert!(fits, "{} {}: {:?}", route.method, route.path, route.action);
+        if route.path.starts_with("/fhir/") && route.path != "/fhir/metadata" {
+            assert!(matches!(route.action, Action::Fhir(..)));
+        }
+        if route.path.starts_with("/api/") {
+            assert_eq!(route.action, Action::Admin);
+        }
+    }
+    // And nothing listed here is missing from the table.
+    let listed: BTreeSet<(String, String)> = routes
+        .iter()
+        .map(|r| (r.method.to_string(), r.path.to_string()))
+        .collect();
+    for (m, p, _) in EXPECTED {
+        assert!(
+            listed.contains(&(m.to_string(), p.to_string())),
+            "{m} {p} is listed but not routed"
+        );
+    }
+}
+
+/// The records every FHIR route is tried on, all of one patient.
+struct Records {
+    patient: Uuid,
+    observation: Uuid,
+    document: Uuid,
+    claim: Uuid,
+    /// A user id, for the admin routes.
+    user: Uuid,
+}
+
+struct Setup {
+    w: World,
+    records: Records,
+}
+
+async fn setup() -> Setup {
+    let signer = Signer::es256("k1");
+    let idp = Provider::start(&[&signer]).await;
+    let issuer = idp.issuer();
+    let app = TestApp::builder()
+        .set("auth.issuer", issuer.clone())
+        .set("auth.audience", AUDIENCE)
+        .set("console.issuer", issuer.clone())
+        .set("console.client_id", "custodian-console")
+        .set("console.client_secret", "test-secret")
+        .set(
+            "console.redirect_url",
+            "https://localhost:8443/console/callback",
+        )
+        .spawn()
+        .await;
+    let facility = phi::insert_facility(&mut app.db.conn(), "General Hospital").unwrap();
+    let w = World {
+        app,
+        idp,
+        signer,
+        facility,
+    };
+    // The author: clinician and billing in the facility, on the patient's care team.
+    let (author_id, _) = w.user("author", &[Role::Clinician, Role::Billing]);
+    let token = w.token("author", ALL);
+    let patient = w
+        .create(&token, &patient_json("MRN-7001", "Routeson"))
+        .await;
+    let make = |path: &'static str, body: Value| {
+        let w = &w;
+        let token = token.clone();
+        async move {
+            let res = w.send(Method::POST, path, &token, Some(&body)).await;
+            assert_eq!(res.status(), StatusCode::CREATED, "{path}");
+            let v: Value = res.json().await.unwrap();
+            Uuid::parse_str(v["id"].as_str().unwrap()).unwrap()
+        }
+    };
+    let observation = make("/fhir/Observation", observation_json(patient)).await;
+    let document = make("/fhir/DocumentReference", note_json(patient, "Seen.")).await;
+    let claim = make("/fhir/Claim", claim_json(patient)).await;
+    Setup {
+        w,
+        records: Records {
+            patient,
+            observation,
+            document,
+            claim,
+            user: author_id,
+        },
+    }
+}
+
+const ALL: &str =
+    "user/Patient.cruds user/Observation.cruds user/DocumentReference.cruds user/Claim.cruds";
+
+/// Every resource scope in the user and the patient context, so that only roles and
+/// relationships decide for the strangers.
+const STRANGER_SCOPES: &str = "user/Patient.cruds user/Observation.cruds \
+user/DocumentReference.cruds user/Claim.cruds patient/Patient.cruds patient/Observation.cruds \
+patient/DocumentReference.cruds patient/Claim.cruds";
+
+fn letter(i: Interaction) -> char {
+    match i {
+        Interaction::Create => 'c',
+        Interaction::Read => 'r',
+        Interaction::Update => 'u',
+        Interaction::Delete => 'd',
+        Interaction::Search => 's',
+    }
+}
+
+/// Every SMART scope except the route's own interaction on its own resource type.
+fn scopes_without(resource: ResourceType, interaction: Interaction) -> String {
+    ResourceType::ALL
+        .iter()
+        .map(|r| {
+            let letters: String = if *r == resource {
+                "cruds"
+                    .chars()
+                    .filter(|c| *c != letter(interaction))
+                    .collect()
+            } else {
+                "cruds".to_string()
+            };
+            format!("user/{}.{letters}", r.as_str())
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+impl Setup {
+    /// The concrete path of a route: its `{id}` is the record of the route's resource type.
+    fn path(&self, route: &RouteInfo) -> String {
+        let r = &self.records;
+        let id = match route.action {
+            Action::Fhir(ResourceType::Patient, _) => r.patient,
+            Action::Fhir(ResourceType::Observation, _) => r.observation,
+            Action::Fhir(ResourceType::DocumentReference, _) => r.document,
+            Action::Fhir(ResourceType::Claim, _) => r.claim,
+            _ => r.user,
+        };
+        route
+            .path
+            .replace("{id}", &id.to_string())
+            .replace("{role}", "billing")
+            .replace("{action}", "disable")
+            .replace("{file}", "console.css")
+    }
+
+    /// A valid body for a FHIR create or update (so that only access decides).
+    fn body(&self, route: &RouteInfo) -> Option<Value> {
+        let p = self.records.patient;
+        let (resource, interaction) = match route.action {
+            Action::Fhir(r, i @ (Interaction::Create | Interaction::Update)) => (r, i),
+            Action::Admin if method(route) != Method::GET && method(route) != Method::HEAD => {
+                return Some(json!({}));
+            }
+            _ => return None,
+        };
+        let mut body = match resource {
+            ResourceType::Patient => {
+                let mut p = patient_json("MRN-7001", "Routeson");
+                p["managingOrganization"] =
+                    json!({ "reference": format!("Organization/{}", self.w.facility) });
+                p
+            }
+            ResourceType::Observation => observation_json(p),
+            ResourceType::DocumentReference => note_json(p, "Seen again."),
+            ResourceType::Claim => claim_json(p),
+        };
+        if interaction == Interaction::Update {
+            let id = match resource {
+                ResourceType::Patient => self.records.patient,
+                ResourceType::Observation => self.records.observation,
+                ResourceType::DocumentReference => self.records.document,
+                ResourceType::Claim => self.records.claim,
+            };
+            body["id"] = json!(id.to_string());
+        }
+        Some(body)
+    }
+
+    async fn send(&self, route: &RouteInfo, token: Option<&str>) -> reqwest::Response {
+        let mut req = self
+            .w
+            .app
+            .client
+            .request(method(route), self.w.app.url(&self.path(route)));
+        if let Some(token) = token {
+            req = req.header("authorization", format!("Bearer {token}"));
+        }
+        let console_post = route.path.starts_with("/console") && method(route) == Method::POST;
+        if console_post {
+            // An empty form, from our own origin: only the session decides.
+            req = req
+                .header("content-type", "application/x-www-form-urlencoded")
+                .header("origin", self.w.app.url("").trim_end_matches('/'))
+                .body("");
+        }
+        if let Some(body) = self.body(route) {
+            req = req
+                .header("content-type", "application/fhir+json")
+                .header("if-match", "W/\"1\"")
+                .body(body.to_string());
+        }
+        req.send().await.unwrap()
+    }
+}
+
+fn name(route: &RouteInfo) -> String {
+    format!("{} {}", route.method, route.path)
+}
+
+/// The documented answer to `role` (no facility, no care team, no own record) on a FHIR
+/// route: the decision point's answer mapped as `access::refusal` documents.
+fn no_relationship_answer(
+    role: Role,
+    resource: ResourceType,
+    interaction: Interaction,
+    facility: Uuid,
+    patient: Uuid,
+) -> Result<u16, ()> {
+    // The scopes the strangers' tokens carry, read in the role's SMART context.
+    let scopes = custodian::auth::ScopeSet::parse(STRANGER_SCOPES);
+    let context = policy::smart_context(false, &[role]);
+    let allows = move |r: ResourceType, i: Interaction| scopes.allows(context, r, i);
+    let subject = policy::Subject {
+        user_id: Uuid::new_v4(),
+        roles: &[role],
+        scope_allows: &allows,
+        facility_id: None,
+        own_patient_id: None,
+    };
+    let facts = PatientFacts {
+        patient_id: if resource == ResourceType::Patient && interaction == Interaction::Create {
+            Uuid::nil()
+        } else {
+            patient
+        },
+        facility_id: facility,
+        on_care_team: false,
+    };
+    let target = match interaction {
+        Interaction::Search => Target::Search,
+        _ => Target::Patient(facts),
+    };
+    match (
+        policy::decide(&subject, resource, interaction, target),
+        interaction,
+    ) {
+        // A permitted search runs, restricted to the (empty) scope: checked by the caller.
+        (Decision::Permit { .. }, Interaction::Search) => Err(()),
+        (Decision::Permit { .. }, _) => {
+            panic!("{role:?} may {interaction:?} {resource:?} without a relationship")
+        }
+        (Decision::Deny(DenyReason::NoRelationship), Interaction::Search) => Ok(403),
+        (Decision::Deny(DenyReason::NoRelationship), Interaction::Create) => Ok(422),
+        (Decision::Deny(DenyReason::NoRelationship), _) => Ok(404),
+        (Decision::Deny(_), _) => Ok(403),
+    }
+}
+
+#[tokio::test]
+async fn every_route_answers_as_documented_without_credentials_without_scope_and_without_a_relationship()
+ {
+    let s = setup().await;
+    let w = &s.w;
+    let routes = table();
+
+    // A user per role, in no facility, on no care team, linked to no patient record.
+    let mut strangers = Vec::new();
+    for role in Role::ALL {
+        let sub = format!("stranger-{}", role.as_str());
+        let mut c = w.app.db.conn();
+        let u = users::user_for(&mut c, &w.idp.issuer(), &sub, users::UserKind::Person).unwrap();
+        users::grant_role(&mut c, u.id, role, "test setup", None).unwrap();
+        strangers.push((role, w.token(&sub, STRANGER_SCOPES)));
+    }
+    // An admin whose token lacks the `admin` scope.
+    let (_, _) = w.user("admin-no-scope", &[Role::Admin]);
+    let admin_no_scope = w.token("admin-no-scope", ALL);
+
+    for route in &routes {
+        let name = name(route);
+        let expect = expected(route).unwrap();
+        // 1. Without credentials.
+        let res = s.send(route, None).await;
+        let status = res.status().as_u16();
+        match expect {
+            Expect::Fhir | Expect::Admin => assert_eq!(status, 401, "{name}: no credentials"),
+            Expect::ConsolePage => {
+                assert_eq!(status, 303, "{name}: no session");
+                assert_eq!(res.headers()["location"], "/console/signin", "{name}");
+            }
+            Expect::ConsoleAction => assert_eq!(status, 403, "{name}: no session"),
+            Expect::SignIn(documented) => {
+                assert_eq!(status, documented, "{name}: no session");
+            }
+            Expect::Public => assert_eq!(status, 200, "{name}"),
+        }
+        // 2. Credentials lacking the route's scope: 403, even for the author of every
+        //    record (who has every role and relationship the route could need).
+        match route.action {
+            Action::Fhir(resource, interaction) => {
+                let token = w.token("author", &scopes_without(resource, interaction));
+                let res = s.send(route, Some(&token)).await;
+                assert_eq!(res.status().as_u16(), 403, "{name}: scope missing");
+            }
+            Action::Admin => {
+                let res = s.send(route, Some(&admin_no_scope)).await;
+                assert_eq!(res.status().as_u16(), 403, "{name}: admin scope missing");
+            }
+            _ => {}
+        }
+        // 3. Each role without a relationship to the patient.
+        if let Action::Fhir(resource, interaction) = route.action {
+            for (role, token) in &strangers {
+                let res = s.send(route, Some(token)).await;
+                let status = res.status().as_u16();
+                let case = format!("{name}: {} without a relationship", role.as_str());
+                match no_relationship_answer(
+                    *role,
+                    resource,
+                    interaction,
+                    w.facility,
+                    s.records.patient,
+                ) {
+                    Ok(documented) => assert_eq!(status, documented, "{case}"),
+                    Err(()) => {
+                        assert_eq!(status, 200, "{case}");
+                        if method(route) != Method::HEAD {
+                            let bundle: Value = res.json().await.unwrap();
+                            let entries = bundle["entry"].as_array().map_or(0, Vec::len);
+                            assert_eq!(entries, 0, "{case}: no rows outside the relationship");
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The route table registers exactly the interactions the resource descriptors (and so
+/// the CapabilityStatement) list.
+#[test]
+fn the_route_table_serves_exactly_the_described_fhir_interactions() {
+    use custodian::fhir::resource;
+    let routed: BTreeSet<(&str, String)> = table()
+        .iter()
+        .filter_map(|r| match r.action {
+            Action::Fhir(kind, i) => Some((kind.as_str(), format!("{i:?}"))),
+            _ => None,
+        })
+        .collect();
+    let described: BTreeSet<(&str, String)> = resource::ALL
+        .iter()
+        .flat_map(|d| {
+            d.interactions
+                .iter()
+                .map(move |i| (d.kind.as_str(), format!("{i:?}")))
+        })
+        .collect();
+    assert_eq!(routed, described);
+}
