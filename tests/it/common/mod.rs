@@ -17,6 +17,7 @@ use std::sync::atomic::{AtomicU32, Ordering};
 
 pub mod authenticator;
 pub mod browser;
+pub mod cli;
 pub mod idp;
 pub mod oidc;
 pub mod phi;

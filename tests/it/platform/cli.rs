@@ -1,20 +1,8 @@
 //! The command line: configuration errors are one clear line naming the setting.
 
+use crate::common::cli::custodian;
 use crate::common::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestDb, test_cert};
 use std::process::{Command, Output};
-
-fn custodian(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_custodian"));
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        // Never the configuration of a `custodian dev` run in this checkout.
-        .env("CUSTODIAN_DEV_DIR", "/nonexistent/custodian-dev");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
-}
 
 fn one_error_line(out: &Output) -> String {
     assert!(!out.status.success(), "expected failure");

@@ -2,6 +2,7 @@
 //! dump, tamper and move detection, wrong keys, resumable DEK rotation, KEK rotation,
 //! blind-index search.
 
+use crate::common::cli::custodian;
 use crate::common::phi as test_phi;
 use crate::common::{TestApp, TestDb, random_key, test_keys};
 use actix_web::ResponseError;
@@ -88,19 +89,6 @@ fn claim(patient_id: Uuid, provider: &str, code: &str, cents: i64) -> NewClaim {
             },
         ],
     }
-}
-
-fn custodian(args: &[&str], env: &[(&str, &str)]) -> Output {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_custodian"));
-    cmd.args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        // Never the configuration of a `custodian dev` run in this checkout.
-        .env("CUSTODIAN_DEV_DIR", "/nonexistent/custodian-dev");
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd.output().unwrap()
 }
 
 fn keys_cli(db: &TestDb, args: &[&str], kek: &str, rotation_kek: Option<&str>) -> Output {
