@@ -3,8 +3,9 @@
 
 pub mod claims;
 pub mod documents;
+pub mod facilities;
 pub mod observations;
-pub mod patient_views;
+pub mod patients;
 pub mod phi;
 pub mod schema;
 pub mod scope;
