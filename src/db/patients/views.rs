@@ -253,7 +253,7 @@ pub fn search(
 
 impl PatientView {
     /// A full patient row (as an insert or update returns it) cut down to `fields`, so a
-    /// write answers with exactly the caller's view, without a second read.
+    /// write answers with exactly the principal's view, without a second read.
     pub fn shaped(p: super::Patient, fields: PatientFields) -> PatientView {
         let keep = |on: bool| on;
         PatientView {
