@@ -9,12 +9,12 @@
 //!
 //! - On one record, a missing relationship answers exactly like a record that does not
 //!   exist (404), so probing ids reveals nothing.
-//! - On a *search* there is no record whose existence could leak: the caller asked for a
+//! - On a *search* there is no record whose existence could leak: the principal asked for a
 //!   kind of resource, and has no relationship that gives them any. That is a refusal of
 //!   the interaction, answered 403 with the reason — on every resource type (Patient
 //!   search used to answer 404 while the others answered 403).
 //! - On a create, the patient named in the body is input: a patient that does not exist
-//!   and one the caller may not write for get the same 422 on that field.
+//!   and one the principal may not write for get the same 422 on that field.
 
 use crate::error::AppError;
 use crate::policy::DenyReason;

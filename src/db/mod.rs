@@ -4,8 +4,9 @@
 pub mod claims;
 pub mod config;
 pub mod documents;
+pub mod facilities;
 pub mod observations;
-pub mod patient_views;
+pub mod patients;
 pub mod phi;
 /// The Diesel schema lives at the floor of the module graph (`crate::schema`) so that
 /// `crypto` and `audit` can keep their own tables without importing `db`.

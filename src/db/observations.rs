@@ -1,9 +1,9 @@
-//! Observations beyond insert/get (in [`crate::db::phi`]): the subject lookup for the
-//! decision point, policy-scoped search, version-checked update (re-sealing every sealed
-//! column of the row with the active key) and soft delete.
+//! The `observations` table: sealed observations, insert and get, the subject lookup for
+//! the decision point, policy-scoped search, version-checked update (re-sealing every
+//! sealed column of the row with the active key) and soft delete.
 
-use crate::crypto::Keyring;
-use crate::db::phi::{NewObservation, Observation, ObservationRow, place};
+use crate::crypto::{Keyring, Phi};
+use crate::db::phi::{open, open_opt, place};
 use crate::db::schema::observations;
 use crate::db::scope::ScopeSql;
 use crate::domain::{PatientId, RecordId};
@@ -11,7 +11,139 @@ use crate::error::AppError;
 use crate::policy::SearchScope;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
+use serde_json::Value;
+use std::fmt;
 use uuid::Uuid;
+
+#[derive(Clone)]
+pub struct NewObservation {
+    pub patient_id: Uuid,
+    pub status: String,
+    pub code: String,
+    pub code_display: Option<String>,
+    /// FHIR `value[x]` as JSON (`{"valueQuantity": {...}}` or `{"valueString": "..."}`).
+    pub value: Value,
+    pub effective_at: DateTime<Utc>,
+}
+
+impl fmt::Debug for NewObservation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewObservation")
+            .field("patient_id", &self.patient_id)
+            .field("code", &self.code)
+            .finish_non_exhaustive()
+    }
+}
+
+#[derive(Clone, Debug)]
+pub struct Observation {
+    pub id: Uuid,
+    pub version: i32,
+    pub key_version: i32,
+    pub patient_id: Uuid,
+    pub status: String,
+    pub code: String,
+    pub code_display: Option<Phi<String>>,
+    pub value: Phi<Value>,
+    pub effective_at: DateTime<Utc>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = observations, check_for_backend(diesel::pg::Pg))]
+pub(crate) struct ObservationRow {
+    id: Uuid,
+    version: i32,
+    key_version: i32,
+    patient_id: Uuid,
+    status: String,
+    code: String,
+    code_display_sealed: Option<Vec<u8>>,
+    value_sealed: Vec<u8>,
+    effective_at: DateTime<Utc>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+impl ObservationRow {
+    pub(crate) fn open(
+        self,
+        conn: &mut PgConnection,
+        kr: &Keyring,
+    ) -> Result<Observation, AppError> {
+        kr.ensure_version(conn, self.key_version)?;
+        const O: &str = "observations";
+        Ok(Observation {
+            code_display: open_opt(
+                kr,
+                O,
+                "code_display_sealed",
+                self.id,
+                self.code_display_sealed.as_deref(),
+            )?,
+            value: open(kr, O, "value_sealed", self.id, &self.value_sealed)?,
+            id: self.id,
+            version: self.version,
+            key_version: self.key_version,
+            patient_id: self.patient_id,
+            status: self.status,
+            code: self.code,
+            effective_at: self.effective_at,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            deleted_at: self.deleted_at,
+        })
+    }
+}
+
+pub fn insert_observation(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    new: &NewObservation,
+) -> Result<Observation, AppError> {
+    let id = Uuid::new_v4();
+    conn.transaction(|conn| {
+        let sealer = kr.sealer_for_write(conn)?;
+        let code_display = new
+            .code_display
+            .as_deref()
+            .map(|d| sealer.seal_str(&place("observations", "code_display_sealed", id), d))
+            .transpose()?;
+        let row = diesel::insert_into(observations::table)
+            .values((
+                observations::id.eq(id),
+                observations::key_version.eq(sealer.version()),
+                observations::patient_id.eq(new.patient_id),
+                observations::status.eq(&new.status),
+                observations::code.eq(&new.code),
+                observations::code_display_sealed.eq(code_display),
+                observations::value_sealed
+                    .eq(sealer
+                        .seal_value(&place("observations", "value_sealed", id), &new.value)?),
+                observations::effective_at.eq(new.effective_at),
+            ))
+            .returning(ObservationRow::as_returning())
+            .get_result::<ObservationRow>(conn)?;
+        row.open(conn, kr)
+    })
+}
+
+pub fn get_observation(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+) -> Result<Option<Observation>, AppError> {
+    let row = observations::table
+        .filter(observations::id.eq(id))
+        .filter(observations::deleted_at.is_null())
+        .select(ObservationRow::as_select())
+        .first(conn)
+        .optional()?;
+    row.map(|r| r.open(conn, kr)).transpose()
+}
 
 const T: &str = "observations";
 

@@ -2,7 +2,7 @@
 //! update. The note travels as base64 `text/plain` in `content[0].attachment.data`; on the
 //! way in it is decoded and sanitised with ammonia so that no markup at all is kept (it is
 //! stored as plain text); on the way out it is base64 inside JSON. The author is the
-//! caller who created the note, never taken from the input.
+//! principal who created the note, never taken from the input.
 
 use super::elements::Elements;
 use super::observation::{LOINC, loinc_code};
@@ -110,7 +110,7 @@ pub struct DocumentReferenceIn {
     subject: ReferenceIn,
     date: Option<String>,
     /// Accepted so that a read resource can be sent back, but ignored: the author is the
-    /// authenticated caller.
+    /// authenticated principal.
     #[allow(dead_code)]
     author: Option<serde::de::IgnoredAny>,
     content: Vec<ContentIn>,

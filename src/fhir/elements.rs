@@ -4,6 +4,7 @@
 //! always returned. Handlers also use [`Elements::wants`] to skip fetching what will not
 //! be returned (Patient fields, Claim items).
 
+use super::resource::Element;
 use super::types::invalid;
 use crate::error::AppError;
 use crate::policy::ResourceType;
@@ -14,51 +15,10 @@ const MAX_ELEMENTS: usize = 20;
 /// Returned whatever `_elements` says.
 const ALWAYS: [&str; 3] = ["resourceType", "id", "meta"];
 
-/// The top-level elements this service returns per resource type: (name a caller may
-/// give in `_elements`, JSON keys it selects). Choice elements (`value[x]`) may be named
-/// by their base name or a concrete one.
-fn known(resource: ResourceType) -> &'static [(&'static str, &'static [&'static str])] {
-    match resource {
-        ResourceType::Patient => &[
-            ("identifier", &["identifier"]),
-            ("name", &["name"]),
-            ("gender", &["gender"]),
-            ("birthDate", &["birthDate"]),
-            ("telecom", &["telecom"]),
-            ("address", &["address"]),
-            ("managingOrganization", &["managingOrganization"]),
-        ],
-        ResourceType::Observation => &[
-            ("status", &["status"]),
-            ("code", &["code"]),
-            ("subject", &["subject"]),
-            ("effective", &["effectiveDateTime"]),
-            ("effectiveDateTime", &["effectiveDateTime"]),
-            ("value", &["valueQuantity", "valueString"]),
-            ("valueQuantity", &["valueQuantity"]),
-            ("valueString", &["valueString"]),
-        ],
-        ResourceType::DocumentReference => &[
-            ("status", &["status"]),
-            ("type", &["type"]),
-            ("subject", &["subject"]),
-            ("date", &["date"]),
-            ("author", &["author"]),
-            ("content", &["content"]),
-        ],
-        ResourceType::Claim => &[
-            ("status", &["status"]),
-            ("type", &["type"]),
-            ("use", &["use"]),
-            ("patient", &["patient"]),
-            ("created", &["created"]),
-            ("provider", &["provider"]),
-            ("priority", &["priority"]),
-            ("insurance", &["insurance"]),
-            ("total", &["total"]),
-            ("item", &["item"]),
-        ],
-    }
+/// The top-level elements `resource` returns, from its descriptor
+/// ([`super::resource::Descriptor::elements`]).
+fn known(resource: ResourceType) -> &'static [Element] {
+    super::resource::of(resource).elements
 }
 
 /// The parsed `_elements` of one request.

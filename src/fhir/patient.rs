@@ -9,7 +9,7 @@ use super::resource::{self, Descriptor, FhirResource};
 use super::types::{self, Gender, Mrn, Ssn, bounded_len, bounded_text, invalid};
 use crate::access::{Pipeline, Principal};
 use crate::crypto::Keyring;
-use crate::db::patient_views::{self, Criteria, PatientFields, PatientView};
+use crate::db::patients::views::{self as patient_views, Criteria, PatientFields, PatientView};
 use crate::db::{phi, users};
 use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;

@@ -21,12 +21,18 @@ const fn param(name: &'static str, kind: &'static str) -> SearchParam {
 /// listed in the CapabilityStatement (clients follow the link, they do not build it).
 pub const CURSOR: &str = "_cursor";
 
+/// A top-level element a caller may name in `_elements`, and the JSON keys it selects
+/// (a choice element such as `value[x]` may be named by its base or a concrete name).
+pub type Element = (&'static str, &'static [&'static str]);
+
 /// What the API offers for one resource type.
 #[derive(Debug)]
 pub struct Descriptor {
     pub kind: ResourceType,
     pub interactions: &'static [Interaction],
     pub search: &'static [SearchParam],
+    /// The top-level elements it returns (besides `resourceType`, `id` and `meta`).
+    pub elements: &'static [Element],
 }
 
 impl Descriptor {
@@ -52,6 +58,15 @@ pub const PATIENT: Descriptor = Descriptor {
         COUNT,
         ELEMENTS,
     ],
+    elements: &[
+        ("identifier", &["identifier"]),
+        ("name", &["name"]),
+        ("gender", &["gender"]),
+        ("birthDate", &["birthDate"]),
+        ("telecom", &["telecom"]),
+        ("address", &["address"]),
+        ("managingOrganization", &["managingOrganization"]),
+    ],
 };
 
 pub const OBSERVATION: Descriptor = Descriptor {
@@ -65,6 +80,16 @@ pub const OBSERVATION: Descriptor = Descriptor {
         COUNT,
         ELEMENTS,
     ],
+    elements: &[
+        ("status", &["status"]),
+        ("code", &["code"]),
+        ("subject", &["subject"]),
+        ("effective", &["effectiveDateTime"]),
+        ("effectiveDateTime", &["effectiveDateTime"]),
+        ("value", &["valueQuantity", "valueString"]),
+        ("valueQuantity", &["valueQuantity"]),
+        ("valueString", &["valueString"]),
+    ],
 };
 
 pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
@@ -76,6 +101,14 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
         COUNT,
         ELEMENTS,
     ],
+    elements: &[
+        ("status", &["status"]),
+        ("type", &["type"]),
+        ("subject", &["subject"]),
+        ("date", &["date"]),
+        ("author", &["author"]),
+        ("content", &["content"]),
+    ],
 };
 
 pub const CLAIM: Descriptor = Descriptor {
@@ -86,6 +119,18 @@ pub const CLAIM: Descriptor = Descriptor {
         param("status", "token"),
         COUNT,
         ELEMENTS,
+    ],
+    elements: &[
+        ("status", &["status"]),
+        ("type", &["type"]),
+        ("use", &["use"]),
+        ("patient", &["patient"]),
+        ("created", &["created"]),
+        ("provider", &["provider"]),
+        ("priority", &["priority"]),
+        ("insurance", &["insurance"]),
+        ("total", &["total"]),
+        ("item", &["item"]),
     ],
 };
 
@@ -138,7 +183,7 @@ pub trait FhirResource: 'static {
     type Input: DeserializeOwned + 'static;
     /// A validated body.
     type New: Send + 'static;
-    /// A stored record, shaped to the caller's view.
+    /// A stored record, shaped to the principal's view.
     type Record: Send + 'static;
     /// Parsed search criteria.
     type Criteria: Send + 'static;
@@ -325,7 +370,7 @@ fn created<R: FhirResource>(r: &R::Record, event: &mut AuditEvent) {
     event.patient_ids = vec![R::subject(r).into()];
 }
 
-/// Create: validate, decide, write with its event; answers the caller's view.
+/// Create: validate, decide, write with its event; answers the principal's view.
 pub async fn create<R: FhirResource>(
     pipeline: Pipeline,
     state: web::Data<AppState>,
@@ -350,7 +395,7 @@ pub async fn create<R: FhirResource>(
 }
 
 /// Update: version-checked replace (`If-Match`), input checked before any record is
-/// looked up; answers the full resource in the caller's view.
+/// looked up; answers the full resource in the principal's view.
 pub async fn update<R: FhirResource>(
     req: HttpRequest,
     pipeline: Pipeline,

@@ -253,8 +253,8 @@ pub fn search(
 
 impl PatientView {
     /// A full patient row (as an insert or update returns it) cut down to `fields`, so a
-    /// write answers with exactly the caller's view, without a second read.
-    pub fn shaped(p: crate::db::phi::Patient, fields: PatientFields) -> PatientView {
+    /// write answers with exactly the principal's view, without a second read.
+    pub fn shaped(p: super::Patient, fields: PatientFields) -> PatientView {
         let keep = |on: bool| on;
         PatientView {
             id: p.id,

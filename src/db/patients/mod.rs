@@ -1,0 +1,270 @@
+//! The `patients` table: sealed patient rows (PHI wrapped in [`Phi`], so `Debug` prints
+//! `[redacted]`), sealing on insert and update, the version-checked update, the by-MRN
+//! lookup (through the MRN's blind index) — and, in [`views`], the view-shaped reads and
+//! searches the API uses (only the columns a policy view allows are fetched).
+
+pub mod views;
+
+use crate::crypto::{BlindKind, Keyring, Phi, Sealer};
+use crate::db::phi::{open, open_opt, place};
+use crate::db::schema::patients;
+use crate::error::AppError;
+use chrono::{DateTime, NaiveDate, Utc};
+use diesel::prelude::*;
+use diesel::result::{DatabaseErrorKind, Error as DieselError};
+use serde_json::Value;
+use std::fmt;
+use uuid::Uuid;
+
+/// A patient to create. `Debug` shows no PHI.
+#[derive(Clone)]
+pub struct NewPatient {
+    pub facility_id: Uuid,
+    pub mrn: String,
+    pub ssn: Option<String>,
+    pub family: String,
+    pub given: String,
+    pub birth_date: NaiveDate,
+    pub gender: String,
+    pub telecom: Option<Value>,
+    pub address: Option<Value>,
+}
+
+impl fmt::Debug for NewPatient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NewPatient")
+            .field("facility_id", &self.facility_id)
+            .field("gender", &self.gender)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A decrypted patient. PHI fields are [`Phi`]: `Debug` prints `[redacted]`.
+#[derive(Clone, Debug)]
+pub struct Patient {
+    pub id: Uuid,
+    pub version: i32,
+    pub key_version: i32,
+    pub facility_id: Uuid,
+    pub mrn: Phi<String>,
+    pub ssn: Option<Phi<String>>,
+    pub family: Phi<String>,
+    pub given: Phi<String>,
+    pub birth_date: Phi<NaiveDate>,
+    pub gender: String,
+    pub telecom: Option<Phi<Value>>,
+    pub address: Option<Phi<Value>>,
+    pub created_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    pub deleted_at: Option<DateTime<Utc>>,
+}
+
+#[derive(Queryable, Selectable)]
+#[diesel(table_name = patients, check_for_backend(diesel::pg::Pg))]
+struct PatientRow {
+    id: Uuid,
+    version: i32,
+    key_version: i32,
+    facility_id: Uuid,
+    mrn_sealed: Vec<u8>,
+    ssn_sealed: Option<Vec<u8>>,
+    family_sealed: Vec<u8>,
+    given_sealed: Vec<u8>,
+    birth_date_sealed: Vec<u8>,
+    gender: String,
+    telecom_sealed: Option<Vec<u8>>,
+    address_sealed: Option<Vec<u8>>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    deleted_at: Option<DateTime<Utc>>,
+}
+
+const P: &str = "patients";
+
+impl PatientRow {
+    fn open(self, conn: &mut PgConnection, kr: &Keyring) -> Result<Patient, AppError> {
+        kr.ensure_version(conn, self.key_version)?;
+        let id = self.id;
+        Ok(Patient {
+            id,
+            version: self.version,
+            key_version: self.key_version,
+            facility_id: self.facility_id,
+            mrn: open(kr, P, "mrn_sealed", id, &self.mrn_sealed)?,
+            ssn: open_opt(kr, P, "ssn_sealed", id, self.ssn_sealed.as_deref())?,
+            family: open(kr, P, "family_sealed", id, &self.family_sealed)?,
+            given: open(kr, P, "given_sealed", id, &self.given_sealed)?,
+            birth_date: open(kr, P, "birth_date_sealed", id, &self.birth_date_sealed)?,
+            gender: self.gender,
+            telecom: open_opt(kr, P, "telecom_sealed", id, self.telecom_sealed.as_deref())?,
+            address: open_opt(kr, P, "address_sealed", id, self.address_sealed.as_deref())?,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            deleted_at: self.deleted_at,
+        })
+    }
+}
+
+/// Every sealed column and blind index of one patient row, sealed as a whole with one
+/// data-key version. Build it with [`seal_patient`] inside the write transaction; use it
+/// for inserts and for updates (an update re-seals the whole row, so `key_version`
+/// stays true for every sealed column).
+#[derive(Insertable, AsChangeset)]
+#[diesel(table_name = patients, treat_none_as_null = true)]
+pub struct SealedPatient {
+    pub key_version: i32,
+    pub facility_id: Uuid,
+    pub mrn_sealed: Vec<u8>,
+    pub mrn_index: Vec<u8>,
+    pub ssn_sealed: Option<Vec<u8>>,
+    pub ssn_index: Option<Vec<u8>>,
+    pub family_sealed: Vec<u8>,
+    pub family_index: Vec<u8>,
+    pub given_sealed: Vec<u8>,
+    pub given_index: Vec<u8>,
+    pub birth_date_sealed: Vec<u8>,
+    pub birth_date_index: Vec<u8>,
+    pub gender: String,
+    pub telecom_sealed: Option<Vec<u8>>,
+    pub address_sealed: Option<Vec<u8>>,
+}
+
+/// Seals `new` for row `id` with `sealer`'s key and computes its blind indexes.
+/// An MRN or SSN that cannot be normalised is a 422.
+pub fn seal_patient(
+    kr: &Keyring,
+    sealer: &Sealer,
+    id: Uuid,
+    new: &NewPatient,
+) -> Result<SealedPatient, AppError> {
+    let at = |column| place(P, column, id);
+    Ok(SealedPatient {
+        key_version: sealer.version(),
+        facility_id: new.facility_id,
+        mrn_sealed: sealer.seal_str(&at("mrn_sealed"), new.mrn.trim())?,
+        mrn_index: kr.blind_index(BlindKind::Mrn, &new.mrn)?,
+        ssn_sealed: new
+            .ssn
+            .as_deref()
+            .map(|s| sealer.seal_str(&at("ssn_sealed"), s.trim()))
+            .transpose()?,
+        ssn_index: new
+            .ssn
+            .as_deref()
+            .map(|s| kr.blind_index(BlindKind::Ssn, s))
+            .transpose()?,
+        family_sealed: sealer.seal_str(&at("family_sealed"), new.family.trim())?,
+        family_index: kr.blind_index(BlindKind::Family, &new.family)?,
+        given_sealed: sealer.seal_str(&at("given_sealed"), new.given.trim())?,
+        given_index: kr.blind_index(BlindKind::Given, &new.given)?,
+        birth_date_sealed: sealer.seal_value(&at("birth_date_sealed"), &new.birth_date)?,
+        birth_date_index: kr.blind_index(
+            BlindKind::BirthDate,
+            &new.birth_date.format("%Y-%m-%d").to_string(),
+        )?,
+        gender: new.gender.clone(),
+        telecom_sealed: new
+            .telecom
+            .as_ref()
+            .map(|v| sealer.seal_value(&at("telecom_sealed"), v))
+            .transpose()?,
+        address_sealed: new
+            .address
+            .as_ref()
+            .map(|v| sealer.seal_value(&at("address_sealed"), v))
+            .transpose()?,
+    })
+}
+
+fn mrn_conflict(e: DieselError) -> AppError {
+    match e {
+        DieselError::DatabaseError(DatabaseErrorKind::UniqueViolation, info)
+            if info.constraint_name() == Some("patients_mrn_index_key") =>
+        {
+            AppError::client(
+                actix_web::http::StatusCode::CONFLICT,
+                "A patient with this MRN already exists.",
+            )
+        }
+        e => e.into(),
+    }
+}
+
+/// Seals and inserts a patient in one transaction. A duplicate MRN (after
+/// normalisation) is a 409; an MRN or SSN that cannot be normalised is a 422.
+pub fn insert_patient(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    new: &NewPatient,
+) -> Result<Patient, AppError> {
+    let id = Uuid::new_v4();
+    conn.transaction(|conn| {
+        let sealer = kr.sealer_for_write(conn)?;
+        let sealed = seal_patient(kr, &sealer, id, new)?;
+        let row = diesel::insert_into(patients::table)
+            .values((patients::id.eq(id), &sealed))
+            .returning(PatientRow::as_returning())
+            .get_result::<PatientRow>(conn)
+            .map_err(mrn_conflict)?;
+        row.open(conn, kr)
+    })
+}
+
+/// Replaces a patient's data, re-sealing the whole row with the active key, when its
+/// current `version` is `expected_version`; bumps `version` and `updated_at`.
+/// `Ok(None)`: no such (undeleted) patient. A version mismatch is a 412; a duplicate
+/// MRN a 409.
+pub fn update_patient(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+    expected_version: i32,
+    new: &NewPatient,
+) -> Result<Option<Patient>, AppError> {
+    conn.transaction(|conn| {
+        let current: Option<i32> = patients::table
+            .filter(patients::id.eq(id))
+            .filter(patients::deleted_at.is_null())
+            .select(patients::version)
+            .for_update()
+            .first(conn)
+            .optional()?;
+        let Some(current) = current else {
+            return Ok(None);
+        };
+        if current != expected_version {
+            return Err(AppError::client(
+                actix_web::http::StatusCode::PRECONDITION_FAILED,
+                "The resource was changed since that version.",
+            ));
+        }
+        let sealer = kr.sealer_for_write(conn)?;
+        let sealed = seal_patient(kr, &sealer, id, new)?;
+        let row = diesel::update(patients::table.find(id))
+            .set((
+                &sealed,
+                patients::version.eq(current + 1),
+                patients::updated_at.eq(diesel::dsl::now),
+            ))
+            .returning(PatientRow::as_returning())
+            .get_result::<PatientRow>(conn)
+            .map_err(mrn_conflict)?;
+        row.open(conn, kr).map(Some)
+    })
+}
+
+/// The patient with this MRN (normalised: case, spaces and dashes ignored).
+pub fn find_patient_by_mrn(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    mrn: &str,
+) -> Result<Option<Patient>, AppError> {
+    let index = kr.blind_index(BlindKind::Mrn, mrn)?;
+    let row = patients::table
+        .filter(patients::mrn_index.eq(index))
+        .filter(patients::deleted_at.is_null())
+        .select(PatientRow::as_select())
+        .first(conn)
+        .optional()?;
+    row.map(|r| r.open(conn, kr)).transpose()
+}
