@@ -5,8 +5,8 @@
 //! ([`Keyring::sealer_for_write`]), and items carry their own `key_version` so rotation
 //! re-seals them like any other table in [`SEALED_COLUMNS`](crate::db::phi::SEALED_COLUMNS).
 
-use crate::crypto::{Keyring, Phi, Sealer};
-use crate::db::phi::{open, place};
+use crate::crypto::{Keyring, Phi, Sealer, columns};
+use crate::db::phi::open;
 use crate::db::schema::{claim_items, claim_items_unsealed, claims, claims_unsealed};
 use crate::db::scope::ScopeSql;
 use crate::domain::{PatientId, RecordId};
@@ -16,9 +16,6 @@ use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use std::fmt;
 use uuid::Uuid;
-
-const C: &str = "claims";
-const I: &str = "claim_items";
 
 #[derive(Clone)]
 pub struct NewClaimItem {
@@ -94,8 +91,13 @@ impl ClaimRow {
     fn open(self, conn: &mut PgConnection, kr: &Keyring) -> Result<ClaimHead, AppError> {
         kr.ensure_version(conn, self.key_version)?;
         Ok(ClaimHead {
-            provider: open(kr, C, "provider_sealed", self.id, &self.provider_sealed)?,
-            total_cents: open(kr, C, "total_sealed", self.id, &self.total_sealed)?,
+            provider: open(
+                kr,
+                columns::claims::PROVIDER,
+                self.id,
+                &self.provider_sealed,
+            )?,
+            total_cents: open(kr, columns::claims::TOTAL, self.id, &self.total_sealed)?,
             id: self.id,
             version: self.version,
             key_version: self.key_version,
@@ -152,8 +154,8 @@ fn open_all(
             kr.ensure_version(conn, *key_version)?;
             items.push(ClaimItem {
                 seq: *seq,
-                code: open(kr, I, "code_sealed", *id, code)?,
-                amount_cents: open(kr, I, "amount_sealed", *id, amount)?,
+                code: open(kr, columns::claim_items::CODE, *id, code)?,
+                amount_cents: open(kr, columns::claim_items::AMOUNT, *id, amount)?,
             });
         }
         out.push(Claim { row: head, items });
@@ -175,9 +177,10 @@ fn insert_items(
             claim_items::claim_id.eq(claim),
             claim_items::seq.eq(i.seq),
             claim_items::key_version.eq(sealer.version()),
-            claim_items::code_sealed.eq(sealer.seal_str(&place(I, "code_sealed", id), &i.code)?),
+            claim_items::code_sealed
+                .eq(sealer.seal_str(&columns::claim_items::CODE.at(id), &i.code)?),
             claim_items::amount_sealed
-                .eq(sealer.seal_value(&place(I, "amount_sealed", id), &i.amount_cents)?),
+                .eq(sealer.seal_value(&columns::claim_items::AMOUNT.at(id), &i.amount_cents)?),
         ));
     }
     if !rows.is_empty() {
@@ -219,10 +222,10 @@ fn insert_with_id(
                 claims::key_version.eq(sealer.version()),
                 claims::patient_id.eq(new.patient_id),
                 claims::provider_sealed
-                    .eq(sealer.seal_str(&place(C, "provider_sealed", id), &new.provider)?),
+                    .eq(sealer.seal_str(&columns::claims::PROVIDER.at(id), &new.provider)?),
                 claims::status.eq(&new.status),
                 claims::total_sealed
-                    .eq(sealer.seal_value(&place(C, "total_sealed", id), &new.total_cents)?),
+                    .eq(sealer.seal_value(&columns::claims::TOTAL.at(id), &new.total_cents)?),
                 claims::currency.eq(&new.currency),
             ))
             .returning(ClaimRow::as_returning())
@@ -321,10 +324,10 @@ pub fn update(
             claims::version.eq(expected + 1),
             claims::key_version.eq(sealer.version()),
             claims::provider_sealed
-                .eq(sealer.seal_str(&place(C, "provider_sealed", id), &new.provider)?),
+                .eq(sealer.seal_str(&columns::claims::PROVIDER.at(id), &new.provider)?),
             claims::status.eq(&new.status),
             claims::total_sealed
-                .eq(sealer.seal_value(&place(C, "total_sealed", id), &new.total_cents)?),
+                .eq(sealer.seal_value(&columns::claims::TOTAL.at(id), &new.total_cents)?),
             claims::currency.eq(&new.currency),
             claims::updated_at.eq(Utc::now()),
         ))

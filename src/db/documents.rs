@@ -2,8 +2,8 @@
 //! subject lookup for the decision point, policy-scoped search and version-checked update
 //! (re-sealing the note with the active key).
 
-use crate::crypto::{Keyring, Phi};
-use crate::db::phi::{open, place};
+use crate::crypto::{Keyring, Phi, columns};
+use crate::db::phi::open;
 use crate::db::schema::document_references as d;
 use crate::db::schema::document_references;
 use crate::error::AppError;
@@ -79,8 +79,7 @@ impl DocumentRow {
         Ok(DocumentReference {
             text: open(
                 kr,
-                "document_references",
-                "text_sealed",
+                columns::document_references::TEXT,
                 self.id,
                 &self.text_sealed,
             )?,
@@ -116,8 +115,7 @@ pub fn insert_document_reference(
                 document_references::doc_type.eq(&new.doc_type),
                 document_references::date.eq(new.date),
                 document_references::text_sealed
-                    .eq(sealer
-                        .seal_str(&place("document_references", "text_sealed", id), &new.text)?),
+                    .eq(sealer.seal_str(&columns::document_references::TEXT.at(id), &new.text)?),
                 document_references::status.eq(&new.status),
             ))
             .returning(DocumentRow::as_returning())
@@ -188,7 +186,7 @@ pub fn update(
     let id = Uuid::from(id);
     conn.transaction(|conn| {
         let sealer = kr.sealer_for_write(conn)?;
-        let text = sealer.seal_str(&place("document_references", "text_sealed", id), &new.text)?;
+        let text = sealer.seal_str(&columns::document_references::TEXT.at(id), &new.text)?;
         let row: Option<DocumentRow> = diesel::update(
             d::table.filter(
                 d::id

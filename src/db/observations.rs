@@ -2,8 +2,8 @@
 //! the decision point, policy-scoped search, version-checked update (re-sealing every
 //! sealed column of the row with the active key) and soft delete.
 
-use crate::crypto::{Keyring, Phi};
-use crate::db::phi::{open, open_opt, place};
+use crate::crypto::{Keyring, Phi, columns};
+use crate::db::phi::{open, open_opt};
 use crate::db::schema::observations;
 use crate::db::scope::ScopeSql;
 use crate::domain::{PatientId, RecordId};
@@ -75,16 +75,19 @@ impl ObservationRow {
         kr: &Keyring,
     ) -> Result<Observation, AppError> {
         kr.ensure_version(conn, self.key_version)?;
-        const O: &str = "observations";
         Ok(Observation {
             code_display: open_opt(
                 kr,
-                O,
-                "code_display_sealed",
+                columns::observations::CODE_DISPLAY,
                 self.id,
                 self.code_display_sealed.as_deref(),
             )?,
-            value: open(kr, O, "value_sealed", self.id, &self.value_sealed)?,
+            value: open(
+                kr,
+                columns::observations::VALUE,
+                self.id,
+                &self.value_sealed,
+            )?,
             id: self.id,
             version: self.version,
             key_version: self.key_version,
@@ -110,7 +113,7 @@ pub fn insert_observation(
         let code_display = new
             .code_display
             .as_deref()
-            .map(|d| sealer.seal_str(&place("observations", "code_display_sealed", id), d))
+            .map(|d| sealer.seal_str(&columns::observations::CODE_DISPLAY.at(id), d))
             .transpose()?;
         let row = diesel::insert_into(observations::table)
             .values((
@@ -121,8 +124,7 @@ pub fn insert_observation(
                 observations::code.eq(&new.code),
                 observations::code_display_sealed.eq(code_display),
                 observations::value_sealed
-                    .eq(sealer
-                        .seal_value(&place("observations", "value_sealed", id), &new.value)?),
+                    .eq(sealer.seal_value(&columns::observations::VALUE.at(id), &new.value)?),
                 observations::effective_at.eq(new.effective_at),
             ))
             .returning(ObservationRow::as_returning())
@@ -144,8 +146,6 @@ pub fn get_observation(
         .optional()?;
     row.map(|r| r.open(conn, kr)).transpose()
 }
-
-const T: &str = "observations";
 
 /// The subject patient of a live observation.
 pub fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
@@ -218,9 +218,9 @@ pub fn update(
         let display = new
             .code_display
             .as_deref()
-            .map(|d| sealer.seal_str(&place(T, "code_display_sealed", id), d))
+            .map(|d| sealer.seal_str(&columns::observations::CODE_DISPLAY.at(id), d))
             .transpose()?;
-        let value = sealer.seal_value(&place(T, "value_sealed", id), &new.value)?;
+        let value = sealer.seal_value(&columns::observations::VALUE.at(id), &new.value)?;
         let row: Option<ObservationRow> = diesel::update(
             observations::table.filter(
                 observations::id

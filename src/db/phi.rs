@@ -8,37 +8,36 @@
 //! re-exports below keep older call sites (seeding, the admin API, tests) compiling;
 //! new code imports the table's module.
 
-use crate::crypto::{FieldPlace, Keyring, Phi, Sealable};
+use crate::crypto::columns::SealedColumn;
+use crate::crypto::{Keyring, Phi, Sealable};
 use crate::error::AppError;
 use uuid::Uuid;
 
-pub(crate) fn place(table: &'static str, column: &'static str, row: Uuid) -> FieldPlace {
-    FieldPlace::new(table, column, row)
-}
-
 pub(crate) fn open<T: Sealable>(
     kr: &Keyring,
-    table: &'static str,
-    column: &'static str,
+    column: SealedColumn,
     row: Uuid,
     sealed: &[u8],
 ) -> Result<Phi<T>, AppError> {
-    kr.open_value::<T>(&place(table, column, row), sealed)
+    let SealedColumn {
+        table,
+        column: name,
+    } = column;
+    kr.open_value::<T>(&column.at(row), sealed)
         .map(Phi::new)
         .map_err(|e| {
-            tracing::error!(table, column, row = %row, error = %e, "cannot open a sealed value");
+            tracing::error!(table, column = name, row = %row, error = %e, "cannot open a sealed value");
             AppError::from(e)
         })
 }
 
 pub(crate) fn open_opt<T: Sealable>(
     kr: &Keyring,
-    table: &'static str,
-    column: &'static str,
+    column: SealedColumn,
     row: Uuid,
     sealed: Option<&[u8]>,
 ) -> Result<Option<Phi<T>>, AppError> {
-    sealed.map(|s| open(kr, table, column, row, s)).transpose()
+    sealed.map(|s| open(kr, column, row, s)).transpose()
 }
 
 pub use super::documents::{

@@ -28,7 +28,7 @@ pub fn page_size(param: Option<&str>) -> Result<usize, AppError> {
 pub struct Cursor;
 
 fn place(user: Uuid, resource: ResourceType) -> FieldPlace {
-    FieldPlace::new("cursor", resource.as_str(), user)
+    crate::crypto::columns::cursor(resource.as_str(), user)
 }
 
 impl Cursor {

@@ -5,8 +5,8 @@
 
 pub mod views;
 
-use crate::crypto::{BlindKind, Keyring, Phi, Sealer};
-use crate::db::phi::{open, open_opt, place};
+use crate::crypto::{BlindKind, Keyring, Phi, Sealer, columns};
+use crate::db::phi::{open, open_opt};
 use crate::db::schema::patients;
 use crate::error::AppError;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -79,8 +79,6 @@ struct PatientRow {
     deleted_at: Option<DateTime<Utc>>,
 }
 
-const P: &str = "patients";
-
 impl PatientRow {
     fn open(self, conn: &mut PgConnection, kr: &Keyring) -> Result<Patient, AppError> {
         kr.ensure_version(conn, self.key_version)?;
@@ -90,14 +88,29 @@ impl PatientRow {
             version: self.version,
             key_version: self.key_version,
             facility_id: self.facility_id,
-            mrn: open(kr, P, "mrn_sealed", id, &self.mrn_sealed)?,
-            ssn: open_opt(kr, P, "ssn_sealed", id, self.ssn_sealed.as_deref())?,
-            family: open(kr, P, "family_sealed", id, &self.family_sealed)?,
-            given: open(kr, P, "given_sealed", id, &self.given_sealed)?,
-            birth_date: open(kr, P, "birth_date_sealed", id, &self.birth_date_sealed)?,
+            mrn: open(kr, columns::patients::MRN, id, &self.mrn_sealed)?,
+            ssn: open_opt(kr, columns::patients::SSN, id, self.ssn_sealed.as_deref())?,
+            family: open(kr, columns::patients::FAMILY, id, &self.family_sealed)?,
+            given: open(kr, columns::patients::GIVEN, id, &self.given_sealed)?,
+            birth_date: open(
+                kr,
+                columns::patients::BIRTH_DATE,
+                id,
+                &self.birth_date_sealed,
+            )?,
             gender: self.gender,
-            telecom: open_opt(kr, P, "telecom_sealed", id, self.telecom_sealed.as_deref())?,
-            address: open_opt(kr, P, "address_sealed", id, self.address_sealed.as_deref())?,
+            telecom: open_opt(
+                kr,
+                columns::patients::TELECOM,
+                id,
+                self.telecom_sealed.as_deref(),
+            )?,
+            address: open_opt(
+                kr,
+                columns::patients::ADDRESS,
+                id,
+                self.address_sealed.as_deref(),
+            )?,
             created_at: self.created_at,
             updated_at: self.updated_at,
             deleted_at: self.deleted_at,
@@ -137,27 +150,28 @@ pub fn seal_patient(
     id: Uuid,
     new: &NewPatient,
 ) -> Result<SealedPatient, AppError> {
-    let at = |column| place(P, column, id);
+    let at = |column: columns::SealedColumn| column.at(id);
     Ok(SealedPatient {
         key_version: sealer.version(),
         facility_id: new.facility_id,
-        mrn_sealed: sealer.seal_str(&at("mrn_sealed"), new.mrn.trim())?,
+        mrn_sealed: sealer.seal_str(&at(columns::patients::MRN), new.mrn.trim())?,
         mrn_index: kr.blind_index(BlindKind::Mrn, &new.mrn)?,
         ssn_sealed: new
             .ssn
             .as_deref()
-            .map(|s| sealer.seal_str(&at("ssn_sealed"), s.trim()))
+            .map(|s| sealer.seal_str(&at(columns::patients::SSN), s.trim()))
             .transpose()?,
         ssn_index: new
             .ssn
             .as_deref()
             .map(|s| kr.blind_index(BlindKind::Ssn, s))
             .transpose()?,
-        family_sealed: sealer.seal_str(&at("family_sealed"), new.family.trim())?,
+        family_sealed: sealer.seal_str(&at(columns::patients::FAMILY), new.family.trim())?,
         family_index: kr.blind_index(BlindKind::Family, &new.family)?,
-        given_sealed: sealer.seal_str(&at("given_sealed"), new.given.trim())?,
+        given_sealed: sealer.seal_str(&at(columns::patients::GIVEN), new.given.trim())?,
         given_index: kr.blind_index(BlindKind::Given, &new.given)?,
-        birth_date_sealed: sealer.seal_value(&at("birth_date_sealed"), &new.birth_date)?,
+        birth_date_sealed: sealer
+            .seal_value(&at(columns::patients::BIRTH_DATE), &new.birth_date)?,
         birth_date_index: kr.blind_index(
             BlindKind::BirthDate,
             &new.birth_date.format("%Y-%m-%d").to_string(),
@@ -166,12 +180,12 @@ pub fn seal_patient(
         telecom_sealed: new
             .telecom
             .as_ref()
-            .map(|v| sealer.seal_value(&at("telecom_sealed"), v))
+            .map(|v| sealer.seal_value(&at(columns::patients::TELECOM), v))
             .transpose()?,
         address_sealed: new
             .address
             .as_ref()
-            .map(|v| sealer.seal_value(&at("address_sealed"), v))
+            .map(|v| sealer.seal_value(&at(columns::patients::ADDRESS), v))
             .transpose()?,
     })
 }

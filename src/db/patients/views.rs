@@ -2,7 +2,8 @@
 //! (the others are never fetched), searches go through blind indexes and carry the
 //! policy's row restriction into SQL.
 
-use crate::crypto::{BlindKind, FieldPlace, Keyring, Phi, Sealable};
+use crate::crypto::columns::{SealedColumn, patients as cols};
+use crate::crypto::{BlindKind, Keyring, Phi, Sealable};
 use crate::db::scope::ScopeSql;
 use crate::error::AppError;
 use crate::policy::SearchScope;
@@ -16,7 +17,8 @@ pub use crate::policy::views::PatientFields;
 
 /// The SELECT list of `fields`: a column outside them becomes a typed NULL.
 fn select_list(fields: PatientFields) -> String {
-    let col = |on: bool, name: &str| {
+    let col = |on: bool, column: SealedColumn| {
+        let name = column.column;
         if on {
             name.to_string()
         } else {
@@ -34,13 +36,13 @@ fn select_list(fields: PatientFields) -> String {
         } else {
             "NULL::text AS gender".to_string()
         },
-        col(fields.mrn, "mrn_sealed"),
-        col(fields.ssn, "ssn_sealed"),
-        col(fields.name, "family_sealed"),
-        col(fields.name, "given_sealed"),
-        col(fields.birth_date, "birth_date_sealed"),
-        col(fields.telecom, "telecom_sealed"),
-        col(fields.address, "address_sealed"),
+        col(fields.mrn, cols::MRN),
+        col(fields.ssn, cols::SSN),
+        col(fields.name, cols::FAMILY),
+        col(fields.name, cols::GIVEN),
+        col(fields.birth_date, cols::BIRTH_DATE),
+        col(fields.telecom, cols::TELECOM),
+        col(fields.address, cols::ADDRESS),
     ]
     .join(", ")
 }
@@ -92,20 +94,18 @@ struct Row {
     address_sealed: Option<Vec<u8>>,
 }
 
-const T: &str = "patients";
-
 fn open<V: Sealable>(
     kr: &Keyring,
-    column: &'static str,
+    column: SealedColumn,
     row: Uuid,
     sealed: Option<Vec<u8>>,
 ) -> Result<Option<Phi<V>>, AppError> {
     sealed
         .map(|bytes| {
-            kr.open_value::<V>(&FieldPlace::new(T, column, row), &bytes)
+            kr.open_value::<V>(&column.at(row), &bytes)
                 .map(Phi::new)
                 .map_err(|e| {
-                    tracing::error!(table = T, column, row = %row, error = %e, "cannot open sealed value");
+                    tracing::error!(table = column.table, column = column.column, row = %row, error = %e, "cannot open sealed value");
                     AppError::internal("sealed value could not be opened")
                 })
         })
@@ -122,13 +122,13 @@ impl Row {
             facility_id: self.facility_id,
             updated_at: self.updated_at,
             gender: self.gender,
-            mrn: open(kr, "mrn_sealed", id, self.mrn_sealed)?,
-            ssn: open(kr, "ssn_sealed", id, self.ssn_sealed)?,
-            family: open(kr, "family_sealed", id, self.family_sealed)?,
-            given: open(kr, "given_sealed", id, self.given_sealed)?,
-            birth_date: open(kr, "birth_date_sealed", id, self.birth_date_sealed)?,
-            telecom: open(kr, "telecom_sealed", id, self.telecom_sealed)?,
-            address: open(kr, "address_sealed", id, self.address_sealed)?,
+            mrn: open(kr, cols::MRN, id, self.mrn_sealed)?,
+            ssn: open(kr, cols::SSN, id, self.ssn_sealed)?,
+            family: open(kr, cols::FAMILY, id, self.family_sealed)?,
+            given: open(kr, cols::GIVEN, id, self.given_sealed)?,
+            birth_date: open(kr, cols::BIRTH_DATE, id, self.birth_date_sealed)?,
+            telecom: open(kr, cols::TELECOM, id, self.telecom_sealed)?,
+            address: open(kr, cols::ADDRESS, id, self.address_sealed)?,
         })
     }
 }
