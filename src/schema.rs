@@ -282,6 +282,7 @@ diesel::table! {
         reason -> Text,
         changed_by -> Nullable<Uuid>,
         changed_at -> Timestamptz,
+        facility_id -> Nullable<Uuid>,
     }
 }
 

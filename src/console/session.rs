@@ -254,12 +254,6 @@ pub fn destroy(conn: &mut PgConnection, id_hash: &[u8]) -> Result<(), AppError> 
     Ok(())
 }
 
-/// Ends every session of a user (revoked by an administrator, role removed, disabled):
-/// their next request lands on the sign-in page.
-pub fn destroy_all_of_user(conn: &mut PgConnection, user_id: Uuid) -> Result<usize, AppError> {
-    Ok(diesel::delete(cs::table.filter(cs::user_id.eq(user_id))).execute(conn)?)
-}
-
 /// When the session last passed a TOTP check (sign-in or step-up), if ever.
 pub fn totp_at(conn: &mut PgConnection, id_hash: &[u8]) -> Result<Option<DateTime<Utc>>, AppError> {
     Ok(cs::table

@@ -6,12 +6,13 @@
 //! the step-up time and performs the kept change with its form data intact.
 
 use super::auth::{self, Gate};
-use super::pages::actions::{self, Form, Op};
+use super::pages::actions::{self, Form};
 use super::pages::{Chrome, ConsoleActor, lifetimes, require_admin};
 use super::session::{self, Session, Stage};
 use super::totp::{self, Check};
 use super::{TOTP_LOCKED, page};
-use crate::admin::ops::AdminActor;
+use crate::admin::Op;
+use crate::admin::op::AdminActor;
 use crate::audit::{AuditAction, DenyReason, Outcome, ResourceType as Kind};
 use crate::db::schema::console_pending_actions as pa;
 use crate::error::AppError;
@@ -101,7 +102,7 @@ pub async fn ask(
     let (action, kind) = op.audit();
     who.record(
         action,
-        Some((kind, None)),
+        kind.map(|k| (k, None)),
         Vec::new(),
         Outcome::Deny(DenyReason::StepUpRequired),
     )

@@ -285,12 +285,6 @@ pub fn is_enrolled(conn: &mut PgConnection, user_id: Uuid) -> Result<bool, AppEr
     Ok(confirmed.flatten().is_some())
 }
 
-/// Forgets the user's TOTP secret (an administrator's reset): their next sign-in enrols a
-/// new one. Returns whether there was one.
-pub fn reset(conn: &mut PgConnection, user_id: Uuid) -> Result<bool, AppError> {
-    Ok(diesel::delete(ct::table.filter(ct::user_id.eq(user_id))).execute(conn)? > 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -9,11 +9,12 @@ pub mod actions;
 use super::auth::{self, Gate, SignedIn};
 use super::page;
 use super::session::{self, Lifetimes};
-use crate::admin::ops::{self, AdminActor, Touched, audited};
+use crate::admin::op::{self, AdminActor, Touched, audited};
 use crate::audit::{
     Actor, AuditAction, AuditContext, AuthMethod, Outcome, PurposeOfUse, ResourceType as Kind,
 };
 use crate::db::users::{self, FacilitySummary, UserFilter, UserKind, UserSummary};
+use crate::domain::UserId;
 use crate::error::AppError;
 use crate::policy::{self, Role};
 use crate::state::AppState;
@@ -121,8 +122,8 @@ impl ConsoleActor {
 }
 
 impl AdminActor for ConsoleActor {
-    fn user_id(&self) -> Uuid {
-        self.id
+    fn user_id(&self) -> UserId {
+        UserId::from(self.id)
     }
 
     async fn record(
@@ -182,7 +183,7 @@ fn row(u: UserSummary, facilities: &[FacilitySummary]) -> UserRow {
         id: u.id,
         subject: u.subject,
         display_name: u.display_name.unwrap_or_default(),
-        kind: u.kind,
+        kind: u.kind.as_str().to_string(),
         roles: u.roles.join(", "),
         disabled: u.disabled,
         facility: facility_name(u.facility, facilities),
@@ -339,7 +340,7 @@ pub async fn user_page(
         Gate::Pass(p) => p,
     };
     require_admin(&me)?;
-    let id = Uuid::parse_str(&path).map_err(|_| ops::user_not_found())?;
+    let id = Uuid::parse_str(&path).map_err(|_| op::user_not_found())?;
     let life = lifetimes(&state)?;
     let who = ConsoleActor::new(&state, ctx, &me);
     let kind = Some(Kind::User);
@@ -360,7 +361,7 @@ pub async fn user_page(
                     )))
                 })
                 .await?
-                .ok_or_else(ops::user_not_found)?;
+                .ok_or_else(op::user_not_found)?;
             Ok((found, Touched::user(id)))
         })
         .await?;
