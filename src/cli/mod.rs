@@ -48,7 +48,8 @@ pub enum Command {
     Migrate,
     /// Print every configuration setting (Markdown table).
     Settings,
-    /// Print the access policy: role x resource x interaction x view (Markdown table).
+    /// Print the access policy: role x resource x interaction x view, then the
+    /// administration rules (Markdown tables).
     Policy,
     /// Encryption keys: status and rotation.
     #[command(subcommand)]
@@ -97,6 +98,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev => dev::run(path).await,
         Command::Policy => {
             print!("{}", crate::policy::matrix::markdown_table());
+            print!("\n{}", crate::policy::admin::markdown_table());
             Ok(())
         }
         Command::DevToken {

@@ -9,7 +9,7 @@ use crate::audit::AuditContext;
 use crate::audit::event::{Actor, AuditAction, AuthMethod, DenyReason, Outcome, RoleCode};
 use crate::db::users::{self, UserKind, UserRecord};
 use crate::error::AppError;
-use crate::policy::Role;
+use crate::policy;
 use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
@@ -29,11 +29,7 @@ pub fn console(state: &AppState) -> Result<&Console, AppError> {
 }
 
 fn is_console_user(user: &UserRecord) -> bool {
-    !user.disabled
-        && user
-            .roles
-            .iter()
-            .any(|r| matches!(r, Role::Admin | Role::PrivacyOfficer))
+    policy::admin::console_admission(&user.roles, user.disabled)
 }
 
 pub fn role_codes(user: &UserRecord) -> Vec<RoleCode> {

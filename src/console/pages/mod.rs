@@ -16,6 +16,7 @@ use crate::audit::{
 use crate::db::users::{self, FacilitySummary, UserFilter, UserKind, UserSummary};
 use crate::domain::UserId;
 use crate::error::AppError;
+use crate::policy::admin::ConsoleArea;
 use crate::policy::{self, Role};
 use crate::state::AppState;
 use actix_web::http::StatusCode;
@@ -54,8 +55,7 @@ impl Chrome {
 }
 
 fn is_admin(me: &SignedIn) -> bool {
-    // The console session stands in for the API token's `admin` scope: the role decides.
-    policy::decide_admin(&me.user.roles, true).is_ok()
+    policy::admin::console_area(&me.user.roles, ConsoleArea::AdminOnly).is_ok()
 }
 
 /// Administration pages and changes need the `admin` role (privacy officers may sign in
@@ -404,9 +404,6 @@ struct ClientsPage {
     client_roles: Vec<&'static str>,
 }
 
-/// Roles a service client may be given in the console (the API refuses the others).
-pub const CLIENT_ROLES: [Role; 3] = [Role::Service, Role::Clinician, Role::Billing];
-
 /// GET /console/clients: registered service clients, a form to add one, disable buttons.
 pub async fn clients_page(
     req: HttpRequest,
@@ -440,7 +437,12 @@ pub async fn clients_page(
         message: done_from(&req),
         clients: clients.into_iter().map(|u| row(u, &facilities)).collect(),
         facilities,
-        client_roles: CLIENT_ROLES.iter().map(|r| r.as_str()).collect(),
+        // Roles a service client may be given (the operation refuses the others).
+        client_roles: Role::ALL
+            .into_iter()
+            .filter(|r| policy::admin::client_may_hold(*r))
+            .map(Role::as_str)
+            .collect(),
     })
 }
 
