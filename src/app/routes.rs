@@ -321,7 +321,12 @@ pub fn configure(r: &mut Routes) {
         sign_in,
         console::emergency::sign_in,
     );
-    r.add(Method::GET, "/console", Action::Console, console::dashboard);
+    r.add(
+        Method::GET,
+        "/console",
+        Action::Console,
+        console::pages::dashboard,
+    );
     r.add(
         Method::POST,
         "/console/logout",

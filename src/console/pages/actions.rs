@@ -1,15 +1,14 @@
 //! Console changes: every POST form of the administration pages becomes one [`Op`],
-//! checked (session, CSRF token and Origin, admin role), held for a step-up when it is
-//! sensitive and the last TOTP check is stale ([`super::super::stepup`]), then performed
-//! through the same operations as the JSON API, each writing its audit event.
+//! checked (an administrator's session by [`AdminForm`], then the CSRF token and Origin),
+//! held for a step-up when it is sensitive and the last TOTP check is stale
+//! ([`crate::console::stepup`]), then performed through the same operations as the JSON
+//! API and the CLI, each writing its audit event.
 
-use super::{ConsoleActor, require_admin};
 use crate::admin::op::{self, Op};
-use crate::console::auth::{self, Gate, see_other};
+use crate::console::gate::{AdminForm, Console, check_post, see_other};
 use crate::console::stepup;
 use crate::domain::{FacilityId, PatientId, UserId};
 use crate::error::AppError;
-use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use uuid::Uuid;
@@ -124,69 +123,52 @@ fn form_error(e: AppError) -> AppError {
     }
 }
 
-/// Performs a checked change through the shared operations; one audit event each.
-pub async fn perform(
-    state: &AppState,
-    who: &ConsoleActor,
-    op: Op,
-) -> Result<HttpResponse, AppError> {
+/// Performs a checked change through the shared operations (one audit event each) and
+/// sends the browser back to the page it came from with a confirmation.
+async fn perform(page: &Console, op: Op) -> Result<HttpResponse, AppError> {
     let (path, code) = landing(&op);
+    let state = &page.state;
     let issuer = state.tokens.as_ref().map(|t| t.issuer());
-    op::run(op, who, &state.db, issuer).await?;
+    op::run(op, &page.audit, &state.db, issuer).await?;
     Ok(see_other(&format!("{path}?done={code}")))
 }
 
-fn session_ended() -> AppError {
-    AppError::client(
-        StatusCode::FORBIDDEN,
-        "The form could not be accepted: you are not signed in (or your session ended). Sign in again.",
-    )
-}
-
-/// The path every console change takes: session, CSRF token and Origin, admin role, the
-/// form as an [`Op`], then step-up if it is sensitive and the last code is stale.
+/// The path every console change takes: an administrator's form ([`AdminForm`]), its
+/// CSRF token and Origin, the form as an [`Op`], then a step-up if it is sensitive and
+/// the last code is stale.
 async fn submit(
     req: &HttpRequest,
-    state: &web::Data<AppState>,
-    ctx: crate::audit::AuditContext,
+    page: AdminForm,
     body: &[u8],
     build: impl FnOnce(&Form) -> Result<Op, AppError>,
 ) -> Result<HttpResponse, AppError> {
-    let me = match auth::signed_in(req, state).await? {
-        Gate::Redirect(_) => return Err(session_ended()),
-        Gate::Pass(me) => me,
-    };
+    let page = page.0;
     let form = Form::parse(body);
-    auth::check_post(req, &me.session, form.get("csrf_token"))?;
-    require_admin(&me)?;
+    check_post(req, &page.me.session, form.get("csrf_token"))?;
     let op = build(&form).map_err(form_error)?;
-    let who = ConsoleActor::new(state, ctx, &me);
-    if op.needs_step_up() && !stepup::is_fresh(state, &me.session).await? {
-        return stepup::ask(state, &who, &me, op).await;
+    if op.needs_step_up()
+        && !stepup::is_fresh(&page.state, &page.settings, &page.me.session).await?
+    {
+        return stepup::ask(req, page, op).await;
     }
-    perform(state, &who, op).await.map_err(form_error)
+    perform(&page, op).await.map_err(form_error)
 }
 
 /// Errors of a change performed after a step-up, as 400 where the API says 422.
-pub async fn perform_form(
-    state: &AppState,
-    who: &ConsoleActor,
-    op: Op,
-) -> Result<HttpResponse, AppError> {
-    perform(state, who, op).await.map_err(form_error)
+pub async fn perform_form(page: &Console, op: Op) -> Result<HttpResponse, AppError> {
+    perform(page, op).await.map_err(form_error)
 }
 
 /// POST /console/users/{id}/{action}: grant-role, revoke-role, add-care-team,
 /// remove-care-team, facility, disable, enable, revoke-sessions, reset-totp.
 pub async fn user_action(
     req: HttpRequest,
-    ctx: crate::audit::AuditContext,
-    state: web::Data<AppState>,
+    page: AdminForm,
     path: web::Path<(String, String)>,
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let (id, action) = path.into_inner();
-    submit(&req, &state, ctx, &body, |f| {
+    submit(&req, page, &body, |f| {
         let id = UserId::parse(&id).ok_or_else(op::user_not_found)?;
         user_op(id, &action, f)
     })
@@ -196,11 +178,10 @@ pub async fn user_action(
 /// POST /console/clients: registers a service client.
 pub async fn create_client(
     req: HttpRequest,
-    ctx: crate::audit::AuditContext,
-    state: web::Data<AppState>,
+    page: AdminForm,
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
-    submit(&req, &state, ctx, &body, |f| {
+    submit(&req, page, &body, |f| {
         Ok(Op::CreateClient {
             client_id: f.owned("client_id").unwrap_or_default().trim().to_string(),
             facility: FacilityId::from(f.uuid("facility_id", "a facility")?),
@@ -214,12 +195,11 @@ pub async fn create_client(
 /// POST /console/clients/{id}/disable: disables a service client.
 pub async fn disable_client(
     req: HttpRequest,
-    ctx: crate::audit::AuditContext,
-    state: web::Data<AppState>,
+    page: AdminForm,
     path: web::Path<String>,
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
-    submit(&req, &state, ctx, &body, |f| {
+    submit(&req, page, &body, |f| {
         let user = UserId::parse(&path).ok_or_else(AppError::not_found)?;
         Ok(Op::DisableClient {
             user,
