@@ -762,6 +762,62 @@ mod tests {
     }
 
     #[test]
+    fn every_admin_route_action_names_a_real_audit_action_and_resource() {
+        use crate::policy::admin::AdminAction;
+        for a in AdminAction::ALL {
+            assert!(AuditAction::from_code(a.audit_code()).is_some(), "{a:?}");
+            if let Some(code) = a.resource_code() {
+                assert!(Kind::from_code(code).is_some(), "{a:?}");
+            }
+        }
+        // The route's declared action agrees with the operation the route performs.
+        let user = UserId::new();
+        for (route, op) in [
+            (
+                AdminAction::ChangeRole,
+                Op::GrantRole {
+                    user,
+                    role: "billing".into(),
+                    reason: None,
+                },
+            ),
+            (
+                AdminAction::ChangeUser,
+                Op::SetFacility {
+                    user,
+                    facility: FacilityId::new(),
+                    reason: None,
+                },
+            ),
+            (
+                AdminAction::ChangeCareTeam,
+                Op::AddCareTeam {
+                    user,
+                    patient: PatientId::new(),
+                    reason: None,
+                },
+            ),
+            (
+                AdminAction::CreateFacility,
+                Op::CreateFacility { name: "x".into() },
+            ),
+            (
+                AdminAction::RegisterClient,
+                Op::CreateClient {
+                    client_id: "c".into(),
+                    facility: FacilityId::new(),
+                    roles: vec![],
+                    reason: None,
+                },
+            ),
+        ] {
+            let (action, kind) = op.audit();
+            assert_eq!(action.code(), route.audit_code(), "{route:?}");
+            assert_eq!(kind.map(Kind::code), route.resource_code(), "{route:?}");
+        }
+    }
+
+    #[test]
     fn descriptions_never_echo_free_text() {
         let op = Op::GrantRole {
             user: UserId(Uuid::nil()),

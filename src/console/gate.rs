@@ -16,8 +16,10 @@ use super::recorder::ConsoleRecorder;
 use super::session::{self, Lifetimes, Session, Stage};
 use super::settings::Settings;
 use super::store;
-use crate::audit::{AuditContext, AuthMethod};
+use crate::admin::AdminActor;
+use crate::audit::{AuditAction, AuditContext, AuthMethod, Outcome, ResourceType as Kind};
 use crate::db::users::{self, UserRecord};
+use crate::domain::UserId;
 use crate::error::AppError;
 use crate::policy::{self, admin::ConsoleArea};
 use crate::state::AppState;
@@ -27,6 +29,7 @@ use actix_web::http::header::{self, HeaderValue};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, ResponseError, web};
 use futures_util::future::LocalBoxFuture;
 use subtle::ConstantTimeEq;
+use uuid::Uuid;
 
 pub const SIGN_IN_PATH: &str = "/console/signin";
 
@@ -190,6 +193,24 @@ pub struct Console {
     pub settings: Settings,
     /// Records this request's events as this user (session + MFA).
     pub audit: ConsoleRecorder,
+}
+
+/// A signed-in console user is who performs a console change: the type guarantees there
+/// is one, so every change records its administrator.
+impl AdminActor for Console {
+    fn user_id(&self) -> UserId {
+        UserId::from(self.me.user.id)
+    }
+
+    async fn record(
+        &self,
+        action: AuditAction,
+        resource: Option<(Kind, Option<Uuid>)>,
+        patients: Vec<Uuid>,
+        outcome: Outcome,
+    ) -> Result<(), AppError> {
+        self.audit.admin(action, resource, patients, outcome).await
+    }
 }
 
 /// What to answer when there is no signed-in session.

@@ -5,13 +5,11 @@
 //! [`error`](ConsoleRecorder::error) and [`session`](ConsoleRecorder::session) — instead of
 //! events built by hand. Internal ids only: never names, reasons or codes.
 
-use crate::admin::AdminActor;
 use crate::audit::{
     Actor, AuditAction, AuditContext, AuditWriter, AuthMethod, DenyReason, EventBuilder, Outcome,
     PurposeOfUse, ResourceType as Kind, RoleCode,
 };
 use crate::db::users::UserRecord;
-use crate::domain::UserId;
 use crate::error::AppError;
 use crate::state::AppState;
 use uuid::Uuid;
@@ -30,7 +28,6 @@ pub struct ConsoleRecorder {
     audit: AuditWriter,
     ctx: AuditContext,
     actor: Actor,
-    user: Option<UserId>,
 }
 
 impl ConsoleRecorder {
@@ -40,7 +37,6 @@ impl ConsoleRecorder {
             audit: state.audit.clone(),
             ctx,
             actor: Actor::anonymous(),
-            user: None,
         }
     }
 
@@ -67,7 +63,6 @@ impl ConsoleRecorder {
             audit: state.audit.clone(),
             ctx,
             actor: Actor::user(id, roles, method),
-            user: Some(UserId::from(id)),
         }
     }
 
@@ -125,7 +120,8 @@ impl ConsoleRecorder {
         self.audit.record(event.build()).await
     }
 
-    async fn admin(
+    /// An administration event (purpose: system administration) with any outcome.
+    pub async fn admin(
         &self,
         action: AuditAction,
         resource: Option<(Kind, Option<Uuid>)>,
@@ -137,22 +133,5 @@ impl ConsoleRecorder {
             .patients(patients)
             .purpose(PurposeOfUse::SystemAdministration);
         self.audit.record(event.build()).await
-    }
-}
-
-impl AdminActor for ConsoleRecorder {
-    fn user_id(&self) -> UserId {
-        // Administration pages are behind the admin gate: the recorder always has a user.
-        self.user.unwrap_or(UserId(Uuid::nil()))
-    }
-
-    async fn record(
-        &self,
-        action: AuditAction,
-        resource: Option<(Kind, Option<Uuid>)>,
-        patients: Vec<Uuid>,
-        outcome: Outcome,
-    ) -> Result<(), AppError> {
-        self.admin(action, resource, patients, outcome).await
     }
 }

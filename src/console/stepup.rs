@@ -57,14 +57,13 @@ pub async fn ask(req: &HttpRequest, page: Console, op: Op) -> Result<HttpRespons
         .run(move |c| store::pending::save(c, &hash, &stored))
         .await?;
     let (action, kind) = op.audit();
-    page.audit
-        .record(
-            action,
-            kind.map(|k| (k, None)),
-            Vec::new(),
-            Outcome::Deny(DenyReason::StepUpRequired),
-        )
-        .await?;
+    page.record(
+        action,
+        kind.map(|k| (k, None)),
+        Vec::new(),
+        Outcome::Deny(DenyReason::StepUpRequired),
+    )
+    .await?;
     Ok(render(page.chrome, &op, "")
         .respond_to(req)
         .map_into_boxed_body())

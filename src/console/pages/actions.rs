@@ -129,7 +129,7 @@ async fn perform(page: &Console, op: Op) -> Result<HttpResponse, AppError> {
     let (path, code) = landing(&op);
     let state = &page.state;
     let issuer = state.tokens.as_ref().map(|t| t.issuer());
-    op::run(op, &page.audit, &state.db, issuer).await?;
+    op::run(op, page, &state.db, issuer).await?;
     Ok(see_other(&format!("{path}?done={code}")))
 }
 

@@ -155,7 +155,7 @@ pub async fn users_list(req: HttpRequest, page: AdminPage) -> Result<UsersPage, 
         text: (!q.is_empty()).then(|| q.clone()),
         kind: None,
     };
-    let (list, facilities) = audited(&page.audit, AuditAction::Search, Some(Kind::User), async {
+    let (list, facilities) = audited(&*page, AuditAction::Search, Some(Kind::User), async {
         let found = page
             .state
             .db
@@ -234,7 +234,7 @@ pub async fn user_page(
     let life = page.settings.lifetimes;
     let kind = Some(Kind::User);
     let (user, care_teams, facilities, sessions, totp_enrolled) =
-        audited(&page.audit, AuditAction::Read, kind, async {
+        audited(&*page, AuditAction::Read, kind, async {
             let found = page
                 .state
                 .db
@@ -301,23 +301,18 @@ pub async fn clients_page(req: HttpRequest, page: AdminPage) -> Result<ClientsPa
         text: None,
         kind: Some(UserKind::Service),
     };
-    let (clients, facilities) = audited(
-        &page.audit,
-        AuditAction::Search,
-        Some(Kind::Client),
-        async {
-            let found = page
-                .state
-                .db
-                .run(move |c| {
-                    // Clients are few; the page shows the first ones without paging.
-                    let list = users::search_users(c, &filter, None, crate::admin::MAX_LIMIT)?;
-                    Ok((list, users::list_facilities(c)?))
-                })
-                .await?;
-            Ok((found, Touched::default()))
-        },
-    )
+    let (clients, facilities) = audited(&*page, AuditAction::Search, Some(Kind::Client), async {
+        let found = page
+            .state
+            .db
+            .run(move |c| {
+                // Clients are few; the page shows the first ones without paging.
+                let list = users::search_users(c, &filter, None, crate::admin::MAX_LIMIT)?;
+                Ok((list, users::list_facilities(c)?))
+            })
+            .await?;
+        Ok((found, Touched::default()))
+    })
     .await?;
     Ok(ClientsPage {
         chrome: page.0.chrome,
@@ -365,19 +360,14 @@ pub async fn audit_page(req: HttpRequest, page: ConsolePage) -> Result<AuditPage
     let query = web::Query::<AuditQuery>::from_query(req.query_string())
         .map_err(|_| AppError::bad_request("Invalid query: use before=<sequence number> only."))?;
     let before = query.before;
-    let rows = audited(
-        &page.audit,
-        AuditAction::Search,
-        Some(Kind::AuditLog),
-        async {
-            let rows = page
-                .state
-                .db
-                .run(move |c| Ok(crate::audit::store::recent(c, before, AUDIT_PAGE_SIZE)?))
-                .await?;
-            Ok((rows, Touched::default()))
-        },
-    )
+    let rows = audited(&*page, AuditAction::Search, Some(Kind::AuditLog), async {
+        let rows = page
+            .state
+            .db
+            .run(move |c| Ok(crate::audit::store::recent(c, before, AUDIT_PAGE_SIZE)?))
+            .await?;
+        Ok((rows, Touched::default()))
+    })
     .await?;
     let older = match rows.last() {
         Some(last) if rows.len() as i64 == AUDIT_PAGE_SIZE && last.seq > 1 => {
