@@ -139,14 +139,11 @@ pub async fn sign_in(
         let limited = state
             .db
             .run(move |conn| {
-                // Both keys count every attempt, whichever refuses it.
-                let by_ip = store::attempts::count(conn, &format!("ip:{ip}"), per_minute)?;
-                let by_name =
-                    store::attempts::count(conn, &format!("name:{name_key}"), per_minute)?;
-                Ok(by_ip.err().max(by_name.err()))
+                let keys = [format!("ip:{ip}"), format!("name:{name_key}")];
+                store::attempts::count(conn, &keys, per_minute)
             })
             .await?;
-        if let Some(wait) = limited {
+        if let Err(wait) = limited {
             // Refused before any lookup: nobody is named in the event.
             ConsoleRecorder::anonymous(&state, ctx)
                 .session(

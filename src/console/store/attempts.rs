@@ -16,18 +16,39 @@ struct Counted {
     window_start: DateTime<Utc>,
 }
 
-/// Counts one attempt for `key`; `Err(seconds)` when it is over the limit (seconds until
-/// the key's minute ends).
+/// Counts one attempt for each of `keys` (in one transaction); `Err(seconds)` when any
+/// is over the limit (seconds until the latest of their minutes ends). Every key counts
+/// the attempt, whichever refuses it. The counters need no durability: the transaction
+/// does not wait for its commit to reach the disk (a crash forgets at most a minute of
+/// attempts), which keeps the sign-in's timing steady.
 pub fn count(
+    conn: &mut PgConnection,
+    keys: &[String],
+    per_minute: u32,
+) -> Result<Result<(), u64>, AppError> {
+    conn.transaction(|conn| {
+        diesel::sql_query("SET LOCAL synchronous_commit TO OFF").execute(conn)?;
+        diesel::sql_query(
+            "DELETE FROM console_emergency_attempts \
+             WHERE window_start <= now() - interval '1 minute'",
+        )
+        .execute(conn)?;
+        let mut wait: Option<u64> = None;
+        for key in keys {
+            if let Err(w) = count_one(conn, key, per_minute)? {
+                wait = Some(wait.map_or(w, |x| x.max(w)));
+            }
+        }
+        Ok(wait.map_or(Ok(()), Err))
+    })
+}
+
+fn count_one(
     conn: &mut PgConnection,
     key: &str,
     per_minute: u32,
 ) -> Result<Result<(), u64>, AppError> {
     let hash = Sha256::digest(key.as_bytes()).to_vec();
-    diesel::sql_query(
-        "DELETE FROM console_emergency_attempts WHERE window_start <= now() - interval '1 minute'",
-    )
-    .execute(conn)?;
     let c: Counted = diesel::sql_query(
         "INSERT INTO console_emergency_attempts AS t (key_hash, window_start, attempts) \
          VALUES ($1, now(), 1) \
