@@ -26,7 +26,7 @@ use crate::state::AppState;
 use crate::web::json::JsonBody;
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;
-use actix_web::http::header::CONTENT_TYPE;
+use actix_web::http::header::{CONTENT_LENGTH, TRANSFER_ENCODING};
 use actix_web::{FromRequest, HttpRequest, HttpResponse, web};
 use futures_util::future::LocalBoxFuture;
 use serde::Deserialize;
@@ -101,6 +101,16 @@ fn json_response(status: StatusCode, value: &impl serde::Serialize) -> HttpRespo
     HttpResponse::build(status)
         .content_type("application/json")
         .body(serde_json::to_string(value).unwrap_or_else(|_| "{}".into()))
+}
+
+/// Whether the request announces a body (a non-zero length or a chunked one).
+fn has_body(req: &HttpRequest) -> bool {
+    let length = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    length.is_some_and(|n| n > 0) || req.headers().contains_key(TRANSFER_ENCODING)
 }
 
 fn path_user(text: &str) -> Result<UserId, AppError> {
@@ -234,8 +244,8 @@ pub struct ReasonBody {
     reason: Option<String>,
 }
 
-/// `DELETE /api/admin/users/{id}/roles/{role}` with `{reason}` (a JSON body) or
-/// `?reason=`.
+/// `DELETE /api/admin/users/{id}/roles/{role}` with `{reason}` (a JSON body) or, without
+/// a body, `?reason=`. A body that is not acceptable JSON is refused, never ignored.
 pub async fn revoke_role(
     caller: AdminCaller,
     state: web::Data<AppState>,
@@ -247,7 +257,7 @@ pub async fn revoke_role(
     let user = path_user(&id)?;
     let reason = match body {
         Some(JsonBody(b)) => b.reason,
-        None if req.headers().contains_key(CONTENT_TYPE) => {
+        None if has_body(&req) => {
             // A body was sent but is not acceptable JSON: say so, do not ignore it.
             JsonBody::<ReasonBody>::extract(&req).await?;
             None

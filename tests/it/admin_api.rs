@@ -696,3 +696,51 @@ async fn calls_refused_before_the_handler_are_audited_with_the_routes_action() {
     let ev = last_event(&w);
     assert_eq!((ev.0.as_str(), ev.1.as_str()), ("read", "deny"));
 }
+
+#[tokio::test]
+async fn a_role_is_removed_with_the_reason_in_the_body_or_the_query_and_a_bad_body_is_refused() {
+    let w = World::new().await;
+    let (_, root) = admin(&w, "root");
+    let (target, _) = w.user("dr-q", &[Role::Clinician, Role::Billing]);
+    let base = format!("/api/admin/users/{target}/roles");
+    let delete = |path: String, content_type: Option<&'static str>, body: &'static str| {
+        let mut req = w
+            .app
+            .client
+            .delete(w.app.url(&path))
+            .header("authorization", format!("Bearer {root}"));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.body(body).send()
+    };
+    // A body that is not JSON is refused, not silently replaced by the query.
+    let res = delete(
+        format!("{base}/billing?reason=left+billing"),
+        Some("application/json"),
+        "{not json",
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    // A JSON content type without a body: the query's reason.
+    let res = delete(
+        format!("{base}/billing?reason=left+billing"),
+        Some("application/json"),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // The reason in a JSON body.
+    let res = delete(
+        format!("{base}/clinician"),
+        Some("application/json"),
+        r#"{"reason": "left the ward"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let user: Value = res.json().await.unwrap();
+    assert_eq!(user["roles"], json!([]));
+}
