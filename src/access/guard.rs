@@ -143,7 +143,10 @@ async fn ensure_event(
     match action {
         Action::Fhir(resource, _) => what = what.on(resource),
         Action::Admin(a) => {
-            if let Some(kind) = a.resource_code().and_then(crate::audit::ResourceType::from_code) {
+            if let Some(kind) = a
+                .resource_code()
+                .and_then(crate::audit::ResourceType::from_code)
+            {
                 what = what.on(kind);
             }
         }

@@ -16,8 +16,8 @@
 
 use super::op::{self, Done, Op, Touched, audited, user_not_found};
 use super::{DEFAULT_LIMIT, MAX_LIMIT};
-use crate::audit::{AuditAction, ResourceType as Kind, What};
 use crate::access::{Pipeline, RouteAction, refusal};
+use crate::audit::{AuditAction, ResourceType as Kind, What};
 use crate::db::users;
 use crate::domain::{FacilityId, PatientId, UserId};
 use crate::error::AppError;
@@ -96,6 +96,11 @@ impl op::AdminActor for AdminCaller {
             .await
     }
 }
+
+/// A JSON body, checked only after the caller was admitted: actix polls a handler's
+/// extractors together and answers with the first error, so a bad body must not be able
+/// to answer (400/415/422) before an unauthenticated or refused caller is (401/403).
+type Body<T> = Result<JsonBody<T>, AppError>;
 
 fn json_response(status: StatusCode, value: &impl serde::Serialize) -> HttpResponse {
     HttpResponse::build(status)
@@ -228,8 +233,9 @@ pub async fn grant_role(
     caller: AdminCaller,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    JsonBody(b): JsonBody<RoleBody>,
+    body: Body<RoleBody>,
 ) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
     let op = Op::GrantRole {
         user: path_user(&path)?,
         role: b.role,
@@ -283,8 +289,9 @@ pub async fn disable_user(
     caller: AdminCaller,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    JsonBody(b): JsonBody<ReasonBody>,
+    body: Body<ReasonBody>,
 ) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
     let op = Op::Disable {
         user: path_user(&path)?,
         reason: b.reason,
@@ -297,8 +304,9 @@ pub async fn enable_user(
     caller: AdminCaller,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    JsonBody(b): JsonBody<ReasonBody>,
+    body: Body<ReasonBody>,
 ) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
     let op = Op::Enable {
         user: path_user(&path)?,
         reason: b.reason,
@@ -319,8 +327,9 @@ pub async fn set_facility(
     caller: AdminCaller,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    JsonBody(b): JsonBody<FacilityRef>,
+    body: Body<FacilityRef>,
 ) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
     let op = Op::SetFacility {
         user: path_user(&path)?,
         facility: b.facility_id,
@@ -344,8 +353,9 @@ pub struct CareTeamBody {
 pub async fn add_care_team(
     caller: AdminCaller,
     state: web::Data<AppState>,
-    JsonBody(b): JsonBody<CareTeamBody>,
+    body: Body<CareTeamBody>,
 ) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
     let op = Op::AddCareTeam {
         user: b.user_id,
         patient: b.patient_id,
@@ -358,8 +368,9 @@ pub async fn add_care_team(
 pub async fn remove_care_team(
     caller: AdminCaller,
     state: web::Data<AppState>,
-    JsonBody(b): JsonBody<CareTeamBody>,
+    body: Body<CareTeamBody>,
 ) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
     let op = Op::RemoveCareTeam {
         user: b.user_id,
         patient: b.patient_id,
@@ -381,8 +392,9 @@ pub struct FacilityBody {
 pub async fn create_facility(
     caller: AdminCaller,
     state: web::Data<AppState>,
-    JsonBody(b): JsonBody<FacilityBody>,
+    body: Body<FacilityBody>,
 ) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
     perform(&caller, &state, Op::CreateFacility { name: b.name }, true).await
 }
 
@@ -416,8 +428,9 @@ pub struct ClientBody {
 pub async fn create_client(
     caller: AdminCaller,
     state: web::Data<AppState>,
-    JsonBody(b): JsonBody<ClientBody>,
+    body: Body<ClientBody>,
 ) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
     let op = Op::CreateClient {
         client_id: b.client_id,
         facility: b.facility_id,

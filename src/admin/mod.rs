@@ -1,7 +1,7 @@
 //! Administration: ONE typed set of operations ([`op::Op`]) with their audit action,
 //! step-up need, validation and reason rule, used by every administrative surface — the
 //! JSON API under `/api/admin` ([`api`]), the console pages (`crate::console::pages`) and
-//! the `custodian admin` CLI (`crate::admin_cli`). The role rules they follow are in
+//! the `custodian admin` CLI (`crate::cli::admin`). The role rules they follow are in
 //! [`crate::policy::admin`].
 
 pub mod api;

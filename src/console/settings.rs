@@ -3,9 +3,9 @@
 //! does not depend on the console. Handlers take [`Settings`]; a server without a
 //! `[console]` section answers 404 on every console route.
 
+use super::config::ConsoleConfig;
 use super::oidc;
 use super::session::Lifetimes;
-use super::config::ConsoleConfig;
 use crate::error::AppError;
 use actix_web::dev::Payload;
 use actix_web::http::StatusCode;

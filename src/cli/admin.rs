@@ -2,10 +2,10 @@
 //! first administrator (through the same [`Op`] as the console and the JSON API), and
 //! emergency accounts. Every change is audited (actor `cli`).
 
+use super::audit::{connect, record_cli_events};
 use crate::admin::Op;
 use crate::audit::EventBuilder;
 use crate::audit::event::{Actor, AuditAction, Outcome, ResourceType};
-use crate::cli::audit::{connect, record_cli_events};
 use crate::config::Config;
 use crate::console::emergency::{AccountName, NewPassword};
 use crate::console::store::emergency;
