@@ -744,3 +744,35 @@ async fn a_role_is_removed_with_the_reason_in_the_body_or_the_query_and_a_bad_bo
     let user: Value = res.json().await.unwrap();
     assert_eq!(user["roles"], json!([]));
 }
+
+#[tokio::test]
+async fn the_caller_is_checked_before_the_body() {
+    let w = World::new().await;
+    let (target, _) = w.user("dr-b", &[]);
+    let path = format!("/api/admin/users/{target}/roles");
+    // No token and a body missing its fields: 401, not the body's 422.
+    let res = w
+        .app
+        .client
+        .post(w.app.url(&path))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // A non-admin with a body that is not even JSON: 403, not 400.
+    let _ = w.user("dr-c", &[Role::Clinician]);
+    let token = w.token("dr-c", "admin");
+    let res = w
+        .app
+        .client
+        .post(w.app.url(&path))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+}
