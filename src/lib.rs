@@ -3,7 +3,6 @@
 
 pub mod access;
 pub mod admin;
-pub mod admin_cli;
 pub mod app;
 pub mod audit;
 pub mod auth;

@@ -282,6 +282,7 @@ diesel::table! {
         reason -> Text,
         changed_by -> Nullable<Uuid>,
         changed_at -> Timestamptz,
+        facility_id -> Nullable<Uuid>,
     }
 }
 
@@ -309,3 +310,11 @@ diesel::table! {
 
 diesel::joinable!(emergency_accounts -> users (user_id));
 diesel::allow_tables_to_appear_in_same_query!(emergency_accounts, users);
+
+diesel::table! {
+    console_emergency_attempts (key_hash) {
+        key_hash -> Bytea,
+        window_start -> Timestamptz,
+        attempts -> Int4,
+    }
+}

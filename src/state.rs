@@ -20,8 +20,6 @@ pub struct AppState {
     pub principal_limit: Option<std::sync::Arc<ratelimit::RateLimiter>>,
     /// Client certificates (SHA-256) that identify service principals (`tls.client_identities`).
     pub client_identities: std::sync::Arc<std::collections::HashMap<[u8; 32], String>>,
-    /// The admin console's sign-in; `None` when `[console]` is not configured.
-    pub console: Option<std::sync::Arc<crate::console::Console>>,
     /// Origin of `server.public_url`, accepted as the Origin of console form posts.
     pub public_origin: String,
     /// What everything that decides by time reads (token expiry and age, key refresh,

@@ -57,7 +57,7 @@ impl AuditSlot {
 
 /// Does this action's route need an audit event for every request?
 pub fn is_audited(action: Action) -> bool {
-    matches!(action, Action::Fhir(..) | Action::Admin)
+    matches!(action, Action::Fhir(..) | Action::Admin(_))
 }
 
 /// The route's action for the request's method, from the table's per-path list.
@@ -107,9 +107,10 @@ pub async fn contain(
 fn audit_action(action: Action) -> AuditAction {
     match action {
         Action::Fhir(_, interaction) => AuditAction::from(interaction),
-        Action::Admin | Action::Public | Action::ConsoleSignIn | Action::Console => {
-            AuditAction::PermissionChange
+        Action::Admin(a) => {
+            AuditAction::from_code(a.audit_code()).unwrap_or(AuditAction::PermissionChange)
         }
+        Action::Public | Action::ConsoleSignIn | Action::Console => AuditAction::PermissionChange,
     }
 }
 
@@ -139,8 +140,17 @@ async fn ensure_event(
         )
     });
     let mut what = What::new(audit_action(action));
-    if let Action::Fhir(resource, _) = action {
-        what = what.on(resource);
+    match action {
+        Action::Fhir(resource, _) => what = what.on(resource),
+        Action::Admin(a) => {
+            if let Some(kind) = a
+                .resource_code()
+                .and_then(crate::audit::ResourceType::from_code)
+            {
+                what = what.on(kind);
+            }
+        }
+        _ => {}
     }
     let recorded = match status.as_u16() {
         401 => recorder.deny(what, [], DenyReason::NotAuthenticated).await,

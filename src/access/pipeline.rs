@@ -433,7 +433,7 @@ impl Credentials {
                     purpose: purpose?,
                 };
                 let purpose = match action {
-                    Action::Admin => PurposeOfUse::SystemAdministration,
+                    Action::Admin(_) => PurposeOfUse::SystemAdministration,
                     _ => principal.purpose,
                 };
                 let mut recorder = Recorder::new(shared.audit.clone(), audit, principal.actor())

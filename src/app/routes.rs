@@ -205,64 +205,83 @@ pub fn configure(r: &mut Routes) {
         claim(I::Delete),
         fhir::resource::delete::<fhir::claim::Claims>,
     );
-    let a = Action::Admin;
-    r.add(Method::GET, "/api/admin/users", a, admin::list_users);
-    r.add(Method::GET, "/api/admin/users/{id}", a, admin::get_user);
+    // Each admin route declares what it does: events for calls refused before the
+    // handler (no admin role, bad body) name the real action.
+    use crate::policy::admin::AdminAction as A;
+    let admin = |a| Action::Admin(a);
+    use admin::api;
+    r.add(
+        Method::GET,
+        "/api/admin/users",
+        admin(A::ListUsers),
+        api::list_users,
+    );
+    r.add(
+        Method::GET,
+        "/api/admin/users/{id}",
+        admin(A::ReadUser),
+        api::get_user,
+    );
     r.add(
         Method::POST,
         "/api/admin/users/{id}/roles",
-        a,
-        admin::grant_role,
+        admin(A::ChangeRole),
+        api::grant_role,
     );
     r.add(
         Method::DELETE,
         "/api/admin/users/{id}/roles/{role}",
-        a,
-        admin::revoke_role,
+        admin(A::ChangeRole),
+        api::revoke_role,
     );
     r.add(
         Method::POST,
         "/api/admin/users/{id}/disable",
-        a,
-        admin::disable_user,
+        admin(A::ChangeUser),
+        api::disable_user,
     );
     r.add(
         Method::POST,
         "/api/admin/users/{id}/enable",
-        a,
-        admin::enable_user,
+        admin(A::ChangeUser),
+        api::enable_user,
     );
     r.add(
         Method::PUT,
         "/api/admin/users/{id}/facility",
-        a,
-        admin::set_facility,
+        admin(A::ChangeUser),
+        api::set_facility,
     );
     r.add(
         Method::POST,
         "/api/admin/care-teams",
-        a,
-        admin::add_care_team,
+        admin(A::ChangeCareTeam),
+        api::add_care_team,
     );
     r.add(
         Method::DELETE,
         "/api/admin/care-teams",
-        a,
-        admin::remove_care_team,
+        admin(A::ChangeCareTeam),
+        api::remove_care_team,
     );
     r.add(
         Method::GET,
         "/api/admin/facilities",
-        a,
-        admin::list_facilities,
+        admin(A::ListFacilities),
+        api::list_facilities,
     );
     r.add(
         Method::POST,
         "/api/admin/facilities",
-        a,
-        admin::create_facility,
+        admin(A::CreateFacility),
+        api::create_facility,
     );
-    r.add(Method::POST, "/api/admin/clients", a, admin::create_client);
+    r.add(
+        Method::POST,
+        "/api/admin/clients",
+        admin(A::RegisterClient),
+        api::create_client,
+    );
     r.add(Method::GET, "/", Action::Public, console::home);
     let sign_in = Action::ConsoleSignIn;
     r.add(
@@ -302,7 +321,12 @@ pub fn configure(r: &mut Routes) {
         sign_in,
         console::emergency::sign_in,
     );
-    r.add(Method::GET, "/console", Action::Console, console::dashboard);
+    r.add(
+        Method::GET,
+        "/console",
+        Action::Console,
+        console::pages::dashboard,
+    );
     r.add(
         Method::POST,
         "/console/logout",

@@ -97,16 +97,19 @@ impl Application {
                 config.ratelimit.per_principal_burst,
             )
             .map(std::sync::Arc::new),
-            console: config
-                .console
-                .as_ref()
-                .map(crate::console::Console::new)
-                .transpose()
-                .map_err(|e| anyhow::anyhow!("console: {e}"))?
-                .map(std::sync::Arc::new),
             public_origin: public_base(&config.server.public_url),
             clock,
         });
+
+        // The console's settings are app data of their own (the state does not know the
+        // console); without `[console]` every console route answers 404.
+        let console = config
+            .console
+            .as_ref()
+            .map(crate::console::settings::Console::new)
+            .transpose()
+            .map_err(|e| anyhow::anyhow!("console: {e}"))?
+            .map(actix_web::web::Data::new);
 
         let workers = match config.server.workers {
             0 => std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -122,13 +125,17 @@ impl Application {
         let extra = options.extra_routes;
         let dev_jwks = options.dev_jwks.clone();
         let mut https = HttpServer::new(move || {
-            app::build_app(
+            let app = app::build_app(
                 state.clone(),
                 address_limit.clone(),
                 app_config.clone(),
                 extra,
                 dev_jwks.clone(),
-            )
+            );
+            match console.clone() {
+                Some(console) => app.app_data(console),
+                None => app,
+            }
         })
         .workers(workers)
         .shutdown_timeout(config.server.shutdown_timeout_secs)

@@ -1,6 +1,7 @@
 //! The command line: `custodian serve | dev | migrate | keys | admin | audit …`. Each
 //! subcommand group is declared and run in its own module.
 
+pub mod admin;
 pub mod audit;
 pub mod dev;
 pub mod keys;
@@ -48,7 +49,8 @@ pub enum Command {
     Migrate,
     /// Print every configuration setting (Markdown table).
     Settings,
-    /// Print the access policy: role x resource x interaction x view (Markdown table).
+    /// Print the access policy: role x resource x interaction x view, then the
+    /// administration rules (Markdown tables).
     Policy,
     /// Encryption keys: status and rotation.
     #[command(subcommand)]
@@ -56,7 +58,7 @@ pub enum Command {
     /// Console administration on the server: grant the first administrator, create or
     /// disable emergency accounts.
     #[command(subcommand)]
-    Admin(crate::admin_cli::AdminCommand),
+    Admin(admin::AdminCommand),
     /// The audit trail: verify, export, print the checkpoint public key.
     Audit {
         #[command(subcommand)]
@@ -97,6 +99,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev => dev::run(path).await,
         Command::Policy => {
             print!("{}", crate::policy::matrix::markdown_table());
+            print!("\n{}", crate::policy::admin::markdown_table());
             Ok(())
         }
         Command::DevToken {
@@ -114,7 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Admin(cmd) => {
             let path = operator();
-            actix_web::web::block(move || crate::admin_cli::run(path.as_deref(), cmd)).await?
+            actix_web::web::block(move || admin::run(path.as_deref(), cmd)).await?
         }
         Command::Audit { command } => {
             let path = operator();

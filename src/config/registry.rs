@@ -90,7 +90,7 @@ settings! {
     "console.absolute_timeout_secs", Int, "28800", "Admin console: a session ends this long after sign-in, used or not";
     "console.totp_lockout_secs", Int, "900", "Admin console: after 5 wrong TOTP codes in a row the account's TOTP check is locked this long";
     "console.step_up_secs", Int, "300", "Admin console: sensitive actions (roles, care teams, sessions, TOTP reset, service clients) need a TOTP code entered within this many seconds, else the console asks for one first";
-    "console.emergency_attempts_per_minute", Int, "10", "Admin console: emergency sign-in attempts allowed per minute from one address and for one account name (per instance)";
+    "console.emergency_attempts_per_minute", Int, "10", "Admin console: emergency sign-in attempts allowed per minute from one address and for one account name (counted in the database, shared by all instances)";
 }
 
 /// The configuration reference as a Markdown table (printed by `custodian settings`,

@@ -1,197 +1,38 @@
-//! Console sign-in handlers: OIDC redirect and callback, TOTP enrol/check, sign-out, and
-//! the gate every console page passes ([`signed_in`]).
+//! Console sign-in handlers: OIDC redirect and callback, TOTP enrol/check, sign-out. The
+//! gate every later page passes is in [`super::gate`].
 
-use super::recovery;
+use super::gate::{self, ConsoleForm, Refusal, check_post, see_other, to_sign_in};
+use super::recorder::ConsoleRecorder;
 use super::session::{self, Session, Stage};
-use super::totp::{self, Check};
-use super::{Console, SIGN_IN_FAILED, page};
-use crate::audit::AuditContext;
-use crate::audit::event::{Actor, AuditAction, AuthMethod, DenyReason, Outcome, RoleCode};
+use super::settings::Settings;
+use super::store;
+use super::totp::Check;
+use super::{SIGN_IN_FAILED, recovery};
+use crate::audit::{AuditAction, AuditContext, AuthMethod, DenyReason, Outcome};
 use crate::db::users::{self, UserKind, UserRecord};
 use crate::error::AppError;
-use crate::policy::Role;
+use crate::policy;
 use crate::state::AppState;
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, Responder, web};
 use askama::Template;
+use askama_web::WebTemplate;
 use subtle::ConstantTimeEq;
 
-pub const SIGN_IN_PATH: &str = "/console/signin";
+pub use super::gate::SIGN_IN_PATH;
 
-pub fn console(state: &AppState) -> Result<&Console, AppError> {
-    state.console.as_deref().ok_or_else(|| {
-        AppError::client(
-            StatusCode::NOT_FOUND,
-            "The admin console is not configured on this server (no [console] settings).",
-        )
-    })
-}
-
-fn is_console_user(user: &UserRecord) -> bool {
-    !user.disabled
-        && user
-            .roles
-            .iter()
-            .any(|r| matches!(r, Role::Admin | Role::PrivacyOfficer))
-}
-
-pub fn role_codes(user: &UserRecord) -> Vec<RoleCode> {
-    user.roles
-        .iter()
-        .filter_map(|r| RoleCode::parse(r.as_str()).ok())
-        .collect()
-}
-
-pub fn see_other(location: &str) -> HttpResponse {
-    let mut res = HttpResponse::SeeOther().finish();
-    if let Ok(v) = HeaderValue::from_str(location) {
-        res.headers_mut().insert(header::LOCATION, v);
-    }
-    res
-}
-
-fn to_sign_in(clear_cookie: bool) -> HttpResponse {
-    let mut res = see_other(SIGN_IN_PATH);
-    if clear_cookie {
-        let _ = res.add_cookie(&session::removal());
-    }
-    res
-}
-
-/// A fully signed-in console user, as checked for this request.
-pub struct SignedIn {
-    pub session: Session,
-    pub user: UserRecord,
-    pub issuer: String,
-    pub subject: String,
-}
-
-/// What the gate decided.
-pub enum Gate<T> {
-    Pass(T),
-    /// Not (or no longer) signed in, or at the wrong step: send this response.
-    Redirect(HttpResponse),
-}
-
-/// Loads the session and the user's roles fresh from the database. A session whose user
-/// lost every console role or was disabled is destroyed.
-async fn gate(
-    req: &HttpRequest,
-    state: &web::Data<AppState>,
-    want: Stage,
-) -> Result<Gate<(Session, UserRecord, String, String)>, AppError> {
-    let life = console(state)?.lifetimes;
-    let Some(id) = session::presented(req) else {
-        return Ok(Gate::Redirect(to_sign_in(false)));
-    };
-    let found = state
-        .db
-        .run(move |conn| {
-            let Some(s) = session::load(conn, &id, &life)? else {
-                return Ok(None);
-            };
-            let Some(user_id) = s.user_id else {
-                return Ok(Some((s, None)));
-            };
-            let user = users::by_id(conn, user_id)?;
-            if !user.as_ref().is_some_and(|(u, _, _)| is_console_user(u)) {
-                session::destroy(conn, &s.id_hash)?;
-                return Ok(None);
-            }
-            Ok(Some((s, user)))
-        })
-        .await?;
-    match found {
-        Some((s, Some((user, issuer, subject)))) if s.stage == want => {
-            Ok(Gate::Pass((s, user, issuer, subject)))
-        }
-        Some((s, Some(_))) if s.stage == Stage::Totp => {
-            Ok(Gate::Redirect(see_other("/console/totp")))
-        }
-        Some((s, Some(_))) if s.stage == Stage::Active => Ok(Gate::Redirect(see_other("/console"))),
-        _ => Ok(Gate::Redirect(to_sign_in(true))),
-    }
-}
-
-/// The gate of every console page: OIDC done, TOTP done, console role held now.
-pub async fn signed_in(
-    req: &HttpRequest,
-    state: &web::Data<AppState>,
-) -> Result<Gate<SignedIn>, AppError> {
-    Ok(match gate(req, state, Stage::Active).await? {
-        Gate::Pass((session, user, issuer, subject)) => Gate::Pass(SignedIn {
-            session,
-            user,
-            issuer,
-            subject,
-        }),
-        Gate::Redirect(r) => Gate::Redirect(r),
-    })
-}
-
-/// POSTs must come from our own pages: Origin (or, without it, Referer) must be this
-/// host or the configured public URL, and the form must carry the session's CSRF token.
-pub fn check_post(
-    req: &HttpRequest,
-    session: &Session,
-    token: Option<&str>,
-) -> Result<(), AppError> {
-    check_origin(req)?;
-    let token = token.ok_or_else(forbidden_form)?;
-    if !bool::from(token.as_bytes().ct_eq(session.csrf_token.as_bytes())) {
-        return Err(forbidden_form());
-    }
-    Ok(())
-}
-
-fn forbidden_form() -> AppError {
-    AppError::client(
-        StatusCode::FORBIDDEN,
-        "The form could not be accepted (cross-site request or missing form token). Reload the page and try again.",
-    )
-}
-
-/// The Origin (or, without it, the Referer's origin) must be this host or the configured
-/// public URL. Alone it guards forms posted before any session exists (emergency sign-in).
-pub fn check_origin(req: &HttpRequest) -> Result<(), AppError> {
-    let origin = req
-        .headers()
-        .get(header::ORIGIN)
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_string)
-        .or_else(|| {
-            req.headers()
-                .get(header::REFERER)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|r| url::Url::parse(r).ok())
-                .map(|u| u.origin().ascii_serialization())
-        })
-        .ok_or_else(forbidden_form)?;
-    let own = format!("https://{}", req.connection_info().host());
-    let public = req
-        .app_data::<web::Data<AppState>>()
-        .map(|s| s.public_origin.clone())
-        .unwrap_or_default();
-    if origin != own && origin != public {
-        return Err(forbidden_form());
-    }
-    Ok(())
-}
-
-#[derive(Template)]
+#[derive(Template, WebTemplate)]
 #[template(path = "console/signin.html")]
-struct SignInPage;
+pub struct SignInPage;
 
 /// GET /console/signin: the sign-in page.
-pub async fn sign_in_page(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    console(&state)?;
-    page(&SignInPage)
+pub async fn sign_in_page(_: Settings) -> SignInPage {
+    SignInPage
 }
 
 /// GET /console/login: a new pre-login session and the redirect to the provider.
-pub async fn login(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let c = console(&state)?;
+pub async fn login(c: Settings, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
     let start = c.oidc.start().await?;
     let life = c.lifetimes;
     let (st, no, ve) = (
@@ -201,7 +42,7 @@ pub async fn login(state: web::Data<AppState>) -> Result<HttpResponse, AppError>
     );
     let id = state
         .db
-        .run(move |conn| session::start_pre_login(conn, &life, &st, &no, &ve))
+        .run(move |conn| store::session::start_pre_login(conn, &life, &st, &no, &ve))
         .await?;
     let mut res = see_other(start.url.as_str());
     res.add_cookie(&session::pre_login_cookie(id))
@@ -217,19 +58,23 @@ pub struct Callback {
     error: Option<String>,
 }
 
-#[derive(Template)]
+#[derive(Template, WebTemplate)]
 #[template(path = "console/no_access.html")]
-struct NoAccessPage;
+pub struct NoAccessPage;
+
+#[derive(Template, WebTemplate)]
+#[template(path = "console/continue.html")]
+pub struct ContinuePage;
 
 /// GET /console/callback: verify state and `iss`, exchange the code, verify the ID token,
 /// match the user by (issuer, subject); console roles only.
 pub async fn callback(
     req: HttpRequest,
     ctx: AuditContext,
+    c: Settings,
     state: web::Data<AppState>,
     query: web::Query<Callback>,
 ) -> Result<HttpResponse, AppError> {
-    let c = console(&state)?;
     let failed = || AppError::client(StatusCode::BAD_REQUEST, SIGN_IN_FAILED);
     let q = query.into_inner();
     let Some(id) = session::presented(&req) else {
@@ -240,9 +85,9 @@ pub async fn callback(
     let pre = state
         .db
         .run(move |conn| {
-            let s = session::load(conn, &id, &life)?;
+            let s = store::session::load(conn, &id, &life)?;
             if let Some(s) = &s {
-                session::destroy(conn, &s.id_hash)?;
+                store::session::destroy(conn, &s.id_hash)?;
             }
             Ok(s)
         })
@@ -257,14 +102,13 @@ pub async fn callback(
     // RFC 9207: when the provider names itself, it must be the provider we asked.
     let iss_ok = q.iss.as_deref().is_none_or(|iss| iss == c.oidc.issuer());
     if !state_ok || !iss_ok || q.error.is_some() {
-        let event = ctx
-            .event(
-                Actor::anonymous(),
+        ConsoleRecorder::anonymous(&state, ctx)
+            .deny(
                 AuditAction::LoginFailed,
-                Outcome::Deny(DenyReason::InvalidCredentials),
+                DenyReason::InvalidCredentials,
+                None,
             )
-            .build();
-        state.audit.record(event).await?;
+            .await?;
         return Err(failed());
     }
     let code = q.code.ok_or_else(failed)?;
@@ -281,23 +125,17 @@ pub async fn callback(
         .db
         .run(move |conn| users::user_for(conn, &issuer, &subject, UserKind::Person))
         .await?;
-    if !is_console_user(&user) {
-        let event = ctx
-            .event(
-                Actor::user(user.id, role_codes(&user), AuthMethod::Session),
+    let audit = ConsoleRecorder::user(&state, ctx, &user, AuthMethod::Session);
+    if !policy::admin::console_admission(&user.roles, user.disabled) {
+        audit
+            .session(
                 AuditAction::LoginFailed,
                 Outcome::Deny(DenyReason::MissingRole),
             )
-            .resource_type(crate::audit::event::ResourceType::Session)
-            .build();
-        state.audit.record(event).await?;
-        let html = NoAccessPage
-            .render()
-            .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("rendering")))?;
-        // Rendered as our own page: the edge keeps bodies of responses it marks as pages.
-        let mut res = HttpResponse::Forbidden()
-            .content_type("text/html; charset=utf-8")
-            .body(html);
+            .await?;
+        let mut res = NoAccessPage.respond_to(&req).map_into_boxed_body();
+        *res.status_mut() = StatusCode::FORBIDDEN;
+        // Our own page: the edge keeps bodies of responses it marks as pages.
         res.extensions_mut().insert(crate::web::render::OwnPage);
         return Ok(res);
     }
@@ -305,22 +143,14 @@ pub async fn callback(
     let user_id = user.id;
     let id = state
         .db
-        .run(move |conn| session::start_signed_in(conn, Stage::Totp, user_id))
+        .run(move |conn| store::session::start_signed_in(conn, Stage::Totp, user_id))
         .await?;
-    let event = ctx
-        .event(
-            Actor::user(user.id, role_codes(&user), AuthMethod::Session),
-            AuditAction::Login,
-            Outcome::Permit,
-        )
-        .resource_type(crate::audit::event::ResourceType::Session)
-        .build();
-    state.audit.record(event).await?;
+    audit.session(AuditAction::Login, Outcome::Permit).await?;
     // Not a redirect: this request arrived through the provider's cross-site redirect, and
     // browsers keep withholding SameSite=Strict cookies along that chain, so a 303 to the
     // TOTP page would arrive without the new session. A page of our own that refreshes
     // (no script, so the CSP holds) starts a same-site navigation that carries it.
-    let mut res = page(&ContinuePage)?;
+    let mut res = ContinuePage.respond_to(&req).map_into_boxed_body();
     res.headers_mut().insert(
         header::REFRESH,
         HeaderValue::from_static("0; url=/console/totp"),
@@ -330,13 +160,9 @@ pub async fn callback(
     Ok(res)
 }
 
-#[derive(Template)]
-#[template(path = "console/continue.html")]
-struct ContinuePage;
-
-#[derive(Template)]
+#[derive(Template, WebTemplate)]
 #[template(path = "console/totp.html")]
-struct TotpPage {
+pub struct TotpPage {
     enrol: bool,
     secret: String,
     otpauth: String,
@@ -347,19 +173,19 @@ struct TotpPage {
 }
 
 async fn totp_page(
-    state: &web::Data<AppState>,
+    state: &AppState,
     session: &Session,
     user: &UserRecord,
     subject: &str,
     message: &'static str,
-) -> Result<HttpResponse, AppError> {
+) -> Result<TotpPage, AppError> {
     let keyring = state.keyring.clone();
     let user_id = user.id;
     let e = state
         .db
         .run(move |conn| {
             use diesel::Connection;
-            conn.transaction(|conn| totp::enrolment(conn, &keyring, user_id))
+            conn.transaction(|conn| store::totp::enrolment(conn, &keyring, user_id))
         })
         .await?;
     let secret = if e.confirmed {
@@ -370,14 +196,14 @@ async fn totp_page(
     let otpauth = if e.confirmed {
         String::new()
     } else {
-        totp::otpauth_uri(&secret, subject)?
+        super::totp::otpauth_uri(&secret, subject)?
     };
     let (qr_side, qr_path) = if e.confirmed {
         (0, String::new())
     } else {
-        totp::qr_svg(&otpauth)?
+        super::totp::qr_svg(&otpauth)?
     };
-    page(&TotpPage {
+    Ok(TotpPage {
         enrol: !e.confirmed,
         secret,
         otpauth,
@@ -391,17 +217,22 @@ async fn totp_page(
 /// GET /console/totp: enrolment (first time) or the code check.
 pub async fn totp_form(
     req: HttpRequest,
+    c: Settings,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
-    match gate(&req, &state, Stage::Totp).await? {
-        Gate::Redirect(r) => Ok(r),
-        Gate::Pass((s, user, _, subject)) => totp_page(&state, &s, &user, &subject, "").await,
+    match gate::gate(&req, &state, c.lifetimes, Stage::Totp).await {
+        Err(Refusal::Error(e)) => Err(e),
+        Err(refusal) => Ok(refusal.into_response()),
+        Ok((s, user, _, subject)) => Ok(totp_page(&state, &s, &user, &subject, "")
+            .await?
+            .respond_to(&req)
+            .map_into_boxed_body()),
     }
 }
 
-#[derive(Template)]
+#[derive(Template, WebTemplate)]
 #[template(path = "console/recovery_codes.html")]
-struct RecoveryCodesPage {
+pub struct RecoveryCodesPage {
     codes: Vec<String>,
 }
 
@@ -415,42 +246,41 @@ pub struct TotpForm {
 pub async fn totp_submit(
     req: HttpRequest,
     ctx: AuditContext,
+    c: Settings,
     state: web::Data<AppState>,
     form: web::Form<TotpForm>,
 ) -> Result<HttpResponse, AppError> {
-    let c = console(&state)?;
-    let (s, user, subject) = match gate(&req, &state, Stage::Totp).await? {
-        Gate::Redirect(r) => {
-            // A POST without a session is refused, not redirected.
-            let _ = r;
+    let (s, user, subject) = match gate::gate(&req, &state, c.lifetimes, Stage::Totp).await {
+        Err(Refusal::Error(e)) => return Err(e),
+        // A POST without a session at this step is refused, not redirected.
+        Err(Refusal::SeeOther { .. }) => {
             return Err(AppError::client(
                 StatusCode::FORBIDDEN,
                 "The form could not be accepted: your sign-in session has ended. Sign in again.",
             ));
         }
-        Gate::Pass((s, user, _, subject)) => (s, user, subject),
+        Ok((s, user, _, subject)) => (s, user, subject),
     };
     check_post(&req, &s, form.csrf_token.as_deref())?;
     let code = zeroize::Zeroizing::new(form.code.clone().unwrap_or_default());
     let keyring = state.keyring.clone();
-    let lockout = chrono::Duration::seconds(i64::try_from(c.totp_lockout_secs).unwrap_or(900));
+    let lockout = c.totp_lockout;
     let user_id = user.id;
     let (was_confirmed, result) = state
         .db
         .run(move |conn| {
             use diesel::Connection;
             conn.transaction(|conn| {
-                let confirmed = totp::is_confirmed(conn, user_id)?;
+                let confirmed = store::totp::is_confirmed(conn, user_id)?;
                 let check = if recovery::looks_like(&code) {
-                    totp::check_recovery(conn, &keyring, user_id, &code, lockout)?
+                    store::totp::check_recovery(conn, &keyring, user_id, &code, lockout)?
                 } else {
-                    totp::check(conn, &keyring, user_id, &code, lockout)?
+                    store::totp::check(conn, &keyring, user_id, &code, lockout)?
                 };
                 Ok((confirmed, check))
             })
         })
         .await?;
-    let actor = Actor::user(user.id, role_codes(&user), AuthMethod::Session);
     match result {
         Check::Accepted => {
             // First confirmation of an enrolment: ten recovery codes, shown once below.
@@ -468,25 +298,23 @@ pub async fn totp_submit(
                 .db
                 .run(move |conn| {
                     if let Some(codes) = &codes {
-                        recovery::replace(conn, user_id, codes)?;
+                        store::recovery::replace(conn, user_id, codes)?;
                     }
-                    let id = session::advance(conn, &old, Stage::Active, user_id)?;
+                    let id = store::session::advance(conn, &old, Stage::Active, user_id)?;
                     Ok((id, codes))
                 })
                 .await?;
-            let event = ctx
-                .event(
-                    Actor::user(user.id, role_codes(&user), AuthMethod::SessionMfa),
-                    AuditAction::StepUp,
-                    Outcome::Permit,
-                )
-                .resource_type(crate::audit::event::ResourceType::Session)
-                .build();
-            state.audit.record(event).await?;
+            // The second factor of the sign-in: a sign-in event, now with MFA (a later
+            // code for a sensitive change is the step-up).
+            ConsoleRecorder::user(&state, ctx, &user, AuthMethod::SessionMfa)
+                .session(AuditAction::Login, Outcome::Permit)
+                .await?;
             let mut res = match codes {
-                Some(codes) => page(&RecoveryCodesPage {
+                Some(codes) => RecoveryCodesPage {
                     codes: codes.iter().map(|c| c.text.to_string()).collect(),
-                })?,
+                }
+                .respond_to(&req)
+                .map_into_boxed_body(),
                 None => see_other("/console"),
             };
             res.add_cookie(&session::cookie(id))
@@ -499,29 +327,30 @@ pub async fn totp_submit(
             } else {
                 DenyReason::InvalidCredentials
             };
-            let event = ctx
-                .event(actor, AuditAction::LoginFailed, Outcome::Deny(reason))
-                .resource_type(crate::audit::event::ResourceType::Session)
-                .build();
-            state.audit.record(event).await?;
+            ConsoleRecorder::user(&state, ctx, &user, AuthMethod::Session)
+                .session(AuditAction::LoginFailed, Outcome::Deny(reason))
+                .await?;
             let message = if locked {
                 super::TOTP_LOCKED
             } else {
                 "That code was not accepted. Enter the current code from your authenticator app."
             };
-            totp_page(&state, &s, &user, &subject, message).await
+            Ok(totp_page(&state, &s, &user, &subject, message)
+                .await?
+                .respond_to(&req)
+                .map_into_boxed_body())
         }
         Check::Locked => {
-            let event = ctx
-                .event(
-                    actor,
+            ConsoleRecorder::user(&state, ctx, &user, AuthMethod::Session)
+                .session(
                     AuditAction::LoginFailed,
                     Outcome::Deny(DenyReason::RateLimited),
                 )
-                .resource_type(crate::audit::event::ResourceType::Session)
-                .build();
-            state.audit.record(event).await?;
-            totp_page(&state, &s, &user, &subject, super::TOTP_LOCKED).await
+                .await?;
+            Ok(totp_page(&state, &s, &user, &subject, super::TOTP_LOCKED)
+                .await?
+                .respond_to(&req)
+                .map_into_boxed_body())
         }
     }
 }
@@ -534,33 +363,17 @@ pub struct LogoutForm {
 /// POST /console/logout: destroys the server-side session.
 pub async fn logout(
     req: HttpRequest,
-    ctx: AuditContext,
-    state: web::Data<AppState>,
+    page: ConsoleForm,
     form: web::Form<LogoutForm>,
 ) -> Result<HttpResponse, AppError> {
-    let me = match signed_in(&req, &state).await? {
-        Gate::Redirect(_) => {
-            return Err(AppError::client(
-                StatusCode::FORBIDDEN,
-                "The form could not be accepted: you are not signed in.",
-            ));
-        }
-        Gate::Pass(me) => me,
-    };
-    check_post(&req, &me.session, form.csrf_token.as_deref())?;
-    let hash = me.session.id_hash.clone();
-    state
+    check_post(&req, &page.me.session, form.csrf_token.as_deref())?;
+    let hash = page.me.session.id_hash.clone();
+    page.state
         .db
-        .run(move |conn| session::destroy(conn, &hash))
+        .run(move |conn| store::session::destroy(conn, &hash))
         .await?;
-    let event = ctx
-        .event(
-            Actor::user(me.user.id, role_codes(&me.user), AuthMethod::SessionMfa),
-            AuditAction::Logout,
-            Outcome::Permit,
-        )
-        .resource_type(crate::audit::event::ResourceType::Session)
-        .build();
-    state.audit.record(event).await?;
+    page.audit
+        .session(AuditAction::Logout, Outcome::Permit)
+        .await?;
     Ok(to_sign_in(true))
 }

@@ -1,5 +1,6 @@
 //! Console recovery codes: ten single-use codes shown once after TOTP enrolment, each
-//! accepted once in place of a TOTP code. Only argon2id hashes are stored.
+//! accepted once in place of a TOTP code. Only argon2id hashes are stored
+//! ([`super::store::recovery`]).
 //!
 //! A code reads `ssss-xxxx-xxxx-xxxx` (lowercase Crockford base32): the first group is a
 //! selector that finds the one stored row to verify (so a guess costs one argon2
@@ -7,28 +8,24 @@
 //! bounded by the TOTP lock-out, which counts wrong recovery codes too.
 
 use crate::crypto::password;
-use crate::db::schema::console_recovery_codes as rc;
 use crate::error::AppError;
-use chrono::Utc;
-use diesel::prelude::*;
 use rand::Rng;
-use uuid::Uuid;
 use zeroize::Zeroizing;
 
 pub const COUNT: usize = 10;
 const ALPHABET: &[u8; 32] = b"0123456789abcdefghjkmnpqrstvwxyz";
-const SELECTOR_LEN: usize = 4;
+pub(crate) const SELECTOR_LEN: usize = 4;
 const CODE_LEN: usize = 16;
 
 /// A freshly generated code: its text (shown once) and what is stored.
 pub struct NewCode {
     pub text: Zeroizing<String>,
-    selector: String,
-    hash: String,
+    pub(crate) selector: String,
+    pub(crate) hash: String,
 }
 
 /// The code without separators and in lowercase, if it has the shape of a recovery code.
-fn normalise(input: &str) -> Option<Zeroizing<String>> {
+pub(crate) fn normalise(input: &str) -> Option<Zeroizing<String>> {
     let s: Zeroizing<String> = Zeroizing::new(
         input
             .chars()
@@ -72,61 +69,6 @@ pub fn generate() -> Result<Vec<NewCode>, AppError> {
         });
     }
     Ok(codes)
-}
-
-/// Replaces the user's codes with `codes` (earlier codes, used or not, stop working).
-pub fn replace(conn: &mut PgConnection, user_id: Uuid, codes: &[NewCode]) -> Result<(), AppError> {
-    conn.transaction(|conn| {
-        diesel::delete(rc::table.filter(rc::user_id.eq(user_id))).execute(conn)?;
-        for c in codes {
-            diesel::insert_into(rc::table)
-                .values((
-                    rc::id.eq(Uuid::new_v4()),
-                    rc::user_id.eq(user_id),
-                    rc::selector.eq(&c.selector),
-                    rc::code_hash.eq(&c.hash),
-                ))
-                .execute(conn)?;
-        }
-        Ok(())
-    })
-}
-
-/// Uses up the user's code `input` if it is one of their unused codes. Runs one argon2
-/// verification (none when no code has that selector).
-pub fn redeem(conn: &mut PgConnection, user_id: Uuid, input: &str) -> Result<bool, AppError> {
-    let Some(code) = normalise(input) else {
-        return Ok(false);
-    };
-    let row: Option<(Uuid, String)> = rc::table
-        .filter(
-            rc::user_id
-                .eq(user_id)
-                .and(rc::selector.eq(&code[..SELECTOR_LEN]))
-                .and(rc::used_at.is_null()),
-        )
-        .select((rc::id, rc::code_hash))
-        .first(conn)
-        .optional()?;
-    let Some((id, hash)) = row else {
-        return Ok(false);
-    };
-    if !password::verify(code.as_bytes(), &hash) {
-        return Ok(false);
-    }
-    // Single use even against a concurrent request with the same code.
-    let used = diesel::update(rc::table.filter(rc::id.eq(id).and(rc::used_at.is_null())))
-        .set(rc::used_at.eq(Some(Utc::now())))
-        .execute(conn)?;
-    Ok(used == 1)
-}
-
-/// How many unused codes the user has left.
-pub fn remaining(conn: &mut PgConnection, user_id: Uuid) -> Result<i64, AppError> {
-    Ok(rc::table
-        .filter(rc::user_id.eq(user_id).and(rc::used_at.is_null()))
-        .count()
-        .get_result(conn)?)
 }
 
 #[cfg(test)]

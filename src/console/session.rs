@@ -1,15 +1,13 @@
-//! Server-side console sessions in PostgreSQL. The cookie carries 256 random bits; the
-//! database keeps only their SHA-256, the stage, the user and the CSRF token. Every
-//! lookup enforces the idle and absolute timeouts; sign-in steps issue a new id.
+//! Server-side console sessions: what a session is and its cookie. The cookie carries 256
+//! random bits; the database keeps only their SHA-256, the stage, the user and the CSRF
+//! token ([`super::store::session`], which enforces the idle and absolute timeouts on
+//! every lookup; sign-in steps issue a new id).
 
-use crate::db::schema::console_sessions as cs;
-use crate::error::AppError;
 use actix_web::HttpRequest;
 use actix_web::cookie::{Cookie, SameSite};
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use chrono::{DateTime, Duration, Utc};
-use diesel::prelude::*;
 use rand::RngCore;
 use sha2::{Digest, Sha256};
 use uuid::Uuid;
@@ -24,14 +22,14 @@ pub enum Stage {
 }
 
 impl Stage {
-    fn as_str(self) -> &'static str {
+    pub(crate) fn as_str(self) -> &'static str {
         match self {
             Stage::PreLogin => "pre_login",
             Stage::Totp => "totp",
             Stage::Active => "active",
         }
     }
-    fn parse(s: &str) -> Option<Stage> {
+    pub(crate) fn parse(s: &str) -> Option<Stage> {
         match s {
             "pre_login" => Some(Stage::PreLogin),
             "totp" => Some(Stage::Totp),
@@ -78,7 +76,8 @@ pub fn random_token() -> String {
     URL_SAFE_NO_PAD.encode(bytes)
 }
 
-fn hash(id: &str) -> Vec<u8> {
+/// What the database keeps of a session id.
+pub(crate) fn hash(id: &str) -> Vec<u8> {
     Sha256::digest(id.as_bytes()).to_vec()
 }
 
@@ -115,195 +114,6 @@ pub fn presented(req: &HttpRequest) -> Option<String> {
     req.cookie(COOKIE)
         .map(|c| c.value().to_string())
         .filter(|v| !v.is_empty() && v.len() <= 128)
-}
-
-type Row = (
-    Vec<u8>,
-    String,
-    Option<Uuid>,
-    String,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    DateTime<Utc>,
-    DateTime<Utc>,
-);
-
-/// Loads the live session for `id`, refreshing its idle timer; an expired one is deleted.
-pub fn load(
-    conn: &mut PgConnection,
-    id: &str,
-    life: &Lifetimes,
-) -> Result<Option<Session>, AppError> {
-    let id_hash = hash(id);
-    let now = Utc::now();
-    let row: Option<Row> = diesel::update(
-        cs::table.filter(
-            cs::id_hash
-                .eq(&id_hash)
-                .and(cs::last_seen_at.gt(now - life.idle))
-                .and(cs::created_at.gt(now - life.absolute)),
-        ),
-    )
-    .set(cs::last_seen_at.eq(now))
-    .returning((
-        cs::id_hash,
-        cs::stage,
-        cs::user_id,
-        cs::csrf_token,
-        cs::oidc_state,
-        cs::oidc_nonce,
-        cs::pkce_verifier,
-        cs::created_at,
-        cs::last_seen_at,
-    ))
-    .get_result(conn)
-    .optional()?;
-    let Some(r) = row else {
-        diesel::delete(cs::table.filter(cs::id_hash.eq(&id_hash))).execute(conn)?;
-        return Ok(None);
-    };
-    let stage = Stage::parse(&r.1).ok_or_else(|| AppError::internal("unknown session stage"))?;
-    Ok(Some(Session {
-        id_hash: r.0,
-        stage,
-        user_id: r.2,
-        csrf_token: r.3,
-        oidc_state: r.4,
-        oidc_nonce: r.5,
-        pkce_verifier: r.6,
-        created_at: r.7,
-        last_seen_at: r.8,
-    }))
-}
-
-/// Starts a pre-login session holding the OIDC state, nonce and PKCE verifier; returns
-/// the new session id (for the cookie). Expired sessions of anyone are swept here.
-pub fn start_pre_login(
-    conn: &mut PgConnection,
-    life: &Lifetimes,
-    state: &str,
-    nonce: &str,
-    verifier: &str,
-) -> Result<String, AppError> {
-    sweep(conn, life)?;
-    let id = random_token();
-    diesel::insert_into(cs::table)
-        .values((
-            cs::id_hash.eq(hash(&id)),
-            cs::stage.eq(Stage::PreLogin.as_str()),
-            cs::csrf_token.eq(random_token()),
-            cs::oidc_state.eq(state),
-            cs::oidc_nonce.eq(nonce),
-            cs::pkce_verifier.eq(verifier),
-        ))
-        .execute(conn)?;
-    Ok(id)
-}
-
-/// A new session for a user who just signed in with OIDC (a fresh id, never the
-/// pre-login one). Returns the new id.
-pub fn start_signed_in(
-    conn: &mut PgConnection,
-    stage: Stage,
-    user_id: Uuid,
-) -> Result<String, AppError> {
-    let id = random_token();
-    diesel::insert_into(cs::table)
-        .values((
-            cs::id_hash.eq(hash(&id)),
-            cs::stage.eq(stage.as_str()),
-            cs::user_id.eq(Some(user_id)),
-            cs::csrf_token.eq(random_token()),
-        ))
-        .execute(conn)?;
-    Ok(id)
-}
-
-/// Moves a session to `stage` for `user_id` under a new id and a new CSRF token; the old
-/// id stops working at once, the OIDC values are erased. Returns the new id.
-pub fn advance(
-    conn: &mut PgConnection,
-    old_hash: &[u8],
-    stage: Stage,
-    user_id: Uuid,
-) -> Result<String, AppError> {
-    let id = random_token();
-    let changed = diesel::update(cs::table.filter(cs::id_hash.eq(old_hash)))
-        .set((
-            cs::id_hash.eq(hash(&id)),
-            cs::stage.eq(stage.as_str()),
-            cs::user_id.eq(Some(user_id)),
-            cs::csrf_token.eq(random_token()),
-            cs::oidc_state.eq(None::<String>),
-            cs::oidc_nonce.eq(None::<String>),
-            cs::pkce_verifier.eq(None::<String>),
-            // Reaching (or renewing) the active stage means a TOTP code was just accepted.
-            cs::totp_at.eq((stage == Stage::Active).then(Utc::now)),
-        ))
-        .execute(conn)?;
-    if changed != 1 {
-        return Err(AppError::internal("session vanished while advancing"));
-    }
-    Ok(id)
-}
-
-/// Ends one session.
-pub fn destroy(conn: &mut PgConnection, id_hash: &[u8]) -> Result<(), AppError> {
-    diesel::delete(cs::table.filter(cs::id_hash.eq(id_hash))).execute(conn)?;
-    Ok(())
-}
-
-/// Ends every session of a user (revoked by an administrator, role removed, disabled):
-/// their next request lands on the sign-in page.
-pub fn destroy_all_of_user(conn: &mut PgConnection, user_id: Uuid) -> Result<usize, AppError> {
-    Ok(diesel::delete(cs::table.filter(cs::user_id.eq(user_id))).execute(conn)?)
-}
-
-/// When the session last passed a TOTP check (sign-in or step-up), if ever.
-pub fn totp_at(conn: &mut PgConnection, id_hash: &[u8]) -> Result<Option<DateTime<Utc>>, AppError> {
-    Ok(cs::table
-        .filter(cs::id_hash.eq(id_hash))
-        .select(cs::totp_at)
-        .first::<Option<DateTime<Utc>>>(conn)
-        .optional()?
-        .flatten())
-}
-
-/// A session as the console lists it (no id): stage, started, last used.
-pub type Listed = (String, DateTime<Utc>, DateTime<Utc>);
-
-/// A user's live sessions, newest first.
-pub fn list_of_user(
-    conn: &mut PgConnection,
-    user_id: Uuid,
-    life: &Lifetimes,
-) -> Result<Vec<Listed>, AppError> {
-    let now = Utc::now();
-    Ok(cs::table
-        .filter(
-            cs::user_id
-                .eq(user_id)
-                .and(cs::last_seen_at.gt(now - life.idle))
-                .and(cs::created_at.gt(now - life.absolute)),
-        )
-        .select((cs::stage, cs::created_at, cs::last_seen_at))
-        .order(cs::created_at.desc())
-        .load(conn)?)
-}
-
-/// Deletes every expired session.
-pub fn sweep(conn: &mut PgConnection, life: &Lifetimes) -> Result<(), AppError> {
-    let now = Utc::now();
-    diesel::delete(
-        cs::table.filter(
-            cs::last_seen_at
-                .le(now - life.idle)
-                .or(cs::created_at.le(now - life.absolute)),
-        ),
-    )
-    .execute(conn)?;
-    Ok(())
 }
 
 #[cfg(test)]

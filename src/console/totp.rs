@@ -1,13 +1,10 @@
-//! TOTP (RFC 6238: SHA-1, 6 digits, 30-second steps, ±1 step) for console users. The
-//! secret is sealed with the keyring; the last accepted step is remembered so a code
-//! cannot be used twice; five wrong codes in a row lock the check for a while.
+//! TOTP (RFC 6238: SHA-1, 6 digits, 30-second steps, ±1 step) for console users: codes,
+//! setup links and QR codes. The secret is sealed with the keyring and stored by
+//! [`super::store::totp`], which remembers the last accepted step so a code cannot be used
+//! twice, and locks the check for a while after five wrong codes in a row.
 
-use crate::crypto::{FieldPlace, Keyring};
-use crate::db::schema::console_totp as ct;
 use crate::error::AppError;
-use chrono::{DateTime, Duration, Utc};
-use diesel::prelude::*;
-use rand::RngCore;
+use chrono::{DateTime, Utc};
 use subtle::ConstantTimeEq;
 use totp_rs::{Algorithm, Builder, Secret, Totp};
 use uuid::Uuid;
@@ -16,11 +13,7 @@ use zeroize::Zeroizing;
 pub const STEP_SECS: u64 = 30;
 pub const MAX_FAILURES: i32 = 5;
 
-fn place(row: Uuid) -> FieldPlace {
-    FieldPlace::new("console_totp", "secret_sealed", row)
-}
-
-fn totp(secret: &[u8]) -> Result<Totp, AppError> {
+pub(crate) fn totp(secret: &[u8]) -> Result<Totp, AppError> {
     Builder::new()
         .with_algorithm(Algorithm::SHA1)
         .with_digits(6)
@@ -82,69 +75,6 @@ impl Enrolment {
     }
 }
 
-type Row = (
-    Uuid,
-    Vec<u8>,
-    Option<DateTime<Utc>>,
-    Option<i64>,
-    i32,
-    Option<DateTime<Utc>>,
-);
-
-/// The user's enrolment, created (unconfirmed, with a fresh 160-bit secret) if missing.
-/// Locks the row for the rest of the transaction.
-pub fn enrolment(
-    conn: &mut PgConnection,
-    keyring: &Keyring,
-    user_id: Uuid,
-) -> Result<Enrolment, AppError> {
-    let load = |conn: &mut PgConnection| -> Result<Option<Row>, AppError> {
-        Ok(ct::table
-            .filter(ct::user_id.eq(user_id))
-            .select((
-                ct::id,
-                ct::secret_sealed,
-                ct::confirmed_at,
-                ct::last_step,
-                ct::failures,
-                ct::locked_until,
-            ))
-            .for_update()
-            .first(conn)
-            .optional()?)
-    };
-    let row = match load(conn)? {
-        Some(row) => row,
-        None => {
-            let id = Uuid::new_v4();
-            let mut secret = Zeroizing::new(vec![0u8; 20]);
-            rand::rngs::OsRng.fill_bytes(&mut secret);
-            let sealer = keyring.sealer_for_write(conn)?;
-            let sealed = sealer.seal(&place(id), &secret)?;
-            diesel::insert_into(ct::table)
-                .values((
-                    ct::id.eq(id),
-                    ct::user_id.eq(user_id),
-                    ct::secret_sealed.eq(sealed),
-                    ct::key_version.eq(sealer.version()),
-                ))
-                .on_conflict(ct::user_id)
-                .do_nothing()
-                .execute(conn)?;
-            load(conn)?.ok_or_else(|| AppError::internal("TOTP row vanished after insert"))?
-        }
-    };
-    let secret = keyring.open(&place(row.0), &row.1)?;
-    Ok(Enrolment {
-        id: row.0,
-        secret,
-        confirmed: row.2.is_some(),
-        last_step: row.3,
-        failures: row.4,
-        locked_until: row.5,
-    })
-}
-
 /// The result of checking a code.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Check {
@@ -180,115 +110,6 @@ pub fn matching_step(
         }
     }
     Ok(found)
-}
-
-/// The user's enrolment and the time of the check, `None` while the check is locked.
-fn unlocked(
-    conn: &mut PgConnection,
-    keyring: &Keyring,
-    user_id: Uuid,
-) -> Result<Option<(Enrolment, DateTime<Utc>)>, AppError> {
-    let e = enrolment(conn, keyring, user_id)?;
-    let now = Utc::now();
-    Ok(e.locked_until
-        .is_none_or(|until| until <= now)
-        .then_some((e, now)))
-}
-
-/// Checks `code` for the user (inside a transaction), recording the accepted step or the
-/// failure. Confirms an unconfirmed enrolment on success.
-pub fn check(
-    conn: &mut PgConnection,
-    keyring: &Keyring,
-    user_id: Uuid,
-    code: &str,
-    lockout: Duration,
-) -> Result<Check, AppError> {
-    let Some((e, now)) = unlocked(conn, keyring, user_id)? else {
-        return Ok(Check::Locked);
-    };
-    let now_secs = u64::try_from(now.timestamp()).unwrap_or(0);
-    let step = matching_step(&e.secret, code, now_secs, e.last_step)?;
-    settle(conn, &e, step.map(Some), now, lockout)
-}
-
-/// Checks a recovery code in place of a TOTP code (inside a transaction): only for a
-/// confirmed enrolment, under the same lock-out, and a wrong one counts as a failure.
-pub fn check_recovery(
-    conn: &mut PgConnection,
-    keyring: &Keyring,
-    user_id: Uuid,
-    code: &str,
-    lockout: Duration,
-) -> Result<Check, AppError> {
-    let Some((e, now)) = unlocked(conn, keyring, user_id)? else {
-        return Ok(Check::Locked);
-    };
-    let ok = e.confirmed && super::recovery::redeem(conn, user_id, code)?;
-    settle(conn, &e, ok.then_some(None), now, lockout)
-}
-
-/// Whether the user has confirmed a TOTP enrolment.
-pub fn is_confirmed(conn: &mut PgConnection, user_id: Uuid) -> Result<bool, AppError> {
-    let at: Option<Option<DateTime<Utc>>> = ct::table
-        .filter(ct::user_id.eq(user_id))
-        .select(ct::confirmed_at)
-        .first(conn)
-        .optional()?;
-    Ok(at.flatten().is_some())
-}
-
-/// Records the result: `Some(step)` accepted (a TOTP step to remember, or `None` for a
-/// recovery code), `None` a failure, which after [`MAX_FAILURES`] starts a lock-out.
-fn settle(
-    conn: &mut PgConnection,
-    e: &Enrolment,
-    accepted: Option<Option<i64>>,
-    now: DateTime<Utc>,
-    lockout: Duration,
-) -> Result<Check, AppError> {
-    match accepted {
-        Some(step) => {
-            diesel::update(ct::table.filter(ct::id.eq(e.id)))
-                .set((
-                    ct::last_step.eq(step.or(e.last_step)),
-                    ct::failures.eq(0),
-                    ct::locked_until.eq(None::<DateTime<Utc>>),
-                    ct::confirmed_at.eq(Some(now)),
-                ))
-                .execute(conn)?;
-            Ok(Check::Accepted)
-        }
-        None => {
-            let failures = e.failures + 1;
-            let locked = failures >= MAX_FAILURES;
-            let (failures, until) = if locked {
-                (0, Some(now + lockout))
-            } else {
-                (failures, None)
-            };
-            diesel::update(ct::table.filter(ct::id.eq(e.id)))
-                .set((ct::failures.eq(failures), ct::locked_until.eq(until)))
-                .execute(conn)?;
-            Ok(Check::Rejected { locked })
-        }
-    }
-}
-
-/// Whether the user has a confirmed TOTP enrolment.
-pub fn is_enrolled(conn: &mut PgConnection, user_id: Uuid) -> Result<bool, AppError> {
-    let confirmed: Option<Option<DateTime<Utc>>> = ct::table
-        .filter(ct::user_id.eq(user_id))
-        .select(ct::confirmed_at)
-        .first(conn)
-        .optional()?;
-    Ok(confirmed.flatten().is_some())
-}
-
-/// Forgets the user's TOTP secret (an administrator's reset): their next sign-in enrols a
-/// new one. Returns whether there was one.
-pub fn reset(conn: &mut PgConnection, user_id: Uuid) -> Result<bool, AppError> {
-    Ok(diesel::delete(ct::table.filter(ct::user_id.eq(user_id))).execute(conn)? > 0)
 }
 
 #[cfg(test)]

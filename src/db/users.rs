@@ -7,17 +7,29 @@ use crate::policy::Role;
 use diesel::prelude::*;
 use uuid::Uuid;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// A person (signs in through the identity provider) or a service client
+/// (client-credentials); serialised as `person` / `service`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
 pub enum UserKind {
     Person,
     Service,
 }
 
 impl UserKind {
-    fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             UserKind::Person => "person",
             UserKind::Service => "service",
+        }
+    }
+
+    /// The kind stored in `users.kind` (a CHECK constraint keeps it to these two).
+    fn from_db(s: &str) -> Result<UserKind, AppError> {
+        match s {
+            "person" => Ok(UserKind::Person),
+            "service" => Ok(UserKind::Service),
+            _ => Err(AppError::internal("unknown user kind in the database")),
         }
     }
 }
@@ -152,6 +164,7 @@ enum Change {
     Enabled,
     CareTeamAdded(Uuid),
     CareTeamRemoved(Uuid),
+    FacilitySet(Uuid),
 }
 
 /// Appends one access change and its reason to the history (in the caller's
@@ -163,13 +176,14 @@ fn record(
     reason: &str,
     by: Option<Uuid>,
 ) -> Result<(), AppError> {
-    let (name, role, patient) = match change {
-        Change::RoleGranted(r) => ("role_granted", Some(r.as_str()), None),
-        Change::RoleRevoked(r) => ("role_revoked", Some(r.as_str()), None),
-        Change::Disabled => ("disabled", None, None),
-        Change::Enabled => ("enabled", None, None),
-        Change::CareTeamAdded(p) => ("care_team_added", None, Some(p)),
-        Change::CareTeamRemoved(p) => ("care_team_removed", None, Some(p)),
+    let (name, role, patient, facility) = match change {
+        Change::RoleGranted(r) => ("role_granted", Some(r.as_str()), None, None),
+        Change::RoleRevoked(r) => ("role_revoked", Some(r.as_str()), None, None),
+        Change::Disabled => ("disabled", None, None, None),
+        Change::Enabled => ("enabled", None, None, None),
+        Change::CareTeamAdded(p) => ("care_team_added", None, Some(p), None),
+        Change::CareTeamRemoved(p) => ("care_team_removed", None, Some(p), None),
+        Change::FacilitySet(f) => ("facility_set", None, None, Some(f)),
     };
     diesel::insert_into(access_changes::table)
         .values((
@@ -177,6 +191,7 @@ fn record(
             access_changes::change.eq(name),
             access_changes::role.eq(role),
             access_changes::patient_id.eq(patient),
+            access_changes::facility_id.eq(facility),
             access_changes::reason.eq(reason),
             access_changes::changed_by.eq(by),
         ))
@@ -271,6 +286,46 @@ pub fn set_facility(
     Ok(())
 }
 
+/// Moves a user to a facility (an access change: facility-scoped roles see that
+/// facility's patients from the next request), keeping the reason in the history. Returns
+/// whether the user was moved (`false` when already there: nothing is recorded).
+pub fn move_to_facility(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    facility: Uuid,
+    reason: &str,
+    by: Option<Uuid>,
+) -> Result<bool, AppError> {
+    conn.transaction(|conn| {
+        let target = users::table.find(user_id).filter(
+            users::facility_id
+                .is_null()
+                .or(users::facility_id.ne(facility)),
+        );
+        let n = diesel::update(target)
+            .set(users::facility_id.eq(Some(facility)))
+            .execute(conn)?;
+        if n > 0 {
+            record(conn, user_id, Change::FacilitySet(facility), reason, by)?;
+        }
+        Ok(n > 0)
+    })
+}
+
+/// Ends every console session of a user (role removed, disabled, authenticator reset,
+/// or revoked by an administrator): their next console request lands on the sign-in page.
+pub fn end_console_sessions(conn: &mut PgConnection, user_id: Uuid) -> Result<usize, AppError> {
+    use crate::db::schema::console_sessions as cs;
+    Ok(diesel::delete(cs::table.filter(cs::user_id.eq(user_id))).execute(conn)?)
+}
+
+/// Forgets the user's console authenticator (TOTP secret): their next
+/// sign-in enrols a new one. Returns whether there was one.
+pub fn forget_authenticator(conn: &mut PgConnection, user_id: Uuid) -> Result<bool, AppError> {
+    use crate::db::schema::console_totp as ct;
+    Ok(diesel::delete(ct::table.filter(ct::user_id.eq(user_id))).execute(conn)? > 0)
+}
+
 pub fn link_patient(
     conn: &mut PgConnection,
     user_id: Uuid,
@@ -341,6 +396,8 @@ pub struct AccessChange {
     pub change: String,
     pub role: Option<String>,
     pub patient_id: Option<Uuid>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub facility_id: Option<Uuid>,
     pub reason: String,
     pub changed_by: Option<Uuid>,
     pub changed_at: chrono::DateTime<chrono::Utc>,
@@ -352,6 +409,7 @@ pub const HISTORY_SHOWN: i64 = 50;
 type ChangeRow = (
     String,
     Option<String>,
+    Option<Uuid>,
     Option<Uuid>,
     String,
     Option<Uuid>,
@@ -368,6 +426,7 @@ pub fn history(conn: &mut PgConnection, user_id: Uuid) -> Result<Vec<AccessChang
             access_changes::change,
             access_changes::role,
             access_changes::patient_id,
+            access_changes::facility_id,
             access_changes::reason,
             access_changes::changed_by,
             access_changes::changed_at,
@@ -379,9 +438,10 @@ pub fn history(conn: &mut PgConnection, user_id: Uuid) -> Result<Vec<AccessChang
             change: r.0,
             role: r.1,
             patient_id: r.2,
-            reason: r.3,
-            changed_by: r.4,
-            changed_at: r.5,
+            facility_id: r.3,
+            reason: r.4,
+            changed_by: r.5,
+            changed_at: r.6,
         })
         .collect())
 }
@@ -392,7 +452,7 @@ pub struct UserSummary {
     pub id: Uuid,
     pub issuer: String,
     pub subject: String,
-    pub kind: String,
+    pub kind: UserKind,
     pub display_name: Option<String>,
     pub facility: Option<Uuid>,
     pub roles: Vec<String>,
@@ -484,24 +544,25 @@ pub fn search_users(
         .select((role_assignments::user_id, role_assignments::role))
         .order((role_assignments::user_id, role_assignments::role))
         .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .map(|r| UserSummary {
-            id: r.0,
-            roles: roles
-                .iter()
-                .filter(|(u, _)| *u == r.0)
-                .map(|(_, role)| role.clone())
-                .collect(),
-            issuer: r.1,
-            subject: r.2,
-            kind: r.3,
-            display_name: r.4,
-            facility: r.5,
-            disabled: r.6.is_some(),
-            history: None,
+    rows.into_iter()
+        .map(|r| {
+            Ok(UserSummary {
+                id: r.0,
+                roles: roles
+                    .iter()
+                    .filter(|(u, _)| *u == r.0)
+                    .map(|(_, role)| role.clone())
+                    .collect(),
+                issuer: r.1,
+                subject: r.2,
+                kind: UserKind::from_db(&r.3)?,
+                display_name: r.4,
+                facility: r.5,
+                disabled: r.6.is_some(),
+                history: None,
+            })
         })
-        .collect())
+        .collect()
 }
 
 /// The patients on whose care team the user is (internal ids only), oldest first.
@@ -540,7 +601,7 @@ pub fn get_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<UserSummary>
         id: row.0,
         issuer: row.1,
         subject: row.2,
-        kind: row.3,
+        kind: UserKind::from_db(&row.3)?,
         display_name: row.4,
         facility: row.5,
         roles,
@@ -578,17 +639,18 @@ pub fn facility_exists(conn: &mut PgConnection, id: Uuid) -> Result<bool, AppErr
     Ok(diesel::select(diesel::dsl::exists(facilities::table.find(id))).get_result(conn)?)
 }
 
-/// The user's kind ("person" or "service") for (issuer, subject), if known.
+/// The user's kind for (issuer, subject), if known.
 pub fn kind_of(
     conn: &mut PgConnection,
     issuer: &str,
     subject: &str,
-) -> Result<Option<String>, AppError> {
-    Ok(users::table
+) -> Result<Option<UserKind>, AppError> {
+    let kind: Option<String> = users::table
         .filter(users::issuer.eq(issuer).and(users::subject.eq(subject)))
         .select(users::kind)
         .first(conn)
-        .optional()?)
+        .optional()?;
+    kind.as_deref().map(UserKind::from_db).transpose()
 }
 
 /// Whether a live (not deleted) patient exists.

@@ -3,6 +3,7 @@
 //! database, scopes from the token) and the target (the patient's facility and care team).
 //! Handlers never check roles themselves.
 
+pub mod admin;
 pub mod matrix;
 pub mod views;
 
@@ -17,8 +18,9 @@ pub enum Action {
     Public,
     /// A FHIR interaction on a resource type.
     Fhir(ResourceType, Interaction),
-    /// The administration API (users, roles, care teams, facilities, clients).
-    Admin,
+    /// The administration API (users, roles, care teams, facilities, clients), with what
+    /// the route does (the audit action of events recorded for it).
+    Admin(admin::AdminAction),
     /// Admin console sign-in steps (OIDC redirect and callback, TOTP): a pre-login or
     /// partly signed-in console session, checked by the handler.
     ConsoleSignIn,

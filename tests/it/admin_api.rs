@@ -317,7 +317,7 @@ async fn admin_manages_facilities_clients_and_disabled_accounts() {
         Method::PUT,
         &format!("/api/admin/users/{dr}/facility"),
         &root,
-        Some(json!({"facility_id": north_id})),
+        Some(json!({"facility_id": north_id, "reason": "moved to the north clinic"})),
     )
     .await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -571,4 +571,208 @@ async fn admin_changes_keep_their_reasons_in_the_user_history_not_in_the_audit_t
         .unwrap();
     assert!(rows.len() > 7);
     assert!(rows.iter().all(|r| !r.row.contains("ReasonCanary")));
+}
+
+#[tokio::test]
+async fn moving_a_user_to_another_facility_takes_a_reason_and_is_kept_in_the_history() {
+    let w = World::new().await;
+    let (root_id, root) = admin(&w, "root");
+    let (dr, _) = w.user("dr-m", &[Role::Billing]);
+    let res = call(
+        &w,
+        Method::POST,
+        "/api/admin/facilities",
+        &root,
+        Some(json!({"name": "South Clinic"})),
+    )
+    .await;
+    let south: Value = res.json().await.unwrap();
+    let south_id = south["id"].as_str().unwrap().to_string();
+    let path = format!("/api/admin/users/{dr}/facility");
+
+    // Without a reason: refused, audited as the failed change, nothing moved.
+    let before = w.audit_events().len();
+    let res = call(
+        &w,
+        Method::PUT,
+        &path,
+        &root,
+        Some(json!({"facility_id": south_id})),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(res.text().await.unwrap().contains("'reason'"));
+    let events = w.audit_events();
+    assert_eq!(events.len(), before + 1);
+    let ev = events.last().unwrap();
+    assert_eq!(
+        (ev.0.as_str(), ev.1.as_str()),
+        ("permission-change", "error")
+    );
+
+    let res = call(
+        &w,
+        Method::PUT,
+        &path,
+        &root,
+        Some(json!({"facility_id": south_id, "reason": "FacilityCanary covers the south"})),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = call(
+        &w,
+        Method::GET,
+        &format!("/api/admin/users/{dr}"),
+        &root,
+        None,
+    )
+    .await;
+    let user: Value = res.json().await.unwrap();
+    assert_eq!(user["facility"], south_id.as_str());
+    let history = user["history"].as_array().unwrap();
+    // Newest first; the one before is the test setup's role grant.
+    assert_eq!(history[0]["change"], "facility_set", "{history:?}");
+    assert_eq!(
+        history
+            .iter()
+            .filter(|h| h["change"] == "facility_set")
+            .count(),
+        1,
+        "only the move that happened is kept: {history:?}"
+    );
+    assert_eq!(history[0]["facility_id"], south_id.as_str());
+    assert_eq!(history[0]["reason"], "FacilityCanary covers the south");
+    assert_eq!(history[0]["changed_by"], root_id.to_string());
+
+    // The reason is not in the audit trail.
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        row: String,
+    }
+    let rows: Vec<Row> = diesel::sql_query("SELECT t::text AS row FROM audit_events t")
+        .load(&mut w.app.db.conn())
+        .unwrap();
+    assert!(rows.iter().all(|r| !r.row.contains("FacilityCanary")));
+}
+
+#[tokio::test]
+async fn calls_refused_before_the_handler_are_audited_with_the_routes_action() {
+    let w = World::new().await;
+    let (_, root) = admin(&w, "root");
+    // A body that is not JSON never reaches the operation: the event still names the
+    // care-relationship change the route performs (not a generic permission change).
+    let before = w.audit_events().len();
+    let res = w
+        .app
+        .client
+        .post(w.app.url("/api/admin/care-teams"))
+        .header("authorization", format!("Bearer {root}"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let events = w.audit_events();
+    assert_eq!(events.len(), before + 1);
+    let ev = events.last().unwrap();
+    assert_eq!(
+        (ev.0.as_str(), ev.1.as_str()),
+        ("care-relationship-change", "error")
+    );
+    // A non-admin reading a user: a denied read, not a permission change.
+    let _ = w.user("dr-r", &[Role::Clinician]);
+    let token = w.token("dr-r", "admin");
+    let res = call(
+        &w,
+        Method::GET,
+        &format!("/api/admin/users/{}", Uuid::new_v4()),
+        &token,
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let ev = last_event(&w);
+    assert_eq!((ev.0.as_str(), ev.1.as_str()), ("read", "deny"));
+}
+
+#[tokio::test]
+async fn a_role_is_removed_with_the_reason_in_the_body_or_the_query_and_a_bad_body_is_refused() {
+    let w = World::new().await;
+    let (_, root) = admin(&w, "root");
+    let (target, _) = w.user("dr-q", &[Role::Clinician, Role::Billing]);
+    let base = format!("/api/admin/users/{target}/roles");
+    let delete = |path: String, content_type: Option<&'static str>, body: &'static str| {
+        let mut req = w
+            .app
+            .client
+            .delete(w.app.url(&path))
+            .header("authorization", format!("Bearer {root}"));
+        if let Some(ct) = content_type {
+            req = req.header("content-type", ct);
+        }
+        req.body(body).send()
+    };
+    // A body that is not JSON is refused, not silently replaced by the query.
+    let res = delete(
+        format!("{base}/billing?reason=left+billing"),
+        Some("application/json"),
+        "{not json",
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    // A JSON content type without a body: the query's reason.
+    let res = delete(
+        format!("{base}/billing?reason=left+billing"),
+        Some("application/json"),
+        "",
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // The reason in a JSON body.
+    let res = delete(
+        format!("{base}/clinician"),
+        Some("application/json"),
+        r#"{"reason": "left the ward"}"#,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let user: Value = res.json().await.unwrap();
+    assert_eq!(user["roles"], json!([]));
+}
+
+#[tokio::test]
+async fn the_caller_is_checked_before_the_body() {
+    let w = World::new().await;
+    let (target, _) = w.user("dr-b", &[]);
+    let path = format!("/api/admin/users/{target}/roles");
+    // No token and a body missing its fields: 401, not the body's 422.
+    let res = w
+        .app
+        .client
+        .post(w.app.url(&path))
+        .header("content-type", "application/json")
+        .body("{}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+    // A non-admin with a body that is not even JSON: 403, not 400.
+    let _ = w.user("dr-c", &[Role::Clinician]);
+    let token = w.token("dr-c", "admin");
+    let res = w
+        .app
+        .client
+        .post(w.app.url(&path))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
 }

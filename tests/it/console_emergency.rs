@@ -313,6 +313,15 @@ async fn emergency_sign_in_is_rate_limited_and_origin_checked() {
     }
     let r = post_emergency(&app, &b, "someone-else", "guess guess guess", "123456").await;
     assert_eq!(r.0, 429, "the address is over its limit");
+    // The refused attempt is audited like every other denial (before any lookup, so
+    // nobody is named).
+    let ev = events(&app);
+    assert_eq!(
+        ev.last()
+            .map(|e| (e.0.as_str(), e.1.as_str(), e.2.as_deref())),
+        Some(("login-failed", "deny", Some("rate-limited"))),
+        "{ev:?}"
+    );
 }
 
 #[test]

@@ -842,3 +842,49 @@ async fn a_kept_change_runs_once_and_a_failing_one_keeps_the_renewed_session() {
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(c.roles_of(target).is_empty());
 }
+
+#[tokio::test]
+async fn emergency_sign_in_attempts_are_limited_across_instances_and_every_refusal_is_audited() {
+    let c = Console::start().await;
+    let other = c.second_instance().await;
+    let limit = c
+        .config
+        .console
+        .as_ref()
+        .unwrap()
+        .emergency_attempts_per_minute;
+    assert!(limit > 1);
+    let post = |port: u16| {
+        let client = c.app.client.clone();
+        async move {
+            client
+                .post(format!("https://localhost:{port}/console/emergency"))
+                .header("origin", format!("https://localhost:{port}"))
+                .form(&[
+                    ("name", "nobody"),
+                    ("password", "not the password at all"),
+                    ("code", "123456"),
+                ])
+                .send()
+                .await
+                .unwrap()
+                .status()
+        }
+    };
+    let ports = [c.app.https.port(), other.port()];
+    // The attempts alternate between the two instances behind the load balancer...
+    for i in 0..limit {
+        let port = ports[usize::try_from(i % 2).unwrap()];
+        assert_eq!(post(port).await, StatusCode::UNAUTHORIZED, "attempt {i}");
+    }
+    // ...and the limit is one limit: both instances refuse the next attempt.
+    for port in ports {
+        assert_eq!(post(port).await, StatusCode::TOO_MANY_REQUESTS);
+    }
+    let refused = c
+        .events()
+        .iter()
+        .filter(|e| e.0 == "login-failed" && e.2.as_deref() == Some("rate-limited"))
+        .count();
+    assert_eq!(refused, 2, "a rate-limited attempt is audited");
+}

@@ -1,25 +1,23 @@
-//! The console's administration pages: users (search, paging), one user (roles, care
+//! The console's pages: the dashboard, users (search, paging), one user (roles, care
 //! teams, facility, sessions, TOTP), service clients and recent audit events. Pages only
-//! read; every change is a POST handled in [`actions`] through the same operations as
-//! the JSON API ([`crate::admin::ops`]). Every page shows who is signed in and how long
-//! the session has left ([`Chrome`], rendered by `templates/console/layout.html`).
+//! read; every change is a POST handled in [`actions`] as an [`crate::admin::Op`], the
+//! same operations as the JSON API. A page handler takes [`AdminPage`] (administrators
+//! only) or [`ConsolePage`] (any console user) and is only the page. Every page shows who
+//! is signed in and how long the session has left ([`Chrome`], rendered by
+//! `templates/console/layout.html`).
 
 pub mod actions;
 
-use super::auth::{self, Gate, SignedIn};
-use super::page;
-use super::session::{self, Lifetimes};
-use crate::admin::ops::{self, AdminActor, Touched, audited};
-use crate::audit::{
-    Actor, AuditAction, AuditContext, AuthMethod, Outcome, PurposeOfUse, ResourceType as Kind,
-};
+use super::gate::{AdminPage, Chrome, ConsolePage};
+use super::store;
+use crate::admin::op::{self, Touched, audited};
+use crate::audit::{AuditAction, ResourceType as Kind};
 use crate::db::users::{self, FacilitySummary, UserFilter, UserKind, UserSummary};
 use crate::error::AppError;
 use crate::policy::{self, Role};
-use crate::state::AppState;
-use actix_web::http::StatusCode;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, web};
 use askama::Template;
+use askama_web::WebTemplate;
 use uuid::Uuid;
 
 /// Users per page of the users list.
@@ -29,120 +27,28 @@ pub const AUDIT_PAGE_SIZE: i64 = 50;
 /// Longest accepted search text (characters).
 const MAX_SEARCH_CHARS: usize = 100;
 
-/// What every page shows around its content: who is signed in, how long the session has
-/// left, and the CSRF token for the sign-out form.
-pub struct Chrome {
-    pub subject: String,
-    pub minutes_left: i64,
-    pub seconds_left: i64,
-    pub csrf_token: String,
-    pub admin: bool,
+#[derive(Template, WebTemplate)]
+#[template(path = "console/dashboard.html")]
+pub struct Dashboard {
+    subject: String,
+    issuer: String,
+    roles: String,
+    minutes_left: i64,
+    seconds_left: i64,
+    csrf_token: String,
 }
 
-impl Chrome {
-    pub fn of(me: &SignedIn, life: &Lifetimes) -> Chrome {
-        let left = me.session.seconds_left(life, chrono::Utc::now());
-        Chrome {
-            subject: me.subject.clone(),
-            minutes_left: left / 60,
-            seconds_left: left % 60,
-            csrf_token: me.session.csrf_token.clone(),
-            admin: is_admin(me),
-        }
-    }
-}
-
-fn is_admin(me: &SignedIn) -> bool {
-    // The console session stands in for the API token's `admin` scope: the role decides.
-    policy::decide_admin(&me.user.roles, true).is_ok()
-}
-
-/// Administration pages and changes need the `admin` role (privacy officers may sign in
-/// to the console, but not change who may do what).
-pub fn require_admin(me: &SignedIn) -> Result<(), AppError> {
-    if is_admin(me) {
-        Ok(())
-    } else {
-        Err(AppError::client(
-            StatusCode::FORBIDDEN,
-            "This part of the console needs the admin role.",
-        ))
-    }
-}
-
-pub fn lifetimes(state: &AppState) -> Result<Lifetimes, AppError> {
-    Ok(auth::console(state)?.lifetimes)
-}
-
-/// The gate of a page: signed in (else the redirect), with the page chrome.
-async fn signed_in(
-    req: &HttpRequest,
-    state: &web::Data<AppState>,
-) -> Result<Gate<(SignedIn, Chrome)>, AppError> {
-    let life = lifetimes(state)?;
-    Ok(match auth::signed_in(req, state).await? {
-        Gate::Redirect(r) => Gate::Redirect(r),
-        Gate::Pass(me) => {
-            let chrome = Chrome::of(&me, &life);
-            Gate::Pass((me, chrome))
-        }
-    })
-}
-
-/// The signed-in administrator as the audit trail records console changes.
-pub struct ConsoleActor {
-    state: web::Data<AppState>,
-    ctx: AuditContext,
-    actor: Actor,
-    id: Uuid,
-}
-
-impl ConsoleActor {
-    pub fn new(state: &web::Data<AppState>, ctx: AuditContext, me: &SignedIn) -> ConsoleActor {
-        ConsoleActor {
-            state: state.clone(),
-            ctx,
-            actor: Actor::user(
-                me.user.id,
-                auth::role_codes(&me.user),
-                AuthMethod::SessionMfa,
-            ),
-            id: me.user.id,
-        }
-    }
-
-    pub fn actor(&self) -> Actor {
-        self.actor.clone()
-    }
-
-    pub fn context(&self) -> &AuditContext {
-        &self.ctx
-    }
-}
-
-impl AdminActor for ConsoleActor {
-    fn user_id(&self) -> Uuid {
-        self.id
-    }
-
-    async fn record(
-        &self,
-        action: AuditAction,
-        resource: Option<(Kind, Option<Uuid>)>,
-        patients: Vec<Uuid>,
-        outcome: Outcome,
-    ) -> Result<(), AppError> {
-        let mut event = self
-            .ctx
-            .event(self.actor.clone(), action, outcome)
-            .patients(patients)
-            .purpose(PurposeOfUse::SystemAdministration);
-        match resource {
-            Some((kind, Some(id))) => event = event.resource(kind, id),
-            Some((kind, None)) => event = event.resource_type(kind),
-            None => {}
-        }
-        self.state.audit.record(event.build()).await
+/// GET /console: who is signed in and how long the session has left.
+pub async fn dashboard(page: ConsolePage) -> Dashboard {
+    let me = &page.me;
+    let roles: Vec<&str> = me.user.roles.iter().map(|r| r.as_str()).collect();
+    Dashboard {
+        subject: me.subject.clone(),
+        issuer: me.issuer.clone(),
+        roles: roles.join(", "),
+        minutes_left: page.chrome.minutes_left,
+        seconds_left: page.chrome.seconds_left,
+        csrf_token: me.session.csrf_token.clone(),
     }
 }
 
@@ -182,7 +88,7 @@ fn row(u: UserSummary, facilities: &[FacilitySummary]) -> UserRow {
         id: u.id,
         subject: u.subject,
         display_name: u.display_name.unwrap_or_default(),
-        kind: u.kind,
+        kind: u.kind.as_str().to_string(),
         roles: u.roles.join(", "),
         disabled: u.disabled,
         facility: facility_name(u.facility, facilities),
@@ -206,9 +112,9 @@ struct UsersQuery {
     after: Option<Uuid>,
 }
 
-#[derive(Template)]
+#[derive(Template, WebTemplate)]
 #[template(path = "console/users.html")]
-struct UsersPage {
+pub struct UsersPage {
     chrome: Chrome,
     q: String,
     users: Vec<UserRow>,
@@ -234,16 +140,7 @@ fn users_link(q: &str, after: Option<Uuid>) -> String {
 
 /// GET /console/users?q=&after=: people and clients, searchable by subject or display
 /// name, `PAGE_SIZE` at a time.
-pub async fn users_list(
-    req: HttpRequest,
-    ctx: AuditContext,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    let (me, chrome) = match signed_in(&req, &state).await? {
-        Gate::Redirect(r) => return Ok(r),
-        Gate::Pass(p) => p,
-    };
-    require_admin(&me)?;
+pub async fn users_list(req: HttpRequest, page: AdminPage) -> Result<UsersPage, AppError> {
     let query = web::Query::<UsersQuery>::from_query(req.query_string()).map_err(|_| {
         AppError::bad_request("Invalid search: use q=<text> and after=<user id> only.")
     })?;
@@ -254,13 +151,13 @@ pub async fn users_list(
         ));
     }
     let after = query.after;
-    let who = ConsoleActor::new(&state, ctx, &me);
     let filter = UserFilter {
         text: (!q.is_empty()).then(|| q.clone()),
         kind: None,
     };
-    let (list, facilities) = audited(&who, AuditAction::Search, Some(Kind::User), async {
-        let found = state
+    let (list, facilities) = audited(&*page, AuditAction::Search, Some(Kind::User), async {
+        let found = page
+            .state
             .db
             .run(move |c| {
                 let list = users::search_users(c, &filter, after, PAGE_SIZE + 1)?;
@@ -281,8 +178,8 @@ pub async fn users_list(
     } else {
         String::new()
     };
-    page(&UsersPage {
-        chrome,
+    Ok(UsersPage {
+        chrome: page.0.chrome,
         users: list.into_iter().map(|u| row(u, &facilities)).collect(),
         q,
         next,
@@ -297,9 +194,9 @@ pub struct SessionRow {
     pub last_seen_at: String,
 }
 
-#[derive(Template)]
+#[derive(Template, WebTemplate)]
 #[template(path = "console/user.html")]
-struct UserPage {
+pub struct UserPage {
     chrome: Chrome,
     message: &'static str,
     user: UserRow,
@@ -330,22 +227,16 @@ fn time(t: chrono::DateTime<chrono::Utc>) -> String {
 /// GET /console/users/{id}: one user with everything an administrator changes.
 pub async fn user_page(
     req: HttpRequest,
-    ctx: AuditContext,
-    state: web::Data<AppState>,
+    page: AdminPage,
     path: web::Path<String>,
-) -> Result<HttpResponse, AppError> {
-    let (me, chrome) = match signed_in(&req, &state).await? {
-        Gate::Redirect(r) => return Ok(r),
-        Gate::Pass(p) => p,
-    };
-    require_admin(&me)?;
-    let id = Uuid::parse_str(&path).map_err(|_| ops::user_not_found())?;
-    let life = lifetimes(&state)?;
-    let who = ConsoleActor::new(&state, ctx, &me);
+) -> Result<UserPage, AppError> {
+    let id = Uuid::parse_str(&path).map_err(|_| op::user_not_found())?;
+    let life = page.settings.lifetimes;
     let kind = Some(Kind::User);
     let (user, care_teams, facilities, sessions, totp_enrolled) =
-        audited(&who, AuditAction::Read, kind, async {
-            let found = state
+        audited(&*page, AuditAction::Read, kind, async {
+            let found = page
+                .state
                 .db
                 .run(move |c| {
                     let Some(user) = users::get_user(c, id)? else {
@@ -355,12 +246,12 @@ pub async fn user_page(
                         user,
                         users::care_teams_of(c, id)?,
                         users::list_facilities(c)?,
-                        session::list_of_user(c, id, &life)?,
-                        super::totp::is_enrolled(c, id)?,
+                        store::session::list_of_user(c, id, &life)?,
+                        store::totp::is_confirmed(c, id)?,
                     )))
                 })
                 .await?
-                .ok_or_else(ops::user_not_found)?;
+                .ok_or_else(op::user_not_found)?;
             Ok((found, Touched::user(id)))
         })
         .await?;
@@ -371,10 +262,11 @@ pub async fn user_page(
         .filter(|r| !roles_held.iter().any(|h| h == r))
         .collect();
     let facility_id = user.facility;
-    page(&UserPage {
-        chrome,
+    let is_self = user.id == page.me.user.id;
+    Ok(UserPage {
+        chrome: page.0.chrome,
         message: done_from(&req),
-        is_self: user.id == me.user.id,
+        is_self,
         user: row(user, &facilities),
         roles_held,
         roles_free,
@@ -393,9 +285,9 @@ pub async fn user_page(
     })
 }
 
-#[derive(Template)]
+#[derive(Template, WebTemplate)]
 #[template(path = "console/clients.html")]
-struct ClientsPage {
+pub struct ClientsPage {
     chrome: Chrome,
     message: &'static str,
     clients: Vec<UserRow>,
@@ -403,27 +295,15 @@ struct ClientsPage {
     client_roles: Vec<&'static str>,
 }
 
-/// Roles a service client may be given in the console (the API refuses the others).
-pub const CLIENT_ROLES: [Role; 3] = [Role::Service, Role::Clinician, Role::Billing];
-
 /// GET /console/clients: registered service clients, a form to add one, disable buttons.
-pub async fn clients_page(
-    req: HttpRequest,
-    ctx: AuditContext,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    let (me, chrome) = match signed_in(&req, &state).await? {
-        Gate::Redirect(r) => return Ok(r),
-        Gate::Pass(p) => p,
-    };
-    require_admin(&me)?;
-    let who = ConsoleActor::new(&state, ctx, &me);
+pub async fn clients_page(req: HttpRequest, page: AdminPage) -> Result<ClientsPage, AppError> {
     let filter = UserFilter {
         text: None,
         kind: Some(UserKind::Service),
     };
-    let (clients, facilities) = audited(&who, AuditAction::Search, Some(Kind::Client), async {
-        let found = state
+    let (clients, facilities) = audited(&*page, AuditAction::Search, Some(Kind::Client), async {
+        let found = page
+            .state
             .db
             .run(move |c| {
                 // Clients are few; the page shows the first ones without paging.
@@ -434,12 +314,17 @@ pub async fn clients_page(
         Ok((found, Touched::default()))
     })
     .await?;
-    page(&ClientsPage {
-        chrome,
+    Ok(ClientsPage {
+        chrome: page.0.chrome,
         message: done_from(&req),
         clients: clients.into_iter().map(|u| row(u, &facilities)).collect(),
         facilities,
-        client_roles: CLIENT_ROLES.iter().map(|r| r.as_str()).collect(),
+        // Roles a service client may be given (the operation refuses the others).
+        client_roles: Role::ALL
+            .into_iter()
+            .filter(|r| policy::admin::client_may_hold(*r))
+            .map(Role::as_str)
+            .collect(),
     })
 }
 
@@ -456,9 +341,9 @@ pub struct AuditRow {
     pub request_id: String,
 }
 
-#[derive(Template)]
+#[derive(Template, WebTemplate)]
 #[template(path = "console/audit.html")]
-struct AuditPage {
+pub struct AuditPage {
     chrome: Chrome,
     events: Vec<AuditRow>,
     older: String,
@@ -471,21 +356,13 @@ struct AuditQuery {
 
 /// GET /console/audit?before=<seq>: the latest audit events, newest first, so an
 /// administrator sees their change arrive. Privacy officers may read it too.
-pub async fn audit_page(
-    req: HttpRequest,
-    ctx: AuditContext,
-    state: web::Data<AppState>,
-) -> Result<HttpResponse, AppError> {
-    let (me, chrome) = match signed_in(&req, &state).await? {
-        Gate::Redirect(r) => return Ok(r),
-        Gate::Pass(p) => p,
-    };
+pub async fn audit_page(req: HttpRequest, page: ConsolePage) -> Result<AuditPage, AppError> {
     let query = web::Query::<AuditQuery>::from_query(req.query_string())
         .map_err(|_| AppError::bad_request("Invalid query: use before=<sequence number> only."))?;
     let before = query.before;
-    let who = ConsoleActor::new(&state, ctx, &me);
-    let rows = audited(&who, AuditAction::Search, Some(Kind::AuditLog), async {
-        let rows = state
+    let rows = audited(&*page, AuditAction::Search, Some(Kind::AuditLog), async {
+        let rows = page
+            .state
             .db
             .run(move |c| Ok(crate::audit::store::recent(c, before, AUDIT_PAGE_SIZE)?))
             .await?;
@@ -523,8 +400,8 @@ pub async fn audit_page(
             request_id: e.request_id.unwrap_or_default(),
         })
         .collect();
-    page(&AuditPage {
-        chrome,
+    Ok(AuditPage {
+        chrome: page.0.chrome,
         events,
         older,
     })

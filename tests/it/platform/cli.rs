@@ -293,3 +293,12 @@ fn docs_policy_table_is_current() {
         "docs/api-fhir.md policy table is stale: replace it with the output of `custodian policy`"
     );
 }
+
+#[test]
+fn docs_admin_rules_table_is_current() {
+    assert_eq!(
+        generated_section("docs/api-admin.md", "policy-admin"),
+        custodian::policy::admin::markdown_table(),
+        "docs/api-admin.md administration rules are stale: replace them with the second table `custodian policy` prints"
+    );
+}

@@ -1,12 +1,16 @@
 //! `custodian admin …`: console administration from the server itself — granting the
-//! first administrator, and emergency accounts. Every change is audited (actor `cli`).
+//! first administrator (through the same [`Op`] as the console and the JSON API), and
+//! emergency accounts. Every change is audited (actor `cli`).
 
+use super::audit::{connect, record_cli_events};
+use crate::admin::Op;
 use crate::audit::EventBuilder;
 use crate::audit::event::{Actor, AuditAction, Outcome, ResourceType};
-use crate::cli::audit::{connect, record_cli_events};
 use crate::config::Config;
-use crate::console::emergency::{self, AccountName, NewPassword};
+use crate::console::emergency::{AccountName, NewPassword};
+use crate::console::store::emergency;
 use crate::db::users::{self, UserKind};
+use crate::domain::UserId;
 use crate::policy::Role;
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -62,25 +66,31 @@ pub fn run(path: Option<&Path>, cmd: AdminCommand) -> anyhow::Result<()> {
             role,
             reason,
         } => {
+            // A person is never given the service role (that is for clients).
             let role = Role::parse(&role).filter(|r| *r != Role::Service).context(
                 "--role: expected clinician, billing, patient, admin or privacy_officer",
             )?;
-            let reason = reason.trim();
-            if !(3..=500).contains(&reason.chars().count()) {
-                bail!("--reason: must have 3 to 500 characters");
-            }
+            crate::admin::check_reason(Some(&reason))
+                .map_err(|_| anyhow::anyhow!("--reason: must have 3 to 500 characters"))?;
             if issuer.is_empty() || issuer.len() > 512 || subject.is_empty() || subject.len() > 255
             {
                 bail!("--issuer and --subject: must be non-empty (at most 512 and 255 bytes)");
             }
             let mut conn = connect(&config)?;
             let user = users::user_for(&mut conn, &issuer, &subject, UserKind::Person)?;
-            users::grant_role(&mut conn, user.id, role, reason, None)?;
-            let event =
-                EventBuilder::new(Actor::cli(), AuditAction::PermissionChange, Outcome::Permit)
-                    .resource(ResourceType::RoleAssignment, user.id)
-                    .build();
-            record_cli_events(&config, &mut conn, &[event])?;
+            // The same operation as the console and the JSON API, acting for no account.
+            let op = Op::GrantRole {
+                user: UserId::from(user.id),
+                role: role.as_str().to_string(),
+                reason: Some(reason),
+            };
+            let (action, kind) = op.audit();
+            let done = op.apply(&mut conn, None, None)?;
+            let mut event = EventBuilder::new(Actor::cli(), action, Outcome::Permit);
+            if let (Some(kind), Some(id)) = (kind, done.touched.resource_id) {
+                event = event.resource(kind, id);
+            }
+            record_cli_events(&config, &mut conn, &[event.build()])?;
             println!("granted {} to user {}", role.as_str(), user.id);
             Ok(())
         }

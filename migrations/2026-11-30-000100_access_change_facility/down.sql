@@ -1,0 +1,6 @@
+DELETE FROM access_changes WHERE change = 'facility_set';
+ALTER TABLE access_changes DROP CONSTRAINT access_changes_facility_check;
+ALTER TABLE access_changes DROP CONSTRAINT access_changes_change_check;
+ALTER TABLE access_changes ADD CONSTRAINT access_changes_change_check
+    CHECK (change IN ('role_granted', 'role_revoked', 'disabled', 'enabled', 'care_team_added', 'care_team_removed'));
+ALTER TABLE access_changes DROP COLUMN facility_id;

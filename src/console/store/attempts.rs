@@ -1,0 +1,71 @@
+//! The emergency sign-in attempt limit, in PostgreSQL (`console_emergency_attempts`) so
+//! that all instances share it: at most `per_minute` attempts per key (source address,
+//! account name) in a minute that starts with the first attempt.
+
+use crate::error::AppError;
+use chrono::{DateTime, Utc};
+use diesel::prelude::*;
+use diesel::sql_types::{Bytea, Int4, Timestamptz};
+use sha2::{Digest, Sha256};
+
+#[derive(QueryableByName)]
+struct Counted {
+    #[diesel(sql_type = Int4)]
+    attempts: i32,
+    #[diesel(sql_type = Timestamptz)]
+    window_start: DateTime<Utc>,
+}
+
+/// Counts one attempt for each of `keys` (in one transaction); `Err(seconds)` when any
+/// is over the limit (seconds until the latest of their minutes ends). Every key counts
+/// the attempt, whichever refuses it. The counters need no durability: the transaction
+/// does not wait for its commit to reach the disk (a crash forgets at most a minute of
+/// attempts), which keeps the sign-in's timing steady.
+pub fn count(
+    conn: &mut PgConnection,
+    keys: &[String],
+    per_minute: u32,
+) -> Result<Result<(), u64>, AppError> {
+    conn.transaction(|conn| {
+        diesel::sql_query("SET LOCAL synchronous_commit TO OFF").execute(conn)?;
+        diesel::sql_query(
+            "DELETE FROM console_emergency_attempts \
+             WHERE window_start <= now() - interval '1 minute'",
+        )
+        .execute(conn)?;
+        let mut wait: Option<u64> = None;
+        for key in keys {
+            if let Err(w) = count_one(conn, key, per_minute)? {
+                wait = Some(wait.map_or(w, |x| x.max(w)));
+            }
+        }
+        Ok(wait.map_or(Ok(()), Err))
+    })
+}
+
+fn count_one(
+    conn: &mut PgConnection,
+    key: &str,
+    per_minute: u32,
+) -> Result<Result<(), u64>, AppError> {
+    let hash = Sha256::digest(key.as_bytes()).to_vec();
+    let c: Counted = diesel::sql_query(
+        "INSERT INTO console_emergency_attempts AS t (key_hash, window_start, attempts) \
+         VALUES ($1, now(), 1) \
+         ON CONFLICT (key_hash) DO UPDATE SET \
+           attempts = CASE WHEN t.window_start > now() - interval '1 minute' \
+                      THEN t.attempts + 1 ELSE 1 END, \
+           window_start = CASE WHEN t.window_start > now() - interval '1 minute' \
+                          THEN t.window_start ELSE now() END \
+         RETURNING attempts, window_start",
+    )
+    .bind::<Bytea, _>(hash)
+    .get_result(conn)?;
+    let limit = i32::try_from(per_minute).unwrap_or(i32::MAX);
+    if c.attempts <= limit {
+        return Ok(Ok(()));
+    }
+    let ends = c.window_start + chrono::Duration::minutes(1);
+    let wait = (ends - Utc::now()).num_seconds().max(1);
+    Ok(Err(u64::try_from(wait).unwrap_or(1)))
+}
