@@ -7,7 +7,7 @@
 use base64::Engine;
 use custodian::crypto::config::CryptoConfig;
 use custodian::crypto::rotation::{self, RotateOptions};
-use custodian::crypto::{BlindKind, FieldPlace, Keyring};
+use custodian::crypto::{BlindKind, Keyring};
 use custodian::db::schema::{facilities, patients};
 use custodian::secret::Secret;
 use diesel::prelude::*;
@@ -22,7 +22,7 @@ fn main() {
 
 fn field_costs() {
     let kr = Keyring::ephemeral(1);
-    let place = FieldPlace::new("patients", "family_sealed", Uuid::new_v4());
+    let place = custodian::crypto::columns::patients::FAMILY.at(Uuid::new_v4());
     let value = [0x5au8; 64];
     let n = 200_000;
     for _ in 0..10_000 {
@@ -120,35 +120,50 @@ fn rotation_rate() {
             .iter()
             .map(|i| {
                 let id = Uuid::new_v4();
-                let p = |c| FieldPlace::new("patients", c, id);
+                let p = |c: custodian::crypto::columns::SealedColumn| c.at(id);
                 (
                     patients::id.eq(id),
                     patients::key_version.eq(sealer.version()),
                     patients::facility_id.eq(facility),
                     patients::mrn_sealed.eq(sealer
-                        .seal_str(&p("mrn_sealed"), &format!("MRN{i:08}"))
+                        .seal_str(
+                            &p(custodian::crypto::columns::patients::MRN),
+                            &format!("MRN{i:08}"),
+                        )
                         .unwrap()),
                     patients::mrn_index.eq(kr
                         .blind_index(BlindKind::Mrn, &format!("MRN{i:08}"))
                         .unwrap()),
                     patients::ssn_sealed.eq(Some(
                         sealer
-                            .seal_str(&p("ssn_sealed"), &format!("{i:09}"))
+                            .seal_str(
+                                &p(custodian::crypto::columns::patients::SSN),
+                                &format!("{i:09}"),
+                            )
                             .unwrap(),
                     )),
                     patients::ssn_index.eq(Some(
                         kr.blind_index(BlindKind::Ssn, &format!("{i:09}")).unwrap(),
                     )),
-                    patients::family_sealed
-                        .eq(sealer.seal_str(&p("family_sealed"), "Benchfamily").unwrap()),
+                    patients::family_sealed.eq(sealer
+                        .seal_str(
+                            &p(custodian::crypto::columns::patients::FAMILY),
+                            "Benchfamily",
+                        )
+                        .unwrap()),
                     patients::family_index
                         .eq(kr.blind_index(BlindKind::Family, "Benchfamily").unwrap()),
-                    patients::given_sealed
-                        .eq(sealer.seal_str(&p("given_sealed"), "Benchgiven").unwrap()),
+                    patients::given_sealed.eq(sealer
+                        .seal_str(
+                            &p(custodian::crypto::columns::patients::GIVEN),
+                            "Benchgiven",
+                        )
+                        .unwrap()),
                     patients::given_index
                         .eq(kr.blind_index(BlindKind::Given, "Benchgiven").unwrap()),
-                    patients::birth_date_sealed
-                        .eq(sealer.seal_value(&p("birth_date_sealed"), &date).unwrap()),
+                    patients::birth_date_sealed.eq(sealer
+                        .seal_value(&p(custodian::crypto::columns::patients::BIRTH_DATE), &date)
+                        .unwrap()),
                     patients::birth_date_index
                         .eq(kr.blind_index(BlindKind::BirthDate, "1980-01-01").unwrap()),
                     patients::gender.eq("unknown"),

@@ -35,16 +35,11 @@ use uuid::Uuid;
 
 /// Where a sealed value lives. Part of the associated data of its ciphertext.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+/// Made only from a typed constant of [`columns`] (`columns::patients::MRN.at(row)`).
 pub struct FieldPlace {
-    pub table: &'static str,
-    pub column: &'static str,
-    pub row: Uuid,
-}
-
-impl FieldPlace {
-    pub fn new(table: &'static str, column: &'static str, row: Uuid) -> FieldPlace {
-        FieldPlace { table, column, row }
-    }
+    pub(crate) table: &'static str,
+    pub(crate) column: &'static str,
+    pub(crate) row: Uuid,
 }
 
 /// Errors name the table, column and internal row id — never a value.

@@ -2,7 +2,11 @@ use super::*;
 use chrono::NaiveDate;
 
 fn place(column: &'static str, row: Uuid) -> FieldPlace {
-    FieldPlace::new("patients", column, row)
+    FieldPlace {
+        table: "patients",
+        column,
+        row,
+    }
 }
 
 #[test]
@@ -73,8 +77,15 @@ fn value_moved_to_another_row_or_column_or_table_is_an_error() {
     );
     assert!(kr.open(&place("given_sealed", row), &s).is_err());
     assert!(
-        kr.open(&FieldPlace::new("observations", "family_sealed", row), &s)
-            .is_err()
+        kr.open(
+            &FieldPlace {
+                table: "observations",
+                column: "family_sealed",
+                row,
+            },
+            &s
+        )
+        .is_err()
     );
 }
 

@@ -117,7 +117,7 @@ impl Console {
         let mut c = self.app.db.conn();
         let id = Uuid::new_v4();
         let sealer = self.keyring.sealer_for_write(&mut c).unwrap();
-        let place = custodian::crypto::FieldPlace::new("console_totp", "secret_sealed", id);
+        let place = custodian::crypto::columns::console_totp::SECRET.at(id);
         let sealed = sealer.seal(&place, SECRET).unwrap();
         diesel::insert_into(console_totp::table)
             .values((

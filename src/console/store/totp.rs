@@ -12,7 +12,7 @@ use uuid::Uuid;
 use zeroize::Zeroizing;
 
 fn place(row: Uuid) -> FieldPlace {
-    FieldPlace::new("console_totp", "secret_sealed", row)
+    crate::crypto::columns::console_totp::SECRET.at(row)
 }
 
 type Row = (

@@ -1,10 +1,11 @@
 //! Full-row patient lookups for tests only (by id, SSN or family name): the product reads
-//! patients only through view-shaped queries (`db::patient_views`), so these full-PHI
+//! patients only through view-shaped queries (`db::patients::views`), so these full-PHI
 //! reads live in the test tree. They open every sealed column through the product's
 //! `Keyring`, as the product does, so a wrong key or a moved ciphertext fails the same
 //! way (a 500 whose logged cause names the row and column).
 
-use custodian::crypto::{BlindKind, FieldPlace, Keyring, Phi, Sealable};
+use custodian::crypto::columns::{SealedColumn, patients};
+use custodian::crypto::{BlindKind, Keyring, Phi, Sealable};
 use custodian::db::phi::Patient;
 use custodian::db::schema::patients as p;
 use custodian::error::AppError;
@@ -34,18 +35,18 @@ struct Row {
 
 fn open<T: Sealable>(
     kr: &Keyring,
-    column: &'static str,
+    column: SealedColumn,
     id: Uuid,
     sealed: &[u8],
 ) -> Result<Phi<T>, AppError> {
-    kr.open_value::<T>(&FieldPlace::new("patients", column, id), sealed)
+    kr.open_value::<T>(&column.at(id), sealed)
         .map(Phi::new)
         .map_err(AppError::from)
 }
 
 fn open_opt<T: Sealable>(
     kr: &Keyring,
-    column: &'static str,
+    column: SealedColumn,
     id: Uuid,
     sealed: Option<&[u8]>,
 ) -> Result<Option<Phi<T>>, AppError> {
@@ -61,14 +62,14 @@ impl Row {
             version: self.version,
             key_version: self.key_version,
             facility_id: self.facility_id,
-            mrn: open(kr, "mrn_sealed", id, &self.mrn_sealed)?,
-            ssn: open_opt(kr, "ssn_sealed", id, self.ssn_sealed.as_deref())?,
-            family: open(kr, "family_sealed", id, &self.family_sealed)?,
-            given: open(kr, "given_sealed", id, &self.given_sealed)?,
-            birth_date: open(kr, "birth_date_sealed", id, &self.birth_date_sealed)?,
+            mrn: open(kr, patients::MRN, id, &self.mrn_sealed)?,
+            ssn: open_opt(kr, patients::SSN, id, self.ssn_sealed.as_deref())?,
+            family: open(kr, patients::FAMILY, id, &self.family_sealed)?,
+            given: open(kr, patients::GIVEN, id, &self.given_sealed)?,
+            birth_date: open(kr, patients::BIRTH_DATE, id, &self.birth_date_sealed)?,
             gender: self.gender,
-            telecom: open_opt(kr, "telecom_sealed", id, self.telecom_sealed.as_deref())?,
-            address: open_opt(kr, "address_sealed", id, self.address_sealed.as_deref())?,
+            telecom: open_opt(kr, patients::TELECOM, id, self.telecom_sealed.as_deref())?,
+            address: open_opt(kr, patients::ADDRESS, id, self.address_sealed.as_deref())?,
             created_at: self.created_at,
             updated_at: self.updated_at,
             deleted_at: self.deleted_at,
