@@ -1,7 +1,7 @@
 //! The command line: configuration errors are one clear line naming the setting.
 
-use crate::common::cli::custodian;
-use crate::common::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestDb, test_cert};
+use crate::support::cli::custodian;
+use crate::support::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestDb, test_cert};
 use std::process::{Command, Output};
 
 fn one_error_line(out: &Output) -> String {

@@ -2,9 +2,9 @@
 //! dump, tamper and move detection, wrong keys, resumable DEK rotation, KEK rotation,
 //! blind-index search.
 
-use crate::common::cli::custodian;
-use crate::common::phi as test_phi;
-use crate::common::{TestApp, TestDb, random_key, test_keys};
+use crate::support::cli::custodian;
+use crate::support::phi as test_phi;
+use crate::support::{TestApp, TestDb, random_key, test_keys};
 use actix_web::ResponseError;
 use chrono::{NaiveDate, TimeZone, Utc};
 use custodian::app::keys::load_keyring;

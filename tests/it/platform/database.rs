@@ -1,7 +1,7 @@
 //! PostgreSQL: readiness, outages, pool exhaustion, migrations under a lock.
 
-use crate::common::proxy::{DbProxy, target_of};
-use crate::common::{TestApp, TestDb, admin_url, test_routes};
+use crate::support::proxy::{DbProxy, target_of};
+use crate::support::{TestApp, TestDb, admin_url, test_routes};
 use diesel::prelude::*;
 use reqwest::StatusCode;
 use std::time::{Duration, Instant};

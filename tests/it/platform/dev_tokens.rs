@@ -1,7 +1,7 @@
 //! Development tokens: the dev JWKS route exists only when the app is started the way
 //! `custodian dev` starts it, and a token from `dev-token`'s key works against such an app.
 
-use crate::common::{TestApp, free_port, test_cert};
+use crate::support::{TestApp, free_port, test_cert};
 use custodian::db::users;
 use custodian::dev::token::{DEV_AUDIENCE, DEV_ISSUER, DEV_JWKS_PATH, DevJwks, DevSigningKey};
 use custodian::policy::Role;

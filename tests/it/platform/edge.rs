@@ -1,6 +1,6 @@
 //! The shared middleware stack: security headers, request ids, limits, error bodies.
 
-use crate::common::{TestApp, assert_security_headers, test_routes};
+use crate::support::{TestApp, assert_security_headers, test_routes};
 use reqwest::StatusCode;
 
 async fn app() -> TestApp {

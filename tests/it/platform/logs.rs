@@ -2,8 +2,8 @@
 //! `custodian serve` runs as a child process with JSON logs at debug level while requests
 //! full of canary values go through it.
 
-use crate::common::idp::{Provider, Signer, now};
-use crate::common::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestDb, test_cert, test_keys};
+use crate::support::idp::{Provider, Signer, now};
+use crate::support::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestDb, test_cert, test_keys};
 use custodian::db::{phi, users};
 use custodian::policy::Role;
 use diesel::prelude::*;
@@ -87,7 +87,7 @@ async fn serve_logs_and_audit_rows_carry_no_phi_tokens_or_request_text() {
     .await
     .unwrap();
 
-    let client = crate::common::client();
+    let client = crate::support::client();
     let base = format!("https://localhost:{port}");
     let token = signer.sign(&json!({
         "iss": idp.issuer(), "aud": "https://custodian.test/fhir", "sub": "dr-log",

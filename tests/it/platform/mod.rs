@@ -1,6 +1,7 @@
 //! The platform under the API and the console: configuration and the command line, TLS,
 //! the edge middleware, logs, the database, encryption at rest, development tooling.
 
+mod audit;
 mod cli;
 mod crypto;
 mod database;

@@ -1,8 +1,8 @@
 //! Synthetic data for `custodian dev`: the population, the demo principals, once only
 //! (resuming an interrupted run), and dr.demo's care-team access through the real API.
 
-use crate::common::idp::{Provider, Signer, now};
-use crate::common::{TestApp, TestDb};
+use crate::support::idp::{Provider, Signer, now};
+use crate::support::{TestApp, TestDb};
 use custodian::db::schema::{
     care_team_members, claim_items, claims, document_references, observations, patients,
 };

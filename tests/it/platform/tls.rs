@@ -1,8 +1,8 @@
 //! TLS termination: protocol versions, cipher suites, ALPN, client certificates and
 //! certificate problems at start-up.
 
-use crate::common::tlsclient::{self, Offer, openssl_handshake};
-use crate::common::{TestApp, test_cert};
+use crate::support::tlsclient::{self, Offer, openssl_handshake};
+use crate::support::{TestApp, test_cert};
 use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 use rustls::crypto::ring::cipher_suite as suite;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -134,7 +134,7 @@ async fn mtls_required_refuses_missing_and_untrusted_certificates() {
     let app = TestApp::builder()
         .set("tls.client_auth", "required")
         .set("tls.client_ca_file", pki.ca_file())
-        .extra_routes(crate::common::test_routes::add)
+        .extra_routes(crate::support::test_routes::add)
         .spawn()
         .await;
 
@@ -173,7 +173,7 @@ async fn mtls_optional_accepts_anonymous_clients_and_exposes_verified_certificat
     let app = TestApp::builder()
         .set("tls.client_auth", "optional")
         .set("tls.client_ca_file", pki.ca_file())
-        .extra_routes(crate::common::test_routes::add)
+        .extra_routes(crate::support::test_routes::add)
         .spawn()
         .await;
     let anonymous = tlsclient::connect(app.https, Offer::default())

@@ -2,8 +2,8 @@
 //! server in the test serves the discovery document and the JWKS and counts requests;
 //! tokens are minted here with ES256, EdDSA and RS256 keys.
 
-use crate::common::idp::*;
-use crate::common::{TestApp, assert_security_headers};
+use crate::support::idp::*;
+use crate::support::{TestApp, assert_security_headers};
 use actix_web::HttpResponse;
 use actix_web::http::Method;
 use custodian::app::routes::Routes;

@@ -1,9 +1,9 @@
 //! Console sign-in end to end against a real OpenID provider (npm oidc-provider, see
 //! tests/oidc): OIDC code flow, TOTP enrolment and check, sessions, CSRF.
 
-use crate::common::authenticator::{code_b32_at as totp_code, now_secs};
-use crate::common::oidc::{self, Provider, cookie_value, jar_client, location};
-use crate::common::{TestApp, TestAppBuilder};
+use crate::support::authenticator::{code_b32_at as totp_code, now_secs};
+use crate::support::oidc::{self, Provider, cookie_value, jar_client, location};
+use crate::support::{TestApp, TestAppBuilder};
 use custodian::db::users::{self, UserKind};
 use custodian::policy::Role;
 use diesel::prelude::*;

@@ -1,10 +1,10 @@
 //! The admin console in a real browser (headless chromium over WebDriver, see
 //! `common/browser.rs`), over HTTPS as an administrator would use it.
 
-use crate::common::authenticator;
-use crate::common::browser::Browser;
-use crate::common::oidc;
-use crate::common::{TestApp, test_cert};
+use crate::support::authenticator;
+use crate::support::browser::Browser;
+use crate::support::oidc;
+use crate::support::{TestApp, test_cert};
 use custodian::db::users::{self, UserKind};
 use custodian::policy::Role;
 
@@ -61,7 +61,7 @@ async fn signin_page_renders_styled_over_https_without_csp_violations() {
 /// Without chromium the browser tests fail (CI installs it) and say how to install it.
 #[test]
 fn a_missing_browser_fails_with_the_install_command() {
-    use crate::common::browser::{CHROMEDRIVER, installed};
+    use crate::support::browser::{CHROMEDRIVER, installed};
     let missing = std::path::Path::new("/nonexistent/chromium");
     let err = installed(missing, std::path::Path::new(CHROMEDRIVER)).unwrap_err();
     assert!(err.contains("/nonexistent/chromium is missing"), "{err}");

@@ -1,7 +1,7 @@
 //! The audit trail: append-only tables, the hash chain across writers, checkpoints,
 //! tamper detection by `audit verify`, fail-closed recording, exports, no PHI.
 
-use crate::common::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestApp, TestDb};
+use crate::support::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestApp, TestDb};
 use actix_web::http::Method;
 use actix_web::{HttpResponse, web};
 use custodian::app::routes::Routes;
@@ -33,7 +33,7 @@ impl Fixture {
     }
 
     fn with(
-        f: impl FnOnce(crate::common::TestAppBuilder) -> crate::common::TestAppBuilder,
+        f: impl FnOnce(crate::support::TestAppBuilder) -> crate::support::TestAppBuilder,
     ) -> Self {
         let db = TestDb::create();
         let dir = tempfile::tempdir().unwrap();

@@ -2,8 +2,8 @@
 //! signed-in sessions are created directly in the database (no OpenID provider needed),
 //! with a known TOTP secret sealed by the app's own keys so step-up codes can be made.
 
-use crate::common::authenticator::{self, now_secs};
-use crate::common::{TestApp, idp::Provider, idp::Signer, test_cert};
+use crate::support::authenticator::{self, now_secs};
+use crate::support::{TestApp, idp::Provider, idp::Signer, test_cert};
 use custodian::crypto::Keyring;
 use custodian::db::schema::{console_sessions, console_totp, role_assignments, users as users_t};
 use custodian::db::users::{self, UserKind};
@@ -57,7 +57,7 @@ impl Console {
                 "https://localhost:8443/console/callback",
             )
             .set("console.step_up_secs", 300);
-        let db = crate::common::TestDb::create();
+        let db = crate::support::TestDb::create();
         let config = builder.config(&db.url);
         let app = builder.database(db).spawn().await;
         let keyring =

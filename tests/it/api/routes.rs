@@ -18,10 +18,10 @@
 //! Every route must be listed in [`EXPECTED`]: adding a route to the table without
 //! deciding here what it must answer fails [`every_route_in_the_table_is_covered`].
 
-use crate::common::TestApp;
-use crate::common::idp::{Provider, Signer};
-use crate::fhir_patient::{World, patient_json};
-use crate::fhir_resources::{claim_json, note_json, observation_json};
+use crate::api::resources::{claim_json, note_json, observation_json};
+use crate::support::TestApp;
+use crate::support::idp::{Provider, Signer};
+use crate::support::world::{World, patient_json};
 use custodian::app::routes::{RouteInfo, table};
 use custodian::db::{phi, users};
 use custodian::policy::{

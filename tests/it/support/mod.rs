@@ -23,6 +23,7 @@ pub mod oidc;
 pub mod phi;
 pub mod proxy;
 pub mod tlsclient;
+pub mod world;
 
 const TEST_DB_PREFIX: &str = "custodian_test_";
 

@@ -3,9 +3,9 @@
 //! answer and cost for unknown names, wrong passwords and disabled accounts, audited as
 //! high-severity events; the first administrator granted from the CLI.
 
-use crate::common::authenticator;
-use crate::common::oidc::{self, Provider, location};
-use crate::common::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestApp, test_cert, test_keys};
+use crate::support::authenticator;
+use crate::support::oidc::{self, Provider, location};
+use crate::support::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestApp, test_cert, test_keys};
 use custodian::audit::event::{AuditAction, Severity};
 use diesel::prelude::*;
 use std::io::Write;
@@ -115,7 +115,7 @@ fn events(app: &TestApp) -> Vec<(String, String, Option<String>)> {
         .unwrap()
 }
 
-async fn app_with(builder: crate::common::TestAppBuilder) -> (TestApp, Provider) {
+async fn app_with(builder: crate::support::TestAppBuilder) -> (TestApp, Provider) {
     oidc::console_app(builder).await
 }
 

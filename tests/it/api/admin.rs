@@ -2,7 +2,7 @@
 //! one admin decision (admin role AND admin scope), changes that take effect on the
 //! target's next request, reasons required, and an audit event for every call.
 
-use crate::fhir_patient::{World, patient_json};
+use crate::support::world::{World, patient_json};
 use custodian::db::schema::role_assignments;
 use custodian::policy::Role;
 use diesel::prelude::*;

@@ -2,7 +2,7 @@
 //! and care teams in PostgreSQL, the decision point on the subject patient, input checks,
 //! FHIR R4 structure and the audit event of every request.
 
-use crate::fhir_patient::{World, patient_json};
+use crate::support::world::{World, patient_json};
 use custodian::policy::Role;
 use diesel::prelude::*;
 use reqwest::{Method, StatusCode};

@@ -1,0 +1,8 @@
+//! The API end to end: FHIR resources, the administration API, bearer tokens, and the walk
+//! over every route of the table.
+
+mod admin;
+mod auth;
+mod patient;
+mod resources;
+mod routes;

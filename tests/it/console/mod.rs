@@ -1,0 +1,7 @@
+//! The admin console: sign-in against a real OpenID provider, pages, emergency accounts,
+//! and the browser tests in Chromium.
+
+mod browser;
+mod emergency;
+mod login;
+mod pages;
