@@ -99,6 +99,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Dev => dev::run(path).await,
         Command::Policy => {
             print!("{}", crate::policy::matrix::markdown_table());
+            print!("\n{}", crate::policy::matrix::smart_context_table());
             print!("\n{}", crate::policy::admin::markdown_table());
             Ok(())
         }

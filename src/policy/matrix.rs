@@ -263,3 +263,38 @@ pub fn markdown_table() -> String {
     }
     out
 }
+
+/// Which SMART scope context applies to whom, as a Markdown table for docs/api-fhir.md,
+/// computed from [`super::smart_context`] itself.
+pub fn smart_context_table() -> String {
+    use super::{Context, smart_context};
+    let prefix = |c: Context| match c {
+        Context::System => "`system/…`",
+        Context::Patient => "`patient/…`",
+        Context::User => "`user/…`",
+    };
+    let mut out = String::from("| Principal | Scopes read as |\n|---|---|\n");
+    for (who, is_service, roles) in [
+        (
+            "a service client (client-credentials token)",
+            true,
+            &[Role::Service][..],
+        ),
+        (
+            "a person holding only the `patient` role",
+            false,
+            &[Role::Patient][..],
+        ),
+        (
+            "any other person",
+            false,
+            &[Role::Clinician, Role::Patient][..],
+        ),
+    ] {
+        out.push_str(&format!(
+            "| {who} | {} |\n",
+            prefix(smart_context(is_service, roles))
+        ));
+    }
+    out
+}

@@ -295,6 +295,15 @@ fn docs_policy_table_is_current() {
 }
 
 #[test]
+fn docs_smart_context_table_is_current() {
+    assert_eq!(
+        generated_section("docs/api-fhir.md", "smart-context"),
+        custodian::policy::matrix::smart_context_table(),
+        "docs/api-fhir.md SMART context table is stale: replace it with the output of `custodian policy`"
+    );
+}
+
+#[test]
 fn docs_admin_rules_table_is_current() {
     assert_eq!(
         generated_section("docs/api-admin.md", "policy-admin"),
