@@ -12,6 +12,7 @@ use custodian::audit::{
     RoleCode, WriterSettings, ops,
 };
 use custodian::db::config::DatabaseConfig;
+use custodian::domain::{PatientId, UserId};
 use custodian::secret::Secret;
 use diesel::prelude::*;
 use std::time::{Duration, Instant};
@@ -150,7 +151,7 @@ fn main() {
 fn event(i: u128) -> custodian::audit::AuditEvent {
     EventBuilder::new(
         Actor::user(
-            Uuid::from_u128(i % 97 + 1),
+            UserId(Uuid::from_u128(i % 97 + 1)),
             vec![RoleCode::parse("clinician").unwrap()],
             AuthMethod::Bearer,
         ),
@@ -158,7 +159,7 @@ fn event(i: u128) -> custodian::audit::AuditEvent {
         Outcome::Permit,
     )
     .resource(ResourceType::Patient, Uuid::from_u128(1_000_000 + i))
-    .patients([Uuid::from_u128(1_000_000 + i)])
+    .patients([PatientId(Uuid::from_u128(1_000_000 + i))])
     .purpose(PurposeOfUse::Treatment)
     .build()
 }

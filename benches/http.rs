@@ -362,7 +362,7 @@ format = "json"
             (0..a.patients)
                 .map(|i| {
                     let new = phi::NewPatient {
-                        facility_id: facility,
+                        facility_id: facility.into(),
                         mrn: format!("BENCH{i:07}"),
                         ssn: Some(format!("9{i:08}")),
                         family: family_of(i),

@@ -36,7 +36,6 @@ use actix_web::http::StatusCode;
 use actix_web::{FromRequest, HttpRequest, web};
 use futures_util::future::LocalBoxFuture;
 use std::sync::Arc;
-use uuid::Uuid;
 
 /// One API request after authentication: the [`Principal`], the route's policy action,
 /// and the [`Recorder`] bound to both. Handlers receive it (or [`Credentials`]) and ask
@@ -182,7 +181,7 @@ impl Pipeline {
         let facts: Option<PatientFacts> = self
             .state
             .db
-            .run(move |c| users::patient_facts(c, patient.into(), user_id))
+            .run(move |c| users::patient_facts(c, patient, user_id))
             .await?;
         let requirement = "must reference a patient you may write for";
         let what = self.what(None)?;
@@ -215,7 +214,6 @@ impl Pipeline {
         match self.decide(target)? {
             Decision::Permit { view, .. } => Ok(view),
             Decision::Deny(reason) => {
-                let patients = patients.into_iter().map(Uuid::from);
                 self.recorder
                     .deny(self.what(None)?, patients, reason)
                     .await?;
@@ -249,7 +247,6 @@ impl Pipeline {
         id: Option<RecordId>,
         patients: impl IntoIterator<Item = PatientId>,
     ) -> Result<(), AppError> {
-        let patients = patients.into_iter().map(Uuid::from);
         self.recorder.permit(self.what(id)?, patients).await
     }
 
@@ -259,7 +256,6 @@ impl Pipeline {
         id: Option<RecordId>,
         patients: impl IntoIterator<Item = PatientId>,
     ) -> Result<(), AppError> {
-        let patients = patients.into_iter().map(Uuid::from);
         self.recorder.error(self.what(id)?, patients).await
     }
 
@@ -277,7 +273,6 @@ impl Pipeline {
         W: FnOnce(&mut diesel::PgConnection) -> Result<T, AppError> + Send + 'static,
     {
         let what = self.what(id)?;
-        let patients = patients.into_iter().map(Uuid::from);
         self.recorder
             .commit_with(what, patients, write, complete)
             .await
@@ -331,7 +326,7 @@ fn record_facts(
     patient_of: PatientOf,
 ) -> Result<Option<PatientFacts>, AppError> {
     match patient_of(conn, resource_id)? {
-        Some(patient) => users::patient_facts(conn, patient.into(), user_id.into()),
+        Some(patient) => users::patient_facts(conn, patient, user_id),
         None => Ok(None),
     }
 }
@@ -500,7 +495,7 @@ impl Credentials {
             })
             .await?;
         let (_, facts) = pipeline.settle(id, access).await?;
-        let patient = PatientId(facts.patient_id);
+        let patient = facts.patient_id;
         let Some((_, record)) = found.filter(|(subject, _)| *subject == patient) else {
             pipeline.error(Some(id), []).await?;
             return Err(AppError::not_found());

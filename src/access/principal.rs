@@ -29,7 +29,7 @@ pub struct Principal {
 
 impl Principal {
     pub fn user_id(&self) -> UserId {
-        UserId(self.user.id)
+        self.user.id
     }
 
     pub fn is_service(&self) -> bool {

@@ -73,14 +73,14 @@ impl FromRequest for AdminCaller {
 
 impl op::AdminActor for AdminCaller {
     fn user_id(&self) -> UserId {
-        UserId::from(self.0.user.id)
+        self.0.user.id
     }
 
     async fn record(
         &self,
         action: AuditAction,
         resource: Option<(Kind, Option<Uuid>)>,
-        patients: Vec<Uuid>,
+        patients: Vec<PatientId>,
         outcome: crate::audit::Outcome,
     ) -> Result<(), AppError> {
         let mut what = What::new(action);
@@ -159,7 +159,7 @@ async fn perform(
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
-    after: Option<Uuid>,
+    after: Option<UserId>,
     limit: Option<i64>,
 }
 
@@ -204,7 +204,7 @@ pub async fn get_user(
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     audited(&caller, AuditAction::Read, Some(Kind::User), async {
-        let id = path_user(&path)?.as_uuid();
+        let id = path_user(&path)?;
         let found = state
             .db
             .run(move |c| {

@@ -119,7 +119,7 @@ pub enum Done {
 #[derive(Default)]
 pub struct Touched {
     pub resource_id: Option<Uuid>,
-    pub patients: Vec<Uuid>,
+    pub patients: Vec<PatientId>,
 }
 
 impl Touched {
@@ -146,7 +146,7 @@ pub trait AdminActor {
         &self,
         action: AuditAction,
         resource: Option<(Kind, Option<Uuid>)>,
-        patients: Vec<Uuid>,
+        patients: Vec<PatientId>,
         outcome: Outcome,
     ) -> impl Future<Output = Result<(), AppError>>;
 }
@@ -380,14 +380,13 @@ impl Op {
     /// acting administrator, `None` for the server's CLI).
     fn validate(self, by: Option<UserId>, client_issuer: Option<&str>) -> Result<Valid, AppError> {
         let reason = self.reason()?;
-        let by = by.map(Uuid::from);
         Ok(match self {
             Op::GrantRole { user, role, .. } => {
                 Valid::GrantRole(user, parse_role("role", &role)?, reason)
             }
             Op::RevokeRole { user, role, .. } => {
                 let role = parse_role("role", &role)?;
-                rules::may_remove_role(by, user.into(), role).map_err(refused)?;
+                rules::may_remove_role(by, user, role).map_err(refused)?;
                 Valid::RevokeRole(user, role, reason)
             }
             Op::AddCareTeam { user, patient, .. } => Valid::CareTeam {
@@ -404,7 +403,7 @@ impl Op {
             },
             Op::SetFacility { user, facility, .. } => Valid::SetFacility(user, facility, reason),
             Op::Disable { user, .. } | Op::DisableClient { user, .. } => {
-                rules::may_disable(by, user.into()).map_err(refused)?;
+                rules::may_disable(by, user).map_err(refused)?;
                 let only_clients = matches!(self, Op::DisableClient { .. });
                 Valid::SetDisabled {
                     user,
@@ -494,7 +493,7 @@ impl Op {
 }
 
 fn user_of(c: &mut PgConnection, id: UserId) -> Result<UserSummary, AppError> {
-    users::get_user(c, id.into())?.ok_or_else(user_not_found)
+    users::get_user(c, id)?.ok_or_else(user_not_found)
 }
 
 fn changed_user(c: &mut PgConnection, id: UserId) -> Result<Performed, AppError> {
@@ -507,23 +506,22 @@ fn changed_user(c: &mut PgConnection, id: UserId) -> Result<Performed, AppError>
 impl Valid {
     /// The database work, inside the caller's transaction.
     fn apply(self, c: &mut PgConnection, by: Option<UserId>) -> Result<Performed, AppError> {
-        let by = by.map(Uuid::from);
         match self {
             Valid::GrantRole(user, role, reason) => {
                 user_of(c, user)?;
-                users::grant_role(c, user.into(), role, &reason, by)?;
+                users::grant_role(c, user, role, &reason, by)?;
                 changed_user(c, user)
             }
             Valid::RevokeRole(user, role, reason) => {
                 user_of(c, user)?;
-                if !users::revoke_role(c, user.into(), role, &reason, by)? {
+                if !users::revoke_role(c, user, role, &reason, by)? {
                     return Err(AppError::client(
                         StatusCode::NOT_FOUND,
                         "The user does not hold this role.",
                     ));
                 }
                 // The change takes effect on the user's next console request too.
-                users::end_console_sessions(c, user.into())?;
+                users::end_console_sessions(c, user)?;
                 changed_user(c, user)
             }
             Valid::CareTeam {
@@ -532,7 +530,7 @@ impl Valid {
                 reason,
                 add,
             } => {
-                if !users::patient_exists(c, patient.into())? {
+                if !users::patient_exists(c, patient)? {
                     return Err(AppError::client(
                         StatusCode::NOT_FOUND,
                         "The patient was not found.",
@@ -540,14 +538,8 @@ impl Valid {
                 }
                 user_of(c, user)?;
                 if add {
-                    users::add_to_care_team(c, patient.into(), user.into(), &reason, by)?;
-                } else if !users::remove_from_care_team(
-                    c,
-                    patient.into(),
-                    user.into(),
-                    &reason,
-                    by,
-                )? {
+                    users::add_to_care_team(c, patient, user, &reason, by)?;
+                } else if !users::remove_from_care_team(c, patient, user, &reason, by)? {
                     return Err(AppError::client(
                         StatusCode::NOT_FOUND,
                         "The user is not on this patient's care team.",
@@ -561,16 +553,16 @@ impl Valid {
                     },
                     touched: Touched {
                         resource_id: Some(user.into()),
-                        patients: vec![patient.into()],
+                        patients: vec![patient],
                     },
                 })
             }
             Valid::SetFacility(user, facility, reason) => {
                 user_of(c, user)?;
-                if !users::facility_exists(c, facility.into())? {
+                if !users::facility_exists(c, facility)? {
                     return Err(unknown_facility());
                 }
-                users::move_to_facility(c, user.into(), facility.into(), &reason, by)?;
+                users::move_to_facility(c, user, facility, &reason, by)?;
                 changed_user(c, user)
             }
             Valid::SetDisabled {
@@ -586,15 +578,15 @@ impl Valid {
                         "The service client was not found.",
                     ));
                 }
-                users::set_disabled(c, user.into(), disabled, &reason, by)?;
+                users::set_disabled(c, user, disabled, &reason, by)?;
                 if disabled {
-                    users::end_console_sessions(c, user.into())?;
+                    users::end_console_sessions(c, user)?;
                 }
                 changed_user(c, user)
             }
             Valid::RevokeSessions(user) => {
                 user_of(c, user)?;
-                users::end_console_sessions(c, user.into())?;
+                users::end_console_sessions(c, user)?;
                 Ok(Performed {
                     done: Done::Nothing,
                     touched: Touched::user(user),
@@ -602,9 +594,9 @@ impl Valid {
             }
             Valid::ResetTotp(user) => {
                 user_of(c, user)?;
-                users::forget_authenticator(c, user.into())?;
+                users::forget_authenticator(c, user)?;
                 // Sessions that passed the old authenticator end with it.
-                users::end_console_sessions(c, user.into())?;
+                users::end_console_sessions(c, user)?;
                 Ok(Performed {
                     done: Done::Nothing,
                     touched: Touched::user(user),
@@ -617,7 +609,7 @@ impl Valid {
                 reason,
                 issuer,
             } => {
-                if !users::facility_exists(c, facility.into())? {
+                if !users::facility_exists(c, facility)? {
                     return Err(unknown_facility());
                 }
                 match users::kind_of(c, &issuer, &client_id)? {
@@ -636,19 +628,16 @@ impl Valid {
                     }
                 }
                 let user = users::user_for(c, &issuer, &client_id, UserKind::Service)?;
-                users::set_facility(c, user.id, Some(facility.into()))?;
+                users::set_facility(c, user.id, Some(facility))?;
                 for role in roles {
                     users::grant_role(c, user.id, role, &reason, by)?;
                 }
-                changed_user(c, UserId::from(user.id))
+                changed_user(c, user.id)
             }
             Valid::CreateFacility(name) => {
                 let id = crate::db::phi::insert_facility(c, &name)?;
                 Ok(Performed {
-                    done: Done::Facility {
-                        id: FacilityId::from(id),
-                        name,
-                    },
+                    done: Done::Facility { id, name },
                     touched: Touched::default(),
                 })
             }

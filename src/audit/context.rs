@@ -9,7 +9,7 @@
 use super::event::{
     Actor, AuditAction, AuditEvent, ClientId, Outcome, PurposeOfUse, ResourceType, UserAgent,
 };
-use crate::domain::RequestId;
+use crate::domain::{PatientId, RequestId};
 use actix_web::HttpMessage;
 use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpRequest};
@@ -91,7 +91,7 @@ impl EventBuilder {
     }
 
     /// Every patient touched (for a search: every patient in the results).
-    pub fn patients(mut self, ids: impl IntoIterator<Item = Uuid>) -> Self {
+    pub fn patients(mut self, ids: impl IntoIterator<Item = PatientId>) -> Self {
         self.0.patient_ids.extend(ids);
         self
     }

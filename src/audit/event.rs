@@ -4,6 +4,7 @@
 //! ([`EventRecord`]), whose [`EventRecord::canonical`] bytes the hash chain covers.
 
 pub use crate::domain::RequestId;
+use crate::domain::{PatientId, UserId};
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use std::fmt;
@@ -243,7 +244,7 @@ impl UserAgent {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Actor {
     /// Our internal user id (people).
-    pub user_id: Option<Uuid>,
+    pub user_id: Option<UserId>,
     /// The client id for services (client-credentials).
     pub client_id: Option<ClientId>,
     pub roles: Vec<RoleCode>,
@@ -260,7 +261,7 @@ impl Actor {
         }
     }
 
-    pub fn user(user_id: Uuid, roles: Vec<RoleCode>, auth_method: AuthMethod) -> Self {
+    pub fn user(user_id: UserId, roles: Vec<RoleCode>, auth_method: AuthMethod) -> Self {
         Self {
             user_id: Some(user_id),
             client_id: None,
@@ -300,7 +301,7 @@ pub struct AuditEvent {
     pub resource_type: Option<ResourceType>,
     pub resource_id: Option<Uuid>,
     /// Internal ids of every patient touched (every patient a search returned).
-    pub patient_ids: Vec<Uuid>,
+    pub patient_ids: Vec<PatientId>,
     pub outcome: Outcome,
     pub purpose_of_use: Option<PurposeOfUse>,
     pub break_glass_grant_id: Option<Uuid>,
@@ -372,7 +373,7 @@ pub struct EventRecord {
     pub seq: i64,
     pub event_id: Uuid,
     pub occurred_at: DateTime<Utc>,
-    pub actor_user_id: Option<Uuid>,
+    pub actor_user_id: Option<UserId>,
     pub actor_client_id: Option<String>,
     pub actor_roles: Vec<String>,
     pub auth_method: String,
@@ -380,7 +381,7 @@ pub struct EventRecord {
     pub action: String,
     pub resource_type: Option<String>,
     pub resource_id: Option<Uuid>,
-    pub patient_ids: Vec<Uuid>,
+    pub patient_ids: Vec<PatientId>,
     pub outcome: String,
     pub deny_reason: Option<String>,
     pub purpose_of_use: Option<String>,
@@ -438,7 +439,7 @@ impl EventRecord {
         c.i64(self.seq);
         c.uuid(&self.event_id);
         c.i64(self.occurred_at.timestamp_micros());
-        c.opt(self.actor_user_id.as_ref(), Canon::uuid);
+        c.opt(self.actor_user_id.as_ref(), |c, u| c.uuid(&u.as_uuid()));
         c.opt(self.actor_client_id.as_deref(), Canon::str);
         c.list(&self.actor_roles, |c, r| c.str(r));
         c.str(&self.auth_method);
@@ -446,7 +447,7 @@ impl EventRecord {
         c.str(&self.action);
         c.opt(self.resource_type.as_deref(), Canon::str);
         c.opt(self.resource_id.as_ref(), Canon::uuid);
-        c.list(&self.patient_ids, Canon::uuid);
+        c.list(&self.patient_ids, |c, p| c.uuid(&p.as_uuid()));
         c.str(&self.outcome);
         c.opt(self.deny_reason.as_deref(), Canon::str);
         c.opt(self.purpose_of_use.as_deref(), Canon::str);
@@ -465,7 +466,7 @@ mod tests {
     fn sample() -> AuditEvent {
         let mut e = AuditEvent::new(
             Actor::user(
-                Uuid::from_u128(1),
+                UserId(Uuid::from_u128(1)),
                 vec![RoleCode::parse("clinician").unwrap()],
                 AuthMethod::Bearer,
             ),
@@ -476,7 +477,7 @@ mod tests {
         e.occurred_at = DateTime::from_timestamp_micros(1_800_000_000_123_456).unwrap();
         e.resource_type = Some(ResourceType::Patient);
         e.resource_id = Some(Uuid::from_u128(3));
-        e.patient_ids = vec![Uuid::from_u128(3)];
+        e.patient_ids = vec![PatientId(Uuid::from_u128(3))];
         e.purpose_of_use = Some(PurposeOfUse::Treatment);
         e
     }
@@ -510,7 +511,7 @@ mod tests {
         v.actor_roles.push("admin".into());
         variants.push(v);
         let mut v = base.clone();
-        v.patient_ids.push(Uuid::from_u128(9));
+        v.patient_ids.push(PatientId(Uuid::from_u128(9)));
         variants.push(v);
         let mut v = base.clone();
         v.outcome = "deny".into();

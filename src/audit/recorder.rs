@@ -16,6 +16,7 @@ use super::event::{
     Actor, AuditAction, AuditEvent, ClientId, DenyReason, Outcome, PurposeOfUse, ResourceType,
 };
 use super::writer::{AuditWriter, WriteJob};
+use crate::domain::PatientId;
 use crate::error::AppError;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -115,7 +116,7 @@ impl Recorder {
     pub fn event(
         &self,
         what: What,
-        patients: impl IntoIterator<Item = Uuid>,
+        patients: impl IntoIterator<Item = PatientId>,
         outcome: Outcome,
     ) -> EventBuilder {
         let mut event = self
@@ -148,7 +149,7 @@ impl Recorder {
     pub async fn permit(
         &self,
         what: What,
-        patients: impl IntoIterator<Item = Uuid>,
+        patients: impl IntoIterator<Item = PatientId>,
     ) -> Result<(), AppError> {
         self.record(self.event(what, patients, Outcome::Permit).build())
             .await
@@ -158,7 +159,7 @@ impl Recorder {
     pub async fn deny(
         &self,
         what: What,
-        patients: impl IntoIterator<Item = Uuid>,
+        patients: impl IntoIterator<Item = PatientId>,
         reason: impl Into<DenyReason>,
     ) -> Result<(), AppError> {
         let outcome = Outcome::Deny(reason.into());
@@ -170,7 +171,7 @@ impl Recorder {
     pub async fn error(
         &self,
         what: What,
-        patients: impl IntoIterator<Item = Uuid>,
+        patients: impl IntoIterator<Item = PatientId>,
     ) -> Result<(), AppError> {
         self.record(self.event(what, patients, Outcome::Error).build())
             .await
@@ -188,7 +189,7 @@ impl Recorder {
     pub async fn commit_with<T, W>(
         &self,
         what: What,
-        patients: impl IntoIterator<Item = Uuid>,
+        patients: impl IntoIterator<Item = PatientId>,
         write: W,
         complete: Option<fn(&T, &mut AuditEvent)>,
     ) -> Result<T, AppError>

@@ -4,6 +4,7 @@
 
 use super::chain::{ChainKey, Checkpoint, CheckpointSigner, Hash};
 use super::event::{AuditEvent, EventRecord};
+use crate::domain::{PatientId, UserId};
 use crate::schema::{audit_chain_head, audit_checkpoints, audit_events};
 use chrono::{DateTime, SubsecRound, Utc};
 use diesel::pg::PgConnection;
@@ -23,7 +24,7 @@ pub struct EventRow {
     pub seq: i64,
     pub event_id: Uuid,
     pub occurred_at: DateTime<Utc>,
-    pub actor_user_id: Option<Uuid>,
+    pub actor_user_id: Option<UserId>,
     pub actor_client_id: Option<String>,
     pub actor_roles: Vec<String>,
     pub auth_method: String,
@@ -31,7 +32,7 @@ pub struct EventRow {
     pub action: String,
     pub resource_type: Option<String>,
     pub resource_id: Option<Uuid>,
-    pub patient_ids: Vec<Uuid>,
+    pub patient_ids: Vec<PatientId>,
     pub outcome: String,
     pub deny_reason: Option<String>,
     pub purpose_of_use: Option<String>,

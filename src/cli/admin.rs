@@ -10,7 +10,6 @@ use crate::config::Config;
 use crate::console::emergency::{AccountName, NewPassword};
 use crate::console::store::emergency;
 use crate::db::users::{self, UserKind};
-use crate::domain::UserId;
 use crate::policy::Role;
 use anyhow::{Context, bail};
 use clap::Subcommand;
@@ -80,7 +79,7 @@ pub fn run(path: Option<&Path>, cmd: AdminCommand) -> anyhow::Result<()> {
             let user = users::user_for(&mut conn, &issuer, &subject, UserKind::Person)?;
             // The same operation as the console and the JSON API, acting for no account.
             let op = Op::GrantRole {
-                user: UserId::from(user.id),
+                user: user.id,
                 role: role.as_str().to_string(),
                 reason: Some(reason),
             };

@@ -140,7 +140,7 @@ pub async fn callback(
         return Ok(res);
     }
     // A new session (new id) for the signed-in user, TOTP still to do.
-    let user_id = user.id;
+    let user_id = user.id.as_uuid();
     let id = state
         .db
         .run(move |conn| store::session::start_signed_in(conn, Stage::Totp, user_id))
@@ -180,7 +180,7 @@ async fn totp_page(
     message: &'static str,
 ) -> Result<TotpPage, AppError> {
     let keyring = state.keyring.clone();
-    let user_id = user.id;
+    let user_id = user.id.as_uuid();
     let e = state
         .db
         .run(move |conn| {
@@ -265,7 +265,7 @@ pub async fn totp_submit(
     let code = zeroize::Zeroizing::new(form.code.clone().unwrap_or_default());
     let keyring = state.keyring.clone();
     let lockout = c.totp_lockout;
-    let user_id = user.id;
+    let user_id = user.id.as_uuid();
     let (was_confirmed, result) = state
         .db
         .run(move |conn| {

@@ -214,7 +214,7 @@ pub async fn sign_in(
         .db
         .run(move |conn| {
             let id = store::session::start_signed_in(conn, Stage::Active, user_id)?;
-            let user = users::by_id(conn, user_id)?;
+            let user = users::by_id(conn, user_id.into())?;
             Ok((id, user))
         })
         .await?;

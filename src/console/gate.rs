@@ -19,7 +19,7 @@ use super::store;
 use crate::admin::AdminActor;
 use crate::audit::{AuditAction, AuditContext, AuthMethod, Outcome, ResourceType as Kind};
 use crate::db::users::{self, UserRecord};
-use crate::domain::UserId;
+use crate::domain::{PatientId, UserId};
 use crate::error::AppError;
 use crate::policy::{self, admin::ConsoleArea};
 use crate::state::AppState;
@@ -132,7 +132,7 @@ pub async fn gate(
             let Some(user_id) = s.user_id else {
                 return Ok(Some((s, None)));
             };
-            let user = users::by_id(conn, user_id)?;
+            let user = users::by_id(conn, user_id.into())?;
             let admitted = user
                 .as_ref()
                 .is_some_and(|(u, _, _)| policy::admin::console_admission(&u.roles, u.disabled));
@@ -199,14 +199,14 @@ pub struct Console {
 /// is one, so every change records its administrator.
 impl AdminActor for Console {
     fn user_id(&self) -> UserId {
-        UserId::from(self.me.user.id)
+        self.me.user.id
     }
 
     async fn record(
         &self,
         action: AuditAction,
         resource: Option<(Kind, Option<Uuid>)>,
-        patients: Vec<Uuid>,
+        patients: Vec<PatientId>,
         outcome: Outcome,
     ) -> Result<(), AppError> {
         self.audit.admin(action, resource, patients, outcome).await

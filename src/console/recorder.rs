@@ -47,7 +47,7 @@ impl ConsoleRecorder {
         user: &UserRecord,
         method: AuthMethod,
     ) -> ConsoleRecorder {
-        ConsoleRecorder::user_with_roles(state, ctx, user.id, role_codes(user), method)
+        ConsoleRecorder::user_with_roles(state, ctx, user.id.as_uuid(), role_codes(user), method)
     }
 
     /// A user whose roles are given (or withheld: an emergency account before its
@@ -62,7 +62,7 @@ impl ConsoleRecorder {
         ConsoleRecorder {
             audit: state.audit.clone(),
             ctx,
-            actor: Actor::user(id, roles, method),
+            actor: Actor::user(id.into(), roles, method),
         }
     }
 
@@ -86,7 +86,7 @@ impl ConsoleRecorder {
         &self,
         action: AuditAction,
         resource: Option<(Kind, Option<Uuid>)>,
-        patients: Vec<Uuid>,
+        patients: Vec<crate::domain::PatientId>,
     ) -> Result<(), AppError> {
         self.admin(action, resource, patients, Outcome::Permit)
             .await
@@ -125,7 +125,7 @@ impl ConsoleRecorder {
         &self,
         action: AuditAction,
         resource: Option<(Kind, Option<Uuid>)>,
-        patients: Vec<Uuid>,
+        patients: Vec<crate::domain::PatientId>,
         outcome: Outcome,
     ) -> Result<(), AppError> {
         let event = self

@@ -5,6 +5,7 @@
 //! the same constants; a test checks them against the database schema.
 
 use super::FieldPlace;
+use crate::domain::UserId;
 use std::fmt;
 use uuid::Uuid;
 
@@ -87,10 +88,10 @@ sealed_tables! {
 
 /// The place of a search cursor: sealed for the user it was issued to, bound to the
 /// resource type it pages over. Not stored in a table, so not in [`SEALED_COLUMNS`].
-pub fn cursor(resource: &'static str, user: Uuid) -> FieldPlace {
+pub fn cursor(resource: &'static str, user: UserId) -> FieldPlace {
     FieldPlace {
         table: "cursor",
         column: resource,
-        row: user,
+        row: user.as_uuid(),
     }
 }

@@ -31,10 +31,10 @@ impl ScopeSql {
             SearchScope::CareTeam(user) => (
                 "EXISTS (SELECT 1 FROM care_team_members scope_c \
                  WHERE scope_c.patient_id = scope_p.id AND scope_c.user_id = ",
-                user,
+                user.as_uuid(),
             ),
-            SearchScope::Facility(facility) => ("(scope_p.facility_id = ", facility),
-            SearchScope::OnePatient(patient) => ("(scope_p.id = ", patient),
+            SearchScope::Facility(facility) => ("(scope_p.facility_id = ", facility.as_uuid()),
+            SearchScope::OnePatient(patient) => ("(scope_p.id = ", patient.as_uuid()),
         };
         ScopeSql {
             before: format!("{live}{rule}"),
@@ -61,14 +61,15 @@ impl ScopeSql {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::{FacilityId, PatientId, UserId};
 
     #[test]
     fn every_scope_is_one_exists_subquery_with_one_parameter() {
         let id = Uuid::nil();
         for scope in [
-            SearchScope::CareTeam(id),
-            SearchScope::Facility(id),
-            SearchScope::OnePatient(id),
+            SearchScope::CareTeam(UserId(id)),
+            SearchScope::Facility(FacilityId(id)),
+            SearchScope::OnePatient(PatientId(id)),
         ] {
             let (text, bound) = ScopeSql::new(scope, "p.id").with_placeholder(1);
             assert!(text.starts_with("EXISTS (SELECT 1 FROM patients"), "{text}");

@@ -2,10 +2,10 @@
 //! that a removed role or a disabled user takes effect immediately.
 
 use crate::db::schema::{access_changes, care_team_members, patients, role_assignments, users};
+use crate::domain::{FacilityId, PatientId, UserId};
 use crate::error::AppError;
 use crate::policy::Role;
 use diesel::prelude::*;
-use uuid::Uuid;
 
 /// A person (signs in through the identity provider) or a service client
 /// (client-credentials); serialised as `person` / `service`.
@@ -37,10 +37,10 @@ impl UserKind {
 /// A user as policy sees it.
 #[derive(Clone, Debug)]
 pub struct UserRecord {
-    pub id: Uuid,
+    pub id: UserId,
     pub disabled: bool,
-    pub facility_id: Option<Uuid>,
-    pub patient_id: Option<Uuid>,
+    pub facility_id: Option<FacilityId>,
+    pub patient_id: Option<PatientId>,
     pub roles: Vec<Role>,
 }
 
@@ -56,7 +56,7 @@ pub fn user_for(
     }
     diesel::insert_into(users::table)
         .values((
-            users::id.eq(Uuid::new_v4()),
+            users::id.eq(UserId::new()),
             users::issuer.eq(issuer),
             users::subject.eq(subject),
             users::kind.eq(kind.as_str()),
@@ -70,7 +70,7 @@ pub fn user_for(
 /// The user with this id, with its (issuer, subject); `None` if it does not exist.
 pub fn by_id(
     conn: &mut PgConnection,
-    id: Uuid,
+    id: UserId,
 ) -> Result<Option<(UserRecord, String, String)>, AppError> {
     let key: Option<(String, String)> = users::table
         .filter(users::id.eq(id))
@@ -85,10 +85,10 @@ pub fn by_id(
 
 /// A user joined with one of its roles (or none).
 type UserRoleRow = (
-    Uuid,
+    UserId,
     Option<chrono::DateTime<chrono::Utc>>,
-    Option<Uuid>,
-    Option<Uuid>,
+    Option<FacilityId>,
+    Option<PatientId>,
     Option<String>,
 );
 
@@ -127,8 +127,8 @@ fn find(
 /// The facility and care-team membership of a live patient, if it exists.
 pub fn patient_facts(
     conn: &mut PgConnection,
-    patient_id: Uuid,
-    user_id: Uuid,
+    patient_id: PatientId,
+    user_id: UserId,
 ) -> Result<Option<crate::policy::PatientFacts>, AppError> {
     let member = diesel::dsl::exists(
         care_team_members::table.filter(
@@ -137,7 +137,7 @@ pub fn patient_facts(
                 .and(care_team_members::user_id.eq(user_id)),
         ),
     );
-    let row: Option<(Uuid, bool)> = patients::table
+    let row: Option<(FacilityId, bool)> = patients::table
         .filter(
             patients::id
                 .eq(patient_id)
@@ -162,19 +162,19 @@ enum Change {
     RoleRevoked(Role),
     Disabled,
     Enabled,
-    CareTeamAdded(Uuid),
-    CareTeamRemoved(Uuid),
-    FacilitySet(Uuid),
+    CareTeamAdded(PatientId),
+    CareTeamRemoved(PatientId),
+    FacilitySet(FacilityId),
 }
 
 /// Appends one access change and its reason to the history (in the caller's
 /// transaction, together with the change itself).
 fn record(
     conn: &mut PgConnection,
-    user_id: Uuid,
+    user_id: UserId,
     change: Change,
     reason: &str,
-    by: Option<Uuid>,
+    by: Option<UserId>,
 ) -> Result<(), AppError> {
     let (name, role, patient, facility) = match change {
         Change::RoleGranted(r) => ("role_granted", Some(r.as_str()), None, None),
@@ -203,10 +203,10 @@ fn record(
 /// the access-change history.
 pub fn grant_role(
     conn: &mut PgConnection,
-    user_id: Uuid,
+    user_id: UserId,
     role: Role,
     reason: &str,
-    granted_by: Option<Uuid>,
+    granted_by: Option<UserId>,
 ) -> Result<(), AppError> {
     conn.transaction(|conn| {
         let n = diesel::insert_into(role_assignments::table)
@@ -229,10 +229,10 @@ pub fn grant_role(
 /// Removes a role, keeping the reason in the history; returns whether it was held.
 pub fn revoke_role(
     conn: &mut PgConnection,
-    user_id: Uuid,
+    user_id: UserId,
     role: Role,
     reason: &str,
-    revoked_by: Option<Uuid>,
+    revoked_by: Option<UserId>,
 ) -> Result<bool, AppError> {
     conn.transaction(|conn| {
         let n = diesel::delete(
@@ -253,10 +253,10 @@ pub fn revoke_role(
 /// Adds a care relationship (idempotent), keeping the reason in the history.
 pub fn add_to_care_team(
     conn: &mut PgConnection,
-    patient_id: Uuid,
-    user_id: Uuid,
+    patient_id: PatientId,
+    user_id: UserId,
     reason: &str,
-    added_by: Option<Uuid>,
+    added_by: Option<UserId>,
 ) -> Result<(), AppError> {
     conn.transaction(|conn| {
         let n = diesel::insert_into(care_team_members::table)
@@ -277,8 +277,8 @@ pub fn add_to_care_team(
 
 pub fn set_facility(
     conn: &mut PgConnection,
-    user_id: Uuid,
-    facility: Option<Uuid>,
+    user_id: UserId,
+    facility: Option<FacilityId>,
 ) -> Result<(), AppError> {
     diesel::update(users::table.find(user_id))
         .set(users::facility_id.eq(facility))
@@ -291,10 +291,10 @@ pub fn set_facility(
 /// whether the user was moved (`false` when already there: nothing is recorded).
 pub fn move_to_facility(
     conn: &mut PgConnection,
-    user_id: Uuid,
-    facility: Uuid,
+    user_id: UserId,
+    facility: FacilityId,
     reason: &str,
-    by: Option<Uuid>,
+    by: Option<UserId>,
 ) -> Result<bool, AppError> {
     conn.transaction(|conn| {
         let target = users::table.find(user_id).filter(
@@ -314,22 +314,22 @@ pub fn move_to_facility(
 
 /// Ends every console session of a user (role removed, disabled, authenticator reset,
 /// or revoked by an administrator): their next console request lands on the sign-in page.
-pub fn end_console_sessions(conn: &mut PgConnection, user_id: Uuid) -> Result<usize, AppError> {
+pub fn end_console_sessions(conn: &mut PgConnection, user_id: UserId) -> Result<usize, AppError> {
     use crate::db::schema::console_sessions as cs;
     Ok(diesel::delete(cs::table.filter(cs::user_id.eq(user_id))).execute(conn)?)
 }
 
 /// Forgets the user's console authenticator (TOTP secret): their next
 /// sign-in enrols a new one. Returns whether there was one.
-pub fn forget_authenticator(conn: &mut PgConnection, user_id: Uuid) -> Result<bool, AppError> {
+pub fn forget_authenticator(conn: &mut PgConnection, user_id: UserId) -> Result<bool, AppError> {
     use crate::db::schema::console_totp as ct;
     Ok(diesel::delete(ct::table.filter(ct::user_id.eq(user_id))).execute(conn)? > 0)
 }
 
 pub fn link_patient(
     conn: &mut PgConnection,
-    user_id: Uuid,
-    patient: Option<Uuid>,
+    user_id: UserId,
+    patient: Option<PatientId>,
 ) -> Result<(), AppError> {
     diesel::update(users::table.find(user_id))
         .set(users::patient_id.eq(patient))
@@ -340,10 +340,10 @@ pub fn link_patient(
 /// Disables or enables a user, keeping the reason in the history when the state changes.
 pub fn set_disabled(
     conn: &mut PgConnection,
-    user_id: Uuid,
+    user_id: UserId,
     disabled: bool,
     reason: &str,
-    by: Option<Uuid>,
+    by: Option<UserId>,
 ) -> Result<(), AppError> {
     conn.transaction(|conn| {
         let target = users::table
@@ -368,10 +368,10 @@ pub fn set_disabled(
 /// existed.
 pub fn remove_from_care_team(
     conn: &mut PgConnection,
-    patient_id: Uuid,
-    user_id: Uuid,
+    patient_id: PatientId,
+    user_id: UserId,
     reason: &str,
-    by: Option<Uuid>,
+    by: Option<UserId>,
 ) -> Result<bool, AppError> {
     conn.transaction(|conn| {
         let n = diesel::delete(
@@ -395,11 +395,11 @@ pub fn remove_from_care_team(
 pub struct AccessChange {
     pub change: String,
     pub role: Option<String>,
-    pub patient_id: Option<Uuid>,
+    pub patient_id: Option<PatientId>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub facility_id: Option<Uuid>,
+    pub facility_id: Option<FacilityId>,
     pub reason: String,
-    pub changed_by: Option<Uuid>,
+    pub changed_by: Option<UserId>,
     pub changed_at: chrono::DateTime<chrono::Utc>,
 }
 
@@ -409,15 +409,15 @@ pub const HISTORY_SHOWN: i64 = 50;
 type ChangeRow = (
     String,
     Option<String>,
-    Option<Uuid>,
-    Option<Uuid>,
+    Option<PatientId>,
+    Option<FacilityId>,
     String,
-    Option<Uuid>,
+    Option<UserId>,
     chrono::DateTime<chrono::Utc>,
 );
 
 /// The newest [`HISTORY_SHOWN`] access changes of a user, newest first.
-pub fn history(conn: &mut PgConnection, user_id: Uuid) -> Result<Vec<AccessChange>, AppError> {
+pub fn history(conn: &mut PgConnection, user_id: UserId) -> Result<Vec<AccessChange>, AppError> {
     let rows: Vec<ChangeRow> = access_changes::table
         .filter(access_changes::user_id.eq(user_id))
         .order(access_changes::seq.desc())
@@ -449,12 +449,12 @@ pub fn history(conn: &mut PgConnection, user_id: Uuid) -> Result<Vec<AccessChang
 /// A user as the administration API lists it (no PHI: no patient link is shown).
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct UserSummary {
-    pub id: Uuid,
+    pub id: UserId,
     pub issuer: String,
     pub subject: String,
     pub kind: UserKind,
     pub display_name: Option<String>,
-    pub facility: Option<Uuid>,
+    pub facility: Option<FacilityId>,
     pub roles: Vec<String>,
     pub disabled: bool,
     /// Only in the one-user view (`GET /api/admin/users/{id}`).
@@ -463,19 +463,19 @@ pub struct UserSummary {
 }
 
 type UserRow = (
-    Uuid,
+    UserId,
     String,
     String,
     String,
     Option<String>,
-    Option<Uuid>,
+    Option<FacilityId>,
     Option<chrono::DateTime<chrono::Utc>>,
 );
 
 /// Users ordered by id, after `after` (keyset paging), at most `limit`.
 pub fn list_users(
     conn: &mut PgConnection,
-    after: Option<Uuid>,
+    after: Option<UserId>,
     limit: i64,
 ) -> Result<Vec<UserSummary>, AppError> {
     search_users(conn, &UserFilter::default(), after, limit)
@@ -507,7 +507,7 @@ fn contains_pattern(text: &str) -> String {
 pub fn search_users(
     conn: &mut PgConnection,
     filter: &UserFilter,
-    after: Option<Uuid>,
+    after: Option<UserId>,
     limit: i64,
 ) -> Result<Vec<UserSummary>, AppError> {
     let mut query = users::table
@@ -538,8 +538,8 @@ pub fn search_users(
         query = query.filter(users::kind.eq(kind.as_str()));
     }
     let rows: Vec<UserRow> = query.load(conn)?;
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
-    let roles: Vec<(Uuid, String)> = role_assignments::table
+    let ids: Vec<UserId> = rows.iter().map(|r| r.0).collect();
+    let roles: Vec<(UserId, String)> = role_assignments::table
         .filter(role_assignments::user_id.eq_any(&ids))
         .select((role_assignments::user_id, role_assignments::role))
         .order((role_assignments::user_id, role_assignments::role))
@@ -566,7 +566,7 @@ pub fn search_users(
 }
 
 /// The patients on whose care team the user is (internal ids only), oldest first.
-pub fn care_teams_of(conn: &mut PgConnection, user_id: Uuid) -> Result<Vec<Uuid>, AppError> {
+pub fn care_teams_of(conn: &mut PgConnection, user_id: UserId) -> Result<Vec<PatientId>, AppError> {
     Ok(care_team_members::table
         .filter(care_team_members::user_id.eq(user_id))
         .select(care_team_members::patient_id)
@@ -575,7 +575,7 @@ pub fn care_teams_of(conn: &mut PgConnection, user_id: Uuid) -> Result<Vec<Uuid>
 }
 
 /// One user as [`list_users`] shows it.
-pub fn get_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<UserSummary>, AppError> {
+pub fn get_user(conn: &mut PgConnection, id: UserId) -> Result<Option<UserSummary>, AppError> {
     let row: Option<UserRow> = users::table
         .find(id)
         .select((
@@ -613,14 +613,14 @@ pub fn get_user(conn: &mut PgConnection, id: Uuid) -> Result<Option<UserSummary>
 /// A facility as the administration API lists it.
 #[derive(Clone, Debug, serde::Serialize)]
 pub struct FacilitySummary {
-    pub id: Uuid,
+    pub id: FacilityId,
     pub name: String,
     pub created_at: chrono::DateTime<chrono::Utc>,
 }
 
 pub fn list_facilities(conn: &mut PgConnection) -> Result<Vec<FacilitySummary>, AppError> {
     use crate::db::schema::facilities;
-    let rows: Vec<(Uuid, String, chrono::DateTime<chrono::Utc>)> = facilities::table
+    let rows: Vec<(FacilityId, String, chrono::DateTime<chrono::Utc>)> = facilities::table
         .select((facilities::id, facilities::name, facilities::created_at))
         .order((facilities::name, facilities::id))
         .load(conn)?;
@@ -634,7 +634,7 @@ pub fn list_facilities(conn: &mut PgConnection) -> Result<Vec<FacilitySummary>, 
         .collect())
 }
 
-pub fn facility_exists(conn: &mut PgConnection, id: Uuid) -> Result<bool, AppError> {
+pub fn facility_exists(conn: &mut PgConnection, id: FacilityId) -> Result<bool, AppError> {
     use crate::db::schema::facilities;
     Ok(diesel::select(diesel::dsl::exists(facilities::table.find(id))).get_result(conn)?)
 }
@@ -654,7 +654,7 @@ pub fn kind_of(
 }
 
 /// Whether a live (not deleted) patient exists.
-pub fn patient_exists(conn: &mut PgConnection, patient_id: Uuid) -> Result<bool, AppError> {
+pub fn patient_exists(conn: &mut PgConnection, patient_id: PatientId) -> Result<bool, AppError> {
     Ok(diesel::select(diesel::dsl::exists(
         patients::table.filter(
             patients::id

@@ -18,13 +18,13 @@ use crate::db::claims::{self, NewClaim, NewClaimItem};
 use crate::db::phi::{self, NewDocumentReference, NewObservation, NewPatient};
 use crate::db::schema::{facilities, patients};
 use crate::db::users::{self, UserKind};
+use crate::domain::{FacilityId, PatientId, UserId};
 use crate::error::AppError;
 use crate::policy::Role;
 use chrono::{Duration, NaiveDate, TimeZone, Utc};
 use diesel::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use uuid::Uuid;
 
 pub const FACILITY_NAMES: [&str; 2] = [
     "SYN Riverside General Hospital",
@@ -142,8 +142,8 @@ pub const DEMO_PRINCIPALS: [(&str, &[Role]); 5] = [
     ("po.demo", &[Role::PrivacyOfficer]),
 ];
 
-fn facility(conn: &mut PgConnection, name: &str) -> Result<Uuid, AppError> {
-    let found: Option<Uuid> = facilities::table
+fn facility(conn: &mut PgConnection, name: &str) -> Result<FacilityId, AppError> {
+    let found: Option<FacilityId> = facilities::table
         .filter(facilities::name.eq(name))
         .select(facilities::id)
         .order(facilities::created_at)
@@ -166,7 +166,7 @@ pub fn ssn(i: usize) -> String {
 }
 
 /// The generated patient `i` (deterministic).
-pub fn patient(i: usize, facility_id: Uuid) -> NewPatient {
+pub fn patient(i: usize, facility_id: FacilityId) -> NewPatient {
     let mut rng = StdRng::seed_from_u64(SEED ^ (i as u64).wrapping_mul(0x9E37_79B9));
     let female = rng.gen_bool(0.5);
     let given = if female {
@@ -180,7 +180,7 @@ pub fn patient(i: usize, facility_id: Uuid) -> NewPatient {
     let phone = format!("555-01{:02}", rng.gen_range(0..100));
     let city = CITIES[rng.gen_range(0..CITIES.len())];
     NewPatient {
-        facility_id,
+        facility_id: facility_id.into(),
         mrn: mrn(i),
         ssn: Some(ssn(i)),
         family: family.to_string(),
@@ -195,7 +195,7 @@ pub fn patient(i: usize, facility_id: Uuid) -> NewPatient {
     }
 }
 
-fn observations(i: usize, patient_id: Uuid) -> Vec<NewObservation> {
+fn observations(i: usize, patient_id: PatientId) -> Vec<NewObservation> {
     let mut rng = StdRng::seed_from_u64(SEED ^ 0x0B5 ^ (i as u64));
     let base = Utc
         .with_ymd_and_hms(2026, 1, 1, 9, 0, 0)
@@ -214,7 +214,7 @@ fn observations(i: usize, patient_id: Uuid) -> Vec<NewObservation> {
     vitals
         .into_iter()
         .map(|(code, display, value, unit)| NewObservation {
-            patient_id,
+            patient_id: patient_id.into(),
             status: "final".into(),
             code: code.into(),
             code_display: Some(display.into()),
@@ -227,15 +227,15 @@ fn observations(i: usize, patient_id: Uuid) -> Vec<NewObservation> {
         .collect()
 }
 
-fn note(i: usize, patient_id: Uuid, author: Uuid) -> NewDocumentReference {
+fn note(i: usize, patient_id: PatientId, author: UserId) -> NewDocumentReference {
     const TEXTS: [&str; 3] = [
         "Synthetic progress note. Routine follow-up; vitals reviewed; no acute concerns. Continue current plan.",
         "Synthetic progress note. Seen for seasonal allergy symptoms; advised saline rinse; review in 4 weeks.",
         "Synthetic progress note. Annual check-up; immunisations up to date; lifestyle advice given.",
     ];
     NewDocumentReference {
-        patient_id,
-        author_id: Some(author),
+        patient_id: patient_id.into(),
+        author_id: Some(author.into()),
         doc_type: Some("11506-3".into()),
         date: Utc.with_ymd_and_hms(2026, 2, 1, 10, 0, 0).single(),
         text: TEXTS[i % TEXTS.len()].into(),
@@ -243,7 +243,7 @@ fn note(i: usize, patient_id: Uuid, author: Uuid) -> NewDocumentReference {
     }
 }
 
-fn claim(i: usize, patient_id: Uuid) -> NewClaim {
+fn claim(i: usize, patient_id: PatientId) -> NewClaim {
     // Common outpatient CPT-style codes with made-up amounts in cents.
     const SERVICES: [(&str, i64); 4] = [
         ("99213", 9_200),
@@ -263,7 +263,7 @@ fn claim(i: usize, patient_id: Uuid) -> NewClaim {
         })
         .collect();
     NewClaim {
-        patient_id,
+        patient_id: patient_id.into(),
         provider: "SYN Riverside General Hospital billing office".into(),
         status: if i % 5 == 4 { "draft" } else { "active" }.into(),
         total_cents: items.iter().map(|it| it.amount_cents).sum(),
@@ -272,7 +272,7 @@ fn claim(i: usize, patient_id: Uuid) -> NewClaim {
     }
 }
 
-fn seeded_count(conn: &mut PgConnection, facility_ids: &[Uuid]) -> Result<usize, AppError> {
+fn seeded_count(conn: &mut PgConnection, facility_ids: &[FacilityId]) -> Result<usize, AppError> {
     let n: i64 = patients::table
         .filter(patients::facility_id.eq_any(facility_ids))
         .count()
@@ -326,18 +326,19 @@ pub fn seed(
                 // Most patients at the hospital, every fourth at the clinic.
                 let facility_id = facility_ids[usize::from(n % 4 == 3)];
                 let p = phi::insert_patient(c, kr, &patient(n, facility_id))?;
-                for o in observations(n, p.id) {
+                let patient_id = PatientId(p.id);
+                for o in observations(n, patient_id) {
                     phi::insert_observation(c, kr, &o)?;
                     obs += 1;
                 }
-                phi::insert_document_reference(c, kr, &note(n, p.id, doctor))?;
+                phi::insert_document_reference(c, kr, &note(n, patient_id, doctor))?;
                 notes += 1;
-                claims::insert(c, kr, &claim(n, p.id))?;
+                claims::insert(c, kr, &claim(n, patient_id))?;
                 claims += 1;
                 if n < plan.care_team {
                     users::add_to_care_team(
                         c,
-                        p.id,
+                        patient_id,
                         doctor,
                         "synthetic care team (custodian dev)",
                         None,
@@ -356,7 +357,7 @@ pub fn seed(
 
     // patient.demo is the first synthetic patient.
     if let Some(first) = phi::find_patient_by_mrn(conn, kr, &mrn(0))? {
-        users::link_patient(conn, principal("patient.demo"), Some(first.id))?;
+        users::link_patient(conn, principal("patient.demo"), Some(PatientId(first.id)))?;
     }
     Ok(report)
 }
@@ -379,7 +380,7 @@ mod tests {
 
     #[test]
     fn generation_is_deterministic() {
-        let f = Uuid::nil();
+        let f = FacilityId(uuid::Uuid::nil());
         let (a, b) = (patient(7, f), patient(7, f));
         assert_eq!(
             (a.family, a.given, a.birth_date),

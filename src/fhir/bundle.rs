@@ -1,6 +1,7 @@
 //! Search results: FHIR `Bundle` (searchset) pages with opaque, tamper-proof cursors.
 
 use crate::crypto::{FieldPlace, Keyring};
+use crate::domain::UserId;
 use crate::error::AppError;
 use crate::policy::ResourceType;
 use actix_web::HttpRequest;
@@ -27,14 +28,14 @@ pub fn page_size(param: Option<&str>) -> Result<usize, AppError> {
 /// user and resource type: opaque, unforgeable, and useless to anyone else.
 pub struct Cursor;
 
-fn place(user: Uuid, resource: ResourceType) -> FieldPlace {
+fn place(user: UserId, resource: ResourceType) -> FieldPlace {
     crate::crypto::columns::cursor(resource.as_str(), user)
 }
 
 impl Cursor {
     pub fn seal(
         kr: &Keyring,
-        user: Uuid,
+        user: UserId,
         resource: ResourceType,
         last: Uuid,
     ) -> Result<String, AppError> {
@@ -44,7 +45,7 @@ impl Cursor {
 
     pub fn open(
         kr: &Keyring,
-        user: Uuid,
+        user: UserId,
         resource: ResourceType,
         cursor: &str,
     ) -> Result<Uuid, AppError> {

@@ -244,7 +244,7 @@ impl FhirResource for DocumentReferences {
         input: DocumentReferenceIn,
         principal: &Principal,
     ) -> Result<NewDocumentReference, AppError> {
-        validate(input, principal.user.id)
+        validate(input, principal.user.id.as_uuid())
     }
     fn criteria(params: &[(&'static str, String)]) -> Result<Option<Uuid>, AppError> {
         let mut patient = None;

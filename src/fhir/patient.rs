@@ -11,7 +11,7 @@ use crate::access::{Pipeline, Principal};
 use crate::crypto::Keyring;
 use crate::db::patients::views::{self as patient_views, Criteria, PatientFields, PatientView};
 use crate::db::{phi, users};
-use crate::domain::{PatientId, RecordId, UserId};
+use crate::domain::{FacilityId, PatientId, RecordId, UserId};
 use crate::error::AppError;
 use crate::policy::{PatientFacts, SearchScope, Target, View};
 use diesel::PgConnection;
@@ -369,16 +369,19 @@ impl FhirResource for Patients {
         pipeline: &Pipeline,
         new: &mut ValidPatient,
     ) -> Result<View, AppError> {
-        let facility = new.facility.or(pipeline.user.facility_id).ok_or_else(|| {
-            invalid(
-                "managingOrganization",
-                "is required when you have no facility",
-            )
-        })?;
+        let facility = new
+            .facility
+            .or(pipeline.user.facility_id.map(Uuid::from))
+            .ok_or_else(|| {
+                invalid(
+                    "managingOrganization",
+                    "is required when you have no facility",
+                )
+            })?;
         new.new.facility_id = facility;
         let facts = PatientFacts {
-            patient_id: Uuid::nil(),
-            facility_id: facility,
+            patient_id: PatientId(Uuid::nil()),
+            facility_id: FacilityId(facility),
             on_care_team: false,
         };
         pipeline
@@ -393,13 +396,16 @@ impl FhirResource for Patients {
 
     /// The patient stays at its facility.
     fn check_update(new: &mut ValidPatient, facts: &PatientFacts) -> Result<(), AppError> {
-        if new.facility.is_some_and(|f| f != facts.facility_id) {
+        if new
+            .facility
+            .is_some_and(|f| f != facts.facility_id.as_uuid())
+        {
             return Err(invalid(
                 "managingOrganization",
                 "cannot be changed by an update",
             ));
         }
-        new.new.facility_id = facts.facility_id;
+        new.new.facility_id = facts.facility_id.into();
         Ok(())
     }
 
@@ -444,10 +450,10 @@ impl FhirResource for Patients {
             let p = phi::insert_patient(c, kr, &new.new)?;
             users::add_to_care_team(
                 c,
-                p.id,
-                author.into(),
+                PatientId(p.id),
+                author,
                 "author of the record",
-                Some(author.into()),
+                Some(author),
             )?;
             Ok(PatientView::shaped(p, fields))
         })

@@ -215,7 +215,7 @@ pub trait FhirResource: 'static {
 
     /// After the update permit: `new` must fit the record it replaces (same subject).
     fn check_update(new: &mut Self::New, facts: &PatientFacts) -> Result<(), AppError> {
-        if Self::new_subject(new) == PatientId(facts.patient_id) {
+        if Self::new_subject(new) == facts.patient_id {
             Ok(())
         } else {
             Err(invalid(
@@ -367,7 +367,7 @@ pub async fn search<R: FhirResource>(
 /// Fills in what only the write knows: the new record's id and its patient.
 fn created<R: FhirResource>(r: &R::Record, event: &mut AuditEvent) {
     event.resource_id = Some(R::id(r).into());
-    event.patient_ids = vec![R::subject(r).into()];
+    event.patient_ids = vec![R::subject(r)];
 }
 
 /// Create: validate, decide, write with its event; answers the principal's view.
@@ -412,7 +412,7 @@ pub async fn update<R: FhirResource>(
     }
     let mut new = R::validate(input, &pipeline.principal)?;
     let (view, facts) = pipeline.authorize_record(id, R::patient_of).await?;
-    let patient = PatientId(facts.patient_id);
+    let patient = facts.patient_id;
     if let Err(e) = R::check_update(&mut new, &facts) {
         pipeline.error(Some(id), [patient]).await?;
         return Err(e);
@@ -436,7 +436,7 @@ pub async fn delete<R: FhirResource>(
     let (_, facts) = pipeline.authorize_record(id, R::patient_of).await?;
     let write = move |c: &mut PgConnection| Ok(R::delete(c, id)?.then_some(()));
     pipeline
-        .audited(id, PatientId(facts.patient_id), write, AppError::not_found)
+        .audited(id, facts.patient_id, write, AppError::not_found)
         .await?;
     Ok(HttpResponse::NoContent().finish())
 }

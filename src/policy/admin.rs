@@ -6,7 +6,7 @@
 //! functions themselves so the documentation cannot drift from the code.
 
 use super::{DenyReason, Role, decide_admin};
-use uuid::Uuid;
+use crate::domain::UserId;
 
 /// What an administration API route does: the route table declares it (as
 /// [`super::Action::Admin`]) so that an event recorded for a request refused before its
@@ -116,7 +116,11 @@ pub enum SelfChange {
 }
 
 /// May `actor` remove `role` from `target`? (`None` actor: the server's own CLI.)
-pub fn may_remove_role(actor: Option<Uuid>, target: Uuid, role: Role) -> Result<(), SelfChange> {
+pub fn may_remove_role(
+    actor: Option<UserId>,
+    target: UserId,
+    role: Role,
+) -> Result<(), SelfChange> {
     if actor == Some(target) && role == Role::Admin {
         return Err(SelfChange::OwnAdminRole);
     }
@@ -124,7 +128,7 @@ pub fn may_remove_role(actor: Option<Uuid>, target: Uuid, role: Role) -> Result<
 }
 
 /// May `actor` disable `target`?
-pub fn may_disable(actor: Option<Uuid>, target: Uuid) -> Result<(), SelfChange> {
+pub fn may_disable(actor: Option<UserId>, target: UserId) -> Result<(), SelfChange> {
     if actor == Some(target) {
         return Err(SelfChange::OwnAccountDisabled);
     }
@@ -150,7 +154,7 @@ pub fn markdown_table() -> String {
     let admin_only = alone(&|r| console_area(r, ConsoleArea::AdminOnly).is_ok());
     let api = alone(&|r| decide_admin(r, true).is_ok());
     let clients = names(Role::ALL.into_iter().filter(|r| client_may_hold(*r)));
-    let me = Uuid::nil();
+    let me = UserId(uuid::Uuid::nil());
     let own_admin = if may_remove_role(Some(me), me, Role::Admin).is_ok() {
         "allowed"
     } else {
@@ -232,7 +236,7 @@ mod tests {
 
     #[test]
     fn nobody_removes_their_own_admin_role_or_disables_themselves() {
-        let (me, other) = (Uuid::new_v4(), Uuid::new_v4());
+        let (me, other) = (UserId::new(), UserId::new());
         for role in Role::ALL {
             let own = may_remove_role(Some(me), me, role);
             if role == Role::Admin {

@@ -9,7 +9,7 @@ pub mod views;
 
 pub use matrix::{Interaction, ResourceType, Role, View};
 
-use uuid::Uuid;
+use crate::domain::{FacilityId, PatientId, UserId};
 
 /// What a route does, in policy terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -56,20 +56,20 @@ pub fn smart_context(is_service: bool, roles: &[Role]) -> Context {
 /// Who the request acts for, as far as policy is concerned.
 #[derive(Clone)]
 pub struct Subject<'a> {
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub roles: &'a [Role],
     /// Does the client application's token allow this interaction (SMART scopes)?
     pub scope_allows: &'a dyn Fn(ResourceType, Interaction) -> bool,
-    pub facility_id: Option<Uuid>,
+    pub facility_id: Option<FacilityId>,
     /// The patient record a `patient` user is linked to.
-    pub own_patient_id: Option<Uuid>,
+    pub own_patient_id: Option<PatientId>,
 }
 
 /// The facts about the patient a request touches, loaded before deciding.
 #[derive(Clone, Copy, Debug)]
 pub struct PatientFacts {
-    pub patient_id: Uuid,
-    pub facility_id: Uuid,
+    pub patient_id: PatientId,
+    pub facility_id: FacilityId,
     /// The principal is on this patient's care team.
     pub on_care_team: bool,
 }
@@ -87,11 +87,11 @@ pub enum Target {
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SearchScope {
     /// Patients whose care team includes the user.
-    CareTeam(Uuid),
+    CareTeam(UserId),
     /// Patients managed by the facility.
-    Facility(Uuid),
+    Facility(FacilityId),
     /// One patient (the user's own record).
-    OnePatient(Uuid),
+    OnePatient(PatientId),
 }
 
 /// Why access was granted.
@@ -232,18 +232,18 @@ mod tests {
 
     fn subject(roles: &[Role]) -> Subject<'_> {
         Subject {
-            user_id: Uuid::from_u128(1),
+            user_id: UserId(uuid::Uuid::from_u128(1)),
             roles,
             scope_allows: &all_scopes,
-            facility_id: Some(Uuid::from_u128(10)),
+            facility_id: Some(FacilityId(uuid::Uuid::from_u128(10))),
             own_patient_id: None,
         }
     }
 
     fn patient(on_care_team: bool, facility: u128) -> Target {
         Target::Patient(PatientFacts {
-            patient_id: Uuid::from_u128(100),
-            facility_id: Uuid::from_u128(facility),
+            patient_id: PatientId(uuid::Uuid::from_u128(100)),
+            facility_id: FacilityId(uuid::Uuid::from_u128(facility)),
             on_care_team,
         })
     }
@@ -315,12 +315,12 @@ mod tests {
     #[test]
     fn patient_reads_only_own_record() {
         let mut s = subject(&[Role::Patient]);
-        s.own_patient_id = Some(Uuid::from_u128(100));
+        s.own_patient_id = Some(PatientId(uuid::Uuid::from_u128(100)));
         assert!(matches!(
             decide(&s, T::Patient, Read, patient(false, 1)),
             Decision::Permit { .. }
         ));
-        s.own_patient_id = Some(Uuid::from_u128(101));
+        s.own_patient_id = Some(PatientId(uuid::Uuid::from_u128(101)));
         assert_eq!(
             decide(&s, T::Patient, Read, patient(false, 1)),
             Decision::Deny(DenyReason::NoRelationship)
@@ -377,19 +377,19 @@ mod tests {
     #[test]
     fn every_role_resource_and_interaction_matches_the_documented_policy() {
         let related = Target::Patient(PatientFacts {
-            patient_id: Uuid::from_u128(100),
-            facility_id: Uuid::from_u128(10),
+            patient_id: PatientId(uuid::Uuid::from_u128(100)),
+            facility_id: FacilityId(uuid::Uuid::from_u128(10)),
             on_care_team: true,
         });
         let unrelated = Target::Patient(PatientFacts {
-            patient_id: Uuid::from_u128(200),
-            facility_id: Uuid::from_u128(20),
+            patient_id: PatientId(uuid::Uuid::from_u128(200)),
+            facility_id: FacilityId(uuid::Uuid::from_u128(20)),
             on_care_team: false,
         });
         for role in Role::ALL {
             let roles = [role];
             let mut s = subject(&roles);
-            s.own_patient_id = Some(Uuid::from_u128(100));
+            s.own_patient_id = Some(PatientId(uuid::Uuid::from_u128(100)));
             for res in T::ALL {
                 for i in Interaction::ALL {
                     let permitted = matches!(decide(&s, res, i, related), Decision::Permit { .. });

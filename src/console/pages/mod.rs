@@ -13,6 +13,7 @@ use super::store;
 use crate::admin::op::{self, Touched, audited};
 use crate::audit::{AuditAction, ResourceType as Kind};
 use crate::db::users::{self, FacilitySummary, UserFilter, UserKind, UserSummary};
+use crate::domain::{FacilityId, PatientId};
 use crate::error::AppError;
 use crate::policy::{self, Role};
 use actix_web::{HttpRequest, web};
@@ -85,7 +86,7 @@ pub struct UserRow {
 
 fn row(u: UserSummary, facilities: &[FacilitySummary]) -> UserRow {
     UserRow {
-        id: u.id,
+        id: u.id.as_uuid(),
         subject: u.subject,
         display_name: u.display_name.unwrap_or_default(),
         kind: u.kind.as_str().to_string(),
@@ -95,7 +96,7 @@ fn row(u: UserSummary, facilities: &[FacilitySummary]) -> UserRow {
     }
 }
 
-fn facility_name(id: Option<Uuid>, facilities: &[FacilitySummary]) -> String {
+fn facility_name(id: Option<FacilityId>, facilities: &[FacilitySummary]) -> String {
     id.map(|id| {
         facilities
             .iter()
@@ -160,7 +161,7 @@ pub async fn users_list(req: HttpRequest, page: AdminPage) -> Result<UsersPage, 
             .state
             .db
             .run(move |c| {
-                let list = users::search_users(c, &filter, after, PAGE_SIZE + 1)?;
+                let list = users::search_users(c, &filter, after.map(Into::into), PAGE_SIZE + 1)?;
                 Ok((list, users::list_facilities(c)?))
             })
             .await?;
@@ -170,7 +171,7 @@ pub async fn users_list(req: HttpRequest, page: AdminPage) -> Result<UsersPage, 
     let more = list.len() as i64 > PAGE_SIZE;
     let list: Vec<UserSummary> = list.into_iter().take(PAGE_SIZE as usize).collect();
     let next = match (more, list.last()) {
-        (true, Some(last)) => users_link(&q, Some(last.id)),
+        (true, Some(last)) => users_link(&q, Some(last.id.as_uuid())),
         _ => String::new(),
     };
     let first = if after.is_some() {
@@ -202,9 +203,9 @@ pub struct UserPage {
     user: UserRow,
     roles_held: Vec<String>,
     roles_free: Vec<&'static str>,
-    care_teams: Vec<Uuid>,
+    care_teams: Vec<PatientId>,
     facilities: Vec<FacilitySummary>,
-    facility_id: Option<Uuid>,
+    facility_id: Option<FacilityId>,
     sessions: Vec<SessionRow>,
     totp_enrolled: bool,
     is_self: bool,
@@ -239,12 +240,12 @@ pub async fn user_page(
                 .state
                 .db
                 .run(move |c| {
-                    let Some(user) = users::get_user(c, id)? else {
+                    let Some(user) = users::get_user(c, id.into())? else {
                         return Ok(None);
                     };
                     Ok(Some((
                         user,
-                        users::care_teams_of(c, id)?,
+                        users::care_teams_of(c, id.into())?,
                         users::list_facilities(c)?,
                         store::session::list_of_user(c, id, &life)?,
                         store::totp::is_confirmed(c, id)?,

@@ -54,12 +54,12 @@ pub fn create(
                 ea::password_hash.eq(password_hash),
             ))
             .execute(conn)?;
-        let enrolment = super::totp::enrolment(conn, keyring, user.id)?;
+        let enrolment = super::totp::enrolment(conn, keyring, user.id.as_uuid())?;
         let secret = Zeroizing::new(enrolment.secret_base32());
         let uri = Zeroizing::new(crate::console::totp::otpauth_uri(&secret, name.as_str())?);
         Ok(Ok(Created {
             account_id,
-            user_id: user.id,
+            user_id: user.id.as_uuid(),
             totp_secret_base32: secret,
             otpauth_uri: uri,
         }))
@@ -86,7 +86,7 @@ pub fn set_disabled(
         diesel::update(ea::table.find(id))
             .set(ea::disabled_at.eq(disabled.then(Utc::now)))
             .execute(conn)?;
-        users::set_disabled(conn, user_id, disabled, reason, None)?;
+        users::set_disabled(conn, user_id.into(), disabled, reason, None)?;
         Ok(Some(id))
     })
 }

@@ -4,6 +4,7 @@
 
 use crate::support::world::{World, patient_json};
 use custodian::db::schema::role_assignments;
+use custodian::domain::UserId;
 use custodian::policy::Role;
 use diesel::prelude::*;
 use reqwest::{Method, StatusCode};
@@ -33,7 +34,7 @@ async fn call(
 }
 
 /// An admin (role) with a token carrying the `admin` scope.
-fn admin(w: &World, sub: &str) -> (Uuid, String) {
+fn admin(w: &World, sub: &str) -> (UserId, String) {
     let (id, _) = w.user(sub, &[Role::Admin]);
     (id, w.token(sub, "admin"))
 }

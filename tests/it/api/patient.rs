@@ -213,7 +213,7 @@ async fn patients_read_only_their_own_record() {
     let mine = w.create(&doc, &patient_json("MRN-7001", "Selfton")).await;
     let other = w.create(&doc, &patient_json("MRN-7002", "Otherton")).await;
     let (pid, _) = w.user("patient-1", &[Role::Patient]);
-    users::link_patient(&mut w.app.db.conn(), pid, Some(mine)).unwrap();
+    users::link_patient(&mut w.app.db.conn(), pid, Some(mine.into())).unwrap();
     let token = w.token("patient-1", "patient/Patient.rs");
     assert_eq!(
         w.get(&format!("/fhir/Patient/{mine}"), &token)

@@ -3,6 +3,7 @@
 //! FHIR R4 structure and the audit event of every request.
 
 use crate::support::world::{World, patient_json};
+use custodian::domain::UserId;
 use custodian::policy::Role;
 use diesel::prelude::*;
 use reqwest::{Method, StatusCode};
@@ -13,7 +14,7 @@ const SCOPES: &str =
     "user/Patient.cruds user/Observation.cruds user/DocumentReference.cruds user/Claim.cruds";
 
 /// A user with roles in the test facility and a token with every resource scope.
-fn person(w: &World, sub: &str, roles: &[Role]) -> (Uuid, String) {
+fn person(w: &World, sub: &str, roles: &[Role]) -> (UserId, String) {
     let (id, _) = w.user(sub, roles);
     (id, w.token(sub, SCOPES))
 }
@@ -897,7 +898,7 @@ async fn fhir_claim_clinicians_cannot_read_claims_and_other_facilities_see_nothi
 
     // The patient reads their own claims.
     let (pid, _) = w.user("patient-1", &[Role::Patient]);
-    custodian::db::users::link_patient(&mut w.app.db.conn(), pid, Some(patient)).unwrap();
+    custodian::db::users::link_patient(&mut w.app.db.conn(), pid, Some(patient.into())).unwrap();
     let me = w.token("patient-1", "patient/Claim.rs");
     let res = w.get(&path, &me).await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -1078,7 +1079,7 @@ async fn fhir_patients_read_their_own_observations_and_notes_and_phi_is_sealed_a
     )
     .await;
     let (pid, _) = w.user("patient-1", &[Role::Patient]);
-    custodian::db::users::link_patient(&mut w.app.db.conn(), pid, Some(mine)).unwrap();
+    custodian::db::users::link_patient(&mut w.app.db.conn(), pid, Some(mine.into())).unwrap();
     let me = w.token(
         "patient-1",
         "patient/Observation.rs patient/DocumentReference.rs",

@@ -33,6 +33,7 @@ use reqwest::{Method, StatusCode};
 fn method(route: &RouteInfo) -> Method {
     Method::from_bytes(route.method.as_str().as_bytes()).unwrap()
 }
+use custodian::domain::{FacilityId, PatientId, UserId};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use uuid::Uuid;
@@ -251,7 +252,7 @@ async fn setup() -> Setup {
             observation,
             document,
             claim,
-            user: author_id,
+            user: author_id.as_uuid(),
         },
     }
 }
@@ -391,7 +392,7 @@ fn no_relationship_answer(
     let context = policy::smart_context(false, &[role]);
     let allows = move |r: ResourceType, i: Interaction| scopes.allows(context, r, i);
     let subject = policy::Subject {
-        user_id: Uuid::new_v4(),
+        user_id: UserId::new(),
         roles: &[role],
         scope_allows: &allows,
         facility_id: None,
@@ -399,11 +400,11 @@ fn no_relationship_answer(
     };
     let facts = PatientFacts {
         patient_id: if resource == ResourceType::Patient && interaction == Interaction::Create {
-            Uuid::nil()
+            PatientId(Uuid::nil())
         } else {
-            patient
+            PatientId(patient)
         },
-        facility_id: facility,
+        facility_id: FacilityId(facility),
         on_care_team: false,
     };
     let target = match interaction {
@@ -488,7 +489,7 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
                     *role,
                     resource,
                     interaction,
-                    w.facility,
+                    w.facility.as_uuid(),
                     s.records.patient,
                 ) {
                     Ok(documented) => assert_eq!(status, documented, "{case}"),

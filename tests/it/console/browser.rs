@@ -118,7 +118,7 @@ fn known_user(
         .set(dsl::display_name.eq(display_name))
         .execute(&mut conn)
         .unwrap();
-    user.id
+    user.id.as_uuid()
 }
 
 /// The current code of an authenticator holding `secret_b32`, as an app would compute it.

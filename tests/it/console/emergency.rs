@@ -288,8 +288,14 @@ async fn unknown_name_wrong_password_and_disabled_account_look_the_same() {
             .first(&mut app.db.conn())
             .unwrap()
     };
-    custodian::db::users::set_disabled(&mut app.db.conn(), user, true, "test: user disabled", None)
-        .unwrap();
+    custodian::db::users::set_disabled(
+        &mut app.db.conn(),
+        user.into(),
+        true,
+        "test: user disabled",
+        None,
+    )
+    .unwrap();
     let r = post_emergency(&app, &b, "breakglass-1", PASSWORD, &code(&secret, 30)).await;
     assert_eq!((r.0, &r.1), (unknown.0, &unknown.1));
 }

@@ -5,15 +5,15 @@ use crate::support::authenticator::{code_b32_at as totp_code, now_secs};
 use crate::support::oidc::{self, Provider, cookie_value, jar_client, location};
 use crate::support::{TestApp, TestAppBuilder};
 use custodian::db::users::{self, UserKind};
+use custodian::domain::UserId;
 use custodian::policy::Role;
 use diesel::prelude::*;
 use std::time::Duration;
-use uuid::Uuid;
 
 const COOKIE: &str = "__Host-custodian";
 
 /// A console user known to the app: (issuer, subject) with these roles.
-fn user_with(app: &TestApp, idp: &Provider, subject: &str, roles: &[Role]) -> Uuid {
+fn user_with(app: &TestApp, idp: &Provider, subject: &str, roles: &[Role]) -> UserId {
     let mut conn = app.db.conn();
     let user = users::user_for(&mut conn, &idp.issuer, subject, UserKind::Person).unwrap();
     for role in roles {

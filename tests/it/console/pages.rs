@@ -7,6 +7,7 @@ use crate::support::{TestApp, idp::Provider, idp::Signer, test_cert};
 use custodian::crypto::Keyring;
 use custodian::db::schema::{console_sessions, console_totp, role_assignments, users as users_t};
 use custodian::db::users::{self, UserKind};
+use custodian::domain::FacilityId;
 use custodian::policy::Role;
 use diesel::prelude::*;
 use reqwest::StatusCode;
@@ -25,7 +26,7 @@ struct Console {
     _idp: Provider,
     issuer: String,
     keyring: Keyring,
-    facility: Uuid,
+    facility: FacilityId,
     config: custodian::config::Config,
 }
 
@@ -109,7 +110,7 @@ impl Console {
             .set(users_t::display_name.eq(display))
             .execute(&mut c)
             .unwrap();
-        u.id
+        u.id.as_uuid()
     }
 
     /// A confirmed TOTP enrolment with [`SECRET`], sealed with the app's keys.

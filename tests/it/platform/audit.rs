@@ -12,6 +12,7 @@ use custodian::audit::{
     ResourceType, RoleCode, WriterSettings, ops, store,
 };
 use custodian::config::Config;
+use custodian::domain::{PatientId, UserId};
 use custodian::error::AppError;
 use custodian::policy::Action;
 use custodian::state::AppState;
@@ -104,7 +105,7 @@ impl Fixture {
 fn event(i: u128) -> custodian::audit::AuditEvent {
     EventBuilder::new(
         Actor::user(
-            Uuid::from_u128(i % 7 + 1),
+            UserId(Uuid::from_u128(i % 7 + 1)),
             vec![RoleCode::parse("clinician").unwrap()],
             AuthMethod::Bearer,
         ),
@@ -112,7 +113,7 @@ fn event(i: u128) -> custodian::audit::AuditEvent {
         Outcome::Permit,
     )
     .resource(ResourceType::Patient, Uuid::from_u128(1000 + i))
-    .patients([Uuid::from_u128(1000 + i)])
+    .patients([PatientId(Uuid::from_u128(1000 + i))])
     .purpose(PurposeOfUse::Treatment)
     .build()
 }
@@ -287,7 +288,7 @@ async fn forged_row_is_detected() {
 
 /// A handler written the way PHI handlers will be: audit, then respond.
 async fn audited(ctx: AuditContext, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
-    let patient = Uuid::from_u128(42);
+    let patient = PatientId(Uuid::from_u128(42));
     let event = ctx
         .event(Actor::anonymous(), AuditAction::Search, Outcome::Permit)
         .resource_type(ResourceType::Patient)

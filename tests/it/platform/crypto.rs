@@ -174,7 +174,9 @@ fn raw_select_and_pg_dump_contain_no_plaintext_phi() {
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let facility = phi::insert_facility(&mut conn, "FACILITYCONTROLCANARY").unwrap();
+    let facility = phi::insert_facility(&mut conn, "FACILITYCONTROLCANARY")
+        .unwrap()
+        .as_uuid();
     let p = phi::insert_patient(
         &mut conn,
         &kr,
@@ -246,7 +248,9 @@ fn every_sealed_type_round_trips_through_the_database() {
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let facility = phi::insert_facility(&mut conn, "General").unwrap();
+    let facility = phi::insert_facility(&mut conn, "General")
+        .unwrap()
+        .as_uuid();
     let new = patient(facility, "MRN-1", Some("111-22-3333"), "Müller", "Zoë");
     let created = phi::insert_patient(&mut conn, &kr, &new).unwrap();
     let p = test_phi::get_patient(&mut conn, &kr, created.id)
@@ -306,7 +310,7 @@ fn same_value_twice_gives_different_ciphertexts_but_equal_blind_indexes() {
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let f = phi::insert_facility(&mut conn, "F").unwrap();
+    let f = phi::insert_facility(&mut conn, "F").unwrap().as_uuid();
     phi::insert_patient(&mut conn, &kr, &patient(f, "M1", None, "Smith", "Ann")).unwrap();
     phi::insert_patient(&mut conn, &kr, &patient(f, "M2", None, " SMITH ", "Bob")).unwrap();
     let rows: Vec<Sealed> = diesel::sql_query("SELECT family_sealed, family_index FROM patients")
@@ -328,7 +332,7 @@ fn tampered_or_moved_ciphertext_is_an_error_not_garbage() {
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let f = phi::insert_facility(&mut conn, "F").unwrap();
+    let f = phi::insert_facility(&mut conn, "F").unwrap().as_uuid();
     let a = phi::insert_patient(&mut conn, &kr, &patient(f, "A1", None, "Alpha", "Ann")).unwrap();
     let b = phi::insert_patient(&mut conn, &kr, &patient(f, "B1", None, "Beta", "Ben")).unwrap();
     let c = phi::insert_patient(&mut conn, &kr, &patient(f, "C1", None, "Gamma", "Cy")).unwrap();
@@ -429,7 +433,7 @@ fn interrupted_rotation_resumes_retires_the_old_key_and_keeps_everything_readabl
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let f = phi::insert_facility(&mut conn, "F").unwrap();
+    let f = phi::insert_facility(&mut conn, "F").unwrap().as_uuid();
     let mut patients = Vec::new();
     for i in 0..12 {
         let ssn = format!("100-00-{:04}", i);
@@ -588,7 +592,7 @@ fn kek_rotation_rewraps_data_keys_and_keeps_every_value_readable() {
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let f = phi::insert_facility(&mut conn, "F").unwrap();
+    let f = phi::insert_facility(&mut conn, "F").unwrap().as_uuid();
     let p = phi::insert_patient(
         &mut conn,
         &kr,
@@ -659,7 +663,7 @@ fn blind_index_finds_by_mrn_and_ssn_with_normalisation_before_and_after_rotation
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let f = phi::insert_facility(&mut conn, "F").unwrap();
+    let f = phi::insert_facility(&mut conn, "F").unwrap().as_uuid();
     let p = phi::insert_patient(
         &mut conn,
         &kr,
@@ -763,7 +767,7 @@ fn claims_stored_in_clear_are_set_aside_by_the_migration_and_sealed_by_keys_seal
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let f = phi::insert_facility(&mut conn, "F").unwrap();
+    let f = phi::insert_facility(&mut conn, "F").unwrap().as_uuid();
     let p = phi::insert_patient(&mut conn, &kr, &patient(f, "U-1", None, "Un", "Sealed")).unwrap();
     // Back to the schema before claims were sealed.
     loop {

@@ -5,6 +5,7 @@
 use super::TestApp;
 use super::idp::{Provider, Signer, now};
 use custodian::db::{phi, users};
+use custodian::domain::{FacilityId, UserId};
 use custodian::policy::Role;
 use diesel::prelude::*;
 use reqwest::StatusCode;
@@ -18,7 +19,7 @@ pub struct World {
     pub app: TestApp,
     pub idp: Provider,
     pub signer: Signer,
-    pub facility: Uuid,
+    pub facility: FacilityId,
 }
 
 impl World {
@@ -48,7 +49,7 @@ impl World {
     }
 
     /// A user with roles in the test facility; returns (user id, token with all scopes).
-    pub fn user(&self, sub: &str, roles: &[Role]) -> (Uuid, String) {
+    pub fn user(&self, sub: &str, roles: &[Role]) -> (UserId, String) {
         let mut c = self.app.db.conn();
         let u = users::user_for(&mut c, &self.idp.issuer(), sub, users::UserKind::Person).unwrap();
         for r in roles {
