@@ -554,8 +554,8 @@ async fn step_up_freshness_follows_the_apps_clock() {
     let res = c
         .post(
             &a,
-            &path,
-            &[("role", "clinician"), ("reason", "covers wards")],
+            &format!("/console/users/{target}/revoke-role"),
+            &[("role", "billing"), ("reason", "left billing")],
         )
         .await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
@@ -565,7 +565,7 @@ async fn step_up_freshness_follows_the_apps_clock() {
         .post(
             &a,
             &path,
-            &[("role", "researcher"), ("reason", "joins a study")],
+            &[("role", "clinician"), ("reason", "covers wards")],
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -575,9 +575,8 @@ async fn step_up_freshness_follows_the_apps_clock() {
             .unwrap()
             .contains("action=\"/console/step-up\"")
     );
-    assert_eq!(
-        c.roles_of(target).len(),
-        2,
+    assert!(
+        c.roles_of(target).is_empty(),
         "nothing changes before the code"
     );
 }
