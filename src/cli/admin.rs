@@ -141,7 +141,9 @@ pub fn run(path: Option<&Path>, cmd: AdminCommand) -> anyhow::Result<()> {
             let reason = crate::admin::check_reason(Some(&reason))
                 .map_err(|_| anyhow::anyhow!("--reason: must have 3 to 500 characters"))?;
             let mut conn = connect(&config)?;
-            let Some(id) = emergency::set_disabled(&mut conn, &name, true, &reason)? else {
+            let Some(id) =
+                emergency::set_disabled(&mut conn, &name, true, &reason, chrono::Utc::now())?
+            else {
                 bail!("{}: no such emergency account", name.as_str());
             };
             let event = EventBuilder::new(

@@ -40,9 +40,10 @@ pub async fn login(c: Settings, state: web::Data<AppState>) -> Result<HttpRespon
         start.nonce.clone(),
         start.pkce_verifier.clone(),
     );
+    let now = state.clock.now();
     let id = state
         .db
-        .run(move |conn| store::session::start_pre_login(conn, &life, &st, &no, &ve))
+        .run(move |conn| store::session::start_pre_login(conn, &life, &st, &no, &ve, now))
         .await?;
     let mut res = see_other(start.url.as_str());
     res.add_cookie(&session::pre_login_cookie(id))
@@ -81,11 +82,12 @@ pub async fn callback(
         return Err(failed());
     };
     let life = c.lifetimes;
+    let now = state.clock.now();
     // The pre-login session is used once: its OIDC values are gone after this.
     let pre = state
         .db
         .run(move |conn| {
-            let s = store::session::load(conn, &id, &life)?;
+            let s = store::session::load(conn, &id, &life, now)?;
             if let Some(s) = &s {
                 store::session::destroy(conn, &s.id_hash)?;
             }
@@ -141,9 +143,10 @@ pub async fn callback(
     }
     // A new session (new id) for the signed-in user, TOTP still to do.
     let user_id = user.id.as_uuid();
+    let now = state.clock.now();
     let id = state
         .db
-        .run(move |conn| store::session::start_signed_in(conn, Stage::Totp, user_id))
+        .run(move |conn| store::session::start_signed_in(conn, Stage::Totp, user_id, now))
         .await?;
     audit.session(AuditAction::Login, Outcome::Permit).await?;
     // Not a redirect: this request arrived through the provider's cross-site redirect, and
@@ -266,6 +269,7 @@ pub async fn totp_submit(
     let keyring = state.keyring.clone();
     let lockout = c.totp_lockout;
     let user_id = user.id.as_uuid();
+    let now = state.clock.now();
     let (was_confirmed, result) = state
         .db
         .run(move |conn| {
@@ -273,9 +277,9 @@ pub async fn totp_submit(
             conn.transaction(|conn| {
                 let confirmed = store::totp::is_confirmed(conn, user_id)?;
                 let check = if recovery::looks_like(&code) {
-                    store::totp::check_recovery(conn, &keyring, user_id, &code, lockout)?
+                    store::totp::check_recovery(conn, &keyring, user_id, &code, lockout, now)?
                 } else {
-                    store::totp::check(conn, &keyring, user_id, &code, lockout)?
+                    store::totp::check(conn, &keyring, user_id, &code, lockout, now)?
                 };
                 Ok((confirmed, check))
             })
@@ -294,13 +298,14 @@ pub async fn totp_submit(
                 )
             };
             let old = s.id_hash.clone();
+            let now = state.clock.now();
             let (id, codes) = state
                 .db
                 .run(move |conn| {
                     if let Some(codes) = &codes {
                         store::recovery::replace(conn, user_id, codes)?;
                     }
-                    let id = store::session::advance(conn, &old, Stage::Active, user_id)?;
+                    let id = store::session::advance(conn, &old, Stage::Active, user_id, now)?;
                     Ok((id, codes))
                 })
                 .await?;

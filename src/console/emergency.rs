@@ -136,11 +136,12 @@ pub async fn sign_in(
         // Names longer than 64 are invalid anyway: the key stays bounded.
         let name_key: String = name.chars().take(65).collect::<String>().to_lowercase();
         let per_minute = c.emergency_attempts_per_minute;
+        let now = state.clock.now();
         let limited = state
             .db
             .run(move |conn| {
                 let keys = [format!("ip:{ip}"), format!("name:{name_key}")];
-                store::attempts::count(conn, &keys, per_minute)
+                store::attempts::count(conn, &keys, per_minute, now)
             })
             .await?;
         if let Err(wait) = limited {
@@ -196,10 +197,13 @@ pub async fn sign_in(
     };
     let keyring = state.keyring.clone();
     let lockout = c.totp_lockout;
+    let now = state.clock.now();
     let check = state
         .db
         .run(move |conn| {
-            conn.transaction(|conn| store::totp::check(conn, &keyring, user_id, &code, lockout))
+            conn.transaction(|conn| {
+                store::totp::check(conn, &keyring, user_id, &code, lockout, now)
+            })
         })
         .await?;
     if check != Check::Accepted {
@@ -210,10 +214,11 @@ pub async fn sign_in(
         deny(reason).await?;
         return Ok(failed(&req));
     }
+    let now = state.clock.now();
     let (id, user) = state
         .db
         .run(move |conn| {
-            let id = store::session::start_signed_in(conn, Stage::Active, user_id)?;
+            let id = store::session::start_signed_in(conn, Stage::Active, user_id, now)?;
             let user = users::by_id(conn, user_id.into())?;
             Ok((id, user))
         })

@@ -123,10 +123,11 @@ pub async fn gate(
             clear_cookie: false,
         });
     };
+    let now = state.clock.now();
     let found = state
         .db
         .run(move |conn| {
-            let Some(s) = store::session::load(conn, &id, &life)? else {
+            let Some(s) = store::session::load(conn, &id, &life, now)? else {
                 return Ok(None);
             };
             let Some(user_id) = s.user_id else {
@@ -173,8 +174,9 @@ pub struct Chrome {
 }
 
 impl Chrome {
-    pub fn of(me: &SignedIn, life: &Lifetimes) -> Chrome {
-        let left = me.session.seconds_left(life, chrono::Utc::now());
+    /// The chrome for `me` at `now` (the app's clock).
+    pub fn of(me: &SignedIn, life: &Lifetimes, now: chrono::DateTime<chrono::Utc>) -> Chrome {
+        let left = me.session.seconds_left(life, now);
         Chrome {
             subject: me.subject.clone(),
             minutes_left: left / 60,
@@ -268,7 +270,7 @@ fn admit(
             AuthMethod::SessionMfa,
         );
         Ok(Console {
-            chrome: Chrome::of(&me, &life),
+            chrome: Chrome::of(&me, &life, state.clock.now()),
             me,
             state,
             settings,

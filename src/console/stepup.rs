@@ -19,9 +19,9 @@ use crate::state::AppState;
 use actix_web::{HttpRequest, HttpResponse, Responder, ResponseError, web};
 use askama::Template;
 use askama_web::WebTemplate;
-use chrono::Utc;
 
-/// Did this session pass a TOTP check (sign-in or step-up) within the step-up window?
+/// Did this session pass a TOTP check (sign-in or step-up) within the step-up window,
+/// by the app's clock?
 pub async fn is_fresh(state: &AppState, c: &Settings, s: &Session) -> Result<bool, AppError> {
     let window = c.step_up;
     let hash = s.id_hash.clone();
@@ -29,7 +29,7 @@ pub async fn is_fresh(state: &AppState, c: &Settings, s: &Session) -> Result<boo
         .db
         .run(move |c| store::session::totp_at(c, &hash))
         .await?;
-    Ok(at.is_some_and(|t| Utc::now() - t < window))
+    Ok(at.is_some_and(|t| state.clock.now() - t < window))
 }
 
 #[derive(Template, WebTemplate)]
@@ -52,9 +52,10 @@ fn render(chrome: Chrome, op: &Op, message: &'static str) -> StepUpPage {
 pub async fn ask(req: &HttpRequest, page: Console, op: Op) -> Result<HttpResponse, AppError> {
     let hash = page.me.session.id_hash.clone();
     let stored = op.clone();
+    let now = page.state.clock.now();
     page.state
         .db
-        .run(move |c| store::pending::save(c, &hash, &stored))
+        .run(move |c| store::pending::save(c, &hash, &stored, now))
         .await?;
     let (action, kind) = op.audit();
     page.record(
@@ -85,10 +86,11 @@ pub async fn submit(
             "No change is waiting for a code (or it waited too long). Start it again.",
         )
     };
+    let now = page.state.clock.now();
     let op = page
         .state
         .db
-        .run(move |c| store::pending::peek(c, &hash))
+        .run(move |c| store::pending::peek(c, &hash, now))
         .await?
         .ok_or_else(nothing_waiting)?;
     let code = form.get("code").unwrap_or_default().to_string();
@@ -100,20 +102,23 @@ pub async fn submit(
         .db
         .run(move |conn| {
             use diesel::Connection;
-            conn.transaction(|conn| store::totp::check(conn, &keyring, user_id, &code, lockout))
+            conn.transaction(|conn| {
+                store::totp::check(conn, &keyring, user_id, &code, lockout, now)
+            })
         })
         .await?;
     match result {
         Check::Accepted => {
             let old = page.me.session.id_hash.clone();
+            let now = page.state.clock.now();
             let (id, op) = page
                 .state
                 .db
                 .run(move |conn| {
                     use diesel::Connection;
                     conn.transaction(|conn| {
-                        let op = store::pending::take(conn, &old)?;
-                        let id = store::session::advance(conn, &old, Stage::Active, user_id)?;
+                        let op = store::pending::take(conn, &old, now)?;
+                        let id = store::session::advance(conn, &old, Stage::Active, user_id, now)?;
                         Ok::<_, AppError>((id, op))
                     })
                 })

@@ -233,6 +233,7 @@ pub async fn user_page(
 ) -> Result<UserPage, AppError> {
     let id = Uuid::parse_str(&path).map_err(|_| op::user_not_found())?;
     let life = page.settings.lifetimes;
+    let now = page.state.clock.now();
     let kind = Some(Kind::User);
     let (user, care_teams, facilities, sessions, totp_enrolled) =
         audited(&*page, AuditAction::Read, kind, async {
@@ -247,7 +248,7 @@ pub async fn user_page(
                         user,
                         users::care_teams_of(c, id.into())?,
                         users::list_facilities(c)?,
-                        store::session::list_of_user(c, id, &life)?,
+                        store::session::list_of_user(c, id, &life, now)?,
                         store::totp::is_confirmed(c, id)?,
                     )))
                 })

@@ -1,6 +1,7 @@
 //! The emergency sign-in attempt limit, in PostgreSQL (`console_emergency_attempts`) so
 //! that all instances share it: at most `per_minute` attempts per key (source address,
-//! account name) in a minute that starts with the first attempt.
+//! account name) in a minute that starts with the first attempt. The minute is measured
+//! on the app's clock (callers pass `now`), not the database's.
 
 use crate::error::AppError;
 use chrono::{DateTime, Utc};
@@ -25,17 +26,19 @@ pub fn count(
     conn: &mut PgConnection,
     keys: &[String],
     per_minute: u32,
+    now: DateTime<Utc>,
 ) -> Result<Result<(), u64>, AppError> {
     conn.transaction(|conn| {
         diesel::sql_query("SET LOCAL synchronous_commit TO OFF").execute(conn)?;
         diesel::sql_query(
             "DELETE FROM console_emergency_attempts \
-             WHERE window_start <= now() - interval '1 minute'",
+             WHERE window_start <= $1 - interval '1 minute'",
         )
+        .bind::<Timestamptz, _>(now)
         .execute(conn)?;
         let mut wait: Option<u64> = None;
         for key in keys {
-            if let Err(w) = count_one(conn, key, per_minute)? {
+            if let Err(w) = count_one(conn, key, per_minute, now)? {
                 wait = Some(wait.map_or(w, |x| x.max(w)));
             }
         }
@@ -47,25 +50,27 @@ fn count_one(
     conn: &mut PgConnection,
     key: &str,
     per_minute: u32,
+    now: DateTime<Utc>,
 ) -> Result<Result<(), u64>, AppError> {
     let hash = Sha256::digest(key.as_bytes()).to_vec();
     let c: Counted = diesel::sql_query(
         "INSERT INTO console_emergency_attempts AS t (key_hash, window_start, attempts) \
-         VALUES ($1, now(), 1) \
+         VALUES ($1, $2, 1) \
          ON CONFLICT (key_hash) DO UPDATE SET \
-           attempts = CASE WHEN t.window_start > now() - interval '1 minute' \
+           attempts = CASE WHEN t.window_start > $2 - interval '1 minute' \
                       THEN t.attempts + 1 ELSE 1 END, \
-           window_start = CASE WHEN t.window_start > now() - interval '1 minute' \
-                          THEN t.window_start ELSE now() END \
+           window_start = CASE WHEN t.window_start > $2 - interval '1 minute' \
+                          THEN t.window_start ELSE $2 END \
          RETURNING attempts, window_start",
     )
     .bind::<Bytea, _>(hash)
+    .bind::<Timestamptz, _>(now)
     .get_result(conn)?;
     let limit = i32::try_from(per_minute).unwrap_or(i32::MAX);
     if c.attempts <= limit {
         return Ok(Ok(()));
     }
     let ends = c.window_start + chrono::Duration::minutes(1);
-    let wait = (ends - Utc::now()).num_seconds().max(1);
+    let wait = (ends - now).num_seconds().max(1);
     Ok(Err(u64::try_from(wait).unwrap_or(1)))
 }

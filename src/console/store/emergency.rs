@@ -66,13 +66,15 @@ pub fn create(
     })
 }
 
-/// Disables (or enables) the account and its user; a disabled user's sessions end on
-/// their next request. Returns the account id, `None` if there is no such account.
+/// Disables (or enables) the account and its user (disabled at `now`); a disabled user's
+/// sessions end on their next request. Returns the account id, `None` if there is no such
+/// account.
 pub fn set_disabled(
     conn: &mut PgConnection,
     name: &AccountName,
     disabled: bool,
     reason: &str,
+    now: DateTime<Utc>,
 ) -> Result<Option<Uuid>, AppError> {
     conn.transaction(|conn| {
         let row: Option<(Uuid, Uuid)> = ea::table
@@ -84,7 +86,7 @@ pub fn set_disabled(
             return Ok(None);
         };
         diesel::update(ea::table.find(id))
-            .set(ea::disabled_at.eq(disabled.then(Utc::now)))
+            .set(ea::disabled_at.eq(disabled.then_some(now)))
             .execute(conn)?;
         users::set_disabled(conn, user_id.into(), disabled, reason, None)?;
         Ok(Some(id))

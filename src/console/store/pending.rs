@@ -1,28 +1,34 @@
 //! Changes waiting for a console step-up (`console_pending_actions`): one per session,
 //! bound to it, stored as the [`Op`] JSON and used once; they expire after
-//! [`PENDING_MAX_AGE_SECS`].
+//! [`PENDING_MAX_AGE_SECS`] (by the app's clock: callers pass `now`).
 
 use crate::admin::Op;
 use crate::db::schema::console_pending_actions as pa;
 use crate::error::AppError;
-use chrono::{Duration, Utc};
+use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
 
 /// How long a change waits for its code before it must be started again.
 pub const PENDING_MAX_AGE_SECS: i64 = 600;
 
-pub fn save(conn: &mut PgConnection, hash: &[u8], op: &Op) -> Result<(), AppError> {
+/// Keeps `op` for the session `hash`, waiting since `now`.
+pub fn save(
+    conn: &mut PgConnection,
+    hash: &[u8],
+    op: &Op,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
     let json = serde_json::to_value(op)
         .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("pending action")))?;
     diesel::insert_into(pa::table)
         .values((
             pa::session_hash.eq(hash),
             pa::action.eq(&json),
-            pa::created_at.eq(Utc::now()),
+            pa::created_at.eq(now),
         ))
         .on_conflict(pa::session_hash)
         .do_update()
-        .set((pa::action.eq(&json), pa::created_at.eq(Utc::now())))
+        .set((pa::action.eq(&json), pa::created_at.eq(now)))
         .execute(conn)?;
     Ok(())
 }
@@ -32,9 +38,13 @@ fn decode(json: serde_json::Value) -> Result<Op, AppError> {
         .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("pending action")))
 }
 
-/// The change waiting for this session's step-up, if it has not expired.
-pub fn peek(conn: &mut PgConnection, hash: &[u8]) -> Result<Option<Op>, AppError> {
-    let since = Utc::now() - Duration::seconds(PENDING_MAX_AGE_SECS);
+/// The change waiting for this session's step-up, if it has not expired at `now`.
+pub fn peek(
+    conn: &mut PgConnection,
+    hash: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Option<Op>, AppError> {
+    let since = now - Duration::seconds(PENDING_MAX_AGE_SECS);
     let json: Option<serde_json::Value> = pa::table
         .filter(pa::session_hash.eq(hash).and(pa::created_at.gt(since)))
         .select(pa::action)
@@ -44,8 +54,12 @@ pub fn peek(conn: &mut PgConnection, hash: &[u8]) -> Result<Option<Op>, AppError
 }
 
 /// Removes and returns the waiting change (used once).
-pub fn take(conn: &mut PgConnection, hash: &[u8]) -> Result<Option<Op>, AppError> {
-    let op = peek(conn, hash)?;
+pub fn take(
+    conn: &mut PgConnection,
+    hash: &[u8],
+    now: DateTime<Utc>,
+) -> Result<Option<Op>, AppError> {
+    let op = peek(conn, hash, now)?;
     diesel::delete(pa::table.filter(pa::session_hash.eq(hash))).execute(conn)?;
     Ok(op)
 }

@@ -5,7 +5,7 @@ use crate::console::recovery::{NewCode, SELECTOR_LEN, normalise};
 use crate::crypto::password;
 use crate::db::schema::console_recovery_codes as rc;
 use crate::error::AppError;
-use chrono::Utc;
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
@@ -27,9 +27,14 @@ pub fn replace(conn: &mut PgConnection, user_id: Uuid, codes: &[NewCode]) -> Res
     })
 }
 
-/// Uses up the user's code `input` if it is one of their unused codes. Runs one argon2
-/// verification (none when no code has that selector).
-pub fn redeem(conn: &mut PgConnection, user_id: Uuid, input: &str) -> Result<bool, AppError> {
+/// Uses up the user's code `input` if it is one of their unused codes (marked used at
+/// `now`). Runs one argon2 verification (none when no code has that selector).
+pub fn redeem(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    input: &str,
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
     let Some(code) = normalise(input) else {
         return Ok(false);
     };
@@ -51,7 +56,7 @@ pub fn redeem(conn: &mut PgConnection, user_id: Uuid, input: &str) -> Result<boo
     }
     // Single use even against a concurrent request with the same code.
     let used = diesel::update(rc::table.filter(rc::id.eq(id).and(rc::used_at.is_null())))
-        .set(rc::used_at.eq(Some(Utc::now())))
+        .set(rc::used_at.eq(Some(now)))
         .execute(conn)?;
     Ok(used == 1)
 }

@@ -1,5 +1,9 @@
 //! Console sessions in PostgreSQL (`console_sessions`): load with the idle and absolute
 //! timeouts, start, advance to a new id, end, list and sweep.
+//!
+//! Every function that decides by time, or writes a time a later decision compares
+//! against, takes `now` from the caller (the app's clock, `AppState::clock`): the
+//! database's own `now()` is never used, so a test's clock moves sessions too.
 
 use crate::console::session::{Lifetimes, Session, Stage, hash, random_token};
 use crate::db::schema::console_sessions as cs;
@@ -25,9 +29,9 @@ pub fn load(
     conn: &mut PgConnection,
     id: &str,
     life: &Lifetimes,
+    now: DateTime<Utc>,
 ) -> Result<Option<Session>, AppError> {
     let id_hash = hash(id);
-    let now = Utc::now();
     let row: Option<Row> = diesel::update(
         cs::table.filter(
             cs::id_hash
@@ -76,8 +80,9 @@ pub fn start_pre_login(
     state: &str,
     nonce: &str,
     verifier: &str,
+    now: DateTime<Utc>,
 ) -> Result<String, AppError> {
-    sweep(conn, life)?;
+    sweep(conn, life, now)?;
     let id = random_token();
     diesel::insert_into(cs::table)
         .values((
@@ -87,6 +92,8 @@ pub fn start_pre_login(
             cs::oidc_state.eq(state),
             cs::oidc_nonce.eq(nonce),
             cs::pkce_verifier.eq(verifier),
+            cs::created_at.eq(now),
+            cs::last_seen_at.eq(now),
         ))
         .execute(conn)?;
     Ok(id)
@@ -98,6 +105,7 @@ pub fn start_signed_in(
     conn: &mut PgConnection,
     stage: Stage,
     user_id: Uuid,
+    now: DateTime<Utc>,
 ) -> Result<String, AppError> {
     let id = random_token();
     diesel::insert_into(cs::table)
@@ -106,6 +114,8 @@ pub fn start_signed_in(
             cs::stage.eq(stage.as_str()),
             cs::user_id.eq(Some(user_id)),
             cs::csrf_token.eq(random_token()),
+            cs::created_at.eq(now),
+            cs::last_seen_at.eq(now),
         ))
         .execute(conn)?;
     Ok(id)
@@ -118,6 +128,7 @@ pub fn advance(
     old_hash: &[u8],
     stage: Stage,
     user_id: Uuid,
+    now: DateTime<Utc>,
 ) -> Result<String, AppError> {
     let id = random_token();
     let changed = diesel::update(cs::table.filter(cs::id_hash.eq(old_hash)))
@@ -130,7 +141,7 @@ pub fn advance(
             cs::oidc_nonce.eq(None::<String>),
             cs::pkce_verifier.eq(None::<String>),
             // Reaching (or renewing) the active stage means a TOTP code was just accepted.
-            cs::totp_at.eq((stage == Stage::Active).then(Utc::now)),
+            cs::totp_at.eq((stage == Stage::Active).then_some(now)),
         ))
         .execute(conn)?;
     if changed != 1 {
@@ -163,8 +174,8 @@ pub fn list_of_user(
     conn: &mut PgConnection,
     user_id: Uuid,
     life: &Lifetimes,
+    now: DateTime<Utc>,
 ) -> Result<Vec<Listed>, AppError> {
-    let now = Utc::now();
     Ok(cs::table
         .filter(
             cs::user_id
@@ -178,8 +189,11 @@ pub fn list_of_user(
 }
 
 /// Deletes every expired session.
-pub fn sweep(conn: &mut PgConnection, life: &Lifetimes) -> Result<(), AppError> {
-    let now = Utc::now();
+pub fn sweep(
+    conn: &mut PgConnection,
+    life: &Lifetimes,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
     diesel::delete(
         cs::table.filter(
             cs::last_seen_at

@@ -78,29 +78,28 @@ pub fn enrolment(
     })
 }
 
-/// The user's enrolment and the time of the check, `None` while the check is locked.
+/// The user's enrolment, `None` while the check is locked at `now`.
 fn unlocked(
     conn: &mut PgConnection,
     keyring: &Keyring,
     user_id: Uuid,
-) -> Result<Option<(Enrolment, DateTime<Utc>)>, AppError> {
+    now: DateTime<Utc>,
+) -> Result<Option<Enrolment>, AppError> {
     let e = enrolment(conn, keyring, user_id)?;
-    let now = Utc::now();
-    Ok(e.locked_until
-        .is_none_or(|until| until <= now)
-        .then_some((e, now)))
+    Ok(e.locked_until.is_none_or(|until| until <= now).then_some(e))
 }
 
-/// Checks `code` for the user (inside a transaction), recording the accepted step or the
-/// failure. Confirms an unconfirmed enrolment on success.
+/// Checks `code` for the user at `now` (the app's clock; inside a transaction), recording
+/// the accepted step or the failure. Confirms an unconfirmed enrolment on success.
 pub fn check(
     conn: &mut PgConnection,
     keyring: &Keyring,
     user_id: Uuid,
     code: &str,
     lockout: Duration,
+    now: DateTime<Utc>,
 ) -> Result<Check, AppError> {
-    let Some((e, now)) = unlocked(conn, keyring, user_id)? else {
+    let Some(e) = unlocked(conn, keyring, user_id, now)? else {
         return Ok(Check::Locked);
     };
     let now_secs = u64::try_from(now.timestamp()).unwrap_or(0);
@@ -116,11 +115,12 @@ pub fn check_recovery(
     user_id: Uuid,
     code: &str,
     lockout: Duration,
+    now: DateTime<Utc>,
 ) -> Result<Check, AppError> {
-    let Some((e, now)) = unlocked(conn, keyring, user_id)? else {
+    let Some(e) = unlocked(conn, keyring, user_id, now)? else {
         return Ok(Check::Locked);
     };
-    let ok = e.confirmed && super::recovery::redeem(conn, user_id, code)?;
+    let ok = e.confirmed && super::recovery::redeem(conn, user_id, code, now)?;
     settle(conn, &e, ok.then_some(None), now, lockout)
 }
 

@@ -6,6 +6,7 @@ use crate::support::oidc::{self, Provider, cookie_value, jar_client, location};
 use crate::support::{TestApp, TestAppBuilder};
 use custodian::db::users::{self, UserKind};
 use custodian::domain::UserId;
+use custodian::domain::clock::Clock;
 use custodian::policy::Role;
 use diesel::prelude::*;
 use std::time::Duration;
@@ -491,18 +492,33 @@ async fn id_token_re_signed_unchanged_is_accepted() {
     assert_eq!(user_sessions(&app), 1);
 }
 
+/// Moves the app's clock forward by `secs` (the app was started with a manual clock).
+fn advance(app: &TestApp, secs: u64) {
+    app.clock().advance(Duration::from_secs(secs));
+}
+
+/// The app's time in seconds since the epoch (what its TOTP check compares codes with).
+fn app_secs(app: &TestApp) -> u64 {
+    u64::try_from(app.clock().now().timestamp()).unwrap()
+}
+
 #[tokio::test]
 async fn idle_session_expires() {
-    let (app, idp) = start(TestApp::builder().set("console.idle_timeout_secs", 3)).await;
+    let (app, idp) = start(
+        TestApp::builder()
+            .manual_clock()
+            .set("console.idle_timeout_secs", 600),
+    )
+    .await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
     let b = Browser::new();
     b.enrol(&app, &idp, "alice").await;
-    // Used within the idle time it lives on.
+    // Used within the idle time it lives on, well past one idle time in total.
     for _ in 0..3 {
-        tokio::time::sleep(Duration::from_millis(1500)).await;
+        advance(&app, 590);
         assert_eq!(b.lands(&app, "/console").await, None);
     }
-    tokio::time::sleep(Duration::from_millis(3500)).await;
+    advance(&app, 601);
     assert_eq!(
         b.lands(&app, "/console").await.as_deref(),
         Some("/console/signin")
@@ -514,27 +530,30 @@ async fn idle_session_expires() {
 async fn absolute_lifetime_ends_a_busy_session() {
     let (app, idp) = start(
         TestApp::builder()
+            .manual_clock()
             .set("console.idle_timeout_secs", 600)
-            .set("console.absolute_timeout_secs", 5),
+            .set("console.absolute_timeout_secs", 3600),
     )
     .await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
     let b = Browser::new();
-    let started = std::time::Instant::now();
     b.enrol(&app, &idp, "alice").await;
-    let mut ended = None;
-    while started.elapsed() < Duration::from_secs(12) {
-        if b.lands(&app, "/console").await.as_deref() == Some("/console/signin") {
-            ended = Some(started.elapsed());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    // Busy (never idle for long), it lives until its absolute lifetime…
+    for _ in 0..7 {
+        advance(&app, 500);
+        assert_eq!(b.lands(&app, "/console").await, None, "ended too early");
     }
-    let ended = ended.expect("the session outlived its absolute lifetime");
-    assert!(
-        ended >= Duration::from_secs(4),
-        "ended too early: {ended:?}"
+    // …and every page counts down to it: 100 s of the 3600 are left.
+    let page = b.get(&app, "/console").await.text().await.unwrap();
+    let left = text_by_id(&page, "time-left");
+    assert!(left.starts_with("1 min "), "{left}");
+    advance(&app, 101);
+    assert_eq!(
+        b.lands(&app, "/console").await.as_deref(),
+        Some("/console/signin"),
+        "the session outlived its absolute lifetime"
     );
+    assert_eq!(user_sessions(&app), 0);
 }
 
 #[tokio::test]
@@ -675,6 +694,46 @@ async fn five_wrong_codes_lock_the_totp_check() {
             >= 2,
         "the lock-out is audited: {ev:?}"
     );
+}
+
+#[tokio::test]
+async fn the_totp_lock_out_ends_after_its_time() {
+    let (app, idp) = start(
+        TestApp::builder()
+            .manual_clock()
+            .set("console.idle_timeout_secs", 3600)
+            .set("console.totp_lockout_secs", 900),
+    )
+    .await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = Browser::new();
+    let mut page = b.oidc_sign_in(&app, &idp, "alice").await;
+    let secret = text_by_id(&page, "totp-secret");
+    for _ in 0..5 {
+        let res = b.submit_code(&app, &page, &wrong_code(&secret)).await;
+        page = res.text().await.unwrap();
+    }
+    assert!(page.contains("Too many wrong codes"), "{page}");
+    // Just before the lock-out ends, the right code is still refused…
+    advance(&app, 880);
+    let res = b
+        .submit_code(&app, &page, &totp_code(&secret, app_secs(&app)))
+        .await;
+    assert_eq!(res.status(), 200);
+    let page = res.text().await.unwrap();
+    assert!(page.contains("Too many wrong codes"), "{page}");
+    // …and after it, accepted (no sleeping: the app's clock moved).
+    advance(&app, 30);
+    let res = b
+        .submit_code(&app, &page, &totp_code(&secret, app_secs(&app)))
+        .await;
+    assert_eq!(
+        res.status(),
+        200,
+        "enrolment confirmed: recovery codes shown"
+    );
+    assert_eq!(recovery_codes(&res.text().await.unwrap()).len(), 10);
+    assert_eq!(b.lands(&app, "/console").await, None);
 }
 
 #[tokio::test]

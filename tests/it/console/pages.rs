@@ -8,6 +8,7 @@ use custodian::crypto::Keyring;
 use custodian::db::schema::{console_sessions, console_totp, role_assignments, users as users_t};
 use custodian::db::users::{self, UserKind};
 use custodian::domain::FacilityId;
+use custodian::domain::clock::Clock;
 use custodian::policy::Role;
 use diesel::prelude::*;
 use reqwest::StatusCode;
@@ -44,10 +45,19 @@ fn code_at(unix: u64) -> String {
 
 impl Console {
     async fn start() -> Console {
+        Console::start_with(TestApp::builder()).await
+    }
+
+    /// On a manual clock ([`TestApp::clock`]): the test moves the app's time.
+    async fn start_clocked() -> Console {
+        Console::start_with(TestApp::builder().manual_clock()).await
+    }
+
+    async fn start_with(builder: crate::support::TestAppBuilder) -> Console {
         let signer = Signer::es256("k1");
         let idp = Provider::start(&[&signer]).await;
         let issuer = idp.issuer();
-        let builder = TestApp::builder()
+        let builder = builder
             .set("auth.issuer", issuer.clone())
             .set("auth.audience", "custodian-test")
             .set("console.issuer", issuer.clone())
@@ -179,6 +189,18 @@ impl Console {
             )
             .execute(&mut self.app.db.conn())
             .unwrap();
+    }
+
+    /// Moves the app's clock forward by `secs`.
+    fn advance(&self, secs: u64) {
+        self.app
+            .clock()
+            .advance(std::time::Duration::from_secs(secs));
+    }
+
+    /// The current code by the app's clock (what its TOTP check compares with).
+    fn code_now(&self) -> String {
+        code_at(u64::try_from(self.app.clock().now().timestamp()).unwrap())
     }
 
     async fn get(&self, b: &Browser, path: &str) -> reqwest::Response {
@@ -511,6 +533,115 @@ async fn stale_totp_asks_for_a_code_then_performs_the_original_change() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER, "fresh after step-up");
+}
+
+#[tokio::test]
+async fn step_up_freshness_follows_the_apps_clock() {
+    let c = Console::start_clocked().await;
+    let (_, a) = admin(&c, "root");
+    let target = c.user("dr-new", &[], None);
+    let path = format!("/console/users/{target}/grant-role");
+    // Signed in with a code just now: a sensitive change goes straight through.
+    let res = c
+        .post(
+            &a,
+            &path,
+            &[("role", "billing"), ("reason", "billing office")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    // Within the window (300 s) it still does…
+    c.advance(290);
+    let res = c
+        .post(
+            &a,
+            &format!("/console/users/{target}/revoke-role"),
+            &[("role", "billing"), ("reason", "left billing")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    // …past it, the next one waits for a code.
+    c.advance(20);
+    let res = c
+        .post(
+            &a,
+            &path,
+            &[("role", "clinician"), ("reason", "covers wards")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.text()
+            .await
+            .unwrap()
+            .contains("action=\"/console/step-up\"")
+    );
+    assert!(
+        c.roles_of(target).is_empty(),
+        "nothing changes before the code"
+    );
+}
+
+#[tokio::test]
+async fn a_change_that_waited_too_long_for_its_code_is_not_performed() {
+    let c = Console::start_clocked().await;
+    let (_, a) = admin(&c, "root");
+    let target = c.user("dr-new", &[], None);
+    let path = format!("/console/users/{target}/grant-role");
+    // Waiting just under ten minutes, the change is still performed after the code.
+    c.make_stale(&a);
+    let res = c
+        .post(
+            &a,
+            &path,
+            &[("role", "billing"), ("reason", "billing office")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    c.advance(590);
+    let res = c
+        .post(&a, "/console/step-up", &[("code", &c.code_now())])
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(c.roles_of(target).len(), 1);
+    // The renewed session's CSRF token, from the page the change lands on.
+    let html = c.get(&a, &location(&res)).await.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let a = Browser {
+        client: a.client.clone(),
+        jar: a.jar.clone(),
+        session_id: String::new(),
+        csrf,
+    };
+    // Stale again (the step-up window is 300 s): the next change waits for a code…
+    c.advance(301);
+    let res = c
+        .post(
+            &a,
+            &path,
+            &[("role", "clinician"), ("reason", "covers wards")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    // …longer than ten minutes: the code no longer performs it.
+    c.advance(601);
+    let res = c
+        .post(&a, "/console/step-up", &[("code", &c.code_now())])
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(
+        res.text().await.unwrap().contains("waited too long"),
+        "the expired change is refused"
+    );
+    assert_eq!(
+        c.roles_of(target),
+        vec![("billing".to_string(), "billing office".to_string())]
+    );
 }
 
 #[tokio::test]
