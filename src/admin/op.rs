@@ -123,7 +123,7 @@ pub struct Touched {
 }
 
 impl Touched {
-    pub fn user(id: impl Into<Uuid>) -> Touched {
+    pub fn user(id: UserId) -> Touched {
         Touched {
             resource_id: Some(id.into()),
             ..Touched::default()

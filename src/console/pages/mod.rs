@@ -254,7 +254,7 @@ pub async fn user_page(
                 })
                 .await?
                 .ok_or_else(op::user_not_found)?;
-            Ok((found, Touched::user(id)))
+            Ok((found, Touched::user(id.into())))
         })
         .await?;
     let roles_held = user.roles.clone();
