@@ -5,20 +5,15 @@
 
 use super::elements::Elements;
 use super::params;
-use super::resource::{self, Descriptor, FhirResource};
+use super::resource::{self, Descriptor, RecordResource};
 use super::types::{bounded_len, bounded_text, invalid};
 use crate::access::Principal;
-use crate::crypto::Keyring;
-use crate::db::claims::{self, Claim, NewClaim, NewClaimItem};
-use crate::domain::{PatientId, RecordId, UserId};
+use crate::db::claims::{self, Claim, ClaimTable, NewClaim, NewClaimItem};
 use crate::error::AppError;
-use crate::policy::{ResourceType, SearchScope, View};
-use diesel::PgConnection;
+use crate::policy::View;
 use serde::Deserialize;
 use serde_json::{Number, Value, json};
-use uuid::Uuid;
 
-const R: ResourceType = ResourceType::Claim;
 pub const CLAIM_TYPE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/claim-type";
 pub const PRIORITY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/processpriority";
 pub const CPT_SYSTEM: &str = "http://www.ama-assn.org/go/cpt";
@@ -62,38 +57,6 @@ fn currency(field: &'static str, value: &str) -> Result<String, AppError> {
 
 fn money(cents: i64, currency: &str) -> Value {
     json!({ "value": cents as f64 / 100.0, "currency": currency })
-}
-
-pub fn to_fhir(c: &Claim) -> Value {
-    let r = &c.row;
-    let mut out = json!({
-        "resourceType": "Claim",
-        "id": r.id,
-        "meta": { "versionId": r.version.to_string(), "lastUpdated": params::instant(&r.updated_at) },
-        "status": r.status,
-        "type": { "coding": [{ "system": CLAIM_TYPE_SYSTEM, "code": "professional" }] },
-        "use": "claim",
-        "patient": { "reference": format!("Patient/{}", r.patient_id) },
-        "created": params::instant(&r.created_at),
-        "provider": { "display": r.provider.expose() },
-        "priority": { "coding": [{ "system": PRIORITY_SYSTEM, "code": "normal" }] },
-        "insurance": [{ "sequence": 1, "focal": true, "coverage": { "display": "self-pay" } }],
-        "total": money(*r.total_cents.expose(), &r.currency),
-    });
-    if !c.items.is_empty() {
-        out["item"] = c
-            .items
-            .iter()
-            .map(|i| {
-                json!({
-                    "sequence": i.seq,
-                    "productOrService": { "coding": [{ "system": CPT_SYSTEM, "code": i.code.expose() }] },
-                    "net": money(*i.amount_cents.expose(), &r.currency),
-                })
-            })
-            .collect();
-    }
-    out
 }
 
 #[derive(Deserialize)]
@@ -245,19 +208,15 @@ fn validate(input: ClaimIn) -> Result<NewClaim, AppError> {
 /// The Claim API, served by the generic handlers of [`super::resource`].
 pub struct Claims;
 
-impl FhirResource for Claims {
+impl RecordResource for Claims {
     const DESCRIPTOR: &'static Descriptor = &resource::CLAIM;
     const SUBJECT_FIELD: &'static str = "patient.reference";
     type Input = ClaimIn;
-    type New = NewClaim;
-    type Record = Claim;
-    type Criteria = claims::Criteria;
-    /// Whether to load the claim's items (not when `_elements` leaves them out).
-    type Fields = bool;
+    type Table = ClaimTable;
 
-    /// One view, the whole resource.
+    /// One view, the whole resource; the items are loaded only when `_elements` wants them.
     fn fields(view: View, elements: &Elements) -> Result<bool, AppError> {
-        super::whole_view(R, view)?;
+        super::whole_view(Self::DESCRIPTOR.kind, view)?;
         Ok(elements.wants("item"))
     }
     fn input_id(input: &ClaimIn) -> Option<&str> {
@@ -283,64 +242,35 @@ impl FhirResource for Claims {
         Ok(claims::Criteria { patient, status })
     }
     fn to_fhir(c: &Claim) -> Value {
-        to_fhir(c)
-    }
-    fn id(c: &Claim) -> RecordId {
-        RecordId(c.row.id)
-    }
-    fn version(c: &Claim) -> i32 {
-        c.row.version
-    }
-    fn subject(c: &Claim) -> PatientId {
-        PatientId(c.row.patient_id)
-    }
-    fn new_subject(new: &NewClaim) -> PatientId {
-        PatientId(new.patient_id)
-    }
-
-    fn patient_of(c: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
-        claims::patient_of(c, id)
-    }
-    fn get(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        id: RecordId,
-        items: bool,
-    ) -> Result<Option<Claim>, AppError> {
-        claims::get(c, kr, id.into(), items)
-    }
-    fn search(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        criteria: &claims::Criteria,
-        scope: SearchScope,
-        after: Option<Uuid>,
-        limit: i64,
-        items: bool,
-    ) -> Result<Vec<Claim>, AppError> {
-        claims::search(c, kr, criteria, scope, after, limit, items)
-    }
-    fn insert(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        new: &NewClaim,
-        _: UserId,
-        _: bool,
-    ) -> Result<Claim, AppError> {
-        claims::insert(c, kr, new)
-    }
-    fn update(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        id: RecordId,
-        expected: i32,
-        new: &NewClaim,
-        _: bool,
-    ) -> Result<Option<Claim>, AppError> {
-        claims::update(c, kr, id, expected, new)
-    }
-    fn delete(c: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
-        claims::soft_delete(c, id)
+        let r = &c.row;
+        let mut out = json!({
+            "resourceType": "Claim",
+            "id": r.id,
+            "meta": { "versionId": r.version.to_string(), "lastUpdated": params::instant(&r.updated_at) },
+            "status": r.status,
+            "type": { "coding": [{ "system": CLAIM_TYPE_SYSTEM, "code": "professional" }] },
+            "use": "claim",
+            "patient": { "reference": format!("Patient/{}", r.patient_id) },
+            "created": params::instant(&r.created_at),
+            "provider": { "display": r.provider.expose() },
+            "priority": { "coding": [{ "system": PRIORITY_SYSTEM, "code": "normal" }] },
+            "insurance": [{ "sequence": 1, "focal": true, "coverage": { "display": "self-pay" } }],
+            "total": money(*r.total_cents.expose(), &r.currency),
+        });
+        if !c.items.is_empty() {
+            out["item"] = c
+                .items
+                .iter()
+                .map(|i| {
+                    json!({
+                        "sequence": i.seq,
+                        "productOrService": { "coding": [{ "system": CPT_SYSTEM, "code": i.code.expose() }] },
+                        "net": money(*i.amount_cents.expose(), &r.currency),
+                    })
+                })
+                .collect();
+        }
+        out
     }
 }
 
