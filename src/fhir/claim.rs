@@ -127,84 +127,6 @@ struct ItemIn {
     net: MoneyIn,
 }
 
-fn validate(input: ClaimIn) -> Result<NewClaim, AppError> {
-    if input.resource_type != "Claim" {
-        return Err(invalid("resourceType", "must be Claim"));
-    }
-    if !STATUSES.contains(&input.status.as_str()) {
-        return Err(invalid(
-            "status",
-            "must be active, cancelled, draft or entered-in-error",
-        ));
-    }
-    if let Some(t) = &input.claim_type {
-        let ok = t.coding.len() == 1
-            && t.coding[0].system.as_deref() == Some(CLAIM_TYPE_SYSTEM)
-            && t.coding[0].code == "professional";
-        if !ok {
-            return Err(invalid("type", "must be the claim-type code professional"));
-        }
-    }
-    if input.claim_use.as_deref().is_some_and(|u| u != "claim") {
-        return Err(invalid("use", "must be claim"));
-    }
-    let patient_id = params::patient_reference("patient.reference", &input.patient.reference)?;
-    let provider = bounded_text("provider.display", &input.provider.display, 200)?;
-    let cur = currency("total.currency", &input.total.currency)?;
-    let total_cents = cents("total.value", &input.total.value)?;
-    let items_in = input.item.unwrap_or_default();
-    bounded_len("item", &items_in, MAX_ITEMS)?;
-    let mut items = Vec::with_capacity(items_in.len());
-    for item in &items_in {
-        if item.sequence == 0 || item.sequence > 999 {
-            return Err(invalid("item.sequence", "must be from 1 to 999"));
-        }
-        if items
-            .iter()
-            .any(|i: &NewClaimItem| i.seq == item.sequence as i32)
-        {
-            return Err(invalid("item.sequence", "must be unique"));
-        }
-        let coding = &item.product_or_service.coding;
-        if coding.len() != 1 {
-            return Err(invalid(
-                "item.productOrService.coding",
-                "must have one coding",
-            ));
-        }
-        if coding[0].system.as_deref().is_some_and(|s| s != CPT_SYSTEM) {
-            return Err(invalid(
-                "item.productOrService.coding.system",
-                "must be the CPT system",
-            ));
-        }
-        let code = params::token("item.productOrService.coding.code", &coding[0].code, 20)?;
-        if currency("item.net.currency", &item.net.currency)? != cur {
-            return Err(invalid(
-                "item.net.currency",
-                "must be the currency of total",
-            ));
-        }
-        items.push(NewClaimItem {
-            seq: item.sequence as i32,
-            code,
-            amount_cents: cents("item.net.value", &item.net.value)?,
-        });
-    }
-    if !items.is_empty() && items.iter().map(|i| i.amount_cents).sum::<i64>() != total_cents {
-        return Err(invalid("total.value", "must be the sum of item.net"));
-    }
-    items.sort_by_key(|i| i.seq);
-    Ok(NewClaim {
-        patient_id,
-        provider,
-        status: input.status,
-        total_cents,
-        currency: cur,
-        items,
-    })
-}
-
 /// The Claim API, served by the generic handlers of [`super::resource`].
 pub struct Claims;
 
@@ -223,12 +145,84 @@ impl RecordResource for Claims {
         input.id.as_deref()
     }
     fn validate(input: ClaimIn, _: &Principal) -> Result<NewClaim, AppError> {
-        validate(input)
+        if input.resource_type != "Claim" {
+            return Err(invalid("resourceType", "must be Claim"));
+        }
+        if !STATUSES.contains(&input.status.as_str()) {
+            return Err(invalid(
+                "status",
+                "must be active, cancelled, draft or entered-in-error",
+            ));
+        }
+        if let Some(t) = &input.claim_type {
+            let ok = t.coding.len() == 1
+                && t.coding[0].system.as_deref() == Some(CLAIM_TYPE_SYSTEM)
+                && t.coding[0].code == "professional";
+            if !ok {
+                return Err(invalid("type", "must be the claim-type code professional"));
+            }
+        }
+        if input.claim_use.as_deref().is_some_and(|u| u != "claim") {
+            return Err(invalid("use", "must be claim"));
+        }
+        let patient_id = params::patient_reference("patient.reference", &input.patient.reference)?;
+        let provider = bounded_text("provider.display", &input.provider.display, 200)?;
+        let cur = currency("total.currency", &input.total.currency)?;
+        let total_cents = cents("total.value", &input.total.value)?;
+        let items_in = input.item.unwrap_or_default();
+        bounded_len("item", &items_in, MAX_ITEMS)?;
+        let mut items = Vec::with_capacity(items_in.len());
+        for item in &items_in {
+            if item.sequence == 0 || item.sequence > 999 {
+                return Err(invalid("item.sequence", "must be from 1 to 999"));
+            }
+            if items
+                .iter()
+                .any(|i: &NewClaimItem| i.seq == item.sequence as i32)
+            {
+                return Err(invalid("item.sequence", "must be unique"));
+            }
+            let coding = &item.product_or_service.coding;
+            if coding.len() != 1 {
+                return Err(invalid(
+                    "item.productOrService.coding",
+                    "must have one coding",
+                ));
+            }
+            if coding[0].system.as_deref().is_some_and(|s| s != CPT_SYSTEM) {
+                return Err(invalid(
+                    "item.productOrService.coding.system",
+                    "must be the CPT system",
+                ));
+            }
+            let code = params::token("item.productOrService.coding.code", &coding[0].code, 20)?;
+            if currency("item.net.currency", &item.net.currency)? != cur {
+                return Err(invalid(
+                    "item.net.currency",
+                    "must be the currency of total",
+                ));
+            }
+            items.push(NewClaimItem {
+                seq: item.sequence as i32,
+                code,
+                amount_cents: cents("item.net.value", &item.net.value)?,
+            });
+        }
+        if !items.is_empty() && items.iter().map(|i| i.amount_cents).sum::<i64>() != total_cents {
+            return Err(invalid("total.value", "must be the sum of item.net"));
+        }
+        items.sort_by_key(|i| i.seq);
+        Ok(NewClaim {
+            patient_id,
+            provider,
+            status: input.status,
+            total_cents,
+            currency: cur,
+            items,
+        })
     }
     fn criteria(params: &[(&'static str, String)]) -> Result<claims::Criteria, AppError> {
-        let patient = params::single(params, "patient")?
-            .map(params::patient_param)
-            .transpose()?;
+        let patient = resource::subject_criterion(params)?;
         let status = match params::single(params, "status")? {
             Some(s) if STATUSES.contains(&s) => Some(s.to_string()),
             Some(_) => {

@@ -210,16 +210,7 @@ impl RecordResource for DocumentReferences {
     }
     /// The one patient to search (optional).
     fn criteria(params: &[(&'static str, String)]) -> Result<Option<Uuid>, AppError> {
-        let mut patient = None;
-        for name in ["patient", "subject"] {
-            if let Some(p) = params::single(params, name)? {
-                let id = params::patient_param(p)?;
-                if patient.replace(id).is_some_and(|prev| prev != id) {
-                    return Err(invalid("patient", "names two different patients"));
-                }
-            }
-        }
-        Ok(patient)
+        resource::subject_criterion(params)
     }
     fn to_fhir(doc: &DocumentReference) -> Value {
         let data = base64::engine::general_purpose::STANDARD.encode(doc.text.expose().as_bytes());

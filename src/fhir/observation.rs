@@ -81,76 +81,6 @@ struct QuantityIn {
     code: Option<String>,
 }
 
-fn validate(input: ObservationIn) -> Result<NewObservation, AppError> {
-    if input.resource_type != "Observation" {
-        return Err(invalid("resourceType", "must be Observation"));
-    }
-    if !STATUSES.contains(&input.status.as_str()) {
-        return Err(invalid(
-            "status",
-            "must be registered, preliminary, final, amended, cancelled or entered-in-error",
-        ));
-    }
-    bounded_len("code.coding", &input.code.coding, 1)?;
-    let Some(coding) = input.code.coding.first() else {
-        return Err(invalid("code.coding", "must have one LOINC coding"));
-    };
-    if coding.system != LOINC {
-        return Err(invalid("code.coding[0].system", "must be http://loinc.org"));
-    }
-    let code = loinc_code("code.coding[0].code", &coding.code)?;
-    let display = coding
-        .display
-        .as_deref()
-        .or(input.code.text.as_deref())
-        .map(|d| bounded_text("code.coding[0].display", d, 200))
-        .transpose()?;
-    let patient_id = params::patient_reference("subject.reference", &input.subject.reference)?;
-    let effective_at = params::date_time("effectiveDateTime", &input.effective_date_time)?;
-    let value = match (input.value_quantity, input.value_string) {
-        (Some(q), None) => {
-            if !q.value.is_finite() || q.value.abs() >= 1e12 {
-                return Err(invalid(
-                    "valueQuantity.value",
-                    "must be a number below 10^12",
-                ));
-            }
-            let mut quantity = json!({
-                "value": q.value,
-                "unit": bounded_text("valueQuantity.unit", &q.unit, 40)?,
-            });
-            if let Some(system) = &q.system {
-                let s = bounded_text("valueQuantity.system", system, 200)?;
-                if !(s.starts_with("http://") || s.starts_with("https://") || s.starts_with("urn:"))
-                    || s.contains(char::is_whitespace)
-                {
-                    return Err(invalid("valueQuantity.system", "must be a URI"));
-                }
-                quantity["system"] = json!(s);
-            }
-            if let Some(c) = &q.code {
-                quantity["code"] = json!(bounded_text("valueQuantity.code", c, 40)?);
-            }
-            json!({ "valueQuantity": quantity })
-        }
-        (None, Some(s)) => json!({ "valueString": bounded_text("valueString", &s, 1000)? }),
-        _ => {
-            return Err(invalid(
-                "value[x]",
-                "needs exactly one of valueQuantity or valueString",
-            ));
-        }
-    };
-    Ok(NewObservation {
-        patient_id,
-        status: input.status,
-        code,
-        code_display: display,
-        value,
-        effective_at,
-    })
-}
-
 /// The Observation API, served by the generic handlers of [`super::resource`].
 pub struct Observations;
 
@@ -163,18 +93,81 @@ impl RecordResource for Observations {
         input.id.as_deref()
     }
     fn validate(input: ObservationIn, _: &Principal) -> Result<NewObservation, AppError> {
-        validate(input)
+        if input.resource_type != "Observation" {
+            return Err(invalid("resourceType", "must be Observation"));
+        }
+        if !STATUSES.contains(&input.status.as_str()) {
+            return Err(invalid(
+                "status",
+                "must be registered, preliminary, final, amended, cancelled or entered-in-error",
+            ));
+        }
+        bounded_len("code.coding", &input.code.coding, 1)?;
+        let Some(coding) = input.code.coding.first() else {
+            return Err(invalid("code.coding", "must have one LOINC coding"));
+        };
+        if coding.system != LOINC {
+            return Err(invalid("code.coding[0].system", "must be http://loinc.org"));
+        }
+        let code = loinc_code("code.coding[0].code", &coding.code)?;
+        let display = coding
+            .display
+            .as_deref()
+            .or(input.code.text.as_deref())
+            .map(|d| bounded_text("code.coding[0].display", d, 200))
+            .transpose()?;
+        let patient_id = params::patient_reference("subject.reference", &input.subject.reference)?;
+        let effective_at = params::date_time("effectiveDateTime", &input.effective_date_time)?;
+        let value = match (input.value_quantity, input.value_string) {
+            (Some(q), None) => {
+                if !q.value.is_finite() || q.value.abs() >= 1e12 {
+                    return Err(invalid(
+                        "valueQuantity.value",
+                        "must be a number below 10^12",
+                    ));
+                }
+                let mut quantity = json!({
+                    "value": q.value,
+                    "unit": bounded_text("valueQuantity.unit", &q.unit, 40)?,
+                });
+                if let Some(system) = &q.system {
+                    let s = bounded_text("valueQuantity.system", system, 200)?;
+                    if !(s.starts_with("http://")
+                        || s.starts_with("https://")
+                        || s.starts_with("urn:"))
+                        || s.contains(char::is_whitespace)
+                    {
+                        return Err(invalid("valueQuantity.system", "must be a URI"));
+                    }
+                    quantity["system"] = json!(s);
+                }
+                if let Some(c) = &q.code {
+                    quantity["code"] = json!(bounded_text("valueQuantity.code", c, 40)?);
+                }
+                json!({ "valueQuantity": quantity })
+            }
+            (None, Some(s)) => json!({ "valueString": bounded_text("valueString", &s, 1000)? }),
+            _ => {
+                return Err(invalid(
+                    "value[x]",
+                    "needs exactly one of valueQuantity or valueString",
+                ));
+            }
+        };
+        Ok(NewObservation {
+            patient_id,
+            status: input.status,
+            code,
+            code_display: display,
+            value,
+            effective_at,
+        })
     }
     fn criteria(params: &[(&'static str, String)]) -> Result<Criteria, AppError> {
-        let mut criteria = Criteria::default();
-        for name in ["patient", "subject"] {
-            if let Some(p) = params::single(params, name)? {
-                let id = params::patient_param(p)?;
-                if criteria.patient.replace(id).is_some_and(|prev| prev != id) {
-                    return Err(invalid("patient", "names two different patients"));
-                }
-            }
-        }
+        let mut criteria = Criteria {
+            patient: resource::subject_criterion(params)?,
+            ..Criteria::default()
+        };
         if let Some(code) = params::single(params, "code")? {
             let c = code.strip_prefix("http://loinc.org|").unwrap_or(code);
             criteria.code = Some(loinc_code("code", c)?);

@@ -302,6 +302,21 @@ type New<R> = <<R as RecordResource>::Table as RecordTable>::New;
 type Rec<R> = <<R as RecordResource>::Table as RecordTable>::Record;
 type Criteria<R> = <<R as RecordResource>::Table as RecordTable>::Criteria;
 
+/// The patient a search of records names by its `patient` (or `subject`) parameter; both
+/// may be given if they name the same patient.
+pub fn subject_criterion(params: &[(&'static str, String)]) -> Result<Option<Uuid>, AppError> {
+    let mut patient = None;
+    for name in ["patient", "subject"] {
+        if let Some(p) = params::single(params, name)? {
+            let id = params::patient_param(p)?;
+            if patient.replace(id).is_some_and(|prev| prev != id) {
+                return Err(invalid("patient", "names two different patients"));
+            }
+        }
+    }
+    Ok(patient)
+}
+
 impl<R: RecordResource> FhirResource for R {
     const DESCRIPTOR: &'static Descriptor = <R as RecordResource>::DESCRIPTOR;
     const SUBJECT_FIELD: &'static str = <R as RecordResource>::SUBJECT_FIELD;
