@@ -3,7 +3,7 @@
 //! sequence are coded values kept in clear so that search can filter on them. Every
 //! write seals with the active data key taken inside its transaction
 //! ([`Keyring::sealer_for_write`]), and items carry their own `key_version` so rotation
-//! re-seals them like any other table in [`SEALED_COLUMNS`](crate::db::phi::SEALED_COLUMNS).
+//! re-seals them like any other table in [`SEALED_COLUMNS`](crate::crypto::columns::SEALED_COLUMNS).
 
 use crate::crypto::{Keyring, Phi, Sealer, columns};
 use crate::db::phi::open;

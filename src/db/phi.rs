@@ -4,9 +4,10 @@
 //!
 //! Each table has its own repository: [`crate::db::patients`] (with its view-shaped reads
 //! in [`crate::db::patients::views`]), [`crate::db::observations`],
-//! [`crate::db::documents`], [`crate::db::claims`], [`crate::db::facilities`]. The
-//! re-exports below keep older call sites (seeding, the admin API, tests) compiling;
-//! new code imports the table's module.
+//! [`crate::db::documents`], [`crate::db::claims`], [`crate::db::facilities`]; the records
+//! of a patient share their mechanics in [`crate::db::records`]. The re-exports and the
+//! insert/get functions below keep older call sites (seeding, the admin API, tests)
+//! compiling; new code imports the table's module and [`crate::db::records`].
 
 use crate::crypto::columns::SealedColumn;
 use crate::crypto::{Keyring, Phi, Sealable};

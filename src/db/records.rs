@@ -4,7 +4,7 @@
 //! get by id, policy-scoped search with cursor paging, insert, version-checked update
 //! (re-sealing the row with the active key) and soft delete — and a table's repository
 //! declares only what is its own by implementing [`RecordTable`] (its row and write types,
-//! how to seal and open them, its search criteria as a filter). [`statements!`] writes the
+//! how to seal and open them, its search criteria as a filter). `statements!` writes the
 //! table's typed Diesel statements ([`Statements`]): Diesel's DSL is typed per table, so a
 //! small macro stands where generics would fight it. Every query is parameterised.
 
@@ -15,7 +15,7 @@ use crate::policy::SearchScope;
 use diesel::{Connection, PgConnection, QueryResult};
 use uuid::Uuid;
 
-/// What a record table declares; the statements come from [`statements!`].
+/// What a record table declares; the statements come from `statements!`.
 pub trait RecordTable: Sized + 'static {
     /// The row as stored: clear columns and the sealed ones as bytes
     /// (`Queryable + Selectable`, with `id`, `version`, `key_version`, `patient_id`).
@@ -63,7 +63,7 @@ pub trait RecordTable: Sized + 'static {
     }
 }
 
-/// The typed statements of a record table, written by [`statements!`].
+/// The typed statements of a record table, written by `statements!`.
 pub trait Statements: RecordTable {
     fn key_version(row: &Self::Row) -> i32;
     fn id(record: &Self::Record) -> RecordId;
