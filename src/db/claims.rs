@@ -3,16 +3,16 @@
 //! sequence are coded values kept in clear so that search can filter on them. Every
 //! write seals with the active data key taken inside its transaction
 //! ([`Keyring::sealer_for_write`]), and items carry their own `key_version` so rotation
-//! re-seals them like any other table in [`SEALED_COLUMNS`](crate::db::phi::SEALED_COLUMNS).
+//! re-seals them like any other table in [`SEALED_COLUMNS`](crate::crypto::columns::SEALED_COLUMNS).
 
 use crate::crypto::{Keyring, Phi, Sealer, columns};
 use crate::db::phi::open;
+use crate::db::records::{self, RecordTable};
 use crate::db::schema::{claim_items, claim_items_unsealed, claims, claims_unsealed};
-use crate::db::scope::ScopeSql;
-use crate::domain::{PatientId, RecordId};
+use crate::domain::RecordId;
 use crate::error::AppError;
-use crate::policy::SearchScope;
 use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use std::fmt;
 use uuid::Uuid;
@@ -46,7 +46,7 @@ impl fmt::Debug for NewClaim {
 
 #[derive(Queryable, Selectable)]
 #[diesel(table_name = claims, check_for_backend(diesel::pg::Pg))]
-struct ClaimRow {
+pub struct ClaimRow {
     id: Uuid,
     version: i32,
     key_version: i32,
@@ -87,81 +87,19 @@ pub struct Claim {
     pub items: Vec<ClaimItem>,
 }
 
-impl ClaimRow {
-    fn open(self, conn: &mut PgConnection, kr: &Keyring) -> Result<ClaimHead, AppError> {
-        kr.ensure_version(conn, self.key_version)?;
-        Ok(ClaimHead {
-            provider: open(
-                kr,
-                columns::claims::PROVIDER,
-                self.id,
-                &self.provider_sealed,
-            )?,
-            total_cents: open(kr, columns::claims::TOTAL, self.id, &self.total_sealed)?,
-            id: self.id,
-            version: self.version,
-            key_version: self.key_version,
-            patient_id: self.patient_id,
-            status: self.status,
-            currency: self.currency,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-        })
-    }
-}
-
-/// The subject patient of a live claim.
-pub fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
-    Ok(claims::table
-        .filter(claims::id.eq(id))
-        .filter(claims::deleted_at.is_null())
-        .select(claims::patient_id)
-        .first(conn)
-        .optional()?)
+#[derive(Insertable, AsChangeset)]
+#[diesel(table_name = claims)]
+pub struct ClaimWrite {
+    key_version: i32,
+    #[diesel(skip_update)]
+    patient_id: Uuid,
+    provider_sealed: Vec<u8>,
+    status: String,
+    total_sealed: Vec<u8>,
+    currency: String,
 }
 
 type ItemRow = (Uuid, Uuid, i32, i32, Vec<u8>, Vec<u8>);
-
-/// Opens `rows` and, when `items` is set, loads and opens their items (one query).
-fn open_all(
-    conn: &mut PgConnection,
-    kr: &Keyring,
-    rows: Vec<ClaimRow>,
-    items: bool,
-) -> Result<Vec<Claim>, AppError> {
-    let ids: Vec<Uuid> = rows.iter().map(|r| r.id).collect();
-    let item_rows: Vec<ItemRow> = if items && !ids.is_empty() {
-        claim_items::table
-            .filter(claim_items::claim_id.eq_any(&ids))
-            .order((claim_items::claim_id, claim_items::seq))
-            .select((
-                claim_items::id,
-                claim_items::claim_id,
-                claim_items::seq,
-                claim_items::key_version,
-                claim_items::code_sealed,
-                claim_items::amount_sealed,
-            ))
-            .load(conn)?
-    } else {
-        Vec::new()
-    };
-    let mut out = Vec::with_capacity(rows.len());
-    for row in rows {
-        let head = row.open(conn, kr)?;
-        let mut items = Vec::new();
-        for (id, _, seq, key_version, code, amount) in item_rows.iter().filter(|i| i.1 == head.id) {
-            kr.ensure_version(conn, *key_version)?;
-            items.push(ClaimItem {
-                seq: *seq,
-                code: open(kr, columns::claim_items::CODE, *id, code)?,
-                amount_cents: open(kr, columns::claim_items::AMOUNT, *id, amount)?,
-            });
-        }
-        out.push(Claim { row: head, items });
-    }
-    Ok(out)
-}
 
 fn insert_items(
     conn: &mut PgConnection,
@@ -191,11 +129,122 @@ fn insert_items(
     Ok(())
 }
 
-/// The claim as written, read back from what was sealed (no second query).
-fn written(head: ClaimHead, new: &NewClaim) -> Claim {
-    Claim {
-        row: head,
-        items: new
+/// Search criteria, AND-ed.
+#[derive(Debug, Default)]
+pub struct Criteria {
+    pub patient: Option<Uuid>,
+    pub status: Option<String>,
+}
+
+/// The `claims` repository (with its items). Its fields: whether to load the items.
+pub struct ClaimTable;
+
+impl RecordTable for ClaimTable {
+    type Row = ClaimRow;
+    type Write = ClaimWrite;
+    type New = NewClaim;
+    type Record = Claim;
+    type Criteria = Criteria;
+    type Fields = bool;
+    type Query = claims::BoxedQuery<'static, Pg>;
+
+    fn seal(new: &NewClaim, sealer: &Sealer, id: Uuid) -> Result<ClaimWrite, AppError> {
+        use columns::claims::{PROVIDER, TOTAL};
+        Ok(ClaimWrite {
+            key_version: sealer.version(),
+            patient_id: new.patient_id,
+            provider_sealed: sealer.seal_str(&PROVIDER.at(id), &new.provider)?,
+            status: new.status.clone(),
+            total_sealed: sealer.seal_value(&TOTAL.at(id), &new.total_cents)?,
+            currency: new.currency.clone(),
+        })
+    }
+
+    /// The claim without its items ([`Self::load`] and [`Self::write_more`] add them).
+    fn open(row: ClaimRow, kr: &Keyring) -> Result<Claim, AppError> {
+        use columns::claims::{PROVIDER, TOTAL};
+        let head = ClaimHead {
+            provider: open(kr, PROVIDER, row.id, &row.provider_sealed)?,
+            total_cents: open(kr, TOTAL, row.id, &row.total_sealed)?,
+            id: row.id,
+            version: row.version,
+            key_version: row.key_version,
+            patient_id: row.patient_id,
+            status: row.status,
+            currency: row.currency,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+        };
+        Ok(Claim {
+            row: head,
+            items: Vec::new(),
+        })
+    }
+
+    fn filter(mut q: Self::Query, criteria: &Criteria) -> Self::Query {
+        if let Some(p) = criteria.patient {
+            q = q.filter(claims::patient_id.eq(p));
+        }
+        if let Some(s) = &criteria.status {
+            q = q.filter(claims::status.eq(s.clone()));
+        }
+        q
+    }
+
+    /// The items of every claim, when `items` is set (one query).
+    fn load(
+        conn: &mut PgConnection,
+        kr: &Keyring,
+        claims: &mut [Claim],
+        items: bool,
+    ) -> Result<(), AppError> {
+        let ids: Vec<Uuid> = claims.iter().map(|c| c.row.id).collect();
+        if !items || ids.is_empty() {
+            return Ok(());
+        }
+        let item_rows: Vec<ItemRow> = claim_items::table
+            .filter(claim_items::claim_id.eq_any(&ids))
+            .order((claim_items::claim_id, claim_items::seq))
+            .select((
+                claim_items::id,
+                claim_items::claim_id,
+                claim_items::seq,
+                claim_items::key_version,
+                claim_items::code_sealed,
+                claim_items::amount_sealed,
+            ))
+            .load(conn)?;
+        for claim in claims {
+            for (id, _, seq, key_version, code, amount) in
+                item_rows.iter().filter(|i| i.1 == claim.row.id)
+            {
+                kr.ensure_version(conn, *key_version)?;
+                claim.items.push(ClaimItem {
+                    seq: *seq,
+                    code: open(kr, columns::claim_items::CODE, *id, code)?,
+                    amount_cents: open(kr, columns::claim_items::AMOUNT, *id, amount)?,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the items (replacing the old ones on an update); the claim as written is
+    /// read back from what was sealed (no second query).
+    fn write_more(
+        conn: &mut PgConnection,
+        sealer: &Sealer,
+        claim: &mut Claim,
+        new: &NewClaim,
+        replace: bool,
+    ) -> Result<(), AppError> {
+        let id = claim.row.id;
+        if replace {
+            diesel::delete(claim_items::table.filter(claim_items::claim_id.eq(id)))
+                .execute(conn)?;
+        }
+        insert_items(conn, sealer, id, &new.items)?;
+        claim.items = new
             .items
             .iter()
             .map(|i| ClaimItem {
@@ -203,41 +252,16 @@ fn written(head: ClaimHead, new: &NewClaim) -> Claim {
                 code: Phi::new(i.code.clone()),
                 amount_cents: Phi::new(i.amount_cents),
             })
-            .collect(),
+            .collect();
+        Ok(())
     }
 }
 
-/// Seals and inserts a claim and its items in one transaction, under `id`.
-fn insert_with_id(
-    conn: &mut PgConnection,
-    kr: &Keyring,
-    id: Uuid,
-    new: &NewClaim,
-) -> Result<Claim, AppError> {
-    conn.transaction(|conn| {
-        let sealer = kr.sealer_for_write(conn)?;
-        let row = diesel::insert_into(claims::table)
-            .values((
-                claims::id.eq(id),
-                claims::key_version.eq(sealer.version()),
-                claims::patient_id.eq(new.patient_id),
-                claims::provider_sealed
-                    .eq(sealer.seal_str(&columns::claims::PROVIDER.at(id), &new.provider)?),
-                claims::status.eq(&new.status),
-                claims::total_sealed
-                    .eq(sealer.seal_value(&columns::claims::TOTAL.at(id), &new.total_cents)?),
-                claims::currency.eq(&new.currency),
-            ))
-            .returning(ClaimRow::as_returning())
-            .get_result::<ClaimRow>(conn)?;
-        insert_items(conn, &sealer, id, &new.items)?;
-        Ok(written(row.open(conn, kr)?, new))
-    })
-}
+records::statements!(ClaimTable, claims, head = row);
 
 /// Inserts a claim and its items in one transaction.
 pub fn insert(conn: &mut PgConnection, kr: &Keyring, new: &NewClaim) -> Result<Claim, AppError> {
-    insert_with_id(conn, kr, Uuid::new_v4(), new)
+    records::insert::<ClaimTable>(conn, kr, new)
 }
 
 /// A live claim, with its items when `items` is set.
@@ -247,113 +271,7 @@ pub fn get(
     id: Uuid,
     items: bool,
 ) -> Result<Option<Claim>, AppError> {
-    let row: Option<ClaimRow> = claims::table
-        .filter(claims::id.eq(id))
-        .filter(claims::deleted_at.is_null())
-        .select(ClaimRow::as_select())
-        .first(conn)
-        .optional()?;
-    match row {
-        None => Ok(None),
-        Some(r) => Ok(open_all(conn, kr, vec![r], items)?.pop()),
-    }
-}
-
-/// Search criteria, AND-ed.
-#[derive(Debug, Default)]
-pub struct Criteria {
-    pub patient: Option<Uuid>,
-    pub status: Option<String>,
-}
-
-/// One page of live claims within `scope`, ordered by id, after `after`; items are
-/// loaded only when `items` is set.
-pub fn search(
-    conn: &mut PgConnection,
-    kr: &Keyring,
-    criteria: &Criteria,
-    scope: SearchScope,
-    after: Option<Uuid>,
-    limit: i64,
-    items: bool,
-) -> Result<Vec<Claim>, AppError> {
-    let base = claims::table
-        .filter(claims::deleted_at.is_null())
-        .into_boxed();
-    let mut q = base.filter(ScopeSql::new(scope, "claims.patient_id").expression());
-    if let Some(p) = criteria.patient {
-        q = q.filter(claims::patient_id.eq(p));
-    }
-    if let Some(s) = &criteria.status {
-        q = q.filter(claims::status.eq(s.clone()));
-    }
-    if let Some(a) = after {
-        q = q.filter(claims::id.gt(a));
-    }
-    let rows: Vec<ClaimRow> = q
-        .order(claims::id)
-        .limit(limit)
-        .select(ClaimRow::as_select())
-        .load(conn)?;
-    open_all(conn, kr, rows, items)
-}
-
-/// Replaces a claim and its items (same patient), re-sealing everything with the active
-/// key, if its version is still `expected`. `None`: the version no longer matches or the
-/// claim is gone.
-pub fn update(
-    conn: &mut PgConnection,
-    kr: &Keyring,
-    id: RecordId,
-    expected: i32,
-    new: &NewClaim,
-) -> Result<Option<Claim>, AppError> {
-    let id = Uuid::from(id);
-    conn.transaction(|conn| {
-        let sealer = kr.sealer_for_write(conn)?;
-        let row: Option<ClaimRow> = diesel::update(
-            claims::table.filter(
-                claims::id
-                    .eq(id)
-                    .and(claims::version.eq(expected))
-                    .and(claims::patient_id.eq(new.patient_id))
-                    .and(claims::deleted_at.is_null()),
-            ),
-        )
-        .set((
-            claims::version.eq(expected + 1),
-            claims::key_version.eq(sealer.version()),
-            claims::provider_sealed
-                .eq(sealer.seal_str(&columns::claims::PROVIDER.at(id), &new.provider)?),
-            claims::status.eq(&new.status),
-            claims::total_sealed
-                .eq(sealer.seal_value(&columns::claims::TOTAL.at(id), &new.total_cents)?),
-            claims::currency.eq(&new.currency),
-            claims::updated_at.eq(Utc::now()),
-        ))
-        .returning(ClaimRow::as_returning())
-        .get_result(conn)
-        .optional()?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        diesel::delete(claim_items::table.filter(claim_items::claim_id.eq(id))).execute(conn)?;
-        insert_items(conn, &sealer, id, &new.items)?;
-        Ok(Some(written(row.open(conn, kr)?, new)))
-    })
-}
-
-/// Soft delete: the claim stays (for the record) but is no longer read or found.
-pub fn soft_delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
-    let n =
-        diesel::update(claims::table.filter(claims::id.eq(id).and(claims::deleted_at.is_null())))
-            .set((
-                claims::deleted_at.eq(Utc::now()),
-                claims::version.eq(claims::version + 1),
-                claims::updated_at.eq(Utc::now()),
-            ))
-            .execute(conn)?;
-    Ok(n > 0)
+    records::get::<ClaimTable>(conn, kr, RecordId(id), items)
 }
 
 #[derive(Queryable)]
@@ -420,7 +338,7 @@ pub fn seal_unsealed(conn: &mut PgConnection, kr: &Keyring) -> Result<u64, AppEr
                         })
                         .collect(),
                 };
-                insert_with_id(conn, kr, r.id, &new)?;
+                records::insert_with_id::<ClaimTable>(conn, kr, r.id, &new)?;
                 diesel::update(claims::table.find(r.id))
                     .set((
                         claims::version.eq(r.version),

@@ -1,20 +1,18 @@
-//! The `document_references` table (clinical notes): the sealed note, insert and get, the
-//! subject lookup for the decision point, policy-scoped search and version-checked update
-//! (re-sealing the note with the active key).
+//! The `document_references` table (clinical notes): its row, its sealed note and its
+//! search criteria (one patient, optional). Get, search, insert and version-checked
+//! update (re-sealing the note with the active key) are the shared mechanics of
+//! [`crate::db::records`]; an update keeps the subject and the author.
 
-use crate::crypto::{Keyring, Phi, columns};
+use crate::crypto::{Keyring, Phi, Sealer, columns};
 use crate::db::phi::open;
+use crate::db::records::{self, RecordTable};
 use crate::db::schema::document_references as d;
-use crate::db::schema::document_references;
 use crate::error::AppError;
 use chrono::{DateTime, Utc};
+use diesel::pg::Pg;
 use diesel::prelude::*;
 use std::fmt;
 use uuid::Uuid;
-
-use crate::db::scope::ScopeSql;
-use crate::domain::{PatientId, RecordId};
-use crate::policy::SearchScope;
 
 #[derive(Clone)]
 pub struct NewDocumentReference {
@@ -53,8 +51,8 @@ pub struct DocumentReference {
 }
 
 #[derive(Queryable, Selectable)]
-#[diesel(table_name = document_references, check_for_backend(diesel::pg::Pg))]
-pub(crate) struct DocumentRow {
+#[diesel(table_name = d, check_for_backend(Pg))]
+pub struct DocumentRow {
     id: Uuid,
     version: i32,
     key_version: i32,
@@ -69,145 +67,73 @@ pub(crate) struct DocumentRow {
     deleted_at: Option<DateTime<Utc>>,
 }
 
-impl DocumentRow {
-    pub(crate) fn open(
-        self,
-        conn: &mut PgConnection,
-        kr: &Keyring,
-    ) -> Result<DocumentReference, AppError> {
-        kr.ensure_version(conn, self.key_version)?;
-        Ok(DocumentReference {
-            text: open(
-                kr,
-                columns::document_references::TEXT,
-                self.id,
-                &self.text_sealed,
-            )?,
-            id: self.id,
-            version: self.version,
-            key_version: self.key_version,
-            patient_id: self.patient_id,
-            author_id: self.author_id,
-            doc_type: self.doc_type,
-            date: self.date,
-            status: self.status,
-            created_at: self.created_at,
-            updated_at: self.updated_at,
-            deleted_at: self.deleted_at,
+#[derive(Insertable, AsChangeset)]
+#[diesel(table_name = d, treat_none_as_null = true)]
+pub struct DocumentWrite {
+    key_version: i32,
+    #[diesel(skip_update)]
+    patient_id: Uuid,
+    #[diesel(skip_update)]
+    author_id: Option<Uuid>,
+    doc_type: Option<String>,
+    date: Option<DateTime<Utc>>,
+    text_sealed: Vec<u8>,
+    status: String,
+}
+
+/// The `document_references` repository. Its search criteria: the one patient (optional).
+pub struct DocumentTable;
+
+impl RecordTable for DocumentTable {
+    type Row = DocumentRow;
+    type Write = DocumentWrite;
+    type New = NewDocumentReference;
+    type Record = DocumentReference;
+    type Criteria = Option<Uuid>;
+    type Fields = ();
+    type Query = d::BoxedQuery<'static, Pg>;
+
+    fn seal(
+        new: &NewDocumentReference,
+        sealer: &Sealer,
+        id: Uuid,
+    ) -> Result<DocumentWrite, AppError> {
+        let place = columns::document_references::TEXT.at(id);
+        Ok(DocumentWrite {
+            key_version: sealer.version(),
+            patient_id: new.patient_id,
+            author_id: new.author_id,
+            doc_type: new.doc_type.clone(),
+            date: new.date,
+            text_sealed: sealer.seal_str(&place, &new.text)?,
+            status: new.status.clone(),
         })
     }
-}
 
-pub fn insert_document_reference(
-    conn: &mut PgConnection,
-    kr: &Keyring,
-    new: &NewDocumentReference,
-) -> Result<DocumentReference, AppError> {
-    let id = Uuid::new_v4();
-    conn.transaction(|conn| {
-        let sealer = kr.sealer_for_write(conn)?;
-        let row = diesel::insert_into(document_references::table)
-            .values((
-                document_references::id.eq(id),
-                document_references::key_version.eq(sealer.version()),
-                document_references::patient_id.eq(new.patient_id),
-                document_references::author_id.eq(new.author_id),
-                document_references::doc_type.eq(&new.doc_type),
-                document_references::date.eq(new.date),
-                document_references::text_sealed
-                    .eq(sealer.seal_str(&columns::document_references::TEXT.at(id), &new.text)?),
-                document_references::status.eq(&new.status),
-            ))
-            .returning(DocumentRow::as_returning())
-            .get_result::<DocumentRow>(conn)?;
-        row.open(conn, kr)
-    })
-}
-
-pub fn get_document_reference(
-    conn: &mut PgConnection,
-    kr: &Keyring,
-    id: Uuid,
-) -> Result<Option<DocumentReference>, AppError> {
-    let row = document_references::table
-        .filter(document_references::id.eq(id))
-        .filter(document_references::deleted_at.is_null())
-        .select(DocumentRow::as_select())
-        .first(conn)
-        .optional()?;
-    row.map(|r| r.open(conn, kr)).transpose()
-}
-
-/// The subject patient of a live document reference.
-pub fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
-    Ok(d::table
-        .filter(d::id.eq(id))
-        .filter(d::deleted_at.is_null())
-        .select(d::patient_id)
-        .first(conn)
-        .optional()?)
-}
-
-/// One page of live notes within `scope` (optionally of one patient), ordered by id.
-pub fn search(
-    conn: &mut PgConnection,
-    kr: &Keyring,
-    patient: Option<Uuid>,
-    scope: SearchScope,
-    after: Option<Uuid>,
-    limit: i64,
-) -> Result<Vec<DocumentReference>, AppError> {
-    let base = d::table.filter(d::deleted_at.is_null()).into_boxed();
-    let mut q = base.filter(ScopeSql::new(scope, "document_references.patient_id").expression());
-    if let Some(p) = patient {
-        q = q.filter(d::patient_id.eq(p));
+    fn open(row: DocumentRow, kr: &Keyring) -> Result<DocumentReference, AppError> {
+        let column = columns::document_references::TEXT;
+        Ok(DocumentReference {
+            text: open(kr, column, row.id, &row.text_sealed)?,
+            id: row.id,
+            version: row.version,
+            key_version: row.key_version,
+            patient_id: row.patient_id,
+            author_id: row.author_id,
+            doc_type: row.doc_type,
+            date: row.date,
+            status: row.status,
+            created_at: row.created_at,
+            updated_at: row.updated_at,
+            deleted_at: row.deleted_at,
+        })
     }
-    if let Some(a) = after {
-        q = q.filter(d::id.gt(a));
+
+    fn filter(q: Self::Query, patient: &Option<Uuid>) -> Self::Query {
+        match patient {
+            Some(p) => q.filter(d::patient_id.eq(*p)),
+            None => q,
+        }
     }
-    let rows: Vec<DocumentRow> = q
-        .order(d::id)
-        .limit(limit)
-        .select(DocumentRow::as_select())
-        .load(conn)?;
-    rows.into_iter().map(|r| r.open(conn, kr)).collect()
 }
 
-/// Replaces a note's status, type, date and text (subject and author stay) if its version
-/// is still `expected`; the note is re-sealed with the active key. `None`: the version no
-/// longer matches or the note is gone.
-pub fn update(
-    conn: &mut PgConnection,
-    kr: &Keyring,
-    id: RecordId,
-    expected: i32,
-    new: &NewDocumentReference,
-) -> Result<Option<DocumentReference>, AppError> {
-    let id = Uuid::from(id);
-    conn.transaction(|conn| {
-        let sealer = kr.sealer_for_write(conn)?;
-        let text = sealer.seal_str(&columns::document_references::TEXT.at(id), &new.text)?;
-        let row: Option<DocumentRow> = diesel::update(
-            d::table.filter(
-                d::id
-                    .eq(id)
-                    .and(d::version.eq(expected))
-                    .and(d::patient_id.eq(new.patient_id))
-                    .and(d::deleted_at.is_null()),
-            ),
-        )
-        .set((
-            d::version.eq(expected + 1),
-            d::key_version.eq(sealer.version()),
-            d::status.eq(&new.status),
-            d::doc_type.eq(&new.doc_type),
-            d::date.eq(new.date),
-            d::text_sealed.eq(text),
-            d::updated_at.eq(Utc::now()),
-        ))
-        .returning(DocumentRow::as_returning())
-        .get_result(conn)
-        .optional()?;
-        row.map(|r| r.open(conn, kr)).transpose()
-    })
-}
+records::statements!(DocumentTable, document_references);

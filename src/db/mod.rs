@@ -8,6 +8,7 @@ pub mod facilities;
 pub mod observations;
 pub mod patients;
 pub mod phi;
+pub mod records;
 /// The Diesel schema lives at the floor of the module graph (`crate::schema`) so that
 /// `crypto` and `audit` can keep their own tables without importing `db`.
 pub use crate::schema;

@@ -4,9 +4,10 @@
 //!
 //! Each table has its own repository: [`crate::db::patients`] (with its view-shaped reads
 //! in [`crate::db::patients::views`]), [`crate::db::observations`],
-//! [`crate::db::documents`], [`crate::db::claims`], [`crate::db::facilities`]. The
-//! re-exports below keep older call sites (seeding, the admin API, tests) compiling;
-//! new code imports the table's module.
+//! [`crate::db::documents`], [`crate::db::claims`], [`crate::db::facilities`]; the records
+//! of a patient share their mechanics in [`crate::db::records`]. The re-exports and the
+//! insert/get functions below keep older call sites (seeding, the admin API, tests)
+//! compiling; new code imports the table's module and [`crate::db::records`].
 
 use crate::crypto::columns::SealedColumn;
 use crate::crypto::{Keyring, Phi, Sealable};
@@ -40,12 +41,48 @@ pub(crate) fn open_opt<T: Sealable>(
     sealed.map(|s| open(kr, column, row, s)).transpose()
 }
 
-pub use super::documents::{
-    DocumentReference, NewDocumentReference, get_document_reference, insert_document_reference,
-};
+pub use super::documents::{DocumentReference, NewDocumentReference};
 pub use super::facilities::insert_facility;
-pub use super::observations::{NewObservation, Observation, get_observation, insert_observation};
+pub use super::observations::{NewObservation, Observation};
 pub use super::patients::{
     NewPatient, Patient, SealedPatient, find_patient_by_mrn, insert_patient, seal_patient,
     update_patient,
 };
+
+use super::documents::DocumentTable;
+use super::observations::ObservationTable;
+use super::records;
+use crate::domain::RecordId;
+use diesel::PgConnection;
+
+pub fn insert_observation(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    new: &NewObservation,
+) -> Result<Observation, AppError> {
+    records::insert::<ObservationTable>(conn, kr, new)
+}
+
+pub fn get_observation(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+) -> Result<Option<Observation>, AppError> {
+    records::get::<ObservationTable>(conn, kr, RecordId(id), ())
+}
+
+pub fn insert_document_reference(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    new: &NewDocumentReference,
+) -> Result<DocumentReference, AppError> {
+    records::insert::<DocumentTable>(conn, kr, new)
+}
+
+pub fn get_document_reference(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+) -> Result<Option<DocumentReference>, AppError> {
+    records::get::<DocumentTable>(conn, kr, RecordId(id), ())
+}

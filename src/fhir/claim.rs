@@ -5,20 +5,15 @@
 
 use super::elements::Elements;
 use super::params;
-use super::resource::{self, Descriptor, FhirResource};
+use super::resource::{self, Descriptor, RecordResource};
 use super::types::{bounded_len, bounded_text, invalid};
 use crate::access::Principal;
-use crate::crypto::Keyring;
-use crate::db::claims::{self, Claim, NewClaim, NewClaimItem};
-use crate::domain::{PatientId, RecordId, UserId};
+use crate::db::claims::{self, Claim, ClaimTable, NewClaim, NewClaimItem};
 use crate::error::AppError;
-use crate::policy::{ResourceType, SearchScope, View};
-use diesel::PgConnection;
+use crate::policy::View;
 use serde::Deserialize;
 use serde_json::{Number, Value, json};
-use uuid::Uuid;
 
-const R: ResourceType = ResourceType::Claim;
 pub const CLAIM_TYPE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/claim-type";
 pub const PRIORITY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/processpriority";
 pub const CPT_SYSTEM: &str = "http://www.ama-assn.org/go/cpt";
@@ -62,38 +57,6 @@ fn currency(field: &'static str, value: &str) -> Result<String, AppError> {
 
 fn money(cents: i64, currency: &str) -> Value {
     json!({ "value": cents as f64 / 100.0, "currency": currency })
-}
-
-pub fn to_fhir(c: &Claim) -> Value {
-    let r = &c.row;
-    let mut out = json!({
-        "resourceType": "Claim",
-        "id": r.id,
-        "meta": { "versionId": r.version.to_string(), "lastUpdated": params::instant(&r.updated_at) },
-        "status": r.status,
-        "type": { "coding": [{ "system": CLAIM_TYPE_SYSTEM, "code": "professional" }] },
-        "use": "claim",
-        "patient": { "reference": format!("Patient/{}", r.patient_id) },
-        "created": params::instant(&r.created_at),
-        "provider": { "display": r.provider.expose() },
-        "priority": { "coding": [{ "system": PRIORITY_SYSTEM, "code": "normal" }] },
-        "insurance": [{ "sequence": 1, "focal": true, "coverage": { "display": "self-pay" } }],
-        "total": money(*r.total_cents.expose(), &r.currency),
-    });
-    if !c.items.is_empty() {
-        out["item"] = c
-            .items
-            .iter()
-            .map(|i| {
-                json!({
-                    "sequence": i.seq,
-                    "productOrService": { "coding": [{ "system": CPT_SYSTEM, "code": i.code.expose() }] },
-                    "net": money(*i.amount_cents.expose(), &r.currency),
-                })
-            })
-            .collect();
-    }
-    out
 }
 
 #[derive(Deserialize)]
@@ -164,112 +127,102 @@ struct ItemIn {
     net: MoneyIn,
 }
 
-fn validate(input: ClaimIn) -> Result<NewClaim, AppError> {
-    if input.resource_type != "Claim" {
-        return Err(invalid("resourceType", "must be Claim"));
-    }
-    if !STATUSES.contains(&input.status.as_str()) {
-        return Err(invalid(
-            "status",
-            "must be active, cancelled, draft or entered-in-error",
-        ));
-    }
-    if let Some(t) = &input.claim_type {
-        let ok = t.coding.len() == 1
-            && t.coding[0].system.as_deref() == Some(CLAIM_TYPE_SYSTEM)
-            && t.coding[0].code == "professional";
-        if !ok {
-            return Err(invalid("type", "must be the claim-type code professional"));
-        }
-    }
-    if input.claim_use.as_deref().is_some_and(|u| u != "claim") {
-        return Err(invalid("use", "must be claim"));
-    }
-    let patient_id = params::patient_reference("patient.reference", &input.patient.reference)?;
-    let provider = bounded_text("provider.display", &input.provider.display, 200)?;
-    let cur = currency("total.currency", &input.total.currency)?;
-    let total_cents = cents("total.value", &input.total.value)?;
-    let items_in = input.item.unwrap_or_default();
-    bounded_len("item", &items_in, MAX_ITEMS)?;
-    let mut items = Vec::with_capacity(items_in.len());
-    for item in &items_in {
-        if item.sequence == 0 || item.sequence > 999 {
-            return Err(invalid("item.sequence", "must be from 1 to 999"));
-        }
-        if items
-            .iter()
-            .any(|i: &NewClaimItem| i.seq == item.sequence as i32)
-        {
-            return Err(invalid("item.sequence", "must be unique"));
-        }
-        let coding = &item.product_or_service.coding;
-        if coding.len() != 1 {
-            return Err(invalid(
-                "item.productOrService.coding",
-                "must have one coding",
-            ));
-        }
-        if coding[0].system.as_deref().is_some_and(|s| s != CPT_SYSTEM) {
-            return Err(invalid(
-                "item.productOrService.coding.system",
-                "must be the CPT system",
-            ));
-        }
-        let code = params::token("item.productOrService.coding.code", &coding[0].code, 20)?;
-        if currency("item.net.currency", &item.net.currency)? != cur {
-            return Err(invalid(
-                "item.net.currency",
-                "must be the currency of total",
-            ));
-        }
-        items.push(NewClaimItem {
-            seq: item.sequence as i32,
-            code,
-            amount_cents: cents("item.net.value", &item.net.value)?,
-        });
-    }
-    if !items.is_empty() && items.iter().map(|i| i.amount_cents).sum::<i64>() != total_cents {
-        return Err(invalid("total.value", "must be the sum of item.net"));
-    }
-    items.sort_by_key(|i| i.seq);
-    Ok(NewClaim {
-        patient_id,
-        provider,
-        status: input.status,
-        total_cents,
-        currency: cur,
-        items,
-    })
-}
-
 /// The Claim API, served by the generic handlers of [`super::resource`].
 pub struct Claims;
 
-impl FhirResource for Claims {
+impl RecordResource for Claims {
     const DESCRIPTOR: &'static Descriptor = &resource::CLAIM;
     const SUBJECT_FIELD: &'static str = "patient.reference";
     type Input = ClaimIn;
-    type New = NewClaim;
-    type Record = Claim;
-    type Criteria = claims::Criteria;
-    /// Whether to load the claim's items (not when `_elements` leaves them out).
-    type Fields = bool;
+    type Table = ClaimTable;
 
-    /// One view, the whole resource.
+    /// One view, the whole resource; the items are loaded only when `_elements` wants them.
     fn fields(view: View, elements: &Elements) -> Result<bool, AppError> {
-        super::whole_view(R, view)?;
+        super::whole_view(Self::DESCRIPTOR.kind, view)?;
         Ok(elements.wants("item"))
     }
     fn input_id(input: &ClaimIn) -> Option<&str> {
         input.id.as_deref()
     }
     fn validate(input: ClaimIn, _: &Principal) -> Result<NewClaim, AppError> {
-        validate(input)
+        if input.resource_type != "Claim" {
+            return Err(invalid("resourceType", "must be Claim"));
+        }
+        if !STATUSES.contains(&input.status.as_str()) {
+            return Err(invalid(
+                "status",
+                "must be active, cancelled, draft or entered-in-error",
+            ));
+        }
+        if let Some(t) = &input.claim_type {
+            let ok = t.coding.len() == 1
+                && t.coding[0].system.as_deref() == Some(CLAIM_TYPE_SYSTEM)
+                && t.coding[0].code == "professional";
+            if !ok {
+                return Err(invalid("type", "must be the claim-type code professional"));
+            }
+        }
+        if input.claim_use.as_deref().is_some_and(|u| u != "claim") {
+            return Err(invalid("use", "must be claim"));
+        }
+        let patient_id = params::patient_reference("patient.reference", &input.patient.reference)?;
+        let provider = bounded_text("provider.display", &input.provider.display, 200)?;
+        let cur = currency("total.currency", &input.total.currency)?;
+        let total_cents = cents("total.value", &input.total.value)?;
+        let items_in = input.item.unwrap_or_default();
+        bounded_len("item", &items_in, MAX_ITEMS)?;
+        let mut items = Vec::with_capacity(items_in.len());
+        for item in &items_in {
+            if item.sequence == 0 || item.sequence > 999 {
+                return Err(invalid("item.sequence", "must be from 1 to 999"));
+            }
+            if items
+                .iter()
+                .any(|i: &NewClaimItem| i.seq == item.sequence as i32)
+            {
+                return Err(invalid("item.sequence", "must be unique"));
+            }
+            let coding = &item.product_or_service.coding;
+            if coding.len() != 1 {
+                return Err(invalid(
+                    "item.productOrService.coding",
+                    "must have one coding",
+                ));
+            }
+            if coding[0].system.as_deref().is_some_and(|s| s != CPT_SYSTEM) {
+                return Err(invalid(
+                    "item.productOrService.coding.system",
+                    "must be the CPT system",
+                ));
+            }
+            let code = params::token("item.productOrService.coding.code", &coding[0].code, 20)?;
+            if currency("item.net.currency", &item.net.currency)? != cur {
+                return Err(invalid(
+                    "item.net.currency",
+                    "must be the currency of total",
+                ));
+            }
+            items.push(NewClaimItem {
+                seq: item.sequence as i32,
+                code,
+                amount_cents: cents("item.net.value", &item.net.value)?,
+            });
+        }
+        if !items.is_empty() && items.iter().map(|i| i.amount_cents).sum::<i64>() != total_cents {
+            return Err(invalid("total.value", "must be the sum of item.net"));
+        }
+        items.sort_by_key(|i| i.seq);
+        Ok(NewClaim {
+            patient_id,
+            provider,
+            status: input.status,
+            total_cents,
+            currency: cur,
+            items,
+        })
     }
     fn criteria(params: &[(&'static str, String)]) -> Result<claims::Criteria, AppError> {
-        let patient = params::single(params, "patient")?
-            .map(params::patient_param)
-            .transpose()?;
+        let patient = resource::subject_criterion(params)?;
         let status = match params::single(params, "status")? {
             Some(s) if STATUSES.contains(&s) => Some(s.to_string()),
             Some(_) => {
@@ -283,64 +236,35 @@ impl FhirResource for Claims {
         Ok(claims::Criteria { patient, status })
     }
     fn to_fhir(c: &Claim) -> Value {
-        to_fhir(c)
-    }
-    fn id(c: &Claim) -> RecordId {
-        RecordId(c.row.id)
-    }
-    fn version(c: &Claim) -> i32 {
-        c.row.version
-    }
-    fn subject(c: &Claim) -> PatientId {
-        PatientId(c.row.patient_id)
-    }
-    fn new_subject(new: &NewClaim) -> PatientId {
-        PatientId(new.patient_id)
-    }
-
-    fn patient_of(c: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
-        claims::patient_of(c, id)
-    }
-    fn get(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        id: RecordId,
-        items: bool,
-    ) -> Result<Option<Claim>, AppError> {
-        claims::get(c, kr, id.into(), items)
-    }
-    fn search(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        criteria: &claims::Criteria,
-        scope: SearchScope,
-        after: Option<Uuid>,
-        limit: i64,
-        items: bool,
-    ) -> Result<Vec<Claim>, AppError> {
-        claims::search(c, kr, criteria, scope, after, limit, items)
-    }
-    fn insert(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        new: &NewClaim,
-        _: UserId,
-        _: bool,
-    ) -> Result<Claim, AppError> {
-        claims::insert(c, kr, new)
-    }
-    fn update(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        id: RecordId,
-        expected: i32,
-        new: &NewClaim,
-        _: bool,
-    ) -> Result<Option<Claim>, AppError> {
-        claims::update(c, kr, id, expected, new)
-    }
-    fn delete(c: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
-        claims::soft_delete(c, id)
+        let r = &c.row;
+        let mut out = json!({
+            "resourceType": "Claim",
+            "id": r.id,
+            "meta": { "versionId": r.version.to_string(), "lastUpdated": params::instant(&r.updated_at) },
+            "status": r.status,
+            "type": { "coding": [{ "system": CLAIM_TYPE_SYSTEM, "code": "professional" }] },
+            "use": "claim",
+            "patient": { "reference": format!("Patient/{}", r.patient_id) },
+            "created": params::instant(&r.created_at),
+            "provider": { "display": r.provider.expose() },
+            "priority": { "coding": [{ "system": PRIORITY_SYSTEM, "code": "normal" }] },
+            "insurance": [{ "sequence": 1, "focal": true, "coverage": { "display": "self-pay" } }],
+            "total": money(*r.total_cents.expose(), &r.currency),
+        });
+        if !c.items.is_empty() {
+            out["item"] = c
+                .items
+                .iter()
+                .map(|i| {
+                    json!({
+                        "sequence": i.seq,
+                        "productOrService": { "coding": [{ "system": CPT_SYSTEM, "code": i.code.expose() }] },
+                        "net": money(*i.amount_cents.expose(), &r.currency),
+                    })
+                })
+                .collect();
+        }
+        out
     }
 }
 

@@ -4,25 +4,18 @@
 //! stored as plain text); on the way out it is base64 inside JSON. The author is the
 //! principal who created the note, never taken from the input.
 
-use super::elements::Elements;
 use super::observation::{LOINC, loinc_code};
 use super::params;
-use super::resource::{self, Descriptor, FhirResource};
+use super::resource::{self, Descriptor, RecordResource};
 use super::types::{bounded_len, invalid};
 use crate::access::Principal;
-use crate::crypto::Keyring;
-use crate::db::documents;
-use crate::db::phi::{self, DocumentReference, NewDocumentReference};
-use crate::domain::{PatientId, RecordId, UserId};
+use crate::db::documents::{DocumentReference, DocumentTable, NewDocumentReference};
 use crate::error::AppError;
-use crate::policy::{ResourceType, SearchScope, View};
 use base64::Engine;
-use diesel::PgConnection;
 use serde::Deserialize;
 use serde_json::{Value, json};
 use uuid::Uuid;
 
-const R: ResourceType = ResourceType::DocumentReference;
 /// The longest note, in characters, after sanitising.
 pub const MAX_NOTE_CHARS: usize = 20_000;
 const STATUSES: &[&str] = &["current", "superseded", "entered-in-error"];
@@ -73,28 +66,6 @@ pub fn sanitise_note(raw: &str) -> Result<String, AppError> {
         return Err(invalid(FIELD, "is longer than 20000 characters"));
     }
     Ok(text)
-}
-
-pub fn to_fhir(doc: &DocumentReference) -> Value {
-    let data = base64::engine::general_purpose::STANDARD.encode(doc.text.expose().as_bytes());
-    let mut out = json!({
-        "resourceType": "DocumentReference",
-        "id": doc.id,
-        "meta": { "versionId": doc.version.to_string(), "lastUpdated": params::instant(&doc.updated_at) },
-        "status": doc.status,
-        "subject": { "reference": format!("Patient/{}", doc.patient_id) },
-        "date": params::instant(&doc.date.unwrap_or(doc.created_at)),
-        "content": [{ "attachment": { "contentType": "text/plain", "data": data } }],
-    });
-    if let Some(author) = doc.author_id {
-        out["author"] = json!([{ "reference": format!("Practitioner/{author}") }]);
-    } else {
-        out["author"] = json!([]);
-    }
-    if let Some(code) = &doc.doc_type {
-        out["type"] = json!({ "coding": [{ "system": LOINC, "code": code }] });
-    }
-    out
 }
 
 #[derive(Deserialize)]
@@ -222,20 +193,11 @@ fn validate(input: DocumentReferenceIn, author: Uuid) -> Result<NewDocumentRefer
 /// The DocumentReference API, served by the generic handlers of [`super::resource`].
 pub struct DocumentReferences;
 
-impl FhirResource for DocumentReferences {
+impl RecordResource for DocumentReferences {
     const DESCRIPTOR: &'static Descriptor = &resource::DOCUMENT_REFERENCE;
-    const SUBJECT_FIELD: &'static str = "subject.reference";
     type Input = DocumentReferenceIn;
-    type New = NewDocumentReference;
-    type Record = DocumentReference;
-    /// The one patient to search (optional).
-    type Criteria = Option<Uuid>;
-    type Fields = ();
+    type Table = DocumentTable;
 
-    /// One view, the whole resource.
-    fn fields(view: View, _: &Elements) -> Result<(), AppError> {
-        super::whole_view(R, view)
-    }
     fn input_id(input: &DocumentReferenceIn) -> Option<&str> {
         input.id.as_deref()
     }
@@ -246,78 +208,30 @@ impl FhirResource for DocumentReferences {
     ) -> Result<NewDocumentReference, AppError> {
         validate(input, principal.user.id.as_uuid())
     }
+    /// The one patient to search (optional).
     fn criteria(params: &[(&'static str, String)]) -> Result<Option<Uuid>, AppError> {
-        let mut patient = None;
-        for name in ["patient", "subject"] {
-            if let Some(p) = params::single(params, name)? {
-                let id = params::patient_param(p)?;
-                if patient.replace(id).is_some_and(|prev| prev != id) {
-                    return Err(invalid("patient", "names two different patients"));
-                }
-            }
-        }
-        Ok(patient)
+        resource::subject_criterion(params)
     }
     fn to_fhir(doc: &DocumentReference) -> Value {
-        to_fhir(doc)
-    }
-    fn id(doc: &DocumentReference) -> RecordId {
-        RecordId(doc.id)
-    }
-    fn version(doc: &DocumentReference) -> i32 {
-        doc.version
-    }
-    fn subject(doc: &DocumentReference) -> PatientId {
-        PatientId(doc.patient_id)
-    }
-    fn new_subject(new: &NewDocumentReference) -> PatientId {
-        PatientId(new.patient_id)
-    }
-
-    fn patient_of(c: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
-        documents::patient_of(c, id)
-    }
-    fn get(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        id: RecordId,
-        (): (),
-    ) -> Result<Option<DocumentReference>, AppError> {
-        phi::get_document_reference(c, kr, id.into())
-    }
-    fn search(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        patient: &Option<Uuid>,
-        scope: SearchScope,
-        after: Option<Uuid>,
-        limit: i64,
-        (): (),
-    ) -> Result<Vec<DocumentReference>, AppError> {
-        documents::search(c, kr, *patient, scope, after, limit)
-    }
-    fn insert(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        new: &NewDocumentReference,
-        _: UserId,
-        (): (),
-    ) -> Result<DocumentReference, AppError> {
-        phi::insert_document_reference(c, kr, new)
-    }
-    fn update(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        id: RecordId,
-        expected: i32,
-        new: &NewDocumentReference,
-        (): (),
-    ) -> Result<Option<DocumentReference>, AppError> {
-        documents::update(c, kr, id, expected, new)
-    }
-    /// Notes are not deleted through the API (no delete route).
-    fn delete(_: &mut PgConnection, _: RecordId) -> Result<bool, AppError> {
-        Ok(false)
+        let data = base64::engine::general_purpose::STANDARD.encode(doc.text.expose().as_bytes());
+        let mut out = json!({
+            "resourceType": "DocumentReference",
+            "id": doc.id,
+            "meta": { "versionId": doc.version.to_string(), "lastUpdated": params::instant(&doc.updated_at) },
+            "status": doc.status,
+            "subject": { "reference": format!("Patient/{}", doc.patient_id) },
+            "date": params::instant(&doc.date.unwrap_or(doc.created_at)),
+            "content": [{ "attachment": { "contentType": "text/plain", "data": data } }],
+        });
+        if let Some(author) = doc.author_id {
+            out["author"] = json!([{ "reference": format!("Practitioner/{author}") }]);
+        } else {
+            out["author"] = json!([]);
+        }
+        if let Some(code) = &doc.doc_type {
+            out["type"] = json!({ "coding": [{ "system": LOINC, "code": code }] });
+        }
+        out
     }
 }
 

@@ -2,24 +2,16 @@
 //! interactions (read, search, create, version-checked update, soft delete) are the
 //! generic handlers of [`super::resource`], decided on the subject patient.
 
-use super::elements::Elements;
 use super::params;
-use super::resource::{self, Descriptor, FhirResource};
+use super::resource::{self, Descriptor, RecordResource};
 use super::types::{bounded_len, bounded_text, invalid};
 use crate::access::Principal;
-use crate::crypto::Keyring;
-use crate::db::observations::{self, Criteria};
-use crate::db::phi::{self, NewObservation, Observation};
-use crate::domain::{PatientId, RecordId, UserId};
+use crate::db::observations::{Criteria, NewObservation, Observation, ObservationTable};
 use crate::error::AppError;
-use crate::policy::{ResourceType, SearchScope, View};
-use diesel::PgConnection;
 use serde::Deserialize;
 use serde_json::{Value, json};
-use uuid::Uuid;
 
 pub const LOINC: &str = "http://loinc.org";
-const R: ResourceType = ResourceType::Observation;
 pub const STATUSES: &[&str] = &[
     "registered",
     "preliminary",
@@ -42,30 +34,6 @@ pub fn loinc_code(field: &'static str, value: &str) -> Result<String, AppError> 
     };
     ok.then(|| value.to_string())
         .ok_or_else(|| invalid(field, "must be a LOINC code such as 8867-4"))
-}
-
-pub fn to_fhir(o: &Observation) -> Value {
-    let mut coding = json!({ "system": LOINC, "code": o.code });
-    if let Some(d) = &o.code_display {
-        coding["display"] = json!(d.expose());
-    }
-    let mut out = json!({
-        "resourceType": "Observation",
-        "id": o.id,
-        "meta": { "versionId": o.version.to_string(), "lastUpdated": params::instant(&o.updated_at) },
-        "status": o.status,
-        "code": { "coding": [coding] },
-        "subject": { "reference": format!("Patient/{}", o.patient_id) },
-        "effectiveDateTime": params::instant(&o.effective_at),
-    });
-    if let (Some(map), Value::Object(value)) = (out.as_object_mut(), o.value.expose()) {
-        for (k, v) in value {
-            if k == "valueQuantity" || k == "valueString" {
-                map.insert(k.clone(), v.clone());
-            }
-        }
-    }
-    out
 }
 
 #[derive(Deserialize)]
@@ -113,108 +81,93 @@ struct QuantityIn {
     code: Option<String>,
 }
 
-fn validate(input: ObservationIn) -> Result<NewObservation, AppError> {
-    if input.resource_type != "Observation" {
-        return Err(invalid("resourceType", "must be Observation"));
-    }
-    if !STATUSES.contains(&input.status.as_str()) {
-        return Err(invalid(
-            "status",
-            "must be registered, preliminary, final, amended, cancelled or entered-in-error",
-        ));
-    }
-    bounded_len("code.coding", &input.code.coding, 1)?;
-    let Some(coding) = input.code.coding.first() else {
-        return Err(invalid("code.coding", "must have one LOINC coding"));
-    };
-    if coding.system != LOINC {
-        return Err(invalid("code.coding[0].system", "must be http://loinc.org"));
-    }
-    let code = loinc_code("code.coding[0].code", &coding.code)?;
-    let display = coding
-        .display
-        .as_deref()
-        .or(input.code.text.as_deref())
-        .map(|d| bounded_text("code.coding[0].display", d, 200))
-        .transpose()?;
-    let patient_id = params::patient_reference("subject.reference", &input.subject.reference)?;
-    let effective_at = params::date_time("effectiveDateTime", &input.effective_date_time)?;
-    let value = match (input.value_quantity, input.value_string) {
-        (Some(q), None) => {
-            if !q.value.is_finite() || q.value.abs() >= 1e12 {
-                return Err(invalid(
-                    "valueQuantity.value",
-                    "must be a number below 10^12",
-                ));
-            }
-            let mut quantity = json!({
-                "value": q.value,
-                "unit": bounded_text("valueQuantity.unit", &q.unit, 40)?,
-            });
-            if let Some(system) = &q.system {
-                let s = bounded_text("valueQuantity.system", system, 200)?;
-                if !(s.starts_with("http://") || s.starts_with("https://") || s.starts_with("urn:"))
-                    || s.contains(char::is_whitespace)
-                {
-                    return Err(invalid("valueQuantity.system", "must be a URI"));
-                }
-                quantity["system"] = json!(s);
-            }
-            if let Some(c) = &q.code {
-                quantity["code"] = json!(bounded_text("valueQuantity.code", c, 40)?);
-            }
-            json!({ "valueQuantity": quantity })
-        }
-        (None, Some(s)) => json!({ "valueString": bounded_text("valueString", &s, 1000)? }),
-        _ => {
-            return Err(invalid(
-                "value[x]",
-                "needs exactly one of valueQuantity or valueString",
-            ));
-        }
-    };
-    Ok(NewObservation {
-        patient_id,
-        status: input.status,
-        code,
-        code_display: display,
-        value,
-        effective_at,
-    })
-}
-
 /// The Observation API, served by the generic handlers of [`super::resource`].
 pub struct Observations;
 
-impl FhirResource for Observations {
+impl RecordResource for Observations {
     const DESCRIPTOR: &'static Descriptor = &resource::OBSERVATION;
-    const SUBJECT_FIELD: &'static str = "subject.reference";
     type Input = ObservationIn;
-    type New = NewObservation;
-    type Record = Observation;
-    type Criteria = Criteria;
-    type Fields = ();
+    type Table = ObservationTable;
 
-    /// One view, the whole resource.
-    fn fields(view: View, _: &Elements) -> Result<(), AppError> {
-        super::whole_view(R, view)
-    }
     fn input_id(input: &ObservationIn) -> Option<&str> {
         input.id.as_deref()
     }
     fn validate(input: ObservationIn, _: &Principal) -> Result<NewObservation, AppError> {
-        validate(input)
+        if input.resource_type != "Observation" {
+            return Err(invalid("resourceType", "must be Observation"));
+        }
+        if !STATUSES.contains(&input.status.as_str()) {
+            return Err(invalid(
+                "status",
+                "must be registered, preliminary, final, amended, cancelled or entered-in-error",
+            ));
+        }
+        bounded_len("code.coding", &input.code.coding, 1)?;
+        let Some(coding) = input.code.coding.first() else {
+            return Err(invalid("code.coding", "must have one LOINC coding"));
+        };
+        if coding.system != LOINC {
+            return Err(invalid("code.coding[0].system", "must be http://loinc.org"));
+        }
+        let code = loinc_code("code.coding[0].code", &coding.code)?;
+        let display = coding
+            .display
+            .as_deref()
+            .or(input.code.text.as_deref())
+            .map(|d| bounded_text("code.coding[0].display", d, 200))
+            .transpose()?;
+        let patient_id = params::patient_reference("subject.reference", &input.subject.reference)?;
+        let effective_at = params::date_time("effectiveDateTime", &input.effective_date_time)?;
+        let value = match (input.value_quantity, input.value_string) {
+            (Some(q), None) => {
+                if !q.value.is_finite() || q.value.abs() >= 1e12 {
+                    return Err(invalid(
+                        "valueQuantity.value",
+                        "must be a number below 10^12",
+                    ));
+                }
+                let mut quantity = json!({
+                    "value": q.value,
+                    "unit": bounded_text("valueQuantity.unit", &q.unit, 40)?,
+                });
+                if let Some(system) = &q.system {
+                    let s = bounded_text("valueQuantity.system", system, 200)?;
+                    if !(s.starts_with("http://")
+                        || s.starts_with("https://")
+                        || s.starts_with("urn:"))
+                        || s.contains(char::is_whitespace)
+                    {
+                        return Err(invalid("valueQuantity.system", "must be a URI"));
+                    }
+                    quantity["system"] = json!(s);
+                }
+                if let Some(c) = &q.code {
+                    quantity["code"] = json!(bounded_text("valueQuantity.code", c, 40)?);
+                }
+                json!({ "valueQuantity": quantity })
+            }
+            (None, Some(s)) => json!({ "valueString": bounded_text("valueString", &s, 1000)? }),
+            _ => {
+                return Err(invalid(
+                    "value[x]",
+                    "needs exactly one of valueQuantity or valueString",
+                ));
+            }
+        };
+        Ok(NewObservation {
+            patient_id,
+            status: input.status,
+            code,
+            code_display: display,
+            value,
+            effective_at,
+        })
     }
     fn criteria(params: &[(&'static str, String)]) -> Result<Criteria, AppError> {
-        let mut criteria = Criteria::default();
-        for name in ["patient", "subject"] {
-            if let Some(p) = params::single(params, name)? {
-                let id = params::patient_param(p)?;
-                if criteria.patient.replace(id).is_some_and(|prev| prev != id) {
-                    return Err(invalid("patient", "names two different patients"));
-                }
-            }
-        }
+        let mut criteria = Criteria {
+            patient: resource::subject_criterion(params)?,
+            ..Criteria::default()
+        };
         if let Some(code) = params::single(params, "code")? {
             let c = code.strip_prefix("http://loinc.org|").unwrap_or(code);
             criteria.code = Some(loinc_code("code", c)?);
@@ -233,63 +186,26 @@ impl FhirResource for Observations {
         Ok(criteria)
     }
     fn to_fhir(o: &Observation) -> Value {
-        to_fhir(o)
-    }
-    fn id(o: &Observation) -> RecordId {
-        RecordId(o.id)
-    }
-    fn version(o: &Observation) -> i32 {
-        o.version
-    }
-    fn subject(o: &Observation) -> PatientId {
-        PatientId(o.patient_id)
-    }
-    fn new_subject(new: &NewObservation) -> PatientId {
-        PatientId(new.patient_id)
-    }
-
-    fn patient_of(c: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
-        observations::patient_of(c, id)
-    }
-    fn get(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        id: RecordId,
-        (): (),
-    ) -> Result<Option<Observation>, AppError> {
-        phi::get_observation(c, kr, id.into())
-    }
-    fn search(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        criteria: &Criteria,
-        scope: SearchScope,
-        after: Option<Uuid>,
-        limit: i64,
-        (): (),
-    ) -> Result<Vec<Observation>, AppError> {
-        observations::search(c, kr, criteria, scope, after, limit)
-    }
-    fn insert(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        new: &NewObservation,
-        _: UserId,
-        (): (),
-    ) -> Result<Observation, AppError> {
-        phi::insert_observation(c, kr, new)
-    }
-    fn update(
-        c: &mut PgConnection,
-        kr: &Keyring,
-        id: RecordId,
-        expected: i32,
-        new: &NewObservation,
-        (): (),
-    ) -> Result<Option<Observation>, AppError> {
-        observations::update(c, kr, id, expected, new)
-    }
-    fn delete(c: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
-        observations::soft_delete(c, id)
+        let mut coding = json!({ "system": LOINC, "code": o.code });
+        if let Some(d) = &o.code_display {
+            coding["display"] = json!(d.expose());
+        }
+        let mut out = json!({
+            "resourceType": "Observation",
+            "id": o.id,
+            "meta": { "versionId": o.version.to_string(), "lastUpdated": params::instant(&o.updated_at) },
+            "status": o.status,
+            "code": { "coding": [coding] },
+            "subject": { "reference": format!("Patient/{}", o.patient_id) },
+            "effectiveDateTime": params::instant(&o.effective_at),
+        });
+        if let (Some(map), Value::Object(value)) = (out.as_object_mut(), o.value.expose()) {
+            for (k, v) in value {
+                if k == "valueQuantity" || k == "valueString" {
+                    map.insert(k.clone(), v.clone());
+                }
+            }
+        }
+        out
     }
 }

@@ -157,6 +157,7 @@ use super::{FHIR_JSON, etag, if_match, params};
 use crate::access::{Credentials, Pipeline, Principal};
 use crate::audit::AuditEvent;
 use crate::crypto::Keyring;
+use crate::db::records::{self, RecordTable, Statements};
 use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
 use crate::policy::{PatientFacts, SearchScope, View};
@@ -266,6 +267,147 @@ pub trait FhirResource: 'static {
     ) -> Result<Option<Self::Record>, AppError>;
     /// Soft delete (`false`: no such live record).
     fn delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError>;
+}
+
+/// A record of a patient (Observation, DocumentReference, Claim): what its module
+/// declares — descriptor, input and validation, search criteria, FHIR form — over its
+/// table's repository ([`crate::db::records`]). Every such resource is a [`FhirResource`]
+/// through the implementation below: its storage, ids, versions and subject come from the
+/// table, its create is decided on its subject patient, and an update keeps the subject.
+pub trait RecordResource: 'static {
+    const DESCRIPTOR: &'static Descriptor;
+    /// The JSON field naming the subject patient (where a create's refusal points).
+    const SUBJECT_FIELD: &'static str = "subject.reference";
+    /// The body of a create or update.
+    type Input: DeserializeOwned + 'static;
+    /// The table's repository.
+    type Table: Statements;
+
+    /// What to fetch for a view (and `_elements`): by default, the whole resource, which
+    /// must be the view's.
+    fn fields(view: View, _elements: &Elements) -> Result<Fields<Self>, AppError> {
+        super::whole_view(<Self as RecordResource>::DESCRIPTOR.kind, view)?;
+        Ok(Default::default())
+    }
+    /// The `id` of a body.
+    fn input_id(input: &Self::Input) -> Option<&str>;
+    fn validate(input: Self::Input, principal: &Principal) -> Result<New<Self>, AppError>;
+    /// The search criteria from the query (each name is one of the descriptor's).
+    fn criteria(params: &[(&'static str, String)]) -> Result<Criteria<Self>, AppError>;
+    fn to_fhir(record: &Rec<Self>) -> Value;
+}
+
+type Fields<R> = <<R as RecordResource>::Table as RecordTable>::Fields;
+type New<R> = <<R as RecordResource>::Table as RecordTable>::New;
+type Rec<R> = <<R as RecordResource>::Table as RecordTable>::Record;
+type Criteria<R> = <<R as RecordResource>::Table as RecordTable>::Criteria;
+
+/// The patient a search of records names by its `patient` (or `subject`) parameter; both
+/// may be given if they name the same patient.
+pub fn subject_criterion(params: &[(&'static str, String)]) -> Result<Option<Uuid>, AppError> {
+    let mut patient = None;
+    for name in ["patient", "subject"] {
+        if let Some(p) = params::single(params, name)? {
+            let id = params::patient_param(p)?;
+            if patient.replace(id).is_some_and(|prev| prev != id) {
+                return Err(invalid("patient", "names two different patients"));
+            }
+        }
+    }
+    Ok(patient)
+}
+
+impl<R: RecordResource> FhirResource for R {
+    const DESCRIPTOR: &'static Descriptor = <R as RecordResource>::DESCRIPTOR;
+    const SUBJECT_FIELD: &'static str = <R as RecordResource>::SUBJECT_FIELD;
+    type Input = <R as RecordResource>::Input;
+    type New = New<R>;
+    type Record = Rec<R>;
+    type Criteria = Criteria<R>;
+    type Fields = Fields<R>;
+
+    fn fields(view: View, elements: &Elements) -> Result<Fields<R>, AppError> {
+        <R as RecordResource>::fields(view, elements)
+    }
+    fn input_id(input: &<R as RecordResource>::Input) -> Option<&str> {
+        <R as RecordResource>::input_id(input)
+    }
+    fn validate(
+        input: <R as RecordResource>::Input,
+        principal: &Principal,
+    ) -> Result<New<R>, AppError> {
+        <R as RecordResource>::validate(input, principal)
+    }
+    fn criteria(params: &[(&'static str, String)]) -> Result<Criteria<R>, AppError> {
+        <R as RecordResource>::criteria(params)
+    }
+    fn to_fhir(record: &Rec<R>) -> Value {
+        <R as RecordResource>::to_fhir(record)
+    }
+    fn id(record: &Rec<R>) -> RecordId {
+        R::Table::id(record)
+    }
+    fn version(record: &Rec<R>) -> i32 {
+        R::Table::version(record)
+    }
+    fn subject(record: &Rec<R>) -> PatientId {
+        R::Table::subject(record)
+    }
+    fn new_subject(new: &New<R>) -> PatientId {
+        R::Table::new_subject(new)
+    }
+    fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
+        R::Table::patient_of(conn, id)
+    }
+    fn get(
+        conn: &mut PgConnection,
+        kr: &Keyring,
+        id: RecordId,
+        fields: Fields<R>,
+    ) -> Result<Option<Rec<R>>, AppError> {
+        records::get::<R::Table>(conn, kr, id, fields)
+    }
+    fn search(
+        conn: &mut PgConnection,
+        kr: &Keyring,
+        criteria: &Criteria<R>,
+        scope: SearchScope,
+        after: Option<Uuid>,
+        limit: i64,
+        fields: Fields<R>,
+    ) -> Result<Vec<Rec<R>>, AppError> {
+        records::search::<R::Table>(conn, kr, criteria, scope, after, limit, fields)
+    }
+    fn insert(
+        conn: &mut PgConnection,
+        kr: &Keyring,
+        new: &New<R>,
+        _author: UserId,
+        _fields: Fields<R>,
+    ) -> Result<Rec<R>, AppError> {
+        records::insert::<R::Table>(conn, kr, new)
+    }
+    fn update(
+        conn: &mut PgConnection,
+        kr: &Keyring,
+        id: RecordId,
+        expected: i32,
+        new: &New<R>,
+        _fields: Fields<R>,
+    ) -> Result<Option<Rec<R>>, AppError> {
+        records::update::<R::Table>(conn, kr, id, expected, new)
+    }
+    /// A soft delete, for a type that offers delete (no other type has a delete route).
+    fn delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
+        if <R as RecordResource>::DESCRIPTOR
+            .interactions
+            .contains(&Delete)
+        {
+            R::Table::soft_delete(conn, id)
+        } else {
+            Ok(false)
+        }
+    }
 }
 
 /// The handler's resource must be the route's (the decision was about the route's).

@@ -1,0 +1,324 @@
+//! What every patient-linked record table shares (observations, document references,
+//! claims): rows with an id, a version, the key version their sealed columns were sealed
+//! with, a subject patient and a soft-delete mark. The mechanics are written once here —
+//! get by id, policy-scoped search with cursor paging, insert, version-checked update
+//! (re-sealing the row with the active key) and soft delete — and a table's repository
+//! declares only what is its own by implementing [`RecordTable`] (its row and write types,
+//! how to seal and open them, its search criteria as a filter). `statements!` writes the
+//! table's typed Diesel statements ([`Statements`]): Diesel's DSL is typed per table, so a
+//! small macro stands where generics would fight it. Every query is parameterised.
+
+use crate::crypto::{Keyring, Sealer};
+use crate::domain::{PatientId, RecordId};
+use crate::error::AppError;
+use crate::policy::SearchScope;
+use diesel::{Connection, PgConnection, QueryResult};
+use uuid::Uuid;
+
+/// What a record table declares; the statements come from `statements!`.
+pub trait RecordTable: Sized + 'static {
+    /// The row as stored: clear columns and the sealed ones as bytes
+    /// (`Queryable + Selectable`, with `id`, `version`, `key_version`, `patient_id`).
+    type Row;
+    /// The columns a create or update writes, sealed (`Insertable + AsChangeset` with
+    /// `key_version` and `patient_id`; columns an update keeps are `skip_update`).
+    type Write;
+    /// What a create or update writes, in clear (with `patient_id`).
+    type New: Send + 'static;
+    /// A stored record, opened.
+    type Record: Send + 'static;
+    /// Search criteria, AND-ed.
+    type Criteria: Send + 'static;
+    /// What to load beyond the row (claims: their items).
+    type Fields: Copy + Default + Send + 'static;
+    /// The table's boxed query (`<table>::BoxedQuery<'static, Pg>`), for [`Self::filter`].
+    type Query;
+
+    /// Seals `new` for row `id` with the active key of `sealer`.
+    fn seal(new: &Self::New, sealer: &Sealer, id: Uuid) -> Result<Self::Write, AppError>;
+    /// Opens a row's sealed columns (its key version is already loaded).
+    fn open(row: Self::Row, kr: &Keyring) -> Result<Self::Record, AppError>;
+    /// Narrows a search to `criteria` (the scope, liveness and paging are added around it).
+    fn filter(q: Self::Query, criteria: &Self::Criteria) -> Self::Query;
+
+    /// Loads what `fields` asks for beyond the rows; nothing by default.
+    fn load(
+        _conn: &mut PgConnection,
+        _kr: &Keyring,
+        _records: &mut [Self::Record],
+        _fields: Self::Fields,
+    ) -> Result<(), AppError> {
+        Ok(())
+    }
+    /// Writes what belongs to a written row (in its transaction), replacing what was
+    /// there on an update, and completes `record` as written; nothing by default.
+    fn write_more(
+        _conn: &mut PgConnection,
+        _sealer: &Sealer,
+        _record: &mut Self::Record,
+        _new: &Self::New,
+        _replace: bool,
+    ) -> Result<(), AppError> {
+        Ok(())
+    }
+}
+
+/// The typed statements of a record table, written by `statements!`.
+pub trait Statements: RecordTable {
+    fn key_version(row: &Self::Row) -> i32;
+    fn id(record: &Self::Record) -> RecordId;
+    fn version(record: &Self::Record) -> i32;
+    /// The subject patient of a record.
+    fn subject(record: &Self::Record) -> PatientId;
+    /// The patient a body to write is about.
+    fn new_subject(new: &Self::New) -> PatientId;
+    /// The subject patient of a live record (for the decision point).
+    fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError>;
+    /// Soft delete: the row stays (for the record) but is no longer read or found
+    /// (`false`: no such live record).
+    fn soft_delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError>;
+    /// The live row `id`.
+    fn live_row(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Self::Row>>;
+    /// One page of live rows within `scope` matching `criteria`, ordered by id, after `after`.
+    fn page(
+        conn: &mut PgConnection,
+        criteria: &Self::Criteria,
+        scope: SearchScope,
+        after: Option<Uuid>,
+        limit: i64,
+    ) -> QueryResult<Vec<Self::Row>>;
+    fn insert_row(conn: &mut PgConnection, id: Uuid, write: &Self::Write)
+    -> QueryResult<Self::Row>;
+    /// Replaces the live row `id` (same subject) if its version is still `expected`.
+    fn update_row(
+        conn: &mut PgConnection,
+        id: Uuid,
+        expected: i32,
+        write: &Self::Write,
+    ) -> QueryResult<Option<Self::Row>>;
+}
+
+/// Writes [`Statements`] for `$repo` on the schema table `$table`. The row's record
+/// fields (`id`, `version`, `patient_id`) are read from the record itself, or from its
+/// field `head` when given.
+macro_rules! statements {
+    ($repo:ty, $table:ident $(, head = $head:ident)?) => {
+        const _: () = {
+            use $crate::db::records::{RecordTable, Statements};
+            use $crate::db::schema::$table as t;
+            use $crate::db::scope::ScopeSql;
+            use $crate::domain::{PatientId, RecordId};
+            use $crate::error::AppError;
+            use $crate::policy::SearchScope;
+            use ::diesel::prelude::*;
+            use ::uuid::Uuid;
+            type Row = <$repo as RecordTable>::Row;
+            type Write = <$repo as RecordTable>::Write;
+            type Rec = <$repo as RecordTable>::Record;
+
+            impl Statements for $repo {
+                fn key_version(row: &Row) -> i32 {
+                    row.key_version
+                }
+                fn id(r: &Rec) -> RecordId {
+                    RecordId(r $(.$head)? .id)
+                }
+                fn version(r: &Rec) -> i32 {
+                    r $(.$head)? .version
+                }
+                fn subject(r: &Rec) -> PatientId {
+                    PatientId(r $(.$head)? .patient_id)
+                }
+                fn new_subject(new: &<$repo as RecordTable>::New) -> PatientId {
+                    PatientId(new.patient_id)
+                }
+                fn patient_of(
+                    conn: &mut PgConnection,
+                    id: RecordId,
+                ) -> Result<Option<PatientId>, AppError> {
+                    Ok(t::table
+                        .filter(t::id.eq(id))
+                        .filter(t::deleted_at.is_null())
+                        .select(t::patient_id)
+                        .first(conn)
+                        .optional()?)
+                }
+                fn soft_delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
+                    let n = diesel::update(
+                        t::table.filter(t::id.eq(id).and(t::deleted_at.is_null())),
+                    )
+                    .set((
+                        t::deleted_at.eq(::chrono::Utc::now()),
+                        t::version.eq(t::version + 1),
+                        t::updated_at.eq(::chrono::Utc::now()),
+                    ))
+                    .execute(conn)?;
+                    Ok(n > 0)
+                }
+                fn live_row(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Row>> {
+                    t::table
+                        .filter(t::id.eq(id))
+                        .filter(t::deleted_at.is_null())
+                        .select(Row::as_select())
+                        .first(conn)
+                        .optional()
+                }
+                fn page(
+                    conn: &mut PgConnection,
+                    criteria: &<$repo as RecordTable>::Criteria,
+                    scope: SearchScope,
+                    after: Option<Uuid>,
+                    limit: i64,
+                ) -> QueryResult<Vec<Row>> {
+                    let scope = ScopeSql::new(scope, concat!(stringify!($table), ".patient_id"));
+                    let q = t::table
+                        .filter(t::deleted_at.is_null())
+                        .into_boxed()
+                        .filter(scope.expression());
+                    let mut q = <$repo as RecordTable>::filter(q, criteria);
+                    if let Some(a) = after {
+                        q = q.filter(t::id.gt(a));
+                    }
+                    q.order(t::id)
+                        .limit(limit)
+                        .select(Row::as_select())
+                        .load(conn)
+                }
+                fn insert_row(conn: &mut PgConnection, id: Uuid, write: &Write) -> QueryResult<Row> {
+                    diesel::insert_into(t::table)
+                        .values((t::id.eq(id), write))
+                        .returning(Row::as_returning())
+                        .get_result(conn)
+                }
+                fn update_row(
+                    conn: &mut PgConnection,
+                    id: Uuid,
+                    expected: i32,
+                    write: &Write,
+                ) -> QueryResult<Option<Row>> {
+                    diesel::update(
+                        t::table.filter(
+                            t::id
+                                .eq(id)
+                                .and(t::version.eq(expected))
+                                .and(t::patient_id.eq(write.patient_id))
+                                .and(t::deleted_at.is_null()),
+                        ),
+                    )
+                    .set((
+                        t::version.eq(expected + 1),
+                        t::updated_at.eq(::chrono::Utc::now()),
+                        write,
+                    ))
+                    .returning(Row::as_returning())
+                    .get_result(conn)
+                    .optional()
+                }
+            }
+        };
+    };
+}
+pub(crate) use statements;
+
+/// Opens rows (loading each one's key version first) and what `fields` asks beyond them.
+fn open_rows<T: Statements>(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    rows: Vec<T::Row>,
+    fields: T::Fields,
+) -> Result<Vec<T::Record>, AppError> {
+    let mut out = Vec::with_capacity(rows.len());
+    for row in rows {
+        kr.ensure_version(conn, T::key_version(&row))?;
+        out.push(T::open(row, kr)?);
+    }
+    T::load(conn, kr, &mut out, fields)?;
+    Ok(out)
+}
+
+/// A live record.
+pub fn get<T: Statements>(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: RecordId,
+    fields: T::Fields,
+) -> Result<Option<T::Record>, AppError> {
+    match T::live_row(conn, id.into())? {
+        None => Ok(None),
+        Some(row) => Ok(open_rows::<T>(conn, kr, vec![row], fields)?.pop()),
+    }
+}
+
+/// One page of live records within `scope`, ordered by id, after `after`.
+pub fn search<T: Statements>(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    criteria: &T::Criteria,
+    scope: SearchScope,
+    after: Option<Uuid>,
+    limit: i64,
+    fields: T::Fields,
+) -> Result<Vec<T::Record>, AppError> {
+    let rows = T::page(conn, criteria, scope, after, limit)?;
+    open_rows::<T>(conn, kr, rows, fields)
+}
+
+/// Seals and inserts a record in one transaction.
+pub fn insert<T: Statements>(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    new: &T::New,
+) -> Result<T::Record, AppError> {
+    insert_with_id::<T>(conn, kr, Uuid::new_v4(), new)
+}
+
+/// Seals and inserts a record in one transaction, under `id`.
+pub fn insert_with_id<T: Statements>(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+    new: &T::New,
+) -> Result<T::Record, AppError> {
+    conn.transaction(|conn| {
+        let sealer = kr.sealer_for_write(conn)?;
+        let write = T::seal(new, &sealer, id)?;
+        let row = T::insert_row(conn, id, &write)?;
+        written::<T>(conn, kr, &sealer, row, new, false)
+    })
+}
+
+/// Replaces a record (same subject) if its version is still `expected`; every sealed
+/// column is re-sealed with the active key. `None`: the version no longer matches or the
+/// record is gone.
+pub fn update<T: Statements>(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: RecordId,
+    expected: i32,
+    new: &T::New,
+) -> Result<Option<T::Record>, AppError> {
+    let id = Uuid::from(id);
+    conn.transaction(|conn| {
+        let sealer = kr.sealer_for_write(conn)?;
+        let write = T::seal(new, &sealer, id)?;
+        match T::update_row(conn, id, expected, &write)? {
+            None => Ok(None),
+            Some(row) => written::<T>(conn, kr, &sealer, row, new, true).map(Some),
+        }
+    })
+}
+
+/// The record as written: its row opened, and what belongs to it written.
+fn written<T: Statements>(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    sealer: &Sealer,
+    row: T::Row,
+    new: &T::New,
+    replace: bool,
+) -> Result<T::Record, AppError> {
+    kr.ensure_version(conn, T::key_version(&row))?;
+    let mut record = T::open(row, kr)?;
+    T::write_more(conn, sealer, &mut record, new, replace)?;
+    Ok(record)
+}
