@@ -104,13 +104,16 @@ pub async fn contain(
     Ok(res)
 }
 
-fn audit_action(action: Action) -> AuditAction {
+/// What the fallback event of a route is about: its action, and its resource kind.
+fn fallback_what(action: Action) -> What {
     match action {
-        Action::Fhir(_, interaction) => AuditAction::from(interaction),
-        Action::Admin(a) => {
-            AuditAction::from_code(a.audit_code()).unwrap_or(AuditAction::PermissionChange)
+        Action::Fhir(resource, interaction) => {
+            What::new(AuditAction::from(interaction)).on(resource)
         }
-        Action::Public | Action::ConsoleSignIn | Action::Console => AuditAction::PermissionChange,
+        Action::Admin(a) => What::from(a),
+        Action::Public | Action::ConsoleSignIn | Action::Console => {
+            What::new(AuditAction::PermissionChange)
+        }
     }
 }
 
@@ -139,19 +142,7 @@ async fn ensure_event(
             Actor::anonymous(),
         )
     });
-    let mut what = What::new(audit_action(action));
-    match action {
-        Action::Fhir(resource, _) => what = what.on(resource),
-        Action::Admin(a) => {
-            if let Some(kind) = a
-                .resource_code()
-                .and_then(crate::audit::ResourceType::from_code)
-            {
-                what = what.on(kind);
-            }
-        }
-        _ => {}
-    }
+    let what = fallback_what(action);
     let recorded = match status.as_u16() {
         401 => recorder.deny(what, [], DenyReason::NotAuthenticated).await,
         403 => recorder.deny(what, [], DenyReason::Policy).await,
@@ -177,7 +168,23 @@ mod tests {
     fn fhir_fallback_events_carry_the_routes_interaction() {
         for i in Interaction::ALL {
             let a = Action::Fhir(ResourceType::Patient, i);
-            assert_eq!(audit_action(a), AuditAction::from(i));
+            assert_eq!(fallback_what(a).action, AuditAction::from(i));
+            assert_eq!(
+                fallback_what(a).kind,
+                Some(crate::audit::ResourceType::Patient)
+            );
         }
+    }
+
+    #[test]
+    fn admin_fallback_events_carry_the_routes_real_action() {
+        use crate::policy::admin::AdminAction;
+        for a in AdminAction::ALL {
+            assert_eq!(fallback_what(Action::Admin(a)), What::from(a), "{a:?}");
+        }
+        assert_eq!(
+            fallback_what(Action::Admin(AdminAction::ReadUser)).action,
+            AuditAction::Read
+        );
     }
 }

@@ -38,10 +38,10 @@ pub struct AdminCaller(pub Pipeline);
 /// The audit action and resource kind the route table declares for this admin route.
 fn declared(req: &HttpRequest) -> (AuditAction, Option<Kind>) {
     match RouteAction::of(req) {
-        Some(Action::Admin(a)) => (
-            AuditAction::from_code(a.audit_code()).unwrap_or(AuditAction::PermissionChange),
-            a.resource_code().and_then(Kind::from_code),
-        ),
+        Some(Action::Admin(a)) => {
+            let what = crate::audit::What::from(a);
+            (what.action, what.kind)
+        }
         _ => (AuditAction::PermissionChange, None),
     }
 }

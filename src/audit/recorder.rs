@@ -18,6 +18,7 @@ use super::event::{
 use super::writer::{AuditWriter, WriteJob};
 use crate::domain::PatientId;
 use crate::error::AppError;
+use crate::policy::admin::AdminAction;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use uuid::Uuid;
@@ -52,6 +53,44 @@ impl What {
         Self {
             id: Some(id.into()),
             ..self
+        }
+    }
+}
+
+/// The audit action of an administration route's events: total and typed, so a route's
+/// declared [`AdminAction`] always names its real action (no string look-up, no
+/// fallback).
+impl From<AdminAction> for AuditAction {
+    fn from(a: AdminAction) -> Self {
+        match a {
+            AdminAction::ListUsers | AdminAction::ListFacilities => AuditAction::Search,
+            AdminAction::ReadUser => AuditAction::Read,
+            AdminAction::CreateFacility => AuditAction::Create,
+            AdminAction::ChangeCareTeam => AuditAction::CareRelationshipChange,
+            AdminAction::ChangeRole | AdminAction::ChangeUser | AdminAction::RegisterClient => {
+                AuditAction::PermissionChange
+            }
+        }
+    }
+}
+
+/// What an administration route's events are about: its action and, when it has one,
+/// the kind of resource it acts on.
+impl From<AdminAction> for What {
+    fn from(a: AdminAction) -> Self {
+        let kind = match a {
+            AdminAction::ListUsers | AdminAction::ReadUser | AdminAction::ChangeUser => {
+                Some(ResourceType::User)
+            }
+            AdminAction::ChangeRole => Some(ResourceType::RoleAssignment),
+            AdminAction::ChangeCareTeam => Some(ResourceType::CareRelationship),
+            AdminAction::RegisterClient => Some(ResourceType::Client),
+            AdminAction::ListFacilities | AdminAction::CreateFacility => None,
+        };
+        What {
+            action: AuditAction::from(a),
+            kind,
+            id: None,
         }
     }
 }
@@ -220,6 +259,36 @@ impl Recorder {
     fn mark(&self) {
         if let Some(flag) = &self.recorded {
             flag.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_admin_route_names_its_audit_action_and_resource() {
+        assert_eq!(
+            AuditAction::from(AdminAction::ListUsers),
+            AuditAction::Search
+        );
+        assert_eq!(AuditAction::from(AdminAction::ReadUser), AuditAction::Read);
+        assert_eq!(
+            AuditAction::from(AdminAction::ChangeCareTeam),
+            AuditAction::CareRelationshipChange
+        );
+        assert_eq!(
+            What::from(AdminAction::ChangeRole),
+            What::new(AuditAction::PermissionChange).on(ResourceType::RoleAssignment)
+        );
+        assert_eq!(
+            What::from(AdminAction::CreateFacility),
+            What::new(AuditAction::Create)
+        );
+        for a in AdminAction::ALL {
+            assert_eq!(What::from(a).action, AuditAction::from(a), "{a:?}");
+            assert_eq!(What::from(a).id, None, "{a:?}");
         }
     }
 }

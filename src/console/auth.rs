@@ -2,13 +2,13 @@
 //! gate every later page passes is in [`super::gate`].
 
 use super::gate::{self, ConsoleForm, Refusal, check_post, see_other, to_sign_in};
-use super::recorder::ConsoleRecorder;
+use super::recorder::{self, ConsoleEvents};
 use super::session::{self, Session, Stage};
 use super::settings::Settings;
 use super::store;
 use super::totp::Check;
 use super::{SIGN_IN_FAILED, recovery};
-use crate::audit::{AuditAction, AuditContext, AuthMethod, DenyReason, Outcome};
+use crate::audit::{AuditAction, AuditContext, AuthMethod, DenyReason, Outcome, What};
 use crate::db::users::{self, UserKind, UserRecord};
 use crate::error::AppError;
 use crate::policy;
@@ -104,11 +104,11 @@ pub async fn callback(
     // RFC 9207: when the provider names itself, it must be the provider we asked.
     let iss_ok = q.iss.as_deref().is_none_or(|iss| iss == c.oidc.issuer());
     if !state_ok || !iss_ok || q.error.is_some() {
-        ConsoleRecorder::anonymous(&state, ctx)
+        recorder::anonymous(&state, ctx)
             .deny(
-                AuditAction::LoginFailed,
+                What::new(AuditAction::LoginFailed),
+                [],
                 DenyReason::InvalidCredentials,
-                None,
             )
             .await?;
         return Err(failed());
@@ -127,7 +127,7 @@ pub async fn callback(
         .db
         .run(move |conn| users::user_for(conn, &issuer, &subject, UserKind::Person))
         .await?;
-    let audit = ConsoleRecorder::user(&state, ctx, &user, AuthMethod::Session);
+    let audit = recorder::user(&state, ctx, &user, AuthMethod::Session);
     if !policy::admin::console_admission(&user.roles, user.disabled) {
         audit
             .session(
@@ -311,7 +311,7 @@ pub async fn totp_submit(
                 .await?;
             // The second factor of the sign-in: a sign-in event, now with MFA (a later
             // code for a sensitive change is the step-up).
-            ConsoleRecorder::user(&state, ctx, &user, AuthMethod::SessionMfa)
+            recorder::user(&state, ctx, &user, AuthMethod::SessionMfa)
                 .session(AuditAction::Login, Outcome::Permit)
                 .await?;
             let mut res = match codes {
@@ -332,7 +332,7 @@ pub async fn totp_submit(
             } else {
                 DenyReason::InvalidCredentials
             };
-            ConsoleRecorder::user(&state, ctx, &user, AuthMethod::Session)
+            recorder::user(&state, ctx, &user, AuthMethod::Session)
                 .session(AuditAction::LoginFailed, Outcome::Deny(reason))
                 .await?;
             let message = if locked {
@@ -346,7 +346,7 @@ pub async fn totp_submit(
                 .map_into_boxed_body())
         }
         Check::Locked => {
-            ConsoleRecorder::user(&state, ctx, &user, AuthMethod::Session)
+            recorder::user(&state, ctx, &user, AuthMethod::Session)
                 .session(
                     AuditAction::LoginFailed,
                     Outcome::Deny(DenyReason::RateLimited),

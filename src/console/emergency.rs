@@ -10,7 +10,7 @@
 //! the same path, the same time and get the same answer.
 
 use super::gate::{check_origin, see_other};
-use super::recorder::{ConsoleRecorder, role_codes};
+use super::recorder::{self, ConsoleEvents, role_codes};
 use super::session::{self, Stage};
 use super::settings::Settings;
 use super::store;
@@ -146,7 +146,7 @@ pub async fn sign_in(
             .await?;
         if let Err(wait) = limited {
             // Refused before any lookup: nobody is named in the event.
-            ConsoleRecorder::anonymous(&state, ctx)
+            recorder::anonymous(&state, ctx)
                 .session(
                     AuditAction::LoginFailed,
                     Outcome::Deny(DenyReason::RateLimited),
@@ -180,14 +180,14 @@ pub async fn sign_in(
     let user_id = found.as_ref().map(|f| f.0);
     // Roles are withheld until the password and code are accepted.
     let audit = match user_id {
-        Some(id) => ConsoleRecorder::user_with_roles(
+        Some(id) => recorder::user_with_roles(
             &state,
             ctx.clone(),
-            id,
+            id.into(),
             Vec::new(),
             AuthMethod::EmergencyPassword,
         ),
-        None => ConsoleRecorder::anonymous(&state, ctx.clone()),
+        None => recorder::anonymous(&state, ctx.clone()),
     };
     let deny = |reason| audit.session(AuditAction::LoginFailed, Outcome::Deny(reason));
     let (Some(user_id), true, true) = (user_id, verified, found.as_ref().is_some_and(|f| f.2))
@@ -227,9 +227,15 @@ pub async fn sign_in(
         .as_ref()
         .map(|(u, _, _)| role_codes(u))
         .unwrap_or_default();
-    ConsoleRecorder::user_with_roles(&state, ctx, user_id, roles, AuthMethod::EmergencyPassword)
-        .session(AuditAction::EmergencyLogin, Outcome::Permit)
-        .await?;
+    recorder::user_with_roles(
+        &state,
+        ctx,
+        user_id.into(),
+        roles,
+        AuthMethod::EmergencyPassword,
+    )
+    .session(AuditAction::EmergencyLogin, Outcome::Permit)
+    .await?;
     let mut res = see_other("/console");
     res.add_cookie(&session::cookie(id))
         .map_err(|_| AppError::internal("session cookie"))?;

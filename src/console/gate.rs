@@ -10,14 +10,16 @@
 //!   not redirected); the handler checks the CSRF token and Origin with [`check_post`].
 //!
 //! Each carries the page chrome, the state, the console settings and the request's
-//! [`ConsoleRecorder`].
+//! [`Recorder`] (the audit recorder, as this user: session + MFA).
 
-use super::recorder::ConsoleRecorder;
+use super::recorder::{self, ConsoleEvents};
 use super::session::{self, Lifetimes, Session, Stage};
 use super::settings::Settings;
 use super::store;
 use crate::admin::AdminActor;
-use crate::audit::{AuditAction, AuditContext, AuthMethod, Outcome, ResourceType as Kind};
+use crate::audit::{
+    AuditAction, AuditContext, AuthMethod, Outcome, Recorder, ResourceType as Kind,
+};
 use crate::db::users::{self, UserRecord};
 use crate::domain::{PatientId, UserId};
 use crate::error::AppError;
@@ -194,7 +196,7 @@ pub struct Console {
     pub state: web::Data<AppState>,
     pub settings: Settings,
     /// Records this request's events as this user (session + MFA).
-    pub audit: ConsoleRecorder,
+    pub audit: Recorder,
 }
 
 /// A signed-in console user is who performs a console change: the type guarantees there
@@ -263,7 +265,7 @@ fn admit(
             issuer,
             subject,
         };
-        let audit = ConsoleRecorder::user(
+        let audit = recorder::user(
             &state,
             AuditContext::from_request(&req),
             &me.user,

@@ -7,7 +7,8 @@
 //! - [`auth`]: OIDC sign-in, TOTP enrol/check and sign-out; [`emergency`]: the emergency
 //!   sign-in; [`stepup`]: the TOTP check before a sensitive change.
 //! - [`pages`]: the administration pages; every change is an [`crate::admin::Op`].
-//! - [`recorder`]: the one console audit recorder.
+//! - [`recorder`]: the console's audit events, recorded through the one
+//!   [`crate::audit::Recorder`] (`session` and `admin` sugar on top).
 //! - [`store`]: every query on the console tables; [`session`], [`totp`] and [`recovery`]
 //!   hold what a session, a TOTP code and a recovery code are.
 //!

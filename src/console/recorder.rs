@@ -1,13 +1,19 @@
-//! The console's ONE audit recorder: every console event (sign-in steps, step-up,
-//! sign-out, emergency sign-in, page reads and administration changes) is recorded through
-//! a [`ConsoleRecorder`] bound to the request and to who acts, with typed helpers —
-//! [`permit`](ConsoleRecorder::permit), [`deny`](ConsoleRecorder::deny),
-//! [`error`](ConsoleRecorder::error) and [`session`](ConsoleRecorder::session) — instead of
-//! events built by hand. Internal ids only: never names, reasons or codes.
+//! How the console records its audit events: through the ONE [`Recorder`] of
+//! [`crate::audit`], built here for whoever acts at each step — nobody yet
+//! ([`anonymous`]: a refused sign-in before a user was matched), a console user
+//! ([`user`]), or an emergency account whose roles are withheld until its password and
+//! code were accepted ([`user_with_roles`]).
+//!
+//! The only console-specific part is [`ConsoleEvents`], sugar over the recorder's typed
+//! helpers: [`session`](ConsoleEvents::session) for sign-in, failed sign-in, step-up and
+//! sign-out events (on the console session resource), and [`admin`](ConsoleEvents::admin)
+//! for administration events (purpose: system administration). Refusals without a
+//! resource use the recorder's own [`Recorder::deny`]. Internal ids only: never names,
+//! reasons or codes.
 
 use crate::audit::{
-    Actor, AuditAction, AuditContext, AuditWriter, AuthMethod, DenyReason, EventBuilder, Outcome,
-    PurposeOfUse, ResourceType as Kind, RoleCode,
+    Actor, AuditAction, AuditContext, AuthMethod, Outcome, PurposeOfUse, Recorder,
+    ResourceType as Kind, RoleCode, What,
 };
 use crate::db::users::UserRecord;
 use crate::error::AppError;
@@ -22,106 +28,69 @@ pub fn role_codes(user: &UserRecord) -> Vec<RoleCode> {
         .collect()
 }
 
-/// Records this request's console events.
-#[derive(Clone)]
-pub struct ConsoleRecorder {
-    audit: AuditWriter,
-    ctx: AuditContext,
-    actor: Actor,
+/// Nobody known yet (a failed or refused sign-in before a user was matched).
+pub fn anonymous(state: &AppState, ctx: AuditContext) -> Recorder {
+    Recorder::new(state.audit.clone(), ctx, Actor::anonymous())
 }
 
-impl ConsoleRecorder {
-    /// Nobody known yet (a failed or refused sign-in before a user was matched).
-    pub fn anonymous(state: &AppState, ctx: AuditContext) -> ConsoleRecorder {
-        ConsoleRecorder {
-            audit: state.audit.clone(),
-            ctx,
-            actor: Actor::anonymous(),
-        }
-    }
+/// `user`, authenticated so far by `method`.
+pub fn user(
+    state: &AppState,
+    ctx: AuditContext,
+    user: &UserRecord,
+    method: AuthMethod,
+) -> Recorder {
+    user_with_roles(state, ctx, user.id, role_codes(user), method)
+}
 
-    /// `user`, authenticated so far by `method`.
-    pub fn user(
-        state: &AppState,
-        ctx: AuditContext,
-        user: &UserRecord,
-        method: AuthMethod,
-    ) -> ConsoleRecorder {
-        ConsoleRecorder::user_with_roles(state, ctx, user.id.as_uuid(), role_codes(user), method)
-    }
+/// A user whose roles are given (or withheld: an emergency account before its password
+/// and code were accepted).
+pub fn user_with_roles(
+    state: &AppState,
+    ctx: AuditContext,
+    id: crate::domain::UserId,
+    roles: Vec<RoleCode>,
+    method: AuthMethod,
+) -> Recorder {
+    Recorder::new(state.audit.clone(), ctx, Actor::user(id, roles, method))
+}
 
-    /// A user whose roles are given (or withheld: an emergency account before its
-    /// password and code were accepted).
-    pub fn user_with_roles(
-        state: &AppState,
-        ctx: AuditContext,
-        id: Uuid,
-        roles: Vec<RoleCode>,
-        method: AuthMethod,
-    ) -> ConsoleRecorder {
-        ConsoleRecorder {
-            audit: state.audit.clone(),
-            ctx,
-            actor: Actor::user(id.into(), roles, method),
-        }
+/// What an event is about, from the console's `(kind, id)` pair.
+fn what(action: AuditAction, resource: Option<(Kind, Option<Uuid>)>) -> What {
+    match resource {
+        Some((kind, Some(id))) => What::new(action).on(kind).id(id),
+        Some((kind, None)) => What::new(action).on(kind),
+        None => What::new(action),
     }
+}
 
-    fn event(
+/// The console's events, as sugar over the [`Recorder`].
+pub trait ConsoleEvents {
+    /// A session event (sign-in, failed sign-in, step-up, sign-out) on the console
+    /// session resource.
+    fn session(
         &self,
         action: AuditAction,
         outcome: Outcome,
-        resource: Option<(Kind, Option<Uuid>)>,
-    ) -> EventBuilder {
-        let mut event = self.ctx.event(self.actor.clone(), action, outcome);
-        match resource {
-            Some((kind, Some(id))) => event = event.resource(kind, id),
-            Some((kind, None)) => event = event.resource_type(kind),
-            None => {}
-        }
-        event
-    }
+    ) -> impl Future<Output = Result<(), AppError>>;
 
-    /// An administrative read or change that was permitted.
-    pub async fn permit(
+    /// An administration event (purpose: system administration) with any outcome.
+    fn admin(
         &self,
         action: AuditAction,
         resource: Option<(Kind, Option<Uuid>)>,
         patients: Vec<crate::domain::PatientId>,
-    ) -> Result<(), AppError> {
-        self.admin(action, resource, patients, Outcome::Permit)
-            .await
+        outcome: Outcome,
+    ) -> impl Future<Output = Result<(), AppError>>;
+}
+
+impl ConsoleEvents for Recorder {
+    async fn session(&self, action: AuditAction, outcome: Outcome) -> Result<(), AppError> {
+        let what = What::new(action).on(Kind::Session);
+        self.record(self.event(what, [], outcome).build()).await
     }
 
-    /// Something refused, with why.
-    pub async fn deny(
-        &self,
-        action: AuditAction,
-        reason: DenyReason,
-        resource: Option<(Kind, Option<Uuid>)>,
-    ) -> Result<(), AppError> {
-        let event = self.event(action, Outcome::Deny(reason), resource);
-        self.audit.record(event.build()).await
-    }
-
-    /// Something that failed.
-    pub async fn error(
-        &self,
-        action: AuditAction,
-        resource: Option<(Kind, Option<Uuid>)>,
-    ) -> Result<(), AppError> {
-        self.admin(action, resource, Vec::new(), Outcome::Error)
-            .await
-    }
-
-    /// A session event (sign-in, failed sign-in, step-up, sign-out) on the console
-    /// session resource.
-    pub async fn session(&self, action: AuditAction, outcome: Outcome) -> Result<(), AppError> {
-        let event = self.event(action, outcome, Some((Kind::Session, None)));
-        self.audit.record(event.build()).await
-    }
-
-    /// An administration event (purpose: system administration) with any outcome.
-    pub async fn admin(
+    async fn admin(
         &self,
         action: AuditAction,
         resource: Option<(Kind, Option<Uuid>)>,
@@ -129,9 +98,8 @@ impl ConsoleRecorder {
         outcome: Outcome,
     ) -> Result<(), AppError> {
         let event = self
-            .event(action, outcome, resource)
-            .patients(patients)
+            .event(what(action, resource), patients, outcome)
             .purpose(PurposeOfUse::SystemAdministration);
-        self.audit.record(event.build()).await
+        self.record(event.build()).await
     }
 }

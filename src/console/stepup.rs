@@ -7,6 +7,7 @@
 
 use super::gate::{Chrome, Console, check_post};
 use super::pages::actions::{self, Form};
+use super::recorder::ConsoleEvents;
 use super::session::{Session, Stage};
 use super::settings::Settings;
 use super::store;

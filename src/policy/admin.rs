@@ -36,33 +36,6 @@ impl AdminAction {
         AdminAction::CreateFacility,
         AdminAction::RegisterClient,
     ];
-
-    /// The audit action code of this route's events (an `audit::AuditAction` code; the
-    /// admin module's tests check that every one parses).
-    pub fn audit_code(self) -> &'static str {
-        match self {
-            AdminAction::ListUsers | AdminAction::ListFacilities => "search",
-            AdminAction::ReadUser => "read",
-            AdminAction::CreateFacility => "create",
-            AdminAction::ChangeCareTeam => "care-relationship-change",
-            AdminAction::ChangeRole | AdminAction::ChangeUser | AdminAction::RegisterClient => {
-                "permission-change"
-            }
-        }
-    }
-
-    /// The audit resource type code of this route's events, if it has one.
-    pub fn resource_code(self) -> Option<&'static str> {
-        match self {
-            AdminAction::ListUsers | AdminAction::ReadUser | AdminAction::ChangeUser => {
-                Some("User")
-            }
-            AdminAction::ChangeRole => Some("RoleAssignment"),
-            AdminAction::ChangeCareTeam => Some("CareRelationship"),
-            AdminAction::RegisterClient => Some("Client"),
-            AdminAction::ListFacilities | AdminAction::CreateFacility => None,
-        }
-    }
 }
 
 /// May this user sign in to the admin console (and keep their session)? Only people who
@@ -254,19 +227,6 @@ mod tests {
         );
         assert_eq!(may_disable(Some(me), other), Ok(()));
         assert_eq!(may_disable(None, me), Ok(()));
-    }
-
-    #[test]
-    fn every_admin_route_names_an_audit_action() {
-        for a in AdminAction::ALL {
-            assert!(!a.audit_code().is_empty());
-        }
-        assert_eq!(AdminAction::ListUsers.audit_code(), "search");
-        assert_eq!(AdminAction::ReadUser.audit_code(), "read");
-        assert_eq!(
-            AdminAction::ChangeCareTeam.audit_code(),
-            "care-relationship-change"
-        );
     }
 
     #[test]

@@ -334,6 +334,31 @@ async fn emergency_sign_in_is_rate_limited_and_origin_checked() {
     );
 }
 
+#[tokio::test]
+async fn the_emergency_attempt_limit_is_a_minute_on_the_apps_clock() {
+    let (app, _idp) = app_with(
+        TestApp::builder()
+            .manual_clock()
+            .set("console.emergency_attempts_per_minute", 2),
+    )
+    .await;
+    let b = reqwest_client();
+    for _ in 0..2 {
+        let r = post_emergency(&app, &b, "someone", "guess guess guess", "123456").await;
+        assert_eq!(r.0, 401);
+    }
+    let r = post_emergency(&app, &b, "someone", "guess guess guess", "123456").await;
+    assert_eq!(r.0, 429, "over the limit within the minute");
+    // Most of the minute later, still refused…
+    app.clock().advance(Duration::from_secs(50));
+    let r = post_emergency(&app, &b, "someone", "guess guess guess", "123456").await;
+    assert_eq!(r.0, 429, "the minute has not ended");
+    // …once it has ended (by the app's clock, nobody slept), attempts count afresh.
+    app.clock().advance(Duration::from_secs(11));
+    let r = post_emergency(&app, &b, "someone", "guess guess guess", "123456").await;
+    assert_eq!(r.0, 401, "a new minute");
+}
+
 #[test]
 fn create_emergency_account_refuses_short_passwords_and_reads_files() {
     // Without a database: the password is checked first.
