@@ -4,11 +4,11 @@
 //! Each change is "JSON → [`Op`] → [`op::run`]", the same operations the console and the
 //! CLI perform.
 //!
-//! Who may call it is decided in ONE place: the [`AdminCaller`] extractor asks
+//! Who may call it is decided in ONE place: the [`AdminPrincipal`] extractor asks
 //! [`crate::policy::decide_admin`] (the `admin` role from our database AND the `admin`
 //! scope on the token). Handlers never look at roles. Every call — permitted, denied or
 //! failed — is one audit event with internal ids only (no names, no reasons, no bodies):
-//! the operation records it, a refused caller is recorded by [`AdminCaller`], and a call
+//! the operation records it, a refused caller is recorded by [`AdminPrincipal`], and a call
 //! refused before that (bad body or path) gets it from the audit guard — both with the
 //! action the route table declares for the route.
 //! The reasons are kept with the change itself, in the access-change history
@@ -33,7 +33,7 @@ use serde::Deserialize;
 use uuid::Uuid;
 
 /// A caller the decision point admitted to the administration API.
-pub struct AdminCaller(pub Pipeline);
+pub struct AdminPrincipal(pub Pipeline);
 
 /// The audit action and resource kind the route table declares for this admin route.
 fn declared(req: &HttpRequest) -> (AuditAction, Option<Kind>) {
@@ -46,7 +46,7 @@ fn declared(req: &HttpRequest) -> (AuditAction, Option<Kind>) {
     }
 }
 
-impl FromRequest for AdminCaller {
+impl FromRequest for AdminPrincipal {
     type Error = AppError;
     type Future = LocalBoxFuture<'static, Result<Self, AppError>>;
 
@@ -56,7 +56,7 @@ impl FromRequest for AdminCaller {
         Box::pin(async move {
             let caller = caller.await?;
             match caller.decide_admin() {
-                Ok(()) => Ok(AdminCaller(caller)),
+                Ok(()) => Ok(AdminPrincipal(caller)),
                 Err(reason) => {
                     // Recorded here, with the route's declared action and the reason.
                     let mut what = What::new(action);
@@ -71,7 +71,7 @@ impl FromRequest for AdminCaller {
     }
 }
 
-impl op::AdminActor for AdminCaller {
+impl op::AdminActor for AdminPrincipal {
     fn user_id(&self) -> UserId {
         self.0.user.id
     }
@@ -124,7 +124,7 @@ fn path_user(text: &str) -> Result<UserId, AppError> {
 
 /// Performs `op` for the caller (one audit event) and answers with what it produced.
 async fn perform(
-    caller: &AdminCaller,
+    caller: &AdminPrincipal,
     state: &AppState,
     op: Op,
     created: bool,
@@ -165,7 +165,7 @@ pub struct ListQuery {
 
 /// `GET /api/admin/users?after=<uuid>&limit=<1..200>`
 pub async fn list_users(
-    caller: AdminCaller,
+    caller: AdminPrincipal,
     state: web::Data<AppState>,
     req: HttpRequest,
 ) -> Result<HttpResponse, AppError> {
@@ -199,7 +199,7 @@ pub async fn list_users(
 /// `GET /api/admin/users/{id}`: the user with their access-change history (newest
 /// first, with the reasons given).
 pub async fn get_user(
-    caller: AdminCaller,
+    caller: AdminPrincipal,
     state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
@@ -230,7 +230,7 @@ pub struct RoleBody {
 
 /// `POST /api/admin/users/{id}/roles` `{role, reason}`
 pub async fn grant_role(
-    caller: AdminCaller,
+    caller: AdminPrincipal,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: Body<RoleBody>,
@@ -253,7 +253,7 @@ pub struct ReasonBody {
 /// `DELETE /api/admin/users/{id}/roles/{role}` with `{reason}` (a JSON body) or, without
 /// a body, `?reason=`. A body that is not acceptable JSON is refused, never ignored.
 pub async fn revoke_role(
-    caller: AdminCaller,
+    caller: AdminPrincipal,
     state: web::Data<AppState>,
     req: HttpRequest,
     path: web::Path<(String, String)>,
@@ -286,7 +286,7 @@ pub async fn revoke_role(
 
 /// `POST /api/admin/users/{id}/disable` `{reason}`
 pub async fn disable_user(
-    caller: AdminCaller,
+    caller: AdminPrincipal,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: Body<ReasonBody>,
@@ -301,7 +301,7 @@ pub async fn disable_user(
 
 /// `POST /api/admin/users/{id}/enable` `{reason}`
 pub async fn enable_user(
-    caller: AdminCaller,
+    caller: AdminPrincipal,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: Body<ReasonBody>,
@@ -324,7 +324,7 @@ pub struct FacilityRef {
 /// `PUT /api/admin/users/{id}/facility` `{facility_id, reason}`: moving a user changes
 /// what they may see, so it takes a reason and is kept in the access-change history.
 pub async fn set_facility(
-    caller: AdminCaller,
+    caller: AdminPrincipal,
     state: web::Data<AppState>,
     path: web::Path<String>,
     body: Body<FacilityRef>,
@@ -351,7 +351,7 @@ pub struct CareTeamBody {
 
 /// `POST /api/admin/care-teams` `{patient_id, user_id, reason}`
 pub async fn add_care_team(
-    caller: AdminCaller,
+    caller: AdminPrincipal,
     state: web::Data<AppState>,
     body: Body<CareTeamBody>,
 ) -> Result<HttpResponse, AppError> {
@@ -366,7 +366,7 @@ pub async fn add_care_team(
 
 /// `DELETE /api/admin/care-teams` `{patient_id, user_id, reason}`
 pub async fn remove_care_team(
-    caller: AdminCaller,
+    caller: AdminPrincipal,
     state: web::Data<AppState>,
     body: Body<CareTeamBody>,
 ) -> Result<HttpResponse, AppError> {
@@ -390,7 +390,7 @@ pub struct FacilityBody {
 
 /// `POST /api/admin/facilities` `{name}`
 pub async fn create_facility(
-    caller: AdminCaller,
+    caller: AdminPrincipal,
     state: web::Data<AppState>,
     body: Body<FacilityBody>,
 ) -> Result<HttpResponse, AppError> {
@@ -400,7 +400,7 @@ pub async fn create_facility(
 
 /// `GET /api/admin/facilities`
 pub async fn list_facilities(
-    caller: AdminCaller,
+    caller: AdminPrincipal,
     state: web::Data<AppState>,
 ) -> Result<HttpResponse, AppError> {
     audited(&caller, AuditAction::Search, None, async {
@@ -426,7 +426,7 @@ pub struct ClientBody {
 /// `POST /api/admin/clients` `{client_id, facility_id, roles[, reason]}`: a `service`
 /// user keyed by (`auth.issuer`, client id), in the facility, with the given roles.
 pub async fn create_client(
-    caller: AdminCaller,
+    caller: AdminPrincipal,
     state: web::Data<AppState>,
     body: Body<ClientBody>,
 ) -> Result<HttpResponse, AppError> {

@@ -4,6 +4,7 @@
 //! high-severity events; the first administrator granted from the CLI.
 
 use crate::support::authenticator;
+use crate::support::console_events as events;
 use crate::support::oidc::{self, Provider, location};
 use crate::support::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, TestApp, test_cert, test_keys};
 use custodian::audit::event::{AuditAction, Severity};
@@ -104,15 +105,6 @@ async fn post_emergency(
     let status = res.status();
     let loc = location(&res).map(|u| u.path().to_string());
     (status, res.text().await.unwrap(), took, loc)
-}
-
-fn events(app: &TestApp) -> Vec<(String, String, Option<String>)> {
-    use custodian::db::schema::audit_events::dsl::*;
-    audit_events
-        .order(seq)
-        .select((action, outcome, deny_reason))
-        .load(&mut app.db.conn())
-        .unwrap()
 }
 
 async fn app_with(builder: crate::support::TestAppBuilder) -> (TestApp, Provider) {

@@ -2,6 +2,7 @@
 //! tests/oidc): OIDC code flow, TOTP enrolment and check, sessions, CSRF.
 
 use crate::support::authenticator::{code_b32_at as totp_code, now_secs};
+use crate::support::console_events as events;
 use crate::support::oidc::{self, Provider, cookie_value, jar_client, location};
 use crate::support::{TestApp, TestAppBuilder};
 use custodian::db::users::{self, UserKind};
@@ -50,15 +51,15 @@ fn hidden_value(html: &str, name: &str) -> String {
 }
 
 /// One browser: a cookie jar the test can read.
-struct Browser {
+struct CookieClient {
     client: reqwest::Client,
     jar: std::sync::Arc<reqwest::cookie::Jar>,
 }
 
-impl Browser {
-    fn new() -> Browser {
+impl CookieClient {
+    fn new() -> CookieClient {
         let (client, jar) = jar_client();
-        Browser { client, jar }
+        CookieClient { client, jar }
     }
 
     fn session(&self, app: &TestApp) -> Option<String> {
@@ -158,16 +159,6 @@ fn user_sessions(app: &TestApp) -> i64 {
         .unwrap()
 }
 
-/// (action, outcome, deny reason) of every audit event, in order.
-fn events(app: &TestApp) -> Vec<(String, String, Option<String>)> {
-    use custodian::db::schema::audit_events::dsl::*;
-    audit_events
-        .order(seq)
-        .select((action, outcome, deny_reason))
-        .load(&mut app.db.conn())
-        .unwrap()
-}
-
 /// Every `Set-Cookie` for the session cookie in `res`.
 fn session_set_cookies(res: &reqwest::Response) -> Vec<String> {
     res.headers()
@@ -229,7 +220,7 @@ async fn get_with_cookie(app: &TestApp, path: &str, session: &str) -> reqwest::R
 async fn admin_signs_in_enrols_totp_and_sees_the_dashboard() {
     let (app, idp) = start(TestApp::builder()).await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
-    let b = Browser::new();
+    let b = CookieClient::new();
 
     // The pre-login session: state, nonce and PKCE verifier kept server-side.
     let res = b.get(&app, "/console/login").await;
@@ -344,7 +335,7 @@ async fn admin_signs_in_enrols_totp_and_sees_the_dashboard() {
 async fn user_without_console_role_sees_no_access_and_is_audited() {
     let (app, idp) = start(TestApp::builder()).await;
     user_with(&app, &idp, "dr-bob", &[Role::Clinician]);
-    let b = Browser::new();
+    let b = CookieClient::new();
     let callback = idp.authorize(&app, &b.client, "dr-bob").await;
     let res = b.client.get(callback.as_str()).send().await.unwrap();
     assert_eq!(res.status(), 403);
@@ -364,7 +355,7 @@ async fn user_without_console_role_sees_no_access_and_is_audited() {
 }
 
 /// After a refused callback: no user session exists and the console sends us to sign in.
-async fn assert_no_session(app: &TestApp, b: &Browser) {
+async fn assert_no_session(app: &TestApp, b: &CookieClient) {
     assert_eq!(user_sessions(app), 0);
     assert_eq!(
         b.lands(app, "/console").await.as_deref(),
@@ -397,7 +388,7 @@ fn with_param(url: &url::Url, name: &str, value: &str) -> url::Url {
 async fn mismatched_state_gives_no_session() {
     let (app, idp) = start(TestApp::builder()).await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
-    let b = Browser::new();
+    let b = CookieClient::new();
     let callback = idp.authorize(&app, &b.client, "alice").await;
     let bad = with_param(&callback, "state", "not-the-state-we-sent");
     let res = b.client.get(bad.as_str()).send().await.unwrap();
@@ -413,10 +404,10 @@ async fn mismatched_state_gives_no_session() {
 async fn callback_replayed_in_another_browser_gives_no_session() {
     let (app, idp) = start(TestApp::builder()).await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
-    let victim = Browser::new();
+    let victim = CookieClient::new();
     let callback = idp.authorize(&app, &victim.client, "alice").await;
     // A browser with no session at all.
-    let attacker = Browser::new();
+    let attacker = CookieClient::new();
     let res = attacker.client.get(callback.as_str()).send().await.unwrap();
     assert_eq!(res.status(), 400);
     assert_no_session(&app, &attacker).await;
@@ -432,7 +423,7 @@ async fn callback_replayed_in_another_browser_gives_no_session() {
 async fn wrong_iss_parameter_gives_no_session() {
     let (app, idp) = start(TestApp::builder()).await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
-    let b = Browser::new();
+    let b = CookieClient::new();
     let callback = idp.authorize(&app, &b.client, "alice").await;
     let bad = with_param(&callback, "iss", "https://evil.example");
     assert_ne!(bad, callback);
@@ -446,7 +437,7 @@ async fn bad_id_token_gives_no_session(mode: &str) {
     let (app, idp) = start(TestApp::builder()).await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
     idp.set_mode(mode).await;
-    let b = Browser::new();
+    let b = CookieClient::new();
     let callback = idp.authorize(&app, &b.client, "alice").await;
     let res = b.client.get(callback.as_str()).send().await.unwrap();
     assert_eq!(res.status(), 400, "mode {mode}");
@@ -487,7 +478,7 @@ async fn id_token_re_signed_unchanged_is_accepted() {
     let (app, idp) = start(TestApp::builder()).await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
     idp.set_mode("same").await;
-    let b = Browser::new();
+    let b = CookieClient::new();
     b.oidc_sign_in(&app, &idp, "alice").await;
     assert_eq!(user_sessions(&app), 1);
 }
@@ -511,7 +502,7 @@ async fn idle_session_expires() {
     )
     .await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
-    let b = Browser::new();
+    let b = CookieClient::new();
     b.enrol(&app, &idp, "alice").await;
     // Used within the idle time it lives on, well past one idle time in total.
     for _ in 0..3 {
@@ -536,7 +527,7 @@ async fn absolute_lifetime_ends_a_busy_session() {
     )
     .await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
-    let b = Browser::new();
+    let b = CookieClient::new();
     b.enrol(&app, &idp, "alice").await;
     // Busy (never idle for long), it lives until its absolute lifetime…
     for _ in 0..7 {
@@ -560,7 +551,7 @@ async fn absolute_lifetime_ends_a_busy_session() {
 async fn cookie_copied_before_logout_is_dead_after_it() {
     let (app, idp) = start(TestApp::builder()).await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
-    let b = Browser::new();
+    let b = CookieClient::new();
     b.enrol(&app, &idp, "alice").await;
     let copied = b.session(&app).unwrap();
     assert_eq!(
@@ -585,7 +576,7 @@ async fn cookie_copied_before_logout_is_dead_after_it() {
 async fn removing_the_role_ends_the_session_on_the_next_request() {
     let (app, idp) = start(TestApp::builder()).await;
     let alice = user_with(&app, &idp, "alice", &[Role::Admin]);
-    let b = Browser::new();
+    let b = CookieClient::new();
     b.enrol(&app, &idp, "alice").await;
     assert_eq!(b.lands(&app, "/console").await, None);
     assert!(
@@ -615,7 +606,7 @@ async fn removing_the_role_ends_the_session_on_the_next_request() {
 async fn disabling_the_user_ends_the_session_on_the_next_request() {
     let (app, idp) = start(TestApp::builder()).await;
     let alice = user_with(&app, &idp, "alice", &[Role::Admin]);
-    let b = Browser::new();
+    let b = CookieClient::new();
     b.enrol(&app, &idp, "alice").await;
     users::set_disabled(&mut app.db.conn(), alice, true, "test: user disabled", None).unwrap();
     assert_eq!(
@@ -629,7 +620,7 @@ async fn disabling_the_user_ends_the_session_on_the_next_request() {
 async fn a_used_totp_code_is_refused_the_second_time() {
     let (app, idp) = start(TestApp::builder()).await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
-    let b = Browser::new();
+    let b = CookieClient::new();
     let page = b.oidc_sign_in(&app, &idp, "alice").await;
     let secret = text_by_id(&page, "totp-secret");
     let code = totp_code(&secret, now_secs());
@@ -637,7 +628,7 @@ async fn a_used_totp_code_is_refused_the_second_time() {
     assert_eq!(res.status(), 200, "enrolment confirmed");
 
     // A second sign-in (another browser) with the same code: refused.
-    let b2 = Browser::new();
+    let b2 = CookieClient::new();
     let page = b2.oidc_sign_in(&app, &idp, "alice").await;
     assert!(
         !page.contains("totp-secret"),
@@ -663,7 +654,7 @@ async fn a_used_totp_code_is_refused_the_second_time() {
 async fn five_wrong_codes_lock_the_totp_check() {
     let (app, idp) = start(TestApp::builder()).await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
-    let b = Browser::new();
+    let b = CookieClient::new();
     let mut page = b.oidc_sign_in(&app, &idp, "alice").await;
     let secret = text_by_id(&page, "totp-secret");
     for _ in 0..5 {
@@ -706,7 +697,7 @@ async fn the_totp_lock_out_ends_after_its_time() {
     )
     .await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
-    let b = Browser::new();
+    let b = CookieClient::new();
     let mut page = b.oidc_sign_in(&app, &idp, "alice").await;
     let secret = text_by_id(&page, "totp-secret");
     for _ in 0..5 {
@@ -740,7 +731,7 @@ async fn the_totp_lock_out_ends_after_its_time() {
 async fn posts_without_csrf_token_or_from_a_foreign_origin_are_403() {
     let (app, idp) = start(TestApp::builder()).await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
-    let b = Browser::new();
+    let b = CookieClient::new();
     let page = b.oidc_sign_in(&app, &idp, "alice").await;
     let secret = text_by_id(&page, "totp-secret");
     let csrf = hidden_value(&page, "csrf_token");
@@ -805,7 +796,9 @@ async fn posts_without_csrf_token_or_from_a_foreign_origin_are_403() {
 async fn recovery_codes_are_shown_once_stored_hashed_and_work_once_each() {
     let (app, idp) = start(TestApp::builder()).await;
     let alice = user_with(&app, &idp, "alice", &[Role::Admin]);
-    let (_, codes) = Browser::new().enrol_with_codes(&app, &idp, "alice").await;
+    let (_, codes) = CookieClient::new()
+        .enrol_with_codes(&app, &idp, "alice")
+        .await;
     assert_eq!(codes.len(), 10, "{codes:?}");
     let mut distinct = codes.clone();
     distinct.sort();
@@ -829,7 +822,7 @@ async fn recovery_codes_are_shown_once_stored_hashed_and_work_once_each() {
     }
 
     // A recovery code in place of the TOTP code signs in (no new codes are shown).
-    let b = Browser::new();
+    let b = CookieClient::new();
     let page = b.oidc_sign_in(&app, &idp, "alice").await;
     assert!(!page.contains("recovery-codes"));
     let res = b.submit_code(&app, &page, &codes[3]).await;
@@ -838,7 +831,7 @@ async fn recovery_codes_are_shown_once_stored_hashed_and_work_once_each() {
     assert_eq!(b.lands(&app, "/console").await, None);
 
     // The same code a second time is refused.
-    let b = Browser::new();
+    let b = CookieClient::new();
     let page = b.oidc_sign_in(&app, &idp, "alice").await;
     let res = b.submit_code(&app, &page, &codes[3]).await;
     assert_eq!(res.status(), 200);

@@ -32,7 +32,7 @@ struct Console {
 }
 
 /// A browser: its own cookie jar, holding one console session.
-struct Browser {
+struct CookieClient {
     client: reqwest::Client,
     jar: Arc<reqwest::cookie::Jar>,
     session_id: String,
@@ -143,7 +143,7 @@ impl Console {
     }
 
     /// A fully signed-in browser (stage active, TOTP passed just now) for `user`.
-    fn sign_in(&self, user: Uuid) -> Browser {
+    fn sign_in(&self, user: Uuid) -> CookieClient {
         let session_id = custodian::console::session::random_token();
         let csrf = custodian::console::session::random_token();
         diesel::insert_into(console_sessions::table)
@@ -172,7 +172,7 @@ impl Console {
             .cookie_provider(jar.clone())
             .build()
             .unwrap();
-        Browser {
+        CookieClient {
             client,
             jar,
             session_id,
@@ -181,7 +181,7 @@ impl Console {
     }
 
     /// Makes the browser's last TOTP check older than the step-up window.
-    fn make_stale(&self, b: &Browser) {
+    fn make_stale(&self, b: &CookieClient) {
         let hash = sha2::Sha256::digest(b.session_id.as_bytes()).to_vec();
         diesel::update(console_sessions::table.filter(console_sessions::id_hash.eq(hash)))
             .set(
@@ -203,12 +203,17 @@ impl Console {
         code_at(u64::try_from(self.app.clock().now().timestamp()).unwrap())
     }
 
-    async fn get(&self, b: &Browser, path: &str) -> reqwest::Response {
+    async fn get(&self, b: &CookieClient, path: &str) -> reqwest::Response {
         b.client.get(self.app.url(path)).send().await.unwrap()
     }
 
     /// A form POST from our own origin; `fields` without the CSRF token.
-    async fn post(&self, b: &Browser, path: &str, fields: &[(&str, &str)]) -> reqwest::Response {
+    async fn post(
+        &self,
+        b: &CookieClient,
+        path: &str,
+        fields: &[(&str, &str)],
+    ) -> reqwest::Response {
         let mut all = vec![("csrf_token", b.csrf.as_str())];
         all.extend_from_slice(fields);
         self.post_raw(b, path, &all, Some(&self.origin())).await
@@ -216,7 +221,7 @@ impl Console {
 
     async fn post_raw(
         &self,
-        b: &Browser,
+        b: &CookieClient,
         path: &str,
         fields: &[(&str, &str)],
         origin: Option<&str>,
@@ -277,7 +282,7 @@ fn names_reason(html: &str) -> bool {
 }
 
 /// An admin signed in with a confirmed authenticator.
-fn admin(c: &Console, sub: &str) -> (Uuid, Browser) {
+fn admin(c: &Console, sub: &str) -> (Uuid, CookieClient) {
     let id = c.user(sub, &[Role::Admin], Some("Ada Admin"));
     c.enrol(id);
     (id, c.sign_in(id))
@@ -519,7 +524,7 @@ async fn stale_totp_asks_for_a_code_then_performs_the_original_change() {
         .and_then(|s| s.split('"').next())
         .unwrap()
         .to_string();
-    let fresh = Browser {
+    let fresh = CookieClient {
         client: a.client.clone(),
         jar: a.jar.clone(),
         session_id: String::new(),
@@ -612,7 +617,7 @@ async fn a_change_that_waited_too_long_for_its_code_is_not_performed() {
         .and_then(|s| s.split('"').next())
         .unwrap()
         .to_string();
-    let a = Browser {
+    let a = CookieClient {
         client: a.client.clone(),
         jar: a.jar.clone(),
         session_id: String::new(),
@@ -958,7 +963,7 @@ async fn a_kept_change_runs_once_and_a_failing_one_keeps_the_renewed_session() {
         .and_then(|s| s.split('"').next())
         .unwrap()
         .to_string();
-    let renewed = Browser {
+    let renewed = CookieClient {
         client: a.client.clone(),
         jar: a.jar.clone(),
         session_id: String::new(),

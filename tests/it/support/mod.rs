@@ -490,3 +490,13 @@ pub mod test_routes {
         }
     }
 }
+
+/// Every audit event of `app` in chain order: (action, outcome, deny reason).
+pub fn console_events(app: &TestApp) -> Vec<(String, String, Option<String>)> {
+    use custodian::db::schema::audit_events::dsl::*;
+    audit_events
+        .order(seq)
+        .select((action, outcome, deny_reason))
+        .load(&mut app.db.conn())
+        .unwrap()
+}
