@@ -2,10 +2,10 @@
 //! first administrator (through the same [`Op`] as the console and the JSON API), and
 //! emergency accounts. Every change is audited (actor `cli`).
 
-use super::audit::{connect, record_cli_events};
+use super::audit::{OperatorRecorder, connect};
 use crate::admin::Op;
-use crate::audit::EventBuilder;
-use crate::audit::event::{Actor, AuditAction, Outcome, ResourceType};
+use crate::audit::What;
+use crate::audit::event::{AuditAction, ResourceType};
 use crate::config::Config;
 use crate::console::emergency::{AccountName, NewPassword};
 use crate::console::store::emergency;
@@ -85,11 +85,11 @@ pub fn run(path: Option<&Path>, cmd: AdminCommand) -> anyhow::Result<()> {
             };
             let (action, kind) = op.audit();
             let done = op.apply(&mut conn, None, None)?;
-            let mut event = EventBuilder::new(Actor::cli(), action, Outcome::Permit);
+            let mut what = What::new(action);
             if let (Some(kind), Some(id)) = (kind, done.touched.resource_id) {
-                event = event.resource(kind, id);
+                what = what.on(kind).id(id);
             }
-            record_cli_events(&config, &mut conn, &[event.build()])?;
+            OperatorRecorder::new(&config).permit(&mut conn, what)?;
             println!("granted {} to user {}", role.as_str(), user.id);
             Ok(())
         }
@@ -113,14 +113,12 @@ pub fn run(path: Option<&Path>, cmd: AdminCommand) -> anyhow::Result<()> {
                 Ok(c) => c,
                 Err(why) => bail!("{}: {why}", name.as_str()),
             };
-            let event = EventBuilder::new(
-                Actor::cli(),
-                AuditAction::EmergencyAccountChange,
-                Outcome::Permit,
-            )
-            .resource(ResourceType::EmergencyAccount, created.account_id)
-            .build();
-            record_cli_events(&config, &mut conn, &[event])?;
+            OperatorRecorder::new(&config).permit(
+                &mut conn,
+                What::new(AuditAction::EmergencyAccountChange)
+                    .on(ResourceType::EmergencyAccount)
+                    .id(created.account_id),
+            )?;
             println!(
                 "created emergency account {} (user {})",
                 name.as_str(),
@@ -146,14 +144,12 @@ pub fn run(path: Option<&Path>, cmd: AdminCommand) -> anyhow::Result<()> {
             else {
                 bail!("{}: no such emergency account", name.as_str());
             };
-            let event = EventBuilder::new(
-                Actor::cli(),
-                AuditAction::EmergencyAccountChange,
-                Outcome::Permit,
-            )
-            .resource(ResourceType::EmergencyAccount, id)
-            .build();
-            record_cli_events(&config, &mut conn, &[event])?;
+            OperatorRecorder::new(&config).permit(
+                &mut conn,
+                What::new(AuditAction::EmergencyAccountChange)
+                    .on(ResourceType::EmergencyAccount)
+                    .id(id),
+            )?;
             println!("disabled emergency account {}", name.as_str());
             Ok(())
         }

@@ -3,7 +3,7 @@
 use crate::audit::chain::{self, ChainKey};
 use crate::audit::config::AuditConfig;
 use crate::audit::event::{Actor, AuditAction, Outcome, ResourceType};
-use crate::audit::{EventBuilder, ops, store, verify, writer};
+use crate::audit::{EventBuilder, What, ops, store, verify, writer};
 use crate::config::Config;
 use anyhow::Context;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -83,21 +83,41 @@ pub fn connect(config: &Config) -> anyhow::Result<PgConnection> {
     PgConnection::establish(&url).context("database.url: cannot connect to PostgreSQL")
 }
 
-/// Appends events of an operator command to the chain (directly, as one batch: there is
-/// no writer task in a command). Blocking.
-pub fn record_cli_events(
-    config: &Config,
-    conn: &mut PgConnection,
-    events: &[crate::audit::event::AuditEvent],
-) -> anyhow::Result<()> {
-    let key = config.audit.chain_key()?;
-    let signer = config.audit.signing_key()?;
-    let policy = store::CheckpointPolicy {
-        every_events: config.audit.checkpoint_every_events,
-        every_secs: config.audit.checkpoint_every_secs,
-    };
-    store::append_batch(conn, &key, &signer, policy, events)?;
-    Ok(())
+/// The recorder of an operator command: events say *what* happened with the same typed
+/// [`What`] as the API's and the console's [`crate::audit::Recorder`], the operator
+/// ([`Actor::cli`]) is the actor, and each event is appended to the chain directly through
+/// the one append path (`audit::store::append_batch`): a command has no writer task.
+pub struct OperatorRecorder<'a> {
+    config: &'a Config,
+}
+
+impl<'a> OperatorRecorder<'a> {
+    pub fn new(config: &'a Config) -> Self {
+        Self { config }
+    }
+
+    /// Records a permitted operator action. Blocking.
+    pub fn permit(&self, conn: &mut PgConnection, what: What) -> anyhow::Result<()> {
+        let mut event = EventBuilder::new(Actor::cli(), what.action, Outcome::Permit);
+        match (what.kind, what.id) {
+            (Some(kind), Some(id)) => event = event.resource(kind, id),
+            (Some(kind), None) => event = event.resource_type(kind),
+            _ => {}
+        }
+        let audit = &self.config.audit;
+        let policy = store::CheckpointPolicy {
+            every_events: audit.checkpoint_every_events,
+            every_secs: audit.checkpoint_every_secs,
+        };
+        store::append_batch(
+            conn,
+            &audit.chain_key()?,
+            &audit.signing_key()?,
+            policy,
+            &[event.build()],
+        )?;
+        Ok(())
+    }
 }
 
 /// Runs an audit command. Blocking.
@@ -161,10 +181,11 @@ pub fn run(path: Option<&Path>, command: AuditCommand) -> anyhow::Result<()> {
             config.audit.signing_key()?;
             let mut conn = connect(&config)?;
             // The export itself is audited, before any data leaves the database.
-            let event = EventBuilder::new(Actor::cli(), AuditAction::AuditExport, Outcome::Permit)
-                .resource_type(ResourceType::AuditLog)
-                .build();
-            record_cli_events(&config, &mut conn, &[event])
+            OperatorRecorder::new(&config)
+                .permit(
+                    &mut conn,
+                    What::new(AuditAction::AuditExport).on(ResourceType::AuditLog),
+                )
                 .context("cannot record the audit-export event")?;
             let file = std::fs::File::create(&output)
                 .with_context(|| format!("--output: cannot create {}", output.display()))?;
