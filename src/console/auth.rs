@@ -142,7 +142,7 @@ pub async fn callback(
         return Ok(res);
     }
     // A new session (new id) for the signed-in user, TOTP still to do.
-    let user_id = user.id.as_uuid();
+    let user_id = user.id;
     let now = state.clock.now();
     let id = state
         .db
@@ -183,7 +183,7 @@ async fn totp_page(
     message: &'static str,
 ) -> Result<TotpPage, AppError> {
     let keyring = state.keyring.clone();
-    let user_id = user.id.as_uuid();
+    let user_id = user.id;
     let e = state
         .db
         .run(move |conn| {
@@ -268,7 +268,7 @@ pub async fn totp_submit(
     let code = zeroize::Zeroizing::new(form.code.clone().unwrap_or_default());
     let keyring = state.keyring.clone();
     let lockout = c.totp_lockout;
-    let user_id = user.id.as_uuid();
+    let user_id = user.id;
     let now = state.clock.now();
     let (was_confirmed, result) = state
         .db

@@ -183,7 +183,7 @@ pub async fn sign_in(
         Some(id) => recorder::user_with_roles(
             &state,
             ctx.clone(),
-            id.into(),
+            id,
             Vec::new(),
             AuthMethod::EmergencyPassword,
         ),
@@ -219,7 +219,7 @@ pub async fn sign_in(
         .db
         .run(move |conn| {
             let id = store::session::start_signed_in(conn, Stage::Active, user_id, now)?;
-            let user = users::by_id(conn, user_id.into())?;
+            let user = users::by_id(conn, user_id)?;
             Ok((id, user))
         })
         .await?;
@@ -227,15 +227,9 @@ pub async fn sign_in(
         .as_ref()
         .map(|(u, _, _)| role_codes(u))
         .unwrap_or_default();
-    recorder::user_with_roles(
-        &state,
-        ctx,
-        user_id.into(),
-        roles,
-        AuthMethod::EmergencyPassword,
-    )
-    .session(AuditAction::EmergencyLogin, Outcome::Permit)
-    .await?;
+    recorder::user_with_roles(&state, ctx, user_id, roles, AuthMethod::EmergencyPassword)
+        .session(AuditAction::EmergencyLogin, Outcome::Permit)
+        .await?;
     let mut res = see_other("/console");
     res.add_cookie(&session::cookie(id))
         .map_err(|_| AppError::internal("session cookie"))?;

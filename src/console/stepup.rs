@@ -97,7 +97,7 @@ pub async fn submit(
     let code = form.get("code").unwrap_or_default().to_string();
     let keyring = page.state.keyring.clone();
     let lockout = page.settings.totp_lockout;
-    let user_id = page.me.user.id.as_uuid();
+    let user_id = page.me.user.id;
     let result = page
         .state
         .db

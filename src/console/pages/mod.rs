@@ -248,8 +248,8 @@ pub async fn user_page(
                         user,
                         users::care_teams_of(c, id.into())?,
                         users::list_facilities(c)?,
-                        store::session::list_of_user(c, id, &life, now)?,
-                        store::totp::is_confirmed(c, id)?,
+                        store::session::list_of_user(c, id.into(), &life, now)?,
+                        store::totp::is_confirmed(c, id.into())?,
                     )))
                 })
                 .await?

@@ -5,6 +5,7 @@ use crate::console::emergency::{AccountName, ISSUER};
 use crate::crypto::Keyring;
 use crate::db::schema::{emergency_accounts as ea, users as u};
 use crate::db::users::{self, UserKind};
+use crate::domain::UserId;
 use crate::error::AppError;
 use crate::policy::Role;
 use chrono::{DateTime, Utc};
@@ -15,7 +16,7 @@ use zeroize::Zeroizing;
 /// What `create` made: the account and its TOTP secret for the operator's authenticator.
 pub struct Created {
     pub account_id: Uuid,
-    pub user_id: Uuid,
+    pub user_id: UserId,
     pub totp_secret_base32: Zeroizing<String>,
     pub otpauth_uri: Zeroizing<String>,
 }
@@ -54,12 +55,12 @@ pub fn create(
                 ea::password_hash.eq(password_hash),
             ))
             .execute(conn)?;
-        let enrolment = super::totp::enrolment(conn, keyring, user.id.as_uuid())?;
+        let enrolment = super::totp::enrolment(conn, keyring, user.id)?;
         let secret = Zeroizing::new(enrolment.secret_base32());
         let uri = Zeroizing::new(crate::console::totp::otpauth_uri(&secret, name.as_str())?);
         Ok(Ok(Created {
             account_id,
-            user_id: user.id.as_uuid(),
+            user_id: user.id,
             totp_secret_base32: secret,
             otpauth_uri: uri,
         }))
@@ -95,8 +96,11 @@ pub fn set_disabled(
 
 /// The account for a sign-in: (user id, password hash, usable = neither it nor its user
 /// is disabled).
-pub fn find(conn: &mut PgConnection, name: &str) -> Result<Option<(Uuid, String, bool)>, AppError> {
-    type Row = (Uuid, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+pub fn find(
+    conn: &mut PgConnection,
+    name: &str,
+) -> Result<Option<(UserId, String, bool)>, AppError> {
+    type Row = (UserId, String, Option<DateTime<Utc>>, Option<DateTime<Utc>>);
     let row: Option<Row> = ea::table
         .inner_join(u::table.on(u::id.eq(ea::user_id)))
         .filter(ea::name.eq(name))

@@ -4,13 +4,18 @@
 use crate::console::recovery::{NewCode, SELECTOR_LEN, normalise};
 use crate::crypto::password;
 use crate::db::schema::console_recovery_codes as rc;
+use crate::domain::UserId;
 use crate::error::AppError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use uuid::Uuid;
 
 /// Replaces the user's codes with `codes` (earlier codes, used or not, stop working).
-pub fn replace(conn: &mut PgConnection, user_id: Uuid, codes: &[NewCode]) -> Result<(), AppError> {
+pub fn replace(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    codes: &[NewCode],
+) -> Result<(), AppError> {
     conn.transaction(|conn| {
         diesel::delete(rc::table.filter(rc::user_id.eq(user_id))).execute(conn)?;
         for c in codes {
@@ -31,7 +36,7 @@ pub fn replace(conn: &mut PgConnection, user_id: Uuid, codes: &[NewCode]) -> Res
 /// `now`). Runs one argon2 verification (none when no code has that selector).
 pub fn redeem(
     conn: &mut PgConnection,
-    user_id: Uuid,
+    user_id: UserId,
     input: &str,
     now: DateTime<Utc>,
 ) -> Result<bool, AppError> {
@@ -62,7 +67,7 @@ pub fn redeem(
 }
 
 /// How many unused codes the user has left.
-pub fn remaining(conn: &mut PgConnection, user_id: Uuid) -> Result<i64, AppError> {
+pub fn remaining(conn: &mut PgConnection, user_id: UserId) -> Result<i64, AppError> {
     Ok(rc::table
         .filter(rc::user_id.eq(user_id).and(rc::used_at.is_null()))
         .count()

@@ -7,6 +7,7 @@
 
 use crate::console::session::{Lifetimes, Session, Stage, hash, random_token};
 use crate::db::schema::console_sessions as cs;
+use crate::domain::UserId;
 use crate::error::AppError;
 use chrono::{DateTime, Utc};
 use diesel::prelude::*;
@@ -104,7 +105,7 @@ pub fn start_pre_login(
 pub fn start_signed_in(
     conn: &mut PgConnection,
     stage: Stage,
-    user_id: Uuid,
+    user_id: UserId,
     now: DateTime<Utc>,
 ) -> Result<String, AppError> {
     let id = random_token();
@@ -127,7 +128,7 @@ pub fn advance(
     conn: &mut PgConnection,
     old_hash: &[u8],
     stage: Stage,
-    user_id: Uuid,
+    user_id: UserId,
     now: DateTime<Utc>,
 ) -> Result<String, AppError> {
     let id = random_token();
@@ -172,7 +173,7 @@ pub type Listed = (String, DateTime<Utc>, DateTime<Utc>);
 /// A user's live sessions, newest first.
 pub fn list_of_user(
     conn: &mut PgConnection,
-    user_id: Uuid,
+    user_id: UserId,
     life: &Lifetimes,
     now: DateTime<Utc>,
 ) -> Result<Vec<Listed>, AppError> {

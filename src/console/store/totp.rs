@@ -4,6 +4,7 @@
 use crate::console::totp::{Check, Enrolment, MAX_FAILURES, matching_step};
 use crate::crypto::{FieldPlace, Keyring};
 use crate::db::schema::console_totp as ct;
+use crate::domain::UserId;
 use crate::error::AppError;
 use chrono::{DateTime, Duration, Utc};
 use diesel::prelude::*;
@@ -29,7 +30,7 @@ type Row = (
 pub fn enrolment(
     conn: &mut PgConnection,
     keyring: &Keyring,
-    user_id: Uuid,
+    user_id: UserId,
 ) -> Result<Enrolment, AppError> {
     let load = |conn: &mut PgConnection| -> Result<Option<Row>, AppError> {
         Ok(ct::table
@@ -82,7 +83,7 @@ pub fn enrolment(
 fn unlocked(
     conn: &mut PgConnection,
     keyring: &Keyring,
-    user_id: Uuid,
+    user_id: UserId,
     now: DateTime<Utc>,
 ) -> Result<Option<Enrolment>, AppError> {
     let e = enrolment(conn, keyring, user_id)?;
@@ -94,7 +95,7 @@ fn unlocked(
 pub fn check(
     conn: &mut PgConnection,
     keyring: &Keyring,
-    user_id: Uuid,
+    user_id: UserId,
     code: &str,
     lockout: Duration,
     now: DateTime<Utc>,
@@ -112,7 +113,7 @@ pub fn check(
 pub fn check_recovery(
     conn: &mut PgConnection,
     keyring: &Keyring,
-    user_id: Uuid,
+    user_id: UserId,
     code: &str,
     lockout: Duration,
     now: DateTime<Utc>,
@@ -125,7 +126,7 @@ pub fn check_recovery(
 }
 
 /// Whether the user has confirmed a TOTP enrolment.
-pub fn is_confirmed(conn: &mut PgConnection, user_id: Uuid) -> Result<bool, AppError> {
+pub fn is_confirmed(conn: &mut PgConnection, user_id: UserId) -> Result<bool, AppError> {
     let at: Option<Option<DateTime<Utc>>> = ct::table
         .filter(ct::user_id.eq(user_id))
         .select(ct::confirmed_at)
