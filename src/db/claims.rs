@@ -9,7 +9,7 @@ use crate::crypto::{Keyring, Phi, Sealer, columns};
 use crate::db::phi::open;
 use crate::db::records::{self, RecordTable};
 use crate::db::schema::{claim_items, claim_items_unsealed, claims, claims_unsealed};
-use crate::domain::RecordId;
+use crate::domain::{PatientId, RecordId};
 use crate::error::AppError;
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
@@ -27,7 +27,7 @@ pub struct NewClaimItem {
 /// A claim to create or write. `Debug` shows no PHI.
 #[derive(Clone)]
 pub struct NewClaim {
-    pub patient_id: Uuid,
+    pub patient_id: PatientId,
     pub provider: String,
     pub status: String,
     pub total_cents: i64,
@@ -50,7 +50,7 @@ pub struct ClaimRow {
     id: Uuid,
     version: i32,
     key_version: i32,
-    patient_id: Uuid,
+    patient_id: PatientId,
     provider_sealed: Vec<u8>,
     status: String,
     total_sealed: Vec<u8>,
@@ -65,7 +65,7 @@ pub struct ClaimHead {
     pub id: Uuid,
     pub version: i32,
     pub key_version: i32,
-    pub patient_id: Uuid,
+    pub patient_id: PatientId,
     pub provider: Phi<String>,
     pub status: String,
     pub total_cents: Phi<i64>,
@@ -92,7 +92,7 @@ pub struct Claim {
 pub struct ClaimWrite {
     key_version: i32,
     #[diesel(skip_update)]
-    patient_id: Uuid,
+    patient_id: PatientId,
     provider_sealed: Vec<u8>,
     status: String,
     total_sealed: Vec<u8>,
@@ -278,7 +278,7 @@ pub fn get(
 struct UnsealedRow {
     id: Uuid,
     version: i32,
-    patient_id: Uuid,
+    patient_id: PatientId,
     provider: String,
     status: String,
     total_cents: i64,

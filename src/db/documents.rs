@@ -7,6 +7,7 @@ use crate::crypto::{Keyring, Phi, Sealer, columns};
 use crate::db::phi::open;
 use crate::db::records::{self, RecordTable};
 use crate::db::schema::document_references as d;
+use crate::domain::{PatientId, UserId};
 use crate::error::AppError;
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
@@ -16,8 +17,8 @@ use uuid::Uuid;
 
 #[derive(Clone)]
 pub struct NewDocumentReference {
-    pub patient_id: Uuid,
-    pub author_id: Option<Uuid>,
+    pub patient_id: PatientId,
+    pub author_id: Option<UserId>,
     pub doc_type: Option<String>,
     pub date: Option<DateTime<Utc>>,
     /// Already sanitised by the caller (ammonia) — this layer only seals it.
@@ -39,8 +40,8 @@ pub struct DocumentReference {
     pub id: Uuid,
     pub version: i32,
     pub key_version: i32,
-    pub patient_id: Uuid,
-    pub author_id: Option<Uuid>,
+    pub patient_id: PatientId,
+    pub author_id: Option<UserId>,
     pub doc_type: Option<String>,
     pub date: Option<DateTime<Utc>>,
     pub text: Phi<String>,
@@ -56,8 +57,8 @@ pub struct DocumentRow {
     id: Uuid,
     version: i32,
     key_version: i32,
-    patient_id: Uuid,
-    author_id: Option<Uuid>,
+    patient_id: PatientId,
+    author_id: Option<UserId>,
     doc_type: Option<String>,
     date: Option<DateTime<Utc>>,
     text_sealed: Vec<u8>,
@@ -72,9 +73,9 @@ pub struct DocumentRow {
 pub struct DocumentWrite {
     key_version: i32,
     #[diesel(skip_update)]
-    patient_id: Uuid,
+    patient_id: PatientId,
     #[diesel(skip_update)]
-    author_id: Option<Uuid>,
+    author_id: Option<UserId>,
     doc_type: Option<String>,
     date: Option<DateTime<Utc>>,
     text_sealed: Vec<u8>,

@@ -6,6 +6,7 @@ use crate::crypto::{Keyring, Phi, Sealer, columns};
 use crate::db::phi::{open, open_opt};
 use crate::db::records::{self, RecordTable};
 use crate::db::schema::observations;
+use crate::domain::PatientId;
 use crate::error::AppError;
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
@@ -16,7 +17,7 @@ use uuid::Uuid;
 
 #[derive(Clone)]
 pub struct NewObservation {
-    pub patient_id: Uuid,
+    pub patient_id: PatientId,
     pub status: String,
     pub code: String,
     pub code_display: Option<String>,
@@ -39,7 +40,7 @@ pub struct Observation {
     pub id: Uuid,
     pub version: i32,
     pub key_version: i32,
-    pub patient_id: Uuid,
+    pub patient_id: PatientId,
     pub status: String,
     pub code: String,
     pub code_display: Option<Phi<String>>,
@@ -56,7 +57,7 @@ pub struct ObservationRow {
     id: Uuid,
     version: i32,
     key_version: i32,
-    patient_id: Uuid,
+    patient_id: PatientId,
     status: String,
     code: String,
     code_display_sealed: Option<Vec<u8>>,
@@ -72,7 +73,7 @@ pub struct ObservationRow {
 pub struct ObservationWrite {
     key_version: i32,
     #[diesel(skip_update)]
-    patient_id: Uuid,
+    patient_id: PatientId,
     status: String,
     code: String,
     code_display_sealed: Option<Vec<u8>>,

@@ -127,10 +127,10 @@ macro_rules! statements {
                     r $(.$head)? .version
                 }
                 fn subject(r: &Rec) -> PatientId {
-                    PatientId(r $(.$head)? .patient_id)
+                    r $(.$head)? .patient_id
                 }
                 fn new_subject(new: &<$repo as RecordTable>::New) -> PatientId {
-                    PatientId(new.patient_id)
+                    new.patient_id
                 }
                 fn patient_of(
                     conn: &mut PgConnection,

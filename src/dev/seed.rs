@@ -214,7 +214,7 @@ fn observations(i: usize, patient_id: PatientId) -> Vec<NewObservation> {
     vitals
         .into_iter()
         .map(|(code, display, value, unit)| NewObservation {
-            patient_id: patient_id.into(),
+            patient_id,
             status: "final".into(),
             code: code.into(),
             code_display: Some(display.into()),
@@ -234,8 +234,8 @@ fn note(i: usize, patient_id: PatientId, author: UserId) -> NewDocumentReference
         "Synthetic progress note. Annual check-up; immunisations up to date; lifestyle advice given.",
     ];
     NewDocumentReference {
-        patient_id: patient_id.into(),
-        author_id: Some(author.into()),
+        patient_id,
+        author_id: Some(author),
         doc_type: Some("11506-3".into()),
         date: Utc.with_ymd_and_hms(2026, 2, 1, 10, 0, 0).single(),
         text: TEXTS[i % TEXTS.len()].into(),
@@ -263,7 +263,7 @@ fn claim(i: usize, patient_id: PatientId) -> NewClaim {
         })
         .collect();
     NewClaim {
-        patient_id: patient_id.into(),
+        patient_id,
         provider: "SYN Riverside General Hospital billing office".into(),
         status: if i % 5 == 4 { "draft" } else { "active" }.into(),
         total_cents: items.iter().map(|it| it.amount_cents).sum(),

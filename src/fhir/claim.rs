@@ -213,7 +213,7 @@ impl RecordResource for Claims {
         }
         items.sort_by_key(|i| i.seq);
         Ok(NewClaim {
-            patient_id,
+            patient_id: patient_id.into(),
             provider,
             status: input.status,
             total_cents,

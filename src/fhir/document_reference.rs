@@ -181,8 +181,8 @@ fn validate(input: DocumentReferenceIn, author: Uuid) -> Result<NewDocumentRefer
         .map_err(|_| invalid("content[0].attachment.data", "must be UTF-8 text"))?;
     let text = sanitise_note(&raw)?;
     Ok(NewDocumentReference {
-        patient_id,
-        author_id: Some(author),
+        patient_id: patient_id.into(),
+        author_id: Some(author.into()),
         doc_type,
         date: Some(date),
         text,

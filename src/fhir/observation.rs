@@ -155,7 +155,7 @@ impl RecordResource for Observations {
             }
         };
         Ok(NewObservation {
-            patient_id,
+            patient_id: patient_id.into(),
             status: input.status,
             code,
             code_display: display,

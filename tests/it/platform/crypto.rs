@@ -49,8 +49,8 @@ fn patient(facility: Uuid, mrn: &str, ssn: Option<&str>, family: &str, given: &s
 
 fn note(patient_id: Uuid, text: &str) -> NewDocumentReference {
     NewDocumentReference {
-        patient_id,
-        author_id: Some(Uuid::new_v4()),
+        patient_id: patient_id.into(),
+        author_id: Some(custodian::domain::UserId::new()),
         doc_type: Some("11506-3".into()),
         date: Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()),
         text: text.into(),
@@ -60,7 +60,7 @@ fn note(patient_id: Uuid, text: &str) -> NewDocumentReference {
 
 fn observation(patient_id: Uuid, display: &str) -> NewObservation {
     NewObservation {
-        patient_id,
+        patient_id: patient_id.into(),
         status: "final".into(),
         code: "2339-0".into(),
         code_display: Some(display.into()),
@@ -71,7 +71,7 @@ fn observation(patient_id: Uuid, display: &str) -> NewObservation {
 
 fn claim(patient_id: Uuid, provider: &str, code: &str, cents: i64) -> NewClaim {
     NewClaim {
-        patient_id,
+        patient_id: patient_id.into(),
         provider: provider.into(),
         status: "active".into(),
         total_cents: cents + 1000,
