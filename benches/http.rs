@@ -362,7 +362,7 @@ format = "json"
             (0..a.patients)
                 .map(|i| {
                     let new = phi::NewPatient {
-                        facility_id: facility.into(),
+                        facility_id: facility,
                         mrn: format!("BENCH{i:07}"),
                         ssn: Some(format!("9{i:08}")),
                         family: family_of(i),
@@ -379,7 +379,7 @@ format = "json"
                             json!([{ "line": ["1 Synthetic Way"], "city": "Testville" }]),
                         ),
                     };
-                    phi::insert_patient(c, &keyring, &new).map(|p| p.id)
+                    phi::insert_patient(c, &keyring, &new).map(|p| p.id.as_uuid())
                 })
                 .collect::<Result<Vec<_>, _>>()
         })

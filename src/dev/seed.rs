@@ -180,7 +180,7 @@ pub fn patient(i: usize, facility_id: FacilityId) -> NewPatient {
     let phone = format!("555-01{:02}", rng.gen_range(0..100));
     let city = CITIES[rng.gen_range(0..CITIES.len())];
     NewPatient {
-        facility_id: facility_id.into(),
+        facility_id,
         mrn: mrn(i),
         ssn: Some(ssn(i)),
         family: family.to_string(),
@@ -326,7 +326,7 @@ pub fn seed(
                 // Most patients at the hospital, every fourth at the clinic.
                 let facility_id = facility_ids[usize::from(n % 4 == 3)];
                 let p = phi::insert_patient(c, kr, &patient(n, facility_id))?;
-                let patient_id = PatientId(p.id);
+                let patient_id = p.id;
                 for o in observations(n, patient_id) {
                     phi::insert_observation(c, kr, &o)?;
                     obs += 1;
@@ -357,7 +357,7 @@ pub fn seed(
 
     // patient.demo is the first synthetic patient.
     if let Some(first) = phi::find_patient_by_mrn(conn, kr, &mrn(0))? {
-        users::link_patient(conn, principal("patient.demo"), Some(PatientId(first.id)))?;
+        users::link_patient(conn, principal("patient.demo"), Some(first.id))?;
     }
     Ok(report)
 }

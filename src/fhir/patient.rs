@@ -304,7 +304,7 @@ fn validate(input: PatientIn) -> Result<ValidPatient, AppError> {
     };
     Ok(ValidPatient {
         new: phi::NewPatient {
-            facility_id: facility.unwrap_or_default(),
+            facility_id: FacilityId(facility.unwrap_or_default()),
             mrn: mrn.as_str().to_string(),
             ssn: ssn.map(|s| s.as_str().to_string()),
             family,
@@ -350,14 +350,14 @@ impl FhirResource for Patients {
         to_fhir(p)
     }
     fn id(p: &PatientView) -> RecordId {
-        RecordId(p.id)
+        RecordId(p.id.as_uuid())
     }
     fn version(p: &PatientView) -> i32 {
         p.version
     }
     /// A Patient record is its own patient.
     fn subject(p: &PatientView) -> PatientId {
-        PatientId(p.id)
+        p.id
     }
     /// Not known before the insert: a create is decided on the facility.
     fn new_subject(_: &ValidPatient) -> PatientId {
@@ -378,7 +378,7 @@ impl FhirResource for Patients {
                     "is required when you have no facility",
                 )
             })?;
-        new.new.facility_id = facility;
+        new.new.facility_id = FacilityId(facility);
         let facts = PatientFacts {
             patient_id: PatientId(Uuid::nil()),
             facility_id: FacilityId(facility),
@@ -405,7 +405,7 @@ impl FhirResource for Patients {
                 "cannot be changed by an update",
             ));
         }
-        new.new.facility_id = facts.facility_id.into();
+        new.new.facility_id = facts.facility_id;
         Ok(())
     }
 
@@ -448,13 +448,7 @@ impl FhirResource for Patients {
         use diesel::Connection;
         c.transaction(|c| {
             let p = phi::insert_patient(c, kr, &new.new)?;
-            users::add_to_care_team(
-                c,
-                PatientId(p.id),
-                author,
-                "author of the record",
-                Some(author),
-            )?;
+            users::add_to_care_team(c, p.id, author, "author of the record", Some(author))?;
             Ok(PatientView::shaped(p, fields))
         })
     }

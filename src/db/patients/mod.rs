@@ -8,6 +8,7 @@ pub mod views;
 use crate::crypto::{BlindKind, Keyring, Phi, Sealer, columns};
 use crate::db::phi::{open, open_opt};
 use crate::db::schema::patients;
+use crate::domain::{FacilityId, PatientId};
 use crate::error::AppError;
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
@@ -19,7 +20,7 @@ use uuid::Uuid;
 /// A patient to create. `Debug` shows no PHI.
 #[derive(Clone)]
 pub struct NewPatient {
-    pub facility_id: Uuid,
+    pub facility_id: FacilityId,
     pub mrn: String,
     pub ssn: Option<String>,
     pub family: String,
@@ -42,10 +43,10 @@ impl fmt::Debug for NewPatient {
 /// A decrypted patient. PHI fields are [`Phi`]: `Debug` prints `[redacted]`.
 #[derive(Clone, Debug)]
 pub struct Patient {
-    pub id: Uuid,
+    pub id: PatientId,
     pub version: i32,
     pub key_version: i32,
-    pub facility_id: Uuid,
+    pub facility_id: FacilityId,
     pub mrn: Phi<String>,
     pub ssn: Option<Phi<String>>,
     pub family: Phi<String>,
@@ -65,7 +66,7 @@ struct PatientRow {
     id: Uuid,
     version: i32,
     key_version: i32,
-    facility_id: Uuid,
+    facility_id: FacilityId,
     mrn_sealed: Vec<u8>,
     ssn_sealed: Option<Vec<u8>>,
     family_sealed: Vec<u8>,
@@ -84,7 +85,7 @@ impl PatientRow {
         kr.ensure_version(conn, self.key_version)?;
         let id = self.id;
         Ok(Patient {
-            id,
+            id: PatientId(id),
             version: self.version,
             key_version: self.key_version,
             facility_id: self.facility_id,
@@ -126,7 +127,7 @@ impl PatientRow {
 #[diesel(table_name = patients, treat_none_as_null = true)]
 pub struct SealedPatient {
     pub key_version: i32,
-    pub facility_id: Uuid,
+    pub facility_id: FacilityId,
     pub mrn_sealed: Vec<u8>,
     pub mrn_index: Vec<u8>,
     pub ssn_sealed: Option<Vec<u8>>,

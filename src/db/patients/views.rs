@@ -5,6 +5,7 @@
 use crate::crypto::columns::{SealedColumn, patients as cols};
 use crate::crypto::{BlindKind, Keyring, Phi, Sealable};
 use crate::db::scope::ScopeSql;
+use crate::domain::{FacilityId, PatientId};
 use crate::error::AppError;
 use crate::policy::SearchScope;
 use chrono::{DateTime, NaiveDate, Utc};
@@ -50,9 +51,9 @@ fn select_list(fields: PatientFields) -> String {
 /// A patient shaped to a view: fields outside it are `None`.
 #[derive(Debug)]
 pub struct PatientView {
-    pub id: Uuid,
+    pub id: PatientId,
     pub version: i32,
-    pub facility_id: Uuid,
+    pub facility_id: FacilityId,
     pub updated_at: DateTime<Utc>,
     pub gender: Option<String>,
     pub mrn: Option<Phi<String>>,
@@ -73,7 +74,7 @@ struct Row {
     #[diesel(sql_type = Int4)]
     key_version: i32,
     #[diesel(sql_type = SqlUuid)]
-    facility_id: Uuid,
+    facility_id: FacilityId,
     #[diesel(sql_type = Timestamptz)]
     updated_at: DateTime<Utc>,
     #[diesel(sql_type = Nullable<Text>)]
@@ -117,7 +118,7 @@ impl Row {
         kr.ensure_version(conn, self.key_version)?;
         let id = self.id;
         Ok(PatientView {
-            id,
+            id: PatientId(id),
             version: self.version,
             facility_id: self.facility_id,
             updated_at: self.updated_at,

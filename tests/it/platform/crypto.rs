@@ -14,6 +14,7 @@ use custodian::crypto::config::CryptoConfig;
 use custodian::crypto::rotation::{self, RotateOptions};
 use custodian::db::claims::{self, NewClaim, NewClaimItem};
 use custodian::db::phi::{self, NewDocumentReference, NewObservation, NewPatient};
+use custodian::domain::{FacilityId, PatientId};
 use custodian::secret::Secret;
 use diesel::prelude::*;
 use std::process::{Command, Output};
@@ -31,7 +32,13 @@ fn keyring(db: &TestDb) -> Keyring {
     load_keyring(&crypto_config(&test_keys().kek, None), &db.url, 5).unwrap()
 }
 
-fn patient(facility: Uuid, mrn: &str, ssn: Option<&str>, family: &str, given: &str) -> NewPatient {
+fn patient(
+    facility: FacilityId,
+    mrn: &str,
+    ssn: Option<&str>,
+    family: &str,
+    given: &str,
+) -> NewPatient {
     NewPatient {
         facility_id: facility,
         mrn: mrn.into(),
@@ -47,9 +54,9 @@ fn patient(facility: Uuid, mrn: &str, ssn: Option<&str>, family: &str, given: &s
     }
 }
 
-fn note(patient_id: Uuid, text: &str) -> NewDocumentReference {
+fn note(patient_id: PatientId, text: &str) -> NewDocumentReference {
     NewDocumentReference {
-        patient_id: patient_id.into(),
+        patient_id,
         author_id: Some(custodian::domain::UserId::new()),
         doc_type: Some("11506-3".into()),
         date: Some(Utc.with_ymd_and_hms(2026, 1, 2, 3, 4, 5).unwrap()),
@@ -58,9 +65,9 @@ fn note(patient_id: Uuid, text: &str) -> NewDocumentReference {
     }
 }
 
-fn observation(patient_id: Uuid, display: &str) -> NewObservation {
+fn observation(patient_id: PatientId, display: &str) -> NewObservation {
     NewObservation {
-        patient_id: patient_id.into(),
+        patient_id,
         status: "final".into(),
         code: "2339-0".into(),
         code_display: Some(display.into()),
@@ -69,9 +76,9 @@ fn observation(patient_id: Uuid, display: &str) -> NewObservation {
     }
 }
 
-fn claim(patient_id: Uuid, provider: &str, code: &str, cents: i64) -> NewClaim {
+fn claim(patient_id: PatientId, provider: &str, code: &str, cents: i64) -> NewClaim {
     NewClaim {
-        patient_id: patient_id.into(),
+        patient_id,
         provider: provider.into(),
         status: "active".into(),
         total_cents: cents + 1000,
@@ -174,9 +181,7 @@ fn raw_select_and_pg_dump_contain_no_plaintext_phi() {
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let facility = phi::insert_facility(&mut conn, "FACILITYCONTROLCANARY")
-        .unwrap()
-        .as_uuid();
+    let facility = phi::insert_facility(&mut conn, "FACILITYCONTROLCANARY").unwrap();
     let p = phi::insert_patient(
         &mut conn,
         &kr,
@@ -248,9 +253,7 @@ fn every_sealed_type_round_trips_through_the_database() {
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let facility = phi::insert_facility(&mut conn, "General")
-        .unwrap()
-        .as_uuid();
+    let facility = phi::insert_facility(&mut conn, "General").unwrap();
     let new = patient(facility, "MRN-1", Some("111-22-3333"), "Müller", "Zoë");
     let created = phi::insert_patient(&mut conn, &kr, &new).unwrap();
     let p = test_phi::get_patient(&mut conn, &kr, created.id)
@@ -310,7 +313,7 @@ fn same_value_twice_gives_different_ciphertexts_but_equal_blind_indexes() {
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let f = phi::insert_facility(&mut conn, "F").unwrap().as_uuid();
+    let f = phi::insert_facility(&mut conn, "F").unwrap();
     phi::insert_patient(&mut conn, &kr, &patient(f, "M1", None, "Smith", "Ann")).unwrap();
     phi::insert_patient(&mut conn, &kr, &patient(f, "M2", None, " SMITH ", "Bob")).unwrap();
     let rows: Vec<Sealed> = diesel::sql_query("SELECT family_sealed, family_index FROM patients")
@@ -332,7 +335,7 @@ fn tampered_or_moved_ciphertext_is_an_error_not_garbage() {
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let f = phi::insert_facility(&mut conn, "F").unwrap().as_uuid();
+    let f = phi::insert_facility(&mut conn, "F").unwrap();
     let a = phi::insert_patient(&mut conn, &kr, &patient(f, "A1", None, "Alpha", "Ann")).unwrap();
     let b = phi::insert_patient(&mut conn, &kr, &patient(f, "B1", None, "Beta", "Ben")).unwrap();
     let c = phi::insert_patient(&mut conn, &kr, &patient(f, "C1", None, "Gamma", "Cy")).unwrap();
@@ -433,7 +436,7 @@ fn interrupted_rotation_resumes_retires_the_old_key_and_keeps_everything_readabl
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let f = phi::insert_facility(&mut conn, "F").unwrap().as_uuid();
+    let f = phi::insert_facility(&mut conn, "F").unwrap();
     let mut patients = Vec::new();
     for i in 0..12 {
         let ssn = format!("100-00-{:04}", i);
@@ -592,7 +595,7 @@ fn kek_rotation_rewraps_data_keys_and_keeps_every_value_readable() {
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let f = phi::insert_facility(&mut conn, "F").unwrap().as_uuid();
+    let f = phi::insert_facility(&mut conn, "F").unwrap();
     let p = phi::insert_patient(
         &mut conn,
         &kr,
@@ -663,7 +666,7 @@ fn blind_index_finds_by_mrn_and_ssn_with_normalisation_before_and_after_rotation
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let f = phi::insert_facility(&mut conn, "F").unwrap().as_uuid();
+    let f = phi::insert_facility(&mut conn, "F").unwrap();
     let p = phi::insert_patient(
         &mut conn,
         &kr,
@@ -734,9 +737,9 @@ fn blind_index_finds_by_mrn_and_ssn_with_normalisation_before_and_after_rotation
     // An update re-seals the whole row with the active key and keeps the indexes right.
     let mut changed = patient(f, "AB-1234", Some("999-88-7777"), "Found", "Me");
     changed.telecom = None;
-    let stale = phi::update_patient(&mut conn, &kr, p.id, 7, &changed).unwrap_err();
+    let stale = phi::update_patient(&mut conn, &kr, p.id.as_uuid(), 7, &changed).unwrap_err();
     assert_eq!(stale.status_code(), 412);
-    let updated = phi::update_patient(&mut conn, &kr, p.id, 1, &changed)
+    let updated = phi::update_patient(&mut conn, &kr, p.id.as_uuid(), 1, &changed)
         .unwrap()
         .unwrap();
     assert_eq!((updated.version, updated.key_version), (2, 2));
@@ -767,7 +770,7 @@ fn claims_stored_in_clear_are_set_aside_by_the_migration_and_sealed_by_keys_seal
     let db = TestDb::create();
     let kr = keyring(&db);
     let mut conn = db.conn();
-    let f = phi::insert_facility(&mut conn, "F").unwrap().as_uuid();
+    let f = phi::insert_facility(&mut conn, "F").unwrap();
     let p = phi::insert_patient(&mut conn, &kr, &patient(f, "U-1", None, "Un", "Sealed")).unwrap();
     // Back to the schema before claims were sealed.
     loop {

@@ -70,7 +70,8 @@ async fn seed_creates_population_once_and_dr_demo_sees_only_the_care_team() {
     let first_id = custodian::db::phi::find_patient_by_mrn(&mut c, &keyring, "SYN-000001")
         .unwrap()
         .unwrap()
-        .id;
+        .id
+        .as_uuid();
     let outside = custodian::db::phi::find_patient_by_mrn(&mut c, &keyring, "SYN-000015")
         .unwrap()
         .unwrap()

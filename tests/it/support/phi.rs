@@ -58,10 +58,10 @@ impl Row {
         kr.ensure_version(conn, self.key_version)?;
         let id = self.id;
         Ok(Patient {
-            id,
+            id: custodian::domain::PatientId(id),
             version: self.version,
             key_version: self.key_version,
-            facility_id: self.facility_id,
+            facility_id: custodian::domain::FacilityId(self.facility_id),
             mrn: open(kr, patients::MRN, id, &self.mrn_sealed)?,
             ssn: open_opt(kr, patients::SSN, id, self.ssn_sealed.as_deref())?,
             family: open(kr, patients::FAMILY, id, &self.family_sealed)?,
@@ -81,7 +81,7 @@ impl Row {
 pub fn get_patient(
     conn: &mut PgConnection,
     kr: &Keyring,
-    id: Uuid,
+    id: custodian::domain::PatientId,
 ) -> Result<Option<Patient>, AppError> {
     let row: Option<Row> = p::table
         .filter(p::id.eq(id))
