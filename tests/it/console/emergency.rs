@@ -19,22 +19,23 @@ const PASSWORD: &str = "correct horse battery staple 42";
 fn custodian(app: &TestApp, args: &[&str], stdin: &str) -> Output {
     let cert = test_cert();
     let keys = test_keys();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_custodian"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("CUSTODIAN_TLS_CERT_FILE", &cert.cert)
-        .env("CUSTODIAN_TLS_KEY_FILE", &cert.key)
-        .env("DATABASE_URL", &app.db.url)
-        .env("CUSTODIAN_CRYPTO_KEK", &keys.kek)
-        .env("CUSTODIAN_CRYPTO_BLIND_INDEX_KEY", &keys.blind_index_key)
-        .env("CUSTODIAN_AUDIT_CHAIN_KEY", TEST_CHAIN_KEY)
-        .env("CUSTODIAN_AUDIT_CHECKPOINT_SIGNING_KEY", TEST_SIGNING_KEY)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = crate::support::cli::command(
+        args,
+        &[
+            ("CUSTODIAN_TLS_CERT_FILE", &cert.cert.to_string_lossy()),
+            ("CUSTODIAN_TLS_KEY_FILE", &cert.key.to_string_lossy()),
+            ("DATABASE_URL", &app.db.url),
+            ("CUSTODIAN_CRYPTO_KEK", &keys.kek),
+            ("CUSTODIAN_CRYPTO_BLIND_INDEX_KEY", &keys.blind_index_key),
+            ("CUSTODIAN_AUDIT_CHAIN_KEY", TEST_CHAIN_KEY),
+            ("CUSTODIAN_AUDIT_CHECKPOINT_SIGNING_KEY", TEST_SIGNING_KEY),
+        ],
+    )
+    .stdin(Stdio::piped())
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap();
     child
         .stdin
         .take()

@@ -413,17 +413,17 @@ async fn three_writers_build_one_gapless_chain() {
 }
 
 fn cli(args: &[&str], f: &Fixture) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_custodian"))
-        .args(args)
-        .env_clear()
-        .env("PATH", std::env::var("PATH").unwrap_or_default())
-        .env("DATABASE_URL", &f.db.url)
-        .env("CUSTODIAN_AUDIT_CHAIN_KEY", TEST_CHAIN_KEY)
-        .env("CUSTODIAN_AUDIT_CHECKPOINT_SIGNING_KEY", TEST_SIGNING_KEY)
-        .env("CUSTODIAN_AUDIT_CHECKPOINT_DIR", f.dir.path())
-        .env("CUSTODIAN_AUDIT_CHECKPOINT_EVERY_SECS", "86400")
-        .output()
-        .unwrap();
+    let dir = f.dir.path().to_string_lossy();
+    let out = crate::support::cli::custodian(
+        args,
+        &[
+            ("DATABASE_URL", &f.db.url),
+            ("CUSTODIAN_AUDIT_CHAIN_KEY", TEST_CHAIN_KEY),
+            ("CUSTODIAN_AUDIT_CHECKPOINT_SIGNING_KEY", TEST_SIGNING_KEY),
+            ("CUSTODIAN_AUDIT_CHECKPOINT_DIR", &dir),
+            ("CUSTODIAN_AUDIT_CHECKPOINT_EVERY_SECS", "86400"),
+        ],
+    );
     (
         out.status.success(),
         String::from_utf8_lossy(&out.stdout).to_string(),
