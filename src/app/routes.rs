@@ -2,6 +2,7 @@
 //! can only be added through [`Routes::add`], which requires an [`Action`]; the table is
 //! also listed by [`table`] so tests can walk every registered route.
 
+use crate::fhir::resource::FhirResource;
 use crate::policy::Action;
 use crate::{admin, console, fhir, health};
 use actix_web::http::Method;
@@ -82,6 +83,24 @@ impl Routes {
     }
 }
 
+/// A FHIR resource's routes: one per interaction its descriptor lists, each served by the
+/// generic handler of that interaction.
+fn fhir_resource<R: FhirResource>(r: &mut Routes) {
+    use crate::policy::Interaction as I;
+    use fhir::resource::{create, delete, read, search, update};
+    let d = R::DESCRIPTOR;
+    for &i in d.interactions {
+        let action = Action::Fhir(d.kind, i);
+        match i {
+            I::Search => r.add(Method::GET, d.path, action, search::<R>),
+            I::Create => r.add(Method::POST, d.path, action, create::<R>),
+            I::Read => r.add(Method::GET, d.item_path, action, read::<R>),
+            I::Update => r.add(Method::PUT, d.item_path, action, update::<R>),
+            I::Delete => r.add(Method::DELETE, d.item_path, action, delete::<R>),
+        }
+    }
+}
+
 /// Every route of the product.
 pub fn configure(r: &mut Routes) {
     r.add(Method::GET, "/healthz", Action::Public, health::healthz);
@@ -92,119 +111,10 @@ pub fn configure(r: &mut Routes) {
         Action::Public,
         fhir::metadata::capability_statement,
     );
-    use crate::policy::{Interaction as I, ResourceType as T};
-    let patient = |i| Action::Fhir(T::Patient, i);
-    r.add(
-        Method::GET,
-        "/fhir/Patient",
-        patient(I::Search),
-        fhir::resource::search::<fhir::patient::Patients>,
-    );
-    r.add(
-        Method::POST,
-        "/fhir/Patient",
-        patient(I::Create),
-        fhir::resource::create::<fhir::patient::Patients>,
-    );
-    r.add(
-        Method::GET,
-        "/fhir/Patient/{id}",
-        patient(I::Read),
-        fhir::resource::read::<fhir::patient::Patients>,
-    );
-    r.add(
-        Method::PUT,
-        "/fhir/Patient/{id}",
-        patient(I::Update),
-        fhir::resource::update::<fhir::patient::Patients>,
-    );
-    let observation = |i| Action::Fhir(T::Observation, i);
-    r.add(
-        Method::GET,
-        "/fhir/Observation",
-        observation(I::Search),
-        fhir::resource::search::<fhir::observation::Observations>,
-    );
-    r.add(
-        Method::POST,
-        "/fhir/Observation",
-        observation(I::Create),
-        fhir::resource::create::<fhir::observation::Observations>,
-    );
-    r.add(
-        Method::GET,
-        "/fhir/Observation/{id}",
-        observation(I::Read),
-        fhir::resource::read::<fhir::observation::Observations>,
-    );
-    r.add(
-        Method::PUT,
-        "/fhir/Observation/{id}",
-        observation(I::Update),
-        fhir::resource::update::<fhir::observation::Observations>,
-    );
-    r.add(
-        Method::DELETE,
-        "/fhir/Observation/{id}",
-        observation(I::Delete),
-        fhir::resource::delete::<fhir::observation::Observations>,
-    );
-    let document = |i| Action::Fhir(T::DocumentReference, i);
-    r.add(
-        Method::GET,
-        "/fhir/DocumentReference",
-        document(I::Search),
-        fhir::resource::search::<fhir::document_reference::DocumentReferences>,
-    );
-    r.add(
-        Method::POST,
-        "/fhir/DocumentReference",
-        document(I::Create),
-        fhir::resource::create::<fhir::document_reference::DocumentReferences>,
-    );
-    r.add(
-        Method::GET,
-        "/fhir/DocumentReference/{id}",
-        document(I::Read),
-        fhir::resource::read::<fhir::document_reference::DocumentReferences>,
-    );
-    r.add(
-        Method::PUT,
-        "/fhir/DocumentReference/{id}",
-        document(I::Update),
-        fhir::resource::update::<fhir::document_reference::DocumentReferences>,
-    );
-    let claim = |i| Action::Fhir(T::Claim, i);
-    r.add(
-        Method::GET,
-        "/fhir/Claim",
-        claim(I::Search),
-        fhir::resource::search::<fhir::claim::Claims>,
-    );
-    r.add(
-        Method::POST,
-        "/fhir/Claim",
-        claim(I::Create),
-        fhir::resource::create::<fhir::claim::Claims>,
-    );
-    r.add(
-        Method::GET,
-        "/fhir/Claim/{id}",
-        claim(I::Read),
-        fhir::resource::read::<fhir::claim::Claims>,
-    );
-    r.add(
-        Method::PUT,
-        "/fhir/Claim/{id}",
-        claim(I::Update),
-        fhir::resource::update::<fhir::claim::Claims>,
-    );
-    r.add(
-        Method::DELETE,
-        "/fhir/Claim/{id}",
-        claim(I::Delete),
-        fhir::resource::delete::<fhir::claim::Claims>,
-    );
+    fhir_resource::<fhir::patient::Patients>(r);
+    fhir_resource::<fhir::observation::Observations>(r);
+    fhir_resource::<fhir::document_reference::DocumentReferences>(r);
+    fhir_resource::<fhir::claim::Claims>(r);
     // Each admin route declares what it does: events for calls refused before the
     // handler (no admin role, bad body) name the real action.
     use crate::policy::admin::AdminAction as A;

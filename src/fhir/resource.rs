@@ -1,8 +1,8 @@
 //! Each FHIR resource type described once: the interactions it supports and its search
 //! parameters (name and FHIR search-parameter type). The CapabilityStatement is built from
 //! these descriptors, and every search handler accepts exactly the parameters listed here
-//! (plus the opaque paging cursor); a test checks that the route table registers exactly
-//! the interactions listed here.
+//! (plus the opaque paging cursor); the route table registers one route per interaction
+//! listed here (`app::routes`), and a test holds the two equal.
 
 use crate::policy::{Interaction, ResourceType};
 
@@ -29,6 +29,10 @@ pub type Element = (&'static str, &'static [&'static str]);
 #[derive(Debug)]
 pub struct Descriptor {
     pub kind: ResourceType,
+    /// The type's routes: `/fhir/<type>` (search, create) and `/fhir/<type>/{id}` (read,
+    /// update, delete), registered from [`Self::interactions`] by the route table.
+    pub path: &'static str,
+    pub item_path: &'static str,
     pub interactions: &'static [Interaction],
     pub search: &'static [SearchParam],
     /// The top-level elements it returns (besides `resourceType`, `id` and `meta`).
@@ -49,6 +53,8 @@ const ELEMENTS: SearchParam = param("_elements", "special");
 
 pub const PATIENT: Descriptor = Descriptor {
     kind: ResourceType::Patient,
+    path: "/fhir/Patient",
+    item_path: "/fhir/Patient/{id}",
     interactions: &[Search, Create, Read, Update],
     search: &[
         param("family", "string"),
@@ -71,6 +77,8 @@ pub const PATIENT: Descriptor = Descriptor {
 
 pub const OBSERVATION: Descriptor = Descriptor {
     kind: ResourceType::Observation,
+    path: "/fhir/Observation",
+    item_path: "/fhir/Observation/{id}",
     interactions: &[Search, Create, Read, Update, Delete],
     search: &[
         param("patient", "reference"),
@@ -94,6 +102,8 @@ pub const OBSERVATION: Descriptor = Descriptor {
 
 pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
     kind: ResourceType::DocumentReference,
+    path: "/fhir/DocumentReference",
+    item_path: "/fhir/DocumentReference/{id}",
     interactions: &[Search, Create, Read, Update],
     search: &[
         param("patient", "reference"),
@@ -113,6 +123,8 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
 
 pub const CLAIM: Descriptor = Descriptor {
     kind: ResourceType::Claim,
+    path: "/fhir/Claim",
+    item_path: "/fhir/Claim/{id}",
     interactions: &[Search, Create, Read, Update, Delete],
     search: &[
         param("patient", "reference"),
@@ -592,6 +604,11 @@ mod tests {
         for kind in ResourceType::ALL {
             assert_eq!(of(kind).kind, kind);
             assert_eq!(ALL.iter().filter(|d| d.kind == kind).count(), 1);
+            assert_eq!(of(kind).path, format!("/fhir/{}", kind.as_str()));
+            assert_eq!(
+                of(kind).item_path,
+                format!("/fhir/{}/{{id}}", kind.as_str())
+            );
         }
     }
 }
