@@ -244,7 +244,7 @@ async fn shutdown_on_signal(mut signals: Signals, handles: Vec<ServerHandle>) {
     };
     tracing::info!(
         signal = name,
-        "shutting down: no new connections, in-flight requests finish"
+        "shutting down: no new connections, in-flight requests finish (a second signal stops at once)"
     );
     let graceful = futures_util::future::join_all(handles.iter().map(|h| h.stop(true)));
     tokio::select! {

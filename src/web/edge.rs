@@ -113,7 +113,9 @@ fn early_response(
     // First: nothing below (nor the router, nor the redirect listener) may see a second
     // spelling of a path (`web::path`).
     if !super::path::is_canonical(req.path()) {
-        return Some(crate::error::AppError::bad_request(super::path::NOT_CANONICAL).error_response());
+        return Some(
+            crate::error::AppError::bad_request(super::path::NOT_CANONICAL).error_response(),
+        );
     }
     let declared_len = req
         .headers()

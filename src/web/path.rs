@@ -35,7 +35,8 @@ pub fn is_canonical(path: &str) -> bool {
         if *segment == "." || *segment == ".." {
             return false;
         }
-        let unreserved = |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
+        let unreserved =
+            |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
         if !segment.bytes().all(unreserved) {
             return false;
         }

@@ -709,11 +709,12 @@ async fn a_service_subject_in_a_user_shaped_token_keeps_the_service_context() {
     use diesel::prelude::*;
     let w = World::new().await;
     let (_, doc) = w.user("dr-context", &[Role::Clinician]);
-    w.create(&doc, &patient_json("MRN-CTX-1", "Contextson")).await;
+    w.create(&doc, &patient_json("MRN-CTX-1", "Contextson"))
+        .await;
     {
         let mut c = w.app.db.conn();
-        let svc = users::user_for(&mut c, &w.idp.issuer(), "svc-ctx", users::UserKind::Service)
-            .unwrap();
+        let svc =
+            users::user_for(&mut c, &w.idp.issuer(), "svc-ctx", users::UserKind::Service).unwrap();
         users::grant_role(&mut c, svc.id, Role::Service, "test setup", None).unwrap();
         users::set_facility(&mut c, svc.id, Some(w.facility)).unwrap();
     }

@@ -1304,7 +1304,11 @@ async fn an_undecryptable_row_fails_its_search_page_with_the_integrity_message()
             assert!(!text.contains(phi), "{path}: {text}");
         }
         let last = w.audit_events().pop().unwrap();
-        assert_eq!((last.0.as_str(), last.1.as_str()), ("search", "error"), "{path}");
+        assert_eq!(
+            (last.0.as_str(), last.1.as_str()),
+            ("search", "error"),
+            "{path}"
+        );
     }
     // Searches that do not reach the broken rows are served.
     let res = w.get("/fhir/Patient?family=Intactson", &doc).await;

@@ -145,13 +145,22 @@ fn dev_cluster_socket_is_for_its_owner_only() {
     let socket = std::fs::metadata(cluster.socket_path()).unwrap();
     assert_eq!(socket.permissions().mode() & 0o777, 0o700, "socket mode");
     let folder = std::fs::metadata(cluster.socket_path().parent().unwrap()).unwrap();
-    assert_eq!(folder.permissions().mode() & 0o777, 0o700, "socket folder mode");
+    assert_eq!(
+        folder.permissions().mode() & 0o777,
+        0o700,
+        "socket folder mode"
+    );
     // Its owner connects.
     let mut conn = diesel::PgConnection::establish(&cluster.url("postgres")).unwrap();
     diesel::sql_query("SELECT 1").execute(&mut conn).unwrap();
     if running_as_root() {
         // Another local user does not (`nobody` with psql, as any local account would).
-        let dir = cluster.socket_path().parent().unwrap().display().to_string();
+        let dir = cluster
+            .socket_path()
+            .parent()
+            .unwrap()
+            .display()
+            .to_string();
         let out = std::process::Command::new("runuser")
             .args(["-u", "nobody", "--", "psql", "-h", &dir, "-p", "5432"])
             .args(["-U", "postgres", "-d", "postgres", "-w", "-c", "SELECT 1"])

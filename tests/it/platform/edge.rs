@@ -413,7 +413,10 @@ async fn non_canonical_paths_are_refused_on_both_listeners() {
     // Controls: the canonical spellings still behave as before.
     let console = raw_http(http, &raw_get("/console")).await;
     assert_eq!(status_of(&console), 308, "{console}");
-    assert_eq!(status_of(&raw_http(http, &raw_get("/fhir/Patient")).await), 403);
+    assert_eq!(
+        status_of(&raw_http(http, &raw_get("/fhir/Patient")).await),
+        403
+    );
     let metadata = raw_https(app.https, &raw_get("/fhir/metadata")).await;
     assert_eq!(status_of(&metadata), 200, "{metadata}");
 

@@ -121,18 +121,19 @@ pub async fn openssl_handshake(addr: SocketAddr, args: &[&str]) -> bool {
 
 /// A TLS connection to the test server (HTTP/1.1 by ALPN, trusting the test
 /// certificate), for tests that write requests byte by byte.
-pub async fn tls_stream(addr: SocketAddr) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+pub async fn tls_stream(
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let mut roots = RootCertStore::empty();
     for cert in rustls_pemfile_certs(&super::test_cert().cert_pem) {
         roots.add(cert).unwrap();
     }
-    let mut config = ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
     tokio_rustls::TlsConnector::from(Arc::new(config))
