@@ -412,6 +412,7 @@ format = "json"
         let now = jsonwebtoken::get_current_timestamp() as i64;
         let mut h = Header::new(alg);
         h.kid = Some("bench-1".into());
+        h.typ = Some("at+jwt".into());
         let claims = json!({
             "iss": issuer, "aud": AUDIENCE, "sub": sub, "iat": now,
             "exp": now + a.duration as i64 + 3600, "client_id": "bench-app", "scope": SCOPES,

@@ -24,6 +24,12 @@ pub enum AppError {
     /// A dependency (database, audit writer) is not available right now.
     #[error("service unavailable")]
     Unavailable,
+    /// Stored data failed its integrity check: a sealed value that cannot be opened
+    /// (tampered, corrupted, or sealed with a key this instance does not have). The
+    /// whole response fails (500, [`INTEGRITY_MESSAGE`]) rather than leave a record out
+    /// of a result unnoticed; where it happened (table, column, row id) is logged.
+    #[error("stored data failed its integrity check")]
+    Integrity,
     /// Anything else: logged in full, answered with a generic 500.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -37,6 +43,9 @@ pub struct SafeMessage(pub Cow<'static, str>);
 pub const UNAVAILABLE_MESSAGE: &str =
     "The service is temporarily unavailable. Please retry shortly.";
 pub const UNAUTHENTICATED_MESSAGE: &str = "Authentication is required: send a valid access token.";
+pub const INTEGRITY_MESSAGE: &str = "A stored record in this result could not be decrypted \
+(integrity check failed), so nothing was returned. This is logged; quote the request id when \
+reporting it.";
 pub const INTERNAL_MESSAGE: &str =
     "An internal error occurred. Quote the request id when reporting it.";
 
@@ -75,7 +84,7 @@ impl ResponseError for AppError {
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Integrity | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -85,6 +94,7 @@ impl ResponseError for AppError {
             AppError::RateLimited { .. } => Cow::Borrowed("Too many requests. Retry later."),
             AppError::Unauthenticated { .. } => Cow::Borrowed(UNAUTHENTICATED_MESSAGE),
             AppError::Unavailable => Cow::Borrowed(UNAVAILABLE_MESSAGE),
+            AppError::Integrity => Cow::Borrowed(INTEGRITY_MESSAGE),
             AppError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
                 Cow::Borrowed(INTERNAL_MESSAGE)

@@ -8,7 +8,7 @@
 
 use crate::audit::{Actor, AuthMethod, ClientId, PurposeOfUse, RoleCode};
 use crate::auth::{AuthError, Bearer, Grant, ScopeSet, VerifiedToken};
-use crate::db::users::UserRecord;
+use crate::db::users::{UserKind, UserRecord};
 use crate::domain::ids::UserId;
 use crate::error::AppError;
 use crate::policy::{self, Context};
@@ -32,8 +32,11 @@ impl Principal {
         self.user.id
     }
 
+    /// A service client, by the account's kind in our database — never by the token's
+    /// shape: a service's subject in a user-shaped token (another `client_id`) is still
+    /// the service, read in system context.
     pub fn is_service(&self) -> bool {
-        self.token.grant == Grant::ClientCredentials
+        self.user.kind == UserKind::Service
     }
 
     /// The actor recorded in audit events (internal ids and role codes only).

@@ -19,7 +19,8 @@ use std::time::Duration;
 pub struct Options {
     /// Routes that tests add behind the same middleware.
     pub extra_routes: Option<ExtraRoutes>,
-    /// Tests stop servers through the handle instead of process signals.
+    /// Tests stop servers through the handle instead of process signals. Otherwise
+    /// SIGINT and SIGTERM both shut down gracefully ([`shutdown_on_signal`]).
     pub disable_signals: bool,
     /// `custodian dev` only: serve the development JWKS at `GET /dev/jwks.json` and trust
     /// the dev certificate when fetching it. `serve` never sets this.
@@ -34,6 +35,14 @@ pub struct Application {
     http_addr: Option<SocketAddr>,
     https: Server,
     http: Option<Server>,
+    signals: Option<Signals>,
+}
+
+/// SIGINT and SIGTERM, registered at build time so that a signal arriving as soon as the
+/// service says it is serving is already ours (not the default "terminate now").
+struct Signals {
+    interrupt: tokio::signal::unix::Signal,
+    terminate: tokio::signal::unix::Signal,
 }
 
 impl Application {
@@ -124,7 +133,7 @@ impl Application {
         .map(std::sync::Arc::new);
         let extra = options.extra_routes;
         let dev_jwks = options.dev_jwks.clone();
-        let mut https = HttpServer::new(move || {
+        let https = HttpServer::new(move || {
             let app = app::build_app(
                 state.clone(),
                 address_limit.clone(),
@@ -142,10 +151,20 @@ impl Application {
         .client_request_timeout(Duration::from_secs(10))
         .on_connect(tls::on_connect)
         .bind_rustls_0_23(config.server.listen, tls_config)
-        .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?;
-        if options.disable_signals {
-            https = https.disable_signals();
-        }
+        .with_context(|| format!("server.listen: cannot listen on {}", config.server.listen))?
+        // actix treats SIGINT (and SIGQUIT) as a *forced* stop that drops in-flight
+        // requests; only SIGTERM is graceful there. We handle the signals ourselves so
+        // that both are graceful, as documented (docs/operations.md).
+        .disable_signals();
+        let signals = if options.disable_signals {
+            None
+        } else {
+            use tokio::signal::unix::{SignalKind, signal};
+            Some(Signals {
+                interrupt: signal(SignalKind::interrupt()).context("cannot handle SIGINT")?,
+                terminate: signal(SignalKind::terminate()).context("cannot handle SIGTERM")?,
+            })
+        };
         let https_addr = https
             .addrs()
             .first()
@@ -158,16 +177,14 @@ impl Application {
                     base: public_base(&config.server.public_url),
                 };
                 let limit = config.server.body_limit_bytes;
-                let mut server =
-                    HttpServer::new(move || redirect::build_app(target.clone(), limit))
-                        .workers(1)
-                        .bind(addr)
-                        .with_context(|| {
-                            format!("server.http_redirect_listen: cannot listen on {addr}")
-                        })?;
-                if options.disable_signals {
-                    server = server.disable_signals();
-                }
+                let server = HttpServer::new(move || redirect::build_app(target.clone(), limit))
+                    .workers(1)
+                    .shutdown_timeout(config.server.shutdown_timeout_secs)
+                    .disable_signals()
+                    .bind(addr)
+                    .with_context(|| {
+                        format!("server.http_redirect_listen: cannot listen on {addr}")
+                    })?;
                 let bound = server.addrs().first().copied();
                 (Some(server.run()), bound)
             }
@@ -179,6 +196,7 @@ impl Application {
             http_addr,
             https: https.run(),
             http,
+            signals,
         })
     }
 
@@ -191,15 +209,22 @@ impl Application {
     }
 
     pub fn handles(&self) -> Vec<ServerHandle> {
+        self.handles_of()
+    }
+
+    fn handles_of(&self) -> Vec<ServerHandle> {
         let mut handles = vec![self.https.handle()];
         handles.extend(self.http.as_ref().map(Server::handle));
         handles
     }
 
     /// Serves until a shutdown signal (or `handles()[..].stop()`), then drains.
-    pub async fn run(self) -> std::io::Result<()> {
+    pub async fn run(mut self) -> std::io::Result<()> {
+        if let Some(signals) = self.signals.take() {
+            tokio::spawn(shutdown_on_signal(signals, self.handles_of()));
+        }
         match self.http {
-            // Both listeners receive the shutdown signal and drain on their own.
+            // Both listeners are stopped by the signal task and drain on their own.
             Some(http) => {
                 let (https, http) = futures_util::future::join(self.https, http).await;
                 https.and(http)
@@ -207,6 +232,31 @@ impl Application {
             None => self.https.await,
         }
     }
+}
+
+/// The first SIGINT or SIGTERM stops both listeners gracefully: no new connections,
+/// in-flight requests finish (up to `server.shutdown_timeout_secs`). A second signal
+/// while draining stops at once, for an operator who does not want to wait.
+async fn shutdown_on_signal(mut signals: Signals, handles: Vec<ServerHandle>) {
+    let name = tokio::select! {
+        _ = signals.interrupt.recv() => "SIGINT",
+        _ = signals.terminate.recv() => "SIGTERM",
+    };
+    tracing::info!(
+        signal = name,
+        "shutting down: no new connections, in-flight requests finish (a second signal stops at once)"
+    );
+    let graceful = futures_util::future::join_all(handles.iter().map(|h| h.stop(true)));
+    tokio::select! {
+        _ = graceful => {}
+        _ = signals.interrupt.recv() => force(&handles).await,
+        _ = signals.terminate.recv() => force(&handles).await,
+    }
+}
+
+async fn force(handles: &[ServerHandle]) {
+    tracing::warn!("second shutdown signal: stopping without waiting for in-flight requests");
+    futures_util::future::join_all(handles.iter().map(|h| h.stop(false))).await;
 }
 
 /// `https://host[:port]` of the public URL, without path.

@@ -18,7 +18,8 @@ pub struct AuthConfig {
     pub clock_skew_secs: u64,
     #[serde(default)]
     pub max_token_age_secs: u64,
-    #[serde(default)]
+    /// On by default (RFC 9068): a token not typed as an access token is refused.
+    #[serde(default = "defaults::require_at_jwt_typ")]
     pub require_at_jwt_typ: bool,
     #[serde(default = "defaults::jwks_refetch_min_interval_secs")]
     pub jwks_refetch_min_interval_secs: u64,
@@ -154,6 +155,9 @@ mod defaults {
             .into_iter()
             .map(String::from)
             .collect()
+    }
+    pub fn require_at_jwt_typ() -> bool {
+        true
     }
     pub fn clock_skew_secs() -> u64 {
         60

@@ -7,7 +7,8 @@
 //!    `crit`: keys come only from the configured JWKS, so a token that tries to say where
 //!    its key is (or embeds one) is an attack or a misconfiguration, and is refused
 //!    outright rather than ignored. No header field ever causes a fetch.
-//!    With `auth.require_at_jwt_typ`, `typ` must be `at+jwt` / `application/at+jwt`.
+//!    With `auth.require_at_jwt_typ` (the default), `typ` must be `at+jwt` /
+//!    `application/at+jwt`.
 //! 4. Key: the JWKS key with the token's `kid` (or, without `kid`, the only key that fits),
 //!    whose key type is the family of `alg` and whose declared `alg`, if any, is `alg`.
 //!    Because HS* is never accepted and every key is asymmetric, an RSA public key can
@@ -19,7 +20,7 @@
 //! 6. Not an ID token. An OpenID Connect ID token is refused even when its audience
 //!    matches, by this rule: the token carries a claim that only ID tokens carry
 //!    (`nonce`, `at_hash`, `c_hash`), or a `token_use` other than `access`, or a header
-//!    `typ` of `id_token`/`id+jwt`. (`require_at_jwt_typ = true` makes this airtight,
+//!    `typ` of `id_token`/`id+jwt`. (`require_at_jwt_typ`, on by default, makes this airtight,
 //!    since providers never type ID tokens `at+jwt`.)
 //!
 //! A token that passed every rule is remembered (by the SHA-256 of its exact bytes, up to

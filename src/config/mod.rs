@@ -550,7 +550,7 @@ mod tests {
         assert_eq!(a.algorithms, ["RS256", "PS256", "ES256", "EdDSA"]);
         assert_eq!(a.clock_skew_secs, 60);
         assert_eq!(a.max_token_age_secs, 0);
-        assert!(!a.require_at_jwt_typ);
+        assert!(a.require_at_jwt_typ);
         assert_eq!(a.jwks_refetch_min_interval_secs, 60);
         assert_eq!(a.jwks_max_staleness_secs, 86_400);
         assert_eq!(a.max_token_bytes, 8192);

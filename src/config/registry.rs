@@ -70,7 +70,7 @@ settings! {
     "auth.algorithms", List, "[\"RS256\", \"PS256\", \"ES256\", \"EdDSA\"]", "Bearer tokens: accepted signature algorithms (RS256/384/512, PS256/384/512, ES256/384, EdDSA); HS* and none are refused";
     "auth.clock_skew_secs", Int, "60", "Bearer tokens: leeway for exp/nbf/iat (at most 300)";
     "auth.max_token_age_secs", Int, "0", "Bearer tokens: refuse tokens whose iat is older than this (0 = off; when set, iat is required)";
-    "auth.require_at_jwt_typ", Bool, "false", "Bearer tokens: require header typ at+jwt (RFC 9068), which rules out ID tokens completely";
+    "auth.require_at_jwt_typ", Bool, "true", "Bearer tokens: require header typ at+jwt (RFC 9068), which rules out ID tokens completely; false accepts typ JWT or none (see operations: upgrading)";
     "auth.jwks_refetch_min_interval_secs", Int, "60", "Bearer tokens: an unknown kid (or a due refresh) fetches the JWKS at most once per this interval";
     "auth.jwks_max_staleness_secs", Int, "86400", "Bearer tokens: keep verifying with cached keys this long while the provider is unreachable";
     "auth.max_token_bytes", Int, "8192", "Bearer tokens: longer tokens are refused before parsing";

@@ -38,6 +38,9 @@ impl UserKind {
 #[derive(Clone, Debug)]
 pub struct UserRecord {
     pub id: UserId,
+    /// Person or service, as stored: the request's context follows this, never the
+    /// shape of the token that named the account.
+    pub kind: UserKind,
     pub disabled: bool,
     pub facility_id: Option<FacilityId>,
     pub patient_id: Option<PatientId>,
@@ -86,6 +89,7 @@ pub fn by_id(
 /// A user joined with one of its roles (or none).
 type UserRoleRow = (
     UserId,
+    String,
     Option<chrono::DateTime<chrono::Utc>>,
     Option<FacilityId>,
     Option<PatientId>,
@@ -102,6 +106,7 @@ fn find(
         .filter(users::issuer.eq(issuer).and(users::subject.eq(subject)))
         .select((
             users::id,
+            users::kind,
             users::disabled_at,
             users::facility_id,
             users::patient_id,
@@ -113,13 +118,14 @@ fn find(
     };
     Ok(Some(UserRecord {
         id: first.0,
-        disabled: first.1.is_some(),
-        facility_id: first.2,
-        patient_id: first.3,
+        kind: UserKind::from_db(&first.1)?,
+        disabled: first.2.is_some(),
+        facility_id: first.3,
+        patient_id: first.4,
         // A role code we no longer know grants nothing.
         roles: rows
             .iter()
-            .filter_map(|r| r.4.as_deref().and_then(Role::parse))
+            .filter_map(|r| r.5.as_deref().and_then(Role::parse))
             .collect(),
     }))
 }

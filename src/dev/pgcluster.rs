@@ -181,8 +181,14 @@ impl LocalCluster {
             Some(_) => "127.0.0.1",
             None => "",
         };
+        // The cluster trusts every connection (no passwords in development), so its socket
+        // is for its owner only: 0700 on the socket and on its folder. Otherwise any local
+        // user would be superuser on the dev database. (Root, which runs `custodian dev`
+        // when the server runs as `postgres`, passes these checks as root does.)
+        self.private_socket_dir()?;
         let options = format!(
             "-c listen_addresses='{listen}' -c port={} -c unix_socket_directories='{}' \
+             -c unix_socket_permissions=0700 \
              -c max_connections=300 -c fsync={} -c synchronous_commit=on",
             self.port(),
             self.socket_dir().display(),
@@ -197,6 +203,33 @@ impl LocalCluster {
             .args(["-w", "-t", "60", "-o", &options]);
         self.run(cmd, "pg_ctl start")
             .with_context(|| format!("see {}", self.log_file().display()))
+    }
+
+    /// Creates the socket folder if needed and makes it the server user's alone (also
+    /// for clusters created before the folder was private).
+    fn private_socket_dir(&self) -> anyhow::Result<()> {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = self.socket_dir();
+        std::fs::create_dir_all(&dir)
+            .with_context(|| format!("cannot create {}", dir.display()))?;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o700))
+            .with_context(|| format!("cannot make {} private", dir.display()))?;
+        if running_as_root() {
+            let status = Command::new("chown")
+                .arg("postgres:postgres")
+                .arg(&dir)
+                .status()
+                .context("cannot run chown")?;
+            if !status.success() {
+                bail!("cannot give {} to the postgres user", dir.display());
+            }
+        }
+        Ok(())
+    }
+
+    /// The folder holding the server's Unix socket.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket_dir().join(format!(".s.PGSQL.{}", self.port()))
     }
 
     pub fn stop(&self) -> anyhow::Result<()> {

@@ -103,12 +103,20 @@ pub async fn edge(
     Ok(ServiceResponse::new(req_back, response))
 }
 
-/// Answers before routing: oversized declared bodies and CORS preflights.
+/// Answers before routing: non-canonical paths, oversized declared bodies and CORS
+/// preflights.
 fn early_response(
     req: &ServiceRequest,
     settings: &EdgeSettings,
     allowed_origin: Option<&str>,
 ) -> Option<HttpResponse> {
+    // First: nothing below (nor the router, nor the redirect listener) may see a second
+    // spelling of a path (`web::path`).
+    if !super::path::is_canonical(req.path()) {
+        return Some(
+            crate::error::AppError::bad_request(super::path::NOT_CANONICAL).error_response(),
+        );
+    }
     let declared_len = req
         .headers()
         .get(header::CONTENT_LENGTH)

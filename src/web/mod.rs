@@ -5,6 +5,7 @@
 pub mod config;
 pub mod edge;
 pub mod json;
+pub mod path;
 pub mod ratelimit;
 pub mod redirect;
 pub mod render;

@@ -107,7 +107,7 @@ fn open<V: Sealable>(
                 .map(Phi::new)
                 .map_err(|e| {
                     tracing::error!(table = column.table, column = column.column, row = %row, error = %e, "cannot open sealed value");
-                    AppError::internal("sealed value could not be opened")
+                    AppError::Integrity
                 })
         })
         .transpose()

@@ -566,17 +566,28 @@ async fn provider_unreachable_from_the_start_fails_closed() {
     assert_eq!(res.status(), 503);
 }
 
+/// `typ: at+jwt` is required by default (issue 18, finding 11): a token typed `JWT`, or
+/// not typed at all, is refused unless the operator opts out.
 #[tokio::test]
-async fn at_jwt_typ_can_be_required() {
+async fn at_jwt_typ_is_required_by_default_and_can_be_relaxed() {
     let es = Signer::es256("es");
     let p = Provider::start(&[&es]).await;
-    let app = app_for(&p, &[("auth.require_at_jwt_typ", true.into())]).await;
-    assert_refused(&app, &es.sign(&claims(&p)), "typ JWT").await;
+    let app = app_for(&p, &[]).await;
+    let mut jwt = es.header();
+    jwt.typ = Some("JWT".into());
+    let mut untyped = es.header();
+    untyped.typ = None;
+    assert_refused(&app, &es.sign_with(jwt.clone(), &claims(&p)), "typ JWT").await;
+    assert_refused(&app, &es.sign_with(untyped.clone(), &claims(&p)), "no typ").await;
     for typ in ["at+jwt", "application/at+jwt", "AT+JWT"] {
         let mut h = es.header();
         h.typ = Some(typ.into());
         assert_ok(&app, &es.sign_with(h, &claims(&p))).await;
     }
+    // The documented opt-out for a provider that cannot type its access tokens.
+    let relaxed = app_for(&p, &[("auth.require_at_jwt_typ", false.into())]).await;
+    assert_ok(&relaxed, &es.sign_with(jwt, &claims(&p))).await;
+    assert_ok(&relaxed, &es.sign_with(untyped, &claims(&p))).await;
 }
 
 #[tokio::test]
@@ -684,4 +695,49 @@ async fn discovery_document_for_another_issuer_is_not_trusted() {
     let res = call(&app, &token).await;
     assert_eq!(res.status(), 503);
     assert_eq!(p.jwks_hits(), 0);
+}
+
+/// Issue 18, finding 11: the SMART context follows the account's kind in our database,
+/// not the token's shape. A service account's subject in a user-shaped token (issued to
+/// another client) is still the service: read in system context, where `user/` scopes
+/// grant nothing.
+#[tokio::test]
+async fn a_service_subject_in_a_user_shaped_token_keeps_the_service_context() {
+    use crate::support::world::{World, patient_json};
+    use custodian::db::users;
+    use custodian::policy::Role;
+    use diesel::prelude::*;
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-context", &[Role::Clinician]);
+    w.create(&doc, &patient_json("MRN-CTX-1", "Contextson"))
+        .await;
+    {
+        let mut c = w.app.db.conn();
+        let svc =
+            users::user_for(&mut c, &w.idp.issuer(), "svc-ctx", users::UserKind::Service).unwrap();
+        users::grant_role(&mut c, svc.id, Role::Service, "test setup", None).unwrap();
+        users::set_facility(&mut c, svc.id, Some(w.facility)).unwrap();
+    }
+    let token = |client: &str, scope: &str| {
+        w.signer.sign(&json!({
+            "iss": w.idp.issuer(), "aud": AUDIENCE, "sub": "svc-ctx", "exp": now() + 300,
+            "iat": now(), "client_id": client, "scope": scope,
+        }))
+    };
+    // Control: the service's own client-credentials token with a system scope.
+    let own = token("svc-ctx", "system/Patient.rs");
+    assert_eq!(w.get("/fhir/Patient", &own).await.status(), 200);
+    // The same subject through another client, user-shaped, with user scopes only.
+    let user_shaped = token("other-app", "user/Patient.rs");
+    let res = w.get("/fhir/Patient", &user_shaped).await;
+    assert_eq!(res.status(), 403, "served in user context");
+    let auth_method: String = {
+        use custodian::db::schema::audit_events::dsl::*;
+        audit_events
+            .order(seq.desc())
+            .select(auth_method)
+            .first(&mut w.app.db.conn())
+            .unwrap()
+    };
+    assert_eq!(auth_method, "client-credentials");
 }

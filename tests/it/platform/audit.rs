@@ -193,6 +193,43 @@ async fn app_role_cannot_update_delete_or_truncate_audit_tables() {
     assert_eq!(f.count(), 3);
 }
 
+/// Finding 8 of issue 18: the application role may lock and advance the chain head but
+/// never rewrite it in place (its hash, its checkpoint) nor point it past or before the
+/// last event.
+#[tokio::test]
+async fn app_role_cannot_overwrite_the_chain_head_in_place() {
+    // 12 events: checkpoint #1 at 10, head at 12.
+    let f = fixture_with_events(12).await;
+    let mut conn = f.db.conn();
+    conn.batch_execute("SET ROLE custodian_app").unwrap();
+    for sql in [
+        "UPDATE audit_chain_head SET hash = decode(repeat('ab', 32), 'hex')",
+        // A genuine hash of the chain, but not the head's.
+        "UPDATE audit_chain_head SET hash = (SELECT hash FROM audit_events WHERE seq = 11)",
+        "UPDATE audit_chain_head SET checkpoint_at = now() - interval '1 day'",
+        "UPDATE audit_chain_head SET checkpoint_seq = 12",
+        "UPDATE audit_chain_head SET checkpoint_no = checkpoint_no + 1, checkpoint_seq = 12",
+        // Advancing past the last event, with or without a plausible hash.
+        "UPDATE audit_chain_head SET seq = 13, hash = decode(repeat('cd', 32), 'hex')",
+        "UPDATE audit_chain_head SET seq = 13",
+    ] {
+        let err = conn.batch_execute(sql).unwrap_err().to_string();
+        assert!(
+            err.contains("append-only") || err.contains("only moves forward"),
+            "{sql}: {err}"
+        );
+    }
+    conn.batch_execute("RESET ROLE").unwrap();
+    drop(conn);
+    assert_eq!(f.head_seq(), 12);
+    assert_eq!(f.verify().unwrap().events, 12);
+    // The writer's own advancing updates (with and without a checkpoint) still pass.
+    let w = f.writer();
+    record_sequentially(&w, 9).await;
+    let ok = f.verify().unwrap();
+    assert_eq!((ok.events, ok.last_checkpoint), (21, Some(2)));
+}
+
 #[tokio::test]
 async fn changed_field_is_detected_at_its_position() {
     let f = fixture_with_events(25).await;

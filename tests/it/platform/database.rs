@@ -121,3 +121,71 @@ async fn concurrent_migrations_apply_each_version_once() {
         .execute(&mut admin)
         .unwrap();
 }
+
+/// The `custodian dev` cluster trusts every connection, so its socket must be its owner's
+/// alone (issue 18, finding 11): 0700 on the socket and on its folder, and another local
+/// user cannot connect.
+#[test]
+fn dev_cluster_socket_is_for_its_owner_only() {
+    use custodian::dev::pgcluster::{LocalCluster, running_as_root};
+    use std::os::unix::fs::PermissionsExt;
+    // Under the target folder: reachable by the `postgres` user when we are root.
+    let root = tempfile::Builder::new()
+        .prefix("socket-test-")
+        .tempdir_in(env!("CARGO_TARGET_TMPDIR"))
+        .unwrap();
+    std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let cluster = LocalCluster::new(root.path(), None, false).unwrap();
+    cluster.init_if_needed().unwrap();
+    cluster.start().unwrap();
+    let stop = scopeguard(|| {
+        let _ = cluster.stop();
+    });
+
+    let socket = std::fs::metadata(cluster.socket_path()).unwrap();
+    assert_eq!(socket.permissions().mode() & 0o777, 0o700, "socket mode");
+    let folder = std::fs::metadata(cluster.socket_path().parent().unwrap()).unwrap();
+    assert_eq!(
+        folder.permissions().mode() & 0o777,
+        0o700,
+        "socket folder mode"
+    );
+    // Its owner connects.
+    let mut conn = diesel::PgConnection::establish(&cluster.url("postgres")).unwrap();
+    diesel::sql_query("SELECT 1").execute(&mut conn).unwrap();
+    if running_as_root() {
+        // Another local user does not (`nobody` with psql, as any local account would).
+        let dir = cluster
+            .socket_path()
+            .parent()
+            .unwrap()
+            .display()
+            .to_string();
+        let out = std::process::Command::new("runuser")
+            .args(["-u", "nobody", "--", "psql", "-h", &dir, "-p", "5432"])
+            .args(["-U", "postgres", "-d", "postgres", "-w", "-c", "SELECT 1"])
+            .output()
+            .expect("runuser and psql (postgresql-client) are installed");
+        assert!(
+            !out.status.success(),
+            "another user connected to the dev cluster: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("Permission denied"), "{err}");
+    }
+    drop(stop);
+}
+
+/// Runs `f` when dropped (also when the test fails half-way).
+fn scopeguard<F: FnOnce()>(f: F) -> impl Drop {
+    struct Guard<F: FnOnce()>(Option<F>);
+    impl<F: FnOnce()> Drop for Guard<F> {
+        fn drop(&mut self) {
+            if let Some(f) = self.0.take() {
+                f()
+            }
+        }
+    }
+    Guard(Some(f))
+}

@@ -368,3 +368,72 @@ async fn requests_over_the_address_limit_get_429_with_retry_after() {
     // Health probes from a load balancer are never limited.
     assert_eq!(app.get("/healthz").await.status(), StatusCode::OK);
 }
+
+/// Spellings of API paths that a router or a browser would take for `/fhir/…` or
+/// `/api/…` once decoded or normalised (sent raw: HTTP clients would normalise them).
+const NON_CANONICAL: [&str; 16] = [
+    "/%66hir/Patient",
+    "/%66hir/metadata",
+    "/./fhir/Patient",
+    "/x/../fhir/Patient",
+    "/console/../fhir/Patient",
+    "/%61pi/admin/users",
+    "/FHIR",
+    "/FHIR/Patient",
+    "/Api/admin/users",
+    "//fhir/Patient",
+    "/fhir//Patient",
+    "/fhir%2FPatient",
+    "/fhir/%50atient",
+    "/%2e/fhir/Patient",
+    "/fhir/./metadata",
+    "/fhir;x/Patient",
+];
+
+fn status_of(response: &str) -> u16 {
+    response
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("no status line in {response:?}"))
+}
+
+fn raw_get(path: &str) -> String {
+    format!(
+        "GET {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer CANARY-TOKEN\r\n\
+         Connection: close\r\n\r\n"
+    )
+}
+
+#[tokio::test]
+async fn non_canonical_paths_are_refused_on_both_listeners() {
+    use crate::support::tlsclient::{raw_http, raw_https};
+    let app = TestApp::builder().with_redirect_listener().spawn().await;
+    let http = app.http.expect("redirect listener");
+    // Controls: the canonical spellings still behave as before.
+    let console = raw_http(http, &raw_get("/console")).await;
+    assert_eq!(status_of(&console), 308, "{console}");
+    assert_eq!(
+        status_of(&raw_http(http, &raw_get("/fhir/Patient")).await),
+        403
+    );
+    let metadata = raw_https(app.https, &raw_get("/fhir/metadata")).await;
+    assert_eq!(status_of(&metadata), 200, "{metadata}");
+
+    for path in NON_CANONICAL {
+        for (listener, res) in [
+            ("http", raw_http(http, &raw_get(path)).await),
+            ("https", raw_https(app.https, &raw_get(path)).await),
+        ] {
+            let lower = res.to_ascii_lowercase();
+            assert_eq!(status_of(&res), 400, "{listener} {path}: {res}");
+            assert!(!lower.contains("\r\nlocation:"), "{listener} {path}: {res}");
+            // Refused by the edge before routing: not served (as FHIR or anything else).
+            assert!(lower.contains("canonical form"), "{listener} {path}: {res}");
+            assert!(!res.contains("CANARY"), "{listener} {path}: {res}");
+            if listener == "https" {
+                assert!(lower.contains("strict-transport-security"), "{path}: {res}");
+            }
+        }
+    }
+}

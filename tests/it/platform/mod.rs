@@ -10,4 +10,5 @@ mod edge;
 mod layout;
 mod logs;
 mod seed;
+mod shutdown;
 mod tls;

@@ -54,9 +54,12 @@ impl Signer {
         serde_json::to_value(jwk).unwrap()
     }
 
+    /// An access token's header: `typ: at+jwt` (RFC 9068), as Custodian requires by
+    /// default.
     pub fn header(&self) -> Header {
         let mut h = Header::new(self.alg);
         h.kid = Some(self.kid.clone());
+        h.typ = Some("at+jwt".into());
         h
     }
 

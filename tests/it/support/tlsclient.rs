@@ -118,3 +118,46 @@ pub async fn openssl_handshake(addr: SocketAddr, args: &[&str]) -> bool {
         .any(|l| l.starts_with("New, ") && !l.contains("(NONE)"));
     established && out.status.success()
 }
+
+/// A TLS connection to the test server (HTTP/1.1 by ALPN, trusting the test
+/// certificate), for tests that write requests byte by byte.
+pub async fn tls_stream(
+    addr: SocketAddr,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let mut roots = RootCertStore::empty();
+    for cert in rustls_pemfile_certs(&super::test_cert().cert_pem) {
+        roots.add(cert).unwrap();
+    }
+    let mut config =
+        ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth();
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap()
+}
+
+/// Sends `request` byte for byte over TLS and returns the whole response. For request
+/// targets that HTTP clients would normalise (`/./fhir`, `/x/../fhir`) or refuse.
+pub async fn raw_https(addr: SocketAddr, request: &str) -> String {
+    let mut tls = tls_stream(addr).await;
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    // A server may close without close_notify after `Connection: close`.
+    let _ = tls.read_to_end(&mut buf).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
+
+/// [`raw_https`] over plain TCP (the redirect listener).
+pub async fn raw_http(addr: SocketAddr, request: &str) -> String {
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tcp.read_to_end(&mut buf).await;
+    String::from_utf8_lossy(&buf).into_owned()
+}
