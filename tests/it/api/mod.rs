@@ -2,6 +2,7 @@
 //! over every route of the table.
 
 mod admin;
+mod attribution;
 mod auth;
 mod patient;
 mod resources;
