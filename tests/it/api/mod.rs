@@ -7,3 +7,4 @@ mod auth;
 mod patient;
 mod resources;
 mod routes;
+mod strict_input;
