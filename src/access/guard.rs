@@ -12,12 +12,12 @@ use crate::audit::flood::Source;
 use crate::audit::{Actor, AuditAction, AuditContext, DenyReason, Recorder, What};
 use crate::policy::Action;
 use crate::state::AppState;
+use crate::web::edge::EdgeRefusal;
 use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::Payload;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use crate::web::edge::EdgeRefusal;
-use actix_web::dev::Payload;
 use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
@@ -91,7 +91,9 @@ pub async fn contain(
     let edge_refusal = req.extensions_mut().remove::<EdgeRefusal>();
     let res = if let Some(refusal) = edge_refusal {
         let response = match (action, &slot) {
-            (Some(action), Some(slot)) => answer_edge_refusal(&http_req, slot, action, refusal).await,
+            (Some(action), Some(slot)) => {
+                answer_edge_refusal(&http_req, slot, action, refusal).await
+            }
             _ => refusal.response(),
         };
         ServiceResponse::new(http_req.clone(), response)

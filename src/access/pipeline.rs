@@ -4,8 +4,12 @@
 //!    certificate, and the route's policy [`Action`] that the route table's wrapper
 //!    inserted ([`super::RouteAction`]). A refusal here is audited as a failed login.
 //! 2. **resolve the principal** — [`Credentials::resolve_with`]: our user row and roles
-//!    (every request), disabled accounts and the per-principal rate limit, all in one
-//!    blocking database hop that continues with the handler's work:
+//!    (every request); from here every event names the principal. The per-principal
+//!    rate limit, a disabled account, and a scope or role that does not allow the route's
+//!    action at all ([`policy::capability`], [`policy::decide_admin`]) are refused before
+//!    anything the request names is looked at — so an existing and a missing id get the
+//!    same answer — all in one blocking database hop that continues with the handler's
+//!    work:
 //! 3. **load the policy facts and decide** — [`Pipeline::record_access`] /
 //!    [`Pipeline::decide`] ask [`policy::decide`] about *the route's* resource type and
 //!    interaction: a handler names neither, so it cannot ask about anything else;
@@ -154,7 +158,9 @@ impl Pipeline {
             Refusal::RateLimited { retry_after_secs } => {
                 let source = Source::Principal(self.principal.user_id());
                 (
-                    recorder.rate_limited(what, &self.state.floods, source).await,
+                    recorder
+                        .rate_limited(what, &self.state.floods, source)
+                        .await,
                     AppError::RateLimited { retry_after_secs },
                 )
             }

@@ -411,7 +411,9 @@ impl AuditEvent {
             source_ip: self.source_ip.map(|ip| ip.to_string()),
             user_agent: self.user_agent.map(|u| u.code().to_string()),
             request_id: self.request_id.as_ref().map(|r| r.as_str().to_string()),
-            occurrences: self.occurrences.map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+            occurrences: self
+                .occurrences
+                .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
         }
     }
 }

@@ -101,8 +101,7 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], limits: JsonLimits) -> Result<T,
     })?;
     // One document and nothing after it but whitespace: `{…}garbage` or two documents
     // would otherwise be accepted as the first one (serde stops at its end).
-    de.end()
-        .map_err(|_| AppError::bad_request(TRAILING_DATA))?;
+    de.end().map_err(|_| AppError::bad_request(TRAILING_DATA))?;
     Ok(value)
 }
 
@@ -223,7 +222,7 @@ mod tests {
             br#"{"name":"a"} x"#,
             b"{\"name\":\"a\"}\x00",
         ] {
-            let err = parse::<Probe>(body, LIMITS).err().expect("refused");
+            let err = parse::<Probe>(body, LIMITS).expect_err("refused");
             assert_eq!(err.to_string(), TRAILING_DATA);
         }
         // Whitespace after the document is not data.

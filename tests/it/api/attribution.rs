@@ -249,7 +249,11 @@ async fn every_refusal_kind_with_and_without_a_valid_token() {
         assert_eq!(status, expected, "{case}");
         assert_eq!(events.len(), 1, "{case}: exactly one event: {events:?}");
         let e = &events[0];
-        assert_eq!(e.actor, Some(doc_id.as_uuid()), "{case}: the actor is named");
+        assert_eq!(
+            e.actor,
+            Some(doc_id.as_uuid()),
+            "{case}: the actor is named"
+        );
         if expected == 403 {
             // A clinician calling the admin API: refused before the body is looked at.
             assert_eq!(
@@ -258,14 +262,21 @@ async fn every_refusal_kind_with_and_without_a_valid_token() {
                 "{case}"
             );
         } else {
-            assert_eq!((e.outcome.as_str(), e.reason.as_deref()), ("error", None), "{case}");
+            assert_eq!(
+                (e.outcome.as_str(), e.reason.as_deref()),
+                ("error", None),
+                "{case}"
+            );
         }
         assert_ne!(e.action, "login-failed", "{case}");
     }
     // 3. A disabled account: 403 for every one of them, one denial naming the account.
     for (case, req, _) in cases(Some(&gone)) {
         let (status, events) = send(&w, req).await;
-        assert_eq!(status, 403, "{case}: the account is refused before its input");
+        assert_eq!(
+            status, 403,
+            "{case}: the account is refused before its input"
+        );
         assert_eq!(events.len(), 1, "{case}: exactly one event: {events:?}");
         let e = &events[0];
         assert_eq!(
@@ -273,8 +284,15 @@ async fn every_refusal_kind_with_and_without_a_valid_token() {
             ("deny", Some("revoked")),
             "{case}"
         );
-        assert_eq!(e.actor, Some(gone_id.as_uuid()), "{case}: the account is named");
-        assert_ne!(e.action, "login-failed", "{case}: a known account is not a failed login");
+        assert_eq!(
+            e.actor,
+            Some(gone_id.as_uuid()),
+            "{case}: the account is named"
+        );
+        assert_ne!(
+            e.action, "login-failed",
+            "{case}: a known account is not a failed login"
+        );
     }
     // 4. A token in the query string is refused like a bad token, with or without a
     //    valid header (it would be logged): 401, one failed login.
@@ -337,7 +355,10 @@ async fn per_address_floods_leave_one_event_per_window_with_a_count() {
         (first.outcome.as_str(), first.reason.as_deref()),
         ("deny", Some("rate-limited"))
     );
-    assert_eq!(first.actor, None, "refused before authentication, on purpose");
+    assert_eq!(
+        first.actor, None,
+        "refused before authentication, on purpose"
+    );
     assert_eq!(first.source_ip.as_deref(), Some("127.0.0.1"));
     assert!(first.request_id.is_some());
     assert_eq!(first.occurrences, None);
@@ -354,7 +375,11 @@ async fn per_address_floods_leave_one_event_per_window_with_a_count() {
         let search = w.app.client.get(w.app.url("/fhir/Patient?family=x"));
         assert_eq!(search.send().await.unwrap().status(), 429);
     }
-    assert_eq!(events_after(&w.app, start).len(), 2, "the flood is only counted");
+    assert_eq!(
+        events_after(&w.app, start).len(),
+        2,
+        "the flood is only counted"
+    );
     // Console and public routes are limited too, without audit events.
     assert_eq!(w.app.get("/console/signin").await.status(), 429);
     assert_eq!(w.app.get("/fhir/metadata").await.status(), 429);
@@ -379,7 +404,10 @@ async fn per_address_floods_leave_one_event_per_window_with_a_count() {
     assert_eq!(read_summary.occurrences, Some(20), "the 20 counted reads");
     assert_eq!(read_summary.resource_type.as_deref(), Some("Patient"));
     assert_eq!(
-        (read_summary.outcome.as_str(), read_summary.reason.as_deref()),
+        (
+            read_summary.outcome.as_str(),
+            read_summary.reason.as_deref()
+        ),
         ("deny", Some("rate-limited"))
     );
     assert_eq!(read_summary.source_ip.as_deref(), Some("127.0.0.1"));
@@ -444,11 +472,19 @@ async fn per_principal_floods_name_the_actor_and_are_aggregated() {
     .await;
     assert_eq!(status, 429);
     assert_eq!(events.len(), 1, "{events:?}");
-    assert_eq!(events[0].actor, Some(doc_id.as_uuid()), "the principal is named");
+    assert_eq!(
+        events[0].actor,
+        Some(doc_id.as_uuid()),
+        "the principal is named"
+    );
     assert_eq!(events[0].reason.as_deref(), Some("rate-limited"));
     assert_eq!(events[0].action, "read");
     // With bad input too: the limit comes before the input, and is only counted.
-    for p in [path.clone(), format!("{path}?_elements=x"), "/fhir/Patient/x".into()] {
+    for p in [
+        path.clone(),
+        format!("{path}?_elements=x"),
+        "/fhir/Patient/x".into(),
+    ] {
         assert_eq!(w.get(&p, &doc).await.status(), 429, "{p}");
     }
     assert_eq!(events_after(&w.app, start).len(), 1);
@@ -464,7 +500,10 @@ async fn per_principal_floods_name_the_actor_and_are_aggregated() {
     assert_eq!(events[0].occurrences, Some(3), "the three counted refusals");
     assert_eq!(events[0].actor, Some(doc_id.as_uuid()));
     assert_eq!(events[0].reason.as_deref(), Some("rate-limited"));
-    assert_eq!(events[0].source_ip, None, "a principal's summary names no address");
+    assert_eq!(
+        events[0].source_ip, None,
+        "a principal's summary names no address"
+    );
     assert_eq!(events[1].occurrences, None);
     assert_eq!(events[1].actor, Some(doc_id.as_uuid()));
 }
@@ -476,7 +515,9 @@ async fn per_principal_floods_name_the_actor_and_are_aggregated() {
 async fn a_missing_scope_or_role_answers_the_same_for_existing_and_missing_ids() {
     let w = World::new().await;
     let (author_id, author) = w.user("dr-author", &[Role::Clinician]);
-    let patient = w.create(&author, &patient_json("MRN-8831", "Existson")).await;
+    let patient = w
+        .create(&author, &patient_json("MRN-8831", "Existson"))
+        .await;
     let res = w
         .send(
             Method::POST,
@@ -568,7 +609,10 @@ async fn a_missing_scope_or_role_answers_the_same_for_existing_and_missing_ids()
             }
             assert_eq!(answers[0].0, 403, "{who} {what}");
             for (path, answer) in paths.iter().zip(&answers) {
-                assert_eq!(answer, &answers[0], "{who} {what}: {path} answers differently");
+                assert_eq!(
+                    answer, &answers[0],
+                    "{who} {what}: {path} answers differently"
+                );
             }
         }
         // A create names a patient: an existing and a missing one get the same answer.
@@ -584,10 +628,16 @@ async fn a_missing_scope_or_role_answers_the_same_for_existing_and_missing_ids()
                 .await;
             let status = res.status().as_u16();
             let request_id = res.headers()["x-request-id"].to_str().unwrap().to_string();
-            answers.push((status, res.text().await.unwrap().replace(&request_id, "<id>")));
+            answers.push((
+                status,
+                res.text().await.unwrap().replace(&request_id, "<id>"),
+            ));
         }
         assert_eq!(answers[0].0, 403, "{who}: create");
-        assert_eq!(answers[0], answers[1], "{who}: create for an existing or a missing patient");
+        assert_eq!(
+            answers[0], answers[1],
+            "{who}: create for an existing or a missing patient"
+        );
     }
 }
 
@@ -609,7 +659,11 @@ async fn the_user_agent_reaches_the_trail_as_a_class_never_as_text() {
     ];
     for (agent, class) in cases {
         for token in [Some(doc.as_str()), None] {
-            let mut req = w.app.client.get(w.app.url(&path)).header("user-agent", agent);
+            let mut req = w
+                .app
+                .client
+                .get(w.app.url(&path))
+                .header("user-agent", agent);
             if let Some(t) = token {
                 req = req.header("authorization", format!("Bearer {t}"));
             }

@@ -67,7 +67,11 @@ async fn a_disabled_account_reads_nothing_even_with_bad_input() {
         let last = events.last().unwrap();
         // Authentication succeeded: a refused read by a known account, not a failed login
         // (this test expected `login-failed` by nobody before attribution was fixed).
-        assert_eq!((last.0.as_str(), last.1.as_str()), ("read", "deny"), "{path}");
+        assert_eq!(
+            (last.0.as_str(), last.1.as_str()),
+            ("read", "deny"),
+            "{path}"
+        );
         assert!(last.2.is_empty(), "{path}");
         let new = crate::api::attribution::events_after(&w.app, before);
         assert_eq!(new.len(), 1, "{path}");
@@ -551,7 +555,11 @@ async fn every_request_to_a_phi_route_leaves_exactly_one_audit_event() {
         assert_eq!(events.len(), before + 1, "{case}: exactly one audit event");
         // The actor whenever authentication succeeded, nobody otherwise.
         let new = crate::api::attribution::events_after(&w.app, seq);
-        let actor = if status == 401 { None } else { Some(doc_id.as_uuid()) };
+        let actor = if status == 401 {
+            None
+        } else {
+            Some(doc_id.as_uuid())
+        };
         assert_eq!(new[0].actor, actor, "{case}: the actor");
         let last = events.last().unwrap();
         let expected_outcome = if status == 200 {

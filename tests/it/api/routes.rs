@@ -365,7 +365,11 @@ impl Setup {
         let res = self.send(route, token).await;
         if matches!(route.action, Action::Fhir(..) | Action::Admin(_)) {
             let events = events_after(&self.w.app, before);
-            assert_eq!(events.len(), 1, "{case}: exactly one audit event: {events:?}");
+            assert_eq!(
+                events.len(),
+                1,
+                "{case}: exactly one audit event: {events:?}"
+            );
             assert_eq!(events[0].actor, actor, "{case}: the actor: {events:?}");
         }
         res
@@ -573,9 +577,8 @@ async fn every_audited_route_leaves_one_event_naming_the_actor_for_each_refusal(
             Action::Admin(_) => (admin.as_str(), Some(admin_id.as_uuid())),
             _ => (author_token.as_str(), author),
         };
-        let bearer = |r: reqwest::RequestBuilder, t: &str| {
-            r.header("authorization", format!("Bearer {t}"))
-        };
+        let bearer =
+            |r: reqwest::RequestBuilder, t: &str| r.header("authorization", format!("Bearer {t}"));
         let cases: Vec<(&str, reqwest::RequestBuilder, u16, Option<Uuid>)> = vec![
             (
                 "no token, a query token",
@@ -617,7 +620,11 @@ async fn every_audited_route_leaves_one_event_naming_the_actor_for_each_refusal(
             let res = req.send().await.unwrap();
             assert_eq!(res.status().as_u16(), status, "{case}");
             let events = events_after(&w.app, before);
-            assert_eq!(events.len(), 1, "{case}: exactly one audit event: {events:?}");
+            assert_eq!(
+                events.len(),
+                1,
+                "{case}: exactly one audit event: {events:?}"
+            );
             assert_eq!(events[0].actor, actor, "{case}: the actor: {events:?}");
             let expected_outcome = if status == 400 || status == 413 {
                 "error"

@@ -41,7 +41,10 @@ async fn a_body_with_data_after_the_document_is_a_400_and_stores_nothing() {
             text.contains("The request body has data after the JSON document."),
             "{text}"
         );
-        assert!(!text.contains("CANARY") && !text.contains("Strictson"), "{text}");
+        assert!(
+            !text.contains("CANARY") && !text.contains("Strictson"),
+            "{text}"
+        );
     }
     assert_eq!(patients(&w), 0, "nothing was stored");
     // Whitespace after the document is not data.

@@ -377,7 +377,10 @@ async fn events_never_contain_phi_given_to_the_request() {
     assert!(all.contains(&request_id), "{all}");
     // The agent's class only: the header is free text the caller controls.
     assert!(all.contains("\"user_agent\":\"other\""), "{all}");
-    assert!(!all.contains("test-agent") && !all.contains("123-45-6789"), "{all}");
+    assert!(
+        !all.contains("test-agent") && !all.contains("123-45-6789"),
+        "{all}"
+    );
     assert!(all.contains("127.0.0.1"), "{all}");
 }
 
