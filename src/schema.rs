@@ -210,6 +210,7 @@ diesel::table! {
         user_agent -> Nullable<Text>,
         request_id -> Nullable<Text>,
         hash -> Bytea,
+        occurrences -> Nullable<Int4>,
     }
 }
 

@@ -18,6 +18,9 @@ pub struct AppState {
     pub audit: crate::audit::AuditWriter,
     /// Per-principal request limit (`ratelimit.per_principal_*`), shared by all workers.
     pub principal_limit: Option<std::sync::Arc<ratelimit::RateLimiter>>,
+    /// Rate-limited refusals aggregated per source and window before they reach the
+    /// audit trail ([`crate::audit::flood`]).
+    pub floods: std::sync::Arc<crate::audit::flood::FloodTally>,
     /// Client certificates (SHA-256) that identify service principals (`tls.client_identities`).
     pub client_identities: std::sync::Arc<std::collections::HashMap<[u8; 32], String>>,
     /// Origin of `server.public_url`, accepted as the Origin of console form posts.

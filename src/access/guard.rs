@@ -7,15 +7,18 @@
 //! by an extractor (bad query, bad body), failed in a handler before it audited — the
 //! guard records it before the response leaves, failing closed like any audit write.
 
-use super::RouteAction;
+use super::{Pipeline, RouteAction};
+use crate::audit::flood::Source;
 use crate::audit::{Actor, AuditAction, AuditContext, DenyReason, Recorder, What};
 use crate::policy::Action;
 use crate::state::AppState;
+use crate::web::edge::EdgeRefusal;
 use actix_web::body::{BoxBody, MessageBody};
+use actix_web::dev::Payload;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::Next;
-use actix_web::{HttpMessage, HttpRequest, ResponseError, web};
+use actix_web::{FromRequest, HttpMessage, HttpRequest, ResponseError, web};
 use futures_util::FutureExt;
 use std::panic::AssertUnwindSafe;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -84,16 +87,28 @@ pub async fn contain(
         req.extensions_mut().insert(slot.clone());
         slot
     });
-    let res = match AssertUnwindSafe(next.call(req)).catch_unwind().await {
-        Ok(Ok(res)) => res.map_into_boxed_body(),
-        Ok(Err(err)) => ServiceResponse::new(http_req.clone(), err.error_response()),
-        Err(_) => {
-            // The panic payload may hold request data; it is not logged.
-            tracing::error!("request handler panicked");
-            ServiceResponse::new(
-                http_req.clone(),
-                crate::error::AppError::internal("handler panicked").error_response(),
-            )
+    // A refusal the edge decided before routing: answered here, without the handler.
+    let edge_refusal = req.extensions_mut().remove::<EdgeRefusal>();
+    let res = if let Some(refusal) = edge_refusal {
+        let response = match (action, &slot) {
+            (Some(action), Some(slot)) => {
+                answer_edge_refusal(&http_req, slot, action, refusal).await
+            }
+            _ => refusal.response(),
+        };
+        ServiceResponse::new(http_req.clone(), response)
+    } else {
+        match AssertUnwindSafe(next.call(req)).catch_unwind().await {
+            Ok(Ok(res)) => res.map_into_boxed_body(),
+            Ok(Err(err)) => ServiceResponse::new(http_req.clone(), err.error_response()),
+            Err(_) => {
+                // The panic payload may hold request data; it is not logged.
+                tracing::error!("request handler panicked");
+                ServiceResponse::new(
+                    http_req.clone(),
+                    crate::error::AppError::internal("handler panicked").error_response(),
+                )
+            }
         }
     };
     if let (Some(action), Some(slot)) = (action, slot)
@@ -104,8 +119,56 @@ pub async fn contain(
     Ok(res)
 }
 
-/// What the fallback event of a route is about: its action, and its resource kind.
-fn fallback_what(action: Action) -> What {
+/// Audits and answers a refusal of the edge on an audited route:
+/// - over the per-address limit: before authentication on purpose (a flood must stay
+///   cheap: no token check, no database), aggregated per address and window
+///   ([`crate::audit::flood`]), anonymous;
+/// - a declared body over the limit: authenticated first like every other input error
+///   (401 without valid credentials, the principal's own refusals next), then 413 with the
+///   principal as actor — the body is never read.
+async fn answer_edge_refusal(
+    req: &HttpRequest,
+    slot: &Arc<AuditSlot>,
+    action: Action,
+    refusal: EdgeRefusal,
+) -> actix_web::HttpResponse {
+    let Some(state) = req.app_data::<web::Data<AppState>>() else {
+        return crate::error::AppError::internal("app state missing").error_response();
+    };
+    match refusal {
+        EdgeRefusal::RateLimited { .. } => {
+            let recorder = Recorder::new(
+                state.audit.clone(),
+                AuditContext::from_request(req),
+                Actor::anonymous(),
+            )
+            .marking(slot.flag());
+            let source = match req.peer_addr() {
+                Some(peer) => Source::Address(peer.ip()),
+                None => Source::Overflow,
+            };
+            match recorder
+                .rate_limited(route_what(action), &state.floods, source)
+                .await
+            {
+                Ok(()) => refusal.response(),
+                Err(unavailable) => unavailable.error_response(),
+            }
+        }
+        EdgeRefusal::TooLarge => {
+            // No payload: the pipeline reads headers only. Its refusals are audited by
+            // itself; otherwise the guard's event below names the principal.
+            match Pipeline::from_request(req, &mut Payload::None).await {
+                Ok(_) => refusal.response(),
+                Err(e) => e.error_response(),
+            }
+        }
+    }
+}
+
+/// What the events of a route are about when nothing more specific is known (the guard's
+/// fallback, refusals before the handler): its action, and its resource kind.
+pub(super) fn route_what(action: Action) -> What {
     match action {
         Action::Fhir(resource, interaction) => {
             What::new(AuditAction::from(interaction)).on(resource)
@@ -142,7 +205,7 @@ async fn ensure_event(
             Actor::anonymous(),
         )
     });
-    let what = fallback_what(action);
+    let what = route_what(action);
     let recorded = match status.as_u16() {
         401 => recorder.deny(what, [], DenyReason::NotAuthenticated).await,
         403 => recorder.deny(what, [], DenyReason::Policy).await,
@@ -168,9 +231,9 @@ mod tests {
     fn fhir_fallback_events_carry_the_routes_interaction() {
         for i in Interaction::ALL {
             let a = Action::Fhir(ResourceType::Patient, i);
-            assert_eq!(fallback_what(a).action, AuditAction::from(i));
+            assert_eq!(route_what(a).action, AuditAction::from(i));
             assert_eq!(
-                fallback_what(a).kind,
+                route_what(a).kind,
                 Some(crate::audit::ResourceType::Patient)
             );
         }
@@ -180,10 +243,10 @@ mod tests {
     fn admin_fallback_events_carry_the_routes_real_action() {
         use crate::policy::admin::AdminAction;
         for a in AdminAction::ALL {
-            assert_eq!(fallback_what(Action::Admin(a)), What::from(a), "{a:?}");
+            assert_eq!(route_what(Action::Admin(a)), What::from(a), "{a:?}");
         }
         assert_eq!(
-            fallback_what(Action::Admin(AdminAction::ReadUser)).action,
+            route_what(Action::Admin(AdminAction::ReadUser)).action,
             AuditAction::Read
         );
     }

@@ -4,8 +4,12 @@
 //!    certificate, and the route's policy [`Action`] that the route table's wrapper
 //!    inserted ([`super::RouteAction`]). A refusal here is audited as a failed login.
 //! 2. **resolve the principal** — [`Credentials::resolve_with`]: our user row and roles
-//!    (every request), disabled accounts and the per-principal rate limit, all in one
-//!    blocking database hop that continues with the handler's work:
+//!    (every request); from here every event names the principal. The per-principal
+//!    rate limit, a disabled account, and a scope or role that does not allow the route's
+//!    action at all ([`policy::capability`], [`policy::decide_admin`]) are refused before
+//!    anything the request names is looked at — so an existing and a missing id get the
+//!    same answer — all in one blocking database hop that continues with the handler's
+//!    work:
 //! 3. **load the policy facts and decide** — [`Pipeline::record_access`] /
 //!    [`Pipeline::decide`] ask [`policy::decide`] about *the route's* resource type and
 //!    interaction: a handler names neither, so it cannot ask about anything else;
@@ -22,6 +26,7 @@ use super::RouteAction;
 use super::guard::AuditSlot;
 use super::principal::{self, Principal};
 use super::refusal;
+use crate::audit::flood::Source;
 use crate::audit::{Actor, AuditAction, AuditContext, DenyReason, PurposeOfUse, Recorder, What};
 use crate::auth::Bearer;
 use crate::db::users::{self, UserKind};
@@ -107,6 +112,77 @@ impl Pipeline {
             &self.principal.user.roles,
             self.principal.token.scopes.admin(),
         )
+    }
+
+    /// Whether the principal is refused whatever its request names: over its rate limit,
+    /// a disabled account, or without the scope or role for the route's action at all
+    /// ([`policy::capability`], [`policy::decide_admin`]).
+    fn refusal(&self) -> Option<Refusal> {
+        let user = &self.principal.user;
+        if let Some(limit) = &self.state.principal_limit
+            && let Err(wait) = limit.check(&user.id.to_string())
+        {
+            return Some(Refusal::RateLimited {
+                retry_after_secs: wait.as_secs() + 1,
+            });
+        }
+        if user.disabled {
+            return Some(Refusal::Disabled);
+        }
+        let capable = match self.action {
+            Action::Fhir(resource, interaction) => {
+                let context = self.principal.context();
+                let scopes = &self.principal.token.scopes;
+                let allows = move |r: ResourceType, i: Interaction| scopes.allows(context, r, i);
+                let subject = policy::Subject {
+                    user_id: user.id,
+                    roles: &user.roles,
+                    scope_allows: &allows,
+                    facility_id: user.facility_id,
+                    own_patient_id: user.patient_id,
+                };
+                policy::capability(&subject, resource, interaction)
+            }
+            Action::Admin(_) => self.decide_admin(),
+            Action::Public | Action::ConsoleSignIn | Action::Console => Ok(()),
+        };
+        capable.err().map(Refusal::Capability)
+    }
+
+    /// Audits `refusal` with the principal as actor and the route's action, and answers
+    /// it (a missing capability through [`refusal`]'s mapping).
+    async fn refuse(&self, refusal: Refusal) -> AppError {
+        let what = super::guard::route_what(self.action);
+        let recorder = &self.recorder;
+        let (recorded, answer) = match refusal {
+            Refusal::RateLimited { retry_after_secs } => {
+                let source = Source::Principal(self.principal.user_id());
+                (
+                    recorder
+                        .rate_limited(what, &self.state.floods, source)
+                        .await,
+                    AppError::RateLimited { retry_after_secs },
+                )
+            }
+            Refusal::Disabled => (
+                recorder.deny(what, [], DenyReason::Revoked).await,
+                AppError::client(
+                    StatusCode::FORBIDDEN,
+                    "Access denied: this account is disabled.",
+                ),
+            ),
+            Refusal::Capability(reason) => (
+                recorder.deny(what, [], reason).await,
+                match self.action {
+                    Action::Admin(_) => refusal::on_admin(reason),
+                    _ => refusal::on_capability(reason),
+                },
+            ),
+        };
+        match recorded {
+            Ok(()) => answer,
+            Err(unavailable) => unavailable,
+        }
     }
 
     /// On one record of a patient: loads the patient's facility and care-team facts and
@@ -331,8 +407,8 @@ fn record_facts(
     }
 }
 
-/// Records a refusal before a principal exists (bad credentials, disabled account, rate
-/// limit) as a failed login by an anonymous actor, then answers `err`.
+/// Records a refusal before a principal exists (bad or missing credentials) as a failed
+/// login by an anonymous actor, then answers `err`.
 async fn refuse(recorder: Recorder, reason: DenyReason, err: AppError) -> AppError {
     let what = What::new(AuditAction::LoginFailed);
     match recorder.deny(what, [], reason).await {
@@ -358,11 +434,20 @@ pub struct Credentials {
 /// What the blocking part of [`Credentials::resolve_with`] ends with.
 enum Loaded<T> {
     Ready(Box<Pipeline>, T),
-    /// A disabled account or a principal over its rate limit: audited as a failed login.
-    Refused {
-        reason: DenyReason,
-        err: AppError,
-    },
+    /// Refused after authentication, before anything the request names was looked at:
+    /// audited with the principal as actor ([`Pipeline::refuse`]).
+    Refused(Box<Pipeline>, Refusal),
+}
+
+/// Why an authenticated principal is refused before its request is looked at.
+#[derive(Clone, Copy, Debug)]
+enum Refusal {
+    /// Over the per-principal rate limit (aggregated in the trail, see `audit::flood`).
+    RateLimited { retry_after_secs: u64 },
+    /// The account is disabled.
+    Disabled,
+    /// The token's scopes or the user's roles do not allow the route's action at all.
+    Capability(policy::DenyReason),
 }
 
 /// An anonymous recorder for this request (refusals before a principal exists).
@@ -375,10 +460,12 @@ fn anonymous(state: &AppState, audit: &AuditContext, slot: Option<&AuditSlot>) -
 }
 
 impl Credentials {
-    /// Loads the user (our roles, never the token's), refuses a disabled account or a
-    /// principal over its rate limit (audited) or a bad purpose-of-use header; then runs
-    /// `then` with the [`Pipeline`] on the same connection, in one blocking hop. The
-    /// request's audit guard knows the principal before `then` runs.
+    /// Loads the user (our roles, never the token's); refuses a principal over its rate
+    /// limit, a disabled account, or a principal without the scope or role for the
+    /// route's action — all audited with the principal as actor, before anything the
+    /// request names is looked at — then a bad purpose-of-use header; then runs `then`
+    /// with the [`Pipeline`] on the same connection, in one blocking hop. The request's
+    /// audit guard knows the principal (its recorder) from the moment it is loaded.
     pub async fn resolve_with<T, F>(self, then: F) -> Result<(Pipeline, T), AppError>
     where
         F: FnOnce(&mut diesel::PgConnection, &Pipeline) -> Result<T, AppError> + Send + 'static,
@@ -397,43 +484,26 @@ impl Credentials {
             crate::auth::Grant::User => UserKind::Person,
         };
         let shared = state.clone();
-        let audit_back = audit.clone();
-        let slot_back = slot.clone();
         let loaded = state
             .db
             .run(move |conn| {
                 let user = users::user_for(conn, &token.issuer, &token.subject, kind)?;
-                let refusal = if user.disabled {
-                    let err = AppError::client(
-                        StatusCode::FORBIDDEN,
-                        "Access denied: this account is disabled.",
-                    );
-                    Some((DenyReason::Revoked, err))
-                } else if let Some(limit) = &shared.principal_limit
-                    && let Err(wait) = limit.check(&user.id.to_string())
-                {
-                    let err = AppError::RateLimited {
-                        retry_after_secs: wait.as_secs() + 1,
-                    };
-                    Some((DenyReason::RateLimited, err))
-                } else {
-                    None
-                };
-                if let Some((reason, err)) = refusal {
-                    return Ok(Loaded::Refused { reason, err });
-                }
+                // Authentication succeeded: from here on every event names the actor.
+                let valid_purpose = purpose.as_ref().ok().copied();
                 let principal = Principal {
                     user,
                     token,
-                    purpose: purpose?,
+                    purpose: valid_purpose.unwrap_or(PurposeOfUse::Treatment),
                 };
-                let purpose = match action {
-                    Action::Admin(_) => PurposeOfUse::SystemAdministration,
-                    _ => principal.purpose,
+                let recorded_purpose = match action {
+                    Action::Admin(_) => Some(PurposeOfUse::SystemAdministration),
+                    _ => valid_purpose,
                 };
                 let mut recorder = Recorder::new(shared.audit.clone(), audit, principal.actor())
-                    .with_client_app(principal.client_app())
-                    .with_purpose(purpose);
+                    .with_client_app(principal.client_app());
+                if let Some(purpose) = recorded_purpose {
+                    recorder = recorder.with_purpose(purpose);
+                }
                 if let Some(slot) = &slot {
                     recorder = recorder.marking(slot.flag());
                     slot.set_recorder(recorder.clone());
@@ -444,16 +514,19 @@ impl Credentials {
                     recorder,
                     state: shared,
                 };
+                // The principal's own refusals, before anything the request names (an id,
+                // a patient, a body, a header) is looked at or looked up.
+                if let Some(refusal) = pipeline.refusal() {
+                    return Ok(Loaded::Refused(Box::new(pipeline), refusal));
+                }
+                purpose?;
                 let value = then(conn, &pipeline)?;
                 Ok(Loaded::Ready(Box::new(pipeline), value))
             })
             .await?;
         match loaded {
             Loaded::Ready(pipeline, value) => Ok((*pipeline, value)),
-            Loaded::Refused { reason, err } => {
-                let recorder = anonymous(&state, &audit_back, slot_back.as_deref());
-                Err(refuse(recorder, reason, err).await)
-            }
+            Loaded::Refused(pipeline, refusal) => Err(pipeline.refuse(refusal).await),
         }
     }
 

@@ -1,12 +1,16 @@
 //! The ONE mapping from a policy denial to an HTTP answer. Every refusal the pipeline
 //! answers comes from here, so the same denial gets the same status on every resource.
 //!
-//! | denial                         | one record (read, update, delete) | search | create                 | admin API |
-//! |--------------------------------|-----------------------------------|--------|------------------------|-----------|
-//! | scope missing (token)          | 403                               | 403    | 403                    | 403       |
-//! | role missing (our database)    | 403                               | 403    | 403                    | 403       |
-//! | no relationship to the patient | **404**                           | 403    | **422** (on the field) | –         |
+//! | denial                         | decided                  | one record (read, update, delete) | search | create                 | admin API |
+//! |--------------------------------|--------------------------|-----------------------------------|--------|------------------------|-----------|
+//! | scope missing (token)          | before any lookup        | 403                               | 403    | 403                    | 403       |
+//! | role missing (our database)    | before any lookup        | 403                               | 403    | 403                    | 403       |
+//! | no relationship to the patient | on the target's facts    | **404**                           | 403    | **422** (on the field) | –         |
 //!
+//! - A missing scope or role is decided from the principal alone ([`on_capability`],
+//!   [`on_admin`]) before the record, patient or body the request names is looked at, so
+//!   an existing id, a missing id and a malformed one all get the same 403: probing ids
+//!   without the capability reveals nothing.
 //! - On one record, a missing relationship answers exactly like a record that does not
 //!   exist (404), so probing ids reveals nothing.
 //! - On a *search* there is no record whose existence could leak: the principal asked for a
@@ -23,6 +27,12 @@ use actix_web::http::StatusCode;
 /// The capability that is missing, as a 403.
 fn forbidden(reason: DenyReason) -> AppError {
     AppError::client(StatusCode::FORBIDDEN, reason.message())
+}
+
+/// A missing scope or role on a FHIR route, decided before any lookup: 403 with the
+/// reason, whatever the request names.
+pub fn on_capability(reason: DenyReason) -> AppError {
+    forbidden(reason)
 }
 
 /// A denial on one existing record: no relationship looks like no record.

@@ -458,7 +458,9 @@ impl Op {
             Op::CreateFacility { name } => {
                 let name = name.trim().to_string();
                 let n = name.chars().count();
-                if !(1..=FACILITY_NAME_MAX).contains(&n) || name.chars().any(char::is_control) {
+                // One line: control characters and the line/paragraph separators refused.
+                let breaks = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+                if !(1..=FACILITY_NAME_MAX).contains(&n) || name.chars().any(breaks) {
                     return Err(AppError::unprocessable(
                         "The field 'name' must be 1 to 200 characters without control characters.",
                     ));

@@ -95,6 +95,11 @@ impl Application {
             "keyring loaded"
         );
         let audit = AuditWriter::start(audit_settings).context("cannot start the audit writer")?;
+        let floods = std::sync::Arc::new(crate::audit::flood::FloodTally::new(
+            audit.clone(),
+            clock.clone(),
+        ));
+        crate::audit::flood::spawn_sweeper(&floods);
         let state = actix_web::web::Data::new(AppState {
             db: Db::new(&config.database),
             keyring: std::sync::Arc::new(keyring),
@@ -106,6 +111,7 @@ impl Application {
                 config.ratelimit.per_principal_burst,
             )
             .map(std::sync::Arc::new),
+            floods,
             public_origin: public_base(&config.server.public_url),
             clock,
         });

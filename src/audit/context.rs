@@ -3,8 +3,9 @@
 //! through the request's [`crate::audit::Recorder`] (bound to the principal and this
 //! context), whose `permit` / `deny` / `error` / `commit_with` helpers fill in the rest.
 //!
-//! Only the request id, the peer address and the (sanitised, bounded) User-Agent are
-//! taken from the request: never its path, query string, other headers or body.
+//! Only the request id, the peer address and the *class* of the User-Agent (browser,
+//! command-line tool, library, other — never the header's text) are taken from the
+//! request: never its path, query string, other headers or body.
 
 use super::event::{
     Actor, AuditAction, AuditEvent, ClientId, Outcome, PurposeOfUse, ResourceType, UserAgent,
@@ -34,8 +35,7 @@ impl AuditContext {
         let user_agent = req
             .headers()
             .get(actix_web::http::header::USER_AGENT)
-            .map(|v| String::from_utf8_lossy(v.as_bytes()).into_owned())
-            .and_then(|ua| UserAgent::sanitize(&ua));
+            .and_then(|v| UserAgent::classify(&String::from_utf8_lossy(v.as_bytes())));
         Self {
             request_id,
             source_ip,
@@ -48,7 +48,7 @@ impl AuditContext {
         let mut event = AuditEvent::new(actor, action, outcome);
         event.request_id = self.request_id.clone();
         event.source_ip = self.source_ip;
-        event.user_agent = self.user_agent.clone();
+        event.user_agent = self.user_agent;
         EventBuilder(event)
     }
 }

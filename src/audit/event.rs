@@ -217,25 +217,71 @@ impl RoleCode {
     }
 }
 
-/// The caller's User-Agent: at most [`UserAgent::MAX_CHARS`] characters, control
-/// characters removed.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct UserAgent(String);
+coded_enum! {
+    /// The kind of client a request's `User-Agent` header names — a class, never the
+    /// header itself: the header is free text the caller controls (a name or an SSN typed
+    /// into it must not reach the audit trail), so only this coarse class is stored.
+    UserAgent {
+        Browser = "browser",
+        CommandLine = "command-line",
+        Library = "library",
+        Other = "other",
+    }
+}
 
 impl UserAgent {
-    pub const MAX_CHARS: usize = 256;
+    /// Command-line HTTP tools, by product token.
+    const COMMAND_LINE: &'static [&'static str] =
+        &["curl/", "wget/", "httpie/", "xh/", "powershell/"];
+    /// HTTP libraries and SDKs, by product token.
+    const LIBRARIES: &'static [&'static str] = &[
+        "python-requests/",
+        "python-urllib/",
+        "python-httpx/",
+        "aiohttp/",
+        "reqwest/",
+        "hyper/",
+        "go-http-client/",
+        "okhttp/",
+        "java/",
+        "java-http-client/",
+        "apache-httpclient/",
+        "axios/",
+        "node-fetch/",
+        "undici",
+        "node",
+        "got ",
+        "libwww-perl/",
+        "ruby",
+        "faraday ",
+        "dart:io",
+        "dart/",
+        "guzzlehttp/",
+        "restsharp/",
+        "microsoft.net.http",
+    ];
 
-    pub fn sanitize(raw: &str) -> Option<Self> {
-        let clean: String = raw
-            .chars()
-            .filter(|c| !c.is_control())
-            .take(Self::MAX_CHARS)
-            .collect();
-        let clean = clean.trim().to_string();
-        (!clean.is_empty()).then_some(Self(clean))
+    /// The class of a raw `User-Agent` value (`None`: no agent given). The value is only
+    /// looked at, never kept.
+    pub fn classify(raw: &str) -> Option<Self> {
+        let ua = raw.trim().to_ascii_lowercase();
+        if ua.is_empty() {
+            return None;
+        }
+        let starts = |prefixes: &[&str]| prefixes.iter().any(|p| ua.starts_with(p));
+        Some(if starts(Self::COMMAND_LINE) {
+            UserAgent::CommandLine
+        } else if starts(Self::LIBRARIES) {
+            UserAgent::Library
+        } else if ua.starts_with("mozilla/") || ua.starts_with("opera/") {
+            UserAgent::Browser
+        } else {
+            UserAgent::Other
+        })
     }
-    pub fn as_str(&self) -> &str {
-        &self.0
+
+    pub fn as_str(&self) -> &'static str {
+        self.code()
     }
 }
 
@@ -308,6 +354,9 @@ pub struct AuditEvent {
     pub source_ip: Option<IpAddr>,
     pub user_agent: Option<UserAgent>,
     pub request_id: Option<RequestId>,
+    /// How many refused requests this one event stands for, when several were aggregated
+    /// into it (rate-limited floods, see [`crate::audit::flood`]); `None` for one request.
+    pub occurrences: Option<u32>,
 }
 
 impl AuditEvent {
@@ -328,6 +377,7 @@ impl AuditEvent {
             source_ip: None,
             user_agent: None,
             request_id: None,
+            occurrences: None,
         }
     }
 
@@ -359,8 +409,11 @@ impl AuditEvent {
             purpose_of_use: self.purpose_of_use.map(|p| p.code().to_string()),
             break_glass_grant_id: self.break_glass_grant_id,
             source_ip: self.source_ip.map(|ip| ip.to_string()),
-            user_agent: self.user_agent.as_ref().map(|u| u.0.clone()),
+            user_agent: self.user_agent.map(|u| u.code().to_string()),
             request_id: self.request_id.as_ref().map(|r| r.as_str().to_string()),
+            occurrences: self
+                .occurrences
+                .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
         }
     }
 }
@@ -389,6 +442,10 @@ pub struct EventRecord {
     pub source_ip: Option<String>,
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
+    /// Aggregated events only (absent from the exports of every other event, so exports
+    /// written before the field existed still read and verify).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub occurrences: Option<i32>,
 }
 
 /// Length-prefixed, fixed-order encoding: no two different records share an encoding.
@@ -455,6 +512,13 @@ impl EventRecord {
         c.opt(self.source_ip.as_deref(), Canon::str);
         c.opt(self.user_agent.as_deref(), Canon::str);
         c.opt(self.request_id.as_deref(), Canon::str);
+        // Added after v1 chains existed: encoded only when present, so every event without
+        // it keeps its v1 bytes (and every existing chain verifies). Unambiguous: the
+        // fields above are self-delimiting, so a trailing tag can only be this field.
+        if let Some(n) = self.occurrences {
+            c.0.push(b'o');
+            c.i64(i64::from(n));
+        }
         c.0
     }
 }
@@ -522,6 +586,12 @@ mod tests {
         let mut v = base.clone();
         v.request_id = Some("x".into());
         variants.push(v);
+        let mut v = base.clone();
+        v.occurrences = Some(2);
+        let mut w = v.clone();
+        w.occurrences = Some(3);
+        variants.push(v);
+        variants.push(w);
         for v in variants {
             assert_ne!(v.canonical(), base.canonical(), "{v:?}");
         }
@@ -546,12 +616,32 @@ mod tests {
     }
 
     #[test]
-    fn user_agent_is_bounded_and_stripped_of_control_characters() {
-        let ua = UserAgent::sanitize(&format!("curl/8\r\n\x1b[31m{}", "x".repeat(400))).unwrap();
-        assert!(!ua.as_str().chars().any(char::is_control));
-        assert_eq!(ua.as_str().chars().count(), UserAgent::MAX_CHARS);
-        assert!(ua.as_str().starts_with("curl/8[31m"));
-        assert!(UserAgent::sanitize("\n\t").is_none());
+    fn user_agent_is_stored_as_a_class_never_as_text() {
+        let cases = [
+            ("curl/8.5.0", Some(UserAgent::CommandLine)),
+            ("Wget/1.21", Some(UserAgent::CommandLine)),
+            ("python-requests/2.31", Some(UserAgent::Library)),
+            ("reqwest/0.12", Some(UserAgent::Library)),
+            ("okhttp/4.12.0", Some(UserAgent::Library)),
+            (
+                "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 Chrome/131.0",
+                Some(UserAgent::Browser),
+            ),
+            ("Jane Doe 123-45-6789", Some(UserAgent::Other)),
+            ("  \t", None),
+            ("", None),
+        ];
+        for (raw, class) in cases {
+            assert_eq!(UserAgent::classify(raw), class, "{raw}");
+        }
+        // Whatever the caller typed, the stored value is one of four codes.
+        let mut e = sample();
+        e.user_agent = UserAgent::classify("curl/8 Jane Doe 123-45-6789\r\n");
+        let stored = e.to_record(1).user_agent.unwrap();
+        assert_eq!(stored, "command-line");
+        for code in UserAgent::ALL {
+            assert!(UserAgent::from_code(code.code()).is_some());
+        }
     }
 
     #[test]

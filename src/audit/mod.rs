@@ -8,6 +8,8 @@
 //!   on the chain-head row).
 //! - [`writer`]: the group-commit [`AuditWriter`] each instance runs.
 //! - [`context`]: [`AuditContext`], where a request came from (request id, address, agent).
+//! - [`flood`]: rate-limited refusals aggregated per source and window, so that a flood
+//!   cannot flood the trail.
 //! - [`recorder`]: [`Recorder`], the one way a request, console session or command
 //!   records its events (`permit` / `deny` / `error` / `commit_with`).
 //! - [`verify`] and [`ops`]: `custodian audit verify | export`.
@@ -16,6 +18,7 @@ pub mod chain;
 pub mod config;
 pub mod context;
 pub mod event;
+pub mod flood;
 pub mod ops;
 pub mod recorder;
 pub mod store;

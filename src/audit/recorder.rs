@@ -206,6 +206,23 @@ impl Recorder {
             .await
     }
 
+    /// Refused by a rate limit: aggregated per `source` and window ([`super::flood`]), so
+    /// the event is recorded at once only when it opens a window; either way this
+    /// request's audit obligation is met.
+    pub async fn rate_limited(
+        &self,
+        what: What,
+        tally: &super::flood::FloodTally,
+        source: super::flood::Source,
+    ) -> Result<(), AppError> {
+        let outcome = Outcome::Deny(DenyReason::RateLimited);
+        tally
+            .refused(source, self.event(what, [], outcome).build())
+            .await?;
+        self.mark();
+        Ok(())
+    }
+
     /// The request failed (missing record, bad input, conflict) after authentication.
     pub async fn error(
         &self,

@@ -41,6 +41,7 @@ pub struct EventRow {
     pub user_agent: Option<String>,
     pub request_id: Option<String>,
     pub hash: Vec<u8>,
+    pub occurrences: Option<i32>,
 }
 
 impl EventRow {
@@ -66,6 +67,7 @@ impl EventRow {
             user_agent: r.user_agent,
             request_id: r.request_id,
             hash: hash.to_vec(),
+            occurrences: r.occurrences,
         }
     }
 
@@ -92,6 +94,7 @@ impl EventRow {
                 source_ip: self.source_ip,
                 user_agent: self.user_agent,
                 request_id: self.request_id,
+                occurrences: self.occurrences,
             },
             self.hash,
         )

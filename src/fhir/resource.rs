@@ -524,14 +524,20 @@ fn created<R: FhirResource>(r: &R::Record, event: &mut AuditEvent) {
     event.patient_ids = vec![R::subject(r)];
 }
 
+/// A JSON body, judged only after the pipeline admitted the principal: actix polls a
+/// handler's extractors together and answers with the first error, so a bad body (or
+/// Content-Type) must not be able to answer before — or race — authentication (401), the
+/// principal's refusals (403, 429) and the recording of its actor.
+type Body<T> = Result<JsonBody<T>, AppError>;
+
 /// Create: validate, decide, write with its event; answers the principal's view.
 pub async fn create<R: FhirResource>(
     pipeline: Pipeline,
     state: web::Data<AppState>,
-    body: JsonBody<R::Input>,
+    body: Body<R::Input>,
 ) -> Result<HttpResponse, AppError> {
     check_route::<R>(&pipeline)?;
-    let input = body.0;
+    let input = body?.0;
     if R::input_id(&input).is_some() {
         return Err(invalid("id", "must not be set on create"));
     }
@@ -555,12 +561,12 @@ pub async fn update<R: FhirResource>(
     pipeline: Pipeline,
     state: web::Data<AppState>,
     path: web::Path<String>,
-    body: JsonBody<R::Input>,
+    body: Body<R::Input>,
 ) -> Result<HttpResponse, AppError> {
     check_route::<R>(&pipeline)?;
     let id = params::parse_id(&path)?;
     let expected = if_match(&req)?;
-    let input = body.0;
+    let input = body?.0;
     if R::input_id(&input) != Some(id.to_string().as_str()) {
         return Err(invalid("id", "must match the id in the URL"));
     }

@@ -10,11 +10,19 @@ pub fn invalid(field: &'static str, rule: &'static str) -> AppError {
     AppError::unprocessable(format!("Invalid field '{field}': {rule}."))
 }
 
-fn no_control_chars(s: &str) -> bool {
-    !s.chars().any(char::is_control)
+/// Control characters and the Unicode line and paragraph separators (U+2028, U+2029),
+/// which break a line like `\n` does for many readers (JavaScript, editors, log viewers)
+/// but are not `char::is_control`.
+fn breaks_a_line_or_controls(c: char) -> bool {
+    c.is_control() || matches!(c, '\u{2028}' | '\u{2029}')
 }
 
-/// Bounded single-line text (names, cities): 1..=max characters, no control characters.
+fn no_control_chars(s: &str) -> bool {
+    !s.chars().any(breaks_a_line_or_controls)
+}
+
+/// Bounded single-line text (names, cities): 1..=max characters, no control characters
+/// and no line or paragraph separators.
 pub fn bounded_text(field: &'static str, value: &str, max: usize) -> Result<String, AppError> {
     let v = value.trim();
     if v.is_empty() || v.chars().count() > max || !no_control_chars(v) {
@@ -197,6 +205,13 @@ mod tests {
     fn bounded_text_refuses_control_characters() {
         assert!(bounded_text("name[0].family", "O'Brien", 100).is_ok());
         assert!(bounded_text("name[0].family", "a\u{0}b", 100).is_err());
+        for separator in ["\n", "\r", "\u{85}", "\u{2028}", "\u{2029}"] {
+            let text = format!("Line{separator}Break");
+            assert!(
+                bounded_text("name[0].family", &text, 100).is_err(),
+                "{separator:?}"
+            );
+        }
         assert!(bounded_text("name[0].family", "   ", 100).is_err());
         assert!(bounded_text("name[0].family", &"x".repeat(101), 100).is_err());
     }

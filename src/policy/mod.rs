@@ -148,25 +148,45 @@ impl DenyReason {
     }
 }
 
+/// The part of [`decide`] that depends on the principal alone: a scope for the
+/// interaction and a role that grants it. The access pipeline asks this before it looks
+/// anything up, so that a missing scope or role is answered the same whether the record
+/// (or patient) named by the request exists or not.
+pub fn capability(
+    subject: &Subject<'_>,
+    resource: ResourceType,
+    interaction: Interaction,
+) -> Result<(), DenyReason> {
+    if !(subject.scope_allows)(resource, interaction) {
+        return Err(DenyReason::ScopeMissing);
+    }
+    let granted = subject
+        .roles
+        .iter()
+        .any(|role| matrix::grant(*role, resource, interaction).is_some());
+    if !granted {
+        return Err(DenyReason::RoleMissing);
+    }
+    Ok(())
+}
+
 /// The decision point. Access = scope ∩ role ∩ relationship; the first role that grants
-/// the interaction with a satisfied relationship decides the view.
+/// the interaction with a satisfied relationship decides the view. Its scope and role
+/// part is [`capability`].
 pub fn decide(
     subject: &Subject<'_>,
     resource: ResourceType,
     interaction: Interaction,
     target: Target,
 ) -> Decision {
-    if !(subject.scope_allows)(resource, interaction) {
-        return Decision::Deny(DenyReason::ScopeMissing);
+    if let Err(reason) = capability(subject, resource, interaction) {
+        return Decision::Deny(reason);
     }
     let grants: Vec<&matrix::Grant> = subject
         .roles
         .iter()
         .filter_map(|role| matrix::grant(*role, resource, interaction))
         .collect();
-    if grants.is_empty() {
-        return Decision::Deny(DenyReason::RoleMissing);
-    }
     for grant in grants {
         if let Some((basis, search)) = relationship(subject, grant.relationship, target) {
             return Decision::Permit {
@@ -338,6 +358,56 @@ mod tests {
             decide(&s, T::Patient, Read, patient(true, 10)),
             Decision::Deny(DenyReason::ScopeMissing)
         );
+    }
+
+    /// `capability` is exactly the target-independent part of `decide`: for every role,
+    /// resource, interaction, scope answer and target, `decide` refuses for a missing
+    /// scope or role iff `capability` does (with the same reason), and otherwise decides
+    /// on the relationship only.
+    #[test]
+    fn capability_is_the_target_independent_part_of_decide() {
+        fn yes(_: T, _: Interaction) -> bool {
+            true
+        }
+        fn no(_: T, _: Interaction) -> bool {
+            false
+        }
+        let targets = [
+            patient(true, 10),
+            patient(false, 10),
+            patient(false, 99),
+            Target::Search,
+        ];
+        let mut role_sets: Vec<Vec<Role>> = vec![vec![]];
+        role_sets.extend(Role::ALL.iter().map(|r| vec![*r]));
+        role_sets.push(vec![Role::Clinician, Role::Billing]);
+        for roles in &role_sets {
+            for scope in [yes as fn(T, Interaction) -> bool, no] {
+                for resource in T::ALL {
+                    for interaction in Interaction::ALL {
+                        let mut s = subject(roles);
+                        s.scope_allows = &scope;
+                        s.own_patient_id = Some(PatientId(uuid::Uuid::from_u128(100)));
+                        let capable = capability(&s, resource, interaction);
+                        for target in targets {
+                            let d = decide(&s, resource, interaction, target);
+                            match capable {
+                                Err(reason) => assert_eq!(d, Decision::Deny(reason)),
+                                Ok(()) => assert!(
+                                    !matches!(
+                                        d,
+                                        Decision::Deny(
+                                            DenyReason::ScopeMissing | DenyReason::RoleMissing
+                                        )
+                                    ),
+                                    "{roles:?} {resource:?} {interaction:?}"
+                                ),
+                            }
+                        }
+                    }
+                }
+            }
+        }
     }
 
     #[test]

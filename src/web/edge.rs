@@ -57,15 +57,47 @@ pub async fn edge(
         .map(str::to_string);
     let span = tracing::info_span!("request", request_id = %request_id);
 
-    let res = if let Some(early) = early_response(&req, &settings, origin.as_deref()) {
-        req.into_response(early)
+    // First: nothing below (the router, the guard, the redirect listener) may see a second
+    // spelling of a path (`web::path`).
+    let canonical = super::path::is_canonical(req.path());
+    let refusal = if canonical {
+        early_refusal(&req, &settings)
     } else {
-        // Handler errors and panics were already turned into responses by
-        // `access::guard::contain`.
-        next.call(req)
-            .instrument(span.clone())
-            .await?
-            .map_into_boxed_body()
+        None
+    };
+    let res = match refusal {
+        _ if !canonical => req.into_response(
+            crate::error::AppError::bad_request(super::path::NOT_CANONICAL).error_response(),
+        ),
+        Some(refusal) if surface == Surface::Console || is_preflight(&req) => {
+            req.into_response(refusal.response())
+        }
+        Some(refusal) => {
+            // An API request refused here is still routed, so that its route's guard
+            // (`access::guard::contain`) audits the refusal and answers it without running
+            // the handler; a request no guard claims (no such route) is answered here.
+            req.extensions_mut().insert(refusal);
+            let res = next
+                .call(req)
+                .instrument(span.clone())
+                .await?
+                .map_into_boxed_body();
+            let unclaimed = res.request().extensions_mut().remove::<EdgeRefusal>();
+            match unclaimed {
+                Some(refusal) => res.into_response(refusal.response()),
+                None => res,
+            }
+        }
+        None => match early_response(&req, origin.as_deref()) {
+            Some(early) => req.into_response(early),
+            // Handler errors and panics were already turned into responses by
+            // `access::guard::contain`.
+            None => next
+                .call(req)
+                .instrument(span.clone())
+                .await?
+                .map_into_boxed_body(),
+        },
     };
 
     let status = res.status();
@@ -103,19 +135,38 @@ pub async fn edge(
     Ok(ServiceResponse::new(req_back, response))
 }
 
-/// Answers before routing: non-canonical paths, oversized declared bodies and CORS
-/// preflights.
-fn early_response(
-    req: &ServiceRequest,
-    settings: &EdgeSettings,
-    allowed_origin: Option<&str>,
-) -> Option<HttpResponse> {
-    // First: nothing below (nor the router, nor the redirect listener) may see a second
-    // spelling of a path (`web::path`).
-    if !super::path::is_canonical(req.path()) {
-        return Some(
-            crate::error::AppError::bad_request(super::path::NOT_CANONICAL).error_response(),
-        );
+/// A request the edge refuses before routing. On the console and public surface it is
+/// answered at once; on the API (`/fhir`, `/api`) it travels to the route's guard as a
+/// request extension, which audits it and answers [`EdgeRefusal::response`] without
+/// running the handler (every request to a PHI or admin route leaves an audit event).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EdgeRefusal {
+    /// Over the per-address request limit (checked first, so that a flood of any kind of
+    /// request is cheap).
+    RateLimited { retry_after_secs: u64 },
+    /// A declared `Content-Length` above `server.body_limit_bytes`: the body is not read.
+    TooLarge,
+}
+
+impl EdgeRefusal {
+    pub fn response(self) -> HttpResponse {
+        match self {
+            EdgeRefusal::RateLimited { retry_after_secs } => {
+                crate::error::AppError::RateLimited { retry_after_secs }.error_response()
+            }
+            EdgeRefusal::TooLarge => HttpResponse::new(StatusCode::PAYLOAD_TOO_LARGE),
+        }
+    }
+}
+
+/// The per-address limit, then the declared body size.
+fn early_refusal(req: &ServiceRequest, settings: &EdgeSettings) -> Option<EdgeRefusal> {
+    let is_probe = matches!(req.path(), "/healthz" | "/readyz");
+    if let (Some(limit), Some(peer), false) = (&settings.address_limit, req.peer_addr(), is_probe)
+        && let Err(wait) = limit.check(&peer.ip().to_string())
+    {
+        let retry_after_secs = wait.as_secs() + 1;
+        return Some(EdgeRefusal::RateLimited { retry_after_secs });
     }
     let declared_len = req
         .headers()
@@ -123,21 +174,22 @@ fn early_response(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared_len.is_some_and(|n| n > settings.body_limit as u64) {
-        return Some(HttpResponse::new(StatusCode::PAYLOAD_TOO_LARGE));
+        return Some(EdgeRefusal::TooLarge);
     }
-    let is_probe = matches!(req.path(), "/healthz" | "/readyz");
-    if let (Some(limit), Some(peer), false) = (&settings.address_limit, req.peer_addr(), is_probe)
-        && let Err(wait) = limit.check(&peer.ip().to_string())
-    {
-        let retry_after_secs = wait.as_secs() + 1;
-        return Some(crate::error::AppError::RateLimited { retry_after_secs }.error_response());
-    }
-    let is_preflight = req.method() == Method::OPTIONS
+    None
+}
+
+fn is_preflight(req: &ServiceRequest) -> bool {
+    req.method() == Method::OPTIONS
         && req.headers().contains_key(header::ORIGIN)
         && req
             .headers()
-            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD);
-    if is_preflight {
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
+/// Answers before routing: CORS preflights.
+fn early_response(req: &ServiceRequest, allowed_origin: Option<&str>) -> Option<HttpResponse> {
+    if is_preflight(req) {
         return Some(match allowed_origin {
             Some(_) => {
                 let mut res = HttpResponse::NoContent().finish();

@@ -62,8 +62,8 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], limits: JsonLimits) -> Result<T,
     if nesting_depth(bytes) > limits.max_depth {
         return Err(AppError::bad_request("The JSON body is nested too deeply."));
     }
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    serde_path_to_error::deserialize::<_, T>(de).map_err(|e| {
+    let mut de = serde_json::Deserializer::from_slice(bytes);
+    let value = serde_path_to_error::deserialize::<_, T>(&mut de).map_err(|e| {
         let inner = e.inner();
         match inner.classify() {
             serde_json::error::Category::Syntax | serde_json::error::Category::Eof => {
@@ -98,8 +98,15 @@ pub fn parse<T: DeserializeOwned>(bytes: &[u8], limits: JsonLimits) -> Result<T,
                 }
             }
         }
-    })
+    })?;
+    // One document and nothing after it but whitespace: `{…}garbage` or two documents
+    // would otherwise be accepted as the first one (serde stops at its end).
+    de.end().map_err(|_| AppError::bad_request(TRAILING_DATA))?;
+    Ok(value)
 }
+
+/// The answer to bytes after the JSON document.
+pub const TRAILING_DATA: &str = "The request body has data after the JSON document.";
 
 /// The field named by serde's "missing field `x`" message.
 fn missing_field(text: &str) -> Option<String> {
@@ -205,6 +212,21 @@ mod tests {
     fn missing_field_is_named() {
         let err = parse::<Probe>(br#"{}"#, LIMITS).err().unwrap();
         assert_eq!(err.to_string(), "The field 'name' is required.");
+    }
+
+    #[test]
+    fn data_after_the_document_is_refused_without_echo() {
+        for body in [
+            &br#"{"name":"a"}CANARY"#[..],
+            br#"{"name":"a"}{"name":"b"}"#,
+            br#"{"name":"a"} x"#,
+            b"{\"name\":\"a\"}\x00",
+        ] {
+            let err = parse::<Probe>(body, LIMITS).expect_err("refused");
+            assert_eq!(err.to_string(), TRAILING_DATA);
+        }
+        // Whitespace after the document is not data.
+        assert!(parse::<Probe>(b"{\"name\":\"a\"} \r\n\t", LIMITS).is_ok());
     }
 
     #[test]

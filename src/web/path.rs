@@ -8,8 +8,8 @@
 //!
 //! Canonical: starts with `/`; segments separated by single slashes (no empty segment
 //! except a trailing slash); no `.` or `..` segment; only unreserved characters (RFC 3986
-//! `ALPHA DIGIT - . _ ~`), so no percent-encoding at all (an encoded slash included); the
-//! first segment in lower case (every top-level route is: `/FHIR` is not `/fhir`).
+//! `ALPHA DIGIT - . _ ~`) and `$` (FHIR operations such as `$everything`), so no
+//! percent-encoding at all (an encoded slash included); the first segment in lower case (every top-level route is: `/FHIR` is not `/fhir`).
 
 /// The fixed message of the refusal (never echoes the path).
 pub const NOT_CANONICAL: &str = "The request path is not in canonical form (percent-encoding, \
@@ -35,9 +35,9 @@ pub fn is_canonical(path: &str) -> bool {
         if *segment == "." || *segment == ".." {
             return false;
         }
-        let unreserved =
-            |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~');
-        if !segment.bytes().all(unreserved) {
+        let allowed =
+            |b: u8| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~' | b'$');
+        if !segment.bytes().all(allowed) {
             return false;
         }
     }
@@ -62,6 +62,7 @@ mod tests {
             "/static/console.css",
             "/dev/jwks.json",
             "/healthz",
+            "/fhir/Patient/0b7c6a1e-8e0b-4c38-9d68-2a4c1f3b9e10/$everything",
         ] {
             assert!(is_canonical(p), "{p}");
         }

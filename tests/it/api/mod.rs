@@ -2,7 +2,9 @@
 //! over every route of the table.
 
 mod admin;
+mod attribution;
 mod auth;
 mod patient;
 mod resources;
 mod routes;
+mod strict_input;

@@ -58,18 +58,25 @@ async fn a_disabled_account_reads_nothing_even_with_bad_input() {
         format!("/fhir/Patient/{id}?unknown=1"),
         "/fhir/Patient/not-a-uuid".to_string(),
     ] {
+        let before = crate::api::attribution::last_seq(&w.app);
         let res = w.get(&path, &doc).await;
         assert_eq!(res.status(), StatusCode::FORBIDDEN, "{path}");
         let body = res.text().await.unwrap();
         assert!(!body.contains("Disabledson"), "{path}");
         let events = w.audit_events();
         let last = events.last().unwrap();
+        // Authentication succeeded: a refused read by a known account, not a failed login
+        // (this test expected `login-failed` by nobody before attribution was fixed).
         assert_eq!(
             (last.0.as_str(), last.1.as_str()),
-            ("login-failed", "deny"),
+            ("read", "deny"),
             "{path}"
         );
         assert!(last.2.is_empty(), "{path}");
+        let new = crate::api::attribution::events_after(&w.app, before);
+        assert_eq!(new.len(), 1, "{path}");
+        assert_eq!(new[0].reason.as_deref(), Some("revoked"), "{path}");
+        assert_eq!(new[0].actor, Some(doc_id.as_uuid()), "{path}");
     }
 }
 
@@ -442,7 +449,7 @@ async fn a_tampered_or_moved_ciphertext_is_a_generic_500_never_garbage() {
 #[tokio::test]
 async fn every_request_to_a_phi_route_leaves_exactly_one_audit_event() {
     let w = World::new().await;
-    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let (doc_id, doc) = w.user("dr-a", &[Role::Clinician]);
     let id = w.create(&doc, &patient_json("MRN-9401", "Counted")).await;
     let path = format!("/fhir/Patient/{id}");
     let mut body = patient_json("MRN-9401", "Counted");
@@ -491,7 +498,40 @@ async fn every_request_to_a_phi_route_leaves_exactly_one_audit_event() {
                 .body(body.to_string()),
             428,
         ),
+        (
+            "data after the JSON document",
+            c.post(w.app.url("/fhir/Patient"))
+                .header("authorization", &auth)
+                .header("content-type", "application/fhir+json")
+                .body(format!("{}{{}}", patient_json("MRN-9402", "Twice"))),
+            400,
+        ),
+        (
+            "malformed JSON",
+            c.post(w.app.url("/fhir/Patient"))
+                .header("authorization", &auth)
+                .header("content-type", "application/fhir+json")
+                .body("{"),
+            400,
+        ),
         ("no token", c.get(w.app.url(&path)), 401),
+        (
+            "no token, a bad query",
+            c.get(w.app.url("/fhir/Patient?nickname=x")),
+            401,
+        ),
+        (
+            "no token, a token in the query",
+            c.get(w.app.url("/fhir/Patient?access_token=x")),
+            401,
+        ),
+        (
+            "no token, a bad body",
+            c.post(w.app.url("/fhir/Patient"))
+                .header("content-type", "text/plain")
+                .body("x"),
+            401,
+        ),
         (
             "garbage token",
             c.get(w.app.url(&path))
@@ -508,10 +548,19 @@ async fn every_request_to_a_phi_route_leaves_exactly_one_audit_event() {
     ];
     for (case, req, status) in cases {
         let before = w.audit_events().len();
+        let seq = crate::api::attribution::last_seq(&w.app);
         let res = req.send().await.unwrap();
         assert_eq!(res.status().as_u16(), status, "{case}");
         let events = w.audit_events();
         assert_eq!(events.len(), before + 1, "{case}: exactly one audit event");
+        // The actor whenever authentication succeeded, nobody otherwise.
+        let new = crate::api::attribution::events_after(&w.app, seq);
+        let actor = if status == 401 {
+            None
+        } else {
+            Some(doc_id.as_uuid())
+        };
+        assert_eq!(new[0].actor, actor, "{case}: the actor");
         let last = events.last().unwrap();
         let expected_outcome = if status == 200 {
             "permit"

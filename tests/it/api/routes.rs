@@ -18,6 +18,7 @@
 //! Every route must be listed in [`EXPECTED`]: adding a route to the table without
 //! deciding here what it must answer fails [`every_route_in_the_table_is_covered`].
 
+use crate::api::attribution::{events_after, last_seq};
 use crate::api::resources::{claim_json, note_json, observation_json};
 use crate::support::TestApp;
 use crate::support::idp::{Provider, Signer};
@@ -210,6 +211,7 @@ async fn setup() -> Setup {
     let app = TestApp::builder()
         .set("auth.issuer", issuer.clone())
         .set("auth.audience", AUDIENCE)
+        .set("server.body_limit_bytes", BODY_LIMIT as i64)
         .set("console.issuer", issuer.clone())
         .set("console.client_id", "custodian-console")
         .set("console.client_secret", "test-secret")
@@ -259,6 +261,9 @@ async fn setup() -> Setup {
 
 const ALL: &str =
     "user/Patient.cruds user/Observation.cruds user/DocumentReference.cruds user/Claim.cruds";
+
+/// The walk's body limit: far above every valid body, low enough to declare more cheaply.
+const BODY_LIMIT: usize = 16 * 1024;
 
 /// Every resource scope in the user and the patient context, so that only roles and
 /// relationships decide for the strangers.
@@ -347,7 +352,35 @@ impl Setup {
         Some(body)
     }
 
+    /// Sends `route` as [`Setup::send`] does and checks the audit obligation of an
+    /// audited route: exactly one new event, naming `actor` (`None`: nobody).
+    async fn send_audited(
+        &self,
+        route: &RouteInfo,
+        token: Option<&str>,
+        actor: Option<Uuid>,
+        case: &str,
+    ) -> reqwest::Response {
+        let before = last_seq(&self.w.app);
+        let res = self.send(route, token).await;
+        if matches!(route.action, Action::Fhir(..) | Action::Admin(_)) {
+            let events = events_after(&self.w.app, before);
+            assert_eq!(
+                events.len(),
+                1,
+                "{case}: exactly one audit event: {events:?}"
+            );
+            assert_eq!(events[0].actor, actor, "{case}: the actor: {events:?}");
+        }
+        res
+    }
+
     async fn send(&self, route: &RouteInfo, token: Option<&str>) -> reqwest::Response {
+        self.request(route, token).send().await.unwrap()
+    }
+
+    /// The request [`Setup::send`] sends.
+    fn request(&self, route: &RouteInfo, token: Option<&str>) -> reqwest::RequestBuilder {
         let mut req = self
             .w
             .app
@@ -370,7 +403,7 @@ impl Setup {
                 .header("if-match", "W/\"1\"")
                 .body(body.to_string());
         }
-        req.send().await.unwrap()
+        req
     }
 }
 
@@ -441,17 +474,20 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
         let mut c = w.app.db.conn();
         let u = users::user_for(&mut c, &w.idp.issuer(), &sub, users::UserKind::Person).unwrap();
         users::grant_role(&mut c, u.id, role, "test setup", None).unwrap();
-        strangers.push((role, w.token(&sub, STRANGER_SCOPES)));
+        strangers.push((role, w.token(&sub, STRANGER_SCOPES), u.id.as_uuid()));
     }
     // An admin whose token lacks the `admin` scope.
-    let (_, _) = w.user("admin-no-scope", &[Role::Admin]);
+    let (admin_no_scope_id, _) = w.user("admin-no-scope", &[Role::Admin]);
     let admin_no_scope = w.token("admin-no-scope", ALL);
+    let author = Some(s.records.user);
 
     for route in &routes {
         let name = name(route);
         let expect = expected(route).unwrap();
-        // 1. Without credentials.
-        let res = s.send(route, None).await;
+        // 1. Without credentials (one failed login on an audited route, nobody named).
+        let res = s
+            .send_audited(route, None, None, &format!("{name}: no credentials"))
+            .await;
         let status = res.status().as_u16();
         match expect {
             Expect::Fhir | Expect::Admin => assert_eq!(status, 401, "{name}: no credentials"),
@@ -470,21 +506,26 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
         match route.action {
             Action::Fhir(resource, interaction) => {
                 let token = w.token("author", &scopes_without(resource, interaction));
-                let res = s.send(route, Some(&token)).await;
-                assert_eq!(res.status().as_u16(), 403, "{name}: scope missing");
+                let case = format!("{name}: scope missing");
+                let res = s.send_audited(route, Some(&token), author, &case).await;
+                assert_eq!(res.status().as_u16(), 403, "{case}");
             }
             Action::Admin(_) => {
-                let res = s.send(route, Some(&admin_no_scope)).await;
-                assert_eq!(res.status().as_u16(), 403, "{name}: admin scope missing");
+                let case = format!("{name}: admin scope missing");
+                let admin = Some(admin_no_scope_id.as_uuid());
+                let res = s
+                    .send_audited(route, Some(&admin_no_scope), admin, &case)
+                    .await;
+                assert_eq!(res.status().as_u16(), 403, "{case}");
             }
             _ => {}
         }
         // 3. Each role without a relationship to the patient.
         if let Action::Fhir(resource, interaction) = route.action {
-            for (role, token) in &strangers {
-                let res = s.send(route, Some(token)).await;
-                let status = res.status().as_u16();
+            for (role, token, id) in &strangers {
                 let case = format!("{name}: {} without a relationship", role.as_str());
+                let res = s.send_audited(route, Some(token), Some(*id), &case).await;
+                let status = res.status().as_u16();
                 match no_relationship_answer(
                     *role,
                     resource,
@@ -503,6 +544,94 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
                     }
                 }
             }
+        }
+    }
+}
+
+/// Every audited route (FHIR and admin) × every refusal that comes before its handler,
+/// without and with valid credentials: the documented answer, exactly one audit event,
+/// and its actor — nobody before authentication, the user from then on.
+#[tokio::test]
+async fn every_audited_route_leaves_one_event_naming_the_actor_for_each_refusal() {
+    let s = setup().await;
+    let w = &s.w;
+    let author = Some(s.records.user);
+    let (admin_id, _) = w.user("admin-walker", &[Role::Admin]);
+    let admin = w.token("admin-walker", "admin");
+    let (gone_id, _) = w.user("walker-disabled", &[Role::Clinician, Role::Admin]);
+    let gone = w.token("walker-disabled", &format!("{ALL} admin"));
+    use diesel::RunQueryDsl;
+    diesel::sql_query("UPDATE users SET disabled_at = now() WHERE id = $1")
+        .bind::<diesel::sql_types::Uuid, _>(gone_id)
+        .execute(&mut w.app.db.conn())
+        .unwrap();
+    let author_token = w.token("author", ALL);
+    let oversized = "x".repeat(BODY_LIMIT + 1);
+    for route in table()
+        .iter()
+        .filter(|r| matches!(r.action, Action::Fhir(..) | Action::Admin(_)))
+    {
+        let name = name(route);
+        // The route's rightful caller: the author of every record, or an administrator.
+        let (token, actor) = match route.action {
+            Action::Admin(_) => (admin.as_str(), Some(admin_id.as_uuid())),
+            _ => (author_token.as_str(), author),
+        };
+        let bearer =
+            |r: reqwest::RequestBuilder, t: &str| r.header("authorization", format!("Bearer {t}"));
+        let cases: Vec<(&str, reqwest::RequestBuilder, u16, Option<Uuid>)> = vec![
+            (
+                "no token, a query token",
+                s.request(route, None)
+                    .query(&[("access_token", "x"), ("nickname", "x")]),
+                401,
+                None,
+            ),
+            (
+                "no token, a declared body over the limit",
+                s.request(route, None).body(oversized.clone()),
+                401,
+                None,
+            ),
+            (
+                "disabled account, bad input",
+                bearer(s.request(route, None), &gone)
+                    .header("x-purpose-of-use", "SNOOP")
+                    .body(oversized.clone()),
+                403,
+                Some(gone_id.as_uuid()),
+            ),
+            (
+                "valid token, a declared body over the limit",
+                bearer(s.request(route, None), token).body(oversized.clone()),
+                413,
+                actor,
+            ),
+            (
+                "valid token, a bad purpose of use",
+                bearer(s.request(route, None), token).header("x-purpose-of-use", "SNOOP"),
+                400,
+                actor,
+            ),
+        ];
+        for (kind, req, status, actor) in cases {
+            let case = format!("{name}: {kind}");
+            let before = last_seq(&w.app);
+            let res = req.send().await.unwrap();
+            assert_eq!(res.status().as_u16(), status, "{case}");
+            let events = events_after(&w.app, before);
+            assert_eq!(
+                events.len(),
+                1,
+                "{case}: exactly one audit event: {events:?}"
+            );
+            assert_eq!(events[0].actor, actor, "{case}: the actor: {events:?}");
+            let expected_outcome = if status == 400 || status == 413 {
+                "error"
+            } else {
+                "deny"
+            };
+            assert_eq!(events[0].outcome, expected_outcome, "{case}");
         }
     }
 }
