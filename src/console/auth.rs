@@ -111,12 +111,13 @@ pub async fn callback(
         let anonymous = anonymous.clone();
         async move {
             anonymous
-                .deny(What::new(AuditAction::LoginFailed).on(Kind::Session), [], reason)
+                .deny(
+                    What::new(AuditAction::LoginFailed).on(Kind::Session),
+                    [],
+                    reason,
+                )
                 .await?;
-            Err::<HttpResponse, AppError>(AppError::client(
-                StatusCode::BAD_REQUEST,
-                SIGN_IN_FAILED,
-            ))
+            Err::<HttpResponse, AppError>(AppError::client(StatusCode::BAD_REQUEST, SIGN_IN_FAILED))
         }
     };
     let q = query.into_inner();

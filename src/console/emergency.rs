@@ -191,13 +191,9 @@ pub async fn sign_in(
     let user_id = found.as_ref().map(|f| f.0);
     // Roles are withheld until the password and code are accepted.
     let audit = match user_id {
-        Some(id) => recorder::user_with_roles(
-            &state,
-            &req,
-            id,
-            Vec::new(),
-            AuthMethod::EmergencyPassword,
-        ),
+        Some(id) => {
+            recorder::user_with_roles(&state, &req, id, Vec::new(), AuthMethod::EmergencyPassword)
+        }
         None => recorder::anonymous(&state, &req),
     };
     let deny = |reason| audit.session(AuditAction::LoginFailed, Outcome::Deny(reason));

@@ -348,9 +348,8 @@ fn forbidden_form() -> AppError {
 
 /// Is the peer one of the configured proxies (`console.trusted_proxies`)?
 fn from_trusted_proxy(req: &HttpRequest) -> bool {
-    req.peer_addr().is_some_and(|peer| {
-        Settings::of(req).is_ok_and(|c| c.trusted_proxies.contains(&peer.ip()))
-    })
+    req.peer_addr()
+        .is_some_and(|peer| Settings::of(req).is_ok_and(|c| c.trusted_proxies.contains(&peer.ip())))
 }
 
 /// The browser's address for the console's per-address limits: the peer, or — only

@@ -378,10 +378,7 @@ impl Setup {
 fn audit_event_count(app: &TestApp) -> i64 {
     use custodian::db::schema::audit_events::dsl::*;
     use diesel::prelude::*;
-    audit_events
-        .count()
-        .get_result(&mut app.db.conn())
-        .unwrap()
+    audit_events.count().get_result(&mut app.db.conn()).unwrap()
 }
 
 fn name(route: &RouteInfo) -> String {
@@ -472,7 +469,10 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
             // sign-in page or a page served leaves none.
             let recorded = audit_event_count(&w.app) - before;
             let want = i64::from(status >= 400);
-            assert_eq!(recorded, want, "{name}: {status} recorded {recorded} events");
+            assert_eq!(
+                recorded, want,
+                "{name}: {status} recorded {recorded} events"
+            );
         }
         match expect {
             Expect::Fhir | Expect::Admin => assert_eq!(status, 401, "{name}: no credentials"),

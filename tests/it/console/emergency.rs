@@ -438,7 +438,9 @@ fn client_from(addr: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .use_rustls_tls()
         .tls_built_in_root_certs(false)
-        .add_root_certificate(reqwest::Certificate::from_pem(test_cert().cert_pem.as_bytes()).unwrap())
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(test_cert().cert_pem.as_bytes()).unwrap(),
+        )
         .redirect(reqwest::redirect::Policy::none())
         .local_address(Some(addr.parse().unwrap()))
         .build()
@@ -464,7 +466,10 @@ async fn flooding_a_name_from_another_address_does_not_lock_its_holder_out() {
     let holder = reqwest_client();
     let (status, _, _, loc) =
         post_emergency(&app, &holder, "breakglass-1", PASSWORD, &code(&secret, 0)).await;
-    assert_eq!(status, 303, "the holder is not locked out by another address");
+    assert_eq!(
+        status, 303,
+        "the holder is not locked out by another address"
+    );
     assert_eq!(loc.as_deref(), Some("/console"));
     // The flood's refusals are audited, one event each.
     let refused = events(&app)
@@ -497,6 +502,10 @@ async fn the_global_ceiling_on_emergency_attempts_is_an_audited_alert() {
         .unwrap();
     assert_eq!(
         alerts,
-        vec![("login-failed".to_string(), Some("EmergencyAccount".to_string()), None)]
+        vec![(
+            "login-failed".to_string(),
+            Some("EmergencyAccount".to_string()),
+            None
+        )]
     );
 }

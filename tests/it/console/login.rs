@@ -240,7 +240,11 @@ async fn admin_signs_in_enrols_totp_and_sees_the_dashboard() {
         "{authorize}"
     );
     // `openid` once (it was sent as `openid openid`).
-    assert_eq!(q.get("scope").map(String::as_str), Some("openid"), "{authorize}");
+    assert_eq!(
+        q.get("scope").map(String::as_str),
+        Some("openid"),
+        "{authorize}"
+    );
     let pre_login = b.session(&app).unwrap();
 
     let callback = idp
@@ -420,7 +424,12 @@ async fn callback_replayed_in_another_browser_gives_no_session() {
     assert_eq!(res.status(), 400);
     assert_no_session(&app, &attacker).await;
     // Both callbacks without a live pre-login session of their own are audited.
-    assert_eq!(refused_sign_ins(&app).len(), 2, "{:?}", refused_sign_ins(&app));
+    assert_eq!(
+        refused_sign_ins(&app).len(),
+        2,
+        "{:?}",
+        refused_sign_ins(&app)
+    );
 }
 
 #[tokio::test]
@@ -450,7 +459,12 @@ async fn bad_id_token_gives_no_session(mode: &str) {
     // The rejected ID token is one audit event (nobody matched yet).
     assert_eq!(
         refused_sign_ins(&app),
-        vec![("login-failed".into(), "deny".into(), Some("invalid-credentials".into()), None)],
+        vec![(
+            "login-failed".into(),
+            "deny".into(),
+            Some("invalid-credentials".into()),
+            None
+        )],
         "mode {mode}"
     );
     assert_no_session(&app, &b).await;
@@ -479,19 +493,39 @@ fn without_param(url: &url::Url, name: &str) -> url::Url {
 }
 
 #[tokio::test]
+async fn refused_code_exchange_is_audited() {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = CookieClient::new();
+    let callback = idp.authorize(&app, &b.client, "alice").await;
+    // A code the provider never issued: its token endpoint refuses the exchange.
+    let bad = with_param(&callback, "code", "not-a-code-the-provider-issued");
+    let res = b.client.get(bad.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_no_session(&app, &b).await;
+    assert_eq!(
+        refused_sign_ins(&app),
+        vec![(
+            "login-failed".into(),
+            "deny".into(),
+            Some("invalid-credentials".into()),
+            None
+        )]
+    );
+}
+
+#[tokio::test]
 async fn callback_without_iss_is_refused_when_the_provider_advertises_it() {
     let (app, idp) = start(TestApp::builder()).await;
     user_with(&app, &idp, "alice", &[Role::Admin]);
     // The test provider advertises RFC 9207 support in its discovery document.
-    let meta: serde_json::Value = reqwest::get(format!(
-        "{}/.well-known/openid-configuration",
-        idp.issuer
-    ))
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    let meta: serde_json::Value =
+        reqwest::get(format!("{}/.well-known/openid-configuration", idp.issuer))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
     assert_eq!(meta["authorization_response_iss_parameter_supported"], true);
     let b = CookieClient::new();
     let callback = idp.authorize(&app, &b.client, "alice").await;
@@ -515,10 +549,18 @@ async fn unknown_subject_is_refused_without_being_added_to_the_users_table() {
         let mut conn = app.db.conn();
         users::find(&mut conn, &idp.issuer, "stranger").unwrap()
     };
-    assert!(found.is_none(), "a refused sign-in adds nobody to the users table");
+    assert!(
+        found.is_none(),
+        "a refused sign-in adds nobody to the users table"
+    );
     assert_eq!(
         refused_sign_ins(&app),
-        vec![("login-failed".into(), "deny".into(), Some("missing-role".into()), None)]
+        vec![(
+            "login-failed".into(),
+            "deny".into(),
+            Some("missing-role".into()),
+            None
+        )]
     );
 }
 
@@ -554,7 +596,12 @@ async fn pre_login_sessions_are_bounded_per_address_and_expire_soon() {
     assert_eq!(pre_login_sessions(&app), PRE_LOGIN_PER_ADDRESS);
     assert_eq!(
         refused_sign_ins(&app),
-        vec![("login-failed".into(), "deny".into(), Some("rate-limited".into()), None)],
+        vec![(
+            "login-failed".into(),
+            "deny".into(),
+            Some("rate-limited".into()),
+            None
+        )],
         "the refusal is audited"
     );
     // A pre-login session lives minutes, not the idle timeout: past its age the callback
@@ -920,7 +967,11 @@ async fn the_totp_lock_out_doubles_until_a_code_is_accepted() {
     let res = b
         .submit_code(&app, &page, &totp_code(&secret, app_secs(&app)))
         .await;
-    assert_eq!(res.status(), 200, "enrolment confirmed: recovery codes shown");
+    assert_eq!(
+        res.status(),
+        200,
+        "enrolment confirmed: recovery codes shown"
+    );
     // An accepted code starts the count afresh.
     let lockouts: i32 = {
         use custodian::db::schema::console_totp::dsl::*;

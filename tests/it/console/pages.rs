@@ -508,7 +508,11 @@ async fn stale_totp_asks_for_a_code_then_performs_the_original_change() {
     assert_eq!(res.status(), StatusCode::OK);
     let html = res.text().await.unwrap();
     assert!(html.contains("not accepted"));
-    assert_eq!(pending_id(&html), pending, "asked again for the same change");
+    assert_eq!(
+        pending_id(&html),
+        pending,
+        "asked again for the same change"
+    );
     assert!(c.roles_of(target).is_empty());
 
     // A valid code: new session id, then the original change with its form data.
@@ -909,7 +913,10 @@ async fn privacy_officers_see_audit_events_but_cannot_administer() {
         vec![
             ("read".to_string(), Some("missing-role".to_string())),
             ("read".to_string(), Some("missing-role".to_string())),
-            ("permission-change".to_string(), Some("missing-role".to_string())),
+            (
+                "permission-change".to_string(),
+                Some("missing-role".to_string())
+            ),
         ]
     );
     // The dashboard offers only what the role may open.
@@ -1057,7 +1064,10 @@ async fn a_kept_change_runs_once_and_a_failing_one_keeps_the_renewed_session() {
         .post(
             &renewed,
             "/console/step-up",
-            &[("pending_id", &pending), ("code", &code_at(now_secs() + 30))],
+            &[
+                ("pending_id", &pending),
+                ("code", &code_at(now_secs() + 30)),
+            ],
         )
         .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
@@ -1130,12 +1140,12 @@ async fn kept(c: &Console, b: &CookieClient, target: Uuid, role: &str) -> String
         .await;
     assert_eq!(res.status(), StatusCode::OK);
     let html = res.text().await.unwrap();
-    assert!(
-        html.contains(&format!("Grant the role {role}")),
-        "{html}"
-    );
+    assert!(html.contains(&format!("Grant the role {role}")), "{html}");
     let id = pending_id(&html);
-    assert!(html.contains(&format!("id=\"pending-id\">{id}<")), "the page shows it: {html}");
+    assert!(
+        html.contains(&format!("id=\"pending-id\">{id}<")),
+        "the page shows it: {html}"
+    );
     id
 }
 
