@@ -248,14 +248,16 @@ diesel::table! {
         created_at -> Timestamptz,
         last_seen_at -> Timestamptz,
         totp_at -> Nullable<Timestamptz>,
+        source_addr -> Nullable<Text>,
     }
 }
 
 diesel::table! {
-    console_pending_actions (session_hash) {
+    console_pending_actions (id) {
         session_hash -> Bytea,
         action -> Jsonb,
         created_at -> Timestamptz,
+        id -> Uuid,
     }
 }
 
@@ -270,6 +272,7 @@ diesel::table! {
         failures -> Int4,
         locked_until -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+        lockouts -> Int4,
     }
 }
 

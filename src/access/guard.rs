@@ -1,8 +1,9 @@
 //! The wrapper every route of the table runs in ([`contain`], registered per resource by
 //! [`crate::app::routes`]): it hands the route's declared policy action to the request
 //! ([`RouteAction`], the action the pipeline decides on), contains handler errors and
-//! panics, and keeps the audit obligation — exactly one audit event per request to a PHI
-//! or admin route. Handlers record the event themselves through the request's
+//! panics, and keeps the audit obligation ([`Obligation`]) — exactly one audit event per
+//! request to a PHI or admin route, and at least one for every refused or failed console
+//! request (the console records its own successes). Handlers record the event themselves through the request's
 //! [`Recorder`] (with the patients touched); when a request ends without one — refused
 //! by an extractor (bad query, bad body), failed in a handler before it audited — the
 //! guard records it before the response leaves, failing closed like any audit write.
@@ -58,9 +59,28 @@ impl AuditSlot {
     }
 }
 
+/// Which requests of a route must leave an audit event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Obligation {
+    /// Every request (PHI and administration API routes).
+    Every,
+    /// Every request answered with a 4xx or 5xx status (console routes: a refused or
+    /// failed sign-in step, page or form; the console records its successes itself).
+    Refused,
+}
+
+/// The audit obligation of a route's action (`None`: public routes).
+pub fn obligation(action: Action) -> Option<Obligation> {
+    match action {
+        Action::Fhir(..) | Action::Admin(_) => Some(Obligation::Every),
+        Action::ConsoleSignIn | Action::Console => Some(Obligation::Refused),
+        Action::Public => None,
+    }
+}
+
 /// Does this action's route need an audit event for every request?
 pub fn is_audited(action: Action) -> bool {
-    matches!(action, Action::Fhir(..) | Action::Admin(_))
+    obligation(action) == Some(Obligation::Every)
 }
 
 /// The route's action for the request's method, from the table's per-path list.
@@ -82,7 +102,7 @@ pub async fn contain(
     if let Some(action) = action {
         req.extensions_mut().insert(RouteAction(action));
     }
-    let slot = action.filter(|a| is_audited(*a)).map(|_| {
+    let slot = action.and_then(obligation).map(|_| {
         let slot = Arc::new(AuditSlot::default());
         req.extensions_mut().insert(slot.clone());
         slot
@@ -112,6 +132,7 @@ pub async fn contain(
         }
     };
     if let (Some(action), Some(slot)) = (action, slot)
+        && (is_audited(action) || res.status().as_u16() >= 400)
         && let Err(unavailable) = ensure_event(&http_req, &slot, action, res.status()).await
     {
         return Ok(ServiceResponse::new(http_req, unavailable));
@@ -148,7 +169,7 @@ async fn answer_edge_refusal(
                 None => Source::Overflow,
             };
             match recorder
-                .rate_limited(route_what(action), &state.floods, source)
+                .rate_limited(route_what(action, req.method()), &state.floods, source)
                 .await
             {
                 Ok(()) => refusal.response(),
@@ -168,15 +189,21 @@ async fn answer_edge_refusal(
 
 /// What the events of a route are about when nothing more specific is known (the guard's
 /// fallback, refusals before the handler): its action, and its resource kind.
-pub(super) fn route_what(action: Action) -> What {
+pub(super) fn route_what(action: Action, method: &Method) -> What {
     match action {
         Action::Fhir(resource, interaction) => {
             What::new(AuditAction::from(interaction)).on(resource)
         }
         Action::Admin(a) => What::from(a),
-        Action::Public | Action::ConsoleSignIn | Action::Console => {
-            What::new(AuditAction::PermissionChange)
+        // A sign-in step that did not succeed.
+        Action::ConsoleSignIn => {
+            What::new(AuditAction::LoginFailed).on(crate::audit::ResourceType::Session)
         }
+        // A console page (read) or form (a change).
+        Action::Console if *method == Method::GET || *method == Method::HEAD => {
+            What::new(AuditAction::Read)
+        }
+        Action::Public | Action::Console => What::new(AuditAction::PermissionChange),
     }
 }
 
@@ -205,7 +232,7 @@ async fn ensure_event(
             Actor::anonymous(),
         )
     });
-    let what = route_what(action);
+    let what = route_what(action, req.method());
     let recorded = match status.as_u16() {
         401 => recorder.deny(what, [], DenyReason::NotAuthenticated).await,
         403 => recorder.deny(what, [], DenyReason::Policy).await,
@@ -231,9 +258,9 @@ mod tests {
     fn fhir_fallback_events_carry_the_routes_interaction() {
         for i in Interaction::ALL {
             let a = Action::Fhir(ResourceType::Patient, i);
-            assert_eq!(route_what(a).action, AuditAction::from(i));
+            assert_eq!(route_what(a, &Method::GET).action, AuditAction::from(i));
             assert_eq!(
-                route_what(a).kind,
+                route_what(a, &Method::GET).kind,
                 Some(crate::audit::ResourceType::Patient)
             );
         }
@@ -243,10 +270,14 @@ mod tests {
     fn admin_fallback_events_carry_the_routes_real_action() {
         use crate::policy::admin::AdminAction;
         for a in AdminAction::ALL {
-            assert_eq!(route_what(Action::Admin(a)), What::from(a), "{a:?}");
+            assert_eq!(
+                route_what(Action::Admin(a), &Method::POST),
+                What::from(a),
+                "{a:?}"
+            );
         }
         assert_eq!(
-            route_what(Action::Admin(AdminAction::ReadUser)).action,
+            route_what(Action::Admin(AdminAction::ReadUser), &Method::GET).action,
             AuditAction::Read
         );
     }

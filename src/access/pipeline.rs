@@ -152,7 +152,8 @@ impl Pipeline {
     /// Audits `refusal` with the principal as actor and the route's action, and answers
     /// it (a missing capability through [`refusal`]'s mapping).
     async fn refuse(&self, refusal: Refusal) -> AppError {
-        let what = super::guard::route_what(self.action);
+        // The method matters only on console routes, which have no pipeline.
+        let what = super::guard::route_what(self.action, &actix_web::http::Method::GET);
         let recorder = &self.recorder;
         let (recorded, answer) = match refusal {
             Refusal::RateLimited { retry_after_secs } => {

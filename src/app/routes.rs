@@ -293,6 +293,12 @@ pub fn configure(r: &mut Routes) {
         console::stepup::submit,
     );
     r.add(
+        Method::POST,
+        "/console/step-up/cancel",
+        pages,
+        console::stepup::cancel,
+    );
+    r.add(
         Method::GET,
         "/static/{file}",
         Action::Public,

@@ -151,6 +151,8 @@ coded_enum! {
         RateLimited = "rate-limited",
         Revoked = "revoked",
         Policy = "policy",
+        // The actor withdrew a change kept for its step-up code (console Cancel).
+        Cancelled = "cancelled",
     }
 }
 

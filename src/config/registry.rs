@@ -88,9 +88,10 @@ settings! {
     "console.redirect_url", Str, "", "Admin console: the callback URL registered at the provider, ending in /console/callback; required with console.issuer";
     "console.idle_timeout_secs", Int, "900", "Admin console: a session unused for this long ends";
     "console.absolute_timeout_secs", Int, "28800", "Admin console: a session ends this long after sign-in, used or not";
-    "console.totp_lockout_secs", Int, "900", "Admin console: after 5 wrong TOTP codes in a row the account's TOTP check is locked this long";
+    "console.totp_lockout_secs", Int, "900", "Admin console: after 5 wrong TOTP codes in a row the account's TOTP check is locked this long; each further lock-out before a code is accepted doubles it (at most 24 hours)";
     "console.step_up_secs", Int, "300", "Admin console: sensitive actions (roles, care teams, sessions, TOTP reset, service clients) need a TOTP code entered within this many seconds, else the console asks for one first";
-    "console.emergency_attempts_per_minute", Int, "10", "Admin console: emergency sign-in attempts allowed per minute from one address and for one account name (counted in the database, shared by all instances)";
+    "console.emergency_attempts_per_minute", Int, "10", "Admin console: emergency sign-in attempts allowed per minute from one address, whatever names it tries; all addresses together are held to 20 times this (reaching that ceiling logs an alert); counted in the database, shared by all instances";
+    "console.trusted_proxies", List, "[]", "Admin console: IP addresses of reverse proxies whose Forwarded / X-Forwarded-Host headers the Origin check of console forms believes; from any other peer those headers are ignored (empty = trust none)";
 }
 
 /// The configuration reference as a Markdown table (printed by `custodian settings`,

@@ -8,8 +8,8 @@ use super::settings::Settings;
 use super::store;
 use super::totp::Check;
 use super::{SIGN_IN_FAILED, recovery};
-use crate::audit::{AuditAction, AuditContext, AuthMethod, DenyReason, Outcome, What};
-use crate::db::users::{self, UserKind, UserRecord};
+use crate::audit::{AuditAction, AuthMethod, DenyReason, Outcome, ResourceType as Kind, What};
+use crate::db::users::{self, UserRecord};
 use crate::error::AppError;
 use crate::policy;
 use crate::state::AppState;
@@ -31,8 +31,14 @@ pub async fn sign_in_page(_: Settings) -> SignInPage {
     SignInPage
 }
 
-/// GET /console/login: a new pre-login session and the redirect to the provider.
-pub async fn login(c: Settings, state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+/// GET /console/login: a new pre-login session and the redirect to the provider. Each
+/// address holds a bounded number of live pre-login sessions (they expire quickly and are
+/// swept here); one more is refused with 429, audited.
+pub async fn login(
+    req: HttpRequest,
+    c: Settings,
+    state: web::Data<AppState>,
+) -> Result<HttpResponse, AppError> {
     let start = c.oidc.start().await?;
     let life = c.lifetimes;
     let (st, no, ve) = (
@@ -40,11 +46,25 @@ pub async fn login(c: Settings, state: web::Data<AppState>) -> Result<HttpRespon
         start.nonce.clone(),
         start.pkce_verifier.clone(),
     );
+    let source = gate::client_addr(&req);
     let now = state.clock.now();
     let id = state
         .db
-        .run(move |conn| store::session::start_pre_login(conn, &life, &st, &no, &ve, now))
+        .run(move |conn| {
+            store::session::start_pre_login(conn, &life, (&st, &no, &ve), &source, now)
+        })
         .await?;
+    let Some(id) = id else {
+        recorder::anonymous(&state, &req)
+            .session(
+                AuditAction::LoginFailed,
+                Outcome::Deny(DenyReason::RateLimited),
+            )
+            .await?;
+        return Err(AppError::RateLimited {
+            retry_after_secs: 60,
+        });
+    };
     let mut res = see_other(start.url.as_str());
     res.add_cookie(&session::pre_login_cookie(id))
         .map_err(|_| AppError::internal("session cookie"))?;
@@ -67,19 +87,42 @@ pub struct NoAccessPage;
 #[template(path = "console/continue.html")]
 pub struct ContinuePage;
 
+/// The answer to a refused sign-in: our own 403 page.
+fn no_access(req: &HttpRequest) -> HttpResponse {
+    let mut res = NoAccessPage.respond_to(req).map_into_boxed_body();
+    *res.status_mut() = StatusCode::FORBIDDEN;
+    // Our own page: the edge keeps bodies of responses it marks as pages.
+    res.extensions_mut().insert(crate::web::render::OwnPage);
+    res
+}
+
 /// GET /console/callback: verify state and `iss`, exchange the code, verify the ID token,
-/// match the user by (issuer, subject); console roles only.
+/// match the user by (issuer, subject); console roles only. Every refusal is one audit
+/// event (anonymous until a known user is matched).
 pub async fn callback(
     req: HttpRequest,
-    ctx: AuditContext,
     c: Settings,
     state: web::Data<AppState>,
     query: web::Query<Callback>,
 ) -> Result<HttpResponse, AppError> {
-    let failed = || AppError::client(StatusCode::BAD_REQUEST, SIGN_IN_FAILED);
+    let anonymous = recorder::anonymous(&state, &req);
+    // A refused step: recorded, then the one fixed answer.
+    let refuse = |reason: DenyReason| {
+        let anonymous = anonymous.clone();
+        async move {
+            anonymous
+                .deny(
+                    What::new(AuditAction::LoginFailed).on(Kind::Session),
+                    [],
+                    reason,
+                )
+                .await?;
+            Err::<HttpResponse, AppError>(AppError::client(StatusCode::BAD_REQUEST, SIGN_IN_FAILED))
+        }
+    };
     let q = query.into_inner();
     let Some(id) = session::presented(&req) else {
-        return Err(failed());
+        return refuse(DenyReason::NotAuthenticated).await;
     };
     let life = c.lifetimes;
     let now = state.clock.now();
@@ -95,39 +138,59 @@ pub async fn callback(
         })
         .await?;
     let Some(pre) = pre.filter(|s| s.stage == Stage::PreLogin) else {
-        return Err(failed());
+        return refuse(DenyReason::NotAuthenticated).await;
     };
     let expected_state = pre.oidc_state.clone().unwrap_or_default();
     let state_ok = q.state.as_deref().is_some_and(|s| {
         !expected_state.is_empty() && bool::from(s.as_bytes().ct_eq(expected_state.as_bytes()))
     });
-    // RFC 9207: when the provider names itself, it must be the provider we asked.
-    let iss_ok = q.iss.as_deref().is_none_or(|iss| iss == c.oidc.issuer());
+    // RFC 9207: when the provider names itself, it must be the provider we asked; when it
+    // says it always does, a response without `iss` is refused.
+    let iss_ok = match q.iss.as_deref() {
+        Some(iss) => iss == c.oidc.issuer(),
+        None => !c.oidc.iss_required().await?,
+    };
     if !state_ok || !iss_ok || q.error.is_some() {
-        recorder::anonymous(&state, ctx)
-            .deny(
-                What::new(AuditAction::LoginFailed),
-                [],
-                DenyReason::InvalidCredentials,
-            )
-            .await?;
-        return Err(failed());
+        return refuse(DenyReason::InvalidCredentials).await;
     }
-    let code = q.code.ok_or_else(failed)?;
-    let identity = c
+    let Some(code) = q.code else {
+        return refuse(DenyReason::InvalidCredentials).await;
+    };
+    // A refused code exchange or a rejected ID token: a client error from `finish`.
+    let identity = match c
         .oidc
         .finish(
             code,
             pre.oidc_nonce.clone().unwrap_or_default(),
             pre.pkce_verifier.clone().unwrap_or_default(),
         )
-        .await?;
+        .await
+    {
+        Ok(identity) => identity,
+        Err(AppError::Client { .. }) => return refuse(DenyReason::InvalidCredentials).await,
+        Err(e) => {
+            anonymous
+                .error(What::new(AuditAction::LoginFailed).on(Kind::Session), [])
+                .await?;
+            return Err(e);
+        }
+    };
     let (issuer, subject) = (identity.issuer, identity.subject);
+    // Looked up, never created: a refused sign-in adds nobody to the users table.
     let user = state
         .db
-        .run(move |conn| users::user_for(conn, &issuer, &subject, UserKind::Person))
+        .run(move |conn| users::find(conn, &issuer, &subject))
         .await?;
-    let audit = recorder::user(&state, ctx, &user, AuthMethod::Session);
+    let Some(user) = user else {
+        anonymous
+            .session(
+                AuditAction::LoginFailed,
+                Outcome::Deny(DenyReason::MissingRole),
+            )
+            .await?;
+        return Ok(no_access(&req));
+    };
+    let audit = recorder::user(&state, &req, &user, AuthMethod::Session);
     if !policy::admin::console_admission(&user.roles, user.disabled) {
         audit
             .session(
@@ -135,11 +198,7 @@ pub async fn callback(
                 Outcome::Deny(DenyReason::MissingRole),
             )
             .await?;
-        let mut res = NoAccessPage.respond_to(&req).map_into_boxed_body();
-        *res.status_mut() = StatusCode::FORBIDDEN;
-        // Our own page: the edge keeps bodies of responses it marks as pages.
-        res.extensions_mut().insert(crate::web::render::OwnPage);
-        return Ok(res);
+        return Ok(no_access(&req));
     }
     // A new session (new id) for the signed-in user, TOTP still to do.
     let user_id = user.id;
@@ -248,7 +307,6 @@ pub struct TotpForm {
 /// POST /console/totp: check the code; on success a new session id and the dashboard.
 pub async fn totp_submit(
     req: HttpRequest,
-    ctx: AuditContext,
     c: Settings,
     state: web::Data<AppState>,
     form: web::Form<TotpForm>,
@@ -264,6 +322,8 @@ pub async fn totp_submit(
         }
         Ok((s, user, _, subject)) => (s, user, subject),
     };
+    // From here on a refused form (bad CSRF token) is recorded as this user.
+    let audit = recorder::user(&state, &req, &user, AuthMethod::Session);
     check_post(&req, &s, form.csrf_token.as_deref())?;
     let code = zeroize::Zeroizing::new(form.code.clone().unwrap_or_default());
     let keyring = state.keyring.clone();
@@ -311,7 +371,7 @@ pub async fn totp_submit(
                 .await?;
             // The second factor of the sign-in: a sign-in event, now with MFA (a later
             // code for a sensitive change is the step-up).
-            recorder::user(&state, ctx, &user, AuthMethod::SessionMfa)
+            recorder::user(&state, &req, &user, AuthMethod::SessionMfa)
                 .session(AuditAction::Login, Outcome::Permit)
                 .await?;
             let mut res = match codes {
@@ -332,7 +392,7 @@ pub async fn totp_submit(
             } else {
                 DenyReason::InvalidCredentials
             };
-            recorder::user(&state, ctx, &user, AuthMethod::Session)
+            audit
                 .session(AuditAction::LoginFailed, Outcome::Deny(reason))
                 .await?;
             let message = if locked {
@@ -346,7 +406,7 @@ pub async fn totp_submit(
                 .map_into_boxed_body())
         }
         Check::Locked => {
-            recorder::user(&state, ctx, &user, AuthMethod::Session)
+            audit
                 .session(
                     AuditAction::LoginFailed,
                     Outcome::Deny(DenyReason::RateLimited),

@@ -23,6 +23,10 @@ pub struct ConsoleConfig {
     pub step_up_secs: u64,
     #[serde(default = "defaults::emergency_attempts_per_minute")]
     pub emergency_attempts_per_minute: u64,
+    /// Addresses of reverse proxies whose `Forwarded` / `X-Forwarded-Host` headers the
+    /// console's Origin check believes; from anyone else those headers are ignored.
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
 }
 
 impl ConsoleConfig {
@@ -43,6 +47,16 @@ impl ConsoleConfig {
             return Err(ConfigError::new(
                 "console.redirect_url",
                 "must be an https:// URL ending in /console/callback",
+            ));
+        }
+        if self
+            .trusted_proxies
+            .iter()
+            .any(|p| p.trim().parse::<std::net::IpAddr>().is_err())
+        {
+            return Err(ConfigError::new(
+                "console.trusted_proxies",
+                "must list IP addresses (e.g. [\"10.0.0.5\"])",
             ));
         }
         for (key, value) in [

@@ -9,13 +9,13 @@
 //! [`password::DUMMY_HASH`], so unknown name, wrong password and disabled account take
 //! the same path, the same time and get the same answer.
 
-use super::gate::{check_origin, see_other};
+use super::gate::{self, check_origin, see_other};
 use super::recorder::{self, ConsoleEvents, role_codes};
 use super::session::{self, Stage};
 use super::settings::Settings;
 use super::store;
 use super::totp::Check;
-use crate::audit::{AuditAction, AuditContext, AuthMethod, DenyReason, Outcome};
+use crate::audit::{AuditAction, AuthMethod, DenyReason, Outcome, ResourceType as Kind, What};
 use crate::crypto::password;
 use crate::db::users;
 use crate::error::AppError;
@@ -32,6 +32,11 @@ pub const ISSUER: &str = "urn:custodian:emergency";
 pub const MIN_PASSWORD_CHARS: usize = 15;
 /// Longer input is refused before hashing (bounds the work per attempt).
 pub const MAX_PASSWORD_BYTES: usize = 1024;
+
+/// The key of the global ceiling on emergency sign-in attempts (all addresses together).
+const GLOBAL_KEY: &str = "all";
+/// The global ceiling is this many times the per-address limit.
+pub const GLOBAL_CEILING_FACTOR: u32 = 20;
 
 pub const SIGN_IN_FAILED: &str = "Emergency sign-in failed: the name, password or code is not right, or the account is disabled. Every attempt is recorded.";
 
@@ -116,7 +121,6 @@ fn failed(req: &HttpRequest) -> HttpResponse {
 /// POST /console/emergency: name + password + TOTP code → an admin session.
 pub async fn sign_in(
     req: HttpRequest,
-    ctx: AuditContext,
     c: Settings,
     state: web::Data<AppState>,
     form: web::Form<SignInForm>,
@@ -128,29 +132,36 @@ pub async fn sign_in(
     let pass = Zeroizing::new(form.password.unwrap_or_default());
     let code = Zeroizing::new(form.code.unwrap_or_default());
     if c.emergency_attempts_per_minute > 0 {
-        let ip = req
-            .peer_addr()
-            .map(|a| a.ip().to_string())
-            .unwrap_or_default();
-        // The name key is the same whether or not the account exists.
-        // Names longer than 64 are invalid anyway: the key stays bounded.
-        let name_key: String = name.chars().take(65).collect::<String>().to_lowercase();
         let per_minute = c.emergency_attempts_per_minute;
+        // Keyed by the source address, not the account name: a flood of a name from other
+        // addresses must not lock its holder out. The global ceiling bounds a flood from
+        // many addresses; reaching it is an alert.
+        let keys = [
+            (format!("ip:{}", gate::client_addr(&req)), per_minute),
+            (
+                GLOBAL_KEY.to_string(),
+                per_minute.saturating_mul(GLOBAL_CEILING_FACTOR),
+            ),
+        ];
         let now = state.clock.now();
         let limited = state
             .db
-            .run(move |conn| {
-                let keys = [format!("ip:{ip}"), format!("name:{name_key}")];
-                store::attempts::count(conn, &keys, per_minute, now)
-            })
+            .run(move |conn| store::attempts::count(conn, &keys, now))
             .await?;
-        if let Err(wait) = limited {
+        if let Err((wait, over)) = limited {
+            let global = over.contains(&1);
+            let what = if global {
+                tracing::error!(
+                    alert = "emergency-sign-in-ceiling",
+                    "emergency sign-in attempts from all addresses reached the global ceiling"
+                );
+                What::new(AuditAction::LoginFailed).on(Kind::EmergencyAccount)
+            } else {
+                What::new(AuditAction::LoginFailed).on(Kind::Session)
+            };
             // Refused before any lookup: nobody is named in the event.
-            recorder::anonymous(&state, ctx)
-                .session(
-                    AuditAction::LoginFailed,
-                    Outcome::Deny(DenyReason::RateLimited),
-                )
+            recorder::anonymous(&state, &req)
+                .deny(what, [], DenyReason::RateLimited)
                 .await?;
             return Err(AppError::RateLimited {
                 retry_after_secs: wait.max(1),
@@ -180,14 +191,10 @@ pub async fn sign_in(
     let user_id = found.as_ref().map(|f| f.0);
     // Roles are withheld until the password and code are accepted.
     let audit = match user_id {
-        Some(id) => recorder::user_with_roles(
-            &state,
-            ctx.clone(),
-            id,
-            Vec::new(),
-            AuthMethod::EmergencyPassword,
-        ),
-        None => recorder::anonymous(&state, ctx.clone()),
+        Some(id) => {
+            recorder::user_with_roles(&state, &req, id, Vec::new(), AuthMethod::EmergencyPassword)
+        }
+        None => recorder::anonymous(&state, &req),
     };
     let deny = |reason| audit.session(AuditAction::LoginFailed, Outcome::Deny(reason));
     let (Some(user_id), true, true) = (user_id, verified, found.as_ref().is_some_and(|f| f.2))
@@ -227,7 +234,7 @@ pub async fn sign_in(
         .as_ref()
         .map(|(u, _, _)| role_codes(u))
         .unwrap_or_default();
-    recorder::user_with_roles(&state, ctx, user_id, roles, AuthMethod::EmergencyPassword)
+    recorder::user_with_roles(&state, &req, user_id, roles, AuthMethod::EmergencyPassword)
         .session(AuditAction::EmergencyLogin, Outcome::Permit)
         .await?;
     let mut res = see_other("/console");

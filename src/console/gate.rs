@@ -18,7 +18,7 @@ use super::settings::Settings;
 use super::store;
 use crate::admin::AdminActor;
 use crate::audit::{
-    AuditAction, AuditContext, AuthMethod, Outcome, Recorder, ResourceType as Kind,
+    AuditAction, AuthMethod, DenyReason, Outcome, Recorder, ResourceType as Kind, What,
 };
 use crate::db::users::{self, UserRecord};
 use crate::domain::{PatientId, UserId};
@@ -251,26 +251,34 @@ fn admit(
             .cloned()
             .ok_or_else(|| AppError::internal("app state missing"))?;
         let life = settings.lifetimes;
+        // What a refused request was about: a page (read) or a form (a change).
+        let what = match missing {
+            Missing::Redirect => What::new(AuditAction::Read),
+            Missing::Forbidden => What::new(AuditAction::PermissionChange),
+        };
         let (session, user, issuer, subject) = match gate(&req, &state, life, Stage::Active).await {
             Ok(found) => found,
             Err(Refusal::SeeOther { .. }) if matches!(missing, Missing::Forbidden) => {
+                recorder::anonymous(&state, &req)
+                    .deny(what, [], DenyReason::NotAuthenticated)
+                    .await?;
                 return Err(session_ended().into());
             }
             Err(refusal) => return Err(refusal),
         };
-        policy::admin::console_area(&user.roles, area).map_err(|_| admin_only())?;
+        let audit = recorder::user(&state, &req, &user, AuthMethod::SessionMfa);
+        if policy::admin::console_area(&user.roles, area).is_err() {
+            // A console user at a part of the console their role does not open (a privacy
+            // officer at an administration page or form): refused, and recorded as them.
+            audit.deny(what, [], DenyReason::MissingRole).await?;
+            return Err(admin_only().into());
+        }
         let me = SignedIn {
             session,
             user,
             issuer,
             subject,
         };
-        let audit = recorder::user(
-            &state,
-            AuditContext::from_request(&req),
-            &me.user,
-            AuthMethod::SessionMfa,
-        );
         Ok(Console {
             chrome: Chrome::of(&me, &life, state.clock.now()),
             me,
@@ -338,6 +346,40 @@ fn forbidden_form() -> AppError {
     )
 }
 
+/// Is the peer one of the configured proxies (`console.trusted_proxies`)?
+fn from_trusted_proxy(req: &HttpRequest) -> bool {
+    req.peer_addr()
+        .is_some_and(|peer| Settings::of(req).is_ok_and(|c| c.trusted_proxies.contains(&peer.ip())))
+}
+
+/// The browser's address for the console's per-address limits: the peer, or — only
+/// behind a configured proxy — the client address the proxy forwarded.
+pub fn client_addr(req: &HttpRequest) -> String {
+    let peer = req.peer_addr().map(|a| a.ip().to_string());
+    if from_trusted_proxy(req)
+        && let Some(real) = req.connection_info().realip_remote_addr()
+    {
+        return real.to_string();
+    }
+    peer.unwrap_or_default()
+}
+
+/// The host this request was sent to: the `Host` header (or the HTTP/2 authority) — or,
+/// only when the peer is a configured proxy (`console.trusted_proxies`), the host a
+/// `Forwarded` / `X-Forwarded-Host` header names. From anyone else those headers are the
+/// client's own words and would let a forged form name its own origin as ours.
+fn own_host(req: &HttpRequest) -> String {
+    if from_trusted_proxy(req) {
+        return req.connection_info().host().to_string();
+    }
+    req.headers()
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default()
+}
+
 /// The Origin (or, without it, the Referer's origin) must be this host or the configured
 /// public URL. Alone it guards forms posted before any session exists (emergency sign-in).
 pub fn check_origin(req: &HttpRequest) -> Result<(), AppError> {
@@ -354,7 +396,7 @@ pub fn check_origin(req: &HttpRequest) -> Result<(), AppError> {
                 .map(|u| u.origin().ascii_serialization())
         })
         .ok_or_else(forbidden_form)?;
-    let own = format!("https://{}", req.connection_info().host());
+    let own = format!("https://{}", own_host(req));
     let public = req
         .app_data::<web::Data<AppState>>()
         .map(|s| s.public_origin.clone())

@@ -4,16 +4,47 @@
 
 use crate::console::config::ConsoleConfig;
 use crate::error::AppError;
-use openidconnect::core::{CoreAuthenticationFlow, CoreClient, CoreProviderMetadata};
-use openidconnect::{
-    AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl, Nonce, PkceCodeChallenge,
-    PkceCodeVerifier, RedirectUrl, Scope, TokenResponse,
+use openidconnect::core::{
+    CoreAuthDisplay, CoreAuthenticationFlow, CoreClaimName, CoreClaimType, CoreClient,
+    CoreClientAuthMethod, CoreGrantType, CoreJsonWebKey, CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm, CoreResponseMode, CoreResponseType, CoreSubjectIdentifierType,
 };
+use openidconnect::{
+    AdditionalProviderMetadata, AuthorizationCode, ClientId, ClientSecret, CsrfToken, IssuerUrl,
+    Nonce, PkceCodeChallenge, PkceCodeVerifier, ProviderMetadata, RedirectUrl, TokenResponse,
+};
+
+/// The discovery fields beyond OpenID Connect Discovery that the console reads.
+#[derive(Clone, Debug, Default, serde::Deserialize, serde::Serialize)]
+pub struct ExtraMetadata {
+    /// RFC 9207: the provider puts `iss` in every authorization response, so a callback
+    /// without it did not come from the provider as it is.
+    #[serde(default)]
+    authorization_response_iss_parameter_supported: bool,
+}
+
+impl AdditionalProviderMetadata for ExtraMetadata {}
+
+/// The provider's metadata with [`ExtraMetadata`].
+type Metadata = ProviderMetadata<
+    ExtraMetadata,
+    CoreAuthDisplay,
+    CoreClientAuthMethod,
+    CoreClaimName,
+    CoreClaimType,
+    CoreGrantType,
+    CoreJweContentEncryptionAlgorithm,
+    CoreJweKeyManagementAlgorithm,
+    CoreJsonWebKey,
+    CoreResponseMode,
+    CoreResponseType,
+    CoreSubjectIdentifierType,
+>;
 
 pub struct Oidc {
     config: ConsoleConfig,
     http: reqwest::Client,
-    metadata: tokio::sync::OnceCell<CoreProviderMetadata>,
+    metadata: tokio::sync::OnceCell<Metadata>,
 }
 
 /// Where to send the browser, and what to remember until the callback.
@@ -49,12 +80,21 @@ impl Oidc {
         &self.config.issuer
     }
 
-    async fn metadata(&self) -> Result<&CoreProviderMetadata, AppError> {
+    /// Must the callback carry `iss` (the provider advertises RFC 9207 support)?
+    pub async fn iss_required(&self) -> Result<bool, AppError> {
+        Ok(self
+            .metadata()
+            .await?
+            .additional_metadata()
+            .authorization_response_iss_parameter_supported)
+    }
+
+    async fn metadata(&self) -> Result<&Metadata, AppError> {
         self.metadata
             .get_or_try_init(|| async {
                 let issuer = IssuerUrl::new(self.config.issuer.clone())
                     .map_err(|_| AppError::internal("console.issuer is not a URL"))?;
-                CoreProviderMetadata::discover_async(issuer, &self.http)
+                Metadata::discover_async(issuer, &self.http)
                     .await
                     .map_err(|e| {
                         tracing::warn!(error = %e, "OIDC discovery failed");
@@ -103,7 +143,8 @@ impl Oidc {
                 move || CsrfToken::new(s),
                 move || Nonce::new(n),
             )
-            .add_scope(Scope::new("openid".into()))
+            // No add_scope: the library always sends `openid` (adding it again sent
+            // `scope=openid openid`), and the console needs no other claim.
             .set_pkce_challenge(challenge)
             .url();
         Ok(Start {

@@ -11,6 +11,7 @@
 //! resource use the recorder's own [`Recorder::deny`]. Internal ids only: never names,
 //! reasons or codes.
 
+use crate::access::guard::AuditSlot;
 use crate::audit::{
     Actor, AuditAction, AuditContext, AuthMethod, Outcome, PurposeOfUse, Recorder,
     ResourceType as Kind, RoleCode, What,
@@ -18,6 +19,7 @@ use crate::audit::{
 use crate::db::users::UserRecord;
 use crate::error::AppError;
 use crate::state::AppState;
+use actix_web::HttpRequest;
 use uuid::Uuid;
 
 /// The audit roles of a user (role codes, from our database).
@@ -28,31 +30,49 @@ pub fn role_codes(user: &UserRecord) -> Vec<RoleCode> {
         .collect()
 }
 
+/// The request's recorder for `actor`, tied to the request's audit slot: an event it
+/// commits counts as the request's event, and for a known actor the guard's fallback
+/// event of a refused or failed request (CSRF, bad form, handler error) names them too.
+fn for_request(state: &AppState, req: &HttpRequest, actor: Actor) -> Recorder {
+    let known = actor.user_id.is_some();
+    let recorder = Recorder::new(state.audit.clone(), AuditContext::from_request(req), actor);
+    match AuditSlot::of(req) {
+        Some(slot) => {
+            let recorder = recorder.marking(slot.flag());
+            if known {
+                slot.set_recorder(recorder.clone());
+            }
+            recorder
+        }
+        None => recorder,
+    }
+}
+
 /// Nobody known yet (a failed or refused sign-in before a user was matched).
-pub fn anonymous(state: &AppState, ctx: AuditContext) -> Recorder {
-    Recorder::new(state.audit.clone(), ctx, Actor::anonymous())
+pub fn anonymous(state: &AppState, req: &HttpRequest) -> Recorder {
+    for_request(state, req, Actor::anonymous())
 }
 
 /// `user`, authenticated so far by `method`.
 pub fn user(
     state: &AppState,
-    ctx: AuditContext,
+    req: &HttpRequest,
     user: &UserRecord,
     method: AuthMethod,
 ) -> Recorder {
-    user_with_roles(state, ctx, user.id, role_codes(user), method)
+    user_with_roles(state, req, user.id, role_codes(user), method)
 }
 
 /// A user whose roles are given (or withheld: an emergency account before its password
 /// and code were accepted).
 pub fn user_with_roles(
     state: &AppState,
-    ctx: AuditContext,
+    req: &HttpRequest,
     id: crate::domain::UserId,
     roles: Vec<RoleCode>,
     method: AuthMethod,
 ) -> Recorder {
-    Recorder::new(state.audit.clone(), ctx, Actor::user(id, roles, method))
+    for_request(state, req, Actor::user(id, roles, method))
 }
 
 /// What an event is about, from the console's `(kind, id)` pair.

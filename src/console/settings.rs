@@ -19,9 +19,12 @@ pub struct Console {
     pub totp_lockout: chrono::Duration,
     /// How recent a TOTP check must be for a sensitive action (`console.step_up_secs`).
     pub step_up: chrono::Duration,
-    /// Emergency sign-in attempts per minute per source address and per account name,
-    /// counted in the database (shared by every instance); 0 switches the limit off.
+    /// Emergency sign-in attempts per minute per source address (all addresses together:
+    /// 20 times this), counted in the database (shared by every instance).
     pub emergency_attempts_per_minute: u32,
+    /// Peers whose forwarded-host headers the Origin check believes
+    /// (`console.trusted_proxies`).
+    pub trusted_proxies: Vec<std::net::IpAddr>,
 }
 
 impl Console {
@@ -36,6 +39,11 @@ impl Console {
             step_up: secs(config.step_up_secs),
             emergency_attempts_per_minute: u32::try_from(config.emergency_attempts_per_minute)
                 .unwrap_or(u32::MAX),
+            trusted_proxies: config
+                .trusted_proxies
+                .iter()
+                .filter_map(|p| p.trim().parse().ok())
+                .collect(),
             oidc: oidc::Oidc::new(config.clone())?,
         })
     }

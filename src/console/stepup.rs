@@ -1,22 +1,26 @@
 //! Step-up: sensitive console changes need a TOTP code entered within the last
 //! `console.step_up_secs`. When the last check is older, the change is kept server-side
-//! ([`store::pending`], bound to this session, so it cannot be forged or replayed from
-//! elsewhere) and the console asks for a code. A valid code — checked by
-//! [`store::totp::check`], so replay and lock-out rules apply — renews the session id,
-//! records the step-up time and performs the kept change with its form data intact.
+//! under its own id ([`store::pending`], bound to this session, so it cannot be forged or
+//! replayed from elsewhere) and the console asks for a code on a page carrying that id. A
+//! valid code — checked by [`store::totp::check`], so replay and lock-out rules apply —
+//! renews the session id, records the step-up time and performs the change the page
+//! named, with its form data intact. A second change posted meanwhile is kept beside the
+//! first, never in its place; Cancel (a POST) discards a kept change, audited.
 
-use super::gate::{Chrome, Console, check_post};
+use super::gate::{Chrome, Console, check_post, see_other};
 use super::pages::actions::{self, Form};
 use super::recorder::ConsoleEvents;
 use super::session::{Session, Stage};
 use super::settings::Settings;
 use super::store;
+use super::store::pending::PendingId;
 use super::totp::Check;
 use super::{TOTP_LOCKED, session};
 use crate::admin::{AdminActor, Op};
 use crate::audit::{AuditAction, DenyReason, Outcome};
 use crate::error::AppError;
 use crate::state::AppState;
+use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, Responder, ResponseError, web};
 use askama::Template;
 use askama_web::WebTemplate;
@@ -38,26 +42,50 @@ pub async fn is_fresh(state: &AppState, c: &Settings, s: &Session) -> Result<boo
 pub struct StepUpPage {
     chrome: Chrome,
     action: String,
+    pending_id: String,
     message: &'static str,
 }
 
-fn render(chrome: Chrome, op: &Op, message: &'static str) -> StepUpPage {
+fn render(chrome: Chrome, op: &Op, id: PendingId, message: &'static str) -> StepUpPage {
     StepUpPage {
         chrome,
         action: op.describe(),
+        pending_id: id.to_string(),
         message,
     }
 }
 
-/// Keeps `op` for this session, records that it needs a step-up and asks for a code.
+fn nothing_waiting() -> AppError {
+    AppError::bad_request(
+        "No change is waiting for a code (or it waited too long). Start it again.",
+    )
+}
+
+/// The kept change a form names (`pending_id`); a missing or malformed id names nothing.
+fn named(form: &Form) -> Result<PendingId, AppError> {
+    form.get("pending_id")
+        .and_then(PendingId::parse)
+        .ok_or_else(nothing_waiting)
+}
+
+/// Keeps `op` for this session under a new id (beside any change already waiting, never
+/// in its place), records that it needs a step-up and asks for a code on a page that
+/// carries that id.
 pub async fn ask(req: &HttpRequest, page: Console, op: Op) -> Result<HttpResponse, AppError> {
     let hash = page.me.session.id_hash.clone();
     let stored = op.clone();
     let now = page.state.clock.now();
-    page.state
+    let id = page
+        .state
         .db
         .run(move |c| store::pending::save(c, &hash, &stored, now))
-        .await?;
+        .await?
+        .ok_or_else(|| {
+            AppError::client(
+                StatusCode::CONFLICT,
+                "Too many changes are waiting for a code: confirm or cancel one of them first.",
+            )
+        })?;
     let (action, kind) = op.audit();
     page.record(
         action,
@@ -66,13 +94,14 @@ pub async fn ask(req: &HttpRequest, page: Console, op: Op) -> Result<HttpRespons
         Outcome::Deny(DenyReason::StepUpRequired),
     )
     .await?;
-    Ok(render(page.chrome, &op, "")
+    Ok(render(page.chrome, &op, id, "")
         .respond_to(req)
         .map_into_boxed_body())
 }
 
-/// POST /console/step-up `{csrf_token, code}`: checks the code; on success renews the
-/// session id and performs the waiting change.
+/// POST /console/step-up `{csrf_token, pending_id, code}`: checks the code; on success
+/// renews the session id and performs the change `pending_id` names (the one its page
+/// showed), and no other.
 pub async fn submit(
     req: HttpRequest,
     page: super::gate::AdminForm,
@@ -81,17 +110,13 @@ pub async fn submit(
     let page = page.0;
     let form = Form::parse(&body);
     check_post(&req, &page.me.session, form.get("csrf_token"))?;
+    let pending = named(&form)?;
     let hash = page.me.session.id_hash.clone();
-    let nothing_waiting = || {
-        AppError::bad_request(
-            "No change is waiting for a code (or it waited too long). Start it again.",
-        )
-    };
     let now = page.state.clock.now();
     let op = page
         .state
         .db
-        .run(move |c| store::pending::peek(c, &hash, now))
+        .run(move |c| store::pending::peek(c, &hash, pending, now))
         .await?
         .ok_or_else(nothing_waiting)?;
     let code = form.get("code").unwrap_or_default().to_string();
@@ -118,7 +143,7 @@ pub async fn submit(
                 .run(move |conn| {
                     use diesel::Connection;
                     conn.transaction(|conn| {
-                        let op = store::pending::take(conn, &old, now)?;
+                        let op = store::pending::take(conn, &old, pending, now)?;
                         let id = store::session::advance(conn, &old, Stage::Active, user_id, now)?;
                         Ok::<_, AppError>((id, op))
                     })
@@ -153,7 +178,7 @@ pub async fn submit(
             } else {
                 "That code was not accepted. Enter the current code from your authenticator app."
             };
-            Ok(render(page.chrome, &op, message)
+            Ok(render(page.chrome, &op, pending, message)
                 .respond_to(&req)
                 .map_into_boxed_body())
         }
@@ -164,9 +189,39 @@ pub async fn submit(
                     Outcome::Deny(DenyReason::RateLimited),
                 )
                 .await?;
-            Ok(render(page.chrome, &op, TOTP_LOCKED)
+            Ok(render(page.chrome, &op, pending, TOTP_LOCKED)
                 .respond_to(&req)
                 .map_into_boxed_body())
         }
     }
+}
+
+/// POST /console/step-up/cancel `{csrf_token, pending_id}`: discards the kept change
+/// (it can no longer be performed by any code) and records that it was withdrawn.
+pub async fn cancel(
+    req: HttpRequest,
+    page: super::gate::AdminForm,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let page = page.0;
+    let form = Form::parse(&body);
+    check_post(&req, &page.me.session, form.get("csrf_token"))?;
+    let pending = named(&form)?;
+    let hash = page.me.session.id_hash.clone();
+    let now = page.state.clock.now();
+    let op = page
+        .state
+        .db
+        .run(move |c| store::pending::take(c, &hash, pending, now))
+        .await?
+        .ok_or_else(nothing_waiting)?;
+    let (action, kind) = op.audit();
+    page.record(
+        action,
+        kind.map(|k| (k, None)),
+        Vec::new(),
+        Outcome::Deny(DenyReason::Cancelled),
+    )
+    .await?;
+    Ok(see_other("/console"))
 }

@@ -1,7 +1,8 @@
 //! TOTP (RFC 6238: SHA-1, 6 digits, 30-second steps, ±1 step) for console users: codes,
 //! setup links and QR codes. The secret is sealed with the keyring and stored by
 //! [`super::store::totp`], which remembers the last accepted step so a code cannot be used
-//! twice, and locks the check for a while after five wrong codes in a row.
+//! twice, and locks the check for a while after five wrong codes in a row — twice as long
+//! for each further lock-out before a code is accepted ([`lockout_for`]).
 
 use crate::error::AppError;
 use chrono::{DateTime, Utc};
@@ -12,6 +13,20 @@ use zeroize::Zeroizing;
 
 pub const STEP_SECS: u64 = 30;
 pub const MAX_FAILURES: i32 = 5;
+/// The longest lock-out, however many came before it.
+pub const MAX_LOCKOUT_SECS: i64 = 86_400;
+
+/// How long the lock-out that follows `earlier` lock-outs in a row lasts: `base` doubled
+/// for each, at most [`MAX_LOCKOUT_SECS`] — so someone who holds the provider password
+/// gets ever fewer guesses a day instead of a steady ~480.
+pub fn lockout_for(base: chrono::Duration, earlier: i32) -> chrono::Duration {
+    let cap = chrono::Duration::seconds(MAX_LOCKOUT_SECS);
+    let factor = 1i32.checked_shl(u32::try_from(earlier.clamp(0, 30)).unwrap_or(30));
+    factor
+        .and_then(|f| base.checked_mul(f))
+        .map_or(cap, |d| d.min(cap))
+        .max(base.min(cap))
+}
 
 pub(crate) fn totp(secret: &[u8]) -> Result<Totp, AppError> {
     Builder::new()
@@ -66,6 +81,8 @@ pub struct Enrolment {
     pub last_step: Option<i64>,
     pub failures: i32,
     pub locked_until: Option<DateTime<Utc>>,
+    /// Lock-outs in a row since the last accepted code (each doubles the next one).
+    pub lockouts: i32,
 }
 
 impl Enrolment {
@@ -143,6 +160,19 @@ mod tests {
             matching_step(SECRET, "287082", 59, Some(2)).ok(),
             Some(None)
         );
+    }
+
+    #[test]
+    fn lock_outs_double_up_to_a_day() {
+        let base = chrono::Duration::seconds(900);
+        let secs = |n| lockout_for(base, n).num_seconds();
+        assert_eq!(secs(0), 900);
+        assert_eq!(secs(1), 1800);
+        assert_eq!(secs(2), 3600);
+        assert_eq!(secs(6), 57_600);
+        assert_eq!(secs(7), 86_400);
+        assert_eq!(secs(1000), 86_400);
+        assert_eq!(secs(-1), 900);
     }
 
     #[test]

@@ -96,7 +96,9 @@ type UserRoleRow = (
     Option<String>,
 );
 
-fn find(
+/// The user for (issuer, subject) if it exists; never creates one (a refused sign-in must
+/// not add anybody to the users table).
+pub fn find(
     conn: &mut PgConnection,
     issuer: &str,
     subject: &str,

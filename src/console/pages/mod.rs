@@ -37,9 +37,13 @@ pub struct Dashboard {
     minutes_left: i64,
     seconds_left: i64,
     csrf_token: String,
+    /// Whether the administration links show: [`Chrome::admin`], decided by
+    /// `policy::admin::console_area` like the pages themselves (no role check here).
+    admin: bool,
 }
 
-/// GET /console: who is signed in and how long the session has left.
+/// GET /console: who is signed in and how long the session has left, and links to the
+/// parts of the console the viewer's role opens.
 pub async fn dashboard(page: ConsolePage) -> Dashboard {
     let me = &page.me;
     let roles: Vec<&str> = me.user.roles.iter().map(|r| r.as_str()).collect();
@@ -50,6 +54,7 @@ pub async fn dashboard(page: ConsolePage) -> Dashboard {
         minutes_left: page.chrome.minutes_left,
         seconds_left: page.chrome.seconds_left,
         csrf_token: me.session.csrf_token.clone(),
+        admin: page.chrome.admin,
     }
 }
 

@@ -1,6 +1,6 @@
-//! The emergency sign-in attempt limit, in PostgreSQL (`console_emergency_attempts`) so
-//! that all instances share it: at most `per_minute` attempts per key (source address,
-//! account name) in a minute that starts with the first attempt. The minute is measured
+//! The emergency sign-in attempt limits, in PostgreSQL (`console_emergency_attempts`) so
+//! that all instances share them: at most a key's limit of attempts per key (a source
+//! address, or the global ceiling) in a minute that starts with the first attempt. The minute is measured
 //! on the app's clock (callers pass `now`), not the database's.
 
 use crate::error::AppError;
@@ -17,17 +17,17 @@ struct Counted {
     window_start: DateTime<Utc>,
 }
 
-/// Counts one attempt for each of `keys` (in one transaction); `Err(seconds)` when any
-/// is over the limit (seconds until the latest of their minutes ends). Every key counts
-/// the attempt, whichever refuses it. The counters need no durability: the transaction
-/// does not wait for its commit to reach the disk (a crash forgets at most a minute of
-/// attempts), which keeps the sign-in's timing steady.
+/// Counts one attempt for each of `keys` (in one transaction), each key with its own
+/// per-minute limit; `Err((seconds, over))` when any is over its limit (seconds until the
+/// latest of their minutes ends; `over`: the indexes of the keys over their limit). Every
+/// key counts the attempt, whichever refuses it. The counters need no durability: the
+/// transaction does not wait for its commit to reach the disk (a crash forgets at most a
+/// minute of attempts), which keeps the sign-in's timing steady.
 pub fn count(
     conn: &mut PgConnection,
-    keys: &[String],
-    per_minute: u32,
+    keys: &[(String, u32)],
     now: DateTime<Utc>,
-) -> Result<Result<(), u64>, AppError> {
+) -> Result<Result<(), (u64, Vec<usize>)>, AppError> {
     conn.transaction(|conn| {
         diesel::sql_query("SET LOCAL synchronous_commit TO OFF").execute(conn)?;
         diesel::sql_query(
@@ -37,12 +37,14 @@ pub fn count(
         .bind::<Timestamptz, _>(now)
         .execute(conn)?;
         let mut wait: Option<u64> = None;
-        for key in keys {
-            if let Err(w) = count_one(conn, key, per_minute, now)? {
+        let mut over = Vec::new();
+        for (i, (key, per_minute)) in keys.iter().enumerate() {
+            if let Err(w) = count_one(conn, key, *per_minute, now)? {
                 wait = Some(wait.map_or(w, |x| x.max(w)));
+                over.push(i);
             }
         }
-        Ok(wait.map_or(Ok(()), Err))
+        Ok(wait.map_or(Ok(()), |w| Err((w, over))))
     })
 }
 

@@ -25,6 +25,16 @@ type Row = (
     DateTime<Utc>,
 );
 
+/// How long a pre-login session (state, nonce and PKCE verifier, no authority) lives: the
+/// time to sign in at the provider, much shorter than a signed-in session.
+pub const PRE_LOGIN_MAX_AGE_SECS: i64 = 600;
+/// Most live pre-login sessions one source address may hold at once.
+pub const PRE_LOGIN_PER_ADDRESS: i64 = 20;
+
+fn pre_login_cutoff(now: DateTime<Utc>) -> DateTime<Utc> {
+    now - chrono::Duration::seconds(PRE_LOGIN_MAX_AGE_SECS)
+}
+
 /// Loads the live session for `id`, refreshing its idle timer; an expired one is deleted.
 pub fn load(
     conn: &mut PgConnection,
@@ -38,7 +48,12 @@ pub fn load(
             cs::id_hash
                 .eq(&id_hash)
                 .and(cs::last_seen_at.gt(now - life.idle))
-                .and(cs::created_at.gt(now - life.absolute)),
+                .and(cs::created_at.gt(now - life.absolute))
+                .and(
+                    cs::stage
+                        .ne(Stage::PreLogin.as_str())
+                        .or(cs::created_at.gt(pre_login_cutoff(now))),
+                ),
         ),
     )
     .set(cs::last_seen_at.eq(now))
@@ -73,17 +88,31 @@ pub fn load(
     }))
 }
 
-/// Starts a pre-login session holding the OIDC state, nonce and PKCE verifier; returns
-/// the new session id (for the cookie). Expired sessions of anyone are swept here.
+/// Starts a pre-login session holding the OIDC state, nonce and PKCE verifier for a
+/// browser at `source` (its address); returns the new session id (for the cookie), or
+/// `None` when `source` already holds [`PRE_LOGIN_PER_ADDRESS`] live ones. Expired
+/// sessions of anyone are swept here, so unauthenticated requests cannot grow the table
+/// beyond that bound per address.
 pub fn start_pre_login(
     conn: &mut PgConnection,
     life: &Lifetimes,
-    state: &str,
-    nonce: &str,
-    verifier: &str,
+    pre_login: (&str, &str, &str),
+    source: &str,
     now: DateTime<Utc>,
-) -> Result<String, AppError> {
+) -> Result<Option<String>, AppError> {
+    let (state, nonce, verifier) = pre_login;
     sweep(conn, life, now)?;
+    let held: i64 = cs::table
+        .filter(
+            cs::stage
+                .eq(Stage::PreLogin.as_str())
+                .and(cs::source_addr.eq(source)),
+        )
+        .count()
+        .get_result(conn)?;
+    if held >= PRE_LOGIN_PER_ADDRESS {
+        return Ok(None);
+    }
     let id = random_token();
     diesel::insert_into(cs::table)
         .values((
@@ -93,11 +122,12 @@ pub fn start_pre_login(
             cs::oidc_state.eq(state),
             cs::oidc_nonce.eq(nonce),
             cs::pkce_verifier.eq(verifier),
+            cs::source_addr.eq(source),
             cs::created_at.eq(now),
             cs::last_seen_at.eq(now),
         ))
         .execute(conn)?;
-    Ok(id)
+    Ok(Some(id))
 }
 
 /// A new session for a user who just signed in with OIDC (a fresh id, never the
@@ -189,7 +219,7 @@ pub fn list_of_user(
         .load(conn)?)
 }
 
-/// Deletes every expired session.
+/// Deletes every expired session (pre-login ones after [`PRE_LOGIN_MAX_AGE_SECS`]).
 pub fn sweep(
     conn: &mut PgConnection,
     life: &Lifetimes,
@@ -199,7 +229,10 @@ pub fn sweep(
         cs::table.filter(
             cs::last_seen_at
                 .le(now - life.idle)
-                .or(cs::created_at.le(now - life.absolute)),
+                .or(cs::created_at.le(now - life.absolute))
+                .or(cs::stage
+                    .eq(Stage::PreLogin.as_str())
+                    .and(cs::created_at.le(pre_login_cutoff(now)))),
         ),
     )
     .execute(conn)?;

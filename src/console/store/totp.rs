@@ -1,7 +1,7 @@
 //! Console TOTP enrolments in PostgreSQL (`console_totp`): the sealed secret, the last
 //! accepted step (no code twice), failures and the lock-out.
 
-use crate::console::totp::{Check, Enrolment, MAX_FAILURES, matching_step};
+use crate::console::totp::{Check, Enrolment, MAX_FAILURES, lockout_for, matching_step};
 use crate::crypto::{FieldPlace, Keyring};
 use crate::db::schema::console_totp as ct;
 use crate::domain::UserId;
@@ -23,6 +23,7 @@ type Row = (
     Option<i64>,
     i32,
     Option<DateTime<Utc>>,
+    i32,
 );
 
 /// The user's enrolment, created (unconfirmed, with a fresh 160-bit secret) if missing.
@@ -42,6 +43,7 @@ pub fn enrolment(
                 ct::last_step,
                 ct::failures,
                 ct::locked_until,
+                ct::lockouts,
             ))
             .for_update()
             .first(conn)
@@ -76,6 +78,7 @@ pub fn enrolment(
         last_step: row.3,
         failures: row.4,
         locked_until: row.5,
+        lockouts: row.6,
     })
 }
 
@@ -136,7 +139,8 @@ pub fn is_confirmed(conn: &mut PgConnection, user_id: UserId) -> Result<bool, Ap
 }
 
 /// Records the result: `Some(step)` accepted (a TOTP step to remember, or `None` for a
-/// recovery code), `None` a failure, which after [`MAX_FAILURES`] starts a lock-out.
+/// recovery code), `None` a failure, which after [`MAX_FAILURES`] starts a lock-out
+/// (doubling with each lock-out in a row; an accepted code resets the count).
 fn settle(
     conn: &mut PgConnection,
     e: &Enrolment,
@@ -151,6 +155,7 @@ fn settle(
                     ct::last_step.eq(step.or(e.last_step)),
                     ct::failures.eq(0),
                     ct::locked_until.eq(None::<DateTime<Utc>>),
+                    ct::lockouts.eq(0),
                     ct::confirmed_at.eq(Some(now)),
                 ))
                 .execute(conn)?;
@@ -159,13 +164,19 @@ fn settle(
         None => {
             let failures = e.failures + 1;
             let locked = failures >= MAX_FAILURES;
-            let (failures, until) = if locked {
-                (0, Some(now + lockout))
+            // Each lock-out before the next accepted code is twice as long as the last.
+            let (failures, until, lockouts) = if locked {
+                let span = lockout_for(lockout, e.lockouts);
+                (0, Some(now + span), e.lockouts.saturating_add(1))
             } else {
-                (failures, None)
+                (failures, None, e.lockouts)
             };
             diesel::update(ct::table.filter(ct::id.eq(e.id)))
-                .set((ct::failures.eq(failures), ct::locked_until.eq(until)))
+                .set((
+                    ct::failures.eq(failures),
+                    ct::locked_until.eq(until),
+                    ct::lockouts.eq(lockouts),
+                ))
                 .execute(conn)?;
             Ok(Check::Rejected { locked })
         }

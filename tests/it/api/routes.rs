@@ -131,6 +131,7 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ),
     ("GET", "/console/audit", Expect::ConsolePage),
     ("POST", "/console/step-up", Expect::ConsoleAction),
+    ("POST", "/console/step-up/cancel", Expect::ConsoleAction),
     ("GET", "/static/{file}", Expect::Public),
 ];
 
@@ -407,6 +408,12 @@ impl Setup {
     }
 }
 
+fn audit_event_count(app: &TestApp) -> i64 {
+    use custodian::db::schema::audit_events::dsl::*;
+    use diesel::prelude::*;
+    audit_events.count().get_result(&mut app.db.conn()).unwrap()
+}
+
 fn name(route: &RouteInfo) -> String {
     format!("{} {}", route.method, route.path)
 }
@@ -485,10 +492,24 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
         let name = name(route);
         let expect = expected(route).unwrap();
         // 1. Without credentials (one failed login on an audited route, nobody named).
+        let before = audit_event_count(&w.app);
         let res = s
             .send_audited(route, None, None, &format!("{name}: no credentials"))
             .await;
         let status = res.status().as_u16();
+        if matches!(
+            expect,
+            Expect::ConsolePage | Expect::ConsoleAction | Expect::SignIn(_)
+        ) {
+            // A refused console request leaves exactly one audit event; a redirect to the
+            // sign-in page or a page served leaves none.
+            let recorded = audit_event_count(&w.app) - before;
+            let want = i64::from(status >= 400);
+            assert_eq!(
+                recorded, want,
+                "{name}: {status} recorded {recorded} events"
+            );
+        }
         match expect {
             Expect::Fhir | Expect::Admin => assert_eq!(status, 401, "{name}: no credentials"),
             Expect::ConsolePage => {

@@ -431,3 +431,81 @@ async fn first_administrator_is_granted_from_the_cli_and_signs_in() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--role"));
 }
+
+/// A client like [`reqwest_client`] whose connections come from `addr` (another loopback
+/// address: another source address to the server).
+fn client_from(addr: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(test_cert().cert_pem.as_bytes()).unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .local_address(Some(addr.parse().unwrap()))
+        .build()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn flooding_a_name_from_another_address_does_not_lock_its_holder_out() {
+    let (app, _idp) =
+        app_with(TestApp::builder().set("console.emergency_attempts_per_minute", 3)).await;
+    let secret = create_account(&app, "breakglass-1");
+    // Someone else floods the holder's account name from another address…
+    let flood = client_from("127.0.0.2");
+    for _ in 0..3 {
+        let r = post_emergency(&app, &flood, "breakglass-1", "guess guess guess", "123456").await;
+        assert_eq!(r.0, 401);
+    }
+    for _ in 0..2 {
+        let r = post_emergency(&app, &flood, "breakglass-1", "guess guess guess", "123456").await;
+        assert_eq!(r.0, 429, "the flooding address is over its limit");
+    }
+    // …and the holder, from their own address, still signs in.
+    let holder = reqwest_client();
+    let (status, _, _, loc) =
+        post_emergency(&app, &holder, "breakglass-1", PASSWORD, &code(&secret, 0)).await;
+    assert_eq!(
+        status, 303,
+        "the holder is not locked out by another address"
+    );
+    assert_eq!(loc.as_deref(), Some("/console"));
+    // The flood's refusals are audited, one event each.
+    let refused = events(&app)
+        .iter()
+        .filter(|e| e.0 == "login-failed" && e.2.as_deref() == Some("rate-limited"))
+        .count();
+    assert_eq!(refused, 2);
+}
+
+#[tokio::test]
+async fn the_global_ceiling_on_emergency_attempts_is_an_audited_alert() {
+    let (app, _idp) =
+        app_with(TestApp::builder().set("console.emergency_attempts_per_minute", 1)).await;
+    let ceiling = custodian::console::emergency::GLOBAL_CEILING_FACTOR;
+    // One attempt from each of `ceiling` addresses: each within its own limit.
+    for i in 0..ceiling {
+        let b = client_from(&format!("127.0.0.{}", i + 2));
+        let r = post_emergency(&app, &b, "someone", "guess guess guess", "123456").await;
+        assert_eq!(r.0, 401, "address {i}");
+    }
+    // One more from a fresh address is over the ceiling of all addresses together.
+    let b = client_from(&format!("127.0.0.{}", ceiling + 2));
+    let r = post_emergency(&app, &b, "someone", "guess guess guess", "123456").await;
+    assert_eq!(r.0, 429, "the global ceiling");
+    use custodian::db::schema::audit_events as ae;
+    let alerts: Vec<(String, Option<String>, Option<uuid::Uuid>)> = ae::table
+        .filter(ae::deny_reason.eq("rate-limited"))
+        .select((ae::action, ae::resource_type, ae::actor_user_id))
+        .load(&mut app.db.conn())
+        .unwrap();
+    assert_eq!(
+        alerts,
+        vec![(
+            "login-failed".to_string(),
+            Some("EmergencyAccount".to_string()),
+            None
+        )]
+    );
+}

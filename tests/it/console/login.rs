@@ -239,6 +239,12 @@ async fn admin_signs_in_enrols_totp_and_sees_the_dashboard() {
         q.contains_key("state") && q.contains_key("nonce"),
         "{authorize}"
     );
+    // `openid` once (it was sent as `openid openid`).
+    assert_eq!(
+        q.get("scope").map(String::as_str),
+        Some("openid"),
+        "{authorize}"
+    );
     let pre_login = b.session(&app).unwrap();
 
     let callback = idp
@@ -417,6 +423,13 @@ async fn callback_replayed_in_another_browser_gives_no_session() {
     let res = attacker.client.get(callback.as_str()).send().await.unwrap();
     assert_eq!(res.status(), 400);
     assert_no_session(&app, &attacker).await;
+    // Both callbacks without a live pre-login session of their own are audited.
+    assert_eq!(
+        refused_sign_ins(&app).len(),
+        2,
+        "{:?}",
+        refused_sign_ins(&app)
+    );
 }
 
 #[tokio::test]
@@ -443,7 +456,188 @@ async fn bad_id_token_gives_no_session(mode: &str) {
     assert_eq!(res.status(), 400, "mode {mode}");
     let body = res.text().await.unwrap();
     assert!(body.contains("Sign-in could not be completed"), "{body}");
+    // The rejected ID token is one audit event (nobody matched yet).
+    assert_eq!(
+        refused_sign_ins(&app),
+        vec![(
+            "login-failed".into(),
+            "deny".into(),
+            Some("invalid-credentials".into()),
+            None
+        )],
+        "mode {mode}"
+    );
     assert_no_session(&app, &b).await;
+}
+
+/// (action, outcome, deny reason, actor) of every refused sign-in step.
+fn refused_sign_ins(app: &TestApp) -> Vec<(String, String, Option<String>, Option<uuid::Uuid>)> {
+    use custodian::db::schema::audit_events as ae;
+    ae::table
+        .filter(ae::action.eq("login-failed"))
+        .order(ae::seq)
+        .select((ae::action, ae::outcome, ae::deny_reason, ae::actor_user_id))
+        .load(&mut app.db.conn())
+        .unwrap()
+}
+
+fn without_param(url: &url::Url, name: &str) -> url::Url {
+    let pairs: Vec<(String, String)> = url
+        .query_pairs()
+        .into_owned()
+        .filter(|(k, _)| k != name)
+        .collect();
+    let mut out = url.clone();
+    out.query_pairs_mut().clear().extend_pairs(pairs);
+    out
+}
+
+#[tokio::test]
+async fn refused_code_exchange_is_audited() {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = CookieClient::new();
+    let callback = idp.authorize(&app, &b.client, "alice").await;
+    // A code the provider never issued: its token endpoint refuses the exchange.
+    let bad = with_param(&callback, "code", "not-a-code-the-provider-issued");
+    let res = b.client.get(bad.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_no_session(&app, &b).await;
+    assert_eq!(
+        refused_sign_ins(&app),
+        vec![(
+            "login-failed".into(),
+            "deny".into(),
+            Some("invalid-credentials".into()),
+            None
+        )]
+    );
+}
+
+#[tokio::test]
+async fn callback_without_iss_is_refused_when_the_provider_advertises_it() {
+    let (app, idp) = start(TestApp::builder()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    // The test provider advertises RFC 9207 support in its discovery document.
+    let meta: serde_json::Value =
+        reqwest::get(format!("{}/.well-known/openid-configuration", idp.issuer))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+    assert_eq!(meta["authorization_response_iss_parameter_supported"], true);
+    let b = CookieClient::new();
+    let callback = idp.authorize(&app, &b.client, "alice").await;
+    let bad = without_param(&callback, "iss");
+    assert_ne!(bad, callback);
+    let res = b.client.get(bad.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 400);
+    assert_no_session(&app, &b).await;
+    assert_eq!(refused_sign_ins(&app).len(), 1, "the refusal is audited");
+}
+
+#[tokio::test]
+async fn unknown_subject_is_refused_without_being_added_to_the_users_table() {
+    let (app, idp) = start(TestApp::builder()).await;
+    let b = CookieClient::new();
+    let callback = idp.authorize(&app, &b.client, "stranger").await;
+    let res = b.client.get(callback.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 403);
+    assert_eq!(user_sessions(&app), 0);
+    let found = {
+        let mut conn = app.db.conn();
+        users::find(&mut conn, &idp.issuer, "stranger").unwrap()
+    };
+    assert!(
+        found.is_none(),
+        "a refused sign-in adds nobody to the users table"
+    );
+    assert_eq!(
+        refused_sign_ins(&app),
+        vec![(
+            "login-failed".into(),
+            "deny".into(),
+            Some("missing-role".into()),
+            None
+        )]
+    );
+}
+
+/// Live pre-login sessions in the database.
+fn pre_login_sessions(app: &TestApp) -> i64 {
+    use custodian::db::schema::console_sessions::dsl::*;
+    console_sessions
+        .filter(stage.eq("pre_login"))
+        .count()
+        .get_result(&mut app.db.conn())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn pre_login_sessions_are_bounded_per_address_and_expire_soon() {
+    use custodian::console::store::session::{PRE_LOGIN_MAX_AGE_SECS, PRE_LOGIN_PER_ADDRESS};
+    let (app, idp) = start(TestApp::builder().manual_clock()).await;
+    user_with(&app, &idp, "alice", &[Role::Admin]);
+    // A sign-in started and left at the provider…
+    let b = CookieClient::new();
+    let callback = idp.authorize(&app, &b.client, "alice").await;
+    // …and unauthenticated GET /console/login from the same address, each a new row, up
+    // to the bound.
+    let anon = reqwest_anon();
+    for i in 1..PRE_LOGIN_PER_ADDRESS {
+        let res = anon.get(app.url("/console/login")).send().await.unwrap();
+        assert_eq!(res.status(), 303, "pre-login {i}");
+    }
+    assert_eq!(pre_login_sessions(&app), PRE_LOGIN_PER_ADDRESS);
+    let res = anon.get(app.url("/console/login")).send().await.unwrap();
+    assert_eq!(res.status(), 429, "over the bound for this address");
+    assert!(res.headers().contains_key("retry-after"));
+    assert_eq!(pre_login_sessions(&app), PRE_LOGIN_PER_ADDRESS);
+    assert_eq!(
+        refused_sign_ins(&app),
+        vec![(
+            "login-failed".into(),
+            "deny".into(),
+            Some("rate-limited".into()),
+            None
+        )],
+        "the refusal is audited"
+    );
+    // A pre-login session lives minutes, not the idle timeout: past its age the callback
+    // of the sign-in left at the provider is refused…
+    let idle: i64 = app_config_idle(&app);
+    assert!(PRE_LOGIN_MAX_AGE_SECS < idle);
+    advance(&app, u64::try_from(PRE_LOGIN_MAX_AGE_SECS).unwrap() + 1);
+    let res = b.client.get(callback.as_str()).send().await.unwrap();
+    assert_eq!(res.status(), 400, "the pre-login session expired");
+    // …and the next sign-in sweeps the expired ones away.
+    let res = anon.get(app.url("/console/login")).send().await.unwrap();
+    assert_eq!(res.status(), 303);
+    assert_eq!(pre_login_sessions(&app), 1);
+}
+
+/// The console's idle timeout (default settings).
+fn app_config_idle(_app: &TestApp) -> i64 {
+    custodian::config::registry::setting("console.idle_timeout_secs")
+        .unwrap()
+        .default
+        .parse()
+        .unwrap()
+}
+
+/// A client without a cookie jar: every GET /console/login is a new browser.
+fn reqwest_anon() -> reqwest::Client {
+    reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(crate::support::test_cert().cert_pem.as_bytes())
+                .unwrap(),
+        )
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
 }
 
 #[tokio::test]
@@ -725,6 +919,78 @@ async fn the_totp_lock_out_ends_after_its_time() {
     );
     assert_eq!(recovery_codes(&res.text().await.unwrap()).len(), 10);
     assert_eq!(b.lands(&app, "/console").await, None);
+}
+
+#[tokio::test]
+async fn the_totp_lock_out_doubles_until_a_code_is_accepted() {
+    let (app, idp) = start(
+        TestApp::builder()
+            .manual_clock()
+            .set("console.idle_timeout_secs", 7200)
+            .set("console.totp_lockout_secs", 900),
+    )
+    .await;
+    let alice = user_with(&app, &idp, "alice", &[Role::Admin]);
+    let b = CookieClient::new();
+    let mut page = b.oidc_sign_in(&app, &idp, "alice").await;
+    let secret = text_by_id(&page, "totp-secret");
+    let lock = |page: String| {
+        let b = &b;
+        let app = &app;
+        let secret = secret.clone();
+        async move {
+            let mut page = page;
+            for _ in 0..5 {
+                let res = b.submit_code(app, &page, &wrong_code(&secret)).await;
+                page = res.text().await.unwrap();
+            }
+            assert!(page.contains("Too many wrong codes"), "{page}");
+            page
+        }
+    };
+    page = lock(page).await;
+    // The first lock-out: 900 s.
+    advance(&app, 910);
+    // Five more wrong codes: the second lock-out is twice as long…
+    page = lock(page).await;
+    advance(&app, 910);
+    let res = b
+        .submit_code(&app, &page, &totp_code(&secret, app_secs(&app)))
+        .await;
+    let page = res.text().await.unwrap();
+    assert!(
+        page.contains("Too many wrong codes"),
+        "still locked after 910 s of an 1800 s lock-out: {page}"
+    );
+    // …and over after 1800 s.
+    advance(&app, 900);
+    let res = b
+        .submit_code(&app, &page, &totp_code(&secret, app_secs(&app)))
+        .await;
+    assert_eq!(
+        res.status(),
+        200,
+        "enrolment confirmed: recovery codes shown"
+    );
+    // An accepted code starts the count afresh.
+    let lockouts: i32 = {
+        use custodian::db::schema::console_totp::dsl::*;
+        console_totp
+            .filter(user_id.eq(alice.as_uuid()))
+            .select(lockouts)
+            .first(&mut app.db.conn())
+            .unwrap()
+    };
+    assert_eq!(lockouts, 0);
+    // Each lock-out is audited (the failure that starts it and each refused code after).
+    let ev = events(&app);
+    assert!(
+        ev.iter()
+            .filter(|e| e.0 == "login-failed" && e.2.as_deref() == Some("rate-limited"))
+            .count()
+            >= 3,
+        "{ev:?}"
+    );
 }
 
 #[tokio::test]

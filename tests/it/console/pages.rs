@@ -266,11 +266,40 @@ impl Console {
     }
 }
 
+impl Console {
+    /// (action, outcome, deny reason, auth method, resource id) of the events `actor`
+    /// is named in.
+    fn events_of(&self, actor: Uuid) -> Vec<Event> {
+        use custodian::db::schema::audit_events as ae;
+        ae::table
+            .filter(ae::actor_user_id.eq(actor))
+            .order(ae::seq)
+            .select((
+                ae::action,
+                ae::outcome,
+                ae::deny_reason,
+                ae::auth_method,
+                ae::resource_id,
+            ))
+            .load(&mut self.app.db.conn())
+            .unwrap()
+    }
+}
+
 fn location(res: &reqwest::Response) -> String {
     res.headers()
         .get("location")
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
+        .to_string()
+}
+
+/// The id of the kept change a step-up page shows (submitted with its code).
+fn pending_id(html: &str) -> String {
+    html.split("name=\"pending_id\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap_or_else(|| panic!("no pending_id on {html}"))
         .to_string()
 }
 
@@ -457,6 +486,7 @@ async fn stale_totp_asks_for_a_code_then_performs_the_original_change() {
     let html = res.text().await.unwrap();
     assert!(html.contains("action=\"/console/step-up\""), "{html}");
     assert!(html.contains("Grant the role billing"), "{html}");
+    let pending = pending_id(&html);
     assert!(
         c.roles_of(target).is_empty(),
         "nothing changes before the code"
@@ -468,14 +498,30 @@ async fn stale_totp_asks_for_a_code_then_performs_the_original_change() {
     );
 
     // A wrong code: asked again, still nothing changed.
-    let res = c.post(&a, "/console/step-up", &[("code", "000000")]).await;
+    let res = c
+        .post(
+            &a,
+            "/console/step-up",
+            &[("pending_id", &pending), ("code", "000000")],
+        )
+        .await;
     assert_eq!(res.status(), StatusCode::OK);
-    assert!(res.text().await.unwrap().contains("not accepted"));
+    let html = res.text().await.unwrap();
+    assert!(html.contains("not accepted"));
+    assert_eq!(
+        pending_id(&html),
+        pending,
+        "asked again for the same change"
+    );
     assert!(c.roles_of(target).is_empty());
 
     // A valid code: new session id, then the original change with its form data.
     let res = c
-        .post(&a, "/console/step-up", &[("code", &code_at(now_secs()))])
+        .post(
+            &a,
+            "/console/step-up",
+            &[("pending_id", &pending), ("code", &code_at(now_secs()))],
+        )
         .await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER, "{:?}", res.headers());
     assert_eq!(
@@ -603,9 +649,14 @@ async fn a_change_that_waited_too_long_for_its_code_is_not_performed() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
+    let pending = pending_id(&res.text().await.unwrap());
     c.advance(590);
     let res = c
-        .post(&a, "/console/step-up", &[("code", &c.code_now())])
+        .post(
+            &a,
+            "/console/step-up",
+            &[("pending_id", &pending), ("code", &c.code_now())],
+        )
         .await;
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
     assert_eq!(c.roles_of(target).len(), 1);
@@ -633,10 +684,15 @@ async fn a_change_that_waited_too_long_for_its_code_is_not_performed() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
+    let pending = pending_id(&res.text().await.unwrap());
     // …longer than ten minutes: the code no longer performs it.
     c.advance(601);
     let res = c
-        .post(&a, "/console/step-up", &[("code", &c.code_now())])
+        .post(
+            &a,
+            "/console/step-up",
+            &[("pending_id", &pending), ("code", &c.code_now())],
+        )
         .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(
@@ -726,7 +782,7 @@ async fn sessions_are_shared_by_instances_behind_a_load_balancer() {
 #[tokio::test]
 async fn posts_need_the_csrf_token_and_our_origin() {
     let c = Console::start().await;
-    let (_, a) = admin(&c, "root");
+    let (a_id, a) = admin(&c, "root");
     let target = c.user("dr-new", &[], None);
     let path = format!("/console/users/{target}/grant-role");
     let fields = [("role", "clinician"), ("reason", "new hire")];
@@ -758,6 +814,13 @@ async fn posts_need_the_csrf_token_and_our_origin() {
         .await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN, "step-up without token");
     assert!(c.roles_of(target).is_empty());
+    // Each forged POST is one audit event, naming the signed-in administrator.
+    let refused: Vec<_> = c
+        .events_of(a_id)
+        .into_iter()
+        .filter(|e| e.1 == "deny")
+        .collect();
+    assert_eq!(refused.len(), 5, "{refused:?}");
 
     let res = c.post_raw(&a, &path, &with_token, Some(&origin)).await;
     assert_eq!(
@@ -838,6 +901,29 @@ async fn privacy_officers_see_audit_events_but_cannot_administer() {
         .await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     assert_eq!(c.roles_of(po).len(), 1);
+    // Each refused attempt is one audit event naming the privacy officer.
+    let refused: Vec<_> = c
+        .events_of(po)
+        .into_iter()
+        .filter(|e| e.1 == "deny")
+        .map(|e| (e.0, e.2))
+        .collect();
+    assert_eq!(
+        refused,
+        vec![
+            ("read".to_string(), Some("missing-role".to_string())),
+            ("read".to_string(), Some("missing-role".to_string())),
+            (
+                "permission-change".to_string(),
+                Some("missing-role".to_string())
+            ),
+        ]
+    );
+    // The dashboard offers only what the role may open.
+    let dash = c.get(&p, "/console").await.text().await.unwrap();
+    assert!(!dash.contains("href=\"/console/users\""), "{dash}");
+    assert!(!dash.contains("href=\"/console/clients\""), "{dash}");
+    assert!(dash.contains("href=\"/console/audit\""), "{dash}");
     let audit = c.get(&p, "/console/audit").await;
     assert_eq!(audit.status(), StatusCode::OK);
     // Not signed in at all: the sign-in page.
@@ -942,8 +1028,13 @@ async fn a_kept_change_runs_once_and_a_failing_one_keeps_the_renewed_session() {
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
+    let pending = pending_id(&res.text().await.unwrap());
     let res = c
-        .post(&a, "/console/step-up", &[("code", &code_at(now_secs()))])
+        .post(
+            &a,
+            "/console/step-up",
+            &[("pending_id", &pending), ("code", &code_at(now_secs()))],
+        )
         .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(
@@ -973,7 +1064,10 @@ async fn a_kept_change_runs_once_and_a_failing_one_keeps_the_renewed_session() {
         .post(
             &renewed,
             "/console/step-up",
-            &[("code", &code_at(now_secs() + 30))],
+            &[
+                ("pending_id", &pending),
+                ("code", &code_at(now_secs() + 30)),
+            ],
         )
         .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
@@ -1024,4 +1118,165 @@ async fn emergency_sign_in_attempts_are_limited_across_instances_and_every_refus
         .filter(|e| e.0 == "login-failed" && e.2.as_deref() == Some("rate-limited"))
         .count();
     assert_eq!(refused, 2, "a rate-limited attempt is audited");
+}
+
+#[tokio::test]
+async fn administrators_see_the_administration_links_on_the_dashboard() {
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let dash = c.get(&a, "/console").await.text().await.unwrap();
+    assert!(dash.contains("href=\"/console/users\""), "{dash}");
+    assert!(dash.contains("href=\"/console/clients\""), "{dash}");
+}
+
+/// Posts a sensitive change from a stale session; returns the kept change's id.
+async fn kept(c: &Console, b: &CookieClient, target: Uuid, role: &str) -> String {
+    let res = c
+        .post(
+            b,
+            &format!("/console/users/{target}/grant-role"),
+            &[("role", role), ("reason", "covers the ward")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    assert!(html.contains(&format!("Grant the role {role}")), "{html}");
+    let id = pending_id(&html);
+    assert!(
+        html.contains(&format!("id=\"pending-id\">{id}<")),
+        "the page shows it: {html}"
+    );
+    id
+}
+
+#[tokio::test]
+async fn a_second_change_does_not_replace_the_one_waiting_for_a_code() {
+    let c = Console::start_clocked().await;
+    let (_, a) = admin(&c, "root");
+    let target = c.user("dr-new", &[], None);
+    c.make_stale(&a);
+    // Change A waits for a code; change B is posted from the same session meanwhile.
+    let a_id = kept(&c, &a, target, "billing").await;
+    let b_id = kept(&c, &a, target, "admin").await;
+    assert_ne!(a_id, b_id);
+    // The code typed on A's page performs A, not B.
+    let res = c
+        .post(
+            &a,
+            "/console/step-up",
+            &[("pending_id", &a_id), ("code", &c.code_now())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        c.roles_of(target),
+        vec![("billing".to_string(), "covers the ward".to_string())]
+    );
+    // B is still kept, separately, and only its own id (and a code) performs it.
+    let html = c.get(&a, &location(&res)).await.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    let renewed = CookieClient {
+        client: a.client.clone(),
+        jar: a.jar.clone(),
+        session_id: String::new(),
+        csrf,
+    };
+    c.advance(30);
+    let res = c
+        .post(
+            &renewed,
+            "/console/step-up",
+            &[("pending_id", &a_id), ("code", &c.code_now())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST, "A was used once");
+    assert_eq!(c.roles_of(target).len(), 1);
+    // Without an id, nothing is performed.
+    let res = c
+        .post(&renewed, "/console/step-up", &[("code", &c.code_now())])
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(c.roles_of(target).len(), 1);
+}
+
+#[tokio::test]
+async fn cancel_discards_the_kept_change_and_is_audited() {
+    let c = Console::start_clocked().await;
+    let (a_uid, a) = admin(&c, "root");
+    let target = c.user("dr-new", &[], None);
+    c.make_stale(&a);
+    let id = kept(&c, &a, target, "admin").await;
+    // Cancel is a form (a POST with the CSRF token), not a link.
+    let res = c
+        .post_raw(
+            &a,
+            "/console/step-up/cancel",
+            &[("pending_id", &id)],
+            Some(&c.origin()),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN, "no CSRF token");
+    let res = c
+        .post(&a, "/console/step-up/cancel", &[("pending_id", &id)])
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    // A later code performs nothing.
+    let res = c
+        .post(
+            &a,
+            "/console/step-up",
+            &[("pending_id", &id), ("code", &c.code_now())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(c.roles_of(target).is_empty());
+    assert!(
+        c.events_of(a_uid)
+            .iter()
+            .any(|e| e.0 == "permission-change" && e.2.as_deref() == Some("cancelled")),
+        "{:?}",
+        c.events_of(a_uid)
+    );
+}
+
+#[tokio::test]
+async fn forwarded_host_headers_count_only_from_configured_proxies() {
+    let forged = |c: &Console, b: &CookieClient, target: Uuid| {
+        let body = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs([
+                ("csrf_token", b.csrf.as_str()),
+                ("role", "clinician"),
+                ("reason", "new hire"),
+            ])
+            .finish();
+        b.client
+            .post(c.app.url(&format!("/console/users/{target}/grant-role")))
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header("origin", "https://evil.example")
+            .header("x-forwarded-host", "evil.example")
+            .header("forwarded", "host=evil.example;proto=https")
+            .body(body)
+            .send()
+    };
+    // No proxy configured: the headers are the client's own words, and refused.
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let target = c.user("dr-new", &[], None);
+    let res = forged(&c, &a, target).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(c.roles_of(target).is_empty());
+    // Behind a configured proxy (here: the test client's address), they name the host.
+    let c = Console::start_with(
+        crate::support::TestApp::builder().set("console.trusted_proxies", vec!["127.0.0.1"]),
+    )
+    .await;
+    let (_, a) = admin(&c, "root");
+    let target = c.user("dr-new", &[], None);
+    let res = forged(&c, &a, target).await.unwrap();
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
 }
