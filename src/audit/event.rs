@@ -68,6 +68,11 @@ coded_enum! {
         AuditVerify = "audit-verify",
         EmergencyLogin = "emergency-login",
         EmergencyAccountChange = "emergency-account-change",
+        // The approval queue (separation of duties): a change kept for a second
+        // administrator, and that administrator's decision.
+        ChangeRequested = "change-requested",
+        ChangeApproved = "change-approved",
+        ChangeDenied = "change-denied",
     }
 }
 
@@ -119,6 +124,7 @@ coded_enum! {
         Key = "Key",
         AuditLog = "AuditLog",
         EmergencyAccount = "EmergencyAccount",
+        PendingChange = "PendingChange",
     }
 }
 
@@ -151,6 +157,10 @@ coded_enum! {
         RateLimited = "rate-limited",
         Revoked = "revoked",
         Policy = "policy",
+        // Nobody changes their own access or approves their own request.
+        SeparationOfDuties = "separation-of-duties",
+        // A write or search on a field outside the role's view.
+        FieldNotInView = "field-not-in-view",
     }
 }
 
