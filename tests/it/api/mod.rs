@@ -6,3 +6,5 @@ mod auth;
 mod patient;
 mod resources;
 mod routes;
+mod separation;
+mod write_control;
