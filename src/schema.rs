@@ -322,3 +322,18 @@ diesel::table! {
         attempts -> Int4,
     }
 }
+
+diesel::table! {
+    pending_changes (id) {
+        id -> Uuid,
+        kind -> Text,
+        payload -> Jsonb,
+        target_user_id -> Nullable<Uuid>,
+        requested_by -> Uuid,
+        requested_at -> Timestamptz,
+        status -> Text,
+        decided_by -> Nullable<Uuid>,
+        decided_at -> Nullable<Timestamptz>,
+        decision_reason -> Nullable<Text>,
+    }
+}

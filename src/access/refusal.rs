@@ -17,6 +17,9 @@
 //!   kind of resource, and has no relationship that gives them any. That is a refusal of
 //!   the interaction, answered 403 with the reason — on every resource type (Patient
 //!   search used to answer 404 while the others answered 403).
+//! - A write or search that names a field outside the role's view (field-level control,
+//!   [`on_field`]) is a 403 naming the field, like a denied search: the caller asked to do
+//!   something its role may not, on a record it may otherwise see.
 //! - On a create, the patient named in the body is input: a patient that does not exist
 //!   and one the principal may not write for get the same 422 on that field.
 
@@ -57,6 +60,28 @@ pub fn on_create(reason: DenyReason, field: &'static str, requirement: &'static 
         }
         other => forbidden(other),
     }
+}
+
+/// What a refused field was used for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FieldUse {
+    Write,
+    Search,
+}
+
+/// A write or search on a field outside the role's view: 403 naming the field (`field` is
+/// ours, from the view's field list, never the caller's input).
+pub fn on_field(field: &'static str, usage: FieldUse) -> AppError {
+    let verb = match usage {
+        FieldUse::Write => "write",
+        FieldUse::Search => "search on",
+    };
+    AppError::client(
+        StatusCode::FORBIDDEN,
+        format!(
+            "Access denied: your role may not {verb} the field '{field}' (it is outside your view of this resource)."
+        ),
+    )
 }
 
 /// A refusal of the administration API (`admin` role AND `admin` scope).

@@ -150,6 +150,18 @@ async fn perform(
             json_response(status, &serde_json::json!({ "id": id, "name": name }))
         }
         Done::Nothing => HttpResponse::NoContent().finish(),
+        // Kept for a second administrator (separation of duties): not performed yet.
+        Done::Pending(id) => json_response(
+            StatusCode::ACCEPTED,
+            &serde_json::json!({ "pending_change_id": id, "status": "pending" }),
+        ),
+        Done::Decided { change, approved } => json_response(
+            status,
+            &serde_json::json!({
+                "pending_change_id": change,
+                "status": if approved { "approved" } else { "denied" },
+            }),
+        ),
     })
 }
 

@@ -11,11 +11,12 @@
 
 use crate::audit::{AuditAction, ClientId, Outcome, ResourceType as Kind};
 use crate::db::Db;
+use crate::db::pending::{self, Decision};
 use crate::db::users::{self, UserKind, UserSummary};
-use crate::domain::{FacilityId, PatientId, UserId};
+use crate::domain::{FacilityId, PatientId, PendingChangeId, UserId};
 use crate::error::AppError;
 use crate::policy::Role;
-use crate::policy::admin::{self as rules, SelfChange};
+use crate::policy::admin::{self as rules, AccessChange, SelfChange, Verdict};
 use actix_web::http::StatusCode;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -85,6 +86,16 @@ pub enum Op {
     CreateFacility {
         name: String,
     },
+    /// Approve a change waiting in the approval queue (a second administrator).
+    ApproveChange {
+        change: PendingChangeId,
+        reason: Option<String>,
+    },
+    /// Deny a change waiting in the approval queue.
+    DenyChange {
+        change: PendingChangeId,
+        reason: Option<String>,
+    },
 }
 
 /// Whether an operation needs a free-text reason (kept in the access-change history,
@@ -113,11 +124,32 @@ pub enum Done {
     Facility { id: FacilityId, name: String },
     /// Nothing to show (sessions ended, authenticator reset).
     Nothing,
+    /// The change needs a second administrator: it waits in the approval queue.
+    Pending(PendingChangeId),
+    /// A waiting change was approved (and performed) or denied.
+    Decided {
+        change: PendingChangeId,
+        approved: bool,
+    },
 }
 
 /// What a change touched, for its audit event (internal ids only).
 #[derive(Default)]
 pub struct Touched {
+    pub resource_id: Option<Uuid>,
+    pub patients: Vec<PatientId>,
+    /// The event is recorded as this instead of the operation's own action (a change kept
+    /// for approval is recorded as `change-requested` on the pending change).
+    pub recorded_as: Option<(AuditAction, Option<Kind>)>,
+    /// A second event for what the change did besides (an approval performs the approved
+    /// change: `change-approved` on the request, then the change's own event).
+    pub effect: Option<Box<Effect>>,
+}
+
+/// The event of a change performed on approval.
+pub struct Effect {
+    pub action: AuditAction,
+    pub kind: Option<Kind>,
     pub resource_id: Option<Uuid>,
     pub patients: Vec<PatientId>,
 }
@@ -165,6 +197,7 @@ where
 {
     match work.await {
         Ok((value, touched)) => {
+            let (action, kind) = touched.recorded_as.unwrap_or((action, kind));
             who.record(
                 action,
                 kind.map(|k| (k, touched.resource_id)),
@@ -172,6 +205,15 @@ where
                 Outcome::Permit,
             )
             .await?;
+            if let Some(e) = touched.effect {
+                who.record(
+                    e.action,
+                    e.kind.map(|k| (k, e.resource_id)),
+                    e.patients,
+                    Outcome::Permit,
+                )
+                .await?;
+            }
             Ok(value)
         }
         Err(err) => {
@@ -182,13 +224,17 @@ where
     }
 }
 
-/// Performs `op` for `who` and records its one audit event (permit or error).
+/// Performs `op` for `who` and records its audit event (permit or error; a change kept
+/// for approval as `change-requested`, an approval also with the approved change's own
+/// event). A change the separation-of-duties rules refuse outright (one's own access,
+/// one's own request) is recorded as a denial (`separation-of-duties`) and answered 403.
 pub async fn run<A: AdminActor>(
     op: Op,
     who: &A,
     db: &Db,
     client_issuer: Option<&str>,
 ) -> Result<Done, AppError> {
+    check_separation(&op, who, db).await?;
     let (action, kind) = op.audit();
     let by = who.user_id();
     let work = async {
@@ -196,6 +242,25 @@ pub async fn run<A: AdminActor>(
         Ok((p.done, p.touched))
     };
     audited(who, action, kind, work).await
+}
+
+/// The separation-of-duties refusals that need no look at the target's roles (one's own
+/// access, one's own request), checked before anything is performed or kept for a
+/// step-up: a refusal is recorded as a denial (`separation-of-duties`) and answered 403.
+/// [`run`] checks it; the console also checks it before asking for a code.
+pub async fn check_separation<A: AdminActor>(op: &Op, who: &A, db: &Db) -> Result<(), AppError> {
+    let Err(why) = op.separation(who.user_id(), db).await? else {
+        return Ok(());
+    };
+    let (action, kind) = op.audit();
+    who.record(
+        action,
+        kind.map(|k| (k, op.resource_id())),
+        Vec::new(),
+        Outcome::Deny(crate::audit::DenyReason::SeparationOfDuties),
+    )
+    .await?;
+    Err(refused(why))
 }
 
 /// A required free-text reason: 3..=500 characters, no control characters but newlines
@@ -240,14 +305,65 @@ fn unknown_facility() -> AppError {
     AppError::unprocessable("The field 'facility_id' does not name a known facility.")
 }
 
+/// A separation-of-duties refusal: 403 with a fixed message.
 fn refused(why: SelfChange) -> AppError {
     let message = match why {
-        SelfChange::OwnAdminRole => {
-            "You cannot remove your own admin role; ask another administrator."
+        SelfChange::OwnAccess => {
+            "You cannot change your own access (roles, care teams, facility, account); ask another administrator."
         }
-        SelfChange::OwnAccountDisabled => "You cannot disable your own account.",
+        SelfChange::OwnApproval => {
+            "You cannot approve or deny a change you requested or one to your own access; another administrator must."
+        }
     };
-    AppError::client(StatusCode::CONFLICT, message)
+    AppError::client(StatusCode::FORBIDDEN, message)
+}
+
+fn cli_needs_approval() -> AppError {
+    AppError::client(
+        StatusCode::FORBIDDEN,
+        "This change would give a holder of admin or privacy_officer access to PHI: it needs a second administrator's approval. Request it in the console or the administration API.",
+    )
+}
+
+fn no_such_request() -> AppError {
+    AppError::client(
+        StatusCode::NOT_FOUND,
+        "The pending change was not found or was already decided.",
+    )
+}
+
+/// What a validated operation does to a person's access (for the separation-of-duties
+/// rules), if anything.
+fn access_change(valid: &Valid) -> Option<(UserId, AccessChange)> {
+    Some(match valid {
+        Valid::GrantRole(user, role, _) => (*user, AccessChange::GrantRole(*role)),
+        Valid::RevokeRole(user, role, _) => (*user, AccessChange::RevokeRole(*role)),
+        Valid::CareTeam { user, add, .. } => (
+            *user,
+            if *add {
+                AccessChange::AddCareTeam
+            } else {
+                AccessChange::RemoveCareTeam
+            },
+        ),
+        Valid::SetFacility(user, _, _) => (*user, AccessChange::SetFacility),
+        Valid::SetDisabled { user, disabled, .. } => (*user, AccessChange::SetDisabled(*disabled)),
+        Valid::RevokeSessions(_)
+        | Valid::ResetTotp(_)
+        | Valid::CreateClient { .. }
+        | Valid::CreateFacility(_)
+        | Valid::Decide { .. } => return None,
+    })
+}
+
+/// How a validated operation is carried out with respect to the approval queue.
+enum Gate {
+    /// Requested now: a change that needs a second administrator is kept (as this JSON,
+    /// the operation exactly as submitted) instead of performed; without a requester (the
+    /// CLI) it is refused.
+    Request(serde_json::Value),
+    /// Approved by a second administrator: performed.
+    Approved,
 }
 
 /// An operation whose input passed validation (roles parsed, reason checked).
@@ -277,6 +393,11 @@ enum Valid {
         issuer: String,
     },
     CreateFacility(String),
+    Decide {
+        change: PendingChangeId,
+        reason: String,
+        approve: bool,
+    },
 }
 
 impl Op {
@@ -297,6 +418,8 @@ impl Op {
             Op::CreateClient { .. } => (AuditAction::PermissionChange, Kind::Client),
             Op::DisableClient { .. } => (AuditAction::ClientRevoked, Kind::Client),
             Op::CreateFacility { .. } => return (AuditAction::Create, None),
+            Op::ApproveChange { .. } => (AuditAction::ChangeApproved, Kind::PendingChange),
+            Op::DenyChange { .. } => (AuditAction::ChangeDenied, Kind::PendingChange),
         };
         (action, Some(kind))
     }
@@ -305,6 +428,72 @@ impl Op {
     /// made in the console. Creating a facility grants nobody anything.
     pub fn needs_step_up(&self) -> bool {
         !matches!(self, Op::CreateFacility { .. })
+    }
+
+    /// Deciding a waiting change always asks for a TOTP code in the console, however
+    /// recent the last one (the approval is the second person's act of its own).
+    pub fn needs_fresh_code(&self) -> bool {
+        matches!(self, Op::ApproveChange { .. } | Op::DenyChange { .. })
+    }
+
+    /// The id an event about this operation names before it ran: the person whose
+    /// access it changes, or the pending change it decides.
+    fn resource_id(&self) -> Option<Uuid> {
+        match self {
+            Op::GrantRole { user, .. }
+            | Op::RevokeRole { user, .. }
+            | Op::AddCareTeam { user, .. }
+            | Op::RemoveCareTeam { user, .. }
+            | Op::SetFacility { user, .. }
+            | Op::Disable { user, .. }
+            | Op::Enable { user, .. }
+            | Op::RevokeSessions { user }
+            | Op::ResetTotp { user }
+            | Op::DisableClient { user, .. } => Some(user.as_uuid()),
+            Op::ApproveChange { change, .. } | Op::DenyChange { change, .. } => {
+                Some(change.as_uuid())
+            }
+            Op::CreateClient { .. } | Op::CreateFacility { .. } => None,
+        }
+    }
+
+    /// The separation-of-duties refusals that need no decision about the target's roles:
+    /// a change to one's own access ([`rules::judge_change`]), and a decision on one's own
+    /// request or on a change to oneself ([`rules::may_decide`], which reads the request).
+    /// Checked before anything is performed so that the refusal is audited as a denial.
+    async fn separation(&self, by: UserId, db: &Db) -> Result<Result<(), SelfChange>, AppError> {
+        let target = match self {
+            Op::ApproveChange { change, .. } | Op::DenyChange { change, .. } => {
+                let id = *change;
+                let Some(request) = db.run(move |c| pending::get(c, id)).await? else {
+                    return Ok(Ok(()));
+                };
+                return Ok(rules::may_decide(
+                    by,
+                    request.requested_by,
+                    request.target_user_id,
+                ));
+            }
+            Op::GrantRole { user, .. }
+            | Op::RevokeRole { user, .. }
+            | Op::AddCareTeam { user, .. }
+            | Op::RemoveCareTeam { user, .. }
+            | Op::SetFacility { user, .. }
+            | Op::Disable { user, .. }
+            | Op::Enable { user, .. }
+            | Op::DisableClient { user, .. } => *user,
+            Op::RevokeSessions { .. }
+            | Op::ResetTotp { .. }
+            | Op::CreateClient { .. }
+            | Op::CreateFacility { .. } => return Ok(Ok(())),
+        };
+        // Whatever the change, the verdict on one's own access does not depend on it.
+        Ok(
+            match rules::judge_change(Some(by), target, &[], AccessChange::SetDisabled(true)) {
+                Verdict::Refused(why) => Err(why),
+                Verdict::Allowed | Verdict::NeedsApproval => Ok(()),
+            },
+        )
     }
 
     /// Whether this operation needs a reason.
@@ -317,7 +506,9 @@ impl Op {
             | Op::SetFacility { .. }
             | Op::Disable { .. }
             | Op::Enable { .. }
-            | Op::DisableClient { .. } => ReasonRule::Required,
+            | Op::DisableClient { .. }
+            | Op::ApproveChange { .. }
+            | Op::DenyChange { .. } => ReasonRule::Required,
             Op::CreateClient { .. } => {
                 ReasonRule::Optional("service client registered through the admin API")
             }
@@ -327,8 +518,9 @@ impl Op {
         }
     }
 
-    fn reason(&self) -> Result<String, AppError> {
-        let given = match self {
+    /// The reason the requester gave, as submitted (shown in the approval queue).
+    pub fn reason_given(&self) -> Option<String> {
+        match self {
             Op::GrantRole { reason, .. }
             | Op::RevokeRole { reason, .. }
             | Op::AddCareTeam { reason, .. }
@@ -337,10 +529,16 @@ impl Op {
             | Op::Disable { reason, .. }
             | Op::Enable { reason, .. }
             | Op::DisableClient { reason, .. }
-            | Op::CreateClient { reason, .. } => reason.as_deref(),
+            | Op::CreateClient { reason, .. }
+            | Op::ApproveChange { reason, .. }
+            | Op::DenyChange { reason, .. } => reason.clone(),
             Op::RevokeSessions { .. } | Op::ResetTotp { .. } | Op::CreateFacility { .. } => None,
-        };
-        match (self.reason_rule(), given) {
+        }
+    }
+
+    fn reason(&self) -> Result<String, AppError> {
+        let given = self.reason_given();
+        match (self.reason_rule(), given.as_deref()) {
             (ReasonRule::Required, r) => check_reason(r),
             (ReasonRule::Optional(_), Some(r)) => check_reason(Some(r)),
             (ReasonRule::Optional(default), None) => Ok(default.to_string()),
@@ -372,22 +570,22 @@ impl Op {
             Op::CreateClient { .. } => "Register a new service client".to_string(),
             Op::DisableClient { user, .. } => format!("Disable service client {user}"),
             Op::CreateFacility { .. } => "Create a facility".to_string(),
+            Op::ApproveChange { change, .. } => format!("Approve the pending change {change}"),
+            Op::DenyChange { change, .. } => format!("Deny the pending change {change}"),
         }
     }
 
     /// Checks the input without touching the database: role names, the reason rule,
-    /// client ids, facility names, and the rules about one's own account (`by`: the
-    /// acting administrator, `None` for the server's CLI).
-    fn validate(self, by: Option<UserId>, client_issuer: Option<&str>) -> Result<Valid, AppError> {
+    /// client ids and facility names. (The separation-of-duties rules need the target's
+    /// roles: [`Valid::apply`] asks them inside the change's transaction.)
+    fn validate(self, client_issuer: Option<&str>) -> Result<Valid, AppError> {
         let reason = self.reason()?;
         Ok(match self {
             Op::GrantRole { user, role, .. } => {
                 Valid::GrantRole(user, parse_role("role", &role)?, reason)
             }
             Op::RevokeRole { user, role, .. } => {
-                let role = parse_role("role", &role)?;
-                rules::may_remove_role(by, user, role).map_err(refused)?;
-                Valid::RevokeRole(user, role, reason)
+                Valid::RevokeRole(user, parse_role("role", &role)?, reason)
             }
             Op::AddCareTeam { user, patient, .. } => Valid::CareTeam {
                 user,
@@ -403,7 +601,6 @@ impl Op {
             },
             Op::SetFacility { user, facility, .. } => Valid::SetFacility(user, facility, reason),
             Op::Disable { user, .. } | Op::DisableClient { user, .. } => {
-                rules::may_disable(by, user).map_err(refused)?;
                 let only_clients = matches!(self, Op::DisableClient { .. });
                 Valid::SetDisabled {
                     user,
@@ -467,30 +664,50 @@ impl Op {
                 }
                 Valid::CreateFacility(name)
             }
+            Op::ApproveChange { change, .. } => Valid::Decide {
+                change,
+                reason,
+                approve: true,
+            },
+            Op::DenyChange { change, .. } => Valid::Decide {
+                change,
+                reason,
+                approve: false,
+            },
         })
     }
 
-    /// Validates, then performs the operation in one transaction on the database.
+    fn payload(&self) -> Result<serde_json::Value, AppError> {
+        serde_json::to_value(self)
+            .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("pending change")))
+    }
+
+    /// Validates, then performs the operation in one transaction on the database (or, if
+    /// it needs a second administrator, keeps it in the approval queue).
     pub async fn perform(
         self,
         db: &Db,
         by: Option<UserId>,
         client_issuer: Option<&str>,
     ) -> Result<Performed, AppError> {
-        let valid = self.validate(by, client_issuer)?;
-        db.run(move |c| c.transaction(|c| valid.apply(c, by))).await
+        let gate = Gate::Request(self.payload()?);
+        let valid = self.validate(client_issuer)?;
+        db.run(move |c| c.transaction(|c| valid.apply(c, by, gate)))
+            .await
     }
 
     /// Validates, then performs the operation in one transaction on `conn` (for the CLI,
-    /// which holds its own connection).
+    /// which holds its own connection and acts for no account: a change that needs a
+    /// second administrator is refused there).
     pub fn apply(
         self,
         conn: &mut PgConnection,
         by: Option<UserId>,
         client_issuer: Option<&str>,
     ) -> Result<Performed, AppError> {
-        let valid = self.validate(by, client_issuer)?;
-        conn.transaction(|c| valid.apply(c, by))
+        let gate = Gate::Request(self.payload()?);
+        let valid = self.validate(client_issuer)?;
+        conn.transaction(|c| valid.apply(c, by, gate))
     }
 }
 
@@ -505,9 +722,111 @@ fn changed_user(c: &mut PgConnection, id: UserId) -> Result<Performed, AppError>
     })
 }
 
+/// Decides the waiting change `change` for `by`: approved, it is performed as submitted
+/// (validated again) and then marked approved, in the caller's transaction.
+fn decide(
+    c: &mut PgConnection,
+    by: Option<UserId>,
+    change: PendingChangeId,
+    reason: &str,
+    approve: bool,
+) -> Result<Performed, AppError> {
+    let by = by.ok_or_else(|| AppError::internal("a pending change decided without an actor"))?;
+    let request = pending::open_for_update(c, change)?.ok_or_else(no_such_request)?;
+    rules::may_decide(by, request.requested_by, request.target_user_id).map_err(refused)?;
+    if request.kind != pending::KIND_ADMIN_CHANGE {
+        return Err(no_such_request());
+    }
+    let mut touched = Touched {
+        resource_id: Some(change.as_uuid()),
+        ..Touched::default()
+    };
+    if approve {
+        let op: Op = serde_json::from_value(request.payload)
+            .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("pending change")))?;
+        let (action, kind) = op.audit();
+        let done = op.validate(None)?.apply(c, Some(by), Gate::Approved)?;
+        touched.patients = done.touched.patients.clone();
+        touched.effect = Some(Box::new(Effect {
+            action,
+            kind,
+            resource_id: done.touched.resource_id,
+            patients: done.touched.patients,
+        }));
+    }
+    let decision = if approve {
+        Decision::Approved
+    } else {
+        Decision::Denied
+    };
+    if !pending::decide(c, change, decision, by, reason)? {
+        return Err(no_such_request());
+    }
+    Ok(Performed {
+        done: Done::Decided {
+            change,
+            approved: approve,
+        },
+        touched,
+    })
+}
+
 impl Valid {
-    /// The database work, inside the caller's transaction.
-    fn apply(self, c: &mut PgConnection, by: Option<UserId>) -> Result<Performed, AppError> {
+    /// The database work, inside the caller's transaction: first the separation-of-duties
+    /// rules on the target's roles as they are now (row locked), then the change — or,
+    /// when it needs a second administrator and is not yet approved, its request.
+    fn apply(
+        self,
+        c: &mut PgConnection,
+        by: Option<UserId>,
+        gate: Gate,
+    ) -> Result<Performed, AppError> {
+        if let Some((target, change)) = access_change(&self) {
+            let roles = users::roles_locked(c, target)?.ok_or_else(user_not_found)?;
+            match (rules::judge_change(by, target, &roles, change), gate) {
+                (Verdict::Refused(why), _) => return Err(refused(why)),
+                (Verdict::Allowed, _) | (Verdict::NeedsApproval, Gate::Approved) => {}
+                (Verdict::NeedsApproval, Gate::Request(payload)) => {
+                    let by = by.ok_or_else(cli_needs_approval)?;
+                    let patients = match &self {
+                        Valid::CareTeam { patient, .. } => {
+                            if !users::patient_exists(c, *patient)? {
+                                return Err(AppError::client(
+                                    StatusCode::NOT_FOUND,
+                                    "The patient was not found.",
+                                ));
+                            }
+                            vec![*patient]
+                        }
+                        _ => Vec::new(),
+                    };
+                    if let Valid::SetFacility(_, facility, _) = &self
+                        && !users::facility_exists(c, *facility)?
+                    {
+                        return Err(unknown_facility());
+                    }
+                    let id = pending::request(
+                        c,
+                        pending::KIND_ADMIN_CHANGE,
+                        &payload,
+                        Some(target),
+                        by,
+                    )?;
+                    return Ok(Performed {
+                        done: Done::Pending(id),
+                        touched: Touched {
+                            resource_id: Some(id.as_uuid()),
+                            patients,
+                            recorded_as: Some((
+                                AuditAction::ChangeRequested,
+                                Some(Kind::PendingChange),
+                            )),
+                            effect: None,
+                        },
+                    });
+                }
+            }
+        }
         match self {
             Valid::GrantRole(user, role, reason) => {
                 user_of(c, user)?;
@@ -556,6 +875,7 @@ impl Valid {
                     touched: Touched {
                         resource_id: Some(user.into()),
                         patients: vec![patient],
+                        ..Touched::default()
                     },
                 })
             }
@@ -643,6 +963,11 @@ impl Valid {
                     touched: Touched::default(),
                 })
             }
+            Valid::Decide {
+                change,
+                reason,
+                approve,
+            } => decide(c, by, change, &reason, approve),
         }
     }
 }
@@ -670,7 +995,7 @@ mod tests {
             reason: None,
         };
         assert_eq!(op.reason_rule(), ReasonRule::Required);
-        let err = op.validate(None, None).err().unwrap().to_string();
+        let err = op.validate(None).err().unwrap().to_string();
         assert!(err.contains("'reason'"), "{err}");
         assert!(
             Op::SetFacility {
@@ -683,25 +1008,117 @@ mod tests {
     }
 
     #[test]
-    fn own_admin_role_and_own_account_are_refused_before_any_database_work() {
-        let me = UserId::new();
-        let revoke = Op::RevokeRole {
-            user: me,
-            role: "admin".into(),
-            reason: Some("stepping down".into()),
-        };
-        let err = revoke.validate(Some(me), None).err().unwrap();
-        assert!(matches!(err, AppError::Client { status, .. } if status == StatusCode::CONFLICT));
-        let disable = Op::Disable {
-            user: me,
-            reason: Some("leaving".into()),
-        };
-        assert!(disable.validate(Some(me), None).is_err());
-        let other = Op::Disable {
-            user: UserId::new(),
-            reason: Some("leaving".into()),
-        };
-        assert!(other.validate(Some(me), None).is_ok());
+    fn every_access_changing_op_is_judged_on_its_target_and_others_are_not() {
+        let (user, patient, facility) = (UserId::new(), PatientId::new(), FacilityId::new());
+        let reason = || Some("covering ward 3".to_string());
+        let cases = [
+            (
+                Op::GrantRole {
+                    user,
+                    role: "clinician".into(),
+                    reason: reason(),
+                },
+                Some(AccessChange::GrantRole(Role::Clinician)),
+            ),
+            (
+                Op::RevokeRole {
+                    user,
+                    role: "admin".into(),
+                    reason: reason(),
+                },
+                Some(AccessChange::RevokeRole(Role::Admin)),
+            ),
+            (
+                Op::AddCareTeam {
+                    user,
+                    patient,
+                    reason: reason(),
+                },
+                Some(AccessChange::AddCareTeam),
+            ),
+            (
+                Op::RemoveCareTeam {
+                    user,
+                    patient,
+                    reason: reason(),
+                },
+                Some(AccessChange::RemoveCareTeam),
+            ),
+            (
+                Op::SetFacility {
+                    user,
+                    facility,
+                    reason: reason(),
+                },
+                Some(AccessChange::SetFacility),
+            ),
+            (
+                Op::Disable {
+                    user,
+                    reason: reason(),
+                },
+                Some(AccessChange::SetDisabled(true)),
+            ),
+            (
+                Op::Enable {
+                    user,
+                    reason: reason(),
+                },
+                Some(AccessChange::SetDisabled(false)),
+            ),
+            (
+                Op::DisableClient {
+                    user,
+                    reason: reason(),
+                },
+                Some(AccessChange::SetDisabled(true)),
+            ),
+            (Op::RevokeSessions { user }, None),
+            (Op::ResetTotp { user }, None),
+            (
+                Op::CreateFacility {
+                    name: "North".into(),
+                },
+                None,
+            ),
+            (
+                Op::ApproveChange {
+                    change: PendingChangeId::new(),
+                    reason: reason(),
+                },
+                None,
+            ),
+        ];
+        for (op, expected) in cases {
+            let valid = op.clone().validate(None).unwrap();
+            assert_eq!(access_change(&valid), expected.map(|c| (user, c)), "{op:?}");
+        }
+    }
+
+    #[test]
+    fn deciding_a_waiting_change_takes_a_reason_and_always_a_fresh_code() {
+        for op in [
+            Op::ApproveChange {
+                change: PendingChangeId::new(),
+                reason: None,
+            },
+            Op::DenyChange {
+                change: PendingChangeId::new(),
+                reason: None,
+            },
+        ] {
+            assert_eq!(op.reason_rule(), ReasonRule::Required);
+            assert!(op.needs_step_up() && op.needs_fresh_code());
+            let err = op.clone().validate(None).err().unwrap().to_string();
+            assert!(err.contains("'reason'"), "{err}");
+            assert_eq!(op.audit().1, Some(Kind::PendingChange));
+        }
+        assert!(
+            !Op::ResetTotp {
+                user: UserId::new()
+            }
+            .needs_fresh_code()
+        );
     }
 
     #[test]
@@ -720,7 +1137,7 @@ mod tests {
                 roles: vec![role.into()],
                 reason: None,
             };
-            assert_eq!(op.validate(None, Some("https://idp")).is_ok(), ok, "{role}");
+            assert_eq!(op.validate(Some("https://idp")).is_ok(), ok, "{role}");
         }
     }
 

@@ -287,6 +287,18 @@ pub fn configure(r: &mut Routes) {
         console::pages::audit_page,
     );
     r.add(
+        Method::GET,
+        "/console/approvals",
+        pages,
+        console::pages::approvals_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/approvals/{id}/{decision}",
+        pages,
+        console::pages::actions::decide_change,
+    );
+    r.add(
         Method::POST,
         "/console/step-up",
         pages,

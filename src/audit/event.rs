@@ -68,6 +68,11 @@ coded_enum! {
         AuditVerify = "audit-verify",
         EmergencyLogin = "emergency-login",
         EmergencyAccountChange = "emergency-account-change",
+        // The approval queue (separation of duties): a change kept for a second
+        // administrator, and that administrator's decision.
+        ChangeRequested = "change-requested",
+        ChangeApproved = "change-approved",
+        ChangeDenied = "change-denied",
     }
 }
 
@@ -119,6 +124,7 @@ coded_enum! {
         Key = "Key",
         AuditLog = "AuditLog",
         EmergencyAccount = "EmergencyAccount",
+        PendingChange = "PendingChange",
     }
 }
 
@@ -153,6 +159,10 @@ coded_enum! {
         Policy = "policy",
         // The actor withdrew a change kept for its step-up code (console Cancel).
         Cancelled = "cancelled",
+        // Nobody changes their own access or approves their own request.
+        SeparationOfDuties = "separation-of-duties",
+        // A write or search on a field outside the role's view.
+        FieldNotInView = "field-not-in-view",
     }
 }
 

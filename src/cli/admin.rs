@@ -11,6 +11,7 @@ use crate::console::emergency::{AccountName, NewPassword};
 use crate::console::store::emergency;
 use crate::db::users::{self, UserKind};
 use crate::policy::Role;
+use actix_web::ResponseError;
 use anyhow::{Context, bail};
 use clap::Subcommand;
 use std::io::{BufRead, IsTerminal};
@@ -84,7 +85,26 @@ pub fn run(path: Option<&Path>, cmd: AdminCommand) -> anyhow::Result<()> {
                 reason: Some(reason),
             };
             let (action, kind) = op.audit();
-            let done = op.apply(&mut conn, None, None)?;
+            let done = match op.apply(&mut conn, None, None) {
+                Ok(done) => done,
+                Err(e) => {
+                    // Refused by the separation-of-duties rules (the only 403 here: a
+                    // path to PHI for an administrator needs a second one): audited.
+                    if e.status_code() == actix_web::http::StatusCode::FORBIDDEN {
+                        let mut what = What::new(action);
+                        if let Some(kind) = kind {
+                            what = what.on(kind).id(user.id.as_uuid());
+                        }
+                        let reason = crate::audit::DenyReason::SeparationOfDuties;
+                        OperatorRecorder::new(&config).record(
+                            &mut conn,
+                            what,
+                            crate::audit::Outcome::Deny(reason),
+                        )?;
+                    }
+                    return Err(e.into());
+                }
+            };
             let mut what = What::new(action);
             if let (Some(kind), Some(id)) = (kind, done.touched.resource_id) {
                 what = what.on(kind).id(id);

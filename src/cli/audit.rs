@@ -98,7 +98,17 @@ impl<'a> OperatorRecorder<'a> {
 
     /// Records a permitted operator action. Blocking.
     pub fn permit(&self, conn: &mut PgConnection, what: What) -> anyhow::Result<()> {
-        let mut event = EventBuilder::new(Actor::cli(), what.action, Outcome::Permit);
+        self.record(conn, what, Outcome::Permit)
+    }
+
+    /// Records an operator action with its outcome (e.g. a refused one). Blocking.
+    pub fn record(
+        &self,
+        conn: &mut PgConnection,
+        what: What,
+        outcome: Outcome,
+    ) -> anyhow::Result<()> {
+        let mut event = EventBuilder::new(Actor::cli(), what.action, outcome);
         match (what.kind, what.id) {
             (Some(kind), Some(id)) => event = event.resource(kind, id),
             (Some(kind), None) => event = event.resource_type(kind),

@@ -7,6 +7,7 @@ pub mod documents;
 pub mod facilities;
 pub mod observations;
 pub mod patients;
+pub mod pending;
 pub mod phi;
 pub mod records;
 /// The Diesel schema lives at the floor of the module graph (`crate::schema`) so that

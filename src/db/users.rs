@@ -661,6 +661,26 @@ pub fn kind_of(
     kind.as_deref().map(UserKind::from_db).transpose()
 }
 
+/// The roles `id` holds now, with the user's row locked until the caller's transaction
+/// ends, so that two administrators changing the same person are decided one after the
+/// other (the separation-of-duties rules look at the roles held). `None`: no such user.
+pub fn roles_locked(conn: &mut PgConnection, id: UserId) -> Result<Option<Vec<Role>>, AppError> {
+    let found: Option<UserId> = users::table
+        .find(id)
+        .select(users::id)
+        .for_update()
+        .first(conn)
+        .optional()?;
+    if found.is_none() {
+        return Ok(None);
+    }
+    let names: Vec<String> = role_assignments::table
+        .filter(role_assignments::user_id.eq(id))
+        .select(role_assignments::role)
+        .load(conn)?;
+    Ok(Some(names.iter().filter_map(|r| Role::parse(r)).collect()))
+}
+
 /// Whether a live (not deleted) patient exists.
 pub fn patient_exists(conn: &mut PgConnection, patient_id: PatientId) -> Result<bool, AppError> {
     Ok(diesel::select(diesel::dsl::exists(

@@ -64,6 +64,8 @@ typed_id! {
     FacilityId,
     /// A record that belongs to a patient: an Observation, DocumentReference or Claim.
     RecordId,
+    /// A change waiting in the approval queue (`pending_changes.id`).
+    PendingChangeId,
 }
 
 #[cfg(test)]

@@ -409,6 +409,33 @@ impl FhirResource for Patients {
         Ok(())
     }
 
+    /// The fields a body writes: the required ones always, the optional ones when given.
+    fn written_outside(new: &ValidPatient, view: PatientFields) -> Option<&'static str> {
+        let n = &new.new;
+        let written = PatientFields {
+            mrn: true,
+            ssn: n.ssn.is_some(),
+            name: true,
+            birth_date: true,
+            gender: true,
+            telecom: n.telecom.is_some(),
+            address: n.address.is_some(),
+        };
+        written.first_outside(view)
+    }
+
+    /// The fields a search tests (through their blind indexes).
+    fn searched_outside(c: &Criteria, view: PatientFields) -> Option<&'static str> {
+        let searched = PatientFields {
+            mrn: c.mrn.is_some(),
+            ssn: c.ssn.is_some(),
+            name: c.family.is_some() || c.given.is_some(),
+            birth_date: c.birth_date.is_some(),
+            ..PatientFields::default()
+        };
+        searched.first_outside(view)
+    }
+
     /// Version conflicts are answered by the update itself (412); `None` is a patient
     /// that is gone.
     fn update_missed() -> AppError {
@@ -460,8 +487,16 @@ impl FhirResource for Patients {
         new: &ValidPatient,
         fields: PatientFields,
     ) -> Result<Option<PatientView>, AppError> {
-        Ok(phi::update_patient(c, kr, id.into(), expected, &new.new)?
-            .map(|p| PatientView::shaped(p, fields)))
+        // Only the view's fields are written: the others keep their stored values.
+        Ok(crate::db::patients::update_patient_fields(
+            c,
+            kr,
+            id.into(),
+            expected,
+            &new.new,
+            fields,
+        )?
+        .map(|p| PatientView::shaped(p, fields)))
     }
     /// Patients are not deleted through the API (no delete route).
     fn delete(_: &mut PgConnection, _: RecordId) -> Result<bool, AppError> {

@@ -166,6 +166,7 @@ use super::bundle::{self, Cursor};
 use super::elements::Elements;
 use super::types::invalid;
 use super::{FHIR_JSON, etag, if_match, params};
+use crate::access::refusal::{self, FieldUse};
 use crate::access::{Credentials, Pipeline, Principal};
 use crate::audit::AuditEvent;
 use crate::crypto::Keyring;
@@ -238,6 +239,22 @@ pub trait FhirResource: 'static {
         }
     }
 
+    /// Field-level write control: the first field `new` writes that the writer's view
+    /// (`view`: [`FhirResource::fields`] of the permitted view) does not contain. Such a
+    /// write is refused (403 naming the field); an update keeps the stored values of the
+    /// fields outside the view ([`FhirResource::update`] gets the view's fields). By
+    /// default none: the resource has one view, the whole resource.
+    fn written_outside(_new: &Self::New, _view: Self::Fields) -> Option<&'static str> {
+        None
+    }
+
+    /// The first field the search `criteria` test that the view does not contain: such a
+    /// search is refused like reading the field (it would tell which record holds a
+    /// value the caller may not see). By default none.
+    fn searched_outside(_criteria: &Self::Criteria, _view: Self::Fields) -> Option<&'static str> {
+        None
+    }
+
     /// What an update that found no row at the expected version answers.
     fn update_missed() -> AppError {
         params::precondition_failed()
@@ -268,7 +285,8 @@ pub trait FhirResource: 'static {
         author: UserId,
         fields: Self::Fields,
     ) -> Result<Self::Record, AppError>;
-    /// Replaces the record if its version is still `expected` (`None` otherwise).
+    /// Replaces the record if its version is still `expected` (`None` otherwise); writes
+    /// only the fields of the writer's view (`fields`) and keeps the others as stored.
     fn update(
         conn: &mut PgConnection,
         kr: &Keyring,
@@ -485,6 +503,9 @@ pub async fn search<R: FhirResource>(
     let count = bundle::page_size(params::single(&q, "_count")?)?;
     let elements = Elements::parse(kind, params::single(&q, "_elements")?)?;
     let (view, scope) = pipeline.authorize_search().await?;
+    if let Some(field) = R::searched_outside(&criteria, R::fields(view, &Elements::all())?) {
+        refuse_field(&pipeline, None, [], field, FieldUse::Search).await?;
+    }
     let fields = R::fields(view, &elements)?;
     let user = pipeline.user.id;
     let after = params::single(&q, CURSOR)?
@@ -518,6 +539,23 @@ pub async fn search<R: FhirResource>(
         .body(body.to_string()))
 }
 
+/// Refuses a write or search on a field outside the view: audited as a denial
+/// (`field-not-in-view`), answered by [`refusal::on_field`]. Always an `Err`.
+async fn refuse_field(
+    pipeline: &Pipeline,
+    id: Option<RecordId>,
+    patients: impl IntoIterator<Item = PatientId>,
+    field: &'static str,
+    usage: FieldUse,
+) -> Result<(), AppError> {
+    let reason = crate::audit::DenyReason::FieldNotInView;
+    pipeline
+        .recorder
+        .deny(pipeline.what(id)?, patients, reason)
+        .await?;
+    Err(refusal::on_field(field, usage))
+}
+
 /// Fills in what only the write knows: the new record's id and its patient.
 fn created<R: FhirResource>(r: &R::Record, event: &mut AuditEvent) {
     event.resource_id = Some(R::id(r).into());
@@ -544,6 +582,11 @@ pub async fn create<R: FhirResource>(
     let mut new = R::validate(input, &pipeline.principal)?;
     let view = R::authorize_create(&pipeline, &mut new).await?;
     let fields = R::fields(view, &Elements::all())?;
+    if let Some(field) = R::written_outside(&new, fields) {
+        // A Patient's subject is not known before the insert (nil): no patient to name.
+        let subject = Some(R::new_subject(&new)).filter(|p| !p.as_uuid().is_nil());
+        refuse_field(&pipeline, None, subject, field, FieldUse::Write).await?;
+    }
     let kr = state.keyring.clone();
     let author = pipeline.user_id();
     let write = move |c: &mut PgConnection| R::insert(c, &kr, &new, author, fields);
@@ -578,6 +621,9 @@ pub async fn update<R: FhirResource>(
         return Err(e);
     }
     let fields = R::fields(view, &Elements::all())?;
+    if let Some(field) = R::written_outside(&new, fields) {
+        refuse_field(&pipeline, Some(id), [patient], field, FieldUse::Write).await?;
+    }
     let kr = state.keyring.clone();
     let write = move |c: &mut PgConnection| R::update(c, &kr, id, expected, &new, fields);
     let record = pipeline

@@ -79,31 +79,116 @@ pub fn client_may_hold(role: Role) -> bool {
     !NOT_FOR_CLIENTS.contains(&role)
 }
 
-/// Why a change to one's own account is refused (separation of duties).
+/// Why a change is refused outright (separation of duties).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SelfChange {
-    /// Nobody removes their own admin role: another administrator must.
-    OwnAdminRole,
-    /// Nobody disables their own account.
-    OwnAccountDisabled,
+    /// Nobody changes their own access (roles, care teams, facility, account): another
+    /// administrator must.
+    OwnAccess,
+    /// Nobody approves or denies a change they requested, nor one to their own access.
+    OwnApproval,
 }
 
-/// May `actor` remove `role` from `target`? (`None` actor: the server's own CLI.)
-pub fn may_remove_role(
+/// A change to a person's access, as the separation-of-duties rules see it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AccessChange {
+    GrantRole(Role),
+    RevokeRole(Role),
+    AddCareTeam,
+    RemoveCareTeam,
+    SetFacility,
+    /// Disable (`true`) or enable (`false`) the account.
+    SetDisabled(bool),
+}
+
+impl AccessChange {
+    /// Every change, for exhaustive tests and the printed rules.
+    pub fn all() -> Vec<AccessChange> {
+        let mut all: Vec<AccessChange> =
+            Role::ALL.into_iter().map(AccessChange::GrantRole).collect();
+        all.extend(Role::ALL.into_iter().map(AccessChange::RevokeRole));
+        all.extend([
+            AccessChange::AddCareTeam,
+            AccessChange::RemoveCareTeam,
+            AccessChange::SetFacility,
+            AccessChange::SetDisabled(true),
+            AccessChange::SetDisabled(false),
+        ]);
+        all
+    }
+}
+
+/// What the rules say about an access change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// The acting administrator may make it alone.
+    Allowed,
+    /// It would give a holder of `admin` or `privacy_officer` a path to PHI: it is kept as
+    /// a pending change until a second administrator approves it.
+    NeedsApproval,
+    /// Refused, whoever approves.
+    Refused(SelfChange),
+}
+
+/// Roles that reach PHI: every role with a row in the access [`matrix`](super::matrix).
+pub fn reaches_phi(role: Role) -> bool {
+    super::matrix::MATRIX.iter().any(|g| g.role == role)
+}
+
+/// Roles whose access follows the holder's facility (a facility move changes what they
+/// may see): every role with a facility-basis row in the matrix.
+pub fn facility_basis(role: Role) -> bool {
+    super::matrix::MATRIX
+        .iter()
+        .any(|g| g.role == role && g.relationship == super::matrix::Relationship::Facility)
+}
+
+/// The separation-of-duties decision for `change` by `actor` (`None`: the server's own
+/// CLI, which acts for no account) to `target`, who holds `roles` now.
+///
+/// - Nobody changes their own access (roles, care teams, facility, account).
+/// - A change that would give a person holding `admin` or `privacy_officer` a path to PHI
+///   — a PHI role, a care-team membership, a facility move while holding a facility-basis
+///   role, or a console role while holding a PHI role — needs a second administrator.
+/// - Everything else (removals, changes to people without a console role) is allowed.
+pub fn judge_change(
     actor: Option<UserId>,
     target: UserId,
-    role: Role,
-) -> Result<(), SelfChange> {
-    if actor == Some(target) && role == Role::Admin {
-        return Err(SelfChange::OwnAdminRole);
+    roles: &[Role],
+    change: AccessChange,
+) -> Verdict {
+    if actor == Some(target) {
+        return Verdict::Refused(SelfChange::OwnAccess);
     }
-    Ok(())
+    let console = |rs: &[Role]| rs.iter().any(|r| CONSOLE_ROLES.contains(r));
+    let phi = |rs: &[Role]| rs.iter().any(|r| reaches_phi(*r));
+    let gives_phi = match change {
+        AccessChange::GrantRole(role) if roles.contains(&role) => false,
+        AccessChange::GrantRole(role) if reaches_phi(role) => console(roles),
+        AccessChange::GrantRole(role) if CONSOLE_ROLES.contains(&role) => phi(roles),
+        AccessChange::GrantRole(_) => false,
+        AccessChange::AddCareTeam => console(roles),
+        AccessChange::SetFacility => console(roles) && roles.iter().any(|r| facility_basis(*r)),
+        AccessChange::RevokeRole(_)
+        | AccessChange::RemoveCareTeam
+        | AccessChange::SetDisabled(_) => false,
+    };
+    if gives_phi {
+        Verdict::NeedsApproval
+    } else {
+        Verdict::Allowed
+    }
 }
 
-/// May `actor` disable `target`?
-pub fn may_disable(actor: Option<UserId>, target: UserId) -> Result<(), SelfChange> {
-    if actor == Some(target) {
-        return Err(SelfChange::OwnAccountDisabled);
+/// May `approver` approve or deny a pending change that `requester` asked for, about
+/// `target` (the person whose access it changes, if any)?
+pub fn may_decide(
+    approver: UserId,
+    requester: UserId,
+    target: Option<UserId>,
+) -> Result<(), SelfChange> {
+    if approver == requester || Some(approver) == target {
+        return Err(SelfChange::OwnApproval);
     }
     Ok(())
 }
@@ -127,13 +212,64 @@ pub fn markdown_table() -> String {
     let admin_only = alone(&|r| console_area(r, ConsoleArea::AdminOnly).is_ok());
     let api = alone(&|r| decide_admin(r, true).is_ok());
     let clients = names(Role::ALL.into_iter().filter(|r| client_may_hold(*r)));
-    let me = UserId(uuid::Uuid::nil());
-    let own_admin = if may_remove_role(Some(me), me, Role::Admin).is_ok() {
+    let me = UserId(uuid::Uuid::from_u128(1));
+    let other = UserId(uuid::Uuid::from_u128(2));
+    let verdict = |v: Verdict| match v {
+        Verdict::Allowed => "allowed",
+        Verdict::NeedsApproval => "needs a second administrator's approval",
+        Verdict::Refused(_) => "refused: another administrator must",
+    };
+    // One row for every own change: the unit tests prove every change gets this verdict.
+    let own = verdict(judge_change(
+        Some(me),
+        me,
+        &[Role::Admin],
+        AccessChange::SetDisabled(true),
+    ));
+    let phi_roles = names(Role::ALL.into_iter().filter(|r| reaches_phi(*r)));
+    let facility_roles = names(Role::ALL.into_iter().filter(|r| facility_basis(*r)));
+    let grant_phi = verdict(judge_change(
+        Some(other),
+        me,
+        &[Role::Admin],
+        AccessChange::GrantRole(Role::Clinician),
+    ));
+    let grant_console = verdict(judge_change(
+        Some(other),
+        me,
+        &[Role::Clinician],
+        AccessChange::GrantRole(Role::Admin),
+    ));
+    let care = verdict(judge_change(
+        Some(other),
+        me,
+        &[Role::PrivacyOfficer],
+        AccessChange::AddCareTeam,
+    ));
+    let facility = verdict(judge_change(
+        Some(other),
+        me,
+        &[Role::Admin, Role::Billing],
+        AccessChange::SetFacility,
+    ));
+    let plain = verdict(judge_change(
+        Some(other),
+        me,
+        &[Role::Clinician],
+        AccessChange::AddCareTeam,
+    ));
+    let removal = verdict(judge_change(
+        Some(other),
+        me,
+        &[Role::Admin, Role::Clinician],
+        AccessChange::RevokeRole(Role::Clinician),
+    ));
+    let approve_own = if may_decide(me, me, None).is_ok() {
         "allowed"
     } else {
         "refused: another administrator must"
     };
-    let own_disable = if may_disable(Some(me), me).is_ok() {
+    let approve_self = if may_decide(me, other, Some(me)).is_ok() {
         "allowed"
     } else {
         "refused: another administrator must"
@@ -142,11 +278,18 @@ pub fn markdown_table() -> String {
         "| Administration rule | Who |\n|---|---|\n\
          | Sign in to the admin console (not disabled) | {console} |\n\
          | Console: dashboard, recent audit events | {any} |\n\
-         | Console: users, clients, every change and its step-up | {admin_only} |\n\
+         | Console: users, clients, every change and its step-up, the approval queue | {admin_only} |\n\
          | Administration API (role AND the token's `admin` scope) | {api} |\n\
          | Roles a service client may hold | {clients} |\n\
-         | Remove your own admin role | {own_admin} |\n\
-         | Disable your own account | {own_disable} |\n"
+         | Change your own access (roles, care teams, facility, disable/enable) | {own} |\n\
+         | Grant a role that reaches PHI ({phi_roles}) to a holder of admin or privacy_officer | {grant_phi} |\n\
+         | Grant admin or privacy_officer to a holder of a role that reaches PHI | {grant_console} |\n\
+         | Add a holder of admin or privacy_officer to a care team | {care} |\n\
+         | Move a holder of admin or privacy_officer with a facility-basis role ({facility_roles}) | {facility} |\n\
+         | Grant or add access for a person without admin or privacy_officer | {plain} |\n\
+         | Remove access (roles, care teams) | {removal} |\n\
+         | Approve or deny a change you requested | {approve_own} |\n\
+         | Approve or deny a change to your own access | {approve_self} |\n"
     )
 }
 
@@ -207,26 +350,112 @@ mod tests {
         }
     }
 
-    #[test]
-    fn nobody_removes_their_own_admin_role_or_disables_themselves() {
-        let (me, other) = (UserId::new(), UserId::new());
-        for role in Role::ALL {
-            let own = may_remove_role(Some(me), me, role);
-            if role == Role::Admin {
-                assert_eq!(own, Err(SelfChange::OwnAdminRole));
-            } else {
-                assert_eq!(own, Ok(()), "{role:?}");
-            }
-            assert_eq!(may_remove_role(Some(me), other, role), Ok(()));
-            // The server's own CLI acts for no account.
-            assert_eq!(may_remove_role(None, me, role), Ok(()));
+    /// The separation-of-duties rules as the documentation states them, written
+    /// independently of [`judge_change`]: checked for every actor (self, another
+    /// administrator, the CLI) × every role set of the target × every change.
+    fn expected(is_self: bool, roles: &[Role], change: AccessChange) -> Verdict {
+        use AccessChange::*;
+        if is_self {
+            return Verdict::Refused(SelfChange::OwnAccess);
         }
-        assert_eq!(
-            may_disable(Some(me), me),
-            Err(SelfChange::OwnAccountDisabled)
-        );
-        assert_eq!(may_disable(Some(me), other), Ok(()));
-        assert_eq!(may_disable(None, me), Ok(()));
+        let console = roles.contains(&Role::Admin) || roles.contains(&Role::PrivacyOfficer);
+        let phi_roles = [Role::Clinician, Role::Billing, Role::Patient, Role::Service];
+        let holds_phi_role = roles.iter().any(|r| phi_roles.contains(r));
+        let needs = match change {
+            GrantRole(r) if roles.contains(&r) => false,
+            GrantRole(Role::Admin | Role::PrivacyOfficer) => holds_phi_role,
+            GrantRole(_) => console,
+            AddCareTeam => console,
+            SetFacility => {
+                // Clinicians register patients at their facility; billing and services
+                // see their facility's patients.
+                console
+                    && roles
+                        .iter()
+                        .any(|r| matches!(r, Role::Clinician | Role::Billing | Role::Service))
+            }
+            RevokeRole(_) | RemoveCareTeam | SetDisabled(_) => false,
+        };
+        if needs {
+            Verdict::NeedsApproval
+        } else {
+            Verdict::Allowed
+        }
+    }
+
+    #[test]
+    fn every_actor_target_and_change_matches_the_documented_rules() {
+        let (me, other) = (UserId::new(), UserId::new());
+        let changes = AccessChange::all();
+        assert_eq!(changes.len(), 2 * Role::ALL.len() + 5);
+        for roles in role_sets() {
+            for change in &changes {
+                let change = *change;
+                assert_eq!(
+                    judge_change(Some(me), me, &roles, change),
+                    expected(true, &roles, change),
+                    "self {roles:?} {change:?}"
+                );
+                assert_eq!(
+                    judge_change(Some(other), me, &roles, change),
+                    expected(false, &roles, change),
+                    "other {roles:?} {change:?}"
+                );
+                // The server's own CLI acts for no account: no self rule, same two-person rule.
+                assert_eq!(
+                    judge_change(None, me, &roles, change),
+                    expected(false, &roles, change),
+                    "cli {roles:?} {change:?}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn the_reported_attack_needs_a_second_administrator() {
+        // admin.demo grants itself clinician and joins a care team: refused outright.
+        let me = UserId::new();
+        for change in [
+            AccessChange::GrantRole(Role::Clinician),
+            AccessChange::AddCareTeam,
+            AccessChange::SetFacility,
+        ] {
+            assert_eq!(
+                judge_change(Some(me), me, &[Role::Admin], change),
+                Verdict::Refused(SelfChange::OwnAccess)
+            );
+            // Another administrator may only request it.
+            let verdict = judge_change(
+                Some(UserId::new()),
+                me,
+                &[Role::Admin, Role::Billing],
+                change,
+            );
+            assert_eq!(verdict, Verdict::NeedsApproval, "{change:?}");
+        }
+    }
+
+    #[test]
+    fn phi_and_facility_roles_come_from_the_matrix() {
+        for role in Role::ALL {
+            let phi = matches!(
+                role,
+                Role::Clinician | Role::Billing | Role::Patient | Role::Service
+            );
+            assert_eq!(reaches_phi(role), phi, "{role:?}");
+            let facility = matches!(role, Role::Billing | Role::Service | Role::Clinician);
+            assert_eq!(facility_basis(role), facility, "{role:?}");
+        }
+    }
+
+    #[test]
+    fn nobody_decides_their_own_request_or_a_change_to_themselves() {
+        let (a, b, c) = (UserId::new(), UserId::new(), UserId::new());
+        assert_eq!(may_decide(a, a, Some(c)), Err(SelfChange::OwnApproval));
+        assert_eq!(may_decide(a, b, Some(a)), Err(SelfChange::OwnApproval));
+        assert_eq!(may_decide(a, a, None), Err(SelfChange::OwnApproval));
+        assert_eq!(may_decide(a, b, Some(c)), Ok(()));
+        assert_eq!(may_decide(a, b, None), Ok(()));
     }
 
     #[test]
@@ -237,13 +466,23 @@ mod tests {
             "{t}"
         );
         assert!(
-            t.contains("| Console: users, clients, every change and its step-up | admin |"),
+            t.contains("| Console: users, clients, every change and its step-up, the approval queue | admin |"),
             "{t}"
         );
         assert!(
             t.contains("| Roles a service client may hold | clinician, billing, service |"),
             "{t}"
         );
-        assert!(t.contains("| Remove your own admin role | refused"), "{t}");
+        assert!(
+            t.contains(
+                "| Change your own access (roles, care teams, facility, disable/enable) | refused"
+            ),
+            "{t}"
+        );
+        assert!(t.contains("to a holder of admin or privacy_officer | needs a second administrator's approval |"), "{t}");
+        assert!(
+            t.contains("| Approve or deny a change you requested | refused"),
+            "{t}"
+        );
     }
 }

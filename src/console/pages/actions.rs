@@ -4,10 +4,10 @@
 //! ([`crate::console::stepup`]), then performed through the same operations as the JSON
 //! API and the CLI, each writing its audit event.
 
-use crate::admin::op::{self, Op};
+use crate::admin::op::{self, Done, Op};
 use crate::console::gate::{AdminForm, Console, check_post, see_other};
 use crate::console::stepup;
-use crate::domain::{FacilityId, PatientId, UserId};
+use crate::domain::{FacilityId, PatientId, PendingChangeId, UserId};
 use crate::error::AppError;
 use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
@@ -91,6 +91,9 @@ pub fn user_op(user: UserId, action: &str, f: &Form) -> Result<Op, AppError> {
     })
 }
 
+/// The approval queue page.
+const APPROVALS: &str = "/console/approvals";
+
 /// Where the console goes after a change, and the confirmation code it shows there.
 fn landing(op: &Op) -> (String, &'static str) {
     let user = |id: &UserId| format!("/console/users/{id}");
@@ -107,6 +110,8 @@ fn landing(op: &Op) -> (String, &'static str) {
         Op::CreateClient { .. } => ("/console/clients".into(), "client-created"),
         Op::DisableClient { .. } => ("/console/clients".into(), "client-disabled"),
         Op::CreateFacility { .. } => ("/console".into(), ""),
+        Op::ApproveChange { .. } => (APPROVALS.into(), "change-approved"),
+        Op::DenyChange { .. } => (APPROVALS.into(), "change-denied"),
     }
 }
 
@@ -129,7 +134,11 @@ async fn perform(page: &Console, op: Op) -> Result<HttpResponse, AppError> {
     let (path, code) = landing(&op);
     let state = &page.state;
     let issuer = state.tokens.as_ref().map(|t| t.issuer());
-    op::run(op, page, &state.db, issuer).await?;
+    let (path, code) = match op::run(op, page, &state.db, issuer).await? {
+        // Kept for a second administrator: the queue shows it waiting.
+        Done::Pending(_) => (APPROVALS.to_string(), "change-requested"),
+        _ => (path, code),
+    };
     Ok(see_other(&format!("{path}?done={code}")))
 }
 
@@ -146,8 +155,12 @@ async fn submit(
     let form = Form::parse(body);
     check_post(req, &page.me.session, form.get("csrf_token"))?;
     let op = build(&form).map_err(form_error)?;
-    if op.needs_step_up()
-        && !stepup::is_fresh(&page.state, &page.settings, &page.me.session).await?
+    // A change to one's own access (or a decision on one's own request) is refused
+    // before any code is asked for.
+    op::check_separation(&op, &page, &page.state.db).await?;
+    if op.needs_fresh_code()
+        || (op.needs_step_up()
+            && !stepup::is_fresh(&page.state, &page.settings, &page.me.session).await?)
     {
         return stepup::ask(req, page, op).await;
     }
@@ -205,6 +218,27 @@ pub async fn disable_client(
             user,
             reason: f.owned("reason"),
         })
+    })
+    .await
+}
+
+/// POST /console/approvals/{id}/{approve|deny} `{csrf_token, reason}`: a second
+/// administrator decides a waiting change (always after a TOTP code: [`Op::needs_fresh_code`]).
+pub async fn decide_change(
+    req: HttpRequest,
+    page: AdminForm,
+    path: web::Path<(String, String)>,
+    body: web::Bytes,
+) -> Result<HttpResponse, AppError> {
+    let (id, verb) = path.into_inner();
+    submit(&req, page, &body, |f| {
+        let change = PendingChangeId::parse(&id).ok_or_else(AppError::not_found)?;
+        let reason = f.owned("reason");
+        match verb.as_str() {
+            "approve" => Ok(Op::ApproveChange { change, reason }),
+            "deny" => Ok(Op::DenyChange { change, reason }),
+            _ => Err(AppError::not_found()),
+        }
     })
     .await
 }

@@ -74,6 +74,11 @@ fn done_message(code: Option<&str>) -> &'static str {
         }
         "client-created" => "The service client was registered.",
         "client-disabled" => "The service client was disabled.",
+        "change-requested" => {
+            "The change gives a holder of admin or privacy_officer access to PHI: it waits for a second administrator's approval."
+        }
+        "change-approved" => "The change was approved and performed.",
+        "change-denied" => "The change was denied; nothing was changed.",
         _ => "",
     }
 }
@@ -332,6 +337,74 @@ pub async fn clients_page(req: HttpRequest, page: AdminPage) -> Result<ClientsPa
             .filter(|r| policy::admin::client_may_hold(*r))
             .map(Role::as_str)
             .collect(),
+    })
+}
+
+/// One waiting change as the approval queue lists it.
+pub struct ChangeRow {
+    pub id: Uuid,
+    pub kind: String,
+    pub description: String,
+    pub reason: String,
+    pub requested_by: Uuid,
+    pub requested_at: String,
+    /// Requested by the viewer or about the viewer: another administrator must decide.
+    pub mine: bool,
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "console/approvals.html")]
+pub struct ApprovalsPage {
+    chrome: Chrome,
+    message: &'static str,
+    changes: Vec<ChangeRow>,
+}
+
+/// Most waiting changes the queue shows at once.
+const APPROVALS_SHOWN: i64 = 200;
+
+/// GET /console/approvals: the changes waiting for a second administrator, oldest first,
+/// with approve and deny forms (not for the viewer's own requests or changes to them).
+pub async fn approvals_page(req: HttpRequest, page: AdminPage) -> Result<ApprovalsPage, AppError> {
+    let rows = audited(
+        &*page,
+        AuditAction::Search,
+        Some(Kind::PendingChange),
+        async {
+            let rows = page
+                .state
+                .db
+                .run(|c| crate::db::pending::waiting(c, APPROVALS_SHOWN))
+                .await?;
+            Ok((rows, Touched::default()))
+        },
+    )
+    .await?;
+    let me = page.me.user.id;
+    let changes = rows
+        .into_iter()
+        .map(|r| {
+            // The kept operation, exactly as requested (ids and role codes; the reason is
+            // the requester's free text, escaped by the template).
+            let op = serde_json::from_value::<crate::admin::Op>(r.payload).ok();
+            ChangeRow {
+                id: r.id.as_uuid(),
+                kind: r.kind,
+                description: op
+                    .as_ref()
+                    .map(|o| o.describe())
+                    .unwrap_or_else(|| "(unreadable request)".into()),
+                reason: op.and_then(|o| o.reason_given()).unwrap_or_default(),
+                requested_by: r.requested_by.as_uuid(),
+                requested_at: time(r.requested_at),
+                mine: policy::admin::may_decide(me, r.requested_by, r.target_user_id).is_err(),
+            }
+        })
+        .collect();
+    Ok(ApprovalsPage {
+        chrome: page.0.chrome,
+        message: done_from(&req),
+        changes,
     })
 }
 

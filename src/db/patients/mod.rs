@@ -10,6 +10,7 @@ use crate::db::phi::{open, open_opt};
 use crate::db::schema::patients;
 use crate::domain::{FacilityId, PatientId};
 use crate::error::AppError;
+use crate::policy::views::PatientFields;
 use chrono::{DateTime, NaiveDate, Utc};
 use diesel::prelude::*;
 use diesel::result::{DatabaseErrorKind, Error as DieselError};
@@ -236,6 +237,59 @@ pub fn update_patient(
     expected_version: i32,
     new: &NewPatient,
 ) -> Result<Option<Patient>, AppError> {
+    update_patient_fields(conn, kr, id, expected_version, new, ALL_FIELDS)
+}
+
+/// Every patient field (the update of a caller who may write them all).
+const ALL_FIELDS: PatientFields = PatientFields {
+    mrn: true,
+    ssn: true,
+    name: true,
+    birth_date: true,
+    gender: true,
+    telecom: true,
+    address: true,
+};
+
+/// `new` with the fields outside `writable` taken from `current`: what the writer's view
+/// does not contain is kept as stored, never nulled (field-level write control).
+fn keep_outside(new: &NewPatient, current: Patient, writable: PatientFields) -> NewPatient {
+    let mut merged = new.clone();
+    if !writable.mrn {
+        merged.mrn = current.mrn.expose().clone();
+    }
+    if !writable.ssn {
+        merged.ssn = current.ssn.map(|v| v.expose().clone());
+    }
+    if !writable.name {
+        merged.family = current.family.expose().clone();
+        merged.given = current.given.expose().clone();
+    }
+    if !writable.birth_date {
+        merged.birth_date = *current.birth_date.expose();
+    }
+    if !writable.gender {
+        merged.gender = current.gender;
+    }
+    if !writable.telecom {
+        merged.telecom = current.telecom.map(|v| v.expose().clone());
+    }
+    if !writable.address {
+        merged.address = current.address.map(|v| v.expose().clone());
+    }
+    merged
+}
+
+/// [`update_patient`] by a writer who may write only the `writable` fields: the others
+/// keep their stored values (read and re-sealed in the same transaction).
+pub fn update_patient_fields(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: Uuid,
+    expected_version: i32,
+    new: &NewPatient,
+    writable: PatientFields,
+) -> Result<Option<Patient>, AppError> {
     conn.transaction(|conn| {
         let current: Option<i32> = patients::table
             .filter(patients::id.eq(id))
@@ -253,6 +307,18 @@ pub fn update_patient(
                 "The resource was changed since that version.",
             ));
         }
+        let merged;
+        let new = if writable == ALL_FIELDS {
+            new
+        } else {
+            let current = patients::table
+                .find(id)
+                .select(PatientRow::as_select())
+                .first::<PatientRow>(conn)?
+                .open(conn, kr)?;
+            merged = keep_outside(new, current, writable);
+            &merged
+        };
         let sealer = kr.sealer_for_write(conn)?;
         let sealed = seal_patient(kr, &sealer, id, new)?;
         let row = diesel::update(patients::table.find(id))

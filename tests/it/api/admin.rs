@@ -372,7 +372,8 @@ async fn admin_manages_facilities_clients_and_disabled_accounts() {
         Some(json!({"reason": "oops"})),
     )
     .await;
-    assert_eq!(res.status(), StatusCode::CONFLICT);
+    // A separation-of-duties refusal (was 409 before the rule covered every own change).
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
 
     // Service clients: a `service` user keyed by (auth.issuer, client_id).
     let res = call(

@@ -7,7 +7,6 @@
 
 use crate::api::resources::observation_json;
 use crate::support::TestApp;
-use crate::support::idp::{Provider, Signer};
 use crate::support::world::{World, patient_json};
 use custodian::domain::UserId;
 use custodian::policy::Role;
@@ -91,26 +90,6 @@ pub fn last_seq(app: &TestApp) -> i64 {
         .unwrap_or(0)
 }
 
-/// A world whose app is built with `configure` on top of the usual settings.
-async fn world_with(
-    configure: impl FnOnce(crate::support::TestAppBuilder) -> crate::support::TestAppBuilder,
-) -> World {
-    let signer = Signer::es256("k1");
-    let idp = Provider::start(&[&signer]).await;
-    let builder = TestApp::builder()
-        .set("auth.issuer", idp.issuer())
-        .set("auth.audience", crate::support::world::AUDIENCE);
-    let app = configure(builder).spawn().await;
-    let facility =
-        custodian::db::phi::insert_facility(&mut app.db.conn(), "General Hospital").unwrap();
-    World {
-        app,
-        idp,
-        signer,
-        facility,
-    }
-}
-
 fn disable(w: &World, user: UserId) {
     diesel::sql_query("UPDATE users SET disabled_at = now() WHERE id = $1")
         .bind::<diesel::sql_types::Uuid, _>(user)
@@ -134,7 +113,7 @@ const BODY_LIMIT: usize = 4096;
 /// and its actor — none without authentication, the user after it.
 #[tokio::test]
 async fn every_refusal_kind_with_and_without_a_valid_token() {
-    let w = world_with(|b| b.set("server.body_limit_bytes", BODY_LIMIT as i64)).await;
+    let w = World::with(|b, _| b.set("server.body_limit_bytes", BODY_LIMIT as i64)).await;
     let (doc_id, doc) = w.user("dr-attrib", &[Role::Clinician]);
     let (gone_id, gone) = w.user("dr-disabled", &[Role::Clinician]);
     disable(&w, gone_id);
@@ -321,7 +300,7 @@ async fn every_refusal_kind_with_and_without_a_valid_token() {
 /// or by the sweep. Console and public routes are limited without events.
 #[tokio::test]
 async fn per_address_floods_leave_one_event_per_window_with_a_count() {
-    let w = world_with(|b| {
+    let w = World::with(|b, _| {
         b.manual_clock()
             .set("ratelimit.per_address_per_minute", 1)
             .set("ratelimit.per_address_burst", 3)
@@ -451,7 +430,7 @@ async fn wait_for(app: &TestApp, after: i64, n: usize) -> Vec<Ev> {
 /// and are aggregated per user and window.
 #[tokio::test]
 async fn per_principal_floods_name_the_actor_and_are_aggregated() {
-    let w = world_with(|b| {
+    let w = World::with(|b, _| {
         b.manual_clock()
             .set("ratelimit.per_principal_per_minute", 1)
             .set("ratelimit.per_principal_burst", 2)

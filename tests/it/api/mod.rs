@@ -8,3 +8,5 @@ mod patient;
 mod resources;
 mod routes;
 mod strict_input;
+mod separation;
+mod write_control;

@@ -20,11 +20,9 @@
 
 use crate::api::attribution::{events_after, last_seq};
 use crate::api::resources::{claim_json, note_json, observation_json};
-use crate::support::TestApp;
-use crate::support::idp::{Provider, Signer};
 use crate::support::world::{World, patient_json};
 use custodian::app::routes::{RouteInfo, table};
-use custodian::db::{phi, users};
+use custodian::db::users;
 use custodian::policy::{
     self, Action, Decision, DenyReason, Interaction, PatientFacts, ResourceType, Role, Target,
 };
@@ -38,8 +36,6 @@ use custodian::domain::{FacilityId, PatientId, UserId};
 use serde_json::{Value, json};
 use std::collections::BTreeSet;
 use uuid::Uuid;
-
-const AUDIENCE: &str = "https://custodian.test/fhir";
 
 /// What a route must answer to a request without credentials.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -130,6 +126,12 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         Expect::ConsoleAction,
     ),
     ("GET", "/console/audit", Expect::ConsolePage),
+    ("GET", "/console/approvals", Expect::ConsolePage),
+    (
+        "POST",
+        "/console/approvals/{id}/{decision}",
+        Expect::ConsoleAction,
+    ),
     ("POST", "/console/step-up", Expect::ConsoleAction),
     ("POST", "/console/step-up/cancel", Expect::ConsoleAction),
     ("GET", "/static/{file}", Expect::Public),
@@ -206,29 +208,17 @@ struct Setup {
 }
 
 async fn setup() -> Setup {
-    let signer = Signer::es256("k1");
-    let idp = Provider::start(&[&signer]).await;
-    let issuer = idp.issuer();
-    let app = TestApp::builder()
-        .set("auth.issuer", issuer.clone())
-        .set("auth.audience", AUDIENCE)
-        .set("server.body_limit_bytes", BODY_LIMIT as i64)
-        .set("console.issuer", issuer.clone())
-        .set("console.client_id", "custodian-console")
-        .set("console.client_secret", "test-secret")
-        .set(
-            "console.redirect_url",
-            "https://localhost:8443/console/callback",
-        )
-        .spawn()
-        .await;
-    let facility = phi::insert_facility(&mut app.db.conn(), "General Hospital").unwrap();
-    let w = World {
-        app,
-        idp,
-        signer,
-        facility,
-    };
+    let w = World::with(|b, issuer| {
+        b.set("server.body_limit_bytes", BODY_LIMIT as i64)
+            .set("console.issuer", issuer)
+            .set("console.client_id", "custodian-console")
+            .set("console.client_secret", "test-secret")
+            .set(
+                "console.redirect_url",
+                "https://localhost:8443/console/callback",
+            )
+    })
+    .await;
     // The author: clinician and billing in the facility, on the patient's care team.
     let (author_id, _) = w.user("author", &[Role::Clinician, Role::Billing]);
     let token = w.token("author", ALL);

@@ -402,6 +402,40 @@ async fn first_administrator_is_granted_from_the_cli_and_signs_in() {
         events(&app).iter().any(|e| e.0 == "permission-change"),
         "the grant is audited"
     );
+    // Separation of duties: the CLI acts for no account, so it cannot queue a change for
+    // a second administrator; a path to PHI for an administrator is refused there.
+    let before = events(&app).len();
+    let out = custodian(
+        &app,
+        &[
+            "admin",
+            "grant",
+            "--issuer",
+            &idp.issuer,
+            "--subject",
+            "first-admin",
+            "--role",
+            "clinician",
+            "--reason",
+            "also works shifts",
+        ],
+        "",
+    );
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("second administrator"), "{err}");
+    let after = events(&app);
+    assert_eq!(
+        after.len(),
+        before + 1,
+        "the refusal is audited, nothing else"
+    );
+    assert_eq!(after.last().unwrap().0, "permission-change");
+    assert_eq!(after.last().unwrap().1, "deny");
+    assert_eq!(
+        after.last().unwrap().2.as_deref(),
+        Some("separation-of-duties")
+    );
     let b = reqwest_client();
     let callback = idp.authorize(&app, &b, "first-admin").await;
     let res = b.get(callback.as_str()).send().await.unwrap();

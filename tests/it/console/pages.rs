@@ -1280,3 +1280,282 @@ async fn forwarded_host_headers_count_only_from_configured_proxies() {
     let res = forged(&c, &a, target).await.unwrap();
     assert_eq!(res.status(), StatusCode::SEE_OTHER);
 }
+
+/// The browser after a step-up renewed its session: same cookie jar, the CSRF token read
+/// again from a page.
+async fn renewed(c: &Console, b: &CookieClient) -> CookieClient {
+    let html = c.get(b, "/console").await.text().await.unwrap();
+    let csrf = html
+        .split("name=\"csrf_token\" value=\"")
+        .nth(1)
+        .and_then(|s| s.split('"').next())
+        .unwrap()
+        .to_string();
+    CookieClient {
+        client: b.client.clone(),
+        jar: b.jar.clone(),
+        session_id: String::new(),
+        csrf,
+    }
+}
+
+fn user_facility(c: &Console, user: Uuid) -> Option<Uuid> {
+    users_t::table
+        .find(user)
+        .select(users_t::facility_id)
+        .first(&mut c.app.db.conn())
+        .unwrap()
+}
+
+/// (id, status, decided_by) of every pending change, oldest first.
+fn pending_changes(c: &Console) -> Vec<(Uuid, String, Option<Uuid>)> {
+    use custodian::db::schema::pending_changes as pc;
+    pc::table
+        .order(pc::requested_at)
+        .select((pc::id, pc::status, pc::decided_by))
+        .load(&mut c.app.db.conn())
+        .unwrap()
+}
+
+#[tokio::test]
+async fn own_access_changes_from_the_console_are_refused_and_audited() {
+    let c = Console::start().await;
+    let (me, a) = admin(&c, "root");
+    let north = custodian::db::phi::insert_facility(&mut c.app.db.conn(), "North").unwrap();
+    let north = north.as_uuid().to_string();
+    let patient = Uuid::new_v4().to_string();
+    let attempts: [(&str, Vec<(&str, &str)>); 6] = [
+        (
+            "grant-role",
+            vec![("role", "clinician"), ("reason", "covering ward 3")],
+        ),
+        (
+            "add-care-team",
+            vec![("patient_id", &patient), ("reason", "covering ward 3")],
+        ),
+        (
+            "facility",
+            vec![("facility_id", &north), ("reason", "moving north")],
+        ),
+        (
+            "revoke-role",
+            vec![("role", "admin"), ("reason", "stepping down")],
+        ),
+        ("disable", vec![("reason", "leaving")]),
+        (
+            "grant-role",
+            vec![("role", "privacy_officer"), ("reason", "also reviewing")],
+        ),
+    ];
+    for (i, (action, fields)) in attempts.iter().enumerate() {
+        // Half of them with a stale code: refused before a code is asked for.
+        if i % 2 == 1 {
+            c.make_stale(&a);
+        }
+        let res = c
+            .post(&a, &format!("/console/users/{me}/{action}"), fields)
+            .await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{action}");
+        assert!(
+            res.text().await.unwrap().contains("your own access"),
+            "{action}"
+        );
+        let last = c.events().pop().unwrap();
+        assert_eq!(
+            (last.1.as_str(), last.2.as_deref(), last.4),
+            ("deny", Some("separation-of-duties"), Some(me)),
+            "{action}: {last:?}"
+        );
+    }
+    assert_eq!(
+        c.roles_of(me).into_iter().map(|r| r.0).collect::<Vec<_>>(),
+        vec!["admin"]
+    );
+    assert_eq!(user_facility(&c, me), Some(c.facility.as_uuid()));
+    assert!(pending_changes(&c).is_empty(), "refused, not queued");
+    // The page says why the forms do nothing on one's own account.
+    let html = c
+        .get(&a, &format!("/console/users/{me}"))
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains("id=\"own-access\""), "{html}");
+}
+
+#[tokio::test]
+async fn an_administrators_clinical_role_waits_for_a_second_administrator() {
+    let c = Console::start_clocked().await;
+    let (_, a) = admin(&c, "root");
+    let (b_id, b) = admin(&c, "admin-b");
+    let c_id = c.user("admin-c", &[Role::Admin], Some("Cleo Checker"));
+    c.enrol(c_id);
+    let approver = c.sign_in(c_id);
+
+    // Root asks for clinician for admin B: kept, not performed.
+    let res = c
+        .post(
+            &a,
+            &format!("/console/users/{b_id}/grant-role"),
+            &[("role", "clinician"), ("reason", "covering ward 3 tonight")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/console/approvals?done=change-requested");
+    let roles = |u: Uuid| c.roles_of(u).into_iter().map(|r| r.0).collect::<Vec<_>>();
+    assert_eq!(roles(b_id), vec!["admin"]);
+    let changes = pending_changes(&c);
+    assert_eq!(changes.len(), 1);
+    let change = changes[0].0;
+    let last = c.events().pop().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.1.as_str(), last.4),
+        ("change-requested", "permit", Some(change))
+    );
+
+    // The queue shows it; only a third administrator gets the buttons.
+    let approve = format!("/console/approvals/{change}/approve");
+    for (who, browser, buttons) in [
+        ("requester", &a, false),
+        ("target", &b, false),
+        ("other", &approver, true),
+    ] {
+        let res = c.get(browser, "/console/approvals").await;
+        assert_eq!(res.status(), StatusCode::OK, "{who}");
+        let html = res.text().await.unwrap();
+        assert!(
+            html.contains(&format!("Grant the role clinician to user {b_id}")),
+            "{who}: {html}"
+        );
+        assert!(html.contains("covering ward 3 tonight"), "{who}");
+        assert_eq!(
+            html.contains(&format!("action=\"{approve}\"")),
+            buttons,
+            "{who}"
+        );
+    }
+
+    // The requester and the target cannot approve it: refused before a code, audited.
+    for (who, browser) in [("requester", &a), ("target", &b)] {
+        let res = c
+            .post(browser, &approve, &[("reason", "looks fine to me")])
+            .await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{who}");
+        let last = c.events().pop().unwrap();
+        assert_eq!(
+            (last.0.as_str(), last.2.as_deref(), last.4),
+            (
+                "change-approved",
+                Some("separation-of-duties"),
+                Some(change)
+            ),
+            "{who}"
+        );
+    }
+    assert_eq!(roles(b_id), vec!["admin"]);
+
+    // A second administrator approves with a reason, always after a code (even though
+    // they signed in with one just now).
+    let res = c
+        .post(&approver, &approve, &[("reason", "rota confirmed")])
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("action=\"/console/step-up\""), "{html}");
+    assert!(
+        html.contains(&format!("Approve the pending change {change}")),
+        "{html}"
+    );
+    assert_eq!(roles(b_id), vec!["admin"], "nothing before the code");
+    let res = c
+        .post(
+            &approver,
+            "/console/step-up",
+            &[("pending_id", &pending_id(&html)), ("code", &c.code_now())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER, "{:?}", res.headers());
+    assert_eq!(location(&res), "/console/approvals?done=change-approved");
+    assert_eq!(
+        roles(b_id),
+        vec!["admin", "clinician"],
+        "performed on approval"
+    );
+    assert_eq!(
+        pending_changes(&c),
+        vec![(change, "approved".to_string(), Some(c_id))]
+    );
+    let events = c.events();
+    let n = events.len();
+    assert_eq!(
+        (
+            events[n - 2].0.as_str(),
+            events[n - 2].1.as_str(),
+            events[n - 2].4
+        ),
+        ("change-approved", "permit", Some(change))
+    );
+    assert_eq!(
+        (
+            events[n - 1].0.as_str(),
+            events[n - 1].1.as_str(),
+            events[n - 1].4
+        ),
+        ("permission-change", "permit", Some(b_id))
+    );
+    // Decided once.
+    let approver = renewed(&c, &approver).await;
+    c.advance(30);
+    let res = c.post(&approver, &approve, &[("reason", "again")]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    let res = c
+        .post(
+            &approver,
+            "/console/step-up",
+            &[("pending_id", &pending_id(&html)), ("code", &c.code_now())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    // Now a clinician too, B's facility move needs approval as well; denied, nothing moves.
+    let north = custodian::db::phi::insert_facility(&mut c.app.db.conn(), "North").unwrap();
+    let res = c
+        .post(
+            &a,
+            &format!("/console/users/{b_id}/facility"),
+            &[
+                ("facility_id", &north.as_uuid().to_string()),
+                ("reason", "moving north"),
+            ],
+        )
+        .await;
+    assert_eq!(location(&res), "/console/approvals?done=change-requested");
+    let second = pending_changes(&c)[1].0;
+    let approver = renewed(&c, &approver).await;
+    c.advance(30);
+    let res = c
+        .post(
+            &approver,
+            &format!("/console/approvals/{second}/deny"),
+            &[("reason", "not on the rota")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    let res = c
+        .post(
+            &approver,
+            "/console/step-up",
+            &[("pending_id", &pending_id(&html)), ("code", &c.code_now())],
+        )
+        .await;
+    assert_eq!(location(&res), "/console/approvals?done=change-denied");
+    assert_eq!(user_facility(&c, b_id), Some(c.facility.as_uuid()));
+    assert_eq!(pending_changes(&c)[1].1, "denied");
+    let last = c.events().pop().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.1.as_str(), last.4),
+        ("change-denied", "permit", Some(second))
+    );
+}

@@ -103,6 +103,20 @@ async fn serve_logs_and_audit_rows_carry_no_phi_tokens_or_request_text() {
         "gender": "other",
         "birthDate": "1980-01-01"
     });
+    // A clinician may not write the SSN (outside its view): that request is refused, and
+    // its canary must stay out of the logs too; the same patient without it is created.
+    let refused = client
+        .post(format!("{base}/fhir/Patient"))
+        .bearer_auth(&token)
+        .header("content-type", "application/fhir+json")
+        .header("x-custom", CANARIES[5])
+        .body(patient.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(refused.status(), 403);
+    let mut patient = patient;
+    patient["identifier"].as_array_mut().unwrap().truncate(1);
     let created = client
         .post(format!("{base}/fhir/Patient"))
         .bearer_auth(&token)

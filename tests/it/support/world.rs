@@ -20,23 +20,40 @@ pub struct World {
     pub idp: Provider,
     pub signer: Signer,
     pub facility: FacilityId,
+    /// The app's keyring (same keys), to register what no API role may write.
+    pub keyring: custodian::crypto::Keyring,
 }
+
+/// The synthetic SSN [`World::create`] registers for every patient it creates.
+pub const SSN: &str = "123-45-6789";
 
 impl World {
     pub async fn new() -> World {
+        World::with(|b, _| b).await
+    }
+
+    /// A world whose app gets more settings: `more(builder, issuer)`.
+    pub async fn with(
+        more: impl FnOnce(super::TestAppBuilder, &str) -> super::TestAppBuilder,
+    ) -> World {
         let signer = Signer::es256("k1");
         let idp = Provider::start(&[&signer]).await;
-        let app = TestApp::builder()
+        let builder = TestApp::builder()
             .set("auth.issuer", idp.issuer())
-            .set("auth.audience", AUDIENCE)
-            .spawn()
-            .await;
+            .set("auth.audience", AUDIENCE);
+        let builder = more(builder, &idp.issuer());
+        let db = super::TestDb::create();
+        let config = builder.config(&db.url);
+        let app = builder.database(db).spawn().await;
+        let keyring =
+            custodian::app::keys::load_keyring(&config.crypto, &app.db.url, 2).expect("keyring");
         let facility = phi::insert_facility(&mut app.db.conn(), "General Hospital").unwrap();
         World {
             app,
             idp,
             signer,
             facility,
+            keyring,
         }
     }
 
@@ -83,14 +100,41 @@ impl World {
         self.send(reqwest::Method::GET, path, token, None).await
     }
 
-    /// Creates a patient as `token` and returns its id.
+    /// Creates a patient as `token` and returns its id. The patient is then registered
+    /// with the synthetic SSN [`SSN`] outside the API ([`World::register_ssn`]): no role
+    /// that may write Patients may write the SSN (field-level write control).
     pub async fn create(&self, token: &str, body: &Value) -> Uuid {
         let res = self
             .send(reqwest::Method::POST, "/fhir/Patient", token, Some(body))
             .await;
         assert_eq!(res.status(), StatusCode::CREATED);
         let v: Value = res.json().await.unwrap();
-        Uuid::parse_str(v["id"].as_str().unwrap()).unwrap()
+        let id = Uuid::parse_str(v["id"].as_str().unwrap()).unwrap();
+        self.register_ssn(id, SSN);
+        id
+    }
+
+    /// Stores `ssn` for patient `id` as registration outside the API would: sealed and
+    /// blind-indexed with the app's keys, the version left as it is.
+    pub fn register_ssn(&self, id: Uuid, ssn: &str) {
+        use custodian::crypto::{BlindKind, columns};
+        use custodian::db::schema::patients as p;
+        let mut c = self.app.db.conn();
+        let key_version: i32 = p::table
+            .find(id)
+            .select(p::key_version)
+            .first(&mut c)
+            .unwrap();
+        let sealer = self.keyring.sealer_for_write(&mut c).unwrap();
+        assert_eq!(sealer.version(), key_version, "one data key in these tests");
+        let sealed = sealer
+            .seal_str(&columns::patients::SSN.at(id), ssn)
+            .unwrap();
+        let index = self.keyring.blind_index(BlindKind::Ssn, ssn).unwrap();
+        diesel::update(p::table.find(id))
+            .set((p::ssn_sealed.eq(Some(sealed)), p::ssn_index.eq(Some(index))))
+            .execute(&mut c)
+            .unwrap();
     }
 
     /// (action, outcome, patient ids) of every audit event, in order.
@@ -105,12 +149,13 @@ impl World {
     }
 }
 
+/// A Patient body a clinician may write: every field of the clinical view, no SSN (see
+/// [`World::create`] for how test patients get one).
 pub fn patient_json(mrn: &str, family: &str) -> Value {
     json!({
         "resourceType": "Patient",
         "identifier": [
-            { "system": "urn:custodian:mrn", "value": mrn },
-            { "system": "http://hl7.org/fhir/sid/us-ssn", "value": "123-45-6789" }
+            { "system": "urn:custodian:mrn", "value": mrn }
         ],
         "name": [{ "family": family, "given": ["Avery", "Quinn"] }],
         "gender": "female",

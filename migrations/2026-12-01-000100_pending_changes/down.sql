@@ -1,0 +1,2 @@
+DROP TABLE pending_changes;
+DROP FUNCTION pending_changes_decide_once();
