@@ -27,9 +27,10 @@ pub enum AppError {
     /// Stored data failed its integrity check: a sealed value that cannot be opened
     /// (tampered, corrupted, or sealed with a key this instance does not have). The
     /// whole response fails (500, [`INTEGRITY_MESSAGE`]) rather than leave a record out
-    /// of a result unnoticed; where it happened (table, column, row id) is logged.
-    #[error("stored data failed its integrity check")]
-    Integrity,
+    /// of a result unnoticed. The cause names where (table, column, row id — never a
+    /// value) and is logged, never sent.
+    #[error("stored data failed its integrity check: {0}")]
+    Integrity(anyhow::Error),
     /// Anything else: logged in full, answered with a generic 500.
     #[error(transparent)]
     Internal(#[from] anyhow::Error),
@@ -84,7 +85,7 @@ impl ResponseError for AppError {
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
             AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
-            AppError::Integrity | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            AppError::Integrity(_) | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -94,7 +95,10 @@ impl ResponseError for AppError {
             AppError::RateLimited { .. } => Cow::Borrowed("Too many requests. Retry later."),
             AppError::Unauthenticated { .. } => Cow::Borrowed(UNAUTHENTICATED_MESSAGE),
             AppError::Unavailable => Cow::Borrowed(UNAVAILABLE_MESSAGE),
-            AppError::Integrity => Cow::Borrowed(INTEGRITY_MESSAGE),
+            AppError::Integrity(e) => {
+                tracing::error!(error = %format!("{e:#}"), "stored data failed its integrity check");
+                Cow::Borrowed(INTEGRITY_MESSAGE)
+            }
             AppError::Internal(e) => {
                 tracing::error!(error = %format!("{e:#}"), "internal error");
                 Cow::Borrowed(INTERNAL_MESSAGE)

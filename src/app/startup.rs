@@ -215,10 +215,6 @@ impl Application {
     }
 
     pub fn handles(&self) -> Vec<ServerHandle> {
-        self.handles_of()
-    }
-
-    fn handles_of(&self) -> Vec<ServerHandle> {
         let mut handles = vec![self.https.handle()];
         handles.extend(self.http.as_ref().map(Server::handle));
         handles
@@ -227,7 +223,7 @@ impl Application {
     /// Serves until a shutdown signal (or `handles()[..].stop()`), then drains.
     pub async fn run(mut self) -> std::io::Result<()> {
         if let Some(signals) = self.signals.take() {
-            tokio::spawn(shutdown_on_signal(signals, self.handles_of()));
+            tokio::spawn(shutdown_on_signal(signals, self.handles()));
         }
         match self.http {
             // Both listeners are stopped by the signal task and drain on their own.

@@ -100,10 +100,10 @@ impl From<CryptoError> for AppError {
             CryptoError::InvalidIdentifier(message) => AppError::unprocessable(message),
             // A stored value that does not open: the caller logged where (table, column,
             // row id); the client gets the fixed integrity message.
-            CryptoError::Authentication { .. }
+            e @ (CryptoError::Authentication { .. }
             | CryptoError::Malformed { .. }
             | CryptoError::UnknownKeyVersion { .. }
-            | CryptoError::Decode { .. } => AppError::Integrity,
+            | CryptoError::Decode { .. }) => AppError::Integrity(anyhow::Error::new(e)),
             // Logged in full (with the row id) by the error renderer; the client sees a
             // generic 500 and the request id.
             other => AppError::Internal(anyhow::Error::new(other)),

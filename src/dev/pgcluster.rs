@@ -227,7 +227,7 @@ impl LocalCluster {
         Ok(())
     }
 
-    /// The folder holding the server's Unix socket.
+    /// The server's Unix socket (in its private folder).
     pub fn socket_path(&self) -> PathBuf {
         self.socket_dir().join(format!(".s.PGSQL.{}", self.port()))
     }

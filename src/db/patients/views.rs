@@ -107,7 +107,7 @@ fn open<V: Sealable>(
                 .map(Phi::new)
                 .map_err(|e| {
                     tracing::error!(table = column.table, column = column.column, row = %row, error = %e, "cannot open sealed value");
-                    AppError::Integrity
+                    AppError::from(e)
                 })
         })
         .transpose()
