@@ -25,6 +25,7 @@ pub fn build_app(
     config: Config,
     extra: Option<ExtraRoutes>,
     dev_jwks: Option<crate::dev::token::DevJwks>,
+    dev_idp: Option<std::sync::Arc<crate::dev::idp::DevIdp>>,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -53,6 +54,14 @@ pub fn build_app(
         // Only `custodian dev` gets here (startup Options); `serve` never does.
         routes::configure_dev(&mut table);
         app = app.app_data(web::Data::new(dev));
+    }
+    if let Some(idp) = dev_idp {
+        // Likewise only `custodian dev`: the development sign-in provider, and the home
+        // page's notes on the demo people.
+        routes::configure_dev_idp(&mut table);
+        app = app
+            .app_data(web::Data::new(crate::dev::idp::home_notice(&idp)))
+            .app_data(web::Data::from(idp));
     }
     app.app_data(state)
         .app_data(web::Data::new(settings))

@@ -329,6 +329,32 @@ pub fn configure_dev(r: &mut Routes) {
     );
 }
 
+/// The development sign-in provider's routes (added by [`super::build_app`] only when the
+/// start-up options carry a [`crate::dev::idp::DevIdp`], which only `custodian dev` builds).
+pub fn configure_dev_idp(r: &mut Routes) {
+    use crate::dev::idp;
+    r.add(
+        Method::GET,
+        idp::DISCOVERY_PATH,
+        Action::Public,
+        idp::discovery,
+    );
+    r.add(Method::GET, idp::JWKS_PATH, Action::Public, idp::jwks);
+    r.add(
+        Method::GET,
+        idp::AUTHORIZE_PATH,
+        Action::Public,
+        idp::authorize,
+    );
+    r.add(
+        Method::POST,
+        idp::AUTHORIZE_PATH,
+        Action::Public,
+        idp::choose,
+    );
+    r.add(Method::POST, idp::TOKEN_PATH, Action::Public, idp::token);
+}
+
 async fn dev_jwks(dev: web::Data<crate::dev::token::DevJwks>) -> actix_web::HttpResponse {
     actix_web::HttpResponse::Ok()
         .content_type("application/jwk-set+json")

@@ -25,6 +25,10 @@ pub struct Options {
     /// `custodian dev` only: serve the development JWKS at `GET /dev/jwks.json` and trust
     /// the dev certificate when fetching it. `serve` never sets this.
     pub dev_jwks: Option<crate::dev::token::DevJwks>,
+    /// `custodian dev` only: the development sign-in provider under `/dev-idp` (the
+    /// console trusts the dev certificate of `dev_jwks` when talking to it). `serve`
+    /// never sets this.
+    pub dev_idp: Option<std::sync::Arc<crate::dev::idp::DevIdp>>,
     /// The clock everything that decides by time reads; `None` (as in `serve` and `dev`)
     /// is the system clock. Tests pass a [`crate::domain::clock::ManualClock`].
     pub clock: Option<crate::domain::SharedClock>,
@@ -121,7 +125,17 @@ impl Application {
         let console = config
             .console
             .as_ref()
-            .map(crate::console::settings::Console::new)
+            .map(|c| {
+                let mut console = crate::console::settings::Console::new(c)?;
+                // `custodian dev` only: the console signs in at the dev provider, served
+                // by this very server under its self-signed certificate.
+                if options.dev_idp.is_some()
+                    && let Some(pem) = dev_root.as_deref()
+                {
+                    console.oidc.trust_dev_root(pem)?;
+                }
+                Ok::<_, crate::error::AppError>(console)
+            })
             .transpose()
             .map_err(|e| anyhow::anyhow!("console: {e}"))?
             .map(actix_web::web::Data::new);
@@ -139,6 +153,7 @@ impl Application {
         .map(std::sync::Arc::new);
         let extra = options.extra_routes;
         let dev_jwks = options.dev_jwks.clone();
+        let dev_idp = options.dev_idp.clone();
         let https = HttpServer::new(move || {
             let app = app::build_app(
                 state.clone(),
@@ -146,6 +161,7 @@ impl Application {
                 app_config.clone(),
                 extra,
                 dev_jwks.clone(),
+                dev_idp.clone(),
             );
             match console.clone() {
                 Some(console) => app.app_data(console),

@@ -144,6 +144,21 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         "auth.jwks_url",
         format!("https://localhost:8443{}", crate::dev::token::DEV_JWKS_PATH).into(),
     );
+    // The console signs in at the development sign-in provider this server runs (issuer
+    // = the dev token issuer, so a demo person is one user for the API and the console).
+    let keys_dir = dir.join("keys");
+    set("console.issuer", crate::dev::token::DEV_ISSUER.into());
+    set("console.client_id", crate::dev::idp::CLIENT_ID.into());
+    set(
+        "console.client_secret",
+        crate::dev::idp::ensure_client_secret(&keys_dir)?.into(),
+    );
+    set(
+        "console.redirect_url",
+        "https://localhost:8443/console/callback".into(),
+    );
+    let idp_key = crate::dev::idp::IdpKey::ensure(&keys_dir)?;
+    let totp_key = crate::dev::totp::DevTotpKey::ensure(&keys_dir)?;
     let dev_jwks = crate::dev::token::DevJwks {
         document: std::sync::Arc::new(token_key.jwks()),
         trust_root_pem: Some(
@@ -183,7 +198,12 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
         Some(cluster)
     };
 
-    let result = serve(config_path, defaults, dev_jwks, started).await;
+    let dev = DevParts {
+        jwks: dev_jwks,
+        idp_key,
+        totp_key,
+    };
+    let result = serve(config_path, defaults, dev, started).await;
     if let Some(cluster) = cluster {
         say!("stopping the private PostgreSQL cluster");
         cluster.stop()?;
@@ -191,38 +211,59 @@ pub async fn run(config_path: Option<&Path>) -> anyhow::Result<()> {
     result
 }
 
-/// The dev JWKS is served by this server: when `server.listen` was moved off 8443 (and
-/// `auth.jwks_url` was left at the dev default), point the URL at the new port.
+/// What `custodian dev` serves besides the product: the dev token JWKS, the dev sign-in
+/// provider's key and the development TOTP key.
+struct DevParts {
+    jwks: crate::dev::token::DevJwks,
+    idp_key: crate::dev::idp::IdpKey,
+    totp_key: crate::dev::totp::DevTotpKey,
+}
+
+/// The dev JWKS and sign-in provider are served by this server: when `server.listen` was
+/// moved off 8443, every URL still at its dev default (public URL, token issuer and JWKS,
+/// console issuer and redirect) follows to the new port.
 fn follow_listen_port(table: &mut toml::Table) {
-    let default_url = format!("https://localhost:8443{}", crate::dev::token::DEV_JWKS_PATH);
-    let get = |t: &toml::Table, a: &str, b: &str| {
+    let get = |t: &toml::Table, key: &str| {
+        let (a, b) = key.split_once('.')?;
         t.get(a)
             .and_then(|s| s.get(b))
             .and_then(|v| v.as_str())
             .map(str::to_string)
     };
-    if get(table, "auth", "jwks_url").as_deref() != Some(default_url.as_str()) {
-        return;
-    }
-    let port = get(table, "server", "listen")
+    let port = get(table, "server.listen")
         .and_then(|l| l.parse::<std::net::SocketAddr>().ok())
         .map(|a| a.port());
-    if let Some(port) = port.filter(|p| *p != 0 && *p != 8443) {
-        config::insert_dotted(
-            table,
-            "auth.jwks_url",
-            format!(
-                "https://localhost:{port}{}",
-                crate::dev::token::DEV_JWKS_PATH
-            )
-            .into(),
-        );
+    let Some(port) = port.filter(|p| *p != 0 && *p != 8443) else {
+        return;
+    };
+    let dev_default = "https://localhost:8443";
+    for key in [
+        "server.public_url",
+        "auth.issuer",
+        "auth.jwks_url",
+        "console.issuer",
+        "console.redirect_url",
+    ] {
+        let value = get(table, key);
+        let defaults = [
+            dev_default.to_string(),
+            crate::dev::token::DEV_ISSUER.to_string(),
+            format!("{dev_default}{}", crate::dev::token::DEV_JWKS_PATH),
+            format!("{dev_default}/console/callback"),
+        ];
+        if let Some(value) = value.filter(|v| defaults.contains(v)) {
+            let moved = value.replacen(dev_default, &format!("https://localhost:{port}"), 1);
+            config::insert_dotted(table, key, moved.into());
+        }
     }
 }
 
 /// Migrations, then the synthetic population and demo principals (once; resumes an
 /// interrupted run), with progress.
-fn seed_synthetic(config: &config::Config) -> anyhow::Result<()> {
+fn seed_synthetic(
+    config: &config::Config,
+    totp: &crate::dev::totp::DevTotpKey,
+) -> anyhow::Result<()> {
     use diesel::Connection;
     let url = config.database.url.expose();
     let timeout = config.database.connect_timeout_secs;
@@ -255,13 +296,52 @@ fn seed_synthetic(config: &config::Config) -> anyhow::Result<()> {
             report.already_present
         );
     }
+    let password_file = dev_dir()
+        .join("keys")
+        .join(crate::dev::totp::EMERGENCY_PASSWORD_FILE);
+    let console = crate::dev::seed::enrol_console_people(&mut conn, &keyring, issuer, totp, || {
+        emergency_password_hash(&password_file)
+    })
+    .map_err(|e| anyhow::anyhow!("enrolling the demo console people failed: {e}"))?;
+    if !console.enrolled.is_empty() {
+        say!(
+            "pre-enrolled {} in TOTP with development secrets (codes: dev-totp <person>)",
+            console.enrolled.join(", ")
+        );
+    }
+    if console.emergency_created {
+        say!(
+            "created the development emergency account {} (password in {})",
+            crate::dev::totp::EMERGENCY_ACCOUNT,
+            password_file.display()
+        );
+    }
     Ok(())
+}
+
+/// The development emergency account's password: random, created once (file 0600).
+fn emergency_password_hash(path: &Path) -> Result<String, crate::error::AppError> {
+    let internal = |e: anyhow::Error| crate::error::AppError::Internal(e);
+    if !path.is_file() {
+        let password = crate::console::session::random_token();
+        write_private(path, format!("{password}\n").as_bytes()).map_err(internal)?;
+    }
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read {}", path.display()))
+            .map_err(internal)?,
+    );
+    let password = crate::console::emergency::NewPassword::parse(zeroize::Zeroizing::new(
+        text.trim().to_string(),
+    ))
+    .map_err(|e| internal(anyhow::anyhow!("{}: {e}", path.display())))?;
+    password.hash()
 }
 
 async fn serve(
     config_path: Option<&Path>,
     defaults: toml::Table,
-    dev_jwks: crate::dev::token::DevJwks,
+    dev: DevParts,
     started: Instant,
 ) -> anyhow::Result<()> {
     let mut table = defaults;
@@ -279,88 +359,93 @@ async fn serve(
     write_private(&effective, toml::to_string(&table)?.as_bytes())?;
 
     let seeding = config.clone();
-    actix_web::web::block(move || seed_synthetic(&seeding))
-        .await
-        .context("seeding task failed")??;
+    let DevParts {
+        jwks,
+        idp_key,
+        totp_key,
+    } = dev;
+    let totp_key =
+        actix_web::web::block(move || seed_synthetic(&seeding, &totp_key).map(|()| totp_key))
+            .await
+            .context("seeding task failed")??;
+    // The dev sign-in provider, for the console settings above (unless the developer
+    // pointed the console at a provider of their own).
+    let idp = config
+        .console
+        .as_ref()
+        .filter(|c| c.client_id == crate::dev::idp::CLIENT_ID)
+        .map(|c| {
+            std::sync::Arc::new(crate::dev::idp::DevIdp::new(
+                &c.issuer,
+                &c.client_id,
+                c.client_secret.clone(),
+                &c.redirect_url,
+                idp_key,
+                Some(totp_key),
+            ))
+        });
     let options = Options {
-        dev_jwks: Some(dev_jwks),
+        dev_jwks: Some(jwks),
+        dev_idp: idp.clone(),
         ..Options::default()
     };
     let app = Application::build(config.clone(), options).await?;
+    let port = app.https_addr().port();
+    let base = format!("https://localhost:{port}");
+    // Printed so that it runs as printed, also for someone with no `custodian` on PATH.
+    let me = crate::dev::me();
     say!();
     say!(
         "Custodian is running (ready in {:.1} s).",
         started.elapsed().as_secs_f64()
     );
-    say!(
-        "  HTTPS:     https://localhost:{}/",
-        app.https_addr().port()
-    );
+    say!("  HTTPS:     {base}/");
     if let Some(http) = app.http_addr() {
         say!(
             "  HTTP:      http://localhost:{}/ (redirects to HTTPS)",
             http.port()
         );
     }
-    say!(
-        "  Health:    curl -sk https://localhost:{}/healthz",
-        app.https_addr().port()
-    );
+    say!("  Health:    curl -sk {base}/healthz");
     say!("  Database:  URL in {}/database_url", dev_dir().display());
     say!("The certificate is self-signed: your browser will ask you to accept it.");
-    let port = app.https_addr().port();
     say!();
-    // Printed so that it runs as printed, also for someone with no `custodian` on PATH.
-    let me = shell_word(
-        &std::env::current_exe()
-            .map(|p| p.display().to_string())
-            .unwrap_or_else(|_| "custodian".into()),
+    if idp.is_some() {
+        say!("Administrators and privacy officers: the admin console");
+        say!(
+            "  Open {base}/console/signin and pick admin.demo (or po.demo) on the DEVELOPMENT sign-in page."
+        );
+        say!("  TOTP code (pre-enrolled, also shown on that page): {me} dev-totp admin.demo");
+        say!(
+            "  Emergency access: {base}/console/emergency as {}, password in {}, code from {me} dev-totp {}",
+            crate::dev::totp::EMERGENCY_ACCOUNT,
+            dev_dir()
+                .join("keys")
+                .join(crate::dev::totp::EMERGENCY_PASSWORD_FILE)
+                .display(),
+            crate::dev::totp::EMERGENCY_ACCOUNT
+        );
+        say!();
+    }
+    say!(
+        "API clients: development tokens (signed with the dev key; accepted only by `custodian dev`)"
     );
+    say!("  TOKEN=$({me} dev-token --sub dr.demo)");
+    say!("  curl -sk -H \"Authorization: Bearer $TOKEN\" '{base}/fhir/Patient?family=Smith'");
+    say!("  Admin API:  TOKEN=$({me} dev-token --sub admin.demo --scope admin)");
+    say!("             curl -sk -H \"Authorization: Bearer $TOKEN\" {base}/api/admin/users");
+    say!();
+    say!("Demo people (synthetic; also listed on {base}/):");
+    for p in crate::dev::idp::demo_people() {
+        say!("  {:<13} {:<16} {}", p.subject, p.roles, p.can);
+    }
+    say!();
     say!(
         "Other commands in this folder use this instance's configuration ({}), e.g.",
         effective.display()
     );
     say!("  {me} audit verify");
-    say!();
-    say!("Development tokens (signed with the dev key; accepted only by `custodian dev`):");
-    say!("  TOKEN=$({me} dev-token --sub dr.demo)");
-    say!(
-        "  curl -sk -H \"Authorization: Bearer $TOKEN\" 'https://localhost:{port}/fhir/Patient?family=Smith'"
-    );
-    say!("  Demo principals: dr.demo (clinician), billing.demo, admin.demo, patient.demo, po.demo");
-    say!("  Admin API:  TOKEN=$({me} dev-token --sub admin.demo --scope admin)");
-    say!(
-        "             curl -sk -H \"Authorization: Bearer $TOKEN\" https://localhost:{port}/api/admin/users"
-    );
     say!("Press Ctrl-C to stop.");
     say!();
     app.run().await.context("server stopped with an error")
-}
-
-/// `word` as one shell word: unchanged when it needs no quoting, else single-quoted.
-fn shell_word(word: &str) -> String {
-    let plain = !word.is_empty()
-        && word
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b));
-    if plain {
-        word.to_string()
-    } else {
-        format!("'{}'", word.replace('\'', "'\\''"))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::shell_word;
-
-    #[test]
-    fn printed_paths_are_one_shell_word() {
-        assert_eq!(
-            shell_word("/work/target/release/custodian"),
-            "/work/target/release/custodian"
-        );
-        assert_eq!(shell_word("/my work/custodian"), "'/my work/custodian'");
-        assert_eq!(shell_word("/it's/custodian"), "'/it'\\''s/custodian'");
-    }
 }

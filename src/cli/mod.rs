@@ -45,6 +45,13 @@ pub enum Command {
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
     },
+    /// DEVELOPMENT ONLY: print the current TOTP code of a demo console person that
+    /// `custodian dev` pre-enrolled (admin.demo, po.demo, emergency.demo), derived from
+    /// its dev key (refuses to run when there is none). Knows no other secret.
+    DevTotp {
+        /// admin.demo, po.demo or emergency.demo.
+        person: String,
+    },
     /// Apply pending database migrations and exit.
     Migrate,
     /// Print every configuration setting (Markdown table).
@@ -107,7 +114,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             sub,
             scope,
             ttl_secs,
-        } => crate::dev::token::run(&crate::dev::dev_dir().join("keys"), &sub, &scope, ttl_secs),
+        } => crate::dev::token::run(&crate::dev::dev_dir(), &sub, &scope, ttl_secs),
+        Command::DevTotp { person } => {
+            crate::dev::totp::run(&crate::dev::dev_dir().join("keys"), &person)
+        }
         Command::Settings => {
             print!("{}", crate::config::markdown_table());
             Ok(())

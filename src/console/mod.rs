@@ -39,10 +39,26 @@ pub const TOTP_LOCKED: &str = "Too many wrong codes: the code check is locked fo
 
 #[derive(Template, WebTemplate)]
 #[template(path = "home.html")]
-pub struct Home;
+pub struct Home {
+    dev: Option<web::Data<DevNotice>>,
+}
 
-pub async fn home() -> Home {
-    Home
+/// What the home page adds under `custodian dev` (app data only there): the demo people
+/// and the commands that go with them.
+pub struct DevNotice {
+    /// (person, roles, what they can do, whether they can use the console)
+    pub people: Vec<(String, String, String, bool)>,
+    /// Prints a development access token, e.g. `TOKEN=$(… dev-token --sub dr.demo)`.
+    pub token_command: String,
+    /// A first API call with that token.
+    pub api_command: String,
+    /// Prints a demo person's current TOTP code (without the person).
+    pub totp_command: String,
+}
+
+/// GET /: the door of each kind of user (and, under `custodian dev`, who to be).
+pub async fn home(dev: Option<web::Data<DevNotice>>) -> Home {
+    Home { dev }
 }
 
 /// Static assets are compiled into the binary so a deployment is one file.

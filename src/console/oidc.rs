@@ -63,12 +63,7 @@ pub struct Identity {
 
 impl Oidc {
     pub fn new(config: ConsoleConfig) -> Result<Oidc, AppError> {
-        let http = reqwest::Client::builder()
-            // Following redirects from the token endpoint invites SSRF.
-            .redirect(reqwest::redirect::Policy::none())
-            .timeout(std::time::Duration::from_secs(10))
-            .build()
-            .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("OIDC HTTP client")))?;
+        let http = http_client(None)?;
         Ok(Oidc {
             config,
             http,
@@ -191,5 +186,34 @@ impl Oidc {
             issuer: claims.issuer().as_str().to_string(),
             subject: claims.subject().as_str().to_string(),
         })
+    }
+}
+
+/// The HTTP client that talks to the provider; `extra_root` only under `custodian dev`.
+fn http_client(extra_root: Option<reqwest::Certificate>) -> Result<reqwest::Client, AppError> {
+    let mut builder = reqwest::Client::builder()
+        // Following redirects from the token endpoint invites SSRF.
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(std::time::Duration::from_secs(10));
+    if let Some(root) = extra_root {
+        builder = builder.add_root_certificate(root);
+    }
+    builder
+        .build()
+        .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("OIDC HTTP client")))
+}
+
+// ---- Development only ------------------------------------------------------------------
+// `custodian dev` serves its development sign-in provider itself, under its self-signed
+// certificate; `app::startup` calls this only when `custodian dev` started it (never
+// under `serve`). Nothing else about the sign-in changes.
+impl Oidc {
+    /// Also trusts `root_pem` (the dev instance's own certificate) when talking to the
+    /// provider.
+    pub fn trust_dev_root(&mut self, root_pem: &str) -> Result<(), AppError> {
+        let root = reqwest::Certificate::from_pem(root_pem.as_bytes())
+            .map_err(|_| AppError::internal("dev certificate is not PEM"))?;
+        self.http = http_client(Some(root))?;
+        Ok(())
     }
 }

@@ -1,10 +1,13 @@
 //! Development tooling, never used by `custodian serve`: the dev folder, development
-//! tokens and their JWKS, synthetic data, and a private PostgreSQL cluster. The
+//! tokens and their JWKS, the development sign-in provider and TOTP secrets, synthetic
+//! data, and a private PostgreSQL cluster. The
 //! `custodian dev` command that ties them together is [`crate::cli::dev`].
 
+pub mod idp;
 pub mod pgcluster;
 pub mod seed;
 pub mod token;
+pub mod totp;
 
 use anyhow::Context;
 use std::path::{Path, PathBuf};
@@ -33,4 +36,43 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(|| format!("cannot write {}", path.display()))?;
     f.write_all(bytes)?;
     Ok(())
+}
+
+/// `word` as one shell word: unchanged when it needs no quoting, else single-quoted (the
+/// commands `custodian dev` prints run as printed).
+pub fn shell_word(word: &str) -> String {
+    let plain = !word.is_empty()
+        && word
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"/._-+:@".contains(&b));
+    if plain {
+        word.to_string()
+    } else {
+        format!("'{}'", word.replace('\'', "'\\''"))
+    }
+}
+
+/// This binary as one shell word (for printed commands: someone who followed the README
+/// has no `custodian` on PATH).
+pub fn me() -> String {
+    shell_word(
+        &std::env::current_exe()
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| "custodian".into()),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::shell_word;
+
+    #[test]
+    fn printed_paths_are_one_shell_word() {
+        assert_eq!(
+            shell_word("/work/target/release/custodian"),
+            "/work/target/release/custodian"
+        );
+        assert_eq!(shell_word("/my work/custodian"), "'/my work/custodian'");
+        assert_eq!(shell_word("/it's/custodian"), "'/it'\\''s/custodian'");
+    }
 }

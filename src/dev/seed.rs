@@ -142,6 +142,18 @@ pub const DEMO_PRINCIPALS: [(&str, &[Role]); 5] = [
     ("po.demo", &[Role::PrivacyOfficer]),
 ];
 
+/// The display name of a demo principal in the console.
+pub fn demo_display_name(subject: &str) -> &'static str {
+    match subject {
+        "dr.demo" => "Demo clinician",
+        "billing.demo" => "Demo billing clerk",
+        "admin.demo" => "Demo administrator",
+        "patient.demo" => "Demo patient",
+        "po.demo" => "Demo privacy officer",
+        _ => "Demo person",
+    }
+}
+
 fn facility(conn: &mut PgConnection, name: &str) -> Result<FacilityId, AppError> {
     let found: Option<FacilityId> = facilities::table
         .filter(facilities::name.eq(name))
@@ -295,6 +307,13 @@ pub fn seed(
         let mut principals = Vec::new();
         for (sub, roles) in DEMO_PRINCIPALS {
             let u = users::user_for(c, &plan.issuer, sub, UserKind::Person)?;
+            // A name to find them by in the console (one given there is kept).
+            {
+                use crate::db::schema::users::dsl;
+                diesel::update(dsl::users.find(u.id).filter(dsl::display_name.is_null()))
+                    .set(dsl::display_name.eq(Some(demo_display_name(sub))))
+                    .execute(c)?;
+            }
             for role in roles {
                 users::grant_role(c, u.id, *role, REASON, None)?;
             }
@@ -358,6 +377,58 @@ pub fn seed(
     // patient.demo is the first synthetic patient.
     if let Some(first) = phi::find_patient_by_mrn(conn, kr, &mrn(0))? {
         users::link_patient(conn, principal("patient.demo"), Some(first.id))?;
+    }
+    Ok(report)
+}
+
+/// What [`enrol_console_people`] did.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ConsoleReport {
+    /// Demo people enrolled in TOTP by this run.
+    pub enrolled: Vec<&'static str>,
+    /// Whether this run created the emergency account.
+    pub emergency_created: bool,
+}
+
+/// Pre-enrols the demo console people (admin.demo, po.demo) in TOTP with their
+/// development secrets, and creates the development emergency account (admin role, the
+/// password hash `emergency_hash` gives, TOTP pre-enrolled likewise). Leaves alone
+/// whatever exists already (an enrolment someone redid in the console stays theirs).
+pub fn enrol_console_people(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    issuer: &str,
+    totp: &super::totp::DevTotpKey,
+    emergency_hash: impl FnOnce() -> Result<String, AppError>,
+) -> Result<ConsoleReport, AppError> {
+    use super::totp::EMERGENCY_ACCOUNT;
+    use crate::console::emergency::{AccountName, ISSUER as EMERGENCY_ISSUER};
+    use crate::console::store::{emergency, totp as totp_store};
+    let secret = |who: &str| {
+        totp.secret(who)
+            .map_err(|e| AppError::Internal(e.context("development TOTP secret")))
+    };
+    let now = Utc::now();
+    let mut report = ConsoleReport::default();
+    for who in super::totp::PRE_ENROLLED {
+        if who == EMERGENCY_ACCOUNT {
+            continue;
+        }
+        let user = users::user_for(conn, issuer, who, UserKind::Person)?;
+        if totp_store::enrol_confirmed(conn, kr, user.id, &secret(who)?, now)? {
+            report.enrolled.push(who);
+        }
+    }
+    if emergency::find(conn, EMERGENCY_ACCOUNT)?.is_none() {
+        let name = AccountName::parse(EMERGENCY_ACCOUNT)
+            .ok_or_else(|| AppError::internal("emergency account name"))?;
+        let hash = emergency_hash()?;
+        // Enrolled first, so that the account's creation keeps this enrolment.
+        let user = users::user_for(conn, EMERGENCY_ISSUER, EMERGENCY_ACCOUNT, UserKind::Person)?;
+        if totp_store::enrol_confirmed(conn, kr, user.id, &secret(EMERGENCY_ACCOUNT)?, now)? {
+            report.enrolled.push(EMERGENCY_ACCOUNT);
+        }
+        report.emergency_created = emergency::create(conn, kr, &name, &hash)?.is_ok();
     }
     Ok(report)
 }

@@ -147,8 +147,27 @@ impl DevSigningKey {
     }
 }
 
+/// The issuer and audience of this dev folder's tokens: those of the configuration
+/// `custodian dev` wrote there (they follow its port), else the defaults.
+pub fn issuer_and_audience(dev_dir: &Path) -> (String, String) {
+    let table: Option<toml::Table> = std::fs::read_to_string(dev_dir.join(super::CONFIG_FILE))
+        .ok()
+        .and_then(|t| t.parse().ok());
+    let auth = |key: &str, default: &str| {
+        table
+            .as_ref()
+            .and_then(|t| t.get("auth"))
+            .and_then(|a| a.get(key))
+            .and_then(|v| v.as_str())
+            .unwrap_or(default)
+            .to_string()
+    };
+    (auth("issuer", DEV_ISSUER), auth("audience", DEV_AUDIENCE))
+}
+
 /// `custodian dev-token`: prints a development token on stdout (and what it is on stderr).
-pub fn run(keys_dir: &Path, sub: &str, scope: &str, ttl_secs: u64) -> anyhow::Result<()> {
+pub fn run(dev_dir: &Path, sub: &str, scope: &str, ttl_secs: u64) -> anyhow::Result<()> {
+    let keys_dir = &dev_dir.join("keys");
     use std::io::Write;
     if sub.is_empty() || sub.len() > 255 || !sub.bytes().all(|b| b.is_ascii_graphic()) {
         bail!("--sub must be 1 to 255 printable characters without spaces");
@@ -158,7 +177,8 @@ pub fn run(keys_dir: &Path, sub: &str, scope: &str, ttl_secs: u64) -> anyhow::Re
     }
     let key = DevSigningKey::load(keys_dir)?;
     let now = chrono::Utc::now().timestamp();
-    let token = key.mint(DEV_ISSUER, DEV_AUDIENCE, sub, scope, ttl_secs, now);
+    let (issuer, audience) = issuer_and_audience(dev_dir);
+    let token = key.mint(&issuer, &audience, sub, scope, ttl_secs, now);
     let mut err = std::io::stderr();
     let _ = writeln!(
         err,
@@ -168,7 +188,7 @@ pub fn run(keys_dir: &Path, sub: &str, scope: &str, ttl_secs: u64) -> anyhow::Re
     );
     let _ = writeln!(
         err,
-        "It is accepted only by `custodian dev` (issuer {DEV_ISSUER}); never use dev keys or tokens in production."
+        "It is accepted only by `custodian dev` (issuer {issuer}); never use dev keys or tokens in production."
     );
     writeln!(std::io::stdout(), "{token}")?;
     Ok(())

@@ -128,6 +128,33 @@ pub fn check_recovery(
     settle(conn, &e, ok.then_some(None), now, lockout)
 }
 
+/// Enrols the user with a given secret, confirmed at `now`, unless an enrolment exists
+/// (then nothing changes). For `custodian dev`'s pre-enrolled demo people; returns
+/// whether it enrolled.
+pub fn enrol_confirmed(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    user_id: UserId,
+    secret: &[u8],
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
+    let id = Uuid::new_v4();
+    let sealer = keyring.sealer_for_write(conn)?;
+    let sealed = sealer.seal(&place(id), secret)?;
+    let inserted = diesel::insert_into(ct::table)
+        .values((
+            ct::id.eq(id),
+            ct::user_id.eq(user_id),
+            ct::secret_sealed.eq(sealed),
+            ct::key_version.eq(sealer.version()),
+            ct::confirmed_at.eq(Some(now)),
+        ))
+        .on_conflict(ct::user_id)
+        .do_nothing()
+        .execute(conn)?;
+    Ok(inserted == 1)
+}
+
 /// Whether the user has confirmed a TOTP enrolment.
 pub fn is_confirmed(conn: &mut PgConnection, user_id: UserId) -> Result<bool, AppError> {
     let at: Option<Option<DateTime<Utc>>> = ct::table

@@ -126,16 +126,9 @@ fn totp_now(secret_b32: &str) -> String {
     authenticator::code_b32_at(secret_b32, authenticator::now_secs())
 }
 
-/// With `CUSTODIAN_SCREENSHOTS=1`, also saves the page as `docs/screenshots/<name>.png`
-/// (docs/console.md shows them); always saves it as a test artefact.
+/// See [`Browser::page_shot`] (docs/console.md shows these).
 async fn page_shot(browser: &Browser, name: &str) {
-    browser.screenshot(name).await;
-    if std::env::var("CUSTODIAN_SCREENSHOTS").is_ok_and(|v| v == "1") {
-        let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("docs/screenshots")
-            .join(format!("{name}.png"));
-        browser.screenshot_to(&path).await;
-    }
+    browser.page_shot(name).await;
 }
 
 /// Signs in through the provider's login and consent pages in the browser, enrols TOTP

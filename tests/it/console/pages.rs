@@ -94,6 +94,7 @@ impl Console {
                 extra_routes: None,
                 disable_signals: true,
                 dev_jwks: None,
+                dev_idp: None,
                 clock: None,
             },
         )

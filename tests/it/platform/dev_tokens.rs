@@ -20,6 +20,51 @@ async fn dev_jwks_route_is_absent_under_serve() {
     );
 }
 
+/// The development sign-in provider exists only when `custodian dev` starts the app: under
+/// `serve` every one of its paths is 404, also with a configuration that names it (the
+/// console pointed at the dev issuer with the dev client, API tokens from the dev issuer).
+#[tokio::test]
+async fn dev_sign_in_provider_is_absent_under_serve_whatever_the_configuration() {
+    use custodian::dev::idp;
+    let paths = crate::console::dev_tour::dev_paths();
+    for path in paths {
+        assert!(
+            !custodian::app::routes::table()
+                .iter()
+                .any(|r| r.path == path),
+            "the product route table never contains {path}"
+        );
+    }
+    let port = free_port();
+    let base = format!("https://localhost:{port}");
+    let plain = TestApp::spawn().await;
+    let named = TestApp::builder()
+        .set("server.listen", format!("127.0.0.1:{port}"))
+        .set("server.public_url", base.as_str())
+        .set("auth.issuer", format!("{base}{}", idp::PATH_PREFIX))
+        .set("auth.audience", DEV_AUDIENCE)
+        .set("auth.jwks_url", format!("{base}{DEV_JWKS_PATH}"))
+        .set("console.issuer", format!("{base}{}", idp::PATH_PREFIX))
+        .set("console.client_id", idp::CLIENT_ID)
+        .set("console.client_secret", "dev-secret")
+        .set("console.redirect_url", format!("{base}/console/callback"))
+        .spawn()
+        .await;
+    for app in [&plain, &named] {
+        for path in paths {
+            for method in [reqwest::Method::GET, reqwest::Method::POST] {
+                let res = app
+                    .client
+                    .request(method.clone(), app.url(path))
+                    .send()
+                    .await
+                    .unwrap();
+                assert_eq!(res.status(), StatusCode::NOT_FOUND, "{method} {path}");
+            }
+        }
+    }
+}
+
 #[tokio::test]
 async fn dev_minted_token_works_against_a_dev_configured_app() {
     let dir = tempfile::tempdir().unwrap();
@@ -127,4 +172,45 @@ fn dev_token_command_refuses_without_the_dev_key_and_mints_with_it() {
     assert_eq!(claims["iss"], DEV_ISSUER);
     let ttl = claims["exp"].as_i64().unwrap() - claims["iat"].as_i64().unwrap();
     assert_eq!(ttl, 3600);
+}
+
+#[test]
+fn dev_totp_command_prints_codes_only_for_pre_enrolled_people_with_the_dev_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = |person: &str| {
+        std::process::Command::new(env!("CARGO_BIN_EXE_custodian"))
+            .args(["dev-totp", person])
+            .env_clear()
+            .env("CUSTODIAN_DEV_DIR", dir.path())
+            .output()
+            .unwrap()
+    };
+    let out = run("admin.demo");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("custodian dev"));
+    assert!(out.stdout.is_empty());
+
+    let key = custodian::dev::totp::DevTotpKey::ensure(&dir.path().join("keys")).unwrap();
+    let out = run("admin.demo");
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("DEVELOPMENT TOTP code"));
+    let code = String::from_utf8(out.stdout).unwrap();
+    let code = code.trim();
+    let now = chrono::Utc::now().timestamp() as u64;
+    let step = custodian::console::totp::matching_step(
+        &key.secret("admin.demo").unwrap(),
+        code,
+        now,
+        None,
+    )
+    .unwrap();
+    assert!(
+        step.is_some(),
+        "{code} is a current code of admin.demo's dev secret"
+    );
+
+    // Only the people `custodian dev` pre-enrolled: no code for anyone else.
+    let out = run("dr.demo");
+    assert!(!out.status.success());
+    assert!(out.stdout.is_empty());
 }

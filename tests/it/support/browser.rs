@@ -462,6 +462,18 @@ impl Browser {
         path
     }
 
+    /// Saves the page as a test artefact `<name>.png`, and with `CUSTODIAN_SCREENSHOTS=1`
+    /// also as `docs/screenshots/<name>.png` (the docs show them).
+    pub async fn page_shot(&self, name: &str) {
+        self.screenshot(name).await;
+        if std::env::var("CUSTODIAN_SCREENSHOTS").is_ok_and(|v| v == "1") {
+            let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("docs/screenshots")
+                .join(format!("{name}.png"));
+            self.screenshot_to(&path).await;
+        }
+    }
+
     /// Saves a screenshot of the viewport to `path`.
     pub async fn screenshot_to(&self, path: &Path) {
         let png = self.session.screenshot_png().await.unwrap();

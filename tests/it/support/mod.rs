@@ -317,6 +317,7 @@ impl TestAppBuilder {
                 extra_routes: self.extra_routes,
                 disable_signals: true,
                 dev_jwks: self.dev_jwks,
+                dev_idp: None,
                 clock: self.clock.as_ref().map(ManualClock::shared),
             },
         )
