@@ -11,3 +11,4 @@ mod layout;
 mod logs;
 mod seed;
 mod tls;
+mod tls_scan;
