@@ -7,6 +7,7 @@ mod crypto;
 mod database;
 mod dev_tokens;
 mod edge;
+mod fault;
 mod layout;
 mod logs;
 mod seed;
