@@ -11,7 +11,10 @@
 //!   process appends to it.
 
 use crate::support::idp::{Provider, Signer};
-use crate::support::serve::{self, Answer, Served, audit_verify, chain_shape, one_request};
+use crate::support::serve::{
+    self, Answer, Served, audit_verify, chain_shape, each_success_has_its_event, one_request,
+    start_load,
+};
 use crate::support::{TestDb, free_port};
 use custodian::db::{phi, users};
 use custodian::dev::pgcluster::{self, LocalCluster};
@@ -95,83 +98,6 @@ fn clinician(conn: &mut PgConnection, issuer: &str, sub: &str) {
     users::set_facility(conn, u.id, Some(facility)).unwrap();
 }
 
-/// Runs `workers` concurrent request loops against `bases` (round robin) until `stop`.
-fn start_load(
-    bases: Vec<String>,
-    tokens: Vec<String>,
-    workers: usize,
-    stop: Arc<AtomicBool>,
-) -> (
-    Vec<tokio::task::JoinHandle<()>>,
-    Arc<Mutex<Vec<Answer>>>,
-    Arc<Mutex<Vec<String>>>,
-) {
-    let answers = Arc::new(Mutex::new(Vec::new()));
-    let known = Arc::new(Mutex::new(Vec::new()));
-    let counter = Arc::new(AtomicU64::new(0));
-    let client = crate::support::client();
-    let handles = (0..workers)
-        .map(|w| {
-            let (bases, tokens) = (bases.clone(), tokens.clone());
-            let (answers, known, counter, stop) = (
-                answers.clone(),
-                known.clone(),
-                counter.clone(),
-                stop.clone(),
-            );
-            let client = client.clone();
-            tokio::spawn(async move {
-                while !stop.load(Ordering::SeqCst) {
-                    let n = counter.fetch_add(1, Ordering::SeqCst);
-                    let base = &bases[(n as usize + w) % bases.len()];
-                    let token = &tokens[n as usize % tokens.len()];
-                    let a = one_request(&client, base, token, n, &known).await;
-                    let failed = a.status != Some(200) && a.status != Some(201);
-                    answers.lock().unwrap().push(a);
-                    if failed {
-                        // Do not spin while the database is away.
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                }
-            })
-        })
-        .collect();
-    (handles, answers, known)
-}
-
-/// Every success must have exactly one committed audit event with its request id, an
-/// allowing one. Returns the number of successes checked.
-fn each_success_has_its_event(conn: &mut PgConnection, answers: &[Answer]) -> usize {
-    let mut by_request: HashMap<String, Vec<(String, String)>> = HashMap::new();
-    for (rid, outcome, action) in serve::events_by_request(conn) {
-        if let Some(rid) = rid {
-            by_request.entry(rid).or_default().push((outcome, action));
-        }
-    }
-    let mut checked = 0;
-    for a in answers
-        .iter()
-        .filter(|a| matches!(a.status, Some(200) | Some(201)))
-    {
-        let rid = a
-            .request_id
-            .as_deref()
-            .expect("every answer has a request id");
-        let events = by_request.get(rid).cloned().unwrap_or_default();
-        assert_eq!(
-            events.len(),
-            1,
-            "{} {:?} (request {rid}) has {} audit events: {events:?}",
-            a.what,
-            a.status,
-            events.len()
-        );
-        assert_eq!(events[0].0, "permit", "{} {rid}: {events:?}", a.what);
-        checked += 1;
-    }
-    checked
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn database_crash_under_load_gives_only_503_with_retry_after_and_loses_no_audit_event() {
     let started = Instant::now();
@@ -197,7 +123,7 @@ async fn database_crash_under_load_gives_only_503_with_retry_after_and_loses_no_
     let pid = server.pid();
 
     let stop = Arc::new(AtomicBool::new(false));
-    let (load, answers, _) = start_load(vec![server.url("")], vec![token], 6, stop.clone());
+    let (load, answers) = start_load(vec![server.url("")], vec![token], 6, stop.clone());
     tokio::time::sleep(Duration::from_millis(1500)).await;
     let before_crash = answers.lock().unwrap().len();
 
@@ -319,7 +245,7 @@ async fn sigkill_during_writes_leaves_no_half_written_record_and_the_chain_verif
 
     // Writes only (every request a create), from several connections.
     let stop = Arc::new(AtomicBool::new(false));
-    let (load, answers, _) = start_load_writes(server.url(""), token.clone(), 8, stop.clone());
+    let (load, answers) = start_load_writes(server.url(""), token.clone(), 8, stop.clone());
     // Kill once writes are flowing.
     let deadline = Instant::now() + Duration::from_secs(20);
     while answers
@@ -422,11 +348,7 @@ fn start_load_writes(
     token: String,
     workers: usize,
     stop: Arc<AtomicBool>,
-) -> (
-    Vec<tokio::task::JoinHandle<()>>,
-    Arc<Mutex<Vec<Answer>>>,
-    (),
-) {
+) -> (Vec<tokio::task::JoinHandle<()>>, Arc<Mutex<Vec<Answer>>>) {
     let answers = Arc::new(Mutex::new(Vec::new()));
     let counter = Arc::new(AtomicU64::new(0));
     let client = crate::support::client();
@@ -450,5 +372,5 @@ fn start_load_writes(
             })
         })
         .collect();
-    (handles, answers, ())
+    (handles, answers)
 }

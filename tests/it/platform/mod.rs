@@ -8,6 +8,7 @@ mod database;
 mod dev_tokens;
 mod edge;
 mod fault;
+mod instances;
 mod layout;
 mod logs;
 mod seed;

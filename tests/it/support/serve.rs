@@ -5,9 +5,13 @@
 
 use super::idp::{Signer, now};
 use super::{TEST_CHAIN_KEY, TEST_SIGNING_KEY, free_port, test_cert, test_keys};
+use diesel::PgConnection;
 use serde_json::{Value, json};
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::process::{Child, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 pub const AUDIENCE: &str = "https://custodian.test/fhir";
@@ -158,12 +162,16 @@ pub fn audit_verify(database_url: &str) -> (bool, String) {
     (out.status.success(), text)
 }
 
-/// An access token for `sub` from `signer` at `issuer`.
+/// An access token for `sub` from `signer` at `issuer`, with the clinical scopes.
 pub fn token(signer: &Signer, issuer: &str, sub: &str) -> String {
+    token_with_scope(signer, issuer, sub, SCOPES)
+}
+
+pub fn token_with_scope(signer: &Signer, issuer: &str, sub: &str, scope: &str) -> String {
     let now = now();
     signer.sign(&json!({
         "iss": issuer, "aud": AUDIENCE, "sub": sub, "exp": now + 900,
-        "iat": now, "client_id": "suite-load", "scope": SCOPES,
+        "iat": now, "client_id": "suite-load", "scope": scope,
     }))
 }
 
@@ -189,6 +197,8 @@ pub struct Answer {
     /// The id of a created patient (201).
     pub created: Option<String>,
     pub at: Instant,
+    /// Which of the load's base URLs answered.
+    pub instance: usize,
 }
 
 /// One request of the mixed load: create a patient, read one created earlier, or search.
@@ -228,6 +238,7 @@ pub async fn one_request(
             retry_after: None,
             created: None,
             at,
+            instance: 0,
         },
         Ok(res) => {
             let header = |n: &str| {
@@ -253,6 +264,7 @@ pub async fn one_request(
                 retry_after,
                 created,
                 at,
+                instance: 0,
             }
         }
     }
@@ -290,4 +302,81 @@ pub fn chain_shape(conn: &mut diesel::PgConnection) -> (i64, i64, i64, i64) {
     .get_result(conn)
     .unwrap();
     (s.n, s.lo, s.hi, s.head)
+}
+
+/// Runs `workers` concurrent request loops against `bases` (round robin) until `stop`.
+pub fn start_load(
+    bases: Vec<String>,
+    tokens: Vec<String>,
+    workers: usize,
+    stop: Arc<AtomicBool>,
+) -> (Vec<tokio::task::JoinHandle<()>>, Arc<Mutex<Vec<Answer>>>) {
+    let answers = Arc::new(Mutex::new(Vec::new()));
+    // Patients each token created: a clinician reads only those in its care.
+    let known: Arc<Vec<Mutex<Vec<String>>>> =
+        Arc::new(tokens.iter().map(|_| Mutex::new(Vec::new())).collect());
+    let counter = Arc::new(AtomicU64::new(0));
+    let client = super::client();
+    let handles = (0..workers)
+        .map(|w| {
+            let (bases, tokens) = (bases.clone(), tokens.clone());
+            let (answers, known, counter, stop) = (
+                answers.clone(),
+                known.clone(),
+                counter.clone(),
+                stop.clone(),
+            );
+            let client = client.clone();
+            tokio::spawn(async move {
+                while !stop.load(Ordering::SeqCst) {
+                    let n = counter.fetch_add(1, Ordering::SeqCst);
+                    let instance = (n as usize + w) % bases.len();
+                    let who = n as usize % tokens.len();
+                    let mut a =
+                        one_request(&client, &bases[instance], &tokens[who], n, &known[who]).await;
+                    a.instance = instance;
+                    let failed = a.status != Some(200) && a.status != Some(201);
+                    answers.lock().unwrap().push(a);
+                    if failed {
+                        // Do not spin while the database is away.
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                }
+            })
+        })
+        .collect();
+    (handles, answers)
+}
+
+/// Every success must have exactly one committed audit event with its request id, an
+/// allowing one. Returns the number of successes checked.
+pub fn each_success_has_its_event(conn: &mut PgConnection, answers: &[Answer]) -> usize {
+    let mut by_request: HashMap<String, Vec<(String, String)>> = HashMap::new();
+    for (rid, outcome, action) in events_by_request(conn) {
+        if let Some(rid) = rid {
+            by_request.entry(rid).or_default().push((outcome, action));
+        }
+    }
+    let mut checked = 0;
+    for a in answers
+        .iter()
+        .filter(|a| matches!(a.status, Some(200) | Some(201)))
+    {
+        let rid = a
+            .request_id
+            .as_deref()
+            .expect("every answer has a request id");
+        let events = by_request.get(rid).cloned().unwrap_or_default();
+        assert_eq!(
+            events.len(),
+            1,
+            "{} {:?} (request {rid}) has {} audit events: {events:?}",
+            a.what,
+            a.status,
+            events.len()
+        );
+        assert_eq!(events[0].0, "permit", "{} {rid}: {events:?}", a.what);
+        checked += 1;
+    }
+    checked
 }
