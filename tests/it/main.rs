@@ -7,4 +7,5 @@
 mod api;
 mod console;
 mod platform;
+mod properties;
 mod support;

@@ -22,6 +22,7 @@ pub mod idp;
 pub mod oidc;
 pub mod phi;
 pub mod proxy;
+pub mod serve;
 pub mod tlsclient;
 pub mod world;
 
