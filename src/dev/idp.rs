@@ -166,7 +166,7 @@ pub fn demo_people() -> Vec<DemoPerson> {
 fn can_do(roles: &[Role]) -> &'static str {
     match roles.first() {
         Some(Role::Admin) => {
-            "console: users, roles with a reason, care teams, clients, break-glass; no clinical data"
+            "console: users, roles with a reason, care teams, clients, approvals; no clinical data"
         }
         Some(Role::PrivacyOfficer) => {
             "console: audit events (who accessed what, and why); no clinical data"
