@@ -307,6 +307,7 @@ impl Setup {
             .replace("{id}", &id.to_string())
             .replace("{role}", "billing")
             .replace("{action}", "disable")
+            .replace("{decision}", "approve")
             .replace("{file}", "console.css")
     }
 
