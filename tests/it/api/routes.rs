@@ -20,6 +20,7 @@
 
 use crate::api::attribution::{events_after, last_seq};
 use crate::api::resources::{claim_json, note_json, observation_json};
+use crate::support::TestApp;
 use crate::support::world::{World, patient_json};
 use custodian::app::routes::{RouteInfo, table};
 use custodian::db::users;
