@@ -7,6 +7,6 @@ mod auth;
 mod patient;
 mod resources;
 mod routes;
-mod strict_input;
 mod separation;
+mod strict_input;
 mod write_control;

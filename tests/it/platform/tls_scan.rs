@@ -25,23 +25,30 @@ fn sslyze() -> PathBuf {
     if let Some(given) = std::env::var_os("CUSTODIAN_SSLYZE") {
         return PathBuf::from(given);
     }
-    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/sslyze/bin/sslyze");
-    if venv.is_file() {
-        return venv;
+    let venv = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/tools/sslyze");
+    let sslyze = venv.join("bin/sslyze");
+    if !sslyze.is_file() {
+        // Installed on first use, like the test OpenID provider, so that `cargo test` alone
+        // runs the whole suite; `.ci/run` installs the same version beforehand.
+        install_sslyze(&venv);
     }
-    let on_path = std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|d| d.join("sslyze"))
-            .find(|p| p.is_file())
-    });
-    on_path.unwrap_or_else(|| {
-        panic!(
-            "sslyze is not installed. Install it as .ci/run does:\n  \
-             python3 -m venv target/tools/sslyze && \
-             target/tools/sslyze/bin/pip install sslyze=={SSLYZE_VERSION}\n\
-             (or set CUSTODIAN_SSLYZE to an sslyze executable)"
-        )
-    })
+    sslyze
+}
+
+fn install_sslyze(venv: &std::path::Path) {
+    let hint = format!(
+        "sslyze is not installed and could not be installed. Install it as .ci/run does:\n  \
+         python3 -m venv target/tools/sslyze && \
+         target/tools/sslyze/bin/pip install sslyze=={SSLYZE_VERSION}\n\
+         (or set CUSTODIAN_SSLYZE to an sslyze executable)"
+    );
+    let ok = |mut c: std::process::Command| c.status().is_ok_and(|s| s.success());
+    let mut venv_cmd = std::process::Command::new("python3");
+    venv_cmd.args(["-m", "venv"]).arg(venv);
+    let mut pip = std::process::Command::new(venv.join("bin/pip"));
+    pip.args(["install", "-q", "--disable-pip-version-check"])
+        .arg(format!("sslyze=={SSLYZE_VERSION}"));
+    assert!(ok(venv_cmd) && ok(pip), "{hint}");
 }
 
 /// A test CA and a server certificate it issued: ECDSA P-256, SHA-256, valid from
