@@ -230,6 +230,35 @@ async fn app_role_cannot_overwrite_the_chain_head_in_place() {
     assert_eq!((ok.events, ok.last_checkpoint), (21, Some(2)));
 }
 
+/// The head may only advance to the *last* event: with events appended beyond it (the
+/// application role may insert), pointing the head at an earlier one — with that event's
+/// genuine hash — is refused.
+#[tokio::test]
+async fn chain_head_cannot_stop_short_of_the_last_event() {
+    let f = fixture_with_events(12).await;
+    let mut conn = f.db.conn();
+    conn.batch_execute("SET ROLE custodian_app").unwrap();
+    conn.batch_execute(
+        "INSERT INTO audit_events \
+           (seq, event_id, occurred_at, actor_roles, auth_method, action, patient_ids, outcome, hash) \
+         VALUES \
+           (13, gen_random_uuid(), now(), '{}', 'bearer', 'read', '{}', 'permit', decode(repeat('13', 32), 'hex')), \
+           (14, gen_random_uuid(), now(), '{}', 'bearer', 'read', '{}', 'permit', decode(repeat('14', 32), 'hex'))",
+    )
+    .unwrap();
+    let sql = "UPDATE audit_chain_head SET seq = 13, hash = decode(repeat('13', 32), 'hex')";
+    let err = conn.batch_execute(sql).unwrap_err().to_string();
+    assert!(err.contains("append-only"), "{sql}: {err}");
+    // Advancing to the last one is the writer's own move and passes.
+    conn.batch_execute(
+        "UPDATE audit_chain_head SET seq = 14, hash = decode(repeat('14', 32), 'hex')",
+    )
+    .unwrap();
+    conn.batch_execute("RESET ROLE").unwrap();
+    drop(conn);
+    assert_eq!(f.head_seq(), 14);
+}
+
 #[tokio::test]
 async fn changed_field_is_detected_at_its_position() {
     let f = fixture_with_events(25).await;

@@ -113,17 +113,22 @@ fn sweep_leftovers(admin: &str) {
     }
 }
 
-/// A template database with all migrations, named after the migration set so that a new
-/// migration gives a new template.
+/// A template database with all migrations, named after the migrations' names and SQL so
+/// that a new or edited migration gives a new template.
 fn template() -> &'static str {
     static NAME: OnceLock<String> = OnceLock::new();
     NAME.get_or_init(|| {
         use diesel::migration::MigrationSource;
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
         let migrations: Vec<_> =
             MigrationSource::<diesel::pg::Pg>::migrations(&custodian::db::MIGRATIONS)
                 .unwrap()
                 .iter()
-                .map(|m| m.name().to_string())
+                .map(|m| {
+                    let name = m.name().to_string();
+                    let up = std::fs::read_to_string(dir.join(&name).join("up.sql")).unwrap();
+                    format!("{name}\n{up}")
+                })
                 .collect();
         let digest = custodian_digest(&migrations.join(","));
         let name = format!("custodian_tpl_{digest}");
