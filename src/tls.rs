@@ -206,12 +206,19 @@ fn check_validity(setting: &str, leaf: &CertificateDer<'_>) -> Result<(), Config
     Ok(())
 }
 
-/// `HttpServer::on_connect` hook: keeps the verified client certificate (if any) with
-/// the connection so that authentication can read it through `conn_data`.
+/// Whether Nagle's algorithm is off on a connection (`TCP_NODELAY`), as the socket reports
+/// it once accepted; kept with the connection so that tests and diagnostics see what the
+/// server really runs with.
+#[derive(Clone, Copy, Debug)]
+pub struct NoDelay(pub bool);
+
+/// `HttpServer::on_connect` hook: keeps the verified client certificate (if any) and the
+/// socket's [`NoDelay`] with the connection, for reading through `conn_data`.
 pub fn on_connect(conn: &dyn Any, ext: &mut actix_web::dev::Extensions) {
     use actix_tls::accept::rustls_0_23::TlsStream;
     if let Some(tls) = conn.downcast_ref::<TlsStream<actix_web::rt::net::TcpStream>>() {
-        let (_, session) = tls.get_ref();
+        let (tcp, session) = tls.get_ref();
+        ext.insert(NoDelay(tcp.nodelay().unwrap_or(false)));
         if let Some(leaf) = session.peer_certificates().and_then(|c| c.first()) {
             ext.insert(ClientCertificate(leaf.clone().into_owned()));
         }

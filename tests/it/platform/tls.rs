@@ -95,6 +95,37 @@ async fn http2_is_negotiated_by_alpn() {
     assert_eq!(res.version(), reqwest::Version::HTTP_2);
 }
 
+/// Issue 19: with Nagle's algorithm on, the last small TLS record of a response waited for
+/// the client's delayed ACK (~40 ms per request on a kept-alive HTTP/2 connection).
+#[tokio::test]
+async fn accepted_connections_run_without_nagle_over_http1_and_http2() {
+    let app = TestApp::builder()
+        .extra_routes(crate::support::test_routes::add)
+        .spawn()
+        .await;
+    let res = app.get("/api/test/nodelay").await;
+    assert_eq!(res.version(), reqwest::Version::HTTP_2);
+    assert_eq!(res.text().await.unwrap(), "true");
+
+    let http1 = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(crate::support::test_cert().cert_pem.as_bytes())
+                .unwrap(),
+        )
+        .http1_only()
+        .build()
+        .unwrap();
+    let res = http1
+        .get(app.url("/api/test/nodelay"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.version(), reqwest::Version::HTTP_11);
+    assert_eq!(res.text().await.unwrap(), "true");
+}
+
 struct Pki {
     dir: tempfile::TempDir,
     ca: CertifiedIssuer<'static, KeyPair>,

@@ -462,6 +462,7 @@ pub mod test_routes {
             Action::Public,
             client_cert,
         );
+        r.add(Method::GET, "/api/test/nodelay", Action::Public, nodelay);
     }
 
     async fn json(body: JsonBody<Probe>) -> HttpResponse {
@@ -487,6 +488,13 @@ pub mod test_routes {
             .run(|c| Ok(diesel::sql_query("SELECT pg_sleep(3)").execute(c)?))
             .await?;
         Ok(HttpResponse::Ok().finish())
+    }
+
+    async fn nodelay(req: HttpRequest) -> HttpResponse {
+        match req.conn_data::<custodian::tls::NoDelay>() {
+            Some(d) => HttpResponse::Ok().body(d.0.to_string()),
+            None => HttpResponse::Ok().body("unknown"),
+        }
     }
 
     async fn client_cert(req: HttpRequest) -> HttpResponse {
