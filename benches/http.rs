@@ -1,7 +1,7 @@
 //! End-to-end HTTP benchmark: the release `custodian serve` over TLS against real
 //! PostgreSQL, driven by `wrk`, with the server's CPU/RSS, PostgreSQL's CPU, audit
 //! completeness, `audit verify`, and a `pgbench` ceiling of the same SQL.
-//! Run with `bash .ci/bench [--scenario read|search|write|mixed|denied] [--duration 20]`
+//! Run with `bash .ci/bench [--scenario read|search|write|mixed|denied|latency] [--duration 20]`
 //! (or `cargo bench --bench http -- …`). See docs/benchmarks.md.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
@@ -32,6 +32,7 @@ struct Args {
     pool_size: u32,
     ceiling: bool,
     alg: String,
+    instances: u32,
 }
 
 fn args() -> Args {
@@ -44,6 +45,7 @@ fn args() -> Args {
         pool_size: 16,
         ceiling: true,
         alg: "RS256".into(),
+        instances: 1,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -58,15 +60,20 @@ fn args() -> Args {
             "--pool-size" => a.pool_size = val().parse().expect("--pool-size: number"),
             "--no-ceiling" => a.ceiling = false,
             "--alg" => a.alg = val(),
+            "--instances" => a.instances = val().parse().expect("--instances: number"),
             other => panic!(
-                "unknown argument {other}; use --scenario read|search|write|mixed|denied \
-                 --duration S --connections N --threads N --patients N --pool-size N --alg RS256|ES256|EdDSA --no-ceiling"
+                "unknown argument {other}; use --scenario read|search|write|mixed|denied|latency \
+                 --duration S --connections N --threads N --patients N --pool-size N --alg RS256|ES256|EdDSA --instances N --no-ceiling"
             ),
         }
     }
     assert!(
-        ["read", "search", "write", "mixed", "denied"].contains(&a.scenario.as_str()),
-        "--scenario must be read, search, write, mixed or denied"
+        ["read", "search", "write", "mixed", "denied", "latency"].contains(&a.scenario.as_str()),
+        "--scenario must be read, search, write, mixed, denied or latency"
+    );
+    assert!(
+        (1..=8).contains(&a.instances) && a.connections >= a.instances,
+        "--instances must be 1 to 8 and at most --connections"
     );
     a
 }
@@ -428,22 +435,44 @@ format = "json"
     let script_path = run.join("bench.lua");
     std::fs::write(&script_path, script).unwrap();
 
-    // --- server ---------------------------------------------------------------------------
-    let log = std::fs::File::create(run.join("server.log")).unwrap();
-    let mut server = Command::new(env!("CARGO_BIN_EXE_custodian"))
-        .arg("serve")
-        .env("CUSTODIAN_CONFIG", &config_path)
-        .env_remove("DATABASE_URL")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .unwrap();
-    let server_pid = server.id();
-    let base = format!("https://127.0.0.1:{port}");
-    wait_ready(&base, &mut server, &run);
+    // --- servers: `--instances` of them on one database, as behind a load balancer ----------
+    let mut servers = Vec::new();
+    let mut bases = Vec::new();
+    for i in 0..a.instances {
+        let log = std::fs::File::create(run.join(format!("server-{i}.log"))).unwrap();
+        let listen = if i == 0 { port } else { free_port() };
+        let mut server = Command::new(env!("CARGO_BIN_EXE_custodian"))
+            .arg("serve")
+            .env("CUSTODIAN_CONFIG", &config_path)
+            .env("CUSTODIAN_SERVER_LISTEN", format!("127.0.0.1:{listen}"))
+            .env_remove("DATABASE_URL")
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        let base = format!("https://127.0.0.1:{listen}");
+        wait_ready(&base, &mut server, &run);
+        servers.push(server);
+        bases.push(base);
+    }
+    let pids: Vec<u32> = servers.iter().map(Child::id).collect();
+    let base = bases[0].clone();
+
+    if a.scenario == "latency" {
+        let result = latency(&base, &token(who), &ids, &run);
+        stop(&mut servers);
+        println!("{}", serde_json::to_string_pretty(&result).unwrap());
+        let out_dir = manifest.join("target/bench");
+        std::fs::create_dir_all(&out_dir).unwrap();
+        let out = out_dir.join("results-latency.json");
+        std::fs::write(&out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
+        println!("results: {}", out.display());
+        clean_up(db, &mut admin);
+        return;
+    }
 
     // Warm-up: connections, pool, JWKS fetch, caches.
-    let _ = wrk(&a, &script_path, &base, 3);
+    let _ = wrk_all(&a, &script_path, &bases, 3);
     // Let requests still in flight when the warm-up stopped commit their audit events.
     std::thread::sleep(Duration::from_secs(2));
     let mut conn = PgConnection::establish(&db.url).unwrap();
@@ -451,23 +480,20 @@ format = "json"
         &mut conn,
         "SELECT coalesce(max(seq), 0)::bigint AS v FROM audit_events",
     );
-    let (cpu_s0, cpu_pg0) = (cpu_secs(server_pid), pg_cpu_secs(db.postmaster));
+    let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
+    let (cpu_s0, cpu_pg0) = (cpu(&pids), pg_cpu_secs(db.postmaster));
     let load_before = loadavg();
     eprintln!(
         "[bench] {} for {} s, {} connections, load average {}",
         a.scenario, a.duration, a.connections, load_before
     );
-    let w = wrk(&a, &script_path, &base, a.duration);
-    let (cpu_s1, cpu_pg1) = (cpu_secs(server_pid), pg_cpu_secs(db.postmaster));
+    let (w, per_instance) = wrk_all(&a, &script_path, &bases, a.duration);
+    let (cpu_s1, cpu_pg1) = (cpu(&pids), pg_cpu_secs(db.postmaster));
     let load_after = loadavg();
-    let rss_kib = vm_hwm_kib(server_pid);
+    let rss_kib = pids.iter().map(|p| vm_hwm_kib(*p)).max().unwrap_or(0);
 
-    // Stop the server (SIGTERM drains), then verify the chain.
-    #[allow(unsafe_code)]
-    unsafe {
-        libc::kill(server_pid as i32, libc::SIGTERM);
-    }
-    let _ = server.wait();
+    // Stop the servers (SIGTERM drains), then verify the chain.
+    stop(&mut servers);
     let events = audit_counts(&mut conn, seq0);
     let verify = Command::new(env!("CARGO_BIN_EXE_custodian"))
         .args(["audit", "verify"])
@@ -509,6 +535,8 @@ format = "json"
         "wrk_threads": a.threads,
         "patients": ids.len(),
         "pool_size": a.pool_size,
+        "instances": a.instances,
+        "requests_per_s_per_instance": per_instance,
         "requests": requests,
         "requests_per_s": rps,
         "latency_ms": { "p50": ms("p50_us"), "p90": ms("p90_us"), "p99": ms("p99_us"),
@@ -544,17 +572,7 @@ format = "json"
 
     // --- clean up ---------------------------------------------------------------------------
     drop(conn);
-    if let Some(c) = db.cluster {
-        c.stop().unwrap();
-        if let Some(r) = db.pg_root {
-            let _ = std::fs::remove_dir_all(r);
-        }
-    } else {
-        let _ = diesel::sql_query(format!(
-            "DROP DATABASE IF EXISTS \"{DB_NAME}\" WITH (FORCE)"
-        ))
-        .execute(&mut admin);
-    }
+    clean_up(db, &mut admin);
     eprintln!("[bench] done in {:.0} s", started.elapsed().as_secs_f64());
 }
 
@@ -589,6 +607,80 @@ fn signer(alg: &str, manifest: &Path) -> (Algorithm, EncodingKey) {
     }
 }
 
+/// Requests per protocol and kind in the latency scenario.
+const LATENCY_REQUESTS: usize = 1_000;
+
+/// One client on one kept-alive connection, requests one after another (what an
+/// interactive client feels): curl, over HTTP/1.1 and over HTTP/2, reads and 20-row
+/// search pages; p50/p99 of each, and how many took over 30 ms (the delayed-ACK stall).
+fn latency(base: &str, token: &str, ids: &[Uuid], run: &Path) -> Value {
+    let mut results = serde_json::Map::new();
+    for (protocol, flag) in [("http1.1", "--http1.1"), ("http2", "--http2")] {
+        for kind in ["read", "search"] {
+            let mut config = format!(
+                "header = \"Authorization: Bearer {token}\"\nheader = \"Accept: application/fhir+json\"\n"
+            );
+            // A few unmeasured requests first: connection, TLS, caches.
+            let warm = 20;
+            for i in 0..LATENCY_REQUESTS + warm {
+                let path = match kind {
+                    "read" => format!("/fhir/Patient/{}", ids[i % ids.len()]),
+                    _ => format!(
+                        "/fhir/Patient?family={}&_count=20",
+                        family_of(i % 500.min(ids.len()))
+                    ),
+                };
+                config.push_str(&format!("url = \"{base}{path}\"\noutput = \"/dev/null\"\n"));
+            }
+            let file = run.join(format!("latency-{protocol}-{kind}.curl"));
+            std::fs::write(&file, config).unwrap();
+            let out = Command::new("curl")
+                .args(["--silent", "--insecure", flag, "--write-out"])
+                .arg("%{http_code} %{time_total} %{http_version}\n")
+                .arg("--config")
+                .arg(&file)
+                .output()
+                .expect("curl (apt install curl)");
+            let text = String::from_utf8_lossy(&out.stdout);
+            let rows: Vec<(&str, f64, &str)> = text
+                .lines()
+                .filter_map(|l| {
+                    let mut f = l.split_whitespace();
+                    Some((f.next()?, f.next()?.parse().ok()?, f.next()?))
+                })
+                .collect();
+            assert_eq!(
+                rows.len(),
+                LATENCY_REQUESTS + warm,
+                "curl: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                rows.iter().all(|r| r.0 == "200"),
+                "latency: a request failed"
+            );
+            let version = rows[0].2.to_string();
+            let mut ms: Vec<f64> = rows[warm..].iter().map(|r| r.1 * 1e3).collect();
+            ms.sort_by(f64::total_cmp);
+            let pct = |p: f64| ms[((ms.len() as f64 * p).ceil() as usize).saturating_sub(1)];
+            let entry = json!({
+                "requests": ms.len(), "http_version": version,
+                "p50_ms": pct(0.50), "p99_ms": pct(0.99), "max_ms": ms[ms.len() - 1],
+                "mean_ms": ms.iter().sum::<f64>() / ms.len() as f64,
+                "over_30_ms": ms.iter().filter(|m| **m > 30.0).count(),
+            });
+            eprintln!("[bench] latency {protocol} {kind}: {entry}");
+            results.insert(format!("{protocol}_{kind}"), entry);
+        }
+    }
+    json!({
+        "scenario": "latency",
+        "latency": results,
+        "load_average": loadavg(),
+        "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
+    })
+}
+
 fn wait_ready(base: &str, server: &mut Child, run: &Path) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -603,7 +695,7 @@ fn wait_ready(base: &str, server: &mut Child, run: &Path) {
         if let Ok(Some(status)) = server.try_wait() {
             panic!(
                 "custodian serve exited ({status}); see {}",
-                run.join("server.log").display()
+                run.join("server-<n>.log").display()
             );
         }
         let ok = rt.block_on(async {
@@ -622,22 +714,102 @@ fn wait_ready(base: &str, server: &mut Child, run: &Path) {
     }
 }
 
-fn wrk(a: &Args, script: &Path, base: &str, secs: u64) -> Value {
-    let out = Command::new("wrk")
-        .arg(format!("-t{}", a.threads))
-        .arg(format!("-c{}", a.connections))
-        .arg(format!("-d{secs}s"))
-        .args(["--timeout", "10s", "-s"])
-        .arg(script)
-        .arg(base)
-        .output()
-        .expect("wrk not found: run `bash .ci/bench` (installs it) or `apt-get install -y wrk`");
-    let text = String::from_utf8_lossy(&out.stdout);
-    let line = text
-        .lines()
-        .find_map(|l| l.strip_prefix("BENCHJSON "))
-        .unwrap_or_else(|| panic!("wrk gave no result: {text}"));
-    serde_json::from_str(line).unwrap()
+/// Stops the throwaway cluster (and removes it), or drops the bench database.
+fn clean_up(db: World, admin: &mut PgConnection) {
+    if let Some(c) = db.cluster {
+        c.stop().unwrap();
+        if let Some(r) = db.pg_root {
+            let _ = std::fs::remove_dir_all(r);
+        }
+    } else {
+        let _ = diesel::sql_query(format!(
+            "DROP DATABASE IF EXISTS \"{DB_NAME}\" WITH (FORCE)"
+        ))
+        .execute(admin);
+    }
+}
+
+/// SIGTERM to every server (they drain), then waits for them.
+fn stop(servers: &mut [Child]) {
+    for s in servers.iter() {
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(s.id() as i32, libc::SIGTERM);
+        }
+    }
+    for s in servers.iter_mut() {
+        let _ = s.wait();
+    }
+}
+
+/// One `wrk` per instance at once, the connections split between them; the result
+/// summed (requests, errors) or taken at the worst instance (latency percentiles), and
+/// each instance's requests/s.
+fn wrk_all(a: &Args, script: &Path, bases: &[String], secs: u64) -> (Value, Vec<f64>) {
+    let n = bases.len() as u32;
+    let children: Vec<Child> = bases
+        .iter()
+        .enumerate()
+        .map(|(i, base)| {
+            let connections = a.connections / n + u32::from((i as u32) < a.connections % n);
+            Command::new("wrk")
+                .arg(format!(
+                    "-t{}",
+                    a.threads.min(connections).div_ceil(n).max(1)
+                ))
+                .arg(format!("-c{connections}"))
+                .arg(format!("-d{secs}s"))
+                .args(["--timeout", "10s", "-s"])
+                .arg(script)
+                .arg(base)
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect(
+                    "wrk not found: run `bash .ci/bench` (installs it) or `apt-get install -y wrk`",
+                )
+        })
+        .collect();
+    let results: Vec<Value> = children
+        .into_iter()
+        .map(|c| {
+            let out = c.wait_with_output().unwrap();
+            let text = String::from_utf8_lossy(&out.stdout);
+            let line = text
+                .lines()
+                .find_map(|l| l.strip_prefix("BENCHJSON "))
+                .unwrap_or_else(|| panic!("wrk gave no result: {text}"));
+            serde_json::from_str(line).unwrap()
+        })
+        .collect();
+    let num = |v: &Value, k: &str| v[k].as_f64().unwrap_or(0.0);
+    let per_instance = results
+        .iter()
+        .map(|r| num(r, "requests") / (num(r, "duration_us") / 1e6).max(1e-9))
+        .collect();
+    let mut total = results[0].clone();
+    for k in [
+        "requests",
+        "bytes",
+        "connect_errors",
+        "read_errors",
+        "write_errors",
+        "status_errors",
+        "timeouts",
+    ] {
+        total[k] = json!(results.iter().map(|r| num(r, k) as i64).sum::<i64>());
+    }
+    for k in ["duration_us", "p50_us", "p90_us", "p99_us", "max_us"] {
+        total[k] = json!(results.iter().map(|r| num(r, k)).fold(0.0, f64::max));
+    }
+    let requests = num(&total, "requests").max(1.0);
+    total["mean_us"] = json!(
+        results
+            .iter()
+            .map(|r| num(r, "mean_us") * num(r, "requests"))
+            .sum::<f64>()
+            / requests
+    );
+    (total, per_instance)
 }
 
 fn wrk_script(scenario: &str, token: &str, ids: &[Uuid]) -> String {
