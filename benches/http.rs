@@ -518,14 +518,15 @@ format = "json"
         "denied" => (non2xx, events.deny),
         _ => (ok, events.permit),
     };
-    let ceiling = if a.ceiling && matches!(a.scenario.as_str(), "read" | "denied") {
+    let ceilings = if a.ceiling && matches!(a.scenario.as_str(), "read" | "denied") {
         let batch = events.mean_batch().max(1.0).round() as u32;
-        Some(pgbench_ceiling(
-            &a, &issuer, &mut conn, &db, &run, &ids, batch,
-        ))
+        let mut at = |sql| pgbench_ceiling(&a, &issuer, &mut conn, &db, &run, &ids, batch, sql);
+        Some((at(CeilingSql::Today), at(CeilingSql::Minimal)))
     } else {
         None
     };
+    let ceiling = ceilings.map(|c| c.0);
+    let minimal = ceilings.map(|c| c.1);
     let fraction = ceiling.map(|c| rps / c);
     let ms = |k: &str| w[k].as_f64().unwrap_or(0.0) / 1e3;
     let result = json!({
@@ -558,6 +559,8 @@ format = "json"
         },
         "pgbench_ceiling_tps": ceiling,
         "fraction_of_ceiling": fraction,
+        "pgbench_minimal_ceiling_tps": minimal,
+        "fraction_of_minimal_ceiling": minimal.map(|c| rps / c),
         "load_average": { "before": load_before, "after": load_after },
         "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
         "token_alg": a.alg,
@@ -909,6 +912,17 @@ fn audit_counts(conn: &mut PgConnection, after: i64) -> Events {
 /// view-shaped row, and 1/batch of an audit group commit of `batch` rows) as a pgbench
 /// script against the same database; audit rows go to shadow tables with the same
 /// shape and indexes so the real chain stays intact. Returns transactions (reads) per s.
+/// Which SQL the ceiling runs per request.
+#[derive(Clone, Copy, Debug)]
+enum CeilingSql {
+    /// What a request runs today: user ⋈ roles, the patient's facts, the view's row.
+    Today,
+    /// The least a read can run: one statement for the principal, the care-team check
+    /// and the view's row together.
+    Minimal,
+}
+
+#[allow(clippy::too_many_arguments)]
 fn pgbench_ceiling(
     a: &Args,
     issuer: &str,
@@ -917,6 +931,7 @@ fn pgbench_ceiling(
     run: &Path,
     ids: &[Uuid],
     batch: u32,
+    sql: CeilingSql,
 ) -> f64 {
     for stmt in [
         "DROP TABLE IF EXISTS bench_ids, bench_audit_events, bench_chain_head",
@@ -953,12 +968,21 @@ fn pgbench_ceiling(
     } else {
         "SELECT id, version, key_version, facility_id, updated_at, gender, mrn_sealed, NULL::bytea AS ssn_sealed, family_sealed, given_sealed, birth_date_sealed, telecom_sealed, address_sealed FROM patients WHERE id = :pid AND deleted_at IS NULL;\n"
     };
+    let per_request = match sql {
+        CeilingSql::Today => format!(
+            r#"SELECT u.id, u.disabled_at, u.facility_id, u.patient_id, r.role FROM users u LEFT JOIN role_assignments r ON r.user_id = u.id WHERE u.issuer = '{issuer}' AND u.subject = '{sub}';
+SELECT p.facility_id, EXISTS (SELECT 1 FROM care_team_members c WHERE c.patient_id = p.id AND c.user_id = '{user_id}') AS member, p.id AS pid FROM patients p WHERE p.id = (SELECT id FROM bench_ids WHERE n = :n) AND p.deleted_at IS NULL LIMIT 1 \gset
+{row_select}"#
+        ),
+        CeilingSql::Minimal => format!(
+            r#"SELECT u.id, u.disabled_at, u.facility_id, u.patient_id, (SELECT array_agg(r.role) FROM role_assignments r WHERE r.user_id = u.id) AS roles, p.facility_id AS pfac, EXISTS (SELECT 1 FROM care_team_members c WHERE c.patient_id = p.id AND c.user_id = u.id) AS member, p.id, p.version, p.key_version, p.updated_at, p.gender, p.mrn_sealed, p.family_sealed, p.given_sealed, p.birth_date_sealed, p.telecom_sealed, p.address_sealed FROM users u LEFT JOIN patients p ON p.id = (SELECT id FROM bench_ids WHERE n = :n) AND p.deleted_at IS NULL WHERE u.issuer = '{issuer}' AND u.subject = '{sub}';
+"#
+        ),
+    };
     let script = format!(
         r#"\set n random(1, {n})
 \set b random(1, {batch})
-SELECT u.id, u.disabled_at, u.facility_id, u.patient_id, r.role FROM users u LEFT JOIN role_assignments r ON r.user_id = u.id WHERE u.issuer = '{issuer}' AND u.subject = '{sub}';
-SELECT p.facility_id, EXISTS (SELECT 1 FROM care_team_members c WHERE c.patient_id = p.id AND c.user_id = '{user_id}') AS member, p.id AS pid FROM patients p WHERE p.id = (SELECT id FROM bench_ids WHERE n = :n) AND p.deleted_at IS NULL LIMIT 1 \gset
-{row_select}\if :b = 1
+{per_request}\if :b = 1
 BEGIN;
 SELECT seq, hash FROM bench_chain_head FOR UPDATE;
 INSERT INTO bench_audit_events (seq, event_id, occurred_at, actor_user_id, actor_client_id, actor_roles, auth_method, client_app, action, resource_type, resource_id, patient_ids, outcome, deny_reason, purpose_of_use, break_glass_grant_id, source_ip, user_agent, request_id, hash)
@@ -970,11 +994,11 @@ COMMIT;
 "#,
         n = ids.len(),
     );
-    let path = run.join("ceiling.sql");
+    let path = run.join(format!("ceiling-{sql:?}.sql").to_lowercase());
     std::fs::write(&path, script).unwrap();
     let load = loadavg();
     eprintln!(
-        "[bench] pgbench ceiling (audit batch {batch}) for {} s, load average {load}",
+        "[bench] pgbench ceiling, {sql:?} SQL (audit batch {batch}) for {} s, load average {load}",
         a.duration
     );
     let out = Command::new("pgbench")
@@ -1056,6 +1080,14 @@ fn print_table(r: &Value) {
         ("audit verify", f(&au["verify"])),
         ("pgbench ceiling tps", f(&r["pgbench_ceiling_tps"])),
         ("fraction of ceiling", f(&r["fraction_of_ceiling"])),
+        (
+            "pgbench minimal-SQL ceiling tps",
+            f(&r["pgbench_minimal_ceiling_tps"]),
+        ),
+        (
+            "fraction of minimal ceiling",
+            f(&r["fraction_of_minimal_ceiling"]),
+        ),
         (
             "load average before/after",
             format!(
