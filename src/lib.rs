@@ -16,6 +16,7 @@ pub mod domain;
 pub mod error;
 pub mod fhir;
 pub mod health;
+pub mod monitoring;
 pub mod policy;
 pub mod schema;
 pub mod secret;

@@ -37,8 +37,10 @@ pub struct Options {
 pub struct Application {
     https_addr: SocketAddr,
     http_addr: Option<SocketAddr>,
+    metrics_addr: Option<SocketAddr>,
     https: Server,
     http: Option<Server>,
+    metrics: Option<Server>,
     signals: Option<Signals>,
 }
 
@@ -151,6 +153,7 @@ impl Application {
             config.ratelimit.per_address_burst,
         )
         .map(std::sync::Arc::new);
+        let metrics_db = state.db.clone();
         let extra = options.extra_routes;
         let dev_jwks = options.dev_jwks.clone();
         let dev_idp = options.dev_idp.clone();
@@ -217,11 +220,22 @@ impl Application {
             None => (None, None),
         };
 
+        let (metrics, metrics_addr) = match config.metrics.listen {
+            Some(addr) => {
+                let (server, bound) =
+                    crate::monitoring::server(addr, move || metrics_db.pool_state())?;
+                (Some(server), Some(bound))
+            }
+            None => (None, None),
+        };
+
         Ok(Application {
             https_addr,
             http_addr,
+            metrics_addr,
             https: https.run(),
             http,
+            metrics,
             signals,
         })
     }
@@ -234,9 +248,14 @@ impl Application {
         self.http_addr
     }
 
+    pub fn metrics_addr(&self) -> Option<SocketAddr> {
+        self.metrics_addr
+    }
+
     pub fn handles(&self) -> Vec<ServerHandle> {
         let mut handles = vec![self.https.handle()];
         handles.extend(self.http.as_ref().map(Server::handle));
+        handles.extend(self.metrics.as_ref().map(Server::handle));
         handles
     }
 
@@ -245,14 +264,14 @@ impl Application {
         if let Some(signals) = self.signals.take() {
             tokio::spawn(shutdown_on_signal(signals, self.handles()));
         }
-        match self.http {
-            // Both listeners are stopped by the signal task and drain on their own.
-            Some(http) => {
-                let (https, http) = futures_util::future::join(self.https, http).await;
-                https.and(http)
-            }
-            None => self.https.await,
-        }
+        // Every listener is stopped by the signal task and drains on its own.
+        let servers = std::iter::once(self.https)
+            .chain(self.http)
+            .chain(self.metrics);
+        futures_util::future::join_all(servers)
+            .await
+            .into_iter()
+            .collect()
     }
 }
 

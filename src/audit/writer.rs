@@ -167,13 +167,17 @@ impl AuditWriter {
                 .map_err(|_| AppError::Unavailable)?;
             done.await.map_err(|_| AppError::Unavailable)?
         };
-        match tokio::time::timeout(self.commit_timeout, wait).await {
+        let result = match tokio::time::timeout(self.commit_timeout, wait).await {
             Ok(result) => result,
             Err(_) => {
                 tracing::error!("audit event not committed within the commit timeout");
                 Err(AppError::Unavailable)
             }
+        };
+        if result.is_err() {
+            crate::monitoring::fail_closed();
         }
+        result
     }
 
     pub fn stats(&self) -> WriterStats {
@@ -257,6 +261,7 @@ impl WriterLoop {
     }
 
     fn commit(&mut self, batch: Vec<Pending>) {
+        crate::monitoring::audit_queue_depth(self.rx.len());
         let now = Instant::now();
         // Waiters that already gave up got a 503; their events are not stored.
         let (live, _expired): (Vec<Pending>, Vec<Pending>) =
@@ -272,7 +277,9 @@ impl WriterLoop {
             writes.push(p.write);
             replies.push(p.reply);
         }
+        let started = Instant::now();
         let result = self.append(&mut events, writes);
+        crate::monitoring::audit_batch(events.len(), started.elapsed());
         let ok = result.is_ok();
         if let Ok(stats) = self.stats.lock().as_deref_mut() {
             stats.batches += 1;

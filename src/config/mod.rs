@@ -14,6 +14,7 @@ use crate::auth::config::AuthConfig;
 use crate::console::config::ConsoleConfig;
 use crate::crypto::config::CryptoConfig;
 use crate::db::config::DatabaseConfig;
+use crate::monitoring::MetricsConfig;
 use crate::telemetry::LogConfig;
 use crate::tls::{ClientAuth, TlsConfig};
 use crate::web::config::{RateLimitConfig, ServerConfig};
@@ -32,6 +33,8 @@ pub struct Config {
     pub ratelimit: RateLimitConfig,
     #[serde(default)]
     pub log: LogConfig,
+    #[serde(default)]
+    pub metrics: MetricsConfig,
     /// Bearer-token verification; absent = no bearer authentication (routes answer 401).
     #[serde(default)]
     pub auth: Option<AuthConfig>,

@@ -61,6 +61,7 @@ settings! {
     "ratelimit.per_principal_burst", Int, "200", "Burst allowance per principal";
     "log.filter", Str, "info", "Log filter in RUST_LOG syntax (RUST_LOG overrides it)";
     "log.format", Str, "json", "json (one JSON object per line) | text";
+    "metrics.listen", Str, "", "Prometheus metrics listener (plain HTTP, GET /metrics), e.g. 127.0.0.1:9464; empty = off. Labels carry route templates and status codes, never ids or PHI; keep it on localhost or a monitoring network";
     "crypto.kek", Secret, "", "Key-encryption key that wraps the data keys: 32 random bytes, base64 (`head -c32 /dev/urandom | base64`); required to serve";
     "crypto.rotation_kek", Secret, "", "New key-encryption key for `custodian keys rotate --kek` (32 bytes, base64); while set, also accepted to unwrap data keys";
     "crypto.blind_index_key", Secret, "", "HMAC key for the blind indexes of MRN, SSN, names and birth date (32 bytes, base64); separate from the KEK; required to serve";

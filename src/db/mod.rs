@@ -64,6 +64,12 @@ pub fn with_connect_timeout(url: &str, secs: u64) -> String {
 }
 
 impl Db {
+    /// (connections open, of which idle), for the metrics.
+    pub fn pool_state(&self) -> (u32, u32) {
+        let s = self.pool.state();
+        (s.connections, s.idle_connections)
+    }
+
     /// Builds the pool without connecting: the service starts (and reports not ready)
     /// even when the database is down.
     pub fn new(cfg: &DatabaseConfig) -> Db {

@@ -123,6 +123,7 @@ pub async fn edge(
         path_is_static,
         origin.as_deref(),
     );
+    crate::monitoring::request(&method, &route, status.as_u16(), started.elapsed());
     tracing::info!(
         target: "custodian::access",
         parent: &span,

@@ -11,6 +11,7 @@ mod fault;
 mod instances;
 mod layout;
 mod logs;
+mod metrics;
 mod seed;
 mod shutdown;
 mod tls;

@@ -331,11 +331,13 @@ impl TestAppBuilder {
         .expect("app starts");
         let https = app.https_addr();
         let http = app.http_addr();
+        let metrics = app.metrics_addr();
         let handles = app.handles();
         tokio::spawn(app.run());
         TestApp {
             https,
             http,
+            metrics,
             client: client(),
             db,
             handles,
@@ -362,6 +364,7 @@ pub fn client() -> reqwest::Client {
 pub struct TestApp {
     pub https: SocketAddr,
     pub http: Option<SocketAddr>,
+    pub metrics: Option<SocketAddr>,
     pub client: reqwest::Client,
     pub db: TestDb,
     handles: Vec<actix_web::dev::ServerHandle>,

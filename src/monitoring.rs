@@ -1,0 +1,134 @@
+//! Prometheus metrics on a listener of their own, off unless `metrics.listen` is set.
+//!
+//! Recorded through the `metrics` facade and rendered by `metrics-exporter-prometheus`
+//! (text exposition). Labels are route templates (`/fhir/Patient/{id}`, never the path),
+//! methods, status codes and fixed names: never an id, a query string or PHI. Without a
+//! listener no recorder is installed and every recording is a no-op.
+
+use actix_web::http::Method;
+use actix_web::{HttpResponse, HttpServer, web};
+use anyhow::Context;
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// `[metrics]`.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Plain-HTTP listener for `GET /metrics`; absent = no metrics.
+    pub listen: Option<SocketAddr>,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0,
+];
+const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
+
+/// The process-wide recorder, installed once: instances started in one process (tests)
+/// share it.
+fn handle() -> anyhow::Result<&'static PrometheusHandle> {
+    static HANDLE: OnceLock<PrometheusHandle> = OnceLock::new();
+    if let Some(h) = HANDLE.get() {
+        return Ok(h);
+    }
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(Matcher::Suffix("_seconds".into()), LATENCY_BUCKETS)?
+        .set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), BATCH_BUCKETS)?
+        .install_recorder()
+        .context("metrics: cannot install the recorder")?;
+    Ok(HANDLE.get_or_init(|| handle))
+}
+
+/// A finished HTTP request (recorded by the edge for every response).
+pub fn request(method: &Method, route: &str, status: u16, elapsed: Duration) {
+    let method = match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::PATCH => "PATCH",
+        Method::DELETE => "DELETE",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    // Unmatched paths are the client's text: never a label.
+    let route = if route.starts_with('/') {
+        route
+    } else {
+        "unmatched"
+    };
+    let labels = [
+        ("method", method.to_string()),
+        ("route", route.to_string()),
+        ("status", status.to_string()),
+    ];
+    metrics::counter!("custodian_http_requests_total", &labels).increment(1);
+    metrics::histogram!(
+        "custodian_http_request_duration_seconds",
+        "route" => route.to_string()
+    )
+    .record(elapsed.as_secs_f64());
+    if status == 429 {
+        metrics::counter!("custodian_rate_limit_rejections_total").increment(1);
+    }
+}
+
+/// One audit group commit: its size and how long it took.
+pub fn audit_batch(events: usize, took: Duration) {
+    metrics::histogram!("custodian_audit_batch_size").record(events as f64);
+    metrics::histogram!("custodian_audit_commit_seconds").record(took.as_secs_f64());
+}
+
+/// A request answered 503 because its audit event was not committed (in time).
+pub fn fail_closed() {
+    metrics::counter!("custodian_audit_fail_closed_total").increment(1);
+}
+
+/// Events waiting for the audit writer.
+pub fn audit_queue_depth(events: usize) {
+    metrics::gauge!("custodian_audit_queue_depth").set(events as f64);
+}
+
+/// The metrics listener, `GET /metrics` in Prometheus text format, and its bound address.
+/// `pool` reports the database pool's (connections, idle connections) at each scrape.
+pub fn server<P>(
+    listen: SocketAddr,
+    pool: P,
+) -> anyhow::Result<(actix_web::dev::Server, SocketAddr)>
+where
+    P: Fn() -> (u32, u32) + Clone + Send + Sync + 'static,
+{
+    let handle = handle()?;
+    let server = HttpServer::new(move || {
+        let pool = pool.clone();
+        actix_web::App::new().route(
+            "/metrics",
+            web::get().to(move || {
+                let (connections, idle) = pool();
+                metrics::gauge!("custodian_db_pool_connections").set(f64::from(connections));
+                metrics::gauge!("custodian_db_pool_idle_connections").set(f64::from(idle));
+                handle.run_upkeep();
+                let body = handle.render();
+                async move {
+                    HttpResponse::Ok()
+                        .content_type("text/plain; version=0.0.4; charset=utf-8")
+                        .body(body)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .tcp_nodelay(true)
+    .disable_signals()
+    .bind(listen)
+    .with_context(|| format!("metrics.listen: cannot listen on {listen}"))?;
+    let bound = server
+        .addrs()
+        .first()
+        .copied()
+        .context("metrics.listen: no address bound")?;
+    Ok((server.run(), bound))
+}
