@@ -39,28 +39,24 @@ async fn metrics_count_requests_by_route_template_and_carry_no_ids() {
     assert!(!body.contains(&id.to_string()), "an id in the metrics");
     assert!(!body.contains(CANARY), "a client's path in the metrics");
 
-    let parsed = openmetrics_parser::prometheus::parse_prometheus(&body)
-        .expect("Prometheus text exposition format");
+    let parsed =
+        prom_text_format_parser::Scrape::parse(&body).expect("Prometheus text exposition format");
     // (labels, value) of every sample of one family; a histogram's value is its count.
     let samples = |name: &str| -> Vec<(Vec<(String, String)>, f64)> {
-        use openmetrics_parser::PrometheusValue as V;
-        let Some(family) = parsed.families.get(name) else {
+        use prom_text_format_parser::{Type, ValueType};
+        let Some(metric) = parsed.metrics.iter().find(|m| m.name == name) else {
             return Vec::new();
         };
-        family
-            .iter_samples()
+        metric
+            .samples
+            .iter()
+            .filter(|s| {
+                !matches!(metric.kind, Type::Histogram | Type::Summary)
+                    || s.value.value_type == ValueType::Count
+            })
             .map(|s| {
-                let labels = s
-                    .get_labelset()
-                    .map(|l| l.iter().map(|(k, v)| (k.clone(), v.clone())).collect())
-                    .unwrap_or_default();
-                let value = match &s.value {
-                    V::Unknown(n) | V::Gauge(n) => n.as_f64(),
-                    V::Counter(c) => c.value.as_f64(),
-                    V::Histogram(h) => h.count.unwrap_or(0) as f64,
-                    V::Summary(m) => m.count.unwrap_or(0) as f64,
-                };
-                (labels, value)
+                let labels = s.labels.iter().map(|l| (l.key.clone(), l.value.clone()));
+                (labels.collect(), s.value.value.as_f64())
             })
             .collect()
     };
@@ -101,7 +97,8 @@ async fn metrics_count_requests_by_route_template_and_carry_no_ids() {
     assert!(value("custodian_audit_commit_seconds", &[]).is_some());
     assert!(value("custodian_db_pool_connections", &[]).is_some());
     // Labels are only ever these names.
-    for name in parsed.families.keys() {
+    for metric in &parsed.metrics {
+        let name = &metric.name;
         for (labels, _) in samples(name) {
             for (k, _) in labels {
                 assert!(
