@@ -33,6 +33,8 @@ struct Args {
     ceiling: bool,
     alg: String,
     instances: u32,
+    /// Label of a row to write into docs/benchmarks.md's results table.
+    record: Option<String>,
 }
 
 fn args() -> Args {
@@ -46,6 +48,7 @@ fn args() -> Args {
         ceiling: true,
         alg: "RS256".into(),
         instances: 1,
+        record: None,
     };
     let mut it = std::env::args().skip(1);
     while let Some(arg) = it.next() {
@@ -61,9 +64,10 @@ fn args() -> Args {
             "--no-ceiling" => a.ceiling = false,
             "--alg" => a.alg = val(),
             "--instances" => a.instances = val().parse().expect("--instances: number"),
+            "--record" => a.record = Some(val()),
             other => panic!(
                 "unknown argument {other}; use --scenario read|search|write|mixed|denied|latency \
-                 --duration S --connections N --threads N --patients N --pool-size N --alg RS256|ES256|EdDSA --instances N --no-ceiling"
+                 --duration S --connections N --threads N --patients N --pool-size N --alg RS256|ES256|EdDSA --instances N --no-ceiling --record LABEL"
             ),
         }
     }
@@ -467,6 +471,9 @@ format = "json"
         let out = out_dir.join("results-latency.json");
         std::fs::write(&out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
         println!("results: {}", out.display());
+        if let Some(label) = &a.record {
+            record_row(&manifest, label, &result);
+        }
         clean_up(db, &mut admin);
         return;
     }
@@ -572,6 +579,9 @@ format = "json"
     let out = out_dir.join(format!("results-{}.json", a.scenario));
     std::fs::write(&out, serde_json::to_string_pretty(&result).unwrap()).unwrap();
     println!("results: {}", out.display());
+    if let Some(label) = &a.record {
+        record_row(&manifest, label, &result);
+    }
 
     // --- clean up ---------------------------------------------------------------------------
     drop(conn);
@@ -1029,6 +1039,86 @@ COMMIT;
         .unwrap_or("");
     eprintln!("[bench] pgbench: {tps:.0} tps {failed}");
     tps
+}
+
+/// Writes one row (label, scenario) into the generated results table of
+/// docs/benchmarks.md, replacing an earlier row with the same label and scenario.
+fn record_row(manifest: &Path, label: &str, r: &Value) {
+    let num = |v: &Value, digits: usize| match v.as_f64() {
+        Some(x) => format!("{x:.digits$}"),
+        None => "—".into(),
+    };
+    let scenario = match r["instances"].as_u64() {
+        Some(n) if n > 1 => format!("{} ×{n} instances", r["scenario"].as_str().unwrap_or("?")),
+        _ => r["scenario"].as_str().unwrap_or("?").to_string(),
+    };
+    let commit = Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(manifest)
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let dirty = Command::new("git")
+        .args(["status", "--porcelain", "--untracked-files=no"])
+        .current_dir(manifest)
+        .output()
+        .is_ok_and(|o| !o.stdout.is_empty());
+    let commit = if dirty { format!("{commit}+") } else { commit };
+    let date = chrono::Utc::now().format("%Y-%m-%d").to_string();
+    let row = if scenario == "latency" {
+        let l = &r["latency"];
+        let pair = |k: &str| format!("{}/{}", num(&l[k]["p50_ms"], 1), num(&l[k]["p99_ms"], 1));
+        let stalls: i64 = ["http1.1_read", "http1.1_search", "http2_read", "http2_search"]
+            .iter()
+            .map(|k| l[*k]["over_30_ms"].as_i64().unwrap_or(0))
+            .sum();
+        format!(
+            "| {label} | latency | {commit} | {date} | {} | — | HTTP/1.1 read {}, search {}; HTTP/2 read {}, search {}; {stalls} of 4,000 over 30 ms | — | — | — |",
+            r["load_average"].as_str().unwrap_or("?"),
+            pair("http1.1_read"),
+            pair("http1.1_search"),
+            pair("http2_read"),
+            pair("http2_search"),
+        )
+    } else {
+        let requests = r["requests"].as_f64().unwrap_or(0.0).max(1.0);
+        let per = |k: &str| num(&json!(r[k].as_f64().map(|s| s * 1e3 / requests)), 3);
+        let au = &r["audit"];
+        format!(
+            "| {label} | {scenario} | {commit} | {date} | {} → {} | {} | {} / {} | {} / {} | {} / {} | {} / {}, verify {} |",
+            r["load_average"]["before"].as_str().unwrap_or("?"),
+            r["load_average"]["after"].as_str().unwrap_or("?"),
+            num(&r["requests_per_s"], 0),
+            num(&r["latency_ms"]["p50"], 1),
+            num(&r["latency_ms"]["p99"], 1),
+            per("server_cpu_s"),
+            per("postgres_cpu_s"),
+            num(&r["fraction_of_ceiling"], 2),
+            num(&r["fraction_of_minimal_ceiling"], 2),
+            num(&au["matching_events"], 0),
+            num(&au["expected_from_responses"], 0),
+            if au["verify_ok"].as_bool() == Some(true) { "OK" } else { "FAILED" },
+        )
+    };
+    let path = manifest.join("docs/benchmarks.md");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let (begin, end) = ("<!-- bench-results:begin -->\n", "<!-- bench-results:end -->");
+    let start = text.find(begin).expect("docs/benchmarks.md: no bench-results:begin") + begin.len();
+    let stop = text.find(end).expect("docs/benchmarks.md: no bench-results:end");
+    let key = format!("| {label} | {scenario} |");
+    let mut rows: Vec<&str> = text[start..stop]
+        .lines()
+        .filter(|l| !l.starts_with(&key))
+        .collect();
+    rows.push(&row);
+    let mut out = String::from(&text[..start]);
+    for l in rows {
+        out.push_str(l);
+        out.push('\n');
+    }
+    out.push_str(&text[stop..]);
+    std::fs::write(&path, out).unwrap();
+    println!("recorded in docs/benchmarks.md: {label} / {scenario}");
 }
 
 fn print_table(r: &Value) {
