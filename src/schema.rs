@@ -43,6 +43,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
+        confidentiality -> Text,
     }
 }
 
@@ -337,3 +338,41 @@ diesel::table! {
         decision_reason -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    confidentiality_changes (seq) {
+        seq -> Int8,
+        patient_id -> Uuid,
+        previous -> Text,
+        confidentiality -> Text,
+        reason -> Text,
+        changed_by -> Nullable<Uuid>,
+        changed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    break_glass_grants (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        patient_id -> Uuid,
+        facility_id -> Uuid,
+        mode -> Text,
+        reason_code -> Text,
+        justification -> Text,
+        minutes -> Int4,
+        status -> Text,
+        requested_at -> Timestamptz,
+        activated_at -> Nullable<Timestamptz>,
+        expires_at -> Nullable<Timestamptz>,
+        ended_at -> Nullable<Timestamptz>,
+        ended_by -> Nullable<Uuid>,
+        pending_id -> Nullable<Uuid>,
+        review_due_at -> Timestamptz,
+        end_reason -> Nullable<Text>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, patients);
+diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, users);
+diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, care_team_members);

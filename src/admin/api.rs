@@ -155,6 +155,14 @@ async fn perform(
             StatusCode::ACCEPTED,
             &serde_json::json!({ "pending_change_id": id, "status": "pending" }),
         ),
+        Done::Confidentiality { patient, level } => json_response(
+            status,
+            &serde_json::json!({ "patient_id": patient, "confidentiality": level.code() }),
+        ),
+        Done::GrantRevoked { grant } => json_response(
+            status,
+            &serde_json::json!({ "grant_id": grant, "status": "revoked" }),
+        ),
         Done::Decided { change, approved } => json_response(
             status,
             &serde_json::json!({
@@ -345,6 +353,51 @@ pub async fn set_facility(
     let op = Op::SetFacility {
         user: path_user(&path)?,
         facility: b.facility_id,
+        reason: b.reason,
+    };
+    perform(&caller, &state, op, false).await
+}
+
+// ----------------------------------------------------------------------------------------
+// Patients: confidentiality; break-glass grants
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfidentialityBody {
+    confidentiality: String,
+    reason: Option<String>,
+}
+
+/// `PUT /api/admin/patients/{id}/confidentiality` `{confidentiality: "N"|"R"|"V", reason}`:
+/// who may see the record changes, so it takes a reason, kept in the history
+/// (`confidentiality_changes`).
+pub async fn set_confidentiality(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: Body<ConfidentialityBody>,
+) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
+    let patient = PatientId::parse(&path).ok_or_else(AppError::not_found)?;
+    let op = Op::SetConfidentiality {
+        patient,
+        level: b.confidentiality,
+        reason: b.reason,
+    };
+    perform(&caller, &state, op, false).await
+}
+
+/// `POST /api/admin/break-glass/{id}/revoke` `{reason}`: ends a grant early.
+pub async fn revoke_grant(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: Body<ReasonBody>,
+) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
+    let grant = crate::domain::GrantId::parse(&path).ok_or_else(AppError::not_found)?;
+    let op = Op::RevokeBreakGlass {
+        grant,
         reason: b.reason,
     };
     perform(&caller, &state, op, false).await

@@ -115,6 +115,28 @@ pub fn configure(r: &mut Routes) {
     fhir_resource::<fhir::observation::Observations>(r);
     fhir_resource::<fhir::document_reference::DocumentReferences>(r);
     fhir_resource::<fhir::claim::Claims>(r);
+    {
+        use crate::policy::break_glass::Operation as Op;
+        let path = "/fhir/Patient/{id}/$break-glass";
+        r.add(
+            Method::POST,
+            path,
+            Action::BreakGlass(Op::Request),
+            fhir::break_glass::request,
+        );
+        r.add(
+            Method::GET,
+            path,
+            Action::BreakGlass(Op::Status),
+            fhir::break_glass::status,
+        );
+        r.add(
+            Method::POST,
+            "/fhir/Patient/{id}/$break-glass-end",
+            Action::BreakGlass(Op::End),
+            fhir::break_glass::end,
+        );
+    }
     // Each admin route declares what it does: events for calls refused before the
     // handler (no admin role, bad body) name the real action.
     use crate::policy::admin::AdminAction as A;
@@ -191,6 +213,18 @@ pub fn configure(r: &mut Routes) {
         "/api/admin/clients",
         admin(A::RegisterClient),
         api::create_client,
+    );
+    r.add(
+        Method::PUT,
+        "/api/admin/patients/{id}/confidentiality",
+        admin(A::SetConfidentiality),
+        api::set_confidentiality,
+    );
+    r.add(
+        Method::POST,
+        "/api/admin/break-glass/{id}/revoke",
+        admin(A::RevokeBreakGlass),
+        api::revoke_grant,
     );
     r.add(Method::GET, "/", Action::Public, console::home);
     let sign_in = Action::ConsoleSignIn;

@@ -23,10 +23,14 @@ pub enum AdminAction {
     ListFacilities,
     CreateFacility,
     RegisterClient,
+    /// Set a patient record's confidentiality (N, R, V).
+    SetConfidentiality,
+    /// End a break-glass grant early.
+    RevokeBreakGlass,
 }
 
 impl AdminAction {
-    pub const ALL: [AdminAction; 8] = [
+    pub const ALL: [AdminAction; 10] = [
         AdminAction::ListUsers,
         AdminAction::ReadUser,
         AdminAction::ChangeRole,
@@ -35,6 +39,8 @@ impl AdminAction {
         AdminAction::ListFacilities,
         AdminAction::CreateFacility,
         AdminAction::RegisterClient,
+        AdminAction::SetConfidentiality,
+        AdminAction::RevokeBreakGlass,
     ];
 }
 

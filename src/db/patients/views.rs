@@ -32,6 +32,7 @@ fn select_list(fields: PatientFields) -> String {
         "key_version".to_string(),
         "facility_id".to_string(),
         "updated_at".to_string(),
+        "confidentiality".to_string(),
         if fields.gender {
             "gender".to_string()
         } else {
@@ -55,6 +56,8 @@ pub struct PatientView {
     pub version: i32,
     pub facility_id: FacilityId,
     pub updated_at: DateTime<Utc>,
+    /// The record's confidentiality (N, R, V; not PHI, part of every view).
+    pub confidentiality: crate::policy::Confidentiality,
     pub gender: Option<String>,
     pub mrn: Option<Phi<String>>,
     pub ssn: Option<Phi<String>>,
@@ -77,6 +80,8 @@ struct Row {
     facility_id: FacilityId,
     #[diesel(sql_type = Timestamptz)]
     updated_at: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    confidentiality: String,
     #[diesel(sql_type = Nullable<Text>)]
     gender: Option<String>,
     #[diesel(sql_type = Nullable<Bytea>)]
@@ -122,6 +127,7 @@ impl Row {
             version: self.version,
             facility_id: self.facility_id,
             updated_at: self.updated_at,
+            confidentiality: crate::db::break_glass::parse_level(&self.confidentiality)?,
             gender: self.gender,
             mrn: open(kr, cols::MRN, id, self.mrn_sealed)?,
             ssn: open(kr, cols::SSN, id, self.ssn_sealed)?,
@@ -262,6 +268,7 @@ impl PatientView {
             version: p.version,
             facility_id: p.facility_id,
             updated_at: p.updated_at,
+            confidentiality: p.confidentiality,
             gender: keep(fields.gender).then_some(p.gender),
             mrn: keep(fields.mrn).then_some(p.mrn),
             ssn: if fields.ssn { p.ssn } else { None },
