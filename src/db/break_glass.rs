@@ -172,6 +172,17 @@ pub fn for_pending(
         .optional()?)
 }
 
+/// The grants waiting on the approval requests `pending` (for the queue page).
+pub fn by_pending(
+    conn: &mut PgConnection,
+    pending: &[PendingChangeId],
+) -> Result<Vec<Grant>, AppError> {
+    Ok(g::table
+        .filter(g::pending_id.eq_any(pending.to_vec()))
+        .select(Grant::as_select())
+        .load(conn)?)
+}
+
 /// Ends an active, unexpired grant early (revoked by `by`); `false` if it was not active.
 pub fn revoke(
     conn: &mut PgConnection,

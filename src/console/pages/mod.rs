@@ -374,30 +374,54 @@ pub async fn approvals_page(req: HttpRequest, page: AdminPage) -> Result<Approva
             let rows = page
                 .state
                 .db
-                .run(|c| crate::db::pending::waiting(c, APPROVALS_SHOWN))
+                .run(|c| {
+                    let rows = crate::db::pending::waiting(c, APPROVALS_SHOWN)?;
+                    let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+                    let grants = crate::db::break_glass::by_pending(c, &ids)?;
+                    Ok((rows, grants))
+                })
                 .await?;
             Ok((rows, Touched::default()))
         },
     )
     .await?;
+    let (rows, grants) = rows;
     let me = page.me.user.id;
     let changes = rows
         .into_iter()
         .map(|r| {
-            // The kept operation, exactly as requested (ids and role codes; the reason is
-            // the requester's free text, escaped by the template).
-            let op = serde_json::from_value::<crate::admin::Op>(r.payload).ok();
+            let mine = policy::admin::may_decide(me, r.requested_by, r.target_user_id).is_err();
+            let grant = grants.iter().find(|g| g.pending_id == Some(r.id));
+            let (description, reason) = match grant {
+                // A break-glass request: ids and codes; the justification is the
+                // requester's free text, escaped by the template.
+                Some(g) => (
+                    format!(
+                        "Break-glass: user {} asks for {} minutes of access to patient {} (reason code {})",
+                        g.user_id, g.minutes, g.patient_id, g.reason_code
+                    ),
+                    g.justification.clone(),
+                ),
+                None => {
+                    // The kept operation, exactly as requested (ids and role codes; the
+                    // reason is the requester's free text, escaped by the template).
+                    let op = serde_json::from_value::<crate::admin::Op>(r.payload).ok();
+                    (
+                        op.as_ref()
+                            .map(|o| o.describe())
+                            .unwrap_or_else(|| "(unreadable request)".into()),
+                        op.and_then(|o| o.reason_given()).unwrap_or_default(),
+                    )
+                }
+            };
             ChangeRow {
                 id: r.id.as_uuid(),
                 kind: r.kind,
-                description: op
-                    .as_ref()
-                    .map(|o| o.describe())
-                    .unwrap_or_else(|| "(unreadable request)".into()),
-                reason: op.and_then(|o| o.reason_given()).unwrap_or_default(),
+                description,
+                reason,
                 requested_by: r.requested_by.as_uuid(),
                 requested_at: time(r.requested_at),
-                mine: policy::admin::may_decide(me, r.requested_by, r.target_user_id).is_err(),
+                mine,
             }
         })
         .collect();

@@ -25,6 +25,8 @@ type Event = (String, String, Option<String>, String, Option<Uuid>);
 struct Console {
     app: TestApp,
     _idp: Provider,
+    /// Signs the API's bearer tokens (issuer `issuer`, audience `custodian-test`).
+    signer: Signer,
     issuer: String,
     keyring: Keyring,
     facility: FacilityId,
@@ -78,6 +80,7 @@ impl Console {
         Console {
             app,
             _idp: idp,
+            signer,
             issuer,
             keyring,
             facility,
@@ -1558,5 +1561,239 @@ async fn an_administrators_clinical_role_waits_for_a_second_administrator() {
     assert_eq!(
         (last.0.as_str(), last.1.as_str(), last.4),
         ("change-denied", "permit", Some(second))
+    );
+}
+
+/// A bearer token for `sub` at the app's clock, from a multi-factor sign-in just now (as
+/// break-glass requires).
+fn mfa_token(c: &Console, sub: &str) -> String {
+    let now = c.app.clock().now().timestamp();
+    c.signer.sign(&serde_json::json!({
+        "iss": c.issuer, "aud": "custodian-test", "sub": sub, "exp": now + 300, "iat": now,
+        "client_id": "test-app", "scope": "user/Patient.cruds user/Observation.cruds",
+        "auth_time": now - 5, "amr": ["pwd", "otp", "mfa"],
+    }))
+}
+
+async fn api(
+    c: &Console,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> reqwest::Response {
+    let mut req = c
+        .app
+        .client
+        .request(method, c.app.url(path))
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/fhir+json")
+            .body(b.to_string());
+    }
+    req.send().await.unwrap()
+}
+
+fn grant_param(v: &serde_json::Value, name: &str) -> serde_json::Value {
+    v["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .map(|p| p.clone())
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Approval mode (issue 13): a break-glass request waits in the approval queue; its
+/// requester cannot approve it; another administrator approves it after a fresh code, and
+/// only then does the grant open the record and its clock start; the requester polls the
+/// outcome with the approver's reason; a denied request never opens anything.
+#[tokio::test]
+async fn a_break_glass_request_in_approval_mode_waits_for_another_administrator() {
+    use custodian::db::schema::break_glass_grants as g;
+    use reqwest::Method;
+    let c = Console::start_with(
+        TestApp::builder()
+            .manual_clock()
+            .set("break_glass.mode", "approval"),
+    )
+    .await;
+    c.user("dr-a", &[Role::Clinician], None);
+    // The requester is a clinician who also administers: still not their own approver.
+    let b_id = c.user("dr-b", &[Role::Clinician, Role::Admin], Some("Bea Both"));
+    c.enrol(b_id);
+    let b_console = c.sign_in(b_id);
+    let (approver_id, approver) = admin(&c, "approver");
+    let doc_a = mfa_token(&c, "dr-a");
+    let doc_b = mfa_token(&c, "dr-b");
+    let mut p = crate::support::world::patient_json("MRN-AP1", "Waiting");
+    p["managingOrganization"] =
+        serde_json::json!({ "reference": format!("Organization/{}", c.facility) });
+    let res = api(&c, Method::POST, "/fhir/Patient", &doc_a, Some(p)).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let patient: serde_json::Value = res.json().await.unwrap();
+    let patient = patient["id"].as_str().unwrap().to_string();
+    let record = format!("/fhir/Patient/{patient}");
+    let op = format!("/fhir/Patient/{patient}/$break-glass");
+    let request = |minutes: i64| {
+        serde_json::json!({"resourceType": "Parameters", "parameter": [
+            {"name": "reason", "valueCode": "urgent-consult"},
+            {"name": "justification", "valueString": "Consult requested by the night team <b>"},
+            {"name": "minutes", "valueInteger": minutes},
+        ]})
+    };
+
+    // Pending: nothing opens.
+    let res = api(&c, Method::POST, &op, &doc_b, Some(request(20))).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(grant_param(&v, "status")["valueCode"], "pending");
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let changes = pending_changes(&c);
+    assert_eq!(changes.len(), 1);
+    let change = changes[0].0;
+
+    // The queue shows it to the approver (the justification escaped).
+    let html = c
+        .get(&approver, "/console/approvals")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains(&format!("Break-glass: user {b_id} asks for 20 minutes")),
+        "{html}"
+    );
+    assert!(
+        html.contains("Consult requested by the night team &#60;b&#62;")
+            && !html.contains("team <b>"),
+        "{html}"
+    );
+    let approve = format!("/console/approvals/{change}/approve");
+    assert!(html.contains(&format!("action=\"{approve}\"")));
+
+    // The requester cannot approve it (refused before a code, audited).
+    let res = c
+        .post(&b_console, &approve, &[("reason", "trust me")])
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let last = c.events().pop().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.2.as_deref()),
+        ("change-approved", Some("separation-of-duties"))
+    );
+
+    // Another administrator approves after a fresh code; the clock starts then.
+    c.advance(600);
+    let res = c
+        .post(&approver, &approve, &[("reason", "consult confirmed")])
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    assert_eq!(
+        api(&c, Method::GET, &record, &mfa_token(&c, "dr-b"), None)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN,
+        "nothing before the code"
+    );
+    let res = c
+        .post(
+            &approver,
+            "/console/step-up",
+            &[("pending_id", &pending_id(&html)), ("code", &c.code_now())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        pending_changes(&c),
+        vec![(change, "approved".to_string(), Some(approver_id))]
+    );
+    let doc_b = mfa_token(&c, "dr-b");
+    let res = api(&c, Method::GET, &record, &doc_b, None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (requested, activated): (
+        chrono::DateTime<chrono::Utc>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    ) = g::table
+        .select((g::requested_at, g::activated_at))
+        .first(&mut c.app.db.conn())
+        .unwrap();
+    assert!(
+        activated.unwrap() > requested,
+        "the clock starts at approval"
+    );
+    let events = c.events();
+    let actions: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    for a in [
+        "break-glass-request",
+        "break-glass-decision",
+        "break-glass-start",
+    ] {
+        assert!(actions.contains(&a), "{a}: {actions:?}");
+    }
+    // The requester polls: active, with the approver's reason.
+    let res = api(&c, Method::GET, &op, &doc_b, None).await;
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(grant_param(&v, "status")["valueCode"], "active");
+    assert_eq!(
+        grant_param(&v, "decisionReason")["valueString"],
+        "consult confirmed"
+    );
+
+    // A request that is denied never opens anything.
+    let res = api(
+        &c,
+        Method::POST,
+        &format!("/fhir/Patient/{patient}/$break-glass-end"),
+        &doc_b,
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = api(&c, Method::POST, &op, &doc_b, Some(request(15))).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let second = pending_changes(&c)
+        .into_iter()
+        .find(|(_, status, _)| status == "pending")
+        .unwrap()
+        .0;
+    // (A step-up renews the console session: read its new form token; a code is used
+    // once, so the next one is 30 seconds later.)
+    let approver = renewed(&c, &approver).await;
+    c.advance(30);
+    let res = c
+        .post(
+            &approver,
+            &format!("/console/approvals/{second}/deny"),
+            &[("reason", "no consult on file")],
+        )
+        .await;
+    let html = res.text().await.unwrap();
+    let res = c
+        .post(
+            &approver,
+            "/console/step-up",
+            &[("pending_id", &pending_id(&html)), ("code", &c.code_now())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let v: serde_json::Value = api(&c, Method::GET, &op, &doc_b, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(grant_param(&v, "status")["valueCode"], "denied");
+    assert_eq!(
+        grant_param(&v, "decisionReason")["valueString"],
+        "no consult on file"
+    );
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::FORBIDDEN
     );
 }
