@@ -111,6 +111,14 @@ pub fn configure(r: &mut Routes) {
         Action::Public,
         fhir::metadata::capability_statement,
     );
+    // Before the Patient routes: `/fhir/Patient/{id}` would take `$break-glass-lookup`
+    // for an id.
+    r.add(
+        Method::GET,
+        "/fhir/Patient/$break-glass-lookup",
+        Action::BreakGlass(crate::policy::break_glass::Operation::Lookup),
+        fhir::break_glass::lookup,
+    );
     fhir_resource::<fhir::patient::Patients>(r);
     fhir_resource::<fhir::observation::Observations>(r);
     fhir_resource::<fhir::document_reference::DocumentReferences>(r);

@@ -377,6 +377,86 @@ pub async fn end(pipeline: Pipeline, path: web::Path<String>) -> Result<HttpResp
     ))
 }
 
+/// `GET /fhir/Patient/$break-glass-lookup?identifier=[urn:custodian:mrn|]<MRN>`: in an
+/// emergency the clinician must first find the patient. An exact MRN, across the
+/// organisation, answers identification only (id, MRN, name, birth date, the record's
+/// confidentiality) — no contact details, nothing clinical — with the way to ask for
+/// access; it is itself audited (`break-glass-lookup`, naming every patient returned).
+pub async fn lookup(
+    req: actix_web::HttpRequest,
+    pipeline: Pipeline,
+) -> Result<HttpResponse, AppError> {
+    let q = super::params::search_params(&req, &["identifier"])?;
+    let raw = super::params::single(&q, "identifier")?.ok_or_else(|| {
+        AppError::unprocessable("The parameter 'identifier' (an exact MRN) is required.")
+    })?;
+    let value = match raw.split_once('|') {
+        Some((super::patient::MRN_SYSTEM, v)) => v,
+        Some(_) => {
+            return Err(AppError::unprocessable(
+                "Invalid search parameter 'identifier': the system must be the MRN system.",
+            ));
+        }
+        None => raw,
+    };
+    let mrn = super::types::Mrn::parse(value)
+        .map_err(|_| {
+            AppError::unprocessable("Invalid search parameter 'identifier': not a valid MRN.")
+        })?
+        .as_str()
+        .to_string();
+    let state = pipeline.state();
+    let kr = state.keyring.clone();
+    let identification = crate::policy::views::PatientFields {
+        mrn: true,
+        name: true,
+        birth_date: true,
+        ..Default::default()
+    };
+    let found = state
+        .db
+        .run(move |c| {
+            crate::db::patients::views::lookup_by_mrn(c, &kr, &mrn, identification, LOOKUP_MAX)
+        })
+        .await?;
+    let what = What::new(AuditAction::BreakGlassLookup).on(Kind::Patient);
+    pipeline
+        .recorder
+        .permit(what, found.iter().map(|p| p.id))
+        .await?;
+    let mut entries: Vec<Value> = found
+        .iter()
+        .map(|p| {
+            json!({
+                "fullUrl": format!("Patient/{}", p.id),
+                "resource": super::patient::to_fhir(p),
+                "search": { "mode": "match" },
+            })
+        })
+        .collect();
+    entries.push(json!({
+        "resource": {
+            "resourceType": "OperationOutcome",
+            "issue": [{
+                "severity": "information",
+                "code": "informational",
+                "diagnostics": "Identification only. To read a record outside your care relationship in an emergency: POST /fhir/Patient/{id}/$break-glass (audited and reviewed)."
+            }]
+        },
+        "search": { "mode": "outcome" },
+    }));
+    let bundle = json!({
+        "resourceType": "Bundle",
+        "type": "searchset",
+        "total": found.len(),
+        "entry": entries,
+    });
+    Ok(respond(StatusCode::OK, &bundle))
+}
+
+/// Most patients one lookup returns (an MRN is unique per facility).
+const LOOKUP_MAX: i64 = 10;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -188,6 +188,31 @@ pub fn read(
     row.map(|r| r.open(conn, kr)).transpose()
 }
 
+/// At most `limit` live patients whose MRN is exactly `mrn` (through its blind index),
+/// across the organisation, shaped to `fields`: the identification-only lookup that
+/// precedes a break-glass request (`fhir::break_glass::lookup`; its caller restricts
+/// `fields` to identification).
+pub fn lookup_by_mrn(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    mrn: &str,
+    fields: PatientFields,
+    limit: i64,
+) -> Result<Vec<PatientView>, AppError> {
+    let index = kr
+        .blind_index(BlindKind::Mrn, mrn)
+        .map_err(|_| AppError::unprocessable("Invalid search parameter for identifier."))?;
+    let sql = format!(
+        "SELECT {} FROM patients WHERE mrn_index = $1 AND deleted_at IS NULL ORDER BY id LIMIT $2",
+        select_list(fields)
+    );
+    let rows: Vec<Row> = diesel::sql_query(sql)
+        .bind::<Bytea, _>(index)
+        .bind::<diesel::sql_types::BigInt, _>(limit)
+        .load(conn)?;
+    rows.into_iter().map(|r| r.open(conn, kr)).collect()
+}
+
 /// Search criteria (equality through blind indexes), all optional and AND-ed.
 #[derive(Default)]
 pub struct Criteria {

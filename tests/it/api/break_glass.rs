@@ -586,3 +586,67 @@ async fn break_glass_is_limited_to_clinicians_without_access_and_to_n_grants() {
         StatusCode::CREATED
     );
 }
+
+#[tokio::test]
+async fn the_identification_only_lookup_finds_a_patient_by_mrn_and_is_audited() {
+    let w = World::new().await;
+    let (_, doc_a) = w.user("dr-a", &[Role::Clinician]);
+    let (_, doc_b) = w.user("dr-b", &[Role::Clinician]);
+    let (_, billing) = w.user("billing-1", &[Role::Billing]);
+    let mut body = patient_json("MRN-LK1", "Lookup");
+    body["telecom"] = json!([{ "system": "phone", "value": "555-0100" }]);
+    let p = w.create(&doc_a, &body).await;
+    let lookup = "/fhir/Patient/$break-glass-lookup";
+
+    let before = last_seq(&w);
+    let res = w.get(&format!("{lookup}?identifier=MRN-LK1"), &doc_b).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let bundle: Value = res.json().await.unwrap();
+    assert_eq!(bundle["total"], 1);
+    let found = &bundle["entry"][0]["resource"];
+    assert_eq!(found["id"], p.to_string());
+    assert_eq!(found["identifier"][0]["value"], "MRN-LK1");
+    assert_eq!(found["name"][0]["family"], "Lookup");
+    assert!(found.get("birthDate").is_some());
+    for hidden in ["telecom", "address", "gender"] {
+        assert!(found.get(hidden).is_none(), "identification only: {hidden}");
+    }
+    assert!(!bundle.to_string().contains("555-0100"));
+    assert!(
+        bundle.to_string().contains("$break-glass"),
+        "the way to ask"
+    );
+    let events = events_after(&w, before);
+    assert_eq!(events.len(), 1);
+    assert_eq!(
+        (events[0].0.as_str(), events[0].1.as_str()),
+        ("break-glass-lookup", "permit")
+    );
+    let patients: Vec<Uuid> = ae::table
+        .order(ae::seq.desc())
+        .select(ae::patient_ids)
+        .first(&mut w.app.db.conn())
+        .unwrap();
+    assert_eq!(patients, vec![p]);
+
+    // No match: nothing found (and still audited); bad input: 422; not a clinician: 403.
+    let res = w
+        .get(&format!("{lookup}?identifier=MRN-NONE"), &doc_b)
+        .await;
+    let bundle: Value = res.json().await.unwrap();
+    assert_eq!(bundle["total"], 0);
+    for bad in [
+        "",
+        "?identifier=a%20b",
+        "?identifier=urn:other|MRN-LK1",
+        "?family=Lookup",
+    ] {
+        let res = w.get(&format!("{lookup}{bad}"), &doc_b).await;
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    let res = w
+        .get(&format!("{lookup}?identifier=MRN-LK1"), &billing)
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(!res.text().await.unwrap().contains("Lookup"));
+}
