@@ -376,3 +376,31 @@ diesel::table! {
 diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, patients);
 diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, users);
 diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, care_team_members);
+
+diesel::table! {
+    break_glass_reviews (seq) {
+        seq -> Int8,
+        grant_id -> Uuid,
+        verdict -> Text,
+        notes -> Text,
+        reviewer -> Uuid,
+        reviewed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    alerts (id) {
+        id -> Uuid,
+        kind -> Text,
+        severity -> Text,
+        grant_id -> Uuid,
+        user_id -> Uuid,
+        patient_id -> Uuid,
+        created_at -> Timestamptz,
+        delivered_at -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        last_attempt_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, break_glass_reviews);

@@ -201,6 +201,28 @@ impl Pipeline {
         Ok(())
     }
 
+    /// When this request's access rests on a break-glass grant: raises the grant's
+    /// first-use alert (once per grant; later uses find it raised).
+    async fn note_grant_use(&self, patient: PatientId) -> Result<(), AppError> {
+        let Some(grant) = self.recorder.grant() else {
+            return Ok(());
+        };
+        let ids = (GrantId(grant), self.principal.user.id, patient);
+        let now = self.state.clock.now();
+        self.state
+            .db
+            .run(move |c| {
+                crate::db::break_glass::raise_alert(
+                    c,
+                    crate::db::break_glass::AlertKind::FirstUse,
+                    ids,
+                    now,
+                )
+            })
+            .await?;
+        Ok(())
+    }
+
     /// The application state (configuration, clock, database) for the handlers of
     /// operations that are not plain FHIR interactions (break-glass).
     pub fn state(&self) -> &AppState {
@@ -283,7 +305,10 @@ impl Pipeline {
     ) -> Result<(View, PatientFacts), AppError> {
         let what = self.what(Some(resource_id))?;
         match access {
-            RecordAccess::Permitted(view, facts) => Ok((view, facts)),
+            RecordAccess::Permitted(view, facts) => {
+                self.note_grant_use(facts.patient_id).await?;
+                Ok((view, facts))
+            }
             RecordAccess::Missing => {
                 self.recorder.error(what, []).await?;
                 Err(AppError::not_found())
@@ -358,6 +383,9 @@ impl Pipeline {
             Decision::Permit { view, basis, .. } => {
                 if let policy::Basis::BreakGlass(grant) = basis {
                     self.recorder.under_grant(grant.as_uuid());
+                    if let Some(patient) = patients.into_iter().next() {
+                        self.note_grant_use(patient).await?;
+                    }
                 }
                 Ok(view)
             }

@@ -458,7 +458,11 @@ impl Op {
     /// Sensitive changes need a TOTP code entered within `console.step_up_secs` when
     /// made in the console. Creating a facility grants nobody anything.
     pub fn needs_step_up(&self) -> bool {
-        !matches!(self, Op::CreateFacility { .. })
+        // Ending a break-glass grant only takes access away, and must be quick.
+        !matches!(
+            self,
+            Op::CreateFacility { .. } | Op::RevokeBreakGlass { .. }
+        )
     }
 
     /// Deciding a waiting change always asks for a TOTP code in the console, however
@@ -842,6 +846,10 @@ fn decide_break_glass(
     let now = chrono::Utc::now();
     if !grants::decide(c, grant.id, approve, grant.minutes, now)? {
         return Err(no_such_request());
+    }
+    if approve {
+        let ids = (grant.id, grant.user_id, grant.patient_id);
+        grants::raise_alert(c, grants::AlertKind::Approval, ids, now)?;
     }
     let decision = if approve {
         Decision::Approved

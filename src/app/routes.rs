@@ -341,6 +341,30 @@ pub fn configure(r: &mut Routes) {
         console::pages::actions::decide_change,
     );
     r.add(
+        Method::GET,
+        "/console/break-glass",
+        pages,
+        console::pages::break_glass::grants_page,
+    );
+    r.add(
+        Method::GET,
+        "/console/break-glass/{id}",
+        pages,
+        console::pages::break_glass::grant_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/break-glass/{id}/revoke",
+        pages,
+        console::pages::break_glass::revoke,
+    );
+    r.add(
+        Method::POST,
+        "/console/break-glass/{id}/review",
+        pages,
+        console::pages::break_glass::review,
+    );
+    r.add(
         Method::POST,
         "/console/step-up",
         pages,

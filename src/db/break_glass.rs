@@ -380,3 +380,154 @@ pub fn decision_reason(
         .optional()?
         .flatten())
 }
+
+/// The kinds of alert (`alerts.kind`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AlertKind {
+    Request,
+    Approval,
+    FirstUse,
+}
+
+impl AlertKind {
+    pub fn code(self) -> &'static str {
+        match self {
+            AlertKind::Request => "break-glass-request",
+            AlertKind::Approval => "break-glass-approval",
+            AlertKind::FirstUse => "break-glass-first-use",
+        }
+    }
+}
+
+/// Raises the alert `kind` for a grant, once (a second raise of the same kind for the
+/// same grant is ignored); returns whether it was new.
+pub fn raise_alert(
+    conn: &mut PgConnection,
+    kind: AlertKind,
+    (grant, user, patient): (GrantId, UserId, PatientId),
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
+    use crate::db::schema::alerts as a;
+    let n = diesel::insert_into(a::table)
+        .values((
+            a::id.eq(uuid::Uuid::new_v4()),
+            a::kind.eq(kind.code()),
+            a::severity.eq("high"),
+            a::grant_id.eq(grant),
+            a::user_id.eq(user),
+            a::patient_id.eq(patient),
+            a::created_at.eq(now),
+        ))
+        .on_conflict((a::grant_id, a::kind))
+        .do_nothing()
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
+/// One alert as the dashboard shows it (and a webhook would send it): ids and codes.
+#[derive(Clone, Debug, Queryable)]
+pub struct Alert {
+    pub id: uuid::Uuid,
+    pub kind: String,
+    pub severity: String,
+    pub grant_id: GrantId,
+    pub user_id: UserId,
+    pub patient_id: PatientId,
+    pub created_at: DateTime<Utc>,
+    pub delivered_at: Option<DateTime<Utc>>,
+}
+
+/// The newest alerts (at most `limit`).
+pub fn recent_alerts(conn: &mut PgConnection, limit: i64) -> Result<Vec<Alert>, AppError> {
+    use crate::db::schema::alerts as a;
+    Ok(a::table
+        .order(a::created_at.desc())
+        .limit(limit)
+        .select((
+            a::id,
+            a::kind,
+            a::severity,
+            a::grant_id,
+            a::user_id,
+            a::patient_id,
+            a::created_at,
+            a::delivered_at,
+        ))
+        .load(conn)?)
+}
+
+/// A privacy officer's verdict on a grant.
+#[derive(Clone, Debug, Queryable)]
+pub struct Review {
+    pub verdict: String,
+    pub notes: String,
+    pub reviewer: UserId,
+    pub reviewed_at: DateTime<Utc>,
+}
+
+/// Appends a review of `grant`.
+pub fn add_review(
+    conn: &mut PgConnection,
+    grant: GrantId,
+    verdict: &str,
+    notes: &str,
+    reviewer: UserId,
+    now: DateTime<Utc>,
+) -> Result<(), AppError> {
+    use crate::db::schema::break_glass_reviews as r;
+    diesel::insert_into(r::table)
+        .values((
+            r::grant_id.eq(grant),
+            r::verdict.eq(verdict),
+            r::notes.eq(notes),
+            r::reviewer.eq(reviewer),
+            r::reviewed_at.eq(now),
+        ))
+        .execute(conn)?;
+    Ok(())
+}
+
+/// The reviews of `grant`, oldest first.
+pub fn reviews_of(conn: &mut PgConnection, grant: GrantId) -> Result<Vec<Review>, AppError> {
+    use crate::db::schema::break_glass_reviews as r;
+    Ok(r::table
+        .filter(r::grant_id.eq(grant))
+        .order(r::seq)
+        .select((r::verdict, r::notes, r::reviewer, r::reviewed_at))
+        .load(conn)?)
+}
+
+/// Grants that were active at some point, whose review is due by `now` and that nobody
+/// has reviewed yet, oldest deadline first (at most `limit`).
+pub fn overdue_reviews(
+    conn: &mut PgConnection,
+    now: DateTime<Utc>,
+    limit: i64,
+) -> Result<Vec<Grant>, AppError> {
+    use crate::db::schema::break_glass_reviews as r;
+    let reviewed = diesel::dsl::exists(r::table.filter(r::grant_id.eq(g::id)));
+    Ok(g::table
+        .filter(g::activated_at.is_not_null())
+        .filter(g::review_due_at.le(now))
+        .filter(diesel::dsl::not(reviewed))
+        .order(g::review_due_at)
+        .limit(limit)
+        .select(Grant::as_select())
+        .load(conn)?)
+}
+
+/// The audit events recorded under `grant` (every access it allowed, its start and end):
+/// (time, action, resource type, outcome), oldest first.
+pub fn accesses_under(
+    conn: &mut PgConnection,
+    grant: GrantId,
+    limit: i64,
+) -> Result<Vec<(DateTime<Utc>, String, Option<String>, String)>, AppError> {
+    use crate::db::schema::audit_events as ae;
+    Ok(ae::table
+        .filter(ae::break_glass_grant_id.eq(grant.as_uuid()))
+        .order(ae::seq)
+        .limit(limit)
+        .select((ae::occurred_at, ae::action, ae::resource_type, ae::outcome))
+        .load(conn)?)
+}

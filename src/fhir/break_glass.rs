@@ -285,7 +285,7 @@ fn store(
             user.id,
         )?),
     };
-    grants::insert(
+    let grant = grants::insert(
         c,
         user.id,
         patient,
@@ -295,7 +295,14 @@ fn store(
         now,
         config.review_days,
         pending_id,
-    )
+    )?;
+    grants::raise_alert(
+        c,
+        grants::AlertKind::Request,
+        (grant.id, user.id, patient),
+        now,
+    )?;
+    Ok(grant)
 }
 
 /// `GET /fhir/Patient/{id}/$break-glass`: the caller's latest grant for the patient.

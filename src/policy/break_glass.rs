@@ -165,6 +165,25 @@ pub fn may_break_glass(roles: &[Role]) -> bool {
     roles.contains(&Role::Clinician)
 }
 
+/// May a console user with `roles` review grant held by `holder`? Privacy officers, and
+/// never their own grant.
+pub fn may_review(
+    roles: &[Role],
+    reviewer: crate::domain::UserId,
+    holder: crate::domain::UserId,
+) -> bool {
+    roles.contains(&Role::PrivacyOfficer) && reviewer != holder
+}
+
+/// May a console user with `roles` end someone's grant early? Administrators and
+/// privacy officers (the requester ends their own through the API).
+pub fn may_revoke(roles: &[Role]) -> bool {
+    roles.contains(&Role::Admin) || roles.contains(&Role::PrivacyOfficer)
+}
+
+/// The verdicts of a review.
+pub const VERDICTS: [&str; 3] = ["appropriate", "inappropriate", "needs-follow-up"];
+
 /// Shortest justification (characters, after trimming).
 pub const JUSTIFICATION_MIN: usize = 20;
 pub const JUSTIFICATION_MAX: usize = 1000;
@@ -337,6 +356,24 @@ mod tests {
         assert!(challenge.starts_with("Bearer error=\"insufficient_user_authentication\""));
         assert!(challenge.contains("max_age=900"));
         assert!(challenge.contains(&format!("acr_values=\"{MFA_ACR}\"")));
+    }
+
+    #[test]
+    fn privacy_officers_review_grants_but_not_their_own() {
+        let (a, b) = (crate::domain::UserId::new(), crate::domain::UserId::new());
+        for role in Role::ALL {
+            assert_eq!(
+                may_review(&[role], a, b),
+                role == Role::PrivacyOfficer,
+                "{role:?}"
+            );
+            assert_eq!(
+                may_revoke(&[role]),
+                matches!(role, Role::Admin | Role::PrivacyOfficer),
+                "{role:?}"
+            );
+        }
+        assert!(!may_review(&[Role::PrivacyOfficer, Role::Clinician], a, a));
     }
 
     #[test]

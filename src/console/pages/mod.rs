@@ -7,6 +7,7 @@
 //! `templates/console/layout.html`).
 
 pub mod actions;
+pub mod break_glass;
 
 use super::gate::{AdminPage, Chrome, ConsolePage};
 use super::store;
@@ -40,14 +41,54 @@ pub struct Dashboard {
     /// Whether the administration links show: [`Chrome::admin`], decided by
     /// `policy::admin::console_area` like the pages themselves (no role check here).
     admin: bool,
+    /// The newest alerts (break-glass requests, approvals, first uses).
+    alerts: Vec<AlertRow>,
+    /// Grants whose review is overdue.
+    overdue: Vec<break_glass::GrantRow>,
 }
+
+/// One alert on the dashboard (ids and codes only).
+pub struct AlertRow {
+    pub time: String,
+    pub kind: String,
+    pub grant: String,
+    pub user: String,
+    pub patient: String,
+}
+
+/// Alerts the dashboard shows.
+const ALERTS_SHOWN: i64 = 20;
 
 /// GET /console: who is signed in and how long the session has left, and links to the
 /// parts of the console the viewer's role opens.
-pub async fn dashboard(page: ConsolePage) -> Dashboard {
+pub async fn dashboard(page: ConsolePage) -> Result<Dashboard, AppError> {
     let me = &page.me;
     let roles: Vec<&str> = me.user.roles.iter().map(|r| r.as_str()).collect();
-    Dashboard {
+    let now = page.state.clock.now();
+    let (alerts, overdue) = page
+        .state
+        .db
+        .run(move |c| {
+            let alerts = crate::db::break_glass::recent_alerts(c, ALERTS_SHOWN)?;
+            let overdue = crate::db::break_glass::overdue_reviews(c, now, ALERTS_SHOWN)?;
+            Ok((alerts, overdue))
+        })
+        .await?;
+    Ok(Dashboard {
+        alerts: alerts
+            .into_iter()
+            .map(|a| AlertRow {
+                time: time(a.created_at),
+                kind: a.kind,
+                grant: a.grant_id.to_string(),
+                user: a.user_id.to_string(),
+                patient: a.patient_id.to_string(),
+            })
+            .collect(),
+        overdue: overdue
+            .iter()
+            .map(|g| break_glass::GrantRow::of(g, now, false))
+            .collect(),
         subject: me.subject.clone(),
         issuer: me.issuer.clone(),
         roles: roles.join(", "),
@@ -55,7 +96,7 @@ pub async fn dashboard(page: ConsolePage) -> Dashboard {
         seconds_left: page.chrome.seconds_left,
         csrf_token: me.session.csrf_token.clone(),
         admin: page.chrome.admin,
-    }
+    })
 }
 
 /// The fixed confirmation shown after a change (`?done=`); unknown codes show nothing.

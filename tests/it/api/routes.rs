@@ -158,6 +158,18 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         "/console/approvals/{id}/{decision}",
         Expect::ConsoleAction,
     ),
+    ("GET", "/console/break-glass", Expect::ConsolePage),
+    ("GET", "/console/break-glass/{id}", Expect::ConsolePage),
+    (
+        "POST",
+        "/console/break-glass/{id}/revoke",
+        Expect::ConsoleAction,
+    ),
+    (
+        "POST",
+        "/console/break-glass/{id}/review",
+        Expect::ConsoleAction,
+    ),
     ("POST", "/console/step-up", Expect::ConsoleAction),
     ("POST", "/console/step-up/cancel", Expect::ConsoleAction),
     ("GET", "/static/{file}", Expect::Public),

@@ -1797,3 +1797,233 @@ async fn a_break_glass_request_in_approval_mode_waits_for_another_administrator(
         StatusCode::FORBIDDEN
     );
 }
+
+/// The console's break-glass pages (issue 13): an active grant with its time left; a
+/// privacy officer ends it (effective on the holder's next request); the review page lists
+/// every access made under it from the audit trail; a verdict is appended (never changed,
+/// never by the grant's holder); the dashboard shows the alerts and the overdue reviews.
+#[tokio::test]
+async fn privacy_officers_see_revoke_and_review_break_glass_grants() {
+    use custodian::db::schema::{alerts, break_glass_grants as g, break_glass_reviews};
+    use reqwest::Method;
+    let c = Console::start_clocked().await;
+    c.user("dr-a", &[Role::Clinician], None);
+    c.user("dr-b", &[Role::Clinician], None);
+    // A privacy officer who is also a clinician with a grant of their own.
+    let po_id = c.user(
+        "po",
+        &[Role::PrivacyOfficer, Role::Clinician],
+        Some("Pat Privacy"),
+    );
+    c.enrol(po_id);
+    let po = c.sign_in(po_id);
+    let doc_a = mfa_token(&c, "dr-a");
+    let doc_b = mfa_token(&c, "dr-b");
+    let mut p = crate::support::world::patient_json("MRN-PO1", "Reviewed");
+    p["managingOrganization"] =
+        serde_json::json!({ "reference": format!("Organization/{}", c.facility) });
+    let res = api(&c, Method::POST, "/fhir/Patient", &doc_a, Some(p)).await;
+    let patient: serde_json::Value = res.json().await.unwrap();
+    let patient = patient["id"].as_str().unwrap().to_string();
+    let record = format!("/fhir/Patient/{patient}");
+    let ask = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "reason", "valueCode": "emergency-treatment"},
+        {"name": "justification", "valueString": "Collapsed in radiology, no team on call"},
+    ]});
+    let res = api(
+        &c,
+        Method::POST,
+        &format!("{record}/$break-glass"),
+        &doc_b,
+        Some(ask.clone()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let v: serde_json::Value = res.json().await.unwrap();
+    let grant = grant_param(&v, "grant")["valueId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::OK
+    );
+    let mine = {
+        let po_token = mfa_token(&c, "po");
+        let res = api(
+            &c,
+            Method::POST,
+            &format!("{record}/$break-glass"),
+            &po_token,
+            Some(ask),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let v: serde_json::Value = res.json().await.unwrap();
+        grant_param(&v, "grant")["valueId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // The dashboard shows the alerts: a request and a first use, once each.
+    let kinds: Vec<String> = alerts::table
+        .filter(alerts::grant_id.eq(Uuid::parse_str(&grant).unwrap()))
+        .order(alerts::created_at)
+        .select(alerts::kind)
+        .load(&mut c.app.db.conn())
+        .unwrap();
+    assert_eq!(kinds, ["break-glass-request", "break-glass-first-use"]);
+    let html = c.get(&po, "/console").await.text().await.unwrap();
+    assert!(
+        html.contains("break-glass-first-use") && html.contains(&grant),
+        "{html}"
+    );
+    assert!(html.contains("id=\"no-overdue\""), "{html}");
+
+    // The grants page: active, with the time left, and a revoke form.
+    let html = c
+        .get(&po, "/console/break-glass")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(&format!("id=\"active-{grant}\"")), "{html}");
+    assert!(html.contains("60 min"), "{html}");
+    assert!(html.contains(&format!("action=\"/console/break-glass/{grant}/revoke\"")));
+    let res = c.get(&po, "/console/break-glass?status=bogus").await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    // The review page: the request and every access under the grant.
+    let page = format!("/console/break-glass/{grant}");
+    let html = c.get(&po, &page).await.text().await.unwrap();
+    assert!(html.contains("Collapsed in radiology"), "{html}");
+    assert_eq!(html.matches("<td>read</td>").count(), 2, "{html}");
+    assert!(html.contains("<td>break-glass-start</td>"), "{html}");
+    assert!(html.contains("id=\"review-form\""));
+
+    // Revoked by the privacy officer, with a reason: the next request is refused.
+    let res = c
+        .post(&po, &format!("{page}/revoke"), &[("reason", "")])
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::OK
+    );
+    let res = c
+        .post(
+            &po,
+            &format!("{page}/revoke"),
+            &[("reason", "team reached, no longer needed")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/console/break-glass?done=grant-revoked");
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let last = c
+        .events()
+        .into_iter()
+        .filter(|e| e.0 == "break-glass-end")
+        .last()
+        .unwrap();
+    assert_eq!(
+        (last.1.as_str(), last.3.as_str()),
+        ("permit", "session-mfa")
+    );
+
+    // A verdict: bad input refused; then appended; never changed.
+    let res = c
+        .post(
+            &po,
+            &format!("{page}/review"),
+            &[("verdict", "fine"), ("notes", "ok")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = c
+        .post(
+            &po,
+            &format!("{page}/review"),
+            &[
+                ("verdict", "appropriate"),
+                ("notes", "Documented emergency <b>"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let html = c.get(&po, &page).await.text().await.unwrap();
+    assert!(
+        html.contains("<strong>appropriate</strong>") && !html.contains("emergency <b>"),
+        "{html}"
+    );
+    let changed = diesel::sql_query("UPDATE break_glass_reviews SET verdict = 'inappropriate'")
+        .execute(&mut c.app.db.conn());
+    assert!(changed.is_err(), "verdicts are append-only");
+    let n: i64 = break_glass_reviews::table
+        .count()
+        .get_result(&mut c.app.db.conn())
+        .unwrap();
+    assert_eq!(n, 1);
+    let review_events = c
+        .events()
+        .iter()
+        .filter(|e| e.0 == "break-glass-review")
+        .count();
+    assert_eq!(review_events, 1);
+
+    // Never one's own grant.
+    let res = c
+        .post(
+            &po,
+            &format!("/console/break-glass/{mine}/review"),
+            &[("verdict", "appropriate"), ("notes", "I was right")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(
+        !c.get(&po, &format!("/console/break-glass/{mine}"))
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("review-form")
+    );
+
+    // A grant past its review deadline without a verdict is highlighted on the dashboard.
+    diesel::update(g::table.filter(g::id.eq(Uuid::parse_str(&mine).unwrap())))
+        .set(g::review_due_at.eq(chrono::Utc::now() - chrono::Duration::hours(1)))
+        .execute(&mut c.app.db.conn())
+        .unwrap_err();
+    // (The grant's row allows no such edit outside a status change: move time instead.)
+    c.advance(7 * 24 * 3600 + 60);
+    let po = c.sign_in(po_id);
+    // (A session that starts now by the app's clock.)
+    let now = c.app.clock().now();
+    diesel::update(console_sessions::table.filter(console_sessions::user_id.eq(Some(po_id))))
+        .set((
+            console_sessions::created_at.eq(now),
+            console_sessions::last_seen_at.eq(now),
+            console_sessions::totp_at.eq(Some(now)),
+        ))
+        .execute(&mut c.app.db.conn())
+        .unwrap();
+    let html = c.get(&po, "/console").await.text().await.unwrap();
+    assert!(
+        html.contains("id=\"overdue\"") && html.contains(&mine),
+        "{html}"
+    );
+    assert!(
+        !html.contains(&format!(
+            "/console/break-glass/{grant}\"><code>{grant}</code></a>: user"
+        )),
+        "reviewed: not overdue"
+    );
+}
