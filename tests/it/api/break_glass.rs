@@ -650,3 +650,89 @@ async fn the_identification_only_lookup_finds_a_patient_by_mrn_and_is_audited() 
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     assert!(!res.text().await.unwrap().contains("Lookup"));
 }
+
+/// A token at the system clock with a multi-factor sign-in just now (for apps on the
+/// system clock: a second `custodian serve` instance).
+fn mfa_token_now(w: &World, sub: &str) -> String {
+    let now = crate::support::idp::now();
+    w.signer.sign(&json!({
+        "iss": w.idp.issuer(), "aud": AUDIENCE, "sub": sub, "exp": now + 300,
+        "iat": now, "client_id": "test-app", "scope": ALL_SCOPES,
+        "auth_time": now - 5, "amr": ["pwd", "otp", "mfa"],
+    }))
+}
+
+/// A grant is read from the database on every request: a second instance (a real
+/// `custodian serve` on the same database) honours it and refuses at the very next
+/// request once it is ended; the holder and an administrator ending it at the same time
+/// leave one consistent state (one ends it, the other is told it is not active; one
+/// end event); and the audit chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_grant_ended_on_one_instance_is_refused_by_another_and_concurrent_ends_agree() {
+    use crate::support::serve::{Served, audit_verify};
+    let w = World::new().await;
+    let (_, doc_a) = w.user("dr-a", &[Role::Clinician]);
+    w.user("dr-b", &[Role::Clinician]);
+    w.user("admin-1", &[Role::Admin]);
+    let admin = w.token("admin-1", "admin");
+    let p = w
+        .create(&doc_a, &patient_json("MRN-I1", "Instances"))
+        .await
+        .to_string();
+    let other = Served::start(&w.app.db.url, &w.idp.issuer()).await;
+    let mfa = mfa_token_now(&w, "dr-b");
+    let path = format!("/fhir/Patient/{p}");
+    let on_other = |token: &str| {
+        other
+            .client
+            .get(other.url(&path))
+            .bearer_auth(token.to_string())
+            .send()
+    };
+    assert_eq!(
+        on_other(&mfa).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    let res = break_glass(&w, &mfa, &p, &body("emergency-treatment", WHY, None)).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let v: Value = res.json().await.unwrap();
+    let grant = param(&v, "grant")["valueId"].as_str().unwrap().to_string();
+    assert_eq!(on_other(&mfa).await.unwrap().status(), StatusCode::OK);
+
+    // The holder (here) and an administrator (on the other instance) at the same time.
+    let end_path = format!("/fhir/Patient/{p}/$break-glass-end");
+    let end = w.send(Method::POST, &end_path, &mfa, None);
+    let revoke = other
+        .client
+        .post(other.url(&format!("/api/admin/break-glass/{grant}/revoke")))
+        .bearer_auth(&admin)
+        .header("content-type", "application/json")
+        .body(json!({ "reason": "ended by the privacy office" }).to_string())
+        .send();
+    let (end, revoke) = tokio::join!(end, revoke);
+    let mut statuses = [end.status().as_u16(), revoke.unwrap().status().as_u16()];
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 404], "exactly one ends it");
+    let status: String = g::table
+        .select(g::status)
+        .first(&mut w.app.db.conn())
+        .unwrap();
+    assert_eq!(status, "revoked");
+    let ends: i64 = ae::table
+        .filter(
+            ae::action
+                .eq("break-glass-end")
+                .and(ae::outcome.eq("permit")),
+        )
+        .count()
+        .get_result(&mut w.app.db.conn())
+        .unwrap();
+    assert_eq!(ends, 1);
+    assert_eq!(
+        on_other(&mfa).await.unwrap().status(),
+        StatusCode::FORBIDDEN
+    );
+    assert_eq!(w.get(&path, &mfa).await.status(), StatusCode::FORBIDDEN);
+    let (ok, text) = audit_verify(&w.app.db.url);
+    assert!(ok, "{text}");
+}

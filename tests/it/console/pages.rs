@@ -1745,6 +1745,28 @@ async fn a_break_glass_request_in_approval_mode_waits_for_another_administrator(
         "consult confirmed"
     );
 
+    // A replayed approval form changes nothing: the request was decided once.
+    let approver = renewed(&c, &approver).await;
+    c.advance(30);
+    let res = c
+        .post(&approver, &approve, &[("reason", "consult confirmed")])
+        .await;
+    let html = res.text().await.unwrap();
+    let res = c
+        .post(
+            &approver,
+            "/console/step-up",
+            &[("pending_id", &pending_id(&html)), ("code", &c.code_now())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let starts = c
+        .events()
+        .iter()
+        .filter(|e| e.0 == "break-glass-start")
+        .count();
+    assert_eq!(starts, 1, "activated once");
+
     // A request that is denied never opens anything.
     let res = api(
         &c,
