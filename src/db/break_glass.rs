@@ -516,13 +516,16 @@ pub fn overdue_reviews(
         .load(conn)?)
 }
 
-/// The audit events recorded under `grant` (every access it allowed, its start and end):
-/// (time, action, resource type, outcome), oldest first.
+/// One audit event under a grant: (time, action, resource type, outcome).
+pub type Access = (DateTime<Utc>, String, Option<String>, String);
+
+/// The audit events recorded under `grant` (every access it allowed, its start and end),
+/// oldest first.
 pub fn accesses_under(
     conn: &mut PgConnection,
     grant: GrantId,
     limit: i64,
-) -> Result<Vec<(DateTime<Utc>, String, Option<String>, String)>, AppError> {
+) -> Result<Vec<Access>, AppError> {
     use crate::db::schema::audit_events as ae;
     Ok(ae::table
         .filter(ae::break_glass_grant_id.eq(grant.as_uuid()))

@@ -1601,7 +1601,7 @@ fn grant_param(v: &serde_json::Value, name: &str) -> serde_json::Value {
         .unwrap()
         .iter()
         .find(|p| p["name"] == name)
-        .map(|p| p.clone())
+        .cloned()
         .unwrap_or(serde_json::Value::Null)
 }
 
@@ -1953,8 +1953,8 @@ async fn privacy_officers_see_revoke_and_review_break_glass_grants() {
     let last = c
         .events()
         .into_iter()
-        .filter(|e| e.0 == "break-glass-end")
-        .last()
+        .rev()
+        .find(|e| e.0 == "break-glass-end")
         .unwrap();
     assert_eq!(
         (last.1.as_str(), last.3.as_str()),
