@@ -519,16 +519,20 @@ pub fn overdue_reviews(
 /// One audit event under a grant: (time, action, resource type, outcome).
 pub type Access = (DateTime<Utc>, String, Option<String>, String);
 
-/// The audit events recorded under `grant` (every access it allowed, its start and end),
-/// oldest first.
+/// The audit events recorded under `grant` (every access it allowed, its start and end)
+/// or about it (its request, decision, review, revocation by an administrator), oldest
+/// first.
 pub fn accesses_under(
     conn: &mut PgConnection,
     grant: GrantId,
     limit: i64,
 ) -> Result<Vec<Access>, AppError> {
     use crate::db::schema::audit_events as ae;
+    let about = ae::resource_type
+        .eq("BreakGlassGrant")
+        .and(ae::resource_id.eq(grant.as_uuid()));
     Ok(ae::table
-        .filter(ae::break_glass_grant_id.eq(grant.as_uuid()))
+        .filter(ae::break_glass_grant_id.eq(grant.as_uuid()).or(about))
         .order(ae::seq)
         .limit(limit)
         .select((ae::occurred_at, ae::action, ae::resource_type, ae::outcome))
