@@ -388,6 +388,22 @@ mod tests {
     }
 
     #[test]
+    fn approval_facilities_need_approval_whatever_the_global_mode() {
+        let (north, south) = (FacilityId::new(), FacilityId::new());
+        let c = BreakGlassConfig {
+            approval_facilities: vec![north],
+            ..BreakGlassConfig::default()
+        };
+        assert_eq!(c.mode_for(north), Mode::Approval);
+        assert_eq!(c.mode_for(south), Mode::Emergency);
+        let c = BreakGlassConfig {
+            mode: Mode::Approval,
+            ..BreakGlassConfig::default()
+        };
+        assert_eq!(c.mode_for(south), Mode::Approval);
+    }
+
+    #[test]
     fn the_default_configuration_is_valid_and_bad_ones_are_named() {
         assert!(BreakGlassConfig::default().validate().is_ok());
         let c = BreakGlassConfig {

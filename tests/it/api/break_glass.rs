@@ -251,6 +251,18 @@ async fn emergency_break_glass_opens_one_patient_until_it_expires() {
     let mfa = token_at(&w, "dr-b", true, 10);
     let path = format!("/fhir/Patient/{p}");
 
+    // Nobody claims the purpose BTG: the pipeline sets it under a grant.
+    let res = w
+        .app
+        .client
+        .get(w.app.url(&path))
+        .bearer_auth(&mfa)
+        .header("x-purpose-of-use", "BTG")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
     // Refused, with the way out named.
     let res = w.get(&path, &mfa).await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
