@@ -76,6 +76,10 @@ impl op::AdminActor for AdminPrincipal {
         self.0.user.id
     }
 
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.state().clock.now()
+    }
+
     async fn record(
         &self,
         action: AuditAction,

@@ -191,6 +191,11 @@ pub struct Performed {
 pub trait AdminActor {
     /// Our user id of the administrator.
     fn user_id(&self) -> UserId;
+    /// The time a change happens at: the application's (injectable) clock where the actor
+    /// has one (the approval of a break-glass request starts the grant's clock then).
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
     /// Records the one audit event of this change (internal ids only).
     fn record(
         &self,
@@ -256,7 +261,7 @@ pub async fn run<A: AdminActor>(
     let (action, kind) = op.audit();
     let by = who.user_id();
     let work = async {
-        let p = op.perform(db, Some(by), client_issuer).await?;
+        let p = op.perform(db, Some(by), client_issuer, who.now()).await?;
         Ok((p.done, p.touched))
     };
     audited(who, action, kind, work).await
@@ -746,10 +751,11 @@ impl Op {
         db: &Db,
         by: Option<UserId>,
         client_issuer: Option<&str>,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Performed, AppError> {
         let gate = Gate::Request(self.payload()?);
         let valid = self.validate(client_issuer)?;
-        db.run(move |c| c.transaction(|c| valid.apply(c, by, gate)))
+        db.run(move |c| c.transaction(|c| valid.apply(c, by, gate, now)))
             .await
     }
 
@@ -764,7 +770,8 @@ impl Op {
     ) -> Result<Performed, AppError> {
         let gate = Gate::Request(self.payload()?);
         let valid = self.validate(client_issuer)?;
-        conn.transaction(|c| valid.apply(c, by, gate))
+        let now = chrono::Utc::now();
+        conn.transaction(|c| valid.apply(c, by, gate, now))
     }
 }
 
@@ -787,12 +794,13 @@ fn decide(
     change: PendingChangeId,
     reason: &str,
     approve: bool,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Performed, AppError> {
     let by = by.ok_or_else(|| AppError::internal("a pending change decided without an actor"))?;
     let request = pending::open_for_update(c, change)?.ok_or_else(no_such_request)?;
     rules::may_decide(by, request.requested_by, request.target_user_id).map_err(refused)?;
     if request.kind == crate::db::break_glass::KIND_BREAK_GLASS {
-        return decide_break_glass(c, by, change, reason, approve);
+        return decide_break_glass(c, by, change, reason, approve, now);
     }
     if request.kind != pending::KIND_ADMIN_CHANGE {
         return Err(no_such_request());
@@ -805,7 +813,7 @@ fn decide(
         let op: Op = serde_json::from_value(request.payload)
             .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("pending change")))?;
         let (action, kind) = op.audit();
-        let done = op.validate(None)?.apply(c, Some(by), Gate::Approved)?;
+        let done = op.validate(None)?.apply(c, Some(by), Gate::Approved, now)?;
         touched.patients = done.touched.patients.clone();
         touched.effect = Some(Box::new(Effect {
             action,
@@ -840,10 +848,10 @@ fn decide_break_glass(
     change: PendingChangeId,
     reason: &str,
     approve: bool,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Performed, AppError> {
     use crate::db::break_glass as grants;
     let grant = grants::for_pending(c, change)?.ok_or_else(no_such_request)?;
-    let now = chrono::Utc::now();
     if !grants::decide(c, grant.id, approve, grant.minutes, now)? {
         return Err(no_such_request());
     }
@@ -889,6 +897,7 @@ impl Valid {
         c: &mut PgConnection,
         by: Option<UserId>,
         gate: Gate,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Performed, AppError> {
         if let Some((target, change)) = access_change(&self) {
             let roles = users::roles_locked(c, target)?.ok_or_else(user_not_found)?;
@@ -1076,7 +1085,7 @@ impl Valid {
                 change,
                 reason,
                 approve,
-            } => decide(c, by, change, &reason, approve),
+            } => decide(c, by, change, &reason, approve, now),
             Valid::SetConfidentiality(patient, level, reason) => {
                 if crate::db::break_glass::set_confidentiality(c, patient, level, &reason, by)?
                     .is_none()
@@ -1098,7 +1107,6 @@ impl Valid {
             Valid::RevokeBreakGlass(grant, reason) => {
                 let by =
                     by.ok_or_else(|| AppError::internal("a grant revoked without an actor"))?;
-                let now = chrono::Utc::now();
                 let found = crate::db::break_glass::get_for_update(c, grant)?;
                 let Some(found) = found else {
                     return Err(no_such_grant());
