@@ -365,6 +365,42 @@ pub async fn set_facility(
 // ----------------------------------------------------------------------------------------
 // Patients: confidentiality; break-glass grants
 
+/// `GET /api/admin/patients/{id}/confidentiality`: the record's level and its history
+/// (newest 50 changes, with their reasons: the patient-side access-change history).
+pub async fn get_confidentiality(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    audited(&caller, AuditAction::Read, Some(Kind::Patient), async {
+        let patient = PatientId::parse(&path).ok_or_else(AppError::not_found)?;
+        let found = state
+            .db
+            .run(move |c| {
+                use crate::db::break_glass as bg;
+                let Some(level) = bg::confidentiality_of(c, patient)? else {
+                    return Ok(None);
+                };
+                Ok(Some((level, bg::confidentiality_history(c, patient, 50)?)))
+            })
+            .await?;
+        let (level, history) = found
+            .ok_or_else(|| AppError::client(StatusCode::NOT_FOUND, "The patient was not found."))?;
+        let body = serde_json::json!({
+            "patient_id": patient,
+            "confidentiality": level.code(),
+            "history": history,
+        });
+        let touched = Touched {
+            resource_id: Some(patient.as_uuid()),
+            patients: vec![patient],
+            ..Touched::default()
+        };
+        Ok((json_response(StatusCode::OK, &body), touched))
+    })
+    .await
+}
+
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ConfidentialityBody {

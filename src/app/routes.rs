@@ -229,6 +229,12 @@ pub fn configure(r: &mut Routes) {
         api::set_confidentiality,
     );
     r.add(
+        Method::GET,
+        "/api/admin/patients/{id}/confidentiality",
+        admin(A::ReadConfidentiality),
+        api::get_confidentiality,
+    );
+    r.add(
         Method::POST,
         "/api/admin/break-glass/{id}/revoke",
         admin(A::RevokeBreakGlass),

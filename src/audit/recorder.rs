@@ -71,6 +71,7 @@ impl From<AdminAction> for AuditAction {
                 AuditAction::PermissionChange
             }
             AdminAction::SetConfidentiality => AuditAction::ConfidentialityChange,
+            AdminAction::ReadConfidentiality => AuditAction::Read,
             AdminAction::RevokeBreakGlass => AuditAction::BreakGlassEnd,
         }
     }
@@ -87,7 +88,9 @@ impl From<AdminAction> for What {
             AdminAction::ChangeRole => Some(ResourceType::RoleAssignment),
             AdminAction::ChangeCareTeam => Some(ResourceType::CareRelationship),
             AdminAction::RegisterClient => Some(ResourceType::Client),
-            AdminAction::SetConfidentiality => Some(ResourceType::Patient),
+            AdminAction::SetConfidentiality | AdminAction::ReadConfidentiality => {
+                Some(ResourceType::Patient)
+            }
             AdminAction::RevokeBreakGlass => Some(ResourceType::BreakGlassGrant),
             AdminAction::ListFacilities | AdminAction::CreateFacility => None,
         };

@@ -327,6 +327,36 @@ pub fn parse_level(code: &str) -> Result<Confidentiality, AppError> {
         .ok_or_else(|| AppError::internal("unknown confidentiality in the database"))
 }
 
+/// One confidentiality change as the history shows it.
+#[derive(Clone, Debug, Queryable, serde::Serialize)]
+pub struct ConfidentialityChange {
+    pub previous: String,
+    pub confidentiality: String,
+    pub reason: String,
+    pub changed_by: Option<UserId>,
+    pub changed_at: DateTime<Utc>,
+}
+
+/// The confidentiality changes of `patient`, newest first (at most `limit`).
+pub fn confidentiality_history(
+    conn: &mut PgConnection,
+    patient: PatientId,
+    limit: i64,
+) -> Result<Vec<ConfidentialityChange>, AppError> {
+    Ok(cc::table
+        .filter(cc::patient_id.eq(patient))
+        .order(cc::seq.desc())
+        .limit(limit)
+        .select((
+            cc::previous,
+            cc::confidentiality,
+            cc::reason,
+            cc::changed_by,
+            cc::changed_at,
+        ))
+        .load(conn)?)
+}
+
 /// Sets a live patient's confidentiality and keeps the change with its reason, in one
 /// transaction. Returns the previous level (`None`: no such patient); nothing is written
 /// when the level does not change.

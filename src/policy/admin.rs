@@ -25,12 +25,14 @@ pub enum AdminAction {
     RegisterClient,
     /// Set a patient record's confidentiality (N, R, V).
     SetConfidentiality,
+    /// Read a patient record's confidentiality and its history.
+    ReadConfidentiality,
     /// End a break-glass grant early.
     RevokeBreakGlass,
 }
 
 impl AdminAction {
-    pub const ALL: [AdminAction; 10] = [
+    pub const ALL: [AdminAction; 11] = [
         AdminAction::ListUsers,
         AdminAction::ReadUser,
         AdminAction::ChangeRole,
@@ -40,6 +42,7 @@ impl AdminAction {
         AdminAction::CreateFacility,
         AdminAction::RegisterClient,
         AdminAction::SetConfidentiality,
+        AdminAction::ReadConfidentiality,
         AdminAction::RevokeBreakGlass,
     ];
 }

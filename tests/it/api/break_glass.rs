@@ -191,7 +191,25 @@ async fn confidentiality_is_set_with_a_reason_shown_in_meta_security_and_enforce
         (reason.as_str(), level.as_str(), prev.as_str()),
         ("public figure admitted", "R", "N")
     );
-    let (action, outcome, _, _, _) = events_after(&w, 0).pop().unwrap();
+    let res = w
+        .app
+        .client
+        .get(
+            w.app
+                .url(&format!("/api/admin/patients/{id}/confidentiality")),
+        )
+        .bearer_auth(&admin)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(v["confidentiality"], "R");
+    assert_eq!(v["history"][0]["reason"], "public figure admitted");
+    assert_eq!(v["history"][0]["previous"], "N");
+    // The change's event, then the read of the history.
+    let events = events_after(&w, 0);
+    let (action, outcome, _, _, _) = &events[events.len() - 2];
     assert_eq!(
         (action.as_str(), outcome.as_str()),
         ("confidentiality-change", "permit")

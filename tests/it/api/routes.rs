@@ -88,6 +88,11 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         Expect::Admin,
     ),
     ("POST", "/api/admin/break-glass/{id}/revoke", Expect::Admin),
+    (
+        "GET",
+        "/api/admin/patients/{id}/confidentiality",
+        Expect::Admin,
+    ),
     ("PUT", "/fhir/Patient/{id}", Expect::Fhir),
     ("GET", "/fhir/Observation", Expect::Fhir),
     ("POST", "/fhir/Observation", Expect::Fhir),
