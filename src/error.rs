@@ -21,6 +21,12 @@ pub enum AppError {
     /// value (RFC 6750), fixed by us; it never carries detail about the token.
     #[error("authentication required")]
     Unauthenticated { challenge: &'static str },
+    /// The token is valid but the person's authentication is not recent or strong enough
+    /// for what they ask (401 with an RFC 9470 step-up challenge: `error=
+    /// "insufficient_user_authentication"`, `max_age`, `acr_values`). The challenge is
+    /// built from our configuration only.
+    #[error("step-up authentication required")]
+    InsufficientAuthentication { challenge: String },
     /// A dependency (database, audit writer) is not available right now.
     #[error("service unavailable")]
     Unavailable,
@@ -44,6 +50,8 @@ pub struct SafeMessage(pub Cow<'static, str>);
 pub const UNAVAILABLE_MESSAGE: &str =
     "The service is temporarily unavailable. Please retry shortly.";
 pub const UNAUTHENTICATED_MESSAGE: &str = "Authentication is required: send a valid access token.";
+pub const STEP_UP_MESSAGE: &str = "Recent multi-factor authentication is required: sign in again \
+with multi-factor authentication (see the WWW-Authenticate header) and retry with the new token.";
 pub const INTEGRITY_MESSAGE: &str = "A stored record in this result could not be decrypted \
 (integrity check failed), so nothing was returned. This is logged; quote the request id when \
 reporting it.";
@@ -83,7 +91,9 @@ impl ResponseError for AppError {
         match self {
             AppError::Client { status, .. } => *status,
             AppError::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            AppError::Unauthenticated { .. } => StatusCode::UNAUTHORIZED,
+            AppError::Unauthenticated { .. } | AppError::InsufficientAuthentication { .. } => {
+                StatusCode::UNAUTHORIZED
+            }
             AppError::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Integrity(_) | AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -94,6 +104,7 @@ impl ResponseError for AppError {
             AppError::Client { message, .. } => message.clone(),
             AppError::RateLimited { .. } => Cow::Borrowed("Too many requests. Retry later."),
             AppError::Unauthenticated { .. } => Cow::Borrowed(UNAUTHENTICATED_MESSAGE),
+            AppError::InsufficientAuthentication { .. } => Cow::Borrowed(STEP_UP_MESSAGE),
             AppError::Unavailable => Cow::Borrowed(UNAVAILABLE_MESSAGE),
             AppError::Integrity(e) => {
                 tracing::error!(error = %format!("{e:#}"), "stored data failed its integrity check");
@@ -111,6 +122,12 @@ impl ResponseError for AppError {
                 actix_web::http::header::WWW_AUTHENTICATE,
                 actix_web::http::header::HeaderValue::from_static(challenge),
             );
+        }
+        if let AppError::InsufficientAuthentication { challenge } = self
+            && let Ok(value) = actix_web::http::header::HeaderValue::from_str(challenge)
+        {
+            res.headers_mut()
+                .insert(actix_web::http::header::WWW_AUTHENTICATE, value);
         }
         let retry_after = match self {
             AppError::Unavailable => Some(5),

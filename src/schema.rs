@@ -43,6 +43,7 @@ diesel::table! {
         created_at -> Timestamptz,
         updated_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
+        confidentiality -> Text,
     }
 }
 
@@ -337,3 +338,69 @@ diesel::table! {
         decision_reason -> Nullable<Text>,
     }
 }
+
+diesel::table! {
+    confidentiality_changes (seq) {
+        seq -> Int8,
+        patient_id -> Uuid,
+        previous -> Text,
+        confidentiality -> Text,
+        reason -> Text,
+        changed_by -> Nullable<Uuid>,
+        changed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    break_glass_grants (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        patient_id -> Uuid,
+        facility_id -> Uuid,
+        mode -> Text,
+        reason_code -> Text,
+        justification -> Text,
+        minutes -> Int4,
+        status -> Text,
+        requested_at -> Timestamptz,
+        activated_at -> Nullable<Timestamptz>,
+        expires_at -> Nullable<Timestamptz>,
+        ended_at -> Nullable<Timestamptz>,
+        ended_by -> Nullable<Uuid>,
+        pending_id -> Nullable<Uuid>,
+        review_due_at -> Timestamptz,
+        end_reason -> Nullable<Text>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, patients);
+diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, users);
+diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, care_team_members);
+
+diesel::table! {
+    break_glass_reviews (seq) {
+        seq -> Int8,
+        grant_id -> Uuid,
+        verdict -> Text,
+        notes -> Text,
+        reviewer -> Uuid,
+        reviewed_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    alerts (id) {
+        id -> Uuid,
+        kind -> Text,
+        severity -> Text,
+        grant_id -> Uuid,
+        user_id -> Uuid,
+        patient_id -> Uuid,
+        created_at -> Timestamptz,
+        delivered_at -> Nullable<Timestamptz>,
+        attempts -> Int4,
+        last_attempt_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, break_glass_reviews);

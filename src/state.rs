@@ -28,4 +28,6 @@ pub struct AppState {
     /// What everything that decides by time reads (token expiry and age, key refresh,
     /// console sessions, step-up): the system clock except in tests.
     pub clock: crate::domain::SharedClock,
+    /// `[break_glass]`: modes, reasons, durations, authentication strength.
+    pub break_glass: std::sync::Arc<crate::policy::break_glass::BreakGlassConfig>,
 }

@@ -72,7 +72,7 @@ pub enum Obligation {
 /// The audit obligation of a route's action (`None`: public routes).
 pub fn obligation(action: Action) -> Option<Obligation> {
     match action {
-        Action::Fhir(..) | Action::Admin(_) => Some(Obligation::Every),
+        Action::Fhir(..) | Action::Admin(_) | Action::BreakGlass(_) => Some(Obligation::Every),
         Action::ConsoleSignIn | Action::Console => Some(Obligation::Refused),
         Action::Public => None,
     }
@@ -195,6 +195,16 @@ pub(super) fn route_what(action: Action, method: &Method) -> What {
             What::new(AuditAction::from(interaction)).on(resource)
         }
         Action::Admin(a) => What::from(a),
+        Action::BreakGlass(op) => {
+            use crate::policy::break_glass::Operation;
+            let action = match op {
+                Operation::Request => AuditAction::BreakGlassRequest,
+                Operation::Status => AuditAction::Read,
+                Operation::End => AuditAction::BreakGlassEnd,
+                Operation::Lookup => AuditAction::BreakGlassLookup,
+            };
+            What::new(action).on(crate::audit::ResourceType::BreakGlassGrant)
+        }
         // A sign-in step that did not succeed.
         Action::ConsoleSignIn => {
             What::new(AuditAction::LoginFailed).on(crate::audit::ResourceType::Session)

@@ -30,7 +30,7 @@ use crate::audit::flood::Source;
 use crate::audit::{Actor, AuditAction, AuditContext, DenyReason, PurposeOfUse, Recorder, What};
 use crate::auth::Bearer;
 use crate::db::users::{self, UserKind};
-use crate::domain::{PatientId, RecordId, UserId};
+use crate::domain::{GrantId, PatientId, RecordId, UserId};
 use crate::error::AppError;
 use crate::policy::{
     self, Action, Decision, Interaction, PatientFacts, ResourceType, SearchScope, Target, View,
@@ -144,9 +144,89 @@ impl Pipeline {
                 policy::capability(&subject, resource, interaction)
             }
             Action::Admin(_) => self.decide_admin(),
+            Action::BreakGlass(_) => {
+                let context = self.principal.context();
+                let scopes = &self.principal.token.scopes;
+                let allows = move |r: ResourceType, i: Interaction| scopes.allows(context, r, i);
+                let subject = policy::Subject {
+                    user_id: user.id,
+                    roles: &user.roles,
+                    scope_allows: &allows,
+                    facility_id: user.facility_id,
+                    own_patient_id: user.patient_id,
+                };
+                policy::capability_break_glass(&subject)
+            }
             Action::Public | Action::ConsoleSignIn | Action::Console => Ok(()),
         };
         capable.err().map(Refusal::Capability)
+    }
+
+    /// On a FHIR route of a principal who may break glass: marks that principal's grants
+    /// past their expiry (the application clock) as expired, in the request's hop, so that
+    /// each expiry is noticed — and audited, [`Pipeline::record_expiries`] — on the next
+    /// request at the latest. (Access never depends on this: the decision point only sees
+    /// grants whose expiry is after now.)
+    fn expire_grants(
+        &self,
+        conn: &mut diesel::PgConnection,
+    ) -> Result<Vec<(GrantId, PatientId)>, AppError> {
+        let fhir = matches!(self.action, Action::Fhir(..) | Action::BreakGlass(_));
+        if !fhir || !policy::break_glass::may_break_glass(&self.principal.user.roles) {
+            return Ok(Vec::new());
+        }
+        let now = self.state.clock.now();
+        let user = self.principal.user.id;
+        Ok(crate::db::break_glass::expire_due(conn, Some(user), now)?
+            .into_iter()
+            .map(|(grant, _, patient)| (grant, patient))
+            .collect())
+    }
+
+    /// One high-severity `break-glass-end` event (deny reason `break-glass-expired`) per
+    /// grant found expired.
+    async fn record_expiries(&self, expired: Vec<(GrantId, PatientId)>) -> Result<(), AppError> {
+        for (grant, patient) in expired {
+            let what = What::new(AuditAction::BreakGlassEnd)
+                .on(crate::audit::ResourceType::BreakGlassGrant)
+                .id(grant.as_uuid());
+            let outcome = crate::audit::Outcome::Deny(DenyReason::BreakGlassExpired);
+            let event = self
+                .recorder
+                .event(what, [patient], outcome)
+                .break_glass(grant.as_uuid())
+                .build();
+            self.recorder.record(event).await?;
+        }
+        Ok(())
+    }
+
+    /// When this request's access rests on a break-glass grant: raises the grant's
+    /// first-use alert (once per grant; later uses find it raised).
+    async fn note_grant_use(&self, patient: PatientId) -> Result<(), AppError> {
+        let Some(grant) = self.recorder.grant() else {
+            return Ok(());
+        };
+        let ids = (GrantId(grant), self.principal.user.id, patient);
+        let now = self.state.clock.now();
+        self.state
+            .db
+            .run(move |c| {
+                crate::db::break_glass::raise_alert(
+                    c,
+                    crate::db::break_glass::AlertKind::FirstUse,
+                    ids,
+                    now,
+                )
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// The application state (configuration, clock, database) for the handlers of
+    /// operations that are not plain FHIR interactions (break-glass).
+    pub fn state(&self) -> &AppState {
+        &self.state
     }
 
     /// Audits `refusal` with the principal as actor and the route's action, and answers
@@ -196,7 +276,8 @@ impl Pipeline {
         resource_id: RecordId,
         patient_of: PatientOf,
     ) -> Result<RecordAccess, AppError> {
-        let facts = record_facts(conn, resource_id, self.principal.user_id(), patient_of)?;
+        let now = self.state.clock.now();
+        let facts = record_facts(conn, resource_id, self.principal.user_id(), patient_of, now)?;
         self.judge(facts)
     }
 
@@ -205,7 +286,12 @@ impl Pipeline {
             return Ok(RecordAccess::Missing);
         };
         Ok(match self.decide(Target::Patient(facts))? {
-            Decision::Permit { view, .. } => RecordAccess::Permitted(view, facts),
+            Decision::Permit { view, basis, .. } => {
+                if let policy::Basis::BreakGlass(grant) = basis {
+                    self.recorder.under_grant(grant.as_uuid());
+                }
+                RecordAccess::Permitted(view, facts)
+            }
             Decision::Deny(reason) => RecordAccess::Denied(reason, facts),
         })
     }
@@ -219,7 +305,10 @@ impl Pipeline {
     ) -> Result<(View, PatientFacts), AppError> {
         let what = self.what(Some(resource_id))?;
         match access {
-            RecordAccess::Permitted(view, facts) => Ok((view, facts)),
+            RecordAccess::Permitted(view, facts) => {
+                self.note_grant_use(facts.patient_id).await?;
+                Ok((view, facts))
+            }
             RecordAccess::Missing => {
                 self.recorder.error(what, []).await?;
                 Err(AppError::not_found())
@@ -238,10 +327,11 @@ impl Pipeline {
         patient_of: PatientOf,
     ) -> Result<(View, PatientFacts), AppError> {
         let user_id = self.principal.user_id();
+        let now = self.state.clock.now();
         let facts = self
             .state
             .db
-            .run(move |c| record_facts(c, resource_id, user_id, patient_of))
+            .run(move |c| record_facts(c, resource_id, user_id, patient_of, now))
             .await?;
         let access = self.judge(facts)?;
         self.settle(resource_id, access).await
@@ -255,10 +345,11 @@ impl Pipeline {
         patient: PatientId,
     ) -> Result<View, AppError> {
         let user_id = self.principal.user.id;
+        let now = self.state.clock.now();
         let facts: Option<PatientFacts> = self
             .state
             .db
-            .run(move |c| users::patient_facts(c, patient, user_id))
+            .run(move |c| users::patient_facts(c, patient, user_id, now))
             .await?;
         let requirement = "must reference a patient you may write for";
         let what = self.what(None)?;
@@ -289,7 +380,15 @@ impl Pipeline {
         requirement: &'static str,
     ) -> Result<View, AppError> {
         match self.decide(target)? {
-            Decision::Permit { view, .. } => Ok(view),
+            Decision::Permit { view, basis, .. } => {
+                if let policy::Basis::BreakGlass(grant) = basis {
+                    self.recorder.under_grant(grant.as_uuid());
+                    if let Some(patient) = patients.into_iter().next() {
+                        self.note_grant_use(patient).await?;
+                    }
+                }
+                Ok(view)
+            }
             Decision::Deny(reason) => {
                 self.recorder
                     .deny(self.what(None)?, patients, reason)
@@ -401,9 +500,10 @@ fn record_facts(
     resource_id: RecordId,
     user_id: UserId,
     patient_of: PatientOf,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<PatientFacts>, AppError> {
     match patient_of(conn, resource_id)? {
-        Some(patient) => users::patient_facts(conn, patient, user_id),
+        Some(patient) => users::patient_facts(conn, patient, user_id, now),
         None => Ok(None),
     }
 }
@@ -434,7 +534,9 @@ pub struct Credentials {
 
 /// What the blocking part of [`Credentials::resolve_with`] ends with.
 enum Loaded<T> {
-    Ready(Box<Pipeline>, T),
+    /// The pipeline, the handler's value, and the principal's break-glass grants found
+    /// past their expiry in this hop (marked expired; audited before the handler's event).
+    Ready(Box<Pipeline>, T, Vec<(GrantId, PatientId)>),
     /// Refused after authentication, before anything the request names was looked at:
     /// audited with the principal as actor ([`Pipeline::refuse`]).
     Refused(Box<Pipeline>, Refusal),
@@ -521,12 +623,16 @@ impl Credentials {
                     return Ok(Loaded::Refused(Box::new(pipeline), refusal));
                 }
                 purpose?;
+                let expired = pipeline.expire_grants(conn)?;
                 let value = then(conn, &pipeline)?;
-                Ok(Loaded::Ready(Box::new(pipeline), value))
+                Ok(Loaded::Ready(Box::new(pipeline), value, expired))
             })
             .await?;
         match loaded {
-            Loaded::Ready(pipeline, value) => Ok((*pipeline, value)),
+            Loaded::Ready(pipeline, value, expired) => {
+                pipeline.record_expiries(expired).await?;
+                Ok((*pipeline, value))
+            }
             Loaded::Refused(pipeline, refusal) => Err(pipeline.refuse(refusal).await),
         }
     }

@@ -102,6 +102,7 @@ pub(super) fn certificate_token(client: String) -> VerifiedToken {
         client_id: Some(client),
         auth_time: None,
         acr: None,
+        amr: Vec::new(),
         jti: None,
         issued_at: None,
         expires_at: i64::MAX,
@@ -142,6 +143,8 @@ pub(super) fn parse_purpose(req: &HttpRequest) -> Result<PurposeOfUse, AppError>
             .to_str()
             .ok()
             .and_then(PurposeOfUse::from_code)
+            // Only the pipeline says that an access is under a break-glass grant.
+            .filter(|p| *p != PurposeOfUse::BreakTheGlass)
             .ok_or_else(|| {
                 AppError::bad_request(
                     "Invalid header 'X-Purpose-Of-Use': must be a PurposeOfUse code such as TREAT, ETREAT, HPAYMT or HOPERAT.",

@@ -6,6 +6,7 @@
 //! | scope missing (token)          | before any lookup        | 403                               | 403    | 403                    | 403       |
 //! | role missing (our database)    | before any lookup        | 403                               | 403    | 403                    | 403       |
 //! | no relationship to the patient | on the target's facts    | **404**                           | 403    | **422** (on the field) | –         |
+//! | same, for a role that may break glass, or a confidentiality (R/V) the relationship does not reach | on the target's facts | **403** naming `$break-glass` | – | 403 | – |
 //!
 //! - A missing scope or role is decided from the principal alone ([`on_capability`],
 //!   [`on_admin`]) before the record, patient or body the request names is looked at, so
@@ -38,7 +39,9 @@ pub fn on_capability(reason: DenyReason) -> AppError {
     forbidden(reason)
 }
 
-/// A denial on one existing record: no relationship looks like no record.
+/// A denial on one existing record: no relationship looks like no record — except to a
+/// principal who may break glass, who is told that it is available (403,
+/// [`DenyReason::BreakGlassAvailable`]).
 pub fn on_record(reason: DenyReason) -> AppError {
     match reason {
         DenyReason::NoRelationship => AppError::not_found(),

@@ -76,6 +76,10 @@ impl op::AdminActor for AdminPrincipal {
         self.0.user.id
     }
 
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.0.state().clock.now()
+    }
+
     async fn record(
         &self,
         action: AuditAction,
@@ -154,6 +158,14 @@ async fn perform(
         Done::Pending(id) => json_response(
             StatusCode::ACCEPTED,
             &serde_json::json!({ "pending_change_id": id, "status": "pending" }),
+        ),
+        Done::Confidentiality { patient, level } => json_response(
+            status,
+            &serde_json::json!({ "patient_id": patient, "confidentiality": level.code() }),
+        ),
+        Done::GrantRevoked { grant } => json_response(
+            status,
+            &serde_json::json!({ "grant_id": grant, "status": "revoked" }),
         ),
         Done::Decided { change, approved } => json_response(
             status,
@@ -345,6 +357,87 @@ pub async fn set_facility(
     let op = Op::SetFacility {
         user: path_user(&path)?,
         facility: b.facility_id,
+        reason: b.reason,
+    };
+    perform(&caller, &state, op, false).await
+}
+
+// ----------------------------------------------------------------------------------------
+// Patients: confidentiality; break-glass grants
+
+/// `GET /api/admin/patients/{id}/confidentiality`: the record's level and its history
+/// (newest 50 changes, with their reasons: the patient-side access-change history).
+pub async fn get_confidentiality(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    audited(&caller, AuditAction::Read, Some(Kind::Patient), async {
+        let patient = PatientId::parse(&path).ok_or_else(AppError::not_found)?;
+        let found = state
+            .db
+            .run(move |c| {
+                use crate::db::break_glass as bg;
+                let Some(level) = bg::confidentiality_of(c, patient)? else {
+                    return Ok(None);
+                };
+                Ok(Some((level, bg::confidentiality_history(c, patient, 50)?)))
+            })
+            .await?;
+        let (level, history) = found
+            .ok_or_else(|| AppError::client(StatusCode::NOT_FOUND, "The patient was not found."))?;
+        let body = serde_json::json!({
+            "patient_id": patient,
+            "confidentiality": level.code(),
+            "history": history,
+        });
+        let touched = Touched {
+            resource_id: Some(patient.as_uuid()),
+            patients: vec![patient],
+            ..Touched::default()
+        };
+        Ok((json_response(StatusCode::OK, &body), touched))
+    })
+    .await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConfidentialityBody {
+    confidentiality: String,
+    reason: Option<String>,
+}
+
+/// `PUT /api/admin/patients/{id}/confidentiality` `{confidentiality: "N"|"R"|"V", reason}`:
+/// who may see the record changes, so it takes a reason, kept in the history
+/// (`confidentiality_changes`).
+pub async fn set_confidentiality(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: Body<ConfidentialityBody>,
+) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
+    let patient = PatientId::parse(&path).ok_or_else(AppError::not_found)?;
+    let op = Op::SetConfidentiality {
+        patient,
+        level: b.confidentiality,
+        reason: b.reason,
+    };
+    perform(&caller, &state, op, false).await
+}
+
+/// `POST /api/admin/break-glass/{id}/revoke` `{reason}`: ends a grant early.
+pub async fn revoke_grant(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: Body<ReasonBody>,
+) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
+    let grant = crate::domain::GrantId::parse(&path).ok_or_else(AppError::not_found)?;
+    let op = Op::RevokeBreakGlass {
+        grant,
         reason: b.reason,
     };
     perform(&caller, &state, op, false).await

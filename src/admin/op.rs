@@ -13,7 +13,7 @@ use crate::audit::{AuditAction, ClientId, Outcome, ResourceType as Kind};
 use crate::db::Db;
 use crate::db::pending::{self, Decision};
 use crate::db::users::{self, UserKind, UserSummary};
-use crate::domain::{FacilityId, PatientId, PendingChangeId, UserId};
+use crate::domain::{FacilityId, GrantId, PatientId, PendingChangeId, UserId};
 use crate::error::AppError;
 use crate::policy::Role;
 use crate::policy::admin::{self as rules, AccessChange, SelfChange, Verdict};
@@ -96,6 +96,17 @@ pub enum Op {
         change: PendingChangeId,
         reason: Option<String>,
     },
+    /// Set a patient record's confidentiality (N, R, V).
+    SetConfidentiality {
+        patient: PatientId,
+        level: String,
+        reason: Option<String>,
+    },
+    /// End a break-glass grant early (an administrator or a privacy officer).
+    RevokeBreakGlass {
+        grant: GrantId,
+        reason: Option<String>,
+    },
 }
 
 /// Whether an operation needs a free-text reason (kept in the access-change history,
@@ -131,6 +142,13 @@ pub enum Done {
         change: PendingChangeId,
         approved: bool,
     },
+    /// A patient's confidentiality after the change.
+    Confidentiality {
+        patient: PatientId,
+        level: crate::policy::Confidentiality,
+    },
+    /// A break-glass grant was ended.
+    GrantRevoked { grant: GrantId },
 }
 
 /// What a change touched, for its audit event (internal ids only).
@@ -173,6 +191,11 @@ pub struct Performed {
 pub trait AdminActor {
     /// Our user id of the administrator.
     fn user_id(&self) -> UserId;
+    /// The time a change happens at: the application's (injectable) clock where the actor
+    /// has one (the approval of a break-glass request starts the grant's clock then).
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        chrono::Utc::now()
+    }
     /// Records the one audit event of this change (internal ids only).
     fn record(
         &self,
@@ -238,7 +261,7 @@ pub async fn run<A: AdminActor>(
     let (action, kind) = op.audit();
     let by = who.user_id();
     let work = async {
-        let p = op.perform(db, Some(by), client_issuer).await?;
+        let p = op.perform(db, Some(by), client_issuer, who.now()).await?;
         Ok((p.done, p.touched))
     };
     audited(who, action, kind, work).await
@@ -325,6 +348,13 @@ fn cli_needs_approval() -> AppError {
     )
 }
 
+fn no_such_grant() -> AppError {
+    AppError::client(
+        StatusCode::NOT_FOUND,
+        "The break-glass grant was not found or is not active.",
+    )
+}
+
 fn no_such_request() -> AppError {
     AppError::client(
         StatusCode::NOT_FOUND,
@@ -352,7 +382,9 @@ fn access_change(valid: &Valid) -> Option<(UserId, AccessChange)> {
         | Valid::ResetTotp(_)
         | Valid::CreateClient { .. }
         | Valid::CreateFacility(_)
-        | Valid::Decide { .. } => return None,
+        | Valid::Decide { .. }
+        | Valid::SetConfidentiality(..)
+        | Valid::RevokeBreakGlass(..) => return None,
     })
 }
 
@@ -398,6 +430,8 @@ enum Valid {
         reason: String,
         approve: bool,
     },
+    SetConfidentiality(PatientId, crate::policy::Confidentiality, String),
+    RevokeBreakGlass(GrantId, String),
 }
 
 impl Op {
@@ -420,6 +454,8 @@ impl Op {
             Op::CreateFacility { .. } => return (AuditAction::Create, None),
             Op::ApproveChange { .. } => (AuditAction::ChangeApproved, Kind::PendingChange),
             Op::DenyChange { .. } => (AuditAction::ChangeDenied, Kind::PendingChange),
+            Op::SetConfidentiality { .. } => (AuditAction::ConfidentialityChange, Kind::Patient),
+            Op::RevokeBreakGlass { .. } => (AuditAction::BreakGlassEnd, Kind::BreakGlassGrant),
         };
         (action, Some(kind))
     }
@@ -427,7 +463,11 @@ impl Op {
     /// Sensitive changes need a TOTP code entered within `console.step_up_secs` when
     /// made in the console. Creating a facility grants nobody anything.
     pub fn needs_step_up(&self) -> bool {
-        !matches!(self, Op::CreateFacility { .. })
+        // Ending a break-glass grant only takes access away, and must be quick.
+        !matches!(
+            self,
+            Op::CreateFacility { .. } | Op::RevokeBreakGlass { .. }
+        )
     }
 
     /// Deciding a waiting change always asks for a TOTP code in the console, however
@@ -453,6 +493,8 @@ impl Op {
             Op::ApproveChange { change, .. } | Op::DenyChange { change, .. } => {
                 Some(change.as_uuid())
             }
+            Op::SetConfidentiality { patient, .. } => Some(patient.as_uuid()),
+            Op::RevokeBreakGlass { grant, .. } => Some(grant.as_uuid()),
             Op::CreateClient { .. } | Op::CreateFacility { .. } => None,
         }
     }
@@ -485,7 +527,9 @@ impl Op {
             Op::RevokeSessions { .. }
             | Op::ResetTotp { .. }
             | Op::CreateClient { .. }
-            | Op::CreateFacility { .. } => return Ok(Ok(())),
+            | Op::CreateFacility { .. }
+            | Op::SetConfidentiality { .. }
+            | Op::RevokeBreakGlass { .. } => return Ok(Ok(())),
         };
         // Whatever the change, the verdict on one's own access does not depend on it.
         Ok(
@@ -508,7 +552,9 @@ impl Op {
             | Op::Enable { .. }
             | Op::DisableClient { .. }
             | Op::ApproveChange { .. }
-            | Op::DenyChange { .. } => ReasonRule::Required,
+            | Op::DenyChange { .. }
+            | Op::SetConfidentiality { .. }
+            | Op::RevokeBreakGlass { .. } => ReasonRule::Required,
             Op::CreateClient { .. } => {
                 ReasonRule::Optional("service client registered through the admin API")
             }
@@ -531,7 +577,9 @@ impl Op {
             | Op::DisableClient { reason, .. }
             | Op::CreateClient { reason, .. }
             | Op::ApproveChange { reason, .. }
-            | Op::DenyChange { reason, .. } => reason.clone(),
+            | Op::DenyChange { reason, .. }
+            | Op::SetConfidentiality { reason, .. }
+            | Op::RevokeBreakGlass { reason, .. } => reason.clone(),
             Op::RevokeSessions { .. } | Op::ResetTotp { .. } | Op::CreateFacility { .. } => None,
         }
     }
@@ -572,6 +620,13 @@ impl Op {
             Op::CreateFacility { .. } => "Create a facility".to_string(),
             Op::ApproveChange { change, .. } => format!("Approve the pending change {change}"),
             Op::DenyChange { change, .. } => format!("Deny the pending change {change}"),
+            Op::SetConfidentiality { patient, level, .. } => {
+                let level = crate::policy::Confidentiality::from_code(level)
+                    .map(crate::policy::Confidentiality::code)
+                    .unwrap_or("(unknown level)");
+                format!("Set the confidentiality of patient {patient} to {level}")
+            }
+            Op::RevokeBreakGlass { grant, .. } => format!("End the break-glass grant {grant}"),
         }
     }
 
@@ -674,6 +729,13 @@ impl Op {
                 reason,
                 approve: false,
             },
+            Op::SetConfidentiality { patient, level, .. } => {
+                let level = crate::policy::Confidentiality::from_code(&level).ok_or_else(|| {
+                    AppError::unprocessable("The field 'confidentiality' must be one of: N, R, V.")
+                })?;
+                Valid::SetConfidentiality(patient, level, reason)
+            }
+            Op::RevokeBreakGlass { grant, .. } => Valid::RevokeBreakGlass(grant, reason),
         })
     }
 
@@ -689,10 +751,11 @@ impl Op {
         db: &Db,
         by: Option<UserId>,
         client_issuer: Option<&str>,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Performed, AppError> {
         let gate = Gate::Request(self.payload()?);
         let valid = self.validate(client_issuer)?;
-        db.run(move |c| c.transaction(|c| valid.apply(c, by, gate)))
+        db.run(move |c| c.transaction(|c| valid.apply(c, by, gate, now)))
             .await
     }
 
@@ -707,7 +770,8 @@ impl Op {
     ) -> Result<Performed, AppError> {
         let gate = Gate::Request(self.payload()?);
         let valid = self.validate(client_issuer)?;
-        conn.transaction(|c| valid.apply(c, by, gate))
+        let now = chrono::Utc::now();
+        conn.transaction(|c| valid.apply(c, by, gate, now))
     }
 }
 
@@ -730,10 +794,14 @@ fn decide(
     change: PendingChangeId,
     reason: &str,
     approve: bool,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Performed, AppError> {
     let by = by.ok_or_else(|| AppError::internal("a pending change decided without an actor"))?;
     let request = pending::open_for_update(c, change)?.ok_or_else(no_such_request)?;
     rules::may_decide(by, request.requested_by, request.target_user_id).map_err(refused)?;
+    if request.kind == crate::db::break_glass::KIND_BREAK_GLASS {
+        return decide_break_glass(c, by, change, reason, approve, now);
+    }
     if request.kind != pending::KIND_ADMIN_CHANGE {
         return Err(no_such_request());
     }
@@ -745,7 +813,7 @@ fn decide(
         let op: Op = serde_json::from_value(request.payload)
             .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("pending change")))?;
         let (action, kind) = op.audit();
-        let done = op.validate(None)?.apply(c, Some(by), Gate::Approved)?;
+        let done = op.validate(None)?.apply(c, Some(by), Gate::Approved, now)?;
         touched.patients = done.touched.patients.clone();
         touched.effect = Some(Box::new(Effect {
             action,
@@ -771,6 +839,55 @@ fn decide(
     })
 }
 
+/// Decides a waiting break-glass request (the caller holds its queue row locked and has
+/// checked that `by` is neither the requester nor the person it is about): approved, the
+/// grant becomes active and its clock starts now; denied, it never opens anything.
+fn decide_break_glass(
+    c: &mut PgConnection,
+    by: UserId,
+    change: PendingChangeId,
+    reason: &str,
+    approve: bool,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<Performed, AppError> {
+    use crate::db::break_glass as grants;
+    let grant = grants::for_pending(c, change)?.ok_or_else(no_such_request)?;
+    if !grants::decide(c, grant.id, approve, grant.minutes, now)? {
+        return Err(no_such_request());
+    }
+    if approve {
+        let ids = (grant.id, grant.user_id, grant.patient_id);
+        grants::raise_alert(c, grants::AlertKind::Approval, ids, now)?;
+    }
+    let decision = if approve {
+        Decision::Approved
+    } else {
+        Decision::Denied
+    };
+    if !pending::decide(c, change, decision, by, reason)? {
+        return Err(no_such_request());
+    }
+    Ok(Performed {
+        done: Done::Decided {
+            change,
+            approved: approve,
+        },
+        touched: Touched {
+            resource_id: Some(grant.id.as_uuid()),
+            patients: vec![grant.patient_id],
+            recorded_as: Some((AuditAction::BreakGlassDecision, Some(Kind::BreakGlassGrant))),
+            effect: approve.then(|| {
+                Box::new(Effect {
+                    action: AuditAction::BreakGlassStart,
+                    kind: Some(Kind::BreakGlassGrant),
+                    resource_id: Some(grant.id.as_uuid()),
+                    patients: vec![grant.patient_id],
+                })
+            }),
+        },
+    })
+}
+
 impl Valid {
     /// The database work, inside the caller's transaction: first the separation-of-duties
     /// rules on the target's roles as they are now (row locked), then the change — or,
@@ -780,6 +897,7 @@ impl Valid {
         c: &mut PgConnection,
         by: Option<UserId>,
         gate: Gate,
+        now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Performed, AppError> {
         if let Some((target, change)) = access_change(&self) {
             let roles = users::roles_locked(c, target)?.ok_or_else(user_not_found)?;
@@ -967,7 +1085,44 @@ impl Valid {
                 change,
                 reason,
                 approve,
-            } => decide(c, by, change, &reason, approve),
+            } => decide(c, by, change, &reason, approve, now),
+            Valid::SetConfidentiality(patient, level, reason) => {
+                if crate::db::break_glass::set_confidentiality(c, patient, level, &reason, by)?
+                    .is_none()
+                {
+                    return Err(AppError::client(
+                        StatusCode::NOT_FOUND,
+                        "The patient was not found.",
+                    ));
+                }
+                Ok(Performed {
+                    done: Done::Confidentiality { patient, level },
+                    touched: Touched {
+                        resource_id: Some(patient.as_uuid()),
+                        patients: vec![patient],
+                        ..Touched::default()
+                    },
+                })
+            }
+            Valid::RevokeBreakGlass(grant, reason) => {
+                let by =
+                    by.ok_or_else(|| AppError::internal("a grant revoked without an actor"))?;
+                let found = crate::db::break_glass::get_for_update(c, grant)?;
+                let Some(found) = found else {
+                    return Err(no_such_grant());
+                };
+                if !crate::db::break_glass::revoke_with_reason(c, grant, by, &reason, now)? {
+                    return Err(no_such_grant());
+                }
+                Ok(Performed {
+                    done: Done::GrantRevoked { grant },
+                    touched: Touched {
+                        resource_id: Some(grant.as_uuid()),
+                        patients: vec![found.patient_id],
+                        ..Touched::default()
+                    },
+                })
+            }
         }
     }
 }

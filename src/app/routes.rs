@@ -111,10 +111,40 @@ pub fn configure(r: &mut Routes) {
         Action::Public,
         fhir::metadata::capability_statement,
     );
+    // Before the Patient routes: `/fhir/Patient/{id}` would take `$break-glass-lookup`
+    // for an id.
+    r.add(
+        Method::GET,
+        "/fhir/Patient/$break-glass-lookup",
+        Action::BreakGlass(crate::policy::break_glass::Operation::Lookup),
+        fhir::break_glass::lookup,
+    );
     fhir_resource::<fhir::patient::Patients>(r);
     fhir_resource::<fhir::observation::Observations>(r);
     fhir_resource::<fhir::document_reference::DocumentReferences>(r);
     fhir_resource::<fhir::claim::Claims>(r);
+    {
+        use crate::policy::break_glass::Operation as Op;
+        let path = "/fhir/Patient/{id}/$break-glass";
+        r.add(
+            Method::POST,
+            path,
+            Action::BreakGlass(Op::Request),
+            fhir::break_glass::request,
+        );
+        r.add(
+            Method::GET,
+            path,
+            Action::BreakGlass(Op::Status),
+            fhir::break_glass::status,
+        );
+        r.add(
+            Method::POST,
+            "/fhir/Patient/{id}/$break-glass-end",
+            Action::BreakGlass(Op::End),
+            fhir::break_glass::end,
+        );
+    }
     // Each admin route declares what it does: events for calls refused before the
     // handler (no admin role, bad body) name the real action.
     use crate::policy::admin::AdminAction as A;
@@ -191,6 +221,24 @@ pub fn configure(r: &mut Routes) {
         "/api/admin/clients",
         admin(A::RegisterClient),
         api::create_client,
+    );
+    r.add(
+        Method::PUT,
+        "/api/admin/patients/{id}/confidentiality",
+        admin(A::SetConfidentiality),
+        api::set_confidentiality,
+    );
+    r.add(
+        Method::GET,
+        "/api/admin/patients/{id}/confidentiality",
+        admin(A::ReadConfidentiality),
+        api::get_confidentiality,
+    );
+    r.add(
+        Method::POST,
+        "/api/admin/break-glass/{id}/revoke",
+        admin(A::RevokeBreakGlass),
+        api::revoke_grant,
     );
     r.add(Method::GET, "/", Action::Public, console::home);
     let sign_in = Action::ConsoleSignIn;
@@ -297,6 +345,30 @@ pub fn configure(r: &mut Routes) {
         "/console/approvals/{id}/{decision}",
         pages,
         console::pages::actions::decide_change,
+    );
+    r.add(
+        Method::GET,
+        "/console/break-glass",
+        pages,
+        console::pages::break_glass::grants_page,
+    );
+    r.add(
+        Method::GET,
+        "/console/break-glass/{id}",
+        pages,
+        console::pages::break_glass::grant_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/break-glass/{id}/revoke",
+        pages,
+        console::pages::break_glass::revoke,
+    );
+    r.add(
+        Method::POST,
+        "/console/break-glass/{id}/review",
+        pages,
+        console::pages::break_glass::review,
     );
     r.add(
         Method::POST,

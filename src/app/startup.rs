@@ -120,6 +120,7 @@ impl Application {
             floods,
             public_origin: public_base(&config.server.public_url),
             clock,
+            break_glass: std::sync::Arc::new(config.break_glass.clone()),
         });
 
         // The console's settings are app data of their own (the state does not know the

@@ -63,6 +63,14 @@ coded_enum! {
         BreakGlassRequest = "break-glass-request",
         BreakGlassStart = "break-glass-start",
         BreakGlassEnd = "break-glass-end",
+        // An approver's decision on a break-glass request (approval mode), and a privacy
+        // officer's review verdict on a grant.
+        BreakGlassDecision = "break-glass-decision",
+        BreakGlassReview = "break-glass-review",
+        // The confidentiality (N/R/V) of a patient record was set.
+        ConfidentialityChange = "confidentiality-change",
+        // The identification-only lookup of a patient by identifier before a break-glass.
+        BreakGlassLookup = "break-glass-lookup",
         KeyRotation = "key-rotation",
         AuditExport = "audit-export",
         AuditVerify = "audit-verify",
@@ -88,7 +96,12 @@ pub enum Severity {
 impl AuditAction {
     pub fn severity(self) -> Severity {
         match self {
-            AuditAction::EmergencyLogin | AuditAction::BreakGlassStart => Severity::High,
+            AuditAction::EmergencyLogin
+            | AuditAction::BreakGlassRequest
+            | AuditAction::BreakGlassStart
+            | AuditAction::BreakGlassEnd
+            | AuditAction::BreakGlassDecision
+            | AuditAction::BreakGlassReview => Severity::High,
             _ => Severity::Normal,
         }
     }
@@ -141,6 +154,8 @@ coded_enum! {
         Research = "HRESCH",
         Legal = "HLEGAL",
         Compliance = "HCOMPL",
+        // Access under a break-glass grant: set by the access pipeline, never by a header.
+        BreakTheGlass = "BTG",
     }
 }
 
@@ -712,7 +727,9 @@ impl From<crate::policy::DenyReason> for DenyReason {
         match r {
             P::ScopeMissing => DenyReason::MissingScope,
             P::RoleMissing => DenyReason::MissingRole,
-            P::NoRelationship => DenyReason::NoRelationship,
+            // (A principal who may break glass is told so; the trail records the same
+            // reason as for anyone else without a relationship the record admits.)
+            P::NoRelationship | P::BreakGlassAvailable => DenyReason::NoRelationship,
         }
     }
 }

@@ -70,6 +70,9 @@ impl From<AdminAction> for AuditAction {
             AdminAction::ChangeRole | AdminAction::ChangeUser | AdminAction::RegisterClient => {
                 AuditAction::PermissionChange
             }
+            AdminAction::SetConfidentiality => AuditAction::ConfidentialityChange,
+            AdminAction::ReadConfidentiality => AuditAction::Read,
+            AdminAction::RevokeBreakGlass => AuditAction::BreakGlassEnd,
         }
     }
 }
@@ -85,6 +88,10 @@ impl From<AdminAction> for What {
             AdminAction::ChangeRole => Some(ResourceType::RoleAssignment),
             AdminAction::ChangeCareTeam => Some(ResourceType::CareRelationship),
             AdminAction::RegisterClient => Some(ResourceType::Client),
+            AdminAction::SetConfidentiality | AdminAction::ReadConfidentiality => {
+                Some(ResourceType::Patient)
+            }
+            AdminAction::RevokeBreakGlass => Some(ResourceType::BreakGlassGrant),
             AdminAction::ListFacilities | AdminAction::CreateFacility => None,
         };
         What {
@@ -106,6 +113,10 @@ pub struct Recorder {
     /// Set once an event of this request committed (read by the API's audit guard, which
     /// records a fallback event for a request that ended without one).
     recorded: Option<Arc<AtomicBool>>,
+    /// The break-glass grant this request's access rests on, once the decision point said
+    /// so: from then on every event of the request (clones included) carries the grant id
+    /// and the purpose of use BTG.
+    grant: Arc<std::sync::OnceLock<Uuid>>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -125,7 +136,21 @@ impl Recorder {
             client_app: None,
             purpose: None,
             recorded: None,
+            grant: Arc::default(),
         }
+    }
+
+    /// Marks this request as access under break-glass grant `grant` (every event from
+    /// now on, of this recorder and its clones, carries it and the purpose BTG).
+    pub fn under_grant(&self, grant: Uuid) {
+        // A request decides on one patient: a second, different grant cannot occur; the
+        // first one stays.
+        let _ = self.grant.set(grant);
+    }
+
+    /// The grant this request's access rests on, if any.
+    pub fn grant(&self) -> Option<Uuid> {
+        self.grant.get().copied()
     }
 
     /// The client application the actor came through (token `client_id`/`azp`).
@@ -169,6 +194,11 @@ impl Recorder {
         }
         if let Some(purpose) = self.purpose {
             event = event.purpose(purpose);
+        }
+        if let Some(grant) = self.grant.get() {
+            event = event
+                .break_glass(*grant)
+                .purpose(PurposeOfUse::BreakTheGlass);
         }
         if let Some(client) = &self.client_app {
             event = event.client_app(client.clone());

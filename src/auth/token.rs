@@ -71,6 +71,8 @@ pub struct VerifiedToken {
     /// `auth_time` (seconds since the epoch), when the provider sent it.
     pub auth_time: Option<i64>,
     pub acr: Option<String>,
+    /// `amr` (RFC 8176 authentication methods), when the provider sent it.
+    pub amr: Vec<String>,
     pub jti: Option<String>,
     pub issued_at: Option<i64>,
     pub expires_at: i64,
@@ -287,6 +289,8 @@ struct Claims {
     #[serde(default)]
     acr: Option<String>,
     #[serde(default)]
+    amr: Option<OneOrMany>,
+    #[serde(default)]
     jti: Option<String>,
     #[serde(default)]
     nonce: Option<serde_json::Value>,
@@ -476,6 +480,10 @@ impl TokenVerifier {
             client_id,
             auth_time: claims.auth_time,
             acr: claims.acr,
+            amr: claims
+                .amr
+                .map(|list| list.iter().map(str::to_string).collect())
+                .unwrap_or_default(),
             jti: claims.jti,
             issued_at: claims.iat,
             expires_at: claims.exp,
@@ -585,6 +593,7 @@ mod tests {
                 client_id: None,
                 auth_time: None,
                 acr: None,
+                amr: Vec::new(),
                 jti: None,
                 issued_at: None,
                 expires_at: exp,
@@ -684,6 +693,7 @@ mod tests {
             client_id: Some("app".into()),
             auth_time: None,
             acr: None,
+            amr: Vec::new(),
             jti: Some("j".into()),
             issued_at: Some(1),
             expires_at: 2,

@@ -44,6 +44,14 @@ pub enum Command {
         /// Lifetime in seconds (at most 8 hours).
         #[arg(long, default_value_t = 3600)]
         ttl_secs: u64,
+        /// Add the sign-in claims of a multi-factor sign-in (auth_time, acr, amr with
+        /// mfa), as break-glass requires.
+        #[arg(long)]
+        mfa: bool,
+        /// Add auth_time this many seconds ago (with --mfa: 0 unless given), e.g. to try
+        /// the step-up challenge of a stale sign-in.
+        #[arg(long)]
+        auth_age_secs: Option<u64>,
     },
     /// DEVELOPMENT ONLY: print the current TOTP code of a demo console person that
     /// `custodian dev` pre-enrolled (admin.demo, po.demo, emergency.demo), derived from
@@ -108,13 +116,22 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("{}", crate::policy::matrix::markdown_table());
             print!("\n{}", crate::policy::matrix::smart_context_table());
             print!("\n{}", crate::policy::admin::markdown_table());
+            print!("\n{}", crate::policy::confidentiality::markdown_table());
             Ok(())
         }
         Command::DevToken {
             sub,
             scope,
             ttl_secs,
-        } => crate::dev::token::run(&crate::dev::dev_dir(), &sub, &scope, ttl_secs),
+            mfa,
+            auth_age_secs,
+        } => {
+            let auth = crate::dev::token::DevAuthentication {
+                auth_age_secs: auth_age_secs.or(mfa.then_some(0)),
+                mfa,
+            };
+            crate::dev::token::run(&crate::dev::dev_dir(), &sub, &scope, ttl_secs, auth)
+        }
         Command::DevTotp { person } => {
             crate::dev::totp::run(&crate::dev::dev_dir().join("keys"), &person)
         }

@@ -45,6 +45,9 @@ pub struct Config {
     /// The admin console's OIDC login; absent = console sign-in answers 404.
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
+    /// Break-glass: modes, reasons, durations, authentication strength.
+    #[serde(default)]
+    pub break_glass: crate::policy::break_glass::BreakGlassConfig,
 }
 
 /// Environment variables that belong to Custodian but are not settings.
@@ -140,6 +143,9 @@ impl Config {
         if let Some(console) = &self.console {
             console.validate()?;
         }
+        self.break_glass
+            .validate()
+            .map_err(|(setting, problem)| ConfigError::new(setting, problem))?;
         Ok(())
     }
 }

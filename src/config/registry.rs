@@ -92,6 +92,15 @@ settings! {
     "console.totp_lockout_secs", Int, "900", "Admin console: after 5 wrong TOTP codes in a row the account's TOTP check is locked this long; each further lock-out before a code is accepted doubles it (at most 24 hours)";
     "console.step_up_secs", Int, "300", "Admin console: sensitive actions (roles, care teams, sessions, TOTP reset, service clients) need a TOTP code entered within this many seconds, else the console asks for one first";
     "console.emergency_attempts_per_minute", Int, "10", "Admin console: emergency sign-in attempts allowed per minute from one address, whatever names it tries; all addresses together are held to 20 times this (reaching that ceiling logs an alert); counted in the database, shared by all instances";
+    "break_glass.mode", Str, "emergency", "Break-glass: emergency (a grant is active at once; a privacy officer reviews it afterwards) | approval (a grant waits until another administrator approves it in the console; its clock starts at approval)";
+    "break_glass.approval_facilities", List, "[]", "Break-glass: facility ids whose patients need approval whatever break_glass.mode says";
+    "break_glass.reasons", List, "[\"emergency-treatment\", \"patient-unable-to-consent\", \"urgent-consult\", \"continuity-of-care\"]", "Break-glass: the reason codes a request may give";
+    "break_glass.default_minutes", Int, "60", "Break-glass: a grant's duration when the request names none";
+    "break_glass.max_minutes", Int, "240", "Break-glass: the longest duration a request may ask for (at most 1440)";
+    "break_glass.max_active_grants", Int, "3", "Break-glass: most grants one person holds at once (active or waiting for approval)";
+    "break_glass.auth_max_age_secs", Int, "900", "Break-glass: the person's sign-in (token auth_time) must be at most this old, else 401 with an RFC 9470 step-up challenge";
+    "break_glass.acr_values", List, "[\"http://schemas.openid.net/pape/policies/2007/06/multi-factor\"]", "Break-glass: token acr values that show multi-factor authentication (an amr containing mfa does too)";
+    "break_glass.review_days", Int, "7", "Break-glass: a privacy officer's review of a grant is due this many days after its request (overdue reviews are highlighted on the console dashboard)";
     "console.trusted_proxies", List, "[]", "Admin console: IP addresses of reverse proxies whose Forwarded / X-Forwarded-Host headers the Origin check of console forms believes; from any other peer those headers are ignored (empty = trust none)";
 }
 

@@ -206,6 +206,10 @@ impl AdminActor for Console {
         self.me.user.id
     }
 
+    fn now(&self) -> chrono::DateTime<chrono::Utc> {
+        self.state.clock.now()
+    }
+
     async fn record(
         &self,
         action: AuditAction,

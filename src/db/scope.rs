@@ -1,9 +1,11 @@
 //! The ONE translation of a policy [`SearchScope`] into SQL, used by every search
 //! (patients, observations, notes, claims): rows whose patient is live and inside the
 //! scope. Each scope is a single `EXISTS` subquery on the patient, so the database plans
-//! it as a semi-join — no list of patients is loaded into memory first.
+//! it as a semi-join — no list of patients is loaded into memory first. The scope's
+//! basis also carries the confidentiality rule into SQL: only patients whose level the
+//! basis admits (`policy::confidentiality::admits`) are in scope.
 
-use crate::policy::SearchScope;
+use crate::policy::{Basis, SearchScope, confidentiality};
 use diesel::dsl::{AsExprOf, sql};
 use diesel::expression::SqlLiteral;
 use diesel::expression::UncheckedBind;
@@ -23,9 +25,20 @@ impl ScopeSql {
     /// The condition for the column expression `patient_id` (for example `p.id` or
     /// `observations.patient_id`; a fixed name, never input).
     pub fn new(scope: SearchScope, patient_id: &'static str) -> ScopeSql {
+        let basis = match scope {
+            SearchScope::CareTeam(_) => Basis::CareTeam,
+            SearchScope::Facility(_) => Basis::Facility,
+            SearchScope::OnePatient(_) => Basis::OwnRecord,
+        };
+        // Fixed codes from the policy (N, R, V), never input.
+        let levels = confidentiality::admitted_codes(basis)
+            .iter()
+            .map(|c| format!("'{c}'"))
+            .collect::<Vec<_>>()
+            .join(", ");
         let live = format!(
             "EXISTS (SELECT 1 FROM patients scope_p WHERE scope_p.id = {patient_id} \
-             AND scope_p.deleted_at IS NULL AND "
+             AND scope_p.deleted_at IS NULL AND scope_p.confidentiality IN ({levels}) AND "
         );
         let (rule, id) = match scope {
             SearchScope::CareTeam(user) => (
@@ -82,5 +95,17 @@ mod tests {
             );
             assert_eq!(bound, id);
         }
+    }
+
+    #[test]
+    fn every_scope_admits_only_the_levels_its_basis_admits() {
+        let id = Uuid::nil();
+        let text = |scope| ScopeSql::new(scope, "p.id").with_placeholder(1).0;
+        assert!(text(SearchScope::CareTeam(UserId(id))).contains("confidentiality IN ('N', 'R')"));
+        assert!(text(SearchScope::Facility(FacilityId(id))).contains("confidentiality IN ('N')"));
+        assert!(
+            text(SearchScope::OnePatient(PatientId(id)))
+                .contains("confidentiality IN ('N', 'R', 'V')")
+        );
     }
 }

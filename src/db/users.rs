@@ -132,11 +132,14 @@ pub fn find(
     }))
 }
 
-/// The facility and care-team membership of a live patient, if it exists.
+/// The policy facts of a live patient, if it exists: its facility, whether `user_id` is
+/// on its care team, its confidentiality, and `user_id`'s active break-glass grant for it
+/// as of `now` (the application clock) — one query.
 pub fn patient_facts(
     conn: &mut PgConnection,
     patient_id: PatientId,
     user_id: UserId,
+    now: chrono::DateTime<chrono::Utc>,
 ) -> Result<Option<crate::policy::PatientFacts>, AppError> {
     let member = diesel::dsl::exists(
         care_team_members::table.filter(
@@ -145,22 +148,31 @@ pub fn patient_facts(
                 .and(care_team_members::user_id.eq(user_id)),
         ),
     );
-    let row: Option<(FacilityId, bool)> = patients::table
+    let grant = crate::db::break_glass::active_grant_of(user_id, patient_id, now).single_value();
+    let row: Option<(FacilityId, bool, String, Option<uuid::Uuid>)> = patients::table
         .filter(
             patients::id
                 .eq(patient_id)
                 .and(patients::deleted_at.is_null()),
         )
-        .select((patients::facility_id, member))
+        .select((
+            patients::facility_id,
+            member,
+            patients::confidentiality,
+            grant,
+        ))
         .first(conn)
         .optional()?;
-    Ok(
-        row.map(|(facility_id, on_care_team)| crate::policy::PatientFacts {
+    row.map(|(facility_id, on_care_team, level, grant)| {
+        Ok(crate::policy::PatientFacts {
             patient_id,
             facility_id,
             on_care_team,
-        }),
-    )
+            confidentiality: crate::db::break_glass::parse_level(&level)?,
+            grant: grant.map(crate::domain::GrantId),
+        })
+    })
+    .transpose()
 }
 
 /// One kind of access change kept in `access_changes` with its reason.

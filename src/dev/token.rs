@@ -127,13 +127,48 @@ impl DevSigningKey {
         ttl_secs: u64,
         now: i64,
     ) -> String {
+        self.mint_with(
+            issuer,
+            audience,
+            sub,
+            scope,
+            ttl_secs,
+            now,
+            DevAuthentication::default(),
+        )
+    }
+
+    /// [`DevSigningKey::mint`] with the person's sign-in claims (`auth_time`, and for a
+    /// multi-factor sign-in `acr` and `amr`), for trying break-glass.
+    #[allow(clippy::too_many_arguments)]
+    pub fn mint_with(
+        &self,
+        issuer: &str,
+        audience: &str,
+        sub: &str,
+        scope: &str,
+        ttl_secs: u64,
+        now: i64,
+        auth: DevAuthentication,
+    ) -> String {
         let header = serde_json::json!({ "alg": "EdDSA", "typ": "at+jwt", "kid": self.kid });
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "iss": issuer, "aud": audience, "sub": sub,
             "iat": now, "nbf": now, "exp": now + ttl_secs as i64,
             "jti": uuid::Uuid::new_v4().to_string(),
             "client_id": DEV_CLIENT_ID, "scope": scope,
         });
+        if let Some(age) = auth.auth_age_secs {
+            claims["auth_time"] = serde_json::json!(now - age as i64);
+            claims["amr"] = if auth.mfa {
+                serde_json::json!(["pwd", "otp", "mfa"])
+            } else {
+                serde_json::json!(["pwd"])
+            };
+            if auth.mfa {
+                claims["acr"] = serde_json::json!(crate::policy::break_glass::MFA_ACR);
+            }
+        }
         let signing_input = format!(
             "{}.{}",
             URL_SAFE_NO_PAD.encode(header.to_string()),
@@ -145,6 +180,15 @@ impl DevSigningKey {
             URL_SAFE_NO_PAD.encode(signature.to_bytes())
         )
     }
+}
+
+/// The sign-in claims of a development token.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DevAuthentication {
+    /// `auth_time` this many seconds before the token's `iat` (`None`: no sign-in claims).
+    pub auth_age_secs: Option<u64>,
+    /// A multi-factor sign-in (`amr` with `mfa`, the multi-factor `acr`).
+    pub mfa: bool,
 }
 
 /// The issuer and audience of this dev folder's tokens: those of the configuration
@@ -166,7 +210,13 @@ pub fn issuer_and_audience(dev_dir: &Path) -> (String, String) {
 }
 
 /// `custodian dev-token`: prints a development token on stdout (and what it is on stderr).
-pub fn run(dev_dir: &Path, sub: &str, scope: &str, ttl_secs: u64) -> anyhow::Result<()> {
+pub fn run(
+    dev_dir: &Path,
+    sub: &str,
+    scope: &str,
+    ttl_secs: u64,
+    auth: DevAuthentication,
+) -> anyhow::Result<()> {
     let keys_dir = &dev_dir.join("keys");
     use std::io::Write;
     if sub.is_empty() || sub.len() > 255 || !sub.bytes().all(|b| b.is_ascii_graphic()) {
@@ -178,7 +228,7 @@ pub fn run(dev_dir: &Path, sub: &str, scope: &str, ttl_secs: u64) -> anyhow::Res
     let key = DevSigningKey::load(keys_dir)?;
     let now = chrono::Utc::now().timestamp();
     let (issuer, audience) = issuer_and_audience(dev_dir);
-    let token = key.mint(&issuer, &audience, sub, scope, ttl_secs, now);
+    let token = key.mint_with(&issuer, &audience, sub, scope, ttl_secs, now, auth);
     let mut err = std::io::stderr();
     let _ = writeln!(
         err,

@@ -66,6 +66,8 @@ typed_id! {
     RecordId,
     /// A change waiting in the approval queue (`pending_changes.id`).
     PendingChangeId,
+    /// A break-glass grant (`break_glass_grants.id`).
+    GrantId,
 }
 
 #[cfg(test)]

@@ -7,5 +7,5 @@ pub mod ids;
 pub mod request_id;
 
 pub use clock::{Clock, SharedClock};
-pub use ids::{FacilityId, PatientId, PendingChangeId, RecordId, UserId};
+pub use ids::{FacilityId, GrantId, PatientId, PendingChangeId, RecordId, UserId};
 pub use request_id::RequestId;

@@ -44,7 +44,15 @@ pub fn to_fhir(p: &PatientView) -> Value {
     let mut out = json!({
         "resourceType": "Patient",
         "id": p.id,
-        "meta": { "versionId": p.version.to_string(), "lastUpdated": p.updated_at.to_rfc3339() },
+        "meta": {
+            "versionId": p.version.to_string(),
+            "lastUpdated": p.updated_at.to_rfc3339(),
+            "security": [{
+                "system": crate::policy::confidentiality::SYSTEM,
+                "code": p.confidentiality.code(),
+                "display": p.confidentiality.display(),
+            }],
+        },
         "managingOrganization": { "reference": format!("Organization/{}", p.facility_id) },
     });
     let mut identifier = Vec::new();
@@ -379,11 +387,7 @@ impl FhirResource for Patients {
                 )
             })?;
         new.new.facility_id = FacilityId(facility);
-        let facts = PatientFacts {
-            patient_id: PatientId(Uuid::nil()),
-            facility_id: FacilityId(facility),
-            on_care_team: false,
-        };
+        let facts = PatientFacts::normal(PatientId(Uuid::nil()), FacilityId(facility), false);
         pipeline
             .authorize_new(
                 Target::Patient(facts),

@@ -23,10 +23,16 @@ pub enum AdminAction {
     ListFacilities,
     CreateFacility,
     RegisterClient,
+    /// Set a patient record's confidentiality (N, R, V).
+    SetConfidentiality,
+    /// Read a patient record's confidentiality and its history.
+    ReadConfidentiality,
+    /// End a break-glass grant early.
+    RevokeBreakGlass,
 }
 
 impl AdminAction {
-    pub const ALL: [AdminAction; 8] = [
+    pub const ALL: [AdminAction; 11] = [
         AdminAction::ListUsers,
         AdminAction::ReadUser,
         AdminAction::ChangeRole,
@@ -35,6 +41,9 @@ impl AdminAction {
         AdminAction::ListFacilities,
         AdminAction::CreateFacility,
         AdminAction::RegisterClient,
+        AdminAction::SetConfidentiality,
+        AdminAction::ReadConfidentiality,
+        AdminAction::RevokeBreakGlass,
     ];
 }
 

@@ -4,12 +4,15 @@
 //! Handlers never check roles themselves.
 
 pub mod admin;
+pub mod break_glass;
+pub mod confidentiality;
 pub mod matrix;
 pub mod views;
 
+pub use confidentiality::Confidentiality;
 pub use matrix::{Interaction, ResourceType, Role, View};
 
-use crate::domain::{FacilityId, PatientId, UserId};
+use crate::domain::{FacilityId, GrantId, PatientId, UserId};
 
 /// What a route does, in policy terms.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,6 +30,10 @@ pub enum Action {
     /// An admin console page: a fully signed-in session (OIDC + TOTP) of a user who holds
     /// `admin` or `privacy_officer` in our database, checked on every request.
     Console,
+    /// A break-glass operation on a patient (FHIR API, [`break_glass`]): the token must
+    /// allow reading Patients and the person must hold a role that may break glass
+    /// ([`capability_break_glass`]).
+    BreakGlass(break_glass::Operation),
 }
 
 /// The SMART launch context a scope is granted in.
@@ -72,6 +79,23 @@ pub struct PatientFacts {
     pub facility_id: FacilityId,
     /// The principal is on this patient's care team.
     pub on_care_team: bool,
+    /// The record's confidentiality (N, R, V).
+    pub confidentiality: Confidentiality,
+    /// The principal's active, unexpired break-glass grant for this patient.
+    pub grant: Option<GrantId>,
+}
+
+impl PatientFacts {
+    /// The facts of a patient with no restriction and no grant.
+    pub fn normal(patient_id: PatientId, facility_id: FacilityId, on_care_team: bool) -> Self {
+        PatientFacts {
+            patient_id,
+            facility_id,
+            on_care_team,
+            confidentiality: Confidentiality::Normal,
+            grant: None,
+        }
+    }
 }
 
 /// What is being accessed.
@@ -100,6 +124,9 @@ pub enum Basis {
     CareTeam,
     Facility,
     OwnRecord,
+    /// An active break-glass grant ([`break_glass`]): every event of the access carries
+    /// the grant id and the purpose of use BTG.
+    BreakGlass(GrantId),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -121,6 +148,9 @@ pub enum DenyReason {
     RoleMissing,
     /// The user has no relationship (care team, facility, own record) with the patient.
     NoRelationship,
+    /// No relationship, or one the record's confidentiality does not admit — and the
+    /// principal may break glass: told so (403), where others get "no such record".
+    BreakGlassAvailable,
 }
 
 impl DenyReason {
@@ -129,6 +159,7 @@ impl DenyReason {
             DenyReason::ScopeMissing => "scope-missing",
             DenyReason::RoleMissing => "role-missing",
             DenyReason::NoRelationship => "no-relationship",
+            DenyReason::BreakGlassAvailable => "break-glass-available",
         }
     }
 
@@ -144,6 +175,7 @@ impl DenyReason {
             DenyReason::NoRelationship => {
                 "Access denied: you have no care relationship with this patient."
             }
+            DenyReason::BreakGlassAvailable => break_glass::AVAILABLE_MESSAGE,
         }
     }
 }
@@ -170,9 +202,13 @@ pub fn capability(
     Ok(())
 }
 
-/// The decision point. Access = scope ∩ role ∩ relationship; the first role that grants
-/// the interaction with a satisfied relationship decides the view. Its scope and role
-/// part is [`capability`].
+/// The decision point. Access = scope ∩ role ∩ relationship ∩ confidentiality; the
+/// first role that grants the interaction with a satisfied relationship that the record's
+/// confidentiality admits ([`confidentiality::admits`]) decides the view. Failing that,
+/// an active break-glass grant stands in for the care-team relationship of a role that
+/// may break glass ([`break_glass::may_break_glass`]), with that role's view. A principal
+/// who could break glass but has no grant is told so ([`DenyReason::BreakGlassAvailable`]).
+/// Its scope and role part is [`capability`].
 pub fn decide(
     subject: &Subject<'_>,
     resource: ResourceType,
@@ -187,8 +223,10 @@ pub fn decide(
         .iter()
         .filter_map(|role| matrix::grant(*role, resource, interaction))
         .collect();
-    for grant in grants {
-        if let Some((basis, search)) = relationship(subject, grant.relationship, target) {
+    for grant in &grants {
+        if let Some((basis, search)) = relationship(subject, grant.relationship, target)
+            && admitted(basis, target)
+        {
             return Decision::Permit {
                 view: grant.view,
                 basis,
@@ -196,7 +234,44 @@ pub fn decide(
             };
         }
     }
-    Decision::Deny(DenyReason::NoRelationship)
+    // Break-glass: only on one patient's data, only through a care-team row of a role
+    // that may break glass.
+    let Target::Patient(facts) = target else {
+        return Decision::Deny(DenyReason::NoRelationship);
+    };
+    let glass = grants.iter().find(|g| {
+        g.relationship == matrix::Relationship::CareTeam && break_glass::may_break_glass(&[g.role])
+    });
+    match (glass, facts.grant) {
+        (Some(g), Some(id)) => Decision::Permit {
+            view: g.view,
+            basis: Basis::BreakGlass(id),
+            search: None,
+        },
+        (Some(_), None) => Decision::Deny(DenyReason::BreakGlassAvailable),
+        (None, _) => Decision::Deny(DenyReason::NoRelationship),
+    }
+}
+
+/// Whether the record's confidentiality admits a permit on `basis` (a search carries the
+/// rule into its SQL instead: `db/scope.rs`).
+fn admitted(basis: Basis, target: Target) -> bool {
+    match target {
+        Target::Patient(facts) => confidentiality::admits(basis, facts.confidentiality),
+        Target::Search => true,
+    }
+}
+
+/// The target-independent decision on a break-glass operation ([`Action::BreakGlass`]):
+/// a token scope to read Patients, and a role that may break glass.
+pub fn capability_break_glass(subject: &Subject<'_>) -> Result<(), DenyReason> {
+    if !(subject.scope_allows)(ResourceType::Patient, Interaction::Read) {
+        return Err(DenyReason::ScopeMissing);
+    }
+    if !break_glass::may_break_glass(subject.roles) {
+        return Err(DenyReason::RoleMissing);
+    }
+    Ok(())
 }
 
 /// The decision for the administration API ([`Action::Admin`]): the person must hold the
@@ -261,11 +336,11 @@ mod tests {
     }
 
     fn patient(on_care_team: bool, facility: u128) -> Target {
-        Target::Patient(PatientFacts {
-            patient_id: PatientId(uuid::Uuid::from_u128(100)),
-            facility_id: FacilityId(uuid::Uuid::from_u128(facility)),
+        Target::Patient(PatientFacts::normal(
+            PatientId(uuid::Uuid::from_u128(100)),
+            FacilityId(uuid::Uuid::from_u128(facility)),
             on_care_team,
-        })
+        ))
     }
 
     #[test]
@@ -288,13 +363,14 @@ mod tests {
 
     #[test]
     fn clinician_outside_care_team_is_denied() {
+        // Denied, and told that break-glass is available (clinicians may break glass).
         let d = decide(
             &subject(&[Role::Clinician]),
             T::Patient,
             Read,
             patient(false, 10),
         );
-        assert_eq!(d, Decision::Deny(DenyReason::NoRelationship));
+        assert_eq!(d, Decision::Deny(DenyReason::BreakGlassAvailable));
     }
 
     #[test]
@@ -446,16 +522,16 @@ mod tests {
 
     #[test]
     fn every_role_resource_and_interaction_matches_the_documented_policy() {
-        let related = Target::Patient(PatientFacts {
-            patient_id: PatientId(uuid::Uuid::from_u128(100)),
-            facility_id: FacilityId(uuid::Uuid::from_u128(10)),
-            on_care_team: true,
-        });
-        let unrelated = Target::Patient(PatientFacts {
-            patient_id: PatientId(uuid::Uuid::from_u128(200)),
-            facility_id: FacilityId(uuid::Uuid::from_u128(20)),
-            on_care_team: false,
-        });
+        let related = Target::Patient(PatientFacts::normal(
+            PatientId(uuid::Uuid::from_u128(100)),
+            FacilityId(uuid::Uuid::from_u128(10)),
+            true,
+        ));
+        let unrelated = Target::Patient(PatientFacts::normal(
+            PatientId(uuid::Uuid::from_u128(200)),
+            FacilityId(uuid::Uuid::from_u128(20)),
+            false,
+        ));
         for role in Role::ALL {
             let roles = [role];
             let mut s = subject(&roles);
@@ -480,5 +556,116 @@ mod tests {
             decide(&subject(&[]), T::Patient, Read, patient(true, 10)),
             Decision::Deny(DenyReason::RoleMissing)
         );
+    }
+
+    /// The relationship each documented grant needs, written independently of the matrix.
+    fn needed(role: Role, res: T, i: Interaction) -> matrix::Relationship {
+        use matrix::Relationship as R;
+        match (role, res, i) {
+            (Role::Clinician, T::Patient, Create) => R::Facility,
+            (Role::Clinician, _, _) => R::CareTeam,
+            (Role::Patient, _, _) => R::OwnRecord,
+            _ => R::Facility,
+        }
+    }
+
+    /// Confidentiality and break-glass, exhaustively at the decision point: every role ×
+    /// resource × interaction × level (N, R, V) × relationship (care team, facility, own
+    /// record, each with and without a grant) against the rules of docs/break-glass.md,
+    /// written independently of `decide`: R admits the care team, the own record and a
+    /// grant (no facility basis); V only the own record and a grant; a grant opens only
+    /// what a role that may break glass could do on its care team, with that role's view;
+    /// a clinician refused on one patient is told that break-glass is available.
+    #[test]
+    fn every_role_level_relationship_and_grant_matches_the_break_glass_policy() {
+        use matrix::Relationship as R;
+        let grant_id = GrantId(uuid::Uuid::from_u128(7));
+        let me = PatientId(uuid::Uuid::from_u128(100));
+        for role in Role::ALL {
+            let roles = [role];
+            let mut s = subject(&roles);
+            for level in Confidentiality::ALL {
+                // (on care team, same facility, own record, grant)
+                for bits in 0u8..16 {
+                    let (team, facility, own, grant) =
+                        (bits & 1 != 0, bits & 2 != 0, bits & 4 != 0, bits & 8 != 0);
+                    s.own_patient_id = own.then_some(me);
+                    let facts = PatientFacts {
+                        patient_id: me,
+                        facility_id: FacilityId(uuid::Uuid::from_u128(if facility {
+                            10
+                        } else {
+                            20
+                        })),
+                        on_care_team: team,
+                        confidentiality: level,
+                        grant: grant.then_some(grant_id),
+                    };
+                    for res in T::ALL {
+                        for i in Interaction::ALL {
+                            let d = decide(&s, res, i, Target::Patient(facts));
+                            let case = format!("{role:?} {res:?} {i:?} {level:?} {bits:04b}");
+                            if !expected(role, res, i) {
+                                assert!(matches!(d, Decision::Deny(_)), "{case}");
+                                continue;
+                            }
+                            let need = needed(role, res, i);
+                            let by_relationship = match need {
+                                R::CareTeam => team && level != Confidentiality::VeryRestricted,
+                                R::Facility => facility && level == Confidentiality::Normal,
+                                R::OwnRecord => own,
+                            };
+                            let glass = role == Role::Clinician && need == R::CareTeam;
+                            let want = if by_relationship {
+                                "permit"
+                            } else if glass && grant {
+                                "break-glass"
+                            } else if glass {
+                                "available"
+                            } else {
+                                "denied"
+                            };
+                            let got = match d {
+                                Decision::Permit {
+                                    basis: Basis::BreakGlass(id),
+                                    view,
+                                    ..
+                                } => {
+                                    assert_eq!(id, grant_id, "{case}");
+                                    assert_eq!(
+                                        view,
+                                        matrix::grant(role, res, i).unwrap().view,
+                                        "{case}"
+                                    );
+                                    "break-glass"
+                                }
+                                Decision::Permit { .. } => "permit",
+                                Decision::Deny(DenyReason::BreakGlassAvailable) => "available",
+                                Decision::Deny(DenyReason::NoRelationship) => "denied",
+                                Decision::Deny(other) => panic!("{case}: {other:?}"),
+                            };
+                            assert_eq!(got, want, "{case}");
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn searches_never_use_a_grant_and_never_hint_at_one() {
+        let d = decide(
+            &subject(&[Role::Clinician]),
+            T::Patient,
+            Search,
+            Target::Search,
+        );
+        assert!(matches!(
+            d,
+            Decision::Permit {
+                basis: Basis::CareTeam,
+                ..
+            }
+        ));
     }
 }

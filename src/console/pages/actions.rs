@@ -112,6 +112,8 @@ fn landing(op: &Op) -> (String, &'static str) {
         Op::CreateFacility { .. } => ("/console".into(), ""),
         Op::ApproveChange { .. } => (APPROVALS.into(), "change-approved"),
         Op::DenyChange { .. } => (APPROVALS.into(), "change-denied"),
+        Op::SetConfidentiality { .. } => ("/console".into(), "confidentiality-set"),
+        Op::RevokeBreakGlass { .. } => ("/console/break-glass".into(), "grant-revoked"),
     }
 }
 

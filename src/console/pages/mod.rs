@@ -7,6 +7,7 @@
 //! `templates/console/layout.html`).
 
 pub mod actions;
+pub mod break_glass;
 
 use super::gate::{AdminPage, Chrome, ConsolePage};
 use super::store;
@@ -40,14 +41,54 @@ pub struct Dashboard {
     /// Whether the administration links show: [`Chrome::admin`], decided by
     /// `policy::admin::console_area` like the pages themselves (no role check here).
     admin: bool,
+    /// The newest alerts (break-glass requests, approvals, first uses).
+    alerts: Vec<AlertRow>,
+    /// Grants whose review is overdue.
+    overdue: Vec<break_glass::GrantRow>,
 }
+
+/// One alert on the dashboard (ids and codes only).
+pub struct AlertRow {
+    pub time: String,
+    pub kind: String,
+    pub grant: String,
+    pub user: String,
+    pub patient: String,
+}
+
+/// Alerts the dashboard shows.
+const ALERTS_SHOWN: i64 = 20;
 
 /// GET /console: who is signed in and how long the session has left, and links to the
 /// parts of the console the viewer's role opens.
-pub async fn dashboard(page: ConsolePage) -> Dashboard {
+pub async fn dashboard(page: ConsolePage) -> Result<Dashboard, AppError> {
     let me = &page.me;
     let roles: Vec<&str> = me.user.roles.iter().map(|r| r.as_str()).collect();
-    Dashboard {
+    let now = page.state.clock.now();
+    let (alerts, overdue) = page
+        .state
+        .db
+        .run(move |c| {
+            let alerts = crate::db::break_glass::recent_alerts(c, ALERTS_SHOWN)?;
+            let overdue = crate::db::break_glass::overdue_reviews(c, now, ALERTS_SHOWN)?;
+            Ok((alerts, overdue))
+        })
+        .await?;
+    Ok(Dashboard {
+        alerts: alerts
+            .into_iter()
+            .map(|a| AlertRow {
+                time: time(a.created_at),
+                kind: a.kind,
+                grant: a.grant_id.to_string(),
+                user: a.user_id.to_string(),
+                patient: a.patient_id.to_string(),
+            })
+            .collect(),
+        overdue: overdue
+            .iter()
+            .map(|g| break_glass::GrantRow::of(g, now, false))
+            .collect(),
         subject: me.subject.clone(),
         issuer: me.issuer.clone(),
         roles: roles.join(", "),
@@ -55,7 +96,7 @@ pub async fn dashboard(page: ConsolePage) -> Dashboard {
         seconds_left: page.chrome.seconds_left,
         csrf_token: me.session.csrf_token.clone(),
         admin: page.chrome.admin,
-    }
+    })
 }
 
 /// The fixed confirmation shown after a change (`?done=`); unknown codes show nothing.
@@ -374,30 +415,54 @@ pub async fn approvals_page(req: HttpRequest, page: AdminPage) -> Result<Approva
             let rows = page
                 .state
                 .db
-                .run(|c| crate::db::pending::waiting(c, APPROVALS_SHOWN))
+                .run(|c| {
+                    let rows = crate::db::pending::waiting(c, APPROVALS_SHOWN)?;
+                    let ids: Vec<_> = rows.iter().map(|r| r.id).collect();
+                    let grants = crate::db::break_glass::by_pending(c, &ids)?;
+                    Ok((rows, grants))
+                })
                 .await?;
             Ok((rows, Touched::default()))
         },
     )
     .await?;
+    let (rows, grants) = rows;
     let me = page.me.user.id;
     let changes = rows
         .into_iter()
         .map(|r| {
-            // The kept operation, exactly as requested (ids and role codes; the reason is
-            // the requester's free text, escaped by the template).
-            let op = serde_json::from_value::<crate::admin::Op>(r.payload).ok();
+            let mine = policy::admin::may_decide(me, r.requested_by, r.target_user_id).is_err();
+            let grant = grants.iter().find(|g| g.pending_id == Some(r.id));
+            let (description, reason) = match grant {
+                // A break-glass request: ids and codes; the justification is the
+                // requester's free text, escaped by the template.
+                Some(g) => (
+                    format!(
+                        "Break-glass: user {} asks for {} minutes of access to patient {} (reason code {})",
+                        g.user_id, g.minutes, g.patient_id, g.reason_code
+                    ),
+                    g.justification.clone(),
+                ),
+                None => {
+                    // The kept operation, exactly as requested (ids and role codes; the
+                    // reason is the requester's free text, escaped by the template).
+                    let op = serde_json::from_value::<crate::admin::Op>(r.payload).ok();
+                    (
+                        op.as_ref()
+                            .map(|o| o.describe())
+                            .unwrap_or_else(|| "(unreadable request)".into()),
+                        op.and_then(|o| o.reason_given()).unwrap_or_default(),
+                    )
+                }
+            };
             ChangeRow {
                 id: r.id.as_uuid(),
                 kind: r.kind,
-                description: op
-                    .as_ref()
-                    .map(|o| o.describe())
-                    .unwrap_or_else(|| "(unreadable request)".into()),
-                reason: op.and_then(|o| o.reason_given()).unwrap_or_default(),
+                description,
+                reason,
                 requested_by: r.requested_by.as_uuid(),
                 requested_at: time(r.requested_at),
-                mine: policy::admin::may_decide(me, r.requested_by, r.target_user_id).is_err(),
+                mine,
             }
         })
         .collect();

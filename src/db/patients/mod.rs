@@ -59,6 +59,8 @@ pub struct Patient {
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
     pub deleted_at: Option<DateTime<Utc>>,
+    /// N, R or V (not PHI: shown in `meta.security`).
+    pub confidentiality: crate::policy::Confidentiality,
 }
 
 #[derive(Queryable, Selectable)]
@@ -79,6 +81,7 @@ struct PatientRow {
     created_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
     deleted_at: Option<DateTime<Utc>>,
+    confidentiality: String,
 }
 
 impl PatientRow {
@@ -116,6 +119,7 @@ impl PatientRow {
             created_at: self.created_at,
             updated_at: self.updated_at,
             deleted_at: self.deleted_at,
+            confidentiality: crate::db::break_glass::parse_level(&self.confidentiality)?,
         })
     }
 }

@@ -32,6 +32,7 @@ fn select_list(fields: PatientFields) -> String {
         "key_version".to_string(),
         "facility_id".to_string(),
         "updated_at".to_string(),
+        "confidentiality".to_string(),
         if fields.gender {
             "gender".to_string()
         } else {
@@ -55,6 +56,8 @@ pub struct PatientView {
     pub version: i32,
     pub facility_id: FacilityId,
     pub updated_at: DateTime<Utc>,
+    /// The record's confidentiality (N, R, V; not PHI, part of every view).
+    pub confidentiality: crate::policy::Confidentiality,
     pub gender: Option<String>,
     pub mrn: Option<Phi<String>>,
     pub ssn: Option<Phi<String>>,
@@ -77,6 +80,8 @@ struct Row {
     facility_id: FacilityId,
     #[diesel(sql_type = Timestamptz)]
     updated_at: DateTime<Utc>,
+    #[diesel(sql_type = Text)]
+    confidentiality: String,
     #[diesel(sql_type = Nullable<Text>)]
     gender: Option<String>,
     #[diesel(sql_type = Nullable<Bytea>)]
@@ -122,6 +127,7 @@ impl Row {
             version: self.version,
             facility_id: self.facility_id,
             updated_at: self.updated_at,
+            confidentiality: crate::db::break_glass::parse_level(&self.confidentiality)?,
             gender: self.gender,
             mrn: open(kr, cols::MRN, id, self.mrn_sealed)?,
             ssn: open(kr, cols::SSN, id, self.ssn_sealed)?,
@@ -180,6 +186,31 @@ pub fn read(
     };
     let row: Option<Row> = query.get_result(conn).optional()?;
     row.map(|r| r.open(conn, kr)).transpose()
+}
+
+/// At most `limit` live patients whose MRN is exactly `mrn` (through its blind index),
+/// across the organisation, shaped to `fields`: the identification-only lookup that
+/// precedes a break-glass request (`fhir::break_glass::lookup`; its caller restricts
+/// `fields` to identification).
+pub fn lookup_by_mrn(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    mrn: &str,
+    fields: PatientFields,
+    limit: i64,
+) -> Result<Vec<PatientView>, AppError> {
+    let index = kr
+        .blind_index(BlindKind::Mrn, mrn)
+        .map_err(|_| AppError::unprocessable("Invalid search parameter for identifier."))?;
+    let sql = format!(
+        "SELECT {} FROM patients WHERE mrn_index = $1 AND deleted_at IS NULL ORDER BY id LIMIT $2",
+        select_list(fields)
+    );
+    let rows: Vec<Row> = diesel::sql_query(sql)
+        .bind::<Bytea, _>(index)
+        .bind::<diesel::sql_types::BigInt, _>(limit)
+        .load(conn)?;
+    rows.into_iter().map(|r| r.open(conn, kr)).collect()
 }
 
 /// Search criteria (equality through blind indexes), all optional and AND-ed.
@@ -262,6 +293,7 @@ impl PatientView {
             version: p.version,
             facility_id: p.facility_id,
             updated_at: p.updated_at,
+            confidentiality: p.confidentiality,
             gender: keep(fields.gender).then_some(p.gender),
             mrn: keep(fields.mrn).then_some(p.mrn),
             ssn: if fields.ssn { p.ssn } else { None },

@@ -4,6 +4,7 @@
 mod admin;
 mod attribution;
 mod auth;
+mod break_glass;
 mod patient;
 mod resources;
 mod routes;

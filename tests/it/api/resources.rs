@@ -400,8 +400,12 @@ async fn fhir_observation_outside_the_care_team_is_hidden_and_billing_is_refused
     let id = created["id"].as_str().unwrap();
     let path = format!("/fhir/Observation/{id}");
 
+    // A clinician outside the care team is refused and told that break-glass is
+    // available (issue 13); roles that may not break glass get 404 (billing, below: 403
+    // for its missing role).
     let res = w.get(&path, &doc_b).await;
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res.text().await.unwrap().contains("$break-glass"));
     let last = w.audit_events().pop().unwrap();
     assert_eq!((last.0.as_str(), last.1.as_str()), ("read", "deny"));
     assert_eq!(last.2, vec![patient]);
@@ -414,9 +418,10 @@ async fn fhir_observation_outside_the_care_team_is_hidden_and_billing_is_refused
     assert!(ids(&b).is_empty(), "absent from search");
     assert_eq!(
         w.send(Method::DELETE, &path, &doc_b, None).await.status(),
-        StatusCode::NOT_FOUND
+        StatusCode::FORBIDDEN
     );
-    // Creating for a patient outside the care team answers like an unknown patient.
+    // Creating for a patient outside the care team: refused with the break-glass hint;
+    // for an unknown patient, 422 on the field.
     let res = w
         .send(
             Method::POST,
@@ -425,7 +430,7 @@ async fn fhir_observation_outside_the_care_team_is_hidden_and_billing_is_refused
             Some(&observation_json(patient)),
         )
         .await;
-    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
     let res = w
         .send(
             Method::POST,
@@ -636,8 +641,9 @@ async fn fhir_document_reference_notes_are_sanitised_authored_by_the_caller_and_
     );
     assert_eq!(updated["meta"]["versionId"], "2");
 
-    // Outside the care team: hidden; billing: refused.
-    assert_eq!(w.get(&path, &doc_b).await.status(), StatusCode::NOT_FOUND);
+    // Outside the care team: refused with the break-glass hint (issue 13); billing:
+    // refused.
+    assert_eq!(w.get(&path, &doc_b).await.status(), StatusCode::FORBIDDEN);
     let last = w.audit_events().pop().unwrap();
     assert_eq!((last.0.as_str(), last.1.as_str()), ("read", "deny"));
     assert_eq!(last.2, vec![patient]);

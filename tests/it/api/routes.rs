@@ -4,6 +4,7 @@
 //! | route kind                | no credentials            | credentials lacking the route's scope | each role without a relationship to the patient |
 //! |---------------------------|---------------------------|---------------------------------------|--------------------------------------------------|
 //! | `/fhir/…` (FHIR action)   | 401                       | 403                                   | record: 404 · search: 403, or 200 with no rows · create: 422 · a role the matrix refuses: 403 |
+//! | `/fhir/Patient/…/$break-glass…` (BreakGlass) | 401     | 403                                   | – (`api/break_glass.rs`)                         |
 //! | `/api/admin/…` (Admin)    | 401                       | 403 (admin role, no `admin` scope)    | –                                                |
 //! | `/console/…` page (GET)   | 303 to `/console/signin`  | –                                     | –                                                |
 //! | `/console/…` action (POST)| 403                       | –                                     | –                                                |
@@ -43,6 +44,8 @@ use uuid::Uuid;
 enum Expect {
     /// The FHIR API: the pipeline on the route's action.
     Fhir,
+    /// A break-glass operation on the FHIR API (`api/break_glass.rs` tests its answers).
+    BreakGlass,
     /// The administration API.
     Admin,
     /// A console page: redirect to the sign-in page.
@@ -63,6 +66,33 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("GET", "/fhir/Patient", Expect::Fhir),
     ("POST", "/fhir/Patient", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}", Expect::Fhir),
+    (
+        "POST",
+        "/fhir/Patient/{id}/$break-glass",
+        Expect::BreakGlass,
+    ),
+    ("GET", "/fhir/Patient/{id}/$break-glass", Expect::BreakGlass),
+    (
+        "GET",
+        "/fhir/Patient/$break-glass-lookup",
+        Expect::BreakGlass,
+    ),
+    (
+        "POST",
+        "/fhir/Patient/{id}/$break-glass-end",
+        Expect::BreakGlass,
+    ),
+    (
+        "PUT",
+        "/api/admin/patients/{id}/confidentiality",
+        Expect::Admin,
+    ),
+    ("POST", "/api/admin/break-glass/{id}/revoke", Expect::Admin),
+    (
+        "GET",
+        "/api/admin/patients/{id}/confidentiality",
+        Expect::Admin,
+    ),
     ("PUT", "/fhir/Patient/{id}", Expect::Fhir),
     ("GET", "/fhir/Observation", Expect::Fhir),
     ("POST", "/fhir/Observation", Expect::Fhir),
@@ -133,6 +163,18 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         "/console/approvals/{id}/{decision}",
         Expect::ConsoleAction,
     ),
+    ("GET", "/console/break-glass", Expect::ConsolePage),
+    ("GET", "/console/break-glass/{id}", Expect::ConsolePage),
+    (
+        "POST",
+        "/console/break-glass/{id}/revoke",
+        Expect::ConsoleAction,
+    ),
+    (
+        "POST",
+        "/console/break-glass/{id}/review",
+        Expect::ConsoleAction,
+    ),
     ("POST", "/console/step-up", Expect::ConsoleAction),
     ("POST", "/console/step-up/cancel", Expect::ConsoleAction),
     ("GET", "/static/{file}", Expect::Public),
@@ -163,6 +205,9 @@ fn every_route_in_the_table_is_covered() {
         // The action the table declares must fit the expectation.
         let fits = match (expect, route.action) {
             (Expect::Fhir, Action::Fhir(..)) => route.path.starts_with("/fhir/"),
+            (Expect::BreakGlass, Action::BreakGlass(_)) => {
+                route.path.starts_with("/fhir/Patient/") && route.path.contains("$break-glass")
+            }
             (Expect::Admin, Action::Admin(_)) => route.path.starts_with("/api/"),
             (Expect::ConsolePage, Action::Console) => route.path.starts_with("/console"),
             (Expect::ConsoleAction, Action::Console) => {
@@ -174,7 +219,10 @@ fn every_route_in_the_table_is_covered() {
         };
         assert!(fits, "{} {}: {:?}", route.method, route.path, route.action);
         if route.path.starts_with("/fhir/") && route.path != "/fhir/metadata" {
-            assert!(matches!(route.action, Action::Fhir(..)));
+            assert!(matches!(
+                route.action,
+                Action::Fhir(..) | Action::BreakGlass(_)
+            ));
         }
         if route.path.starts_with("/api/") {
             assert!(matches!(route.action, Action::Admin(_)));
@@ -356,7 +404,10 @@ impl Setup {
     ) -> reqwest::Response {
         let before = last_seq(&self.w.app);
         let res = self.send(route, token).await;
-        if matches!(route.action, Action::Fhir(..) | Action::Admin(_)) {
+        if matches!(
+            route.action,
+            Action::Fhir(..) | Action::Admin(_) | Action::BreakGlass(_)
+        ) {
             let events = events_after(&self.w.app, before);
             assert_eq!(
                 events.len(),
@@ -430,15 +481,15 @@ fn no_relationship_answer(
         facility_id: None,
         own_patient_id: None,
     };
-    let facts = PatientFacts {
-        patient_id: if resource == ResourceType::Patient && interaction == Interaction::Create {
+    let facts = PatientFacts::normal(
+        if resource == ResourceType::Patient && interaction == Interaction::Create {
             PatientId(Uuid::nil())
         } else {
             PatientId(patient)
         },
-        facility_id: FacilityId(facility),
-        on_care_team: false,
-    };
+        FacilityId(facility),
+        false,
+    );
     let target = match interaction {
         Interaction::Search => Target::Search,
         _ => Target::Patient(facts),
@@ -503,7 +554,9 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
             );
         }
         match expect {
-            Expect::Fhir | Expect::Admin => assert_eq!(status, 401, "{name}: no credentials"),
+            Expect::Fhir | Expect::Admin | Expect::BreakGlass => {
+                assert_eq!(status, 401, "{name}: no credentials")
+            }
             Expect::ConsolePage => {
                 assert_eq!(status, 303, "{name}: no session");
                 assert_eq!(res.headers()["location"], "/console/signin", "{name}");
@@ -519,6 +572,15 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
         match route.action {
             Action::Fhir(resource, interaction) => {
                 let token = w.token("author", &scopes_without(resource, interaction));
+                let case = format!("{name}: scope missing");
+                let res = s.send_audited(route, Some(&token), author, &case).await;
+                assert_eq!(res.status().as_u16(), 403, "{case}");
+            }
+            Action::BreakGlass(_) => {
+                let token = w.token(
+                    "author",
+                    &scopes_without(ResourceType::Patient, Interaction::Read),
+                );
                 let case = format!("{name}: scope missing");
                 let res = s.send_audited(route, Some(&token), author, &case).await;
                 assert_eq!(res.status().as_u16(), 403, "{case}");
@@ -580,10 +642,12 @@ async fn every_audited_route_leaves_one_event_naming_the_actor_for_each_refusal(
         .unwrap();
     let author_token = w.token("author", ALL);
     let oversized = "x".repeat(BODY_LIMIT + 1);
-    for route in table()
-        .iter()
-        .filter(|r| matches!(r.action, Action::Fhir(..) | Action::Admin(_)))
-    {
+    for route in table().iter().filter(|r| {
+        matches!(
+            r.action,
+            Action::Fhir(..) | Action::Admin(_) | Action::BreakGlass(_)
+        )
+    }) {
         let name = name(route);
         // The route's rightful caller: the author of every record, or an administrator.
         let (token, actor) = match route.action {

@@ -25,6 +25,8 @@ type Event = (String, String, Option<String>, String, Option<Uuid>);
 struct Console {
     app: TestApp,
     _idp: Provider,
+    /// Signs the API's bearer tokens (issuer `issuer`, audience `custodian-test`).
+    signer: Signer,
     issuer: String,
     keyring: Keyring,
     facility: FacilityId,
@@ -78,6 +80,7 @@ impl Console {
         Console {
             app,
             _idp: idp,
+            signer,
             issuer,
             keyring,
             facility,
@@ -1558,5 +1561,491 @@ async fn an_administrators_clinical_role_waits_for_a_second_administrator() {
     assert_eq!(
         (last.0.as_str(), last.1.as_str(), last.4),
         ("change-denied", "permit", Some(second))
+    );
+}
+
+/// A bearer token for `sub` at the app's clock, from a multi-factor sign-in just now (as
+/// break-glass requires).
+fn mfa_token(c: &Console, sub: &str) -> String {
+    let now = c.app.clock().now().timestamp();
+    c.signer.sign(&serde_json::json!({
+        "iss": c.issuer, "aud": "custodian-test", "sub": sub, "exp": now + 300, "iat": now,
+        "client_id": "test-app", "scope": "user/Patient.cruds user/Observation.cruds",
+        "auth_time": now - 5, "amr": ["pwd", "otp", "mfa"],
+    }))
+}
+
+async fn api(
+    c: &Console,
+    method: reqwest::Method,
+    path: &str,
+    token: &str,
+    body: Option<serde_json::Value>,
+) -> reqwest::Response {
+    let mut req = c
+        .app
+        .client
+        .request(method, c.app.url(path))
+        .header("authorization", format!("Bearer {token}"));
+    if let Some(b) = body {
+        req = req
+            .header("content-type", "application/fhir+json")
+            .body(b.to_string());
+    }
+    req.send().await.unwrap()
+}
+
+fn grant_param(v: &serde_json::Value, name: &str) -> serde_json::Value {
+    v["parameter"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == name)
+        .cloned()
+        .unwrap_or(serde_json::Value::Null)
+}
+
+/// Approval mode (issue 13): a break-glass request waits in the approval queue; its
+/// requester cannot approve it; another administrator approves it after a fresh code, and
+/// only then does the grant open the record and its clock start; the requester polls the
+/// outcome with the approver's reason; a denied request never opens anything.
+#[tokio::test]
+async fn a_break_glass_request_in_approval_mode_waits_for_another_administrator() {
+    use custodian::db::schema::break_glass_grants as g;
+    use reqwest::Method;
+    let c = Console::start_with(
+        TestApp::builder()
+            .manual_clock()
+            .set("break_glass.mode", "approval"),
+    )
+    .await;
+    c.user("dr-a", &[Role::Clinician], None);
+    // The requester is a clinician who also administers: still not their own approver.
+    let b_id = c.user("dr-b", &[Role::Clinician, Role::Admin], Some("Bea Both"));
+    c.enrol(b_id);
+    let b_console = c.sign_in(b_id);
+    let (approver_id, approver) = admin(&c, "approver");
+    let doc_a = mfa_token(&c, "dr-a");
+    let doc_b = mfa_token(&c, "dr-b");
+    let mut p = crate::support::world::patient_json("MRN-AP1", "Waiting");
+    p["managingOrganization"] =
+        serde_json::json!({ "reference": format!("Organization/{}", c.facility) });
+    let res = api(&c, Method::POST, "/fhir/Patient", &doc_a, Some(p)).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let patient: serde_json::Value = res.json().await.unwrap();
+    let patient = patient["id"].as_str().unwrap().to_string();
+    let record = format!("/fhir/Patient/{patient}");
+    let op = format!("/fhir/Patient/{patient}/$break-glass");
+    let request = |minutes: i64| {
+        serde_json::json!({"resourceType": "Parameters", "parameter": [
+            {"name": "reason", "valueCode": "urgent-consult"},
+            {"name": "justification", "valueString": "Consult requested by the night team <b>"},
+            {"name": "minutes", "valueInteger": minutes},
+        ]})
+    };
+
+    // Pending: nothing opens.
+    let res = api(&c, Method::POST, &op, &doc_b, Some(request(20))).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(grant_param(&v, "status")["valueCode"], "pending");
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let changes = pending_changes(&c);
+    assert_eq!(changes.len(), 1);
+    let change = changes[0].0;
+
+    // The queue shows it to the approver (the justification escaped).
+    let html = c
+        .get(&approver, "/console/approvals")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        html.contains(&format!("Break-glass: user {b_id} asks for 20 minutes")),
+        "{html}"
+    );
+    assert!(
+        html.contains("Consult requested by the night team &#60;b&#62;")
+            && !html.contains("team <b>"),
+        "{html}"
+    );
+    let approve = format!("/console/approvals/{change}/approve");
+    assert!(html.contains(&format!("action=\"{approve}\"")));
+
+    // The requester cannot approve it (refused before a code, audited).
+    let res = c
+        .post(&b_console, &approve, &[("reason", "trust me")])
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    let last = c.events().pop().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.2.as_deref()),
+        ("change-approved", Some("separation-of-duties"))
+    );
+
+    // Another administrator approves after a fresh code; the clock starts then.
+    c.advance(600);
+    let res = c
+        .post(&approver, &approve, &[("reason", "consult confirmed")])
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    assert_eq!(
+        api(&c, Method::GET, &record, &mfa_token(&c, "dr-b"), None)
+            .await
+            .status(),
+        StatusCode::FORBIDDEN,
+        "nothing before the code"
+    );
+    let res = c
+        .post(
+            &approver,
+            "/console/step-up",
+            &[("pending_id", &pending_id(&html)), ("code", &c.code_now())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(
+        pending_changes(&c),
+        vec![(change, "approved".to_string(), Some(approver_id))]
+    );
+    let doc_b = mfa_token(&c, "dr-b");
+    let res = api(&c, Method::GET, &record, &doc_b, None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let (requested, activated): (
+        chrono::DateTime<chrono::Utc>,
+        Option<chrono::DateTime<chrono::Utc>>,
+    ) = g::table
+        .select((g::requested_at, g::activated_at))
+        .first(&mut c.app.db.conn())
+        .unwrap();
+    assert!(
+        activated.unwrap() - requested >= chrono::Duration::seconds(600),
+        "the clock starts at approval, on the application's clock"
+    );
+    let events = c.events();
+    let actions: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    for a in [
+        "break-glass-request",
+        "break-glass-decision",
+        "break-glass-start",
+    ] {
+        assert!(actions.contains(&a), "{a}: {actions:?}");
+    }
+    // The requester polls: active, with the approver's reason.
+    let res = api(&c, Method::GET, &op, &doc_b, None).await;
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(grant_param(&v, "status")["valueCode"], "active");
+    assert_eq!(
+        grant_param(&v, "decisionReason")["valueString"],
+        "consult confirmed"
+    );
+
+    // A replayed approval form changes nothing: the request was decided once.
+    let approver = renewed(&c, &approver).await;
+    c.advance(30);
+    let res = c
+        .post(&approver, &approve, &[("reason", "consult confirmed")])
+        .await;
+    let html = res.text().await.unwrap();
+    let res = c
+        .post(
+            &approver,
+            "/console/step-up",
+            &[("pending_id", &pending_id(&html)), ("code", &c.code_now())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let starts = c
+        .events()
+        .iter()
+        .filter(|e| e.0 == "break-glass-start")
+        .count();
+    assert_eq!(starts, 1, "activated once");
+
+    // A request that is denied never opens anything.
+    let res = api(
+        &c,
+        Method::POST,
+        &format!("/fhir/Patient/{patient}/$break-glass-end"),
+        &doc_b,
+        None,
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = api(&c, Method::POST, &op, &doc_b, Some(request(15))).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let second = pending_changes(&c)
+        .into_iter()
+        .find(|(_, status, _)| status == "pending")
+        .unwrap()
+        .0;
+    // (A step-up renews the console session: read its new form token; a code is used
+    // once, so the next one is 30 seconds later.)
+    let approver = renewed(&c, &approver).await;
+    c.advance(30);
+    let res = c
+        .post(
+            &approver,
+            &format!("/console/approvals/{second}/deny"),
+            &[("reason", "no consult on file")],
+        )
+        .await;
+    let html = res.text().await.unwrap();
+    let res = c
+        .post(
+            &approver,
+            "/console/step-up",
+            &[("pending_id", &pending_id(&html)), ("code", &c.code_now())],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let v: serde_json::Value = api(&c, Method::GET, &op, &doc_b, None)
+        .await
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(grant_param(&v, "status")["valueCode"], "denied");
+    assert_eq!(
+        grant_param(&v, "decisionReason")["valueString"],
+        "no consult on file"
+    );
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::FORBIDDEN
+    );
+}
+
+/// The console's break-glass pages (issue 13): an active grant with its time left; a
+/// privacy officer ends it (effective on the holder's next request); the review page lists
+/// every access made under it from the audit trail; a verdict is appended (never changed,
+/// never by the grant's holder); the dashboard shows the alerts and the overdue reviews.
+#[tokio::test]
+async fn privacy_officers_see_revoke_and_review_break_glass_grants() {
+    use custodian::db::schema::{alerts, break_glass_grants as g, break_glass_reviews};
+    use reqwest::Method;
+    let c = Console::start_clocked().await;
+    c.user("dr-a", &[Role::Clinician], None);
+    c.user("dr-b", &[Role::Clinician], None);
+    // A privacy officer who is also a clinician with a grant of their own.
+    let po_id = c.user(
+        "po",
+        &[Role::PrivacyOfficer, Role::Clinician],
+        Some("Pat Privacy"),
+    );
+    c.enrol(po_id);
+    let po = c.sign_in(po_id);
+    let doc_a = mfa_token(&c, "dr-a");
+    let doc_b = mfa_token(&c, "dr-b");
+    let mut p = crate::support::world::patient_json("MRN-PO1", "Reviewed");
+    p["managingOrganization"] =
+        serde_json::json!({ "reference": format!("Organization/{}", c.facility) });
+    let res = api(&c, Method::POST, "/fhir/Patient", &doc_a, Some(p)).await;
+    let patient: serde_json::Value = res.json().await.unwrap();
+    let patient = patient["id"].as_str().unwrap().to_string();
+    let record = format!("/fhir/Patient/{patient}");
+    let ask = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "reason", "valueCode": "emergency-treatment"},
+        {"name": "justification", "valueString": "Collapsed in radiology, no team on call"},
+    ]});
+    let res = api(
+        &c,
+        Method::POST,
+        &format!("{record}/$break-glass"),
+        &doc_b,
+        Some(ask.clone()),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let v: serde_json::Value = res.json().await.unwrap();
+    let grant = grant_param(&v, "grant")["valueId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::OK
+    );
+    let mine = {
+        let po_token = mfa_token(&c, "po");
+        let res = api(
+            &c,
+            Method::POST,
+            &format!("{record}/$break-glass"),
+            &po_token,
+            Some(ask),
+        )
+        .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let v: serde_json::Value = res.json().await.unwrap();
+        grant_param(&v, "grant")["valueId"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+
+    // The dashboard shows the alerts: a request and a first use, once each.
+    let kinds: Vec<String> = alerts::table
+        .filter(alerts::grant_id.eq(Uuid::parse_str(&grant).unwrap()))
+        .order(alerts::created_at)
+        .select(alerts::kind)
+        .load(&mut c.app.db.conn())
+        .unwrap();
+    assert_eq!(kinds, ["break-glass-request", "break-glass-first-use"]);
+    let html = c.get(&po, "/console").await.text().await.unwrap();
+    assert!(
+        html.contains("break-glass-first-use") && html.contains(&grant),
+        "{html}"
+    );
+    assert!(html.contains("id=\"no-overdue\""), "{html}");
+
+    // The grants page: active, with the time left, and a revoke form.
+    let html = c
+        .get(&po, "/console/break-glass")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(&format!("id=\"active-{grant}\"")), "{html}");
+    assert!(html.contains("60 min"), "{html}");
+    assert!(html.contains(&format!("action=\"/console/break-glass/{grant}/revoke\"")));
+    let res = c.get(&po, "/console/break-glass?status=bogus").await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    // The review page: the request and every access under the grant.
+    let page = format!("/console/break-glass/{grant}");
+    let html = c.get(&po, &page).await.text().await.unwrap();
+    assert!(html.contains("Collapsed in radiology"), "{html}");
+    assert_eq!(html.matches("<td>read</td>").count(), 2, "{html}");
+    assert!(html.contains("<td>break-glass-start</td>"), "{html}");
+    assert!(html.contains("id=\"review-form\""));
+
+    // Revoked by the privacy officer, with a reason: the next request is refused.
+    let res = c
+        .post(&po, &format!("{page}/revoke"), &[("reason", "")])
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::OK
+    );
+    let res = c
+        .post(
+            &po,
+            &format!("{page}/revoke"),
+            &[("reason", "team reached, no longer needed")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/console/break-glass?done=grant-revoked");
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let last = c
+        .events()
+        .into_iter()
+        .rev()
+        .find(|e| e.0 == "break-glass-end")
+        .unwrap();
+    assert_eq!(
+        (last.1.as_str(), last.3.as_str()),
+        ("permit", "session-mfa")
+    );
+
+    // A verdict: bad input refused; then appended; never changed.
+    let res = c
+        .post(
+            &po,
+            &format!("{page}/review"),
+            &[("verdict", "fine"), ("notes", "ok")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    let res = c
+        .post(
+            &po,
+            &format!("{page}/review"),
+            &[
+                ("verdict", "appropriate"),
+                ("notes", "Documented emergency <b>"),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let html = c.get(&po, &page).await.text().await.unwrap();
+    assert!(
+        html.contains("<strong>appropriate</strong>") && !html.contains("emergency <b>"),
+        "{html}"
+    );
+    let changed = diesel::sql_query("UPDATE break_glass_reviews SET verdict = 'inappropriate'")
+        .execute(&mut c.app.db.conn());
+    assert!(changed.is_err(), "verdicts are append-only");
+    let n: i64 = break_glass_reviews::table
+        .count()
+        .get_result(&mut c.app.db.conn())
+        .unwrap();
+    assert_eq!(n, 1);
+    let review_events = c
+        .events()
+        .iter()
+        .filter(|e| e.0 == "break-glass-review")
+        .count();
+    assert_eq!(review_events, 1);
+
+    // Never one's own grant.
+    let res = c
+        .post(
+            &po,
+            &format!("/console/break-glass/{mine}/review"),
+            &[("verdict", "appropriate"), ("notes", "I was right")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(
+        !c.get(&po, &format!("/console/break-glass/{mine}"))
+            .await
+            .text()
+            .await
+            .unwrap()
+            .contains("review-form")
+    );
+
+    // A grant past its review deadline without a verdict is highlighted on the dashboard.
+    diesel::update(g::table.filter(g::id.eq(Uuid::parse_str(&mine).unwrap())))
+        .set(g::review_due_at.eq(chrono::Utc::now() - chrono::Duration::hours(1)))
+        .execute(&mut c.app.db.conn())
+        .unwrap_err();
+    // (The grant's row allows no such edit outside a status change: move time instead.)
+    c.advance(7 * 24 * 3600 + 60);
+    let po = c.sign_in(po_id);
+    // (A session that starts now by the app's clock.)
+    let now = c.app.clock().now();
+    diesel::update(console_sessions::table.filter(console_sessions::user_id.eq(Some(po_id))))
+        .set((
+            console_sessions::created_at.eq(now),
+            console_sessions::last_seen_at.eq(now),
+            console_sessions::totp_at.eq(Some(now)),
+        ))
+        .execute(&mut c.app.db.conn())
+        .unwrap();
+    let html = c.get(&po, "/console").await.text().await.unwrap();
+    assert!(
+        html.contains("id=\"overdue\"") && html.contains(&mine),
+        "{html}"
+    );
+    assert!(
+        !html.contains(&format!(
+            "/console/break-glass/{grant}\"><code>{grant}</code></a>: user"
+        )),
+        "reviewed: not overdue"
     );
 }

@@ -311,3 +311,12 @@ fn docs_admin_rules_table_is_current() {
         "docs/api-admin.md administration rules are stale: replace them with the second table `custodian policy` prints"
     );
 }
+
+#[test]
+fn docs_confidentiality_table_is_current() {
+    assert_eq!(
+        generated_section("docs/break-glass.md", "confidentiality"),
+        custodian::policy::confidentiality::markdown_table(),
+        "docs/break-glass.md confidentiality table is stale: replace it with the last table `custodian policy` prints"
+    );
+}

@@ -31,6 +31,7 @@ struct Row {
     created_at: chrono::DateTime<chrono::Utc>,
     updated_at: chrono::DateTime<chrono::Utc>,
     deleted_at: Option<chrono::DateTime<chrono::Utc>>,
+    confidentiality: String,
 }
 
 fn open<T: Sealable>(
@@ -73,6 +74,7 @@ impl Row {
             created_at: self.created_at,
             updated_at: self.updated_at,
             deleted_at: self.deleted_at,
+            confidentiality: custodian::db::break_glass::parse_level(&self.confidentiality)?,
         })
     }
 }
