@@ -1,4 +1,5 @@
 -- Back to the function of 2026-12-01-000300_audit_head_append_only.
+ALTER FUNCTION audit_head_forward_only() RESET plan_cache_mode;
 CREATE OR REPLACE FUNCTION audit_head_forward_only() RETURNS trigger LANGUAGE plpgsql AS $$
 DECLARE
     tail_hash BYTEA;
