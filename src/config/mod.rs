@@ -14,6 +14,7 @@ use crate::auth::config::AuthConfig;
 use crate::console::config::ConsoleConfig;
 use crate::crypto::config::CryptoConfig;
 use crate::db::config::DatabaseConfig;
+use crate::fhir::config::FhirConfig;
 use crate::telemetry::LogConfig;
 use crate::tls::{ClientAuth, TlsConfig};
 use crate::web::config::{RateLimitConfig, ServerConfig};
@@ -42,6 +43,9 @@ pub struct Config {
     /// The admin console's OIDC login; absent = console sign-in answers 404.
     #[serde(default)]
     pub console: Option<ConsoleConfig>,
+    /// The FHIR API (update preconditions).
+    #[serde(default)]
+    pub fhir: FhirConfig,
 }
 
 /// Environment variables that belong to Custodian but are not settings.

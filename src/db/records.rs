@@ -87,6 +87,14 @@ pub trait Statements: RecordTable {
         after: Option<Uuid>,
         limit: i64,
     ) -> QueryResult<Vec<Self::Row>>;
+    /// How many live rows within `scope` match `criteria` (`_total`, `_summary=count`).
+    fn count(
+        conn: &mut PgConnection,
+        criteria: &Self::Criteria,
+        scope: SearchScope,
+    ) -> QueryResult<i64>;
+    /// The version of the live row `id`, locked for the update that follows.
+    fn current_version(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<i32>>;
     fn insert_row(conn: &mut PgConnection, id: Uuid, write: &Self::Write)
     -> QueryResult<Self::Row>;
     /// Replaces the live row `id` (same subject) if its version is still `expected`.
@@ -184,6 +192,27 @@ macro_rules! statements {
                         .select(Row::as_select())
                         .load(conn)
                 }
+                fn count(
+                    conn: &mut PgConnection,
+                    criteria: &<$repo as RecordTable>::Criteria,
+                    scope: SearchScope,
+                ) -> QueryResult<i64> {
+                    let scope = ScopeSql::new(scope, concat!(stringify!($table), ".patient_id"));
+                    let q = t::table
+                        .filter(t::deleted_at.is_null())
+                        .into_boxed()
+                        .filter(scope.expression());
+                    <$repo as RecordTable>::filter(q, criteria).count().get_result(conn)
+                }
+                fn current_version(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<i32>> {
+                    t::table
+                        .filter(t::id.eq(id))
+                        .filter(t::deleted_at.is_null())
+                        .select(t::version)
+                        .for_update()
+                        .first(conn)
+                        .optional()
+                }
                 fn insert_row(conn: &mut PgConnection, id: Uuid, write: &Write) -> QueryResult<Row> {
                     diesel::insert_into(t::table)
                         .values((t::id.eq(id), write))
@@ -249,6 +278,15 @@ pub fn get<T: Statements>(
     }
 }
 
+/// How many live records within `scope` match `criteria`.
+pub fn count<T: Statements>(
+    conn: &mut PgConnection,
+    criteria: &T::Criteria,
+    scope: SearchScope,
+) -> Result<i64, AppError> {
+    Ok(T::count(conn, criteria, scope)?)
+}
+
 /// One page of live records within `scope`, ordered by id, after `after`.
 pub fn search<T: Statements>(
     conn: &mut PgConnection,
@@ -294,11 +332,19 @@ pub fn update<T: Statements>(
     conn: &mut PgConnection,
     kr: &Keyring,
     id: RecordId,
-    expected: i32,
+    expected: Option<i32>,
     new: &T::New,
 ) -> Result<Option<T::Record>, AppError> {
     let id = Uuid::from(id);
     conn.transaction(|conn| {
+        // Without If-Match, the update applies to the version it finds (locked).
+        let expected = match expected {
+            Some(v) => v,
+            None => match T::current_version(conn, id)? {
+                Some(v) => v,
+                None => return Ok(None),
+            },
+        };
         let sealer = kr.sealer_for_write(conn)?;
         let write = T::seal(new, &sealer, id)?;
         match T::update_row(conn, id, expected, &write)? {

@@ -1,5 +1,6 @@
 //! Search results: FHIR `Bundle` (searchset) pages with opaque, tamper-proof cursors.
 
+use super::config::FhirSettings;
 use crate::crypto::{FieldPlace, Keyring};
 use crate::domain::UserId;
 use crate::error::AppError;
@@ -61,16 +62,26 @@ impl Cursor {
     }
 }
 
-/// A searchset bundle; `next` carries the cursor of the following page.
+/// A searchset bundle: absolute `fullUrl`s and links (from `server.public_url`), `next`
+/// carrying the cursor of the following page, `total` when asked for, and no `entry` at
+/// all when there is none (FHIR JSON has no empty arrays).
 pub fn searchset(
+    settings: &FhirSettings,
     req: &HttpRequest,
     resource: &str,
     entries: Vec<Value>,
     next: Option<&str>,
+    total: Option<i64>,
 ) -> Value {
-    let base = format!("/fhir/{resource}");
-    let mut links =
-        vec![json!({ "relation": "self", "url": format!("{base}?{}", req.query_string()) })];
+    let base = format!("{}/{resource}", settings.base);
+    let with_query = |q: &str| {
+        if q.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}?{q}")
+        }
+    };
+    let mut links = vec![json!({ "relation": "self", "url": with_query(req.query_string()) })];
     if let Some(cursor) = next {
         // The next link keeps the caller's own parameters and replaces the cursor.
         let kept: Vec<(String, String)> =
@@ -83,7 +94,7 @@ pub fn searchset(
             q.append_pair(k, v);
         }
         q.append_pair("_cursor", cursor);
-        links.push(json!({ "relation": "next", "url": format!("{base}?{}", q.finish()) }));
+        links.push(json!({ "relation": "next", "url": with_query(&q.finish()) }));
     }
     let entries: Vec<Value> = entries
         .into_iter()
@@ -92,5 +103,12 @@ pub fn searchset(
             json!({ "fullUrl": format!("{base}/{id}"), "resource": resource, "search": { "mode": "match" } })
         })
         .collect();
-    json!({ "resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries })
+    let mut bundle = json!({ "resourceType": "Bundle", "type": "searchset", "link": links });
+    if let Some(total) = total {
+        bundle["total"] = json!(total);
+    }
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    bundle
 }

@@ -2,10 +2,11 @@
 //! descriptors ([`super::resource`]) that the search handlers accept parameters from and
 //! that a test holds equal to the route table.
 
-use super::FHIR_JSON;
-use super::resource;
+use super::config::FhirSettings;
+use super::{FHIR_JSON, resource};
+use crate::error::AppError;
 use crate::policy::Interaction;
-use actix_web::HttpResponse;
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
 fn interaction_code(i: Interaction) -> &'static str {
@@ -18,8 +19,22 @@ fn interaction_code(i: Interaction) -> &'static str {
     }
 }
 
+/// What each search parameter accepts, stated where a client reads it.
+fn param_doc(kind: &str) -> Option<&'static str> {
+    match kind {
+        "date" => Some(
+            "A day (YYYY-MM-DD) or an RFC 3339 date-time, with the prefix eq (default), ge or le.",
+        ),
+        "token" => Some("system|code, or a bare code."),
+        "string" => Some("Exact match, case- and whitespace-insensitive."),
+        "reference" => Some("Patient/<id> or a bare id."),
+        "number" => Some("Page size, 1 to 100 (default 20); pages follow the next link (_cursor)."),
+        _ => None,
+    }
+}
+
 /// The `rest[0].resource` list, from the resource descriptors.
-pub fn resources() -> Vec<Value> {
+pub fn resources(settings: &FhirSettings) -> Vec<Value> {
     resource::ALL
         .iter()
         .map(|d| {
@@ -31,45 +46,71 @@ pub fn resources() -> Vec<Value> {
             let params: Vec<Value> = d
                 .search
                 .iter()
-                .map(|p| json!({ "name": p.name, "type": p.kind }))
+                .map(|p| {
+                    let mut param = json!({ "name": p.name, "type": p.kind });
+                    if let Some(doc) = param_doc(p.kind) {
+                        param["documentation"] = json!(doc);
+                    }
+                    param
+                })
                 .collect();
-            json!({
+            let mut out = json!({
                 "type": d.kind.as_str(),
                 "interaction": interactions,
-                "versioning": "versioned",
+                // With `fhir.require_if_match` an update must name the version it replaces.
+                "versioning": if settings.require_if_match { "versioned-update" } else { "versioned" },
                 "readHistory": false,
                 "updateCreate": false,
-                "conditionalCreate": false,
+                "conditionalCreate": d.interactions.contains(&Interaction::Create),
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
-                "searchParam": params,
-            })
+            });
+            if !params.is_empty() {
+                out["searchParam"] = Value::Array(params);
+            }
+            out
         })
         .collect()
 }
 
-pub async fn capability_statement() -> HttpResponse {
-    let body = serde_json::json!({
+/// The CapabilityStatement: public, no PHI; its `implementation.url` is the absolute base
+/// every other URL of the API starts with.
+pub fn statement(settings: &FhirSettings) -> Value {
+    json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": "2026-11-23",
         "kind": "instance",
         "software": { "name": "Custodian", "version": env!("CARGO_PKG_VERSION") },
+        "implementation": { "description": "Custodian PHI API", "url": settings.base },
         "fhirVersion": "4.0.1",
-        "format": ["json"],
+        "format": ["json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
             "security": {
-                "cors": false,
+                "cors": settings.cors,
                 "service": [{ "coding": [{
                     "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                    "code": "SMART-on-FHIR"
-                }] }]
+                    "code": "OAuth"
+                }] }],
+                "description": "Bearer JWT access tokens from the hospital's OpenID provider, with SMART App Launch v2 scopes; services may use client certificates."
             },
-            "resource": resources(),
+            "resource": resources(settings),
         }],
-    });
-    HttpResponse::Ok()
+    })
+}
+
+pub async fn capability_statement(
+    req: HttpRequest,
+    settings: web::Data<FhirSettings>,
+) -> Result<HttpResponse, AppError> {
+    super::negotiate(&req)?;
+    for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        if k == "_format" {
+            super::check_format(&v)?;
+        }
+    }
+    Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
-        .body(body.to_string())
+        .body(statement(&settings).to_string()))
 }

@@ -25,14 +25,33 @@ pub fn precondition_failed() -> AppError {
 }
 
 /// The query string as (name, value) pairs; a name outside `allowed` is a 422 naming it
-/// only if it is one of ours (unknown names are not echoed).
+/// only if it is one of ours (unknown names are not echoed) — unless the request says
+/// `Prefer: handling=lenient`, when unknown names are ignored. `_format` is accepted
+/// everywhere and may name JSON only (406 otherwise).
 pub fn search_params(
     req: &HttpRequest,
     allowed: &[&'static str],
 ) -> Result<Vec<(&'static str, String)>, AppError> {
+    let lenient = super::Prefer::of(req).lenient;
+    parse_params(req.query_string(), allowed, lenient)
+}
+
+/// [`search_params`] over a query string or form body.
+pub fn parse_params(
+    query: &str,
+    allowed: &[&'static str],
+    lenient: bool,
+) -> Result<Vec<(&'static str, String)>, AppError> {
     let mut out = Vec::new();
-    for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if k == "_format" {
+            super::check_format(&v)?;
+            continue;
+        }
         let Some(name) = allowed.iter().find(|a| **a == k) else {
+            if lenient {
+                continue;
+            }
             return Err(AppError::unprocessable(
                 "Unknown search parameter: see the CapabilityStatement at /fhir/metadata.",
             ));

@@ -464,6 +464,14 @@ impl FhirResource for Patients {
     ) -> Result<Vec<PatientView>, AppError> {
         patient_views::search(c, kr, criteria, scope, after, limit, fields)
     }
+    fn count(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        criteria: &Criteria,
+        scope: SearchScope,
+    ) -> Result<i64, AppError> {
+        patient_views::count(c, kr, criteria, scope)
+    }
     /// The author of a record joins its care team, so they can read it back.
     fn insert(
         c: &mut PgConnection,
@@ -483,7 +491,7 @@ impl FhirResource for Patients {
         c: &mut PgConnection,
         kr: &Keyring,
         id: RecordId,
-        expected: i32,
+        expected: Option<i32>,
         new: &ValidPatient,
         fields: PatientFields,
     ) -> Result<Option<PatientView>, AppError> {

@@ -20,6 +20,10 @@ const fn param(name: &'static str, kind: &'static str) -> SearchParam {
 /// The paging cursor a searchset's `next` link carries: accepted by every search, not
 /// listed in the CapabilityStatement (clients follow the link, they do not build it).
 pub const CURSOR: &str = "_cursor";
+/// `_total` (`none`, `estimate`, `accurate`) and `_summary` (`count`, `false`): accepted by
+/// every search.
+pub const TOTAL: &str = "_total";
+pub const SUMMARY: &str = "_summary";
 
 /// A top-level element a caller may name in `_elements`, and the JSON keys it selects
 /// (a choice element such as `value[x]` may be named by its base or a concrete name).
@@ -37,12 +41,19 @@ pub struct Descriptor {
     pub search: &'static [SearchParam],
     /// The top-level elements it returns (besides `resourceType`, `id` and `meta`).
     pub elements: &'static [Element],
+    /// The JSON keys of the elements R4 requires (cardinality 1..): `_elements` always
+    /// keeps them, so that a subsetted resource still validates.
+    pub mandatory: &'static [&'static str],
 }
 
 impl Descriptor {
     /// Every query parameter a search of this type accepts.
     pub fn accepted(&self) -> Vec<&'static str> {
-        self.search.iter().map(|p| p.name).chain([CURSOR]).collect()
+        self.search
+            .iter()
+            .map(|p| p.name)
+            .chain([CURSOR, TOTAL, SUMMARY])
+            .collect()
     }
 }
 
@@ -73,6 +84,7 @@ pub const PATIENT: Descriptor = Descriptor {
         ("address", &["address"]),
         ("managingOrganization", &["managingOrganization"]),
     ],
+    mandatory: &[],
 };
 
 pub const OBSERVATION: Descriptor = Descriptor {
@@ -98,6 +110,7 @@ pub const OBSERVATION: Descriptor = Descriptor {
         ("valueQuantity", &["valueQuantity"]),
         ("valueString", &["valueString"]),
     ],
+    mandatory: &["status", "code"],
 };
 
 pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
@@ -119,6 +132,7 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
         ("author", &["author"]),
         ("content", &["content"]),
     ],
+    mandatory: &["status", "content"],
 };
 
 pub const CLAIM: Descriptor = Descriptor {
@@ -144,6 +158,16 @@ pub const CLAIM: Descriptor = Descriptor {
         ("total", &["total"]),
         ("item", &["item"]),
     ],
+    mandatory: &[
+        "status",
+        "type",
+        "use",
+        "patient",
+        "created",
+        "provider",
+        "priority",
+        "insurance",
+    ],
 };
 
 /// Every resource type the API serves, in CapabilityStatement order.
@@ -163,9 +187,10 @@ pub fn of(kind: ResourceType) -> &'static Descriptor {
 // The resource abstraction and its generic handlers.
 
 use super::bundle::{self, Cursor};
+use super::config::FhirSettings;
 use super::elements::Elements;
 use super::types::invalid;
-use super::{FHIR_JSON, etag, if_match, params};
+use super::{FHIR_JSON, Prefer, etag, if_match, negotiate, params};
 use crate::access::refusal::{self, FieldUse};
 use crate::access::{Credentials, Pipeline, Principal};
 use crate::audit::AuditEvent;
@@ -173,10 +198,11 @@ use crate::crypto::Keyring;
 use crate::db::records::{self, RecordTable, Statements};
 use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
-use crate::policy::{PatientFacts, SearchScope, View};
+use crate::policy::{Decision, PatientFacts, SearchScope, Target, View};
 use crate::state::AppState;
 use crate::web::json::JsonBody;
 use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_LOCATION, HeaderValue, LOCATION};
 use actix_web::{HttpRequest, HttpResponse, web};
 use diesel::PgConnection;
 use serde::de::DeserializeOwned;
@@ -278,6 +304,13 @@ pub trait FhirResource: 'static {
         limit: i64,
         fields: Self::Fields,
     ) -> Result<Vec<Self::Record>, AppError>;
+    /// How many live records within `scope` match `criteria`.
+    fn count(
+        conn: &mut PgConnection,
+        kr: &Keyring,
+        criteria: &Self::Criteria,
+        scope: SearchScope,
+    ) -> Result<i64, AppError>;
     fn insert(
         conn: &mut PgConnection,
         kr: &Keyring,
@@ -285,13 +318,14 @@ pub trait FhirResource: 'static {
         author: UserId,
         fields: Self::Fields,
     ) -> Result<Self::Record, AppError>;
-    /// Replaces the record if its version is still `expected` (`None` otherwise); writes
-    /// only the fields of the writer's view (`fields`) and keeps the others as stored.
+    /// Replaces the record if its version is still `expected` (`None` otherwise; no
+    /// `expected`: whatever version it has); writes only the fields of the writer's view
+    /// (`fields`) and keeps the others as stored.
     fn update(
         conn: &mut PgConnection,
         kr: &Keyring,
         id: RecordId,
-        expected: i32,
+        expected: Option<i32>,
         new: &Self::New,
         fields: Self::Fields,
     ) -> Result<Option<Self::Record>, AppError>;
@@ -408,6 +442,14 @@ impl<R: RecordResource> FhirResource for R {
     ) -> Result<Vec<Rec<R>>, AppError> {
         records::search::<R::Table>(conn, kr, criteria, scope, after, limit, fields)
     }
+    fn count(
+        conn: &mut PgConnection,
+        _kr: &Keyring,
+        criteria: &Criteria<R>,
+        scope: SearchScope,
+    ) -> Result<i64, AppError> {
+        records::count::<R::Table>(conn, criteria, scope)
+    }
     fn insert(
         conn: &mut PgConnection,
         kr: &Keyring,
@@ -421,7 +463,7 @@ impl<R: RecordResource> FhirResource for R {
         conn: &mut PgConnection,
         kr: &Keyring,
         id: RecordId,
-        expected: i32,
+        expected: Option<i32>,
         new: &New<R>,
         _fields: Fields<R>,
     ) -> Result<Option<Rec<R>>, AppError> {
@@ -449,22 +491,38 @@ fn check_route<R: FhirResource>(pipeline: &Pipeline) -> Result<(), AppError> {
     }
 }
 
-fn respond<R: FhirResource>(status: StatusCode, r: &R::Record, e: &Elements) -> HttpResponse {
+/// The absolute URL of a record: `<server.public_url>/fhir/<type>/<id>`.
+fn record_url<R: FhirResource>(settings: &FhirSettings, r: &R::Record) -> String {
+    format!(
+        "{}/{}/{}",
+        settings.base,
+        R::DESCRIPTOR.kind.as_str(),
+        R::id(r)
+    )
+}
+
+/// A resource answer: `ETag`; on a write, `Location` and `Content-Location` (absolute, at
+/// the record) and the body unless `Prefer: return=minimal`.
+fn respond<R: FhirResource>(
+    settings: &FhirSettings,
+    status: StatusCode,
+    r: &R::Record,
+    e: &Elements,
+    minimal: bool,
+) -> HttpResponse {
     let mut res = HttpResponse::build(status);
-    res.content_type(FHIR_JSON)
-        .insert_header(etag(R::version(r)));
+    res.insert_header(etag(R::version(r)));
     if status == StatusCode::CREATED {
-        res.insert_header((
-            "Location",
-            format!(
-                "/fhir/{}/{}/_history/{}",
-                R::DESCRIPTOR.kind.as_str(),
-                R::id(r),
-                R::version(r)
-            ),
-        ));
+        res.insert_header((LOCATION, record_url::<R>(settings, r)));
     }
-    res.body(e.apply(R::to_fhir(r)).to_string())
+    if status != StatusCode::OK || minimal {
+        res.insert_header((CONTENT_LOCATION, record_url::<R>(settings, r)));
+    }
+    if minimal {
+        return res.finish();
+    }
+    res.content_type(FHIR_JSON)
+        .body(e.apply(R::to_fhir(r)).to_string())
 }
 
 /// Read: ONE blocking hop (principal, facts, decision, the view's fields), then the
@@ -473,10 +531,12 @@ pub async fn read<R: FhirResource>(
     req: HttpRequest,
     credentials: Credentials,
     state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = params::parse_id(&path);
-    let elements = params::read_elements(&req, R::DESCRIPTOR.kind);
+    // Judged after authentication, with the rest of the request's input.
+    let elements = negotiate(&req).and_then(|()| params::read_elements(&req, R::DESCRIPTOR.kind));
     let kr = state.keyring.clone();
     let get = move |c: &mut PgConnection, view: View, id: RecordId, e: &Elements| {
         let fields = R::fields(view, e)?;
@@ -486,21 +546,45 @@ pub async fn read<R: FhirResource>(
         .read_one(id, elements, R::patient_of, get)
         .await?;
     check_route::<R>(&pipeline)?;
-    Ok(respond::<R>(StatusCode::OK, &record, &elements))
+    Ok(respond::<R>(
+        &settings,
+        StatusCode::OK,
+        &record,
+        &elements,
+        false,
+    ))
 }
 
-/// Search: the descriptor's parameters only (an unknown one is a 422), the permit's
-/// scope in SQL, every patient returned in the audit event, opaque cursor paging.
+/// `_total` and `_summary`: whether to count the matches, and whether to return them.
+fn total_and_summary(q: &[(&'static str, String)]) -> Result<(bool, bool), AppError> {
+    let total = match params::single(q, TOTAL)? {
+        None | Some("none") => false,
+        Some("estimate" | "accurate") => true,
+        Some(_) => return Err(invalid(TOTAL, "must be none, estimate or accurate")),
+    };
+    match params::single(q, SUMMARY)? {
+        None | Some("false") => Ok((total, false)),
+        Some("count") => Ok((true, true)),
+        Some(_) => Err(invalid(SUMMARY, "must be count or false")),
+    }
+}
+
+/// Search: the descriptor's parameters only (an unknown one is a 422 unless `Prefer:
+/// handling=lenient`), the permit's scope in SQL (also for `total`), every patient
+/// returned in the audit event, opaque cursor paging, absolute links.
 pub async fn search<R: FhirResource>(
     req: HttpRequest,
     pipeline: Pipeline,
     state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
 ) -> Result<HttpResponse, AppError> {
     check_route::<R>(&pipeline)?;
+    negotiate(&req)?;
     let kind = R::DESCRIPTOR.kind;
     let q = params::search_params(&req, &R::DESCRIPTOR.accepted())?;
     let criteria = R::criteria(&q)?;
     let count = bundle::page_size(params::single(&q, "_count")?)?;
+    let (want_total, count_only) = total_and_summary(&q)?;
     let elements = Elements::parse(kind, params::single(&q, "_elements")?)?;
     let (view, scope) = pipeline.authorize_search().await?;
     if let Some(field) = R::searched_outside(&criteria, R::fields(view, &Elements::all())?) {
@@ -512,10 +596,22 @@ pub async fn search<R: FhirResource>(
         .map(|c| Cursor::open(&state.keyring, user, kind, c))
         .transpose()?;
     let kr = state.keyring.clone();
-    let limit = count as i64 + 1;
-    let mut rows = state
+    let limit = if count_only { 0 } else { count as i64 + 1 };
+    let (mut rows, total) = state
         .db
-        .run(move |c| R::search(c, &kr, &criteria, scope, after, limit, fields))
+        .run(move |c| {
+            // The count runs under the same scope as the page: it never counts a record
+            // the caller could not see.
+            let total = want_total
+                .then(|| R::count(c, &kr, &criteria, scope))
+                .transpose()?;
+            let rows = if limit == 0 {
+                Vec::new()
+            } else {
+                R::search(c, &kr, &criteria, scope, after, limit, fields)?
+            };
+            Ok((rows, total))
+        })
         .await?;
     let more = rows.len() > count;
     rows.truncate(count);
@@ -533,7 +629,14 @@ pub async fn search<R: FhirResource>(
         _ => None,
     };
     let entries: Vec<Value> = rows.iter().map(|r| elements.apply(R::to_fhir(r))).collect();
-    let body = bundle::searchset(&req, kind.as_str(), entries, next.as_deref());
+    let body = bundle::searchset(
+        &settings,
+        &req,
+        kind.as_str(),
+        entries,
+        next.as_deref(),
+        total,
+    );
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .body(body.to_string()))
@@ -568,18 +671,124 @@ fn created<R: FhirResource>(r: &R::Record, event: &mut AuditEvent) {
 /// principal's refusals (403, 429) and the recording of its actor.
 type Body<T> = Result<JsonBody<T>, AppError>;
 
-/// Create: validate, decide, write with its event; answers the principal's view.
+/// The outcome of a conditional create's search (`If-None-Exist`).
+enum Existing<R: FhirResource> {
+    None,
+    One(R::Record),
+    Several,
+}
+
+/// `If-None-Exist: <search query>`: the caller's own search of this type (decided and
+/// scoped like the search route, so only records the caller may see can match). One
+/// match is read back (audited as a read of it); several are a 412.
+async fn if_none_exist<R: FhirResource>(
+    req: &HttpRequest,
+    pipeline: &Pipeline,
+    state: &AppState,
+) -> Result<Existing<R>, AppError> {
+    let Some(header) = req.headers().get("if-none-exist") else {
+        return Ok(Existing::None);
+    };
+    let bad = || {
+        invalid(
+            "If-None-Exist",
+            "must be a search query of this resource type",
+        )
+    };
+    let query = header.to_str().map_err(|_| bad())?;
+    let query = query.rsplit_once('?').map_or(query, |(_, q)| q);
+    let q = params::parse_params(query, &R::DESCRIPTOR.accepted(), false)?;
+    if !q.iter().any(|(k, _)| !k.starts_with('_')) {
+        return Err(bad());
+    }
+    let criteria = R::criteria(&q)?;
+    // The caller's own search: a missing scope or role is refused as on the search route;
+    // no relationship means nothing the caller may see can match.
+    let (view, scope) = match pipeline.decide_as(Search, Target::Search)? {
+        Decision::Permit {
+            view,
+            search: Some(scope),
+            ..
+        } => (view, scope),
+        Decision::Permit { search: None, .. } => {
+            return Err(AppError::internal("search permit without scope"));
+        }
+        Decision::Deny(crate::policy::DenyReason::NoRelationship) => return Ok(Existing::None),
+        Decision::Deny(reason) => {
+            let what = pipeline.what_as(Search, None)?;
+            pipeline.recorder.deny(what, [], reason).await?;
+            return Err(refusal::on_search(reason));
+        }
+    };
+    let fields = R::fields(view, &Elements::all())?;
+    if let Some(field) = R::searched_outside(&criteria, fields) {
+        refuse_field(pipeline, None, [], field, FieldUse::Search).await?;
+    }
+    let kr = state.keyring.clone();
+    let mut rows = state
+        .db
+        .run(move |c| R::search(c, &kr, &criteria, scope, None, 2, fields))
+        .await?;
+    match rows.len() {
+        0 => Ok(Existing::None),
+        1 => {
+            let record = rows.pop().ok_or_else(|| AppError::internal("one row"))?;
+            let what = pipeline.what_as(Read, Some(R::id(&record)))?;
+            pipeline
+                .recorder
+                .permit(what, [R::subject(&record)])
+                .await?;
+            Ok(Existing::One(record))
+        }
+        _ => {
+            let patients: Vec<PatientId> = rows.iter().map(R::subject).collect();
+            let what = pipeline.what_as(Search, None)?;
+            pipeline.recorder.permit(what, patients).await?;
+            Ok(Existing::Several)
+        }
+    }
+}
+
+/// Create: validate, decide, write with its event; answers the principal's view (or
+/// nothing with `Prefer: return=minimal`). With `If-None-Exist`, an existing match is
+/// answered instead (200), several are a 412.
 pub async fn create<R: FhirResource>(
+    req: HttpRequest,
     pipeline: Pipeline,
     state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
     body: Body<R::Input>,
 ) -> Result<HttpResponse, AppError> {
     check_route::<R>(&pipeline)?;
+    negotiate(&req)?;
+    let minimal = Prefer::of(&req).minimal;
     let input = body?.0;
     if R::input_id(&input).is_some() {
         return Err(invalid("id", "must not be set on create"));
     }
     let mut new = R::validate(input, &pipeline.principal)?;
+    match if_none_exist::<R>(&req, &pipeline, &state).await? {
+        Existing::None => {}
+        Existing::One(record) => {
+            let mut res = respond::<R>(
+                &settings,
+                StatusCode::OK,
+                &record,
+                &Elements::all(),
+                minimal,
+            );
+            if let Ok(url) = HeaderValue::from_str(&record_url::<R>(&settings, &record)) {
+                res.headers_mut().insert(LOCATION, url);
+            }
+            return Ok(res);
+        }
+        Existing::Several => {
+            return Err(AppError::client(
+                StatusCode::PRECONDITION_FAILED,
+                "If-None-Exist matched more than one resource: make the search more specific.",
+            ));
+        }
+    }
     let view = R::authorize_create(&pipeline, &mut new).await?;
     let fields = R::fields(view, &Elements::all())?;
     if let Some(field) = R::written_outside(&new, fields) {
@@ -594,21 +803,31 @@ pub async fn create<R: FhirResource>(
     let record = pipeline
         .commit_with(None, [], write, Some(complete))
         .await?;
-    Ok(respond::<R>(StatusCode::CREATED, &record, &Elements::all()))
+    Ok(respond::<R>(
+        &settings,
+        StatusCode::CREATED,
+        &record,
+        &Elements::all(),
+        minimal,
+    ))
 }
 
-/// Update: version-checked replace (`If-Match`), input checked before any record is
-/// looked up; answers the full resource in the principal's view.
+/// Update: replace, version-checked when `If-Match` is sent (required only with
+/// `fhir.require_if_match`), input checked before any record is looked up; answers the
+/// full resource in the principal's view (or nothing with `Prefer: return=minimal`).
 pub async fn update<R: FhirResource>(
     req: HttpRequest,
     pipeline: Pipeline,
     state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
     path: web::Path<String>,
     body: Body<R::Input>,
 ) -> Result<HttpResponse, AppError> {
     check_route::<R>(&pipeline)?;
+    negotiate(&req)?;
+    let minimal = Prefer::of(&req).minimal;
     let id = params::parse_id(&path)?;
-    let expected = if_match(&req)?;
+    let expected = if_match(&req, settings.require_if_match)?;
     let input = body?.0;
     if R::input_id(&input) != Some(id.to_string().as_str()) {
         return Err(invalid("id", "must match the id in the URL"));
@@ -629,7 +848,13 @@ pub async fn update<R: FhirResource>(
     let record = pipeline
         .audited(id, patient, write, R::update_missed)
         .await?;
-    Ok(respond::<R>(StatusCode::OK, &record, &Elements::all()))
+    Ok(respond::<R>(
+        &settings,
+        StatusCode::OK,
+        &record,
+        &Elements::all(),
+        minimal,
+    ))
 }
 
 /// Delete: a soft delete committed with its event.

@@ -4,8 +4,9 @@
 mod admin;
 mod attribution;
 mod auth;
+mod interop;
 mod patient;
-mod resources;
+pub(crate) mod resources;
 mod routes;
 mod separation;
 mod strict_input;

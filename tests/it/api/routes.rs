@@ -396,6 +396,16 @@ impl Setup {
                 .header("if-match", "W/\"1\"")
                 .body(body.to_string());
         }
+        if let Action::Fhir(resource, Interaction::Create) = route.action {
+            // A conditional create searches first: the walk checks that this search is
+            // decided like the type's search route (without a relationship nothing
+            // matches, so the create is decided as usual).
+            let condition = match resource {
+                ResourceType::Patient => "family=Routeson".to_string(),
+                _ => format!("patient={}", self.records.patient),
+            };
+            req = req.header("if-none-exist", condition);
+        }
         req
     }
 }

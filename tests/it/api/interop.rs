@@ -1,0 +1,634 @@
+//! FHIR interoperability (issue 16): what stock clients rely on, over HTTP against the
+//! real app and PostgreSQL — absolute URLs, no empty arrays, totals that count only what
+//! the caller may see, updates without `If-Match` (and honoured when sent), `Prefer`,
+//! conditional create, `_elements` with mandatory elements and `SUBSETTED`, content
+//! negotiation — and a stock client (npm `fhir-kit-client`) driven against the server
+//! with every response checked by an independent R4 validator (`@medplum/core`).
+
+use crate::api::resources::observation_json;
+use crate::support::world::{World, patient_json};
+use crate::support::{PUBLIC_URL, free_port, test_cert};
+use custodian::policy::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::{Value, json};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::OnceLock;
+
+const SCOPES: &str = "user/Patient.cruds user/Observation.cruds";
+
+/// FHIR JSON has no empty arrays or objects anywhere.
+fn assert_no_empty(v: &Value, at: &str) {
+    match v {
+        Value::Array(a) => {
+            assert!(!a.is_empty(), "empty array at {at}");
+            for (i, x) in a.iter().enumerate() {
+                assert_no_empty(x, &format!("{at}[{i}]"));
+            }
+        }
+        Value::Object(o) => {
+            assert!(!o.is_empty(), "empty object at {at}");
+            for (k, x) in o {
+                assert_no_empty(x, &format!("{at}.{k}"));
+            }
+        }
+        _ => {}
+    }
+}
+
+async fn json_of(res: reqwest::Response) -> Value {
+    let v: Value = res.json().await.unwrap();
+    assert_no_empty(&v, "$");
+    v
+}
+
+fn next_link(b: &Value) -> Option<String> {
+    b["link"]
+        .as_array()?
+        .iter()
+        .find(|l| l["relation"] == "next")
+        .map(|l| l["url"].as_str().unwrap().to_string())
+}
+
+#[tokio::test]
+async fn searchsets_have_absolute_links_totals_of_what_the_caller_sees_and_no_empty_arrays() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let (_, other) = w.user("dr-b", &[Role::Clinician]);
+    for i in 0..3 {
+        w.create(&doc, &patient_json(&format!("MRN-T{i}"), "Totalled"))
+            .await;
+    }
+    // The same name on another clinician's care team: never counted for dr-a.
+    w.create(&other, &patient_json("MRN-T9", "Totalled")).await;
+
+    let base = format!("{PUBLIC_URL}/fhir/Patient");
+    let res = w
+        .get(
+            "/fhir/Patient?family=totalled&_count=2&_total=accurate",
+            &doc,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let b = json_of(res).await;
+    assert_eq!(b["total"], 3, "only what the caller may see is counted");
+    let entries = b["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 2);
+    for e in entries {
+        assert_eq!(
+            e["fullUrl"],
+            format!("{base}/{}", e["resource"]["id"].as_str().unwrap())
+        );
+    }
+    for l in b["link"].as_array().unwrap() {
+        assert!(
+            l["url"].as_str().unwrap().starts_with(&format!("{base}?")),
+            "{l}"
+        );
+    }
+    let next = next_link(&b).unwrap();
+    let page2 = json_of(w.get(&next, &doc).await).await;
+    assert_eq!(page2["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(page2["total"], 3);
+    assert!(next_link(&page2).is_none());
+
+    // No total unless asked for.
+    let plain = json_of(w.get("/fhir/Patient?family=totalled", &doc).await).await;
+    assert!(plain.get("total").is_none());
+
+    // `_summary=count`: the total alone, audited as a search touching no patient.
+    let counted = json_of(
+        w.get("/fhir/Patient?family=totalled&_summary=count", &doc)
+            .await,
+    )
+    .await;
+    assert_eq!(counted["total"], 3);
+    assert!(counted.get("entry").is_none(), "{counted}");
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("search", "permit"));
+    assert!(last.2.is_empty());
+    let other_count = json_of(
+        w.get("/fhir/Patient?family=totalled&_summary=count", &other)
+            .await,
+    )
+    .await;
+    assert_eq!(other_count["total"], 1);
+
+    // An empty search has no `entry` (and no other empty array).
+    let empty = json_of(
+        w.get("/fhir/Patient?family=nobody&_total=accurate", &doc)
+            .await,
+    )
+    .await;
+    assert!(empty.get("entry").is_none(), "{empty}");
+    assert_eq!(empty["total"], 0);
+    assert_eq!(
+        empty["link"][0]["url"],
+        format!("{base}?family=nobody&_total=accurate")
+    );
+
+    // Every resource type counts under its own scope.
+    let (_, doc_obs) = (0, w.token("dr-a", SCOPES));
+    let patient = w.create(&doc, &patient_json("MRN-T5", "Observed")).await;
+    for _ in 0..2 {
+        let res = w
+            .send(
+                Method::POST,
+                "/fhir/Observation",
+                &doc_obs,
+                Some(&observation_json(patient)),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let obs = json_of(
+        w.get(
+            &format!("/fhir/Observation?patient={patient}&_total=accurate"),
+            &doc_obs,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(obs["total"], 2);
+    assert!(
+        obs["entry"][0]["fullUrl"]
+            .as_str()
+            .unwrap()
+            .starts_with(&format!("{PUBLIC_URL}/fhir/Observation/"))
+    );
+    let unseen = w
+        .get(
+            &format!("/fhir/Observation?patient={patient}&_summary=count"),
+            &w.token("dr-b", SCOPES),
+        )
+        .await;
+    assert_eq!(json_of(unseen).await["total"], 0);
+
+    for bad in [
+        "_total=maybe",
+        "_summary=text",
+        "_total=accurate&_total=none",
+    ] {
+        let res = w.get(&format!("/fhir/Patient?{bad}"), &doc).await;
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+}
+
+#[tokio::test]
+async fn updates_need_no_if_match_honour_a_sent_one_and_answer_the_whole_resource() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-U1", "Updated")).await;
+    let path = format!("/fhir/Patient/{id}");
+    let mut body = patient_json("MRN-U1", "Renamed");
+    body["id"] = json!(id.to_string());
+    let put = |if_match: Option<&'static str>, prefer: Option<&'static str>| {
+        let mut req = w
+            .app
+            .client
+            .put(w.app.url(&path))
+            .header("authorization", format!("Bearer {doc}"))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string());
+        if let Some(v) = if_match {
+            req = req.header("if-match", v);
+        }
+        if let Some(v) = prefer {
+            req = req.header("prefer", v);
+        }
+        req.send()
+    };
+
+    // No If-Match (what stock clients send): accepted, the whole resource answered.
+    let res = put(None, None).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["etag"], "W/\"2\"");
+    let p = json_of(res).await;
+    assert_eq!(p["name"][0]["family"], "Renamed");
+    assert_eq!(p["telecom"][0]["value"], "555-0100");
+    assert_eq!(p["meta"]["versionId"], "2");
+    assert!(p["meta"]["lastUpdated"].is_string());
+
+    // A stale If-Match is a 412 and changes nothing.
+    let res = put(Some("W/\"1\""), None).await.unwrap();
+    assert_eq!(res.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(json_of(res).await["resourceType"], "OperationOutcome");
+    let now = json_of(w.get(&path, &doc).await).await;
+    assert_eq!(now["meta"]["versionId"], "2");
+
+    // The current one is accepted; `Prefer: return=minimal` answers no body.
+    let res = put(Some("W/\"2\""), Some("return=minimal")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(res.headers()["etag"], "W/\"3\"");
+    assert_eq!(
+        res.headers()["content-location"],
+        format!("{PUBLIC_URL}/fhir/Patient/{id}").as_str()
+    );
+    assert!(res.text().await.unwrap().is_empty());
+    let res = put(None, Some("return=representation")).await.unwrap();
+    assert_eq!(json_of(res).await["meta"]["versionId"], "4");
+
+    // The same for a record type (the generic handler): no If-Match, then a stale one.
+    let token = w.token("dr-a", SCOPES);
+    let created = w
+        .send(
+            Method::POST,
+            "/fhir/Observation",
+            &token,
+            Some(&observation_json(id)),
+        )
+        .await;
+    assert_eq!(created.status(), StatusCode::CREATED);
+    let location = created.headers()["location"].to_str().unwrap().to_string();
+    let obs = json_of(created).await;
+    let obs_id = obs["id"].as_str().unwrap();
+    assert_eq!(location, format!("{PUBLIC_URL}/fhir/Observation/{obs_id}"));
+    let mut obs_body = observation_json(id);
+    obs_body["id"] = json!(obs_id);
+    obs_body["status"] = json!("amended");
+    let obs_path = format!("/fhir/Observation/{obs_id}");
+    let res = w
+        .send(Method::PUT, &obs_path, &token, Some(&obs_body))
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let o = json_of(res).await;
+    assert_eq!(
+        (o["status"].as_str(), o["meta"]["versionId"].as_str()),
+        (Some("amended"), Some("2"))
+    );
+    let stale = w
+        .app
+        .client
+        .put(w.app.url(&obs_path))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", "application/fhir+json")
+        .header("if-match", "W/\"1\"")
+        .body(obs_body.to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(stale.status(), StatusCode::PRECONDITION_FAILED);
+}
+
+#[tokio::test]
+async fn if_match_is_required_only_when_the_setting_says_so() {
+    let w = World::with(|b, _| b.set("fhir.require_if_match", true)).await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-U2", "Strict")).await;
+    let mut body = patient_json("MRN-U2", "Strict");
+    body["id"] = json!(id.to_string());
+    let res = w
+        .send(
+            Method::PUT,
+            &format!("/fhir/Patient/{id}"),
+            &doc,
+            Some(&body),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::PRECONDITION_REQUIRED);
+    let cs = json_of(w.app.get("/fhir/metadata").await).await;
+    assert_eq!(
+        cs["rest"][0]["resource"][0]["versioning"],
+        "versioned-update"
+    );
+}
+
+#[tokio::test]
+async fn conditional_create_answers_one_visible_match_refuses_several_and_ignores_the_unseen() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let (_, other) = w.user("dr-b", &[Role::Clinician]);
+    let post = |token: &str, body: &Value, if_none_exist: &str| {
+        w.app
+            .client
+            .post(w.app.url("/fhir/Patient"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/fhir+json")
+            .header("if-none-exist", if_none_exist.to_string())
+            .body(body.to_string())
+            .send()
+    };
+    let count = || {
+        use custodian::db::schema::patients::dsl::*;
+        use diesel::prelude::*;
+        patients
+            .count()
+            .get_result::<i64>(&mut w.app.db.conn())
+            .unwrap()
+    };
+
+    let body = patient_json("MRN-C1", "Conditional");
+    let first = post(&doc, &body, "identifier=urn:custodian:mrn|MRN-C1")
+        .await
+        .unwrap();
+    assert_eq!(first.status(), StatusCode::CREATED);
+    let created = json_of(first).await;
+    let events = w.audit_events().len();
+    let again = post(&doc, &body, "identifier=urn:custodian:mrn|MRN-C1")
+        .await
+        .unwrap();
+    assert_eq!(again.status(), StatusCode::OK);
+    assert_eq!(
+        again.headers()["location"],
+        format!(
+            "{PUBLIC_URL}/fhir/Patient/{}",
+            created["id"].as_str().unwrap()
+        )
+        .as_str()
+    );
+    let existing = json_of(again).await;
+    assert_eq!(existing["id"], created["id"]);
+    assert_eq!(existing["name"][0]["family"], "Conditional");
+    assert_eq!(count(), 1, "nothing was created");
+    // One event: the read of the match, naming its patient.
+    let trail = w.audit_events();
+    assert_eq!(trail.len(), events + 1);
+    let last = trail.last().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("read", "permit"));
+    assert_eq!(last.2[0].to_string(), created["id"].as_str().unwrap());
+
+    // Several matches: 412, nothing created.
+    w.create(&doc, &patient_json("MRN-C2", "Twin")).await;
+    w.create(&doc, &patient_json("MRN-C3", "Twin")).await;
+    let several = post(&doc, &patient_json("MRN-C4", "Twin"), "family=twin")
+        .await
+        .unwrap();
+    assert_eq!(several.status(), StatusCode::PRECONDITION_FAILED);
+    assert_eq!(json_of(several).await["resourceType"], "OperationOutcome");
+    assert_eq!(count(), 3);
+
+    // A match the caller may not see does not count: dr-b creates its own (the search
+    // is scoped like dr-b's searches), so the response reveals nothing of dr-a's patient.
+    let unseen = post(&other, &patient_json("MRN-C5", "Twin"), "family=twin")
+        .await
+        .unwrap();
+    assert_eq!(unseen.status(), StatusCode::CREATED);
+    assert_eq!(count(), 4);
+
+    // Bad conditions: not a search of this type, or no criterion at all.
+    for bad in ["nickname=x", "_count=1", ""] {
+        let res = post(&doc, &patient_json("MRN-C6", "Bad"), bad)
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad:?}");
+    }
+    assert_eq!(count(), 4);
+
+    // Record types too: an Observation matched by patient and code.
+    let token = w.token("dr-a", SCOPES);
+    let patient = uuid::Uuid::parse_str(created["id"].as_str().unwrap()).unwrap();
+    let cond = format!("patient={patient}&code=http://loinc.org|8867-4");
+    let mut ids = Vec::new();
+    for want in [StatusCode::CREATED, StatusCode::OK] {
+        let res = w
+            .app
+            .client
+            .post(w.app.url("/fhir/Observation"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", "application/fhir+json")
+            .header("if-none-exist", cond.as_str())
+            .body(observation_json(patient).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), want);
+        ids.push(json_of(res).await["id"].clone());
+    }
+    assert_eq!(ids[0], ids[1]);
+}
+
+#[tokio::test]
+async fn elements_keep_the_mandatory_elements_and_tag_the_result_subsetted() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let token = w.token("dr-a", SCOPES);
+    let patient = w.create(&doc, &patient_json("MRN-E9", "Subset")).await;
+    let res = w
+        .send(
+            Method::POST,
+            "/fhir/Observation",
+            &token,
+            Some(&observation_json(patient)),
+        )
+        .await;
+    let obs = json_of(res).await;
+    let read = format!(
+        "/fhir/Observation/{}?_elements=subject",
+        obs["id"].as_str().unwrap()
+    );
+    let search = format!("/fhir/Observation?patient={patient}&_elements=subject");
+    let searched = json_of(w.get(&search, &token).await).await;
+    for r in [
+        json_of(w.get(&read, &token).await).await,
+        searched["entry"][0]["resource"].clone(),
+    ] {
+        assert_eq!(r["status"], "final", "{r}");
+        assert_eq!(r["code"]["coding"][0]["code"], "8867-4");
+        assert!(r["subject"].is_object());
+        assert!(r.get("valueQuantity").is_none());
+        assert_eq!(
+            r["meta"]["tag"],
+            json!([{ "system": "http://terminology.hl7.org/CodeSystem/v3-ObservationValue", "code": "SUBSETTED" }])
+        );
+    }
+    // Without `_elements`: the whole resource, untagged.
+    let whole = json_of(
+        w.get(
+            &format!("/fhir/Observation/{}", obs["id"].as_str().unwrap()),
+            &token,
+        )
+        .await,
+    )
+    .await;
+    assert!(whole["meta"].get("tag").is_none());
+}
+
+#[tokio::test]
+async fn json_is_negotiated_xml_and_other_fhir_versions_are_406_and_lenient_handling_ignores_unknowns()
+ {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let id = w.create(&doc, &patient_json("MRN-N1", "Negotiated")).await;
+    let get = |path: String, accept: Option<&'static str>, prefer: Option<&'static str>| {
+        let mut req = w
+            .app
+            .client
+            .get(w.app.url(&path))
+            .header("authorization", format!("Bearer {doc}"));
+        if let Some(a) = accept {
+            req = req.header("accept", a);
+        }
+        if let Some(p) = prefer {
+            req = req.header("prefer", p);
+        }
+        req.send()
+    };
+    let read = format!("/fhir/Patient/{id}");
+    for (path, accept, want) in [
+        (format!("{read}?_format=json"), None, 200),
+        (format!("{read}?_format=application/fhir%2Bjson"), None, 200),
+        (
+            read.clone(),
+            Some("application/fhir+json; fhirVersion=4.0"),
+            200,
+        ),
+        (
+            read.clone(),
+            Some("application/json, text/plain;q=0.5"),
+            200,
+        ),
+        (read.clone(), Some("*/*"), 200),
+        (format!("{read}?_format=xml"), None, 406),
+        (read.clone(), Some("application/fhir+xml"), 406),
+        (
+            read.clone(),
+            Some("application/fhir+json; fhirVersion=3.0"),
+            406,
+        ),
+        (
+            "/fhir/Patient?family=negotiated".into(),
+            Some("application/xml"),
+            406,
+        ),
+        (
+            "/fhir/Patient?family=negotiated&_format=xml".into(),
+            None,
+            406,
+        ),
+        ("/fhir/metadata".into(), Some("application/fhir+xml"), 406),
+        ("/fhir/metadata?_format=json".into(), None, 200),
+    ] {
+        let res = get(path.clone(), accept, None).await.unwrap();
+        assert_eq!(res.status().as_u16(), want, "{path} {accept:?}");
+        let body = json_of(res).await;
+        if want == 406 {
+            assert_eq!(body["resourceType"], "OperationOutcome", "{path}");
+        }
+    }
+    // Unknown parameters: strict by default (422), ignored with handling=lenient.
+    let q = "/fhir/Patient?family=negotiated&nickname=x".to_string();
+    for (prefer, want) in [
+        (None, 422),
+        (Some("handling=strict"), 422),
+        (Some("handling=lenient"), 200),
+    ] {
+        let res = get(q.clone(), None, prefer).await.unwrap();
+        assert_eq!(res.status().as_u16(), want, "{prefer:?}");
+        if want == 200 {
+            assert_eq!(json_of(res).await["entry"].as_array().unwrap().len(), 1);
+        }
+    }
+    // Lenient handling never relaxes a known parameter's check.
+    let res = get(
+        "/fhir/Patient?_count=1000".into(),
+        None,
+        Some("handling=lenient"),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+}
+
+#[tokio::test]
+async fn the_capability_statement_declares_the_base_conditional_create_and_cors() {
+    let w = World::with(|b, _| {
+        b.set(
+            "server.cors_allowed_origins",
+            toml::Value::Array(vec!["https://app.example".into()]),
+        )
+    })
+    .await;
+    let cs = json_of(w.app.get("/fhir/metadata").await).await;
+    assert_eq!(cs["kind"], "instance");
+    assert_eq!(cs["implementation"]["url"], format!("{PUBLIC_URL}/fhir"));
+    assert_eq!(cs["rest"][0]["security"]["cors"], true);
+    for r in cs["rest"][0]["resource"].as_array().unwrap() {
+        assert_eq!(r["conditionalCreate"], true, "{r}");
+        assert_eq!(r["versioning"], "versioned", "{r}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// A stock client and an independent validator (npm, pinned by tests/fhir-clients).
+
+fn clients_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fhir-clients")
+}
+
+/// Installs `tests/fhir-clients/node_modules` once (per machine, under a lock).
+fn ensure_installed() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        let dir = clients_dir();
+        let lock_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
+        std::fs::create_dir_all(&lock_dir).unwrap();
+        let lock = std::fs::File::create(lock_dir.join("fhir-clients-npm.lock")).unwrap();
+        lock.lock().unwrap();
+        if dir.join("node_modules/.package-lock.json").exists() {
+            return;
+        }
+        let npm = |offline: bool| {
+            let mut cmd = Command::new("npm");
+            cmd.args(["ci", "--prefix"])
+                .arg(&dir)
+                .args(["--no-audit", "--no-fund"]);
+            if offline {
+                cmd.arg("--offline");
+            }
+            cmd.status()
+                .unwrap_or_else(|e| panic!("cannot run npm (is Node.js installed?): {e}"))
+                .success()
+        };
+        assert!(
+            npm(true) || npm(false),
+            "npm ci --prefix tests/fhir-clients failed (see output above)"
+        );
+    });
+}
+
+#[tokio::test]
+async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_is_valid_r4() {
+    ensure_installed();
+    // The client follows the absolute links the server gives, so the public URL must be
+    // this very server.
+    let port = free_port();
+    let w = World::with(|b, _| {
+        b.set("server.listen", format!("127.0.0.1:{port}"))
+            .set("server.public_url", format!("https://localhost:{port}"))
+    })
+    .await;
+    let (_, doc) = w.user("dr-interop", &[Role::Clinician]);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node")
+            .arg(clients_dir().join("interop.mjs"))
+            .current_dir(clients_dir())
+            .env("NODE_EXTRA_CA_CERTS", &test_cert().cert)
+            .env(
+                "CUSTODIAN_FHIR_BASE",
+                format!("https://localhost:{port}/fhir"),
+            )
+            .env("CUSTODIAN_TOKEN", doc)
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "stdout:\n{stdout}\nstderr:\n{stderr}");
+    for step in [
+        "capabilities",
+        "create",
+        "read",
+        "search",
+        "empty and count",
+        "conditional create",
+        "update",
+        "done",
+    ] {
+        assert!(
+            stdout.contains(&format!("{{\"step\":\"{step}\"")),
+            "{step} missing:\n{stdout}"
+        );
+    }
+}
