@@ -111,6 +111,19 @@ pub fn configure(r: &mut Routes) {
         Action::Public,
         fhir::metadata::capability_statement,
     );
+    // SMART App Launch discovery, at the FHIR base (as the specification places it) and
+    // at the server root (where some clients look).
+    for path in [
+        "/fhir/.well-known/smart-configuration",
+        "/.well-known/smart-configuration",
+    ] {
+        r.add(
+            Method::GET,
+            path,
+            Action::Public,
+            fhir::smart::smart_configuration,
+        );
+    }
     fhir_resource::<fhir::patient::Patients>(r);
     fhir_resource::<fhir::observation::Observations>(r);
     fhir_resource::<fhir::document_reference::DocumentReferences>(r);

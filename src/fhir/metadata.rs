@@ -73,9 +73,33 @@ pub fn resources(settings: &FhirSettings) -> Vec<Value> {
         .collect()
 }
 
+/// `rest.security`: OAuth bearer tokens; with a SMART configuration (the provider allows
+/// a SMART launch, [`super::smart`]) also the `SMART-on-FHIR` service and the OAuth URIs
+/// extension, taken from the same document as `/.well-known/smart-configuration`.
+fn security(settings: &FhirSettings, smart: Option<&Value>) -> Value {
+    let system = "http://terminology.hl7.org/CodeSystem/restful-security-service";
+    let mut codings = vec![json!({ "system": system, "code": "OAuth" })];
+    let mut out = json!({
+        "cors": settings.cors,
+        "description": "Bearer JWT access tokens from the hospital's OpenID provider, with SMART App Launch v2 scopes; services may use client certificates.",
+    });
+    if let Some(smart) = smart {
+        codings.push(json!({ "system": system, "code": "SMART-on-FHIR" }));
+        out["extension"] = json!([{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [
+                { "url": "authorize", "valueUri": smart["authorization_endpoint"] },
+                { "url": "token", "valueUri": smart["token_endpoint"] },
+            ],
+        }]);
+    }
+    out["service"] = json!([{ "coding": codings }]);
+    out
+}
+
 /// The CapabilityStatement: public, no PHI; its `implementation.url` is the absolute base
 /// every other URL of the API starts with.
-pub fn statement(settings: &FhirSettings) -> Value {
+pub fn statement(settings: &FhirSettings, smart: Option<&Value>) -> Value {
     json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
@@ -87,14 +111,7 @@ pub fn statement(settings: &FhirSettings) -> Value {
         "format": ["json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
-            "security": {
-                "cors": settings.cors,
-                "service": [{ "coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                    "code": "OAuth"
-                }] }],
-                "description": "Bearer JWT access tokens from the hospital's OpenID provider, with SMART App Launch v2 scopes; services may use client certificates."
-            },
+            "security": security(settings, smart),
             "resource": resources(settings),
         }],
     })
@@ -102,6 +119,7 @@ pub fn statement(settings: &FhirSettings) -> Value {
 
 pub async fn capability_statement(
     req: HttpRequest,
+    state: web::Data<crate::state::AppState>,
     settings: web::Data<FhirSettings>,
 ) -> Result<HttpResponse, AppError> {
     super::negotiate(&req)?;
@@ -110,7 +128,10 @@ pub async fn capability_statement(
             super::check_format(&v)?;
         }
     }
+    // The provider being unreachable does not take the CapabilityStatement down: it then
+    // claims no SMART launch.
+    let smart = super::smart::current(&state).await.ok().flatten();
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
-        .body(statement(&settings).to_string()))
+        .body(statement(&settings, smart.as_ref()).to_string()))
 }

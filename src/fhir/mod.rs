@@ -10,6 +10,7 @@ pub mod observation;
 pub mod params;
 pub mod patient;
 pub mod resource;
+pub mod smart;
 pub mod types;
 
 use crate::error::AppError;

@@ -548,6 +548,108 @@ async fn the_capability_statement_declares_the_base_conditional_create_and_cors(
     }
 }
 
+#[tokio::test]
+async fn smart_discovery_comes_from_the_configured_provider_and_the_capability_statement_points_at_it()
+ {
+    let w = World::new().await;
+    let issuer = w.idp.issuer();
+    for path in [
+        "/fhir/.well-known/smart-configuration",
+        "/.well-known/smart-configuration",
+    ] {
+        let res = w.app.get(path).await;
+        assert_eq!(res.status(), StatusCode::OK, "{path}");
+        let c = json_of(res).await;
+        assert_eq!(c["issuer"], issuer.as_str());
+        assert_eq!(c["authorization_endpoint"], format!("{issuer}/authorize"));
+        assert_eq!(c["token_endpoint"], format!("{issuer}/token"));
+        assert_eq!(c["jwks_uri"], format!("{issuer}/jwks"));
+        // Only what is true: no implicit grant, no `plain` PKCE, no launch context.
+        assert_eq!(
+            c["grant_types_supported"],
+            json!(["authorization_code", "client_credentials"])
+        );
+        assert_eq!(c["code_challenge_methods_supported"], json!(["S256"]));
+        let caps: Vec<&str> = c["capabilities"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c.as_str().unwrap())
+            .collect();
+        for cap in [
+            "launch-standalone",
+            "client-public",
+            "client-confidential-symmetric",
+            "sso-openid-connect",
+            "permission-v2",
+        ] {
+            assert!(caps.contains(&cap), "{cap}: {caps:?}");
+        }
+        assert!(
+            !caps
+                .iter()
+                .any(|c| c.starts_with("context-") || *c == "launch-ehr"),
+            "{caps:?}"
+        );
+        let scopes = c["scopes_supported"].as_array().unwrap();
+        for s in [
+            "user/Patient.rs",
+            "patient/Observation.rs",
+            "system/Claim.cruds",
+            "billing.read",
+        ] {
+            assert!(scopes.contains(&json!(s)), "{s}");
+        }
+    }
+    let cs = json_of(w.app.get("/fhir/metadata").await).await;
+    let security = &cs["rest"][0]["security"];
+    let codes: Vec<&str> = security["service"][0]["coding"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["code"].as_str().unwrap())
+        .collect();
+    assert_eq!(codes, vec!["OAuth", "SMART-on-FHIR"]);
+    assert_eq!(
+        security["extension"][0]["url"],
+        "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris"
+    );
+    assert_eq!(
+        security["extension"][0]["extension"],
+        json!([
+            { "url": "authorize", "valueUri": format!("{issuer}/authorize") },
+            { "url": "token", "valueUri": format!("{issuer}/token") },
+        ])
+    );
+
+    // A provider unreachable before its first fetch: 503 for the discovery document, and
+    // the CapabilityStatement claims no SMART launch (it stays up).
+    let down = World::new().await;
+    down.idp.set_down(true);
+    let res = down.app.get("/.well-known/smart-configuration").await;
+    assert_eq!(res.status(), StatusCode::SERVICE_UNAVAILABLE);
+    let cs = json_of(down.app.get("/fhir/metadata").await).await;
+    assert_eq!(
+        cs["rest"][0]["security"]["service"][0]["coding"]
+            .as_array()
+            .unwrap()
+            .len(),
+        1
+    );
+    assert!(cs["rest"][0]["security"].get("extension").is_none());
+}
+
+#[tokio::test]
+async fn without_bearer_authentication_there_is_no_smart_discovery_and_no_smart_claim() {
+    let app = crate::support::TestApp::spawn().await;
+    let res = app.get("/fhir/.well-known/smart-configuration").await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let cs = json_of(app.get("/fhir/metadata").await).await;
+    let codes = &cs["rest"][0]["security"]["service"][0]["coding"];
+    assert_eq!(codes.as_array().unwrap().len(), 1);
+    assert_eq!(codes[0]["code"], "OAuth");
+}
+
 // ---------------------------------------------------------------------------------------
 // A stock client and an independent validator (npm, pinned by tests/fhir-clients).
 

@@ -60,6 +60,12 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("GET", "/healthz", Expect::Public),
     ("GET", "/readyz", Expect::Public),
     ("GET", "/fhir/metadata", Expect::Public),
+    (
+        "GET",
+        "/fhir/.well-known/smart-configuration",
+        Expect::Public,
+    ),
+    ("GET", "/.well-known/smart-configuration", Expect::Public),
     ("GET", "/fhir/Patient", Expect::Fhir),
     ("POST", "/fhir/Patient", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}", Expect::Fhir),
@@ -173,7 +179,10 @@ fn every_route_in_the_table_is_covered() {
             _ => false,
         };
         assert!(fits, "{} {}: {:?}", route.method, route.path, route.action);
-        if route.path.starts_with("/fhir/") && route.path != "/fhir/metadata" {
+        // Public under /fhir: the CapabilityStatement and the SMART discovery document
+        // (neither carries PHI); every other /fhir route is a FHIR action.
+        let public_fhir = ["/fhir/metadata", "/fhir/.well-known/smart-configuration"];
+        if route.path.starts_with("/fhir/") && !public_fhir.contains(&route.path) {
             assert!(matches!(route.action, Action::Fhir(..)));
         }
         if route.path.starts_with("/api/") {
