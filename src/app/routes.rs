@@ -87,12 +87,16 @@ impl Routes {
 /// generic handler of that interaction.
 fn fhir_resource<R: FhirResource>(r: &mut Routes) {
     use crate::policy::Interaction as I;
-    use fhir::resource::{create, delete, read, search, update};
+    use fhir::resource::{create, delete, read, search, search_post, update};
     let d = R::DESCRIPTOR;
     for &i in d.interactions {
         let action = Action::Fhir(d.kind, i);
         match i {
-            I::Search => r.add(Method::GET, d.path, action, search::<R>),
+            I::Search => {
+                r.add(Method::GET, d.path, action, search::<R>);
+                // Registered before the item path, which would otherwise take `_search`.
+                r.add(Method::POST, d.search_path, action, search_post::<R>);
+            }
             I::Create => r.add(Method::POST, d.path, action, create::<R>),
             I::Read => r.add(Method::GET, d.item_path, action, read::<R>),
             I::Update => r.add(Method::PUT, d.item_path, action, update::<R>),

@@ -15,6 +15,15 @@ use crate::policy::SearchScope;
 use diesel::{Connection, PgConnection, QueryResult};
 use uuid::Uuid;
 
+/// One value of a date search, as an interval of time: `from <= t < until` (either end
+/// open), or — for the `ne` prefix — everything outside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeRange {
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    pub outside: bool,
+}
+
 /// What a record table declares; the statements come from `statements!`.
 pub trait RecordTable: Sized + 'static {
     /// The row as stored: clear columns and the sealed ones as bytes

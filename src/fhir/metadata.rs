@@ -5,7 +5,7 @@
 use super::config::FhirSettings;
 use super::{FHIR_JSON, resource};
 use crate::error::AppError;
-use crate::policy::Interaction;
+use crate::policy::{Interaction, ResourceType};
 use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
@@ -20,15 +20,25 @@ fn interaction_code(i: Interaction) -> &'static str {
 }
 
 /// What each search parameter accepts, stated where a client reads it.
-fn param_doc(kind: &str) -> Option<&'static str> {
-    match kind {
-        "date" => Some(
-            "A day (YYYY-MM-DD) or an RFC 3339 date-time, with the prefix eq (default), ge or le.",
+fn param_doc(resource: ResourceType, name: &str, kind: &str) -> Option<&'static str> {
+    match (resource, name, kind) {
+        (ResourceType::Patient, "birthdate", _) => Some(
+            "An exact day YYYY-MM-DD (the eq prefix is accepted): birth dates are sealed and matched through a blind index.",
         ),
-        "token" => Some("system|code, or a bare code."),
-        "string" => Some("Exact match, case- and whitespace-insensitive."),
-        "reference" => Some("Patient/<id> or a bare id."),
-        "number" => Some("Page size, 1 to 100 (default 20); pages follow the next link (_cursor)."),
+        (ResourceType::Patient, _, "string") => Some(
+            "Exact match, case- and whitespace-insensitive (names are sealed and matched through a blind index).",
+        ),
+        (ResourceType::Patient, "identifier", _) => {
+            Some("urn:custodian:mrn|<MRN>, http://hl7.org/fhir/sid/us-ssn|<SSN> or a bare MRN.")
+        }
+        (_, _, "date") => Some(
+            "Prefixes eq (default), ne, gt, lt, ge, le, sa, eb, ap; a value is YYYY, YYYY-MM, YYYY-MM-DD (UTC) or an RFC 3339 date-time; comma-separated values are an OR; the parameter may be repeated (AND).",
+        ),
+        (_, _, "token") => Some("system|code or a bare code; comma-separated values are an OR."),
+        (_, _, "reference") => Some("Patient/<id> or a bare id."),
+        (_, "_count", _) => Some(
+            "Page size, 1 to 100 (default 20); further pages follow the next link (its _cursor is opaque). _total=accurate adds Bundle.total, _summary=count answers the total alone.",
+        ),
         _ => None,
     }
 }
@@ -48,7 +58,7 @@ pub fn resources(settings: &FhirSettings) -> Vec<Value> {
                 .iter()
                 .map(|p| {
                     let mut param = json!({ "name": p.name, "type": p.kind });
-                    if let Some(doc) = param_doc(p.kind) {
+                    if let Some(doc) = param_doc(d.kind, p.name, p.kind) {
                         param["documentation"] = json!(doc);
                     }
                     param

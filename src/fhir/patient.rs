@@ -85,8 +85,10 @@ fn search_criteria(q: &[(&'static str, String)]) -> Result<Criteria, AppError> {
         c.given = Some(bounded_text("given", g, 100)?);
     }
     if let Some(d) = params::single(q, "birthdate")? {
+        // Sealed with an exact-match blind index: a day, optionally with the `eq` prefix.
+        let d = d.strip_prefix("eq").unwrap_or(d);
         c.birth_date = Some(
-            types::birth_date(d).map_err(|_| invalid("birthdate", "must be a date YYYY-MM-DD"))?,
+            types::birth_date(d).map_err(|_| invalid("birthdate", "must be a day YYYY-MM-DD (optionally eq-prefixed): birth dates are sealed and matched exactly"))?,
         );
     }
     if let Some(ident) = params::single(q, "identifier")? {

@@ -37,6 +37,9 @@ pub struct Descriptor {
     /// update, delete), registered from [`Self::interactions`] by the route table.
     pub path: &'static str,
     pub item_path: &'static str,
+    /// `/fhir/<type>/_search`: search by `POST` with a form body (keeps identifiers such
+    /// as SSNs out of URLs and logs).
+    pub search_path: &'static str,
     pub interactions: &'static [Interaction],
     pub search: &'static [SearchParam],
     /// The top-level elements it returns (besides `resourceType`, `id` and `meta`).
@@ -66,6 +69,7 @@ pub const PATIENT: Descriptor = Descriptor {
     kind: ResourceType::Patient,
     path: "/fhir/Patient",
     item_path: "/fhir/Patient/{id}",
+    search_path: "/fhir/Patient/_search",
     interactions: &[Search, Create, Read, Update],
     search: &[
         param("family", "string"),
@@ -91,6 +95,7 @@ pub const OBSERVATION: Descriptor = Descriptor {
     kind: ResourceType::Observation,
     path: "/fhir/Observation",
     item_path: "/fhir/Observation/{id}",
+    search_path: "/fhir/Observation/_search",
     interactions: &[Search, Create, Read, Update, Delete],
     search: &[
         param("patient", "reference"),
@@ -117,6 +122,7 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
     kind: ResourceType::DocumentReference,
     path: "/fhir/DocumentReference",
     item_path: "/fhir/DocumentReference/{id}",
+    search_path: "/fhir/DocumentReference/_search",
     interactions: &[Search, Create, Read, Update],
     search: &[
         param("patient", "reference"),
@@ -139,6 +145,7 @@ pub const CLAIM: Descriptor = Descriptor {
     kind: ResourceType::Claim,
     path: "/fhir/Claim",
     item_path: "/fhir/Claim/{id}",
+    search_path: "/fhir/Claim/_search",
     interactions: &[Search, Create, Read, Update, Delete],
     search: &[
         param("patient", "reference"),
@@ -578,10 +585,82 @@ pub async fn search<R: FhirResource>(
     state: web::Data<AppState>,
     settings: web::Data<FhirSettings>,
 ) -> Result<HttpResponse, AppError> {
+    let query = req.query_string().to_string();
+    search_with::<R>(&req, pipeline, &state, &settings, query, false).await
+}
+
+/// A form body, read only after the pipeline admitted the principal (see [`Body`]).
+type Form = Result<web::Bytes, actix_web::Error>;
+
+/// Search by `POST /fhir/<type>/_search` with an `application/x-www-form-urlencoded`
+/// body (and possibly a query string): the same search, whose links carry no parameter
+/// values (the `next` cursor carries them sealed), so that identifiers stay out of URLs.
+pub async fn search_post<R: FhirResource>(
+    req: HttpRequest,
+    pipeline: Pipeline,
+    state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
+    body: Form,
+) -> Result<HttpResponse, AppError> {
+    let form = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return Err(AppError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "A search by POST needs an application/x-www-form-urlencoded body.",
+        ));
+    }
+    let body = body.map_err(|_| AppError::bad_request("The request body could not be read."))?;
+    let body = std::str::from_utf8(&body)
+        .map_err(|_| AppError::bad_request("The form body is not UTF-8."))?;
+    let query = match (req.query_string(), body.trim()) {
+        (q, "") => q.to_string(),
+        ("", b) => b.to_string(),
+        (q, b) => format!("{q}&{b}"),
+    };
+    search_with::<R>(&req, pipeline, &state, &settings, query, true).await
+}
+
+async fn search_with<R: FhirResource>(
+    req: &HttpRequest,
+    pipeline: Pipeline,
+    state: &AppState,
+    settings: &FhirSettings,
+    query: String,
+    post: bool,
+) -> Result<HttpResponse, AppError> {
     check_route::<R>(&pipeline)?;
-    negotiate(&req)?;
+    negotiate(req)?;
     let kind = R::DESCRIPTOR.kind;
-    let q = params::search_params(&req, &R::DESCRIPTOR.accepted())?;
+    let accepted = R::DESCRIPTOR.accepted();
+    let lenient = Prefer::of(req).lenient;
+    let user = pipeline.user.id;
+    let given = params::parse_params(&query, &accepted, lenient)?;
+    // A cursor from a POST search carries that search's parameters: it stands alone.
+    let (q, after, carried) = match params::single(&given, CURSOR)? {
+        None => (given, None, None),
+        Some(c) => match Cursor::open(&state.keyring, user, kind, c)? {
+            (after, None) => (given, Some(after), None),
+            (after, Some(carried)) => {
+                if given.len() > 1 {
+                    return Err(invalid(
+                        CURSOR,
+                        "of a search by POST takes no other parameter",
+                    ));
+                }
+                let q = params::parse_params(&carried, &accepted, true)?;
+                (q, Some(after), Some(carried))
+            }
+        },
+    };
+    let post = post || carried.is_some();
     let criteria = R::criteria(&q)?;
     let count = bundle::page_size(params::single(&q, "_count")?)?;
     let (want_total, count_only) = total_and_summary(&q)?;
@@ -591,10 +670,6 @@ pub async fn search<R: FhirResource>(
         refuse_field(&pipeline, None, [], field, FieldUse::Search).await?;
     }
     let fields = R::fields(view, &elements)?;
-    let user = pipeline.user.id;
-    let after = params::single(&q, CURSOR)?
-        .map(|c| Cursor::open(&state.keyring, user, kind, c))
-        .transpose()?;
     let kr = state.keyring.clone();
     let limit = if count_only { 0 } else { count as i64 + 1 };
     let (mut rows, total) = state
@@ -619,24 +694,27 @@ pub async fn search<R: FhirResource>(
     patients.sort();
     patients.dedup();
     pipeline.permit(None, patients).await?;
+    // What a POST search's cursor carries: its parameters, without a cursor.
+    let to_carry = post.then(|| {
+        let mut out = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in q.iter().filter(|(k, _)| *k != CURSOR) {
+            out.append_pair(k, v);
+        }
+        out.finish()
+    });
     let next = match (more, rows.last()) {
         (true, Some(last)) => Some(Cursor::seal(
             &state.keyring,
             user,
             kind,
             R::id(last).into(),
+            to_carry.as_deref(),
         )?),
         _ => None,
     };
     let entries: Vec<Value> = rows.iter().map(|r| elements.apply(R::to_fhir(r))).collect();
-    let body = bundle::searchset(
-        &settings,
-        &req,
-        kind.as_str(),
-        entries,
-        next.as_deref(),
-        total,
-    );
+    let links = bundle::links(settings, kind.as_str(), &query, post, next.as_deref());
+    let body = bundle::searchset(settings, kind.as_str(), links, entries, total);
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .body(body.to_string()))

@@ -650,6 +650,184 @@ async fn without_bearer_authentication_there_is_no_smart_discovery_and_no_smart_
     assert_eq!(codes[0]["code"], "OAuth");
 }
 
+#[tokio::test]
+async fn date_prefixes_or_lists_and_system_tokens_search_as_fhir_defines() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let token = w.token(
+        "dr-a",
+        "user/Patient.cruds user/Observation.cruds user/Claim.cruds",
+    );
+    let patient = w.create(&doc, &patient_json("MRN-D1", "Dated")).await;
+    for (day, code) in [("18", "8867-4"), ("20", "8867-4"), ("22", "8310-5")] {
+        let mut o = observation_json(patient);
+        o["effectiveDateTime"] = json!(format!("2026-11-{day}T08:30:00Z"));
+        o["code"]["coding"][0]["code"] = json!(code);
+        let res = w
+            .send(Method::POST, "/fhir/Observation", &token, Some(&o))
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let days = |b: &Value| -> Vec<String> {
+        let mut d: Vec<String> = b["entry"]
+            .as_array()
+            .map(Vec::as_slice)
+            .unwrap_or_default()
+            .iter()
+            .map(|e| e["resource"]["effectiveDateTime"].as_str().unwrap()[8..10].to_string())
+            .collect();
+        d.sort();
+        d
+    };
+    for (q, want) in [
+        ("date=2026-11-20", &["20"][..]),
+        ("date=eq2026-11-20", &["20"]),
+        ("date=ne2026-11-20", &["18", "22"]),
+        ("date=gt2026-11-20", &["22"]),
+        ("date=sa2026-11-20", &["22"]),
+        ("date=lt2026-11-20", &["18"]),
+        ("date=eb2026-11-20", &["18"]),
+        ("date=ge2026-11-20", &["20", "22"]),
+        ("date=le2026-11-20", &["18", "20"]),
+        ("date=gt2026-11-20T08:30:00Z", &["22"]),
+        ("date=ge2026-11-20T08:30:00Z", &["20", "22"]),
+        ("date=2026-11", &["18", "20", "22"]),
+        ("date=2026", &["18", "20", "22"]),
+        ("date=2026-10", &[]),
+        ("date=2026-11-18,2026-11-22", &["18", "22"]),
+        ("date=ge2026-11-19&date=le2026-11-21", &["20"]),
+        ("code=8310-5,8867-4", &["18", "20", "22"]),
+        ("code=http://loinc.org|8310-5", &["22"]),
+        ("code=8867-4&date=gt2026-11-19", &["20"]),
+    ] {
+        let res = w
+            .get(&format!("/fhir/Observation?patient={patient}&{q}"), &token)
+            .await;
+        assert_eq!(res.status(), StatusCode::OK, "{q}");
+        assert_eq!(days(&json_of(res).await), want, "{q}");
+    }
+    let ap = json_of(
+        w.get(
+            &format!("/fhir/Observation?patient={patient}&date=ap2026-11-20"),
+            &token,
+        )
+        .await,
+    )
+    .await;
+    assert!(days(&ap).contains(&"20".to_string()));
+    for bad in [
+        "date=xx2026-11-20",
+        "date=2026-13",
+        "date=2026-11-20,",
+        "code=8867-4,,8310-5",
+        "date=1,2,3,4,5,6,7,8,9,10,11",
+    ] {
+        let res = w
+            .get(
+                &format!("/fhir/Observation?patient={patient}&{bad}"),
+                &token,
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    // Birth dates are sealed: exact days only (eq accepted), other prefixes refused.
+    let res = w.get("/fhir/Patient?birthdate=eq1970-03-04", &doc).await;
+    assert_eq!(json_of(res).await["entry"].as_array().unwrap().len(), 1);
+    let res = w.get("/fhir/Patient?birthdate=gt1970-03-04", &doc).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Claim status: an OR list, with or without its system.
+    w.user("billing-1", &[Role::Billing]);
+    let billing_token = w.token("billing-1", "user/Patient.rs user/Claim.cruds");
+    let claim = crate::api::resources::claim_json(patient);
+    let res = w
+        .send(Method::POST, "/fhir/Claim", &billing_token, Some(&claim))
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    for (q, n) in [
+        ("status=draft,active", 1),
+        ("status=http://hl7.org/fhir/fm-status|active", 1),
+        ("status=draft,cancelled", 0),
+    ] {
+        let b = json_of(
+            w.get(&format!("/fhir/Claim?{q}&_total=accurate"), &billing_token)
+                .await,
+        )
+        .await;
+        assert_eq!(b["total"], n, "{q}");
+    }
+}
+
+#[tokio::test]
+async fn search_by_post_keeps_parameter_values_out_of_every_url() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let (_, other) = w.user("dr-b", &[Role::Clinician]);
+    for i in 0..3 {
+        w.create(&doc, &patient_json(&format!("MRN-P{i}"), "Postman"))
+            .await;
+    }
+    let post = |token: &str, body: &'static str, content_type: &'static str| {
+        w.app
+            .client
+            .post(w.app.url("/fhir/Patient/_search"))
+            .header("authorization", format!("Bearer {token}"))
+            .header("content-type", content_type)
+            .body(body)
+            .send()
+    };
+    let form = "application/x-www-form-urlencoded";
+    let res = post(&doc, "family=postman&_count=2&_total=accurate", form)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let b = json_of(res).await;
+    assert_eq!(b["total"], 3);
+    assert_eq!(b["entry"].as_array().unwrap().len(), 2);
+    assert_eq!(
+        b["link"][0]["url"],
+        format!("{PUBLIC_URL}/fhir/Patient/_search")
+    );
+    let next = next_link(&b).unwrap();
+    assert!(
+        next.starts_with(&format!("{PUBLIC_URL}/fhir/Patient?_cursor=")),
+        "{next}"
+    );
+    assert!(
+        !next.to_lowercase().contains("postman") && !next.contains("family"),
+        "{next}"
+    );
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("search", "permit"));
+    assert_eq!(last.2.len(), 2);
+
+    // The next page (a GET with the sealed cursor alone) continues the same search.
+    let page2 = json_of(w.get(&next, &doc).await).await;
+    assert_eq!(page2["entry"].as_array().unwrap().len(), 1);
+    assert_eq!(page2["total"], 3);
+    assert!(next_link(&page2).is_none());
+    // Nobody else can use it, and it takes no other parameter.
+    let res = w.get(&next, &other).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    let res = w.get(&format!("{next}&family=other"), &doc).await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // Only a form body; unknown parameters follow the same rules as GET.
+    let res = post(&doc, "{\"family\":\"postman\"}", "application/json")
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let res = post(&doc, "nickname=x", form).await.unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+    // Scoped like any search: dr-b finds none of dr-a's patients.
+    let res = post(&other, "family=postman&_total=accurate", form)
+        .await
+        .unwrap();
+    let b = json_of(res).await;
+    assert_eq!(b["total"], 0);
+    assert!(b.get("entry").is_none());
+}
+
 // ---------------------------------------------------------------------------------------
 // A stock client and an independent validator (npm, pinned by tests/fhir-clients).
 

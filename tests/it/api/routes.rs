@@ -67,19 +67,23 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ),
     ("GET", "/.well-known/smart-configuration", Expect::Public),
     ("GET", "/fhir/Patient", Expect::Fhir),
+    ("POST", "/fhir/Patient/_search", Expect::Fhir),
     ("POST", "/fhir/Patient", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}", Expect::Fhir),
     ("PUT", "/fhir/Patient/{id}", Expect::Fhir),
     ("GET", "/fhir/Observation", Expect::Fhir),
+    ("POST", "/fhir/Observation/_search", Expect::Fhir),
     ("POST", "/fhir/Observation", Expect::Fhir),
     ("GET", "/fhir/Observation/{id}", Expect::Fhir),
     ("PUT", "/fhir/Observation/{id}", Expect::Fhir),
     ("DELETE", "/fhir/Observation/{id}", Expect::Fhir),
     ("GET", "/fhir/DocumentReference", Expect::Fhir),
+    ("POST", "/fhir/DocumentReference/_search", Expect::Fhir),
     ("POST", "/fhir/DocumentReference", Expect::Fhir),
     ("GET", "/fhir/DocumentReference/{id}", Expect::Fhir),
     ("PUT", "/fhir/DocumentReference/{id}", Expect::Fhir),
     ("GET", "/fhir/Claim", Expect::Fhir),
+    ("POST", "/fhir/Claim/_search", Expect::Fhir),
     ("POST", "/fhir/Claim", Expect::Fhir),
     ("GET", "/fhir/Claim/{id}", Expect::Fhir),
     ("PUT", "/fhir/Claim/{id}", Expect::Fhir),
@@ -404,6 +408,14 @@ impl Setup {
                 .header("content-type", "application/fhir+json")
                 .header("if-match", "W/\"1\"")
                 .body(body.to_string());
+        }
+        if let Action::Fhir(_, Interaction::Search) = route.action
+            && method(route) == Method::POST
+        {
+            // A search by POST: its parameters in a form body (none: every row in scope).
+            req = req
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("");
         }
         if let Action::Fhir(resource, Interaction::Create) = route.action {
             // A conditional create searches first: the walk checks that this search is
