@@ -87,7 +87,7 @@ impl Routes {
 /// generic handler of that interaction.
 fn fhir_resource<R: FhirResource>(r: &mut Routes) {
     use crate::policy::Interaction as I;
-    use fhir::resource::{create, delete, read, search, search_post, update};
+    use fhir::resource::{create, delete, history, read, search, search_post, update, vread};
     let d = R::DESCRIPTOR;
     for &i in d.interactions {
         let action = Action::Fhir(d.kind, i);
@@ -98,7 +98,12 @@ fn fhir_resource<R: FhirResource>(r: &mut Routes) {
                 r.add(Method::POST, d.search_path, action, search_post::<R>);
             }
             I::Create => r.add(Method::POST, d.path, action, create::<R>),
-            I::Read => r.add(Method::GET, d.item_path, action, read::<R>),
+            I::Read => {
+                r.add(Method::GET, d.item_path, action, read::<R>);
+                // The history and version reads are reads of the record.
+                r.add(Method::GET, d.history_path, action, history::<R>);
+                r.add(Method::GET, d.vread_path, action, vread::<R>);
+            }
             I::Update => r.add(Method::PUT, d.item_path, action, update::<R>),
             I::Delete => r.add(Method::DELETE, d.item_path, action, delete::<R>),
         }

@@ -192,6 +192,11 @@ impl RecordTable for ClaimTable {
         q
     }
 
+    /// A claim's items belong to every version.
+    fn all_fields() -> bool {
+        true
+    }
+
     /// The items of every claim, when `items` is set (one query).
     fn load(
         conn: &mut PgConnection,

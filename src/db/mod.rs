@@ -5,6 +5,7 @@ pub mod claims;
 pub mod config;
 pub mod documents;
 pub mod facilities;
+pub mod history;
 pub mod observations;
 pub mod patients;
 pub mod pending;

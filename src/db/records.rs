@@ -50,6 +50,11 @@ pub trait RecordTable: Sized + 'static {
     /// Narrows a search to `criteria` (the scope, liveness and paging are added around it).
     fn filter(q: Self::Query, criteria: &Self::Criteria) -> Self::Query;
 
+    /// Every field (what the history keeps of each version): by default the default.
+    fn all_fields() -> Self::Fields {
+        Self::Fields::default()
+    }
+
     /// Loads what `fields` asks for beyond the rows; nothing by default.
     fn load(
         _conn: &mut PgConnection,
@@ -83,6 +88,9 @@ pub trait Statements: RecordTable {
     fn new_subject(new: &Self::New) -> PatientId;
     /// The subject patient of a live record (for the decision point).
     fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError>;
+    /// The subject patient of a record, live or soft-deleted (history, vread, 410).
+    fn patient_of_any(conn: &mut PgConnection, id: RecordId)
+    -> Result<Option<PatientId>, AppError>;
     /// Soft delete: the row stays (for the record) but is no longer read or found
     /// (`false`: no such live record).
     fn soft_delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError>;
@@ -156,6 +164,16 @@ macro_rules! statements {
                     Ok(t::table
                         .filter(t::id.eq(id))
                         .filter(t::deleted_at.is_null())
+                        .select(t::patient_id)
+                        .first(conn)
+                        .optional()?)
+                }
+                fn patient_of_any(
+                    conn: &mut PgConnection,
+                    id: RecordId,
+                ) -> Result<Option<PatientId>, AppError> {
+                    Ok(t::table
+                        .filter(t::id.eq(id))
                         .select(t::patient_id)
                         .first(conn)
                         .optional()?)

@@ -48,11 +48,17 @@ pub fn resources(settings: &FhirSettings) -> Vec<Value> {
     resource::ALL
         .iter()
         .map(|d| {
-            let interactions: Vec<Value> = Interaction::ALL
+            let mut interactions: Vec<Value> = Interaction::ALL
                 .into_iter()
                 .filter(|i| d.interactions.contains(i))
                 .map(|i| json!({ "code": interaction_code(i) }))
                 .collect();
+            let reads = d.interactions.contains(&Interaction::Read);
+            if reads {
+                // Served by the read interaction's routes (`…/_history`, `…/_history/{vid}`).
+                interactions.push(json!({ "code": "vread" }));
+                interactions.push(json!({ "code": "history-instance" }));
+            }
             let params: Vec<Value> = d
                 .search
                 .iter()
@@ -69,7 +75,7 @@ pub fn resources(settings: &FhirSettings) -> Vec<Value> {
                 "interaction": interactions,
                 // With `fhir.require_if_match` an update must name the version it replaces.
                 "versioning": if settings.require_if_match { "versioned-update" } else { "versioned" },
-                "readHistory": false,
+                "readHistory": reads,
                 "updateCreate": false,
                 "conditionalCreate": d.interactions.contains(&Interaction::Create),
                 "conditionalUpdate": false,

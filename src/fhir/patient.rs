@@ -357,6 +357,46 @@ impl FhirResource for Patients {
     fn version(p: &PatientView) -> i32 {
         p.version
     }
+    fn full_fields() -> PatientFields {
+        PatientFields {
+            mrn: true,
+            ssn: true,
+            name: true,
+            birth_date: true,
+            gender: true,
+            telecom: true,
+            address: true,
+        }
+    }
+    /// A stored version cut down to the view: what [`to_fhir`] would not have emitted
+    /// for a record fetched with `fields`.
+    fn shape(mut json: Value, fields: PatientFields) -> Value {
+        let Some(map) = json.as_object_mut() else {
+            return json;
+        };
+        if let Some(Value::Array(ids)) = map.get_mut("identifier") {
+            ids.retain(|i| match i["system"].as_str() {
+                Some(MRN_SYSTEM) => fields.mrn,
+                Some(SSN_SYSTEM) => fields.ssn,
+                _ => false,
+            });
+            if ids.is_empty() {
+                map.remove("identifier");
+            }
+        }
+        for (key, keep) in [
+            ("name", fields.name),
+            ("gender", fields.gender),
+            ("birthDate", fields.birth_date),
+            ("telecom", fields.telecom),
+            ("address", fields.address),
+        ] {
+            if !keep {
+                map.remove(key);
+            }
+        }
+        json
+    }
     /// A Patient record is its own patient.
     fn subject(p: &PatientView) -> PatientId {
         p.id

@@ -40,6 +40,10 @@ pub struct Descriptor {
     /// `/fhir/<type>/_search`: search by `POST` with a form body (keeps identifiers such
     /// as SSNs out of URLs and logs).
     pub search_path: &'static str,
+    /// `/fhir/<type>/{id}/_history` and `/fhir/<type>/{id}/_history/{vid}`: the instance
+    /// history and vread, served with the read interaction.
+    pub history_path: &'static str,
+    pub vread_path: &'static str,
     pub interactions: &'static [Interaction],
     pub search: &'static [SearchParam],
     /// The top-level elements it returns (besides `resourceType`, `id` and `meta`).
@@ -70,6 +74,8 @@ pub const PATIENT: Descriptor = Descriptor {
     path: "/fhir/Patient",
     item_path: "/fhir/Patient/{id}",
     search_path: "/fhir/Patient/_search",
+    history_path: "/fhir/Patient/{id}/_history",
+    vread_path: "/fhir/Patient/{id}/_history/{vid}",
     interactions: &[Search, Create, Read, Update],
     search: &[
         param("family", "string"),
@@ -96,6 +102,8 @@ pub const OBSERVATION: Descriptor = Descriptor {
     path: "/fhir/Observation",
     item_path: "/fhir/Observation/{id}",
     search_path: "/fhir/Observation/_search",
+    history_path: "/fhir/Observation/{id}/_history",
+    vread_path: "/fhir/Observation/{id}/_history/{vid}",
     interactions: &[Search, Create, Read, Update, Delete],
     search: &[
         param("patient", "reference"),
@@ -123,6 +131,8 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
     path: "/fhir/DocumentReference",
     item_path: "/fhir/DocumentReference/{id}",
     search_path: "/fhir/DocumentReference/_search",
+    history_path: "/fhir/DocumentReference/{id}/_history",
+    vread_path: "/fhir/DocumentReference/{id}/_history/{vid}",
     interactions: &[Search, Create, Read, Update],
     search: &[
         param("patient", "reference"),
@@ -146,6 +156,8 @@ pub const CLAIM: Descriptor = Descriptor {
     path: "/fhir/Claim",
     item_path: "/fhir/Claim/{id}",
     search_path: "/fhir/Claim/_search",
+    history_path: "/fhir/Claim/{id}/_history",
+    vread_path: "/fhir/Claim/{id}/_history/{vid}",
     interactions: &[Search, Create, Read, Update, Delete],
     search: &[
         param("patient", "reference"),
@@ -202,6 +214,7 @@ use crate::access::refusal::{self, FieldUse};
 use crate::access::{Credentials, Pipeline, Principal};
 use crate::audit::AuditEvent;
 use crate::crypto::Keyring;
+use crate::db::history;
 use crate::db::records::{self, RecordTable, Statements};
 use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
@@ -209,7 +222,7 @@ use crate::policy::{Decision, PatientFacts, SearchScope, Target, View};
 use crate::state::AppState;
 use crate::web::json::JsonBody;
 use actix_web::http::StatusCode;
-use actix_web::http::header::{CONTENT_LOCATION, HeaderValue, LOCATION};
+use actix_web::http::header::{CONTENT_LOCATION, HeaderValue, LAST_MODIFIED, LOCATION};
 use actix_web::{HttpRequest, HttpResponse, web};
 use diesel::PgConnection;
 use serde::de::DeserializeOwned;
@@ -252,6 +265,24 @@ pub trait FhirResource: 'static {
 
     /// The patient a validated body is about.
     fn new_subject(new: &Self::New) -> PatientId;
+
+    /// Every field (what the history keeps of each version).
+    fn full_fields() -> Self::Fields;
+
+    /// A stored version's FHIR JSON (every field) cut down to the view's `fields`: by
+    /// default unchanged (the resource has one view, the whole resource).
+    fn shape(json: Value, _fields: Self::Fields) -> Value {
+        json
+    }
+
+    /// The subject patient of a record, live or deleted (for history, vread and the 410
+    /// of a deleted record); by default [`FhirResource::patient_of`].
+    fn patient_of_any(
+        conn: &mut PgConnection,
+        id: RecordId,
+    ) -> Result<Option<PatientId>, AppError> {
+        Self::patient_of(conn, id)
+    }
 
     /// The permit to create `new`: by default, the decision on its subject patient.
     async fn authorize_create(pipeline: &Pipeline, new: &mut Self::New) -> Result<View, AppError> {
@@ -430,6 +461,15 @@ impl<R: RecordResource> FhirResource for R {
     fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
         R::Table::patient_of(conn, id)
     }
+    fn patient_of_any(
+        conn: &mut PgConnection,
+        id: RecordId,
+    ) -> Result<Option<PatientId>, AppError> {
+        R::Table::patient_of_any(conn, id)
+    }
+    fn full_fields() -> Fields<R> {
+        R::Table::all_fields()
+    }
     fn get(
         conn: &mut PgConnection,
         kr: &Keyring,
@@ -498,13 +538,15 @@ fn check_route<R: FhirResource>(pipeline: &Pipeline) -> Result<(), AppError> {
     }
 }
 
-/// The absolute URL of a record: `<server.public_url>/fhir/<type>/<id>`.
+/// The absolute URL of a record's current version:
+/// `<server.public_url>/fhir/<type>/<id>/_history/<version>` (served by vread).
 fn record_url<R: FhirResource>(settings: &FhirSettings, r: &R::Record) -> String {
     format!(
-        "{}/{}/{}",
+        "{}/{}/{}/_history/{}",
         settings.base,
         R::DESCRIPTOR.kind.as_str(),
-        R::id(r)
+        R::id(r),
+        R::version(r)
     )
 }
 
@@ -532,6 +574,48 @@ fn respond<R: FhirResource>(
         .body(e.apply(R::to_fhir(r)).to_string())
 }
 
+/// Appends the version `id` now has to the sealed history (in the write's transaction):
+/// every field, whatever the writer's view.
+fn record_version<R: FhirResource>(
+    c: &mut PgConnection,
+    kr: &Keyring,
+    id: RecordId,
+) -> Result<(), AppError> {
+    let full = R::get(c, kr, id, R::full_fields())?
+        .ok_or_else(|| AppError::internal("a written record is not readable"))?;
+    let body = R::to_fhir(&full);
+    let kind = R::DESCRIPTOR.kind.as_str();
+    history::record(
+        c,
+        kr,
+        kind,
+        id.into(),
+        R::version(&full),
+        R::subject(&full),
+        Some(&body),
+    )
+}
+
+/// What a read found of a permitted record: the record, or that it was deleted.
+enum Found<T> {
+    Live(T),
+    Gone,
+}
+
+fn gone() -> AppError {
+    AppError::client(StatusCode::GONE, "This resource has been deleted.")
+}
+
+/// `Last-Modified` (RFC 7231 HTTP-date) of a FHIR `meta.lastUpdated`.
+fn last_modified(json: &Value) -> Option<String> {
+    let t = chrono::DateTime::parse_from_rfc3339(json["meta"]["lastUpdated"].as_str()?).ok()?;
+    Some(
+        t.with_timezone(&chrono::Utc)
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string(),
+    )
+}
+
 /// Read: ONE blocking hop (principal, facts, decision, the view's fields), then the
 /// group-committed audit event ([`Credentials::read_one`]).
 pub async fn read<R: FhirResource>(
@@ -547,19 +631,144 @@ pub async fn read<R: FhirResource>(
     let kr = state.keyring.clone();
     let get = move |c: &mut PgConnection, view: View, id: RecordId, e: &Elements| {
         let fields = R::fields(view, e)?;
-        Ok(R::get(c, &kr, id, fields)?.map(|r| (R::subject(&r), r)))
+        match R::get(c, &kr, id, fields)? {
+            Some(r) => Ok(Some((R::subject(&r), Found::Live(r)))),
+            // Decided on its patient like a live one: only a caller who could read it
+            // learns that it was deleted (everyone else gets the 404 of a missing id).
+            None => Ok(R::patient_of_any(c, id)?.map(|p| (p, Found::Gone))),
+        }
     };
-    let (pipeline, record, elements) = credentials
-        .read_one(id, elements, R::patient_of, get)
+    let (pipeline, found, elements) = credentials
+        .read_one(id, elements, R::patient_of_any, get)
         .await?;
     check_route::<R>(&pipeline)?;
-    Ok(respond::<R>(
-        &settings,
-        StatusCode::OK,
-        &record,
-        &elements,
-        false,
-    ))
+    match found {
+        Found::Live(record) => {
+            let mut res = respond::<R>(&settings, StatusCode::OK, &record, &elements, false);
+            let modified = last_modified(&R::to_fhir(&record));
+            if let Some(Ok(v)) = modified.map(|t| HeaderValue::from_str(&t)) {
+                res.headers_mut().insert(LAST_MODIFIED, v);
+            }
+            Ok(res)
+        }
+        Found::Gone => Err(gone()),
+    }
+}
+
+/// At most this many versions in an instance history.
+const MAX_HISTORY: i64 = 100;
+
+/// vread: `GET /fhir/<type>/{id}/_history/{vid}` — a version from the sealed history,
+/// decided, shaped to the caller's view and audited exactly like a read of the record;
+/// a deletion version is a 410.
+pub async fn vread<R: FhirResource>(
+    req: HttpRequest,
+    credentials: Credentials,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, AppError> {
+    let (raw_id, raw_vid) = path.into_inner();
+    let id = params::parse_id(&raw_id);
+    let input = negotiate(&req)
+        .and_then(|()| params::read_elements(&req, R::DESCRIPTOR.kind))
+        .and_then(|e| {
+            let vid = raw_vid
+                .parse::<i32>()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(AppError::not_found)?;
+            Ok((e, vid))
+        });
+    let kr = state.keyring.clone();
+    let get = move |c: &mut PgConnection, view: View, id: RecordId, input: &(Elements, i32)| {
+        let fields = R::fields(view, &input.0)?;
+        let kind = R::DESCRIPTOR.kind.as_str();
+        let found = history::get(c, &kr, kind, id.into(), input.1)?;
+        Ok(found.map(|v| (v.patient_id, (v, fields))))
+    };
+    let (pipeline, (version, fields), (elements, _)) = credentials
+        .read_one(id, input, R::patient_of_any, get)
+        .await?;
+    check_route::<R>(&pipeline)?;
+    let Some(body) = version.body else {
+        return Err(gone());
+    };
+    let body = elements.apply(R::shape(body, fields));
+    let mut res = HttpResponse::Ok();
+    res.insert_header(etag(version.version));
+    if let Some(t) = last_modified(&body) {
+        res.insert_header((LAST_MODIFIED, t));
+    }
+    Ok(res.content_type(FHIR_JSON).body(body.to_string()))
+}
+
+/// Instance history: `GET /fhir/<type>/{id}/_history` — a `history` Bundle of the latest
+/// versions (newest first, at most 100), each shaped to the caller's view; decided and
+/// audited like a read of the record. Versions written before the history existed are
+/// not listed.
+pub async fn history<R: FhirResource>(
+    req: HttpRequest,
+    credentials: Credentials,
+    state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let raw_id = path.into_inner();
+    let id = params::parse_id(&raw_id);
+    let input = negotiate(&req).and_then(|()| params::search_params(&req, &[]).map(drop));
+    let kr = state.keyring.clone();
+    let get = move |c: &mut PgConnection, view: View, id: RecordId, _: &()| {
+        let fields = R::fields(view, &Elements::all())?;
+        let Some(patient) = R::patient_of_any(c, id)? else {
+            return Ok(None);
+        };
+        let kind = R::DESCRIPTOR.kind.as_str();
+        let versions = history::list(c, &kr, kind, id.into(), MAX_HISTORY)?;
+        Ok(Some((patient, (versions, fields))))
+    };
+    let (pipeline, (versions, fields), ()) = credentials
+        .read_one(id, input, R::patient_of_any, get)
+        .await?;
+    check_route::<R>(&pipeline)?;
+    let kind = R::DESCRIPTOR.kind.as_str();
+    let url = format!("{}/{kind}/{raw_id}", settings.base);
+    let entries: Vec<Value> = versions
+        .into_iter()
+        .map(|v| {
+            let (method, request_url, status) = if v.deleted {
+                ("DELETE", format!("{kind}/{raw_id}"), "204")
+            } else if v.version == 1 {
+                ("POST", kind.to_string(), "201")
+            } else {
+                ("PUT", format!("{kind}/{raw_id}"), "200")
+            };
+            let mut entry = serde_json::json!({
+                "fullUrl": url,
+                "request": { "method": method, "url": request_url },
+                "response": {
+                    "status": status,
+                    "etag": format!("W/\"{}\"", v.version),
+                    "lastModified": params::instant(&v.recorded_at),
+                },
+            });
+            if let Some(body) = v.body {
+                entry["resource"] = R::shape(body, fields);
+            }
+            entry
+        })
+        .collect();
+    let mut bundle = serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": entries.len(),
+        "link": [{ "relation": "self", "url": format!("{url}/_history") }],
+    });
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(bundle.to_string()))
 }
 
 /// `_total` and `_summary`: whether to count the matches, and whether to return them.
@@ -876,7 +1085,11 @@ pub async fn create<R: FhirResource>(
     }
     let kr = state.keyring.clone();
     let author = pipeline.user_id();
-    let write = move |c: &mut PgConnection| R::insert(c, &kr, &new, author, fields);
+    let write = move |c: &mut PgConnection| {
+        let record = R::insert(c, &kr, &new, author, fields)?;
+        record_version::<R>(c, &kr, R::id(&record))?;
+        Ok(record)
+    };
     let complete: fn(&R::Record, &mut AuditEvent) = created::<R>;
     let record = pipeline
         .commit_with(None, [], write, Some(complete))
@@ -922,7 +1135,13 @@ pub async fn update<R: FhirResource>(
         refuse_field(&pipeline, Some(id), [patient], field, FieldUse::Write).await?;
     }
     let kr = state.keyring.clone();
-    let write = move |c: &mut PgConnection| R::update(c, &kr, id, expected, &new, fields);
+    let write = move |c: &mut PgConnection| {
+        let record = R::update(c, &kr, id, expected, &new, fields)?;
+        if let Some(r) = &record {
+            record_version::<R>(c, &kr, R::id(r))?;
+        }
+        Ok(record)
+    };
     let record = pipeline
         .audited(id, patient, write, R::update_missed)
         .await?;
@@ -938,12 +1157,26 @@ pub async fn update<R: FhirResource>(
 /// Delete: a soft delete committed with its event.
 pub async fn delete<R: FhirResource>(
     pipeline: Pipeline,
+    state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     check_route::<R>(&pipeline)?;
     let id = params::parse_id(&path)?;
     let (_, facts) = pipeline.authorize_record(id, R::patient_of).await?;
-    let write = move |c: &mut PgConnection| Ok(R::delete(c, id)?.then_some(()));
+    let kr = state.keyring.clone();
+    let write = move |c: &mut PgConnection| {
+        // The deletion is a version of its own (without a body) in the history.
+        let Some(before) = R::get(c, &kr, id, R::full_fields())? else {
+            return Ok(None);
+        };
+        if !R::delete(c, id)? {
+            return Ok(None);
+        }
+        let kind = R::DESCRIPTOR.kind.as_str();
+        let version = R::version(&before) + 1;
+        history::record(c, &kr, kind, id.into(), version, R::subject(&before), None)?;
+        Ok(Some(()))
+    };
     pipeline
         .audited(id, facts.patient_id, write, AppError::not_found)
         .await?;

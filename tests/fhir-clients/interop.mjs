@@ -193,6 +193,17 @@ const matched = valid(
 check(matched.meta.versionId === '3', 'If-Match update');
 step('update');
 
+// Version reads and the instance history, through the client.
+const v1 = valid(await client.vread({ resourceType: 'Patient', id: ids[0], version: '1' }), 'vread');
+check(v1.meta.versionId === '1' && v1.name[0].given[0] === 'Avery', 'vread returns version 1');
+const history = valid(await client.resourceHistory({ resourceType: 'Patient', id: ids[0] }), 'history Bundle');
+check(history.type === 'history' && history.total === 3, `history total ${history.total}`);
+check(
+  history.entry.map((e) => e.resource.meta.versionId).join() === '3,2,1',
+  'history lists every version, newest first',
+);
+step('history');
+
 // Errors are OperationOutcomes too.
 await refused(client.read({ resourceType: 'Patient', id: '00000000-0000-4000-8000-000000000000' }), 404, 'missing');
 await refused(client.search({ resourceType: 'Patient', searchParams: { nickname: 'x' } }), 422, 'unknown parameter');

@@ -222,7 +222,7 @@ async fn updates_need_no_if_match_honour_a_sent_one_and_answer_the_whole_resourc
     assert_eq!(res.headers()["etag"], "W/\"3\"");
     assert_eq!(
         res.headers()["content-location"],
-        format!("{PUBLIC_URL}/fhir/Patient/{id}").as_str()
+        format!("{PUBLIC_URL}/fhir/Patient/{id}/_history/3").as_str()
     );
     assert!(res.text().await.unwrap().is_empty());
     let res = put(None, Some("return=representation")).await.unwrap();
@@ -242,7 +242,10 @@ async fn updates_need_no_if_match_honour_a_sent_one_and_answer_the_whole_resourc
     let location = created.headers()["location"].to_str().unwrap().to_string();
     let obs = json_of(created).await;
     let obs_id = obs["id"].as_str().unwrap();
-    assert_eq!(location, format!("{PUBLIC_URL}/fhir/Observation/{obs_id}"));
+    assert_eq!(
+        location,
+        format!("{PUBLIC_URL}/fhir/Observation/{obs_id}/_history/1")
+    );
     let mut obs_body = observation_json(id);
     obs_body["id"] = json!(obs_id);
     obs_body["status"] = json!("amended");
@@ -331,7 +334,7 @@ async fn conditional_create_answers_one_visible_match_refuses_several_and_ignore
     assert_eq!(
         again.headers()["location"],
         format!(
-            "{PUBLIC_URL}/fhir/Patient/{}",
+            "{PUBLIC_URL}/fhir/Patient/{}/_history/1",
             created["id"].as_str().unwrap()
         )
         .as_str()
@@ -828,6 +831,142 @@ async fn search_by_post_keeps_parameter_values_out_of_every_url() {
     assert!(b.get("entry").is_none());
 }
 
+#[tokio::test]
+async fn versions_are_kept_sealed_read_back_in_the_callers_view_and_deleted_records_are_gone() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let (_, stranger) = w.user("dr-b", &[Role::Clinician]);
+    w.user("billing-1", &[Role::Billing]);
+    let billing = w.token("billing-1", "user/Patient.rs");
+    let id = w.create(&doc, &patient_json("MRN-H1", "Historia")).await;
+    let path = format!("/fhir/Patient/{id}");
+    for family in ["Historib", "Historic"] {
+        let mut body = patient_json("MRN-H1", family);
+        body["id"] = json!(id.to_string());
+        let res = w.send(Method::PUT, &path, &doc, Some(&body)).await;
+        assert_eq!(res.status(), StatusCode::OK);
+    }
+    // The current read carries ETag and Last-Modified; Location named an existing version.
+    let res = w.get(&path, &doc).await;
+    assert_eq!(res.headers()["etag"], "W/\"3\"");
+    assert!(res.headers().contains_key("last-modified"));
+
+    // vread: each version, in the caller's view, audited as a read of the record.
+    let v1 = w.get(&format!("{path}/_history/1"), &doc).await;
+    assert_eq!(v1.status(), StatusCode::OK);
+    assert_eq!(v1.headers()["etag"], "W/\"1\"");
+    assert!(v1.headers().contains_key("last-modified"));
+    let v1 = json_of(v1).await;
+    assert_eq!(v1["name"][0]["family"], "Historia");
+    assert_eq!(v1["meta"]["versionId"], "1");
+    assert_eq!(v1["telecom"][0]["value"], "555-0100");
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.1.as_str(), last.2.clone()),
+        ("read", "permit", vec![id])
+    );
+    // Billing's view has no telecom: the old version is shaped like the current one.
+    let b1 = json_of(w.get(&format!("{path}/_history/1"), &billing).await).await;
+    assert_eq!(b1["name"][0]["family"], "Historia");
+    assert!(b1.get("telecom").is_none(), "{b1}");
+    // Elements narrow a version too.
+    let e1 = json_of(
+        w.get(&format!("{path}/_history/2?_elements=gender"), &doc)
+            .await,
+    )
+    .await;
+    assert!(e1.get("name").is_none());
+    for missing in ["9", "0", "x"] {
+        let res = w.get(&format!("{path}/_history/{missing}"), &doc).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{missing}");
+    }
+    // No relationship: like a missing record, for history and versions alike.
+    for p in [format!("{path}/_history"), format!("{path}/_history/1")] {
+        let res = w.get(&p, &stranger).await;
+        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{p}");
+        assert!(!res.text().await.unwrap().contains("Histori"));
+    }
+
+    // The instance history: newest first, absolute URLs, request and response of each.
+    let h = json_of(w.get(&format!("{path}/_history"), &doc).await).await;
+    assert_eq!(h["type"], "history");
+    assert_eq!(h["total"], 3);
+    let entries = h["entry"].as_array().unwrap();
+    let versions: Vec<&str> = entries
+        .iter()
+        .map(|e| e["resource"]["meta"]["versionId"].as_str().unwrap())
+        .collect();
+    assert_eq!(versions, vec!["3", "2", "1"]);
+    assert_eq!(
+        entries[2]["request"],
+        json!({ "method": "POST", "url": "Patient" })
+    );
+    assert_eq!(entries[0]["request"]["method"], "PUT");
+    assert_eq!(
+        entries[0]["fullUrl"],
+        format!("{PUBLIC_URL}/fhir/Patient/{id}")
+    );
+    assert_eq!(entries[0]["response"]["etag"], "W/\"3\"");
+
+    // Sealed at rest: no name of any version in clear in the history table.
+    {
+        use diesel::prelude::*;
+        #[derive(QueryableByName)]
+        struct Dump {
+            #[diesel(sql_type = diesel::sql_types::Text)]
+            t: String,
+        }
+        let dump: Vec<Dump> = diesel::sql_query(
+            "SELECT encode(body_sealed, 'escape') || resource_type AS t FROM resource_history",
+        )
+        .load(&mut w.app.db.conn())
+        .unwrap();
+        assert_eq!(dump.len(), 3);
+        assert!(
+            dump.iter()
+                .all(|d| !d.t.contains("Histori") && !d.t.contains("555-0100"))
+        );
+    }
+
+    // A deleted record: 410 for whoever could read it, 404 for anyone else; its history
+    // ends with the deletion, a version without a body.
+    let token = w.token("dr-a", SCOPES);
+    let res = w
+        .send(
+            Method::POST,
+            "/fhir/Observation",
+            &token,
+            Some(&observation_json(id)),
+        )
+        .await;
+    let obs = json_of(res).await;
+    let obs_path = format!("/fhir/Observation/{}", obs["id"].as_str().unwrap());
+    let res = w.send(Method::DELETE, &obs_path, &token, None).await;
+    assert_eq!(res.status(), StatusCode::NO_CONTENT);
+    let res = w.get(&obs_path, &token).await;
+    assert_eq!(res.status(), StatusCode::GONE);
+    assert_eq!(json_of(res).await["resourceType"], "OperationOutcome");
+    let res = w.get(&obs_path, &w.token("dr-b", SCOPES)).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(
+        w.get(&format!("{obs_path}/_history/1"), &token)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    assert_eq!(
+        w.get(&format!("{obs_path}/_history/2"), &token)
+            .await
+            .status(),
+        StatusCode::GONE
+    );
+    let h = json_of(w.get(&format!("{obs_path}/_history"), &token).await).await;
+    assert_eq!(h["total"], 2);
+    assert_eq!(h["entry"][0]["request"]["method"], "DELETE");
+    assert!(h["entry"][0].get("resource").is_none());
+    assert_eq!(h["entry"][1]["resource"]["status"], "final");
+}
+
 // ---------------------------------------------------------------------------------------
 // A stock client and an independent validator (npm, pinned by tests/fhir-clients).
 
@@ -904,6 +1043,7 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
         "empty and count",
         "conditional create",
         "update",
+        "history",
         "done",
     ] {
         assert!(

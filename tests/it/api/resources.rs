@@ -382,7 +382,8 @@ async fn fhir_observation_create_read_search_update_delete_by_the_care_team() {
     let last = w.audit_events().pop().unwrap();
     assert_eq!((last.0.as_str(), last.1.as_str()), ("delete", "permit"));
     assert_eq!(last.2, vec![patient]);
-    assert_eq!(w.get(&path, &doc).await.status(), StatusCode::NOT_FOUND);
+    // A deleted record answers 410 Gone to whoever could read it (issue 16).
+    assert_eq!(w.get(&path, &doc).await.status(), StatusCode::GONE);
     let b: Value = w
         .get(&format!("/fhir/Observation?patient={patient}"), &doc)
         .await
@@ -838,7 +839,7 @@ async fn fhir_claim_billing_creates_reads_searches_updates_deletes_in_its_facili
     let last = w.audit_events().pop().unwrap();
     assert_eq!((last.0.as_str(), last.1.as_str()), ("delete", "permit"));
     assert_eq!(last.2, vec![patient]);
-    assert_eq!(w.get(&path, &billing).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(w.get(&path, &billing).await.status(), StatusCode::GONE);
     assert_eq!(count(&w, "claims"), 2, "soft delete keeps the row");
 }
 
@@ -1030,7 +1031,14 @@ async fn fhir_metadata_lists_every_resource_interaction_and_search_parameter() {
     for (t, interactions, params) in [
         (
             "Patient",
-            &["read", "search-type", "create", "update"][..],
+            &[
+                "read",
+                "vread",
+                "history-instance",
+                "search-type",
+                "create",
+                "update",
+            ][..],
             &[
                 "family",
                 "given",
@@ -1042,17 +1050,40 @@ async fn fhir_metadata_lists_every_resource_interaction_and_search_parameter() {
         ),
         (
             "Observation",
-            &["read", "search-type", "create", "update", "delete"][..],
+            &[
+                "read",
+                "vread",
+                "history-instance",
+                "search-type",
+                "create",
+                "update",
+                "delete",
+            ][..],
             &["patient", "code", "date", "_count", "_elements"][..],
         ),
         (
             "DocumentReference",
-            &["read", "search-type", "create", "update"][..],
+            &[
+                "read",
+                "vread",
+                "history-instance",
+                "search-type",
+                "create",
+                "update",
+            ][..],
             &["patient", "_count", "_elements"][..],
         ),
         (
             "Claim",
-            &["read", "search-type", "create", "update", "delete"][..],
+            &[
+                "read",
+                "vread",
+                "history-instance",
+                "search-type",
+                "create",
+                "update",
+                "delete",
+            ][..],
             &["patient", "status", "_count", "_elements"][..],
         ),
     ] {

@@ -70,22 +70,34 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("POST", "/fhir/Patient/_search", Expect::Fhir),
     ("POST", "/fhir/Patient", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}", Expect::Fhir),
+    ("GET", "/fhir/Patient/{id}/_history", Expect::Fhir),
+    ("GET", "/fhir/Patient/{id}/_history/{vid}", Expect::Fhir),
     ("PUT", "/fhir/Patient/{id}", Expect::Fhir),
     ("GET", "/fhir/Observation", Expect::Fhir),
     ("POST", "/fhir/Observation/_search", Expect::Fhir),
     ("POST", "/fhir/Observation", Expect::Fhir),
     ("GET", "/fhir/Observation/{id}", Expect::Fhir),
+    ("GET", "/fhir/Observation/{id}/_history", Expect::Fhir),
+    ("GET", "/fhir/Observation/{id}/_history/{vid}", Expect::Fhir),
     ("PUT", "/fhir/Observation/{id}", Expect::Fhir),
     ("DELETE", "/fhir/Observation/{id}", Expect::Fhir),
     ("GET", "/fhir/DocumentReference", Expect::Fhir),
     ("POST", "/fhir/DocumentReference/_search", Expect::Fhir),
     ("POST", "/fhir/DocumentReference", Expect::Fhir),
     ("GET", "/fhir/DocumentReference/{id}", Expect::Fhir),
+    ("GET", "/fhir/DocumentReference/{id}/_history", Expect::Fhir),
+    (
+        "GET",
+        "/fhir/DocumentReference/{id}/_history/{vid}",
+        Expect::Fhir,
+    ),
     ("PUT", "/fhir/DocumentReference/{id}", Expect::Fhir),
     ("GET", "/fhir/Claim", Expect::Fhir),
     ("POST", "/fhir/Claim/_search", Expect::Fhir),
     ("POST", "/fhir/Claim", Expect::Fhir),
     ("GET", "/fhir/Claim/{id}", Expect::Fhir),
+    ("GET", "/fhir/Claim/{id}/_history", Expect::Fhir),
+    ("GET", "/fhir/Claim/{id}/_history/{vid}", Expect::Fhir),
     ("PUT", "/fhir/Claim/{id}", Expect::Fhir),
     ("DELETE", "/fhir/Claim/{id}", Expect::Fhir),
     ("GET", "/api/admin/users", Expect::Admin),
@@ -322,6 +334,7 @@ impl Setup {
             .replace("{role}", "billing")
             .replace("{action}", "disable")
             .replace("{decision}", "approve")
+            .replace("{vid}", "1")
             .replace("{file}", "console.css")
     }
 
