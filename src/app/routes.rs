@@ -87,7 +87,9 @@ impl Routes {
 /// generic handler of that interaction.
 fn fhir_resource<R: FhirResource>(r: &mut Routes) {
     use crate::policy::Interaction as I;
-    use fhir::resource::{create, delete, history, read, search, search_post, update, vread};
+    use fhir::resource::{
+        create, delete, history, patch, read, search, search_post, update, vread,
+    };
     let d = R::DESCRIPTOR;
     for &i in d.interactions {
         let action = Action::Fhir(d.kind, i);
@@ -104,7 +106,10 @@ fn fhir_resource<R: FhirResource>(r: &mut Routes) {
                 r.add(Method::GET, d.history_path, action, history::<R>);
                 r.add(Method::GET, d.vread_path, action, vread::<R>);
             }
-            I::Update => r.add(Method::PUT, d.item_path, action, update::<R>),
+            I::Update => {
+                r.add(Method::PUT, d.item_path, action, update::<R>);
+                r.add(Method::PATCH, d.item_path, action, patch::<R>);
+            }
             I::Delete => r.add(Method::DELETE, d.item_path, action, delete::<R>),
         }
     }

@@ -53,6 +53,10 @@ pub fn resources(settings: &FhirSettings) -> Vec<Value> {
                 .filter(|i| d.interactions.contains(i))
                 .map(|i| json!({ "code": interaction_code(i) }))
                 .collect();
+            if d.interactions.contains(&Interaction::Update) {
+                // JSON Patch, served with the update interaction.
+                interactions.push(json!({ "code": "patch" }));
+            }
             let reads = d.interactions.contains(&Interaction::Read);
             if reads {
                 // Served by the read interaction's routes (`…/_history`, `…/_history/{vid}`).

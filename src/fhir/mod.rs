@@ -8,6 +8,7 @@ pub mod elements;
 pub mod metadata;
 pub mod observation;
 pub mod params;
+pub mod patch;
 pub mod patient;
 pub mod resource;
 pub mod smart;

@@ -310,6 +310,6 @@ mod tests {
             assert!(date_conditions("date", bad).is_err(), "{bad}");
         }
         assert_eq!(or_values("code", "a\\,b,c").unwrap(), vec!["a,b", "c"]);
-        assert!(or_values("code", &vec!["a"; 11].join(",")).is_err());
+        assert!(or_values("code", &["a"; 11].join(",")).is_err());
     }
 }

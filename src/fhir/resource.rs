@@ -1154,6 +1154,101 @@ pub async fn update<R: FhirResource>(
     ))
 }
 
+/// PATCH: `PATCH /fhir/<type>/{id}` with a JSON Patch (`application/json-patch+json`),
+/// decided as an update of the record. The patch applies to the resource as the caller
+/// reads it (their view), and the result is an update like any other: validated whole,
+/// refused (403) if it writes a field outside the view, fields outside the view kept as
+/// stored, version-checked (against `If-Match` when sent, else against the version the
+/// patch was applied to, so no concurrent change is lost), a new history version.
+pub async fn patch<R: FhirResource>(
+    req: HttpRequest,
+    pipeline: Pipeline,
+    state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
+    path: web::Path<String>,
+    body: Body<Vec<super::patch::Op>>,
+) -> Result<HttpResponse, AppError> {
+    check_route::<R>(&pipeline)?;
+    negotiate(&req)?;
+    let minimal = Prefer::of(&req).minimal;
+    let id = params::parse_id(&path)?;
+    let expected = if_match(&req, settings.require_if_match)?;
+    let patch_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json-patch+json"));
+    if !patch_type {
+        return Err(AppError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "A PATCH needs a JSON Patch body (application/json-patch+json).",
+        ));
+    }
+    let ops = body?.0;
+    let (view, facts) = pipeline.authorize_record(id, R::patient_of).await?;
+    let patient = facts.patient_id;
+    let fields = R::fields(view, &Elements::all())?;
+    let kr = state.keyring.clone();
+    let Some(current) = state.db.run(move |c| R::get(c, &kr, id, fields)).await? else {
+        pipeline.error(Some(id), [patient]).await?;
+        return Err(AppError::not_found());
+    };
+    let version = R::version(&current);
+    if expected.is_some_and(|e| e != version) {
+        pipeline.error(Some(id), [patient]).await?;
+        return Err(params::precondition_failed());
+    }
+    let patched = super::patch::apply(R::to_fhir(&current), &ops).and_then(|doc| {
+        serde_json::from_value::<R::Input>(doc).map_err(|_| {
+            AppError::unprocessable(
+                "The patched resource is not a valid resource of this type: nothing was changed.",
+            )
+        })
+    });
+    let input = match patched {
+        Ok(input) => input,
+        Err(e) => {
+            pipeline.error(Some(id), [patient]).await?;
+            return Err(e);
+        }
+    };
+    if R::input_id(&input) != Some(id.to_string().as_str()) {
+        pipeline.error(Some(id), [patient]).await?;
+        return Err(invalid("id", "must match the id in the URL"));
+    }
+    let new = match R::validate(input, &pipeline.principal)
+        .and_then(|mut n| R::check_update(&mut n, &facts).map(|()| n))
+    {
+        Ok(new) => new,
+        Err(e) => {
+            pipeline.error(Some(id), [patient]).await?;
+            return Err(e);
+        }
+    };
+    if let Some(field) = R::written_outside(&new, fields) {
+        refuse_field(&pipeline, Some(id), [patient], field, FieldUse::Write).await?;
+    }
+    let kr = state.keyring.clone();
+    let write = move |c: &mut PgConnection| {
+        let record = R::update(c, &kr, id, Some(version), &new, fields)?;
+        if let Some(r) = &record {
+            record_version::<R>(c, &kr, R::id(r))?;
+        }
+        Ok(record)
+    };
+    let record = pipeline
+        .audited(id, patient, write, R::update_missed)
+        .await?;
+    Ok(respond::<R>(
+        &settings,
+        StatusCode::OK,
+        &record,
+        &Elements::all(),
+        minimal,
+    ))
+}
+
 /// Delete: a soft delete committed with its event.
 pub async fn delete<R: FhirResource>(
     pipeline: Pipeline,

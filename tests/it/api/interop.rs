@@ -967,6 +967,134 @@ async fn versions_are_kept_sealed_read_back_in_the_callers_view_and_deleted_reco
     assert_eq!(h["entry"][1]["resource"]["status"], "final");
 }
 
+#[tokio::test]
+async fn json_patch_updates_only_what_the_role_may_write_and_keeps_the_rest() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    w.user("billing-1", &[Role::Billing]);
+    let billing = w.token("billing-1", "user/Patient.rs");
+    let id = w.create(&doc, &patient_json("MRN-J1", "Patchy")).await;
+    let path = format!("/fhir/Patient/{id}");
+    let patch =
+        |token: &str, ops: Value, content_type: &'static str, if_match: Option<&'static str>| {
+            let mut req = w
+                .app
+                .client
+                .patch(w.app.url(&path))
+                .header("authorization", format!("Bearer {token}"))
+                .header("content-type", content_type)
+                .body(ops.to_string());
+            if let Some(v) = if_match {
+                req = req.header("if-match", v);
+            }
+            req.send()
+        };
+    let jp = "application/json-patch+json";
+    let version = || {
+        use custodian::db::schema::patients::dsl::*;
+        use diesel::prelude::*;
+        patients
+            .find(id)
+            .select(version)
+            .first::<i32>(&mut w.app.db.conn())
+            .unwrap()
+    };
+
+    let res = patch(
+        &doc,
+        json!([
+            { "op": "test", "path": "/name/0/family", "value": "Patchy" },
+            { "op": "replace", "path": "/name/0/family", "value": "Patched" },
+            { "op": "add", "path": "/telecom/-", "value": { "system": "email", "value": "p@example.org" } },
+        ]),
+        jp,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    let p = json_of(res).await;
+    assert_eq!(p["name"][0]["family"], "Patched");
+    assert_eq!(p["telecom"].as_array().unwrap().len(), 2);
+    assert_eq!(p["meta"]["versionId"], "2");
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!((last.0.as_str(), last.1.as_str()), ("update", "permit"));
+    // The SSN the clinician cannot see was kept.
+    let b = json_of(w.get(&path, &billing).await).await;
+    assert!(
+        b["identifier"]
+            .to_string()
+            .contains(crate::support::world::SSN),
+        "{b}"
+    );
+    assert_eq!(b["name"][0]["family"], "Patched");
+    // And the version is in the history.
+    let h = json_of(w.get(&format!("{path}/_history"), &doc).await).await;
+    assert_eq!(h["total"], 2);
+
+    // Writing a field outside the view: 403 naming it, nothing stored.
+    let ssn = json!([{ "op": "add", "path": "/identifier/-",
+        "value": { "system": "http://hl7.org/fhir/sid/us-ssn", "value": "123-45-6780" } }]);
+    let res = patch(&doc, ssn, jp, None).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(json_of(res).await.to_string().contains("SSN"));
+    assert_eq!(version(), 2);
+    // A patch that leaves an invalid resource, a failed test, a bad op: 422, nothing stored.
+    for ops in [
+        json!([{ "op": "remove", "path": "/gender" }]),
+        json!([{ "op": "test", "path": "/gender", "value": "male" }]),
+        json!([{ "op": "remove", "path": "/nothing" }]),
+        json!([{ "op": "replace", "path": "/id", "value": "00000000-0000-4000-8000-000000000000" }]),
+    ] {
+        let res = patch(&doc, ops.clone(), jp, None).await.unwrap();
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{ops}");
+        assert_eq!(json_of(res).await["resourceType"], "OperationOutcome");
+    }
+    assert_eq!(version(), 2);
+    // A stale If-Match: 412; another media type: 415; a role that may not update: 403.
+    let ok = json!([{ "op": "replace", "path": "/gender", "value": "other" }]);
+    let res = patch(&doc, ok.clone(), jp, Some("W/\"1\"")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::PRECONDITION_FAILED);
+    let res = patch(&doc, ok.clone(), "application/fhir+json", None)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNSUPPORTED_MEDIA_TYPE);
+    let res = patch(&billing, ok.clone(), jp, None).await.unwrap();
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(version(), 2);
+    let res = patch(&doc, ok, jp, Some("W/\"2\"")).await.unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(version(), 3);
+
+    // Every type with an update: an Observation's status.
+    let token = w.token("dr-a", SCOPES);
+    let obs = json_of(
+        w.send(
+            Method::POST,
+            "/fhir/Observation",
+            &token,
+            Some(&observation_json(id)),
+        )
+        .await,
+    )
+    .await;
+    let res = w
+        .app
+        .client
+        .patch(w.app.url(&format!(
+            "/fhir/Observation/{}",
+            obs["id"].as_str().unwrap()
+        )))
+        .header("authorization", format!("Bearer {token}"))
+        .header("content-type", jp)
+        .body(json!([{ "op": "replace", "path": "/status", "value": "amended" }]).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_of(res).await["status"], "amended");
+}
+
 // ---------------------------------------------------------------------------------------
 // A stock client and an independent validator (npm, pinned by tests/fhir-clients).
 

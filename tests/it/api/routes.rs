@@ -73,6 +73,7 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("GET", "/fhir/Patient/{id}/_history", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}/_history/{vid}", Expect::Fhir),
     ("PUT", "/fhir/Patient/{id}", Expect::Fhir),
+    ("PATCH", "/fhir/Patient/{id}", Expect::Fhir),
     ("GET", "/fhir/Observation", Expect::Fhir),
     ("POST", "/fhir/Observation/_search", Expect::Fhir),
     ("POST", "/fhir/Observation", Expect::Fhir),
@@ -80,6 +81,7 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("GET", "/fhir/Observation/{id}/_history", Expect::Fhir),
     ("GET", "/fhir/Observation/{id}/_history/{vid}", Expect::Fhir),
     ("PUT", "/fhir/Observation/{id}", Expect::Fhir),
+    ("PATCH", "/fhir/Observation/{id}", Expect::Fhir),
     ("DELETE", "/fhir/Observation/{id}", Expect::Fhir),
     ("GET", "/fhir/DocumentReference", Expect::Fhir),
     ("POST", "/fhir/DocumentReference/_search", Expect::Fhir),
@@ -92,6 +94,7 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         Expect::Fhir,
     ),
     ("PUT", "/fhir/DocumentReference/{id}", Expect::Fhir),
+    ("PATCH", "/fhir/DocumentReference/{id}", Expect::Fhir),
     ("GET", "/fhir/Claim", Expect::Fhir),
     ("POST", "/fhir/Claim/_search", Expect::Fhir),
     ("POST", "/fhir/Claim", Expect::Fhir),
@@ -99,6 +102,7 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("GET", "/fhir/Claim/{id}/_history", Expect::Fhir),
     ("GET", "/fhir/Claim/{id}/_history/{vid}", Expect::Fhir),
     ("PUT", "/fhir/Claim/{id}", Expect::Fhir),
+    ("PATCH", "/fhir/Claim/{id}", Expect::Fhir),
     ("DELETE", "/fhir/Claim/{id}", Expect::Fhir),
     ("GET", "/api/admin/users", Expect::Admin),
     ("GET", "/api/admin/users/{id}", Expect::Admin),
@@ -416,7 +420,13 @@ impl Setup {
                 .header("origin", self.w.app.url("").trim_end_matches('/'))
                 .body("");
         }
-        if let Some(body) = self.body(route) {
+        if method(route) == Method::PATCH {
+            // A valid JSON Patch (so that only access decides).
+            req = req
+                .header("content-type", "application/json-patch+json")
+                .header("if-match", "W/\"1\"")
+                .body(r#"[{"op": "test", "path": "/id", "value": "x"}]"#);
+        } else if let Some(body) = self.body(route) {
             req = req
                 .header("content-type", "application/fhir+json")
                 .header("if-match", "W/\"1\"")
