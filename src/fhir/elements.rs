@@ -36,6 +36,15 @@ impl Elements {
         Elements { keys: None }
     }
 
+    /// The summary elements of `resource` (`_summary=true`), tagged `SUBSETTED` like any
+    /// subset.
+    pub fn summary(resource: ResourceType) -> Elements {
+        let d = super::resource::of(resource);
+        let mut keys = d.summary.to_vec();
+        keys.extend_from_slice(d.mandatory);
+        Elements { keys: Some(keys) }
+    }
+
     /// Parses `_elements` for `resource`. An element the resource does not have is a
     /// 422 naming `_elements` (never echoing it).
     pub fn parse(resource: ResourceType, param: Option<&str>) -> Result<Elements, AppError> {

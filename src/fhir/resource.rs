@@ -51,6 +51,8 @@ pub struct Descriptor {
     /// The JSON keys of the elements R4 requires (cardinality 1..): `_elements` always
     /// keeps them, so that a subsetted resource still validates.
     pub mandatory: &'static [&'static str],
+    /// The JSON keys of the R4 summary elements (`_summary=true`).
+    pub summary: &'static [&'static str],
 }
 
 impl Descriptor {
@@ -95,6 +97,15 @@ pub const PATIENT: Descriptor = Descriptor {
         ("managingOrganization", &["managingOrganization"]),
     ],
     mandatory: &[],
+    summary: &[
+        "identifier",
+        "name",
+        "gender",
+        "birthDate",
+        "telecom",
+        "address",
+        "managingOrganization",
+    ],
 };
 
 pub const OBSERVATION: Descriptor = Descriptor {
@@ -124,6 +135,14 @@ pub const OBSERVATION: Descriptor = Descriptor {
         ("valueString", &["valueString"]),
     ],
     mandatory: &["status", "code"],
+    summary: &[
+        "status",
+        "code",
+        "subject",
+        "effectiveDateTime",
+        "valueQuantity",
+        "valueString",
+    ],
 };
 
 pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
@@ -149,6 +168,7 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
         ("content", &["content"]),
     ],
     mandatory: &["status", "content"],
+    summary: &["status", "type", "subject", "date", "author", "content"],
 };
 
 pub const CLAIM: Descriptor = Descriptor {
@@ -186,6 +206,18 @@ pub const CLAIM: Descriptor = Descriptor {
         "provider",
         "priority",
         "insurance",
+    ],
+    // Claim.item is not a summary element.
+    summary: &[
+        "status",
+        "type",
+        "use",
+        "patient",
+        "created",
+        "provider",
+        "priority",
+        "insurance",
+        "total",
     ],
 };
 
@@ -772,16 +804,24 @@ pub async fn history<R: FhirResource>(
 }
 
 /// `_total` and `_summary`: whether to count the matches, and whether to return them.
-fn total_and_summary(q: &[(&'static str, String)]) -> Result<(bool, bool), AppError> {
+/// `_total`, `_summary` and `_elements`: whether to count the matches, whether to
+/// return them, and which elements of each.
+fn total_and_summary(
+    kind: ResourceType,
+    q: &[(&'static str, String)],
+) -> Result<(bool, bool, Elements), AppError> {
     let total = match params::single(q, TOTAL)? {
         None | Some("none") => false,
         Some("estimate" | "accurate") => true,
         Some(_) => return Err(invalid(TOTAL, "must be none, estimate or accurate")),
     };
-    match params::single(q, SUMMARY)? {
-        None | Some("false") => Ok((total, false)),
-        Some("count") => Ok((true, true)),
-        Some(_) => Err(invalid(SUMMARY, "must be count or false")),
+    let elements = params::single(q, "_elements")?;
+    match (params::single(q, SUMMARY)?, elements) {
+        (None | Some("false"), e) => Ok((total, false, Elements::parse(kind, e)?)),
+        (Some("count"), _) => Ok((true, true, Elements::all())),
+        (Some("true"), None) => Ok((total, false, Elements::summary(kind))),
+        (Some("true"), Some(_)) => Err(invalid(SUMMARY, "cannot be combined with _elements")),
+        (Some(_), _) => Err(invalid(SUMMARY, "must be true, count or false")),
     }
 }
 
@@ -872,8 +912,7 @@ async fn search_with<R: FhirResource>(
     let post = post || carried.is_some();
     let criteria = R::criteria(&q)?;
     let count = bundle::page_size(params::single(&q, "_count")?)?;
-    let (want_total, count_only) = total_and_summary(&q)?;
-    let elements = Elements::parse(kind, params::single(&q, "_elements")?)?;
+    let (want_total, count_only, elements) = total_and_summary(kind, &q)?;
     let (view, scope) = pipeline.authorize_search().await?;
     if let Some(field) = R::searched_outside(&criteria, R::fields(view, &Elements::all())?) {
         refuse_field(&pipeline, None, [], field, FieldUse::Search).await?;

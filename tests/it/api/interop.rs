@@ -759,6 +759,16 @@ async fn date_prefixes_or_lists_and_system_tokens_search_as_fhir_defines() {
         .await;
         assert_eq!(b["total"], n, "{q}");
     }
+    // `_summary=true`: the R4 summary elements (a Claim's items are not), tagged SUBSETTED.
+    let b = json_of(w.get("/fhir/Claim?_summary=true", &billing_token).await).await;
+    let c = &b["entry"][0]["resource"];
+    assert!(c.get("item").is_none(), "{c}");
+    assert!(c["total"].is_object() && c["insurance"].is_array(), "{c}");
+    assert_eq!(c["meta"]["tag"][0]["code"], "SUBSETTED");
+    let res = w
+        .get("/fhir/Claim?_summary=true&_elements=status", &billing_token)
+        .await;
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
 }
 
 #[tokio::test]
