@@ -111,7 +111,17 @@ impl Pipeline {
         interaction: Interaction,
         target: Target,
     ) -> Result<Decision, AppError> {
-        let resource = self.fhir()?.0;
+        self.decide_on(self.fhir()?.0, interaction, target)
+    }
+
+    /// Asks the decision point about an interaction on another resource type (a search's
+    /// `_include` reads the Patient resources its matches name).
+    pub fn decide_on(
+        &self,
+        resource: ResourceType,
+        interaction: Interaction,
+        target: Target,
+    ) -> Result<Decision, AppError> {
         let context = self.principal.context();
         let scopes = &self.principal.token.scopes;
         let allows = move |r: ResourceType, i: Interaction| scopes.allows(context, r, i);

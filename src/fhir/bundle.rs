@@ -149,3 +149,24 @@ pub fn searchset(
     }
     bundle
 }
+
+/// Adds resources a search's `_include` brought (`search.mode: include`) to `bundle`.
+pub fn add_included(
+    settings: &FhirSettings,
+    bundle: &mut Value,
+    resource: &str,
+    included: Vec<Value>,
+) {
+    if included.is_empty() {
+        return;
+    }
+    let base = format!("{}/{resource}", settings.base);
+    let entries = included.into_iter().map(|r| {
+        let id = r["id"].as_str().unwrap_or_default().to_string();
+        json!({ "fullUrl": format!("{base}/{id}"), "resource": r, "search": { "mode": "include" } })
+    });
+    match bundle["entry"].as_array_mut() {
+        Some(list) => list.extend(entries),
+        None => bundle["entry"] = Value::Array(entries.collect()),
+    }
+}

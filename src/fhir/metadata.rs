@@ -88,6 +88,9 @@ pub fn resources(settings: &FhirSettings) -> Vec<Value> {
             if !params.is_empty() {
                 out["searchParam"] = Value::Array(params);
             }
+            if !d.includes.is_empty() {
+                out["searchInclude"] = json!(d.includes);
+            }
             out
         })
         .collect()

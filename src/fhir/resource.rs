@@ -24,6 +24,8 @@ pub const CURSOR: &str = "_cursor";
 /// every search.
 pub const TOTAL: &str = "_total";
 pub const SUMMARY: &str = "_summary";
+/// `_include=<type>:patient` (see [`Descriptor::includes`]).
+pub const INCLUDE: &str = "_include";
 
 /// A top-level element a caller may name in `_elements`, and the JSON keys it selects
 /// (a choice element such as `value[x]` may be named by its base or a concrete name).
@@ -53,15 +55,20 @@ pub struct Descriptor {
     pub mandatory: &'static [&'static str],
     /// The JSON keys of the R4 summary elements (`_summary=true`).
     pub summary: &'static [&'static str],
+    /// `_include` values (`<type>:<reference parameter>`) a search accepts: each names
+    /// the subject Patient of the matches.
+    pub includes: &'static [&'static str],
 }
 
 impl Descriptor {
     /// Every query parameter a search of this type accepts.
     pub fn accepted(&self) -> Vec<&'static str> {
+        let include = (!self.includes.is_empty()).then_some(INCLUDE);
         self.search
             .iter()
             .map(|p| p.name)
             .chain([CURSOR, TOTAL, SUMMARY])
+            .chain(include)
             .collect()
     }
 }
@@ -106,6 +113,7 @@ pub const PATIENT: Descriptor = Descriptor {
         "address",
         "managingOrganization",
     ],
+    includes: &[],
 };
 
 pub const OBSERVATION: Descriptor = Descriptor {
@@ -143,6 +151,7 @@ pub const OBSERVATION: Descriptor = Descriptor {
         "valueQuantity",
         "valueString",
     ],
+    includes: &["Observation:patient", "Observation:subject"],
 };
 
 pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
@@ -169,6 +178,7 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
     ],
     mandatory: &["status", "content"],
     summary: &["status", "type", "subject", "date", "author", "content"],
+    includes: &["DocumentReference:patient", "DocumentReference:subject"],
 };
 
 pub const CLAIM: Descriptor = Descriptor {
@@ -219,6 +229,7 @@ pub const CLAIM: Descriptor = Descriptor {
         "insurance",
         "total",
     ],
+    includes: &["Claim:patient"],
 };
 
 /// Every resource type the API serves, in CapabilityStatement order.
@@ -913,6 +924,7 @@ async fn search_with<R: FhirResource>(
     let criteria = R::criteria(&q)?;
     let count = bundle::page_size(params::single(&q, "_count")?)?;
     let (want_total, count_only, elements) = total_and_summary(kind, &q)?;
+    let include = wants_include(R::DESCRIPTOR, &q)? && !count_only;
     let (view, scope) = pipeline.authorize_search().await?;
     if let Some(field) = R::searched_outside(&criteria, R::fields(view, &Elements::all())?) {
         refuse_field(&pipeline, None, [], field, FieldUse::Search).await?;
@@ -941,7 +953,7 @@ async fn search_with<R: FhirResource>(
     let mut patients: Vec<PatientId> = rows.iter().map(R::subject).collect();
     patients.sort();
     patients.dedup();
-    pipeline.permit(None, patients).await?;
+    pipeline.permit(None, patients.clone()).await?;
     // What a POST search's cursor carries: its parameters, without a cursor.
     let to_carry = post.then(|| {
         let mut out = url::form_urlencoded::Serializer::new(String::new());
@@ -960,12 +972,80 @@ async fn search_with<R: FhirResource>(
         )?),
         _ => None,
     };
+    let included = if include {
+        include_patients(&pipeline, state, &patients).await?
+    } else {
+        Vec::new()
+    };
     let entries: Vec<Value> = rows.iter().map(|r| elements.apply(R::to_fhir(r))).collect();
     let links = bundle::links(settings, kind.as_str(), &query, post, next.as_deref());
-    let body = bundle::searchset(settings, kind.as_str(), links, entries, total);
+    let mut body = bundle::searchset(settings, kind.as_str(), links, entries, total);
+    bundle::add_included(settings, &mut body, "Patient", included);
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .body(body.to_string()))
+}
+
+/// Whether the search asks for `_include` of the matches' patients: every value must be
+/// one the descriptor lists (a 422 otherwise, also for `*`).
+fn wants_include(d: &Descriptor, q: &[(&'static str, String)]) -> Result<bool, AppError> {
+    let mut any = false;
+    for (_, v) in q.iter().filter(|(k, _)| *k == INCLUDE) {
+        let v = v.strip_suffix(":Patient").unwrap_or(v);
+        if !d.includes.contains(&v) {
+            return Err(invalid(
+                INCLUDE,
+                "must be one of the includes in the CapabilityStatement",
+            ));
+        }
+        any = true;
+    }
+    Ok(any)
+}
+
+/// The Patient resources `_include` adds for the patients of a page: each decided as a
+/// read of that Patient by the one decision point (scope, role and relationship, exactly
+/// as `GET /fhir/Patient/{id}` would be) and fetched in that read's view; a patient the
+/// caller could not read directly is left out. They are the patients the search's audit
+/// event names.
+async fn include_patients(
+    pipeline: &Pipeline,
+    state: &AppState,
+    patients: &[PatientId],
+) -> Result<Vec<Value>, AppError> {
+    use super::patient::Patients;
+    let user = pipeline.user.id;
+    let ids = patients.to_vec();
+    let facts = state
+        .db
+        .run(move |c| {
+            ids.into_iter()
+                .map(|p| crate::db::users::patient_facts(c, p, user))
+                .collect::<Result<Vec<_>, AppError>>()
+        })
+        .await?;
+    let mut permitted = Vec::new();
+    for f in facts.into_iter().flatten() {
+        if let Decision::Permit { view, .. } =
+            pipeline.decide_on(ResourceType::Patient, Read, Target::Patient(f))?
+        {
+            permitted.push((f.patient_id, Patients::fields(view, &Elements::all())?));
+        }
+    }
+    let kr = state.keyring.clone();
+    let found = state
+        .db
+        .run(move |c| {
+            let mut out = Vec::new();
+            for (p, fields) in permitted {
+                if let Some(r) = Patients::get(c, &kr, RecordId(p.as_uuid()), fields)? {
+                    out.push(Patients::to_fhir(&r));
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    Ok(found)
 }
 
 /// Refuses a write or search on a field outside the view: audited as a denial

@@ -1105,6 +1105,99 @@ async fn json_patch_updates_only_what_the_role_may_write_and_keeps_the_rest() {
     assert_eq!(json_of(res).await["status"], "amended");
 }
 
+#[tokio::test]
+async fn include_adds_only_patients_the_caller_could_read_directly_in_that_reads_view() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let token = w.token("dr-a", SCOPES);
+    let patient = w.create(&doc, &patient_json("MRN-I1", "Included")).await;
+    for _ in 0..2 {
+        let res = w
+            .send(
+                Method::POST,
+                "/fhir/Observation",
+                &token,
+                Some(&observation_json(patient)),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let q = format!("/fhir/Observation?patient={patient}&_include=Observation:patient");
+    let b = json_of(w.get(&q, &token).await).await;
+    let entries = b["entry"].as_array().unwrap();
+    let modes: Vec<&str> = entries
+        .iter()
+        .map(|e| e["search"]["mode"].as_str().unwrap())
+        .collect();
+    assert_eq!(modes, vec!["match", "match", "include"]);
+    let included = &entries[2];
+    assert_eq!(
+        included["fullUrl"],
+        format!("{PUBLIC_URL}/fhir/Patient/{patient}")
+    );
+    assert_eq!(included["resource"]["name"][0]["family"], "Included");
+    // The clinician's Patient view: no SSN.
+    assert!(
+        !included["resource"]
+            .to_string()
+            .contains(crate::support::world::SSN)
+    );
+    let last = w.audit_events().pop().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.1.as_str(), last.2.clone()),
+        ("search", "permit", vec![patient])
+    );
+    // `subject` and the `:Patient` target name the same.
+    let b2 = json_of(
+        w.get(
+            &format!("/fhir/Observation?patient={patient}&_include=Observation:subject:Patient"),
+            &token,
+        )
+        .await,
+    )
+    .await;
+    assert_eq!(b2["entry"].as_array().unwrap().len(), 3);
+
+    // A token that may not read Patients: the matches, and no Patient.
+    let obs_only = w.token("dr-a", "user/Observation.rs");
+    let b = json_of(w.get(&q, &obs_only).await).await;
+    let entries = b["entry"].as_array().unwrap();
+    assert_eq!(entries.len(), 2, "{b}");
+    assert!(entries.iter().all(|e| e["search"]["mode"] == "match"));
+    assert!(!b.to_string().contains("Included"));
+
+    // Billing includes the Patient of its claims in the billing view (with the SSN).
+    w.user("billing-1", &[Role::Billing]);
+    let billing = w.token("billing-1", "user/Patient.rs user/Claim.cruds");
+    let claim = crate::api::resources::claim_json(patient);
+    let res = w
+        .send(Method::POST, "/fhir/Claim", &billing, Some(&claim))
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let b = json_of(w.get("/fhir/Claim?_include=Claim:patient", &billing).await).await;
+    let inc = &b["entry"][1]["resource"];
+    assert_eq!(inc["resourceType"], "Patient");
+    assert!(
+        inc.to_string().contains(crate::support::world::SSN),
+        "{inc}"
+    );
+
+    for bad in [
+        "/fhir/Observation?_include=Observation:performer",
+        "/fhir/Observation?_include=*",
+        "/fhir/Observation?_include=Claim:patient",
+        "/fhir/Patient?_include=Patient:organization",
+    ] {
+        let res = w.get(bad, &token).await;
+        assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY, "{bad}");
+    }
+    let cs = json_of(w.app.get("/fhir/metadata").await).await;
+    assert_eq!(
+        cs["rest"][0]["resource"][1]["searchInclude"],
+        json!(["Observation:patient", "Observation:subject"])
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // A stock client and an independent validator (npm, pinned by tests/fhir-clients).
 
