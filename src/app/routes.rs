@@ -105,6 +105,9 @@ fn fhir_resource<R: FhirResource>(r: &mut Routes) {
                 // The history and version reads are reads of the record.
                 r.add(Method::GET, d.history_path, action, history::<R>);
                 r.add(Method::GET, d.vread_path, action, vread::<R>);
+                if let Some(path) = d.everything_path {
+                    r.add(Method::GET, path, action, fhir::resource::everything);
+                }
             }
             I::Update => {
                 r.add(Method::PUT, d.item_path, action, update::<R>);

@@ -88,6 +88,12 @@ pub fn resources(settings: &FhirSettings) -> Vec<Value> {
             if !params.is_empty() {
                 out["searchParam"] = Value::Array(params);
             }
+            if d.everything_path.is_some() {
+                out["operation"] = json!([{
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                }]);
+            }
             if !d.includes.is_empty() {
                 out["searchInclude"] = json!(d.includes);
             }

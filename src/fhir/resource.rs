@@ -42,6 +42,8 @@ pub struct Descriptor {
     /// `/fhir/<type>/_search`: search by `POST` with a form body (keeps identifiers such
     /// as SSNs out of URLs and logs).
     pub search_path: &'static str,
+    /// `/fhir/Patient/{id}/$everything` (Patient only), served with the read interaction.
+    pub everything_path: Option<&'static str>,
     /// `/fhir/<type>/{id}/_history` and `/fhir/<type>/{id}/_history/{vid}`: the instance
     /// history and vread, served with the read interaction.
     pub history_path: &'static str,
@@ -83,6 +85,7 @@ pub const PATIENT: Descriptor = Descriptor {
     path: "/fhir/Patient",
     item_path: "/fhir/Patient/{id}",
     search_path: "/fhir/Patient/_search",
+    everything_path: Some("/fhir/Patient/{id}/$everything"),
     history_path: "/fhir/Patient/{id}/_history",
     vread_path: "/fhir/Patient/{id}/_history/{vid}",
     interactions: &[Search, Create, Read, Update],
@@ -121,6 +124,7 @@ pub const OBSERVATION: Descriptor = Descriptor {
     path: "/fhir/Observation",
     item_path: "/fhir/Observation/{id}",
     search_path: "/fhir/Observation/_search",
+    everything_path: None,
     history_path: "/fhir/Observation/{id}/_history",
     vread_path: "/fhir/Observation/{id}/_history/{vid}",
     interactions: &[Search, Create, Read, Update, Delete],
@@ -159,6 +163,7 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
     path: "/fhir/DocumentReference",
     item_path: "/fhir/DocumentReference/{id}",
     search_path: "/fhir/DocumentReference/_search",
+    everything_path: None,
     history_path: "/fhir/DocumentReference/{id}/_history",
     vread_path: "/fhir/DocumentReference/{id}/_history/{vid}",
     interactions: &[Search, Create, Read, Update],
@@ -186,6 +191,7 @@ pub const CLAIM: Descriptor = Descriptor {
     path: "/fhir/Claim",
     item_path: "/fhir/Claim/{id}",
     search_path: "/fhir/Claim/_search",
+    everything_path: None,
     history_path: "/fhir/Claim/{id}/_history",
     vread_path: "/fhir/Claim/{id}/_history/{vid}",
     interactions: &[Search, Create, Read, Update, Delete],
@@ -1366,6 +1372,159 @@ pub async fn patch<R: FhirResource>(
         &Elements::all(),
         minimal,
     ))
+}
+
+/// `Patient/$everything` (`GET /fhir/Patient/{id}/$everything?_count=`): every resource the caller may see for one patient: the Patient (decided as a read of
+/// it, 404 without a relationship), then its Observations, DocumentReferences and Claims,
+/// each type decided as a search of that type by the one decision point (a type the
+/// caller may not search is left out) and scoped like one. Paged across the types with a
+/// sealed cursor; audited as one access per resource type on each page.
+pub async fn everything(
+    req: HttpRequest,
+    pipeline: Pipeline,
+    state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    use super::claim::Claims;
+    use super::document_reference::DocumentReferences;
+    use super::observation::Observations;
+    use super::patient::Patients;
+    check_route::<Patients>(&pipeline)?;
+    negotiate(&req)?;
+    let id = params::parse_id(&path)?;
+    let q = params::search_params(&req, &["_count", CURSOR])?;
+    let count = bundle::page_size(params::single(&q, "_count")?)?;
+    let user = pipeline.user.id;
+    // Where the previous page stopped: the type (0 = Patient, then the record types in
+    // order) and the last id of it.
+    let start = match params::single(&q, CURSOR)? {
+        None => None,
+        Some(c) => {
+            let (after, carried) = Cursor::open(&state.keyring, user, ResourceType::Patient, c)?;
+            let part = carried
+                .and_then(|p| p.strip_prefix(&format!("{id}:"))?.parse::<usize>().ok())
+                .filter(|p| (1..=3).contains(p))
+                .ok_or_else(|| invalid(CURSOR, "is not a cursor this server issued to you"))?;
+            Some((part, after))
+        }
+    };
+    let (view, facts) = pipeline.authorize_record(id, Patients::patient_of).await?;
+    let patient = facts.patient_id;
+    let mut entries: Vec<(ResourceType, Value)> = Vec::new();
+    if start.is_none() {
+        let fields = Patients::fields(view, &Elements::all())?;
+        let kr = state.keyring.clone();
+        let Some(p) = state
+            .db
+            .run(move |c| Patients::get(c, &kr, id, fields))
+            .await?
+        else {
+            pipeline.error(Some(id), [patient]).await?;
+            return Err(AppError::not_found());
+        };
+        pipeline.permit(Some(id), [patient]).await?;
+        entries.push((ResourceType::Patient, Patients::to_fhir(&p)));
+    }
+    let (first, mut after) = match start {
+        Some((part, last)) => (part, Some(last)),
+        None => (1, None),
+    };
+    let mut next = None;
+    for part in first..=3 {
+        let room = count.saturating_sub(entries.len());
+        let (rows, more) = match part {
+            1 => part_of::<Observations>(&pipeline, &state, patient, after, room).await?,
+            2 => part_of::<DocumentReferences>(&pipeline, &state, patient, after, room).await?,
+            _ => part_of::<Claims>(&pipeline, &state, patient, after, room).await?,
+        };
+        after = None;
+        let last = rows
+            .last()
+            .and_then(|(_, r)| r["id"].as_str().and_then(|i| Uuid::parse_str(i).ok()));
+        entries.extend(rows);
+        if more {
+            next = Some((part, last.unwrap_or(Uuid::nil())));
+            break;
+        }
+    }
+    let next = next
+        .map(|(part, last)| {
+            let carried = format!("{id}:{part}");
+            Cursor::seal(
+                &state.keyring,
+                user,
+                ResourceType::Patient,
+                last,
+                Some(&carried),
+            )
+        })
+        .transpose()?;
+    let url = format!("{}/Patient/{id}/$everything", settings.base);
+    let mut links = vec![serde_json::json!({ "relation": "self", "url": url })];
+    if let Some(c) = next {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("_count", &count.to_string());
+        q.append_pair(CURSOR, &c);
+        links.push(
+            serde_json::json!({ "relation": "next", "url": format!("{url}?{}", q.finish()) }),
+        );
+    }
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|(kind, r)| {
+            let rid = r["id"].as_str().unwrap_or_default().to_string();
+            serde_json::json!({
+                "fullUrl": format!("{}/{}/{rid}", settings.base, kind.as_str()),
+                "resource": r,
+                "search": { "mode": "match" },
+            })
+        })
+        .collect();
+    let mut body =
+        serde_json::json!({ "resourceType": "Bundle", "type": "searchset", "link": links });
+    if !entries.is_empty() {
+        body["entry"] = Value::Array(entries);
+    }
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(body.to_string()))
+}
+
+/// One type's part of `$everything`: up to `room` records of `patient` (after `after`)
+/// if the caller may search the type, each page's part audited as a search of the type
+/// naming the patient; and whether there are more.
+async fn part_of<R: FhirResource>(
+    pipeline: &Pipeline,
+    state: &AppState,
+    patient: PatientId,
+    after: Option<Uuid>,
+    room: usize,
+) -> Result<(Vec<(ResourceType, Value)>, bool), AppError> {
+    let kind = R::DESCRIPTOR.kind;
+    let Decision::Permit {
+        view,
+        search: Some(scope),
+        ..
+    } = pipeline.decide_on(kind, Search, Target::Search)?
+    else {
+        return Ok((Vec::new(), false));
+    };
+    let criteria = R::criteria(&[("patient", patient.to_string())])?;
+    let fields = R::fields(view, &Elements::all())?;
+    let kr = state.keyring.clone();
+    let limit = room as i64 + 1;
+    let mut rows = state
+        .db
+        .run(move |c| R::search(c, &kr, &criteria, scope, after, limit, fields))
+        .await?;
+    let more = rows.len() > room;
+    rows.truncate(room);
+    if !rows.is_empty() {
+        let what = crate::audit::What::new(crate::audit::AuditAction::from(Search)).on(kind);
+        pipeline.recorder.permit(what, [patient]).await?;
+    }
+    Ok((rows.iter().map(|r| (kind, R::to_fhir(r))).collect(), more))
 }
 
 /// Delete: a soft delete committed with its event.

@@ -204,6 +204,21 @@ check(
 );
 step('history');
 
+// Patient/$everything through the client's operation call, paged with nextPage.
+let everything = valid(
+  await client.operation({ name: 'everything', resourceType: 'Patient', id: ids[0], method: 'GET' }),
+  '$everything',
+);
+const kinds = [];
+for (let pages = 0; everything; pages++) {
+  check(pages < 10, '$everything paging ends');
+  for (const e of everything.entry ?? []) kinds.push(e.resource.resourceType);
+  const next = client.nextPage({ bundle: everything });
+  everything = next ? valid(await next, '$everything page') : undefined;
+}
+check(kinds[0] === 'Patient' && kinds.length === 1, `$everything returned ${kinds.join()}`);
+step('everything');
+
 // Errors are OperationOutcomes too.
 await refused(client.read({ resourceType: 'Patient', id: '00000000-0000-4000-8000-000000000000' }), 404, 'missing');
 await refused(client.search({ resourceType: 'Patient', searchParams: { nickname: 'x' } }), 422, 'unknown parameter');

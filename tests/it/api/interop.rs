@@ -1198,6 +1198,122 @@ async fn include_adds_only_patients_the_caller_could_read_directly_in_that_reads
     );
 }
 
+#[tokio::test]
+async fn patient_everything_pages_over_every_type_the_caller_may_see() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let (_, stranger) = w.user("dr-b", &[Role::Clinician]);
+    let token = w.token(
+        "dr-a",
+        "user/Patient.cruds user/Observation.cruds user/DocumentReference.cruds",
+    );
+    let patient = w.create(&doc, &patient_json("MRN-V1", "Everyone")).await;
+    for _ in 0..2 {
+        let res = w
+            .send(
+                Method::POST,
+                "/fhir/Observation",
+                &token,
+                Some(&observation_json(patient)),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let note = crate::api::resources::note_json(patient, "Everything note.");
+    let res = w
+        .send(Method::POST, "/fhir/DocumentReference", &token, Some(&note))
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    w.user("billing-1", &[Role::Billing]);
+    let billing = w.token("billing-1", "user/Patient.rs user/Claim.cruds");
+    let claim = crate::api::resources::claim_json(patient);
+    let res = w
+        .send(Method::POST, "/fhir/Claim", &billing, Some(&claim))
+        .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+
+    // The clinician: the Patient, its observations and note, paged; no claims (the
+    // clinician may not search claims).
+    let before = w.audit_events().len();
+    let mut url = Some(format!("/fhir/Patient/{patient}/$everything?_count=2"));
+    let mut kinds = Vec::new();
+    let mut pages = 0;
+    while let Some(u) = url.take() {
+        let res = w.get(&u, &token).await;
+        assert_eq!(res.status(), StatusCode::OK, "{u}");
+        let b = json_of(res).await;
+        for e in b["entry"].as_array().unwrap() {
+            let kind = e["resource"]["resourceType"].as_str().unwrap().to_string();
+            assert_eq!(
+                e["fullUrl"],
+                format!(
+                    "{PUBLIC_URL}/fhir/{kind}/{}",
+                    e["resource"]["id"].as_str().unwrap()
+                )
+            );
+            kinds.push(kind);
+        }
+        url = next_link(&b);
+        if let Some(n) = &url {
+            assert!(n.starts_with(&format!("{PUBLIC_URL}/fhir/Patient/{patient}/$everything?")));
+        }
+        pages += 1;
+    }
+    assert_eq!(pages, 2);
+    assert_eq!(
+        kinds,
+        vec!["Patient", "Observation", "Observation", "DocumentReference"]
+    );
+    // One access per resource type on each page, each naming the patient.
+    let events: Vec<_> = w.audit_events().into_iter().skip(before).collect();
+    assert_eq!(events.len(), 4, "{events:?}");
+    assert!(
+        events
+            .iter()
+            .all(|e| e.1 == "permit" && e.2 == vec![patient])
+    );
+
+    // Billing: the Patient (its view) and the claim, no observations.
+    let b = json_of(
+        w.get(&format!("/fhir/Patient/{patient}/$everything"), &billing)
+            .await,
+    )
+    .await;
+    let kinds: Vec<&str> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["resourceType"].as_str().unwrap())
+        .collect();
+    assert_eq!(kinds, vec!["Patient", "Claim"]);
+
+    // No relationship: 404, like a missing patient; a cursor of another patient: 422.
+    let res = w
+        .get(&format!("/fhir/Patient/{patient}/$everything"), &stranger)
+        .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    let first = json_of(
+        w.get(
+            &format!("/fhir/Patient/{patient}/$everything?_count=1"),
+            &token,
+        )
+        .await,
+    )
+    .await;
+    let next = next_link(&first).unwrap();
+    let other = w.create(&doc, &patient_json("MRN-V2", "Otherone")).await;
+    let moved = next.replace(&patient.to_string(), &other.to_string());
+    assert_eq!(
+        w.get(&moved, &token).await.status(),
+        StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let cs = json_of(w.app.get("/fhir/metadata").await).await;
+    assert_eq!(
+        cs["rest"][0]["resource"][0]["operation"][0]["name"],
+        "everything"
+    );
+}
+
 // ---------------------------------------------------------------------------------------
 // A stock client and an independent validator (npm, pinned by tests/fhir-clients).
 
@@ -1275,6 +1391,7 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
         "conditional create",
         "update",
         "history",
+        "everything",
         "done",
     ] {
         assert!(

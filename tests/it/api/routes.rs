@@ -71,6 +71,7 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("POST", "/fhir/Patient", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}/_history", Expect::Fhir),
+    ("GET", "/fhir/Patient/{id}/$everything", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}/_history/{vid}", Expect::Fhir),
     ("PUT", "/fhir/Patient/{id}", Expect::Fhir),
     ("PATCH", "/fhir/Patient/{id}", Expect::Fhir),
