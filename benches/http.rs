@@ -1068,10 +1068,15 @@ fn record_row(manifest: &Path, label: &str, r: &Value) {
     let row = if scenario == "latency" {
         let l = &r["latency"];
         let pair = |k: &str| format!("{}/{}", num(&l[k]["p50_ms"], 1), num(&l[k]["p99_ms"], 1));
-        let stalls: i64 = ["http1.1_read", "http1.1_search", "http2_read", "http2_search"]
-            .iter()
-            .map(|k| l[*k]["over_30_ms"].as_i64().unwrap_or(0))
-            .sum();
+        let stalls: i64 = [
+            "http1.1_read",
+            "http1.1_search",
+            "http2_read",
+            "http2_search",
+        ]
+        .iter()
+        .map(|k| l[*k]["over_30_ms"].as_i64().unwrap_or(0))
+        .sum();
         format!(
             "| {label} | latency | {commit} | {date} | {} | — | HTTP/1.1 read {}, search {}; HTTP/2 read {}, search {}; {stalls} of 4,000 over 30 ms | — | — | — |",
             r["load_average"].as_str().unwrap_or("?"),
@@ -1097,14 +1102,26 @@ fn record_row(manifest: &Path, label: &str, r: &Value) {
             num(&r["fraction_of_minimal_ceiling"], 2),
             num(&au["matching_events"], 0),
             num(&au["expected_from_responses"], 0),
-            if au["verify_ok"].as_bool() == Some(true) { "OK" } else { "FAILED" },
+            if au["verify_ok"].as_bool() == Some(true) {
+                "OK"
+            } else {
+                "FAILED"
+            },
         )
     };
     let path = manifest.join("docs/benchmarks.md");
     let text = std::fs::read_to_string(&path).unwrap();
-    let (begin, end) = ("<!-- bench-results:begin -->\n", "<!-- bench-results:end -->");
-    let start = text.find(begin).expect("docs/benchmarks.md: no bench-results:begin") + begin.len();
-    let stop = text.find(end).expect("docs/benchmarks.md: no bench-results:end");
+    let (begin, end) = (
+        "<!-- bench-results:begin -->\n",
+        "<!-- bench-results:end -->",
+    );
+    let start = text
+        .find(begin)
+        .expect("docs/benchmarks.md: no bench-results:begin")
+        + begin.len();
+    let stop = text
+        .find(end)
+        .expect("docs/benchmarks.md: no bench-results:end");
     let key = format!("| {label} | {scenario} |");
     let mut rows: Vec<&str> = text[start..stop]
         .lines()

@@ -81,7 +81,17 @@ impl Pipeline {
 
     /// What this route's events are about, for the record `id` (if one).
     pub fn what(&self, id: Option<RecordId>) -> Result<What, AppError> {
-        let (resource, interaction) = self.fhir()?;
+        self.what_as(self.fhir()?.1, id)
+    }
+
+    /// What an event of this route's resource type is about when the request performs
+    /// another interaction on it (a conditional create's search, or the read of the match).
+    pub fn what_as(
+        &self,
+        interaction: Interaction,
+        id: Option<RecordId>,
+    ) -> Result<What, AppError> {
+        let resource = self.fhir()?.0;
         let what = What::new(AuditAction::from(interaction)).on(resource);
         Ok(match id {
             Some(id) => what.id(id),
@@ -91,7 +101,27 @@ impl Pipeline {
 
     /// Asks the decision point about the route's action on `target`.
     pub fn decide(&self, target: Target) -> Result<Decision, AppError> {
-        let (resource, interaction) = self.fhir()?;
+        self.decide_as(self.fhir()?.1, target)
+    }
+
+    /// Asks the decision point about another interaction on the route's resource type
+    /// (a conditional create searches before it creates).
+    pub fn decide_as(
+        &self,
+        interaction: Interaction,
+        target: Target,
+    ) -> Result<Decision, AppError> {
+        self.decide_on(self.fhir()?.0, interaction, target)
+    }
+
+    /// Asks the decision point about an interaction on another resource type (a search's
+    /// `_include` reads the Patient resources its matches name).
+    pub fn decide_on(
+        &self,
+        resource: ResourceType,
+        interaction: Interaction,
+        target: Target,
+    ) -> Result<Decision, AppError> {
         let context = self.principal.context();
         let scopes = &self.principal.token.scopes;
         let allows = move |r: ResourceType, i: Interaction| scopes.allows(context, r, i);

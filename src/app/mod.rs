@@ -44,6 +44,11 @@ pub fn build_app(
     let json_limits = json::JsonLimits {
         max_depth: config.server.json_max_depth,
     };
+    let fhir = crate::fhir::config::FhirSettings::new(
+        &config.server.public_url,
+        &config.fhir,
+        !config.server.cors_allowed_origins.is_empty(),
+    );
     let mut table = routes::Routes::default();
     routes::configure(&mut table);
     if let Some(extra) = extra {
@@ -66,6 +71,7 @@ pub fn build_app(
     app.app_data(state)
         .app_data(web::Data::new(settings))
         .app_data(web::Data::new(json_limits))
+        .app_data(web::Data::new(fhir))
         .app_data(web::PayloadConfig::new(config.server.body_limit_bytes))
         .wrap(from_fn(edge::edge))
         .configure(|cfg| table.register(cfg))

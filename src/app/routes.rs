@@ -87,15 +87,32 @@ impl Routes {
 /// generic handler of that interaction.
 fn fhir_resource<R: FhirResource>(r: &mut Routes) {
     use crate::policy::Interaction as I;
-    use fhir::resource::{create, delete, read, search, update};
+    use fhir::resource::{
+        create, delete, history, patch, read, search, search_post, update, vread,
+    };
     let d = R::DESCRIPTOR;
     for &i in d.interactions {
         let action = Action::Fhir(d.kind, i);
         match i {
-            I::Search => r.add(Method::GET, d.path, action, search::<R>),
+            I::Search => {
+                r.add(Method::GET, d.path, action, search::<R>);
+                // Registered before the item path, which would otherwise take `_search`.
+                r.add(Method::POST, d.search_path, action, search_post::<R>);
+            }
             I::Create => r.add(Method::POST, d.path, action, create::<R>),
-            I::Read => r.add(Method::GET, d.item_path, action, read::<R>),
-            I::Update => r.add(Method::PUT, d.item_path, action, update::<R>),
+            I::Read => {
+                r.add(Method::GET, d.item_path, action, read::<R>);
+                // The history and version reads are reads of the record.
+                r.add(Method::GET, d.history_path, action, history::<R>);
+                r.add(Method::GET, d.vread_path, action, vread::<R>);
+                if let Some(path) = d.everything_path {
+                    r.add(Method::GET, path, action, fhir::resource::everything);
+                }
+            }
+            I::Update => {
+                r.add(Method::PUT, d.item_path, action, update::<R>);
+                r.add(Method::PATCH, d.item_path, action, patch::<R>);
+            }
             I::Delete => r.add(Method::DELETE, d.item_path, action, delete::<R>),
         }
     }
@@ -119,6 +136,19 @@ pub fn configure(r: &mut Routes) {
         Action::BreakGlass(crate::policy::break_glass::Operation::Lookup),
         fhir::break_glass::lookup,
     );
+    // SMART App Launch discovery, at the FHIR base (as the specification places it) and
+    // at the server root (where some clients look).
+    for path in [
+        "/fhir/.well-known/smart-configuration",
+        "/.well-known/smart-configuration",
+    ] {
+        r.add(
+            Method::GET,
+            path,
+            Action::Public,
+            fhir::smart::smart_configuration,
+        );
+    }
     fhir_resource::<fhir::patient::Patients>(r);
     fhir_resource::<fhir::observation::Observations>(r);
     fhir_resource::<fhir::document_reference::DocumentReferences>(r);

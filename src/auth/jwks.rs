@@ -190,6 +190,8 @@ struct Inner {
     keys: RwLock<Option<Arc<KeySet>>>,
     generations: AtomicU64,
     fetch: tokio::sync::Mutex<FetchState>,
+    /// The provider's discovery document and when it was fetched (SMART discovery).
+    provider: tokio::sync::Mutex<Option<(Instant, Arc<serde_json::Value>)>>,
 }
 
 impl KeyCache {
@@ -233,6 +235,7 @@ impl KeyCache {
                 keys: RwLock::new(None),
                 generations: AtomicU64::new(0),
                 fetch: tokio::sync::Mutex::new(FetchState::default()),
+                provider: tokio::sync::Mutex::new(None),
             }),
         })
     }
@@ -328,6 +331,55 @@ impl KeyCache {
         };
         let body = self.get(url).await?;
         parse_jwks(&body)
+    }
+
+    /// The provider's OpenID discovery document (`<issuer>/.well-known/openid-configuration`),
+    /// for the SMART discovery document and the CapabilityStatement: fetched at most once
+    /// per `min_interval` (at least a minute) and kept; while the provider is unreachable
+    /// the last document is served. It must name `issuer`.
+    pub async fn provider_document(
+        &self,
+        issuer: &str,
+    ) -> Result<Arc<serde_json::Value>, JwksError> {
+        let mut cached = self.inner.provider.lock().await;
+        let fresh = self.inner.min_interval.max(Duration::from_secs(60));
+        if let Some((at, doc)) = cached.as_ref()
+            && self.since(*at) < fresh
+        {
+            return Ok(doc.clone());
+        }
+        let doc_url = url::Url::parse(&format!(
+            "{}/.well-known/openid-configuration",
+            issuer.trim_end_matches('/')
+        ))
+        .map_err(|_| JwksError::Discovery)?;
+        let fetched = match self.get(doc_url).await {
+            Ok(body) => serde_json::from_slice::<serde_json::Value>(&body)
+                .map_err(|_| JwksError::Invalid)
+                .and_then(|doc| {
+                    if doc["issuer"].as_str() == Some(issuer) {
+                        Ok(doc)
+                    } else {
+                        Err(JwksError::Discovery)
+                    }
+                }),
+            Err(e) => Err(e),
+        };
+        let now = self.inner.clock.instant();
+        match fetched {
+            Ok(doc) => {
+                let doc = Arc::new(doc);
+                *cached = Some((now, doc.clone()));
+                Ok(doc)
+            }
+            Err(e) => match cached.as_mut() {
+                Some((at, doc)) => {
+                    *at = now;
+                    Ok(doc.clone())
+                }
+                None => Err(e),
+            },
+        }
     }
 
     async fn discover(&self, issuer: &str) -> Result<url::Url, JwksError> {

@@ -97,6 +97,34 @@ pub struct ApiScopes {
     pub audit_read: bool,
 }
 
+/// The aliases this server understands (see the module documentation).
+pub const ALIASES: &[&str] = &[
+    "patient.read",
+    "patient.write",
+    "billing.read",
+    "claims.write",
+    "admin",
+    "audit.read",
+];
+
+/// The scope vocabulary, for `scopes_supported` of the SMART discovery document: the SMART
+/// v2 resource scopes with every permission (`cruds`, any ordered subset is understood
+/// too) for each context and resource type (and `*`), the v1 `.read`/`.write` forms, and
+/// the aliases.
+pub fn vocabulary() -> Vec<String> {
+    let mut out = Vec::new();
+    for context in ["patient", "user", "system"] {
+        let types = ResourceType::ALL.iter().map(|r| r.as_str()).chain(["*"]);
+        for t in types {
+            for permissions in ["cruds", "rs", "read", "write"] {
+                out.push(format!("{context}/{t}.{permissions}"));
+            }
+        }
+    }
+    out.extend(ALIASES.iter().map(|a| a.to_string()));
+    out
+}
+
 /// Scope strings longer than this are ignored (no real scope is this long).
 const MAX_SCOPE_LEN: usize = 128;
 /// At most this many scope strings are looked at.

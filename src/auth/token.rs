@@ -360,6 +360,13 @@ impl TokenVerifier {
         &self.rules.issuer
     }
 
+    /// The configured provider's discovery document ([`KeyCache::provider_document`]).
+    pub async fn provider_document(
+        &self,
+    ) -> Result<Arc<serde_json::Value>, crate::auth::jwks::JwksError> {
+        self.keys.provider_document(&self.rules.issuer).await
+    }
+
     /// Verifies a raw bearer token (the part after `Bearer `).
     pub async fn verify(&self, raw: &str) -> Result<VerifiedToken, AuthError> {
         if raw.len() > self.rules.max_bytes {

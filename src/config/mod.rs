@@ -14,6 +14,7 @@ use crate::auth::config::AuthConfig;
 use crate::console::config::ConsoleConfig;
 use crate::crypto::config::CryptoConfig;
 use crate::db::config::DatabaseConfig;
+use crate::fhir::config::FhirConfig;
 use crate::monitoring::MetricsConfig;
 use crate::telemetry::LogConfig;
 use crate::tls::{ClientAuth, TlsConfig};
@@ -48,6 +49,9 @@ pub struct Config {
     /// Break-glass: modes, reasons, durations, authentication strength.
     #[serde(default)]
     pub break_glass: crate::policy::break_glass::BreakGlassConfig,
+    /// The FHIR API (update preconditions).
+    #[serde(default)]
+    pub fhir: FhirConfig,
 }
 
 /// Environment variables that belong to Custodian but are not settings.

@@ -38,12 +38,13 @@ macro_rules! settings {
 settings! {
     "server.listen", Str, "0.0.0.0:8443", "HTTPS listen address";
     "server.http_redirect_listen", Str, "", "Optional plain-HTTP listener that redirects console paths to HTTPS and refuses API paths";
-    "server.public_url", Str, "https://localhost:8443", "External HTTPS base URL, used for redirects";
+    "server.public_url", Str, "https://localhost:8443", "External HTTPS base URL (a path prefix is kept), used for redirects and for every absolute URL of the FHIR API: Bundle fullUrl and links, Location, Content-Location";
     "server.workers", Int, "0", "HTTP worker threads (0 = one per core)";
     "server.body_limit_bytes", Int, "1048576", "Largest accepted request body (413 above it)";
     "server.json_max_depth", Int, "32", "Deepest accepted JSON nesting (400 above it)";
     "server.cors_allowed_origins", List, "[]", "Origins allowed to call the API from a browser (exact match); empty = CORS closed";
     "server.shutdown_timeout_secs", Int, "30", "Grace period for in-flight requests on SIGINT/SIGTERM";
+    "fhir.require_if_match", Bool, "false", "FHIR updates: refuse an update without If-Match (428); an If-Match that is sent is always honoured (412 when stale)";
     "tls.cert_file", Str, "", "PEM certificate chain (leaf first); required";
     "tls.key_file", Str, "", "PEM private key for the certificate; required";
     "tls.client_auth", Str, "off", "Client certificates: off | optional | required";

@@ -84,6 +84,10 @@ sealed_tables! {
     console_totp = "console_totp" {
         SECRET = "secret_sealed",
     }
+    /// Every version of a FHIR resource, its JSON sealed whole (`db::history`).
+    resource_history = "resource_history" {
+        BODY = "body_sealed",
+    }
 }
 
 /// The place of a search cursor: sealed for the user it was issued to, bound to the

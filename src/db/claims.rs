@@ -133,7 +133,8 @@ fn insert_items(
 #[derive(Debug, Default)]
 pub struct Criteria {
     pub patient: Option<Uuid>,
-    pub status: Option<String>,
+    /// Any of these statuses (a comma-separated list is an OR).
+    pub status: Vec<String>,
 }
 
 /// The `claims` repository (with its items). Its fields: whether to load the items.
@@ -185,10 +186,15 @@ impl RecordTable for ClaimTable {
         if let Some(p) = criteria.patient {
             q = q.filter(claims::patient_id.eq(p));
         }
-        if let Some(s) = &criteria.status {
-            q = q.filter(claims::status.eq(s.clone()));
+        if !criteria.status.is_empty() {
+            q = q.filter(claims::status.eq_any(criteria.status.clone()));
         }
         q
+    }
+
+    /// A claim's items belong to every version.
+    fn all_fields() -> bool {
+        true
     }
 
     /// The items of every claim, when `items` is set (one query).

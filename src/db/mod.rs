@@ -6,6 +6,7 @@ pub mod claims;
 pub mod config;
 pub mod documents;
 pub mod facilities;
+pub mod history;
 pub mod observations;
 pub mod patients;
 pub mod pending;

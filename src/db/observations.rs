@@ -85,9 +85,28 @@ pub struct ObservationWrite {
 #[derive(Default, Debug)]
 pub struct Criteria {
     pub patient: Option<Uuid>,
-    pub code: Option<String>,
-    pub from: Vec<DateTime<Utc>>,
-    pub until: Vec<DateTime<Utc>>,
+    /// Any of these codes (a comma-separated list is an OR).
+    pub code: Vec<String>,
+    /// Each `date` parameter: any of its values (AND of ORs).
+    pub dates: Vec<Vec<records::TimeRange>>,
+}
+
+type Cond = Box<dyn BoxableExpression<observations::table, Pg, SqlType = diesel::sql_types::Bool>>;
+
+/// `effective_at` within (or, for `ne`, outside) one date value.
+fn time_condition(r: &records::TimeRange) -> Cond {
+    let mut c: Cond = Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("TRUE"));
+    if let Some(from) = r.from {
+        c = Box::new(c.and(observations::effective_at.ge(from)));
+    }
+    if let Some(until) = r.until {
+        c = Box::new(c.and(observations::effective_at.lt(until)));
+    }
+    if r.outside {
+        Box::new(diesel::dsl::not(c))
+    } else {
+        c
+    }
 }
 
 /// The `observations` repository.
@@ -141,14 +160,15 @@ impl RecordTable for ObservationTable {
         if let Some(p) = criteria.patient {
             q = q.filter(observations::patient_id.eq(p));
         }
-        if let Some(code) = &criteria.code {
-            q = q.filter(observations::code.eq(code.clone()));
+        if !criteria.code.is_empty() {
+            q = q.filter(observations::code.eq_any(criteria.code.clone()));
         }
-        for t in &criteria.from {
-            q = q.filter(observations::effective_at.ge(*t));
-        }
-        for t in &criteria.until {
-            q = q.filter(observations::effective_at.lt(*t));
+        for any in &criteria.dates {
+            let mut conds = any.iter().map(time_condition);
+            if let Some(first) = conds.next() {
+                let either = conds.fold(first, |acc, c| -> Cond { Box::new(acc.or(c)) });
+                q = q.filter(either);
+            }
         }
         q
     }

@@ -15,6 +15,15 @@ use crate::policy::SearchScope;
 use diesel::{Connection, PgConnection, QueryResult};
 use uuid::Uuid;
 
+/// One value of a date search, as an interval of time: `from <= t < until` (either end
+/// open), or — for the `ne` prefix — everything outside it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct TimeRange {
+    pub from: Option<chrono::DateTime<chrono::Utc>>,
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+    pub outside: bool,
+}
+
 /// What a record table declares; the statements come from `statements!`.
 pub trait RecordTable: Sized + 'static {
     /// The row as stored: clear columns and the sealed ones as bytes
@@ -40,6 +49,11 @@ pub trait RecordTable: Sized + 'static {
     fn open(row: Self::Row, kr: &Keyring) -> Result<Self::Record, AppError>;
     /// Narrows a search to `criteria` (the scope, liveness and paging are added around it).
     fn filter(q: Self::Query, criteria: &Self::Criteria) -> Self::Query;
+
+    /// Every field (what the history keeps of each version): by default the default.
+    fn all_fields() -> Self::Fields {
+        Self::Fields::default()
+    }
 
     /// Loads what `fields` asks for beyond the rows; nothing by default.
     fn load(
@@ -74,6 +88,9 @@ pub trait Statements: RecordTable {
     fn new_subject(new: &Self::New) -> PatientId;
     /// The subject patient of a live record (for the decision point).
     fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError>;
+    /// The subject patient of a record, live or soft-deleted (history, vread, 410).
+    fn patient_of_any(conn: &mut PgConnection, id: RecordId)
+    -> Result<Option<PatientId>, AppError>;
     /// Soft delete: the row stays (for the record) but is no longer read or found
     /// (`false`: no such live record).
     fn soft_delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError>;
@@ -87,6 +104,14 @@ pub trait Statements: RecordTable {
         after: Option<Uuid>,
         limit: i64,
     ) -> QueryResult<Vec<Self::Row>>;
+    /// How many live rows within `scope` match `criteria` (`_total`, `_summary=count`).
+    fn count(
+        conn: &mut PgConnection,
+        criteria: &Self::Criteria,
+        scope: SearchScope,
+    ) -> QueryResult<i64>;
+    /// The version of the live row `id`, locked for the update that follows.
+    fn current_version(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<i32>>;
     fn insert_row(conn: &mut PgConnection, id: Uuid, write: &Self::Write)
     -> QueryResult<Self::Row>;
     /// Replaces the live row `id` (same subject) if its version is still `expected`.
@@ -143,6 +168,16 @@ macro_rules! statements {
                         .first(conn)
                         .optional()?)
                 }
+                fn patient_of_any(
+                    conn: &mut PgConnection,
+                    id: RecordId,
+                ) -> Result<Option<PatientId>, AppError> {
+                    Ok(t::table
+                        .filter(t::id.eq(id))
+                        .select(t::patient_id)
+                        .first(conn)
+                        .optional()?)
+                }
                 fn soft_delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError> {
                     let n = diesel::update(
                         t::table.filter(t::id.eq(id).and(t::deleted_at.is_null())),
@@ -183,6 +218,27 @@ macro_rules! statements {
                         .limit(limit)
                         .select(Row::as_select())
                         .load(conn)
+                }
+                fn count(
+                    conn: &mut PgConnection,
+                    criteria: &<$repo as RecordTable>::Criteria,
+                    scope: SearchScope,
+                ) -> QueryResult<i64> {
+                    let scope = ScopeSql::new(scope, concat!(stringify!($table), ".patient_id"));
+                    let q = t::table
+                        .filter(t::deleted_at.is_null())
+                        .into_boxed()
+                        .filter(scope.expression());
+                    <$repo as RecordTable>::filter(q, criteria).count().get_result(conn)
+                }
+                fn current_version(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<i32>> {
+                    t::table
+                        .filter(t::id.eq(id))
+                        .filter(t::deleted_at.is_null())
+                        .select(t::version)
+                        .for_update()
+                        .first(conn)
+                        .optional()
                 }
                 fn insert_row(conn: &mut PgConnection, id: Uuid, write: &Write) -> QueryResult<Row> {
                     diesel::insert_into(t::table)
@@ -249,6 +305,15 @@ pub fn get<T: Statements>(
     }
 }
 
+/// How many live records within `scope` match `criteria`.
+pub fn count<T: Statements>(
+    conn: &mut PgConnection,
+    criteria: &T::Criteria,
+    scope: SearchScope,
+) -> Result<i64, AppError> {
+    Ok(T::count(conn, criteria, scope)?)
+}
+
 /// One page of live records within `scope`, ordered by id, after `after`.
 pub fn search<T: Statements>(
     conn: &mut PgConnection,
@@ -294,11 +359,19 @@ pub fn update<T: Statements>(
     conn: &mut PgConnection,
     kr: &Keyring,
     id: RecordId,
-    expected: i32,
+    expected: Option<i32>,
     new: &T::New,
 ) -> Result<Option<T::Record>, AppError> {
     let id = Uuid::from(id);
     conn.transaction(|conn| {
+        // Without If-Match, the update applies to the version it finds (locked).
+        let expected = match expected {
+            Some(v) => v,
+            None => match T::current_version(conn, id)? {
+                Some(v) => v,
+                None => return Ok(None),
+            },
+        };
         let sealer = kr.sealer_for_write(conn)?;
         let write = T::seal(new, &sealer, id)?;
         match T::update_row(conn, id, expected, &write)? {

@@ -1,10 +1,10 @@
 //! Search results: FHIR `Bundle` (searchset) pages with opaque, tamper-proof cursors.
 
+use super::config::FhirSettings;
 use crate::crypto::{FieldPlace, Keyring};
 use crate::domain::UserId;
 use crate::error::AppError;
 use crate::policy::ResourceType;
-use actix_web::HttpRequest;
 use base64::Engine;
 use serde_json::{Value, json};
 use uuid::Uuid;
@@ -32,58 +32,106 @@ fn place(user: UserId, resource: ResourceType) -> FieldPlace {
     crate::crypto::columns::cursor(resource.as_str(), user)
 }
 
+/// Longest cursor accepted (one carrying a POST search's parameters).
+const MAX_CURSOR: usize = 4000;
+
 impl Cursor {
+    /// Seals the last id of a page and, for a search by POST, its parameters (so that
+    /// the `next` link carries them sealed instead of in the URL).
     pub fn seal(
         kr: &Keyring,
         user: UserId,
         resource: ResourceType,
         last: Uuid,
+        carried: Option<&str>,
     ) -> Result<String, AppError> {
-        let sealed = kr.seal(&place(user, resource), last.as_bytes())?;
+        let mut plain = last.as_bytes().to_vec();
+        if let Some(q) = carried {
+            plain.extend_from_slice(q.as_bytes());
+        }
+        let sealed = kr.seal(&place(user, resource), &plain)?;
         Ok(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(sealed))
     }
 
+    /// The last id of the previous page, and the parameters the cursor carries (if any).
     pub fn open(
         kr: &Keyring,
         user: UserId,
         resource: ResourceType,
         cursor: &str,
-    ) -> Result<Uuid, AppError> {
+    ) -> Result<(Uuid, Option<String>), AppError> {
         let bad = || super::types::invalid("_cursor", "is not a cursor this server issued to you");
-        if cursor.len() > 200 {
+        if cursor.len() > MAX_CURSOR {
             return Err(bad());
         }
         let bytes = base64::engine::general_purpose::URL_SAFE_NO_PAD
             .decode(cursor)
             .map_err(|_| bad())?;
         let plain = kr.open(&place(user, resource), &bytes).map_err(|_| bad())?;
-        Uuid::from_slice(&plain).map_err(|_| bad())
+        let (id, rest) = plain.split_at_checked(16).ok_or_else(bad)?;
+        let id = Uuid::from_slice(id).map_err(|_| bad())?;
+        let carried = if rest.is_empty() {
+            None
+        } else {
+            Some(String::from_utf8(rest.to_vec()).map_err(|_| bad())?)
+        };
+        Ok((id, carried))
     }
 }
 
-/// A searchset bundle; `next` carries the cursor of the following page.
-pub fn searchset(
-    req: &HttpRequest,
+/// The `self` and `next` URLs of a searchset page (absolute, from `server.public_url`).
+/// A GET search's links repeat its query (`next` with the cursor replaced); a POST
+/// search's links carry no parameter values: `self` is its `_search` URL and `next` a GET
+/// with only the cursor, which carries the parameters sealed.
+pub fn links(
+    settings: &FhirSettings,
     resource: &str,
-    entries: Vec<Value>,
-    next: Option<&str>,
-) -> Value {
-    let base = format!("/fhir/{resource}");
-    let mut links =
-        vec![json!({ "relation": "self", "url": format!("{base}?{}", req.query_string()) })];
-    if let Some(cursor) = next {
-        // The next link keeps the caller's own parameters and replaces the cursor.
-        let kept: Vec<(String, String)> =
-            url::form_urlencoded::parse(req.query_string().as_bytes())
-                .filter(|(k, _)| k != "_cursor")
-                .map(|(k, v)| (k.into_owned(), v.into_owned()))
-                .collect();
-        let mut q = url::form_urlencoded::Serializer::new(String::new());
-        for (k, v) in &kept {
-            q.append_pair(k, v);
+    query: &str,
+    post: bool,
+    cursor: Option<&str>,
+) -> (String, Option<String>) {
+    let base = format!("{}/{resource}", settings.base);
+    let with_query = |q: &str| {
+        if q.is_empty() {
+            base.clone()
+        } else {
+            format!("{base}?{q}")
         }
-        q.append_pair("_cursor", cursor);
-        links.push(json!({ "relation": "next", "url": format!("{base}?{}", q.finish()) }));
+    };
+    let mut q = url::form_urlencoded::Serializer::new(String::new());
+    if !post {
+        // The next link keeps the caller's own parameters and replaces the cursor.
+        for (k, v) in url::form_urlencoded::parse(query.as_bytes()).filter(|(k, _)| k != "_cursor")
+        {
+            q.append_pair(&k, &v);
+        }
+    }
+    let next = cursor.map(|c| {
+        q.append_pair("_cursor", c);
+        with_query(&q.finish())
+    });
+    let this = if post {
+        format!("{base}/_search")
+    } else {
+        with_query(query)
+    };
+    (this, next)
+}
+
+/// A searchset bundle: absolute `fullUrl`s and links (from `server.public_url`), `total`
+/// when asked for, and no `entry` at all when there is none (FHIR JSON has no empty
+/// arrays).
+pub fn searchset(
+    settings: &FhirSettings,
+    resource: &str,
+    (this, next): (String, Option<String>),
+    entries: Vec<Value>,
+    total: Option<i64>,
+) -> Value {
+    let base = format!("{}/{resource}", settings.base);
+    let mut links = vec![json!({ "relation": "self", "url": this })];
+    if let Some(next) = next {
+        links.push(json!({ "relation": "next", "url": next }));
     }
     let entries: Vec<Value> = entries
         .into_iter()
@@ -92,5 +140,33 @@ pub fn searchset(
             json!({ "fullUrl": format!("{base}/{id}"), "resource": resource, "search": { "mode": "match" } })
         })
         .collect();
-    json!({ "resourceType": "Bundle", "type": "searchset", "link": links, "entry": entries })
+    let mut bundle = json!({ "resourceType": "Bundle", "type": "searchset", "link": links });
+    if let Some(total) = total {
+        bundle["total"] = json!(total);
+    }
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    bundle
+}
+
+/// Adds resources a search's `_include` brought (`search.mode: include`) to `bundle`.
+pub fn add_included(
+    settings: &FhirSettings,
+    bundle: &mut Value,
+    resource: &str,
+    included: Vec<Value>,
+) {
+    if included.is_empty() {
+        return;
+    }
+    let base = format!("{}/{resource}", settings.base);
+    let entries = included.into_iter().map(|r| {
+        let id = r["id"].as_str().unwrap_or_default().to_string();
+        json!({ "fullUrl": format!("{base}/{id}"), "resource": r, "search": { "mode": "include" } })
+    });
+    match bundle["entry"].as_array_mut() {
+        Some(list) => list.extend(entries),
+        None => bundle["entry"] = Value::Array(entries.collect()),
+    }
 }

@@ -18,6 +18,8 @@ pub const CLAIM_TYPE_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/claim
 pub const PRIORITY_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/processpriority";
 pub const CPT_SYSTEM: &str = "http://www.ama-assn.org/go/cpt";
 pub const MAX_ITEMS: usize = 50;
+/// The code system of `Claim.status` (FHIR R4 `fm-status`).
+pub const STATUS_SYSTEM: &str = "http://hl7.org/fhir/fm-status";
 const STATUSES: &[&str] = &["active", "cancelled", "draft", "entered-in-error"];
 /// Largest amount: 10^10 - 0.01 in the currency's major unit.
 const MAX_CENTS: i64 = 1_000_000_000_000;
@@ -223,16 +225,23 @@ impl RecordResource for Claims {
     }
     fn criteria(params: &[(&'static str, String)]) -> Result<claims::Criteria, AppError> {
         let patient = resource::subject_criterion(params)?;
-        let status = match params::single(params, "status")? {
-            Some(s) if STATUSES.contains(&s) => Some(s.to_string()),
-            Some(_) => {
-                return Err(invalid(
-                    "status",
-                    "must be active, cancelled, draft or entered-in-error",
-                ));
+        // `status=active,draft` (an OR), each optionally `system|code`.
+        let mut status = Vec::new();
+        if let Some(list) = params::single(params, "status")? {
+            for s in params::or_values("status", list)? {
+                let code = s
+                    .strip_prefix(STATUS_SYSTEM)
+                    .and_then(|r| r.strip_prefix('|'));
+                let code = code.unwrap_or(&s);
+                if !STATUSES.contains(&code) {
+                    return Err(invalid(
+                        "status",
+                        "must be active, cancelled, draft or entered-in-error",
+                    ));
+                }
+                status.push(code.to_string());
             }
-            None => None,
-        };
+        }
         Ok(claims::Criteria { patient, status })
     }
     fn to_fhir(c: &Claim) -> Value {

@@ -12,6 +12,8 @@ use serde_json::Value;
 
 /// Most elements one `_elements` may name.
 const MAX_ELEMENTS: usize = 20;
+/// The code system of the `SUBSETTED` tag.
+pub const SUBSETTED_SYSTEM: &str = "http://terminology.hl7.org/CodeSystem/v3-ObservationValue";
 /// Returned whatever `_elements` says.
 const ALWAYS: [&str; 3] = ["resourceType", "id", "meta"];
 
@@ -32,6 +34,15 @@ impl Elements {
     /// The whole view (no `_elements`).
     pub fn all() -> Elements {
         Elements { keys: None }
+    }
+
+    /// The summary elements of `resource` (`_summary=true`), tagged `SUBSETTED` like any
+    /// subset.
+    pub fn summary(resource: ResourceType) -> Elements {
+        let d = super::resource::of(resource);
+        let mut keys = d.summary.to_vec();
+        keys.extend_from_slice(d.mandatory);
+        Elements { keys: Some(keys) }
     }
 
     /// Parses `_elements` for `resource`. An element the resource does not have is a
@@ -58,6 +69,8 @@ impl Elements {
             };
             keys.extend_from_slice(selected);
         }
+        // The elements R4 requires stay, so that the subset is still a valid resource.
+        keys.extend_from_slice(super::resource::of(resource).mandatory);
         Ok(Elements { keys: Some(keys) })
     }
 
@@ -66,11 +79,28 @@ impl Elements {
         ALWAYS.contains(&key) || self.keys.as_ref().is_none_or(|k| k.contains(&key))
     }
 
-    /// Removes the top-level elements not asked for. Only removes: it cannot widen the
-    /// view that shaped `resource`.
+    /// Removes the top-level elements not asked for and tags the result `SUBSETTED` (R4
+    /// 3.1.1.5.9). Only removes: it cannot widen the view that shaped `resource`.
     pub fn apply(&self, mut resource: Value) -> Value {
+        if self.keys.is_none() {
+            return resource;
+        }
         if let Some(map) = resource.as_object_mut() {
             map.retain(|key, _| self.wants(key));
+            let meta = map
+                .entry("meta")
+                .or_insert_with(|| Value::Object(Default::default()));
+            if let Some(meta) = meta.as_object_mut() {
+                let tags = meta
+                    .entry("tag")
+                    .or_insert_with(|| Value::Array(Vec::new()));
+                if let Some(tags) = tags.as_array_mut() {
+                    tags.push(serde_json::json!({
+                        "system": SUBSETTED_SYSTEM,
+                        "code": "SUBSETTED",
+                    }));
+                }
+            }
         }
         resource
     }
@@ -85,11 +115,13 @@ mod tests {
     fn elements_narrow_and_never_add() {
         let obs = json!({"resourceType": "Observation", "id": "1", "meta": {}, "status": "final",
             "code": {}, "valueQuantity": {"value": 1}});
-        let e = Elements::parse(ResourceType::Observation, Some("status, value")).unwrap();
+        let e = Elements::parse(ResourceType::Observation, Some("value")).unwrap();
         let out = e.apply(obs.clone());
+        // The mandatory `status` and `code` stay; the result is tagged SUBSETTED.
         assert_eq!(
             out,
-            json!({"resourceType": "Observation", "id": "1", "meta": {}, "status": "final",
+            json!({"resourceType": "Observation", "id": "1", "status": "final", "code": {},
+                "meta": {"tag": [{"system": SUBSETTED_SYSTEM, "code": "SUBSETTED"}]},
                 "valueQuantity": {"value": 1}})
         );
         // Asking for an element the shaped resource lacks adds nothing.

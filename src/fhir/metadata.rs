@@ -2,10 +2,11 @@
 //! descriptors ([`super::resource`]) that the search handlers accept parameters from and
 //! that a test holds equal to the route table.
 
-use super::FHIR_JSON;
-use super::resource;
-use crate::policy::Interaction;
-use actix_web::HttpResponse;
+use super::config::FhirSettings;
+use super::{FHIR_JSON, resource};
+use crate::error::AppError;
+use crate::policy::{Interaction, ResourceType};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde_json::{Value, json};
 
 fn interaction_code(i: Interaction) -> &'static str {
@@ -18,58 +19,148 @@ fn interaction_code(i: Interaction) -> &'static str {
     }
 }
 
+/// What each search parameter accepts, stated where a client reads it.
+fn param_doc(resource: ResourceType, name: &str, kind: &str) -> Option<&'static str> {
+    match (resource, name, kind) {
+        (ResourceType::Patient, "birthdate", _) => Some(
+            "An exact day YYYY-MM-DD (the eq prefix is accepted): birth dates are sealed and matched through a blind index.",
+        ),
+        (ResourceType::Patient, _, "string") => Some(
+            "Exact match, case- and whitespace-insensitive (names are sealed and matched through a blind index).",
+        ),
+        (ResourceType::Patient, "identifier", _) => {
+            Some("urn:custodian:mrn|<MRN>, http://hl7.org/fhir/sid/us-ssn|<SSN> or a bare MRN.")
+        }
+        (_, _, "date") => Some(
+            "Prefixes eq (default), ne, gt, lt, ge, le, sa, eb, ap; a value is YYYY, YYYY-MM, YYYY-MM-DD (UTC) or an RFC 3339 date-time; comma-separated values are an OR; the parameter may be repeated (AND).",
+        ),
+        (_, _, "token") => Some("system|code or a bare code; comma-separated values are an OR."),
+        (_, _, "reference") => Some("Patient/<id> or a bare id."),
+        (_, "_count", _) => Some(
+            "Page size, 1 to 100 (default 20); further pages follow the next link (its _cursor is opaque). _total=accurate adds Bundle.total, _summary=count answers the total alone.",
+        ),
+        _ => None,
+    }
+}
+
 /// The `rest[0].resource` list, from the resource descriptors.
-pub fn resources() -> Vec<Value> {
+pub fn resources(settings: &FhirSettings) -> Vec<Value> {
     resource::ALL
         .iter()
         .map(|d| {
-            let interactions: Vec<Value> = Interaction::ALL
+            let mut interactions: Vec<Value> = Interaction::ALL
                 .into_iter()
                 .filter(|i| d.interactions.contains(i))
                 .map(|i| json!({ "code": interaction_code(i) }))
                 .collect();
+            if d.interactions.contains(&Interaction::Update) {
+                // JSON Patch, served with the update interaction.
+                interactions.push(json!({ "code": "patch" }));
+            }
+            let reads = d.interactions.contains(&Interaction::Read);
+            if reads {
+                // Served by the read interaction's routes (`…/_history`, `…/_history/{vid}`).
+                interactions.push(json!({ "code": "vread" }));
+                interactions.push(json!({ "code": "history-instance" }));
+            }
             let params: Vec<Value> = d
                 .search
                 .iter()
-                .map(|p| json!({ "name": p.name, "type": p.kind }))
+                .map(|p| {
+                    let mut param = json!({ "name": p.name, "type": p.kind });
+                    if let Some(doc) = param_doc(d.kind, p.name, p.kind) {
+                        param["documentation"] = json!(doc);
+                    }
+                    param
+                })
                 .collect();
-            json!({
+            let mut out = json!({
                 "type": d.kind.as_str(),
                 "interaction": interactions,
-                "versioning": "versioned",
-                "readHistory": false,
+                // With `fhir.require_if_match` an update must name the version it replaces.
+                "versioning": if settings.require_if_match { "versioned-update" } else { "versioned" },
+                "readHistory": reads,
                 "updateCreate": false,
-                "conditionalCreate": false,
+                "conditionalCreate": d.interactions.contains(&Interaction::Create),
                 "conditionalUpdate": false,
                 "conditionalDelete": "not-supported",
-                "searchParam": params,
-            })
+            });
+            if !params.is_empty() {
+                out["searchParam"] = Value::Array(params);
+            }
+            if d.everything_path.is_some() {
+                out["operation"] = json!([{
+                    "name": "everything",
+                    "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
+                }]);
+            }
+            if !d.includes.is_empty() {
+                out["searchInclude"] = json!(d.includes);
+            }
+            out
         })
         .collect()
 }
 
-pub async fn capability_statement() -> HttpResponse {
-    let body = serde_json::json!({
+/// `rest.security`: OAuth bearer tokens; with a SMART configuration (the provider allows
+/// a SMART launch, [`super::smart`]) also the `SMART-on-FHIR` service and the OAuth URIs
+/// extension, taken from the same document as `/.well-known/smart-configuration`.
+fn security(settings: &FhirSettings, smart: Option<&Value>) -> Value {
+    let system = "http://terminology.hl7.org/CodeSystem/restful-security-service";
+    let mut codings = vec![json!({ "system": system, "code": "OAuth" })];
+    let mut out = json!({
+        "cors": settings.cors,
+        "description": "Bearer JWT access tokens from the hospital's OpenID provider, with SMART App Launch v2 scopes; services may use client certificates.",
+    });
+    if let Some(smart) = smart {
+        codings.push(json!({ "system": system, "code": "SMART-on-FHIR" }));
+        out["extension"] = json!([{
+            "url": "http://fhir-registry.smarthealthit.org/StructureDefinition/oauth-uris",
+            "extension": [
+                { "url": "authorize", "valueUri": smart["authorization_endpoint"] },
+                { "url": "token", "valueUri": smart["token_endpoint"] },
+            ],
+        }]);
+    }
+    out["service"] = json!([{ "coding": codings }]);
+    out
+}
+
+/// The CapabilityStatement: public, no PHI; its `implementation.url` is the absolute base
+/// every other URL of the API starts with.
+pub fn statement(settings: &FhirSettings, smart: Option<&Value>) -> Value {
+    json!({
         "resourceType": "CapabilityStatement",
         "status": "active",
         "date": "2026-11-23",
         "kind": "instance",
         "software": { "name": "Custodian", "version": env!("CARGO_PKG_VERSION") },
+        "implementation": { "description": "Custodian PHI API", "url": settings.base },
         "fhirVersion": "4.0.1",
-        "format": ["json"],
+        "format": ["json", "application/fhir+json"],
         "rest": [{
             "mode": "server",
-            "security": {
-                "cors": false,
-                "service": [{ "coding": [{
-                    "system": "http://terminology.hl7.org/CodeSystem/restful-security-service",
-                    "code": "SMART-on-FHIR"
-                }] }]
-            },
-            "resource": resources(),
+            "security": security(settings, smart),
+            "resource": resources(settings),
         }],
-    });
-    HttpResponse::Ok()
+    })
+}
+
+pub async fn capability_statement(
+    req: HttpRequest,
+    state: web::Data<crate::state::AppState>,
+    settings: web::Data<FhirSettings>,
+) -> Result<HttpResponse, AppError> {
+    super::negotiate(&req)?;
+    for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+        if k == "_format" {
+            super::check_format(&v)?;
+        }
+    }
+    // The provider being unreachable does not take the CapabilityStatement down: it then
+    // claims no SMART launch.
+    let smart = super::smart::current(&state).await.ok().flatten();
+    Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
-        .body(body.to_string())
+        .body(statement(&settings, smart.as_ref()).to_string()))
 }

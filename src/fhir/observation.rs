@@ -168,9 +168,12 @@ impl RecordResource for Observations {
             patient: resource::subject_criterion(params)?,
             ..Criteria::default()
         };
-        if let Some(code) = params::single(params, "code")? {
-            let c = code.strip_prefix("http://loinc.org|").unwrap_or(code);
-            criteria.code = Some(loinc_code("code", c)?);
+        if let Some(codes) = params::single(params, "code")? {
+            // `system|code` with the LOINC system, `|code`-less bare codes; an OR list.
+            for c in params::or_values("code", codes)? {
+                let c = c.strip_prefix("http://loinc.org|").unwrap_or(&c);
+                criteria.code.push(loinc_code("code", c)?);
+            }
         }
         let dates: Vec<&String> = params
             .iter()
@@ -179,9 +182,7 @@ impl RecordResource for Observations {
             .collect();
         bounded_len("date", &dates, 2)?;
         for d in dates {
-            let (from, until) = params::date_range(d)?;
-            criteria.from.extend(from);
-            criteria.until.extend(until);
+            criteria.dates.push(params::date_conditions("date", d)?);
         }
         Ok(criteria)
     }

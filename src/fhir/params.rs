@@ -4,6 +4,7 @@
 
 use super::elements::Elements;
 use super::types::invalid;
+use crate::db::records::TimeRange;
 use crate::domain::RecordId;
 use crate::error::AppError;
 use crate::policy::ResourceType;
@@ -25,19 +26,44 @@ pub fn precondition_failed() -> AppError {
 }
 
 /// The query string as (name, value) pairs; a name outside `allowed` is a 422 naming it
-/// only if it is one of ours (unknown names are not echoed).
+/// only if it is one of ours (unknown names are not echoed) — unless the request says
+/// `Prefer: handling=lenient`, when unknown names are ignored. `_format` is accepted
+/// everywhere and may name JSON only (406 otherwise).
 pub fn search_params(
     req: &HttpRequest,
     allowed: &[&'static str],
 ) -> Result<Vec<(&'static str, String)>, AppError> {
+    let lenient = super::Prefer::of(req).lenient;
+    parse_params(req.query_string(), allowed, lenient)
+}
+
+/// [`search_params`] over a query string or form body.
+pub fn parse_params(
+    query: &str,
+    allowed: &[&'static str],
+    lenient: bool,
+) -> Result<Vec<(&'static str, String)>, AppError> {
     let mut out = Vec::new();
-    for (k, v) in url::form_urlencoded::parse(req.query_string().as_bytes()) {
+    for (k, v) in url::form_urlencoded::parse(query.as_bytes()) {
+        if k == "_format" {
+            super::check_format(&v)?;
+            continue;
+        }
         let Some(name) = allowed.iter().find(|a| **a == k) else {
+            if lenient {
+                continue;
+            }
             return Err(AppError::unprocessable(
                 "Unknown search parameter: see the CapabilityStatement at /fhir/metadata.",
             ));
         };
-        if v.len() > 400 {
+        // A cursor may carry a POST search's parameters (sealed); other values are short.
+        let max = if *name == super::resource::CURSOR {
+            4000
+        } else {
+            400
+        };
+        if v.len() > max {
             return Err(invalid("search parameter", "too long"));
         }
         out.push((*name, v.into_owned()));
@@ -111,33 +137,179 @@ pub fn token(field: &'static str, value: &str, max: usize) -> Result<String, App
         .ok_or_else(|| invalid(field, "must be a code of letters, digits, '.', '-' or '_'"))
 }
 
-/// (from inclusive, until exclusive), either open.
-pub type DateBounds = (Option<DateTime<Utc>>, Option<DateTime<Utc>>);
+/// Most values one comma-separated list (an OR) may hold.
+pub const MAX_OR_VALUES: usize = 10;
 
-/// A date-range search value: `2026-11-23` (that UTC day), `ge2026-11-23`, `le2026-11-23`
-/// (a day or an RFC 3339 date-time). Returns (from inclusive, to exclusive).
-pub fn date_range(value: &str) -> Result<DateBounds, AppError> {
-    let bad = || invalid("date", "must be [ge|le]YYYY-MM-DD or [ge|le]<date-time>");
-    let (prefix, rest) = match value.get(..2) {
-        Some(p @ ("ge" | "le" | "eq")) => (p, &value[2..]),
-        _ => ("eq", value),
+/// The values of a comma-separated list (an OR, FHIR R4 3.1.1.4.1): `\,` is a literal
+/// comma; at most [`MAX_OR_VALUES`]; no empty value.
+pub fn or_values(field: &'static str, value: &str) -> Result<Vec<String>, AppError> {
+    let mut out = Vec::new();
+    let mut current = String::new();
+    let mut escaped = false;
+    for ch in value.chars() {
+        match (escaped, ch) {
+            (true, c) => {
+                current.push(c);
+                escaped = false;
+            }
+            (false, '\\') => escaped = true,
+            (false, ',') => out.push(std::mem::take(&mut current)),
+            (false, c) => current.push(c),
+        }
+    }
+    out.push(current);
+    if out.len() > MAX_OR_VALUES {
+        return Err(invalid(field, "lists too many values (at most 10)"));
+    }
+    if out.iter().any(String::is_empty) {
+        return Err(invalid(field, "has an empty value in its list"));
+    }
+    Ok(out)
+}
+
+/// The interval `[start, end)` a date search value denotes: `YYYY`, `YYYY-MM`,
+/// `YYYY-MM-DD` (UTC) or an RFC 3339 date-time (that second).
+fn date_interval(field: &'static str, s: &str) -> Result<(DateTime<Utc>, DateTime<Utc>), AppError> {
+    let bad = || {
+        invalid(
+            field,
+            "must be [eq|ne|gt|lt|ge|le|sa|eb|ap] followed by YYYY, YYYY-MM, YYYY-MM-DD or an RFC 3339 date-time",
+        )
     };
-    let day = |s: &str| -> Result<(DateTime<Utc>, DateTime<Utc>), AppError> {
-        if s.len() == 10 {
-            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| bad())?;
-            let start = d.and_hms_opt(0, 0, 0).ok_or_else(bad)?.and_utc();
-            Ok((start, start + chrono::Duration::days(1)))
+    let midnight = |d: NaiveDate| d.and_hms_opt(0, 0, 0).map(|t| t.and_utc()).ok_or_else(bad);
+    let ymd = |y: i32, m: u32, d: u32| NaiveDate::from_ymd_opt(y, m, d).ok_or_else(bad);
+    let num = |t: &str| -> Result<u32, AppError> {
+        if t.bytes().all(|b| b.is_ascii_digit()) {
+            t.parse::<u32>().map_err(|_| bad())
         } else {
+            Err(bad())
+        }
+    };
+    match s.len() {
+        4 => {
+            let y = num(s)? as i32;
+            Ok((midnight(ymd(y, 1, 1)?)?, midnight(ymd(y + 1, 1, 1)?)?))
+        }
+        7 if s.as_bytes()[4] == b'-' => {
+            let (y, m) = (num(&s[..4])? as i32, num(&s[5..])?);
+            let start = ymd(y, m, 1)?;
+            let next = if m == 12 {
+                ymd(y + 1, 1, 1)?
+            } else {
+                ymd(y, m + 1, 1)?
+            };
+            Ok((midnight(start)?, midnight(next)?))
+        }
+        10 => {
+            let d = NaiveDate::parse_from_str(s, "%Y-%m-%d").map_err(|_| bad())?;
+            let start = midnight(d)?;
+            Ok((start, start + chrono::Duration::days(1)))
+        }
+        _ if s.len() <= 40 => {
             let t = DateTime::parse_from_rfc3339(s)
                 .map_err(|_| bad())?
                 .with_timezone(&Utc);
             Ok((t, t + chrono::Duration::seconds(1)))
         }
-    };
-    let (start, end) = day(rest)?;
-    Ok(match prefix {
-        "ge" => (Some(start), None),
-        "le" => (None, Some(end)),
-        _ => (Some(start), Some(end)),
-    })
+        _ => Err(bad()),
+    }
+}
+
+/// A date search parameter's value (FHIR R4 3.1.1.4.2, for an instant-valued element):
+/// a comma-separated OR of `[prefix]date` values, each an interval of time.
+/// `eq` (default) within the value's interval, `ne` outside it, `gt`/`sa` after it,
+/// `lt`/`eb` before it, `ge` from its start, `le` until its end, `ap` within 10 % of the
+/// gap between now and the value (at least one day) either side.
+pub fn date_conditions(field: &'static str, value: &str) -> Result<Vec<TimeRange>, AppError> {
+    or_values(field, value)?
+        .iter()
+        .map(|v| {
+            let (prefix, rest) = match v.get(..2) {
+                Some(p @ ("eq" | "ne" | "gt" | "lt" | "ge" | "le" | "sa" | "eb" | "ap")) => {
+                    (p, &v[2..])
+                }
+                _ => ("eq", v.as_str()),
+            };
+            let (start, end) = date_interval(field, rest)?;
+            let range = |from, until, outside| TimeRange {
+                from,
+                until,
+                outside,
+            };
+            Ok(match prefix {
+                "ne" => range(Some(start), Some(end), true),
+                "gt" | "sa" => range(Some(end), None, false),
+                "lt" | "eb" => range(None, Some(start), false),
+                "ge" => range(Some(start), None, false),
+                "le" => range(None, Some(end), false),
+                "ap" => {
+                    let gap = (Utc::now() - start).abs() / 10;
+                    let margin = gap.max(chrono::Duration::days(1));
+                    range(Some(start - margin), Some(end + margin), false)
+                }
+                _ => range(Some(start), Some(end), false),
+            })
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(s: &str) -> Option<DateTime<Utc>> {
+        Some(DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc))
+    }
+
+    #[test]
+    fn date_prefixes_denote_the_fhir_intervals() {
+        let day = ("2026-11-20T00:00:00Z", "2026-11-21T00:00:00Z");
+        let c = |v: &str| date_conditions("date", v).unwrap();
+        let r = |from, until, outside| TimeRange {
+            from,
+            until,
+            outside,
+        };
+        assert_eq!(c("2026-11-20"), vec![r(t(day.0), t(day.1), false)]);
+        assert_eq!(c("eq2026-11-20"), c("2026-11-20"));
+        assert_eq!(c("ne2026-11-20"), vec![r(t(day.0), t(day.1), true)]);
+        assert_eq!(c("gt2026-11-20"), vec![r(t(day.1), None, false)]);
+        assert_eq!(c("sa2026-11-20"), c("gt2026-11-20"));
+        assert_eq!(c("lt2026-11-20"), vec![r(None, t(day.0), false)]);
+        assert_eq!(c("eb2026-11-20"), c("lt2026-11-20"));
+        assert_eq!(c("ge2026-11-20"), vec![r(t(day.0), None, false)]);
+        assert_eq!(c("le2026-11-20"), vec![r(None, t(day.1), false)]);
+        assert_eq!(
+            c("2026"),
+            vec![r(
+                t("2026-01-01T00:00:00Z"),
+                t("2027-01-01T00:00:00Z"),
+                false
+            )]
+        );
+        assert_eq!(
+            c("2026-12"),
+            vec![r(
+                t("2026-12-01T00:00:00Z"),
+                t("2027-01-01T00:00:00Z"),
+                false
+            )]
+        );
+        let ap = c("ap2026-11-20")[0];
+        assert!(ap.from < t(day.0) && ap.until > t(day.1));
+        assert_eq!(c("2026-11-20,ge2027").len(), 2);
+        for bad in [
+            "",
+            "xx2026",
+            "2026-13",
+            "2026-11-31",
+            "2026,",
+            "gt",
+            "20261120",
+        ] {
+            assert!(date_conditions("date", bad).is_err(), "{bad}");
+        }
+        assert_eq!(or_values("code", "a\\,b,c").unwrap(), vec!["a,b", "c"]);
+        assert!(or_values("code", &["a"; 11].join(",")).is_err());
+    }
 }

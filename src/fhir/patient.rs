@@ -93,8 +93,10 @@ fn search_criteria(q: &[(&'static str, String)]) -> Result<Criteria, AppError> {
         c.given = Some(bounded_text("given", g, 100)?);
     }
     if let Some(d) = params::single(q, "birthdate")? {
+        // Sealed with an exact-match blind index: a day, optionally with the `eq` prefix.
+        let d = d.strip_prefix("eq").unwrap_or(d);
         c.birth_date = Some(
-            types::birth_date(d).map_err(|_| invalid("birthdate", "must be a date YYYY-MM-DD"))?,
+            types::birth_date(d).map_err(|_| invalid("birthdate", "must be a day YYYY-MM-DD (optionally eq-prefixed): birth dates are sealed and matched exactly"))?,
         );
     }
     if let Some(ident) = params::single(q, "identifier")? {
@@ -363,6 +365,46 @@ impl FhirResource for Patients {
     fn version(p: &PatientView) -> i32 {
         p.version
     }
+    fn full_fields() -> PatientFields {
+        PatientFields {
+            mrn: true,
+            ssn: true,
+            name: true,
+            birth_date: true,
+            gender: true,
+            telecom: true,
+            address: true,
+        }
+    }
+    /// A stored version cut down to the view: what [`to_fhir`] would not have emitted
+    /// for a record fetched with `fields`.
+    fn shape(mut json: Value, fields: PatientFields) -> Value {
+        let Some(map) = json.as_object_mut() else {
+            return json;
+        };
+        if let Some(Value::Array(ids)) = map.get_mut("identifier") {
+            ids.retain(|i| match i["system"].as_str() {
+                Some(MRN_SYSTEM) => fields.mrn,
+                Some(SSN_SYSTEM) => fields.ssn,
+                _ => false,
+            });
+            if ids.is_empty() {
+                map.remove("identifier");
+            }
+        }
+        for (key, keep) in [
+            ("name", fields.name),
+            ("gender", fields.gender),
+            ("birthDate", fields.birth_date),
+            ("telecom", fields.telecom),
+            ("address", fields.address),
+        ] {
+            if !keep {
+                map.remove(key);
+            }
+        }
+        json
+    }
     /// A Patient record is its own patient.
     fn subject(p: &PatientView) -> PatientId {
         p.id
@@ -468,6 +510,14 @@ impl FhirResource for Patients {
     ) -> Result<Vec<PatientView>, AppError> {
         patient_views::search(c, kr, criteria, scope, after, limit, fields)
     }
+    fn count(
+        c: &mut PgConnection,
+        kr: &Keyring,
+        criteria: &Criteria,
+        scope: SearchScope,
+    ) -> Result<i64, AppError> {
+        patient_views::count(c, kr, criteria, scope)
+    }
     /// The author of a record joins its care team, so they can read it back.
     fn insert(
         c: &mut PgConnection,
@@ -487,7 +537,7 @@ impl FhirResource for Patients {
         c: &mut PgConnection,
         kr: &Keyring,
         id: RecordId,
-        expected: i32,
+        expected: Option<i32>,
         new: &ValidPatient,
         fields: PatientFields,
     ) -> Result<Option<PatientView>, AppError> {

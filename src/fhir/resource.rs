@@ -20,6 +20,12 @@ const fn param(name: &'static str, kind: &'static str) -> SearchParam {
 /// The paging cursor a searchset's `next` link carries: accepted by every search, not
 /// listed in the CapabilityStatement (clients follow the link, they do not build it).
 pub const CURSOR: &str = "_cursor";
+/// `_total` (`none`, `estimate`, `accurate`) and `_summary` (`count`, `false`): accepted by
+/// every search.
+pub const TOTAL: &str = "_total";
+pub const SUMMARY: &str = "_summary";
+/// `_include=<type>:patient` (see [`Descriptor::includes`]).
+pub const INCLUDE: &str = "_include";
 
 /// A top-level element a caller may name in `_elements`, and the JSON keys it selects
 /// (a choice element such as `value[x]` may be named by its base or a concrete name).
@@ -33,16 +39,39 @@ pub struct Descriptor {
     /// update, delete), registered from [`Self::interactions`] by the route table.
     pub path: &'static str,
     pub item_path: &'static str,
+    /// `/fhir/<type>/_search`: search by `POST` with a form body (keeps identifiers such
+    /// as SSNs out of URLs and logs).
+    pub search_path: &'static str,
+    /// `/fhir/Patient/{id}/$everything` (Patient only), served with the read interaction.
+    pub everything_path: Option<&'static str>,
+    /// `/fhir/<type>/{id}/_history` and `/fhir/<type>/{id}/_history/{vid}`: the instance
+    /// history and vread, served with the read interaction.
+    pub history_path: &'static str,
+    pub vread_path: &'static str,
     pub interactions: &'static [Interaction],
     pub search: &'static [SearchParam],
     /// The top-level elements it returns (besides `resourceType`, `id` and `meta`).
     pub elements: &'static [Element],
+    /// The JSON keys of the elements R4 requires (cardinality 1..): `_elements` always
+    /// keeps them, so that a subsetted resource still validates.
+    pub mandatory: &'static [&'static str],
+    /// The JSON keys of the R4 summary elements (`_summary=true`).
+    pub summary: &'static [&'static str],
+    /// `_include` values (`<type>:<reference parameter>`) a search accepts: each names
+    /// the subject Patient of the matches.
+    pub includes: &'static [&'static str],
 }
 
 impl Descriptor {
     /// Every query parameter a search of this type accepts.
     pub fn accepted(&self) -> Vec<&'static str> {
-        self.search.iter().map(|p| p.name).chain([CURSOR]).collect()
+        let include = (!self.includes.is_empty()).then_some(INCLUDE);
+        self.search
+            .iter()
+            .map(|p| p.name)
+            .chain([CURSOR, TOTAL, SUMMARY])
+            .chain(include)
+            .collect()
     }
 }
 
@@ -55,6 +84,10 @@ pub const PATIENT: Descriptor = Descriptor {
     kind: ResourceType::Patient,
     path: "/fhir/Patient",
     item_path: "/fhir/Patient/{id}",
+    search_path: "/fhir/Patient/_search",
+    everything_path: Some("/fhir/Patient/{id}/$everything"),
+    history_path: "/fhir/Patient/{id}/_history",
+    vread_path: "/fhir/Patient/{id}/_history/{vid}",
     interactions: &[Search, Create, Read, Update],
     search: &[
         param("family", "string"),
@@ -73,12 +106,27 @@ pub const PATIENT: Descriptor = Descriptor {
         ("address", &["address"]),
         ("managingOrganization", &["managingOrganization"]),
     ],
+    mandatory: &[],
+    summary: &[
+        "identifier",
+        "name",
+        "gender",
+        "birthDate",
+        "telecom",
+        "address",
+        "managingOrganization",
+    ],
+    includes: &[],
 };
 
 pub const OBSERVATION: Descriptor = Descriptor {
     kind: ResourceType::Observation,
     path: "/fhir/Observation",
     item_path: "/fhir/Observation/{id}",
+    search_path: "/fhir/Observation/_search",
+    everything_path: None,
+    history_path: "/fhir/Observation/{id}/_history",
+    vread_path: "/fhir/Observation/{id}/_history/{vid}",
     interactions: &[Search, Create, Read, Update, Delete],
     search: &[
         param("patient", "reference"),
@@ -98,12 +146,26 @@ pub const OBSERVATION: Descriptor = Descriptor {
         ("valueQuantity", &["valueQuantity"]),
         ("valueString", &["valueString"]),
     ],
+    mandatory: &["status", "code"],
+    summary: &[
+        "status",
+        "code",
+        "subject",
+        "effectiveDateTime",
+        "valueQuantity",
+        "valueString",
+    ],
+    includes: &["Observation:patient", "Observation:subject"],
 };
 
 pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
     kind: ResourceType::DocumentReference,
     path: "/fhir/DocumentReference",
     item_path: "/fhir/DocumentReference/{id}",
+    search_path: "/fhir/DocumentReference/_search",
+    everything_path: None,
+    history_path: "/fhir/DocumentReference/{id}/_history",
+    vread_path: "/fhir/DocumentReference/{id}/_history/{vid}",
     interactions: &[Search, Create, Read, Update],
     search: &[
         param("patient", "reference"),
@@ -119,12 +181,19 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
         ("author", &["author"]),
         ("content", &["content"]),
     ],
+    mandatory: &["status", "content"],
+    summary: &["status", "type", "subject", "date", "author", "content"],
+    includes: &["DocumentReference:patient", "DocumentReference:subject"],
 };
 
 pub const CLAIM: Descriptor = Descriptor {
     kind: ResourceType::Claim,
     path: "/fhir/Claim",
     item_path: "/fhir/Claim/{id}",
+    search_path: "/fhir/Claim/_search",
+    everything_path: None,
+    history_path: "/fhir/Claim/{id}/_history",
+    vread_path: "/fhir/Claim/{id}/_history/{vid}",
     interactions: &[Search, Create, Read, Update, Delete],
     search: &[
         param("patient", "reference"),
@@ -144,6 +213,29 @@ pub const CLAIM: Descriptor = Descriptor {
         ("total", &["total"]),
         ("item", &["item"]),
     ],
+    mandatory: &[
+        "status",
+        "type",
+        "use",
+        "patient",
+        "created",
+        "provider",
+        "priority",
+        "insurance",
+    ],
+    // Claim.item is not a summary element.
+    summary: &[
+        "status",
+        "type",
+        "use",
+        "patient",
+        "created",
+        "provider",
+        "priority",
+        "insurance",
+        "total",
+    ],
+    includes: &["Claim:patient"],
 };
 
 /// Every resource type the API serves, in CapabilityStatement order.
@@ -163,20 +255,23 @@ pub fn of(kind: ResourceType) -> &'static Descriptor {
 // The resource abstraction and its generic handlers.
 
 use super::bundle::{self, Cursor};
+use super::config::FhirSettings;
 use super::elements::Elements;
 use super::types::invalid;
-use super::{FHIR_JSON, etag, if_match, params};
+use super::{FHIR_JSON, Prefer, etag, if_match, negotiate, params};
 use crate::access::refusal::{self, FieldUse};
 use crate::access::{Credentials, Pipeline, Principal};
 use crate::audit::AuditEvent;
 use crate::crypto::Keyring;
+use crate::db::history;
 use crate::db::records::{self, RecordTable, Statements};
 use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
-use crate::policy::{PatientFacts, SearchScope, View};
+use crate::policy::{Decision, PatientFacts, SearchScope, Target, View};
 use crate::state::AppState;
 use crate::web::json::JsonBody;
 use actix_web::http::StatusCode;
+use actix_web::http::header::{CONTENT_LOCATION, HeaderValue, LAST_MODIFIED, LOCATION};
 use actix_web::{HttpRequest, HttpResponse, web};
 use diesel::PgConnection;
 use serde::de::DeserializeOwned;
@@ -219,6 +314,24 @@ pub trait FhirResource: 'static {
 
     /// The patient a validated body is about.
     fn new_subject(new: &Self::New) -> PatientId;
+
+    /// Every field (what the history keeps of each version).
+    fn full_fields() -> Self::Fields;
+
+    /// A stored version's FHIR JSON (every field) cut down to the view's `fields`: by
+    /// default unchanged (the resource has one view, the whole resource).
+    fn shape(json: Value, _fields: Self::Fields) -> Value {
+        json
+    }
+
+    /// The subject patient of a record, live or deleted (for history, vread and the 410
+    /// of a deleted record); by default [`FhirResource::patient_of`].
+    fn patient_of_any(
+        conn: &mut PgConnection,
+        id: RecordId,
+    ) -> Result<Option<PatientId>, AppError> {
+        Self::patient_of(conn, id)
+    }
 
     /// The permit to create `new`: by default, the decision on its subject patient.
     async fn authorize_create(pipeline: &Pipeline, new: &mut Self::New) -> Result<View, AppError> {
@@ -278,6 +391,13 @@ pub trait FhirResource: 'static {
         limit: i64,
         fields: Self::Fields,
     ) -> Result<Vec<Self::Record>, AppError>;
+    /// How many live records within `scope` match `criteria`.
+    fn count(
+        conn: &mut PgConnection,
+        kr: &Keyring,
+        criteria: &Self::Criteria,
+        scope: SearchScope,
+    ) -> Result<i64, AppError>;
     fn insert(
         conn: &mut PgConnection,
         kr: &Keyring,
@@ -285,13 +405,14 @@ pub trait FhirResource: 'static {
         author: UserId,
         fields: Self::Fields,
     ) -> Result<Self::Record, AppError>;
-    /// Replaces the record if its version is still `expected` (`None` otherwise); writes
-    /// only the fields of the writer's view (`fields`) and keeps the others as stored.
+    /// Replaces the record if its version is still `expected` (`None` otherwise; no
+    /// `expected`: whatever version it has); writes only the fields of the writer's view
+    /// (`fields`) and keeps the others as stored.
     fn update(
         conn: &mut PgConnection,
         kr: &Keyring,
         id: RecordId,
-        expected: i32,
+        expected: Option<i32>,
         new: &Self::New,
         fields: Self::Fields,
     ) -> Result<Option<Self::Record>, AppError>;
@@ -389,6 +510,15 @@ impl<R: RecordResource> FhirResource for R {
     fn patient_of(conn: &mut PgConnection, id: RecordId) -> Result<Option<PatientId>, AppError> {
         R::Table::patient_of(conn, id)
     }
+    fn patient_of_any(
+        conn: &mut PgConnection,
+        id: RecordId,
+    ) -> Result<Option<PatientId>, AppError> {
+        R::Table::patient_of_any(conn, id)
+    }
+    fn full_fields() -> Fields<R> {
+        R::Table::all_fields()
+    }
     fn get(
         conn: &mut PgConnection,
         kr: &Keyring,
@@ -408,6 +538,14 @@ impl<R: RecordResource> FhirResource for R {
     ) -> Result<Vec<Rec<R>>, AppError> {
         records::search::<R::Table>(conn, kr, criteria, scope, after, limit, fields)
     }
+    fn count(
+        conn: &mut PgConnection,
+        _kr: &Keyring,
+        criteria: &Criteria<R>,
+        scope: SearchScope,
+    ) -> Result<i64, AppError> {
+        records::count::<R::Table>(conn, criteria, scope)
+    }
     fn insert(
         conn: &mut PgConnection,
         kr: &Keyring,
@@ -421,7 +559,7 @@ impl<R: RecordResource> FhirResource for R {
         conn: &mut PgConnection,
         kr: &Keyring,
         id: RecordId,
-        expected: i32,
+        expected: Option<i32>,
         new: &New<R>,
         _fields: Fields<R>,
     ) -> Result<Option<Rec<R>>, AppError> {
@@ -449,22 +587,82 @@ fn check_route<R: FhirResource>(pipeline: &Pipeline) -> Result<(), AppError> {
     }
 }
 
-fn respond<R: FhirResource>(status: StatusCode, r: &R::Record, e: &Elements) -> HttpResponse {
+/// The absolute URL of a record's current version:
+/// `<server.public_url>/fhir/<type>/<id>/_history/<version>` (served by vread).
+fn record_url<R: FhirResource>(settings: &FhirSettings, r: &R::Record) -> String {
+    format!(
+        "{}/{}/{}/_history/{}",
+        settings.base,
+        R::DESCRIPTOR.kind.as_str(),
+        R::id(r),
+        R::version(r)
+    )
+}
+
+/// A resource answer: `ETag`; on a write, `Location` and `Content-Location` (absolute, at
+/// the record) and the body unless `Prefer: return=minimal`.
+fn respond<R: FhirResource>(
+    settings: &FhirSettings,
+    status: StatusCode,
+    r: &R::Record,
+    e: &Elements,
+    minimal: bool,
+) -> HttpResponse {
     let mut res = HttpResponse::build(status);
-    res.content_type(FHIR_JSON)
-        .insert_header(etag(R::version(r)));
+    res.insert_header(etag(R::version(r)));
     if status == StatusCode::CREATED {
-        res.insert_header((
-            "Location",
-            format!(
-                "/fhir/{}/{}/_history/{}",
-                R::DESCRIPTOR.kind.as_str(),
-                R::id(r),
-                R::version(r)
-            ),
-        ));
+        res.insert_header((LOCATION, record_url::<R>(settings, r)));
     }
-    res.body(e.apply(R::to_fhir(r)).to_string())
+    if status != StatusCode::OK || minimal {
+        res.insert_header((CONTENT_LOCATION, record_url::<R>(settings, r)));
+    }
+    if minimal {
+        return res.finish();
+    }
+    res.content_type(FHIR_JSON)
+        .body(e.apply(R::to_fhir(r)).to_string())
+}
+
+/// Appends the version `id` now has to the sealed history (in the write's transaction):
+/// every field, whatever the writer's view.
+fn record_version<R: FhirResource>(
+    c: &mut PgConnection,
+    kr: &Keyring,
+    id: RecordId,
+) -> Result<(), AppError> {
+    let full = R::get(c, kr, id, R::full_fields())?
+        .ok_or_else(|| AppError::internal("a written record is not readable"))?;
+    let body = R::to_fhir(&full);
+    let kind = R::DESCRIPTOR.kind.as_str();
+    history::record(
+        c,
+        kr,
+        kind,
+        id.into(),
+        R::version(&full),
+        R::subject(&full),
+        Some(&body),
+    )
+}
+
+/// What a read found of a permitted record: the record, or that it was deleted.
+enum Found<T> {
+    Live(T),
+    Gone,
+}
+
+fn gone() -> AppError {
+    AppError::client(StatusCode::GONE, "This resource has been deleted.")
+}
+
+/// `Last-Modified` (RFC 7231 HTTP-date) of a FHIR `meta.lastUpdated`.
+fn last_modified(json: &Value) -> Option<String> {
+    let t = chrono::DateTime::parse_from_rfc3339(json["meta"]["lastUpdated"].as_str()?).ok()?;
+    Some(
+        t.with_timezone(&chrono::Utc)
+            .format("%a, %d %b %Y %H:%M:%S GMT")
+            .to_string(),
+    )
 }
 
 /// Read: ONE blocking hop (principal, facts, decision, the view's fields), then the
@@ -473,70 +671,388 @@ pub async fn read<R: FhirResource>(
     req: HttpRequest,
     credentials: Credentials,
     state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = params::parse_id(&path);
-    let elements = params::read_elements(&req, R::DESCRIPTOR.kind);
+    // Judged after authentication, with the rest of the request's input.
+    let elements = negotiate(&req).and_then(|()| params::read_elements(&req, R::DESCRIPTOR.kind));
     let kr = state.keyring.clone();
     let get = move |c: &mut PgConnection, view: View, id: RecordId, e: &Elements| {
         let fields = R::fields(view, e)?;
-        Ok(R::get(c, &kr, id, fields)?.map(|r| (R::subject(&r), r)))
+        match R::get(c, &kr, id, fields)? {
+            Some(r) => Ok(Some((R::subject(&r), Found::Live(r)))),
+            // Decided on its patient like a live one: only a caller who could read it
+            // learns that it was deleted (everyone else gets the 404 of a missing id).
+            None => Ok(R::patient_of_any(c, id)?.map(|p| (p, Found::Gone))),
+        }
     };
-    let (pipeline, record, elements) = credentials
-        .read_one(id, elements, R::patient_of, get)
+    let (pipeline, found, elements) = credentials
+        .read_one(id, elements, R::patient_of_any, get)
         .await?;
     check_route::<R>(&pipeline)?;
-    Ok(respond::<R>(StatusCode::OK, &record, &elements))
+    match found {
+        Found::Live(record) => {
+            let mut res = respond::<R>(&settings, StatusCode::OK, &record, &elements, false);
+            let modified = last_modified(&R::to_fhir(&record));
+            if let Some(Ok(v)) = modified.map(|t| HeaderValue::from_str(&t)) {
+                res.headers_mut().insert(LAST_MODIFIED, v);
+            }
+            Ok(res)
+        }
+        Found::Gone => Err(gone()),
+    }
 }
 
-/// Search: the descriptor's parameters only (an unknown one is a 422), the permit's
-/// scope in SQL, every patient returned in the audit event, opaque cursor paging.
+/// At most this many versions in an instance history.
+const MAX_HISTORY: i64 = 100;
+
+/// vread: `GET /fhir/<type>/{id}/_history/{vid}` — a version from the sealed history,
+/// decided, shaped to the caller's view and audited exactly like a read of the record;
+/// a deletion version is a 410.
+pub async fn vread<R: FhirResource>(
+    req: HttpRequest,
+    credentials: Credentials,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, AppError> {
+    let (raw_id, raw_vid) = path.into_inner();
+    let id = params::parse_id(&raw_id);
+    let input = negotiate(&req)
+        .and_then(|()| params::read_elements(&req, R::DESCRIPTOR.kind))
+        .and_then(|e| {
+            let vid = raw_vid
+                .parse::<i32>()
+                .ok()
+                .filter(|v| *v > 0)
+                .ok_or_else(AppError::not_found)?;
+            Ok((e, vid))
+        });
+    let kr = state.keyring.clone();
+    let get = move |c: &mut PgConnection, view: View, id: RecordId, input: &(Elements, i32)| {
+        let fields = R::fields(view, &input.0)?;
+        let kind = R::DESCRIPTOR.kind.as_str();
+        let found = history::get(c, &kr, kind, id.into(), input.1)?;
+        Ok(found.map(|v| (v.patient_id, (v, fields))))
+    };
+    let (pipeline, (version, fields), (elements, _)) = credentials
+        .read_one(id, input, R::patient_of_any, get)
+        .await?;
+    check_route::<R>(&pipeline)?;
+    let Some(body) = version.body else {
+        return Err(gone());
+    };
+    let body = elements.apply(R::shape(body, fields));
+    let mut res = HttpResponse::Ok();
+    res.insert_header(etag(version.version));
+    if let Some(t) = last_modified(&body) {
+        res.insert_header((LAST_MODIFIED, t));
+    }
+    Ok(res.content_type(FHIR_JSON).body(body.to_string()))
+}
+
+/// Instance history: `GET /fhir/<type>/{id}/_history` — a `history` Bundle of the latest
+/// versions (newest first, at most 100), each shaped to the caller's view; decided and
+/// audited like a read of the record. Versions written before the history existed are
+/// not listed.
+pub async fn history<R: FhirResource>(
+    req: HttpRequest,
+    credentials: Credentials,
+    state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let raw_id = path.into_inner();
+    let id = params::parse_id(&raw_id);
+    let input = negotiate(&req).and_then(|()| params::search_params(&req, &[]).map(drop));
+    let kr = state.keyring.clone();
+    let get = move |c: &mut PgConnection, view: View, id: RecordId, _: &()| {
+        let fields = R::fields(view, &Elements::all())?;
+        let Some(patient) = R::patient_of_any(c, id)? else {
+            return Ok(None);
+        };
+        let kind = R::DESCRIPTOR.kind.as_str();
+        let versions = history::list(c, &kr, kind, id.into(), MAX_HISTORY)?;
+        Ok(Some((patient, (versions, fields))))
+    };
+    let (pipeline, (versions, fields), ()) = credentials
+        .read_one(id, input, R::patient_of_any, get)
+        .await?;
+    check_route::<R>(&pipeline)?;
+    let kind = R::DESCRIPTOR.kind.as_str();
+    let url = format!("{}/{kind}/{raw_id}", settings.base);
+    let entries: Vec<Value> = versions
+        .into_iter()
+        .map(|v| {
+            let (method, request_url, status) = if v.deleted {
+                ("DELETE", format!("{kind}/{raw_id}"), "204")
+            } else if v.version == 1 {
+                ("POST", kind.to_string(), "201")
+            } else {
+                ("PUT", format!("{kind}/{raw_id}"), "200")
+            };
+            let mut entry = serde_json::json!({
+                "fullUrl": url,
+                "request": { "method": method, "url": request_url },
+                "response": {
+                    "status": status,
+                    "etag": format!("W/\"{}\"", v.version),
+                    "lastModified": params::instant(&v.recorded_at),
+                },
+            });
+            if let Some(body) = v.body {
+                entry["resource"] = R::shape(body, fields);
+            }
+            entry
+        })
+        .collect();
+    let mut bundle = serde_json::json!({
+        "resourceType": "Bundle",
+        "type": "history",
+        "total": entries.len(),
+        "link": [{ "relation": "self", "url": format!("{url}/_history") }],
+    });
+    if !entries.is_empty() {
+        bundle["entry"] = Value::Array(entries);
+    }
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(bundle.to_string()))
+}
+
+/// `_total` and `_summary`: whether to count the matches, and whether to return them.
+/// `_total`, `_summary` and `_elements`: whether to count the matches, whether to
+/// return them, and which elements of each.
+fn total_and_summary(
+    kind: ResourceType,
+    q: &[(&'static str, String)],
+) -> Result<(bool, bool, Elements), AppError> {
+    let total = match params::single(q, TOTAL)? {
+        None | Some("none") => false,
+        Some("estimate" | "accurate") => true,
+        Some(_) => return Err(invalid(TOTAL, "must be none, estimate or accurate")),
+    };
+    let elements = params::single(q, "_elements")?;
+    match (params::single(q, SUMMARY)?, elements) {
+        (None | Some("false"), e) => Ok((total, false, Elements::parse(kind, e)?)),
+        (Some("count"), _) => Ok((true, true, Elements::all())),
+        (Some("true"), None) => Ok((total, false, Elements::summary(kind))),
+        (Some("true"), Some(_)) => Err(invalid(SUMMARY, "cannot be combined with _elements")),
+        (Some(_), _) => Err(invalid(SUMMARY, "must be true, count or false")),
+    }
+}
+
+/// Search: the descriptor's parameters only (an unknown one is a 422 unless `Prefer:
+/// handling=lenient`), the permit's scope in SQL (also for `total`), every patient
+/// returned in the audit event, opaque cursor paging, absolute links.
 pub async fn search<R: FhirResource>(
     req: HttpRequest,
     pipeline: Pipeline,
     state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
+) -> Result<HttpResponse, AppError> {
+    let query = req.query_string().to_string();
+    search_with::<R>(&req, pipeline, &state, &settings, query, false).await
+}
+
+/// A form body, read only after the pipeline admitted the principal (see [`Body`]).
+type Form = Result<web::Bytes, actix_web::Error>;
+
+/// Search by `POST /fhir/<type>/_search` with an `application/x-www-form-urlencoded`
+/// body (and possibly a query string): the same search, whose links carry no parameter
+/// values (the `next` cursor carries them sealed), so that identifiers stay out of URLs.
+pub async fn search_post<R: FhirResource>(
+    req: HttpRequest,
+    pipeline: Pipeline,
+    state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
+    body: Form,
+) -> Result<HttpResponse, AppError> {
+    let form = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| {
+            v.trim()
+                .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+        });
+    if !form {
+        return Err(AppError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "A search by POST needs an application/x-www-form-urlencoded body.",
+        ));
+    }
+    let body = body.map_err(|_| AppError::bad_request("The request body could not be read."))?;
+    let body = std::str::from_utf8(&body)
+        .map_err(|_| AppError::bad_request("The form body is not UTF-8."))?;
+    let query = match (req.query_string(), body.trim()) {
+        (q, "") => q.to_string(),
+        ("", b) => b.to_string(),
+        (q, b) => format!("{q}&{b}"),
+    };
+    search_with::<R>(&req, pipeline, &state, &settings, query, true).await
+}
+
+async fn search_with<R: FhirResource>(
+    req: &HttpRequest,
+    pipeline: Pipeline,
+    state: &AppState,
+    settings: &FhirSettings,
+    query: String,
+    post: bool,
 ) -> Result<HttpResponse, AppError> {
     check_route::<R>(&pipeline)?;
+    negotiate(req)?;
     let kind = R::DESCRIPTOR.kind;
-    let q = params::search_params(&req, &R::DESCRIPTOR.accepted())?;
+    let accepted = R::DESCRIPTOR.accepted();
+    let lenient = Prefer::of(req).lenient;
+    let user = pipeline.user.id;
+    let given = params::parse_params(&query, &accepted, lenient)?;
+    // A cursor from a POST search carries that search's parameters: it stands alone.
+    let (q, after, carried) = match params::single(&given, CURSOR)? {
+        None => (given, None, None),
+        Some(c) => match Cursor::open(&state.keyring, user, kind, c)? {
+            (after, None) => (given, Some(after), None),
+            (after, Some(carried)) => {
+                if given.len() > 1 {
+                    return Err(invalid(
+                        CURSOR,
+                        "of a search by POST takes no other parameter",
+                    ));
+                }
+                let q = params::parse_params(&carried, &accepted, true)?;
+                (q, Some(after), Some(carried))
+            }
+        },
+    };
+    let post = post || carried.is_some();
     let criteria = R::criteria(&q)?;
     let count = bundle::page_size(params::single(&q, "_count")?)?;
-    let elements = Elements::parse(kind, params::single(&q, "_elements")?)?;
+    let (want_total, count_only, elements) = total_and_summary(kind, &q)?;
+    let include = wants_include(R::DESCRIPTOR, &q)? && !count_only;
     let (view, scope) = pipeline.authorize_search().await?;
     if let Some(field) = R::searched_outside(&criteria, R::fields(view, &Elements::all())?) {
         refuse_field(&pipeline, None, [], field, FieldUse::Search).await?;
     }
     let fields = R::fields(view, &elements)?;
-    let user = pipeline.user.id;
-    let after = params::single(&q, CURSOR)?
-        .map(|c| Cursor::open(&state.keyring, user, kind, c))
-        .transpose()?;
     let kr = state.keyring.clone();
-    let limit = count as i64 + 1;
-    let mut rows = state
+    let limit = if count_only { 0 } else { count as i64 + 1 };
+    let (mut rows, total) = state
         .db
-        .run(move |c| R::search(c, &kr, &criteria, scope, after, limit, fields))
+        .run(move |c| {
+            // The count runs under the same scope as the page: it never counts a record
+            // the caller could not see.
+            let total = want_total
+                .then(|| R::count(c, &kr, &criteria, scope))
+                .transpose()?;
+            let rows = if limit == 0 {
+                Vec::new()
+            } else {
+                R::search(c, &kr, &criteria, scope, after, limit, fields)?
+            };
+            Ok((rows, total))
+        })
         .await?;
     let more = rows.len() > count;
     rows.truncate(count);
     let mut patients: Vec<PatientId> = rows.iter().map(R::subject).collect();
     patients.sort();
     patients.dedup();
-    pipeline.permit(None, patients).await?;
+    pipeline.permit(None, patients.clone()).await?;
+    // What a POST search's cursor carries: its parameters, without a cursor.
+    let to_carry = post.then(|| {
+        let mut out = url::form_urlencoded::Serializer::new(String::new());
+        for (k, v) in q.iter().filter(|(k, _)| *k != CURSOR) {
+            out.append_pair(k, v);
+        }
+        out.finish()
+    });
     let next = match (more, rows.last()) {
         (true, Some(last)) => Some(Cursor::seal(
             &state.keyring,
             user,
             kind,
             R::id(last).into(),
+            to_carry.as_deref(),
         )?),
         _ => None,
     };
+    let included = if include {
+        include_patients(&pipeline, state, &patients).await?
+    } else {
+        Vec::new()
+    };
     let entries: Vec<Value> = rows.iter().map(|r| elements.apply(R::to_fhir(r))).collect();
-    let body = bundle::searchset(&req, kind.as_str(), entries, next.as_deref());
+    let links = bundle::links(settings, kind.as_str(), &query, post, next.as_deref());
+    let mut body = bundle::searchset(settings, kind.as_str(), links, entries, total);
+    bundle::add_included(settings, &mut body, "Patient", included);
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .body(body.to_string()))
+}
+
+/// Whether the search asks for `_include` of the matches' patients: every value must be
+/// one the descriptor lists (a 422 otherwise, also for `*`).
+fn wants_include(d: &Descriptor, q: &[(&'static str, String)]) -> Result<bool, AppError> {
+    let mut any = false;
+    for (_, v) in q.iter().filter(|(k, _)| *k == INCLUDE) {
+        let v = v.strip_suffix(":Patient").unwrap_or(v);
+        if !d.includes.contains(&v) {
+            return Err(invalid(
+                INCLUDE,
+                "must be one of the includes in the CapabilityStatement",
+            ));
+        }
+        any = true;
+    }
+    Ok(any)
+}
+
+/// The Patient resources `_include` adds for the patients of a page: each decided as a
+/// read of that Patient by the one decision point (scope, role and relationship, exactly
+/// as `GET /fhir/Patient/{id}` would be) and fetched in that read's view; a patient the
+/// caller could not read directly is left out. They are the patients the search's audit
+/// event names.
+async fn include_patients(
+    pipeline: &Pipeline,
+    state: &AppState,
+    patients: &[PatientId],
+) -> Result<Vec<Value>, AppError> {
+    use super::patient::Patients;
+    let user = pipeline.user.id;
+    let ids = patients.to_vec();
+    let now = state.clock.now();
+    let facts = state
+        .db
+        .run(move |c| {
+            ids.into_iter()
+                .map(|p| crate::db::users::patient_facts(c, p, user, now))
+                .collect::<Result<Vec<_>, AppError>>()
+        })
+        .await?;
+    let mut permitted = Vec::new();
+    for f in facts.into_iter().flatten() {
+        if let Decision::Permit { view, .. } =
+            pipeline.decide_on(ResourceType::Patient, Read, Target::Patient(f))?
+        {
+            permitted.push((f.patient_id, Patients::fields(view, &Elements::all())?));
+        }
+    }
+    let kr = state.keyring.clone();
+    let found = state
+        .db
+        .run(move |c| {
+            let mut out = Vec::new();
+            for (p, fields) in permitted {
+                if let Some(r) = Patients::get(c, &kr, RecordId(p.as_uuid()), fields)? {
+                    out.push(Patients::to_fhir(&r));
+                }
+            }
+            Ok(out)
+        })
+        .await?;
+    Ok(found)
 }
 
 /// Refuses a write or search on a field outside the view: audited as a denial
@@ -568,18 +1084,124 @@ fn created<R: FhirResource>(r: &R::Record, event: &mut AuditEvent) {
 /// principal's refusals (403, 429) and the recording of its actor.
 type Body<T> = Result<JsonBody<T>, AppError>;
 
-/// Create: validate, decide, write with its event; answers the principal's view.
+/// The outcome of a conditional create's search (`If-None-Exist`).
+enum Existing<R: FhirResource> {
+    None,
+    One(R::Record),
+    Several,
+}
+
+/// `If-None-Exist: <search query>`: the caller's own search of this type (decided and
+/// scoped like the search route, so only records the caller may see can match). One
+/// match is read back (audited as a read of it); several are a 412.
+async fn if_none_exist<R: FhirResource>(
+    req: &HttpRequest,
+    pipeline: &Pipeline,
+    state: &AppState,
+) -> Result<Existing<R>, AppError> {
+    let Some(header) = req.headers().get("if-none-exist") else {
+        return Ok(Existing::None);
+    };
+    let bad = || {
+        invalid(
+            "If-None-Exist",
+            "must be a search query of this resource type",
+        )
+    };
+    let query = header.to_str().map_err(|_| bad())?;
+    let query = query.rsplit_once('?').map_or(query, |(_, q)| q);
+    let q = params::parse_params(query, &R::DESCRIPTOR.accepted(), false)?;
+    if !q.iter().any(|(k, _)| !k.starts_with('_')) {
+        return Err(bad());
+    }
+    let criteria = R::criteria(&q)?;
+    // The caller's own search: a missing scope or role is refused as on the search route;
+    // no relationship means nothing the caller may see can match.
+    let (view, scope) = match pipeline.decide_as(Search, Target::Search)? {
+        Decision::Permit {
+            view,
+            search: Some(scope),
+            ..
+        } => (view, scope),
+        Decision::Permit { search: None, .. } => {
+            return Err(AppError::internal("search permit without scope"));
+        }
+        Decision::Deny(crate::policy::DenyReason::NoRelationship) => return Ok(Existing::None),
+        Decision::Deny(reason) => {
+            let what = pipeline.what_as(Search, None)?;
+            pipeline.recorder.deny(what, [], reason).await?;
+            return Err(refusal::on_search(reason));
+        }
+    };
+    let fields = R::fields(view, &Elements::all())?;
+    if let Some(field) = R::searched_outside(&criteria, fields) {
+        refuse_field(pipeline, None, [], field, FieldUse::Search).await?;
+    }
+    let kr = state.keyring.clone();
+    let mut rows = state
+        .db
+        .run(move |c| R::search(c, &kr, &criteria, scope, None, 2, fields))
+        .await?;
+    match rows.len() {
+        0 => Ok(Existing::None),
+        1 => {
+            let record = rows.pop().ok_or_else(|| AppError::internal("one row"))?;
+            let what = pipeline.what_as(Read, Some(R::id(&record)))?;
+            pipeline
+                .recorder
+                .permit(what, [R::subject(&record)])
+                .await?;
+            Ok(Existing::One(record))
+        }
+        _ => {
+            let patients: Vec<PatientId> = rows.iter().map(R::subject).collect();
+            let what = pipeline.what_as(Search, None)?;
+            pipeline.recorder.permit(what, patients).await?;
+            Ok(Existing::Several)
+        }
+    }
+}
+
+/// Create: validate, decide, write with its event; answers the principal's view (or
+/// nothing with `Prefer: return=minimal`). With `If-None-Exist`, an existing match is
+/// answered instead (200), several are a 412.
 pub async fn create<R: FhirResource>(
+    req: HttpRequest,
     pipeline: Pipeline,
     state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
     body: Body<R::Input>,
 ) -> Result<HttpResponse, AppError> {
     check_route::<R>(&pipeline)?;
+    negotiate(&req)?;
+    let minimal = Prefer::of(&req).minimal;
     let input = body?.0;
     if R::input_id(&input).is_some() {
         return Err(invalid("id", "must not be set on create"));
     }
     let mut new = R::validate(input, &pipeline.principal)?;
+    match if_none_exist::<R>(&req, &pipeline, &state).await? {
+        Existing::None => {}
+        Existing::One(record) => {
+            let mut res = respond::<R>(
+                &settings,
+                StatusCode::OK,
+                &record,
+                &Elements::all(),
+                minimal,
+            );
+            if let Ok(url) = HeaderValue::from_str(&record_url::<R>(&settings, &record)) {
+                res.headers_mut().insert(LOCATION, url);
+            }
+            return Ok(res);
+        }
+        Existing::Several => {
+            return Err(AppError::client(
+                StatusCode::PRECONDITION_FAILED,
+                "If-None-Exist matched more than one resource: make the search more specific.",
+            ));
+        }
+    }
     let view = R::authorize_create(&pipeline, &mut new).await?;
     let fields = R::fields(view, &Elements::all())?;
     if let Some(field) = R::written_outside(&new, fields) {
@@ -589,26 +1211,40 @@ pub async fn create<R: FhirResource>(
     }
     let kr = state.keyring.clone();
     let author = pipeline.user_id();
-    let write = move |c: &mut PgConnection| R::insert(c, &kr, &new, author, fields);
+    let write = move |c: &mut PgConnection| {
+        let record = R::insert(c, &kr, &new, author, fields)?;
+        record_version::<R>(c, &kr, R::id(&record))?;
+        Ok(record)
+    };
     let complete: fn(&R::Record, &mut AuditEvent) = created::<R>;
     let record = pipeline
         .commit_with(None, [], write, Some(complete))
         .await?;
-    Ok(respond::<R>(StatusCode::CREATED, &record, &Elements::all()))
+    Ok(respond::<R>(
+        &settings,
+        StatusCode::CREATED,
+        &record,
+        &Elements::all(),
+        minimal,
+    ))
 }
 
-/// Update: version-checked replace (`If-Match`), input checked before any record is
-/// looked up; answers the full resource in the principal's view.
+/// Update: replace, version-checked when `If-Match` is sent (required only with
+/// `fhir.require_if_match`), input checked before any record is looked up; answers the
+/// full resource in the principal's view (or nothing with `Prefer: return=minimal`).
 pub async fn update<R: FhirResource>(
     req: HttpRequest,
     pipeline: Pipeline,
     state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
     path: web::Path<String>,
     body: Body<R::Input>,
 ) -> Result<HttpResponse, AppError> {
     check_route::<R>(&pipeline)?;
+    negotiate(&req)?;
+    let minimal = Prefer::of(&req).minimal;
     let id = params::parse_id(&path)?;
-    let expected = if_match(&req)?;
+    let expected = if_match(&req, settings.require_if_match)?;
     let input = body?.0;
     if R::input_id(&input) != Some(id.to_string().as_str()) {
         return Err(invalid("id", "must match the id in the URL"));
@@ -625,22 +1261,296 @@ pub async fn update<R: FhirResource>(
         refuse_field(&pipeline, Some(id), [patient], field, FieldUse::Write).await?;
     }
     let kr = state.keyring.clone();
-    let write = move |c: &mut PgConnection| R::update(c, &kr, id, expected, &new, fields);
+    let write = move |c: &mut PgConnection| {
+        let record = R::update(c, &kr, id, expected, &new, fields)?;
+        if let Some(r) = &record {
+            record_version::<R>(c, &kr, R::id(r))?;
+        }
+        Ok(record)
+    };
     let record = pipeline
         .audited(id, patient, write, R::update_missed)
         .await?;
-    Ok(respond::<R>(StatusCode::OK, &record, &Elements::all()))
+    Ok(respond::<R>(
+        &settings,
+        StatusCode::OK,
+        &record,
+        &Elements::all(),
+        minimal,
+    ))
+}
+
+/// PATCH: `PATCH /fhir/<type>/{id}` with a JSON Patch (`application/json-patch+json`),
+/// decided as an update of the record. The patch applies to the resource as the caller
+/// reads it (their view), and the result is an update like any other: validated whole,
+/// refused (403) if it writes a field outside the view, fields outside the view kept as
+/// stored, version-checked (against `If-Match` when sent, else against the version the
+/// patch was applied to, so no concurrent change is lost), a new history version.
+pub async fn patch<R: FhirResource>(
+    req: HttpRequest,
+    pipeline: Pipeline,
+    state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
+    path: web::Path<String>,
+    body: Body<Vec<super::patch::Op>>,
+) -> Result<HttpResponse, AppError> {
+    check_route::<R>(&pipeline)?;
+    negotiate(&req)?;
+    let minimal = Prefer::of(&req).minimal;
+    let id = params::parse_id(&path)?;
+    let expected = if_match(&req, settings.require_if_match)?;
+    let patch_type = req
+        .headers()
+        .get(actix_web::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json-patch+json"));
+    if !patch_type {
+        return Err(AppError::client(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "A PATCH needs a JSON Patch body (application/json-patch+json).",
+        ));
+    }
+    let ops = body?.0;
+    let (view, facts) = pipeline.authorize_record(id, R::patient_of).await?;
+    let patient = facts.patient_id;
+    let fields = R::fields(view, &Elements::all())?;
+    let kr = state.keyring.clone();
+    let Some(current) = state.db.run(move |c| R::get(c, &kr, id, fields)).await? else {
+        pipeline.error(Some(id), [patient]).await?;
+        return Err(AppError::not_found());
+    };
+    let version = R::version(&current);
+    if expected.is_some_and(|e| e != version) {
+        pipeline.error(Some(id), [patient]).await?;
+        return Err(params::precondition_failed());
+    }
+    let patched = super::patch::apply(R::to_fhir(&current), &ops).and_then(|doc| {
+        serde_json::from_value::<R::Input>(doc).map_err(|_| {
+            AppError::unprocessable(
+                "The patched resource is not a valid resource of this type: nothing was changed.",
+            )
+        })
+    });
+    let input = match patched {
+        Ok(input) => input,
+        Err(e) => {
+            pipeline.error(Some(id), [patient]).await?;
+            return Err(e);
+        }
+    };
+    if R::input_id(&input) != Some(id.to_string().as_str()) {
+        pipeline.error(Some(id), [patient]).await?;
+        return Err(invalid("id", "must match the id in the URL"));
+    }
+    let new = match R::validate(input, &pipeline.principal)
+        .and_then(|mut n| R::check_update(&mut n, &facts).map(|()| n))
+    {
+        Ok(new) => new,
+        Err(e) => {
+            pipeline.error(Some(id), [patient]).await?;
+            return Err(e);
+        }
+    };
+    if let Some(field) = R::written_outside(&new, fields) {
+        refuse_field(&pipeline, Some(id), [patient], field, FieldUse::Write).await?;
+    }
+    let kr = state.keyring.clone();
+    let write = move |c: &mut PgConnection| {
+        let record = R::update(c, &kr, id, Some(version), &new, fields)?;
+        if let Some(r) = &record {
+            record_version::<R>(c, &kr, R::id(r))?;
+        }
+        Ok(record)
+    };
+    let record = pipeline
+        .audited(id, patient, write, R::update_missed)
+        .await?;
+    Ok(respond::<R>(
+        &settings,
+        StatusCode::OK,
+        &record,
+        &Elements::all(),
+        minimal,
+    ))
+}
+
+/// `Patient/$everything` (`GET /fhir/Patient/{id}/$everything?_count=`): every resource the caller may see for one patient: the Patient (decided as a read of
+/// it, 404 without a relationship), then its Observations, DocumentReferences and Claims,
+/// each type decided as a search of that type by the one decision point (a type the
+/// caller may not search is left out) and scoped like one. Paged across the types with a
+/// sealed cursor; audited as one access per resource type on each page.
+pub async fn everything(
+    req: HttpRequest,
+    pipeline: Pipeline,
+    state: web::Data<AppState>,
+    settings: web::Data<FhirSettings>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    use super::claim::Claims;
+    use super::document_reference::DocumentReferences;
+    use super::observation::Observations;
+    use super::patient::Patients;
+    check_route::<Patients>(&pipeline)?;
+    negotiate(&req)?;
+    let id = params::parse_id(&path)?;
+    let q = params::search_params(&req, &["_count", CURSOR])?;
+    let count = bundle::page_size(params::single(&q, "_count")?)?;
+    let user = pipeline.user.id;
+    // Where the previous page stopped: the type (0 = Patient, then the record types in
+    // order) and the last id of it.
+    let start = match params::single(&q, CURSOR)? {
+        None => None,
+        Some(c) => {
+            let (after, carried) = Cursor::open(&state.keyring, user, ResourceType::Patient, c)?;
+            let part = carried
+                .and_then(|p| p.strip_prefix(&format!("{id}:"))?.parse::<usize>().ok())
+                .filter(|p| (1..=3).contains(p))
+                .ok_or_else(|| invalid(CURSOR, "is not a cursor this server issued to you"))?;
+            Some((part, after))
+        }
+    };
+    let (view, facts) = pipeline.authorize_record(id, Patients::patient_of).await?;
+    let patient = facts.patient_id;
+    let mut entries: Vec<(ResourceType, Value)> = Vec::new();
+    if start.is_none() {
+        let fields = Patients::fields(view, &Elements::all())?;
+        let kr = state.keyring.clone();
+        let Some(p) = state
+            .db
+            .run(move |c| Patients::get(c, &kr, id, fields))
+            .await?
+        else {
+            pipeline.error(Some(id), [patient]).await?;
+            return Err(AppError::not_found());
+        };
+        pipeline.permit(Some(id), [patient]).await?;
+        entries.push((ResourceType::Patient, Patients::to_fhir(&p)));
+    }
+    let (first, mut after) = match start {
+        Some((part, last)) => (part, Some(last)),
+        None => (1, None),
+    };
+    let mut next = None;
+    for part in first..=3 {
+        let room = count.saturating_sub(entries.len());
+        let (rows, more) = match part {
+            1 => part_of::<Observations>(&pipeline, &state, patient, after, room).await?,
+            2 => part_of::<DocumentReferences>(&pipeline, &state, patient, after, room).await?,
+            _ => part_of::<Claims>(&pipeline, &state, patient, after, room).await?,
+        };
+        after = None;
+        let last = rows
+            .last()
+            .and_then(|(_, r)| r["id"].as_str().and_then(|i| Uuid::parse_str(i).ok()));
+        entries.extend(rows);
+        if more {
+            next = Some((part, last.unwrap_or(Uuid::nil())));
+            break;
+        }
+    }
+    let next = next
+        .map(|(part, last)| {
+            let carried = format!("{id}:{part}");
+            Cursor::seal(
+                &state.keyring,
+                user,
+                ResourceType::Patient,
+                last,
+                Some(&carried),
+            )
+        })
+        .transpose()?;
+    let url = format!("{}/Patient/{id}/$everything", settings.base);
+    let mut links = vec![serde_json::json!({ "relation": "self", "url": url })];
+    if let Some(c) = next {
+        let mut q = url::form_urlencoded::Serializer::new(String::new());
+        q.append_pair("_count", &count.to_string());
+        q.append_pair(CURSOR, &c);
+        links.push(
+            serde_json::json!({ "relation": "next", "url": format!("{url}?{}", q.finish()) }),
+        );
+    }
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|(kind, r)| {
+            let rid = r["id"].as_str().unwrap_or_default().to_string();
+            serde_json::json!({
+                "fullUrl": format!("{}/{}/{rid}", settings.base, kind.as_str()),
+                "resource": r,
+                "search": { "mode": "match" },
+            })
+        })
+        .collect();
+    let mut body =
+        serde_json::json!({ "resourceType": "Bundle", "type": "searchset", "link": links });
+    if !entries.is_empty() {
+        body["entry"] = Value::Array(entries);
+    }
+    Ok(HttpResponse::Ok()
+        .content_type(FHIR_JSON)
+        .body(body.to_string()))
+}
+
+/// One type's part of `$everything`: up to `room` records of `patient` (after `after`)
+/// if the caller may search the type, each page's part audited as a search of the type
+/// naming the patient; and whether there are more.
+async fn part_of<R: FhirResource>(
+    pipeline: &Pipeline,
+    state: &AppState,
+    patient: PatientId,
+    after: Option<Uuid>,
+    room: usize,
+) -> Result<(Vec<(ResourceType, Value)>, bool), AppError> {
+    let kind = R::DESCRIPTOR.kind;
+    let Decision::Permit {
+        view,
+        search: Some(scope),
+        ..
+    } = pipeline.decide_on(kind, Search, Target::Search)?
+    else {
+        return Ok((Vec::new(), false));
+    };
+    let criteria = R::criteria(&[("patient", patient.to_string())])?;
+    let fields = R::fields(view, &Elements::all())?;
+    let kr = state.keyring.clone();
+    let limit = room as i64 + 1;
+    let mut rows = state
+        .db
+        .run(move |c| R::search(c, &kr, &criteria, scope, after, limit, fields))
+        .await?;
+    let more = rows.len() > room;
+    rows.truncate(room);
+    if !rows.is_empty() {
+        let what = crate::audit::What::new(crate::audit::AuditAction::from(Search)).on(kind);
+        pipeline.recorder.permit(what, [patient]).await?;
+    }
+    Ok((rows.iter().map(|r| (kind, R::to_fhir(r))).collect(), more))
 }
 
 /// Delete: a soft delete committed with its event.
 pub async fn delete<R: FhirResource>(
     pipeline: Pipeline,
+    state: web::Data<AppState>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     check_route::<R>(&pipeline)?;
     let id = params::parse_id(&path)?;
     let (_, facts) = pipeline.authorize_record(id, R::patient_of).await?;
-    let write = move |c: &mut PgConnection| Ok(R::delete(c, id)?.then_some(()));
+    let kr = state.keyring.clone();
+    let write = move |c: &mut PgConnection| {
+        // The deletion is a version of its own (without a body) in the history.
+        let Some(before) = R::get(c, &kr, id, R::full_fields())? else {
+            return Ok(None);
+        };
+        if !R::delete(c, id)? {
+            return Ok(None);
+        }
+        let kind = R::DESCRIPTOR.kind.as_str();
+        let version = R::version(&before) + 1;
+        history::record(c, &kr, kind, id.into(), version, R::subject(&before), None)?;
+        Ok(Some(()))
+    };
     pipeline
         .audited(id, facts.patient_id, write, AppError::not_found)
         .await?;

@@ -68,7 +68,11 @@ fn search_and_type_parsers_answer_ok_or_a_fixed_4xx_for_any_text() {
                     assert_client_error(what, &s, e);
                 }
             };
-            check("date_range", params::date_range(&s).map(drop));
+            check(
+                "date_conditions",
+                params::date_conditions("date", &s).map(drop),
+            );
+            check("or_values", params::or_values("code", &s).map(drop));
             check("date_time", params::date_time("date", &s).map(drop));
             check("token", params::token("identifier", &s, 64).map(drop));
             check("parse_id", params::parse_id(&s).map(drop));

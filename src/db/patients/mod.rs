@@ -241,7 +241,7 @@ pub fn update_patient(
     expected_version: i32,
     new: &NewPatient,
 ) -> Result<Option<Patient>, AppError> {
-    update_patient_fields(conn, kr, id, expected_version, new, ALL_FIELDS)
+    update_patient_fields(conn, kr, id, Some(expected_version), new, ALL_FIELDS)
 }
 
 /// Every patient field (the update of a caller who may write them all).
@@ -290,7 +290,7 @@ pub fn update_patient_fields(
     conn: &mut PgConnection,
     kr: &Keyring,
     id: Uuid,
-    expected_version: i32,
+    expected_version: Option<i32>,
     new: &NewPatient,
     writable: PatientFields,
 ) -> Result<Option<Patient>, AppError> {
@@ -305,7 +305,7 @@ pub fn update_patient_fields(
         let Some(current) = current else {
             return Ok(None);
         };
-        if current != expected_version {
+        if expected_version.is_some_and(|v| v != current) {
             return Err(AppError::client(
                 actix_web::http::StatusCode::PRECONDITION_FAILED,
                 "The resource was changed since that version.",

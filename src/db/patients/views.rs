@@ -223,25 +223,20 @@ pub struct Criteria {
     pub ssn: Option<String>,
 }
 
-/// One page of live patients matching `criteria` within the policy's `scope`, ordered by
-/// id, after the cursor `after`.
-pub fn search(
-    conn: &mut PgConnection,
+/// The WHERE conditions of `criteria` (placeholders from `$first` on) and their blind
+/// index binds. Built from fixed fragments only; every value is a bind parameter.
+fn conditions(
     kr: &Keyring,
     criteria: &Criteria,
-    scope: SearchScope,
-    after: Option<Uuid>,
-    limit: i64,
-    fields: PatientFields,
-) -> Result<Vec<PatientView>, AppError> {
-    // Built from fixed fragments only; every value is a bind parameter.
+    first: usize,
+) -> Result<(Vec<String>, Vec<Vec<u8>>), AppError> {
     let mut conditions = vec!["p.deleted_at IS NULL".to_string()];
     let mut binds: Vec<Vec<u8>> = Vec::new();
     let mut index = |kind: BlindKind, column: &str, value: &str| -> Result<(), AppError> {
         binds.push(kr.blind_index(kind, value).map_err(|_| {
             AppError::unprocessable(format!("Invalid search parameter for {column}."))
         })?);
-        conditions.push(format!("p.{column} = ${}", binds.len() + 3));
+        conditions.push(format!("p.{column} = ${}", binds.len() + first - 1));
         Ok(())
     };
     if let Some(v) = &criteria.family {
@@ -263,6 +258,21 @@ pub fn search(
     if let Some(v) = &criteria.ssn {
         index(BlindKind::Ssn, "ssn_index", v)?;
     }
+    Ok((conditions, binds))
+}
+
+/// One page of live patients matching `criteria` within the policy's `scope`, ordered by
+/// id, after the cursor `after`.
+pub fn search(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    criteria: &Criteria,
+    scope: SearchScope,
+    after: Option<Uuid>,
+    limit: i64,
+    fields: PatientFields,
+) -> Result<Vec<PatientView>, AppError> {
+    let (mut conditions, binds) = conditions(kr, criteria, 4)?;
     let (scope_sql, scope_id) = ScopeSql::new(scope, "p.id").with_placeholder(1);
     conditions.push(scope_sql);
     conditions.push("($2::uuid IS NULL OR p.id > $2)".to_string());
@@ -281,6 +291,35 @@ pub fn search(
     }
     let rows: Vec<Row> = query.load(conn)?;
     rows.into_iter().map(|r| r.open(conn, kr)).collect()
+}
+
+#[derive(QueryableByName)]
+struct Count {
+    #[diesel(sql_type = diesel::sql_types::BigInt)]
+    n: i64,
+}
+
+/// How many live patients within `scope` match `criteria` (`_total`, `_summary=count`).
+pub fn count(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    criteria: &Criteria,
+    scope: SearchScope,
+) -> Result<i64, AppError> {
+    let (mut conditions, binds) = conditions(kr, criteria, 2)?;
+    let (scope_sql, scope_id) = ScopeSql::new(scope, "p.id").with_placeholder(1);
+    conditions.push(scope_sql);
+    let sql = format!(
+        "SELECT count(*) AS n FROM patients p WHERE {}",
+        conditions.join(" AND ")
+    );
+    let mut query = diesel::sql_query(sql)
+        .bind::<SqlUuid, _>(scope_id)
+        .into_boxed::<diesel::pg::Pg>();
+    for b in binds {
+        query = query.bind::<Bytea, _>(b);
+    }
+    Ok(query.get_result::<Count>(conn)?.n)
 }
 
 impl PatientView {

@@ -113,7 +113,12 @@ const BODY_LIMIT: usize = 4096;
 /// and its actor — none without authentication, the user after it.
 #[tokio::test]
 async fn every_refusal_kind_with_and_without_a_valid_token() {
-    let w = World::with(|b, _| b.set("server.body_limit_bytes", BODY_LIMIT as i64)).await;
+    // "no If-Match" is a refusal only with `fhir.require_if_match`.
+    let w = World::with(|b, _| {
+        b.set("server.body_limit_bytes", BODY_LIMIT as i64)
+            .set("fhir.require_if_match", true)
+    })
+    .await;
     let (doc_id, doc) = w.user("dr-attrib", &[Role::Clinician]);
     let (gone_id, gone) = w.user("dr-disabled", &[Role::Clinician]);
     disable(&w, gone_id);

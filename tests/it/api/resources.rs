@@ -37,9 +37,12 @@ async fn create(w: &World, path: &str, token: &str, body: &Value) -> Value {
 }
 
 fn ids(bundle: &Value) -> Vec<String> {
+    // An empty searchset has no `entry` (never an empty array).
+    assert_ne!(bundle["entry"], serde_json::json!([]), "{bundle}");
     bundle["entry"]
         .as_array()
-        .unwrap()
+        .map(Vec::as_slice)
+        .unwrap_or_default()
         .iter()
         .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
         .collect()
@@ -241,7 +244,8 @@ pub fn check_claim(r: &Value) {
 
 #[tokio::test]
 async fn fhir_observation_create_read_search_update_delete_by_the_care_team() {
-    let w = World::new().await;
+    let w = World::with(|b, _| b.set("fhir.require_if_match", true)).await;
+    // (with the setting that makes If-Match mandatory, so the 428 below is checked)
     let (_, doc) = person(&w, "dr-a", &[Role::Clinician]);
     let patient = w.create(&doc, &patient_json("MRN-O1", "Observed")).await;
     let other = w.create(&doc, &patient_json("MRN-O2", "Elsewise")).await;
@@ -288,7 +292,7 @@ async fn fhir_observation_create_read_search_update_delete_by_the_care_team() {
         let b: Value = res.json().await.unwrap();
         assert_eq!(b["type"], "searchset");
         assert_eq!(ids(&b).len(), want, "{q}");
-        for e in b["entry"].as_array().unwrap() {
+        for e in b["entry"].as_array().map(Vec::as_slice).unwrap_or_default() {
             check_observation(&e["resource"]);
         }
     }
@@ -378,7 +382,8 @@ async fn fhir_observation_create_read_search_update_delete_by_the_care_team() {
     let last = w.audit_events().pop().unwrap();
     assert_eq!((last.0.as_str(), last.1.as_str()), ("delete", "permit"));
     assert_eq!(last.2, vec![patient]);
-    assert_eq!(w.get(&path, &doc).await.status(), StatusCode::NOT_FOUND);
+    // A deleted record answers 410 Gone to whoever could read it (issue 16).
+    assert_eq!(w.get(&path, &doc).await.status(), StatusCode::GONE);
     let b: Value = w
         .get(&format!("/fhir/Observation?patient={patient}"), &doc)
         .await
@@ -519,7 +524,8 @@ async fn fhir_observation_bad_input_gets_a_4xx_and_stores_nothing() {
     }
     for q in [
         "code=abc",
-        "date=gt2026-01-01",
+        // (gt is a supported prefix since issue 16; an unknown one is refused)
+        "date=zz2026-01-01",
         "date=2026-13-01",
         "colour=red",
         "patient=x",
@@ -561,7 +567,8 @@ pub(crate) fn note_json(patient: Uuid, text: &str) -> Value {
 
 #[tokio::test]
 async fn fhir_document_reference_notes_are_sanitised_authored_by_the_caller_and_scoped() {
-    let w = World::new().await;
+    let w = World::with(|b, _| b.set("fhir.require_if_match", true)).await;
+    // (with the setting that makes If-Match mandatory, so the 428 below is checked)
     let (doc_a_id, doc_a) = person(&w, "dr-a", &[Role::Clinician]);
     let (_, doc_b) = person(&w, "dr-b", &[Role::Clinician]);
     let (_, billing) = person(&w, "billing-1", &[Role::Billing]);
@@ -750,7 +757,8 @@ pub(crate) fn claim_json(patient: Uuid) -> Value {
 
 #[tokio::test]
 async fn fhir_claim_billing_creates_reads_searches_updates_deletes_in_its_facility() {
-    let w = World::new().await;
+    let w = World::with(|b, _| b.set("fhir.require_if_match", true)).await;
+    // (with the setting that makes If-Match mandatory, so the 428 below is checked)
     let (_, doc) = person(&w, "dr-a", &[Role::Clinician]);
     let (_, billing) = person(&w, "billing-1", &[Role::Billing]);
     let patient = w.create(&doc, &patient_json("MRN-C1", "Claimant")).await;
@@ -795,7 +803,7 @@ async fn fhir_claim_billing_creates_reads_searches_updates_deletes_in_its_facili
         assert_eq!(res.status(), StatusCode::OK, "{q}");
         let b: Value = res.json().await.unwrap();
         assert_eq!(ids(&b).len(), want, "{q}");
-        for e in b["entry"].as_array().unwrap() {
+        for e in b["entry"].as_array().map(Vec::as_slice).unwrap_or_default() {
             check_claim(&e["resource"]);
         }
     }
@@ -838,7 +846,7 @@ async fn fhir_claim_billing_creates_reads_searches_updates_deletes_in_its_facili
     let last = w.audit_events().pop().unwrap();
     assert_eq!((last.0.as_str(), last.1.as_str()), ("delete", "permit"));
     assert_eq!(last.2, vec![patient]);
-    assert_eq!(w.get(&path, &billing).await.status(), StatusCode::NOT_FOUND);
+    assert_eq!(w.get(&path, &billing).await.status(), StatusCode::GONE);
     assert_eq!(count(&w, "claims"), 2, "soft delete keeps the row");
 }
 
@@ -1030,7 +1038,15 @@ async fn fhir_metadata_lists_every_resource_interaction_and_search_parameter() {
     for (t, interactions, params) in [
         (
             "Patient",
-            &["read", "search-type", "create", "update"][..],
+            &[
+                "read",
+                "vread",
+                "history-instance",
+                "search-type",
+                "create",
+                "update",
+                "patch",
+            ][..],
             &[
                 "family",
                 "given",
@@ -1042,17 +1058,43 @@ async fn fhir_metadata_lists_every_resource_interaction_and_search_parameter() {
         ),
         (
             "Observation",
-            &["read", "search-type", "create", "update", "delete"][..],
+            &[
+                "read",
+                "vread",
+                "history-instance",
+                "search-type",
+                "create",
+                "update",
+                "patch",
+                "delete",
+            ][..],
             &["patient", "code", "date", "_count", "_elements"][..],
         ),
         (
             "DocumentReference",
-            &["read", "search-type", "create", "update"][..],
+            &[
+                "read",
+                "vread",
+                "history-instance",
+                "search-type",
+                "create",
+                "update",
+                "patch",
+            ][..],
             &["patient", "_count", "_elements"][..],
         ),
         (
             "Claim",
-            &["read", "search-type", "create", "update", "delete"][..],
+            &[
+                "read",
+                "vread",
+                "history-instance",
+                "search-type",
+                "create",
+                "update",
+                "patch",
+                "delete",
+            ][..],
             &["patient", "status", "_count", "_elements"][..],
         ),
     ] {
@@ -1177,21 +1219,50 @@ async fn fhir_elements_narrows_every_resource_type_and_never_widens_a_view() {
             format!("/fhir/Observation/{}", id(&obs)),
             format!("/fhir/Observation?patient={patient}"),
             "status,value",
-            &["id", "meta", "resourceType", "status", "valueQuantity"][..],
+            // R4's mandatory elements (status, code) are always kept.
+            &[
+                "code",
+                "id",
+                "meta",
+                "resourceType",
+                "status",
+                "valueQuantity",
+            ][..],
         ),
         (
             &doc,
             format!("/fhir/DocumentReference/{}", id(&note)),
             format!("/fhir/DocumentReference?patient={patient}"),
             "subject,date",
-            &["date", "id", "meta", "resourceType", "subject"][..],
+            &[
+                "content",
+                "date",
+                "id",
+                "meta",
+                "resourceType",
+                "status",
+                "subject",
+            ][..],
         ),
         (
             &billing,
             format!("/fhir/Claim/{}", id(&claim)),
             format!("/fhir/Claim?patient={patient}"),
             "status,total",
-            &["id", "meta", "resourceType", "status", "total"][..],
+            &[
+                "created",
+                "id",
+                "insurance",
+                "meta",
+                "patient",
+                "priority",
+                "provider",
+                "resourceType",
+                "status",
+                "total",
+                "type",
+                "use",
+            ][..],
         ),
     ] {
         let res = w.get(&format!("{read}?_elements={elements}"), token).await;

@@ -63,7 +63,14 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("GET", "/healthz", Expect::Public),
     ("GET", "/readyz", Expect::Public),
     ("GET", "/fhir/metadata", Expect::Public),
+    (
+        "GET",
+        "/fhir/.well-known/smart-configuration",
+        Expect::Public,
+    ),
+    ("GET", "/.well-known/smart-configuration", Expect::Public),
     ("GET", "/fhir/Patient", Expect::Fhir),
+    ("POST", "/fhir/Patient/_search", Expect::Fhir),
     ("POST", "/fhir/Patient", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}", Expect::Fhir),
     (
@@ -93,20 +100,40 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         "/api/admin/patients/{id}/confidentiality",
         Expect::Admin,
     ),
+    ("GET", "/fhir/Patient/{id}/_history", Expect::Fhir),
+    ("GET", "/fhir/Patient/{id}/$everything", Expect::Fhir),
+    ("GET", "/fhir/Patient/{id}/_history/{vid}", Expect::Fhir),
     ("PUT", "/fhir/Patient/{id}", Expect::Fhir),
+    ("PATCH", "/fhir/Patient/{id}", Expect::Fhir),
     ("GET", "/fhir/Observation", Expect::Fhir),
+    ("POST", "/fhir/Observation/_search", Expect::Fhir),
     ("POST", "/fhir/Observation", Expect::Fhir),
     ("GET", "/fhir/Observation/{id}", Expect::Fhir),
+    ("GET", "/fhir/Observation/{id}/_history", Expect::Fhir),
+    ("GET", "/fhir/Observation/{id}/_history/{vid}", Expect::Fhir),
     ("PUT", "/fhir/Observation/{id}", Expect::Fhir),
+    ("PATCH", "/fhir/Observation/{id}", Expect::Fhir),
     ("DELETE", "/fhir/Observation/{id}", Expect::Fhir),
     ("GET", "/fhir/DocumentReference", Expect::Fhir),
+    ("POST", "/fhir/DocumentReference/_search", Expect::Fhir),
     ("POST", "/fhir/DocumentReference", Expect::Fhir),
     ("GET", "/fhir/DocumentReference/{id}", Expect::Fhir),
+    ("GET", "/fhir/DocumentReference/{id}/_history", Expect::Fhir),
+    (
+        "GET",
+        "/fhir/DocumentReference/{id}/_history/{vid}",
+        Expect::Fhir,
+    ),
     ("PUT", "/fhir/DocumentReference/{id}", Expect::Fhir),
+    ("PATCH", "/fhir/DocumentReference/{id}", Expect::Fhir),
     ("GET", "/fhir/Claim", Expect::Fhir),
+    ("POST", "/fhir/Claim/_search", Expect::Fhir),
     ("POST", "/fhir/Claim", Expect::Fhir),
     ("GET", "/fhir/Claim/{id}", Expect::Fhir),
+    ("GET", "/fhir/Claim/{id}/_history", Expect::Fhir),
+    ("GET", "/fhir/Claim/{id}/_history/{vid}", Expect::Fhir),
     ("PUT", "/fhir/Claim/{id}", Expect::Fhir),
+    ("PATCH", "/fhir/Claim/{id}", Expect::Fhir),
     ("DELETE", "/fhir/Claim/{id}", Expect::Fhir),
     ("GET", "/api/admin/users", Expect::Admin),
     ("GET", "/api/admin/users/{id}", Expect::Admin),
@@ -218,7 +245,10 @@ fn every_route_in_the_table_is_covered() {
             _ => false,
         };
         assert!(fits, "{} {}: {:?}", route.method, route.path, route.action);
-        if route.path.starts_with("/fhir/") && route.path != "/fhir/metadata" {
+        // Public under /fhir: the CapabilityStatement and the SMART discovery document
+        // (neither carries PHI); every other /fhir route is a FHIR or break-glass action.
+        let public_fhir = ["/fhir/metadata", "/fhir/.well-known/smart-configuration"];
+        if route.path.starts_with("/fhir/") && !public_fhir.contains(&route.path) {
             assert!(matches!(
                 route.action,
                 Action::Fhir(..) | Action::BreakGlass(_)
@@ -357,6 +387,7 @@ impl Setup {
             .replace("{role}", "billing")
             .replace("{action}", "disable")
             .replace("{decision}", "approve")
+            .replace("{vid}", "1")
             .replace("{file}", "console.css")
     }
 
@@ -441,11 +472,35 @@ impl Setup {
                 .header("origin", self.w.app.url("").trim_end_matches('/'))
                 .body("");
         }
-        if let Some(body) = self.body(route) {
+        if method(route) == Method::PATCH {
+            // A valid JSON Patch (so that only access decides).
+            req = req
+                .header("content-type", "application/json-patch+json")
+                .header("if-match", "W/\"1\"")
+                .body(r#"[{"op": "test", "path": "/id", "value": "x"}]"#);
+        } else if let Some(body) = self.body(route) {
             req = req
                 .header("content-type", "application/fhir+json")
                 .header("if-match", "W/\"1\"")
                 .body(body.to_string());
+        }
+        if let Action::Fhir(_, Interaction::Search) = route.action
+            && method(route) == Method::POST
+        {
+            // A search by POST: its parameters in a form body (none: every row in scope).
+            req = req
+                .header("content-type", "application/x-www-form-urlencoded")
+                .body("");
+        }
+        if let Action::Fhir(resource, Interaction::Create) = route.action {
+            // A conditional create searches first: the walk checks that this search is
+            // decided like the type's search route (without a relationship nothing
+            // matches, so the create is decided as usual).
+            let condition = match resource {
+                ResourceType::Patient => "family=Routeson".to_string(),
+                _ => format!("patient={}", self.records.patient),
+            };
+            req = req.header("if-none-exist", condition);
         }
         req
     }

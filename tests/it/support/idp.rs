@@ -171,9 +171,17 @@ async fn discovery(s: web::Data<ProviderState>) -> HttpResponse {
     if s.down.load(Ordering::SeqCst) {
         return HttpResponse::ServiceUnavailable().finish();
     }
+    // What a provider that allows SMART launches publishes (RFC 8414 / OpenID Discovery).
     HttpResponse::Ok().json(json!({
         "issuer": s.issuer,
         "jwks_uri": format!("{}/jwks", s.issuer),
+        "authorization_endpoint": format!("{}/authorize", s.issuer),
+        "token_endpoint": format!("{}/token", s.issuer),
+        "grant_types_supported": ["authorization_code", "client_credentials", "implicit"],
+        "response_types_supported": ["code"],
+        "code_challenge_methods_supported": ["plain", "S256"],
+        "token_endpoint_auth_methods_supported": ["client_secret_basic", "none"],
+        "scopes_supported": ["openid", "profile"],
     }))
 }
 

@@ -245,6 +245,9 @@ pub fn test_keys() -> &'static TestKeys {
     })
 }
 
+/// The `server.public_url` of test apps (absolute links in responses start with it).
+pub const PUBLIC_URL: &str = "https://localhost:8443";
+
 pub struct TestAppBuilder {
     table: toml::Table,
     extra_routes: Option<ExtraRoutes>,
@@ -293,7 +296,7 @@ impl TestAppBuilder {
         let mut table = toml::Table::new();
         let mut set = |k: &str, v: toml::Value| config::insert_dotted(&mut table, k, v);
         set("server.listen", "127.0.0.1:0".into());
-        set("server.public_url", "https://localhost:8443".into());
+        set("server.public_url", PUBLIC_URL.into());
         set("server.workers", 2.into());
         set("tls.cert_file", cert.cert.display().to_string().into());
         set("tls.key_file", cert.key.display().to_string().into());
@@ -393,8 +396,11 @@ impl TestApp {
             .expect("the app was started with TestAppBuilder::manual_clock()")
     }
 
-    /// `https://localhost:<port><path>` (the certificate names localhost).
+    /// `https://localhost:<port><path>` (the certificate names localhost). An absolute
+    /// URL at the test apps' `server.public_url` ([`PUBLIC_URL`], as a link in a
+    /// response names it) is taken to this app, as a reverse proxy would.
     pub fn url(&self, path: &str) -> String {
+        let path = path.strip_prefix(PUBLIC_URL).unwrap_or(path);
         format!("https://localhost:{}{path}", self.https.port())
     }
 
