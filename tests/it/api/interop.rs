@@ -890,11 +890,14 @@ async fn versions_are_kept_sealed_read_back_in_the_callers_view_and_deleted_reco
         let res = w.get(&format!("{path}/_history/{missing}"), &doc).await;
         assert_eq!(res.status(), StatusCode::NOT_FOUND, "{missing}");
     }
-    // No relationship: like a missing record, for history and versions alike.
+    // No relationship, for history and versions alike: a clinician is refused as on a
+    // read (403 naming `$break-glass`, issue 13), with nothing of the record.
     for p in [format!("{path}/_history"), format!("{path}/_history/1")] {
         let res = w.get(&p, &stranger).await;
-        assert_eq!(res.status(), StatusCode::NOT_FOUND, "{p}");
-        assert!(!res.text().await.unwrap().contains("Histori"));
+        assert_eq!(res.status(), StatusCode::FORBIDDEN, "{p}");
+        let text = res.text().await.unwrap();
+        assert!(text.contains("$break-glass"), "{text}");
+        assert!(!text.contains("Histori"));
     }
 
     // The instance history: newest first, absolute URLs, request and response of each.
@@ -956,8 +959,11 @@ async fn versions_are_kept_sealed_read_back_in_the_callers_view_and_deleted_reco
     let res = w.get(&obs_path, &token).await;
     assert_eq!(res.status(), StatusCode::GONE);
     assert_eq!(json_of(res).await["resourceType"], "OperationOutcome");
+    // A clinician without a relationship learns nothing of the deletion: refused as on
+    // any record of the patient (403 naming `$break-glass`, issue 13), not 410.
     let res = w.get(&obs_path, &w.token("dr-b", SCOPES)).await;
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res.text().await.unwrap().contains("$break-glass"));
     assert_eq!(
         w.get(&format!("{obs_path}/_history/1"), &token)
             .await
@@ -1287,11 +1293,13 @@ async fn patient_everything_pages_over_every_type_the_caller_may_see() {
         .collect();
     assert_eq!(kinds, vec!["Patient", "Claim"]);
 
-    // No relationship: 404, like a missing patient; a cursor of another patient: 422.
+    // No relationship: a clinician is refused as on a read (403 naming `$break-glass`,
+    // issue 13); a cursor of another patient: 422.
     let res = w
         .get(&format!("/fhir/Patient/{patient}/$everything"), &stranger)
         .await;
-    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(res.text().await.unwrap().contains("$break-glass"));
     let first = json_of(
         w.get(
             &format!("/fhir/Patient/{patient}/$everything?_count=1"),
