@@ -284,7 +284,31 @@ pub fn configure(r: &mut Routes) {
         Method::GET,
         "/console/audit",
         pages,
-        console::pages::audit_page,
+        console::pages::review::search_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/audit",
+        pages,
+        console::pages::review::search_by_mrn,
+    );
+    r.add(
+        Method::GET,
+        "/console/audit/{seq}",
+        pages,
+        console::pages::review::event_page,
+    );
+    r.add(
+        Method::GET,
+        "/console/patients/{id}/access",
+        pages,
+        console::pages::review::report_page,
+    );
+    r.add(
+        Method::GET,
+        "/console/patients/{id}/access.csv",
+        pages,
+        console::pages::review::report_csv,
     );
     r.add(
         Method::GET,

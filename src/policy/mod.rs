@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod matrix;
+pub mod review;
 pub mod views;
 
 pub use matrix::{Interaction, ResourceType, Role, View};

@@ -127,6 +127,14 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         Expect::ConsoleAction,
     ),
     ("GET", "/console/audit", Expect::ConsolePage),
+    ("POST", "/console/audit", Expect::ConsoleAction),
+    ("GET", "/console/audit/{seq}", Expect::ConsolePage),
+    ("GET", "/console/patients/{id}/access", Expect::ConsolePage),
+    (
+        "GET",
+        "/console/patients/{id}/access.csv",
+        Expect::ConsolePage,
+    ),
     ("GET", "/console/approvals", Expect::ConsolePage),
     (
         "POST",
@@ -306,6 +314,7 @@ impl Setup {
         route
             .path
             .replace("{id}", &id.to_string())
+            .replace("{seq}", "1")
             .replace("{role}", "billing")
             .replace("{action}", "disable")
             .replace("{decision}", "approve")

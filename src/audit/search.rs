@@ -1,0 +1,213 @@
+//! Searching the audit trail for review: a [`Filter`] over the PHI-free fields, paged by
+//! keyset on the chain sequence (newest first, both directions), and the events of one
+//! patient's access report. The MRN never reaches this module: the console resolves it to
+//! the internal id through the blind index first.
+
+use super::event::{AuditAction, DenyReason, PurposeOfUse, ResourceType};
+use super::store::EventRow;
+use crate::domain::{PatientId, UserId};
+use crate::schema::audit_events;
+use chrono::{DateTime, Utc};
+use diesel::pg::PgConnection;
+use diesel::prelude::*;
+use std::net::IpAddr;
+use uuid::Uuid;
+
+/// The outcome an event had (the deny reason is filtered separately).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutcomeCode {
+    Permit,
+    Deny,
+    Error,
+}
+
+impl OutcomeCode {
+    pub const ALL: [OutcomeCode; 3] = [OutcomeCode::Permit, OutcomeCode::Deny, OutcomeCode::Error];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            OutcomeCode::Permit => "permit",
+            OutcomeCode::Deny => "deny",
+            OutcomeCode::Error => "error",
+        }
+    }
+
+    pub fn from_code(code: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|o| o.code() == code)
+    }
+}
+
+/// Which events a review wants. Every field narrows; an empty filter matches every event.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Filter {
+    pub actor: Option<UserId>,
+    pub patient: Option<PatientId>,
+    pub action: Option<AuditAction>,
+    pub resource_type: Option<ResourceType>,
+    pub outcome: Option<OutcomeCode>,
+    pub deny_reason: Option<DenyReason>,
+    pub break_glass_grant: Option<Uuid>,
+    pub purpose: Option<PurposeOfUse>,
+    pub source_ip: Option<IpAddr>,
+    /// Occurred at or after.
+    pub since: Option<DateTime<Utc>>,
+    /// Occurred before.
+    pub until: Option<DateTime<Utc>>,
+}
+
+/// Where a page starts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Cursor {
+    /// The newest matching events.
+    Newest,
+    /// The events just older than this sequence number.
+    Before(i64),
+    /// The events just newer than this sequence number.
+    After(i64),
+}
+
+/// One page, newest first, with the cursors of its neighbours (`None`: no such page).
+#[derive(Debug)]
+pub struct Page {
+    pub rows: Vec<EventRow>,
+    /// `Cursor::Before(older)` opens the next older page.
+    pub older: Option<i64>,
+    /// `Cursor::After(newer)` opens the next newer page.
+    pub newer: Option<i64>,
+}
+
+type Boxed<'a> = audit_events::BoxedQuery<'a, diesel::pg::Pg, audit_events::SqlType>;
+
+fn filtered(f: &Filter) -> Boxed<'static> {
+    let mut q = audit_events::table.into_boxed();
+    if let Some(actor) = f.actor {
+        q = q.filter(audit_events::actor_user_id.eq(actor));
+    }
+    if let Some(patient) = f.patient {
+        q = q.filter(audit_events::patient_ids.contains(vec![patient]));
+    }
+    if let Some(action) = f.action {
+        q = q.filter(audit_events::action.eq(action.code()));
+    }
+    if let Some(kind) = f.resource_type {
+        q = q.filter(audit_events::resource_type.eq(kind.code()));
+    }
+    if let Some(outcome) = f.outcome {
+        q = q.filter(audit_events::outcome.eq(outcome.code()));
+    }
+    if let Some(reason) = f.deny_reason {
+        q = q.filter(audit_events::deny_reason.eq(reason.code()));
+    }
+    if let Some(grant) = f.break_glass_grant {
+        q = q.filter(audit_events::break_glass_grant_id.eq(grant));
+    }
+    if let Some(purpose) = f.purpose {
+        q = q.filter(audit_events::purpose_of_use.eq(purpose.code()));
+    }
+    if let Some(ip) = f.source_ip {
+        q = q.filter(audit_events::source_ip.eq(ip.to_string()));
+    }
+    if let Some(since) = f.since {
+        q = q.filter(audit_events::occurred_at.ge(since));
+    }
+    if let Some(until) = f.until {
+        q = q.filter(audit_events::occurred_at.lt(until));
+    }
+    q
+}
+
+/// Up to `limit` events matching `f` from `cursor`, newest first. Keyset paging on the
+/// sequence number: events appended while a reviewer pages never shift the older pages.
+pub fn search(
+    conn: &mut PgConnection,
+    f: &Filter,
+    cursor: Cursor,
+    limit: i64,
+) -> QueryResult<Page> {
+    let fetch = limit.saturating_add(1);
+    let take = usize::try_from(limit).unwrap_or(0);
+    match cursor {
+        Cursor::Newest | Cursor::Before(_) => {
+            let mut q = filtered(f)
+                .order(audit_events::seq.desc())
+                .limit(fetch)
+                .select(EventRow::as_select());
+            if let Cursor::Before(seq) = cursor {
+                q = q.filter(audit_events::seq.lt(seq));
+            }
+            let mut rows: Vec<EventRow> = q.load(conn)?;
+            let more = rows.len() > take;
+            rows.truncate(take);
+            let older = if more {
+                rows.last().map(|r| r.seq)
+            } else {
+                None
+            };
+            let newer = match cursor {
+                Cursor::Before(_) => rows.first().map(|r| r.seq),
+                _ => None,
+            };
+            Ok(Page { rows, older, newer })
+        }
+        Cursor::After(seq) => {
+            let mut rows: Vec<EventRow> = filtered(f)
+                .filter(audit_events::seq.gt(seq))
+                .order(audit_events::seq.asc())
+                .limit(fetch)
+                .select(EventRow::as_select())
+                .load(conn)?;
+            let more = rows.len() > take;
+            rows.truncate(take);
+            rows.reverse();
+            let newer = if more {
+                rows.first().map(|r| r.seq)
+            } else {
+                None
+            };
+            let older = rows.last().map(|r| r.seq);
+            Ok(Page { rows, older, newer })
+        }
+    }
+}
+
+/// One event by its sequence number.
+pub fn event(conn: &mut PgConnection, seq: i64) -> QueryResult<Option<EventRow>> {
+    audit_events::table
+        .filter(audit_events::seq.eq(seq))
+        .select(EventRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// The actions that reach a patient's data: what an access report lists.
+pub const ACCESS_ACTIONS: [AuditAction; 6] = [
+    AuditAction::Read,
+    AuditAction::Search,
+    AuditAction::Create,
+    AuditAction::Update,
+    AuditAction::Delete,
+    AuditAction::Export,
+];
+
+/// The permitted accesses to `patient`'s data in `[since, until)`, oldest first, at most
+/// `limit`: every event naming the patient, so a search whose results contained the
+/// patient is included (its `patient_ids` lists every patient it returned).
+pub fn patient_accesses(
+    conn: &mut PgConnection,
+    patient: PatientId,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    limit: i64,
+) -> QueryResult<Vec<EventRow>> {
+    let actions: Vec<&str> = ACCESS_ACTIONS.iter().map(|a| a.code()).collect();
+    audit_events::table
+        .filter(audit_events::patient_ids.contains(vec![patient]))
+        .filter(audit_events::occurred_at.ge(since))
+        .filter(audit_events::occurred_at.lt(until))
+        .filter(audit_events::outcome.eq(OutcomeCode::Permit.code()))
+        .filter(audit_events::action.eq_any(actions))
+        .order(audit_events::seq.asc())
+        .limit(limit)
+        .select(EventRow::as_select())
+        .load(conn)
+}
