@@ -115,6 +115,16 @@ pub fn configure(r: &mut Routes) {
     fhir_resource::<fhir::observation::Observations>(r);
     fhir_resource::<fhir::document_reference::DocumentReferences>(r);
     fhir_resource::<fhir::claim::Claims>(r);
+    // A patient's own access report: a Patient read for the pipeline, then own record only.
+    r.add(
+        Method::GET,
+        "/fhir/Patient/{id}/$access-report",
+        Action::Fhir(
+            crate::policy::ResourceType::Patient,
+            crate::policy::Interaction::Read,
+        ),
+        fhir::access_report::access_report,
+    );
     // Each admin route declares what it does: events for calls refused before the
     // handler (no admin role, bad body) name the real action.
     use crate::policy::admin::AdminAction as A;

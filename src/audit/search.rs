@@ -7,7 +7,7 @@ use super::event::{AuditAction, DenyReason, PurposeOfUse, ResourceType};
 use super::store::EventRow;
 use crate::domain::{PatientId, UserId};
 use crate::schema::audit_events;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use std::net::IpAddr;
@@ -210,4 +210,47 @@ pub fn patient_accesses(
         .limit(limit)
         .select(EventRow::as_select())
         .load(conn)
+}
+
+/// Display names of these people (those without one are left out).
+pub fn display_names(
+    conn: &mut PgConnection,
+    ids: &[UserId],
+) -> QueryResult<std::collections::HashMap<UserId, String>> {
+    use crate::schema::users;
+    let uuids: Vec<Uuid> = ids.iter().map(|u| u.as_uuid()).collect();
+    let rows: Vec<(Uuid, Option<String>)> = users::table
+        .filter(users::id.eq_any(uuids))
+        .select((users::id, users::display_name))
+        .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .filter_map(|(id, name)| name.map(|n| (UserId(id), n)))
+        .collect())
+}
+
+/// Why an access was allowed, as far as its event tells.
+pub fn basis(e: &EventRow) -> &'static str {
+    if e.break_glass_grant_id.is_some() {
+        "break-glass"
+    } else if e.actor_roles.iter().any(|r| r == "patient") {
+        "own record"
+    } else if e.actor_client_id.is_some() {
+        "service client"
+    } else {
+        "care team or facility"
+    }
+}
+
+/// A time bound of a review period: a date (its midnight; for an `end`, the next
+/// midnight, so the day is included) or a date and time, in UTC.
+pub fn bound(raw: &str, end: bool) -> Option<DateTime<Utc>> {
+    if let Ok(d) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
+        let d = if end { d.succ_opt()? } else { d };
+        return Some(d.and_hms_opt(0, 0, 0)?.and_utc());
+    }
+    ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
+        .iter()
+        .find_map(|f| NaiveDateTime::parse_from_str(raw, f).ok())
+        .map(|t| t.and_utc())
 }

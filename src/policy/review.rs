@@ -4,6 +4,7 @@
 //! none of them checks roles itself.
 
 use super::{DenyReason, Role};
+use crate::domain::PatientId;
 
 /// What a reviewer does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -37,9 +38,39 @@ pub fn may_review(roles: &[Role], what: Review) -> Result<(), DenyReason> {
     }
 }
 
+/// May a person read `patient`'s access report through the API? Only the patient
+/// themselves: the `patient` role and `patient` their own linked record (a clinician who
+/// may read the record may not read who else did).
+pub fn may_read_own_report(
+    roles: &[Role],
+    own_patient: Option<PatientId>,
+    patient: PatientId,
+) -> Result<(), DenyReason> {
+    if roles.contains(&Role::Patient) && own_patient == Some(patient) {
+        Ok(())
+    } else {
+        Err(DenyReason::RoleMissing)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_the_patient_reads_their_own_report_through_the_api() {
+        let me = PatientId(uuid::Uuid::from_u128(1));
+        let other = PatientId(uuid::Uuid::from_u128(2));
+        assert!(may_read_own_report(&[Role::Patient], Some(me), me).is_ok());
+        assert!(may_read_own_report(&[Role::Patient], Some(me), other).is_err());
+        assert!(may_read_own_report(&[Role::Patient], None, me).is_err());
+        for role in Role::ALL.into_iter().filter(|r| *r != Role::Patient) {
+            assert!(
+                may_read_own_report(&[role], Some(me), me).is_err(),
+                "{role:?}"
+            );
+        }
+    }
 
     #[test]
     fn only_privacy_officers_identify_patients_and_console_roles_search() {

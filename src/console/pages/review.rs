@@ -8,7 +8,7 @@
 
 use super::actions::Form;
 use super::time;
-use crate::audit::search::{self, Cursor, Filter, OutcomeCode};
+use crate::audit::search::{self, Cursor, Filter, OutcomeCode, basis, bound, display_names};
 use crate::audit::store::EventRow;
 use crate::audit::{AuditAction, DenyReason, PurposeOfUse, Recorder, ResourceType as Kind, What};
 use crate::console::gate::{Console, ConsoleForm, ConsolePage, check_post, see_other};
@@ -20,7 +20,7 @@ use actix_web::http::StatusCode;
 use actix_web::{HttpRequest, HttpResponse, web};
 use askama::Template;
 use askama_web::WebTemplate;
-use chrono::{DateTime, NaiveDate, NaiveDateTime, Utc};
+use chrono::{DateTime, Utc};
 use diesel::prelude::*;
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -179,19 +179,6 @@ fn opt<T>(
     parse(raw).map(Some).ok_or_else(|| invalid(field))
 }
 
-/// A time bound: a date (its midnight; for `to`, the next midnight: the day is included)
-/// or a date and time, in UTC.
-fn bound(raw: &str, end: bool) -> Option<DateTime<Utc>> {
-    if let Ok(d) = NaiveDate::parse_from_str(raw, "%Y-%m-%d") {
-        let d = if end { d.succ_opt()? } else { d };
-        return Some(d.and_hms_opt(0, 0, 0)?.and_utc());
-    }
-    ["%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"]
-        .iter()
-        .find_map(|f| NaiveDateTime::parse_from_str(raw, f).ok())
-        .map(|t| t.and_utc())
-}
-
 impl RawFilter {
     /// The typed filter; a field that does not parse is a 400 naming the field (never
     /// echoing the value).
@@ -239,22 +226,6 @@ fn cursor(rest: &[(String, String)]) -> Result<Cursor, AppError> {
 /// The first 8 characters of an id (the full id is on the event page).
 pub fn short(id: &Uuid) -> String {
     id.simple().to_string().chars().take(8).collect()
-}
-
-/// Display names of the people on a page.
-fn display_names(
-    conn: &mut PgConnection,
-    ids: &[UserId],
-) -> Result<HashMap<UserId, String>, AppError> {
-    let uuids: Vec<Uuid> = ids.iter().map(|u| u.as_uuid()).collect();
-    let rows: Vec<(Uuid, Option<String>)> = users_t::table
-        .filter(users_t::id.eq_any(uuids))
-        .select((users_t::id, users_t::display_name))
-        .load(conn)?;
-    Ok(rows
-        .into_iter()
-        .filter_map(|(id, name)| name.map(|n| (UserId(id), n)))
-        .collect())
 }
 
 /// A person (or client) as the review pages show them.
@@ -719,19 +690,6 @@ pub struct AccessRow {
     pub basis: &'static str,
     pub purpose: String,
     pub facility: String,
-}
-
-/// Why the access was allowed, as far as the event tells.
-fn basis(e: &EventRow) -> &'static str {
-    if e.break_glass_grant_id.is_some() {
-        "break-glass"
-    } else if e.actor_roles.iter().any(|r| r == "patient") {
-        "own record"
-    } else if e.actor_client_id.is_some() {
-        "service client"
-    } else {
-        "care team or facility"
-    }
 }
 
 fn period(raw: &RawFilter, now: DateTime<Utc>) -> Result<(DateTime<Utc>, DateTime<Utc>), AppError> {

@@ -63,6 +63,7 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("GET", "/fhir/Patient", Expect::Fhir),
     ("POST", "/fhir/Patient", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}", Expect::Fhir),
+    ("GET", "/fhir/Patient/{id}/$access-report", Expect::Fhir),
     ("PUT", "/fhir/Patient/{id}", Expect::Fhir),
     ("GET", "/fhir/Observation", Expect::Fhir),
     ("POST", "/fhir/Observation", Expect::Fhir),
