@@ -322,6 +322,12 @@ pub fn configure(r: &mut Routes) {
     );
     r.add(
         Method::GET,
+        "/console/people/{id}/activity",
+        pages,
+        console::pages::review::activity_page,
+    );
+    r.add(
+        Method::GET,
         "/console/approvals",
         pages,
         console::pages::approvals_page,

@@ -254,3 +254,103 @@ pub fn bound(raw: &str, end: bool) -> Option<DateTime<Utc>> {
         .find_map(|f| NaiveDateTime::parse_from_str(raw, f).ok())
         .map(|t| t.and_utc())
 }
+
+/// One person's activity in `[since, until)`: events per (UTC day, hour), the patients
+/// their permitted accesses named (with counts, most first, at most `top`), denials and
+/// break-glass accesses.
+#[derive(Debug, Default)]
+pub struct Activity {
+    /// (day, hour 0..24, events).
+    pub by_hour: Vec<(chrono::NaiveDate, u32, i64)>,
+    pub patients: Vec<(PatientId, i64)>,
+    pub distinct_patients: i64,
+    pub events: i64,
+    pub denials: i64,
+    pub break_glass: i64,
+}
+
+pub fn activity(
+    conn: &mut PgConnection,
+    person: UserId,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    top: i64,
+) -> QueryResult<Activity> {
+    use diesel::sql_types::{BigInt, Date, Integer, Timestamptz, Uuid as SqlUuid};
+    #[derive(QueryableByName)]
+    struct Cell {
+        #[diesel(sql_type = Date)]
+        day: chrono::NaiveDate,
+        #[diesel(sql_type = Integer)]
+        hour: i32,
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    #[derive(QueryableByName)]
+    struct PatientCount {
+        #[diesel(sql_type = SqlUuid)]
+        patient: Uuid,
+        #[diesel(sql_type = BigInt)]
+        n: i64,
+    }
+    #[derive(QueryableByName)]
+    struct Totals {
+        #[diesel(sql_type = BigInt)]
+        events: i64,
+        #[diesel(sql_type = BigInt)]
+        denials: i64,
+        #[diesel(sql_type = BigInt)]
+        break_glass: i64,
+        #[diesel(sql_type = BigInt)]
+        distinct_patients: i64,
+    }
+    let cells: Vec<Cell> = diesel::sql_query(
+        "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, \
+                extract(hour FROM occurred_at AT TIME ZONE 'UTC')::int AS hour, count(*) AS n \
+         FROM audit_events WHERE actor_user_id = $1 AND occurred_at >= $2 AND occurred_at < $3 \
+         GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind::<SqlUuid, _>(person.as_uuid())
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .load(conn)?;
+    let patients: Vec<PatientCount> = diesel::sql_query(
+        "SELECT p AS patient, count(*) AS n \
+         FROM audit_events, unnest(patient_ids) AS p \
+         WHERE actor_user_id = $1 AND occurred_at >= $2 AND occurred_at < $3 \
+           AND outcome = 'permit' \
+         GROUP BY p ORDER BY n DESC, p LIMIT $4",
+    )
+    .bind::<SqlUuid, _>(person.as_uuid())
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .bind::<BigInt, _>(top)
+    .load(conn)?;
+    let totals: Totals = diesel::sql_query(
+        "SELECT count(*) AS events, \
+                count(*) FILTER (WHERE outcome = 'deny') AS denials, \
+                count(*) FILTER (WHERE break_glass_grant_id IS NOT NULL) AS break_glass, \
+                (SELECT count(DISTINCT p) FROM audit_events e2, unnest(e2.patient_ids) AS p \
+                  WHERE e2.actor_user_id = $1 AND e2.occurred_at >= $2 AND e2.occurred_at < $3 \
+                    AND e2.outcome = 'permit') AS distinct_patients \
+         FROM audit_events WHERE actor_user_id = $1 AND occurred_at >= $2 AND occurred_at < $3",
+    )
+    .bind::<SqlUuid, _>(person.as_uuid())
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .get_result(conn)?;
+    Ok(Activity {
+        by_hour: cells
+            .into_iter()
+            .map(|c| (c.day, u32::try_from(c.hour).unwrap_or(0), c.n))
+            .collect(),
+        patients: patients
+            .into_iter()
+            .map(|p| (PatientId(p.patient), p.n))
+            .collect(),
+        distinct_patients: totals.distinct_patients,
+        events: totals.events,
+        denials: totals.denials,
+        break_glass: totals.break_glass,
+    })
+}

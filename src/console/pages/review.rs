@@ -883,6 +883,141 @@ pub async fn report_csv(
         .body(out))
 }
 
+// ---------------------------------------------------------------------------------------
+// GET /console/people/{id}/activity: one person's accesses in a period.
+
+/// One day of the heat map: 24 cells, each a count and its shade class (h0..h4).
+pub struct HeatRow {
+    pub day: String,
+    pub cells: Vec<(i64, &'static str)>,
+}
+
+/// The shade of `n` events when the busiest hour has `max` (CSS classes, no inline style:
+/// the CSP is unchanged).
+pub fn shade(n: i64, max: i64) -> &'static str {
+    if n <= 0 || max <= 0 {
+        return "h0";
+    }
+    let share = u64::try_from(n.saturating_mul(4))
+        .unwrap_or(0)
+        .div_ceil(u64::try_from(max).unwrap_or(1));
+    match share {
+        0 | 1 => "h1",
+        2 => "h2",
+        3 => "h3",
+        _ => "h4",
+    }
+}
+
+/// The heat map rows of `[since, until)`: every day, oldest first (at most 92).
+fn heat_map(
+    cells: &[(chrono::NaiveDate, u32, i64)],
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> Vec<HeatRow> {
+    let max = cells.iter().map(|c| c.2).max().unwrap_or(0);
+    let mut rows = Vec::new();
+    let mut day = since.date_naive();
+    let last = (until - chrono::Duration::microseconds(1)).date_naive();
+    while day <= last && rows.len() < 92 {
+        let counts: Vec<(i64, &'static str)> = (0..24u32)
+            .map(|h| {
+                let n = cells
+                    .iter()
+                    .find(|c| c.0 == day && c.1 == h)
+                    .map(|c| c.2)
+                    .unwrap_or(0);
+                (n, shade(n, max))
+            })
+            .collect();
+        rows.push(HeatRow {
+            day: day.format("%Y-%m-%d").to_string(),
+            cells: counts,
+        });
+        let Some(next) = day.succ_opt() else { break };
+        day = next;
+    }
+    rows
+}
+
+/// Most patients the activity page lists.
+const ACTIVITY_PATIENTS: i64 = 50;
+/// The default period of the activity page (days back from now).
+const ACTIVITY_DEFAULT_DAYS: i64 = 30;
+
+#[derive(Template, WebTemplate)]
+#[template(path = "console/activity.html")]
+pub struct ActivityPage {
+    chrome: super::Chrome,
+    person: String,
+    person_id: String,
+    since: String,
+    until: String,
+    events: i64,
+    denials: i64,
+    break_glass: i64,
+    distinct_patients: i64,
+    patients: Vec<(PatientCell, i64)>,
+    identify: bool,
+    heat: Vec<HeatRow>,
+    hours: Vec<u32>,
+}
+
+/// GET /console/people/{id}/activity?from=&to=: one person's accesses in the period
+/// (default: the last 30 days): counts, denials, break-glass, the patients, and a
+/// day-by-hour heat map.
+pub async fn activity_page(
+    req: HttpRequest,
+    page: ConsolePage,
+    path: web::Path<String>,
+) -> Result<ActivityPage, AppError> {
+    let what = What::new(AuditAction::Search).on(Kind::AuditLog);
+    admit(&page, Review::SearchTrail, what).await?;
+    let who = UserId::parse(&path).ok_or_else(AppError::not_found)?;
+    let (raw, _) = RawFilter::split(pairs(req.query_string()));
+    let now = page.state.clock.now();
+    let since = opt(&raw.from, "from", |s| bound(s, false))?
+        .unwrap_or(now - chrono::Duration::days(ACTIVITY_DEFAULT_DAYS));
+    let until = opt(&raw.to, "to", |s| bound(s, true))?.unwrap_or(now);
+    let identify = may_review(&page.me.user.roles, Review::IdentifyPatients).is_ok();
+    let kr = page.state.keyring.clone();
+    let (activity, name, patients) = page
+        .state
+        .db
+        .run(move |c| {
+            let a = search::activity(c, who, since, until, ACTIVITY_PATIENTS)?;
+            let name = display_names(c, &[who])?.remove(&who);
+            let ids: Vec<PatientId> = a.patients.iter().map(|p| p.0).collect();
+            let cells = patient_cells(c, &kr, &ids, identify)?;
+            Ok((a, name, cells))
+        })
+        .await?;
+    let identified: Vec<PatientId> = if identify {
+        activity.patients.iter().map(|p| p.0).collect()
+    } else {
+        Vec::new()
+    };
+    viewed(&page, what.id(who.as_uuid()), identified).await?;
+    Ok(ActivityPage {
+        chrome: page.0.chrome,
+        person: name.unwrap_or_else(|| "(no display name)".into()),
+        person_id: who.to_string(),
+        since: time(since),
+        until: time(until),
+        events: activity.events,
+        denials: activity.denials,
+        break_glass: activity.break_glass,
+        distinct_patients: activity.distinct_patients,
+        patients: patients
+            .into_iter()
+            .zip(activity.patients.iter().map(|p| p.1))
+            .collect(),
+        identify,
+        heat: heat_map(&activity.by_hour, since, until),
+        hours: (0..24).collect(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -914,6 +1049,21 @@ mod tests {
         assert!(!err.contains("script"), "{err}");
         assert!(cursor(&pairs("before=1&after=2")).is_err());
         assert_eq!(raw.query(&[]), "action=%3Cscript%3E");
+    }
+
+    #[test]
+    fn heat_map_shades_by_share_of_the_busiest_hour() {
+        assert_eq!(shade(0, 10), "h0");
+        assert_eq!(shade(1, 10), "h1");
+        assert_eq!(shade(5, 10), "h2");
+        assert_eq!(shade(7, 10), "h3");
+        assert_eq!(shade(10, 10), "h4");
+        let d = chrono::NaiveDate::from_ymd_opt(2026, 1, 2).unwrap();
+        let since = d.and_hms_opt(0, 0, 0).unwrap().and_utc();
+        let rows = heat_map(&[(d, 13, 4)], since, since + chrono::Duration::days(2));
+        assert_eq!(rows.len(), 2);
+        assert_eq!(rows[0].cells[13], (4, "h4"));
+        assert_eq!(rows[1].cells[13], (0, "h0"));
     }
 
     #[test]

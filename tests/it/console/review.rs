@@ -786,3 +786,58 @@ async fn access_report_lists_reads_and_searches_of_the_patient_only() {
         .await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 }
+
+#[tokio::test]
+async fn person_activity_counts_accesses_with_a_day_by_hour_heat_map() {
+    let w = world().await;
+    let r = &w.r;
+    let po = r.sign_in(w.officer);
+    let path = format!("/console/people/{}/activity?{PERIOD}", w.doctor);
+    let html = r.page(&po, &path).await;
+    let total = |id: &str| {
+        html.split(&format!("id=\"{id}\">"))
+            .nth(1)
+            .and_then(|s| s.split('<').next())
+            .unwrap()
+            .to_string()
+    };
+    // The doctor: a read of p2, a denied read of p1, a break-glass create for p1.
+    assert_eq!(total("total-events"), "3");
+    assert_eq!(total("total-denials"), "1");
+    assert_eq!(total("total-break-glass"), "1");
+    assert_eq!(total("total-patients"), "2");
+    // 31 days of 24 hours; 7 January 11:00 holds one event (the busiest shade).
+    assert_eq!(html.matches("<th scope=\"row\">2026-01-").count(), 31);
+    let jan7 = html
+        .split("<th scope=\"row\">2026-01-07</th>")
+        .nth(1)
+        .unwrap();
+    let cells: Vec<&str> = jan7.split("</tr>").next().unwrap().split("<td ").collect();
+    assert!(cells[12].starts_with("class=\"h4\""), "{}", cells[12]);
+    assert!(cells[11].starts_with("class=\"h0\""), "{}", cells[11]);
+    // Privacy officers see who the patients are; administrators see ids only.
+    assert!(
+        html.contains("MRN-1001") && html.contains("MRN-2002"),
+        "{html}"
+    );
+    let admin = r.sign_in(w.admin);
+    let html = r.page(&admin, &path).await;
+    assert!(
+        !html.contains("MRN-1001") && !html.contains("Alice"),
+        "{html}"
+    );
+    // Both views are recorded, on the person, naming patients only when identified.
+    let viewed: Vec<_> = r
+        .events_of(w.officer)
+        .into_iter()
+        .chain(r.events_of(w.admin))
+        .filter(|e| e.2 == Some(w.doctor))
+        .collect();
+    assert_eq!(viewed.len(), 2, "{viewed:?}");
+    let mut named = viewed[0].3.clone();
+    named.sort();
+    let mut both = vec![w.p1, w.p2];
+    both.sort();
+    assert_eq!(named, both);
+    assert!(viewed[1].3.is_empty());
+}
