@@ -38,6 +38,7 @@ struct Review {
 struct Browser {
     client: reqwest::Client,
     csrf: String,
+    session_id: String,
 }
 
 impl Review {
@@ -134,7 +135,11 @@ impl Review {
             .cookie_provider(jar)
             .build()
             .unwrap();
-        Browser { client, csrf }
+        Browser {
+            client,
+            csrf,
+            session_id,
+        }
     }
 
     async fn get(&self, b: &Browser, path: &str) -> reqwest::Response {
@@ -840,4 +845,81 @@ async fn person_activity_counts_accesses_with_a_day_by_hour_heat_map() {
     both.sort();
     assert_eq!(named, both);
     assert!(viewed[1].3.is_empty());
+}
+
+/// The page is no wider than the window (no horizontal scrolling).
+async fn fits(chromium: &crate::support::browser::Browser, what: &str) {
+    let v = chromium
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await;
+    let (scroll, inner) = (v[0].as_i64().unwrap(), v[1].as_i64().unwrap());
+    assert!(inner <= 1280, "the test window is at most 1280 px wide");
+    assert!(
+        scroll <= inner,
+        "{what}: {scroll} px wide in a {inner}-px window"
+    );
+}
+
+#[tokio::test]
+async fn browser_search_event_report_and_activity_fit_the_window() {
+    let w = world().await;
+    let r = &w.r;
+    let po = r.sign_in(w.officer);
+    let chromium = crate::support::browser::Browser::start(&test_cert().cert_pem).await;
+    chromium.goto(&r.app.url("/console/signin")).await;
+    chromium
+        .add_cookie("__Host-custodian", &po.session_id)
+        .await;
+    // The search, filtered on a patient found by MRN (the form is posted).
+    chromium
+        .goto(&r.app.url(&format!("/console/audit?{PERIOD}")))
+        .await;
+    chromium.wait_for_text("Nora Nurse").await;
+    fits(&chromium, "search").await;
+    chromium.fill("Patient MRN", "MRN-1001").await;
+    chromium.click("Search").await;
+    let text = chromium.wait_for_text("Alice Anders").await;
+    assert!(text.contains("Access report"), "{text}");
+    assert!(!chromium.current_url().await.as_str().contains("1001"));
+    chromium.page_shot("privacy-audit-search").await;
+    fits(&chromium, "search by patient").await;
+    // One event.
+    let seq = w.seeds[1].0;
+    chromium
+        .goto(&r.app.url(&format!("/console/audit/{seq}")))
+        .await;
+    let text = chromium.wait_for_text("Chain hash").await;
+    assert!(text.contains("MRN-2002"), "{text}");
+    chromium.page_shot("privacy-audit-event").await;
+    fits(&chromium, "event").await;
+    // The patient's access report.
+    chromium
+        .goto(
+            &r.app
+                .url(&format!("/console/patients/{}/access?{PERIOD}", w.p1)),
+        )
+        .await;
+    chromium.wait_for_text("search results").await;
+    chromium.page_shot("privacy-access-report").await;
+    fits(&chromium, "report").await;
+    // A person's activity.
+    chromium
+        .goto(
+            &r.app
+                .url(&format!("/console/people/{}/activity?{PERIOD}", w.nurse)),
+        )
+        .await;
+    chromium.wait_for_text("Events by day and hour").await;
+    chromium.page_shot("privacy-activity").await;
+    fits(&chromium, "activity").await;
+    let messages = chromium.console_messages().await;
+    assert!(
+        !messages
+            .iter()
+            .any(|m| m.contains("Content Security Policy")),
+        "{messages:?}"
+    );
 }
