@@ -39,14 +39,35 @@ pub struct Dashboard {
     /// Whether the administration links show: [`Chrome::admin`], decided by
     /// `policy::admin::console_area` like the pages themselves (no role check here).
     admin: bool,
+    /// The audit chain: its last sequence number, newest signed checkpoint and the events
+    /// appended since (metadata of the trail, no PHI).
+    chain_seq: i64,
+    checkpoint_no: i64,
+    checkpoint_seq: i64,
+    checkpoint_at: String,
+    since_checkpoint: i64,
 }
 
 /// GET /console: who is signed in and how long the session has left, and links to the
 /// parts of the console the viewer's role opens.
-pub async fn dashboard(page: ConsolePage) -> Dashboard {
+pub async fn dashboard(page: ConsolePage) -> Result<Dashboard, AppError> {
+    let head = page
+        .state
+        .db
+        .run(|c| Ok(crate::audit::store::head(c)?))
+        .await?;
     let me = &page.me;
     let roles: Vec<&str> = me.user.roles.iter().map(|r| r.as_str()).collect();
-    Dashboard {
+    Ok(Dashboard {
+        chain_seq: head.seq,
+        checkpoint_no: head.checkpoint_no,
+        checkpoint_seq: head.checkpoint_seq,
+        checkpoint_at: if head.checkpoint_no > 0 {
+            time(head.checkpoint_at)
+        } else {
+            String::new()
+        },
+        since_checkpoint: head.seq - head.checkpoint_seq,
         subject: me.subject.clone(),
         issuer: me.issuer.clone(),
         roles: roles.join(", "),
@@ -54,7 +75,7 @@ pub async fn dashboard(page: ConsolePage) -> Dashboard {
         seconds_left: page.chrome.seconds_left,
         csrf_token: me.session.csrf_token.clone(),
         admin: page.chrome.admin,
-    }
+    })
 }
 
 /// The fixed confirmation shown after a change (`?done=`); unknown codes show nothing.

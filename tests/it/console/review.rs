@@ -923,3 +923,51 @@ async fn browser_search_event_report_and_activity_fit_the_window() {
         "{messages:?}"
     );
 }
+
+#[tokio::test]
+async fn dashboard_shows_the_chain_head_and_newest_checkpoint() {
+    let w = world().await;
+    let r = &w.r;
+    let po = r.sign_in(w.officer);
+    let max_seq = || -> i64 {
+        use custodian::db::schema::audit_events as ae;
+        ae::table
+            .select(diesel::dsl::max(ae::seq))
+            .first::<Option<i64>>(&mut r.app.db.conn())
+            .unwrap()
+            .unwrap()
+    };
+    let field = |html: &str, id: &str| {
+        html.split(&format!("id=\"{id}\">"))
+            .nth(1)
+            .and_then(|s| s.split("</dd>").next())
+            .unwrap()
+            .to_string()
+    };
+    let html = r.page(&po, "/console").await;
+    assert_eq!(field(&html, "chain-seq"), max_seq().to_string());
+    // A batch that signs a checkpoint: the dashboard names it, zero events since.
+    let key = r.config.audit.chain_key().unwrap();
+    let signer = r.config.audit.signing_key().unwrap();
+    let policy = CheckpointPolicy {
+        every_events: 1,
+        every_secs: 1,
+    };
+    let done = append_batch(
+        &mut r.app.db.conn(),
+        &key,
+        &signer,
+        policy,
+        &[w.seeds[0].1.event()],
+    )
+    .unwrap();
+    let cp = done.checkpoint.expect("a checkpoint");
+    let html = r.page(&po, "/console").await;
+    assert_eq!(field(&html, "chain-seq"), done.last_seq.to_string());
+    assert!(
+        field(&html, "chain-checkpoint")
+            .starts_with(&format!("no. {} at event {}", cp.checkpoint, done.last_seq)),
+        "{html}"
+    );
+    assert_eq!(field(&html, "chain-since"), "0");
+}
