@@ -971,3 +971,53 @@ async fn dashboard_shows_the_chain_head_and_newest_checkpoint() {
     );
     assert_eq!(field(&html, "chain-since"), "0");
 }
+
+#[tokio::test]
+async fn demo_history_is_seeded_once_marked_and_keeps_the_chain_verifiable() {
+    let r = Review::start().await;
+    for i in 0..12 {
+        r.patient(&format!("SYN-{i:06}"), "Syn", "Thetic");
+    }
+    let key = r.config.audit.chain_key().unwrap();
+    let signer = r.config.audit.signing_key().unwrap();
+    let mut conn = r.app.db.conn();
+    let now = Utc::now();
+    let added =
+        custodian::dev::history::seed_history(&mut conn, &key, &signer, &r.issuer, now).unwrap();
+    assert!(added > 200, "{added}");
+    let again =
+        custodian::dev::history::seed_history(&mut conn, &key, &signer, &r.issuer, now).unwrap();
+    assert_eq!(again, 0, "seeded once");
+    use custodian::db::schema::audit_events as ae;
+    let marked: Vec<(Option<String>, String, Option<Uuid>, DateTime<Utc>)> = ae::table
+        .filter(ae::client_app.eq(custodian::dev::history::MARK))
+        .select((
+            ae::deny_reason,
+            ae::action,
+            ae::break_glass_grant_id,
+            ae::occurred_at,
+        ))
+        .load(&mut conn)
+        .unwrap();
+    assert_eq!(marked.len(), added);
+    assert!(marked.iter().filter(|e| e.0.is_some()).count() >= 3);
+    assert!(marked.iter().any(|e| e.1 == "search"));
+    assert_eq!(marked.iter().filter(|e| e.2.is_some()).count(), 1);
+    assert!(
+        marked
+            .iter()
+            .all(|e| e.3 <= now && e.3 >= now - chrono::Duration::days(31))
+    );
+    let verified = custodian::audit::ops::verify_database(
+        &mut conn,
+        key,
+        signer.public_key(),
+        Vec::new(),
+        |_| {},
+    )
+    .unwrap();
+    assert!(
+        verified.is_ok(),
+        "the chain verifies with the history in it"
+    );
+}
