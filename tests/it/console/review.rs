@@ -989,7 +989,8 @@ async fn demo_history_is_seeded_once_marked_and_keeps_the_chain_verifiable() {
         custodian::dev::history::seed_history(&mut conn, &key, &signer, &r.issuer, now).unwrap();
     assert_eq!(again, 0, "seeded once");
     use custodian::db::schema::audit_events as ae;
-    let marked: Vec<(Option<String>, String, Option<Uuid>, DateTime<Utc>)> = ae::table
+    type Marked = (Option<String>, String, Option<Uuid>, DateTime<Utc>);
+    let marked: Vec<Marked> = ae::table
         .filter(ae::client_app.eq(custodian::dev::history::MARK))
         .select((
             ae::deny_reason,
