@@ -53,12 +53,15 @@ pub struct Filter {
     pub since: Option<DateTime<Utc>>,
     /// Occurred before.
     pub until: Option<DateTime<Utc>>,
+    /// Pages list the oldest events first (default: newest first).
+    pub oldest_first: bool,
 }
 
 /// Where a page starts.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Cursor {
-    /// The newest matching events.
+    /// The first page: the newest matching events (the oldest, with
+    /// [`Filter::oldest_first`]).
     Newest,
     /// The events just older than this sequence number.
     Before(i64),
@@ -66,7 +69,8 @@ pub enum Cursor {
     After(i64),
 }
 
-/// One page, newest first, with the cursors of its neighbours (`None`: no such page).
+/// One page, in the filter's order, with the cursors of its neighbours (`None`: no such
+/// page).
 #[derive(Debug)]
 pub struct Page {
     pub rows: Vec<EventRow>,
@@ -116,58 +120,102 @@ fn filtered(f: &Filter) -> Boxed<'static> {
     q
 }
 
-/// Up to `limit` events matching `f` from `cursor`, newest first. Keyset paging on the
-/// sequence number: events appended while a reviewer pages never shift the older pages.
+/// Up to `limit` events matching `f` from `cursor`, newest first (oldest first with
+/// [`Filter::oldest_first`]). Keyset paging on the sequence number: events appended while
+/// a reviewer pages never shift the pages already seen.
 pub fn search(
     conn: &mut PgConnection,
     f: &Filter,
     cursor: Cursor,
     limit: i64,
 ) -> QueryResult<Page> {
-    let fetch = limit.saturating_add(1);
     let take = usize::try_from(limit).unwrap_or(0);
-    match cursor {
-        Cursor::Newest | Cursor::Before(_) => {
-            let mut q = filtered(f)
-                .order(audit_events::seq.desc())
-                .limit(fetch)
-                .select(EventRow::as_select());
-            if let Cursor::Before(seq) = cursor {
-                q = q.filter(audit_events::seq.lt(seq));
+    // Rows just beyond `bound` (older: seq < bound, newest first; newer: seq > bound,
+    // oldest first), and whether there are more.
+    let mut fetch = |older: bool, bound: Option<i64>| -> QueryResult<(Vec<EventRow>, bool)> {
+        let mut q = filtered(f)
+            .limit(limit.saturating_add(1))
+            .select(EventRow::as_select());
+        q = if older {
+            q.order(audit_events::seq.desc())
+        } else {
+            q.order(audit_events::seq.asc())
+        };
+        if let Some(b) = bound {
+            q = if older {
+                q.filter(audit_events::seq.lt(b))
+            } else {
+                q.filter(audit_events::seq.gt(b))
+            };
+        }
+        let mut rows: Vec<EventRow> = q.load(conn)?;
+        let more = rows.len() > take;
+        rows.truncate(take);
+        Ok((rows, more))
+    };
+    let first = |rows: &[EventRow]| rows.first().map(|r| r.seq);
+    let last = |rows: &[EventRow]| rows.last().map(|r| r.seq);
+    let page = match (f.oldest_first, cursor) {
+        // Newest first: rows descend.
+        (false, Cursor::Newest) => {
+            let (rows, more) = fetch(true, None)?;
+            let older = if more { last(&rows) } else { None };
+            Page {
+                older,
+                newer: None,
+                rows,
             }
-            let mut rows: Vec<EventRow> = q.load(conn)?;
-            let more = rows.len() > take;
-            rows.truncate(take);
-            let older = if more {
-                rows.last().map(|r| r.seq)
-            } else {
-                None
-            };
-            let newer = match cursor {
-                Cursor::Before(_) => rows.first().map(|r| r.seq),
-                _ => None,
-            };
-            Ok(Page { rows, older, newer })
         }
-        Cursor::After(seq) => {
-            let mut rows: Vec<EventRow> = filtered(f)
-                .filter(audit_events::seq.gt(seq))
-                .order(audit_events::seq.asc())
-                .limit(fetch)
-                .select(EventRow::as_select())
-                .load(conn)?;
-            let more = rows.len() > take;
-            rows.truncate(take);
+        (false, Cursor::Before(seq)) => {
+            let (rows, more) = fetch(true, Some(seq))?;
+            let older = if more { last(&rows) } else { None };
+            Page {
+                older,
+                newer: first(&rows),
+                rows,
+            }
+        }
+        (false, Cursor::After(seq)) => {
+            let (mut rows, more) = fetch(false, Some(seq))?;
             rows.reverse();
-            let newer = if more {
-                rows.first().map(|r| r.seq)
-            } else {
-                None
-            };
-            let older = rows.last().map(|r| r.seq);
-            Ok(Page { rows, older, newer })
+            let newer = if more { first(&rows) } else { None };
+            Page {
+                older: last(&rows),
+                newer,
+                rows,
+            }
         }
-    }
+        // Oldest first: rows ascend.
+        (true, Cursor::Newest) => {
+            let (rows, more) = fetch(false, None)?;
+            let newer = if more { last(&rows) } else { None };
+            Page {
+                older: None,
+                newer,
+                rows,
+            }
+        }
+        (true, Cursor::After(seq)) => {
+            let (rows, more) = fetch(false, Some(seq))?;
+            let newer = if more { last(&rows) } else { None };
+            Page {
+                older: first(&rows),
+                newer,
+                rows,
+            }
+        }
+        (true, Cursor::Before(seq)) => {
+            let (mut rows, more) = fetch(true, Some(seq))?;
+            rows.reverse();
+            let older = if more { first(&rows) } else { None };
+            Page {
+                older,
+                newer: last(&rows),
+                rows,
+            }
+        }
+    };
+    Ok(page)
 }
 
 /// One event by its sequence number.

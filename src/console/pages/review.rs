@@ -82,11 +82,13 @@ pub struct RawFilter {
     pub ip: String,
     pub from: String,
     pub to: String,
+    /// `oldest` (oldest first) or empty / `newest`.
+    pub order: String,
 }
 
-const FILTER_FIELDS: [&str; 11] = [
+const FILTER_FIELDS: [&str; 12] = [
     "person", "patient", "action", "resource", "outcome", "reason", "grant", "purpose", "ip",
-    "from", "to",
+    "from", "to", "order",
 ];
 
 impl RawFilter {
@@ -103,6 +105,7 @@ impl RawFilter {
             "ip" => &mut self.ip,
             "from" => &mut self.from,
             "to" => &mut self.to,
+            "order" => &mut self.order,
             _ => return None,
         })
     }
@@ -119,6 +122,7 @@ impl RawFilter {
             "purpose" => &self.purpose,
             "ip" => &self.ip,
             "from" => &self.from,
+            "order" => &self.order,
             _ => &self.to,
         }
     }
@@ -164,6 +168,7 @@ fn invalid(field: &'static str) -> AppError {
         "purpose" => "Invalid filter 'purpose': choose one of the listed purposes of use.",
         "ip" => "Invalid filter 'ip': give an IPv4 or IPv6 address.",
         "from" | "to" => "Invalid time range: use dates as YYYY-MM-DD or YYYY-MM-DDTHH:MM (UTC).",
+        "order" => "Invalid order: use newest or oldest.",
         _ => "Invalid query.",
     })
 }
@@ -195,6 +200,12 @@ impl RawFilter {
             source_ip: opt(&self.ip, "ip", |s| s.parse::<IpAddr>().ok())?,
             since: opt(&self.from, "from", |s| bound(s, false))?,
             until: opt(&self.to, "to", |s| bound(s, true))?,
+            oldest_first: opt(&self.order, "order", |s| match s {
+                "newest" => Some(false),
+                "oldest" => Some(true),
+                _ => None,
+            })?
+            .unwrap_or(false),
         })
     }
 }
@@ -349,6 +360,7 @@ pub struct SearchPage {
     older: String,
     newer: String,
     newest: String,
+    oldest_first: bool,
 }
 
 /// GET /console/audit?<filters>&before=|after=: the audit search, newest first.
@@ -449,6 +461,7 @@ pub async fn search_page(req: HttpRequest, page: ConsolePage) -> Result<SearchPa
         older,
         newer,
         newest,
+        oldest_first: filter.oldest_first,
     })
 }
 
