@@ -310,6 +310,8 @@ pub fn bound(raw: &str, end: bool) -> Option<DateTime<Utc>> {
 pub struct Activity {
     /// (day, hour 0..24, events).
     pub by_hour: Vec<(chrono::NaiveDate, u32, i64)>,
+    /// (day, permitted, denied).
+    pub by_day: Vec<(chrono::NaiveDate, i64, i64)>,
     pub patients: Vec<(PatientId, i64)>,
     pub distinct_patients: i64,
     pub events: i64,
@@ -335,6 +337,15 @@ pub fn activity(
         n: i64,
     }
     #[derive(QueryableByName)]
+    struct Day {
+        #[diesel(sql_type = Date)]
+        day: chrono::NaiveDate,
+        #[diesel(sql_type = BigInt)]
+        permit: i64,
+        #[diesel(sql_type = BigInt)]
+        deny: i64,
+    }
+    #[derive(QueryableByName)]
     struct PatientCount {
         #[diesel(sql_type = SqlUuid)]
         patient: Uuid,
@@ -357,6 +368,17 @@ pub fn activity(
                 extract(hour FROM occurred_at AT TIME ZONE 'UTC')::int AS hour, count(*) AS n \
          FROM audit_events WHERE actor_user_id = $1 AND occurred_at >= $2 AND occurred_at < $3 \
          GROUP BY 1, 2 ORDER BY 1, 2",
+    )
+    .bind::<SqlUuid, _>(person.as_uuid())
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .load(conn)?;
+    let days: Vec<Day> = diesel::sql_query(
+        "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, \
+                count(*) FILTER (WHERE outcome = 'permit') AS permit, \
+                count(*) FILTER (WHERE outcome = 'deny') AS deny \
+         FROM audit_events WHERE actor_user_id = $1 AND occurred_at >= $2 AND occurred_at < $3 \
+         GROUP BY 1 ORDER BY 1",
     )
     .bind::<SqlUuid, _>(person.as_uuid())
     .bind::<Timestamptz, _>(since)
@@ -391,6 +413,10 @@ pub fn activity(
         by_hour: cells
             .into_iter()
             .map(|c| (c.day, u32::try_from(c.hour).unwrap_or(0), c.n))
+            .collect(),
+        by_day: days
+            .into_iter()
+            .map(|d| (d.day, d.permit, d.deny))
             .collect(),
         patients: patients
             .into_iter()

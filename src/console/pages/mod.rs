@@ -7,6 +7,7 @@
 //! `templates/console/layout.html`).
 
 pub mod actions;
+pub mod charts;
 pub mod review;
 
 use super::gate::{AdminPage, Chrome, ConsolePage};

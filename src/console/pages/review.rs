@@ -953,6 +953,19 @@ fn heat_map(
     rows
 }
 
+/// (permitted, denied) for each day of the heat map, in its order.
+fn heat_days(by_day: &[(chrono::NaiveDate, i64, i64)], heat: &[HeatRow]) -> Vec<(i64, i64)> {
+    heat.iter()
+        .map(|row| {
+            by_day
+                .iter()
+                .find(|d| d.0.format("%Y-%m-%d").to_string() == row.day)
+                .map(|d| (d.1, d.2))
+                .unwrap_or((0, 0))
+        })
+        .collect()
+}
+
 /// Most patients the activity page lists.
 const ACTIVITY_PATIENTS: i64 = 50;
 /// The default period of the activity page (days back from now).
@@ -974,6 +987,8 @@ pub struct ActivityPage {
     identify: bool,
     heat: Vec<HeatRow>,
     hours: Vec<u32>,
+    /// Accesses per day by outcome (SVG, plotters), empty if it could not be drawn.
+    per_day: String,
 }
 
 /// GET /console/people/{id}/activity?from=&to=: one person's accesses in the period
@@ -1011,6 +1026,7 @@ pub async fn activity_page(
         Vec::new()
     };
     viewed(&page, what.id(who.as_uuid()), identified).await?;
+    let heat = heat_map(&activity.by_hour, since, until);
     Ok(ActivityPage {
         chrome: page.0.chrome,
         person: name.unwrap_or_else(|| "(no display name)".into()),
@@ -1026,7 +1042,9 @@ pub async fn activity_page(
             .zip(activity.patients.iter().map(|p| p.1))
             .collect(),
         identify,
-        heat: heat_map(&activity.by_hour, since, until),
+        per_day: super::charts::per_day_by_outcome(&heat_days(&activity.by_day, &heat))
+            .unwrap_or_default(),
+        heat,
         hours: (0..24).collect(),
     })
 }
