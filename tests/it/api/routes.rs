@@ -131,6 +131,7 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("POST", "/console/audit", Expect::ConsoleAction),
     ("GET", "/console/audit/{seq}", Expect::ConsolePage),
     ("GET", "/console/patients/{id}/access", Expect::ConsolePage),
+    ("GET", "/console/people/{id}/activity", Expect::ConsolePage),
     (
         "GET",
         "/console/patients/{id}/access.csv",
