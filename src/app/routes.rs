@@ -175,6 +175,16 @@ pub fn configure(r: &mut Routes) {
             fhir::break_glass::end,
         );
     }
+    // A patient's own access report: a Patient read for the pipeline, then own record only.
+    r.add(
+        Method::GET,
+        "/fhir/Patient/{id}/$access-report",
+        Action::Fhir(
+            crate::policy::ResourceType::Patient,
+            crate::policy::Interaction::Read,
+        ),
+        fhir::access_report::access_report,
+    );
     // Each admin route declares what it does: events for calls refused before the
     // handler (no admin role, bad body) name the real action.
     use crate::policy::admin::AdminAction as A;
@@ -362,7 +372,37 @@ pub fn configure(r: &mut Routes) {
         Method::GET,
         "/console/audit",
         pages,
-        console::pages::audit_page,
+        console::pages::review::search_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/audit",
+        pages,
+        console::pages::review::search_by_mrn,
+    );
+    r.add(
+        Method::GET,
+        "/console/audit/{seq}",
+        pages,
+        console::pages::review::event_page,
+    );
+    r.add(
+        Method::GET,
+        "/console/patients/{id}/access",
+        pages,
+        console::pages::review::report_page,
+    );
+    r.add(
+        Method::GET,
+        "/console/patients/{id}/access.csv",
+        pages,
+        console::pages::review::report_csv,
+    );
+    r.add(
+        Method::GET,
+        "/console/people/{id}/activity",
+        pages,
+        console::pages::review::activity_page,
     );
     r.add(
         Method::GET,

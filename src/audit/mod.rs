@@ -21,6 +21,7 @@ pub mod event;
 pub mod flood;
 pub mod ops;
 pub mod recorder;
+pub mod search;
 pub mod store;
 pub mod verify;
 pub mod writer;

@@ -296,6 +296,20 @@ fn seed_synthetic(
             report.already_present
         );
     }
+    let history = crate::dev::history::seed_history(
+        &mut conn,
+        &config.audit.chain_key()?,
+        &config.audit.signing_key()?,
+        issuer,
+        chrono::Utc::now(),
+    )
+    .map_err(|e| anyhow::anyhow!("seeding the demo access history failed: {e}"))?;
+    if history > 0 {
+        say!(
+            "seeded {history} synthetic audit events (30 days of demo access history, client app {})",
+            crate::dev::history::MARK
+        );
+    }
     let password_file = dev_dir()
         .join("keys")
         .join(crate::dev::totp::EMERGENCY_PASSWORD_FILE);

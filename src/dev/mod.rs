@@ -3,6 +3,7 @@
 //! data, and a private PostgreSQL cluster. The
 //! `custodian dev` command that ties them together is [`crate::cli::dev`].
 
+pub mod history;
 pub mod idp;
 pub mod pgcluster;
 pub mod seed;

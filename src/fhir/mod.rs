@@ -1,5 +1,6 @@
 //! The FHIR R4 API.
 
+pub mod access_report;
 pub mod break_glass;
 pub mod bundle;
 pub mod claim;

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod break_glass;
 pub mod confidentiality;
 pub mod matrix;
+pub mod review;
 pub mod views;
 
 pub use confidentiality::Confidentiality;

@@ -8,6 +8,8 @@
 
 pub mod actions;
 pub mod break_glass;
+pub mod charts;
+pub mod review;
 
 use super::gate::{AdminPage, Chrome, ConsolePage};
 use super::store;
@@ -24,8 +26,6 @@ use uuid::Uuid;
 
 /// Users per page of the users list.
 pub const PAGE_SIZE: i64 = 25;
-/// Events per page of the audit list.
-pub const AUDIT_PAGE_SIZE: i64 = 50;
 /// Longest accepted search text (characters).
 const MAX_SEARCH_CHARS: usize = 100;
 
@@ -45,6 +45,13 @@ pub struct Dashboard {
     alerts: Vec<AlertRow>,
     /// Grants whose review is overdue.
     overdue: Vec<break_glass::GrantRow>,
+    /// The audit chain: its last sequence number, newest signed checkpoint and the events
+    /// appended since (metadata of the trail, no PHI).
+    chain_seq: i64,
+    checkpoint_no: i64,
+    checkpoint_seq: i64,
+    checkpoint_at: String,
+    since_checkpoint: i64,
 }
 
 /// One alert on the dashboard (ids and codes only).
@@ -65,13 +72,14 @@ pub async fn dashboard(page: ConsolePage) -> Result<Dashboard, AppError> {
     let me = &page.me;
     let roles: Vec<&str> = me.user.roles.iter().map(|r| r.as_str()).collect();
     let now = page.state.clock.now();
-    let (alerts, overdue) = page
+    let (alerts, overdue, head) = page
         .state
         .db
         .run(move |c| {
             let alerts = crate::db::break_glass::recent_alerts(c, ALERTS_SHOWN)?;
             let overdue = crate::db::break_glass::overdue_reviews(c, now, ALERTS_SHOWN)?;
-            Ok((alerts, overdue))
+            let head = crate::audit::store::head(c)?;
+            Ok((alerts, overdue, head))
         })
         .await?;
     Ok(Dashboard {
@@ -89,6 +97,15 @@ pub async fn dashboard(page: ConsolePage) -> Result<Dashboard, AppError> {
             .iter()
             .map(|g| break_glass::GrantRow::of(g, now, false))
             .collect(),
+        chain_seq: head.seq,
+        checkpoint_no: head.checkpoint_no,
+        checkpoint_seq: head.checkpoint_seq,
+        checkpoint_at: if head.checkpoint_no > 0 {
+            time(head.checkpoint_at)
+        } else {
+            String::new()
+        },
+        since_checkpoint: head.seq - head.checkpoint_seq,
         subject: me.subject.clone(),
         issuer: me.issuer.clone(),
         roles: roles.join(", "),
@@ -470,85 +487,6 @@ pub async fn approvals_page(req: HttpRequest, page: AdminPage) -> Result<Approva
         chrome: page.0.chrome,
         message: done_from(&req),
         changes,
-    })
-}
-
-/// One audit event as the audit page lists it: metadata only, no PHI.
-pub struct AuditRow {
-    pub seq: i64,
-    pub time: String,
-    pub actor: String,
-    pub method: String,
-    pub action: String,
-    pub outcome: String,
-    pub target: String,
-    pub patients: usize,
-    pub request_id: String,
-}
-
-#[derive(Template, WebTemplate)]
-#[template(path = "console/audit.html")]
-pub struct AuditPage {
-    chrome: Chrome,
-    events: Vec<AuditRow>,
-    older: String,
-}
-
-#[derive(serde::Deserialize)]
-struct AuditQuery {
-    before: Option<i64>,
-}
-
-/// GET /console/audit?before=<seq>: the latest audit events, newest first, so an
-/// administrator sees their change arrive. Privacy officers may read it too.
-pub async fn audit_page(req: HttpRequest, page: ConsolePage) -> Result<AuditPage, AppError> {
-    let query = web::Query::<AuditQuery>::from_query(req.query_string())
-        .map_err(|_| AppError::bad_request("Invalid query: use before=<sequence number> only."))?;
-    let before = query.before;
-    let rows = audited(&*page, AuditAction::Search, Some(Kind::AuditLog), async {
-        let rows = page
-            .state
-            .db
-            .run(move |c| Ok(crate::audit::store::recent(c, before, AUDIT_PAGE_SIZE)?))
-            .await?;
-        Ok((rows, Touched::default()))
-    })
-    .await?;
-    let older = match rows.last() {
-        Some(last) if rows.len() as i64 == AUDIT_PAGE_SIZE && last.seq > 1 => {
-            format!("/console/audit?before={}", last.seq)
-        }
-        _ => String::new(),
-    };
-    let events = rows
-        .into_iter()
-        .map(|e| AuditRow {
-            seq: e.seq,
-            time: time(e.occurred_at),
-            actor: e
-                .actor_user_id
-                .map(|u| u.to_string())
-                .or(e.actor_client_id)
-                .unwrap_or_else(|| "anonymous".into()),
-            method: e.auth_method,
-            action: e.action,
-            outcome: match e.deny_reason {
-                Some(reason) => format!("{} ({reason})", e.outcome),
-                None => e.outcome,
-            },
-            target: match (e.resource_type, e.resource_id) {
-                (Some(t), Some(id)) => format!("{t} {id}"),
-                (Some(t), None) => t,
-                (None, _) => String::new(),
-            },
-            patients: e.patient_ids.len(),
-            request_id: e.request_id.unwrap_or_default(),
-        })
-        .collect();
-    Ok(AuditPage {
-        chrome: page.0.chrome,
-        events,
-        older,
     })
 }
 

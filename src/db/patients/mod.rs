@@ -353,3 +353,18 @@ pub fn find_patient_by_mrn(
         .optional()?;
     row.map(|r| r.open(conn, kr)).transpose()
 }
+
+/// The patient with this internal id, deleted or not (an audit review names the patient
+/// an event was about even after the record was erased).
+pub fn patient_by_id(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    id: PatientId,
+) -> Result<Option<Patient>, AppError> {
+    let row = patients::table
+        .find(id.as_uuid())
+        .select(PatientRow::as_select())
+        .first(conn)
+        .optional()?;
+    row.map(|r| r.open(conn, kr)).transpose()
+}

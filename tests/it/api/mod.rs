@@ -1,6 +1,7 @@
 //! The API end to end: FHIR resources, the administration API, bearer tokens, and the walk
 //! over every route of the table.
 
+mod access_report;
 mod admin;
 mod attribution;
 mod auth;

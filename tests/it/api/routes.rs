@@ -103,6 +103,7 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("GET", "/fhir/Patient/{id}/_history", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}/$everything", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}/_history/{vid}", Expect::Fhir),
+    ("GET", "/fhir/Patient/{id}/$access-report", Expect::Fhir),
     ("PUT", "/fhir/Patient/{id}", Expect::Fhir),
     ("PATCH", "/fhir/Patient/{id}", Expect::Fhir),
     ("GET", "/fhir/Observation", Expect::Fhir),
@@ -184,6 +185,15 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         Expect::ConsoleAction,
     ),
     ("GET", "/console/audit", Expect::ConsolePage),
+    ("POST", "/console/audit", Expect::ConsoleAction),
+    ("GET", "/console/audit/{seq}", Expect::ConsolePage),
+    ("GET", "/console/patients/{id}/access", Expect::ConsolePage),
+    ("GET", "/console/people/{id}/activity", Expect::ConsolePage),
+    (
+        "GET",
+        "/console/patients/{id}/access.csv",
+        Expect::ConsolePage,
+    ),
     ("GET", "/console/approvals", Expect::ConsolePage),
     (
         "POST",
@@ -384,6 +394,7 @@ impl Setup {
         route
             .path
             .replace("{id}", &id.to_string())
+            .replace("{seq}", "1")
             .replace("{role}", "billing")
             .replace("{action}", "disable")
             .replace("{decision}", "approve")

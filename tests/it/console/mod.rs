@@ -6,3 +6,4 @@ pub(crate) mod dev_tour;
 mod emergency;
 mod login;
 mod pages;
+mod review;

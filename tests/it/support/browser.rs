@@ -245,6 +245,18 @@ impl Browser {
             .unwrap_or_else(|e| panic!("goto {url}: {e:?}"));
     }
 
+    /// Sets a secure, host-only, HTTP-only cookie on the current page's origin (a session
+    /// created in the database, without going through sign-in).
+    pub async fn add_cookie(&self, name: &str, value: &str) {
+        let cookie = json!({
+            "name": name, "value": value, "path": "/", "secure": true, "httpOnly": true,
+        });
+        self.session
+            .post("/cookie", json!({ "cookie": cookie }))
+            .await
+            .unwrap_or_else(|e| panic!("add cookie {name}: {e:?}"));
+    }
+
     pub async fn current_url(&self) -> url::Url {
         let v = self.session.get("/url").await.unwrap();
         url::Url::parse(v.as_str().unwrap()).unwrap()

@@ -1,0 +1,163 @@
+//! Demo access history for `custodian dev`: 30 days of synthetic, clearly-marked audit
+//! events across the demo people — reads, searches naming several patients, a few
+//! denials, one break-glass access — so the privacy review pages show something on a fresh
+//! start. Every event carries the client application `synthetic-demo-history` (the mark;
+//! no real request has it) and is appended through the chain store, so the chain still
+//! verifies. Seeding runs once: an existing mark leaves the history alone.
+
+use crate::audit::store::{self, CheckpointPolicy};
+use crate::audit::{
+    Actor, AuditAction, AuditEvent, AuthMethod, ChainKey, CheckpointSigner, ClientId, DenyReason,
+    Outcome, PurposeOfUse, ResourceType, RoleCode,
+};
+use crate::db::schema::{audit_events, patients};
+use crate::db::users::{self, UserKind};
+use crate::domain::{PatientId, UserId};
+use crate::error::AppError;
+use chrono::{DateTime, Duration, SubsecRound, Utc};
+use diesel::prelude::*;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use uuid::Uuid;
+
+/// The client application every synthetic history event names.
+pub const MARK: &str = "synthetic-demo-history";
+const DAYS: i64 = 30;
+const SEED: u64 = 0x415D_17ED;
+
+fn event(
+    actor: &Actor,
+    action: AuditAction,
+    outcome: Outcome,
+    patients: Vec<PatientId>,
+    at: DateTime<Utc>,
+    rng: &mut StdRng,
+) -> Result<AuditEvent, AppError> {
+    let mut e = AuditEvent::new(actor.clone(), action, outcome);
+    e.occurred_at = at.trunc_subsecs(6);
+    e.client_app = Some(ClientId::parse(MARK).map_err(|_| AppError::internal("mark"))?);
+    e.resource_type = Some(ResourceType::Patient);
+    if action != AuditAction::Search {
+        e.resource_id = patients.first().map(|p| p.as_uuid());
+    }
+    e.patient_ids = patients;
+    e.purpose_of_use = Some(PurposeOfUse::Treatment);
+    e.source_ip = Some(std::net::IpAddr::from([10, 0, 0, rng.gen_range(2..40u8)]));
+    Ok(e)
+}
+
+/// Appends the history (once). Returns how many events it added (0: already there).
+pub fn seed_history(
+    conn: &mut PgConnection,
+    key: &ChainKey,
+    signer: &CheckpointSigner,
+    issuer: &str,
+    now: DateTime<Utc>,
+) -> Result<usize, AppError> {
+    let present: i64 = audit_events::table
+        .filter(audit_events::client_app.eq(MARK))
+        .count()
+        .get_result(conn)?;
+    if present > 0 {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = patients::table
+        .filter(patients::deleted_at.is_null())
+        .order(patients::created_at.asc())
+        .select(patients::id)
+        .limit(60)
+        .load(conn)?;
+    if ids.len() < 10 {
+        return Ok(0);
+    }
+    let pats: Vec<PatientId> = ids.into_iter().map(PatientId).collect();
+    let person = |conn: &mut PgConnection, sub: &str, role: &str| -> Result<Actor, AppError> {
+        let u = users::user_for(conn, issuer, sub, UserKind::Person)?;
+        let role = RoleCode::parse(role).map_err(|_| AppError::internal("role code"))?;
+        Ok(Actor::user(
+            UserId(u.id.as_uuid()),
+            vec![role],
+            AuthMethod::Bearer,
+        ))
+    };
+    let doctor = person(conn, "dr.demo", "clinician")?;
+    let billing = person(conn, "billing.demo", "billing")?;
+    let mut rng = StdRng::seed_from_u64(SEED);
+    let start = now - Duration::days(DAYS);
+    let mut events = Vec::new();
+    for day in 0..DAYS {
+        let base = start + Duration::days(day);
+        // Working hours, a busier clinician than billing clerk.
+        for _ in 0..rng.gen_range(6..14) {
+            let at = base + Duration::minutes(rng.gen_range(7 * 60..19 * 60));
+            let p = pats[rng.gen_range(0..pats.len())];
+            events.push(event(
+                &doctor,
+                AuditAction::Read,
+                Outcome::Permit,
+                vec![p],
+                at,
+                &mut rng,
+            )?);
+        }
+        let at = base + Duration::minutes(rng.gen_range(8 * 60..17 * 60));
+        let from = rng.gen_range(0..pats.len() - 5);
+        let found = pats[from..from + 5].to_vec();
+        events.push(event(
+            &doctor,
+            AuditAction::Search,
+            Outcome::Permit,
+            found,
+            at,
+            &mut rng,
+        )?);
+        for _ in 0..rng.gen_range(1..4) {
+            let at = base + Duration::minutes(rng.gen_range(9 * 60..17 * 60));
+            let p = pats[rng.gen_range(0..pats.len())];
+            let mut e = event(
+                &billing,
+                AuditAction::Read,
+                Outcome::Permit,
+                vec![p],
+                at,
+                &mut rng,
+            )?;
+            e.purpose_of_use = Some(PurposeOfUse::Payment);
+            events.push(e);
+        }
+        // A denial now and then: a record outside the care team.
+        if day % 6 == 2 {
+            let at = base + Duration::minutes(rng.gen_range(20 * 60..23 * 60));
+            let p = pats[pats.len() - 1];
+            let outcome = Outcome::Deny(DenyReason::NoRelationship);
+            events.push(event(
+                &doctor,
+                AuditAction::Read,
+                outcome,
+                vec![p],
+                at,
+                &mut rng,
+            )?);
+        }
+    }
+    // One break-glass access, at night.
+    let at = start + Duration::days(DAYS - 3) + Duration::hours(2);
+    let mut e = event(
+        &doctor,
+        AuditAction::Read,
+        Outcome::Permit,
+        vec![pats[pats.len() - 1]],
+        at,
+        &mut rng,
+    )?;
+    e.purpose_of_use = Some(PurposeOfUse::EmergencyTreatment);
+    e.break_glass_grant_id = Some(Uuid::from_u128(u128::from(SEED)));
+    events.push(e);
+    events.sort_by_key(|e| e.occurred_at);
+    let policy = CheckpointPolicy {
+        every_events: 1,
+        every_secs: 1,
+    };
+    store::append_batch(conn, key, signer, policy, &events)?;
+    Ok(events.len())
+}

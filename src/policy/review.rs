@@ -1,0 +1,102 @@
+//! The rules of audit review (privacy officers' work), in one place: who may search the
+//! audit trail, open one event, see which patient an event is about (by MRN and name),
+//! and read a patient's access report. The console's review pages ask [`may_review`];
+//! none of them checks roles itself.
+
+use super::{DenyReason, Role};
+use crate::domain::PatientId;
+
+/// What a reviewer does.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Review {
+    /// Search the audit trail by person, action, outcome, time and the other
+    /// PHI-free fields; open one event (ids, hash, request id).
+    SearchTrail,
+    /// Name a patient: filter by patient (MRN resolved through the blind index), see a
+    /// patient's MRN and name beside the events about them, read and download a
+    /// patient's access report. The trail itself holds only internal ids; turning them
+    /// back into a person's identity is the privacy office's work, not administration.
+    IdentifyPatients,
+}
+
+impl Review {
+    pub const ALL: [Review; 2] = [Review::SearchTrail, Review::IdentifyPatients];
+}
+
+/// May a console user with these roles do this review? Administrators search the trail
+/// (they see their changes arrive and investigate sign-in problems); only privacy
+/// officers identify patients.
+pub fn may_review(roles: &[Role], what: Review) -> Result<(), DenyReason> {
+    let allowed: &[Role] = match what {
+        Review::SearchTrail => &[Role::Admin, Role::PrivacyOfficer],
+        Review::IdentifyPatients => &[Role::PrivacyOfficer],
+    };
+    if roles.iter().any(|r| allowed.contains(r)) {
+        Ok(())
+    } else {
+        Err(DenyReason::RoleMissing)
+    }
+}
+
+/// May a person read `patient`'s access report through the API? Only the patient
+/// themselves: the `patient` role and `patient` their own linked record (a clinician who
+/// may read the record may not read who else did).
+pub fn may_read_own_report(
+    roles: &[Role],
+    own_patient: Option<PatientId>,
+    patient: PatientId,
+) -> Result<(), DenyReason> {
+    if roles.contains(&Role::Patient) && own_patient == Some(patient) {
+        Ok(())
+    } else {
+        Err(DenyReason::RoleMissing)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_patient_reads_their_own_report_through_the_api() {
+        let me = PatientId(uuid::Uuid::from_u128(1));
+        let other = PatientId(uuid::Uuid::from_u128(2));
+        assert!(may_read_own_report(&[Role::Patient], Some(me), me).is_ok());
+        assert!(may_read_own_report(&[Role::Patient], Some(me), other).is_err());
+        assert!(may_read_own_report(&[Role::Patient], None, me).is_err());
+        for role in Role::ALL.into_iter().filter(|r| *r != Role::Patient) {
+            assert!(
+                may_read_own_report(&[role], Some(me), me).is_err(),
+                "{role:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn only_privacy_officers_identify_patients_and_console_roles_search() {
+        for role in Role::ALL {
+            let search = matches!(role, Role::Admin | Role::PrivacyOfficer);
+            assert_eq!(
+                may_review(&[role], Review::SearchTrail).is_ok(),
+                search,
+                "{role:?}"
+            );
+            assert_eq!(
+                may_review(&[role], Review::IdentifyPatients).is_ok(),
+                role == Role::PrivacyOfficer,
+                "{role:?}"
+            );
+        }
+        assert_eq!(
+            may_review(&[], Review::SearchTrail),
+            Err(DenyReason::RoleMissing)
+        );
+        assert!(
+            may_review(
+                &[Role::Clinician, Role::PrivacyOfficer],
+                Review::IdentifyPatients
+            )
+            .is_ok()
+        );
+    }
+}
