@@ -12,6 +12,7 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Deserialize;
 use std::net::SocketAddr;
 use std::sync::OnceLock;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 /// `[metrics]`.
@@ -27,6 +28,9 @@ const LATENCY_BUCKETS: &[f64] = &[
 ];
 const BATCH_BUCKETS: &[f64] = &[1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0];
 
+/// Whether a recorder is installed: without one, the request path builds no labels.
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
 /// The process-wide recorder, installed once: instances started in one process (tests)
 /// share it.
 fn handle() -> anyhow::Result<&'static PrometheusHandle> {
@@ -39,11 +43,15 @@ fn handle() -> anyhow::Result<&'static PrometheusHandle> {
         .set_buckets_for_metric(Matcher::Suffix("_batch_size".into()), BATCH_BUCKETS)?
         .install_recorder()
         .context("metrics: cannot install the recorder")?;
+    ENABLED.store(true, Ordering::Relaxed);
     Ok(HANDLE.get_or_init(|| handle))
 }
 
 /// A finished HTTP request (recorded by the edge for every response).
 pub fn request(method: &Method, route: &str, status: u16, elapsed: Duration) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
     let method = match *method {
         Method::GET => "GET",
         Method::HEAD => "HEAD",
