@@ -1257,27 +1257,10 @@ pub async fn update<R: FhirResource>(
         return Err(e);
     }
     let fields = R::fields(view, &Elements::all())?;
-    if let Some(field) = R::written_outside(&new, fields) {
-        refuse_field(&pipeline, Some(id), [patient], field, FieldUse::Write).await?;
-    }
-    let kr = state.keyring.clone();
-    let write = move |c: &mut PgConnection| {
-        let record = R::update(c, &kr, id, expected, &new, fields)?;
-        if let Some(r) = &record {
-            record_version::<R>(c, &kr, R::id(r))?;
-        }
-        Ok(record)
-    };
-    let record = pipeline
-        .audited(id, patient, write, R::update_missed)
-        .await?;
-    Ok(respond::<R>(
-        &settings,
-        StatusCode::OK,
-        &record,
-        &Elements::all(),
-        minimal,
-    ))
+    write_update::<R>(
+        &pipeline, &state, &settings, id, patient, expected, new, fields, minimal,
+    )
+    .await
 }
 
 /// PATCH: `PATCH /fhir/<type>/{id}` with a JSON Patch (`application/json-patch+json`),
@@ -1352,12 +1335,42 @@ pub async fn patch<R: FhirResource>(
             return Err(e);
         }
     };
+    write_update::<R>(
+        &pipeline,
+        &state,
+        &settings,
+        id,
+        patient,
+        Some(version),
+        new,
+        fields,
+        minimal,
+    )
+    .await
+}
+
+/// The write of an update (PUT and PATCH alike): refused (403) if it writes a field
+/// outside the view; otherwise stored version-checked against `expected` with a new
+/// history version, audited, and answered in the caller's view (nothing with
+/// `Prefer: return=minimal`).
+#[allow(clippy::too_many_arguments)]
+async fn write_update<R: FhirResource>(
+    pipeline: &Pipeline,
+    state: &AppState,
+    settings: &FhirSettings,
+    id: RecordId,
+    patient: PatientId,
+    expected: Option<i32>,
+    new: R::New,
+    fields: R::Fields,
+    minimal: bool,
+) -> Result<HttpResponse, AppError> {
     if let Some(field) = R::written_outside(&new, fields) {
-        refuse_field(&pipeline, Some(id), [patient], field, FieldUse::Write).await?;
+        refuse_field(pipeline, Some(id), [patient], field, FieldUse::Write).await?;
     }
     let kr = state.keyring.clone();
     let write = move |c: &mut PgConnection| {
-        let record = R::update(c, &kr, id, Some(version), &new, fields)?;
+        let record = R::update(c, &kr, id, expected, &new, fields)?;
         if let Some(r) = &record {
             record_version::<R>(c, &kr, R::id(r))?;
         }
@@ -1367,7 +1380,7 @@ pub async fn patch<R: FhirResource>(
         .audited(id, patient, write, R::update_missed)
         .await?;
     Ok(respond::<R>(
-        &settings,
+        settings,
         StatusCode::OK,
         &record,
         &Elements::all(),
