@@ -45,19 +45,9 @@ pub struct ParametersIn {
 struct ParameterIn {
     name: String,
     value_code: Option<String>,
-    value_coding: Option<CodingIn>,
+    value_coding: Option<super::types::input::Coding>,
     value_string: Option<String>,
     value_integer: Option<i64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CodingIn {
-    #[allow(dead_code)]
-    system: Option<String>,
-    code: String,
-    #[allow(dead_code)]
-    display: Option<String>,
 }
 
 fn invalid(message: &'static str) -> AppError {

@@ -6,7 +6,7 @@
 use super::elements::Elements;
 use super::params;
 use super::resource::{self, Descriptor, RecordResource};
-use super::types::{bounded_len, bounded_text, invalid};
+use super::types::{bounded_len, bounded_text, input, invalid};
 use crate::access::Principal;
 use crate::db::claims::{self, Claim, ClaimTable, NewClaim, NewClaimItem};
 use crate::error::AppError;
@@ -70,10 +70,10 @@ pub struct ClaimIn {
     meta: Option<serde::de::IgnoredAny>,
     status: String,
     #[serde(rename = "type")]
-    claim_type: Option<CodeableConceptIn>,
+    claim_type: Option<input::CodeableConcept>,
     #[serde(rename = "use")]
     claim_use: Option<String>,
-    patient: ReferenceIn,
+    patient: input::Reference,
     /// Server-set (the time the claim was recorded); accepted for round trips, ignored.
     #[allow(dead_code)]
     created: Option<serde::de::IgnoredAny>,
@@ -85,27 +85,6 @@ pub struct ClaimIn {
     insurance: Option<serde::de::IgnoredAny>,
     total: MoneyIn,
     item: Option<Vec<ItemIn>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CodeableConceptIn {
-    coding: Vec<CodingIn>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CodingIn {
-    system: Option<String>,
-    code: String,
-    #[allow(dead_code)]
-    display: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReferenceIn {
-    reference: String,
 }
 
 #[derive(Deserialize)]
@@ -125,7 +104,7 @@ struct MoneyIn {
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct ItemIn {
     sequence: u32,
-    product_or_service: CodeableConceptIn,
+    product_or_service: input::CodeableConcept,
     net: MoneyIn,
 }
 

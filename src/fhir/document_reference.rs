@@ -4,10 +4,9 @@
 //! stored as plain text); on the way out it is base64 inside JSON. The author is the
 //! principal who created the note, never taken from the input.
 
-use super::observation::{LOINC, loinc_code};
 use super::params;
 use super::resource::{self, Descriptor, RecordResource};
-use super::types::{bounded_len, invalid};
+use super::types::{LOINC, bounded_len, input, invalid, loinc_code};
 use crate::access::Principal;
 use crate::db::documents::{DocumentReference, DocumentTable, NewDocumentReference};
 use crate::error::AppError;
@@ -77,35 +76,14 @@ pub struct DocumentReferenceIn {
     meta: Option<serde::de::IgnoredAny>,
     status: String,
     #[serde(rename = "type")]
-    doc_type: Option<TypeIn>,
-    subject: ReferenceIn,
+    doc_type: Option<input::CodeableConcept>,
+    subject: input::Reference,
     date: Option<String>,
     /// Accepted so that a read resource can be sent back, but ignored: the author is the
     /// authenticated principal.
     #[allow(dead_code)]
     author: Option<serde::de::IgnoredAny>,
     content: Vec<ContentIn>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TypeIn {
-    coding: Vec<CodingIn>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CodingIn {
-    system: String,
-    code: String,
-    #[allow(dead_code)]
-    display: Option<serde::de::IgnoredAny>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReferenceIn {
-    reference: String,
 }
 
 #[derive(Deserialize)]
@@ -138,7 +116,7 @@ fn validate(input: DocumentReferenceIn, author: Uuid) -> Result<NewDocumentRefer
             let Some(c) = t.coding.first() else {
                 return Err(invalid("type.coding", "must have one LOINC coding"));
             };
-            if c.system != LOINC {
+            if c.system.as_deref() != Some(LOINC) {
                 return Err(invalid("type.coding[0].system", "must be http://loinc.org"));
             }
             Some(loinc_code("type.coding[0].code", &c.code)?)

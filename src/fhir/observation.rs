@@ -4,14 +4,13 @@
 
 use super::params;
 use super::resource::{self, Descriptor, RecordResource};
-use super::types::{bounded_len, bounded_text, invalid};
+use super::types::{LOINC, bounded_len, bounded_text, input, invalid, loinc_code};
 use crate::access::Principal;
 use crate::db::observations::{Criteria, NewObservation, Observation, ObservationTable};
 use crate::error::AppError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-pub const LOINC: &str = "http://loinc.org";
 pub const STATUSES: &[&str] = &[
     "registered",
     "preliminary",
@@ -21,21 +20,6 @@ pub const STATUSES: &[&str] = &[
     "entered-in-error",
 ];
 
-/// A LOINC code: 1–5 digits, a dash, one check digit.
-pub fn loinc_code(field: &'static str, value: &str) -> Result<String, AppError> {
-    let ok = match value.split_once('-') {
-        Some((num, check)) => {
-            (1..=5).contains(&num.len())
-                && num.bytes().all(|b| b.is_ascii_digit())
-                && check.len() == 1
-                && check.bytes().all(|b| b.is_ascii_digit())
-        }
-        None => false,
-    };
-    ok.then(|| value.to_string())
-        .ok_or_else(|| invalid(field, "must be a LOINC code such as 8867-4"))
-}
-
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ObservationIn {
@@ -44,41 +28,11 @@ pub struct ObservationIn {
     #[allow(dead_code)]
     meta: Option<serde::de::IgnoredAny>,
     status: String,
-    code: CodeableConceptIn,
-    subject: ReferenceIn,
+    code: input::CodeableConcept,
+    subject: input::Reference,
     effective_date_time: String,
-    value_quantity: Option<QuantityIn>,
+    value_quantity: Option<input::Quantity>,
     value_string: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CodeableConceptIn {
-    coding: Vec<CodingIn>,
-    text: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CodingIn {
-    system: String,
-    code: String,
-    display: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReferenceIn {
-    reference: String,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct QuantityIn {
-    value: f64,
-    unit: String,
-    system: Option<String>,
-    code: Option<String>,
 }
 
 /// The Observation API, served by the generic handlers of [`super::resource`].
@@ -106,7 +60,7 @@ impl RecordResource for Observations {
         let Some(coding) = input.code.coding.first() else {
             return Err(invalid("code.coding", "must have one LOINC coding"));
         };
-        if coding.system != LOINC {
+        if coding.system.as_deref() != Some(LOINC) {
             return Err(invalid("code.coding[0].system", "must be http://loinc.org"));
         }
         let code = loinc_code("code.coding[0].code", &coding.code)?;
@@ -119,33 +73,7 @@ impl RecordResource for Observations {
         let patient_id = params::patient_reference("subject.reference", &input.subject.reference)?;
         let effective_at = params::date_time("effectiveDateTime", &input.effective_date_time)?;
         let value = match (input.value_quantity, input.value_string) {
-            (Some(q), None) => {
-                if !q.value.is_finite() || q.value.abs() >= 1e12 {
-                    return Err(invalid(
-                        "valueQuantity.value",
-                        "must be a number below 10^12",
-                    ));
-                }
-                let mut quantity = json!({
-                    "value": q.value,
-                    "unit": bounded_text("valueQuantity.unit", &q.unit, 40)?,
-                });
-                if let Some(system) = &q.system {
-                    let s = bounded_text("valueQuantity.system", system, 200)?;
-                    if !(s.starts_with("http://")
-                        || s.starts_with("https://")
-                        || s.starts_with("urn:"))
-                        || s.contains(char::is_whitespace)
-                    {
-                        return Err(invalid("valueQuantity.system", "must be a URI"));
-                    }
-                    quantity["system"] = json!(s);
-                }
-                if let Some(c) = &q.code {
-                    quantity["code"] = json!(bounded_text("valueQuantity.code", c, 40)?);
-                }
-                json!({ "valueQuantity": quantity })
-            }
+            (Some(q), None) => json!({ "valueQuantity": q.validate()? }),
             (None, Some(s)) => json!({ "valueString": bounded_text("valueString", &s, 1000)? }),
             _ => {
                 return Err(invalid(

@@ -143,7 +143,7 @@ pub struct PatientIn {
     birth_date: String,
     telecom: Option<Vec<ContactPointIn>>,
     address: Option<Vec<AddressIn>>,
-    managing_organization: Option<ReferenceIn>,
+    managing_organization: Option<types::input::Reference>,
 }
 
 #[derive(Deserialize)]
@@ -184,12 +184,6 @@ struct AddressIn {
     postal_code: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     country: Option<String>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ReferenceIn {
-    reference: String,
 }
 
 /// A validated patient and the facility its body names (if any).

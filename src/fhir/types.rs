@@ -216,3 +216,89 @@ mod tests {
         assert!(bounded_text("name[0].family", &"x".repeat(101), 100).is_err());
     }
 }
+
+/// The FHIR datatypes request bodies share, as they arrive: each resource's input names
+/// them, and its validation decides which of their parts it accepts.
+pub mod input {
+    use super::{bounded_text, invalid};
+    use crate::error::AppError;
+    use serde::Deserialize;
+    use serde_json::{Value, json};
+
+    /// A `Reference`: only a literal reference (`Patient/{id}`) is accepted.
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Reference {
+        pub reference: String,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Coding {
+        pub system: Option<String>,
+        pub code: String,
+        pub display: Option<String>,
+    }
+
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct CodeableConcept {
+        pub coding: Vec<Coding>,
+        pub text: Option<String>,
+    }
+
+    /// A `Quantity` (`value[x]` of observations).
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    pub struct Quantity {
+        value: f64,
+        unit: String,
+        system: Option<String>,
+        code: Option<String>,
+    }
+
+    impl Quantity {
+        /// The validated quantity as the FHIR JSON of `valueQuantity`.
+        pub fn validate(self) -> Result<Value, AppError> {
+            if !self.value.is_finite() || self.value.abs() >= 1e12 {
+                return Err(invalid(
+                    "valueQuantity.value",
+                    "must be a number below 10^12",
+                ));
+            }
+            let mut quantity = json!({
+                "value": self.value,
+                "unit": bounded_text("valueQuantity.unit", &self.unit, 40)?,
+            });
+            if let Some(system) = &self.system {
+                let s = bounded_text("valueQuantity.system", system, 200)?;
+                let scheme = ["http://", "https://", "urn:"];
+                if !scheme.iter().any(|p| s.starts_with(p)) || s.contains(char::is_whitespace) {
+                    return Err(invalid("valueQuantity.system", "must be a URI"));
+                }
+                quantity["system"] = json!(s);
+            }
+            if let Some(c) = &self.code {
+                quantity["code"] = json!(bounded_text("valueQuantity.code", c, 40)?);
+            }
+            Ok(quantity)
+        }
+    }
+}
+
+pub const LOINC: &str = "http://loinc.org";
+
+/// A LOINC code: 1–5 digits, a dash, one check digit.
+pub fn loinc_code(field: &'static str, value: &str) -> Result<String, AppError> {
+    let ok = match value.split_once('-') {
+        Some((num, check)) => {
+            (1..=5).contains(&num.len())
+                && num.bytes().all(|b| b.is_ascii_digit())
+                && check.len() == 1
+                && check.bytes().all(|b| b.is_ascii_digit())
+        }
+        None => false,
+    };
+    ok.then(|| value.to_string())
+        .ok_or_else(|| invalid(field, "must be a LOINC code such as 8867-4"))
+}

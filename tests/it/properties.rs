@@ -92,7 +92,7 @@ fn search_and_type_parsers_answer_ok_or_a_fixed_4xx_for_any_text() {
             );
             check(
                 "loinc_code",
-                custodian::fhir::observation::loinc_code("code", &s).map(drop),
+                custodian::fhir::types::loinc_code("code", &s).map(drop),
             );
             check(
                 "sanitise_note",
