@@ -192,45 +192,6 @@ impl Pipeline {
         capable.err().map(Refusal::Capability)
     }
 
-    /// On a FHIR route of a principal who may break glass: marks that principal's grants
-    /// past their expiry (the application clock) as expired, in the request's hop, so that
-    /// each expiry is noticed — and audited, [`Pipeline::record_expiries`] — on the next
-    /// request at the latest. (Access never depends on this: the decision point only sees
-    /// grants whose expiry is after now.)
-    fn expire_grants(
-        &self,
-        conn: &mut diesel::PgConnection,
-    ) -> Result<Vec<(GrantId, PatientId)>, AppError> {
-        let fhir = matches!(self.action, Action::Fhir(..) | Action::BreakGlass(_));
-        if !fhir || !policy::break_glass::may_break_glass(&self.principal.user.roles) {
-            return Ok(Vec::new());
-        }
-        let now = self.state.clock.now();
-        let user = self.principal.user.id;
-        Ok(crate::db::break_glass::expire_due(conn, Some(user), now)?
-            .into_iter()
-            .map(|(grant, _, patient)| (grant, patient))
-            .collect())
-    }
-
-    /// One high-severity `break-glass-end` event (deny reason `break-glass-expired`) per
-    /// grant found expired.
-    async fn record_expiries(&self, expired: Vec<(GrantId, PatientId)>) -> Result<(), AppError> {
-        for (grant, patient) in expired {
-            let what = What::new(AuditAction::BreakGlassEnd)
-                .on(crate::audit::ResourceType::BreakGlassGrant)
-                .id(grant.as_uuid());
-            let outcome = crate::audit::Outcome::Deny(DenyReason::BreakGlassExpired);
-            let event = self
-                .recorder
-                .event(what, [patient], outcome)
-                .break_glass(grant.as_uuid())
-                .build();
-            self.recorder.record(event).await?;
-        }
-        Ok(())
-    }
-
     /// When this request's access rests on a break-glass grant: raises the grant's
     /// first-use alert (once per grant; later uses find it raised).
     async fn note_grant_use(&self, patient: PatientId) -> Result<(), AppError> {
@@ -564,9 +525,8 @@ pub struct Credentials {
 
 /// What the blocking part of [`Credentials::resolve_with`] ends with.
 enum Loaded<T> {
-    /// The pipeline, the handler's value, and the principal's break-glass grants found
-    /// past their expiry in this hop (marked expired; audited before the handler's event).
-    Ready(Box<Pipeline>, T, Vec<(GrantId, PatientId)>),
+    /// The pipeline and the handler's value.
+    Ready(Box<Pipeline>, T),
     /// Refused after authentication, before anything the request names was looked at:
     /// audited with the principal as actor ([`Pipeline::refuse`]).
     Refused(Box<Pipeline>, Refusal),
@@ -653,16 +613,12 @@ impl Credentials {
                     return Ok(Loaded::Refused(Box::new(pipeline), refusal));
                 }
                 purpose?;
-                let expired = pipeline.expire_grants(conn)?;
                 let value = then(conn, &pipeline)?;
-                Ok(Loaded::Ready(Box::new(pipeline), value, expired))
+                Ok(Loaded::Ready(Box::new(pipeline), value))
             })
             .await?;
         match loaded {
-            Loaded::Ready(pipeline, value, expired) => {
-                pipeline.record_expiries(expired).await?;
-                Ok((*pipeline, value))
-            }
+            Loaded::Ready(pipeline, value) => Ok((*pipeline, value)),
             Loaded::Refused(pipeline, refusal) => Err(pipeline.refuse(refusal).await),
         }
     }

@@ -118,6 +118,8 @@ coded_enum! {
         Cli = "cli",
         // An emergency account's local password plus TOTP (no identity provider).
         EmergencyPassword = "emergency-password",
+        // The service itself, on its own schedule (a break-glass grant's expiry).
+        System = "system",
     }
 }
 
@@ -349,6 +351,15 @@ impl Actor {
             client_id: Some(client_id),
             roles,
             auth_method: AuthMethod::ClientCredentials,
+        }
+    }
+
+    /// The service itself acting on its own schedule (no person, no request): the
+    /// break-glass expiry sweeper.
+    pub fn system() -> Self {
+        Self {
+            auth_method: AuthMethod::System,
+            ..Self::anonymous()
         }
     }
 

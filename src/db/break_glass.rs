@@ -254,28 +254,57 @@ pub fn decide(
     Ok(n == 1)
 }
 
-/// Marks the grants past their expiry as expired (of `user`, or of everyone) and returns
-/// them, so that the caller audits each expiry once.
-pub fn expire_due(
+/// Key of the session-level advisory lock under which ONE instance at a time sweeps
+/// expired grants (`access::expiry`).
+pub const EXPIRY_LOCK_KEY: i64 = 0x4355_5354_4247_4558; // "CUSTBGEX"
+
+/// Takes the expiry sweep's advisory lock on this session if no other session holds it.
+pub fn try_lock_expiry(conn: &mut PgConnection) -> Result<bool, AppError> {
+    Ok(diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "pg_try_advisory_lock({EXPIRY_LOCK_KEY})"
+    )))
+    .get_result(conn)?)
+}
+
+/// Releases the expiry sweep's advisory lock held by this session.
+pub fn unlock_expiry(conn: &mut PgConnection) -> Result<(), AppError> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "pg_advisory_unlock({EXPIRY_LOCK_KEY})"
+    )))
+    .get_result::<bool>(conn)?;
+    Ok(())
+}
+
+/// Active grants whose expiry is at or before `now` (oldest expiry first, at most
+/// `limit`): what the sweeper marks expired and audits.
+pub fn due(
     conn: &mut PgConnection,
-    user: Option<UserId>,
     now: DateTime<Utc>,
+    limit: i64,
 ) -> Result<Vec<(GrantId, UserId, PatientId)>, AppError> {
-    // The status filter makes each expiry returned once, however many instances look at
-    // the same time (a concurrent update re-checks the row after the first commits).
-    let set = (g::status.eq("expired"), g::ended_at.eq(g::expires_at));
-    let due = g::status.eq("active").and(g::expires_at.le(now));
-    let returning = (g::id, g::user_id, g::patient_id);
-    Ok(match user {
-        Some(user) => diesel::update(g::table.filter(due).filter(g::user_id.eq(user)))
-            .set(set)
-            .returning(returning)
-            .get_results(conn)?,
-        None => diesel::update(g::table.filter(due))
-            .set(set)
-            .returning(returning)
-            .get_results(conn)?,
-    })
+    Ok(g::table
+        .filter(g::status.eq("active").and(g::expires_at.le(now)))
+        .order(g::expires_at)
+        .limit(limit)
+        .select((g::id, g::user_id, g::patient_id))
+        .load(conn)?)
+}
+
+/// Marks one grant past its expiry as expired (its `ended_at` is its expiry); `false` if
+/// it was not active and due any more.
+pub fn expire_one(
+    conn: &mut PgConnection,
+    id: GrantId,
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
+    let n = diesel::update(
+        g::table
+            .find(id)
+            .filter(g::status.eq("active").and(g::expires_at.le(now))),
+    )
+    .set((g::status.eq("expired"), g::ended_at.eq(g::expires_at)))
+    .execute(conn)?;
+    Ok(n == 1)
 }
 
 /// Grants, newest first (at most `limit`), optionally only those of `status`.

@@ -446,31 +446,67 @@ async fn emergency_break_glass_opens_one_patient_until_it_expires() {
     let v: Value = res.json().await.unwrap();
     assert_eq!(param(&v, "status")["valueCode"], "active");
 
-    // Expiry on the application's clock: the next request is refused, and the expiry is
-    // in the trail (once).
+    // Expiry on the application's clock: access stops at once, even while no sweeper can
+    // run (this test holds the sweep's advisory lock) — the decision point compares the
+    // expiry with the clock, not the grant's status.
+    let mut lock = w.app.db.conn();
+    assert!(custodian::db::break_glass::try_lock_expiry(&mut lock).unwrap());
     w.app
         .clock()
         .advance(std::time::Duration::from_secs(31 * 60));
     let later = token_at(&w, "dr-b", true, 10);
     let before = last_seq(&w);
     assert_eq!(w.get(&path, &later).await.status(), StatusCode::FORBIDDEN);
-    let events = events_after(&w, before);
-    let expiry: Vec<&Row> = events.iter().filter(|e| e.0 == "break-glass-end").collect();
-    assert_eq!(expiry.len(), 1, "{events:?}");
-    assert_eq!(expiry[0].2.as_deref(), Some("break-glass-expired"));
-    assert_eq!(expiry[0].4, Some(grant));
+    let res = w
+        .get(&format!("/fhir/Patient/{p}/$break-glass"), &later)
+        .await;
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(param(&v, "status")["valueCode"], "expired");
+    tokio::time::sleep(custodian::access::expiry::SWEEP_EVERY + std::time::Duration::from_secs(1))
+        .await;
+    assert!(
+        events_after(&w, before)
+            .iter()
+            .all(|e| e.0 != "break-glass-end"),
+        "no sweep while the lock is held elsewhere"
+    );
+    let status: String = g::table
+        .select(g::status)
+        .first(&mut w.app.db.conn())
+        .unwrap();
+    assert_eq!(status, "active", "not swept yet");
+
+    // Released: the sweeper records the expiry (once) without any request by the holder.
+    custodian::db::break_glass::unlock_expiry(&mut lock).unwrap();
+    let expiry = wait_for_expiry(&w, before, grant).await;
+    assert_eq!(expiry.2.as_deref(), Some("break-glass-expired"));
+    assert_eq!(expiry.1, "deny");
     let status: String = g::table
         .select(g::status)
         .first(&mut w.app.db.conn())
         .unwrap();
     assert_eq!(status, "expired");
-    let before = last_seq(&w);
     assert_eq!(w.get(&path, &later).await.status(), StatusCode::FORBIDDEN);
-    assert!(
-        events_after(&w, before)
-            .iter()
-            .all(|e| e.0 != "break-glass-end")
-    );
+    tokio::time::sleep(custodian::access::expiry::SWEEP_EVERY).await;
+    let ends = events_after(&w, before)
+        .into_iter()
+        .filter(|e| e.0 == "break-glass-end")
+        .count();
+    assert_eq!(ends, 1, "one expiry event");
+}
+
+/// Waits (up to a few sweeps) for the `break-glass-end` event of `grant` after `seq`.
+async fn wait_for_expiry(w: &World, seq: i64, grant: Uuid) -> Row {
+    for _ in 0..40 {
+        if let Some(e) = events_after(w, seq)
+            .into_iter()
+            .find(|e| e.0 == "break-glass-end" && e.4 == Some(grant))
+        {
+            return e;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    panic!("no expiry event for {grant}");
 }
 
 #[tokio::test]
@@ -763,6 +799,80 @@ async fn a_grant_ended_on_one_instance_is_refused_by_another_and_concurrent_ends
         StatusCode::FORBIDDEN
     );
     assert_eq!(w.get(&path, &mfa).await.status(), StatusCode::FORBIDDEN);
+    let (ok, text) = audit_verify(&w.app.db.url);
+    assert!(ok, "{text}");
+}
+
+/// Expiry is recorded by one sweeper at a time across instances (an advisory lock):
+/// grants already past their expiry, two sweeps started at the same moment on one
+/// instance plus the background sweepers of that instance and of a second `custodian
+/// serve` on the same database — every grant ends `expired` with exactly one
+/// `break-glass-end` event, none recorded as an error, and the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sweepers_record_each_expiry_once() {
+    use crate::support::serve::{Served, audit_verify};
+    let w = World::with(|b, _| b.extra_routes(crate::support::test_routes::add)).await;
+    let (_, doc_a) = w.user("dr-a", &[Role::Clinician]);
+    let (doc_b, _) = w.user("dr-b", &[Role::Clinician]);
+    let p = w.create(&doc_a, &patient_json("MRN-S1", "Swept")).await;
+    let other = Served::start(&w.app.db.url, &w.idp.issuer()).await;
+    let mut conn = w.app.db.conn();
+    let facility: Uuid = custodian::db::schema::patients::table
+        .find(p)
+        .select(custodian::db::schema::patients::facility_id)
+        .first(&mut conn)
+        .unwrap();
+    let before = last_seq(&w);
+    let now = chrono::Utc::now();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let id = Uuid::new_v4();
+        diesel::insert_into(g::table)
+            .values((
+                g::id.eq(id),
+                g::user_id.eq(doc_b.as_uuid()),
+                g::patient_id.eq(p),
+                g::facility_id.eq(facility),
+                g::mode.eq("emergency"),
+                g::reason_code.eq("emergency-treatment"),
+                g::justification.eq(WHY),
+                g::minutes.eq(1),
+                g::status.eq("active"),
+                g::requested_at.eq(now - chrono::Duration::minutes(3)),
+                g::activated_at.eq(Some(now - chrono::Duration::minutes(3))),
+                g::expires_at.eq(Some(now - chrono::Duration::seconds(60 + i))),
+                g::review_due_at.eq(now + chrono::Duration::days(7)),
+            ))
+            .execute(&mut conn)
+            .unwrap();
+        ids.push(id);
+    }
+    let res = w
+        .app
+        .client
+        .post(w.app.url("/api/test/expiry-sweeps"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // The background sweepers of both instances have had their turns too.
+    tokio::time::sleep(custodian::access::expiry::SWEEP_EVERY * 2).await;
+    let events = events_after(&w, before);
+    for id in &ids {
+        let ends: Vec<&Row> = events
+            .iter()
+            .filter(|e| e.0 == "break-glass-end" && e.4 == Some(*id))
+            .collect();
+        assert_eq!(ends.len(), 1, "{id}: {ends:?}");
+        assert_eq!(ends[0].1, "deny");
+    }
+    let active: i64 = g::table
+        .filter(g::status.eq("active"))
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(active, 0);
+    drop(other);
     let (ok, text) = audit_verify(&w.app.db.url);
     assert!(ok, "{text}");
 }
