@@ -63,6 +63,8 @@ coded_enum! {
         BreakGlassRequest = "break-glass-request",
         BreakGlassStart = "break-glass-start",
         BreakGlassEnd = "break-glass-end",
+        // A requester withdrew their own waiting break-glass request.
+        BreakGlassWithdraw = "break-glass-withdraw",
         // An approver's decision on a break-glass request (approval mode), and a privacy
         // officer's review verdict on a grant.
         BreakGlassDecision = "break-glass-decision",
@@ -100,6 +102,7 @@ impl AuditAction {
             | AuditAction::BreakGlassRequest
             | AuditAction::BreakGlassStart
             | AuditAction::BreakGlassEnd
+            | AuditAction::BreakGlassWithdraw
             | AuditAction::BreakGlassDecision
             | AuditAction::BreakGlassReview => Severity::High,
             _ => Severity::Normal,

@@ -228,6 +228,15 @@ pub fn revoke_with_reason(
     Ok(n == 1)
 }
 
+/// Withdraws a waiting request of its requester (the caller holds its queue row locked,
+/// as a decision would); `false` if it was not waiting any more.
+pub fn withdraw(conn: &mut PgConnection, id: GrantId, now: DateTime<Utc>) -> Result<bool, AppError> {
+    let n = diesel::update(g::table.find(id).filter(g::status.eq("pending")))
+        .set((g::status.eq("withdrawn"), g::ended_at.eq(Some(now))))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
 /// Activates (approved: the clock starts `now`) or denies a pending grant; `false` if it
 /// was not pending.
 pub fn decide(
