@@ -131,6 +131,7 @@ impl Pipeline {
             scope_allows: &allows,
             facility_id: self.principal.user.facility_id,
             own_patient_id: self.principal.user.patient_id,
+            now: self.state.clock.now(),
         };
         Ok(policy::decide(&subject, resource, interaction, target))
     }
@@ -170,6 +171,7 @@ impl Pipeline {
                     scope_allows: &allows,
                     facility_id: user.facility_id,
                     own_patient_id: user.patient_id,
+                    now: self.state.clock.now(),
                 };
                 policy::capability(&subject, resource, interaction)
             }
@@ -184,6 +186,7 @@ impl Pipeline {
                     scope_allows: &allows,
                     facility_id: user.facility_id,
                     own_patient_id: user.patient_id,
+                    now: self.state.clock.now(),
                 };
                 policy::capability_break_glass(&subject)
             }
@@ -406,6 +409,44 @@ impl Pipeline {
                 Err(refusal::on_search(reason))
             }
         }
+    }
+
+    /// The permit event(s) of this route's search that returned `patients` under
+    /// `scope`: when the scope includes the caller's break-glass grants, each patient the
+    /// caller holds an active grant for is recorded in an event of its own under that
+    /// grant (its id, purpose BTG); the others in the search's event.
+    pub async fn permit_search(
+        &self,
+        scope: SearchScope,
+        patients: Vec<PatientId>,
+    ) -> Result<(), AppError> {
+        let SearchScope::CareTeamAndGrants(user, at) = scope else {
+            return self.permit(None, patients).await;
+        };
+        if patients.is_empty() {
+            return self.permit(None, patients).await;
+        }
+        let among = patients.clone();
+        let held = self
+            .state
+            .db
+            .run(move |c| crate::db::break_glass::held_among(c, user, &among, at))
+            .await?;
+        let rest: Vec<PatientId> = patients
+            .into_iter()
+            .filter(|p| !held.iter().any(|(_, h)| h == p))
+            .collect();
+        self.permit(None, rest).await?;
+        for (grant, patient) in held {
+            let event = self
+                .recorder
+                .event(self.what(None)?, [patient], crate::audit::Outcome::Permit)
+                .break_glass(grant.as_uuid())
+                .purpose(PurposeOfUse::BreakTheGlass)
+                .build();
+            self.recorder.record(event).await?;
+        }
+        Ok(())
     }
 
     /// The permit event of this route for record `id` (if one) and `patients`.

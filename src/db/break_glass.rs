@@ -78,6 +78,26 @@ pub fn active_grant_of(
         .into_boxed()
 }
 
+/// Of `patients`, those `user` holds a grant for that is active at `now`, with the grant
+/// (what a search under [`crate::policy::SearchScope::CareTeamAndGrants`] returned
+/// because of a grant, audited under it).
+pub fn held_among(
+    conn: &mut PgConnection,
+    user: UserId,
+    patients: &[PatientId],
+    now: DateTime<Utc>,
+) -> Result<Vec<(GrantId, PatientId)>, AppError> {
+    let mut held: Vec<(GrantId, PatientId)> = g::table
+        .filter(g::user_id.eq(user))
+        .filter(g::patient_id.eq_any(patients.to_vec()))
+        .filter(g::status.eq("active").and(g::expires_at.gt(now)))
+        .order((g::patient_id, g::expires_at.desc()))
+        .select((g::id, g::patient_id))
+        .load(conn)?;
+    held.dedup_by_key(|(_, p)| *p);
+    Ok(held)
+}
+
 /// How many grants `user` holds that count against the limit: active and unexpired, or
 /// waiting for approval.
 pub fn open_count(

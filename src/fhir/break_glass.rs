@@ -255,6 +255,7 @@ fn store(
         scope_allows: &everything,
         facility_id: user.facility_id,
         own_patient_id: user.patient_id,
+        now,
     };
     let target = Target::Patient(facts);
     if let Decision::Permit { .. } =

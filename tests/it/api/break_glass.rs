@@ -876,3 +876,120 @@ async fn two_sweepers_record_each_expiry_once() {
     let (ok, text) = audit_verify(&w.app.db.url);
     assert!(ok, "{text}");
 }
+
+/// A grant opens its patient in searches too (the search scope, not the handlers): the
+/// holder finds the patient and its Observations, never another patient's; each patient
+/// found because of a grant is audited under it (grant id, purpose BTG); revoked, and
+/// past its expiry on the application clock (before any sweep), the searches are back
+/// to the care team.
+#[tokio::test]
+async fn a_grant_widens_searches_to_its_patient_until_it_ends() {
+    let w = world().await;
+    let (_, doc_a) = w.user("dr-a", &[Role::Clinician]);
+    w.user("dr-b", &[Role::Clinician]);
+    let p = w.create(&doc_a, &patient_json("MRN-W1", "Widened")).await;
+    let q = w.create(&doc_a, &patient_json("MRN-W2", "Notgranted")).await;
+    for patient in [p, q] {
+        let res = w
+            .send(
+                Method::POST,
+                "/fhir/Observation",
+                &doc_a,
+                Some(&observation_json(patient)),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let entries = |v: &Value| -> Vec<String> {
+        v["entry"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let subjects = |v: &Value| -> Vec<String> {
+        v["entry"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["resource"]["subject"]["reference"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let search = |path: &'static str, token: String| {
+        let w = &w;
+        async move {
+            let res = w.get(path, &token).await;
+            assert_eq!(res.status(), StatusCode::OK, "{path}");
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    let mfa = token_at(&w, "dr-b", true, 10);
+    assert!(entries(&search("/fhir/Patient", mfa.clone()).await).is_empty());
+    assert!(entries(&search("/fhir/Observation", mfa.clone()).await).is_empty());
+
+    let res = break_glass(&w, &mfa, &p.to_string(), &body("emergency-treatment", WHY, Some(30))).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let v: Value = res.json().await.unwrap();
+    let grant = Uuid::parse_str(param(&v, "grant")["valueId"].as_str().unwrap()).unwrap();
+
+    let before = last_seq(&w);
+    assert_eq!(
+        entries(&search("/fhir/Patient", mfa.clone()).await),
+        [p.to_string()]
+    );
+    assert_eq!(
+        subjects(&search("/fhir/Observation", mfa.clone()).await),
+        [format!("Patient/{p}")]
+    );
+    let events = events_after(&w, before);
+    let under: Vec<&Row> = events.iter().filter(|e| e.4 == Some(grant)).collect();
+    assert_eq!(under.len(), 2, "{events:?}");
+    for e in under {
+        assert_eq!(
+            (e.0.as_str(), e.1.as_str(), e.3.as_deref()),
+            ("search", "permit", Some("BTG"))
+        );
+    }
+    let patients_of_grant_events: Vec<Vec<Uuid>> = ae::table
+        .filter(ae::seq.gt(before))
+        .filter(ae::break_glass_grant_id.eq(grant))
+        .select(ae::patient_ids)
+        .load(&mut w.app.db.conn())
+        .unwrap();
+    assert!(patients_of_grant_events.iter().all(|ps| ps == &vec![p]));
+
+    // Past its expiry on the clock (no sweep needed): back to the care team.
+    w.app
+        .clock()
+        .advance(std::time::Duration::from_secs(31 * 60));
+    let later = token_at(&w, "dr-b", true, 10);
+    assert!(entries(&search("/fhir/Patient", later.clone()).await).is_empty());
+    assert!(entries(&search("/fhir/Observation", later.clone()).await).is_empty());
+
+    // A new grant, revoked by its holder: back to the care team at once.
+    let res = break_glass(&w, &later, &p.to_string(), &body("emergency-treatment", WHY, Some(30))).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(
+        entries(&search("/fhir/Patient", later.clone()).await),
+        [p.to_string()]
+    );
+    let res = w
+        .send(
+            Method::POST,
+            &format!("/fhir/Patient/{p}/$break-glass-end"),
+            &later,
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(entries(&search("/fhir/Patient", later.clone()).await).is_empty());
+    assert!(entries(&search("/fhir/Observation", later).await).is_empty());
+    // The care team still sees both.
+    let doc_a = token_at(&w, "dr-a", false, 10);
+    assert_eq!(entries(&search("/fhir/Patient", doc_a).await).len(), 2);
+}
