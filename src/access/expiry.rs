@@ -51,7 +51,10 @@ pub fn spawn_sweeper(state: &Arc<AppState>) {
 /// expiry on the application clock is marked expired together with its audit event.
 /// Returns the session for the next sweep; on an error the session is dropped (closed),
 /// which releases the lock.
-pub async fn sweep(state: &AppState, session: Option<PgConnection>) -> Result<PgConnection, AppError> {
+pub async fn sweep(
+    state: &AppState,
+    session: Option<PgConnection>,
+) -> Result<PgConnection, AppError> {
     let db = state.db.clone();
     let now = state.clock.now();
     let (mut session, due) = actix_web::web::block(move || {
@@ -85,7 +88,11 @@ pub async fn sweep(state: &AppState, session: Option<PgConnection>) -> Result<Pg
 
 /// Marks `grant` expired with its high-severity `break-glass-end` event, in one
 /// transaction of the audit writer.
-async fn record_expiry(state: &AppState, grant: GrantId, patient: PatientId) -> Result<(), AppError> {
+async fn record_expiry(
+    state: &AppState,
+    grant: GrantId,
+    patient: PatientId,
+) -> Result<(), AppError> {
     let now = state.clock.now();
     let mut event = AuditEvent::new(
         Actor::system(),

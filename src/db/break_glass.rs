@@ -250,7 +250,11 @@ pub fn revoke_with_reason(
 
 /// Withdraws a waiting request of its requester (the caller holds its queue row locked,
 /// as a decision would); `false` if it was not waiting any more.
-pub fn withdraw(conn: &mut PgConnection, id: GrantId, now: DateTime<Utc>) -> Result<bool, AppError> {
+pub fn withdraw(
+    conn: &mut PgConnection,
+    id: GrantId,
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
     let n = diesel::update(g::table.find(id).filter(g::status.eq("pending")))
         .set((g::status.eq("withdrawn"), g::ended_at.eq(Some(now))))
         .execute(conn)?;
@@ -289,10 +293,12 @@ pub const EXPIRY_LOCK_KEY: i64 = 0x4355_5354_4247_4558; // "CUSTBGEX"
 
 /// Takes the expiry sweep's advisory lock on this session if no other session holds it.
 pub fn try_lock_expiry(conn: &mut PgConnection) -> Result<bool, AppError> {
-    Ok(diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
-        "pg_try_advisory_lock({EXPIRY_LOCK_KEY})"
-    )))
-    .get_result(conn)?)
+    Ok(
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "pg_try_advisory_lock({EXPIRY_LOCK_KEY})"
+        )))
+        .get_result(conn)?,
+    )
 }
 
 /// Releases the expiry sweep's advisory lock held by this session.

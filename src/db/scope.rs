@@ -160,10 +160,26 @@ mod grant_tests {
         let at = chrono::DateTime::parse_from_rfc3339("2026-11-30T12:00:00Z")
             .unwrap()
             .with_timezone(&chrono::Utc);
-        let (text, _) = ScopeSql::new(SearchScope::CareTeamAndGrants(UserId(Uuid::nil()), at), "p.id")
-            .with_placeholder(1);
-        assert!(text.contains("confidentiality IN ('N', 'R') AND EXISTS (SELECT 1 FROM care_team_members"), "{text}");
-        assert!(text.contains("confidentiality IN ('N', 'R', 'V') AND EXISTS (SELECT 1 FROM break_glass_grants"), "{text}");
-        assert!(text.contains("scope_g.expires_at > '2026-11-30T12:00:00.000000Z'::timestamptz"), "{text}");
+        let (text, _) = ScopeSql::new(
+            SearchScope::CareTeamAndGrants(UserId(Uuid::nil()), at),
+            "p.id",
+        )
+        .with_placeholder(1);
+        assert!(
+            text.contains(
+                "confidentiality IN ('N', 'R') AND EXISTS (SELECT 1 FROM care_team_members"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "confidentiality IN ('N', 'R', 'V') AND EXISTS (SELECT 1 FROM break_glass_grants"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("scope_g.expires_at > '2026-11-30T12:00:00.000000Z'::timestamptz"),
+            "{text}"
+        );
     }
 }

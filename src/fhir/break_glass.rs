@@ -430,7 +430,9 @@ fn end_or_withdraw(
         return Ok(Some(Ended::DecidedMeanwhile));
     }
     if !pending::withdraw(c, queued)? {
-        return Err(AppError::internal("a locked waiting request was not withdrawn"));
+        return Err(AppError::internal(
+            "a locked waiting request was not withdrawn",
+        ));
     }
     Ok(grants::get(c, waiting.id)?.map(Ended::Withdrawn))
 }

@@ -237,7 +237,9 @@ pub fn decide(
         {
             // A role that may break glass also finds the patients its active grants open.
             let search = match search {
-                Some(SearchScope::CareTeam(user)) if break_glass::may_break_glass(&[grant.role]) => {
+                Some(SearchScope::CareTeam(user))
+                    if break_glass::may_break_glass(&[grant.role]) =>
+                {
                     Some(SearchScope::CareTeamAndGrants(user, subject.now))
                 }
                 other => other,

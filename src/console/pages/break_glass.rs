@@ -92,7 +92,9 @@ pub async fn grants_page(req: HttpRequest, page: ConsolePage) -> Result<GrantsPa
         .map_err(|_| AppError::bad_request("Invalid query."))?;
     let filter = match q.status.as_deref() {
         None | Some("") => None,
-        Some(s @ ("pending" | "active" | "denied" | "revoked" | "expired" | "withdrawn")) => Some(s),
+        Some(s @ ("pending" | "active" | "denied" | "revoked" | "expired" | "withdrawn")) => {
+            Some(s)
+        }
         Some(_) => {
             return Err(AppError::bad_request(
                 "The filter 'status' must be pending, active, denied, revoked or expired.",

@@ -888,7 +888,9 @@ async fn a_grant_widens_searches_to_its_patient_until_it_ends() {
     let (_, doc_a) = w.user("dr-a", &[Role::Clinician]);
     w.user("dr-b", &[Role::Clinician]);
     let p = w.create(&doc_a, &patient_json("MRN-W1", "Widened")).await;
-    let q = w.create(&doc_a, &patient_json("MRN-W2", "Notgranted")).await;
+    let q = w
+        .create(&doc_a, &patient_json("MRN-W2", "Notgranted"))
+        .await;
     for patient in [p, q] {
         let res = w
             .send(
@@ -915,7 +917,12 @@ async fn a_grant_widens_searches_to_its_patient_until_it_ends() {
             .as_array()
             .map(|a| {
                 a.iter()
-                    .map(|e| e["resource"]["subject"]["reference"].as_str().unwrap().to_string())
+                    .map(|e| {
+                        e["resource"]["subject"]["reference"]
+                            .as_str()
+                            .unwrap()
+                            .to_string()
+                    })
                     .collect()
             })
             .unwrap_or_default()
@@ -932,7 +939,13 @@ async fn a_grant_widens_searches_to_its_patient_until_it_ends() {
     assert!(entries(&search("/fhir/Patient", mfa.clone()).await).is_empty());
     assert!(entries(&search("/fhir/Observation", mfa.clone()).await).is_empty());
 
-    let res = break_glass(&w, &mfa, &p.to_string(), &body("emergency-treatment", WHY, Some(30))).await;
+    let res = break_glass(
+        &w,
+        &mfa,
+        &p.to_string(),
+        &body("emergency-treatment", WHY, Some(30)),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::CREATED);
     let v: Value = res.json().await.unwrap();
     let grant = Uuid::parse_str(param(&v, "grant")["valueId"].as_str().unwrap()).unwrap();
@@ -972,7 +985,13 @@ async fn a_grant_widens_searches_to_its_patient_until_it_ends() {
     assert!(entries(&search("/fhir/Observation", later.clone()).await).is_empty());
 
     // A new grant, revoked by its holder: back to the care team at once.
-    let res = break_glass(&w, &later, &p.to_string(), &body("emergency-treatment", WHY, Some(30))).await;
+    let res = break_glass(
+        &w,
+        &later,
+        &p.to_string(),
+        &body("emergency-treatment", WHY, Some(30)),
+    )
+    .await;
     assert_eq!(res.status(), StatusCode::CREATED);
     assert_eq!(
         entries(&search("/fhir/Patient", later.clone()).await),

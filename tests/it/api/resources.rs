@@ -1134,7 +1134,12 @@ async fn fhir_metadata_lists_every_resource_interaction_and_search_parameter() {
         "{listed:?}"
     );
     for op in patient["operation"].as_array().unwrap() {
-        assert!(op["definition"].as_str().unwrap().contains("OperationDefinition/"));
+        assert!(
+            op["definition"]
+                .as_str()
+                .unwrap()
+                .contains("OperationDefinition/")
+        );
     }
 }
 

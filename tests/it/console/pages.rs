@@ -1874,7 +1874,12 @@ async fn a_requester_withdraws_a_waiting_request_and_a_racing_approval_ends_one_
     assert_eq!(res.status(), StatusCode::ACCEPTED);
     let change = waiting(&c).unwrap();
     let approve = format!("/console/approvals/{change}/approve");
-    let html = c.get(&approver, "/console/approvals").await.text().await.unwrap();
+    let html = c
+        .get(&approver, "/console/approvals")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(html.contains(&format!("action=\"{approve}\"")), "{html}");
     let res = api(&c, Method::POST, &end, &doc_b, None).await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -1887,11 +1892,18 @@ async fn a_requester_withdraws_a_waiting_request_and_a_racing_approval_ends_one_
     );
     assert_eq!(grant_status(&c), "withdrawn");
     assert_eq!(waiting(&c), None);
-    let html = c.get(&approver, "/console/approvals").await.text().await.unwrap();
+    let html = c
+        .get(&approver, "/console/approvals")
+        .await
+        .text()
+        .await
+        .unwrap();
     assert!(!html.contains(&approve), "{html}");
     // Approving it afterwards (a stale form) changes nothing.
     c.advance(30);
-    let res = c.post(&approver, &approve, &[("reason", "consult confirmed")]).await;
+    let res = c
+        .post(&approver, &approve, &[("reason", "consult confirmed")])
+        .await;
     let html = res.text().await.unwrap();
     if html.contains("name=\"pending_id\"") {
         let res = c
@@ -1954,23 +1966,35 @@ async fn a_requester_withdraws_a_waiting_request_and_a_racing_approval_ends_one_
             ("withdrawn", "withdrawn") => {
                 assert_eq!(withdrawn, StatusCode::OK);
                 assert!(approved.is_client_error(), "{approved}");
-                assert_eq!((count("break-glass-withdraw"), count("break-glass-start")), (1, 0));
+                assert_eq!(
+                    (count("break-glass-withdraw"), count("break-glass-start")),
+                    (1, 0)
+                );
             }
             ("approved", "active") => {
                 assert_eq!(approved, StatusCode::SEE_OTHER);
                 assert_eq!(withdrawn, StatusCode::CONFLICT);
-                assert_eq!((count("break-glass-start"), count("break-glass-withdraw")), (1, 0));
+                assert_eq!(
+                    (count("break-glass-start"), count("break-glass-withdraw")),
+                    (1, 0)
+                );
                 let res = api(&c, Method::POST, &end, &doc_b, None).await;
                 assert_eq!(res.status(), StatusCode::OK);
             }
             ("approved", "revoked") => {
                 assert_eq!(approved, StatusCode::SEE_OTHER);
                 assert_eq!(withdrawn, StatusCode::OK);
-                assert_eq!((count("break-glass-start"), count("break-glass-end")), (1, 1));
+                assert_eq!(
+                    (count("break-glass-start"), count("break-glass-end")),
+                    (1, 1)
+                );
             }
             other => panic!("inconsistent: {other:?} {events:?}"),
         }
-        assert_eq!(count("break-glass-decision"), usize::from(queue == "approved"));
+        assert_eq!(
+            count("break-glass-decision"),
+            usize::from(queue == "approved")
+        );
         outcomes.insert(queue);
         assert_eq!(
             api(&c, Method::GET, &record, &doc_b, None).await.status(),
