@@ -194,7 +194,8 @@ pub async fn request(
     let valid = rules::check_request(&config, &request_of(&input)?).map_err(invalid)?;
     let user = pipeline.principal.user.clone();
     let cfg = config.clone();
-    let write = move |c: &mut PgConnection| store(c, &cfg, &user, patient, &valid, now);
+    let kr = state.keyring.clone();
+    let write = move |c: &mut PgConnection| store(c, &kr, &cfg, &user, patient, &valid, now);
     let complete: fn(&Grant, &mut AuditEvent) = |g, e| {
         e.resource_id = Some(g.id.as_uuid());
         e.break_glass_grant_id = Some(g.id.as_uuid());
@@ -240,6 +241,7 @@ fn conflict(message: &'static str) -> AppError {
 /// event, or neither does).
 fn store(
     c: &mut PgConnection,
+    kr: &crate::crypto::Keyring,
     config: &Arc<BreakGlassConfig>,
     user: &crate::db::users::UserRecord,
     patient: PatientId,
@@ -289,6 +291,7 @@ fn store(
     };
     let grant = grants::insert(
         c,
+        kr,
         user.id,
         patient,
         facts.facility_id,

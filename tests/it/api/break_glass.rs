@@ -18,6 +18,12 @@ use uuid::Uuid;
 
 const WHY: &str = "Unconscious in the ED, treating team unreachable";
 
+#[derive(QueryableByName)]
+struct RowText {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    t: String,
+}
+
 /// A token for `sub` minted at the app's clock (which tests move forward), with the
 /// sign-in claims of a multi-factor sign-in `auth_age` seconds ago when `mfa`.
 fn token_at(w: &World, sub: &str, mfa: bool, auth_age: i64) -> String {
@@ -392,11 +398,24 @@ async fn emergency_break_glass_opens_one_patient_until_it_expires() {
     let actions: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
     assert_eq!(actions, ["break-glass-request", "break-glass-start"]);
     assert!(events.iter().all(|e| e.4 == Some(grant)), "{events:?}");
-    let (user, justification): (Uuid, String) = g::table
-        .select((g::user_id, g::justification))
+    // The justification is sealed at rest: no clear text in the table (nor anywhere in
+    // its rows), and it opens to what was sent.
+    let (user, clear, sealed): (Uuid, Option<String>, Option<Vec<u8>>) = g::table
+        .select((g::user_id, g::justification, g::justification_sealed))
         .first(&mut w.app.db.conn())
         .unwrap();
-    assert_eq!((user, justification.as_str()), (doc_b_id.as_uuid(), WHY));
+    assert_eq!((user, clear), (doc_b_id.as_uuid(), None));
+    let sealed = sealed.unwrap();
+    assert!(!sealed.windows(WHY.len()).any(|s| s == WHY.as_bytes()));
+    let row_text: String = diesel::sql_query(
+        "SELECT string_agg(b::text, '') AS t FROM break_glass_grants b",
+    )
+    .get_result::<RowText>(&mut w.app.db.conn())
+    .unwrap()
+    .t;
+    assert!(!row_text.contains("Unconscious"), "{row_text}");
+    let place = custodian::crypto::columns::break_glass_grants::JUSTIFICATION.at(grant);
+    assert_eq!(w.keyring.open_str(&place, &sealed).unwrap(), WHY);
 
     // Every access under it carries the grant id and the purpose BTG: the patient and
     // its records; the clinical view (no SSN).
@@ -872,6 +891,23 @@ async fn two_sweepers_record_each_expiry_once() {
         .get_result(&mut conn)
         .unwrap();
     assert_eq!(active, 0);
+    // These rows were written as before justifications were sealed (clear text): what
+    // start-up does with such rows seals them, and the clear column is emptied.
+    let sealed = custodian::db::break_glass::seal_clear_text(&mut conn, &w.keyring).unwrap();
+    assert_eq!(sealed, 40);
+    let clear: i64 = g::table
+        .filter(g::justification.is_not_null())
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(clear, 0);
+    let place = custodian::crypto::columns::break_glass_grants::JUSTIFICATION.at(ids[0]);
+    let sealed: Option<Vec<u8>> = g::table
+        .find(ids[0])
+        .select(g::justification_sealed)
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(w.keyring.open_str(&place, &sealed.unwrap()).unwrap(), WHY);
     drop(other);
     let (ok, text) = audit_verify(&w.app.db.url);
     assert!(ok, "{text}");

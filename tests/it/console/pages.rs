@@ -1820,6 +1820,12 @@ async fn a_break_glass_request_in_approval_mode_waits_for_another_administrator(
     );
 }
 
+#[derive(QueryableByName)]
+struct RawText {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    t: String,
+}
+
 /// A requester withdraws their own waiting break-glass request (issue 13): it leaves the
 /// approval queue (the approver no longer sees it, and approving it afterwards changes
 /// nothing), audited as `break-glass-withdraw`. A withdrawal and an approval at the same
@@ -2172,9 +2178,21 @@ async fn privacy_officers_see_revoke_and_review_break_glass_grants() {
         html.contains("<strong>appropriate</strong>") && !html.contains("emergency <b>"),
         "{html}"
     );
+    // The notes are sealed at rest (the page opens them): no clear text in the table.
+    assert!(html.contains("Documented emergency"), "{html}");
+    let raw: String = diesel::sql_query(
+        "SELECT string_agg(r::text, '') AS t FROM break_glass_reviews r",
+    )
+    .get_result::<RawText>(&mut c.app.db.conn())
+    .unwrap()
+    .t;
+    assert!(!raw.contains("Documented"), "{raw}");
     let changed = diesel::sql_query("UPDATE break_glass_reviews SET verdict = 'inappropriate'")
         .execute(&mut c.app.db.conn());
     assert!(changed.is_err(), "verdicts are append-only");
+    let changed = diesel::sql_query("UPDATE break_glass_reviews SET notes = 'rewritten notes'")
+        .execute(&mut c.app.db.conn());
+    assert!(changed.is_err(), "notes are never written back in clear");
     let n: i64 = break_glass_reviews::table
         .count()
         .get_result(&mut c.app.db.conn())
