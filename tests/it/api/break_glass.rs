@@ -1048,3 +1048,66 @@ async fn a_grant_widens_searches_to_its_patient_until_it_ends() {
     let doc_a = token_at(&w, "dr-a", false, 10);
     assert_eq!(entries(&search("/fhir/Patient", doc_a).await).len(), 2);
 }
+
+/// A key rotation re-seals the justifications and review notes (the grant and review
+/// triggers let only their sealing change): afterwards they open with the new key alone
+/// (the old one is retired and not loaded).
+#[tokio::test]
+async fn a_key_rotation_reseals_justifications_and_review_notes() {
+    use custodian::crypto::rotation::{self, RotateOptions};
+    use custodian::db::break_glass as grants;
+    use custodian::domain::PatientId;
+    use custodian::policy::break_glass::{Mode, ValidRequest};
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let (b, _) = w.user("dr-b", &[Role::Clinician]);
+    let (po, _) = w.user("po", &[Role::PrivacyOfficer]);
+    let p = w.create(&doc, &patient_json("MRN-R1", "Rotated")).await;
+    let mut conn = w.app.db.conn();
+    let request = ValidRequest {
+        reason: "urgent-consult".into(),
+        justification: WHY.into(),
+        minutes: 30,
+    };
+    let now = chrono::Utc::now();
+    let grant = grants::insert(
+        &mut conn,
+        &w.keyring,
+        b,
+        PatientId(p),
+        w.facility,
+        Mode::Emergency,
+        &request,
+        now,
+        7,
+        None,
+    )
+    .unwrap();
+    grants::add_review(
+        &mut conn,
+        &w.keyring,
+        grant.id,
+        "appropriate",
+        "Rotated review notes",
+        po,
+        now,
+    )
+    .unwrap();
+    let report =
+        rotation::rotate_data_keys(&mut conn, &w.keyring, RotateOptions::default(), &mut |_| {})
+            .unwrap();
+    assert!(report.complete);
+    let config = crate::support::TestApp::builder().config(&w.app.db.url);
+    let fresh = custodian::app::keys::load_keyring(&config.crypto, &w.app.db.url, 2).unwrap();
+    assert_eq!(fresh.loaded_versions(), vec![2]);
+    let back = grants::get(&mut conn, grant.id).unwrap().unwrap();
+    assert_eq!(back.justification(&fresh).unwrap(), WHY);
+    let versions: (Option<i32>,) = g::table
+        .find(grant.id.as_uuid())
+        .select((g::key_version,))
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(versions.0, Some(2));
+    let reviews = grants::reviews_of(&mut conn, &fresh, grant.id).unwrap();
+    assert_eq!(reviews[0].notes, "Rotated review notes");
+}
