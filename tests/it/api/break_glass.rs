@@ -407,12 +407,11 @@ async fn emergency_break_glass_opens_one_patient_until_it_expires() {
     assert_eq!((user, clear), (doc_b_id.as_uuid(), None));
     let sealed = sealed.unwrap();
     assert!(!sealed.windows(WHY.len()).any(|s| s == WHY.as_bytes()));
-    let row_text: String = diesel::sql_query(
-        "SELECT string_agg(b::text, '') AS t FROM break_glass_grants b",
-    )
-    .get_result::<RowText>(&mut w.app.db.conn())
-    .unwrap()
-    .t;
+    let row_text: String =
+        diesel::sql_query("SELECT string_agg(b::text, '') AS t FROM break_glass_grants b")
+            .get_result::<RowText>(&mut w.app.db.conn())
+            .unwrap()
+            .t;
     assert!(!row_text.contains("Unconscious"), "{row_text}");
     let place = custodian::crypto::columns::break_glass_grants::JUSTIFICATION.at(grant);
     assert_eq!(w.keyring.open_str(&place, &sealed).unwrap(), WHY);

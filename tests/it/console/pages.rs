@@ -2180,12 +2180,11 @@ async fn privacy_officers_see_revoke_and_review_break_glass_grants() {
     );
     // The notes are sealed at rest (the page opens them): no clear text in the table.
     assert!(html.contains("Documented emergency"), "{html}");
-    let raw: String = diesel::sql_query(
-        "SELECT string_agg(r::text, '') AS t FROM break_glass_reviews r",
-    )
-    .get_result::<RawText>(&mut c.app.db.conn())
-    .unwrap()
-    .t;
+    let raw: String =
+        diesel::sql_query("SELECT string_agg(r::text, '') AS t FROM break_glass_reviews r")
+            .get_result::<RawText>(&mut c.app.db.conn())
+            .unwrap()
+            .t;
     assert!(!raw.contains("Documented"), "{raw}");
     let changed = diesel::sql_query("UPDATE break_glass_reviews SET verdict = 'inappropriate'")
         .execute(&mut c.app.db.conn());
