@@ -359,7 +359,7 @@ diesel::table! {
         facility_id -> Uuid,
         mode -> Text,
         reason_code -> Text,
-        justification -> Text,
+        justification -> Nullable<Text>,
         minutes -> Int4,
         status -> Text,
         requested_at -> Timestamptz,
@@ -370,6 +370,8 @@ diesel::table! {
         pending_id -> Nullable<Uuid>,
         review_due_at -> Timestamptz,
         end_reason -> Nullable<Text>,
+        justification_sealed -> Nullable<Bytea>,
+        key_version -> Nullable<Int4>,
     }
 }
 
@@ -382,9 +384,12 @@ diesel::table! {
         seq -> Int8,
         grant_id -> Uuid,
         verdict -> Text,
-        notes -> Text,
+        notes -> Nullable<Text>,
         reviewer -> Uuid,
         reviewed_at -> Timestamptz,
+        id -> Uuid,
+        notes_sealed -> Nullable<Bytea>,
+        key_version -> Nullable<Int4>,
     }
 }
 

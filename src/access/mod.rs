@@ -8,7 +8,9 @@
 //! - [`pipeline`]: authenticate → principal → facts → `policy::decide` on the route's
 //!   action → fetch the permitted view → audit → respond ([`Credentials`], [`Pipeline`]).
 //! - [`refusal`]: the one mapping from a policy denial to an HTTP answer.
+//! - [`expiry`]: the background sweeper that records break-glass grants' expiry.
 
+pub mod expiry;
 pub mod guard;
 pub mod pipeline;
 pub mod principal;

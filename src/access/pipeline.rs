@@ -131,6 +131,7 @@ impl Pipeline {
             scope_allows: &allows,
             facility_id: self.principal.user.facility_id,
             own_patient_id: self.principal.user.patient_id,
+            now: self.state.clock.now(),
         };
         Ok(policy::decide(&subject, resource, interaction, target))
     }
@@ -170,6 +171,7 @@ impl Pipeline {
                     scope_allows: &allows,
                     facility_id: user.facility_id,
                     own_patient_id: user.patient_id,
+                    now: self.state.clock.now(),
                 };
                 policy::capability(&subject, resource, interaction)
             }
@@ -184,51 +186,13 @@ impl Pipeline {
                     scope_allows: &allows,
                     facility_id: user.facility_id,
                     own_patient_id: user.patient_id,
+                    now: self.state.clock.now(),
                 };
                 policy::capability_break_glass(&subject)
             }
             Action::Public | Action::ConsoleSignIn | Action::Console => Ok(()),
         };
         capable.err().map(Refusal::Capability)
-    }
-
-    /// On a FHIR route of a principal who may break glass: marks that principal's grants
-    /// past their expiry (the application clock) as expired, in the request's hop, so that
-    /// each expiry is noticed — and audited, [`Pipeline::record_expiries`] — on the next
-    /// request at the latest. (Access never depends on this: the decision point only sees
-    /// grants whose expiry is after now.)
-    fn expire_grants(
-        &self,
-        conn: &mut diesel::PgConnection,
-    ) -> Result<Vec<(GrantId, PatientId)>, AppError> {
-        let fhir = matches!(self.action, Action::Fhir(..) | Action::BreakGlass(_));
-        if !fhir || !policy::break_glass::may_break_glass(&self.principal.user.roles) {
-            return Ok(Vec::new());
-        }
-        let now = self.state.clock.now();
-        let user = self.principal.user.id;
-        Ok(crate::db::break_glass::expire_due(conn, Some(user), now)?
-            .into_iter()
-            .map(|(grant, _, patient)| (grant, patient))
-            .collect())
-    }
-
-    /// One high-severity `break-glass-end` event (deny reason `break-glass-expired`) per
-    /// grant found expired.
-    async fn record_expiries(&self, expired: Vec<(GrantId, PatientId)>) -> Result<(), AppError> {
-        for (grant, patient) in expired {
-            let what = What::new(AuditAction::BreakGlassEnd)
-                .on(crate::audit::ResourceType::BreakGlassGrant)
-                .id(grant.as_uuid());
-            let outcome = crate::audit::Outcome::Deny(DenyReason::BreakGlassExpired);
-            let event = self
-                .recorder
-                .event(what, [patient], outcome)
-                .break_glass(grant.as_uuid())
-                .build();
-            self.recorder.record(event).await?;
-        }
-        Ok(())
     }
 
     /// When this request's access rests on a break-glass grant: raises the grant's
@@ -447,6 +411,44 @@ impl Pipeline {
         }
     }
 
+    /// The permit event(s) of this route's search that returned `patients` under
+    /// `scope`: when the scope includes the caller's break-glass grants, each patient the
+    /// caller holds an active grant for is recorded in an event of its own under that
+    /// grant (its id, purpose BTG); the others in the search's event.
+    pub async fn permit_search(
+        &self,
+        scope: SearchScope,
+        patients: Vec<PatientId>,
+    ) -> Result<(), AppError> {
+        let SearchScope::CareTeamAndGrants(user, at) = scope else {
+            return self.permit(None, patients).await;
+        };
+        if patients.is_empty() {
+            return self.permit(None, patients).await;
+        }
+        let among = patients.clone();
+        let held = self
+            .state
+            .db
+            .run(move |c| crate::db::break_glass::held_among(c, user, &among, at))
+            .await?;
+        let rest: Vec<PatientId> = patients
+            .into_iter()
+            .filter(|p| !held.iter().any(|(_, h)| h == p))
+            .collect();
+        self.permit(None, rest).await?;
+        for (grant, patient) in held {
+            let event = self
+                .recorder
+                .event(self.what(None)?, [patient], crate::audit::Outcome::Permit)
+                .break_glass(grant.as_uuid())
+                .purpose(PurposeOfUse::BreakTheGlass)
+                .build();
+            self.recorder.record(event).await?;
+        }
+        Ok(())
+    }
+
     /// The permit event of this route for record `id` (if one) and `patients`.
     pub async fn permit(
         &self,
@@ -564,9 +566,8 @@ pub struct Credentials {
 
 /// What the blocking part of [`Credentials::resolve_with`] ends with.
 enum Loaded<T> {
-    /// The pipeline, the handler's value, and the principal's break-glass grants found
-    /// past their expiry in this hop (marked expired; audited before the handler's event).
-    Ready(Box<Pipeline>, T, Vec<(GrantId, PatientId)>),
+    /// The pipeline and the handler's value.
+    Ready(Box<Pipeline>, T),
     /// Refused after authentication, before anything the request names was looked at:
     /// audited with the principal as actor ([`Pipeline::refuse`]).
     Refused(Box<Pipeline>, Refusal),
@@ -653,16 +654,12 @@ impl Credentials {
                     return Ok(Loaded::Refused(Box::new(pipeline), refusal));
                 }
                 purpose?;
-                let expired = pipeline.expire_grants(conn)?;
                 let value = then(conn, &pipeline)?;
-                Ok(Loaded::Ready(Box::new(pipeline), value, expired))
+                Ok(Loaded::Ready(Box::new(pipeline), value))
             })
             .await?;
         match loaded {
-            Loaded::Ready(pipeline, value, expired) => {
-                pipeline.record_expiries(expired).await?;
-                Ok((*pipeline, value))
-            }
+            Loaded::Ready(pipeline, value) => Ok((*pipeline, value)),
             Loaded::Refused(pipeline, refusal) => Err(pipeline.refuse(refusal).await),
         }
     }

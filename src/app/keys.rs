@@ -20,6 +20,12 @@ pub fn load_keyring(
     ))
     .context("database.url: cannot connect to PostgreSQL")?;
     keyring.load_or_init(&mut conn).map_err(config_error)?;
+    // Break-glass justifications and review notes written before they were sealed.
+    let sealed = crate::db::break_glass::seal_clear_text(&mut conn, &keyring)
+        .map_err(|_| anyhow::anyhow!("cannot seal the break-glass text stored in clear"))?;
+    if sealed > 0 {
+        tracing::info!(sealed, "sealed break-glass text stored in clear");
+    }
     Ok(keyring)
 }
 

@@ -119,6 +119,25 @@ fn fhir_resource<R: FhirResource>(r: &mut Routes) {
 }
 
 /// Every route of the product.
+/// One break-glass operation's route: its method and path from
+/// [`crate::policy::break_glass::Operation::route`], its handler here.
+fn break_glass_route(r: &mut Routes, op: crate::policy::break_glass::Operation) {
+    use crate::policy::break_glass::Operation as Op;
+    let (method, path) = op.route();
+    let method = if method == "POST" {
+        Method::POST
+    } else {
+        Method::GET
+    };
+    let action = Action::BreakGlass(op);
+    match op {
+        Op::Request => r.add(method, path, action, fhir::break_glass::request),
+        Op::Status => r.add(method, path, action, fhir::break_glass::status),
+        Op::End => r.add(method, path, action, fhir::break_glass::end),
+        Op::Lookup => r.add(method, path, action, fhir::break_glass::lookup),
+    }
+}
+
 pub fn configure(r: &mut Routes) {
     r.add(Method::GET, "/healthz", Action::Public, health::healthz);
     r.add(Method::GET, "/readyz", Action::Public, health::readyz);
@@ -130,12 +149,7 @@ pub fn configure(r: &mut Routes) {
     );
     // Before the Patient routes: `/fhir/Patient/{id}` would take `$break-glass-lookup`
     // for an id.
-    r.add(
-        Method::GET,
-        "/fhir/Patient/$break-glass-lookup",
-        Action::BreakGlass(crate::policy::break_glass::Operation::Lookup),
-        fhir::break_glass::lookup,
-    );
+    break_glass_route(r, crate::policy::break_glass::Operation::Lookup);
     // SMART App Launch discovery, at the FHIR base (as the specification places it) and
     // at the server root (where some clients look).
     for path in [
@@ -153,27 +167,12 @@ pub fn configure(r: &mut Routes) {
     fhir_resource::<fhir::observation::Observations>(r);
     fhir_resource::<fhir::document_reference::DocumentReferences>(r);
     fhir_resource::<fhir::claim::Claims>(r);
-    {
-        use crate::policy::break_glass::Operation as Op;
-        let path = "/fhir/Patient/{id}/$break-glass";
-        r.add(
-            Method::POST,
-            path,
-            Action::BreakGlass(Op::Request),
-            fhir::break_glass::request,
-        );
-        r.add(
-            Method::GET,
-            path,
-            Action::BreakGlass(Op::Status),
-            fhir::break_glass::status,
-        );
-        r.add(
-            Method::POST,
-            "/fhir/Patient/{id}/$break-glass-end",
-            Action::BreakGlass(Op::End),
-            fhir::break_glass::end,
-        );
+    // The break-glass operations, from their one description (which the
+    // CapabilityStatement lists too).
+    for op in crate::policy::break_glass::Operation::ALL {
+        if op != crate::policy::break_glass::Operation::Lookup {
+            break_glass_route(r, op);
+        }
     }
     // A patient's own access report: a Patient read for the pipeline, then own record only.
     r.add(

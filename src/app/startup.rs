@@ -122,6 +122,9 @@ impl Application {
             clock,
             break_glass: std::sync::Arc::new(config.break_glass.clone()),
         });
+        // Break-glass expiry is recorded by one sweeper across instances, off the request
+        // path (access stops at expiry regardless: the decision point compares times).
+        crate::access::expiry::spawn_sweeper(&state.clone().into_inner());
 
         // The console's settings are app data of their own (the state does not know the
         // console); without `[console]` every console route answers 404.

@@ -63,6 +63,8 @@ coded_enum! {
         BreakGlassRequest = "break-glass-request",
         BreakGlassStart = "break-glass-start",
         BreakGlassEnd = "break-glass-end",
+        // A requester withdrew their own waiting break-glass request.
+        BreakGlassWithdraw = "break-glass-withdraw",
         // An approver's decision on a break-glass request (approval mode), and a privacy
         // officer's review verdict on a grant.
         BreakGlassDecision = "break-glass-decision",
@@ -100,6 +102,7 @@ impl AuditAction {
             | AuditAction::BreakGlassRequest
             | AuditAction::BreakGlassStart
             | AuditAction::BreakGlassEnd
+            | AuditAction::BreakGlassWithdraw
             | AuditAction::BreakGlassDecision
             | AuditAction::BreakGlassReview => Severity::High,
             _ => Severity::Normal,
@@ -118,6 +121,8 @@ coded_enum! {
         Cli = "cli",
         // An emergency account's local password plus TOTP (no identity provider).
         EmergencyPassword = "emergency-password",
+        // The service itself, on its own schedule (a break-glass grant's expiry).
+        System = "system",
     }
 }
 
@@ -349,6 +354,15 @@ impl Actor {
             client_id: Some(client_id),
             roles,
             auth_method: AuthMethod::ClientCredentials,
+        }
+    }
+
+    /// The service itself acting on its own schedule (no person, no request): the
+    /// break-glass expiry sweeper.
+    pub fn system() -> Self {
+        Self {
+            auth_method: AuthMethod::System,
+            ..Self::anonymous()
         }
     }
 

@@ -84,6 +84,14 @@ sealed_tables! {
     console_totp = "console_totp" {
         SECRET = "secret_sealed",
     }
+    /// A break-glass request's justification (workforce free text about a patient).
+    break_glass_grants = "break_glass_grants" {
+        JUSTIFICATION = "justification_sealed",
+    }
+    /// A privacy officer's review notes on a grant.
+    break_glass_reviews = "break_glass_reviews" {
+        NOTES = "notes_sealed",
+    }
     /// Every version of a FHIR resource, its JSON sealed whole (`db::history`).
     resource_history = "resource_history" {
         BODY = "body_sealed",

@@ -4,6 +4,8 @@
 //! the clock is injectable); a trigger keeps the status moving one way only
 //! (pending → active | denied; active → revoked | expired) and refuses deletes.
 
+use crate::crypto::Keyring;
+use crate::crypto::columns::{break_glass_grants::JUSTIFICATION, break_glass_reviews::NOTES};
 use crate::db::schema::{break_glass_grants as g, confidentiality_changes as cc, patients};
 use crate::domain::{FacilityId, GrantId, PatientId, PendingChangeId, UserId};
 use crate::error::AppError;
@@ -26,7 +28,9 @@ pub struct Grant {
     pub facility_id: FacilityId,
     pub mode: String,
     pub reason_code: String,
-    pub justification: String,
+    /// Clear text only on a row written before justifications were sealed, until the
+    /// next start-up seals it ([`seal_clear_text`]); read it with [`Grant::justification`].
+    justification: Option<String>,
     pub minutes: i32,
     pub status: String,
     pub requested_at: DateTime<Utc>,
@@ -37,9 +41,19 @@ pub struct Grant {
     pub pending_id: Option<PendingChangeId>,
     pub review_due_at: DateTime<Utc>,
     pub end_reason: Option<String>,
+    justification_sealed: Option<Vec<u8>>,
 }
 
 impl Grant {
+    /// The requester's justification, opened (sealed at rest).
+    pub fn justification(&self, kr: &Keyring) -> Result<String, AppError> {
+        match (&self.justification_sealed, &self.justification) {
+            (Some(sealed), _) => Ok(kr.open_str(&JUSTIFICATION.at(self.id.as_uuid()), sealed)?),
+            (None, Some(clear)) => Ok(clear.clone()),
+            (None, None) => Err(AppError::internal("a grant without a justification")),
+        }
+    }
+
     /// The status as of `now` (an `active` row past its expiry is expired).
     pub fn status_at(&self, now: DateTime<Utc>) -> &str {
         match (self.status.as_str(), self.expires_at) {
@@ -78,6 +92,26 @@ pub fn active_grant_of(
         .into_boxed()
 }
 
+/// Of `patients`, those `user` holds a grant for that is active at `now`, with the grant
+/// (what a search under [`crate::policy::SearchScope::CareTeamAndGrants`] returned
+/// because of a grant, audited under it).
+pub fn held_among(
+    conn: &mut PgConnection,
+    user: UserId,
+    patients: &[PatientId],
+    now: DateTime<Utc>,
+) -> Result<Vec<(GrantId, PatientId)>, AppError> {
+    let mut held: Vec<(GrantId, PatientId)> = g::table
+        .filter(g::user_id.eq(user))
+        .filter(g::patient_id.eq_any(patients.to_vec()))
+        .filter(g::status.eq("active").and(g::expires_at.gt(now)))
+        .order((g::patient_id, g::expires_at.desc()))
+        .select((g::id, g::patient_id))
+        .load(conn)?;
+    held.dedup_by_key(|(_, p)| *p);
+    Ok(held)
+}
+
 /// How many grants `user` holds that count against the limit: active and unexpired, or
 /// waiting for approval.
 pub fn open_count(
@@ -96,11 +130,12 @@ pub fn open_count(
         .get_result(conn)?)
 }
 
-/// Stores a request: in emergency mode active at once (the clock starts now), in
-/// approval mode pending (the clock starts at approval).
+/// Stores a request (its justification sealed): in emergency mode active at once (the
+/// clock starts now), in approval mode pending (the clock starts at approval).
 #[allow(clippy::too_many_arguments)]
 pub fn insert(
     conn: &mut PgConnection,
+    kr: &Keyring,
     user: UserId,
     patient: PatientId,
     facility: FacilityId,
@@ -120,6 +155,8 @@ pub fn insert(
         Mode::Approval => ("pending", None, None),
     };
     let minutes = i32::try_from(request.minutes).map_err(|_| AppError::internal("minutes"))?;
+    let sealer = kr.sealer_for_write(conn)?;
+    let justification = sealer.seal_str(&JUSTIFICATION.at(id.as_uuid()), &request.justification)?;
     Ok(diesel::insert_into(g::table)
         .values((
             g::id.eq(id),
@@ -128,7 +165,8 @@ pub fn insert(
             g::facility_id.eq(facility),
             g::mode.eq(mode.code()),
             g::reason_code.eq(&request.reason),
-            g::justification.eq(&request.justification),
+            g::justification_sealed.eq(Some(justification)),
+            g::key_version.eq(Some(sealer.version())),
             g::minutes.eq(minutes),
             g::status.eq(status),
             g::requested_at.eq(now),
@@ -228,6 +266,19 @@ pub fn revoke_with_reason(
     Ok(n == 1)
 }
 
+/// Withdraws a waiting request of its requester (the caller holds its queue row locked,
+/// as a decision would); `false` if it was not waiting any more.
+pub fn withdraw(
+    conn: &mut PgConnection,
+    id: GrantId,
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
+    let n = diesel::update(g::table.find(id).filter(g::status.eq("pending")))
+        .set((g::status.eq("withdrawn"), g::ended_at.eq(Some(now))))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
 /// Activates (approved: the clock starts `now`) or denies a pending grant; `false` if it
 /// was not pending.
 pub fn decide(
@@ -254,28 +305,59 @@ pub fn decide(
     Ok(n == 1)
 }
 
-/// Marks the grants past their expiry as expired (of `user`, or of everyone) and returns
-/// them, so that the caller audits each expiry once.
-pub fn expire_due(
+/// Key of the session-level advisory lock under which ONE instance at a time sweeps
+/// expired grants (`access::expiry`).
+pub const EXPIRY_LOCK_KEY: i64 = 0x4355_5354_4247_4558; // "CUSTBGEX"
+
+/// Takes the expiry sweep's advisory lock on this session if no other session holds it.
+pub fn try_lock_expiry(conn: &mut PgConnection) -> Result<bool, AppError> {
+    Ok(
+        diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+            "pg_try_advisory_lock({EXPIRY_LOCK_KEY})"
+        )))
+        .get_result(conn)?,
+    )
+}
+
+/// Releases the expiry sweep's advisory lock held by this session.
+pub fn unlock_expiry(conn: &mut PgConnection) -> Result<(), AppError> {
+    diesel::select(diesel::dsl::sql::<diesel::sql_types::Bool>(&format!(
+        "pg_advisory_unlock({EXPIRY_LOCK_KEY})"
+    )))
+    .get_result::<bool>(conn)?;
+    Ok(())
+}
+
+/// Active grants whose expiry is at or before `now` (oldest expiry first, at most
+/// `limit`): what the sweeper marks expired and audits.
+pub fn due(
     conn: &mut PgConnection,
-    user: Option<UserId>,
     now: DateTime<Utc>,
+    limit: i64,
 ) -> Result<Vec<(GrantId, UserId, PatientId)>, AppError> {
-    // The status filter makes each expiry returned once, however many instances look at
-    // the same time (a concurrent update re-checks the row after the first commits).
-    let set = (g::status.eq("expired"), g::ended_at.eq(g::expires_at));
-    let due = g::status.eq("active").and(g::expires_at.le(now));
-    let returning = (g::id, g::user_id, g::patient_id);
-    Ok(match user {
-        Some(user) => diesel::update(g::table.filter(due).filter(g::user_id.eq(user)))
-            .set(set)
-            .returning(returning)
-            .get_results(conn)?,
-        None => diesel::update(g::table.filter(due))
-            .set(set)
-            .returning(returning)
-            .get_results(conn)?,
-    })
+    Ok(g::table
+        .filter(g::status.eq("active").and(g::expires_at.le(now)))
+        .order(g::expires_at)
+        .limit(limit)
+        .select((g::id, g::user_id, g::patient_id))
+        .load(conn)?)
+}
+
+/// Marks one grant past its expiry as expired (its `ended_at` is its expiry); `false` if
+/// it was not active and due any more.
+pub fn expire_one(
+    conn: &mut PgConnection,
+    id: GrantId,
+    now: DateTime<Utc>,
+) -> Result<bool, AppError> {
+    let n = diesel::update(
+        g::table
+            .find(id)
+            .filter(g::status.eq("active").and(g::expires_at.le(now))),
+    )
+    .set((g::status.eq("expired"), g::ended_at.eq(g::expires_at)))
+    .execute(conn)?;
+    Ok(n == 1)
 }
 
 /// Grants, newest first (at most `limit`), optionally only those of `status`.
@@ -486,8 +568,8 @@ pub fn recent_alerts(conn: &mut PgConnection, limit: i64) -> Result<Vec<Alert>, 
         .load(conn)?)
 }
 
-/// A privacy officer's verdict on a grant.
-#[derive(Clone, Debug, Queryable)]
+/// A privacy officer's verdict on a grant (its notes opened).
+#[derive(Clone, Debug)]
 pub struct Review {
     pub verdict: String,
     pub notes: String,
@@ -495,9 +577,11 @@ pub struct Review {
     pub reviewed_at: DateTime<Utc>,
 }
 
-/// Appends a review of `grant`.
+/// Appends a review of `grant` (its notes sealed).
+#[allow(clippy::too_many_arguments)]
 pub fn add_review(
     conn: &mut PgConnection,
+    kr: &Keyring,
     grant: GrantId,
     verdict: &str,
     notes: &str,
@@ -505,11 +589,16 @@ pub fn add_review(
     now: DateTime<Utc>,
 ) -> Result<(), AppError> {
     use crate::db::schema::break_glass_reviews as r;
+    let id = uuid::Uuid::new_v4();
+    let sealer = kr.sealer_for_write(conn)?;
+    let sealed = sealer.seal_str(&NOTES.at(id), notes)?;
     diesel::insert_into(r::table)
         .values((
+            r::id.eq(id),
             r::grant_id.eq(grant),
             r::verdict.eq(verdict),
-            r::notes.eq(notes),
+            r::notes_sealed.eq(Some(sealed)),
+            r::key_version.eq(Some(sealer.version())),
             r::reviewer.eq(reviewer),
             r::reviewed_at.eq(now),
         ))
@@ -517,14 +606,94 @@ pub fn add_review(
     Ok(())
 }
 
-/// The reviews of `grant`, oldest first.
-pub fn reviews_of(conn: &mut PgConnection, grant: GrantId) -> Result<Vec<Review>, AppError> {
+type ReviewRow = (
+    uuid::Uuid,
+    String,
+    Option<String>,
+    Option<Vec<u8>>,
+    UserId,
+    DateTime<Utc>,
+);
+
+/// The reviews of `grant`, oldest first (notes opened).
+pub fn reviews_of(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    grant: GrantId,
+) -> Result<Vec<Review>, AppError> {
     use crate::db::schema::break_glass_reviews as r;
-    Ok(r::table
+    let rows: Vec<ReviewRow> = r::table
         .filter(r::grant_id.eq(grant))
         .order(r::seq)
-        .select((r::verdict, r::notes, r::reviewer, r::reviewed_at))
-        .load(conn)?)
+        .select((
+            r::id,
+            r::verdict,
+            r::notes,
+            r::notes_sealed,
+            r::reviewer,
+            r::reviewed_at,
+        ))
+        .load(conn)?;
+    rows.into_iter()
+        .map(|(id, verdict, clear, sealed, reviewer, reviewed_at)| {
+            let notes = match (sealed, clear) {
+                (Some(sealed), _) => kr.open_str(&NOTES.at(id), &sealed)?,
+                (None, Some(clear)) => clear,
+                (None, None) => return Err(AppError::internal("a review without notes")),
+            };
+            Ok(Review {
+                verdict,
+                notes,
+                reviewer,
+                reviewed_at,
+            })
+        })
+        .collect()
+}
+
+/// Seals the justifications and review notes still stored in clear (rows written before
+/// they were sealed, migration `2026-12-03-000110`) and clears the clear-text columns;
+/// run at start-up before anything is served. Returns how many values it sealed.
+pub fn seal_clear_text(conn: &mut PgConnection, kr: &Keyring) -> Result<u64, AppError> {
+    use crate::db::schema::break_glass_reviews as r;
+    conn.transaction(|conn| {
+        let sealer = kr.sealer_for_write(conn)?;
+        let mut n = 0u64;
+        let grants: Vec<(GrantId, Option<String>)> = g::table
+            .filter(g::justification.is_not_null())
+            .select((g::id, g::justification))
+            .for_update()
+            .load(conn)?;
+        for (id, text) in grants {
+            let text = text.unwrap_or_default();
+            let sealed = sealer.seal_str(&JUSTIFICATION.at(id.as_uuid()), &text)?;
+            diesel::update(g::table.find(id))
+                .set((
+                    g::justification.eq(None::<String>),
+                    g::justification_sealed.eq(Some(sealed)),
+                    g::key_version.eq(Some(sealer.version())),
+                ))
+                .execute(conn)?;
+            n += 1;
+        }
+        let reviews: Vec<(uuid::Uuid, Option<String>)> = r::table
+            .filter(r::notes.is_not_null())
+            .select((r::id, r::notes))
+            .for_update()
+            .load(conn)?;
+        for (id, text) in reviews {
+            let sealed = sealer.seal_str(&NOTES.at(id), &text.unwrap_or_default())?;
+            diesel::update(r::table.filter(r::id.eq(id)))
+                .set((
+                    r::notes.eq(None::<String>),
+                    r::notes_sealed.eq(Some(sealed)),
+                    r::key_version.eq(Some(sealer.version())),
+                ))
+                .execute(conn)?;
+            n += 1;
+        }
+        Ok(n)
+    })
 }
 
 /// Grants that were active at some point, whose review is due by `now` and that nobody

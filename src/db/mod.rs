@@ -38,6 +38,10 @@ pub type PgPool = Pool<ConnectionManager<PgConnection>>;
 #[derive(Clone)]
 pub struct Db {
     pool: PgPool,
+    /// For the rare task that must hold a session of its own (an advisory lock across
+    /// awaits): [`Db::dedicated`].
+    url: String,
+    statement_timeout_ms: u64,
 }
 
 #[derive(Debug)]
@@ -76,7 +80,7 @@ impl Db {
     /// even when the database is down.
     pub fn new(cfg: &DatabaseConfig) -> Db {
         let url = with_connect_timeout(cfg.url.expose(), cfg.connect_timeout_secs);
-        let manager = ConnectionManager::<PgConnection>::new(url);
+        let manager = ConnectionManager::<PgConnection>::new(url.clone());
         let pool = Pool::builder()
             .max_size(cfg.pool_size)
             .min_idle(Some(0))
@@ -88,7 +92,23 @@ impl Db {
                 statement_timeout_ms: cfg.statement_timeout_ms,
             }))
             .build_unchecked(manager);
-        Db { pool }
+        Db {
+            pool,
+            url,
+            statement_timeout_ms: cfg.statement_timeout_ms,
+        }
+    }
+
+    /// A connection outside the pool, set up like the pool's, for a task that holds a
+    /// session-level lock (closing it releases the lock, whatever happened).
+    pub fn dedicated(&self) -> Result<PgConnection, AppError> {
+        let mut conn = PgConnection::establish(&self.url).map_err(|_| AppError::Unavailable)?;
+        SessionSetup {
+            statement_timeout_ms: self.statement_timeout_ms,
+        }
+        .on_acquire(&mut conn)
+        .map_err(|_| AppError::Unavailable)?;
+        Ok(conn)
     }
 
     /// Runs blocking Diesel work on the blocking thread pool. An exhausted pool or an

@@ -101,6 +101,15 @@ pub fn waiting(conn: &mut PgConnection, limit: i64) -> Result<Vec<PendingChange>
         .load(conn)?)
 }
 
+/// Takes a waiting request out of the queue on behalf of its requester (nobody decided
+/// it); `false` if it was not waiting any more.
+pub fn withdraw(conn: &mut PgConnection, id: PendingChangeId) -> Result<bool, AppError> {
+    let n = diesel::update(pc::table.find(id).filter(pc::status.eq("pending")))
+        .set(pc::status.eq("withdrawn"))
+        .execute(conn)?;
+    Ok(n == 1)
+}
+
 /// Records the decision on a waiting request (`false`: it was not waiting any more).
 pub fn decide(
     conn: &mut PgConnection,

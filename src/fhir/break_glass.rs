@@ -8,7 +8,8 @@
 //!   pending until another administrator approves it in the console.
 //! - `GET /fhir/Patient/{id}/$break-glass` — the caller's latest grant for the patient
 //!   (status, time left, the approver's decision and reason): what a requester polls.
-//! - `POST /fhir/Patient/{id}/$break-glass-end` — the requester ends their grant early.
+//! - `POST /fhir/Patient/{id}/$break-glass-end` — the requester ends their grant early,
+//!   or withdraws their request while it waits for approval.
 //!
 //! Who may call them is decided before the handler ([`crate::policy::capability_break_glass`]);
 //! every call is audited (the request, its activation and its end with high severity).
@@ -183,7 +184,8 @@ pub async fn request(
     let valid = rules::check_request(&config, &request_of(&input)?).map_err(invalid)?;
     let user = pipeline.principal.user.clone();
     let cfg = config.clone();
-    let write = move |c: &mut PgConnection| store(c, &cfg, &user, patient, &valid, now);
+    let kr = state.keyring.clone();
+    let write = move |c: &mut PgConnection| store(c, &kr, &cfg, &user, patient, &valid, now);
     let complete: fn(&Grant, &mut AuditEvent) = |g, e| {
         e.resource_id = Some(g.id.as_uuid());
         e.break_glass_grant_id = Some(g.id.as_uuid());
@@ -229,6 +231,7 @@ fn conflict(message: &'static str) -> AppError {
 /// event, or neither does).
 fn store(
     c: &mut PgConnection,
+    kr: &crate::crypto::Keyring,
     config: &Arc<BreakGlassConfig>,
     user: &crate::db::users::UserRecord,
     patient: PatientId,
@@ -244,6 +247,7 @@ fn store(
         scope_allows: &everything,
         facility_id: user.facility_id,
         own_patient_id: user.patient_id,
+        now,
     };
     let target = Target::Patient(facts);
     if let Decision::Permit { .. } =
@@ -277,6 +281,7 @@ fn store(
     };
     let grant = grants::insert(
         c,
+        kr,
         user.id,
         patient,
         facts.facility_id,
@@ -328,7 +333,18 @@ pub async fn status(pipeline: Pipeline, path: web::Path<String>) -> Result<HttpR
     ))
 }
 
-/// `POST /fhir/Patient/{id}/$break-glass-end`: the requester ends their active grant.
+/// What `$break-glass-end` did.
+enum Ended {
+    /// The active grant was revoked by its holder.
+    Revoked(Grant),
+    /// The waiting request was withdrawn by its requester.
+    Withdrawn(Grant),
+    /// The waiting request was decided at the same moment (the decision won).
+    DecidedMeanwhile,
+}
+
+/// `POST /fhir/Patient/{id}/$break-glass-end`: the requester ends their active grant, or
+/// withdraws their request still waiting for approval (it leaves the approval queue).
 pub async fn end(pipeline: Pipeline, path: web::Path<String>) -> Result<HttpResponse, AppError> {
     let patient = patient_in(&path)?;
     let user = pipeline.principal.user.id;
@@ -338,30 +354,25 @@ pub async fn end(pipeline: Pipeline, path: web::Path<String>) -> Result<HttpResp
         .db
         .run(move |c| {
             use diesel::Connection;
-            c.transaction(|c| {
-                let active: Option<uuid::Uuid> = {
-                    use diesel::prelude::*;
-                    grants::active_grant_of(user, patient, now)
-                        .first(c)
-                        .optional()?
-                };
-                let Some(id) = active.map(GrantId) else {
-                    return Ok(None);
-                };
-                if !grants::revoke(c, id, user, now)? {
-                    return Ok(None);
-                }
-                grants::get(c, id)
-            })
+            c.transaction(|c| end_or_withdraw(c, user, patient, now))
         })
         .await?;
-    let Some(grant) = ended else {
-        return Err(AppError::client(
-            StatusCode::NOT_FOUND,
-            "You hold no active break-glass grant for this patient.",
-        ));
+    let (action, grant) = match ended {
+        Some(Ended::Revoked(g)) => (AuditAction::BreakGlassEnd, g),
+        Some(Ended::Withdrawn(g)) => (AuditAction::BreakGlassWithdraw, g),
+        Some(Ended::DecidedMeanwhile) => {
+            return Err(conflict(
+                "Your break-glass request was decided at the same moment: poll its status.",
+            ));
+        }
+        None => {
+            return Err(AppError::client(
+                StatusCode::NOT_FOUND,
+                "You hold no active break-glass grant or waiting request for this patient.",
+            ));
+        }
     };
-    let what = grant_what(AuditAction::BreakGlassEnd, Some(grant.id));
+    let what = grant_what(action, Some(grant.id));
     let event = pipeline
         .recorder
         .event(what, [patient], Outcome::Permit)
@@ -372,6 +383,51 @@ pub async fn end(pipeline: Pipeline, path: web::Path<String>) -> Result<HttpResp
         StatusCode::OK,
         &grant_parameters(&grant, now, None),
     ))
+}
+
+/// In the caller's transaction: revokes `user`'s active grant for `patient`, or else
+/// withdraws their waiting request. The queue row is locked before the grant, the order
+/// an approver's decision takes them in, so that a withdrawal and a decision at the same
+/// moment wait for each other and exactly one of them happens.
+fn end_or_withdraw(
+    c: &mut PgConnection,
+    user: crate::domain::UserId,
+    patient: PatientId,
+    now: DateTime<Utc>,
+) -> Result<Option<Ended>, AppError> {
+    let active: Option<uuid::Uuid> = {
+        use diesel::prelude::*;
+        grants::active_grant_of(user, patient, now)
+            .first(c)
+            .optional()?
+    };
+    if let Some(id) = active.map(GrantId) {
+        if !grants::revoke(c, id, user, now)? {
+            return Ok(None);
+        }
+        return Ok(grants::get(c, id)?.map(Ended::Revoked));
+    }
+    let Some(waiting) = grants::latest_of(c, user, patient)? else {
+        return Ok(None);
+    };
+    match waiting.status_at(now) {
+        "pending" => {}
+        // Approved between the two looks (READ COMMITTED): the decision won.
+        "active" => return Ok(Some(Ended::DecidedMeanwhile)),
+        _ => return Ok(None),
+    }
+    let Some(queued) = waiting.pending_id else {
+        return Ok(None);
+    };
+    if pending::open_for_update(c, queued)?.is_none() || !grants::withdraw(c, waiting.id, now)? {
+        return Ok(Some(Ended::DecidedMeanwhile));
+    }
+    if !pending::withdraw(c, queued)? {
+        return Err(AppError::internal(
+            "a locked waiting request was not withdrawn",
+        ));
+    }
+    Ok(grants::get(c, waiting.id)?.map(Ended::Withdrawn))
 }
 
 /// `GET /fhir/Patient/$break-glass-lookup?identifier=[urn:custodian:mrn|]<MRN>`: in an

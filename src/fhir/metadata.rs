@@ -88,16 +88,45 @@ pub fn resources(settings: &FhirSettings) -> Vec<Value> {
             if !params.is_empty() {
                 out["searchParam"] = Value::Array(params);
             }
+            let mut operations = Vec::new();
             if d.everything_path.is_some() {
-                out["operation"] = json!([{
+                operations.push(json!({
                     "name": "everything",
                     "definition": "http://hl7.org/fhir/OperationDefinition/Patient-everything",
-                }]);
+                }));
+            }
+            if d.kind == ResourceType::Patient {
+                operations.extend(break_glass_operations(settings));
+            }
+            if !operations.is_empty() {
+                out["operation"] = Value::Array(operations);
             }
             if !d.includes.is_empty() {
                 out["searchInclude"] = json!(d.includes);
             }
             out
+        })
+        .collect()
+}
+
+/// The break-glass operations on Patient, from their one description (the route table
+/// registers the same): one entry per operation name, its documentation the methods
+/// that answer it. The definitions are this server's own canonical URLs.
+fn break_glass_operations(settings: &FhirSettings) -> Vec<Value> {
+    let mut out: Vec<(&str, Vec<&str>)> = Vec::new();
+    for op in crate::policy::break_glass::Operation::ALL {
+        match out.iter_mut().find(|(name, _)| *name == op.name()) {
+            Some((_, docs)) => docs.push(op.documentation()),
+            None => out.push((op.name(), vec![op.documentation()])),
+        }
+    }
+    out.into_iter()
+        .map(|(name, docs)| {
+            json!({
+                "name": name,
+                "definition": format!("{}/OperationDefinition/Patient-{name}", settings.base.trim_end_matches('/')),
+                "documentation": docs.join(" "),
+            })
         })
         .collect()
 }

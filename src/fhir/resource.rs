@@ -959,7 +959,7 @@ async fn search_with<R: FhirResource>(
     let mut patients: Vec<PatientId> = rows.iter().map(R::subject).collect();
     patients.sort();
     patients.dedup();
-    pipeline.permit(None, patients.clone()).await?;
+    pipeline.permit_search(scope, patients.clone()).await?;
     // What a POST search's cursor carries: its parameters, without a cursor.
     let to_carry = post.then(|| {
         let mut out = url::form_urlencoded::Serializer::new(String::new());

@@ -27,6 +27,55 @@ pub enum Operation {
     Lookup,
 }
 
+impl Operation {
+    /// Every operation, in the order the route table registers them and the
+    /// CapabilityStatement lists them.
+    pub const ALL: [Operation; 4] = [
+        Operation::Lookup,
+        Operation::Request,
+        Operation::Status,
+        Operation::End,
+    ];
+
+    /// The HTTP method and path of the operation's route.
+    pub fn route(self) -> (&'static str, &'static str) {
+        match self {
+            Operation::Request => ("POST", "/fhir/Patient/{id}/$break-glass"),
+            Operation::Status => ("GET", "/fhir/Patient/{id}/$break-glass"),
+            Operation::End => ("POST", "/fhir/Patient/{id}/$break-glass-end"),
+            Operation::Lookup => ("GET", "/fhir/Patient/$break-glass-lookup"),
+        }
+    }
+
+    /// The operation's name (what follows the `$`): the request and its status poll are
+    /// one operation, answered by POST (ask) and GET (poll).
+    pub fn name(self) -> &'static str {
+        match self {
+            Operation::Request | Operation::Status => "break-glass",
+            Operation::End => "break-glass-end",
+            Operation::Lookup => "break-glass-lookup",
+        }
+    }
+
+    /// What the operation does and takes, for the CapabilityStatement.
+    pub fn documentation(self) -> &'static str {
+        match self {
+            Operation::Request => {
+                "POST on an instance: ask for emergency access to one patient outside one's care relationship. Parameters: reason (valueCode or valueCoding.code from break_glass.reasons), justification (valueString, 20 to 1000 characters), minutes (valueInteger, up to break_glass.max_minutes). Needs a recent multi-factor sign-in (else 401 with an RFC 9470 challenge). 201 (emergency mode, active at once) or 202 (approval mode, pending), with the grant as Parameters."
+            }
+            Operation::Status => {
+                "GET on an instance: the caller's latest break-glass grant for the patient (status pending, active, denied, revoked, expired or withdrawn; expires; minutesLeft; decisionReason) as Parameters."
+            }
+            Operation::End => {
+                "POST on an instance, no body: end one's own active grant early, or withdraw one's own request still waiting for approval. Answers the grant as Parameters."
+            }
+            Operation::Lookup => {
+                "GET on the type with identifier=[urn:custodian:mrn|]<MRN>: identification only (id, MRN, name, birth date) across the organisation, before a break-glass request; audited as break-glass-lookup."
+            }
+        }
+    }
+}
+
 /// How a request becomes a grant.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]

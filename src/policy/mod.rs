@@ -71,6 +71,9 @@ pub struct Subject<'a> {
     pub facility_id: Option<FacilityId>,
     /// The patient record a `patient` user is linked to.
     pub own_patient_id: Option<PatientId>,
+    /// When the decision is made (the application clock): a break-glass grant widens a
+    /// search until its expiry ([`SearchScope::CareTeamAndGrants`]).
+    pub now: chrono::DateTime<chrono::Utc>,
 }
 
 /// The facts about the patient a request touches, loaded before deciding.
@@ -117,6 +120,10 @@ pub enum SearchScope {
     Facility(FacilityId),
     /// One patient (the user's own record).
     OnePatient(PatientId),
+    /// Patients whose care team includes the user, and those the user holds a
+    /// break-glass grant for that is active at the given time (a role that may break
+    /// glass): what a grant opens by id, it opens in searches too.
+    CareTeamAndGrants(UserId, chrono::DateTime<chrono::Utc>),
 }
 
 /// Why access was granted.
@@ -228,6 +235,15 @@ pub fn decide(
         if let Some((basis, search)) = relationship(subject, grant.relationship, target)
             && admitted(basis, target)
         {
+            // A role that may break glass also finds the patients its active grants open.
+            let search = match search {
+                Some(SearchScope::CareTeam(user))
+                    if break_glass::may_break_glass(&[grant.role]) =>
+                {
+                    Some(SearchScope::CareTeamAndGrants(user, subject.now))
+                }
+                other => other,
+            };
             return Decision::Permit {
                 view: grant.view,
                 basis,
@@ -329,6 +345,7 @@ mod tests {
     fn subject(roles: &[Role]) -> Subject<'_> {
         Subject {
             user_id: UserId(uuid::Uuid::from_u128(1)),
+            now: chrono::DateTime::UNIX_EPOCH,
             roles,
             scope_allows: &all_scopes,
             facility_id: Some(FacilityId(uuid::Uuid::from_u128(10))),
@@ -649,6 +666,38 @@ mod tests {
                         }
                     }
                 }
+            }
+        }
+    }
+
+    #[test]
+    fn a_role_that_may_break_glass_searches_its_care_team_and_its_grants() {
+        let s = subject(&[Role::Clinician]);
+        let d = decide(&s, T::Observation, Search, Target::Search);
+        let Decision::Permit { search, .. } = d else {
+            panic!("{d:?}");
+        };
+        assert_eq!(
+            search,
+            Some(SearchScope::CareTeamAndGrants(s.user_id, s.now))
+        );
+        // Roles that may not break glass keep their scope, whatever they search.
+        for role in [Role::Billing, Role::Patient, Role::Service] {
+            let roles = [role];
+            let mut b = subject(&roles);
+            b.own_patient_id = Some(PatientId(uuid::Uuid::from_u128(100)));
+            for resource in T::ALL {
+                let d = decide(&b, resource, Search, Target::Search);
+                assert!(
+                    !matches!(
+                        d,
+                        Decision::Permit {
+                            search: Some(SearchScope::CareTeamAndGrants(..)),
+                            ..
+                        }
+                    ),
+                    "{role:?} {resource:?}"
+                );
             }
         }
     }

@@ -92,7 +92,9 @@ pub async fn grants_page(req: HttpRequest, page: ConsolePage) -> Result<GrantsPa
         .map_err(|_| AppError::bad_request("Invalid query."))?;
     let filter = match q.status.as_deref() {
         None | Some("") => None,
-        Some(s @ ("pending" | "active" | "denied" | "revoked" | "expired")) => Some(s),
+        Some(s @ ("pending" | "active" | "denied" | "revoked" | "expired" | "withdrawn")) => {
+            Some(s)
+        }
         Some(_) => {
             return Err(AppError::bad_request(
                 "The filter 'status' must be pending, active, denied, revoked or expired.",
@@ -186,6 +188,7 @@ pub async fn grant_page(
         AuditAction::Read,
         Some(Kind::BreakGlassGrant),
         async {
+            let kr = page.state.keyring.clone();
             let found = page
                 .state
                 .db
@@ -194,7 +197,7 @@ pub async fn grant_page(
                         return Ok(None);
                     };
                     let accesses = grants::accesses_under(c, id, ACCESSES_SHOWN)?;
-                    let reviews = grants::reviews_of(c, id)?;
+                    let reviews = grants::reviews_of(c, &kr, id)?;
                     Ok(Some((g, accesses, reviews)))
                 })
                 .await?
@@ -212,13 +215,14 @@ pub async fn grant_page(
     let me = &page.me.user;
     let may_review = rules::may_review(&me.roles, me.id, grant.user_id);
     let may_revoke = rules::may_revoke(&me.roles);
+    let justification = grant.justification(&page.state.keyring)?;
     Ok(GrantPage {
         may_review,
         may_revoke,
         chrome: page.0.chrome,
         message: done_message(q.as_ref().and_then(|q| q.done.as_deref())),
         grant: grant_row(&grant, now, !reviews.is_empty()),
-        justification: grant.justification.clone(),
+        justification,
         end_reason: grant.end_reason.clone().unwrap_or_default(),
         accesses: accesses
             .into_iter()
@@ -322,6 +326,7 @@ pub async fn review(
     let roles = page.me.user.roles.clone();
     let now = page.state.clock.now();
     let db = page.state.db.clone();
+    let kr = page.state.keyring.clone();
     audited(
         &page,
         AuditAction::BreakGlassReview,
@@ -338,7 +343,7 @@ pub async fn review(
                                 "Only a privacy officer reviews a grant, and never their own.",
                             ));
                         }
-                        grants::add_review(c, grant, &verdict, &notes, me, now)?;
+                        grants::add_review(c, &kr, grant, &verdict, &notes, me, now)?;
                         Ok(g.patient_id)
                     })
                 })

@@ -458,7 +458,8 @@ pub async fn approvals_page(req: HttpRequest, page: AdminPage) -> Result<Approva
                         "Break-glass: user {} asks for {} minutes of access to patient {} (reason code {})",
                         g.user_id, g.minutes, g.patient_id, g.reason_code
                     ),
-                    g.justification.clone(),
+                    g.justification(&page.state.keyring)
+                        .unwrap_or_else(|_| "(unreadable justification)".into()),
                 ),
                 None => {
                     // The kept operation, exactly as requested (ids and role codes; the

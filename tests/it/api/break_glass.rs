@@ -18,6 +18,12 @@ use uuid::Uuid;
 
 const WHY: &str = "Unconscious in the ED, treating team unreachable";
 
+#[derive(QueryableByName)]
+struct RowText {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    t: String,
+}
+
 /// A token for `sub` minted at the app's clock (which tests move forward), with the
 /// sign-in claims of a multi-factor sign-in `auth_age` seconds ago when `mfa`.
 fn token_at(w: &World, sub: &str, mfa: bool, auth_age: i64) -> String {
@@ -392,11 +398,23 @@ async fn emergency_break_glass_opens_one_patient_until_it_expires() {
     let actions: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
     assert_eq!(actions, ["break-glass-request", "break-glass-start"]);
     assert!(events.iter().all(|e| e.4 == Some(grant)), "{events:?}");
-    let (user, justification): (Uuid, String) = g::table
-        .select((g::user_id, g::justification))
+    // The justification is sealed at rest: no clear text in the table (nor anywhere in
+    // its rows), and it opens to what was sent.
+    let (user, clear, sealed): (Uuid, Option<String>, Option<Vec<u8>>) = g::table
+        .select((g::user_id, g::justification, g::justification_sealed))
         .first(&mut w.app.db.conn())
         .unwrap();
-    assert_eq!((user, justification.as_str()), (doc_b_id.as_uuid(), WHY));
+    assert_eq!((user, clear), (doc_b_id.as_uuid(), None));
+    let sealed = sealed.unwrap();
+    assert!(!sealed.windows(WHY.len()).any(|s| s == WHY.as_bytes()));
+    let row_text: String =
+        diesel::sql_query("SELECT string_agg(b::text, '') AS t FROM break_glass_grants b")
+            .get_result::<RowText>(&mut w.app.db.conn())
+            .unwrap()
+            .t;
+    assert!(!row_text.contains("Unconscious"), "{row_text}");
+    let place = custodian::crypto::columns::break_glass_grants::JUSTIFICATION.at(grant);
+    assert_eq!(w.keyring.open_str(&place, &sealed).unwrap(), WHY);
 
     // Every access under it carries the grant id and the purpose BTG: the patient and
     // its records; the clinical view (no SSN).
@@ -446,31 +464,67 @@ async fn emergency_break_glass_opens_one_patient_until_it_expires() {
     let v: Value = res.json().await.unwrap();
     assert_eq!(param(&v, "status")["valueCode"], "active");
 
-    // Expiry on the application's clock: the next request is refused, and the expiry is
-    // in the trail (once).
+    // Expiry on the application's clock: access stops at once, even while no sweeper can
+    // run (this test holds the sweep's advisory lock) — the decision point compares the
+    // expiry with the clock, not the grant's status.
+    let mut lock = w.app.db.conn();
+    assert!(custodian::db::break_glass::try_lock_expiry(&mut lock).unwrap());
     w.app
         .clock()
         .advance(std::time::Duration::from_secs(31 * 60));
     let later = token_at(&w, "dr-b", true, 10);
     let before = last_seq(&w);
     assert_eq!(w.get(&path, &later).await.status(), StatusCode::FORBIDDEN);
-    let events = events_after(&w, before);
-    let expiry: Vec<&Row> = events.iter().filter(|e| e.0 == "break-glass-end").collect();
-    assert_eq!(expiry.len(), 1, "{events:?}");
-    assert_eq!(expiry[0].2.as_deref(), Some("break-glass-expired"));
-    assert_eq!(expiry[0].4, Some(grant));
+    let res = w
+        .get(&format!("/fhir/Patient/{p}/$break-glass"), &later)
+        .await;
+    let v: Value = res.json().await.unwrap();
+    assert_eq!(param(&v, "status")["valueCode"], "expired");
+    tokio::time::sleep(custodian::access::expiry::SWEEP_EVERY + std::time::Duration::from_secs(1))
+        .await;
+    assert!(
+        events_after(&w, before)
+            .iter()
+            .all(|e| e.0 != "break-glass-end"),
+        "no sweep while the lock is held elsewhere"
+    );
+    let status: String = g::table
+        .select(g::status)
+        .first(&mut w.app.db.conn())
+        .unwrap();
+    assert_eq!(status, "active", "not swept yet");
+
+    // Released: the sweeper records the expiry (once) without any request by the holder.
+    custodian::db::break_glass::unlock_expiry(&mut lock).unwrap();
+    let expiry = wait_for_expiry(&w, before, grant).await;
+    assert_eq!(expiry.2.as_deref(), Some("break-glass-expired"));
+    assert_eq!(expiry.1, "deny");
     let status: String = g::table
         .select(g::status)
         .first(&mut w.app.db.conn())
         .unwrap();
     assert_eq!(status, "expired");
-    let before = last_seq(&w);
     assert_eq!(w.get(&path, &later).await.status(), StatusCode::FORBIDDEN);
-    assert!(
-        events_after(&w, before)
-            .iter()
-            .all(|e| e.0 != "break-glass-end")
-    );
+    tokio::time::sleep(custodian::access::expiry::SWEEP_EVERY).await;
+    let ends = events_after(&w, before)
+        .into_iter()
+        .filter(|e| e.0 == "break-glass-end")
+        .count();
+    assert_eq!(ends, 1, "one expiry event");
+}
+
+/// Waits (up to a few sweeps) for the `break-glass-end` event of `grant` after `seq`.
+async fn wait_for_expiry(w: &World, seq: i64, grant: Uuid) -> Row {
+    for _ in 0..40 {
+        if let Some(e) = events_after(w, seq)
+            .into_iter()
+            .find(|e| e.0 == "break-glass-end" && e.4 == Some(grant))
+        {
+            return e;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    }
+    panic!("no expiry event for {grant}");
 }
 
 #[tokio::test]
@@ -765,4 +819,294 @@ async fn a_grant_ended_on_one_instance_is_refused_by_another_and_concurrent_ends
     assert_eq!(w.get(&path, &mfa).await.status(), StatusCode::FORBIDDEN);
     let (ok, text) = audit_verify(&w.app.db.url);
     assert!(ok, "{text}");
+}
+
+/// Expiry is recorded by one sweeper at a time across instances (an advisory lock):
+/// grants already past their expiry, two sweeps started at the same moment on one
+/// instance plus the background sweepers of that instance and of a second `custodian
+/// serve` on the same database — every grant ends `expired` with exactly one
+/// `break-glass-end` event, none recorded as an error, and the chain verifies.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_sweepers_record_each_expiry_once() {
+    use crate::support::serve::{Served, audit_verify};
+    let w = World::with(|b, _| b.extra_routes(crate::support::test_routes::add)).await;
+    let (_, doc_a) = w.user("dr-a", &[Role::Clinician]);
+    let (doc_b, _) = w.user("dr-b", &[Role::Clinician]);
+    let p = w.create(&doc_a, &patient_json("MRN-S1", "Swept")).await;
+    let other = Served::start(&w.app.db.url, &w.idp.issuer()).await;
+    let mut conn = w.app.db.conn();
+    let facility: Uuid = custodian::db::schema::patients::table
+        .find(p)
+        .select(custodian::db::schema::patients::facility_id)
+        .first(&mut conn)
+        .unwrap();
+    let before = last_seq(&w);
+    let now = chrono::Utc::now();
+    let mut ids = Vec::new();
+    for i in 0..40 {
+        let id = Uuid::new_v4();
+        diesel::insert_into(g::table)
+            .values((
+                g::id.eq(id),
+                g::user_id.eq(doc_b.as_uuid()),
+                g::patient_id.eq(p),
+                g::facility_id.eq(facility),
+                g::mode.eq("emergency"),
+                g::reason_code.eq("emergency-treatment"),
+                g::justification.eq(WHY),
+                g::minutes.eq(1),
+                g::status.eq("active"),
+                g::requested_at.eq(now - chrono::Duration::minutes(3)),
+                g::activated_at.eq(Some(now - chrono::Duration::minutes(3))),
+                g::expires_at.eq(Some(now - chrono::Duration::seconds(60 + i))),
+                g::review_due_at.eq(now + chrono::Duration::days(7)),
+            ))
+            .execute(&mut conn)
+            .unwrap();
+        ids.push(id);
+    }
+    let res = w
+        .app
+        .client
+        .post(w.app.url("/api/test/expiry-sweeps"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    // The background sweepers of both instances have had their turns too.
+    tokio::time::sleep(custodian::access::expiry::SWEEP_EVERY * 2).await;
+    let events = events_after(&w, before);
+    for id in &ids {
+        let ends: Vec<&Row> = events
+            .iter()
+            .filter(|e| e.0 == "break-glass-end" && e.4 == Some(*id))
+            .collect();
+        assert_eq!(ends.len(), 1, "{id}: {ends:?}");
+        assert_eq!(ends[0].1, "deny");
+    }
+    let active: i64 = g::table
+        .filter(g::status.eq("active"))
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(active, 0);
+    // These rows were written as before justifications were sealed (clear text): what
+    // start-up does with such rows seals them, and the clear column is emptied.
+    let sealed = custodian::db::break_glass::seal_clear_text(&mut conn, &w.keyring).unwrap();
+    assert_eq!(sealed, 40);
+    let clear: i64 = g::table
+        .filter(g::justification.is_not_null())
+        .count()
+        .get_result(&mut conn)
+        .unwrap();
+    assert_eq!(clear, 0);
+    let place = custodian::crypto::columns::break_glass_grants::JUSTIFICATION.at(ids[0]);
+    let sealed: Option<Vec<u8>> = g::table
+        .find(ids[0])
+        .select(g::justification_sealed)
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(w.keyring.open_str(&place, &sealed.unwrap()).unwrap(), WHY);
+    drop(other);
+    let (ok, text) = audit_verify(&w.app.db.url);
+    assert!(ok, "{text}");
+}
+
+/// A grant opens its patient in searches too (the search scope, not the handlers): the
+/// holder finds the patient and its Observations, never another patient's; each patient
+/// found because of a grant is audited under it (grant id, purpose BTG); revoked, and
+/// past its expiry on the application clock (before any sweep), the searches are back
+/// to the care team.
+#[tokio::test]
+async fn a_grant_widens_searches_to_its_patient_until_it_ends() {
+    let w = world().await;
+    let (_, doc_a) = w.user("dr-a", &[Role::Clinician]);
+    w.user("dr-b", &[Role::Clinician]);
+    let p = w.create(&doc_a, &patient_json("MRN-W1", "Widened")).await;
+    let q = w
+        .create(&doc_a, &patient_json("MRN-W2", "Notgranted"))
+        .await;
+    for patient in [p, q] {
+        let res = w
+            .send(
+                Method::POST,
+                "/fhir/Observation",
+                &doc_a,
+                Some(&observation_json(patient)),
+            )
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+    }
+    let entries = |v: &Value| -> Vec<String> {
+        v["entry"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let subjects = |v: &Value| -> Vec<String> {
+        v["entry"]
+            .as_array()
+            .map(|a| {
+                a.iter()
+                    .map(|e| {
+                        e["resource"]["subject"]["reference"]
+                            .as_str()
+                            .unwrap()
+                            .to_string()
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let search = |path: &'static str, token: String| {
+        let w = &w;
+        async move {
+            let res = w.get(path, &token).await;
+            assert_eq!(res.status(), StatusCode::OK, "{path}");
+            res.json::<Value>().await.unwrap()
+        }
+    };
+    let mfa = token_at(&w, "dr-b", true, 10);
+    assert!(entries(&search("/fhir/Patient", mfa.clone()).await).is_empty());
+    assert!(entries(&search("/fhir/Observation", mfa.clone()).await).is_empty());
+
+    let res = break_glass(
+        &w,
+        &mfa,
+        &p.to_string(),
+        &body("emergency-treatment", WHY, Some(30)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let v: Value = res.json().await.unwrap();
+    let grant = Uuid::parse_str(param(&v, "grant")["valueId"].as_str().unwrap()).unwrap();
+
+    let before = last_seq(&w);
+    assert_eq!(
+        entries(&search("/fhir/Patient", mfa.clone()).await),
+        [p.to_string()]
+    );
+    assert_eq!(
+        subjects(&search("/fhir/Observation", mfa.clone()).await),
+        [format!("Patient/{p}")]
+    );
+    let events = events_after(&w, before);
+    let under: Vec<&Row> = events.iter().filter(|e| e.4 == Some(grant)).collect();
+    assert_eq!(under.len(), 2, "{events:?}");
+    for e in under {
+        assert_eq!(
+            (e.0.as_str(), e.1.as_str(), e.3.as_deref()),
+            ("search", "permit", Some("BTG"))
+        );
+    }
+    let patients_of_grant_events: Vec<Vec<Uuid>> = ae::table
+        .filter(ae::seq.gt(before))
+        .filter(ae::break_glass_grant_id.eq(grant))
+        .select(ae::patient_ids)
+        .load(&mut w.app.db.conn())
+        .unwrap();
+    assert!(patients_of_grant_events.iter().all(|ps| ps == &vec![p]));
+
+    // Past its expiry on the clock (no sweep needed): back to the care team.
+    w.app
+        .clock()
+        .advance(std::time::Duration::from_secs(31 * 60));
+    let later = token_at(&w, "dr-b", true, 10);
+    assert!(entries(&search("/fhir/Patient", later.clone()).await).is_empty());
+    assert!(entries(&search("/fhir/Observation", later.clone()).await).is_empty());
+
+    // A new grant, revoked by its holder: back to the care team at once.
+    let res = break_glass(
+        &w,
+        &later,
+        &p.to_string(),
+        &body("emergency-treatment", WHY, Some(30)),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(
+        entries(&search("/fhir/Patient", later.clone()).await),
+        [p.to_string()]
+    );
+    let res = w
+        .send(
+            Method::POST,
+            &format!("/fhir/Patient/{p}/$break-glass-end"),
+            &later,
+            None,
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(entries(&search("/fhir/Patient", later.clone()).await).is_empty());
+    assert!(entries(&search("/fhir/Observation", later).await).is_empty());
+    // The care team still sees both.
+    let doc_a = token_at(&w, "dr-a", false, 10);
+    assert_eq!(entries(&search("/fhir/Patient", doc_a).await).len(), 2);
+}
+
+/// A key rotation re-seals the justifications and review notes (the grant and review
+/// triggers let only their sealing change): afterwards they open with the new key alone
+/// (the old one is retired and not loaded).
+#[tokio::test]
+async fn a_key_rotation_reseals_justifications_and_review_notes() {
+    use custodian::crypto::rotation::{self, RotateOptions};
+    use custodian::db::break_glass as grants;
+    use custodian::domain::PatientId;
+    use custodian::policy::break_glass::{Mode, ValidRequest};
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let (b, _) = w.user("dr-b", &[Role::Clinician]);
+    let (po, _) = w.user("po", &[Role::PrivacyOfficer]);
+    let p = w.create(&doc, &patient_json("MRN-R1", "Rotated")).await;
+    let mut conn = w.app.db.conn();
+    let request = ValidRequest {
+        reason: "urgent-consult".into(),
+        justification: WHY.into(),
+        minutes: 30,
+    };
+    let now = chrono::Utc::now();
+    let grant = grants::insert(
+        &mut conn,
+        &w.keyring,
+        b,
+        PatientId(p),
+        w.facility,
+        Mode::Emergency,
+        &request,
+        now,
+        7,
+        None,
+    )
+    .unwrap();
+    grants::add_review(
+        &mut conn,
+        &w.keyring,
+        grant.id,
+        "appropriate",
+        "Rotated review notes",
+        po,
+        now,
+    )
+    .unwrap();
+    let report =
+        rotation::rotate_data_keys(&mut conn, &w.keyring, RotateOptions::default(), &mut |_| {})
+            .unwrap();
+    assert!(report.complete);
+    let config = crate::support::TestApp::builder().config(&w.app.db.url);
+    let fresh = custodian::app::keys::load_keyring(&config.crypto, &w.app.db.url, 2).unwrap();
+    assert_eq!(fresh.loaded_versions(), vec![2]);
+    let back = grants::get(&mut conn, grant.id).unwrap().unwrap();
+    assert_eq!(back.justification(&fresh).unwrap(), WHY);
+    let versions: (Option<i32>,) = g::table
+        .find(grant.id.as_uuid())
+        .select((g::key_version,))
+        .first(&mut conn)
+        .unwrap();
+    assert_eq!(versions.0, Some(2));
+    let reviews = grants::reviews_of(&mut conn, &fresh, grant.id).unwrap();
+    assert_eq!(reviews[0].notes, "Rotated review notes");
 }

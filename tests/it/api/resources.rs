@@ -1109,6 +1109,38 @@ async fn fhir_metadata_lists_every_resource_interaction_and_search_parameter() {
             assert!(got.contains(&p.to_string()), "{t} {p}");
         }
     }
+    // Patient's break-glass operations are exactly the break-glass `$` operations the
+    // route table serves on Patient, each with a definition.
+    let patient = find("Patient");
+    let mut listed: Vec<String> = codes(&patient, "operation", "name")
+        .into_iter()
+        .filter(|n| n.starts_with("break-glass"))
+        .collect();
+    listed.sort();
+    let mut routed: Vec<String> = custodian::app::routes::table()
+        .iter()
+        .filter_map(|r| r.path.strip_prefix("/fhir/Patient/"))
+        .filter_map(|rest| rest.rsplit('/').next())
+        .filter_map(|last| last.strip_prefix('$'))
+        .filter(|n| n.starts_with("break-glass"))
+        .map(str::to_string)
+        .collect();
+    routed.sort();
+    routed.dedup();
+    assert_eq!(listed, routed);
+    assert_eq!(
+        listed,
+        ["break-glass", "break-glass-end", "break-glass-lookup"],
+        "{listed:?}"
+    );
+    for op in patient["operation"].as_array().unwrap() {
+        assert!(
+            op["definition"]
+                .as_str()
+                .unwrap()
+                .contains("OperationDefinition/")
+        );
+    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -546,6 +546,7 @@ fn no_relationship_answer(
         scope_allows: &allows,
         facility_id: None,
         own_patient_id: None,
+        now: chrono::Utc::now(),
     };
     let facts = PatientFacts::normal(
         if resource == ResourceType::Patient && interaction == Interaction::Create {

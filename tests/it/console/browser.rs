@@ -385,6 +385,7 @@ async fn break_glass_is_approved_shown_and_reviewed_in_the_browser() {
     let now = app.clock().now();
     let grant = grants::insert(
         &mut c,
+        &kr,
         bob,
         patient.id,
         facility,

@@ -1820,6 +1820,198 @@ async fn a_break_glass_request_in_approval_mode_waits_for_another_administrator(
     );
 }
 
+#[derive(QueryableByName)]
+struct RawText {
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    t: String,
+}
+
+/// A requester withdraws their own waiting break-glass request (issue 13): it leaves the
+/// approval queue (the approver no longer sees it, and approving it afterwards changes
+/// nothing), audited as `break-glass-withdraw`. A withdrawal and an approval at the same
+/// moment end one way: withdrawn (the approval refused), or approved (the withdrawal
+/// refused, or the grant ended right after) — never both, never a 5xx, and each outcome
+/// in the audit trail.
+#[tokio::test]
+async fn a_requester_withdraws_a_waiting_request_and_a_racing_approval_ends_one_way() {
+    use custodian::db::schema::break_glass_grants as g;
+    use reqwest::Method;
+    let c = Console::start_with(
+        TestApp::builder()
+            .manual_clock()
+            .set("break_glass.mode", "approval"),
+    )
+    .await;
+    c.user("dr-a", &[Role::Clinician], None);
+    c.user("dr-b", &[Role::Clinician], None);
+    let (_, mut approver) = admin(&c, "approver");
+    let doc_a = mfa_token(&c, "dr-a");
+    let mut p = crate::support::world::patient_json("MRN-WD1", "Withdrawn");
+    p["managingOrganization"] =
+        serde_json::json!({ "reference": format!("Organization/{}", c.facility) });
+    let res = api(&c, Method::POST, "/fhir/Patient", &doc_a, Some(p)).await;
+    assert_eq!(res.status(), StatusCode::CREATED);
+    let patient: serde_json::Value = res.json().await.unwrap();
+    let patient = patient["id"].as_str().unwrap().to_string();
+    let record = format!("/fhir/Patient/{patient}");
+    let op = format!("/fhir/Patient/{patient}/$break-glass");
+    let end = format!("/fhir/Patient/{patient}/$break-glass-end");
+    let request = serde_json::json!({"resourceType": "Parameters", "parameter": [
+        {"name": "reason", "valueCode": "urgent-consult"},
+        {"name": "justification", "valueString": "Consult requested by the night team"},
+    ]});
+    let waiting = |c: &Console| {
+        pending_changes(c)
+            .into_iter()
+            .find(|(_, status, _)| status == "pending")
+            .map(|(id, _, _)| id)
+    };
+    let grant_status = |c: &Console| -> String {
+        g::table
+            .order(g::requested_at.desc())
+            .select(g::status)
+            .first(&mut c.app.db.conn())
+            .unwrap()
+    };
+
+    // Withdrawn while it waits: gone from the queue, audited.
+    let doc_b = mfa_token(&c, "dr-b");
+    let res = api(&c, Method::POST, &op, &doc_b, Some(request.clone())).await;
+    assert_eq!(res.status(), StatusCode::ACCEPTED);
+    let change = waiting(&c).unwrap();
+    let approve = format!("/console/approvals/{change}/approve");
+    let html = c
+        .get(&approver, "/console/approvals")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(html.contains(&format!("action=\"{approve}\"")), "{html}");
+    let res = api(&c, Method::POST, &end, &doc_b, None).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let v: serde_json::Value = res.json().await.unwrap();
+    assert_eq!(grant_param(&v, "status")["valueCode"], "withdrawn");
+    let last = c.events().pop().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.1.as_str()),
+        ("break-glass-withdraw", "permit")
+    );
+    assert_eq!(grant_status(&c), "withdrawn");
+    assert_eq!(waiting(&c), None);
+    let html = c
+        .get(&approver, "/console/approvals")
+        .await
+        .text()
+        .await
+        .unwrap();
+    assert!(!html.contains(&approve), "{html}");
+    // Approving it afterwards (a stale form) changes nothing.
+    c.advance(30);
+    let res = c
+        .post(&approver, &approve, &[("reason", "consult confirmed")])
+        .await;
+    let html = res.text().await.unwrap();
+    if html.contains("name=\"pending_id\"") {
+        let res = c
+            .post(
+                &approver,
+                "/console/step-up",
+                &[("pending_id", &pending_id(&html)), ("code", &c.code_now())],
+            )
+            .await;
+        assert!(res.status().is_client_error(), "{}", res.status());
+        approver = renewed(&c, &approver).await;
+    }
+    assert_eq!(grant_status(&c), "withdrawn");
+    assert_eq!(
+        api(&c, Method::GET, &record, &doc_b, None).await.status(),
+        StatusCode::FORBIDDEN
+    );
+    // Withdrawing twice: nothing left to withdraw.
+    let res = api(&c, Method::POST, &end, &doc_b, None).await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    // The approval's last step (the code) and the withdrawal at the same moment.
+    let mut outcomes = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        c.advance(30);
+        let doc_b = mfa_token(&c, "dr-b");
+        let res = api(&c, Method::POST, &op, &doc_b, Some(request.clone())).await;
+        assert_eq!(res.status(), StatusCode::ACCEPTED);
+        let change = waiting(&c).unwrap();
+        let before = c.events().len();
+        let res = c
+            .post(
+                &approver,
+                &format!("/console/approvals/{change}/approve"),
+                &[("reason", "consult confirmed")],
+            )
+            .await;
+        let html = res.text().await.unwrap();
+        let code = c.code_now();
+        let pending = pending_id(&html);
+        let form = [("pending_id", pending.as_str()), ("code", code.as_str())];
+        let (approved, withdrawn) = tokio::join!(
+            c.post(&approver, "/console/step-up", &form),
+            api(&c, Method::POST, &end, &doc_b, None),
+        );
+        let (approved, withdrawn) = (approved.status(), withdrawn.status());
+        assert!(!approved.is_server_error() && !withdrawn.is_server_error());
+        let queue = pending_changes(&c)
+            .into_iter()
+            .find(|(id, _, _)| *id == change)
+            .unwrap()
+            .1;
+        let status = grant_status(&c);
+        let events: Vec<(String, String)> = c.events()[before..]
+            .iter()
+            .map(|e| (e.0.clone(), e.1.clone()))
+            .collect();
+        let count = |a: &str| events.iter().filter(|e| e.0 == a).count();
+        match (queue.as_str(), status.as_str()) {
+            ("withdrawn", "withdrawn") => {
+                assert_eq!(withdrawn, StatusCode::OK);
+                assert!(approved.is_client_error(), "{approved}");
+                assert_eq!(
+                    (count("break-glass-withdraw"), count("break-glass-start")),
+                    (1, 0)
+                );
+            }
+            ("approved", "active") => {
+                assert_eq!(approved, StatusCode::SEE_OTHER);
+                assert_eq!(withdrawn, StatusCode::CONFLICT);
+                assert_eq!(
+                    (count("break-glass-start"), count("break-glass-withdraw")),
+                    (1, 0)
+                );
+                let res = api(&c, Method::POST, &end, &doc_b, None).await;
+                assert_eq!(res.status(), StatusCode::OK);
+            }
+            ("approved", "revoked") => {
+                assert_eq!(approved, StatusCode::SEE_OTHER);
+                assert_eq!(withdrawn, StatusCode::OK);
+                assert_eq!(
+                    (count("break-glass-start"), count("break-glass-end")),
+                    (1, 1)
+                );
+            }
+            other => panic!("inconsistent: {other:?} {events:?}"),
+        }
+        assert_eq!(
+            count("break-glass-decision"),
+            usize::from(queue == "approved")
+        );
+        outcomes.insert(queue);
+        assert_eq!(
+            api(&c, Method::GET, &record, &doc_b, None).await.status(),
+            StatusCode::FORBIDDEN,
+            "nothing left open"
+        );
+        approver = renewed(&c, &approver).await;
+    }
+    eprintln!("outcomes: {outcomes:?}");
+}
+
 /// The console's break-glass pages (issue 13): an active grant with its time left; a
 /// privacy officer ends it (effective on the holder's next request); the review page lists
 /// every access made under it from the audit trail; a verdict is appended (never changed,
@@ -1986,9 +2178,20 @@ async fn privacy_officers_see_revoke_and_review_break_glass_grants() {
         html.contains("<strong>appropriate</strong>") && !html.contains("emergency <b>"),
         "{html}"
     );
+    // The notes are sealed at rest (the page opens them): no clear text in the table.
+    assert!(html.contains("Documented emergency"), "{html}");
+    let raw: String =
+        diesel::sql_query("SELECT string_agg(r::text, '') AS t FROM break_glass_reviews r")
+            .get_result::<RawText>(&mut c.app.db.conn())
+            .unwrap()
+            .t;
+    assert!(!raw.contains("Documented"), "{raw}");
     let changed = diesel::sql_query("UPDATE break_glass_reviews SET verdict = 'inappropriate'")
         .execute(&mut c.app.db.conn());
     assert!(changed.is_err(), "verdicts are append-only");
+    let changed = diesel::sql_query("UPDATE break_glass_reviews SET notes = 'rewritten notes'")
+        .execute(&mut c.app.db.conn());
+    assert!(changed.is_err(), "notes are never written back in clear");
     let n: i64 = break_glass_reviews::table
         .count()
         .get_result(&mut c.app.db.conn())

@@ -472,6 +472,22 @@ pub mod test_routes {
             client_cert,
         );
         r.add(Method::GET, "/api/test/nodelay", Action::Public, nodelay);
+        r.add(
+            Method::POST,
+            "/api/test/expiry-sweeps",
+            Action::Public,
+            expiry_sweeps,
+        );
+    }
+
+    /// Two break-glass expiry sweeps at the same moment, each on a session of its own
+    /// (as two instances would run them).
+    async fn expiry_sweeps(state: web::Data<AppState>) -> Result<HttpResponse, AppError> {
+        use custodian::access::expiry::sweep;
+        let (a, b) = tokio::join!(sweep(&state, None), sweep(&state, None));
+        a?;
+        b?;
+        Ok(HttpResponse::Ok().finish())
     }
 
     async fn json(body: JsonBody<Probe>) -> HttpResponse {
