@@ -43,6 +43,9 @@ pub struct Filter {
     pub actor: Option<UserId>,
     pub patient: Option<PatientId>,
     pub action: Option<AuditAction>,
+    /// Any of these actions (empty: any action); the FHIR `AuditEvent` search's
+    /// `type`, `subtype` and `action` each name a set of them.
+    pub actions: Vec<AuditAction>,
     pub resource_type: Option<ResourceType>,
     pub outcome: Option<OutcomeCode>,
     pub deny_reason: Option<DenyReason>,
@@ -92,6 +95,10 @@ fn filtered(f: &Filter) -> Boxed<'static> {
     }
     if let Some(action) = f.action {
         q = q.filter(audit_events::action.eq(action.code()));
+    }
+    if !f.actions.is_empty() {
+        let codes: Vec<&'static str> = f.actions.iter().map(|a| a.code()).collect();
+        q = q.filter(audit_events::action.eq_any(codes));
     }
     if let Some(kind) = f.resource_type {
         q = q.filter(audit_events::resource_type.eq(kind.code()));
@@ -222,6 +229,15 @@ pub fn search(
 pub fn event(conn: &mut PgConnection, seq: i64) -> QueryResult<Option<EventRow>> {
     audit_events::table
         .filter(audit_events::seq.eq(seq))
+        .select(EventRow::as_select())
+        .first(conn)
+        .optional()
+}
+
+/// One event by its id (the `AuditEvent` resource id).
+pub fn event_by_id(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<EventRow>> {
+    audit_events::table
+        .filter(audit_events::event_id.eq(id))
         .select(EventRow::as_select())
         .first(conn)
         .optional()

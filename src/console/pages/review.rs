@@ -192,6 +192,7 @@ impl RawFilter {
             actor: opt(&self.person, "person", UserId::parse)?,
             patient: opt(&self.patient, "patient", PatientId::parse)?,
             action: opt(&self.action, "action", AuditAction::from_code)?,
+            actions: Vec::new(),
             resource_type: opt(&self.resource, "resource", Kind::from_code)?,
             outcome: opt(&self.outcome, "outcome", OutcomeCode::from_code)?,
             deny_reason: opt(&self.reason, "reason", DenyReason::from_code)?,
