@@ -397,6 +397,12 @@ pub fn configure(r: &mut Routes) {
         console::pages::review::search_by_mrn,
     );
     r.add(
+        Method::POST,
+        "/console/audit/export",
+        pages,
+        console::pages::export::export,
+    );
+    r.add(
         Method::GET,
         "/console/audit/{seq}",
         pages,

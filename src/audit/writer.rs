@@ -91,6 +91,9 @@ pub struct AuditWriter {
     tx: mpsc::Sender<Pending>,
     commit_timeout: Duration,
     stats: std::sync::Arc<std::sync::Mutex<WriterStats>>,
+    /// Seals verified exports of selected events ([`super::selection`]) with the
+    /// checkpoint key.
+    signer: CheckpointSigner,
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -113,6 +116,7 @@ impl AuditWriter {
             tx,
             commit_timeout: settings.commit_timeout,
             stats: stats.clone(),
+            signer: settings.signer.clone(),
         };
         std::thread::Builder::new()
             .name("custodian-audit".into())
@@ -126,6 +130,11 @@ impl AuditWriter {
                 }
             })?;
         Ok(writer)
+    }
+
+    /// The checkpoint signer, for sealing exports of selected events.
+    pub fn signer(&self) -> &CheckpointSigner {
+        &self.signer
     }
 
     /// Records `event`; returns only after the transaction holding it committed.

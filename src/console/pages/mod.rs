@@ -9,6 +9,7 @@
 pub mod actions;
 pub mod break_glass;
 pub mod charts;
+pub mod export;
 pub mod review;
 
 use super::gate::{AdminPage, Chrome, ConsolePage};

@@ -34,12 +34,12 @@ pub const REPORT_LIMIT: i64 = 10_000;
 const REPORT_DEFAULT_DAYS: i64 = 365;
 
 /// The recorder of review events: this user, purpose of use compliance.
-fn reviewer(page: &Console) -> Recorder {
+pub(super) fn reviewer(page: &Console) -> Recorder {
     page.audit.clone().with_purpose(PurposeOfUse::Compliance)
 }
 
 /// Refuses (and records the refusal) unless the policy lets this user do `what`.
-async fn admit(page: &Console, what: Review, action: What) -> Result<(), AppError> {
+pub(super) async fn admit(page: &Console, what: Review, action: What) -> Result<(), AppError> {
     match may_review(&page.me.user.roles, what) {
         Ok(()) => Ok(()),
         Err(reason) => {
@@ -128,7 +128,7 @@ impl RawFilter {
     }
 
     /// The filter fields of a query string or form body, and the other pairs.
-    fn split(pairs: Vec<(String, String)>) -> (RawFilter, Vec<(String, String)>) {
+    pub(super) fn split(pairs: Vec<(String, String)>) -> (RawFilter, Vec<(String, String)>) {
         let mut raw = RawFilter::default();
         let mut rest = Vec::new();
         for (k, v) in pairs {
@@ -211,7 +211,7 @@ impl RawFilter {
     }
 }
 
-fn pairs(query: &str) -> Vec<(String, String)> {
+pub(super) fn pairs(query: &str) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
@@ -362,6 +362,8 @@ pub struct SearchPage {
     newer: String,
     newest: String,
     oldest_first: bool,
+    /// The filter as a query string, for the export form.
+    export_filter: String,
 }
 
 /// GET /console/audit?<filters>&before=|after=: the audit search, newest first.
@@ -456,6 +458,7 @@ pub async fn search_page(req: HttpRequest, page: ConsolePage) -> Result<SearchPa
         outcomes: choices(&OutcomeCode::ALL, OutcomeCode::code, &raw.outcome),
         reasons: choices(DenyReason::ALL, DenyReason::code, &raw.reason),
         purposes: choices(PurposeOfUse::ALL, PurposeOfUse::code, &raw.purpose),
+        export_filter: raw.query(&[]),
         f: raw,
         patient,
         events,

@@ -1065,3 +1065,130 @@ async fn oldest_first_pages_forward_and_back() {
     let res = r.get(&po, "/console/audit?order=sideways").await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
 }
+
+/// The console's export of a filtered set: refused without a fresh step-up (recorded);
+/// with one, a file that `custodian audit verify --file` verifies offline (no database),
+/// holding exactly the filtered events; one changed byte, or a dropped line, fails; the
+/// export itself is recorded.
+#[tokio::test]
+async fn a_filtered_export_verifies_offline_needs_a_fresh_step_up_and_is_recorded() {
+    let w = world().await;
+    let r = &w.r;
+    let po = r.sign_in(w.officer);
+    let filter = format!("patient={}&{PERIOD}", w.p1);
+    let set_totp_at = |at: DateTime<Utc>| {
+        diesel::update(console_sessions::table)
+            .set(console_sessions::totp_at.eq(Some(at)))
+            .execute(&mut r.app.db.conn())
+            .unwrap();
+    };
+    let last_event = || r.events_of(w.officer).pop().unwrap();
+
+    // The last code is older than the step-up window: refused, with or without a wrong code.
+    set_totp_at(Utc::now() - chrono::Duration::hours(2));
+    for fields in [
+        vec![("filter", filter.as_str())],
+        vec![("filter", filter.as_str()), ("code", "000000")],
+    ] {
+        let res = r.post(&po, "/console/audit/export", &fields).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let body = res.text().await.unwrap();
+        assert!(!body.contains("custodian-audit-selection"), "{body}");
+        let (action, kind, _, patients, _, outcome, reason) = last_event();
+        assert_eq!(
+            (
+                action.as_str(),
+                kind.as_deref(),
+                outcome.as_str(),
+                reason.as_deref()
+            ),
+            (
+                "audit-export",
+                Some("AuditLog"),
+                "deny",
+                Some("step-up-required")
+            )
+        );
+        assert_eq!(patients, vec![w.p1]);
+    }
+
+    // Fresh: the file, and the export recorded.
+    set_totp_at(Utc::now());
+    let res = r
+        .post(&po, "/console/audit/export", &[("filter", &filter)])
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
+    let text = res.text().await.unwrap();
+    let (action, kind, _, patients, purpose, outcome, _) = last_event();
+    assert_eq!(
+        (
+            action.as_str(),
+            kind.as_deref(),
+            outcome.as_str(),
+            purpose.as_deref()
+        ),
+        ("audit-export", Some("AuditLog"), "permit", Some("HCOMPL"))
+    );
+    assert_eq!(patients, vec![w.p1]);
+    // Exactly the filtered events, oldest first.
+    let mut want = w.expect(|s| s.patients.contains(&w.p1));
+    want.reverse();
+    let got: Vec<i64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["event"]["record"]["seq"].as_i64())
+        .collect();
+    assert_eq!(got, want);
+    assert!(!text.contains("MRN-1001") && !text.contains("Anders"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let public = custodian::audit::chain::encode_public_key(
+        &r.config.audit.signing_key().unwrap().public_key(),
+    );
+    let offline = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_custodian"))
+            .args(["audit", "verify", "--file"])
+            .arg(&path)
+            .args(["--public-key", &public])
+            .env_clear()
+            .env("CUSTODIAN_AUDIT_CHAIN_KEY", crate::support::TEST_CHAIN_KEY)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, out) = offline("export.jsonl", &text);
+    assert!(ok, "{out}");
+    assert!(
+        out.starts_with(&format!("OK: {} events", want.len())),
+        "{out}"
+    );
+
+    // One changed byte in an event fails.
+    let at = text.find("\"action\":\"read\"").unwrap() + "\"action\":\"".len();
+    let mut bytes = text.clone().into_bytes();
+    bytes[at] = b'R';
+    let (ok, out) = offline("edited.jsonl", &String::from_utf8(bytes).unwrap());
+    assert!(!ok);
+    assert!(out.contains("hash mismatch"), "{out}");
+    // A dropped event line fails (the seal counts and covers every line).
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, l)| !(l.starts_with("{\"event\"") && *i == text.lines().count() - 2))
+        .map(|(_, l)| l)
+        .collect();
+    let (ok, out) = offline("dropped.jsonl", &(kept.join("\n") + "\n"));
+    assert!(!ok);
+    assert!(out.contains("seal"), "{out}");
+}
