@@ -398,6 +398,12 @@ pub fn configure(r: &mut Routes) {
     );
     r.add(
         Method::POST,
+        "/console/audit/verify",
+        pages,
+        console::pages::verify::verify_now,
+    );
+    r.add(
+        Method::POST,
         "/console/audit/export",
         pages,
         console::pages::export::export,

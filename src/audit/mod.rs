@@ -16,6 +16,7 @@
 //!   exports of a filtered set of events (console), checked by the same `verify --file`.
 
 pub mod chain;
+pub mod checks;
 pub mod config;
 pub mod context;
 pub mod event;

@@ -17,10 +17,16 @@ pub enum Review {
     /// patient's access report. The trail itself holds only internal ids; turning them
     /// back into a person's identity is the privacy office's work, not administration.
     IdentifyPatients,
+    /// Start a verification of the whole audit chain from the console ("verify now").
+    VerifyChain,
 }
 
 impl Review {
-    pub const ALL: [Review; 2] = [Review::SearchTrail, Review::IdentifyPatients];
+    pub const ALL: [Review; 3] = [
+        Review::SearchTrail,
+        Review::IdentifyPatients,
+        Review::VerifyChain,
+    ];
 }
 
 /// May a console user with these roles do this review? Administrators search the trail
@@ -28,7 +34,7 @@ impl Review {
 /// officers identify patients.
 pub fn may_review(roles: &[Role], what: Review) -> Result<(), DenyReason> {
     let allowed: &[Role] = match what {
-        Review::SearchTrail => &[Role::Admin, Role::PrivacyOfficer],
+        Review::SearchTrail | Review::VerifyChain => &[Role::Admin, Role::PrivacyOfficer],
         Review::IdentifyPatients => &[Role::PrivacyOfficer],
     };
     if roles.iter().any(|r| allowed.contains(r)) {
@@ -137,6 +143,11 @@ mod tests {
             let search = matches!(role, Role::Admin | Role::PrivacyOfficer);
             assert_eq!(
                 may_review(&[role], Review::SearchTrail).is_ok(),
+                search,
+                "{role:?}"
+            );
+            assert_eq!(
+                may_review(&[role], Review::VerifyChain).is_ok(),
                 search,
                 "{role:?}"
             );

@@ -18,6 +18,7 @@ use custodian::db::schema::{console_sessions, users as users_t};
 use custodian::db::users::{self, UserKind};
 use custodian::domain::{FacilityId, PatientId, UserId};
 use custodian::policy::Role;
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use reqwest::StatusCode;
 use sha2::Digest;
@@ -1191,4 +1192,95 @@ async fn a_filtered_export_verifies_offline_needs_a_fresh_step_up_and_is_recorde
     let (ok, out) = offline("dropped.jsonl", &(kept.join("\n") + "\n"));
     assert!(!ok);
     assert!(out.contains("seal"), "{out}");
+}
+
+/// "Verify now": the dashboard's button starts the chain verification in the background;
+/// the dashboard then shows its result and time (and a tampered chain as FAILED); the
+/// start and the result are recorded; a second start while one runs is refused.
+#[tokio::test]
+async fn verify_now_runs_in_the_background_shows_the_result_and_is_recorded() {
+    let w = world().await;
+    let r = &w.r;
+    let po = r.sign_in(w.officer);
+    let field = |html: &str, id: &str| {
+        html.split(&format!("id=\"{id}\">"))
+            .nth(1)
+            .and_then(|s| s.split("</dd>").next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let html = r.page(&po, "/console").await;
+    assert_eq!(field(&html, "chain-verified"), "none from the console yet");
+    let finished = || async {
+        for _ in 0..200 {
+            let html = r.page(&po, "/console").await;
+            if !html.contains("id=\"chain-verifying\"")
+                && !field(&html, "chain-verified").starts_with("none")
+            {
+                return html;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the verification did not finish");
+    };
+    let verifies = || {
+        r.events_of(w.officer)
+            .into_iter()
+            .filter(|e| e.0 == "audit-verify")
+            .map(|e| (e.1, e.2, e.5))
+            .collect::<Vec<_>>()
+    };
+
+    let res = r.post(&po, "/console/audit/verify", &[]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let html = finished().await;
+    let verdict = field(&html, "chain-verified");
+    assert!(verdict.starts_with("<strong>OK</strong>: "), "{verdict}");
+    assert!(verdict.contains(", finished "), "{verdict}");
+    // Started and finished, both recorded, about the same run.
+    let v = verifies();
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(
+        v.iter()
+            .all(|(kind, _, outcome)| kind.as_deref() == Some("AuditLog") && outcome == "permit")
+    );
+    assert!(v[0].1.is_some() && v[0].1 == v[1].1);
+
+    // A tampered chain: the next run shows where it fails, recorded as an error.
+    r.app
+        .db
+        .conn()
+        .batch_execute(
+            "SET session_replication_role = replica; \
+             UPDATE audit_events SET resource_id = gen_random_uuid() WHERE seq = 2; \
+             SET session_replication_role = origin",
+        )
+        .unwrap();
+    let res = r.post(&po, "/console/audit/verify", &[]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let html = finished().await;
+    let verdict = field(&html, "chain-verified");
+    assert!(
+        verdict.starts_with("<strong>FAILED</strong> at sequence 2: hash mismatch"),
+        "{verdict}"
+    );
+    let v = verifies();
+    assert_eq!(v.len(), 4, "{v:?}");
+    assert_eq!(v[3].2, "error");
+
+    // One run at a time: a run marked as still going refuses a second start.
+    diesel::sql_query(
+        "INSERT INTO audit_verifications (id, started_at, started_by, total_events) \
+         VALUES (gen_random_uuid(), now(), $1, 10)",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(w.officer)
+    .execute(&mut r.app.db.conn())
+    .unwrap();
+    let html = r.page(&po, "/console").await;
+    assert!(
+        field(&html, "chain-verifying").contains("0 of 10 events"),
+        "{html}"
+    );
+    let res = r.post(&po, "/console/audit/verify", &[]).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
 }
