@@ -396,6 +396,13 @@ pub fn configure(r: &mut Routes) {
         pages,
         console::pages::review::search_by_mrn,
     );
+    // Before `/console/audit/{seq}`, which would take `charts` for a sequence number.
+    r.add(
+        Method::GET,
+        "/console/audit/charts",
+        pages,
+        console::pages::overview::charts_page,
+    );
     r.add(
         Method::POST,
         "/console/audit/verify",

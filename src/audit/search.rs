@@ -276,6 +276,79 @@ pub fn patient_accesses(
         .load(conn)
 }
 
+/// The whole trail's accesses (the [`ACCESS_ACTIONS`]) per UTC day in `[since, until)`:
+/// (day, permitted, denied, failed).
+pub fn trail_per_day(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> QueryResult<Vec<(NaiveDate, i64, i64, i64)>> {
+    use diesel::sql_types::{Array, BigInt, Date, Text, Timestamptz};
+    #[derive(QueryableByName)]
+    struct Day {
+        #[diesel(sql_type = Date)]
+        day: NaiveDate,
+        #[diesel(sql_type = BigInt)]
+        permit: i64,
+        #[diesel(sql_type = BigInt)]
+        deny: i64,
+        #[diesel(sql_type = BigInt)]
+        error: i64,
+    }
+    let actions: Vec<&str> = ACCESS_ACTIONS.iter().map(|a| a.code()).collect();
+    let days: Vec<Day> = diesel::sql_query(
+        "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, \
+                count(*) FILTER (WHERE outcome = 'permit') AS permit, \
+                count(*) FILTER (WHERE outcome = 'deny') AS deny, \
+                count(*) FILTER (WHERE outcome = 'error') AS error \
+         FROM audit_events WHERE occurred_at >= $1 AND occurred_at < $2 AND action = ANY($3) \
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .bind::<Array<Text>, _>(actions)
+    .load(conn)?;
+    Ok(days
+        .into_iter()
+        .map(|d| (d.day, d.permit, d.deny, d.error))
+        .collect())
+}
+
+/// The `n` people whose permitted accesses in `[since, until)` named the most distinct
+/// patients, most first.
+pub fn top_people(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    n: i64,
+) -> QueryResult<Vec<(UserId, i64)>> {
+    use diesel::sql_types::{Array, BigInt, Text, Timestamptz, Uuid as SqlUuid};
+    #[derive(QueryableByName)]
+    struct Person {
+        #[diesel(sql_type = SqlUuid)]
+        person: Uuid,
+        #[diesel(sql_type = BigInt)]
+        patients: i64,
+    }
+    let actions: Vec<&str> = ACCESS_ACTIONS.iter().map(|a| a.code()).collect();
+    let rows: Vec<Person> = diesel::sql_query(
+        "SELECT actor_user_id AS person, count(DISTINCT p) AS patients \
+         FROM audit_events, unnest(patient_ids) AS p \
+         WHERE occurred_at >= $1 AND occurred_at < $2 AND outcome = 'permit' \
+           AND actor_user_id IS NOT NULL AND action = ANY($3) \
+         GROUP BY actor_user_id ORDER BY patients DESC, person LIMIT $4",
+    )
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .bind::<Array<Text>, _>(actions)
+    .bind::<BigInt, _>(n)
+    .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (UserId(r.person), r.patients))
+        .collect())
+}
+
 /// Display names of these people (those without one are left out).
 pub fn display_names(
     conn: &mut PgConnection,

@@ -10,6 +10,7 @@ pub mod actions;
 pub mod break_glass;
 pub mod charts;
 pub mod export;
+pub mod overview;
 pub mod review;
 pub mod verify;
 

@@ -722,6 +722,30 @@ struct Report {
     until: DateTime<Utc>,
     rows: Vec<AccessRow>,
     truncated: bool,
+    /// Accesses per UTC day of the period (the timeline chart).
+    per_day: Vec<i64>,
+}
+
+/// Most days a timeline charts (a longer period shows its first days).
+const TIMELINE_DAYS: i64 = 800;
+
+/// How many of `times` fall on each UTC day from `since`'s day to `until`'s.
+fn per_day(times: &[DateTime<Utc>], since: DateTime<Utc>, until: DateTime<Utc>) -> Vec<i64> {
+    let first = since.date_naive();
+    let days = (until.date_naive() - first)
+        .num_days()
+        .clamp(0, TIMELINE_DAYS)
+        + 1;
+    let mut out = vec![0; usize::try_from(days).unwrap_or(1)];
+    for t in times {
+        if let Some(n) = usize::try_from((t.date_naive() - first).num_days())
+            .ok()
+            .and_then(|i| out.get_mut(i))
+        {
+            *n += 1;
+        }
+    }
+    out
 }
 
 async fn report(req: &HttpRequest, page: &Console, id: &str) -> Result<Report, AppError> {
@@ -756,11 +780,13 @@ async fn report(req: &HttpRequest, page: &Console, id: &str) -> Result<Report, A
     viewed(page, what.id(patient.as_uuid()), [patient]).await?;
     let truncated = rows.len() as i64 > REPORT_LIMIT;
     rows.truncate(usize::try_from(REPORT_LIMIT).unwrap_or(0));
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|e| e.occurred_at).collect();
     Ok(Report {
         patient: cell,
         since,
         until,
         truncated,
+        per_day: per_day(&times, since, until),
         rows: rows
             .iter()
             .map(|e| AccessRow {
@@ -820,6 +846,8 @@ pub struct ReportPage {
     rows: Vec<AccessRow>,
     truncated: bool,
     csv: String,
+    /// The patient's accesses per day (SVG; empty when it could not be drawn).
+    timeline: String,
 }
 
 /// GET /console/patients/{id}/access?from=&to=: who accessed the patient's data in the
@@ -837,6 +865,7 @@ pub async fn report_page(
         format!("/console/patients/{}/access.csv?{q}", r.patient.id)
     };
     Ok(ReportPage {
+        timeline: super::charts::timeline(&r.per_day).unwrap_or_default(),
         chrome: page.0.chrome,
         since: time(r.since),
         until: time(r.until),

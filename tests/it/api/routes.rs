@@ -193,6 +193,7 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("POST", "/console/audit", Expect::ConsoleAction),
     ("POST", "/console/audit/export", Expect::ConsoleAction),
     ("POST", "/console/audit/verify", Expect::ConsoleAction),
+    ("GET", "/console/audit/charts", Expect::ConsolePage),
     ("GET", "/console/audit/{seq}", Expect::ConsolePage),
     ("GET", "/console/patients/{id}/access", Expect::ConsolePage),
     ("GET", "/console/people/{id}/activity", Expect::ConsolePage),

@@ -1284,3 +1284,58 @@ async fn verify_now_runs_in_the_background_shows_the_result_and_is_recorded() {
     let res = r.post(&po, "/console/audit/verify", &[]).await;
     assert_eq!(res.status(), StatusCode::CONFLICT);
 }
+
+/// The charts: the trail overview (accesses per day by outcome, denials per day, top
+/// people by distinct patients) and a patient's access timeline render as inline SVG,
+/// count what the trail holds, and viewing them is recorded.
+#[tokio::test]
+async fn the_charts_render_what_the_trail_holds_and_viewing_them_is_recorded() {
+    let w = world().await;
+    let r = &w.r;
+    let po = r.sign_in(w.officer);
+    let field = |html: &str, id: &str| {
+        html.split(&format!("id=\"{id}\">"))
+            .nth(1)
+            .and_then(|s| s.split('<').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let figure = |html: &str, id: &str| {
+        html.split(&format!("id=\"{id}\">"))
+            .nth(1)
+            .map(|s| s.starts_with("<svg") && s.contains("<rect"))
+            .unwrap_or(false)
+    };
+    let before = r.events_of(w.officer).len();
+    let html = r
+        .page(&po, "/console/audit/charts?from=2026-01-01&to=2026-01-31")
+        .await;
+    // Seeded in January: four permitted accesses, one denial, one failure.
+    assert_eq!(field(&html, "total-permitted"), "4");
+    assert_eq!(field(&html, "total-denied"), "1");
+    assert_eq!(field(&html, "total-failed"), "1");
+    for id in ["trail-per-day-chart", "denials-chart", "top-people-chart"] {
+        assert!(figure(&html, id), "{id}: {html}");
+    }
+    // The nurse and the doctor each reached two distinct patients.
+    assert!(html.contains("Nora Nurse</a>: 2 patients"), "{html}");
+    assert!(!html.contains("<script"));
+    let events = r.events_of(w.officer);
+    assert_eq!(events.len(), before + 1);
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.1.as_deref(), last.5.as_str()),
+        ("search", Some("AuditLog"), "permit")
+    );
+    // A bad period is a 400 with a fixed message.
+    let res = r
+        .get(&po, "/console/audit/charts?from=2026-01-01&to=2028-01-01")
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    // The patient's access timeline on the access report.
+    let html = r
+        .page(&po, &format!("/console/patients/{}/access?{PERIOD}", w.p1))
+        .await;
+    assert!(figure(&html, "timeline-chart"), "{html}");
+}
