@@ -329,6 +329,7 @@ impl Pipeline {
         };
         Ok(match self.decide(Target::Patient(facts))? {
             Decision::Permit { view, basis, .. } => {
+                self.recorder.on_basis(basis);
                 if let policy::Basis::BreakGlass(grant) = basis {
                     self.recorder.under_grant(grant.as_uuid());
                 }
@@ -423,6 +424,7 @@ impl Pipeline {
     ) -> Result<View, AppError> {
         match self.decide(target)? {
             Decision::Permit { view, basis, .. } => {
+                self.recorder.on_basis(basis);
                 if let policy::Basis::BreakGlass(grant) = basis {
                     self.recorder.under_grant(grant.as_uuid());
                     if let Some(patient) = patients.into_iter().next() {
@@ -447,8 +449,11 @@ impl Pipeline {
             Decision::Permit {
                 view,
                 search: Some(scope),
-                ..
-            } => Ok((view, scope)),
+                basis,
+            } => {
+                self.recorder.on_basis(basis);
+                Ok((view, scope))
+            }
             Decision::Permit { search: None, .. } => {
                 Err(AppError::internal("search permit without scope"))
             }

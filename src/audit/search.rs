@@ -366,8 +366,17 @@ pub fn display_names(
         .collect())
 }
 
-/// Why an access was allowed, as far as its event tells.
+/// Why an access was allowed: the basis the decision point recorded in the event, else
+/// (events recorded before the basis was stored, and accesses not decided on a
+/// relationship) as far as the event tells.
 pub fn basis(e: &EventRow) -> &'static str {
+    match e.basis.as_deref() {
+        Some("care-team") => return "care team",
+        Some("facility") => return "facility",
+        Some("own-record") => return "own record",
+        Some("break-glass") => return "break-glass",
+        _ => {}
+    }
     if e.break_glass_grant_id.is_some() {
         "break-glass"
     } else if e.actor_roles.iter().any(|r| r == "patient") {

@@ -918,9 +918,14 @@ async fn browser_search_event_report_and_activity_fit_the_window() {
     fits(&chromium, "activity").await;
     // The trail's charts.
     chromium
-        .goto(&r.app.url("/console/audit/charts?from=2026-01-01&to=2026-01-31"))
+        .goto(
+            &r.app
+                .url("/console/audit/charts?from=2026-01-01&to=2026-01-31"),
+        )
         .await;
-    chromium.wait_for_text("Top people by distinct patients").await;
+    chromium
+        .wait_for_text("Top people by distinct patients")
+        .await;
     chromium.page_shot("privacy-charts").await;
     fits(&chromium, "charts").await;
     // The dashboard with the chain status and "verify now".
