@@ -212,6 +212,7 @@ diesel::table! {
         request_id -> Nullable<Text>,
         hash -> Bytea,
         occurrences -> Nullable<Int4>,
+        basis -> Nullable<Text>,
     }
 }
 

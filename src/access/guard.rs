@@ -72,7 +72,9 @@ pub enum Obligation {
 /// The audit obligation of a route's action (`None`: public routes).
 pub fn obligation(action: Action) -> Option<Obligation> {
     match action {
-        Action::Fhir(..) | Action::Admin(_) | Action::BreakGlass(_) => Some(Obligation::Every),
+        Action::Fhir(..) | Action::Admin(_) | Action::BreakGlass(_) | Action::AuditTrail(_) => {
+            Some(Obligation::Every)
+        }
         Action::ConsoleSignIn | Action::Console => Some(Obligation::Refused),
         Action::Public => None,
     }
@@ -204,6 +206,10 @@ pub(super) fn route_what(action: Action, method: &Method) -> What {
                 Operation::Lookup => AuditAction::BreakGlassLookup,
             };
             What::new(action).on(crate::audit::ResourceType::BreakGlassGrant)
+        }
+        // Reading the trail is an access to it.
+        Action::AuditTrail(interaction) => {
+            What::new(AuditAction::from(interaction)).on(crate::audit::ResourceType::AuditLog)
         }
         // A sign-in step that did not succeed.
         Action::ConsoleSignIn => {

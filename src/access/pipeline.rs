@@ -145,6 +145,17 @@ impl Pipeline {
         )
     }
 
+    /// Which part of the audit trail this principal may read as `AuditEvent` resources
+    /// ([`policy::review::trail_scope`]).
+    pub fn trail_scope(&self) -> Result<policy::review::TrailScope, policy::DenyReason> {
+        let user = &self.principal.user;
+        policy::review::trail_scope(
+            &user.roles,
+            self.principal.token.scopes.audit_read(),
+            user.patient_id,
+        )
+    }
+
     /// Whether the principal is refused whatever its request names: over its rate limit,
     /// a disabled account, or without the scope or role for the route's action at all
     /// ([`policy::capability`], [`policy::decide_admin`]).
@@ -190,6 +201,7 @@ impl Pipeline {
                 };
                 policy::capability_break_glass(&subject)
             }
+            Action::AuditTrail(_) => self.trail_scope().map(|_| ()),
             Action::Public | Action::ConsoleSignIn | Action::Console => Ok(()),
         };
         capable.err().map(Refusal::Capability)
@@ -281,6 +293,7 @@ impl Pipeline {
         };
         Ok(match self.decide(Target::Patient(facts))? {
             Decision::Permit { view, basis, .. } => {
+                self.recorder.on_basis(basis);
                 if let policy::Basis::BreakGlass(grant) = basis {
                     self.recorder.under_grant(grant.as_uuid());
                 }
@@ -375,6 +388,7 @@ impl Pipeline {
     ) -> Result<View, AppError> {
         match self.decide(target)? {
             Decision::Permit { view, basis, .. } => {
+                self.recorder.on_basis(basis);
                 if let policy::Basis::BreakGlass(grant) = basis {
                     self.recorder.under_grant(grant.as_uuid());
                     if let Some(patient) = patients.into_iter().next() {
@@ -399,8 +413,11 @@ impl Pipeline {
             Decision::Permit {
                 view,
                 search: Some(scope),
-                ..
-            } => Ok((view, scope)),
+                basis,
+            } => {
+                self.recorder.on_basis(basis);
+                Ok((view, scope))
+            }
             Decision::Permit { search: None, .. } => {
                 Err(AppError::internal("search permit without scope"))
             }
@@ -631,6 +648,12 @@ impl Credentials {
                 };
                 let recorded_purpose = match action {
                     Action::Admin(_) => Some(PurposeOfUse::SystemAdministration),
+                    // Reviewing the trail is compliance work; a patient reading their own
+                    // accounting of access asked for it.
+                    Action::AuditTrail(_) if principal.user.roles == [policy::Role::Patient] => {
+                        Some(PurposeOfUse::PatientRequest)
+                    }
+                    Action::AuditTrail(_) => Some(PurposeOfUse::Compliance),
                     _ => valid_purpose,
                 };
                 let mut recorder = Recorder::new(shared.audit.clone(), audit, principal.actor())

@@ -184,6 +184,22 @@ pub fn configure(r: &mut Routes) {
         ),
         fhir::access_report::access_report,
     );
+    // The audit trail as AuditEvent resources (reviewers all of it, patients their own).
+    {
+        use crate::policy::Interaction as I;
+        r.add(
+            Method::GET,
+            "/fhir/AuditEvent",
+            Action::AuditTrail(I::Search),
+            fhir::audit_event::search,
+        );
+        r.add(
+            Method::GET,
+            "/fhir/AuditEvent/{id}",
+            Action::AuditTrail(I::Read),
+            fhir::audit_event::read,
+        );
+    }
     // Each admin route declares what it does: events for calls refused before the
     // handler (no admin role, bad body) name the real action.
     use crate::policy::admin::AdminAction as A;
@@ -378,6 +394,25 @@ pub fn configure(r: &mut Routes) {
         "/console/audit",
         pages,
         console::pages::review::search_by_mrn,
+    );
+    // Before `/console/audit/{seq}`, which would take `charts` for a sequence number.
+    r.add(
+        Method::GET,
+        "/console/audit/charts",
+        pages,
+        console::pages::overview::charts_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/audit/verify",
+        pages,
+        console::pages::verify::verify_now,
+    );
+    r.add(
+        Method::POST,
+        "/console/audit/export",
+        pages,
+        console::pages::export::export,
     );
     r.add(
         Method::GET,

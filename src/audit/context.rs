@@ -106,6 +106,11 @@ impl EventBuilder {
         self
     }
 
+    pub fn basis(mut self, basis: super::event::AccessBasis) -> Self {
+        self.0.basis = Some(basis);
+        self
+    }
+
     pub fn break_glass(mut self, grant_id: Uuid) -> Self {
         self.0.break_glass_grant_id = Some(grant_id);
         self

@@ -186,6 +186,28 @@ coded_enum! {
     }
 }
 
+coded_enum! {
+    /// Why a permitted access was allowed (the decision point's basis).
+    AccessBasis {
+        CareTeam = "care-team",
+        Facility = "facility",
+        OwnRecord = "own-record",
+        BreakGlass = "break-glass",
+    }
+}
+
+impl From<crate::policy::Basis> for AccessBasis {
+    fn from(b: crate::policy::Basis) -> Self {
+        use crate::policy::Basis as P;
+        match b {
+            P::CareTeam => AccessBasis::CareTeam,
+            P::Facility => AccessBasis::Facility,
+            P::OwnRecord => AccessBasis::OwnRecord,
+            P::BreakGlass(_) => AccessBasis::BreakGlass,
+        }
+    }
+}
+
 /// The result of the audited action.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Outcome {
@@ -398,6 +420,8 @@ pub struct AuditEvent {
     /// How many refused requests this one event stands for, when several were aggregated
     /// into it (rate-limited floods, see [`crate::audit::flood`]); `None` for one request.
     pub occurrences: Option<u32>,
+    /// Why the access was allowed (permitted accesses decided on a relationship).
+    pub basis: Option<AccessBasis>,
 }
 
 impl AuditEvent {
@@ -419,6 +443,7 @@ impl AuditEvent {
             user_agent: None,
             request_id: None,
             occurrences: None,
+            basis: None,
         }
     }
 
@@ -455,6 +480,7 @@ impl AuditEvent {
             occurrences: self
                 .occurrences
                 .map(|n| i32::try_from(n).unwrap_or(i32::MAX)),
+            basis: self.basis.map(|b| b.code().to_string()),
         }
     }
 }
@@ -487,6 +513,9 @@ pub struct EventRecord {
     /// written before the field existed still read and verify).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub occurrences: Option<i32>,
+    /// Added after `occurrences`, absent like it when `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<String>,
 }
 
 /// Length-prefixed, fixed-order encoding: no two different records share an encoding.
@@ -560,6 +589,11 @@ impl EventRecord {
             c.0.push(b'o');
             c.i64(i64::from(n));
         }
+        // Likewise, after it, with its own tag.
+        if let Some(b) = &self.basis {
+            c.0.push(b'b');
+            c.str(b);
+        }
         c.0
     }
 }
@@ -608,6 +642,12 @@ mod tests {
         let mut variants = Vec::new();
         let mut v = base.clone();
         v.seq = 8;
+        variants.push(v);
+        let mut v = base.clone();
+        v.basis = Some("care-team".into());
+        variants.push(v);
+        let mut v = base.clone();
+        v.basis = Some("facility".into());
         variants.push(v);
         let mut v = base.clone();
         v.occurred_at += chrono::Duration::microseconds(1);

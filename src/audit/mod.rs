@@ -12,9 +12,11 @@
 //!   cannot flood the trail.
 //! - [`recorder`]: [`Recorder`], the one way a request, console session or command
 //!   records its events (`permit` / `deny` / `error` / `commit_with`).
-//! - [`verify`] and [`ops`]: `custodian audit verify | export`.
+//! - [`verify`] and [`ops`]: `custodian audit verify | export`; [`selection`]: verified
+//!   exports of a filtered set of events (console), checked by the same `verify --file`.
 
 pub mod chain;
+pub mod checks;
 pub mod config;
 pub mod context;
 pub mod event;
@@ -22,6 +24,7 @@ pub mod flood;
 pub mod ops;
 pub mod recorder;
 pub mod search;
+pub mod selection;
 pub mod store;
 pub mod verify;
 pub mod writer;

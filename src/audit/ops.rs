@@ -179,7 +179,19 @@ pub fn verify_export(
 ) -> anyhow::Result<Result<Verified, Failure>> {
     let file = std::fs::File::open(path)
         .with_context(|| format!("cannot read the export file {}", path.display()))?;
-    let mut lines = std::io::BufReader::new(file).lines();
+    let mut reader = std::io::BufReader::new(file);
+    // A console export of selected events is verified by its own rules.
+    let mut first = String::new();
+    reader
+        .read_line(&mut first)
+        .context("cannot read the export file")?;
+    if super::selection::is_selection(first.trim_end()) {
+        let mut text = first;
+        std::io::Read::read_to_string(&mut reader, &mut text)
+            .context("cannot read the export file")?;
+        return Ok(super::selection::verify(&text, &key, &public));
+    }
+    let mut lines = std::io::Read::chain(std::io::Cursor::new(first), reader).lines();
     let parse = |n: usize, text: &str| -> Result<ExportLine, Failure> {
         serde_json::from_str(text).map_err(|_| Failure {
             seq: 0,

@@ -117,6 +117,9 @@ pub struct Recorder {
     /// so: from then on every event of the request (clones included) carries the grant id
     /// and the purpose of use BTG.
     grant: Arc<std::sync::OnceLock<Uuid>>,
+    /// Why the decision point permitted this request's access, once it said so: every
+    /// event from then on (clones included) records it.
+    basis: Arc<std::sync::OnceLock<super::event::AccessBasis>>,
 }
 
 impl std::fmt::Debug for Recorder {
@@ -137,7 +140,14 @@ impl Recorder {
             purpose: None,
             recorded: None,
             grant: Arc::default(),
+            basis: Arc::default(),
         }
+    }
+
+    /// Marks the basis the decision point permitted this request's access on.
+    pub fn on_basis(&self, basis: impl Into<super::event::AccessBasis>) {
+        // The first decision of a request is the one its events record.
+        let _ = self.basis.set(basis.into());
     }
 
     /// Marks this request as access under break-glass grant `grant` (every event from
@@ -202,6 +212,9 @@ impl Recorder {
         }
         if let Some(client) = &self.client_app {
             event = event.client_app(client.clone());
+        }
+        if let Some(basis) = self.basis.get() {
+            event = event.basis(*basis);
         }
         event
     }

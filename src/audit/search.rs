@@ -43,6 +43,9 @@ pub struct Filter {
     pub actor: Option<UserId>,
     pub patient: Option<PatientId>,
     pub action: Option<AuditAction>,
+    /// Any of these actions (empty: any action); the FHIR `AuditEvent` search's
+    /// `type`, `subtype` and `action` each name a set of them.
+    pub actions: Vec<AuditAction>,
     pub resource_type: Option<ResourceType>,
     pub outcome: Option<OutcomeCode>,
     pub deny_reason: Option<DenyReason>,
@@ -92,6 +95,10 @@ fn filtered(f: &Filter) -> Boxed<'static> {
     }
     if let Some(action) = f.action {
         q = q.filter(audit_events::action.eq(action.code()));
+    }
+    if !f.actions.is_empty() {
+        let codes: Vec<&'static str> = f.actions.iter().map(|a| a.code()).collect();
+        q = q.filter(audit_events::action.eq_any(codes));
     }
     if let Some(kind) = f.resource_type {
         q = q.filter(audit_events::resource_type.eq(kind.code()));
@@ -227,6 +234,15 @@ pub fn event(conn: &mut PgConnection, seq: i64) -> QueryResult<Option<EventRow>>
         .optional()
 }
 
+/// One event by its id (the `AuditEvent` resource id).
+pub fn event_by_id(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<EventRow>> {
+    audit_events::table
+        .filter(audit_events::event_id.eq(id))
+        .select(EventRow::as_select())
+        .first(conn)
+        .optional()
+}
+
 /// The actions that reach a patient's data: what an access report lists.
 pub const ACCESS_ACTIONS: [AuditAction; 6] = [
     AuditAction::Read,
@@ -260,6 +276,79 @@ pub fn patient_accesses(
         .load(conn)
 }
 
+/// The whole trail's accesses (the [`ACCESS_ACTIONS`]) per UTC day in `[since, until)`:
+/// (day, permitted, denied, failed).
+pub fn trail_per_day(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+) -> QueryResult<Vec<(NaiveDate, i64, i64, i64)>> {
+    use diesel::sql_types::{Array, BigInt, Date, Text, Timestamptz};
+    #[derive(QueryableByName)]
+    struct Day {
+        #[diesel(sql_type = Date)]
+        day: NaiveDate,
+        #[diesel(sql_type = BigInt)]
+        permit: i64,
+        #[diesel(sql_type = BigInt)]
+        deny: i64,
+        #[diesel(sql_type = BigInt)]
+        error: i64,
+    }
+    let actions: Vec<&str> = ACCESS_ACTIONS.iter().map(|a| a.code()).collect();
+    let days: Vec<Day> = diesel::sql_query(
+        "SELECT (occurred_at AT TIME ZONE 'UTC')::date AS day, \
+                count(*) FILTER (WHERE outcome = 'permit') AS permit, \
+                count(*) FILTER (WHERE outcome = 'deny') AS deny, \
+                count(*) FILTER (WHERE outcome = 'error') AS error \
+         FROM audit_events WHERE occurred_at >= $1 AND occurred_at < $2 AND action = ANY($3) \
+         GROUP BY 1 ORDER BY 1",
+    )
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .bind::<Array<Text>, _>(actions)
+    .load(conn)?;
+    Ok(days
+        .into_iter()
+        .map(|d| (d.day, d.permit, d.deny, d.error))
+        .collect())
+}
+
+/// The `n` people whose permitted accesses in `[since, until)` named the most distinct
+/// patients, most first.
+pub fn top_people(
+    conn: &mut PgConnection,
+    since: DateTime<Utc>,
+    until: DateTime<Utc>,
+    n: i64,
+) -> QueryResult<Vec<(UserId, i64)>> {
+    use diesel::sql_types::{Array, BigInt, Text, Timestamptz, Uuid as SqlUuid};
+    #[derive(QueryableByName)]
+    struct Person {
+        #[diesel(sql_type = SqlUuid)]
+        person: Uuid,
+        #[diesel(sql_type = BigInt)]
+        patients: i64,
+    }
+    let actions: Vec<&str> = ACCESS_ACTIONS.iter().map(|a| a.code()).collect();
+    let rows: Vec<Person> = diesel::sql_query(
+        "SELECT actor_user_id AS person, count(DISTINCT p) AS patients \
+         FROM audit_events, unnest(patient_ids) AS p \
+         WHERE occurred_at >= $1 AND occurred_at < $2 AND outcome = 'permit' \
+           AND actor_user_id IS NOT NULL AND action = ANY($3) \
+         GROUP BY actor_user_id ORDER BY patients DESC, person LIMIT $4",
+    )
+    .bind::<Timestamptz, _>(since)
+    .bind::<Timestamptz, _>(until)
+    .bind::<Array<Text>, _>(actions)
+    .bind::<BigInt, _>(n)
+    .load(conn)?;
+    Ok(rows
+        .into_iter()
+        .map(|r| (UserId(r.person), r.patients))
+        .collect())
+}
+
 /// Display names of these people (those without one are left out).
 pub fn display_names(
     conn: &mut PgConnection,
@@ -277,8 +366,17 @@ pub fn display_names(
         .collect())
 }
 
-/// Why an access was allowed, as far as its event tells.
+/// Why an access was allowed: the basis the decision point recorded in the event, else
+/// (events recorded before the basis was stored, and accesses not decided on a
+/// relationship) as far as the event tells.
 pub fn basis(e: &EventRow) -> &'static str {
+    match e.basis.as_deref() {
+        Some("care-team") => return "care team",
+        Some("facility") => return "facility",
+        Some("own-record") => return "own record",
+        Some("break-glass") => return "break-glass",
+        _ => {}
+    }
     if e.break_glass_grant_id.is_some() {
         "break-glass"
     } else if e.actor_roles.iter().any(|r| r == "patient") {

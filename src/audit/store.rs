@@ -42,6 +42,7 @@ pub struct EventRow {
     pub request_id: Option<String>,
     pub hash: Vec<u8>,
     pub occurrences: Option<i32>,
+    pub basis: Option<String>,
 }
 
 impl EventRow {
@@ -68,6 +69,7 @@ impl EventRow {
             request_id: r.request_id,
             hash: hash.to_vec(),
             occurrences: r.occurrences,
+            basis: r.basis,
         }
     }
 
@@ -95,6 +97,7 @@ impl EventRow {
                 user_agent: self.user_agent,
                 request_id: self.request_id,
                 occurrences: self.occurrences,
+                basis: self.basis,
             },
             self.hash,
         )

@@ -91,6 +91,11 @@ pub struct AuditWriter {
     tx: mpsc::Sender<Pending>,
     commit_timeout: Duration,
     stats: std::sync::Arc<std::sync::Mutex<WriterStats>>,
+    /// Seals verified exports of selected events ([`super::selection`]) with the
+    /// checkpoint key.
+    signer: CheckpointSigner,
+    /// Verifies the chain from the console ("verify now").
+    chain_key: ChainKey,
 }
 
 impl std::fmt::Debug for AuditWriter {
@@ -113,6 +118,8 @@ impl AuditWriter {
             tx,
             commit_timeout: settings.commit_timeout,
             stats: stats.clone(),
+            signer: settings.signer.clone(),
+            chain_key: settings.chain_key.clone(),
         };
         std::thread::Builder::new()
             .name("custodian-audit".into())
@@ -126,6 +133,16 @@ impl AuditWriter {
                 }
             })?;
         Ok(writer)
+    }
+
+    /// The checkpoint signer, for sealing exports of selected events.
+    pub fn signer(&self) -> &CheckpointSigner {
+        &self.signer
+    }
+
+    /// The chain key, for verifying the chain from the console.
+    pub fn chain_key(&self) -> &ChainKey {
+        &self.chain_key
     }
 
     /// Records `event`; returns only after the transaction holding it committed.

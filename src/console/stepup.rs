@@ -37,6 +37,83 @@ pub async fn is_fresh(state: &AppState, c: &Settings, s: &Session) -> Result<boo
     Ok(at.is_some_and(|t| state.clock.now() - t < window))
 }
 
+/// What a code given with a form itself (an audit export: a download, not a kept change)
+/// came to.
+pub enum Confirmed {
+    /// The session passed a TOTP check within the step-up window: no code needed.
+    Fresh,
+    /// The code was accepted: the session id was renewed (the new id, for the cookie of
+    /// the answer) and the step-up recorded.
+    Renewed(String),
+    /// No fresh check and no acceptable code: refuse, with this message.
+    Refused(&'static str),
+}
+
+/// The step-up of an action that is answered at once: fresh already, or `code` checked
+/// by [`store::totp::check`] (replay and lock-out rules apply), the session id renewed
+/// and the step-up recorded like one made on the step-up page.
+pub async fn confirm(page: &Console, code: Option<&str>) -> Result<Confirmed, AppError> {
+    if is_fresh(&page.state, &page.settings, &page.me.session).await? {
+        return Ok(Confirmed::Fresh);
+    }
+    let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
+        return Ok(Confirmed::Refused(
+            "This needs a current code from your authenticator app (the last one is older than the step-up window).",
+        ));
+    };
+    let code = code.to_string();
+    let keyring = page.state.keyring.clone();
+    let lockout = page.settings.totp_lockout;
+    let user_id = page.me.user.id;
+    let old = page.me.session.id_hash.clone();
+    let now = page.state.clock.now();
+    let (check, renewed) = page
+        .state
+        .db
+        .run(move |conn| {
+            use diesel::Connection;
+            conn.transaction(|conn| {
+                let check = store::totp::check(conn, &keyring, user_id, &code, lockout, now)?;
+                let renewed = match check {
+                    Check::Accepted => Some(store::session::advance(
+                        conn,
+                        &old,
+                        Stage::Active,
+                        user_id,
+                        now,
+                    )?),
+                    _ => None,
+                };
+                Ok::<_, AppError>((check, renewed))
+            })
+        })
+        .await?;
+    match (check, renewed) {
+        (Check::Accepted, Some(id)) => {
+            page.audit
+                .session(AuditAction::StepUp, Outcome::Permit)
+                .await?;
+            Ok(Confirmed::Renewed(id))
+        }
+        (Check::Rejected { locked: false }, _) => {
+            let outcome = Outcome::Deny(DenyReason::InvalidCredentials);
+            page.audit
+                .session(AuditAction::LoginFailed, outcome)
+                .await?;
+            Ok(Confirmed::Refused(
+                "That code was not accepted. Enter the current code from your authenticator app.",
+            ))
+        }
+        _ => {
+            let outcome = Outcome::Deny(DenyReason::RateLimited);
+            page.audit
+                .session(AuditAction::LoginFailed, outcome)
+                .await?;
+            Ok(Confirmed::Refused(TOTP_LOCKED))
+        }
+    }
+}
+
 #[derive(Template, WebTemplate)]
 #[template(path = "console/step_up.html")]
 pub struct StepUpPage {

@@ -45,6 +45,13 @@ fn param_doc(resource: ResourceType, name: &str, kind: &str) -> Option<&'static 
 
 /// The `rest[0].resource` list, from the resource descriptors.
 pub fn resources(settings: &FhirSettings) -> Vec<Value> {
+    let mut list = records(settings);
+    list.push(super::audit_event::capability());
+    list
+}
+
+/// The record types' entries, from their descriptors.
+fn records(settings: &FhirSettings) -> Vec<Value> {
     resource::ALL
         .iter()
         .map(|d| {

@@ -1,6 +1,7 @@
 //! The FHIR R4 API.
 
 pub mod access_report;
+pub mod audit_event;
 pub mod break_glass;
 pub mod bundle;
 pub mod claim;

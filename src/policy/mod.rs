@@ -35,6 +35,9 @@ pub enum Action {
     /// allow reading Patients and the person must hold a role that may break glass
     /// ([`capability_break_glass`]).
     BreakGlass(break_glass::Operation),
+    /// Reading the audit trail as FHIR `AuditEvent` resources (read or search): the
+    /// token's `audit.read` scope and a role [`review::trail_scope`] admits.
+    AuditTrail(Interaction),
 }
 
 /// The SMART launch context a scope is granted in.

@@ -219,6 +219,39 @@ for (let pages = 0; everything; pages++) {
 check(kinds[0] === 'Patient' && kinds.length === 1, `$everything returned ${kinds.join()}`);
 step('everything');
 
+// The trail of this run as AuditEvent resources (a privacy officer's token): a search
+// on the first patient, paged with the client, and a read of one event; every page and
+// event valid R4, and none carries the patient's name or MRN.
+const auditToken = process.env.CUSTODIAN_AUDIT_TOKEN;
+check(auditToken, 'CUSTODIAN_AUDIT_TOKEN is required');
+const reviewer = new Client({ baseUrl: base, bearerToken: auditToken });
+let trail = valid(
+  await reviewer.search({ resourceType: 'AuditEvent', searchParams: { patient: ids[0], _count: 3 } }),
+  'AuditEvent searchset',
+);
+const events = [];
+for (let pages = 0; trail; pages++) {
+  check(pages < 20, 'AuditEvent paging ends');
+  for (const e of trail.entry ?? []) {
+    check(e.fullUrl === `${base}/AuditEvent/${e.resource.id}`, `fullUrl ${e.fullUrl} is absolute`);
+    valid(e.resource, 'AuditEvent in a searchset');
+    events.push(e.resource);
+  }
+  const next = reviewer.nextPage({ bundle: trail });
+  trail = next ? valid(await next, 'next AuditEvent page') : undefined;
+}
+check(events.length >= 5, `the patient's trail has ${events.length} events`);
+check(
+  events.every((e) => e.entity.some((x) => x.what.reference === `Patient/${ids[0]}`)),
+  'every event names the patient',
+);
+const text = JSON.stringify(events);
+check(!text.includes(family) && !text.includes(`IOP-${run}`), 'no name or MRN in an AuditEvent');
+const one = valid(await reviewer.read({ resourceType: 'AuditEvent', id: events[0].id }), 'read AuditEvent');
+check(JSON.stringify(one) === JSON.stringify(events[0]), 'read answers the searched event');
+await refused(client.search({ resourceType: 'AuditEvent', searchParams: {} }), 403, 'AuditEvent without audit.read');
+step('audit events', { count: events.length });
+
 // Errors are OperationOutcomes too.
 await refused(client.read({ resourceType: 'Patient', id: '00000000-0000-4000-8000-000000000000' }), 404, 'missing');
 await refused(client.search({ resourceType: 'Patient', searchParams: { nickname: 'x' } }), 422, 'unknown parameter');

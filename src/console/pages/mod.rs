@@ -9,7 +9,10 @@
 pub mod actions;
 pub mod break_glass;
 pub mod charts;
+pub mod export;
+pub mod overview;
 pub mod review;
+pub mod verify;
 
 use super::gate::{AdminPage, Chrome, ConsolePage};
 use super::store;
@@ -52,6 +55,34 @@ pub struct Dashboard {
     checkpoint_seq: i64,
     checkpoint_at: String,
     since_checkpoint: i64,
+    /// The newest finished "verify now" and the one running, if any.
+    verified: Option<VerifyRow>,
+    verifying: Option<VerifyRow>,
+}
+
+/// A verification of the chain run from the console.
+pub struct VerifyRow {
+    pub started: String,
+    pub finished: String,
+    pub ok: bool,
+    pub events: i64,
+    pub total: i64,
+    pub failed_seq: i64,
+    pub problem: String,
+}
+
+impl VerifyRow {
+    fn of(r: &crate::audit::checks::Run) -> Self {
+        VerifyRow {
+            started: time(r.started_at),
+            finished: r.finished_at.map(time).unwrap_or_default(),
+            ok: r.ok == Some(true),
+            events: r.verified_events,
+            total: r.total_events,
+            failed_seq: r.failed_seq.unwrap_or_default(),
+            problem: r.problem.clone().unwrap_or_default(),
+        }
+    }
 }
 
 /// One alert on the dashboard (ids and codes only).
@@ -72,14 +103,15 @@ pub async fn dashboard(page: ConsolePage) -> Result<Dashboard, AppError> {
     let me = &page.me;
     let roles: Vec<&str> = me.user.roles.iter().map(|r| r.as_str()).collect();
     let now = page.state.clock.now();
-    let (alerts, overdue, head) = page
+    let (alerts, overdue, (head, (verified, verifying))) = page
         .state
         .db
         .run(move |c| {
             let alerts = crate::db::break_glass::recent_alerts(c, ALERTS_SHOWN)?;
             let overdue = crate::db::break_glass::overdue_reviews(c, now, ALERTS_SHOWN)?;
             let head = crate::audit::store::head(c)?;
-            Ok((alerts, overdue, head))
+            let checks = crate::audit::checks::latest(c)?;
+            Ok((alerts, overdue, (head, checks)))
         })
         .await?;
     Ok(Dashboard {
@@ -106,6 +138,8 @@ pub async fn dashboard(page: ConsolePage) -> Result<Dashboard, AppError> {
             String::new()
         },
         since_checkpoint: head.seq - head.checkpoint_seq,
+        verified: verified.as_ref().map(VerifyRow::of),
+        verifying: verifying.as_ref().map(VerifyRow::of),
         subject: me.subject.clone(),
         issuer: me.issuer.clone(),
         roles: roles.join(", "),

@@ -34,12 +34,12 @@ pub const REPORT_LIMIT: i64 = 10_000;
 const REPORT_DEFAULT_DAYS: i64 = 365;
 
 /// The recorder of review events: this user, purpose of use compliance.
-fn reviewer(page: &Console) -> Recorder {
+pub(super) fn reviewer(page: &Console) -> Recorder {
     page.audit.clone().with_purpose(PurposeOfUse::Compliance)
 }
 
 /// Refuses (and records the refusal) unless the policy lets this user do `what`.
-async fn admit(page: &Console, what: Review, action: What) -> Result<(), AppError> {
+pub(super) async fn admit(page: &Console, what: Review, action: What) -> Result<(), AppError> {
     match may_review(&page.me.user.roles, what) {
         Ok(()) => Ok(()),
         Err(reason) => {
@@ -128,7 +128,7 @@ impl RawFilter {
     }
 
     /// The filter fields of a query string or form body, and the other pairs.
-    fn split(pairs: Vec<(String, String)>) -> (RawFilter, Vec<(String, String)>) {
+    pub(super) fn split(pairs: Vec<(String, String)>) -> (RawFilter, Vec<(String, String)>) {
         let mut raw = RawFilter::default();
         let mut rest = Vec::new();
         for (k, v) in pairs {
@@ -192,6 +192,7 @@ impl RawFilter {
             actor: opt(&self.person, "person", UserId::parse)?,
             patient: opt(&self.patient, "patient", PatientId::parse)?,
             action: opt(&self.action, "action", AuditAction::from_code)?,
+            actions: Vec::new(),
             resource_type: opt(&self.resource, "resource", Kind::from_code)?,
             outcome: opt(&self.outcome, "outcome", OutcomeCode::from_code)?,
             deny_reason: opt(&self.reason, "reason", DenyReason::from_code)?,
@@ -210,7 +211,7 @@ impl RawFilter {
     }
 }
 
-fn pairs(query: &str) -> Vec<(String, String)> {
+pub(super) fn pairs(query: &str) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.as_bytes())
         .map(|(k, v)| (k.into_owned(), v.into_owned()))
         .collect()
@@ -361,6 +362,8 @@ pub struct SearchPage {
     newer: String,
     newest: String,
     oldest_first: bool,
+    /// The filter as a query string, for the export form.
+    export_filter: String,
 }
 
 /// GET /console/audit?<filters>&before=|after=: the audit search, newest first.
@@ -455,6 +458,7 @@ pub async fn search_page(req: HttpRequest, page: ConsolePage) -> Result<SearchPa
         outcomes: choices(&OutcomeCode::ALL, OutcomeCode::code, &raw.outcome),
         reasons: choices(DenyReason::ALL, DenyReason::code, &raw.reason),
         purposes: choices(PurposeOfUse::ALL, PurposeOfUse::code, &raw.purpose),
+        export_filter: raw.query(&[]),
         f: raw,
         patient,
         events,
@@ -718,6 +722,30 @@ struct Report {
     until: DateTime<Utc>,
     rows: Vec<AccessRow>,
     truncated: bool,
+    /// Accesses per UTC day of the period (the timeline chart).
+    per_day: Vec<i64>,
+}
+
+/// Most days a timeline charts (a longer period shows its first days).
+const TIMELINE_DAYS: i64 = 800;
+
+/// How many of `times` fall on each UTC day from `since`'s day to `until`'s.
+fn per_day(times: &[DateTime<Utc>], since: DateTime<Utc>, until: DateTime<Utc>) -> Vec<i64> {
+    let first = since.date_naive();
+    let days = (until.date_naive() - first)
+        .num_days()
+        .clamp(0, TIMELINE_DAYS)
+        + 1;
+    let mut out = vec![0; usize::try_from(days).unwrap_or(1)];
+    for t in times {
+        if let Some(n) = usize::try_from((t.date_naive() - first).num_days())
+            .ok()
+            .and_then(|i| out.get_mut(i))
+        {
+            *n += 1;
+        }
+    }
+    out
 }
 
 async fn report(req: &HttpRequest, page: &Console, id: &str) -> Result<Report, AppError> {
@@ -752,11 +780,13 @@ async fn report(req: &HttpRequest, page: &Console, id: &str) -> Result<Report, A
     viewed(page, what.id(patient.as_uuid()), [patient]).await?;
     let truncated = rows.len() as i64 > REPORT_LIMIT;
     rows.truncate(usize::try_from(REPORT_LIMIT).unwrap_or(0));
+    let times: Vec<DateTime<Utc>> = rows.iter().map(|e| e.occurred_at).collect();
     Ok(Report {
         patient: cell,
         since,
         until,
         truncated,
+        per_day: per_day(&times, since, until),
         rows: rows
             .iter()
             .map(|e| AccessRow {
@@ -816,6 +846,8 @@ pub struct ReportPage {
     rows: Vec<AccessRow>,
     truncated: bool,
     csv: String,
+    /// The patient's accesses per day (SVG; empty when it could not be drawn).
+    timeline: String,
 }
 
 /// GET /console/patients/{id}/access?from=&to=: who accessed the patient's data in the
@@ -833,6 +865,7 @@ pub async fn report_page(
         format!("/console/patients/{}/access.csv?{q}", r.patient.id)
     };
     Ok(ReportPage {
+        timeline: super::charts::timeline(&r.per_day).unwrap_or_default(),
         chrome: page.0.chrome,
         since: time(r.since),
         until: time(r.until),

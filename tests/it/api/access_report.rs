@@ -111,3 +111,74 @@ async fn a_patient_reads_their_own_access_report_and_no_one_elses() {
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(!res.text().await.unwrap().contains("evil"));
 }
+
+/// The basis of each access is the decision point's, stored in its event when it was
+/// recorded: the report tells care team, facility and own record apart.
+#[tokio::test]
+async fn the_report_tells_care_team_facility_and_own_record_apart() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-basis", &[Role::Clinician]);
+    let mine = w.create(&doc, &patient_json("MRN-7101", "Basis")).await;
+    // The creator is on the care team; the billing clerk reads through the facility.
+    assert_eq!(
+        w.get(&format!("/fhir/Patient/{mine}"), &doc).await.status(),
+        StatusCode::OK
+    );
+    let (_, clerk) = w.user("clerk-basis", &[Role::Billing]);
+    assert_eq!(
+        w.get(&format!("/fhir/Patient/{mine}"), &clerk)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let (pid, _) = w.user("patient-basis", &[Role::Patient]);
+    users::link_patient(&mut w.app.db.conn(), pid, Some(mine.into())).unwrap();
+    let token = w.token("patient-basis", "patient/Patient.rs");
+    assert_eq!(
+        w.get(&format!("/fhir/Patient/{mine}"), &token)
+            .await
+            .status(),
+        StatusCode::OK
+    );
+    let report: Value = w
+        .get(&format!("/fhir/Patient/{mine}/$access-report"), &token)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let got: Vec<(&str, &str)> = report["accesses"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["action"].as_str().unwrap(), a["basis"].as_str().unwrap()))
+        .collect();
+    // A clinician creates through the facility, then reads as the care team.
+    assert_eq!(
+        got,
+        vec![
+            ("create", "facility"),
+            ("read", "care team"),
+            ("read", "facility"),
+            ("read", "own record")
+        ],
+        "{report}"
+    );
+    // The stored codes.
+    use custodian::db::schema::audit_events::dsl as e;
+    let stored: Vec<Option<String>> = e::audit_events
+        .filter(e::patient_ids.contains(vec![mine]))
+        .filter(e::action.eq("read"))
+        .filter(e::resource_type.eq("Patient"))
+        .order(e::seq)
+        .select(e::basis)
+        .load(&mut w.app.db.conn())
+        .unwrap();
+    assert_eq!(
+        stored,
+        vec![
+            Some("care-team".to_string()),
+            Some("facility".to_string()),
+            Some("own-record".to_string())
+        ]
+    );
+}

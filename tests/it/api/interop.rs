@@ -545,7 +545,17 @@ async fn the_capability_statement_declares_the_base_conditional_create_and_cors(
     assert_eq!(cs["kind"], "instance");
     assert_eq!(cs["implementation"]["url"], format!("{PUBLIC_URL}/fhir"));
     assert_eq!(cs["rest"][0]["security"]["cors"], true);
-    for r in cs["rest"][0]["resource"].as_array().unwrap() {
+    // The record types; the audit trail (AuditEvent) is read-only and not versioned.
+    let resources = cs["rest"][0]["resource"].as_array().unwrap();
+    let audit = resources
+        .iter()
+        .find(|r| r["type"] == "AuditEvent")
+        .unwrap();
+    assert_eq!(
+        audit["interaction"],
+        json!([{ "code": "read" }, { "code": "search-type" }])
+    );
+    for r in resources.iter().filter(|r| r["type"] != "AuditEvent") {
         assert_eq!(r["conditionalCreate"], true, "{r}");
         assert_eq!(r["versioning"], "versioned", "{r}");
     }
@@ -1372,6 +1382,9 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
     })
     .await;
     let (_, doc) = w.user("dr-interop", &[Role::Clinician]);
+    // A privacy officer reads the trail of the run as AuditEvent resources.
+    w.user("po-interop", &[Role::PrivacyOfficer]);
+    let po = w.token("po-interop", "audit.read");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(clients_dir().join("interop.mjs"))
@@ -1382,6 +1395,7 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
                 format!("https://localhost:{port}/fhir"),
             )
             .env("CUSTODIAN_TOKEN", doc)
+            .env("CUSTODIAN_AUDIT_TOKEN", po)
             .output()
             .unwrap()
     })
@@ -1400,6 +1414,7 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
         "update",
         "history",
         "everything",
+        "audit events",
         "done",
     ] {
         assert!(

@@ -4,6 +4,7 @@
 mod access_report;
 mod admin;
 mod attribution;
+mod audit_event;
 mod auth;
 mod break_glass;
 mod interop;

@@ -5,6 +5,7 @@
 //! |---------------------------|---------------------------|---------------------------------------|--------------------------------------------------|
 //! | `/fhir/…` (FHIR action)   | 401                       | 403                                   | record: 404 · search: 403, or 200 with no rows · create: 422 · a role the matrix refuses: 403 |
 //! | `/fhir/Patient/…/$break-glass…` (BreakGlass) | 401     | 403                                   | – (`api/break_glass.rs`)                         |
+//! | `/fhir/AuditEvent…` (AuditTrail) | 401                | 403 (privacy officer, no `audit.read`) | each role with `audit.read`: reviewers 200, the others 403 |
 //! | `/api/admin/…` (Admin)    | 401                       | 403 (admin role, no `admin` scope)    | –                                                |
 //! | `/console/…` page (GET)   | 303 to `/console/signin`  | –                                     | –                                                |
 //! | `/console/…` action (POST)| 403                       | –                                     | –                                                |
@@ -46,6 +47,8 @@ enum Expect {
     Fhir,
     /// A break-glass operation on the FHIR API (`api/break_glass.rs` tests its answers).
     BreakGlass,
+    /// The audit trail as FHIR `AuditEvent` resources (`api/audit_event.rs`).
+    AuditTrail,
     /// The administration API.
     Admin,
     /// A console page: redirect to the sign-in page.
@@ -104,6 +107,8 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ("GET", "/fhir/Patient/{id}/$everything", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}/_history/{vid}", Expect::Fhir),
     ("GET", "/fhir/Patient/{id}/$access-report", Expect::Fhir),
+    ("GET", "/fhir/AuditEvent", Expect::AuditTrail),
+    ("GET", "/fhir/AuditEvent/{id}", Expect::AuditTrail),
     ("PUT", "/fhir/Patient/{id}", Expect::Fhir),
     ("PATCH", "/fhir/Patient/{id}", Expect::Fhir),
     ("GET", "/fhir/Observation", Expect::Fhir),
@@ -186,6 +191,9 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ),
     ("GET", "/console/audit", Expect::ConsolePage),
     ("POST", "/console/audit", Expect::ConsoleAction),
+    ("POST", "/console/audit/export", Expect::ConsoleAction),
+    ("POST", "/console/audit/verify", Expect::ConsoleAction),
+    ("GET", "/console/audit/charts", Expect::ConsolePage),
     ("GET", "/console/audit/{seq}", Expect::ConsolePage),
     ("GET", "/console/patients/{id}/access", Expect::ConsolePage),
     ("GET", "/console/people/{id}/activity", Expect::ConsolePage),
@@ -245,6 +253,9 @@ fn every_route_in_the_table_is_covered() {
             (Expect::BreakGlass, Action::BreakGlass(_)) => {
                 route.path.starts_with("/fhir/Patient/") && route.path.contains("$break-glass")
             }
+            (Expect::AuditTrail, Action::AuditTrail(_)) => {
+                route.path.starts_with("/fhir/AuditEvent")
+            }
             (Expect::Admin, Action::Admin(_)) => route.path.starts_with("/api/"),
             (Expect::ConsolePage, Action::Console) => route.path.starts_with("/console"),
             (Expect::ConsoleAction, Action::Console) => {
@@ -261,7 +272,7 @@ fn every_route_in_the_table_is_covered() {
         if route.path.starts_with("/fhir/") && !public_fhir.contains(&route.path) {
             assert!(matches!(
                 route.action,
-                Action::Fhir(..) | Action::BreakGlass(_)
+                Action::Fhir(..) | Action::BreakGlass(_) | Action::AuditTrail(_)
             ));
         }
         if route.path.starts_with("/api/") {
@@ -289,6 +300,8 @@ struct Records {
     claim: Uuid,
     /// A user id, for the admin routes.
     user: Uuid,
+    /// An audit event id, for the AuditEvent read.
+    event: Uuid,
 }
 
 struct Setup {
@@ -327,6 +340,15 @@ async fn setup() -> Setup {
     let observation = make("/fhir/Observation", observation_json(patient)).await;
     let document = make("/fhir/DocumentReference", note_json(patient, "Seen.")).await;
     let claim = make("/fhir/Claim", claim_json(patient)).await;
+    let event = {
+        use custodian::db::schema::audit_events::dsl::*;
+        use diesel::prelude::*;
+        audit_events
+            .order(seq.desc())
+            .select(event_id)
+            .first::<Uuid>(&mut w.app.db.conn())
+            .unwrap()
+    };
     Setup {
         w,
         records: Records {
@@ -335,6 +357,7 @@ async fn setup() -> Setup {
             document,
             claim,
             user: author_id.as_uuid(),
+            event,
         },
     }
 }
@@ -389,6 +412,7 @@ impl Setup {
             Action::Fhir(ResourceType::Observation, _) => r.observation,
             Action::Fhir(ResourceType::DocumentReference, _) => r.document,
             Action::Fhir(ResourceType::Claim, _) => r.claim,
+            Action::AuditTrail(_) => r.event,
             _ => r.user,
         };
         route
@@ -448,7 +472,7 @@ impl Setup {
         let res = self.send(route, token).await;
         if matches!(
             route.action,
-            Action::Fhir(..) | Action::Admin(_) | Action::BreakGlass(_)
+            Action::Fhir(..) | Action::Admin(_) | Action::BreakGlass(_) | Action::AuditTrail(_)
         ) {
             let events = events_after(&self.w.app, before);
             assert_eq!(
@@ -596,6 +620,21 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
     // An admin whose token lacks the `admin` scope.
     let (admin_no_scope_id, _) = w.user("admin-no-scope", &[Role::Admin]);
     let admin_no_scope = w.token("admin-no-scope", ALL);
+    // A privacy officer whose token lacks `audit.read`.
+    let (po_no_scope_id, _) = w.user("po-no-scope", &[Role::PrivacyOfficer]);
+    let po_no_scope = w.token("po-no-scope", &format!("{STRANGER_SCOPES} admin"));
+    // The strangers again, with `audit.read`.
+    let readers: Vec<(Role, String, Uuid)> = strangers
+        .iter()
+        .map(|(role, _, id)| {
+            let sub = format!("stranger-{}", role.as_str());
+            (
+                *role,
+                w.token(&sub, &format!("{STRANGER_SCOPES} audit.read")),
+                *id,
+            )
+        })
+        .collect();
     let author = Some(s.records.user);
 
     for route in &routes {
@@ -621,7 +660,7 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
             );
         }
         match expect {
-            Expect::Fhir | Expect::Admin | Expect::BreakGlass => {
+            Expect::Fhir | Expect::Admin | Expect::BreakGlass | Expect::AuditTrail => {
                 assert_eq!(status, 401, "{name}: no credentials")
             }
             Expect::ConsolePage => {
@@ -652,6 +691,12 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
                 let res = s.send_audited(route, Some(&token), author, &case).await;
                 assert_eq!(res.status().as_u16(), 403, "{case}");
             }
+            Action::AuditTrail(_) => {
+                let case = format!("{name}: audit.read scope missing");
+                let po = Some(po_no_scope_id.as_uuid());
+                let res = s.send_audited(route, Some(&po_no_scope), po, &case).await;
+                assert_eq!(res.status().as_u16(), 403, "{case}");
+            }
             Action::Admin(_) => {
                 let case = format!("{name}: admin scope missing");
                 let admin = Some(admin_no_scope_id.as_uuid());
@@ -661,6 +706,19 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
                 assert_eq!(res.status().as_u16(), 403, "{case}");
             }
             _ => {}
+        }
+        // 3. Each role with `audit.read` on the audit trail: reviewers read it, a
+        //    patient linked to no record and every other role are refused.
+        if let Action::AuditTrail(_) = route.action {
+            for (role, token, id) in &readers {
+                let case = format!("{name}: {} with audit.read", role.as_str());
+                let res = s.send_audited(route, Some(token), Some(*id), &case).await;
+                let want = match policy::review::trail_scope(&[*role], true, None) {
+                    Ok(_) => 200,
+                    Err(_) => 403,
+                };
+                assert_eq!(res.status().as_u16(), want, "{case}");
+            }
         }
         // 3. Each role without a relationship to the patient.
         if let Action::Fhir(resource, interaction) = route.action {
@@ -708,17 +766,20 @@ async fn every_audited_route_leaves_one_event_naming_the_actor_for_each_refusal(
         .execute(&mut w.app.db.conn())
         .unwrap();
     let author_token = w.token("author", ALL);
+    let (reviewer_id, _) = w.user("reviewer-walker", &[Role::PrivacyOfficer]);
+    let reviewer = w.token("reviewer-walker", "audit.read");
     let oversized = "x".repeat(BODY_LIMIT + 1);
     for route in table().iter().filter(|r| {
         matches!(
             r.action,
-            Action::Fhir(..) | Action::Admin(_) | Action::BreakGlass(_)
+            Action::Fhir(..) | Action::Admin(_) | Action::BreakGlass(_) | Action::AuditTrail(_)
         )
     }) {
         let name = name(route);
         // The route's rightful caller: the author of every record, or an administrator.
         let (token, actor) = match route.action {
             Action::Admin(_) => (admin.as_str(), Some(admin_id.as_uuid())),
+            Action::AuditTrail(_) => (reviewer.as_str(), Some(reviewer_id.as_uuid())),
             _ => (author_token.as_str(), author),
         };
         let bearer =

@@ -18,6 +18,7 @@ use custodian::db::schema::{console_sessions, users as users_t};
 use custodian::db::users::{self, UserKind};
 use custodian::domain::{FacilityId, PatientId, UserId};
 use custodian::policy::Role;
+use diesel::connection::SimpleConnection;
 use diesel::prelude::*;
 use reqwest::StatusCode;
 use sha2::Digest;
@@ -856,7 +857,7 @@ async fn fits(chromium: &crate::support::browser::Browser, what: &str) {
         )
         .await;
     let (scroll, inner) = (v[0].as_i64().unwrap(), v[1].as_i64().unwrap());
-    assert!(inner <= 1280, "the test window is at most 1280 px wide");
+    assert_eq!(inner, 1280, "the test window is 1280 px wide");
     assert!(
         scroll <= inner,
         "{what}: {scroll} px wide in a {inner}-px window"
@@ -915,6 +916,22 @@ async fn browser_search_event_report_and_activity_fit_the_window() {
     chromium.wait_for_text("Events by day and hour").await;
     chromium.page_shot("privacy-activity").await;
     fits(&chromium, "activity").await;
+    // The trail's charts.
+    chromium
+        .goto(
+            &r.app
+                .url("/console/audit/charts?from=2026-01-01&to=2026-01-31"),
+        )
+        .await;
+    chromium
+        .wait_for_text("Top people by distinct patients")
+        .await;
+    chromium.page_shot("privacy-charts").await;
+    fits(&chromium, "charts").await;
+    // The dashboard with the chain status and "verify now".
+    chromium.goto(&r.app.url("/console")).await;
+    chromium.wait_for_text("Verify now").await;
+    fits(&chromium, "dashboard").await;
     let messages = chromium.console_messages().await;
     assert!(
         !messages
@@ -1064,4 +1081,277 @@ async fn oldest_first_pages_forward_and_back() {
     assert!(link(&back, "older").is_none());
     let res = r.get(&po, "/console/audit?order=sideways").await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+}
+
+/// The console's export of a filtered set: refused without a fresh step-up (recorded);
+/// with one, a file that `custodian audit verify --file` verifies offline (no database),
+/// holding exactly the filtered events; one changed byte, or a dropped line, fails; the
+/// export itself is recorded.
+#[tokio::test]
+async fn a_filtered_export_verifies_offline_needs_a_fresh_step_up_and_is_recorded() {
+    let w = world().await;
+    let r = &w.r;
+    let po = r.sign_in(w.officer);
+    let filter = format!("patient={}&{PERIOD}", w.p1);
+    let set_totp_at = |at: DateTime<Utc>| {
+        diesel::update(console_sessions::table)
+            .set(console_sessions::totp_at.eq(Some(at)))
+            .execute(&mut r.app.db.conn())
+            .unwrap();
+    };
+    let last_event = || r.events_of(w.officer).pop().unwrap();
+
+    // The last code is older than the step-up window: refused, with or without a wrong code.
+    set_totp_at(Utc::now() - chrono::Duration::hours(2));
+    for fields in [
+        vec![("filter", filter.as_str())],
+        vec![("filter", filter.as_str()), ("code", "000000")],
+    ] {
+        let res = r.post(&po, "/console/audit/export", &fields).await;
+        assert_eq!(res.status(), StatusCode::FORBIDDEN);
+        let body = res.text().await.unwrap();
+        assert!(!body.contains("custodian-audit-selection"), "{body}");
+        let (action, kind, _, patients, _, outcome, reason) = last_event();
+        assert_eq!(
+            (
+                action.as_str(),
+                kind.as_deref(),
+                outcome.as_str(),
+                reason.as_deref()
+            ),
+            (
+                "audit-export",
+                Some("AuditLog"),
+                "deny",
+                Some("step-up-required")
+            )
+        );
+        assert_eq!(patients, vec![w.p1]);
+    }
+
+    // Fresh: the file, and the export recorded.
+    set_totp_at(Utc::now());
+    let res = r
+        .post(&po, "/console/audit/export", &[("filter", &filter)])
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    assert!(
+        res.headers()["content-disposition"]
+            .to_str()
+            .unwrap()
+            .starts_with("attachment")
+    );
+    let text = res.text().await.unwrap();
+    let (action, kind, _, patients, purpose, outcome, _) = last_event();
+    assert_eq!(
+        (
+            action.as_str(),
+            kind.as_deref(),
+            outcome.as_str(),
+            purpose.as_deref()
+        ),
+        ("audit-export", Some("AuditLog"), "permit", Some("HCOMPL"))
+    );
+    assert_eq!(patients, vec![w.p1]);
+    // Exactly the filtered events, oldest first.
+    let mut want = w.expect(|s| s.patients.contains(&w.p1));
+    want.reverse();
+    let got: Vec<i64> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter_map(|v| v["event"]["record"]["seq"].as_i64())
+        .collect();
+    assert_eq!(got, want);
+    assert!(!text.contains("MRN-1001") && !text.contains("Anders"));
+
+    let dir = tempfile::tempdir().unwrap();
+    let public = custodian::audit::chain::encode_public_key(
+        &r.config.audit.signing_key().unwrap().public_key(),
+    );
+    let offline = |name: &str, content: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, content).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_custodian"))
+            .args(["audit", "verify", "--file"])
+            .arg(&path)
+            .args(["--public-key", &public])
+            .env_clear()
+            .env("CUSTODIAN_AUDIT_CHAIN_KEY", crate::support::TEST_CHAIN_KEY)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).to_string(),
+        )
+    };
+    let (ok, out) = offline("export.jsonl", &text);
+    assert!(ok, "{out}");
+    assert!(
+        out.starts_with(&format!("OK: {} events", want.len())),
+        "{out}"
+    );
+
+    // One changed byte in an event fails.
+    let at = text.find("\"action\":\"read\"").unwrap() + "\"action\":\"".len();
+    let mut bytes = text.clone().into_bytes();
+    bytes[at] = b'R';
+    let (ok, out) = offline("edited.jsonl", &String::from_utf8(bytes).unwrap());
+    assert!(!ok);
+    assert!(out.contains("hash mismatch"), "{out}");
+    // A dropped event line fails (the seal counts and covers every line).
+    let kept: Vec<&str> = text
+        .lines()
+        .enumerate()
+        .filter(|(i, l)| !(l.starts_with("{\"event\"") && *i == text.lines().count() - 2))
+        .map(|(_, l)| l)
+        .collect();
+    let (ok, out) = offline("dropped.jsonl", &(kept.join("\n") + "\n"));
+    assert!(!ok);
+    assert!(out.contains("seal"), "{out}");
+}
+
+/// "Verify now": the dashboard's button starts the chain verification in the background;
+/// the dashboard then shows its result and time (and a tampered chain as FAILED); the
+/// start and the result are recorded; a second start while one runs is refused.
+#[tokio::test]
+async fn verify_now_runs_in_the_background_shows_the_result_and_is_recorded() {
+    let w = world().await;
+    let r = &w.r;
+    let po = r.sign_in(w.officer);
+    let field = |html: &str, id: &str| {
+        html.split(&format!("id=\"{id}\">"))
+            .nth(1)
+            .and_then(|s| s.split("</dd>").next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let html = r.page(&po, "/console").await;
+    assert_eq!(field(&html, "chain-verified"), "none from the console yet");
+    let finished = || async {
+        for _ in 0..200 {
+            let html = r.page(&po, "/console").await;
+            if !html.contains("id=\"chain-verifying\"")
+                && !field(&html, "chain-verified").starts_with("none")
+            {
+                return html;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        panic!("the verification did not finish");
+    };
+    let verifies = || {
+        r.events_of(w.officer)
+            .into_iter()
+            .filter(|e| e.0 == "audit-verify")
+            .map(|e| (e.1, e.2, e.5))
+            .collect::<Vec<_>>()
+    };
+
+    let res = r.post(&po, "/console/audit/verify", &[]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let html = finished().await;
+    let verdict = field(&html, "chain-verified");
+    assert!(verdict.starts_with("<strong>OK</strong>: "), "{verdict}");
+    assert!(verdict.contains(", finished "), "{verdict}");
+    // Started and finished, both recorded, about the same run.
+    let v = verifies();
+    assert_eq!(v.len(), 2, "{v:?}");
+    assert!(
+        v.iter()
+            .all(|(kind, _, outcome)| kind.as_deref() == Some("AuditLog") && outcome == "permit")
+    );
+    assert!(v[0].1.is_some() && v[0].1 == v[1].1);
+
+    // A tampered chain: the next run shows where it fails, recorded as an error.
+    r.app
+        .db
+        .conn()
+        .batch_execute(
+            "SET session_replication_role = replica; \
+             UPDATE audit_events SET resource_id = gen_random_uuid() WHERE seq = 2; \
+             SET session_replication_role = origin",
+        )
+        .unwrap();
+    let res = r.post(&po, "/console/audit/verify", &[]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let html = finished().await;
+    let verdict = field(&html, "chain-verified");
+    assert!(
+        verdict.starts_with("<strong>FAILED</strong> at sequence 2: hash mismatch"),
+        "{verdict}"
+    );
+    let v = verifies();
+    assert_eq!(v.len(), 4, "{v:?}");
+    assert_eq!(v[3].2, "error");
+
+    // One run at a time: a run marked as still going refuses a second start.
+    diesel::sql_query(
+        "INSERT INTO audit_verifications (id, started_at, started_by, total_events) \
+         VALUES (gen_random_uuid(), now(), $1, 10)",
+    )
+    .bind::<diesel::sql_types::Uuid, _>(w.officer)
+    .execute(&mut r.app.db.conn())
+    .unwrap();
+    let html = r.page(&po, "/console").await;
+    assert!(
+        field(&html, "chain-verifying").contains("0 of 10 events"),
+        "{html}"
+    );
+    let res = r.post(&po, "/console/audit/verify", &[]).await;
+    assert_eq!(res.status(), StatusCode::CONFLICT);
+}
+
+/// The charts: the trail overview (accesses per day by outcome, denials per day, top
+/// people by distinct patients) and a patient's access timeline render as inline SVG,
+/// count what the trail holds, and viewing them is recorded.
+#[tokio::test]
+async fn the_charts_render_what_the_trail_holds_and_viewing_them_is_recorded() {
+    let w = world().await;
+    let r = &w.r;
+    let po = r.sign_in(w.officer);
+    let field = |html: &str, id: &str| {
+        html.split(&format!("id=\"{id}\">"))
+            .nth(1)
+            .and_then(|s| s.split('<').next())
+            .unwrap_or_default()
+            .to_string()
+    };
+    let figure = |html: &str, id: &str| {
+        html.split(&format!("id=\"{id}\">"))
+            .nth(1)
+            .map(|s| s.starts_with("<svg") && s.contains("<rect"))
+            .unwrap_or(false)
+    };
+    let before = r.events_of(w.officer).len();
+    let html = r
+        .page(&po, "/console/audit/charts?from=2026-01-01&to=2026-01-31")
+        .await;
+    // Seeded in January: four permitted accesses, one denial, one failure.
+    assert_eq!(field(&html, "total-permitted"), "4");
+    assert_eq!(field(&html, "total-denied"), "1");
+    assert_eq!(field(&html, "total-failed"), "1");
+    for id in ["trail-per-day-chart", "denials-chart", "top-people-chart"] {
+        assert!(figure(&html, id), "{id}: {html}");
+    }
+    // The nurse and the doctor each reached two distinct patients.
+    assert!(html.contains("Nora Nurse</a>: 2 patients"), "{html}");
+    assert!(!html.contains("<script"));
+    let events = r.events_of(w.officer);
+    assert_eq!(events.len(), before + 1);
+    let last = events.last().unwrap();
+    assert_eq!(
+        (last.0.as_str(), last.1.as_deref(), last.5.as_str()),
+        ("search", Some("AuditLog"), "permit")
+    );
+    // A bad period is a 400 with a fixed message.
+    let res = r
+        .get(&po, "/console/audit/charts?from=2026-01-01&to=2028-01-01")
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    // The patient's access timeline on the access report.
+    let html = r
+        .page(&po, &format!("/console/patients/{}/access?{PERIOD}", w.p1))
+        .await;
+    assert!(figure(&html, "timeline-chart"), "{html}");
 }

@@ -188,7 +188,9 @@ impl Browser {
             "--disable-sync".into(),
             // Containers often have a tiny /dev/shm, where chromium's renderers crash.
             "--disable-dev-shm-usage".into(),
-            "--window-size=1200,900".into(),
+            // The console's target: a 1280-px window (the review pages must not scroll
+            // sideways in it).
+            "--window-size=1280,900".into(),
             format!(
                 "--user-data-dir={}",
                 profile.path().join("profile").display()
