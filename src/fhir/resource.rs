@@ -60,6 +60,9 @@ pub struct Descriptor {
     /// `_include` values (`<type>:<reference parameter>`) a search accepts: each names
     /// the subject Patient of the matches.
     pub includes: &'static [&'static str],
+    /// Modified search parameters it accepts besides [`Self::search`] (`family:exact`);
+    /// any other modifier of a listed parameter is a 400 (see [`super::params`]).
+    pub modifiers: &'static [&'static str],
 }
 
 impl Descriptor {
@@ -69,6 +72,7 @@ impl Descriptor {
         self.search
             .iter()
             .map(|p| p.name)
+            .chain(self.modifiers.iter().copied())
             .chain([CURSOR, TOTAL, SUMMARY])
             .chain(include)
             .collect()
@@ -117,6 +121,7 @@ pub const PATIENT: Descriptor = Descriptor {
         "managingOrganization",
     ],
     includes: &[],
+    modifiers: &["family:exact", "given:exact"],
 };
 
 pub const OBSERVATION: Descriptor = Descriptor {
@@ -156,6 +161,7 @@ pub const OBSERVATION: Descriptor = Descriptor {
         "valueString",
     ],
     includes: &["Observation:patient", "Observation:subject"],
+    modifiers: &[],
 };
 
 pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
@@ -184,6 +190,7 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
     mandatory: &["status", "content"],
     summary: &["status", "type", "subject", "date", "author", "content"],
     includes: &["DocumentReference:patient", "DocumentReference:subject"],
+    modifiers: &[],
 };
 
 pub const CLAIM: Descriptor = Descriptor {
@@ -236,6 +243,7 @@ pub const CLAIM: Descriptor = Descriptor {
         "total",
     ],
     includes: &["Claim:patient"],
+    modifiers: &[],
 };
 
 /// Every resource type the API serves, in CapabilityStatement order.

@@ -7,6 +7,7 @@ mod attribution;
 mod auth;
 mod break_glass;
 mod interop;
+mod name_search;
 mod patient;
 pub(crate) mod resources;
 mod routes;
