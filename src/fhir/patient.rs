@@ -539,11 +539,16 @@ impl FhirResource for Patients {
         kr: &Keyring,
         criteria: &Criteria,
         scope: SearchScope,
-        after: Option<Uuid>,
-        limit: i64,
+        page: crate::db::records::Page,
         fields: PatientFields,
     ) -> Result<Vec<PatientView>, AppError> {
-        patient_views::search(c, kr, criteria, scope, after, limit, fields)
+        patient_views::search(c, kr, criteria, scope, page, fields)
+    }
+    fn sort_value(
+        p: &PatientView,
+        key: crate::db::records::SortKey,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        (key == crate::db::records::SortKey::LastUpdated).then_some(p.updated_at)
     }
     fn count(
         c: &mut PgConnection,

@@ -4,6 +4,7 @@
 //! (plus the opaque paging cursor); the route table registers one route per interaction
 //! listed here (`app::routes`), and a test holds the two equal.
 
+pub use crate::db::records::SortKey;
 use crate::policy::{Interaction, ResourceType};
 
 /// One search parameter: its name and FHIR search-parameter type.
@@ -24,6 +25,8 @@ pub const CURSOR: &str = "_cursor";
 /// every search.
 pub const TOTAL: &str = "_total";
 pub const SUMMARY: &str = "_summary";
+/// `_sort=[-]<key>` over one of [`Descriptor::sorts`].
+pub const SORT: &str = "_sort";
 /// `_include=<type>:patient` (see [`Descriptor::includes`]).
 pub const INCLUDE: &str = "_include";
 
@@ -63,6 +66,8 @@ pub struct Descriptor {
     /// Modified search parameters it accepts besides [`Self::search`] (`family:exact`);
     /// any other modifier of a listed parameter is a 400 (see [`super::params`]).
     pub modifiers: &'static [&'static str],
+    /// `_sort` keys (each a timestamp in clear; sealed fields cannot be sorted).
+    pub sorts: &'static [(&'static str, SortKey)],
 }
 
 impl Descriptor {
@@ -83,6 +88,8 @@ use Interaction::{Create, Delete, Read, Search, Update};
 
 const COUNT: SearchParam = param("_count", "number");
 const ELEMENTS: SearchParam = param("_elements", "special");
+const SORT_PARAM: SearchParam = param(SORT, "special");
+const LAST_UPDATED: (&str, SortKey) = ("_lastUpdated", SortKey::LastUpdated);
 
 pub const PATIENT: Descriptor = Descriptor {
     kind: ResourceType::Patient,
@@ -100,6 +107,7 @@ pub const PATIENT: Descriptor = Descriptor {
         param("identifier", "token"),
         COUNT,
         ELEMENTS,
+        SORT_PARAM,
     ],
     elements: &[
         ("identifier", &["identifier"]),
@@ -122,6 +130,7 @@ pub const PATIENT: Descriptor = Descriptor {
     ],
     includes: &[],
     modifiers: &["family:exact", "given:exact"],
+    sorts: &[LAST_UPDATED],
 };
 
 pub const OBSERVATION: Descriptor = Descriptor {
@@ -140,6 +149,7 @@ pub const OBSERVATION: Descriptor = Descriptor {
         param("date", "date"),
         COUNT,
         ELEMENTS,
+        SORT_PARAM,
     ],
     elements: &[
         ("status", &["status"]),
@@ -162,6 +172,7 @@ pub const OBSERVATION: Descriptor = Descriptor {
     ],
     includes: &["Observation:patient", "Observation:subject"],
     modifiers: &[],
+    sorts: &[LAST_UPDATED, ("date", SortKey::Date)],
 };
 
 pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
@@ -178,6 +189,7 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
         param("subject", "reference"),
         COUNT,
         ELEMENTS,
+        SORT_PARAM,
     ],
     elements: &[
         ("status", &["status"]),
@@ -191,6 +203,7 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
     summary: &["status", "type", "subject", "date", "author", "content"],
     includes: &["DocumentReference:patient", "DocumentReference:subject"],
     modifiers: &[],
+    sorts: &[LAST_UPDATED],
 };
 
 pub const CLAIM: Descriptor = Descriptor {
@@ -207,6 +220,7 @@ pub const CLAIM: Descriptor = Descriptor {
         param("status", "token"),
         COUNT,
         ELEMENTS,
+        SORT_PARAM,
     ],
     elements: &[
         ("status", &["status"]),
@@ -244,6 +258,7 @@ pub const CLAIM: Descriptor = Descriptor {
     ],
     includes: &["Claim:patient"],
     modifiers: &[],
+    sorts: &[LAST_UPDATED],
 };
 
 /// Every resource type the API serves, in CapabilityStatement order.
@@ -272,7 +287,7 @@ use crate::access::{Credentials, Pipeline, Principal};
 use crate::audit::AuditEvent;
 use crate::crypto::Keyring;
 use crate::db::history;
-use crate::db::records::{self, RecordTable, Statements};
+use crate::db::records::{self, Page, Position, RecordTable, Sort, Statements};
 use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
 use crate::policy::{Decision, PatientFacts, SearchScope, Target, View};
@@ -395,10 +410,11 @@ pub trait FhirResource: 'static {
         kr: &Keyring,
         criteria: &Self::Criteria,
         scope: SearchScope,
-        after: Option<Uuid>,
-        limit: i64,
+        page: Page,
         fields: Self::Fields,
     ) -> Result<Vec<Self::Record>, AppError>;
+    /// A record's value of a sort key (the next page's cursor carries it).
+    fn sort_value(record: &Self::Record, key: SortKey) -> Option<chrono::DateTime<chrono::Utc>>;
     /// How many live records within `scope` match `criteria`.
     fn count(
         conn: &mut PgConnection,
@@ -540,11 +556,13 @@ impl<R: RecordResource> FhirResource for R {
         kr: &Keyring,
         criteria: &Criteria<R>,
         scope: SearchScope,
-        after: Option<Uuid>,
-        limit: i64,
+        page: Page,
         fields: Fields<R>,
     ) -> Result<Vec<Rec<R>>, AppError> {
-        records::search::<R::Table>(conn, kr, criteria, scope, after, limit, fields)
+        records::search::<R::Table>(conn, kr, criteria, scope, page, fields)
+    }
+    fn sort_value(record: &Rec<R>, key: SortKey) -> Option<chrono::DateTime<chrono::Utc>> {
+        R::Table::sort_value(record, key)
     }
     fn count(
         conn: &mut PgConnection,
@@ -920,7 +938,7 @@ async fn search_with<R: FhirResource>(
     // A cursor from a POST search carries that search's parameters: it stands alone.
     let (q, after, carried) = match params::single(&given, CURSOR)? {
         None => (given, None, None),
-        Some(c) => match Cursor::open(&state.keyring, user, kind, c)? {
+        Some(c) => match Cursor::open_position(&state.keyring, user, kind, c)? {
             (after, None) => (given, Some(after), None),
             (after, Some(carried)) => {
                 if given.len() > 1 {
@@ -935,6 +953,11 @@ async fn search_with<R: FhirResource>(
         },
     };
     let post = post || carried.is_some();
+    let sort = sort_of(R::DESCRIPTOR, params::single(&q, SORT)?)?;
+    if after.is_some_and(|a: Position| a.at.is_some() != sort.is_some()) {
+        // A cursor continues the order it was issued for, and no other.
+        return Err(invalid(CURSOR, "is not a cursor this server issued to you"));
+    }
     let criteria = R::criteria(&q)?;
     let count = bundle::page_size(params::single(&q, "_count")?)?;
     let (want_total, count_only, elements) = total_and_summary(kind, &q)?;
@@ -957,7 +980,8 @@ async fn search_with<R: FhirResource>(
             let rows = if limit == 0 {
                 Vec::new()
             } else {
-                R::search(c, &kr, &criteria, scope, after, limit, fields)?
+                let page = Page { sort, after, limit };
+                R::search(c, &kr, &criteria, scope, page, fields)?
             };
             Ok((rows, total))
         })
@@ -977,11 +1001,14 @@ async fn search_with<R: FhirResource>(
         out.finish()
     });
     let next = match (more, rows.last()) {
-        (true, Some(last)) => Some(Cursor::seal(
+        (true, Some(last)) => Some(Cursor::seal_position(
             &state.keyring,
             user,
             kind,
-            R::id(last).into(),
+            Position {
+                id: R::id(last).into(),
+                at: sort.and_then(|s| R::sort_value(last, s.key)),
+            },
             to_carry.as_deref(),
         )?),
         _ => None,
@@ -998,6 +1025,26 @@ async fn search_with<R: FhirResource>(
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .body(body.to_string()))
+}
+
+/// Refused `_sort` values: one fixed message (the value is never repeated).
+const SORT_REFUSED: &str = "_sort: this server sorts by one key of the resource's sort keys (_lastUpdated, and date where declared; '-' for descending), see the CapabilityStatement. Sealed fields (names, birth dates, identifiers) cannot be sorted: their order is not stored anywhere in clear.";
+
+/// The order `_sort` asks for: one key the descriptor declares, optionally `-`-prefixed
+/// (descending). Anything else — a sealed field, several keys, an unknown key — is a 400.
+fn sort_of(d: &Descriptor, value: Option<&str>) -> Result<Option<Sort>, AppError> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    let (desc, name) = match v.strip_prefix('-') {
+        Some(name) => (true, name),
+        None => (false, v),
+    };
+    d.sorts
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, key)| Some(Sort { key: *key, desc }))
+        .ok_or_else(|| AppError::bad_request(SORT_REFUSED))
 }
 
 /// Whether the search asks for `_include` of the matches' patients: every value must be
@@ -1148,7 +1195,7 @@ async fn if_none_exist<R: FhirResource>(
     let kr = state.keyring.clone();
     let mut rows = state
         .db
-        .run(move |c| R::search(c, &kr, &criteria, scope, None, 2, fields))
+        .run(move |c| R::search(c, &kr, &criteria, scope, Page::first(2), fields))
         .await?;
     match rows.len() {
         0 => Ok(Existing::None),
@@ -1536,9 +1583,14 @@ async fn part_of<R: FhirResource>(
     let fields = R::fields(view, &Elements::all())?;
     let kr = state.keyring.clone();
     let limit = room as i64 + 1;
+    let page = Page {
+        sort: None,
+        after: after.map(|id| Position { id, at: None }),
+        limit,
+    };
     let mut rows = state
         .db
-        .run(move |c| R::search(c, &kr, &criteria, scope, after, limit, fields))
+        .run(move |c| R::search(c, &kr, &criteria, scope, page, fields))
         .await?;
     let more = rows.len() > room;
     rows.truncate(room);

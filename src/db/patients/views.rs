@@ -4,6 +4,7 @@
 
 use crate::crypto::columns::{SealedColumn, patients as cols};
 use crate::crypto::{BlindKind, Keyring, Phi, Sealable};
+use crate::db::records::{Page, SortKey};
 use crate::db::scope::ScopeSql;
 use crate::domain::{FacilityId, PatientId};
 use crate::error::AppError;
@@ -311,30 +312,44 @@ fn conditions(
     Ok((conditions, binds))
 }
 
-/// One page of live patients matching `criteria` within the policy's `scope`, ordered by
-/// id, after the cursor `after`.
+/// One page of live patients matching `criteria` within the policy's `scope`, in
+/// `page`'s order (by id, or by `updated_at` then id), after its position.
 pub fn search(
     conn: &mut PgConnection,
     kr: &Keyring,
     criteria: &Criteria,
     scope: SearchScope,
-    after: Option<Uuid>,
-    limit: i64,
+    page: Page,
     fields: PatientFields,
 ) -> Result<Vec<PatientView>, AppError> {
-    let (mut conditions, binds) = conditions(kr, criteria, 4)?;
+    let (mut conditions, binds) = conditions(kr, criteria, 5)?;
     let (scope_sql, scope_id) = ScopeSql::new(scope, "p.id").with_placeholder(1);
     conditions.push(scope_sql);
-    conditions.push("($2::uuid IS NULL OR p.id > $2)".to_string());
+    // Only `_lastUpdated` sorts patients (every other field is sealed).
+    let order = match page.sort {
+        None => {
+            conditions.push("($2::uuid IS NULL OR p.id > $2)".to_string());
+            "p.id".to_string()
+        }
+        Some(sort) if sort.key == SortKey::LastUpdated => {
+            conditions.push(format!(
+                "($2::uuid IS NULL OR (p.updated_at, p.id) {} ($4, $2))",
+                sort.after_op()
+            ));
+            sort.order_sql("p.updated_at", "p.id")
+        }
+        Some(_) => return Err(AppError::bad_request("Patients sort by _lastUpdated only.")),
+    };
     let sql = format!(
-        "SELECT {} FROM patients p WHERE {} ORDER BY p.id LIMIT $3",
+        "SELECT {} FROM patients p WHERE {} ORDER BY {order} LIMIT $3",
         select_list(fields),
         conditions.join(" AND ")
     );
     let mut query = diesel::sql_query(sql)
         .bind::<SqlUuid, _>(scope_id)
-        .bind::<Nullable<SqlUuid>, _>(after)
-        .bind::<diesel::sql_types::BigInt, _>(limit)
+        .bind::<Nullable<SqlUuid>, _>(page.after.map(|a| a.id))
+        .bind::<diesel::sql_types::BigInt, _>(page.limit)
+        .bind::<Nullable<Timestamptz>, _>(page.after.and_then(|a| a.at))
         .into_boxed::<diesel::pg::Pg>();
     for b in binds {
         query = query.bind::<Bytea, _>(b);

@@ -12,5 +12,6 @@ mod patient;
 pub(crate) mod resources;
 mod routes;
 mod separation;
+mod sorting;
 mod strict_input;
 mod write_control;
