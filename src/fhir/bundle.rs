@@ -200,6 +200,21 @@ pub fn searchset(
 }
 
 /// Adds resources a search's `_include` brought (`search.mode: include`) to `bundle`.
+/// A warning about the page as a searchset entry (`search.mode: outcome`).
+pub fn add_outcome(bundle: &mut Value, message: &'static str) {
+    let entry = json!({
+        "resource": {
+            "resourceType": "OperationOutcome",
+            "issue": [{ "severity": "warning", "code": "too-costly", "diagnostics": message }],
+        },
+        "search": { "mode": "outcome" },
+    });
+    match bundle["entry"].as_array_mut() {
+        Some(list) => list.push(entry),
+        None => bundle["entry"] = Value::Array(vec![entry]),
+    }
+}
+
 pub fn add_included(
     settings: &FhirSettings,
     bundle: &mut Value,

@@ -100,6 +100,9 @@ pub fn resources(settings: &FhirSettings) -> Vec<Value> {
             if !d.includes.is_empty() {
                 out["searchInclude"] = json!(d.includes);
             }
+            if !d.revincludes.is_empty() {
+                out["searchRevInclude"] = json!(d.revincludes);
+            }
             out
         })
         .collect()

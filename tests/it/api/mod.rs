@@ -10,6 +10,7 @@ mod interop;
 mod name_search;
 mod patient;
 pub(crate) mod resources;
+mod revinclude;
 mod routes;
 mod separation;
 mod sorting;
