@@ -1400,6 +1400,9 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
         "update",
         "history",
         "everything",
+        "sort",
+        "string search",
+        "revinclude",
         "done",
     ] {
         assert!(
