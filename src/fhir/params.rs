@@ -52,10 +52,10 @@ pub fn parse_params(
         let Some(name) = allowed.iter().find(|a| **a == k) else {
             // A modifier of one of our parameters changes what it matches: never ignored,
             // even when lenient, since ignoring it would answer a different question.
-            if let Some((base, modifier)) = k.split_once(':') {
-                if allowed.contains(&base) {
-                    return Err(unsupported_modifier(modifier));
-                }
+            if let Some((base, modifier)) = k.split_once(':')
+                && allowed.contains(&base)
+            {
+                return Err(unsupported_modifier(modifier));
             }
             if lenient {
                 continue;

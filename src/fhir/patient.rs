@@ -124,9 +124,11 @@ fn name_query(
 }
 
 fn search_criteria(q: &[(&'static str, String)]) -> Result<Criteria, AppError> {
-    let mut c = Criteria::default();
-    c.family = name_query(q, "family", "family:exact", BlindKind::FamilyPrefix)?;
-    c.given = name_query(q, "given", "given:exact", BlindKind::GivenPrefix)?;
+    let mut c = Criteria {
+        family: name_query(q, "family", "family:exact", BlindKind::FamilyPrefix)?,
+        given: name_query(q, "given", "given:exact", BlindKind::GivenPrefix)?,
+        ..Criteria::default()
+    };
     if let Some(d) = params::single(q, "birthdate")? {
         // Sealed with an exact-match blind index: a day, optionally with the `eq` prefix.
         let d = d.strip_prefix("eq").unwrap_or(d);
