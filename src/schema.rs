@@ -44,6 +44,7 @@ diesel::table! {
         updated_at -> Timestamptz,
         deleted_at -> Nullable<Timestamptz>,
         confidentiality -> Text,
+        name_prefixes -> Nullable<Array<Bytea>>,
     }
 }
 

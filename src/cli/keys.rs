@@ -1,4 +1,4 @@
-//! `custodian keys status | rotate [--kek] | seal-claims`: operator commands over
+//! `custodian keys status | rotate [--kek] | seal-claims | index-names`: operator commands over
 //! [`crate::crypto`].
 //! Progress goes to stderr, results to stdout.
 
@@ -32,6 +32,11 @@ pub enum KeysCommand {
     /// migration set them aside in `claims_unsealed`; they are not served until sealed).
     /// Run once after upgrading; a no-op when nothing is left.
     SealClaims,
+    /// Compute the starts-with name indexes (blind indexes of name prefixes) of patients
+    /// written before they existed (migration 2026-12-03-000400); until then a starts-with
+    /// search does not find those patients. Run once after upgrading; resumable, and a
+    /// no-op when nothing is left.
+    IndexNames,
 }
 
 pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
@@ -51,6 +56,12 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             let sealed = crate::db::claims::seal_unsealed(&mut conn, &keyring)
                 .context("cannot seal the claims stored in clear")?;
             println!("sealed {sealed} claim(s) stored in clear; none is left in clear");
+            Ok(())
+        }
+        KeysCommand::IndexNames => {
+            let n = crate::db::patients::index_name_prefixes(&mut conn, &keyring)
+                .context("cannot compute the name prefix indexes")?;
+            println!("indexed the name prefixes of {n} patient(s); none is left unindexed");
             Ok(())
         }
         KeysCommand::Rotate { kek: true, .. } => {

@@ -17,6 +17,13 @@
 //!
 //! Each kind has its own HMAC domain label, so equal strings in different fields give
 //! different indexes. The index is the full 32-byte tag (MRN is unique, so no truncation).
+//!
+//! **Name prefixes** ([`BlindKind::FamilyPrefix`], [`BlindKind::GivenPrefix`]): FHIR's
+//! default string search is starts-with, which an equality index cannot answer. For
+//! each word start of the normalised name (`"john paul"` → `"john paul"`, `"paul"`), every
+//! prefix of [`PREFIX_MIN`]..=[`PREFIX_MAX`] characters gets its own index
+//! (`name_prefixes`); a search value of at least [`PREFIX_MIN`] characters is then one
+//! equality test. What this leaks is documented in docs/encryption.md.
 
 use super::CryptoError;
 use hmac::{Hmac, Mac};
@@ -31,7 +38,14 @@ pub enum BlindKind {
     Family,
     Given,
     BirthDate,
+    FamilyPrefix,
+    GivenPrefix,
 }
+
+/// The shortest prefix indexed (and searched): shorter ones would group too many names.
+pub const PREFIX_MIN: usize = 3;
+/// The longest prefix indexed; a starts-with value longer than this is refused.
+pub const PREFIX_MAX: usize = 40;
 
 impl BlindKind {
     fn label(self) -> &'static [u8] {
@@ -41,6 +55,8 @@ impl BlindKind {
             BlindKind::Family => b"custodian.blind.v1.family",
             BlindKind::Given => b"custodian.blind.v1.given",
             BlindKind::BirthDate => b"custodian.blind.v1.birth_date",
+            BlindKind::FamilyPrefix => b"custodian.blind.v1.family_prefix",
+            BlindKind::GivenPrefix => b"custodian.blind.v1.given_prefix",
         }
     }
 
@@ -66,7 +82,10 @@ impl BlindKind {
                 }
                 Ok(s)
             }
-            BlindKind::Family | BlindKind::Given => {
+            BlindKind::Family
+            | BlindKind::Given
+            | BlindKind::FamilyPrefix
+            | BlindKind::GivenPrefix => {
                 let s: Vec<&str> = raw.split_whitespace().collect();
                 if s.is_empty() {
                     return Err(CryptoError::InvalidIdentifier("name must not be empty"));
@@ -90,6 +109,30 @@ fn strip_separators(raw: &str) -> Zeroizing<String> {
     )
 }
 
+/// Why a starts-with value cannot be searched (fixed messages, never the value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PrefixError {
+    TooShort,
+    TooLong,
+}
+
+/// Every prefix of [`PREFIX_MIN`]..=[`PREFIX_MAX`] characters of every word start of a
+/// normalised name (a word start is the beginning or the character after a space).
+fn word_prefixes(normal: &str) -> Vec<Zeroizing<String>> {
+    let chars: Vec<char> = normal.chars().collect();
+    let mut out = Vec::new();
+    for start in 0..chars.len() {
+        if start > 0 && chars[start - 1] != ' ' {
+            continue;
+        }
+        let rest = &chars[start..];
+        for len in PREFIX_MIN..=rest.len().min(PREFIX_MAX) {
+            out.push(Zeroizing::new(rest[..len].iter().collect::<String>()));
+        }
+    }
+    out
+}
+
 /// The blind-index key (`crypto.blind_index_key`). `Debug` is redacted.
 pub struct BlindIndexKey {
     key: Zeroizing<[u8; 32]>,
@@ -110,6 +153,36 @@ impl BlindIndexKey {
     pub fn index(&self, kind: BlindKind, raw: &str) -> Result<Vec<u8>, CryptoError> {
         let normal = kind.normalise(raw)?;
         Ok(self.index_normalised(kind, &normal))
+    }
+
+    /// The indexes of every word-start prefix of a family and a given name (see the
+    /// module docs), sorted and without duplicates: what a row stores for starts-with.
+    pub fn name_prefixes(&self, family: &str, given: &str) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (kind, raw) in [
+            (BlindKind::FamilyPrefix, family),
+            (BlindKind::GivenPrefix, given),
+        ] {
+            let Ok(normal) = kind.normalise(raw) else {
+                continue;
+            };
+            for p in word_prefixes(&normal) {
+                out.push(self.index_normalised(kind, &p));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The index a starts-with search for `raw` tests, or why it cannot be searched.
+    pub fn prefix_query(&self, kind: BlindKind, raw: &str) -> Result<Vec<u8>, PrefixError> {
+        let normal = kind.normalise(raw).map_err(|_| PrefixError::TooShort)?;
+        match normal.chars().count() {
+            n if n < PREFIX_MIN => Err(PrefixError::TooShort),
+            n if n > PREFIX_MAX => Err(PrefixError::TooLong),
+            _ => Ok(self.index_normalised(kind, &normal)),
+        }
     }
 
     /// The index of a value already in normal form.
@@ -202,6 +275,36 @@ mod tests {
             k.index(BlindKind::Mrn, "A1").unwrap(),
             key(4).index(BlindKind::Mrn, "A1").unwrap()
         );
+    }
+
+    #[test]
+    fn name_prefixes_cover_every_word_start_from_three_characters() {
+        let k = key(6);
+        let stored = k.name_prefixes("O'Brien Smith", "John Paul");
+        let has = |kind, q: &str| stored.contains(&k.prefix_query(kind, q).unwrap());
+        assert!(has(BlindKind::FamilyPrefix, "o'b"));
+        assert!(has(BlindKind::FamilyPrefix, "O'BRIEN  s"));
+        assert!(has(BlindKind::FamilyPrefix, "smi"));
+        assert!(has(BlindKind::FamilyPrefix, "o'brien smith"));
+        assert!(has(BlindKind::GivenPrefix, "Pau"));
+        assert!(has(BlindKind::GivenPrefix, "john"));
+        // Not a word start, the wrong field, a near miss.
+        assert!(!has(BlindKind::FamilyPrefix, "rien"));
+        assert!(!has(BlindKind::FamilyPrefix, "john"));
+        assert!(!has(BlindKind::GivenPrefix, "smi"));
+        assert!(!has(BlindKind::FamilyPrefix, "smx"));
+        // Prefix tags never equal the exact-match tags of the same text.
+        assert!(!stored.contains(&k.index(BlindKind::Family, "smith").unwrap()));
+        assert_eq!(
+            k.prefix_query(BlindKind::FamilyPrefix, " sm "),
+            Err(PrefixError::TooShort)
+        );
+        assert_eq!(
+            k.prefix_query(BlindKind::FamilyPrefix, &"a".repeat(PREFIX_MAX + 1)),
+            Err(PrefixError::TooLong)
+        );
+        // "o'brien smith": 11 prefixes from its start, 3 from "smith"; "john paul": 7 + 2.
+        assert_eq!(stored.len(), 11 + 3 + 7 + 2);
     }
 
     #[test]

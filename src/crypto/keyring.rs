@@ -331,6 +331,16 @@ impl Keyring {
     pub fn blind_index(&self, kind: BlindKind, raw: &str) -> Result<Vec<u8>, CryptoError> {
         self.blind.index(kind, raw)
     }
+
+    /// The starts-with indexes a patient row stores for its names.
+    pub fn name_prefixes(&self, family: &str, given: &str) -> Vec<Vec<u8>> {
+        self.blind.name_prefixes(family, given)
+    }
+
+    /// The index a starts-with search of a name tests.
+    pub fn prefix_query(&self, kind: BlindKind, raw: &str) -> Result<Vec<u8>, super::PrefixError> {
+        self.blind.prefix_query(kind, raw)
+    }
 }
 
 fn required<'a>(value: Option<&'a str>, setting: &'static str) -> Result<&'a str, CryptoError> {

@@ -23,7 +23,7 @@ pub mod provider;
 pub mod rotation;
 pub mod sealable;
 
-pub use blind::{BlindIndexKey, BlindKind};
+pub use blind::{BlindIndexKey, BlindKind, PrefixError};
 pub use envelope::DataKey;
 pub use keyring::{Keyring, Sealer};
 pub use provider::{KeyProvider, LocalKek};

@@ -182,6 +182,12 @@ impl RecordTable for ClaimTable {
         })
     }
 
+    fn sort_value(
+        record: &Self::Record,
+        key: crate::db::records::SortKey,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        (key == crate::db::records::SortKey::LastUpdated).then_some(record.row.updated_at)
+    }
     fn filter(mut q: Self::Query, criteria: &Criteria) -> Self::Query {
         if let Some(p) = criteria.patient {
             q = q.filter(claims::patient_id.eq(p));

@@ -129,6 +129,12 @@ impl RecordTable for DocumentTable {
         })
     }
 
+    fn sort_value(
+        record: &Self::Record,
+        key: crate::db::records::SortKey,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        (key == crate::db::records::SortKey::LastUpdated).then_some(record.updated_at)
+    }
     fn filter(q: Self::Query, patient: &Option<Uuid>) -> Self::Query {
         match patient {
             Some(p) => q.filter(d::patient_id.eq(*p)),

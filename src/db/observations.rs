@@ -156,6 +156,21 @@ impl RecordTable for ObservationTable {
         })
     }
 
+    fn sort_column(key: crate::db::records::SortKey) -> Option<&'static str> {
+        Some(match key {
+            crate::db::records::SortKey::LastUpdated => "updated_at",
+            crate::db::records::SortKey::Date => "effective_at",
+        })
+    }
+    fn sort_value(
+        record: &Self::Record,
+        key: crate::db::records::SortKey,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        Some(match key {
+            crate::db::records::SortKey::LastUpdated => record.updated_at,
+            crate::db::records::SortKey::Date => record.effective_at,
+        })
+    }
     fn filter(mut q: Self::Query, criteria: &Criteria) -> Self::Query {
         if let Some(p) = criteria.patient {
             q = q.filter(observations::patient_id.eq(p));

@@ -24,6 +24,60 @@ pub struct TimeRange {
     pub outside: bool,
 }
 
+/// A search's order besides the default (by id): one timestamp column, each declared by
+/// the FHIR descriptor (`_sort=_lastUpdated`, `_sort=-date`), ties broken by id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SortKey {
+    /// `updated_at` of every table.
+    LastUpdated,
+    /// Observation `effective_at`.
+    Date,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Sort {
+    pub key: SortKey,
+    pub desc: bool,
+}
+
+impl Sort {
+    /// `(column, id) > ($a, $b)` for ascending, `<` for descending: the keyset after a
+    /// position, consistent with [`Self::order_sql`].
+    pub fn after_op(self) -> &'static str {
+        if self.desc { "<" } else { ">" }
+    }
+    pub fn order_sql(self, column: &str, id: &str) -> String {
+        let dir = if self.desc { "DESC" } else { "ASC" };
+        format!("{column} {dir}, {id} {dir}")
+    }
+}
+
+/// Where the previous page ended: the last row's id and, for a sorted search, its sort
+/// value (keyset paging: stable while rows are added).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Position {
+    pub id: Uuid,
+    pub at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+/// One page of a search: its order, where the previous page ended, how many rows.
+#[derive(Clone, Copy, Debug)]
+pub struct Page {
+    pub sort: Option<Sort>,
+    pub after: Option<Position>,
+    pub limit: i64,
+}
+
+impl Page {
+    pub fn first(limit: i64) -> Page {
+        Page {
+            sort: None,
+            after: None,
+            limit,
+        }
+    }
+}
+
 /// What a record table declares; the statements come from `statements!`.
 pub trait RecordTable: Sized + 'static {
     /// The row as stored: clear columns and the sealed ones as bytes
@@ -49,6 +103,15 @@ pub trait RecordTable: Sized + 'static {
     fn open(row: Self::Row, kr: &Keyring) -> Result<Self::Record, AppError>;
     /// Narrows a search to `criteria` (the scope, liveness and paging are added around it).
     fn filter(q: Self::Query, criteria: &Self::Criteria) -> Self::Query;
+    /// The column a sort key orders by (`None`: the table does not offer it).
+    fn sort_column(key: SortKey) -> Option<&'static str> {
+        match key {
+            SortKey::LastUpdated => Some("updated_at"),
+            SortKey::Date => None,
+        }
+    }
+    /// A record's value of a sort key (for the next page's cursor).
+    fn sort_value(record: &Self::Record, key: SortKey) -> Option<chrono::DateTime<chrono::Utc>>;
 
     /// Every field (what the history keeps of each version): by default the default.
     fn all_fields() -> Self::Fields {
@@ -96,13 +159,12 @@ pub trait Statements: RecordTable {
     fn soft_delete(conn: &mut PgConnection, id: RecordId) -> Result<bool, AppError>;
     /// The live row `id`.
     fn live_row(conn: &mut PgConnection, id: Uuid) -> QueryResult<Option<Self::Row>>;
-    /// One page of live rows within `scope` matching `criteria`, ordered by id, after `after`.
+    /// One page of live rows within `scope` matching `criteria`, in `page`'s order.
     fn page(
         conn: &mut PgConnection,
         criteria: &Self::Criteria,
         scope: SearchScope,
-        after: Option<Uuid>,
-        limit: i64,
+        page: Page,
     ) -> QueryResult<Vec<Self::Row>>;
     /// How many live rows within `scope` match `criteria` (`_total`, `_summary=count`).
     fn count(
@@ -202,20 +264,44 @@ macro_rules! statements {
                     conn: &mut PgConnection,
                     criteria: &<$repo as RecordTable>::Criteria,
                     scope: SearchScope,
-                    after: Option<Uuid>,
-                    limit: i64,
+                    page: $crate::db::records::Page,
                 ) -> QueryResult<Vec<Row>> {
+                    use diesel::dsl::sql;
+                    use diesel::sql_types::{Bool, Timestamptz, Uuid as SqlUuid};
                     let scope = ScopeSql::new(scope, concat!(stringify!($table), ".patient_id"));
                     let q = t::table
                         .filter(t::deleted_at.is_null())
                         .into_boxed()
                         .filter(scope.expression());
                     let mut q = <$repo as RecordTable>::filter(q, criteria);
-                    if let Some(a) = after {
-                        q = q.filter(t::id.gt(a));
+                    let Some(sort) = page.sort else {
+                        if let Some(a) = page.after {
+                            q = q.filter(t::id.gt(a.id));
+                        }
+                        return q.order(t::id).limit(page.limit).select(Row::as_select()).load(conn);
+                    };
+                    // Only fixed column names from the table's declaration reach the SQL;
+                    // the position's values are bind parameters.
+                    let table = stringify!($table);
+                    let column = <$repo as RecordTable>::sort_column(sort.key).ok_or_else(|| {
+                        diesel::result::Error::QueryBuilderError("sort key not offered".into())
+                    })?;
+                    let column = format!("{table}.{column}");
+                    let id = format!("{table}.id");
+                    if let Some(a) = page.after {
+                        let at = a.at.ok_or_else(|| {
+                            diesel::result::Error::QueryBuilderError("cursor has no sort value".into())
+                        })?;
+                        q = q.filter(
+                            sql::<Bool>(&format!("({column}, {id}) {} (", sort.after_op()))
+                                .bind::<Timestamptz, _>(at)
+                                .sql(", ")
+                                .bind::<SqlUuid, _>(a.id)
+                                .sql(")"),
+                        );
                     }
-                    q.order(t::id)
-                        .limit(limit)
+                    q.order(sql::<Bool>(&sort.order_sql(&column, &id)))
+                        .limit(page.limit)
                         .select(Row::as_select())
                         .load(conn)
                 }
@@ -314,17 +400,16 @@ pub fn count<T: Statements>(
     Ok(T::count(conn, criteria, scope)?)
 }
 
-/// One page of live records within `scope`, ordered by id, after `after`.
+/// One page of live records within `scope`, in `page`'s order.
 pub fn search<T: Statements>(
     conn: &mut PgConnection,
     kr: &Keyring,
     criteria: &T::Criteria,
     scope: SearchScope,
-    after: Option<Uuid>,
-    limit: i64,
+    page: Page,
     fields: T::Fields,
 ) -> Result<Vec<T::Record>, AppError> {
-    let rows = T::page(conn, criteria, scope, after, limit)?;
+    let rows = T::page(conn, criteria, scope, page)?;
     open_rows::<T>(conn, kr, rows, fields)
 }
 

@@ -28,9 +28,14 @@ pub fn page_size(param: Option<&str>) -> Result<usize, AppError> {
 /// user and resource type: opaque, unforgeable, and useless to anyone else.
 pub struct Cursor;
 
+pub use crate::db::records::Position;
+
 fn place(user: UserId, resource: ResourceType) -> FieldPlace {
     crate::crypto::columns::cursor(resource.as_str(), user)
 }
+
+/// Marks a sorted position in a cursor's plaintext.
+const SORTED: u8 = 0xFF;
 
 /// Longest cursor accepted (one carrying a POST search's parameters).
 const MAX_CURSOR: usize = 4000;
@@ -45,7 +50,24 @@ impl Cursor {
         last: Uuid,
         carried: Option<&str>,
     ) -> Result<String, AppError> {
-        let mut plain = last.as_bytes().to_vec();
+        let at = Position { id: last, at: None };
+        Cursor::seal_position(kr, user, resource, at, carried)
+    }
+
+    /// [`Self::seal`] of a sorted search's position: the last id and its sort value
+    /// (marked by a 0xFF byte, which no UTF-8 parameter string starts with).
+    pub fn seal_position(
+        kr: &Keyring,
+        user: UserId,
+        resource: ResourceType,
+        last: Position,
+        carried: Option<&str>,
+    ) -> Result<String, AppError> {
+        let mut plain = last.id.as_bytes().to_vec();
+        if let Some(at) = last.at {
+            plain.push(SORTED);
+            plain.extend_from_slice(&at.timestamp_micros().to_be_bytes());
+        }
         if let Some(q) = carried {
             plain.extend_from_slice(q.as_bytes());
         }
@@ -60,6 +82,23 @@ impl Cursor {
         resource: ResourceType,
         cursor: &str,
     ) -> Result<(Uuid, Option<String>), AppError> {
+        match Cursor::open_position(kr, user, resource, cursor)? {
+            (Position { id, at: None }, carried) => Ok((id, carried)),
+            _ => Err(super::types::invalid(
+                "_cursor",
+                "is not a cursor this server issued to you",
+            )),
+        }
+    }
+
+    /// The position of the previous page (with its sort value when sorted) and the
+    /// parameters the cursor carries.
+    pub fn open_position(
+        kr: &Keyring,
+        user: UserId,
+        resource: ResourceType,
+        cursor: &str,
+    ) -> Result<(Position, Option<String>), AppError> {
         let bad = || super::types::invalid("_cursor", "is not a cursor this server issued to you");
         if cursor.len() > MAX_CURSOR {
             return Err(bad());
@@ -70,6 +109,16 @@ impl Cursor {
         let plain = kr.open(&place(user, resource), &bytes).map_err(|_| bad())?;
         let (id, rest) = plain.split_at_checked(16).ok_or_else(bad)?;
         let id = Uuid::from_slice(id).map_err(|_| bad())?;
+        let (at, rest) = match rest.split_first() {
+            Some((&SORTED, more)) => {
+                let (micros, more) = more.split_at_checked(8).ok_or_else(bad)?;
+                let micros = i64::from_be_bytes(micros.try_into().map_err(|_| bad())?);
+                let at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
+                (Some(at), more)
+            }
+            _ => (None, rest),
+        };
+        let id = Position { id, at };
         let carried = if rest.is_empty() {
             None
         } else {
@@ -151,6 +200,21 @@ pub fn searchset(
 }
 
 /// Adds resources a search's `_include` brought (`search.mode: include`) to `bundle`.
+/// A warning about the page as a searchset entry (`search.mode: outcome`).
+pub fn add_outcome(bundle: &mut Value, message: &'static str) {
+    let entry = json!({
+        "resource": {
+            "resourceType": "OperationOutcome",
+            "issue": [{ "severity": "warning", "code": "too-costly", "diagnostics": message }],
+        },
+        "search": { "mode": "outcome" },
+    });
+    match bundle["entry"].as_array_mut() {
+        Some(list) => list.push(entry),
+        None => bundle["entry"] = Value::Array(vec![entry]),
+    }
+}
+
 pub fn add_included(
     settings: &FhirSettings,
     bundle: &mut Value,

@@ -26,7 +26,7 @@ fn param_doc(resource: ResourceType, name: &str, kind: &str) -> Option<&'static 
             "An exact day YYYY-MM-DD (the eq prefix is accepted): birth dates are sealed and matched through a blind index.",
         ),
         (ResourceType::Patient, _, "string") => Some(
-            "Exact match, case- and whitespace-insensitive (names are sealed and matched through a blind index).",
+            "Starts-with (3 to 40 characters; a shorter value is a 400) at the start of the name or of any word in it, case- and whitespace-insensitive; :exact matches the whole name (case- and whitespace-insensitive); :contains is not supported (400). Names are sealed and matched through blind indexes of their prefixes.",
         ),
         (ResourceType::Patient, "identifier", _) => {
             Some("urn:custodian:mrn|<MRN>, http://hl7.org/fhir/sid/us-ssn|<SSN> or a bare MRN.")
@@ -36,6 +36,9 @@ fn param_doc(resource: ResourceType, name: &str, kind: &str) -> Option<&'static 
         ),
         (_, _, "token") => Some("system|code or a bare code; comma-separated values are an OR."),
         (_, _, "reference") => Some("Patient/<id> or a bare id."),
+        (_, "_sort", _) => Some(
+            "One sort key, '-' for descending: _lastUpdated on every type, date on Observation (ties by id; paging by the next link stays in that order). Sealed fields (names, birth dates, identifiers) cannot be sorted: a 400.",
+        ),
         (_, "_count", _) => Some(
             "Page size, 1 to 100 (default 20); further pages follow the next link (its _cursor is opaque). _total=accurate adds Bundle.total, _summary=count answers the total alone.",
         ),
@@ -110,6 +113,9 @@ fn records(settings: &FhirSettings) -> Vec<Value> {
             }
             if !d.includes.is_empty() {
                 out["searchInclude"] = json!(d.includes);
+            }
+            if !d.revincludes.is_empty() {
+                out["searchRevInclude"] = json!(d.revincludes);
             }
             out
         })

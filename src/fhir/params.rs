@@ -50,6 +50,13 @@ pub fn parse_params(
             continue;
         }
         let Some(name) = allowed.iter().find(|a| **a == k) else {
+            // A modifier of one of our parameters changes what it matches: never ignored,
+            // even when lenient, since ignoring it would answer a different question.
+            if let Some((base, modifier)) = k.split_once(':')
+                && allowed.contains(&base)
+            {
+                return Err(unsupported_modifier(modifier));
+            }
             if lenient {
                 continue;
             }
@@ -69,6 +76,36 @@ pub fn parse_params(
         out.push((*name, v.into_owned()));
     }
     Ok(out)
+}
+
+/// A modifier this parameter does not offer: a 400 naming it when it is one of FHIR's
+/// (never an echo of other input).
+fn unsupported_modifier(modifier: &str) -> AppError {
+    const FHIR_MODIFIERS: [&str; 12] = [
+        "contains",
+        "exact",
+        "missing",
+        "text",
+        "not",
+        "above",
+        "below",
+        "in",
+        "not-in",
+        "of-type",
+        "identifier",
+        "iterate",
+    ];
+    match FHIR_MODIFIERS.iter().find(|m| **m == modifier) {
+        Some(&"contains") => AppError::bad_request(
+            "The search modifier :contains is not supported: names are sealed and only their beginnings are indexed (see /fhir/metadata). Search by the first 3 or more characters instead.",
+        ),
+        Some(m) => AppError::bad_request(format!(
+            "The search modifier :{m} is not supported for this parameter: see the CapabilityStatement at /fhir/metadata."
+        )),
+        None => AppError::bad_request(
+            "Unknown search modifier: see the CapabilityStatement at /fhir/metadata.",
+        ),
+    }
 }
 
 /// The `_elements` of a read (the only query parameter a read accepts).

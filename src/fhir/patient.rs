@@ -8,8 +8,13 @@ use super::params;
 use super::resource::{self, Descriptor, FhirResource};
 use super::types::{self, Gender, Mrn, Ssn, bounded_len, bounded_text, invalid};
 use crate::access::{Pipeline, Principal};
+use crate::crypto::BlindKind;
 use crate::crypto::Keyring;
-use crate::db::patients::views::{self as patient_views, Criteria, PatientFields, PatientView};
+use crate::crypto::blind::{PREFIX_MAX, PREFIX_MIN};
+use crate::db::patients::views::{
+    self as patient_views, Criteria, NAME_PREFIX_LENGTH, NameMatch, NameQuery, PatientFields,
+    PatientView,
+};
 use crate::db::{phi, users};
 use crate::domain::{FacilityId, PatientId, RecordId, UserId};
 use crate::error::AppError;
@@ -84,14 +89,46 @@ pub fn to_fhir(p: &PatientView) -> Value {
     out
 }
 
+/// A name parameter: `<name>` (starts-with, 3 to 40 characters after normalisation,
+/// else a fixed 400) or `<name>:exact` (the whole name); not both.
+fn name_query(
+    q: &[(&'static str, String)],
+    name: &'static str,
+    exact: &'static str,
+    prefix: BlindKind,
+) -> Result<Option<NameQuery>, AppError> {
+    let starts = params::single(q, name)?;
+    let whole = params::single(q, exact)?;
+    match (starts, whole) {
+        (Some(_), Some(_)) => Err(invalid(name, "may be given once, with or without :exact")),
+        (None, Some(v)) => Ok(Some(NameQuery {
+            value: bounded_text(name, v, 100)?,
+            how: NameMatch::Exact,
+        })),
+        (Some(v), None) => {
+            let value = bounded_text(name, v, 100)?;
+            let length = prefix
+                .normalise(&value)
+                .map(|n| n.chars().count())
+                .unwrap_or(0);
+            if !(PREFIX_MIN..=PREFIX_MAX).contains(&length) {
+                return Err(AppError::bad_request(NAME_PREFIX_LENGTH));
+            }
+            Ok(Some(NameQuery {
+                value,
+                how: NameMatch::StartsWith,
+            }))
+        }
+        (None, None) => Ok(None),
+    }
+}
+
 fn search_criteria(q: &[(&'static str, String)]) -> Result<Criteria, AppError> {
-    let mut c = Criteria::default();
-    if let Some(f) = params::single(q, "family")? {
-        c.family = Some(bounded_text("family", f, 100)?);
-    }
-    if let Some(g) = params::single(q, "given")? {
-        c.given = Some(bounded_text("given", g, 100)?);
-    }
+    let mut c = Criteria {
+        family: name_query(q, "family", "family:exact", BlindKind::FamilyPrefix)?,
+        given: name_query(q, "given", "given:exact", BlindKind::GivenPrefix)?,
+        ..Criteria::default()
+    };
     if let Some(d) = params::single(q, "birthdate")? {
         // Sealed with an exact-match blind index: a day, optionally with the `eq` prefix.
         let d = d.strip_prefix("eq").unwrap_or(d);
@@ -498,11 +535,16 @@ impl FhirResource for Patients {
         kr: &Keyring,
         criteria: &Criteria,
         scope: SearchScope,
-        after: Option<Uuid>,
-        limit: i64,
+        page: crate::db::records::Page,
         fields: PatientFields,
     ) -> Result<Vec<PatientView>, AppError> {
-        patient_views::search(c, kr, criteria, scope, after, limit, fields)
+        patient_views::search(c, kr, criteria, scope, page, fields)
+    }
+    fn sort_value(
+        p: &PatientView,
+        key: crate::db::records::SortKey,
+    ) -> Option<chrono::DateTime<chrono::Utc>> {
+        (key == crate::db::records::SortKey::LastUpdated).then_some(p.updated_at)
     }
     fn count(
         c: &mut PgConnection,

@@ -4,6 +4,7 @@
 //! (plus the opaque paging cursor); the route table registers one route per interaction
 //! listed here (`app::routes`), and a test holds the two equal.
 
+pub use crate::db::records::SortKey;
 use crate::policy::{Interaction, ResourceType};
 
 /// One search parameter: its name and FHIR search-parameter type.
@@ -24,6 +25,13 @@ pub const CURSOR: &str = "_cursor";
 /// every search.
 pub const TOTAL: &str = "_total";
 pub const SUMMARY: &str = "_summary";
+/// `_sort=[-]<key>` over one of [`Descriptor::sorts`].
+pub const SORT: &str = "_sort";
+/// `_revinclude=<type>:patient` (see [`Descriptor::revincludes`]).
+pub const REVINCLUDE: &str = "_revinclude";
+/// At most this many resources `_revinclude` adds to one page (over all its values); a
+/// page that would have more says so in an OperationOutcome entry.
+pub const REVINCLUDE_MAX: usize = 50;
 /// `_include=<type>:patient` (see [`Descriptor::includes`]).
 pub const INCLUDE: &str = "_include";
 
@@ -60,17 +68,28 @@ pub struct Descriptor {
     /// `_include` values (`<type>:<reference parameter>`) a search accepts: each names
     /// the subject Patient of the matches.
     pub includes: &'static [&'static str],
+    /// Modified search parameters it accepts besides [`Self::search`] (`family:exact`);
+    /// any other modifier of a listed parameter is a 400 (see [`super::params`]).
+    pub modifiers: &'static [&'static str],
+    /// `_sort` keys (each a timestamp in clear; sealed fields cannot be sorted).
+    pub sorts: &'static [(&'static str, SortKey)],
+    /// `_revinclude` values (`<type>:<reference parameter>`, Patient only): the records of
+    /// that type whose subject is one of the matches.
+    pub revincludes: &'static [&'static str],
 }
 
 impl Descriptor {
     /// Every query parameter a search of this type accepts.
     pub fn accepted(&self) -> Vec<&'static str> {
         let include = (!self.includes.is_empty()).then_some(INCLUDE);
+        let revinclude = (!self.revincludes.is_empty()).then_some(REVINCLUDE);
         self.search
             .iter()
             .map(|p| p.name)
+            .chain(self.modifiers.iter().copied())
             .chain([CURSOR, TOTAL, SUMMARY])
             .chain(include)
+            .chain(revinclude)
             .collect()
     }
 }
@@ -79,6 +98,8 @@ use Interaction::{Create, Delete, Read, Search, Update};
 
 const COUNT: SearchParam = param("_count", "number");
 const ELEMENTS: SearchParam = param("_elements", "special");
+const SORT_PARAM: SearchParam = param(SORT, "special");
+const LAST_UPDATED: (&str, SortKey) = ("_lastUpdated", SortKey::LastUpdated);
 
 pub const PATIENT: Descriptor = Descriptor {
     kind: ResourceType::Patient,
@@ -96,6 +117,7 @@ pub const PATIENT: Descriptor = Descriptor {
         param("identifier", "token"),
         COUNT,
         ELEMENTS,
+        SORT_PARAM,
     ],
     elements: &[
         ("identifier", &["identifier"]),
@@ -117,6 +139,15 @@ pub const PATIENT: Descriptor = Descriptor {
         "managingOrganization",
     ],
     includes: &[],
+    modifiers: &["family:exact", "given:exact"],
+    sorts: &[LAST_UPDATED],
+    revincludes: &[
+        "Observation:patient",
+        "Observation:subject",
+        "DocumentReference:patient",
+        "DocumentReference:subject",
+        "Claim:patient",
+    ],
 };
 
 pub const OBSERVATION: Descriptor = Descriptor {
@@ -135,6 +166,7 @@ pub const OBSERVATION: Descriptor = Descriptor {
         param("date", "date"),
         COUNT,
         ELEMENTS,
+        SORT_PARAM,
     ],
     elements: &[
         ("status", &["status"]),
@@ -156,6 +188,9 @@ pub const OBSERVATION: Descriptor = Descriptor {
         "valueString",
     ],
     includes: &["Observation:patient", "Observation:subject"],
+    modifiers: &[],
+    sorts: &[LAST_UPDATED, ("date", SortKey::Date)],
+    revincludes: &[],
 };
 
 pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
@@ -172,6 +207,7 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
         param("subject", "reference"),
         COUNT,
         ELEMENTS,
+        SORT_PARAM,
     ],
     elements: &[
         ("status", &["status"]),
@@ -184,6 +220,9 @@ pub const DOCUMENT_REFERENCE: Descriptor = Descriptor {
     mandatory: &["status", "content"],
     summary: &["status", "type", "subject", "date", "author", "content"],
     includes: &["DocumentReference:patient", "DocumentReference:subject"],
+    modifiers: &[],
+    sorts: &[LAST_UPDATED],
+    revincludes: &[],
 };
 
 pub const CLAIM: Descriptor = Descriptor {
@@ -200,6 +239,7 @@ pub const CLAIM: Descriptor = Descriptor {
         param("status", "token"),
         COUNT,
         ELEMENTS,
+        SORT_PARAM,
     ],
     elements: &[
         ("status", &["status"]),
@@ -236,6 +276,9 @@ pub const CLAIM: Descriptor = Descriptor {
         "total",
     ],
     includes: &["Claim:patient"],
+    modifiers: &[],
+    sorts: &[LAST_UPDATED],
+    revincludes: &[],
 };
 
 /// Every resource type the API serves, in CapabilityStatement order.
@@ -264,7 +307,7 @@ use crate::access::{Credentials, Pipeline, Principal};
 use crate::audit::AuditEvent;
 use crate::crypto::Keyring;
 use crate::db::history;
-use crate::db::records::{self, RecordTable, Statements};
+use crate::db::records::{self, Page, Position, RecordTable, Sort, Statements};
 use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
 use crate::policy::{Decision, PatientFacts, SearchScope, Target, View};
@@ -387,10 +430,11 @@ pub trait FhirResource: 'static {
         kr: &Keyring,
         criteria: &Self::Criteria,
         scope: SearchScope,
-        after: Option<Uuid>,
-        limit: i64,
+        page: Page,
         fields: Self::Fields,
     ) -> Result<Vec<Self::Record>, AppError>;
+    /// A record's value of a sort key (the next page's cursor carries it).
+    fn sort_value(record: &Self::Record, key: SortKey) -> Option<chrono::DateTime<chrono::Utc>>;
     /// How many live records within `scope` match `criteria`.
     fn count(
         conn: &mut PgConnection,
@@ -532,11 +576,13 @@ impl<R: RecordResource> FhirResource for R {
         kr: &Keyring,
         criteria: &Criteria<R>,
         scope: SearchScope,
-        after: Option<Uuid>,
-        limit: i64,
+        page: Page,
         fields: Fields<R>,
     ) -> Result<Vec<Rec<R>>, AppError> {
-        records::search::<R::Table>(conn, kr, criteria, scope, after, limit, fields)
+        records::search::<R::Table>(conn, kr, criteria, scope, page, fields)
+    }
+    fn sort_value(record: &Rec<R>, key: SortKey) -> Option<chrono::DateTime<chrono::Utc>> {
+        R::Table::sort_value(record, key)
     }
     fn count(
         conn: &mut PgConnection,
@@ -912,7 +958,7 @@ async fn search_with<R: FhirResource>(
     // A cursor from a POST search carries that search's parameters: it stands alone.
     let (q, after, carried) = match params::single(&given, CURSOR)? {
         None => (given, None, None),
-        Some(c) => match Cursor::open(&state.keyring, user, kind, c)? {
+        Some(c) => match Cursor::open_position(&state.keyring, user, kind, c)? {
             (after, None) => (given, Some(after), None),
             (after, Some(carried)) => {
                 if given.len() > 1 {
@@ -927,10 +973,16 @@ async fn search_with<R: FhirResource>(
         },
     };
     let post = post || carried.is_some();
+    let sort = sort_of(R::DESCRIPTOR, params::single(&q, SORT)?)?;
+    if after.is_some_and(|a: Position| a.at.is_some() != sort.is_some()) {
+        // A cursor continues the order it was issued for, and no other.
+        return Err(invalid(CURSOR, "is not a cursor this server issued to you"));
+    }
     let criteria = R::criteria(&q)?;
     let count = bundle::page_size(params::single(&q, "_count")?)?;
     let (want_total, count_only, elements) = total_and_summary(kind, &q)?;
     let include = wants_include(R::DESCRIPTOR, &q)? && !count_only;
+    let revinclude = revincluded_types(R::DESCRIPTOR, &q)?;
     let (view, scope) = pipeline.authorize_search().await?;
     if let Some(field) = R::searched_outside(&criteria, R::fields(view, &Elements::all())?) {
         refuse_field(&pipeline, None, [], field, FieldUse::Search).await?;
@@ -949,7 +1001,8 @@ async fn search_with<R: FhirResource>(
             let rows = if limit == 0 {
                 Vec::new()
             } else {
-                R::search(c, &kr, &criteria, scope, after, limit, fields)?
+                let page = Page { sort, after, limit };
+                R::search(c, &kr, &criteria, scope, page, fields)?
             };
             Ok((rows, total))
         })
@@ -969,11 +1022,14 @@ async fn search_with<R: FhirResource>(
         out.finish()
     });
     let next = match (more, rows.last()) {
-        (true, Some(last)) => Some(Cursor::seal(
+        (true, Some(last)) => Some(Cursor::seal_position(
             &state.keyring,
             user,
             kind,
-            R::id(last).into(),
+            Position {
+                id: R::id(last).into(),
+                at: sort.and_then(|s| R::sort_value(last, s.key)),
+            },
             to_carry.as_deref(),
         )?),
         _ => None,
@@ -983,13 +1039,180 @@ async fn search_with<R: FhirResource>(
     } else {
         Vec::new()
     };
+    let (revincluded, truncated) = if count_only {
+        (Vec::new(), false)
+    } else {
+        revinclude_records(&pipeline, state, &patients, &revinclude).await?
+    };
     let entries: Vec<Value> = rows.iter().map(|r| elements.apply(R::to_fhir(r))).collect();
     let links = bundle::links(settings, kind.as_str(), &query, post, next.as_deref());
     let mut body = bundle::searchset(settings, kind.as_str(), links, entries, total);
     bundle::add_included(settings, &mut body, "Patient", included);
+    for (kind, r) in revincluded {
+        bundle::add_included(settings, &mut body, kind.as_str(), vec![r]);
+    }
+    if truncated {
+        bundle::add_outcome(&mut body, REVINCLUDE_TRUNCATED);
+    }
     Ok(HttpResponse::Ok()
         .content_type(FHIR_JSON)
         .body(body.to_string()))
+}
+
+/// Refused `_sort` values: one fixed message (the value is never repeated).
+const SORT_REFUSED: &str = "_sort: this server sorts by one key of the resource's sort keys (_lastUpdated, and date where declared; '-' for descending), see the CapabilityStatement. Sealed fields (names, birth dates, identifiers) cannot be sorted: their order is not stored anywhere in clear.";
+
+/// The order `_sort` asks for: one key the descriptor declares, optionally `-`-prefixed
+/// (descending). Anything else — a sealed field, several keys, an unknown key — is a 400.
+fn sort_of(d: &Descriptor, value: Option<&str>) -> Result<Option<Sort>, AppError> {
+    let Some(v) = value else {
+        return Ok(None);
+    };
+    let (desc, name) = match v.strip_prefix('-') {
+        Some(name) => (true, name),
+        None => (false, v),
+    };
+    d.sorts
+        .iter()
+        .find(|(n, _)| *n == name)
+        .map(|(_, key)| Some(Sort { key: *key, desc }))
+        .ok_or_else(|| AppError::bad_request(SORT_REFUSED))
+}
+
+const REVINCLUDE_TRUNCATED: &str = "_revinclude: this page's matches have more records of the included types than one page includes (50); search each type with patient=<id> to page through all of them.";
+
+/// The resource types `_revinclude` asks for: each value must be one the descriptor
+/// lists (a 422 otherwise, also for `*`).
+fn revincluded_types(
+    d: &Descriptor,
+    q: &[(&'static str, String)],
+) -> Result<Vec<ResourceType>, AppError> {
+    let mut out = Vec::new();
+    for (_, v) in q.iter().filter(|(k, _)| *k == REVINCLUDE) {
+        let v = v.strip_suffix(":Patient").unwrap_or(v);
+        let kind = d
+            .revincludes
+            .contains(&v)
+            .then(|| v.split_once(':').map(|(t, _)| t))
+            .flatten()
+            .and_then(|t| ALL.iter().find(|d| d.kind.as_str() == t))
+            .map(|d| d.kind)
+            .ok_or_else(|| {
+                invalid(
+                    REVINCLUDE,
+                    "must be one of the revincludes in the CapabilityStatement",
+                )
+            })?;
+        if !out.contains(&kind) {
+            out.push(kind);
+        }
+    }
+    Ok(out)
+}
+
+/// The records `_revinclude` adds for the patients of a page, at most
+/// [`REVINCLUDE_MAX`] (the flag says whether there were more). For each type and each
+/// patient the decision point decides a **read** of that type on that patient — token
+/// scope, role, relationship and confidentiality, exactly as `GET /fhir/<type>/{id}` of
+/// any of its records would be — and a patient the caller could not read such records
+/// of contributes none. The records are fetched in that read's view and each is audited
+/// as a read of that record.
+async fn revinclude_records(
+    pipeline: &Pipeline,
+    state: &AppState,
+    patients: &[PatientId],
+    kinds: &[ResourceType],
+) -> Result<(Vec<(ResourceType, Value)>, bool), AppError> {
+    use super::claim::Claims;
+    use super::document_reference::DocumentReferences;
+    use super::observation::Observations;
+    if kinds.is_empty() || patients.is_empty() {
+        return Ok((Vec::new(), false));
+    }
+    let user = pipeline.user.id;
+    let ids = patients.to_vec();
+    let now = state.clock.now();
+    let facts = state
+        .db
+        .run(move |c| {
+            ids.into_iter()
+                .map(|p| crate::db::users::patient_facts(c, p, user, now))
+                .collect::<Result<Vec<_>, AppError>>()
+        })
+        .await?;
+    let facts: Vec<PatientFacts> = facts.into_iter().flatten().collect();
+    let mut out = Vec::new();
+    let mut truncated = false;
+    for kind in kinds {
+        let room = REVINCLUDE_MAX.saturating_sub(out.len());
+        let (rows, more) = match kind {
+            ResourceType::Observation => {
+                revinclude_of::<Observations>(pipeline, state, &facts, room).await?
+            }
+            ResourceType::DocumentReference => {
+                revinclude_of::<DocumentReferences>(pipeline, state, &facts, room).await?
+            }
+            ResourceType::Claim => revinclude_of::<Claims>(pipeline, state, &facts, room).await?,
+            _ => (Vec::new(), false),
+        };
+        out.extend(rows);
+        truncated |= more;
+    }
+    Ok((out, truncated))
+}
+
+/// [`revinclude_records`] of one type: at most `room` records (and whether there were
+/// more), each permitted as a read of its patient and audited as one.
+async fn revinclude_of<R: FhirResource>(
+    pipeline: &Pipeline,
+    state: &AppState,
+    facts: &[PatientFacts],
+    room: usize,
+) -> Result<(Vec<(ResourceType, Value)>, bool), AppError> {
+    let kind = R::DESCRIPTOR.kind;
+    // The rows of a patient come through the type's search scope as well, so a record
+    // is returned only when both a read of it and a search of its type are permitted.
+    let Decision::Permit {
+        search: Some(scope),
+        ..
+    } = pipeline.decide_on(kind, Search, Target::Search)?
+    else {
+        return Ok((Vec::new(), false));
+    };
+    let mut permitted = Vec::new();
+    for f in facts {
+        if let Decision::Permit { view, .. } =
+            pipeline.decide_on(kind, Read, Target::Patient(*f))?
+        {
+            permitted.push((f.patient_id, R::fields(view, &Elements::all())?));
+        }
+    }
+    let kr = state.keyring.clone();
+    let limit = room as i64 + 1;
+    let mut rows = state
+        .db
+        .run(move |c| {
+            let mut out = Vec::new();
+            for (p, fields) in permitted {
+                if out.len() as i64 >= limit {
+                    break;
+                }
+                let criteria = R::criteria(&[("patient", p.to_string())])?;
+                let page = Page::first(limit - out.len() as i64);
+                out.extend(R::search(c, &kr, &criteria, scope, page, fields)?);
+            }
+            Ok(out)
+        })
+        .await?;
+    let more = rows.len() > room;
+    rows.truncate(room);
+    for r in &rows {
+        let what = crate::audit::What::new(crate::audit::AuditAction::from(Read))
+            .on(kind)
+            .id(R::id(r));
+        pipeline.recorder.permit(what, [R::subject(r)]).await?;
+    }
+    Ok((rows.iter().map(|r| (kind, R::to_fhir(r))).collect(), more))
 }
 
 /// Whether the search asks for `_include` of the matches' patients: every value must be
@@ -1140,7 +1363,7 @@ async fn if_none_exist<R: FhirResource>(
     let kr = state.keyring.clone();
     let mut rows = state
         .db
-        .run(move |c| R::search(c, &kr, &criteria, scope, None, 2, fields))
+        .run(move |c| R::search(c, &kr, &criteria, scope, Page::first(2), fields))
         .await?;
     match rows.len() {
         0 => Ok(Existing::None),
@@ -1528,9 +1751,14 @@ async fn part_of<R: FhirResource>(
     let fields = R::fields(view, &Elements::all())?;
     let kr = state.keyring.clone();
     let limit = room as i64 + 1;
+    let page = Page {
+        sort: None,
+        after: after.map(|id| Position { id, at: None }),
+        limit,
+    };
     let mut rows = state
         .db
-        .run(move |c| R::search(c, &kr, &criteria, scope, after, limit, fields))
+        .run(move |c| R::search(c, &kr, &criteria, scope, page, fields))
         .await?;
     let more = rows.len() > room;
     rows.truncate(room);

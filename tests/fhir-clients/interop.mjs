@@ -251,6 +251,45 @@ const one = valid(await reviewer.read({ resourceType: 'AuditEvent', id: events[0
 check(JSON.stringify(one) === JSON.stringify(events[0]), 'read answers the searched event');
 await refused(client.search({ resourceType: 'AuditEvent', searchParams: {} }), 403, 'AuditEvent without audit.read');
 step('audit events', { count: events.length });
+// Sorted search (newest first), paged with the client to the last page.
+let sorted = valid(
+  await client.search({ resourceType: 'Patient', searchParams: { family, _count: 2, _sort: '-_lastUpdated' } }),
+  'sorted searchset',
+);
+const order = [];
+for (let pages = 0; sorted; pages++) {
+  check(pages < 10, 'sorted paging ends');
+  for (const e of sorted.entry ?? []) order.push(e.resource);
+  const next = client.nextPage({ bundle: sorted });
+  sorted = next ? valid(await next, 'next sorted page') : undefined;
+}
+check(order.length === 5 && order[0].id === ids[0], 'sorted: the updated patient first, all five');
+for (let i = 1; i < order.length; i++) {
+  check(order[i - 1].meta.lastUpdated >= order[i].meta.lastUpdated, 'sorted newest first');
+}
+await refused(client.search({ resourceType: 'Patient', searchParams: { _sort: 'birthdate' } }), 400, 'sort on a sealed field');
+step('sort', { entries: order.length });
+
+// String search on sealed names: starts-with (the default) and :exact; :contains refused.
+const counts = async (searchParams) =>
+  valid(
+    await client.search({ resourceType: 'Patient', searchParams: { ...searchParams, _summary: 'count' } }),
+    'name search count',
+  ).total;
+check((await counts({ family: family.slice(0, 6).toLowerCase() })) >= 5, 'starts-with finds');
+check((await counts({ 'family:exact': family })) === 5, ':exact finds the whole name');
+check((await counts({ 'family:exact': family.slice(0, 6) })) === 0, ':exact is not a prefix');
+check((await counts({ family: `${family}x` })) === 0, 'a near miss finds nothing');
+await refused(client.search({ resourceType: 'Patient', searchParams: { 'family:contains': 'ter' } }), 400, ':contains');
+await refused(client.search({ resourceType: 'Patient', searchParams: { family: 'In' } }), 400, 'too short');
+step('string search');
+
+// _revinclude: a valid searchset whatever the token may include.
+valid(
+  await client.search({ resourceType: 'Patient', searchParams: { family, _revinclude: 'Observation:subject' } }),
+  'revinclude searchset',
+);
+step('revinclude');
 
 // Errors are OperationOutcomes too.
 await refused(client.read({ resourceType: 'Patient', id: '00000000-0000-4000-8000-000000000000' }), 404, 'missing');

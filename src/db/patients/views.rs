@@ -4,6 +4,7 @@
 
 use crate::crypto::columns::{SealedColumn, patients as cols};
 use crate::crypto::{BlindKind, Keyring, Phi, Sealable};
+use crate::db::records::{Page, SortKey};
 use crate::db::scope::ScopeSql;
 use crate::domain::{FacilityId, PatientId};
 use crate::error::AppError;
@@ -213,11 +214,28 @@ pub fn lookup_by_mrn(
     rows.into_iter().map(|r| r.open(conn, kr)).collect()
 }
 
-/// Search criteria (equality through blind indexes), all optional and AND-ed.
+/// How a name is matched: FHIR's default starts-with (through the prefix indexes) or
+/// `:exact` (the whole name, through the equality index).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NameMatch {
+    StartsWith,
+    Exact,
+}
+
+/// A name search value and how it is matched.
+pub struct NameQuery {
+    pub value: String,
+    pub how: NameMatch,
+}
+
+/// Why a starts-with value is refused (400, fixed; the value is never repeated).
+pub const NAME_PREFIX_LENGTH: &str = "A name search (family, given) needs 3 to 40 characters: names are sealed and matched by their first characters through blind indexes, which start at 3 characters. Use :exact to match a whole name.";
+
+/// Search criteria (through blind indexes), all optional and AND-ed.
 #[derive(Default)]
 pub struct Criteria {
-    pub family: Option<String>,
-    pub given: Option<String>,
+    pub family: Option<NameQuery>,
+    pub given: Option<NameQuery>,
     pub birth_date: Option<NaiveDate>,
     pub mrn: Option<String>,
     pub ssn: Option<String>,
@@ -232,59 +250,106 @@ fn conditions(
 ) -> Result<(Vec<String>, Vec<Vec<u8>>), AppError> {
     let mut conditions = vec!["p.deleted_at IS NULL".to_string()];
     let mut binds: Vec<Vec<u8>> = Vec::new();
-    let mut index = |kind: BlindKind, column: &str, value: &str| -> Result<(), AppError> {
-        binds.push(kr.blind_index(kind, value).map_err(|_| {
-            AppError::unprocessable(format!("Invalid search parameter for {column}."))
-        })?);
-        conditions.push(format!("p.{column} = ${}", binds.len() + first - 1));
-        Ok(())
+    // `column = $n`, or for a name prefix the GIN-indexed containment
+    // `name_prefixes @> ARRAY[$n]`: one equality test against the row's prefixes.
+    let mut add = |column: &str, bind: Vec<u8>| {
+        binds.push(bind);
+        let n = binds.len() + first - 1;
+        conditions.push(if column == "name_prefixes" {
+            format!("p.name_prefixes @> ARRAY[${n}::bytea]")
+        } else {
+            format!("p.{column} = ${n}")
+        });
     };
-    if let Some(v) = &criteria.family {
-        index(BlindKind::Family, "family_index", v)?;
-    }
-    if let Some(v) = &criteria.given {
-        index(BlindKind::Given, "given_index", v)?;
+    let index = |kind: BlindKind, column: &str, value: &str| -> Result<Vec<u8>, AppError> {
+        kr.blind_index(kind, value)
+            .map_err(|_| AppError::unprocessable(format!("Invalid search parameter for {column}.")))
+    };
+    let names = [
+        (
+            &criteria.family,
+            BlindKind::Family,
+            "family_index",
+            BlindKind::FamilyPrefix,
+        ),
+        (
+            &criteria.given,
+            BlindKind::Given,
+            "given_index",
+            BlindKind::GivenPrefix,
+        ),
+    ];
+    for (query, exact, column, prefix) in names {
+        match query {
+            Some(NameQuery {
+                value,
+                how: NameMatch::Exact,
+            }) => add(column, index(exact, column, value)?),
+            Some(NameQuery {
+                value,
+                how: NameMatch::StartsWith,
+            }) => add(
+                "name_prefixes",
+                kr.prefix_query(prefix, value)
+                    .map_err(|_| AppError::bad_request(NAME_PREFIX_LENGTH))?,
+            ),
+            None => {}
+        }
     }
     if let Some(v) = criteria.birth_date {
-        index(
-            BlindKind::BirthDate,
+        let day = v.format("%Y-%m-%d").to_string();
+        add(
             "birth_date_index",
-            &v.format("%Y-%m-%d").to_string(),
-        )?;
+            index(BlindKind::BirthDate, "birth_date_index", &day)?,
+        );
     }
     if let Some(v) = &criteria.mrn {
-        index(BlindKind::Mrn, "mrn_index", v)?;
+        add("mrn_index", index(BlindKind::Mrn, "mrn_index", v)?);
     }
     if let Some(v) = &criteria.ssn {
-        index(BlindKind::Ssn, "ssn_index", v)?;
+        add("ssn_index", index(BlindKind::Ssn, "ssn_index", v)?);
     }
     Ok((conditions, binds))
 }
 
-/// One page of live patients matching `criteria` within the policy's `scope`, ordered by
-/// id, after the cursor `after`.
+/// One page of live patients matching `criteria` within the policy's `scope`, in
+/// `page`'s order (by id, or by `updated_at` then id), after its position.
 pub fn search(
     conn: &mut PgConnection,
     kr: &Keyring,
     criteria: &Criteria,
     scope: SearchScope,
-    after: Option<Uuid>,
-    limit: i64,
+    page: Page,
     fields: PatientFields,
 ) -> Result<Vec<PatientView>, AppError> {
-    let (mut conditions, binds) = conditions(kr, criteria, 4)?;
+    let (mut conditions, binds) = conditions(kr, criteria, 5)?;
     let (scope_sql, scope_id) = ScopeSql::new(scope, "p.id").with_placeholder(1);
     conditions.push(scope_sql);
-    conditions.push("($2::uuid IS NULL OR p.id > $2)".to_string());
+    // Only `_lastUpdated` sorts patients (every other field is sealed).
+    let order = match page.sort {
+        None => {
+            conditions.push("($2::uuid IS NULL OR p.id > $2)".to_string());
+            "p.id".to_string()
+        }
+        Some(sort) if sort.key == SortKey::LastUpdated => {
+            conditions.push(format!(
+                "($2::uuid IS NULL OR (p.updated_at, p.id) {} ($4, $2))",
+                sort.after_op()
+            ));
+            sort.order_sql("p.updated_at", "p.id")
+        }
+        Some(_) => return Err(AppError::bad_request("Patients sort by _lastUpdated only.")),
+    };
     let sql = format!(
-        "SELECT {} FROM patients p WHERE {} ORDER BY p.id LIMIT $3",
+        "SELECT {} FROM patients p WHERE {} ORDER BY {order} LIMIT $3",
         select_list(fields),
         conditions.join(" AND ")
     );
     let mut query = diesel::sql_query(sql)
         .bind::<SqlUuid, _>(scope_id)
-        .bind::<Nullable<SqlUuid>, _>(after)
-        .bind::<diesel::sql_types::BigInt, _>(limit)
+        .bind::<Nullable<SqlUuid>, _>(page.after.map(|a| a.id))
+        .bind::<diesel::sql_types::BigInt, _>(page.limit)
+        .bind::<Nullable<Timestamptz>, _>(page.after.and_then(|a| a.at))
         .into_boxed::<diesel::pg::Pg>();
     for b in binds {
         query = query.bind::<Bytea, _>(b);

@@ -1415,6 +1415,9 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
         "history",
         "everything",
         "audit events",
+        "sort",
+        "string search",
+        "revinclude",
         "done",
     ] {
         assert!(

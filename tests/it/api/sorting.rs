@@ -1,0 +1,202 @@
+//! `_sort` (issue 16): one declared timestamp key per search, `-` for descending, paged
+//! by keyset cursors that carry the sort value sealed; sealed fields are refused.
+
+use crate::api::resources::observation_json;
+use crate::support::world::{World, patient_json};
+use custodian::policy::Role;
+use reqwest::{Method, StatusCode};
+use serde_json::Value;
+
+/// Follows `next` links from `first` to the end: every page's entry ids, in order.
+async fn walk(w: &World, first: &str, token: &str) -> Vec<Vec<String>> {
+    let mut pages = Vec::new();
+    let mut next = Some(w.app.url(first));
+    while let Some(url) = next {
+        let res = w
+            .app
+            .client
+            .get(&url)
+            .header("authorization", format!("Bearer {token}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), StatusCode::OK, "{url}");
+        let b: Value = res.json().await.unwrap();
+        pages.push(
+            b["entry"]
+                .as_array()
+                .map(|a| {
+                    a.iter()
+                        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+                        .collect()
+                })
+                .unwrap_or_default(),
+        );
+        next = b["link"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|l| l["relation"] == "next")
+            .map(|l| w.app.url(l["url"].as_str().unwrap()));
+        assert!(pages.len() < 20, "paging ends");
+    }
+    pages
+}
+
+async fn status(w: &World, path: &str, token: &str) -> (StatusCode, String) {
+    let res = w.get(path, token).await;
+    (res.status(), res.text().await.unwrap())
+}
+
+#[tokio::test]
+async fn sorted_searches_page_to_the_end_in_order_and_sealed_fields_are_refused() {
+    let w = World::new().await;
+    let (_, doc) = w.user("dr-a", &[Role::Clinician]);
+    let patient = w.create(&doc, &patient_json("MRN-S1", "Sorter")).await;
+
+    // Five observations whose dates are neither in id nor in creation order.
+    let days = [
+        "2026-11-03",
+        "2026-11-01",
+        "2026-11-05",
+        "2026-11-02",
+        "2026-11-04",
+    ];
+    let mut by_day = Vec::new();
+    for day in days {
+        let mut o = observation_json(patient);
+        o["effectiveDateTime"] = Value::String(format!("{day}T08:00:00Z"));
+        let res = w
+            .send(Method::POST, "/fhir/Observation", &doc, Some(&o))
+            .await;
+        assert_eq!(res.status(), StatusCode::CREATED);
+        let o: Value = res.json().await.unwrap();
+        by_day.push((day, o["id"].as_str().unwrap().to_string()));
+    }
+    by_day.sort();
+    let ascending: Vec<String> = by_day.iter().map(|(_, id)| id.clone()).collect();
+    let descending: Vec<String> = ascending.iter().rev().cloned().collect();
+
+    let q = format!("/fhir/Observation?patient={patient}&_count=2");
+    let pages = walk(&w, &format!("{q}&_sort=date"), &doc).await;
+    assert_eq!(pages.len(), 3, "2 + 2 + 1");
+    assert_eq!(pages.concat(), ascending);
+    let pages = walk(&w, &format!("{q}&_sort=-date"), &doc).await;
+    assert_eq!(pages.concat(), descending);
+
+    // _lastUpdated: an update moves a record to the end (and to the front descending).
+    let moved = ascending[0].clone();
+    let mut o = observation_json(patient);
+    o["id"] = Value::String(moved.clone());
+    o["effectiveDateTime"] = Value::String("2026-11-01T08:00:00Z".into());
+    o["status"] = Value::String("amended".into());
+    let res = w
+        .send(
+            Method::PUT,
+            &format!("/fhir/Observation/{moved}"),
+            &doc,
+            Some(&o),
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let by_update = walk(&w, &format!("{q}&_sort=_lastUpdated"), &doc)
+        .await
+        .concat();
+    assert_eq!(by_update.len(), 5);
+    assert_eq!(by_update.last(), Some(&moved));
+    let newest_first = walk(&w, &format!("{q}&_sort=-_lastUpdated"), &doc)
+        .await
+        .concat();
+    assert_eq!(newest_first.first(), Some(&moved));
+    assert_eq!(
+        newest_first.iter().rev().cloned().collect::<Vec<_>>(),
+        by_update
+    );
+
+    // A search by POST keeps its order in the sealed cursor.
+    let res = w
+        .app
+        .client
+        .post(w.app.url("/fhir/Observation/_search"))
+        .header("authorization", format!("Bearer {doc}"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(format!("patient={patient}&_count=2&_sort=-date"))
+        .send()
+        .await
+        .unwrap();
+    let b: Value = res.json().await.unwrap();
+    let next = b["link"][1]["url"].as_str().unwrap().to_string();
+    assert!(!next.contains("_sort"), "{next}");
+    let mut post: Vec<String> = b["entry"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["resource"]["id"].as_str().unwrap().to_string())
+        .collect();
+    let rest = walk(&w, &next, &doc).await;
+    post.extend(rest.concat());
+    assert_eq!(post, descending);
+
+    // Patients sort by _lastUpdated.
+    let second = w.create(&doc, &patient_json("MRN-S2", "Sorter")).await;
+    let pages = walk(
+        &w,
+        "/fhir/Patient?family=sorter&_count=1&_sort=-_lastUpdated",
+        &doc,
+    )
+    .await;
+    assert_eq!(
+        pages.concat(),
+        vec![second.to_string(), patient.to_string()]
+    );
+
+    // Sealed fields, undeclared keys, several keys: one fixed 400 that repeats nothing.
+    for bad in [
+        "/fhir/Patient?_sort=birthdate",
+        "/fhir/Patient?_sort=-family",
+        "/fhir/Patient?_sort=given",
+        "/fhir/Patient?_sort=identifier",
+        "/fhir/Patient?_sort=date",
+        "/fhir/Observation?_sort=date,_lastUpdated",
+        "/fhir/Observation?_sort=code",
+    ] {
+        let (s, body) = status(&w, bad, &doc).await;
+        assert_eq!(s, StatusCode::BAD_REQUEST, "{bad}: {body}");
+        assert!(body.contains("Sealed fields"), "{bad}: {body}");
+        assert!(body.contains("OperationOutcome"), "{bad}");
+    }
+
+    // A sorted page's cursor continues that order only.
+    let first: Value = w
+        .get(&format!("{q}&_sort=date"), &doc)
+        .await
+        .json()
+        .await
+        .unwrap();
+    let next = first["link"][1]["url"].as_str().unwrap().to_string();
+    let unsorted = next.replace("&_sort=date", "").replace("_sort=date&", "");
+    assert_ne!(unsorted, next);
+    let res = w
+        .app
+        .client
+        .get(w.app.url(&unsorted))
+        .header("authorization", format!("Bearer {doc}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::UNPROCESSABLE_ENTITY);
+
+    // The CapabilityStatement declares _sort on every type.
+    let cap: Value = w.get("/fhir/metadata", &doc).await.json().await.unwrap();
+    for r in cap["rest"][0]["resource"].as_array().unwrap() {
+        assert!(
+            r["searchParam"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .any(|p| p["name"] == "_sort"),
+            "{}",
+            r["type"]
+        );
+    }
+}
