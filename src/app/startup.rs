@@ -123,6 +123,14 @@ impl Application {
             break_glass: std::sync::Arc::new(config.break_glass.clone()),
         });
 
+        // The detectors live as long as the state (the task holds it weakly).
+        crate::detect::spawn(
+            std::sync::Arc::downgrade(&state.clone().into_inner()),
+            state.db.clone(),
+            config.detect.clone(),
+            state.clock.clone(),
+        );
+
         // The console's settings are app data of their own (the state does not know the
         // console); without `[console]` every console route answers 404.
         let console = config
