@@ -27,7 +27,13 @@ fn uuid_sql(prefix: &str, x: &str, modulo: u64) -> String {
 }
 
 fn events_sql(lo: u64, hi: u64, total: u64) -> String {
-    let patient = |x: &str| uuid_sql("00000000-0000-4000-9000-", &format!("({x}) * 7919"), PATIENTS);
+    let patient = |x: &str| {
+        uuid_sql(
+            "00000000-0000-4000-9000-",
+            &format!("({x}) * 7919"),
+            PATIENTS,
+        )
+    };
     format!(
         "INSERT INTO audit_events (seq, event_id, occurred_at, actor_user_id, actor_roles, \
            auth_method, action, resource_type, patient_ids, outcome, deny_reason, source_ip, hash) \

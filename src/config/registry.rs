@@ -109,6 +109,10 @@ settings! {
     "detect.denials_window_mins", Int, "10", "Detectors (repeated-denial): the window in minutes (tumbling, at most 1440)";
     "detect.failures_threshold", Int, "20", "Detectors (auth-failure-spike): refusals answered 401/403/429 from one source address, one client or one person that raise an alert within detect.failures_window_mins";
     "detect.failures_window_mins", Int, "5", "Detectors (auth-failure-spike): the window in minutes (tumbling, at most 1440)";
+    "detect.bulk_window_mins", Int, "60", "Detectors (bulk-access): the window in minutes (tumbling, at most 1440) in which the distinct patients one person accessed are counted";
+    "detect.bulk_min_patients", Int, "50", "Detectors (bulk-access): the fewest distinct patients in a window that can raise an alert, whatever the baselines";
+    "detect.bulk_factor", Int, "3", "Detectors (bulk-access): an alert needs more than this many times the person's own mean per active window and their role's mean";
+    "detect.bulk_baseline_days", Int, "14", "Detectors (bulk-access): the days before the window over which both means are computed (at most 90)";
     "console.trusted_proxies", List, "[]", "Admin console: IP addresses of reverse proxies whose Forwarded / X-Forwarded-Host headers the Origin check of console forms believes; from any other peer those headers are ignored (empty = trust none)";
 }
 

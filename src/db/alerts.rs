@@ -75,6 +75,7 @@ alert_kinds! {
     RepeatedDenial = "repeated-denial", Medium, "Repeatedly refused without a relationship";
     WorkforcePatient = "workforce-patient", High, "Co-worker's record";
     AuthFailureSpike = "auth-failure-spike", Medium, "Authentication or authorisation failures";
+    BulkAccess = "bulk-access", High, "Unusually many patients";
 }
 
 /// An alert to raise.
@@ -220,6 +221,14 @@ pub fn explain(kind: AlertKind, reason: &str, figures: &[i64]) -> String {
         AlertKind::WorkforcePatient => format!(
             "A person who is not on the patient's care team accessed the record of a patient who is also a member of the workforce ({} access(es) that day in this alert's evidence).",
             f(0)
+        ),
+        AlertKind::BulkAccess => format!(
+            "A person accessed {} distinct patients within {} minute(s); their own mean is {} per active window and their role's {} (alert at {} or more).",
+            f(0),
+            f(1),
+            f(2),
+            f(3),
+            f(4)
         ),
         AlertKind::AuthFailureSpike => format!(
             "{} authentication or authorisation failure(s) (401/403/429) from one {} within {} minute(s) (threshold {}).",

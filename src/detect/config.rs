@@ -22,6 +22,14 @@ pub struct DetectConfig {
     pub failures_threshold: u32,
     /// …within this window (minutes).
     pub failures_window_mins: u32,
+    /// Bulk access: the window (minutes) in which distinct patients per person count…
+    pub bulk_window_mins: u32,
+    /// …the fewest distinct patients that can raise an alert…
+    pub bulk_min_patients: u32,
+    /// …and how many times the person's own and their role's mean per window it takes…
+    pub bulk_factor: u32,
+    /// …computed over this many days before the window.
+    pub bulk_baseline_days: u32,
 }
 
 impl Default for DetectConfig {
@@ -34,6 +42,10 @@ impl Default for DetectConfig {
             denials_window_mins: 10,
             failures_threshold: 20,
             failures_window_mins: 5,
+            bulk_window_mins: 60,
+            bulk_min_patients: 50,
+            bulk_factor: 3,
+            bulk_baseline_days: 14,
         }
     }
 }
@@ -57,6 +69,10 @@ impl DetectConfig {
             ("detect.denials_window_mins", self.denials_window_mins),
             ("detect.failures_threshold", self.failures_threshold),
             ("detect.failures_window_mins", self.failures_window_mins),
+            ("detect.bulk_window_mins", self.bulk_window_mins),
+            ("detect.bulk_min_patients", self.bulk_min_patients),
+            ("detect.bulk_factor", self.bulk_factor),
+            ("detect.bulk_baseline_days", self.bulk_baseline_days),
         ];
         for (setting, value) in positive {
             if value == 0 {
@@ -66,10 +82,17 @@ impl DetectConfig {
         for (setting, value) in [
             ("detect.denials_window_mins", self.denials_window_mins),
             ("detect.failures_window_mins", self.failures_window_mins),
+            ("detect.bulk_window_mins", self.bulk_window_mins),
         ] {
             if value > 1440 {
                 return Err(ConfigError::new(setting, "must be at most 1440 (a day)"));
             }
+        }
+        if self.bulk_baseline_days > 90 {
+            return Err(ConfigError::new(
+                "detect.bulk_baseline_days",
+                "must be at most 90",
+            ));
         }
         Ok(())
     }
@@ -77,6 +100,10 @@ impl DetectConfig {
     /// The longest window of any detector, in seconds: how far back a runner that takes
     /// over replays the trail to rebuild its counts.
     pub fn max_window_secs(&self) -> i64 {
-        i64::from(self.denials_window_mins.max(self.failures_window_mins)) * 60
+        i64::from(
+            self.denials_window_mins
+                .max(self.failures_window_mins)
+                .max(self.bulk_window_mins),
+        ) * 60
     }
 }

@@ -27,6 +27,7 @@ use config::DetectConfig;
 use diesel::pg::PgConnection;
 use diesel::prelude::*;
 use rules::{Event, Windows};
+use std::collections::HashMap;
 
 /// Key of the transaction-level advisory lock held by the one working runner.
 pub const LOCK_KEY: i64 = 0x4355_5354_4445_5443; // "CUSTDETC"
@@ -59,6 +60,8 @@ pub struct Detector {
     /// The cursor the windows' counts belong to.
     through: Option<i64>,
     last_overdue_check: Option<DateTime<Utc>>,
+    /// Role means of bulk access, by role and window start (they change slowly).
+    role_means: HashMap<(String, i64), f64>,
 }
 
 impl Detector {
@@ -68,6 +71,7 @@ impl Detector {
             windows: Windows::default(),
             through: None,
             last_overdue_check: None,
+            role_means: HashMap::new(),
         }
     }
 
@@ -95,7 +99,9 @@ impl Detector {
                 .select(Event::as_select())
                 .load(c)?;
             let facts = facts::load(c, &events)?;
-            let mut new = rules::run(&self.cfg, &facts, &mut self.windows, &events);
+            let mut base = DbBaselines::new(c, &self.cfg, &mut self.role_means);
+            let mut new = rules::run(&self.cfg, &facts, &mut self.windows, &mut base, &events);
+            base.finish()?;
             if self
                 .last_overdue_check
                 .is_none_or(|t| now - t >= Duration::seconds(60))
@@ -150,22 +156,122 @@ impl Detector {
             return Ok(());
         };
         let from = last - Duration::seconds(self.cfg.max_window_secs());
-        let events: Vec<Event> = audit_events::table
+        // The newest events of the window (the bound keeps a takeover under heavy load
+        // affordable; counts of a window older than MAX_REPLAY events start lower).
+        let mut events: Vec<Event> = audit_events::table
             .filter(audit_events::seq.le(cursor))
             .filter(audit_events::occurred_at.ge(from))
-            .filter(audit_events::outcome.eq("deny"))
-            .order(audit_events::seq)
+            .order(audit_events::seq.desc())
             .limit(MAX_REPLAY)
             .select(Event::as_select())
             .load(conn)?;
-        // Only the windowed detectors keep state, and they read refusals only.
+        events.reverse();
+        // Only the windowed detectors keep state; their alerts were raised before.
+        let mut base = DbBaselines::new(conn, &self.cfg, &mut self.role_means);
         let _ = rules::run(
             &self.cfg,
             &rules::Facts::default(),
             &mut self.windows,
+            &mut base,
             &events,
         );
-        Ok(())
+        base.finish()
+    }
+}
+
+/// The bulk-access means over the trail: distinct patients per active window of the person,
+/// and of everyone holding the person's role (the highest of their roles), over
+/// `detect.bulk_baseline_days` before the window. A failed query fails the pass.
+struct DbBaselines<'a> {
+    conn: &'a mut PgConnection,
+    window_secs: i64,
+    days: i64,
+    role_means: &'a mut HashMap<(String, i64), f64>,
+    error: Option<AppError>,
+}
+
+#[derive(QueryableByName)]
+struct Mean {
+    #[diesel(sql_type = diesel::sql_types::Double)]
+    mean: f64,
+}
+
+const MEAN_SQL: &str = "SELECT COALESCE(avg(n), 0)::float8 AS mean FROM ( \
+    SELECT count(DISTINCT p) AS n FROM audit_events, unnest(patient_ids) AS p \
+    WHERE {who} AND outcome = 'permit' AND occurred_at >= $2 AND occurred_at < $3 \
+      AND action IN ('read', 'search', 'create', 'update', 'delete', 'export') \
+    GROUP BY actor_user_id, floor(extract(epoch FROM occurred_at) / $4)) s";
+
+impl<'a> DbBaselines<'a> {
+    fn new(
+        conn: &'a mut PgConnection,
+        cfg: &DetectConfig,
+        role_means: &'a mut HashMap<(String, i64), f64>,
+    ) -> Self {
+        if role_means.len() > 1000 {
+            role_means.clear();
+        }
+        Self {
+            conn,
+            window_secs: i64::from(cfg.bulk_window_mins) * 60,
+            days: i64::from(cfg.bulk_baseline_days),
+            role_means,
+            error: None,
+        }
+    }
+
+    fn finish(self) -> Result<(), AppError> {
+        self.error.map_or(Ok(()), Err)
+    }
+}
+
+impl rules::Baselines for DbBaselines<'_> {
+    fn means(&mut self, user: UserId, roles: &[String], start: DateTime<Utc>) -> (f64, f64) {
+        use diesel::sql_types::{Double, Text, Timestamptz, Uuid as SqlUuid};
+        if self.error.is_some() {
+            return (f64::INFINITY, f64::INFINITY);
+        }
+        let from = start - Duration::days(self.days);
+        let own = diesel::sql_query(MEAN_SQL.replace("{who}", "actor_user_id = $1"))
+            .bind::<SqlUuid, _>(user)
+            .bind::<Timestamptz, _>(from)
+            .bind::<Timestamptz, _>(start)
+            .bind::<Double, _>(self.window_secs as f64)
+            .get_result::<Mean>(self.conn);
+        let own = match own {
+            Ok(m) => m.mean,
+            Err(e) => {
+                self.error = Some(e.into());
+                return (f64::INFINITY, f64::INFINITY);
+            }
+        };
+        let mut role = 0.0f64;
+        for r in roles {
+            let key = (r.clone(), start.timestamp());
+            let mean = match self.role_means.get(&key) {
+                Some(m) => *m,
+                None => {
+                    let m = diesel::sql_query(MEAN_SQL.replace("{who}", "$1 = ANY(actor_roles)"))
+                        .bind::<Text, _>(r)
+                        .bind::<Timestamptz, _>(from)
+                        .bind::<Timestamptz, _>(start)
+                        .bind::<Double, _>(self.window_secs as f64)
+                        .get_result::<Mean>(self.conn);
+                    match m {
+                        Ok(m) => {
+                            self.role_means.insert(key, m.mean);
+                            m.mean
+                        }
+                        Err(e) => {
+                            self.error = Some(e.into());
+                            return (f64::INFINITY, f64::INFINITY);
+                        }
+                    }
+                }
+            };
+            role = role.max(mean);
+        }
+        (own, role)
     }
 }
 

@@ -15,6 +15,12 @@
 //!   limited; an aggregated flood counts its `occurrences`) per source address, per
 //!   client and per person within a window.
 //!
+//! - **bulk-access**: more distinct patients accessed by one person within
+//!   `detect.bulk_window_mins` than `detect.bulk_factor` times both the person's own mean
+//!   and their role's mean per active window over the previous `detect.bulk_baseline_days`
+//!   (and at least `detect.bulk_min_patients`). The means come from [`Baselines`], asked
+//!   only when a window reaches the minimum.
+//!
 //! Windows are tumbling (aligned to the epoch): a pattern split across two windows may
 //! stay below the threshold in both. An alert names its window in its `dedup_key`, so a
 //! replay of the same events raises nothing new.
@@ -35,6 +41,7 @@ pub struct Event {
     pub occurred_at: DateTime<Utc>,
     pub actor_user_id: Option<UserId>,
     pub actor_client_id: Option<String>,
+    pub actor_roles: Vec<String>,
     pub client_app: Option<String>,
     pub action: String,
     pub patient_ids: Vec<PatientId>,
@@ -90,6 +97,30 @@ const FAILURE_REASONS: &[&str] = &[
     "step-up-required",
 ];
 
+/// The means a bulk-access window is measured against: (the person's own, their role's)
+/// distinct patients per active window before `window_start`. The runner computes them
+/// from the trail; tests give fixed numbers.
+pub trait Baselines {
+    fn means(&mut self, user: UserId, roles: &[String], window_start: DateTime<Utc>) -> (f64, f64);
+}
+
+impl<F: FnMut(UserId, &[String], DateTime<Utc>) -> (f64, f64)> Baselines for F {
+    fn means(&mut self, user: UserId, roles: &[String], window_start: DateTime<Utc>) -> (f64, f64) {
+        self(user, roles, window_start)
+    }
+}
+
+/// One person's bulk-access window.
+#[derive(Clone, Debug)]
+struct Bulk {
+    bucket: i64,
+    patients: HashSet<PatientId>,
+    seqs: Vec<i64>,
+    /// Distinct patients that raise the alert, once the baselines were asked.
+    threshold: Option<(u64, f64, f64)>,
+    fired: bool,
+}
+
 /// One open window of one subject.
 #[derive(Clone, Debug)]
 struct Counter {
@@ -113,6 +144,7 @@ enum Subject {
 #[derive(Clone, Debug, Default)]
 pub struct Windows {
     counters: HashMap<Subject, Counter>,
+    bulk: HashMap<UserId, Bulk>,
 }
 
 /// Most open windows kept; beyond, the oldest are dropped (a flood of distinct sources
@@ -121,11 +153,11 @@ const MAX_COUNTERS: usize = 200_000;
 
 impl Windows {
     pub fn len(&self) -> usize {
-        self.counters.len()
+        self.counters.len() + self.bulk.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.counters.is_empty()
+        self.len() == 0
     }
 
     /// Counts `weight` for `subject` at `at`; `Some((count, seqs, bucket))` the first time
@@ -177,6 +209,8 @@ impl Windows {
             };
             (c.bucket + 1) * w > t
         });
+        let bulk = i64::from(cfg.bulk_window_mins) * 60;
+        self.bulk.retain(|_, b| (b.bucket + 1) * bulk > t);
         if self.counters.len() > MAX_COUNTERS {
             let mut buckets: Vec<i64> = self.counters.values().map(|c| c.bucket).collect();
             buckets.sort_unstable();
@@ -191,6 +225,7 @@ pub fn run(
     cfg: &DetectConfig,
     facts: &Facts,
     windows: &mut Windows,
+    baselines: &mut dyn Baselines,
     events: &[Event],
 ) -> Vec<NewAlert> {
     let mut daily: HashMap<String, NewAlert> = HashMap::new();
@@ -198,6 +233,7 @@ pub fn run(
     for e in events {
         record_access(facts, e, &mut daily);
         windowed(cfg, windows, e, &mut out);
+        bulk(cfg, windows, baselines, e, &mut out);
     }
     if let Some(last) = events.last() {
         windows.prune(cfg, last.occurred_at);
@@ -254,6 +290,88 @@ fn record_access(facts: &Facts, e: &Event, daily: &mut HashMap<String, NewAlert>
             hit(AlertKind::WorkforcePatient, "linked-account");
         }
     }
+}
+
+/// bulk-access.
+fn bulk(
+    cfg: &DetectConfig,
+    windows: &mut Windows,
+    baselines: &mut dyn Baselines,
+    e: &Event,
+    out: &mut Vec<NewAlert>,
+) {
+    let Some(user) = e.actor_user_id else {
+        return;
+    };
+    if e.outcome != "permit"
+        || e.patient_ids.is_empty()
+        || !DATA_ACTIONS.contains(&e.action.as_str())
+    {
+        return;
+    }
+    let w = i64::from(cfg.bulk_window_mins) * 60;
+    let bucket = e.occurred_at.timestamp().div_euclid(w);
+    let b = windows.bulk.entry(user).or_insert_with(|| Bulk {
+        bucket,
+        patients: HashSet::new(),
+        seqs: Vec::new(),
+        threshold: None,
+        fired: false,
+    });
+    if b.bucket != bucket {
+        *b = Bulk {
+            bucket,
+            patients: HashSet::new(),
+            seqs: Vec::new(),
+            threshold: None,
+            fired: false,
+        };
+    }
+    let before = b.patients.len();
+    b.patients.extend(e.patient_ids.iter().copied());
+    if b.patients.len() > before && b.seqs.len() < MAX_EVIDENCE {
+        b.seqs.push(e.seq);
+    }
+    let n = b.patients.len() as u64;
+    if b.fired || n < u64::from(cfg.bulk_min_patients) {
+        return;
+    }
+    let (threshold, own, role) = *b.threshold.get_or_insert_with(|| {
+        let start = DateTime::from_timestamp(bucket * w, 0).unwrap_or(e.occurred_at);
+        let (own, role) = baselines.means(user, &e.actor_roles, start);
+        let factor = f64::from(cfg.bulk_factor);
+        // "Far above" = more than factor × the mean; at least the minimum.
+        let above = |mean: f64| (factor * mean.max(0.0)).floor() as u64 + 1;
+        let t = u64::from(cfg.bulk_min_patients)
+            .max(above(own))
+            .max(above(role));
+        (t, own, role)
+    });
+    if n < threshold {
+        return;
+    }
+    b.fired = true;
+    let kind = AlertKind::BulkAccess;
+    out.push(NewAlert {
+        kind,
+        severity: kind.severity(),
+        reason: "distinct-patients",
+        user_id: Some(user),
+        patient_id: None,
+        grant_id: None,
+        source_ip: None,
+        client_id: None,
+        figures: vec![
+            n as i64,
+            i64::from(cfg.bulk_window_mins),
+            own.round() as i64,
+            role.round() as i64,
+            threshold as i64,
+        ],
+        evidence_seqs: b.seqs.clone(),
+        dedup_key: format!("{}:{user}:{bucket}", kind.code()),
+        created_at: e.occurred_at,
+    });
 }
 
 /// repeated-denial and auth-failure-spike.
@@ -367,6 +485,7 @@ mod tests {
             occurred_at: t0() + Duration::seconds(secs),
             actor_user_id: user,
             actor_client_id: None,
+            actor_roles: vec!["clinician".into()],
             client_app: None,
             action: action.into(),
             patient_ids: Vec::new(),
@@ -384,6 +503,11 @@ mod tests {
         e
     }
 
+    /// No history: both means 0.
+    fn flat(_: UserId, _: &[String], _: DateTime<Utc>) -> (f64, f64) {
+        (0.0, 0.0)
+    }
+
     fn kinds(alerts: &[NewAlert]) -> Vec<&'static str> {
         alerts.iter().map(|a| a.kind.code()).collect()
     }
@@ -396,7 +520,7 @@ mod tests {
         facts.restricted.insert(p, Confidentiality::Restricted);
         facts.care.insert((p, member));
         let events = vec![read(1, nurse, p), read(2, nurse, p), read(3, member, p)];
-        let alerts = run(&cfg, &facts, &mut Windows::default(), &events);
+        let alerts = run(&cfg, &facts, &mut Windows::default(), &mut flat, &events);
         assert_eq!(kinds(&alerts), vec!["restricted-record"]);
         let a = &alerts[0];
         assert_eq!((a.user_id, a.patient_id), (Some(nurse), Some(p)));
@@ -411,7 +535,7 @@ mod tests {
         denied.outcome = "deny".into();
         let n = PatientId::new();
         let events = vec![read(5, nurse, p), denied, read(6, member, n)];
-        assert!(run(&cfg, &facts, &mut Windows::default(), &events).is_empty());
+        assert!(run(&cfg, &facts, &mut Windows::default(), &mut flat, &events).is_empty());
     }
 
     #[test]
@@ -427,12 +551,21 @@ mod tests {
         facts.linked.insert(p, vec![(colleague, true)]);
         facts.care.insert((p, carer));
         let events = vec![read(1, carer, p), read(2, colleague, p), read(3, snoop, p)];
-        let alerts = run(&cfg, &facts, &mut Windows::default(), &events);
+        let alerts = run(&cfg, &facts, &mut Windows::default(), &mut flat, &events);
         assert_eq!(kinds(&alerts), vec!["workforce-patient"]);
         assert_eq!(alerts[0].user_id, Some(snoop));
         // A patient linked to an account that holds only the patient role: no alert.
         facts.linked.insert(p, vec![(colleague, false)]);
-        assert!(run(&cfg, &facts, &mut Windows::default(), &events[2..]).is_empty());
+        assert!(
+            run(
+                &cfg,
+                &facts,
+                &mut Windows::default(),
+                &mut flat,
+                &events[2..]
+            )
+            .is_empty()
+        );
     }
 
     fn denial(seq: i64, secs: i64, user: UserId) -> Event {
@@ -448,23 +581,26 @@ mod tests {
         let u = UserId::new();
         let mut w = Windows::default();
         let two = vec![denial(1, 0, u), denial(2, 60, u)];
-        assert!(run(&cfg, &Facts::default(), &mut w, &two).is_empty());
+        assert!(run(&cfg, &Facts::default(), &mut w, &mut flat, &two).is_empty());
         let more = vec![denial(3, 120, u), denial(4, 180, u)];
-        let alerts = run(&cfg, &Facts::default(), &mut w, &more);
+        let alerts = run(&cfg, &Facts::default(), &mut w, &mut flat, &more);
         assert_eq!(kinds(&alerts), vec!["repeated-denial"]);
         assert_eq!(alerts[0].evidence_seqs, vec![1, 2, 3]);
         assert_eq!(alerts[0].figures, vec![3, 10, 3]);
         // Near miss: two in one window, one in the next.
         let mut w = Windows::default();
         let spread = vec![denial(1, 0, u), denial(2, 500, u), denial(3, 700, u)];
-        assert!(run(&cfg, &Facts::default(), &mut w, &spread).is_empty());
+        assert!(run(&cfg, &Facts::default(), &mut w, &mut flat, &spread).is_empty());
         // Another reason (missing scope) is not a relationship denial.
         let mut w = Windows::default();
         let mut other: Vec<Event> = (1..=5).map(|i| denial(i, i, u)).collect();
         for e in &mut other {
             e.deny_reason = Some("missing-scope".into());
         }
-        assert!(!kinds(&run(&cfg, &Facts::default(), &mut w, &other)).contains(&"repeated-denial"));
+        assert!(
+            !kinds(&run(&cfg, &Facts::default(), &mut w, &mut flat, &other))
+                .contains(&"repeated-denial")
+        );
     }
 
     fn failure(seq: i64, secs: i64, ip: &str) -> Event {
@@ -482,11 +618,12 @@ mod tests {
         };
         let mut w = Windows::default();
         let four: Vec<Event> = (1..=4).map(|i| failure(i, i, "10.0.0.1")).collect();
-        assert!(run(&cfg, &Facts::default(), &mut w, &four).is_empty());
+        assert!(run(&cfg, &Facts::default(), &mut w, &mut flat, &four).is_empty());
         let alerts = run(
             &cfg,
             &Facts::default(),
             &mut w,
+            &mut flat,
             &[failure(5, 5, "10.0.0.1")],
         );
         assert_eq!(kinds(&alerts), vec!["auth-failure-spike"]);
@@ -497,7 +634,7 @@ mod tests {
         let mixed: Vec<Event> = (1..=8)
             .map(|i| failure(i, i, if i % 2 == 0 { "10.0.0.1" } else { "10.0.0.2" }))
             .collect();
-        assert!(run(&cfg, &Facts::default(), &mut w, &mixed).is_empty());
+        assert!(run(&cfg, &Facts::default(), &mut w, &mut flat, &mixed).is_empty());
         // One rate-limit summary standing for 40 refusals of a person through a client.
         let mut w = Windows::default();
         let u = UserId::new();
@@ -505,7 +642,7 @@ mod tests {
         flood.deny_reason = Some("rate-limited".into());
         flood.client_app = Some("app-1".into());
         flood.occurrences = Some(40);
-        let alerts = run(&cfg, &Facts::default(), &mut w, &[flood]);
+        let alerts = run(&cfg, &Facts::default(), &mut w, &mut flat, &[flood]);
         let mut reasons: Vec<&str> = alerts.iter().map(|a| a.reason).collect();
         reasons.sort();
         assert_eq!(reasons, vec!["client", "person"]);
@@ -517,10 +654,75 @@ mod tests {
         let cfg = DetectConfig::default();
         let u = UserId::new();
         let events: Vec<Event> = (1..=3).map(|i| denial(i, i, u)).collect();
-        let a = run(&cfg, &Facts::default(), &mut Windows::default(), &events);
-        let b = run(&cfg, &Facts::default(), &mut Windows::default(), &events);
+        let a = run(
+            &cfg,
+            &Facts::default(),
+            &mut Windows::default(),
+            &mut flat,
+            &events,
+        );
+        let b = run(
+            &cfg,
+            &Facts::default(),
+            &mut Windows::default(),
+            &mut flat,
+            &events,
+        );
         assert_eq!(a.len(), 1);
         assert_eq!(a[0].dedup_key, b[0].dedup_key);
+    }
+
+    #[test]
+    fn bulk_access_fires_far_above_both_baselines_and_not_below_either() {
+        let cfg = DetectConfig {
+            bulk_min_patients: 10,
+            ..DetectConfig::default()
+        };
+        let u = UserId::new();
+        let reads: Vec<Event> = (1..=40).map(|i| read(i, u, PatientId::new())).collect();
+        // Own mean 5, role mean 8: the alert needs more than 3 × 8 = 24 patients.
+        let mut asked = 0;
+        let mut means = |_: UserId, roles: &[String], _: DateTime<Utc>| {
+            asked += 1;
+            assert_eq!(roles, ["clinician".to_string()]);
+            (5.0, 8.0)
+        };
+        let alerts = run(
+            &cfg,
+            &Facts::default(),
+            &mut Windows::default(),
+            &mut means,
+            &reads,
+        );
+        assert_eq!(kinds(&alerts), vec!["bulk-access"]);
+        assert_eq!(alerts[0].figures, vec![25, 60, 5, 8, 25]);
+        assert_eq!(alerts[0].evidence_seqs.len(), 25);
+        assert_eq!(asked, 1, "baselines asked once per window");
+        // Near miss: the same 40 reads are within three times the role's mean of 14.
+        let mut busy_role = |_: UserId, _: &[String], _: DateTime<Utc>| (5.0, 14.0);
+        assert!(
+            run(
+                &cfg,
+                &Facts::default(),
+                &mut Windows::default(),
+                &mut busy_role,
+                &reads
+            )
+            .is_empty()
+        );
+        // Repeated reads of the same few patients are not bulk.
+        let p = PatientId::new();
+        let same: Vec<Event> = (1..=40).map(|i| read(i, u, p)).collect();
+        assert!(
+            run(
+                &cfg,
+                &Facts::default(),
+                &mut Windows::default(),
+                &mut flat,
+                &same
+            )
+            .is_empty()
+        );
     }
 
     #[test]
@@ -531,6 +733,7 @@ mod tests {
             &cfg,
             &Facts::default(),
             &mut w,
+            &mut flat,
             &[denial(1, 0, UserId::new())],
         );
         assert_eq!(w.len(), 1);
@@ -538,6 +741,7 @@ mod tests {
             &cfg,
             &Facts::default(),
             &mut w,
+            &mut flat,
             &[ev(2, 3600, None, "read", "permit")],
         );
         assert!(w.is_empty());

@@ -364,3 +364,45 @@ async fn refused_requests_from_one_address_raise_an_alert_through_the_running_se
     );
     assert!(!body.contains(&id.to_string()));
 }
+
+#[test]
+fn bulk_access_is_measured_against_the_persons_and_the_roles_own_history() {
+    let t = Trail::new();
+    let a = t.person("a", Role::Clinician);
+    let b = t.person("b", Role::Clinician);
+    let patients: Vec<PatientId> = (0..30)
+        .map(|i| t.patient(&format!("MRN-{i}"), Confidentiality::Normal))
+        .collect();
+    let mut events = Vec::new();
+    // The day before: two hours each; a saw 5 patients an hour, b 12. Role mean 8.5.
+    for (who, n) in [(a, 5), (b, 12)] {
+        for hour in [1, 3] {
+            for p in &patients[..n] {
+                events.push(access(who, *p, Outcome::Permit, -86_400 + hour * 3600));
+            }
+        }
+    }
+    // This hour both see 30 patients: a is above 3 × 8.5 (and 3 × 5), b is not above 3 × 12.
+    for (i, p) in patients.iter().enumerate() {
+        events.push(access(a, *p, Outcome::Permit, i as i64));
+        events.push(access(b, *p, Outcome::Permit, i as i64));
+    }
+    t.append(&events);
+    let cfg = DetectConfig {
+        batch_max: 50,
+        // Above b's 12 of the day before, which had no history to be measured against.
+        bulk_min_patients: 13,
+        ..DetectConfig::default()
+    };
+    assert_eq!(
+        drain(&mut Detector::new(cfg), &t),
+        vec![AlertKind::BulkAccess]
+    );
+    let (user, figures): (Option<UserId>, Vec<i64>) = alerts::table
+        .select((alerts::user_id, alerts::figures))
+        .first(&mut t.db.conn())
+        .unwrap();
+    assert_eq!(user, Some(a));
+    // 26 distinct patients, 60 minutes, own mean 5, role mean 9 (8.5 rounded), at 26.
+    assert_eq!(figures, vec![26, 60, 5, 9, 26]);
+}
