@@ -50,6 +50,8 @@ pub struct Pass {
     /// The cursor after the pass, and the chain head it was read against.
     pub cursor: i64,
     pub head: i64,
+    /// Break-glass grants active at the pass's time (for the metrics).
+    pub active_grants: i64,
 }
 
 /// The detectors' runner state of one instance.
@@ -121,6 +123,7 @@ impl Detector {
             let head: i64 = audit_chain_head::table
                 .select(audit_chain_head::seq)
                 .first(c)?;
+            let active_grants = active_grants(c, now)?;
             Ok((
                 Pass {
                     ran: true,
@@ -128,6 +131,7 @@ impl Detector {
                     raised,
                     cursor: next,
                     head,
+                    active_grants,
                 },
                 Some(next),
             ))
@@ -275,6 +279,16 @@ impl rules::Baselines for DbBaselines<'_> {
     }
 }
 
+/// Break-glass grants active at `now`.
+fn active_grants(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<i64, AppError> {
+    use crate::schema::break_glass_grants as g;
+    Ok(g::table
+        .filter(g::status.eq("active"))
+        .filter(g::expires_at.gt(now))
+        .count()
+        .get_result(conn)?)
+}
+
 /// break-glass-review-overdue: grants that were used, whose review fell due, unreviewed.
 fn overdue_reviews(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<NewAlert>, AppError> {
     use crate::schema::{break_glass_grants as g, break_glass_reviews as r};
@@ -347,6 +361,7 @@ pub fn spawn<T: Send + Sync + 'static>(
                             crate::monitoring::detector_pass(
                                 pass.ran,
                                 pass.head.saturating_sub(pass.cursor),
+                                pass.active_grants,
                                 pass.raised.iter().map(|k| k.code()),
                             );
                             pass.consumed >= batch

@@ -359,6 +359,10 @@ async fn refused_requests_from_one_address_raise_an_alert_through_the_running_se
         .unwrap();
     assert!(body.contains("custodian_detector_lag_events"), "{body}");
     assert!(
+        body.contains("custodian_break_glass_active_grants 0"),
+        "{body}"
+    );
+    assert!(
         body.contains("custodian_alerts_total{detector=\"auth-failure-spike\"}"),
         "{body}"
     );
