@@ -103,7 +103,6 @@ impl Detector {
             let facts = facts::load(c, &events)?;
             let mut base = DbBaselines::new(c, &self.cfg, &mut self.role_means);
             let mut new = rules::run(&self.cfg, &facts, &mut self.windows, &mut base, &events);
-            base.finish()?;
             if self
                 .last_overdue_check
                 .is_none_or(|t| now - t >= Duration::seconds(60))
@@ -179,19 +178,18 @@ impl Detector {
             &mut base,
             &events,
         );
-        base.finish()
+        Ok(())
     }
 }
 
 /// The bulk-access means over the trail: distinct patients per active window of the person,
 /// and of everyone holding the person's role (the highest of their roles), over
-/// `detect.bulk_baseline_days` before the window. A failed query fails the pass.
+/// `detect.bulk_baseline_days` before the window.
 struct DbBaselines<'a> {
     conn: &'a mut PgConnection,
     window_secs: i64,
     days: i64,
     role_means: &'a mut HashMap<(String, i64), f64>,
-    error: Option<AppError>,
 }
 
 #[derive(QueryableByName)]
@@ -220,57 +218,61 @@ impl<'a> DbBaselines<'a> {
             window_secs: i64::from(cfg.bulk_window_mins) * 60,
             days: i64::from(cfg.bulk_baseline_days),
             role_means,
-            error: None,
         }
     }
+}
 
-    fn finish(self) -> Result<(), AppError> {
-        self.error.map_or(Ok(()), Err)
+impl DbBaselines<'_> {
+    /// One mean, in a savepoint: a query that fails (e.g. the statement timeout on a huge
+    /// trail) counts as a mean of 0 — the threshold falls back to the other mean and the
+    /// minimum, so a failure errs towards alerting — and the pass goes on.
+    fn mean(&mut self, who: &str, bind: Who<'_>, start: DateTime<Utc>) -> f64 {
+        use diesel::sql_types::{Double, Text, Timestamptz, Uuid as SqlUuid};
+        let from = start - Duration::days(self.days);
+        let secs = self.window_secs as f64;
+        let sql = MEAN_SQL.replace("{who}", who);
+        let result = self.conn.transaction(|c| match bind {
+            Who::Person(user) => diesel::sql_query(&sql)
+                .bind::<SqlUuid, _>(user)
+                .bind::<Timestamptz, _>(from)
+                .bind::<Timestamptz, _>(start)
+                .bind::<Double, _>(secs)
+                .get_result::<Mean>(c),
+            Who::Role(role) => diesel::sql_query(&sql)
+                .bind::<Text, _>(role)
+                .bind::<Timestamptz, _>(from)
+                .bind::<Timestamptz, _>(start)
+                .bind::<Double, _>(secs)
+                .get_result::<Mean>(c),
+        });
+        match result {
+            Ok(m) => m.mean,
+            Err(e) => {
+                tracing::warn!(error = %e, "detectors: a bulk-access baseline was not computed; 0 used");
+                0.0
+            }
+        }
     }
+}
+
+#[derive(Clone, Copy)]
+enum Who<'a> {
+    Person(UserId),
+    Role(&'a str),
 }
 
 impl rules::Baselines for DbBaselines<'_> {
     fn means(&mut self, user: UserId, roles: &[String], start: DateTime<Utc>) -> (f64, f64) {
-        use diesel::sql_types::{Double, Text, Timestamptz, Uuid as SqlUuid};
-        if self.error.is_some() {
-            return (f64::INFINITY, f64::INFINITY);
-        }
-        let from = start - Duration::days(self.days);
-        let own = diesel::sql_query(MEAN_SQL.replace("{who}", "actor_user_id = $1"))
-            .bind::<SqlUuid, _>(user)
-            .bind::<Timestamptz, _>(from)
-            .bind::<Timestamptz, _>(start)
-            .bind::<Double, _>(self.window_secs as f64)
-            .get_result::<Mean>(self.conn);
-        let own = match own {
-            Ok(m) => m.mean,
-            Err(e) => {
-                self.error = Some(e.into());
-                return (f64::INFINITY, f64::INFINITY);
-            }
-        };
+        let own = self.mean("actor_user_id = $1", Who::Person(user), start);
         let mut role = 0.0f64;
         for r in roles {
             let key = (r.clone(), start.timestamp());
             let mean = match self.role_means.get(&key) {
                 Some(m) => *m,
                 None => {
-                    let m = diesel::sql_query(MEAN_SQL.replace("{who}", "$1 = ANY(actor_roles)"))
-                        .bind::<Text, _>(r)
-                        .bind::<Timestamptz, _>(from)
-                        .bind::<Timestamptz, _>(start)
-                        .bind::<Double, _>(self.window_secs as f64)
-                        .get_result::<Mean>(self.conn);
-                    match m {
-                        Ok(m) => {
-                            self.role_means.insert(key, m.mean);
-                            m.mean
-                        }
-                        Err(e) => {
-                            self.error = Some(e.into());
-                            return (f64::INFINITY, f64::INFINITY);
-                        }
-                    }
+                    let m = self.mean("$1 = ANY(actor_roles)", Who::Role(r), start);
+                    self.role_means.insert(key, m);
+                    m
                 }
             };
             role = role.max(mean);
