@@ -100,6 +100,27 @@ pub fn audit_queue_depth(events: usize) {
     metrics::gauge!("custodian_audit_queue_depth").set(events as f64);
 }
 
+/// One detectors' pass: whether this instance ran it (else another held the lock), how
+/// many events the detectors are behind the chain head, the break-glass grants active, and
+/// the kinds of the alerts it raised (fixed codes: the only label).
+pub fn detector_pass<'a>(
+    ran: bool,
+    lag: i64,
+    active_grants: i64,
+    raised: impl Iterator<Item = &'a str>,
+) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    if ran {
+        metrics::gauge!("custodian_detector_lag_events").set(lag.max(0) as f64);
+        metrics::gauge!("custodian_break_glass_active_grants").set(active_grants.max(0) as f64);
+    }
+    for kind in raised {
+        metrics::counter!("custodian_alerts_total", "detector" => kind.to_string()).increment(1);
+    }
+}
+
 /// The metrics listener, `GET /metrics` in Prometheus text format, and its bound address.
 /// `pool` reports the database pool's (connections, idle connections) at each scrape.
 pub fn server<P>(

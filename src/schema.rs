@@ -400,13 +400,27 @@ diesel::table! {
         id -> Uuid,
         kind -> Text,
         severity -> Text,
-        grant_id -> Uuid,
-        user_id -> Uuid,
-        patient_id -> Uuid,
+        grant_id -> Nullable<Uuid>,
+        user_id -> Nullable<Uuid>,
+        patient_id -> Nullable<Uuid>,
         created_at -> Timestamptz,
         delivered_at -> Nullable<Timestamptz>,
         attempts -> Int4,
         last_attempt_at -> Nullable<Timestamptz>,
+        source_ip -> Nullable<Text>,
+        client_id -> Nullable<Text>,
+        reason -> Text,
+        figures -> Array<Int8>,
+        evidence_seqs -> Array<Int8>,
+        dedup_key -> Nullable<Text>,
+    }
+}
+
+diesel::table! {
+    detector_cursor (id) {
+        id -> Bool,
+        seq -> Int8,
+        updated_at -> Timestamptz,
     }
 }
 

@@ -126,6 +126,14 @@ impl Application {
         // path (access stops at expiry regardless: the decision point compares times).
         crate::access::expiry::spawn_sweeper(&state.clone().into_inner());
 
+        // The detectors live as long as the state (the task holds it weakly).
+        crate::detect::spawn(
+            std::sync::Arc::downgrade(&state.clone().into_inner()),
+            state.db.clone(),
+            config.detect.clone(),
+            state.clock.clone(),
+        );
+
         // The console's settings are app data of their own (the state does not know the
         // console); without `[console]` every console route answers 404.
         let console = config

@@ -14,6 +14,7 @@ use crate::auth::config::AuthConfig;
 use crate::console::config::ConsoleConfig;
 use crate::crypto::config::CryptoConfig;
 use crate::db::config::DatabaseConfig;
+use crate::detect::config::DetectConfig;
 use crate::fhir::config::FhirConfig;
 use crate::monitoring::MetricsConfig;
 use crate::telemetry::LogConfig;
@@ -52,6 +53,9 @@ pub struct Config {
     /// The FHIR API (update preconditions).
     #[serde(default)]
     pub fhir: FhirConfig,
+    /// The privacy detectors over the audit trail.
+    #[serde(default)]
+    pub detect: DetectConfig,
 }
 
 /// Environment variables that belong to Custodian but are not settings.
@@ -93,6 +97,7 @@ impl Config {
     pub fn validate(&self) -> Result<(), ConfigError> {
         validate_database_url(self.database.url.expose())?;
         self.audit.validate()?;
+        self.detect.validate()?;
         if self.database.pool_size == 0 {
             return Err(ConfigError::new("database.pool_size", "must be at least 1"));
         }

@@ -102,6 +102,17 @@ settings! {
     "break_glass.auth_max_age_secs", Int, "900", "Break-glass: the person's sign-in (token auth_time) must be at most this old, else 401 with an RFC 9470 step-up challenge";
     "break_glass.acr_values", List, "[\"http://schemas.openid.net/pape/policies/2007/06/multi-factor\"]", "Break-glass: token acr values that show multi-factor authentication (an amr containing mfa does too)";
     "break_glass.review_days", Int, "7", "Break-glass: a privacy officer's review of a grant is due this many days after its request (overdue reviews are highlighted on the console dashboard)";
+    "detect.enabled", Bool, "true", "Detectors: run the privacy detectors over the audit trail on this instance (however many instances have it on, one at a time works, under a PostgreSQL advisory lock); see docs/privacy-detection.md";
+    "detect.batch_max", Int, "2000", "Detectors: most audit events consumed in one pass (one transaction; 1 to 20000)";
+    "detect.poll_ms", Int, "1000", "Detectors: pause between passes once caught up with the trail (10 to 60000)";
+    "detect.denials_threshold", Int, "3", "Detectors (repeated-denial): refusals of one person for lack of a care relationship that raise an alert within detect.denials_window_mins";
+    "detect.denials_window_mins", Int, "10", "Detectors (repeated-denial): the window in minutes (tumbling, at most 1440)";
+    "detect.failures_threshold", Int, "20", "Detectors (auth-failure-spike): refusals answered 401/403/429 from one source address, one client or one person that raise an alert within detect.failures_window_mins";
+    "detect.failures_window_mins", Int, "5", "Detectors (auth-failure-spike): the window in minutes (tumbling, at most 1440)";
+    "detect.bulk_window_mins", Int, "60", "Detectors (bulk-access): the window in minutes (tumbling, at most 1440) in which the distinct patients one person accessed are counted";
+    "detect.bulk_min_patients", Int, "50", "Detectors (bulk-access): the fewest distinct patients in a window that can raise an alert, whatever the baselines";
+    "detect.bulk_factor", Int, "3", "Detectors (bulk-access): an alert needs more than this many times the person's own mean per active window and their role's mean";
+    "detect.bulk_baseline_days", Int, "14", "Detectors (bulk-access): the days before the window over which both means are computed (at most 90)";
     "console.trusted_proxies", List, "[]", "Admin console: IP addresses of reverse proxies whose Forwarded / X-Forwarded-Host headers the Origin check of console forms believes; from any other peer those headers are ignored (empty = trust none)";
 }
 

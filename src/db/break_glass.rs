@@ -493,7 +493,8 @@ pub fn decision_reason(
         .flatten())
 }
 
-/// The kinds of alert (`alerts.kind`).
+/// The break-glass kinds of alert (`alerts.kind`; the whole vocabulary and the listing
+/// are in `db::alerts`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum AlertKind {
     Request,
@@ -534,38 +535,6 @@ pub fn raise_alert(
         .do_nothing()
         .execute(conn)?;
     Ok(n == 1)
-}
-
-/// One alert as the dashboard shows it (and a webhook would send it): ids and codes.
-#[derive(Clone, Debug, Queryable)]
-pub struct Alert {
-    pub id: uuid::Uuid,
-    pub kind: String,
-    pub severity: String,
-    pub grant_id: GrantId,
-    pub user_id: UserId,
-    pub patient_id: PatientId,
-    pub created_at: DateTime<Utc>,
-    pub delivered_at: Option<DateTime<Utc>>,
-}
-
-/// The newest alerts (at most `limit`).
-pub fn recent_alerts(conn: &mut PgConnection, limit: i64) -> Result<Vec<Alert>, AppError> {
-    use crate::db::schema::alerts as a;
-    Ok(a::table
-        .order(a::created_at.desc())
-        .limit(limit)
-        .select((
-            a::id,
-            a::kind,
-            a::severity,
-            a::grant_id,
-            a::user_id,
-            a::patient_id,
-            a::created_at,
-            a::delivered_at,
-        ))
-        .load(conn)?)
 }
 
 /// A privacy officer's verdict on a grant (its notes opened).

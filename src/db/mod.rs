@@ -1,6 +1,7 @@
 //! PostgreSQL access: the connection pool, running Diesel work off the async workers,
 //! migrations under an advisory lock, and readiness.
 
+pub mod alerts;
 pub mod break_glass;
 pub mod claims;
 pub mod config;

@@ -44,7 +44,7 @@ pub struct Dashboard {
     /// Whether the administration links show: [`Chrome::admin`], decided by
     /// `policy::admin::console_area` like the pages themselves (no role check here).
     admin: bool,
-    /// The newest alerts (break-glass requests, approvals, first uses).
+    /// The newest alerts (break-glass and detectors).
     alerts: Vec<AlertRow>,
     /// Grants whose review is overdue.
     overdue: Vec<break_glass::GrantRow>,
@@ -85,13 +85,42 @@ impl VerifyRow {
     }
 }
 
-/// One alert on the dashboard (ids and codes only).
+/// One alert on the dashboard (ids, codes and the explanation built from them).
 pub struct AlertRow {
     pub time: String,
     pub kind: String,
-    pub grant: String,
+    pub severity: String,
+    pub title: &'static str,
+    pub explanation: String,
+    /// The break-glass grant it is about, if any.
+    pub grant: Option<String>,
     pub user: String,
     pub patient: String,
+    /// Who when not a person: the source address or client id.
+    pub source: String,
+    /// Audit sequence numbers of the evidence (each links to its event page).
+    pub evidence: Vec<i64>,
+}
+
+impl AlertRow {
+    fn of(a: crate::db::alerts::Alert) -> Self {
+        let explanation = a.explanation();
+        let title = crate::db::alerts::AlertKind::from_code(&a.kind).map_or("Alert", |k| k.title());
+        let mut evidence = a.evidence_seqs;
+        evidence.truncate(10);
+        AlertRow {
+            time: time(a.created_at),
+            title,
+            explanation,
+            severity: a.severity,
+            grant: a.grant_id.map(|g| g.to_string()),
+            user: a.user_id.map(|u| u.to_string()).unwrap_or_default(),
+            patient: a.patient_id.map(|p| p.to_string()).unwrap_or_default(),
+            source: a.source_ip.or(a.client_id).unwrap_or_default(),
+            kind: a.kind,
+            evidence,
+        }
+    }
 }
 
 /// Alerts the dashboard shows.
@@ -107,7 +136,7 @@ pub async fn dashboard(page: ConsolePage) -> Result<Dashboard, AppError> {
         .state
         .db
         .run(move |c| {
-            let alerts = crate::db::break_glass::recent_alerts(c, ALERTS_SHOWN)?;
+            let alerts = crate::db::alerts::recent(c, ALERTS_SHOWN)?;
             let overdue = crate::db::break_glass::overdue_reviews(c, now, ALERTS_SHOWN)?;
             let head = crate::audit::store::head(c)?;
             let checks = crate::audit::checks::latest(c)?;
@@ -115,16 +144,7 @@ pub async fn dashboard(page: ConsolePage) -> Result<Dashboard, AppError> {
         })
         .await?;
     Ok(Dashboard {
-        alerts: alerts
-            .into_iter()
-            .map(|a| AlertRow {
-                time: time(a.created_at),
-                kind: a.kind,
-                grant: a.grant_id.to_string(),
-                user: a.user_id.to_string(),
-                patient: a.patient_id.to_string(),
-            })
-            .collect(),
+        alerts: alerts.into_iter().map(AlertRow::of).collect(),
         overdue: overdue
             .iter()
             .map(|g| break_glass::GrantRow::of(g, now, false))

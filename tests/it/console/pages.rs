@@ -2252,3 +2252,60 @@ async fn privacy_officers_see_revoke_and_review_break_glass_grants() {
         "reviewed: not overdue"
     );
 }
+
+/// Detector alerts (issue 15) on the dashboard: title, severity, the explanation built from
+/// codes and figures, the person or source, and links to the evidence events.
+#[tokio::test]
+async fn the_dashboard_explains_detector_alerts_and_links_their_evidence() {
+    use custodian::db::alerts::{AlertKind, NewAlert, raise_all};
+    let c = Console::start().await;
+    let po = c.user("privacy", &[Role::PrivacyOfficer], None);
+    c.enrol(po);
+    let p = c.sign_in(po);
+    let alert = |kind: AlertKind, reason: &'static str, figures: Vec<i64>| NewAlert {
+        kind,
+        severity: kind.severity(),
+        reason,
+        user_id: None,
+        patient_id: None,
+        grant_id: None,
+        source_ip: None,
+        client_id: None,
+        figures,
+        evidence_seqs: vec![2, 3, 5],
+        dedup_key: format!("test:{}", kind.code()),
+        created_at: chrono::Utc::now(),
+    };
+    let mut denial = alert(AlertKind::RepeatedDenial, "no-relationship", vec![3, 10, 3]);
+    denial.user_id = Some(custodian::domain::UserId(po));
+    let mut spike = alert(AlertKind::AuthFailureSpike, "address", vec![25, 5, 20]);
+    spike.source_ip = Some("10.9.8.7".into());
+    let raised = raise_all(&mut c.app.db.conn(), &[denial.clone(), spike]).unwrap();
+    assert_eq!(raised.len(), 2);
+    // The same key again: nothing new.
+    assert!(
+        raise_all(&mut c.app.db.conn(), &[denial])
+            .unwrap()
+            .is_empty()
+    );
+
+    let html = c.get(&p, "/console").await.text().await.unwrap();
+    assert!(
+        html.contains("Repeatedly refused without a relationship"),
+        "{html}"
+    );
+    assert!(
+        html.contains("A person was refused 3 time(s) within 10 minute(s)"),
+        "{html}"
+    );
+    assert!(html.contains(&format!("user <code>{po}</code>")), "{html}");
+    assert!(
+        html.contains(
+            "25 authentication or authorisation failure(s) (401/403/429) from one source address"
+        ),
+        "{html}"
+    );
+    assert!(html.contains("source <code>10.9.8.7</code>"), "{html}");
+    assert!(html.contains("href=\"/console/audit/5\""), "{html}");
+    assert!(html.contains("severity-medium"), "{html}");
+}

@@ -5,6 +5,7 @@ mod audit;
 mod cli;
 mod crypto;
 mod database;
+mod detect;
 mod dev_tokens;
 mod edge;
 mod fault;
