@@ -78,7 +78,9 @@ impl Classes {
     /// Whether `patient` falls in a class smaller than `k` (its records are suppressed
     /// when the export asks for it).
     pub fn below_k(&self, patient: &Value, k: u64) -> bool {
-        self.sizes.get(&QuasiId::of(patient)).is_some_and(|n| *n < k)
+        self.sizes
+            .get(&QuasiId::of(patient))
+            .is_some_and(|n| *n < k)
     }
 
     pub fn report(&self, k: u64, suppressed: bool) -> Report {
@@ -142,11 +144,19 @@ mod tests {
             r.below_k,
             vec![
                 SmallClass {
-                    key: QuasiId { zip3: "000".into(), birth_year: "90+".into(), gender: "female".into() },
+                    key: QuasiId {
+                        zip3: "000".into(),
+                        birth_year: "90+".into(),
+                        gender: "female".into()
+                    },
                     size: 1
                 },
                 SmallClass {
-                    key: QuasiId { zip3: "946".into(), birth_year: "1955".into(), gender: "other".into() },
+                    key: QuasiId {
+                        zip3: "946".into(),
+                        birth_year: "1955".into(),
+                        gender: "other".into()
+                    },
                     size: 2
                 },
             ]
@@ -157,7 +167,10 @@ mod tests {
         let mut after = Classes::default();
         kept.iter().for_each(|p| after.add(p));
         let r = after.report(3, true);
-        assert_eq!((r.smallest_class, r.classes_below_k, r.suppressed), (3, 0, true));
+        assert_eq!(
+            (r.smallest_class, r.classes_below_k, r.suppressed),
+            (3, 0, true)
+        );
         // k = 1: every data set qualifies.
         assert_eq!(classes.report(1, false).classes_below_k, 0);
     }

@@ -202,7 +202,9 @@ impl Rules {
                 return refuse(format!("{kind}.{e} is not classified by any rule"));
             }
             if let Some(f) = fields.keys().find(|f| !elements.contains(f.as_str())) {
-                return refuse(format!("{kind}.{f} has a rule but is not an element of {kind}"));
+                return refuse(format!(
+                    "{kind}.{f} has a rule but is not an element of {kind}"
+                ));
             }
             for (name, rule) in fields {
                 self.check_rule(&format!("{kind}.{name}"), rule)?;
@@ -223,7 +225,8 @@ impl Rules {
             Rule::Vocabulary { list } if !self.vocabulary.contains_key(list) => {
                 refuse(format!("{at}: vocabulary {list} is not defined"))
             }
-            Rule::Coding { systems } => match systems.iter().find(|s| !self.codes.contains_key(*s)) {
+            Rule::Coding { systems } => match systems.iter().find(|s| !self.codes.contains_key(*s))
+            {
                 Some(s) => refuse(format!("{at}: code system {s} is not defined")),
                 None => Ok(()),
             },
@@ -279,10 +282,26 @@ mod tests {
         let cases = [
             ("schema = 1", "schema = 2", "schema 2"),
             ("\"036\",", "\"36\",", "not three digits"),
-            ("aggregate_from = 90", "aggregate_from = 91", "aggregate_from"),
-            ("list = \"currencies\"", "list = \"money\"", "vocabulary money"),
-            ("systems = [\"cpt\"]", "systems = [\"icd\"]", "code system icd"),
-            ("action = \"birth_date\"", "action = \"keep\"", "unknown variant"),
+            (
+                "aggregate_from = 90",
+                "aggregate_from = 91",
+                "aggregate_from",
+            ),
+            (
+                "list = \"currencies\"",
+                "list = \"money\"",
+                "vocabulary money",
+            ),
+            (
+                "systems = [\"cpt\"]",
+                "systems = [\"icd\"]",
+                "code system icd",
+            ),
+            (
+                "action = \"birth_date\"",
+                "action = \"keep\"",
+                "unknown variant",
+            ),
         ];
         for (from, to, why) in cases {
             let text = DEFAULT_RULES.replacen(from, to, 1);

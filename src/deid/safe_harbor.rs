@@ -87,10 +87,20 @@ mod tests {
     fn fhir_dates_of_every_precision_parse_and_nothing_else() {
         assert_eq!(parse_date("1950").unwrap().year, 1950);
         assert_eq!(parse_date("1950-02").unwrap().day, None);
-        assert_eq!(parse_date("1950-02-28").unwrap().day, Some(day("1950-02-28")));
+        assert_eq!(
+            parse_date("1950-02-28").unwrap().day,
+            Some(day("1950-02-28"))
+        );
         assert!(parse_date("2024-05-01T10:20:30.123+02:00").is_some());
         assert!(parse_date("2024-05-01T10:20:30Z").is_some());
-        for bad in ["1950-02-30", "1950-13", "50-01-01", "John", "", "1950-01-01 x"] {
+        for bad in [
+            "1950-02-30",
+            "1950-13",
+            "50-01-01",
+            "John",
+            "",
+            "1950-01-01 x",
+        ] {
             assert_eq!(parse_date(bad), None, "{bad}");
         }
     }
@@ -99,7 +109,10 @@ mod tests {
     fn ages_over_89_are_aggregated_at_90() {
         let as_of = day("2026-12-01");
         let b = |s| parse_date(s).unwrap();
-        assert!(!aged(&b("1937-12-02"), as_of, 90), "89 the day before the birthday");
+        assert!(
+            !aged(&b("1937-12-02"), as_of, 90),
+            "89 the day before the birthday"
+        );
         assert!(aged(&b("1936-12-01"), as_of, 90), "90 on the birthday");
         assert!(!aged(&b("1936-12-02"), as_of, 90), "89 until then");
         assert!(aged(&b("1900-01-01"), as_of, 90));
@@ -111,15 +124,21 @@ mod tests {
 
     #[test]
     fn zip3_keeps_three_digits_and_zeroes_restricted_areas() {
-        let restricted: BTreeSet<String> = ["036", "059", "063", "102", "203", "556", "692",
-            "790", "821", "823", "830", "831", "878", "879", "884", "890", "893"]
-            .iter()
-            .map(|s| s.to_string())
-            .collect();
+        let restricted: BTreeSet<String> = [
+            "036", "059", "063", "102", "203", "556", "692", "790", "821", "823", "830", "831",
+            "878", "879", "884", "890", "893",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
         assert_eq!(zip3("02139", &restricted).as_deref(), Some("021"));
         assert_eq!(zip3("02139-4307", &restricted).as_deref(), Some("021"));
         for p in &restricted {
-            assert_eq!(zip3(&format!("{p}42"), &restricted).as_deref(), Some("000"), "{p}");
+            assert_eq!(
+                zip3(&format!("{p}42"), &restricted).as_deref(),
+                Some("000"),
+                "{p}"
+            );
         }
         for bad in ["0213", "021394", "ABCDE", "02139-43", " 02139"] {
             assert_eq!(zip3(bad, &restricted), None, "{bad}");
@@ -131,6 +150,9 @@ mod tests {
         let d = parse_date("2024-03-01").unwrap();
         assert_eq!(shifted(&d, -1).as_deref(), Some("2024-02-29"));
         assert_eq!(shifted(&d, 31).as_deref(), Some("2024-04-01"));
-        assert_eq!(shifted(&parse_date("2024").unwrap(), 5).as_deref(), Some("2024"));
+        assert_eq!(
+            shifted(&parse_date("2024").unwrap(), 5).as_deref(),
+            Some("2024")
+        );
     }
 }

@@ -113,7 +113,11 @@ fn legitimate_resources_keep_what_analytics_needs_and_nothing_else() {
     let engine = Deidentifier::new(&rules, &k, as_of());
     let out: Vec<Value> = resources()
         .iter()
-        .map(|(kind, r)| engine.apply(*kind, r, Uuid::parse_str(PATIENT).unwrap()).unwrap())
+        .map(|(kind, r)| {
+            engine
+                .apply(*kind, r, Uuid::parse_str(PATIENT).unwrap())
+                .unwrap()
+        })
         .collect();
     let p = k.pseudonym("Patient", PATIENT);
     assert_eq!(
@@ -123,12 +127,27 @@ fn legitimate_resources_keep_what_analytics_needs_and_nothing_else() {
     );
     assert_eq!(out[1]["subject"]["reference"], format!("Patient/{p}"));
     assert_eq!(out[1]["effectiveDateTime"], "2026");
-    assert_eq!(out[1]["code"], json!({ "coding": [{ "system": "http://loinc.org", "code": "8480-6" }] }));
+    assert_eq!(
+        out[1]["code"],
+        json!({ "coding": [{ "system": "http://loinc.org", "code": "8480-6" }] })
+    );
     assert_eq!(out[1]["valueQuantity"]["value"], 128);
-    assert_eq!(out[2]["author"][0]["reference"], format!("Practitioner/{}", k.pseudonym("Practitioner", PRACTITIONER)));
-    assert!(out[2]["content"][0]["attachment"].get("data").is_none(), "the note is dropped");
-    assert_eq!(out[3]["item"][0]["productOrService"]["coding"][0]["code"], "99213");
-    assert_eq!(out[3]["total"], json!({ "value": 120.5, "currency": "USD" }));
+    assert_eq!(
+        out[2]["author"][0]["reference"],
+        format!("Practitioner/{}", k.pseudonym("Practitioner", PRACTITIONER))
+    );
+    assert!(
+        out[2]["content"][0]["attachment"].get("data").is_none(),
+        "the note is dropped"
+    );
+    assert_eq!(
+        out[3]["item"][0]["productOrService"]["coding"][0]["code"],
+        "99213"
+    );
+    assert_eq!(
+        out[3]["total"],
+        json!({ "value": 120.5, "currency": "USD" })
+    );
     assert!(!out[3].to_string().contains("Whitfield") && !out[3].to_string().contains("Acme"));
 }
 
@@ -139,13 +158,19 @@ fn pseudonyms_join_within_a_key_and_not_across_keys() {
     let subject = Uuid::parse_str(PATIENT).unwrap();
     let run = |k: &ExportKey| -> Vec<Value> {
         let engine = Deidentifier::new(&rules, k, as_of());
-        resources().iter().map(|(kind, r)| engine.apply(*kind, r, subject).unwrap()).collect()
+        resources()
+            .iter()
+            .map(|(kind, r)| engine.apply(*kind, r, subject).unwrap())
+            .collect()
     };
     let (a1, a2, b1) = (run(&a), run(&a), run(&b));
     // Stable per key: the same patient has the same pseudonym in two exports.
     assert_eq!(a1[0]["id"], a2[0]["id"]);
     // Joinable: the Observation's subject is the Patient's pseudonym.
-    assert_eq!(a1[1]["subject"]["reference"], format!("Patient/{}", a1[0]["id"].as_str().unwrap()));
+    assert_eq!(
+        a1[1]["subject"]["reference"],
+        format!("Patient/{}", a1[0]["id"].as_str().unwrap())
+    );
     // Another key: unrelated.
     assert_ne!(a1[0]["id"], b1[0]["id"]);
     assert_ne!(a1[1]["subject"], b1[1]["subject"]);
@@ -164,13 +189,28 @@ fn ages_over_89_become_90_or_older_at_the_boundary() {
     let engine = Deidentifier::new(&rules, &k, as_of());
     let s = Uuid::parse_str(PATIENT).unwrap();
     // 89 (birthday tomorrow): the year is kept.
-    let p89 = engine.apply(ResourceType::Patient, &patient_born("1936-12-02", "03101"), s).unwrap();
+    let p89 = engine
+        .apply(
+            ResourceType::Patient,
+            &patient_born("1936-12-02", "03101"),
+            s,
+        )
+        .unwrap();
     assert_eq!(p89["birthDate"], "1936");
     assert!(p89.get("extension").is_none());
     // 90 today: no birth date at all, the 90-or-older marker instead.
-    let p90 = engine.apply(ResourceType::Patient, &patient_born("1936-12-01", "03101"), s).unwrap();
+    let p90 = engine
+        .apply(
+            ResourceType::Patient,
+            &patient_born("1936-12-01", "03101"),
+            s,
+        )
+        .unwrap();
     assert!(p90.get("birthDate").is_none());
-    assert_eq!(p90["extension"], json!([{ "url": AGE_90_OR_OLDER, "valueBoolean": true }]));
+    assert_eq!(
+        p90["extension"],
+        json!([{ "url": AGE_90_OR_OLDER, "valueBoolean": true }])
+    );
     assert!(!p90.to_string().contains("1936"));
     let mut classes = Classes::default();
     classes.add(&p90);
@@ -182,8 +222,16 @@ fn zip3_of_restricted_areas_is_000_in_exports() {
     let (rules, k) = (rules(), key(1));
     let engine = Deidentifier::new(&rules, &k, as_of());
     let s = Uuid::parse_str(PATIENT).unwrap();
-    for (zip, want) in [("03601", "000"), ("89301-1234", "000"), ("10212", "000"), ("03101", "031"), ("94607", "946")] {
-        let out = engine.apply(ResourceType::Patient, &patient_born("1980-01-01", zip), s).unwrap();
+    for (zip, want) in [
+        ("03601", "000"),
+        ("89301-1234", "000"),
+        ("10212", "000"),
+        ("03101", "031"),
+        ("94607", "946"),
+    ] {
+        let out = engine
+            .apply(ResourceType::Patient, &patient_born("1980-01-01", zip), s)
+            .unwrap();
         assert_eq!(out["address"][0]["postalCode"], want, "{zip}");
     }
 }
@@ -199,7 +247,10 @@ fn date_shift_mode_moves_each_patients_dates_by_one_secret_offset() {
     let out = engine.apply(ResourceType::Observation, obs, s).unwrap();
     let shift = k.date_shift_days(s, rules.dates.max_shift_days);
     let want = NaiveDate::from_ymd_opt(2026, 3, 4).unwrap() + chrono::Duration::days(shift);
-    assert_eq!(out["effectiveDateTime"], want.format("%Y-%m-%d").to_string());
+    assert_eq!(
+        out["effectiveDateTime"],
+        want.format("%Y-%m-%d").to_string()
+    );
     assert_ne!(out["effectiveDateTime"], "2026-03-04");
 }
 
@@ -209,8 +260,20 @@ fn date_shift_mode_moves_each_patients_dates_by_one_secret_offset() {
 /// Words of the output's own vocabulary (types, fixed values) a generated name could
 /// be part of; names are drawn outside them so a hit is a real leak.
 const RESERVED: &[&str] = &[
-    "Patient", "Practitioner", "Organization", "Observation", "DocumentReference", "Claim",
-    "Code", "Type", "Quantity", "Date", "Time", "Reference", "Service", "Organization",
+    "Patient",
+    "Practitioner",
+    "Organization",
+    "Observation",
+    "DocumentReference",
+    "Claim",
+    "Code",
+    "Type",
+    "Quantity",
+    "Date",
+    "Time",
+    "Reference",
+    "Service",
+    "Organization",
 ];
 
 fn identifier() -> impl Strategy<Value = String> {
@@ -257,8 +320,14 @@ fn plant(v: &mut Value, ids: &[String], mask: &[bool], n: &mut usize) {
             let (a, _, i) = next(n);
             let (b, _, _) = next(n);
             let (c, _, _) = next(n);
-            map.insert("extension".into(), json!([{ "url": "https://x.example/ext", "valueString": a }]));
-            map.insert("text".into(), json!({ "status": "generated", "div": format!("<div>{b}</div>") }));
+            map.insert(
+                "extension".into(),
+                json!([{ "url": "https://x.example/ext", "valueString": a }]),
+            );
+            map.insert(
+                "text".into(),
+                json!({ "status": "generated", "div": format!("<div>{b}</div>") }),
+            );
             map.insert("note".into(), json!([{ "text": c }]));
             map.insert(format!("display{i}"), json!(a));
         }
@@ -280,9 +349,27 @@ fn strings(v: &Value, out: &mut Vec<String>) {
 
 /// What the fixture itself holds that identifies the patient.
 const FIXTURE_IDENTIFIERS: &[&str] = &[
-    "Okonkwo", "Adaeze", "Ngozi", "MRN004211", "123-45-6789", "555-0142", "adaeze@",
-    "Elm Street", "Cambridge", "02139", "Whitfield", "Acme", "55-1234", "1961-07-23",
-    "2026-03-04", "2026-03-05", "2026-11-30", "Systolic", "QWRhZXpl", PATIENT, PRACTITIONER,
+    "Okonkwo",
+    "Adaeze",
+    "Ngozi",
+    "MRN004211",
+    "123-45-6789",
+    "555-0142",
+    "adaeze@",
+    "Elm Street",
+    "Cambridge",
+    "02139",
+    "Whitfield",
+    "Acme",
+    "55-1234",
+    "1961-07-23",
+    "2026-03-04",
+    "2026-03-05",
+    "2026-11-30",
+    "Systolic",
+    "QWRhZXpl",
+    PATIENT,
+    PRACTITIONER,
 ];
 
 #[test]
@@ -307,7 +394,11 @@ fn no_planted_identifier_survives_de_identification() {
             let mut found = Vec::new();
             strings(&out, &mut found);
             for s in &found {
-                for id in ids.iter().map(String::as_str).chain(FIXTURE_IDENTIFIERS.iter().copied()) {
+                for id in ids
+                    .iter()
+                    .map(String::as_str)
+                    .chain(FIXTURE_IDENTIFIERS.iter().copied())
+                {
                     prop_assert!(!s.contains(id), "{kind:?}: {id:?} survived in {s:?}");
                 }
             }
