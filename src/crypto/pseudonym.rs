@@ -33,6 +33,20 @@ impl ExportKey {
         ExportKey { key }
     }
 
+    /// `crypto.export_key`, when set (its distinctness from the other keys is checked
+    /// by [`super::config::CryptoConfig::validate`]).
+    pub fn from_config(
+        cfg: &super::config::CryptoConfig,
+    ) -> Result<Option<ExportKey>, super::CryptoError> {
+        cfg.export_key
+            .as_ref()
+            .filter(|k| !k.expose().trim().is_empty())
+            .map(|k| {
+                super::provider::decode_key("crypto.export_key", k.expose()).map(ExportKey::new)
+            })
+            .transpose()
+    }
+
     fn mac(&self, label: &[u8], parts: &[&[u8]]) -> [u8; 32] {
         // HMAC accepts keys of any length: a 32-byte key cannot be refused.
         let Ok(mut mac) = <Hmac<Sha256> as Mac>::new_from_slice(self.key.as_ref()) else {
@@ -91,6 +105,46 @@ mod tests {
         assert_eq!(a.pseudonym("Patient", id).len(), 64);
         assert_ne!(a.key_id(), b.key_id());
         assert_eq!(format!("{a:?}"), "ExportKey([redacted])");
+    }
+
+    #[test]
+    fn the_export_key_is_a_setting_of_its_own_and_differs_from_the_other_keys() {
+        use crate::crypto::config::CryptoConfig;
+        use crate::secret::Secret;
+        let b64 = |b: u8| {
+            use base64::Engine;
+            Secret::new(base64::engine::general_purpose::STANDARD.encode([b; 32]))
+        };
+        let cfg = CryptoConfig {
+            kek: Some(b64(1)),
+            blind_index_key: Some(b64(2)),
+            export_key: Some(b64(3)),
+            ..CryptoConfig::default()
+        };
+        assert!(cfg.validate().is_ok());
+        let k = ExportKey::from_config(&cfg).unwrap().unwrap();
+        assert_eq!(k.key_id(), key(3).key_id());
+        for same in [1, 2] {
+            let cfg = CryptoConfig {
+                export_key: Some(b64(same)),
+                ..cfg.clone()
+            };
+            let err = cfg.validate().unwrap_err().to_string();
+            assert!(
+                err.contains("crypto.export_key") && err.contains("must differ"),
+                "{err}"
+            );
+        }
+        let unset = CryptoConfig {
+            export_key: None,
+            ..cfg.clone()
+        };
+        assert!(ExportKey::from_config(&unset).unwrap().is_none());
+        let bad = CryptoConfig {
+            export_key: Some(Secret::new("AAAA".into())),
+            ..cfg
+        };
+        assert!(ExportKey::from_config(&bad).is_err());
     }
 
     #[test]
