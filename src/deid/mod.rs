@@ -5,6 +5,7 @@
 //! [`crate::crypto::pseudonym`] under the export key.
 
 pub mod engine;
+pub mod export;
 pub mod kanon;
 pub mod rules;
 pub mod safe_harbor;
@@ -13,5 +14,6 @@ pub mod safe_harbor;
 mod tests;
 
 pub use engine::Deidentifier;
+pub use export::DeidSet;
 pub use kanon::{Classes, Report};
 pub use rules::{Rules, RulesError};
