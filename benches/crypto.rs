@@ -103,6 +103,7 @@ fn rotation_rate() {
         kek: Some(Secret::new(random_key())),
         rotation_kek: None,
         blind_index_key: Some(Secret::new(random_key())),
+        export_key: None,
     };
     let kr = custodian::app::keys::load_keyring(&cfg, &url, 5).unwrap();
     let mut conn = PgConnection::establish(&url).unwrap();

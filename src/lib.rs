@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod crypto;
 pub mod db;
+pub mod deid;
 pub mod detect;
 pub mod dev;
 pub mod domain;

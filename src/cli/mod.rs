@@ -117,6 +117,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("\n{}", crate::policy::matrix::smart_context_table());
             print!("\n{}", crate::policy::admin::markdown_table());
             print!("\n{}", crate::policy::confidentiality::markdown_table());
+            print!("\n{}", crate::policy::export::markdown_table());
             Ok(())
         }
         Command::DevToken {

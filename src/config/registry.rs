@@ -66,6 +66,7 @@ settings! {
     "crypto.kek", Secret, "", "Key-encryption key that wraps the data keys: 32 random bytes, base64 (`head -c32 /dev/urandom | base64`); required to serve";
     "crypto.rotation_kek", Secret, "", "New key-encryption key for `custodian keys rotate --kek` (32 bytes, base64); while set, also accepted to unwrap data keys";
     "crypto.blind_index_key", Secret, "", "HMAC key for the blind indexes of MRN, SSN, names and birth date (32 bytes, base64); separate from the KEK; required to serve";
+    "crypto.export_key", Secret, "", "HMAC key of the pseudonyms and date shifts of de-identified exports (32 bytes, base64); must differ from the KEK and the blind-index key; same key = exports that join; not needed to serve";
     "auth.issuer", Str, "", "Bearer tokens: exact `iss` of accepted access tokens (https://, or http:// on localhost for tests). Setting any auth.* key enables bearer authentication; without the section bearer routes answer 401";
     "auth.audience", Str, "", "Bearer tokens: the API audience that `aud` must contain; required with auth.issuer";
     "auth.jwks_url", Str, "", "Bearer tokens: JWKS URL; empty = discovered from <issuer>/.well-known/openid-configuration (jwks_uri)";

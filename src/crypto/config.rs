@@ -5,7 +5,8 @@ use crate::secret::Secret;
 use serde::Deserialize;
 
 /// Keys for encryption at rest, split by duty: `kek` (normal operation), `rotation_kek`
-/// (the next KEK, for `keys rotate --kek`), `blind_index_key` (equality search). Each
+/// (the next KEK, for `keys rotate --kek`), `blind_index_key` (equality search),
+/// `export_key` (pseudonyms of de-identified exports, [`super::pseudonym`]). Each
 /// is 32 random bytes, base64; each may come from `<NAME>_FILE`. Required ones are
 /// checked when the keyring is built (serving, `keys`), so `migrate` needs no key.
 #[derive(Clone, Debug, Default, Deserialize)]
@@ -14,6 +15,7 @@ pub struct CryptoConfig {
     pub kek: Option<Secret<String>>,
     pub rotation_kek: Option<Secret<String>>,
     pub blind_index_key: Option<Secret<String>>,
+    pub export_key: Option<Secret<String>>,
 }
 
 impl CryptoConfig {
@@ -22,6 +24,7 @@ impl CryptoConfig {
             ("crypto.kek", &self.kek),
             ("crypto.rotation_kek", &self.rotation_kek),
             ("crypto.blind_index_key", &self.blind_index_key),
+            ("crypto.export_key", &self.export_key),
         ];
         let mut seen: Vec<(&str, zeroize::Zeroizing<[u8; 32]>)> = Vec::new();
         for (setting, value) in fields {

@@ -20,6 +20,7 @@ pub mod envelope;
 pub mod keyring;
 pub mod password;
 pub mod provider;
+pub mod pseudonym;
 pub mod rotation;
 pub mod sealable;
 
@@ -27,6 +28,7 @@ pub use blind::{BlindIndexKey, BlindKind, PrefixError};
 pub use envelope::DataKey;
 pub use keyring::{Keyring, Sealer};
 pub use provider::{KeyProvider, LocalKek};
+pub use pseudonym::ExportKey;
 pub use sealable::Sealable;
 
 use crate::error::AppError;

@@ -6,6 +6,7 @@
 pub mod admin;
 pub mod break_glass;
 pub mod confidentiality;
+pub mod export;
 pub mod matrix;
 pub mod review;
 pub mod views;

@@ -320,3 +320,12 @@ fn docs_confidentiality_table_is_current() {
         "docs/break-glass.md confidentiality table is stale: replace it with the last table `custodian policy` prints"
     );
 }
+
+#[test]
+fn docs_export_policy_table_is_current() {
+    assert_eq!(
+        generated_section("docs/export.md", "policy-export"),
+        custodian::policy::export::markdown_table(),
+        "docs/export.md export policy is stale: replace it with the export table `custodian policy` prints"
+    );
+}

@@ -25,6 +25,7 @@ fn crypto_config(kek: &str, rotation_kek: Option<&str>) -> CryptoConfig {
         kek: Some(Secret::new(kek.to_string())),
         rotation_kek: rotation_kek.map(|k| Secret::new(k.to_string())),
         blind_index_key: Some(Secret::new(test_keys().blind_index_key.clone())),
+        export_key: None,
     }
 }
 
