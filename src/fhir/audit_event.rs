@@ -83,6 +83,7 @@ fn event_type(a: AuditAction) -> (&'static str, &'static str, &'static str) {
         A::BreakGlassRequest
         | A::BreakGlassStart
         | A::BreakGlassEnd
+        | A::BreakGlassWithdraw
         | A::BreakGlassDecision
         | A::BreakGlassReview
         | A::BreakGlassLookup
