@@ -2,83 +2,29 @@
 //! search criteria. Get, search, insert, version-checked update and soft delete are the
 //! shared mechanics of [`crate::db::records`].
 
-use crate::crypto::{Keyring, Phi, Sealer, columns};
-use crate::db::phi::{open, open_opt};
+use crate::crypto::{Keyring, Sealer, columns};
 use crate::db::records::{self, RecordTable};
 use crate::db::schema::observations;
-use crate::domain::PatientId;
 use crate::error::AppError;
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::prelude::*;
 use serde_json::Value;
-use std::fmt;
 use uuid::Uuid;
 
-#[derive(Clone)]
-pub struct NewObservation {
-    pub patient_id: PatientId,
-    pub status: String,
-    pub code: String,
-    pub code_display: Option<String>,
-    /// FHIR `value[x]` as JSON (`{"valueQuantity": {...}}` or `{"valueString": "..."}`).
-    pub value: Value,
-    pub effective_at: DateTime<Utc>,
-}
-
-impl fmt::Debug for NewObservation {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("NewObservation")
-            .field("patient_id", &self.patient_id)
-            .field("code", &self.code)
-            .finish_non_exhaustive()
-    }
-}
-
-#[derive(Clone, Debug)]
-pub struct Observation {
-    pub id: Uuid,
-    pub version: i32,
-    pub key_version: i32,
-    pub patient_id: PatientId,
-    pub status: String,
-    pub code: String,
-    pub code_display: Option<Phi<String>>,
-    pub value: Phi<Value>,
-    pub effective_at: DateTime<Utc>,
-    pub created_at: DateTime<Utc>,
-    pub updated_at: DateTime<Utc>,
-    pub deleted_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Queryable, Selectable)]
-#[diesel(table_name = observations, check_for_backend(Pg))]
-pub struct ObservationRow {
-    id: Uuid,
-    version: i32,
-    key_version: i32,
-    patient_id: PatientId,
-    status: String,
-    code: String,
-    code_display_sealed: Option<Vec<u8>>,
-    value_sealed: Vec<u8>,
-    effective_at: DateTime<Utc>,
-    created_at: DateTime<Utc>,
-    updated_at: DateTime<Utc>,
-    deleted_at: Option<DateTime<Utc>>,
-}
-
-#[derive(Insertable, AsChangeset)]
-#[diesel(table_name = observations, treat_none_as_null = true)]
-pub struct ObservationWrite {
-    key_version: i32,
-    #[diesel(skip_update)]
-    patient_id: PatientId,
-    status: String,
-    code: String,
-    code_display_sealed: Option<Vec<u8>>,
-    value_sealed: Vec<u8>,
-    effective_at: DateTime<Utc>,
+records::record_structs! {
+    table observations;
+    /// An observation to write. `Debug` shows no PHI.
+    new NewObservation;
+    /// An opened observation; `value` is FHIR `value[x]` as JSON
+    /// (`{"valueQuantity": {...}}` or `{"valueString": "..."}`).
+    record Observation;
+    row ObservationRow;
+    write ObservationWrite;
+    kept {}
+    clear { status: String, code: String, effective_at: DateTime<Utc> }
+    sealed { value: Value => value_sealed @ columns::observations::VALUE }
+    sealed_opt { code_display: String => code_display_sealed @ columns::observations::CODE_DISPLAY }
 }
 
 /// Search criteria, AND-ed.
@@ -122,38 +68,10 @@ impl RecordTable for ObservationTable {
     type Query = observations::BoxedQuery<'static, Pg>;
 
     fn seal(new: &NewObservation, sealer: &Sealer, id: Uuid) -> Result<ObservationWrite, AppError> {
-        use columns::observations::{CODE_DISPLAY, VALUE};
-        let display = new.code_display.as_deref();
-        Ok(ObservationWrite {
-            key_version: sealer.version(),
-            patient_id: new.patient_id,
-            status: new.status.clone(),
-            code: new.code.clone(),
-            code_display_sealed: display
-                .map(|d| sealer.seal_str(&CODE_DISPLAY.at(id), d))
-                .transpose()?,
-            value_sealed: sealer.seal_value(&VALUE.at(id), &new.value)?,
-            effective_at: new.effective_at,
-        })
+        ObservationWrite::seal(new, sealer, id)
     }
-
     fn open(row: ObservationRow, kr: &Keyring) -> Result<Observation, AppError> {
-        use columns::observations::{CODE_DISPLAY, VALUE};
-        let display = row.code_display_sealed.as_deref();
-        Ok(Observation {
-            code_display: open_opt(kr, CODE_DISPLAY, row.id, display)?,
-            value: open(kr, VALUE, row.id, &row.value_sealed)?,
-            id: row.id,
-            version: row.version,
-            key_version: row.key_version,
-            patient_id: row.patient_id,
-            status: row.status,
-            code: row.code,
-            effective_at: row.effective_at,
-            created_at: row.created_at,
-            updated_at: row.updated_at,
-            deleted_at: row.deleted_at,
-        })
+        row.open(kr)
     }
 
     fn sort_column(key: crate::db::records::SortKey) -> Option<&'static str> {

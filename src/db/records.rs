@@ -362,6 +362,135 @@ macro_rules! statements {
 }
 pub(crate) use statements;
 
+/// Declares a record table's four structs from one field list: the body to write (`Debug`
+/// shows no PHI), the opened record (PHI as [`Phi`](crate::crypto::Phi)), the stored row
+/// and the write, with `Write::seal` and `Row::open`. Every table also has `id`, `version`,
+/// `key_version`, the subject `patient_id` and its timestamps. `kept` fields are set at
+/// creation and kept by updates (like the subject); `clear` fields are stored as they
+/// are; each `sealed` field is stored in the named column under its sealed-column
+/// constant (the AAD), `sealed_opt` ones may be absent.
+macro_rules! record_structs {
+    (
+        table $table:ident;
+        $(#[$new_doc:meta])* new $New:ident;
+        $(#[$rec_doc:meta])* record $Record:ident;
+        row $Row:ident;
+        write $Write:ident;
+        kept { $($kept:ident: $kept_ty:ty),* $(,)? }
+        clear { $($clear:ident: $clear_ty:ty),* $(,)? }
+        sealed { $($sealed:ident: $sealed_ty:ty => $sealed_col:ident @ $sealed_at:path),* $(,)? }
+        sealed_opt { $($opt:ident: $opt_ty:ty => $opt_col:ident @ $opt_at:path),* $(,)? }
+    ) => {
+        $(#[$new_doc])*
+        #[derive(Clone)]
+        pub struct $New {
+            pub patient_id: crate::domain::PatientId,
+            $(pub $kept: $kept_ty,)*
+            $(pub $clear: $clear_ty,)*
+            $(pub $sealed: $sealed_ty,)*
+            $(pub $opt: Option<$opt_ty>,)*
+        }
+
+        impl ::std::fmt::Debug for $New {
+            fn fmt(&self, f: &mut ::std::fmt::Formatter<'_>) -> ::std::fmt::Result {
+                f.debug_struct(stringify!($New))
+                    .field("patient_id", &self.patient_id)
+                    .finish_non_exhaustive()
+            }
+        }
+
+        $(#[$rec_doc])*
+        #[derive(Clone, Debug)]
+        pub struct $Record {
+            pub id: ::uuid::Uuid,
+            pub version: i32,
+            pub key_version: i32,
+            pub patient_id: crate::domain::PatientId,
+            $(pub $kept: $kept_ty,)*
+            $(pub $clear: $clear_ty,)*
+            $(pub $sealed: crate::crypto::Phi<$sealed_ty>,)*
+            $(pub $opt: Option<crate::crypto::Phi<$opt_ty>>,)*
+            pub created_at: ::chrono::DateTime<::chrono::Utc>,
+            pub updated_at: ::chrono::DateTime<::chrono::Utc>,
+            pub deleted_at: Option<::chrono::DateTime<::chrono::Utc>>,
+        }
+
+        #[derive(::diesel::Queryable, ::diesel::Selectable)]
+        #[diesel(table_name = crate::db::schema::$table, check_for_backend(::diesel::pg::Pg))]
+        pub struct $Row {
+            id: ::uuid::Uuid,
+            version: i32,
+            key_version: i32,
+            patient_id: crate::domain::PatientId,
+            $($kept: $kept_ty,)*
+            $($clear: $clear_ty,)*
+            $($sealed_col: Vec<u8>,)*
+            $($opt_col: Option<Vec<u8>>,)*
+            created_at: ::chrono::DateTime<::chrono::Utc>,
+            updated_at: ::chrono::DateTime<::chrono::Utc>,
+            deleted_at: Option<::chrono::DateTime<::chrono::Utc>>,
+        }
+
+        #[derive(::diesel::Insertable, ::diesel::AsChangeset)]
+        #[diesel(table_name = crate::db::schema::$table, treat_none_as_null = true)]
+        pub struct $Write {
+            key_version: i32,
+            #[diesel(skip_update)]
+            patient_id: crate::domain::PatientId,
+            $(#[diesel(skip_update)] $kept: $kept_ty,)*
+            $($clear: $clear_ty,)*
+            $($sealed_col: Vec<u8>,)*
+            $($opt_col: Option<Vec<u8>>,)*
+        }
+
+        impl $Write {
+            /// Seals `new` for row `id` with the active key of `sealer`.
+            #[allow(clippy::clone_on_copy)]
+            fn seal(
+                new: &$New,
+                sealer: &crate::crypto::Sealer,
+                id: ::uuid::Uuid,
+            ) -> Result<Self, crate::error::AppError> {
+                Ok($Write {
+                    key_version: sealer.version(),
+                    patient_id: new.patient_id,
+                    $($kept: new.$kept.clone(),)*
+                    $($clear: new.$clear.clone(),)*
+                    $($sealed_col: sealer.seal_value(&$sealed_at.at(id), &new.$sealed)?,)*
+                    $($opt_col: new
+                        .$opt
+                        .as_ref()
+                        .map(|v| sealer.seal_value(&$opt_at.at(id), v))
+                        .transpose()?,)*
+                })
+            }
+        }
+
+        impl $Row {
+            /// Opens the sealed columns (the row's key version is already loaded).
+            fn open(
+                self,
+                kr: &crate::crypto::Keyring,
+            ) -> Result<$Record, crate::error::AppError> {
+                Ok($Record {
+                    $($sealed: crate::db::phi::open(kr, $sealed_at, self.id, &self.$sealed_col)?,)*
+                    $($opt: crate::db::phi::open_opt(kr, $opt_at, self.id, self.$opt_col.as_deref())?,)*
+                    id: self.id,
+                    version: self.version,
+                    key_version: self.key_version,
+                    patient_id: self.patient_id,
+                    $($kept: self.$kept,)*
+                    $($clear: self.$clear,)*
+                    created_at: self.created_at,
+                    updated_at: self.updated_at,
+                    deleted_at: self.deleted_at,
+                })
+            }
+        }
+    };
+}
+pub(crate) use record_structs;
+
 /// Opens rows (loading each one's key version first) and what `fields` asks beyond them.
 fn open_rows<T: Statements>(
     conn: &mut PgConnection,
