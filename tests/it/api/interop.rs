@@ -1335,12 +1335,12 @@ async fn patient_everything_pages_over_every_type_the_caller_may_see() {
 // ---------------------------------------------------------------------------------------
 // A stock client and an independent validator (npm, pinned by tests/fhir-clients).
 
-fn clients_dir() -> PathBuf {
+pub(crate) fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fhir-clients")
 }
 
 /// Installs `tests/fhir-clients/node_modules` once (per machine, under a lock).
-fn ensure_installed() {
+pub(crate) fn ensure_installed() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let dir = clients_dir();
@@ -1348,7 +1348,23 @@ fn ensure_installed() {
         std::fs::create_dir_all(&lock_dir).unwrap();
         let lock = std::fs::File::create(lock_dir.join("fhir-clients-npm.lock")).unwrap();
         lock.lock().unwrap();
-        if dir.join("node_modules/.package-lock.json").exists() {
+        // A finished install (npm writes this file last) of every pinned package: a
+        // node_modules from before a package was added is installed again.
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("package.json")).unwrap())
+                .unwrap();
+        let complete = dir.join("node_modules/.package-lock.json").exists()
+            && manifest["dependencies"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .all(|name| {
+                    dir.join("node_modules")
+                        .join(name)
+                        .join("package.json")
+                        .exists()
+                });
+        if complete {
             return;
         }
         let npm = |offline: bool| {

@@ -78,7 +78,6 @@ pub struct Provider {
 impl Provider {
     /// Starts the provider with these clients and waits for its `ready` line.
     pub fn start(clients: &[ClientReg]) -> Provider {
-        ensure_installed();
         let json: Vec<_> = clients
             .iter()
             .map(|c| {
@@ -89,11 +88,54 @@ impl Provider {
                 })
             })
             .collect();
+        Self::spawn(serde_json::Value::Array(json), None)
+    }
+
+    /// Starts the provider as the SMART authorization server of the FHIR server at
+    /// `resource` (its base URL, the tokens' audience), granting at most `scopes` of it,
+    /// with one public client (no secret; PKCE) that may redirect to `redirect_uri`.
+    /// See provider.mjs.
+    pub fn start_smart(
+        client_id: &str,
+        redirect_uri: &str,
+        resource: &str,
+        scopes: &str,
+    ) -> Provider {
+        let clients = serde_json::json!([{
+            "client_id": client_id,
+            "public": true,
+            "redirect_uris": [redirect_uri],
+        }]);
+        let smart = serde_json::json!({ "resource": resource, "scopes": scopes });
+        Self::spawn(clients, Some(smart))
+    }
+
+    /// Makes `patient` the launch context of `subject`'s later SMART launches.
+    pub async fn set_launch_patient(&self, subject: &str, patient: &str) {
+        let res = self
+            .http
+            .put(format!(
+                "{}/__test/patient/{subject}/{patient}",
+                self.issuer
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "launch context: {res:?}");
+    }
+
+    fn spawn(clients: serde_json::Value, smart: Option<serde_json::Value>) -> Provider {
+        ensure_installed();
         let port = free_port();
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg(oidc_dir().join("provider.mjs"))
             .arg(port.to_string())
-            .arg(serde_json::Value::Array(json).to_string())
+            .arg(clients.to_string());
+        if let Some(smart) = smart {
+            command.arg(smart.to_string());
+        }
+        let mut child = command
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
