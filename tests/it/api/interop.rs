@@ -1401,6 +1401,12 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
     // A privacy officer reads the trail of the run as AuditEvent resources.
     w.user("po-interop", &[Role::PrivacyOfficer]);
     let po = w.token("po-interop", "audit.read");
+    let records = w.token(
+        "dr-interop",
+        "user/Patient.rs user/Observation.cruds user/DocumentReference.cruds",
+    );
+    w.user("billing-interop", &[Role::Billing]);
+    let billing = w.token("billing-interop", "user/Patient.rs user/Claim.cruds");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(clients_dir().join("interop.mjs"))
@@ -1412,6 +1418,8 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
             )
             .env("CUSTODIAN_TOKEN", doc)
             .env("CUSTODIAN_AUDIT_TOKEN", po)
+            .env("CUSTODIAN_RECORDS_TOKEN", records)
+            .env("CUSTODIAN_BILLING_TOKEN", billing)
             .output()
             .unwrap()
     })
@@ -1434,6 +1442,7 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
         "sort",
         "string search",
         "revinclude",
+        "record types",
         "done",
     ] {
         assert!(
