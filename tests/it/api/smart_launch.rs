@@ -151,6 +151,22 @@ async fn a_smart_app_on_fhirclient_launches_standalone_and_reads_with_the_provid
         config["token_endpoint"],
         format!("{}/token", idp.issuer).as_str()
     );
+    // Each capability this launch relies on is claimed (and the launch below proves it).
+    let caps = config["capabilities"].as_array().unwrap();
+    for cap in [
+        "launch-standalone",
+        "client-public",
+        "permission-patient",
+        "permission-user",
+        "permission-v1",
+        "sso-openid-connect",
+    ] {
+        assert!(caps.iter().any(|c| c == cap), "{cap}: {config}");
+    }
+    assert_eq!(
+        config["code_challenge_methods_supported"],
+        serde_json::json!(["S256"])
+    );
 
     // A clinician's launch (user/ scopes) creates two patients and three observations
     // through the client.
