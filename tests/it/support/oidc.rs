@@ -126,60 +126,70 @@ impl Provider {
 
     fn spawn(clients: serde_json::Value, smart: Option<serde_json::Value>) -> Provider {
         ensure_installed();
-        let port = free_port();
-        let mut command = Command::new("node");
-        command
-            .arg(oidc_dir().join("provider.mjs"))
-            .arg(port.to_string())
-            .arg(clients.to_string());
-        if let Some(smart) = smart {
-            command.arg(smart.to_string());
-        }
-        let mut child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start node tests/oidc/provider.mjs: {e}"));
-        // Pass on the provider's errors, not its fixed start-up warnings (dev adapter,
-        // dev interactions, Node version).
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !line.starts_with("oidc-provider WARNING:") {
-                    eprintln!("[oidc provider] {line}");
+        // The free port can be taken by another process before node binds it; the
+        // provider then exits (EADDRINUSE) and is started again on another port.
+        for _ in 0..3 {
+            let port = free_port();
+            let mut command = Command::new("node");
+            command
+                .arg(oidc_dir().join("provider.mjs"))
+                .arg(port.to_string())
+                .arg(clients.to_string());
+            if let Some(smart) = &smart {
+                command.arg(smart.to_string());
+            }
+            let mut child = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start node tests/oidc/provider.mjs: {e}"));
+            // Pass on the provider's errors, not its fixed start-up warnings (dev adapter,
+            // dev interactions, Node version).
+            let stderr = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if !line.starts_with("oidc-provider WARNING:") {
+                        eprintln!("[oidc provider] {line}");
+                    }
+                }
+            });
+            let stdout = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut lines = BufReader::new(stdout).lines();
+                let mut sent = false;
+                // Keep draining so the provider never blocks on a full pipe.
+                while let Some(Ok(line)) = lines.next() {
+                    if !sent && line.starts_with("ready ") {
+                        let _ = tx.send(line["ready ".len()..].to_string());
+                        sent = true;
+                    }
+                }
+            });
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(issuer) => {
+                    return Provider {
+                        child,
+                        port,
+                        issuer,
+                        http: reqwest::Client::builder()
+                            .redirect(reqwest::redirect::Policy::none())
+                            .build()
+                            .unwrap(),
+                    };
+                }
+                // It exited before listening (its stderr says why): try another port.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = child.wait();
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    panic!("the test OpenID provider did not print its ready line within 30 s");
                 }
             }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let mut sent = false;
-            // Keep draining so the provider never blocks on a full pipe.
-            while let Some(Ok(line)) = lines.next() {
-                if !sent && line.starts_with("ready ") {
-                    let _ = tx.send(line["ready ".len()..].to_string());
-                    sent = true;
-                }
-            }
-        });
-        let issuer = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(issuer) => issuer,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the test OpenID provider did not print its ready line within 30 s");
-            }
-        };
-        Provider {
-            child,
-            port,
-            issuer,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
         }
+        panic!("the test OpenID provider exited before listening, three times (see its output)");
     }
 
     /// Makes later ID tokens bad in one way (`aud`, `nonce`, `iss`, `key`, `exp`),
