@@ -24,8 +24,9 @@ pub struct TimeRange {
     pub outside: bool,
 }
 
-/// A search's order besides the default (by id): one timestamp column, each declared by
-/// the FHIR descriptor (`_sort=_lastUpdated`, `_sort=-date`), ties broken by id.
+/// A search's order besides the default (by id): one or two timestamp columns, each
+/// declared by the FHIR descriptor (`_sort=_lastUpdated`, `_sort=-date`,
+/// `_sort=date,-_lastUpdated`), ties broken by id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SortKey {
     /// `updated_at` of every table.
@@ -38,26 +39,55 @@ pub enum SortKey {
 pub struct Sort {
     pub key: SortKey,
     pub desc: bool,
+    /// A second key (another one than `key`) ordering rows with the same `key` value,
+    /// and its direction.
+    pub then: Option<(SortKey, bool)>,
 }
 
 impl Sort {
     /// `(column, id) > ($a, $b)` for ascending, `<` for descending: the keyset after a
-    /// position, consistent with [`Self::order_sql`].
+    /// position, consistent with [`Self::order_sql`] (one key).
     pub fn after_op(self) -> &'static str {
-        if self.desc { "<" } else { ">" }
+        op(self.desc)
     }
+    /// The keyset comparison of the second key (and id): `>` ascending, `<` descending.
+    pub fn then_after_op(self) -> &'static str {
+        op(self.then.is_some_and(|(_, d)| d))
+    }
+    /// `ORDER BY` of one key: the column, then id in the same direction.
     pub fn order_sql(self, column: &str, id: &str) -> String {
-        let dir = if self.desc { "DESC" } else { "ASC" };
+        let dir = dir(self.desc);
         format!("{column} {dir}, {id} {dir}")
+    }
+    /// `ORDER BY` of two keys: the first column, then the second and id in the second
+    /// key's direction.
+    pub fn order_sql_then(self, first: &str, second: &str, id: &str) -> String {
+        let then_desc = self.then.is_some_and(|(_, d)| d);
+        format!(
+            "{first} {}, {second} {}, {id} {}",
+            dir(self.desc),
+            dir(then_desc),
+            dir(then_desc)
+        )
     }
 }
 
+fn dir(desc: bool) -> &'static str {
+    if desc { "DESC" } else { "ASC" }
+}
+
+fn op(desc: bool) -> &'static str {
+    if desc { "<" } else { ">" }
+}
+
 /// Where the previous page ended: the last row's id and, for a sorted search, its sort
-/// value (keyset paging: stable while rows are added).
+/// value(s) (keyset paging: stable while rows are added).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Position {
     pub id: Uuid,
     pub at: Option<chrono::DateTime<chrono::Utc>>,
+    /// The second sort key's value, for a search sorted by two keys.
+    pub then_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
 /// One page of a search: its order, where the previous page ended, how many rows.
@@ -288,19 +318,51 @@ macro_rules! statements {
                     })?;
                     let column = format!("{table}.{column}");
                     let id = format!("{table}.id");
+                    let no_value = || {
+                        diesel::result::Error::QueryBuilderError("cursor has no sort value".into())
+                    };
+                    let Some((then_key, _)) = sort.then else {
+                        if let Some(a) = page.after {
+                            let at = a.at.ok_or_else(no_value)?;
+                            q = q.filter(
+                                sql::<Bool>(&format!("({column}, {id}) {} (", sort.after_op()))
+                                    .bind::<Timestamptz, _>(at)
+                                    .sql(", ")
+                                    .bind::<SqlUuid, _>(a.id)
+                                    .sql(")"),
+                            );
+                        }
+                        return q
+                            .order(sql::<Bool>(&sort.order_sql(&column, &id)))
+                            .limit(page.limit)
+                            .select(Row::as_select())
+                            .load(conn);
+                    };
+                    let second = <$repo as RecordTable>::sort_column(then_key).ok_or_else(|| {
+                        diesel::result::Error::QueryBuilderError("sort key not offered".into())
+                    })?;
+                    let second = format!("{table}.{second}");
                     if let Some(a) = page.after {
-                        let at = a.at.ok_or_else(|| {
-                            diesel::result::Error::QueryBuilderError("cursor has no sort value".into())
-                        })?;
+                        // After (a, b, id) in the order (first, second, id) with the two
+                        // directions: a later first value, or the same one and a later
+                        // (second, id) in the second key's direction.
+                        let at = a.at.ok_or_else(no_value)?;
+                        let then_at = a.then_at.ok_or_else(no_value)?;
+                        let first_op = sort.after_op();
+                        let then_op = sort.then_after_op();
                         q = q.filter(
-                            sql::<Bool>(&format!("({column}, {id}) {} (", sort.after_op()))
+                            sql::<Bool>(&format!("({column} {first_op} "))
                                 .bind::<Timestamptz, _>(at)
+                                .sql(&format!(" OR ({column} = "))
+                                .bind::<Timestamptz, _>(at)
+                                .sql(&format!(" AND ({second}, {id}) {then_op} ("))
+                                .bind::<Timestamptz, _>(then_at)
                                 .sql(", ")
                                 .bind::<SqlUuid, _>(a.id)
-                                .sql(")"),
+                                .sql(")))"),
                         );
                     }
-                    q.order(sql::<Bool>(&sort.order_sql(&column, &id)))
+                    q.order(sql::<Bool>(&sort.order_sql_then(&column, &second, &id)))
                         .limit(page.limit)
                         .select(Row::as_select())
                         .load(conn)

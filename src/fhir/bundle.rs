@@ -36,6 +36,8 @@ fn place(user: UserId, resource: ResourceType) -> FieldPlace {
 
 /// Marks a sorted position in a cursor's plaintext.
 const SORTED: u8 = 0xFF;
+/// Marks the second sort value of a position sorted by two keys (after the first).
+const THEN: u8 = 0xFE;
 
 /// Longest cursor accepted (one carrying a POST search's parameters).
 const MAX_CURSOR: usize = 4000;
@@ -50,12 +52,18 @@ impl Cursor {
         last: Uuid,
         carried: Option<&str>,
     ) -> Result<String, AppError> {
-        let at = Position { id: last, at: None };
+        let at = Position {
+            id: last,
+            at: None,
+            then_at: None,
+        };
         Cursor::seal_position(kr, user, resource, at, carried)
     }
 
     /// [`Self::seal`] of a sorted search's position: the last id and its sort value
-    /// (marked by a 0xFF byte, which no UTF-8 parameter string starts with).
+    /// (marked by a 0xFF byte, which no UTF-8 parameter string starts with), and the
+    /// second sort value of a search sorted by two keys (marked by 0xFE, which no UTF-8
+    /// string starts with either).
     pub fn seal_position(
         kr: &Keyring,
         user: UserId,
@@ -67,6 +75,10 @@ impl Cursor {
         if let Some(at) = last.at {
             plain.push(SORTED);
             plain.extend_from_slice(&at.timestamp_micros().to_be_bytes());
+            if let Some(then_at) = last.then_at {
+                plain.push(THEN);
+                plain.extend_from_slice(&then_at.timestamp_micros().to_be_bytes());
+            }
         }
         if let Some(q) = carried {
             plain.extend_from_slice(q.as_bytes());
@@ -83,7 +95,7 @@ impl Cursor {
         cursor: &str,
     ) -> Result<(Uuid, Option<String>), AppError> {
         match Cursor::open_position(kr, user, resource, cursor)? {
-            (Position { id, at: None }, carried) => Ok((id, carried)),
+            (Position { id, at: None, .. }, carried) => Ok((id, carried)),
             _ => Err(super::types::invalid(
                 "_cursor",
                 "is not a cursor this server issued to you",
@@ -109,22 +121,34 @@ impl Cursor {
         let plain = kr.open(&place(user, resource), &bytes).map_err(|_| bad())?;
         let (id, rest) = plain.split_at_checked(16).ok_or_else(bad)?;
         let id = Uuid::from_slice(id).map_err(|_| bad())?;
-        let (at, rest) = match rest.split_first() {
-            Some((&SORTED, more)) => {
-                let (micros, more) = more.split_at_checked(8).ok_or_else(bad)?;
-                let micros = i64::from_be_bytes(micros.try_into().map_err(|_| bad())?);
-                let at = chrono::DateTime::from_timestamp_micros(micros).ok_or_else(bad)?;
-                (Some(at), more)
-            }
-            _ => (None, rest),
+        let (at, rest) = marked_time(SORTED, rest).ok_or_else(bad)?;
+        let (then_at, rest) = if at.is_some() {
+            marked_time(THEN, rest).ok_or_else(bad)?
+        } else {
+            (None, rest)
         };
-        let id = Position { id, at };
+        let id = Position { id, at, then_at };
         let carried = if rest.is_empty() {
             None
         } else {
             Some(String::from_utf8(rest.to_vec()).map_err(|_| bad())?)
         };
         Ok((id, carried))
+    }
+}
+
+/// A timestamp (microseconds, big-endian) after a `marker` byte at the start of `rest`:
+/// `(Some(time), after it)`; `(None, rest)` without the marker; `None` if malformed.
+#[allow(clippy::type_complexity)]
+fn marked_time(marker: u8, rest: &[u8]) -> Option<(Option<chrono::DateTime<chrono::Utc>>, &[u8])> {
+    match rest.split_first() {
+        Some((m, more)) if *m == marker => {
+            let (micros, more) = more.split_at_checked(8)?;
+            let micros = i64::from_be_bytes(micros.try_into().ok()?);
+            let at = chrono::DateTime::from_timestamp_micros(micros)?;
+            Some((Some(at), more))
+        }
+        _ => Some((None, rest)),
     }
 }
 

@@ -37,7 +37,7 @@ fn param_doc(resource: ResourceType, name: &str, kind: &str) -> Option<&'static 
         (_, _, "token") => Some("system|code or a bare code; comma-separated values are an OR."),
         (_, _, "reference") => Some("Patient/<id> or a bare id."),
         (_, "_sort", _) => Some(
-            "One sort key, '-' for descending: _lastUpdated on every type, date on Observation (ties by id; paging by the next link stays in that order). Sealed fields (names, birth dates, identifiers) cannot be sorted: a 400.",
+            "One sort key, or two different ones comma-separated (date,-_lastUpdated), '-' for descending: _lastUpdated on every type, date on Observation (ties by id; paging by the next link stays in that order). Sealed fields (names, birth dates, identifiers) cannot be sorted: a 400.",
         ),
         (_, "_count", _) => Some(
             "Page size, 1 to 100 (default 20); further pages follow the next link (its _cursor is opaque). _total=accurate adds Bundle.total, _summary=count answers the total alone.",

@@ -11,13 +11,16 @@ use crate::error::AppError;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
+/// R4 `ObservationStatus`, every code (a valid R4 Observation is never refused for it).
 pub const STATUSES: &[&str] = &[
     "registered",
     "preliminary",
     "final",
     "amended",
+    "corrected",
     "cancelled",
     "entered-in-error",
+    "unknown",
 ];
 
 #[derive(Deserialize)]
@@ -53,7 +56,7 @@ impl RecordResource for Observations {
         if !STATUSES.contains(&input.status.as_str()) {
             return Err(invalid(
                 "status",
-                "must be registered, preliminary, final, amended, cancelled or entered-in-error",
+                "must be registered, preliminary, final, amended, corrected, cancelled, entered-in-error or unknown",
             ));
         }
         bounded_len("code.coding", &input.code.coding, 1)?;

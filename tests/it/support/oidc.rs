@@ -78,7 +78,6 @@ pub struct Provider {
 impl Provider {
     /// Starts the provider with these clients and waits for its `ready` line.
     pub fn start(clients: &[ClientReg]) -> Provider {
-        ensure_installed();
         let json: Vec<_> = clients
             .iter()
             .map(|c| {
@@ -89,55 +88,108 @@ impl Provider {
                 })
             })
             .collect();
-        let port = free_port();
-        let mut child = Command::new("node")
-            .arg(oidc_dir().join("provider.mjs"))
-            .arg(port.to_string())
-            .arg(serde_json::Value::Array(json).to_string())
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap_or_else(|e| panic!("cannot start node tests/oidc/provider.mjs: {e}"));
-        // Pass on the provider's errors, not its fixed start-up warnings (dev adapter,
-        // dev interactions, Node version).
-        let stderr = child.stderr.take().unwrap();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if !line.starts_with("oidc-provider WARNING:") {
-                    eprintln!("[oidc provider] {line}");
+        Self::spawn(serde_json::Value::Array(json), None)
+    }
+
+    /// Starts the provider as the SMART authorization server of the FHIR server at
+    /// `resource` (its base URL, the tokens' audience), granting at most `scopes` of it,
+    /// with one public client (no secret; PKCE) that may redirect to `redirect_uri`.
+    /// See provider.mjs.
+    pub fn start_smart(
+        client_id: &str,
+        redirect_uri: &str,
+        resource: &str,
+        scopes: &str,
+    ) -> Provider {
+        let clients = serde_json::json!([{
+            "client_id": client_id,
+            "public": true,
+            "redirect_uris": [redirect_uri],
+        }]);
+        let smart = serde_json::json!({ "resource": resource, "scopes": scopes });
+        Self::spawn(clients, Some(smart))
+    }
+
+    /// Makes `patient` the launch context of `subject`'s later SMART launches.
+    pub async fn set_launch_patient(&self, subject: &str, patient: &str) {
+        let res = self
+            .http
+            .put(format!(
+                "{}/__test/patient/{subject}/{patient}",
+                self.issuer
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert!(res.status().is_success(), "launch context: {res:?}");
+    }
+
+    fn spawn(clients: serde_json::Value, smart: Option<serde_json::Value>) -> Provider {
+        ensure_installed();
+        // The free port can be taken by another process before node binds it; the
+        // provider then exits (EADDRINUSE) and is started again on another port.
+        for _ in 0..3 {
+            let port = free_port();
+            let mut command = Command::new("node");
+            command
+                .arg(oidc_dir().join("provider.mjs"))
+                .arg(port.to_string())
+                .arg(clients.to_string());
+            if let Some(smart) = &smart {
+                command.arg(smart.to_string());
+            }
+            let mut child = command
+                .stdin(Stdio::null())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::piped())
+                .spawn()
+                .unwrap_or_else(|e| panic!("cannot start node tests/oidc/provider.mjs: {e}"));
+            // Pass on the provider's errors, not its fixed start-up warnings (dev adapter,
+            // dev interactions, Node version).
+            let stderr = child.stderr.take().unwrap();
+            std::thread::spawn(move || {
+                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                    if !line.starts_with("oidc-provider WARNING:") {
+                        eprintln!("[oidc provider] {line}");
+                    }
+                }
+            });
+            let stdout = child.stdout.take().unwrap();
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let mut lines = BufReader::new(stdout).lines();
+                let mut sent = false;
+                // Keep draining so the provider never blocks on a full pipe.
+                while let Some(Ok(line)) = lines.next() {
+                    if !sent && line.starts_with("ready ") {
+                        let _ = tx.send(line["ready ".len()..].to_string());
+                        sent = true;
+                    }
+                }
+            });
+            match rx.recv_timeout(Duration::from_secs(30)) {
+                Ok(issuer) => {
+                    return Provider {
+                        child,
+                        port,
+                        issuer,
+                        http: reqwest::Client::builder()
+                            .redirect(reqwest::redirect::Policy::none())
+                            .build()
+                            .unwrap(),
+                    };
+                }
+                // It exited before listening (its stderr says why): try another port.
+                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
+                    let _ = child.wait();
+                }
+                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
+                    let _ = child.kill();
+                    panic!("the test OpenID provider did not print its ready line within 30 s");
                 }
             }
-        });
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            let mut sent = false;
-            // Keep draining so the provider never blocks on a full pipe.
-            while let Some(Ok(line)) = lines.next() {
-                if !sent && line.starts_with("ready ") {
-                    let _ = tx.send(line["ready ".len()..].to_string());
-                    sent = true;
-                }
-            }
-        });
-        let issuer = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(issuer) => issuer,
-            Err(_) => {
-                let _ = child.kill();
-                panic!("the test OpenID provider did not print its ready line within 30 s");
-            }
-        };
-        Provider {
-            child,
-            port,
-            issuer,
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap(),
         }
+        panic!("the test OpenID provider exited before listening, three times (see its output)");
     }
 
     /// Makes later ID tokens bad in one way (`aud`, `nonce`, `iss`, `key`, `exp`),
