@@ -32,6 +32,19 @@ use std::collections::HashMap;
 /// Key of the transaction-level advisory lock held by the one working runner.
 pub const LOCK_KEY: i64 = 0x4355_5354_4445_5443; // "CUSTDETC"
 
+/// The kinds of alert the detectors raise (the break-glass module raises the others).
+pub const KINDS: &[AlertKind] = &[
+    AlertKind::RestrictedRecord,
+    AlertKind::WorkforcePatient,
+    AlertKind::SameFamilyName,
+    AlertKind::RepeatedDenial,
+    AlertKind::AuthFailureSpike,
+    AlertKind::BulkAccess,
+    AlertKind::NameSearchSweep,
+    AlertKind::OffHours,
+    AlertKind::BreakGlassReviewOverdue,
+];
+
 /// Most events replayed to rebuild the windows' counts.
 const MAX_REPLAY: i64 = 200_000;
 
