@@ -4,6 +4,10 @@
 //! each with two care-team members) and 2,000 people, then times the detectors' runner
 //! (`detect::Detector::pass`, the code the server runs) from cursor 0 to the head.
 //!
+//! Every 50th person shares a family-name index with every 500th patient, and half the
+//! people work at a facility with its own hours and time zone, so the same-family-name
+//! and off-hours detectors do their real work.
+//!
 //! Events: 60 % reads, 20 % searches naming 10 patients each, 20 % creates and updates,
 //! 2 % refused for lack of a relationship, 1 % refused 401 from 250 addresses; spread
 //! over the last 24 hours. Target: ≥ 20,000 events/s on 2 cores.
@@ -119,6 +123,34 @@ fn main() {
             p2 = uuid_sql("00000000-0000-4000-8000-", "g * 37 + 1", PEOPLE),
             n = PATIENTS - 1
         ),
+    );
+    // Facts of the newer detectors: every 50th person shares a family-name index with
+    // every 500th patient (same-family-name), and half the people work at a facility in
+    // New York from 08:00 to 18:00 (off-hours; the rest use the UTC defaults).
+    let shared = "decode(repeat('ab', 32), 'hex')";
+    exec(
+        &mut conn,
+        &format!(
+            "UPDATE users SET family_index = {shared}, family_index_source = 'admin' \
+             WHERE ('x' || right(id::text, 8))::bit(32)::int % 50 = 0"
+        ),
+    );
+    exec(
+        &mut conn,
+        &format!(
+            "UPDATE patients SET family_index = {shared} \
+             WHERE ('x' || right(id::text, 8))::bit(32)::int % 500 = 0"
+        ),
+    );
+    exec(
+        &mut conn,
+        "UPDATE facilities SET work_start_hour = 8, work_end_hour = 18, \
+           time_zone = 'America/New_York'",
+    );
+    exec(
+        &mut conn,
+        "UPDATE users SET facility_id = '00000000-0000-4000-a000-000000000001' \
+         WHERE ('x' || right(id::text, 8))::bit(32)::int % 2 = 0",
     );
     let mut lo = 1;
     while lo <= total {
