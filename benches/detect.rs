@@ -168,9 +168,10 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    // The last run leaves bulk-access out (its minimum out of reach): the difference is
-    // what the baseline queries cost.
-    for (batch_max, bulk) in [(2_000, true), (10_000, true), (2_000, false)] {
+    // The first run meets a cold cache (the data was just loaded), so batch 2,000 runs
+    // again once warm. The last run leaves bulk-access out (its minimum out of reach): the
+    // difference is what the baseline queries cost.
+    for (batch_max, bulk) in [(2_000, true), (10_000, true), (2_000, true), (2_000, false)] {
         exec(&mut conn, "DELETE FROM alerts");
         exec(&mut conn, "UPDATE detector_cursor SET seq = 0");
         let cfg = DetectConfig {

@@ -227,11 +227,7 @@ const MEAN_SQL: &str = "SELECT COALESCE(avg(n), 0)::float8 AS mean FROM ( \
     GROUP BY actor_user_id, floor(extract(epoch FROM occurred_at) / $4)) s";
 
 impl<'a> DbBaselines<'a> {
-    fn new(
-        conn: &'a mut PgConnection,
-        cfg: &DetectConfig,
-        means: &'a mut Means,
-    ) -> Self {
+    fn new(conn: &'a mut PgConnection, cfg: &DetectConfig, means: &'a mut Means) -> Self {
         // Bounded: a day's worth of people, then start over.
         if means.own.len() > 100_000 || means.role.len() > 1000 {
             *means = Means::default();
