@@ -4,6 +4,10 @@
 //! each with two care-team members) and 2,000 people, then times the detectors' runner
 //! (`detect::Detector::pass`, the code the server runs) from cursor 0 to the head.
 //!
+//! Every 50th person shares a family-name index with every 500th patient, and half the
+//! people work at a facility with its own hours and time zone, so the same-family-name
+//! and off-hours detectors do their real work.
+//!
 //! Events: 60 % reads, 20 % searches naming 10 patients each, 20 % creates and updates,
 //! 2 % refused for lack of a relationship, 1 % refused 401 from 250 addresses; spread
 //! over the last 24 hours. Target: ≥ 20,000 events/s on 2 cores.
@@ -120,6 +124,34 @@ fn main() {
             n = PATIENTS - 1
         ),
     );
+    // Facts of the newer detectors: every 50th person shares a family-name index with
+    // every 500th patient (same-family-name), and half the people work at a facility in
+    // New York from 08:00 to 18:00 (off-hours; the rest use the UTC defaults).
+    let shared = "decode(repeat('ab', 32), 'hex')";
+    exec(
+        &mut conn,
+        &format!(
+            "UPDATE users SET family_index = {shared}, family_index_source = 'admin' \
+             WHERE ('x' || right(id::text, 8))::bit(32)::int % 50 = 0"
+        ),
+    );
+    exec(
+        &mut conn,
+        &format!(
+            "UPDATE patients SET family_index = {shared} \
+             WHERE ('x' || right(id::text, 8))::bit(32)::int % 500 = 0"
+        ),
+    );
+    exec(
+        &mut conn,
+        "UPDATE facilities SET work_start_hour = 8, work_end_hour = 18, \
+           time_zone = 'America/New_York'",
+    );
+    exec(
+        &mut conn,
+        "UPDATE users SET facility_id = '00000000-0000-4000-a000-000000000001' \
+         WHERE ('x' || right(id::text, 8))::bit(32)::int % 2 = 0",
+    );
     let mut lo = 1;
     while lo <= total {
         let hi = (lo + CHUNK - 1).min(total);
@@ -136,9 +168,10 @@ fn main() {
         started.elapsed().as_secs_f64()
     );
 
-    // The last run leaves bulk-access out (its minimum out of reach): the difference is
-    // what the baseline queries cost.
-    for (batch_max, bulk) in [(2_000, true), (10_000, true), (2_000, false)] {
+    // The first run meets a cold cache (the data was just loaded), so batch 2,000 runs
+    // again once warm. The last run leaves bulk-access out (its minimum out of reach): the
+    // difference is what the baseline queries cost.
+    for (batch_max, bulk) in [(2_000, true), (10_000, true), (2_000, true), (2_000, false)] {
         exec(&mut conn, "DELETE FROM alerts");
         exec(&mut conn, "UPDATE detector_cursor SET seq = 0");
         let cfg = DetectConfig {

@@ -18,6 +18,9 @@ diesel::table! {
         id -> Uuid,
         name -> Text,
         created_at -> Timestamptz,
+        work_start_hour -> Nullable<Int2>,
+        work_end_hour -> Nullable<Int2>,
+        time_zone -> Nullable<Text>,
     }
 }
 
@@ -164,6 +167,8 @@ diesel::table! {
         patient_id -> Nullable<Uuid>,
         disabled_at -> Nullable<Timestamptz>,
         created_at -> Timestamptz,
+        family_index -> Nullable<Bytea>,
+        family_index_source -> Nullable<Text>,
     }
 }
 
@@ -189,6 +194,7 @@ diesel::table! {
 diesel::joinable!(role_assignments -> users (user_id));
 diesel::joinable!(care_team_members -> patients (patient_id));
 diesel::allow_tables_to_appear_in_same_query!(users, role_assignments, care_team_members, patients);
+diesel::allow_tables_to_appear_in_same_query!(users, facilities);
 
 diesel::table! {
     audit_events (seq) {

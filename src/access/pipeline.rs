@@ -635,10 +635,24 @@ impl Credentials {
             crate::auth::Grant::User => UserKind::Person,
         };
         let shared = state.clone();
+        // The provider's family name, as its blind index only (same-family-name detector).
+        let family_index = token
+            .family_name
+            .as_ref()
+            .filter(|_| kind == UserKind::Person)
+            .and_then(|n| {
+                state
+                    .keyring
+                    .blind_index(crate::crypto::BlindKind::Family, n.expose())
+                    .ok()
+            });
         let loaded = state
             .db
             .run(move |conn| {
                 let user = users::user_for(conn, &token.issuer, &token.subject, kind)?;
+                if let Some(index) = &family_index {
+                    users::set_family_index(conn, user.id, index, users::FamilySource::Provider)?;
+                }
                 // Authentication succeeded: from here on every event names the actor.
                 let valid_purpose = purpose.as_ref().ok().copied();
                 let principal = Principal {

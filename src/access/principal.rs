@@ -107,6 +107,7 @@ pub(super) fn certificate_token(client: String) -> VerifiedToken {
         issued_at: None,
         expires_at: i64::MAX,
         grant: Grant::ClientCredentials,
+        family_name: None,
     }
 }
 

@@ -113,7 +113,12 @@ settings! {
     "detect.bulk_window_mins", Int, "60", "Detectors (bulk-access): the window in minutes (tumbling, at most 1440) in which the distinct patients one person accessed are counted";
     "detect.bulk_min_patients", Int, "50", "Detectors (bulk-access): the fewest distinct patients in a window that can raise an alert, whatever the baselines";
     "detect.bulk_factor", Int, "3", "Detectors (bulk-access): an alert needs more than this many times the person's own mean per active window and their role's mean";
-    "detect.bulk_baseline_days", Int, "14", "Detectors (bulk-access): the days before the window over which both means are computed (at most 90)";
+    "detect.bulk_baseline_days", Int, "14", "Detectors (bulk-access): the days before the UTC day of the window over which both means are computed (at most 90; computed once per person or role and day)";
+    "detect.name_search_threshold", Int, "30", "Detectors (name-search-sweep): permitted Patient searches by one person that raise an alert within detect.name_search_window_mins";
+    "detect.name_search_window_mins", Int, "10", "Detectors (name-search-sweep): the window in minutes (tumbling, at most 1440)";
+    "detect.work_start_hour", Int, "7", "Detectors (off-hours): the local hour (0 to 23) the working day starts at facilities without their own hours";
+    "detect.work_end_hour", Int, "19", "Detectors (off-hours): the local hour (1 to 24, after detect.work_start_hour) the working day ends at (exclusive)";
+    "detect.time_zone", Str, "UTC", "Detectors (off-hours): the IANA time zone of detect.work_start_hour and detect.work_end_hour (a facility's own hours carry their own zone)";
     "console.trusted_proxies", List, "[]", "Admin console: IP addresses of reverse proxies whose Forwarded / X-Forwarded-Host headers the Origin check of console forms believes; from any other peer those headers are ignored (empty = trust none)";
 }
 

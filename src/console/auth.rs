@@ -176,10 +176,23 @@ pub async fn callback(
         }
     };
     let (issuer, subject) = (identity.issuer, identity.subject);
+    // The provider's family name, as its blind index only (same-family-name detector).
+    let family_index = identity.family_name.as_ref().and_then(|n| {
+        state
+            .keyring
+            .blind_index(crate::crypto::BlindKind::Family, n.expose())
+            .ok()
+    });
     // Looked up, never created: a refused sign-in adds nobody to the users table.
     let user = state
         .db
-        .run(move |conn| users::find(conn, &issuer, &subject))
+        .run(move |conn| {
+            let user = users::find(conn, &issuer, &subject)?;
+            if let (Some(u), Some(index)) = (&user, &family_index) {
+                users::set_family_index(conn, u.id, index, users::FamilySource::Provider)?;
+            }
+            Ok(user)
+        })
         .await?;
     let Some(user) = user else {
         anonymous

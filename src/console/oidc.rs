@@ -59,6 +59,8 @@ pub struct Start {
 pub struct Identity {
     pub issuer: String,
     pub subject: String,
+    /// The `family_name` claim, when sent: only ever turned into a blind index.
+    pub family_name: Option<crate::secret::Secret<String>>,
 }
 
 impl Oidc {
@@ -185,6 +187,12 @@ impl Oidc {
         Ok(Identity {
             issuer: claims.issuer().as_str().to_string(),
             subject: claims.subject().as_str().to_string(),
+            family_name: claims
+                .family_name()
+                .and_then(|n| n.get(None))
+                .map(|n| n.as_str().to_string())
+                .filter(|n| !n.trim().is_empty() && n.len() <= 200)
+                .map(crate::secret::Secret::new),
         })
     }
 }

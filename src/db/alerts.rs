@@ -76,6 +76,9 @@ alert_kinds! {
     WorkforcePatient = "workforce-patient", High, "Co-worker's record";
     AuthFailureSpike = "auth-failure-spike", Medium, "Authentication or authorisation failures";
     BulkAccess = "bulk-access", High, "Unusually many patients";
+    SameFamilyName = "same-family-name", High, "Patient with the person's family name";
+    NameSearchSweep = "name-search-sweep", Medium, "Many patient searches";
+    OffHours = "off-hours", Low, "Access outside working hours";
 }
 
 /// An alert to raise.
@@ -229,6 +232,22 @@ pub fn explain(kind: AlertKind, reason: &str, figures: &[i64]) -> String {
             f(2),
             f(3),
             f(4)
+        ),
+        AlertKind::SameFamilyName => format!(
+            "A person who is not on the patient's care team accessed the record of a patient whose family name is the same as theirs (compared as keyed hashes, never as names; {} access(es) that day in this alert's evidence).",
+            f(0)
+        ),
+        AlertKind::NameSearchSweep => format!(
+            "A person ran {} patient search(es) within {} minute(s) (threshold {}); the trail records that a search ran, not what was searched for.",
+            f(0),
+            f(1),
+            f(2)
+        ),
+        AlertKind::OffHours => format!(
+            "A person accessed patient data {} time(s) on one day outside their facility's working hours ({:02}:00 to {:02}:00 local time).",
+            f(0),
+            f(1),
+            f(2)
         ),
         AlertKind::AuthFailureSpike => format!(
             "{} authentication or authorisation failure(s) (401/403/429) from one {} within {} minute(s) (threshold {}).",

@@ -70,6 +70,58 @@ pub fn user_for(
     find(conn, issuer, subject)?.ok_or_else(|| AppError::internal("user vanished after insert"))
 }
 
+/// Where a person's family-name index came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FamilySource {
+    /// The sign-in provider's `family_name` claim (ID token or bearer token).
+    Provider,
+    /// An administrator (audited, with a reason); a later claim does not overwrite it.
+    Admin,
+}
+
+impl FamilySource {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FamilySource::Provider => "provider",
+            FamilySource::Admin => "admin",
+        }
+    }
+}
+
+/// Stores a person's family name as its blind index only (computed by the caller with
+/// `Keyring::blind_index(BlindKind::Family, ..)`, the patients' normalisation and key).
+/// A provider's value never replaces an administrator's; an unchanged value writes
+/// nothing. Returns whether the row changed.
+pub fn set_family_index(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    index: &[u8],
+    source: FamilySource,
+) -> Result<bool, AppError> {
+    let target = users::table.filter(users::id.eq(user_id)).filter(
+        users::family_index
+            .is_distinct_from(index)
+            .or(users::family_index_source.is_distinct_from(source.as_str())),
+    );
+    let changed = match source {
+        FamilySource::Admin => diesel::update(target)
+            .set((
+                users::family_index.eq(index),
+                users::family_index_source.eq(source.as_str()),
+            ))
+            .execute(conn)?,
+        FamilySource::Provider => {
+            diesel::update(target.filter(users::family_index_source.is_distinct_from("admin")))
+                .set((
+                    users::family_index.eq(index),
+                    users::family_index_source.eq(source.as_str()),
+                ))
+                .execute(conn)?
+        }
+    };
+    Ok(changed > 0)
+}
+
 /// The user with this id, with its (issuer, subject); `None` if it does not exist.
 pub fn by_id(
     conn: &mut PgConnection,

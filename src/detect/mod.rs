@@ -32,6 +32,19 @@ use std::collections::HashMap;
 /// Key of the transaction-level advisory lock held by the one working runner.
 pub const LOCK_KEY: i64 = 0x4355_5354_4445_5443; // "CUSTDETC"
 
+/// The kinds of alert the detectors raise (the break-glass module raises the others).
+pub const KINDS: &[AlertKind] = &[
+    AlertKind::RestrictedRecord,
+    AlertKind::WorkforcePatient,
+    AlertKind::SameFamilyName,
+    AlertKind::RepeatedDenial,
+    AlertKind::AuthFailureSpike,
+    AlertKind::BulkAccess,
+    AlertKind::NameSearchSweep,
+    AlertKind::OffHours,
+    AlertKind::BreakGlassReviewOverdue,
+];
+
 /// Most events replayed to rebuild the windows' counts.
 const MAX_REPLAY: i64 = 200_000;
 
@@ -62,8 +75,16 @@ pub struct Detector {
     /// The cursor the windows' counts belong to.
     through: Option<i64>,
     last_overdue_check: Option<DateTime<Utc>>,
-    /// Role means of bulk access, by role and window start (they change slowly).
-    role_means: HashMap<(String, i64), f64>,
+    /// Bulk-access means by person or role and UTC day (they change slowly: one query
+    /// per person and day, not per window).
+    means: Means,
+}
+
+/// The cached bulk-access means: (person, day) and (role, day).
+#[derive(Debug, Default)]
+struct Means {
+    own: HashMap<(UserId, i64), f64>,
+    role: HashMap<(String, i64), f64>,
 }
 
 impl Detector {
@@ -73,7 +94,7 @@ impl Detector {
             windows: Windows::default(),
             through: None,
             last_overdue_check: None,
-            role_means: HashMap::new(),
+            means: Means::default(),
         }
     }
 
@@ -101,7 +122,7 @@ impl Detector {
                 .select(Event::as_select())
                 .load(c)?;
             let facts = facts::load(c, &events)?;
-            let mut base = DbBaselines::new(c, &self.cfg, &mut self.role_means);
+            let mut base = DbBaselines::new(c, &self.cfg, &mut self.means);
             let mut new = rules::run(&self.cfg, &facts, &mut self.windows, &mut base, &events);
             if self
                 .last_overdue_check
@@ -170,7 +191,7 @@ impl Detector {
             .load(conn)?;
         events.reverse();
         // Only the windowed detectors keep state; their alerts were raised before.
-        let mut base = DbBaselines::new(conn, &self.cfg, &mut self.role_means);
+        let mut base = DbBaselines::new(conn, &self.cfg, &mut self.means);
         let _ = rules::run(
             &self.cfg,
             &rules::Facts::default(),
@@ -184,12 +205,13 @@ impl Detector {
 
 /// The bulk-access means over the trail: distinct patients per active window of the person,
 /// and of everyone holding the person's role (the highest of their roles), over
-/// `detect.bulk_baseline_days` before the window.
+/// `detect.bulk_baseline_days` before the UTC day of the window (so each is computed once
+/// per day and cached, not once per window: the throughput depends on it).
 struct DbBaselines<'a> {
     conn: &'a mut PgConnection,
     window_secs: i64,
     days: i64,
-    role_means: &'a mut HashMap<(String, i64), f64>,
+    means: &'a mut Means,
 }
 
 #[derive(QueryableByName)]
@@ -205,19 +227,16 @@ const MEAN_SQL: &str = "SELECT COALESCE(avg(n), 0)::float8 AS mean FROM ( \
     GROUP BY actor_user_id, floor(extract(epoch FROM occurred_at) / $4)) s";
 
 impl<'a> DbBaselines<'a> {
-    fn new(
-        conn: &'a mut PgConnection,
-        cfg: &DetectConfig,
-        role_means: &'a mut HashMap<(String, i64), f64>,
-    ) -> Self {
-        if role_means.len() > 1000 {
-            role_means.clear();
+    fn new(conn: &'a mut PgConnection, cfg: &DetectConfig, means: &'a mut Means) -> Self {
+        // Bounded: a day's worth of people, then start over.
+        if means.own.len() > 100_000 || means.role.len() > 1000 {
+            *means = Means::default();
         }
         Self {
             conn,
             window_secs: i64::from(cfg.bulk_window_mins) * 60,
             days: i64::from(cfg.bulk_baseline_days),
-            role_means,
+            means,
         }
     }
 }
@@ -263,15 +282,24 @@ enum Who<'a> {
 
 impl rules::Baselines for DbBaselines<'_> {
     fn means(&mut self, user: UserId, roles: &[String], start: DateTime<Utc>) -> (f64, f64) {
-        let own = self.mean("actor_user_id = $1", Who::Person(user), start);
+        let day = start.timestamp().div_euclid(86_400);
+        let day_start = DateTime::from_timestamp(day * 86_400, 0).unwrap_or(start);
+        let own = match self.means.own.get(&(user, day)) {
+            Some(m) => *m,
+            None => {
+                let m = self.mean("actor_user_id = $1", Who::Person(user), day_start);
+                self.means.own.insert((user, day), m);
+                m
+            }
+        };
         let mut role = 0.0f64;
         for r in roles {
-            let key = (r.clone(), start.timestamp());
-            let mean = match self.role_means.get(&key) {
+            let key = (r.clone(), day);
+            let mean = match self.means.role.get(&key) {
                 Some(m) => *m,
                 None => {
-                    let m = self.mean("$1 = ANY(actor_roles)", Who::Role(r), start);
-                    self.role_means.insert(key, m);
+                    let m = self.mean("$1 = ANY(actor_roles)", Who::Role(r), day_start);
+                    self.means.role.insert(key, m);
                     m
                 }
             };

@@ -15,6 +15,17 @@
 //!   limited; an aggregated flood counts its `occurrences`) per source address, per
 //!   client and per person within a window.
 //!
+//! - **same-family-name**: a permitted access to a patient whose family-name blind index
+//!   equals the accessing person's (see [`Facts::same_family`]), by a person not on the
+//!   patient's care team: one alert per person, patient and UTC day.
+//! - **name-search-sweep**: `detect.name_search_threshold` permitted Patient searches (the trail
+//!   records that a Patient search ran, never its values) of one person within
+//!   `detect.name_search_window_mins`.
+//! - **off-hours**: a permitted access to patient data by a person outside the working
+//!   hours of their facility (its own hours and time zone, else the `[detect]` defaults):
+//!   one alert per person and local day. Service clients are exempt (batch jobs run at
+//!   night by design).
+//!
 //! - **bulk-access**: more distinct patients accessed by one person within
 //!   `detect.bulk_window_mins` than `detect.bulk_factor` times both the person's own mean
 //!   and their role's mean per active window over the previous `detect.bulk_baseline_days`
@@ -25,11 +36,11 @@
 //! stay below the threshold in both. An alert names its window in its `dedup_key`, so a
 //! replay of the same events raises nothing new.
 
-use super::config::DetectConfig;
+use super::config::{DetectConfig, WorkHours};
 use crate::db::alerts::{AlertKind, MAX_EVIDENCE, NewAlert};
 use crate::domain::{GrantId, PatientId, UserId};
 use crate::policy::Confidentiality;
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, Timelike, Utc};
 use diesel::prelude::*;
 use std::collections::{HashMap, HashSet};
 
@@ -44,6 +55,7 @@ pub struct Event {
     pub actor_roles: Vec<String>,
     pub client_app: Option<String>,
     pub action: String,
+    pub resource_type: Option<String>,
     pub patient_ids: Vec<PatientId>,
     pub outcome: String,
     pub deny_reason: Option<String>,
@@ -62,6 +74,11 @@ pub struct Facts {
     pub linked: HashMap<PatientId, Vec<(UserId, bool)>>,
     /// (patient, person) pairs of the care teams.
     pub care: HashSet<(PatientId, UserId)>,
+    /// (patient, person) pairs whose family-name blind indexes are equal (compared as
+    /// keyed hashes when the facts are read; no name is ever decrypted).
+    pub same_family: HashSet<(PatientId, UserId)>,
+    /// The working hours of each person's facility (absent: the `[detect]` defaults).
+    pub hours: HashMap<UserId, WorkHours>,
 }
 
 impl Facts {
@@ -137,6 +154,7 @@ enum Subject {
     FailuresAddress(String),
     FailuresClient(String),
     FailuresPerson(UserId),
+    NameSearches(UserId),
 }
 
 /// The open windows of the windowed detectors. Rebuilt by replaying the trail when a
@@ -202,9 +220,11 @@ impl Windows {
         let t = now.timestamp();
         let denials = i64::from(cfg.denials_window_mins) * 60;
         let failures = i64::from(cfg.failures_window_mins) * 60;
+        let searches = i64::from(cfg.name_search_window_mins) * 60;
         self.counters.retain(|s, c| {
             let w = match s {
                 Subject::Denials(_) => denials,
+                Subject::NameSearches(_) => searches,
                 _ => failures,
             };
             (c.bucket + 1) * w > t
@@ -230,9 +250,12 @@ pub fn run(
 ) -> Vec<NewAlert> {
     let mut daily: HashMap<String, NewAlert> = HashMap::new();
     let mut out = Vec::new();
+    let default_hours = cfg.default_hours();
     for e in events {
         record_access(facts, e, &mut daily);
+        off_hours(facts, default_hours, e, &mut daily);
         windowed(cfg, windows, e, &mut out);
+        name_searches(cfg, windows, e, &mut out);
         bulk(cfg, windows, baselines, e, &mut out);
     }
     if let Some(last) = events.last() {
@@ -289,7 +312,99 @@ fn record_access(facts: &Facts, e: &Event, daily: &mut HashMap<String, NewAlert>
         if facts.is_workforce_patient(patient) {
             hit(AlertKind::WorkforcePatient, "linked-account");
         }
+        if facts.same_family.contains(&(patient, user)) {
+            hit(AlertKind::SameFamilyName, "family-name-index");
+        }
     }
+}
+
+/// off-hours.
+fn off_hours(facts: &Facts, default: WorkHours, e: &Event, daily: &mut HashMap<String, NewAlert>) {
+    let Some(user) = e.actor_user_id else {
+        return;
+    };
+    if e.outcome != "permit"
+        || e.patient_ids.is_empty()
+        || !DATA_ACTIONS.contains(&e.action.as_str())
+        || e.actor_roles.iter().any(|r| r == "service")
+    {
+        return;
+    }
+    let hours = facts.hours.get(&user).copied().unwrap_or(default);
+    let local = e.occurred_at.with_timezone(&hours.tz);
+    if (hours.start..hours.end).contains(&local.hour()) {
+        return;
+    }
+    let kind = AlertKind::OffHours;
+    let key = format!("{}:{user}:{}", kind.code(), local.format("%Y-%m-%d"));
+    let a = daily.entry(key.clone()).or_insert_with(|| NewAlert {
+        kind,
+        severity: kind.severity(),
+        reason: "outside-working-hours",
+        user_id: Some(user),
+        patient_id: e.patient_ids.first().copied(),
+        grant_id: None,
+        source_ip: None,
+        client_id: None,
+        figures: vec![0, i64::from(hours.start), i64::from(hours.end)],
+        evidence_seqs: Vec::new(),
+        dedup_key: key,
+        created_at: e.occurred_at,
+    });
+    a.figures[0] += 1;
+    if a.evidence_seqs.len() < MAX_EVIDENCE {
+        a.evidence_seqs.push(e.seq);
+    }
+}
+
+/// name-search-sweep: every permitted Patient search of a person counts (the trail does
+/// not say which parameters a search used, and must not: they are PHI). Refused searches
+/// are the failure detectors' business.
+fn name_searches(cfg: &DetectConfig, windows: &mut Windows, e: &Event, out: &mut Vec<NewAlert>) {
+    let Some(user) = e.actor_user_id else {
+        return;
+    };
+    if e.outcome != "permit"
+        || e.action != "search"
+        || e.resource_type.as_deref() != Some("Patient")
+    {
+        return;
+    }
+    let weight = e
+        .occurrences
+        .and_then(|n| u64::try_from(n).ok())
+        .unwrap_or(1)
+        .max(1);
+    let w = i64::from(cfg.name_search_window_mins) * 60;
+    let Some((count, seqs, bucket)) = windows.count(
+        Subject::NameSearches(user),
+        e.occurred_at,
+        w,
+        weight,
+        e.seq,
+        cfg.name_search_threshold,
+    ) else {
+        return;
+    };
+    let kind = AlertKind::NameSearchSweep;
+    out.push(NewAlert {
+        kind,
+        severity: kind.severity(),
+        reason: "patient-searches",
+        user_id: Some(user),
+        patient_id: None,
+        grant_id: None,
+        source_ip: None,
+        client_id: None,
+        figures: vec![
+            count as i64,
+            i64::from(cfg.name_search_window_mins),
+            i64::from(cfg.name_search_threshold),
+        ],
+        evidence_seqs: seqs,
+        dedup_key: format!("{}:{user}:{bucket}", kind.code()),
+        created_at: e.occurred_at,
+    });
 }
 
 /// bulk-access.
@@ -445,7 +560,7 @@ fn windowed(cfg: &DetectConfig, windows: &mut Windows, e: &Event, out: &mut Vec<
                 Subject::FailuresAddress(ip) => (ip.clone(), Some(ip), None, None),
                 Subject::FailuresClient(c) => (c.clone(), None, Some(c), None),
                 Subject::FailuresPerson(u) => (u.to_string(), None, None, Some(u)),
-                Subject::Denials(_) => continue,
+                Subject::Denials(_) | Subject::NameSearches(_) => continue,
             };
             out.push(NewAlert {
                 kind,
@@ -488,6 +603,7 @@ mod tests {
             actor_roles: vec!["clinician".into()],
             client_app: None,
             action: action.into(),
+            resource_type: Some("Patient".into()),
             patient_ids: Vec::new(),
             outcome: outcome.into(),
             deny_reason: None,
@@ -722,6 +838,130 @@ mod tests {
                 &same
             )
             .is_empty()
+        );
+    }
+
+    #[test]
+    fn same_family_name_fires_outside_the_care_team_and_not_on_it() {
+        let cfg = DetectConfig::default();
+        let (relative, carer, p) = (UserId::new(), UserId::new(), PatientId::new());
+        let mut facts = Facts::default();
+        // Both share the patient's family-name index; only the carer is on the team.
+        facts.same_family.insert((p, relative));
+        facts.same_family.insert((p, carer));
+        facts.care.insert((p, carer));
+        let events = vec![
+            read(1, relative, p),
+            read(2, carer, p),
+            read(3, relative, p),
+        ];
+        let alerts = run(&cfg, &facts, &mut Windows::default(), &mut flat, &events);
+        assert_eq!(kinds(&alerts), vec!["same-family-name"]);
+        let a = &alerts[0];
+        assert_eq!((a.user_id, a.patient_id), (Some(relative), Some(p)));
+        assert_eq!(a.evidence_seqs, vec![1, 3]);
+        // Near miss: another patient, whose index differs.
+        let other = PatientId::new();
+        assert!(
+            run(
+                &cfg,
+                &facts,
+                &mut Windows::default(),
+                &mut flat,
+                &[read(4, relative, other)]
+            )
+            .is_empty()
+        );
+    }
+
+    fn search(seq: i64, secs: i64, user: UserId) -> Event {
+        let mut e = ev(seq, secs, Some(user), "search", "permit");
+        e.patient_ids = vec![PatientId::new()];
+        e
+    }
+
+    #[test]
+    fn name_search_sweep_fires_at_the_threshold_once_per_window() {
+        let cfg = DetectConfig {
+            name_search_threshold: 5,
+            ..DetectConfig::default()
+        };
+        let u = UserId::new();
+        let mut w = Windows::default();
+        let sweep: Vec<Event> = (1..=7).map(|i| search(i, i * 10, u)).collect();
+        let alerts = run(&cfg, &Facts::default(), &mut w, &mut flat, &sweep);
+        assert_eq!(kinds(&alerts), vec!["name-search-sweep"]);
+        assert_eq!(alerts[0].figures, vec![5, 10, 5]);
+        assert_eq!(alerts[0].evidence_seqs, vec![1, 2, 3, 4, 5]);
+        // Near misses: four searches in a window and four in the next; searches of
+        // another resource type; reads of patients.
+        let mut w = Windows::default();
+        let split: Vec<Event> = (1..=8)
+            .map(|i| search(i, if i <= 4 { i } else { 600 + i }, u))
+            .collect();
+        assert!(run(&cfg, &Facts::default(), &mut w, &mut flat, &split).is_empty());
+        let mut obs: Vec<Event> = (1..=8).map(|i| search(i, i, u)).collect();
+        for e in &mut obs {
+            e.resource_type = Some("Observation".into());
+        }
+        let reads: Vec<Event> = (9..=16).map(|i| read(i, u, PatientId::new())).collect();
+        let mut w = Windows::default();
+        assert!(run(&cfg, &Facts::default(), &mut w, &mut flat, &obs).is_empty());
+        assert!(run(&cfg, &Facts::default(), &mut w, &mut flat, &reads).is_empty());
+    }
+
+    #[test]
+    fn off_hours_fires_outside_the_facilitys_hours_in_its_time_zone() {
+        let cfg = DetectConfig::default(); // 07:00 to 19:00 UTC
+        let (night, day, service) = (UserId::new(), UserId::new(), UserId::new());
+        // t0 is 08:00 UTC: within the default hours.
+        let at = |seq: i64, secs: i64, user: UserId| {
+            let mut e = read(seq, user, PatientId::new());
+            e.occurred_at = t0() + Duration::seconds(secs);
+            e
+        };
+        let mut late = at(3, 12 * 3600, night); // 20:00 UTC
+        let mut bot = at(4, 12 * 3600, service);
+        bot.actor_roles = vec!["service".into()];
+        let events = vec![at(1, 0, day), at(2, 10 * 3600, night), late.clone(), bot];
+        let alerts = run(
+            &cfg,
+            &Facts::default(),
+            &mut Windows::default(),
+            &mut flat,
+            &events,
+        );
+        assert_eq!(kinds(&alerts), vec!["off-hours"]);
+        assert_eq!(alerts[0].user_id, Some(night));
+        assert_eq!(alerts[0].figures, vec![1, 7, 19]);
+        // The same 20:00 UTC is 15:00 in New York: a facility there with 08–18 is quiet…
+        let mut facts = Facts::default();
+        let ny = WorkHours {
+            start: 8,
+            end: 18,
+            tz: chrono_tz::America::New_York,
+        };
+        facts.hours.insert(night, ny);
+        late.seq = 5;
+        assert!(
+            run(
+                &cfg,
+                &facts,
+                &mut Windows::default(),
+                &mut flat,
+                &[late.clone()]
+            )
+            .is_empty()
+        );
+        // …and 08:00 UTC (03:00 there) is off-hours, dated by the local day.
+        let early = at(6, 0, night);
+        let alerts = run(&cfg, &facts, &mut Windows::default(), &mut flat, &[early]);
+        assert_eq!(kinds(&alerts), vec!["off-hours"]);
+        assert_eq!(alerts[0].figures, vec![1, 8, 18]);
+        assert!(
+            alerts[0].dedup_key.ends_with("2027-01-15"),
+            "{}",
+            alerts[0].dedup_key
         );
     }
 

@@ -4,6 +4,10 @@
 //! start. Every event carries the client application `synthetic-demo-history` (the mark;
 //! no real request has it) and is appended through the chain store, so the chain still
 //! verifies. Seeding runs once: an existing mark leaves the history alone.
+//!
+//! It also plants one instance of each detector's pattern ([`plant_patterns`]), so a fresh
+//! `custodian dev` shows an alert of every detector kind (break-glass-review-overdue
+//! aside: that needs a real grant whose review is overdue).
 
 use crate::audit::store::{self, CheckpointPolicy};
 use crate::audit::{
@@ -153,6 +157,16 @@ pub fn seed_history(
     e.purpose_of_use = Some(PurposeOfUse::EmergencyTreatment);
     e.break_glass_grant_id = Some(Uuid::from_u128(u128::from(SEED)));
     events.push(e);
+    plant_patterns(
+        conn,
+        issuer,
+        &pats,
+        &doctor,
+        &billing,
+        now,
+        &mut rng,
+        &mut events,
+    )?;
     events.sort_by_key(|e| e.occurred_at);
     let policy = CheckpointPolicy {
         every_events: 1,
@@ -160,4 +174,118 @@ pub fn seed_history(
     };
     store::append_batch(conn, key, signer, policy, &events)?;
     Ok(events.len())
+}
+
+/// One instance of each detector's pattern (docs/privacy-detection.md), two days ago at
+/// fixed UTC hours: a restricted record, a co-worker's record and a record of the same
+/// family name read by the billing clerk (on no care team); three refusals of the
+/// clinician within minutes; 25 failed sign-ins from one address; every demo patient
+/// read by the billing clerk within an hour (when there are more than 50); 30 patient
+/// searches by the clinician within ten minutes; a read at 03:00 UTC (outside the default
+/// working hours). The facts are set here too: the restricted level, a linked workforce
+/// account, and the clerk's family-name index copied from a patient's (no name is read).
+#[allow(clippy::too_many_arguments)]
+fn plant_patterns(
+    conn: &mut PgConnection,
+    issuer: &str,
+    pats: &[PatientId],
+    doctor: &Actor,
+    billing: &Actor,
+    now: DateTime<Utc>,
+    rng: &mut StdRng,
+    events: &mut Vec<AuditEvent>,
+) -> Result<(), AppError> {
+    use crate::db::schema::users as u;
+    use crate::policy::Confidentiality;
+    let n = pats.len();
+    let (restricted, coworker, namesake) = (pats[n - 5], pats[n - 6], pats[n - 7]);
+    crate::db::break_glass::set_confidentiality(
+        conn,
+        restricted,
+        Confidentiality::Restricted,
+        "synthetic demo (custodian dev)",
+        None,
+    )?;
+    let colleague = users::user_for(conn, issuer, "colleague.demo", UserKind::Person)?;
+    users::grant_role(
+        conn,
+        colleague.id,
+        crate::policy::Role::Clinician,
+        "synthetic demo (custodian dev)",
+        None,
+    )?;
+    users::link_patient(conn, colleague.id, Some(coworker))?;
+    let clerk = billing
+        .user_id
+        .ok_or_else(|| AppError::internal("demo clerk"))?;
+    let index: Vec<u8> = patients::table
+        .find(namesake.as_uuid())
+        .select(patients::family_index)
+        .first(conn)?;
+    diesel::update(u::table.find(clerk))
+        .set((
+            u::family_index.eq(Some(index)),
+            u::family_index_source.eq(Some("admin")),
+        ))
+        .execute(conn)?;
+
+    // Two days ago, hours aligned to UTC (the detectors' windows are).
+    let ts = (now - Duration::days(2)).timestamp();
+    let midnight = DateTime::from_timestamp(ts - ts.rem_euclid(86_400), 0).unwrap_or(now);
+    let at = |h: i64, m: i64| midnight + Duration::hours(h) + Duration::minutes(m);
+    let read = |who: &Actor, p: PatientId, t: DateTime<Utc>, rng: &mut StdRng| {
+        event(who, AuditAction::Read, Outcome::Permit, vec![p], t, rng)
+    };
+    for (i, p) in [restricted, coworker, namesake].into_iter().enumerate() {
+        events.push(read(billing, p, at(10, i as i64), rng)?);
+    }
+    for i in 0..3 {
+        let deny = Outcome::Deny(DenyReason::NoRelationship);
+        events.push(event(
+            doctor,
+            AuditAction::Read,
+            deny,
+            vec![pats[n - 1]],
+            at(11, i),
+            rng,
+        )?);
+    }
+    for i in 0..25 {
+        let deny = Outcome::Deny(DenyReason::InvalidCredentials);
+        let mut e = event(
+            &Actor::anonymous(),
+            AuditAction::Read,
+            deny,
+            Vec::new(),
+            at(12, 0),
+            rng,
+        )?;
+        e.occurred_at += Duration::seconds(i);
+        e.source_ip = Some(std::net::IpAddr::from([10, 0, 9, 250]));
+        events.push(e);
+    }
+    if n > 50 {
+        for (i, p) in pats.iter().enumerate() {
+            events.push(read(
+                billing,
+                *p,
+                at(13, 0) + Duration::seconds(i as i64 * 20),
+                rng,
+            )?);
+        }
+    }
+    for i in 0..30 {
+        let p = pats[i % n];
+        let t = at(14, 0) + Duration::seconds(i as i64 * 15);
+        events.push(event(
+            doctor,
+            AuditAction::Search,
+            Outcome::Permit,
+            vec![p],
+            t,
+            rng,
+        )?);
+    }
+    events.push(read(doctor, pats[n - 2], at(3, 0), rng)?);
+    Ok(())
 }

@@ -410,3 +410,222 @@ fn bulk_access_is_measured_against_the_persons_and_the_roles_own_history() {
     // 26 distinct patients, 60 minutes, own mean 5, role mean 9 (8.5 rounded), at 26.
     assert_eq!(figures, vec![26, 60, 5, 9, 26]);
 }
+
+/// Waits (up to 10 s) for alerts of `kind`; returns (user, patient) of each.
+async fn wait_for(
+    db: &TestDb,
+    kind: &str,
+    want: usize,
+) -> Vec<(Option<UserId>, Option<PatientId>)> {
+    let mut found = Vec::new();
+    for _ in 0..100 {
+        found = alerts::table
+            .filter(alerts::kind.eq(kind))
+            .select((alerts::user_id, alerts::patient_id))
+            .load(&mut db.conn())
+            .unwrap();
+        if found.len() >= want {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    found
+}
+
+#[tokio::test]
+async fn the_family_name_claim_is_kept_as_a_blind_index_and_same_family_name_fires_outside_the_care_team()
+ {
+    use crate::support::world::{ALL_SCOPES, AUDIENCE, World, patient_json};
+    use custodian::crypto::BlindKind;
+    let w = World::with(|b, _| {
+        b.set("detect.enabled", true)
+            .set("detect.poll_ms", 50)
+            .set("detect.name_search_threshold", 5)
+    })
+    .await;
+    // Working hours all day long: off-hours stays out of this test whatever the time.
+    diesel::update(custodian::db::schema::facilities::table.find(w.facility))
+        .set((
+            custodian::db::schema::facilities::work_start_hour.eq(Some(0i16)),
+            custodian::db::schema::facilities::work_end_hour.eq(Some(24i16)),
+            custodian::db::schema::facilities::time_zone.eq(Some("UTC")),
+        ))
+        .execute(&mut w.app.db.conn())
+        .unwrap();
+    let token = |sub: &str, family: Option<&str>| {
+        let now = crate::support::idp::now();
+        let mut claims = serde_json::json!({
+            "iss": w.idp.issuer(), "aud": AUDIENCE, "sub": sub, "exp": now + 300,
+            "iat": now, "client_id": "test-app", "scope": ALL_SCOPES,
+        });
+        if let Some(f) = family {
+            claims["family_name"] = f.into();
+        }
+        w.signer.sign(&claims)
+    };
+    let (carer, _) = w.user("carer", &[Role::Clinician]);
+    // Billing staff read the facility's records without a care relationship.
+    let (kin, _) = w.user("kin", &[Role::Billing]);
+    let (stranger, _) = w.user("stranger", &[Role::Billing]);
+    // The carer writes the record (and so is on its care team); all three read it.
+    let carer_token = token("carer", Some("Okafor"));
+    let patient = PatientId::from(
+        w.create(&carer_token, &patient_json("MRN-F1", "Okafor"))
+            .await,
+    );
+    // The claim is normalised as the patients' index is (case, outer and inner spaces).
+    let kin_token = token("kin", Some("  OKAFOR "));
+    let stranger_token = token("stranger", Some("Mensah"));
+    for (i, t) in [&carer_token, &kin_token, &stranger_token]
+        .into_iter()
+        .enumerate()
+    {
+        let res = w.get(&format!("/fhir/Patient/{patient}"), t).await;
+        let status = res.status();
+        assert_eq!(status, 200, "{i}: {}", res.text().await.unwrap());
+    }
+    let found = wait_for(&w.app.db, "same-family-name", 1).await;
+    assert_eq!(found, vec![(Some(kin), Some(patient))]);
+
+    // Stored: the blind index only, computed with the patients' key and normalisation.
+    let rows: Vec<(UserId, Option<Vec<u8>>, Option<String>)> = users_t::table
+        .filter(users_t::id.eq_any([carer, kin, stranger]))
+        .select((
+            users_t::id,
+            users_t::family_index,
+            users_t::family_index_source,
+        ))
+        .load(&mut w.app.db.conn())
+        .unwrap();
+    let okafor = w.keyring.blind_index(BlindKind::Family, "okafor").unwrap();
+    for (user, index, source) in rows {
+        assert_eq!(source.as_deref(), Some("provider"));
+        assert_eq!(index.as_ref() == Some(&okafor), user != stranger);
+    }
+    // An administrator's value is not overwritten by a later claim.
+    let mensah = w.keyring.blind_index(BlindKind::Family, "Mensah").unwrap();
+    users::set_family_index(
+        &mut w.app.db.conn(),
+        kin,
+        &mensah,
+        users::FamilySource::Admin,
+    )
+    .unwrap();
+    assert_eq!(
+        w.get(&format!("/fhir/Patient/{patient}"), &kin_token)
+            .await
+            .status(),
+        200
+    );
+    let kept: Option<Vec<u8>> = users_t::table
+        .find(kin)
+        .select(users_t::family_index)
+        .first(&mut w.app.db.conn())
+        .unwrap();
+    assert_eq!(kept, Some(mensah));
+
+    // name-search-sweep through the API: the stranger's five Patient searches in a
+    // window raise it; the carer's two do not.
+    for _ in 0..2 {
+        let res = w.get("/fhir/Patient?family=Oka", &carer_token).await;
+        assert_eq!(res.status(), 200);
+    }
+    for _ in 0..5 {
+        let res = w.get("/fhir/Patient?family=Oka", &stranger_token).await;
+        assert_eq!(res.status(), 200);
+    }
+    let found = wait_for(&w.app.db, "name-search-sweep", 1).await;
+    assert_eq!(found, vec![(Some(stranger), None)]);
+    // Nothing else fired (and the patient's name is in no alert).
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let kinds: Vec<String> = alerts::table
+        .select(alerts::kind)
+        .load(&mut w.app.db.conn())
+        .unwrap();
+    let mut kinds = kinds;
+    kinds.sort();
+    assert_eq!(kinds, vec!["name-search-sweep", "same-family-name"]);
+}
+
+#[test]
+fn off_hours_follows_the_facilitys_hours_and_time_zone_and_a_restart_raises_nothing_twice() {
+    use custodian::db::schema::facilities as f;
+    let t = Trail::new();
+    let (east, plain) = (
+        t.person("east", Role::Clinician),
+        t.person("plain", Role::Clinician),
+    );
+    let patient = t.patient("MRN-O", Confidentiality::Normal);
+    let mut c = t.db.conn();
+    // The trail's 10:00 UTC is 05:00 in New York: before this facility's 08:00.
+    let ny = custodian::db::phi::insert_facility(&mut c, "East Clinic").unwrap();
+    diesel::update(f::table.find(ny))
+        .set((
+            f::work_start_hour.eq(Some(8i16)),
+            f::work_end_hour.eq(Some(18i16)),
+            f::time_zone.eq(Some("America/New_York")),
+        ))
+        .execute(&mut c)
+        .unwrap();
+    users::set_facility(&mut c, east, Some(ny)).unwrap();
+    // `plain` has no facility: the defaults (07:00 to 19:00 UTC) hold, 10:00 is within.
+    t.append(&[
+        access(east, patient, Outcome::Permit, 1),
+        access(east, patient, Outcome::Permit, 2),
+        access(plain, patient, Outcome::Permit, 3),
+    ]);
+    assert_eq!(
+        drain(&mut Detector::new(cfg()), &t),
+        vec![AlertKind::OffHours]
+    );
+    let (user, figures, key): (Option<UserId>, Vec<i64>, Option<String>) = alerts::table
+        .select((alerts::user_id, alerts::figures, alerts::dedup_key))
+        .first(&mut c)
+        .unwrap();
+    assert_eq!(user, Some(east));
+    assert_eq!(figures, vec![2, 8, 18]);
+    assert!(key.unwrap().ends_with(":2026-01-05"));
+    // A restart that re-reads everything raises nothing new.
+    diesel::update(detector_cursor::table)
+        .set(detector_cursor::seq.eq(0))
+        .execute(&mut c)
+        .unwrap();
+    assert!(drain(&mut Detector::new(cfg()), &t).is_empty());
+    assert_eq!(t.alerts().len(), 1);
+}
+
+#[test]
+fn the_demo_history_plants_an_alert_of_every_detector_kind() {
+    let t = Trail::new();
+    for i in 0..60 {
+        t.patient(&format!("SYN-{i:06}"), Confidentiality::Normal);
+    }
+    let key = t.config.audit.chain_key().unwrap();
+    let signer = t.config.audit.signing_key().unwrap();
+    let added = custodian::dev::history::seed_history(
+        &mut t.db.conn(),
+        &key,
+        &signer,
+        "https://idp.test",
+        Utc::now(),
+    )
+    .unwrap();
+    assert!(added > 200, "{added}");
+    let cfg = DetectConfig {
+        batch_max: 500,
+        ..DetectConfig::default()
+    };
+    drain(&mut Detector::new(cfg), &t);
+    let kinds: std::collections::BTreeSet<String> = t.alerts().into_iter().map(|a| a.0).collect();
+    for kind in custodian::detect::KINDS {
+        // Overdue break-glass reviews need a real grant, which the history does not make.
+        if *kind == AlertKind::BreakGlassReviewOverdue {
+            continue;
+        }
+        assert!(
+            kinds.contains(kind.code()),
+            "no {} alert in {kinds:?}",
+            kind.code()
+        );
+    }
+}
