@@ -472,6 +472,9 @@ pub struct AlertFilter {
     pub severity: Option<&'static str>,
 }
 
+/// The case an alert belongs to: its id and status.
+pub type CaseOf = (Uuid, String);
+
 /// One page of alerts, newest first, after the cursor alert `before` (exclusive), each
 /// with its case (id, status) if any. Returns at most `limit` rows.
 pub fn alert_page(
@@ -479,7 +482,7 @@ pub fn alert_page(
     filter: &AlertFilter,
     before: Option<Uuid>,
     limit: i64,
-) -> Result<Vec<(Alert, Option<(Uuid, String)>)>, AppError> {
+) -> Result<Vec<(Alert, Option<CaseOf>)>, AppError> {
     let mut q = a::table.into_boxed();
     if let Some(kind) = filter.kind {
         q = q.filter(a::kind.eq(kind));

@@ -58,11 +58,12 @@ pub fn revoke(
     by: UserId,
     now: DateTime<Utc>,
 ) -> Result<Option<(UserId, PatientId)>, AppError> {
-    let row: Option<(Uuid, Uuid)> = diesel::update(s::table.find(id).filter(s::revoked_at.is_null()))
-        .set((s::revoked_at.eq(Some(now)), s::revoked_by.eq(Some(by))))
-        .returning((s::user_id, s::patient_id))
-        .get_result(conn)
-        .optional()?;
+    let row: Option<(Uuid, Uuid)> =
+        diesel::update(s::table.find(id).filter(s::revoked_at.is_null()))
+            .set((s::revoked_at.eq(Some(now)), s::revoked_by.eq(Some(by))))
+            .returning((s::user_id, s::patient_id))
+            .get_result(conn)
+            .optional()?;
     Ok(row.map(|(u, p)| (UserId(u), PatientId(p))))
 }
 

@@ -159,7 +159,11 @@ pub fn may_move(
         CaseStatus::Investigating => to.is_closed(),
         CaseStatus::ClosedAppropriate | CaseStatus::ClosedViolation => false,
     };
-    if forward { Ok(()) } else { Err(Refusal::Transition) }
+    if forward {
+        Ok(())
+    } else {
+        Err(Refusal::Transition)
+    }
 }
 
 /// May `me` add alerts, notes or a new owner to a case in status `status`?
@@ -264,10 +268,7 @@ mod tests {
             may_work_case(&[Role::Admin], id(1), &[id(2)]),
             Err(Refusal::RoleMissing)
         );
-        assert_eq!(
-            may_suppress(&po, id(1), id(1)),
-            Err(Refusal::AboutSelf)
-        );
+        assert_eq!(may_suppress(&po, id(1), id(1)), Err(Refusal::AboutSelf));
         assert!(may_suppress(&po, id(1), id(2)).is_ok());
         assert_eq!(
             may_suppress(&[Role::Admin], id(1), id(2)),

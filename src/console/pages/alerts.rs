@@ -87,6 +87,11 @@ pub struct AlertRow {
     pub case_status: String,
 }
 
+/// Display names of people, by id.
+pub(super) type Names = HashMap<UserId, String>;
+/// MRNs of the patients a privacy officer sees, by id.
+pub(super) type Mrns = HashMap<PatientId, String>;
+
 /// What the alert rows need besides the alerts: display names and (for privacy officers)
 /// MRNs, loaded in one database call. Returns the patients identified.
 pub(super) fn people(
@@ -94,7 +99,7 @@ pub(super) fn people(
     kr: &crate::crypto::Keyring,
     alerts: &[&Alert],
     identify: bool,
-) -> Result<(HashMap<UserId, String>, HashMap<PatientId, String>), AppError> {
+) -> Result<(Names, Mrns), AppError> {
     let mut users: Vec<UserId> = alerts.iter().filter_map(|a| a.user_id).collect();
     users.sort();
     users.dedup();
@@ -123,9 +128,7 @@ pub(super) fn row(
     let title = AlertKind::from_code(&a.kind).map_or("Alert", |k| k.title());
     let mut evidence = a.evidence_seqs;
     evidence.truncate(10);
-    let (case_id, case_status) = case
-        .map(|(c, s)| (c.to_string(), s))
-        .unwrap_or_default();
+    let (case_id, case_status) = case.map(|(c, s)| (c.to_string(), s)).unwrap_or_default();
     AlertRow {
         id: a.id,
         time: time(a.created_at),
@@ -214,19 +217,21 @@ impl Raw {
     }
 
     fn parse(&self) -> Result<(AlertFilter, Option<Uuid>), AppError> {
-        let pick = |raw: &str, message: &'static str, find: &dyn Fn(&str) -> Option<&'static str>| {
-            if raw.is_empty() {
-                Ok(None)
-            } else {
-                find(raw).map(Some).ok_or_else(|| bad(message))
-            }
-        };
+        let pick =
+            |raw: &str, message: &'static str, find: &dyn Fn(&str) -> Option<&'static str>| {
+                if raw.is_empty() {
+                    Ok(None)
+                } else {
+                    find(raw).map(Some).ok_or_else(|| bad(message))
+                }
+            };
         let status = if self.status.is_empty() {
             None
         } else {
-            Some(AlertStatus::from_code(&self.status).ok_or_else(|| {
-                bad("Invalid filter 'status': use new, in-case or closed.")
-            })?)
+            Some(
+                AlertStatus::from_code(&self.status)
+                    .ok_or_else(|| bad("Invalid filter 'status': use new, in-case or closed."))?,
+            )
         };
         let kind = pick(
             &self.kind,
@@ -381,13 +386,19 @@ mod tests {
         ] {
             let err = Raw::of(q).and_then(|r| r.parse().map(|_| ())).unwrap_err();
             let text = format!("{err:?}");
-            assert!(!text.contains("<script>") && !text.contains("nope"), "{text}");
+            assert!(
+                !text.contains("<script>") && !text.contains("nope"),
+                "{text}"
+            );
         }
     }
 
     #[test]
     fn links_keep_the_filters() {
         let raw = Raw::of("status=new&kind=bulk-access").unwrap();
-        assert_eq!(raw.link(None), "/console/alerts?status=new&kind=bulk-access");
+        assert_eq!(
+            raw.link(None),
+            "/console/alerts?status=new&kind=bulk-access"
+        );
     }
 }

@@ -112,7 +112,7 @@ pub struct CasesPage {
 /// GET /console/cases?status=: the open cases (open, investigating), or those of one status.
 pub async fn cases_page(req: HttpRequest, page: ConsolePage) -> Result<CasesPage, AppError> {
     let what = case_what(AuditAction::Search, None);
-    admit(&page, AlertWork::WorkCases, what.clone()).await?;
+    admit(&page, AlertWork::WorkCases, what).await?;
     let mut status = None;
     for (k, v) in super::review::pairs(req.query_string()) {
         match k.as_str() {
@@ -172,7 +172,7 @@ pub async fn open_case(
         },
         into,
     );
-    admit(&page, AlertWork::WorkCases, what.clone()).await?;
+    admit(&page, AlertWork::WorkCases, what).await?;
     let mut ids = Vec::new();
     for (k, v) in super::review::pairs(std::str::from_utf8(&body).unwrap_or_default()) {
         if k == "alert" {
@@ -339,7 +339,7 @@ pub async fn case_page(
 ) -> Result<CasePage, AppError> {
     let id = Uuid::parse_str(&path).map_err(|_| no_such_case())?;
     let what = case_what(AuditAction::Read, Some(id));
-    admit(&page, AlertWork::WorkCases, what.clone()).await?;
+    admit(&page, AlertWork::WorkCases, what).await?;
     let identify = may_review(&page.me.user.roles, Review::IdentifyPatients).is_ok();
     let kr = page.state.keyring.clone();
     let found = page
@@ -404,7 +404,10 @@ pub async fn case_page(
         is_owner,
         may_work,
         next,
-        sanctions: Sanction::ALL.iter().map(|s| (s.code(), s.label())).collect(),
+        sanctions: Sanction::ALL
+            .iter()
+            .map(|s| (s.code(), s.label()))
+            .collect(),
         owners: officers
             .into_iter()
             .filter(|(id, _)| !subjects.contains(&UserId(*id)))
@@ -428,12 +431,16 @@ fn describe(h: &cases::HistoryRow, names: &std::collections::HashMap<UserId, Str
         "opened" => format!(
             "opened the case with {} alert(s), owner {}",
             h.alerts.unwrap_or(0),
-            h.owner.map(|o| name_of(UserId(o), names)).unwrap_or_default()
+            h.owner
+                .map(|o| name_of(UserId(o), names))
+                .unwrap_or_default()
         ),
         "alerts-added" => format!("added {} alert(s)", h.alerts.unwrap_or(0)),
         "assigned" => format!(
             "gave the case to {}",
-            h.owner.map(|o| name_of(UserId(o), names)).unwrap_or_default()
+            h.owner
+                .map(|o| name_of(UserId(o), names))
+                .unwrap_or_default()
         ),
         "status" => format!("set the status to {}", h.status.as_deref().unwrap_or("")),
         "closed" => match h.sanction.as_deref().and_then(Sanction::from_code) {
@@ -475,7 +482,7 @@ pub async fn case_action(
     let (id, op) = path.into_inner();
     let id = Uuid::parse_str(&id).map_err(|_| no_such_case())?;
     let what = case_what(AuditAction::Update, Some(id));
-    admit(&page, AlertWork::WorkCases, what.clone()).await?;
+    admit(&page, AlertWork::WorkCases, what).await?;
     let change = match op.as_str() {
         "status" => {
             let to = CaseStatus::from_code(form.get("status").unwrap_or_default()).ok_or_else(
@@ -486,9 +493,13 @@ pub async fn case_action(
                 },
             )?;
             let sanction = match (to, form.get("sanction").unwrap_or_default()) {
-                (CaseStatus::ClosedViolation, code) => Some(Sanction::from_code(code).ok_or_else(
-                    || AppError::bad_request("A violation is closed with one of the listed sanctions."),
-                )?),
+                (CaseStatus::ClosedViolation, code) => {
+                    Some(Sanction::from_code(code).ok_or_else(|| {
+                        AppError::bad_request(
+                            "A violation is closed with one of the listed sanctions.",
+                        )
+                    })?)
+                }
                 (_, "") => None,
                 _ => {
                     return Err(AppError::bad_request(
@@ -538,16 +549,9 @@ pub async fn case_action(
                     return Ok(Err(why));
                 }
                 match change {
-                    Change::Status(to, sanction, note) => cases::set_status(
-                        c,
-                        &kr,
-                        id,
-                        to,
-                        sanction,
-                        note.as_deref(),
-                        me,
-                        now,
-                    )?,
+                    Change::Status(to, sanction, note) => {
+                        cases::set_status(c, &kr, id, to, sanction, note.as_deref(), me, now)?
+                    }
                     Change::Note(note) => cases::add_note(c, &kr, id, &note, me, now)?,
                     Change::Assign(to) => cases::assign(c, &kr, id, to, me, now)?,
                 }
@@ -582,7 +586,10 @@ pub struct Counts {
 }
 
 /// Loads the dashboard's counts (`None` when the viewer may not see alerts).
-pub fn counts(c: &mut PgConnection, roles: &[crate::policy::Role]) -> Result<Option<Counts>, AppError> {
+pub fn counts(
+    c: &mut PgConnection,
+    roles: &[crate::policy::Role],
+) -> Result<Option<Counts>, AppError> {
     if may(roles, AlertWork::ViewAlerts).is_err() {
         return Ok(None);
     }

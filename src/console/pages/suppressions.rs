@@ -68,7 +68,7 @@ pub async fn suppressions_page(
     page: ConsolePage,
 ) -> Result<SuppressionsPage, AppError> {
     let w = what(AuditAction::Search, None);
-    admit(&page, AlertWork::ManageSuppressions, w.clone()).await?;
+    admit(&page, AlertWork::ManageSuppressions, w).await?;
     let mut alert = None;
     let mut message = "";
     for (k, v) in super::review::pairs(req.query_string()) {
@@ -130,7 +130,10 @@ pub async fn suppressions_page(
     let (person, patient) = prefill.unwrap_or_default();
     Ok(SuppressionsPage {
         message,
-        kinds: AlertKind::ALL.iter().map(|k| (k.code(), k.title())).collect(),
+        kinds: AlertKind::ALL
+            .iter()
+            .map(|k| (k.code(), k.title()))
+            .collect(),
         max_days: SUPPRESSION_MAX_DAYS,
         person: person.map(|p| p.to_string()).unwrap_or_default(),
         patient: patient.map(|p| p.to_string()).unwrap_or_default(),
@@ -167,7 +170,7 @@ pub async fn create(
     let form = Form::parse(&body);
     check_post(&req, &page.me.session, form.get("csrf_token"))?;
     let w = what(AuditAction::Create, None);
-    admit(&page, AlertWork::ManageSuppressions, w.clone()).await?;
+    admit(&page, AlertWork::ManageSuppressions, w).await?;
     let person = UserId::parse(form.get("person").unwrap_or_default().trim())
         .ok_or_else(|| AppError::bad_request("The field 'person' must be a user id."))?;
     let patient = PatientId::parse(form.get("patient").unwrap_or_default().trim())
@@ -194,16 +197,19 @@ pub async fn create(
         ));
     }
     let now = page.state.clock.now();
-    let expires = NaiveDate::parse_from_str(form.get("expires").unwrap_or_default().trim(), "%Y-%m-%d")
-        .ok()
-        .and_then(|d| d.and_hms_opt(23, 59, 59))
-        .map(|t| Utc.from_utc_datetime(&t))
-        .filter(|t| rules::suppression_expiry_ok(now, *t))
-        .ok_or_else(|| {
-            AppError::bad_request(
-                "The expiry must be a date (YYYY-MM-DD) after today and at most 365 days ahead.",
-            )
-        })?;
+    let expires = NaiveDate::parse_from_str(
+        form.get("expires").unwrap_or_default().trim(),
+        "%Y-%m-%d",
+    )
+    .ok()
+    .and_then(|d| d.and_hms_opt(23, 59, 59))
+    .map(|t| Utc.from_utc_datetime(&t))
+    .filter(|t| rules::suppression_expiry_ok(now, *t))
+    .ok_or_else(|| {
+        AppError::bad_request(
+            "The expiry must be a date (YYYY-MM-DD) after today and at most 365 days ahead.",
+        )
+    })?;
     let me = page.me.user.id;
     if let Err(why) = rules::may_suppress(&page.me.user.roles, me, person) {
         return Err(refuse(&page, w, why).await);
@@ -254,10 +260,11 @@ pub async fn revoke(
     let page = page.0;
     let form = Form::parse(&body);
     check_post(&req, &page.me.session, form.get("csrf_token"))?;
-    let not_found = || AppError::client(StatusCode::NOT_FOUND, "No active suppression has this id.");
+    let not_found =
+        || AppError::client(StatusCode::NOT_FOUND, "No active suppression has this id.");
     let id = Uuid::parse_str(&path).map_err(|_| not_found())?;
     let w = what(AuditAction::Update, Some(id));
-    admit(&page, AlertWork::ManageSuppressions, w.clone()).await?;
+    admit(&page, AlertWork::ManageSuppressions, w).await?;
     let me = page.me.user.id;
     let now = page.state.clock.now();
     let done = page

@@ -524,7 +524,10 @@ async fn privacy_officer_works_alerts_into_a_case_and_closes_it_in_the_browser()
     sign_in_and_enrol(&browser, &app, "pia").await;
     browser.goto(&app.url("/console/alerts")).await;
     let text = browser.wait_for_text("Co-worker's record").await;
-    assert!(text.contains("MRN MRN-AL1") && text.contains("Dr Bob Example"), "{text}");
+    assert!(
+        text.contains("MRN MRN-AL1") && text.contains("Dr Bob Example"),
+        "{text}"
+    );
     assert_eq!(browser.count("#alert-list tbody tr").await, 2);
     fits_1280(&browser, "alert list").await;
     page_shot(&browser, "privacy-alerts").await;
@@ -575,5 +578,8 @@ async fn fits_1280(browser: &Browser, what: &str) {
         .await;
     let (scroll, inner) = (v[0].as_i64().unwrap(), v[1].as_i64().unwrap());
     assert_eq!(inner, 1280, "the test window is 1280 px wide");
-    assert!(scroll <= inner, "{what}: {scroll} px wide in a {inner}-px window");
+    assert!(
+        scroll <= inner,
+        "{what}: {scroll} px wide in a {inner}-px window"
+    );
 }

@@ -241,11 +241,20 @@ async fn alerts_are_listed_worked_into_a_case_and_closed_with_a_verdict() {
     // officers only, and each view recorded naming the patients identified.
     let (status, html) = w.get(&p, "/console/alerts").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(html.contains("Dr Bob Snoop") && html.contains("MRN MRN-CASE-1"), "{html}");
-    assert!(html.contains("Co-worker") && html.contains("/console/audit/1"), "{html}");
+    assert!(
+        html.contains("Dr Bob Snoop") && html.contains("MRN MRN-CASE-1"),
+        "{html}"
+    );
+    assert!(
+        html.contains("Co-worker") && html.contains("/console/audit/1"),
+        "{html}"
+    );
     let (status, html) = w.get(&a, "/console/alerts").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(html.contains("Dr Bob Snoop") && !html.contains("MRN-CASE-1"), "{html}");
+    assert!(
+        html.contains("Dr Bob Snoop") && !html.contains("MRN-CASE-1"),
+        "{html}"
+    );
     let seen = w.events_on(pia, "Alert");
     assert_eq!(seen.len(), 1);
     assert_eq!(seen[0].2, vec![patient.as_uuid()]);
@@ -271,7 +280,11 @@ async fn alerts_are_listed_worked_into_a_case_and_closed_with_a_verdict() {
     // Administrators see alerts but do not work cases (refused and recorded).
     let ids: Vec<String> = w.alert_ids().iter().map(|(id, _)| id.to_string()).collect();
     let (status, _, _) = w
-        .post(&a, "/console/cases", &[("alert", &ids[0]), ("alert", &ids[1])])
+        .post(
+            &a,
+            "/console/cases",
+            &[("alert", &ids[0]), ("alert", &ids[1])],
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let denied = w.events_on(ada, "PrivacyCase");
@@ -279,7 +292,11 @@ async fn alerts_are_listed_worked_into_a_case_and_closed_with_a_verdict() {
 
     // Pia opens a case of both alerts; they cannot go into a second case.
     let (status, location, _) = w
-        .post(&p, "/console/cases", &[("alert", &ids[0]), ("alert", &ids[1])])
+        .post(
+            &p,
+            "/console/cases",
+            &[("alert", &ids[0]), ("alert", &ids[1])],
+        )
         .await;
     assert_eq!(status, StatusCode::SEE_OTHER);
     let case = case_of(&location);
@@ -309,13 +326,19 @@ async fn alerts_are_listed_worked_into_a_case_and_closed_with_a_verdict() {
     let long = "x".repeat(2001);
     for fields in [
         vec![("status", "<i>closed</i>")],
-        vec![("status", "closed-violation"), ("notes", "Looked at a co-worker's chart")],
+        vec![
+            ("status", "closed-violation"),
+            ("notes", "Looked at a co-worker's chart"),
+        ],
         vec![
             ("status", "closed-violation"),
             ("sanction", "<i>fired</i>"),
             ("notes", "Looked at a co-worker's chart"),
         ],
-        vec![("status", "closed-violation"), ("sanction", "written-warning")],
+        vec![
+            ("status", "closed-violation"),
+            ("sanction", "written-warning"),
+        ],
         vec![
             ("status", "closed-violation"),
             ("sanction", "written-warning"),
@@ -363,7 +386,10 @@ async fn alerts_are_listed_worked_into_a_case_and_closed_with_a_verdict() {
         .await;
     assert_eq!(status, StatusCode::CONFLICT);
     let (_, html) = w.get(&p, &format!("/console/cases/{case}")).await;
-    assert!(html.contains("closed-violation") && html.contains("Written warning"), "{html}");
+    assert!(
+        html.contains("closed-violation") && html.contains("Written warning"),
+        "{html}"
+    );
     assert!(html.contains("Quinn: interviewed the manager"), "{html}");
     assert!(html.contains("This case is closed"), "{html}");
     let (_, html) = w.get(&p, "/console").await;
@@ -432,12 +458,21 @@ async fn nobody_works_a_case_about_themselves() {
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
     let (status, _, _) = w
-        .post(&p, "/console/suppressions", &[
-            ("person", &pia.to_string()),
-            ("patient", &patient.to_string()),
-            ("reason", "my own mother"),
-            ("expires", &(Utc::now() + Duration::days(30)).format("%Y-%m-%d").to_string()),
-        ])
+        .post(
+            &p,
+            "/console/suppressions",
+            &[
+                ("person", &pia.to_string()),
+                ("patient", &patient.to_string()),
+                ("reason", "my own mother"),
+                (
+                    "expires",
+                    &(Utc::now() + Duration::days(30))
+                        .format("%Y-%m-%d")
+                        .to_string(),
+                ),
+            ],
+        )
         .await;
     assert_eq!(status, StatusCode::FORBIDDEN);
 }
@@ -451,7 +486,11 @@ async fn a_suppression_stops_matching_alerts_until_revoked() {
     let child = w.patient("MRN-CHILD-1");
     let other = w.patient("MRN-OTHER-1");
     let (p, a) = (w.sign_in(pia), w.sign_in(ada));
-    let date = |days: i64| (Utc::now() + Duration::days(days)).format("%Y-%m-%d").to_string();
+    let date = |days: i64| {
+        (Utc::now() + Duration::days(days))
+            .format("%Y-%m-%d")
+            .to_string()
+    };
     let (bob_s, child_s) = (bob.to_string(), child.to_string());
     let form = |kind: &'static str, reason: String, expires: String| {
         vec![
@@ -475,7 +514,11 @@ async fn a_suppression_stops_matching_alerts_until_revoked() {
     for fields in [
         form("workforce-patient", "Legal guardian".into(), date(-1)),
         form("workforce-patient", "Legal guardian".into(), date(400)),
-        form("workforce-patient", "Legal guardian".into(), "<b>soon</b>".into()),
+        form(
+            "workforce-patient",
+            "Legal guardian".into(),
+            "<b>soon</b>".into(),
+        ),
         form("workforce-patient", "x".repeat(2001), date(30)),
         form("<b>any</b>", "Legal guardian".into(), date(30)),
     ] {
@@ -512,7 +555,10 @@ async fn a_suppression_stops_matching_alerts_until_revoked() {
     // Listed with its reason (sealed at rest), and recorded.
     let (status, html) = w.get(&p, "/console/suppressions").await;
     assert_eq!(status, StatusCode::OK);
-    assert!(html.contains("legal guardian of this patient") && html.contains("active"), "{html}");
+    assert!(
+        html.contains("legal guardian of this patient") && html.contains("active"),
+        "{html}"
+    );
     let sealed: Vec<Vec<u8>> = custodian::db::schema::alert_suppressions::table
         .select(custodian::db::schema::alert_suppressions::reason_sealed)
         .load(&mut w.app.db.conn())
