@@ -461,7 +461,7 @@ diesel::table! {
         sanction -> Nullable<Text>,
         alerts -> Nullable<Int4>,
         note_sealed -> Nullable<Bytea>,
-        key_version -> Nullable<Int4>,
+        key_version -> Int4,
     }
 }
 

@@ -57,7 +57,7 @@ CREATE TRIGGER privacy_case_alerts_append_only
     FOR EACH ROW EXECUTE FUNCTION append_only();
 
 -- A case's history: append-only; only a note's storage may change (re-sealed by a key
--- rotation), never its text in the clear, never deleted.
+-- rotation, which also moves `key_version`), never deleted.
 CREATE TABLE privacy_case_events (
     seq bigserial PRIMARY KEY,
     id uuid NOT NULL UNIQUE,
@@ -70,8 +70,9 @@ CREATE TABLE privacy_case_events (
     sanction text CHECK (sanction IS NULL OR sanction ~ '^[a-z][a-z-]{1,40}$'),
     alerts integer CHECK (alerts IS NULL OR alerts >= 0),
     note_sealed bytea,
-    key_version integer,
-    CHECK ((note_sealed IS NULL) = (key_version IS NULL))
+    -- Set on every row (key rotation walks the table by it); names the key of the note,
+    -- if there is one.
+    key_version integer NOT NULL
 );
 CREATE INDEX privacy_case_events_by_case ON privacy_case_events (case_id, seq);
 CREATE INDEX privacy_case_events_key_version ON privacy_case_events (key_version);
@@ -87,7 +88,7 @@ BEGIN
        IS DISTINCT FROM
        (OLD.seq, OLD.id, OLD.case_id, OLD.actor, OLD.at, OLD.action, OLD.status, OLD.owner,
         OLD.sanction, OLD.alerts)
-        OR OLD.note_sealed IS NULL OR NEW.note_sealed IS NULL THEN
+        OR (OLD.note_sealed IS NULL) <> (NEW.note_sealed IS NULL) THEN
         RAISE EXCEPTION 'privacy_case_events rows are never changed or deleted';
     END IF;
     RETURN NEW;

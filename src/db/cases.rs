@@ -91,15 +91,12 @@ struct NewEvent<'a> {
 
 fn append(conn: &mut PgConnection, kr: &Keyring, e: NewEvent<'_>) -> Result<(), AppError> {
     let id = Uuid::new_v4();
-    let (sealed, version) = match e.note {
-        Some(text) => {
-            let sealer = kr.sealer_for_write(conn)?;
-            (
-                Some(sealer.seal_str(&NOTE.at(id), text)?),
-                Some(sealer.version()),
-            )
-        }
-        None => (None, None),
+    // Every row carries the current key version (rotation walks the table by it).
+    let sealer = kr.sealer_for_write(conn)?;
+    let version = sealer.version();
+    let sealed = match e.note {
+        Some(text) => Some(sealer.seal_str(&NOTE.at(id), text)?),
+        None => None,
     };
     diesel::insert_into(ev::table)
         .values((
