@@ -431,3 +431,62 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, break_glass_reviews);
+
+diesel::table! {
+    privacy_cases (id) {
+        id -> Uuid,
+        status -> Text,
+        owner -> Uuid,
+        sanction -> Nullable<Text>,
+        opened_by -> Uuid,
+        opened_at -> Timestamptz,
+        updated_at -> Timestamptz,
+        closed_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    privacy_case_alerts (alert_id) {
+        alert_id -> Uuid,
+        case_id -> Uuid,
+        added_by -> Uuid,
+        added_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    privacy_case_events (seq) {
+        seq -> Int8,
+        id -> Uuid,
+        case_id -> Uuid,
+        actor -> Uuid,
+        at -> Timestamptz,
+        action -> Text,
+        status -> Nullable<Text>,
+        owner -> Nullable<Uuid>,
+        sanction -> Nullable<Text>,
+        alerts -> Nullable<Int4>,
+        note_sealed -> Nullable<Bytea>,
+        key_version -> Int4,
+    }
+}
+
+diesel::table! {
+    alert_suppressions (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        patient_id -> Uuid,
+        kind -> Nullable<Text>,
+        reason_sealed -> Bytea,
+        key_version -> Int4,
+        created_by -> Uuid,
+        created_at -> Timestamptz,
+        expires_at -> Timestamptz,
+        revoked_at -> Nullable<Timestamptz>,
+        revoked_by -> Nullable<Uuid>,
+    }
+}
+
+diesel::joinable!(privacy_case_alerts -> privacy_cases (case_id));
+diesel::joinable!(privacy_case_alerts -> alerts (alert_id));
+diesel::allow_tables_to_appear_in_same_query!(privacy_cases, privacy_case_alerts, alerts);

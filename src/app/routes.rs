@@ -475,6 +475,54 @@ pub fn configure(r: &mut Routes) {
         console::pages::break_glass::review,
     );
     r.add(
+        Method::GET,
+        "/console/alerts",
+        pages,
+        console::pages::alerts::alerts_page,
+    );
+    r.add(
+        Method::GET,
+        "/console/cases",
+        pages,
+        console::pages::cases::cases_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/cases",
+        pages,
+        console::pages::cases::open_case,
+    );
+    r.add(
+        Method::GET,
+        "/console/cases/{id}",
+        pages,
+        console::pages::cases::case_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/cases/{id}/{op}",
+        pages,
+        console::pages::cases::case_action,
+    );
+    r.add(
+        Method::GET,
+        "/console/suppressions",
+        pages,
+        console::pages::suppressions::suppressions_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/suppressions",
+        pages,
+        console::pages::suppressions::create,
+    );
+    r.add(
+        Method::POST,
+        "/console/suppressions/{id}/revoke",
+        pages,
+        console::pages::suppressions::revoke,
+    );
+    r.add(
         Method::POST,
         "/console/step-up",
         pages,

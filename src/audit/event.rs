@@ -143,6 +143,11 @@ coded_enum! {
         AuditLog = "AuditLog",
         EmergencyAccount = "EmergencyAccount",
         PendingChange = "PendingChange",
+        // A detector's or break-glass alert, a privacy case grouping alerts, and a
+        // suppression of alerts about one person and one patient (`db::cases`).
+        Alert = "Alert",
+        PrivacyCase = "PrivacyCase",
+        AlertSuppression = "AlertSuppression",
     }
 }
 

@@ -96,6 +96,14 @@ sealed_tables! {
     resource_history = "resource_history" {
         BODY = "body_sealed",
     }
+    /// A privacy officer's notes in a case's history (`db::cases`).
+    privacy_case_events = "privacy_case_events" {
+        NOTE = "note_sealed",
+    }
+    /// Why alerts about a person and a patient are suppressed (`db::suppressions`).
+    alert_suppressions = "alert_suppressions" {
+        REASON = "reason_sealed",
+    }
 }
 
 /// The place of a search cursor: sealed for the user it was issued to, bound to the

@@ -111,6 +111,17 @@ pub const MAX_EVIDENCE: usize = 50;
 /// inserted, in order.
 pub fn raise_all(conn: &mut PgConnection, new: &[NewAlert]) -> Result<Vec<AlertKind>, AppError> {
     let mut inserted = Vec::new();
+    // An alert a privacy officer has explained away (a guardian, say) is not raised.
+    let keys: Vec<_> = new
+        .iter()
+        .map(|n| (n.user_id, n.patient_id, n.kind.code(), n.created_at))
+        .collect();
+    let hidden = crate::db::suppressions::suppressed(conn, &keys)?;
+    let new: Vec<&NewAlert> = new
+        .iter()
+        .zip(hidden)
+        .filter_map(|(n, hidden)| (!hidden).then_some(n))
+        .collect();
     // Bounded chunks keep one statement's parameters far below PostgreSQL's limit.
     for chunk in new.chunks(500) {
         let rows: Vec<_> = chunk

@@ -3,6 +3,7 @@
 
 pub mod alerts;
 pub mod break_glass;
+pub mod cases;
 pub mod claims;
 pub mod config;
 pub mod documents;
@@ -17,6 +18,7 @@ pub mod records;
 /// `crypto` and `audit` can keep their own tables without importing `db`.
 pub use crate::schema;
 pub mod scope;
+pub mod suppressions;
 pub mod users;
 
 use crate::error::AppError;

@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod break_glass;
+pub mod cases;
 pub mod confidentiality;
 pub mod export;
 pub mod matrix;

@@ -7,11 +7,14 @@
 //! `templates/console/layout.html`).
 
 pub mod actions;
+pub mod alerts;
 pub mod break_glass;
+pub mod cases;
 pub mod charts;
 pub mod export;
 pub mod overview;
 pub mod review;
+pub mod suppressions;
 pub mod verify;
 
 use super::gate::{AdminPage, Chrome, ConsolePage};
@@ -48,6 +51,8 @@ pub struct Dashboard {
     alerts: Vec<AlertRow>,
     /// Grants whose review is overdue.
     overdue: Vec<break_glass::GrantRow>,
+    /// Open alerts by severity and open cases (viewers who may see alerts).
+    counts: Option<cases::Counts>,
     /// The audit chain: its last sequence number, newest signed checkpoint and the events
     /// appended since (metadata of the trail, no PHI).
     chain_seq: i64,
@@ -132,7 +137,8 @@ pub async fn dashboard(page: ConsolePage) -> Result<Dashboard, AppError> {
     let me = &page.me;
     let roles: Vec<&str> = me.user.roles.iter().map(|r| r.as_str()).collect();
     let now = page.state.clock.now();
-    let (alerts, overdue, (head, (verified, verifying))) = page
+    let roles_held = me.user.roles.clone();
+    let (alerts, overdue, (head, (verified, verifying)), counts) = page
         .state
         .db
         .run(move |c| {
@@ -140,7 +146,8 @@ pub async fn dashboard(page: ConsolePage) -> Result<Dashboard, AppError> {
             let overdue = crate::db::break_glass::overdue_reviews(c, now, ALERTS_SHOWN)?;
             let head = crate::audit::store::head(c)?;
             let checks = crate::audit::checks::latest(c)?;
-            Ok((alerts, overdue, (head, checks)))
+            let counts = cases::counts(c, &roles_held)?;
+            Ok((alerts, overdue, (head, checks), counts))
         })
         .await?;
     Ok(Dashboard {
@@ -149,6 +156,7 @@ pub async fn dashboard(page: ConsolePage) -> Result<Dashboard, AppError> {
             .iter()
             .map(|g| break_glass::GrantRow::of(g, now, false))
             .collect(),
+        counts,
         chain_seq: head.seq,
         checkpoint_no: head.checkpoint_no,
         checkpoint_seq: head.checkpoint_seq,

@@ -208,6 +208,18 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         "/console/approvals/{id}/{decision}",
         Expect::ConsoleAction,
     ),
+    ("GET", "/console/alerts", Expect::ConsolePage),
+    ("GET", "/console/cases", Expect::ConsolePage),
+    ("POST", "/console/cases", Expect::ConsoleAction),
+    ("GET", "/console/cases/{id}", Expect::ConsolePage),
+    ("POST", "/console/cases/{id}/{op}", Expect::ConsoleAction),
+    ("GET", "/console/suppressions", Expect::ConsolePage),
+    ("POST", "/console/suppressions", Expect::ConsoleAction),
+    (
+        "POST",
+        "/console/suppressions/{id}/revoke",
+        Expect::ConsoleAction,
+    ),
     ("GET", "/console/break-glass", Expect::ConsolePage),
     ("GET", "/console/break-glass/{id}", Expect::ConsolePage),
     (
@@ -422,6 +434,7 @@ impl Setup {
             .replace("{role}", "billing")
             .replace("{action}", "disable")
             .replace("{decision}", "approve")
+            .replace("{op}", "status")
             .replace("{vid}", "1")
             .replace("{file}", "console.css")
     }

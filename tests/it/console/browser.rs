@@ -453,3 +453,133 @@ async fn break_glass_is_approved_shown_and_reviewed_in_the_browser() {
     let messages = browser.console_messages().await;
     assert!(csp_violations(&messages).is_empty(), "{messages:?}");
 }
+
+/// Alerts and cases (issue 15) in a real browser: a privacy officer sees the alert list
+/// (MRN, explanation, evidence links), opens a case of two alerts, and closes it as a
+/// violation with a sanction. Both pages fit the 1280-px window; the screenshots are the
+/// ones docs/privacy-review.md shows.
+#[tokio::test]
+async fn privacy_officer_works_alerts_into_a_case_and_closes_it_in_the_browser() {
+    use custodian::db::alerts::{AlertKind, NewAlert, raise_all};
+    let (app, idp) = oidc::console_app(TestApp::builder()).await;
+    known_user(
+        &app,
+        &idp.issuer,
+        "pia",
+        &[Role::PrivacyOfficer],
+        Some("Pia Privacy"),
+    );
+    let bob = known_user(
+        &app,
+        &idp.issuer,
+        "dr-bob",
+        &[Role::Clinician],
+        Some("Dr Bob Example"),
+    );
+    let config = TestApp::builder().config(&app.db.url);
+    let kr = custodian::app::keys::load_keyring(&config.crypto, &app.db.url, 2).unwrap();
+    let mut c = app.db.conn();
+    let facility = custodian::db::phi::insert_facility(&mut c, "General Hospital").unwrap();
+    let patient = custodian::db::phi::insert_patient(
+        &mut c,
+        &kr,
+        &custodian::db::phi::NewPatient {
+            facility_id: facility,
+            mrn: "MRN-AL1".into(),
+            ssn: None,
+            family: "Synthetic".into(),
+            given: "Pat".into(),
+            birth_date: chrono::NaiveDate::from_ymd_opt(1970, 1, 1).unwrap(),
+            gender: "unknown".into(),
+            telecom: None,
+            address: None,
+        },
+    )
+    .unwrap();
+    let alert = |kind: AlertKind, key: &str, figures: Vec<i64>| NewAlert {
+        kind,
+        severity: kind.severity(),
+        reason: "care-team",
+        user_id: Some(custodian::domain::UserId(bob)),
+        patient_id: Some(patient.id),
+        grant_id: None,
+        source_ip: None,
+        client_id: None,
+        figures,
+        evidence_seqs: vec![1, 2],
+        dedup_key: key.into(),
+        created_at: chrono::Utc::now(),
+    };
+    raise_all(
+        &mut c,
+        &[
+            alert(AlertKind::WorkforcePatient, "b:1", vec![3]),
+            alert(AlertKind::RestrictedRecord, "b:2", vec![2]),
+        ],
+    )
+    .unwrap();
+    drop(c);
+
+    let browser = Browser::start(&test_cert().cert_pem).await;
+    sign_in_and_enrol(&browser, &app, "pia").await;
+    browser.goto(&app.url("/console/alerts")).await;
+    let text = browser.wait_for_text("Co-worker's record").await;
+    assert!(
+        text.contains("MRN MRN-AL1") && text.contains("Dr Bob Example"),
+        "{text}"
+    );
+    assert_eq!(browser.count("#alert-list tbody tr").await, 2);
+    fits_1280(&browser, "alert list").await;
+    page_shot(&browser, "privacy-alerts").await;
+
+    browser
+        .execute(
+            "document.querySelectorAll('input[name=alert]').forEach(b => b.click());",
+            vec![],
+        )
+        .await;
+    browser.click("Open a case of the picked alerts").await;
+    browser.wait_for_text("Saved.").await;
+    browser
+        .execute(
+            "document.querySelector('input[name=status][value=closed-violation]').click();",
+            vec![],
+        )
+        .await;
+    browser
+        .select(
+            "Sanction (required to close as a violation, HIPAA 164.308(a)(1)(ii)(C))",
+            "Written warning",
+        )
+        .await;
+    browser
+        .fill(
+            "Notes (required to close)",
+            "Opened a co-worker's chart with no care relationship; confirmed with the manager.",
+        )
+        .await;
+    browser.click("Save the status").await;
+    let text = browser.wait_for_text("The case was closed.").await;
+    assert!(text.contains("closed-violation"), "{text}");
+    assert!(text.contains("sanction: Written warning"), "{text}");
+    fits_1280(&browser, "case page").await;
+    page_shot(&browser, "privacy-case").await;
+    let messages = browser.console_messages().await;
+    assert!(csp_violations(&messages).is_empty(), "{messages:?}");
+}
+
+/// The page is no wider than the 1280-px window (no horizontal scrolling).
+async fn fits_1280(browser: &Browser, what: &str) {
+    let v = browser
+        .execute(
+            "return [document.documentElement.scrollWidth, window.innerWidth];",
+            vec![],
+        )
+        .await;
+    let (scroll, inner) = (v[0].as_i64().unwrap(), v[1].as_i64().unwrap());
+    assert_eq!(inner, 1280, "the test window is 1280 px wide");
+    assert!(
+        scroll <= inner,
+        "{what}: {scroll} px wide in a {inner}-px window"
+    );
+}

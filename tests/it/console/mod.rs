@@ -2,6 +2,7 @@
 //! and the browser tests in Chromium.
 
 mod browser;
+mod cases;
 pub(crate) mod dev_tour;
 mod emergency;
 mod login;
