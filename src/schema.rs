@@ -425,3 +425,50 @@ diesel::table! {
 }
 
 diesel::allow_tables_to_appear_in_same_query!(break_glass_grants, break_glass_reviews);
+
+diesel::table! {
+    webhook_endpoints (id) {
+        id -> Uuid,
+        url -> Text,
+        secret_sealed -> Bytea,
+        key_version -> Int4,
+        enabled -> Bool,
+        created_by -> Uuid,
+        created_at -> Timestamptz,
+        secret_rotated_at -> Nullable<Timestamptz>,
+        disabled_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    webhook_messages (id) {
+        id -> Uuid,
+        event_type -> Text,
+        data -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Uuid,
+        message_id -> Uuid,
+        endpoint_id -> Uuid,
+        state -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_attempt_at -> Nullable<Timestamptz>,
+        last_outcome -> Nullable<Text>,
+        last_status -> Nullable<Int4>,
+        delivered_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(webhook_deliveries -> webhook_messages (message_id));
+diesel::joinable!(webhook_deliveries -> webhook_endpoints (endpoint_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    webhook_deliveries,
+    webhook_messages,
+    webhook_endpoints
+);

@@ -80,6 +80,10 @@ impl op::AdminActor for AdminPrincipal {
         self.0.state().clock.now()
     }
 
+    fn keyring(&self) -> Option<std::sync::Arc<crate::crypto::Keyring>> {
+        Some(self.0.state().keyring.clone())
+    }
+
     async fn record(
         &self,
         action: AuditAction,
@@ -154,6 +158,11 @@ async fn perform(
             json_response(status, &serde_json::json!({ "id": id, "name": name }))
         }
         Done::Nothing => HttpResponse::NoContent().finish(),
+        // The one time a webhook signing secret is shown.
+        Done::WebhookSecret { endpoint, secret } => json_response(
+            status,
+            &serde_json::json!({ "endpoint_id": endpoint, "secret": secret.expose() }),
+        ),
         // Kept for a second administrator (separation of duties): not performed yet.
         Done::Pending(id) => json_response(
             StatusCode::ACCEPTED,

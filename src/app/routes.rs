@@ -372,6 +372,31 @@ pub fn configure(r: &mut Routes) {
         console::pages::clients_page,
     );
     r.add(
+        Method::GET,
+        "/console/webhooks",
+        pages,
+        console::pages::webhooks::webhooks_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/webhooks",
+        pages,
+        console::pages::webhooks::create,
+    );
+    // Before `/console/webhooks/{id}/{action}`, which would take `deliveries` for an id.
+    r.add(
+        Method::POST,
+        "/console/webhooks/deliveries/{id}/redeliver",
+        pages,
+        console::pages::webhooks::redeliver,
+    );
+    r.add(
+        Method::POST,
+        "/console/webhooks/{id}/{action}",
+        pages,
+        console::pages::webhooks::endpoint_action,
+    );
+    r.add(
         Method::POST,
         "/console/clients",
         pages,

@@ -143,6 +143,8 @@ coded_enum! {
         AuditLog = "AuditLog",
         EmergencyAccount = "EmergencyAccount",
         PendingChange = "PendingChange",
+        WebhookEndpoint = "WebhookEndpoint",
+        WebhookDelivery = "WebhookDelivery",
     }
 }
 

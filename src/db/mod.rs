@@ -18,6 +18,7 @@ pub mod records;
 pub use crate::schema;
 pub mod scope;
 pub mod users;
+pub mod webhooks;
 
 use crate::error::AppError;
 use anyhow::Context;
