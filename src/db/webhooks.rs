@@ -10,7 +10,7 @@
 
 use crate::crypto::{FieldPlace, Keyring};
 use crate::db::alerts::NewAlert;
-use crate::domain::{UserId, WebhookDeliveryId, WebhookEndpointId};
+use crate::domain::{GrantId, PatientId, UserId, WebhookDeliveryId, WebhookEndpointId};
 use crate::error::AppError;
 use crate::schema::{webhook_deliveries as wd, webhook_endpoints as we, webhook_messages as wm};
 use crate::secret::Secret;
@@ -61,20 +61,49 @@ pub struct NewMessage {
 impl NewMessage {
     /// A newly inserted alert `id`.
     pub fn alert(id: Uuid, a: &NewAlert) -> Self {
+        Self::alert_of(
+            id,
+            (a.kind.code(), a.severity.code(), a.reason),
+            (a.user_id, a.patient_id, a.grant_id),
+            a.created_at,
+        )
+    }
+
+    /// A newly inserted break-glass alert `id` (`db::break_glass::raise_alert`).
+    pub fn break_glass_alert(
+        id: Uuid,
+        kind: &'static str,
+        (grant, user, patient): (GrantId, UserId, PatientId),
+        at: DateTime<Utc>,
+    ) -> Self {
+        Self::alert_of(
+            id,
+            (kind, "high", ""),
+            (Some(user), Some(patient), Some(grant)),
+            at,
+        )
+    }
+
+    fn alert_of(
+        id: Uuid,
+        (kind, severity, reason): (&'static str, &'static str, &'static str),
+        (user, patient, grant): (Option<UserId>, Option<PatientId>, Option<GrantId>),
+        at: DateTime<Utc>,
+    ) -> Self {
         NewMessage {
             event_type: EventType::AlertRaised,
             data: json!({
                 "alert_id": id,
-                "kind": a.kind.code(),
-                "severity": a.severity.code(),
-                "reason": a.reason,
-                "user_id": a.user_id,
-                "patient_id": a.patient_id,
-                "grant_id": a.grant_id,
-                "created_at": a.created_at,
+                "kind": kind,
+                "severity": severity,
+                "reason": reason,
+                "user_id": user,
+                "patient_id": patient,
+                "grant_id": grant,
+                "created_at": at,
                 "console_path": format!("/console/alerts/{id}"),
             }),
-            at: a.created_at,
+            at,
         }
     }
 
