@@ -693,6 +693,7 @@ impl HooksRef {
 async fn the_background_worker_delivers_from_a_running_app() {
     let r = Receiver::start();
     let app = TestApp::builder()
+        .set("metrics.listen", "127.0.0.1:0")
         .set("webhooks.poll_ms", 50)
         .set("webhooks.ca_file", test_cert().cert.display().to_string())
         .spawn()
@@ -745,4 +746,27 @@ async fn the_background_worker_delivers_from_a_running_app() {
     assert_eq!(body["type"], "audit.verification-failed");
     assert_eq!(body["data"]["failed_seq"], 7);
     assert!(!got[0]["body"].as_str().unwrap().contains("hash mismatch"));
+
+    // Deliveries are counted by outcome, the only label (a fixed vocabulary).
+    let url = format!("http://{}/metrics", app.metrics.unwrap());
+    let text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+    let parsed = prom_text_format_parser::Scrape::parse(&text).expect("Prometheus text format");
+    let family = parsed
+        .metrics
+        .iter()
+        .find(|m| m.name == "custodian_webhook_deliveries_total")
+        .expect("webhook deliveries counted");
+    let codes: Vec<&str> = custodian::monitoring::DeliveryOutcome::ALL
+        .iter()
+        .map(|o| o.code())
+        .collect();
+    for sample in &family.samples {
+        let labels: Vec<_> = sample.labels.iter().map(|l| (l.key.as_str(), l.value.as_str())).collect();
+        assert_eq!(labels.len(), 1, "{labels:?}");
+        assert_eq!(labels[0].0, "outcome");
+        assert!(codes.contains(&labels[0].1), "{labels:?}");
+    }
+    assert!(family.samples.iter().any(|s| {
+        s.labels.iter().any(|l| l.value == "delivered") && s.value.value.as_f64() >= 1.0
+    }));
 }
