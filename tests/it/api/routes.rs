@@ -189,6 +189,18 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         "/console/clients/{id}/disable",
         Expect::ConsoleAction,
     ),
+    ("GET", "/console/webhooks", Expect::ConsolePage),
+    ("POST", "/console/webhooks", Expect::ConsoleAction),
+    (
+        "POST",
+        "/console/webhooks/deliveries/{id}/redeliver",
+        Expect::ConsoleAction,
+    ),
+    (
+        "POST",
+        "/console/webhooks/{id}/{action}",
+        Expect::ConsoleAction,
+    ),
     ("GET", "/console/audit", Expect::ConsolePage),
     ("POST", "/console/audit", Expect::ConsoleAction),
     ("POST", "/console/audit/export", Expect::ConsoleAction),
