@@ -16,10 +16,10 @@ use crate::db::users::{self, UserKind, UserSummary};
 use crate::domain::{
     FacilityId, GrantId, PatientId, PendingChangeId, UserId, WebhookDeliveryId, WebhookEndpointId,
 };
-use crate::secret::Secret;
 use crate::error::AppError;
 use crate::policy::Role;
 use crate::policy::admin::{self as rules, AccessChange, SelfChange, Verdict};
+use crate::secret::Secret;
 use actix_web::http::StatusCode;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -112,13 +112,21 @@ pub enum Op {
     },
     /// Register a webhook endpoint (HTTPS URL); its signing secret is made here and shown
     /// once.
-    CreateWebhookEndpoint { url: String },
+    CreateWebhookEndpoint {
+        url: String,
+    },
     /// Stop delivering to a webhook endpoint.
-    DisableWebhookEndpoint { endpoint: WebhookEndpointId },
+    DisableWebhookEndpoint {
+        endpoint: WebhookEndpointId,
+    },
     /// Replace a webhook endpoint's signing secret (the new one is shown once).
-    RotateWebhookSecret { endpoint: WebhookEndpointId },
+    RotateWebhookSecret {
+        endpoint: WebhookEndpointId,
+    },
     /// Queue a webhook delivery again (after a dead letter, or to resend).
-    RedeliverWebhook { delivery: WebhookDeliveryId },
+    RedeliverWebhook {
+        delivery: WebhookDeliveryId,
+    },
 }
 
 /// Longest accepted webhook endpoint URL (characters).
@@ -541,9 +549,9 @@ impl Op {
                 Some(endpoint.as_uuid())
             }
             Op::RedeliverWebhook { delivery } => Some(delivery.as_uuid()),
-            Op::CreateClient { .. } | Op::CreateFacility { .. } | Op::CreateWebhookEndpoint { .. } => {
-                None
-            }
+            Op::CreateClient { .. }
+            | Op::CreateFacility { .. }
+            | Op::CreateWebhookEndpoint { .. } => None,
         }
     }
 
@@ -696,7 +704,9 @@ impl Op {
             Op::RotateWebhookSecret { endpoint } => {
                 format!("Replace the signing secret of the webhook endpoint {endpoint}")
             }
-            Op::RedeliverWebhook { delivery } => format!("Redeliver the webhook delivery {delivery}"),
+            Op::RedeliverWebhook { delivery } => {
+                format!("Redeliver the webhook delivery {delivery}")
+            }
         }
     }
 

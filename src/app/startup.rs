@@ -143,7 +143,10 @@ impl Application {
                 config.webhooks.clone(),
                 &config.server.public_url,
             )?;
-            crate::webhooks::spawn(std::sync::Arc::downgrade(&state.clone().into_inner()), deliverer);
+            crate::webhooks::spawn(
+                std::sync::Arc::downgrade(&state.clone().into_inner()),
+                deliverer,
+            );
         }
 
         // The console's settings are app data of their own (the state does not know the

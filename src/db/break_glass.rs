@@ -538,8 +538,12 @@ pub fn raise_alert(
         .optional()?;
     // The outbox: the alert's webhook message commits with it, or neither does.
     if let Some(id) = n {
-        let message =
-            crate::db::webhooks::NewMessage::break_glass_alert(id, kind.code(), (grant, user, patient), now);
+        let message = crate::db::webhooks::NewMessage::break_glass_alert(
+            id,
+            kind.code(),
+            (grant, user, patient),
+            now,
+        );
         crate::db::webhooks::enqueue(conn, &[message])?;
     }
     Ok(n.is_some())

@@ -224,11 +224,10 @@ impl Deliverer {
             Err(code) => (code, None),
         };
         let failed = u32::try_from(failed_before).unwrap_or(0).saturating_add(1);
-        let retry_at = self.cfg.retry_after(failed).and_then(|wait| {
-            chrono::Duration::from_std(wait)
-                .ok()
-                .map(|wait| now + wait)
-        });
+        let retry_at = self
+            .cfg
+            .retry_after(failed)
+            .and_then(|wait| chrono::Duration::from_std(wait).ok().map(|wait| now + wait));
         AttemptResult::Failed {
             outcome,
             status,

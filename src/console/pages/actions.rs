@@ -117,9 +117,7 @@ fn landing(op: &Op) -> (String, &'static str) {
         Op::DenyChange { .. } => (APPROVALS.into(), "change-denied"),
         Op::SetConfidentiality { .. } => ("/console".into(), "confidentiality-set"),
         Op::RevokeBreakGlass { .. } => ("/console/break-glass".into(), "grant-revoked"),
-        Op::CreateWebhookEndpoint { .. } | Op::RotateWebhookSecret { .. } => {
-            (WEBHOOKS.into(), "")
-        }
+        Op::CreateWebhookEndpoint { .. } | Op::RotateWebhookSecret { .. } => (WEBHOOKS.into(), ""),
         Op::DisableWebhookEndpoint { .. } => (WEBHOOKS.into(), "webhook-disabled"),
         Op::RedeliverWebhook { .. } => (WEBHOOKS.into(), "webhook-redelivered"),
     }

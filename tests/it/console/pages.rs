@@ -2338,7 +2338,10 @@ async fn webhook_endpoints_are_managed_with_step_up_and_the_secret_is_shown_once
         .post(
             &a,
             "/console/step-up",
-            &[("pending_id", &pending_id(&html)), ("code", &code_at(now_secs()))],
+            &[
+                ("pending_id", &pending_id(&html)),
+                ("code", &code_at(now_secs())),
+            ],
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
@@ -2356,7 +2359,10 @@ async fn webhook_endpoints_are_managed_with_step_up_and_the_secret_is_shown_once
     let page = c.get(&a, "/console/webhooks").await;
     assert_eq!(page.status(), StatusCode::OK);
     let page = page.text().await.unwrap();
-    assert!(page.contains(url) && page.contains(&endpoint.to_string()), "{page}");
+    assert!(
+        page.contains(url) && page.contains(&endpoint.to_string()),
+        "{page}"
+    );
     assert!(!page.contains(&secret));
     assert!(
         c.events()
@@ -2365,7 +2371,11 @@ async fn webhook_endpoints_are_managed_with_step_up_and_the_secret_is_shown_once
     );
     // Bad input: 400 with a fixed message, nothing stored.
     let res = c
-        .post(&a, "/console/webhooks", &[("url", "http://plain.example.test/<b>")])
+        .post(
+            &a,
+            "/console/webhooks",
+            &[("url", "http://plain.example.test/<b>")],
+        )
         .await;
     assert_eq!(res.status(), StatusCode::BAD_REQUEST);
     assert!(!res.text().await.unwrap().contains("<b>"));
@@ -2416,7 +2426,11 @@ async fn webhook_endpoints_are_managed_with_step_up_and_the_secret_is_shown_once
         .unwrap();
     assert!(!enabled);
     let res = c
-        .post(&a, &format!("/console/webhooks/{}/disable", Uuid::new_v4()), &[])
+        .post(
+            &a,
+            &format!("/console/webhooks/{}/disable", Uuid::new_v4()),
+            &[],
+        )
         .await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 

@@ -234,10 +234,7 @@ impl Hooks {
 
     /// Registers `url`; returns the endpoint and its secret (shown this once).
     async fn register(&self, url: &str) -> (WebhookEndpointId, String) {
-        match self
-            .op(Op::CreateWebhookEndpoint { url: url.into() })
-            .await
-        {
+        match self.op(Op::CreateWebhookEndpoint { url: url.into() }).await {
             Ok(Done::WebhookSecret { endpoint, secret }) => (endpoint, secret.expose().clone()),
             _ => panic!("endpoint not created"),
         }
@@ -260,8 +257,10 @@ impl Hooks {
             created_at: self.clock().now(),
         };
         let mut c = self.app.db.conn();
-        c.transaction(|c| raise_all(c, &[alert]).map_err(|_| diesel::result::Error::RollbackTransaction))
-            .unwrap();
+        c.transaction(|c| {
+            raise_all(c, &[alert]).map_err(|_| diesel::result::Error::RollbackTransaction)
+        })
+        .unwrap();
     }
 
     async fn pass(&self) -> custodian::webhooks::Pass {
@@ -291,12 +290,14 @@ impl Hooks {
 }
 
 #[tokio::test]
-async fn a_delivery_verifies_with_the_reference_library_and_a_tampered_or_replayed_one_does_not()
-{
+async fn a_delivery_verifies_with_the_reference_library_and_a_tampered_or_replayed_one_does_not() {
     let h = Hooks::start(8).await;
     let r = Receiver::start();
     let (_, secret) = h.register(&r.url()).await;
-    assert!(secret.starts_with("whsec_"), "Standard Webhooks secret format");
+    assert!(
+        secret.starts_with("whsec_"),
+        "Standard Webhooks secret format"
+    );
     r.control(json!({ "secret": secret })).await;
     h.raise("spike-1");
 
@@ -312,7 +313,10 @@ async fn a_delivery_verifies_with_the_reference_library_and_a_tampered_or_replay
     assert_eq!(body["type"], "alert.raised");
     assert_eq!(body["data"]["kind"], "auth-failure-spike");
     let link = body["data"]["console_url"].as_str().unwrap();
-    assert!(link.starts_with(&format!("{PUBLIC_URL}/console/alerts/")), "{link}");
+    assert!(
+        link.starts_with(&format!("{PUBLIC_URL}/console/alerts/")),
+        "{link}"
+    );
     assert_eq!(h.deliveries()[0].0, "delivered");
     // Delivered once: the next pass has nothing to do.
     assert_eq!(h.pass().await.delivered, 0);
@@ -372,7 +376,13 @@ async fn an_outage_is_retried_after_the_backoff_and_then_delivered() {
     assert_eq!(h.pass().await.failed, 1);
     // …then 60 s after the second.
     h.advance(59);
-    assert_eq!(h.pass().await, custodian::webhooks::Pass { ran: true, ..Default::default() });
+    assert_eq!(
+        h.pass().await,
+        custodian::webhooks::Pass {
+            ran: true,
+            ..Default::default()
+        }
+    );
     h.advance(1);
     let pass = h.pass().await;
     assert_eq!((pass.delivered, pass.failed), (1, 0));
@@ -393,7 +403,8 @@ async fn a_delivery_dead_letters_after_max_attempts_and_a_redelivery_succeeds() 
     h.register(&closed).await;
     let r = Receiver::start();
     let (_, secret) = h.register(&r.url()).await;
-    r.control(json!({ "secret": secret, "fail_next": 100 })).await;
+    r.control(json!({ "secret": secret, "fail_next": 100 }))
+        .await;
     h.raise("spike-1");
 
     let mut dead = 0;
@@ -406,7 +417,10 @@ async fn a_delivery_dead_letters_after_max_attempts_and_a_redelivery_succeeds() 
     assert!(rows.iter().all(|d| d.0 == "dead" && d.1 == 3), "{rows:?}");
     let outcomes: Vec<_> = rows.iter().map(|d| d.2.clone().unwrap()).collect();
     assert!(outcomes.contains(&"connect".to_string()), "{outcomes:?}");
-    assert!(outcomes.contains(&"http-status".to_string()), "{outcomes:?}");
+    assert!(
+        outcomes.contains(&"http-status".to_string()),
+        "{outcomes:?}"
+    );
     // A dead letter stays put…
     assert_eq!(h.pass().await.failed + h.pass().await.dead, 0);
     assert_eq!(r.received().await.len(), 3);
@@ -574,7 +588,10 @@ async fn no_payload_carries_phi() {
             b["data"]["kind"].as_str().unwrap_or_default().to_string()
         })
         .collect();
-    assert!(kinds.iter().any(|k| k.starts_with("break-glass")), "{kinds:?}");
+    assert!(
+        kinds.iter().any(|k| k.starts_with("break-glass")),
+        "{kinds:?}"
+    );
     let canaries = [
         CANARY_FAMILY,
         CANARY_MRN,
@@ -680,8 +697,10 @@ impl HooksRef {
             created_at: self.clock.now(),
         };
         let mut c = PgConnection::establish(&self.conn_url).unwrap();
-        c.transaction(|c| raise_all(c, &[alert]).map_err(|_| diesel::result::Error::RollbackTransaction))
-            .unwrap();
+        c.transaction(|c| {
+            raise_all(c, &[alert]).map_err(|_| diesel::result::Error::RollbackTransaction)
+        })
+        .unwrap();
     }
 
     async fn pass(&self) -> custodian::webhooks::Pass {
@@ -761,7 +780,11 @@ async fn the_background_worker_delivers_from_a_running_app() {
         .map(|o| o.code())
         .collect();
     for sample in &family.samples {
-        let labels: Vec<_> = sample.labels.iter().map(|l| (l.key.as_str(), l.value.as_str())).collect();
+        let labels: Vec<_> = sample
+            .labels
+            .iter()
+            .map(|l| (l.key.as_str(), l.value.as_str()))
+            .collect();
         assert_eq!(labels.len(), 1, "{labels:?}");
         assert_eq!(labels[0].0, "outcome");
         assert!(codes.contains(&labels[0].1), "{labels:?}");
@@ -769,4 +792,44 @@ async fn the_background_worker_delivers_from_a_running_app() {
     assert!(family.samples.iter().any(|s| {
         s.labels.iter().any(|l| l.value == "delivered") && s.value.value.as_f64() >= 1.0
     }));
+}
+
+#[tokio::test]
+async fn the_message_commits_with_its_alert_or_not_at_all() {
+    let h = Hooks::start(8).await;
+    h.register("https://hooks.example.test/custodian").await;
+    let messages = || -> i64 { wm::table.count().get_result(&mut h.app.db.conn()).unwrap() };
+    let alerts = || -> i64 {
+        custodian::db::schema::alerts::table
+            .count()
+            .get_result(&mut h.app.db.conn())
+            .unwrap()
+    };
+    // The transaction that found the pattern fails after raising: neither stays.
+    let alert = NewAlert {
+        kind: AlertKind::AuthFailureSpike,
+        severity: AlertKind::AuthFailureSpike.severity(),
+        reason: "client",
+        user_id: None,
+        patient_id: None,
+        grant_id: None,
+        source_ip: None,
+        client_id: Some("app".into()),
+        figures: vec![21, 5, 20],
+        evidence_seqs: vec![],
+        dedup_key: "rolled-back".into(),
+        created_at: h.clock().now(),
+    };
+    let mut c = h.app.db.conn();
+    let res: Result<(), diesel::result::Error> = c.transaction(|c| {
+        raise_all(c, std::slice::from_ref(&alert)).unwrap();
+        Err(diesel::result::Error::RollbackTransaction)
+    });
+    assert!(res.is_err());
+    assert_eq!((alerts(), messages()), (0, 0));
+    // Committed: one alert, one message, one delivery; a re-raise adds none.
+    h.raise("committed");
+    h.raise("committed");
+    assert_eq!((alerts(), messages()), (1, 1));
+    assert_eq!(h.delivery_ids().len(), 1);
 }
