@@ -833,3 +833,50 @@ async fn the_message_commits_with_its_alert_or_not_at_all() {
     assert_eq!((alerts(), messages()), (1, 1));
     assert_eq!(h.delivery_ids().len(), 1);
 }
+
+#[tokio::test]
+async fn a_key_rotation_is_a_message_and_the_endpoint_secret_survives_it() {
+    let h = Hooks::start(8).await;
+    let r = Receiver::start();
+    let (endpoint, secret) = h.register(&r.url()).await;
+    r.control(json!({ "secret": secret })).await;
+
+    let out = crate::support::cli::custodian(
+        &["keys", "rotate"],
+        &[
+            ("DATABASE_URL", h.app.db.url.as_str()),
+            (
+                "CUSTODIAN_CRYPTO_KEK",
+                crate::support::test_keys().kek.as_str(),
+            ),
+            (
+                "CUSTODIAN_CRYPTO_BLIND_INDEX_KEY",
+                crate::support::test_keys().blind_index_key.as_str(),
+            ),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The endpoint's sealed secret moved to the new data key with everything else.
+    let version: i32 = custodian::db::schema::webhook_endpoints::table
+        .find(endpoint.as_uuid())
+        .select(custodian::db::schema::webhook_endpoints::key_version)
+        .first(&mut h.app.db.conn())
+        .unwrap();
+    assert_eq!(version, 2);
+
+    // The message was written by the command (on the real clock): due once the app's
+    // clock passes it; signed with the re-encrypted secret.
+    h.advance(60);
+    assert_eq!(h.pass().await.delivered, 1);
+    let got = r.received().await;
+    assert_eq!(got[0]["verified"], true, "{got:?}");
+    let body: Value = serde_json::from_str(got[0]["body"].as_str().unwrap()).unwrap();
+    assert_eq!(body["type"], "key.rotated");
+    assert_eq!(body["data"]["key"], "data-key");
+    assert_eq!(body["data"]["active_version"], 2);
+    assert_eq!(body["data"]["console_url"], format!("{PUBLIC_URL}/console"));
+}
