@@ -453,6 +453,60 @@ pub async fn revoke_grant(
 }
 
 // ----------------------------------------------------------------------------------------
+// Webhook endpoints
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookBody {
+    url: String,
+}
+
+/// `POST /api/admin/webhooks` `{url}`: registers an endpoint; the answer carries its
+/// signing secret, the one time it is shown.
+pub async fn create_webhook_endpoint(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    body: Body<WebhookBody>,
+) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
+    perform(
+        &caller,
+        &state,
+        Op::CreateWebhookEndpoint { url: b.url },
+        true,
+    )
+    .await
+}
+
+/// `POST /api/admin/webhooks/{id}/disable` (no content) or `…/rotate` (the new secret,
+/// shown once).
+pub async fn change_webhook_endpoint(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, AppError> {
+    let (id, action) = path.into_inner();
+    let endpoint = crate::domain::WebhookEndpointId::parse(&id).ok_or_else(AppError::not_found)?;
+    let op = match action.as_str() {
+        "disable" => Op::DisableWebhookEndpoint { endpoint },
+        "rotate" => Op::RotateWebhookSecret { endpoint },
+        _ => return Err(AppError::not_found()),
+    };
+    perform(&caller, &state, op, false).await
+}
+
+/// `POST /api/admin/webhooks/deliveries/{id}/redeliver`: queues a delivery again.
+pub async fn redeliver_webhook(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let delivery =
+        crate::domain::WebhookDeliveryId::parse(&path).ok_or_else(AppError::not_found)?;
+    perform(&caller, &state, Op::RedeliverWebhook { delivery }, false).await
+}
+
+// ----------------------------------------------------------------------------------------
 // Care teams
 
 #[derive(Deserialize)]

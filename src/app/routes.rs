@@ -295,6 +295,25 @@ pub fn configure(r: &mut Routes) {
         admin(A::RevokeBreakGlass),
         api::revoke_grant,
     );
+    r.add(
+        Method::POST,
+        "/api/admin/webhooks",
+        admin(A::CreateWebhookEndpoint),
+        api::create_webhook_endpoint,
+    );
+    // Before `/api/admin/webhooks/{id}/{action}`, which would take `deliveries` for an id.
+    r.add(
+        Method::POST,
+        "/api/admin/webhooks/deliveries/{id}/redeliver",
+        admin(A::RedeliverWebhook),
+        api::redeliver_webhook,
+    );
+    r.add(
+        Method::POST,
+        "/api/admin/webhooks/{id}/{action}",
+        admin(A::ChangeWebhookEndpoint),
+        api::change_webhook_endpoint,
+    );
     r.add(Method::GET, "/", Action::Public, console::home);
     let sign_in = Action::ConsoleSignIn;
     r.add(

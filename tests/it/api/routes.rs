@@ -189,6 +189,13 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         "/console/clients/{id}/disable",
         Expect::ConsoleAction,
     ),
+    ("POST", "/api/admin/webhooks", Expect::Admin),
+    (
+        "POST",
+        "/api/admin/webhooks/deliveries/{id}/redeliver",
+        Expect::Admin,
+    ),
+    ("POST", "/api/admin/webhooks/{id}/{action}", Expect::Admin),
     ("GET", "/console/webhooks", Expect::ConsolePage),
     ("POST", "/console/webhooks", Expect::ConsoleAction),
     (

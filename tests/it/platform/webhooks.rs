@@ -880,3 +880,87 @@ async fn a_key_rotation_is_a_message_and_the_endpoint_secret_survives_it() {
     assert_eq!(body["data"]["active_version"], 2);
     assert_eq!(body["data"]["console_url"], format!("{PUBLIC_URL}/console"));
 }
+
+#[tokio::test]
+async fn the_administration_api_manages_endpoints_with_the_same_operations() {
+    let w = World::with(|b, _| b.set("webhooks.enabled", false)).await;
+    w.user("admin-1", &[Role::Admin]);
+    let admin = w.token("admin-1", "admin");
+    let (_, clinician) = w.user("dr-1", &[Role::Clinician]);
+    let post = |path: &str, token: &str, body: Option<Value>| {
+        let mut req = w
+            .app
+            .client
+            .post(w.app.url(path))
+            .header("authorization", format!("Bearer {token}"));
+        if let Some(b) = body {
+            req = req
+                .header("content-type", "application/json")
+                .body(b.to_string());
+        }
+        req.send()
+    };
+    let url = "https://hooks.example.test/custodian";
+
+    let res = post("/api/admin/webhooks", &admin, Some(json!({ "url": url })))
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    let v: Value = res.json().await.unwrap();
+    let endpoint = v["endpoint_id"].as_str().unwrap().to_string();
+    let secret = v["secret"].as_str().unwrap().to_string();
+    assert!(secret.starts_with("whsec_"));
+
+    // Bad input: 422 with a fixed message that does not echo it; not an administrator: 403.
+    let res = post(
+        "/api/admin/webhooks",
+        &admin,
+        Some(json!({ "url": "http://x.test/<b>" })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 422);
+    assert!(!res.text().await.unwrap().contains("<b>"));
+    let res = post(
+        "/api/admin/webhooks",
+        &clinician,
+        Some(json!({ "url": url })),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 403);
+
+    let res = post(
+        &format!("/api/admin/webhooks/{endpoint}/rotate"),
+        &admin,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let v: Value = res.json().await.unwrap();
+    assert_ne!(v["secret"].as_str().unwrap(), secret);
+    let res = post(
+        &format!("/api/admin/webhooks/{endpoint}/disable"),
+        &admin,
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 204);
+    let missing = uuid::Uuid::new_v4();
+    for path in [
+        format!("/api/admin/webhooks/{missing}/disable"),
+        format!("/api/admin/webhooks/{endpoint}/explode"),
+        format!("/api/admin/webhooks/deliveries/{missing}/redeliver"),
+    ] {
+        let res = post(&path, &admin, None).await.unwrap();
+        assert_eq!(res.status(), 404, "{path}");
+    }
+    // Each change is audited (create, key-rotation, update on the endpoint).
+    let events = w.audit_events();
+    let actions: Vec<&str> = events.iter().map(|e| e.0.as_str()).collect();
+    for a in ["create", "key-rotation", "update"] {
+        assert!(actions.contains(&a), "{actions:?}");
+    }
+}
