@@ -121,6 +121,42 @@ pub fn detector_pass<'a>(
     }
 }
 
+/// What became of one webhook delivery attempt: the only label of
+/// `custodian_webhook_deliveries_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryOutcome {
+    Delivered,
+    /// Failed; it will be retried.
+    Failed,
+    /// Failed for the last time: dead-lettered.
+    Dead,
+}
+
+impl DeliveryOutcome {
+    pub const ALL: [DeliveryOutcome; 3] = [
+        DeliveryOutcome::Delivered,
+        DeliveryOutcome::Failed,
+        DeliveryOutcome::Dead,
+    ];
+
+    pub fn code(self) -> &'static str {
+        match self {
+            DeliveryOutcome::Delivered => "delivered",
+            DeliveryOutcome::Failed => "failed",
+            DeliveryOutcome::Dead => "dead",
+        }
+    }
+}
+
+/// One webhook delivery attempt, by outcome.
+pub fn webhook_delivery(outcome: DeliveryOutcome) {
+    if !ENABLED.load(Ordering::Relaxed) {
+        return;
+    }
+    metrics::counter!("custodian_webhook_deliveries_total", "outcome" => outcome.code())
+        .increment(1);
+}
+
 /// The metrics listener, `GET /metrics` in Prometheus text format, and its bound address.
 /// `pool` reports the database pool's (connections, idle connections) at each scrape.
 pub fn server<P>(

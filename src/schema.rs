@@ -490,3 +490,50 @@ diesel::table! {
 diesel::joinable!(privacy_case_alerts -> privacy_cases (case_id));
 diesel::joinable!(privacy_case_alerts -> alerts (alert_id));
 diesel::allow_tables_to_appear_in_same_query!(privacy_cases, privacy_case_alerts, alerts);
+
+diesel::table! {
+    webhook_endpoints (id) {
+        id -> Uuid,
+        url -> Text,
+        secret_sealed -> Bytea,
+        key_version -> Int4,
+        enabled -> Bool,
+        created_by -> Uuid,
+        created_at -> Timestamptz,
+        secret_rotated_at -> Nullable<Timestamptz>,
+        disabled_at -> Nullable<Timestamptz>,
+    }
+}
+
+diesel::table! {
+    webhook_messages (id) {
+        id -> Uuid,
+        event_type -> Text,
+        data -> Jsonb,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
+    webhook_deliveries (id) {
+        id -> Uuid,
+        message_id -> Uuid,
+        endpoint_id -> Uuid,
+        state -> Text,
+        attempts -> Int4,
+        next_attempt_at -> Timestamptz,
+        last_attempt_at -> Nullable<Timestamptz>,
+        last_outcome -> Nullable<Text>,
+        last_status -> Nullable<Int4>,
+        delivered_at -> Nullable<Timestamptz>,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::joinable!(webhook_deliveries -> webhook_messages (message_id));
+diesel::joinable!(webhook_deliveries -> webhook_endpoints (endpoint_id));
+diesel::allow_tables_to_appear_in_same_query!(
+    webhook_deliveries,
+    webhook_messages,
+    webhook_endpoints
+);

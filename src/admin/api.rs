@@ -80,6 +80,10 @@ impl op::AdminActor for AdminPrincipal {
         self.0.state().clock.now()
     }
 
+    fn keyring(&self) -> Option<std::sync::Arc<crate::crypto::Keyring>> {
+        Some(self.0.state().keyring.clone())
+    }
+
     async fn record(
         &self,
         action: AuditAction,
@@ -154,6 +158,11 @@ async fn perform(
             json_response(status, &serde_json::json!({ "id": id, "name": name }))
         }
         Done::Nothing => HttpResponse::NoContent().finish(),
+        // The one time a webhook signing secret is shown.
+        Done::WebhookSecret { endpoint, secret } => json_response(
+            status,
+            &serde_json::json!({ "endpoint_id": endpoint, "secret": secret.expose() }),
+        ),
         // Kept for a second administrator (separation of duties): not performed yet.
         Done::Pending(id) => json_response(
             StatusCode::ACCEPTED,
@@ -441,6 +450,60 @@ pub async fn revoke_grant(
         reason: b.reason,
     };
     perform(&caller, &state, op, false).await
+}
+
+// ----------------------------------------------------------------------------------------
+// Webhook endpoints
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebhookBody {
+    url: String,
+}
+
+/// `POST /api/admin/webhooks` `{url}`: registers an endpoint; the answer carries its
+/// signing secret, the one time it is shown.
+pub async fn create_webhook_endpoint(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    body: Body<WebhookBody>,
+) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
+    perform(
+        &caller,
+        &state,
+        Op::CreateWebhookEndpoint { url: b.url },
+        true,
+    )
+    .await
+}
+
+/// `POST /api/admin/webhooks/{id}/disable` (no content) or `…/rotate` (the new secret,
+/// shown once).
+pub async fn change_webhook_endpoint(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    path: web::Path<(String, String)>,
+) -> Result<HttpResponse, AppError> {
+    let (id, action) = path.into_inner();
+    let endpoint = crate::domain::WebhookEndpointId::parse(&id).ok_or_else(AppError::not_found)?;
+    let op = match action.as_str() {
+        "disable" => Op::DisableWebhookEndpoint { endpoint },
+        "rotate" => Op::RotateWebhookSecret { endpoint },
+        _ => return Err(AppError::not_found()),
+    };
+    perform(&caller, &state, op, false).await
+}
+
+/// `POST /api/admin/webhooks/deliveries/{id}/redeliver`: queues a delivery again.
+pub async fn redeliver_webhook(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+) -> Result<HttpResponse, AppError> {
+    let delivery =
+        crate::domain::WebhookDeliveryId::parse(&path).ok_or_else(AppError::not_found)?;
+    perform(&caller, &state, Op::RedeliverWebhook { delivery }, false).await
 }
 
 // ----------------------------------------------------------------------------------------

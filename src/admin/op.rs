@@ -13,10 +13,13 @@ use crate::audit::{AuditAction, ClientId, Outcome, ResourceType as Kind};
 use crate::db::Db;
 use crate::db::pending::{self, Decision};
 use crate::db::users::{self, UserKind, UserSummary};
-use crate::domain::{FacilityId, GrantId, PatientId, PendingChangeId, UserId};
+use crate::domain::{
+    FacilityId, GrantId, PatientId, PendingChangeId, UserId, WebhookDeliveryId, WebhookEndpointId,
+};
 use crate::error::AppError;
 use crate::policy::Role;
 use crate::policy::admin::{self as rules, AccessChange, SelfChange, Verdict};
+use crate::secret::Secret;
 use actix_web::http::StatusCode;
 use diesel::prelude::*;
 use serde::{Deserialize, Serialize};
@@ -107,7 +110,27 @@ pub enum Op {
         grant: GrantId,
         reason: Option<String>,
     },
+    /// Register a webhook endpoint (HTTPS URL); its signing secret is made here and shown
+    /// once.
+    CreateWebhookEndpoint {
+        url: String,
+    },
+    /// Stop delivering to a webhook endpoint.
+    DisableWebhookEndpoint {
+        endpoint: WebhookEndpointId,
+    },
+    /// Replace a webhook endpoint's signing secret (the new one is shown once).
+    RotateWebhookSecret {
+        endpoint: WebhookEndpointId,
+    },
+    /// Queue a webhook delivery again (after a dead letter, or to resend).
+    RedeliverWebhook {
+        delivery: WebhookDeliveryId,
+    },
 }
+
+/// Longest accepted webhook endpoint URL (characters).
+pub const WEBHOOK_URL_MAX: usize = 2000;
 
 /// Whether an operation needs a free-text reason (kept in the access-change history,
 /// never in the audit trail or the logs).
@@ -149,6 +172,11 @@ pub enum Done {
     },
     /// A break-glass grant was ended.
     GrantRevoked { grant: GrantId },
+    /// A webhook endpoint's new signing secret: shown once, never stored in clear.
+    WebhookSecret {
+        endpoint: WebhookEndpointId,
+        secret: Secret<String>,
+    },
 }
 
 /// What a change touched, for its audit event (internal ids only).
@@ -195,6 +223,11 @@ pub trait AdminActor {
     /// has one (the approval of a break-glass request starts the grant's clock then).
     fn now(&self) -> chrono::DateTime<chrono::Utc> {
         chrono::Utc::now()
+    }
+    /// The keyring, for the operations that seal a secret (webhook endpoints); an actor
+    /// without one cannot perform them.
+    fn keyring(&self) -> Option<std::sync::Arc<crate::crypto::Keyring>> {
+        None
     }
     /// Records the one audit event of this change (internal ids only).
     fn record(
@@ -261,7 +294,9 @@ pub async fn run<A: AdminActor>(
     let (action, kind) = op.audit();
     let by = who.user_id();
     let work = async {
-        let p = op.perform(db, Some(by), client_issuer, who.now()).await?;
+        let p = op
+            .perform_with(db, Some(by), client_issuer, who.now(), who.keyring())
+            .await?;
         Ok((p.done, p.touched))
     };
     audited(who, action, kind, work).await
@@ -384,7 +419,8 @@ fn access_change(valid: &Valid) -> Option<(UserId, AccessChange)> {
         | Valid::CreateFacility(_)
         | Valid::Decide { .. }
         | Valid::SetConfidentiality(..)
-        | Valid::RevokeBreakGlass(..) => return None,
+        | Valid::RevokeBreakGlass(..)
+        | Valid::Webhook(_) => return None,
     })
 }
 
@@ -432,6 +468,15 @@ enum Valid {
     },
     SetConfidentiality(PatientId, crate::policy::Confidentiality, String),
     RevokeBreakGlass(GrantId, String),
+    Webhook(WebhookChange),
+}
+
+/// A webhook change whose input passed validation.
+enum WebhookChange {
+    Create(url::Url),
+    Disable(WebhookEndpointId),
+    Rotate(WebhookEndpointId),
+    Redeliver(WebhookDeliveryId),
 }
 
 impl Op {
@@ -456,6 +501,10 @@ impl Op {
             Op::DenyChange { .. } => (AuditAction::ChangeDenied, Kind::PendingChange),
             Op::SetConfidentiality { .. } => (AuditAction::ConfidentialityChange, Kind::Patient),
             Op::RevokeBreakGlass { .. } => (AuditAction::BreakGlassEnd, Kind::BreakGlassGrant),
+            Op::CreateWebhookEndpoint { .. } => (AuditAction::Create, Kind::WebhookEndpoint),
+            Op::DisableWebhookEndpoint { .. } => (AuditAction::Update, Kind::WebhookEndpoint),
+            Op::RotateWebhookSecret { .. } => (AuditAction::KeyRotation, Kind::WebhookEndpoint),
+            Op::RedeliverWebhook { .. } => (AuditAction::Update, Kind::WebhookDelivery),
         };
         (action, Some(kind))
     }
@@ -463,10 +512,11 @@ impl Op {
     /// Sensitive changes need a TOTP code entered within `console.step_up_secs` when
     /// made in the console. Creating a facility grants nobody anything.
     pub fn needs_step_up(&self) -> bool {
-        // Ending a break-glass grant only takes access away, and must be quick.
+        // Ending a break-glass grant only takes access away, and must be quick; a
+        // redelivery resends ids to an endpoint that already had them.
         !matches!(
             self,
-            Op::CreateFacility { .. } | Op::RevokeBreakGlass { .. }
+            Op::CreateFacility { .. } | Op::RevokeBreakGlass { .. } | Op::RedeliverWebhook { .. }
         )
     }
 
@@ -495,7 +545,13 @@ impl Op {
             }
             Op::SetConfidentiality { patient, .. } => Some(patient.as_uuid()),
             Op::RevokeBreakGlass { grant, .. } => Some(grant.as_uuid()),
-            Op::CreateClient { .. } | Op::CreateFacility { .. } => None,
+            Op::DisableWebhookEndpoint { endpoint } | Op::RotateWebhookSecret { endpoint } => {
+                Some(endpoint.as_uuid())
+            }
+            Op::RedeliverWebhook { delivery } => Some(delivery.as_uuid()),
+            Op::CreateClient { .. }
+            | Op::CreateFacility { .. }
+            | Op::CreateWebhookEndpoint { .. } => None,
         }
     }
 
@@ -529,7 +585,11 @@ impl Op {
             | Op::CreateClient { .. }
             | Op::CreateFacility { .. }
             | Op::SetConfidentiality { .. }
-            | Op::RevokeBreakGlass { .. } => return Ok(Ok(())),
+            | Op::RevokeBreakGlass { .. }
+            | Op::CreateWebhookEndpoint { .. }
+            | Op::DisableWebhookEndpoint { .. }
+            | Op::RotateWebhookSecret { .. }
+            | Op::RedeliverWebhook { .. } => return Ok(Ok(())),
         };
         // Whatever the change, the verdict on one's own access does not depend on it.
         Ok(
@@ -558,9 +618,13 @@ impl Op {
             Op::CreateClient { .. } => {
                 ReasonRule::Optional("service client registered through the admin API")
             }
-            Op::RevokeSessions { .. } | Op::ResetTotp { .. } | Op::CreateFacility { .. } => {
-                ReasonRule::None
-            }
+            Op::RevokeSessions { .. }
+            | Op::ResetTotp { .. }
+            | Op::CreateFacility { .. }
+            | Op::CreateWebhookEndpoint { .. }
+            | Op::DisableWebhookEndpoint { .. }
+            | Op::RotateWebhookSecret { .. }
+            | Op::RedeliverWebhook { .. } => ReasonRule::None,
         }
     }
 
@@ -580,7 +644,13 @@ impl Op {
             | Op::DenyChange { reason, .. }
             | Op::SetConfidentiality { reason, .. }
             | Op::RevokeBreakGlass { reason, .. } => reason.clone(),
-            Op::RevokeSessions { .. } | Op::ResetTotp { .. } | Op::CreateFacility { .. } => None,
+            Op::RevokeSessions { .. }
+            | Op::ResetTotp { .. }
+            | Op::CreateFacility { .. }
+            | Op::CreateWebhookEndpoint { .. }
+            | Op::DisableWebhookEndpoint { .. }
+            | Op::RotateWebhookSecret { .. }
+            | Op::RedeliverWebhook { .. } => None,
         }
     }
 
@@ -627,6 +697,16 @@ impl Op {
                 format!("Set the confidentiality of patient {patient} to {level}")
             }
             Op::RevokeBreakGlass { grant, .. } => format!("End the break-glass grant {grant}"),
+            Op::CreateWebhookEndpoint { .. } => "Register a webhook endpoint".to_string(),
+            Op::DisableWebhookEndpoint { endpoint } => {
+                format!("Disable the webhook endpoint {endpoint}")
+            }
+            Op::RotateWebhookSecret { endpoint } => {
+                format!("Replace the signing secret of the webhook endpoint {endpoint}")
+            }
+            Op::RedeliverWebhook { delivery } => {
+                format!("Redeliver the webhook delivery {delivery}")
+            }
         }
     }
 
@@ -736,6 +816,14 @@ impl Op {
                 Valid::SetConfidentiality(patient, level, reason)
             }
             Op::RevokeBreakGlass { grant, .. } => Valid::RevokeBreakGlass(grant, reason),
+            Op::CreateWebhookEndpoint { url } => {
+                Valid::Webhook(WebhookChange::Create(webhook_url(&url)?))
+            }
+            Op::DisableWebhookEndpoint { endpoint } => {
+                Valid::Webhook(WebhookChange::Disable(endpoint))
+            }
+            Op::RotateWebhookSecret { endpoint } => Valid::Webhook(WebhookChange::Rotate(endpoint)),
+            Op::RedeliverWebhook { delivery } => Valid::Webhook(WebhookChange::Redeliver(delivery)),
         })
     }
 
@@ -753,9 +841,21 @@ impl Op {
         client_issuer: Option<&str>,
         now: chrono::DateTime<chrono::Utc>,
     ) -> Result<Performed, AppError> {
+        self.perform_with(db, by, client_issuer, now, None).await
+    }
+
+    /// [`Op::perform`] with the keyring the operations that seal a secret need.
+    pub async fn perform_with(
+        self,
+        db: &Db,
+        by: Option<UserId>,
+        client_issuer: Option<&str>,
+        now: chrono::DateTime<chrono::Utc>,
+        keyring: Option<std::sync::Arc<crate::crypto::Keyring>>,
+    ) -> Result<Performed, AppError> {
         let gate = Gate::Request(self.payload()?);
         let valid = self.validate(client_issuer)?;
-        db.run(move |c| c.transaction(|c| valid.apply(c, by, gate, now)))
+        db.run(move |c| c.transaction(|c| valid.apply(c, by, gate, now, keyring.as_deref())))
             .await
     }
 
@@ -771,7 +871,7 @@ impl Op {
         let gate = Gate::Request(self.payload()?);
         let valid = self.validate(client_issuer)?;
         let now = chrono::Utc::now();
-        conn.transaction(|c| valid.apply(c, by, gate, now))
+        conn.transaction(|c| valid.apply(c, by, gate, now, None))
     }
 }
 
@@ -813,7 +913,9 @@ fn decide(
         let op: Op = serde_json::from_value(request.payload)
             .map_err(|e| AppError::Internal(anyhow::Error::new(e).context("pending change")))?;
         let (action, kind) = op.audit();
-        let done = op.validate(None)?.apply(c, Some(by), Gate::Approved, now)?;
+        let done = op
+            .validate(None)?
+            .apply(c, Some(by), Gate::Approved, now, None)?;
         touched.patients = done.touched.patients.clone();
         touched.effect = Some(Box::new(Effect {
             action,
@@ -898,6 +1000,7 @@ impl Valid {
         by: Option<UserId>,
         gate: Gate,
         now: chrono::DateTime<chrono::Utc>,
+        keyring: Option<&crate::crypto::Keyring>,
     ) -> Result<Performed, AppError> {
         if let Some((target, change)) = access_change(&self) {
             let roles = users::roles_locked(c, target)?.ok_or_else(user_not_found)?;
@@ -946,6 +1049,7 @@ impl Valid {
             }
         }
         match self {
+            Valid::Webhook(change) => webhook_change(c, change, by, now, keyring),
             Valid::GrantRole(user, role, reason) => {
                 user_of(c, user)?;
                 users::grant_role(c, user, role, &reason, by)?;
@@ -1123,6 +1227,90 @@ impl Valid {
                     },
                 })
             }
+        }
+    }
+}
+
+/// A webhook endpoint's URL: absolute https with a host, no credentials, no fragment,
+/// at most [`WEBHOOK_URL_MAX`] characters.
+fn webhook_url(text: &str) -> Result<url::Url, AppError> {
+    let bad = || {
+        AppError::unprocessable(
+            "The field 'url' must be an https:// URL with a host, without credentials or fragment, at most 2000 characters.",
+        )
+    };
+    let text = text.trim();
+    if text.chars().count() > WEBHOOK_URL_MAX {
+        return Err(bad());
+    }
+    let url = url::Url::parse(text).map_err(|_| bad())?;
+    if url.scheme() != "https"
+        || url.host_str().is_none_or(str::is_empty)
+        || !url.username().is_empty()
+        || url.password().is_some()
+        || url.fragment().is_some()
+    {
+        return Err(bad());
+    }
+    Ok(url)
+}
+
+fn no_such_endpoint() -> AppError {
+    AppError::client(StatusCode::NOT_FOUND, "The webhook endpoint was not found.")
+}
+
+/// Performs a webhook change in the caller's transaction.
+fn webhook_change(
+    c: &mut PgConnection,
+    change: WebhookChange,
+    by: Option<UserId>,
+    now: chrono::DateTime<chrono::Utc>,
+    keyring: Option<&crate::crypto::Keyring>,
+) -> Result<Performed, AppError> {
+    use crate::db::webhooks as hooks;
+    // Sealing a secret needs the keyring; the command line does not load one for this.
+    let sealing = || keyring.ok_or_else(|| AppError::internal("webhook secret without a keyring"));
+    let touched = |id: Uuid| Touched {
+        resource_id: Some(id),
+        ..Touched::default()
+    };
+    match change {
+        WebhookChange::Create(url) => {
+            let by = by.ok_or_else(|| AppError::internal("a webhook endpoint without an actor"))?;
+            let (endpoint, secret) = hooks::create_endpoint(c, sealing()?, url.as_str(), by, now)?;
+            Ok(Performed {
+                done: Done::WebhookSecret { endpoint, secret },
+                touched: touched(endpoint.as_uuid()),
+            })
+        }
+        WebhookChange::Rotate(endpoint) => {
+            let secret =
+                hooks::rotate_secret(c, sealing()?, endpoint, now)?.ok_or_else(no_such_endpoint)?;
+            Ok(Performed {
+                done: Done::WebhookSecret { endpoint, secret },
+                touched: touched(endpoint.as_uuid()),
+            })
+        }
+        WebhookChange::Disable(endpoint) => {
+            if !hooks::disable(c, endpoint, now)? {
+                return Err(no_such_endpoint());
+            }
+            Ok(Performed {
+                done: Done::Nothing,
+                touched: touched(endpoint.as_uuid()),
+            })
+        }
+        WebhookChange::Redeliver(delivery) => {
+            if !hooks::redeliver(c, delivery, now)? {
+                return Err(AppError::client(
+                    StatusCode::NOT_FOUND,
+                    "The webhook delivery was not found.",
+                ));
+            }
+            Ok(Performed {
+                done: Done::Nothing,
+                touched: touched(delivery.as_uuid()),
+            })
         }
     }
 }

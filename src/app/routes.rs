@@ -295,6 +295,25 @@ pub fn configure(r: &mut Routes) {
         admin(A::RevokeBreakGlass),
         api::revoke_grant,
     );
+    r.add(
+        Method::POST,
+        "/api/admin/webhooks",
+        admin(A::CreateWebhookEndpoint),
+        api::create_webhook_endpoint,
+    );
+    // Before `/api/admin/webhooks/{id}/{action}`, which would take `deliveries` for an id.
+    r.add(
+        Method::POST,
+        "/api/admin/webhooks/deliveries/{id}/redeliver",
+        admin(A::RedeliverWebhook),
+        api::redeliver_webhook,
+    );
+    r.add(
+        Method::POST,
+        "/api/admin/webhooks/{id}/{action}",
+        admin(A::ChangeWebhookEndpoint),
+        api::change_webhook_endpoint,
+    );
     r.add(Method::GET, "/", Action::Public, console::home);
     let sign_in = Action::ConsoleSignIn;
     r.add(
@@ -370,6 +389,31 @@ pub fn configure(r: &mut Routes) {
         "/console/clients",
         pages,
         console::pages::clients_page,
+    );
+    r.add(
+        Method::GET,
+        "/console/webhooks",
+        pages,
+        console::pages::webhooks::webhooks_page,
+    );
+    r.add(
+        Method::POST,
+        "/console/webhooks",
+        pages,
+        console::pages::webhooks::create,
+    );
+    // Before `/console/webhooks/{id}/{action}`, which would take `deliveries` for an id.
+    r.add(
+        Method::POST,
+        "/console/webhooks/deliveries/{id}/redeliver",
+        pages,
+        console::pages::webhooks::redeliver,
+    );
+    r.add(
+        Method::POST,
+        "/console/webhooks/{id}/{action}",
+        pages,
+        console::pages::webhooks::endpoint_action,
     );
     r.add(
         Method::POST,

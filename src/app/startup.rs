@@ -134,6 +134,21 @@ impl Application {
             state.clock.clone(),
         );
 
+        // Webhook delivery: one runner across instances, as long as the state lives.
+        if config.webhooks.enabled {
+            let deliverer = crate::webhooks::Deliverer::new(
+                state.db.clone(),
+                state.keyring.clone(),
+                state.clock.clone(),
+                config.webhooks.clone(),
+                &config.server.public_url,
+            )?;
+            crate::webhooks::spawn(
+                std::sync::Arc::downgrade(&state.clone().into_inner()),
+                deliverer,
+            );
+        }
+
         // The console's settings are app data of their own (the state does not know the
         // console); without `[console]` every console route answers 404.
         let console = config

@@ -80,8 +80,24 @@ pub fn progress(conn: &mut PgConnection, id: Uuid, verified: i64) -> QueryResult
     .map(|_| ())
 }
 
-/// Records the result: `Ok(events)` or `Err((sequence, problem))`.
+/// Records the result: `Ok(events)` or `Err((sequence, problem))`. A failure also puts
+/// its webhook message in the outbox, in the same transaction.
 pub fn finish(
+    conn: &mut PgConnection,
+    id: Uuid,
+    result: Result<i64, (i64, String)>,
+    now: DateTime<Utc>,
+) -> Result<(), crate::error::AppError> {
+    conn.transaction(|conn| {
+        if let Err((seq, _)) = &result {
+            let message = crate::db::webhooks::NewMessage::verification_failed(Some(id), *seq, now);
+            crate::db::webhooks::enqueue(conn, &[message])?;
+        }
+        Ok(store_result(conn, id, result, now)?)
+    })
+}
+
+fn store_result(
     conn: &mut PgConnection,
     id: Uuid,
     result: Result<i64, (i64, String)>,

@@ -148,6 +148,8 @@ coded_enum! {
         Alert = "Alert",
         PrivacyCase = "PrivacyCase",
         AlertSuppression = "AlertSuppression",
+        WebhookEndpoint = "WebhookEndpoint",
+        WebhookDelivery = "WebhookDelivery",
     }
 }
 

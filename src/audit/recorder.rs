@@ -73,6 +73,10 @@ impl From<AdminAction> for AuditAction {
             AdminAction::SetConfidentiality => AuditAction::ConfidentialityChange,
             AdminAction::ReadConfidentiality => AuditAction::Read,
             AdminAction::RevokeBreakGlass => AuditAction::BreakGlassEnd,
+            AdminAction::CreateWebhookEndpoint => AuditAction::Create,
+            AdminAction::ChangeWebhookEndpoint | AdminAction::RedeliverWebhook => {
+                AuditAction::Update
+            }
         }
     }
 }
@@ -92,6 +96,10 @@ impl From<AdminAction> for What {
                 Some(ResourceType::Patient)
             }
             AdminAction::RevokeBreakGlass => Some(ResourceType::BreakGlassGrant),
+            AdminAction::CreateWebhookEndpoint | AdminAction::ChangeWebhookEndpoint => {
+                Some(ResourceType::WebhookEndpoint)
+            }
+            AdminAction::RedeliverWebhook => Some(ResourceType::WebhookDelivery),
             AdminAction::ListFacilities | AdminAction::CreateFacility => None,
         };
         What {

@@ -158,12 +158,16 @@ pub fn run(path: Option<&Path>, command: AuditCommand) -> anyhow::Result<()> {
                     eprintln!("verified {n} events …");
                 }
             };
-            let verdict = match file {
-                Some(file) => ops::verify_export(&file, key, public, extra, progress)?,
+            let (verdict, conn) = match file {
+                Some(file) => (
+                    ops::verify_export(&file, key, public, extra, progress)?,
+                    None,
+                ),
                 None => {
                     let config = Config::load(path)?;
                     let mut conn = connect(&config)?;
-                    ops::verify_database(&mut conn, key, public, extra, progress)?
+                    let verdict = ops::verify_database(&mut conn, key, public, extra, progress)?;
+                    (verdict, Some(conn))
                 }
             };
             match verdict {
@@ -174,6 +178,17 @@ pub fn run(path: Option<&Path>, command: AuditCommand) -> anyhow::Result<()> {
                 }
                 Err(failure) => {
                     println!("{failure}");
+                    // The database's own trail failed: tell the webhook endpoints.
+                    if let Some(mut conn) = conn {
+                        let message = crate::db::webhooks::NewMessage::verification_failed(
+                            None,
+                            failure.seq,
+                            chrono::Utc::now(),
+                        );
+                        if let Err(e) = crate::db::webhooks::enqueue(&mut conn, &[message]) {
+                            eprintln!("cannot queue the webhook message of this failure: {e}");
+                        }
+                    }
                     anyhow::bail!("the audit trail failed verification")
                 }
             }

@@ -5,6 +5,7 @@
 use crate::config::Config;
 use crate::crypto::rotation::{self, RotateOptions};
 use crate::crypto::{KeyProvider, LocalKek};
+use crate::db::webhooks::{KeyRotation, NewMessage};
 use anyhow::Context;
 use clap::Subcommand;
 use diesel::{Connection, PgConnection};
@@ -75,6 +76,9 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                 .map_err(crate::app::keys::config_error)?;
             let n = rotation::rotate_kek(&mut conn, &keyring, &new)
                 .map_err(crate::app::keys::config_error)?;
+            if n > 0 {
+                queue_rotation_message(&mut conn, KeyRotation::Kek { rewrapped: n });
+            }
             println!(
                 "re-wrapped {n} data key(s) under KEK {}; now set crypto.kek to the value of crypto.rotation_kek on every instance and remove crypto.rotation_kek",
                 new.key_id()
@@ -104,6 +108,12 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             )
             .map_err(crate::app::keys::config_error)?;
             if report.started_new_version {
+                queue_rotation_message(
+                    &mut conn,
+                    KeyRotation::DataKey {
+                        version: report.active_version,
+                    },
+                );
                 println!(
                     "data key version {} is now active for new writes",
                     report.active_version
@@ -125,6 +135,16 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             }
             print_status(&mut conn)
         }
+    }
+}
+
+/// Puts a rotation's webhook message in the outbox (after the rotation committed: the
+/// rotation itself lives in `crypto`, below the outbox's module). A failure here is
+/// reported, the rotation stands.
+fn queue_rotation_message(conn: &mut PgConnection, what: KeyRotation) {
+    let message = NewMessage::key_rotation(what, chrono::Utc::now());
+    if let Err(e) = crate::db::webhooks::enqueue(conn, &[message]) {
+        eprintln!("cannot queue the webhook message of this rotation: {e}");
     }
 }
 

@@ -20,6 +20,7 @@ use crate::monitoring::MetricsConfig;
 use crate::telemetry::LogConfig;
 use crate::tls::{ClientAuth, TlsConfig};
 use crate::web::config::{RateLimitConfig, ServerConfig};
+use crate::webhooks::config::WebhookConfig;
 use serde::Deserialize;
 use std::path::Path;
 
@@ -56,6 +57,9 @@ pub struct Config {
     /// The privacy detectors over the audit trail.
     #[serde(default)]
     pub detect: DetectConfig,
+    /// Signed webhook delivery (the endpoints themselves are managed in the console).
+    #[serde(default)]
+    pub webhooks: WebhookConfig,
 }
 
 /// Environment variables that belong to Custodian but are not settings.
@@ -98,6 +102,7 @@ impl Config {
         validate_database_url(self.database.url.expose())?;
         self.audit.validate()?;
         self.detect.validate()?;
+        self.webhooks.validate()?;
         if self.database.pool_size == 0 {
             return Err(ConfigError::new("database.pool_size", "must be at least 1"));
         }

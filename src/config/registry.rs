@@ -119,6 +119,14 @@ settings! {
     "detect.work_start_hour", Int, "7", "Detectors (off-hours): the local hour (0 to 23) the working day starts at facilities without their own hours";
     "detect.work_end_hour", Int, "19", "Detectors (off-hours): the local hour (1 to 24, after detect.work_start_hour) the working day ends at (exclusive)";
     "detect.time_zone", Str, "UTC", "Detectors (off-hours): the IANA time zone of detect.work_start_hour and detect.work_end_hour (a facility's own hours carry their own zone)";
+    "webhooks.enabled", Bool, "true", "Webhooks: run the delivery worker on this instance (however many instances have it on, one at a time delivers, under a PostgreSQL advisory lock); endpoints are managed in the console; see docs/webhooks.md";
+    "webhooks.poll_ms", Int, "1000", "Webhooks: pause between passes over the due deliveries (10 to 60000)";
+    "webhooks.batch_max", Int, "50", "Webhooks: most deliveries attempted in one pass (1 to 500)";
+    "webhooks.max_attempts", Int, "8", "Webhooks: failed attempts after which a delivery is dead-lettered (it waits for a redelivery from the console; 1 to 50)";
+    "webhooks.backoff_initial_secs", Int, "30", "Webhooks: wait after the first failed attempt; doubled after each further failure up to webhooks.backoff_max_secs";
+    "webhooks.backoff_max_secs", Int, "3600", "Webhooks: the longest wait between two attempts (at most 86400)";
+    "webhooks.timeout_secs", Int, "10", "Webhooks: longest wait for a receiver's answer, connection included (1 to 120); no 2xx answer in time is a failed attempt";
+    "webhooks.ca_file", Str, "", "Webhooks: optional PEM bundle of CAs trusted for endpoint certificates besides the public web roots (an organisation's private CA); endpoints are HTTPS only";
     "console.trusted_proxies", List, "[]", "Admin console: IP addresses of reverse proxies whose Forwarded / X-Forwarded-Host headers the Origin check of console forms believes; from any other peer those headers are ignored (empty = trust none)";
 }
 

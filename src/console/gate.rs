@@ -210,6 +210,10 @@ impl AdminActor for Console {
         self.state.clock.now()
     }
 
+    fn keyring(&self) -> Option<std::sync::Arc<crate::crypto::Keyring>> {
+        Some(self.state.keyring.clone())
+    }
+
     async fn record(
         &self,
         action: AuditAction,

@@ -92,6 +92,10 @@ sealed_tables! {
     break_glass_reviews = "break_glass_reviews" {
         NOTES = "notes_sealed",
     }
+    /// A webhook endpoint's signing secret (`db::webhooks`).
+    webhook_endpoints = "webhook_endpoints" {
+        SECRET = "secret_sealed",
+    }
     /// Every version of a FHIR resource, its JSON sealed whole (`db::history`).
     resource_history = "resource_history" {
         BODY = "body_sealed",

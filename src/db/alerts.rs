@@ -146,12 +146,21 @@ pub fn raise_all(conn: &mut PgConnection, new: &[NewAlert]) -> Result<Vec<AlertK
                 )
             })
             .collect();
-        let kinds: Vec<String> = diesel::insert_into(a::table)
+        let rows: Vec<(Uuid, String, Option<String>)> = diesel::insert_into(a::table)
             .values(rows)
             .on_conflict_do_nothing()
-            .returning(a::kind)
+            .returning((a::id, a::kind, a::dedup_key))
             .get_results(conn)?;
-        inserted.extend(kinds.iter().filter_map(|k| AlertKind::from_code(k)));
+        inserted.extend(rows.iter().filter_map(|(_, k, _)| AlertKind::from_code(k)));
+        // The outbox: each new alert's webhook message commits with it, or neither does.
+        let messages: Vec<_> = rows
+            .iter()
+            .filter_map(|(id, _, key)| {
+                let n = chunk.iter().find(|n| Some(&n.dedup_key) == key.as_ref())?;
+                Some(super::webhooks::NewMessage::alert(*id, n))
+            })
+            .collect();
+        super::webhooks::enqueue(conn, &messages)?;
     }
     Ok(inserted)
 }

@@ -533,8 +533,20 @@ pub fn raise_alert(
         ))
         .on_conflict((a::grant_id, a::kind))
         .do_nothing()
-        .execute(conn)?;
-    Ok(n == 1)
+        .returning(a::id)
+        .get_result::<uuid::Uuid>(conn)
+        .optional()?;
+    // The outbox: the alert's webhook message commits with it, or neither does.
+    if let Some(id) = n {
+        let message = crate::db::webhooks::NewMessage::break_glass_alert(
+            id,
+            kind.code(),
+            (grant, user, patient),
+            now,
+        );
+        crate::db::webhooks::enqueue(conn, &[message])?;
+    }
+    Ok(n.is_some())
 }
 
 /// A privacy officer's verdict on a grant (its notes opened).

@@ -20,6 +20,7 @@ pub use crate::schema;
 pub mod scope;
 pub mod suppressions;
 pub mod users;
+pub mod webhooks;
 
 use crate::error::AppError;
 use anyhow::Context;

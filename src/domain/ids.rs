@@ -68,6 +68,10 @@ typed_id! {
     PendingChangeId,
     /// A break-glass grant (`break_glass_grants.id`).
     GrantId,
+    /// A webhook endpoint (`webhook_endpoints.id`).
+    WebhookEndpointId,
+    /// One message's delivery to one endpoint (`webhook_deliveries.id`).
+    WebhookDeliveryId,
 }
 
 #[cfg(test)]

@@ -7,5 +7,8 @@ pub mod ids;
 pub mod request_id;
 
 pub use clock::{Clock, SharedClock};
-pub use ids::{FacilityId, GrantId, PatientId, PendingChangeId, RecordId, UserId};
+pub use ids::{
+    FacilityId, GrantId, PatientId, PendingChangeId, RecordId, UserId, WebhookDeliveryId,
+    WebhookEndpointId,
+};
 pub use request_id::RequestId;

@@ -29,10 +29,16 @@ pub enum AdminAction {
     ReadConfidentiality,
     /// End a break-glass grant early.
     RevokeBreakGlass,
+    /// Register a webhook endpoint.
+    CreateWebhookEndpoint,
+    /// Disable a webhook endpoint or replace its signing secret.
+    ChangeWebhookEndpoint,
+    /// Queue a webhook delivery again.
+    RedeliverWebhook,
 }
 
 impl AdminAction {
-    pub const ALL: [AdminAction; 11] = [
+    pub const ALL: [AdminAction; 14] = [
         AdminAction::ListUsers,
         AdminAction::ReadUser,
         AdminAction::ChangeRole,
@@ -44,6 +50,9 @@ impl AdminAction {
         AdminAction::SetConfidentiality,
         AdminAction::ReadConfidentiality,
         AdminAction::RevokeBreakGlass,
+        AdminAction::CreateWebhookEndpoint,
+        AdminAction::ChangeWebhookEndpoint,
+        AdminAction::RedeliverWebhook,
     ];
 }
 

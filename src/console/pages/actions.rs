@@ -94,6 +94,9 @@ pub fn user_op(user: UserId, action: &str, f: &Form) -> Result<Op, AppError> {
 /// The approval queue page.
 const APPROVALS: &str = "/console/approvals";
 
+/// The webhooks page.
+const WEBHOOKS: &str = "/console/webhooks";
+
 /// Where the console goes after a change, and the confirmation code it shows there.
 fn landing(op: &Op) -> (String, &'static str) {
     let user = |id: &UserId| format!("/console/users/{id}");
@@ -114,6 +117,9 @@ fn landing(op: &Op) -> (String, &'static str) {
         Op::DenyChange { .. } => (APPROVALS.into(), "change-denied"),
         Op::SetConfidentiality { .. } => ("/console".into(), "confidentiality-set"),
         Op::RevokeBreakGlass { .. } => ("/console/break-glass".into(), "grant-revoked"),
+        Op::CreateWebhookEndpoint { .. } | Op::RotateWebhookSecret { .. } => (WEBHOOKS.into(), ""),
+        Op::DisableWebhookEndpoint { .. } => (WEBHOOKS.into(), "webhook-disabled"),
+        Op::RedeliverWebhook { .. } => (WEBHOOKS.into(), "webhook-redelivered"),
     }
 }
 
@@ -139,6 +145,10 @@ async fn perform(page: &Console, op: Op) -> Result<HttpResponse, AppError> {
     let (path, code) = match op::run(op, page, &state.db, issuer).await? {
         // Kept for a second administrator: the queue shows it waiting.
         Done::Pending(_) => (APPROVALS.to_string(), "change-requested"),
+        // A new signing secret: shown once, on this answer (never behind a redirect).
+        Done::WebhookSecret { endpoint, secret } => {
+            return super::webhooks::secret_page(page, endpoint, secret);
+        }
         _ => (path, code),
     };
     Ok(see_other(&format!("{path}?done={code}")))
@@ -147,7 +157,7 @@ async fn perform(page: &Console, op: Op) -> Result<HttpResponse, AppError> {
 /// The path every console change takes: an administrator's form ([`AdminForm`]), its
 /// CSRF token and Origin, the form as an [`Op`], then a step-up if it is sensitive and
 /// the last code is stale.
-async fn submit(
+pub(super) async fn submit(
     req: &HttpRequest,
     page: AdminForm,
     body: &[u8],

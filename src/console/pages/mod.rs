@@ -16,6 +16,7 @@ pub mod overview;
 pub mod review;
 pub mod suppressions;
 pub mod verify;
+pub mod webhooks;
 
 use super::gate::{AdminPage, Chrome, ConsolePage};
 use super::store;
@@ -199,6 +200,8 @@ fn done_message(code: Option<&str>) -> &'static str {
         }
         "change-approved" => "The change was approved and performed.",
         "change-denied" => "The change was denied; nothing was changed.",
+        "webhook-disabled" => "The webhook endpoint was disabled; nothing more is sent to it.",
+        "webhook-redelivered" => "The delivery was queued again; the next pass sends it.",
         _ => "",
     }
 }

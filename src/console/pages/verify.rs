@@ -96,7 +96,7 @@ async fn run(state: web::Data<AppState>, recorder: Recorder, id: Uuid) {
     let now = state.clock.now();
     if let Err(e) = state
         .db
-        .run(move |c| Ok(checks::finish(c, id, result, now)?))
+        .run(move |c| checks::finish(c, id, result, now))
         .await
     {
         tracing::error!(error = %e, "the result of a chain verification could not be stored");

@@ -2309,3 +2309,140 @@ async fn the_dashboard_explains_detector_alerts_and_links_their_evidence() {
     assert!(html.contains("href=\"/console/audit/5\""), "{html}");
     assert!(html.contains("severity-medium"), "{html}");
 }
+
+/// The signing secret a webhook page shows (once).
+fn shown_secret(html: &str) -> String {
+    html.split("id=\"webhook-secret\">")
+        .nth(1)
+        .and_then(|s| s.split('<').next())
+        .unwrap_or_else(|| panic!("no secret on {html}"))
+        .to_string()
+}
+
+#[tokio::test]
+async fn webhook_endpoints_are_managed_with_step_up_and_the_secret_is_shown_once() {
+    use custodian::db::schema::{webhook_deliveries as wd, webhook_endpoints as we};
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let url = "https://hooks.example.test/custodian";
+
+    // A stale TOTP check: the code first, then the endpoint and its secret, once.
+    c.make_stale(&a);
+    let res = c.post(&a, "/console/webhooks", &[("url", url)]).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    assert!(html.contains("Register a webhook endpoint"), "{html}");
+    let count = || -> i64 { we::table.count().get_result(&mut c.app.db.conn()).unwrap() };
+    assert_eq!(count(), 0, "nothing before the code");
+    let res = c
+        .post(
+            &a,
+            "/console/step-up",
+            &[
+                ("pending_id", &pending_id(&html)),
+                ("code", &code_at(now_secs())),
+            ],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let html = res.text().await.unwrap();
+    let secret = shown_secret(&html);
+    assert!(secret.starts_with("whsec_"), "{secret}");
+    assert_eq!(count(), 1);
+    let a = renewed(&c, &a).await;
+    let endpoint: Uuid = we::table
+        .select(we::id)
+        .first(&mut c.app.db.conn())
+        .unwrap();
+
+    // Listed, never with its secret; the change is audited.
+    let page = c.get(&a, "/console/webhooks").await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert!(
+        page.contains(url) && page.contains(&endpoint.to_string()),
+        "{page}"
+    );
+    assert!(!page.contains(&secret));
+    assert!(
+        c.events()
+            .iter()
+            .any(|e| e.0 == "create" && e.1 == "permit" && e.4 == Some(endpoint))
+    );
+    // Bad input: 400 with a fixed message, nothing stored.
+    let res = c
+        .post(
+            &a,
+            "/console/webhooks",
+            &[("url", "http://plain.example.test/<b>")],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    assert!(!res.text().await.unwrap().contains("<b>"));
+    assert_eq!(count(), 1);
+
+    // An alert is queued for it; its delivery is listed with a redeliver button.
+    let alert = custodian::db::alerts::NewAlert {
+        kind: custodian::db::alerts::AlertKind::AuthFailureSpike,
+        severity: custodian::db::alerts::Severity::Medium,
+        reason: "address",
+        user_id: None,
+        patient_id: None,
+        grant_id: None,
+        source_ip: None,
+        client_id: None,
+        figures: vec![20, 5, 20],
+        evidence_seqs: vec![],
+        dedup_key: "console-webhook-test".into(),
+        created_at: chrono::Utc::now(),
+    };
+    custodian::db::alerts::raise_all(&mut c.app.db.conn(), &[alert]).unwrap();
+    let delivery: Uuid = wd::table
+        .select(wd::id)
+        .first(&mut c.app.db.conn())
+        .unwrap();
+    let page = c.get(&a, "/console/webhooks").await.text().await.unwrap();
+    assert!(page.contains("alert.raised"), "{page}");
+    let redeliver = format!("/console/webhooks/deliveries/{delivery}/redeliver");
+    assert!(page.contains(&redeliver), "{page}");
+    let res = c.post(&a, &redeliver, &[]).await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    assert_eq!(location(&res), "/console/webhooks?done=webhook-redelivered");
+
+    // Rotating shows a new secret once; disabling stops it.
+    let res = c
+        .post(&a, &format!("/console/webhooks/{endpoint}/rotate"), &[])
+        .await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let rotated = shown_secret(&res.text().await.unwrap());
+    assert!(rotated.starts_with("whsec_") && rotated != secret);
+    let res = c
+        .post(&a, &format!("/console/webhooks/{endpoint}/disable"), &[])
+        .await;
+    assert_eq!(res.status(), StatusCode::SEE_OTHER);
+    let enabled: bool = we::table
+        .select(we::enabled)
+        .first(&mut c.app.db.conn())
+        .unwrap();
+    assert!(!enabled);
+    let res = c
+        .post(
+            &a,
+            &format!("/console/webhooks/{}/disable", Uuid::new_v4()),
+            &[],
+        )
+        .await;
+    assert_eq!(res.status(), StatusCode::NOT_FOUND);
+
+    // A privacy officer reviews alerts but does not manage endpoints.
+    let po = c.user("po", &[Role::PrivacyOfficer], None);
+    c.enrol(po);
+    let p = c.sign_in(po);
+    assert_eq!(
+        c.get(&p, "/console/webhooks").await.status(),
+        StatusCode::FORBIDDEN
+    );
+    let res = c.post(&p, "/console/webhooks", &[("url", url)]).await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert_eq!(count(), 1);
+}

@@ -106,8 +106,13 @@ async fn metrics_count_requests_by_route_template_and_carry_no_ids() {
                     && custodian::db::alerts::AlertKind::ALL
                         .iter()
                         .any(|kind| kind.code() == v);
+                // An outcome label is a webhook delivery outcome code, a fixed vocabulary.
+                let outcome = k == "outcome"
+                    && custodian::monitoring::DeliveryOutcome::ALL
+                        .iter()
+                        .any(|o| o.code() == v);
                 assert!(
-                    detector || ["method", "route", "status"].contains(&k.as_str()),
+                    detector || outcome || ["method", "route", "status"].contains(&k.as_str()),
                     "unexpected label {k} on {name}"
                 );
             }

@@ -17,3 +17,4 @@ mod seed;
 mod shutdown;
 mod tls;
 mod tls_scan;
+mod webhooks;
