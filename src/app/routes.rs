@@ -475,6 +475,18 @@ pub fn configure(r: &mut Routes) {
         console::pages::break_glass::review,
     );
     r.add(
+        Method::GET,
+        "/console/reidentify",
+        pages,
+        console::pages::reidentify::form,
+    );
+    r.add(
+        Method::POST,
+        "/console/reidentify",
+        pages,
+        console::pages::reidentify::submit,
+    );
+    r.add(
         Method::POST,
         "/console/step-up",
         pages,

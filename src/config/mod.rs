@@ -56,6 +56,9 @@ pub struct Config {
     /// The privacy detectors over the audit trail.
     #[serde(default)]
     pub detect: DetectConfig,
+    /// Re-identification of export pseudonyms: the role allowed to.
+    #[serde(default)]
+    pub reidentify: crate::policy::reidentify::ReidentifyConfig,
 }
 
 /// Environment variables that belong to Custodian but are not settings.
@@ -153,6 +156,9 @@ impl Config {
             console.validate()?;
         }
         self.break_glass
+            .validate()
+            .map_err(|(setting, problem)| ConfigError::new(setting, problem))?;
+        self.reidentify
             .validate()
             .map_err(|(setting, problem)| ConfigError::new(setting, problem))?;
         Ok(())

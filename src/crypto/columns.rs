@@ -92,6 +92,10 @@ sealed_tables! {
     break_glass_reviews = "break_glass_reviews" {
         NOTES = "notes_sealed",
     }
+    /// Why a privacy officer re-identified an export pseudonym (`db::reidentifications`).
+    reidentifications = "reidentifications" {
+        JUSTIFICATION = "justification_sealed",
+    }
     /// Every version of a FHIR resource, its JSON sealed whole (`db::history`).
     resource_history = "resource_history" {
         BODY = "body_sealed",

@@ -76,6 +76,7 @@ alert_kinds! {
     WorkforcePatient = "workforce-patient", High, "Co-worker's record";
     AuthFailureSpike = "auth-failure-spike", Medium, "Authentication or authorisation failures";
     BulkAccess = "bulk-access", High, "Unusually many patients";
+    Reidentification = "reidentification", High, "Export pseudonym re-identified";
 }
 
 /// An alert to raise.
@@ -230,6 +231,9 @@ pub fn explain(kind: AlertKind, reason: &str, figures: &[i64]) -> String {
             f(3),
             f(4)
         ),
+        AlertKind::Reidentification => {
+            "A person holding the re-identification role turned a de-identified export's pseudonym back into a patient (the justification is with the re-identification record).".into()
+        }
         AlertKind::AuthFailureSpike => format!(
             "{} authentication or authorisation failure(s) (401/403/429) from one {} within {} minute(s) (threshold {}).",
             f(0),

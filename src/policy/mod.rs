@@ -8,6 +8,7 @@ pub mod break_glass;
 pub mod confidentiality;
 pub mod export;
 pub mod matrix;
+pub mod reidentify;
 pub mod review;
 pub mod views;
 

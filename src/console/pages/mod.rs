@@ -11,6 +11,7 @@ pub mod break_glass;
 pub mod charts;
 pub mod export;
 pub mod overview;
+pub mod reidentify;
 pub mod review;
 pub mod verify;
 
