@@ -61,7 +61,7 @@ fn birth() -> impl Strategy<Value = (String, i32)> {
     // Days from 1900-01-01 to the export day; precision 0 = day, 1 = month, 2 = year.
     let span = (as_of() - NaiveDate::from_ymd_opt(1900, 1, 1).unwrap_or_default()).num_days();
     // Half of the cases within two years of the 90th birthday, where the rule switches.
-    let near = (88 * 365)..(92 * 365);
+    let near = (88 * 365i64)..(92 * 365i64);
     (
         prop_oneof![0..span, near.prop_map(move |d| span - d)],
         0u8..3,
