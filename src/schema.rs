@@ -423,6 +423,18 @@ diesel::table! {
 }
 
 diesel::table! {
+    reidentifications (id) {
+        id -> Uuid,
+        user_id -> Uuid,
+        patient_id -> Nullable<Uuid>,
+        export_key_id -> Text,
+        justification_sealed -> Bytea,
+        key_version -> Int4,
+        created_at -> Timestamptz,
+    }
+}
+
+diesel::table! {
     detector_cursor (id) {
         id -> Bool,
         seq -> Int8,

@@ -30,4 +30,9 @@ pub struct AppState {
     pub clock: crate::domain::SharedClock,
     /// `[break_glass]`: modes, reasons, durations, authentication strength.
     pub break_glass: std::sync::Arc<crate::policy::break_glass::BreakGlassConfig>,
+    /// `crypto.export_key`: the pseudonyms of de-identified exports (`None` when unset:
+    /// then no pseudonym can be re-identified).
+    pub export_key: Option<std::sync::Arc<crate::crypto::ExportKey>>,
+    /// `[reidentify]`: the role that may re-identify a pseudonym.
+    pub reidentify: std::sync::Arc<crate::policy::reidentify::ReidentifyConfig>,
 }

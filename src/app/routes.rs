@@ -567,6 +567,18 @@ pub fn configure(r: &mut Routes) {
         console::pages::suppressions::revoke,
     );
     r.add(
+        Method::GET,
+        "/console/reidentify",
+        pages,
+        console::pages::reidentify::form,
+    );
+    r.add(
+        Method::POST,
+        "/console/reidentify",
+        pages,
+        console::pages::reidentify::submit,
+    );
+    r.add(
         Method::POST,
         "/console/step-up",
         pages,

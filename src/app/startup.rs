@@ -121,6 +121,10 @@ impl Application {
             public_origin: public_base(&config.server.public_url),
             clock,
             break_glass: std::sync::Arc::new(config.break_glass.clone()),
+            export_key: crate::crypto::ExportKey::from_config(&config.crypto)
+                .context("crypto.export_key")?
+                .map(std::sync::Arc::new),
+            reidentify: std::sync::Arc::new(config.reidentify.clone()),
         });
         // Break-glass expiry is recorded by one sweeper across instances, off the request
         // path (access stops at expiry regardless: the decision point compares times).

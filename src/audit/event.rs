@@ -83,6 +83,9 @@ coded_enum! {
         ChangeRequested = "change-requested",
         ChangeApproved = "change-approved",
         ChangeDenied = "change-denied",
+        // An export pseudonym turned back into a patient (privacy office, step-up and a
+        // sealed justification required).
+        Reidentify = "reidentify",
     }
 }
 
@@ -104,7 +107,8 @@ impl AuditAction {
             | AuditAction::BreakGlassEnd
             | AuditAction::BreakGlassWithdraw
             | AuditAction::BreakGlassDecision
-            | AuditAction::BreakGlassReview => Severity::High,
+            | AuditAction::BreakGlassReview
+            | AuditAction::Reidentify => Severity::High,
             _ => Severity::Normal,
         }
     }

@@ -118,6 +118,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             print!("\n{}", crate::policy::admin::markdown_table());
             print!("\n{}", crate::policy::confidentiality::markdown_table());
             print!("\n{}", crate::policy::export::markdown_table());
+            print!("\n{}", crate::policy::reidentify::markdown_table());
             Ok(())
         }
         Command::DevToken {

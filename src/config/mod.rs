@@ -60,6 +60,9 @@ pub struct Config {
     /// Signed webhook delivery (the endpoints themselves are managed in the console).
     #[serde(default)]
     pub webhooks: WebhookConfig,
+    /// Re-identification of export pseudonyms: the role allowed to.
+    #[serde(default)]
+    pub reidentify: crate::policy::reidentify::ReidentifyConfig,
 }
 
 /// Environment variables that belong to Custodian but are not settings.
@@ -158,6 +161,9 @@ impl Config {
             console.validate()?;
         }
         self.break_glass
+            .validate()
+            .map_err(|(setting, problem)| ConfigError::new(setting, problem))?;
+        self.reidentify
             .validate()
             .map_err(|(setting, problem)| ConfigError::new(setting, problem))?;
         Ok(())

@@ -103,6 +103,7 @@ settings! {
     "break_glass.auth_max_age_secs", Int, "900", "Break-glass: the person's sign-in (token auth_time) must be at most this old, else 401 with an RFC 9470 step-up challenge";
     "break_glass.acr_values", List, "[\"http://schemas.openid.net/pape/policies/2007/06/multi-factor\"]", "Break-glass: token acr values that show multi-factor authentication (an amr containing mfa does too)";
     "break_glass.review_days", Int, "7", "Break-glass: a privacy officer's review of a grant is due this many days after its request (overdue reviews are highlighted on the console dashboard)";
+    "reidentify.role", Str, "privacy_officer", "Re-identification of export pseudonyms: the one role allowed to (privacy_officer or admin); it also needs a TOTP code entered with each request and a justification of 20 to 2000 characters; see docs/export.md#re-identification";
     "detect.enabled", Bool, "true", "Detectors: run the privacy detectors over the audit trail on this instance (however many instances have it on, one at a time works, under a PostgreSQL advisory lock); see docs/privacy-detection.md";
     "detect.batch_max", Int, "2000", "Detectors: most audit events consumed in one pass (one transaction; 1 to 20000)";
     "detect.poll_ms", Int, "1000", "Detectors: pause between passes once caught up with the trail (10 to 60000)";

@@ -56,10 +56,24 @@ pub async fn confirm(page: &Console, code: Option<&str>) -> Result<Confirmed, Ap
     if is_fresh(&page.state, &page.settings, &page.me.session).await? {
         return Ok(Confirmed::Fresh);
     }
+    check_code(
+        page,
+        code,
+        "This needs a current code from your authenticator app (the last one is older than the step-up window).",
+    )
+    .await
+}
+
+/// The step-up of an act that needs a code of its own however recent the last check
+/// (re-identification): `code` checked like [`confirm`] does, never [`Confirmed::Fresh`];
+/// `missing` is the answer when no code came with the form.
+pub async fn check_code(
+    page: &Console,
+    code: Option<&str>,
+    missing: &'static str,
+) -> Result<Confirmed, AppError> {
     let Some(code) = code.map(str::trim).filter(|c| !c.is_empty()) else {
-        return Ok(Confirmed::Refused(
-            "This needs a current code from your authenticator app (the last one is older than the step-up window).",
-        ));
+        return Ok(Confirmed::Refused(missing));
     };
     let code = code.to_string();
     let keyring = page.state.keyring.clone();

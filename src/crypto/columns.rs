@@ -96,6 +96,10 @@ sealed_tables! {
     webhook_endpoints = "webhook_endpoints" {
         SECRET = "secret_sealed",
     }
+    /// Why a privacy officer re-identified an export pseudonym (`db::reidentifications`).
+    reidentifications = "reidentifications" {
+        JUSTIFICATION = "justification_sealed",
+    }
     /// Every version of a FHIR resource, its JSON sealed whole (`db::history`).
     resource_history = "resource_history" {
         BODY = "body_sealed",

@@ -28,7 +28,7 @@ pub use blind::{BlindIndexKey, BlindKind, PrefixError};
 pub use envelope::DataKey;
 pub use keyring::{Keyring, Sealer};
 pub use provider::{KeyProvider, LocalKek};
-pub use pseudonym::ExportKey;
+pub use pseudonym::{ExportKey, Pseudonym};
 pub use sealable::Sealable;
 
 use crate::error::AppError;

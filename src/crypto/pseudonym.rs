@@ -66,6 +66,20 @@ impl ExportKey {
         hex::encode(self.mac(PSEUDONYM_LABEL, &[kind.as_bytes(), id.as_bytes()]))
     }
 
+    /// Which of the Patient ids `ids` has `pseudonym` under this key (the re-identification
+    /// scan: one HMAC per id over internal ids only, so no sealed field is opened to
+    /// find the patient). Compared in constant time per candidate.
+    pub fn find_patient(&self, pseudonym: &Pseudonym, ids: &[Uuid]) -> Option<Uuid> {
+        use subtle::ConstantTimeEq;
+        ids.iter().copied().find(|id| {
+            let tag = self.mac(
+                PSEUDONYM_LABEL,
+                &[b"Patient", id.hyphenated().to_string().as_bytes()],
+            );
+            bool::from(tag.ct_eq(&pseudonym.0))
+        })
+    }
+
     /// A per-patient secret date shift in `-max_days..=max_days` (never 0 when
     /// `max_days > 0`, so a shifted date is never the real one).
     pub fn date_shift_days(&self, patient: Uuid, max_days: u32) -> i64 {
@@ -84,6 +98,31 @@ impl ExportKey {
     /// compute pseudonyms).
     pub fn key_id(&self) -> String {
         hex::encode(&self.mac(KEY_ID_LABEL, &[])[..8])
+    }
+}
+
+/// A pseudonym as an export writes it: 64 hexadecimal digits (a Patient's `id`), also
+/// accepted as the reference `Patient/<pseudonym>`.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Pseudonym([u8; 32]);
+
+impl Pseudonym {
+    pub fn parse(text: &str) -> Option<Pseudonym> {
+        let text = text.trim();
+        let text = text.strip_prefix("Patient/").unwrap_or(text);
+        if text.len() != 64 {
+            return None;
+        }
+        let mut out = [0u8; 32];
+        hex::decode_to_slice(text.to_ascii_lowercase(), &mut out).ok()?;
+        Some(Pseudonym(out))
+    }
+}
+
+/// Not secret, but it links to a patient: never printed by accident.
+impl fmt::Debug for Pseudonym {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Pseudonym([redacted])")
     }
 }
 
@@ -145,6 +184,38 @@ mod tests {
             ..cfg
         };
         assert!(ExportKey::from_config(&bad).is_err());
+    }
+
+    #[test]
+    fn a_pseudonym_is_found_among_ids_only_under_its_own_key() {
+        let ids: Vec<Uuid> = (0..1000).map(|_| Uuid::new_v4()).collect();
+        let (a, b) = (key(1), key(2));
+        let target = ids[737];
+        let written = a.pseudonym("Patient", &target.hyphenated().to_string());
+        let p = Pseudonym::parse(&written).unwrap();
+        assert_eq!(a.find_patient(&p, &ids), Some(target));
+        // The reference form and upper case name the same pseudonym.
+        let r = Pseudonym::parse(&format!("Patient/{}", written.to_uppercase())).unwrap();
+        assert_eq!(a.find_patient(&r, &ids), Some(target));
+        // Another key's pseudonym of the same patient resolves to nobody.
+        let other = b.pseudonym("Patient", &target.hyphenated().to_string());
+        assert_eq!(
+            a.find_patient(&Pseudonym::parse(&other).unwrap(), &ids),
+            None
+        );
+        // Another type's pseudonym of the same id is not a Patient's.
+        let obs = a.pseudonym("Observation", &target.hyphenated().to_string());
+        assert_eq!(a.find_patient(&Pseudonym::parse(&obs).unwrap(), &ids), None);
+        for bad in [
+            "",
+            "abc",
+            &written[..63],
+            &format!("{written}0"),
+            &"g".repeat(64),
+        ] {
+            assert!(Pseudonym::parse(bad).is_none(), "{bad}");
+        }
+        assert_eq!(format!("{p:?}"), "Pseudonym([redacted])");
     }
 
     #[test]

@@ -79,6 +79,7 @@ alert_kinds! {
     SameFamilyName = "same-family-name", High, "Patient with the person's family name";
     NameSearchSweep = "name-search-sweep", Medium, "Many patient searches";
     OffHours = "off-hours", Low, "Access outside working hours";
+    Reidentification = "reidentification", High, "Export pseudonym re-identified";
 }
 
 /// An alert to raise.
@@ -269,6 +270,9 @@ pub fn explain(kind: AlertKind, reason: &str, figures: &[i64]) -> String {
             f(1),
             f(2)
         ),
+        AlertKind::Reidentification => {
+            "A person holding the re-identification role turned a de-identified export's pseudonym back into a patient (the justification is with the re-identification record).".into()
+        }
         AlertKind::AuthFailureSpike => format!(
             "{} authentication or authorisation failure(s) (401/403/429) from one {} within {} minute(s) (threshold {}).",
             f(0),

@@ -14,6 +14,7 @@ pub mod patients;
 pub mod pending;
 pub mod phi;
 pub mod records;
+pub mod reidentifications;
 /// The Diesel schema lives at the floor of the module graph (`crate::schema`) so that
 /// `crypto` and `audit` can keep their own tables without importing `db`.
 pub use crate::schema;

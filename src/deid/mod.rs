@@ -11,6 +11,8 @@ pub mod rules;
 pub mod safe_harbor;
 
 #[cfg(test)]
+mod generated;
+#[cfg(test)]
 mod tests;
 
 pub use engine::Deidentifier;

@@ -87,6 +87,7 @@ fn event_type(a: AuditAction) -> (&'static str, &'static str, &'static str) {
         | A::BreakGlassDecision
         | A::BreakGlassReview
         | A::BreakGlassLookup
+        | A::Reidentify
         | A::KeyRotation => (DICOM, "110113", "Security Alert"),
         A::PermissionChange
         | A::CareRelationshipChange

@@ -9,6 +9,7 @@ pub mod cases;
 pub mod confidentiality;
 pub mod export;
 pub mod matrix;
+pub mod reidentify;
 pub mod review;
 pub mod views;
 

@@ -13,6 +13,7 @@ pub mod cases;
 pub mod charts;
 pub mod export;
 pub mod overview;
+pub mod reidentify;
 pub mod review;
 pub mod suppressions;
 pub mod verify;

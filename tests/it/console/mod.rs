@@ -7,4 +7,5 @@ pub(crate) mod dev_tour;
 mod emergency;
 mod login;
 mod pages;
+mod reidentify;
 mod review;

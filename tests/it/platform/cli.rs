@@ -317,7 +317,7 @@ fn docs_confidentiality_table_is_current() {
     assert_eq!(
         generated_section("docs/break-glass.md", "confidentiality"),
         custodian::policy::confidentiality::markdown_table(),
-        "docs/break-glass.md confidentiality table is stale: replace it with the last table `custodian policy` prints"
+        "docs/break-glass.md confidentiality table is stale: replace it with the confidentiality table `custodian policy` prints"
     );
 }
 
@@ -327,5 +327,14 @@ fn docs_export_policy_table_is_current() {
         generated_section("docs/export.md", "policy-export"),
         custodian::policy::export::markdown_table(),
         "docs/export.md export policy is stale: replace it with the export table `custodian policy` prints"
+    );
+}
+
+#[test]
+fn docs_reidentify_policy_table_is_current() {
+    assert_eq!(
+        generated_section("docs/export.md", "policy-reidentify"),
+        custodian::policy::reidentify::markdown_table(),
+        "docs/export.md re-identification rule is stale: replace it with the last table `custodian policy` prints"
     );
 }

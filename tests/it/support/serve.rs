@@ -64,12 +64,17 @@ pub struct Served {
 impl Served {
     /// Starts `custodian serve` on a free port and waits until `/healthz` answers.
     pub async fn start(database_url: &str, issuer: &str) -> Served {
+        Served::start_with(database_url, issuer, &[]).await
+    }
+
+    /// [`Served::start`] with more environment (settings as `CUSTODIAN_*`, `RUST_LOG`).
+    pub async fn start_with(database_url: &str, issuer: &str, env: &[(&str, &str)]) -> Served {
         let dir = tempfile::tempdir().unwrap();
         let port = free_port();
         let config = dir.path().join("custodian.toml");
         std::fs::write(&config, config_toml(port, database_url, issuer)).unwrap();
         let log = std::fs::File::create(dir.path().join("serve.log")).unwrap();
-        let child = super::cli::command(&["--config", config.to_str().unwrap(), "serve"], &[])
+        let child = super::cli::command(&["--config", config.to_str().unwrap(), "serve"], env)
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .stdin(Stdio::null())

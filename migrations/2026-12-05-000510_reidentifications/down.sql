@@ -1,0 +1,2 @@
+DROP TABLE reidentifications;
+DROP FUNCTION reidentifications_seal_only();
