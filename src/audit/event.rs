@@ -143,6 +143,8 @@ coded_enum! {
         AuditLog = "AuditLog",
         EmergencyAccount = "EmergencyAccount",
         PendingChange = "PendingChange",
+        // A Bulk Data export job (`export`): its events carry the job id.
+        ExportJob = "ExportJob",
     }
 }
 

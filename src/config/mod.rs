@@ -56,6 +56,9 @@ pub struct Config {
     /// The privacy detectors over the audit trail.
     #[serde(default)]
     pub detect: DetectConfig,
+    /// Bulk Data `$export`: output directory, batches, links, retention.
+    #[serde(default)]
+    pub export: crate::export::ExportConfig,
 }
 
 /// Environment variables that belong to Custodian but are not settings.
@@ -98,6 +101,7 @@ impl Config {
         validate_database_url(self.database.url.expose())?;
         self.audit.validate()?;
         self.detect.validate()?;
+        self.export.validate()?;
         if self.database.pool_size == 0 {
             return Err(ConfigError::new("database.pool_size", "must be at least 1"));
         }

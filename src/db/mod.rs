@@ -6,6 +6,7 @@ pub mod break_glass;
 pub mod claims;
 pub mod config;
 pub mod documents;
+pub mod export_jobs;
 pub mod facilities;
 pub mod history;
 pub mod observations;
