@@ -410,6 +410,8 @@ pub async fn download(
     settings: web::Data<ExportSettings>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
+    // The data leaves here: the same step-up as the kick-off.
+    step_up(&pipeline).await?;
     let state = pipeline.state();
     let user = pipeline.principal.user.id;
     let link = Link::open(&state.keyring, user, &path)

@@ -6,7 +6,7 @@
 //! | `/fhir/…` (FHIR action)   | 401                       | 403                                   | record: 404 · search: 403, or 200 with no rows · create: 422 · a role the matrix refuses: 403 |
 //! | `/fhir/Patient/…/$break-glass…` (BreakGlass) | 401     | 403                                   | – (`api/break_glass.rs`)                         |
 //! | `/fhir/AuditEvent…` (AuditTrail) | 401                | 403 (privacy officer, no `audit.read`) | each role with `audit.read`: reviewers 200, the others 403 |
-//! | `/fhir/…$export…` (Export) | 401                      | 403 (no search scope at all)          | each role: without an export grant 403; with one 401 (step-up: no recent MFA) |
+//! | `/fhir/…$export…` (Export) | 401                      | 403 (no search scope at all)          | each role: without an export grant 403; with one: kick-off and download 401 (step-up: no recent MFA), status and cancel 404 |
 //! | `/api/admin/…` (Admin)    | 401                       | 403 (admin role, no `admin` scope)    | –                                                |
 //! | `/console/…` page (GET)   | 303 to `/console/signin`  | –                                     | –                                                |
 //! | `/console/…` action (POST)| 403                       | –                                     | –                                                |
@@ -755,9 +755,13 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
                 let scopes = custodian::auth::ScopeSet::parse(STRANGER_SCOPES);
                 let context = policy::smart_context(false, &[*role]);
                 let allows = |r: ResourceType| scopes.allows(context, r, Interaction::Search);
-                let want = match policy::export::capability(&[*role], op, &allows) {
-                    Ok(()) => 401,
-                    Err(_) => 403,
+                // Kick-off and download need the step-up; a status or cancel of a job
+                // that is not theirs is a 404.
+                use policy::export::Operation as Op;
+                let want = match (policy::export::capability(&[*role], op, &allows), op) {
+                    (Err(_), _) => 403,
+                    (Ok(()), Op::KickOff(_) | Op::Download) => 401,
+                    (Ok(()), Op::Status | Op::Cancel) => 404,
                 };
                 assert_eq!(res.status().as_u16(), want, "{case}");
             }
@@ -865,7 +869,16 @@ async fn every_audited_route_leaves_one_event_naming_the_actor_for_each_refusal(
                 actor,
             ),
         ];
+        // The author holds no grant for a system-level export (services only): its
+        // valid-token cases are refused before the body or the purpose is looked at.
+        let author_refused = route.action
+            == Action::Export(policy::export::Operation::KickOff(policy::export::Level::System));
         for (kind, req, status, actor) in cases {
+            let status = if author_refused && actor.is_some() && status != 403 {
+                403
+            } else {
+                status
+            };
             let case = format!("{name}: {kind}");
             let before = last_seq(&w.app);
             let res = req.send().await.unwrap();
