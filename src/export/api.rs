@@ -78,7 +78,11 @@ async fn step_up(pipeline: &Pipeline) -> Result<(), AppError> {
     {
         pipeline
             .recorder
-            .deny(job_what(AuditAction::Export, None), [], DenyReason::StepUpRequired)
+            .deny(
+                job_what(AuditAction::Export, None),
+                [],
+                DenyReason::StepUpRequired,
+            )
             .await?;
         return Err(AppError::InsufficientAuthentication { challenge });
     }
@@ -149,7 +153,8 @@ async fn kick_off(
     let mut parts = Vec::new();
     for p in &permitted {
         let wanted = asked.types.as_ref().is_none_or(|t| t.contains(&p.resource));
-        let needed = wanted || (kind == ExportKind::Deidentified && p.resource == ResourceType::Patient);
+        let needed =
+            wanted || (kind == ExportKind::Deidentified && p.resource == ResourceType::Patient);
         if !needed {
             continue;
         }
@@ -174,7 +179,9 @@ async fn kick_off(
             .recorder
             .deny(what, [], crate::policy::DenyReason::ScopeMissing)
             .await?;
-        return Err(refusal::on_capability(crate::policy::DenyReason::ScopeMissing));
+        return Err(refusal::on_capability(
+            crate::policy::DenyReason::ScopeMissing,
+        ));
     }
     let group_id = match group {
         None => None,
@@ -228,9 +235,7 @@ async fn kick_off(
         created_at: now,
         // A job that never finishes is swept after the same retention as a finished one.
         expires_at: now
-            + chrono::Duration::minutes(
-                i64::try_from(settings.config.retain_mins).unwrap_or(1440),
-            ),
+            + chrono::Duration::minutes(i64::try_from(settings.config.retain_mins).unwrap_or(1440)),
     };
     let write = move |c: &mut diesel::PgConnection| match export_jobs::insert(c, &job)? {
         Some(id) => Ok(id),
@@ -251,7 +256,13 @@ async fn kick_off(
 async fn own_job(pipeline: &Pipeline, raw: &str, action: AuditAction) -> Result<Job, AppError> {
     let id = Uuid::parse_str(raw).ok();
     let job = match id {
-        Some(id) => pipeline.state().db.run(move |c| export_jobs::get(c, id)).await?,
+        Some(id) => {
+            pipeline
+                .state()
+                .db
+                .run(move |c| export_jobs::get(c, id))
+                .await?
+        }
         None => None,
     };
     match job {
@@ -414,8 +425,7 @@ pub async fn download(
     step_up(&pipeline).await?;
     let state = pipeline.state();
     let user = pipeline.principal.user.id;
-    let link = Link::open(&state.keyring, user, &path)
-        .filter(|l| l.expires >= state.clock.now());
+    let link = Link::open(&state.keyring, user, &path).filter(|l| l.expires >= state.clock.now());
     let Some(link) = link else {
         pipeline
             .recorder
@@ -436,7 +446,12 @@ pub async fn download(
         return Err(AppError::not_found());
     };
     let kind = spec.resource()?;
-    let file_path = files::part_file(std::path::Path::new(&settings.config.dir), job.id, part, kind);
+    let file_path = files::part_file(
+        std::path::Path::new(&settings.config.dir),
+        job.id,
+        part,
+        kind,
+    );
     let file = web::block(move || std::fs::File::open(file_path))
         .await
         .map_err(|_| AppError::internal("export file task"))?
@@ -450,42 +465,39 @@ pub async fn download(
     let kr = state.keyring.clone();
     let job_id = job.id;
     // Up to 256 lines per chunk, read (and opened) on a blocking thread.
-    let stream = futures_util::stream::unfold(
-        Some((reader, 0u64)),
-        move |st| {
-            let kr = kr.clone();
-            async move {
-                let (mut reader, mut line) = st?;
-                let chunk = web::block(move || {
-                    let mut out = Vec::new();
-                    for _ in 0..256 {
-                        let mut text = String::new();
-                        match reader.read_line(&mut text) {
-                            Ok(0) => return Ok((out, None)),
-                            Ok(_) => {}
-                            Err(e) => return Err(e),
-                        }
-                        if sealed {
-                            let plain = files::open_line(&kr, kind, job_id, line, &text)
-                                .map_err(|_| std::io::Error::other("export line does not open"))?;
-                            out.extend_from_slice(&plain);
-                            out.push(b'\n');
-                        } else {
-                            out.extend_from_slice(text.as_bytes());
-                        }
-                        line += 1;
+    let stream = futures_util::stream::unfold(Some((reader, 0u64)), move |st| {
+        let kr = kr.clone();
+        async move {
+            let (mut reader, mut line) = st?;
+            let chunk = web::block(move || {
+                let mut out = Vec::new();
+                for _ in 0..256 {
+                    let mut text = String::new();
+                    match reader.read_line(&mut text) {
+                        Ok(0) => return Ok((out, None)),
+                        Ok(_) => {}
+                        Err(e) => return Err(e),
                     }
-                    Ok((out, Some((reader, line))))
-                })
-                .await;
-                match chunk {
-                    Ok(Ok((out, next))) => Some((Ok::<Bytes, std::io::Error>(Bytes::from(out)), next)),
-                    Ok(Err(e)) => Some((Err(e), None)),
-                    Err(_) => Some((Err(std::io::Error::other("export stream task")), None)),
+                    if sealed {
+                        let plain = files::open_line(&kr, kind, job_id, line, &text)
+                            .map_err(|_| std::io::Error::other("export line does not open"))?;
+                        out.extend_from_slice(&plain);
+                        out.push(b'\n');
+                    } else {
+                        out.extend_from_slice(text.as_bytes());
+                    }
+                    line += 1;
                 }
+                Ok((out, Some((reader, line))))
+            })
+            .await;
+            match chunk {
+                Ok(Ok((out, next))) => Some((Ok::<Bytes, std::io::Error>(Bytes::from(out)), next)),
+                Ok(Err(e)) => Some((Err(e), None)),
+                Err(_) => Some((Err(std::io::Error::other("export stream task")), None)),
             }
-        },
-    );
+        }
+    });
     Ok(HttpResponse::Ok()
         .content_type(NDJSON)
         .insert_header(("Cache-Control", "no-store"))

@@ -89,8 +89,12 @@ pub fn parse(query: &str) -> Result<ExportRequest, AppError> {
                     _ => return Err(bad("suppress: true or false.")),
                 };
             }
-            "_elements" | "_typeFilter" | "patient" | "includeAssociatedData"
-            | "organizeOutputBy" | "allowPartialManifests" => {
+            "_elements"
+            | "_typeFilter"
+            | "patient"
+            | "includeAssociatedData"
+            | "organizeOutputBy"
+            | "allowPartialManifests" => {
                 return Err(bad(
                     "This server does not support that export parameter: see docs/export.md.",
                 ));
@@ -103,9 +107,7 @@ pub fn parse(query: &str) -> Result<ExportRequest, AppError> {
         }
     }
     if r.kind == Some(Kind::Identified) && (r.k.is_some() || r.suppress) {
-        return Err(bad(
-            "k and suppress apply to de-identified exports only.",
-        ));
+        return Err(bad("k and suppress apply to de-identified exports only."));
     }
     Ok(r)
 }

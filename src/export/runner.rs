@@ -222,7 +222,11 @@ fn work(
         return Err(AppError::internal("export job progress shape"));
     }
     let recorder = Recorder::new(state.audit.clone(), AuditContext::default(), actor_of(job))
-        .with_client_app(job.client_app.as_deref().and_then(|c| ClientId::parse(c).ok()));
+        .with_client_app(
+            job.client_app
+                .as_deref()
+                .and_then(|c| ClientId::parse(c).ok()),
+        );
     let root = engine.root();
     std::fs::create_dir_all(files::job_dir(&root, job.id))
         .map_err(|_| AppError::internal("cannot create the export directory"))?;
@@ -236,9 +240,13 @@ fn work(
     };
     let as_of = job.transaction_time.date_naive();
     let k = u64::try_from(job.k).unwrap_or(1);
-    let mut set = key
-        .as_deref()
-        .map(|key| DeidSet::new(Deidentifier::new(&engine.rules, key, as_of), k, job.suppress));
+    let mut set = key.as_deref().map(|key| {
+        DeidSet::new(
+            Deidentifier::new(&engine.rules, key, as_of),
+            k,
+            job.suppress,
+        )
+    });
     // The Patients part (first, by the policy's type order) feeds the k-anonymity
     // classes: counted in full, then replayed up to where a previous runner stopped.
     if let Some(set) = set.as_mut() {
@@ -377,8 +385,8 @@ fn work(
     let value = serde_json::to_value(&progress)
         .map_err(|_| AppError::internal("export progress encoding"))?;
     let now = state.clock.now();
-    let expires = now
-        + chrono::Duration::minutes(i64::try_from(engine.config.retain_mins).unwrap_or(1440));
+    let expires =
+        now + chrono::Duration::minutes(i64::try_from(engine.config.retain_mins).unwrap_or(1440));
     if export_jobs::complete(conn, job.id, engine.owner, &value, report, now, expires)? {
         let what = What::new(AuditAction::Export)
             .on(crate::audit::ResourceType::ExportJob)

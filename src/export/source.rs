@@ -96,15 +96,13 @@ pub fn batch(
     use crate::fhir::{claim, document_reference, observation, patient};
     let (view, scope) = (part.view_of()?, part.search_scope()?);
     match part.resource()? {
-        ResourceType::Patient => {
-            batch_of::<patient::Patients>(conn, kr, view, scope, after, limit)
-        }
+        ResourceType::Patient => batch_of::<patient::Patients>(conn, kr, view, scope, after, limit),
         ResourceType::Observation => {
             batch_of::<observation::Observations>(conn, kr, view, scope, after, limit)
         }
-        ResourceType::DocumentReference => batch_of::<document_reference::DocumentReferences>(
-            conn, kr, view, scope, after, limit,
-        ),
+        ResourceType::DocumentReference => {
+            batch_of::<document_reference::DocumentReferences>(conn, kr, view, scope, after, limit)
+        }
         ResourceType::Claim => batch_of::<claim::Claims>(conn, kr, view, scope, after, limit),
     }
 }

@@ -297,9 +297,9 @@ mod tests {
                 Operation::Download,
             ] {
                 let granted = match op {
-                    Operation::KickOff(level) => Kind::ALL
-                        .iter()
-                        .any(|k| decide(&[role], *k, level).is_ok()),
+                    Operation::KickOff(level) => {
+                        Kind::ALL.iter().any(|k| decide(&[role], *k, level).is_ok())
+                    }
                     _ => GRANTS.iter().any(|(r, _)| *r == role),
                 };
                 let got = capability(&[role], op, &all);

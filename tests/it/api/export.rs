@@ -28,8 +28,7 @@ const CANARY_FAMILY: &str = "Canarywhistle";
 const CANARY_MRN: &str = "MRN-CANARY-4417";
 const CANARY_NOTE: &str = "Canary note: call 617-555-0199 about Canarywhistle";
 
-const SCOPES: &str =
-    "user/Patient.rs user/Observation.rs user/DocumentReference.rs user/Claim.rs user/Patient.c user/Observation.c user/DocumentReference.c user/Claim.c";
+const SCOPES: &str = "user/Patient.rs user/Observation.rs user/DocumentReference.rs user/Claim.rs user/Patient.c user/Observation.c user/DocumentReference.c user/Claim.c";
 
 fn settings(b: TestAppBuilder, dir: &Path) -> TestAppBuilder {
     b.manual_clock()
@@ -151,7 +150,10 @@ async fn download_all(w: &World, manifest: &Value, token: &str) -> Vec<(String, 
     for entry in manifest["output"].as_array().unwrap() {
         let kind = entry["type"].as_str().unwrap().to_string();
         let url = entry["url"].as_str().unwrap();
-        assert!(url.starts_with("https://localhost:8443/fhir/$export-file/"), "{url}");
+        assert!(
+            url.starts_with("https://localhost:8443/fhir/$export-file/"),
+            "{url}"
+        );
         let res = send(w, reqwest::Method::GET, url, token).await;
         assert_eq!(res.status(), StatusCode::OK, "{url}");
         assert_eq!(res.headers()["content-type"], "application/fhir+ndjson");
@@ -164,11 +166,18 @@ async fn download_all(w: &World, manifest: &Value, token: &str) -> Vec<(String, 
             assert_eq!(r["resourceType"], kind.as_str(), "{r}");
             assert!(r["id"].as_str().is_some_and(|i| !i.is_empty()), "{r}");
         }
-        assert_eq!(lines.len() as u64, entry["count"].as_u64().unwrap(), "{kind}");
+        assert_eq!(
+            lines.len() as u64,
+            entry["count"].as_u64().unwrap(),
+            "{kind}"
+        );
         out.push((kind, lines));
     }
     out
 }
+
+/// (action, resource type, patients, actor) of an audit event.
+type ExportEvent = (String, Option<String>, Vec<Uuid>, Option<Uuid>);
 
 #[tokio::test]
 async fn the_bulk_data_flow_step_by_step_de_identified_with_no_phi_left_behind() {
@@ -179,9 +188,22 @@ async fn the_bulk_data_flow_step_by_step_de_identified_with_no_phi_left_behind()
     let t = token(&w, "dr-export", true);
 
     // 1. Kick-off: 202 and the absolute status URL.
-    let res = kick_off(&w, "/fhir/Patient/$export?_outputFormat=application%2Ffhir%2Bndjson&k=2", &t).await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED, "{}", res.text().await.unwrap());
-    let status_url = res.headers()["content-location"].to_str().unwrap().to_string();
+    let res = kick_off(
+        &w,
+        "/fhir/Patient/$export?_outputFormat=application%2Ffhir%2Bndjson&k=2",
+        &t,
+    )
+    .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::ACCEPTED,
+        "{}",
+        res.text().await.unwrap()
+    );
+    let status_url = res.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
     assert!(
         status_url.starts_with("https://localhost:8443/fhir/$export-status/"),
         "{status_url}"
@@ -190,7 +212,12 @@ async fn the_bulk_data_flow_step_by_step_de_identified_with_no_phi_left_behind()
     let m = manifest(&w, &status_url, &t).await;
     assert_eq!(m["requiresAccessToken"], true);
     assert!(m["transactionTime"].as_str().is_some());
-    assert!(m["request"].as_str().unwrap().starts_with("https://localhost:8443/fhir/Patient/$export?"));
+    assert!(
+        m["request"]
+            .as_str()
+            .unwrap()
+            .starts_with("https://localhost:8443/fhir/Patient/$export?")
+    );
     assert_eq!(m["error"], json!([]));
     let report = &m["extension"]["https://custodian.example/fhir/StructureDefinition/k-anonymity"];
     assert_eq!(report["patients"], 5, "{m}");
@@ -205,7 +232,10 @@ async fn the_bulk_data_flow_step_by_step_de_identified_with_no_phi_left_behind()
         let ids: BTreeSet<&str> = lines.iter().map(|r| r["id"].as_str().unwrap()).collect();
         assert_eq!(ids.len(), lines.len(), "no duplicates");
         for p in &patients {
-            assert!(!ids.contains(p.to_string().as_str()), "pseudonyms, not record ids");
+            assert!(
+                !ids.contains(p.to_string().as_str()),
+                "pseudonyms, not record ids"
+            );
         }
     }
     // 4. No plaintext PHI in the files, on disk, or in the database.
@@ -213,20 +243,34 @@ async fn the_bulk_data_flow_step_by_step_de_identified_with_no_phi_left_behind()
     assert!(!on_disk.is_empty());
     for (path, bytes) in &on_disk {
         let text = String::from_utf8_lossy(bytes);
-        for canary in [CANARY_FAMILY, CANARY_MRN, "617-555-0199", "123-45-6789", "1970-03-04"] {
+        for canary in [
+            CANARY_FAMILY,
+            CANARY_MRN,
+            "617-555-0199",
+            "123-45-6789",
+            "1970-03-04",
+        ] {
             assert!(!text.contains(canary), "{canary} in {}", path.display());
         }
     }
     let dump = pg_dump(&w.app.db.url);
     for canary in [CANARY_FAMILY, CANARY_MRN, "617-555-0199"] {
-        assert!(!contains_any_form(&dump, canary), "{canary} in the database");
+        assert!(
+            !contains_any_form(&dump, canary),
+            "{canary} in the database"
+        );
     }
     // 5. Audited: the kick-off and every batch (naming the patients it carried) as the
     //    clinician, and each patient's access report lists the export.
-    let events: Vec<(String, Option<String>, Vec<Uuid>, Option<Uuid>)> = ae::table
+    let events: Vec<ExportEvent> = ae::table
         .filter(ae::action.eq("export"))
         .order(ae::seq)
-        .select((ae::action, ae::resource_type, ae::patient_ids, ae::actor_user_id))
+        .select((
+            ae::action,
+            ae::resource_type,
+            ae::patient_ids,
+            ae::actor_user_id,
+        ))
         .load(&mut w.app.db.conn())
         .unwrap();
     assert!(events.iter().all(|e| e.3 == Some(doc_id.as_uuid())));
@@ -261,7 +305,10 @@ async fn refused_without_step_up_for_a_role_without_the_grant_and_for_bad_reques
     let res = kick_off(&w, "/fhir/Patient/$export", &token(&w, "dr-nomfa", false)).await;
     assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
     let challenge = res.headers()["www-authenticate"].to_str().unwrap();
-    assert!(challenge.contains("insufficient_user_authentication"), "{challenge}");
+    assert!(
+        challenge.contains("insufficient_user_authentication"),
+        "{challenge}"
+    );
     assert!(challenge.contains("Bulk export"), "{challenge}");
     // Roles without an export grant: 403, even with a fresh MFA sign-in.
     for sub in ["pat-1", "admin-1"] {
@@ -275,13 +322,22 @@ async fn refused_without_step_up_for_a_role_without_the_grant_and_for_bad_reques
     let res = kick_off(&w, "/fhir/$export", &t).await;
     assert_eq!(res.status(), StatusCode::FORBIDDEN);
     // Bad requests: 400 with a fixed message.
-    for q in ["_outputFormat=text%2Fcsv", "_type=Claim", "_since=Canarywhistle", "k=0"] {
+    for q in [
+        "_outputFormat=text%2Fcsv",
+        "_type=Claim",
+        "_since=Canarywhistle",
+        "k=0",
+    ] {
         let res = kick_off(&w, &format!("/fhir/Patient/$export?{q}"), &t).await;
         assert_eq!(res.status(), StatusCode::BAD_REQUEST, "{q}");
         assert!(!res.text().await.unwrap().contains("Canarywhistle"));
     }
     let res = send(&w, reqwest::Method::GET, "/fhir/Patient/$export", &t).await;
-    assert_eq!(res.status(), StatusCode::BAD_REQUEST, "Prefer: respond-async is required");
+    assert_eq!(
+        res.status(),
+        StatusCode::BAD_REQUEST,
+        "Prefer: respond-async is required"
+    );
     // A group that is not the caller's care team or facility does not exist for them.
     let res = kick_off(&w, &format!("/fhir/Group/{}/$export", Uuid::new_v4()), &t).await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
@@ -309,7 +365,10 @@ async fn one_export_at_a_time_and_only_the_requester_sees_it() {
     let b = token(&w, "dr-b", true);
     let res = kick_off(&w, &format!("/fhir/Group/{doc_id}/$export"), &a).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let status_url = res.headers()["content-location"].to_str().unwrap().to_string();
+    let status_url = res.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
     // A second kick-off while the first is pending: 429 with a fixed message.
     let res = kick_off(&w, "/fhir/Patient/$export", &a).await;
     assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
@@ -336,9 +395,22 @@ async fn identified_exports_are_sealed_at_rest_and_downloaded_only_by_the_reques
     w.user("biller-2", &[Role::Billing]);
     seed(&w, "biller", 3, true).await;
     let t = token(&w, "biller", true);
-    let res = kick_off(&w, "/fhir/Patient/$export?kind=identified&_type=Patient,Claim", &t).await;
-    assert_eq!(res.status(), StatusCode::ACCEPTED, "{}", res.text().await.unwrap());
-    let status_url = res.headers()["content-location"].to_str().unwrap().to_string();
+    let res = kick_off(
+        &w,
+        "/fhir/Patient/$export?kind=identified&_type=Patient,Claim",
+        &t,
+    )
+    .await;
+    assert_eq!(
+        res.status(),
+        StatusCode::ACCEPTED,
+        "{}",
+        res.text().await.unwrap()
+    );
+    let status_url = res.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
     let m = manifest(&w, &status_url, &t).await;
     assert_eq!(
         m["extension"]["https://custodian.example/fhir/StructureDefinition/export-kind"],
@@ -370,7 +442,9 @@ async fn identified_exports_are_sealed_at_rest_and_downloaded_only_by_the_reques
     let res = send(&w, reqwest::Method::GET, url, &t).await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND, "expired link");
     // After the retention (export.retain_mins, a day) the sweeper deletes job and files.
-    w.app.clock().advance(std::time::Duration::from_secs(1441 * 60));
+    w.app
+        .clock()
+        .advance(std::time::Duration::from_secs(1441 * 60));
     let t = token(&w, "biller", true);
     let mut gone = false;
     for _ in 0..200 {
@@ -381,7 +455,10 @@ async fn identified_exports_are_sealed_at_rest_and_downloaded_only_by_the_reques
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
-    assert!(gone, "the job and its files are deleted after the retention");
+    assert!(
+        gone,
+        "the job and its files are deleted after the retention"
+    );
     let res = send(&w, reqwest::Method::GET, &status_url, &t).await;
     assert_eq!(res.status(), StatusCode::NOT_FOUND);
 }
@@ -404,7 +481,10 @@ async fn a_restart_in_the_middle_resumes_with_a_complete_result_and_no_duplicate
     let t = token(&w, "dr-r", true);
     let res = kick_off(&w, "/fhir/Patient/$export?_type=Patient,Observation", &t).await;
     assert_eq!(res.status(), StatusCode::ACCEPTED);
-    let status_url = res.headers()["content-location"].to_str().unwrap().to_string();
+    let status_url = res.headers()["content-location"]
+        .to_str()
+        .unwrap()
+        .to_string();
     // Wait until some batches are committed, then stop the instance.
     let job_id: Uuid = j::table.select(j::id).first(&mut w.app.db.conn()).unwrap();
     for _ in 0..200 {
@@ -418,7 +498,13 @@ async fn a_restart_in_the_middle_resumes_with_a_complete_result_and_no_duplicate
         }
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     }
-    let World { app, idp, signer, facility, keyring } = w;
+    let World {
+        app,
+        idp,
+        signer,
+        facility,
+        keyring,
+    } = w;
     app.stop().await;
     let TestApp { db, .. } = app;
     let stopped: (String, Value) = j::table
@@ -449,7 +535,13 @@ async fn a_restart_in_the_middle_resumes_with_a_complete_result_and_no_duplicate
         "",
     );
     let app = builder.database(db).spawn().await;
-    let w = World { app, idp, signer, facility, keyring };
+    let w = World {
+        app,
+        idp,
+        signer,
+        facility,
+        keyring,
+    };
     let t = token(&w, "dr-r", true);
     let m = manifest(&w, &status_url, &t).await;
     let resumes: i32 = j::table

@@ -284,7 +284,10 @@ fn every_route_in_the_table_is_covered() {
         if route.path.starts_with("/fhir/") && !public_fhir.contains(&route.path) {
             assert!(matches!(
                 route.action,
-                Action::Fhir(..) | Action::BreakGlass(_) | Action::AuditTrail(_) | Action::Export(_)
+                Action::Fhir(..)
+                    | Action::BreakGlass(_)
+                    | Action::AuditTrail(_)
+                    | Action::Export(_)
             ));
         }
         if route.path.starts_with("/api/") {
@@ -676,7 +679,11 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
             );
         }
         match expect {
-            Expect::Fhir | Expect::Admin | Expect::BreakGlass | Expect::AuditTrail | Expect::Export => {
+            Expect::Fhir
+            | Expect::Admin
+            | Expect::BreakGlass
+            | Expect::AuditTrail
+            | Expect::Export => {
                 assert_eq!(status, 401, "{name}: no credentials")
             }
             Expect::ConsolePage => {
@@ -872,7 +879,9 @@ async fn every_audited_route_leaves_one_event_naming_the_actor_for_each_refusal(
         // The author holds no grant for a system-level export (services only): its
         // valid-token cases are refused before the body or the purpose is looked at.
         let author_refused = route.action
-            == Action::Export(policy::export::Operation::KickOff(policy::export::Level::System));
+            == Action::Export(policy::export::Operation::KickOff(
+                policy::export::Level::System,
+            ));
         for (kind, req, status, actor) in cases {
             let status = if author_refused && actor.is_some() && status != 403 {
                 403
