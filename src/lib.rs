@@ -16,6 +16,7 @@ pub mod detect;
 pub mod dev;
 pub mod domain;
 pub mod error;
+pub mod export;
 pub mod fhir;
 pub mod health;
 pub mod monitoring;

@@ -549,3 +549,33 @@ diesel::allow_tables_to_appear_in_same_query!(
     webhook_messages,
     webhook_endpoints
 );
+
+diesel::table! {
+    export_jobs (id) {
+        id -> Uuid,
+        requester_id -> Uuid,
+        status -> Text,
+        level -> Text,
+        kind -> Text,
+        group_id -> Nullable<Uuid>,
+        types -> Array<Text>,
+        since -> Nullable<Timestamptz>,
+        k -> Int4,
+        suppress -> Bool,
+        parts -> Jsonb,
+        progress -> Jsonb,
+        actor_client_id -> Nullable<Text>,
+        actor_roles -> Array<Text>,
+        auth_method -> Text,
+        client_app -> Nullable<Text>,
+        report -> Nullable<Jsonb>,
+        error_code -> Nullable<Text>,
+        resumes -> Int4,
+        lease_owner -> Nullable<Uuid>,
+        lease_until -> Nullable<Timestamptz>,
+        transaction_time -> Timestamptz,
+        created_at -> Timestamptz,
+        completed_at -> Nullable<Timestamptz>,
+        expires_at -> Timestamptz,
+    }
+}

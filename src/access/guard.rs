@@ -72,9 +72,11 @@ pub enum Obligation {
 /// The audit obligation of a route's action (`None`: public routes).
 pub fn obligation(action: Action) -> Option<Obligation> {
     match action {
-        Action::Fhir(..) | Action::Admin(_) | Action::BreakGlass(_) | Action::AuditTrail(_) => {
-            Some(Obligation::Every)
-        }
+        Action::Fhir(..)
+        | Action::Admin(_)
+        | Action::BreakGlass(_)
+        | Action::AuditTrail(_)
+        | Action::Export(_) => Some(Obligation::Every),
         Action::ConsoleSignIn | Action::Console => Some(Obligation::Refused),
         Action::Public => None,
     }
@@ -210,6 +212,16 @@ pub(super) fn route_what(action: Action, method: &Method) -> What {
         // Reading the trail is an access to it.
         Action::AuditTrail(interaction) => {
             What::new(AuditAction::from(interaction)).on(crate::audit::ResourceType::AuditLog)
+        }
+        // A kick-off is the export itself; polling and downloading read the job.
+        Action::Export(op) => {
+            use crate::policy::export::Operation;
+            let action = match op {
+                Operation::KickOff(_) => AuditAction::Export,
+                Operation::Status | Operation::Download => AuditAction::Read,
+                Operation::Cancel => AuditAction::Delete,
+            };
+            What::new(action).on(crate::audit::ResourceType::ExportJob)
         }
         // A sign-in step that did not succeed.
         Action::ConsoleSignIn => {

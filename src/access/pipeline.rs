@@ -202,6 +202,12 @@ impl Pipeline {
                 policy::capability_break_glass(&subject)
             }
             Action::AuditTrail(_) => self.trail_scope().map(|_| ()),
+            Action::Export(op) => {
+                let context = self.principal.context();
+                let scopes = &self.principal.token.scopes;
+                let allows = move |r: ResourceType| scopes.allows(context, r, Interaction::Search);
+                policy::export::capability(&user.roles, op, &allows)
+            }
             Action::Public | Action::ConsoleSignIn | Action::Console => Ok(()),
         };
         capable.err().map(Refusal::Capability)

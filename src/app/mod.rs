@@ -49,6 +49,15 @@ pub fn build_app(
         &config.fhir,
         !config.server.cors_allowed_origins.is_empty(),
     );
+    let export = crate::export::api::ExportSettings {
+        config: config.export.clone(),
+        base: fhir.base.clone(),
+        has_key: config
+            .crypto
+            .export_key
+            .as_ref()
+            .is_some_and(|k| !k.expose().trim().is_empty()),
+    };
     let mut table = routes::Routes::default();
     routes::configure(&mut table);
     if let Some(extra) = extra {
@@ -72,6 +81,7 @@ pub fn build_app(
         .app_data(web::Data::new(settings))
         .app_data(web::Data::new(json_limits))
         .app_data(web::Data::new(fhir))
+        .app_data(web::Data::new(export))
         .app_data(web::PayloadConfig::new(config.server.body_limit_bytes))
         .wrap(from_fn(edge::edge))
         .configure(|cfg| table.register(cfg))

@@ -150,6 +150,48 @@ pub fn configure(r: &mut Routes) {
     // Before the Patient routes: `/fhir/Patient/{id}` would take `$break-glass-lookup`
     // for an id.
     break_glass_route(r, crate::policy::break_glass::Operation::Lookup);
+    // Bulk Data `$export` (the Patient-level kick-off before `/fhir/Patient/{id}` too).
+    {
+        use crate::export::api;
+        use crate::policy::export::{Level, Operation as Op};
+        let export = |op| Action::Export(op);
+        r.add(
+            Method::GET,
+            "/fhir/$export",
+            export(Op::KickOff(Level::System)),
+            api::kick_off_system,
+        );
+        r.add(
+            Method::GET,
+            "/fhir/Group/{id}/$export",
+            export(Op::KickOff(Level::Group)),
+            api::kick_off_group,
+        );
+        r.add(
+            Method::GET,
+            "/fhir/Patient/$export",
+            export(Op::KickOff(Level::Patient)),
+            api::kick_off_patient,
+        );
+        r.add(
+            Method::GET,
+            "/fhir/$export-status/{id}",
+            export(Op::Status),
+            api::status,
+        );
+        r.add(
+            Method::DELETE,
+            "/fhir/$export-status/{id}",
+            export(Op::Cancel),
+            api::cancel,
+        );
+        r.add(
+            Method::GET,
+            "/fhir/$export-file/{file}",
+            export(Op::Download),
+            api::download,
+        );
+    }
     // SMART App Launch discovery, at the FHIR base (as the specification places it) and
     // at the server root (where some clients look).
     for path in [

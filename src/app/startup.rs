@@ -130,6 +130,26 @@ impl Application {
         // path (access stops at expiry regardless: the decision point compares times).
         crate::access::expiry::spawn_sweeper(&state.clone().into_inner());
 
+        // Bulk export jobs: one runner per instance (a lease per job), and the sweeper of
+        // expired jobs and files.
+        {
+            let key = crate::crypto::ExportKey::from_config(&config.crypto)
+                .map_err(|e| anyhow::anyhow!("crypto.export_key: {e}"))?
+                .map(std::sync::Arc::new);
+            let rules = crate::deid::Rules::default_rules()
+                .map_err(|e| anyhow::anyhow!("de-identification rules: {e}"))?;
+            let engine = std::sync::Arc::new(crate::export::runner::Engine {
+                config: config.export.clone(),
+                key,
+                rules: std::sync::Arc::new(rules),
+                owner: uuid::Uuid::new_v4(),
+            });
+            crate::export::runner::spawn(
+                std::sync::Arc::downgrade(&state.clone().into_inner()),
+                engine,
+            );
+        }
+
         // The detectors live as long as the state (the task holds it weakly).
         crate::detect::spawn(
             std::sync::Arc::downgrade(&state.clone().into_inner()),

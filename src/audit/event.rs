@@ -154,6 +154,8 @@ coded_enum! {
         AlertSuppression = "AlertSuppression",
         WebhookEndpoint = "WebhookEndpoint",
         WebhookDelivery = "WebhookDelivery",
+        // A Bulk Data export job (`export`): its events carry the job id.
+        ExportJob = "ExportJob",
     }
 }
 

@@ -63,6 +63,9 @@ pub struct Config {
     /// Re-identification of export pseudonyms: the role allowed to.
     #[serde(default)]
     pub reidentify: crate::policy::reidentify::ReidentifyConfig,
+    /// Bulk Data `$export`: output directory, batches, links, retention.
+    #[serde(default)]
+    pub export: crate::export::ExportConfig,
 }
 
 /// Environment variables that belong to Custodian but are not settings.
@@ -106,6 +109,7 @@ impl Config {
         self.audit.validate()?;
         self.detect.validate()?;
         self.webhooks.validate()?;
+        self.export.validate()?;
         if self.database.pool_size == 0 {
             return Err(ConfigError::new("database.pool_size", "must be at least 1"));
         }

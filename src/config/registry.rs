@@ -104,6 +104,15 @@ settings! {
     "break_glass.acr_values", List, "[\"http://schemas.openid.net/pape/policies/2007/06/multi-factor\"]", "Break-glass: token acr values that show multi-factor authentication (an amr containing mfa does too)";
     "break_glass.review_days", Int, "7", "Break-glass: a privacy officer's review of a grant is due this many days after its request (overdue reviews are highlighted on the console dashboard)";
     "reidentify.role", Str, "privacy_officer", "Re-identification of export pseudonyms: the one role allowed to (privacy_officer or admin); it also needs a TOTP code entered with each request and a justification of 20 to 2000 characters; see docs/export.md#re-identification";
+    "export.dir", Str, "exports", "Bulk export: directory of the output files, one sub-directory per job (de-identified files are plain NDJSON, identified files are sealed line by line); see docs/export.md";
+    "export.worker", Bool, "true", "Bulk export: run export jobs on this instance (several instances may: each job is held by one runner under a lease)";
+    "export.batch_size", Int, "500", "Bulk export: records read, transformed and written per batch (1 to 10000)";
+    "export.batch_pause_ms", Int, "5", "Bulk export: pause after each batch so that exports never starve API requests (at most 60000)";
+    "export.poll_ms", Int, "1000", "Bulk export: how often an idle runner looks for work and sweeps expired jobs (10 to 60000)";
+    "export.lease_secs", Int, "30", "Bulk export: a runner's hold on a job; the job of a runner that stopped is resumed by another after this";
+    "export.link_secs", Int, "300", "Bulk export: how long a download link in a manifest stays valid";
+    "export.retain_mins", Int, "1440", "Bulk export: minutes a job and its files are kept after it was started or finished, then deleted";
+    "export.k", Int, "5", "Bulk export: the k of the k-anonymity report of a de-identified export when the request names none";
     "detect.enabled", Bool, "true", "Detectors: run the privacy detectors over the audit trail on this instance (however many instances have it on, one at a time works, under a PostgreSQL advisory lock); see docs/privacy-detection.md";
     "detect.batch_max", Int, "2000", "Detectors: most audit events consumed in one pass (one transaction; 1 to 20000)";
     "detect.poll_ms", Int, "1000", "Detectors: pause between passes once caught up with the trail (10 to 60000)";

@@ -123,3 +123,24 @@ pub fn cursor(resource: &'static str, user: UserId) -> FieldPlace {
         row: user.as_uuid(),
     }
 }
+
+/// The place of one line of an identified export file: bound to the job, the resource
+/// type and the line's number, so a line moved within or between files does not open.
+/// Not stored in a table (the file is), so not in [`SEALED_COLUMNS`].
+pub fn export_line(resource: &'static str, job: Uuid, line: u64) -> FieldPlace {
+    FieldPlace {
+        table: "export_file",
+        column: resource,
+        row: Uuid::from_u128(job.as_u128() ^ u128::from(line)),
+    }
+}
+
+/// The place of a download link of an export file: sealed for the requester, so that
+/// nobody else's link opens (and nobody else learns what it names).
+pub fn export_link(user: UserId) -> FieldPlace {
+    FieldPlace {
+        table: "export_link",
+        column: "file",
+        row: user.as_uuid(),
+    }
+}

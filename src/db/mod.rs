@@ -7,6 +7,7 @@ pub mod cases;
 pub mod claims;
 pub mod config;
 pub mod documents;
+pub mod export_jobs;
 pub mod facilities;
 pub mod history;
 pub mod observations;

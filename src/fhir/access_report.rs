@@ -118,7 +118,12 @@ pub async fn access_report(
                 "roles": e.actor_roles,
                 "action": e.action,
                 "resourceType": e.resource_type,
-                "via": if e.action == "search" { "search results" } else { "direct" },
+                "via": match e.action.as_str() {
+                    "search" => "search results",
+                    // A bulk export that carried the patient's records (issue 17).
+                    "export" => "bulk export",
+                    _ => "direct",
+                },
                 "basis": basis(e),
                 "purposeOfUse": e.purpose_of_use,
             })

@@ -312,6 +312,34 @@ pub fn judge_authentication(
     auth: &Authentication<'_>,
     now_secs: i64,
 ) -> Result<(), String> {
+    judge_authentication_for(config, auth, now_secs, StepUpFor::BreakGlass)
+}
+
+/// What a step-up is asked for (the challenge's fixed description names it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StepUpFor {
+    BreakGlass,
+    /// A Bulk Data export (`policy::export`): the same strength and age as break-glass.
+    Export,
+}
+
+impl StepUpFor {
+    fn description(self) -> &'static str {
+        match self {
+            StepUpFor::BreakGlass => "Break-glass needs a recent multi-factor sign-in",
+            StepUpFor::Export => "Bulk export needs a recent multi-factor sign-in",
+        }
+    }
+}
+
+/// [`judge_authentication`] for any operation that needs a step-up: one check, one
+/// configuration (`break_glass.auth_max_age_secs`, `break_glass.acr_values`).
+pub fn judge_authentication_for(
+    config: &BreakGlassConfig,
+    auth: &Authentication<'_>,
+    now_secs: i64,
+    purpose: StepUpFor,
+) -> Result<(), String> {
     let max_age = i64::try_from(config.auth_max_age_secs).unwrap_or(i64::MAX);
     let recent = auth
         .auth_time
@@ -323,14 +351,19 @@ pub fn judge_authentication(
     if recent && multi_factor {
         Ok(())
     } else {
-        Err(challenge(config))
+        Err(challenge_for(config, purpose))
     }
 }
 
 /// `WWW-Authenticate` of RFC 9470 §3 (configuration values only).
 pub fn challenge(config: &BreakGlassConfig) -> String {
+    challenge_for(config, StepUpFor::BreakGlass)
+}
+
+fn challenge_for(config: &BreakGlassConfig, purpose: StepUpFor) -> String {
     format!(
-        "Bearer error=\"insufficient_user_authentication\", error_description=\"Break-glass needs a recent multi-factor sign-in\", max_age={}, acr_values=\"{}\"",
+        "Bearer error=\"insufficient_user_authentication\", error_description=\"{}\", max_age={}, acr_values=\"{}\"",
+        purpose.description(),
         config.auth_max_age_secs,
         config.acr_values.join(" ")
     )

@@ -103,6 +103,89 @@ pub fn decide(roles: &[Role], kind: Kind, level: Level) -> Result<Vec<Part>, Den
     }
 }
 
+/// The Bulk Data operations, each a route of its own ([`crate::policy::Action::Export`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Operation {
+    /// Kick-off at a level (`GET …/$export` with `Prefer: respond-async`).
+    KickOff(Level),
+    /// Polling the status URL (`GET /fhir/$export-status/{id}`).
+    Status,
+    /// Cancelling (`DELETE /fhir/$export-status/{id}`): the job and its files go.
+    Cancel,
+    /// Downloading one output file by its short-lived link.
+    Download,
+}
+
+/// Whether `roles`, with a token that allows searching what `scope_allows` says, may
+/// call `op` at all (before anything the request names is looked at): a kick-off needs a
+/// grant at its level whose types the token may search; polling, cancelling and
+/// downloading need some export grant (the job must be the caller's own as well, see
+/// [`owns_job`]).
+pub fn capability(
+    roles: &[Role],
+    op: Operation,
+    scope_allows: &dyn Fn(ResourceType) -> bool,
+) -> Result<(), DenyReason> {
+    let levels: &[Level] = match op {
+        Operation::KickOff(level) => &[level][..],
+        _ => &Level::ALL,
+    };
+    let mut granted = false;
+    for level in levels {
+        for kind in Kind::ALL {
+            if let Ok(parts) = decide(roles, kind, *level) {
+                granted = true;
+                if parts.iter().any(|p| scope_allows(p.resource)) {
+                    return Ok(());
+                }
+            }
+        }
+    }
+    Err(if granted {
+        DenyReason::ScopeMissing
+    } else {
+        DenyReason::RoleMissing
+    })
+}
+
+/// The kind an export is when the caller names none: de-identified whenever the caller
+/// may have it (minimum necessary), identified only for a role granted nothing else.
+pub fn default_kind(roles: &[Role], level: Level) -> Kind {
+    if decide(roles, Kind::Deidentified, level).is_ok() {
+        Kind::Deidentified
+    } else {
+        Kind::Identified
+    }
+}
+
+/// The search scope an export runs in: the caller's search scope without break-glass
+/// grants (emergency access to one patient never widens a bulk export).
+pub fn export_scope(scope: super::SearchScope) -> super::SearchScope {
+    match scope {
+        super::SearchScope::CareTeamAndGrants(user, _) => super::SearchScope::CareTeam(user),
+        other => other,
+    }
+}
+
+/// A Group-level export names its group: the care team (the caller's user id) or the
+/// facility whose patients the caller's scope covers. Any other group is unknown to the
+/// caller (404), so a group never widens what the caller may search.
+pub fn group_matches(scope: super::SearchScope, group: uuid::Uuid) -> bool {
+    match scope {
+        super::SearchScope::CareTeam(user) | super::SearchScope::CareTeamAndGrants(user, _) => {
+            user.as_uuid() == group
+        }
+        super::SearchScope::Facility(facility) => facility.as_uuid() == group,
+        super::SearchScope::OnePatient(_) => false,
+    }
+}
+
+/// A job is seen, cancelled and downloaded only by the person or service that started
+/// it; to anyone else it does not exist.
+pub fn owns_job(caller: crate::domain::UserId, requester: crate::domain::UserId) -> bool {
+    caller == requester
+}
+
 /// May a person holding `roles` turn a pseudonym back into a patient? Only the role the
 /// configuration names for it (the operation also needs step-up and a justification).
 pub fn may_reidentify(roles: &[Role], configured: Role) -> bool {
@@ -197,6 +280,72 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn export_capability_needs_a_grant_and_a_scope_of_one_of_its_types() {
+        let all = |_: ResourceType| true;
+        let none = |_: ResourceType| false;
+        let claims_only = |r: ResourceType| r == ResourceType::Claim;
+        for role in Role::ALL {
+            for op in [
+                Operation::KickOff(Level::System),
+                Operation::KickOff(Level::Group),
+                Operation::KickOff(Level::Patient),
+                Operation::Status,
+                Operation::Cancel,
+                Operation::Download,
+            ] {
+                let granted = match op {
+                    Operation::KickOff(level) => {
+                        Kind::ALL.iter().any(|k| decide(&[role], *k, level).is_ok())
+                    }
+                    _ => GRANTS.iter().any(|(r, _)| *r == role),
+                };
+                let got = capability(&[role], op, &all);
+                assert_eq!(got.is_ok(), granted, "{role:?} {op:?}");
+                if granted {
+                    assert_eq!(
+                        capability(&[role], op, &none),
+                        Err(DenyReason::ScopeMissing)
+                    );
+                } else {
+                    assert_eq!(got, Err(DenyReason::RoleMissing));
+                }
+            }
+        }
+        // A clinician's token that may search claims only: clinicians export no claims.
+        assert_eq!(
+            capability(
+                &[Role::Clinician],
+                Operation::KickOff(Level::Patient),
+                &claims_only
+            ),
+            Err(DenyReason::ScopeMissing)
+        );
+    }
+
+    #[test]
+    fn the_default_kind_is_de_identified_and_grants_stay_out_of_exports() {
+        for role in [Role::Clinician, Role::Billing, Role::Service] {
+            assert_eq!(default_kind(&[role], Level::Patient), Kind::Deidentified);
+        }
+        let user = crate::domain::UserId::new();
+        let at = chrono::Utc::now();
+        assert_eq!(
+            export_scope(super::super::SearchScope::CareTeamAndGrants(user, at)),
+            super::super::SearchScope::CareTeam(user)
+        );
+        assert!(group_matches(
+            super::super::SearchScope::CareTeam(user),
+            user.as_uuid()
+        ));
+        assert!(!group_matches(
+            super::super::SearchScope::CareTeam(user),
+            uuid::Uuid::new_v4()
+        ));
+        assert!(owns_job(user, user));
+        assert!(!owns_job(user, crate::domain::UserId::new()));
     }
 
     #[test]

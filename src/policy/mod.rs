@@ -41,6 +41,10 @@ pub enum Action {
     /// Reading the audit trail as FHIR `AuditEvent` resources (read or search): the
     /// token's `audit.read` scope and a role [`review::trail_scope`] admits.
     AuditTrail(Interaction),
+    /// A Bulk Data export operation ([`export::Operation`]): the person must hold an
+    /// export grant and the token a scope of one of its types
+    /// ([`export::capability`]); jobs belong to their requester only.
+    Export(export::Operation),
 }
 
 /// The SMART launch context a scope is granted in.

@@ -7,6 +7,7 @@ mod attribution;
 mod audit_event;
 mod auth;
 mod break_glass;
+mod export;
 pub(crate) mod interop;
 mod name_search;
 mod patient;

@@ -6,6 +6,7 @@
 //! | `/fhir/…` (FHIR action)   | 401                       | 403                                   | record: 404 · search: 403, or 200 with no rows · create: 422 · a role the matrix refuses: 403 |
 //! | `/fhir/Patient/…/$break-glass…` (BreakGlass) | 401     | 403                                   | – (`api/break_glass.rs`)                         |
 //! | `/fhir/AuditEvent…` (AuditTrail) | 401                | 403 (privacy officer, no `audit.read`) | each role with `audit.read`: reviewers 200, the others 403 |
+//! | `/fhir/…$export…` (Export) | 401                      | 403 (no search scope at all)          | each role: without an export grant 403; with one: kick-off and download 401 (step-up: no recent MFA), status and cancel 404 |
 //! | `/api/admin/…` (Admin)    | 401                       | 403 (admin role, no `admin` scope)    | –                                                |
 //! | `/console/…` page (GET)   | 303 to `/console/signin`  | –                                     | –                                                |
 //! | `/console/…` action (POST)| 403                       | –                                     | –                                                |
@@ -49,6 +50,8 @@ enum Expect {
     BreakGlass,
     /// The audit trail as FHIR `AuditEvent` resources (`api/audit_event.rs`).
     AuditTrail,
+    /// Bulk Data `$export` (`api/export.rs` tests the flow).
+    Export,
     /// The administration API.
     Admin,
     /// A console page: redirect to the sign-in page.
@@ -72,6 +75,12 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         Expect::Public,
     ),
     ("GET", "/.well-known/smart-configuration", Expect::Public),
+    ("GET", "/fhir/$export", Expect::Export),
+    ("GET", "/fhir/Group/{id}/$export", Expect::Export),
+    ("GET", "/fhir/Patient/$export", Expect::Export),
+    ("GET", "/fhir/$export-status/{id}", Expect::Export),
+    ("DELETE", "/fhir/$export-status/{id}", Expect::Export),
+    ("GET", "/fhir/$export-file/{file}", Expect::Export),
     ("GET", "/fhir/Patient", Expect::Fhir),
     ("POST", "/fhir/Patient/_search", Expect::Fhir),
     ("POST", "/fhir/Patient", Expect::Fhir),
@@ -287,6 +296,9 @@ fn every_route_in_the_table_is_covered() {
             (Expect::AuditTrail, Action::AuditTrail(_)) => {
                 route.path.starts_with("/fhir/AuditEvent")
             }
+            (Expect::Export, Action::Export(_)) => {
+                route.path.starts_with("/fhir/") && route.path.contains("$export")
+            }
             (Expect::Admin, Action::Admin(_)) => route.path.starts_with("/api/"),
             (Expect::ConsolePage, Action::Console) => route.path.starts_with("/console"),
             (Expect::ConsoleAction, Action::Console) => {
@@ -303,7 +315,10 @@ fn every_route_in_the_table_is_covered() {
         if route.path.starts_with("/fhir/") && !public_fhir.contains(&route.path) {
             assert!(matches!(
                 route.action,
-                Action::Fhir(..) | Action::BreakGlass(_) | Action::AuditTrail(_)
+                Action::Fhir(..)
+                    | Action::BreakGlass(_)
+                    | Action::AuditTrail(_)
+                    | Action::Export(_)
             ));
         }
         if route.path.starts_with("/api/") {
@@ -504,7 +519,11 @@ impl Setup {
         let res = self.send(route, token).await;
         if matches!(
             route.action,
-            Action::Fhir(..) | Action::Admin(_) | Action::BreakGlass(_) | Action::AuditTrail(_)
+            Action::Fhir(..)
+                | Action::Admin(_)
+                | Action::BreakGlass(_)
+                | Action::AuditTrail(_)
+                | Action::Export(_)
         ) {
             let events = events_after(&self.w.app, before);
             assert_eq!(
@@ -692,7 +711,11 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
             );
         }
         match expect {
-            Expect::Fhir | Expect::Admin | Expect::BreakGlass | Expect::AuditTrail => {
+            Expect::Fhir
+            | Expect::Admin
+            | Expect::BreakGlass
+            | Expect::AuditTrail
+            | Expect::Export => {
                 assert_eq!(status, 401, "{name}: no credentials")
             }
             Expect::ConsolePage => {
@@ -723,6 +746,16 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
                 let res = s.send_audited(route, Some(&token), author, &case).await;
                 assert_eq!(res.status().as_u16(), 403, "{case}");
             }
+            Action::Export(_) => {
+                // Every role the route could need, but no search scope of any type.
+                let token = w.token(
+                    "author",
+                    "user/Patient.cru user/Observation.cru user/DocumentReference.cru user/Claim.cru",
+                );
+                let case = format!("{name}: search scopes missing");
+                let res = s.send_audited(route, Some(&token), author, &case).await;
+                assert_eq!(res.status().as_u16(), 403, "{case}");
+            }
             Action::AuditTrail(_) => {
                 let case = format!("{name}: audit.read scope missing");
                 let po = Some(po_no_scope_id.as_uuid());
@@ -748,6 +781,26 @@ async fn every_route_answers_as_documented_without_credentials_without_scope_and
                 let want = match policy::review::trail_scope(&[*role], true, None) {
                     Ok(_) => 200,
                     Err(_) => 403,
+                };
+                assert_eq!(res.status().as_u16(), want, "{case}");
+            }
+        }
+        // 3. Each role on an export route: without an export grant 403, with one the
+        //    step-up challenge (the strangers' tokens carry no recent MFA).
+        if let Action::Export(op) = route.action {
+            for (role, token, id) in &strangers {
+                let case = format!("{name}: {}", role.as_str());
+                let res = s.send_audited(route, Some(token), Some(*id), &case).await;
+                let scopes = custodian::auth::ScopeSet::parse(STRANGER_SCOPES);
+                let context = policy::smart_context(false, &[*role]);
+                let allows = |r: ResourceType| scopes.allows(context, r, Interaction::Search);
+                // Kick-off and download need the step-up; a status or cancel of a job
+                // that is not theirs is a 404.
+                use policy::export::Operation as Op;
+                let want = match (policy::export::capability(&[*role], op, &allows), op) {
+                    (Err(_), _) => 403,
+                    (Ok(()), Op::KickOff(_) | Op::Download) => 401,
+                    (Ok(()), Op::Status | Op::Cancel) => 404,
                 };
                 assert_eq!(res.status().as_u16(), want, "{case}");
             }
@@ -804,7 +857,11 @@ async fn every_audited_route_leaves_one_event_naming_the_actor_for_each_refusal(
     for route in table().iter().filter(|r| {
         matches!(
             r.action,
-            Action::Fhir(..) | Action::Admin(_) | Action::BreakGlass(_) | Action::AuditTrail(_)
+            Action::Fhir(..)
+                | Action::Admin(_)
+                | Action::BreakGlass(_)
+                | Action::AuditTrail(_)
+                | Action::Export(_)
         )
     }) {
         let name = name(route);
@@ -851,7 +908,18 @@ async fn every_audited_route_leaves_one_event_naming_the_actor_for_each_refusal(
                 actor,
             ),
         ];
+        // The author holds no grant for a system-level export (services only): its
+        // valid-token cases are refused before the body or the purpose is looked at.
+        let author_refused = route.action
+            == Action::Export(policy::export::Operation::KickOff(
+                policy::export::Level::System,
+            ));
         for (kind, req, status, actor) in cases {
+            let status = if author_refused && actor.is_some() && status != 403 {
+                403
+            } else {
+                status
+            };
             let case = format!("{name}: {kind}");
             let before = last_seq(&w.app);
             let res = req.send().await.unwrap();

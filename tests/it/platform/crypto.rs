@@ -151,7 +151,7 @@ fn raw_rows(conn: &mut PgConnection) -> String {
     out
 }
 
-fn pg_dump(url: &str) -> String {
+pub(crate) fn pg_dump(url: &str) -> String {
     let bin = match Command::new("pg_dump").arg("--version").output() {
         Ok(o) if o.status.success() => std::path::PathBuf::from("pg_dump"),
         _ => custodian::dev::pgcluster::find_bindir()
@@ -172,7 +172,7 @@ fn pg_dump(url: &str) -> String {
 }
 
 /// Finds `needle` in `haystack` as text or as hex (how bytea is printed), ignoring case.
-fn contains_any_form(haystack: &str, needle: &str) -> bool {
+pub(crate) fn contains_any_form(haystack: &str, needle: &str) -> bool {
     let h = haystack.to_lowercase();
     h.contains(&needle.to_lowercase()) || h.contains(&hex::encode(needle.as_bytes()))
 }

@@ -3,7 +3,7 @@
 
 mod audit;
 mod cli;
-mod crypto;
+pub(crate) mod crypto;
 mod database;
 mod detect;
 mod dev_tokens;
