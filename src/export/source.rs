@@ -119,7 +119,11 @@ fn batch_of<R: FhirResource>(
     let criteria = R::criteria(&[])?;
     let page = Page {
         sort: None,
-        after: after.map(|id| Position { id, at: None }),
+        after: after.map(|id| Position {
+            id,
+            at: None,
+            then_at: None,
+        }),
         limit,
     };
     let records = R::search(conn, kr, &criteria, scope, page, fields)?;
