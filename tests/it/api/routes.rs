@@ -237,6 +237,8 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
         Expect::ConsoleAction,
     ),
     ("GET", "/console/alerts", Expect::ConsolePage),
+    ("GET", "/console/reidentify", Expect::ConsolePage),
+    ("POST", "/console/reidentify", Expect::ConsoleAction),
     ("GET", "/console/cases", Expect::ConsolePage),
     ("POST", "/console/cases", Expect::ConsoleAction),
     ("GET", "/console/cases/{id}", Expect::ConsolePage),
