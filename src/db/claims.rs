@@ -7,7 +7,7 @@
 
 use crate::crypto::{Keyring, Phi, Sealer, columns};
 use crate::db::phi::open;
-use crate::db::records::{self, RecordTable};
+use crate::db::records::{self, RecordTable, Shapes};
 use crate::db::schema::{claim_items, claim_items_unsealed, claims, claims_unsealed};
 use crate::domain::{PatientId, RecordId};
 use crate::error::AppError;
@@ -140,14 +140,11 @@ pub struct Criteria {
 /// The `claims` repository (with its items). Its fields: whether to load the items.
 pub struct ClaimTable;
 
-impl RecordTable for ClaimTable {
+impl Shapes for ClaimTable {
     type Row = ClaimRow;
     type Write = ClaimWrite;
     type New = NewClaim;
     type Record = Claim;
-    type Criteria = Criteria;
-    type Fields = bool;
-    type Query = claims::BoxedQuery<'static, Pg>;
 
     fn seal(new: &NewClaim, sealer: &Sealer, id: Uuid) -> Result<ClaimWrite, AppError> {
         use columns::claims::{PROVIDER, TOTAL};
@@ -182,12 +179,16 @@ impl RecordTable for ClaimTable {
         })
     }
 
-    fn sort_value(
-        record: &Self::Record,
-        key: crate::db::records::SortKey,
-    ) -> Option<chrono::DateTime<chrono::Utc>> {
-        (key == crate::db::records::SortKey::LastUpdated).then_some(record.row.updated_at)
+    fn updated_at(claim: &Claim) -> DateTime<Utc> {
+        claim.row.updated_at
     }
+}
+
+impl RecordTable for ClaimTable {
+    type Criteria = Criteria;
+    type Fields = bool;
+    type Query = claims::BoxedQuery<'static, Pg>;
+
     fn filter(mut q: Self::Query, criteria: &Criteria) -> Self::Query {
         if let Some(p) = criteria.patient {
             q = q.filter(claims::patient_id.eq(p));

@@ -3,11 +3,10 @@
 //! update (re-sealing the note with the active key) are the shared mechanics of
 //! [`crate::db::records`]; an update keeps the subject and the author.
 
-use crate::crypto::{Keyring, Sealer, columns};
+use crate::crypto::columns;
 use crate::db::records::{self, RecordTable};
 use crate::db::schema::document_references as d;
 use crate::domain::UserId;
-use crate::error::AppError;
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::prelude::*;
@@ -15,6 +14,7 @@ use uuid::Uuid;
 
 records::record_structs! {
     table document_references;
+    repo DocumentTable;
     /// A note to write; `text` is already sanitised by the caller (ammonia) — this layer
     /// only seals it. `Debug` shows no PHI.
     new NewDocumentReference;
@@ -32,31 +32,10 @@ records::record_structs! {
 pub struct DocumentTable;
 
 impl RecordTable for DocumentTable {
-    type Row = DocumentRow;
-    type Write = DocumentWrite;
-    type New = NewDocumentReference;
-    type Record = DocumentReference;
     type Criteria = Option<Uuid>;
     type Fields = ();
     type Query = d::BoxedQuery<'static, Pg>;
 
-    fn seal(
-        new: &NewDocumentReference,
-        sealer: &Sealer,
-        id: Uuid,
-    ) -> Result<DocumentWrite, AppError> {
-        DocumentWrite::seal(new, sealer, id)
-    }
-    fn open(row: DocumentRow, kr: &Keyring) -> Result<DocumentReference, AppError> {
-        row.open(kr)
-    }
-
-    fn sort_value(
-        record: &Self::Record,
-        key: crate::db::records::SortKey,
-    ) -> Option<chrono::DateTime<chrono::Utc>> {
-        (key == crate::db::records::SortKey::LastUpdated).then_some(record.updated_at)
-    }
     fn filter(q: Self::Query, patient: &Option<Uuid>) -> Self::Query {
         match patient {
             Some(p) => q.filter(d::patient_id.eq(*p)),

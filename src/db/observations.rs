@@ -2,10 +2,9 @@
 //! search criteria. Get, search, insert, version-checked update and soft delete are the
 //! shared mechanics of [`crate::db::records`].
 
-use crate::crypto::{Keyring, Sealer, columns};
+use crate::crypto::columns;
 use crate::db::records::{self, RecordTable};
 use crate::db::schema::observations;
-use crate::error::AppError;
 use chrono::{DateTime, Utc};
 use diesel::pg::Pg;
 use diesel::prelude::*;
@@ -14,6 +13,7 @@ use uuid::Uuid;
 
 records::record_structs! {
     table observations;
+    repo ObservationTable;
     /// An observation to write. `Debug` shows no PHI.
     new NewObservation;
     /// An opened observation; `value` is FHIR `value[x]` as JSON
@@ -37,57 +37,17 @@ pub struct Criteria {
     pub dates: Vec<Vec<records::TimeRange>>,
 }
 
-type Cond = Box<dyn BoxableExpression<observations::table, Pg, SqlType = diesel::sql_types::Bool>>;
-
-/// `effective_at` within (or, for `ne`, outside) one date value.
-fn time_condition(r: &records::TimeRange) -> Cond {
-    let mut c: Cond = Box::new(diesel::dsl::sql::<diesel::sql_types::Bool>("TRUE"));
-    if let Some(from) = r.from {
-        c = Box::new(c.and(observations::effective_at.ge(from)));
-    }
-    if let Some(until) = r.until {
-        c = Box::new(c.and(observations::effective_at.lt(until)));
-    }
-    if r.outside {
-        Box::new(diesel::dsl::not(c))
-    } else {
-        c
-    }
-}
-
 /// The `observations` repository.
 pub struct ObservationTable;
 
 impl RecordTable for ObservationTable {
-    type Row = ObservationRow;
-    type Write = ObservationWrite;
-    type New = NewObservation;
-    type Record = Observation;
     type Criteria = Criteria;
     type Fields = ();
     type Query = observations::BoxedQuery<'static, Pg>;
+    const DATE_COLUMN: Option<&'static str> = Some("effective_at");
 
-    fn seal(new: &NewObservation, sealer: &Sealer, id: Uuid) -> Result<ObservationWrite, AppError> {
-        ObservationWrite::seal(new, sealer, id)
-    }
-    fn open(row: ObservationRow, kr: &Keyring) -> Result<Observation, AppError> {
-        row.open(kr)
-    }
-
-    fn sort_column(key: crate::db::records::SortKey) -> Option<&'static str> {
-        Some(match key {
-            crate::db::records::SortKey::LastUpdated => "updated_at",
-            crate::db::records::SortKey::Date => "effective_at",
-        })
-    }
-    fn sort_value(
-        record: &Self::Record,
-        key: crate::db::records::SortKey,
-    ) -> Option<chrono::DateTime<chrono::Utc>> {
-        Some(match key {
-            crate::db::records::SortKey::LastUpdated => record.updated_at,
-            crate::db::records::SortKey::Date => record.effective_at,
-        })
+    fn date(o: &Observation) -> Option<DateTime<Utc>> {
+        Some(o.effective_at)
     }
     fn filter(mut q: Self::Query, criteria: &Criteria) -> Self::Query {
         if let Some(p) = criteria.patient {
@@ -96,14 +56,7 @@ impl RecordTable for ObservationTable {
         if !criteria.code.is_empty() {
             q = q.filter(observations::code.eq_any(criteria.code.clone()));
         }
-        for any in &criteria.dates {
-            let mut conds = any.iter().map(time_condition);
-            if let Some(first) = conds.next() {
-                let either = conds.fold(first, |acc, c| -> Cond { Box::new(acc.or(c)) });
-                q = q.filter(either);
-            }
-        }
-        q
+        records::time_filter!(q, observations::effective_at, &criteria.dates)
     }
 }
 

@@ -108,8 +108,9 @@ impl Page {
     }
 }
 
-/// What a record table declares; the statements come from `statements!`.
-pub trait RecordTable: Sized + 'static {
+/// A record table's four shapes — the row as stored, the write, the body in clear and
+/// the opened record — and how one becomes the other (written by `record_structs!`).
+pub trait Shapes {
     /// The row as stored: clear columns and the sealed ones as bytes
     /// (`Queryable + Selectable`, with `id`, `version`, `key_version`, `patient_id`).
     type Row;
@@ -120,28 +121,46 @@ pub trait RecordTable: Sized + 'static {
     type New: Send + 'static;
     /// A stored record, opened.
     type Record: Send + 'static;
+
+    /// Seals `new` for row `id` with the active key of `sealer`.
+    fn seal(new: &Self::New, sealer: &Sealer, id: Uuid) -> Result<Self::Write, AppError>;
+    /// Opens a row's sealed columns (its key version is already loaded).
+    fn open(row: Self::Row, kr: &Keyring) -> Result<Self::Record, AppError>;
+    /// When the record was last written (`_lastUpdated`).
+    fn updated_at(record: &Self::Record) -> chrono::DateTime<chrono::Utc>;
+}
+
+/// What a record table declares beyond its shapes; the statements come from `statements!`.
+pub trait RecordTable: Shapes + Sized + 'static {
     /// Search criteria, AND-ed.
     type Criteria: Send + 'static;
     /// What to load beyond the row (claims: their items).
     type Fields: Copy + Default + Send + 'static;
     /// The table's boxed query (`<table>::BoxedQuery<'static, Pg>`), for [`Self::filter`].
     type Query;
+    /// The column of the table's clinical date (`_sort=date`), if it has one.
+    const DATE_COLUMN: Option<&'static str> = None;
 
-    /// Seals `new` for row `id` with the active key of `sealer`.
-    fn seal(new: &Self::New, sealer: &Sealer, id: Uuid) -> Result<Self::Write, AppError>;
-    /// Opens a row's sealed columns (its key version is already loaded).
-    fn open(row: Self::Row, kr: &Keyring) -> Result<Self::Record, AppError>;
     /// Narrows a search to `criteria` (the scope, liveness and paging are added around it).
     fn filter(q: Self::Query, criteria: &Self::Criteria) -> Self::Query;
+    /// A record's clinical date (the value of [`Self::DATE_COLUMN`]).
+    fn date(_record: &Self::Record) -> Option<chrono::DateTime<chrono::Utc>> {
+        None
+    }
     /// The column a sort key orders by (`None`: the table does not offer it).
     fn sort_column(key: SortKey) -> Option<&'static str> {
         match key {
             SortKey::LastUpdated => Some("updated_at"),
-            SortKey::Date => None,
+            SortKey::Date => Self::DATE_COLUMN,
         }
     }
     /// A record's value of a sort key (for the next page's cursor).
-    fn sort_value(record: &Self::Record, key: SortKey) -> Option<chrono::DateTime<chrono::Utc>>;
+    fn sort_value(record: &Self::Record, key: SortKey) -> Option<chrono::DateTime<chrono::Utc>> {
+        match key {
+            SortKey::LastUpdated => Some(Self::updated_at(record)),
+            SortKey::Date => Self::date(record),
+        }
+    }
 
     /// Every field (what the history keeps of each version): by default the default.
     fn all_fields() -> Self::Fields {
@@ -221,7 +240,7 @@ pub trait Statements: RecordTable {
 macro_rules! statements {
     ($repo:ty, $table:ident $(, head = $head:ident)?) => {
         const _: () = {
-            use $crate::db::records::{RecordTable, Statements};
+            use $crate::db::records::{RecordTable, Shapes, Statements};
             use $crate::db::schema::$table as t;
             use $crate::db::scope::ScopeSql;
             use $crate::domain::{PatientId, RecordId};
@@ -229,9 +248,9 @@ macro_rules! statements {
             use $crate::policy::SearchScope;
             use ::diesel::prelude::*;
             use ::uuid::Uuid;
-            type Row = <$repo as RecordTable>::Row;
-            type Write = <$repo as RecordTable>::Write;
-            type Rec = <$repo as RecordTable>::Record;
+            type Row = <$repo as Shapes>::Row;
+            type Write = <$repo as Shapes>::Write;
+            type Rec = <$repo as Shapes>::Record;
 
             impl Statements for $repo {
                 fn key_version(row: &Row) -> i32 {
@@ -246,7 +265,7 @@ macro_rules! statements {
                 fn subject(r: &Rec) -> PatientId {
                     r $(.$head)? .patient_id
                 }
-                fn new_subject(new: &<$repo as RecordTable>::New) -> PatientId {
+                fn new_subject(new: &<$repo as Shapes>::New) -> PatientId {
                     new.patient_id
                 }
                 fn patient_of(
@@ -434,6 +453,7 @@ pub(crate) use statements;
 macro_rules! record_structs {
     (
         table $table:ident;
+        repo $Repo:ident;
         $(#[$new_doc:meta])* new $New:ident;
         $(#[$rec_doc:meta])* record $Record:ident;
         row $Row:ident;
@@ -505,14 +525,18 @@ macro_rules! record_structs {
             $($opt_col: Option<Vec<u8>>,)*
         }
 
-        impl $Write {
-            /// Seals `new` for row `id` with the active key of `sealer`.
+        impl crate::db::records::Shapes for $Repo {
+            type Row = $Row;
+            type Write = $Write;
+            type New = $New;
+            type Record = $Record;
+
             #[allow(clippy::clone_on_copy)]
             fn seal(
                 new: &$New,
                 sealer: &crate::crypto::Sealer,
                 id: ::uuid::Uuid,
-            ) -> Result<Self, crate::error::AppError> {
+            ) -> Result<$Write, crate::error::AppError> {
                 Ok($Write {
                     key_version: sealer.version(),
                     patient_id: new.patient_id,
@@ -526,32 +550,75 @@ macro_rules! record_structs {
                         .transpose()?,)*
                 })
             }
-        }
 
-        impl $Row {
-            /// Opens the sealed columns (the row's key version is already loaded).
             fn open(
-                self,
+                row: $Row,
                 kr: &crate::crypto::Keyring,
             ) -> Result<$Record, crate::error::AppError> {
                 Ok($Record {
-                    $($sealed: crate::db::phi::open(kr, $sealed_at, self.id, &self.$sealed_col)?,)*
-                    $($opt: crate::db::phi::open_opt(kr, $opt_at, self.id, self.$opt_col.as_deref())?,)*
-                    id: self.id,
-                    version: self.version,
-                    key_version: self.key_version,
-                    patient_id: self.patient_id,
-                    $($kept: self.$kept,)*
-                    $($clear: self.$clear,)*
-                    created_at: self.created_at,
-                    updated_at: self.updated_at,
-                    deleted_at: self.deleted_at,
+                    $($sealed: crate::db::phi::open(kr, $sealed_at, row.id, &row.$sealed_col)?,)*
+                    $($opt: crate::db::phi::open_opt(kr, $opt_at, row.id, row.$opt_col.as_deref())?,)*
+                    id: row.id,
+                    version: row.version,
+                    key_version: row.key_version,
+                    patient_id: row.patient_id,
+                    $($kept: row.$kept,)*
+                    $($clear: row.$clear,)*
+                    created_at: row.created_at,
+                    updated_at: row.updated_at,
+                    deleted_at: row.deleted_at,
                 })
+            }
+
+            fn updated_at(record: &$Record) -> ::chrono::DateTime<::chrono::Utc> {
+                record.updated_at
             }
         }
     };
 }
 pub(crate) use record_structs;
+
+/// Narrows the boxed query `q` by date parameters on `table::column`: each parameter is
+/// any of its values (an AND of ORs of [`TimeRange`]s). A macro because Diesel's
+/// expressions are typed per column.
+macro_rules! time_filter {
+    ($q:expr, $table:ident :: $column:ident, $dates:expr) => {{
+        use ::diesel::prelude::*;
+        type Cond = Box<
+            dyn ::diesel::BoxableExpression<
+                    $table::table,
+                    ::diesel::pg::Pg,
+                    SqlType = ::diesel::sql_types::Bool,
+                >,
+        >;
+        let condition = |r: &$crate::db::records::TimeRange| -> Cond {
+            let mut c: Cond = Box::new(::diesel::dsl::sql::<::diesel::sql_types::Bool>("TRUE"));
+            if let Some(from) = r.from {
+                c = Box::new(c.and($table::$column.ge(from)));
+            }
+            if let Some(until) = r.until {
+                c = Box::new(c.and($table::$column.lt(until)));
+            }
+            if r.outside {
+                Box::new(::diesel::dsl::not(c))
+            } else {
+                c
+            }
+        };
+        let mut q = $q;
+        for any in $dates {
+            if let Some(either) = any
+                .iter()
+                .map(condition)
+                .reduce(|a, c| -> Cond { Box::new(a.or(c)) })
+            {
+                q = q.filter(either);
+            }
+        }
+        q
+    }};
+}
+pub(crate) use time_filter;
 
 /// Opens rows (loading each one's key version first) and what `fields` asks beyond them.
 fn open_rows<T: Statements>(

@@ -106,15 +106,7 @@ impl RecordResource for Observations {
                 criteria.code.push(loinc_code("code", c)?);
             }
         }
-        let dates: Vec<&String> = params
-            .iter()
-            .filter(|(k, _)| *k == "date")
-            .map(|(_, v)| v)
-            .collect();
-        bounded_len("date", &dates, 2)?;
-        for d in dates {
-            criteria.dates.push(params::date_conditions("date", d)?);
-        }
+        criteria.dates = params::date_params(params, "date", 2)?;
         Ok(criteria)
     }
     fn to_fhir(o: &Observation) -> Value {

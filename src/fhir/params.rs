@@ -252,6 +252,24 @@ fn date_interval(field: &'static str, s: &str) -> Result<(DateTime<Utc>, DateTim
     }
 }
 
+/// Every `field` parameter of a search (at most `max`), each a [`date_conditions`] OR list.
+pub fn date_params(
+    params: &[(&'static str, String)],
+    field: &'static str,
+    max: usize,
+) -> Result<Vec<Vec<TimeRange>>, AppError> {
+    let values: Vec<&String> = params
+        .iter()
+        .filter(|(k, _)| *k == field)
+        .map(|(_, v)| v)
+        .collect();
+    super::types::bounded_len(field, &values, max)?;
+    values
+        .into_iter()
+        .map(|v| date_conditions(field, v))
+        .collect()
+}
+
 /// A date search parameter's value (FHIR R4 3.1.1.4.2, for an instant-valued element):
 /// a comma-separated OR of `[prefix]date` values, each an interval of time.
 /// `eq` (default) within the value's interval, `ne` outside it, `gt`/`sa` after it,

@@ -307,7 +307,7 @@ use crate::access::{Credentials, Pipeline, Principal};
 use crate::audit::AuditEvent;
 use crate::crypto::Keyring;
 use crate::db::history;
-use crate::db::records::{self, Page, Position, RecordTable, Sort, Statements};
+use crate::db::records::{self, Page, Position, RecordTable, Shapes, Sort, Statements};
 use crate::domain::{PatientId, RecordId, UserId};
 use crate::error::AppError;
 use crate::policy::{Decision, PatientFacts, SearchScope, Target, View};
@@ -493,8 +493,8 @@ pub trait RecordResource: 'static {
 }
 
 type Fields<R> = <<R as RecordResource>::Table as RecordTable>::Fields;
-type New<R> = <<R as RecordResource>::Table as RecordTable>::New;
-type Rec<R> = <<R as RecordResource>::Table as RecordTable>::Record;
+type New<R> = <<R as RecordResource>::Table as Shapes>::New;
+type Rec<R> = <<R as RecordResource>::Table as Shapes>::Record;
 type Criteria<R> = <<R as RecordResource>::Table as RecordTable>::Criteria;
 
 /// The patient a search of records names by its `patient` (or `subject`) parameter; both
