@@ -381,7 +381,9 @@ mod tests {
         let k = key(7);
         let stored = k.name_infixes("O'Brien Smith", "John Paul");
         let has = |kind, q: &str| stored.contains(&k.infix_query(kind, q).unwrap());
-        for q in ["o'b", "rie", "brien", "ien", "O'BRIEN", "mit", "ith", "smith"] {
+        for q in [
+            "o'b", "rie", "brien", "ien", "O'BRIEN", "mit", "ith", "smith",
+        ] {
             assert!(has(BlindKind::FamilyInfix, q), "{q}");
         }
         for q in ["ohn", "aul", "joh", "paul"] {
@@ -410,7 +412,10 @@ mod tests {
         assert_eq!(stored.len(), 15 + 6 + 3 + 3);
         // A word longer than 40 characters: substrings up to 40 only.
         let long = "a".repeat(45);
-        assert_eq!(word_infixes(&long).len(), (3..=40).map(|l| 46 - l).sum::<usize>());
+        assert_eq!(
+            word_infixes(&long).len(),
+            (3..=40).map(|l| 46 - l).sum::<usize>()
+        );
     }
 
     #[test]

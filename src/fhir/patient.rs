@@ -12,8 +12,8 @@ use crate::crypto::BlindKind;
 use crate::crypto::Keyring;
 use crate::crypto::blind::{PREFIX_MAX, PREFIX_MIN};
 use crate::db::patients::views::{
-    self as patient_views, Criteria, NAME_INFIX_REFUSED, NAME_PREFIX_LENGTH, NameMatch,
-    NameQuery, PatientFields, PatientView,
+    self as patient_views, Criteria, NAME_INFIX_REFUSED, NAME_PREFIX_LENGTH, NameMatch, NameQuery,
+    PatientFields, PatientView,
 };
 use crate::db::{phi, users};
 use crate::domain::{FacilityId, PatientId, RecordId, UserId};

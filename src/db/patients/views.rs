@@ -268,10 +268,9 @@ fn conditions(
             ("name_prefixes" | "name_infixes", 1) => {
                 format!("p.{column} @> ARRAY[{}::bytea]", placeholders[0])
             }
-            ("name_prefixes" | "name_infixes", _) => format!(
-                "p.{column} && ARRAY[{}]::bytea[]",
-                placeholders.join(", ")
-            ),
+            ("name_prefixes" | "name_infixes", _) => {
+                format!("p.{column} && ARRAY[{}]::bytea[]", placeholders.join(", "))
+            }
             (_, 1) => format!("p.{column} = {}", placeholders[0]),
             _ => format!("p.{column} IN ({})", placeholders.join(", ")),
         });

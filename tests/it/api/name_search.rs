@@ -169,11 +169,15 @@ async fn contains_matches_any_substring_of_a_name_word_within_what_the_caller_ma
     let (_, other) = w.user("dr-b", &[Role::Clinician]);
     let smithson = w.create(&doc, &patient_json("MRN-C1", "Smithson")).await;
     let blacksmith = w.create(&doc, &patient_json("MRN-C2", "Blacksmith")).await;
-    let double = w.create(&doc, &patient_json("MRN-C3", "Lane Goldsmith")).await;
+    let double = w
+        .create(&doc, &patient_json("MRN-C3", "Lane Goldsmith"))
+        .await;
     let smythe = w.create(&doc, &patient_json("MRN-C4", "Smythe")).await;
     let accented = w.create(&doc, &patient_json("MRN-C5", "Müllerton")).await;
     // On another clinician's care team only: never found by dr-a.
-    let unseen = w.create(&other, &patient_json("MRN-C6", "Arrowsmith")).await;
+    let unseen = w
+        .create(&other, &patient_json("MRN-C6", "Arrowsmith"))
+        .await;
 
     // The middle and the end of a word, the start too; case-insensitive.
     assert_eq!(
@@ -227,7 +231,12 @@ async fn contains_matches_any_substring_of_a_name_word_within_what_the_caller_ma
     // Paged one at a time, by id and sorted newest first: every match once, in order.
     let by_id = paged(&w, "family:contains=mith&_count=1", &doc).await;
     assert_eq!(by_id, sorted(vec![smithson, blacksmith, double]));
-    let newest = paged(&w, "family:contains=mith&_count=1&_sort=-_lastUpdated", &doc).await;
+    let newest = paged(
+        &w,
+        "family:contains=mith&_count=1&_sort=-_lastUpdated",
+        &doc,
+    )
+    .await;
     assert_eq!(newest, vec![double, blacksmith, smithson]);
     // After an update, the sort and the indexes follow the new name.
     let mut renamed = patient_json("MRN-C1", "Hartsmithe");
@@ -241,7 +250,12 @@ async fn contains_matches_any_substring_of_a_name_word_within_what_the_caller_ma
         )
         .await;
     assert_eq!(res.status(), StatusCode::OK);
-    let newest = paged(&w, "family:contains=mith&_count=2&_sort=-_lastUpdated", &doc).await;
+    let newest = paged(
+        &w,
+        "family:contains=mith&_count=2&_sort=-_lastUpdated",
+        &doc,
+    )
+    .await;
     assert_eq!(newest, vec![smithson, double, blacksmith]);
     assert!(ids(&w, "family:contains=hson", &doc).await.is_empty());
     assert_eq!(ids(&w, "family:contains=tsm", &doc).await, vec![smithson]);
@@ -257,7 +271,10 @@ async fn contains_matches_any_substring_of_a_name_word_within_what_the_caller_ma
     ] {
         let (status, body) = refused(&w, &q, &doc).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{q}");
-        assert!(body.contains("needs 3 to 40 characters within one word"), "{q}: {body}");
+        assert!(
+            body.contains("needs 3 to 40 characters within one word"),
+            "{q}: {body}"
+        );
         for echo in ["\"mi\"", "qqqq", "gol"] {
             assert!(!body.contains(echo), "{q}: {body}");
         }
