@@ -48,6 +48,7 @@ diesel::table! {
         deleted_at -> Nullable<Timestamptz>,
         confidentiality -> Text,
         name_prefixes -> Nullable<Array<Bytea>>,
+        name_infixes -> Nullable<Array<Bytea>>,
     }
 }
 

@@ -33,10 +33,11 @@ pub enum KeysCommand {
     /// migration set them aside in `claims_unsealed`; they are not served until sealed).
     /// Run once after upgrading; a no-op when nothing is left.
     SealClaims,
-    /// Compute the starts-with name indexes (blind indexes of name prefixes) of patients
-    /// written before they existed (migration 2026-12-03-000400); until then a starts-with
-    /// search does not find those patients. Run once after upgrading; resumable, and a
-    /// no-op when nothing is left.
+    /// Compute the starts-with and `:contains` name indexes (blind indexes of name
+    /// prefixes and word substrings) of patients written before they existed (migrations
+    /// 2026-12-03-000400 and 2026-12-06-000310); until then those searches do not find
+    /// those patients. Run once after upgrading; resumable, and a no-op when nothing is
+    /// left.
     IndexNames,
 }
 
@@ -61,8 +62,10 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
         }
         KeysCommand::IndexNames => {
             let n = crate::db::patients::index_name_prefixes(&mut conn, &keyring)
-                .context("cannot compute the name prefix indexes")?;
-            println!("indexed the name prefixes of {n} patient(s); none is left unindexed");
+                .context("cannot compute the name prefix and substring indexes")?;
+            println!(
+                "indexed the name prefixes and substrings of {n} patient(s); none is left unindexed"
+            );
             Ok(())
         }
         KeysCommand::Rotate { kek: true, .. } => {

@@ -24,6 +24,12 @@
 //! prefix of [`PREFIX_MIN`]..=[`PREFIX_MAX`] characters gets its own index
 //! (`name_prefixes`); a search value of at least [`PREFIX_MIN`] characters is then one
 //! equality test. What this leaks is documented in docs/encryption.md.
+//!
+//! **Name infixes** ([`BlindKind::FamilyInfix`], [`BlindKind::GivenInfix`]): FHIR's
+//! `:contains`. For each word of the normalised name, every substring of
+//! [`PREFIX_MIN`]..=[`PREFIX_MAX`] characters gets its own index (`name_infixes`), so a
+//! value of one word is one equality test too (exact: no post-filter). A value spanning
+//! words is not indexed and is refused by the caller.
 
 use super::CryptoError;
 use hmac::{Hmac, Mac};
@@ -40,6 +46,8 @@ pub enum BlindKind {
     BirthDate,
     FamilyPrefix,
     GivenPrefix,
+    FamilyInfix,
+    GivenInfix,
 }
 
 /// The shortest prefix indexed (and searched): shorter ones would group too many names.
@@ -57,6 +65,8 @@ impl BlindKind {
             BlindKind::BirthDate => b"custodian.blind.v1.birth_date",
             BlindKind::FamilyPrefix => b"custodian.blind.v1.family_prefix",
             BlindKind::GivenPrefix => b"custodian.blind.v1.given_prefix",
+            BlindKind::FamilyInfix => b"custodian.blind.v1.family_infix",
+            BlindKind::GivenInfix => b"custodian.blind.v1.given_infix",
         }
     }
 
@@ -85,7 +95,9 @@ impl BlindKind {
             BlindKind::Family
             | BlindKind::Given
             | BlindKind::FamilyPrefix
-            | BlindKind::GivenPrefix => {
+            | BlindKind::GivenPrefix
+            | BlindKind::FamilyInfix
+            | BlindKind::GivenInfix => {
                 let s: Vec<&str> = raw.split_whitespace().collect();
                 if s.is_empty() {
                     return Err(CryptoError::InvalidIdentifier("name must not be empty"));
@@ -133,6 +145,31 @@ fn word_prefixes(normal: &str) -> Vec<Zeroizing<String>> {
     out
 }
 
+/// Every substring of [`PREFIX_MIN`]..=[`PREFIX_MAX`] characters of every word of a
+/// normalised name (words never span a space, so a value with a space has no tag).
+fn word_infixes(normal: &str) -> Vec<Zeroizing<String>> {
+    let mut out = Vec::new();
+    for word in normal.split(' ') {
+        let chars: Vec<char> = word.chars().collect();
+        for start in 0..chars.len() {
+            let rest = &chars[start..];
+            for len in PREFIX_MIN..=rest.len().min(PREFIX_MAX) {
+                out.push(Zeroizing::new(rest[..len].iter().collect::<String>()));
+            }
+        }
+    }
+    out
+}
+
+/// Why a `:contains` value cannot be searched (fixed messages, never the value).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum InfixError {
+    /// Fewer than [`PREFIX_MIN`] or more than [`PREFIX_MAX`] characters.
+    Length,
+    /// Spans more than one word: only substrings of single words are indexed.
+    SeveralWords,
+}
+
 /// The blind-index key (`crypto.blind_index_key`). `Debug` is redacted.
 pub struct BlindIndexKey {
     key: Zeroizing<[u8; 32]>,
@@ -173,6 +210,38 @@ impl BlindIndexKey {
         out.sort();
         out.dedup();
         out
+    }
+
+    /// The indexes of every substring (3–40 characters) of every word of a family and a
+    /// given name, sorted and without duplicates: what a row stores for `:contains`.
+    pub fn name_infixes(&self, family: &str, given: &str) -> Vec<Vec<u8>> {
+        let mut out = Vec::new();
+        for (kind, raw) in [
+            (BlindKind::FamilyInfix, family),
+            (BlindKind::GivenInfix, given),
+        ] {
+            let Ok(normal) = kind.normalise(raw) else {
+                continue;
+            };
+            for p in word_infixes(&normal) {
+                out.push(self.index_normalised(kind, &p));
+            }
+        }
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// The index a `:contains` search for `raw` tests, or why it cannot be searched.
+    pub fn infix_query(&self, kind: BlindKind, raw: &str) -> Result<Vec<u8>, InfixError> {
+        let normal = kind.normalise(raw).map_err(|_| InfixError::Length)?;
+        if normal.contains(' ') {
+            return Err(InfixError::SeveralWords);
+        }
+        match normal.chars().count() {
+            n if !(PREFIX_MIN..=PREFIX_MAX).contains(&n) => Err(InfixError::Length),
+            _ => Ok(self.index_normalised(kind, &normal)),
+        }
     }
 
     /// The index a starts-with search for `raw` tests, or why it cannot be searched.
@@ -305,6 +374,48 @@ mod tests {
         );
         // "o'brien smith": 11 prefixes from its start, 3 from "smith"; "john paul": 7 + 2.
         assert_eq!(stored.len(), 11 + 3 + 7 + 2);
+    }
+
+    #[test]
+    fn name_infixes_cover_every_substring_of_every_word_from_three_characters() {
+        let k = key(7);
+        let stored = k.name_infixes("O'Brien Smith", "John Paul");
+        let has = |kind, q: &str| stored.contains(&k.infix_query(kind, q).unwrap());
+        for q in [
+            "o'b", "rie", "brien", "ien", "O'BRIEN", "mit", "ith", "smith",
+        ] {
+            assert!(has(BlindKind::FamilyInfix, q), "{q}");
+        }
+        for q in ["ohn", "aul", "joh", "paul"] {
+            assert!(has(BlindKind::GivenInfix, q), "{q}");
+        }
+        // Not a substring, the wrong field, not in the prefix or exact domains.
+        assert!(!has(BlindKind::FamilyInfix, "smx"));
+        assert!(!has(BlindKind::FamilyInfix, "ohn"));
+        assert!(!has(BlindKind::GivenInfix, "mit"));
+        assert!(!stored.contains(&k.prefix_query(BlindKind::FamilyPrefix, "smi").unwrap()));
+        assert!(!stored.contains(&k.index(BlindKind::Family, "smith").unwrap()));
+        // A value across words, too short or too long: refused, not an empty answer.
+        assert_eq!(
+            k.infix_query(BlindKind::FamilyInfix, "n smi"),
+            Err(InfixError::SeveralWords)
+        );
+        assert_eq!(
+            k.infix_query(BlindKind::FamilyInfix, " mi "),
+            Err(InfixError::Length)
+        );
+        assert_eq!(
+            k.infix_query(BlindKind::FamilyInfix, &"a".repeat(PREFIX_MAX + 1)),
+            Err(InfixError::Length)
+        );
+        // "o'brien" (7): 5 + 4 + 3 + 2 + 1 = 15; "smith" (5): 6; "john" 3, "paul" 3.
+        assert_eq!(stored.len(), 15 + 6 + 3 + 3);
+        // A word longer than 40 characters: substrings up to 40 only.
+        let long = "a".repeat(45);
+        assert_eq!(
+            word_infixes(&long).len(),
+            (3..=40).map(|l| 46 - l).sum::<usize>()
+        );
     }
 
     #[test]

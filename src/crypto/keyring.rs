@@ -341,6 +341,16 @@ impl Keyring {
     pub fn prefix_query(&self, kind: BlindKind, raw: &str) -> Result<Vec<u8>, super::PrefixError> {
         self.blind.prefix_query(kind, raw)
     }
+
+    /// The `:contains` indexes a patient row stores for its names.
+    pub fn name_infixes(&self, family: &str, given: &str) -> Vec<Vec<u8>> {
+        self.blind.name_infixes(family, given)
+    }
+
+    /// The index a `:contains` search of a name tests.
+    pub fn infix_query(&self, kind: BlindKind, raw: &str) -> Result<Vec<u8>, super::InfixError> {
+        self.blind.infix_query(kind, raw)
+    }
 }
 
 fn required<'a>(value: Option<&'a str>, setting: &'static str) -> Result<&'a str, CryptoError> {

@@ -24,7 +24,7 @@ pub mod pseudonym;
 pub mod rotation;
 pub mod sealable;
 
-pub use blind::{BlindIndexKey, BlindKind, PrefixError};
+pub use blind::{BlindIndexKey, BlindKind, InfixError, PrefixError};
 pub use envelope::DataKey;
 pub use keyring::{Keyring, Sealer};
 pub use provider::{KeyProvider, LocalKek};

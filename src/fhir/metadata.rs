@@ -26,7 +26,7 @@ fn param_doc(resource: ResourceType, name: &str, kind: &str) -> Option<&'static 
             "An exact day YYYY-MM-DD (the eq prefix is accepted): birth dates are sealed and matched through a blind index.",
         ),
         (ResourceType::Patient, _, "string") => Some(
-            "Starts-with (3 to 40 characters; a shorter value is a 400) at the start of the name or of any word in it, case- and whitespace-insensitive; :exact matches the whole name (case- and whitespace-insensitive); :contains is not supported (400). Names are sealed and matched through blind indexes of their prefixes.",
+            "Starts-with (3 to 40 characters; a shorter value is a 400) at the start of the name or of any word in it, case- and whitespace-insensitive; :exact matches the whole name (case- and whitespace-insensitive); :contains matches 3 to 40 characters anywhere within one word of the name (case-insensitive; a shorter value or one spanning a space is a 400). Comma-separated values are an OR. Names are sealed and matched through blind indexes of their prefixes and word substrings.",
         ),
         (ResourceType::Patient, "identifier", _) => {
             Some("urn:custodian:mrn|<MRN>, http://hl7.org/fhir/sid/us-ssn|<SSN> or a bare MRN.")

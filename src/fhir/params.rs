@@ -96,9 +96,6 @@ fn unsupported_modifier(modifier: &str) -> AppError {
         "iterate",
     ];
     match FHIR_MODIFIERS.iter().find(|m| **m == modifier) {
-        Some(&"contains") => AppError::bad_request(
-            "The search modifier :contains is not supported: names are sealed and only their beginnings are indexed (see /fhir/metadata). Search by the first 3 or more characters instead.",
-        ),
         Some(m) => AppError::bad_request(format!(
             "The search modifier :{m} is not supported for this parameter: see the CapabilityStatement at /fhir/metadata."
         )),

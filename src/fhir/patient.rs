@@ -12,8 +12,8 @@ use crate::crypto::BlindKind;
 use crate::crypto::Keyring;
 use crate::crypto::blind::{PREFIX_MAX, PREFIX_MIN};
 use crate::db::patients::views::{
-    self as patient_views, Criteria, NAME_PREFIX_LENGTH, NameMatch, NameQuery, PatientFields,
-    PatientView,
+    self as patient_views, Criteria, NAME_INFIX_REFUSED, NAME_PREFIX_LENGTH, NameMatch, NameQuery,
+    PatientFields, PatientView,
 };
 use crate::db::{phi, users};
 use crate::domain::{FacilityId, PatientId, RecordId, UserId};
@@ -90,43 +90,76 @@ pub fn to_fhir(p: &PatientView) -> Value {
 }
 
 /// A name parameter: `<name>` (starts-with, 3 to 40 characters after normalisation,
-/// else a fixed 400) or `<name>:exact` (the whole name); not both.
+/// else a fixed 400), `<name>:exact` (the whole name) or `<name>:contains` (3 to 40
+/// characters within one word of the name, else a fixed 400); one of them at most, with
+/// comma-separated values (an OR).
 fn name_query(
     q: &[(&'static str, String)],
     name: &'static str,
     exact: &'static str,
+    contains: &'static str,
     prefix: BlindKind,
+    infix: BlindKind,
 ) -> Result<Option<NameQuery>, AppError> {
-    let starts = params::single(q, name)?;
-    let whole = params::single(q, exact)?;
-    match (starts, whole) {
-        (Some(_), Some(_)) => Err(invalid(name, "may be given once, with or without :exact")),
-        (None, Some(v)) => Ok(Some(NameQuery {
-            value: bounded_text(name, v, 100)?,
-            how: NameMatch::Exact,
-        })),
-        (Some(v), None) => {
-            let value = bounded_text(name, v, 100)?;
-            let length = prefix
-                .normalise(&value)
+    let given = [
+        (params::single(q, name)?, NameMatch::StartsWith),
+        (params::single(q, exact)?, NameMatch::Exact),
+        (params::single(q, contains)?, NameMatch::Contains),
+    ];
+    let mut present = given.into_iter().filter_map(|(v, how)| v.map(|v| (v, how)));
+    let Some((v, how)) = present.next() else {
+        return Ok(None);
+    };
+    if present.next().is_some() {
+        return Err(invalid(
+            name,
+            "may be given once, without a modifier, with :exact or with :contains",
+        ));
+    }
+    // A comma-separated list is an OR of values (`\,` is a literal comma), each checked.
+    let mut values = Vec::new();
+    for v in params::or_values(name, v)? {
+        let value = bounded_text(name, &v, 100)?;
+        let length = |kind: BlindKind| {
+            kind.normalise(&value)
                 .map(|n| n.chars().count())
-                .unwrap_or(0);
-            if !(PREFIX_MIN..=PREFIX_MAX).contains(&length) {
+                .unwrap_or(0)
+        };
+        match how {
+            NameMatch::StartsWith if !(PREFIX_MIN..=PREFIX_MAX).contains(&length(prefix)) => {
                 return Err(AppError::bad_request(NAME_PREFIX_LENGTH));
             }
-            Ok(Some(NameQuery {
-                value,
-                how: NameMatch::StartsWith,
-            }))
+            NameMatch::Contains
+                if !(PREFIX_MIN..=PREFIX_MAX).contains(&length(infix))
+                    || value.split_whitespace().nth(1).is_some() =>
+            {
+                return Err(AppError::bad_request(NAME_INFIX_REFUSED));
+            }
+            _ => {}
         }
-        (None, None) => Ok(None),
+        values.push(value);
     }
+    Ok(Some(NameQuery { values, how }))
 }
 
 fn search_criteria(q: &[(&'static str, String)]) -> Result<Criteria, AppError> {
     let mut c = Criteria {
-        family: name_query(q, "family", "family:exact", BlindKind::FamilyPrefix)?,
-        given: name_query(q, "given", "given:exact", BlindKind::GivenPrefix)?,
+        family: name_query(
+            q,
+            "family",
+            "family:exact",
+            "family:contains",
+            BlindKind::FamilyPrefix,
+            BlindKind::FamilyInfix,
+        )?,
+        given: name_query(
+            q,
+            "given",
+            "given:exact",
+            "given:contains",
+            BlindKind::GivenPrefix,
+            BlindKind::GivenInfix,
+        )?,
         ..Criteria::default()
     };
     if let Some(d) = params::single(q, "birthdate")? {

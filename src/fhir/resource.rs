@@ -139,7 +139,12 @@ pub const PATIENT: Descriptor = Descriptor {
         "managingOrganization",
     ],
     includes: &[],
-    modifiers: &["family:exact", "given:exact"],
+    modifiers: &[
+        "family:exact",
+        "given:exact",
+        "family:contains",
+        "given:contains",
+    ],
     sorts: &[LAST_UPDATED],
     revincludes: &[
         "Observation:patient",
@@ -1338,23 +1343,38 @@ enum Existing<R: FhirResource> {
 /// `If-None-Exist: <search query>`: the caller's own search of this type (decided and
 /// scoped like the search route, so only records the caller may see can match). One
 /// match is read back (audited as a read of it); several are a 412.
+///
+/// The same search in the create's own query string (`POST /fhir/Patient?identifier=…`,
+/// how `fhirpy` sends a conditional create) is the same condition: a query on a create
+/// is never ignored, since ignoring it would silently make the duplicate the client
+/// asked to avoid. Both at once is a 400.
 async fn if_none_exist<R: FhirResource>(
     req: &HttpRequest,
     pipeline: &Pipeline,
     state: &AppState,
 ) -> Result<Existing<R>, AppError> {
-    let Some(header) = req.headers().get("if-none-exist") else {
-        return Ok(Existing::None);
-    };
+    let in_url = params::parse_params(req.query_string(), &R::DESCRIPTOR.accepted(), false)?;
     let bad = || {
         invalid(
             "If-None-Exist",
             "must be a search query of this resource type",
         )
     };
-    let query = header.to_str().map_err(|_| bad())?;
-    let query = query.rsplit_once('?').map_or(query, |(_, q)| q);
-    let q = params::parse_params(query, &R::DESCRIPTOR.accepted(), false)?;
+    let q = match (req.headers().get("if-none-exist"), in_url.is_empty()) {
+        // Nothing but `_format` (or nothing) in the URL, and no header: a plain create.
+        (None, true) => return Ok(Existing::None),
+        (None, false) => in_url,
+        (Some(header), true) => {
+            let query = header.to_str().map_err(|_| bad())?;
+            let query = query.rsplit_once('?').map_or(query, |(_, q)| q);
+            params::parse_params(query, &R::DESCRIPTOR.accepted(), false)?
+        }
+        (Some(_), false) => {
+            return Err(AppError::bad_request(
+                "A conditional create takes its search either in If-None-Exist or in the query string, not both.",
+            ));
+        }
+    };
     if !q.iter().any(|(k, _)| !k.starts_with('_')) {
         return Err(bad());
     }

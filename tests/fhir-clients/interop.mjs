@@ -276,7 +276,7 @@ for (let i = 1; i < order.length; i++) {
 await refused(client.search({ resourceType: 'Patient', searchParams: { _sort: 'birthdate' } }), 400, 'sort on a sealed field');
 step('sort', { entries: order.length });
 
-// String search on sealed names: starts-with (the default) and :exact; :contains refused.
+// String search on sealed names: starts-with (the default), :exact and :contains.
 const counts = async (searchParams) =>
   valid(
     await client.search({ resourceType: 'Patient', searchParams: { ...searchParams, _summary: 'count' } }),
@@ -286,7 +286,23 @@ check((await counts({ family: family.slice(0, 6).toLowerCase() })) >= 5, 'starts
 check((await counts({ 'family:exact': family })) === 5, ':exact finds the whole name');
 check((await counts({ 'family:exact': family.slice(0, 6) })) === 0, ':exact is not a prefix');
 check((await counts({ family: `${family}x` })) === 0, 'a near miss finds nothing');
-await refused(client.search({ resourceType: 'Patient', searchParams: { 'family:contains': 'ter' } }), 400, ':contains');
+// :contains: the middle of the name, case-insensitive, paged by the client to the end.
+const inner = family.slice(2, 7).toUpperCase();
+check((await counts({ 'family:contains': inner })) === 5, ':contains finds the middle of the name');
+check((await counts({ 'family:contains': `${inner}x` })) === 0, ':contains near miss finds nothing');
+let containing = valid(
+  await client.search({ resourceType: 'Patient', searchParams: { 'family:contains': inner, _count: 2 } }),
+  ':contains searchset',
+);
+const contained = [];
+for (let pages = 0; containing; pages++) {
+  check(pages < 10, ':contains paging ends');
+  for (const e of containing.entry ?? []) contained.push(e.resource.id);
+  const next = client.nextPage({ bundle: containing });
+  containing = next ? valid(await next, 'next :contains page') : undefined;
+}
+check(contained.length === 5 && ids.every((id) => contained.includes(id)), ':contains pages every match once');
+await refused(client.search({ resourceType: 'Patient', searchParams: { 'family:contains': 'te' } }), 400, ':contains too short');
 await refused(client.search({ resourceType: 'Patient', searchParams: { family: 'In' } }), 400, 'too short');
 step('string search');
 

@@ -509,6 +509,7 @@ fn search_queries_get_200_or_a_4xx_never_a_5xx() {
         "code",
         "unknown",
         "family:exact",
+        "family:contains",
         "birthdate:missing",
     ]);
     let resource = proptest::sample::select(vec!["Patient", "Observation", "Claim"]);

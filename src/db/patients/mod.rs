@@ -148,6 +148,8 @@ pub struct SealedPatient {
     pub address_sealed: Option<Vec<u8>>,
     /// Starts-with indexes of the names (see `crypto::blind`).
     pub name_prefixes: Option<Vec<Vec<u8>>>,
+    /// `:contains` indexes of the names (see `crypto::blind`).
+    pub name_infixes: Option<Vec<Vec<u8>>>,
 }
 
 /// Seals `new` for row `id` with `sealer`'s key and computes its blind indexes.
@@ -185,6 +187,7 @@ pub fn seal_patient(
             &new.birth_date.format("%Y-%m-%d").to_string(),
         )?,
         name_prefixes: Some(kr.name_prefixes(&new.family, &new.given)),
+        name_infixes: Some(kr.name_infixes(&new.family, &new.given)),
         gender: new.gender.clone(),
         telecom_sealed: new
             .telecom
@@ -372,8 +375,9 @@ pub fn patient_by_id(
     row.map(|r| r.open(conn, kr)).transpose()
 }
 
-/// Computes the starts-with name indexes of rows written before they existed
-/// (`name_prefixes IS NULL`; SQL cannot compute them: it has no blind-index key). Batches
+/// Computes the starts-with and `:contains` name indexes of rows written before they
+/// existed (`name_prefixes` or `name_infixes` NULL; SQL cannot compute them: it has no
+/// blind-index key). Batches
 /// of 200, each one transaction; rows another instance is indexing are skipped, and the
 /// rows' content, version and `updated_at` are untouched (an index is not a new version).
 /// Returns how many rows were indexed; run again until it returns 0.
@@ -382,7 +386,11 @@ pub fn index_name_prefixes(conn: &mut PgConnection, kr: &Keyring) -> Result<u64,
     loop {
         let n = conn.transaction(|conn| -> Result<u64, AppError> {
             let rows: Vec<PatientRow> = patients::table
-                .filter(patients::name_prefixes.is_null())
+                .filter(
+                    patients::name_prefixes
+                        .is_null()
+                        .or(patients::name_infixes.is_null()),
+                )
                 .select(PatientRow::as_select())
                 .order(patients::id)
                 .limit(200)
@@ -392,9 +400,12 @@ pub fn index_name_prefixes(conn: &mut PgConnection, kr: &Keyring) -> Result<u64,
             let n = rows.len() as u64;
             for row in rows {
                 let p = row.open(conn, kr)?;
-                let prefixes = kr.name_prefixes(p.family.expose(), p.given.expose());
+                let (family, given) = (p.family.expose(), p.given.expose());
                 diesel::update(patients::table.find(p.id.0))
-                    .set(patients::name_prefixes.eq(Some(prefixes)))
+                    .set((
+                        patients::name_prefixes.eq(Some(kr.name_prefixes(family, given))),
+                        patients::name_infixes.eq(Some(kr.name_infixes(family, given))),
+                    ))
                     .execute(conn)?;
             }
             Ok(n)

@@ -214,22 +214,28 @@ pub fn lookup_by_mrn(
     rows.into_iter().map(|r| r.open(conn, kr)).collect()
 }
 
-/// How a name is matched: FHIR's default starts-with (through the prefix indexes) or
-/// `:exact` (the whole name, through the equality index).
+/// How a name is matched: FHIR's default starts-with (through the prefix indexes),
+/// `:exact` (the whole name, through the equality index) or `:contains` (a substring of
+/// one word, through the infix indexes).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum NameMatch {
     StartsWith,
     Exact,
+    Contains,
 }
 
-/// A name search value and how it is matched.
+/// A name search: its values (a comma-separated OR, FHIR R4 3.1.1.4.1) and how they are
+/// matched.
 pub struct NameQuery {
-    pub value: String,
+    pub values: Vec<String>,
     pub how: NameMatch,
 }
 
 /// Why a starts-with value is refused (400, fixed; the value is never repeated).
 pub const NAME_PREFIX_LENGTH: &str = "A name search (family, given) needs 3 to 40 characters: names are sealed and matched by their first characters through blind indexes, which start at 3 characters. Use :exact to match a whole name.";
+
+/// Why a `:contains` value is refused (400, fixed; the value is never repeated).
+pub const NAME_INFIX_REFUSED: &str = "A name search with :contains (family, given) needs 3 to 40 characters within one word of the name: names are sealed and matched through blind indexes of the substrings of each word, which start at 3 characters and do not span spaces.";
 
 /// Search criteria (through blind indexes), all optional and AND-ed.
 #[derive(Default)]
@@ -250,15 +256,23 @@ fn conditions(
 ) -> Result<(Vec<String>, Vec<Vec<u8>>), AppError> {
     let mut conditions = vec!["p.deleted_at IS NULL".to_string()];
     let mut binds: Vec<Vec<u8>> = Vec::new();
-    // `column = $n`, or for a name prefix the GIN-indexed containment
-    // `name_prefixes @> ARRAY[$n]`: one equality test against the row's prefixes.
-    let mut add = |column: &str, bind: Vec<u8>| {
-        binds.push(bind);
-        let n = binds.len() + first - 1;
-        conditions.push(if column == "name_prefixes" {
-            format!("p.name_prefixes @> ARRAY[${n}::bytea]")
-        } else {
-            format!("p.{column} = ${n}")
+    // `column = $n`, or for a name prefix or infix the GIN-indexed containment
+    // `name_prefixes @> ARRAY[$n]`: one equality test against the row's tags. Several
+    // values (an OR) are `column IN (…)`, or the overlap `name_prefixes && ARRAY[…]`.
+    let mut add_any = |column: &str, tags: Vec<Vec<u8>>| {
+        let from = binds.len() + first;
+        let n = tags.len();
+        binds.extend(tags);
+        let placeholders: Vec<String> = (from..from + n).map(|i| format!("${i}")).collect();
+        conditions.push(match (column, n) {
+            ("name_prefixes" | "name_infixes", 1) => {
+                format!("p.{column} @> ARRAY[{}::bytea]", placeholders[0])
+            }
+            ("name_prefixes" | "name_infixes", _) => {
+                format!("p.{column} && ARRAY[{}]::bytea[]", placeholders.join(", "))
+            }
+            (_, 1) => format!("p.{column} = {}", placeholders[0]),
+            _ => format!("p.{column} IN ({})", placeholders.join(", ")),
         });
     };
     let index = |kind: BlindKind, column: &str, value: &str| -> Result<Vec<u8>, AppError> {
@@ -271,31 +285,55 @@ fn conditions(
             BlindKind::Family,
             "family_index",
             BlindKind::FamilyPrefix,
+            BlindKind::FamilyInfix,
         ),
         (
             &criteria.given,
             BlindKind::Given,
             "given_index",
             BlindKind::GivenPrefix,
+            BlindKind::GivenInfix,
         ),
     ];
-    for (query, exact, column, prefix) in names {
-        match query {
-            Some(NameQuery {
-                value,
-                how: NameMatch::Exact,
-            }) => add(column, index(exact, column, value)?),
-            Some(NameQuery {
-                value,
-                how: NameMatch::StartsWith,
-            }) => add(
-                "name_prefixes",
-                kr.prefix_query(prefix, value)
-                    .map_err(|_| AppError::bad_request(NAME_PREFIX_LENGTH))?,
+    for (query, exact, column, prefix, infix) in names {
+        let Some(NameQuery { values, how }) = query else {
+            continue;
+        };
+        let (target, tags) = match how {
+            NameMatch::Exact => (
+                column,
+                values
+                    .iter()
+                    .map(|v| index(exact, column, v))
+                    .collect::<Result<Vec<_>, _>>()?,
             ),
-            None => {}
+            NameMatch::StartsWith => (
+                "name_prefixes",
+                values
+                    .iter()
+                    .map(|v| {
+                        kr.prefix_query(prefix, v)
+                            .map_err(|_| AppError::bad_request(NAME_PREFIX_LENGTH))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+            NameMatch::Contains => (
+                "name_infixes",
+                values
+                    .iter()
+                    .map(|v| {
+                        kr.infix_query(infix, v)
+                            .map_err(|_| AppError::bad_request(NAME_INFIX_REFUSED))
+                    })
+                    .collect::<Result<Vec<_>, _>>()?,
+            ),
+        };
+        if tags.is_empty() {
+            return Err(AppError::bad_request(NAME_PREFIX_LENGTH));
         }
+        add_any(target, tags);
     }
+    let mut add = |column: &str, bind: Vec<u8>| add_any(column, vec![bind]);
     if let Some(v) = criteria.birth_date {
         let day = v.format("%Y-%m-%d").to_string();
         add(

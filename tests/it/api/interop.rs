@@ -377,6 +377,44 @@ async fn conditional_create_answers_one_visible_match_refuses_several_and_ignore
     }
     assert_eq!(count(), 4);
 
+    // The same condition in the create's query string (how fhirpy sends it) is never
+    // ignored: a match answers it, several are a 412, an unknown parameter a 422, and
+    // both forms at once a 400; `_format` alone is a plain create.
+    let post_query = |query: &str, header: Option<&str>, body: &Value| {
+        let mut req = w
+            .app
+            .client
+            .post(w.app.url(&format!("/fhir/Patient?{query}")))
+            .header("authorization", format!("Bearer {doc}"))
+            .header("content-type", "application/fhir+json")
+            .body(body.to_string());
+        if let Some(h) = header {
+            req = req.header("if-none-exist", h.to_string());
+        }
+        req.send()
+    };
+    let body = patient_json("MRN-C1", "Conditional");
+    let res = post_query("identifier=urn:custodian:mrn|MRN-C1", None, &body)
+        .await
+        .unwrap();
+    assert_eq!(res.status(), StatusCode::OK);
+    assert_eq!(json_of(res).await["id"], created["id"]);
+    let twin = patient_json("MRN-C7", "Twin");
+    for (query, header, want) in [
+        ("family=twin", None, StatusCode::PRECONDITION_FAILED),
+        ("nickname=x", None, StatusCode::UNPROCESSABLE_ENTITY),
+        ("_count=1", None, StatusCode::UNPROCESSABLE_ENTITY),
+        ("family=twin", Some("family=twin"), StatusCode::BAD_REQUEST),
+    ] {
+        let res = post_query(query, header, &twin).await.unwrap();
+        assert_eq!(res.status(), want, "{query}");
+        assert_eq!(json_of(res).await["resourceType"], "OperationOutcome");
+    }
+    assert_eq!(count(), 4, "nothing was created");
+    let res = post_query("_format=json", None, &twin).await.unwrap();
+    assert_eq!(res.status(), StatusCode::CREATED);
+    assert_eq!(count(), 5);
+
     // Record types too: an Observation matched by patient and code.
     let token = w.token("dr-a", SCOPES);
     let patient = uuid::Uuid::parse_str(created["id"].as_str().unwrap()).unwrap();

@@ -11,6 +11,7 @@ mod export;
 pub(crate) mod interop;
 mod name_search;
 mod patient;
+mod py_clients;
 pub(crate) mod resources;
 mod revinclude;
 mod routes;

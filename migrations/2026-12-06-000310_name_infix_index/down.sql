@@ -1,0 +1,2 @@
+DROP INDEX patients_name_infixes;
+ALTER TABLE patients DROP COLUMN name_infixes;
