@@ -494,7 +494,9 @@ format = "json"
         "[bench] {} for {} s, {} connections, load average {}",
         a.scenario, a.duration, a.connections, load_before
     );
+    let lag_sampler = detector_lag_sampler(db.url.clone());
     let (w, per_instance) = wrk_all(&a, &script_path, &bases, a.duration);
+    let detector_lag = lag_sampler.finish();
     let (cpu_s1, cpu_pg1) = (cpu(&pids), pg_cpu_secs(db.postmaster));
     let load_after = loadavg();
     let rss_kib = pids.iter().map(|p| vm_hwm_kib(*p)).max().unwrap_or(0);
@@ -564,6 +566,7 @@ format = "json"
             "batches": events.batches, "mean_batch": events.mean_batch(),
             "verify_ok": verify.status.success(), "verify": verify_line,
         },
+        "detector_lag": detector_lag,
         "pgbench_ceiling_tps": ceiling,
         "fraction_of_ceiling": fraction,
         "pgbench_minimal_ceiling_tps": minimal,
@@ -1185,6 +1188,15 @@ fn print_table(r: &Value) {
         ),
         ("audit mean batch", f(&au["mean_batch"])),
         ("audit verify", f(&au["verify"])),
+        (
+            "detector lag max events / s (samples)",
+            format!(
+                "{} / {} ({})",
+                f(&r["detector_lag"]["max_events"]),
+                f(&r["detector_lag"]["max_secs"]),
+                f(&r["detector_lag"]["samples"])
+            ),
+        ),
         ("pgbench ceiling tps", f(&r["pgbench_ceiling_tps"])),
         ("fraction of ceiling", f(&r["fraction_of_ceiling"])),
         (
@@ -1208,4 +1220,64 @@ fn print_table(r: &Value) {
     for (k, v) in rows {
         println!("| {k} | {v} |");
     }
+}
+
+/// Samples the detectors' lag once a second while the load runs: the audit chain head and
+/// the detector cursor, and the times of the events they point at. Lag in seconds is the
+/// head event's time minus the cursor event's (0 when caught up), so it measures how far
+/// behind the trail the detectors are, not how long a poll takes to come round.
+struct LagSampler {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    handle: std::thread::JoinHandle<Value>,
+}
+
+impl LagSampler {
+    fn finish(self) -> Value {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        self.handle.join().unwrap_or(Value::Null)
+    }
+}
+
+fn detector_lag_sampler(url: String) -> LagSampler {
+    #[derive(QueryableByName)]
+    struct Row {
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        head: i64,
+        #[diesel(sql_type = diesel::sql_types::BigInt)]
+        cursor: i64,
+        #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Double>)]
+        secs: Option<f64>,
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let flag = stop.clone();
+    let handle = std::thread::spawn(move || {
+        let mut conn = PgConnection::establish(&url).unwrap();
+        let (mut samples, mut max_events, mut max_secs, mut sum_secs) = (0u64, 0i64, 0f64, 0f64);
+        while !flag.load(std::sync::atomic::Ordering::Relaxed) {
+            let row = diesel::sql_query(
+                "SELECT h.seq AS head, c.seq AS cursor, \
+                   CASE WHEN c.seq >= h.seq THEN 0 ELSE extract(epoch FROM \
+                     (SELECT occurred_at FROM audit_events WHERE seq = h.seq) - \
+                     coalesce((SELECT occurred_at FROM audit_events WHERE seq = c.seq), \
+                              (SELECT occurred_at FROM audit_events ORDER BY seq LIMIT 1)))::float8 END AS secs \
+                 FROM audit_chain_head h, detector_cursor c",
+            )
+            .get_result::<Row>(&mut conn);
+            if let Ok(r) = row {
+                let secs = r.secs.unwrap_or(0.0).max(0.0);
+                samples += 1;
+                max_events = max_events.max(r.head - r.cursor);
+                max_secs = max_secs.max(secs);
+                sum_secs += secs;
+            }
+            std::thread::sleep(Duration::from_secs(1));
+        }
+        json!({
+            "samples": samples,
+            "max_events": max_events,
+            "max_secs": max_secs,
+            "mean_secs": if samples > 0 { sum_secs / samples as f64 } else { 0.0 },
+        })
+    });
+    LagSampler { stop, handle }
 }

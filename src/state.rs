@@ -35,4 +35,7 @@ pub struct AppState {
     pub export_key: Option<std::sync::Arc<crate::crypto::ExportKey>>,
     /// `[reidentify]`: the role that may re-identify a pseudonym.
     pub reidentify: std::sync::Arc<crate::policy::reidentify::ReidentifyConfig>,
+    /// `webhooks.allow_private_hosts`: whether the SSRF guard lets an endpoint be
+    /// registered on an internal address.
+    pub allow_private_webhook_hosts: bool,
 }

@@ -80,6 +80,10 @@ impl op::AdminActor for AdminPrincipal {
         self.0.state().clock.now()
     }
 
+    fn allow_private_webhook_hosts(&self) -> bool {
+        self.0.state().allow_private_webhook_hosts
+    }
+
     fn keyring(&self) -> Option<std::sync::Arc<crate::crypto::Keyring>> {
         Some(self.0.state().keyring.clone())
     }
@@ -366,6 +370,42 @@ pub async fn set_facility(
     let op = Op::SetFacility {
         user: path_user(&path)?,
         facility: b.facility_id,
+        reason: b.reason,
+    };
+    perform(&caller, &state, op, false).await
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FamilyNameBody {
+    family_name: Option<String>,
+    #[serde(default)]
+    clear: bool,
+    reason: Option<String>,
+}
+
+/// `PUT /api/admin/users/{id}/family-name` `{family_name, reason}` or `{clear: true,
+/// reason}`: the person's family name for the same-family-name detector, kept as its
+/// blind index only (the name is turned into it here and not kept).
+pub async fn set_family_name(
+    caller: AdminPrincipal,
+    state: web::Data<AppState>,
+    path: web::Path<String>,
+    body: Body<FamilyNameBody>,
+) -> Result<HttpResponse, AppError> {
+    let JsonBody(b) = body?;
+    let family_index = match (b.family_name, b.clear) {
+        (Some(name), false) => Some(op::FamilyIndex::of(&state.keyring, &name)?),
+        (None, true) => None,
+        _ => {
+            return Err(AppError::unprocessable(
+                "Give either 'family_name' (to set it) or 'clear': true (to clear it).",
+            ));
+        }
+    };
+    let op = Op::SetFamilyName {
+        user: path_user(&path)?,
+        family_index,
         reason: b.reason,
     };
     perform(&caller, &state, op, false).await

@@ -127,6 +127,56 @@ pub enum Op {
     RedeliverWebhook {
         delivery: WebhookDeliveryId,
     },
+    /// Set (or, with `None`, clear) a person's family name for the same-family-name
+    /// detector. It travels as its blind index ([`FamilyIndex::of`]): the name itself is
+    /// never stored, not even in a change waiting for a step-up.
+    SetFamilyName {
+        user: UserId,
+        family_index: Option<FamilyIndex>,
+        reason: Option<String>,
+    },
+}
+
+/// Longest accepted family name (characters, after trimming).
+pub const FAMILY_NAME_MAX: usize = 100;
+
+/// A person's family name as its blind index (hex of the 32 bytes; the patients' key,
+/// domain and normalisation), so that it can be compared with the patients' without the
+/// name being kept anywhere.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(transparent)]
+pub struct FamilyIndex(String);
+
+impl std::fmt::Debug for FamilyIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FamilyIndex(..)")
+    }
+}
+
+impl FamilyIndex {
+    /// The index of `name` (1 to [`FAMILY_NAME_MAX`] characters, no control characters);
+    /// a fixed 422 otherwise, never echoing the name.
+    pub fn of(keyring: &crate::crypto::Keyring, name: &str) -> Result<FamilyIndex, AppError> {
+        let name = name.trim();
+        let n = name.chars().count();
+        let breaks = |c: char| c.is_control() || matches!(c, '\u{2028}' | '\u{2029}');
+        if !(1..=FAMILY_NAME_MAX).contains(&n) || name.chars().any(breaks) {
+            return Err(AppError::unprocessable(
+                "The field 'family_name' must be 1 to 100 characters without control characters, or null to clear it.",
+            ));
+        }
+        let index = keyring
+            .blind_index(crate::crypto::BlindKind::Family, name)
+            .map_err(|_| AppError::internal("family-name index not computed"))?;
+        Ok(FamilyIndex(hex::encode(index)))
+    }
+
+    fn bytes(&self) -> Result<Vec<u8>, AppError> {
+        hex::decode(&self.0)
+            .ok()
+            .filter(|b| b.len() == 32)
+            .ok_or_else(|| AppError::unprocessable("The field 'family_name' is not valid."))
+    }
 }
 
 /// Longest accepted webhook endpoint URL (characters).
@@ -229,6 +279,11 @@ pub trait AdminActor {
     fn keyring(&self) -> Option<std::sync::Arc<crate::crypto::Keyring>> {
         None
     }
+    /// Whether webhook endpoints may be on internal addresses
+    /// (`webhooks.allow_private_hosts`); off, [`run`] refuses them at registration.
+    fn allow_private_webhook_hosts(&self) -> bool {
+        false
+    }
     /// Records the one audit event of this change (internal ids only).
     fn record(
         &self,
@@ -294,6 +349,16 @@ pub async fn run<A: AdminActor>(
     let (action, kind) = op.audit();
     let by = who.user_id();
     let work = async {
+        // The SSRF guard at registration (a name resolved here; every delivery checks
+        // the addresses again): refused with a fixed message, recorded as an error.
+        if let Op::CreateWebhookEndpoint { url } = &op
+            && !who.allow_private_webhook_hosts()
+        {
+            let url = webhook_url(url)?;
+            crate::webhooks::guard::check_url(&url)
+                .await
+                .map_err(|why| AppError::unprocessable(why.message()))?;
+        }
         let p = op
             .perform_with(db, Some(by), client_issuer, who.now(), who.keyring())
             .await?;
@@ -420,6 +485,7 @@ fn access_change(valid: &Valid) -> Option<(UserId, AccessChange)> {
         | Valid::Decide { .. }
         | Valid::SetConfidentiality(..)
         | Valid::RevokeBreakGlass(..)
+        | Valid::SetFamily(..)
         | Valid::Webhook(_) => return None,
     })
 }
@@ -469,6 +535,8 @@ enum Valid {
     SetConfidentiality(PatientId, crate::policy::Confidentiality, String),
     RevokeBreakGlass(GrantId, String),
     Webhook(WebhookChange),
+    /// The person, the family-name index (`None` clears it), the reason.
+    SetFamily(UserId, Option<Vec<u8>>, String),
 }
 
 /// A webhook change whose input passed validation.
@@ -505,6 +573,7 @@ impl Op {
             Op::DisableWebhookEndpoint { .. } => (AuditAction::Update, Kind::WebhookEndpoint),
             Op::RotateWebhookSecret { .. } => (AuditAction::KeyRotation, Kind::WebhookEndpoint),
             Op::RedeliverWebhook { .. } => (AuditAction::Update, Kind::WebhookDelivery),
+            Op::SetFamilyName { .. } => (AuditAction::Update, Kind::User),
         };
         (action, Some(kind))
     }
@@ -539,7 +608,8 @@ impl Op {
             | Op::Enable { user, .. }
             | Op::RevokeSessions { user }
             | Op::ResetTotp { user }
-            | Op::DisableClient { user, .. } => Some(user.as_uuid()),
+            | Op::DisableClient { user, .. }
+            | Op::SetFamilyName { user, .. } => Some(user.as_uuid()),
             Op::ApproveChange { change, .. } | Op::DenyChange { change, .. } => {
                 Some(change.as_uuid())
             }
@@ -579,7 +649,9 @@ impl Op {
             | Op::SetFacility { user, .. }
             | Op::Disable { user, .. }
             | Op::Enable { user, .. }
-            | Op::DisableClient { user, .. } => *user,
+            | Op::DisableClient { user, .. }
+            // One's own family name decides whether one's own look-ups alert.
+            | Op::SetFamilyName { user, .. } => *user,
             Op::RevokeSessions { .. }
             | Op::ResetTotp { .. }
             | Op::CreateClient { .. }
@@ -614,7 +686,8 @@ impl Op {
             | Op::ApproveChange { .. }
             | Op::DenyChange { .. }
             | Op::SetConfidentiality { .. }
-            | Op::RevokeBreakGlass { .. } => ReasonRule::Required,
+            | Op::RevokeBreakGlass { .. }
+            | Op::SetFamilyName { .. } => ReasonRule::Required,
             Op::CreateClient { .. } => {
                 ReasonRule::Optional("service client registered through the admin API")
             }
@@ -643,7 +716,8 @@ impl Op {
             | Op::ApproveChange { reason, .. }
             | Op::DenyChange { reason, .. }
             | Op::SetConfidentiality { reason, .. }
-            | Op::RevokeBreakGlass { reason, .. } => reason.clone(),
+            | Op::RevokeBreakGlass { reason, .. }
+            | Op::SetFamilyName { reason, .. } => reason.clone(),
             Op::RevokeSessions { .. }
             | Op::ResetTotp { .. }
             | Op::CreateFacility { .. }
@@ -707,6 +781,16 @@ impl Op {
             Op::RedeliverWebhook { delivery } => {
                 format!("Redeliver the webhook delivery {delivery}")
             }
+            Op::SetFamilyName {
+                user,
+                family_index: Some(_),
+                ..
+            } => format!("Set the family name of user {user}"),
+            Op::SetFamilyName {
+                user,
+                family_index: None,
+                ..
+            } => format!("Clear the family name of user {user}"),
         }
     }
 
@@ -824,6 +908,13 @@ impl Op {
             }
             Op::RotateWebhookSecret { endpoint } => Valid::Webhook(WebhookChange::Rotate(endpoint)),
             Op::RedeliverWebhook { delivery } => Valid::Webhook(WebhookChange::Redeliver(delivery)),
+            Op::SetFamilyName {
+                user, family_index, ..
+            } => Valid::SetFamily(
+                user,
+                family_index.as_ref().map(FamilyIndex::bytes).transpose()?,
+                reason,
+            ),
         })
     }
 
@@ -1050,6 +1141,11 @@ impl Valid {
         }
         match self {
             Valid::Webhook(change) => webhook_change(c, change, by, now, keyring),
+            Valid::SetFamily(user, index, reason) => {
+                user_of(c, user)?;
+                users::admin_family_index(c, user, index.as_deref(), &reason, by)?;
+                changed_user(c, user)
+            }
             Valid::GrantRole(user, role, reason) => {
                 user_of(c, user)?;
                 users::grant_role(c, user, role, &reason, by)?;

@@ -290,6 +290,12 @@ pub fn configure(r: &mut Routes) {
         api::set_facility,
     );
     r.add(
+        Method::PUT,
+        "/api/admin/users/{id}/family-name",
+        admin(A::ChangeUser),
+        api::set_family_name,
+    );
+    r.add(
         Method::POST,
         "/api/admin/care-teams",
         admin(A::ChangeCareTeam),
@@ -565,6 +571,12 @@ pub fn configure(r: &mut Routes) {
         "/console/alerts",
         pages,
         console::pages::alerts::alerts_page,
+    );
+    r.add(
+        Method::GET,
+        "/console/alerts/{id}",
+        pages,
+        console::pages::alerts::alert_page,
     );
     r.add(
         Method::GET,

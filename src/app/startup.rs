@@ -125,6 +125,7 @@ impl Application {
                 .context("crypto.export_key")?
                 .map(std::sync::Arc::new),
             reidentify: std::sync::Arc::new(config.reidentify.clone()),
+            allow_private_webhook_hosts: config.webhooks.allow_private_hosts,
         });
         // Break-glass expiry is recorded by one sweeper across instances, off the request
         // path (access stops at expiry regardless: the decision point compares times).

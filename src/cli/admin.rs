@@ -36,6 +36,23 @@ pub enum AdminCommand {
         #[arg(long)]
         reason: String,
     },
+    /// Set or clear a person's family name for the same-family-name detector (kept as its
+    /// blind index only; a value set here is not replaced by the provider's claim). The
+    /// name is read from the first line of standard input, never from the command line.
+    SetFamilyName {
+        /// The identity provider's issuer URL, exactly as in its tokens.
+        #[arg(long)]
+        issuer: String,
+        /// The person's subject (`sub`) at that provider.
+        #[arg(long)]
+        subject: String,
+        /// Clear the family name instead of setting it (then the claim applies again).
+        #[arg(long)]
+        clear: bool,
+        /// Why (kept in the access-change history; 3–500 characters).
+        #[arg(long)]
+        reason: String,
+    },
     /// Create an emergency console account (admin role, for when the identity provider
     /// is down). The password (at least 15 characters) is read from --password-file or
     /// the first line of standard input, never from the command line. Prints the TOTP
@@ -113,6 +130,62 @@ pub fn run(path: Option<&Path>, cmd: AdminCommand) -> anyhow::Result<()> {
             println!("granted {} to user {}", role.as_str(), user.id);
             Ok(())
         }
+        AdminCommand::SetFamilyName {
+            issuer,
+            subject,
+            clear,
+            reason,
+        } => {
+            let mut conn = connect(&config)?;
+            let Some(user) = users::find(&mut conn, &issuer, &subject)? else {
+                bail!("--issuer/--subject: no such user");
+            };
+            let family_index = if clear {
+                None
+            } else {
+                let keyring = crate::app::keys::load_keyring(
+                    &config.crypto,
+                    config.database.url.expose(),
+                    config.database.connect_timeout_secs,
+                )?;
+                let name = read_line("family name")?;
+                Some(
+                    crate::admin::op::FamilyIndex::of(&keyring, &name).map_err(|_| {
+                        anyhow::anyhow!(
+                            "family name: 1 to 100 characters without control characters"
+                        )
+                    })?,
+                )
+            };
+            // The same operation as the console and the JSON API, acting for no account.
+            let op = Op::SetFamilyName {
+                user: user.id,
+                family_index,
+                reason: Some(reason),
+            };
+            let (action, kind) = op.audit();
+            let mut what = What::new(action);
+            if let Some(kind) = kind {
+                what = what.on(kind).id(user.id.as_uuid());
+            }
+            match op.apply(&mut conn, None, None) {
+                Ok(_) => OperatorRecorder::new(&config).permit(&mut conn, what)?,
+                Err(e) => {
+                    OperatorRecorder::new(&config).record(
+                        &mut conn,
+                        what,
+                        crate::audit::Outcome::Error,
+                    )?;
+                    return Err(e.into());
+                }
+            }
+            println!(
+                "{} the family name of user {}",
+                if clear { "cleared" } else { "set" },
+                user.id
+            );
+            Ok(())
+        }
         AdminCommand::CreateEmergencyAccount {
             name,
             password_file,
@@ -174,6 +247,22 @@ pub fn run(path: Option<&Path>, cmd: AdminCommand) -> anyhow::Result<()> {
             Ok(())
         }
     }
+}
+
+/// The first line of standard input, without its line ending (`what` for the prompt).
+fn read_line(what: &str) -> anyhow::Result<Zeroizing<String>> {
+    let mut line = Zeroizing::new(String::new());
+    let stdin = std::io::stdin();
+    if stdin.is_terminal() {
+        eprintln!("Type the {what} and press Enter.");
+    }
+    stdin
+        .lock()
+        .read_line(&mut line)
+        .with_context(|| format!("cannot read the {what} from standard input"))?;
+    let trimmed = line.trim_end_matches(['\r', '\n']).len();
+    line.truncate(trimmed);
+    Ok(line)
 }
 
 /// The first line of the file or of standard input, without its line ending.

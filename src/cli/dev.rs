@@ -298,6 +298,7 @@ fn seed_synthetic(
     }
     let history = crate::dev::history::seed_history(
         &mut conn,
+        &keyring,
         &config.audit.chain_key()?,
         &config.audit.signing_key()?,
         issuer,

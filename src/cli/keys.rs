@@ -77,11 +77,9 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                 .context("crypto.rotation_kek: is required for `keys rotate --kek` (the new key-encryption key)")?;
             let new = LocalKek::from_base64("crypto.rotation_kek", new.expose())
                 .map_err(crate::app::keys::config_error)?;
-            let n = rotation::rotate_kek(&mut conn, &keyring, &new)
-                .map_err(crate::app::keys::config_error)?;
-            if n > 0 {
-                queue_rotation_message(&mut conn, KeyRotation::Kek { rewrapped: n });
-            }
+            let n =
+                rotation::rotate_kek_with(&mut conn, &keyring, &new, &mut queue_rotation_message)
+                    .map_err(crate::app::keys::config_error)?;
             println!(
                 "re-wrapped {n} data key(s) under KEK {}; now set crypto.kek to the value of crypto.rotation_kek on every instance and remove crypto.rotation_kek",
                 new.key_id()
@@ -94,7 +92,7 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
             max_batches,
         } => {
             let mut stderr = std::io::stderr();
-            let report = rotation::rotate_data_keys(
+            let report = rotation::rotate_data_keys_with(
                 &mut conn,
                 &keyring,
                 RotateOptions {
@@ -108,15 +106,10 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
                         p.table, p.done, p.total, p.active_version
                     );
                 },
+                &mut queue_rotation_message,
             )
             .map_err(crate::app::keys::config_error)?;
             if report.started_new_version {
-                queue_rotation_message(
-                    &mut conn,
-                    KeyRotation::DataKey {
-                        version: report.active_version,
-                    },
-                );
                 println!(
                     "data key version {} is now active for new writes",
                     report.active_version
@@ -141,14 +134,26 @@ pub fn run(config: &Config, cmd: KeysCommand) -> anyhow::Result<()> {
     }
 }
 
-/// Puts a rotation's webhook message in the outbox (after the rotation committed: the
-/// rotation itself lives in `crypto`, below the outbox's module). A failure here is
-/// reported, the rotation stands.
-fn queue_rotation_message(conn: &mut PgConnection, what: KeyRotation) {
+/// Puts a rotation's webhook message in the outbox, inside the rotation's transaction
+/// (the rotation lives in `crypto`, below the outbox's module, and calls this back): a
+/// committed rotation always has its message, a rolled-back one has none, and a message
+/// that cannot be written rolls the rotation back.
+fn queue_rotation_message(
+    conn: &mut PgConnection,
+    what: rotation::Rotated,
+) -> Result<(), crate::crypto::CryptoError> {
+    let what = match what {
+        rotation::Rotated::DataKey { version } => KeyRotation::DataKey { version },
+        rotation::Rotated::Kek { rewrapped } => KeyRotation::Kek { rewrapped },
+    };
     let message = NewMessage::key_rotation(what, chrono::Utc::now());
-    if let Err(e) = crate::db::webhooks::enqueue(conn, &[message]) {
-        eprintln!("cannot queue the webhook message of this rotation: {e}");
-    }
+    crate::db::webhooks::enqueue(conn, &[message])
+        .map(|_| ())
+        .map_err(|_| {
+            crate::crypto::CryptoError::Internal(
+                "cannot queue the webhook message of this rotation (the rotation was rolled back)",
+            )
+        })
 }
 
 fn print_status(conn: &mut PgConnection) -> anyhow::Result<()> {

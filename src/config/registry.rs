@@ -137,6 +137,7 @@ settings! {
     "webhooks.backoff_max_secs", Int, "3600", "Webhooks: the longest wait between two attempts (at most 86400)";
     "webhooks.timeout_secs", Int, "10", "Webhooks: longest wait for a receiver's answer, connection included (1 to 120); no 2xx answer in time is a failed attempt";
     "webhooks.ca_file", Str, "", "Webhooks: optional PEM bundle of CAs trusted for endpoint certificates besides the public web roots (an organisation's private CA); endpoints are HTTPS only";
+    "webhooks.allow_private_hosts", Bool, "false", "Webhooks: allow endpoints on loopback, private (RFC 1918, ULA), link-local, unspecified and multicast addresses; off, such hosts (or names resolving to them) are refused when an endpoint is registered and at every delivery (SSRF guard)";
     "console.trusted_proxies", List, "[]", "Admin console: IP addresses of reverse proxies whose Forwarded / X-Forwarded-Host headers the Origin check of console forms believes; from any other peer those headers are ignored (empty = trust none)";
 }
 

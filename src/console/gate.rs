@@ -210,6 +210,10 @@ impl AdminActor for Console {
         self.state.clock.now()
     }
 
+    fn allow_private_webhook_hosts(&self) -> bool {
+        self.state.allow_private_webhook_hosts
+    }
+
     fn keyring(&self) -> Option<std::sync::Arc<crate::crypto::Keyring>> {
         Some(self.state.keyring.clone())
     }

@@ -153,6 +153,21 @@ pub struct RotationReport {
     pub retired: Vec<i32>,
 }
 
+/// What a rotation did, for whoever must say so in the same transaction (the CLI's webhook
+/// message: the outbox lives above this module, so it comes in as a callback).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Rotated {
+    /// A new data-key version became active.
+    DataKey { version: i32 },
+    /// This many data keys were re-wrapped under a new key-encryption key.
+    Kek { rewrapped: u64 },
+}
+
+/// A callback run inside a rotation's transaction, after the change and before the
+/// commit: if it fails, the rotation is rolled back; if the rotation fails, what it
+/// wrote is rolled back with it.
+pub type OnRotated<'a> = &'a mut dyn FnMut(&mut PgConnection, Rotated) -> Result<(), CryptoError>;
+
 /// Starts a new data-key version (unless a rotation is unfinished) and re-encrypts every
 /// row on an older version; see the module docs.
 pub fn rotate_data_keys(
@@ -161,7 +176,19 @@ pub fn rotate_data_keys(
     options: RotateOptions,
     progress: &mut dyn FnMut(Progress),
 ) -> Result<RotationReport, CryptoError> {
-    let (active, started_new_version) = begin_rotation(conn, keyring)?;
+    rotate_data_keys_with(conn, keyring, options, progress, &mut |_, _| Ok(()))
+}
+
+/// [`rotate_data_keys`] with `on_rotated` run in the transaction that starts the new
+/// version (not on a resumed rotation).
+pub fn rotate_data_keys_with(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    options: RotateOptions,
+    progress: &mut dyn FnMut(Progress),
+    on_rotated: OnRotated<'_>,
+) -> Result<RotationReport, CryptoError> {
+    let (active, started_new_version) = begin_rotation(conn, keyring, on_rotated)?;
     keyring.refresh(conn)?;
     let sealer = keyring.sealer()?;
     if sealer.version() != active {
@@ -228,7 +255,11 @@ pub fn rotate_data_keys(
 
 /// Creates and activates a new data-key version, unless some version is still
 /// `decrypt_only` (an unfinished rotation), in which case that rotation is resumed.
-fn begin_rotation(conn: &mut PgConnection, keyring: &Keyring) -> Result<(i32, bool), CryptoError> {
+fn begin_rotation(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    on_rotated: OnRotated<'_>,
+) -> Result<(i32, bool), CryptoError> {
     conn.transaction(|conn| {
         // Self-conflicting, and it lets writers' FOR SHARE locks through; the UPDATE
         // below then waits for writes in flight under the old active key.
@@ -264,6 +295,7 @@ fn begin_rotation(conn: &mut PgConnection, keyring: &Keyring) -> Result<(i32, bo
                 data_keys::activated_at.eq(diesel::dsl::now),
             ))
             .execute(conn)?;
+        on_rotated(conn, Rotated::DataKey { version })?;
         Ok((version, true))
     })
 }
@@ -379,6 +411,16 @@ pub fn rotate_kek(
     keyring: &Keyring,
     new_kek: &dyn KeyProvider,
 ) -> Result<u64, CryptoError> {
+    rotate_kek_with(conn, keyring, new_kek, &mut |_, _| Ok(()))
+}
+
+/// [`rotate_kek`] with `on_rotated` run in its transaction when it re-wrapped any key.
+pub fn rotate_kek_with(
+    conn: &mut PgConnection,
+    keyring: &Keyring,
+    new_kek: &dyn KeyProvider,
+    on_rotated: OnRotated<'_>,
+) -> Result<u64, CryptoError> {
     conn.transaction(|conn| {
         diesel::sql_query("LOCK TABLE data_keys IN SHARE ROW EXCLUSIVE MODE").execute(conn)?;
         let rows: Vec<(i32, Vec<u8>, String)> = data_keys::table
@@ -409,6 +451,9 @@ pub fn rotate_kek(
                 ))
                 .execute(conn)?;
             n += 1;
+        }
+        if n > 0 {
+            on_rotated(conn, Rotated::Kek { rewrapped: n })?;
         }
         Ok(n)
     })

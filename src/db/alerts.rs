@@ -105,6 +105,65 @@ pub struct NewAlert {
     pub created_at: DateTime<Utc>,
 }
 
+impl NewAlert {
+    /// An alert of `kind` at the kind's default severity, about nobody yet: the ids,
+    /// figures and evidence are added with the methods below (so a raiser names only
+    /// what its alert is about).
+    pub fn about(
+        kind: AlertKind,
+        reason: &'static str,
+        dedup_key: String,
+        created_at: DateTime<Utc>,
+    ) -> Self {
+        Self {
+            kind,
+            severity: kind.severity(),
+            reason,
+            user_id: None,
+            patient_id: None,
+            grant_id: None,
+            source_ip: None,
+            client_id: None,
+            figures: Vec::new(),
+            evidence_seqs: Vec::new(),
+            dedup_key,
+            created_at,
+        }
+    }
+
+    pub fn person(mut self, user: Option<UserId>) -> Self {
+        self.user_id = user;
+        self
+    }
+
+    pub fn patient(mut self, patient: Option<PatientId>) -> Self {
+        self.patient_id = patient;
+        self
+    }
+
+    pub fn grant(mut self, grant: Option<GrantId>) -> Self {
+        self.grant_id = grant;
+        self
+    }
+
+    /// The source of a failure spike: an address or a client.
+    pub fn source(mut self, ip: Option<String>, client: Option<String>) -> Self {
+        self.source_ip = ip;
+        self.client_id = client;
+        self
+    }
+
+    pub fn figures(mut self, figures: Vec<i64>) -> Self {
+        self.figures = figures;
+        self
+    }
+
+    pub fn evidence(mut self, seqs: Vec<i64>) -> Self {
+        self.evidence_seqs = seqs;
+        self
+    }
+}
+
 /// Most evidence sequence numbers kept on one alert (the table's limit).
 pub const MAX_EVIDENCE: usize = 50;
 

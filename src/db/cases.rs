@@ -89,6 +89,24 @@ struct NewEvent<'a> {
     note: Option<&'a str>,
 }
 
+impl<'a> NewEvent<'a> {
+    /// A history row of `action` by `actor` at `at` that changes nothing else: each
+    /// operation names only the fields it records.
+    fn of(case: Uuid, actor: UserId, at: DateTime<Utc>, action: &'static str) -> Self {
+        Self {
+            case,
+            actor,
+            at,
+            action,
+            status: None,
+            owner: None,
+            sanction: None,
+            alerts: None,
+            note: None,
+        }
+    }
+}
+
 fn append(conn: &mut PgConnection, kr: &Keyring, e: NewEvent<'_>) -> Result<(), AppError> {
     let id = Uuid::new_v4();
     // Every row carries the current key version (rotation walks the table by it).
@@ -164,15 +182,10 @@ pub fn open(
         conn,
         kr,
         NewEvent {
-            case: id,
-            actor: by,
-            at: now,
-            action: "opened",
             status: Some(CaseStatus::Open.code()),
             owner: Some(owner),
-            sanction: None,
             alerts: Some(alerts.len() as i32),
-            note: None,
+            ..NewEvent::of(id, by, now, "opened")
         },
     )?;
     Ok(id)
@@ -193,15 +206,8 @@ pub fn add_alerts(
         conn,
         kr,
         NewEvent {
-            case,
-            actor: by,
-            at: now,
-            action: "alerts-added",
-            status: None,
-            owner: None,
-            sanction: None,
             alerts: Some(alerts.len() as i32),
-            note: None,
+            ..NewEvent::of(case, by, now, "alerts-added")
         },
     )
 }
@@ -247,15 +253,8 @@ pub fn assign(
         conn,
         kr,
         NewEvent {
-            case,
-            actor: by,
-            at: now,
-            action: "assigned",
-            status: None,
             owner: Some(owner),
-            sanction: None,
-            alerts: None,
-            note: None,
+            ..NewEvent::of(case, by, now, "assigned")
         },
     )
 }
@@ -287,15 +286,15 @@ pub fn set_status(
         conn,
         kr,
         NewEvent {
-            case,
-            actor: by,
-            at: now,
-            action: if to.is_closed() { "closed" } else { "status" },
             status: Some(to.code()),
-            owner: None,
             sanction,
-            alerts: None,
             note,
+            ..NewEvent::of(
+                case,
+                by,
+                now,
+                if to.is_closed() { "closed" } else { "status" },
+            )
         },
     )
 }
@@ -314,15 +313,8 @@ pub fn add_note(
         conn,
         kr,
         NewEvent {
-            case,
-            actor: by,
-            at: now,
-            action: "note",
-            status: None,
-            owner: None,
-            sanction: None,
-            alerts: None,
             note: Some(note),
+            ..NewEvent::of(case, by, now, "note")
         },
     )
 }
@@ -537,6 +529,28 @@ pub fn alert_page(
             (al, case)
         })
         .collect())
+}
+
+/// One alert with its case (id, status) if it is in one.
+pub fn alert_with_case(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<(Alert, Option<CaseOf>)>, AppError> {
+    let Some(alert) = a::table
+        .find(id)
+        .select(Alert::as_select())
+        .first(conn)
+        .optional()?
+    else {
+        return Ok(None);
+    };
+    let case: Option<CaseOf> = ca::table
+        .inner_join(pc::table)
+        .filter(ca::alert_id.eq(id))
+        .select((pc::id, pc::status))
+        .first(conn)
+        .optional()?;
+    Ok(Some((alert, case)))
 }
 
 /// The dashboard's counts: open alerts (not in a closed case) by severity code, and open

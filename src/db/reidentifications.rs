@@ -82,20 +82,11 @@ pub fn record(
         let kind = AlertKind::Reidentification;
         alerts::raise_all(
             conn,
-            &[NewAlert {
-                kind,
-                severity: kind.severity(),
-                reason: "pseudonym",
-                user_id: Some(by),
-                patient_id: Some(patient),
-                grant_id: None,
-                source_ip: None,
-                client_id: None,
-                figures: Vec::new(),
-                evidence_seqs: Vec::new(),
-                dedup_key: format!("reidentification:{id}"),
-                created_at: now,
-            }],
+            &[
+                NewAlert::about(kind, "pseudonym", format!("reidentification:{id}"), now)
+                    .person(Some(by))
+                    .patient(Some(patient)),
+            ],
         )?;
     }
     Ok(id)

@@ -122,6 +122,43 @@ pub fn set_family_index(
     Ok(changed > 0)
 }
 
+/// An administrator sets (`Some`, the blind index) or clears (`None`) a person's
+/// family-name index, keeping the reason in the access-change history. A set value is
+/// marked `admin` (a later claim does not replace it); a cleared one has no source, so the
+/// provider's claim applies again. Returns whether the row changed (nothing is recorded
+/// otherwise).
+pub fn admin_family_index(
+    conn: &mut PgConnection,
+    user_id: UserId,
+    index: Option<&[u8]>,
+    reason: &str,
+    by: Option<UserId>,
+) -> Result<bool, AppError> {
+    let (changed, change) = match index {
+        Some(index) => (
+            set_family_index(conn, user_id, index, FamilySource::Admin)?,
+            Change::FamilyNameSet,
+        ),
+        None => {
+            let n = diesel::update(
+                users::table
+                    .filter(users::id.eq(user_id))
+                    .filter(users::family_index.is_not_null()),
+            )
+            .set((
+                users::family_index.eq(None::<Vec<u8>>),
+                users::family_index_source.eq(None::<String>),
+            ))
+            .execute(conn)?;
+            (n > 0, Change::FamilyNameCleared)
+        }
+    };
+    if changed {
+        record(conn, user_id, change, reason, by)?;
+    }
+    Ok(changed)
+}
+
 /// The user with this id, with its (issuer, subject); `None` if it does not exist.
 pub fn by_id(
     conn: &mut PgConnection,
@@ -237,6 +274,8 @@ enum Change {
     CareTeamAdded(PatientId),
     CareTeamRemoved(PatientId),
     FacilitySet(FacilityId),
+    FamilyNameSet,
+    FamilyNameCleared,
 }
 
 /// Appends one access change and its reason to the history (in the caller's
@@ -256,6 +295,8 @@ fn record(
         Change::CareTeamAdded(p) => ("care_team_added", None, Some(p), None),
         Change::CareTeamRemoved(p) => ("care_team_removed", None, Some(p), None),
         Change::FacilitySet(f) => ("facility_set", None, None, Some(f)),
+        Change::FamilyNameSet => ("family_name_set", None, None, None),
+        Change::FamilyNameCleared => ("family_name_cleared", None, None, None),
     };
     diesel::insert_into(access_changes::table)
         .values((

@@ -334,19 +334,17 @@ fn overdue_reviews(conn: &mut PgConnection, now: DateTime<Utc>) -> Result<Vec<Ne
     let kind = AlertKind::BreakGlassReviewOverdue;
     Ok(due
         .into_iter()
-        .map(|(grant, user, patient, due_at)| NewAlert {
-            kind,
-            severity: kind.severity(),
-            reason: "review-overdue",
-            user_id: Some(user),
-            patient_id: Some(patient),
-            grant_id: Some(grant),
-            source_ip: None,
-            client_id: None,
-            figures: vec![(now - due_at).num_days()],
-            evidence_seqs: Vec::new(),
-            dedup_key: format!("{}:{grant}", kind.code()),
-            created_at: now,
+        .map(|(grant, user, patient, due_at)| {
+            NewAlert::about(
+                kind,
+                "review-overdue",
+                format!("{}:{grant}", kind.code()),
+                now,
+            )
+            .person(Some(user))
+            .patient(Some(patient))
+            .grant(Some(grant))
+            .figures(vec![(now - due_at).num_days()])
         })
         .collect())
 }

@@ -283,19 +283,12 @@ fn record_access(facts: &Facts, e: &Event, daily: &mut HashMap<String, NewAlert>
         let level = facts.restricted.get(&patient).copied();
         let mut hit = |kind: AlertKind, reason: &'static str| {
             let key = format!("{}:{user}:{patient}:{day}", kind.code());
-            let a = daily.entry(key.clone()).or_insert_with(|| NewAlert {
-                kind,
-                severity: kind.severity(),
-                reason,
-                user_id: Some(user),
-                patient_id: Some(patient),
-                grant_id: e.break_glass_grant_id.map(GrantId::from),
-                source_ip: None,
-                client_id: None,
-                figures: vec![0],
-                evidence_seqs: Vec::new(),
-                dedup_key: key,
-                created_at: e.occurred_at,
+            let a = daily.entry(key.clone()).or_insert_with(|| {
+                NewAlert::about(kind, reason, key, e.occurred_at)
+                    .person(Some(user))
+                    .patient(Some(patient))
+                    .grant(e.break_glass_grant_id.map(GrantId::from))
+                    .figures(vec![0])
             });
             a.figures[0] += 1;
             if a.evidence_seqs.len() < MAX_EVIDENCE {
@@ -337,19 +330,11 @@ fn off_hours(facts: &Facts, default: WorkHours, e: &Event, daily: &mut HashMap<S
     }
     let kind = AlertKind::OffHours;
     let key = format!("{}:{user}:{}", kind.code(), local.format("%Y-%m-%d"));
-    let a = daily.entry(key.clone()).or_insert_with(|| NewAlert {
-        kind,
-        severity: kind.severity(),
-        reason: "outside-working-hours",
-        user_id: Some(user),
-        patient_id: e.patient_ids.first().copied(),
-        grant_id: None,
-        source_ip: None,
-        client_id: None,
-        figures: vec![0, i64::from(hours.start), i64::from(hours.end)],
-        evidence_seqs: Vec::new(),
-        dedup_key: key,
-        created_at: e.occurred_at,
+    let a = daily.entry(key.clone()).or_insert_with(|| {
+        NewAlert::about(kind, "outside-working-hours", key, e.occurred_at)
+            .person(Some(user))
+            .patient(e.patient_ids.first().copied())
+            .figures(vec![0, i64::from(hours.start), i64::from(hours.end)])
     });
     a.figures[0] += 1;
     if a.evidence_seqs.len() < MAX_EVIDENCE {
@@ -387,24 +372,17 @@ fn name_searches(cfg: &DetectConfig, windows: &mut Windows, e: &Event, out: &mut
         return;
     };
     let kind = AlertKind::NameSearchSweep;
-    out.push(NewAlert {
-        kind,
-        severity: kind.severity(),
-        reason: "patient-searches",
-        user_id: Some(user),
-        patient_id: None,
-        grant_id: None,
-        source_ip: None,
-        client_id: None,
-        figures: vec![
-            count as i64,
-            i64::from(cfg.name_search_window_mins),
-            i64::from(cfg.name_search_threshold),
-        ],
-        evidence_seqs: seqs,
-        dedup_key: format!("{}:{user}:{bucket}", kind.code()),
-        created_at: e.occurred_at,
-    });
+    let key = format!("{}:{user}:{bucket}", kind.code());
+    out.push(
+        NewAlert::about(kind, "patient-searches", key, e.occurred_at)
+            .person(Some(user))
+            .figures(vec![
+                count as i64,
+                i64::from(cfg.name_search_window_mins),
+                i64::from(cfg.name_search_threshold),
+            ])
+            .evidence(seqs),
+    );
 }
 
 /// bulk-access.
@@ -467,26 +445,19 @@ fn bulk(
     }
     b.fired = true;
     let kind = AlertKind::BulkAccess;
-    out.push(NewAlert {
-        kind,
-        severity: kind.severity(),
-        reason: "distinct-patients",
-        user_id: Some(user),
-        patient_id: None,
-        grant_id: None,
-        source_ip: None,
-        client_id: None,
-        figures: vec![
-            n as i64,
-            i64::from(cfg.bulk_window_mins),
-            own.round() as i64,
-            role.round() as i64,
-            threshold as i64,
-        ],
-        evidence_seqs: b.seqs.clone(),
-        dedup_key: format!("{}:{user}:{bucket}", kind.code()),
-        created_at: e.occurred_at,
-    });
+    let key = format!("{}:{user}:{bucket}", kind.code());
+    out.push(
+        NewAlert::about(kind, "distinct-patients", key, e.occurred_at)
+            .person(Some(user))
+            .figures(vec![
+                n as i64,
+                i64::from(cfg.bulk_window_mins),
+                own.round() as i64,
+                role.round() as i64,
+                threshold as i64,
+            ])
+            .evidence(b.seqs.clone()),
+    );
 }
 
 /// repeated-denial and auth-failure-spike.
@@ -513,24 +484,18 @@ fn windowed(cfg: &DetectConfig, windows: &mut Windows, e: &Event, out: &mut Vec<
             cfg.denials_threshold,
         ) {
             let kind = AlertKind::RepeatedDenial;
-            out.push(NewAlert {
-                kind,
-                severity: kind.severity(),
-                reason: "no-relationship",
-                user_id: Some(user),
-                patient_id: e.patient_ids.first().copied(),
-                grant_id: None,
-                source_ip: None,
-                client_id: None,
-                figures: vec![
-                    count as i64,
-                    i64::from(cfg.denials_window_mins),
-                    i64::from(cfg.denials_threshold),
-                ],
-                evidence_seqs: seqs,
-                dedup_key: format!("{}:{user}:{bucket}", kind.code()),
-                created_at: e.occurred_at,
-            });
+            let key = format!("{}:{user}:{bucket}", kind.code());
+            out.push(
+                NewAlert::about(kind, "no-relationship", key, e.occurred_at)
+                    .person(Some(user))
+                    .patient(e.patient_ids.first().copied())
+                    .figures(vec![
+                        count as i64,
+                        i64::from(cfg.denials_window_mins),
+                        i64::from(cfg.denials_threshold),
+                    ])
+                    .evidence(seqs),
+            );
         }
     }
     if FAILURE_REASONS.contains(&reason) || e.action == "login-failed" {
@@ -562,24 +527,18 @@ fn windowed(cfg: &DetectConfig, windows: &mut Windows, e: &Event, out: &mut Vec<
                 Subject::FailuresPerson(u) => (u.to_string(), None, None, Some(u)),
                 Subject::Denials(_) | Subject::NameSearches(_) => continue,
             };
-            out.push(NewAlert {
-                kind,
-                severity: kind.severity(),
-                reason,
-                user_id,
-                patient_id: None,
-                grant_id: None,
-                source_ip,
-                client_id,
-                figures: vec![
-                    count as i64,
-                    i64::from(cfg.failures_window_mins),
-                    i64::from(cfg.failures_threshold),
-                ],
-                evidence_seqs: seqs,
-                dedup_key: format!("{}:{reason}:{who}:{bucket}", kind.code()),
-                created_at: e.occurred_at,
-            });
+            let key = format!("{}:{reason}:{who}:{bucket}", kind.code());
+            out.push(
+                NewAlert::about(kind, reason, key, e.occurred_at)
+                    .person(user_id)
+                    .source(source_ip, client_id)
+                    .figures(vec![
+                        count as i64,
+                        i64::from(cfg.failures_window_mins),
+                        i64::from(cfg.failures_threshold),
+                    ])
+                    .evidence(seqs),
+            );
         }
     }
 }

@@ -53,6 +53,7 @@ fn event(
 /// Appends the history (once). Returns how many events it added (0: already there).
 pub fn seed_history(
     conn: &mut PgConnection,
+    kr: &crate::crypto::Keyring,
     key: &ChainKey,
     signer: &CheckpointSigner,
     issuer: &str,
@@ -155,7 +156,7 @@ pub fn seed_history(
         &mut rng,
     )?;
     e.purpose_of_use = Some(PurposeOfUse::EmergencyTreatment);
-    e.break_glass_grant_id = Some(Uuid::from_u128(u128::from(SEED)));
+    e.break_glass_grant_id = Some(overdue_grant(conn, kr, &doctor, pats[pats.len() - 1], at)?);
     events.push(e);
     plant_patterns(
         conn,
@@ -174,6 +175,44 @@ pub fn seed_history(
     };
     store::append_batch(conn, key, signer, policy, &events)?;
     Ok(events.len())
+}
+
+/// The grant of the demo's break-glass access: a real emergency grant of the clinician,
+/// used, whose privacy review fell due a day later and never came (so the detectors
+/// raise break-glass-review-overdue). Its justification is sealed like any other.
+fn overdue_grant(
+    conn: &mut PgConnection,
+    kr: &crate::crypto::Keyring,
+    doctor: &Actor,
+    patient: PatientId,
+    at: DateTime<Utc>,
+) -> Result<Uuid, AppError> {
+    let user = doctor
+        .user_id
+        .ok_or_else(|| AppError::internal("demo clinician"))?;
+    let facility: Uuid = patients::table
+        .find(patient.as_uuid())
+        .select(patients::facility_id)
+        .first(conn)?;
+    let request = crate::policy::break_glass::ValidRequest {
+        reason: crate::policy::break_glass::DEFAULT_REASONS[0].to_string(),
+        justification: "Synthetic demo: unconscious patient in the emergency department."
+            .to_string(),
+        minutes: 60,
+    };
+    let grant = crate::db::break_glass::insert(
+        conn,
+        kr,
+        user,
+        patient,
+        crate::domain::FacilityId::from(facility),
+        crate::policy::break_glass::Mode::Emergency,
+        &request,
+        at,
+        1,
+        None,
+    )?;
+    Ok(grant.id.as_uuid())
 }
 
 /// One instance of each detector's pattern (docs/privacy-detection.md), two days ago at

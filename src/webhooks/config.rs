@@ -26,6 +26,9 @@ pub struct WebhookConfig {
     /// Optional PEM bundle of CAs trusted for endpoints besides the public web roots (a
     /// private CA of the organisation).
     pub ca_file: String,
+    /// Deliver to hosts on loopback, private, link-local addresses (off: the SSRF guard
+    /// of `webhooks::guard` refuses them at registration and at every delivery).
+    pub allow_private_hosts: bool,
 }
 
 impl Default for WebhookConfig {
@@ -39,6 +42,7 @@ impl Default for WebhookConfig {
             backoff_max_secs: 3600,
             timeout_secs: 10,
             ca_file: String::new(),
+            allow_private_hosts: false,
         }
     }
 }

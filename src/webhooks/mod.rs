@@ -17,6 +17,7 @@
 //! duplicate); the signature's timestamp is the time of the attempt.
 
 pub mod config;
+pub mod guard;
 
 use crate::crypto::Keyring;
 use crate::db::Db;
@@ -70,6 +71,11 @@ impl Deliverer {
             .connect_timeout(Duration::from_secs(cfg.timeout_secs))
             .timeout(Duration::from_secs(cfg.timeout_secs))
             .user_agent(concat!("Custodian-Webhooks/", env!("CARGO_PKG_VERSION")));
+        if !cfg.allow_private_hosts {
+            // Every name is resolved through the guard, which refuses internal addresses
+            // (address literals are checked in `send`).
+            builder = builder.dns_resolver(Arc::new(guard::GuardedResolver));
+        }
         if !cfg.ca_file.trim().is_empty() {
             let pem = std::fs::read(cfg.ca_file.trim())
                 .with_context(|| format!("webhooks.ca_file: cannot read {}", cfg.ca_file))?;
@@ -179,6 +185,9 @@ impl Deliverer {
     }
 
     async fn send(&self, d: &Due) -> Result<u16, &'static str> {
+        if !self.cfg.allow_private_hosts && guard::forbidden_literal(&d.url) {
+            return Err("forbidden-address");
+        }
         let body = body(d, &self.public_url);
         let msg_id = message_id(d.message_id);
         // The signature's time is the real time of the attempt (the receiver compares it
@@ -202,6 +211,7 @@ impl Deliverer {
             .await;
         match res {
             Ok(r) => Ok(r.status().as_u16()),
+            Err(e) if guard::stopped_by_guard(&e) => Err("forbidden-address"),
             Err(e) if e.is_timeout() => Err("timeout"),
             Err(e) if e.is_connect() => Err("connect"),
             Err(_) => Err("request"),

@@ -120,6 +120,12 @@ fn landing(op: &Op) -> (String, &'static str) {
         Op::CreateWebhookEndpoint { .. } | Op::RotateWebhookSecret { .. } => (WEBHOOKS.into(), ""),
         Op::DisableWebhookEndpoint { .. } => (WEBHOOKS.into(), "webhook-disabled"),
         Op::RedeliverWebhook { .. } => (WEBHOOKS.into(), "webhook-redelivered"),
+        Op::SetFamilyName {
+            user: u,
+            family_index: Some(_),
+            ..
+        } => (user(u), "family-name-set"),
+        Op::SetFamilyName { user: u, .. } => (user(u), "family-name-cleared"),
     }
 }
 
@@ -185,7 +191,8 @@ pub async fn perform_form(page: &Console, op: Op) -> Result<HttpResponse, AppErr
 }
 
 /// POST /console/users/{id}/{action}: grant-role, revoke-role, add-care-team,
-/// remove-care-team, facility, disable, enable, revoke-sessions, reset-totp.
+/// remove-care-team, facility, disable, enable, revoke-sessions, reset-totp,
+/// family-name, clear-family-name.
 pub async fn user_action(
     req: HttpRequest,
     page: AdminForm,
@@ -193,9 +200,27 @@ pub async fn user_action(
     body: web::Bytes,
 ) -> Result<HttpResponse, AppError> {
     let (id, action) = path.into_inner();
+    let keyring = page.0.state.keyring.clone();
     submit(&req, page, &body, |f| {
         let id = UserId::parse(&id).ok_or_else(op::user_not_found)?;
-        user_op(id, &action, f)
+        // The name becomes its blind index here: the operation (kept while a step-up
+        // is asked for) never holds it.
+        match action.as_str() {
+            "family-name" => Ok(Op::SetFamilyName {
+                user: id,
+                family_index: Some(op::FamilyIndex::of(
+                    &keyring,
+                    f.get("family_name").unwrap_or_default(),
+                )?),
+                reason: f.owned("reason"),
+            }),
+            "clear-family-name" => Ok(Op::SetFamilyName {
+                user: id,
+                family_index: None,
+                reason: f.owned("reason"),
+            }),
+            _ => user_op(id, &action, f),
+        }
     })
     .await
 }

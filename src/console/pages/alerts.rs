@@ -1,4 +1,5 @@
-//! The alert list (`GET /console/alerts`): alerts with their severity, detector, person,
+//! The alert list (`GET /console/alerts`) and one alert's page (`GET /console/alerts/{id}`,
+//! where webhook payloads link): alerts with their severity, detector, person,
 //! time, plain-words explanation and evidence links, filtered by status, kind and
 //! severity, newest first with keyset paging. Who sees it, and who sees a patient's MRN
 //! beside an alert, is decided by [`policy::cases`] and [`policy::review`]; every view is
@@ -17,8 +18,8 @@ use crate::domain::{PatientId, UserId};
 use crate::error::AppError;
 use crate::policy::cases::{AlertWork, Refusal, may};
 use crate::policy::review::{Review, may_review};
-use actix_web::HttpRequest;
 use actix_web::http::StatusCode;
+use actix_web::{HttpRequest, web};
 use askama::Template;
 use askama_web::WebTemplate;
 use diesel::PgConnection;
@@ -362,6 +363,78 @@ pub async fn alerts_page(req: HttpRequest, page: ConsolePage) -> Result<AlertsPa
         alerts,
         older,
         newest,
+    })
+}
+
+#[derive(Template, WebTemplate)]
+#[template(path = "console/alert.html")]
+pub struct AlertPage {
+    chrome: super::Chrome,
+    identify: bool,
+    work: bool,
+    alert: AlertRow,
+    /// Every figure and evidence event (the list shows the first ten events).
+    figures: Vec<i64>,
+    evidence: Vec<i64>,
+    grant_id: String,
+}
+
+fn no_such_alert() -> AppError {
+    AppError::client(StatusCode::NOT_FOUND, "The alert was not found.")
+}
+
+fn alert_what(id: Option<Uuid>) -> What {
+    let w = What::new(AuditAction::Read).on(Kind::Alert);
+    match id {
+        Some(id) => w.id(id),
+        None => w,
+    }
+}
+
+/// GET /console/alerts/{id}: one alert — explanation, figures, every evidence link, the
+/// person, the patient (MRN for privacy officers only), the source, the grant and the case
+/// it is in. Admitted and recorded like the list (a read of the alert, naming the patient
+/// whose MRN it shows).
+pub async fn alert_page(page: ConsolePage, path: web::Path<String>) -> Result<AlertPage, AppError> {
+    let id = Uuid::parse_str(&path).ok();
+    let what = alert_what(id);
+    admit(&page, AlertWork::ViewAlerts, what).await?;
+    let Some(id) = id else {
+        return Err(failed(&page, what, no_such_alert()).await);
+    };
+    let identify = may_review(&page.me.user.roles, Review::IdentifyPatients).is_ok();
+    let work = may(&page.me.user.roles, AlertWork::WorkCases).is_ok();
+    let kr = page.state.keyring.clone();
+    let found = page
+        .state
+        .db
+        .run(move |c| {
+            let Some((alert, case)) = cases::alert_with_case(c, id)? else {
+                return Ok(None);
+            };
+            let (names, mrns) = people(c, &kr, &[&alert], identify)?;
+            Ok(Some((alert, case, names, mrns)))
+        })
+        .await;
+    let (alert, case, names, mrns) = match found {
+        Ok(Some(v)) => v,
+        Ok(None) => return Err(failed(&page, what, no_such_alert()).await),
+        Err(e) => return Err(failed(&page, what, e).await),
+    };
+    reviewer(&page)
+        .permit(what, mrns.keys().copied().collect::<Vec<_>>())
+        .await?;
+    let figures = alert.figures.clone();
+    let evidence = alert.evidence_seqs.clone();
+    let grant_id = alert.grant_id.map(|g| g.to_string()).unwrap_or_default();
+    Ok(AlertPage {
+        chrome: page.0.chrome,
+        identify,
+        work,
+        alert: row(alert, case, &names, &mrns),
+        figures,
+        evidence,
+        grant_id,
     })
 }
 

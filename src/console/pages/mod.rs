@@ -188,6 +188,8 @@ fn done_message(code: Option<&str>) -> &'static str {
         "care-team-added" => "The user was added to the care team.",
         "care-team-removed" => "The user was removed from the care team.",
         "facility-set" => "The facility was changed.",
+        "family-name-set" => "The family name was set (kept as its blind index only).",
+        "family-name-cleared" => "The family name was cleared.",
         "disabled" => "The account was disabled; its console sessions were ended.",
         "enabled" => "The account was enabled.",
         "sessions-revoked" => "All console sessions of the user were ended.",

@@ -13,7 +13,6 @@ use reqwest::{Method, StatusCode};
 use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::sync::OnceLock;
 
 const SCOPES: &str = "user/Patient.cruds user/Observation.cruds";
 
@@ -1379,49 +1378,7 @@ pub(crate) fn clients_dir() -> PathBuf {
 
 /// Installs `tests/fhir-clients/node_modules` once (per machine, under a lock).
 pub(crate) fn ensure_installed() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let dir = clients_dir();
-        let lock_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        std::fs::create_dir_all(&lock_dir).unwrap();
-        let lock = std::fs::File::create(lock_dir.join("fhir-clients-npm.lock")).unwrap();
-        lock.lock().unwrap();
-        // A finished install (npm writes this file last) of every pinned package: a
-        // node_modules from before a package was added is installed again.
-        let manifest: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(dir.join("package.json")).unwrap())
-                .unwrap();
-        let complete = dir.join("node_modules/.package-lock.json").exists()
-            && manifest["dependencies"]
-                .as_object()
-                .unwrap()
-                .keys()
-                .all(|name| {
-                    dir.join("node_modules")
-                        .join(name)
-                        .join("package.json")
-                        .exists()
-                });
-        if complete {
-            return;
-        }
-        let npm = |offline: bool| {
-            let mut cmd = Command::new("npm");
-            cmd.args(["ci", "--prefix"])
-                .arg(&dir)
-                .args(["--no-audit", "--no-fund"]);
-            if offline {
-                cmd.arg("--offline");
-            }
-            cmd.status()
-                .unwrap_or_else(|e| panic!("cannot run npm (is Node.js installed?): {e}"))
-                .success()
-        };
-        assert!(
-            npm(true) || npm(false),
-            "npm ci --prefix tests/fhir-clients failed (see output above)"
-        );
-    });
+    crate::support::node::ensure_installed(&clients_dir());
 }
 
 #[tokio::test]

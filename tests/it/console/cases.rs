@@ -695,3 +695,95 @@ async fn case_notes_and_suppression_reasons_survive_a_key_rotation() {
     let listed = custodian::db::suppressions::list(&mut c, &w.keyring, 10).unwrap();
     assert_eq!(listed[0].reason, "Guardian, sealed before the rotation");
 }
+
+/// One alert's page (`/console/alerts/{id}`, where webhook payloads link): linked from
+/// the list, with the explanation, figures, every evidence link and the case it is in;
+/// the MRN for privacy officers only; every view recorded as a read of the alert naming
+/// the patient identified; a bad or unknown id a fixed 404 without echo.
+#[tokio::test]
+async fn one_alert_has_its_own_page_linked_from_the_list_and_recorded() {
+    let w = World::start().await;
+    let pia = w.user("pia", &[Role::PrivacyOfficer], "Pia Privacy");
+    let ada = w.user("ada", &[Role::Admin], "Ada Admin");
+    let bob = w.user("bob", &[Role::Clinician], "Dr Bob Snoop");
+    let patient = w.patient("MRN-ONE-1");
+    let mut a = alert(AlertKind::RestrictedRecord, bob, patient, "one:1");
+    a.figures = vec![7];
+    a.evidence_seqs = (1..=12).collect();
+    w.raise(&[a]);
+    let id = w.alert_ids()[0].0;
+    let (p, ad) = (w.sign_in(pia), w.sign_in(ada));
+
+    let (_, list) = w.get(&p, "/console/alerts").await;
+    assert!(
+        list.contains(&format!("href=\"/console/alerts/{id}\"")),
+        "{list}"
+    );
+
+    let path = format!("/console/alerts/{id}");
+    let (status, html) = w.get(&p, &path).await;
+    assert_eq!(status, StatusCode::OK, "{html}");
+    assert!(
+        html.contains("Restricted record outside the care team"),
+        "{html}"
+    );
+    assert!(
+        html.contains("Dr Bob Snoop") && html.contains("MRN MRN-ONE-1"),
+        "{html}"
+    );
+    assert!(html.contains("class=\"figure\">7<"), "{html}");
+    // All twelve evidence events (the list shows ten).
+    assert!(html.contains("/console/audit/12\""), "{html}");
+    assert!(html.contains("id=\"no-case\""), "{html}");
+    let reads: Vec<_> = w
+        .events_on(pia, "Alert")
+        .into_iter()
+        .filter(|e| e.0 == "read")
+        .collect();
+    assert_eq!(reads.len(), 1, "{reads:?}");
+    assert_eq!(reads[0].1, Some(id));
+    assert_eq!(reads[0].2, vec![patient.as_uuid()]);
+    assert_eq!(reads[0].3, "permit");
+
+    // An administrator sees it without the MRN, and the read names no patient.
+    let (status, html) = w.get(&ad, &path).await;
+    assert_eq!(status, StatusCode::OK);
+    assert!(!html.contains("MRN-ONE-1"), "{html}");
+    let reads: Vec<_> = w
+        .events_on(ada, "Alert")
+        .into_iter()
+        .filter(|e| e.0 == "read")
+        .collect();
+    assert!(reads[0].2.is_empty(), "{reads:?}");
+
+    // In a case: the page links it.
+    let (status, location, _) = w
+        .post(&p, "/console/cases", &[("alert", &id.to_string())])
+        .await;
+    assert_eq!(status, StatusCode::SEE_OTHER);
+    let case = case_of(&location);
+    let (_, html) = w.get(&p, &path).await;
+    assert!(html.contains(&format!("/console/cases/{case}")), "{html}");
+
+    // Bad and unknown ids: a fixed 404, recorded as an error, the input not echoed.
+    for bad in [
+        "/console/alerts/bogus-alert-id".to_string(),
+        format!("/console/alerts/{}", Uuid::new_v4()),
+    ] {
+        let (status, body) = w.get(&p, &bad).await;
+        assert_eq!(status, StatusCode::NOT_FOUND, "{bad}");
+        assert!(body.contains("The alert was not found."), "{body}");
+        assert!(!body.contains("bogus"), "{body}");
+    }
+    let errors = w
+        .events_on(pia, "Alert")
+        .into_iter()
+        .filter(|e| e.0 == "read" && e.3 == "error")
+        .count();
+    assert_eq!(errors, 2);
+    // A person without a console role does not get the page (sent to the no-access page).
+    let carl = w.user("carl", &[Role::Clinician], "Carl Clinician");
+    let (status, body) = w.get(&w.sign_in(carl), &path).await;
+    assert_ne!(status, StatusCode::OK);
+    assert!(!body.contains("Dr Bob Snoop"), "{body}");
+}

@@ -1000,10 +1000,12 @@ async fn demo_history_is_seeded_once_marked_and_keeps_the_chain_verifiable() {
     let mut conn = r.app.db.conn();
     let now = Utc::now();
     let added =
-        custodian::dev::history::seed_history(&mut conn, &key, &signer, &r.issuer, now).unwrap();
+        custodian::dev::history::seed_history(&mut conn, &r.keyring, &key, &signer, &r.issuer, now)
+            .unwrap();
     assert!(added > 200, "{added}");
     let again =
-        custodian::dev::history::seed_history(&mut conn, &key, &signer, &r.issuer, now).unwrap();
+        custodian::dev::history::seed_history(&mut conn, &r.keyring, &key, &signer, &r.issuer, now)
+            .unwrap();
     assert_eq!(again, 0, "seeded once");
     use custodian::db::schema::audit_events as ae;
     type Marked = (Option<String>, String, Option<Uuid>, DateTime<Utc>);

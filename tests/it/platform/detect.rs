@@ -411,6 +411,19 @@ fn bulk_access_is_measured_against_the_persons_and_the_roles_own_history() {
     assert_eq!(figures, vec![26, 60, 5, 9, 26]);
 }
 
+/// Makes the world's facility work around the clock (so off-hours never fires).
+fn working_all_day(w: &crate::support::world::World) {
+    use custodian::db::schema::facilities as f;
+    diesel::update(f::table.find(w.facility))
+        .set((
+            f::work_start_hour.eq(Some(0i16)),
+            f::work_end_hour.eq(Some(24i16)),
+            f::time_zone.eq(Some("UTC")),
+        ))
+        .execute(&mut w.app.db.conn())
+        .unwrap();
+}
+
 /// Waits (up to 10 s) for alerts of `kind`; returns (user, patient) of each.
 async fn wait_for(
     db: &TestDb,
@@ -444,14 +457,7 @@ async fn the_family_name_claim_is_kept_as_a_blind_index_and_same_family_name_fir
     })
     .await;
     // Working hours all day long: off-hours stays out of this test whatever the time.
-    diesel::update(custodian::db::schema::facilities::table.find(w.facility))
-        .set((
-            custodian::db::schema::facilities::work_start_hour.eq(Some(0i16)),
-            custodian::db::schema::facilities::work_end_hour.eq(Some(24i16)),
-            custodian::db::schema::facilities::time_zone.eq(Some("UTC")),
-        ))
-        .execute(&mut w.app.db.conn())
-        .unwrap();
+    working_all_day(&w);
     let token = |sub: &str, family: Option<&str>| {
         let now = crate::support::idp::now();
         let mut claims = serde_json::json!({
@@ -604,6 +610,7 @@ fn the_demo_history_plants_an_alert_of_every_detector_kind() {
     let signer = t.config.audit.signing_key().unwrap();
     let added = custodian::dev::history::seed_history(
         &mut t.db.conn(),
+        &t.keyring,
         &key,
         &signer,
         "https://idp.test",
@@ -617,15 +624,180 @@ fn the_demo_history_plants_an_alert_of_every_detector_kind() {
     };
     drain(&mut Detector::new(cfg), &t);
     let kinds: std::collections::BTreeSet<String> = t.alerts().into_iter().map(|a| a.0).collect();
+    // Every kind, break-glass-review-overdue included (the history plants a real grant
+    // whose review is overdue).
     for kind in custodian::detect::KINDS {
-        // Overdue break-glass reviews need a real grant, which the history does not make.
-        if *kind == AlertKind::BreakGlassReviewOverdue {
-            continue;
-        }
         assert!(
             kinds.contains(kind.code()),
             "no {} alert in {kinds:?}",
             kind.code()
         );
     }
+}
+
+/// The administrator's family name (issue 15): set through the administration API (one
+/// `Op`, a reason, audited), stored as the blind index only — no clear text in the user's
+/// row, its history or the audit trail — and then the same-family-name detector fires on
+/// the person's access to a patient of that name; a later claim does not replace it; an
+/// administrator may not set their own; cleared, the claim applies again.
+#[tokio::test]
+async fn an_administrator_sets_a_family_name_through_the_api_and_same_family_name_fires() {
+    use crate::support::world::{ALL_SCOPES, AUDIENCE, World, patient_json};
+    use custodian::crypto::BlindKind;
+    let w = World::with(|b, _| b).await;
+    // Working hours all day long: off-hours stays out of this test whatever the time.
+    working_all_day(&w);
+    let (admin, _) = w.user("admin-1", &[Role::Admin]);
+    let admin_token = w.token("admin-1", "admin");
+    let (_, carer_token) = w.user("carer", &[Role::Clinician]);
+    let (clerk, clerk_token) = w.user("clerk", &[Role::Billing]);
+    let patient = PatientId::from(
+        w.create(&carer_token, &patient_json("MRN-AF1", "Zabrowski"))
+            .await,
+    );
+    let put = |user: UserId, body: serde_json::Value| {
+        w.app
+            .client
+            .put(w.app.url(&format!("/api/admin/users/{user}/family-name")))
+            .header("authorization", format!("Bearer {admin_token}"))
+            .header("content-type", "application/json")
+            .body(body.to_string())
+            .send()
+    };
+    // Bad input: a fixed 422 that does not echo it.
+    for body in [
+        serde_json::json!({ "family_name": "", "reason": "HR record" }),
+        serde_json::json!({ "family_name": "Zab\u{7}rowski", "reason": "HR record" }),
+        serde_json::json!({ "family_name": "Zabrowski", "clear": true, "reason": "HR record" }),
+        serde_json::json!({ "reason": "HR record" }),
+        serde_json::json!({ "family_name": "Zabrowski" }),
+    ] {
+        let res = put(clerk, body.clone()).await.unwrap();
+        assert_eq!(res.status(), 422, "{body}");
+        assert!(!res.text().await.unwrap().contains("Zab"), "{body}");
+    }
+    // Not one's own (separation of duties: it decides whether one's look-ups alert).
+    let res = put(
+        admin,
+        serde_json::json!({ "family_name": "Zabrowski", "reason": "HR record" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 403);
+
+    let res = put(
+        clerk,
+        serde_json::json!({ "family_name": "  ZABROWSKI ", "reason": "HR record 4711" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200, "{}", res.text().await.unwrap());
+    let zab = w
+        .keyring
+        .blind_index(BlindKind::Family, "zabrowski")
+        .unwrap();
+    let (index, source): (Option<Vec<u8>>, Option<String>) = users_t::table
+        .find(clerk)
+        .select((users_t::family_index, users_t::family_index_source))
+        .first(&mut w.app.db.conn())
+        .unwrap();
+    assert_eq!(
+        (index, source.as_deref()),
+        (Some(zab.clone()), Some("admin"))
+    );
+    // No clear text anywhere it could land: the user's row, its history, the trail.
+    #[derive(QueryableByName)]
+    struct Text {
+        #[diesel(sql_type = diesel::sql_types::Text)]
+        t: String,
+    }
+    for sql in [
+        "SELECT string_agg(u::text, ' ') AS t FROM users u",
+        "SELECT coalesce(string_agg(a::text, ' '), '') AS t FROM access_changes a",
+        "SELECT string_agg(e::text, ' ') AS t FROM audit_events e",
+    ] {
+        let text = diesel::sql_query(sql)
+            .get_result::<Text>(&mut w.app.db.conn())
+            .unwrap()
+            .t
+            .to_lowercase();
+        assert!(!text.contains("zabrowski"), "{sql}");
+    }
+    let history: Vec<(String, String)> = custodian::db::schema::access_changes::table
+        .filter(custodian::db::schema::access_changes::user_id.eq(clerk))
+        .select((
+            custodian::db::schema::access_changes::change,
+            custodian::db::schema::access_changes::reason,
+        ))
+        .load(&mut w.app.db.conn())
+        .unwrap();
+    assert!(history.contains(&("family_name_set".into(), "HR record 4711".into())));
+    let events = w.audit_events();
+    assert!(
+        events.iter().any(|e| e.0 == "update" && e.1 == "permit"),
+        "{events:?}"
+    );
+
+    // The clerk reads the patient (billing reads the facility's records): the detector
+    // fires; the carer (on the care team) would not, and has another name anyway.
+    let res = w
+        .get(&format!("/fhir/Patient/{patient}"), &clerk_token)
+        .await;
+    assert_eq!(res.status(), 200);
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    let mut d = Detector::new(DetectConfig::default());
+    let mut c = w.app.db.conn();
+    while d.pass(&mut c, Utc::now()).unwrap().consumed > 0 {}
+    let found: Vec<(Option<UserId>, Option<PatientId>)> = alerts::table
+        .filter(alerts::kind.eq("same-family-name"))
+        .select((alerts::user_id, alerts::patient_id))
+        .load(&mut c)
+        .unwrap();
+    assert_eq!(found, vec![(Some(clerk), Some(patient))]);
+
+    // A claim of another name does not replace the administrator's value…
+    let now = crate::support::idp::now();
+    let claimed = w.signer.sign(&serde_json::json!({
+        "iss": w.idp.issuer(), "aud": AUDIENCE, "sub": "clerk", "exp": now + 300,
+        "iat": now, "client_id": "test-app", "scope": ALL_SCOPES, "family_name": "Mensah",
+    }));
+    assert_eq!(
+        w.get(&format!("/fhir/Patient/{patient}"), &claimed)
+            .await
+            .status(),
+        200
+    );
+    let kept: Option<Vec<u8>> = users_t::table
+        .find(clerk)
+        .select(users_t::family_index)
+        .first(&mut c)
+        .unwrap();
+    assert_eq!(kept, Some(zab));
+    // …until the administrator clears it: then the claim applies again.
+    let res = put(
+        clerk,
+        serde_json::json!({ "clear": true, "reason": "left the family" }),
+    )
+    .await
+    .unwrap();
+    assert_eq!(res.status(), 200);
+    let cleared: Option<Vec<u8>> = users_t::table
+        .find(clerk)
+        .select(users_t::family_index)
+        .first(&mut c)
+        .unwrap();
+    assert_eq!(cleared, None);
+    assert_eq!(
+        w.get(&format!("/fhir/Patient/{patient}"), &claimed)
+            .await
+            .status(),
+        200
+    );
+    let (index, source): (Option<Vec<u8>>, Option<String>) = users_t::table
+        .find(clerk)
+        .select((users_t::family_index, users_t::family_index_source))
+        .first(&mut c)
+        .unwrap();
+    let mensah = w.keyring.blind_index(BlindKind::Family, "mensah").unwrap();
+    assert_eq!((index, source.as_deref()), (Some(mensah), Some("provider")));
 }

@@ -24,46 +24,13 @@ use custodian::webhooks::config::WebhookConfig;
 use diesel::prelude::*;
 use reqwest::Method;
 use serde_json::{Value, json};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, OnceLock};
+use std::process::{Child, Command};
+use std::sync::Arc;
 use std::time::Duration;
 
 fn receiver_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/webhooks")
-}
-
-/// Installs `tests/webhooks/node_modules` once (per machine, under a lock), as `.ci/run`
-/// does, so the tests also run from a plain `cargo test`.
-fn ensure_installed() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let dir = receiver_dir();
-        let lock_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        std::fs::create_dir_all(&lock_dir).unwrap();
-        let lock = std::fs::File::create(lock_dir.join("webhooks-npm.lock")).unwrap();
-        lock.lock().unwrap();
-        if dir.join("node_modules/.package-lock.json").exists() {
-            return;
-        }
-        let npm = |offline: bool| {
-            let mut cmd = Command::new("npm");
-            cmd.args(["ci", "--prefix"])
-                .arg(&dir)
-                .args(["--no-audit", "--no-fund"]);
-            if offline {
-                cmd.arg("--offline");
-            }
-            cmd.status()
-                .unwrap_or_else(|e| panic!("cannot run npm (is Node.js installed?): {e}"))
-                .success()
-        };
-        assert!(
-            npm(true) || npm(false),
-            "npm ci --prefix tests/webhooks failed (see output above)"
-        );
-    });
 }
 
 /// The independent receiver, killed on drop. It serves the test certificate (the one the
@@ -76,25 +43,23 @@ struct Receiver {
 
 impl Receiver {
     fn start() -> Receiver {
-        ensure_installed();
+        crate::support::node::ensure_installed(&receiver_dir());
         let cert = test_cert();
-        let mut child = Command::new("node")
+        let mut command = Command::new("node");
+        command
             .arg(receiver_dir().join("receiver.js"))
             .arg(&cert.cert)
-            .arg(&cert.key)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("node runs");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().unwrap())
-            .read_line(&mut line)
-            .unwrap();
-        let port = line
-            .trim()
-            .strip_prefix("listening ")
-            .and_then(|p| p.parse().ok())
-            .unwrap_or_else(|| panic!("receiver did not start: {line:?}"));
+            .arg(&cert.key);
+        let Ok((child, port)) = crate::support::node::spawn_ready(
+            command,
+            "webhook receiver",
+            "listening ",
+            None,
+            Duration::from_secs(30),
+        ) else {
+            panic!("the webhook receiver exited before listening");
+        };
+        let port = port.parse().expect("the receiver prints its port");
         Receiver {
             child,
             port,
@@ -161,6 +126,8 @@ fn settings(max_attempts: u32) -> WebhookConfig {
         backoff_max_secs: 120,
         timeout_secs: 5,
         ca_file: test_cert().cert.display().to_string(),
+        // The receiver listens on localhost (`ssrf_guard_*` turns the guard back on).
+        allow_private_hosts: true,
         ..WebhookConfig::default()
     }
 }
@@ -834,17 +801,12 @@ async fn the_message_commits_with_its_alert_or_not_at_all() {
     assert_eq!(h.delivery_ids().len(), 1);
 }
 
-#[tokio::test]
-async fn a_key_rotation_is_a_message_and_the_endpoint_secret_survives_it() {
-    let h = Hooks::start(8).await;
-    let r = Receiver::start();
-    let (endpoint, secret) = h.register(&r.url()).await;
-    r.control(json!({ "secret": secret })).await;
-
-    let out = crate::support::cli::custodian(
+/// `custodian keys rotate` on the database at `url`, with the test keys.
+fn rotate_keys(url: &str) -> std::process::Output {
+    crate::support::cli::custodian(
         &["keys", "rotate"],
         &[
-            ("DATABASE_URL", h.app.db.url.as_str()),
+            ("DATABASE_URL", url),
             (
                 "CUSTODIAN_CRYPTO_KEK",
                 crate::support::test_keys().kek.as_str(),
@@ -854,7 +816,17 @@ async fn a_key_rotation_is_a_message_and_the_endpoint_secret_survives_it() {
                 crate::support::test_keys().blind_index_key.as_str(),
             ),
         ],
-    );
+    )
+}
+
+#[tokio::test]
+async fn a_key_rotation_is_a_message_and_the_endpoint_secret_survives_it() {
+    let h = Hooks::start(8).await;
+    let r = Receiver::start();
+    let (endpoint, secret) = h.register(&r.url()).await;
+    r.control(json!({ "secret": secret })).await;
+
+    let out = rotate_keys(&h.app.db.url);
     assert!(
         out.status.success(),
         "{}",
@@ -963,4 +935,162 @@ async fn the_administration_api_manages_endpoints_with_the_same_operations() {
     for a in ["create", "key-rotation", "update"] {
         assert!(actions.contains(&a), "{actions:?}");
     }
+}
+
+/// The SSRF guard at delivery time (`webhooks.allow_private_hosts` off): an endpoint on
+/// an internal address — a literal, or a name that resolves to one (as a rebound name
+/// would at delivery) — fails without a connection, and the receiver gets nothing.
+#[tokio::test]
+async fn ssrf_guard_refuses_internal_addresses_at_delivery_without_connecting() {
+    let mut h = Hooks::start(8).await;
+    let r = Receiver::start();
+    // Registered with the guard off (as if the name had been public then)…
+    let (_, secret) = h.register(&r.url()).await;
+    let literal = format!("https://127.0.0.1:{}/hook", r.port);
+    h.register(&literal).await;
+    r.control(json!({ "secret": secret })).await;
+    // …delivered with it on.
+    h.deliverer = Deliverer::new(
+        h.db.clone(),
+        h.keyring.clone(),
+        h.clock(),
+        WebhookConfig {
+            allow_private_hosts: false,
+            ..settings(8)
+        },
+        PUBLIC_URL,
+    )
+    .unwrap();
+    h.raise("spike-ssrf");
+    let pass = h.pass().await;
+    assert_eq!((pass.delivered, pass.failed), (0, 2));
+    let rows = h.deliveries();
+    assert!(
+        rows.iter()
+            .all(|d| d.2.as_deref() == Some("forbidden-address") && d.3.is_none()),
+        "{rows:?}"
+    );
+    assert!(
+        r.received().await.is_empty(),
+        "nothing reached the receiver"
+    );
+}
+
+/// The SSRF guard at registration, through the administration API: internal hosts are
+/// refused with a fixed 422 that names the field and does not echo the URL, and the
+/// refusal is audited as an error.
+#[tokio::test]
+async fn ssrf_guard_refuses_internal_hosts_when_an_endpoint_is_registered() {
+    let w = World::with(|b, _| {
+        b.set("webhooks.enabled", false)
+            .set("webhooks.allow_private_hosts", false)
+    })
+    .await;
+    w.user("admin-1", &[Role::Admin]);
+    let admin = w.token("admin-1", "admin");
+    for url in [
+        "https://127.0.0.1/hook",
+        "https://localhost:8443/hook",
+        "https://169.254.169.254/latest/meta-data/",
+        "https://10.1.2.3/hook",
+        "https://192.168.0.10/hook",
+        "https://[::1]/hook",
+        "https://[fd00::1]/hook",
+        "https://[fe80::1]/hook",
+        "https://0.0.0.0/hook",
+        "https://224.0.0.1/hook",
+    ] {
+        let res = w
+            .app
+            .client
+            .post(w.app.url("/api/admin/webhooks"))
+            .header("authorization", format!("Bearer {admin}"))
+            .header("content-type", "application/json")
+            .body(json!({ "url": url }).to_string())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(res.status(), 422, "{url}");
+        let text = res.text().await.unwrap();
+        assert!(
+            text.contains("'url'") && text.contains("public host"),
+            "{text}"
+        );
+        let host = url::Url::parse(url)
+            .unwrap()
+            .host_str()
+            .unwrap()
+            .to_string();
+        assert!(!text.contains(&host), "{text}");
+    }
+    let n: i64 = custodian::db::schema::webhook_endpoints::table
+        .count()
+        .get_result(&mut w.app.db.conn())
+        .unwrap();
+    assert_eq!(n, 0, "no endpoint registered");
+    let events = w.audit_events();
+    assert!(
+        events.iter().any(|e| e.0 == "create" && e.1 == "error"),
+        "{events:?}"
+    );
+}
+
+/// A rotation's `key.rotated` message is written in the rotation's transaction: a
+/// message that cannot be written rolls the rotation back, a rotation that fails at its
+/// commit leaves no message, and a rotation that commits has exactly one.
+#[tokio::test]
+async fn a_rotation_and_its_message_commit_together_or_not_at_all() {
+    let h = Hooks::start(8).await;
+    h.register("https://hooks.example.test/custodian").await;
+    let rotate = || rotate_keys(&h.app.db.url);
+    let sql = |q: &str| {
+        diesel::sql_query(q).execute(&mut h.app.db.conn()).unwrap();
+    };
+    let state = || -> (Option<i32>, i64) {
+        let mut c = h.app.db.conn();
+        let version = custodian::db::schema::data_keys::table
+            .select(diesel::dsl::max(custodian::db::schema::data_keys::version))
+            .first(&mut c)
+            .unwrap();
+        let messages = wm::table.count().get_result(&mut c).unwrap();
+        (version, messages)
+    };
+    sql(
+        "CREATE FUNCTION refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'refused by the test'; END $$",
+    );
+
+    // The outbox refuses the message: the rotation does not stand.
+    sql(
+        "CREATE TRIGGER no_messages BEFORE INSERT ON webhook_messages FOR EACH ROW EXECUTE FUNCTION refuse()",
+    );
+    let out = rotate();
+    assert!(
+        !out.status.success(),
+        "the rotation stood without its message"
+    );
+    assert_eq!(state(), (Some(1), 0));
+    sql("DROP TRIGGER no_messages ON webhook_messages");
+
+    // The rotation fails at its commit (after the message was written in it): no message.
+    sql(
+        "CREATE CONSTRAINT TRIGGER no_new_key AFTER INSERT ON data_keys DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION refuse()",
+    );
+    let out = rotate();
+    assert!(!out.status.success());
+    assert_eq!(state(), (Some(1), 0));
+    sql("DROP TRIGGER no_new_key ON data_keys");
+
+    // A rotation that commits has its one message.
+    let out = rotate();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(state(), (Some(2), 1));
+    let kind: String = wm::table
+        .select(wm::event_type)
+        .first(&mut h.app.db.conn())
+        .unwrap();
+    assert_eq!(kind, "key.rotated");
 }

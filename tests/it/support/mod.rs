@@ -19,6 +19,7 @@ pub mod authenticator;
 pub mod browser;
 pub mod cli;
 pub mod idp;
+pub mod node;
 pub mod oidc;
 pub mod phi;
 pub mod proxy;
@@ -313,6 +314,9 @@ impl TestAppBuilder {
         set("audit.checkpoint_signing_key", TEST_SIGNING_KEY.into());
         // Off unless a test turns it on: tests of other features count their alerts.
         set("detect.enabled", false.into());
+        // The tests' webhook receivers listen on localhost; the SSRF guard's own tests
+        // turn it back on.
+        set("webhooks.allow_private_hosts", true.into());
         config::merge(&mut table, self.table.clone());
         let c = config::from_table(table).unwrap();
         c.validate().unwrap();

@@ -10,11 +10,9 @@
 //! let res = app.client.get(callback.as_str()).send().await.unwrap();
 //! ```
 
-use super::{TestApp, TestAppBuilder, free_port};
-use std::io::{BufRead, BufReader};
+use super::{TestApp, TestAppBuilder, free_port, node};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command};
 use std::time::Duration;
 
 /// The console's client at the provider.
@@ -30,34 +28,7 @@ fn oidc_dir() -> PathBuf {
 
 /// Installs `tests/oidc/node_modules` once (per machine, under a lock).
 pub fn ensure_installed() {
-    static DONE: OnceLock<()> = OnceLock::new();
-    DONE.get_or_init(|| {
-        let dir = oidc_dir();
-        let lock_dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR"));
-        std::fs::create_dir_all(&lock_dir).unwrap();
-        let lock = std::fs::File::create(lock_dir.join("oidc-npm.lock")).unwrap();
-        lock.lock().unwrap();
-        // npm writes this file last, so its presence means a finished install.
-        if dir.join("node_modules/.package-lock.json").exists() {
-            return;
-        }
-        let npm = |offline: bool| {
-            let mut cmd = Command::new("npm");
-            cmd.args(["ci", "--prefix"])
-                .arg(&dir)
-                .args(["--no-audit", "--no-fund"]);
-            if offline {
-                cmd.arg("--offline");
-            }
-            cmd.status()
-                .unwrap_or_else(|e| panic!("cannot run npm (is Node.js installed?): {e}"))
-                .success()
-        };
-        assert!(
-            npm(true) || npm(false),
-            "npm ci --prefix tests/oidc failed (see output above)"
-        );
-    });
+    super::node::ensure_installed(&oidc_dir());
 }
 
 /// One registered client.
@@ -138,55 +109,27 @@ impl Provider {
             if let Some(smart) = &smart {
                 command.arg(smart.to_string());
             }
-            let mut child = command
-                .stdin(Stdio::null())
-                .stdout(Stdio::piped())
-                .stderr(Stdio::piped())
-                .spawn()
-                .unwrap_or_else(|e| panic!("cannot start node tests/oidc/provider.mjs: {e}"));
             // Pass on the provider's errors, not its fixed start-up warnings (dev adapter,
             // dev interactions, Node version).
-            let stderr = child.stderr.take().unwrap();
-            std::thread::spawn(move || {
-                for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                    if !line.starts_with("oidc-provider WARNING:") {
-                        eprintln!("[oidc provider] {line}");
-                    }
-                }
-            });
-            let stdout = child.stdout.take().unwrap();
-            let (tx, rx) = std::sync::mpsc::channel();
-            std::thread::spawn(move || {
-                let mut lines = BufReader::new(stdout).lines();
-                let mut sent = false;
-                // Keep draining so the provider never blocks on a full pipe.
-                while let Some(Ok(line)) = lines.next() {
-                    if !sent && line.starts_with("ready ") {
-                        let _ = tx.send(line["ready ".len()..].to_string());
-                        sent = true;
-                    }
-                }
-            });
-            match rx.recv_timeout(Duration::from_secs(30)) {
-                Ok(issuer) => {
-                    return Provider {
-                        child,
-                        port,
-                        issuer,
-                        http: reqwest::Client::builder()
-                            .redirect(reqwest::redirect::Policy::none())
-                            .build()
-                            .unwrap(),
-                    };
-                }
-                // It exited before listening (its stderr says why): try another port.
-                Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => {
-                    let _ = child.wait();
-                }
-                Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {
-                    let _ = child.kill();
-                    panic!("the test OpenID provider did not print its ready line within 30 s");
-                }
+            let errors: fn(&str) -> bool = |line| !line.starts_with("oidc-provider WARNING:");
+            let started = node::spawn_ready(
+                command,
+                "oidc provider",
+                "ready ",
+                Some(errors),
+                Duration::from_secs(30),
+            );
+            // Exited before listening (its stderr says why): try another port.
+            if let Ok((child, issuer)) = started {
+                return Provider {
+                    child,
+                    port,
+                    issuer,
+                    http: reqwest::Client::builder()
+                        .redirect(reqwest::redirect::Policy::none())
+                        .build()
+                        .unwrap(),
+                };
             }
         }
         panic!("the test OpenID provider exited before listening, three times (see its output)");
