@@ -350,12 +350,16 @@ format = "json"
         .enable_all()
         .build()
         .unwrap();
+    // A connection per request: the server closes idle ones while wrk runs.
     let client = reqwest::Client::builder()
         .danger_accept_invalid_certs(true)
+        .pool_max_idle_per_host(0)
         .build()
         .unwrap();
     wait_ready(&rt, &client, &base, &mut server);
     let pid = server.id();
+    // Stops the server however the bench ends (a panic included).
+    let _stop = Stop(pid);
 
     // --- 1. the export alone (its own rate), RSS sampled every second ----------------------
     let idle_rss = status_kib(pid, "VmRSS");
@@ -445,6 +449,18 @@ format = "json"
                 ))
                 .execute(&mut admin);
             }
+        }
+    }
+}
+
+/// SIGTERM to the server when dropped.
+struct Stop(u32);
+
+impl Drop for Stop {
+    fn drop(&mut self) {
+        #[allow(unsafe_code)]
+        unsafe {
+            libc::kill(self.0 as i32, libc::SIGTERM);
         }
     }
 }
