@@ -262,6 +262,15 @@ pub fn delete_expired(
     Ok(due)
 }
 
+/// The newest `max` jobs (the console's list of export jobs).
+pub fn recent(conn: &mut PgConnection, max: i64) -> Result<Vec<Job>, AppError> {
+    Ok(j::table
+        .order((j::created_at.desc(), j::id))
+        .limit(max)
+        .select(Job::as_select())
+        .load(conn)?)
+}
+
 /// Whether job `id` still exists (a directory without a job is left over: removed).
 pub fn exists(conn: &mut PgConnection, id: Uuid) -> Result<bool, AppError> {
     Ok(diesel::select(diesel::dsl::exists(j::table.find(id))).get_result(conn)?)
