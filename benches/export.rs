@@ -128,8 +128,14 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or_default()
         .lines()
         .find_map(|l| {
-            l.strip_prefix(field)
-                .and_then(|v| v.trim_start_matches(':').trim().trim_end_matches("kB").trim().parse().ok())
+            l.strip_prefix(field).and_then(|v| {
+                v.trim_start_matches(':')
+                    .trim()
+                    .trim_end_matches("kB")
+                    .trim()
+                    .parse()
+                    .ok()
+            })
         })
         .unwrap_or(0)
 }
@@ -202,9 +208,11 @@ fn main() {
 
     let (url, admin_url, cluster) = database(&root);
     let mut admin = PgConnection::establish(&admin_url).unwrap();
-    diesel::sql_query(format!("DROP DATABASE IF EXISTS \"{DB_NAME}\" WITH (FORCE)"))
-        .execute(&mut admin)
-        .unwrap();
+    diesel::sql_query(format!(
+        "DROP DATABASE IF EXISTS \"{DB_NAME}\" WITH (FORCE)"
+    ))
+    .execute(&mut admin)
+    .unwrap();
     diesel::sql_query(format!("CREATE DATABASE \"{DB_NAME}\""))
         .execute(&mut admin)
         .unwrap();
@@ -214,7 +222,8 @@ fn main() {
     let (cert_pem, key_pem) = custodian::tls::self_signed(&["localhost", "127.0.0.1"]).unwrap();
     std::fs::write(run.join("cert.pem"), cert_pem).unwrap();
     custodian::dev::write_private(&run.join("key.pem"), key_pem.as_bytes()).unwrap();
-    let text = std::fs::read_to_string(manifest.join("tests/fixtures/test-only-rsa-key.pem")).unwrap();
+    let text =
+        std::fs::read_to_string(manifest.join("tests/fixtures/test-only-rsa-key.pem")).unwrap();
     let signing_key =
         EncodingKey::from_rsa_pem(text[text.find("-----BEGIN").unwrap()..].as_bytes()).unwrap();
     let mut jwk = Jwk::from_encoding_key(&signing_key, Algorithm::RS256).unwrap();
@@ -285,7 +294,11 @@ format = "json"
     };
     // Clinician and billing: the one role set whose export covers all four types
     // (clinical types through the care team, claims through the facility).
-    let exporter = person(&mut conn, "bench-exporter", &[Role::Clinician, Role::Billing]);
+    let exporter = person(
+        &mut conn,
+        "bench-exporter",
+        &[Role::Clinician, Role::Billing],
+    );
     let reader = person(&mut conn, "bench-reader", &[Role::Clinician]);
     let seed_started = Instant::now();
     let ids = seed(&mut conn, &keyring, facility, exporter, &a);
@@ -332,8 +345,11 @@ format = "json"
     };
     let export_token = token("bench-exporter", EXPORT_SCOPES);
     let script_path = run.join("read.lua");
-    std::fs::write(&script_path, read_script(&token("bench-reader", READ_SCOPES), &read_ids))
-        .unwrap();
+    std::fs::write(
+        &script_path,
+        read_script(&token("bench-reader", READ_SCOPES), &read_ids),
+    )
+    .unwrap();
 
     // --- the server ------------------------------------------------------------------------
     let log = std::fs::File::create(run.join("server.log")).unwrap();
@@ -383,7 +399,10 @@ format = "json"
     // --- 2. reads alone, then the export again with reads alongside, then reads alone ------
     let _ = wrk(&a, &script_path, &base, 5);
     let before = wrk(&a, &script_path, &base, a.read_secs);
-    eprintln!("[export] read without export: {:.0} req/s; load {}", before.0, before.1);
+    eprintln!(
+        "[export] read without export: {:.0} req/s; load {}",
+        before.0, before.1
+    );
     let along = ctx.export(Some(&script_path), &a);
     eprintln!(
         "[export] with reads: {} resources in {:.1} s ({:.0}/s sustained); load {}",
@@ -393,10 +412,12 @@ format = "json"
         loadavg()
     );
     let after = wrk(&a, &script_path, &base, a.read_secs);
-    eprintln!("[export] read after export: {:.0} req/s; load {}", after.0, after.1);
+    eprintln!(
+        "[export] read after export: {:.0} req/s; load {}",
+        after.0, after.1
+    );
     let hwm = status_kib(pid, "VmHWM");
-    let during_rps =
-        along.reads.iter().map(|d| d.0).sum::<f64>() / along.reads.len().max(1) as f64;
+    let during_rps = along.reads.iter().map(|d| d.0).sum::<f64>() / along.reads.len().max(1) as f64;
     let baseline = (before.0 + after.0) / 2.0;
     let bytes: u64 = walk_bytes(&run.join("exports"));
     let result = json!({
@@ -494,7 +515,11 @@ impl Done {
         let quarter = |q: usize| {
             let n = rss.len();
             let (from, to) = (q * n / 4, ((q + 1) * n / 4).min(n));
-            rss[from.min(n)..to.max(from.min(n))].iter().copied().max().unwrap_or(0)
+            rss[from.min(n)..to.max(from.min(n))]
+                .iter()
+                .copied()
+                .max()
+                .unwrap_or(0)
         };
         json!({
             "resources": self.total,
@@ -528,8 +553,16 @@ impl Run<'_> {
                     .send(),
             )
             .unwrap();
-        assert_eq!(res.status().as_u16(), 202, "kick-off: {}", self.rt.block_on(res.text()).unwrap());
-        let status_url = res.headers()["content-location"].to_str().unwrap().to_string();
+        assert_eq!(
+            res.status().as_u16(),
+            202,
+            "kick-off: {}",
+            self.rt.block_on(res.text()).unwrap()
+        );
+        let status_url = res.headers()["content-location"]
+            .to_str()
+            .unwrap()
+            .to_string();
         let job = Uuid::parse_str(status_url.rsplit('/').next().unwrap()).unwrap();
         let running = Arc::new(AtomicBool::new(true));
         let sampler = {
@@ -540,7 +573,11 @@ impl Run<'_> {
                 let mut samples: Vec<(f64, u64, u64)> = Vec::new();
                 while running.load(Ordering::Relaxed) {
                     let written = written(&mut c, job);
-                    samples.push((started.elapsed().as_secs_f64(), status_kib(pid, "VmRSS"), written));
+                    samples.push((
+                        started.elapsed().as_secs_f64(),
+                        status_kib(pid, "VmRSS"),
+                        written,
+                    ));
                     std::thread::sleep(Duration::from_secs(1));
                 }
                 samples
@@ -569,7 +606,10 @@ impl Run<'_> {
                 200 => break self.rt.block_on(res.json::<Value>()).unwrap(),
                 other => panic!("status {other}: {}", self.rt.block_on(res.text()).unwrap()),
             }
-            assert!(started.elapsed() < Duration::from_secs(3600), "export not done in an hour");
+            assert!(
+                started.elapsed() < Duration::from_secs(3600),
+                "export not done in an hour"
+            );
         };
         let cpu = cpu_secs(self.pid) - cpu_before;
         running.store(false, Ordering::Relaxed);
@@ -581,7 +621,12 @@ impl Run<'_> {
             .as_array()
             .unwrap()
             .iter()
-            .map(|o| (o["type"].as_str().unwrap().to_string(), o["count"].as_u64().unwrap()))
+            .map(|o| {
+                (
+                    o["type"].as_str().unwrap().to_string(),
+                    o["count"].as_u64().unwrap(),
+                )
+            })
             .collect();
         let total: u64 = counts.iter().map(|c| c.1).sum();
         // Sustained: between 10 % and 90 % of the lines written (the ramp-up and the
@@ -749,7 +794,11 @@ fn written(conn: &mut PgConnection, id: Uuid) -> u64 {
         .select(j::progress)
         .first::<Value>(conn)
         .ok()
-        .and_then(|p| p["counts"].as_array().map(|c| c.iter().filter_map(Value::as_u64).sum()))
+        .and_then(|p| {
+            p["counts"]
+                .as_array()
+                .map(|c| c.iter().filter_map(Value::as_u64).sum())
+        })
         .unwrap_or(0)
 }
 
@@ -870,7 +919,11 @@ end
 fn print_summary(r: &Value) {
     let f = |v: &Value| match v {
         Value::Number(n) => n.as_f64().map_or(n.to_string(), |x| {
-            if x.fract() == 0.0 { format!("{x:.0}") } else { format!("{x:.1}") }
+            if x.fract() == 0.0 {
+                format!("{x:.0}")
+            } else {
+                format!("{x:.1}")
+            }
         }),
         Value::String(s) => s.clone(),
         other => other.to_string(),

@@ -112,7 +112,9 @@ fn parse(args: &ExportArgs) -> anyhow::Result<Asked> {
                 .map(|t| ResourceType::parse(t.trim()))
                 .collect::<Option<Vec<_>>>()
                 .filter(|t| !t.is_empty())
-                .context("--type: expected resource types separated by commas, e.g. Patient,Observation")
+                .context(
+                    "--type: expected resource types separated by commas, e.g. Patient,Observation",
+                )
         })
         .transpose()?;
     let since = args
@@ -156,8 +158,11 @@ fn parse(args: &ExportArgs) -> anyhow::Result<Asked> {
 pub async fn run(path: Option<&Path>, args: ExportArgs) -> anyhow::Result<()> {
     let config = Config::load(path)?;
     let asked = parse(&args)?;
-    let permitted = rules::decide_operator(asked.kind, asked.level)
-        .map_err(|_| anyhow::anyhow!("the export policy gives the command line no such export (docs/export.md#policy)"))?;
+    let permitted = rules::decide_operator(asked.kind, asked.level).map_err(|_| {
+        anyhow::anyhow!(
+            "the export policy gives the command line no such export (docs/export.md#policy)"
+        )
+    })?;
     if let Some(types) = &asked.types
         && let Some(t) = types
             .iter()
@@ -190,7 +195,12 @@ pub async fn run(path: Option<&Path>, args: ExportArgs) -> anyhow::Result<()> {
                 config.database.connect_timeout_secs,
             )?;
             let mut conn = connect(&config)?;
-            let user = users::user_for(&mut conn, OPERATOR_ISSUER, OPERATOR_SUBJECT, UserKind::Service)?;
+            let user = users::user_for(
+                &mut conn,
+                OPERATOR_ISSUER,
+                OPERATOR_SUBJECT,
+                UserKind::Service,
+            )?;
             let scopes = scopes(&mut conn, level, target)?;
             Ok((keyring, user.id, scopes))
         })
@@ -226,16 +236,16 @@ pub async fn run(path: Option<&Path>, args: ExportArgs) -> anyhow::Result<()> {
         let specs: Vec<PartSpec> = permitted
             .iter()
             .filter_map(|p| {
-                let wanted = asked
-                    .types
-                    .as_ref()
-                    .is_none_or(|t| t.contains(&p.resource));
+                let wanted = asked.types.as_ref().is_none_or(|t| t.contains(&p.resource));
                 let needed = wanted
                     || (asked.kind == Kind::Deidentified && p.resource == ResourceType::Patient);
                 needed.then(|| PartSpec::new(p.resource, p.view, scope, wanted))
             })
             .collect();
-        total += export_one(&ctx, &engine, &config, &asked, operator, specs, &dir, &label).await?;
+        total += export_one(
+            &ctx, &engine, &config, &asked, operator, specs, &dir, &label,
+        )
+        .await?;
     }
     let _ = std::fs::remove_dir(args.output.join(".staging"));
     println!(
@@ -273,13 +283,19 @@ fn scopes(
             if !users::patient_exists(conn, PatientId(p))? {
                 bail!("--patient: no patient has this id");
             }
-            vec![(format!("patient-{p}"), SearchScope::OnePatient(PatientId(p)))]
+            vec![(
+                format!("patient-{p}"),
+                SearchScope::OnePatient(PatientId(p)),
+            )]
         }
         (Level::Group, Some(f)) => {
             if !users::facility_exists(conn, FacilityId(f))? {
                 bail!("--group: no facility has this id");
             }
-            vec![(format!("facility-{f}"), SearchScope::Facility(FacilityId(f)))]
+            vec![(
+                format!("facility-{f}"),
+                SearchScope::Facility(FacilityId(f)),
+            )]
         }
         _ => {
             let all = users::list_facilities(conn)?;
@@ -287,7 +303,12 @@ fn scopes(
                 bail!("there is no facility, so there is nothing to export");
             }
             all.into_iter()
-                .map(|f| (format!("facility-{}", f.id.as_uuid()), SearchScope::Facility(f.id)))
+                .map(|f| {
+                    (
+                        format!("facility-{}", f.id.as_uuid()),
+                        SearchScope::Facility(f.id),
+                    )
+                })
                 .collect()
         }
     })
@@ -314,7 +335,9 @@ async fn export_one(
         status: "queued".into(),
         level: asked.level.as_str().into(),
         kind: asked.kind.as_str().into(),
-        group_id: (asked.level == Level::Group).then_some(asked.target).flatten(),
+        group_id: (asked.level == Level::Group)
+            .then_some(asked.target)
+            .flatten(),
         types: specs
             .iter()
             .filter(|s| s.write)
@@ -417,7 +440,9 @@ fn finish(
     dir: &Path,
     key_id: Option<String>,
 ) -> anyhow::Result<u64> {
-    let mut conn = db.dedicated().map_err(|_| anyhow::anyhow!("database.url: cannot connect"))?;
+    let mut conn = db
+        .dedicated()
+        .map_err(|_| anyhow::anyhow!("database.url: cannot connect"))?;
     let job = export_jobs::get(&mut conn, id)
         .map_err(|_| anyhow::anyhow!("cannot read the export job"))?
         .context("the export job is gone (cancelled or expired)")?;

@@ -22,7 +22,12 @@ async fn world(export_key: &str) -> World {
 
 /// Runs `custodian export <args>` with the test app's database and keys:
 /// (success, stdout, stderr).
-fn export_cli(w: &World, export_key: &str, audit_dir: &Path, args: &[&str]) -> (bool, String, String) {
+fn export_cli(
+    w: &World,
+    export_key: &str,
+    audit_dir: &Path,
+    args: &[&str],
+) -> (bool, String, String) {
     let mut all = vec!["export"];
     all.extend_from_slice(args);
     let dir = audit_dir.display().to_string();
@@ -76,7 +81,8 @@ fn export_events(w: &World) -> Vec<Event> {
 }
 
 #[tokio::test]
-async fn the_cli_exports_de_identified_by_default_audited_as_the_operator_with_no_identifier_left() {
+async fn the_cli_exports_de_identified_by_default_audited_as_the_operator_with_no_identifier_left()
+{
     let key = random_key();
     let w = world(&key).await;
     w.user("dr-cli", &[Role::Clinician, Role::Billing]);
@@ -98,7 +104,10 @@ async fn the_cli_exports_de_identified_by_default_audited_as_the_operator_with_n
         ],
     );
     assert!(ok, "{stdout}{stderr}");
-    assert!(stdout.contains("exported 10 resources (de-identified)"), "{stdout}");
+    assert!(
+        stdout.contains("exported 10 resources (de-identified)"),
+        "{stdout}"
+    );
     // Not a terminal: plain progress lines, done / total.
     assert!(stderr.contains("10/10 resources"), "{stderr}");
 
@@ -108,13 +117,20 @@ async fn the_cli_exports_de_identified_by_default_audited_as_the_operator_with_n
         .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
         .collect();
     names.sort();
-    assert_eq!(names, ["Observation.ndjson", "Patient.ndjson", "manifest.json"]);
+    assert_eq!(
+        names,
+        ["Observation.ndjson", "Patient.ndjson", "manifest.json"]
+    );
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["kind"], "de-identified");
     assert_eq!(manifest["level"], "group");
     assert_eq!(manifest["k-anonymity"]["patients"], 5, "{manifest}");
-    assert!(manifest["exportKey"].as_str().is_some_and(|k| k.len() == 16));
+    assert!(
+        manifest["exportKey"]
+            .as_str()
+            .is_some_and(|k| k.len() == 16)
+    );
     for (kind, count) in [("Patient", 5), ("Observation", 5)] {
         let got = lines(&out.join(format!("{kind}.ndjson")));
         assert_eq!(got.len(), count, "{kind}");
@@ -127,7 +143,13 @@ async fn the_cli_exports_de_identified_by_default_audited_as_the_operator_with_n
     // No planted identifier anywhere under the output directory (nor staging left over).
     for e in walk(&out) {
         let text = std::fs::read_to_string(&e).unwrap();
-        for canary in [CANARY_FAMILY, CANARY_MRN, CANARY_NOTE, "617-555-0199", "1970-03-04"] {
+        for canary in [
+            CANARY_FAMILY,
+            CANARY_MRN,
+            CANARY_NOTE,
+            "617-555-0199",
+            "1970-03-04",
+        ] {
             assert!(!text.contains(canary), "{canary} in {}", e.display());
         }
     }
@@ -185,9 +207,16 @@ async fn the_cli_exports_identified_only_when_asked_and_refuses_bad_flags_by_nam
     assert!(ok, "{stdout}{stderr}");
     let got = lines(&out.join("Patient.ndjson"));
     assert_eq!(got.len(), 1);
-    assert_eq!(got[0]["id"], patient.as_str(), "identified: the record as it is");
+    assert_eq!(
+        got[0]["id"],
+        patient.as_str(),
+        "identified: the record as it is"
+    );
     assert!(got[0].to_string().contains(CANARY_FAMILY));
-    assert!(!out.join("Observation.ndjson").exists(), "--type Patient only");
+    assert!(
+        !out.join("Observation.ndjson").exists(),
+        "--type Patient only"
+    );
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(out.join("manifest.json")).unwrap()).unwrap();
     assert_eq!(manifest["kind"], "identified");
@@ -198,13 +227,24 @@ async fn the_cli_exports_identified_only_when_asked_and_refuses_bad_flags_by_nam
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["--type".into(), "Claim".into()], "--type"),
         (vec!["--type".into(), "Secretthing".into()], "--type"),
-        (vec!["--since".into(), "Canarywhistle-day".into()], "--since"),
+        (
+            vec!["--since".into(), "Canarywhistle-day".into()],
+            "--since",
+        ),
         (vec!["--level".into(), "group".into()], "--group"),
         (vec!["--level".into(), "everything".into()], "--level"),
         (vec!["--k".into(), "0".into()], "--k"),
-        (vec!["--identified".into(), "--suppress".into()], "--suppress"),
         (
-            vec!["--level".into(), "patient".into(), "--patient".into(), Uuid::new_v4().to_string()],
+            vec!["--identified".into(), "--suppress".into()],
+            "--suppress",
+        ),
+        (
+            vec![
+                "--level".into(),
+                "patient".into(),
+                "--patient".into(),
+                Uuid::new_v4().to_string(),
+            ],
             "--patient",
         ),
     ];
@@ -215,7 +255,10 @@ async fn the_cli_exports_identified_only_when_asked_and_refuses_bad_flags_by_nam
         let (ok, stdout, stderr) = export_cli(&w, &key, tmp.path(), &all);
         assert!(!ok, "{all:?}: {stdout}");
         assert!(stderr.contains(flag), "{all:?} must name {flag}: {stderr}");
-        assert!(!stderr.contains("Canarywhistle") && !stderr.contains("Secretthing"), "{stderr}");
+        assert!(
+            !stderr.contains("Canarywhistle") && !stderr.contains("Secretthing"),
+            "{stderr}"
+        );
     }
     // An output directory that is not empty is refused (nothing is overwritten).
     let (ok, _, stderr) = export_cli(&w, &key, tmp.path(), &["--output", out.to_str().unwrap()]);

@@ -2348,7 +2348,9 @@ async fn admins_see_export_jobs_with_their_progress_and_nobody_else_does() {
         created_at: now,
         expires_at: now + chrono::Duration::hours(1),
     };
-    export_jobs::insert(&mut c.app.db.conn(), &new).unwrap().unwrap();
+    export_jobs::insert(&mut c.app.db.conn(), &new)
+        .unwrap()
+        .unwrap();
 
     // The admin sees the job, its progress (resources written, the part it is on) and
     // who asked by internal id; the list is audited.
