@@ -225,7 +225,7 @@ fn main() {
     let text =
         std::fs::read_to_string(manifest.join("tests/fixtures/test-only-rsa-key.pem")).unwrap();
     let signing_key =
-        EncodingKey::from_rsa_pem(text[text.find("-----BEGIN").unwrap()..].as_bytes()).unwrap();
+        EncodingKey::from_rsa_pem(&text.as_bytes()[text.find("-----BEGIN").unwrap()..]).unwrap();
     let mut jwk = Jwk::from_encoding_key(&signing_key, Algorithm::RS256).unwrap();
     jwk.common.key_id = Some("bench-1".into());
     let issuer = format!(
@@ -779,7 +779,7 @@ fn seed(
         })
         .unwrap();
         ids.extend(chunk_ids);
-        if end % 20_000 == 0 {
+        if end.is_multiple_of(20_000) {
             eprintln!("[export] seeded {end} patients");
         }
     }
