@@ -445,6 +445,12 @@ pub fn configure(r: &mut Routes) {
         console::pages::webhooks::webhooks_page,
     );
     r.add(
+        Method::GET,
+        "/console/exports",
+        pages,
+        console::pages::export_jobs::export_jobs_page,
+    );
+    r.add(
         Method::POST,
         "/console/webhooks",
         pages,

@@ -4,6 +4,7 @@
 pub mod admin;
 pub mod audit;
 pub mod dev;
+pub mod export;
 pub mod keys;
 
 use crate::app::{Application, Options};
@@ -74,6 +75,9 @@ pub enum Command {
     /// disable emergency accounts.
     #[command(subcommand)]
     Admin(admin::AdminCommand),
+    /// Bulk export for operators: the `$export` job engine, rules, policy and audit,
+    /// written to a directory (de-identified unless --identified).
+    Export(export::ExportArgs),
     /// The audit trail: verify, export, print the checkpoint public key.
     Audit {
         #[command(subcommand)]
@@ -149,6 +153,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let path = operator();
             actix_web::web::block(move || admin::run(path.as_deref(), cmd)).await?
         }
+        Command::Export(args) => export::run(operator().as_deref(), args).await,
         Command::Audit { command } => {
             let path = operator();
             actix_web::web::block(move || audit::run(path.as_deref(), command)).await?

@@ -85,7 +85,9 @@ pub fn get(conn: &mut PgConnection, id: Uuid) -> Result<Option<Job>, AppError> {
 }
 
 /// Takes the oldest queued or running job whose lease has lapsed (its runner stopped)
-/// for `owner` until `until`, counting a take-over of a started job as a resume.
+/// for `owner` until `until`, counting a take-over of a started job as a resume. Jobs
+/// of `custodian export` are never taken: their files are in the command's output
+/// directory, which no server can reach.
 pub fn claim(
     conn: &mut PgConnection,
     owner: Uuid,
@@ -95,6 +97,7 @@ pub fn claim(
     conn.transaction(|c| {
         let id: Option<(Uuid, Option<Uuid>)> = j::table
             .filter(j::status.eq_any(["queued", "running"]))
+            .filter(j::auth_method.ne(CLI))
             .filter(j::lease_until.is_null().or(j::lease_until.lt(now)))
             .order(j::created_at)
             .select((j::id, j::lease_owner))
@@ -117,6 +120,49 @@ pub fn claim(
             .get_result(c)?;
         Ok(Some(job))
     })
+}
+
+/// The `auth_method` of the jobs `custodian export` starts and works itself.
+pub const CLI: &str = "cli";
+
+/// Inserts a job that `owner` (a `custodian export` run) works at once, leased until
+/// `until`, in the caller's transaction; `None` when the requester already has one
+/// queued or running.
+pub fn insert_taken(
+    conn: &mut PgConnection,
+    job: &NewJob,
+    owner: Uuid,
+    until: DateTime<Utc>,
+) -> Result<Option<Job>, AppError> {
+    if insert(conn, job)?.is_none() {
+        return Ok(None);
+    }
+    let job = diesel::update(j::table.find(job.id))
+        .set((
+            j::status.eq("running"),
+            j::lease_owner.eq(owner),
+            j::lease_until.eq(until),
+        ))
+        .returning(Job::as_returning())
+        .get_result(conn)?;
+    Ok(Some(job))
+}
+
+/// Deletes `requester`'s queued or running jobs whose lease has lapsed (a
+/// `custodian export` that was stopped: nobody else works them) and returns their ids.
+pub fn delete_lapsed_of(
+    conn: &mut PgConnection,
+    requester: UserId,
+    now: DateTime<Utc>,
+) -> Result<Vec<Uuid>, AppError> {
+    Ok(diesel::delete(
+        j::table
+            .filter(j::requester_id.eq(requester.as_uuid()))
+            .filter(j::status.eq_any(["queued", "running"]))
+            .filter(j::lease_until.lt(now)),
+    )
+    .returning(j::id)
+    .get_results(conn)?)
 }
 
 /// Records a batch's progress and extends the lease, if the job is still this runner's
@@ -214,6 +260,15 @@ pub fn delete_expired(
         diesel::delete(j::table.filter(j::id.eq_any(&due))).execute(conn)?;
     }
     Ok(due)
+}
+
+/// The newest `max` jobs (the console's list of export jobs).
+pub fn recent(conn: &mut PgConnection, max: i64) -> Result<Vec<Job>, AppError> {
+    Ok(j::table
+        .order((j::created_at.desc(), j::id))
+        .limit(max)
+        .select(Job::as_select())
+        .load(conn)?)
 }
 
 /// Whether job `id` still exists (a directory without a job is left over: removed).

@@ -117,13 +117,15 @@ pub fn spawn(state: Weak<AppState>, engine: Arc<Engine>) {
                 }
             };
             let id = job.id;
+            let alive: Arc<dyn std::any::Any + Send + Sync> = state.clone();
             let ctx = Ctx {
                 db: state.db.clone(),
                 keyring: state.keyring.clone(),
                 audit: state.audit.clone(),
                 clock: state.clock.clone(),
-                alive: Arc::downgrade(&state),
+                alive: Arc::downgrade(&alive),
             };
+            drop(alive);
             // The job holds the services it uses, not the state: when the instance shuts
             // down (the state goes), the job stops after its current batch and another
             // instance (or this one, restarted) resumes it once the lease lapses.
@@ -146,8 +148,9 @@ pub struct Ctx {
     pub keyring: Arc<crate::crypto::Keyring>,
     pub audit: crate::audit::AuditWriter,
     pub clock: crate::domain::SharedClock,
-    /// The instance is still serving while this upgrades.
-    pub alive: Weak<AppState>,
+    /// The process is still serving (or `custodian export` still running) while this
+    /// upgrades: a weak handle on what it keeps alive while it does.
+    pub alive: Weak<dyn std::any::Any + Send + Sync>,
 }
 
 /// Deletes jobs past their expiry on the application clock, and their files.
@@ -170,8 +173,12 @@ pub async fn sweep(state: &AppState, engine: &Engine) -> Result<usize, AppError>
     Ok(n)
 }
 
-/// The actor a job's events name: the requester as it was at kick-off.
+/// The actor a job's events name: the requester as it was at kick-off, or the operator
+/// (`custodian export`), recorded like every other command-line action.
 fn actor_of(job: &Job) -> Actor {
+    if AuthMethod::from_code(&job.auth_method) == Some(AuthMethod::Cli) {
+        return Actor::cli();
+    }
     let roles = job
         .actor_roles
         .iter()

@@ -137,6 +137,29 @@ fn batch_of<R: FhirResource>(
         .collect())
 }
 
+/// How many records `part` covers (what a progress bar counts towards: `_since` may
+/// leave some out).
+pub fn count(conn: &mut PgConnection, kr: &Keyring, part: &PartSpec) -> Result<i64, AppError> {
+    use crate::fhir::{claim, document_reference, observation, patient};
+    let scope = part.search_scope()?;
+    match part.resource()? {
+        ResourceType::Patient => count_of::<patient::Patients>(conn, kr, scope),
+        ResourceType::Observation => count_of::<observation::Observations>(conn, kr, scope),
+        ResourceType::DocumentReference => {
+            count_of::<document_reference::DocumentReferences>(conn, kr, scope)
+        }
+        ResourceType::Claim => count_of::<claim::Claims>(conn, kr, scope),
+    }
+}
+
+fn count_of<R: FhirResource>(
+    conn: &mut PgConnection,
+    kr: &Keyring,
+    scope: SearchScope,
+) -> Result<i64, AppError> {
+    R::count(conn, kr, &R::criteria(&[])?, scope)
+}
+
 /// Whether a resource was updated at or after `since` (`meta.lastUpdated`; a resource
 /// without one is kept).
 pub fn updated_since(json: &Value, since: Option<chrono::DateTime<chrono::Utc>>) -> bool {

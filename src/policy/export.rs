@@ -103,6 +103,17 @@ pub fn decide(roles: &[Role], kind: Kind, level: Level) -> Result<Vec<Part>, Den
     }
 }
 
+/// The operator at the server's command line (`custodian export`, docs/export.md#the-command-line)
+/// exports what a backend service may: its grants, views and levels. The operator holds
+/// the server's configuration and keys, so a wider grant would add nothing it could not
+/// take; narrower is the minimum necessary.
+pub const OPERATOR: Role = Role::Service;
+
+/// What `custodian export` may export of `kind` at `level` ([`OPERATOR`]'s grant).
+pub fn decide_operator(kind: Kind, level: Level) -> Result<Vec<Part>, DenyReason> {
+    decide(&[OPERATOR], kind, level)
+}
+
 /// The Bulk Data operations, each a route of its own ([`crate::policy::Action::Export`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Operation {

@@ -12,6 +12,7 @@ pub mod break_glass;
 pub mod cases;
 pub mod charts;
 pub mod export;
+pub mod export_jobs;
 pub mod overview;
 pub mod reidentify;
 pub mod review;

@@ -24,9 +24,9 @@ use uuid::Uuid;
 
 /// Planted in every seeded patient: none of it may appear in a de-identified export, its
 /// directory or the database in clear.
-const CANARY_FAMILY: &str = "Canarywhistle";
-const CANARY_MRN: &str = "MRN-CANARY-4417";
-const CANARY_NOTE: &str = "Canary note: call 617-555-0199 about Canarywhistle";
+pub(crate) const CANARY_FAMILY: &str = "Canarywhistle";
+pub(crate) const CANARY_MRN: &str = "MRN-CANARY-4417";
+pub(crate) const CANARY_NOTE: &str = "Canary note: call 617-555-0199 about Canarywhistle";
 
 const SCOPES: &str = "user/Patient.rs user/Observation.rs user/DocumentReference.rs user/Claim.rs user/Patient.c user/Observation.c user/DocumentReference.c user/Claim.c";
 
@@ -103,7 +103,7 @@ async fn manifest(w: &World, status_url: &str, token: &str) -> Value {
 
 /// Seeds `n` patients (with the canaries) with an observation, a note and a claim each,
 /// created by `sub` (clinician and billing: on the care team, in the facility).
-async fn seed(w: &World, sub: &str, n: usize, claims: bool) -> Vec<Uuid> {
+pub(crate) async fn seed(w: &World, sub: &str, n: usize, claims: bool) -> Vec<Uuid> {
     let t = token(w, sub, false);
     let mut ids = Vec::new();
     for i in 0..n {

@@ -8,6 +8,7 @@ mod audit_event;
 mod auth;
 mod break_glass;
 mod export;
+mod export_cli;
 pub(crate) mod interop;
 mod name_search;
 mod patient;

@@ -207,6 +207,7 @@ const EXPECTED: &[(&str, &str, Expect)] = &[
     ),
     ("POST", "/api/admin/webhooks/{id}/{action}", Expect::Admin),
     ("GET", "/console/webhooks", Expect::ConsolePage),
+    ("GET", "/console/exports", Expect::ConsolePage),
     ("POST", "/console/webhooks", Expect::ConsoleAction),
     (
         "POST",

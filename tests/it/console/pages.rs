@@ -2320,6 +2320,67 @@ fn shown_secret(html: &str) -> String {
 }
 
 #[tokio::test]
+async fn admins_see_export_jobs_with_their_progress_and_nobody_else_does() {
+    use custodian::db::export_jobs::{self, NewJob};
+    let c = Console::start().await;
+    let (_, a) = admin(&c, "root");
+    let requester = c.user("dr-export", &[Role::Clinician], Some("Dr Export"));
+    let now = chrono::Utc::now();
+    let job = Uuid::new_v4();
+    let new = NewJob {
+        id: job,
+        requester_id: requester,
+        status: "running".into(),
+        level: "patient".into(),
+        kind: "de-identified".into(),
+        group_id: None,
+        types: vec!["Patient".into(), "Observation".into()],
+        since: None,
+        k: 5,
+        suppress: false,
+        parts: serde_json::json!([{}, {}]),
+        progress: serde_json::json!({ "part": 1, "after": null, "counts": [1234, 567], "bytes": [0, 0] }),
+        actor_client_id: None,
+        actor_roles: vec!["clinician".into()],
+        auth_method: "bearer".into(),
+        client_app: None,
+        transaction_time: now,
+        created_at: now,
+        expires_at: now + chrono::Duration::hours(1),
+    };
+    export_jobs::insert(&mut c.app.db.conn(), &new)
+        .unwrap()
+        .unwrap();
+
+    // The admin sees the job, its progress (resources written, the part it is on) and
+    // who asked by internal id; the list is audited.
+    let page = c.get(&a, "/console/exports").await;
+    assert_eq!(page.status(), StatusCode::OK);
+    let page = page.text().await.unwrap();
+    assert!(page.contains(&job.to_string()), "{page}");
+    assert!(page.contains(&requester.to_string()), "{page}");
+    assert!(page.contains("<td>1801</td>"), "{page}");
+    assert!(page.contains("<td>2 of 2</td>"), "{page}");
+    assert!(page.contains("running") && page.contains("Patient, Observation"));
+    assert!(!page.contains("Dr Export"), "ids, not names");
+    assert!(
+        c.events()
+            .iter()
+            .any(|e| e.0 == "search" && e.1 == "permit"),
+        "the list is audited"
+    );
+    // A privacy officer (not an administrator) is refused, and so is a stranger.
+    let po = c.user("privacy", &[Role::PrivacyOfficer], None);
+    c.enrol(po);
+    let p = c.sign_in(po);
+    let res = c.get(&p, "/console/exports").await;
+    assert_eq!(res.status(), StatusCode::FORBIDDEN);
+    assert!(!res.text().await.unwrap().contains(&job.to_string()));
+    let anon = c.app.get("/console/exports").await;
+    assert_eq!(location(&anon), "/console/signin");
+}
+
+#[tokio::test]
 async fn webhook_endpoints_are_managed_with_step_up_and_the_secret_is_shown_once() {
     use custodian::db::schema::{webhook_deliveries as wd, webhook_endpoints as we};
     let c = Console::start().await;
