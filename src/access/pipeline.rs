@@ -20,7 +20,9 @@
 //! 6. **respond** — the handler shapes the permitted view.
 //!
 //! A read therefore costs one blocking hop (user, roles, account checks, facts, decision,
-//! the view's columns) and one group-committed audit write.
+//! the view's columns) and one group-committed audit write. A Patient read runs two
+//! statements in it: the principal with the patient's facts
+//! ([`users::find_with_facts`]), then the view's row.
 
 use super::RouteAction;
 use super::guard::AuditSlot;
