@@ -82,6 +82,15 @@ fn args() -> Args {
     a
 }
 
+/// The `custodian` binary to serve and verify with: this build's, or another build's
+/// (`CUSTODIAN_BENCH_SERVER_BIN`, e.g. an older commit's release binary in its own worktree,
+/// so before and after run against the same seed, load and ceiling in one sitting).
+fn server_binary() -> PathBuf {
+    std::env::var_os("CUSTODIAN_BENCH_SERVER_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_BIN_EXE_custodian")))
+}
+
 fn key_b64() -> String {
     base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
 }
@@ -445,11 +454,13 @@ format = "json"
     for i in 0..a.instances {
         let log = std::fs::File::create(run.join(format!("server-{i}.log"))).unwrap();
         let listen = if i == 0 { port } else { free_port() };
-        let mut server = Command::new(env!("CARGO_BIN_EXE_custodian"))
+        let mut server = Command::new(server_binary())
             .arg("serve")
             .env("CUSTODIAN_CONFIG", &config_path)
             .env("CUSTODIAN_SERVER_LISTEN", format!("127.0.0.1:{listen}"))
             .env_remove("DATABASE_URL")
+            // Not a setting: the configuration refuses unknown CUSTODIAN_* variables.
+            .env_remove("CUSTODIAN_BENCH_SERVER_BIN")
             .stdout(log.try_clone().unwrap())
             .stderr(log)
             .spawn()
@@ -488,6 +499,16 @@ format = "json"
         "SELECT coalesce(max(seq), 0)::bigint AS v FROM audit_events",
     );
     let cpu = |pids: &[u32]| pids.iter().map(|p| cpu_secs(*p)).sum::<f64>();
+    // Statements per request: each statement a request runs outside a transaction is
+    // one implicit transaction; the audit writer adds one per batch.
+    let xacts = |conn: &mut PgConnection| {
+        scalar_i64(
+            conn,
+            "SELECT (xact_commit + xact_rollback)::bigint AS v FROM pg_stat_database \
+             WHERE datname = current_database()",
+        )
+    };
+    let xact0 = xacts(&mut conn);
     let (cpu_s0, cpu_pg0) = (cpu(&pids), pg_cpu_secs(db.postmaster));
     let load_before = loadavg();
     eprintln!(
@@ -504,10 +525,16 @@ format = "json"
     // Stop the servers (SIGTERM drains), then verify the chain.
     stop(&mut servers);
     let events = audit_counts(&mut conn, seq0);
-    let verify = Command::new(env!("CARGO_BIN_EXE_custodian"))
+    // The stopped servers' backends flushed their statistics when they exited.
+    std::thread::sleep(Duration::from_millis(500));
+    let mut fresh = PgConnection::establish(&db.url).unwrap();
+    let xact1 = xacts(&mut fresh);
+    drop(fresh);
+    let verify = Command::new(server_binary())
         .args(["audit", "verify"])
         .env("CUSTODIAN_CONFIG", &config_path)
         .env_remove("DATABASE_URL")
+        .env_remove("CUSTODIAN_BENCH_SERVER_BIN")
         .stderr(Stdio::null())
         .output()
         .unwrap();
@@ -555,6 +582,7 @@ format = "json"
         "non_2xx": non2xx,
         "socket_errors": socket_errors,
         "server_peak_rss_mib": rss_kib as f64 / 1024.0,
+        "db_transactions_per_request": (xact1 - xact0) as f64 / (requests.max(1) as f64),
         "server_cpu_s": cpu_s1 - cpu_s0,
         "postgres_cpu_s": cpu_pg1 - cpu_pg0,
         "postgres_cpu_scope": if db.postmaster.is_some() { "own cluster" } else { "all postgres processes on the machine" },
@@ -928,7 +956,8 @@ fn audit_counts(conn: &mut PgConnection, after: i64) -> Events {
 /// Which SQL the ceiling runs per request.
 #[derive(Clone, Copy, Debug)]
 enum CeilingSql {
-    /// What a request runs today: user ⋈ roles, the patient's facts, the view's row.
+    /// What a read runs today: user ⋈ roles with the patient's facts (care team,
+    /// confidentiality, break-glass grant) in one statement, then the view's row.
     Today,
     /// The least a read can run: one statement for the principal, the care-team check
     /// and the view's row together.
@@ -971,11 +1000,6 @@ fn pgbench_ceiling(
     } else {
         "bench-clinician"
     };
-    let user_id: Uuid = custodian::db::schema::users::table
-        .filter(custodian::db::schema::users::subject.eq(sub))
-        .select(custodian::db::schema::users::id)
-        .first(conn)
-        .unwrap();
     let row_select = if a.scenario == "denied" {
         ""
     } else {
@@ -983,8 +1007,7 @@ fn pgbench_ceiling(
     };
     let per_request = match sql {
         CeilingSql::Today => format!(
-            r#"SELECT u.id, u.disabled_at, u.facility_id, u.patient_id, r.role FROM users u LEFT JOIN role_assignments r ON r.user_id = u.id WHERE u.issuer = '{issuer}' AND u.subject = '{sub}';
-SELECT p.facility_id, EXISTS (SELECT 1 FROM care_team_members c WHERE c.patient_id = p.id AND c.user_id = '{user_id}') AS member, p.id AS pid FROM patients p WHERE p.id = (SELECT id FROM bench_ids WHERE n = :n) AND p.deleted_at IS NULL LIMIT 1 \gset
+            r#"SELECT u.id, u.kind, u.disabled_at IS NOT NULL AS disabled, u.facility_id, u.patient_id, r.role, u.family_index, u.family_index_source, p.facility_id AS pfac, (p.id IS NOT NULL AND EXISTS (SELECT 1 FROM care_team_members c WHERE c.patient_id = p.id AND c.user_id = u.id)) AS member, p.confidentiality, (SELECT g.id FROM break_glass_grants g WHERE g.user_id = u.id AND g.patient_id = p.id AND g.status = 'active' AND g.expires_at > now() ORDER BY g.expires_at DESC LIMIT 1) AS grant_id, p.id AS pid FROM users u LEFT JOIN role_assignments r ON r.user_id = u.id LEFT JOIN patients p ON p.id = (SELECT id FROM bench_ids WHERE n = :n) AND p.deleted_at IS NULL WHERE u.issuer = '{issuer}' AND u.subject = '{sub}' LIMIT 1 \gset
 {row_select}"#
         ),
         CeilingSql::Minimal => format!(
@@ -1055,15 +1078,21 @@ fn record_row(manifest: &Path, label: &str, r: &Value) {
         Some(n) if n > 1 => format!("{} ×{n} instances", r["scenario"].as_str().unwrap_or("?")),
         _ => r["scenario"].as_str().unwrap_or("?").to_string(),
     };
+    // The commit of the binary that served: another worktree's when it came from there.
+    let served = server_binary();
+    let tree = served
+        .parent()
+        .filter(|_| std::env::var_os("CUSTODIAN_BENCH_SERVER_BIN").is_some())
+        .unwrap_or(manifest);
     let commit = Command::new("git")
         .args(["rev-parse", "--short", "HEAD"])
-        .current_dir(manifest)
+        .current_dir(tree)
         .output()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
     let dirty = Command::new("git")
         .args(["status", "--porcelain", "--untracked-files=no"])
-        .current_dir(manifest)
+        .current_dir(tree)
         .output()
         .is_ok_and(|o| !o.stdout.is_empty());
     let commit = if dirty { format!("{commit}+") } else { commit };
@@ -1177,6 +1206,10 @@ fn print_table(r: &Value) {
         ("server peak RSS MiB", f(&r["server_peak_rss_mib"])),
         ("server CPU s", f(&r["server_cpu_s"])),
         ("postgres CPU s", f(&r["postgres_cpu_s"])),
+        (
+            "database transactions per request",
+            f(&r["db_transactions_per_request"]),
+        ),
         (
             "audit events (matching/expected)",
             format!(

@@ -20,7 +20,9 @@
 //! 6. **respond** — the handler shapes the permitted view.
 //!
 //! A read therefore costs one blocking hop (user, roles, account checks, facts, decision,
-//! the view's columns) and one group-committed audit write.
+//! the view's columns) and one group-committed audit write. A Patient read runs two
+//! statements in it: the principal with the patient's facts
+//! ([`users::find_with_facts`]), then the view's row.
 
 use super::RouteAction;
 use super::guard::AuditSlot;
@@ -434,27 +436,18 @@ impl Pipeline {
         }
     }
 
-    /// The permit event(s) of this route's search that returned `patients` under
-    /// `scope`: when the scope includes the caller's break-glass grants, each patient the
-    /// caller holds an active grant for is recorded in an event of its own under that
-    /// grant (its id, purpose BTG); the others in the search's event.
+    /// The permit event(s) of this route's search that returned `patients`: each patient
+    /// the caller holds an active grant for (`held`, from [`Pipeline::held_in_scope`] when
+    /// the scope includes the caller's break-glass grants) is recorded in an event of its
+    /// own under that grant (its id, purpose BTG); the others in the search's event.
     pub async fn permit_search(
         &self,
-        scope: SearchScope,
+        held: Vec<(GrantId, PatientId)>,
         patients: Vec<PatientId>,
     ) -> Result<(), AppError> {
-        let SearchScope::CareTeamAndGrants(user, at) = scope else {
-            return self.permit(None, patients).await;
-        };
-        if patients.is_empty() {
+        if held.is_empty() {
             return self.permit(None, patients).await;
         }
-        let among = patients.clone();
-        let held = self
-            .state
-            .db
-            .run(move |c| crate::db::break_glass::held_among(c, user, &among, at))
-            .await?;
         let rest: Vec<PatientId> = patients
             .into_iter()
             .filter(|p| !held.iter().any(|(_, h)| h == p))
@@ -470,6 +463,22 @@ impl Pipeline {
             self.recorder.record(event).await?;
         }
         Ok(())
+    }
+
+    /// Of the `patients` a search under `scope` returned, those the caller holds an
+    /// active break-glass grant for, with the grant ([`Pipeline::permit_search`] records
+    /// them under it). Runs on the search's connection, in its blocking hop.
+    pub fn held_in_scope(
+        conn: &mut diesel::PgConnection,
+        scope: SearchScope,
+        patients: &[PatientId],
+    ) -> Result<Vec<(GrantId, PatientId)>, AppError> {
+        match scope {
+            SearchScope::CareTeamAndGrants(user, at) if !patients.is_empty() => {
+                crate::db::break_glass::held_among(conn, user, patients, at)
+            }
+            _ => Ok(Vec::new()),
+        }
     }
 
     /// The permit event of this route for record `id` (if one) and `patients`.
@@ -628,6 +637,30 @@ impl Credentials {
         F: FnOnce(&mut diesel::PgConnection, &Pipeline) -> Result<T, AppError> + Send + 'static,
         T: Send + 'static,
     {
+        self.resolve_prefetching(None, move |c, p, _| then(c, p))
+            .await
+    }
+
+    /// [`Credentials::resolve_with`], loading the policy facts of `patient` (if given) in
+    /// the same statement as the user and roles ([`users::find_with_facts`]): one round
+    /// trip instead of two. The facts are not consulted before the account checks, so
+    /// the principal's refusals still answer alike whatever the request names; `then`
+    /// gets them (`None` inside: no such live patient).
+    async fn resolve_prefetching<T, F>(
+        self,
+        patient: Option<PatientId>,
+        then: F,
+    ) -> Result<(Pipeline, T), AppError>
+    where
+        F: FnOnce(
+                &mut diesel::PgConnection,
+                &Pipeline,
+                Option<Option<PatientFacts>>,
+            ) -> Result<T, AppError>
+            + Send
+            + 'static,
+        T: Send + 'static,
+    {
         let Credentials {
             token,
             action,
@@ -652,13 +685,32 @@ impl Credentials {
                     .blind_index(crate::crypto::BlindKind::Family, n.expose())
                     .ok()
             });
+        let now = state.clock.now();
         let loaded = state
             .db
             .run(move |conn| {
-                let user = users::user_for(conn, &token.issuer, &token.subject, kind)?;
-                if let Some(index) = &family_index {
+                let found =
+                    users::find_with_facts(conn, &token.issuer, &token.subject, patient, now)?;
+                let (user, stored_family, prefetched) = match found {
+                    Some((user, family, facts)) => (user, Some(family), facts),
+                    // First sight of this principal: created with no roles (default deny).
+                    None => {
+                        let user = users::user_for(conn, &token.issuer, &token.subject, kind)?;
+                        let facts = match patient {
+                            Some(p) => users::patient_facts(conn, p, user.id, now)?,
+                            None => None,
+                        };
+                        (user, None, facts)
+                    }
+                };
+                if let Some(index) = &family_index
+                    && stored_family
+                        .as_ref()
+                        .is_none_or(|stored| users::family_index_changes(stored, index))
+                {
                     users::set_family_index(conn, user.id, index, users::FamilySource::Provider)?;
                 }
+                let prefetched = patient.map(|_| prefetched);
                 // Authentication succeeded: from here on every event names the actor.
                 let valid_purpose = purpose.as_ref().ok().copied();
                 let principal = Principal {
@@ -697,7 +749,7 @@ impl Credentials {
                     return Ok(Loaded::Refused(Box::new(pipeline), refusal));
                 }
                 purpose?;
-                let value = then(conn, &pipeline)?;
+                let value = then(conn, &pipeline, prefetched)?;
                 Ok(Loaded::Ready(Box::new(pipeline), value))
             })
             .await?;
@@ -732,11 +784,22 @@ impl Credentials {
             + Send
             + 'static,
     {
+        // A Patient record is its own subject: its facts load with the principal.
+        let subject = match (self.action, &id) {
+            (Action::Fhir(ResourceType::Patient, _), Ok(id)) => Some(PatientId(id.0)),
+            _ => None,
+        };
         let (pipeline, (id, access, found, input)) = self
-            .resolve_with(move |c, pipeline| {
+            .resolve_prefetching(subject, move |c, pipeline, prefetched| {
                 let id = id?;
                 let input = input?;
-                let access = pipeline.record_access(c, id, patient_of)?;
+                let access = match (subject, prefetched) {
+                    // Only when the record's patient is the one prefetched.
+                    (Some(p), Some(facts)) if patient_of(c, id)? == Some(p) => {
+                        pipeline.judge(facts)?
+                    }
+                    _ => pipeline.record_access(c, id, patient_of)?,
+                };
                 let found = match access.view() {
                     Some(view) => get(c, view, id, &input)?,
                     None => None,

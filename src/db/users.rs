@@ -221,6 +221,164 @@ pub fn find(
     }))
 }
 
+/// The stored family-name index of a person and where it came from (so that an
+/// unchanged provider claim costs no statement).
+pub type StoredFamily = (Option<Vec<u8>>, Option<String>);
+
+/// Whether a provider's family-name `index` would change the stored one: not over an
+/// administrator's value, and not when it is already stored from the provider
+/// ([`set_family_index`] applies the same rule in SQL; this only spares the no-op UPDATE).
+pub fn family_index_changes(stored: &StoredFamily, index: &[u8]) -> bool {
+    match stored {
+        (_, Some(source)) if source == FamilySource::Admin.as_str() => false,
+        (Some(old), Some(source)) => {
+            old.as_slice() != index || source != FamilySource::Provider.as_str()
+        }
+        _ => true,
+    }
+}
+
+/// One row of [`find_with_facts`]: the user with one of its roles, and the facts of the
+/// asked-for patient (all NULL when there is no such live patient).
+#[derive(diesel::QueryableByName)]
+struct UserFactsRow {
+    #[diesel(sql_type = diesel::sql_types::Uuid)]
+    id: UserId,
+    #[diesel(sql_type = diesel::sql_types::Text)]
+    kind: String,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    disabled: bool,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    facility_id: Option<FacilityId>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    patient_id: Option<PatientId>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    role: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Bytea>)]
+    family_index: Option<Vec<u8>>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    family_index_source: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    p_facility_id: Option<FacilityId>,
+    #[diesel(sql_type = diesel::sql_types::Bool)]
+    p_on_care_team: bool,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Text>)]
+    p_confidentiality: Option<String>,
+    #[diesel(sql_type = diesel::sql_types::Nullable<diesel::sql_types::Uuid>)]
+    p_grant: Option<uuid::Uuid>,
+}
+
+/// The statement of [`find_with_facts`]: fixed SQL and bind parameters only, so diesel
+/// prepares it once per connection (cached by its text) instead of parsing and planning
+/// it on every request.
+struct UserFactsQuery<'a> {
+    issuer: &'a str,
+    subject: &'a str,
+    patient: Option<uuid::Uuid>,
+    now: chrono::DateTime<chrono::Utc>,
+}
+
+impl diesel::query_builder::QueryId for UserFactsQuery<'_> {
+    type QueryId = ();
+    const HAS_STATIC_QUERY_ID: bool = false;
+}
+
+impl diesel::query_builder::Query for UserFactsQuery<'_> {
+    type SqlType = diesel::sql_types::Untyped;
+}
+
+impl RunQueryDsl<PgConnection> for UserFactsQuery<'_> {}
+
+impl diesel::query_builder::QueryFragment<diesel::pg::Pg> for UserFactsQuery<'_> {
+    fn walk_ast<'b>(
+        &'b self,
+        mut out: diesel::query_builder::AstPass<'_, 'b, diesel::pg::Pg>,
+    ) -> QueryResult<()> {
+        use diesel::sql_types::{Nullable, Text, Timestamptz, Uuid as SqlUuid};
+        // The same facts as `patient_facts` (care team, confidentiality, the active grant
+        // with the latest expiry) and the same user and roles as `find`.
+        out.push_sql(
+            "SELECT u.id, u.kind, u.disabled_at IS NOT NULL AS disabled, u.facility_id, \
+             u.patient_id, r.role, u.family_index, u.family_index_source, \
+             p.facility_id AS p_facility_id, \
+             (p.id IS NOT NULL AND EXISTS (SELECT 1 FROM care_team_members c \
+               WHERE c.patient_id = p.id AND c.user_id = u.id)) AS p_on_care_team, \
+             p.confidentiality AS p_confidentiality, \
+             (SELECT g.id FROM break_glass_grants g WHERE g.user_id = u.id \
+               AND g.patient_id = p.id AND g.status = 'active' AND g.expires_at > ",
+        );
+        out.push_bind_param::<Timestamptz, _>(&self.now)?;
+        out.push_sql(
+            " ORDER BY g.expires_at DESC LIMIT 1) AS p_grant \
+             FROM users u LEFT JOIN role_assignments r ON r.user_id = u.id \
+             LEFT JOIN patients p ON p.id = ",
+        );
+        out.push_bind_param::<Nullable<SqlUuid>, _>(&self.patient)?;
+        out.push_sql(" AND p.deleted_at IS NULL WHERE u.issuer = ");
+        out.push_bind_param::<Text, _>(&self.issuer)?;
+        out.push_sql(" AND u.subject = ");
+        out.push_bind_param::<Text, _>(&self.subject)?;
+        Ok(())
+    }
+}
+
+/// [`find`] and, in the SAME statement, [`patient_facts`] of `patient` for that user (a
+/// read's principal and its subject's facts in one round trip). `None`: no such user
+/// (the caller creates it with [`user_for`]). The facts are `None` when `patient` is
+/// `None` or no such live patient exists. Also the user's stored family-name index.
+pub fn find_with_facts(
+    conn: &mut PgConnection,
+    issuer: &str,
+    subject: &str,
+    patient: Option<PatientId>,
+    now: chrono::DateTime<chrono::Utc>,
+) -> Result<
+    Option<(
+        UserRecord,
+        StoredFamily,
+        Option<crate::policy::PatientFacts>,
+    )>,
+    AppError,
+> {
+    let rows: Vec<UserFactsRow> = UserFactsQuery {
+        issuer,
+        subject,
+        patient: patient.map(|p| p.0),
+        now,
+    }
+    .load(conn)?;
+    let Some(first) = rows.first() else {
+        return Ok(None);
+    };
+    let user = UserRecord {
+        id: first.id,
+        kind: UserKind::from_db(&first.kind)?,
+        disabled: first.disabled,
+        facility_id: first.facility_id,
+        patient_id: first.patient_id,
+        // A role code we no longer know grants nothing.
+        roles: rows
+            .iter()
+            .filter_map(|r| r.role.as_deref().and_then(Role::parse))
+            .collect(),
+    };
+    let facts = match (patient, first.p_facility_id, &first.p_confidentiality) {
+        (Some(patient_id), Some(facility_id), Some(level)) => Some(crate::policy::PatientFacts {
+            patient_id,
+            facility_id,
+            on_care_team: first.p_on_care_team,
+            confidentiality: crate::db::break_glass::parse_level(level)?,
+            grant: first.p_grant.map(crate::domain::GrantId),
+        }),
+        _ => None,
+    };
+    let family = (
+        first.family_index.clone(),
+        first.family_index_source.clone(),
+    );
+    Ok(Some((user, family, facts)))
+}
+
 /// The policy facts of a live patient, if it exists: its facility, whether `user_id` is
 /// on its care team, its confidentiality, and `user_id`'s active break-glass grant for it
 /// as of `now` (the application clock) — one query.

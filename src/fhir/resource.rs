@@ -722,7 +722,6 @@ pub async fn read<R: FhirResource>(
     req: HttpRequest,
     credentials: Credentials,
     state: web::Data<AppState>,
-    settings: web::Data<FhirSettings>,
     path: web::Path<String>,
 ) -> Result<HttpResponse, AppError> {
     let id = params::parse_id(&path);
@@ -744,12 +743,16 @@ pub async fn read<R: FhirResource>(
     check_route::<R>(&pipeline)?;
     match found {
         Found::Live(record) => {
-            let mut res = respond::<R>(&settings, StatusCode::OK, &record, &elements, false);
-            let modified = last_modified(&R::to_fhir(&record));
-            if let Some(Ok(v)) = modified.map(|t| HeaderValue::from_str(&t)) {
-                res.headers_mut().insert(LAST_MODIFIED, v);
+            // The FHIR shape is built once, for the body and its Last-Modified.
+            let json = R::to_fhir(&record);
+            let mut res = HttpResponse::Ok();
+            res.insert_header(etag(R::version(&record)));
+            if let Some(t) = last_modified(&json) {
+                res.insert_header((LAST_MODIFIED, t));
             }
-            Ok(res)
+            Ok(res
+                .content_type(FHIR_JSON)
+                .body(elements.apply(json).to_string()))
         }
         Found::Gone => Err(gone()),
     }
@@ -998,7 +1001,7 @@ async fn search_with<R: FhirResource>(
     let fields = R::fields(view, &elements)?;
     let kr = state.keyring.clone();
     let limit = if count_only { 0 } else { count as i64 + 1 };
-    let (mut rows, total) = state
+    let (rows, more, total, patients, held) = state
         .db
         .run(move |c| {
             // The count runs under the same scope as the page: it never counts a record
@@ -1006,21 +1009,23 @@ async fn search_with<R: FhirResource>(
             let total = want_total
                 .then(|| R::count(c, &kr, &criteria, scope))
                 .transpose()?;
-            let rows = if limit == 0 {
+            let mut rows = if limit == 0 {
                 Vec::new()
             } else {
                 let page = Page { sort, after, limit };
                 R::search(c, &kr, &criteria, scope, page, fields)?
             };
-            Ok((rows, total))
+            let more = rows.len() > count;
+            rows.truncate(count);
+            let mut patients: Vec<PatientId> = rows.iter().map(R::subject).collect();
+            patients.sort();
+            patients.dedup();
+            // Which of them came through a break-glass grant: in the same blocking hop.
+            let held = Pipeline::held_in_scope(c, scope, &patients)?;
+            Ok((rows, more, total, patients, held))
         })
         .await?;
-    let more = rows.len() > count;
-    rows.truncate(count);
-    let mut patients: Vec<PatientId> = rows.iter().map(R::subject).collect();
-    patients.sort();
-    patients.dedup();
-    pipeline.permit_search(scope, patients.clone()).await?;
+    pipeline.permit_search(held, patients.clone()).await?;
     // What a POST search's cursor carries: its parameters, without a cursor.
     let to_carry = post.then(|| {
         let mut out = url::form_urlencoded::Serializer::new(String::new());
