@@ -18,7 +18,7 @@ use custodian::crypto::columns;
 use custodian::db::claims::{ClaimTable, NewClaim, NewClaimItem};
 use custodian::db::documents::{DocumentTable, NewDocumentReference};
 use custodian::db::observations::{NewObservation, ObservationTable};
-use custodian::db::records::RecordTable;
+use custodian::db::records::Shapes;
 use custodian::db::schema::{
     care_team_members, claim_items, claims, document_references, observations, patients,
 };
