@@ -13,7 +13,6 @@
 //! columns) with the server's keyring and inserted 1,000 to a statement.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use base64::Engine;
 use custodian::crypto::columns;
 use custodian::db::claims::{ClaimTable, NewClaim, NewClaimItem};
 use custodian::db::documents::{DocumentTable, NewDocumentReference};
@@ -30,13 +29,16 @@ use diesel::prelude::*;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
-use std::io::{Read, Write};
+
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
+use support::{clk_tck, free_port, key_b64, loadavg, serve_jwks};
 use uuid::Uuid;
+
+mod support;
 
 const AUDIENCE: &str = "https://custodian.bench/fhir";
 const DB_NAME: &str = "custodian_bench_export";
@@ -90,25 +92,6 @@ fn args() -> Args {
     a
 }
 
-fn key_b64() -> String {
-    base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
-}
-
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .unwrap_or_default()
-        .split_whitespace()
-        .take(3)
-        .collect::<Vec<_>>()
-        .join(" ")
-}
-
-fn clk_tck() -> f64 {
-    #[allow(unsafe_code)]
-    let t = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if t > 0 { t as f64 } else { 100.0 }
-}
-
 /// CPU seconds (user + system) of one process.
 fn cpu_secs(pid: u32) -> f64 {
     let Ok(s) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
@@ -140,42 +123,6 @@ fn status_kib(pid: u32, field: &str) -> u64 {
         .unwrap_or(0)
 }
 
-/// A JWKS endpoint on 127.0.0.1 (any path answers the key set), one thread.
-fn serve_jwks(jwks: String) -> u16 {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = listener.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for stream in listener.incoming().flatten() {
-            let mut stream = stream;
-            let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
-            let mut buf = Vec::new();
-            let mut chunk = [0u8; 1024];
-            while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
-                match stream.read(&mut chunk) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => buf.extend_from_slice(&chunk[..n]),
-                }
-            }
-            let _ = write!(
-                stream,
-                "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{}",
-                jwks.len(),
-                jwks
-            );
-        }
-    });
-    port
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-/// The database: `CUSTODIAN_BENCH_DATABASE_URL` (an admin URL) or a throwaway cluster.
 fn database(root: &Path) -> (String, String, Option<LocalCluster>) {
     if let Ok(admin) = std::env::var("CUSTODIAN_BENCH_DATABASE_URL") {
         let mut url = url::Url::parse(&admin).unwrap();
