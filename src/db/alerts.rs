@@ -131,6 +131,12 @@ impl NewAlert {
         }
     }
 
+    /// The dedup key of a person's alert of `kind` in one window (an hour bucket, a day,
+    /// a patient and day): one alert per person, kind and window.
+    pub fn person_key(kind: AlertKind, user: UserId, window: impl std::fmt::Display) -> String {
+        format!("{}:{user}:{window}", kind.code())
+    }
+
     pub fn person(mut self, user: Option<UserId>) -> Self {
         self.user_id = user;
         self

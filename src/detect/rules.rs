@@ -282,7 +282,7 @@ fn record_access(facts: &Facts, e: &Event, daily: &mut HashMap<String, NewAlert>
         }
         let level = facts.restricted.get(&patient).copied();
         let mut hit = |kind: AlertKind, reason: &'static str| {
-            let key = format!("{}:{user}:{patient}:{day}", kind.code());
+            let key = NewAlert::person_key(kind, user, format_args!("{patient}:{day}"));
             let a = daily.entry(key.clone()).or_insert_with(|| {
                 NewAlert::about(kind, reason, key, e.occurred_at)
                     .person(Some(user))
@@ -329,7 +329,7 @@ fn off_hours(facts: &Facts, default: WorkHours, e: &Event, daily: &mut HashMap<S
         return;
     }
     let kind = AlertKind::OffHours;
-    let key = format!("{}:{user}:{}", kind.code(), local.format("%Y-%m-%d"));
+    let key = NewAlert::person_key(kind, user, local.format("%Y-%m-%d"));
     let a = daily.entry(key.clone()).or_insert_with(|| {
         NewAlert::about(kind, "outside-working-hours", key, e.occurred_at)
             .person(Some(user))
@@ -372,7 +372,7 @@ fn name_searches(cfg: &DetectConfig, windows: &mut Windows, e: &Event, out: &mut
         return;
     };
     let kind = AlertKind::NameSearchSweep;
-    let key = format!("{}:{user}:{bucket}", kind.code());
+    let key = NewAlert::person_key(kind, user, bucket);
     out.push(
         NewAlert::about(kind, "patient-searches", key, e.occurred_at)
             .person(Some(user))
@@ -445,7 +445,7 @@ fn bulk(
     }
     b.fired = true;
     let kind = AlertKind::BulkAccess;
-    let key = format!("{}:{user}:{bucket}", kind.code());
+    let key = NewAlert::person_key(kind, user, bucket);
     out.push(
         NewAlert::about(kind, "distinct-patients", key, e.occurred_at)
             .person(Some(user))
@@ -484,7 +484,7 @@ fn windowed(cfg: &DetectConfig, windows: &mut Windows, e: &Event, out: &mut Vec<
             cfg.denials_threshold,
         ) {
             let kind = AlertKind::RepeatedDenial;
-            let key = format!("{}:{user}:{bucket}", kind.code());
+            let key = NewAlert::person_key(kind, user, bucket);
             out.push(
                 NewAlert::about(kind, "no-relationship", key, e.occurred_at)
                     .person(Some(user))
