@@ -31,11 +31,11 @@ use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
-use support::{clk_tck, free_port, key_b64, loadavg, serve_jwks};
+use support::{clk_tck, free_port, key_b64, loadavg, serve_jwks, wait_ready};
 use uuid::Uuid;
 
 mod support;
@@ -319,7 +319,13 @@ format = "json"
         .pool_max_idle_per_host(0)
         .build()
         .unwrap();
-    wait_ready(&rt, &client, &base, &mut server);
+    wait_ready(
+        &rt,
+        &client,
+        &base,
+        &mut server,
+        Path::new("target/bench-export/run/server.log"),
+    );
     let pid = server.id();
     // Stops the server however the bench ends (a panic included).
     let _stop = Stop(pid);
@@ -780,33 +786,6 @@ fn walk_bytes(dir: &Path) -> u64 {
                 .sum()
         })
         .unwrap_or(0)
-}
-
-fn wait_ready(
-    rt: &tokio::runtime::Runtime,
-    client: &reqwest::Client,
-    base: &str,
-    server: &mut Child,
-) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(status)) = server.try_wait() {
-            panic!("custodian serve exited ({status}); see target/bench-export/run/server.log");
-        }
-        let ok = rt.block_on(async {
-            client
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false)
-        });
-        if ok {
-            return;
-        }
-        assert!(Instant::now() < deadline, "server not ready within 60 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// One `wrk` run of the read script: (requests/s, load average at its end).

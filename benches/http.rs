@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use support::{clk_tck, free_port, key_b64, loadavg, serve_jwks};
+use support::{clk_tck, free_port, key_b64, loadavg, serve_jwks, wait_ready};
 use uuid::Uuid;
 
 mod support;
@@ -398,6 +398,14 @@ format = "json"
     // --- servers: `--instances` of them on one database, as behind a load balancer ----------
     let mut servers = Vec::new();
     let mut bases = Vec::new();
+    let ready_rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let ready_client = reqwest::Client::builder()
+        .danger_accept_invalid_certs(true)
+        .build()
+        .unwrap();
     for i in 0..a.instances {
         let log = std::fs::File::create(run.join(format!("server-{i}.log"))).unwrap();
         let listen = if i == 0 { port } else { free_port() };
@@ -413,7 +421,8 @@ format = "json"
             .spawn()
             .unwrap();
         let base = format!("https://127.0.0.1:{listen}");
-        wait_ready(&base, &mut server, &run);
+        let log = run.join(format!("server-{i}.log"));
+        wait_ready(&ready_rt, &ready_client, &base, &mut server, &log);
         servers.push(server);
         bases.push(base);
     }
@@ -670,39 +679,6 @@ fn latency(base: &str, token: &str, ids: &[Uuid], run: &Path) -> Value {
         "load_average": loadavg(),
         "nproc": std::thread::available_parallelism().map_or(0, |n| n.get()),
     })
-}
-
-fn wait_ready(base: &str, server: &mut Child, run: &Path) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    let client = reqwest::Client::builder()
-        .danger_accept_invalid_certs(true)
-        .build()
-        .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        if let Ok(Some(status)) = server.try_wait() {
-            panic!(
-                "custodian serve exited ({status}); see {}",
-                run.join("server-<n>.log").display()
-            );
-        }
-        let ok = rt.block_on(async {
-            client
-                .get(format!("{base}/healthz"))
-                .send()
-                .await
-                .map(|r| r.status().is_success())
-                .unwrap_or(false)
-        });
-        if ok {
-            return;
-        }
-        assert!(Instant::now() < deadline, "server not ready within 60 s");
-        std::thread::sleep(Duration::from_millis(200));
-    }
 }
 
 /// Stops the throwaway cluster (and removes it), or drops the bench database.

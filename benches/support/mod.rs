@@ -1,9 +1,11 @@
 //! What the benchmarks share: fresh key material, the machine's load and clock tick, a
-//! JWKS endpoint for the server under test, a free port.
+//! JWKS endpoint for the server under test, a free port, waiting for the server.
 
 use base64::Engine;
 use std::io::{Read, Write};
-use std::time::Duration;
+use std::path::Path;
+use std::process::Child;
+use std::time::{Duration, Instant};
 
 pub fn key_b64() -> String {
     base64::engine::general_purpose::STANDARD.encode(rand::random::<[u8; 32]>())
@@ -57,4 +59,34 @@ pub fn free_port() -> u16 {
         .local_addr()
         .unwrap()
         .port()
+}
+
+/// Waits until the server under test answers `/healthz` (60 s at most); panics naming its
+/// log if it exits first.
+pub fn wait_ready(
+    rt: &tokio::runtime::Runtime,
+    client: &reqwest::Client,
+    base: &str,
+    server: &mut Child,
+    log: &Path,
+) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(Some(status)) = server.try_wait() {
+            panic!("custodian serve exited ({status}); see {}", log.display());
+        }
+        let ok = rt.block_on(async {
+            client
+                .get(format!("{base}/healthz"))
+                .send()
+                .await
+                .map(|r| r.status().is_success())
+                .unwrap_or(false)
+        });
+        if ok {
+            return;
+        }
+        assert!(Instant::now() < deadline, "server not ready within 60 s");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
